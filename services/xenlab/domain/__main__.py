@@ -1,0 +1,75 @@
+"""`python -m xenlab.domain`: a domain process. Its start_info (domain id,
+secret, hypervisor address) arrives as one JSON line on standard input, as
+the launcher writes it."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import logging
+import os
+import signal
+import sys
+
+from xenlab.hypervisor.launcher import StartInfo
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """A domain does not outlive its hypervisor (as a vCPU cannot)."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--start-info", default="-", metavar="FILE",
+                        help="start_info JSON (default: one line on standard input)")
+    parser.add_argument("--orphan-ok", action="store_true",
+                        help="keep running if the process that started it exits")
+
+
+async def _main(start: StartInfo) -> int:
+    from xenlab.domain.kernel import DomainKernel
+
+    kernel = DomainKernel(start)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, kernel.stop, "poweroff")
+    loop.add_signal_handler(signal.SIGINT, kernel.stop, "poweroff")
+    reason = await kernel.run()
+    return 0 if reason in ("poweroff", "reboot") else 1
+
+
+def run(args) -> int:
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.orphan_ok:
+        _die_with_parent()
+    text = sys.stdin.readline() if args.start_info == "-" else open(args.start_info).read()
+    if not text.strip():
+        print("xenlab domain: no start_info on standard input (it is started by the hypervisor's launcher)",
+              file=sys.stderr)
+        return 2
+    try:
+        start = StartInfo.from_json(text)
+    except (ValueError, KeyError, TypeError) as err:
+        print(f"xenlab domain: malformed start_info: {err}", file=sys.stderr)
+        return 2
+    return asyncio.run(_main(start))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="xenlab domain", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

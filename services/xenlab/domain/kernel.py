@@ -1,0 +1,156 @@
+"""The domain kernel: what runs in every domain process.
+
+Boot: authenticate to the hypervisor, map this domain's memory and its
+shared_info, start the event-channel upcall loop and the xenbus client,
+advertise the PV control features, then serve: follow control/shutdown
+(poweroff/reboot, as a PV guest's xenbus shutdown handler does) and
+memory/target (the balloon driver), until told to stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from xenlab.client import HypervisorClient
+from xenlab.domain.evtchn import GuestEventChannels
+from xenlab.domain.memory import GuestMemory
+from xenlab.domain.xenbus import XenbusBus, XenbusClient
+from xenlab.hypervisor.launcher import StartInfo
+from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
+from xenlab.xen import abi
+from xenlab.xen.shared_info import SharedInfo
+
+log = logging.getLogger(__name__)
+
+TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
+
+
+class DomainKernel:
+    def __init__(self, start: StartInfo):
+        self.start_info = start
+        self.domid = start.domid
+        self.name = start.name
+        self.hv = HypervisorClient.connect(start.hypervisor, start.domid, start.secret)
+        self.memory: GuestMemory | None = None
+        self.shared_info: SharedInfo | None = None
+        self.evtchn: GuestEventChannels | None = None
+        self.xenbus: XenbusClient | None = None
+        self.bus: XenbusBus | None = None
+        self.ticks = 0
+        self.shutdown_reason = ""
+        self._stop = asyncio.Event()
+        self._balloon_lock = asyncio.Lock()
+
+    async def boot(self) -> None:
+        mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
+            domain=common_pb2.DomainRef(domid=self.domid)))
+        self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
+        self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
+                                      self.start_info.vcpus)
+        self.evtchn = GuestEventChannels(self.hv, self.shared_info,
+                                         self.start_info.doorbell or None, self.start_info.secret)
+        await self.evtchn.start()
+        self.xenbus = XenbusClient(self.hv, self.domid)
+        await self.xenbus.start()
+        self.bus = XenbusBus(self.xenbus)
+        await self._start_timer()
+        for feature in ("feature-poweroff", "feature-reboot"):
+            await self.xenbus.write(f"control/{feature}", "1")
+        await self.xenbus.watch("control/shutdown", self._on_shutdown_request)
+        await self.xenbus.watch("memory/target", self._on_memory_target)
+        await self.xenbus.write("data/kernel", "xenlab-domain")
+        log.info("d%d (%s) booted: %d frames, doorbell %s", self.domid, self.name,
+                 self.memory.nr_frames, "yes" if self.evtchn.via_doorbell else "no (gRPC fallback)")
+
+    async def _start_timer(self) -> None:
+        port = await self.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
+        self.evtchn.bind_handler(port, self._on_timer)
+        await self.hv.evtchn.SetTimer(evtchn_pb2.SetTimerRequest(vcpu=0, timeout=TIMER_PERIOD))
+
+    def _on_timer(self, port: int) -> None:
+        self.ticks += 1
+        if not self._stop.is_set():
+            asyncio.get_running_loop().create_task(self._rearm_timer())
+
+    async def _rearm_timer(self) -> None:
+        try:
+            await self.hv.evtchn.SetTimer(evtchn_pb2.SetTimerRequest(vcpu=0, timeout=TIMER_PERIOD))
+        except grpc.aio.AioRpcError as err:
+            log.debug("timer re-arm failed: %s", err.details())
+
+    async def _on_shutdown_request(self, path: str) -> None:
+        request = await self.xenbus.read("control/shutdown", default="")
+        if request in ("poweroff", "halt", "reboot"):
+            # Acknowledge by clearing the node, as Linux's shutdown_handler does.
+            await self.xenbus.write("control/shutdown", "")
+            self.stop("reboot" if request == "reboot" else "poweroff")
+        elif request:
+            log.warning("ignoring unknown shutdown request %r", request)
+
+    async def _on_memory_target(self, path: str) -> None:
+        """The balloon driver: follow memory/target (KiB) by giving frames
+        back to, or taking them from, the hypervisor."""
+        target_kb = await self.xenbus.read("memory/target", default="")
+        if not target_kb.isdigit():
+            return
+        async with self._balloon_lock:
+            res = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
+            target = int(target_kb) // 4
+            if target < res.current_pages:
+                mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
+                    domain=common_pb2.DomainRef(domid=self.domid), with_populated=True))
+                give = sorted(mm.populated, reverse=True)[:res.current_pages - target]
+                await self.hv.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
+                    domid=self.domid, gfns=give))
+            elif target > res.current_pages:
+                want = min(target, res.max_pages) - res.current_pages
+                if want > 0:
+                    await self.hv.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
+                        domid=self.domid, nr_pages=want))
+            now = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
+            await self.xenbus.write("memory/balloon", str(now.current_pages * 4))
+            log.info("balloon: target %s KiB, now %d KiB", target_kb, now.current_pages * 4)
+
+    def stop(self, reason: str = "poweroff") -> None:
+        if not self._stop.is_set():
+            self.shutdown_reason = reason
+            self._stop.set()
+
+    async def run(self) -> str:
+        """Boot, serve until stopped, shut down. Returns the shutdown reason."""
+        await self.boot()
+        lost = asyncio.create_task(self.xenbus.closed.wait())
+        stop = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (lost, stop):
+            task.cancel()
+        if stop not in done:
+            log.error("lost the hypervisor's xenstore connection: halting")
+            self.shutdown_reason = "crash"
+            await self._close()
+            return "crash"
+        await self.shutdown()
+        return self.shutdown_reason
+
+    async def shutdown(self) -> None:
+        """SCHEDOP_shutdown: tell the hypervisor why, then stop."""
+        log.info("d%d (%s): shutting down (%s)", self.domid, self.name, self.shutdown_reason)
+        try:
+            await self.hv.domains.SchedShutdown(domains_pb2.SchedShutdownRequest(
+                reason=self.shutdown_reason or "poweroff"))
+        except grpc.aio.AioRpcError as err:
+            log.warning("SCHEDOP_shutdown failed: %s", err.details())
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.xenbus is not None:
+            await self.xenbus.close()
+        if self.evtchn is not None:
+            await self.evtchn.close()
+        await self.hv.close()
+        if self.shared_info is not None:
+            self.shared_info.release()
+        if self.memory is not None:
+            self.memory.close()

@@ -1,0 +1,214 @@
+"""The xenbus client of a domain: xenstore access and watches for the
+domain's kernel and drivers, over one WatchStream (one xenstore connection).
+
+Drivers register for a device type (``vif``); the client watches
+``device/<type>`` (frontends) or ``backend/<type>`` (backends) and calls the
+driver when a device directory appears or disappears, as Linux's xenbus
+probe does.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import Awaitable, Callable
+
+import grpc
+
+from xenlab.proto import common_pb2, xenstore_pb2
+
+log = logging.getLogger(__name__)
+
+WatchCallback = Callable[[str], Awaitable[None] | None]
+
+
+class XenbusError(Exception):
+    pass
+
+
+class XenbusClient:
+    def __init__(self, client, domid: int):
+        self.hv = client
+        self.xs = client.xenstore
+        self.domid = domid
+        self.home = f"/local/domain/{domid}"
+        self._outgoing: asyncio.Queue = asyncio.Queue()
+        self._acks: asyncio.Queue = asyncio.Queue()
+        self._callbacks: dict[str, tuple[str, WatchCallback]] = {}
+        self._tokens = itertools.count(1)
+        self._reader: asyncio.Task | None = None
+        self._call = None
+        self._ack_lock = asyncio.Lock()
+        self.closed = asyncio.Event()
+
+    # -- plain xenstore -------------------------------------------------------
+    def abspath(self, path: str) -> str:
+        return path if path.startswith("/") or path.startswith("@") else f"{self.home}/{path}"
+
+    async def read(self, path: str, default: str | None = None, tx: int = 0) -> str | None:
+        try:
+            reply = await self.xs.Read(xenstore_pb2.PathRequest(path=self.abspath(path), tx=tx))
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND and default is not None:
+                return default
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return reply.value.decode()
+
+    async def write(self, path: str, value: str, tx: int = 0) -> None:
+        await self.xs.Write(xenstore_pb2.WriteRequest(path=self.abspath(path),
+                                                      value=value.encode(), tx=tx))
+
+    async def rm(self, path: str, tx: int = 0) -> None:
+        try:
+            await self.xs.Rm(xenstore_pb2.PathRequest(path=self.abspath(path), tx=tx))
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    async def directory(self, path: str, tx: int = 0) -> list[str]:
+        try:
+            reply = await self.xs.Directory(xenstore_pb2.PathRequest(path=self.abspath(path), tx=tx))
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise
+        return list(reply.names)
+
+    async def transaction(self, body: Callable[[int], Awaitable[None]], attempts: int = 16) -> None:
+        """Run body(tx) in a transaction, retrying on EAGAIN as libxenstore users do."""
+        for _ in range(attempts):
+            tx = (await self.xs.TransactionStart(common_pb2.Empty())).tx
+            try:
+                await body(tx)
+            except BaseException:
+                await self.xs.TransactionEnd(xenstore_pb2.TransactionEndRequest(tx=tx, commit=False))
+                raise
+            try:
+                await self.xs.TransactionEnd(xenstore_pb2.TransactionEndRequest(tx=tx, commit=True))
+                return
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.ABORTED:
+                    raise
+        raise XenbusError(f"transaction still conflicting after {attempts} attempts")
+
+    # -- watches -----------------------------------------------------------------
+    async def start(self) -> None:
+        self._call = self.xs.WatchStream(self._requests())
+        self._reader = asyncio.create_task(self._read_events())
+
+    async def _requests(self):
+        while True:
+            item = await self._outgoing.get()
+            if item is None:
+                return
+            yield item
+
+    async def _read_events(self) -> None:
+        try:
+            async for event in self._call:
+                if event.ack:
+                    self._acks.put_nowait(event)
+                    continue
+                entry = self._callbacks.get(event.token)
+                if entry is None:
+                    continue
+                try:
+                    result = entry[1](event.path)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("watch callback for %s failed", event.path)
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                log.warning("xenstore watch stream ended: %s", err.details())
+        finally:
+            self.closed.set()
+
+    async def watch(self, path: str, callback: WatchCallback) -> str:
+        """Watch a path; the callback gets the changed path. Fires once at once."""
+        token = f"t{next(self._tokens)}"
+        self._callbacks[token] = (path, callback)
+        await self._control(xenstore_pb2.WatchControl.WATCH, path, token)
+        return token
+
+    async def unwatch(self, token: str) -> None:
+        entry = self._callbacks.pop(token, None)
+        if entry is not None:
+            await self._control(xenstore_pb2.WatchControl.UNWATCH, entry[0], token)
+
+    async def _control(self, op, path: str, token: str) -> None:
+        async with self._ack_lock:
+            self._outgoing.put_nowait(xenstore_pb2.WatchControl(op=op, path=self.abspath(path),
+                                                                token=token))
+            ack = await self._acks.get()
+        if ack.error:
+            self._callbacks.pop(token, None)
+            raise XenbusError(f"watch {path}: {ack.error}")
+
+    async def close(self) -> None:
+        self._outgoing.put_nowait(None)
+        if self._call is not None:
+            self._call.cancel()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class XenbusDriver:
+    """A device driver as xenbus sees it (Linux's struct xenbus_driver)."""
+
+    devicetype = ""
+    side = "frontend"     # frontend: device/<type>/<devid>; backend: backend/<type>/<dom>/<devid>
+
+    async def probe(self, path: str) -> None:
+        """A device directory appeared."""
+
+    async def remove(self, path: str) -> None:
+        """A device directory went away."""
+
+
+class XenbusBus:
+    """Watches the device directories of registered drivers and probes or
+    removes devices as their directories come and go."""
+
+    def __init__(self, xenbus: XenbusClient):
+        self.xenbus = xenbus
+        self.drivers: list[XenbusDriver] = []
+        self.devices: dict[str, XenbusDriver] = {}
+        self._scan_lock = asyncio.Lock()
+
+    async def register(self, driver: XenbusDriver) -> None:
+        self.drivers.append(driver)
+        root = self._root(driver)
+        await self.xenbus.watch(root, lambda _path, d=driver: self._rescan(d))
+
+    def _root(self, driver: XenbusDriver) -> str:
+        kind = "device" if driver.side == "frontend" else "backend"
+        return f"{self.xenbus.home}/{kind}/{driver.devicetype}"
+
+    async def _device_paths(self, driver: XenbusDriver) -> set[str]:
+        root = self._root(driver)
+        if driver.side == "frontend":
+            return {f"{root}/{d}" for d in await self.xenbus.directory(root)}
+        paths = set()
+        for dom in await self.xenbus.directory(root):
+            paths |= {f"{root}/{dom}/{d}" for d in await self.xenbus.directory(f"{root}/{dom}")}
+        return paths
+
+    async def _rescan(self, driver: XenbusDriver) -> None:
+        async with self._scan_lock:
+            present = await self._device_paths(driver)
+            known = {p for p, d in self.devices.items() if d is driver}
+            for path in sorted(present - known):
+                self.devices[path] = driver
+                try:
+                    await driver.probe(path)
+                except Exception:
+                    log.exception("%s: probe failed", path)
+            for path in sorted(known - present):
+                del self.devices[path]
+                try:
+                    await driver.remove(path)
+                except Exception:
+                    log.exception("%s: remove failed", path)

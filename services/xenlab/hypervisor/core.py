@@ -1,0 +1,419 @@
+"""The hypervisor: one object that owns every core and carries out the
+domain lifecycle across them (create, destroy, pause, shutdown policy).
+
+The cores (memory, grants, evtchn, xenstore, domains) are pure; this module
+is where their actions meet processes, shared memory and the doorbell.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+from xenlab.client import Rundir
+from xenlab.hypervisor.config import HypervisorConfig
+from xenlab.hypervisor.doorbell import UpcallRouter
+from xenlab.hypervisor.domains import Domain, DomainTable, RunState
+from xenlab.hypervisor.evtchn import EventChannels
+from xenlab.hypervisor.grants import GrantTables
+from xenlab.hypervisor.identity import Caller, Identity
+from xenlab.hypervisor.launcher import DomainProcess, Launcher, StartInfo, make_launcher
+from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor.xenstore import XenStore
+from xenlab.hypervisor.xenstore_server import XenStoreConnections
+from xenlab.xen import abi
+from xenlab.xen.errors import DomainError, XenError
+from xenlab.xen.shared_info import SharedInfo
+
+log = logging.getLogger(__name__)
+
+DOM0 = Caller(0, privileged=True)
+PAGES_PER_MB = (1 << 20) // abi.PAGE_SIZE
+XEN_VERSION = "4.19-xenlab"
+
+# Subtrees of /local/domain/N the guest may write (libxl's rwperm paths);
+# everything else under it is read-only to the guest (roperm).
+GUEST_WRITABLE = ("device", "data", "drivers", "feature", "attr", "error", "control/shutdown",
+                  "control/feature-poweroff", "control/feature-reboot",
+                  "control/feature-suspend", "control/sysrq", "memory/balloon")
+
+
+class Hypervisor:
+    def __init__(self, config: HypervisorConfig, launcher: Launcher | None = None):
+        self.config = config
+        self.rundir = Rundir(Path(config.rundir))
+        self.started = time.monotonic()
+        self.identity = Identity()
+        self.domains = DomainTable(config.max_domains)
+        prefix = f"xenlab-{os.getpid()}-{id(self) & 0xffff:04x}-"
+        self.memory = MachineMemory(Path(config.shm_dir), prefix,
+                                    config.total_memory_mb * PAGES_PER_MB)
+        self.grants = GrantTables(self.memory)
+        self.doorbell = UpcallRouter(authenticate=self._doorbell_auth, on_send=self._doorbell_send)
+        self.evtchn = EventChannels(kick=self.doorbell.kick,
+                                    default_max_ports=config.evtchn_max_ports)
+        self.xs_connections = XenStoreConnections()
+        self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
+        self.launcher = launcher or make_launcher(config.launcher, config.log_level)
+        self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
+        self._procs: dict[int, DomainProcess] = {}
+        self._reapers: dict[int, asyncio.Task] = {}
+        self._shared_info: dict[int, SharedInfo] = {}
+        self._state_changed = asyncio.Event()
+        self.dom0_secret = ""
+
+    # -- start and stop ------------------------------------------------------
+    async def start(self) -> None:
+        self.rundir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.rundir.logs.mkdir(exist_ok=True)
+        dom0 = self.domains.add_dom0(self.config.dom0_memory_mb * PAGES_PER_MB,
+                                     self.config.dom0_vcpus)
+        self._add_to_cores(dom0, dom0.max_pages)
+        self.dom0_secret = self.identity.issue(0, privileged=True)
+        self._write_domain_tree(dom0)
+        await self.doorbell.start(str(self.rundir.doorbell))
+
+    def publish(self, address: str) -> None:
+        """Leave the address and dom0's secret where the toolstack finds them."""
+        secret_file = self.rundir.dom0_secret_file
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.dom0_secret + "\n")
+        self.rundir.address_file.write_text(address + "\n")
+
+    async def close(self) -> None:
+        for dom in list(self.domains):
+            if dom.domid != 0:
+                await self.destroy_domain(dom.domid)
+        await self.doorbell.close()
+        self._remove_from_cores(0)
+        for launcher in self.launchers.values():
+            await launcher.close()
+        for path in (self.rundir.address_file, self.rundir.dom0_secret_file):
+            path.unlink(missing_ok=True)
+
+    # -- helpers for servicers -------------------------------------------------
+    def domain_exists(self, domid: int) -> bool:
+        return domid in self.domains
+
+    def is_privileged(self, domid: int) -> bool:
+        return domid in self.domains and self.domains.get(domid).privileged
+
+    def process(self, domid: int) -> DomainProcess | None:
+        return self._procs.get(domid)
+
+    def _doorbell_auth(self, domid: int, secret: str) -> Caller:
+        return self.identity.check(str(domid), secret)
+
+    def _doorbell_send(self, domid: int, port: int) -> None:
+        try:
+            self.evtchn.send(domid, port)
+        except XenError as err:
+            log.debug("d%d: doorbell send on port %d refused: %s", domid, port, err)
+
+    # -- create ------------------------------------------------------------------
+    async def create_domain(self, spec, paused: bool = False) -> tuple[Domain, str]:
+        memory_mb = spec.memory_mb or 128
+        maxmem_mb = spec.maxmem_mb or memory_mb
+        if maxmem_mb < memory_mb:
+            raise DomainError(errno.EINVAL, f"maxmem={maxmem_mb} is below memory={memory_mb}")
+        launcher = self._launcher_for(spec.launcher)
+        dom = self.domains.allocate(
+            spec.name, maxmem_mb * PAGES_PER_MB, spec.vcpus or 1, spec.uuid,
+            on_poweroff=spec.on_poweroff or "destroy", on_reboot=spec.on_reboot or "restart",
+            on_crash=spec.on_crash or "destroy")
+        dom.spec = spec
+        dom.launcher = launcher.name
+        try:
+            self._add_to_cores(dom, memory_mb * PAGES_PER_MB)
+            secret = self.identity.issue(dom.domid)
+            self._write_domain_tree(dom)
+            self.xenstore.introduce_domain(dom.domid)
+            proc = await launcher.start(self._start_info(dom, secret))
+        except BaseException:
+            await self._teardown(dom)
+            raise
+        if proc is not None:
+            self._procs[dom.domid] = proc
+            self._reapers[dom.domid] = asyncio.create_task(self._reap(dom, proc))
+            if paused:
+                proc.pause()
+        if paused:
+            dom.state = RunState.PAUSED
+        log.info("created d%d (%s): %d MiB, %d vCPU, launcher %s", dom.domid, dom.name,
+                 memory_mb, dom.vcpus, launcher.name)
+        self._changed()
+        return dom, secret
+
+    def _launcher_for(self, name: str) -> Launcher:
+        if not name:
+            return self.launcher
+        if name not in self.launchers:
+            try:
+                self.launchers[name] = make_launcher(name, self.config.log_level)
+            except ValueError as err:
+                raise DomainError(errno.EINVAL, str(err)) from None
+        return self.launchers[name]
+
+    def _start_info(self, dom: Domain, secret: str) -> StartInfo:
+        console = self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
+        return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
+                         hypervisor=self.address, doorbell=str(self.rundir.doorbell),
+                         vcpus=dom.vcpus, console_log=str(console))
+
+    def console_log(self, dom: Domain) -> Path:
+        return self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
+
+    address = ""   # set by the server once it listens
+
+    def _add_to_cores(self, dom: Domain, initial_pages: int) -> None:
+        self.memory.add_domain(dom.domid, dom.max_pages, initial_pages)
+        buf, offset = self.memory.shared_info_buffer(dom.domid)
+        shared = SharedInfo(buf, offset, dom.vcpus)
+        self._shared_info[dom.domid] = shared
+        self.evtchn.add_domain(dom.domid, shared, dom.vcpus)
+        self.grants.add_domain(dom.domid, self.config.grant_frames)
+
+    def _remove_from_cores(self, domid: int) -> None:
+        for step in (self.evtchn.remove_domain, self.grants.remove_domain):
+            try:
+                step(domid)
+            except XenError:
+                pass
+        shared = self._shared_info.pop(domid, None)
+        if shared is not None:
+            shared.release()
+        try:
+            self.memory.remove_domain(domid)
+        except XenError:
+            pass
+
+    def _write_domain_tree(self, dom: Domain) -> None:
+        """The nodes libxl writes for a new domain, with libxl's permissions:
+        /local/domain/N readable by N, its rw subtrees owned by N."""
+        xs, d = self.xenstore, dom.domid
+        base = f"/local/domain/{d}"
+        vm = f"/vm/{dom.uuid}"
+        current, maximum, target = self.memory.reservation(d)
+        ro = [(0, "n"), (d, "r")] if d else [(0, "n")]
+        rw = [(d, "n")]
+        values = {
+            "name": dom.name, "domid": str(d), "vm": vm,
+            "memory/static-max": str(maximum * 4), "memory/target": str(target * 4),
+            "memory/videoram": "-1",
+            "control/shutdown": "", "control/platform-feature-multiprocessor-suspend": "1",
+            "device": "", "data": "", "drivers": "", "feature": "", "attr": "", "error": "",
+            "console/limit": "1048576", "console/type": "xenconsoled",
+        }
+        for vcpu in range(dom.vcpus):
+            values[f"cpu/{vcpu}/availability"] = "online"
+        xs.write(DOM0, base, b"")
+        xs.set_perms(DOM0, base, ro)
+        for key, value in values.items():
+            xs.write(DOM0, f"{base}/{key}", value.encode())
+            xs.set_perms(DOM0, f"{base}/{key}", rw if self._guest_writable(key) else ro)
+        for sub in ("memory", "control", "cpu", "console"):
+            xs.set_perms(DOM0, f"{base}/{sub}", ro)
+        for vcpu in range(dom.vcpus):
+            xs.set_perms(DOM0, f"{base}/cpu/{vcpu}", ro)
+        if d:
+            xs.write(DOM0, vm, b"")
+            xs.set_perms(DOM0, vm, ro)
+            for key, value in {"name": dom.name, "uuid": dom.uuid,
+                               "start_time": f"{time.time():.2f}",
+                               "image/ostype": "linux"}.items():
+                xs.write(DOM0, f"{vm}/{key}", value.encode())
+
+    @staticmethod
+    def _guest_writable(key: str) -> bool:
+        return any(key == p or key.startswith(p + "/") for p in GUEST_WRITABLE)
+
+    # -- destroy ---------------------------------------------------------------------
+    async def destroy_domain(self, domid: int) -> None:
+        if domid == 0:
+            raise DomainError(errno.EPERM, "Domain-0 cannot be destroyed")
+        dom = self.domains.get(domid)
+        if dom.state is RunState.DYING:
+            return
+        await self._teardown(dom)
+
+    async def _teardown(self, dom: Domain) -> None:
+        """Undo everything a domain had: process, ports, grants, xenstore,
+        memory, credentials. Its id stays taken until this is done."""
+        dom.state = RunState.DYING
+        self._changed()
+        proc = self._procs.pop(dom.domid, None)
+        reaper = self._reapers.pop(dom.domid, None)
+        if reaper is not None and reaper is not asyncio.current_task():
+            reaper.cancel()
+        if proc is not None:
+            await proc.kill()
+        self.doorbell.disconnect(dom.domid)
+        self.identity.revoke(dom.domid)
+        self._remove_from_cores(dom.domid)
+        for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}"):
+            if self.xenstore.exists(path):
+                self.xenstore.rm(DOM0, path)
+        self.xenstore.release_domain(dom.domid)
+        self.domains.remove(dom.domid)
+        log.info("destroyed d%d (%s)", dom.domid, dom.name)
+        self._changed()
+
+    # -- pause / shutdown ------------------------------------------------------------
+    def pause(self, domid: int) -> None:
+        dom = self._running_domu(domid, "pause")
+        if dom.state is RunState.PAUSED:
+            return
+        proc = self._procs.get(domid)
+        if proc is not None:
+            proc.pause()
+        dom.state = RunState.PAUSED
+        self._changed()
+
+    def unpause(self, domid: int) -> None:
+        dom = self._running_domu(domid, "unpause")
+        if dom.state is not RunState.PAUSED:
+            return
+        proc = self._procs.get(domid)
+        if proc is not None:
+            proc.unpause()
+        dom.state = RunState.RUNNING
+        self._changed()
+
+    def _running_domu(self, domid: int, what: str) -> Domain:
+        dom = self.domains.get(domid)
+        if domid == 0:
+            raise DomainError(errno.EPERM, f"cannot {what} Domain-0")
+        if dom.state not in (RunState.RUNNING, RunState.PAUSED):
+            raise DomainError(errno.EINVAL, f"cannot {what} d{domid}: it is {dom.state.value}")
+        return dom
+
+    async def shutdown_domain(self, domid: int, reason: str, wait: bool = False,
+                              timeout: float = 30.0) -> None:
+        """xl shutdown/reboot: ask the guest through control/shutdown, as xl
+        does; 'crash' is the hypervisor crashing it (domain_crash)."""
+        if reason not in ("poweroff", "reboot", "crash"):
+            raise DomainError(errno.EINVAL, f"shutdown reason {reason!r}: expected poweroff, reboot or crash")
+        dom = self._running_domu(domid, "shut down")
+        proc = self._procs.get(domid)
+        if reason == "crash":
+            dom.shutdown_reason = "crash"
+            if proc is not None:
+                await proc.kill()          # the reaper applies on_crash
+            else:
+                await self._apply_policy(dom, "crash")
+        elif proc is None:
+            # No guest to ask (launcher none): shut it down from outside,
+            # as SCHEDOP_remote_shutdown does.
+            await self._apply_policy(dom, reason)
+        else:
+            if dom.state is RunState.PAUSED:
+                raise DomainError(errno.EBUSY, f"d{domid} is paused: unpause it first, or it cannot react")
+            self.xenstore.write(DOM0, f"/local/domain/{domid}/control/shutdown", reason.encode())
+        if wait:
+            await self.wait_gone_or_stopped(dom, timeout)
+
+    async def wait_gone_or_stopped(self, dom: Domain, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.domains.find(dom.domid)
+            if current is not dom or dom.state in (RunState.SHUTDOWN, RunState.CRASHED):
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DomainError(errno.EBUSY, f"d{dom.domid} did not shut down within {timeout:g}s")
+            self._state_changed.clear()
+            try:
+                await asyncio.wait_for(self._state_changed.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def sched_shutdown(self, domid: int, reason: str) -> None:
+        """SCHEDOP_shutdown from the domain itself: remember why; the process
+        exit that follows is handled with this reason."""
+        if reason not in abi.SHUTDOWN_REASONS:
+            raise DomainError(errno.EINVAL, f"unknown shutdown reason {reason!r}")
+        dom = self.domains.get(domid)
+        dom.shutdown_reason = reason
+        if domid not in self._procs and domid != 0:
+            asyncio.get_running_loop().create_task(self._apply_policy(dom, reason))
+
+    async def _reap(self, dom: Domain, proc: DomainProcess) -> None:
+        status = await proc.wait()
+        if self._procs.get(dom.domid) is not proc:
+            return
+        del self._procs[dom.domid]
+        self._reapers.pop(dom.domid, None)
+        reason = dom.shutdown_reason or ("poweroff" if status == 0 else "crash")
+        if reason != "crash" and status != 0:
+            reason = "crash"
+        log.info("d%d (%s): process %d exited with %s: %s", dom.domid, dom.name, proc.pid,
+                 status, reason)
+        await self._apply_policy(dom, reason)
+
+    async def _apply_policy(self, dom: Domain, reason: str) -> None:
+        action = dom.action_for(reason)
+        dom.shutdown_reason = reason
+        log.info("d%d (%s): %s -> on_%s=%s", dom.domid, dom.name, reason,
+                 "crash" if reason not in ("poweroff", "reboot") else reason, action)
+        if action in ("preserve", "coredump-preserve"):
+            proc = self._procs.pop(dom.domid, None)
+            if proc is not None:
+                await proc.kill()
+            dom.state = RunState.CRASHED if reason == "crash" else RunState.SHUTDOWN
+            self._changed()
+            return
+        spec = dom.spec
+        await self._teardown(dom)
+        if action in ("restart", "rename-restart", "coredump-restart", "soft-reset") and spec is not None:
+            try:
+                new, _ = await self.create_domain(spec)
+                log.info("restarted %s as d%d", spec.name, new.domid)
+            except XenError as err:
+                log.error("could not restart %s: %s", spec.name, err)
+
+    def _changed(self) -> None:
+        self._state_changed.set()
+
+    # -- memory ------------------------------------------------------------------
+    def set_memory_target(self, domid: int, kb: int) -> None:
+        self.memory.set_target(domid, kb // 4)
+        self.xenstore.write(DOM0, f"/local/domain/{domid}/memory/target", str(kb).encode())
+
+    def set_memory_max(self, domid: int, kb: int) -> None:
+        self.memory.set_max(domid, kb // 4)
+        self.domains.get(domid).max_pages = kb // 4
+        self.xenstore.write(DOM0, f"/local/domain/{domid}/memory/static-max", str(kb).encode())
+
+    def set_vcpus(self, domid: int, vcpus: int) -> None:
+        dom = self.domains.get(domid)
+        if not 1 <= vcpus <= dom.vcpus:
+            raise DomainError(errno.EINVAL, f"d{domid} has {dom.vcpus} vCPUs at most (maxvcpus); asked {vcpus}")
+        for vcpu in range(dom.vcpus):
+            state = "online" if vcpu < vcpus else "offline"
+            self.xenstore.write(DOM0, f"/local/domain/{domid}/cpu/{vcpu}/availability", state.encode())
+
+    # -- info -------------------------------------------------------------------------
+    def domain_info(self, dom: Domain) -> dict:
+        proc = self._procs.get(dom.domid)
+        current, maximum, target = self.memory.reservation(dom.domid) if dom.state is not RunState.DYING else (0, 0, 0)
+        return dict(domid=dom.domid, name=dom.name, uuid=dom.uuid,
+                    state=dom.state_letters(proc.proc_state() if proc else ("R" if dom.domid == 0 else "")),
+                    memory_kb=current * 4, maxmem_kb=maximum * 4, target_kb=target * 4,
+                    vcpus=dom.vcpus, cpu_time=proc.cpu_time() if proc else 0.0,
+                    privileged=dom.privileged, shutdown_reason=dom.shutdown_reason,
+                    pid=proc.pid if proc else 0, launcher=dom.launcher)
+
+    def host_info(self) -> dict:
+        uname = platform.uname()
+        return dict(host=uname.node, release=uname.release, xen_version=XEN_VERSION,
+                    nr_cpus=os.cpu_count() or 1,
+                    total_memory_kb=self.memory.total_pages * 4,
+                    free_memory_kb=self.memory.free_pages * 4,
+                    nr_domains=len(self.domains), xen_caps="xen-3.0-x86_64 (emulated by xenlab)",
+                    rundir=str(self.rundir.path), doorbell=str(self.rundir.doorbell),
+                    launcher=self.launcher.name, uptime=time.monotonic() - self.started)

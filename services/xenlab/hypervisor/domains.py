@@ -1,0 +1,180 @@
+"""The domain table: ids, names, lifecycle state and the on_* policy.
+
+Pure bookkeeping (no processes, no I/O): the glue in core.py asks it what to
+do and carries that out.
+"""
+from __future__ import annotations
+
+import errno
+import enum
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from xenlab.xen import abi
+from xenlab.xen.errors import DomainError
+
+# xl.cfg(5) ACTIONS for on_poweroff / on_reboot / on_crash / on_watchdog.
+ACTIONS = ("destroy", "restart", "rename-restart", "preserve",
+           "coredump-destroy", "coredump-restart", "soft-reset")
+MAX_VCPUS = abi.XEN_LEGACY_MAX_VCPUS
+NAME_MAX = 64
+
+
+class RunState(enum.Enum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTDOWN = "shutdown"   # stopped, preserved by on_poweroff/on_reboot = preserve
+    CRASHED = "crashed"     # stopped, preserved by on_crash = preserve
+    DYING = "dying"         # being torn down; its id is not reused yet
+
+
+@dataclass
+class Domain:
+    domid: int
+    name: str
+    uuid: str
+    max_pages: int
+    vcpus: int
+    on_poweroff: str = "destroy"
+    on_reboot: str = "restart"
+    on_crash: str = "destroy"
+    privileged: bool = False
+    state: RunState = RunState.RUNNING
+    shutdown_reason: str = ""
+    launcher: str = "none"
+    created: float = field(default_factory=time.monotonic)
+    spec: object = None      # the DomainSpec it was created from (restart re-uses it)
+
+    def action_for(self, reason: str) -> str:
+        """The xl.cfg policy for a shutdown reason (watchdog counts as crash)."""
+        if reason == "poweroff":
+            return self.on_poweroff
+        if reason == "reboot":
+            return self.on_reboot
+        if reason == "suspend":
+            return "preserve"
+        return self.on_crash
+
+    def state_letters(self, proc_state: str = "") -> str:
+        """xl list's State column: r b p s c d, one position each.
+
+        `proc_state` is the process state letter from /proc/PID/stat: a
+        runnable process shows as running, a sleeping one as blocked, as a
+        vCPU waiting in SCHEDOP_block does.
+        """
+        cols = ["-"] * 6
+        if self.state is RunState.RUNNING:
+            if proc_state == "R":
+                cols[0] = "r"
+            else:
+                cols[1] = "b"
+        elif self.state is RunState.PAUSED:
+            cols[2] = "p"
+        elif self.state is RunState.SHUTDOWN:
+            cols[3] = "s"
+        elif self.state is RunState.CRASHED:
+            cols[3] = "s"
+            cols[4] = "c"
+        elif self.state is RunState.DYING:
+            cols[5] = "d"
+        return "".join(cols)
+
+
+def validate_name(name: str) -> None:
+    if not name:
+        raise DomainError(errno.EINVAL, "a domain needs a name")
+    if len(name) > NAME_MAX:
+        raise DomainError(errno.EINVAL, f"domain name {name[:20]!r}... is longer than {NAME_MAX}")
+    if name.isdigit():
+        raise DomainError(errno.EINVAL, f"domain name {name!r} cannot be all digits (it would read as an id)")
+    bad = sorted({c for c in name if not (c.isalnum() or c in "-_.:")})
+    if bad:
+        raise DomainError(errno.EINVAL, f"domain name {name!r} has characters {''.join(bad)!r}; use letters, digits, - _ . :")
+
+
+def validate_action(key: str, action: str) -> None:
+    if action not in ACTIONS:
+        raise DomainError(errno.EINVAL, f"{key}={action!r}: expected one of {', '.join(ACTIONS)}")
+
+
+class DomainTable:
+    """Domain ids are handed out round-robin from 1, as xl does, and never
+    reused while a domain with that id still exists (dying included)."""
+
+    def __init__(self, max_domains: int = 256, clock: Callable[[], float] = time.monotonic):
+        self._domains: dict[int, Domain] = {}
+        self._next = 1
+        self.max_domains = max_domains
+        self.clock = clock
+
+    def __iter__(self):
+        return iter(sorted(self._domains.values(), key=lambda d: d.domid))
+
+    def __len__(self) -> int:
+        return len(self._domains)
+
+    def __contains__(self, domid: int) -> bool:
+        return domid in self._domains
+
+    def add_dom0(self, max_pages: int, vcpus: int) -> Domain:
+        dom = Domain(0, abi.DOM0_NAME, "00000000-0000-0000-0000-000000000000",
+                     max_pages, vcpus, privileged=True, created=self.clock())
+        self._domains[0] = dom
+        return dom
+
+    def allocate(self, name: str, max_pages: int, vcpus: int, uuid: str = "", **policy) -> Domain:
+        validate_name(name)
+        if any(d.name == name and d.state is not RunState.DYING for d in self._domains.values()):
+            raise DomainError(errno.EEXIST, f"domain {name!r} already exists")
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise DomainError(errno.EINVAL, f"vcpus={vcpus}: must be 1..{MAX_VCPUS}")
+        for key, action in policy.items():
+            validate_action(key, action)
+        if len(self._domains) >= self.max_domains:
+            raise DomainError(errno.ENOSPC, f"the host already runs {self.max_domains} domains")
+        if uuid:
+            try:
+                uuid = str(uuidlib.UUID(uuid))
+            except ValueError:
+                raise DomainError(errno.EINVAL, f"uuid {uuid!r} is not a UUID") from None
+        domid = self._free_domid()
+        dom = Domain(domid, name, uuid or str(uuidlib.uuid4()), max_pages, vcpus,
+                     created=self.clock(), **policy)
+        self._domains[domid] = dom
+        return dom
+
+    def _free_domid(self) -> int:
+        for _ in range(abi.DOMID_FIRST_RESERVED):
+            domid = self._next
+            self._next = self._next + 1 if self._next + 1 < abi.DOMID_FIRST_RESERVED else 1
+            if domid not in self._domains:
+                return domid
+        raise DomainError(errno.ENOSPC, "no free domain id")  # pragma: no cover
+
+    def get(self, domid: int) -> Domain:
+        try:
+            return self._domains[domid]
+        except KeyError:
+            raise DomainError(errno.ESRCH, f"no domain with id {domid}") from None
+
+    def find(self, domid: int) -> Domain | None:
+        return self._domains.get(domid)
+
+    def lookup(self, domid: int = 0, name: str = "") -> Domain:
+        """A DomainRef: by name when given (or when it is all digits, by id)."""
+        if name:
+            if name.isdigit():
+                return self.get(int(name))
+            for dom in self._domains.values():
+                if dom.name == name and dom.state is not RunState.DYING:
+                    return dom
+            raise DomainError(errno.ESRCH, f"no domain named {name!r}")
+        return self.get(domid)
+
+    def remove(self, domid: int) -> None:
+        self._domains.pop(domid, None)
+
+    def uptime(self, dom: Domain) -> float:
+        return self.clock() - dom.created

@@ -1,0 +1,110 @@
+"""gRPC adapter for the Domains service (the toolstack's domctl calls)."""
+from __future__ import annotations
+
+import asyncio
+
+from xenlab.proto import common_pb2, domains_pb2, domains_pb2_grpc
+from xenlab.rpc import handles_xen_errors
+
+CONSOLE_CHUNK = 16384
+
+
+class DomainsServicer(domains_pb2_grpc.DomainsServicer):
+    def __init__(self, hv):
+        self.hv = hv
+
+    def _toolstack(self, context, what: str):
+        caller = self.hv.identity.authenticate(context)
+        caller.require_privileged(what)
+        return caller
+
+    def _info(self, dom) -> domains_pb2.DomainInfo:
+        info = domains_pb2.DomainInfo(**self.hv.domain_info(dom))
+        if dom.spec is not None:
+            info.spec.CopyFrom(dom.spec)
+        return info
+
+    @handles_xen_errors
+    async def Create(self, request, context):
+        self._toolstack(context, "creating a domain")
+        dom, secret = await self.hv.create_domain(request.spec, paused=request.paused)
+        return domains_pb2.CreateDomainResponse(info=self._info(dom), secret=secret)
+
+    @handles_xen_errors
+    async def Destroy(self, request, context):
+        self._toolstack(context, "destroying a domain")
+        dom = self.hv.domains.lookup(request.domid, request.name)
+        await self.hv.destroy_domain(dom.domid)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def Pause(self, request, context):
+        self._toolstack(context, "pausing a domain")
+        self.hv.pause(self.hv.domains.lookup(request.domid, request.name).domid)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def Unpause(self, request, context):
+        self._toolstack(context, "unpausing a domain")
+        self.hv.unpause(self.hv.domains.lookup(request.domid, request.name).domid)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def Shutdown(self, request, context):
+        self._toolstack(context, "shutting down a domain")
+        dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
+        await self.hv.shutdown_domain(dom.domid, request.reason or "poweroff",
+                                      request.wait, request.timeout or 30.0)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def List(self, request, context):
+        caller = self.hv.identity.authenticate(context)
+        doms = [d for d in self.hv.domains if caller.privileged or d.domid == caller.domid]
+        return domains_pb2.DomainList(domains=[self._info(d) for d in doms])
+
+    @handles_xen_errors
+    async def Info(self, request, context):
+        caller = self.hv.identity.authenticate(context)
+        dom = self.hv.domains.lookup(request.domid, request.name)
+        caller.require_self_or_privileged(dom.domid, "inspect")
+        return self._info(dom)
+
+    @handles_xen_errors
+    async def SetVcpus(self, request, context):
+        self._toolstack(context, "vcpu-set")
+        dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
+        self.hv.set_vcpus(dom.domid, request.vcpus)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def GetHostInfo(self, request, context):
+        self.hv.identity.authenticate(context)
+        return domains_pb2.HostInfo(**self.hv.host_info())
+
+    @handles_xen_errors
+    async def SchedShutdown(self, request, context):
+        caller = self.hv.identity.authenticate(context)
+        self.hv.sched_shutdown(caller.domid, request.reason)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def Console(self, request, context):
+        self._toolstack(context, "reading a console")
+        dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
+        path = self.hv.console_log(dom)
+        offset = 0
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    data = f.read(CONSOLE_CHUNK)
+            except FileNotFoundError:
+                data = b""
+            if data:
+                offset += len(data)
+                yield domains_pb2.ConsoleChunk(data=data)
+                continue
+            if not request.follow or self.hv.domains.find(dom.domid) is not dom:
+                return
+            await asyncio.sleep(0.2)

@@ -1,0 +1,310 @@
+"""Event channels: the EVTCHNOP_* family of event_channel.h, as a pure core.
+
+Each domain has a table of ports (port 0 reserved, as Xen reserves it) and a
+shared_info page whose 2-level pending/mask bitmaps carry the events. The
+hypervisor only ever *sets* pending bits; ``SharedInfo.set_pending`` says
+when that is a 0->1 edge of an unmasked port that must reach the vCPU, and
+only then is the injected ``kick(domid, vcpu)`` called. A masked or
+already-pending port therefore never rings again, as in Xen's event_2l.c.
+
+No sockets, no asyncio: the hypervisor is single-threaded, so the tables
+need no locks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+from dataclasses import dataclass, field
+from typing import Callable
+
+from xenlab.hypervisor.identity import Caller
+from xenlab.xen import abi
+from xenlab.xen.abi import EvtchnState
+from xenlab.xen.errors import EvtchnError, PermissionError_
+from xenlab.xen.shared_info import SharedInfo
+
+# Xen sizes d->nr_pirqs per domain from the platform's interrupts; xenlab has
+# no physical interrupts, so a fixed bound keeps the pirq table small.
+NR_PIRQS = 256
+
+
+@dataclass
+class Channel:
+    """One bound port (struct evtchn)."""
+    port: int
+    state: EvtchnState
+    vcpu: int = 0                        # notify_vcpu_id
+    remote_dom: int = abi.DOMID_INVALID  # unbound: the allowed peer; interdomain: the peer
+    remote_port: int = 0
+    pirq: int = 0
+    virq: int = 0
+
+
+@dataclass
+class _DomainPorts:
+    shared_info: SharedInfo
+    nr_vcpus: int
+    max_ports: int
+    channels: dict[int, Channel] = field(default_factory=dict)
+    virqs: dict[tuple[int, int], int] = field(default_factory=dict)   # (virq, vcpu) -> port
+    pirqs: dict[int, int] = field(default_factory=dict)               # pirq -> port
+
+
+def _virq_key(virq: int, vcpu: int) -> tuple[int, int]:
+    # Global VIRQs live in vCPU 0's virq_to_evtchn table (Xen: virq_is_global).
+    return (virq, vcpu if virq in abi.VIRQ_PER_VCPU else 0)
+
+
+class EventChannels:
+    def __init__(self, kick: Callable[[int, int], None], default_max_ports: int = 1024):
+        self._kick = kick
+        self._default_max_ports = default_max_ports
+        self._domains: dict[int, _DomainPorts] = {}
+
+    # -- domain lifecycle -------------------------------------------------
+    def add_domain(self, domid: int, shared_info: SharedInfo, nr_vcpus: int = 1,
+                   max_ports: int | None = None) -> None:
+        if domid in self._domains:
+            raise EvtchnError(errno.EEXIST, f"d{domid} already has event channels")
+        if not 1 <= nr_vcpus <= abi.XEN_LEGACY_MAX_VCPUS:
+            raise EvtchnError(errno.EINVAL, f"nr_vcpus {nr_vcpus} outside 1..{abi.XEN_LEGACY_MAX_VCPUS}")
+        limit = self._default_max_ports if max_ports is None else max_ports
+        # The 2-level ABI cannot address more ports than its bitmaps hold.
+        limit = min(limit, abi.EVTCHN_2L_NR_CHANNELS)
+        if limit < 2:
+            raise EvtchnError(errno.EINVAL, f"max_ports {limit} leaves no usable port")
+        self._domains[domid] = _DomainPorts(shared_info, nr_vcpus, limit)
+
+    def remove_domain(self, domid: int) -> None:
+        """Close every port of a dying domain; its interdomain peers become
+        unbound (Xen's evtchn_destroy). Its shared_info is not touched: the
+        memory is going away. Unknown domains are ignored so that a
+        half-built domain can be torn down."""
+        d = self._domains.pop(domid, None)
+        if d is None:
+            return
+        for ch in list(d.channels.values()):
+            self._release_peer(domid, ch)
+
+    # -- binding ----------------------------------------------------------
+    def alloc_unbound(self, caller: Caller, dom: int, remote_dom: int) -> int:
+        domid, d = self._target(caller, dom, "allocate event channels for")
+        remote = self._resolve_self(caller, remote_dom)
+        self._domain(remote)
+        return self._new(d, Channel(0, EvtchnState.unbound, remote_dom=remote))
+
+    def bind_interdomain(self, caller: Caller, remote_dom: int, remote_port: int) -> int:
+        d = self._domain(caller.domid)
+        remote = self._resolve_self(caller, remote_dom)
+        rch = self._bound(self._domain(remote), remote, remote_port)
+        if rch.state != EvtchnState.unbound:
+            raise EvtchnError(errno.EINVAL, f"d{remote} port {remote_port} is {rch.state.name}, not unbound")
+        if rch.remote_dom != caller.domid:
+            # Xen answers -EINVAL here; xenlab reports it as the access
+            # refusal it is, so that a hijack attempt reads as one.
+            raise PermissionError_(f"d{remote} port {remote_port} is not offered to d{caller.domid}")
+        port = self._new(d, Channel(0, EvtchnState.interdomain, remote_dom=remote,
+                                    remote_port=remote_port))
+        rch.state = EvtchnState.interdomain
+        rch.remote_port = port
+        # Xen's evtchn_bind_interdomain: an event sent before the bind must
+        # not be lost, so the new local end starts pending.
+        self._set_pending(caller.domid, port)
+        return port
+
+    def bind_virq(self, caller: Caller, virq: int, vcpu: int = 0) -> int:
+        d = self._domain(caller.domid)
+        if not 0 <= virq < abi.NR_VIRQS:
+            raise EvtchnError(errno.EINVAL, f"virq {virq} outside 0..{abi.NR_VIRQS - 1}")
+        if virq in abi.VIRQ_PRIVILEGED:
+            caller.require_privileged(f"binding VIRQ {virq}")
+        self._check_vcpu(d, vcpu)
+        if virq not in abi.VIRQ_PER_VCPU and vcpu != 0:
+            raise EvtchnError(errno.EINVAL, f"VIRQ {virq} is global: bind it on vcpu 0, then bind_vcpu")
+        key = _virq_key(virq, vcpu)
+        if key in d.virqs:
+            raise EvtchnError(errno.EEXIST, f"VIRQ {virq} already bound to port {d.virqs[key]} on vcpu {vcpu}")
+        port = self._new(d, Channel(0, EvtchnState.virq, vcpu=vcpu, virq=virq))
+        d.virqs[key] = port
+        return port
+
+    def bind_ipi(self, caller: Caller, vcpu: int = 0) -> int:
+        d = self._domain(caller.domid)
+        self._check_vcpu(d, vcpu)
+        return self._new(d, Channel(0, EvtchnState.ipi, vcpu=vcpu))
+
+    def bind_pirq(self, caller: Caller, pirq: int) -> int:
+        caller.require_privileged("binding a physical IRQ")
+        d = self._domain(caller.domid)
+        if not 0 <= pirq < NR_PIRQS:
+            raise EvtchnError(errno.EINVAL, f"pirq {pirq} outside 0..{NR_PIRQS - 1}")
+        if pirq in d.pirqs:
+            raise EvtchnError(errno.EEXIST, f"pirq {pirq} already bound to port {d.pirqs[pirq]}")
+        port = self._new(d, Channel(0, EvtchnState.pirq, pirq=pirq))
+        d.pirqs[pirq] = port
+        return port
+
+    # -- operations on a domain's own ports ------------------------------
+    def send(self, domid: int, port: int) -> None:
+        d = self._domain(domid)
+        ch = self._bound(d, domid, port)
+        if ch.state == EvtchnState.interdomain:
+            self._set_pending(ch.remote_dom, ch.remote_port)
+        elif ch.state == EvtchnState.ipi:
+            self._set_pending(domid, port)
+        elif ch.state == EvtchnState.unbound:
+            return                  # Xen's evtchn_send: nobody to tell yet, not an error
+        else:
+            raise EvtchnError(errno.EINVAL, f"d{domid} port {port} is a {ch.state.name} port: it cannot be sent on")
+
+    def close(self, domid: int, port: int) -> None:
+        d = self._domain(domid)
+        ch = self._bound(d, domid, port)
+        self._release(domid, d, ch)
+
+    def unmask(self, domid: int, port: int) -> None:
+        d = self._domain(domid)
+        self._check_port(d, domid, port)
+        ch = d.channels.get(port)
+        vcpu = ch.vcpu if ch else 0
+        if d.shared_info.unmask(port, vcpu):
+            self._kick(domid, vcpu)
+
+    def bind_vcpu(self, domid: int, port: int, vcpu: int) -> None:
+        d = self._domain(domid)
+        self._check_vcpu(d, vcpu)
+        ch = self._bound(d, domid, port)
+        # Xen's evtchn_bind_vcpu: IPIs and per-vCPU VIRQs are tied to theirs.
+        movable = ch.state in (EvtchnState.unbound, EvtchnState.interdomain, EvtchnState.pirq) or (
+            ch.state == EvtchnState.virq and ch.virq not in abi.VIRQ_PER_VCPU)
+        if not movable:
+            kind = f"per-vCPU VIRQ {ch.virq}" if ch.state == EvtchnState.virq else ch.state.name
+            raise EvtchnError(errno.EINVAL, f"d{domid} port {port} ({kind}) cannot move to another vcpu")
+        ch.vcpu = vcpu
+
+    def reset(self, caller: Caller, dom: int) -> None:
+        """EVTCHNOP_reset: close every port of `dom`."""
+        domid, d = self._target(caller, dom, "reset event channels of")
+        for ch in list(d.channels.values()):
+            self._release(domid, d, ch)
+
+    def status(self, caller: Caller, dom: int, port: int) -> dict:
+        domid, d = self._target(caller, dom, "query event channels of")
+        self._check_port(d, domid, port)
+        ch = d.channels.get(port) or Channel(port, EvtchnState.closed, remote_dom=0)
+        return {
+            "state": ch.state, "vcpu": ch.vcpu, "remote_dom": ch.remote_dom,
+            "remote_port": ch.remote_port, "pirq": ch.pirq, "virq": ch.virq,
+            "pending": d.shared_info.is_pending(port), "masked": d.shared_info.is_masked(port),
+        }
+
+    # -- hypervisor-originated events --------------------------------------
+    def raise_virq(self, domid: int, virq: int, vcpu: int = 0) -> bool:
+        """send_guest_vcpu_virq / send_guest_global_virq: False when the
+        domain is gone or has not bound that VIRQ (the event is dropped, as
+        Xen drops an unbound VIRQ)."""
+        d = self._domains.get(domid)
+        port = d.virqs.get(_virq_key(virq, vcpu)) if d else None
+        if port is None:
+            return False
+        self._set_pending(domid, port)
+        return True
+
+    def raise_pirq(self, domid: int, pirq: int) -> bool:
+        d = self._domains.get(domid)
+        port = d.pirqs.get(pirq) if d else None
+        if port is None:
+            return False
+        self._set_pending(domid, port)
+        return True
+
+    # -- introspection ------------------------------------------------------
+    def ports(self, domid: int) -> list[int]:
+        return sorted(self._domain(domid).channels)
+
+    def channel(self, domid: int, port: int) -> Channel | None:
+        """A copy of the bound channel at `port`, or None when it is closed."""
+        ch = self._domain(domid).channels.get(port)
+        return dataclasses.replace(ch) if ch else None
+
+    def max_ports(self, domid: int) -> int:
+        return self._domain(domid).max_ports
+
+    def nr_vcpus(self, domid: int) -> int:
+        return self._domain(domid).nr_vcpus
+
+    def has_domain(self, domid: int) -> bool:
+        return domid in self._domains
+
+    # -- helpers ------------------------------------------------------------
+    def _domain(self, domid: int) -> _DomainPorts:
+        d = self._domains.get(domid)
+        if d is None:
+            raise EvtchnError(errno.ESRCH, f"no domain d{domid}")
+        return d
+
+    @staticmethod
+    def _resolve_self(caller: Caller, dom: int) -> int:
+        return caller.domid if dom == abi.DOMID_SELF else dom
+
+    def _target(self, caller: Caller, dom: int, what: str) -> tuple[int, _DomainPorts]:
+        domid = self._resolve_self(caller, dom)
+        caller.require_self_or_privileged(domid, what)
+        return domid, self._domain(domid)
+
+    @staticmethod
+    def _check_port(d: _DomainPorts, domid: int, port: int) -> None:
+        if not 0 <= port < d.max_ports:
+            raise EvtchnError(errno.EINVAL, f"port {port} outside d{domid}'s 0..{d.max_ports - 1}")
+
+    def _bound(self, d: _DomainPorts, domid: int, port: int) -> Channel:
+        self._check_port(d, domid, port)
+        ch = d.channels.get(port)
+        if ch is None:
+            raise EvtchnError(errno.EINVAL, f"d{domid} port {port} is closed")
+        return ch
+
+    @staticmethod
+    def _check_vcpu(d: _DomainPorts, vcpu: int) -> None:
+        if not 0 <= vcpu < d.nr_vcpus:
+            raise EvtchnError(errno.EINVAL, f"vcpu {vcpu} outside 0..{d.nr_vcpus - 1}")
+
+    @staticmethod
+    def _new(d: _DomainPorts, ch: Channel) -> int:
+        # get_free_port: lowest free first; port 0 is never handed out.
+        for port in range(1, d.max_ports):
+            if port not in d.channels:
+                ch.port = port
+                d.channels[port] = ch
+                return port
+        raise EvtchnError(errno.ENOSPC, f"all {d.max_ports - 1} event channel ports are in use")
+
+    def _set_pending(self, domid: int, port: int) -> None:
+        d = self._domains.get(domid)
+        ch = d.channels.get(port) if d else None
+        if ch is None:
+            return
+        if d.shared_info.set_pending(port, ch.vcpu):
+            self._kick(domid, ch.vcpu)
+
+    def _release(self, domid: int, d: _DomainPorts, ch: Channel) -> None:
+        del d.channels[ch.port]
+        if ch.state == EvtchnState.virq:
+            d.virqs.pop(_virq_key(ch.virq, ch.vcpu), None)
+        elif ch.state == EvtchnState.pirq:
+            d.pirqs.pop(ch.pirq, None)
+        self._release_peer(domid, ch)
+        # evtchn_free: a reused port must not start with a stale event.
+        d.shared_info.clear_port(ch.port)
+
+    def _release_peer(self, domid: int, ch: Channel) -> None:
+        """The other end of a closed interdomain channel goes back to unbound,
+        offered to the closer (Xen's evtchn_close)."""
+        if ch.state != EvtchnState.interdomain:
+            return
+        peer = self._domains.get(ch.remote_dom)
+        pch = peer.channels.get(ch.remote_port) if peer else None
+        if pch is not None and pch.state == EvtchnState.interdomain:
+            pch.state = EvtchnState.unbound
+            pch.remote_dom = domid
+            pch.remote_port = 0

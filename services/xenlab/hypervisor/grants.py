@@ -1,0 +1,314 @@
+"""Grant tables, v1 semantics (xen/include/public/grant_table.h).
+
+Each domain has a table of ``max_frames * 512`` grant entries (flags, domid,
+frame); refs 0..7 are reserved for the toolstack. A granted frame may be
+mapped by the grantee (GNTTABOP_map_grant_ref), which hands it the place of
+that one page in the granter's segment, or copied to and from
+(GNTTABOP_copy) without mapping. While mapped an entry carries GTF_reading or
+GTF_writing and cannot be ended; the granter cannot free the frame either.
+Each mapper holds its mappings in a maptrack table of bounded size.
+"""
+from __future__ import annotations
+
+import errno
+import heapq
+from dataclasses import dataclass, field
+
+from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.memory import MachineMemory
+from xenlab.xen import abi
+from xenlab.xen.errors import GrantError, XenError
+
+DEFAULT_MAX_MAPTRACK = 1024
+
+
+@dataclass(frozen=True)
+class Mapping:
+    handle: int
+    granter: int
+    ref: int
+    shm_path: str
+    offset: int          # byte offset of the one granted page in shm_path
+    length: int
+    readonly: bool
+    mfn: int
+
+
+@dataclass(frozen=True)
+class CopyPtr:
+    domid: int
+    ref: int = 0
+    gfn: int = 0
+    use_gref: bool = False
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class CopyOp:
+    source: CopyPtr
+    dest: CopyPtr
+    length: int
+
+
+@dataclass(frozen=True)
+class GrantEntry:
+    """A snapshot of one grant_entry_v1 in use."""
+    ref: int
+    flags: int
+    domid: int           # the grantee
+    frame: int           # the granter's gfn
+
+
+class _Ids:
+    """Lowest-free id allocator over [first, limit)."""
+
+    def __init__(self, first: int, limit: int):
+        self.limit = limit
+        self.high = first            # ids below this have been handed out before
+        self._freed: list[int] = []
+
+    def alloc(self) -> int | None:
+        if self._freed:
+            return heapq.heappop(self._freed)
+        if self.high >= self.limit:
+            return None
+        self.high += 1
+        return self.high - 1
+
+    def free(self, ident: int) -> None:
+        heapq.heappush(self._freed, ident)
+
+
+@dataclass
+class _Entry:
+    flags: int
+    peer: int
+    gfn: int
+    readers: int = 0
+    writers: int = 0
+
+    @property
+    def mapped(self) -> bool:
+        return bool(self.readers or self.writers)
+
+
+@dataclass
+class _Table:
+    domid: int
+    max_frames: int
+    refs: _Ids
+    handles: _Ids
+    entries: dict[int, _Entry] = field(default_factory=dict)
+    # The mappings this domain holds, each with the entry it pins: the entry
+    # object, not (granter, ref), since a granter's domid may come back.
+    maptrack: dict[int, tuple[Mapping, _Entry]] = field(default_factory=dict)
+
+
+class GrantTables:
+    def __init__(self, memory: MachineMemory, max_maptrack: int = DEFAULT_MAX_MAPTRACK):
+        self.memory = memory
+        self.max_maptrack = max_maptrack
+        self._tables: dict[int, _Table] = {}
+        memory.add_busy_check(self._frame_busy)
+
+    # -- domains ---------------------------------------------------------------
+    def add_domain(self, domid: int, max_frames: int = abi.DEFAULT_MAX_GRANT_FRAMES) -> None:
+        if domid in self._tables:
+            raise XenError(errno.EEXIST, f"d{domid} already has a grant table")
+        limit = max_frames * abi.GRANT_ENTRIES_PER_FRAME
+        self._tables[domid] = _Table(domid, max_frames,
+                                     _Ids(abi.GNTTAB_NR_RESERVED_ENTRIES, limit),
+                                     _Ids(0, self.max_maptrack))
+
+    def remove_domain(self, domid: int) -> None:
+        table = self._own(domid)
+        for handle in list(table.maptrack):
+            self._release(table, handle)
+        # Mappings other domains hold of this table's frames stay in their
+        # maptrack until they unmap: their mmaps keep the pages alive.
+        del self._tables[domid]
+
+    def _own(self, domid: int) -> _Table:
+        try:
+            return self._tables[domid]
+        except KeyError:
+            raise XenError(errno.ESRCH, f"no domain d{domid}") from None
+
+    def _table(self, domid: int) -> _Table:
+        try:
+            return self._tables[domid]
+        except KeyError:
+            raise GrantError(abi.GNTST_bad_domain, f"no domain d{domid}") from None
+
+    def _entry(self, table: _Table, ref: int) -> _Entry:
+        entry = table.entries.get(ref)
+        if entry is None:
+            raise GrantError(abi.GNTST_bad_gntref, f"d{table.domid} has no grant ref {ref}")
+        return entry
+
+    # -- the granter -------------------------------------------------------------
+    def grant_access(self, domid: int, peer: int, gfn: int, readonly: bool) -> int:
+        table = self._own(domid)
+        if peer not in self._tables:
+            raise GrantError(abi.GNTST_bad_domain, f"cannot grant to d{peer}: no such domain")
+        if not self.memory.is_populated(domid, gfn):
+            raise GrantError(abi.GNTST_bad_page, f"gfn {gfn:#x} of d{domid} is not populated")
+        ref = table.refs.alloc()
+        if ref is None:
+            raise GrantError(abi.GNTST_no_device_space,
+                             f"d{domid}'s grant table is full ({table.refs.limit} entries)")
+        flags = abi.GTF_permit_access | (abi.GTF_readonly if readonly else 0)
+        table.entries[ref] = _Entry(flags, peer, gfn)
+        return ref
+
+    def end_access(self, domid: int, ref: int) -> None:
+        self.end_access_all(domid, [ref])
+
+    def end_access_all(self, domid: int, refs: list[int]) -> None:
+        """End every ref or, if any cannot be ended, none."""
+        table = self._own(domid)
+        if len(set(refs)) != len(refs):
+            raise GrantError(abi.GNTST_bad_gntref, "a grant ref appears twice")
+        for ref in refs:
+            entry = self._entry(table, ref)
+            if entry.mapped:
+                # gnttab_end_foreign_access_ref fails while GTF_reading/writing is set.
+                raise XenError(errno.EBUSY, f"grant ref {ref} of d{domid} is still mapped "
+                                            f"by d{entry.peer}")
+        for ref in refs:
+            del table.entries[ref]
+            table.refs.free(ref)
+
+    def _frame_busy(self, domid: int, gfn: int) -> str | None:
+        table = self._tables.get(domid)
+        if table is None:
+            return None
+        for ref, entry in table.entries.items():
+            if entry.gfn == gfn and entry.mapped:
+                return f"is mapped by d{entry.peer} through grant ref {ref}"
+        return None
+
+    # -- the grantee -------------------------------------------------------------
+    def map(self, mapper: Caller, granter: int, ref: int, readonly: bool) -> Mapping:
+        mine = self._own(mapper.domid)
+        table = self._table(granter)
+        entry = self._entry(table, ref)
+        if entry.peer != mapper.domid:
+            raise GrantError(abi.GNTST_permission_denied,
+                             f"grant ref {ref} of d{granter} is not for d{mapper.domid}")
+        if not readonly and entry.flags & abi.GTF_readonly:
+            raise GrantError(abi.GNTST_permission_denied,
+                             f"grant ref {ref} of d{granter} is read-only")
+        if not self.memory.is_populated(granter, entry.gfn):
+            raise GrantError(abi.GNTST_bad_page, f"grant ref {ref} of d{granter} names an "
+                                                 "unpopulated frame")
+        handle = mine.handles.alloc()
+        if handle is None:
+            raise GrantError(abi.GNTST_no_device_space,
+                             f"d{mapper.domid} holds {self.max_maptrack} mappings already")
+        mapping = Mapping(handle, granter, ref, self.memory.segment_path(granter),
+                          self.memory.frame_offset(granter, entry.gfn), abi.PAGE_SIZE,
+                          readonly, self.memory.gfn_to_mfn(granter, entry.gfn))
+        mine.maptrack[handle] = (mapping, entry)
+        self._count(entry, readonly, +1)
+        return mapping
+
+    @staticmethod
+    def _count(entry: _Entry, readonly: bool, delta: int) -> None:
+        if readonly:
+            entry.readers += delta
+        else:
+            entry.writers += delta
+        entry.flags &= ~(abi.GTF_reading | abi.GTF_writing)
+        if entry.readers:
+            entry.flags |= abi.GTF_reading
+        if entry.writers:
+            entry.flags |= abi.GTF_writing
+
+    def unmap(self, mapper: Caller, handle: int) -> None:
+        mine = self._own(mapper.domid)
+        if handle not in mine.maptrack:
+            raise GrantError(abi.GNTST_bad_handle,
+                             f"d{mapper.domid} has no grant mapping with handle {handle}")
+        self._release(mine, handle)
+
+    def _release(self, mine: _Table, handle: int) -> None:
+        mapping, entry = mine.maptrack.pop(handle)
+        mine.handles.free(handle)
+        self._count(entry, mapping.readonly, -1)
+
+    # -- GNTTABOP_copy -----------------------------------------------------------
+    def copy(self, caller: Caller, ops: list[CopyOp]) -> list[int]:
+        """One GNTST_* per op; a failed op does not stop the batch."""
+        self._own(caller.domid)
+        return [self._copy_status(caller, op) for op in ops]
+
+    def _copy_status(self, caller: Caller, op: CopyOp) -> int:
+        try:
+            self._copy_one(caller, op)
+        except GrantError as err:
+            return err.status
+        except XenError:
+            return abi.GNTST_general_error
+        return abi.GNTST_okay
+
+    def _copy_one(self, caller: Caller, op: CopyOp) -> None:
+        if op.length < 0 or any(p.offset < 0 or p.offset + op.length > abi.PAGE_SIZE
+                                for p in (op.source, op.dest)):
+            raise GrantError(abi.GNTST_bad_copy_arg)
+        src_dom, src_gfn = self._copy_frame(caller, op.source, write=False)
+        dst_dom, dst_gfn = self._copy_frame(caller, op.dest, write=True)
+        with self.memory.frame(src_dom, src_gfn) as src, \
+                self.memory.frame(dst_dom, dst_gfn) as dst:
+            dst[op.dest.offset:op.dest.offset + op.length] = \
+                src[op.source.offset:op.source.offset + op.length]
+
+    def _copy_frame(self, caller: Caller, ptr: CopyPtr, write: bool) -> tuple[int, int]:
+        domid = caller.domid if ptr.domid == abi.DOMID_SELF else ptr.domid
+        table = self._table(domid)
+        if ptr.use_gref:
+            entry = self._entry(table, ptr.ref)
+            if entry.peer != caller.domid:
+                raise GrantError(abi.GNTST_permission_denied)
+            if write and entry.flags & abi.GTF_readonly:
+                raise GrantError(abi.GNTST_permission_denied)
+            gfn = entry.gfn
+        else:
+            # A frame named by gfn must be the caller's own, unless the
+            # caller is privileged (as dom0 may name any domain's frame).
+            if domid != caller.domid and not caller.privileged:
+                raise GrantError(abi.GNTST_permission_denied)
+            gfn = ptr.gfn
+        if not self.memory.is_populated(domid, gfn):
+            raise GrantError(abi.GNTST_bad_page)
+        return domid, gfn
+
+    # -- views -------------------------------------------------------------------
+    def mapped_by(self, domid: int) -> dict[int, bool]:
+        """mfn -> readonly for the frames `domid` has mapped; a frame mapped
+        both ways counts as writable."""
+        out: dict[int, bool] = {}
+        for m, _ in self._own(domid).maptrack.values():
+            out[m.mfn] = out.get(m.mfn, True) and m.readonly
+        return out
+
+    def query(self, domid: int) -> dict:
+        table = self._own(domid)
+        per_frame = abi.GRANT_ENTRIES_PER_FRAME
+        return {
+            "domid": domid,
+            "nr_frames": max(1, -(-table.refs.high // per_frame)),
+            "max_frames": table.max_frames,
+            "entries_in_use": len(table.entries),
+            "max_entries": table.refs.limit,
+            "active_maps": sum(e.readers + e.writers for e in table.entries.values()),
+        }
+
+    def entries(self, domid: int) -> list[GrantEntry]:
+        table = self._own(domid)
+        return [GrantEntry(ref, e.flags, e.peer, e.gfn)
+                for ref, e in sorted(table.entries.items())]
+
+    def mappings(self, mapper: int | None = None) -> list[Mapping]:
+        tables = [self._own(mapper)] if mapper is not None else self._tables.values()
+        return [m for t in tables for m, _ in t.maptrack.values()]

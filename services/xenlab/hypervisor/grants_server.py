@@ -1,0 +1,68 @@
+"""gRPC adapter for the GrantTable service (GNTTABOP_*)."""
+from __future__ import annotations
+
+from xenlab.hypervisor.grants import CopyOp, CopyPtr
+from xenlab.proto import common_pb2, grants_pb2, grants_pb2_grpc
+from xenlab.rpc import handles_xen_errors
+from xenlab.xen import abi
+from xenlab.xen.errors import XenError
+
+
+def _copy_ptr(ptr: grants_pb2.CopyPtr) -> CopyPtr:
+    return CopyPtr(domid=ptr.domid, ref=ptr.ref, gfn=ptr.gfn, use_gref=ptr.use_gref,
+                   offset=ptr.offset)
+
+
+class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
+    def __init__(self, hv):
+        self.hv = hv
+
+    def _caller(self, context):
+        return self.hv.identity.authenticate(context)
+
+    @handles_xen_errors
+    async def GrantAccess(self, request, context):
+        caller = self._caller(context)
+        grants = self.hv.grants
+        refs: list[int] = []
+        try:
+            for e in request.entries:
+                refs.append(grants.grant_access(caller.domid, e.domid, e.gfn, e.readonly))
+        except XenError:
+            # All or nothing: a batch that fails part-way leaves no grants behind.
+            grants.end_access_all(caller.domid, refs)
+            raise
+        return grants_pb2.GrantRefs(refs=refs)
+
+    @handles_xen_errors
+    async def EndAccess(self, request, context):
+        caller = self._caller(context)
+        self.hv.grants.end_access_all(caller.domid, list(request.refs))
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def Map(self, request, context):
+        caller = self._caller(context)
+        m = self.hv.grants.map(caller, request.domid, request.ref, request.readonly)
+        return grants_pb2.GrantMapping(handle=m.handle, shm_path=m.shm_path, offset=m.offset,
+                                       length=m.length, readonly=m.readonly, mfn=m.mfn)
+
+    @handles_xen_errors
+    async def Unmap(self, request, context):
+        caller = self._caller(context)
+        self.hv.grants.unmap(caller, request.handle)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def Copy(self, request, context):
+        caller = self._caller(context)
+        ops = [CopyOp(_copy_ptr(op.source), _copy_ptr(op.dest), op.len) for op in request.ops]
+        return grants_pb2.GrantCopyResult(status=self.hv.grants.copy(caller, ops))
+
+    @handles_xen_errors
+    async def Query(self, request, context):
+        caller = self._caller(context)
+        domid = caller.domid if request.domid == abi.DOMID_SELF and not request.name \
+            else self.hv.domains.lookup(request.domid, request.name).domid
+        caller.require_self_or_privileged(domid, "query the grant table of")
+        return grants_pb2.GrantTableInfo(**self.hv.grants.query(domid))

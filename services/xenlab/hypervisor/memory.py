@@ -1,0 +1,498 @@
+"""Machine memory: one shared-memory segment per domain, reservations, the
+P2M and validated page-table updates.
+
+A domain's segment is a file in a tmpfs directory. Page 0 is the domain's
+shared_info page (a Xen heap page, not guest RAM); guest frame ``gfn`` is
+segment page ``1 + gfn``. The file is as long as the capacity (the highest
+max_pages the domain ever had), but tmpfs allocates lazily: a frame costs
+host memory once it is written, and a freed frame is punched out again.
+
+Machine frames: each domain owns a window of ``MFN_WINDOW`` machine frames,
+handed out by a bump allocator and never reused, so a stale PTE naming a
+destroyed domain's frame can never alias a new domain's memory. Within the
+window the P2M is the identity: ``mfn = mfn_base + gfn``. Frames below
+``MFN_HYPERVISOR_LIMIT`` are Xen's own.
+
+Page tables (x86 mm.c, simplified to L1 tables): a guest pins a frame it owns
+as an L1 table (MMUEXT_PIN_L1_TABLE), then changes its PTEs only through
+``mmu_update``. The guest's own mapping of its segment is writable, so the
+hypervisor keeps the authoritative copy of every pinned table's PTEs and
+writes them into the frame only for the guest to read.
+"""
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from xenlab.xen import abi
+from xenlab.xen.errors import MemoryError_, XenError
+
+# Machine frames below this are Xen's own text, heap and tables.
+MFN_HYPERVISOR_LIMIT = 0x100
+# Machine frames reserved per domain: 16 GiB of guest frames.
+MFN_WINDOW = 1 << 22
+# 52-bit physical addresses (x86_64): the number of machine frames there are.
+MFN_LIMIT = 1 << (52 - abi.PAGE_SHIFT)
+
+_PTE = struct.Struct("<Q")
+
+# A busy check answers why a domain's frame may not be freed now, or None.
+BusyCheck = Callable[[int, int], "str | None"]
+
+
+@dataclass
+class _Segment:
+    domid: int
+    path: Path
+    fd: int
+    info: mmap.mmap            # segment page 0: shared_info
+    ram: mmap.mmap             # segment pages 1..capacity: guest frames
+    capacity: int
+    max_pages: int
+    target_pages: int
+    mfn_base: int
+    populated: set[int] = field(default_factory=set)
+
+    @property
+    def current(self) -> int:
+        return len(self.populated)
+
+
+@dataclass
+class _PinnedTable:
+    owner: int
+    ptes: dict[int, int]       # PTE index -> value, present entries only
+
+
+def _close(m: mmap.mmap) -> None:
+    # A SharedInfo or a frame view may still export the buffer; the mapping
+    # then goes away with the last export.
+    try:
+        m.close()
+    except BufferError:
+        pass
+
+
+def _pte_mfn(val: int) -> int:
+    return (val & abi.PTE_MFN_MASK) >> abi.PAGE_SHIFT
+
+
+def _pte_writable(val: int) -> bool:
+    return bool(val & abi._PAGE_PRESENT) and bool(val & abi._PAGE_RW)
+
+
+class MachineMemory:
+    def __init__(self, shm_dir: Path, prefix: str, total_pages: int):
+        self.shm_dir = Path(shm_dir)
+        self.prefix = prefix
+        self._total = total_pages
+        self._segs: dict[int, _Segment] = {}
+        self._by_base: dict[int, int] = {}        # mfn_base -> domid
+        self._next_base = MFN_HYPERVISOR_LIMIT
+        self._tables: dict[int, _PinnedTable] = {}   # pinned L1 mfn -> table
+        self._writable: Counter[int] = Counter()     # mfn -> PTEs mapping it RW
+        self._refs: Counter[int] = Counter()         # mfn -> PTEs mapping it
+        self._busy_checks: list[BusyCheck] = []
+
+    # -- accounting ------------------------------------------------------------
+    @property
+    def total_pages(self) -> int:
+        return self._total
+
+    @property
+    def free_pages(self) -> int:
+        return self._total - sum(s.current for s in self._segs.values())
+
+    def add_busy_check(self, check: BusyCheck) -> None:
+        """Register another core's veto on freeing a frame (e.g. a mapped grant)."""
+        self._busy_checks.append(check)
+
+    # -- domains ---------------------------------------------------------------
+    def add_domain(self, domid: int, max_pages: int, initial_pages: int) -> None:
+        if domid in self._segs:
+            raise MemoryError_(errno.EEXIST, f"d{domid} already has memory")
+        if initial_pages > max_pages:
+            raise MemoryError_(errno.EINVAL, f"d{domid}: initial reservation {initial_pages} "
+                                             f"pages exceeds the maximum {max_pages}")
+        self._check_max_limit(domid, max_pages)
+        if initial_pages > self.free_pages:
+            raise MemoryError_(errno.ENOMEM, f"d{domid} needs {initial_pages} pages; "
+                                             f"the host has {self.free_pages} free")
+        if self._next_base + MFN_WINDOW > MFN_LIMIT:
+            raise MemoryError_(errno.ENOMEM, "machine address space exhausted")
+        seg = self._create_segment(domid, max(max_pages, 1), max_pages, initial_pages)
+        self._next_base += MFN_WINDOW
+        self._segs[domid] = seg
+        self._by_base[seg.mfn_base] = domid
+        self._populate(seg, list(range(initial_pages)))
+
+    def _create_segment(self, domid: int, capacity: int, max_pages: int,
+                        target: int) -> _Segment:
+        path = self.shm_dir / f"{self.prefix}d{domid}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise MemoryError_(errno.EEXIST, f"segment {path} already exists") from None
+        try:
+            os.ftruncate(fd, (1 + capacity) * abi.PAGE_SIZE)
+            info = mmap.mmap(fd, abi.PAGE_SIZE, offset=0)
+            ram = mmap.mmap(fd, capacity * abi.PAGE_SIZE, offset=abi.PAGE_SIZE)
+        except OSError:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        return _Segment(domid, path, fd, info, ram, capacity, max_pages, target,
+                        self._next_base)
+
+    def remove_domain(self, domid: int) -> None:
+        seg = self._seg(domid)
+        for mfn in [m for m, t in self._tables.items() if t.owner == domid]:
+            self._drop_table(mfn)
+        del self._segs[domid]
+        del self._by_base[seg.mfn_base]
+        _close(seg.info)
+        _close(seg.ram)
+        os.close(seg.fd)
+        seg.path.unlink(missing_ok=True)
+
+    def _seg(self, domid: int) -> _Segment:
+        try:
+            return self._segs[domid]
+        except KeyError:
+            raise MemoryError_(errno.ESRCH, f"no domain d{domid}") from None
+
+    # -- the segment -------------------------------------------------------------
+    def shared_info_buffer(self, domid: int) -> tuple[mmap.mmap, int]:
+        return self._seg(domid).info, 0
+
+    def segment_path(self, domid: int) -> str:
+        return str(self._seg(domid).path)
+
+    def shm_files(self) -> list[str]:
+        return sorted(str(p) for p in self.shm_dir.glob(f"{self.prefix}d*"))
+
+    def _populated_gfn(self, seg: _Segment, gfn: int) -> None:
+        if not 0 <= gfn < seg.capacity:
+            raise MemoryError_(errno.EINVAL, f"gfn {gfn:#x} is outside d{seg.domid}'s "
+                                             f"{seg.capacity} frames")
+        if gfn not in seg.populated:
+            raise MemoryError_(errno.EINVAL, f"gfn {gfn:#x} of d{seg.domid} is not populated")
+
+    def frame(self, domid: int, gfn: int) -> memoryview:
+        seg = self._seg(domid)
+        self._populated_gfn(seg, gfn)
+        start = gfn * abi.PAGE_SIZE
+        return memoryview(seg.ram)[start:start + abi.PAGE_SIZE]
+
+    def frame_offset(self, domid: int, gfn: int) -> int:
+        seg = self._seg(domid)
+        self._populated_gfn(seg, gfn)
+        return (1 + gfn) * abi.PAGE_SIZE
+
+    def is_populated(self, domid: int, gfn: int) -> bool:
+        seg = self._segs.get(domid)
+        return seg is not None and gfn in seg.populated
+
+    # -- reservations (memory.h XENMEM_*) ------------------------------------------
+    def increase_reservation(self, domid: int, nr_pages: int = 0,
+                             gfns: Iterable[int] = ()) -> list[int]:
+        seg = self._seg(domid)
+        gfns = list(gfns)
+        if gfns:
+            self._check_new_gfns(seg, nr_pages, gfns)
+        count = len(gfns) or nr_pages
+        if seg.current + count > seg.max_pages:
+            raise MemoryError_(errno.ENOMEM, f"d{domid}: {seg.current} + {count} pages "
+                                             f"would exceed the maximum of {seg.max_pages}")
+        if count > self.free_pages:
+            raise MemoryError_(errno.ENOMEM, f"d{domid} asks for {count} pages; the "
+                                             f"host has {self.free_pages} free")
+        wanted = gfns or self._lowest_free(seg, count)
+        self._populate(seg, wanted)
+        return wanted
+
+    @staticmethod
+    def _check_new_gfns(seg: _Segment, nr_pages: int, gfns: list[int]) -> None:
+        if nr_pages not in (0, len(gfns)):
+            raise MemoryError_(errno.EINVAL, f"nr_pages {nr_pages} does not match "
+                                             f"{len(gfns)} gfns")
+        if len(set(gfns)) != len(gfns):
+            raise MemoryError_(errno.EINVAL, "a gfn appears twice")
+        for gfn in gfns:
+            if not 0 <= gfn < seg.capacity:
+                raise MemoryError_(errno.EINVAL, f"gfn {gfn:#x} is outside d{seg.domid}'s "
+                                                 f"{seg.capacity} frames")
+            if gfn in seg.populated:
+                raise MemoryError_(errno.EINVAL, f"gfn {gfn:#x} of d{seg.domid} is "
+                                                 "already populated")
+
+    @staticmethod
+    def _lowest_free(seg: _Segment, count: int) -> list[int]:
+        # capacity >= max_pages, so count free gfns exist below capacity.
+        free: list[int] = []
+        gfn = 0
+        while len(free) < count:
+            if gfn not in seg.populated:
+                free.append(gfn)
+            gfn += 1
+        return free
+
+    @staticmethod
+    def _populate(seg: _Segment, gfns: list[int]) -> None:
+        # Bookkeeping only: tmpfs backs a page when it is first touched, and
+        # a never-touched or punched-out page reads as zeros.
+        seg.populated.update(gfns)
+
+    def decrease_reservation(self, domid: int, gfns: Iterable[int]) -> list[int]:
+        seg = self._seg(domid)
+        gfns = list(gfns)
+        if len(set(gfns)) != len(gfns):
+            raise MemoryError_(errno.EINVAL, "a gfn appears twice")
+        for gfn in gfns:
+            self._populated_gfn(seg, gfn)
+            self._check_freeable(seg, gfn)
+        for gfn in gfns:
+            self._release_frame(seg, gfn)
+            seg.populated.discard(gfn)
+        return gfns
+
+    def _check_freeable(self, seg: _Segment, gfn: int) -> None:
+        # Xen frees a page only when its last reference goes; a shared segment
+        # cannot keep the old page alive, so a frame still in use is refused.
+        mfn = seg.mfn_base + gfn
+        if mfn in self._tables:
+            raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} is a pinned "
+                                            "page table")
+        if self._refs[mfn]:
+            raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} is mapped by "
+                                            f"{self._refs[mfn]} PTE(s)")
+        for check in self._busy_checks:
+            reason = check(seg.domid, gfn)
+            if reason:
+                raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} {reason}")
+
+    def _release_frame(self, seg: _Segment, gfn: int) -> None:
+        start = gfn * abi.PAGE_SIZE
+        try:
+            seg.ram.madvise(mmap.MADV_REMOVE, start, abi.PAGE_SIZE)
+        except (AttributeError, OSError):
+            seg.ram[start:start + abi.PAGE_SIZE] = bytes(abi.PAGE_SIZE)
+
+    def set_max(self, domid: int, max_pages: int) -> None:
+        seg = self._seg(domid)
+        if max_pages < seg.current:
+            raise MemoryError_(errno.EINVAL, f"d{domid} has {seg.current} pages; a maximum "
+                                             f"of {max_pages} is below the current reservation")
+        self._check_max_limit(domid, max_pages)
+        if max_pages > seg.capacity:
+            self._grow(seg, max_pages)
+        seg.max_pages = max_pages
+
+    def _check_max_limit(self, domid: int, max_pages: int) -> None:
+        if max_pages > MFN_WINDOW:
+            raise MemoryError_(errno.EINVAL, f"d{domid}: {max_pages} pages is above xenlab's "
+                                             f"per-domain limit of {MFN_WINDOW}")
+
+    def _grow(self, seg: _Segment, capacity: int) -> None:
+        os.ftruncate(seg.fd, (1 + capacity) * abi.PAGE_SIZE)
+        ram = mmap.mmap(seg.fd, capacity * abi.PAGE_SIZE, offset=abi.PAGE_SIZE)
+        old, seg.ram, seg.capacity = seg.ram, ram, capacity
+        _close(old)
+
+    def set_target(self, domid: int, target_pages: int) -> None:
+        seg = self._seg(domid)
+        if target_pages > seg.max_pages:
+            raise MemoryError_(errno.EINVAL, f"d{domid}: target {target_pages} pages is above "
+                                             f"the maximum of {seg.max_pages}")
+        seg.target_pages = target_pages
+
+    def reservation(self, domid: int) -> tuple[int, int, int]:
+        seg = self._seg(domid)
+        return seg.current, seg.max_pages, seg.target_pages
+
+    def memory_map(self, domid: int, with_populated: bool = False) -> dict:
+        seg = self._seg(domid)
+        return {
+            "domid": domid,
+            "shm_path": str(seg.path),
+            "segment_pages": 1 + seg.capacity,
+            "shared_info_offset": 0,
+            "first_frame_offset": abi.PAGE_SIZE,
+            "populated": sorted(seg.populated) if with_populated else [],
+            "mfn_base": seg.mfn_base,
+        }
+
+    # -- the P2M --------------------------------------------------------------------
+    def gfn_to_mfn(self, domid: int, gfn: int) -> int:
+        seg = self._seg(domid)
+        self._populated_gfn(seg, gfn)
+        return seg.mfn_base + gfn
+
+    def mfn_owner(self, mfn: int) -> tuple[int, int] | None:
+        if mfn < MFN_HYPERVISOR_LIMIT:
+            return None
+        base = mfn - (mfn - MFN_HYPERVISOR_LIMIT) % MFN_WINDOW
+        domid = self._by_base.get(base)
+        if domid is None or mfn - base >= self._segs[domid].capacity:
+            return None
+        return domid, mfn - base
+
+    def _owned_frame(self, domid: int, mfn: int, what: str) -> _Segment:
+        if mfn < MFN_HYPERVISOR_LIMIT:
+            raise MemoryError_(errno.EPERM, f"{what} mfn {mfn:#x} is hypervisor space")
+        owner = self.mfn_owner(mfn)
+        if owner is None or owner[0] != domid:
+            raise MemoryError_(errno.EPERM, f"{what} mfn {mfn:#x} is not d{domid}'s")
+        seg = self._segs[domid]
+        if owner[1] not in seg.populated:
+            raise MemoryError_(errno.EINVAL, f"{what} mfn {mfn:#x} is not populated")
+        return seg
+
+    # -- page tables (xen.h mmu_update, mmuext_op) ----------------------------------------
+    def mmu_update(self, domid: int, updates: list[tuple[int, int]],
+                   foreign: Mapping[int, bool]) -> tuple[int, list[int]]:
+        """HYPERVISOR_mmu_update: stop at the first failure, as Xen does."""
+        self._seg(domid)
+        return self._batch(updates, lambda u: self._update_pte(domid, u[0], u[1], foreign))
+
+    def mmuext(self, domid: int, ops: list[tuple[str, int]],
+               foreign: Mapping[int, bool] | None = None) -> tuple[int, list[int]]:
+        """HYPERVISOR_mmuext_op; `foreign` is needed only to pin a table that
+        already maps granted frames."""
+        self._seg(domid)
+        foreign = foreign or {}
+        return self._batch(ops, lambda op: self._mmuext_one(domid, op[0], op[1], foreign))
+
+    @staticmethod
+    def _batch(items, apply) -> tuple[int, list[int]]:
+        statuses: list[int] = []
+        for item in items:
+            try:
+                apply(item)
+            except XenError as err:
+                statuses.append(-err.errno)
+                return len(statuses) - 1, statuses
+            statuses.append(0)
+        return len(statuses), statuses
+
+    def _update_pte(self, domid: int, ptr: int, val: int, foreign: Mapping[int, bool]) -> None:
+        # xen.h: the low bits of ptr select the command (sizeof(l1_pgentry_t) - 1).
+        cmd = ptr & 7
+        if cmd in (abi.MMU_MACHPHYS_UPDATE, abi.MMU_PT_UPDATE_PRESERVE_AD):
+            raise MemoryError_(errno.ENOSYS, f"mmu_update command {cmd} is not supported")
+        if cmd != abi.MMU_NORMAL_PT_UPDATE:
+            raise MemoryError_(errno.EINVAL, f"bad mmu_update command {cmd}")
+        table_mfn = ptr >> abi.PAGE_SHIFT
+        seg = self._owned_frame(domid, table_mfn, "page table")
+        table = self._tables.get(table_mfn)
+        if table is None:
+            raise MemoryError_(errno.EINVAL, f"mfn {table_mfn:#x} is not a pinned L1 table")
+        if val & abi._PAGE_PRESENT:
+            self._check_target(domid, val, foreign)
+        index = (ptr & abi.PTE_FLAGS_MASK) >> 3
+        self._unref(table.ptes.pop(index, 0))
+        if val & abi._PAGE_PRESENT:
+            table.ptes[index] = val
+            self._ref(val)
+        _PTE.pack_into(seg.ram, (table_mfn - seg.mfn_base) * abi.PAGE_SIZE + index * 8, val)
+
+    def _check_target(self, domid: int, val: int, foreign: Mapping[int, bool],
+                      pinning: int | None = None) -> None:
+        """get_page_from_l1e: may `domid` map this frame, and writable?"""
+        mfn = _pte_mfn(val)
+        writable = _pte_writable(val)
+        if mfn < MFN_HYPERVISOR_LIMIT:
+            raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is hypervisor space")
+        owner = self.mfn_owner(mfn)
+        if owner is not None and owner[0] == domid:
+            if owner[1] not in self._segs[domid].populated:
+                raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is not populated")
+        elif mfn in foreign:
+            if writable and foreign[mfn]:
+                raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is granted read-only")
+        else:
+            raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is neither d{domid}'s nor "
+                                            "granted to it")
+        if writable and (mfn in self._tables or mfn == pinning):
+            raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is a page table; it may only be "
+                                            "mapped read-only")
+
+    def _ref(self, val: int) -> None:
+        mfn = _pte_mfn(val)
+        self._refs[mfn] += 1
+        if _pte_writable(val):
+            self._writable[mfn] += 1
+
+    def _unref(self, val: int) -> None:
+        if not val & abi._PAGE_PRESENT:
+            return
+        mfn = _pte_mfn(val)
+        self._refs[mfn] -= 1
+        if not self._refs[mfn]:
+            del self._refs[mfn]
+        if _pte_writable(val):
+            self._writable[mfn] -= 1
+            if not self._writable[mfn]:
+                del self._writable[mfn]
+
+    def _mmuext_one(self, domid: int, cmd: str, mfn: int, foreign: Mapping[int, bool]) -> None:
+        if cmd == "pin_l1":
+            self._pin_l1(domid, mfn, foreign)
+        elif cmd == "unpin":
+            self._unpin(domid, mfn)
+        else:
+            raise MemoryError_(errno.ENOSYS, f"mmuext op {cmd!r} is not supported")
+
+    def _pin_l1(self, domid: int, mfn: int, foreign: Mapping[int, bool]) -> None:
+        seg = self._owned_frame(domid, mfn, "page table")
+        if mfn in self._tables:
+            raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is already pinned")
+        if self._writable[mfn]:
+            # Xen's type count: a frame mapped writable cannot become a page table.
+            raise MemoryError_(errno.EBUSY, f"mfn {mfn:#x} is mapped writable by "
+                                            f"{self._writable[mfn]} PTE(s)")
+        ptes = self._read_table(seg, mfn)
+        for val in ptes.values():
+            try:
+                self._check_target(domid, val, foreign, pinning=mfn)
+            except XenError as err:
+                raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} fails L1 validation: "
+                                                 f"{err.message}") from None
+        for val in ptes.values():
+            self._ref(val)
+        self._tables[mfn] = _PinnedTable(domid, ptes)
+
+    @staticmethod
+    def _read_table(seg: _Segment, mfn: int) -> dict[int, int]:
+        # Copied once out of guest-writable memory, then validated.
+        start = (mfn - seg.mfn_base) * abi.PAGE_SIZE
+        raw = seg.ram[start:start + abi.PAGE_SIZE]
+        vals = struct.unpack(f"<{abi.PTES_PER_PAGE}Q", raw)
+        return {i: v for i, v in enumerate(vals) if v & abi._PAGE_PRESENT}
+
+    def _unpin(self, domid: int, mfn: int) -> None:
+        table = self._tables.get(mfn)
+        if table is None:
+            raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is not pinned")
+        if table.owner != domid:
+            raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is pinned by d{table.owner}")
+        self._drop_table(mfn)
+
+    def _drop_table(self, mfn: int) -> None:
+        table = self._tables.pop(mfn)
+        for val in table.ptes.values():
+            self._unref(val)
+
+    # -- invariant checks -----------------------------------------------------------------
+    def pinned_tables(self) -> dict[int, int]:
+        """mfn -> owner of every pinned L1 table."""
+        return {mfn: t.owner for mfn, t in self._tables.items()}
+
+    def writable_count(self, mfn: int) -> int:
+        return self._writable[mfn]

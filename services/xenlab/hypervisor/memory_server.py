@@ -1,0 +1,92 @@
+"""gRPC adapter for the Memory service (XENMEM_*, mmu_update, mmuext_op)."""
+from __future__ import annotations
+
+from xenlab.proto import memory_pb2, memory_pb2_grpc
+from xenlab.rpc import handles_xen_errors
+from xenlab.xen import abi
+
+_MMUEXT = {
+    memory_pb2.MmuextOp.PIN_L1_TABLE: "pin_l1",
+    memory_pb2.MmuextOp.UNPIN_TABLE: "unpin",
+}
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServicer):
+    def __init__(self, hv):
+        self.hv = hv
+
+    def _caller(self, context):
+        return self.hv.identity.authenticate(context)
+
+    def _domid(self, caller, domid: int, name: str = "") -> int:
+        """A domain named by id, DOMID_SELF or name."""
+        if domid == abi.DOMID_SELF and not name:
+            return caller.domid
+        return self.hv.domains.lookup(domid, name).domid
+
+    def _reservation(self, domid: int) -> memory_pb2.Reservation:
+        current, maximum, target = self.hv.memory.reservation(domid)
+        return memory_pb2.Reservation(domid=domid, current_pages=current, max_pages=maximum,
+                                      target_pages=target)
+
+    @handles_xen_errors
+    async def GetReservation(self, request, context):
+        caller = self._caller(context)
+        domid = self._domid(caller, request.domid, request.name)
+        caller.require_self_or_privileged(domid, "read the reservation of")
+        return self._reservation(domid)
+
+    @handles_xen_errors
+    async def IncreaseReservation(self, request, context):
+        caller = self._caller(context)
+        domid = self._domid(caller, request.domid)
+        caller.require_self_or_privileged(domid, "increase the reservation of")
+        gfns = self.hv.memory.increase_reservation(domid, request.nr_pages, list(request.gfns))
+        return memory_pb2.ReservationResult(gfns=gfns, reservation=self._reservation(domid))
+
+    @handles_xen_errors
+    async def DecreaseReservation(self, request, context):
+        caller = self._caller(context)
+        domid = self._domid(caller, request.domid)
+        caller.require_self_or_privileged(domid, "decrease the reservation of")
+        gfns = self.hv.memory.decrease_reservation(domid, list(request.gfns))
+        return memory_pb2.ReservationResult(gfns=gfns, reservation=self._reservation(domid))
+
+    @handles_xen_errors
+    async def SetTarget(self, request, context):
+        caller = self._caller(context)
+        caller.require_privileged("xl mem-set")
+        domid = self._domid(caller, request.domain.domid, request.domain.name)
+        self.hv.set_memory_target(domid, request.kb)
+        return self._reservation(domid)
+
+    @handles_xen_errors
+    async def SetMax(self, request, context):
+        caller = self._caller(context)
+        caller.require_privileged("xl mem-max")
+        domid = self._domid(caller, request.domain.domid, request.domain.name)
+        self.hv.set_memory_max(domid, request.kb)
+        return self._reservation(domid)
+
+    @handles_xen_errors
+    async def GetMemoryMap(self, request, context):
+        caller = self._caller(context)
+        domid = self._domid(caller, request.domain.domid, request.domain.name)
+        caller.require_self_or_privileged(domid, "get the memory map of")
+        return memory_pb2.MemoryMap(**self.hv.memory.memory_map(domid, request.with_populated))
+
+    @handles_xen_errors
+    async def MmuUpdate(self, request, context):
+        caller = self._caller(context)
+        updates = [(u.ptr, u.val) for u in request.updates]
+        done, status = self.hv.memory.mmu_update(caller.domid, updates,
+                                                 self.hv.grants.mapped_by(caller.domid))
+        return memory_pb2.MmuUpdateResult(done=done, status=status)
+
+    @handles_xen_errors
+    async def MmuextOp(self, request, context):
+        caller = self._caller(context)
+        ops = [(_MMUEXT.get(op.cmd, str(op.cmd)), op.mfn) for op in request.ops]
+        done, status = self.hv.memory.mmuext(caller.domid, ops,
+                                             self.hv.grants.mapped_by(caller.domid))
+        return memory_pb2.MmuUpdateResult(done=done, status=status)

@@ -1,0 +1,92 @@
+"""The hypervisor's gRPC server: every hypercall family as its own service."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from xenlab.hypervisor.config import HypervisorConfig
+from xenlab.hypervisor.core import Hypervisor
+from xenlab.hypervisor.domains_server import DomainsServicer
+from xenlab.hypervisor.evtchn_server import EventChannelServicer
+from xenlab.hypervisor.grants_server import GrantTableServicer
+from xenlab.hypervisor.launcher import Launcher
+from xenlab.hypervisor.memory_server import MemoryServicer
+from xenlab.hypervisor.xenstore_server import XenStoreServicer
+from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
+                          grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
+                          xenstore_pb2, xenstore_pb2_grpc)
+from xenlab.rpc import start_server
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    domains_pb2.DESCRIPTOR.services_by_name["Domains"].full_name,
+    memory_pb2.DESCRIPTOR.services_by_name["Memory"].full_name,
+    grants_pb2.DESCRIPTOR.services_by_name["GrantTable"].full_name,
+    evtchn_pb2.DESCRIPTOR.services_by_name["EventChannel"].full_name,
+    xenstore_pb2.DESCRIPTOR.services_by_name["XenStore"].full_name,
+]
+
+
+class HypervisorServer:
+    """A Hypervisor behind a gRPC server. `async with` starts and stops it."""
+
+    def __init__(self, config: HypervisorConfig, launcher: Launcher | None = None):
+        self.config = config
+        self.hv = Hypervisor(config, launcher)
+        self.server = None
+        self.address = ""
+
+    async def start(self) -> str:
+        await self.hv.start()
+        hv = self.hv
+        register = [
+            lambda s: domains_pb2_grpc.add_DomainsServicer_to_server(DomainsServicer(hv), s),
+            lambda s: memory_pb2_grpc.add_MemoryServicer_to_server(MemoryServicer(hv), s),
+            lambda s: grants_pb2_grpc.add_GrantTableServicer_to_server(GrantTableServicer(hv), s),
+            lambda s: evtchn_pb2_grpc.add_EventChannelServicer_to_server(EventChannelServicer(hv), s),
+            lambda s: xenstore_pb2_grpc.add_XenStoreServicer_to_server(
+                XenStoreServicer(hv, hv.xs_connections), s),
+        ]
+        try:
+            self.server, port = await start_server(self.config.address, register, SERVICE_NAMES)
+        except Exception:
+            await self.hv.close()
+            raise
+        self.address = self.config.address
+        if not self.address.startswith("unix:") and self.address.endswith(":0"):
+            self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"
+        hv.address = self.address
+        hv.publish(self.address)
+        log.info("hypervisor listening on %s (rundir %s)", self.address, hv.rundir.path)
+        return self.address
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self.hv.close()
+        if self.server is not None:
+            await self.server.stop(grace)
+
+    async def __aenter__(self) -> "HypervisorServer":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+
+async def serve(config: HypervisorConfig, ready=None) -> None:
+    """Run until SIGINT/SIGTERM, then destroy every domain and stop."""
+    server = HypervisorServer(config)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: destroying %d domain(s)", len(server.hv.domains) - 1)
+        await server.stop()
