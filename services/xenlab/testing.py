@@ -78,3 +78,101 @@ async def hypervisor():
         await dom0.close()
         await server.stop(grace=0.5)
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+@dataclass
+class HypervisorProcess:
+    """A hypervisor running as its own process (`xenlab hypervisor`), and the
+    CLI pointed at it."""
+    proc: object
+    rundir: Path
+    address: str
+
+    @property
+    def env(self) -> dict:
+        import os
+        return {**os.environ, "XENLAB_RUNDIR": str(self.rundir)}
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 60):
+        """Run `xenlab ARGS...` against this hypervisor; a CompletedProcess."""
+        import subprocess
+        import sys
+        result = subprocess.run([sys.executable, "-m", "xenlab.cli.main", *args],
+                                capture_output=True, text=True, env=self.env, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"xenlab {' '.join(args)} failed ({result.returncode}):\n"
+                                 f"{result.stdout}\n{result.stderr}")
+        return result
+
+    def xl(self, *args: str, **kw):
+        return self.cli("xl", *args, **kw)
+
+    def dom0(self) -> HypervisorClient:
+        from xenlab.client import Rundir
+        return HypervisorClient.connect(self.address, 0, Rundir(self.rundir).read_dom0_secret())
+
+    def log(self) -> str:
+        try:
+            return (self.rundir / "hypervisor.log").read_text()
+        except OSError:
+            return ""
+
+
+def start_hypervisor_process(rundir: Path, launcher: str = "local", memory_mb: int = 4096,
+                             timeout: float = 30.0) -> HypervisorProcess:
+    import subprocess
+    import sys
+    import time
+
+    rundir.mkdir(parents=True, exist_ok=True)
+    logfile = open(rundir / "hypervisor.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xenlab.cli.main", "hypervisor", "--listen", f"unix:{rundir}/hv.sock",
+         "--rundir", str(rundir), "--launcher", launcher, "--memory", str(memory_mb),
+         "--log-level", "DEBUG"],
+        stdout=logfile, stderr=subprocess.STDOUT)
+    logfile.close()
+    addr_file = rundir / "hypervisor.addr"
+    deadline = time.monotonic() + timeout
+    while not addr_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the hypervisor did not start:\n" + (rundir / "hypervisor.log").read_text())
+        time.sleep(0.05)
+    return HypervisorProcess(proc, rundir, addr_file.read_text().strip())
+
+
+def stop_hypervisor_process(hp: HypervisorProcess, timeout: float = 20.0) -> int:
+    import signal
+    import subprocess
+    hp.proc.send_signal(signal.SIGTERM)
+    try:
+        return hp.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        hp.proc.kill()
+        return hp.proc.wait()
+
+
+@pytest.fixture
+def hypervisor_process(request):
+    """`xenlab hypervisor` as a separate process with local domain processes.
+    Its log is printed when the test fails."""
+    rundir = short_tempdir()
+    hp = start_hypervisor_process(rundir)
+    try:
+        yield hp
+    finally:
+        stop_hypervisor_process(hp)
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            print("---- hypervisor log ----\n" + hp.log()[-20000:])
+            for console in sorted((rundir / "logs").glob("*.console")):
+                print(f"---- {console.name} ----\n" + console.read_text()[-4000:])
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, "rep_" + report.when, report)
+    return report

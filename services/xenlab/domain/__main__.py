@@ -50,6 +50,8 @@ async def _main(start: StartInfo) -> int:
 def run(args) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.orphan_ok:
         _die_with_parent()
     text = sys.stdin.readline() if args.start_info == "-" else open(args.start_info).read()

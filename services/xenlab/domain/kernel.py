@@ -110,7 +110,7 @@ class DomainKernel:
                     await self.hv.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
                         domid=self.domid, nr_pages=want))
             now = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
-            await self.xenbus.write("memory/balloon", str(now.current_pages * 4))
+            await self.xenbus.write("data/balloon", str(now.current_pages * 4))
             log.info("balloon: target %s KiB, now %d KiB", target_kb, now.current_pages * 4)
 
     def stop(self, reason: str = "poweroff") -> None:

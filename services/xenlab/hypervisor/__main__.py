@@ -34,11 +34,23 @@ def config_from_args(args, env=None) -> HypervisorConfig:
                             log_level=args.log_level)
 
 
+def _raise_fd_limit() -> None:
+    """Each domain holds a few descriptors (its memory segment, doorbell,
+    streams); lift the soft limit to the hard one so hundreds fit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(args) -> int:
     from xenlab.hypervisor.server import serve
 
+    _raise_fd_limit()
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s hypervisor %(levelname)s %(name)s: %(message)s")
+    for noisy in ("grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     config = config_from_args(args)
     try:
         asyncio.run(serve(config, ready=lambda s: print(

@@ -39,7 +39,7 @@ XEN_VERSION = "4.19-xenlab"
 # everything else under it is read-only to the guest (roperm).
 GUEST_WRITABLE = ("device", "data", "drivers", "feature", "attr", "error", "control/shutdown",
                   "control/feature-poweroff", "control/feature-reboot",
-                  "control/feature-suspend", "control/sysrq", "memory/balloon")
+                  "control/feature-suspend", "control/sysrq")
 
 
 class Hypervisor:
@@ -206,6 +206,8 @@ class Hypervisor:
             "memory/static-max": str(maximum * 4), "memory/target": str(target * 4),
             "memory/videoram": "-1",
             "control/shutdown": "", "control/platform-feature-multiprocessor-suspend": "1",
+            "control/feature-poweroff": "", "control/feature-reboot": "",
+            "control/feature-suspend": "", "control/sysrq": "",
             "device": "", "data": "", "drivers": "", "feature": "", "attr": "", "error": "",
             "console/limit": "1048576", "console/type": "xenconsoled",
         }

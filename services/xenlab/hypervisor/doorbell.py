@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import logging
 import os
 import socket
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT = 5.0     # seconds a fresh connection may stay silent
 UPCALL_QUEUE = 64       # per gRPC subscriber; see kick() for why overflow is safe
+MAX_CONNECTIONS = 4     # per domain: one is normal; more only costs the host fds
 
 
 @dataclass(eq=False)
@@ -186,6 +188,9 @@ class UpcallRouter:
             if not isinstance(msg, wire.Hello):
                 raise wire.malformed(f"expected HELLO, got {type(msg).__name__.upper()}")
             caller = self._authenticate(msg.domid, msg.secret)
+            if self.connections(caller.domid) >= MAX_CONNECTIONS:
+                raise XenError(errno.EMFILE,
+                               f"d{caller.domid} already has {MAX_CONNECTIONS} doorbell connections")
         except XenError as err:
             log.info("doorbell HELLO refused: %s", err.message)
             self._reply(conn, wire.Error(err.errno, err.message))
@@ -196,7 +201,11 @@ class UpcallRouter:
     async def _pump(self, conn: _Connection) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            data = await loop.sock_recv(conn.sock, wire.MAX_DATAGRAM + 1)
+            try:
+                data = await loop.sock_recv(conn.sock, wire.MAX_DATAGRAM + 1)
+            except OSError as err:
+                log.debug("d%d doorbell connection lost: %s", conn.domid, err)
+                return
             if not data:
                 return
             try:

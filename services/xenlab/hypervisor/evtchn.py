@@ -123,7 +123,8 @@ class EventChannels:
             raise EvtchnError(errno.EINVAL, f"VIRQ {virq} is global: bind it on vcpu 0, then bind_vcpu")
         key = _virq_key(virq, vcpu)
         if key in d.virqs:
-            raise EvtchnError(errno.EEXIST, f"VIRQ {virq} already bound to port {d.virqs[key]} on vcpu {vcpu}")
+            raise EvtchnError(errno.EEXIST,
+                              f"VIRQ {virq} already bound to port {d.virqs[key]} on vcpu {vcpu}")
         port = self._new(d, Channel(0, EvtchnState.virq, vcpu=vcpu, virq=virq))
         d.virqs[key] = port
         return port
@@ -155,7 +156,8 @@ class EventChannels:
         elif ch.state == EvtchnState.unbound:
             return                  # Xen's evtchn_send: nobody to tell yet, not an error
         else:
-            raise EvtchnError(errno.EINVAL, f"d{domid} port {port} is a {ch.state.name} port: it cannot be sent on")
+            raise EvtchnError(errno.EINVAL,
+                              f"d{domid} port {port} is a {ch.state.name} port: nothing to send on")
 
     def close(self, domid: int, port: int) -> None:
         d = self._domain(domid)

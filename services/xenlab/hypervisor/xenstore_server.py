@@ -206,4 +206,5 @@ def _log_reader_failure(task: asyncio.Task) -> None:
         return
     err = task.exception()
     if err is not None:
-        log.debug("watch stream request side ended: %r", err)
+        # The stream still delivers events, but its controls go unanswered.
+        log.warning("watch stream stopped reading controls: %r", err, exc_info=err)

@@ -96,6 +96,19 @@ NETIF_RSP_ERROR = -1
 NETIF_RSP_OKAY = 0
 NETIF_RSP_NULL = 1               # no response: used for auxiliary requests
 
+# netif_extra_info.type and .flags
+XEN_NETIF_EXTRA_TYPE_NONE = 0        # never used - invalid
+XEN_NETIF_EXTRA_TYPE_GSO = 1         # u.gso
+XEN_NETIF_EXTRA_TYPE_MCAST_ADD = 2   # u.mcast
+XEN_NETIF_EXTRA_TYPE_MCAST_DEL = 3   # u.mcast
+XEN_NETIF_EXTRA_TYPE_HASH = 4        # u.hash
+XEN_NETIF_EXTRA_TYPE_XDP = 5         # u.xdp
+XEN_NETIF_EXTRA_TYPE_MAX = 6
+XEN_NETIF_EXTRA_FLAG_MORE = 1 << 0   # another extra info descriptor follows
+XEN_NETIF_GSO_TYPE_NONE = 0
+XEN_NETIF_GSO_TYPE_TCPV4 = 1
+XEN_NETIF_GSO_TYPE_TCPV6 = 2
+
 # Slot limits (netif.h XEN_NETIF_NR_SLOTS_MIN; netback's fatal_skb_slots)
 XEN_NETIF_NR_SLOTS_MIN = 18      # a backend must accept at least this many slots
 FATAL_SKB_SLOTS_DEFAULT = 20     # netback: more slots than this disables the vif

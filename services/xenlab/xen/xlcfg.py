@@ -129,7 +129,8 @@ class _Token:
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _NUMBER = re.compile(r"0[xX][0-9A-Fa-f]+|[0-9]+")
-_WORD = re.compile(r"[^\s\[\],;=#'\"]+")
+_WORD = re.compile(r"(?:[^\s\[\],;=#'\"+]|\+(?!=))+")
+_NUMERIC_ESCAPE = re.compile(r"x([0-9A-Fa-f]{1,2})|([0-7]{1,3})")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a",
             "b": "\b", "\\": "\\", "'": "'", '"': '"'}
 
@@ -213,7 +214,7 @@ class _Lexer:
         if c in _ESCAPES:
             out.append(_ESCAPES[c])
             return i + 2
-        m = re.compile(r"x([0-9A-Fa-f]{1,2})|([0-7]{1,3})").match(text, i + 1)
+        m = _NUMERIC_ESCAPE.match(text, i + 1)
         if m is None:
             raise self.error(f"invalid escape \\{c} in string")
         out.append(chr(int(m.group(1), 16) if m.group(1) else int(m.group(2), 8)))

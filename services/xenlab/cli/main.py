@@ -1,0 +1,117 @@
+"""The `xenlab` command. The only place the CLI reads the environment:
+everything below gets its settings passed in."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+# Commands that live in other packages: name -> (module, one-line help).
+# Each module has add_arguments(parser) and run(args) -> int; it is imported
+# only when its command runs, so one missing module breaks only itself.
+DELEGATES = {
+    "hypervisor": ("xenlab.hypervisor.__main__", "run the hypervisor service in the foreground"),
+    "domain": ("xenlab.domain.__main__", "run one domain's kernel (what a launcher starts)"),
+    "demo": ("xenlab.cli.demo", "start a small demo lab"),
+}
+TOOLSTACK = {
+    "xl": "the toolstack: create, list, destroy... domains, as xl(1)",
+    "xenstore": "read, write and watch xenstore, as the xenstore-* tools",
+}
+
+
+def default_rundir(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XENLAB_RUNDIR") or f"/tmp/xenlab-{os.getuid()}")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    # SUPPRESS: an option given at one level must not be reset by the
+    # default of the level below it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--rundir", type=Path, default=argparse.SUPPRESS,
+                        help="the hypervisor's rundir (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+    common.add_argument("--hypervisor", metavar="ADDR", default=argparse.SUPPRESS,
+                        help="the hypervisor's gRPC address (default: read from the rundir)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="debug logging")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from xenlab.cli import xenstore, xl
+
+    parser = argparse.ArgumentParser(
+        prog="xenlab", description="A networked emulation of a Xen host.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in DELEGATES.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    common = _common_options()
+    for name, module in (("xl", xl), ("xenstore", xenstore)):
+        p = sub.add_parser(name, help=TOOLSTACK[name], description=TOOLSTACK[name].capitalize() + ".",
+                           parents=[common])
+        module.add_arguments(p, parents=(common,))
+    return parser
+
+
+def _delegated(argv: Sequence[str]) -> int | None:
+    """The index of a delegated command in argv, if that is the command."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            return i if arg in DELEGATES else None
+    return None
+
+
+def run_delegate(name: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
+    module_name, help_text = DELEGATES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        print(f"xenlab {name}: not available: {err}", file=sys.stderr)
+        return 1
+    parser = argparse.ArgumentParser(prog=f"xenlab {name}",
+                                     description=help_text[0].upper() + help_text[1:] + ".")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if getattr(args, "rundir", ...) is None:
+        args.rundir = default_rundir(env)
+    result = module.run(args)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return int(result or 0)
+
+
+def _setup_logging(verbose: bool) -> None:
+    if verbose:
+        logging.basicConfig(level=logging.DEBUG,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ if env is None else env
+    parser = build_parser()
+    at = _delegated(argv)
+    if at is not None:
+        args = parser.parse_args(argv[:at + 1])
+        _setup_logging(args.verbose)
+        return run_delegate(argv[at], argv[at + 1:], env)
+
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    from xenlab.cli import xenstore, xl
+
+    toolstack = xl.Toolstack(rundir=getattr(args, "rundir", None) or default_rundir(env),
+                             address=getattr(args, "hypervisor", None))
+    module = xl if args.command == "xl" else xenstore
+    return module.run(args, toolstack)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

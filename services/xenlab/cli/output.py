@@ -1,0 +1,136 @@
+"""What the xl and xenstore commands print, laid out as the real tools lay it
+out. Pure functions: proto messages in, text out."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+from google.protobuf import json_format
+
+from xenlab.proto import domains_pb2, xenstore_pb2
+
+# xl_info.c list_domains(): the header and one printf per domain.
+XL_LIST_HEADER = "Name                                        ID   Mem VCPUs\tState\tTime(s)"
+_NO_STATE = "------"
+
+
+def format_domain_row(info: domains_pb2.DomainInfo) -> str:
+    return "%-40s %5d %5d %5d     %s  %8.1f" % (
+        info.name, info.domid, info.memory_kb // 1024, info.vcpus,
+        info.state or _NO_STATE, info.cpu_time)
+
+
+def format_domain_list(domains: Iterable[domains_pb2.DomainInfo]) -> str:
+    lines = [XL_LIST_HEADER] + [format_domain_row(d) for d in domains]
+    return "\n".join(lines) + "\n"
+
+
+def format_domain_long(domains: Iterable[domains_pb2.DomainInfo]) -> str:
+    """`xl list -l`: a JSON array of {domid, config}, as xl prints its
+    libxl_domain_config."""
+    entries = [{"domid": d.domid,
+                "config": json_format.MessageToDict(
+                    d.spec, preserving_proto_field_name=True,
+                    always_print_fields_with_no_presence=True)}
+               for d in domains]
+    return json.dumps(entries, indent=4) + "\n"
+
+
+def _version_parts(version: str) -> list[tuple[str, str]]:
+    m = re.fullmatch(r"(\d+)\.(\d+)(.*)", version)
+    if m is None:
+        return []
+    return [("xen_major", m.group(1)), ("xen_minor", m.group(2)), ("xen_extra", m.group(3))]
+
+
+def format_host_info(info: domains_pb2.HostInfo) -> str:
+    """`xl info`: xl's `key<pad to 23>: value` lines; memory in MiB."""
+    rows = [("host", info.host), ("release", info.release),
+            ("nr_cpus", info.nr_cpus),
+            ("total_memory", info.total_memory_kb // 1024),
+            ("free_memory", info.free_memory_kb // 1024)]
+    rows += _version_parts(info.xen_version)
+    rows += [("xen_version", info.xen_version), ("xen_caps", info.xen_caps),
+             ("xen_pagesize", 4096), ("nr_domains", info.nr_domains),
+             ("launcher", info.launcher), ("rundir", info.rundir),
+             ("doorbell", info.doorbell), ("uptime", f"{info.uptime:.1f}")]
+    return "".join(f"{key:<23}: {value}\n" for key, value in rows)
+
+
+# --------------------------------------------------------------------------
+# xenstore
+
+_XS_ESCAPES = {ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r", ord("\f"): "\\f",
+               ord("\\"): "\\\\"}
+_XS_UNESCAPES = {"t": b"\t", "n": b"\n", "r": b"\r", "f": b"\f", "\\": b"\\"}
+
+
+def sanitise_value(value: bytes) -> str:
+    """Printable ASCII as is, C escapes for \\t \\n \\r \\f and backslash,
+    octal for the rest (xs_lib.c sanitise_value)."""
+    out = []
+    for byte in value:
+        if byte in _XS_ESCAPES:
+            out.append(_XS_ESCAPES[byte])
+        elif 0x20 <= byte <= 0x7E:
+            out.append(chr(byte))
+        else:
+            out.append(f"\\{byte:03o}")
+    return "".join(out)
+
+
+def unsanitise_value(text: str) -> bytes:
+    """The inverse of sanitise_value, as xenstore-write reads its values."""
+    out = bytearray()
+    raw = text.encode()
+    i = 0
+    while i < len(raw):
+        c = raw[i:i + 1]
+        if c != b"\\" or i + 1 == len(raw):
+            out += c
+            i += 1
+            continue
+        nxt = chr(raw[i + 1])
+        octal = re.match(rb"[0-7]{3}", raw[i + 1:i + 4])
+        if octal:
+            out.append(int(octal.group(), 8) & 0xFF)
+            i += 4
+        elif nxt in _XS_UNESCAPES:
+            out += _XS_UNESCAPES[nxt]
+            i += 2
+        else:
+            out += raw[i + 1:i + 2]
+            i += 2
+    return bytes(out)
+
+
+def format_perm(perm: xenstore_pb2.Perm) -> str:
+    return f"{perm.perm}{perm.domid}"
+
+
+def format_perms(perms: Iterable[xenstore_pb2.Perm]) -> str:
+    return ",".join(format_perm(p) for p in perms)
+
+
+@dataclass(frozen=True)
+class LsEntry:
+    """One node of a `xenstore ls` walk, in depth-first order."""
+    depth: int
+    name: str
+    value: bytes | None                  # None: the node could not be read
+    perms: tuple[xenstore_pb2.Perm, ...] | None = None
+
+
+def format_ls_entry(entry: LsEntry) -> str:
+    line = " " * entry.depth + entry.name
+    line += ":" if entry.value is None else f' = "{sanitise_value(entry.value)}"'
+    if entry.perms is not None:
+        line += f"  ({format_perms(entry.perms)})"
+    return line
+
+
+def format_ls(entries: Iterable[LsEntry]) -> str:
+    """xenstore-ls: `name = "value"`, indented one space per level."""
+    return "".join(format_ls_entry(e) + "\n" for e in entries)

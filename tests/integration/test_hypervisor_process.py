@@ -1,0 +1,271 @@
+"""The hypervisor as its own process, driven by the xl CLI and by gRPC
+clients acting as domains: create from xl.cfg, list, event channel and
+grant copy between two domains, destroy, and nothing leaked."""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from xenlab.client import HypervisorClient
+from xenlab.domain.evtchn import GuestEventChannels
+from xenlab.domain.memory import GuestMemory
+from xenlab.proto import (common_pb2, domains_pb2, evtchn_pb2, grants_pb2, memory_pb2,
+                          xenstore_pb2)
+from xenlab.xen.shared_info import SharedInfo
+from xenlab.xen.xlcfg import load_xl_config, to_domain_spec
+
+pytestmark = pytest.mark.integration
+
+WEB_CFG = '''# a web server
+name = "web"
+memory = 32
+maxmem = 64
+vcpus = 2
+on_crash = "preserve"
+'''
+DB_CFG = '''name = "db"
+memory = 16
+vcpus = 1
+'''
+
+
+def list_rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if fields:
+            rows[fields[0]] = fields
+    return rows
+
+
+def shm_files(hp) -> list[Path]:
+    pid = hp.proc.pid
+    return sorted(Path("/dev/shm").glob(f"xenlab-{pid}-*"))
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def wait_until(predicate, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def domain_pid(hp, name: str) -> int:
+    async def info():
+        async with hp.dom0() as dom0:
+            return (await dom0.domains.Info(common_pb2.DomainRef(name=name))).pid
+    return asyncio.run(info())
+
+
+def xs_read(hp, path):
+    return hp.cli("xenstore", "read", path, check=False)
+
+
+def test_xl_create_list_shutdown_with_real_domain_processes(hypervisor_process, tmp_path):
+    hp = hypervisor_process
+    (tmp_path / "web.cfg").write_text(WEB_CFG)
+    (tmp_path / "db.cfg").write_text(DB_CFG)
+    created = hp.xl("create", str(tmp_path / "web.cfg"))
+    assert "Parsing config from" in created.stderr
+    hp.xl("create", str(tmp_path / "db.cfg"))
+
+    rows = list_rows(hp.xl("list").stdout)
+    assert rows["Domain-0"][1] == "0"
+    web, db = rows["web"], rows["db"]
+    assert (web[2], web[3]) == ("32", "2")
+    assert (db[2], db[3]) == ("16", "1")
+    web_id = int(web[1])
+
+    # The guest kernel booted and advertised its PV control features.
+    wait_until(lambda: xs_read(hp, f"/local/domain/{web_id}/control/feature-poweroff").stdout.strip() == "1",
+               what="web to boot")
+    assert xs_read(hp, f"/local/domain/{web_id}/name").stdout.strip() == "web"
+
+    # xl pause really stops the process; unpause resumes it.
+    hp.xl("pause", "web")
+    pid = domain_pid(hp, "web")
+    wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T", what="SIGSTOP")
+    assert list_rows(hp.xl("list", "web").stdout)["web"][4] == "--p---"
+    hp.xl("unpause", "web")
+    wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "T", what="SIGCONT")
+
+    # mem-set: the guest's balloon driver gives memory back.
+    hp.xl("mem-set", "web", "20m")
+    wait_until(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "20", what="balloon")
+
+    # shutdown: the guest acknowledges control/shutdown and powers off; on_poweroff=destroy.
+    hp.xl("shutdown", "-w", "web")
+    assert "web" not in list_rows(hp.xl("list").stdout)
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+
+    # A crash under on_crash=destroy (db's default) removes the domain.
+    db_pid = domain_pid(hp, "db")
+    os.kill(db_pid, signal.SIGKILL)
+    wait_until(lambda: "db" not in list_rows(hp.xl("list").stdout), what="crashed db to go")
+
+
+def test_crash_with_preserve_keeps_the_domain_as_crashed(hypervisor_process, tmp_path):
+    hp = hypervisor_process
+    (tmp_path / "web.cfg").write_text(WEB_CFG)
+    hp.xl("create", str(tmp_path / "web.cfg"))
+    pid = domain_pid(hp, "web")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: list_rows(hp.xl("list").stdout)["web"][4] == "---sc-", what="crashed state")
+    hp.xl("destroy", "web")
+    assert "web" not in list_rows(hp.xl("list").stdout)
+
+
+def test_reboot_restarts_the_domain_with_a_new_id(hypervisor_process, tmp_path):
+    hp = hypervisor_process
+    (tmp_path / "db.cfg").write_text(DB_CFG)
+    hp.xl("create", str(tmp_path / "db.cfg"))
+    old_id = int(list_rows(hp.xl("list").stdout)["db"][1])
+    wait_until(lambda: xs_read(hp, f"/local/domain/{old_id}/control/feature-reboot").stdout.strip() == "1",
+               what="db to boot")
+    hp.xl("reboot", "db")
+    wait_until(lambda: int(list_rows(hp.xl("list").stdout).get("db", ["", old_id])[1]) not in (old_id,),
+               what="db to come back")
+    new_id = int(list_rows(hp.xl("list").stdout)["db"][1])
+    assert new_id > old_id
+
+
+def test_cli_errors_are_one_line_without_traceback(hypervisor_process, tmp_path):
+    hp = hypervisor_process
+    bad = tmp_path / "bad.cfg"
+    bad.write_text('name = "x"\nmemory = [1,\n')
+    result = hp.xl("create", str(bad), check=False)
+    assert result.returncode == 1
+    assert "bad.cfg:" in result.stderr and "Traceback" not in result.stderr
+    result = hp.xl("destroy", "nosuchdomain", check=False)
+    assert result.returncode == 1 and "nosuchdomain" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_evtchn_and_grant_copy_between_two_domains_from_xl_cfg(hypervisor_process, tmp_path):
+    """Two domains from xl.cfg files (no launcher: this test acts as each
+    of them with the secret the toolstack got), an interdomain event channel
+    over the doorbell, and a grant copy between their memories."""
+    hp = hypervisor_process
+    guests = {}
+    async with hp.dom0() as dom0:
+        for name, text in (("web", WEB_CFG), ("db", DB_CFG)):
+            path = tmp_path / f"{name}.cfg"
+            path.write_text(text + 'launcher = "none"\n')
+            spec = to_domain_spec(load_xl_config(path))
+            reply = await dom0.domains.Create(domains_pb2.CreateDomainRequest(spec=spec))
+            guests[name] = (reply.info.domid, reply.secret)
+        listing = list_rows(hp.xl("list").stdout)
+        assert int(listing["web"][1]) == guests["web"][0] and int(listing["db"][1]) == guests["db"][0]
+
+        handles = {}
+        for name, (domid, secret) in guests.items():
+            client = HypervisorClient.connect(hp.address, domid, secret)
+            mm = await client.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
+                domain=common_pb2.DomainRef(domid=domid)))
+            memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
+            shared = SharedInfo(memory.mm, mm.shared_info_offset)
+            doorbell = (await client.evtchn.GetDoorbell(common_pb2.Empty())).path
+            chans = GuestEventChannels(client, shared, doorbell, secret)
+            await chans.start()
+            handles[name] = (domid, client, memory, shared, chans)
+        (wd, wclient, wmem, _, wchan), (dd, dclient, dmem, _, dchan) = handles["web"], handles["db"]
+        try:
+            assert wchan.via_doorbell and dchan.via_doorbell
+            wport = await wchan.alloc_unbound(dd)
+            dport = await dchan.bind_interdomain(wd, wport)
+            received = asyncio.Queue()
+            wchan.bind_handler(wport, received.put_nowait)
+            dchan.notify(dport)
+            assert await asyncio.wait_for(received.get(), 5) == wport
+            status = await dclient.evtchn.Status(evtchn_pb2.StatusRequest(dom=dd, port=dport))
+            assert status.remote_dom == wd and status.remote_port == wport
+
+            payload = os.urandom(4096)
+            wmem.frame(7)[:] = payload
+            ref = (await wclient.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
+                grants_pb2.GrantAccessEntry(domid=dd, gfn=7, readonly=False)]))).refs[0]
+            copy = await dclient.grants.Copy(grants_pb2.GrantCopyRequest(ops=[grants_pb2.GrantCopyOp(
+                source=grants_pb2.CopyPtr(domid=wd, ref=ref, use_gref=True),
+                dest=grants_pb2.CopyPtr(domid=dd, gfn=2), len=4096)]))
+            assert list(copy.status) == [0]
+            assert bytes(dmem.frame(2)) == payload
+            # Past the page end: GNTST_bad_copy_arg, and nothing written.
+            bad = await dclient.grants.Copy(grants_pb2.GrantCopyRequest(ops=[grants_pb2.GrantCopyOp(
+                source=grants_pb2.CopyPtr(domid=wd, ref=ref, use_gref=True, offset=100),
+                dest=grants_pb2.CopyPtr(domid=dd, gfn=3), len=4096)]))
+            assert list(bad.status) == [-10]
+        finally:
+            for domid, client, memory, shared, chans in handles.values():
+                await chans.close()
+                shared.release()
+                memory.close()
+                await client.close()
+
+        shm_before = shm_files(hp)
+        hp.xl("destroy", "web")
+        # Closing one end of an interdomain channel returns the other to unbound.
+        status = await dom0.evtchn.Status(evtchn_pb2.StatusRequest(dom=dd, port=dport))
+        assert status.state == evtchn_pb2.ChannelStatus.UNBOUND
+        hp.xl("destroy", "db")
+        # Ports, grants, memory and xenstore nodes are gone with the domains.
+        for name, (domid, _) in guests.items():
+            for call, request in ((dom0.xenstore.Read, xenstore_pb2.PathRequest(path=f"/local/domain/{domid}/name")),
+                                  (dom0.evtchn.Status, evtchn_pb2.StatusRequest(dom=domid, port=1)),
+                                  (dom0.grants.Query, common_pb2.DomainRef(domid=domid))):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await call(request)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND, (name, call)
+        assert len(shm_files(hp)) == len(shm_before) - 2
+        info = hp.xl("list").stdout
+        assert "web" not in info and "db" not in info
+
+
+def test_no_leaks_after_50_create_destroy_cycles(hypervisor_process, tmp_path):
+    hp = hypervisor_process
+    cfg = tmp_path / "cycle.cfg"
+    cfg.write_text('name = "cycle"\nmemory = 16\n')
+    (tmp_path / "warm.cfg").write_text('name = "warm"\nmemory = 16\n')
+    async def cycles(count):
+        async with hp.dom0() as dom0:
+            spec = to_domain_spec(load_xl_config(cfg))
+            for _ in range(count):
+                reply = await dom0.domains.Create(domains_pb2.CreateDomainRequest(spec=spec))
+                booted = f"/local/domain/{reply.info.domid}/control/feature-poweroff"
+                # Let the guest boot (doorbell, watches, timer bound) before destroying it.
+                for _ in range(200):
+                    value = await dom0.xenstore.Read(xenstore_pb2.PathRequest(path=booted))
+                    if value.value == b"1":
+                        break
+                    await asyncio.sleep(0.02)
+                else:
+                    raise AssertionError("the domain did not boot")
+                await dom0.domains.Destroy(common_pb2.DomainRef(domid=reply.info.domid))
+    # One cycle first, so that lazily made things (gRPC's internal sockets,
+    # the CLI's first connection) exist already.
+    hp.xl("create", str(tmp_path / "warm.cfg"))
+    hp.xl("destroy", "warm")
+    asyncio.run(cycles(1))
+    shm_before, fds_before = shm_files(hp), fd_count(hp.proc.pid)
+    nodes_before = hp.cli("xenstore", "ls", "/").stdout.count("\n")
+    asyncio.run(cycles(50))
+
+    assert shm_files(hp) == shm_before
+    # Sockets of closed connections are released asynchronously.
+    wait_until(lambda: fd_count(hp.proc.pid) <= fds_before, timeout=5,
+               what=f"fds back to {fds_before}: {os.listdir(f'/proc/{hp.proc.pid}/fd')}")
+    assert hp.cli("xenstore", "ls", "/").stdout.count("\n") == nodes_before
+    assert list(list_rows(hp.xl("list").stdout)) == ["Domain-0"]
+    children = Path(f"/proc/{hp.proc.pid}/task/{hp.proc.pid}/children").read_text().split()
+    assert children == []

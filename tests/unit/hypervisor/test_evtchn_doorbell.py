@@ -1,0 +1,266 @@
+"""The doorbell: its wire format, and UpcallRouter over a real SEQPACKET socket."""
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import shutil
+import socket
+import stat
+import struct
+import tempfile
+
+import pytest
+
+from xenlab.hypervisor.doorbell import MAX_CONNECTIONS, UpcallRouter
+from xenlab.hypervisor.identity import Caller
+from xenlab.xen import doorbell as wire
+from xenlab.xen.errors import AuthError, XenError
+
+SECRETS = {1: "s3cret-one", 2: "s3cret-two"}
+
+
+# -- wire format -----------------------------------------------------------------
+@pytest.mark.parametrize("msg", [
+    wire.Hello(7, "abc"), wire.Ok(7), wire.Error(errno.EACCES, "no"),
+    wire.Send((1,)), wire.Send(tuple(range(1, wire.MAX_SEND_BATCH + 1))), wire.Upcall(3),
+])
+def test_messages_round_trip(msg):
+    assert wire.decode(msg.encode()) == msg
+
+
+def test_send_batches_split_at_the_limit():
+    datagrams = wire.send_batches(range(1, 2 * wire.MAX_SEND_BATCH + 2))
+    ports = [p for d in datagrams for p in wire.decode(d).ports]
+    assert len(datagrams) == 3 and ports == list(range(1, 2 * wire.MAX_SEND_BATCH + 2))
+
+
+def _bad_datagrams():
+    good_send = wire.Send((1, 2)).encode()
+    return {
+        "empty": b"",
+        "short header": good_send[:3],
+        "bad magic": b"\x00" + good_send[1:],
+        "bad version": good_send[:1] + b"\x09" + good_send[2:],
+        "reserved byte": good_send[:3] + b"\x01" + good_send[4:],
+        "unknown op": good_send[:2] + b"\x63" + good_send[3:],
+        "send count too big": good_send[:4] + struct.pack("<H", 3) + good_send[6:],
+        "send count zero": good_send[:4] + struct.pack("<H", 0) + good_send[6:8],
+        "send trailing": good_send + b"\x00",
+        "hello secret overrun": wire.Hello(1, "abc").encode()[:-1],
+        "hello reserved domid": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_HELLO)
+                                + struct.pack("<HH", 0x7FF0, 1) + b"x",
+        "hello not utf-8": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_HELLO)
+                           + struct.pack("<HH", 1, 1) + b"\xff",
+        "upcall vcpu": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_UPCALL)
+                       + struct.pack("<I", 99),
+        "oversized": b"\xec\x01\x04\x00" + b"\x00" * wire.MAX_DATAGRAM,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_bad_datagrams()))
+def test_malformed_datagrams_raise_eproto(name):
+    with pytest.raises(XenError) as exc:
+        wire.decode(_bad_datagrams()[name])
+    assert exc.value.errno == errno.EPROTO
+
+
+def test_encode_refuses_what_decode_would():
+    with pytest.raises(ValueError):
+        wire.Send(()).encode()
+    with pytest.raises(ValueError):
+        wire.Hello(1, "").encode()
+    with pytest.raises(ValueError):
+        wire.Hello(0x7FF0, "x").encode()
+
+
+# -- the router ---------------------------------------------------------------------
+def authenticate(domid: int, secret: str) -> Caller:
+    if SECRETS.get(domid) != secret:
+        raise AuthError(f"bad credentials for d{domid}")
+    return Caller(domid)
+
+
+class Harness:
+    def __init__(self, path: str):
+        self.path = path
+        self.sent: list[tuple[int, int]] = []
+        self.sent_event = asyncio.Event()
+        self.router = UpcallRouter(authenticate, self.on_send, hello_timeout=2.0)
+
+    def on_send(self, domid: int, port: int) -> None:
+        if port == 666:
+            raise XenError(errno.EINVAL, "bad port")
+        self.sent.append((domid, port))
+        self.sent_event.set()
+
+    async def connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, self.path)
+        return sock
+
+    async def hello(self, domid: int, secret: str) -> tuple[socket.socket, wire.Message]:
+        sock = await self.connect()
+        sock.send(wire.Hello(domid, secret).encode())
+        return sock, wire.decode(await recv(sock))
+
+    async def wait_sent(self, n: int) -> None:
+        while len(self.sent) < n:
+            self.sent_event.clear()
+            await self.sent_event.wait()
+
+
+async def recv(sock: socket.socket) -> bytes:
+    return await asyncio.wait_for(
+        asyncio.get_running_loop().sock_recv(sock, wire.MAX_DATAGRAM + 1), 5)
+
+
+@pytest.fixture
+async def bell():
+    d = tempfile.mkdtemp(prefix="xl-db-", dir="/tmp")
+    h = Harness(os.path.join(d, "evtchn.sock"))
+    await h.router.start(h.path)
+    try:
+        yield h
+    finally:
+        await h.router.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_socket_is_private(bell):
+    mode = os.stat(bell.path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+
+async def test_hello_ok_then_send_reaches_on_send(bell):
+    sock, reply = await bell.hello(1, SECRETS[1])
+    assert reply == wire.Ok(1)
+    sock.send(wire.Send((5,)).encode())
+    sock.send(wire.Send((6, 7, 8)).encode())
+    await bell.wait_sent(4)
+    assert bell.sent == [(1, 5), (1, 6), (1, 7), (1, 8)]
+    sock.close()
+
+
+async def test_bad_secret_gets_error_and_close(bell):
+    sock, reply = await bell.hello(1, "wrong")
+    assert isinstance(reply, wire.Error) and reply.errno == errno.EACCES
+    assert "bad credentials" in reply.message
+    assert await recv(sock) == b""          # closed by the hypervisor
+    sock.close()
+
+
+async def test_connections_per_domain_are_limited(bell):
+    socks = [(await bell.hello(1, SECRETS[1]))[0] for _ in range(MAX_CONNECTIONS)]
+    extra, reply = await bell.hello(1, SECRETS[1])
+    assert isinstance(reply, wire.Error) and reply.errno == errno.EMFILE
+    assert bell.router.connections(1) == MAX_CONNECTIONS
+    for sock in socks + [extra]:
+        sock.close()
+
+
+async def test_first_message_must_be_hello(bell):
+    sock = await bell.connect()
+    sock.send(wire.Send((1,)).encode())
+    reply = wire.decode(await recv(sock))
+    assert isinstance(reply, wire.Error) and reply.errno == errno.EPROTO
+    assert await recv(sock) == b""
+    sock.close()
+
+
+async def test_kick_sends_upcall_to_that_domain_only(bell):
+    s1, _ = await bell.hello(1, SECRETS[1])
+    s2, _ = await bell.hello(2, SECRETS[2])
+    bell.router.kick(1, 1)
+    assert wire.decode(await recv(s1)) == wire.Upcall(1)
+    bell.router.kick(2, 0)
+    assert wire.decode(await recv(s2)) == wire.Upcall(0)
+    bell.router.kick(9, 0)                  # nobody listening: silently nothing
+    s1.close()
+    s2.close()
+
+
+async def test_malformed_message_closes_only_that_connection(bell):
+    s1, _ = await bell.hello(1, SECRETS[1])
+    s2, _ = await bell.hello(2, SECRETS[2])
+    s1.send(b"\xec\x01\x04\x00garbage")
+    assert await recv(s1) == b""
+    assert bell.router.stats["malformed"] == 1
+    s2.send(wire.Send((3,)).encode())
+    await bell.wait_sent(1)
+    bell.router.kick(2, 0)
+    assert wire.decode(await recv(s2)) == wire.Upcall(0)
+    assert bell.sent == [(2, 3)]
+    s1.close()
+    s2.close()
+
+
+async def test_refused_port_does_not_close_the_connection(bell):
+    sock, _ = await bell.hello(1, SECRETS[1])
+    sock.send(wire.Send((666, 4)).encode())
+    await bell.wait_sent(1)
+    assert bell.sent == [(1, 4)]
+    assert bell.router.stats["bad_send"] == 1
+    assert bell.router.connections(1) == 1
+    sock.close()
+
+
+async def test_full_socket_drops_redundant_kicks_without_blocking(bell):
+    sock, _ = await bell.hello(1, SECRETS[1])
+    for _ in range(100_000):
+        bell.router.kick(1, 0)
+        if bell.router.stats["dropped_kick"]:
+            break
+    assert bell.router.stats["dropped_kick"] == 1
+    assert wire.decode(await recv(sock)) == wire.Upcall(0)
+    assert bell.router.connections(1) == 1
+    sock.close()
+
+
+async def test_disconnect_closes_connections_and_streams(bell):
+    sock, _ = await bell.hello(1, SECRETS[1])
+    queue = bell.router.subscribe(1)
+    bell.router.kick(1, 0)
+    assert await queue.get() == 0
+    bell.router.disconnect(1)
+    assert await queue.get() is None
+    assert wire.decode(await recv(sock)) == wire.Upcall(0)
+    assert await recv(sock) == b""
+    sock.close()
+
+
+async def test_subscriber_queue_overflow_is_dropped(bell):
+    queue = bell.router.subscribe(2)
+    for _ in range(queue.maxsize + 5):
+        bell.router.kick(2, 0)
+    assert queue.qsize() == queue.maxsize
+    assert bell.router.stats["dropped_kick"] == 5
+    bell.router.unsubscribe(2, queue)
+    bell.router.kick(2, 0)
+    assert queue.qsize() == queue.maxsize
+
+
+async def test_silent_connection_times_out(bell):
+    bell.router._hello_timeout = 0.05
+    sock = await bell.connect()
+    assert await recv(sock) == b""
+    sock.close()
+
+
+async def test_stale_socket_is_replaced_but_other_files_are_not(tmp_path):
+    d = tempfile.mkdtemp(prefix="xl-db-", dir="/tmp")
+    try:
+        path = os.path.join(d, "evtchn.sock")
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        stale.bind(path)
+        stale.close()
+        router = UpcallRouter(authenticate, lambda d, p: None)
+        await router.start(path)
+        await router.close()
+        assert not os.path.exists(path)
+        open(path, "w").close()
+        with pytest.raises(FileExistsError):
+            await UpcallRouter(authenticate, lambda d, p: None).start(path)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,278 @@
+"""GrantTables: grant, end, map, unmap and batched copy (grant_table.h v1)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import grpc
+import pytest
+
+from xenlab.hypervisor.grants import CopyOp, CopyPtr, GrantTables
+from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.memory import MachineMemory
+from xenlab.xen import abi
+from xenlab.xen.errors import GrantError, MemoryError_, XenError, grpc_status
+
+PAGE = abi.PAGE_SIZE
+D0, D1, D2, D3 = Caller(0, True), Caller(1), Caller(2), Caller(3)
+
+
+@pytest.fixture
+def gt():
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    shm = Path(tempfile.mkdtemp(prefix="xl-gnt-", dir=base))
+    mem = MachineMemory(shm, "g-", total_pages=1000)
+    grants = GrantTables(mem, max_maptrack=4)
+    for domid in range(4):
+        mem.add_domain(domid, 16, 8)
+        grants.add_domain(domid)
+    yield grants
+    for domid in range(10):
+        for remove in (grants.remove_domain, mem.remove_domain):
+            with contextlib.suppress(XenError):
+                remove(domid)
+    assert mem.shm_files() == []
+    shutil.rmtree(shm, ignore_errors=True)
+
+
+def status_of(call) -> int:
+    with pytest.raises(GrantError) as e:
+        call()
+    return e.value.status
+
+
+# -- granting ------------------------------------------------------------------------
+def test_grant_access_fills_v1_entries(gt):
+    ref = gt.grant_access(1, peer=2, gfn=3, readonly=True)
+    assert ref >= abi.GNTTAB_NR_RESERVED_ENTRIES
+    [entry] = gt.entries(1)
+    assert (entry.ref, entry.domid, entry.frame) == (ref, 2, 3)
+    assert entry.flags == abi.GTF_permit_access | abi.GTF_readonly
+    assert gt.grant_access(1, 2, 4, False) == ref + 1
+
+
+def test_grant_access_refusals(gt):
+    assert status_of(lambda: gt.grant_access(1, 9, 3, False)) == abi.GNTST_bad_domain
+    assert status_of(lambda: gt.grant_access(1, 2, 12, False)) == abi.GNTST_bad_page
+    assert status_of(lambda: gt.grant_access(1, 2, 99, False)) == abi.GNTST_bad_page
+    assert gt.entries(1) == []
+
+
+def test_table_full(gt):
+    gt.add_domain(7, max_frames=1)
+    gt.memory.add_domain(7, 4, 4)
+    refs = [gt.grant_access(7, 1, 0, False) for _ in range(512 - 8)]
+    assert refs == list(range(8, 512))
+    with pytest.raises(GrantError) as e:
+        gt.grant_access(7, 1, 0, False)
+    assert e.value.status == abi.GNTST_no_device_space
+    assert e.value.errno == errno.ENOSPC
+    assert grpc_status(e.value) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    gt.end_access(7, 100)
+    assert gt.grant_access(7, 1, 0, False) == 100
+
+
+def test_end_access(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    gt.end_access(1, ref)
+    assert gt.entries(1) == []
+    for bad in (ref, 0, 5, 10**6):
+        assert status_of(lambda: gt.end_access(1, bad)) == abi.GNTST_bad_gntref
+
+
+def test_end_access_all_is_all_or_nothing(gt):
+    a, b = gt.grant_access(1, 2, 3, False), gt.grant_access(1, 2, 4, False)
+    gt.map(D2, 1, b, readonly=True)
+    with pytest.raises(XenError) as e:
+        gt.end_access_all(1, [a, b])
+    assert e.value.errno == errno.EBUSY
+    assert status_of(lambda: gt.end_access_all(1, [a, a])) == abi.GNTST_bad_gntref
+    assert [x.ref for x in gt.entries(1)] == [a, b]
+
+
+# -- mapping ------------------------------------------------------------------------------
+def test_map_hands_out_exactly_the_granted_page(gt):
+    mem = gt.memory
+    ref = gt.grant_access(1, 2, 5, False)
+    m = gt.map(D2, 1, ref, readonly=False)
+    assert (m.granter, m.ref, m.readonly, m.length) == (1, ref, False, PAGE)
+    assert m.shm_path == mem.segment_path(1)
+    assert m.offset == mem.frame_offset(1, 5) and m.mfn == mem.gfn_to_mfn(1, 5)
+    with open(m.shm_path, "r+b") as f:
+        page = mmap.mmap(f.fileno(), m.length, offset=m.offset)
+    page[:6] = b"via d2"
+    assert bytes(mem.frame(1, 5)[:6]) == b"via d2"
+    page.close()
+
+
+def test_map_flags_track_readers_and_writers(gt):
+    ro_ref = gt.grant_access(1, 2, 3, True)
+    rw_ref = gt.grant_access(1, 2, 4, False)
+    r = gt.map(D2, 1, ro_ref, readonly=True)
+    w = gt.map(D2, 1, rw_ref, readonly=False)
+    flags = {e.ref: e.flags for e in gt.entries(1)}
+    assert flags[ro_ref] & abi.GTF_reading and not flags[ro_ref] & abi.GTF_writing
+    assert flags[rw_ref] & abi.GTF_writing
+    assert gt.query(1)["active_maps"] == 2
+    gt.unmap(D2, r.handle)
+    gt.unmap(D2, w.handle)
+    assert all(not e.flags & (abi.GTF_reading | abi.GTF_writing) for e in gt.entries(1))
+
+
+def test_map_refusals(gt):
+    ro = gt.grant_access(1, 2, 3, True)
+    assert status_of(lambda: gt.map(D3, 1, ro, True)) == abi.GNTST_permission_denied
+    assert status_of(lambda: gt.map(D0, 1, ro, True)) == abi.GNTST_permission_denied
+    assert status_of(lambda: gt.map(D2, 1, ro, False)) == abi.GNTST_permission_denied
+    assert status_of(lambda: gt.map(D2, 9, ro, True)) == abi.GNTST_bad_domain
+    assert status_of(lambda: gt.map(D2, 1, ro + 1, True)) == abi.GNTST_bad_gntref
+    assert gt.mappings() == []
+
+
+def test_end_access_refused_while_mapped(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    m = gt.map(D2, 1, ref, readonly=False)
+    with pytest.raises(XenError) as e:
+        gt.end_access(1, ref)
+    assert e.value.errno == errno.EBUSY and "still mapped by d2" in e.value.message
+    gt.unmap(D2, m.handle)
+    gt.end_access(1, ref)
+
+
+def test_granter_cannot_free_a_mapped_frame(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    m = gt.map(D2, 1, ref, readonly=True)
+    with pytest.raises(MemoryError_) as e:
+        gt.memory.decrease_reservation(1, [3])
+    assert e.value.errno == errno.EBUSY and "d2" in e.value.message
+    gt.unmap(D2, m.handle)
+    gt.memory.decrease_reservation(1, [3])
+    assert status_of(lambda: gt.map(D2, 1, ref, True)) == abi.GNTST_bad_page
+
+
+def test_unmap_refusals(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    m = gt.map(D2, 1, ref, readonly=False)
+    assert status_of(lambda: gt.unmap(D3, m.handle)) == abi.GNTST_bad_handle
+    assert status_of(lambda: gt.unmap(D2, m.handle + 1)) == abi.GNTST_bad_handle
+    gt.unmap(D2, m.handle)
+    assert status_of(lambda: gt.unmap(D2, m.handle)) == abi.GNTST_bad_handle
+
+
+def test_maptrack_limit(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    handles = [gt.map(D2, 1, ref, True).handle for _ in range(4)]
+    assert sorted(handles) == [0, 1, 2, 3]
+    assert status_of(lambda: gt.map(D2, 1, ref, True)) == abi.GNTST_no_device_space
+    gt.unmap(D2, 2)
+    assert gt.map(D2, 1, ref, True).handle == 2
+
+
+def test_mapped_by(gt):
+    a = gt.grant_access(1, 2, 3, True)
+    b = gt.grant_access(1, 2, 4, False)
+    gt.map(D2, 1, a, True)
+    gt.map(D2, 1, b, True)
+    gt.map(D2, 1, b, False)
+    mem = gt.memory
+    assert gt.mapped_by(2) == {mem.gfn_to_mfn(1, 3): True, mem.gfn_to_mfn(1, 4): False}
+    assert gt.mapped_by(1) == {}
+
+
+def test_remove_mapper_releases_its_mappings(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    gt.map(D2, 1, ref, False)
+    gt.remove_domain(2)
+    gt.memory.remove_domain(2)
+    gt.end_access(1, ref)
+    assert gt.mappings() == []
+
+
+def test_remove_granter_keeps_the_mappers_handle(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    m = gt.map(D2, 1, ref, False)
+    gt.remove_domain(1)
+    gt.memory.remove_domain(1)
+    assert gt.mappings(2) == [m]
+    gt.add_domain(1)                      # a new d1 must not inherit the old counts
+    gt.memory.add_domain(1, 16, 8)
+    new_ref = gt.grant_access(1, 2, 3, False)
+    assert new_ref == ref
+    gt.unmap(D2, m.handle)
+    assert gt.entries(1)[0].flags == abi.GTF_permit_access
+
+
+def test_query(gt):
+    info = gt.query(1)
+    assert info == {"domid": 1, "nr_frames": 1, "max_frames": abi.DEFAULT_MAX_GRANT_FRAMES,
+                    "entries_in_use": 0, "max_entries": abi.DEFAULT_MAX_GRANT_FRAMES * 512,
+                    "active_maps": 0}
+    for _ in range(600):
+        gt.grant_access(1, 2, 0, True)
+    assert gt.query(1)["nr_frames"] == 2
+    assert gt.query(1)["entries_in_use"] == 600
+
+
+# -- copy ---------------------------------------------------------------------------------
+def fill(gt, domid, gfn, data: bytes, offset=0):
+    gt.memory.frame(domid, gfn)[offset:offset + len(data)] = data
+
+
+def read(gt, domid, gfn, offset, length) -> bytes:
+    return bytes(gt.memory.frame(domid, gfn)[offset:offset + length])
+
+
+def test_copy_between_gref_and_own_frame(gt):
+    rx = gt.grant_access(1, 2, 3, False)        # d1 posts a buffer for d2 to fill
+    tx = gt.grant_access(1, 2, 4, True)         # d1 offers data for d2 to read
+    fill(gt, 2, 1, b"packet", 10)
+    fill(gt, 1, 4, b"reply!", 100)
+    ops = [CopyOp(CopyPtr(2, gfn=1, offset=10), CopyPtr(1, ref=rx, use_gref=True, offset=20), 6),
+           CopyOp(CopyPtr(1, ref=tx, use_gref=True, offset=100),
+                  CopyPtr(abi.DOMID_SELF, gfn=2), 6)]
+    assert gt.copy(D2, ops) == [abi.GNTST_okay, abi.GNTST_okay]
+    assert read(gt, 1, 3, 20, 6) == b"packet"
+    assert read(gt, 2, 2, 0, 6) == b"reply!"
+
+
+def test_copy_statuses_per_op(gt):
+    ro = gt.grant_access(1, 2, 3, True)
+    rw = gt.grant_access(1, 2, 4, False)
+    other = gt.grant_access(1, 3, 5, False)
+    fill(gt, 2, 0, b"x" * 8)
+    own = CopyPtr(2, gfn=0)
+    cases = [
+        (CopyOp(own, CopyPtr(1, ref=rw, use_gref=True, offset=4000), 100), abi.GNTST_bad_copy_arg),
+        (CopyOp(CopyPtr(2, gfn=0, offset=PAGE), own, 1), abi.GNTST_bad_copy_arg),
+        (CopyOp(own, CopyPtr(1, ref=ro, use_gref=True), 8), abi.GNTST_permission_denied),
+        (CopyOp(own, CopyPtr(9, ref=rw, use_gref=True), 8), abi.GNTST_bad_domain),
+        (CopyOp(own, CopyPtr(1, ref=999, use_gref=True), 8), abi.GNTST_bad_gntref),
+        (CopyOp(own, CopyPtr(1, ref=other, use_gref=True), 8), abi.GNTST_permission_denied),
+        (CopyOp(own, CopyPtr(1, gfn=4), 8), abi.GNTST_permission_denied),
+        (CopyOp(CopyPtr(2, gfn=12), own, 8), abi.GNTST_bad_page),
+        (CopyOp(CopyPtr(1, ref=ro, use_gref=True), CopyPtr(2, gfn=1), 8), abi.GNTST_okay),
+        (CopyOp(own, CopyPtr(1, ref=rw, use_gref=True, offset=PAGE - 8), 8), abi.GNTST_okay),
+    ]
+    assert gt.copy(D2, [op for op, _ in cases]) == [want for _, want in cases]
+    assert read(gt, 1, 4, PAGE - 8, 8) == b"x" * 8
+    assert read(gt, 1, 3, 0, 8) == bytes(8)     # the refused write left d1 alone
+
+
+def test_privileged_copy_may_name_any_frame(gt):
+    fill(gt, 1, 2, b"secret")
+    op = CopyOp(CopyPtr(1, gfn=2), CopyPtr(0, gfn=0), 6)
+    assert gt.copy(D0, [op]) == [abi.GNTST_okay]
+    assert read(gt, 0, 0, 0, 6) == b"secret"
+    assert gt.copy(D3, [CopyOp(CopyPtr(1, gfn=2), CopyPtr(3, gfn=0), 6)]) == \
+        [abi.GNTST_permission_denied]
+
+
+def test_copy_within_one_frame_overlapping(gt):
+    fill(gt, 2, 0, b"abcdefgh")
+    assert gt.copy(D2, [CopyOp(CopyPtr(2, gfn=0), CopyPtr(2, gfn=0, offset=2), 6)]) == [0]
+    assert read(gt, 2, 0, 0, 8) == b"ababcdef"

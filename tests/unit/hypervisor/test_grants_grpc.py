@@ -1,0 +1,143 @@
+"""The GrantTable service over real gRPC: a frontend grants, a backend maps
+and copies; each refusal has its status code and the server keeps serving."""
+from __future__ import annotations
+
+import mmap
+
+import grpc
+import pytest
+
+from xenlab.proto import common_pb2, grants_pb2
+from xenlab.xen import abi
+
+PAGE = abi.PAGE_SIZE
+
+
+async def refused(call, code: grpc.StatusCode, *words: str) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await call
+    assert e.value.code() == code, e.value.details()
+    details = e.value.details()
+    assert details
+    for word in words:
+        assert word in details
+    return details
+
+
+def grant(peer: int, gfn: int, readonly: bool = False) -> grants_pb2.GrantAccessRequest:
+    return grants_pb2.GrantAccessRequest(
+        entries=[grants_pb2.GrantAccessEntry(domid=peer, gfn=gfn, readonly=readonly)])
+
+
+@pytest.fixture
+async def pair(hypervisor):
+    """d1 "front" and d2 "back", with clients acting as each."""
+    d1, front = await hypervisor.create_domain("front")
+    d2, back = await hypervisor.create_domain("back")
+    return hypervisor, (d1, front), (d2, back)
+
+
+async def still_serving(client, domid: int) -> None:
+    info = await client.grants.Query(common_pb2.DomainRef(domid=domid))
+    assert info.domid == domid
+
+
+async def test_map_write_unmap_end(pair):
+    lab, (d1, front), (d2, back) = pair
+    [ref] = (await front.grants.GrantAccess(grant(d2, 5))).refs
+    m = await back.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ref))
+    assert m.length == PAGE and not m.readonly
+    assert m.offset == lab.hv.memory.frame_offset(d1, 5)
+    with open(m.shm_path, "r+b") as f:
+        page = mmap.mmap(f.fileno(), m.length, offset=m.offset)
+    page[:4] = b"ring"
+    assert bytes(lab.hv.memory.frame(d1, 5)[:4]) == b"ring"
+    page.close()
+    info = await front.grants.Query(common_pb2.DomainRef(domid=d1))
+    assert (info.entries_in_use, info.active_maps) == (1, 1)
+    await refused(front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref])),
+                  grpc.StatusCode.FAILED_PRECONDITION, f"still mapped by d{d2}")
+    await back.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=m.handle))
+    await front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
+    assert lab.hv.grants.entries(d1) == [] and lab.hv.grants.mappings() == []
+
+
+async def test_map_refusals(pair):
+    lab, (d1, front), (d2, back) = pair
+    d3, third = await lab.create_domain("third")
+    [ro] = (await front.grants.GrantAccess(grant(d2, 5, readonly=True))).refs
+    P = grpc.StatusCode.PERMISSION_DENIED
+    await refused(back.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ro)), P, "read-only")
+    await refused(third.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ro, readonly=True)),
+                  P, f"not for d{d3}")
+    await refused(lab.dom0.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ro,
+                                                                 readonly=True)), P)
+    await refused(back.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ro + 1)),
+                  grpc.StatusCode.NOT_FOUND, "grant ref")
+    await refused(back.grants.Map(grants_pb2.MapGrantRequest(domid=999, ref=ro)),
+                  grpc.StatusCode.NOT_FOUND)
+    await refused(back.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=3)),
+                  grpc.StatusCode.NOT_FOUND, "handle")
+    m = await back.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ro, readonly=True))
+    assert m.readonly
+    await refused(third.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=m.handle)),
+                  grpc.StatusCode.NOT_FOUND)
+    await still_serving(back, d2)
+
+
+async def test_grant_access_refusals(pair):
+    lab, (d1, front), (d2, back) = pair
+    await refused(front.grants.GrantAccess(grant(777, 5)), grpc.StatusCode.NOT_FOUND)
+    await refused(front.grants.GrantAccess(grant(d2, 10**6)),
+                  grpc.StatusCode.INVALID_ARGUMENT, "not populated")
+    await refused(front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[3])),
+                  grpc.StatusCode.NOT_FOUND)
+    await refused(back.grants.Query(common_pb2.DomainRef(domid=d1)),
+                  grpc.StatusCode.PERMISSION_DENIED)
+    assert (await lab.dom0.grants.Query(common_pb2.DomainRef(name="front"))).domid == d1
+    await still_serving(front, d1)
+
+
+async def test_full_table_is_resource_exhausted_and_all_or_nothing(pair):
+    lab, (d1, front), (d2, back) = pair
+    limit = lab.hv.grants.query(d1)["max_entries"] - abi.GNTTAB_NR_RESERVED_ENTRIES
+    request = grants_pb2.GrantAccessRequest(entries=[
+        grants_pb2.GrantAccessEntry(domid=d2, gfn=0, readonly=True)] * (limit + 1))
+    await refused(front.grants.GrantAccess(request), grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
+    assert lab.hv.grants.entries(d1) == []
+    [ref] = (await front.grants.GrantAccess(grant(d2, 0))).refs
+    assert ref == abi.GNTTAB_NR_RESERVED_ENTRIES
+
+
+async def test_copy_statuses(pair):
+    lab, (d1, front), (d2, back) = pair
+    [rx, ro] = (await front.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
+        grants_pb2.GrantAccessEntry(domid=d2, gfn=3),
+        grants_pb2.GrantAccessEntry(domid=d2, gfn=4, readonly=True)]))).refs
+    lab.hv.memory.frame(d2, 0)[:5] = b"frame"
+    own = grants_pb2.CopyPtr(domid=d2, gfn=0)
+
+    def gref(r, offset=0):
+        return grants_pb2.CopyPtr(domid=d1, ref=r, use_gref=True, offset=offset)
+
+    ops = [grants_pb2.GrantCopyOp(source=own, dest=gref(rx, 100), len=5),
+           grants_pb2.GrantCopyOp(source=own, dest=gref(ro), len=5),
+           grants_pb2.GrantCopyOp(source=own, dest=gref(rx, PAGE - 2), len=5),
+           grants_pb2.GrantCopyOp(source=own, dest=gref(rx + 50), len=5),
+           grants_pb2.GrantCopyOp(source=own, dest=grants_pb2.CopyPtr(domid=d1, gfn=3), len=5),
+           grants_pb2.GrantCopyOp(source=gref(ro), dest=own, len=5)]
+    result = await back.grants.Copy(grants_pb2.GrantCopyRequest(ops=ops))
+    assert list(result.status) == [abi.GNTST_okay, abi.GNTST_permission_denied,
+                                   abi.GNTST_bad_copy_arg, abi.GNTST_bad_gntref,
+                                   abi.GNTST_permission_denied, abi.GNTST_okay]
+    assert bytes(lab.hv.memory.frame(d1, 3)[100:105]) == b"frame"
+    assert bytes(lab.hv.memory.frame(d1, 4)[:5]) == bytes(5)
+
+
+async def test_destroying_a_mapper_releases_its_mappings(pair):
+    lab, (d1, front), (d2, back) = pair
+    [ref] = (await front.grants.GrantAccess(grant(d2, 5))).refs
+    await back.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ref))
+    await lab.dom0.domains.Destroy(common_pb2.DomainRef(domid=d2))
+    await front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
+    assert lab.hv.grants.mappings() == []

@@ -1,0 +1,413 @@
+"""MachineMemory: segments, reservations, the P2M and validated PTE updates."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from xenlab.hypervisor.memory import MFN_HYPERVISOR_LIMIT, MFN_WINDOW, MachineMemory
+from xenlab.xen import abi
+from xenlab.xen.errors import MemoryError_, XenError
+
+PAGE = abi.PAGE_SIZE
+RW = abi._PAGE_PRESENT | abi._PAGE_RW
+RO = abi._PAGE_PRESENT
+
+
+@pytest.fixture
+def shm_dir():
+    # tmpfs, as in production: lazy allocation and MADV_REMOVE behave as there.
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    path = Path(tempfile.mkdtemp(prefix="xl-mem-", dir=base))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def mem(shm_dir):
+    m = MachineMemory(shm_dir, "t-", total_pages=1000)
+    yield m
+    for domid in range(10):
+        if m.shm_files():
+            with contextlib.suppress(XenError):
+                m.remove_domain(domid)
+    assert m.shm_files() == []
+
+
+def guest_view(m: MachineMemory, domid: int) -> mmap.mmap:
+    """What the domain itself maps: the whole segment, through its path."""
+    mm = m.memory_map(domid)
+    with open(mm["shm_path"], "r+b") as f:
+        return mmap.mmap(f.fileno(), mm["segment_pages"] * PAGE)
+
+
+def errno_of(excinfo) -> int:
+    return excinfo.value.errno
+
+
+# -- segments -------------------------------------------------------------------------
+def test_add_domain_creates_a_sized_segment(mem):
+    mem.add_domain(1, max_pages=16, initial_pages=4)
+    mm = mem.memory_map(1, with_populated=True)
+    assert mm["segment_pages"] == 17
+    assert mm["shared_info_offset"] == 0 and mm["first_frame_offset"] == PAGE
+    assert mm["populated"] == [0, 1, 2, 3]
+    assert os.path.getsize(mm["shm_path"]) == 17 * PAGE
+    assert mem.shm_files() == [mm["shm_path"]] == [mem.segment_path(1)]
+    assert mem.reservation(1) == (4, 16, 4)
+    assert mem.free_pages == 996
+
+
+def test_remove_domain_unlinks_the_segment(mem):
+    mem.add_domain(1, 8, 8)
+    path = mem.segment_path(1)
+    mem.remove_domain(1)
+    assert not os.path.exists(path)
+    assert mem.free_pages == mem.total_pages
+    with pytest.raises(MemoryError_) as e:
+        mem.reservation(1)
+    assert errno_of(e) == errno.ESRCH
+
+
+def test_remove_domain_with_exported_buffers(mem):
+    mem.add_domain(1, 8, 8)
+    buf, _ = mem.shared_info_buffer(1)
+    view = memoryview(buf)
+    frame = mem.frame(1, 0)
+    mem.remove_domain(1)
+    assert mem.shm_files() == []
+    view.release()
+    frame.release()
+
+
+def test_add_domain_refusals(mem):
+    with pytest.raises(MemoryError_) as e:
+        mem.add_domain(1, max_pages=4, initial_pages=5)
+    assert errno_of(e) == errno.EINVAL
+    with pytest.raises(MemoryError_) as e:
+        mem.add_domain(1, max_pages=2000, initial_pages=1001)
+    assert errno_of(e) == errno.ENOMEM
+    mem.add_domain(1, 4, 4)
+    with pytest.raises(MemoryError_) as e:
+        mem.add_domain(1, 4, 4)
+    assert errno_of(e) == errno.EEXIST
+    assert mem.shm_files() == [mem.segment_path(1)]
+
+
+def test_frames_are_the_segment_pages_after_shared_info(mem):
+    mem.add_domain(1, 8, 4)
+    view = guest_view(mem, 1)
+    mem.frame(1, 2)[:5] = b"hello"
+    assert view[3 * PAGE:3 * PAGE + 5] == b"hello"
+    assert mem.frame_offset(1, 2) == 3 * PAGE
+    buf, off = mem.shared_info_buffer(1)
+    buf[off:off + 4] = b"sinf"
+    assert view[0:4] == b"sinf"
+    view[PAGE:PAGE + 3] = b"abc"
+    assert bytes(mem.frame(1, 0)[:3]) == b"abc"
+    view.close()
+
+
+def test_frame_refusals(mem):
+    mem.add_domain(1, 8, 2)
+    with pytest.raises(MemoryError_) as e:
+        mem.frame(9, 0)
+    assert errno_of(e) == errno.ESRCH
+    with pytest.raises(MemoryError_) as e:
+        mem.frame(1, 5)
+    assert errno_of(e) == errno.EINVAL and "not populated" in e.value.message
+    with pytest.raises(MemoryError_) as e:
+        mem.frame(1, 8)
+    assert errno_of(e) == errno.EINVAL and "outside" in e.value.message
+    assert not mem.is_populated(1, 5) and not mem.is_populated(9, 0)
+
+
+# -- reservations ----------------------------------------------------------------------------
+def test_increase_reservation_takes_the_lowest_free_gfns(mem):
+    mem.add_domain(1, 8, 4)
+    mem.decrease_reservation(1, [1])
+    assert mem.increase_reservation(1, nr_pages=2) == [1, 4]
+    assert mem.increase_reservation(1, gfns=[7]) == [7]
+    assert mem.memory_map(1, True)["populated"] == [0, 1, 2, 3, 4, 7]
+    assert mem.free_pages == 1000 - 6
+
+
+def test_increase_past_max_changes_nothing(mem):
+    mem.add_domain(1, 8, 6)
+    for kwargs in ({"nr_pages": 3}, {"gfns": [6, 7, 0]}):
+        with pytest.raises(MemoryError_):
+            mem.increase_reservation(1, **kwargs)
+    with pytest.raises(MemoryError_) as e:
+        mem.increase_reservation(1, nr_pages=3)
+    assert errno_of(e) == errno.ENOMEM and "maximum of 8" in e.value.message
+    assert mem.reservation(1) == (6, 8, 6)
+
+
+def test_increase_refuses_bad_gfns(mem):
+    mem.add_domain(1, 8, 2)
+    for gfns in ([1], [5, 5], [8], [3, 1]):
+        with pytest.raises(MemoryError_) as e:
+            mem.increase_reservation(1, gfns=gfns)
+        assert errno_of(e) == errno.EINVAL
+    with pytest.raises(MemoryError_):
+        mem.increase_reservation(1, nr_pages=3, gfns=[4])
+    assert mem.memory_map(1, True)["populated"] == [0, 1]
+
+
+def test_host_budget(mem):
+    mem.add_domain(1, 2000, 990)
+    mem.add_domain(2, 100, 10)
+    with pytest.raises(MemoryError_) as e:
+        mem.increase_reservation(1, nr_pages=1)
+    assert errno_of(e) == errno.ENOMEM and "host" in e.value.message
+    mem.decrease_reservation(2, [0, 1])
+    assert mem.increase_reservation(1, nr_pages=2) == [990, 991]
+    assert mem.free_pages == 0
+
+
+def test_decrease_zeroes_and_releases_the_frame(mem, shm_dir):
+    mem.add_domain(1, 256, 256)
+    path = mem.segment_path(1)
+    lazy = os.stat(path).st_blocks
+    view = guest_view(mem, 1)
+    for gfn in range(64):
+        view[(1 + gfn) * PAGE:(2 + gfn) * PAGE] = b"\xaa" * PAGE
+    touched = os.stat(path).st_blocks
+    assert touched >= lazy + 64 * PAGE // 512      # tmpfs backs pages once written
+    assert mem.decrease_reservation(1, list(range(64))) == list(range(64))
+    assert os.stat(path).st_blocks <= lazy + 8     # and punches them out when freed
+    assert view[PAGE:65 * PAGE] == bytes(64 * PAGE)
+    assert mem.reservation(1)[0] == 192
+    mem.increase_reservation(1, gfns=[3])
+    assert bytes(mem.frame(1, 3)) == bytes(PAGE)
+    view.close()
+
+
+def test_decrease_is_all_or_nothing(mem):
+    mem.add_domain(1, 8, 4)
+    for gfns in ([0, 5], [1, 1], [0, 9]):
+        with pytest.raises(MemoryError_) as e:
+            mem.decrease_reservation(1, gfns)
+        assert errno_of(e) == errno.EINVAL
+    assert mem.reservation(1)[0] == 4
+
+
+def test_busy_check_vetoes_freeing(mem):
+    mem.add_domain(1, 8, 4)
+    mem.add_busy_check(lambda d, g: "is in use" if (d, g) == (1, 2) else None)
+    with pytest.raises(MemoryError_) as e:
+        mem.decrease_reservation(1, [1, 2])
+    assert errno_of(e) == errno.EBUSY and "in use" in e.value.message
+    assert mem.reservation(1)[0] == 4
+
+
+def test_set_max(mem):
+    mem.add_domain(1, 8, 4)
+    with pytest.raises(MemoryError_) as e:
+        mem.set_max(1, 3)
+    assert errno_of(e) == errno.EINVAL and "below the current reservation" in e.value.message
+    mem.frame(1, 0)[:4] = b"keep"
+    old_frame = mem.frame(1, 1)           # an export the remap must survive
+    mem.set_max(1, 32)
+    assert os.path.getsize(mem.segment_path(1)) == 33 * PAGE
+    assert mem.increase_reservation(1, gfns=[31]) == [31]
+    mem.frame(1, 31)[:2] = b"hi"
+    assert bytes(mem.frame(1, 0)[:4]) == b"keep"
+    old_frame.release()
+    mem.set_max(1, 5)                     # lowering keeps the frames above it
+    assert mem.reservation(1) == (5, 5, 4)
+    assert bytes(mem.frame(1, 31)[:2]) == b"hi"
+    with pytest.raises(MemoryError_) as e:
+        mem.increase_reservation(1, nr_pages=1)
+    assert errno_of(e) == errno.ENOMEM
+    with pytest.raises(MemoryError_) as e:
+        mem.set_max(1, MFN_WINDOW + 1)
+    assert errno_of(e) == errno.EINVAL
+
+
+def test_set_target(mem):
+    mem.add_domain(1, 8, 8)
+    mem.set_target(1, 4)
+    assert mem.reservation(1) == (8, 8, 4)
+    with pytest.raises(MemoryError_) as e:
+        mem.set_target(1, 9)
+    assert errno_of(e) == errno.EINVAL
+    assert mem.reservation(1) == (8, 8, 4)
+
+
+# -- the P2M ---------------------------------------------------------------------------
+def test_p2m_and_mfn_owner(mem):
+    mem.add_domain(1, 8, 8)
+    mem.add_domain(2, 8, 8)
+    base1, base2 = mem.memory_map(1)["mfn_base"], mem.memory_map(2)["mfn_base"]
+    assert base1 >= MFN_HYPERVISOR_LIMIT and base2 >= base1 + 8
+    assert mem.gfn_to_mfn(2, 3) == base2 + 3
+    assert mem.mfn_owner(base2 + 3) == (2, 3)
+    assert mem.mfn_owner(0x10) is None
+    assert mem.mfn_owner(base1 + 8) is None
+    mem.remove_domain(1)
+    assert mem.mfn_owner(base1) is None
+    mem.add_domain(1, 8, 8)
+    assert mem.memory_map(1)["mfn_base"] not in (base1, base2)   # never reused
+
+
+# -- page tables -------------------------------------------------------------------------------
+@pytest.fixture
+def pt(mem):
+    """d1 with an L1 table pinned at gfn 0, and d2."""
+    mem.add_domain(1, 16, 8)
+    mem.add_domain(2, 16, 8)
+    table = mem.gfn_to_mfn(1, 0)
+    assert mem.mmuext(1, [("pin_l1", table)]) == (1, [0])
+    return mem, table
+
+
+def pte_ptr(table_mfn: int, index: int) -> int:
+    return table_mfn << abi.PAGE_SHIFT | index * 8
+
+
+def pte(mfn: int, flags: int) -> int:
+    return mfn << abi.PAGE_SHIFT | flags
+
+
+def read_pte(mem, domid, gfn, index) -> int:
+    return struct.unpack_from("<Q", mem.frame(domid, gfn), index * 8)[0]
+
+
+def test_mmu_update_maps_an_own_frame(pt):
+    mem, table = pt
+    target = mem.gfn_to_mfn(1, 3)
+    assert mem.mmu_update(1, [(pte_ptr(table, 5), pte(target, RW))], {}) == (1, [0])
+    assert read_pte(mem, 1, 0, 5) == pte(target, RW)
+    assert mem.writable_count(target) == 1
+    assert mem.mmu_update(1, [(pte_ptr(table, 5), 0)], {}) == (1, [0])
+    assert mem.writable_count(target) == 0 and read_pte(mem, 1, 0, 5) == 0
+
+
+@pytest.mark.parametrize("make_update, err", [
+    (lambda t, m: (pte_ptr(t, 1) | abi.MMU_MACHPHYS_UPDATE, 0), errno.ENOSYS),
+    (lambda t, m: (pte_ptr(t, 1) | 5, 0), errno.EINVAL),
+    (lambda t, m: (pte_ptr(m.gfn_to_mfn(1, 1), 0), 0), errno.EINVAL),        # not pinned
+    (lambda t, m: (pte_ptr(m.gfn_to_mfn(2, 0), 0), 0), errno.EPERM),         # d2's frame
+    (lambda t, m: (pte_ptr(0x20, 0), 0), errno.EPERM),                       # Xen's own
+    (lambda t, m: (pte_ptr(t, 1), pte(0x42, RO)), errno.EPERM),              # hypervisor space
+    (lambda t, m: (pte_ptr(t, 1), pte(m.gfn_to_mfn(2, 1), RO)), errno.EPERM),  # not granted
+    (lambda t, m: (pte_ptr(t, 1), pte(1 << 39, RO)), errno.EPERM),           # no such frame
+    (lambda t, m: (pte_ptr(t, 1), pte(m.memory_map(1)["mfn_base"] + 12, RO)), errno.EINVAL),
+    (lambda t, m: (pte_ptr(t, 1), pte(t, RW)), errno.EPERM),                 # the table itself
+])
+def test_mmu_update_refusals(pt, make_update, err):
+    mem, table = pt
+    update = make_update(table, mem)
+    assert mem.mmu_update(1, [update], {}) == (0, [-err])
+    assert read_pte(mem, 1, 0, 1) == 0
+
+
+def test_page_table_may_be_mapped_read_only(pt):
+    mem, table = pt
+    assert mem.mmu_update(1, [(pte_ptr(table, 0), pte(table, RO))], {}) == (1, [0])
+
+
+def test_batch_stops_at_first_failure(pt):
+    mem, table = pt
+    good = mem.gfn_to_mfn(1, 2)
+    updates = [(pte_ptr(table, 1), pte(good, RW)), (pte_ptr(table, 2), pte(0x42, RO)),
+               (pte_ptr(table, 3), pte(good, RO))]
+    assert mem.mmu_update(1, updates, {}) == (1, [0, -errno.EPERM])
+    assert read_pte(mem, 1, 0, 1) and not read_pte(mem, 1, 0, 3)
+
+
+def test_foreign_frames_need_a_grant(pt):
+    mem, table = pt
+    ro_mfn, rw_mfn = mem.gfn_to_mfn(2, 1), mem.gfn_to_mfn(2, 2)
+    foreign = {ro_mfn: True, rw_mfn: False}
+    assert mem.mmu_update(1, [(pte_ptr(table, 1), pte(ro_mfn, RO)),
+                              (pte_ptr(table, 2), pte(rw_mfn, RW))], foreign) == (2, [0, 0])
+    assert mem.mmu_update(1, [(pte_ptr(table, 3), pte(ro_mfn, RW))], foreign) == \
+        (0, [-errno.EPERM])
+
+
+def test_pin_refused_while_mapped_writable(pt):
+    mem, table = pt
+    frame = mem.gfn_to_mfn(1, 4)
+    mem.mmu_update(1, [(pte_ptr(table, 7), pte(frame, RW))], {})
+    assert mem.mmuext(1, [("pin_l1", frame)]) == (0, [-errno.EBUSY])
+    mem.mmu_update(1, [(pte_ptr(table, 7), pte(frame, RO))], {})
+    assert mem.mmuext(1, [("pin_l1", frame)]) == (1, [0])
+    assert mem.mmu_update(1, [(pte_ptr(table, 8), pte(frame, RW))], {}) == (0, [-errno.EPERM])
+
+
+def test_pin_and_unpin_refusals(pt):
+    mem, table = pt
+    assert mem.mmuext(1, [("pin_l1", table)]) == (0, [-errno.EINVAL])          # already
+    assert mem.mmuext(2, [("pin_l1", table)]) == (0, [-errno.EPERM])           # not d2's
+    assert mem.mmuext(2, [("unpin", table)]) == (0, [-errno.EPERM])
+    assert mem.mmuext(1, [("unpin", table + 1)]) == (0, [-errno.EINVAL])       # not pinned
+    assert mem.mmuext(1, [("pin_l1", 0x30)]) == (0, [-errno.EPERM])
+    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 7) + 1)]) == (0, [-errno.EINVAL])
+    assert mem.mmuext(1, [("pin_l2", table)]) == (0, [-errno.ENOSYS])
+
+
+def test_unpin_drops_the_tables_mappings(pt):
+    mem, table = pt
+    frame = mem.gfn_to_mfn(1, 4)
+    mem.mmu_update(1, [(pte_ptr(table, 7), pte(frame, RW))], {})
+    assert mem.mmuext(1, [("unpin", table)]) == (1, [0])
+    assert mem.writable_count(frame) == 0
+    assert mem.mmuext(1, [("pin_l1", frame)]) == (1, [0])
+    assert mem.pinned_tables() == {frame: 1}
+
+
+def test_pin_validates_what_the_guest_wrote(pt):
+    mem, _ = pt
+    struct.pack_into("<Q", mem.frame(1, 5), 0, pte(0x42, RW))
+    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 5))]) == (0, [-errno.EINVAL])
+    struct.pack_into("<Q", mem.frame(1, 5), 0, pte(mem.gfn_to_mfn(1, 5), RW))
+    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 5))]) == (0, [-errno.EINVAL])
+    struct.pack_into("<Q", mem.frame(1, 5), 0, pte(mem.gfn_to_mfn(1, 6), RW))
+    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 5))]) == (1, [0])
+    assert mem.writable_count(mem.gfn_to_mfn(1, 6)) == 1
+
+
+def test_guest_writes_to_a_pinned_table_do_not_count(pt):
+    mem, table = pt
+    struct.pack_into("<Q", mem.frame(1, 0), 8, pte(mem.gfn_to_mfn(1, 6), RW))
+    assert mem.writable_count(mem.gfn_to_mfn(1, 6)) == 0
+    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 6))]) == (1, [0])
+
+
+def test_frames_in_use_by_page_tables_cannot_be_freed(pt):
+    mem, table = pt
+    mem.mmu_update(1, [(pte_ptr(table, 1), pte(mem.gfn_to_mfn(1, 3), RO))], {})
+    for gfn in (0, 3):
+        with pytest.raises(MemoryError_) as e:
+            mem.decrease_reservation(1, [gfn])
+        assert errno_of(e) == errno.EBUSY
+    mem.mmu_update(1, [(pte_ptr(table, 1), 0)], {})
+    mem.mmuext(1, [("unpin", table)])
+    assert mem.decrease_reservation(1, [0, 3]) == [0, 3]
+
+
+def test_remove_domain_drops_its_tables(pt):
+    mem, table = pt
+    granted = mem.gfn_to_mfn(2, 1)
+    mem.mmu_update(1, [(pte_ptr(table, 1), pte(granted, RW))], {granted: False})
+    mem.remove_domain(1)
+    assert mem.pinned_tables() == {}
+    assert mem.writable_count(granted) == 0
+    assert mem.mmuext(2, [("pin_l1", granted)]) == (1, [0])
+
+
+def test_unknown_domain(mem):
+    for call in (lambda: mem.mmu_update(5, [], {}), lambda: mem.mmuext(5, []),
+                 lambda: mem.set_max(5, 1), lambda: mem.memory_map(5)):
+        with pytest.raises(XenError) as e:
+            call()
+        assert errno_of(e) == errno.ESRCH

@@ -1,0 +1,631 @@
+"""The pure XenStore core: tree, permissions, quotas, transactions, watches."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.xenstore import XenStore, XenStoreQuotas
+from xenlab.xen.errors import XenStoreError
+
+DOM0 = Caller(0, privileged=True)
+D1 = Caller(1)
+D2 = Caller(2)
+
+
+class Events:
+    """A fire() that records (conn, path, token)."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[object, str, str]] = []
+
+    def __call__(self, conn, path, token) -> None:
+        self.log.append((conn, path, token))
+
+    def take(self, conn=None) -> list[tuple[str, str]]:
+        got = [(p, t) for c, p, t in self.log if conn is None or c == conn]
+        self.log = [e for e in self.log if conn is not None and e[0] != conn]
+        return got
+
+
+@pytest.fixture
+def events() -> Events:
+    return Events()
+
+
+def make_store(events, **quotas) -> XenStore:
+    xs = XenStore(fire=events, quotas=XenStoreQuotas(**quotas))
+    for d in (1, 2):
+        # libxl's layout: /local/domain/D owned by dom0, readable by D;
+        # D's writable subtrees owned by D.
+        xs.write(DOM0, f"/local/domain/{d}", b"")
+        xs.set_perms(DOM0, f"/local/domain/{d}", [(0, "n"), (d, "r")])
+        xs.write(DOM0, f"/local/domain/{d}/data", b"")
+        xs.set_perms(DOM0, f"/local/domain/{d}/data", [(d, "n")])
+    return xs
+
+
+@pytest.fixture
+def xs(events) -> XenStore:
+    return make_store(events)
+
+
+def errno_of(fn, *args, **kwargs) -> int:
+    with pytest.raises(XenStoreError) as info:
+        fn(*args, **kwargs)
+    assert info.value.message
+    return info.value.errno
+
+
+# -- tree -----------------------------------------------------------------
+
+def test_initial_tree_is_owned_by_dom0_and_closed(events):
+    xs = XenStore(fire=events)
+    for path in ("/", "/local", "/local/domain", "/vm", "/tool"):
+        assert xs.exists(path)
+        assert xs.get_perms(DOM0, path) == [(0, "n")]
+    assert xs.directory(DOM0, "/") == ["local", "tool", "vm"]
+    assert errno_of(xs.read, D1, "/local") == errno.EACCES
+
+
+def test_write_read_and_parents_created(xs):
+    xs.write(DOM0, "/a/b/c", b"\x00value\xff")
+    assert xs.read(DOM0, "/a/b/c") == b"\x00value\xff"
+    assert xs.read(DOM0, "/a/b") == b""
+    assert xs.directory(DOM0, "/a") == ["b"]
+
+
+def test_directory_is_sorted(xs):
+    for name in ("zeta", "alpha", "mid"):
+        xs.write(DOM0, f"/tool/{name}", b"")
+    assert xs.directory(DOM0, "/tool") == ["alpha", "mid", "zeta"]
+
+
+def test_mkdir_creates_empty_and_is_idempotent(xs):
+    xs.mkdir(DOM0, "/tool/x/y")
+    xs.write(DOM0, "/tool/x/y", b"keep")
+    xs.mkdir(DOM0, "/tool/x/y")
+    assert xs.read(DOM0, "/tool/x/y") == b"keep"
+
+
+def test_rm_is_recursive_and_missing_is_enoent(xs):
+    xs.write(DOM0, "/tool/a/b/c", b"1")
+    xs.write(DOM0, "/tool/a/d", b"2")
+    xs.rm(DOM0, "/tool/a")
+    for path in ("/tool/a", "/tool/a/b", "/tool/a/b/c", "/tool/a/d"):
+        assert not xs.exists(path)
+    assert xs.directory(DOM0, "/tool") == []
+    assert errno_of(xs.rm, DOM0, "/tool/a") == errno.ENOENT
+    assert errno_of(xs.read, DOM0, "/tool/a") == errno.ENOENT
+    assert errno_of(xs.rm, DOM0, "/") == errno.EINVAL
+
+
+@pytest.mark.parametrize("path", ["", "/a//b", "/a/", "/a b", "/a/ü", "rel//x", "/a/b\n"])
+def test_invalid_paths_are_einval(xs, path):
+    assert errno_of(xs.write, DOM0, path, b"") == errno.EINVAL
+
+
+def test_path_length_limits(events):
+    xs = XenStore(fire=events, quotas=XenStoreQuotas(path_max=64))
+    xs.write(DOM0, "/" + "a" * 63, b"")
+    assert errno_of(xs.write, DOM0, "/" + "a" * 64, b"") == errno.EINVAL
+    assert errno_of(xs.read, D1, "x" * 2049) == errno.EINVAL
+
+
+def test_relative_paths_are_under_the_callers_home(xs):
+    xs.write(D1, "data/key", b"v")
+    assert xs.read(DOM0, "/local/domain/1/data/key") == b"v"
+    assert xs.read(D1, "data/key") == b"v"
+    assert xs.directory(D1, "data") == ["key"]
+    assert errno_of(xs.read, D2, "data/key") == errno.ENOENT
+
+
+@given(st.text(alphabet=st.characters(codec="ascii"), max_size=40))
+@settings(max_examples=200)
+def test_any_path_is_accepted_or_einval(path):
+    xs = XenStore(fire=lambda *a: None)
+    try:
+        xs.write(DOM0, "/tool/" + path, b"x")
+    except XenStoreError as err:
+        assert err.errno == errno.EINVAL
+    else:
+        assert xs.read(DOM0, "/tool/" + path) == b"x"
+
+
+# -- permissions ---------------------------------------------------------------
+
+def test_owner_has_full_access_and_others_get_the_default(xs):
+    xs.write(DOM0, "/tool/n", b"v")
+    xs.set_perms(DOM0, "/tool/n", [(1, "n")])
+    assert xs.read(D1, "/tool/n") == b"v"
+    xs.write(D1, "/tool/n", b"w")
+    assert errno_of(xs.read, D2, "/tool/n") == errno.EACCES
+    xs.set_perms(DOM0, "/tool/n", [(1, "r")])
+    assert xs.read(D2, "/tool/n") == b"w"
+    assert errno_of(xs.write, D2, "/tool/n", b"x") == errno.EACCES
+
+
+def test_listed_domains_get_their_own_entry(xs):
+    xs.write(DOM0, "/tool/n", b"v")
+    xs.set_perms(DOM0, "/tool/n", [(0, "r"), (1, "n"), (2, "w")])
+    assert errno_of(xs.read, D1, "/tool/n") == errno.EACCES
+    xs.write(D2, "/tool/n", b"from d2")
+    assert errno_of(xs.read, D2, "/tool/n") == errno.EACCES
+    assert xs.read(Caller(3), "/tool/n") == b"from d2"
+    xs.set_perms(DOM0, "/tool/n", [(0, "n"), (1, "b")])
+    xs.write(D1, "/tool/n", b"both")
+    assert xs.read(D1, "/tool/n") == b"both"
+
+
+def test_privileged_caller_bypasses_permissions(xs):
+    xs.write(D1, "data/secret", b"s")
+    xs.set_perms(D1, "data/secret", [(1, "n")])
+    assert xs.read(DOM0, "/local/domain/1/data/secret") == b"s"
+    xs.write(DOM0, "/local/domain/1/data/secret", b"t")
+
+
+def test_new_node_inherits_parent_perms_when_privileged_creates(xs):
+    xs.write(DOM0, "/local/domain/1/data/made-by-dom0/x", b"")
+    assert xs.get_perms(DOM0, "/local/domain/1/data/made-by-dom0/x") == [(1, "n")]
+    xs.write(DOM0, "/tool/shared", b"")
+    xs.set_perms(DOM0, "/tool/shared", [(0, "w"), (2, "r")])
+    xs.write(DOM0, "/tool/shared/child", b"")
+    assert xs.get_perms(DOM0, "/tool/shared/child") == [(0, "w"), (2, "r")]
+
+
+def test_unprivileged_creator_becomes_owner(xs):
+    xs.write(DOM0, "/tool/shared", b"")
+    xs.set_perms(DOM0, "/tool/shared", [(0, "w"), (2, "r")])
+    xs.write(D1, "/tool/shared/a/b", b"mine")
+    for path in ("/tool/shared/a", "/tool/shared/a/b"):
+        assert xs.get_perms(DOM0, path) == [(1, "w"), (2, "r")]
+    xs.set_perms(D1, "/tool/shared/a/b", [(1, "n")])
+    assert errno_of(xs.read, D2, "/tool/shared/a/b") == errno.EACCES
+
+
+def test_write_needs_write_on_nearest_existing_ancestor(xs):
+    assert errno_of(xs.write, D1, "/local/domain/1/newdir/x", b"") == errno.EACCES
+    assert errno_of(xs.mkdir, D1, "/local/domain/1/newdir") == errno.EACCES
+    assert not xs.exists("/local/domain/1/newdir")
+    assert errno_of(xs.write, D1, "/local/domain/2/data/x", b"") == errno.EACCES
+
+
+def test_rm_needs_write_on_the_node(xs):
+    xs.write(DOM0, "/local/domain/1/name", b"d1")
+    assert errno_of(xs.rm, D1, "/local/domain/1/name") == errno.EACCES
+    xs.write(D1, "data/tmp/a", b"")
+    xs.rm(D1, "data/tmp")
+    assert not xs.exists("/local/domain/1/data/tmp")
+
+
+def test_mkdir_on_existing_node_needs_write(xs):
+    xs.write(DOM0, "/local/domain/1/name", b"d1")
+    assert errno_of(xs.mkdir, D1, "/local/domain/1/name") == errno.EACCES
+
+
+def test_missing_node_under_unreadable_parent_is_eacces(xs):
+    # xenstored's errno_from_parents: existence must not leak.
+    assert errno_of(xs.read, D2, "/local/domain/1/data/nothing") == errno.EACCES
+    assert errno_of(xs.read, D1, "/local/domain/1/data/nothing") == errno.ENOENT
+
+
+def test_get_perms_needs_read(xs):
+    assert errno_of(xs.get_perms, D2, "/local/domain/1/data") == errno.EACCES
+    assert xs.get_perms(D1, "/local/domain/1") == [(0, "n"), (1, "r")]
+
+
+def test_set_perms_only_by_owner_or_privileged(xs):
+    xs.write(DOM0, "/tool/n", b"")
+    xs.set_perms(DOM0, "/tool/n", [(0, "b")])
+    assert errno_of(xs.set_perms, D1, "/tool/n", [(0, "n")]) == errno.EACCES
+    xs.write(D1, "data/mine", b"")
+    xs.set_perms(D1, "data/mine", [(1, "r"), (2, "b")])
+    assert xs.get_perms(DOM0, "/local/domain/1/data/mine") == [(1, "r"), (2, "b")]
+    # a listed writer is not the owner
+    assert errno_of(xs.set_perms, D2, "/local/domain/1/data/mine", [(1, "b")]) == errno.EACCES
+
+
+def test_unprivileged_owner_may_not_give_a_node_away(xs):
+    xs.write(D1, "data/mine", b"")
+    assert errno_of(xs.set_perms, D1, "data/mine", [(2, "n")]) == errno.EPERM
+    xs.set_perms(DOM0, "/local/domain/1/data/mine", [(2, "n")])
+    assert xs.get_perms(DOM0, "/local/domain/1/data/mine") == [(2, "n")]
+
+
+@pytest.mark.parametrize("perms", [[], [(0, "x")], [(0, "rw")], [(0x7FF0, "r")], [(-1, "r")]])
+def test_bad_permission_lists_are_einval(xs, perms):
+    xs.write(DOM0, "/tool/n", b"")
+    assert errno_of(xs.set_perms, DOM0, "/tool/n", perms) == errno.EINVAL
+
+
+# -- quotas ---------------------------------------------------------------------
+
+def test_node_quota_counts_owned_nodes(events):
+    xs = make_store(events, nodes=5)
+    assert xs.node_count(1) == 1            # data/
+    xs.write(D1, "data/a/b", b"")           # two more
+    xs.write(D1, "data/c", b"")
+    xs.write(D1, "data/d", b"")
+    assert xs.node_count(1) == 5
+    assert errno_of(xs.write, D1, "data/e", b"") == errno.EDQUOT
+    assert errno_of(xs.mkdir, D1, "data/e") == errno.EDQUOT
+    assert not xs.exists("/local/domain/1/data/e")
+    xs.write(D1, "data/c", b"rewrite is fine")
+    xs.rm(D1, "data/a")
+    assert xs.node_count(1) == 3
+    xs.write(D1, "data/e", b"")
+
+
+def test_node_quota_refuses_a_deep_write_that_would_cross_it(events):
+    xs = make_store(events, nodes=3)
+    assert errno_of(xs.write, D1, "data/a/b/c", b"") == errno.EDQUOT
+    assert not xs.exists("/local/domain/1/data/a")
+
+
+def test_privileged_domains_are_exempt_from_quotas(events):
+    xs = make_store(events, nodes=2, entry_size=4, watches=1, transactions=1)
+    for i in range(5):
+        xs.write(DOM0, f"/tool/{i}", b"0123456789")
+        xs.watch(DOM0, "c", f"/tool/{i}", "t")
+        xs.transaction_start(DOM0)
+
+
+def test_nodes_dom0_creates_for_a_domain_count_against_it(xs):
+    before = xs.node_count(1)
+    xs.write(DOM0, "/local/domain/1/data/x", b"")
+    assert xs.node_count(1) == before + 1
+    xs.set_perms(DOM0, "/local/domain/1/data/x", [(0, "n")])
+    assert xs.node_count(1) == before
+
+
+def test_entry_size_quota(events):
+    xs = make_store(events, entry_size=8)
+    xs.write(D1, "data/v", b"12345678")
+    assert errno_of(xs.write, D1, "data/v", b"123456789") == errno.EDQUOT
+    assert xs.read(D1, "data/v") == b"12345678"
+
+
+def test_watch_quota_is_per_domain(events):
+    xs = make_store(events, watches=2)
+    xs.watch(D1, "c1", "data/a", "t")
+    xs.watch(D1, "c2", "data/b", "t")
+    assert errno_of(xs.watch, D1, "c3", "data/c", "t") == errno.EDQUOT
+    xs.watch(D2, "c4", "data/c", "t")
+    xs.unwatch(D1, "c1", "data/a", "t")
+    xs.watch(D1, "c3", "data/c", "t")
+
+
+def test_transaction_quota(events):
+    xs = make_store(events, transactions=2)
+    t1 = xs.transaction_start(D1)
+    xs.transaction_start(D1)
+    assert errno_of(xs.transaction_start, D1) == errno.EDQUOT
+    xs.transaction_start(D2)
+    xs.transaction_end(D1, t1, commit=False)
+    xs.transaction_start(D1)
+
+
+def test_perm_list_length_quota(events):
+    xs = make_store(events, perms=2)
+    xs.write(D1, "data/n", b"")
+    xs.set_perms(D1, "data/n", [(1, "n"), (2, "r")])
+    assert errno_of(xs.set_perms, D1, "data/n", [(1, "n"), (2, "r"), (3, "r")]) == errno.EDQUOT
+
+
+def test_node_quota_is_checked_again_at_commit(events):
+    xs = make_store(events, nodes=3)
+    xs.write(DOM0, "/tool/open", b"")
+    xs.set_perms(DOM0, "/tool/open", [(0, "w")])
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/a", b"", tx)
+    xs.write(D1, "data/b", b"", tx)
+    xs.write(D1, "/tool/open/c", b"")    # outside, no conflict: d1 now owns 2 of 3
+    assert errno_of(xs.transaction_end, D1, tx, True) == errno.EDQUOT
+    assert not xs.exists("/local/domain/1/data/a")
+    assert xs.node_count(1) == 2
+
+
+# -- transactions -------------------------------------------------------------
+
+def test_transaction_sees_its_own_writes_and_others_do_not(xs):
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/a", b"1", tx)
+    assert xs.read(D1, "data/a", tx) == b"1"
+    assert xs.directory(D1, "data", tx) == ["a"]
+    assert errno_of(xs.read, D1, "data/a") == errno.ENOENT
+    xs.transaction_end(D1, tx, commit=True)
+    assert xs.read(D1, "data/a") == b"1"
+
+
+def test_transaction_reads_its_snapshot(xs):
+    xs.write(D1, "data/a", b"old")
+    tx = xs.transaction_start(D1)
+    xs.write(DOM0, "/local/domain/1/data/a", b"new")
+    assert xs.read(D1, "data/a", tx) == b"old"
+
+
+def test_abort_discards_changes(xs):
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/a", b"1", tx)
+    xs.rm(D1, "data", tx)
+    xs.transaction_end(D1, tx, commit=False)
+    assert xs.exists("/local/domain/1/data")
+    assert not xs.exists("/local/domain/1/data/a")
+
+
+def test_conflict_on_a_node_read_in_the_transaction(xs):
+    xs.write(D1, "data/state", b"1")
+    tx = xs.transaction_start(D1)
+    xs.read(D1, "data/state", tx)
+    xs.write(D1, "data/other", b"x", tx)
+    xs.write(DOM0, "/local/domain/1/data/state", b"2")
+    assert errno_of(xs.transaction_end, D1, tx, True) == errno.EAGAIN
+    assert not xs.exists("/local/domain/1/data/other")
+    # the failed transaction is over
+    assert errno_of(xs.transaction_end, D1, tx, False) == errno.ENOENT
+
+
+def test_conflict_on_a_node_written_in_the_transaction(xs):
+    xs.write(D1, "data/k", b"1")
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/k", b"tx", tx)
+    xs.write(D1, "data/k", b"outside")
+    assert errno_of(xs.transaction_end, D1, tx, True) == errno.EAGAIN
+    assert xs.read(D1, "data/k") == b"outside"
+
+
+def test_conflict_when_a_read_node_is_removed(xs):
+    xs.write(D1, "data/k", b"1")
+    tx = xs.transaction_start(D1)
+    xs.read(D1, "data/k", tx)
+    xs.rm(D1, "data/k")
+    assert errno_of(xs.transaction_end, D1, tx, True) == errno.EAGAIN
+
+
+def test_conflict_when_a_node_seen_missing_appears(xs):
+    tx = xs.transaction_start(D1)
+    assert errno_of(xs.read, D1, "data/k", tx) == errno.ENOENT
+    xs.write(D1, "data/k", b"now here")
+    assert errno_of(xs.transaction_end, D1, tx, True) == errno.EAGAIN
+
+
+def test_conflict_between_two_transactions(xs):
+    xs.write(D1, "data/counter", b"0")
+    t1, t2 = xs.transaction_start(D1), xs.transaction_start(D1)
+    for tx in (t1, t2):
+        n = int(xs.read(D1, "data/counter", tx))
+        xs.write(D1, "data/counter", str(n + 1).encode(), tx)
+    xs.transaction_end(D1, t1, True)
+    assert errno_of(xs.transaction_end, D1, t2, True) == errno.EAGAIN
+    assert xs.read(D1, "data/counter") == b"1"
+
+
+def test_unrelated_commits_do_not_conflict(xs):
+    xs.write(D1, "data/a", b"1")
+    xs.write(D2, "data/b", b"1")
+    tx = xs.transaction_start(D1)
+    assert xs.read(D1, "data/a", tx) == b"1"
+    xs.write(D1, "data/a", b"2", tx)
+    xs.write(D2, "data/b", b"2")                   # another domain, another node
+    xs.write(D2, "data/new", b"")                  # a new node elsewhere
+    other = xs.transaction_start(D2)
+    xs.write(D2, "data/b", b"3", other)
+    xs.transaction_end(D2, other, True)
+    xs.transaction_end(D1, tx, True)
+    assert xs.read(D1, "data/a") == b"2"
+    assert xs.read(D2, "data/b") == b"3"
+
+
+def test_transaction_ids_belong_to_their_domain(xs):
+    tx = xs.transaction_start(D1)
+    assert errno_of(xs.read, D2, "data", tx) == errno.ENOENT
+    assert errno_of(xs.transaction_end, D2, tx, True) == errno.ENOENT
+    assert errno_of(xs.write, D1, "data/x", b"", 9999) == errno.ENOENT
+    xs.transaction_end(D1, tx, True)
+
+
+def test_transaction_rm_and_recreate_commit(xs):
+    xs.write(D1, "data/dev/a", b"1")
+    tx = xs.transaction_start(D1)
+    xs.rm(D1, "data/dev", tx)
+    xs.write(D1, "data/dev/b", b"2", tx)
+    xs.transaction_end(D1, tx, True)
+    assert xs.directory(D1, "data/dev") == ["b"]
+    assert xs.node_count(1) == 3
+
+
+# -- watches ---------------------------------------------------------------------
+
+def test_watch_fires_once_on_registration(xs, events):
+    xs.watch(D1, "c", "data/x", "tok")
+    assert events.take() == [("data/x", "tok")]
+    xs.watch(DOM0, "d", "/nowhere/yet", "t2")
+    assert events.take() == [("/nowhere/yet", "t2")]
+
+
+def test_write_fires_watches_on_the_node_and_its_ancestors(xs, events):
+    xs.watch(DOM0, "c", "/local/domain/1/data/dev", "exact")
+    xs.watch(DOM0, "c", "/local/domain/1", "parent")
+    xs.watch(DOM0, "c", "/", "root")
+    xs.watch(DOM0, "c", "/local/domain/1/data/dev/deeper", "below")
+    xs.watch(DOM0, "c", "/local/domain/1/data/devices", "sibling-prefix")
+    events.take()
+    xs.write(DOM0, "/local/domain/1/data/dev", b"1")
+    got = sorted(events.take())
+    path = "/local/domain/1/data/dev"
+    assert got == sorted([(path, "exact"), (path, "parent"), (path, "root")])
+
+
+def test_mkdir_and_set_perms_fire(xs, events):
+    xs.watch(DOM0, "c", "/tool", "t")
+    events.take()
+    xs.mkdir(DOM0, "/tool/d")
+    assert events.take() == [("/tool/d", "t")]
+    xs.mkdir(DOM0, "/tool/d")          # already there: nothing
+    assert events.take() == []
+    xs.set_perms(DOM0, "/tool/d", [(0, "r")])
+    assert events.take() == [("/tool/d", "t")]
+
+
+def test_failed_requests_fire_nothing(xs, events):
+    xs.watch(DOM0, "c", "/", "t")
+    events.take()
+    with pytest.raises(XenStoreError):
+        xs.write(D2, "/local/domain/1/data/x", b"")
+    with pytest.raises(XenStoreError):
+        xs.rm(DOM0, "/tool/missing")
+    assert events.take() == []
+
+
+def test_rm_fires_ancestors_with_node_and_descendants_with_their_own_path(xs, events):
+    xs.write(DOM0, "/tool/dev/vif/0/state", b"4")
+    xs.watch(DOM0, "c", "/tool", "up")
+    xs.watch(DOM0, "c", "/tool/dev/vif/0/state", "down")
+    xs.watch(DOM0, "c", "/tool/dev/vif/0/not-there", "ghost")
+    xs.watch(DOM0, "c", "/tool/devices", "unrelated")
+    events.take()
+    xs.rm(DOM0, "/tool/dev")
+    assert sorted(events.take()) == sorted([
+        ("/tool/dev", "up"),
+        ("/tool/dev/vif/0/state", "down"),
+        ("/tool/dev/vif/0/not-there", "ghost"),
+    ])
+
+
+def test_relative_watch_gets_relative_event_paths(xs, events):
+    xs.watch(D1, "c", "data", "rel")
+    xs.watch(D1, "c", "/local/domain/1/data", "abs")
+    events.take()
+    xs.write(D1, "data/dev/x", b"")
+    assert sorted(events.take()) == [("/local/domain/1/data/dev/x", "abs"), ("data/dev/x", "rel")]
+    xs.watch(D1, "c", "data/dev/x/y", "below")
+    events.take()
+    xs.rm(D1, "data/dev")
+    assert ("data/dev/x/y", "below") in events.take()
+
+
+def test_events_only_reach_domains_that_may_read_the_node(xs, events):
+    xs.write(DOM0, "/tool/pub", b"")
+    xs.set_perms(DOM0, "/tool/pub", [(0, "r")])
+    xs.watch(D1, "d1", "/tool", "t")
+    xs.watch(D2, "d2", "/tool", "t")
+    xs.watch(DOM0, "d0", "/tool", "t")
+    events.take()
+    xs.write(DOM0, "/tool/pub/x", b"")            # inherits r for everyone
+    assert sorted(c for c, _, _ in events.log) == ["d0", "d1", "d2"]
+    events.take()
+    xs.write(DOM0, "/tool/private", b"")          # n0: only dom0
+    assert [c for c, _, _ in events.log] == ["d0"]
+    events.take()
+    xs.set_perms(DOM0, "/tool/private", [(0, "n"), (2, "r")])
+    assert sorted(c for c, _, _ in events.log) == ["d0", "d2"]
+
+
+def test_set_perms_that_revokes_read_still_tells_the_old_reader(xs, events):
+    xs.write(DOM0, "/tool/n", b"")
+    xs.set_perms(DOM0, "/tool/n", [(0, "r")])
+    xs.watch(D1, "d1", "/tool/n", "t")
+    events.take()
+    xs.set_perms(DOM0, "/tool/n", [(0, "n")])
+    assert events.take("d1") == [("/tool/n", "t")]
+    xs.write(DOM0, "/tool/n", b"x")
+    assert events.take("d1") == []
+
+
+def test_rm_event_checks_the_removed_nodes_perms(xs, events):
+    xs.write(D1, "data/secret/inner", b"")
+    xs.set_perms(D1, "data/secret", [(1, "n")])
+    xs.set_perms(D1, "data/secret/inner", [(1, "n")])
+    xs.watch(D2, "d2", "/local/domain/1/data/secret/inner", "t")
+    events.take()
+    xs.rm(D1, "data/secret")
+    assert events.take("d2") == []
+
+
+def test_transaction_events_fire_at_commit_only(xs, events):
+    xs.watch(DOM0, "c", "/local/domain/1/data", "t")
+    events.take()
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/a", b"1", tx)
+    xs.write(D1, "data/a", b"2", tx)
+    xs.write(D1, "data/b", b"1", tx)
+    assert events.take() == []
+    xs.transaction_end(D1, tx, True)
+    assert sorted(events.take()) == [("/local/domain/1/data/a", "t"),
+                                     ("/local/domain/1/data/b", "t")]
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/c", b"", tx)
+    xs.transaction_end(D1, tx, False)
+    assert events.take() == []
+
+
+def test_duplicate_watch_and_unknown_unwatch(xs, events):
+    xs.watch(D1, "c", "data", "t")
+    assert errno_of(xs.watch, D1, "c", "/local/domain/1/data", "t") == errno.EEXIST
+    xs.watch(D1, "other-conn", "data", "t")
+    assert errno_of(xs.unwatch, D1, "c", "data", "nope") == errno.ENOENT
+    xs.unwatch(D1, "c", "/local/domain/1/data", "t")
+    events.take()
+    xs.write(D1, "data/x", b"")
+    assert [c for c, _, _ in events.log] == ["other-conn"]
+
+
+def test_drop_connection_removes_its_watches(xs, events):
+    xs.watch(D1, "c", "data", "t1")
+    xs.watch(D1, "c", "/", "t2")
+    xs.watch(D1, "keep", "data", "t1")
+    assert xs.watch_count(1) == 3
+    xs.drop_connection("c")
+    assert xs.watch_count(1) == 1
+    events.take()
+    xs.write(D1, "data/x", b"")
+    assert [c for c, _, _ in events.log] == ["keep"]
+
+
+def test_watch_path_is_validated(xs):
+    assert errno_of(xs.watch, D1, "c", "/bad//path", "t") == errno.EINVAL
+    assert errno_of(xs.watch, DOM0, "c", "@unknownSpecial", "t") == errno.EINVAL
+
+
+# -- special watches and domain lifecycle --------------------------------------
+
+def test_special_watches_are_privileged_only(xs):
+    for name in ("@introduceDomain", "@releaseDomain"):
+        assert errno_of(xs.watch, D1, "c", name, "t") == errno.EACCES
+    assert xs.watch_count(1) == 0
+
+
+def test_introduce_and_release_fire_special_watches(xs, events):
+    xs.watch(DOM0, "c", "@introduceDomain", "intro")
+    xs.watch(DOM0, "c", "@releaseDomain", "rel")
+    assert events.take() == [("@introduceDomain", "intro"), ("@releaseDomain", "rel")]
+    xs.write(DOM0, "/tool/x", b"")
+    assert events.take() == []
+    xs.introduce_domain(3)
+    assert events.take() == [("@introduceDomain", "intro")]
+    xs.release_domain(3)
+    assert events.take() == [("@releaseDomain", "rel")]
+
+
+def test_release_domain_cleans_up(xs, events):
+    xs.write(D1, "data/a/b", b"")
+    xs.write(DOM0, "/tool/shared", b"")
+    xs.set_perms(DOM0, "/tool/shared", [(0, "n"), (1, "b")])
+    xs.write(D1, "/tool/shared/owned", b"")
+    xs.watch(D1, "c", "data", "t")
+    tx = xs.transaction_start(D1)
+    assert xs.node_count(1) > 0
+    xs.rm(DOM0, "/local/domain/1")
+    xs.release_domain(1)
+    assert xs.node_count(1) == 0
+    assert xs.watch_count(1) == 0
+    assert errno_of(xs.transaction_end, D1, tx, True) == errno.ENOENT
+    # a later domain reusing the id inherits nothing
+    assert xs.get_perms(DOM0, "/tool/shared") == [(0, "n")]
+    assert xs.get_perms(DOM0, "/tool/shared/owned") == [(0, "n")]
+    assert errno_of(xs.read, D1, "/tool/shared") == errno.EACCES
+    events.take()
+    xs.write(DOM0, "/local/domain/1/data/x", b"")
+    assert events.take() == []
