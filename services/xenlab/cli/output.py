@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from xenlab.proto import domains_pb2, xenstore_pb2
 
@@ -27,14 +29,36 @@ def format_domain_list(domains: Iterable[domains_pb2.DomainInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_INT64 = frozenset((FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
+                    FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
+                    FieldDescriptor.TYPE_SFIXED64))
+
+
+def message_to_dict(message: Message) -> dict:
+    """A message as JSON-ready data with every field shown. Unlike the proto3
+    JSON mapping, 64-bit integers stay numbers, as xl prints memory sizes."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+    _int64_as_numbers(data, message.DESCRIPTOR)
+    return data
+
+
+def _int64_as_numbers(data: dict, descriptor) -> None:
+    for fd in descriptor.fields:
+        if fd.name not in data:
+            continue
+        repeated = fd.label == FieldDescriptor.LABEL_REPEATED
+        if fd.message_type is not None and not fd.message_type.GetOptions().map_entry:
+            for item in (data[fd.name] if repeated else [data[fd.name]]):
+                _int64_as_numbers(item, fd.message_type)
+        elif fd.type in _INT64:
+            data[fd.name] = [int(v) for v in data[fd.name]] if repeated else int(data[fd.name])
+
+
 def format_domain_long(domains: Iterable[domains_pb2.DomainInfo]) -> str:
     """`xl list -l`: a JSON array of {domid, config}, as xl prints its
     libxl_domain_config."""
-    entries = [{"domid": d.domid,
-                "config": json_format.MessageToDict(
-                    d.spec, preserving_proto_field_name=True,
-                    always_print_fields_with_no_presence=True)}
-               for d in domains]
+    entries = [{"domid": d.domid, "config": message_to_dict(d.spec)} for d in domains]
     return json.dumps(entries, indent=4) + "\n"
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import grpc
-from google.protobuf import json_format
 
 from xenlab.cli import output
 from xenlab.client import HypervisorClient, Rundir
@@ -132,8 +131,7 @@ async def cmd_create(args, ts: Toolstack) -> int:
         print(warning, file=sys.stderr)
     spec = to_domain_spec(cfg)
     if args.dry_run:
-        print(json.dumps(json_format.MessageToDict(spec, preserving_proto_field_name=True),
-                         indent=4))
+        print(json.dumps(output.message_to_dict(spec), indent=4))
         return 0
     async with ts.connect() as hv:
         reply = await hv.domains.Create(

@@ -45,8 +45,9 @@ class DomainKernel:
 
     async def boot(self) -> None:
         mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
-            domain=common_pb2.DomainRef(domid=self.domid)))
+            domain=common_pb2.DomainRef(domid=self.domid), with_populated=True))
         self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
+        self.memory.set_populated(mm.populated)
         self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
                                       self.start_info.vcpus)
         self.evtchn = GuestEventChannels(self.hv, self.shared_info,
@@ -99,16 +100,16 @@ class DomainKernel:
             res = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
             target = int(target_kb) // 4
             if target < res.current_pages:
-                mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
-                    domain=common_pb2.DomainRef(domid=self.domid), with_populated=True))
-                give = sorted(mm.populated, reverse=True)[:res.current_pages - target]
+                give = self.memory.balloon_candidates(res.current_pages - target)
                 await self.hv.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
                     domid=self.domid, gfns=give))
+                self.memory.forget_frames(give)
             elif target > res.current_pages:
                 want = min(target, res.max_pages) - res.current_pages
                 if want > 0:
-                    await self.hv.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
+                    got = await self.hv.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
                         domid=self.domid, nr_pages=want))
+                    self.memory.add_frames(got.gfns)
             now = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
             await self.xenbus.write("data/balloon", str(now.current_pages * 4))
             log.info("balloon: target %s KiB, now %d KiB", target_kb, now.current_pages * 4)

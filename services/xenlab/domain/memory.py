@@ -10,6 +10,9 @@ import os
 
 from xenlab.xen import abi
 
+# Frames 0..15 stand for the guest kernel's own text and data: never handed out.
+RESERVED_FRAMES = 16
+
 
 class GuestMemory:
     def __init__(self, shm_path: str, segment_pages: int, first_frame_offset: int):
@@ -21,6 +24,41 @@ class GuestMemory:
         self.path = shm_path
         self.first_frame_offset = first_frame_offset
         self.nr_frames = segment_pages - first_frame_offset // abi.PAGE_SIZE
+        self._allocated: set[int] = set()
+        self._free: list[int] = []
+
+    def set_populated(self, gfns) -> None:
+        """The frames the hypervisor says are populated (GetMemoryMap)."""
+        self._free = sorted(set(gfns) - self._allocated - set(range(RESERVED_FRAMES)))
+
+    def alloc_frames(self, count: int) -> list[int]:
+        """Frames for drivers (rings, buffers), lowest first; the balloon
+        gives back the highest free ones, so the two rarely meet."""
+        if count > len(self._free):
+            raise MemoryError(f"needs {count} free frames for its drivers, has {len(self._free)}")
+        taken, self._free = self._free[:count], self._free[count:]
+        self._allocated.update(taken)
+        return taken
+
+    def free_frames(self, gfns) -> None:
+        for gfn in gfns:
+            if gfn in self._allocated:
+                self._allocated.discard(gfn)
+                self._free.append(gfn)
+        self._free.sort()
+
+    def balloon_candidates(self, count: int) -> list[int]:
+        """Free frames the balloon may hand back, highest first."""
+        return sorted(self._free, reverse=True)[:count]
+
+    def add_frames(self, gfns) -> None:
+        """Frames the balloon got back from the hypervisor."""
+        self._free = sorted(set(self._free) | (set(gfns) - self._allocated))
+
+    def forget_frames(self, gfns) -> None:
+        """Frames the balloon gave back."""
+        gone = set(gfns)
+        self._free = [g for g in self._free if g not in gone]
 
     def frame(self, gfn: int) -> memoryview:
         if not 0 <= gfn < self.nr_frames:

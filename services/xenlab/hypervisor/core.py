@@ -23,6 +23,7 @@ from xenlab.hypervisor.grants import GrantTables
 from xenlab.hypervisor.identity import Caller, Identity
 from xenlab.hypervisor.launcher import DomainProcess, Launcher, StartInfo, make_launcher
 from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
 from xenlab.xen import abi
@@ -129,9 +130,12 @@ class Hypervisor:
         dom.spec = spec
         dom.launcher = launcher.name
         try:
+            nics = self._plan_vifs(dom.domid, list(spec.vif))
             self._add_to_cores(dom, memory_mb * PAGES_PER_MB)
             secret = self.identity.issue(dom.domid)
             self._write_domain_tree(dom)
+            for nodes in nics:
+                self._write_vif(nodes)
             self.xenstore.introduce_domain(dom.domid)
             proc = await launcher.start(self._start_info(dom, secret))
         except BaseException:
@@ -148,6 +152,137 @@ class Hypervisor:
                  memory_mb, dom.vcpus, launcher.name)
         self._changed()
         return dom, secret
+
+    # -- vifs (libxl_nic.c) ---------------------------------------------------------
+    def _plan_vifs(self, domid: int, specs: list, first_devid: int = 0) -> list[vifs.VifNodes]:
+        """Every vif's nodes, checked before anything is written, so that a
+        bad vif leaves nothing half-created."""
+        plans, macs = [], self._macs_by_bridge()
+        for offset, spec in enumerate(specs):
+            devid = first_devid + offset
+            backend_id = self._backend_domid(spec.backend)
+            mac = vifs.pick_mac(spec.mac)
+            bridge = spec.bridge or abi.DEFAULT_BRIDGE
+            if (bridge, mac) in macs:
+                raise DomainError(errno.EEXIST, f"vif {devid}: mac {mac} is already used on "
+                                                f"bridge {bridge} by {macs[(bridge, mac)]}")
+            macs[(bridge, mac)] = f"d{domid} vif {devid}"
+            plans.append(vifs.vif_nodes(domid, devid, backend_id, spec, mac))
+        return plans
+
+    def _backend_domid(self, backend: str) -> int:
+        if not backend:
+            return 0
+        dom = self.domains.lookup(name=backend)
+        if dom.state not in (RunState.RUNNING, RunState.PAUSED):
+            raise DomainError(errno.EINVAL, f"backend domain {backend!r} is not running")
+        return dom.domid
+
+    def _macs_by_bridge(self) -> dict[tuple[str, str], str]:
+        found = {}
+        for dom in self.domains:
+            for devid, front, back in self._vif_dirs(dom.domid):
+                found[(back.get("bridge", ""), front.get("mac", ""))] = f"d{dom.domid} vif {devid}"
+        return found
+
+    def _write_vif(self, nodes: vifs.VifNodes) -> None:
+        for path, values, perms in ((nodes.backend_path, nodes.backend, nodes.backend_perms),
+                                    (nodes.frontend_path, nodes.frontend, nodes.frontend_perms)):
+            self.xenstore.write(DOM0, path, b"")
+            self.xenstore.set_perms(DOM0, path, perms)
+            for key, value in values.items():
+                self.xenstore.write(DOM0, f"{path}/{key}", value.encode())
+                self.xenstore.set_perms(DOM0, f"{path}/{key}", perms)
+        # The backend's per-domain directory must be readable by its owner.
+        parent = nodes.backend_path.rsplit("/", 1)[0]
+        backend_id = int(nodes.backend_perms[0][0])
+        for path in (parent.rsplit("/", 1)[0], parent):
+            self.xenstore.set_perms(DOM0, path, [(backend_id, "n")])
+
+    def _read_dir(self, path: str) -> dict[str, str]:
+        out = {}
+        try:
+            names = self.xenstore.directory(DOM0, path)
+        except XenError:
+            return out
+        for name in names:
+            try:
+                out[name] = self.xenstore.read(DOM0, f"{path}/{name}").decode(errors="replace")
+            except XenError:
+                pass
+        return out
+
+    def _vif_dirs(self, domid: int) -> list[tuple[int, dict, dict]]:
+        base = f"/local/domain/{domid}/device/vif"
+        try:
+            devids = sorted(int(d) for d in self.xenstore.directory(DOM0, base) if d.isdigit())
+        except XenError:
+            return []
+        out = []
+        for devid in devids:
+            front = self._read_dir(f"{base}/{devid}")
+            back = self._read_dir(front["backend"]) if front.get("backend") else {}
+            out.append((devid, front, back))
+        return out
+
+    def network_list(self, domid: int) -> list[dict]:
+        self.domains.get(domid)
+        return [vifs.vif_info(domid, devid, front, back) for devid, front, back in self._vif_dirs(domid)]
+
+    def network_attach(self, domid: int, spec) -> dict:
+        dom = self.domains.get(domid)
+        if dom.state not in (RunState.RUNNING, RunState.PAUSED):
+            raise DomainError(errno.EINVAL, f"d{domid} is {dom.state.value}: cannot attach a vif")
+        existing = [devid for devid, _, _ in self._vif_dirs(domid)]
+        devid = max(existing) + 1 if existing else 0
+        (nodes,) = self._plan_vifs(domid, [spec], first_devid=devid)
+        self._write_vif(nodes)
+        return next(v for v in self.network_list(domid) if v["devid"] == devid)
+
+    async def network_detach(self, domid: int, device: str, force: bool = False,
+                             timeout: float = 10.0) -> None:
+        """libxl__device_nic_remove: ask the backend to close (online=0,
+        state=Closing), wait for Closed, then remove both directories."""
+        self.domains.get(domid)
+        match = [(devid, front) for devid, front, _ in self._vif_dirs(domid)
+                 if device == str(devid) or device.lower() == front.get("mac", "").lower()]
+        if not match:
+            raise DomainError(errno.ENOENT, f"d{domid} has no vif {device!r}")
+        devid, front = match[0]
+        bpath = front.get("backend", "")
+        if bpath and self.xenstore.exists(bpath):
+            self.xenstore.write(DOM0, f"{bpath}/online", b"0")
+            self.xenstore.write(DOM0, f"{bpath}/state", str(int(abi.XenbusState.Closing)).encode())
+            closed = await self._wait_xenstore(f"{bpath}/state", str(int(abi.XenbusState.Closed)), timeout)
+            if not closed and not force:
+                raise DomainError(errno.ETIMEDOUT, f"vif {devid} of d{domid}: the backend did not "
+                                                   f"reach Closed within {timeout:g}s (use force)")
+            self.xenstore.rm(DOM0, bpath)
+        fpath = vifs.frontend_path(domid, devid)
+        if self.xenstore.exists(fpath):
+            self.xenstore.rm(DOM0, fpath)
+
+    async def _wait_xenstore(self, path: str, value: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.xenstore.read(DOM0, path).decode() == value:
+                    return True
+            except XenError:
+                return True     # the node went away: the backend is gone too
+            await asyncio.sleep(0.05)
+        return False
+
+    def _remove_backends(self, domid: int) -> None:
+        """A dying domain's vifs: remove their backend directories so that
+        the backend tears the devices down at once (libxl on destroy)."""
+        for _, front, _ in self._vif_dirs(domid):
+            bpath = front.get("backend", "")
+            if bpath and self.xenstore.exists(bpath):
+                self.xenstore.rm(DOM0, bpath)
+                parent = bpath.rsplit("/", 1)[0]
+                if self.xenstore.exists(parent) and not self.xenstore.directory(DOM0, parent):
+                    self.xenstore.rm(DOM0, parent)
 
     def _launcher_for(self, name: str) -> Launcher:
         if not name:
@@ -254,6 +389,7 @@ class Hypervisor:
             reaper.cancel()
         if proc is not None:
             await proc.kill()
+        self._remove_backends(dom.domid)
         self.doorbell.disconnect(dom.domid)
         self.identity.revoke(dom.domid)
         self._remove_from_cores(dom.domid)

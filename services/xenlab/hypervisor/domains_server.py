@@ -108,3 +108,24 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
             if not request.follow or self.hv.domains.find(dom.domid) is not dom:
                 return
             await asyncio.sleep(0.2)
+
+    @handles_xen_errors
+    async def NetworkAttach(self, request, context):
+        self._toolstack(context, "network-attach")
+        dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
+        return domains_pb2.VifInfo(**self.hv.network_attach(dom.domid, request.vif))
+
+    @handles_xen_errors
+    async def NetworkDetach(self, request, context):
+        self._toolstack(context, "network-detach")
+        dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
+        await self.hv.network_detach(dom.domid, request.device, request.force,
+                                     request.timeout or 10.0)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def NetworkList(self, request, context):
+        caller = self.hv.identity.authenticate(context)
+        dom = self.hv.domains.lookup(request.domid, request.name)
+        caller.require_self_or_privileged(dom.domid, "list the vifs of")
+        return domains_pb2.VifList(vifs=[domains_pb2.VifInfo(**v) for v in self.hv.network_list(dom.domid)])

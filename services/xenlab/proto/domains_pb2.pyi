@@ -189,3 +189,67 @@ class ConsoleChunk(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class VifInfo(_message.Message):
+    __slots__ = ("domid", "devid", "backend_id", "mac", "bridge", "ip", "vifname", "state", "backend_state", "evtchn", "tx_ring_ref", "rx_ring_ref", "backend_path", "frontend_path", "hotplug_status", "mtu", "rate")
+    DOMID_FIELD_NUMBER: _ClassVar[int]
+    DEVID_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    VIFNAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_STATE_FIELD_NUMBER: _ClassVar[int]
+    EVTCHN_FIELD_NUMBER: _ClassVar[int]
+    TX_RING_REF_FIELD_NUMBER: _ClassVar[int]
+    RX_RING_REF_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_PATH_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_PATH_FIELD_NUMBER: _ClassVar[int]
+    HOTPLUG_STATUS_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    domid: int
+    devid: int
+    backend_id: int
+    mac: str
+    bridge: str
+    ip: str
+    vifname: str
+    state: int
+    backend_state: int
+    evtchn: int
+    tx_ring_ref: int
+    rx_ring_ref: int
+    backend_path: str
+    frontend_path: str
+    hotplug_status: str
+    mtu: int
+    rate: str
+    def __init__(self, domid: _Optional[int] = ..., devid: _Optional[int] = ..., backend_id: _Optional[int] = ..., mac: _Optional[str] = ..., bridge: _Optional[str] = ..., ip: _Optional[str] = ..., vifname: _Optional[str] = ..., state: _Optional[int] = ..., backend_state: _Optional[int] = ..., evtchn: _Optional[int] = ..., tx_ring_ref: _Optional[int] = ..., rx_ring_ref: _Optional[int] = ..., backend_path: _Optional[str] = ..., frontend_path: _Optional[str] = ..., hotplug_status: _Optional[str] = ..., mtu: _Optional[int] = ..., rate: _Optional[str] = ...) -> None: ...
+
+class VifList(_message.Message):
+    __slots__ = ("vifs",)
+    VIFS_FIELD_NUMBER: _ClassVar[int]
+    vifs: _containers.RepeatedCompositeFieldContainer[VifInfo]
+    def __init__(self, vifs: _Optional[_Iterable[_Union[VifInfo, _Mapping]]] = ...) -> None: ...
+
+class NetworkAttachRequest(_message.Message):
+    __slots__ = ("domain", "vif")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    VIF_FIELD_NUMBER: _ClassVar[int]
+    domain: _common_pb2.DomainRef
+    vif: VifSpec
+    def __init__(self, domain: _Optional[_Union[_common_pb2.DomainRef, _Mapping]] = ..., vif: _Optional[_Union[VifSpec, _Mapping]] = ...) -> None: ...
+
+class NetworkDetachRequest(_message.Message):
+    __slots__ = ("domain", "device", "force", "timeout")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    domain: _common_pb2.DomainRef
+    device: str
+    force: bool
+    timeout: float
+    def __init__(self, domain: _Optional[_Union[_common_pb2.DomainRef, _Mapping]] = ..., device: _Optional[str] = ..., force: bool = ..., timeout: _Optional[float] = ...) -> None: ...

@@ -90,6 +90,21 @@ class DomainsStub(object):
                 request_serializer=xenlab_dot_proto_dot_domains__pb2.ConsoleRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_domains__pb2.ConsoleChunk.FromString,
                 _registered_method=True)
+        self.NetworkAttach = channel.unary_unary(
+                '/xenlab.proto.Domains/NetworkAttach',
+                request_serializer=xenlab_dot_proto_dot_domains__pb2.NetworkAttachRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_domains__pb2.VifInfo.FromString,
+                _registered_method=True)
+        self.NetworkDetach = channel.unary_unary(
+                '/xenlab.proto.Domains/NetworkDetach',
+                request_serializer=xenlab_dot_proto_dot_domains__pb2.NetworkDetachRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+                _registered_method=True)
+        self.NetworkList = channel.unary_unary(
+                '/xenlab.proto.Domains/NetworkList',
+                request_serializer=xenlab_dot_proto_dot_common__pb2.DomainRef.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_domains__pb2.VifList.FromString,
+                _registered_method=True)
 
 
 class DomainsServicer(object):
@@ -163,6 +178,25 @@ class DomainsServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NetworkAttach(self, request, context):
+        """xl network-attach / network-detach / network-list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NetworkDetach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def NetworkList(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DomainsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -220,6 +254,21 @@ def add_DomainsServicer_to_server(servicer, server):
                     servicer.Console,
                     request_deserializer=xenlab_dot_proto_dot_domains__pb2.ConsoleRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_domains__pb2.ConsoleChunk.SerializeToString,
+            ),
+            'NetworkAttach': grpc.unary_unary_rpc_method_handler(
+                    servicer.NetworkAttach,
+                    request_deserializer=xenlab_dot_proto_dot_domains__pb2.NetworkAttachRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_domains__pb2.VifInfo.SerializeToString,
+            ),
+            'NetworkDetach': grpc.unary_unary_rpc_method_handler(
+                    servicer.NetworkDetach,
+                    request_deserializer=xenlab_dot_proto_dot_domains__pb2.NetworkDetachRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
+            ),
+            'NetworkList': grpc.unary_unary_rpc_method_handler(
+                    servicer.NetworkList,
+                    request_deserializer=xenlab_dot_proto_dot_common__pb2.DomainRef.FromString,
+                    response_serializer=xenlab_dot_proto_dot_domains__pb2.VifList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -519,6 +568,87 @@ class Domains(object):
             '/xenlab.proto.Domains/Console',
             xenlab_dot_proto_dot_domains__pb2.ConsoleRequest.SerializeToString,
             xenlab_dot_proto_dot_domains__pb2.ConsoleChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NetworkAttach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Domains/NetworkAttach',
+            xenlab_dot_proto_dot_domains__pb2.NetworkAttachRequest.SerializeToString,
+            xenlab_dot_proto_dot_domains__pb2.VifInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NetworkDetach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Domains/NetworkDetach',
+            xenlab_dot_proto_dot_domains__pb2.NetworkDetachRequest.SerializeToString,
+            xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NetworkList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Domains/NetworkList',
+            xenlab_dot_proto_dot_common__pb2.DomainRef.SerializeToString,
+            xenlab_dot_proto_dot_domains__pb2.VifList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -108,6 +108,7 @@ _ERRNO_STATUS = {
     _errno.ENOMEM: grpc.StatusCode.RESOURCE_EXHAUSTED,
     _errno.EDQUOT: grpc.StatusCode.RESOURCE_EXHAUSTED,
     _errno.EMFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    _errno.ETIMEDOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     _errno.ENOSYS: grpc.StatusCode.UNIMPLEMENTED,
     _errno.EOPNOTSUPP: grpc.StatusCode.UNIMPLEMENTED,
 }

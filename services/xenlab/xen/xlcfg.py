@@ -30,6 +30,7 @@ DEFAULT_MEMORY_MB = 128
 DEFAULT_BRIDGE = "xenbr0"
 DEFAULT_MTU = abi.ETH_DATA_LEN
 MTU_MAX = 65535
+COMMAND_LINE = "<command line>"  # the source named in errors from `xl create ... key=value`
 DEFAULT_RATE_INTERVAL_US = 50_000   # libxlu_vif.c: "Default to 50ms"
 XEN_OUI = b"\x00\x16\x3e"           # Xensource's OUI, as libxl__device_nic_setdefault
 IFNAMSIZ = 16                       # Linux: names hold IFNAMSIZ-1 characters
@@ -341,8 +342,7 @@ def _render(value: Value) -> str:
 class _Settings:
     """The settings of one file plus command-line overrides, last one wins."""
 
-    def __init__(self, path: str | None):
-        self.path = path
+    def __init__(self) -> None:
         self.by_key: dict[str, tuple[Setting, str | None]] = {}
         self.warnings: list[str] = []
 
@@ -355,7 +355,7 @@ class _Settings:
             # xl (libxlu) silently keeps the last one; a typo'd duplicate is
             # worth pointing out.
             self.warnings.append(
-                f"{_where(source, setting.line)}duplicate key {setting.key!r} (first set on line "
+                f"{_where(source, setting.line)}warning: duplicate key {setting.key!r} (first set on line "
                 f"{previous[0].line}); the last value is used")
         self.by_key[setting.key] = (setting, source)
 
@@ -367,162 +367,146 @@ class _Settings:
             return Atom(a.value + b.value, a.line)
         raise ConfigError(f"'+=' on {new.key!r} needs two strings or two lists", new.line, source)
 
-    def pop(self, key: str) -> tuple[Setting, str | None] | None:
-        return self.by_key.pop(key, None)
-
 
 def _where(source: str | None, line: int) -> str:
     return f"{source}:{line}: " if source else f"{line}: "
 
 
 class _Reader:
-    """Typed access to the settings, with errors on the right line."""
+    """Typed access to the settings; errors name the line a key was set on."""
 
     def __init__(self, settings: _Settings):
-        self.settings = settings
+        self.by_key = settings.by_key
+        self.used: set[str] = set()
 
-    def _get(self, key: str):
-        return self.settings.pop(key)
+    def __contains__(self, key: str) -> bool:
+        return key in self.by_key
+
+    def error(self, key: str, message: str) -> ConfigError:
+        setting, source = self.by_key[key]
+        return ConfigError(message, setting.line, source)
+
+    def _scalar(self, key: str, what: str) -> Atom | None:
+        self.used.add(key)
+        if key not in self.by_key:
+            return None
+        value = self.by_key[key][0].value
+        if isinstance(value, ListValue):
+            raise self.error(key, f"{key!r} must be {what}, not a list")
+        return value
 
     def string(self, key: str, default: str | None = None) -> str | None:
-        found = self._get(key)
-        if found is None:
-            return default
-        (setting, source) = found
-        value = setting.value
-        if isinstance(value, ListValue):
-            raise ConfigError(f"{key!r} must be a string, not a list", setting.line, source)
-        # libxlu stores every atom as text, so `name = 5` reads as "5".
-        return str(value.value)
+        atom = self._scalar(key, "a string")
+        # libxlu keeps every atom as text, so `name = 5` reads as "5".
+        return default if atom is None else str(atom.value)
 
-    def integer(self, key: str, default: int | None = None, minimum: int = 0) -> int | None:
-        found = self._get(key)
-        if found is None:
+    def integer(self, key: str, default: int, minimum: int = 0) -> int:
+        atom = self._scalar(key, "a number")
+        if atom is None:
             return default
-        (setting, source) = found
-        value = setting.value
-        if isinstance(value, ListValue):
-            raise ConfigError(f"{key!r} must be a number, not a list", setting.line, source)
-        number = value.value
+        number = atom.value
         if isinstance(number, str):
             # As xlu_cfg_get_long: a quoted number is a number.
             if not _NUMBER.fullmatch(number.strip()):
-                raise ConfigError(f"{key!r} must be a number, not {number!r}", setting.line, source)
+                raise self.error(key, f"{key!r} must be a number, not {number!r}")
             number = int(number.strip(), 0)
         if number < minimum:
-            raise ConfigError(f"{key!r} must be at least {minimum}, not {number}", setting.line, source)
+            raise self.error(key, f"{key!r} must be at least {minimum}, not {number}")
         return number
 
     def strings(self, key: str) -> list[tuple[str, int, str | None]]:
-        found = self._get(key)
-        if found is None:
+        """A list of strings, each with the line and file it came from."""
+        self.used.add(key)
+        if key not in self.by_key:
             return []
-        (setting, source) = found
-        value = setting.value
-        if not isinstance(value, ListValue):
-            raise ConfigError(f"{key!r} must be a list, like {key} = ['...']", setting.line, source)
+        setting, source = self.by_key[key]
+        if not isinstance(setting.value, ListValue):
+            raise self.error(key, f"{key!r} must be a list, like {key} = ['...']")
         out = []
-        for item in value.items:
+        for item in setting.value.items:
             if isinstance(item, ListValue):
                 raise ConfigError(f"each {key!r} entry must be a string, not a list", item.line, source)
             out.append((str(item.value), item.line, source))
         return out
 
-    def line_of(self, key: str) -> tuple[int | None, str | None]:
-        found = self.settings.by_key.get(key)
-        return (found[0].line, found[1]) if found else (None, self.settings.path)
+    def unused(self) -> list[tuple[str, Setting, str | None]]:
+        return [(key, setting, source) for key, (setting, source) in self.by_key.items()
+                if key not in self.used]
 
 
 def parse_xl_config(text: str, path: str | None = None, overrides: Sequence[str] = ()) -> XlConfig:
     """Parse an xl.cfg. `overrides` are `key=value` lines given after the
     file on the `xl create` command line; they win over the file."""
-    collected = _Settings(path)
+    collected = _Settings()
     for setting in parse_settings(text, path):
         collected.add(setting, path, warn_duplicates=True)
-    full_text = text
     for n, line in enumerate(overrides, 1):
-        for setting in parse_settings(line, "<command line>"):
+        for setting in parse_settings(line, COMMAND_LINE):
             collected.add(Setting(setting.key, setting.value, n, setting.append),
-                          "<command line>", warn_duplicates=False)
+                          COMMAND_LINE, warn_duplicates=False)
     if overrides:
-        full_text = text + ("" if text.endswith("\n") or not text else "\n") + "\n".join(overrides) + "\n"
-    return _build(collected, path, full_text)
+        # xl appends its command-line settings to the config it keeps.
+        text = text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(overrides) + "\n"
+    return _build(_Reader(collected), collected.warnings, path, text)
 
 
-def _build(collected: _Settings, path: str | None, text: str) -> XlConfig:
-    r = _Reader(collected)
-    name_line, name_source = r.line_of("name")
+def _build(r: _Reader, warnings: list[str], path: str | None, text: str) -> XlConfig:
     name = r.string("name")
     if not name:
-        raise ConfigError("the domain needs a name: add name = \"...\"", name_line, name_source or path)
+        if "name" in r:
+            raise r.error("name", "name is empty")
+        raise ConfigError('the domain needs a name: add name = "..."', None, path)
     if name.isdigit():
-        raise ConfigError(f"name {name!r} cannot be all digits (it would read as a domain id)",
-                          name_line, name_source)
+        raise r.error("name", f"name {name!r} cannot be all digits (it would read as a domain id)")
 
-    mem_line, mem_source = r.line_of("memory")
     memory = r.integer("memory", DEFAULT_MEMORY_MB, minimum=1)
-    maxmem_line, maxmem_source = r.line_of("maxmem")
     maxmem = r.integer("maxmem", memory, minimum=1)
     if memory > maxmem:
-        line, source = (maxmem_line, maxmem_source) if maxmem_line else (mem_line, mem_source)
-        raise ConfigError(f"memory ({memory} MiB) is larger than maxmem ({maxmem} MiB)", line, source)
-
+        raise r.error("maxmem" if "maxmem" in r else "memory",
+                      f"memory ({memory} MiB) is larger than maxmem ({maxmem} MiB)")
     vcpus = r.integer("vcpus", 1, minimum=1)
-    maxvcpus_line, maxvcpus_source = r.line_of("maxvcpus")
     maxvcpus = r.integer("maxvcpus", vcpus, minimum=1)
     if maxvcpus < vcpus:
-        raise ConfigError(f"maxvcpus ({maxvcpus}) is smaller than vcpus ({vcpus})",
-                          maxvcpus_line, maxvcpus_source)
+        raise r.error("maxvcpus", f"maxvcpus ({maxvcpus}) is smaller than vcpus ({vcpus})")
 
-    actions = {key: _action(r, key, default) for key, default in
+    actions = {key: _choice(r, key, default, ACTIONS) for key, default in
                (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy"))}
+    launcher = _choice(r, "launcher", None, LAUNCHERS)
     uuid = _uuid_value(r)
-    launcher = _launcher_value(r)
-    warnings = list(collected.warnings)
     vifs = _vifs(r, warnings)
-    extra = _extra(collected, warnings)
+    extra = _extra(r, warnings)
     return XlConfig(name=name, memory_mb=memory, maxmem_mb=maxmem, vcpus=vcpus, maxvcpus=maxvcpus,
                     vifs=vifs, uuid=uuid, launcher=launcher, extra=MappingProxyType(extra),
                     warnings=tuple(warnings), text=text, **actions)
 
 
-def _action(r: _Reader, key: str, default: str) -> str:
-    line, source = r.line_of(key)
+def _choice(r: _Reader, key: str, default: str | None, allowed: tuple[str, ...]) -> str | None:
     value = r.string(key, default)
-    if value not in ACTIONS:
-        raise ConfigError(f"{key} = {value!r}: expected one of {', '.join(ACTIONS)}", line, source)
+    if value is not None and value not in allowed:
+        raise r.error(key, f"{key} = {value!r}: expected one of {', '.join(allowed)}")
     return value
 
 
 def _uuid_value(r: _Reader) -> str | None:
-    line, source = r.line_of("uuid")
     value = r.string("uuid")
     if value is None:
         return None
     try:
         return str(_uuid.UUID(value))
     except ValueError:
-        raise ConfigError(f"uuid {value!r} is not a UUID", line, source) from None
-
-
-def _launcher_value(r: _Reader) -> str | None:
-    line, source = r.line_of("launcher")
-    value = r.string("launcher")
-    if value is not None and value not in LAUNCHERS:
-        raise ConfigError(f"launcher = {value!r}: expected one of {', '.join(LAUNCHERS)}", line, source)
-    return value
+        raise r.error("uuid", f"uuid {value!r} is not a UUID") from None
 
 
 def _vifs(r: _Reader, warnings: list[str]) -> tuple[VifConfig, ...]:
     vifs: list[VifConfig] = []
     seen: dict[int, int] = {}
     for index, (spec, line, source) in enumerate(r.strings("vif")):
+        vif_warnings: list[str] = []
         try:
-            vif_warnings: list[str] = []
             vif = parse_vif_spec(spec, index, vif_warnings)
         except ConfigError as err:
             raise ConfigError(f"vif {index}: {err.message}", line, source) from None
-        warnings.extend(f"{_where(source, line)}vif {index}: {w}" for w in vif_warnings)
+        warnings.extend(f"{_where(source, line)}warning: vif {index}: {w}" for w in vif_warnings)
         if vif.devid in seen:
             raise ConfigError(f"vif {index}: devid {vif.devid} is already used by vif {seen[vif.devid]}",
                               line, source)
@@ -531,12 +515,12 @@ def _vifs(r: _Reader, warnings: list[str]) -> tuple[VifConfig, ...]:
     return tuple(vifs)
 
 
-def _extra(collected: _Settings, warnings: list[str]) -> dict[str, str]:
+def _extra(r: _Reader, warnings: list[str]) -> dict[str, str]:
     extra = {}
-    for key, (setting, source) in collected.by_key.items():
+    for key, setting, source in r.unused():
         extra[key] = format_value(setting.value)
         if key not in KNOWN_XL_KEYS:
-            warnings.append(f"{_where(source, setting.line)}unknown key {key!r} ignored")
+            warnings.append(f"{_where(source, setting.line)}warning: unknown key {key!r} ignored")
     return extra
 
 

@@ -1,0 +1,93 @@
+"""A network interface as every xenlab component sees it.
+
+netfront's ``eth0``, netback's ``vifD.N``, either end of a veth pair and a
+bridge port are all ``NetDevice``s: frames go out with ``transmit`` and
+come in through ``deliver`` (which hands them to whoever is attached as the
+receiver), every frame is counted, and capture taps see both directions.
+
+Counting rule (the frame-conservation invariant): every frame handed to
+``transmit`` ends up in ``tx_packets`` or in exactly one ``drops`` reason;
+every frame handed to ``deliver`` ends up in ``rx_packets`` or in exactly one
+``drops`` reason.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import time
+from typing import Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+Receiver = Callable[[list[bytes]], None]
+Tap = Callable[[str, bytes, float], None]     # (direction "tx"|"rx", frame, unix time)
+
+
+class NetDevice:
+    def __init__(self, name: str, mac: bytes = b"\0" * 6, mtu: int = 1500,
+                 clock: Callable[[], float] = time.time):
+        self.name = name
+        self.mac = mac
+        self.mtu = mtu
+        self.clock = clock
+        self.receiver: Receiver | None = None
+        self.counters: collections.Counter = collections.Counter()
+        self.drops: collections.Counter = collections.Counter()
+        self._taps: dict[int, Tap] = {}
+        self._tap_ids = itertools.count(1)
+
+    # -- what subclasses implement -------------------------------------------
+    def transmit(self, frames: list[bytes]) -> None:
+        """Send frames out of this interface. Subclasses count each frame as
+        sent (``count_tx``) or dropped (``drop``)."""
+        raise NotImplementedError
+
+    @property
+    def state(self) -> str:
+        return "up"
+
+    # -- shared bookkeeping ----------------------------------------------------
+    def deliver(self, frames: list[bytes]) -> None:
+        """Frames arriving on this interface: to the receiver, or dropped."""
+        if not frames:
+            return
+        if self.receiver is None:
+            self.drop("no_receiver", len(frames))
+            return
+        for frame in frames:
+            self.counters["rx_packets"] += 1
+            self.counters["rx_bytes"] += len(frame)
+            self._tap("rx", frame)
+        try:
+            self.receiver(frames)
+        except Exception:
+            log.exception("%s: receiver failed", self.name)
+
+    def count_tx(self, frames: Iterable[bytes]) -> None:
+        for frame in frames:
+            self.counters["tx_packets"] += 1
+            self.counters["tx_bytes"] += len(frame)
+            self._tap("tx", frame)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.drops[reason] += count
+
+    def stats(self) -> dict[str, int]:
+        out = {k: self.counters[k] for k in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")}
+        out.update({f"drop_{reason}": n for reason, n in sorted(self.drops.items())})
+        return out
+
+    def add_tap(self, tap: Tap) -> int:
+        handle = next(self._tap_ids)
+        self._taps[handle] = tap
+        return handle
+
+    def remove_tap(self, handle: int) -> None:
+        self._taps.pop(handle, None)
+
+    def _tap(self, direction: str, frame: bytes) -> None:
+        if self._taps:
+            now = self.clock()
+            for tap in list(self._taps.values()):
+                tap(direction, frame, now)

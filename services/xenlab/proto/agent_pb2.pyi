@@ -1,0 +1,161 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PingRequest(_message.Message):
+    __slots__ = ("dst", "count", "size", "interval", "timeout", "interface")
+    DST_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    dst: str
+    count: int
+    size: int
+    interval: float
+    timeout: float
+    interface: str
+    def __init__(self, dst: _Optional[str] = ..., count: _Optional[int] = ..., size: _Optional[int] = ..., interval: _Optional[float] = ..., timeout: _Optional[float] = ..., interface: _Optional[str] = ...) -> None: ...
+
+class PingReply(_message.Message):
+    __slots__ = ("transmitted", "received", "rtt", "seq", "error")
+    TRANSMITTED_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    RTT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    transmitted: int
+    received: int
+    rtt: _containers.RepeatedScalarFieldContainer[float]
+    seq: _containers.RepeatedScalarFieldContainer[int]
+    error: str
+    def __init__(self, transmitted: _Optional[int] = ..., received: _Optional[int] = ..., rtt: _Optional[_Iterable[float]] = ..., seq: _Optional[_Iterable[int]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SendUdpRequest(_message.Message):
+    __slots__ = ("dst", "dport", "sport", "payload", "wait_reply", "timeout", "interface")
+    DST_FIELD_NUMBER: _ClassVar[int]
+    DPORT_FIELD_NUMBER: _ClassVar[int]
+    SPORT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    WAIT_REPLY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    dst: str
+    dport: int
+    sport: int
+    payload: bytes
+    wait_reply: bool
+    timeout: float
+    interface: str
+    def __init__(self, dst: _Optional[str] = ..., dport: _Optional[int] = ..., sport: _Optional[int] = ..., payload: _Optional[bytes] = ..., wait_reply: bool = ..., timeout: _Optional[float] = ..., interface: _Optional[str] = ...) -> None: ...
+
+class SendUdpReply(_message.Message):
+    __slots__ = ("replied", "reply", "src", "sport", "rtt")
+    REPLIED_FIELD_NUMBER: _ClassVar[int]
+    REPLY_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    SPORT_FIELD_NUMBER: _ClassVar[int]
+    RTT_FIELD_NUMBER: _ClassVar[int]
+    replied: bool
+    reply: bytes
+    src: str
+    sport: int
+    rtt: float
+    def __init__(self, replied: bool = ..., reply: _Optional[bytes] = ..., src: _Optional[str] = ..., sport: _Optional[int] = ..., rtt: _Optional[float] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("data", "interface")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    interface: str
+    def __init__(self, data: _Optional[bytes] = ..., interface: _Optional[str] = ...) -> None: ...
+
+class InjectSummary(_message.Message):
+    __slots__ = ("accepted", "dropped", "drops")
+    class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    dropped: int
+    drops: _containers.ScalarMap[str, int]
+    def __init__(self, accepted: _Optional[int] = ..., dropped: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class CaptureRequest(_message.Message):
+    __slots__ = ("interface", "count", "direction")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    count: int
+    direction: str
+    def __init__(self, interface: _Optional[str] = ..., count: _Optional[int] = ..., direction: _Optional[str] = ...) -> None: ...
+
+class CapturedFrame(_message.Message):
+    __slots__ = ("data", "timestamp", "direction", "interface")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    timestamp: float
+    direction: str
+    interface: str
+    def __init__(self, data: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., direction: _Optional[str] = ..., interface: _Optional[str] = ...) -> None: ...
+
+class StatsRequest(_message.Message):
+    __slots__ = ("interface",)
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    def __init__(self, interface: _Optional[str] = ...) -> None: ...
+
+class InterfaceStats(_message.Message):
+    __slots__ = ("name", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops", "mac", "ip", "mtu", "state", "peer")
+    class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tx_packets: int
+    tx_bytes: int
+    rx_packets: int
+    rx_bytes: int
+    drops: _containers.ScalarMap[str, int]
+    mac: str
+    ip: str
+    mtu: int
+    state: str
+    peer: str
+    def __init__(self, name: _Optional[str] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., mac: _Optional[str] = ..., ip: _Optional[str] = ..., mtu: _Optional[int] = ..., state: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
+
+class StatsReply(_message.Message):
+    __slots__ = ("interfaces",)
+    INTERFACES_FIELD_NUMBER: _ClassVar[int]
+    interfaces: _containers.RepeatedCompositeFieldContainer[InterfaceStats]
+    def __init__(self, interfaces: _Optional[_Iterable[_Union[InterfaceStats, _Mapping]]] = ...) -> None: ...
