@@ -47,7 +47,7 @@ def _int64_as_numbers(data: dict, descriptor) -> None:
     for fd in descriptor.fields:
         if fd.name not in data:
             continue
-        repeated = fd.label == FieldDescriptor.LABEL_REPEATED
+        repeated = fd.is_repeated
         if fd.message_type is not None and not fd.message_type.GetOptions().map_entry:
             for item in (data[fd.name] if repeated else [data[fd.name]]):
                 _int64_as_numbers(item, fd.message_type)

@@ -123,11 +123,15 @@ class Hypervisor:
         if maxmem_mb < memory_mb:
             raise DomainError(errno.EINVAL, f"maxmem={maxmem_mb} is below memory={memory_mb}")
         launcher = self._launcher_for(spec.launcher)
+        vcpus = spec.vcpus or 1
+        if spec.maxvcpus and spec.maxvcpus < vcpus:
+            raise DomainError(errno.EINVAL, f"maxvcpus={spec.maxvcpus} is below vcpus={vcpus}")
         dom = self.domains.allocate(
-            spec.name, maxmem_mb * PAGES_PER_MB, spec.vcpus or 1, spec.uuid,
+            spec.name, maxmem_mb * PAGES_PER_MB, spec.maxvcpus or vcpus, spec.uuid,
             on_poweroff=spec.on_poweroff or "destroy", on_reboot=spec.on_reboot or "restart",
             on_crash=spec.on_crash or "destroy")
         dom.spec = spec
+        dom.online_vcpus = vcpus
         dom.launcher = launcher.name
         try:
             nics = self._plan_vifs(dom.domid, list(spec.vif))
@@ -347,7 +351,7 @@ class Hypervisor:
             "console/limit": "1048576", "console/type": "xenconsoled",
         }
         for vcpu in range(dom.vcpus):
-            values[f"cpu/{vcpu}/availability"] = "online"
+            values[f"cpu/{vcpu}/availability"] = "online" if vcpu < dom.online_vcpus else "offline"
         xs.write(DOM0, base, b"")
         xs.set_perms(DOM0, base, ro)
         for key, value in values.items():
@@ -534,6 +538,7 @@ class Hypervisor:
         for vcpu in range(dom.vcpus):
             state = "online" if vcpu < vcpus else "offline"
             self.xenstore.write(DOM0, f"/local/domain/{domid}/cpu/{vcpu}/availability", state.encode())
+        dom.online_vcpus = vcpus
 
     # -- info -------------------------------------------------------------------------
     def domain_info(self, dom: Domain) -> dict:
@@ -542,7 +547,7 @@ class Hypervisor:
         return dict(domid=dom.domid, name=dom.name, uuid=dom.uuid,
                     state=dom.state_letters(proc.proc_state() if proc else ("R" if dom.domid == 0 else "")),
                     memory_kb=current * 4, maxmem_kb=maximum * 4, target_kb=target * 4,
-                    vcpus=dom.vcpus, cpu_time=proc.cpu_time() if proc else 0.0,
+                    vcpus=dom.online_vcpus, cpu_time=proc.cpu_time() if proc else 0.0,
                     privileged=dom.privileged, shutdown_reason=dom.shutdown_reason,
                     pid=proc.pid if proc else 0, launcher=dom.launcher)
 

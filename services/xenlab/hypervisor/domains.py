@@ -44,6 +44,7 @@ class Domain:
     state: RunState = RunState.RUNNING
     shutdown_reason: str = ""
     launcher: str = "none"
+    online_vcpus: int = 0     # xl vcpu-set; vcpus is the maximum (maxvcpus)
     created: float = field(default_factory=time.monotonic)
     spec: object = None      # the DomainSpec it was created from (restart re-uses it)
 
@@ -120,7 +121,7 @@ class DomainTable:
 
     def add_dom0(self, max_pages: int, vcpus: int) -> Domain:
         dom = Domain(0, abi.DOM0_NAME, "00000000-0000-0000-0000-000000000000",
-                     max_pages, vcpus, privileged=True, created=self.clock())
+                     max_pages, vcpus, privileged=True, online_vcpus=vcpus, created=self.clock())
         self._domains[0] = dom
         return dom
 
@@ -141,7 +142,7 @@ class DomainTable:
                 raise DomainError(errno.EINVAL, f"uuid {uuid!r} is not a UUID") from None
         domid = self._free_domid()
         dom = Domain(domid, name, uuid or str(uuidlib.uuid4()), max_pages, vcpus,
-                     created=self.clock(), **policy)
+                     online_vcpus=vcpus, created=self.clock(), **policy)
         self._domains[domid] = dom
         return dom
 

@@ -130,6 +130,7 @@ class _Token:
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
 _NUMBER = re.compile(r"0[xX][0-9A-Fa-f]+|[0-9]+")
+# Any other run of characters, stopping before '+=' so that `key+=v` splits.
 _WORD = re.compile(r"(?:[^\s\[\],;=#'\"+]|\+(?!=))+")
 _NUMERIC_ESCAPE = re.compile(r"x([0-9A-Fa-f]{1,2})|([0-7]{1,3})")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a",
@@ -137,11 +138,11 @@ _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "v": "\v", "f": "\f", "a": "\a",
 
 
 class _Lexer:
-    def __init__(self, text: str, path: str | None):
+    def __init__(self, text: str, path: str | None, first_line: int = 1):
         self.text = text
         self.path = path
         self.pos = 0
-        self.line = 1
+        self.line = first_line
 
     def error(self, message: str, line: int | None = None) -> ConfigError:
         return ConfigError(message, self.line if line is None else line, self.path)
@@ -226,10 +227,9 @@ class _Lexer:
 # Parser.
 
 class _Parser:
-    def __init__(self, text: str, path: str | None):
-        self.lexer = _Lexer(text, path)
+    def __init__(self, text: str, path: str | None, first_line: int = 1):
         self.path = path
-        self.toks = self.lexer.tokens()
+        self.toks = _Lexer(text, path, first_line).tokens()
         self.i = 0
 
     def peek(self) -> _Token:
@@ -315,9 +315,9 @@ def _describe(tok: _Token) -> str:
     return repr(tok.text)
 
 
-def parse_settings(text: str, path: str | None = None) -> list[Setting]:
+def parse_settings(text: str, path: str | None = None, first_line: int = 1) -> list[Setting]:
     """The raw `key = value` settings of an xl.cfg, in file order."""
-    return _Parser(text, path).settings()
+    return _Parser(text, path, first_line).settings()
 
 
 def format_value(value: Value) -> str:
@@ -441,9 +441,8 @@ def parse_xl_config(text: str, path: str | None = None, overrides: Sequence[str]
     for setting in parse_settings(text, path):
         collected.add(setting, path, warn_duplicates=True)
     for n, line in enumerate(overrides, 1):
-        for setting in parse_settings(line, COMMAND_LINE):
-            collected.add(Setting(setting.key, setting.value, n, setting.append),
-                          COMMAND_LINE, warn_duplicates=False)
+        for setting in parse_settings(line, COMMAND_LINE, first_line=n):
+            collected.add(setting, COMMAND_LINE, warn_duplicates=False)
     if overrides:
         # xl appends its command-line settings to the config it keeps.
         text = text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(overrides) + "\n"

@@ -1,0 +1,277 @@
+"""One bridge (xenbr0): its ports, their flags, the FDB and the forwarding decision.
+
+A pure core: ``forward(ingress, frame)`` returns where the frame goes as a
+list of ``(port name, frame)``; the service moves the bytes. Time comes from
+the injectable clock of the FDB.
+
+The decision follows Linux's br_input.c / br_forward.c for a bridge without
+STP or VLAN filtering:
+
+* a frame shorter than an Ethernet header, or longer than a veth can carry,
+  is dropped ("runt", "oversize");
+* a frame on a disabled port is dropped ("port_disabled"), as a port in
+  BR_STATE_DISABLED drops everything;
+* a frame whose source is not a valid unicast address is dropped
+  ("bad_src_mac"), as br_handle_frame does with !is_valid_ether_addr;
+* the source is learned when the ingress port has learning on (BR_LEARNING);
+* frames to the IEEE 802.1D reserved group 01:80:c2:00:00:0X are never
+  forwarded ("link_local"): they are for the bridge itself;
+* known unicast goes to its port only; if that port is the ingress port the
+  frame is dropped ("same_port") unless the port has hairpin on, as
+  should_deliver(); a destination behind a disabled port is dropped
+  ("egress_disabled");
+* broadcast, multicast and unknown unicast are flooded to every other
+  forwarding port with the flood flag (BR_FLOOD, BR_MCAST_FLOOD and
+  BR_BCAST_FLOOD folded into one), and back to the ingress port only when
+  it has hairpin on; with nowhere to go the frame is dropped ("no_egress").
+
+Conservation: every frame given to ``forward`` is counted in ``rx`` and then
+in exactly one of ``forwarded`` or a ``drops`` reason, on the bridge and on
+the ingress port.
+"""
+from __future__ import annotations
+
+import collections
+import errno
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
+from xenlab.net.ethernet import ZERO, is_link_local
+from xenlab.xen.abi import ETH_HLEN
+from xenlab.xen.errors import XenError
+
+MAX_FRAME = 0xFFFF              # the largest frame a veth datagram carries
+FORWARDING = "forwarding"
+DISABLED = "disabled"
+PORT_STATES = (FORWARDING, DISABLED)
+DROP_REASONS = ("runt", "oversize", "port_disabled", "bad_src_mac", "link_local",
+                "same_port", "egress_disabled", "no_egress")
+IFNAMSIZ = 16                   # linux/if.h: names are at most 15 characters
+
+# Bridge names become xenstore path components (/tool/xenlab/bridges/NAME).
+_BRIDGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
+# Port names follow Linux's dev_valid_name: no '/', ':' or whitespace.
+_PORT_NAME = re.compile(r"[^/:\s]{1,15}")
+
+Output = tuple[str, bytes]
+
+
+def check_bridge_name(name: str) -> str:
+    if not _BRIDGE_NAME.fullmatch(name or ""):
+        raise XenError(errno.EINVAL, f"bad bridge name {name!r}: 1-15 of A-Z a-z 0-9 _ -")
+    return name
+
+
+def check_port_name(name: str) -> str:
+    if not _PORT_NAME.fullmatch(name or "") or name in (".", ".."):
+        raise XenError(errno.EINVAL, f"bad port name {name!r}: 1-{IFNAMSIZ - 1} characters, "
+                                     f"no '/', ':' or spaces (as a Linux interface name)")
+    return name
+
+
+@dataclass
+class BridgePort:
+    name: str
+    port_no: int
+    mac: bytes = ZERO
+    learning: bool = True
+    flood: bool = True
+    hairpin: bool = False
+    state: str = FORWARDING
+    counters: collections.Counter = field(default_factory=collections.Counter)
+    drops: collections.Counter = field(default_factory=collections.Counter)
+
+    @property
+    def forwarding(self) -> bool:
+        return self.state == FORWARDING
+
+    def stats(self) -> dict[str, int]:
+        return {k: self.counters[k] for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
+
+
+class Bridge:
+    def __init__(self, name: str = "xenbr0", ageing: float = DEFAULT_AGEING,
+                 max_entries: int = DEFAULT_MAX_ENTRIES, mac: bytes | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.name = check_bridge_name(name)
+        self.fdb = Fdb(name, ageing, max_entries, clock)
+        self.clock = clock
+        self._mac = mac
+        self.ports: dict[str, BridgePort] = {}
+        self.counters: collections.Counter = collections.Counter(
+            {k: 0 for k in ("rx", "forwarded", "flooded", "unicast", "tx")})
+        self.drops: collections.Counter = collections.Counter()
+        self._next_port_no = 1
+
+    # -- identity, as brctl shows it ---------------------------------------------
+    @property
+    def mac(self) -> bytes:
+        """The bridge address: fixed if given, else the lowest port address, as
+        br_stp_recalculate_bridge_id picks it."""
+        if self._mac is not None:
+            return self._mac
+        macs = [p.mac for p in self.ports.values() if p.mac != ZERO]
+        return min(macs) if macs else ZERO
+
+    @property
+    def bridge_id(self) -> str:
+        # Priority 0x8000, Linux's default, then the address.
+        return "8000." + self.mac.hex()
+
+    # -- ports -----------------------------------------------------------------
+    def add_port(self, name: str, mac: bytes = ZERO) -> BridgePort:
+        check_port_name(name)
+        if name in self.ports:
+            raise XenError(errno.EEXIST, f"{self.name} already has a port named {name}")
+        if len(mac) != 6:
+            raise XenError(errno.EINVAL, f"a port address is 6 bytes, got {len(mac)}")
+        port = BridgePort(name, self._allocate_port_no(), mac)
+        self.ports[name] = port
+        return port
+
+    def _allocate_port_no(self) -> int:
+        # Lowest free number, as br_make_port's find_portno.
+        used = {p.port_no for p in self.ports.values()}
+        n = 1
+        while n in used:
+            n += 1
+        return n
+
+    def port(self, name: str) -> BridgePort:
+        port = self.ports.get(name)
+        if port is None:
+            raise XenError(errno.ENOENT, f"{self.name} has no port named {name!r}")
+        return port
+
+    def delete_port(self, name: str) -> BridgePort:
+        """Detach a port; every FDB entry on it goes, static ones too, as
+        br_del_if -> br_fdb_delete_by_port(do_all)."""
+        port = self.port(name)
+        self.fdb.flush(name, include_static=True)
+        del self.ports[name]
+        return port
+
+    def set_port_flags(self, name: str, learning: bool | None = None, flood: bool | None = None,
+                       hairpin: bool | None = None, state: str | None = None) -> BridgePort:
+        port = self.port(name)
+        if state is not None and state not in PORT_STATES:
+            raise XenError(errno.EINVAL, f"port state {state!r}: use one of {', '.join(PORT_STATES)}")
+        if learning is not None:
+            port.learning = learning
+        if flood is not None:
+            port.flood = flood
+        if hairpin is not None:
+            port.hairpin = hairpin
+        if state is not None and state != port.state:
+            port.state = state
+            if state == DISABLED:
+                # br_stp_disable_port flushes what was learned behind the port.
+                self.fdb.flush(name)
+        return port
+
+    # -- FDB management ----------------------------------------------------------
+    def add_static(self, mac: bytes, port: str) -> None:
+        self.port(port)
+        self.fdb.add_static(mac, port)
+
+    def delete_static(self, mac: bytes) -> None:
+        self.fdb.delete_static(mac)
+
+    def flush(self, port: str | None = None, include_static: bool = False) -> int:
+        if port is not None:
+            self.port(port)
+        return self.fdb.flush(port, include_static)
+
+    def set_ageing(self, seconds: float) -> None:
+        self.fdb.set_ageing(seconds)
+
+    def expire(self) -> int:
+        return self.fdb.expire()
+
+    # -- forwarding --------------------------------------------------------------
+    def forward(self, ingress: str, frame: bytes) -> list[Output]:
+        """Where a frame that entered port `ingress` goes: (port, frame) pairs,
+        or [] when it is dropped (and counted)."""
+        port = self.port(ingress)
+        return self._forward(port, frame, self.clock())
+
+    def forward_batch(self, ingress: str, frames: Iterable[bytes]) -> dict[str, list[bytes]]:
+        """`forward` for a batch from one port, grouped by egress port, so
+        the caller makes one transmit per port per batch."""
+        port = self.port(ingress)
+        now = self.clock()
+        out: dict[str, list[bytes]] = {}
+        for frame in frames:
+            for name, data in self._forward(port, frame, now):
+                batch = out.get(name)
+                if batch is None:
+                    out[name] = [data]
+                else:
+                    batch.append(data)
+        return out
+
+    def _forward(self, port: BridgePort, frame: bytes, now: float) -> list[Output]:
+        size = len(frame)
+        self.counters["rx"] += 1
+        port.counters["rx_packets"] += 1
+        port.counters["rx_bytes"] += size
+        if size < ETH_HLEN:
+            return self._drop(port, "runt")
+        if size > MAX_FRAME:
+            return self._drop(port, "oversize")
+        if port.state != FORWARDING:
+            return self._drop(port, "port_disabled")
+        dst = frame[0:6]
+        src = frame[6:12]
+        if src[0] & 1 or src == ZERO:
+            return self._drop(port, "bad_src_mac")
+        if port.learning:
+            self.fdb.learn(src, port.name, now)
+        if dst[0] & 1:
+            if is_link_local(dst):
+                return self._drop(port, "link_local")
+            return self._flood(port, frame)
+        entry = self.fdb.lookup(dst, now)
+        if entry is None:
+            return self._flood(port, frame)
+        egress = self.ports[entry.port]
+        if egress is port and not port.hairpin:
+            return self._drop(port, "same_port")
+        if egress.state != FORWARDING:
+            return self._drop(port, "egress_disabled")
+        entry.used = now
+        self.counters["unicast"] += 1
+        return self._deliver(port, [egress], frame)
+
+    def _flood(self, ingress: BridgePort, frame: bytes) -> list[Output]:
+        targets = [p for p in self.ports.values()
+                   if p.flood and p.state == FORWARDING and (p is not ingress or p.hairpin)]
+        if not targets:
+            return self._drop(ingress, "no_egress")
+        self.counters["flooded"] += 1
+        return self._deliver(ingress, targets, frame)
+
+    def _deliver(self, ingress: BridgePort, targets: list[BridgePort], frame: bytes) -> list[Output]:
+        size = len(frame)
+        self.counters["forwarded"] += 1
+        self.counters["tx"] += len(targets)
+        for target in targets:
+            target.counters["tx_packets"] += 1
+            target.counters["tx_bytes"] += size
+        return [(target.name, frame) for target in targets]
+
+    def _drop(self, port: BridgePort, reason: str) -> list[Output]:
+        self.drops[reason] += 1
+        port.drops[reason] += 1
+        return []
+
+    # -- reporting -----------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        out = dict(self.counters)
+        out.update({f"drop_{r}": n for r, n in sorted(self.drops.items())})
+        out.update({f"fdb_{k}": v for k, v in self.fdb.counters.items()})
+        out["fdb_entries"] = len(self.fdb)
+        return out

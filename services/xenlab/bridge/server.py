@@ -1,0 +1,508 @@
+"""The bridge service: bridges (xenbr0, ...) in one asyncio process.
+
+vif veth ends connect to one ``VethListener``; the connecting end's hello
+names its bridge and its port name (``{"bridge": "xenbr0", "name":
+"vif1.0"}``), as the vif hotplug script's ``brctl addif``. Each end becomes
+a port: frames it delivers are forwarded by the pure core and sent to the
+chosen ports' ends, one transmit per output port per input batch. A link
+that closes takes its port and the port's FDB entries with it.
+
+The gRPC API (bridge.proto, xenlab.proto.Bridge) has no authentication: it
+listens on a unix socket in the rundir (or loopback) by default, as the
+Linux bridge tools are reserved to the host's administrator.
+
+With a hypervisor rundir the service registers itself in xenstore as
+Domain-0, so that netback's hotplug can find it:
+``/tool/xenlab/bridges/NAME/{address,grpc,pid}``, removed on a clean stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+from xenlab.bridge import output
+from xenlab.bridge.core import Bridge, BridgePort, check_bridge_name, check_port_name
+from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEvent
+from xenlab.client import HypervisorClient, Rundir
+from xenlab.net.device import NetDevice
+from xenlab.net.ethernet import ZERO, format_mac, parse_mac
+from xenlab.net.veth import VethEnd, VethError, VethListener
+from xenlab.proto import bridge_pb2, bridge_pb2_grpc, common_pb2, xenstore_pb2
+from xenlab.rpc import handles_xen_errors, start_server
+from xenlab.xen.errors import XenError
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["Bridge"].full_name
+XENSTORE_ROOT = "/tool/xenlab/bridges"
+WATCH_BACKLOG = 4096            # events queued for one watcher before it is cut off
+MAX_EXPIRY_SLEEP = 1.0          # seconds between ageing passes at most
+
+
+class UnlinkedPort(NetDevice):
+    """The device behind a port added through the API: nothing is attached,
+    so frames sent out of it are counted and dropped."""
+
+    def transmit(self, frames: list[bytes]) -> None:
+        self.drop("no_link", len(frames))
+
+    @property
+    def state(self) -> str:
+        return "none"
+
+
+class EventSubscription:
+    """FDB events for one watcher (a WatchEvents stream, the MQTT publisher).
+    A watcher that falls WATCH_BACKLOG events behind is cut off: ``get``
+    then raises ENOSPC rather than silently missing events."""
+
+    def __init__(self, bridge: str | None, backlog: int = WATCH_BACKLOG):
+        self.bridge = bridge
+        self.queue: asyncio.Queue[tuple[FdbEvent, float] | None] = asyncio.Queue(backlog)
+        self.overflowed = False
+
+    def offer(self, event: FdbEvent, wall: float) -> None:
+        if self.overflowed or (self.bridge and event.bridge != self.bridge):
+            return
+        try:
+            self.queue.put_nowait((event, wall))
+        except asyncio.QueueFull:
+            self.overflowed = True
+            self._end()
+
+    def close(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        try:
+            self.queue.put_nowait(None)
+        except asyncio.QueueFull:
+            self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+    async def get(self) -> tuple[FdbEvent, float] | None:
+        """The next (event, unix time); None once the service stops."""
+        item = await self.queue.get()
+        if item is None and self.overflowed:
+            raise XenError(errno.ENOSPC, f"the event watcher fell more than "
+                                         f"{self.queue.maxsize} events behind")
+        return item
+
+
+class BridgeService:
+    """Bridges behind one veth listener and one gRPC server.
+
+    `bridges`: the names (the first is the default for requests that name
+    none); `listen`: the veth address; `grpc`: the API address; `rundir`:
+    a hypervisor rundir to register in xenstore, or None."""
+
+    def __init__(self, bridges: Iterable[str] = ("xenbr0",), listen: str = "",
+                 grpc: str = "", rundir: Path | None = None,
+                 ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_ENTRIES,
+                 clock: Callable[[], float] = time.monotonic):
+        names = [check_bridge_name(n) for n in bridges]
+        if not names or len(set(names)) != len(names):
+            raise XenError(errno.EINVAL, f"bridge names must be given and distinct: {names}")
+        if not listen or not grpc:
+            raise XenError(errno.EINVAL, "both a veth listen address and a gRPC address are needed")
+        self.bridges: dict[str, Bridge] = {n: Bridge(n, ageing, fdb_max, clock=clock) for n in names}
+        self.default = names[0]
+        self.listen = listen
+        self.grpc = grpc
+        self.rundir = rundir
+        self.clock = clock
+        self.veth_address = listen
+        self.grpc_address = grpc
+        self.links: dict[tuple[str, str], NetDevice] = {}
+        self._subscriptions: set[EventSubscription] = set()
+        self._listener: VethListener | None = None
+        self._server = None
+        self._tasks: set[asyncio.Task] = set()
+        self._expiry: asyncio.Task | None = None
+        self._hv: HypervisorClient | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+    async def start(self) -> None:
+        try:
+            self._listener = VethListener(self.listen, self._admit, self._attached)
+            await self._listener.start()
+            self.veth_address = _absolute(self._listener.bound_address)
+            self._server, port = await start_server(
+                self.grpc, [lambda s: bridge_pb2_grpc.add_BridgeServicer_to_server(
+                    BridgeServicer(self), s)], [SERVICE_NAME])
+            self.grpc_address = _absolute(_bound(self.grpc, port))
+            self._expiry = asyncio.create_task(self._expiry_loop())
+            if self.rundir is not None:
+                await self._register()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        log.info("bridges %s: veth links on %s, gRPC on %s", ", ".join(self.bridges),
+                 self.veth_address, self.grpc_address)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self._listener is not None:
+            await self._listener.close()
+            self._listener = None
+        for (bridge, port), dev in list(self.links.items()):
+            if isinstance(dev, VethEnd):
+                dev.close()
+            self._detach(bridge, port, dev)
+        for task in [self._expiry, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._expiry, *self._tasks] if t is not None),
+                             return_exceptions=True)
+        self._expiry = None
+        await self._deregister()
+        for sub in list(self._subscriptions):
+            sub.close()
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    async def __aenter__(self) -> "BridgeService":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    # -- bridges and ports -------------------------------------------------------
+    def bridge(self, name: str = "") -> Bridge:
+        """A bridge by name; the empty name is the default bridge."""
+        bridge = self.bridges.get(name or self.default)
+        if bridge is None:
+            raise XenError(errno.ENOENT, f"no bridge named {name!r} "
+                                         f"(this service has {', '.join(self.bridges)})")
+        return bridge
+
+    def add_port(self, bridge: str, name: str, mac: bytes = ZERO,
+                 device: NetDevice | None = None) -> BridgePort:
+        """Attach a device as a port; with no device the port has no link."""
+        br = self.bridge(bridge)
+        port = br.add_port(name, mac)
+        dev = device if device is not None else UnlinkedPort(name, mac)
+        self.links[(br.name, name)] = dev
+        dev.receiver = lambda frames: self._on_frames(br, name, dev, frames)
+        self._publish(br)
+        return port
+
+    def delete_port(self, bridge: str, name: str) -> None:
+        br = self.bridge(bridge)
+        br.port(name)
+        dev = self.links.get((br.name, name))
+        if isinstance(dev, VethEnd):
+            dev.close()
+        self._detach(br.name, name, dev)
+
+    def _detach(self, bridge: str, name: str, dev: NetDevice | None) -> None:
+        if self.links.get((bridge, name)) is not dev:
+            return      # already gone, or the name now belongs to a newer link
+        del self.links[(bridge, name)]
+        if dev is not None:
+            dev.receiver = None
+        br = self.bridges[bridge]
+        if name in br.ports:
+            br.delete_port(name)
+            log.info("%s: port %s removed", bridge, name)
+        self._publish(br)
+
+    # -- the data path -----------------------------------------------------------
+    def _on_frames(self, br: Bridge, port: str, dev: NetDevice, frames: list[bytes]) -> None:
+        if self.links.get((br.name, port)) is not dev:
+            dev.drop("detached", len(frames))
+            return
+        for egress, batch in br.forward_batch(port, frames).items():
+            self.links[(br.name, egress)].transmit(batch)
+        if br.fdb.has_events:
+            self._publish(br)
+
+    # -- veth links ------------------------------------------------------------------
+    def _admit(self, hello: dict) -> tuple[str, dict]:
+        """Refuse what `brctl addif` would refuse: an unknown bridge, a bad or
+        duplicate port name."""
+        name = hello.get("name")
+        try:
+            br = self.bridge(str(hello.get("bridge") or ""))
+            check_port_name(name if isinstance(name, str) else "")
+        except XenError as err:
+            raise VethError(err.message) from None
+        if name in br.ports:
+            raise VethError(f"{br.name} already has a port named {name}")
+        return name, {"bridge": br.name, "port": name}
+
+    def _attached(self, end: VethEnd) -> None:
+        br = self.bridge(str(end.peer_info.get("bridge") or ""))
+        try:
+            mac = parse_mac(str(end.peer_info.get("mac", "")))
+        except ValueError:
+            mac = ZERO
+        end.mac = mac
+        try:
+            self.add_port(br.name, end.name, mac, end)
+        except XenError as err:
+            log.warning("%s: cannot attach %s: %s", br.name, end.name, err.message)
+            end.close()
+            return
+        log.info("%s: port %s attached (%s)", br.name, end.name, json.dumps(end.peer_info))
+        task = asyncio.create_task(self._watch_link(br.name, end))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch_link(self, bridge: str, end: VethEnd) -> None:
+        await end.closed.wait()
+        self._detach(bridge, end.name, end)
+
+    # -- ageing and events ---------------------------------------------------------------
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._expiry_delay())
+            for br in self.bridges.values():
+                br.expire()
+                self._publish(br)
+
+    def _expiry_delay(self) -> float:
+        now = self.clock()
+        due = [t for t in (br.fdb.next_expiry() for br in self.bridges.values()) if t is not None]
+        if not due:
+            return MAX_EXPIRY_SLEEP
+        return min(MAX_EXPIRY_SLEEP, max(0.01, min(due) - now))
+
+    def subscribe(self, bridge: str = "") -> EventSubscription:
+        """FDB events of one bridge (or all, for the empty name) from now on."""
+        if bridge:
+            self.bridge(bridge)
+        sub = EventSubscription(bridge or None)
+        self._subscriptions.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: EventSubscription) -> None:
+        self._subscriptions.discard(sub)
+
+    def _publish(self, br: Bridge) -> None:
+        events = br.fdb.pop_events()
+        if not events or not self._subscriptions:
+            return
+        # Events carry the FDB clock; watchers want wall time.
+        offset = time.time() - self.clock()
+        for event in events:
+            for sub in list(self._subscriptions):
+                sub.offer(event, event.at + offset)
+
+    # -- xenstore registration -------------------------------------------------------------
+    async def _register(self) -> None:
+        rundir = Rundir(Path(self.rundir))
+        self._hv = HypervisorClient.connect(rundir.read_address(), 0, rundir.read_dom0_secret())
+        xs = self._hv.xenstore
+        for name in self.bridges:
+            base = f"{XENSTORE_ROOT}/{name}"
+            await xs.Write(xenstore_pb2.WriteRequest(path=base, value=b""))
+            # Driver domains other than dom0 run netback too: let every domain read.
+            await xs.SetPerms(xenstore_pb2.SetPermsRequest(
+                path=base, perms=[xenstore_pb2.Perm(domid=0, perm="r")]))
+            for key, value in (("address", self.veth_address), ("grpc", self.grpc_address),
+                               ("pid", str(os.getpid()))):
+                await xs.Write(xenstore_pb2.WriteRequest(path=f"{base}/{key}", value=value.encode()))
+        log.info("registered %s under %s", ", ".join(self.bridges), XENSTORE_ROOT)
+
+    async def _deregister(self) -> None:
+        if self._hv is None:
+            return
+        for name in self.bridges:
+            try:
+                await self._hv.xenstore.Rm(xenstore_pb2.PathRequest(path=f"{XENSTORE_ROOT}/{name}"))
+            except Exception as err:      # the hypervisor may already be gone
+                log.warning("could not remove %s/%s from xenstore: %s", XENSTORE_ROOT, name, err)
+        await self._hv.close()
+        self._hv = None
+
+
+def _bound(address: str, port: int) -> str:
+    if not address.startswith("unix:") and address.endswith(":0"):
+        return f"{address.rsplit(':', 1)[0]}:{port}"
+    return address
+
+
+def _absolute(address: str) -> str:
+    if address.startswith("unix:"):
+        return "unix:" + os.path.abspath(address[5:])
+    return address
+
+
+# -- the gRPC adapter ------------------------------------------------------------------------
+def _mac(text: str) -> bytes:
+    try:
+        return parse_mac(text)
+    except ValueError as err:
+        raise XenError(errno.EINVAL, str(err)) from None
+
+
+def port_info(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortInfo:
+    veth = isinstance(dev, VethEnd)
+    return bridge_pb2.BridgePortInfo(
+        name=port.name, port_no=port.port_no, mac=format_mac(port.mac), learning=port.learning,
+        flood=port.flood, hairpin=port.hairpin, state=port.state,
+        link="veth" if veth else "none",
+        peer=json.dumps(dev.peer_info, sort_keys=True) if veth else "")
+
+
+class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
+    def __init__(self, service: BridgeService):
+        self.service = service
+
+    def _port_info(self, br: Bridge, name: str) -> bridge_pb2.BridgePortInfo:
+        return port_info(br.port(name), self.service.links.get((br.name, name)))
+
+    def _bridge_info(self, br: Bridge) -> bridge_pb2.BridgeInfo:
+        return bridge_pb2.BridgeInfo(
+            name=br.name, bridge_id=br.bridge_id, mac=format_mac(br.mac), stp=False,
+            ports=[self._port_info(br, n) for n in br.ports], ageing=br.fdb.ageing,
+            fdb_max=br.fdb.max_entries, fdb_entries=len(br.fdb),
+            veth_address=self.service.veth_address)
+
+    @handles_xen_errors
+    async def AddPort(self, request, context):
+        mac = _mac(request.mac) if request.mac else ZERO
+        br = self.service.bridge(request.bridge)
+        self.service.add_port(br.name, request.port, mac)
+        return self._port_info(br, request.port)
+
+    @handles_xen_errors
+    async def DeletePort(self, request, context):
+        self.service.delete_port(request.bridge, request.port)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def ShowBridges(self, request, context):
+        if request.bridge:
+            bridges = [self.service.bridge(request.bridge)]
+        else:
+            bridges = list(self.service.bridges.values())
+        infos = [self._bridge_info(br) for br in bridges]
+        return bridge_pb2.BridgeList(bridges=infos, text=output.format_brctl_show(infos))
+
+    @handles_xen_errors
+    async def ShowFdb(self, request, context):
+        br = self.service.bridge(request.bridge)
+        if request.port:
+            br.port(request.port)
+        br.expire()
+        now = br.clock()
+        records = []
+        for entry in br.fdb:
+            if request.port and entry.port != request.port:
+                continue
+            record = bridge_pb2.FdbRecord(
+                mac=format_mac(entry.mac), bridge=br.name, port=entry.port,
+                port_no=br.ports[entry.port].port_no, static=entry.static,
+                used=now - entry.used, updated=now - entry.updated)
+            left = br.fdb.expires_in(entry, now)
+            if left is not None:
+                record.expires_in = left
+            records.append(record)
+        records.sort(key=lambda r: (r.port_no, r.mac))
+        self.service._publish(br)
+        return bridge_pb2.FdbTable(entries=records,
+                                   text=output.format_fdb_show(records, request.stats))
+
+    @handles_xen_errors
+    async def SetAgeing(self, request, context):
+        br = self.service.bridge(request.bridge)
+        br.set_ageing(request.seconds)
+        br.expire()
+        self.service._publish(br)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def AddStatic(self, request, context):
+        br = self.service.bridge(request.bridge)
+        if not request.port:
+            raise XenError(errno.EINVAL, "a static FDB entry needs a port")
+        br.add_static(_mac(request.mac), request.port)
+        self.service._publish(br)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def DeleteStatic(self, request, context):
+        br = self.service.bridge(request.bridge)
+        br.delete_static(_mac(request.mac))
+        self.service._publish(br)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def SetPortFlags(self, request, context):
+        br = self.service.bridge(request.bridge)
+        br.set_port_flags(
+            request.port,
+            learning=request.learning if request.HasField("learning") else None,
+            flood=request.flood if request.HasField("flood") else None,
+            hairpin=request.hairpin if request.HasField("hairpin") else None,
+            state=request.state or None)
+        self.service._publish(br)
+        return self._port_info(br, request.port)
+
+    @handles_xen_errors
+    async def Stats(self, request, context):
+        if request.bridge:
+            bridges = [self.service.bridge(request.bridge)]
+        else:
+            bridges = list(self.service.bridges.values())
+        return bridge_pb2.BridgeStatsReply(bridges=[self._counters(br) for br in bridges])
+
+    def _counters(self, br: Bridge) -> bridge_pb2.BridgeCounters:
+        fdb = dict(br.fdb.counters)
+        fdb["entries"] = len(br.fdb)
+        ports = []
+        for port in br.ports.values():
+            dev = self.service.links.get((br.name, port.name))
+            ports.append(bridge_pb2.BridgePortStats(
+                name=port.name, drops=dict(port.drops),
+                link=dev.stats() if dev is not None else {}, **port.stats()))
+        return bridge_pb2.BridgeCounters(name=br.name, counters=dict(br.counters),
+                                         drops=dict(br.drops), fdb=fdb, ports=ports)
+
+    @handles_xen_errors
+    async def Flush(self, request, context):
+        br = self.service.bridge(request.bridge)
+        removed = br.flush(request.port or None, request.include_static)
+        self.service._publish(br)
+        return bridge_pb2.FlushFdbReply(removed=removed)
+
+    @handles_xen_errors
+    async def WatchEvents(self, request, context):
+        sub = self.service.subscribe(request.bridge)
+        try:
+            while True:
+                item = await sub.get()
+                if item is None:
+                    return
+                event, wall = item
+                yield bridge_pb2.FdbEvent(
+                    kind=event.kind, bridge=event.bridge, mac=format_mac(event.mac),
+                    port=event.port, old_port=event.old_port, static=event.static, time=wall)
+        finally:
+            self.service.unsubscribe(sub)
+
+
+async def serve(service: BridgeService, ready: Callable[[BridgeService], None] | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then close every link and deregister."""
+    await service.start()
+    if ready is not None:
+        ready(service)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down: %d link(s)", len(service.links))
+        await service.stop()

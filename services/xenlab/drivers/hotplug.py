@@ -1,0 +1,59 @@
+"""Hotplug: what Xen's vif-bridge script does when netback brings a vif
+online, joining it to the bridge named by the backend's `bridge` key.
+
+Here the bridge is the bridge service, and "brctl addif" is a veth pair:
+one end stays in the driver domain next to the vif, the other becomes a
+port of the bridge. The bridge service registers its veth address in
+xenstore (/tool/xenlab/bridges/NAME/address), which is how hotplug finds it.
+"""
+from __future__ import annotations
+
+import logging
+
+from xenlab.net.device import NetDevice
+from xenlab.net.veth import VethEnd, VethError, connect_veth
+
+log = logging.getLogger(__name__)
+
+BRIDGE_REGISTRY = "/tool/xenlab/bridges"
+
+
+class HotplugError(Exception):
+    """The vif could not be brought online; the message goes to hotplug-error."""
+
+
+def bridge_address_path(bridge: str) -> str:
+    return f"{BRIDGE_REGISTRY}/{bridge}/address"
+
+
+class BridgeHotplug:
+    """vif-bridge online/offline over veth pairs to the bridge service."""
+
+    def __init__(self, xenbus, domid: int = 0):
+        self.xenbus = xenbus
+        self.domid = domid
+        self.ends: dict[str, VethEnd] = {}
+
+    async def online(self, vif: NetDevice, bridge: str, backend_path: str) -> None:
+        address = await self.xenbus.read(bridge_address_path(bridge))
+        if not address:
+            raise HotplugError(f"bridge {bridge} does not exist (no bridge service registered "
+                               f"at {bridge_address_path(bridge)})")
+        hello = {"bridge": bridge, "mac": vif.mac.hex(":"), "backend": backend_path,
+                 "driver_domain": self.domid}
+        try:
+            end = await connect_veth(address, vif.name, hello, mac=vif.mac, mtu=vif.mtu)
+        except (OSError, VethError, TimeoutError) as err:
+            raise HotplugError(f"cannot attach {vif.name} to {bridge} at {address}: {err}") from None
+        vif.receiver = end.transmit
+        end.receiver = vif.transmit
+        self.ends[vif.name] = end
+        log.info("%s: attached to bridge %s (veth %s)", vif.name, bridge, address)
+
+    async def offline(self, vif: NetDevice) -> None:
+        end = self.ends.pop(vif.name, None)
+        vif.receiver = None
+        if end is not None:
+            end.receiver = None
+            end.close()
+            log.info("%s: detached from its bridge", vif.name)

@@ -1,0 +1,206 @@
+"""A lab file (TOML): which bridges and domains `xenlab up` starts.
+
+    [lab]
+    name = "demo"
+
+    [hypervisor]
+    memory = 4096            # MiB of emulated host RAM
+
+    [[bridge]]
+    name = "xenbr0"
+    uplink = "tap:xltap0"    # optional: a real Linux TAP port (needs CAP_NET_ADMIN)
+
+    [[domain]]
+    name = "web"
+    config = "web.cfg"       # an xl.cfg file, relative to the lab file ...
+
+    [[domain]]
+    name = "db"              # ... or the xl.cfg keys inline
+    memory = 32
+    vif = ["ip=10.0.0.2/24"]
+
+Read once into frozen dataclasses; every error names the file and the entry.
+"""
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xenlab.xen import abi
+from xenlab.xen.errors import ConfigError
+from xenlab.xen.xlcfg import XlConfig, format_value, load_xl_config, parse_xl_config
+
+LAB_KEYS = {"name", "rundir"}
+HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
+BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max"}
+
+
+@dataclass(frozen=True)
+class BridgeSpec:
+    name: str
+    uplink: str | None = None       # "tap:NAME"
+    ageing: float = 300.0
+    fdb_max: int | None = None
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    name: str
+    domains: tuple[XlConfig, ...]
+    bridges: tuple[BridgeSpec, ...]
+    memory_mb: int = 4096
+    listen: str | None = None
+    launcher: str = "local"
+    rundir: str | None = None
+    source: str = "<built-in>"
+
+    def domain(self, name: str) -> XlConfig:
+        return next(d for d in self.domains if d.name == name)
+
+
+def _fail(source: str, message: str) -> ConfigError:
+    return ConfigError(message, path=source)
+
+
+def _unknown(source: str, where: str, table: dict, known: set) -> None:
+    extra = sorted(set(table) - known)
+    if extra:
+        raise _fail(source, f"{where}: unknown key(s) {', '.join(extra)} (expected {', '.join(sorted(known))})")
+
+
+def _xl_text(entry: dict) -> str:
+    """Inline domain keys as xl.cfg text, so one parser checks both forms."""
+    lines = []
+    for key, value in entry.items():
+        if isinstance(value, bool):
+            value = int(value)
+        if isinstance(value, list):
+            lines.append(f"{key} = [{', '.join(_quote(v) for v in value)}]")
+        else:
+            lines.append(f"{key} = {_quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _quote(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _domain(entry: dict, index: int, base: Path, source: str) -> XlConfig:
+    where = f"domain #{index + 1}"
+    if not isinstance(entry, dict):
+        raise _fail(source, f"{where}: must be a table")
+    entry = dict(entry)
+    config = entry.pop("config", None)
+    if config is not None:
+        path = (base / config) if not Path(config).is_absolute() else Path(config)
+        overrides = [f"{k}={format_value(v) if isinstance(v, list) else v}" for k, v in entry.items()]
+        try:
+            return load_xl_config(path, overrides=overrides)
+        except FileNotFoundError:
+            raise _fail(source, f"{where}: config file {path} does not exist") from None
+    if "name" not in entry:
+        raise _fail(source, f"{where}: needs a name (or config = \"FILE.cfg\")")
+    return parse_xl_config(_xl_text(entry), f"{source} [{where} {entry['name']}]")
+
+
+def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> LabSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise _fail(source, f"not valid TOML: {err}") from None
+    base = base or Path(".")
+    known = {"lab", "hypervisor", "bridge", "domain"}
+    _unknown(source, "top level", data, known)
+    lab = data.get("lab", {})
+    _unknown(source, "[lab]", lab, LAB_KEYS)
+    hv = data.get("hypervisor", {})
+    _unknown(source, "[hypervisor]", hv, HYPERVISOR_KEYS)
+    bridges = []
+    for i, entry in enumerate(data.get("bridge", [])):
+        _unknown(source, f"bridge #{i + 1}", entry, BRIDGE_KEYS)
+        bridges.append(_bridge(entry, i, source))
+    domains = tuple(_domain(e, i, base, source) for i, e in enumerate(data.get("domain", [])))
+    spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains,
+                   bridges=tuple(bridges) or (BridgeSpec(abi.DEFAULT_BRIDGE),),
+                   memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
+                   launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
+                   source=source)
+    validate(spec)
+    return spec
+
+
+def _bridge(entry: dict, index: int, source: str) -> BridgeSpec:
+    name = entry.get("name")
+    if not isinstance(name, str) or not name or len(name) > 15:
+        raise _fail(source, f"bridge #{index + 1}: needs a name of 1..15 characters (IFNAMSIZ)")
+    uplink = entry.get("uplink")
+    if uplink is not None and not (isinstance(uplink, str) and uplink.startswith("tap:") and 1 < len(uplink) - 4 <= 15):
+        raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME up to 15 characters)")
+    return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"))
+
+
+def validate(spec: LabSpec) -> None:
+    """Lab-wide rules: unique names, MACs and IPs per bridge, known bridges."""
+    source = spec.source
+    bridges = {b.name for b in spec.bridges}
+    if len(bridges) != len(spec.bridges):
+        raise _fail(source, "two bridges have the same name")
+    names, macs, ips = set(), {}, {}
+    for dom in spec.domains:
+        if dom.name in names:
+            raise _fail(source, f"two domains are named {dom.name!r}")
+        names.add(dom.name)
+        for vif in dom.vifs:
+            if vif.bridge not in bridges:
+                raise _fail(source, f"domain {dom.name} vif {vif.devid}: unknown bridge {vif.bridge!r} "
+                                    f"(the lab has {', '.join(sorted(bridges))})")
+            if vif.mac:
+                other = macs.setdefault((vif.bridge, vif.mac.lower()), dom.name)
+                if other != dom.name:
+                    raise _fail(source, f"domains {other} and {dom.name} both use mac {vif.mac} on {vif.bridge}")
+            if vif.ip:
+                addr = ipaddress.IPv4Interface(vif.ip).ip
+                other = ips.setdefault((vif.bridge, addr), dom.name)
+                if other != dom.name:
+                    raise _fail(source, f"domains {other} and {dom.name} both use ip {addr} on {vif.bridge}")
+
+
+def load_lab(path: str | Path) -> LabSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"lab file {path} does not exist") from None
+    return parse_lab(text, str(path), path.parent)
+
+
+DEMO_LAB = """
+[lab]
+name = "demo"
+
+[[bridge]]
+name = "xenbr0"
+
+[[domain]]
+name = "web"
+memory = 32
+vif = ["mac=00:16:3e:00:00:01,ip=10.0.0.1/24"]
+
+[[domain]]
+name = "db"
+memory = 32
+vif = ["mac=00:16:3e:00:00:02,ip=10.0.0.2/24"]
+
+[[domain]]
+name = "cache"
+memory = 32
+vif = ["mac=00:16:3e:00:00:03,ip=10.0.0.3/24"]
+"""
+
+
+def demo_lab() -> LabSpec:
+    return parse_lab(DEMO_LAB, "<demo lab>")

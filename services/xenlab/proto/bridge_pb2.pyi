@@ -1,0 +1,275 @@
+from xenlab.proto import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class BridgePortRef(_message.Message):
+    __slots__ = ("bridge", "port")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    port: str
+    def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ...) -> None: ...
+
+class AddBridgePortRequest(_message.Message):
+    __slots__ = ("bridge", "port", "mac")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    port: str
+    mac: str
+    def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ..., mac: _Optional[str] = ...) -> None: ...
+
+class BridgePortInfo(_message.Message):
+    __slots__ = ("name", "port_no", "mac", "learning", "flood", "hairpin", "state", "link", "peer")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PORT_NO_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_FIELD_NUMBER: _ClassVar[int]
+    FLOOD_FIELD_NUMBER: _ClassVar[int]
+    HAIRPIN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    port_no: int
+    mac: str
+    learning: bool
+    flood: bool
+    hairpin: bool
+    state: str
+    link: str
+    peer: str
+    def __init__(self, name: _Optional[str] = ..., port_no: _Optional[int] = ..., mac: _Optional[str] = ..., learning: bool = ..., flood: bool = ..., hairpin: bool = ..., state: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
+
+class BridgeInfo(_message.Message):
+    __slots__ = ("name", "bridge_id", "mac", "stp", "ports", "ageing", "fdb_max", "fdb_entries", "veth_address")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    STP_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    AGEING_FIELD_NUMBER: _ClassVar[int]
+    FDB_MAX_FIELD_NUMBER: _ClassVar[int]
+    FDB_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    VETH_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    bridge_id: str
+    mac: str
+    stp: bool
+    ports: _containers.RepeatedCompositeFieldContainer[BridgePortInfo]
+    ageing: float
+    fdb_max: int
+    fdb_entries: int
+    veth_address: str
+    def __init__(self, name: _Optional[str] = ..., bridge_id: _Optional[str] = ..., mac: _Optional[str] = ..., stp: bool = ..., ports: _Optional[_Iterable[_Union[BridgePortInfo, _Mapping]]] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_entries: _Optional[int] = ..., veth_address: _Optional[str] = ...) -> None: ...
+
+class ShowBridgesRequest(_message.Message):
+    __slots__ = ("bridge",)
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    def __init__(self, bridge: _Optional[str] = ...) -> None: ...
+
+class BridgeList(_message.Message):
+    __slots__ = ("bridges", "text")
+    BRIDGES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    bridges: _containers.RepeatedCompositeFieldContainer[BridgeInfo]
+    text: str
+    def __init__(self, bridges: _Optional[_Iterable[_Union[BridgeInfo, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class ShowFdbRequest(_message.Message):
+    __slots__ = ("bridge", "port", "stats")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    port: str
+    stats: bool
+    def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ..., stats: bool = ...) -> None: ...
+
+class FdbRecord(_message.Message):
+    __slots__ = ("mac", "bridge", "port", "port_no", "static", "used", "updated", "expires_in")
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    PORT_NO_FIELD_NUMBER: _ClassVar[int]
+    STATIC_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    mac: str
+    bridge: str
+    port: str
+    port_no: int
+    static: bool
+    used: float
+    updated: float
+    expires_in: float
+    def __init__(self, mac: _Optional[str] = ..., bridge: _Optional[str] = ..., port: _Optional[str] = ..., port_no: _Optional[int] = ..., static: bool = ..., used: _Optional[float] = ..., updated: _Optional[float] = ..., expires_in: _Optional[float] = ...) -> None: ...
+
+class FdbTable(_message.Message):
+    __slots__ = ("entries", "text")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[FdbRecord]
+    text: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[FdbRecord, _Mapping]]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class SetAgeingRequest(_message.Message):
+    __slots__ = ("bridge", "seconds")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    seconds: float
+    def __init__(self, bridge: _Optional[str] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class StaticFdbRequest(_message.Message):
+    __slots__ = ("bridge", "mac", "port")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    mac: str
+    port: str
+    def __init__(self, bridge: _Optional[str] = ..., mac: _Optional[str] = ..., port: _Optional[str] = ...) -> None: ...
+
+class SetPortFlagsRequest(_message.Message):
+    __slots__ = ("bridge", "port", "learning", "flood", "hairpin", "state")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_FIELD_NUMBER: _ClassVar[int]
+    FLOOD_FIELD_NUMBER: _ClassVar[int]
+    HAIRPIN_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    port: str
+    learning: bool
+    flood: bool
+    hairpin: bool
+    state: str
+    def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ..., learning: bool = ..., flood: bool = ..., hairpin: bool = ..., state: _Optional[str] = ...) -> None: ...
+
+class FlushFdbRequest(_message.Message):
+    __slots__ = ("bridge", "port", "include_static")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_STATIC_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    port: str
+    include_static: bool
+    def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ..., include_static: bool = ...) -> None: ...
+
+class FlushFdbReply(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
+
+class BridgeStatsRequest(_message.Message):
+    __slots__ = ("bridge",)
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    def __init__(self, bridge: _Optional[str] = ...) -> None: ...
+
+class BridgePortStats(_message.Message):
+    __slots__ = ("name", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops", "link")
+    class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class LinkEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    RX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TX_PACKETS_FIELD_NUMBER: _ClassVar[int]
+    TX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    rx_packets: int
+    rx_bytes: int
+    tx_packets: int
+    tx_bytes: int
+    drops: _containers.ScalarMap[str, int]
+    link: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., link: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class BridgeCounters(_message.Message):
+    __slots__ = ("name", "counters", "drops", "fdb", "ports")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class FdbEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    FDB_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    counters: _containers.ScalarMap[str, int]
+    drops: _containers.ScalarMap[str, int]
+    fdb: _containers.ScalarMap[str, int]
+    ports: _containers.RepeatedCompositeFieldContainer[BridgePortStats]
+    def __init__(self, name: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., fdb: _Optional[_Mapping[str, int]] = ..., ports: _Optional[_Iterable[_Union[BridgePortStats, _Mapping]]] = ...) -> None: ...
+
+class BridgeStatsReply(_message.Message):
+    __slots__ = ("bridges",)
+    BRIDGES_FIELD_NUMBER: _ClassVar[int]
+    bridges: _containers.RepeatedCompositeFieldContainer[BridgeCounters]
+    def __init__(self, bridges: _Optional[_Iterable[_Union[BridgeCounters, _Mapping]]] = ...) -> None: ...
+
+class WatchFdbRequest(_message.Message):
+    __slots__ = ("bridge",)
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    def __init__(self, bridge: _Optional[str] = ...) -> None: ...
+
+class FdbEvent(_message.Message):
+    __slots__ = ("kind", "bridge", "mac", "port", "old_port", "static", "time")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    OLD_PORT_FIELD_NUMBER: _ClassVar[int]
+    STATIC_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    bridge: str
+    mac: str
+    port: str
+    old_port: str
+    static: bool
+    time: float
+    def __init__(self, kind: _Optional[str] = ..., bridge: _Optional[str] = ..., mac: _Optional[str] = ..., port: _Optional[str] = ..., old_port: _Optional[str] = ..., static: bool = ..., time: _Optional[float] = ...) -> None: ...

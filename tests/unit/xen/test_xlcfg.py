@@ -1,0 +1,444 @@
+"""xl.cfg(5) and xl-network-configuration(5) parsing."""
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from xenlab.xen.errors import ConfigError
+from xenlab.xen.xlcfg import (ACTIONS, VifConfig, XlConfig, load_xl_config, parse_mac,
+                              parse_rate, parse_settings, parse_vif_spec, parse_xl_config,
+                              random_mac, to_domain_spec)
+
+
+def cfg(text: str, **kw) -> XlConfig:
+    return parse_xl_config(text, "t.cfg", **kw)
+
+
+def config_error(text: str, **kw) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_xl_config(text, "t.cfg", **kw)
+    return info.value
+
+
+# --------------------------------------------------------------------------
+# Syntax
+
+def test_minimal_config_takes_xl_defaults():
+    c = cfg('name = "web"\n')
+    assert (c.name, c.memory_mb, c.maxmem_mb, c.vcpus, c.maxvcpus) == ("web", 128, 128, 1, 1)
+    assert (c.on_poweroff, c.on_reboot, c.on_crash) == ("destroy", "restart", "destroy")
+    assert c.vifs == () and c.uuid is None and c.launcher is None
+    assert dict(c.extra) == {} and c.warnings == ()
+    assert c.text == 'name = "web"\n'
+
+
+def test_both_quote_styles_and_escapes():
+    c = cfg("name = 'web'\nkernel = \"/boot/k\"\ncmdline = 'a\\tb \\'q\\' \\\"d\\\" \\x41\\101\\\\'\n")
+    assert c.name == "web"
+    assert c.extra["kernel"] == "/boot/k"
+    assert c.extra["cmdline"] == "a\tb 'q' \"d\" AA\\"
+
+
+def test_comments_semicolons_and_no_final_newline():
+    c = cfg("# a domain\nname='x' # trailing comment\nmemory = 64; vcpus = 2;maxvcpus=3")
+    assert (c.name, c.memory_mb, c.vcpus, c.maxvcpus) == ("x", 64, 2, 3)
+
+
+def test_hash_inside_a_string_is_not_a_comment():
+    assert cfg("name = 'a#b'").name == "a#b"
+
+
+def test_list_spanning_lines_with_comments_and_trailing_comma():
+    c = cfg("""name = "x"
+vif = [
+    # the first one
+    'mac=00:16:3e:00:00:01',   # comment after an item
+
+    'bridge=xenbr1',
+]
+""")
+    assert [v.mac for v in c.vifs] == ["00:16:3e:00:00:01", None]
+    assert [v.bridge for v in c.vifs] == ["xenbr0", "xenbr1"]
+    assert [v.devid for v in c.vifs] == [0, 1]
+
+
+def test_numbers_decimal_hex_and_quoted():
+    c = cfg("name='x'\nmemory = 0x40\nmaxmem = '256'\n")
+    assert (c.memory_mb, c.maxmem_mb) == (64, 256)
+
+
+def test_plus_equals_appends_strings_and_lists():
+    c = cfg("name='x'\nextra = 'console=hvc0'\nextra += ' quiet'\n"
+            "vif = ['']\nvif += ['bridge=br1']\n")
+    assert c.extra["extra"] == "console=hvc0 quiet"
+    assert [v.bridge for v in c.vifs] == ["xenbr0", "br1"]
+
+
+def test_plus_equals_on_a_number_is_an_error():
+    err = config_error("name='x'\nmemory = 1\nmemory += 2\n")
+    assert err.line == 3 and "'+='" in err.message
+
+
+def test_parse_settings_keeps_lines_and_nested_lists():
+    settings = parse_settings("a = 1\n\nb = [ 'x',\n  [2, 'y'] ]\n")
+    assert [(s.key, s.line) for s in settings] == [("a", 1), ("b", 3)]
+    inner = settings[1].value.items[1]
+    assert [i.value for i in inner.items] == [2, "y"] and inner.line == 4
+
+
+def test_empty_file_has_no_settings():
+    assert parse_settings("") == [] and parse_settings("\n# only\n;\n") == []
+
+
+# --------------------------------------------------------------------------
+# Syntax errors, each with its line
+
+@pytest.mark.parametrize("text, line, words", [
+    ("name = 'x'\nkernel = 'abc\n", 2, "unterminated string"),
+    ("name = 'x'\nkernel = \"abc'\n", 2, "unterminated string"),
+    ("name = 'x'\nkernel = 'abc\\\n", 2, "unterminated string"),
+    ("name = 'x'\nvif = [ 'a',\n 'b'\n", 4, "unterminated list"),
+    ("name = 'x'\nvif = [ 'a' 'b' ]\n", 2, "bad list"),
+    ("name = 'x'\nvif = [ 'a',\n ; ]\n", 3, "expected a value"),
+    ("name = 'x'\nmemory = big\n", 2, "unknown value type 'big'"),
+    ("name = 'x'\n\nmemory = -5\n", 3, "unknown value type '-5'"),
+    ("name = 'x'\nmemory = 1.5\n", 2, "unknown value type '1.5'"),
+    ("name = 'x'\nmemory 5\n", 2, "expected '='"),
+    ("name = 'x'\nmemory =\n5\n", 2, "expected a value"),
+    ("name = 'x'\nmemory = 5 6\n", 2, "expected a newline or ';'"),
+    ("name = 'x'\n= 5\n", 2, "expected a setting name"),
+    ("name = 'x'\non-crash = 'destroy'\n", 2, "expected a setting name"),
+    ("name = 'x'\nkernel = 'a\\qb'\n", 2, "invalid escape"),
+    ("name = {'a': 1}\n", 1, "unknown value type '{'"),
+])
+def test_syntax_errors_name_the_line(text, line, words):
+    err = config_error(text)
+    assert err.line == line
+    assert words in err.message
+    assert err.message.startswith(f"t.cfg:{line}: ")
+
+
+def test_unterminated_list_names_the_opening_line():
+    err = config_error("name = 'x'\nvif = [\n 'a',\n")
+    assert "'[' on line 2" in err.message
+
+
+def test_error_without_a_path_still_has_the_line():
+    with pytest.raises(ConfigError) as info:
+        parse_xl_config("name = 'x\n")
+    assert info.value.line == 1 and info.value.message.startswith("1: ")
+
+
+# --------------------------------------------------------------------------
+# Keys
+
+def test_name_is_required():
+    err = config_error("memory = 64\n")
+    assert "needs a name" in err.message and err.line is None
+    assert err.message.startswith("t.cfg: ")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("name = ''\n", "name is empty"),
+    ("name = '42'\n", "all digits"),
+    ("name = 42\n", "all digits"),
+    ("name = ['a']\n", "must be a string, not a list"),
+])
+def test_bad_names(text, words):
+    err = config_error(text)
+    assert words in err.message and err.line == 1
+
+
+def test_duplicate_key_warns_and_the_last_wins():
+    c = cfg("name='x'\nmemory = 64\nvcpus = 1\nmemory = 96\n")
+    assert c.memory_mb == 96
+    assert c.warnings == ("t.cfg:4: warning: duplicate key 'memory' (first set on line 2); "
+                          "the last value is used",)
+
+
+def test_maxmem_defaults_to_memory():
+    assert cfg("name='x'\nmemory=300\n").maxmem_mb == 300
+
+
+def test_memory_above_maxmem_is_an_error_on_the_maxmem_line():
+    err = config_error("name='x'\nmaxmem = 64\nmemory = 128\n")
+    assert err.line == 2 and "larger than maxmem" in err.message
+
+
+def test_memory_above_maxmem_reports_memory_line_when_maxmem_comes_from_nowhere():
+    # maxmem defaults to memory, so only an override can trip this.
+    err = config_error("name='x'\nmemory = 64\n", overrides=["maxmem=32"])
+    assert err.message.startswith("<command line>:1: ")
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("name='x'\nmemory = 0\n", 2, "at least 1"),
+    ("name='x'\nvcpus = 0\n", 2, "at least 1"),
+    ("name='x'\nmemory = 'lots'\n", 2, "must be a number"),
+    ("name='x'\nmemory = [1]\n", 2, "not a list"),
+    ("name='x'\nvcpus = 4\nmaxvcpus = 2\n", 3, "smaller than vcpus"),
+    ("name='x'\non_crash = 'explode'\n", 2, "expected one of"),
+    ("name='x'\nuuid = 'not-a-uuid'\n", 2, "not a UUID"),
+    ("name='x'\nlauncher = 'qemu'\n", 2, "expected one of local, none, docker"),
+    ("name='x'\nvif = 'bridge=xenbr0'\n", 2, "must be a list"),
+    ("name='x'\nvif = [['a']]\n", 2, "must be a string, not a list"),
+])
+def test_key_errors_name_the_line(text, line, words):
+    err = config_error(text)
+    assert err.line == line and words in err.message
+
+
+def test_maxvcpus_defaults_to_vcpus():
+    c = cfg("name='x'\nvcpus = 3\n")
+    assert (c.vcpus, c.maxvcpus) == (3, 3)
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_every_xl_action_is_accepted(action):
+    c = cfg(f"name='x'\non_poweroff='{action}'\non_reboot='{action}'\non_crash='{action}'\n")
+    assert (c.on_poweroff, c.on_reboot, c.on_crash) == (action,) * 3
+
+
+def test_uuid_is_normalised_and_launcher_kept():
+    c = cfg("name='x'\nuuid = 'AAAAAAAA-bbbb-cccc-dddd-eeeeeeeeeeee'\nlauncher='docker'\n")
+    assert c.uuid == "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee" and c.launcher == "docker"
+
+
+def test_known_xl_keys_go_to_extra_silently():
+    c = cfg("name='x'\ntype = 'pv'\nkernel = '/k'\nramdisk='/r'\nextra='quiet'\nroot='/dev/xvda1'\n"
+            "builder='generic'\nbootloader='pygrub'\ndisk = ['phy:/dev/vg/x,xvda,w', 'file:/y,xvdb,r']\n"
+            "max_grant_frames = 64\n")
+    assert c.warnings == ()
+    assert c.extra == {"type": "pv", "kernel": "/k", "ramdisk": "/r", "extra": "quiet",
+                       "root": "/dev/xvda1", "builder": "generic", "bootloader": "pygrub",
+                       "disk": "['phy:/dev/vg/x,xvda,w', 'file:/y,xvdb,r']",
+                       "max_grant_frames": "64"}
+
+
+def test_unknown_keys_go_to_extra_with_a_warning():
+    c = cfg("name='x'\n\nfoo = 1\nbar = ['a', [2]]\n")
+    assert c.extra == {"foo": "1", "bar": "['a', [2]]"}
+    assert c.warnings == ("t.cfg:3: warning: unknown key 'foo' ignored",
+                          "t.cfg:4: warning: unknown key 'bar' ignored")
+
+
+def test_extra_lists_reparse_to_the_same_value():
+    c = cfg("name='x'\ndisk = ['it\\'s', 7]\n")
+    again = parse_settings(f"disk = {c.extra['disk']}")[0].value
+    assert [i.value for i in again.items] == ["it's", 7]
+
+
+def test_config_is_frozen():
+    c = cfg("name='x'\nfoo=1\n")
+    with pytest.raises(AttributeError):
+        c.memory_mb = 1
+    with pytest.raises(TypeError):
+        c.extra["foo"] = "2"
+
+
+# --------------------------------------------------------------------------
+# Command-line overrides (xl create FILE key=value ...)
+
+def test_overrides_win_without_duplicate_warnings_and_join_the_text():
+    c = cfg("name='x'\nmemory=64", overrides=["memory=96", "vcpus = 2"])
+    assert (c.memory_mb, c.vcpus, c.warnings) == (96, 2, ())
+    assert c.text == "name='x'\nmemory=64\nmemory=96\nvcpus = 2\n"
+
+
+def test_override_errors_name_the_command_line():
+    err = config_error("name='x'\n", overrides=["vcpus=2", "memory='"])
+    assert err.message.startswith("<command line>:2: ") and "unterminated string" in err.message
+
+
+def test_override_can_supply_the_name():
+    assert cfg("memory=64\n", overrides=["name='y'"]).name == "y"
+
+
+# --------------------------------------------------------------------------
+# Vifs
+
+def test_full_vif_spec():
+    vif = parse_vif_spec("mac=00:16:3E:01:02:03, bridge=xenbr1,ip=10.0.0.2/24,vifname=web0,"
+                         "rate=10Mb/s,mtu=9000,backend=netdom,script=vif-bridge,model=e1000", 3)
+    assert vif == VifConfig(devid=3, mac="00:16:3e:01:02:03", bridge="xenbr1", ip="10.0.0.2/24",
+                            vifname="web0", rate="10Mb/s", mtu=9000, backend="netdom",
+                            script="vif-bridge", model="e1000")
+
+
+@pytest.mark.parametrize("spec", ["", " ", ",", " , "])
+def test_empty_vif_spec_is_all_defaults(spec):
+    assert parse_vif_spec(spec, 0) == VifConfig(devid=0, mac=None, bridge="xenbr0", ip=None,
+                                                vifname=None, rate=None, mtu=1500, backend=None,
+                                                script=None, model=None)
+
+
+def test_vif_devid_key_overrides_position_and_duplicates_are_errors():
+    c = cfg("name='x'\nvif = ['devid=5', '']\n")
+    assert [v.devid for v in c.vifs] == [5, 1]
+    err = config_error("name='x'\nvif = ['devid=1',\n 'bridge=b']\n")
+    assert err.line == 3 and "devid 1 is already used by vif 0" in err.message
+
+
+def test_netdev_is_xls_old_name_for_bridge():
+    assert parse_vif_spec("netdev=br9", 0).bridge == "br9"
+
+
+def test_ignored_vif_keys_warn():
+    c = cfg("name='x'\nvif = ['type=ioemu,bridge=b']\n")
+    assert c.vifs[0].bridge == "b"
+    assert c.warnings == ("t.cfg:2: warning: vif 0: type=ioemu is not supported by xenlab; ignored",)
+
+
+def test_all_zero_mac_means_random_as_libxl():
+    assert parse_vif_spec("mac=00:00:00:00:00:00", 0).mac is None
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("colour=red", "unknown vif key 'colour'"),
+    ("bridge", "'bridge' is not key=value"),
+    ("mac=00:16:3e:01:02", "not a MAC address"),
+    ("mac=00:16:3e:01:02:03:04", "not a MAC address"),
+    ("mac=00-16-3e-01-02-03", "not a MAC address"),
+    ("mac=0:16:3e:1:2:3", "not a MAC address"),
+    ("mac=00:16:3g:01:02:03", "not a MAC address"),
+    ("mac=01:00:5e:00:00:01", "multicast"),
+    ("mac=ff:ff:ff:ff:ff:ff", "multicast"),
+    ("ip=10.0.0.300", "not an IPv4 address"),
+    ("ip=10.0.0.1/33", "not an IPv4 address"),
+    ("ip=fe80::1", "not an IPv4 address"),
+    ("ip=", "ip= is empty"),
+    ("rate=fast", "invalid rate"),
+    ("mtu=67", "out of range 68..65535"),
+    ("mtu=65536", "out of range 68..65535"),
+    ("mtu=big", "not a number"),
+    ("vifname=averyveryverylongname", "not a valid interface name"),
+    ("bridge=a/b", "not a valid interface name"),
+    ("bridge=", "not a valid interface name"),
+    ("backend=", "is empty"),
+    ("devid=x", "not a number"),
+])
+def test_vif_errors(spec, words):
+    with pytest.raises(ConfigError) as info:
+        parse_vif_spec(spec, 0)
+    assert words in info.value.message
+
+
+def test_vif_errors_in_a_config_carry_the_item_line_and_index():
+    err = config_error("name='x'\nvif = [\n  '',\n  'mac=00:16:3e:01:02:03,colour=red',\n]\n")
+    assert err.line == 4
+    assert err.message.startswith("t.cfg:4: vif 1: unknown vif key 'colour'")
+
+
+@pytest.mark.parametrize("mtu", [68, 1500, 65535])
+def test_mtu_bounds(mtu):
+    assert parse_vif_spec(f"mtu={mtu}", 0).mtu == mtu
+
+
+def test_several_ip_addresses_are_kept_space_separated():
+    assert parse_vif_spec("ip=10.0.0.2   10.0.1.2/16", 0).ip == "10.0.0.2 10.0.1.2/16"
+
+
+# --------------------------------------------------------------------------
+# MACs
+
+def test_parse_mac():
+    assert parse_mac("00:16:3e:0A:ff:01") == bytes([0, 0x16, 0x3E, 0x0A, 0xFF, 0x01])
+    with pytest.raises(ConfigError):
+        parse_mac("00:16:3e:0a:ff")
+
+
+def test_random_mac_format_prefix_and_mask():
+    for seed in range(200):
+        mac = random_mac(random.Random(seed))
+        assert re.fullmatch(r"00:16:3e:[0-7][0-9a-f]:[0-9a-f]{2}:[0-9a-f]{2}", mac)
+        assert parse_mac(mac)[3] & 0x80 == 0
+
+
+def test_random_mac_masks_the_fourth_octet():
+    class AllOnes(random.Random):
+        def getrandbits(self, k):
+            return (1 << k) - 1
+    assert random_mac(AllOnes()) == "00:16:3e:7f:ff:ff"
+
+
+def test_random_mac_is_deterministic_with_a_seeded_rng_and_random_without():
+    assert random_mac(random.Random(7)) == random_mac(random.Random(7))
+    assert len({random_mac() for _ in range(20)}) > 1
+
+
+# --------------------------------------------------------------------------
+# Rates (libxlu_vif.c: decimal units, bits divided by 8, default 50 ms)
+
+@pytest.mark.parametrize("text, expected", [
+    ("10Mb/s", (62_500, 50_000)),          # 1.25 MB/s * 50 ms
+    ("1MB/s@20ms", (20_000, 20_000)),
+    ("100KB/s", (5_000, 50_000)),
+    ("1GB/s@1s", (1_000_000_000, 1_000_000)),
+    ("8Gb/s@500us", (500_000, 500)),
+    ("1000B/s@1", (1_000, 1_000_000)),     # an interval without a unit is seconds
+    ("1000b/s", (6, 50_000)),              # 125 B/s * 50 ms, rounded down
+    ("10Mb", (62_500, 50_000)),            # per second when /TIME is left out
+    ("1KB/ms", (50_000, 50_000)),          # 1 KB per ms = 1 MB/s
+    ("1KB/us@1ms", (1_000_000, 1_000)),
+    (" 10Mb/s ", (62_500, 50_000)),
+])
+def test_parse_rate(text, expected):
+    assert parse_rate(text) == expected
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "invalid rate"),
+    ("fast", "invalid rate"),
+    ("10mb/s", "invalid rate"),         # units are upper case, as xl's regex
+    ("10Mb/h", "invalid rate"),
+    ("10Mb/", "invalid rate"),
+    ("10Mbs", "invalid rate"),
+    ("10 Mb/s", "invalid rate"),
+    ("0Mb/s", "rate overflow"),
+    ("4294967296B/s", "rate overflow"),
+    ("10Mb/s@", "invalid replenishment interval"),
+    ("10Mb/s@20min", "invalid replenishment interval"),
+    ("10Mb/s@0ms", "interval overflow"),
+    ("10Mb/s@4295s", "interval overflow"),
+    ("1b/s", "less than one byte"),
+    ("10Mb/s@20ms@5ms", "invalid replenishment interval"),
+])
+def test_parse_rate_errors(text, words):
+    with pytest.raises(ConfigError) as info:
+        parse_rate(text)
+    assert words in info.value.message
+
+
+# --------------------------------------------------------------------------
+# Files and the wire
+
+def test_load_xl_config_names_the_file_in_errors(tmp_path):
+    path = tmp_path / "web.cfg"
+    path.write_text("name = 'web'\nmemory = 64\n")
+    assert load_xl_config(path).memory_mb == 64
+    path.write_text("name = 'web'\nmemory = x\n")
+    with pytest.raises(ConfigError) as info:
+        load_xl_config(path)
+    assert info.value.message.startswith(f"{path}:2: ")
+
+
+def test_load_xl_config_missing_file_raises_oserror(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_xl_config(tmp_path / "nope.cfg")
+
+
+def test_to_domain_spec():
+    c = cfg("name='web'\nmemory=64\nmaxmem=128\nvcpus=2\nmaxvcpus=4\non_crash='preserve'\n"
+            "uuid='aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee'\nlauncher='none'\nkernel='/k'\n"
+            "vif=['mac=00:16:3e:00:00:01,ip=10.0.0.2,rate=1MB/s@20ms', 'bridge=br1,mtu=9000']\n")
+    spec = to_domain_spec(c)
+    assert (spec.name, spec.memory_mb, spec.maxmem_mb, spec.vcpus, spec.maxvcpus) == ("web", 64, 128, 2, 4)
+    assert (spec.on_poweroff, spec.on_reboot, spec.on_crash) == ("destroy", "restart", "preserve")
+    assert spec.uuid == "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee" and spec.launcher == "none"
+    assert dict(spec.extra) == {"kernel": "/k"} and spec.config_text == c.text
+    first, second = spec.vif
+    assert (first.devid, first.mac, first.bridge, first.ip, first.rate, first.mtu) == \
+        (0, "00:16:3e:00:00:01", "xenbr0", "10.0.0.2", "1MB/s@20ms", 1500)
+    assert (second.devid, second.mac, second.bridge, second.mtu, second.backend) == (1, "", "br1", 9000, "")
