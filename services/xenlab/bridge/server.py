@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
+import grpc
+
 from xenlab.bridge import output
 from xenlab.bridge.core import Bridge, BridgePort, check_bridge_name, check_port_name
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEvent
@@ -60,31 +62,28 @@ class UnlinkedPort(NetDevice):
 
 class EventSubscription:
     """FDB events for one watcher (a WatchEvents stream, the MQTT publisher).
-    A watcher that falls WATCH_BACKLOG events behind is cut off: ``get``
-    then raises ENOSPC rather than silently missing events."""
+    A watcher that falls `backlog` events behind is cut off: ``get`` then
+    raises ENOSPC rather than let it silently miss events."""
 
     def __init__(self, bridge: str | None, backlog: int = WATCH_BACKLOG):
         self.bridge = bridge
-        self.queue: asyncio.Queue[tuple[FdbEvent, float] | None] = asyncio.Queue(backlog)
+        self.backlog = backlog
+        self.queue: asyncio.Queue[tuple[FdbEvent, float] | None] = asyncio.Queue()
         self.overflowed = False
+        self.closed = False
 
     def offer(self, event: FdbEvent, wall: float) -> None:
-        if self.overflowed or (self.bridge and event.bridge != self.bridge):
+        if self.closed or (self.bridge and event.bridge != self.bridge):
             return
-        try:
-            self.queue.put_nowait((event, wall))
-        except asyncio.QueueFull:
+        if self.queue.qsize() >= self.backlog:
             self.overflowed = True
-            self._end()
+            self.close()
+            return
+        self.queue.put_nowait((event, wall))
 
     def close(self) -> None:
-        self._end()
-
-    def _end(self) -> None:
-        try:
-            self.queue.put_nowait(None)
-        except asyncio.QueueFull:
-            self.queue.get_nowait()
+        if not self.closed:
+            self.closed = True
             self.queue.put_nowait(None)
 
     async def get(self) -> tuple[FdbEvent, float] | None:
@@ -92,7 +91,7 @@ class EventSubscription:
         item = await self.queue.get()
         if item is None and self.overflowed:
             raise XenError(errno.ENOSPC, f"the event watcher fell more than "
-                                         f"{self.queue.maxsize} events behind")
+                                         f"{self.backlog} events behind")
         return item
 
 
@@ -192,7 +191,7 @@ class BridgeService:
         dev = device if device is not None else UnlinkedPort(name, mac)
         self.links[(br.name, name)] = dev
         dev.receiver = lambda frames: self._on_frames(br, name, dev, frames)
-        self._publish(br)
+        self.publish(br)
         return port
 
     def delete_port(self, bridge: str, name: str) -> None:
@@ -213,7 +212,7 @@ class BridgeService:
         if name in br.ports:
             br.delete_port(name)
             log.info("%s: port %s removed", bridge, name)
-        self._publish(br)
+        self.publish(br)
 
     # -- the data path -----------------------------------------------------------
     def _on_frames(self, br: Bridge, port: str, dev: NetDevice, frames: list[bytes]) -> None:
@@ -223,7 +222,7 @@ class BridgeService:
         for egress, batch in br.forward_batch(port, frames).items():
             self.links[(br.name, egress)].transmit(batch)
         if br.fdb.has_events:
-            self._publish(br)
+            self.publish(br)
 
     # -- veth links ------------------------------------------------------------------
     def _admit(self, hello: dict) -> tuple[str, dict]:
@@ -267,7 +266,7 @@ class BridgeService:
             await asyncio.sleep(self._expiry_delay())
             for br in self.bridges.values():
                 br.expire()
-                self._publish(br)
+                self.publish(br)
 
     def _expiry_delay(self) -> float:
         now = self.clock()
@@ -287,7 +286,9 @@ class BridgeService:
     def unsubscribe(self, sub: EventSubscription) -> None:
         self._subscriptions.discard(sub)
 
-    def _publish(self, br: Bridge) -> None:
+    def publish(self, br: Bridge) -> None:
+        """Hand the bridge's pending FDB events to every watcher (none: they
+        are dropped, so the FDB's backlog never fills)."""
         events = br.fdb.pop_events()
         if not events or not self._subscriptions:
             return
@@ -300,7 +301,16 @@ class BridgeService:
     # -- xenstore registration -------------------------------------------------------------
     async def _register(self) -> None:
         rundir = Rundir(Path(self.rundir))
-        self._hv = HypervisorClient.connect(rundir.read_address(), 0, rundir.read_dom0_secret())
+        address = rundir.read_address()
+        self._hv = HypervisorClient.connect(address, 0, rundir.read_dom0_secret())
+        try:
+            await self._write_registration()
+        except grpc.aio.AioRpcError as err:
+            raise ConnectionError(f"cannot register in the xenstore of the hypervisor at "
+                                  f"{address}: {err.code().name}: {err.details()}") from None
+        log.info("registered %s under %s", ", ".join(self.bridges), XENSTORE_ROOT)
+
+    async def _write_registration(self) -> None:
         xs = self._hv.xenstore
         for name in self.bridges:
             base = f"{XENSTORE_ROOT}/{name}"
@@ -311,7 +321,6 @@ class BridgeService:
             for key, value in (("address", self.veth_address), ("grpc", self.grpc_address),
                                ("pid", str(os.getpid()))):
                 await xs.Write(xenstore_pb2.WriteRequest(path=f"{base}/{key}", value=value.encode()))
-        log.info("registered %s under %s", ", ".join(self.bridges), XENSTORE_ROOT)
 
     async def _deregister(self) -> None:
         if self._hv is None:
@@ -409,7 +418,7 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                 record.expires_in = left
             records.append(record)
         records.sort(key=lambda r: (r.port_no, r.mac))
-        self.service._publish(br)
+        self.service.publish(br)
         return bridge_pb2.FdbTable(entries=records,
                                    text=output.format_fdb_show(records, request.stats))
 
@@ -418,7 +427,7 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         br = self.service.bridge(request.bridge)
         br.set_ageing(request.seconds)
         br.expire()
-        self.service._publish(br)
+        self.service.publish(br)
         return common_pb2.Empty()
 
     @handles_xen_errors
@@ -427,14 +436,14 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         if not request.port:
             raise XenError(errno.EINVAL, "a static FDB entry needs a port")
         br.add_static(_mac(request.mac), request.port)
-        self.service._publish(br)
+        self.service.publish(br)
         return common_pb2.Empty()
 
     @handles_xen_errors
     async def DeleteStatic(self, request, context):
         br = self.service.bridge(request.bridge)
         br.delete_static(_mac(request.mac))
-        self.service._publish(br)
+        self.service.publish(br)
         return common_pb2.Empty()
 
     @handles_xen_errors
@@ -446,7 +455,7 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
             flood=request.flood if request.HasField("flood") else None,
             hairpin=request.hairpin if request.HasField("hairpin") else None,
             state=request.state or None)
-        self.service._publish(br)
+        self.service.publish(br)
         return self._port_info(br, request.port)
 
     @handles_xen_errors
@@ -473,13 +482,15 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
     async def Flush(self, request, context):
         br = self.service.bridge(request.bridge)
         removed = br.flush(request.port or None, request.include_static)
-        self.service._publish(br)
+        self.service.publish(br)
         return bridge_pb2.FlushFdbReply(removed=removed)
 
     @handles_xen_errors
     async def WatchEvents(self, request, context):
         sub = self.service.subscribe(request.bridge)
         try:
+            # As a xenstore watch fires once when set: the watch is in place.
+            yield bridge_pb2.FdbEvent(kind="sync", bridge=request.bridge, time=time.time())
             while True:
                 item = await sub.get()
                 if item is None:

@@ -158,3 +158,18 @@ def format_ls_entry(entry: LsEntry) -> str:
 def format_ls(entries: Iterable[LsEntry]) -> str:
     """xenstore-ls: `name = "value"`, indented one space per level."""
     return "".join(format_ls_entry(e) + "\n" for e in entries)
+
+
+# xl_nic.c main_networklist(): the header and one row per vif.
+XL_NETWORK_LIST_HEADER = "%-3s %-2s %-17s %-6s %-5s %-6s %5s/%-5s %-30s" % (
+    "Idx", "BE", "Mac Addr.", "handle", "state", "evt-ch", "tx-", "rx-ring-ref", "BE-path")
+
+
+def format_vif_row(vif: domains_pb2.VifInfo) -> str:
+    return "%-3d %-2d %-17s %6d %5d %6d %5d/%-11d %-30s" % (
+        vif.devid, vif.backend_id, vif.mac, vif.devid, vif.state, vif.evtchn,
+        vif.tx_ring_ref, vif.rx_ring_ref, vif.backend_path)
+
+
+def format_network_list(vifs: Iterable[domains_pb2.VifInfo]) -> str:
+    return "\n".join([XL_NETWORK_LIST_HEADER] + [format_vif_row(v) for v in vifs]) + "\n"

@@ -18,7 +18,7 @@ from xenlab.cli import output
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.proto import common_pb2, domains_pb2, memory_pb2
 from xenlab.xen.errors import ConfigError
-from xenlab.xen.xlcfg import load_xl_config, to_domain_spec
+from xenlab.xen.xlcfg import load_xl_config, parse_vif_spec, to_domain_spec
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +232,42 @@ async def cmd_console(args, ts: Toolstack) -> int:
     return 0
 
 
+def _vif_spec(items: list[str]) -> domains_pb2.VifSpec:
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise CliError(f"{bad[0]!r} is not a key=value vif setting (mac=, bridge=, ip=, ...)")
+    vif = parse_vif_spec(",".join(items), 0)
+    return domains_pb2.VifSpec(mac=vif.mac or "", bridge=vif.bridge, ip=vif.ip or "",
+                               vifname=vif.vifname or "", rate=vif.rate or "", mtu=vif.mtu,
+                               backend=vif.backend or "", script=vif.script or "",
+                               model=vif.model or "")
+
+
+async def cmd_network_attach(args, ts: Toolstack) -> int:
+    spec = _vif_spec(args.settings)
+    async with ts.connect() as hv:
+        await hv.domains.NetworkAttach(domains_pb2.NetworkAttachRequest(domain=args.domain, vif=spec),
+                                       timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def cmd_network_detach(args, ts: Toolstack) -> int:
+    request = domains_pb2.NetworkDetachRequest(domain=args.domain, device=args.device,
+                                               force=args.force)
+    async with ts.connect() as hv:
+        await hv.domains.NetworkDetach(request, timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def cmd_network_list(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        vifs = []
+        for ref in args.domains:
+            vifs.extend((await hv.domains.NetworkList(ref, timeout=RPC_TIMEOUT)).vifs)
+    sys.stdout.write(output.format_network_list(vifs))
+    return 0
+
+
 # --------------------------------------------------------------------------
 # The parser.
 
@@ -275,6 +311,23 @@ def _shutdown_args(p: argparse.ArgumentParser) -> None:
     _dom(p)
 
 
+def _attach_args(p: argparse.ArgumentParser) -> None:
+    _dom(p)
+    p.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                   help="vif settings as in xl.cfg: mac=, bridge=, ip=, rate=, mtu=, vifname=, backend=")
+
+
+def _detach_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true",
+                   help="remove the device even if its backend does not close it")
+    _dom(p)
+    p.add_argument("device", metavar="DEVID|MAC")
+
+
+def _network_list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domains", nargs="+", type=domain_ref, metavar="DOM")
+
+
 # name: (one-line help, argument adder, handler)
 COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "create": ("create a domain from an xl.cfg file", _create_args, cmd_create),
@@ -289,6 +342,9 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "vcpu-set": ("set the number of online vcpus", _vcpu_args, cmd_vcpu_set),
     "info": ("print information about the host", None, cmd_info),
     "console": ("print a domain's console, following it", _dom, cmd_console),
+    "network-attach": ("add a vif to a running domain", _attach_args, cmd_network_attach),
+    "network-detach": ("remove a vif from a domain", _detach_args, cmd_network_detach),
+    "network-list": ("list a domain's vifs", _network_list_args, cmd_network_list),
 }
 
 

@@ -156,8 +156,10 @@ class BridgeServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def WatchEvents(self, request, context):
-        """FDB events as they happen, for as long as the stream is open. A watcher
-        that falls too far behind is ended with RESOURCE_EXHAUSTED.
+        """FDB events as they happen, for as long as the stream is open. The first
+        message has kind "sync": the watch is in place (as a xenstore watch fires
+        once when set). A watcher that falls too far behind is ended with
+        RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

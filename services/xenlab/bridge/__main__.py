@@ -1,0 +1,91 @@
+"""`xenlab bridge-service`: run bridges (xenbr0 by default) in the foreground.
+
+One veth listener serves every bridge of the process: a vif's veth end names
+its bridge in its hello. Each bridge registers that address in xenstore
+(/tool/xenlab/bridges/NAME/address) unless --no-register.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
+from xenlab.hypervisor.config import default_rundir
+from xenlab.xen.errors import XenError
+
+DEFAULT_BRIDGE = "xenbr0"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bridge", action="append", metavar="NAME",
+                        help=f"a bridge to serve; repeat for several; the first is the default "
+                             f"for requests naming none (default {DEFAULT_BRIDGE})")
+    parser.add_argument("--listen", metavar="ADDR",
+                        help="veth address for vif links, unix:PATH or tcp:HOST:PORT "
+                             "(default unix:RUNDIR/bridge-FIRSTBRIDGE.sock)")
+    parser.add_argument("--grpc", metavar="ADDR",
+                        help="gRPC address, unix:PATH or HOST:PORT; no authentication, so keep it "
+                             "on a unix socket or loopback (default unix:RUNDIR/bridge.sock)")
+    parser.add_argument("--rundir", type=Path, default=None,
+                        help="the hypervisor's rundir: sockets go here, and the hypervisor's "
+                             "address and Domain-0's secret are read from it to register in "
+                             "xenstore (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+    parser.add_argument("--ageing", type=float, default=DEFAULT_AGEING, metavar="SECONDS",
+                        help=f"FDB ageing time; 0 means never (default {DEFAULT_AGEING:.0f}, as Linux)")
+    parser.add_argument("--fdb-max", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
+                        help=f"FDB entries per bridge; when full a new MAC evicts the least recently "
+                             f"seen learned one (default {DEFAULT_MAX_ENTRIES})")
+    parser.add_argument("--no-register", action="store_true",
+                        help="do not register the bridges in the hypervisor's xenstore")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def service_from_args(args, env=None):
+    from xenlab.bridge.server import BridgeService
+
+    bridges = args.bridge or [DEFAULT_BRIDGE]
+    rundir = (args.rundir or default_rundir(env)).resolve()
+    listen = args.listen or f"unix:{rundir}/bridge-{bridges[0]}.sock"
+    grpc = args.grpc or f"unix:{rundir}/bridge.sock"
+    return BridgeService(bridges, listen, grpc, None if args.no_register else rundir,
+                         ageing=args.ageing, fdb_max=args.fdb_max)
+
+
+def run(args) -> int:
+    from xenlab.bridge.server import serve
+
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s bridge %(levelname)s %(name)s: %(message)s")
+    for noisy in ("grpc", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    async def main() -> None:
+        service = service_from_args(args)
+        (args.rundir or default_rundir()).mkdir(parents=True, exist_ok=True)
+        await serve(service, ready=lambda s: print(
+            f"xenlab bridge-service: {', '.join(s.bridges)}; veth links on {s.veth_address}; "
+            f"gRPC on {s.grpc_address}", flush=True))
+
+    try:
+        asyncio.run(main())
+    except XenError as err:
+        print(f"xenlab bridge-service: {err.message}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as err:
+        print(f"xenlab bridge-service: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="xenlab bridge-service", description=__doc__)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
