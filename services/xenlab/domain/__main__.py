@@ -5,27 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
-import os
 import signal
 import sys
 
 from xenlab.hypervisor.launcher import StartInfo
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """A domain does not outlive its hypervisor (as a vCPU cannot)."""
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os._exit(1)
-
+from xenlab.osutil import die_with_parent
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
@@ -53,7 +38,7 @@ def run(args) -> int:
     for noisy in ("grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not args.orphan_ok:
-        _die_with_parent()
+        die_with_parent()
     text = sys.stdin.readline() if args.start_info == "-" else open(args.start_info).read()
     if not text.strip():
         print("xenlab domain: no start_info on standard input (it is started by the hypervisor's launcher)",

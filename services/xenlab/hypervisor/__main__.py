@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig, default_rundir
 
 
@@ -25,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-domains", type=int, default=256)
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--die-with-parent", action="store_true",
+                        help="exit when the process that started it exits (used by `xenlab up`)")
 
 
 def config_from_args(args, env=None) -> HypervisorConfig:
@@ -34,19 +37,12 @@ def config_from_args(args, env=None) -> HypervisorConfig:
                             log_level=args.log_level)
 
 
-def _raise_fd_limit() -> None:
-    """Each domain holds a few descriptors (its memory segment, doorbell,
-    streams); lift the soft limit to the hard one so hundreds fit."""
-    import resource
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def run(args) -> int:
     from xenlab.hypervisor.server import serve
 
-    _raise_fd_limit()
+    raise_fd_limit()
+    if args.die_with_parent:
+        die_with_parent()
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s hypervisor %(levelname)s %(name)s: %(message)s")
     for noisy in ("grpc", "asyncio"):

@@ -44,13 +44,6 @@ def ports(outputs):
     return [p for p, _ in outputs]
 
 
-def assert_conserved(br):
-    assert br.counters["rx"] == br.counters["forwarded"] + sum(br.drops.values())
-    for port in br.ports.values():
-        assert port.counters["rx_packets"] == sum(port.drops.values()) + port.counters.get("_fw", 0) \
-            or True
-
-
 def test_broadcast_floods_to_every_other_port(br):
     f = frame(BCAST, mac(1))
     out = br.forward("vif1.0", f)
@@ -129,7 +122,7 @@ def test_aged_out_destination_floods_again(br, clock):
 
 @pytest.mark.parametrize("size,reason", [(0, "runt"), (13, "runt"), (65536, "oversize")])
 def test_bad_lengths_are_dropped(br, size, reason):
-    f = (BCAST + mac(1) + bytes(size))[:size] if size <= 26 else BCAST + mac(1) + bytes(size - 12)
+    f = (BCAST + mac(1) + bytes(size))[:size]
     assert br.forward("vif1.0", f) == []
     assert br.drops == {reason: 1}
 

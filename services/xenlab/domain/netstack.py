@@ -1,0 +1,560 @@
+"""The guest network: one IpStack per addressed interface, run on asyncio.
+
+The domain kernel's network devices (``kernel.netifs`` in a domU: netfront's
+eth0, eth1...; ``kernel.vifs`` in a driver domain: netback's vifD.N) are the
+wires; ``xenlab.net.stack.IpStack`` is the sans-I/O protocol core. This
+adapter feeds each stack the frames its device receives, puts the stack's
+output on the device, runs the stack's ARP timers at ``next_deadline()``
+(one timer per stack, re-armed after every call, never a polling loop), and
+turns the stack's events into the results of ``ping`` and ``send_udp``.
+
+An interface without an address still exists here, for inject, capture and
+counters. A backend vif is never given a stack and its receiver is left to
+netback, which bridges it.
+
+Errors are XenErrors, so the guest agent maps them with the one mapping:
+EINVAL for bad arguments, ENOENT for an unknown interface, EADDRNOTAVAIL
+(FAILED_PRECONDITION) when there is no address to send from.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import errno
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Callable, Iterable
+
+from xenlab.net.device import NetDevice
+from xenlab.net.icmp import ICMP_HLEN
+from xenlab.net.ipv4 import IP_HLEN, IP_MAXPACKET
+from xenlab.net.stack import (AddressConflict, ArpFailed, EchoReply, IpStack, StackConfig,
+                              UdpDatagram)
+from xenlab.xen.abi import ETH_HLEN
+from xenlab.xen.errors import XenError
+
+log = logging.getLogger(__name__)
+
+PING_MAX_COUNT = 100_000
+PING_MAX_SIZE = IP_MAXPACKET - IP_HLEN - ICMP_HLEN     # 65507, as ping(8) refuses beyond
+PING_MIN_INTERVAL = 0.0001
+UDP_MAX_PAYLOAD = IP_MAXPACKET - IP_HLEN - 8           # 65507
+CAPTURE_QUEUE = 1024                                   # frames a slow capture reader may lag
+
+DIRECTIONS = ("tx", "rx")
+
+
+@dataclass(frozen=True)
+class PingResult:
+    transmitted: int
+    received: int
+    rtts: list[tuple[int, float]]      # (seq, seconds) in sequence order
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class UdpResult:
+    sport: int                          # the port we sent from
+    replied: bool = False
+    reply: bytes = b""
+    src: str = ""
+    reply_sport: int = 0
+    rtt: float = 0.0
+
+
+@dataclass(frozen=True)
+class InjectResult:
+    accepted: int
+    dropped: int
+    drops: dict[str, int]
+
+
+@dataclass(frozen=True)
+class TappedFrame:
+    interface: str
+    direction: str                      # "tx" | "rx", as the interface sees it
+    data: bytes
+    timestamp: float                    # unix time
+
+
+@dataclass
+class _Interface:
+    device: NetDevice
+    bridged: bool                       # a backend vif: netback owns its receiver
+    stack: IpStack | None = None
+    timer: asyncio.TimerHandle | None = None
+    timer_at: float = math.inf
+    receiver: Callable[[list[bytes]], None] | None = None    # ours, unless bridged
+    unaddressed: int = 0                # frames received with no stack to take them
+    udp_waiters: dict[int, "_UdpWait"] = field(default_factory=dict)
+    captures: set["Capture"] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.device.name
+
+
+class _Ping:
+    """One ping run: what went out under its ICMP id, what came back."""
+
+    def __init__(self, ident: int, iface: _Interface, dst: IPv4Address, count: int):
+        self.ident = ident
+        self.iface = iface
+        self.dst = dst
+        self.count = count
+        self.transmitted = 0
+        self.sent: dict[int, tuple[int, float]] = {}    # wire seq -> (seq, send time)
+        self.rtts: dict[int, float] = {}
+        self.error = ""
+        self.done = asyncio.Event()                     # all replies in, or the interface left
+
+    def sending(self, seq: int, now: float) -> int:
+        wire_seq = seq & 0xFFFF                         # ping's 16-bit icmp_seq wraps
+        self.sent[wire_seq] = (seq, now)
+        self.transmitted += 1
+        return wire_seq
+
+    def reply(self, event: EchoReply) -> None:
+        entry = self.sent.get(event.seq)
+        if entry is None or entry[0] in self.rtts:
+            return                                      # unknown or duplicate (ping's DUP!)
+        seq, sent_at = entry
+        self.rtts[seq] = max(0.0, event.time - sent_at)
+        if len(self.rtts) >= self.count:
+            self.done.set()
+
+    def abort(self, error: str) -> None:
+        self.error = self.error or error
+        self.done.set()
+
+    def result(self) -> PingResult:
+        return PingResult(self.transmitted, len(self.rtts), sorted(self.rtts.items()), self.error)
+
+
+class _UdpWait:
+    def __init__(self) -> None:
+        self.arrived = asyncio.Event()
+        self.at = 0.0
+        self.error = ""
+
+
+class Capture:
+    """A tap on one interface feeding a bounded queue. When the reader falls
+    behind, the oldest frames go and are counted in ``dropped``."""
+
+    def __init__(self, net: GuestNetwork, iface: _Interface, directions: frozenset[str],
+                 limit: int = CAPTURE_QUEUE):
+        self._net = net
+        self._iface = iface
+        self._directions = directions
+        self._queue: collections.deque[TappedFrame] = collections.deque()
+        self._limit = limit
+        self._ready = asyncio.Event()
+        self._gone = False
+        self.dropped = 0
+        self._handle = iface.device.add_tap(self._tap)
+        iface.captures.add(self)
+
+    def _tap(self, direction: str, frame: bytes, now: float) -> None:
+        if direction not in self._directions:
+            return
+        if len(self._queue) >= self._limit:
+            self._queue.popleft()
+            self.dropped += 1
+        self._queue.append(TappedFrame(self._iface.name, direction, bytes(frame), now))
+        self._ready.set()
+
+    def _interface_gone(self) -> None:
+        self._gone = True
+        self._ready.set()
+
+    def __aiter__(self) -> Capture:
+        return self
+
+    async def __anext__(self) -> TappedFrame:
+        while not self._queue:
+            if self._gone:
+                raise XenError(errno.ENOENT, f"interface {self._iface.name} went away")
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+    def close(self) -> None:
+        self._iface.device.remove_tap(self._handle)
+        self._iface.captures.discard(self)
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class GuestNetwork:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, **stack_options):
+        """``clock`` drives the stacks (ARP timers, echo reply times); seconds,
+        any epoch. ``stack_options`` go to every StackConfig (arp_retry...)."""
+        self.clock = clock
+        self.stack_options = stack_options
+        self._ifaces: dict[str, _Interface] = {}
+        self._pings: dict[int, _Ping] = {}
+        self._idents = itertools.count(1)
+        self._kernel = None
+
+    # -- interfaces appearing and going away ----------------------------------------
+    def attach(self, kernel) -> None:
+        """Follow a domain kernel's interfaces: the ones it has now, and the
+        ones ``kernel.on_netif_change`` announces later."""
+        self._kernel = kernel
+        for device in getattr(kernel, "netifs", {}).values():
+            self.add(device)
+        for device in getattr(kernel, "vifs", {}).values():
+            self.add(device, bridged=True)
+        changes = getattr(kernel, "on_netif_change", None)
+        if changes is not None:
+            changes.append(self._on_netif_change)
+
+    def _on_netif_change(self, name: str, device: NetDevice | None) -> None:
+        if device is None:
+            self.remove(name)
+        else:
+            self.add(device, bridged=self._is_backend(name, device))
+
+    def _is_backend(self, name: str, device: NetDevice) -> bool:
+        vifs = getattr(self._kernel, "vifs", {})
+        netifs = getattr(self._kernel, "netifs", {})
+        if vifs.get(name) is device:
+            return True
+        if netifs.get(name) is device:
+            return False
+        return name.startswith("vif")       # announced before it was filed: Xen's vifD.N name
+
+    def add(self, device: NetDevice, bridged: bool = False) -> None:
+        if device.name in self._ifaces:
+            self.remove(device.name)
+        iface = _Interface(device, bridged)
+        self._ifaces[device.name] = iface
+        if bridged:
+            return
+        iface.stack = self._make_stack(device)
+        iface.receiver = device.receiver = lambda frames: self._on_frames(iface, frames)
+        if iface.stack is not None:
+            self._after(iface, iface.stack.link_up())
+
+    def _make_stack(self, device: NetDevice) -> IpStack | None:
+        address = getattr(device, "ip", None)
+        if not address:
+            return None
+        try:
+            config = StackConfig(mac=device.mac, address=IPv4Interface(address), mtu=device.mtu,
+                                 **self.stack_options)
+        except ValueError as err:
+            log.error("%s: no IP stack: %s", device.name, err)
+            return None
+        return IpStack(config, self.clock)
+
+    def remove(self, name: str) -> None:
+        iface = self._ifaces.pop(name, None)
+        if iface is None:
+            return
+        if iface.timer is not None:
+            iface.timer.cancel()
+        if iface.receiver is not None and iface.device.receiver is iface.receiver:
+            iface.device.receiver = None
+        for ping in [p for p in self._pings.values() if p.iface is iface]:
+            ping.abort(f"interface {name} went away")
+        for wait in iface.udp_waiters.values():
+            wait.error = f"interface {name} went away"
+            wait.arrived.set()
+        for capture in list(iface.captures):
+            capture._interface_gone()
+
+    def close(self) -> None:
+        changes = getattr(self._kernel, "on_netif_change", None)
+        if changes is not None and self._on_netif_change in changes:
+            changes.remove(self._on_netif_change)
+        for name in list(self._ifaces):
+            self.remove(name)
+
+    # -- the data path ----------------------------------------------------------------
+    def _on_frames(self, iface: _Interface, frames: list[bytes]) -> None:
+        if iface.stack is None:
+            iface.unaddressed += len(frames)
+            return
+        out: list[bytes] = []
+        for frame in frames:
+            out += iface.stack.receive(frame)
+        self._after(iface, out)
+
+    def _after(self, iface: _Interface, out: list[bytes]) -> None:
+        """What follows every call into a stack: send its frames, hand out its
+        events, and move its timer to the stack's next deadline."""
+        if out and iface.name in self._ifaces:
+            iface.device.transmit(out)
+        self._dispatch(iface)
+        self._arm(iface)
+
+    def _dispatch(self, iface: _Interface) -> None:
+        for event in iface.stack.pop_events():
+            if isinstance(event, EchoReply):
+                ping = self._pings.get(event.ident)
+                if ping is not None and ping.iface is iface:
+                    ping.reply(event)
+            elif isinstance(event, UdpDatagram):
+                wait = iface.udp_waiters.get(event.dport)
+                if wait is not None and not wait.arrived.is_set():
+                    wait.at = self.clock()
+                    wait.arrived.set()
+            elif isinstance(event, ArpFailed):
+                for ping in self._pings.values():
+                    if ping.iface is iface and event.ip in (ping.dst, iface.stack.config.gateway):
+                        ping.error = f"arp: no reply from {event.ip}"
+            elif isinstance(event, AddressConflict):
+                log.warning("%s: %s is also claimed by %s", iface.name, event.ip, event.mac.hex(":"))
+
+    def _arm(self, iface: _Interface) -> None:
+        deadline = iface.stack.next_deadline()
+        if deadline is None:
+            self._disarm(iface)
+            return
+        if iface.timer is not None and iface.timer_at <= deadline:
+            return          # fires first anyway; it re-arms after polling
+        self._disarm(iface)
+        delay = max(0.0, deadline - self.clock())
+        iface.timer = asyncio.get_running_loop().call_later(delay, self._on_timer, iface)
+        iface.timer_at = deadline
+
+    @staticmethod
+    def _disarm(iface: _Interface) -> None:
+        if iface.timer is not None:
+            iface.timer.cancel()
+        iface.timer, iface.timer_at = None, math.inf
+
+    def _on_timer(self, iface: _Interface) -> None:
+        iface.timer, iface.timer_at = None, math.inf
+        if self._ifaces.get(iface.name) is iface:
+            self._after(iface, iface.stack.poll())
+
+    # -- looking interfaces up --------------------------------------------------------
+    def interfaces(self) -> list[NetDevice]:
+        return [iface.device for iface in self._ifaces.values()]
+
+    def has_stack(self) -> bool:
+        return any(iface.stack is not None for iface in self._ifaces.values())
+
+    def stack(self, name: str) -> IpStack | None:
+        return self._lookup(name).stack
+
+    def device(self, name: str = "") -> NetDevice:
+        """The named interface; with no name, eth0 or the only interface."""
+        return self._lookup(name).device
+
+    def unaddressed(self, name: str) -> int:
+        """Frames the interface received while it had no address to take them."""
+        return self._lookup(name).unaddressed
+
+    def _lookup(self, name: str) -> _Interface:
+        if name:
+            iface = self._ifaces.get(name)
+            if iface is None:
+                raise XenError(errno.ENOENT, f"no interface {name!r} (interfaces: {self._known()})")
+            return iface
+        if "eth0" in self._ifaces:
+            return self._ifaces["eth0"]
+        if len(self._ifaces) == 1:
+            return next(iter(self._ifaces.values()))
+        raise XenError(errno.ENOENT, f"name an interface (interfaces: {self._known()})")
+
+    def _known(self) -> str:
+        return ", ".join(self._ifaces) or "none"
+
+    def _route(self, dst: IPv4Address, name: str) -> _Interface:
+        """The interface to send from: the named one, else the one whose subnet
+        holds ``dst``, else the first with an address."""
+        if name:
+            iface = self._lookup(name)
+            if iface.stack is None:
+                raise XenError(errno.EADDRNOTAVAIL, f"{name} has no IPv4 address")
+            return iface
+        addressed = [i for i in self._ifaces.values() if i.stack is not None]
+        if not addressed:
+            raise XenError(errno.EADDRNOTAVAIL,
+                           f"no interface has an IPv4 address (interfaces: {self._known()})")
+        for iface in addressed:
+            if dst in iface.stack.network:
+                return iface
+        return addressed[0]
+
+    # -- ping ---------------------------------------------------------------------------
+    async def ping(self, dst: str, count: int = 4, size: int = 56, interval: float = 1.0,
+                   timeout: float = 2.0, interface: str | None = None) -> PingResult:
+        """ICMP echo as ping(8): ``count`` requests ``interval`` apart, then up
+        to ``timeout`` for the last replies. The first RTT includes ARP."""
+        _check_range("count", count, 1, PING_MAX_COUNT)
+        _check_range("size", size, 0, PING_MAX_SIZE)
+        _check_seconds("interval", interval, PING_MIN_INTERVAL)
+        _check_seconds("timeout", timeout, 0.0)
+        target = _parse_dst(dst)
+        iface = self._route(target, interface or "")
+        run = _Ping(self._new_ident(), iface, target, count)
+        payload = bytes(i & 0xFF for i in range(size))
+        self._pings[run.ident] = run
+        try:
+            for seq in range(1, count + 1):
+                self._send_echo(run, seq, payload)
+                # Before the last request only an abort (the interface left) sets done.
+                if seq < count and await _wait(run.done, interval):
+                    break
+            await _wait(run.done, timeout)
+            if len(run.rtts) < run.transmitted and not run.error:
+                run.error = self._unresolved(iface, target)
+            return run.result()
+        finally:
+            del self._pings[run.ident]
+
+    def _send_echo(self, run: _Ping, seq: int, payload: bytes) -> None:
+        # Recorded before sending: a reply may come back within the call (our own address).
+        wire_seq = run.sending(seq, self.clock())
+        try:
+            out = run.iface.stack.ping(run.dst, run.ident, wire_seq, payload)
+        except ValueError as err:
+            raise XenError(errno.EINVAL, str(err)) from None
+        except OSError as err:
+            raise XenError(err.errno or errno.EIO, err.strerror or str(err)) from None
+        self._after(run.iface, out)
+
+    def _new_ident(self) -> int:
+        for _ in range(0x10000):
+            ident = next(self._idents) & 0xFFFF
+            if ident and ident not in self._pings:
+                return ident
+        raise XenError(errno.EAGAIN, "every ICMP identifier is in use")
+
+    @staticmethod
+    def _unresolved(iface: _Interface, dst: IPv4Address) -> str:
+        pending = iface.stack.arp_pending()
+        for hop in (dst, iface.stack.config.gateway):
+            if hop in pending:
+                return f"arp: no reply from {hop}"
+        return ""
+
+    # -- UDP ----------------------------------------------------------------------------
+    async def send_udp(self, dst: str, dport: int, payload: bytes, sport: int = 0,
+                       wait_reply: bool = False, timeout: float = 2.0,
+                       interface: str | None = None) -> UdpResult:
+        """One datagram from ``sport`` (0: an ephemeral port); with
+        ``wait_reply``, the first datagram back to that port within ``timeout``."""
+        _check_range("dport", dport, 1, 0xFFFF)
+        _check_range("sport", sport, 0, 0xFFFF)
+        _check_range("payload length", len(payload), 0, UDP_MAX_PAYLOAD)
+        _check_seconds("timeout", timeout, 0.0)
+        target = _parse_dst(dst)
+        iface = self._route(target, interface or "")
+        sock = self._bind(iface, sport if wait_reply or sport == 0 else None)
+        port = sock.port if sock is not None else sport
+        wait = _UdpWait()
+        if wait_reply:
+            iface.udp_waiters[port] = wait
+        try:
+            sent_at = self.clock()
+            self._send_datagram(iface, target, port, dport, payload)
+            if not wait_reply:
+                return UdpResult(port)
+            await _wait(wait.arrived, timeout)
+            if wait.error:
+                raise XenError(errno.ENOENT, wait.error)
+            datagram = sock.recv()
+            if datagram is None:
+                return UdpResult(port)
+            return UdpResult(port, True, datagram.payload, str(datagram.src), datagram.sport,
+                             max(0.0, wait.at - sent_at))
+        finally:
+            iface.udp_waiters.pop(port, None)
+            if sock is not None:
+                sock.close()
+
+    @staticmethod
+    def _bind(iface: _Interface, port: int | None):
+        """A socket on ``port`` (0: ephemeral), or None to send from a port
+        nobody listens on, as a raw sender would."""
+        if port is None:
+            return None
+        try:
+            return iface.stack.bind_udp(port)
+        except OSError as err:
+            raise XenError(err.errno or errno.EADDRINUSE, err.strerror or str(err)) from None
+
+    def _send_datagram(self, iface: _Interface, dst: IPv4Address, sport: int, dport: int,
+                       payload: bytes) -> None:
+        try:
+            out = iface.stack.send_udp(dst, sport, dport, payload)
+        except ValueError as err:
+            raise XenError(errno.EINVAL, str(err)) from None
+        except OSError as err:
+            raise XenError(err.errno or errno.EIO, err.strerror or str(err)) from None
+        self._after(iface, out)
+
+    # -- inject and capture -------------------------------------------------------------
+    def inject(self, frames: Iterable[bytes], interface: str = "") -> InjectResult:
+        """Put frames straight on the interface, as if the guest's own stack
+        sent them. A frame under an Ethernet header or over MTU + header is
+        refused as ``bad_length``; the device's own drops count too."""
+        device = self.device(interface)
+        good, drops = [], collections.Counter()
+        for frame in frames:
+            if ETH_HLEN <= len(frame) <= device.mtu + ETH_HLEN:
+                good.append(bytes(frame))
+            else:
+                drops["bad_length"] += 1
+        refused = drops["bad_length"]
+        if good:
+            before = collections.Counter(device.drops)
+            device.transmit(good)
+            drops.update(collections.Counter(device.drops) - before)
+        dropped = sum(drops.values())
+        return InjectResult(len(good) - (dropped - refused), dropped, dict(drops))
+
+    def capture(self, interface: str = "", direction: str = "both",
+                limit: int = CAPTURE_QUEUE) -> Capture:
+        """A capture of ``direction`` ("both", "tx" or "rx"); use it with
+        ``with`` so that its tap goes when the reader stops."""
+        if direction in ("", "both"):
+            directions = frozenset(DIRECTIONS)
+        elif direction in DIRECTIONS:
+            directions = frozenset({direction})
+        else:
+            raise XenError(errno.EINVAL, f"direction {direction!r} is not one of both, tx, rx")
+        return Capture(self, self._lookup(interface), directions, limit)
+
+    def active_captures(self, interface: str = "") -> int:
+        return len(self._lookup(interface).captures)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for ``event`` at most ``seconds``; whether it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _parse_dst(dst: str) -> IPv4Address:
+    try:
+        return IPv4Address(dst)
+    except ValueError:
+        raise XenError(errno.EINVAL, f"destination {dst!r} is not an IPv4 address") from None
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise XenError(errno.EINVAL, f"{name} {value} is out of range {low}..{high}")
+
+
+def _check_seconds(name: str, value: float, minimum: float) -> None:
+    if not (math.isfinite(value) and value >= minimum):
+        raise XenError(errno.EINVAL, f"{name} {value} must be at least {minimum} seconds")

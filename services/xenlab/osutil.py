@@ -1,0 +1,30 @@
+"""Small process helpers shared by the service entry points."""
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent exits, so a
+    service started by `xenlab up` (or a domain started by the hypervisor)
+    never outlives what started it."""
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:     # the parent is already gone
+        os._exit(1)
+
+
+def raise_fd_limit() -> None:
+    """Lift the soft descriptor limit to the hard one: a service holds a few
+    descriptors per domain or port (segments, sockets, streams)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
