@@ -14,6 +14,7 @@ from pathlib import Path
 
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from xenlab.hypervisor.config import default_rundir
+from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.xen.errors import XenError
 
 DEFAULT_BRIDGE = "xenbr0"
@@ -42,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not register the bridges in the hypervisor's xenstore")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--die-with-parent", action="store_true",
+                        help="exit when the process that started it exits (used by `xenlab up`)")
 
 
 def service_from_args(args, env=None):
@@ -62,6 +65,9 @@ def run(args) -> int:
                         format="%(asctime)s bridge %(levelname)s %(name)s: %(message)s")
     for noisy in ("grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    raise_fd_limit()
+    if args.die_with_parent:
+        die_with_parent()
 
     async def main() -> None:
         service = service_from_args(args)
@@ -75,6 +81,9 @@ def run(args) -> int:
     except XenError as err:
         print(f"xenlab bridge-service: {err.message}", file=sys.stderr)
         return 2
+    except FileNotFoundError as err:
+        print(f"xenlab bridge-service: {err}; or run with --no-register", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as err:
         print(f"xenlab bridge-service: {err}", file=sys.stderr)
         return 1

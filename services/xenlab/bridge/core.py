@@ -226,7 +226,7 @@ class Bridge:
             return self._drop(port, "port_disabled")
         dst = frame[0:6]
         src = frame[6:12]
-        if src[0] & 1 or src == ZERO:
+        if src[0] & 1 or src == ZERO:       # !is_valid_ether_addr, inlined: it runs per frame
             return self._drop(port, "bad_src_mac")
         if port.learning:
             self.fdb.learn(src, port.name, now)

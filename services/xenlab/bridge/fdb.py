@@ -114,18 +114,12 @@ class Fdb:
             return None
         return entry
 
-    def mark_used(self, entry: FdbEntry, now: float) -> None:
-        entry.used = now
-
     def expires_in(self, entry: FdbEntry, now: float | None = None) -> float | None:
         """Seconds left before `entry` ages out; None for never."""
         if entry.static or not self.ageing:
             return None
         now = self.clock() if now is None else now
         return max(0.0, entry.updated + self.ageing - now)
-
-    def entries_on(self, port: str) -> list[FdbEntry]:
-        return [e for e in self._entries.values() if e.port == port]
 
     # -- learning --------------------------------------------------------------
     def learn(self, mac: bytes, port: str, now: float | None = None) -> bool:

@@ -5,7 +5,9 @@ names its bridge and its port name (``{"bridge": "xenbr0", "name":
 "vif1.0"}``), as the vif hotplug script's ``brctl addif``. Each end becomes
 a port: frames it delivers are forwarded by the pure core and sent to the
 chosen ports' ends, one transmit per output port per input batch. A link
-that closes takes its port and the port's FDB entries with it.
+that closes takes its port and the port's FDB entries with it. A hello that
+names no bridge joins the default (first) bridge, as Xen's vif-bridge script
+picks the first bridge when the vif names none.
 
 The gRPC API (bridge.proto, xenlab.proto.Bridge) has no authentication: it
 listens on a unix socket in the rundir (or loopback) by default, as the
@@ -275,11 +277,11 @@ class BridgeService:
             return MAX_EXPIRY_SLEEP
         return min(MAX_EXPIRY_SLEEP, max(0.01, min(due) - now))
 
-    def subscribe(self, bridge: str = "") -> EventSubscription:
+    def subscribe(self, bridge: str = "", backlog: int = WATCH_BACKLOG) -> EventSubscription:
         """FDB events of one bridge (or all, for the empty name) from now on."""
         if bridge:
             self.bridge(bridge)
-        sub = EventSubscription(bridge or None)
+        sub = EventSubscription(bridge or None, backlog)
         self._subscriptions.add(sub)
         return sub
 

@@ -19,6 +19,7 @@ DELEGATES = {
     "hypervisor": ("xenlab.hypervisor.__main__", "run the hypervisor service in the foreground"),
     "domain": ("xenlab.domain.__main__", "run one domain's kernel (what a launcher starts)"),
     "demo": ("xenlab.cli.demo", "start a small demo lab"),
+    "bridge-service": ("xenlab.bridge.__main__", "run the bridge service (xenbr0) in the foreground"),
 }
 TOOLSTACK = {
     "xl": "the toolstack: create, list, destroy... domains, as xl(1)",

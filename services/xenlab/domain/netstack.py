@@ -159,6 +159,10 @@ class Capture:
         self._handle = iface.device.add_tap(self._tap)
         iface.captures.add(self)
 
+    @property
+    def interface(self) -> str:
+        return self._iface.name
+
     def _tap(self, direction: str, frame: bytes, now: float) -> None:
         if direction not in self._directions:
             return

@@ -1,0 +1,271 @@
+"""The guest agent: a gRPC server inside every domain (xenlab.proto.GuestAgent).
+
+Clients reach a domain's network through it: ping and UDP from the guest's
+own IP stack, frames injected as if the guest sent them, captures of either
+direction, and interface counters. It listens on an address the kernel
+picks (by default a unix socket in the hypervisor's rundir, next to the
+doorbell) and publishes it at /local/domain/<domid>/data/agent.
+
+It asks for no credentials, as a qemu guest agent on its private virtio
+channel does not: it runs inside the guest and speaks for the guest only,
+and the unix socket is private to the lab's user (mode 0600). Anyone who can
+reach it can do what the guest's own root could do to its interfaces, and no
+more: no hypercall, no other domain.
+
+In dom0 the interfaces are netback's vifs, and there is no IP stack unless
+dom0 has an addressed netfront of its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+from pathlib import Path
+
+import grpc
+
+from xenlab.domain.netstack import GuestNetwork
+from xenlab.net.device import NetDevice
+from xenlab.net.ethernet import ETH_ALEN, format_mac
+from xenlab.proto import agent_pb2, agent_pb2_grpc
+from xenlab.rpc import handles_xen_errors, start_server
+from xenlab.xen.errors import XenError
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["GuestAgent"].full_name
+XENSTORE_KEY = "data/agent"              # relative to /local/domain/<domid>; the guest may write data/
+CAPTURE_DROPPED_MD = "xenlab-capture-dropped"   # trailing metadata of a Capture stream
+INJECT_BATCH = 64                        # frames handed to the device in one transmit()
+UNIX_PATH_MAX = 107                      # sun_path is 108 bytes with its NUL
+
+# PingRequest / SendUdpRequest fields whose 0 means "the default" (agent.proto).
+PING_DEFAULTS = {"count": 4, "size": 56, "interval": 1.0, "timeout": 2.0}
+UDP_TIMEOUT = 2.0
+
+
+def agent_address(start_info) -> str:
+    """unix:<rundir>/agent-d<domid>.sock, the rundir being where the doorbell is;
+    loopback TCP on an ephemeral port when the domain has no doorbell."""
+    if start_info.doorbell:
+        return f"unix:{Path(start_info.doorbell).parent}/agent-d{start_info.domid}.sock"
+    return "127.0.0.1:0"
+
+
+class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
+    def __init__(self, net: GuestNetwork, domid: int):
+        self.net = net
+        self.domid = domid
+
+    def _need_stack(self) -> None:
+        if self.domid == 0 and not self.net.has_stack():
+            raise XenError(errno.EADDRNOTAVAIL, "dom0 has no IP stack")
+
+    @handles_xen_errors
+    async def Ping(self, request, context):
+        self._need_stack()
+        result = await self.net.ping(
+            request.dst,
+            count=request.count or PING_DEFAULTS["count"],
+            size=request.size or PING_DEFAULTS["size"],
+            interval=request.interval or PING_DEFAULTS["interval"],
+            timeout=request.timeout or PING_DEFAULTS["timeout"],
+            interface=request.interface)
+        return agent_pb2.PingReply(transmitted=result.transmitted, received=result.received,
+                                   rtt=[rtt for _, rtt in result.rtts],
+                                   seq=[seq for seq, _ in result.rtts], error=result.error)
+
+    @handles_xen_errors
+    async def SendUdp(self, request, context):
+        self._need_stack()
+        result = await self.net.send_udp(
+            request.dst, request.dport, request.payload, sport=request.sport,
+            wait_reply=request.wait_reply, timeout=request.timeout or UDP_TIMEOUT,
+            interface=request.interface)
+        return agent_pb2.SendUdpReply(replied=result.replied, reply=result.reply, src=result.src,
+                                      sport=result.reply_sport, rtt=result.rtt)
+
+    @handles_xen_errors
+    async def InjectFrames(self, request_iterator, context):
+        accepted = dropped = 0
+        drops: dict[str, int] = {}
+        interface = None
+        async for batch in _batches(request_iterator, INJECT_BATCH):
+            if interface is None:
+                # Only the first message names the interface (agent.proto).
+                interface = self.net.device(batch[0].interface).name
+            result = self.net.inject([frame.data for frame in batch], interface)
+            accepted += result.accepted
+            dropped += result.dropped
+            for reason, n in result.drops.items():
+                drops[reason] = drops.get(reason, 0) + n
+        return agent_pb2.InjectSummary(accepted=accepted, dropped=dropped, drops=drops)
+
+    @handles_xen_errors
+    async def Capture(self, request, context):
+        with self.net.capture(request.interface, request.direction) as capture:
+            try:
+                sent = 0
+                async for frame in capture:
+                    yield agent_pb2.CapturedFrame(data=frame.data, timestamp=frame.timestamp,
+                                                  direction=frame.direction,
+                                                  interface=frame.interface)
+                    sent += 1
+                    if request.count and sent >= request.count:
+                        break
+            finally:
+                if capture.dropped:
+                    log.info("capture on %s: %d frames dropped (slow reader)",
+                             capture.interface, capture.dropped)
+                context.set_trailing_metadata(((CAPTURE_DROPPED_MD, str(capture.dropped)),))
+
+    @handles_xen_errors
+    async def InterfaceStats(self, request, context):
+        if request.interface:
+            devices = [self.net.device(request.interface)]
+        else:
+            devices = self.net.interfaces()
+        return agent_pb2.StatsReply(interfaces=[self._stats(device) for device in devices])
+
+    def _stats(self, device: NetDevice) -> agent_pb2.InterfaceStats:
+        counters = device.stats()
+        message = agent_pb2.InterfaceStats(
+            name=device.name,
+            tx_packets=counters.get("tx_packets", 0), tx_bytes=counters.get("tx_bytes", 0),
+            rx_packets=counters.get("rx_packets", 0), rx_bytes=counters.get("rx_bytes", 0),
+            mac=format_mac(device.mac) if len(device.mac) == ETH_ALEN else device.mac.hex(":"),
+            ip=getattr(device, "ip", None) or "", mtu=device.mtu, state=str(device.state),
+            peer=str(getattr(device, "peer", "") or ""))
+        for key, value in counters.items():
+            if key.startswith("drop_"):
+                message.drops[key[len("drop_"):]] = value
+        # Frames the device delivered but the guest's stack refused: counted
+        # apart, so that each frame sits under one reason at each layer.
+        stack = self.net.stack(device.name)
+        if stack is not None:
+            for reason, value in stack.drops().items():
+                message.drops[f"stack_{reason}"] = value
+        unaddressed = self.net.unaddressed(device.name)
+        if unaddressed:
+            message.drops["stack_no_address"] = unaddressed
+        return message
+
+
+_END = object()
+
+
+async def _batches(requests, limit: int):
+    """Messages of a client stream in groups: whatever arrived while the last
+    group was being sent goes out together; a lone message never waits."""
+    queue: asyncio.Queue = asyncio.Queue(maxsize=limit)
+
+    async def pump() -> None:
+        try:
+            async for message in requests:
+                await queue.put(message)
+        except Exception as err:             # the stream broke: the reader re-raises it
+            await queue.put(err)
+            return
+        await queue.put(_END)
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            batch, item = [], await queue.get()
+            while item is not _END:
+                if isinstance(item, Exception):
+                    raise item
+                batch.append(item)
+                if len(batch) >= limit or queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                yield batch
+            if item is _END:
+                return
+    finally:
+        task.cancel()
+
+
+class GuestAgentServer:
+    """The agent's gRPC server (with health and reflection) around a GuestNetwork."""
+
+    def __init__(self, net: GuestNetwork, domid: int, address: str):
+        self.net = net
+        self.domid = domid
+        self.address = address
+        self.server: grpc.aio.Server | None = None
+
+    async def start(self) -> str:
+        """Listen; returns the address to publish (the bound port filled in)."""
+        path = self._unix_path()
+        if path is not None:
+            if len(path) > UNIX_PATH_MAX:
+                raise OSError(errno.ENAMETOOLONG,
+                              f"agent socket path {path} is over {UNIX_PATH_MAX} bytes")
+            _unlink(path)
+        servicer = GuestAgentServicer(self.net, self.domid)
+        self.server, port = await start_server(
+            self.address, [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s)],
+            [SERVICE_NAME])
+        if path is not None:
+            os.chmod(path, 0o600)
+        elif self.address.endswith(":0"):
+            self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"
+        return self.address
+
+    def _unix_path(self) -> str | None:
+        return self.address[len("unix:"):] if self.address.startswith("unix:") else None
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+        path = self._unix_path()
+        if path is not None:
+            _unlink(path)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class KernelAgent:
+    """What the domain kernel runs: its GuestNetwork and the agent serving it,
+    published in xenstore."""
+
+    def __init__(self, kernel, net: GuestNetwork, server: GuestAgentServer):
+        self.kernel = kernel
+        self.net = net
+        self.server = server
+
+    async def stop(self) -> None:
+        try:
+            await asyncio.wait_for(self.kernel.xenbus.rm(XENSTORE_KEY), 2.0)
+        except (grpc.aio.AioRpcError, asyncio.TimeoutError) as err:
+            log.debug("could not withdraw %s: %s", XENSTORE_KEY, err)
+        await self.server.stop()
+        self.net.close()
+
+
+async def start_guest_agent(kernel) -> KernelAgent | None:
+    """Attach a GuestNetwork to the kernel's interfaces, serve the agent and
+    publish its address. A domain whose agent cannot start still runs, as a
+    guest without qemu-ga does; clients are then told it has no agent."""
+    net = GuestNetwork()
+    net.attach(kernel)
+    server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info))
+    try:
+        address = await server.start()
+        await kernel.xenbus.write(XENSTORE_KEY, address)
+    except (OSError, RuntimeError, grpc.aio.AioRpcError) as err:
+        log.error("d%d: the guest agent did not start: %s", kernel.domid, err)
+        await server.stop()
+        net.close()
+        return None
+    log.info("d%d: guest agent on %s", kernel.domid, address)
+    return KernelAgent(kernel, net, server)

@@ -1,0 +1,287 @@
+"""netfront's protocol logic, pure: frames onto the tx ring, frames off the rx ring.
+
+The frontend owns its buffers: NET_TX_RING_SIZE transmit pages and
+NET_RX_RING_SIZE receive pages, each granted to the backend once when the
+device connects (transmit read-only, receive writable), so that the data
+path never asks the hypervisor for anything. That is a deviation from
+Linux netfront, which grants each skb's pages per packet; the wire format
+is the same.
+
+* Transmit: each frame is split into page-sized chunks (netif.split_frame),
+  copied into free transmit pages and described by tx requests whose ids
+  are the pages' indexes; a page is free again once its response is back.
+  Frames that find no free pages wait in a bounded backlog.
+* Receive: every free receive page is posted as an rx request; a response
+  hands the page's bytes up and the page is posted again. As Linux
+  netfront, the response at ring index i answers the request at index i.
+
+A hostile backend gets nothing but dropped frames: a response whose id is
+not the page posted at that index, a status past the page, an offset
+outside it, too many slots, or a frame cut short are counted and dropped,
+never raised; a backend that claims more responses than requests
+outstanding marks the device broken (netfront's "Illegal number of
+responses"), and the ring is left alone from then on.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from xenlab.xen import abi
+from xenlab.xen.netif import (ExtraInfo, RxRequest, RxResponse, TxResponse, split_frame,
+                              tx_frame_requests)
+from xenlab.xen.ring import FrontRing
+
+PAGE = abi.PAGE_SIZE
+TX_BACKLOG_MAX = 256     # frames waiting for free transmit pages
+
+
+@dataclass(frozen=True)
+class Buffer:
+    """One of the frontend's pages, granted to the backend."""
+
+    gref: int
+    page: memoryview
+
+
+@dataclass
+class TxSend:
+    sent: list[bytes] = field(default_factory=list)     # frames now on the ring
+    drops: collections.Counter = field(default_factory=collections.Counter)
+    notify: bool = False
+
+
+@dataclass
+class TxPoll:
+    completed: int = 0          # slots answered
+    errors: int = 0             # slots answered with an error status
+    bad: int = 0                # responses that answer nothing of ours
+    sent: TxSend = field(default_factory=TxSend)   # backlog frames that went out
+
+
+@dataclass
+class RxPoll:
+    frames: list[bytes] = field(default_factory=list)
+    drops: collections.Counter = field(default_factory=collections.Counter)
+    notify: bool = False        # rx requests were posted and the backend wants a kick
+
+
+class NetfrontTx:
+    def __init__(self, ring: FrontRing, buffers: Sequence[Buffer], mtu: int = abi.ETH_DATA_LEN,
+                 backlog_max: int = TX_BACKLOG_MAX):
+        if len(buffers) > abi.NET_TX_RING_SIZE:
+            raise ValueError(f"at most {abi.NET_TX_RING_SIZE} transmit buffers (ids are u16 "
+                             "indexes into the ring)")
+        self.ring = ring
+        self.buffers = list(buffers)
+        self.mtu = mtu
+        self.backlog_max = backlog_max
+        self.backlog: collections.deque[bytes] = collections.deque()
+        self._free = list(range(len(self.buffers) - 1, -1, -1))
+        self._in_flight: set[int] = set()
+        self.broken = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def max_frame(self) -> int:
+        return self.mtu + abi.ETH_HLEN
+
+    def send(self, frames: Sequence[bytes]) -> TxSend:
+        """Put frames on the ring (or the backlog); drops carry a reason."""
+        out = TxSend()
+        for frame in frames:
+            reason = self._refuse(frame)
+            if reason:
+                out.drops[reason] += 1
+            elif self.backlog or not self._fits(frame):
+                if len(self.backlog) >= self.backlog_max:
+                    out.drops["tx_ring_full"] += 1
+                else:
+                    self.backlog.append(bytes(frame))
+            else:
+                self._put(frame)
+                out.sent.append(frame)
+        if out.sent:
+            out.notify = self.ring.push_requests_and_check_notify()
+        return out
+
+    def _refuse(self, frame: bytes) -> str | None:
+        if self.broken:
+            return "broken"
+        if len(frame) < abi.ETH_HLEN:
+            return "runt"
+        if len(frame) > self.max_frame():
+            return "too_big"
+        return None
+
+    def _fits(self, frame: bytes) -> bool:
+        need = len(split_frame(len(frame)))
+        return need <= len(self._free) and need <= self.ring.free_requests()
+
+    def _put(self, frame: bytes) -> None:
+        chunks = split_frame(len(frame))
+        ids = [self._free.pop() for _ in chunks]
+        pos = 0
+        for (offset, size), id_ in zip(chunks, ids):
+            self.buffers[id_].page[offset:offset + size] = frame[pos:pos + size]
+            pos += size
+        grefs = [self.buffers[i].gref for i in ids]
+        for req in tx_frame_requests(chunks, grefs, ids):
+            self.ring.put_request(req.pack())
+        self._in_flight.update(ids)
+
+    def poll(self) -> TxPoll:
+        """Take tx responses (xennet_tx_buf_gc), then send what the backlog can."""
+        out = TxPoll()
+        if self.broken:
+            return out
+        if self.ring.response_overflow():
+            self.broken = True
+            return out
+        while self.ring.unconsumed_responses():
+            rsp = TxResponse.unpack(self.ring.get_response())
+            if rsp.status == abi.NETIF_RSP_NULL:
+                continue
+            if rsp.id not in self._in_flight:
+                out.bad += 1        # "Response for inactive request" / incorrect id
+                continue
+            self._in_flight.discard(rsp.id)
+            self._free.append(rsp.id)
+            out.completed += 1
+            if rsp.status != abi.NETIF_RSP_OKAY:
+                out.errors += 1
+        out.sent = self._drain_backlog()
+        return out
+
+    def _drain_backlog(self) -> TxSend:
+        out = TxSend()
+        while self.backlog and self._fits(self.backlog[0]):
+            frame = self.backlog.popleft()
+            self._put(frame)
+            out.sent.append(frame)
+        if out.sent:
+            out.notify = self.ring.push_requests_and_check_notify()
+        return out
+
+    def drop_backlog(self) -> int:
+        n = len(self.backlog)
+        self.backlog.clear()
+        return n
+
+
+class NetfrontRx:
+    def __init__(self, ring: FrontRing, buffers: Sequence[Buffer]):
+        if len(buffers) > abi.NET_RX_RING_SIZE:
+            raise ValueError(f"at most {abi.NET_RX_RING_SIZE} receive buffers")
+        self.ring = ring
+        self.buffers = list(buffers)
+        self._free = list(range(len(self.buffers) - 1, -1, -1))
+        self._posted: dict[int, int] = {}     # ring slot -> buffer id posted there
+        self.broken = False
+
+    @property
+    def posted(self) -> int:
+        return len(self._posted)
+
+    def refill(self) -> bool:
+        """Post every free page (xennet_alloc_rx_buffers); True: kick the backend."""
+        if self.broken:
+            return False
+        put = False
+        while self._free and not self.ring.full():
+            bid = self._free.pop()
+            idx = self.ring.put_request(RxRequest(bid, self.buffers[bid].gref).pack())
+            self._posted[idx & (self.ring.size - 1)] = bid
+            put = True
+        return self.ring.push_requests_and_check_notify() if put else False
+
+    def poll(self) -> RxPoll:
+        """Take the responses there are now (xennet_poll); repost the pages."""
+        out = RxPoll()
+        if self.broken:
+            return out
+        if self.ring.response_overflow():
+            self.broken = True
+            out.drops["rx_ring_broken"] += 1
+            return out
+        avail = self.ring.unconsumed_responses()
+        while avail:
+            avail = self._take_frame(avail, out)
+        out.notify = self.refill()
+        return out
+
+    def _take(self) -> tuple[RxResponse, bytes, int | None]:
+        idx = self.ring.rsp_cons
+        raw = self.ring.get_response()
+        bid = self._posted.pop(idx & (self.ring.size - 1), None)
+        if bid is not None:
+            self._free.append(bid)
+        return RxResponse.unpack(raw), raw, bid
+
+    def _take_frame(self, avail: int, out: RxPoll) -> int:
+        """One frame's responses (xennet_get_responses); returns what is left."""
+        chunks: list[bytes] = []
+        reason: str | None = None
+        slots = 0
+        while True:
+            rsp, _raw, bid = self._take()
+            avail -= 1
+            slots += 1
+            data, bad = self._check(rsp, bid)
+            reason = reason or bad
+            if data is not None and not reason:
+                chunks.append(data)
+            if rsp.flags & abi.NETRXF_extra_info and slots == 1:
+                avail, bad = self._skip_extras(avail)
+                reason = reason or bad
+            if slots > abi.XEN_NETIF_NR_SLOTS_MIN and not reason:
+                reason = "rx_too_many_slots"
+            if not rsp.flags & abi.NETRXF_more_data:
+                break
+            if not avail:
+                reason = reason or "rx_bad_response"     # "Need more slots"
+                break
+        frame = b"".join(chunks)
+        if reason is None and len(frame) < abi.ETH_HLEN:
+            reason = "rx_runt"
+        if reason:
+            out.drops[reason] += 1
+        else:
+            out.frames.append(frame)
+        return avail
+
+    def _check(self, rsp: RxResponse, bid: int | None) -> tuple[bytes | None, str | None]:
+        if bid is None or rsp.id != bid:
+            return None, "rx_bad_id"
+        if rsp.status < 0:
+            return None, "rx_error"
+        if rsp.offset >= PAGE or rsp.offset + rsp.status > PAGE:
+            return None, "rx_bad_response"
+        page = self.buffers[bid].page
+        return bytes(page[rsp.offset:rsp.offset + rsp.status]), None
+
+    def _skip_extras(self, avail: int) -> tuple[int, str | None]:
+        """xennet_get_extras: the slots after the first carry extra info; we
+        asked for none (no GSO), so they are checked and their pages reposted."""
+        while True:
+            if not avail:
+                return avail, "rx_bad_response"     # "Missing extra info"
+            _rsp, raw, _bid = self._take()
+            avail -= 1
+            extra = ExtraInfo.unpack(raw)
+            if not 0 < extra.type < abi.XEN_NETIF_EXTRA_TYPE_MAX:
+                return avail, "rx_bad_response"     # "Invalid extra type"
+            if not extra.flags & abi.XEN_NETIF_EXTRA_FLAG_MORE:
+                return avail, None
+
+
+def more_to_do(tx: NetfrontTx, rx: NetfrontRx) -> bool:
+    """RING_FINAL_CHECK_FOR_RESPONSES on both rings (both armed, always)."""
+    if tx.broken and rx.broken:
+        return False
+    pending_tx = not tx.broken and tx.ring.final_check_for_responses()
+    pending_rx = not rx.broken and rx.ring.final_check_for_responses()
+    return pending_tx or pending_rx

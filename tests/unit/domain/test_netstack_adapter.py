@@ -1,0 +1,352 @@
+"""GuestNetwork: IP stacks on NetDevices, two guests wired back to back."""
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import pytest
+
+from xenlab.domain.netstack import PING_MAX_COUNT, GuestNetwork
+from xenlab.net.arp import ArpPacket
+from xenlab.net.device import NetDevice
+from xenlab.net.ethernet import BROADCAST, ETH_P_ARP, ETH_P_IP, EthernetFrame
+from xenlab.net.icmp import ICMP_ECHO, ICMP_ECHOREPLY, IcmpMessage
+from xenlab.net.ipv4 import Ipv4Header
+from xenlab.xen.errors import XenError
+
+MAC_A = bytes.fromhex("00163e000001")
+MAC_B = bytes.fromhex("00163e000002")
+
+
+class FakeNic(NetDevice):
+    """A netfront stand-in: transmit() hands frames to the peer on the next
+    loop turn (never recursively), or drops them while the link is down."""
+
+    def __init__(self, name: str, mac: bytes, ip: str | None = None, mtu: int = 1500):
+        super().__init__(name, mac, mtu)
+        self.ip = ip
+        self.peer: FakeNic | None = None
+        self.up = True
+
+    @property
+    def state(self) -> str:
+        return "up" if self.up else "down"
+
+    def transmit(self, frames: list[bytes]) -> None:
+        if not self.up or self.peer is None:
+            self.drop("link_down", len(frames))
+            return
+        self.count_tx(frames)
+        asyncio.get_running_loop().call_soon(self.peer.deliver, list(frames))
+
+
+def cable(a: FakeNic, b: FakeNic) -> None:
+    a.peer, b.peer = b, a
+
+
+class FakeKernel:
+    """The part of DomainKernel the network adapter reads."""
+
+    def __init__(self, *netifs: NetDevice, vifs: tuple[NetDevice, ...] = ()):
+        self.netifs = {dev.name: dev for dev in netifs}
+        self.vifs = {dev.name: dev for dev in vifs}
+        self.on_netif_change: list = []
+
+    def plug(self, device: NetDevice) -> None:
+        self.netifs[device.name] = device
+        for callback in list(self.on_netif_change):
+            callback(device.name, device)
+
+    def unplug(self, name: str) -> None:
+        self.netifs.pop(name)
+        for callback in list(self.on_netif_change):
+            callback(name, None)
+
+
+class Guests:
+    def __init__(self, **stack_options):
+        self.nic_a = FakeNic("eth0", MAC_A, "10.0.0.1/24")
+        self.nic_b = FakeNic("eth0", MAC_B, "10.0.0.2/24")
+        cable(self.nic_a, self.nic_b)
+        self.kernel_a = FakeKernel(self.nic_a)
+        self.kernel_b = FakeKernel(self.nic_b)
+        self.a = GuestNetwork(**stack_options)
+        self.b = GuestNetwork(**stack_options)
+        self.a.attach(self.kernel_a)
+        self.b.attach(self.kernel_b)
+
+    def close(self) -> None:
+        self.a.close()
+        self.b.close()
+
+
+@pytest.fixture
+async def guests():
+    pair = Guests(arp_retry=0.05, arp_retries=2)
+    await settle()
+    yield pair
+    pair.close()
+
+
+async def settle(turns: int = 5) -> None:
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+async def take(capture, n: int, timeout: float = 5.0) -> list:
+    async def collect():
+        return [frame async for frame, _ in zip_count(capture, n)]
+    return await asyncio.wait_for(collect(), timeout)
+
+
+async def zip_count(aiter, n):
+    i = 0
+    async for item in aiter:
+        yield item, i
+        i += 1
+        if i >= n:
+            return
+
+
+def ethertype(frame: bytes) -> int:
+    return EthernetFrame.parse(frame).ethertype
+
+
+def icmp_type(frame: bytes) -> int:
+    _, payload = Ipv4Header.parse(EthernetFrame.parse(frame).payload)
+    return IcmpMessage.parse(payload).type
+
+
+# -- link up ----------------------------------------------------------------------------
+
+async def test_link_up_announces_the_address_with_gratuitous_arp():
+    nic, peer = FakeNic("eth0", MAC_A, "10.0.0.1/24"), FakeNic("eth0", MAC_B)
+    cable(nic, peer)
+    seen = []
+    peer.receiver = seen.extend
+    net = GuestNetwork()
+    net.attach(FakeKernel(nic))
+    await settle()
+    (frame,) = seen
+    arp = ArpPacket.parse(EthernetFrame.parse(frame).payload)
+    assert EthernetFrame.parse(frame).dst == BROADCAST
+    assert str(arp.spa) == str(arp.tpa) == "10.0.0.1"
+    net.close()
+
+
+# -- ping -------------------------------------------------------------------------------
+
+async def test_ping_resolves_arp_then_gets_one_rtt_per_request(guests):
+    with guests.a.capture("eth0", "tx") as capture:
+        result = await guests.a.ping("10.0.0.2", count=3, interval=0.01, timeout=5)
+        sent = await take(capture, 4)
+    assert (result.transmitted, result.received, result.error) == (3, 3, "")
+    assert [seq for seq, _ in result.rtts] == [1, 2, 3]
+    assert all(rtt >= 0 for _, rtt in result.rtts)
+    assert ethertype(sent[0].data) == ETH_P_ARP
+    assert [icmp_type(f.data) for f in sent[1:]] == [ICMP_ECHO] * 3
+
+
+async def test_concurrent_pings_use_their_own_identifiers(guests):
+    one, two = await asyncio.gather(
+        guests.a.ping("10.0.0.2", count=5, interval=0.001, timeout=5),
+        guests.a.ping("10.0.0.2", count=5, interval=0.001, timeout=5))
+    assert one.received == two.received == 5
+
+
+async def test_ping_own_address_loops_back(guests):
+    result = await guests.a.ping("10.0.0.1", count=2, interval=0.001, timeout=5)
+    assert result.received == 2
+
+
+async def test_ping_with_no_arp_reply_reports_it():
+    guests = Guests(arp_retry=0.02, arp_retries=2)
+    try:
+        result = await guests.a.ping("10.0.0.99", count=1, interval=0.01, timeout=1)
+        assert (result.transmitted, result.received) == (1, 0)
+        assert result.error == "arp: no reply from 10.0.0.99"
+        assert guests.a.stack("eth0").counters["arp_unresolved"] == 1
+    finally:
+        guests.close()
+
+
+async def test_stack_events_are_drained(guests):
+    await guests.a.ping("10.0.0.2", count=20, interval=0.0001, timeout=5)
+    assert len(guests.a.stack("eth0").events) == 0
+    assert len(guests.b.stack("eth0").events) == 0
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"dst": "10.0.0"}, {"dst": "nowhere"}, {"dst": "10.0.0.2", "count": 0},
+    {"dst": "10.0.0.2", "count": PING_MAX_COUNT + 1}, {"dst": "10.0.0.2", "size": 65508},
+    {"dst": "10.0.0.2", "interval": 0.00001}, {"dst": "10.0.0.2", "timeout": -1},
+    {"dst": "10.0.0.2", "size": 1500},                  # over the MTU: no fragmentation
+    {"dst": "127.0.0.1"},
+])
+async def test_ping_refuses_bad_arguments(guests, kwargs):
+    with pytest.raises(XenError) as err:
+        await guests.a.ping(**kwargs)
+    assert err.value.errno == errno.EINVAL
+
+
+async def test_ping_off_link_without_gateway_is_unreachable(guests):
+    with pytest.raises(XenError) as err:
+        await guests.a.ping("192.168.1.1", count=1)
+    assert err.value.errno == errno.ENETUNREACH
+
+
+# -- UDP --------------------------------------------------------------------------------
+
+async def test_udp_echo_on_port_7(guests):
+    result = await guests.a.send_udp("10.0.0.2", 7, b"hello", wait_reply=True, timeout=5)
+    assert result.replied
+    assert (result.reply, result.src, result.reply_sport) == (b"hello", "10.0.0.2", 7)
+    assert result.sport >= 49152
+
+
+async def test_udp_from_a_chosen_port_without_waiting(guests):
+    with guests.b.capture("eth0", "rx") as capture:
+        result = await guests.a.send_udp("10.0.0.2", 9999, b"x", sport=4000)
+        frames = await take(capture, 2)                     # ARP request, then the datagram
+    assert not result.replied and result.sport == 4000
+    assert ethertype(frames[-1].data) == ETH_P_IP
+    assert guests.b.stack("eth0").counters["udp_port_unreachable"] == 1
+
+
+async def test_udp_wait_reply_times_out_without_a_listener(guests):
+    result = await guests.a.send_udp("10.0.0.2", 9999, b"x", wait_reply=True, timeout=0.2)
+    assert not result.replied
+
+
+async def test_udp_refuses_bad_ports(guests):
+    for kwargs in ({"dport": 0}, {"dport": 70000}, {"dport": 7, "sport": 70000}):
+        with pytest.raises(XenError) as err:
+            await guests.a.send_udp("10.0.0.2", payload=b"", **kwargs)
+        assert err.value.errno == errno.EINVAL
+
+
+# -- inject -----------------------------------------------------------------------------
+
+def echo_request_frame(seq: int = 1) -> bytes:
+    message = IcmpMessage.echo(ICMP_ECHO, 0x4242, seq, b"injected").build()
+    from ipaddress import IPv4Address
+    from xenlab.net.ipv4 import IPPROTO_ICMP
+    packet = Ipv4Header(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), IPPROTO_ICMP).build(message)
+    return EthernetFrame(MAC_B, MAC_A, ETH_P_IP, packet).build()
+
+
+async def test_inject_counts_accepted_and_bad_length(guests):
+    before = guests.nic_a.stats()["tx_packets"]
+    with guests.a.capture("eth0", "rx") as capture:
+        result = guests.a.inject([echo_request_frame(1), b"short", bytes(1515),
+                                  echo_request_frame(2)], "eth0")
+        replies = await take(capture, 2)
+    assert (result.accepted, result.dropped, result.drops) == (2, 2, {"bad_length": 2})
+    assert guests.nic_a.stats()["tx_packets"] == before + 2
+    # The peer's stack answered the injected requests as if our stack had sent them.
+    assert [icmp_type(f.data) for f in replies] == [ICMP_ECHOREPLY] * 2
+
+
+async def test_inject_reports_the_devices_own_drops(guests):
+    guests.nic_a.up = False
+    result = guests.a.inject([echo_request_frame()] * 3)
+    assert (result.accepted, result.dropped, result.drops) == (0, 3, {"link_down": 3})
+
+
+async def test_inject_to_an_unknown_interface_names_the_known_ones(guests):
+    with pytest.raises(XenError) as err:
+        guests.a.inject([echo_request_frame()], "eth7")
+    assert err.value.errno == errno.ENOENT and "eth0" in err.value.message
+
+
+# -- capture ----------------------------------------------------------------------------
+
+async def test_capture_sees_both_directions(guests):
+    with guests.a.capture() as capture:
+        await guests.a.ping("10.0.0.2", count=1, timeout=5)
+        frames = await take(capture, 4)      # ARP request, ARP reply, echo, echo reply
+    assert [f.direction for f in frames] == ["tx", "rx", "tx", "rx"]
+    assert {f.interface for f in frames} == {"eth0"}
+    assert guests.a.active_captures("eth0") == 0
+
+
+async def test_capture_keeps_the_newest_when_the_reader_lags(guests):
+    with guests.a.capture("eth0", "tx", limit=2) as capture:
+        guests.a.inject([echo_request_frame(seq) for seq in range(1, 6)])
+        frames = await take(capture, 2)
+        assert capture.dropped == 3
+    assert frames[0].data == echo_request_frame(4) and frames[1].data == echo_request_frame(5)
+
+
+async def test_capture_refuses_an_unknown_direction(guests):
+    with pytest.raises(XenError) as err:
+        guests.a.capture("eth0", "sideways")
+    assert err.value.errno == errno.EINVAL
+
+
+# -- interfaces coming and going ---------------------------------------------------------
+
+async def test_interface_going_away_ends_its_users(guests):
+    with guests.a.capture("eth0") as capture:
+        ping = asyncio.create_task(guests.a.ping("10.0.0.2", count=1000, interval=0.01, timeout=5))
+        await take(capture, 4)               # the ping is under way
+        guests.kernel_a.unplug("eth0")
+        result = await asyncio.wait_for(ping, 5)
+        with pytest.raises(XenError) as gone:
+            await asyncio.wait_for(take(capture, 10_000), 5)
+    assert result.error == "interface eth0 went away" and result.transmitted < 1000
+    assert gone.value.errno == errno.ENOENT
+    assert guests.a.interfaces() == []
+    assert guests.nic_a.receiver is None
+    with pytest.raises(XenError) as err:
+        await guests.a.ping("10.0.0.2")
+    assert err.value.errno == errno.EADDRNOTAVAIL
+
+
+async def test_interface_appearing_gets_a_stack(guests):
+    nic = FakeNic("eth1", bytes.fromhex("00163e000011"), "10.1.0.1/24")
+    peer = FakeNic("eth1", bytes.fromhex("00163e000012"), "10.1.0.2/24")
+    cable(nic, peer)
+    guests.kernel_a.plug(nic)
+    guests.kernel_b.plug(peer)
+    assert [d.name for d in guests.a.interfaces()] == ["eth0", "eth1"]
+    # Routed by subnet: no interface named.
+    result = await guests.a.ping("10.1.0.2", count=1, timeout=5)
+    assert result.received == 1
+    assert nic.stats()["tx_packets"] >= 2
+
+
+async def test_interface_without_address_still_injects_captures_and_counts():
+    bare, peer = FakeNic("eth0", MAC_A), FakeNic("eth0", MAC_B, "10.0.0.2/24")
+    cable(bare, peer)
+    net, other = GuestNetwork(), GuestNetwork()
+    net.attach(FakeKernel(bare))
+    other.attach(FakeKernel(peer))
+    try:
+        with net.capture() as capture:
+            result = net.inject([echo_request_frame()])
+            frames = await take(capture, 3)   # the peer's gratuitous ARP came first
+        assert result.accepted == 1
+        assert [f.direction for f in frames] == ["rx", "tx", "rx"]
+        assert net.unaddressed("eth0") == 2
+        assert not net.has_stack()
+        with pytest.raises(XenError) as err:
+            await net.send_udp("10.0.0.2", 7, b"x")
+        assert err.value.errno == errno.EADDRNOTAVAIL
+    finally:
+        net.close()
+        other.close()
+
+
+async def test_backend_vifs_are_listed_but_left_to_netback():
+    vif = FakeNic("vif1.0", MAC_A, "10.0.0.1/24")
+    bridge_side = []
+    vif.receiver = bridge_side.extend
+    kernel = FakeKernel(vifs=(vif,))
+    net = GuestNetwork()
+    net.attach(kernel)
+    assert [d.name for d in net.interfaces()] == ["vif1.0"]
+    assert net.stack("vif1.0") is None and not net.has_stack()
+    assert vif.receiver == bridge_side.extend
+    net.close()
+    assert vif.receiver == bridge_side.extend
