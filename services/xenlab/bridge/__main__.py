@@ -2,7 +2,9 @@
 
 One veth listener serves every bridge of the process: a vif's veth end names
 its bridge in its hello. Each bridge registers that address in xenstore
-(/tool/xenlab/bridges/NAME/address) unless --no-register.
+(/tool/xenlab/bridges/NAME/address) unless --no-register. An uplink
+(--uplink xenbr0=tap:xltap0) adds a real TAP device as a port of its bridge;
+creating one needs CAP_NET_ADMIN.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
+from xenlab.bridge.uplink import parse_uplink
 from xenlab.hypervisor.config import default_rundir
 from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.xen.errors import XenError
@@ -39,12 +42,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fdb-max", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
                         help=f"FDB entries per bridge; when full a new MAC evicts the least recently "
                              f"seen learned one (default {DEFAULT_MAX_ENTRIES})")
+    parser.add_argument("--uplink", action="append", type=_uplink, default=[],
+                        metavar="BRIDGE=tap:NAME",
+                        help="add TAP device NAME (created if missing, gone when the service "
+                             "stops) as a port of BRIDGE, so host tools reach the domains; "
+                             "repeat for several bridges; needs CAP_NET_ADMIN")
     parser.add_argument("--no-register", action="store_true",
                         help="do not register the bridges in the hypervisor's xenstore")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
+
+
+def _uplink(text: str) -> tuple[str, str]:
+    try:
+        return parse_uplink(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _uplinks(pairs: list[tuple[str, str]], bridges: list[str]) -> dict[str, str]:
+    uplinks: dict[str, str] = {}
+    for bridge, tap in pairs:
+        if bridge not in bridges:
+            raise ValueError(f"--uplink {bridge}=tap:{tap}: {bridge} is not served here "
+                             f"(bridges: {', '.join(bridges)})")
+        if bridge in uplinks:
+            raise ValueError(f"--uplink: {bridge} has two uplinks ({uplinks[bridge]}, {tap})")
+        uplinks[bridge] = tap
+    return uplinks
 
 
 def service_from_args(args, env=None):
@@ -55,7 +82,8 @@ def service_from_args(args, env=None):
     listen = args.listen or f"unix:{rundir}/bridge-{bridges[0]}.sock"
     grpc = args.grpc or f"unix:{rundir}/bridge.sock"
     return BridgeService(bridges, listen, grpc, None if args.no_register else rundir,
-                         ageing=args.ageing, fdb_max=args.fdb_max)
+                         ageing=args.ageing, fdb_max=args.fdb_max,
+                         uplinks=_uplinks(args.uplink, bridges))
 
 
 def run(args) -> int:

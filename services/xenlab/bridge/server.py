@@ -16,6 +16,10 @@ Linux bridge tools are reserved to the host's administrator.
 With a hypervisor rundir the service registers itself in xenstore as
 Domain-0, so that netback's hotplug can find it:
 ``/tool/xenlab/bridges/NAME/{address,grpc,pid}``, removed on a clean stop.
+
+A bridge may have an uplink: a real TAP device (``uplink.TapDevice``) added
+as a port named after the device at start and removed at stop, so that the
+host's own tools reach the domains.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ import grpc
 from xenlab.bridge import output
 from xenlab.bridge.core import Bridge, BridgePort, check_bridge_name, check_port_name
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEvent
+from xenlab.bridge.uplink import TapDevice
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ZERO, format_mac, parse_mac
@@ -102,18 +107,21 @@ class BridgeService:
 
     `bridges`: the names (the first is the default for requests that name
     none); `listen`: the veth address; `grpc`: the API address; `rundir`:
-    a hypervisor rundir to register in xenstore, or None."""
+    a hypervisor rundir to register in xenstore, or None; `uplinks`: bridge
+    name -> TAP device name, opened at start."""
 
     def __init__(self, bridges: Iterable[str] = ("xenbr0",), listen: str = "",
                  grpc: str = "", rundir: Path | None = None,
                  ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_ENTRIES,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 uplinks: dict[str, str] | None = None):
         names = [check_bridge_name(n) for n in bridges]
         if not names or len(set(names)) != len(names):
             raise XenError(errno.EINVAL, f"bridge names must be given and distinct: {names}")
         if not listen or not grpc:
             raise XenError(errno.EINVAL, "both a veth listen address and a gRPC address are needed")
         self.bridges: dict[str, Bridge] = {n: Bridge(n, ageing, fdb_max, clock=clock) for n in names}
+        self.uplinks = _check_uplinks(uplinks or {}, names)
         self.default = names[0]
         self.listen = listen
         self.grpc = grpc
@@ -132,6 +140,7 @@ class BridgeService:
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         try:
+            self._open_uplinks()
             self._listener = VethListener(self.listen, self._admit, self._attached)
             await self._listener.start()
             self.veth_address = _absolute(self._listener.bound_address)
@@ -153,7 +162,7 @@ class BridgeService:
             await self._listener.close()
             self._listener = None
         for (bridge, port), dev in list(self.links.items()):
-            if isinstance(dev, VethEnd):
+            if isinstance(dev, (VethEnd, TapDevice)):
                 dev.close()
             self._detach(bridge, port, dev)
         for task in [self._expiry, *self._tasks]:
@@ -200,7 +209,7 @@ class BridgeService:
         br = self.bridge(bridge)
         br.port(name)
         dev = self.links.get((br.name, name))
-        if isinstance(dev, VethEnd):
+        if isinstance(dev, (VethEnd, TapDevice)):
             dev.close()
         self._detach(br.name, name, dev)
 
@@ -215,6 +224,18 @@ class BridgeService:
             br.delete_port(name)
             log.info("%s: port %s removed", bridge, name)
         self.publish(br)
+
+    def _open_uplinks(self) -> None:
+        for bridge, tap in self.uplinks.items():
+            dev = TapDevice.open(tap)
+            try:
+                # No address of its own: the TAP's kernel side is a host on the
+                # LAN, learned like any other, not the bridge's address.
+                self.add_port(bridge, dev.name, ZERO, dev)
+            except BaseException:
+                dev.close()
+                raise
+            log.info("%s: uplink port %s (tap, mtu %d)", bridge, dev.name, dev.mtu)
 
     # -- the data path -----------------------------------------------------------
     def _on_frames(self, br: Bridge, port: str, dev: NetDevice, frames: list[bytes]) -> None:
@@ -336,6 +357,18 @@ class BridgeService:
         self._hv = None
 
 
+def _check_uplinks(uplinks: dict[str, str], bridges: list[str]) -> dict[str, str]:
+    for bridge, tap in uplinks.items():
+        if bridge not in bridges:
+            raise XenError(errno.ENOENT, f"uplink for {bridge!r}: this service has no such bridge "
+                                         f"(it has {', '.join(bridges)})")
+        check_port_name(tap)
+    taps = list(uplinks.values())
+    if len(set(taps)) != len(taps):
+        raise XenError(errno.EINVAL, f"one tap cannot be the uplink of two bridges: {taps}")
+    return dict(uplinks)
+
+
 def _bound(address: str, port: int) -> str:
     if not address.startswith("unix:") and address.endswith(":0"):
         return f"{address.rsplit(':', 1)[0]}:{port}"
@@ -361,7 +394,7 @@ def port_info(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortI
     return bridge_pb2.BridgePortInfo(
         name=port.name, port_no=port.port_no, mac=format_mac(port.mac), learning=port.learning,
         flood=port.flood, hairpin=port.hairpin, state=port.state,
-        link="veth" if veth else "none",
+        link="veth" if veth else "tap" if isinstance(dev, TapDevice) else "none",
         peer=json.dumps(dev.peer_info, sort_keys=True) if veth else "")
 
 

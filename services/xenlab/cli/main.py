@@ -13,13 +13,19 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 # Commands that live in other packages: name -> (module, one-line help).
-# Each module has add_arguments(parser) and run(args) -> int; it is imported
-# only when its command runs, so one missing module breaks only itself.
+# Each module has add_arguments(parser) and run(args) -> int ("module:NAME":
+# NAME_arguments(parser) and NAME(args) instead); it is imported only when its
+# command runs, so one missing module breaks only itself.
 DELEGATES = {
     "hypervisor": ("xenlab.hypervisor.__main__", "run the hypervisor service in the foreground"),
     "domain": ("xenlab.domain.__main__", "run one domain's kernel (what a launcher starts)"),
     "demo": ("xenlab.cli.demo", "start a small demo lab"),
     "bridge-service": ("xenlab.bridge.__main__", "run the bridge service (xenbr0) in the foreground"),
+    "ping": ("xenlab.cli.ping", "ping from inside a domain, through its guest agent"),
+    "dom0": ("xenlab.domain.dom0", "run Domain-0's kernel: netback and its hotplug to the bridges"),
+    "up": ("xenlab.lab.cli:up", "start a lab (the demo lab when no file is given) and keep it up"),
+    "down": ("xenlab.lab.cli:down", "stop the lab that `xenlab up` runs"),
+    "status": ("xenlab.lab.cli:status", "show what a lab runs"),
 }
 TOOLSTACK = {
     "xl": "the toolstack: create, list, destroy... domains, as xl(1)",
@@ -71,18 +77,21 @@ def _delegated(argv: Sequence[str]) -> int | None:
 
 def run_delegate(name: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
     module_name, help_text = DELEGATES[name]
+    module_name, _, entry = module_name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
         print(f"xenlab {name}: not available: {err}", file=sys.stderr)
         return 1
+    add_arguments = getattr(module, f"{entry}_arguments" if entry else "add_arguments")
+    run = getattr(module, entry or "run")
     parser = argparse.ArgumentParser(prog=f"xenlab {name}",
                                      description=help_text[0].upper() + help_text[1:] + ".")
-    module.add_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if getattr(args, "rundir", ...) is None:
         args.rundir = default_rundir(env)
-    result = module.run(args)
+    result = run(args)
     if inspect.iscoroutine(result):
         result = asyncio.run(result)
     return int(result or 0)

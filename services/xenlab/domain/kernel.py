@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 
 import grpc
 
@@ -28,7 +29,7 @@ TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 
 class DomainKernel:
-    def __init__(self, start: StartInfo):
+    def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None):
         self.start_info = start
         self.domid = start.domid
         self.name = start.name
@@ -42,6 +43,13 @@ class DomainKernel:
         self.shutdown_reason = ""
         self._stop = asyncio.Event()
         self._balloon_lock = asyncio.Lock()
+        # Drivers (xenlab.drivers): ``drivers(kernel)`` returns the XenbusDrivers
+        # to register at boot; None means xenlab.drivers.default_drivers.
+        self._driver_factory = drivers
+        self.drivers: list = []
+        self.netifs: dict = {}       # netfront: "eth0" -> NetfrontDevice
+        self.vifs: dict = {}         # netback: "vif1.0" -> VifDevice
+        self.on_netif_change: list[Callable[[str, object], None]] = []
 
     async def boot(self) -> None:
         mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
@@ -57,6 +65,7 @@ class DomainKernel:
         await self.xenbus.start()
         self.bus = XenbusBus(self.xenbus)
         await self._start_timer()
+        await self._register_drivers()
         for feature in ("feature-poweroff", "feature-reboot"):
             await self.xenbus.write(f"control/{feature}", "1")
         await self.xenbus.watch("control/shutdown", self._on_shutdown_request)
@@ -64,6 +73,15 @@ class DomainKernel:
         await self.xenbus.write("data/kernel", "xenlab-domain")
         log.info("d%d (%s) booted: %d frames, doorbell %s", self.domid, self.name,
                  self.memory.nr_frames, "yes" if self.evtchn.via_doorbell else "no (gRPC fallback)")
+        # -- guest network + guest agent (xenlab.domain.netstack / .agent) --
+        from xenlab.domain.agent import start_guest_agent
+        self.agent = await start_guest_agent(self)
+
+    async def _register_drivers(self) -> None:
+        from xenlab.drivers import default_drivers
+        for driver in (self._driver_factory or default_drivers)(self):
+            self.drivers.append(driver)
+            await self.bus.register(driver)
 
     async def _start_timer(self) -> None:
         port = await self.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
@@ -146,6 +164,10 @@ class DomainKernel:
         await self._close()
 
     async def _close(self) -> None:
+        if getattr(self, "agent", None) is not None:    # guest agent: before xenbus goes
+            await self.agent.stop()
+        for driver in reversed(self.drivers):     # drivers: before xenbus goes
+            await driver.close()
         if self.xenbus is not None:
             await self.xenbus.close()
         if self.evtchn is not None:

@@ -253,6 +253,11 @@ class GuestNetwork:
         address = getattr(device, "ip", None)
         if not address:
             return None
+        # xl's ip= is one address (vif-bridge uses it for anti-spoofing); a
+        # guest given no prefix configures it on a /24, as xenlab documents.
+        address = address.split()[0]
+        if "/" not in address:
+            address += "/24"
         try:
             config = StackConfig(mac=device.mac, address=IPv4Interface(address), mtu=device.mtu,
                                  **self.stack_options)

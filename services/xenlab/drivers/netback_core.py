@@ -628,19 +628,18 @@ class _RxSlot:
     id: int
     size: int
     more: bool
-    op: int
+    ops: list[int]
 
 
 @dataclass
 class RxBatch:
     copies: list[GrantCopy] = field(default_factory=list)
-    frames: list[list[_RxSlot]] = field(default_factory=list)
+    frames: list[tuple[bytes, list[_RxSlot]]] = field(default_factory=list)
 
 
 @dataclass
 class RxResult:
-    sent: int
-    sent_bytes: int
+    sent: list[bytes]            # frames now in the guest's pages
     drops: collections.Counter
     notify: bool
 
@@ -668,20 +667,22 @@ class NetbackRx:
         return drops
 
     def build(self) -> RxBatch:
-        """Take rx requests for as many queued frames as fit (one copy batch)."""
+        """Take rx requests for as many queued frames as fit (one copy batch).
+        Frames are packed back to back in the scratch space; a slot whose
+        bytes straddle two scratch pages is two copy segments."""
         batch = RxBatch()
         addr = 0
         while self.queue:
             frame = self.queue[0]
             need = rx_slots_needed(len(frame))
-            if addr + need * PAGE > self.scratch.capacity:
+            if addr + len(frame) > self.scratch.capacity:
                 break
             if self.ring.unconsumed_requests() < need:
                 break
             self.queue.popleft()
             self.scratch.write(addr, frame)
-            batch.frames.append(self._plan(batch, frame, addr, need))
-            addr += need * PAGE
+            batch.frames.append((frame, self._plan(batch, frame, addr, need)))
+            addr += len(frame)
         return batch
 
     def _plan(self, batch: RxBatch, frame: bytes, addr: int, need: int) -> list[_RxSlot]:
@@ -689,29 +690,32 @@ class NetbackRx:
         for k in range(need):
             req = RxRequest.unpack(self.ring.get_request())
             size = min(PAGE, len(frame) - k * PAGE)
-            [(gfn, offset, n)] = self.scratch.segments(addr + k * PAGE, size)
-            slots.append(_RxSlot(req.id, size, k < need - 1, len(batch.copies)))
-            batch.copies.append(GrantCopy(req.gref, 0, gfn, offset, n, to_frontend=True))
+            ops = []
+            done = 0
+            for gfn, offset, n in self.scratch.segments(addr + k * PAGE, size):
+                ops.append(len(batch.copies))
+                batch.copies.append(GrantCopy(req.gref, done, gfn, offset, n, to_frontend=True))
+                done += n
+            slots.append(_RxSlot(req.id, size, k < need - 1, ops))
         return slots
 
     def complete(self, batch: RxBatch, statuses: Sequence[int]) -> RxResult:
         drops: collections.Counter = collections.Counter()
-        sent = sent_bytes = 0
-        for slots in batch.frames:
+        sent: list[bytes] = []
+        for frame, slots in batch.frames:
             ok = True
             for slot in slots:
-                good = slot.op < len(statuses) and statuses[slot.op] == abi.GNTST_okay
+                good = all(i < len(statuses) and statuses[i] == abi.GNTST_okay for i in slot.ops)
                 ok = ok and good
                 status = slot.size if good else abi.NETIF_RSP_ERROR
                 flags = abi.NETRXF_more_data if slot.more else 0
                 self.ring.put_response(RxResponse(slot.id, 0, flags, status).pack())
             if ok:
-                sent += 1
-                sent_bytes += sum(s.size for s in slots)
+                sent.append(frame)
             else:
                 drops["grant_copy_error"] += 1
         notify = self.ring.push_responses_and_check_notify() if batch.frames else False
-        return RxResult(sent, sent_bytes, drops, notify)
+        return RxResult(sent, drops, notify)
 
     def more_to_do(self) -> bool:
         """Queued frames and enough rx requests for the first of them. If

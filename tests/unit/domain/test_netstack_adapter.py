@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
+from ipaddress import IPv4Address
 
 import pytest
 
@@ -11,7 +13,7 @@ from xenlab.net.arp import ArpPacket
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import BROADCAST, ETH_P_ARP, ETH_P_IP, EthernetFrame
 from xenlab.net.icmp import ICMP_ECHO, ICMP_ECHOREPLY, IcmpMessage
-from xenlab.net.ipv4 import Ipv4Header
+from xenlab.net.ipv4 import IPPROTO_ICMP, Ipv4Header
 from xenlab.xen.errors import XenError
 
 MAC_A = bytes.fromhex("00163e000001")
@@ -94,18 +96,14 @@ async def settle(turns: int = 5) -> None:
 
 
 async def take(capture, n: int, timeout: float = 5.0) -> list:
+    """The next ``n`` frames of a capture."""
     async def collect():
-        return [frame async for frame, _ in zip_count(capture, n)]
+        frames = []
+        async for frame in capture:
+            frames.append(frame)
+            if len(frames) == n:
+                return frames
     return await asyncio.wait_for(collect(), timeout)
-
-
-async def zip_count(aiter, n):
-    i = 0
-    async for item in aiter:
-        yield item, i
-        i += 1
-        if i >= n:
-            return
 
 
 def ethertype(frame: bytes) -> int:
@@ -229,8 +227,6 @@ async def test_udp_refuses_bad_ports(guests):
 
 def echo_request_frame(seq: int = 1) -> bytes:
     message = IcmpMessage.echo(ICMP_ECHO, 0x4242, seq, b"injected").build()
-    from ipaddress import IPv4Address
-    from xenlab.net.ipv4 import IPPROTO_ICMP
     packet = Ipv4Header(IPv4Address("10.0.0.1"), IPv4Address("10.0.0.2"), IPPROTO_ICMP).build(message)
     return EthernetFrame(MAC_B, MAC_A, ETH_P_IP, packet).build()
 
@@ -240,9 +236,10 @@ async def test_inject_counts_accepted_and_bad_length(guests):
     with guests.a.capture("eth0", "rx") as capture:
         result = guests.a.inject([echo_request_frame(1), b"short", bytes(1515),
                                   echo_request_frame(2)], "eth0")
-        replies = await take(capture, 2)
+        assert guests.nic_a.stats()["tx_packets"] == before + 2
+        arrived = await take(capture, 3)       # the peer asks who we are, then answers
     assert (result.accepted, result.dropped, result.drops) == (2, 2, {"bad_length": 2})
-    assert guests.nic_a.stats()["tx_packets"] == before + 2
+    replies = [f for f in arrived if ethertype(f.data) == ETH_P_IP]
     # The peer's stack answered the injected requests as if our stack had sent them.
     assert [icmp_type(f.data) for f in replies] == [ICMP_ECHOREPLY] * 2
 
@@ -265,6 +262,7 @@ async def test_capture_sees_both_directions(guests):
     with guests.a.capture() as capture:
         await guests.a.ping("10.0.0.2", count=1, timeout=5)
         frames = await take(capture, 4)      # ARP request, ARP reply, echo, echo reply
+        assert guests.a.active_captures("eth0") == 1
     assert [f.direction for f in frames] == ["tx", "rx", "tx", "rx"]
     assert {f.interface for f in frames} == {"eth0"}
     assert guests.a.active_captures("eth0") == 0
@@ -325,9 +323,10 @@ async def test_interface_without_address_still_injects_captures_and_counts():
     try:
         with net.capture() as capture:
             result = net.inject([echo_request_frame()])
-            frames = await take(capture, 3)   # the peer's gratuitous ARP came first
+            # Ours, then the peer's gratuitous ARP and its question about our source.
+            frames = await take(capture, 3)
         assert result.accepted == 1
-        assert [f.direction for f in frames] == ["rx", "tx", "rx"]
+        assert [f.direction for f in frames] == ["tx", "rx", "rx"]
         assert net.unaddressed("eth0") == 2
         assert not net.has_stack()
         with pytest.raises(XenError) as err:
@@ -350,3 +349,27 @@ async def test_backend_vifs_are_listed_but_left_to_netback():
     assert vif.receiver == bridge_side.extend
     net.close()
     assert vif.receiver == bridge_side.extend
+
+
+# -- time -------------------------------------------------------------------------------
+
+async def test_the_stack_runs_on_the_injected_clock():
+    guests = Guests(clock=lambda: time.monotonic() + 1e6)
+    try:
+        result = await guests.a.ping("10.0.0.2", count=1, timeout=5)
+        assert result.received == 1 and 0 <= result.rtts[0][1] < 1e6
+        (expires,) = [until for _, until in guests.a.stack("eth0").arp_cache().values()]
+        assert expires > 1e6
+    finally:
+        guests.close()
+
+
+async def test_an_idle_stack_is_not_polled(guests):
+    await guests.a.ping("10.0.0.2", count=1, timeout=5)    # leaves an ARP entry to expire in 60 s
+    await asyncio.sleep(0.1)      # past the resolved request's retry time, which may still wake it once
+    stack = guests.a.stack("eth0")
+    polls = []
+    real_poll = stack.poll
+    stack.poll = lambda: polls.append(1) or real_poll()
+    await asyncio.sleep(0.1)
+    assert polls == []

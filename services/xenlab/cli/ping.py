@@ -1,0 +1,57 @@
+"""`xenlab ping DOMAIN DEST`: ping from inside a domain, through its guest
+agent, printing what ping(8) prints."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import grpc
+
+from xenlab.agent_client import NoAgentError, agent_for, format_ping
+from xenlab.client import HypervisorClient, Rundir
+from xenlab.proto import agent_pb2, common_pb2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("domain", help="the domain to ping from (name or id)")
+    parser.add_argument("dest", help="IPv4 address to ping")
+    parser.add_argument("-c", "--count", type=int, default=4, help="echo requests to send (default 4)")
+    parser.add_argument("-s", "--size", type=int, default=56, help="payload bytes (default 56)")
+    parser.add_argument("-i", "--interval", type=float, default=1.0,
+                        help="seconds between requests (default 1)")
+    parser.add_argument("-W", "--timeout", type=float, default=2.0,
+                        help="seconds to wait for the last reply (default 2)")
+    parser.add_argument("-I", "--interface", default="", help="interface to ping from (default: the first with an address)")
+    parser.add_argument("--rundir", type=Path, default=None, help="the lab's rundir")
+
+
+async def _ping(args) -> int:
+    rundir = Rundir(args.rundir)
+    async with HypervisorClient.connect(rundir.read_address(), 0, rundir.read_dom0_secret()) as hv:
+        ref = common_pb2.DomainRef(domid=int(args.domain)) if args.domain.isdigit() \
+            else common_pb2.DomainRef(name=args.domain)
+        info = await hv.domains.Info(ref)
+        agent = await agent_for(hv, info.domid)
+        try:
+            reply = await agent.Ping(agent_pb2.PingRequest(
+                dst=args.dest, count=args.count, size=args.size, interval=args.interval,
+                timeout=args.timeout, interface=args.interface),
+                timeout=args.count * args.interval + args.timeout + 30)
+        finally:
+            await agent.close()
+    print(format_ping(reply, args.dest, args.size))
+    return 0 if reply.received else 1
+
+
+def run(args) -> int:
+    try:
+        return asyncio.run(_ping(args))
+    except grpc.aio.AioRpcError as err:
+        print(f"xenlab ping: {err.details()} ({err.code().name})", file=sys.stderr)
+    except (NoAgentError, FileNotFoundError, PermissionError) as err:
+        print(f"xenlab ping: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 2

@@ -1,0 +1,519 @@
+"""netback: the backend of every vif a driver domain serves, as a xenbus
+driver around the pure netback core.
+
+The handshake is Linux netback's (drivers/net/xen-netback/xenbus.c): on
+probe, advertise the features and go InitWait; when the frontend is
+Connected, read and validate its ring details, map the two ring pages, bind
+the event channel, create the vif (vifD.N, or ``vifname``), run hotplug,
+write hotplug-status=connected, go Connected. Teardown (frontend Closing or
+Closed, our directory removed, a fatal error) unmaps, unbinds and takes the
+vif offline.
+
+The data path is two tasks per vif, woken by the one event channel:
+guest transmit (tx ring -> grant copy into our scratch frames -> the vif's
+receiver, which hotplug attached to the bridge) and guest receive
+(vif.transmit from the bridge -> our scratch frames -> grant copy into the
+frontend's rx pages). Each batch is one GrantTable.Copy call.
+
+A frontend that breaks the protocol disables only its own vif: the tx task
+logs "vifD.N: fatal tx error: ...; disabling", stops, and the device
+reports xenbus_dev_fatal.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import mmap
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import grpc
+
+from xenlab.domain.xenbus import XenbusDriver
+from xenlab.drivers import netback_core as core
+from xenlab.drivers import xenbus_state as xs
+from xenlab.drivers.netback_core import GrantCopy, NetbackRx, NetbackTx, Scratch, VifConfig
+from xenlab.drivers.xenbus_device import XenbusDevice
+from xenlab.net.device import NetDevice
+from xenlab.proto import grants_pb2
+from xenlab.xen import abi
+from xenlab.xen.abi import XenbusState
+from xenlab.xen.errors import XenError
+from xenlab.xen.netif import make_rx_ring, make_tx_ring
+from xenlab.xen.ring import BackRing, SharedRing
+
+log = logging.getLogger(__name__)
+
+
+class HotplugError(Exception):
+    """The hotplug script failed; its message goes to hotplug-error."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class Hotplug(Protocol):
+    async def online(self, vif: NetDevice, bridge: str, backend_path: str) -> None:
+        """Attach the vif (raise HotplugError(message) if it cannot be)."""
+
+    async def offline(self, vif: NetDevice) -> None:
+        """Detach it."""
+
+
+class LoopbackHotplug:
+    """Hotplug for tests: each bridge name is an in-process hub that floods
+    every frame a vif delivers to the other vifs on it."""
+
+    def __init__(self):
+        self.bridges: dict[str, list[NetDevice]] = {}
+
+    async def online(self, vif: NetDevice, bridge: str, backend_path: str) -> None:
+        self.bridges.setdefault(bridge, []).append(vif)
+        vif.receiver = lambda frames, src=vif, name=bridge: self._flood(name, src, frames)
+
+    async def offline(self, vif: NetDevice) -> None:
+        for ports in self.bridges.values():
+            if vif in ports:
+                ports.remove(vif)
+        vif.receiver = None
+
+    def _flood(self, bridge: str, src: NetDevice, frames: list[bytes]) -> None:
+        for port in list(self.bridges.get(bridge, ())):
+            if port is not src:
+                port.transmit(list(frames))
+
+
+class VifDevice(NetDevice):
+    """vifD.N in the driver domain: frames the guest sent come out of
+    ``deliver`` (to the receiver hotplug attached); ``transmit`` sends
+    frames to the guest. ``mac`` is the guest's (the backend's ``mac`` key)."""
+
+    def __init__(self, config: VifConfig):
+        super().__init__(config.name, config.mac, config.mtu)
+        self.config = config
+        self.frontend_id = config.frontend_id
+        self.devid = config.devid
+        self.disabled: str | None = None
+        self._backend: _Connection | None = None
+
+    @property
+    def state(self) -> str:
+        if self.disabled:
+            return "disabled"
+        return "connected" if self._backend is not None else "down"
+
+    def transmit(self, frames: list[bytes]) -> None:
+        frames = list(frames)
+        if not frames:
+            return
+        conn = self._backend
+        if conn is None or self.disabled:
+            self.drop("disabled" if self.disabled else "not_connected", len(frames))
+            return
+        for reason, n in conn.rx.enqueue(frames).items():
+            self.drop(reason, n)
+        conn.rx_wake.set()
+
+
+@dataclass
+class _Mapped:
+    handle: int
+    mm: mmap.mmap
+    sring: SharedRing
+
+
+@dataclass
+class _Held:
+    """What a connection attempt has acquired so far, to give back."""
+
+    maps: list[_Mapped] = field(default_factory=list)
+    port: int | None = None
+    gfns: list[int] = field(default_factory=list)
+    scratches: list[Scratch] = field(default_factory=list)
+
+
+@dataclass
+class _Connection:
+    """One connected vif: mapped rings, port, scratch, cores and workers."""
+
+    vif: VifDevice
+    tx_map: _Mapped
+    rx_map: _Mapped
+    port: int
+    scratch_gfns: list[int]
+    tx: NetbackTx
+    rx: NetbackRx
+    tx_scratch: Scratch
+    rx_scratch: Scratch
+    tx_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    rx_wake: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task] = field(default_factory=list)
+    credit_timer: asyncio.TimerHandle | None = None
+
+
+class Netback(XenbusDevice):
+    def __init__(self, driver: "NetbackDriver", nodename: str):
+        super().__init__(driver.kernel.xenbus, nodename, nodename)
+        self.driver = driver
+        self.kernel = driver.kernel
+        self.config: VifConfig | None = None
+        self.vif: VifDevice | None = None
+        self._conn: _Connection | None = None
+
+    # -- xenbus ------------------------------------------------------------------------
+    async def setup(self) -> None:
+        keys = await self.read_keys(self.nodename, (
+            "frontend", "frontend-id", "mac", "ip", "rate", "mtu", "bridge", "vifname", "online"))
+        try:
+            self.config = core.parse_backend_dir(self.nodename, keys)
+        except XenError as err:
+            await self.dev_fatal(err.message)
+            return
+        self.label = self.config.name
+        await self._advertise()
+        await self.run_actions(xs.backend_path(self.state, XenbusState.InitWait))
+        await self.watch_otherend(self.config.frontend)
+
+    async def _advertise(self) -> None:
+        async def body(tx: int) -> None:
+            for key, value in core.FEATURES.items():
+                await self.xenbus.write(f"{self.nodename}/{key}", value, tx=tx)
+        await self.xenbus.transaction(body)
+
+    def on_otherend(self, other: XenbusState) -> list[xs.Action]:
+        return xs.backend_on_frontend_changed(self.state, other, self._online())
+
+    def _online(self) -> bool:
+        return self.config is not None and self.config.online
+
+    async def _otherend_changed(self) -> bool:
+        # xenbus_dev_is_online(): the toolstack sets online=0 to detach.
+        online = await self._read(f"{self.nodename}/online")
+        if self.config is not None:
+            self.config = _replace_online(self.config, (online or "").strip() == "1")
+        return await super()._otherend_changed()
+
+    def on_fatal(self) -> list[xs.Action]:
+        return xs.backend_on_fatal(self.state)
+
+    # -- connect -------------------------------------------------------------------------
+    async def connect(self) -> None:
+        keys = await self.read_keys(self.otherend, core.FRONTEND_KEYS)
+        rings = core.parse_frontend_keys(keys)
+        held = _Held()
+        try:
+            held.maps.append(await self._map(rings.tx_ring_ref, make_tx_ring))
+            held.maps.append(await self._map(rings.rx_ring_ref, make_rx_ring))
+            held.port = await self._bind(rings.event_channel)
+            held.gfns = self._alloc_scratch()
+            conn = self._build(VifDevice(self.config), *held.maps, held.port, held.gfns)
+            held.scratches = [conn.tx_scratch, conn.rx_scratch]
+            await self._hotplug_online(conn.vif)
+        except BaseException:
+            await self._give_back(held)
+            raise
+        self._conn = conn
+        self._start(conn)
+
+    async def _map(self, ref: int, make_ring) -> _Mapped:
+        fid = self.config.frontend_id
+        try:
+            m = await self.kernel.hv.grants.Map(grants_pb2.MapGrantRequest(domid=fid, ref=ref,
+                                                                          readonly=False))
+        except grpc.aio.AioRpcError as err:
+            raise XenError(errno.EINVAL, f"mapping shared-frame ref {ref} of d{fid}: "
+                                         f"{err.details()}") from None
+        try:
+            fd = os.open(m.shm_path, os.O_RDWR)
+            try:
+                mm = mmap.mmap(fd, m.length, flags=mmap.MAP_SHARED,
+                               prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=m.offset)
+            finally:
+                os.close(fd)
+            sring = make_ring(mm)
+        except (OSError, ValueError) as err:
+            await self._unmap_handle(m.handle)
+            raise XenError(errno.EINVAL, f"mapping shared-frame ref {ref} of d{fid}: {err}") from None
+        return _Mapped(m.handle, mm, sring)
+
+    async def _bind(self, remote_port: int) -> int:
+        fid = self.config.frontend_id
+        try:
+            return await self.kernel.evtchn.bind_interdomain(fid, remote_port)
+        except grpc.aio.AioRpcError as err:
+            raise XenError(errno.EINVAL, f"binding event-channel {remote_port} of d{fid}: "
+                                         f"{err.details()}") from None
+
+    def _alloc_scratch(self) -> list[int]:
+        try:
+            return self.kernel.memory.alloc_frames(2 * core.SCRATCH_PAGES)
+        except MemoryError as err:
+            raise XenError(errno.ENOMEM, f"allocating scratch frames: {err}") from None
+
+    def _build(self, vif: VifDevice, tx_map: _Mapped, rx_map: _Mapped, port: int,
+               gfns: list[int]) -> _Connection:
+        cfg = self.config
+        memory = self.kernel.memory
+        half = core.SCRATCH_PAGES
+        tx_scratch = Scratch(gfns[:half], [memory.frame(g) for g in gfns[:half]])
+        rx_scratch = Scratch(gfns[half:], [memory.frame(g) for g in gfns[half:]])
+        antispoof = core.AntiSpoof(cfg.mac, cfg.ips) if cfg.ips else None
+        tx = NetbackTx(BackRing(tx_map.sring), tx_scratch, antispoof=antispoof,
+                       limiter=core.make_limiter(cfg.rate, self.driver.clock))
+        rx = NetbackRx(BackRing(rx_map.sring), rx_scratch)
+        return _Connection(vif, tx_map, rx_map, port, gfns, tx, rx, tx_scratch, rx_scratch)
+
+    async def _hotplug_online(self, vif: VifDevice) -> None:
+        try:
+            await self.driver.hotplug.online(vif, self.config.bridge, self.nodename)
+        except HotplugError as err:
+            await self.xenbus.write(f"{self.nodename}/hotplug-error", err.message)
+            await self.xenbus.write(f"{self.nodename}/hotplug-status", "error")
+            raise XenError(errno.EIO, f"hotplug script failed: {err.message}") from None
+        await self.xenbus.write(f"{self.nodename}/hotplug-status", "connected")
+
+    def _start(self, conn: _Connection) -> None:
+        self.vif = conn.vif
+        conn.vif._backend = conn
+        loop = asyncio.get_running_loop()
+        conn.tasks = [loop.create_task(self._tx_worker(conn), name=f"{conn.vif.name} tx"),
+                      loop.create_task(self._rx_worker(conn), name=f"{conn.vif.name} rx")]
+        self.kernel.evtchn.bind_handler(conn.port, lambda _port: self._kick(conn))
+        # Requests the frontend queued before we were connected.
+        self._kick(conn)
+        self.kernel.vifs[conn.vif.name] = conn.vif
+        _notify_change(self.kernel, conn.vif.name, conn.vif)
+        log.info("%s: connected to d%d (port %d, bridge %s)", conn.vif.name,
+                 self.config.frontend_id, conn.port, self.config.bridge)
+
+    @staticmethod
+    def _kick(conn: _Connection) -> None:
+        conn.tx_wake.set()
+        conn.rx_wake.set()
+
+    # -- the data path -----------------------------------------------------------------------
+    async def _tx_worker(self, conn: _Connection) -> None:
+        while True:
+            await conn.tx_wake.wait()
+            conn.tx_wake.clear()
+            await self._tx_action(conn)
+            if conn.tx.disabled:
+                return
+
+    async def _tx_action(self, conn: _Connection) -> None:
+        """xenvif_tx_action until the ring is drained (or credit runs out)."""
+        vif = conn.vif
+        while True:
+            batch = conn.tx.build()
+            statuses = await self._copy(batch.copies)
+            result = conn.tx.complete(batch, statuses)
+            if result.notify:
+                self.kernel.evtchn.notify(conn.port)
+            for reason, n in result.drops.items():
+                vif.drop(reason, n)
+            if result.frames:
+                vif.deliver(result.frames)
+            if batch.fatal:
+                self._fatal_tx(conn, batch.fatal)
+                return
+            if batch.wait_until is not None:
+                self._arm_credit_timer(conn, batch.wait_until)
+            if not conn.tx.more_to_do():
+                return
+
+    def _fatal_tx(self, conn: _Connection, message: str) -> None:
+        """xenvif_fatal_tx_err: this vif only."""
+        conn.vif.disabled = message
+        log.error("%s: fatal tx error: %s; disabling", conn.vif.name, message)
+        self.fatal(f"fatal tx error: {message}")
+
+    def _arm_credit_timer(self, conn: _Connection, when: float) -> None:
+        if conn.credit_timer is not None:
+            return
+        delay = max(0.0, when - self.driver.clock())
+
+        def fire() -> None:
+            conn.credit_timer = None
+            conn.tx.replenish()
+            conn.tx_wake.set()
+
+        conn.credit_timer = asyncio.get_running_loop().call_later(delay, fire)
+
+    async def _rx_worker(self, conn: _Connection) -> None:
+        while True:
+            await conn.rx_wake.wait()
+            conn.rx_wake.clear()
+            await self._rx_action(conn)
+
+    async def _rx_action(self, conn: _Connection) -> None:
+        """xenvif_rx_action: queued frames into posted rx requests."""
+        vif = conn.vif
+        while True:
+            batch = conn.rx.build()
+            if batch.frames:
+                statuses = await self._copy(batch.copies)
+                result = conn.rx.complete(batch, statuses)
+                vif.count_tx(result.sent)
+                for reason, n in result.drops.items():
+                    vif.drop(reason, n)
+                if result.notify:
+                    self.kernel.evtchn.notify(conn.port)
+            if not conn.rx.more_to_do():
+                return
+
+    async def _copy(self, copies: list[GrantCopy]) -> list[int]:
+        """One GNTTABOP_copy batch; a failed call fails every op in it."""
+        if not copies:
+            return []
+        fid = self.config.frontend_id
+        ops = [_copy_op(c, fid) for c in copies]
+        try:
+            reply = await self.kernel.hv.grants.Copy(grants_pb2.GrantCopyRequest(ops=ops))
+        except grpc.aio.AioRpcError as err:
+            log.warning("%s: grant copy failed: %s", self.label, err.details())
+            return [abi.GNTST_general_error] * len(copies)
+        return list(reply.status)
+
+    # -- disconnect -------------------------------------------------------------------------
+    async def disconnect(self) -> None:
+        """backend_disconnect: workers, port, hotplug, mappings, scratch."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        vif = conn.vif
+        await self._stop_workers(conn)
+        vif._backend = None
+        vif.drop("not_connected", conn.rx.release())
+        conn.tx.release()
+        try:
+            await self.driver.hotplug.offline(vif)
+        except Exception:
+            log.exception("%s: hotplug offline failed", vif.name)
+        if self.kernel.vifs.get(vif.name) is vif:
+            del self.kernel.vifs[vif.name]
+            _notify_change(self.kernel, vif.name, None)
+        await self._give_back(_Held([conn.tx_map, conn.rx_map], conn.port, conn.scratch_gfns,
+                                    [conn.tx_scratch, conn.rx_scratch]))
+        log.info("%s: disconnected", vif.name)
+
+    @staticmethod
+    async def _stop_workers(conn: _Connection) -> None:
+        if conn.credit_timer is not None:
+            conn.credit_timer.cancel()
+            conn.credit_timer = None
+        current = asyncio.current_task()
+        tasks = [t for t in conn.tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _give_back(self, held: "_Held") -> None:
+        if held.port is not None:
+            try:
+                await self.kernel.evtchn.close_port(held.port)
+            except grpc.aio.AioRpcError as err:
+                log.debug("%s: closing port %d: %s", self.label, held.port, err.details())
+        for scratch in held.scratches:
+            scratch.release()
+        if held.gfns:
+            self.kernel.memory.free_frames(held.gfns)
+        for mapped in held.maps:
+            await self._unmap(mapped)
+
+    async def _unmap(self, mapped: _Mapped) -> None:
+        mapped.sring.release()
+        try:
+            mapped.mm.close()
+        except BufferError:
+            log.warning("%s: a view of a ring page is still alive", self.label)
+        await self._unmap_handle(mapped.handle)
+
+    async def _unmap_handle(self, handle: int) -> None:
+        try:
+            await self.kernel.hv.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=handle))
+        except grpc.aio.AioRpcError as err:
+            log.warning("%s: unmapping handle %d: %s", self.label, handle, err.details())
+
+    async def unregister(self) -> None:
+        """netback_remove: the device goes; hotplug-status with it."""
+        await self.disconnect()
+        try:
+            await self.xenbus.rm(f"{self.nodename}/hotplug-status")
+        except grpc.aio.AioRpcError as err:
+            log.debug("%s: removing hotplug-status: %s", self.label, err.details())
+
+    async def teardown(self) -> None:
+        await self.disconnect()
+
+    def shutdown_local(self) -> None:
+        """The driver domain is going away: stop, without hypercalls."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        for task in conn.tasks:
+            task.cancel()
+        if conn.credit_timer is not None:
+            conn.credit_timer.cancel()
+        self.kernel.evtchn.unbind_handler(conn.port)
+        conn.vif._backend = None
+        for scratch in (conn.tx_scratch, conn.rx_scratch):
+            scratch.release()
+        for mapped in (conn.tx_map, conn.rx_map):
+            mapped.sring.release()
+            try:
+                mapped.mm.close()
+            except BufferError:
+                pass
+
+
+def _replace_online(cfg: VifConfig, online: bool) -> VifConfig:
+    from dataclasses import replace
+    return cfg if cfg.online == online else replace(cfg, online=online)
+
+
+def _copy_op(c: GrantCopy, frontend_id: int) -> grants_pb2.GrantCopyOp:
+    remote = grants_pb2.CopyPtr(domid=frontend_id, ref=c.gref, use_gref=True, offset=c.gref_offset)
+    local = grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=c.gfn, offset=c.gfn_offset)
+    if c.to_frontend:
+        return grants_pb2.GrantCopyOp(source=local, dest=remote, len=c.length)
+    return grants_pb2.GrantCopyOp(source=remote, dest=local, len=c.length)
+
+
+def _notify_change(kernel, name: str, dev: NetDevice | None) -> None:
+    for callback in list(kernel.on_netif_change):
+        try:
+            callback(name, dev)
+        except Exception:
+            log.exception("netif change callback for %s failed", name)
+
+
+class NetbackDriver(XenbusDriver):
+    devicetype = "vif"
+    side = "backend"
+
+    def __init__(self, kernel, hotplug: Hotplug, clock: Callable[[], float] = time.monotonic):
+        self.kernel = kernel
+        self.hotplug = hotplug
+        self.clock = clock
+        self.devices: dict[str, Netback] = {}
+
+    async def probe(self, path: str) -> None:
+        # Runs inside the xenbus reader: start the device's task, wait for nothing.
+        dev = Netback(self, path)
+        self.devices[path] = dev
+        dev.start()
+
+    async def remove(self, path: str) -> None:
+        dev = self.devices.pop(path, None)
+        if dev is not None:
+            dev.removed()
+
+    async def close(self) -> None:
+        for dev in list(self.devices.values()):
+            await dev.stop()
+            dev.shutdown_local()
+        self.devices.clear()

@@ -1,0 +1,381 @@
+"""netfront: a domU's paravirtual network interfaces (eth0, eth1...), as a
+xenbus driver around the pure netfront core.
+
+The handshake is netfront's (drivers/net/xen-netfront.c): wait for the
+backend's InitWait, allocate and grant the two ring pages and the buffer
+pages, allocate an unbound event channel for the backend, publish
+tx-ring-ref, rx-ring-ref, event-channel and the features in one xenstore
+transaction, post the receive buffers, go Connected. The interface is named
+eth<devid>. Teardown follows the backend: Closing stops the queues and goes
+Closed; once the backend is Closed (it has unmapped) or gone, the grants
+are ended, the port closed and the frames freed. A ring page the backend
+still maps is ended later, as gnttab_end_foreign_access defers it.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import grpc
+
+from xenlab.domain.xenbus import XenbusDriver
+from xenlab.drivers import xenbus_state as xs
+from xenlab.drivers.netfront_core import (Buffer, NetfrontRx, NetfrontTx, TxSend, more_to_do)
+from xenlab.drivers.xenbus_device import XenbusDevice
+from xenlab.net.device import NetDevice
+from xenlab.proto import grants_pb2
+from xenlab.xen import abi
+from xenlab.xen.abi import XenbusState
+from xenlab.xen.errors import ConfigError, XenError
+from xenlab.xen.netif import make_rx_ring, make_tx_ring
+from xenlab.xen.ring import FrontRing, SharedRing
+from xenlab.xen.xlcfg import parse_mac
+
+log = logging.getLogger(__name__)
+
+NR_TX_BUFFERS = abi.NET_TX_RING_SIZE
+NR_RX_BUFFERS = abi.NET_RX_RING_SIZE
+POLL_ROUNDS = 64              # rounds per upcall before yielding to the loop (a NAPI budget)
+END_ACCESS_RETRY = 0.25       # seconds between tries to end a grant still mapped
+END_ACCESS_TRIES = 240        # then the page is leaked, with a warning, as Linux does
+
+
+class NetfrontDevice(NetDevice):
+    """eth<devid>: what the guest's IP stack sees."""
+
+    def __init__(self, name: str, mac: bytes, mtu: int, devid: int):
+        super().__init__(name, mac, mtu)
+        self.devid = devid
+        self.ip: str | None = None
+        self.xenbus_state = XenbusState.Initialising
+        self._tx: NetfrontTx | None = None
+        self._rx: NetfrontRx | None = None
+        self._kick: Callable[[], None] | None = None
+
+    @property
+    def state(self) -> str:
+        if self._tx is not None and self.xenbus_state == XenbusState.Connected:
+            return "broken" if self._tx.broken or self._rx.broken else "connected"
+        return self.xenbus_state.name.lower()
+
+    @property
+    def tx_core(self) -> NetfrontTx | None:
+        return self._tx
+
+    @property
+    def rx_core(self) -> NetfrontRx | None:
+        return self._rx
+
+    def transmit(self, frames: list[bytes]) -> None:
+        frames = list(frames)
+        if not frames:
+            return
+        if self._tx is None:
+            self.drop("not_connected", len(frames))
+            return
+        self._account_tx(self._tx.send(frames))
+
+    def _account_tx(self, out: TxSend) -> None:
+        self.count_tx(out.sent)
+        for reason, n in out.drops.items():
+            self.drop(reason, n)
+        if out.notify and self._kick is not None:
+            self._kick()
+
+    def attach(self, tx: NetfrontTx, rx: NetfrontRx, kick: Callable[[], None]) -> None:
+        self._tx, self._rx, self._kick = tx, rx, kick
+
+    def detach(self) -> None:
+        if self._tx is not None:
+            self.drop("not_connected", self._tx.drop_backlog())
+        self._tx = self._rx = None
+        self._kick = None
+
+    def on_event(self, port: int) -> None:
+        """The event channel fired: responses on either ring (xennet_interrupt)."""
+        for _ in range(POLL_ROUNDS):
+            tx, rx = self._tx, self._rx
+            if tx is None:
+                return
+            self._poll_tx(tx)
+            self._poll_rx(rx)
+            if self._tx is None or not more_to_do(tx, rx):
+                return
+        asyncio.get_running_loop().call_soon(self.on_event, port)
+
+    def _poll_tx(self, tx: NetfrontTx) -> None:
+        out = tx.poll()
+        self.counters["tx_errors"] += out.errors
+        self.counters["tx_bad_responses"] += out.bad
+        self._account_tx(out.sent)
+
+    def _poll_rx(self, rx: NetfrontRx) -> None:
+        out = rx.poll()
+        for reason, n in out.drops.items():
+            self.drop(reason, n)
+        if out.notify and self._kick is not None:
+            self._kick()
+        if out.frames:
+            self.deliver(out.frames)
+
+
+@dataclass
+class _Rings:
+    """Everything a connection holds, to give back on release."""
+
+    gfns: list[int]
+    pages: list[memoryview]
+    refs: list[int]
+    tx_sring: SharedRing
+    rx_sring: SharedRing
+    port: int | None = None
+
+
+class Netfront(XenbusDevice):
+    def __init__(self, kernel, nodename: str):
+        self.devid = int(nodename.rsplit("/", 1)[1])
+        super().__init__(kernel.xenbus, nodename, f"eth{self.devid}")
+        self.kernel = kernel
+        self.backend_id: int | None = None
+        self.dev: NetfrontDevice | None = None
+        self._rings: _Rings | None = None
+
+    # -- xenbus ------------------------------------------------------------------------
+    async def setup(self) -> None:
+        keys = await self.read_keys(self.nodename, ("backend", "backend-id", "mac", "mtu"))
+        try:
+            backend, self.backend_id, mac, mtu = _parse_frontend_dir(keys)
+        except XenError as err:
+            await self.dev_fatal(err.message)
+            return
+        self.dev = NetfrontDevice(self.label, mac, mtu, self.devid)
+        await self.watch_otherend(backend)
+
+    def on_otherend(self, other: XenbusState) -> list[xs.Action]:
+        return xs.frontend_on_backend_changed(self.state, other)
+
+    def on_fatal(self) -> list[xs.Action]:
+        return xs.frontend_on_fatal(self.state)
+
+    def state_changed(self, state: XenbusState) -> None:
+        if self.dev is not None:
+            self.dev.xenbus_state = state
+        if state == XenbusState.Connected and self.dev is not None:
+            self._announce(self.dev)
+
+    # -- connect -------------------------------------------------------------------------
+    async def connect(self) -> None:
+        keys = await self.read_keys(self.otherend, ("feature-rx-copy", "feature-sg", "ip"))
+        if (keys["feature-rx-copy"] or "").strip() != "1":
+            raise XenError(errno.ENODEV, "backend does not support copying receive path")
+        dev = self.dev
+        if (keys["feature-sg"] or "").strip() != "1" and dev.mtu > abi.ETH_DATA_LEN:
+            log.info("%s: reducing MTU to %d: the backend has no feature-sg", dev.name,
+                     abi.ETH_DATA_LEN)
+            dev.mtu = abi.ETH_DATA_LEN
+        dev.ip = (keys["ip"] or "").strip() or None
+        rings = await self._setup_rings()
+        try:
+            await self.xenbus.transaction(lambda tx: self._publish(tx, rings))
+        except (grpc.aio.AioRpcError, XenError, Exception) as err:
+            await self._give_back(rings)
+            raise XenError(errno.EIO, f"writing the ring details: {_describe(err)}") from None
+        self._rings = rings
+        self._start_queues(rings)
+
+    async def _setup_rings(self) -> _Rings:
+        """Two ring pages and the buffer pages, granted; an unbound port."""
+        memory = self.kernel.memory
+        try:
+            gfns = memory.alloc_frames(2 + NR_TX_BUFFERS + NR_RX_BUFFERS)
+        except MemoryError as err:
+            raise XenError(errno.ENOMEM, f"allocating ring and buffer frames: {err}") from None
+        pages = [memory.frame(g) for g in gfns]
+        tx_sring, rx_sring = make_tx_ring(pages[0]), make_rx_ring(pages[1])
+        tx_sring.init()
+        rx_sring.init()
+        rings = _Rings(gfns, pages, [], tx_sring, rx_sring)
+        readonly = [False, False] + [True] * NR_TX_BUFFERS + [False] * NR_RX_BUFFERS
+        try:
+            reply = await self.kernel.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
+                grants_pb2.GrantAccessEntry(domid=self.backend_id, gfn=g, readonly=ro)
+                for g, ro in zip(gfns, readonly)]))
+            rings.refs = list(reply.refs)
+            rings.port = await self.kernel.evtchn.alloc_unbound(self.backend_id)
+        except grpc.aio.AioRpcError as err:
+            await self._give_back(rings)
+            raise XenError(errno.EIO, f"granting the rings to d{self.backend_id}: "
+                                      f"{err.details()}") from None
+        return rings
+
+    async def _publish(self, tx: int, rings: _Rings) -> None:
+        values = {
+            "tx-ring-ref": rings.refs[0], "rx-ring-ref": rings.refs[1],
+            "event-channel": rings.port, "request-rx-copy": 1, "feature-rx-notify": 1,
+            "feature-sg": 1, "feature-gso-tcpv4": 0, "feature-gso-tcpv6": 0,
+        }
+        for key, value in values.items():
+            await self.xenbus.write(f"{self.nodename}/{key}", str(value), tx=tx)
+
+    def _start_queues(self, rings: _Rings) -> None:
+        tx_pages = rings.pages[2:2 + NR_TX_BUFFERS]
+        rx_pages = rings.pages[2 + NR_TX_BUFFERS:]
+        tx_refs = rings.refs[2:2 + NR_TX_BUFFERS]
+        rx_refs = rings.refs[2 + NR_TX_BUFFERS:]
+        tx = NetfrontTx(FrontRing(rings.tx_sring), [Buffer(r, p) for r, p in zip(tx_refs, tx_pages)],
+                        self.dev.mtu)
+        rx = NetfrontRx(FrontRing(rings.rx_sring), [Buffer(r, p) for r, p in zip(rx_refs, rx_pages)])
+        port = rings.port
+        evtchn = self.kernel.evtchn
+        self.dev.attach(tx, rx, lambda: evtchn.notify(port))
+        evtchn.bind_handler(port, self.dev.on_event)
+        if rx.refill():
+            evtchn.notify(port)
+
+    # -- disconnect and release --------------------------------------------------------------
+    async def disconnect(self) -> None:
+        if self.dev is None:
+            return
+        self.dev.detach()
+        self._withdraw(self.dev)
+
+    async def release(self) -> None:
+        rings, self._rings = self._rings, None
+        if rings is not None:
+            await self._give_back(rings)
+
+    async def teardown(self) -> None:
+        await self.disconnect()
+        await self.release()
+
+    async def _give_back(self, rings: _Rings) -> None:
+        """Close the port, end the grants, free the frames (xennet_disconnect_backend)."""
+        if rings.port is not None:
+            try:
+                await self.kernel.evtchn.close_port(rings.port)
+            except grpc.aio.AioRpcError as err:
+                log.debug("%s: closing port %d: %s", self.label, rings.port, err.details())
+        rings.tx_sring.release()
+        rings.rx_sring.release()
+        for page in rings.pages:
+            page.release()
+        # The buffers were only ever copied to and from, never mapped: they
+        # end at once. The ring pages may still be mapped by a backend that
+        # has not caught up; those end when it lets go.
+        ring_refs, buffer_refs = rings.refs[:2], rings.refs[2:]
+        if await self._end_access(buffer_refs):
+            self.kernel.memory.free_frames(rings.gfns[2:])
+        if ring_refs and not await self._end_access(ring_refs):
+            asyncio.get_running_loop().create_task(
+                self._end_access_later(ring_refs, rings.gfns[:2]))
+            return
+        self.kernel.memory.free_frames(rings.gfns[:2])
+
+    async def _end_access(self, refs: list[int]) -> bool:
+        if not refs:
+            return True
+        try:
+            await self.kernel.hv.grants.EndAccess(grants_pb2.EndAccessRequest(refs=refs))
+            return True
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                log.warning("%s: ending grants %s: %s", self.label, refs, err.details())
+            return False
+
+    async def _end_access_later(self, refs: list[int], gfns: list[int]) -> None:
+        """gnttab_end_foreign_access's deferred list: retry until unmapped."""
+        for _ in range(END_ACCESS_TRIES):
+            await asyncio.sleep(END_ACCESS_RETRY)
+            if await self._end_access(refs):
+                self.kernel.memory.free_frames(gfns)
+                return
+        log.warning("%s: grants %s are still in use; leaking their pages", self.label, refs)
+
+    def shutdown_local(self) -> None:
+        """The domain is going away: stop using the rings, without hypercalls."""
+        if self.dev is not None:
+            self.dev.detach()
+            self._withdraw(self.dev)
+        rings, self._rings = self._rings, None
+        if rings is not None:
+            if rings.port is not None:
+                self.kernel.evtchn.unbind_handler(rings.port)
+            rings.tx_sring.release()
+            rings.rx_sring.release()
+            for page in rings.pages:
+                page.release()
+
+    # -- the kernel's list of interfaces --------------------------------------------------------
+    def _announce(self, dev: NetfrontDevice) -> None:
+        if self.kernel.netifs.get(dev.name) is not dev:
+            self.kernel.netifs[dev.name] = dev
+            _notify_change(self.kernel, dev.name, dev)
+
+    def _withdraw(self, dev: NetfrontDevice) -> None:
+        if self.kernel.netifs.get(dev.name) is dev:
+            del self.kernel.netifs[dev.name]
+            _notify_change(self.kernel, dev.name, None)
+
+
+def _notify_change(kernel, name: str, dev: NetDevice | None) -> None:
+    for callback in list(kernel.on_netif_change):
+        try:
+            callback(name, dev)
+        except Exception:
+            log.exception("netif change callback for %s failed", name)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, grpc.aio.AioRpcError):
+        return err.details() or str(err.code())
+    if isinstance(err, XenError):
+        return err.message
+    return str(err)
+
+
+def _parse_frontend_dir(keys: dict[str, str | None]) -> tuple[str, int, bytes, int]:
+    backend = (keys.get("backend") or "").strip()
+    if not backend.startswith("/local/domain/"):
+        raise XenError(errno.ENOENT, f"reading backend: {backend!r} is not a backend path")
+    bid = (keys.get("backend-id") or "").strip()
+    if not bid.isdigit():
+        raise XenError(errno.EINVAL, f"reading backend-id: {bid!r} is not a domain id")
+    try:
+        mac = parse_mac(keys.get("mac") or "")
+    except ConfigError as err:
+        raise XenError(errno.EINVAL, f"parsing mac: {err.message}") from None
+    mtu_text = (keys.get("mtu") or "").strip()
+    mtu = int(mtu_text) if mtu_text.isdigit() else abi.ETH_DATA_LEN
+    if mtu_text and not mtu_text.isdigit() or not abi.ETH_MIN_MTU <= mtu <= abi.XEN_NETIF_MAX_TX_SIZE:
+        raise XenError(errno.EINVAL, f"reading mtu: {mtu_text!r} is not an MTU "
+                                     f"({abi.ETH_MIN_MTU}..{abi.XEN_NETIF_MAX_TX_SIZE})")
+    return backend, int(bid), mac, mtu
+
+
+class NetfrontDriver(XenbusDriver):
+    devicetype = "vif"
+    side = "frontend"
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.devices: dict[str, Netfront] = {}
+
+    async def probe(self, path: str) -> None:
+        # Runs inside the xenbus reader: start the device's task, wait for nothing.
+        dev = Netfront(self.kernel, path)
+        self.devices[path] = dev
+        dev.start()
+
+    async def remove(self, path: str) -> None:
+        dev = self.devices.pop(path, None)
+        if dev is not None:
+            dev.removed()
+
+    async def close(self) -> None:
+        for dev in list(self.devices.values()):
+            await dev.stop()
+            dev.shutdown_local()
+        self.devices.clear()

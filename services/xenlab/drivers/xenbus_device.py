@@ -1,0 +1,195 @@
+"""What netfront and netback share around the pure state machine: one end of
+a split device on xenbus (Linux's struct xenbus_device and xenbus_client.c).
+
+Each device runs one task that handles its events in order: the other
+end's state changed, our directory went away, a fatal error. Watch
+callbacks only post events: they run inside the xenbus reader, which must
+never wait on anything that itself needs the reader (a watch ack).
+Subclasses say what Connect, Disconnect, Release and Unregister mean and
+which machine (frontend or backend) decides.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+
+from xenlab.domain.xenbus import XenbusClient
+from xenlab.drivers import xenbus_state as xs
+from xenlab.xen.abi import XenbusState
+from xenlab.xen.errors import XenError
+
+log = logging.getLogger(__name__)
+
+UNWATCH_TIMEOUT = 2.0    # a dead xenstore connection never acks
+
+_OTHEREND = "otherend"
+_REMOVED = "removed"
+_FATAL = "fatal"
+
+
+class XenbusDevice:
+    def __init__(self, xenbus: XenbusClient, nodename: str, label: str):
+        self.xenbus = xenbus
+        self.nodename = nodename          # absolute path of our own directory
+        self.label = label                # for log lines: "vif1.0", "eth0"
+        self.state = XenbusState.Initialising
+        self.otherend: str | None = None
+        self.otherend_state = XenbusState.Unknown
+        self.error: str | None = None     # the last xenbus_dev_fatal message
+        self.finished = asyncio.Event()   # the task has ended (unregistered or removed)
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+        self._watch: str | None = None
+
+    # -- what subclasses provide ----------------------------------------------------
+    async def setup(self) -> None:
+        """Read our directory, publish what we offer, then watch_otherend()."""
+
+    def on_otherend(self, other: XenbusState) -> list[xs.Action]:
+        raise NotImplementedError
+
+    def on_fatal(self) -> list[xs.Action]:
+        raise NotImplementedError
+
+    async def connect(self) -> None:
+        """Raise XenError(message) to fail the device (xenbus_dev_fatal)."""
+
+    async def disconnect(self) -> None:
+        pass
+
+    async def release(self) -> None:
+        pass
+
+    async def teardown(self) -> None:
+        """Our directory is gone: undo everything, write nothing."""
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"xenbus {self.nodename}")
+
+    def removed(self) -> None:
+        self._events.put_nowait((_REMOVED, None))
+
+    def fatal(self, message: str) -> None:
+        """Report a fatal error from outside the device task (a data path worker)."""
+        self._events.put_nowait((_FATAL, message))
+
+    async def stop(self) -> None:
+        """Cancel the device task (the domain is shutting down)."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        try:
+            await self.setup()
+            while True:
+                kind, arg = await self._events.get()
+                if kind == _REMOVED:
+                    await self.teardown()
+                    return
+                if kind == _FATAL:
+                    await self.dev_fatal(arg)
+                elif kind == _OTHEREND and await self._otherend_changed():
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: device task failed", self.nodename)
+        finally:
+            await self._unwatch()
+            self.finished.set()
+
+    # -- the other end -------------------------------------------------------------------
+    async def watch_otherend(self, otherend: str) -> None:
+        self.otherend = otherend
+        self._watch = await self.xenbus.watch(f"{otherend}/state", self._poke)
+
+    def _poke(self, _path: str) -> None:
+        self._events.put_nowait((_OTHEREND, None))
+
+    async def _unwatch(self) -> None:
+        token, self._watch = self._watch, None
+        if token is not None:
+            try:
+                await asyncio.wait_for(self.xenbus.unwatch(token), UNWATCH_TIMEOUT)
+            except Exception as err:
+                log.debug("%s: unwatch failed: %s", self.nodename, err)
+
+    async def _otherend_changed(self) -> bool:
+        """Returns True when the device unregistered itself."""
+        text = await self._read(f"{self.otherend}/state")
+        other = xs.parse_state(text)
+        self.otherend_state = other
+        return await self.run_actions(self.on_otherend(other))
+
+    # -- doing things ---------------------------------------------------------------------
+    async def run_actions(self, actions: list[xs.Action]) -> bool:
+        """Carry out the machine's actions in order; True on Unregister."""
+        for action in actions:
+            if isinstance(action, xs.SwitchState):
+                await self.switch_state(action.state)
+            elif isinstance(action, xs.Connect):
+                try:
+                    await self.connect()
+                except XenError as err:
+                    await self.dev_fatal(err.message)
+                    return False
+            elif isinstance(action, xs.Disconnect):
+                await self.disconnect()
+            elif isinstance(action, xs.Release):
+                await self.release()
+            elif isinstance(action, xs.Unregister):
+                await self.unregister()
+                return True
+        return False
+
+    async def unregister(self) -> None:
+        """device_unregister: our side of the device is gone; the directory stays."""
+        await self.release()
+
+    async def switch_state(self, state: XenbusState) -> None:
+        """xenbus_switch_state: write our state, unless our directory is gone."""
+        if state == self.state:
+            return
+        xs.check_transition(self.state, state)
+        self.state = state
+        path = f"{self.nodename}/state"
+
+        async def body(tx: int) -> None:
+            if await self.xenbus.read(path, tx=tx) is None:
+                return      # removed under us: do not recreate the node
+            await self.xenbus.write(path, str(int(state)), tx=tx)
+
+        try:
+            await self.xenbus.transaction(body)
+        except grpc.aio.AioRpcError as err:
+            log.warning("%s: writing state %s failed: %s", self.nodename, state.name, err.details())
+        self.state_changed(state)
+
+    def state_changed(self, state: XenbusState) -> None:
+        """Hook: our own state moved."""
+
+    async def dev_fatal(self, message: str) -> None:
+        """xenbus_dev_fatal: the error node, then Closing."""
+        log.error("%s: %s", self.label, message)
+        self.error = message
+        relative = self.nodename[len(self.xenbus.home) + 1:]
+        try:
+            await self.xenbus.write(f"error/{relative}/error", message)
+        except grpc.aio.AioRpcError as err:
+            log.warning("%s: writing the error node failed: %s", self.nodename, err.details())
+        await self.run_actions(self.on_fatal())
+
+    async def _read(self, path: str) -> str | None:
+        try:
+            return await self.xenbus.read(path)
+        except grpc.aio.AioRpcError as err:
+            log.debug("%s: reading %s: %s", self.nodename, path, err.details())
+            return None
+
+    async def read_keys(self, directory: str, keys) -> dict[str, str | None]:
+        values = await asyncio.gather(*(self._read(f"{directory}/{k}") for k in keys))
+        return dict(zip(keys, values))
