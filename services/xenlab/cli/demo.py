@@ -1,220 +1,150 @@
-"""`xenlab demo`: a self-contained tour of the emulated Xen host.
+"""`xenlab demo`: the demo lab end to end.
 
-It starts a hypervisor with local domain processes, creates two domains from
-xl.cfg text, shows them as `xl list` does, ballooning through `xl mem-set`,
-an event channel and a grant copy between two domains' memories, then shuts
-everything down and checks that nothing is left behind.
+It brings up the built-in lab (hypervisor, bridge xenbr0, Domain-0 with
+netback, three domUs), pings every domU from every other one through the
+whole path (netfront, ring, netback, veth, bridge and back), prints the ping
+matrix, the bridge's FDB and per-port counters, and shuts everything down.
+Exit status 0 only when every ping was answered.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import grpc
 
-from xenlab.cli.output import format_domain_list
-from xenlab.client import HypervisorClient
-from xenlab.hypervisor.config import HypervisorConfig
-from xenlab.proto import common_pb2, domains_pb2, grants_pb2, memory_pb2
+from xenlab.agent_client import agent_for
+from xenlab.lab.runner import Lab, LabError
+from xenlab.lab.spec import demo_lab, load_lab
+from xenlab.proto import agent_pb2, bridge_pb2
 from xenlab.testing import short_tempdir
-from xenlab.xen import abi
-from xenlab.xen.xlcfg import parse_xl_config, to_domain_spec
-
-CONFIGS = {
-    "alpha": 'name = "alpha"\nmemory = 64\nmaxmem = 96\nvcpus = 2\non_crash = "preserve"\n',
-    "beta": 'name = "beta"\nmemory = 32\nvcpus = 1\n',
-}
+from xenlab.xen.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rundir", type=Path, default=None,
-                        help="keep the demo's rundir (logs, consoles) here instead of a temporary one")
-    parser.add_argument("--notifies", type=int, default=1000,
-                        help="event-channel round trips to time (default 1000)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="show the hypervisor's log")
+    parser.add_argument("lab", nargs="?", type=Path, help="a lab file instead of the built-in demo lab")
+    parser.add_argument("--count", type=int, default=3, help="pings per pair (default 3)")
+    parser.add_argument("--keep-logs", type=Path, default=None, metavar="DIR",
+                        help="run the lab in DIR and keep its logs there (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="leave the lab up at the end (stop with Ctrl-C)")
 
 
-def step(text: str) -> None:
+def _step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+def _progress(text: str) -> None:
+    print(f"   {text}", flush=True)
 
 
-async def xs_read(dom0: HypervisorClient, path: str) -> str | None:
-    from xenlab.proto import xenstore_pb2
-    try:
-        return (await dom0.xenstore.Read(xenstore_pb2.PathRequest(path=path))).value.decode()
-    except grpc.aio.AioRpcError:
-        return None
+def _table(rows: list[tuple]) -> str:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).rjust(w) if i else str(c).ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths))) for r in rows)
 
 
-async def show_list(dom0: HypervisorClient) -> None:
-    print(format_domain_list((await dom0.domains.List(common_pb2.Empty())).domains).rstrip("\n"))
+async def ping_mesh(lab: Lab, count: int) -> tuple[dict, int]:
+    """{(src, dst): (received, avg_ms)} for every ordered pair of domUs with an address."""
+    hosts = []
+    for cfg in lab.spec.domains:
+        for vif in cfg.vifs:
+            if vif.ip:
+                hosts.append((cfg.name, str(ipaddress.IPv4Interface(vif.ip if "/" in vif.ip else vif.ip + "/24").ip)))
+                break
+    results, lost = {}, 0
+    for src, _ in hosts:
+        agent = await agent_for(lab.hv, lab.domids[src])
+        try:
+            for dst, ip in hosts:
+                if dst == src:
+                    continue
+                reply = await agent.Ping(agent_pb2.PingRequest(dst=ip, count=count, interval=0.05, timeout=2))
+                avg = sum(reply.rtt) / len(reply.rtt) * 1000 if reply.rtt else None
+                results[(src, dst)] = (reply.received, reply.transmitted, avg)
+                lost += reply.transmitted - reply.received
+        finally:
+            await agent.close()
+    return results, lost
+
+
+def format_matrix(lab: Lab, results: dict) -> str:
+    names = [d.name for d in lab.spec.domains if any(v.ip for v in d.vifs)]
+    rows = [("from \\ to",) + tuple(names)]
+    for src in names:
+        row = [src]
+        for dst in names:
+            if src == dst:
+                row.append("-")
+                continue
+            received, sent, avg = results[(src, dst)]
+            row.append(f"{avg:.2f} ms" if received == sent else f"{received}/{sent} LOST")
+        rows.append(tuple(row))
+    return _table(rows)
+
+
+async def bridge_report(lab: Lab) -> tuple[str, str]:
+    fdb_text, rows = "", [("port", "rx pkts", "rx bytes", "tx pkts", "tx bytes", "drops")]
+    for bridge in lab.spec.bridges:
+        stub, channel = await lab.bridge_client(bridge.name)
+        try:
+            fdb = await stub.ShowFdb(bridge_pb2.ShowFdbRequest(bridge=bridge.name, stats=True))
+            fdb_text += fdb.text
+            stats = await stub.Stats(bridge_pb2.BridgeStatsRequest(bridge=bridge.name))
+        finally:
+            await channel.close()
+        for br in stats.bridges:
+            for port in br.ports:
+                drops = ", ".join(f"{k}={v}" for k, v in sorted(port.drops.items()) if v) or "0"
+                rows.append((f"{br.name}:{port.name}", port.rx_packets, port.rx_bytes,
+                             port.tx_packets, port.tx_bytes, drops))
+    return fdb_text.rstrip("\n"), _table(rows)
 
 
 async def demo(args) -> int:
-    from xenlab.hypervisor.server import HypervisorServer
-
-    rundir = args.rundir or short_tempdir("xenlab-demo-")
-    config = HypervisorConfig(address=f"unix:{rundir}/hv.sock", rundir=rundir,
-                              total_memory_mb=2048, launcher="local")
-    server = HypervisorServer(config)
-    step("starting the hypervisor")
-    await server.start()
-    print(f"hypervisor on {server.address}, rundir {rundir}")
-    dom0 = HypervisorClient.connect(server.address, 0, server.hv.dom0_secret)
+    spec = load_lab(args.lab) if args.lab else demo_lab()
+    rundir = args.keep_logs or short_tempdir("xenlab-demo-")
+    lab = Lab(spec, rundir, progress=_progress)
+    _step(f"xenlab up ({spec.name}: {len(spec.domains)} domUs on {', '.join(b.name for b in spec.bridges)})")
     try:
-        ids = await create_domains(dom0)
-        step("xl list")
-        await show_list(dom0)
-        await balloon(dom0, ids["alpha"])
-        await evtchn_and_grants(dom0, server.address, args.notifies)
-        await shut_down(dom0, ids)
+        await lab.up()
+        print(await lab.summary())
+        _step(f"ping mesh ({args.count} pings per pair; the first includes ARP)")
+        started = time.monotonic()
+        results, lost = await ping_mesh(lab, args.count)
+        print(format_matrix(lab, results))
+        print(f"{sum(r[1] for r in results.values())} pings, {lost} lost, "
+              f"{time.monotonic() - started:.1f}s")
+        fdb, ports = await bridge_report(lab)
+        _step("bridge fdb show")
+        print(fdb)
+        _step("per-port counters")
+        print(ports)
+        if args.keep:
+            _step(f"the lab stays up (rundir {rundir}); Ctrl-C stops it")
+            await asyncio.Event().wait()
     finally:
-        await dom0.close()
-        prefix = server.hv.memory.prefix
-        await server.stop(grace=0.5)
-        leftovers = list(Path(config.shm_dir).glob(f"{prefix}*"))
-        step("after shutdown")
-        print(f"shared-memory segments left behind: {len(leftovers)}")
-        if args.rundir is None:
+        _step("xenlab down")
+        await lab.down()
+        print("   stopped")
+        if args.keep_logs is None:
             shutil.rmtree(rundir, ignore_errors=True)
-    return 0
-
-
-async def create_domains(dom0: HypervisorClient) -> dict[str, int]:
-    ids = {}
-    for name, text in CONFIGS.items():
-        step(f"xl create {name}.cfg")
-        print(text.rstrip())
-        cfg = parse_xl_config(text, f"{name}.cfg")
-        reply = await dom0.domains.Create(domains_pb2.CreateDomainRequest(spec=to_domain_spec(cfg)))
-        ids[name] = reply.info.domid
-        print(f"-> d{reply.info.domid}, process {reply.info.pid}")
-    for name, domid in ids.items():
-        await wait_for(lambda d=domid: _booted(dom0, d), 30, f"{name} to boot")
-    print("both guests booted (control/feature-poweroff = 1)")
-    return ids
-
-
-async def _booted(dom0, domid) -> bool:
-    return await xs_read(dom0, f"/local/domain/{domid}/control/feature-poweroff") == "1"
-
-
-async def balloon(dom0: HypervisorClient, domid: int) -> None:
-    step(f"xl mem-set alpha 40m (the guest's balloon driver follows memory/target)")
-    await dom0.memory.SetTarget(memory_pb2.MemSetRequest(domain=common_pb2.DomainRef(domid=domid),
-                                                         kb=40 * 1024))
-
-    async def done():
-        return await xs_read(dom0, f"/local/domain/{domid}/data/balloon") == str(40 * 1024)
-    await wait_for(done, 15, "the balloon to reach 40 MiB")
-    await show_list(dom0)
-
-
-async def evtchn_and_grants(dom0: HypervisorClient, address: str, notifies: int) -> None:
-    from xenlab.domain.evtchn import GuestEventChannels
-    from xenlab.domain.memory import GuestMemory
-    from xenlab.xen.shared_info import SharedInfo
-
-    step("event channel and grant copy between two domains (this process acts as both)")
-    guests = {}
-    for name in ("left", "right"):
-        reply = await dom0.domains.Create(domains_pb2.CreateDomainRequest(
-            spec=domains_pb2.DomainSpec(name=name, memory_mb=8, launcher="none")))
-        client = HypervisorClient.connect(address, reply.info.domid, reply.secret)
-        mm = await client.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
-            domain=common_pb2.DomainRef(domid=reply.info.domid)))
-        memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
-        shared = SharedInfo(memory.mm, mm.shared_info_offset, 1)
-        info = await client.evtchn.GetDoorbell(common_pb2.Empty())
-        chans = GuestEventChannels(client, shared, info.path or None, reply.secret)
-        await chans.start()
-        guests[name] = (reply.info.domid, client, memory, shared, chans)
-    (ld, lclient, lmem, lshared, lchan), (rd, rclient, rmem, rshared, rchan) = guests["left"], guests["right"]
-    try:
-        lport = await lchan.alloc_unbound(rd)
-        rport = await rchan.bind_interdomain(ld, lport)
-        print(f"left d{ld} port {lport} <-> right d{rd} port {rport} "
-              f"({'doorbell' if lchan.via_doorbell else 'gRPC'})")
-        got = asyncio.Queue()
-        rchan.bind_handler(rport, lambda p: rchan.notify(rport))      # right echoes
-        lchan.bind_handler(lport, lambda p: got.put_nowait(time.perf_counter()))
-        await asyncio.sleep(0.05)
-        while not got.empty():
-            got.get_nowait()
-        rtts = []
-        for _ in range(notifies):
-            start = time.perf_counter()
-            lchan.notify(lport)
-            end = await asyncio.wait_for(got.get(), 5)
-            rtts.append((end - start) * 1e6)
-        print(f"{notifies} notify round trips: median {statistics.median(rtts):.0f} us, "
-              f"p99 {sorted(rtts)[int(len(rtts) * 0.99) - 1]:.0f} us")
-
-        message = b"hello from the left domain's frame 3"
-        lmem.frame(3)[:len(message)] = message
-        ref = (await lclient.grants.GrantAccess(grants_pb2.GrantAccessRequest(
-            entries=[grants_pb2.GrantAccessEntry(domid=rd, gfn=3, readonly=True)]))).refs[0]
-        result = await rclient.grants.Copy(grants_pb2.GrantCopyRequest(ops=[grants_pb2.GrantCopyOp(
-            source=grants_pb2.CopyPtr(domid=ld, ref=ref, use_gref=True),
-            dest=grants_pb2.CopyPtr(domid=rd, gfn=5), len=len(message))]))
-        copied = bytes(rmem.frame(5)[:len(message)])
-        print(f"grant ref {ref} (read-only, to d{rd}); GNTTABOP_copy status {list(result.status)}; "
-              f"right's frame 5 now reads {copied.decode()!r}")
-        denied = await rclient.grants.Copy(grants_pb2.GrantCopyRequest(ops=[grants_pb2.GrantCopyOp(
-            source=grants_pb2.CopyPtr(domid=rd, gfn=5),
-            dest=grants_pb2.CopyPtr(domid=ld, ref=ref, use_gref=True), len=8)]))
-        print(f"writing back through the read-only grant: status {denied.status[0]} "
-              f"({abi.GNTST_NAMES[denied.status[0]]})")
-        await lclient.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
-    finally:
-        for domid, client, memory, shared, chans in guests.values():
-            await chans.close()
-            shared.release()
-            memory.close()
-            await client.close()
-            await dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
-
-
-async def shut_down(dom0: HypervisorClient, ids: dict[str, int]) -> None:
-    for name, domid in ids.items():
-        step(f"xl shutdown -w {name} (the guest sees control/shutdown = poweroff)")
-        await dom0.domains.Shutdown(domains_pb2.ShutdownRequest(
-            domain=common_pb2.DomainRef(domid=domid), reason="poweroff", wait=True, timeout=20))
-    await show_list(dom0)
+    return 0 if lost == 0 else 1
 
 
 def run(args) -> int:
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(demo(args))
-    except (TimeoutError, grpc.aio.AioRpcError) as err:
-        detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else str(err)
-        print(f"xenlab demo: {detail}", file=sys.stderr)
-        return 1
+    except (LabError, ConfigError) as err:
+        print(f"xenlab demo: {getattr(err, 'message', err)}", file=sys.stderr)
+    except grpc.aio.AioRpcError as err:
+        print(f"xenlab demo: {err.details()} ({err.code().name})", file=sys.stderr)
     except KeyboardInterrupt:
         return 130
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="xenlab demo", description=__doc__)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return 1

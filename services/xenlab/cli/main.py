@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 DELEGATES = {
     "hypervisor": ("xenlab.hypervisor.__main__", "run the hypervisor service in the foreground"),
     "domain": ("xenlab.domain.__main__", "run one domain's kernel (what a launcher starts)"),
-    "demo": ("xenlab.cli.demo", "start a small demo lab"),
+    "demo": ("xenlab.cli.demo", "run the demo lab: ping mesh, FDB and counters, then stop"),
+    "tour": ("xenlab.cli.tour", "a tour of the hypervisor alone: domains, balloon, event channels, grants"),
     "bridge-service": ("xenlab.bridge.__main__", "run the bridge service (xenbr0) in the foreground"),
     "ping": ("xenlab.cli.ping", "ping from inside a domain, through its guest agent"),
     "dom0": ("xenlab.domain.dom0", "run Domain-0's kernel: netback and its hotplug to the bridges"),

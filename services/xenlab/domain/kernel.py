@@ -50,6 +50,8 @@ class DomainKernel:
         self.netifs: dict = {}       # netfront: "eth0" -> NetfrontDevice
         self.vifs: dict = {}         # netback: "vif1.0" -> VifDevice
         self.on_netif_change: list[Callable[[str, object], None]] = []
+        # Coroutine functions run once boot is complete (e.g. dom0 saying netback is ready).
+        self.on_boot: list[Callable[[], object]] = []
 
     async def boot(self) -> None:
         mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
@@ -76,6 +78,8 @@ class DomainKernel:
         # -- guest network + guest agent (xenlab.domain.netstack / .agent) --
         from xenlab.domain.agent import start_guest_agent
         self.agent = await start_guest_agent(self)
+        for hook in self.on_boot:
+            await hook()
 
     async def _register_drivers(self) -> None:
         from xenlab.drivers import default_drivers

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from xenlab.drivers.netback import HotplugError
 from xenlab.net.device import NetDevice
 from xenlab.net.veth import VethEnd, VethError, connect_veth
 
 log = logging.getLogger(__name__)
 
 BRIDGE_REGISTRY = "/tool/xenlab/bridges"
-
-
-class HotplugError(Exception):
-    """The vif could not be brought online; the message goes to hotplug-error."""
 
 
 def bridge_address_path(bridge: str) -> str:

@@ -27,7 +27,7 @@ import logging
 import mmap
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 import grpc
@@ -471,7 +471,6 @@ class Netback(XenbusDevice):
 
 
 def _replace_online(cfg: VifConfig, online: bool) -> VifConfig:
-    from dataclasses import replace
     return cfg if cfg.online == online else replace(cfg, online=online)
 
 

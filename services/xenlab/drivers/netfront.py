@@ -41,6 +41,7 @@ NR_RX_BUFFERS = abi.NET_RX_RING_SIZE
 POLL_ROUNDS = 64              # rounds per upcall before yielding to the loop (a NAPI budget)
 END_ACCESS_RETRY = 0.25       # seconds between tries to end a grant still mapped
 END_ACCESS_TRIES = 240        # then the page is leaked, with a warning, as Linux does
+_ENDED, _BUSY, _FAILED = "ended", "busy", "failed"
 
 
 class NetfrontDevice(NetDevice):
@@ -142,6 +143,7 @@ class Netfront(XenbusDevice):
         self.backend_id: int | None = None
         self.dev: NetfrontDevice | None = None
         self._rings: _Rings | None = None
+        self._deferred: set[asyncio.Task] = set()
 
     # -- xenbus ------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -266,36 +268,45 @@ class Netfront(XenbusDevice):
         # end at once. The ring pages may still be mapped by a backend that
         # has not caught up; those end when it lets go.
         ring_refs, buffer_refs = rings.refs[:2], rings.refs[2:]
-        if await self._end_access(buffer_refs):
+        if await self._end_access(buffer_refs) == _ENDED:
             self.kernel.memory.free_frames(rings.gfns[2:])
-        if ring_refs and not await self._end_access(ring_refs):
-            asyncio.get_running_loop().create_task(
+        outcome = await self._end_access(ring_refs)
+        if outcome == _ENDED:
+            self.kernel.memory.free_frames(rings.gfns[:2])
+        elif outcome == _BUSY:
+            task = asyncio.get_running_loop().create_task(
                 self._end_access_later(ring_refs, rings.gfns[:2]))
-            return
-        self.kernel.memory.free_frames(rings.gfns[:2])
+            self._deferred.add(task)
+            task.add_done_callback(self._deferred.discard)
 
-    async def _end_access(self, refs: list[int]) -> bool:
+    async def _end_access(self, refs: list[int]) -> str:
         if not refs:
-            return True
+            return _ENDED
         try:
             await self.kernel.hv.grants.EndAccess(grants_pb2.EndAccessRequest(refs=refs))
-            return True
+            return _ENDED
         except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
-                log.warning("%s: ending grants %s: %s", self.label, refs, err.details())
-            return False
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                return _BUSY
+            log.warning("%s: ending %d grants (refs %d...): %s", self.label, len(refs), refs[0],
+                        err.details())
+            return _FAILED
 
     async def _end_access_later(self, refs: list[int], gfns: list[int]) -> None:
         """gnttab_end_foreign_access's deferred list: retry until unmapped."""
         for _ in range(END_ACCESS_TRIES):
             await asyncio.sleep(END_ACCESS_RETRY)
-            if await self._end_access(refs):
+            outcome = await self._end_access(refs)
+            if outcome == _ENDED:
                 self.kernel.memory.free_frames(gfns)
+            if outcome != _BUSY:
                 return
         log.warning("%s: grants %s are still in use; leaking their pages", self.label, refs)
 
     def shutdown_local(self) -> None:
         """The domain is going away: stop using the rings, without hypercalls."""
+        for task in list(self._deferred):
+            task.cancel()
         if self.dev is not None:
             self.dev.detach()
             self._withdraw(self.dev)

@@ -120,8 +120,12 @@ class XenbusDevice:
 
     async def _otherend_changed(self) -> bool:
         """Returns True when the device unregistered itself."""
-        text = await self._read(f"{self.otherend}/state")
-        other = xs.parse_state(text)
+        other = xs.parse_state(await self._read(f"{self.otherend}/state"))
+        if other == self.otherend_state:
+            # Queued pokes that saw the same state: Linux's watch fires once per
+            # change, and a second reaction to one change would undo ours
+            # (a fatal Closing walked back to Connected).
+            return False
         self.otherend_state = other
         return await self.run_actions(self.on_otherend(other))
 

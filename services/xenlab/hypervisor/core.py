@@ -69,6 +69,7 @@ class Hypervisor:
 
     # -- start and stop ------------------------------------------------------
     async def start(self) -> None:
+        self._reap_stale_segments()
         self.rundir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.rundir.logs.mkdir(exist_ok=True)
         dom0 = self.domains.add_dom0(self.config.dom0_memory_mb * PAGES_PER_MB,
@@ -77,6 +78,19 @@ class Hypervisor:
         self.dom0_secret = self.identity.issue(0, privileged=True)
         self._write_domain_tree(dom0)
         await self.doorbell.start(str(self.rundir.doorbell))
+
+    def _reap_stale_segments(self) -> None:
+        """Memory segments of hypervisors that died without cleaning up
+        (SIGKILL) would stay in tmpfs forever: their names carry the owner's
+        pid, so remove those whose owner is gone."""
+        for path in Path(self.config.shm_dir).glob("xenlab-*-*"):
+            pid = path.name.split("-")[1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                try:
+                    path.unlink()
+                    log.info("removed %s, left by a hypervisor that is gone", path)
+                except OSError:
+                    pass
 
     def publish(self, address: str) -> None:
         """Leave the address and dom0's secret where the toolstack finds them."""
@@ -394,6 +408,8 @@ class Hypervisor:
         if proc is not None:
             await proc.kill()
         self._remove_backends(dom.domid)
+        # The guest agent's socket, if the domain could not remove it itself.
+        (self.rundir.path / f"agent-d{dom.domid}.sock").unlink(missing_ok=True)
         self.doorbell.disconnect(dom.domid)
         self.identity.revoke(dom.domid)
         self._remove_from_cores(dom.domid)

@@ -199,6 +199,16 @@ class Lab:
                  "domains": self.domids, "started": time.time()}
         self.state_file.write_text(json.dumps(state, indent=2) + "\n")
 
+    async def bridge_client(self, name: str):
+        """A Bridge gRPC stub for a bridge of this lab, and its channel to close."""
+        from xenlab.proto import bridge_pb2_grpc
+        from xenlab.rpc import CHANNEL_OPTIONS
+        address = await self._xs_read(f"/tool/xenlab/bridges/{name}/grpc")
+        if not address:
+            raise LabError(f"bridge {name} has not registered its gRPC address")
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        return bridge_pb2_grpc.BridgeStub(channel), channel
+
     # -- summary ---------------------------------------------------------------
     async def summary(self) -> str:
         domains = {d.domid: d for d in (await self.hv.domains.List(common_pb2.Empty())).domains}

@@ -1,0 +1,181 @@
+"""The xenbus device state machine: netback's set_backend_state walk,
+netfront's netback_changed, and both ends played against each other."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xenlab.drivers.xenbus_state import (Connect, Disconnect, Release, SwitchState, Unregister,
+                                         backend_on_fatal, backend_on_frontend_changed,
+                                         backend_path, check_transition,
+                                         frontend_on_backend_changed, frontend_on_fatal,
+                                         parse_state)
+from xenlab.xen.abi import XenbusState as S
+from xenlab.xen.errors import XenError
+
+
+def states(actions):
+    return [a.state for a in actions if isinstance(a, SwitchState)]
+
+
+@pytest.mark.parametrize("start, target, expected", [
+    (S.Initialising, S.InitWait, [SwitchState(S.InitWait)]),
+    (S.InitWait, S.Connected, [Connect(), SwitchState(S.Connected)]),
+    (S.Initialising, S.Connected, [SwitchState(S.InitWait), Connect(), SwitchState(S.Connected)]),
+    (S.Connected, S.Closed, [Disconnect(), SwitchState(S.Closing), SwitchState(S.Closed)]),
+    (S.Connected, S.Closing, [Disconnect(), SwitchState(S.Closing)]),
+    (S.Closed, S.Connected, [SwitchState(S.InitWait), Connect(), SwitchState(S.Connected)]),
+    (S.Closing, S.Connected, [SwitchState(S.Closed), SwitchState(S.InitWait), Connect(),
+                              SwitchState(S.Connected)]),
+    (S.InitWait, S.Closed, [SwitchState(S.Closing), SwitchState(S.Closed)]),
+    (S.Connected, S.Connected, []),
+])
+def test_backend_path_walks_like_set_backend_state(start, target, expected):
+    assert backend_path(start, target) == expected
+
+
+@pytest.mark.parametrize("start, target", [(S.Connected, S.Initialising),
+                                           (S.Closing, S.Initialising),
+                                           (S.Reconfiguring, S.Connected)])
+def test_backend_path_refuses_impossible_walks(start, target):
+    with pytest.raises(XenError):
+        backend_path(start, target)
+
+
+def test_every_walk_between_netback_states_ends_and_obeys_the_edges():
+    netback_states = [S.Initialising, S.InitWait, S.Connected, S.Closing, S.Closed]
+    for start in netback_states:
+        for target in [S.InitWait, S.Connected, S.Closing, S.Closed]:
+            if start == S.Closed and target == S.Closed:
+                continue
+            try:
+                actions = backend_path(start, target)
+            except XenError:
+                continue
+            state = start
+            for new in states(actions):
+                check_transition(state, new)
+                state = new
+            assert state == target
+
+
+def test_connect_and_disconnect_happen_only_on_their_edges():
+    for actions in (backend_path(S.Closed, S.Connected), backend_path(S.Connected, S.Closed)):
+        kinds = [type(a) for a in actions]
+        assert kinds.count(Connect) + kinds.count(Disconnect) == 1
+
+
+def test_backend_reactions():
+    assert backend_on_frontend_changed(S.InitWait, S.Initialising, True) == []
+    assert backend_on_frontend_changed(S.InitWait, S.Connected, True) == \
+        [Connect(), SwitchState(S.Connected)]
+    assert backend_on_frontend_changed(S.Connected, S.Connected, True) == []
+    assert backend_on_frontend_changed(S.Connected, S.Closing, True) == \
+        [Disconnect(), SwitchState(S.Closing)]
+    assert backend_on_frontend_changed(S.Closing, S.Closed, True) == [SwitchState(S.Closed)]
+    assert backend_on_frontend_changed(S.Closing, S.Closed, False) == \
+        [SwitchState(S.Closed), Unregister()]
+    # "prepare for reconnect"
+    assert backend_on_frontend_changed(S.Closed, S.Initialising, True) == [SwitchState(S.InitWait)]
+    # a frontend that vanished after we saw it
+    assert backend_on_frontend_changed(S.Connected, S.Unknown, True) == \
+        [Disconnect(), SwitchState(S.Closing), SwitchState(S.Closed), Unregister()]
+    # ...but not one the toolstack has not written yet
+    assert backend_on_frontend_changed(S.InitWait, S.Unknown, True) == []
+
+
+def test_frontend_reactions():
+    assert frontend_on_backend_changed(S.Initialising, S.InitWait) == \
+        [Connect(), SwitchState(S.Connected)]
+    assert frontend_on_backend_changed(S.Connected, S.InitWait) == []
+    assert frontend_on_backend_changed(S.Connected, S.Connected) == []
+    assert frontend_on_backend_changed(S.Connected, S.Closing) == \
+        [Disconnect(), SwitchState(S.Closed)]
+    assert frontend_on_backend_changed(S.Closed, S.Closed) == [Release()]
+    assert frontend_on_backend_changed(S.Connected, S.Closed) == \
+        [Disconnect(), SwitchState(S.Closed), Release()]
+    assert frontend_on_backend_changed(S.Connected, S.Unknown) == \
+        [Disconnect(), SwitchState(S.Closed), Release()]
+    assert frontend_on_backend_changed(S.Initialising, S.Unknown) == []
+
+
+def test_fatal_goes_closing_with_the_data_path_down():
+    assert backend_on_fatal(S.Connected) == [Disconnect(), SwitchState(S.Closing)]
+    assert backend_on_fatal(S.InitWait) == [SwitchState(S.Closing)]
+    assert backend_on_fatal(S.Closed) == []
+    assert frontend_on_fatal(S.Connected) == [Disconnect(), SwitchState(S.Closing)]
+    assert frontend_on_fatal(S.Initialising) == [SwitchState(S.Closing)]
+
+
+@pytest.mark.parametrize("text, state", [("4", S.Connected), (" 2\n", S.InitWait), (None, S.Unknown),
+                                         ("", S.Unknown), ("x", S.Unknown), ("99", S.Unknown)])
+def test_parse_state(text, state):
+    assert parse_state(text) == state
+
+
+def test_check_transition():
+    check_transition(S.Connected, S.Connected)
+    check_transition(S.Closing, S.Closed)
+    with pytest.raises(XenError):
+        check_transition(S.Connected, S.InitWait)
+
+
+class Pair:
+    """Both ends, each reacting to what it last read of the other, as the
+    watches deliver it: one end moves per step, in any order."""
+
+    def __init__(self):
+        self.front, self.back = S.Initialising, S.Initialising
+        self.connected_front = self.connected_back = False
+        self.released = False
+        self.log: list[str] = []
+
+    def apply(self, side: str, actions) -> None:
+        for a in actions:
+            self.log.append(f"{side}:{a}")
+            if isinstance(a, SwitchState):
+                own = self.front if side == "front" else self.back
+                check_transition(own, a.state)
+                if side == "front":
+                    self.front = a.state
+                else:
+                    self.back = a.state
+            elif isinstance(a, Connect):
+                if side == "front":
+                    self.connected_front = True
+                else:
+                    assert self.connected_front, "netback mapped rings nobody granted"
+                    self.connected_back = True
+            elif isinstance(a, Disconnect):
+                if side == "back":
+                    self.connected_back = False
+            elif isinstance(a, Release):
+                assert not self.connected_back, "netfront ended grants netback still maps"
+                self.released = True
+
+    def step_front(self):
+        self.apply("front", frontend_on_backend_changed(self.front, self.back))
+
+    def step_back(self, online=True):
+        self.apply("back", backend_on_frontend_changed(self.back, self.front, online))
+
+
+@given(st.lists(st.sampled_from(["front", "back"]), min_size=0, max_size=20))
+def test_the_two_ends_connect_then_close_cleanly_in_any_order(order):
+    pair = Pair()
+    pair.apply("back", backend_path(S.Initialising, S.InitWait))     # netback_probe
+    for side in order:
+        pair.step_front() if side == "front" else pair.step_back()
+    for _ in range(4):          # let both settle
+        pair.step_front()
+        pair.step_back()
+    assert (pair.front, pair.back) == (S.Connected, S.Connected)
+    assert pair.connected_back
+    # the toolstack detaches: online=0, backend state Closing (libxl's device remove)
+    pair.apply("back", backend_path(pair.back, S.Closing))
+    for _ in range(4):
+        pair.step_front()
+        pair.step_back(online=False)
+    assert (pair.front, pair.back) == (S.Closed, S.Closed)
+    assert pair.released and not pair.connected_back
