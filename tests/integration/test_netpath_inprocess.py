@@ -22,7 +22,7 @@ from xenlab.drivers.netback import HotplugError, LoopbackHotplug, NetbackDriver
 from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.hypervisor.identity import Caller
 from xenlab.hypervisor.launcher import StartInfo
-from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
+from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.netif import TxRequest, TxResponse
@@ -90,11 +90,11 @@ class NetLab:
         return await self.boot(0, abi.DOM0_NAME, self.hv.dom0_secret, self.hv.config.dom0_vcpus,
                                lambda k: [NetbackDriver(k, self.hotplug)])
 
-    async def boot_domu(self, name: str) -> DomainKernel:
+    async def boot_domu(self, name: str, netfront: bool = True) -> DomainKernel:
         reply = await self.lab.dom0.domains.Create(domains_pb2.CreateDomainRequest(
             spec=domains_pb2.DomainSpec(name=name, memory_mb=16, launcher="none")))
         return await self.boot(reply.info.domid, name, reply.secret, 1,
-                               lambda k: [NetfrontDriver(k)])
+                               lambda k: [NetfrontDriver(k)] if netfront else [])
 
     @staticmethod
     def backend_path(domid: int, devid: int = 0) -> str:
@@ -244,6 +244,18 @@ async def test_spoofed_frames_are_dropped_at_the_vif(net):
     vif = net.kernels[0].vifs[f"vif{c.domid}.0"]
     eth.transmit([frame(60, "00:16:3e:66:66:66")])
     await wait_until(lambda: vif.drops["spoofed_mac"] == 1, "the spoofed frame's drop")
+
+
+async def test_rate_limited_frames_wait_for_credit_and_all_arrive(net, pair):
+    a, b, eth_a, eth_b = pair
+    c = await net.boot_domu("c")
+    await net.add_vif(c.domid, rate="200KB/s@10ms")       # 2000 bytes per 10 ms
+    eth_c = await net.connected(c.domid)
+    at_b = Capture(eth_b)
+    frames = [frame(1514, mac_of(c.domid), seed=i) for i in range(8)]
+    eth_c.transmit(frames)
+    assert await at_b.wait(8) == frames
+    assert net.kernels[0].vifs[f"vif{c.domid}.0"].counters["rate_limited"] > 0
 
 
 # -- teardown ------------------------------------------------------------------------------------
@@ -432,6 +444,47 @@ async def test_protocol_violations_disable_only_that_vif(net, pair, kind, caplog
     await wait_until(lambda: net.hv.grants.entries(c.domid) == [], "the grants to be ended")
     await still_passes_traffic(net, pair)
     assert pair[3].state == "connected"
+
+
+# -- a frontend that publishes garbage ---------------------------------------------------------------
+BAD_KEYS = {
+    "missing tx-ring-ref": ({"tx-ring-ref": None}, "reading tx-ring-ref: missing"),
+    "garbage rx-ring-ref": ({"rx-ring-ref": "0x10"}, "reading rx-ring-ref"),
+    "garbage event-channel": ({"event-channel": "-3"}, "reading event-channel"),
+    "no rx-copy": ({"request-rx-copy": "0"}, "rx-copy"),
+    "a ref never granted": ({"tx-ring-ref": "4000"}, "mapping shared-frame ref 4000"),
+    "a port never offered": ({"event-channel": "900"}, "binding event-channel 900"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_KEYS))
+async def test_garbage_frontend_keys_are_a_xenbus_fatal_error(net, kind):
+    """The frontend's keys written by hand (no netfront in that domain), as a
+    misbehaving guest could write them."""
+    c = await net.boot_domu("c", netfront=False)
+    await net.add_vif(c.domid)
+    be, fe = net.backend_path(c.domid), net.frontend_path(c.domid)
+    await net.wait_state(be, S.InitWait)
+    # real grants and a real port, so that only the key under test is wrong
+    page = c.memory.alloc_frames(2)
+    refs = (await c.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
+        grants_pb2.GrantAccessEntry(domid=0, gfn=g) for g in page]))).refs
+    port = await c.evtchn.alloc_unbound(0)
+    keys = {"tx-ring-ref": str(refs[0]), "rx-ring-ref": str(refs[1]), "event-channel": str(port),
+            "request-rx-copy": "1", "feature-rx-notify": "1"}
+    change, message = BAD_KEYS[kind]
+    keys.update(change)
+    for key, value in keys.items():
+        if value is not None:
+            await net.xs_write(f"{fe}/{key}", value)
+    await net.xs_write(f"{fe}/state", str(int(S.Connected)))
+    error = f"/local/domain/0/error/backend/vif/{c.domid}/0/error"
+    await wait_until(lambda: net.xs_read(error), "the error node")
+    assert message in net.xs_read(error)
+    await net.wait_state(be, S.Closing)
+    assert all(m.granter != c.domid for m in net.hv.grants.mappings(0))   # nothing left mapped
+    assert not peers_of(net, c.domid)                                       # nor bound
+    assert f"vif{c.domid}.0" not in net.kernels[0].vifs
 
 
 # -- hotplug ------------------------------------------------------------------------------------

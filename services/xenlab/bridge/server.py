@@ -40,10 +40,11 @@ from xenlab.bridge.core import Bridge, BridgePort, check_bridge_name, check_port
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEvent
 from xenlab.bridge.uplink import TapDevice
 from xenlab.client import HypervisorClient, Rundir
+from xenlab.net.capture import DeviceCapture, directions
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ZERO, format_mac, parse_mac
 from xenlab.net.veth import VethEnd, VethError, VethListener
-from xenlab.proto import bridge_pb2, bridge_pb2_grpc, common_pb2, xenstore_pb2
+from xenlab.proto import agent_pb2, bridge_pb2, bridge_pb2_grpc, common_pb2, xenstore_pb2
 from xenlab.rpc import handles_xen_errors, start_server
 from xenlab.xen.errors import XenError
 
@@ -136,6 +137,7 @@ class BridgeService:
         self._tasks: set[asyncio.Task] = set()
         self._expiry: asyncio.Task | None = None
         self._hv: HypervisorClient | None = None
+        self._captures: dict[tuple[str, str], set[DeviceCapture]] = {}
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -217,6 +219,8 @@ class BridgeService:
         if self.links.get((bridge, name)) is not dev:
             return      # already gone, or the name now belongs to a newer link
         del self.links[(bridge, name)]
+        for capture in self._captures.pop((bridge, name), set()):
+            capture.gone()
         if dev is not None:
             dev.receiver = None
         br = self.bridges[bridge]
@@ -224,6 +228,27 @@ class BridgeService:
             br.delete_port(name)
             log.info("%s: port %s removed", bridge, name)
         self.publish(br)
+
+    def link(self, bridge: str, port: str) -> NetDevice:
+        br = self.bridge(bridge)
+        br.port(port)
+        return self.links[(br.name, port)]
+
+    def capture(self, bridge: str, port: str, direction: str = "both") -> DeviceCapture:
+        """Frames on a port as its link sees them: "rx" entered the bridge
+        there, "tx" left the bridge there. Ends when the port goes away."""
+        br = self.bridge(bridge)
+        capture = DeviceCapture(self.link(br.name, port), directions(direction))
+        self._captures.setdefault((br.name, port), set()).add(capture)
+        return capture
+
+    def end_capture(self, bridge: str, port: str, capture: DeviceCapture) -> None:
+        capture.close()
+        self._captures.get((self.bridge(bridge).name, port), set()).discard(capture)
+
+    def inject(self, bridge: str, port: str, frames: list[bytes]) -> None:
+        """Frames entering the bridge at `port`, as if its link had received them."""
+        self.link(bridge, port).deliver(frames)
 
     def _open_uplinks(self) -> None:
         for bridge, tap in self.uplinks.items():
@@ -536,6 +561,36 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                     port=event.port, old_port=event.old_port, static=event.static, time=wall)
         finally:
             self.service.unsubscribe(sub)
+
+
+    @handles_xen_errors
+    async def Capture(self, request, context):
+        capture = self.service.capture(request.bridge, request.port, request.direction)
+        try:
+            sent = 0
+            async for frame in capture:
+                yield agent_pb2.CapturedFrame(data=frame.data, timestamp=frame.timestamp,
+                                              direction=frame.direction, interface=frame.interface)
+                sent += 1
+                if request.count and sent >= request.count:
+                    return
+        finally:
+            self.service.end_capture(request.bridge, request.port, capture)
+
+    @handles_xen_errors
+    async def Inject(self, request_iterator, context):
+        bridge = port = None
+        accepted = 0
+        async for message in request_iterator:
+            if port is None:
+                bridge, port = message.bridge, message.port
+                self.service.link(bridge, port)          # unknown bridge/port: NOT_FOUND now
+            if not 14 <= len(message.data) <= 65535:
+                raise XenError(errno.EINVAL, f"frame {accepted + 1} has {len(message.data)} bytes; "
+                                             f"a frame has 14..65535")
+            self.service.inject(bridge, port, [message.data])
+            accepted += 1
+        return agent_pb2.InjectSummary(accepted=accepted)
 
 
 async def serve(service: BridgeService, ready: Callable[[BridgeService], None] | None = None) -> None:

@@ -24,6 +24,8 @@ DELEGATES = {
     "bridge-service": ("xenlab.bridge.__main__", "run the bridge service (xenbr0) in the foreground"),
     "ping": ("xenlab.cli.ping", "ping from inside a domain, through its guest agent"),
     "dom0": ("xenlab.domain.dom0", "run Domain-0's kernel: netback and its hotplug to the bridges"),
+    "capture": ("xenlab.cli.capture:capture", "capture frames at a point of the lab into a pcap file"),
+    "inject": ("xenlab.cli.capture:inject", "inject frames (from a pcap file or generated) at a point of the lab"),
     "up": ("xenlab.lab.cli:up", "start a lab (the demo lab when no file is given) and keep it up"),
     "down": ("xenlab.lab.cli:down", "stop the lab that `xenlab up` runs"),
     "status": ("xenlab.lab.cli:status", "show what a lab runs"),

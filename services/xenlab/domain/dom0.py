@@ -38,7 +38,10 @@ def dom0_start_info(rundir: Rundir, vcpus: int = 1) -> StartInfo:
 def dom0_drivers(kernel) -> list:
     from xenlab.drivers.hotplug import BridgeHotplug
     from xenlab.drivers.netback import NetbackDriver
-    return [NetbackDriver(kernel, BridgeHotplug(kernel.xenbus, kernel.domid))]
+    def announce(name, device):
+        for callback in kernel.on_netif_change:
+            callback(name, device)
+    return [NetbackDriver(kernel, BridgeHotplug(kernel.xenbus, kernel.domid, announce))]
 
 
 async def _main(start: StartInfo) -> int:

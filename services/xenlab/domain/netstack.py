@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Callable, Iterable
 
+from xenlab.net.capture import DeviceCapture, TappedFrame
 from xenlab.net.device import NetDevice
 from xenlab.net.icmp import ICMP_HLEN
 from xenlab.net.ipv4 import IP_HLEN, IP_MAXPACKET
@@ -71,14 +72,6 @@ class InjectResult:
     accepted: int
     dropped: int
     drops: dict[str, int]
-
-
-@dataclass(frozen=True)
-class TappedFrame:
-    interface: str
-    direction: str                      # "tx" | "rx", as the interface sees it
-    data: bytes
-    timestamp: float                    # unix time
 
 
 @dataclass
@@ -142,60 +135,22 @@ class _UdpWait:
         self.error = ""
 
 
-class Capture:
-    """A tap on one interface feeding a bounded queue. When the reader falls
-    behind, the oldest frames go and are counted in ``dropped``."""
+class Capture(DeviceCapture):
+    """A DeviceCapture that its interface's entry knows about, so that the
+    interface going away ends it."""
 
-    def __init__(self, net: GuestNetwork, iface: _Interface, directions: frozenset[str],
+    def __init__(self, net: "GuestNetwork", iface: "_Interface", wanted: frozenset[str],
                  limit: int = CAPTURE_QUEUE):
-        self._net = net
+        super().__init__(iface.device, wanted, limit)
         self._iface = iface
-        self._directions = directions
-        self._queue: collections.deque[TappedFrame] = collections.deque()
-        self._limit = limit
-        self._ready = asyncio.Event()
-        self._gone = False
-        self.dropped = 0
-        self._handle = iface.device.add_tap(self._tap)
         iface.captures.add(self)
 
-    @property
-    def interface(self) -> str:
-        return self._iface.name
-
-    def _tap(self, direction: str, frame: bytes, now: float) -> None:
-        if direction not in self._directions:
-            return
-        if len(self._queue) >= self._limit:
-            self._queue.popleft()
-            self.dropped += 1
-        self._queue.append(TappedFrame(self._iface.name, direction, bytes(frame), now))
-        self._ready.set()
-
     def _interface_gone(self) -> None:
-        self._gone = True
-        self._ready.set()
-
-    def __aiter__(self) -> Capture:
-        return self
-
-    async def __anext__(self) -> TappedFrame:
-        while not self._queue:
-            if self._gone:
-                raise XenError(errno.ENOENT, f"interface {self._iface.name} went away")
-            self._ready.clear()
-            await self._ready.wait()
-        return self._queue.popleft()
+        self.gone()
 
     def close(self) -> None:
-        self._iface.device.remove_tap(self._handle)
+        super().close()
         self._iface.captures.discard(self)
-
-    def __enter__(self) -> Capture:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 class GuestNetwork:
@@ -235,7 +190,9 @@ class GuestNetwork:
             return True
         if netifs.get(name) is device:
             return False
-        return name.startswith("vif")       # announced before it was filed: Xen's vifD.N name
+        # Announced before it was filed: Xen's vifD.N name, or the driver
+        # domain's end of a vif's veth pair (vethD.N).
+        return name.startswith(("vif", "veth"))
 
     def add(self, device: NetDevice, bridged: bool = False) -> None:
         if device.name in self._ifaces:

@@ -321,6 +321,7 @@ class Netback(XenbusDevice):
                 self._fatal_tx(conn, batch.fatal)
                 return
             if batch.wait_until is not None:
+                vif.counters["rate_limited"] += 1
                 self._arm_credit_timer(conn, batch.wait_until)
             if not conn.tx.more_to_do():
                 return

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from xenlab.proto import agent_pb2 as xenlab_dot_proto_dot_agent__pb2
 from xenlab.proto import common_pb2 as xenlab_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xenlab/proto/bridge.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"-\n\rBridgePortRef\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\"A\n\x14\x41\x64\x64\x42ridgePortRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\"\x99\x01\n\x0e\x42ridgePortInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07port_no\x18\x02 \x01(\r\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x10\n\x08learning\x18\x04 \x01(\x08\x12\r\n\x05\x66lood\x18\x05 \x01(\x08\x12\x0f\n\x07hairpin\x18\x06 \x01(\x08\x12\r\n\x05state\x18\x07 \x01(\t\x12\x0c\n\x04link\x18\x08 \x01(\t\x12\x0c\n\x04peer\x18\t \x01(\t\"\xc0\x01\n\nBridgeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbridge_id\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x0b\n\x03stp\x18\x04 \x01(\x08\x12+\n\x05ports\x18\x05 \x03(\x0b\x32\x1c.xenlab.proto.BridgePortInfo\x12\x0e\n\x06\x61geing\x18\x06 \x01(\x01\x12\x0f\n\x07\x66\x64\x62_max\x18\x07 \x01(\r\x12\x13\n\x0b\x66\x64\x62_entries\x18\x08 \x01(\r\x12\x14\n\x0cveth_address\x18\t \x01(\t\"$\n\x12ShowBridgesRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\"E\n\nBridgeList\x12)\n\x07\x62ridges\x18\x01 \x03(\x0b\x32\x18.xenlab.proto.BridgeInfo\x12\x0c\n\x04text\x18\x02 \x01(\t\"=\n\x0eShowFdbRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\r\n\x05stats\x18\x03 \x01(\x08\"\x9e\x01\n\tFdbRecord\x12\x0b\n\x03mac\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\t\x12\x0f\n\x07port_no\x18\x04 \x01(\r\x12\x0e\n\x06static\x18\x05 \x01(\x08\x12\x0c\n\x04used\x18\x06 \x01(\x01\x12\x0f\n\x07updated\x18\x07 \x01(\x01\x12\x17\n\nexpires_in\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_expires_in\"B\n\x08\x46\x64\x62Table\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.xenlab.proto.FdbRecord\x12\x0c\n\x04text\x18\x02 \x01(\t\"3\n\x10SetAgeingRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"=\n\x10StaticFdbRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\t\"\xa6\x01\n\x13SetPortFlagsRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\x15\n\x08learning\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05\x66lood\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x14\n\x07hairpin\x18\x05 \x01(\x08H\x02\x88\x01\x01\x12\r\n\x05state\x18\x06 \x01(\tB\x0b\n\t_learningB\x08\n\x06_floodB\n\n\x08_hairpin\"G\n\x0f\x46lushFdbRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\x16\n\x0einclude_static\x18\x03 \x01(\x08\" \n\rFlushFdbReply\x12\x0f\n\x07removed\x18\x01 \x01(\r\"$\n\x12\x42ridgeStatsRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\"\xb6\x02\n\x0f\x42ridgePortStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrx_packets\x18\x02 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x03 \x01(\x04\x12\x12\n\ntx_packets\x18\x04 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x05 \x01(\x04\x12\x37\n\x05\x64rops\x18\x06 \x03(\x0b\x32(.xenlab.proto.BridgePortStats.DropsEntry\x12\x35\n\x04link\x18\x07 \x03(\x0b\x32\'.xenlab.proto.BridgePortStats.LinkEntry\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a+\n\tLinkEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x81\x03\n\x0e\x42ridgeCounters\x12\x0c\n\x04name\x18\x01 \x01(\t\x12<\n\x08\x63ounters\x18\x02 \x03(\x0b\x32*.xenlab.proto.BridgeCounters.CountersEntry\x12\x36\n\x05\x64rops\x18\x03 \x03(\x0b\x32\'.xenlab.proto.BridgeCounters.DropsEntry\x12\x32\n\x03\x66\x64\x62\x18\x04 \x03(\x0b\x32%.xenlab.proto.BridgeCounters.FdbEntry\x12,\n\x05ports\x18\x05 \x03(\x0b\x32\x1d.xenlab.proto.BridgePortStats\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a*\n\x08\x46\x64\x62\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"A\n\x10\x42ridgeStatsReply\x12-\n\x07\x62ridges\x18\x01 \x03(\x0b\x32\x1c.xenlab.proto.BridgeCounters\"!\n\x0fWatchFdbRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\"s\n\x08\x46\x64\x62\x45vent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\t\x12\x10\n\x08old_port\x18\x05 \x01(\t\x12\x0e\n\x06static\x18\x06 \x01(\x08\x12\x0c\n\x04time\x18\x07 \x01(\x01\x32\x93\x06\n\x06\x42ridge\x12K\n\x07\x41\x64\x64Port\x12\".xenlab.proto.AddBridgePortRequest\x1a\x1c.xenlab.proto.BridgePortInfo\x12>\n\nDeletePort\x12\x1b.xenlab.proto.BridgePortRef\x1a\x13.xenlab.proto.Empty\x12I\n\x0bShowBridges\x12 .xenlab.proto.ShowBridgesRequest\x1a\x18.xenlab.proto.BridgeList\x12?\n\x07ShowFdb\x12\x1c.xenlab.proto.ShowFdbRequest\x1a\x16.xenlab.proto.FdbTable\x12@\n\tSetAgeing\x12\x1e.xenlab.proto.SetAgeingRequest\x1a\x13.xenlab.proto.Empty\x12@\n\tAddStatic\x12\x1e.xenlab.proto.StaticFdbRequest\x1a\x13.xenlab.proto.Empty\x12\x43\n\x0c\x44\x65leteStatic\x12\x1e.xenlab.proto.StaticFdbRequest\x1a\x13.xenlab.proto.Empty\x12O\n\x0cSetPortFlags\x12!.xenlab.proto.SetPortFlagsRequest\x1a\x1c.xenlab.proto.BridgePortInfo\x12I\n\x05Stats\x12 .xenlab.proto.BridgeStatsRequest\x1a\x1e.xenlab.proto.BridgeStatsReply\x12\x43\n\x05\x46lush\x12\x1d.xenlab.proto.FlushFdbRequest\x1a\x1b.xenlab.proto.FlushFdbReply\x12\x46\n\x0bWatchEvents\x12\x1d.xenlab.proto.WatchFdbRequest\x1a\x16.xenlab.proto.FdbEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xenlab/proto/bridge.proto\x12\x0cxenlab.proto\x1a\x18xenlab/proto/agent.proto\x1a\x19xenlab/proto/common.proto\"-\n\rBridgePortRef\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\"A\n\x14\x41\x64\x64\x42ridgePortRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\"\x99\x01\n\x0e\x42ridgePortInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07port_no\x18\x02 \x01(\r\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x10\n\x08learning\x18\x04 \x01(\x08\x12\r\n\x05\x66lood\x18\x05 \x01(\x08\x12\x0f\n\x07hairpin\x18\x06 \x01(\x08\x12\r\n\x05state\x18\x07 \x01(\t\x12\x0c\n\x04link\x18\x08 \x01(\t\x12\x0c\n\x04peer\x18\t \x01(\t\"\xc0\x01\n\nBridgeInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbridge_id\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x0b\n\x03stp\x18\x04 \x01(\x08\x12+\n\x05ports\x18\x05 \x03(\x0b\x32\x1c.xenlab.proto.BridgePortInfo\x12\x0e\n\x06\x61geing\x18\x06 \x01(\x01\x12\x0f\n\x07\x66\x64\x62_max\x18\x07 \x01(\r\x12\x13\n\x0b\x66\x64\x62_entries\x18\x08 \x01(\r\x12\x14\n\x0cveth_address\x18\t \x01(\t\"$\n\x12ShowBridgesRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\"E\n\nBridgeList\x12)\n\x07\x62ridges\x18\x01 \x03(\x0b\x32\x18.xenlab.proto.BridgeInfo\x12\x0c\n\x04text\x18\x02 \x01(\t\"=\n\x0eShowFdbRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\r\n\x05stats\x18\x03 \x01(\x08\"\x9e\x01\n\tFdbRecord\x12\x0b\n\x03mac\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\t\x12\x0f\n\x07port_no\x18\x04 \x01(\r\x12\x0e\n\x06static\x18\x05 \x01(\x08\x12\x0c\n\x04used\x18\x06 \x01(\x01\x12\x0f\n\x07updated\x18\x07 \x01(\x01\x12\x17\n\nexpires_in\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_expires_in\"B\n\x08\x46\x64\x62Table\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.xenlab.proto.FdbRecord\x12\x0c\n\x04text\x18\x02 \x01(\t\"3\n\x10SetAgeingRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0f\n\x07seconds\x18\x02 \x01(\x01\"=\n\x10StaticFdbRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\t\"\xa6\x01\n\x13SetPortFlagsRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\x15\n\x08learning\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\x05\x66lood\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x14\n\x07hairpin\x18\x05 \x01(\x08H\x02\x88\x01\x01\x12\r\n\x05state\x18\x06 \x01(\tB\x0b\n\t_learningB\x08\n\x06_floodB\n\n\x08_hairpin\"G\n\x0f\x46lushFdbRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\x16\n\x0einclude_static\x18\x03 \x01(\x08\" \n\rFlushFdbReply\x12\x0f\n\x07removed\x18\x01 \x01(\r\"$\n\x12\x42ridgeStatsRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\"\xb6\x02\n\x0f\x42ridgePortStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrx_packets\x18\x02 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x03 \x01(\x04\x12\x12\n\ntx_packets\x18\x04 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x05 \x01(\x04\x12\x37\n\x05\x64rops\x18\x06 \x03(\x0b\x32(.xenlab.proto.BridgePortStats.DropsEntry\x12\x35\n\x04link\x18\x07 \x03(\x0b\x32\'.xenlab.proto.BridgePortStats.LinkEntry\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a+\n\tLinkEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x81\x03\n\x0e\x42ridgeCounters\x12\x0c\n\x04name\x18\x01 \x01(\t\x12<\n\x08\x63ounters\x18\x02 \x03(\x0b\x32*.xenlab.proto.BridgeCounters.CountersEntry\x12\x36\n\x05\x64rops\x18\x03 \x03(\x0b\x32\'.xenlab.proto.BridgeCounters.DropsEntry\x12\x32\n\x03\x66\x64\x62\x18\x04 \x03(\x0b\x32%.xenlab.proto.BridgeCounters.FdbEntry\x12,\n\x05ports\x18\x05 \x03(\x0b\x32\x1d.xenlab.proto.BridgePortStats\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a*\n\x08\x46\x64\x62\x45ntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"A\n\x10\x42ridgeStatsReply\x12-\n\x07\x62ridges\x18\x01 \x03(\x0b\x32\x1c.xenlab.proto.BridgeCounters\"!\n\x0fWatchFdbRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\"s\n\x08\x46\x64\x62\x45vent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0b\n\x03mac\x18\x03 \x01(\t\x12\x0c\n\x04port\x18\x04 \x01(\t\x12\x10\n\x08old_port\x18\x05 \x01(\t\x12\x0e\n\x06static\x18\x06 \x01(\x08\x12\x0c\n\x04time\x18\x07 \x01(\x01\"V\n\x14\x42ridgeCaptureRequest\x12\x0e\n\x06\x62ridge\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\r\x12\x11\n\tdirection\x18\x04 \x01(\t\"?\n\x11\x42ridgeInjectFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06\x62ridge\x18\x02 \x01(\t\x12\x0c\n\x04port\x18\x03 \x01(\t2\xab\x07\n\x06\x42ridge\x12K\n\x07\x41\x64\x64Port\x12\".xenlab.proto.AddBridgePortRequest\x1a\x1c.xenlab.proto.BridgePortInfo\x12>\n\nDeletePort\x12\x1b.xenlab.proto.BridgePortRef\x1a\x13.xenlab.proto.Empty\x12I\n\x0bShowBridges\x12 .xenlab.proto.ShowBridgesRequest\x1a\x18.xenlab.proto.BridgeList\x12?\n\x07ShowFdb\x12\x1c.xenlab.proto.ShowFdbRequest\x1a\x16.xenlab.proto.FdbTable\x12@\n\tSetAgeing\x12\x1e.xenlab.proto.SetAgeingRequest\x1a\x13.xenlab.proto.Empty\x12@\n\tAddStatic\x12\x1e.xenlab.proto.StaticFdbRequest\x1a\x13.xenlab.proto.Empty\x12\x43\n\x0c\x44\x65leteStatic\x12\x1e.xenlab.proto.StaticFdbRequest\x1a\x13.xenlab.proto.Empty\x12O\n\x0cSetPortFlags\x12!.xenlab.proto.SetPortFlagsRequest\x1a\x1c.xenlab.proto.BridgePortInfo\x12I\n\x05Stats\x12 .xenlab.proto.BridgeStatsRequest\x1a\x1e.xenlab.proto.BridgeStatsReply\x12\x43\n\x05\x46lush\x12\x1d.xenlab.proto.FlushFdbRequest\x1a\x1b.xenlab.proto.FlushFdbReply\x12\x46\n\x0bWatchEvents\x12\x1d.xenlab.proto.WatchFdbRequest\x1a\x16.xenlab.proto.FdbEvent0\x01\x12L\n\x07\x43\x61pture\x12\".xenlab.proto.BridgeCaptureRequest\x1a\x1b.xenlab.proto.CapturedFrame0\x01\x12H\n\x06Inject\x12\x1f.xenlab.proto.BridgeInjectFrame\x1a\x1b.xenlab.proto.InjectSummary(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,56 +43,60 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BRIDGECOUNTERS_DROPSENTRY']._serialized_options = b'8\001'
   _globals['_BRIDGECOUNTERS_FDBENTRY']._loaded_options = None
   _globals['_BRIDGECOUNTERS_FDBENTRY']._serialized_options = b'8\001'
-  _globals['_BRIDGEPORTREF']._serialized_start=70
-  _globals['_BRIDGEPORTREF']._serialized_end=115
-  _globals['_ADDBRIDGEPORTREQUEST']._serialized_start=117
-  _globals['_ADDBRIDGEPORTREQUEST']._serialized_end=182
-  _globals['_BRIDGEPORTINFO']._serialized_start=185
-  _globals['_BRIDGEPORTINFO']._serialized_end=338
-  _globals['_BRIDGEINFO']._serialized_start=341
-  _globals['_BRIDGEINFO']._serialized_end=533
-  _globals['_SHOWBRIDGESREQUEST']._serialized_start=535
-  _globals['_SHOWBRIDGESREQUEST']._serialized_end=571
-  _globals['_BRIDGELIST']._serialized_start=573
-  _globals['_BRIDGELIST']._serialized_end=642
-  _globals['_SHOWFDBREQUEST']._serialized_start=644
-  _globals['_SHOWFDBREQUEST']._serialized_end=705
-  _globals['_FDBRECORD']._serialized_start=708
-  _globals['_FDBRECORD']._serialized_end=866
-  _globals['_FDBTABLE']._serialized_start=868
-  _globals['_FDBTABLE']._serialized_end=934
-  _globals['_SETAGEINGREQUEST']._serialized_start=936
-  _globals['_SETAGEINGREQUEST']._serialized_end=987
-  _globals['_STATICFDBREQUEST']._serialized_start=989
-  _globals['_STATICFDBREQUEST']._serialized_end=1050
-  _globals['_SETPORTFLAGSREQUEST']._serialized_start=1053
-  _globals['_SETPORTFLAGSREQUEST']._serialized_end=1219
-  _globals['_FLUSHFDBREQUEST']._serialized_start=1221
-  _globals['_FLUSHFDBREQUEST']._serialized_end=1292
-  _globals['_FLUSHFDBREPLY']._serialized_start=1294
-  _globals['_FLUSHFDBREPLY']._serialized_end=1326
-  _globals['_BRIDGESTATSREQUEST']._serialized_start=1328
-  _globals['_BRIDGESTATSREQUEST']._serialized_end=1364
-  _globals['_BRIDGEPORTSTATS']._serialized_start=1367
-  _globals['_BRIDGEPORTSTATS']._serialized_end=1677
-  _globals['_BRIDGEPORTSTATS_DROPSENTRY']._serialized_start=1588
-  _globals['_BRIDGEPORTSTATS_DROPSENTRY']._serialized_end=1632
-  _globals['_BRIDGEPORTSTATS_LINKENTRY']._serialized_start=1634
-  _globals['_BRIDGEPORTSTATS_LINKENTRY']._serialized_end=1677
-  _globals['_BRIDGECOUNTERS']._serialized_start=1680
-  _globals['_BRIDGECOUNTERS']._serialized_end=2065
-  _globals['_BRIDGECOUNTERS_COUNTERSENTRY']._serialized_start=1928
-  _globals['_BRIDGECOUNTERS_COUNTERSENTRY']._serialized_end=1975
-  _globals['_BRIDGECOUNTERS_DROPSENTRY']._serialized_start=1588
-  _globals['_BRIDGECOUNTERS_DROPSENTRY']._serialized_end=1632
-  _globals['_BRIDGECOUNTERS_FDBENTRY']._serialized_start=2023
-  _globals['_BRIDGECOUNTERS_FDBENTRY']._serialized_end=2065
-  _globals['_BRIDGESTATSREPLY']._serialized_start=2067
-  _globals['_BRIDGESTATSREPLY']._serialized_end=2132
-  _globals['_WATCHFDBREQUEST']._serialized_start=2134
-  _globals['_WATCHFDBREQUEST']._serialized_end=2167
-  _globals['_FDBEVENT']._serialized_start=2169
-  _globals['_FDBEVENT']._serialized_end=2284
-  _globals['_BRIDGE']._serialized_start=2287
-  _globals['_BRIDGE']._serialized_end=3074
+  _globals['_BRIDGEPORTREF']._serialized_start=96
+  _globals['_BRIDGEPORTREF']._serialized_end=141
+  _globals['_ADDBRIDGEPORTREQUEST']._serialized_start=143
+  _globals['_ADDBRIDGEPORTREQUEST']._serialized_end=208
+  _globals['_BRIDGEPORTINFO']._serialized_start=211
+  _globals['_BRIDGEPORTINFO']._serialized_end=364
+  _globals['_BRIDGEINFO']._serialized_start=367
+  _globals['_BRIDGEINFO']._serialized_end=559
+  _globals['_SHOWBRIDGESREQUEST']._serialized_start=561
+  _globals['_SHOWBRIDGESREQUEST']._serialized_end=597
+  _globals['_BRIDGELIST']._serialized_start=599
+  _globals['_BRIDGELIST']._serialized_end=668
+  _globals['_SHOWFDBREQUEST']._serialized_start=670
+  _globals['_SHOWFDBREQUEST']._serialized_end=731
+  _globals['_FDBRECORD']._serialized_start=734
+  _globals['_FDBRECORD']._serialized_end=892
+  _globals['_FDBTABLE']._serialized_start=894
+  _globals['_FDBTABLE']._serialized_end=960
+  _globals['_SETAGEINGREQUEST']._serialized_start=962
+  _globals['_SETAGEINGREQUEST']._serialized_end=1013
+  _globals['_STATICFDBREQUEST']._serialized_start=1015
+  _globals['_STATICFDBREQUEST']._serialized_end=1076
+  _globals['_SETPORTFLAGSREQUEST']._serialized_start=1079
+  _globals['_SETPORTFLAGSREQUEST']._serialized_end=1245
+  _globals['_FLUSHFDBREQUEST']._serialized_start=1247
+  _globals['_FLUSHFDBREQUEST']._serialized_end=1318
+  _globals['_FLUSHFDBREPLY']._serialized_start=1320
+  _globals['_FLUSHFDBREPLY']._serialized_end=1352
+  _globals['_BRIDGESTATSREQUEST']._serialized_start=1354
+  _globals['_BRIDGESTATSREQUEST']._serialized_end=1390
+  _globals['_BRIDGEPORTSTATS']._serialized_start=1393
+  _globals['_BRIDGEPORTSTATS']._serialized_end=1703
+  _globals['_BRIDGEPORTSTATS_DROPSENTRY']._serialized_start=1614
+  _globals['_BRIDGEPORTSTATS_DROPSENTRY']._serialized_end=1658
+  _globals['_BRIDGEPORTSTATS_LINKENTRY']._serialized_start=1660
+  _globals['_BRIDGEPORTSTATS_LINKENTRY']._serialized_end=1703
+  _globals['_BRIDGECOUNTERS']._serialized_start=1706
+  _globals['_BRIDGECOUNTERS']._serialized_end=2091
+  _globals['_BRIDGECOUNTERS_COUNTERSENTRY']._serialized_start=1954
+  _globals['_BRIDGECOUNTERS_COUNTERSENTRY']._serialized_end=2001
+  _globals['_BRIDGECOUNTERS_DROPSENTRY']._serialized_start=1614
+  _globals['_BRIDGECOUNTERS_DROPSENTRY']._serialized_end=1658
+  _globals['_BRIDGECOUNTERS_FDBENTRY']._serialized_start=2049
+  _globals['_BRIDGECOUNTERS_FDBENTRY']._serialized_end=2091
+  _globals['_BRIDGESTATSREPLY']._serialized_start=2093
+  _globals['_BRIDGESTATSREPLY']._serialized_end=2158
+  _globals['_WATCHFDBREQUEST']._serialized_start=2160
+  _globals['_WATCHFDBREQUEST']._serialized_end=2193
+  _globals['_FDBEVENT']._serialized_start=2195
+  _globals['_FDBEVENT']._serialized_end=2310
+  _globals['_BRIDGECAPTUREREQUEST']._serialized_start=2312
+  _globals['_BRIDGECAPTUREREQUEST']._serialized_end=2398
+  _globals['_BRIDGEINJECTFRAME']._serialized_start=2400
+  _globals['_BRIDGEINJECTFRAME']._serialized_end=2463
+  _globals['_BRIDGE']._serialized_start=2466
+  _globals['_BRIDGE']._serialized_end=3405
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,4 @@
+from xenlab.proto import agent_pb2 as _agent_pb2
 from xenlab.proto import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -273,3 +274,25 @@ class FdbEvent(_message.Message):
     static: bool
     time: float
     def __init__(self, kind: _Optional[str] = ..., bridge: _Optional[str] = ..., mac: _Optional[str] = ..., port: _Optional[str] = ..., old_port: _Optional[str] = ..., static: bool = ..., time: _Optional[float] = ...) -> None: ...
+
+class BridgeCaptureRequest(_message.Message):
+    __slots__ = ("bridge", "port", "count", "direction")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    port: str
+    count: int
+    direction: str
+    def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ..., count: _Optional[int] = ..., direction: _Optional[str] = ...) -> None: ...
+
+class BridgeInjectFrame(_message.Message):
+    __slots__ = ("data", "bridge", "port")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    bridge: str
+    port: str
+    def __init__(self, data: _Optional[bytes] = ..., bridge: _Optional[str] = ..., port: _Optional[str] = ...) -> None: ...

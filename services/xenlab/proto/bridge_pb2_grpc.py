@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from xenlab.proto import agent_pb2 as xenlab_dot_proto_dot_agent__pb2
 from xenlab.proto import bridge_pb2 as xenlab_dot_proto_dot_bridge__pb2
 from xenlab.proto import common_pb2 as xenlab_dot_proto_dot_common__pb2
 
@@ -90,6 +91,16 @@ class BridgeStub(object):
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbEvent.FromString,
                 _registered_method=True)
+        self.Capture = channel.unary_stream(
+                '/xenlab.proto.Bridge/Capture',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeCaptureRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.CapturedFrame.FromString,
+                _registered_method=True)
+        self.Inject = channel.stream_unary(
+                '/xenlab.proto.Bridge/Inject',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeInjectFrame.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.InjectSummary.FromString,
+                _registered_method=True)
 
 
 class BridgeServicer(object):
@@ -165,6 +176,18 @@ class BridgeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Capture(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Inject(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +245,16 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbEvent.SerializeToString,
+            ),
+            'Capture': grpc.unary_stream_rpc_method_handler(
+                    servicer.Capture,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgeCaptureRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.CapturedFrame.SerializeToString,
+            ),
+            'Inject': grpc.stream_unary_rpc_method_handler(
+                    servicer.Inject,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgeInjectFrame.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.InjectSummary.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -521,6 +554,60 @@ class Bridge(object):
             '/xenlab.proto.Bridge/WatchEvents',
             xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.SerializeToString,
             xenlab_dot_proto_dot_bridge__pb2.FdbEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Capture(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xenlab.proto.Bridge/Capture',
+            xenlab_dot_proto_dot_bridge__pb2.BridgeCaptureRequest.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.CapturedFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inject(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/xenlab.proto.Bridge/Inject',
+            xenlab_dot_proto_dot_bridge__pb2.BridgeInjectFrame.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.InjectSummary.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,7 @@ from xenlab.xen import abi
 from xenlab.xen.errors import XenError
 from xenlab.xen.netif import ExtraInfo, RxResponse, TxRequest, TxResponse
 
-from conftest import eth_frame, make_vif
+from vif_pair import eth_frame, make_vif
 
 MORE = abi.NETTXF_more_data
 

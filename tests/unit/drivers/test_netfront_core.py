@@ -9,7 +9,7 @@ from xenlab.xen import abi
 from xenlab.xen.netif import ExtraInfo, RxResponse, TxResponse, make_rx_ring, make_tx_ring
 from xenlab.xen.ring import BackRing
 
-from conftest import eth_frame, make_vif
+from vif_pair import eth_frame, make_vif
 
 
 # -- transmit -----------------------------------------------------------------------------
