@@ -176,3 +176,77 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, "rep_" + report.when, report)
     return report
+
+
+class RunningLab:
+    """A lab started by `xenlab.lab.runner.Lab` (real processes), with
+    helpers to reach its domains' agents and its bridges."""
+
+    def __init__(self, lab):
+        self.lab = lab
+
+    @property
+    def hv(self) -> HypervisorClient:
+        return self.lab.hv
+
+    @property
+    def rundir(self) -> Path:
+        return self.lab.rundir
+
+    def domid(self, name: str) -> int:
+        return self.lab.domids[name]
+
+    async def agent(self, name: str):
+        from xenlab.agent_client import agent_for
+        return await agent_for(self.lab.hv, self.domid(name) if name != "Domain-0" else 0)
+
+    async def bridge(self, name: str = "xenbr0"):
+        """(stub, channel) for a bridge's gRPC API; close the channel."""
+        return await self.lab.bridge_client(name)
+
+    def logs(self) -> str:
+        out = []
+        for path in sorted((self.rundir / "logs").glob("*")):
+            out.append(f"---- {path.name} ----\n" + path.read_text(errors="replace")[-6000:])
+        return "\n".join(out)
+
+
+def _lab_spec(spec):
+    from xenlab.lab.spec import demo_lab, parse_lab
+    if spec is None:
+        return demo_lab()
+    if isinstance(spec, str):
+        return parse_lab(spec, "<test lab>")
+    return spec
+
+
+@pytest_asyncio.fixture
+async def lab_factory(request):
+    """Start labs from a spec (a LabSpec, TOML text, or None for the demo
+    lab); every lab is stopped at the end, with its logs printed on failure."""
+    from xenlab.lab.runner import Lab
+
+    started: list[RunningLab] = []
+
+    async def start(spec=None, timeout: float = 60.0) -> RunningLab:
+        rundir = short_tempdir("xl-lab-")
+        running = RunningLab(Lab(_lab_spec(spec), rundir, log_level="DEBUG", progress=lambda s: None))
+        started.append(running)
+        await running.lab.up(timeout=timeout)
+        return running
+
+    try:
+        yield start
+    finally:
+        failed = getattr(request.node, "rep_call", None)
+        for running in started:
+            if failed is not None and failed.failed:
+                print(running.logs())
+            await running.lab.down()
+            shutil.rmtree(running.rundir, ignore_errors=True)
+
+
+@pytest_asyncio.fixture
+async def demo_lab(lab_factory):
+    """The built-in demo lab: web, db and cache (10.0.0.1-3/24) on xenbr0."""
+    return await lab_factory()

@@ -567,6 +567,8 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
     async def Capture(self, request, context):
         capture = self.service.capture(request.bridge, request.port, request.direction)
         try:
+            # Headers now: the tap is in place, so a client may start traffic.
+            await context.send_initial_metadata(())
             sent = 0
             async for frame in capture:
                 yield agent_pb2.CapturedFrame(data=frame.data, timestamp=frame.timestamp,

@@ -106,6 +106,8 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
     async def Capture(self, request, context):
         with self.net.capture(request.interface, request.direction) as capture:
             try:
+                # Headers now: the tap is in place, so a client may start traffic.
+                await context.send_initial_metadata(())
                 sent = 0
                 async for frame in capture:
                     yield agent_pb2.CapturedFrame(data=frame.data, timestamp=frame.timestamp,

@@ -182,7 +182,7 @@ class Netfront(XenbusDevice):
         rings = await self._setup_rings()
         try:
             await self.xenbus.transaction(lambda tx: self._publish(tx, rings))
-        except (grpc.aio.AioRpcError, XenError, Exception) as err:
+        except Exception as err:     # a gRPC error, or XenbusError after the retries
             await self._give_back(rings)
             raise XenError(errno.EIO, f"writing the ring details: {_describe(err)}") from None
         self._rings = rings
