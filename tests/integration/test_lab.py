@@ -154,3 +154,63 @@ async def test_killed_domu_is_cleaned_up_by_its_backend(demo_lab):
     reply = await web.Ping(agent_pb2.PingRequest(dst=HOSTS["cache"], count=2, interval=0.02, timeout=5))
     await web.close()
     assert reply.received == 2
+
+
+def xl(lab, *args: str) -> str:
+    import subprocess
+    import sys
+    result = subprocess.run([sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(lab.rundir), *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_network_detach_and_attach_with_xl(demo_lab):
+    web = demo_lab.domid("web")
+    stub, channel = await demo_lab.bridge()
+
+    async def ports():
+        return {p.name for p in (await stub.ShowBridges(bridge_pb2.ShowBridgesRequest())).bridges[0].ports}
+
+    async def interfaces(name):
+        agent = await demo_lab.agent(name)
+        try:
+            return {i.name for i in (await agent.InterfaceStats(agent_pb2.StatsRequest())).interfaces}
+        finally:
+            await agent.close()
+
+    listing = xl(demo_lab, "network-list", "web")
+    assert listing.splitlines()[0].startswith("Idx BE Mac Addr.")
+    assert f"/local/domain/0/backend/vif/{web}/0" in listing and MACS["web"] in listing
+
+    xl(demo_lab, "network-detach", "web", "0")
+    assert f"vif{web}.0" not in await ports()
+    assert f"vif{web}.0" not in await interfaces("Domain-0")
+    await wait_for(lambda: _absent(interfaces, "web", "eth0"), 5, "eth0 to go from web")
+    assert xl(demo_lab, "network-list", "web").count("\n") == 1      # the header only
+
+    # As libxl__device_nextid: the lowest devid past the existing ones, 0 again here.
+    xl(demo_lab, "network-attach", "web", "mac=00:16:3e:00:00:11", "ip=10.0.0.11/24")
+
+    async def connected():
+        return f"vif{web}.0" in await ports()
+    await wait_for(connected, 10, "the new vif on the bridge")
+    assert "eth0" in await interfaces("web")
+    assert "00:16:3e:00:00:11" in xl(demo_lab, "network-list", "web")
+    agent = await demo_lab.agent("db")
+    reply = await agent.Ping(agent_pb2.PingRequest(dst="10.0.0.11", count=2, interval=0.02, timeout=5))
+    await agent.close()
+    await channel.close()
+    assert reply.received == 2, reply.error
+
+
+async def _absent(interfaces, name, iface):
+    return iface not in await interfaces(name)
