@@ -10,6 +10,9 @@ project that installs xenlab can use these fixtures:
 * ``hypervisor``: an in-process hypervisor on a unix socket; domains are
   created without processes (launcher "none") unless asked, and each comes
   with a client that acts as that domain.
+* ``check_invariants(lab.hv)``: what must hold in the hypervisor's cores
+  whatever the guests did (xenlab.testing_invariants); the hostile peers for
+  fuzzing drivers are in xenlab.testing_hostile.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import pytest_asyncio
 from xenlab.client import HypervisorClient
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.proto import domains_pb2
+from xenlab.testing_invariants import check_invariants, invariant_violations  # noqa: F401
 
 
 def short_tempdir(prefix: str = "xl-") -> Path:

@@ -9,13 +9,14 @@ creating one needs CAP_NET_ADMIN.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
+from xenlab import eventloop
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
 from xenlab.bridge.uplink import parse_uplink
+from xenlab.events import config as events_config
 from xenlab.hypervisor.config import default_rundir
 from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.xen.errors import XenError
@@ -53,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
+    events_config.add_arguments(parser)
 
 
 def _uplink(text: str) -> tuple[str, str]:
@@ -98,14 +100,20 @@ def run(args) -> int:
         die_with_parent()
 
     async def main() -> None:
+        from xenlab.events.sources import BridgeSource, service_events
+        events = events_config.config_from_args(args)
         service = service_from_args(args)
         (args.rundir or default_rundir()).mkdir(parents=True, exist_ok=True)
-        await serve(service, ready=lambda s: print(
-            f"xenlab bridge-service: {', '.join(s.bridges)}; veth links on {s.veth_address}; "
-            f"gRPC on {s.grpc_address}", flush=True))
+        async with service_events(events, "bridge") as ev:
+            def ready(s) -> None:
+                print(f"xenlab bridge-service: {', '.join(s.bridges)}; veth links on "
+                      f"{s.veth_address}; gRPC on {s.grpc_address}", flush=True)
+                if ev is not None:
+                    ev.add(BridgeSource(s, ev.publisher, events.interval))
+            await serve(service, ready=ready)
 
     try:
-        asyncio.run(main())
+        eventloop.run(main())
     except XenError as err:
         print(f"xenlab bridge-service: {err.message}", file=sys.stderr)
         return 2

@@ -29,6 +29,10 @@ DELEGATES = {
     "up": ("xenlab.lab.cli:up", "start a lab (the demo lab when no file is given) and keep it up"),
     "down": ("xenlab.lab.cli:down", "stop the lab that `xenlab up` runs"),
     "status": ("xenlab.lab.cli:status", "show what a lab runs"),
+    "bench": ("xenlab.bench.__main__", "measure throughput, latency and scale, side by side with the Linux kernel bridge"),
+    "events": ("xenlab.events.watch", "print a lab's MQTT events as they arrive (docs/EVENTS.md)"),
+    "healthcheck": ("xenlab.cli.healthcheck", "exit 0 when gRPC servers, a broker, xenstore nodes or vifs are healthy"),
+    "mqtt-broker": ("xenlab.events.broker", "run an MQTT broker for a lab's events (amqtt or mosquitto)"),
 }
 TOOLSTACK = {
     "xl": "the toolstack: create, list, destroy... domains, as xl(1)",

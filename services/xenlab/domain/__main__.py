@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 
+from xenlab import eventloop
 from xenlab.hypervisor.launcher import StartInfo
 from xenlab.osutil import die_with_parent
 
@@ -49,7 +50,7 @@ def run(args) -> int:
     except (ValueError, KeyError, TypeError) as err:
         print(f"xenlab domain: malformed start_info: {err}", file=sys.stderr)
         return 2
-    return asyncio.run(_main(start))
+    return eventloop.run(_main(start))
 
 
 def main(argv=None) -> int:

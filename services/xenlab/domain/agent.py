@@ -25,9 +25,10 @@ from pathlib import Path
 
 import grpc
 
+from xenlab.domain import traffic
 from xenlab.domain.netstack import GuestNetwork
 from xenlab.net.device import NetDevice
-from xenlab.net.ethernet import ETH_ALEN, format_mac
+from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.proto import agent_pb2, agent_pb2_grpc
 from xenlab.rpc import handles_xen_errors, start_server
 from xenlab.xen.errors import XenError
@@ -46,8 +47,11 @@ UDP_TIMEOUT = 2.0
 
 
 def agent_address(start_info) -> str:
-    """unix:<rundir>/agent-d<domid>.sock, the rundir being where the doorbell is;
-    loopback TCP on an ephemeral port when the domain has no doorbell."""
+    """The launcher's choice if it made one (the docker launcher: a published
+    TCP port); else unix:<rundir>/agent-d<domid>.sock, the rundir being where
+    the doorbell is; loopback TCP on an ephemeral port when the domain has no doorbell."""
+    if getattr(start_info, "agent", ""):
+        return start_info.agent
     if start_info.doorbell:
         return f"unix:{Path(start_info.doorbell).parent}/agent-d{start_info.domid}.sock"
     return "127.0.0.1:0"
@@ -121,6 +125,32 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
                     log.info("capture on %s: %d frames dropped (slow reader)",
                              capture.interface, capture.dropped)
                 context.set_trailing_metadata(((CAPTURE_DROPPED_MD, str(capture.dropped)),))
+
+    @handles_xen_errors
+    async def Blast(self, request, context):
+        device = self.net.device(request.interface)
+        try:
+            dst = parse_mac(request.dst_mac)
+        except ValueError as err:
+            raise XenError(errno.EINVAL, f"dst_mac: {err}") from None
+        result = await traffic.blast(
+            device, dst, request.count, size=request.size or traffic.DEFAULT_SIZE,
+            ethertype=request.ethertype or traffic.BENCH_ETHERTYPE,
+            batch=request.batch or traffic.DEFAULT_BATCH,
+            timeout=request.timeout or traffic.DEFAULT_TIMEOUT, random_src=request.random_src)
+        return agent_pb2.BlastReply(sent=result.sent, dropped=result.dropped, drops=result.drops,
+                                    started=result.started, finished=result.finished)
+
+    @handles_xen_errors
+    async def Sink(self, request, context):
+        device = self.net.device(request.interface)
+        with traffic.Sink(device, request.ethertype or traffic.BENCH_ETHERTYPE,
+                          request.count) as sink:
+            yield agent_pb2.SinkReply(ready=True)
+            await sink.wait(idle=request.idle or traffic.DEFAULT_IDLE,
+                            timeout=request.timeout or traffic.DEFAULT_TIMEOUT)
+        yield agent_pb2.SinkReply(received=sink.received, bytes=sink.bytes, first=sink.first,
+                                  last=sink.last)
 
     @handles_xen_errors
     async def InterfaceStats(self, request, context):

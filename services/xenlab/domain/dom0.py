@@ -15,9 +15,12 @@ import signal
 import sys
 from pathlib import Path
 
+from xenlab import eventloop
 from xenlab.client import Rundir
+from xenlab.events import config as events_config
 from xenlab.hypervisor.launcher import StartInfo
 from xenlab.osutil import die_with_parent, raise_fd_limit
+from xenlab.xen.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
+    events_config.add_arguments(parser)
 
 
 def dom0_start_info(rundir: Rundir, vcpus: int = 1) -> StartInfo:
@@ -44,15 +48,40 @@ def dom0_drivers(kernel) -> list:
     return [NetbackDriver(kernel, BridgeHotplug(kernel.xenbus, kernel.domid, announce))]
 
 
-async def _main(start: StartInfo) -> int:
-    from xenlab.domain.kernel import DomainKernel
+async def reset_previous_kernel(start: StartInfo) -> None:
+    """A Domain-0 kernel that ran before this one and died may have left
+    grant mappings, event channels and backends marked Connected behind:
+    have the toolstack clear them (Domains.BackendGone) before netback probes
+    the backends, so that their frontends start over. Nothing to do on a
+    fresh host."""
+    from xenlab.client import HypervisorClient
+    from xenlab.proto import common_pb2, domains_pb2
+    async with HypervisorClient.connect(start.hypervisor, 0, start.secret) as hv:
+        reply = await hv.domains.BackendGone(domains_pb2.BackendGoneRequest(
+            domain=common_pb2.DomainRef(domid=0)))
+    if reply.closed or reply.unmapped or reply.ports:
+        logging.getLogger(__name__).warning(
+            "a previous Domain-0 kernel left %d backend(s), %d mapping(s), %d port(s): "
+            "reset%s", len(reply.closed), reply.unmapped, reply.ports,
+            f"; frontends not Closed yet: {', '.join(reply.stuck)}" if reply.stuck else "")
 
+
+async def _main(start: StartInfo, events=None) -> int:
+    from xenlab.domain.kernel import DomainKernel
+    from xenlab.events.sources import Dom0Source, service_events
+
+    await reset_previous_kernel(start)
     kernel = DomainKernel(start, drivers=dom0_drivers)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, kernel.stop, "poweroff")
     kernel.on_boot.append(lambda: kernel.xenbus.write("data/netback", "ready"))
-    reason = await kernel.run()
+    async with service_events(events, "dom0") as ev:
+        if ev is not None:
+            async def publish_vif_counters() -> None:
+                ev.add(Dom0Source(kernel, ev.publisher, events.interval))
+            kernel.on_boot.append(publish_vif_counters)
+        reason = await kernel.run()
     return 0 if reason in ("poweroff", "reboot") else 1
 
 
@@ -65,8 +94,12 @@ def run(args) -> int:
     if args.die_with_parent:
         die_with_parent()
     try:
+        events = events_config.config_from_args(args)
         start = dom0_start_info(Rundir(args.rundir), args.vcpus)
     except (FileNotFoundError, PermissionError) as err:
         print(f"xenlab dom0: {err}", file=sys.stderr)
         return 1
-    return asyncio.run(_main(start))
+    except ConfigError as err:
+        print(f"xenlab dom0: {err.message}", file=sys.stderr)
+        return 2
+    return eventloop.run(_main(start, events))

@@ -9,16 +9,27 @@ Either way an upcall carries only a vCPU number. As a real guest's upcall
 handler does, the loop then scans this domain's shared_info for pending,
 unmasked ports and runs each port's handler; the scan clears the bits first,
 so an event raised while a handler runs rings again rather than being lost.
+Doorbell datagrams are read in the socket's reader callback and handlers run
+right there, with no task in between; the UPCALLs read in one wake-up make
+one scan.
+
+The doorbell also carries GNTTABOP_copy (``copy``, used by
+xenlab.domain.gnttab): a COPY datagram out, its COPIED answer in, matched by
+sequence number, so that several batches may be in flight. Without a
+doorbell, or when it is lost with copies outstanding, the caller uses
+GrantTable.Copy instead (a grant copy is idempotent, so running one again is
+harmless).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import inspect
+import itertools
 import logging
 import os
 import socket
-from typing import Callable
+from typing import Callable, Sequence
 
 import grpc
 
@@ -31,6 +42,7 @@ from xenlab.xen.shared_info import SharedInfo
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
+READ_BUDGET = 64        # datagrams taken per wake-up of the doorbell reader
 
 Handler = Callable[[int], object]
 
@@ -49,6 +61,10 @@ class GuestEventChannels:
         self._early: set[int] = set()
         self._sock: socket.socket | None = None
         self._backlog: dict[int, None] = {}     # ports waiting for the socket to drain
+        self._out: collections.deque[bytes] = collections.deque()   # COPYs, likewise
+        self._writing = False
+        self._copies: dict[int, tuple] = {}     # seq -> (answer, number of ops, lost)
+        self._seq = itertools.count(1)
         self._upcalls: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
@@ -67,7 +83,7 @@ class GuestEventChannels:
                             self._client.domid, self._doorbell_path, err)
         if self._sock is not None:
             self.via_doorbell = True
-            self._upcalls = asyncio.create_task(self._doorbell_loop(), name="evtchn-doorbell")
+            asyncio.get_running_loop().add_reader(self._sock, self._on_doorbell)
             # Edges raised before we connected left upcall_pending set and
             # will not kick again until someone scans.
             self._scan_all()
@@ -103,7 +119,7 @@ class GuestEventChannels:
         """EVTCHNOP_send, without waiting. Never blocks the caller."""
         if self._sock is None:
             self._grpc_send(port)
-        elif self._backlog:
+        elif self._backlog or self._out:
             self._backlog[port] = None          # a queued port is already going to ring
         else:
             self._ring((port,))
@@ -113,30 +129,76 @@ class GuestEventChannels:
             self._sock.send(wire.Send(ports).encode())
         except BlockingIOError:
             self._backlog.update(dict.fromkeys(ports))
-            asyncio.get_running_loop().add_writer(self._sock, self._flush)
+            self._want_write()
         except OSError as err:
             self._doorbell_lost(f"send failed: {err}")
             for port in ports:
                 self._grpc_send(port)
 
-    def _flush(self) -> None:
-        """The socket drained: send the backlog in as few datagrams as it takes."""
-        sock = self._sock
-        asyncio.get_running_loop().remove_writer(sock)
-        ports = tuple(self._backlog)
-        self._backlog.clear()
-        for i in range(0, len(ports), wire.MAX_SEND_BATCH):
-            if self._sock is not sock or self._backlog:
-                self._requeue(ports[i:])
-                return
-            self._ring(ports[i:i + wire.MAX_SEND_BATCH])
+    def _want_write(self) -> None:
+        if not self._writing:
+            asyncio.get_running_loop().add_writer(self._sock, self._flush)
+            self._writing = True
 
-    def _requeue(self, ports: tuple[int, ...]) -> None:
+    def _flush(self) -> None:
+        """The socket drained: COPYs in order, then the ports in as few SENDs as it takes."""
+        sock = self._sock
+        try:
+            while self._out:
+                sock.send(self._out[0])
+                self._out.popleft()
+            ports = tuple(self._backlog)
+            while ports:
+                sock.send(wire.Send(ports[:wire.MAX_SEND_BATCH]).encode())
+                for port in ports[:wire.MAX_SEND_BATCH]:
+                    del self._backlog[port]
+                ports = ports[wire.MAX_SEND_BATCH:]
+        except BlockingIOError:
+            return
+        except OSError as err:
+            self._doorbell_lost(f"send failed: {err}")
+            return
+        asyncio.get_running_loop().remove_writer(sock)
+        self._writing = False
+
+    # -- GNTTABOP_copy -----------------------------------------------------------------
+    def copy(self, ops: Sequence[wire.GnttabCopy], answer: asyncio.Future,
+             lost: Callable[[], None]) -> bool:
+        """Send one COPY of 1..wire.MAX_COPY_BATCH ops; its statuses become
+        ``answer``'s result. If the doorbell goes before answering, ``lost()``
+        is called instead. False: there is no doorbell (nothing was sent)."""
         if self._sock is None:
-            for port in ports:
-                self._grpc_send(port)
-        else:
-            self._backlog.update(dict.fromkeys(ports))
+            return False
+        seq = next(self._seq) & 0xFFFFFFFF
+        data = wire.Copy(seq, tuple(ops)).encode()
+        self._copies[seq] = (answer, len(ops), lost)
+        if self._out or self._backlog:
+            self._out.append(data)
+            return True
+        try:
+            self._sock.send(data)
+        except BlockingIOError:
+            self._out.append(data)
+            self._want_write()
+        except OSError as err:
+            self._doorbell_lost(f"send failed: {err}")
+        return True
+
+    def _copied(self, msg: wire.Copied) -> None:
+        entry = self._copies.pop(msg.seq, None)
+        if entry is None:
+            log.warning("d%d: doorbell: COPIED for seq %d, which is not outstanding",
+                        self._client.domid, msg.seq)
+            return
+        answer, n, lost = entry
+        if answer.done():
+            return
+        if len(msg.statuses) != n:
+            log.warning("d%d: doorbell: COPIED seq %d has %d statuses for %d ops",
+                        self._client.domid, msg.seq, len(msg.statuses), n)
+            lost()
+            return
+        answer.set_result(list(msg.statuses))
 
     def _grpc_send(self, port: int) -> None:
         self._spawn(self._client.evtchn.Send(evtchn_pb2.Port(port=port)), f"send on port {port}")
@@ -197,26 +259,33 @@ class GuestEventChannels:
         if inspect.isawaitable(result):
             self._spawn(result, f"handler for port {port}")
 
-    async def _doorbell_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
+    def _on_doorbell(self) -> None:
+        vcpus: set[int] = set()
+        sock = self._sock
+        for _ in range(READ_BUDGET):
             try:
-                data = await loop.sock_recv(self._sock, wire.MAX_DATAGRAM + 1)
+                data = sock.recv(wire.MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                break
             except OSError as err:
                 self._doorbell_lost(f"receive failed: {err}")
-                return
+                break
             if not data:
                 self._doorbell_lost("the hypervisor closed it")
-                return
+                break
             try:
                 msg = wire.decode(data)
             except XenError as err:
                 log.warning("d%d: doorbell: %s", self._client.domid, err.message)
                 continue
             if isinstance(msg, wire.Upcall):
-                self._upcall(msg.vcpu)
+                vcpus.add(msg.vcpu)
+            elif isinstance(msg, wire.Copied):
+                self._copied(msg)
             else:
                 log.warning("d%d: doorbell: unexpected %s", self._client.domid, type(msg).__name__)
+        for vcpu in sorted(vcpus):
+            self._upcall(vcpu)
 
     async def _grpc_loop(self, first: asyncio.Future | None) -> None:
         call = self._client.evtchn.Upcalls(common_pb2.Empty())
@@ -273,12 +342,24 @@ class GuestEventChannels:
 
     def _drop_socket(self) -> None:
         sock, self._sock = self._sock, None
+        self._out.clear()
+        copies, self._copies = self._copies, {}
+        for answer, _, lost in copies.values():
+            if answer.done():
+                continue
+            if self._closing:
+                answer.cancel()
+            else:
+                lost()
         if sock is None:
             return
         try:
-            asyncio.get_running_loop().remove_writer(sock)
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock)
+            loop.remove_writer(sock)
         except RuntimeError:
             pass
+        self._writing = False
         sock.close()
 
     def _spawn(self, aw, what: str) -> None:

@@ -13,7 +13,12 @@ The data path is two tasks per vif, woken by the one event channel:
 guest transmit (tx ring -> grant copy into our scratch frames -> the vif's
 receiver, which hotplug attached to the bridge) and guest receive
 (vif.transmit from the bridge -> our scratch frames -> grant copy into the
-frontend's rx pages). Each batch is one GrantTable.Copy call.
+frontend's rx pages). Each batch is one GNTTABOP_copy (xenlab.domain.gnttab:
+over the doorbell, else GrantTable.Copy), and each direction keeps up to
+PIPELINE_DEPTH batches in flight, each in its own scratch area, completed in
+the order they were built. As netback's final check for requests, the ring's
+event index is re-armed only once nothing is in flight, so a frontend that
+keeps producing while we work does not notify at all.
 
 A frontend that breaks the protocol disables only its own vif: the tx task
 logs "vifD.N: fatal tx error: ...; disabling", stops, and the device
@@ -22,6 +27,7 @@ reports xenbus_dev_fatal.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import mmap
@@ -32,6 +38,7 @@ from typing import Callable, Protocol
 
 import grpc
 
+from xenlab.domain.gnttab import GrantCopier
 from xenlab.domain.xenbus import XenbusDriver
 from xenlab.drivers import netback_core as core
 from xenlab.drivers import xenbus_state as xs
@@ -41,11 +48,17 @@ from xenlab.net.device import NetDevice
 from xenlab.proto import grants_pb2
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
+from xenlab.xen.doorbell import GnttabCopy
 from xenlab.xen.errors import XenError
 from xenlab.xen.netif import make_rx_ring, make_tx_ring
 from xenlab.xen.ring import BackRing, SharedRing
 
 log = logging.getLogger(__name__)
+
+PIPELINE_DEPTH = 2      # copy batches in flight per vif and direction
+# netback bounds the rx queue in bytes (RX_QUEUE_BYTES), which holds 8192
+# minimum-size frames; one batch from the bridge may carry ~900 of them.
+RX_QUEUE_FRAMES = 8192
 
 
 class HotplugError(Exception):
@@ -147,8 +160,8 @@ class _Connection:
     scratch_gfns: list[int]
     tx: NetbackTx
     rx: NetbackRx
-    tx_scratch: Scratch
-    rx_scratch: Scratch
+    tx_scratches: list[Scratch]
+    rx_scratches: list[Scratch]
     tx_wake: asyncio.Event = field(default_factory=asyncio.Event)
     rx_wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
@@ -211,7 +224,7 @@ class Netback(XenbusDevice):
             held.port = await self._bind(rings.event_channel)
             held.gfns = self._alloc_scratch()
             conn = self._build(VifDevice(self.config), *held.maps, held.port, held.gfns)
-            held.scratches = [conn.tx_scratch, conn.rx_scratch]
+            held.scratches = conn.tx_scratches + conn.rx_scratches
             await self._hotplug_online(conn.vif)
         except BaseException:
             await self._give_back(held)
@@ -250,7 +263,7 @@ class Netback(XenbusDevice):
 
     def _alloc_scratch(self) -> list[int]:
         try:
-            return self.kernel.memory.alloc_frames(2 * core.SCRATCH_PAGES)
+            return self.kernel.memory.alloc_frames(2 * PIPELINE_DEPTH * core.SCRATCH_PAGES)
         except MemoryError as err:
             raise XenError(errno.ENOMEM, f"allocating scratch frames: {err}") from None
 
@@ -258,14 +271,16 @@ class Netback(XenbusDevice):
                gfns: list[int]) -> _Connection:
         cfg = self.config
         memory = self.kernel.memory
-        half = core.SCRATCH_PAGES
-        tx_scratch = Scratch(gfns[:half], [memory.frame(g) for g in gfns[:half]])
-        rx_scratch = Scratch(gfns[half:], [memory.frame(g) for g in gfns[half:]])
+        n = core.SCRATCH_PAGES
+        areas = [Scratch(gfns[i:i + n], [memory.frame(g) for g in gfns[i:i + n]])
+                 for i in range(0, len(gfns), n)]
+        tx_scratches, rx_scratches = areas[:PIPELINE_DEPTH], areas[PIPELINE_DEPTH:]
         antispoof = core.AntiSpoof(cfg.mac, cfg.ips) if cfg.ips else None
-        tx = NetbackTx(BackRing(tx_map.sring), tx_scratch, antispoof=antispoof,
+        tx = NetbackTx(BackRing(tx_map.sring), tx_scratches[0], antispoof=antispoof,
                        limiter=core.make_limiter(cfg.rate, self.driver.clock))
-        rx = NetbackRx(BackRing(rx_map.sring), rx_scratch)
-        return _Connection(vif, tx_map, rx_map, port, gfns, tx, rx, tx_scratch, rx_scratch)
+        rx = NetbackRx(BackRing(rx_map.sring), rx_scratches[0], max_queue=RX_QUEUE_FRAMES,
+                       max_bytes=core.RX_QUEUE_BYTES)
+        return _Connection(vif, tx_map, rx_map, port, gfns, tx, rx, tx_scratches, rx_scratches)
 
     async def _hotplug_online(self, vif: VifDevice) -> None:
         try:
@@ -292,8 +307,12 @@ class Netback(XenbusDevice):
 
     @staticmethod
     def _kick(conn: _Connection) -> None:
-        conn.tx_wake.set()
-        conn.rx_wake.set()
+        """xenvif_interrupt: each half runs only if it has work, as
+        xenvif_tx_interrupt and xenvif_rx_interrupt check first."""
+        if conn.tx.held or conn.tx.ring.unconsumed_requests():
+            conn.tx_wake.set()
+        if conn.rx.queue:
+            conn.rx_wake.set()
 
     # -- the data path -----------------------------------------------------------------------
     async def _tx_worker(self, conn: _Connection) -> None:
@@ -307,10 +326,30 @@ class Netback(XenbusDevice):
     async def _tx_action(self, conn: _Connection) -> None:
         """xenvif_tx_action until the ring is drained (or credit runs out)."""
         vif = conn.vif
+        tx = conn.tx
+        free = list(conn.tx_scratches)
+        in_flight: collections.deque = collections.deque()
+        wait_until = None        # out of credit: build nothing more until then
         while True:
-            batch = conn.tx.build()
-            statuses = await self._copy(batch.copies)
-            result = conn.tx.complete(batch, statuses)
+            while free and wait_until is None and not tx.disabled:
+                batch = tx.build(free[-1])
+                wait_until = batch.wait_until
+                if not batch.frames and not batch.fatal:
+                    break
+                free.pop()
+                in_flight.append((batch, self._copy(batch.copies)))
+            if not in_flight:
+                if wait_until is not None:
+                    vif.counters["rate_limited"] += 1
+                    self._arm_credit_timer(conn, wait_until)
+                    return
+                if tx.disabled or not tx.more_to_do():
+                    return
+                continue
+            batch, answer = in_flight.popleft()
+            statuses = await answer
+            free.append(batch.scratch)
+            result = tx.complete(batch, statuses)
             if result.notify:
                 self.kernel.evtchn.notify(conn.port)
             for reason, n in result.drops.items():
@@ -319,11 +358,6 @@ class Netback(XenbusDevice):
                 vif.deliver(result.frames)
             if batch.fatal:
                 self._fatal_tx(conn, batch.fatal)
-                return
-            if batch.wait_until is not None:
-                vif.counters["rate_limited"] += 1
-                self._arm_credit_timer(conn, batch.wait_until)
-            if not conn.tx.more_to_do():
                 return
 
     def _fatal_tx(self, conn: _Connection, message: str) -> None:
@@ -353,31 +387,33 @@ class Netback(XenbusDevice):
     async def _rx_action(self, conn: _Connection) -> None:
         """xenvif_rx_action: queued frames into posted rx requests."""
         vif = conn.vif
+        rx = conn.rx
+        free = list(conn.rx_scratches)
+        in_flight: collections.deque = collections.deque()
         while True:
-            batch = conn.rx.build()
-            if batch.frames:
-                statuses = await self._copy(batch.copies)
-                result = conn.rx.complete(batch, statuses)
-                vif.count_tx(result.sent)
-                for reason, n in result.drops.items():
-                    vif.drop(reason, n)
-                if result.notify:
-                    self.kernel.evtchn.notify(conn.port)
-            if not conn.rx.more_to_do():
-                return
+            while free:
+                batch = rx.build(free[-1])
+                if not batch.frames:
+                    break
+                free.pop()
+                in_flight.append((batch, self._copy(batch.copies)))
+            if not in_flight:
+                if not rx.more_to_do():
+                    return
+                continue
+            batch, answer = in_flight.popleft()
+            statuses = await answer
+            free.append(batch.scratch)
+            result = rx.complete(batch, statuses)
+            vif.count_tx(result.sent)
+            for reason, n in result.drops.items():
+                vif.drop(reason, n)
+            if result.notify:
+                self.kernel.evtchn.notify(conn.port)
 
-    async def _copy(self, copies: list[GrantCopy]) -> list[int]:
-        """One GNTTABOP_copy batch; a failed call fails every op in it."""
-        if not copies:
-            return []
-        fid = self.config.frontend_id
-        ops = [_copy_op(c, fid) for c in copies]
-        try:
-            reply = await self.kernel.hv.grants.Copy(grants_pb2.GrantCopyRequest(ops=ops))
-        except grpc.aio.AioRpcError as err:
-            log.warning("%s: grant copy failed: %s", self.label, err.details())
-            return [abi.GNTST_general_error] * len(copies)
-        return list(reply.status)
+    def _copy(self, copies: list[GrantCopy]) -> asyncio.Future:
+        """Start one GNTTABOP_copy batch; the future is its statuses."""
+        return self.driver.copier.submit(_gnttab_ops(copies, self.config.frontend_id))
 
     # -- disconnect -------------------------------------------------------------------------
     async def disconnect(self) -> None:
@@ -398,7 +434,7 @@ class Netback(XenbusDevice):
             del self.kernel.vifs[vif.name]
             _notify_change(self.kernel, vif.name, None)
         await self._give_back(_Held([conn.tx_map, conn.rx_map], conn.port, conn.scratch_gfns,
-                                    [conn.tx_scratch, conn.rx_scratch]))
+                                    conn.tx_scratches + conn.rx_scratches))
         log.info("%s: disconnected", vif.name)
 
     @staticmethod
@@ -461,7 +497,7 @@ class Netback(XenbusDevice):
             conn.credit_timer.cancel()
         self.kernel.evtchn.unbind_handler(conn.port)
         conn.vif._backend = None
-        for scratch in (conn.tx_scratch, conn.rx_scratch):
+        for scratch in conn.tx_scratches + conn.rx_scratches:
             scratch.release()
         for mapped in (conn.tx_map, conn.rx_map):
             mapped.sring.release()
@@ -475,12 +511,15 @@ def _replace_online(cfg: VifConfig, online: bool) -> VifConfig:
     return cfg if cfg.online == online else replace(cfg, online=online)
 
 
-def _copy_op(c: GrantCopy, frontend_id: int) -> grants_pb2.GrantCopyOp:
-    remote = grants_pb2.CopyPtr(domid=frontend_id, ref=c.gref, use_gref=True, offset=c.gref_offset)
-    local = grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=c.gfn, offset=c.gfn_offset)
-    if c.to_frontend:
-        return grants_pb2.GrantCopyOp(source=local, dest=remote, len=c.length)
-    return grants_pb2.GrantCopyOp(source=remote, dest=local, len=c.length)
+def _gnttab_ops(copies: list[GrantCopy], frontend_id: int) -> list[GnttabCopy]:
+    """The core's copy plan as gnttab_copy ops: the frontend's side by grant
+    reference, ours by gfn of our own (DOMID_SELF)."""
+    self_id, src_gref, dst_gref = abi.DOMID_SELF, abi.GNTCOPY_source_gref, abi.GNTCOPY_dest_gref
+    return [GnttabCopy(c.gfn, self_id, c.gfn_offset, c.gref, frontend_id, c.gref_offset,
+                       c.length, dst_gref) if c.to_frontend else
+            GnttabCopy(c.gref, frontend_id, c.gref_offset, c.gfn, self_id, c.gfn_offset,
+                       c.length, src_gref)
+            for c in copies]
 
 
 def _notify_change(kernel, name: str, dev: NetDevice | None) -> None:
@@ -500,6 +539,13 @@ class NetbackDriver(XenbusDriver):
         self.hotplug = hotplug
         self.clock = clock
         self.devices: dict[str, Netback] = {}
+        self._copier: GrantCopier | None = None
+
+    @property
+    def copier(self) -> GrantCopier:
+        if self._copier is None:
+            self._copier = GrantCopier(self.kernel.hv, self.kernel.evtchn, "netback")
+        return self._copier
 
     async def probe(self, path: str) -> None:
         # Runs inside the xenbus reader: start the device's task, wait for nothing.
@@ -517,3 +563,5 @@ class NetbackDriver(XenbusDriver):
             await dev.stop()
             dev.shutdown_local()
         self.devices.clear()
+        if self._copier is not None:
+            await self._copier.close()

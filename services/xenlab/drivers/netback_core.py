@@ -29,8 +29,10 @@ adapter logs it and reports xenbus_dev_fatal.
 
 Data moves by grant copy only: the cores plan GNTTABOP_copy segments between
 the frontend's grants and the backend's own scratch frames (``Scratch``);
-the adapter runs each batch as one Copy call and hands the statuses back.
-Nothing here does I/O.
+the adapter runs each batch as one copy hypercall and hands the statuses
+back. A batch may be built into any scratch area the caller passes, so that
+the adapter can keep several batches in flight, each in its own area;
+batches are completed in the order they were built. Nothing here does I/O.
 """
 from __future__ import annotations
 
@@ -39,13 +41,13 @@ import errno
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 from xenlab.drivers.ratelimit import CreditScheduler, Rate, parse_rate
 from xenlab.net.ethernet import ETH_P_ARP, ETH_P_IP
 from xenlab.xen import abi
 from xenlab.xen.errors import ConfigError, XenError
-from xenlab.xen.netif import ExtraInfo, RxRequest, RxResponse, TxRequest, TxResponse
+from xenlab.xen.netif import ExtraInfo
 # xen_mb(): the ring module's full fence, for the one event index the
 # ring views do not set themselves (rx: "kick me on the next request").
 from xenlab.xen.ring import BackRing
@@ -53,8 +55,14 @@ from xenlab.xen.ring import _full_barrier as xen_mb
 from xenlab.xen.xlcfg import parse_mac
 
 PAGE = abi.PAGE_SIZE
+_TX_REQUEST = abi.NETIF_TX_REQUEST
+_TX_RESPONSE = abi.NETIF_TX_RESPONSE
+_RX_REQUEST = abi.NETIF_RX_REQUEST
+_RX_RESPONSE = abi.NETIF_RX_RESPONSE
 RX_QUEUE_MAX = 512          # frames waiting for rx requests before "rx_ring_full"
-SCRATCH_PAGES = 32          # per direction: 128 KiB, room for any single frame
+# netback's rx_queue_max (XENVIF_RX_QUEUE_BYTES): half a ring of full pages.
+RX_QUEUE_BYTES = abi.NET_RX_RING_SIZE // 2 * abi.PAGE_SIZE
+SCRATCH_PAGES = 16          # per batch in flight: 64 KiB, room for any single frame
 _U32 = 0xFFFFFFFF
 
 FEATURES = {
@@ -75,8 +83,7 @@ FEATURES = {
 # ----------------------------------------------------------------------------
 # Scratch frames and grant copies
 # ----------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class GrantCopy:
+class GrantCopy(NamedTuple):
     """One GNTTABOP_copy segment between a frontend grant and a local frame."""
 
     gref: int            # the frontend's grant reference
@@ -106,6 +113,9 @@ class Scratch:
         """(gfn, offset, length) pieces of [addr, addr+length)."""
         if addr < 0 or addr + length > self.capacity:
             raise ValueError(f"[{addr}, {addr + length}) is outside the scratch space")
+        index, offset = divmod(addr, PAGE)
+        if offset + length <= PAGE:
+            return [(self.gfns[index], offset, length)]
         out = []
         while length > 0:
             index, offset = divmod(addr, PAGE)
@@ -116,12 +126,19 @@ class Scratch:
         return out
 
     def read(self, addr: int, length: int) -> bytes:
+        index, offset = divmod(addr, PAGE)
+        if addr >= 0 and offset + length <= PAGE and index < len(self._pages):
+            return self._pages[index][offset:offset + length].tobytes()
         parts = []
         for index, offset, n in self._spans(addr, length):
             parts.append(self._pages[index][offset:offset + n])
         return b"".join(parts)
 
     def write(self, addr: int, data: bytes) -> None:
+        index, offset = divmod(addr, PAGE)
+        if addr >= 0 and offset + len(data) <= PAGE and index < len(self._pages):
+            self._pages[index][offset:offset + len(data)] = data
+            return
         pos = 0
         for index, offset, n in self._spans(addr, len(data)):
             self._pages[index][offset:offset + n] = data[pos:pos + n]
@@ -341,28 +358,33 @@ class TxFatal(Exception):
     """The frontend broke the protocol; the vif must be disabled."""
 
 
-@dataclass
 class _Slot:
     """One consumed tx ring slot and the response it is owed."""
 
-    id: int
-    null: bool = False            # an extra-info slot: answered NETIF_RSP_NULL
-    ops: list[int] = field(default_factory=list)
-    status: int = abi.NETIF_RSP_OKAY
+    __slots__ = ("id", "null", "ops", "status")
+
+    def __init__(self, id: int, null: bool = False):
+        self.id = id
+        self.null = null              # an extra-info slot: answered NETIF_RSP_NULL
+        self.ops: list[int] = []      # its copy ops' indexes in the batch
+        self.status = abi.NETIF_RSP_OKAY
 
 
-@dataclass
 class _TxFrame:
-    slots: list[_Slot]
-    data: list[tuple[TxRequest, int]] = field(default_factory=list)   # (request, bytes in it)
-    size: int = 0
-    reason: str | None = None     # dropped before copying, and why
-    control: bool = False         # a multicast request: no frame behind it
-    addr: int = 0
+    __slots__ = ("slots", "data", "size", "reason", "control", "addr")
+
+    def __init__(self, slots: list[_Slot]):
+        self.slots = slots
+        self.data: list[tuple[int, int, int]] = []   # (gref, offset, bytes) per data slot
+        self.size = 0
+        self.reason: str | None = None     # dropped before copying, and why
+        self.control = False               # a multicast request: no frame behind it
+        self.addr = 0
 
 
 @dataclass
 class TxBatch:
+    scratch: Scratch | None = None
     copies: list[GrantCopy] = field(default_factory=list)
     frames: list[_TxFrame] = field(default_factory=list)
     fatal: str | None = None
@@ -396,23 +418,33 @@ class NetbackTx:
         self._in_flight: set[int] = set()
 
     # -- building a batch --------------------------------------------------------
-    def build(self) -> TxBatch:
-        """Consume requests into one batch of copies (xenvif_tx_build_gops)."""
-        batch = TxBatch()
+    def build(self, scratch: Scratch | None = None) -> TxBatch:
+        """Consume requests into one batch of copies into ``scratch`` (by
+        default the one given at construction), as xenvif_tx_build_gops."""
+        batch = TxBatch(scratch or self.scratch)
         if self.disabled:
             return batch
+        scratch = batch.scratch
+        ring = self.ring
         addr = 0
+        avail = 0       # requests known to be waiting, so not counted again per frame
         while True:
             frame = self._held
             self._held = None
             if frame is None:
+                if avail <= 0:
+                    avail = self._waiting(batch)
+                    if not avail:
+                        break
+                start = ring.req_cons
                 frame = self._next_frame(batch)
                 if frame is None:
                     break
+                avail -= (ring.req_cons - start) & _U32
             batch.frames.append(frame)
             if frame.reason or frame.control:
                 continue
-            if addr + frame.size > self.scratch.capacity:
+            if addr + frame.size > scratch.capacity:
                 batch.frames.pop()
                 self._held = frame
                 break
@@ -427,13 +459,21 @@ class NetbackTx:
             addr += frame.size
         return batch
 
-    def _next_frame(self, batch: TxBatch) -> _TxFrame | None:
+    @property
+    def held(self) -> bool:
+        """A consumed frame waits for credit or scratch room."""
+        return self._held is not None
+
+    def _waiting(self, batch: TxBatch) -> int:
+        """Unconsumed requests; a req_prod more than a ring ahead is fatal."""
         if self.ring.request_overflow():
             self._fatal(batch, f"impossible number of requests: req_prod {self.ring.sring.req_prod}, "
                                f"answered up to {self.ring.rsp_prod_pvt}, ring size {self.ring.size}")
-            return None
-        if not self.ring.unconsumed_requests():
-            return None
+            return 0
+        return self.ring.unconsumed_requests()
+
+    def _next_frame(self, batch: TxBatch) -> _TxFrame | None:
+        """The frame starting at the next request, which the caller knows is there."""
         frame = _TxFrame(slots=[])
         try:
             self._parse(frame)
@@ -450,41 +490,50 @@ class NetbackTx:
         self.disabled = message
         batch.fatal = message
 
-    def _take(self) -> bytes:
-        return self.ring.get_request()
-
-    def _take_request(self, frame: _TxFrame) -> TxRequest:
-        req = TxRequest.unpack(self._take())
-        frame.slots.append(_Slot(req.id))
-        if req.id >= abi.NET_TX_RING_SIZE:
-            raise TxFatal(f"tx id {req.id} is out of range (ring of {abi.NET_TX_RING_SIZE})")
-        if req.id in self._in_flight:
-            raise TxFatal(f"tx id {req.id} is already in flight")
-        self._in_flight.add(req.id)
+    def _take_request(self, frame: _TxFrame) -> tuple[int, int, int, int, int]:
+        """(gref, offset, flags, id, size) of the next request, copied once."""
+        req = _TX_REQUEST.unpack_from(self.ring.get_request())
+        id_ = req[3]
+        frame.slots.append(_Slot(id_))
+        if id_ >= abi.NET_TX_RING_SIZE:
+            raise TxFatal(f"tx id {id_} is out of range (ring of {abi.NET_TX_RING_SIZE})")
+        if id_ in self._in_flight:
+            raise TxFatal(f"tx id {id_} is already in flight")
+        self._in_flight.add(id_)
         return req
 
     def _parse(self, frame: _TxFrame) -> None:
-        first = self._take_request(frame)
-        extras = self._take_extras(frame) if first.flags & abi.NETTXF_extra_info else {}
+        gref, offset, flags, _id, size = self._take_request(frame)
+        if flags & (abi.NETTXF_extra_info | abi.NETTXF_more_data) == 0:
+            # One slot, no extras: the common frame, checked as below.
+            if size < abi.ETH_HLEN:
+                self._error(frame, "bad_packet_size")
+                return
+            if offset + size > PAGE:
+                raise TxFatal(f"cross page boundary: offset {offset}, size {size}")
+            frame.data.append((gref, offset, size))
+            frame.size = size
+            return
+        extras = self._take_extras(frame) if flags & abi.NETTXF_extra_info else {}
         if abi.XEN_NETIF_EXTRA_TYPE_MCAST_ADD in extras or abi.XEN_NETIF_EXTRA_TYPE_MCAST_DEL in extras:
             # Without feature-multicast-control every address is let through;
             # the request only wants its answer.
             frame.control = True
             return
-        frags = self._take_frags(frame, first)
+        frags = self._take_frags(frame, size, flags)
         if frame.reason:
             return
-        first_size = first.size - sum(r.size for r in frags)
+        first_size = size - sum(r[4] for r in frags)
         if first_size < abi.ETH_HLEN:
             self._error(frame, "bad_packet_size")
             return
-        if first.offset + first_size > PAGE:
-            raise TxFatal(f"cross page boundary: offset {first.offset}, size {first_size}")
+        if offset + first_size > PAGE:
+            raise TxFatal(f"cross page boundary: offset {offset}, size {first_size}")
         gso = extras.get(abi.XEN_NETIF_EXTRA_TYPE_GSO)
         if gso is not None:
             _check_gso(gso)
-        frame.data = [(first, first_size)] + [(r, r.size) for r in frags]
-        frame.size = first.size
+        frame.data = [(gref, offset, first_size)] + [(r[0], r[1], r[4]) for r in frags]
+        frame.size = size
 
     def _take_extras(self, frame: _TxFrame) -> dict[int, ExtraInfo]:
         """xenvif_get_extras: extra-info slots after the first request."""
@@ -492,7 +541,7 @@ class NetbackTx:
         while True:
             if not self.ring.unconsumed_requests():
                 raise TxFatal("missing extra info")
-            extra = ExtraInfo.unpack(self._take())
+            extra = ExtraInfo.unpack(self.ring.get_request())
             frame.slots.append(_Slot(0, null=True))
             if not 0 < extra.type < abi.XEN_NETIF_EXTRA_TYPE_MAX:
                 raise TxFatal(f"invalid extra type: {extra.type}")
@@ -500,11 +549,11 @@ class NetbackTx:
             if not extra.flags & abi.XEN_NETIF_EXTRA_FLAG_MORE:
                 return extras
 
-    def _take_frags(self, frame: _TxFrame, first: TxRequest) -> list[TxRequest]:
+    def _take_frags(self, frame: _TxFrame, size: int, flags: int) -> list[tuple]:
         """xenvif_count_requests: the slots after the first."""
-        frags: list[TxRequest] = []
-        remaining = first.size
-        more = first.flags & abi.NETTXF_more_data
+        frags: list[tuple] = []
+        remaining = size
+        more = flags & abi.NETTXF_more_data
         while more:
             if not self.ring.unconsumed_requests():
                 raise TxFatal(f"asked for {len(frags) + 1} more slots than the frontend produced")
@@ -513,13 +562,14 @@ class NetbackTx:
             if not frame.reason and len(frags) >= self.max_slots:
                 frame.reason = "too_many_slots"
             req = self._take_request(frame)
-            if not frame.reason and req.size > remaining:
+            _gref, r_offset, r_flags, _id, r_size = req
+            if not frame.reason and r_size > remaining:
                 frame.reason = "frag_size"
-            remaining -= req.size
-            if req.offset + req.size > PAGE:
-                raise TxFatal(f"cross page boundary: offset {req.offset}, size {req.size}")
+            remaining -= r_size
+            if r_offset + r_size > PAGE:
+                raise TxFatal(f"cross page boundary: offset {r_offset}, size {r_size}")
             frags.append(req)
-            more = req.flags & abi.NETTXF_more_data
+            more = r_flags & abi.NETTXF_more_data
         if frame.reason:
             self._error(frame, frame.reason)
         return frags
@@ -533,13 +583,14 @@ class NetbackTx:
 
     def _plan_copies(self, batch: TxBatch, frame: _TxFrame, addr: int) -> None:
         frame.addr = addr
-        data_slots = [s for s in frame.slots if not s.null]
-        for slot, (req, size) in zip(data_slots, frame.data):
+        copies = batch.copies
+        segments = batch.scratch.segments
+        data_slots = [s for s in frame.slots if not s.null] if len(frame.slots) > 1 else frame.slots
+        for slot, (gref, offset, size) in zip(data_slots, frame.data):
             done = 0
-            for gfn, offset, n in self.scratch.segments(addr, size):
-                slot.ops.append(len(batch.copies))
-                batch.copies.append(GrantCopy(req.gref, req.offset + done, gfn, offset, n,
-                                              to_frontend=False))
+            for gfn, gfn_offset, n in segments(addr, size):
+                slot.ops.append(len(copies))
+                copies.append(GrantCopy(gref, offset + done, gfn, gfn_offset, n, False))
                 done += n
             addr += size
 
@@ -548,17 +599,26 @@ class NetbackTx:
         """Apply the copy statuses, answer every slot, hand out the frames."""
         drops: collections.Counter = collections.Counter()
         frames: list[bytes] = []
+        scratch = batch.scratch
         for frame in batch.frames:
-            out = self._finish_frame(frame, statuses, drops)
+            out = self._finish_frame(scratch, frame, statuses, drops)
             if out is not None:
                 frames.append(out)
+        put, pack = self.ring.put_response, _TX_RESPONSE.pack
+        in_flight = self._in_flight
+        slots = 0
         for frame in batch.frames:
             for slot in frame.slots:
-                self._respond(slot)
-        notify = self.ring.push_responses_and_check_notify() if batch.slots else False
+                slots += 1
+                if slot.null:
+                    put(pack(0, abi.NETIF_RSP_NULL))
+                else:
+                    in_flight.discard(slot.id)
+                    put(pack(slot.id, slot.status))
+        notify = self.ring.push_responses_and_check_notify() if slots else False
         return TxResult(frames, drops, notify)
 
-    def _finish_frame(self, frame: _TxFrame, statuses: Sequence[int],
+    def _finish_frame(self, scratch: Scratch, frame: _TxFrame, statuses: Sequence[int],
                       drops: collections.Counter) -> bytes | None:
         if frame.control:
             return None
@@ -566,26 +626,23 @@ class NetbackTx:
             drops[frame.reason] += 1
             return None
         failed = False
+        okay = abi.GNTST_okay
+        n = len(statuses)
         for slot in frame.slots:
-            if any(i >= len(statuses) or statuses[i] != abi.GNTST_okay for i in slot.ops):
-                slot.status = abi.NETIF_RSP_ERROR
-                failed = True
+            for i in slot.ops:
+                if i >= n or statuses[i] != okay:
+                    slot.status = abi.NETIF_RSP_ERROR
+                    failed = True
+                    break
         if failed:
             drops["grant_copy_error"] += 1
             return None
-        data = self.scratch.read(frame.addr, frame.size)
+        data = scratch.read(frame.addr, frame.size)
         reason = self.antispoof.check(data) if self.antispoof else None
         if reason:
             drops[reason] += 1
             return None
         return data
-
-    def _respond(self, slot: _Slot) -> None:
-        if slot.null:
-            self.ring.put_response(TxResponse(0, abi.NETIF_RSP_NULL).pack())
-            return
-        self._in_flight.discard(slot.id)
-        self.ring.put_response(TxResponse(slot.id, slot.status).pack())
 
     # -- the rest of the loop ---------------------------------------------------------
     def replenish(self) -> None:
@@ -623,16 +680,19 @@ def rx_slots_needed(length: int) -> int:
     return -(-length // PAGE)
 
 
-@dataclass
 class _RxSlot:
-    id: int
-    size: int
-    more: bool
-    ops: list[int]
+    __slots__ = ("id", "size", "more", "ops")
+
+    def __init__(self, id: int, size: int, more: bool, ops: list[int]):
+        self.id = id
+        self.size = size
+        self.more = more
+        self.ops = ops
 
 
 @dataclass
 class RxBatch:
+    scratch: Scratch | None = None
     copies: list[GrantCopy] = field(default_factory=list)
     frames: list[tuple[bytes, list[_RxSlot]]] = field(default_factory=list)
 
@@ -645,11 +705,16 @@ class RxResult:
 
 
 class NetbackRx:
-    def __init__(self, ring: BackRing, scratch: Scratch, max_queue: int = RX_QUEUE_MAX):
+    def __init__(self, ring: BackRing, scratch: Scratch, max_queue: int = RX_QUEUE_MAX,
+                 max_bytes: int | None = None):
+        """At most ``max_queue`` frames, and ``max_bytes`` bytes if given
+        (netback bounds its rx queue in bytes only), wait for rx requests."""
         self.ring = ring
         self.scratch = scratch
         self.max_queue = max_queue
+        self.max_bytes = max_bytes
         self.queue: collections.deque[bytes] = collections.deque()
+        self.queued_bytes = 0
 
     def enqueue(self, frames: Sequence[bytes]) -> collections.Counter:
         """Frames for the guest; the drops (never blocks)."""
@@ -660,56 +725,73 @@ class NetbackRx:
             elif (len(frame) > abi.XEN_NETIF_MAX_TX_SIZE
                   or rx_slots_needed(len(frame)) > abi.XEN_NETIF_NR_SLOTS_MIN):
                 drops["too_big"] += 1
-            elif len(self.queue) >= self.max_queue:
+            elif len(self.queue) >= self.max_queue or (
+                    self.max_bytes is not None and self.queued_bytes >= self.max_bytes):
                 drops["rx_ring_full"] += 1
             else:
                 self.queue.append(bytes(frame))
+                self.queued_bytes += len(frame)
         return drops
 
-    def build(self) -> RxBatch:
+    def build(self, scratch: Scratch | None = None) -> RxBatch:
         """Take rx requests for as many queued frames as fit (one copy batch).
-        Frames are packed back to back in the scratch space; a slot whose
-        bytes straddle two scratch pages is two copy segments."""
-        batch = RxBatch()
+        Frames are packed back to back in ``scratch`` (by default the one
+        given at construction); a slot whose bytes straddle two scratch
+        pages is two copy segments."""
+        batch = RxBatch(scratch or self.scratch)
+        scratch = batch.scratch
         addr = 0
+        avail = 0       # requests known to be posted, so not counted again per frame
         while self.queue:
             frame = self.queue[0]
             need = rx_slots_needed(len(frame))
-            if addr + len(frame) > self.scratch.capacity:
+            if addr + len(frame) > scratch.capacity:
                 break
-            if self.ring.unconsumed_requests() < need:
-                break
+            if avail < need:
+                avail = self.ring.unconsumed_requests()
+                if avail < need:
+                    break
+            avail -= need
             self.queue.popleft()
-            self.scratch.write(addr, frame)
+            self.queued_bytes -= len(frame)
+            scratch.write(addr, frame)
             batch.frames.append((frame, self._plan(batch, frame, addr, need)))
             addr += len(frame)
         return batch
 
     def _plan(self, batch: RxBatch, frame: bytes, addr: int, need: int) -> list[_RxSlot]:
         slots = []
+        copies = batch.copies
+        segments = batch.scratch.segments
+        get_request = self.ring.get_request
         for k in range(need):
-            req = RxRequest.unpack(self.ring.get_request())
+            id_, _pad, gref = _RX_REQUEST.unpack_from(get_request())
             size = min(PAGE, len(frame) - k * PAGE)
             ops = []
             done = 0
-            for gfn, offset, n in self.scratch.segments(addr + k * PAGE, size):
-                ops.append(len(batch.copies))
-                batch.copies.append(GrantCopy(req.gref, done, gfn, offset, n, to_frontend=True))
+            for gfn, offset, n in segments(addr + k * PAGE, size):
+                ops.append(len(copies))
+                copies.append(GrantCopy(gref, done, gfn, offset, n, True))
                 done += n
-            slots.append(_RxSlot(req.id, size, k < need - 1, ops))
+            slots.append(_RxSlot(id_, size, k < need - 1, ops))
         return slots
 
     def complete(self, batch: RxBatch, statuses: Sequence[int]) -> RxResult:
         drops: collections.Counter = collections.Counter()
         sent: list[bytes] = []
+        put, pack = self.ring.put_response, _RX_RESPONSE.pack
+        n = len(statuses)
+        okay = abi.GNTST_okay
         for frame, slots in batch.frames:
             ok = True
             for slot in slots:
-                good = all(i < len(statuses) and statuses[i] == abi.GNTST_okay for i in slot.ops)
-                ok = ok and good
+                good = True
+                for i in slot.ops:
+                    if i >= n or statuses[i] != okay:
+                        good = ok = False
+                        break
                 status = slot.size if good else abi.NETIF_RSP_ERROR
-                flags = abi.NETRXF_more_data if slot.more else 0
-                self.ring.put_response(RxResponse(slot.id, 0, flags, status).pack())
+                put(pack(slot.id, 0, abi.NETRXF_more_data if slot.more else 0, status))
             if ok:
                 sent.append(frame)
             else:
@@ -738,6 +820,7 @@ class NetbackRx:
         """Forget the queue (the vif is going away); how many frames that drops."""
         n = len(self.queue)
         self.queue.clear()
+        self.queued_bytes = 0
         return n
 
 

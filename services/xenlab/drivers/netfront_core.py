@@ -29,11 +29,14 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from xenlab.xen import abi
-from xenlab.xen.netif import (ExtraInfo, RxRequest, RxResponse, TxResponse, split_frame,
-                              tx_frame_requests)
+from xenlab.xen.netif import ExtraInfo, split_frame, tx_frame_requests
 from xenlab.xen.ring import FrontRing
 
 PAGE = abi.PAGE_SIZE
+_TX_REQUEST = abi.NETIF_TX_REQUEST
+_TX_RESPONSE = abi.NETIF_TX_RESPONSE
+_RX_REQUEST = abi.NETIF_RX_REQUEST
+_RX_RESPONSE = abi.NETIF_RX_RESPONSE
 TX_BACKLOG_MAX = 256     # frames waiting for free transmit pages
 
 
@@ -118,10 +121,17 @@ class NetfrontTx:
         return None
 
     def _fits(self, frame: bytes) -> bool:
-        need = len(split_frame(len(frame)))
+        need = -(-len(frame) // PAGE)      # len(split_frame(len(frame)))
         return need <= len(self._free) and need <= self.ring.free_requests()
 
     def _put(self, frame: bytes) -> None:
+        if len(frame) <= PAGE:
+            # One chunk at offset 0: what tx_frame_requests would lay out.
+            id_ = self._free.pop()
+            self.buffers[id_].page[:len(frame)] = frame
+            self.ring.put_request(_TX_REQUEST.pack(self.buffers[id_].gref, 0, 0, id_, len(frame)))
+            self._in_flight.add(id_)
+            return
         chunks = split_frame(len(frame))
         ids = [self._free.pop() for _ in chunks]
         pos = 0
@@ -141,17 +151,19 @@ class NetfrontTx:
         if self.ring.response_overflow():
             self.broken = True
             return out
-        while self.ring.unconsumed_responses():
-            rsp = TxResponse.unpack(self.ring.get_response())
-            if rsp.status == abi.NETIF_RSP_NULL:
+        ring = self.ring
+        in_flight = self._in_flight
+        for _ in range(ring.unconsumed_responses()):
+            id_, status = _TX_RESPONSE.unpack_from(ring.get_response())
+            if status == abi.NETIF_RSP_NULL:
                 continue
-            if rsp.id not in self._in_flight:
+            if id_ not in in_flight:
                 out.bad += 1        # "Response for inactive request" / incorrect id
                 continue
-            self._in_flight.discard(rsp.id)
-            self._free.append(rsp.id)
+            in_flight.discard(id_)
+            self._free.append(id_)
             out.completed += 1
-            if rsp.status != abi.NETIF_RSP_OKAY:
+            if status != abi.NETIF_RSP_OKAY:
                 out.errors += 1
         out.sent = self._drain_backlog()
         return out
@@ -193,7 +205,7 @@ class NetfrontRx:
         put = False
         while self._free and not self.ring.full():
             bid = self._free.pop()
-            idx = self.ring.put_request(RxRequest(bid, self.buffers[bid].gref).pack())
+            idx = self.ring.put_request(_RX_REQUEST.pack(bid, 0, self.buffers[bid].gref))
             self._posted[idx & (self.ring.size - 1)] = bid
             put = True
         return self.ring.push_requests_and_check_notify() if put else False
@@ -213,13 +225,15 @@ class NetfrontRx:
         out.notify = self.refill()
         return out
 
-    def _take(self) -> tuple[RxResponse, bytes, int | None]:
+    def _take(self) -> tuple[tuple[int, int, int, int], bytes, int | None]:
+        """(id, offset, flags, status) of the next response, its raw slot, and
+        the buffer posted at its index."""
         idx = self.ring.rsp_cons
         raw = self.ring.get_response()
         bid = self._posted.pop(idx & (self.ring.size - 1), None)
         if bid is not None:
             self._free.append(bid)
-        return RxResponse.unpack(raw), raw, bid
+        return _RX_RESPONSE.unpack_from(raw), raw, bid
 
     def _take_frame(self, avail: int, out: RxPoll) -> int:
         """One frame's responses (xennet_get_responses); returns what is left."""
@@ -228,23 +242,24 @@ class NetfrontRx:
         slots = 0
         while True:
             rsp, _raw, bid = self._take()
+            flags = rsp[2]
             avail -= 1
             slots += 1
             data, bad = self._check(rsp, bid)
             reason = reason or bad
             if data is not None and not reason:
                 chunks.append(data)
-            if rsp.flags & abi.NETRXF_extra_info and slots == 1:
+            if flags & abi.NETRXF_extra_info and slots == 1:
                 avail, bad = self._skip_extras(avail)
                 reason = reason or bad
             if slots > abi.XEN_NETIF_NR_SLOTS_MIN and not reason:
                 reason = "rx_too_many_slots"
-            if not rsp.flags & abi.NETRXF_more_data:
+            if not flags & abi.NETRXF_more_data:
                 break
             if not avail:
                 reason = reason or "rx_bad_response"     # "Need more slots"
                 break
-        frame = b"".join(chunks)
+        frame = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         if reason is None and len(frame) < abi.ETH_HLEN:
             reason = "rx_runt"
         if reason:
@@ -253,15 +268,16 @@ class NetfrontRx:
             out.frames.append(frame)
         return avail
 
-    def _check(self, rsp: RxResponse, bid: int | None) -> tuple[bytes | None, str | None]:
-        if bid is None or rsp.id != bid:
+    def _check(self, rsp: tuple[int, int, int, int],
+               bid: int | None) -> tuple[bytes | None, str | None]:
+        id_, offset, _flags, status = rsp
+        if bid is None or id_ != bid:
             return None, "rx_bad_id"
-        if rsp.status < 0:
+        if status < 0:
             return None, "rx_error"
-        if rsp.offset >= PAGE or rsp.offset + rsp.status > PAGE:
+        if offset >= PAGE or offset + status > PAGE:
             return None, "rx_bad_response"
-        page = self.buffers[bid].page
-        return bytes(page[rsp.offset:rsp.offset + rsp.status]), None
+        return self.buffers[bid].page[offset:offset + status].tobytes(), None
 
     def _skip_extras(self, avail: int) -> tuple[int, str | None]:
         """xennet_get_extras: the slots after the first carry extra info; we

@@ -19,6 +19,12 @@ The backend side mirrors Linux netback's set_backend_state(), which walks
 through the intermediate states (so that Connect and Disconnect happen on
 exactly the edges where Linux does them); the frontend side mirrors
 netfront's netback_changed().
+
+One addition Linux does not have: a backend kernel may die and return (a
+driver domain is a process here). The toolstack then marks its backends
+Closed (``Hypervisor.backend_gone``), so the frontend stops and releases;
+the new kernel's netback waits in InitWait for a Closed frontend instead
+of closing too, and a Closed frontend that sees InitWait starts over.
 """
 from __future__ import annotations
 
@@ -155,6 +161,12 @@ def backend_on_frontend_changed(own: XenbusState, frontend: XenbusState,
     if frontend == S.Closing:
         return backend_path(own, S.Closing)
     if frontend == S.Closed:
+        if own == S.InitWait and online:
+            # A new backend kernel (a driver domain restarted) finds the
+            # frontend its predecessor left Closed: the frontend reconnects on
+            # seeing InitWait, so wait for it rather than close (Linux's
+            # netback has no such restart and would go Closed here).
+            return []
         actions = backend_path(own, S.Closed)
         if not online:
             actions.append(Unregister())
@@ -181,9 +193,14 @@ def backend_on_fatal(own: XenbusState) -> list[Action]:
 def frontend_on_backend_changed(own: XenbusState, backend: XenbusState) -> list[Action]:
     """netfront's netback_changed()."""
     if backend == S.InitWait:
-        if own != S.Initialising:
-            return []
-        return [Connect(), SwitchState(S.Connected)]
+        if own == S.Initialising:
+            return [Connect(), SwitchState(S.Connected)]
+        if own == S.Closed:
+            # The backend came back (a new driver domain kernel probed its
+            # directory): start over as a freshly probed frontend would,
+            # with what the old connection held given back first.
+            return [Release(), SwitchState(S.Initialising), Connect(), SwitchState(S.Connected)]
+        return []
     if backend == S.Closing:
         return _frontend_closed(own)
     if backend == S.Closed:

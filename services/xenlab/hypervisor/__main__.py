@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from pathlib import Path
 
+from xenlab import eventloop
 from xenlab.osutil import die_with_parent, raise_fd_limit
+from xenlab.events import config as events_config
+from xenlab.hypervisor import docker_launcher
 from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig, default_rundir
+from xenlab.xen.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,25 +24,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tmpfs directory for domain memory (default /dev/shm)")
     parser.add_argument("--memory", type=int, default=8192, metavar="MiB",
                         help="the emulated host's RAM (default 8192)")
-    parser.add_argument("--launcher", choices=("local", "none"), default="local",
+    parser.add_argument("--launcher", choices=("local", "docker", "none"), default="local",
                         help="how created domains run (default local processes)")
     parser.add_argument("--max-domains", type=int, default=256)
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
+    events_config.add_arguments(parser)
+    docker_launcher.add_arguments(parser)
 
 
 def config_from_args(args, env=None) -> HypervisorConfig:
     return HypervisorConfig(address=args.listen, rundir=args.rundir or default_rundir(env),
                             shm_dir=args.shm_dir, total_memory_mb=args.memory,
                             launcher=args.launcher, max_domains=args.max_domains,
-                            log_level=args.log_level)
+                            log_level=args.log_level, docker=docker_launcher.config_from_args(args))
 
 
 def run(args) -> int:
-    from xenlab.hypervisor.server import serve
-
     raise_fd_limit()
     if args.die_with_parent:
         die_with_parent()
@@ -49,12 +52,28 @@ def run(args) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = config_from_args(args)
     try:
-        asyncio.run(serve(config, ready=lambda s: print(
-            f"xenlab hypervisor listening on {s.address}; rundir {s.hv.rundir.path}", flush=True)))
+        events = events_config.config_from_args(args)
+    except ConfigError as err:
+        print(f"xenlab hypervisor: {err.message}", file=sys.stderr)
+        return 2
+    try:
+        eventloop.run(_serve(config, events))
     except OSError as err:
         print(f"xenlab hypervisor: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+async def _serve(config: HypervisorConfig, events) -> None:
+    from xenlab.events.sources import HypervisorSource, service_events
+    from xenlab.hypervisor.server import serve
+
+    async with service_events(events, "hypervisor") as ev:
+        def ready(s) -> None:
+            print(f"xenlab hypervisor listening on {s.address}; rundir {s.hv.rundir.path}", flush=True)
+            if ev is not None:
+                ev.add(HypervisorSource(s.hv, ev.publisher))
+        await serve(config, ready=ready)
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenlab.hypervisor.docker_launcher import DockerConfig
 from xenlab.hypervisor.xenstore import XenStoreQuotas
 
 DEFAULT_ADDRESS = "127.0.0.1:9770"
@@ -31,3 +32,4 @@ class HypervisorConfig:
     grant_frames: int = 32
     xenstore_quotas: XenStoreQuotas = field(default_factory=XenStoreQuotas)
     log_level: str = "INFO"
+    docker: DockerConfig = field(default_factory=DockerConfig)   # the docker launcher's

@@ -54,17 +54,21 @@ class Hypervisor:
         self.memory = MachineMemory(Path(config.shm_dir), prefix,
                                     config.total_memory_mb * PAGES_PER_MB)
         self.grants = GrantTables(self.memory)
-        self.doorbell = UpcallRouter(authenticate=self._doorbell_auth, on_send=self._doorbell_send)
+        self.doorbell = UpcallRouter(authenticate=self._doorbell_auth, on_send=self._doorbell_send,
+                                     on_copy=self.grants.copy_gnttab)
         self.evtchn = EventChannels(kick=self.doorbell.kick,
                                     default_max_ports=config.evtchn_max_ports)
         self.xs_connections = XenStoreConnections()
         self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
-        self.launcher = launcher or make_launcher(config.launcher, config.log_level)
+        self.launcher = launcher or make_launcher(config.launcher, config.log_level, config.docker)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
         self._procs: dict[int, DomainProcess] = {}
         self._reapers: dict[int, asyncio.Task] = {}
         self._shared_info: dict[int, SharedInfo] = {}
         self._state_changed = asyncio.Event()
+        # Called (no arguments) after every domain state change: created,
+        # paused, unpaused, shut down, dying, destroyed (xenlab.events).
+        self.observers: list = []
         self.dom0_secret = ""
 
     # -- start and stop ------------------------------------------------------
@@ -180,7 +184,8 @@ class Hypervisor:
             devid = first_devid + offset
             backend_id = self._backend_domid(spec.backend)
             mac = vifs.pick_mac(spec.mac)
-            bridge = spec.bridge or abi.DEFAULT_BRIDGE
+            bridge = vifs.check_bridge(spec.bridge or abi.DEFAULT_BRIDGE)
+            self._check_bridge_runs(devid, bridge)
             if (bridge, mac) in macs:
                 raise DomainError(errno.EEXIST, f"vif {devid}: mac {mac} is already used on "
                                                 f"bridge {bridge} by {macs[(bridge, mac)]}")
@@ -196,11 +201,23 @@ class Hypervisor:
             raise DomainError(errno.EINVAL, f"backend domain {backend!r} is not running")
         return dom.domid
 
+    def _check_bridge_runs(self, devid: int, bridge: str) -> None:
+        """Once bridge services have registered (/tool/xenlab/bridges), a vif
+        on any other bridge is refused now, as a failing vif-bridge makes
+        xl create fail; with none registered, the backend's hotplug judges."""
+        try:
+            running = self.xenstore.directory(DOM0, vifs.BRIDGE_REGISTRY)
+        except XenError:
+            return
+        if running and bridge not in running:
+            raise DomainError(errno.ENOENT, f"vif {devid}: no bridge {bridge!r} is running "
+                                            f"(bridges: {', '.join(sorted(running))})")
+
     def _macs_by_bridge(self) -> dict[tuple[str, str], str]:
         found = {}
         for dom in self.domains:
-            for devid, front, back in self._vif_dirs(dom.domid):
-                found[(back.get("bridge", ""), front.get("mac", ""))] = f"d{dom.domid} vif {devid}"
+            for devid, record in self._vif_records(dom.domid):
+                found[(record.get("bridge", ""), record.get("mac", ""))] = f"d{dom.domid} vif {devid}"
         return found
 
     def _write_vif(self, nodes: vifs.VifNodes) -> None:
@@ -216,6 +233,13 @@ class Hypervisor:
         backend_id = int(nodes.backend_perms[0][0])
         for path in (parent.rsplit("/", 1)[0], parent):
             self.xenstore.set_perms(DOM0, path, [(backend_id, "n")])
+        # libxl's own record of the device (/libxl/DOMID/device/vif/DEVID),
+        # readable by Domain-0 only: the frontend directory is the guest's to
+        # rewrite, so where the backend is and which MAC the vif has are never
+        # read back from it.
+        record = vifs.record_path(nodes.domid, nodes.devid)
+        for key, value in nodes.record().items():
+            self.xenstore.write(DOM0, f"{record}/{key}", value.encode())
 
     def _read_dir(self, path: str) -> dict[str, str]:
         out = {}
@@ -230,16 +254,25 @@ class Hypervisor:
                 pass
         return out
 
-    def _vif_dirs(self, domid: int) -> list[tuple[int, dict, dict]]:
-        base = f"/local/domain/{domid}/device/vif"
+    def _vif_records(self, domid: int) -> list[tuple[int, dict]]:
+        """The toolstack's own record of each vif it attached to ``domid``."""
+        base = vifs.record_path(domid)
         try:
             devids = sorted(int(d) for d in self.xenstore.directory(DOM0, base) if d.isdigit())
         except XenError:
             return []
+        return [(devid, self._read_dir(f"{base}/{devid}")) for devid in devids]
+
+    def _vif_dirs(self, domid: int) -> list[tuple[int, dict, dict]]:
+        """(devid, frontend dir, backend dir) of each vif, found through the
+        toolstack's record; the record's mac, bridge and backend path win
+        over what either directory says now."""
         out = []
-        for devid in devids:
-            front = self._read_dir(f"{base}/{devid}")
-            back = self._read_dir(front["backend"]) if front.get("backend") else {}
+        for devid, record in self._vif_records(domid):
+            front = self._read_dir(vifs.frontend_path(domid, devid))
+            back = self._read_dir(record["backend"]) if record.get("backend") else {}
+            front.update({k: record[k] for k in ("backend", "backend-id", "mac") if k in record})
+            back.update({k: record[k] for k in ("bridge",) if k in record})
             out.append((devid, front, back))
         return out
 
@@ -269,16 +302,28 @@ class Hypervisor:
         devid, front = match[0]
         bpath = front.get("backend", "")
         if bpath and self.xenstore.exists(bpath):
+            closed_state = str(int(abi.XenbusState.Closed))
             self.xenstore.write(DOM0, f"{bpath}/online", b"0")
-            self.xenstore.write(DOM0, f"{bpath}/state", str(int(abi.XenbusState.Closing)).encode())
-            closed = await self._wait_xenstore(f"{bpath}/state", str(int(abi.XenbusState.Closed)), timeout)
+            # libxl__initiate_device_generic_remove: a backend already Closed
+            # (netback disabled the vif, say) is left Closed, not sent back
+            # to Closing to wait for a Closed that never comes.
+            if self._read_value(f"{bpath}/state") != closed_state:
+                self.xenstore.write(DOM0, f"{bpath}/state",
+                                    str(int(abi.XenbusState.Closing)).encode())
+            closed = await self._wait_xenstore(f"{bpath}/state", closed_state, timeout)
             if not closed and not force:
                 raise DomainError(errno.ETIMEDOUT, f"vif {devid} of d{domid}: the backend did not "
                                                    f"reach Closed within {timeout:g}s (use force)")
             self.xenstore.rm(DOM0, bpath)
-        fpath = vifs.frontend_path(domid, devid)
-        if self.xenstore.exists(fpath):
-            self.xenstore.rm(DOM0, fpath)
+        for path in (vifs.frontend_path(domid, devid), vifs.record_path(domid, devid)):
+            if self.xenstore.exists(path):
+                self.xenstore.rm(DOM0, path)
+
+    def _read_value(self, path: str) -> str | None:
+        try:
+            return self.xenstore.read(DOM0, path).decode(errors="replace")
+        except XenError:
+            return None
 
     async def _wait_xenstore(self, path: str, value: str, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -294,20 +339,89 @@ class Hypervisor:
     def _remove_backends(self, domid: int) -> None:
         """A dying domain's vifs: remove their backend directories so that
         the backend tears the devices down at once (libxl on destroy)."""
-        for _, front, _ in self._vif_dirs(domid):
-            bpath = front.get("backend", "")
+        for _, record in self._vif_records(domid):
+            bpath = record.get("backend", "")
             if bpath and self.xenstore.exists(bpath):
                 self.xenstore.rm(DOM0, bpath)
                 parent = bpath.rsplit("/", 1)[0]
                 if self.xenstore.exists(parent) and not self.xenstore.directory(DOM0, parent):
                     self.xenstore.rm(DOM0, parent)
 
+    async def backend_gone(self, domid: int, timeout: float = 2.0) -> dict:
+        """The kernel of backend domain `domid` died but the domain stays in
+        the table (Domain-0, whose kernel is the `xenlab dom0` process).
+
+        What the dead kernel held goes first, as Xen's soft reset clears a
+        domain's grant mappings and event channels before a new kernel runs:
+        then every backend it served is marked Closed, without its
+        hotplug-status (as netback_remove leaves it), so that each frontend
+        disconnects and can end its grants at once. Waits up to `timeout`
+        for the frontends to reach Closed, so that a new kernel that probes
+        the backends next finds them let go of; the ones that did not (a
+        paused domain) are returned as stuck."""
+        dom = self.domains.get(domid)
+        if dom.state not in (RunState.RUNNING, RunState.PAUSED):
+            raise DomainError(errno.EINVAL, f"d{domid} is {dom.state.value}: destroy it instead")
+        holder = Caller(domid, privileged=dom.privileged)
+        mappings = self.grants.mappings(domid)
+        for mapping in mappings:
+            self.grants.unmap(holder, mapping.handle)
+        ports = len(self.evtchn.ports(domid))
+        self.evtchn.reset(DOM0, domid)
+        closed, frontends = [], []
+        closed_state = str(int(abi.XenbusState.Closed)).encode()
+        for path in self._backend_dirs(domid):
+            try:
+                frontend = self.xenstore.read(DOM0, f"{path}/frontend").decode()
+                if self.xenstore.read(DOM0, f"{path}/state") != closed_state:
+                    self.xenstore.write(DOM0, f"{path}/state", closed_state)
+                    closed.append(path)
+                if self.xenstore.exists(f"{path}/hotplug-status"):
+                    self.xenstore.rm(DOM0, f"{path}/hotplug-status")
+            except XenError:
+                continue        # a half-written or vanishing directory
+            frontends.append(frontend)
+        log.info("d%d's backend kernel is gone: %d mapping(s) and %d port(s) released, "
+                 "%d backend(s) Closed", domid, len(mappings), ports, len(closed))
+        stuck = await self._wait_closed(frontends, timeout)
+        return dict(closed=closed, stuck=stuck, unmapped=len(mappings), ports=ports)
+
+    def _backend_dirs(self, domid: int) -> list[str]:
+        """/local/domain/B/backend/TYPE/FRONTEND/DEVID, every one."""
+        out, base = [], f"/local/domain/{domid}/backend"
+        for kind in self._directory(base):
+            for front in self._directory(f"{base}/{kind}"):
+                out.extend(f"{base}/{kind}/{front}/{devid}"
+                           for devid in self._directory(f"{base}/{kind}/{front}"))
+        return out
+
+    def _directory(self, path: str) -> list[str]:
+        try:
+            return sorted(self.xenstore.directory(DOM0, path))
+        except XenError:
+            return []
+
+    async def _wait_closed(self, frontends: list[str], timeout: float) -> list[str]:
+        closed = str(int(abi.XenbusState.Closed)).encode()
+        deadline = time.monotonic() + timeout
+        while True:
+            waiting = []
+            for path in frontends:
+                try:
+                    if self.xenstore.read(DOM0, f"{path}/state") != closed:
+                        waiting.append(path)
+                except XenError:
+                    pass        # the frontend is gone altogether
+            if not waiting or time.monotonic() >= deadline:
+                return waiting
+            await asyncio.sleep(0.02)
+
     def _launcher_for(self, name: str) -> Launcher:
         if not name:
             return self.launcher
         if name not in self.launchers:
             try:
-                self.launchers[name] = make_launcher(name, self.config.log_level)
+                self.launchers[name] = make_launcher(name, self.config.log_level, self.config.docker)
             except ValueError as err:
                 raise DomainError(errno.EINVAL, str(err)) from None
         return self.launchers[name]
@@ -413,7 +527,7 @@ class Hypervisor:
         self.doorbell.disconnect(dom.domid)
         self.identity.revoke(dom.domid)
         self._remove_from_cores(dom.domid)
-        for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}"):
+        for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", vifs.record_root(dom.domid)):
             if self.xenstore.exists(path):
                 self.xenstore.rm(DOM0, path)
         self.xenstore.release_domain(dom.domid)
@@ -536,6 +650,11 @@ class Hypervisor:
 
     def _changed(self) -> None:
         self._state_changed.set()
+        for observer in list(self.observers):
+            try:
+                observer()
+            except Exception:       # an observer must never break the lifecycle
+                log.exception("domain state observer failed")
 
     # -- memory ------------------------------------------------------------------
     def set_memory_target(self, domid: int, kb: int) -> None:

@@ -129,3 +129,10 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         dom = self.hv.domains.lookup(request.domid, request.name)
         caller.require_self_or_privileged(dom.domid, "list the vifs of")
         return domains_pb2.VifList(vifs=[domains_pb2.VifInfo(**v) for v in self.hv.network_list(dom.domid)])
+
+    @handles_xen_errors
+    async def BackendGone(self, request, context):
+        self._toolstack(context, "resetting a backend domain")
+        dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
+        return domains_pb2.BackendGoneReply(
+            **await self.hv.backend_gone(dom.domid, request.timeout or 2.0))

@@ -2,12 +2,23 @@
 
 A domain connects to a unix SOCK_SEQPACKET socket, says HELLO with its
 credentials, and from then on sends SEND datagrams (EVTCHNOP_send, batched)
-and receives UPCALL datagrams (the 0->1 edge of evtchn_upcall_pending on a
-vCPU). Domains that cannot reach the socket subscribe to the gRPC Upcalls
-stream instead; ``kick`` feeds both. The wire format is xenlab.xen.doorbell.
+and COPY datagrams (GNTTABOP_copy, batched), and receives UPCALL datagrams
+(the 0->1 edge of evtchn_upcall_pending on a vCPU) and one COPIED answer per
+COPY. Domains that cannot reach the socket subscribe to the gRPC Upcalls
+stream and copy through GrantTable.Copy instead; ``kick`` feeds both. The
+wire format is xenlab.xen.doorbell.
 
-Nothing a domain sends can stop the router: a malformed datagram closes that
-one connection, and a SEND naming a bad port is counted and ignored.
+The doorbell is a hypercall path like the gRPC one, with the same checks:
+the connection is made as the domain HELLO authenticated, and every COPY
+runs the grant-table core's validated copy as that caller, so each op gets
+the very GNTST_* code GrantTable.Copy would give it.
+
+Datagrams are handled in the socket's reader callback, a bounded number per
+wake-up so that one busy domain cannot starve the others. Nothing a domain
+sends can stop the router: a malformed datagram closes that one connection,
+and a SEND naming a bad port is counted and ignored. A domain that does not
+read its answers stalls only itself: while a COPIED waits for room in its
+socket, the router stops reading that connection.
 """
 from __future__ import annotations
 
@@ -18,10 +29,11 @@ import logging
 import os
 import socket
 import stat
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 from xenlab.hypervisor.identity import Caller
+from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import XenError
 
@@ -30,20 +42,38 @@ log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 5.0     # seconds a fresh connection may stay silent
 UPCALL_QUEUE = 64       # per gRPC subscriber; see kick() for why overflow is safe
 MAX_CONNECTIONS = 4     # per domain: one is normal; more only costs the host fds
+READ_BUDGET = 64        # datagrams taken from one connection per wake-up
+_UPCALLS = [wire.Upcall(v).encode() for v in range(abi.XEN_LEGACY_MAX_VCPUS)]
+
+# GrantTables.copy_gnttab: (caller, gnttab_copy tuples) -> one GNTST_* per op.
+CopyHandler = Callable[[Caller, Sequence[wire.GnttabCopy]], list[int]]
 
 
 @dataclass(eq=False)
 class _Connection:
     sock: socket.socket
     domid: int = -1
+    caller: Caller | None = None
     task: asyncio.Task | None = None
+    done: asyncio.Future | None = None
+    # Datagrams waiting for room in the socket, in order, and the vCPUs
+    # owed an UPCALL once they are out.
+    out: collections.deque = field(default_factory=collections.deque)
+    owed: set = field(default_factory=set)
+    reading: bool = False
+    writing: bool = False
 
 
 class UpcallRouter:
     def __init__(self, authenticate: Callable[[int, str], Caller],
-                 on_send: Callable[[int, int], None], hello_timeout: float = HELLO_TIMEOUT):
+                 on_send: Callable[[int, int], None], hello_timeout: float = HELLO_TIMEOUT,
+                 on_copy: CopyHandler | None = None):
+        """``on_copy(caller, ops)`` is GNTTABOP_copy (GrantTables.copy_gnttab); without
+        it a COPY is an unknown message and closes the connection, so that
+        the domain falls back to gRPC."""
         self._authenticate = authenticate
         self._on_send = on_send
+        self._on_copy = on_copy
         self._hello_timeout = hello_timeout
         self._listener: socket.socket | None = None
         self._accept_task: asyncio.Task | None = None
@@ -52,7 +82,9 @@ class UpcallRouter:
         self._subs: dict[int, set[asyncio.Queue]] = {}
         self.path: str | None = None
         # bad_send: SENDs the core refused; dropped_kick: kicks not queued
-        # because an upcall was already waiting; malformed: connections closed.
+        # because an upcall was already waiting; malformed: connections closed;
+        # copy, copy_ops: COPY datagrams answered and the ops in them; send,
+        # upcall: ports SENT and UPCALLs written.
         self.stats: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle ------------------------------------------------------------
@@ -75,6 +107,8 @@ class UpcallRouter:
         log.info("event-channel doorbell listening on %s", path)
 
     async def close(self) -> None:
+        if self.stats:
+            log.info("doorbell: %s", ", ".join(f"{k} {v}" for k, v in sorted(self.stats.items())))
         if self._accept_task is not None:
             self._accept_task.cancel()
             await asyncio.gather(self._accept_task, return_exceptions=True)
@@ -97,21 +131,30 @@ class UpcallRouter:
         """Tell every doorbell connection and gRPC subscriber of `domid` that
         `vcpu` has an upcall. Never blocks.
 
-        Dropping a kick when a connection's socket buffer (or a subscriber's
-        queue) is full is safe: evtchn_upcall_pending is level-triggered, so
-        an UPCALL is already waiting there, and the guest's scan of
-        shared_info after reading it finds every port pending by then.
+        A connection whose socket is full gets the UPCALL once it drains, and
+        only one per vCPU however many kicks came meanwhile; the others are
+        dropped, as are kicks past a full subscriber queue. That is safe:
+        evtchn_upcall_pending is level-triggered, so one UPCALL still to come
+        is enough, and the guest's scan of shared_info after reading it
+        finds every port pending by then.
         """
-        data = wire.Upcall(vcpu).encode()
+        data = _UPCALLS[vcpu] if 0 <= vcpu < len(_UPCALLS) else wire.Upcall(vcpu).encode()
         for conn in list(self._conns.get(domid, ())):
+            if conn.out or conn.owed:
+                if vcpu in conn.owed:
+                    self.stats["dropped_kick"] += 1
+                else:
+                    conn.owed.add(vcpu)
+                continue
+            self.stats["upcall"] += 1
             try:
                 conn.sock.send(data)
             except BlockingIOError:
-                self.stats["dropped_kick"] += 1
+                conn.owed.add(vcpu)
+                self._want_write(conn)
             except OSError as err:
                 log.debug("d%d doorbell send failed (%s); closing it", domid, err)
-                if conn.task is not None:
-                    conn.task.cancel()
+                self._close(conn)
         for queue in self._subs.get(domid, ()):
             try:
                 queue.put_nowait(vcpu)
@@ -134,8 +177,7 @@ class UpcallRouter:
     def disconnect(self, domid: int) -> None:
         """The domain is gone: close its doorbell connections and end its streams."""
         for conn in list(self._conns.get(domid, ())):
-            if conn.task is not None:
-                conn.task.cancel()
+            self._close(conn)
         self._end_streams(domid)
 
     def connections(self, domid: int) -> int:
@@ -163,6 +205,7 @@ class UpcallRouter:
             if caller is None:
                 return
             conn.domid = caller.domid
+            conn.caller = caller
             self._conns.setdefault(caller.domid, set()).add(conn)
             await self._pump(conn)
         except asyncio.CancelledError:
@@ -200,24 +243,118 @@ class UpcallRouter:
 
     async def _pump(self, conn: _Connection) -> None:
         loop = asyncio.get_running_loop()
-        while True:
+        conn.done = loop.create_future()
+        self._read(conn, True)
+        try:
+            await conn.done
+        finally:
+            self._read(conn, False)
+            if conn.writing:
+                loop.remove_writer(conn.sock)
+                conn.writing = False
+
+    def _read(self, conn: _Connection, on: bool) -> None:
+        if on != conn.reading and conn.sock.fileno() >= 0:
+            loop = asyncio.get_running_loop()
+            if on:
+                loop.add_reader(conn.sock, self._on_readable, conn)
+            else:
+                loop.remove_reader(conn.sock)
+            conn.reading = on
+
+    def _close(self, conn: _Connection) -> None:
+        if conn.done is not None:
+            if not conn.done.done():
+                conn.done.set_result(None)
+        elif conn.task is not None:
+            conn.task.cancel()
+
+    def _on_readable(self, conn: _Connection) -> None:
+        for _ in range(READ_BUDGET):
             try:
-                data = await loop.sock_recv(conn.sock, wire.MAX_DATAGRAM + 1)
+                data = conn.sock.recv(wire.MAX_DATAGRAM + 1)
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as err:
                 log.debug("d%d doorbell connection lost: %s", conn.domid, err)
+                self._close(conn)
                 return
             if not data:
+                self._close(conn)
                 return
             try:
                 msg = self._decode(data)
-                if not isinstance(msg, wire.Send):
-                    raise wire.malformed(f"expected SEND, got {type(msg).__name__.upper()}")
+                if isinstance(msg, wire.Send):
+                    self.stats["send"] += len(msg.ports)
+                    for port in msg.ports:
+                        self._deliver(conn.domid, port)
+                elif isinstance(msg, wire.Copy) and self._on_copy is not None:
+                    self._send(conn, self._copy(conn, msg))
+                else:
+                    raise wire.malformed(f"unexpected {type(msg).__name__.upper()}")
             except XenError as err:
                 self.stats["malformed"] += 1
                 log.warning("d%d doorbell: %s; closing the connection", conn.domid, err.message)
+                self._close(conn)
                 return
-            for port in msg.ports:
-                self._deliver(conn.domid, port)
+            if conn.out:
+                # The domain is not reading its answers: stop taking requests
+                # until it does (_flush resumes).
+                self._read(conn, False)
+                return
+
+    def _copy(self, conn: _Connection, msg: wire.Copy) -> bytes:
+        """GNTTABOP_copy as the connection's caller: one GNTST_* per op."""
+        self.stats["copy"] += 1
+        self.stats["copy_ops"] += len(msg.ops)
+        try:
+            statuses = self._on_copy(conn.caller, msg.ops)
+        except XenError as err:
+            # The whole call failed (the caller's domain is going away):
+            # as a failed GrantTable.Copy call, every op failed.
+            log.debug("d%d doorbell COPY refused: %s", conn.domid, err.message)
+            statuses = [abi.GNTST_general_error] * len(msg.ops)
+        return wire.Copied(msg.seq, tuple(statuses)).encode()
+
+    def _send(self, conn: _Connection, data: bytes) -> None:
+        if not conn.out:
+            try:
+                conn.sock.send(data)
+                return
+            except BlockingIOError:
+                pass
+            except OSError as err:
+                log.debug("d%d doorbell send failed (%s); closing it", conn.domid, err)
+                self._close(conn)
+                return
+        conn.out.append(data)
+        self._want_write(conn)
+
+    def _want_write(self, conn: _Connection) -> None:
+        if not conn.writing and conn.done is not None and not conn.done.done():
+            asyncio.get_running_loop().add_writer(conn.sock, self._flush, conn)
+            conn.writing = True
+
+    def _flush(self, conn: _Connection) -> None:
+        """The socket has room: answers first, in order, then owed UPCALLs."""
+        try:
+            while conn.out:
+                conn.sock.send(conn.out[0])
+                conn.out.popleft()
+            while conn.owed:
+                vcpu = min(conn.owed)
+                conn.sock.send(wire.Upcall(vcpu).encode())
+                conn.owed.discard(vcpu)
+        except BlockingIOError:
+            return
+        except OSError as err:
+            log.debug("d%d doorbell send failed (%s); closing it", conn.domid, err)
+            self._close(conn)
+            return
+        asyncio.get_running_loop().remove_writer(conn.sock)
+        conn.writing = False
+        if not conn.done.done():
+            self._read(conn, True)
 
     def _deliver(self, domid: int, port: int) -> None:
         try:

@@ -238,6 +238,9 @@ class EventChannels:
     def has_domain(self, domid: int) -> bool:
         return domid in self._domains
 
+    def domains(self) -> list[int]:
+        return sorted(self._domains)
+
     # -- helpers ------------------------------------------------------------
     def _domain(self, domid: int) -> _DomainPorts:
         d = self._domains.get(domid)

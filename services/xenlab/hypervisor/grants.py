@@ -240,34 +240,29 @@ class GrantTables:
     # -- GNTTABOP_copy -----------------------------------------------------------
     def copy(self, caller: Caller, ops: list[CopyOp]) -> list[int]:
         """One GNTST_* per op; a failed op does not stop the batch."""
+        return self.copy_gnttab(caller, [_gnttab_copy(op) for op in ops])
+
+    def copy_gnttab(self, caller: Caller, ops) -> list[int]:
+        """GNTTABOP_copy on struct gnttab_copy values: tuples of (source ptr,
+        source domid, source offset, dest ptr, dest domid, dest offset, len,
+        flags), each ptr a grant ref where GNTCOPY_source_gref/dest_gref says
+        so, else a gfn. One GNTST_* per op; a failed op does not stop the batch.
+
+        A batch looks each (domain, ptr) up once: nothing changes the tables
+        while it runs, so every op gets the status it would get alone."""
         self._own(caller.domid)
-        return [self._copy_status(caller, op) for op in ops]
-
-    def _copy_status(self, caller: Caller, op: CopyOp) -> int:
+        batch = _CopyBatch(self, caller)
         try:
-            self._copy_one(caller, op)
-        except GrantError as err:
-            return err.status
-        except XenError:
-            return abi.GNTST_general_error
-        return abi.GNTST_okay
+            return [batch.copy(*op) for op in ops]
+        finally:
+            batch.release()
 
-    def _copy_one(self, caller: Caller, op: CopyOp) -> None:
-        if op.length < 0 or any(p.offset < 0 or p.offset + op.length > abi.PAGE_SIZE
-                                for p in (op.source, op.dest)):
-            raise GrantError(abi.GNTST_bad_copy_arg)
-        src_dom, src_gfn = self._copy_frame(caller, op.source, write=False)
-        dst_dom, dst_gfn = self._copy_frame(caller, op.dest, write=True)
-        with self.memory.frame(src_dom, src_gfn) as src, \
-                self.memory.frame(dst_dom, dst_gfn) as dst:
-            dst[op.dest.offset:op.dest.offset + op.length] = \
-                src[op.source.offset:op.source.offset + op.length]
-
-    def _copy_frame(self, caller: Caller, ptr: CopyPtr, write: bool) -> tuple[int, int]:
-        domid = caller.domid if ptr.domid == abi.DOMID_SELF else ptr.domid
+    def _copy_frame(self, caller: Caller, domid: int, ptr: int, use_gref: bool,
+                    write: bool) -> tuple[int, int]:
+        domid = caller.domid if domid == abi.DOMID_SELF else domid
         table = self._table(domid)
-        if ptr.use_gref:
-            entry = self._entry(table, ptr.ref)
+        if use_gref:
+            entry = self._entry(table, ptr)
             if entry.peer != caller.domid:
                 raise GrantError(abi.GNTST_permission_denied)
             if write and entry.flags & abi.GTF_readonly:
@@ -278,12 +273,16 @@ class GrantTables:
             # caller is privileged (as dom0 may name any domain's frame).
             if domid != caller.domid and not caller.privileged:
                 raise GrantError(abi.GNTST_permission_denied)
-            gfn = ptr.gfn
+            gfn = ptr
         if not self.memory.is_populated(domid, gfn):
             raise GrantError(abi.GNTST_bad_page)
         return domid, gfn
 
     # -- views -------------------------------------------------------------------
+    def domains(self) -> list[int]:
+        """The domains that have a grant table."""
+        return sorted(self._tables)
+
     def mapped_by(self, domid: int) -> dict[int, bool]:
         """mfn -> readonly for the frames `domid` has mapped; a frame mapped
         both ways counts as writable."""
@@ -312,3 +311,57 @@ class GrantTables:
     def mappings(self, mapper: int | None = None) -> list[Mapping]:
         tables = [self._own(mapper)] if mapper is not None else self._tables.values()
         return [m for t in tables for m, _ in t.maptrack.values()]
+
+
+def _gnttab_copy(op: CopyOp) -> tuple:
+    src, dst = op.source, op.dest
+    flags = ((abi.GNTCOPY_source_gref if src.use_gref else 0)
+             | (abi.GNTCOPY_dest_gref if dst.use_gref else 0))
+    return (src.ref if src.use_gref else src.gfn, src.domid, src.offset,
+            dst.ref if dst.use_gref else dst.gfn, dst.domid, dst.offset, op.length, flags)
+
+
+class _CopyBatch:
+    """The frames one GNTTABOP_copy batch touches, each resolved (or
+    refused) once; the views are released when the batch is done."""
+
+    __slots__ = ("grants", "caller", "pages", "views")
+
+    def __init__(self, grants: GrantTables, caller: Caller):
+        self.grants = grants
+        self.caller = caller
+        self.pages: dict[tuple, memoryview | int] = {}     # -> the frame, or a GNTST_*
+        self.views: list[memoryview] = []
+
+    def copy(self, sptr: int, sdom: int, soff: int, dptr: int, ddom: int, doff: int,
+             length: int, flags: int) -> int:
+        if (length < 0 or soff < 0 or doff < 0 or soff + length > abi.PAGE_SIZE
+                or doff + length > abi.PAGE_SIZE):
+            return abi.GNTST_bad_copy_arg
+        src = self.page(sdom, sptr, bool(flags & abi.GNTCOPY_source_gref), False)
+        if type(src) is int:
+            return src
+        dst = self.page(ddom, dptr, bool(flags & abi.GNTCOPY_dest_gref), True)
+        if type(dst) is int:
+            return dst
+        dst[doff:doff + length] = src[soff:soff + length]
+        return abi.GNTST_okay
+
+    def page(self, domid: int, ptr: int, use_gref: bool, write: bool) -> memoryview | int:
+        key = (domid, ptr, use_gref, write)
+        page = self.pages.get(key)
+        if page is None:
+            try:
+                page = self.grants.memory.frame(
+                    *self.grants._copy_frame(self.caller, domid, ptr, use_gref, write))
+                self.views.append(page)
+            except GrantError as err:
+                page = err.status
+            except XenError:
+                page = abi.GNTST_general_error
+            self.pages[key] = page
+        return page
+
+    def release(self) -> None:
+        for view in self.views:
+            view.release()

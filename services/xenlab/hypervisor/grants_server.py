@@ -65,4 +65,6 @@ class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
         domid = caller.domid if request.domid == abi.DOMID_SELF and not request.name \
             else self.hv.domains.lookup(request.domid, request.name).domid
         caller.require_self_or_privileged(domid, "query the grant table of")
-        return grants_pb2.GrantTableInfo(**self.hv.grants.query(domid))
+        info = grants_pb2.GrantTableInfo(**self.hv.grants.query(domid))
+        info.maptrack = len(self.hv.grants.mappings(domid))
+        return info

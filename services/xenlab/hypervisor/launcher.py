@@ -3,7 +3,8 @@
 `Launcher` is the interface; `LocalLauncher` runs the domain kernel
 (`python -m xenlab.domain`) as a child process; `NoLauncher` creates the
 domain without a process (the toolstack or a test then acts for it with the
-secret that Create returns). A Docker launcher plugs in the same way.
+secret that Create returns); `DockerLauncher` (docker_launcher.py) runs it
+as a container.
 
 The domain's start_info (its id, secret and where the hypervisor is) goes to
 the process on its standard input, so that the secret never shows up in
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -36,6 +38,7 @@ class StartInfo:
     doorbell: str            # unix socket path ("" when none)
     vcpus: int
     console_log: str         # where the launcher sends the domain's stdout/stderr
+    agent: str = ""          # where the guest agent listens; "" lets the domain choose
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -43,7 +46,9 @@ class StartInfo:
     @classmethod
     def from_json(cls, text: str) -> "StartInfo":
         data = json.loads(text)
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        fields = cls.__dataclass_fields__.values()
+        return cls(**{f.name: data[f.name] for f in fields
+                      if f.name in data or f.default is dataclasses.MISSING})
 
 
 class DomainProcess(abc.ABC):
@@ -159,9 +164,13 @@ class LocalLauncher(Launcher):
         return LocalProcess(proc)
 
 
-def make_launcher(name: str, log_level: str = "INFO") -> Launcher:
+def make_launcher(name: str, log_level: str = "INFO", docker=None) -> Launcher:
+    """`docker`: the DockerConfig for the docker launcher (defaults if None)."""
     if name == "local":
         return LocalLauncher(log_level=log_level)
     if name == "none":
         return NoLauncher()
-    raise ValueError(f"unknown launcher {name!r}: expected local or none")
+    if name == "docker":
+        from xenlab.hypervisor.docker_launcher import DockerConfig, DockerLauncher
+        return DockerLauncher(dataclasses.replace(docker or DockerConfig(), log_level=log_level))
+    raise ValueError(f"unknown launcher {name!r}: expected local, docker or none")

@@ -490,6 +490,13 @@ class MachineMemory:
             self._unref(val)
 
     # -- invariant checks -----------------------------------------------------------------
+    def domains(self) -> list[int]:
+        """The domains that have memory."""
+        return sorted(self._segs)
+
+    def populated(self, domid: int) -> list[int]:
+        return sorted(self._seg(domid).populated)
+
     def pinned_tables(self) -> dict[int, int]:
         """mfn -> owner of every pinned L1 table."""
         return {mfn: t.owner for mfn, t in self._tables.items()}

@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import re
 from dataclasses import dataclass
 
+from xenlab.bridge.core import check_bridge_name
 from xenlab.xen import abi
-from xenlab.xen.errors import ConfigError, DomainError
-from xenlab.xen.xlcfg import format_mac, parse_mac, random_mac
+from xenlab.xen.errors import ConfigError, DomainError, XenError
+from xenlab.xen.xlcfg import format_mac, parse_mac, parse_rate, random_mac
+
+BRIDGE_REGISTRY = "/tool/xenlab/bridges"    # where bridge services register (bridge/server.py)
+
+# linux/if.h dev_valid_name: 1..IFNAMSIZ-1 characters, no '/', ':' or whitespace.
+_IFNAME = re.compile(r"[^/:\s]{1,15}")
 
 Perms = list[tuple[int, str]]
 
@@ -25,6 +32,14 @@ class VifNodes:
     frontend: dict[str, str]
     backend_perms: Perms      # owned by the backend domain, readable by the frontend
     frontend_perms: Perms     # owned by the frontend domain, readable by the backend
+    domid: int
+    devid: int
+
+    def record(self) -> dict[str, str]:
+        """What the toolstack keeps for itself at record_path(domid, devid)."""
+        return {"frontend": self.frontend_path, "backend": self.backend_path,
+                "backend-id": self.frontend["backend-id"], "mac": self.backend["mac"],
+                "bridge": self.backend["bridge"]}
 
 
 def backend_path(backend_id: int, domid: int, devid: int) -> str:
@@ -33,6 +48,17 @@ def backend_path(backend_id: int, domid: int, devid: int) -> str:
 
 def frontend_path(domid: int, devid: int) -> str:
     return f"/local/domain/{domid}/device/vif/{devid}"
+
+
+def record_root(domid: int) -> str:
+    """libxl__domain_libxl_path: the toolstack's private nodes for a domain."""
+    return f"/libxl/{domid}"
+
+
+def record_path(domid: int, devid: int | None = None) -> str:
+    """libxl__device_libxl_path: the toolstack's own record of a vif."""
+    base = f"{record_root(domid)}/device/vif"
+    return base if devid is None else f"{base}/{devid}"
 
 
 def normalise_mac(text: str) -> str:
@@ -47,9 +73,12 @@ def normalise_mac(text: str) -> str:
 
 
 def vif_nodes(domid: int, devid: int, backend_id: int, spec, mac: str) -> VifNodes:
-    """libxl__device_nic_add: both directories with their keys and perms."""
+    """libxl__device_nic_add: both directories with their keys and perms.
+    Every value is checked here, as xl.cfg's parser checks it, since the API
+    takes a VifSpec from any client: what netback would refuse later (and
+    leave the domain with a dead vif) is refused now."""
     bpath, fpath = backend_path(backend_id, domid, devid), frontend_path(domid, devid)
-    bridge = spec.bridge or abi.DEFAULT_BRIDGE
+    bridge = check_bridge(spec.bridge or abi.DEFAULT_BRIDGE)
     mtu = spec.mtu or abi.ETH_DATA_LEN
     if not abi.ETH_MIN_MTU <= mtu <= 65535:
         raise DomainError(errno.EINVAL, f"vif mtu {mtu} is outside {abi.ETH_MIN_MTU}..65535")
@@ -62,24 +91,51 @@ def vif_nodes(domid: int, devid: int, backend_id: int, spec, mac: str) -> VifNod
     if spec.ip:
         backend["ip"] = _check_ip(spec.ip)
     if spec.rate:
-        backend["rate"] = spec.rate
+        backend["rate"] = _check_rate(spec.rate)
     if spec.vifname:
-        backend["vifname"] = spec.vifname
+        backend["vifname"] = _check_vifname(spec.vifname)
     frontend = {
         "backend": bpath, "backend-id": str(backend_id),
         "state": str(int(abi.XenbusState.Initialising)), "handle": str(devid),
         "mac": mac, "mtu": str(mtu),
     }
     return VifNodes(bpath, fpath, backend, frontend,
-                    [(backend_id, "n"), (domid, "r")], [(domid, "n"), (backend_id, "r")])
+                    [(backend_id, "n"), (domid, "r")], [(domid, "n"), (backend_id, "r")],
+                    domid, devid)
 
 
 def _check_ip(text: str) -> str:
-    try:
-        ipaddress.IPv4Interface(text)
-    except ValueError:
-        raise DomainError(errno.EINVAL, f"vif ip {text!r} is not an IPv4 address[/prefix]") from None
+    """One or more space-separated addresses, as xl.cfg's ip= takes them."""
+    for word in text.split() or [text]:
+        try:
+            ipaddress.IPv4Interface(word)
+        except ValueError:
+            raise DomainError(errno.EINVAL, f"vif ip {word!r} is not an IPv4 address[/prefix]") \
+                from None
     return text
+
+
+def _check_rate(text: str) -> str:
+    try:
+        parse_rate(text)
+    except ConfigError as err:
+        raise DomainError(errno.EINVAL, f"vif {err.message}") from None
+    return text
+
+
+def _check_vifname(text: str) -> str:
+    if not _IFNAME.fullmatch(text) or text in (".", ".."):
+        raise DomainError(errno.EINVAL, f"vifname {text!r} is not an interface name (1-15 "
+                                        "characters, no '/', ':' or spaces)")
+    return text
+
+
+def check_bridge(name: str) -> str:
+    """A bridge name is a path component of the bridge registry in xenstore."""
+    try:
+        return check_bridge_name(name)
+    except XenError as err:
+        raise DomainError(errno.EINVAL, f"vif {err.message}") from None
 
 
 def vif_name(domid: int, devid: int, vifname: str = "") -> str:

@@ -24,6 +24,7 @@ import itertools
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from xenlab.hypervisor.identity import Caller
@@ -404,6 +405,13 @@ class XenStore:
 
     def node_count(self, domid: int) -> int:
         return self._live.owned[domid]
+
+    def nodes(self) -> Mapping[str, Node]:
+        """The live tree, path -> node (a read-only view, for audits)."""
+        return MappingProxyType(self._live.nodes)
+
+    def watches(self) -> list[Watch]:
+        return [w for ws in self._watches.values() for w in ws]
 
     def open_transactions(self, domid: int) -> int:
         return sum(1 for t in self._transactions.values() if t.caller.domid == domid)

@@ -20,6 +20,8 @@ from pathlib import Path
 import grpc
 
 from xenlab.client import HypervisorClient, Rundir
+from xenlab.events.config import BrokerAddress, EventsConfig
+from xenlab.events.topics import Topics
 from xenlab.lab.spec import LabSpec
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
 from xenlab.xen import abi
@@ -39,6 +41,7 @@ class Service:
     name: str
     proc: asyncio.subprocess.Process
     log: Path
+    args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -50,6 +53,9 @@ class Lab:
     services: list[Service] = field(default_factory=list)
     hv: HypervisorClient | None = None
     domids: dict[str, int] = field(default_factory=dict)
+    events: EventsConfig | None = None      # where the services publish (None: nowhere)
+    _stopping: bool = False
+    _dom0_watch: asyncio.Task | None = None
 
     @property
     def run(self) -> Rundir:
@@ -62,10 +68,12 @@ class Lab:
     # -- up ----------------------------------------------------------------------
     async def up(self, timeout: float = 120.0) -> None:
         self._refuse_if_running()
+        self._stopping = False
         self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.run.logs.mkdir(exist_ok=True)
         started = time.monotonic()
         try:
+            await self._start_events()
             await self._start_hypervisor()
             await self._start_bridges()
             await self._start_dom0()
@@ -92,9 +100,17 @@ class Lab:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "xenlab.cli.main", *args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        service = Service(name, proc, logfile)
-        self.services.append(service)
+        service = Service(name, proc, logfile, args)
+        old = self.service(name)
+        if old is not None:
+            self.services[self.services.index(old)] = service
+        else:
+            self.services.append(service)
         return service
+
+    def service(self, name: str) -> Service | None:
+        """A service of the lab by name: hypervisor, bridge, dom0, mqtt."""
+        return next((s for s in self.services if s.name == name), None)
 
     async def _wait(self, service: Service, ready, what: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -113,7 +129,7 @@ class Lab:
         self.progress(f"starting the hypervisor on {listen}")
         hv = await self._spawn("hypervisor", "hypervisor", "--listen", listen, "--rundir", str(self.rundir),
                                "--memory", str(self.spec.memory_mb), "--launcher", self.spec.launcher,
-                               "--log-level", self.log_level, "--die-with-parent")
+                               "--log-level", self.log_level, "--die-with-parent", *self._events_args())
 
         async def ready():
             return self.run.address_file.exists()
@@ -130,7 +146,7 @@ class Lab:
 
     async def _start_bridges(self) -> None:
         args = ["bridge-service", "--rundir", str(self.rundir), "--log-level", self.log_level,
-                "--die-with-parent"]
+                "--die-with-parent", *self._events_args(), *self._fdb_args()]
         for bridge in self.spec.bridges:
             args += ["--bridge", bridge.name]
             if bridge.uplink:
@@ -140,20 +156,159 @@ class Lab:
         service = await self._spawn("bridge", *args)
 
         async def ready():
+            # Its own registration: one a killed bridge service left behind
+            # names another pid.
             for bridge in self.spec.bridges:
-                if not await self._xs_read(f"/tool/xenlab/bridges/{bridge.name}/address"):
+                if await self._xs_read(f"/tool/xenlab/bridges/{bridge.name}/pid") != str(service.proc.pid):
                     return False
             return True
         await self._wait(service, ready, f"bridge(s) {names} to register")
 
+    def _fdb_args(self) -> list[str]:
+        """One bridge service runs every bridge of the lab, with one ageing
+        time and one FDB limit."""
+        ageing = {b.ageing for b in self.spec.bridges}
+        fdb_max = {b.fdb_max for b in self.spec.bridges}
+        if len(ageing) > 1 or len(fdb_max) > 1:
+            raise LabError("the bridges of a lab share one bridge service, so they must have the "
+                           "same ageing and fdb_max")
+        args = ["--ageing", f"{ageing.pop():g}"]
+        limit = fdb_max.pop()
+        if limit is not None:
+            args += ["--fdb-max", str(limit)]
+        return args
+
     async def _start_dom0(self) -> None:
         self.progress("starting Domain-0's kernel (netback)")
+        # A kernel that ran before said "ready" too.
+        await self.hv.xenstore.Write(xenstore_pb2.WriteRequest(
+            path="/local/domain/0/data/netback", value=b""))
         service = await self._spawn("dom0", "dom0", "--rundir", str(self.rundir),
-                                    "--log-level", self.log_level, "--die-with-parent")
+                                    "--log-level", self.log_level, "--die-with-parent",
+                                    *self._events_args())
+        self._dom0_watch = asyncio.create_task(self._watch_dom0(service))
 
         async def ready():
             return await self._xs_read("/local/domain/0/data/netback") == "ready"
         await self._wait(service, ready, "netback in Domain-0")
+
+    async def _watch_dom0(self, service: Service) -> None:
+        """Domain-0 stays in the hypervisor's table when its kernel dies: the
+        toolstack closes its backends so that the frontends let go
+        (Domains.BackendGone), and a new kernel reconnects them."""
+        status = await service.proc.wait()
+        if self._stopping or self.hv is None:
+            return
+        self.progress(f"Domain-0's kernel exited with {status}: closing its backends")
+        try:
+            reply = await self.hv.domains.BackendGone(domains_pb2.BackendGoneRequest(
+                domain=common_pb2.DomainRef(domid=0)))
+        except grpc.aio.AioRpcError as err:
+            self.progress(f"could not close Domain-0's backends: {err.details()}")
+            return
+        self.progress(f"closed {len(reply.closed)} backend(s) of Domain-0"
+                      + (f"; frontends still open: {', '.join(reply.stuck)}" if reply.stuck else ""))
+
+    # -- faults: services killed and restarted ----------------------------------------
+    RESTARTABLE = ("bridge", "dom0", "mqtt")
+
+    async def kill_service(self, name: str, sig: int = signal.SIGKILL) -> int | None:
+        """Send a service a signal (SIGKILL: it crashes) and wait until it has
+        exited and the lab has reacted (Domain-0's backends closed); returns
+        its exit status."""
+        service = self.service(name)
+        if service is None:
+            raise LabError(f"the lab has no service {name!r}")
+        if service.proc.returncode is None:
+            service.proc.send_signal(sig)
+            await asyncio.wait_for(service.proc.wait(), 30)
+        if name == "dom0" and self._dom0_watch is not None:
+            await self._dom0_watch
+        return service.proc.returncode
+
+    async def restart_service(self, name: str, kill: bool = False, timeout: float = 60.0) -> None:
+        """Stop a service if it runs (SIGTERM, or SIGKILL with kill=True) and
+        start it again as `up` did; the domains stay. Returns once it is back
+        and every vif is connected and attached to its bridge again."""
+        if name not in self.RESTARTABLE:
+            raise LabError(f"cannot restart {name!r}: restartable services are "
+                           f"{', '.join(self.RESTARTABLE)}")
+        if self.service(name) is None:
+            raise LabError(f"the lab has no service {name!r}")
+        await self.kill_service(name, signal.SIGKILL if kill else signal.SIGTERM)
+        if name == "bridge":
+            await self._start_bridges()
+        elif name == "dom0":
+            await self._start_dom0()
+        else:
+            await self.start_broker()
+        await self._wait_connected(timeout)
+        await self.wait_attached(timeout)
+
+    async def wait_attached(self, timeout: float = 60.0) -> None:
+        """Until every vif of the lab is a port of its bridge."""
+        from xenlab.proto import bridge_pb2
+        deadline = time.monotonic() + timeout
+        clients = {b.name: await self.bridge_client(b.name) for b in self.spec.bridges}
+        try:
+            while True:
+                missing = []
+                for vif in await self.vifs():
+                    stub, _ = clients[vif.bridge] if vif.bridge in clients else (None, None)
+                    if stub is None:
+                        continue
+                    shown = await stub.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge=vif.bridge))
+                    if vif.vifname not in {p.name for p in shown.bridges[0].ports}:
+                        missing.append(f"{vif.vifname} on {vif.bridge}")
+                if not missing:
+                    return
+                if time.monotonic() > deadline:
+                    raise LabError(f"timed out after {timeout:g}s waiting for bridge ports: "
+                                   + ", ".join(missing))
+                await asyncio.sleep(0.05)
+        finally:
+            for _, channel in clients.values():
+                await channel.close()
+
+    # -- MQTT events (docs/EVENTS.md) ----------------------------------------------
+    def _events_args(self) -> list[str]:
+        return self.events.args() if self.events is not None else []
+
+    async def _start_events(self) -> None:
+        mqtt = self.spec.mqtt
+        if not mqtt.enabled:
+            return
+        host = mqtt.host or "".join("_" if c in "/+#\0" else c for c in self.spec.name) or "lab"
+        if mqtt.broker == "embedded":
+            from xenlab.events.broker import free_port
+            broker = BrokerAddress("127.0.0.1", free_port())
+        else:
+            broker = BrokerAddress.parse(mqtt.broker)
+        self.events = EventsConfig(broker, Topics(host, mqtt.prefix), float(mqtt.interval))
+        if mqtt.broker == "embedded":
+            await self.start_broker()
+
+    async def start_broker(self) -> None:
+        """Start the lab's embedded broker (again, after stop_broker: same port)."""
+        from xenlab.events.broker import broker_ready, pick_engine
+        broker = self.events.broker
+        engine = pick_engine(self.spec.mqtt.engine)
+        self.progress(f"starting the MQTT broker ({engine}) on {broker}")
+        service = await self._spawn("mqtt", "mqtt-broker", "--listen", f"{broker.host}:{broker.port}",
+                                    "--engine", engine, "--log-level", self.log_level,
+                                    "--die-with-parent")
+        # First in the list, so that `down` stops it last: the services say
+        # goodbye (final states, offline) before it goes.
+        self.services.remove(service)
+        self.services.insert(0, service)
+        await self._wait(service, lambda: broker_ready(broker), "the MQTT broker to listen")
+
+    async def stop_broker(self) -> None:
+        """Stop the embedded broker (the services go on, and reconnect when
+        it is back)."""
+        for service in [s for s in self.services if s.name == "mqtt"]:
+            await _stop(service.proc)
+            self.services.remove(service)
 
     async def _create_domains(self) -> None:
         for cfg in self.spec.domains:
@@ -197,6 +352,8 @@ class Lab:
         state = {"name": self.spec.name, "pid": os.getpid(), "source": self.spec.source,
                  "services": {s.name: s.proc.pid for s in self.services},
                  "domains": self.domids, "started": time.time()}
+        if self.events is not None:
+            state["mqtt"] = str(self.events.broker)
         self.state_file.write_text(json.dumps(state, indent=2) + "\n")
 
     async def bridge_client(self, name: str):
@@ -224,6 +381,11 @@ class Lab:
     # -- down ----------------------------------------------------------------------
     async def down(self) -> None:
         """Destroy the domUs, then stop dom0, the bridges and the hypervisor."""
+        self._stopping = True
+        if self._dom0_watch is not None:
+            self._dom0_watch.cancel()
+            await asyncio.gather(self._dom0_watch, return_exceptions=True)
+            self._dom0_watch = None
         if self.hv is not None:
             for name, domid in list(self.domids.items()):
                 try:

@@ -19,6 +19,13 @@
     memory = 32
     vif = ["ip=10.0.0.2/24"]
 
+    [mqtt]                   # events (docs/EVENTS.md); every key optional
+    broker = "embedded"      # a broker process of the lab (default), "none", or "mqtt://HOST:PORT"
+    engine = "auto"          # the embedded broker: mosquitto, amqtt, or auto (mosquitto if installed)
+    prefix = "xenlab"        # topics are PREFIX/HOST/...
+    host = "demo"            # HOST (default: the lab's name)
+    interval = 5             # seconds between counter messages
+
 Read once into frozen dataclasses; every error names the file and the entry.
 """
 from __future__ import annotations
@@ -35,6 +42,7 @@ from xenlab.xen.xlcfg import XlConfig, format_value, load_xl_config, parse_xl_co
 LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
 BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max"}
+MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,19 @@ class BridgeSpec:
     uplink: str | None = None       # "tap:NAME"
     ageing: float = 300.0
     fdb_max: int | None = None
+
+
+@dataclass(frozen=True)
+class MqttSpec:
+    broker: str = "embedded"        # "embedded", "none" or "mqtt://HOST:PORT"
+    engine: str = "auto"            # the embedded broker's engine
+    prefix: str = "xenlab"
+    host: str | None = None         # None: the lab's name
+    interval: float = 5.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.broker != "none"
 
 
 @dataclass(frozen=True)
@@ -55,6 +76,7 @@ class LabSpec:
     launcher: str = "local"
     rundir: str | None = None
     source: str = "<built-in>"
+    mqtt: MqttSpec = MqttSpec()
 
     def domain(self, name: str) -> XlConfig:
         return next(d for d in self.domains if d.name == name)
@@ -113,7 +135,7 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
     except tomllib.TOMLDecodeError as err:
         raise _fail(source, f"not valid TOML: {err}") from None
     base = base or Path(".")
-    known = {"lab", "hypervisor", "bridge", "domain"}
+    known = {"lab", "hypervisor", "bridge", "domain", "mqtt"}
     _unknown(source, "top level", data, known)
     lab = data.get("lab", {})
     _unknown(source, "[lab]", lab, LAB_KEYS)
@@ -124,11 +146,15 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
         _unknown(source, f"bridge #{i + 1}", entry, BRIDGE_KEYS)
         bridges.append(_bridge(entry, i, source))
     domains = tuple(_domain(e, i, base, source) for i, e in enumerate(data.get("domain", [])))
+    mqtt = data.get("mqtt", {})
+    if not isinstance(mqtt, dict):
+        raise _fail(source, "[mqtt] must be a table")
+    _unknown(source, "[mqtt]", mqtt, MQTT_KEYS)
     spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains,
                    bridges=tuple(bridges) or (BridgeSpec(abi.DEFAULT_BRIDGE),),
                    memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
                    launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
-                   source=source)
+                   source=source, mqtt=_mqtt(mqtt, source))
     validate(spec)
     return spec
 
@@ -141,6 +167,31 @@ def _bridge(entry: dict, index: int, source: str) -> BridgeSpec:
     if uplink is not None and not (isinstance(uplink, str) and uplink.startswith("tap:") and 1 < len(uplink) - 4 <= 15):
         raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME up to 15 characters)")
     return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"))
+
+
+def _mqtt(entry: dict, source: str) -> MqttSpec:
+    from xenlab.events.config import BrokerAddress
+    from xenlab.events.topics import check_level, check_prefix
+    spec = MqttSpec(broker=str(entry.get("broker", "embedded")), engine=str(entry.get("engine", "auto")),
+                    prefix=str(entry.get("prefix", "xenlab")),
+                    host=None if entry.get("host") is None else str(entry["host"]),
+                    interval=entry.get("interval", 5.0))
+    if spec.broker not in ("embedded", "none"):
+        try:
+            BrokerAddress.parse(spec.broker)
+        except ConfigError as err:
+            raise _fail(source, f"[mqtt] broker: {err.message} (or \"embedded\", \"none\")") from None
+    if spec.engine not in ("auto", "mosquitto", "amqtt"):
+        raise _fail(source, f"[mqtt] engine {spec.engine!r}: expected auto, mosquitto or amqtt")
+    if not isinstance(spec.interval, (int, float)) or isinstance(spec.interval, bool) or spec.interval <= 0:
+        raise _fail(source, f"[mqtt] interval must be a positive number of seconds, got {spec.interval!r}")
+    try:
+        check_prefix(spec.prefix)
+        if spec.host is not None:
+            check_level(spec.host, "host")
+    except ConfigError as err:
+        raise _fail(source, f"[mqtt] {err.message}") from None
+    return spec
 
 
 def validate(spec: LabSpec) -> None:

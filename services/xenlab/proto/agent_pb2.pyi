@@ -159,3 +159,72 @@ class StatsReply(_message.Message):
     INTERFACES_FIELD_NUMBER: _ClassVar[int]
     interfaces: _containers.RepeatedCompositeFieldContainer[InterfaceStats]
     def __init__(self, interfaces: _Optional[_Iterable[_Union[InterfaceStats, _Mapping]]] = ...) -> None: ...
+
+class BlastRequest(_message.Message):
+    __slots__ = ("interface", "dst_mac", "count", "size", "ethertype", "batch", "timeout", "random_src")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    DST_MAC_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ETHERTYPE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_SRC_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    dst_mac: str
+    count: int
+    size: int
+    ethertype: int
+    batch: int
+    timeout: float
+    random_src: bool
+    def __init__(self, interface: _Optional[str] = ..., dst_mac: _Optional[str] = ..., count: _Optional[int] = ..., size: _Optional[int] = ..., ethertype: _Optional[int] = ..., batch: _Optional[int] = ..., timeout: _Optional[float] = ..., random_src: bool = ...) -> None: ...
+
+class BlastReply(_message.Message):
+    __slots__ = ("sent", "dropped", "drops", "started", "finished")
+    class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SENT_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    DROPS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    sent: int
+    dropped: int
+    drops: _containers.ScalarMap[str, int]
+    started: float
+    finished: float
+    def __init__(self, sent: _Optional[int] = ..., dropped: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., started: _Optional[float] = ..., finished: _Optional[float] = ...) -> None: ...
+
+class SinkRequest(_message.Message):
+    __slots__ = ("interface", "ethertype", "count", "idle", "timeout")
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    ETHERTYPE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    interface: str
+    ethertype: int
+    count: int
+    idle: float
+    timeout: float
+    def __init__(self, interface: _Optional[str] = ..., ethertype: _Optional[int] = ..., count: _Optional[int] = ..., idle: _Optional[float] = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class SinkReply(_message.Message):
+    __slots__ = ("received", "bytes", "first", "last", "ready")
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    received: int
+    bytes: int
+    first: float
+    last: float
+    ready: bool
+    def __init__(self, received: _Optional[int] = ..., bytes: _Optional[int] = ..., first: _Optional[float] = ..., last: _Optional[float] = ..., ready: bool = ...) -> None: ...

@@ -59,6 +59,16 @@ class GuestAgentStub(object):
                 request_serializer=xenlab_dot_proto_dot_agent__pb2.StatsRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_agent__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.Blast = channel.unary_unary(
+                '/xenlab.proto.GuestAgent/Blast',
+                request_serializer=xenlab_dot_proto_dot_agent__pb2.BlastRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.BlastReply.FromString,
+                _registered_method=True)
+        self.Sink = channel.unary_stream(
+                '/xenlab.proto.GuestAgent/Sink',
+                request_serializer=xenlab_dot_proto_dot_agent__pb2.SinkRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.SinkReply.FromString,
+                _registered_method=True)
 
 
 class GuestAgentServicer(object):
@@ -94,6 +104,18 @@ class GuestAgentServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Blast(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Sink(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GuestAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +143,16 @@ def add_GuestAgentServicer_to_server(servicer, server):
                     servicer.InterfaceStats,
                     request_deserializer=xenlab_dot_proto_dot_agent__pb2.StatsRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_agent__pb2.StatsReply.SerializeToString,
+            ),
+            'Blast': grpc.unary_unary_rpc_method_handler(
+                    servicer.Blast,
+                    request_deserializer=xenlab_dot_proto_dot_agent__pb2.BlastRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.BlastReply.SerializeToString,
+            ),
+            'Sink': grpc.unary_stream_rpc_method_handler(
+                    servicer.Sink,
+                    request_deserializer=xenlab_dot_proto_dot_agent__pb2.SinkRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.SinkReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +290,60 @@ class GuestAgent(object):
             '/xenlab.proto.GuestAgent/InterfaceStats',
             xenlab_dot_proto_dot_agent__pb2.StatsRequest.SerializeToString,
             xenlab_dot_proto_dot_agent__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Blast(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.GuestAgent/Blast',
+            xenlab_dot_proto_dot_agent__pb2.BlastRequest.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.BlastReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xenlab.proto.GuestAgent/Sink',
+            xenlab_dot_proto_dot_agent__pb2.SinkRequest.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.SinkReply.FromString,
             options,
             channel_credentials,
             insecure,

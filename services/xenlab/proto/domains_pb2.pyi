@@ -253,3 +253,23 @@ class NetworkDetachRequest(_message.Message):
     force: bool
     timeout: float
     def __init__(self, domain: _Optional[_Union[_common_pb2.DomainRef, _Mapping]] = ..., device: _Optional[str] = ..., force: bool = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class BackendGoneRequest(_message.Message):
+    __slots__ = ("domain", "timeout")
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    domain: _common_pb2.DomainRef
+    timeout: float
+    def __init__(self, domain: _Optional[_Union[_common_pb2.DomainRef, _Mapping]] = ..., timeout: _Optional[float] = ...) -> None: ...
+
+class BackendGoneReply(_message.Message):
+    __slots__ = ("closed", "stuck", "unmapped", "ports")
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    STUCK_FIELD_NUMBER: _ClassVar[int]
+    UNMAPPED_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    closed: _containers.RepeatedScalarFieldContainer[str]
+    stuck: _containers.RepeatedScalarFieldContainer[str]
+    unmapped: int
+    ports: int
+    def __init__(self, closed: _Optional[_Iterable[str]] = ..., stuck: _Optional[_Iterable[str]] = ..., unmapped: _Optional[int] = ..., ports: _Optional[int] = ...) -> None: ...

@@ -105,6 +105,11 @@ class DomainsStub(object):
                 request_serializer=xenlab_dot_proto_dot_common__pb2.DomainRef.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_domains__pb2.VifList.FromString,
                 _registered_method=True)
+        self.BackendGone = channel.unary_unary(
+                '/xenlab.proto.Domains/BackendGone',
+                request_serializer=xenlab_dot_proto_dot_domains__pb2.BackendGoneRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_domains__pb2.BackendGoneReply.FromString,
+                _registered_method=True)
 
 
 class DomainsServicer(object):
@@ -197,6 +202,12 @@ class DomainsServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BackendGone(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DomainsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +280,11 @@ def add_DomainsServicer_to_server(servicer, server):
                     servicer.NetworkList,
                     request_deserializer=xenlab_dot_proto_dot_common__pb2.DomainRef.FromString,
                     response_serializer=xenlab_dot_proto_dot_domains__pb2.VifList.SerializeToString,
+            ),
+            'BackendGone': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackendGone,
+                    request_deserializer=xenlab_dot_proto_dot_domains__pb2.BackendGoneRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_domains__pb2.BackendGoneReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -649,6 +665,33 @@ class Domains(object):
             '/xenlab.proto.Domains/NetworkList',
             xenlab_dot_proto_dot_common__pb2.DomainRef.SerializeToString,
             xenlab_dot_proto_dot_domains__pb2.VifList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackendGone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Domains/BackendGone',
+            xenlab_dot_proto_dot_domains__pb2.BackendGoneRequest.SerializeToString,
+            xenlab_dot_proto_dot_domains__pb2.BackendGoneReply.FromString,
             options,
             channel_credentials,
             insecure,

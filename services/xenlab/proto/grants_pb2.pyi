@@ -104,17 +104,19 @@ class GrantCopyResult(_message.Message):
     def __init__(self, status: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GrantTableInfo(_message.Message):
-    __slots__ = ("domid", "nr_frames", "max_frames", "entries_in_use", "max_entries", "active_maps")
+    __slots__ = ("domid", "nr_frames", "max_frames", "entries_in_use", "max_entries", "active_maps", "maptrack")
     DOMID_FIELD_NUMBER: _ClassVar[int]
     NR_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_IN_USE_FIELD_NUMBER: _ClassVar[int]
     MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_MAPS_FIELD_NUMBER: _ClassVar[int]
+    MAPTRACK_FIELD_NUMBER: _ClassVar[int]
     domid: int
     nr_frames: int
     max_frames: int
     entries_in_use: int
     max_entries: int
     active_maps: int
-    def __init__(self, domid: _Optional[int] = ..., nr_frames: _Optional[int] = ..., max_frames: _Optional[int] = ..., entries_in_use: _Optional[int] = ..., max_entries: _Optional[int] = ..., active_maps: _Optional[int] = ...) -> None: ...
+    maptrack: int
+    def __init__(self, domid: _Optional[int] = ..., nr_frames: _Optional[int] = ..., max_frames: _Optional[int] = ..., entries_in_use: _Optional[int] = ..., max_entries: _Optional[int] = ..., active_maps: _Optional[int] = ..., maptrack: _Optional[int] = ...) -> None: ...

@@ -11,18 +11,32 @@ datagram is exactly one message:
     ERROR    errno i32, msg_len u16, reserved u16, msg      hypervisor -> domain, then close
     SEND     count u16, reserved u16, port u32 * count      domain -> hypervisor (EVTCHNOP_send, batched)
     UPCALL   vcpu u32                                       hypervisor -> domain
+    COPY     seq u32, count u16, reserved u16, op * count   domain -> hypervisor (GNTTABOP_copy)
+    COPIED   seq u32, count u16, reserved u16, i16 * count  hypervisor -> domain: one GNTST_* per op
 
 An UPCALL says only "the 0->1 edge of evtchn_upcall_pending happened on this
 vCPU"; which ports are pending is read from shared_info, as a real guest's
-upcall handler does. Everything is little-endian. ``decode`` validates every
-field and raises ``XenError(EPROTO)`` on anything malformed; it never trusts
-a length it has not checked against the datagram.
+upcall handler does.
+
+A COPY op is struct gnttab_copy (grant_table.h) without its status field,
+28 bytes: source (ptr u64, domid u16, offset u16), dest (ptr u64, domid u16,
+offset u16), len u16, flags u16. ``ptr`` is a grant reference when the
+side's GNTCOPY_*_gref flag is set, else a gfn. The hypervisor answers every
+COPY with one COPIED carrying the same seq, in the order the COPYs came; the
+seq lets a domain keep several batches in flight on one connection.
+
+Everything is little-endian. ``decode`` validates every field and raises
+``XenError(EPROTO)`` on anything malformed; it never trusts a length it has
+not checked against the datagram. What the fields name (a grant, a frame, a
+domain) is the hypervisor's to check, op by op, exactly as for the gRPC
+GrantTable.Copy call.
 """
 from __future__ import annotations
 
 import errno as _errno
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from xenlab.xen import abi
 from xenlab.xen.errors import XenError
@@ -35,6 +49,8 @@ OP_OK = 2
 OP_ERROR = 3
 OP_SEND = 4
 OP_UPCALL = 5
+OP_COPY = 6
+OP_COPIED = 7
 
 HEADER = struct.Struct("<BBBx")
 _HELLO = struct.Struct("<HH")
@@ -43,14 +59,22 @@ _ERROR = struct.Struct("<iH2x")
 _SEND = struct.Struct("<H2x")
 _PORT = struct.Struct("<I")
 _UPCALL = struct.Struct("<I")
+_COPY = struct.Struct("<IH2x")              # COPY and COPIED: seq, count
+GNTTAB_COPY = struct.Struct("<QHHQHHHH")    # one gnttab_copy, status left out
+_STATUS = struct.Struct("<h")
 
 MAX_SECRET = 256          # bytes of utf-8
 MAX_ERROR_TEXT = 256      # longer messages are cut, not refused
 MAX_SEND_BATCH = 512      # ports in one SEND
+# Ops in one COPY: a full tx or rx ring of slots, each split at most once
+# where it straddles two of netback's scratch pages.
+MAX_COPY_BATCH = 512
+GNTCOPY_FLAGS = abi.GNTCOPY_source_gref | abi.GNTCOPY_dest_gref
 DOMID_MAX = abi.DOMID_FIRST_RESERVED - 1
 # Receivers read MAX_DATAGRAM + 1 bytes: a datagram that fills the buffer was
 # truncated by the kernel and is refused as oversized.
-MAX_DATAGRAM = HEADER.size + _SEND.size + _PORT.size * MAX_SEND_BATCH
+MAX_DATAGRAM = max(HEADER.size + _SEND.size + _PORT.size * MAX_SEND_BATCH,
+                   HEADER.size + _COPY.size + GNTTAB_COPY.size * MAX_COPY_BATCH)
 
 
 def malformed(why: str) -> XenError:
@@ -112,7 +136,57 @@ class Upcall:
         return _header(OP_UPCALL) + _UPCALL.pack(self.vcpu)
 
 
-Message = Hello | Ok | Error | Send | Upcall
+class GnttabCopy(NamedTuple):
+    """One struct gnttab_copy: each ptr is a grant ref if that side's
+    GNTCOPY_*_gref flag is set, else a gfn; domid may be DOMID_SELF."""
+
+    source_ptr: int
+    source_domid: int
+    source_offset: int
+    dest_ptr: int
+    dest_domid: int
+    dest_offset: int
+    len: int
+    flags: int
+
+
+@dataclass(frozen=True)
+class Copy:
+    seq: int
+    ops: tuple[GnttabCopy, ...]
+
+    def encode(self) -> bytes:
+        n = len(self.ops)
+        if not 0 < n <= MAX_COPY_BATCH:
+            raise ValueError(f"a COPY carries 1..{MAX_COPY_BATCH} ops, not {n}")
+        out = bytearray(HEADER.size + _COPY.size + n * GNTTAB_COPY.size)
+        HEADER.pack_into(out, 0, MAGIC, VERSION, OP_COPY)
+        _COPY.pack_into(out, HEADER.size, self.seq, n)
+        pos = HEADER.size + _COPY.size
+        pack = GNTTAB_COPY.pack_into
+        try:
+            for op in self.ops:
+                pack(out, pos, *op)
+                pos += GNTTAB_COPY.size
+        except struct.error as err:
+            raise ValueError(f"a COPY op does not fit gnttab_copy: {err}") from None
+        return bytes(out)
+
+
+@dataclass(frozen=True)
+class Copied:
+    seq: int
+    statuses: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        n = len(self.statuses)
+        if not 0 < n <= MAX_COPY_BATCH:
+            raise ValueError(f"a COPIED carries 1..{MAX_COPY_BATCH} statuses, not {n}")
+        return (_header(OP_COPIED) + _COPY.pack(self.seq, n)
+                + struct.pack(f"<{n}h", *self.statuses))
+
+
+Message = Hello | Ok | Error | Send | Upcall | Copy | Copied
 
 
 def send_batches(ports) -> list[bytes]:
@@ -177,12 +251,37 @@ def _decode_upcall(body: bytes) -> Upcall:
     return Upcall(vcpu)
 
 
+def _copy_header(body: bytes, what: str, item: int) -> tuple[int, int]:
+    if len(body) < _COPY.size:
+        raise malformed(f"{what} too short")
+    seq, count = _COPY.unpack_from(body)
+    if not 0 < count <= MAX_COPY_BATCH or len(body) != _COPY.size + count * item:
+        raise malformed(f"{what} count {count} does not match the datagram")
+    return seq, count
+
+
+def _decode_copy(body: bytes) -> Copy:
+    seq, _ = _copy_header(body, "COPY", GNTTAB_COPY.size)
+    ops = tuple(map(GnttabCopy._make, GNTTAB_COPY.iter_unpack(memoryview(body)[_COPY.size:])))
+    for op in ops:
+        if op.flags & ~GNTCOPY_FLAGS:
+            raise malformed(f"COPY flags {op.flags:#x} name no GNTCOPY_* bit")
+    return Copy(seq, ops)
+
+
+def _decode_copied(body: bytes) -> Copied:
+    seq, count = _copy_header(body, "COPIED", _STATUS.size)
+    return Copied(seq, struct.unpack_from(f"<{count}h", body, _COPY.size))
+
+
 _DECODERS = {
     OP_HELLO: _decode_hello,
     OP_OK: _decode_ok,
     OP_ERROR: _decode_error,
     OP_SEND: _decode_send,
     OP_UPCALL: _decode_upcall,
+    OP_COPY: _decode_copy,
+    OP_COPIED: _decode_copied,
 }
 
 

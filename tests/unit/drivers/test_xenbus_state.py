@@ -179,3 +179,46 @@ def test_the_two_ends_connect_then_close_cleanly_in_any_order(order):
         pair.step_back(online=False)
     assert (pair.front, pair.back) == (S.Closed, S.Closed)
     assert pair.released and not pair.connected_back
+
+
+def test_a_closed_frontend_and_a_new_backend_reconnect():
+    # The toolstack marked the backend Closed when its kernel died.
+    assert frontend_on_backend_changed(S.Connected, S.Closed) == \
+        [Disconnect(), SwitchState(S.Closed), Release()]
+    # A new kernel's netback probes: InitWait, and waits for the Closed frontend.
+    assert backend_on_frontend_changed(S.InitWait, S.Closed, True) == []
+    assert frontend_on_backend_changed(S.Closed, S.InitWait) == \
+        [Release(), SwitchState(S.Initialising), Connect(), SwitchState(S.Connected)]
+    # Detaching still closes: online=0.
+    assert backend_on_frontend_changed(S.InitWait, S.Closed, False) == \
+        [SwitchState(S.Closing), SwitchState(S.Closed), Unregister()]
+    # A frontend that failed on its own (Closing) does not come back by itself.
+    assert frontend_on_backend_changed(S.Closing, S.InitWait) == []
+
+
+@given(st.lists(st.sampled_from(["front", "back"]), min_size=0, max_size=20))
+def test_after_the_backend_kernel_restarts_both_ends_connect_again_in_any_order(order):
+    pair = Pair()
+    pair.apply("back", backend_path(S.Initialising, S.InitWait))
+    for _ in range(3):
+        pair.step_front()
+        pair.step_back()
+    assert (pair.front, pair.back) == (S.Connected, S.Connected)
+    # The backend kernel dies: the hypervisor drops its mappings and the
+    # toolstack writes Closed; the frontend lets go before a new kernel
+    # probes (Hypervisor.backend_gone waits for that).
+    pair.connected_back, pair.released = False, False
+    pair.back = S.Closed
+    pair.step_front()
+    assert pair.front == S.Closed and pair.released
+    pair.connected_front = False
+    # A new kernel: its netback starts from Initialising, as at probe.
+    pair.back = S.Initialising
+    pair.apply("back", backend_path(S.Initialising, S.InitWait))
+    for side in order:
+        pair.step_front() if side == "front" else pair.step_back()
+    for _ in range(4):
+        pair.step_front()
+        pair.step_back()
+    assert (pair.front, pair.back) == (S.Connected, S.Connected)
+    assert pair.connected_front and pair.connected_back

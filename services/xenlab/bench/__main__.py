@@ -1,0 +1,321 @@
+"""`xenlab bench` / `python -m xenlab.bench`: throughput, latency and scale of
+a local lab, side by side with the Linux kernel bridge, in one run.
+
+Sections (``--only``, in this order):
+  throughput  frames/s domU -> domU at each size, with every frame accounted
+              for (xenlab.bench.throughput), and the same through two network
+              namespaces on a Linux bridge (xenlab.bench.kernel)
+  latency     ping RTT domU <-> domU, p50/p90/p99, and the kernel's
+  scale       N domUs to all vifs Connected, RSS per domain process, a
+              full ping mesh on the largest N (xenlab.bench.scale)
+  fdb         bridge forwarding cost against FDB size (xenlab.bench.fdb)
+
+It prints progress on standard error, the table on standard output, and
+writes every figure as JSON (``--json``, after each section, so a long run
+that is stopped keeps what it measured).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import asyncio
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+SECTIONS = ("throughput", "latency", "scale", "fdb")
+FULL = {"count": 50_000, "pings": 2000, "interval": 0.01, "scale": "8,32,64",
+        "fdb_frames": 200_000, "fdb_repeats": 5}
+QUICK = {"count": 2000, "pings": 200, "interval": 0.005, "scale": "4",
+         "fdb_frames": 20_000, "fdb_repeats": 3}
+LOADED = 0.5            # a 1-minute load average over this at the start is worth a warning
+
+
+@dataclass(frozen=True)
+class Plan:
+    sections: tuple[str, ...]
+    quick: bool
+    count: int
+    sizes: tuple[int, ...]
+    pings: int
+    interval: float
+    scale: tuple[int, ...]
+    mesh: bool
+    fdb_sizes: tuple[int, ...]
+    fdb_frames: int
+    fdb_repeats: int
+    kernel: bool
+    batch: int
+    json: Path
+    profile: Path | None
+    py_spy: str | None
+    log_level: str
+    keep_logs: Path | None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers separated by commas") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected positive numbers")
+    return values
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown section(s) {', '.join(unknown) or '(none)'}: "
+                                         f"choose from {', '.join(SECTIONS)}")
+    return names
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help=f"small counts, for a smoke test ({QUICK['count']} frames per size, "
+                             f"{QUICK['pings']} pings, scale {QUICK['scale']})")
+    parser.add_argument("--only", type=_sections, default=SECTIONS, metavar="LIST",
+                        help=f"sections to run, comma-separated: {','.join(SECTIONS)} (default: all)")
+    parser.add_argument("--json", type=Path, default=Path("bench-results.json"), metavar="FILE",
+                        help="where to write the figures (default: bench-results.json)")
+    parser.add_argument("--count", type=int, help=f"frames per size (default {FULL['count']:,})")
+    parser.add_argument("--sizes", type=_ints, default=(64, 512, 1500),
+                        help="frame sizes in bytes, without FCS (default 64,512,1500)")
+    parser.add_argument("--batch", type=int, default=64, help="frames per transmit in the sender (default 64)")
+    parser.add_argument("--pings", type=int, help=f"pings for the RTT (default {FULL['pings']})")
+    parser.add_argument("--interval", type=float, help=f"seconds between pings (default {FULL['interval']})")
+    parser.add_argument("--scale", type=_ints, help=f"numbers of domUs to boot (default {FULL['scale']})")
+    parser.add_argument("--no-mesh", action="store_true", help="skip the ping mesh on the largest N")
+    parser.add_argument("--fdb-sizes", type=_ints, default=(10, 10_000, 100_000),
+                        help="FDB sizes for the forwarding cost (default 10,10000,100000)")
+    parser.add_argument("--no-kernel", action="store_true", help="skip the Linux kernel baseline")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="also run one 64-byte blast under py-spy and summarise where each "
+                             "process spends its time (raw samples are left in DIR)")
+    parser.add_argument("--py-spy", metavar="PATH", help="the py-spy binary (default: on PATH)")
+    parser.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="the lab services' log level (default WARNING: logging costs time)")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the labs' logs here")
+
+
+def make_plan(args) -> Plan:
+    base = QUICK if args.quick else FULL
+    scale = args.scale or _ints(base["scale"])
+    return Plan(sections=tuple(s for s in SECTIONS if s in args.only), quick=args.quick,
+                count=args.count or base["count"], sizes=args.sizes, pings=args.pings or base["pings"],
+                interval=args.interval or base["interval"], scale=scale, mesh=not args.no_mesh,
+                fdb_sizes=args.fdb_sizes, fdb_frames=base["fdb_frames"], fdb_repeats=base["fdb_repeats"],
+                kernel=not args.no_kernel, batch=args.batch, json=args.json, profile=args.profile,
+                py_spy=args.py_spy, log_level=args.log_level, keep_logs=args.keep_logs)
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, plan: Plan):
+        from xenlab.bench import report
+        self.plan = plan
+        self.results: dict = {"command": report.command_line(), "machine": report.machine(),
+                              "quick": plan.quick, "plan": _jsonable(asdict(plan)),
+                              "started": time.time()}
+
+    def save(self) -> None:
+        from xenlab.bench import report
+        self.results["targets"] = report.targets(self.results)
+        self.plan.json.parent.mkdir(parents=True, exist_ok=True)
+        self.plan.json.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
+
+    async def run(self) -> dict:
+        plan = self.plan
+        load = self.results["machine"]["loadavg_at_start"][0]
+        if load > LOADED:
+            progress(f"warning: the load average is {load:.1f}: other work on this machine skews the figures")
+        if "throughput" in plan.sections or "latency" in plan.sections:
+            await self.kernel_baseline()
+            self.save()
+            await self.xenlab_paths()
+            self.ratios()
+            self.save()
+        if "scale" in plan.sections:
+            await self.scale()
+            self.save()
+        if "fdb" in plan.sections:
+            self.fdb()
+        self.results["finished"] = time.time()
+        self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())
+        self.save()
+        return self.results
+
+    # -- the kernel baseline ---------------------------------------------------------------
+    async def kernel_baseline(self) -> None:
+        from xenlab.bench.kernel import BaselineError, KernelBridge
+        plan = self.plan
+        reason = "skipped with --no-kernel" if not plan.kernel else KernelBridge.unavailable()
+        tp = self.results.setdefault("throughput", {"count": plan.count}) if "throughput" in plan.sections else None
+        lat = self.results.setdefault("latency", {}) if "latency" in plan.sections else None
+        if reason:
+            progress(f"kernel baseline skipped: {reason}")
+            for section in (tp, lat):
+                if section is not None:
+                    section["kernel_skipped"] = reason
+            return
+        try:
+            with KernelBridge() as kb:
+                if tp is not None:
+                    tp["kernel"] = []
+                    for size in plan.sizes:
+                        progress(f"kernel: {plan.count:,} frames of {size} bytes, namespace A -> bridge -> B")
+                        r = await kb.throughput(size, plan.count)
+                        tp["kernel"].append(r)
+                        progress(f"  {r['fps']:,.0f} fps, {r['mbps']:,.1f} Mbit/s, {r['dropped']} dropped, "
+                                 f"{r['unaccounted']} unaccounted")
+                if lat is not None:
+                    progress(f"kernel: {plan.pings} pings, {plan.interval * 1000:g} ms apart")
+                    lat["kernel"] = await kb.latency(plan.pings, plan.interval)
+                    progress(f"  p50 {lat['kernel']['p50_ms']:.3f} ms")
+        except BaselineError as err:
+            progress(f"kernel baseline failed: {err}")
+            for section in (tp, lat):
+                if section is not None:
+                    section["kernel_error"] = str(err)
+
+    # -- xenlab: two domUs ------------------------------------------------------------------
+    async def xenlab_paths(self) -> None:
+        from xenlab.bench.labs import lab_spec, running_lab
+        from xenlab.bench.throughput import DomainPair, run_latency, run_throughput, warm_up
+        plan = self.plan
+        progress("xenlab: starting a lab of two domUs (d01 -> d02)")
+        async with running_lab(lab_spec(2), log_level=plan.log_level, keep=plan.keep_logs) as lab:
+            pair = await DomainPair.open(lab, "d01", "d02")
+            try:
+                await warm_up(pair, 2)
+                if "throughput" in plan.sections:
+                    tp = self.results.setdefault("throughput", {"count": plan.count})
+                    tp["xenlab"] = []
+                    for size in plan.sizes:
+                        progress(f"xenlab: {plan.count:,} frames of {size} bytes, d01 -> d02")
+                        r = await run_throughput(pair, 2, size, plan.count, batch=plan.batch)
+                        tp["xenlab"].append(r)
+                        progress(f"  {r['fps']:,.0f} fps, {r['mbps']:,.1f} Mbit/s, {r['dropped']} dropped, "
+                                 f"{r['unaccounted']} unaccounted; CPU % {r['cpu_percent']}")
+                        self.save()
+                if "latency" in plan.sections:
+                    progress(f"xenlab: {plan.pings} pings d01 -> d02, {plan.interval * 1000:g} ms apart")
+                    lat = self.results.setdefault("latency", {})
+                    lat["xenlab"] = await run_latency(pair, 2, plan.pings, plan.interval)
+                    progress(f"  p50 {lat['xenlab']['p50_ms']:.3f} ms")
+                if plan.profile is not None and "throughput" in plan.sections:
+                    await self.profile(pair)
+            finally:
+                await pair.close()
+
+    async def profile(self, pair) -> None:
+        from xenlab.bench.profile import Profiler, find_py_spy
+        from xenlab.bench.throughput import run_throughput
+        plan = self.plan
+        py_spy = find_py_spy(plan.py_spy)
+        if py_spy is None:
+            progress("profile skipped: py-spy not found (pip install py-spy, or --py-spy PATH)")
+            self.results["profile"] = {"skipped": "py-spy not found"}
+            return
+        profiler = Profiler(py_spy, plan.profile)
+        progress(f"profile: {plan.count:,} frames of 64 bytes under py-spy ({profiler.rate} Hz)")
+        run = await run_throughput(pair, 2, 64, plan.count, batch=plan.batch, profiler=profiler)
+        self.results["profile"] = {"fps_under_profiler": run["fps"], "cpu_percent": run["cpu_percent"],
+                                   "raw": str(plan.profile), "processes": profiler.summaries()}
+
+    def ratios(self) -> None:
+        tp = self.results.get("throughput")
+        if tp and tp.get("kernel") and tp.get("xenlab"):
+            kernel = {r["size"]: r["fps"] for r in tp["kernel"]}
+            tp["ratio"] = {str(r["size"]): (r["fps"] / kernel[r["size"]] if kernel.get(r["size"]) else None)
+                           for r in tp["xenlab"]}
+        lat = self.results.get("latency")
+        if lat and lat.get("kernel") and lat.get("xenlab") and lat["kernel"].get("p50_ms"):
+            lat["ratio_p50"] = lat["xenlab"]["p50_ms"] / lat["kernel"]["p50_ms"]
+
+    # -- scale and FDB ------------------------------------------------------------------------------
+    async def scale(self) -> None:
+        from xenlab.bench.scale import boot
+        plan = self.plan
+        section = self.results.setdefault("scale", {"boot": []})
+        largest = max(plan.scale)
+        for n in sorted(plan.scale):
+            progress(f"scale: booting {n} domUs")
+            try:
+                run = await boot(n, timeout=max(120.0, 5.0 * n), progress=progress,
+                                 mesh=plan.mesh and n == largest, log_level=plan.log_level,
+                                 keep=plan.keep_logs)
+            except Exception as err:        # a lab that does not come up ends the section, with why
+                section["error"] = f"N={n}: {type(err).__name__}: {err}"
+                progress(f"scale stopped: {section['error']}")
+                return
+            mesh = run.pop("mesh", None)
+            section["boot"].append(run)
+            if mesh is not None:
+                section["mesh"] = mesh
+            self.save()
+
+    def fdb(self) -> None:
+        from xenlab.bench.fdb import fdb_scaling
+        plan = self.plan
+        progress(f"fdb: forwarding cost with {', '.join(f'{n:,}' for n in plan.fdb_sizes)} entries")
+        self.results["fdb"] = fdb_scaling(plan.fdb_sizes, plan.fdb_frames, plan.fdb_repeats)
+        if plan.profile is not None:
+            from xenlab.bench.fdb import profile_forwarding
+            self.results["fdb"]["profile"] = profile_forwarding(max(plan.fdb_sizes))
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+async def _main(plan: Plan) -> dict:
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # Cancel, so that the labs are taken down and the namespaces deleted.
+        loop.add_signal_handler(sig, task.cancel)
+    bench = Bench(plan)
+    try:
+        return await bench.run()
+    except BaseException as err:
+        bench.results["error"] = f"{type(err).__name__}: {err}"
+        bench.save()
+        raise
+
+
+def run(args) -> int:
+    from xenlab.bench import report
+    plan = make_plan(args)
+    try:
+        results = asyncio.run(_main(plan))
+    except asyncio.CancelledError:
+        print(f"xenlab bench: stopped; what was measured is in {plan.json}", file=sys.stderr)
+        return 130
+    print(report.table(results))
+    print(f"\nfigures: {plan.json}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xenlab.bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The labs the bench runs (real processes, through xenlab.lab.runner.Lab),
+and what the bench reads about their processes: CPU time and memory."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from xenlab.lab.runner import Lab
+from xenlab.lab.spec import LabSpec, parse_lab
+from xenlab.proto import common_pb2
+
+DOMU_MEMORY_MB = 16          # netfront's rings and buffers take 2 MiB of it
+DOM0_MEMORY_MB = 256         # HypervisorConfig.dom0_memory_mb
+_CLK_TCK = None
+
+
+def mac(i: int) -> str:
+    """The MAC of the bench's domU number i (1-based), in Xen's 00:16:3e range."""
+    return f"00:16:3e:00:{i >> 8 & 0xFF:02x}:{i & 0xFF:02x}"
+
+
+def ip(i: int) -> str:
+    return f"10.0.{i >> 8 & 0xFF}.{i & 0xFF}"
+
+
+def domu_name(i: int) -> str:
+    return f"d{i:02d}"
+
+
+def lab_spec(n: int, name: str = "bench") -> LabSpec:
+    """n domUs d01..dNN on xenbr0, with fixed MACs and addresses in 10.0.0.0/16;
+    n = 0 is the lab's services alone."""
+    lines = [f'[lab]\nname = "{name}"\n', "[hypervisor]",
+             f"memory = {DOM0_MEMORY_MB + 64 + n * DOMU_MEMORY_MB}\n",
+             '[[bridge]]\nname = "xenbr0"\n']
+    for i in range(1, n + 1):
+        lines.append(f'[[domain]]\nname = "{domu_name(i)}"\nmemory = {DOMU_MEMORY_MB}\n'
+                     f'vif = ["mac={mac(i)},ip={ip(i)}/16"]\n')
+    return parse_lab("\n".join(lines), f"<bench lab of {n}>")
+
+
+def hypervisor_memory(n: int) -> int:
+    return DOM0_MEMORY_MB + 64 + n * DOMU_MEMORY_MB
+
+
+@contextlib.asynccontextmanager
+async def running_lab(spec: LabSpec, log_level: str = "WARNING", progress=None, timeout: float = 120.0,
+                      keep: Path | None = None):
+    """A lab up for the body, always taken down; its rundir removed unless
+    ``keep`` names where to copy the logs."""
+    rundir = Path(tempfile.mkdtemp(prefix="xl-bench-", dir="/tmp"))
+    lab = Lab(spec, rundir, log_level=log_level, progress=progress or (lambda s: None))
+    try:
+        await lab.up(timeout=timeout)
+        yield lab
+    finally:
+        await lab.down()
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(rundir / "logs", keep / rundir.name, dirs_exist_ok=True)
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+# -- processes ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProcessInfo:
+    name: str
+    pid: int
+
+
+async def lab_processes(lab: Lab) -> list[ProcessInfo]:
+    """The lab's services (hypervisor, bridge, dom0) and every domain process."""
+    out = [ProcessInfo(s.name, s.proc.pid) for s in lab.services]
+    for dom in (await lab.hv.domains.List(common_pb2.Empty())).domains:
+        if dom.domid != 0 and dom.pid:
+            out.append(ProcessInfo(dom.name, dom.pid))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (its threads included)."""
+    global _CLK_TCK
+    import os
+    if _CLK_TCK is None:
+        _CLK_TCK = os.sysconf("SC_CLK_TCK")
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS and its parts (anonymous, file, shared memory) from
+    /proc/PID/status, and PSS from smaps_rollup: RSS counts the shared
+    libraries and the domain's shared-memory pages in full in every process
+    that maps them; PSS divides them among those processes."""
+    out: dict[str, int] = {}
+    keys = {"VmRSS": "rss", "RssAnon": "anon", "RssFile": "file", "RssShmem": "shmem"}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in keys:
+                out[keys[key]] = int(value.split()[0])
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                out["pss"] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+class CpuMeter:
+    """CPU used by each process between start() and stop(), as a share of
+    one core over the wall time."""
+
+    def __init__(self, processes: list[ProcessInfo], clock):
+        self.processes = processes
+        self.clock = clock
+        self._start: dict[int, float] = {}
+        self._t0 = 0.0
+
+    def start(self) -> None:
+        self._t0 = self.clock()
+        self._start = {p.pid: cpu_seconds(p.pid) for p in self.processes}
+
+    def stop(self, wall: float | None = None) -> dict[str, float]:
+        """``wall``: the seconds to divide by, when the busy part of the
+        interval is known to be shorter than the whole (an idle tail)."""
+        wall = self.clock() - self._t0 if wall is None else wall
+        out = {}
+        for p in self.processes:
+            used = cpu_seconds(p.pid) - self._start.get(p.pid, 0.0)
+            out[p.name] = round(100.0 * used / wall, 1) if wall > 0 else 0.0
+        return out

@@ -1,0 +1,178 @@
+"""What the bench prints and writes: the machine, the table, the targets."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+MB_IN_MIB = 1e6 / (1 << 20)     # the targets say MB (10^6 bytes); figures are MiB
+
+# (key, what, target, how it compares)
+TARGETS = (
+    ("throughput_64_ratio", "64-byte throughput, xenlab/kernel", 0.25, ">="),
+    ("rtt_p50_ms", "RTT p50 domU<->domU (ms)", 1.0, "<="),
+    ("boot_64_seconds", "64 domUs to all vifs Connected (s)", 60.0, "<"),
+    ("rss_domu_mib", "RSS per domU process, max (MiB)", 60 * MB_IN_MIB, "<"),
+    ("fdb_100k_ratio", "forwarding cost, 100k/10 FDB entries", 1.2, "<="),
+)
+
+
+def machine() -> dict:
+    info = {"cpus": os.cpu_count(), "cpus_usable": len(os.sched_getaffinity(0)),
+            "cpu_model": _cpu_model(), "memory_gib": round(_mem_total_kib() / (1 << 20), 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "loadavg_at_start": list(os.getloadavg())}
+    info.update(_git())
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def _mem_total_kib() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _git() -> dict:
+    root = Path(__file__).resolve().parents[3]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if rev.returncode != 0:
+        return {}
+    return {"git": rev.stdout.strip(), "git_modified_files": len(dirty.stdout.splitlines())}
+
+
+def command_line() -> str:
+    return " ".join(["python -m xenlab.bench", *sys.argv[1:]])
+
+
+# -- targets ---------------------------------------------------------------------------------
+def figures(results: dict) -> dict[str, float | None]:
+    """The figures the targets are about, None where not measured."""
+    out: dict[str, float | None] = {k: None for k, *_ in TARGETS}
+    tp = results.get("throughput") or {}
+    ratio = (tp.get("ratio") or {}).get("64")
+    out["throughput_64_ratio"] = ratio
+    lat = (results.get("latency") or {}).get("xenlab") or {}
+    out["rtt_p50_ms"] = lat.get("p50_ms")
+    scale = results.get("scale") or {}
+    for run in scale.get("boot", []):
+        if run["n"] == 64:
+            out["boot_64_seconds"] = run["seconds"]
+    rss = [run["memory"]["domu"].get("rss_mib_max") for run in scale.get("boot", [])]
+    rss = [r for r in rss if r is not None]
+    out["rss_domu_mib"] = max(rss) if rss else None
+    out["fdb_100k_ratio"] = (results.get("fdb") or {}).get("ratio_largest_to_smallest")
+    return out
+
+
+def targets(results: dict) -> list[dict]:
+    values = figures(results)
+    rows = []
+    for key, what, target, op in TARGETS:
+        value = values[key]
+        met = None
+        if value is not None:
+            met = {">=": value >= target, "<=": value <= target, "<": value < target}[op]
+        rows.append({"key": key, "what": what, "target": f"{op} {target:g}", "value": value, "met": met,
+                     "factor": (value / target if op == ">=" else target / value) if value else None})
+    return rows
+
+
+# -- the table ---------------------------------------------------------------------------------
+def _n(value, fmt: str = ",.0f") -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt)
+
+
+def table(results: dict) -> str:
+    lines = []
+    m = results.get("machine", {})
+    lines.append(f"xenlab bench: {m.get('cpus_usable')} CPUs ({m.get('cpu_model')}), {m.get('memory_gib')} GiB, "
+                 f"Linux {m.get('kernel')}, Python {m.get('python')}, git {m.get('git', '?')}"
+                 f"{' (+' + str(m['git_modified_files']) + ' modified files)' if m.get('git_modified_files') else ''}"
+                 f", load {'/'.join(f'{x:.1f}' for x in m.get('loadavg_at_start', []))}")
+    lines.append(f"command: {results.get('command')}")
+    tp = results.get("throughput")
+    if tp:
+        kernel = {str(r["size"]): r for r in tp.get("kernel") or []}
+        lines += ["", f"Throughput domU -> domU, {_n(tp.get('count'))} frames per size (fps = delivered/s; "
+                      "Mbit/s of frame bytes)",
+                  f"{'size':>6} {'xenlab fps':>11} {'Mbit/s':>8} {'drops':>7} {'unacc.':>6} | "
+                  f"{'kernel fps':>11} {'Mbit/s':>8} {'drops':>7} {'unacc.':>6} | {'ratio':>6}"]
+        for r in tp.get("xenlab") or []:
+            k = kernel.get(str(r["size"]), {})
+            ratio = (tp.get("ratio") or {}).get(str(r["size"]))
+            lines.append(f"{r['size']:>6} {_n(r['fps']):>11} {_n(r['mbps'], ',.1f'):>8} {r['dropped']:>7} "
+                         f"{r['unaccounted']:>6} | {_n(k.get('fps')):>11} {_n(k.get('mbps'), ',.1f'):>8} "
+                         f"{_n(k.get('dropped'), 'd'):>7} {_n(k.get('unaccounted'), 'd'):>6} | "
+                         f"{_n(ratio, '.3f'):>6}")
+        if tp.get("kernel_skipped"):
+            lines.append(f"kernel baseline skipped: {tp['kernel_skipped']}")
+    lat = results.get("latency")
+    if lat:
+        x, k = lat.get("xenlab") or {}, lat.get("kernel") or {}
+        lines += ["", f"Latency domU <-> domU, {x.get('count', k.get('count'))} pings of 98-byte frames, "
+                      f"{(x.get('interval') or k.get('interval') or 0) * 1000:g} ms apart (ms)",
+                  f"{'':>8} {'p50':>8} {'p90':>8} {'p99':>8} {'min':>8} {'max':>8} {'lost':>5}"]
+        for name, r in (("xenlab", x), ("kernel", k)):
+            if r:
+                lines.append(f"{name:>8} {_n(r.get('p50_ms'), '.3f'):>8} {_n(r.get('p90_ms'), '.3f'):>8} "
+                             f"{_n(r.get('p99_ms'), '.3f'):>8} {_n(r.get('min_ms'), '.3f'):>8} "
+                             f"{_n(r.get('max_ms'), '.3f'):>8} {r.get('transmitted', 0) - r.get('received', 0):>5}")
+        if lat.get("ratio_p50") is not None:
+            lines.append(f"{'ratio':>8} {lat['ratio_p50']:>8.1f}  (xenlab p50 / kernel p50)")
+        if lat.get("kernel_skipped"):
+            lines.append(f"kernel baseline skipped: {lat['kernel_skipped']}")
+    scale = results.get("scale")
+    if scale:
+        lines += ["", "Scale: domUs booted to all vifs Connected; memory per domU process (MiB)",
+                  f"{'N':>4} {'boot s':>7} {'half s':>7} {'RSS mean':>9} {'RSS max':>8} {'PSS mean':>9} "
+                  f"{'anon mean':>10}"]
+        for r in scale.get("boot", []):
+            d = r["memory"]["domu"]
+            lines.append(f"{r['n']:>4} {r['seconds']:>7.1f} {_n(r.get('half_connected_seconds'), '.1f'):>7} "
+                         f"{_n(d.get('rss_mib_mean'), '.1f'):>9} {_n(d.get('rss_mib_max'), '.1f'):>8} "
+                         f"{_n(d.get('pss_mib_mean'), '.1f'):>9} {_n(d.get('anon_mib_mean'), '.1f'):>10}")
+        mesh = scale.get("mesh")
+        if mesh:
+            lines.append(f"ping mesh of {mesh['n']}: {mesh['replied']}/{mesh['pairs']} replied in "
+                         f"{mesh['seconds']:.1f}s, RTT p50 {_n(mesh.get('p50_ms'), '.2f')} ms, "
+                         f"p99 {_n(mesh.get('p99_ms'), '.2f')} ms (first ping of each pair: ARP included)")
+        if scale.get("error"):
+            lines.append(f"scale stopped: {scale['error']}")
+    fdb = results.get("fdb")
+    if fdb:
+        lines += ["", "Bridge forwarding cost (core, per frame) against FDB size"]
+        lines.append("  " + "   ".join(f"{r['entries']:,} entries: {r['ns_per_frame'] / 1000:.2f} us"
+                                        for r in fdb["runs"])
+                     + f"   ratio {fdb['ratio_largest_to_smallest']:.2f}")
+    rows = results.get("targets") or []
+    if rows:
+        lines += ["", "Targets", f"  {'':<42} {'target':>9} {'value':>9}"]
+        for t in rows:
+            value = "-" if t["value"] is None else f"{t['value']:.3g}"
+            verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+            lines.append(f"  {t['what']:<42} {t['target']:>9} {value:>9}  {verdict}")
+    return "\n".join(lines)

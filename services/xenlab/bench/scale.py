@@ -1,0 +1,145 @@
+"""Scale: N domUs booted to all vifs Connected, their memory, a ping mesh.
+
+The lab's services (MQTT broker, hypervisor, bridge, dom0) start first and
+are not timed; the clock runs from the first ``Domains.Create`` to the
+moment every vif is Connected on both ends and hotplugged (what
+``xenlab up`` waits for), so the figure is the domUs' own boot: process
+start, Python imports, hypercalls, the xenbus handshake with netback.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import grpc
+
+from xenlab.agent_client import agent_for
+from xenlab.bench.labs import ip, lab_processes, lab_spec, memory_kib, running_lab
+from xenlab.bench.stats import percentiles
+from xenlab.lab.runner import CONNECTED, LabError
+from xenlab.proto import agent_pb2, common_pb2, domains_pb2
+from xenlab.xen.xlcfg import to_domain_spec
+
+POLL = 0.25                 # seconds between looks at the vifs while they connect
+MESH_CONCURRENCY = 8        # sources pinging at once
+MESH_TIMEOUT = 5.0          # per ping (the first one of a pair resolves ARP)
+
+
+def _mib(kib: float) -> float:
+    return round(kib / 1024.0, 1)
+
+
+async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: str = "WARNING",
+               keep=None) -> dict:
+    spec = lab_spec(n)
+    services_only = dataclasses.replace(spec, domains=())
+    async with running_lab(services_only, log_level=log_level, timeout=timeout, keep=keep) as lab:
+        started = time.monotonic()
+        for cfg in spec.domains:
+            reply = await lab.hv.domains.Create(domains_pb2.CreateDomainRequest(spec=to_domain_spec(cfg)))
+            lab.domids[cfg.name] = reply.info.domid
+        created = time.monotonic() - started
+        half = await _wait_connected(lab, n, started, timeout, progress)
+        seconds = time.monotonic() - started
+        result = {"n": n, "seconds": seconds, "create_seconds": created, "half_connected_seconds": half,
+                  "memory": await _memory(lab)}
+        progress(f"  {n} domUs: all vifs Connected in {seconds:.1f}s "
+                 f"(RSS per domU {result['memory']['domu']['rss_mib_mean']} MiB mean)")
+        if mesh:
+            result["mesh"] = await ping_mesh(lab, progress)
+        return result
+
+
+async def _wait_connected(lab, n: int, started: float, timeout: float, progress) -> float | None:
+    """Poll until every vif is Connected; when half of them were."""
+    half = None
+    last = -1
+    while True:
+        try:
+            vifs = await lab.vifs()
+        except grpc.aio.AioRpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            raise LabError(await _gone(lab)) from None
+        failed = [v for v in vifs if v.hotplug_status == "error"]
+        if failed:
+            raise LabError(f"{failed[0].vifname}: hotplug failed")
+        ready = sum(1 for v in vifs if v.state == CONNECTED == v.backend_state
+                    and v.hotplug_status == "connected")
+        if half is None and ready * 2 >= n:
+            half = time.monotonic() - started
+        if ready != last and ready:
+            progress(f"  {ready}/{n} connected at {time.monotonic() - started:.1f}s")
+            last = ready
+        if ready >= n and len(vifs) >= n:
+            return half
+        if time.monotonic() - started > timeout:
+            raise LabError(f"only {ready} of {n} vifs Connected after {timeout:g}s")
+        await asyncio.sleep(POLL)
+
+
+async def _gone(lab) -> str:
+    """Which domU went away while booting, and the end of its console."""
+    alive = {d.domid for d in (await lab.hv.domains.List(common_pb2.Empty())).domains}
+    gone = [(name, domid) for name, domid in lab.domids.items() if domid not in alive]
+    if not gone:
+        return "a domain went away while booting"
+    name, domid = gone[0]
+    tail = ""
+    for console in lab.run.logs.glob(f"d{domid}-*.console"):
+        tail = "\n".join(console.read_text(errors="replace").splitlines()[-8:])
+    return f"{len(gone)} domU(s) went away while booting, first {name} (d{domid}); its console ends:\n{tail}"
+
+
+async def _memory(lab) -> dict:
+    per = {p.name: memory_kib(p.pid) for p in await lab_processes(lab)}
+    domus = [m for name, m in per.items() if name in lab.domids]
+
+    def summary(values: list[dict]) -> dict:
+        out = {}
+        for key in ("rss", "pss", "anon", "file", "shmem"):
+            xs = [v[key] for v in values if key in v]
+            if xs:
+                out[f"{key}_mib_mean"] = _mib(sum(xs) / len(xs))
+                out[f"{key}_mib_max"] = _mib(max(xs))
+        return out
+
+    services = {name: {k: _mib(v) for k, v in m.items()} for name, m in per.items()
+                if name not in lab.domids}
+    return {"domu": {"count": len(domus), **summary(domus)}, "services_mib": services}
+
+
+async def ping_mesh(lab, progress) -> dict:
+    """Every domU pings every other one once (N*(N-1) pings), MESH_CONCURRENCY
+    sources at a time, each source through its destinations in turn."""
+    names = sorted(lab.domids)
+    index = {name: int(name[1:]) for name in names}
+    rtts: list[float] = []
+    failures: list[str] = []
+    gate = asyncio.Semaphore(MESH_CONCURRENCY)
+
+    async def source(name: str) -> None:
+        async with gate:
+            agent = await agent_for(lab.hv, lab.domids[name])
+            try:
+                for other in names:
+                    if other == name:
+                        continue
+                    reply = await agent.Ping(agent_pb2.PingRequest(dst=ip(index[other]), count=1,
+                                                                   timeout=MESH_TIMEOUT))
+                    if reply.received:
+                        rtts.extend(reply.rtt)
+                    else:
+                        failures.append(f"{name}->{other}: {reply.error or 'no reply'}")
+            finally:
+                await agent.close()
+
+    started = time.monotonic()
+    await asyncio.gather(*(source(n) for n in names))
+    seconds = time.monotonic() - started
+    pairs = len(names) * (len(names) - 1)
+    progress(f"  ping mesh of {len(names)}: {len(rtts)}/{pairs} replied in {seconds:.1f}s")
+    return {"n": len(names), "pairs": pairs, "replied": len(rtts), "seconds": seconds,
+            "failures": failures[:10], **percentiles(rtts)}
+

@@ -1,0 +1,53 @@
+"""The arithmetic of the figures: rates, percentiles, frame conservation."""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+
+def rate(n: float, seconds: float) -> float:
+    return n / seconds if seconds > 0 else 0.0
+
+
+def rate_fields(delivered: int, size: int, seconds: float) -> dict:
+    """Frames per second and Mbit/s of the frames' bytes (no preamble, no FCS)."""
+    fps = rate(delivered, seconds)
+    return {"fps": fps, "mbps": fps * size * 8 / 1e6}
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """Nearest rank, as most latency tools report it (p in 0..100)."""
+    if not sorted_values:
+        return math.nan
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def percentiles(rtts: Sequence[float]) -> dict:
+    """p50/p90/p99 (and min, mean, max) in milliseconds of RTTs in seconds."""
+    values = sorted(rtts)
+    if not values:
+        return {k: None for k in ("p50_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "max_ms")}
+    ms = 1000.0
+    return {"p50_ms": percentile(values, 50) * ms, "p90_ms": percentile(values, 90) * ms,
+            "p99_ms": percentile(values, 99) * ms, "min_ms": values[0] * ms,
+            "mean_ms": sum(values) / len(values) * ms, "max_ms": values[-1] * ms}
+
+
+def conservation(sent: int, delivered: int, drops: Mapping[str, Mapping[str, int]]) -> dict:
+    """Every frame sent is delivered or counted under a named drop reason at
+    one point of the path: ``unaccounted`` is what is neither (0 when the
+    books balance; negative: more arrived than was sent)."""
+    dropped = sum(n for reasons in drops.values() for n in reasons.values())
+    return {"dropped": dropped, "drops": {k: dict(v) for k, v in drops.items() if v},
+            "unaccounted": sent - delivered - dropped}
+
+
+def delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    """Counter differences, without the zeros."""
+    out = {}
+    for key, value in after.items():
+        d = value - before.get(key, 0)
+        if d:
+            out[key] = d
+    return out

@@ -1,0 +1,24 @@
+"""The event loop of the lab's long-running processes (hypervisor, bridge,
+Domain-0, domains): uvloop when it is installed, asyncio's own otherwise.
+
+Every frame crosses several processes, and each crossing is a wake-up of
+an event loop and a few socket calls; uvloop (libuv) makes those cheaper
+than the pure-Python selector loop, which is most of the ping RTT. Nothing
+depends on it: without it, or where it cannot be imported, the standard
+loop runs the same code.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Coroutine, TypeVar
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[object, object, T]) -> T:
+    """asyncio.run(main) on the fastest loop available."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -1,0 +1,353 @@
+"""Where events come from: adapters that watch a service from outside its
+data path and hand messages to an EventPublisher (which never blocks).
+
+* ``HypervisorSource``: domain lifecycle, from the hypervisor's observer hook
+  (``Hypervisor.observers``, called at every state change), and vif state
+  and hotplug, from a xenstore watch on /local/domain held inside the
+  hypervisor as Domain-0 (the xenstore core fires it as any watch).
+* ``BridgeSource``: FDB events, from ``BridgeService.subscribe()``, and
+  per-bridge and per-port counters every interval.
+* ``Dom0Source``: per-vif counters as netback counts them, every interval.
+
+``DomainTracker`` and ``VifTracker`` are the pure part: fed snapshots, they
+say what changed since the last one.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Callable, Iterable
+
+from xenlab.events import topics as t
+from xenlab.events.config import EventsConfig
+from xenlab.events.publisher import EventPublisher
+from xenlab.xen.errors import XenError
+
+log = logging.getLogger(__name__)
+
+WATCH_TOKEN = "xenlab-events"
+# The fields of a vif whose change is worth a new vif.state message.
+VIF_KEYS = ("state", "backend_state", "hotplug_status", "bridge", "mac", "ip", "vifname",
+            "backend_id")
+
+
+# -- pure: what changed -------------------------------------------------------------
+class DomainTracker:
+    """Feed ``update`` the domains as they are now (Hypervisor.domain_info
+    dicts plus ``run_state``, the RunState value); it returns the (info,
+    state) pairs to publish: created on first sight, each state change, and
+    destroyed when a domain is gone (or its id now names another domain)."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, dict] = {}
+
+    def update(self, domains: Iterable[dict]) -> list[tuple[dict, str]]:
+        current = {info["domid"]: info for info in domains}
+        out = []
+        for domid, last in list(self._known.items()):
+            now = current.get(domid)
+            if now is None or now.get("uuid") != last.get("uuid"):
+                out.append((last, "destroyed"))
+                del self._known[domid]
+        for domid, info in sorted(current.items()):
+            state = info["run_state"]
+            last = self._known.get(domid)
+            if last is None:
+                if state == "dying":
+                    continue        # never seen alive: a create that failed
+                out.append((info, "created"))
+            elif last["run_state"] == state:
+                continue
+            out.append((info, state))
+            self._known[domid] = info
+        return out
+
+
+class VifTracker:
+    """Feed ``update`` one domain's vifs as they are now (xl network-list
+    dicts); it returns ("state", vif) for each new or changed vif,
+    ("hotplug", vif) when hotplug-status takes a new value, and ("removed",
+    vif) for each vif that is gone, with its states as Unknown."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[int, int], dict] = {}
+
+    def domids(self) -> set[int]:
+        return {domid for domid, _ in self._known}
+
+    def update(self, domid: int, vifs: Iterable[dict]) -> list[tuple[str, dict]]:
+        out, seen = [], set()
+        for vif in vifs:
+            key = (domid, vif["devid"])
+            seen.add(key)
+            last = self._known.get(key)
+            if last is not None and all(last.get(k) == vif.get(k) for k in VIF_KEYS):
+                continue
+            out.append(("state", vif))
+            status = vif.get("hotplug_status", "")
+            if status and (last is None or last.get("hotplug_status") != status):
+                out.append(("hotplug", vif))
+            self._known[key] = vif
+        for key in sorted(k for k in self._known if k[0] == domid and k not in seen):
+            last = self._known.pop(key)
+            out.append(("removed", {**last, "state": 0, "backend_state": 0, "hotplug_status": ""}))
+        return out
+
+
+def affected_domains(path: str) -> set[int] | None:
+    """The frontend domains whose vifs a change at `path` may concern;
+    None for all of them, the empty set for none."""
+    parts = path.rstrip("/").split("/")
+    if len(parts) < 4:
+        return None if "/local/domain".startswith(path.rstrip("/") or "/") else set()
+    if parts[1:3] != ["local", "domain"] or not parts[3].isdigit():
+        return set()
+    domid, rest = int(parts[3]), parts[4:]
+    if not rest:
+        return None             # a whole domain's directory: it may be a backend too
+    if rest[0] == "device" and (len(rest) == 1 or rest[1] == "vif"):
+        return {domid}
+    if rest[0] == "backend" and (len(rest) == 1 or rest[1] == "vif"):
+        if len(rest) >= 3 and rest[2].isdigit():
+            return {int(rest[2])}
+        return None
+    return set()
+
+
+# -- the hypervisor ---------------------------------------------------------------------
+class HypervisorSource:
+    """Domain lifecycle and vif state from inside the hypervisor process."""
+
+    def __init__(self, hv, publisher: EventPublisher, clock: Callable[[], float] = time.time):
+        self.hv = hv
+        self.publisher = publisher
+        self.topics = publisher.topics
+        self.clock = clock
+        self.domains = DomainTracker()
+        self.vifs = VifTracker()
+        self._conn = None
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.hv.observers.append(self._on_change)
+        self._open_watch()
+        self._on_change()
+        self._task = asyncio.create_task(self._watch_loop(), name="events-xenstore")
+
+    async def close(self) -> None:
+        if self._on_change in self.hv.observers:
+            self.hv.observers.remove(self._on_change)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._close_watch()
+
+    def _open_watch(self) -> None:
+        from xenlab.hypervisor.core import DOM0
+        self._conn = self.hv.xs_connections.open(DOM0)
+        self.hv.xenstore.watch(DOM0, self._conn, "/local/domain", WATCH_TOKEN)
+
+    def _close_watch(self) -> None:
+        if self._conn is not None:
+            self.hv.xenstore.drop_connection(self._conn)
+            self.hv.xs_connections.close(self._conn)
+            self._conn = None
+
+    def _on_change(self) -> None:
+        """The hypervisor's observer hook: runs inside its state changes, so
+        it only reads the domain table and queues messages."""
+        try:
+            now = self.clock()
+            for info, state in self.domains.update(self._domain_infos()):
+                self.publisher.publish(t.domain_state(self.topics, info, state, now))
+        except Exception:
+            log.exception("domain events")
+
+    def _domain_infos(self) -> list[dict]:
+        return [{**self.hv.domain_info(dom), "run_state": dom.state.value} for dom in self.hv.domains]
+
+    async def _watch_loop(self) -> None:
+        while True:
+            event = await self._conn.queue.get()
+            if self._conn.overflowed:
+                # Events were lost: start over with a fresh watch and a full scan.
+                log.warning("xenstore watch fell behind: rescanning every vif")
+                self._close_watch()
+                self._open_watch()
+                self._rescan(None)
+                continue
+            targets = affected_domains(event.path)
+            # Everything already queued is one batch: one scan per domain.
+            while targets is not None and not self._conn.queue.empty():
+                more = affected_domains(self._conn.queue.get_nowait().path)
+                targets = None if more is None else targets | more
+            if targets is None:
+                while not self._conn.queue.empty():
+                    self._conn.queue.get_nowait()
+            if targets is None or targets:
+                self._rescan(targets)
+
+    def _rescan(self, domids: set[int] | None) -> None:
+        self._on_change()
+        if domids is None:
+            domids = {dom.domid for dom in self.hv.domains} | self.vifs.domids()
+        now = self.clock()
+        for domid in sorted(domids):
+            try:
+                vifs = self.hv.network_list(domid)
+            except XenError:
+                vifs = []           # the domain is gone: so are its vifs
+            for kind, vif in self.vifs.update(domid, vifs):
+                if kind == "hotplug":
+                    message = t.vif_hotplug(self.topics, vif, self._hotplug_error(vif), now)
+                else:
+                    message = t.vif_state(self.topics, vif, kind != "removed", now)
+                self.publisher.publish(message)
+
+    def _hotplug_error(self, vif: dict) -> str:
+        if vif.get("hotplug_status") != "error" or not vif.get("backend_path"):
+            return ""
+        from xenlab.hypervisor.core import DOM0
+        try:
+            return self.hv.xenstore.read(DOM0, f"{vif['backend_path']}/hotplug-error").decode(errors="replace")
+        except XenError:
+            return ""
+
+
+# -- the bridge service -------------------------------------------------------------------
+class BridgeSource:
+    """FDB events as they happen; bridge and port counters every interval."""
+
+    def __init__(self, service, publisher: EventPublisher, interval: float,
+                 clock: Callable[[], float] = time.time):
+        self.service = service
+        self.publisher = publisher
+        self.topics = publisher.topics
+        self.interval = interval
+        self.clock = clock
+        self.overflows = 0
+        self._sub = None
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._sub = self.service.subscribe()
+        self._tasks = [asyncio.create_task(self._fdb_loop(), name="events-fdb"),
+                       asyncio.create_task(_every(self.interval, self.publish_stats),
+                                           name="events-bridge-stats")]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self._sub is not None:
+            self.service.unsubscribe(self._sub)
+            self._sub = None
+
+    async def _fdb_loop(self) -> None:
+        while True:
+            try:
+                item = await self._sub.get()
+            except XenError as err:
+                # Cut off for falling behind: some events are lost; go on from now.
+                self.overflows += 1
+                log.warning("FDB events: %s", err.message)
+                self.service.unsubscribe(self._sub)
+                self._sub = self.service.subscribe()
+                continue
+            if item is None:
+                return              # the service stopped
+            event, wall = item
+            self.publisher.publish(t.fdb_event(self.topics, event.to_dict(), wall))
+
+    def publish_stats(self) -> None:
+        now = self.clock()
+        for br in self.service.bridges.values():
+            fdb = {**br.fdb.counters, "entries": len(br.fdb)}
+            self.publisher.publish(t.bridge_stats(self.topics, br.name, br.counters, br.drops,
+                                                  fdb, len(br.ports), now))
+            for port in list(br.ports.values()):
+                dev = self.service.links.get((br.name, port.name))
+                self.publisher.publish(t.port_stats(
+                    self.topics, br.name, port.name, port.port_no, port.state, port.stats(),
+                    port.drops, dev.stats() if dev is not None else {}, now))
+
+
+# -- dom0 (any driver domain) -------------------------------------------------------------
+class Dom0Source:
+    """Every vif netback serves in this domain, every interval."""
+
+    def __init__(self, kernel, publisher: EventPublisher, interval: float,
+                 clock: Callable[[], float] = time.time):
+        self.kernel = kernel
+        self.publisher = publisher
+        self.topics = publisher.topics
+        self.interval = interval
+        self.clock = clock
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(_every(self.interval, self.publish_stats),
+                                         name="events-vif-stats")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    def publish_stats(self) -> None:
+        now = self.clock()
+        for name, vif in list(self.kernel.vifs.items()):
+            self.publisher.publish(t.vif_stats(self.topics, vif.frontend_id, vif.devid, name,
+                                               self.kernel.domid, vif.state, vif.stats(), now))
+
+
+async def _every(interval: float, job: Callable[[], None]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            job()
+        except Exception:
+            log.exception("periodic events")
+
+
+# -- a service's events, started and stopped together ---------------------------------------
+class ServiceEvents:
+    """One service's publisher and its sources: ``async with`` starts the
+    publisher; ``add`` starts a source; leaving closes the sources, then
+    flushes and closes the publisher."""
+
+    def __init__(self, config: EventsConfig, service: str):
+        self.config = config
+        self.publisher = EventPublisher(config.broker, config.topics, service,
+                                        status_interval=config.interval)
+        self.sources: list = []
+
+    def add(self, source):
+        source.start()
+        self.sources.append(source)
+        return source
+
+    async def __aenter__(self) -> "ServiceEvents":
+        self.publisher.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for source in reversed(self.sources):
+            await source.close()
+        self.sources.clear()
+        await self.publisher.close()
+
+
+@contextlib.asynccontextmanager
+async def service_events(config: EventsConfig | None, service: str):
+    """ServiceEvents for `config`, or None when events are off."""
+    if config is None:
+        yield None
+        return
+    async with ServiceEvents(config, service) as events:
+        yield events

@@ -1,0 +1,190 @@
+"""`xenlab events`: print a lab's MQTT events as they arrive.
+
+One line per message, ``TOPIC PAYLOAD`` as ``mosquitto_sub -v`` prints
+them (``--json``: one JSON object per line with topic, retained and the
+decoded payload). Retained states come first: a subscriber gets the current
+state of every domain and vif, then what happens.
+
+The broker is the running lab's (RUNDIR/lab.json) unless --broker names one.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import AsyncIterator, Callable, Sequence
+
+import aiomqtt
+
+from xenlab.events.config import DEFAULT_PORT, BrokerAddress
+from xenlab.events.topics import DEFAULT_PREFIX, decode
+from xenlab.xen.errors import ConfigError
+
+
+async def subscribe(broker: BrokerAddress, topics: Sequence[str],
+                    subscribed: Callable[[], None] | None = None,
+                    ) -> AsyncIterator[aiomqtt.Message]:
+    """Messages on `topics` (MQTT filters) until the caller stops or the
+    connection breaks (aiomqtt.MqttError); `subscribed` is called once the
+    broker has acknowledged the filters. Messages outside the filters,
+    which some brokers send (amqtt's retained quirk), are left out."""
+    async with aiomqtt.Client(broker.host, broker.port, keepalive=10) as client:
+        for topic in topics:
+            await client.subscribe(topic)
+        if subscribed is not None:
+            subscribed()
+        async for message in client.messages:
+            if any(message.topic.matches(f) for f in topics):
+                yield message
+
+
+@dataclass(frozen=True)
+class Event:
+    topic: str
+    payload: dict
+    retained: bool
+
+
+class EventCollector:
+    """Every xenlab event on `topics`, collected in the background, across
+    broker restarts (it resubscribes): for tests and scripts.
+
+        async with EventCollector(broker, ["xenlab/#"]) as events:
+            learn = await events.wait_for(lambda e: e.payload["type"] == "fdb.event")
+    """
+
+    def __init__(self, broker: BrokerAddress, topics: Sequence[str] = (f"{DEFAULT_PREFIX}/#",)):
+        self.broker = broker
+        self.topics = list(topics)
+        self.events: list[Event] = []
+        self.subscriptions = 0
+        self._subscribed = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "EventCollector":
+        self._task = asyncio.create_task(self._run())
+        await self.wait_subscribed()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait_subscribed(self, timeout: float = 10.0) -> None:
+        """Until the (re)subscription is in place."""
+        await asyncio.wait_for(self._subscribed.wait(), timeout)
+
+    def _on_subscribed(self) -> None:
+        self.subscriptions += 1
+        self._subscribed.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async for message in subscribe(self.broker, self.topics, self._on_subscribed):
+                    try:
+                        payload = decode(message.payload)
+                    except ValueError:
+                        continue
+                    self.events.append(Event(str(message.topic), payload, bool(message.retain)))
+                    self._arrived.set()
+            except aiomqtt.MqttError:
+                pass
+            self._subscribed.clear()
+            await asyncio.sleep(0.2)
+
+    def since(self, index: int = 0) -> list[Event]:
+        return self.events[index:]
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 10.0,
+                       since: int = 0) -> Event:
+        """The first event from index `since` on that satisfies `predicate`;
+        TimeoutError if none comes within `timeout` seconds."""
+        async def find() -> Event:
+            seen = since
+            while True:
+                for event in self.events[seen:]:
+                    if predicate(event):
+                        return event
+                seen = max(seen, len(self.events))
+                self._arrived.clear()
+                await self._arrived.wait()
+        return await asyncio.wait_for(find(), timeout)
+
+
+def lab_broker(rundir: Path | None) -> BrokerAddress | None:
+    """The broker a running lab in `rundir` publishes to, if any."""
+    if rundir is None:
+        return None
+    try:
+        state = json.loads((rundir / "lab.json").read_text())
+    except (OSError, ValueError):
+        return None
+    address = state.get("mqtt") if isinstance(state, dict) else None
+    return BrokerAddress.parse(address) if address else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", metavar="mqtt://HOST:PORT",
+                        help=f"the broker (default: the running lab's, else "
+                             f"mqtt://127.0.0.1:{DEFAULT_PORT})")
+    parser.add_argument("--topic", "-t", action="append", metavar="FILTER",
+                        help="an MQTT topic filter; repeat for several "
+                             "(default PREFIX/#: everything)")
+    parser.add_argument("--prefix", default=DEFAULT_PREFIX,
+                        help=f"the topic prefix of the default filter (default {DEFAULT_PREFIX})")
+    parser.add_argument("-n", "--count", type=int, default=0, metavar="N",
+                        help="exit after N messages")
+    parser.add_argument("--timeout", type=float, default=0, metavar="SECONDS",
+                        help="exit after this long (with -n: exit 1 if fewer than N came)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line: topic, retained, payload")
+    parser.add_argument("--rundir", type=Path, default=None,
+                        help="the lab's rundir, to find its broker "
+                             "(default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+
+
+def _line(message: aiomqtt.Message, as_json: bool) -> str:
+    payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else \
+        str(message.payload).encode()
+    if not as_json:
+        return f"{message.topic} {payload.decode(errors='replace')}"
+    try:
+        decoded = json.loads(payload)
+    except ValueError:
+        decoded = payload.decode(errors="replace")
+    return json.dumps({"topic": str(message.topic), "retained": bool(message.retain),
+                       "payload": decoded}, separators=(",", ":"))
+
+
+async def run(args) -> int:
+    try:
+        broker = BrokerAddress.parse(args.broker) if args.broker else \
+            lab_broker(args.rundir) or BrokerAddress("127.0.0.1")
+    except ConfigError as err:
+        print(f"xenlab events: {err.message}", file=sys.stderr)
+        return 2
+    topics = args.topic or [f"{args.prefix}/#"]
+    seen = 0
+
+    async def consume() -> None:
+        nonlocal seen
+        async for message in subscribe(broker, topics):
+            print(_line(message, args.json), flush=True)
+            seen += 1
+            if args.count and seen >= args.count:
+                return
+    try:
+        await asyncio.wait_for(consume(), args.timeout if args.timeout > 0 else None)
+    except asyncio.TimeoutError:
+        return 1 if args.count and seen < args.count else 0
+    except aiomqtt.MqttError as err:
+        print(f"xenlab events: {broker}: {err}", file=sys.stderr)
+        return 1
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 0
+    return 0

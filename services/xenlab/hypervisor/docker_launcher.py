@@ -1,0 +1,379 @@
+"""The docker launcher: every domain is a container, started through the
+Docker SDK (`launcher = "docker"` in a domain's config, or the hypervisor's
+`--launcher docker`).
+
+The container runs `xenlab domain` from the configured image and joins the
+configured volumes (the rundir, for the doorbell and the bridges' veth
+sockets, and the shared-memory directory, for the domain's memory) at the
+paths the hypervisor uses, so that every path in the start_info means the
+same file in the container. Its start_info goes to it on standard input
+through the attach stream, as the local launcher writes it to a pipe: the
+secret is in no environment variable, command line or file, so `docker
+inspect` does not show it.
+
+Xen's verbs map onto Docker's: destroy removes the container, pause and
+unpause freeze and thaw its cgroup, and the container exiting is the domain
+shutting down or crashing (the hypervisor applies on_poweroff/on_crash to
+its exit status). A guest agent listens on one port of `agent_ports`, a
+range the compose file publishes on the host's loopback, so that clients
+on the host reach every domain's agent.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+from xenlab.hypervisor.launcher import DomainProcess, Launcher, StartInfo
+from xenlab.xen.errors import DomainError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "unix:///var/run/docker.sock"
+DEFAULT_IMAGE = "xenlab:latest"
+LABEL_DOMID = "xenlab.domid"
+LABEL_DOMAIN = "xenlab.domain"
+LABEL_LAUNCHER = "xenlab.launcher"
+STDIN_TIMEOUT = 30.0            # seconds for the container to start and take its start_info
+CONSOLE_DRAIN = 2.0             # seconds to copy the last console output of a stopped domain
+HEALTH_INTERVAL = 10.0          # seconds between health checks of a domain's agent
+NS = 1_000_000_000              # Docker's health check durations are nanoseconds
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    """How the docker launcher starts containers (the hypervisor's
+    --docker-* options)."""
+    image: str = DEFAULT_IMAGE
+    url: str = DEFAULT_URL                 # the Docker daemon
+    network: str = ""                      # network_mode: "container:NAME", "host", "none" or a network
+    volumes: tuple[str, ...] = ()          # "VOLUME:/path[:ro]", each mounted in every domain
+    agent_ports: tuple[int, int] | None = None   # first, last: the guest agents' TCP ports
+    labels: tuple[tuple[str, str], ...] = ()
+    name_prefix: str = "xenlab-"
+    log_level: str = "INFO"
+
+
+def parse_port_range(text: str) -> tuple[int, int]:
+    """'9800-9815' (or one port) -> (9800, 9815)."""
+    first, _, last = text.partition("-")
+    try:
+        lo, hi = int(first), int(last or first)
+    except ValueError:
+        raise ValueError(f"port range {text!r}: expected FIRST-LAST, e.g. 9800-9815") from None
+    if not 0 < lo <= hi < 65536:
+        raise ValueError(f"port range {text!r}: expected 1 <= FIRST <= LAST <= 65535")
+    return lo, hi
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"label {text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def add_arguments(parser) -> None:
+    """The hypervisor's --docker-* options (an argparse parser)."""
+    group = parser.add_argument_group("the docker launcher (--launcher docker, or launcher=\"docker\" "
+                                      "in a domain's config; docs/COMPOSE.md)")
+    group.add_argument("--docker-image", default=DEFAULT_IMAGE, metavar="IMAGE",
+                       help=f"the image each domain runs `xenlab domain` from (default {DEFAULT_IMAGE})")
+    group.add_argument("--docker-url", default=DEFAULT_URL, metavar="URL",
+                       help=f"the Docker daemon (default {DEFAULT_URL})")
+    group.add_argument("--docker-network", default="", metavar="MODE",
+                       help="the domains' network: container:NAME (share that container's, as "
+                            "the compose lab does), host, none, or a network's name "
+                            "(default: Docker's default bridge)")
+    group.add_argument("--docker-volume", action="append", default=[], metavar="VOLUME:PATH",
+                       help="mount VOLUME at PATH in every domain; repeat. The rundir and the "
+                            "--shm-dir must be mounted at the paths the hypervisor uses")
+    group.add_argument("--docker-agent-ports", type=_argtype(parse_port_range), default=None,
+                       metavar="FIRST-LAST",
+                       help="each domain's guest agent listens on a TCP port of this range "
+                            "(published on the host by the compose file); default: a unix socket "
+                            "in the rundir")
+    group.add_argument("--docker-label", action="append", type=_argtype(parse_label), default=[],
+                       metavar="KEY=VALUE",
+                       help="label every domain container; labels that name the lab also let a "
+                            "restarted hypervisor remove the containers its predecessor left")
+    group.add_argument("--docker-name-prefix", default="xenlab-", metavar="PREFIX",
+                       help="containers are named PREFIXdDOMID-NAME (default xenlab-)")
+
+
+def config_from_args(args) -> DockerConfig:
+    return DockerConfig(image=args.docker_image, url=args.docker_url, network=args.docker_network,
+                        volumes=tuple(args.docker_volume), agent_ports=args.docker_agent_ports,
+                        labels=tuple(args.docker_label), name_prefix=args.docker_name_prefix,
+                        log_level=args.log_level)
+
+
+def _argtype(parse):
+    def convert(text: str):
+        import argparse
+        try:
+            return parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
+class AgentPorts:
+    """The pool of published agent ports: the lowest free one for each new
+    domain, back to the pool when its container is gone."""
+
+    def __init__(self, first: int, last: int):
+        self._free = set(range(first, last + 1))
+        self.first, self.last = first, last
+
+    def take(self) -> int:
+        if not self._free:
+            raise DomainError(errno.ENOSPC, f"every agent port {self.first}-{self.last} is taken: "
+                                            f"widen --docker-agent-ports (and the ports the compose "
+                                            f"file publishes)")
+        port = min(self._free)
+        self._free.discard(port)
+        return port
+
+    def give_back(self, port: int) -> None:
+        if self.first <= port <= self.last:
+            self._free.add(port)
+
+
+def _daemon_thread(loop: asyncio.AbstractEventLoop, work: Callable[[], object]) -> asyncio.Future:
+    """Run a call that may block for the container's whole life in a daemon
+    thread (not the loop's executor, which asyncio.run joins at exit)."""
+    future = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as err:      # handed to the awaiting task
+            loop.call_soon_threadsafe(_settle, future, None, err)
+        else:
+            loop.call_soon_threadsafe(_settle, future, result, None)
+
+    threading.Thread(target=run, daemon=True, name="docker-wait").start()
+    return future
+
+
+def _settle(future: asyncio.Future, result, error) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _exit_status(code: int) -> int:
+    """Docker reports death by signal N as 128+N; the launcher interface
+    says -N, as asyncio's returncode does."""
+    return -(code - 128) if 128 < code < 160 else code
+
+
+class DockerDomain(DomainProcess):
+    """A domain's container."""
+
+    def __init__(self, launcher: "DockerLauncher", container, agent_port: int, console_log: str):
+        self.launcher = launcher
+        self.container = container
+        self.agent_port = agent_port
+        self.pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+        self._console: threading.Thread | None = None
+        if console_log:
+            self._console = threading.Thread(target=self._follow_console, args=(console_log,),
+                                             daemon=True, name="docker-console")
+            self._console.start()
+        self._exited = _daemon_thread(asyncio.get_running_loop(), self._wait_blocking)
+
+    @property
+    def name(self) -> str:
+        return self.container.name
+
+    def _wait_blocking(self) -> int:
+        """Wait for the container to stop, then remove it: a domain that
+        stopped is gone from Docker as a process is from the process table
+        (its console log stays in the rundir, its state in the hypervisor)."""
+        from docker.errors import DockerException, NotFound
+        try:
+            status = _exit_status(int(self.container.wait().get("StatusCode", -1)))
+        except NotFound:               # removed before the wait began: destroyed
+            return -9
+        except Exception as err:       # the daemon went away: the domain's fate is unknown
+            log.error("%s: lost the container: %s", self.name, err)
+            return -1
+        if self._console is not None:
+            self._console.join(CONSOLE_DRAIN)
+        try:
+            self.container.remove(force=True)
+        except DockerException as err:     # NotFound: destroy removed it first
+            if not isinstance(err, NotFound):
+                log.warning("%s: could not remove the container: %s", self.name, err)
+        return status
+
+    def _follow_console(self, path: str) -> None:
+        """`xl console` reads the console log: copy the container's output
+        there for as long as it runs."""
+        from docker.errors import DockerException
+        try:
+            with open(path, "ab", buffering=0) as console:
+                for chunk in self.container.logs(stream=True, follow=True):
+                    console.write(chunk)
+        except (DockerException, OSError) as err:
+            log.debug("%s: console stream ended: %s", self.name, err)
+
+    async def wait(self) -> int:
+        status = await asyncio.shield(self._exited)
+        self.launcher.agent_port_free(self.agent_port)
+        return status
+
+    # Pause and unpause are synchronous in the launcher interface, as
+    # SIGSTOP/SIGCONT are: one short daemon call, done when xl pause returns.
+    def pause(self) -> None:
+        self._call("pause")
+
+    def unpause(self) -> None:
+        self._call("unpause")
+
+    def _call(self, verb: str) -> None:
+        from docker.errors import APIError, NotFound
+        try:
+            getattr(self.container, verb)()
+        except NotFound:
+            pass
+        except APIError as err:
+            log.warning("%s: docker %s failed: %s", self.name, verb, err.explanation)
+
+    async def kill(self) -> None:
+        from docker.errors import APIError, NotFound
+        try:
+            await asyncio.to_thread(self.container.remove, force=True)
+        except NotFound:
+            pass
+        except APIError as err:
+            log.warning("%s: could not remove the container: %s", self.name, err.explanation)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._exited), STDIN_TIMEOUT)
+        except asyncio.TimeoutError:
+            log.warning("%s: still not gone after removal", self.name)
+        self.launcher.agent_port_free(self.agent_port)
+
+
+class DockerLauncher(Launcher):
+    """Starts each domain as a container of `config.image`."""
+
+    name = "docker"
+
+    def __init__(self, config: DockerConfig, client=None):
+        self.config = config
+        self._client = client
+        self._ports = AgentPorts(*config.agent_ports) if config.agent_ports else None
+        self._reaped = False
+        self._lock = asyncio.Lock()
+
+    @property
+    def client(self):
+        if self._client is None:
+            import docker
+            try:
+                self._client = docker.DockerClient(base_url=self.config.url)
+            except docker.errors.DockerException as err:
+                raise DomainError(errno.EHOSTDOWN, f"docker launcher: cannot reach the Docker "
+                                                   f"daemon at {self.config.url}: {err}") from None
+        return self._client
+
+    def _labels(self, info: StartInfo) -> dict[str, str]:
+        labels = dict(self.config.labels)
+        labels.update({LABEL_LAUNCHER: "docker", LABEL_DOMID: str(info.domid),
+                       LABEL_DOMAIN: info.name})
+        return labels
+
+    def _selector(self) -> list[str]:
+        """The labels that pick this launcher's containers out of the daemon's."""
+        return [f"{LABEL_LAUNCHER}=docker"] + [f"{k}={v}" for k, v in self.config.labels]
+
+    def _reap_stale(self) -> None:
+        """Containers of a hypervisor that died without destroying its
+        domains: their domains are gone with it, as are their segments.
+        Only with labels that name this lab (--docker-label), so that
+        another lab's domains on the same daemon are never touched."""
+        if not self.config.labels:
+            return
+        for container in self.client.containers.list(all=True, filters={"label": self._selector()}):
+            log.info("removing %s, left by a hypervisor that is gone", container.name)
+            try:
+                container.remove(force=True)
+            except Exception as err:     # best effort: a later start says what is wrong
+                log.warning("could not remove %s: %s", container.name, err)
+
+    def agent_port_free(self, port: int) -> None:
+        if self._ports is not None and port:
+            self._ports.give_back(port)
+
+    async def start(self, info: StartInfo) -> DockerDomain:
+        from docker.errors import DockerException
+        from requests import RequestException     # the SDK's transport: the daemon went away
+        port = 0
+        try:
+            async with self._lock:
+                if not self._reaped:
+                    await asyncio.to_thread(self._reap_stale)
+                    self._reaped = True
+                port = self._ports.take() if self._ports is not None else 0
+            if port:
+                info = dataclasses.replace(info, agent=f"0.0.0.0:{port}")
+            container = await asyncio.to_thread(self._create_and_start, info, port)
+        except (DockerException, RequestException) as err:
+            self.agent_port_free(port)
+            message = getattr(err, "explanation", None) or str(err)
+            raise DomainError(errno.EIO, f"docker launcher: d{info.domid} ({info.name}): {message}") from None
+        except BaseException:
+            self.agent_port_free(port)
+            raise
+        log.info("d%d (%s): started container %s%s", info.domid, info.name, container.name,
+                 f", agent on port {port}" if port else "")
+        return DockerDomain(self, container, port, info.console_log)
+
+    def _create_and_start(self, info: StartInfo, port: int):
+        cfg = self.config
+        command = ["domain", "--orphan-ok", "--log-level", cfg.log_level]
+        kwargs = dict(
+            command=command, name=f"{cfg.name_prefix}d{info.domid}-{info.name}",
+            labels=self._labels(info), volumes=list(cfg.volumes),
+            # detach=False with stdin_open: Docker closes the domain's stdin
+            # once the launcher has written its start_info and detached.
+            stdin_open=True, detach=False)
+        if cfg.network:
+            if cfg.network in ("host", "none", "bridge") or cfg.network.startswith("container:"):
+                kwargs["network_mode"] = cfg.network
+            else:
+                kwargs["network"] = cfg.network
+        if port:
+            kwargs["healthcheck"] = {
+                "test": ["CMD", "xenlab", "healthcheck", f"127.0.0.1:{port}"],
+                "interval": int(HEALTH_INTERVAL * NS), "timeout": 5 * NS, "retries": 3}
+        container = self.client.containers.create(cfg.image, **kwargs)
+        try:
+            stdin = self.client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1})
+            try:
+                container.start()
+                stdin._sock.settimeout(STDIN_TIMEOUT)
+                stdin._sock.sendall(info.to_json().encode() + b"\n")
+            finally:
+                stdin.close()
+            container.reload()
+        except BaseException:
+            container.remove(force=True)
+            raise
+        return container
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await asyncio.to_thread(self._client.close)
+            self._client = None

@@ -1,0 +1,370 @@
+"""What must hold in a hypervisor whatever its guests do, checked from the
+outside of its cores: ``check_invariants(hv)`` for fuzzers and property
+tests (re-exported by ``xenlab.testing``), ``GrantAudit`` to watch every grant
+map and copy a backend makes, and memory digests to prove that nobody wrote
+where they had no grant.
+
+``hv`` is a ``xenlab.hypervisor.core.Hypervisor`` running in this process
+(``InProcessLab.hv``). The checks read the cores through their public views
+only, so they hold for any core that keeps the same contracts.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from xenlab.xen import abi
+from xenlab.xen.abi import EvtchnState
+
+class InvariantError(AssertionError):
+    """The hypervisor's state broke one or more invariants."""
+
+    def __init__(self, violations: list[str]):
+        self.violations = violations
+        shown = "\n  ".join(violations[:20])
+        more = f"\n  ... and {len(violations) - 20} more" if len(violations) > 20 else ""
+        super().__init__(f"{len(violations)} invariant violation(s):\n  {shown}{more}")
+
+
+def check_invariants(hv) -> None:
+    """Raise InvariantError listing everything that does not hold."""
+    violations = invariant_violations(hv)
+    if violations:
+        raise InvariantError(violations)
+
+
+def invariant_violations(hv) -> list[str]:
+    """Every invariant that does not hold, as one line each:
+
+    * every core knows exactly the domains of the domain table (a dying
+      domain may already be gone from the cores);
+    * memory: no domain holds more pages than its maximum, the host never
+      hands out more than it has, a mapped grant's frame is populated;
+    * grants: every mapping belongs to a live entry granted to its mapper
+      (or to a granter that is gone, whose page the mapper's mapping keeps),
+      a writable mapping never comes from a read-only grant, the entries'
+      GTF_reading/GTF_writing flags and active counts match the mappings,
+      and no table or maptrack is past its limit;
+    * event channels: every port is in range, every interdomain port has a
+      live peer bound back to it (a closed peer leaves it unbound), VIRQs
+      and PIRQs are bound once, every port's vCPU exists;
+    * xenstore: the tree is linked both ways, the per-owner node counts and
+      per-domain watch counts match what is there, no unprivileged domain is
+      past its node, watch or transaction quota, no node is owned by a domain
+      that is gone, and no backend directory names a frontend that is gone.
+    """
+    out: list[str] = []
+    table = {d.domid: d for d in hv.domains}
+    live = {domid for domid, d in table.items() if d.state.value != "dying"}
+    _check_cores(hv, table, live, out)
+    _check_memory(hv, out)
+    _check_grants(hv, out)
+    _check_evtchn(hv, out)
+    _check_xenstore(hv, table, live, out)
+    return out
+
+
+def _check_cores(hv, table: dict, live: set[int], out: list[str]) -> None:
+    for name, domids in (("memory", hv.memory.domains()), ("grants", hv.grants.domains()),
+                         ("evtchn", hv.evtchn.domains())):
+        present = set(domids)
+        for domid in sorted(present - set(table)):
+            out.append(f"{name}: d{domid} is not in the domain table")
+        for domid in sorted(live - present):
+            out.append(f"{name}: live d{domid} has no {name} state")
+
+
+def _check_memory(hv, out: list[str]) -> None:
+    mem = hv.memory
+    if mem.free_pages < 0:
+        out.append(f"memory: {-mem.free_pages} pages handed out beyond the host's {mem.total_pages}")
+    for domid in mem.domains():
+        current, maximum, _target = mem.reservation(domid)
+        if current > maximum:
+            out.append(f"memory: d{domid} holds {current} pages, above its maximum {maximum}")
+    for mfn, owner in mem.pinned_tables().items():
+        if owner not in mem.domains():
+            out.append(f"memory: mfn {mfn:#x} is pinned by d{owner}, which has no memory")
+
+
+def _check_grants(hv, out: list[str]) -> None:
+    grants, mem = hv.grants, hv.memory
+    tables = set(grants.domains())
+    entries = {d: {e.ref: e for e in grants.entries(d)} for d in tables}
+    uses: collections.Counter = collections.Counter()      # (granter, ref, readonly) -> mappings
+    for mapper in sorted(tables):
+        maps = grants.mappings(mapper)
+        if len(maps) > grants.max_maptrack:
+            out.append(f"grants: d{mapper} holds {len(maps)} mappings, above {grants.max_maptrack}")
+        for m in maps:
+            where = f"grants: d{mapper} handle {m.handle} (d{m.granter} ref {m.ref})"
+            owner = mem.mfn_owner(m.mfn)
+            if owner is None:
+                continue        # the granter is gone; the mapper's mmap keeps the page
+            granter, gfn = owner
+            if granter != m.granter:
+                continue        # a granter that is gone, whose domid came back
+            entry = entries.get(granter, {}).get(m.ref)
+            if entry is None or entry.frame != gfn:
+                out.append(f"{where}: no live grant entry for it")
+                continue
+            if entry.domid != mapper:
+                out.append(f"{where}: the entry grants d{entry.domid}, not the mapper")
+            if not m.readonly and entry.flags & abi.GTF_readonly:
+                out.append(f"{where}: mapped writable from a read-only grant")
+            if not mem.is_populated(granter, gfn):
+                out.append(f"{where}: gfn {gfn:#x} of d{granter} is mapped but not populated")
+            uses[(granter, m.ref, m.readonly)] += 1
+    for granter in sorted(tables):
+        info = grants.query(granter)
+        if info["entries_in_use"] > info["max_entries"]:
+            out.append(f"grants: d{granter} uses {info['entries_in_use']} entries, above "
+                       f"{info['max_entries']}")
+        active = 0
+        for ref, e in entries[granter].items():
+            if not e.flags & abi.GTF_permit_access:
+                out.append(f"grants: d{granter} ref {ref} is in use without GTF_permit_access")
+            if ref < abi.GNTTAB_NR_RESERVED_ENTRIES:
+                out.append(f"grants: d{granter} handed out reserved ref {ref}")
+            readers, writers = uses[(granter, ref, True)], uses[(granter, ref, False)]
+            active += readers + writers
+            if bool(e.flags & abi.GTF_reading) != bool(readers):
+                out.append(f"grants: d{granter} ref {ref}: GTF_reading is "
+                           f"{bool(e.flags & abi.GTF_reading)} with {readers} read-only mappings")
+            if bool(e.flags & abi.GTF_writing) != bool(writers):
+                out.append(f"grants: d{granter} ref {ref}: GTF_writing is "
+                           f"{bool(e.flags & abi.GTF_writing)} with {writers} writable mappings")
+        if info["active_maps"] < active:
+            out.append(f"grants: d{granter} counts {info['active_maps']} active mappings; "
+                       f"{active} live ones exist")
+
+
+def _check_evtchn(hv, out: list[str]) -> None:
+    ev = hv.evtchn
+    domains = set(ev.domains())
+    for domid in sorted(domains):
+        max_ports, nr_vcpus = ev.max_ports(domid), ev.nr_vcpus(domid)
+        virqs: dict[tuple[int, int], int] = {}
+        pirqs: dict[int, int] = {}
+        for port in ev.ports(domid):
+            where = f"evtchn: d{domid} port {port}"
+            if not 0 < port < max_ports:
+                out.append(f"{where}: outside 1..{max_ports - 1}")
+            ch = ev.channel(domid, port)
+            if ch is None:
+                out.append(f"{where}: listed but not bound")
+                continue
+            if not 0 <= ch.vcpu < nr_vcpus:
+                out.append(f"{where}: notifies vcpu {ch.vcpu} of {nr_vcpus}")
+            if ch.state == EvtchnState.interdomain:
+                peer = ev.channel(ch.remote_dom, ch.remote_port) if ch.remote_dom in domains else None
+                if peer is None:
+                    out.append(f"{where}: interdomain to d{ch.remote_dom} port {ch.remote_port}, "
+                               "which is not bound")
+                elif (peer.state != EvtchnState.interdomain or peer.remote_dom != domid
+                      or peer.remote_port != port):
+                    out.append(f"{where}: its peer d{ch.remote_dom} port {ch.remote_port} is "
+                               f"{peer.state.name} to d{peer.remote_dom} port {peer.remote_port}")
+            elif ch.state == EvtchnState.virq:
+                key = (ch.virq, ch.vcpu if ch.virq in abi.VIRQ_PER_VCPU else 0)
+                if key in virqs:
+                    out.append(f"{where}: VIRQ {ch.virq} also bound to port {virqs[key]}")
+                virqs[key] = port
+            elif ch.state == EvtchnState.pirq:
+                if ch.pirq in pirqs:
+                    out.append(f"{where}: PIRQ {ch.pirq} also bound to port {pirqs[ch.pirq]}")
+                pirqs[ch.pirq] = port
+
+
+def _check_xenstore(hv, table: dict, live: set[int], out: list[str]) -> None:
+    xs = hv.xenstore
+    nodes = xs.nodes()
+    owners: collections.Counter = collections.Counter()
+    for path, node in nodes.items():
+        owners[node.owner] += 1
+        if node.owner not in table:
+            out.append(f"xenstore: {path} is owned by d{node.owner}, which is gone")
+        if path != "/":
+            parent_path, _, name = path.rpartition("/")
+            parent = nodes.get(parent_path or "/")
+            if parent is None or name not in parent.children:
+                out.append(f"xenstore: {path} is not linked from its parent")
+        for child in node.children:
+            child_path = f"/{child}" if path == "/" else f"{path}/{child}"
+            if child_path not in nodes:
+                out.append(f"xenstore: {path} lists child {child!r}, which does not exist")
+    for domid in sorted(set(owners) | set(table)):
+        if xs.node_count(domid) != owners[domid]:
+            out.append(f"xenstore: d{domid} is counted as owning {xs.node_count(domid)} nodes; "
+                       f"it owns {owners[domid]}")
+    watchers = collections.Counter(w.domid for w in xs.watches())
+    quotas = xs.quotas
+    for domid in sorted(set(watchers) | set(table)):
+        if xs.watch_count(domid) != watchers[domid]:
+            out.append(f"xenstore: d{domid} is counted as having {xs.watch_count(domid)} watches; "
+                       f"it has {watchers[domid]}")
+        if watchers[domid] and domid not in table:
+            out.append(f"xenstore: d{domid} is gone but still has {watchers[domid]} watches")
+    for domid in sorted(live):
+        if table[domid].privileged:
+            continue
+        for what, have, limit in (("nodes", owners[domid], quotas.nodes),
+                                  ("watches", watchers[domid], quotas.watches),
+                                  ("transactions", xs.open_transactions(domid),
+                                   quotas.transactions)):
+            if have > limit:
+                out.append(f"xenstore: d{domid} has {have} {what}, above its quota of {limit}")
+    for backend in table:
+        vifs = nodes.get(f"/local/domain/{backend}/backend/vif")
+        for frontend in sorted(vifs.children if vifs else ()):
+            if not frontend.isdigit() or int(frontend) not in table:
+                out.append(f"xenstore: /local/domain/{backend}/backend/vif/{frontend} names a "
+                           "frontend that is gone")
+
+
+# ----------------------------------------------------------------------------
+# Memory digests
+# ----------------------------------------------------------------------------
+def granted_frames(hv, domid: int) -> set[int]:
+    """The gfns of ``domid`` that it grants to anyone right now."""
+    return {e.frame for e in hv.grants.entries(domid)}
+
+
+def memory_digest(hv, domid: int, exclude: Iterable[int] = ()) -> dict[int, bytes]:
+    """gfn -> a digest of its contents, for every populated frame of ``domid``
+    not in ``exclude``."""
+    skip = set(exclude)
+    out = {}
+    for gfn in hv.memory.populated(domid):
+        if gfn in skip:
+            continue
+        with hv.memory.frame(domid, gfn) as page:
+            out[gfn] = hashlib.blake2b(page, digest_size=16).digest()
+    return out
+
+
+def changed_frames(before: dict[int, bytes], after: dict[int, bytes]) -> list[int]:
+    """Frames whose contents differ, or that appeared or went, between two digests."""
+    return sorted(g for g in set(before) | set(after) if before.get(g) != after.get(g))
+
+
+# ----------------------------------------------------------------------------
+# GrantAudit
+# ----------------------------------------------------------------------------
+@dataclass
+class GrantAudit:
+    """Watch every GNTTABOP_map and GNTTABOP_copy that ``auditee`` makes
+    through the in-process hypervisor ``hv`` (over gRPC or the doorbell), and
+    check each against the grant table *before* the hypervisor carries it out:
+
+    * a copy pointer that names a frame by gfn must name the caller's own
+      frame (a privileged backend may name any domain's gfn, and must not);
+    * an op the hypervisor let through must have named an entry granted to
+      the caller, writable if written to;
+    * the backend validated what it asked for: no op fails with
+      GNTST_bad_copy_arg (past a page) or GNTST_general_error.
+
+    ``named[domid]`` is every ref of ``domid`` the auditee named, and
+    ``statuses`` counts the outcomes by (domid, GNTST name). Use it as a
+    context manager; ``violations`` lists what went wrong.
+    """
+
+    hv: object
+    auditee: int = 0
+    violations: list[str] = field(default_factory=list)
+    named: dict[int, set[int]] = field(default_factory=lambda: collections.defaultdict(set))
+    statuses: collections.Counter = field(default_factory=collections.Counter)
+    ops: int = 0
+    _restore: list = field(default_factory=list)
+
+    def __enter__(self) -> "GrantAudit":
+        grants = self.hv.grants
+        real_copy, real_map = grants.copy_gnttab, grants.map
+
+        def copy(caller, ops):
+            ops = list(ops)
+            named = [self._before_copy(caller, op) for op in ops] \
+                if caller.domid == self.auditee else None
+            statuses = real_copy(caller, ops)
+            if named is not None:
+                for op, refs, status in zip(ops, named, statuses):
+                    self._after_copy(op, refs, status)
+            return statuses
+
+        def map_(mapper, granter, ref, readonly):
+            if mapper.domid != self.auditee:
+                return real_map(mapper, granter, ref, readonly)
+            allowed = self._granted(mapper.domid, granter, ref, write=not readonly)
+            self.named[granter].add(ref)
+            try:
+                mapping = real_map(mapper, granter, ref, readonly)
+            except Exception as err:
+                self.statuses[(granter, f"map:{type(err).__name__}")] += 1
+                raise
+            self.statuses[(granter, "map:okay")] += 1
+            if not allowed:
+                self.violations.append(f"map of d{granter} ref {ref} succeeded without a grant "
+                                       f"to d{mapper.domid}")
+            return mapping
+
+        # The copy entry point may have been handed out already (the doorbell
+        # keeps it): replace every reference to it, and put them back after.
+        for owner in (grants, *[v for v in vars(self.hv).values() if hasattr(v, "__dict__")]):
+            for name, value in list(vars(owner).items()):
+                if callable(value) and value == real_copy:
+                    self._restore.append((owner, name, value))
+                    setattr(owner, name, copy)
+        grants.copy_gnttab, grants.map = copy, map_
+        self._restore += [(grants, "copy_gnttab", None), (grants, "map", None)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for owner, name, value in reversed(self._restore):
+            if value is None:
+                vars(owner).pop(name, None)
+            else:
+                setattr(owner, name, value)
+        self._restore.clear()
+
+    def _granted(self, caller: int, domid: int, ref: int, write: bool) -> bool:
+        entry = next((e for e in self.hv.grants.entries(domid) if e.ref == ref), None) \
+            if domid in self.hv.grants.domains() else None
+        return (entry is not None and entry.domid == caller
+                and not (write and entry.flags & abi.GTF_readonly)
+                and self.hv.memory.is_populated(domid, entry.frame))
+
+    def _before_copy(self, caller, op) -> list[tuple[int, int, bool]]:
+        """The grant refs one struct gnttab_copy names, each (domid, ref, granted)."""
+        self.ops += 1
+        sptr, sdom, _soff, dptr, ddom, _doff, _length, flags = op
+        named = []
+        for ptr, domid, is_gref, write in ((sptr, sdom, flags & abi.GNTCOPY_source_gref, False),
+                                           (dptr, ddom, flags & abi.GNTCOPY_dest_gref, True)):
+            domid = caller.domid if domid == abi.DOMID_SELF else domid
+            if is_gref:
+                self.named[domid].add(ptr)
+                named.append((domid, ptr, self._granted(caller.domid, domid, ptr, write)))
+            elif domid != caller.domid:
+                self.violations.append(f"copy names gfn {ptr:#x} of d{domid} without a grant "
+                                       f"(d{caller.domid} used its privilege)")
+        return named
+
+    def _after_copy(self, op, named: list[tuple[int, int, bool]], status: int) -> None:
+        name = abi.GNTST_NAMES.get(status, str(status))
+        for domid, _ref, _ok in named or [(self.auditee, -1, True)]:
+            self.statuses[(domid, name)] += 1
+        if status == abi.GNTST_okay:
+            for domid, ref, ok in named:
+                if not ok:
+                    self.violations.append(f"copy through d{domid} ref {ref} succeeded without a "
+                                           f"grant to d{self.auditee}")
+        elif status in (abi.GNTST_bad_copy_arg, abi.GNTST_general_error):
+            self.violations.append(f"d{self.auditee} issued a copy the hypervisor refused as "
+                                   f"{name}: {tuple(op)}")
+
+    def refused(self, domid: int) -> int:
+        """Ops naming ``domid``'s refs that the hypervisor refused."""
+        return sum(n for (d, name), n in self.statuses.items()
+                   if d == domid and name not in ("okay", "map:okay"))

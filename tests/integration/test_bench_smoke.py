@@ -1,0 +1,66 @@
+"""`python -m xenlab.bench --quick`: it runs end to end, writes its figures,
+and every frame it sent is accounted for. No timing is asserted: the bench
+prints timings, tests only check that they were measured."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+SIZES = (64, 1500)
+COUNT = 500
+
+
+def check_books(run: dict, size: int) -> None:
+    assert run["size"] == size and run["count"] == COUNT
+    assert run["sent"] == COUNT
+    # Zero unaccounted loss: delivered + counted drops = sent.
+    assert run["delivered"] + run["dropped"] == run["sent"]
+    assert run["unaccounted"] == 0
+    assert sum(n for reasons in run["drops"].values() for n in reasons.values()) == run["dropped"]
+    assert run["delivered"] > 0 and run["fps"] > 0 and run["mbps"] > 0
+
+
+def test_quick_bench_writes_figures_and_accounts_for_every_frame(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "xenlab.bench", "--quick", "--only", "throughput,latency,scale",
+         "--count", str(COUNT), "--sizes", ",".join(map(str, SIZES)), "--pings", "20",
+         "--scale", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Throughput domU -> domU" in proc.stdout and "Targets" in proc.stdout
+    results = json.loads(out.read_text())
+
+    assert results["machine"]["cpus"] >= 1 and results["command"].startswith("python -m xenlab.bench")
+    tp = results["throughput"]
+    assert [r["size"] for r in tp["xenlab"]] == list(SIZES)
+    for run, size in zip(tp["xenlab"], SIZES):
+        check_books(run, size)
+        points = [hop["point"] for hop in run["path"]]
+        assert len(points) == 8 and "netfront tx" in points[0] and "netfront rx" in points[-1]
+        # The first point saw every frame the generator handed over, less its drops.
+        first = run["path"][0]
+        assert first["passed"] + sum(first["drops"].values()) == run["sent"]
+    if "kernel_skipped" in tp:
+        assert tp["kernel_skipped"]              # a reason, printed
+    else:
+        for run, size in zip(tp["kernel"], SIZES):
+            check_books(run, size)
+        assert set(tp["ratio"]) == {str(s) for s in SIZES}
+
+    lat = results["latency"]["xenlab"]
+    assert lat["transmitted"] == 20 and lat["received"] > 0
+    assert lat["p50_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+
+    boot = results["scale"]["boot"][0]
+    assert boot["n"] == 2 and boot["seconds"] > 0
+    assert boot["memory"]["domu"]["count"] == 2 and boot["memory"]["domu"]["rss_mib_max"] > 0
+    mesh = results["scale"]["mesh"]
+    assert mesh["pairs"] == 2 and mesh["replied"] == 2
+
+    assert {t["key"] for t in results["targets"]} >= {"throughput_64_ratio", "rtt_p50_ms", "rss_domu_mib"}

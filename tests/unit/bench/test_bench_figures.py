@@ -1,0 +1,81 @@
+"""The bench's arithmetic, its profile summary, its report and the FDB cost run."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from xenlab.bench import report
+from xenlab.bench.fdb import filled_bridge, forwarding_cost, frames_for
+from xenlab.bench.profile import area, summarise
+from xenlab.bench.stats import conservation, delta, percentile, percentiles, rate_fields
+
+
+def test_percentiles_are_nearest_rank():
+    values = sorted(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 90) == 90
+    assert percentile(values, 99) == 99
+    assert percentile(values, 100) == 100
+    assert percentile([7.0], 99) == 7.0
+    assert math.isnan(percentile([], 50))
+    p = percentiles([0.003, 0.001, 0.002])
+    assert p["p50_ms"] == pytest.approx(2.0) and p["max_ms"] == pytest.approx(3.0)
+    assert percentiles([])["p50_ms"] is None
+
+
+def test_conservation_balances_sent_against_delivered_and_named_drops():
+    books = conservation(100, 90, {"vif2.0": {"rx_ring_full": 7}, "eth0": {"tx_ring_full": 3}})
+    assert books["dropped"] == 10 and books["unaccounted"] == 0
+    assert conservation(100, 90, {"vif2.0": {"rx_ring_full": 7}})["unaccounted"] == 3
+    assert conservation(100, 101, {})["unaccounted"] == -1
+    assert delta({"a": 5, "b": 2, "c": 1}, {"a": 5, "b": 1}) == {"b": 1, "c": 1}
+    assert rate_fields(1000, 64, 0.5) == {"fps": 2000.0, "mbps": 2000 * 64 * 8 / 1e6}
+    assert rate_fields(10, 64, 0.0)["fps"] == 0.0
+
+
+def test_profile_summary_by_self_area_and_inclusive_xenlab_function():
+    folded = "\n".join([
+        "run (asyncio/runners.py:118);Netback._tx_action (xenlab/drivers/netback.py:348);"
+        "NetbackTx.build (xenlab/drivers/netback_core.py:500) 6",
+        "run (asyncio/runners.py:118);Netback._tx_action (xenlab/drivers/netback.py:348);"
+        "_call (grpc/aio/_call.py:300) 3",
+        "select (selectors.py:468) 1",
+        "garbage line",
+    ])
+    s = summarise(folded)
+    assert s["samples"] == 10
+    assert s["top_self"][0] == {"name": "NetbackTx.build (xenlab.drivers.netback_core)", "samples": 6,
+                                "percent": 60.0}
+    assert {r["name"]: r["samples"] for r in s["by_area"]} == {
+        "xenlab.drivers.netback_core": 6, "grpc": 3, "selectors": 1}
+    assert s["top_inclusive_xenlab"][0] == {"name": "Netback._tx_action (xenlab.drivers.netback)",
+                                            "samples": 9, "percent": 90.0}
+    assert area("/usr/lib/python3.11/site-packages/xenlab/net/veth.py") == "xenlab.net.veth"
+    assert summarise("")["top_self"] == []
+
+
+def test_fdb_cost_run_forwards_known_unicast_to_stations_all_over_the_table():
+    bridge = filled_bridge(1000)
+    assert len(bridge.fdb) == 1000
+    frames = frames_for(1000)
+    assert len({f[:6] for f in frames}) == 500              # every station behind p2
+    assert all(bridge.fdb.get(f[:6]).port == "p2" for f in frames)
+    run = forwarding_cost(1000, frames=2000, repeats=2)
+    assert run["flooded"] == 0 and run["unicast"] == 2 * run["frames_per_run"]
+    assert run["fdb_entries"] == 1000 and run["ns_per_frame"] > 0
+
+
+def test_targets_say_met_missed_or_not_measured():
+    results = {"throughput": {"ratio": {"64": 0.3}},
+               "latency": {"xenlab": {"p50_ms": 2.5}},
+               "scale": {"boot": [{"n": 64, "seconds": 30.0, "memory": {"domu": {"rss_mib_max": 70.0}}}]}}
+    rows = {t["key"]: t for t in report.targets(results)}
+    assert rows["throughput_64_ratio"]["met"] is True
+    assert rows["rtt_p50_ms"]["met"] is False
+    assert rows["boot_64_seconds"]["met"] is True
+    assert rows["rss_domu_mib"]["met"] is False                # 70 MiB is over 60 MB
+    assert rows["fdb_100k_ratio"]["met"] is None
+    results["targets"] = list(rows.values())
+    text = report.table(results)
+    assert "MISSED" in text and "not measured" in text

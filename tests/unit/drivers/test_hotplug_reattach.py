@@ -1,0 +1,127 @@
+"""BridgeHotplug keeps a vif attached when the bridge service goes away and
+comes back: real veth sockets, a stand-in for xenstore."""
+import asyncio
+
+from xenlab.drivers.hotplug import BridgeHotplug, backoff_delays, bridge_address_path
+from xenlab.net.device import NetDevice
+from xenlab.net.veth import VethListener
+from xenlab.testing import short_tempdir
+
+
+class FakeXenbus:
+    def __init__(self, values):
+        self.values = values
+        self.watches = {}
+
+    async def read(self, path):
+        return self.values.get(path)
+
+    async def watch(self, path, callback):
+        token = f"t{len(self.watches)}"
+        self.watches[token] = (path, callback)
+        callback(path)          # a xenstore watch fires once when set
+        return token
+
+    async def unwatch(self, token):
+        self.watches.pop(token, None)
+
+    def write(self, path, value):
+        self.values[path] = value
+        for watched, callback in list(self.watches.values()):
+            if watched == path:
+                callback(path)
+
+
+class Vif(NetDevice):
+    def transmit(self, frames):
+        self.count_tx(frames)
+
+
+class Bridge:
+    """A bridge service reduced to its veth listener."""
+
+    def __init__(self, address):
+        self.ends = {}
+        self.frames = []
+        self.listener = VethListener(address, lambda hello: (hello["name"], {"bridge": "xenbr0"}),
+                                     self._attached)
+
+    def _attached(self, end):
+        end.receiver = self.frames.extend
+        self.ends[end.name] = end
+
+    def crash(self):
+        for end in self.ends.values():
+            end.close(say_bye=False)
+
+
+async def until(check, timeout=5.0):
+    for _ in range(int(timeout / 0.01)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+def test_backoff_doubles_up_to_its_cap():
+    delays = backoff_delays(0.05, 0.3)
+    assert [next(delays) for _ in range(6)] == [0.05, 0.1, 0.2, 0.3, 0.3, 0.3]
+
+
+async def test_a_vif_is_reattached_when_its_bridge_comes_back():
+    address = f"unix:{short_tempdir()}/bridge.sock"
+    xenbus = FakeXenbus({bridge_address_path("xenbr0"): address})
+    announced = {}
+    hotplug = BridgeHotplug(xenbus, announce=lambda name, dev: announced.__setitem__(name, dev),
+                            backoff=(0.02, 0.05))
+    bridge = Bridge(address)
+    await bridge.listener.start()
+    vif = Vif("vif3.0", bytes.fromhex("00163e000003"))
+    await hotplug.online(vif, "xenbr0", "/local/domain/0/backend/vif/3/0")
+    first = announced["veth3.0"]
+    await until(lambda: "vif3.0" in bridge.ends)
+    vif.deliver([b"\x01" * 60] * 3)
+    await until(lambda: len(bridge.frames) == 3)
+
+    # The bridge service dies: its listener and every link go.
+    await bridge.listener.close()
+    bridge.crash()
+    await first.closed.wait()
+    vif.deliver([b"\x02" * 60] * 2)            # nowhere to go: counted on the old end
+    await asyncio.sleep(0.15)                  # a few refused attempts
+    assert hotplug.attachments() == {"vif3.0": 0}
+
+    reborn = Bridge(address)
+    await reborn.listener.start()
+    xenbus.write(bridge_address_path("xenbr0"), address)    # it registers again
+    await until(lambda: hotplug.attachments() == {"vif3.0": 1})
+    second = announced["veth3.0"]
+    assert second is not first and second.state == "up"
+    vif.deliver([b"\x03" * 60] * 4)
+    await until(lambda: len(reborn.frames) == 4)
+    # One device as far as counting goes: 3 + 4 sent, 2 dropped while down.
+    stats = second.stats()
+    assert stats["tx_packets"] == 7 and stats["drop_link_down"] == 2
+
+    await hotplug.offline(vif)
+    assert announced["veth3.0"] is None and second.state == "down"
+    assert hotplug.attachments() == {}
+    await hotplug.close()
+    assert xenbus.watches == {}
+    await reborn.listener.close()
+
+
+async def test_offline_during_reattach_stops_trying():
+    address = f"unix:{short_tempdir()}/bridge.sock"
+    xenbus = FakeXenbus({bridge_address_path("xenbr0"): address})
+    hotplug = BridgeHotplug(xenbus, backoff=(0.01, 0.02))
+    bridge = Bridge(address)
+    await bridge.listener.start()
+    vif = Vif("vif4.0", bytes.fromhex("00163e000004"))
+    await hotplug.online(vif, "xenbr0", "/local/domain/0/backend/vif/4/0")
+    await until(lambda: "vif4.0" in bridge.ends)
+    await bridge.listener.close()
+    bridge.crash()
+    await asyncio.sleep(0.1)
+    await hotplug.offline(vif)
+    assert hotplug.attachments() == {} and vif.receiver is None

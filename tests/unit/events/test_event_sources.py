@@ -1,0 +1,169 @@
+"""The event sources against in-process services and a real (amqtt)
+broker: the hypervisor's domain lifecycle and vif states, the bridge's FDB
+events and counters, dom0's per-vif counters."""
+import shutil
+import types
+
+import pytest_asyncio
+
+from xenlab.bridge.server import BridgeService
+from xenlab.events import topics as t
+from xenlab.events.broker import EmbeddedBroker
+from xenlab.events.publisher import EventPublisher
+from xenlab.events.sources import BridgeSource, Dom0Source, HypervisorSource
+from xenlab.events.watch import EventCollector
+from xenlab.net.device import NetDevice
+from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
+from xenlab.testing import short_tempdir
+
+TOPICS = t.Topics("src")
+
+
+@pytest_asyncio.fixture
+async def mqtt():
+    """(broker, collector of everything, publisher)."""
+    async with EmbeddedBroker() as broker:
+        async with EventCollector(broker.address, [TOPICS.all()]) as events:
+            async with EventPublisher(broker.address, TOPICS, "test", min_backoff=0.05,
+                                      max_backoff=0.3) as pub:
+                yield broker, events, pub
+
+
+def of(type_, **fields):
+    return lambda e: e.payload["type"] == type_ and all(e.payload.get(k) == v for k, v in fields.items())
+
+
+async def test_domain_lifecycle_and_vif_handshake(hypervisor, mqtt):
+    _, events, pub = mqtt
+    source = HypervisorSource(hypervisor.hv, pub)
+    source.start()
+    try:
+        await events.wait_for(of("domain.state", domid=0, state="running"))
+        domid, _ = await hypervisor.create_domain(
+            "web", vif=[domains_pb2.VifSpec(mac="00:16:3e:00:00:01", ip="10.0.0.1/24")])
+        created = await events.wait_for(of("domain.state", domid=domid, state="created"))
+        assert created.topic == f"xenlab/src/domain/{domid}/state"
+        assert created.payload["name"] == "web"
+        await events.wait_for(of("domain.state", domid=domid, state="running"))
+        first = await events.wait_for(of("vif.state", domid=domid, devid=0))
+        assert (first.payload["frontend_state"], first.payload["backend_state"]) == (1, 1)
+        assert first.payload["vifname"] == f"vif{domid}.0" and first.payload["present"]
+
+        # The backend's side of the handshake, as netback and hotplug write it.
+        back = f"/local/domain/0/backend/vif/{domid}/0"
+        xs = hypervisor.dom0.xenstore
+        await xs.Write(xenstore_pb2.WriteRequest(path=f"{back}/hotplug-status", value=b"connected"))
+        await xs.Write(xenstore_pb2.WriteRequest(path=f"{back}/state", value=b"4"))
+        hotplug = await events.wait_for(of("vif.hotplug", domid=domid, hotplug_status="connected"))
+        assert hotplug.payload["bridge"] == "xenbr0"
+        await events.wait_for(of("vif.state", domid=domid, backend_state=4,
+                                 backend_state_name="Connected", hotplug_status="connected"))
+
+        await hypervisor.dom0.domains.Pause(common_pb2.DomainRef(domid=domid))
+        await events.wait_for(of("domain.state", domid=domid, state="paused"))
+        await hypervisor.dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
+        await events.wait_for(of("domain.state", domid=domid, state="destroyed"))
+        gone = await events.wait_for(of("vif.state", domid=domid, present=False))
+        assert (gone.payload["frontend_state"], gone.payload["backend_state"]) == (0, 0)
+        states = [e.payload["state"] for e in events.events
+                  if of("domain.state", domid=domid)(e)]
+        assert states == ["created", "running", "paused", "dying", "destroyed"]
+    finally:
+        await source.close()
+    # What a subscriber that comes now is told: the last state of each.
+    broker = mqtt[0]
+    async with EventCollector(broker.address, [TOPICS.domain_state("+"), TOPICS.vif("+", "+", "state")]) as late:
+        await late.wait_for(of("vif.state", domid=domid))
+        await late.wait_for(of("domain.state", domid=domid))
+    assert all(e.retained for e in late.events)
+    assert {e.payload["state"] for e in late.events if of("domain.state", domid=domid)(e)} == {"destroyed"}
+    assert {e.payload["present"] for e in late.events if of("vif.state")(e)} == {False}
+    assert source._on_change not in hypervisor.hv.observers
+
+
+async def test_a_failed_hotplug_carries_its_error(hypervisor, mqtt):
+    _, events, pub = mqtt
+    source = HypervisorSource(hypervisor.hv, pub)
+    source.start()
+    try:
+        domid, _ = await hypervisor.create_domain("db", vif=[domains_pb2.VifSpec()])
+        back = f"/local/domain/0/backend/vif/{domid}/0"
+        xs = hypervisor.dom0.xenstore
+        await xs.Write(xenstore_pb2.WriteRequest(path=f"{back}/hotplug-error", value=b"no bridge xenbr9"))
+        await xs.Write(xenstore_pb2.WriteRequest(path=f"{back}/hotplug-status", value=b"error"))
+        failed = await events.wait_for(of("vif.hotplug", domid=domid, hotplug_status="error"))
+        assert failed.payload["hotplug_error"] == "no bridge xenbr9"
+    finally:
+        await source.close()
+
+
+@pytest_asyncio.fixture
+async def bridge_service():
+    tmp = short_tempdir()
+    service = BridgeService(["xenbr0"], listen=f"unix:{tmp}/veth.sock", grpc=f"unix:{tmp}/bridge.sock")
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop(grace=0.1)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def frame(dst: bytes, src: bytes) -> bytes:
+    return dst + src + b"\x08\x06" + bytes(28)
+
+
+async def test_fdb_events_and_port_counters(bridge_service, mqtt):
+    _, events, pub = mqtt
+    a, b = bytes.fromhex("00163e0000aa"), bytes.fromhex("00163e0000bb")
+    bridge_service.add_port("xenbr0", "vif1.0")
+    bridge_service.add_port("xenbr0", "vif2.0")
+    source = BridgeSource(bridge_service, pub, interval=0.2)
+    source.start()
+    try:
+        bridge_service.inject("xenbr0", "vif1.0", [frame(b"\xff" * 6, a)])
+        learned = await events.wait_for(of("fdb.event", kind="learn", mac="00:16:3e:00:00:aa"))
+        assert learned.topic == "xenlab/src/bridge/xenbr0/fdb/learn"
+        assert learned.payload["port"] == "vif1.0"
+        # The same station behind the other port: a move.
+        bridge_service.inject("xenbr0", "vif2.0", [frame(b, a)])
+        moved = await events.wait_for(of("fdb.event", kind="move", mac="00:16:3e:00:00:aa"))
+        assert (moved.payload["port"], moved.payload["old_port"]) == ("vif2.0", "vif1.0")
+        bridge_service.bridge("xenbr0").flush()
+        bridge_service.publish(bridge_service.bridge("xenbr0"))
+        await events.wait_for(of("fdb.event", kind="flush", mac="00:16:3e:00:00:aa"))
+
+        port = await events.wait_for(lambda e: of("port.stats", port="vif1.0")(e)
+                                     and e.payload["counters"]["rx_packets"] == 1)
+        assert port.topic == "xenlab/src/bridge/xenbr0/port/vif1.0/stats"
+        stats = await events.wait_for(lambda e: of("bridge.stats")(e) and e.payload["counters"]["rx"] == 2)
+        assert stats.payload["ports"] == 2 and stats.payload["fdb"]["moved"] == 1
+    finally:
+        await source.close()
+
+
+class FakeVif(NetDevice):
+    frontend_id, devid = 7, 1
+
+    @property
+    def state(self) -> str:
+        return "connected"
+
+    def transmit(self, frames):
+        self.count_tx(frames)
+
+
+async def test_dom0_publishes_every_vif_counters(mqtt):
+    _, events, pub = mqtt
+    vif = FakeVif("vif7.1", bytes(6))
+    vif.transmit([bytes(60)] * 3)
+    vif.drop("not_connected", 2)
+    source = Dom0Source(types.SimpleNamespace(domid=0, vifs={"vif7.1": vif}), pub, interval=0.1)
+    source.start()
+    try:
+        stats = await events.wait_for(of("vif.stats", domid=7, devid=1))
+    finally:
+        await source.close()
+    assert stats.topic == "xenlab/src/domain/7/vif/1/stats"
+    assert stats.payload["counters"]["tx_packets"] == 3 and stats.payload["drops"] == {"not_connected": 2}
+    assert stats.payload["link_state"] == "connected" and stats.payload["backend_id"] == 0
