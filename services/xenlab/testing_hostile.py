@@ -41,7 +41,7 @@ import grpc
 
 from xenlab.domain.kernel import DomainKernel
 from xenlab.hypervisor.launcher import StartInfo
-from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
+from xenlab.proto import common_pb2, domains_pb2, grants_pb2
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.errors import XenError

@@ -24,7 +24,6 @@ Shown:
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import random

@@ -46,7 +46,7 @@ def arp_frames(pcap: bytes) -> list[tuple[EthernetFrame, ArpPacket]]:
     return out
 
 
-async def test_arp_request_floods_and_reply_is_unicast_on_bridge_ports(demo_lab):
+async def test_arp_request_floods_and_reply_is_unicast_on_bridge_ports(demo_lab, tmp_path):
     stub, channel = await demo_lab.bridge()
     ports = {name: f"vif{demo_lab.domid(name)}.0" for name in HOSTS}
     stop = asyncio.Event()
@@ -79,6 +79,23 @@ async def test_arp_request_floods_and_reply_is_unicast_on_bridge_ports(demo_lab)
     assert frame.dst == parse_mac(MACS["web"]) and arp.sha == parse_mac(MACS["db"])
     # And the ICMP echo request/reply pair crossed db's and web's ports only.
     assert len(read_pcap(pcaps["cache"])) == len(requests["cache"])
+    assert_tshark_reads(pcaps["web"], tmp_path)
+
+
+def assert_tshark_reads(pcap: bytes, tmp_path) -> None:
+    """The file is a standard pcap: tshark decodes the same ARP reply."""
+    import shutil
+    import subprocess
+    if shutil.which("tshark") is None:
+        print("tshark is not installed: the pcap was checked with xenlab's own reader only")
+        return
+    path = tmp_path / "web-port.pcap"
+    path.write_bytes(pcap)
+    out = subprocess.run(["tshark", "-r", str(path), "-Y", "arp.opcode == 2", "-T", "fields",
+                          "-e", "arp.src.proto_ipv4", "-e", "eth.dst"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [HOSTS["db"], MACS["web"]]
 
 
 async def test_ping_mesh_udp_echo_fdb_and_counters(demo_lab):

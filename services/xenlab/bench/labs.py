@@ -2,6 +2,7 @@
 and what the bench reads about their processes: CPU time and memory."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
@@ -14,6 +15,7 @@ from xenlab.proto import common_pb2
 
 DOMU_MEMORY_MB = 16          # netfront's rings and buffers take 2 MiB of it
 DOM0_MEMORY_MB = 256         # HypervisorConfig.dom0_memory_mb
+DOWN_TIMEOUT = 120.0         # seconds for a lab to go down before its services are killed
 _CLK_TCK = None
 
 
@@ -57,11 +59,24 @@ async def running_lab(spec: LabSpec, log_level: str = "WARNING", progress=None, 
         await lab.up(timeout=timeout)
         yield lab
     finally:
-        await lab.down()
+        await _down(lab)
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
             shutil.copytree(rundir / "logs", keep / rundir.name, dirs_exist_ok=True)
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+async def _down(lab: Lab) -> None:
+    """``Lab.down``, bounded: a hypervisor that no longer answers must not
+    keep the bench waiting; its services (our children) are killed then."""
+    try:
+        await asyncio.wait_for(lab.down(), DOWN_TIMEOUT)
+    except asyncio.TimeoutError:
+        for service in lab.services:
+            if service.proc.returncode is None:
+                service.proc.kill()
+                await service.proc.wait()
+        lab.services.clear()
 
 
 # -- processes ------------------------------------------------------------------------------

@@ -5,9 +5,12 @@ py-spy (https://github.com/benfred/py-spy, on PyPI) samples a running
 Python process from outside, without changing it; ``--nonblocking`` keeps
 it from pausing the process to sample. Idle threads (an event loop waiting
 in epoll) are left out, so the shares are of the CPU each process used.
-Each process's samples are summed by function ("self": the innermost frame)
-and by area (the module of the innermost xenlab frame, or grpc, protobuf,
-asyncio when the time is spent there).
+Each process's samples are summed by function ("self": the innermost
+frame), by area (the innermost frame's module: a xenlab module, or grpc,
+protobuf, asyncio), and by xenlab function on the stack ("inclusive");
+samples in the event loop itself are counted apart (see ``summarise``).
+The CPU share of each process comes from /proc (``labs.CpuMeter``), which
+py-spy's samples do not give reliably under uvloop.
 """
 from __future__ import annotations
 
@@ -19,6 +22,13 @@ import subprocess
 from pathlib import Path
 
 RATE = 500                      # samples per second
+WARMUP = 1.0                    # seconds for py-spy to attach to a process
+# Innermost frames that are the event loop or an idle thread, not Python
+# work: uvloop runs its loop in C, so py-spy shows the waiting and the loop's
+# own work as Runner.run (it cannot always tell waiting in epoll from work).
+LOOP_FRAMES = {("Runner.run", "asyncio"), ("run_forever", "asyncio"), ("_run_once", "asyncio"),
+               ("select", "selectors"), ("EpollSelector.select", "selectors"),
+               ("Thread.run", "threading.py"), ("_worker", "thread.py"), ("wait", "threading.py")}
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
 
@@ -31,6 +41,7 @@ class Profiler:
         self.py_spy = py_spy
         self.outdir = outdir
         self.rate = rate
+        self.warmup = WARMUP
         self.procs: dict[str, subprocess.Popen] = {}
         self.files: dict[str, Path] = {}
 
@@ -87,12 +98,13 @@ def _entry(func: str, where: str) -> bool:
 
 
 def summarise(folded: str, top: int = 12) -> dict:
-    """From py-spy's raw (folded) output: total samples; the top functions by
-    self samples (the innermost frame) and the samples by the innermost
-    frame's area; and the xenlab functions by inclusive samples (on the
-    stack at all), which is where a process's time is spent from xenlab's
-    point of view."""
-    total = 0
+    """From py-spy's raw (folded) output: total samples, and those in the
+    event loop itself (LOOP_FRAMES); of the others (``work_samples``, the
+    base of every percentage): the top functions by self samples (the
+    innermost frame), the samples by the innermost frame's area, and the
+    xenlab functions by inclusive samples (on the stack at all), which is
+    where a process's time goes from xenlab's point of view."""
+    total = loop = 0
     by_self: collections.Counter = collections.Counter()
     by_area: collections.Counter = collections.Counter()
     inclusive: collections.Counter = collections.Counter()
@@ -106,6 +118,9 @@ def summarise(folded: str, top: int = 12) -> dict:
         if not frames:
             continue
         func, path = _parse(frames[-1])
+        if (func, area(path)) in LOOP_FRAMES:
+            loop += n
+            continue
         by_self[f"{func} ({area(path)})"] += n
         by_area[area(path)] += n
         seen = set()
@@ -115,8 +130,11 @@ def summarise(folded: str, top: int = 12) -> dict:
             if where.startswith("xenlab.") and not _entry(f, where) and (f, where) not in seen:
                 seen.add((f, where))
                 inclusive[f"{f} ({where})"] += n
+    work = total - loop
+
     def share(counter):
-        return [{"name": k, "samples": v, "percent": round(100.0 * v / total, 1)}
-                for k, v in counter.most_common(top)] if total else []
-    return {"samples": total, "top_self": share(by_self), "by_area": share(by_area),
+        return [{"name": k, "samples": v, "percent": round(100.0 * v / work, 1)}
+                for k, v in counter.most_common(top)] if work else []
+    return {"samples": total, "loop_samples": loop, "work_samples": work,
+            "top_self": share(by_self), "by_area": share(by_area),
             "top_inclusive_xenlab": share(inclusive)}

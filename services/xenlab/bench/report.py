@@ -149,12 +149,13 @@ def table(results: dict) -> str:
     if scale:
         lines += ["", "Scale: domUs booted to all vifs Connected; memory per domU process (MiB)",
                   f"{'N':>4} {'boot s':>7} {'half s':>7} {'RSS mean':>9} {'RSS max':>8} {'PSS mean':>9} "
-                  f"{'anon mean':>10}"]
+                  f"{'anon mean':>10} {'CPU s/domU':>11}"]
         for r in scale.get("boot", []):
             d = r["memory"]["domu"]
             lines.append(f"{r['n']:>4} {r['seconds']:>7.1f} {_n(r.get('half_connected_seconds'), '.1f'):>7} "
                          f"{_n(d.get('rss_mib_mean'), '.1f'):>9} {_n(d.get('rss_mib_max'), '.1f'):>8} "
-                         f"{_n(d.get('pss_mib_mean'), '.1f'):>9} {_n(d.get('anon_mib_mean'), '.1f'):>10}")
+                         f"{_n(d.get('pss_mib_mean'), '.1f'):>9} {_n(d.get('anon_mib_mean'), '.1f'):>10} "
+                         f"{_n(d.get('cpu_seconds_mean'), '.2f'):>11}")
         mesh = scale.get("mesh")
         if mesh:
             lines.append(f"ping mesh of {mesh['n']}: {mesh['replied']}/{mesh['pairs']} replied in "
@@ -168,6 +169,18 @@ def table(results: dict) -> str:
         lines.append("  " + "   ".join(f"{r['entries']:,} entries: {r['ns_per_frame'] / 1000:.2f} us"
                                         for r in fdb["runs"])
                      + f"   ratio {fdb['ratio_largest_to_smallest']:.2f}")
+    prof = results.get("profile") or {}
+    if prof.get("processes"):
+        lines += ["", f"Profile of a 64-byte blast (py-spy; {_n(prof.get('fps_under_profiler'))} fps under it): "
+                      "CPU % of one core, then the top Python functions by own time"]
+        cpu = prof.get("cpu_percent") or {}
+        for name, summary in prof["processes"].items():
+            if not summary.get("work_samples"):
+                continue
+            top = ", ".join(f"{r['name']} {r['percent']:.0f}%" for r in summary["top_self"][:3])
+            lines.append(f"  {name:>10} {cpu.get(name, 0):>5.0f}%  {top}")
+    elif prof.get("skipped"):
+        lines += ["", f"profile skipped: {prof['skipped']}"]
     rows = results.get("targets") or []
     if rows:
         lines += ["", "Targets", f"  {'':<42} {'target':>9} {'value':>9}"]

@@ -15,7 +15,7 @@ import time
 import grpc
 
 from xenlab.agent_client import agent_for
-from xenlab.bench.labs import ip, lab_processes, lab_spec, memory_kib, running_lab
+from xenlab.bench.labs import cpu_seconds, ip, lab_processes, lab_spec, memory_kib, running_lab
 from xenlab.bench.stats import percentiles
 from xenlab.lab.runner import CONNECTED, LabError
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
@@ -24,6 +24,7 @@ from xenlab.xen.xlcfg import to_domain_spec
 POLL = 0.25                 # seconds between looks at the vifs while they connect
 MESH_CONCURRENCY = 8        # sources pinging at once
 MESH_TIMEOUT = 5.0          # per ping (the first one of a pair resolves ARP)
+CREATE_TIMEOUT = 60.0       # seconds for one Domains.Create (it starts the process)
 
 
 def _mib(kib: float) -> float:
@@ -37,7 +38,12 @@ async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: 
     async with running_lab(services_only, log_level=log_level, timeout=timeout, keep=keep) as lab:
         started = time.monotonic()
         for cfg in spec.domains:
-            reply = await lab.hv.domains.Create(domains_pb2.CreateDomainRequest(spec=to_domain_spec(cfg)))
+            try:
+                reply = await lab.hv.domains.Create(
+                    domains_pb2.CreateDomainRequest(spec=to_domain_spec(cfg)), timeout=CREATE_TIMEOUT)
+            except grpc.aio.AioRpcError as err:
+                raise LabError(f"creating {cfg.name} ({len(lab.domids)} created): "
+                               f"{err.code().name}: {err.details()}") from None
             lab.domids[cfg.name] = reply.info.domid
         created = time.monotonic() - started
         half = await _wait_connected(lab, n, started, timeout, progress)
@@ -93,8 +99,11 @@ async def _gone(lab) -> str:
 
 
 async def _memory(lab) -> dict:
-    per = {p.name: memory_kib(p.pid) for p in await lab_processes(lab)}
+    processes = await lab_processes(lab)
+    per = {p.name: memory_kib(p.pid) for p in processes}
     domus = [m for name, m in per.items() if name in lab.domids]
+    # CPU time each domU process used to boot: what N of them cost the cores.
+    cpu = [cpu_seconds(p.pid) for p in processes if p.name in lab.domids]
 
     def summary(values: list[dict]) -> dict:
         out = {}
@@ -107,7 +116,9 @@ async def _memory(lab) -> dict:
 
     services = {name: {k: _mib(v) for k, v in m.items()} for name, m in per.items()
                 if name not in lab.domids}
-    return {"domu": {"count": len(domus), **summary(domus)}, "services_mib": services}
+    return {"domu": {"count": len(domus), **summary(domus),
+                     "cpu_seconds_mean": round(sum(cpu) / len(cpu), 2) if cpu else None},
+            "services_mib": services}
 
 
 async def ping_mesh(lab, progress) -> dict:

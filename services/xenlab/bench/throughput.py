@@ -133,6 +133,7 @@ async def run_throughput(pair: DomainPair, rx_index: int, size: int, count: int,
     await stream.__anext__()               # ready: the sink is in place
     if profiler is not None:
         profiler.start({p.name: p.pid for p in processes})
+        await asyncio.sleep(profiler.warmup)     # attached before the first frame
     meter.start()
     try:
         sent = await pair.tx.Blast(agent_pb2.BlastRequest(

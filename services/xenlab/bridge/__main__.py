@@ -22,6 +22,7 @@ from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.xen.errors import XenError
 
 DEFAULT_BRIDGE = "xenbr0"
+DEFAULT_FLOOD_LIMIT = "1000"    # flooded frames per second per port (storm control)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fdb-max", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
                         help=f"FDB entries per bridge; when full a new MAC evicts the least recently "
                              f"seen learned one (default {DEFAULT_MAX_ENTRIES})")
+    parser.add_argument("--flood-limit", type=_flood_limit, default=_flood_limit(DEFAULT_FLOOD_LIMIT),
+                        metavar="RATE[/BURST]",
+                        help="storm control: each port may flood (broadcast, multicast, unknown "
+                             "unicast) at most RATE frames per second, BURST at once (default "
+                             f"{DEFAULT_FLOOD_LIMIT}, a burst of one second's worth); past it frames "
+                             "are dropped as storm_control; 0 turns it off")
     parser.add_argument("--uplink", action="append", type=_uplink, default=[],
                         metavar="BRIDGE=tap:NAME",
                         help="add TAP device NAME (created if missing, gone when the service "
@@ -55,6 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
     events_config.add_arguments(parser)
+
+
+def _flood_limit(text: str) -> tuple[float, float | None]:
+    rate, _, burst = text.partition("/")
+    try:
+        values = float(rate), float(burst) if burst else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected RATE or RATE/BURST "
+                                         f"(frames per second, frames)") from None
+    if values[0] < 0 or (values[1] is not None and values[1] < 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: the rate is 0 or more, the burst 1 or more")
+    return values
 
 
 def _uplink(text: str) -> tuple[str, str]:
@@ -85,6 +104,7 @@ def service_from_args(args, env=None):
     grpc = args.grpc or f"unix:{rundir}/bridge.sock"
     return BridgeService(bridges, listen, grpc, None if args.no_register else rundir,
                          ageing=args.ageing, fdb_max=args.fdb_max,
+                         flood_rate=args.flood_limit[0], flood_burst=args.flood_limit[1],
                          uplinks=_uplinks(args.uplink, bridges))
 
 

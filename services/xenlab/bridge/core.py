@@ -25,6 +25,15 @@ STP or VLAN filtering:
   BR_BCAST_FLOOD folded into one), and back to the ingress port only when
   it has hairpin on; with nowhere to go the frame is dropped ("no_egress").
 
+Storm control, which Linux's bridge does not have but switches do (Cisco's
+storm-control, Open vSwitch meters): with a flood limit set, each ingress
+port may flood at most ``flood_rate`` frames per second (a token bucket of
+``flood_burst`` frames); the frames past it are dropped ("storm_control"),
+so that one domain's broadcast storm or MAC flood cannot fill every other
+port's queues. Learning happens first: a MAC flood still churns the FDB,
+which its size limit bounds. Each port counts the broadcast and multicast
+frames that entered it (``rx_broadcast``, ``rx_multicast``).
+
 Conservation: every frame given to ``forward`` is counted in ``rx`` and then
 in exactly one of ``forwarded`` or a ``drops`` reason, on the bridge and on
 the ingress port.
@@ -48,7 +57,8 @@ FORWARDING = "forwarding"
 DISABLED = "disabled"
 PORT_STATES = (FORWARDING, DISABLED)
 DROP_REASONS = ("runt", "oversize", "port_disabled", "bad_src_mac", "link_local",
-                "same_port", "egress_disabled", "no_egress")
+                "same_port", "egress_disabled", "no_egress", "storm_control")
+BROADCAST = b"\xff" * 6
 IFNAMSIZ = 16                   # linux/if.h: names are at most 15 characters
 
 # Bridge names become xenstore path components (/tool/xenlab/bridges/NAME).
@@ -83,6 +93,8 @@ class BridgePort:
     state: str = FORWARDING
     counters: collections.Counter = field(default_factory=collections.Counter)
     drops: collections.Counter = field(default_factory=collections.Counter)
+    flood_credit: float = -1.0      # storm control's token bucket; < 0: full, not started
+    flood_stamp: float = 0.0
 
     @property
     def forwarding(self) -> bool:
@@ -91,11 +103,15 @@ class BridgePort:
     def stats(self) -> dict[str, int]:
         return {k: self.counters[k] for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
 
+    def flood_stats(self) -> dict[str, int]:
+        return {k: self.counters[k] for k in ("rx_broadcast", "rx_multicast")}
+
 
 class Bridge:
     def __init__(self, name: str = "xenbr0", ageing: float = DEFAULT_AGEING,
                  max_entries: int = DEFAULT_MAX_ENTRIES, mac: bytes | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 flood_rate: float = 0.0, flood_burst: float | None = None):
         self.name = check_bridge_name(name)
         self.fdb = Fdb(name, ageing, max_entries, clock)
         self.clock = clock
@@ -105,6 +121,9 @@ class Bridge:
             {k: 0 for k in ("rx", "forwarded", "flooded", "unicast", "tx")})
         self.drops: collections.Counter = collections.Counter()
         self._next_port_no = 1
+        self.flood_rate = 0.0
+        self.flood_burst = 0.0
+        self.set_flood_limit(flood_rate, flood_burst)
 
     # -- identity, as brctl shows it ---------------------------------------------
     @property
@@ -188,6 +207,18 @@ class Bridge:
     def set_ageing(self, seconds: float) -> None:
         self.fdb.set_ageing(seconds)
 
+    def set_flood_limit(self, rate: float, burst: float | None = None) -> None:
+        """Storm control: at most `rate` flooded frames per second from each
+        port, `burst` (default: one second's worth) at once; 0 turns it off."""
+        rate = float(rate)
+        burst = rate if burst is None else float(burst)
+        if not (0 <= rate < float("inf")) or not (0 <= burst < float("inf")) or (rate and burst < 1):
+            raise XenError(errno.EINVAL, f"flood limit {rate:g}/s, burst {burst:g}: the rate must be "
+                                         f"0 (off) or positive, with a burst of at least 1 frame")
+        self.flood_rate, self.flood_burst = rate, burst
+        for port in self.ports.values():
+            port.flood_credit = -1.0
+
     def expire(self) -> int:
         return self.fdb.expire()
 
@@ -233,10 +264,11 @@ class Bridge:
         if dst[0] & 1:
             if is_link_local(dst):
                 return self._drop(port, "link_local")
-            return self._flood(port, frame)
+            port.counters["rx_broadcast" if dst == BROADCAST else "rx_multicast"] += 1
+            return self._flood(port, frame, now)
         entry = self.fdb.lookup(dst, now)
         if entry is None:
-            return self._flood(port, frame)
+            return self._flood(port, frame, now)
         egress = self.ports[entry.port]
         if egress is port and not port.hairpin:
             return self._drop(port, "same_port")
@@ -246,13 +278,28 @@ class Bridge:
         self.counters["unicast"] += 1
         return self._deliver(port, [egress], frame)
 
-    def _flood(self, ingress: BridgePort, frame: bytes) -> list[Output]:
+    def _flood(self, ingress: BridgePort, frame: bytes, now: float) -> list[Output]:
+        if self.flood_rate and not self._flood_credit(ingress, now):
+            return self._drop(ingress, "storm_control")
         targets = [p for p in self.ports.values()
                    if p.flood and p.state == FORWARDING and (p is not ingress or p.hairpin)]
         if not targets:
             return self._drop(ingress, "no_egress")
         self.counters["flooded"] += 1
         return self._deliver(ingress, targets, frame)
+
+    def _flood_credit(self, port: BridgePort, now: float) -> bool:
+        """Take one frame from the port's token bucket, if there is one."""
+        if port.flood_credit < 0:
+            credit = self.flood_burst
+        else:
+            credit = min(self.flood_burst, port.flood_credit + (now - port.flood_stamp) * self.flood_rate)
+        port.flood_stamp = now
+        if credit < 1:
+            port.flood_credit = credit
+            return False
+        port.flood_credit = credit - 1
+        return True
 
     def _deliver(self, ingress: BridgePort, targets: list[BridgePort], frame: bytes) -> list[Output]:
         size = len(frame)

@@ -24,6 +24,7 @@ host's own tools reach the domains.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import json
 import logging
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["Bridge"].full_name
 XENSTORE_ROOT = "/tool/xenlab/bridges"
 WATCH_BACKLOG = 4096            # events queued for one watcher before it is cut off
+GONE_PORTS = 1024               # removed ports whose last counters are kept
 MAX_EXPIRY_SLEEP = 1.0          # seconds between ageing passes at most
 
 
@@ -115,13 +117,16 @@ class BridgeService:
                  grpc: str = "", rundir: Path | None = None,
                  ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_ENTRIES,
                  clock: Callable[[], float] = time.monotonic,
-                 uplinks: dict[str, str] | None = None):
+                 uplinks: dict[str, str] | None = None,
+                 flood_rate: float = 0.0, flood_burst: float | None = None):
         names = [check_bridge_name(n) for n in bridges]
         if not names or len(set(names)) != len(names):
             raise XenError(errno.EINVAL, f"bridge names must be given and distinct: {names}")
         if not listen or not grpc:
             raise XenError(errno.EINVAL, "both a veth listen address and a gRPC address are needed")
-        self.bridges: dict[str, Bridge] = {n: Bridge(n, ageing, fdb_max, clock=clock) for n in names}
+        self.bridges: dict[str, Bridge] = {
+            n: Bridge(n, ageing, fdb_max, clock=clock, flood_rate=flood_rate, flood_burst=flood_burst)
+            for n in names}
         self.uplinks = _check_uplinks(uplinks or {}, names)
         self.default = names[0]
         self.listen = listen
@@ -138,6 +143,9 @@ class BridgeService:
         self._expiry: asyncio.Task | None = None
         self._hv: HypervisorClient | None = None
         self._captures: dict[tuple[str, str], set[DeviceCapture]] = {}
+        # (bridge, last counters) of removed ports: frame accounting across hotplug.
+        self.gone: collections.deque[tuple[str, bridge_pb2.BridgePortStats]] = \
+            collections.deque(maxlen=GONE_PORTS)
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -225,6 +233,7 @@ class BridgeService:
             dev.receiver = None
         br = self.bridges[bridge]
         if name in br.ports:
+            self.gone.append((bridge, port_stats(br.ports[name], dev)))
             br.delete_port(name)
             log.info("%s: port %s removed", bridge, name)
         self.publish(br)
@@ -414,6 +423,12 @@ def _mac(text: str) -> bytes:
         raise XenError(errno.EINVAL, str(err)) from None
 
 
+def port_stats(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortStats:
+    return bridge_pb2.BridgePortStats(
+        name=port.name, drops=dict(port.drops), link=dev.stats() if dev is not None else {},
+        **port.stats(), **port.flood_stats())
+
+
 def port_info(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortInfo:
     veth = isinstance(dev, VethEnd)
     return bridge_pb2.BridgePortInfo(
@@ -529,14 +544,11 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
     def _counters(self, br: Bridge) -> bridge_pb2.BridgeCounters:
         fdb = dict(br.fdb.counters)
         fdb["entries"] = len(br.fdb)
-        ports = []
-        for port in br.ports.values():
-            dev = self.service.links.get((br.name, port.name))
-            ports.append(bridge_pb2.BridgePortStats(
-                name=port.name, drops=dict(port.drops),
-                link=dev.stats() if dev is not None else {}, **port.stats()))
+        ports = [port_stats(port, self.service.links.get((br.name, port.name)))
+                 for port in br.ports.values()]
+        gone = [stats for bridge, stats in self.service.gone if bridge == br.name]
         return bridge_pb2.BridgeCounters(name=br.name, counters=dict(br.counters),
-                                         drops=dict(br.drops), fdb=fdb, ports=ports)
+                                         drops=dict(br.drops), fdb=fdb, ports=ports, gone=gone)
 
     @handles_xen_errors
     async def Flush(self, request, context):

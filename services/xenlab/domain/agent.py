@@ -26,7 +26,7 @@ from pathlib import Path
 import grpc
 
 from xenlab.domain import traffic
-from xenlab.domain.netstack import GuestNetwork
+from xenlab.domain.netstack import GoneDevice, GuestNetwork
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.proto import agent_pb2, agent_pb2_grpc
@@ -158,9 +158,20 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             devices = [self.net.device(request.interface)]
         else:
             devices = self.net.interfaces()
-        return agent_pb2.StatsReply(interfaces=[self._stats(device) for device in devices])
+        gone = [g for g in self.net.gone if not request.interface or g.name == request.interface] \
+            if request.gone else []
+        return agent_pb2.StatsReply(interfaces=[self._stats(device) for device in devices]
+                                    + [self._gone_stats(device) for device in gone])
 
-    def _stats(self, device: NetDevice) -> agent_pb2.InterfaceStats:
+    def _gone_stats(self, device: GoneDevice) -> agent_pb2.InterfaceStats:
+        message = self._stats(device, stack=False)
+        for reason, value in device.stack_drops.items():
+            message.drops[f"stack_{reason}"] = value
+        if device.unaddressed:
+            message.drops["stack_no_address"] = device.unaddressed
+        return message
+
+    def _stats(self, device: NetDevice, stack: bool = True) -> agent_pb2.InterfaceStats:
         counters = device.stats()
         message = agent_pb2.InterfaceStats(
             name=device.name,
@@ -172,6 +183,8 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
         for key, value in counters.items():
             if key.startswith("drop_"):
                 message.drops[key[len("drop_"):]] = value
+        if not stack:
+            return message
         # Frames the device delivered but the guest's stack refused: counted
         # apart, so that each frame sits under one reason at each layer.
         stack = self.net.stack(device.name)

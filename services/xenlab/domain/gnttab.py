@@ -85,13 +85,12 @@ class GrantCopier:
 
 
 def _pb_op(op: GnttabCopy) -> grants_pb2.GrantCopyOp:
-    src_gref = bool(op.flags & abi.GNTCOPY_source_gref)
-    dst_gref = bool(op.flags & abi.GNTCOPY_dest_gref)
+    sptr, sdom, soff, dptr, ddom, doff, length, flags = op
+    src_gref = bool(flags & abi.GNTCOPY_source_gref)
+    dst_gref = bool(flags & abi.GNTCOPY_dest_gref)
     return grants_pb2.GrantCopyOp(
-        source=grants_pb2.CopyPtr(domid=op.source_domid, ref=op.source_ptr if src_gref else 0,
-                                  gfn=0 if src_gref else op.source_ptr, use_gref=src_gref,
-                                  offset=op.source_offset),
-        dest=grants_pb2.CopyPtr(domid=op.dest_domid, ref=op.dest_ptr if dst_gref else 0,
-                                gfn=0 if dst_gref else op.dest_ptr, use_gref=dst_gref,
-                                offset=op.dest_offset),
-        len=op.len)
+        source=grants_pb2.CopyPtr(domid=sdom, ref=sptr if src_gref else 0,
+                                  gfn=0 if src_gref else sptr, use_gref=src_gref, offset=soff),
+        dest=grants_pb2.CopyPtr(domid=ddom, ref=dptr if dst_gref else 0,
+                                gfn=0 if dst_gref else dptr, use_gref=dst_gref, offset=doff),
+        len=length)

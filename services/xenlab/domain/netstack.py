@@ -25,6 +25,7 @@ import itertools
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Callable, Iterable
@@ -153,6 +154,33 @@ class Capture(DeviceCapture):
         self._iface.captures.discard(self)
 
 
+GONE_INTERFACES = 1024      # interfaces that went away whose last counters are kept
+
+
+class GoneDevice(NetDevice):
+    """The counters of an interface that went away, for frame accounting
+    across hotplug (Linux forgets them with the device). They are the
+    device's own: drops it still counts while it winds down (a netfront
+    giving its rings back) show here."""
+
+    def __init__(self, device: NetDevice, stack_drops: dict[str, int], unaddressed: int):
+        super().__init__(device.name, device.mac, device.mtu)
+        self.origin = weakref.ref(device)
+        self.counters = device.counters
+        self.drops = device.drops
+        self.ip = getattr(device, "ip", None)
+        self.peer = getattr(device, "peer", "")
+        self.stack_drops = dict(stack_drops)
+        self.unaddressed = unaddressed
+
+    @property
+    def state(self) -> str:
+        return "gone"
+
+    def transmit(self, frames: list[bytes]) -> None:
+        self.drop("gone", len(frames))
+
+
 class GuestNetwork:
     def __init__(self, clock: Callable[[], float] = time.monotonic, **stack_options):
         """``clock`` drives the stacks (ARP timers, echo reply times); seconds,
@@ -163,6 +191,7 @@ class GuestNetwork:
         self._pings: dict[int, _Ping] = {}
         self._idents = itertools.count(1)
         self._kernel = None
+        self.gone: collections.deque[GoneDevice] = collections.deque(maxlen=GONE_INTERFACES)
 
     # -- interfaces appearing and going away ----------------------------------------
     def attach(self, kernel) -> None:
@@ -179,6 +208,10 @@ class GuestNetwork:
 
     def _on_netif_change(self, name: str, device: NetDevice | None) -> None:
         if device is None:
+            iface = self._ifaces.get(name)
+            if iface is not None:
+                self.gone.append(GoneDevice(iface.device, iface.stack.drops() if iface.stack else {},
+                                            iface.unaddressed))
             self.remove(name)
         else:
             self.add(device, bridged=self._is_backend(name, device))
@@ -195,6 +228,10 @@ class GuestNetwork:
         return name.startswith(("vif", "veth"))
 
     def add(self, device: NetDevice, bridged: bool = False) -> None:
+        if any(g.origin() is device for g in self.gone):
+            # Back (a netfront reconnected): its counters go on in the device.
+            self.gone = collections.deque((g for g in self.gone if g.origin() is not device),
+                                          maxlen=GONE_INTERFACES)
         if device.name in self._ifaces:
             self.remove(device.name)
         iface = _Interface(device, bridged)

@@ -48,7 +48,6 @@ from xenlab.net.device import NetDevice
 from xenlab.proto import grants_pb2
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
-from xenlab.xen.doorbell import GnttabCopy
 from xenlab.xen.errors import XenError
 from xenlab.xen.netif import make_rx_ring, make_tx_ring
 from xenlab.xen.ring import BackRing, SharedRing
@@ -390,6 +389,16 @@ class Netback(XenbusDevice):
         rx = conn.rx
         free = list(conn.rx_scratches)
         in_flight: collections.deque = collections.deque()
+        try:
+            await self._rx_batches(conn, vif, rx, free, in_flight)
+        except asyncio.CancelledError:
+            # Disconnected with copies in flight: their responses will never
+            # be written, so those frames never reach the guest.
+            vif.drop("not_connected", sum(len(batch.frames) for batch, _ in in_flight))
+            raise
+
+    async def _rx_batches(self, conn: _Connection, vif: VifDevice, rx: NetbackRx, free: list,
+                          in_flight: collections.deque) -> None:
         while True:
             while free:
                 batch = rx.build(free[-1])
@@ -401,8 +410,9 @@ class Netback(XenbusDevice):
                 if not rx.more_to_do():
                     return
                 continue
-            batch, answer = in_flight.popleft()
+            batch, answer = in_flight[0]
             statuses = await answer
+            in_flight.popleft()
             free.append(batch.scratch)
             result = rx.complete(batch, statuses)
             vif.count_tx(result.sent)
@@ -511,15 +521,15 @@ def _replace_online(cfg: VifConfig, online: bool) -> VifConfig:
     return cfg if cfg.online == online else replace(cfg, online=online)
 
 
-def _gnttab_ops(copies: list[GrantCopy], frontend_id: int) -> list[GnttabCopy]:
-    """The core's copy plan as gnttab_copy ops: the frontend's side by grant
-    reference, ours by gfn of our own (DOMID_SELF)."""
+def _gnttab_ops(copies: list[GrantCopy], frontend_id: int) -> list[tuple]:
+    """The core's copy plan as gnttab_copy ops (the layout of GnttabCopy,
+    as plain tuples: this runs for every frame): the frontend's side by
+    grant reference, ours by gfn of our own (DOMID_SELF)."""
     self_id, src_gref, dst_gref = abi.DOMID_SELF, abi.GNTCOPY_source_gref, abi.GNTCOPY_dest_gref
-    return [GnttabCopy(c.gfn, self_id, c.gfn_offset, c.gref, frontend_id, c.gref_offset,
-                       c.length, dst_gref) if c.to_frontend else
-            GnttabCopy(c.gref, frontend_id, c.gref_offset, c.gfn, self_id, c.gfn_offset,
-                       c.length, src_gref)
-            for c in copies]
+    return [(gfn, self_id, gfn_offset, gref, frontend_id, gref_offset, length, dst_gref)
+            if to_frontend else
+            (gref, frontend_id, gref_offset, gfn, self_id, gfn_offset, length, src_gref)
+            for gref, gref_offset, gfn, gfn_offset, length, to_frontend in copies]
 
 
 def _notify_change(kernel, name: str, dev: NetDevice | None) -> None:

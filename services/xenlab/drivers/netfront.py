@@ -55,6 +55,7 @@ class NetfrontDevice(NetDevice):
         self._tx: NetfrontTx | None = None
         self._rx: NetfrontRx | None = None
         self._kick: Callable[[], None] | None = None
+        self._winding_down: tuple[NetfrontTx, NetfrontRx] | None = None
 
     @property
     def state(self) -> str:
@@ -92,8 +93,28 @@ class NetfrontDevice(NetDevice):
     def detach(self) -> None:
         if self._tx is not None:
             self.drop("not_connected", self._tx.drop_backlog())
+            self._winding_down = (self._tx, self._rx)
         self._tx = self._rx = None
         self._kick = None
+
+    def settle(self) -> None:
+        """The backend has let go of the rings (Closed, or gone): count what
+        is still on them, as xennet_release_tx_bufs/rx_bufs free it. A
+        request never answered was sent but never taken ("tx_unanswered",
+        one per slot: exact for frames of one page); a response never polled
+        reached our memory after we stopped ("rx_after_close")."""
+        cores, self._winding_down = self._winding_down, None
+        if cores is None:
+            return
+        tx, rx = cores
+        tx.poll()
+        if tx.in_flight:
+            self.drop("tx_unanswered", tx.in_flight)
+        out = rx.poll()
+        if out.frames:
+            self.drop("rx_after_close", len(out.frames))
+        for reason, n in out.drops.items():
+            self.drop(reason, n)
 
     def on_event(self, port: int) -> None:
         """The event channel fired: responses on either ring (xennet_interrupt)."""
@@ -246,6 +267,8 @@ class Netfront(XenbusDevice):
 
     async def release(self) -> None:
         rings, self._rings = self._rings, None
+        if self.dev is not None:
+            self.dev.settle()
         if rings is not None:
             await self._give_back(rings)
 

@@ -146,7 +146,7 @@ class Lab:
 
     async def _start_bridges(self) -> None:
         args = ["bridge-service", "--rundir", str(self.rundir), "--log-level", self.log_level,
-                "--die-with-parent", *self._events_args(), *self._fdb_args()]
+                "--die-with-parent", *self._events_args(), *self._bridge_args()]
         for bridge in self.spec.bridges:
             args += ["--bridge", bridge.name]
             if bridge.uplink:
@@ -164,18 +164,22 @@ class Lab:
             return True
         await self._wait(service, ready, f"bridge(s) {names} to register")
 
-    def _fdb_args(self) -> list[str]:
+    def _bridge_args(self) -> list[str]:
         """One bridge service runs every bridge of the lab, with one ageing
-        time and one FDB limit."""
+        time, FDB limit and flood limit."""
         ageing = {b.ageing for b in self.spec.bridges}
         fdb_max = {b.fdb_max for b in self.spec.bridges}
-        if len(ageing) > 1 or len(fdb_max) > 1:
+        flood = {b.flood_limit for b in self.spec.bridges}
+        if len(ageing) > 1 or len(fdb_max) > 1 or len(flood) > 1:
             raise LabError("the bridges of a lab share one bridge service, so they must have the "
-                           "same ageing and fdb_max")
+                           "same ageing, fdb_max and flood_limit")
         args = ["--ageing", f"{ageing.pop():g}"]
         limit = fdb_max.pop()
         if limit is not None:
             args += ["--fdb-max", str(limit)]
+        storm = flood.pop()
+        if storm is not None:
+            args += ["--flood-limit", storm]
         return args
 
     async def _start_dom0(self) -> None:

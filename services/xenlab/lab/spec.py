@@ -9,6 +9,9 @@
     [[bridge]]
     name = "xenbr0"
     uplink = "tap:xltap0"    # optional: a real Linux TAP port (needs CAP_NET_ADMIN)
+    fdb_max = 1024           # optional: FDB size limit (default 8192); then LRU eviction
+    flood_limit = "1000/2000"  # optional: storm control, flooded frames/s (/burst) per port;
+                             # 0 turns it off (default: the bridge service's, 1000)
 
     [[domain]]
     name = "web"
@@ -41,7 +44,7 @@ from xenlab.xen.xlcfg import XlConfig, format_value, load_xl_config, parse_xl_co
 
 LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
-BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max"}
+BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "flood_limit"}
 MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
 
 
@@ -51,6 +54,7 @@ class BridgeSpec:
     uplink: str | None = None       # "tap:NAME"
     ageing: float = 300.0
     fdb_max: int | None = None
+    flood_limit: str | None = None  # storm control, "RATE[/BURST]"; None: the service's default
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,13 @@ def _bridge(entry: dict, index: int, source: str) -> BridgeSpec:
     uplink = entry.get("uplink")
     if uplink is not None and not (isinstance(uplink, str) and uplink.startswith("tap:") and 1 < len(uplink) - 4 <= 15):
         raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME up to 15 characters)")
-    return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"))
+    flood = entry.get("flood_limit")
+    if flood is not None:
+        if isinstance(flood, bool) or not isinstance(flood, (int, float, str)):
+            raise _fail(source, f"bridge {name}: flood_limit must be RATE or \"RATE/BURST\" "
+                                f"(frames per second, frames), got {flood!r}")
+        flood = f"{flood:g}" if isinstance(flood, (int, float)) else flood
+    return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"), flood)
 
 
 def _mqtt(entry: dict, source: str) -> MqttSpec:

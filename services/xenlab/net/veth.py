@@ -60,19 +60,24 @@ def encode_bye() -> bytes:
 
 def encode_frames(frames: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
     """Pack frames into as few datagrams as fit `limit` bytes each."""
-    datagrams, batch, size = [], [], HEADER.size
+    return [_frames_datagram(batch) for batch in batch_frames(frames, limit)]
+
+
+def batch_frames(frames: list[bytes], limit: int = BATCH_BYTES) -> list[list[bytes]]:
+    """The frames of each datagram `encode_frames` makes."""
+    batches, batch, size = [], [], HEADER.size
     for frame in frames:
         if len(frame) > MAX_FRAME:
             raise ValueError(f"a frame of {len(frame)} bytes does not fit a veth (max {MAX_FRAME})")
         need = FRAME_LEN.size + len(frame)
         if batch and size + need > limit:
-            datagrams.append(_frames_datagram(batch))
+            batches.append(batch)
             batch, size = [], HEADER.size
         batch.append(frame)
         size += need
     if batch:
-        datagrams.append(_frames_datagram(batch))
-    return datagrams
+        batches.append(batch)
+    return batches
 
 
 def _frames_datagram(frames: list[bytes]) -> bytes:
@@ -226,20 +231,34 @@ def parse_address(address: str) -> tuple[str, object]:
 # -- the endpoint ---------------------------------------------------------------------
 class VethEnd(NetDevice):
     """One end of a veth pair. transmit() sends to the peer end; frames from
-    the peer are delivered to this end's receiver."""
+    the peer are delivered to this end's receiver.
+
+    Accounting (every frame sent is received or counted as a drop, across
+    the pair): a frame counts as sent (tx_packets) once its datagram is in
+    the socket, so that frames still queued when the link goes down are
+    ``link_down`` drops and nothing else. An end closed on purpose first
+    stops the peer sending (shutdown(SHUT_RD): the peer's next send fails
+    with EPIPE) and then counts what the peer had sent but this end never
+    read as ``closed_unread`` drops. Only a process that dies loses frames
+    this way: with its counters.
+    """
 
     def __init__(self, name: str, link: _Link, mac: bytes = b"\0" * 6, mtu: int = 1500,
-                 peer_info: dict | None = None):
+                 peer_info: dict | None = None, pending: list[bytes] | None = None):
         super().__init__(name, mac, mtu)
         self.link = link
         self.peer_info = peer_info or {}
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, list[bytes]]] = collections.deque()
         self._queued_frames = 0
         self._writing = False
         self._closed = False
         self.closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(link.sock.fileno(), self._on_readable)
+        if pending:
+            # Datagrams that came with the peer's hello: once our owner has
+            # attached a receiver (it does so before it next yields).
+            self._loop.call_soon(self._take, pending)
 
     @property
     def state(self) -> str:
@@ -259,15 +278,14 @@ class VethEnd(NetDevice):
             frames = [f for f in frames if len(f) <= MAX_FRAME]
         if not frames:
             return
-        self.count_tx(frames)
-        for datagram in encode_frames(frames):
-            self._queue.append(datagram)
+        for batch in batch_frames(frames):
+            self._queue.append((_frames_datagram(batch), batch))
         self._queued_frames += len(frames)
         self._flush()
 
     def _flush(self) -> None:
         while self._queue:
-            datagram = self._queue[0]
+            datagram, batch = self._queue[0]
             try:
                 ok = self.link.send(datagram)
             except OSError as err:
@@ -276,7 +294,8 @@ class VethEnd(NetDevice):
             if not ok:
                 break
             self._queue.popleft()
-            self._queued_frames -= HEADER.unpack_from(datagram)[3]
+            self._queued_frames -= len(batch)
+            self.count_tx(batch)
         pending = bool(self._queue) or getattr(self.link, "pending", False)
         if pending and not self._writing:
             self._loop.add_writer(self.link.sock.fileno(), self._flush)
@@ -293,6 +312,11 @@ class VethEnd(NetDevice):
             return
         if datagrams is None:
             self._fail("peer closed")
+            return
+        self._take(datagrams)
+
+    def _take(self, datagrams: list[bytes]) -> None:
+        if self._closed:
             return
         for datagram in datagrams:
             try:
@@ -331,11 +355,34 @@ class VethEnd(NetDevice):
             self.drop("link_down", dropped)
             self._queued_frames = 0
             self._queue.clear()
+        self._drain_unread()
         self.link.sock.close()
         self.closed.set()
 
+    def _drain_unread(self) -> None:
+        """Stop the peer sending and count what it sent that we never read."""
+        try:
+            self.link.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        for _ in range(4096):           # bounded: the socket holds a finite backlog
+            try:
+                datagrams = self.link.recv()
+            except (OSError, VethError):
+                return
+            if not datagrams:
+                return
+            for datagram in datagrams:
+                try:
+                    op, payload = decode(datagram)
+                except VethError:
+                    continue
+                if op == OP_FRAMES and payload:
+                    self.drop("closed_unread", len(payload))
 
-async def _read_hello(sock: socket.socket, link: _Link, timeout: float) -> dict:
+
+async def _read_hello(sock: socket.socket, link: _Link, timeout: float) -> tuple[dict, list[bytes]]:
+    """The peer's hello, and whatever it sent right after it."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
     loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
@@ -351,9 +398,11 @@ async def _read_hello(sock: socket.socket, link: _Link, timeout: float) -> dict:
                 raise VethError("closed before hello")
             if datagrams:
                 op, payload = decode(datagrams[0])
-                if op != OP_HELLO or len(datagrams) > 1:
-                    raise VethError("the first datagram must be a hello alone")
-                return payload
+                if op != OP_HELLO:
+                    raise VethError("the first datagram must be a hello")
+                # The listener attaches its end as it answers, so frames (a
+                # flood on the bridge) may follow the answer at once.
+                return payload, datagrams[1:]
             ready = loop.create_future()
             loop.remove_reader(sock.fileno())
             loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
@@ -388,13 +437,13 @@ async def connect_veth(address: str, name: str, hello: dict, mac: bytes = b"\0" 
     try:
         if not link.send(encode_hello({**hello, "name": name})):
             raise VethError("no room to send hello")
-        peer = await _read_hello(sock, link, timeout)
+        peer, pending = await _read_hello(sock, link, timeout)
         if peer.get("error"):
             raise VethError(str(peer["error"]))
     except BaseException:
         sock.close()
         raise
-    return VethEnd(name, link, mac, mtu, peer)
+    return VethEnd(name, link, mac, mtu, peer, pending)
 
 
 AcceptCallback = Callable[[dict], Awaitable[tuple[str, dict]] | tuple[str, dict]]
@@ -447,7 +496,7 @@ class VethListener:
     async def _handshake(self, conn: socket.socket) -> None:
         link = SeqpacketLink(conn) if conn.family == socket.AF_UNIX else StreamLink(conn)
         try:
-            hello = await _read_hello(conn, link, self.hello_timeout)
+            hello, pending = await _read_hello(conn, link, self.hello_timeout)
             result = self.admit(hello)
             if asyncio.iscoroutine(result):
                 result = await result
@@ -461,7 +510,7 @@ class VethListener:
             conn.close()
             return
         link.send(encode_hello(reply))
-        end = VethEnd(name, link, peer_info=hello)
+        end = VethEnd(name, link, peer_info=hello, pending=pending)
         self.attached(end)
 
     async def close(self) -> None:

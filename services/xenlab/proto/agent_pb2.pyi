@@ -116,10 +116,12 @@ class CapturedFrame(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., timestamp: _Optional[float] = ..., direction: _Optional[str] = ..., interface: _Optional[str] = ...) -> None: ...
 
 class StatsRequest(_message.Message):
-    __slots__ = ("interface",)
+    __slots__ = ("interface", "gone")
     INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    GONE_FIELD_NUMBER: _ClassVar[int]
     interface: str
-    def __init__(self, interface: _Optional[str] = ...) -> None: ...
+    gone: bool
+    def __init__(self, interface: _Optional[str] = ..., gone: bool = ...) -> None: ...
 
 class InterfaceStats(_message.Message):
     __slots__ = ("name", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops", "mac", "ip", "mtu", "state", "peer")

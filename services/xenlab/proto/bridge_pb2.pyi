@@ -179,7 +179,7 @@ class BridgeStatsRequest(_message.Message):
     def __init__(self, bridge: _Optional[str] = ...) -> None: ...
 
 class BridgePortStats(_message.Message):
-    __slots__ = ("name", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops", "link")
+    __slots__ = ("name", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops", "link", "rx_broadcast", "rx_multicast")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -201,6 +201,8 @@ class BridgePortStats(_message.Message):
     TX_BYTES_FIELD_NUMBER: _ClassVar[int]
     DROPS_FIELD_NUMBER: _ClassVar[int]
     LINK_FIELD_NUMBER: _ClassVar[int]
+    RX_BROADCAST_FIELD_NUMBER: _ClassVar[int]
+    RX_MULTICAST_FIELD_NUMBER: _ClassVar[int]
     name: str
     rx_packets: int
     rx_bytes: int
@@ -208,10 +210,12 @@ class BridgePortStats(_message.Message):
     tx_bytes: int
     drops: _containers.ScalarMap[str, int]
     link: _containers.ScalarMap[str, int]
-    def __init__(self, name: _Optional[str] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., link: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    rx_broadcast: int
+    rx_multicast: int
+    def __init__(self, name: _Optional[str] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., link: _Optional[_Mapping[str, int]] = ..., rx_broadcast: _Optional[int] = ..., rx_multicast: _Optional[int] = ...) -> None: ...
 
 class BridgeCounters(_message.Message):
-    __slots__ = ("name", "counters", "drops", "fdb", "ports")
+    __slots__ = ("name", "counters", "drops", "fdb", "ports", "gone")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -238,12 +242,14 @@ class BridgeCounters(_message.Message):
     DROPS_FIELD_NUMBER: _ClassVar[int]
     FDB_FIELD_NUMBER: _ClassVar[int]
     PORTS_FIELD_NUMBER: _ClassVar[int]
+    GONE_FIELD_NUMBER: _ClassVar[int]
     name: str
     counters: _containers.ScalarMap[str, int]
     drops: _containers.ScalarMap[str, int]
     fdb: _containers.ScalarMap[str, int]
     ports: _containers.RepeatedCompositeFieldContainer[BridgePortStats]
-    def __init__(self, name: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., fdb: _Optional[_Mapping[str, int]] = ..., ports: _Optional[_Iterable[_Union[BridgePortStats, _Mapping]]] = ...) -> None: ...
+    gone: _containers.RepeatedCompositeFieldContainer[BridgePortStats]
+    def __init__(self, name: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ..., drops: _Optional[_Mapping[str, int]] = ..., fdb: _Optional[_Mapping[str, int]] = ..., ports: _Optional[_Iterable[_Union[BridgePortStats, _Mapping]]] = ..., gone: _Optional[_Iterable[_Union[BridgePortStats, _Mapping]]] = ...) -> None: ...
 
 class BridgeStatsReply(_message.Message):
     __slots__ = ("bridges",)

@@ -305,8 +305,10 @@ class _Parser:
                 raise self.error(f"unterminated list: '[' on line {opening.line} has no ']'",
                                  sep.line)
             if sep.kind != ",":
-                raise self.error(f"bad list: expected ',' or ']' after an item, found {_describe(sep)}",
-                                 sep.line)
+                unclosed = (f" (is the '[' on line {opening.line} closed?)"
+                            if sep.line != opening.line else "")
+                raise self.error(f"bad list: expected ',' or ']' after an item, found "
+                                 f"{_describe(sep)}{unclosed}", sep.line)
 
 
 def _describe(tok: _Token) -> str:
@@ -606,6 +608,20 @@ def _ifname(key: str):
     return check
 
 
+# A bridge's name is a path component of the bridge registry in xenstore
+# (/tool/xenlab/bridges/NAME), as the bridge service checks it.
+_BRIDGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
+
+
+def _bridge(key: str):
+    def check(text: str) -> str:
+        if not _BRIDGE_NAME.fullmatch(text):
+            raise ConfigError(f"{key}={text!r} is not a valid interface name for a bridge "
+                              f"(1-{IFNAMSIZ - 1} of A-Z a-z 0-9 _ -)")
+        return text
+    return check
+
+
 def _nonempty(key: str):
     def check(text: str) -> str:
         if not text:
@@ -616,8 +632,8 @@ def _nonempty(key: str):
 
 _VIF_KEYS = {
     "mac": ("mac", _vif_mac),
-    "bridge": ("bridge", _ifname("bridge")),
-    "netdev": ("bridge", _ifname("netdev")),      # xl's older spelling of bridge
+    "bridge": ("bridge", _bridge("bridge")),
+    "netdev": ("bridge", _bridge("netdev")),      # xl's older spelling of bridge
     "ip": ("ip", _vif_ip),
     "vifname": ("vifname", _ifname("vifname")),
     "rate": ("rate", _vif_rate),

@@ -192,7 +192,7 @@ async def test_network_detach_never_follows_the_guests_backend_key(hypervisor):
     await guest_writes(client, f"/local/domain/{liar}/device/vif/0/backend", victim_backend)
     await hypervisor.dom0.domains.NetworkDetach(domains_pb2.NetworkDetachRequest(
         domain=common_pb2.DomainRef(domid=liar), device="0", force=True, timeout=0.2))
-    xs, dom0 = hypervisor.hv.xenstore, hypervisor.hv.identity
+    xs = hypervisor.hv.xenstore
     assert xs.exists(victim_backend)
     read = hypervisor.dom0.xenstore.Read
     for key, value in (("online", b"1"), ("state", b"1")):

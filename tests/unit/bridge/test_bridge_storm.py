@@ -1,0 +1,75 @@
+"""Storm control: a per-port token bucket on flooded frames (broadcast,
+multicast, unknown unicast), and the broadcast/multicast counters."""
+import pytest
+
+from xenlab.bridge.core import Bridge
+from xenlab.xen.errors import XenError
+
+BCAST = b"\xff" * 6
+MCAST = bytes.fromhex("01005e000001")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 10.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def mac(n: int) -> bytes:
+    return bytes.fromhex("00163e") + n.to_bytes(3, "big")
+
+
+def frame(dst: bytes, src: bytes) -> bytes:
+    return dst + src + b"\x88\xb5" + bytes(46)
+
+
+def bridge(clock, rate=10.0, burst=None) -> Bridge:
+    br = Bridge("xenbr0", clock=clock, flood_rate=rate, flood_burst=burst)
+    for name in ("vif1.0", "vif2.0", "vif3.0"):
+        br.add_port(name)
+    return br
+
+
+def test_a_port_floods_its_burst_then_its_rate_and_the_rest_is_counted():
+    clock = Clock()
+    br = bridge(clock, rate=10.0, burst=5)
+    out = br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 20)
+    assert len(out["vif2.0"]) == 5 and len(out["vif3.0"]) == 5
+    port = br.ports["vif1.0"]
+    assert port.drops["storm_control"] == 15 and br.drops["storm_control"] == 15
+    assert port.counters["rx_broadcast"] == 20 and port.counters["rx_packets"] == 20
+    clock.now += 0.5                                   # 5 more frames' worth of credit
+    out = br.forward_batch("vif1.0", [frame(MCAST, mac(1))] * 20)
+    assert len(out["vif2.0"]) == 5 and port.counters["rx_multicast"] == 20
+    clock.now += 100                                   # credit never exceeds the burst
+    out = br.forward_batch("vif1.0", [frame(mac(77), mac(1))] * 20)     # unknown unicast
+    assert len(out["vif2.0"]) == 5
+    assert br.counters["rx"] == br.counters["forwarded"] + sum(br.drops.values())
+
+
+def test_one_port_storming_leaves_the_others_their_own_budget_and_unicast():
+    clock = Clock()
+    br = bridge(clock, rate=10.0)
+    br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 1000)
+    assert ports(br.forward("vif2.0", frame(BCAST, mac(2)))) == ["vif1.0", "vif3.0"]
+    # Known unicast is never limited.
+    out = br.forward_batch("vif1.0", [frame(mac(2), mac(1))] * 100)
+    assert len(out["vif2.0"]) == 100
+
+
+def ports(outputs):
+    return [p for p, _ in outputs]
+
+
+def test_no_limit_by_default_and_the_limit_can_change():
+    clock = Clock()
+    br = bridge(clock, rate=0)
+    assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 500)["vif2.0"]) == 500
+    br.set_flood_limit(3)
+    assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 10)["vif2.0"]) == 3
+    with pytest.raises(XenError):
+        br.set_flood_limit(-1)
+    with pytest.raises(XenError):
+        br.set_flood_limit(5, 0.5)

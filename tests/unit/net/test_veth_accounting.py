@@ -1,0 +1,109 @@
+"""Frame accounting across a veth pair when one end goes away: every frame
+handed to one end is received by the other or counted as a drop, once."""
+import asyncio
+
+import pytest
+
+from xenlab.net import veth
+from xenlab.testing import short_tempdir
+
+
+async def pair(transport="unix"):
+    address = f"unix:{short_tempdir()}/br.sock" if transport == "unix" else "tcp:127.0.0.1:0"
+    ports = []
+    listener = veth.VethListener(address, admit=lambda hello: (hello["name"], {}), attached=ports.append)
+    await listener.start()
+    end = await veth.connect_veth(listener.bound_address, "vif1.0", {})
+    for _ in range(200):
+        if ports:
+            break
+        await asyncio.sleep(0.01)
+    return listener, end, ports[0]
+
+
+def sent(end):
+    return end.counters["tx_packets"]
+
+
+def handled(end):
+    return end.counters["rx_packets"] + end.drops["no_receiver"] + end.drops["closed_unread"]
+
+
+async def settle():
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+
+
+async def test_frames_the_closing_end_never_read_are_counted_unread():
+    listener, a, b = await pair()
+    got = []
+    b.receiver = got.extend
+    frames = [bytes([i % 256]) * 200 for i in range(3000)]
+    a.transmit(frames)          # most of them are still in b's socket when b closes
+    b.close()
+    await asyncio.wait_for(a.closed.wait(), 5)
+    a.transmit(frames[:7])      # after the peer went: dropped, never sent
+    await settle()
+    assert sent(a) + a.drops["link_down"] == 3007
+    assert sent(a) == handled(b) == len(got) + b.drops["closed_unread"]
+    assert b.drops["closed_unread"] > 0 and a.drops["link_down"] >= 7
+    await listener.close()
+
+
+async def test_frames_queued_when_the_link_fails_are_dropped_not_also_sent():
+    listener, a, b = await pair()
+    b.receiver = lambda frames: None
+    # More than the socket takes at once: the rest waits in a's queue.
+    frames = [b"\x01" * 1400] * 6000
+    a.transmit(frames)
+    assert a.counters["tx_packets"] < 6000
+    b.close()
+    await asyncio.wait_for(a.closed.wait(), 5)
+    await settle()
+    assert sent(a) + a.drops["link_down"] == 6000
+    assert sent(a) == handled(b)
+    assert a.drops["link_down"] > 0 and b.drops["closed_unread"] > 0
+    await listener.close()
+
+
+async def test_a_clean_close_in_order_loses_nothing():
+    listener, a, b = await pair()
+    got = []
+    b.receiver = got.extend
+    a.transmit([b"\x02" * 100] * 500)
+    await settle()
+    a.close()
+    await asyncio.wait_for(b.closed.wait(), 5)
+    assert len(got) == sent(a) == 500 and b.drops["closed_unread"] == 0
+    await listener.close()
+
+
+async def test_frames_right_behind_the_hello_reach_the_connecting_end():
+    # A bridge floods to a port as soon as it is attached, which can be
+    # before the connecting end has read the answer to its hello.
+    address = f"unix:{short_tempdir()}/br.sock"
+    ends = []
+
+    def attached(end):
+        ends.append(end)
+        end.transmit([b"\xff" * 6 + b"\x02" * 6 + b"\x88\xb5" + bytes(50)] * 3)
+
+    listener = veth.VethListener(address, admit=lambda hello: (hello["name"], {}), attached=attached)
+    await listener.start()
+    real = veth._read_hello
+
+    async def slow_read_hello(sock, link, timeout):
+        await asyncio.sleep(0.1)          # the frames are queued behind the answer by now
+        return await real(sock, link, timeout)
+
+    veth._read_hello = slow_read_hello
+    try:
+        end = await veth.connect_veth(listener.bound_address, "vif1.0", {})
+    finally:
+        veth._read_hello = real
+    got = []
+    end.receiver = got.extend
+    await settle()
+    assert len(got) == 3 and sent(ends[0]) == 3
+    end.close()
+    await listener.close()
