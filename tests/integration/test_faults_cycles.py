@@ -5,7 +5,6 @@ import os
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2, domains_pb2, evtchn_pb2, xenstore_pb2

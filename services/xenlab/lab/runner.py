@@ -41,7 +41,6 @@ class Service:
     name: str
     proc: asyncio.subprocess.Process
     log: Path
-    args: tuple[str, ...] = ()
 
 
 @dataclass
@@ -100,7 +99,7 @@ class Lab:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "xenlab.cli.main", *args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        service = Service(name, proc, logfile, args)
+        service = Service(name, proc, logfile)
         old = self.service(name)
         if old is not None:
             self.services[self.services.index(old)] = service

@@ -2,7 +2,6 @@
 handed to one end is received by the other or counted as a drop, once."""
 import asyncio
 
-import pytest
 
 from xenlab.net import veth
 from xenlab.testing import short_tempdir
