@@ -7,6 +7,18 @@ import resource
 import signal
 
 PR_SET_PDEATHSIG = 1
+GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
+
+
+def exec_only_forks(environ=os.environ) -> None:
+    """xenlab's processes fork only to exec (asyncio subprocesses: the
+    hypervisor's domains, the lab's services). gRPC's fork handlers restart
+    its threads in the child, where they can deadlock before the exec
+    (grpc/grpc#37259): a hypervisor froze in Popen after some hundred domain
+    launches. gRPC's fork_support.md says to turn them off for fork+exec,
+    which this does unless the environment already chose. Call it before
+    grpc is imported."""
+    environ.setdefault(GRPC_FORK_SUPPORT, "false")
 
 
 def die_with_parent() -> None:

@@ -24,7 +24,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from xenlab.client import HypervisorClient
+from xenlab.osutil import exec_only_forks
+
+exec_only_forks()       # labs fork their services from the test process: before grpc loads
+
+from xenlab.client import HypervisorClient  # noqa: E402
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.proto import domains_pb2
 from xenlab.testing_invariants import check_invariants, invariant_violations  # noqa: F401

@@ -166,9 +166,12 @@ def table(results: dict) -> str:
     fdb = results.get("fdb")
     if fdb:
         lines += ["", "Bridge forwarding cost (core, per frame) against FDB size"]
-        lines.append("  " + "   ".join(f"{r['entries']:,} entries: {r['ns_per_frame'] / 1000:.2f} us"
-                                        for r in fdb["runs"])
-                     + f"   ratio {fdb['ratio_largest_to_smallest']:.2f}")
+        for label, runs, ratio in (("same 5 destinations", fdb["runs"], fdb["ratio_largest_to_smallest"]),
+                                   ("destinations all over", fdb.get("spread_runs"), fdb.get("spread_ratio"))):
+            if runs:
+                lines.append(f"  {label:<22}" + "   ".join(
+                    f"{r['entries']:>7,}: {r['ns_per_frame'] / 1000:.2f} us" for r in runs)
+                    + f"   ratio {ratio:.2f}")
     prof = results.get("profile") or {}
     if prof.get("processes"):
         lines += ["", f"Profile of a 64-byte blast (py-spy; {_n(prof.get('fps_under_profiler'))} fps under it): "

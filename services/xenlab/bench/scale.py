@@ -21,7 +21,8 @@ from xenlab.lab.runner import CONNECTED, LabError
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
 from xenlab.xen.xlcfg import to_domain_spec
 
-POLL = 0.25                 # seconds between looks at the vifs while they connect
+POLL = 1.0                  # seconds between looks at the vifs while they connect: each look
+                            # is N NetworkList calls, work for the hypervisor being measured
 MESH_CONCURRENCY = 8        # sources pinging at once
 MESH_TIMEOUT = 5.0          # per ping (the first one of a pair resolves ARP)
 CREATE_TIMEOUT = 60.0       # seconds for one Domains.Create (it starts the process)

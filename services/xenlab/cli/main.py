@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from xenlab.osutil import exec_only_forks
+
 # Commands that live in other packages: name -> (module, one-line help).
 # Each module has add_arguments(parser) and run(args) -> int ("module:NAME":
 # NAME_arguments(parser) and NAME(args) instead); it is imported only when its
@@ -114,6 +116,7 @@ def _setup_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if env is None else env
+    exec_only_forks()
     parser = build_parser()
     at = _delegated(argv)
     if at is not None:

@@ -63,9 +63,12 @@ def test_fdb_cost_run_forwards_known_unicast_to_stations_all_over_the_table():
     frames = frames_for(1000)
     assert len({f[:6] for f in frames}) == 500              # every station behind p2
     assert all(bridge.fdb.get(f[:6]).port == "p2" for f in frames)
-    run = forwarding_cost(1000, frames=2000, repeats=2)
-    assert run["flooded"] == 0 and run["unicast"] == 2 * run["frames_per_run"]
-    assert run["fdb_entries"] == 1000 and run["ns_per_frame"] > 0
+    assert len({f[:6] for f in frames_for(1000, spread=False)}) == 5
+    for spread in (True, False):
+        run = forwarding_cost(1000, frames=2000, repeats=2, spread=spread)
+        assert run["flooded"] == 0 and run["unicast"] == 2 * run["frames_per_run"]
+        assert run["fdb_entries"] == 1000 and run["ns_per_frame"] > 0
+    assert forwarding_cost(10, frames=640, repeats=1, spread=False)["flooded"] == 0
 
 
 def test_targets_say_met_missed_or_not_measured():
