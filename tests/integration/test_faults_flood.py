@@ -56,9 +56,17 @@ async def bridge_stats(stub) -> bridge_pb2.BridgeCounters:
     return (await stub.Stats(bridge_pb2.BridgeStatsRequest(bridge="xenbr0"))).bridges[0]
 
 
-async def quiet(stub, timeout: float = 30.0) -> bridge_pb2.BridgeCounters:
-    """The bridge's counters once they stop moving (the queues drained)."""
+async def quiet(stub, port: str = "", rx: int = 0, timeout: float = 60.0) -> bridge_pb2.BridgeCounters:
+    """The bridge's counters once `port` has taken in `rx` frames and they
+    stop moving (the queues drained)."""
     deadline = time.monotonic() + timeout
+    while port:
+        ports = {p.name: p for p in (await bridge_stats(stub)).ports}
+        if ports[port].rx_packets >= rx:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{port} took in {ports[port].rx_packets} frames, not {rx}")
+        await asyncio.sleep(0.1)
     last = await bridge_stats(stub)
     while time.monotonic() < deadline:
         await asyncio.sleep(0.3)
@@ -95,7 +103,8 @@ async def test_mac_flood_and_broadcast_storm_are_bounded_and_do_not_starve_the_o
         flood, during = await abuse_while_pinging(lab, agent_pb2.BlastRequest(
             dst_mac="02:00:00:00:99:99", count=FLOOD_FRAMES, batch=256, random_src=True, timeout=300))
         assert flood.sent == FLOOD_FRAMES and flood.dropped == 0
-        after = await quiet(stub)
+        rx_before = {p.name: p for p in before.ports}[port].rx_packets
+        after = await quiet(stub, port, rx_before + FLOOD_FRAMES)
         elapsed = time.monotonic() - started
         growth = rss_kb(bridge_pid) - rss_before
         print(f"MAC flood of {FLOOD_FRAMES}: {flood.finished - flood.started:.1f}s in the guest, "
@@ -118,7 +127,7 @@ async def test_mac_flood_and_broadcast_storm_are_bounded_and_do_not_starve_the_o
         started = time.monotonic()
         storm, during = await abuse_while_pinging(lab, agent_pb2.BlastRequest(
             dst_mac="ff:ff:ff:ff:ff:ff", count=STORM_FRAMES, batch=256, timeout=300))
-        final = await quiet(stub)
+        final = await quiet(stub, port, {p.name: p for p in after.ports}[port].rx_packets + STORM_FRAMES)
         elapsed = time.monotonic() - started
         old, new = {p.name: p for p in after.ports}, {p.name: p for p in final.ports}
         assert new[port].rx_broadcast - old[port].rx_broadcast == STORM_FRAMES
