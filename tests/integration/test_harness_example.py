@@ -23,10 +23,10 @@ async def test_client_reaches_server(lab_factory):
     lab = await lab_factory(LAB)
     client = await lab.agent("client")
     try:
-        ping = await client.Ping(agent_pb2.PingRequest(dst="192.168.50.20", count=3, interval=0.05))
+        ping = await client.Ping(agent_pb2.PingRequest(dst="192.168.50.20", count=3, interval=0.05, timeout=10))
         assert ping.received == 3
         echo = await client.SendUdp(agent_pb2.SendUdpRequest(
-            dst="192.168.50.20", dport=7, payload=b"hello", wait_reply=True))
+            dst="192.168.50.20", dport=7, payload=b"hello", wait_reply=True, timeout=10))
         assert echo.reply == b"hello"
     finally:
         await client.close()
