@@ -340,7 +340,7 @@ class Lab:
             if len(ready) != last:
                 self.progress(f"vifs connected: {len(ready)}/{len(vifs)}")
                 last = len(ready)
-            if len(ready) == len(vifs):
+            if len(ready) == len(vifs) and await self._agents_published():
                 return
             for service in self.services:
                 if service.proc.returncode is not None:
@@ -350,6 +350,14 @@ class Lab:
                                   f"hotplug {v.hotplug_status or '-'})" for v in vifs if v not in ready)
                 raise LabError(f"timed out after {timeout:g}s waiting for vifs: {stuck}")
             await asyncio.sleep(0.1)
+
+    async def _agents_published(self) -> bool:
+        """Every domU's guest agent has published its address (it does so
+        at the end of boot, which may come after its vifs connect)."""
+        for domid in self.domids.values():
+            if not await self._xs_read(f"/local/domain/{domid}/data/agent"):
+                return False
+        return True
 
     def _write_state(self) -> None:
         state = {"name": self.spec.name, "pid": os.getpid(), "source": self.spec.source,
