@@ -21,7 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from xenlab.bench.stats import conservation, percentiles, rate, rate_fields
 
@@ -45,7 +45,8 @@ def _run(*cmd: str) -> str:
 
 @dataclass
 class KernelBridge:
-    prefix: str = f"xlb{os.getpid()}"
+    # Names of this run only: the process id keeps two runs apart.
+    prefix: str = field(default_factory=lambda: f"xlb{os.getpid()}")
 
     @property
     def ns_a(self) -> str:

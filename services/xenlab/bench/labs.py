@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from xenlab.proto import common_pb2
 DOMU_MEMORY_MB = 16          # netfront's rings and buffers take 2 MiB of it
 DOM0_MEMORY_MB = 256         # HypervisorConfig.dom0_memory_mb
 DOWN_TIMEOUT = 120.0         # seconds for a lab to go down before its services are killed
-_CLK_TCK = None
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def mac(i: int) -> str:
@@ -97,10 +98,6 @@ async def lab_processes(lab: Lab) -> list[ProcessInfo]:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (its threads included)."""
-    global _CLK_TCK
-    import os
-    if _CLK_TCK is None:
-        _CLK_TCK = os.sysconf("SC_CLK_TCK")
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:

@@ -94,7 +94,7 @@ def targets(results: dict) -> list[dict]:
         met = None
         if value is not None:
             met = {">=": value >= target, "<=": value <= target, "<": value < target}[op]
-        rows.append({"key": key, "what": what, "target": f"{op} {target:g}", "value": value, "met": met,
+        rows.append({"key": key, "what": what, "target": f"{op} {target:.3g}", "value": value, "met": met,
                      "factor": (value / target if op == ">=" else target / value) if value else None})
     return rows
 
