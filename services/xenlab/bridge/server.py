@@ -29,13 +29,13 @@ import errno
 import json
 import logging
 import os
-import signal
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 import grpc
 
+from xenlab.osutil import wait_for_stop_signal
 from xenlab.bridge import output
 from xenlab.bridge.core import Bridge, BridgePort, check_bridge_name, check_port_name
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEvent
@@ -612,12 +612,8 @@ async def serve(service: BridgeService, ready: Callable[[BridgeService], None] |
     await service.start()
     if ready is not None:
         ready(service)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         log.info("shutting down: %d link(s)", len(service.links))
         await service.stop()

@@ -26,10 +26,10 @@ import asyncio
 import logging
 import os
 import shutil
-import signal
 import socket
 import sys
 
+from xenlab.osutil import wait_for_stop_signal
 from xenlab.events.config import BrokerAddress
 from xenlab.osutil import die_with_parent
 
@@ -180,12 +180,8 @@ async def _serve_amqtt(host: str, port: int, log_level: str) -> None:
     await broker.start()
     quiet_amqtt(logging.DEBUG if log_level == "DEBUG" else logging.WARNING)
     print(f"xenlab mqtt-broker (amqtt) listening on {broker.address}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         await broker.stop()
 

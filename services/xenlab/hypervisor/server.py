@@ -1,10 +1,9 @@
 """The hypervisor's gRPC server: every hypercall family as its own service."""
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
+from xenlab.osutil import wait_for_stop_signal
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.core import Hypervisor
 from xenlab.hypervisor.domains_server import DomainsServicer
@@ -81,12 +80,8 @@ async def serve(config: HypervisorConfig, ready=None) -> None:
     await server.start()
     if ready is not None:
         ready(server)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await wait_for_stop_signal()
     finally:
         log.info("shutting down: destroying %d domain(s)", len(server.hv.domains) - 1)
         await server.stop()
