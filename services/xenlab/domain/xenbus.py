@@ -181,11 +181,43 @@ class XenbusBus:
     async def register(self, driver: XenbusDriver) -> None:
         self.drivers.append(driver)
         root = self._root(driver)
-        await self.xenbus.watch(root, lambda _path, d=driver: self._rescan(d))
+        await self.xenbus.watch(root, lambda path, d=driver: self._on_watch(d, path))
 
     def _root(self, driver: XenbusDriver) -> str:
         kind = "device" if driver.side == "frontend" else "backend"
         return f"{self.xenbus.home}/{kind}/{driver.devicetype}"
+
+    @staticmethod
+    def _depth(driver: XenbusDriver) -> int:
+        """Path components from the root to a device directory."""
+        return 1 if driver.side == "frontend" else 2
+
+    async def _on_watch(self, driver: XenbusDriver, path: str) -> None:
+        """Probe or remove only the devices the event's path can concern, as
+        Linux's xenbus_probe_{frontend,backend} take the device from the
+        path: every key any device writes fires this watch, so a full rescan
+        per event would cost O(devices) calls each, O(N^2) for N domains."""
+        root = self._root(driver)
+        async with self._scan_lock:
+            if path == root or not path.startswith(root + "/"):
+                await self._reconcile(driver, await self._device_paths(driver), None)
+                return
+            rel = path[len(root) + 1:].split("/")
+            depth = self._depth(driver)
+            if len(rel) > depth and "/".join([root, *rel[:depth]]) in self.devices:
+                return          # a key of a device that is known: not ours to act on
+            if len(rel) >= depth:
+                device = "/".join([root, *rel[:depth]])
+                present = {device} if await self._exists(device) else set()
+                await self._reconcile(driver, present, {device})
+                return
+            # A directory between the root and the devices (backend/vif/D).
+            prefix = "/".join([root, *rel])
+            present = {f"{prefix}/{d}" for d in await self.xenbus.directory(prefix)}
+            await self._reconcile(driver, present, lambda p: p.startswith(prefix + "/"))
+
+    async def _exists(self, path: str) -> bool:
+        return await self.xenbus.read(path) is not None
 
     async def _device_paths(self, driver: XenbusDriver) -> set[str]:
         root = self._root(driver)
@@ -196,19 +228,23 @@ class XenbusBus:
             paths |= {f"{root}/{dom}/{d}" for d in await self.xenbus.directory(f"{root}/{dom}")}
         return paths
 
-    async def _rescan(self, driver: XenbusDriver) -> None:
-        async with self._scan_lock:
-            present = await self._device_paths(driver)
-            known = {p for p, d in self.devices.items() if d is driver}
-            for path in sorted(present - known):
-                self.devices[path] = driver
-                try:
-                    await driver.probe(path)
-                except Exception:
-                    log.exception("%s: probe failed", path)
-            for path in sorted(known - present):
-                del self.devices[path]
-                try:
-                    await driver.remove(path)
-                except Exception:
-                    log.exception("%s: remove failed", path)
+    async def _reconcile(self, driver: XenbusDriver, present: set[str], scope) -> None:
+        """Bring `self.devices` in line with `present` within `scope`: None
+        for all of the driver's devices, a set of paths, or a predicate."""
+        def in_scope(p: str) -> bool:
+            if scope is None:
+                return True
+            return p in scope if isinstance(scope, set) else scope(p)
+        known = {p for p, d in self.devices.items() if d is driver and in_scope(p)}
+        for path in sorted(present - known):
+            self.devices[path] = driver
+            try:
+                await driver.probe(path)
+            except Exception:
+                log.exception("%s: probe failed", path)
+        for path in sorted(known - present):
+            del self.devices[path]
+            try:
+                await driver.remove(path)
+            except Exception:
+                log.exception("%s: remove failed", path)

@@ -191,8 +191,11 @@ class HypervisorSource:
                 self._rescan(targets)
 
     def _rescan(self, domids: set[int] | None) -> None:
-        self._on_change()
         if domids is None:
+            # Lifecycle changes come through the observer hook; a full rescan
+            # (events were lost) checks them too. A targeted one must not:
+            # it would rebuild every domain's info on every vif key, O(N^2).
+            self._on_change()
             domids = {dom.domid for dom in self.hv.domains} | self.vifs.domids()
         now = self.clock()
         for domid in sorted(domids):

@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 CONNECTED = int(abi.XenbusState.Connected)
 
 
+def vif_ready(vif) -> bool:
+    """Connected on both ends and hotplugged: what `xenlab up` waits for."""
+    return vif.state == CONNECTED == vif.backend_state and vif.hotplug_status == "connected"
+
+
 class LabError(Exception):
     """The lab could not be brought up or down; the message says why."""
 
@@ -319,19 +324,35 @@ class Lab:
             self.domids[cfg.name] = reply.info.domid
             self.progress(f"created {cfg.name} as d{reply.info.domid} ({len(cfg.vifs)} vif(s))")
 
-    async def vifs(self) -> list[domains_pb2.VifInfo]:
+    async def vifs(self, domids=None) -> list[domains_pb2.VifInfo]:
+        """The vifs of the lab's domains (or of those `domids`), in order."""
         out = []
-        for name, domid in self.domids.items():
+        for domid in (self.domids.values() if domids is None else domids):
             out.extend((await self.hv.domains.NetworkList(common_pb2.DomainRef(domid=domid))).vifs)
+        return out
+
+    async def vifs_until_ready(self, ready: dict[int, list]) -> list[domains_pb2.VifInfo]:
+        """Every vif, asking the hypervisor only about the domains not yet in
+        `ready` (domid -> its vifs, all Connected), which this fills in: a
+        look at N domains while they boot costs the calls of those still
+        booting, not N each time."""
+        out = []
+        for domid in self.domids.values():
+            vifs = ready.get(domid)
+            if vifs is None:
+                vifs = await self.vifs([domid])
+                if vifs and all(vif_ready(v) for v in vifs):
+                    ready[domid] = vifs
+            out.extend(vifs)
         return out
 
     async def _wait_connected(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last = None
+        settled: dict[int, list] = {}
         while True:
-            vifs = await self.vifs()
-            ready = [v for v in vifs if v.state == CONNECTED and v.backend_state == CONNECTED
-                     and v.hotplug_status == "connected"]
+            vifs = await self.vifs_until_ready(settled)
+            ready = [v for v in vifs if vif_ready(v)]
             failed = [v for v in vifs if v.hotplug_status == "error"]
             if failed:
                 v = failed[0]

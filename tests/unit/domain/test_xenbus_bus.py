@@ -1,0 +1,136 @@
+"""XenbusBus: devices are probed when their directory appears and removed
+when it goes, from the watch event's path, against a real (in-process)
+xenstore."""
+from __future__ import annotations
+
+import asyncio
+
+from xenlab.domain.xenbus import XenbusBus, XenbusClient, XenbusDriver
+from xenlab.proto import xenstore_pb2
+
+ROOT = "/local/domain/0/backend/vif"
+
+
+class Recorder(XenbusDriver):
+    devicetype = "vif"
+    side = "backend"
+
+    def __init__(self):
+        self.log: list[tuple[str, str]] = []
+        self.changed = asyncio.Event()
+
+    async def probe(self, path: str) -> None:
+        self.log.append(("probe", path))
+        self.changed.set()
+
+    async def remove(self, path: str) -> None:
+        self.log.append(("remove", path))
+        self.changed.set()
+
+
+class CountingXenbus(XenbusClient):
+    """Counts the directory listings the bus makes."""
+
+    def __init__(self, client, domid):
+        super().__init__(client, domid)
+        self.listings = 0
+
+    async def directory(self, path, tx=0):
+        self.listings += 1
+        return await super().directory(path, tx)
+
+
+async def _settle(xenbus: XenbusClient) -> None:
+    # A watch registered after the writes fires once; its event comes back
+    # after every event queued before it, so the bus has seen them all.
+    done = asyncio.Event()
+    await xenbus.watch("/local/domain/0/settle", lambda _p: done.set())
+    await asyncio.wait_for(done.wait(), 5)
+
+
+async def _write(hypervisor, path: str, value: str = "x") -> None:
+    await hypervisor.dom0.xenstore.Write(xenstore_pb2.WriteRequest(path=path, value=value.encode()))
+
+
+async def _rm(hypervisor, path: str) -> None:
+    await hypervisor.dom0.xenstore.Rm(xenstore_pb2.PathRequest(path=path))
+
+
+async def test_probe_on_appearance_and_remove_on_rm(hypervisor):
+    xenbus = CountingXenbus(hypervisor.dom0, 0)
+    await xenbus.start()
+    try:
+        bus = XenbusBus(xenbus)
+        driver = Recorder()
+        await bus.register(driver)
+        await _write(hypervisor, f"{ROOT}/1/0/frontend-id", "1")
+        await _write(hypervisor, f"{ROOT}/1/0/state", "1")
+        await _write(hypervisor, f"{ROOT}/2/0/state", "1")
+        await _settle(xenbus)
+        assert driver.log == [("probe", f"{ROOT}/1/0"), ("probe", f"{ROOT}/2/0")]
+
+        await _rm(hypervisor, f"{ROOT}/1/0")
+        await _rm(hypervisor, f"{ROOT}/2")
+        await _settle(xenbus)
+        assert driver.log[2:] == [("remove", f"{ROOT}/1/0"), ("remove", f"{ROOT}/2/0")]
+        assert bus.devices == {}
+    finally:
+        await xenbus.close()
+
+
+async def test_keys_of_a_known_device_cost_no_listing(hypervisor):
+    """Every key a backend writes fires the watch; none of them may rescan
+    the whole tree (that was O(N^2) for N domains)."""
+    xenbus = CountingXenbus(hypervisor.dom0, 0)
+    await xenbus.start()
+    try:
+        bus = XenbusBus(xenbus)
+        driver = Recorder()
+        await bus.register(driver)
+        await _write(hypervisor, f"{ROOT}/1/0/state", "1")
+        await _settle(xenbus)
+        before = xenbus.listings
+        for key in ("feature-sg", "feature-rx-copy", "hotplug-status", "state"):
+            await _write(hypervisor, f"{ROOT}/1/0/{key}", "1")
+        await _settle(xenbus)
+        assert xenbus.listings == before
+        assert driver.log == [("probe", f"{ROOT}/1/0")]
+    finally:
+        await xenbus.close()
+
+
+async def test_device_recreated_is_probed_again(hypervisor):
+    xenbus = XenbusClient(hypervisor.dom0, 0)
+    await xenbus.start()
+    try:
+        bus = XenbusBus(xenbus)
+        driver = Recorder()
+        await bus.register(driver)
+        await _write(hypervisor, f"{ROOT}/3/1/state", "1")
+        await _settle(xenbus)
+        await _rm(hypervisor, f"{ROOT}/3/1")
+        await _settle(xenbus)
+        await _write(hypervisor, f"{ROOT}/3/1/state", "1")
+        await _settle(xenbus)
+        assert driver.log == [("probe", f"{ROOT}/3/1"), ("remove", f"{ROOT}/3/1"),
+                              ("probe", f"{ROOT}/3/1")]
+    finally:
+        await xenbus.close()
+
+
+async def test_devices_present_before_registration_are_probed(hypervisor):
+    await _write(hypervisor, f"{ROOT}/4/0/state", "1")
+    await _write(hypervisor, f"{ROOT}/5/2/state", "1")
+    xenbus = XenbusClient(hypervisor.dom0, 0)
+    await xenbus.start()
+    try:
+        bus = XenbusBus(xenbus)
+        driver = Recorder()
+        await bus.register(driver)
+        await _settle(xenbus)
+        assert driver.log == [("probe", f"{ROOT}/4/0"), ("probe", f"{ROOT}/5/2")]
+        await _rm(hypervisor, "/local/domain/0/backend")
+        await _settle(xenbus)
+        assert sorted(driver.log[2:]) == [("remove", f"{ROOT}/4/0"), ("remove", f"{ROOT}/5/2")]
+    finally:
+        await xenbus.close()
