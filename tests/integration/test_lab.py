@@ -231,3 +231,26 @@ async def test_network_detach_and_attach_with_xl(demo_lab):
 
 async def _absent(interfaces, name, iface):
     return iface not in await interfaces(name)
+
+
+def xenlab_cli(lab, *args: str):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "xenlab.cli.main", *args, "--rundir", str(lab.rundir)],
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_inject_says_which_frames_it_refused(demo_lab):
+    good = xenlab_cli(demo_lab, "inject", "web:eth0", "--count", "3", "--size", "64")
+    assert good.returncode == 0, good.stderr
+    assert good.stdout.strip() == "3 frames: 3 accepted, 0 dropped"
+
+    oversized = xenlab_cli(demo_lab, "inject", "web:eth0", "--count", "2", "--size", "9000")
+    assert oversized.returncode == 1
+    assert oversized.stdout.strip() == "2 frames: 0 accepted, 2 dropped (bad_length=2)"
+    assert "2 frame(s) refused at web:eth0" in oversized.stderr
+    assert "1514 bytes for MTU 1500" in oversized.stderr
+
+    unknown = xenlab_cli(demo_lab, "inject", "nosuch:eth0", "--count", "1")
+    assert unknown.returncode == 1
+    assert "no domain named 'nosuch'" in unknown.stderr

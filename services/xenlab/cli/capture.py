@@ -175,6 +175,14 @@ async def _inject(args) -> int:
     drops = ", ".join(f"{k}={v}" for k, v in sorted(summary.drops.items()))
     print(f"{len(frames)} frames: {summary.accepted} accepted, {summary.dropped} dropped"
           + (f" ({drops})" if drops else ""))
+    refused = summary.drops.get("bad_length", 0)
+    if refused:
+        # Drops the path counts (a full queue, a down link) are traffic;
+        # a frame that could never be sent is the caller's mistake.
+        print(f"xenlab inject: {refused} frame(s) refused at {args.point}: a frame must be at least "
+              f"an Ethernet header (14 bytes) and at most the interface's MTU plus that header "
+              f"(1514 bytes for MTU 1500)", file=sys.stderr)
+        return 1
     return 0
 
 
