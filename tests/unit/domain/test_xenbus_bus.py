@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest_asyncio
+
 from xenlab.domain.xenbus import XenbusBus, XenbusClient, XenbusDriver
 from xenlab.proto import xenstore_pb2
 
@@ -56,81 +58,71 @@ async def _rm(hypervisor, path: str) -> None:
     await hypervisor.dom0.xenstore.Rm(xenstore_pb2.PathRequest(path=path))
 
 
-async def test_probe_on_appearance_and_remove_on_rm(hypervisor):
+@pytest_asyncio.fixture
+async def watched(hypervisor):
+    """Domain-0's xenbus with a recording vif backend driver registered:
+    (xenbus, bus, driver). Devices a test writes first are there before it."""
     xenbus = CountingXenbus(hypervisor.dom0, 0)
     await xenbus.start()
-    try:
-        bus = XenbusBus(xenbus)
-        driver = Recorder()
-        await bus.register(driver)
-        await _write(hypervisor, f"{ROOT}/1/0/frontend-id", "1")
-        await _write(hypervisor, f"{ROOT}/1/0/state", "1")
-        await _write(hypervisor, f"{ROOT}/2/0/state", "1")
-        await _settle(xenbus)
-        assert driver.log == [("probe", f"{ROOT}/1/0"), ("probe", f"{ROOT}/2/0")]
+    bus = XenbusBus(xenbus)
+    driver = Recorder()
 
-        await _rm(hypervisor, f"{ROOT}/1/0")
-        await _rm(hypervisor, f"{ROOT}/2")
+    async def register():
+        await bus.register(driver)
         await _settle(xenbus)
-        assert driver.log[2:] == [("remove", f"{ROOT}/1/0"), ("remove", f"{ROOT}/2/0")]
-        assert bus.devices == {}
+        return xenbus, bus, driver
+    try:
+        yield register
     finally:
         await xenbus.close()
 
 
-async def test_keys_of_a_known_device_cost_no_listing(hypervisor):
+async def test_probe_on_appearance_and_remove_on_rm(hypervisor, watched):
+    xenbus, bus, driver = await watched()
+    await _write(hypervisor, f"{ROOT}/1/0/frontend-id", "1")
+    await _write(hypervisor, f"{ROOT}/1/0/state", "1")
+    await _write(hypervisor, f"{ROOT}/2/0/state", "1")
+    await _settle(xenbus)
+    assert driver.log == [("probe", f"{ROOT}/1/0"), ("probe", f"{ROOT}/2/0")]
+
+    await _rm(hypervisor, f"{ROOT}/1/0")
+    await _rm(hypervisor, f"{ROOT}/2")
+    await _settle(xenbus)
+    assert driver.log[2:] == [("remove", f"{ROOT}/1/0"), ("remove", f"{ROOT}/2/0")]
+    assert bus.devices == {}
+
+
+async def test_keys_of_a_known_device_cost_no_listing(hypervisor, watched):
     """Every key a backend writes fires the watch; none of them may rescan
     the whole tree (that was O(N^2) for N domains)."""
-    xenbus = CountingXenbus(hypervisor.dom0, 0)
-    await xenbus.start()
-    try:
-        bus = XenbusBus(xenbus)
-        driver = Recorder()
-        await bus.register(driver)
-        await _write(hypervisor, f"{ROOT}/1/0/state", "1")
-        await _settle(xenbus)
-        before = xenbus.listings
-        for key in ("feature-sg", "feature-rx-copy", "hotplug-status", "state"):
-            await _write(hypervisor, f"{ROOT}/1/0/{key}", "1")
-        await _settle(xenbus)
-        assert xenbus.listings == before
-        assert driver.log == [("probe", f"{ROOT}/1/0")]
-    finally:
-        await xenbus.close()
+    xenbus, _, driver = await watched()
+    await _write(hypervisor, f"{ROOT}/1/0/state", "1")
+    await _settle(xenbus)
+    before = xenbus.listings
+    for key in ("feature-sg", "feature-rx-copy", "hotplug-status", "state"):
+        await _write(hypervisor, f"{ROOT}/1/0/{key}", "1")
+    await _settle(xenbus)
+    assert xenbus.listings == before
+    assert driver.log == [("probe", f"{ROOT}/1/0")]
 
 
-async def test_device_recreated_is_probed_again(hypervisor):
-    xenbus = XenbusClient(hypervisor.dom0, 0)
-    await xenbus.start()
-    try:
-        bus = XenbusBus(xenbus)
-        driver = Recorder()
-        await bus.register(driver)
-        await _write(hypervisor, f"{ROOT}/3/1/state", "1")
-        await _settle(xenbus)
-        await _rm(hypervisor, f"{ROOT}/3/1")
-        await _settle(xenbus)
-        await _write(hypervisor, f"{ROOT}/3/1/state", "1")
-        await _settle(xenbus)
-        assert driver.log == [("probe", f"{ROOT}/3/1"), ("remove", f"{ROOT}/3/1"),
-                              ("probe", f"{ROOT}/3/1")]
-    finally:
-        await xenbus.close()
+async def test_device_recreated_is_probed_again(hypervisor, watched):
+    xenbus, _, driver = await watched()
+    await _write(hypervisor, f"{ROOT}/3/1/state", "1")
+    await _settle(xenbus)
+    await _rm(hypervisor, f"{ROOT}/3/1")
+    await _settle(xenbus)
+    await _write(hypervisor, f"{ROOT}/3/1/state", "1")
+    await _settle(xenbus)
+    assert driver.log == [("probe", f"{ROOT}/3/1"), ("remove", f"{ROOT}/3/1"),
+                          ("probe", f"{ROOT}/3/1")]
 
 
-async def test_devices_present_before_registration_are_probed(hypervisor):
+async def test_devices_present_before_registration_are_probed(hypervisor, watched):
     await _write(hypervisor, f"{ROOT}/4/0/state", "1")
     await _write(hypervisor, f"{ROOT}/5/2/state", "1")
-    xenbus = XenbusClient(hypervisor.dom0, 0)
-    await xenbus.start()
-    try:
-        bus = XenbusBus(xenbus)
-        driver = Recorder()
-        await bus.register(driver)
-        await _settle(xenbus)
-        assert driver.log == [("probe", f"{ROOT}/4/0"), ("probe", f"{ROOT}/5/2")]
-        await _rm(hypervisor, "/local/domain/0/backend")
-        await _settle(xenbus)
-        assert sorted(driver.log[2:]) == [("remove", f"{ROOT}/4/0"), ("remove", f"{ROOT}/5/2")]
-    finally:
-        await xenbus.close()
+    xenbus, _, driver = await watched()
+    assert driver.log == [("probe", f"{ROOT}/4/0"), ("probe", f"{ROOT}/5/2")]
+    await _rm(hypervisor, "/local/domain/0/backend")
+    await _settle(xenbus)
+    assert sorted(driver.log[2:]) == [("remove", f"{ROOT}/4/0"), ("remove", f"{ROOT}/5/2")]
