@@ -349,12 +349,15 @@ class Netback(XenbusDevice):
             statuses = await answer
             free.append(batch.scratch)
             result = tx.complete(batch, statuses)
-            if result.notify:
-                self.kernel.evtchn.notify(conn.port)
             for reason, n in result.drops.items():
                 vif.drop(reason, n)
+            # The frames first: they are what someone waits for; the
+            # frontend's notification only gives it its slots back, and a
+            # send that wakes another process is the dearest step here.
             if result.frames:
                 vif.deliver(result.frames)
+            if result.notify:
+                self.kernel.evtchn.notify(conn.port)
             if batch.fatal:
                 self._fatal_tx(conn, batch.fatal)
                 return
