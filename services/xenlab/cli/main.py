@@ -8,6 +8,7 @@ import importlib
 import inspect
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -114,6 +115,19 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    try:
+        return _main(argv, env)
+    except BrokenPipeError:
+        # `xenlab status | head`: the reader left. Say nothing more (the
+        # interpreter's own flush at exit would raise again) and exit as a
+        # command that SIGPIPE ended.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if env is None else env
     exec_only_forks()
