@@ -78,6 +78,8 @@ class NetfrontDevice(NetDevice):
         if self._tx is None:
             self.drop("not_connected", len(frames))
             return
+        if self._tx.ring.unconsumed_responses():
+            self._poll_tx(self._tx)     # completions that asked for no event (TX_LAZY_EVENT)
         self._account_tx(self._tx.send(frames))
 
     def _account_tx(self, out: TxSend) -> None:

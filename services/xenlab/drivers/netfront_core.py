@@ -38,6 +38,11 @@ _TX_RESPONSE = abi.NETIF_TX_RESPONSE
 _RX_REQUEST = abi.NETIF_RX_REQUEST
 _RX_RESPONSE = abi.NETIF_RX_RESPONSE
 TX_BACKLOG_MAX = 256     # frames waiting for free transmit pages
+# With nothing waiting for room, transmit completions ask for an event only
+# once this many are in; the next transmit reaps the others first. A lone
+# frame (a ping) then costs the backend no notification and the guest no
+# wake-up just to free its slot.
+TX_LAZY_EVENT = abi.NET_TX_RING_SIZE // 2
 
 
 @dataclass(frozen=True)
@@ -295,9 +300,12 @@ class NetfrontRx:
 
 
 def more_to_do(tx: NetfrontTx, rx: NetfrontRx) -> bool:
-    """RING_FINAL_CHECK_FOR_RESPONSES on both rings (both armed, always)."""
+    """RING_FINAL_CHECK_FOR_RESPONSES on both rings. The rx ring always asks
+    for the next response; the tx ring does only while frames wait in the
+    backlog for room, else TX_LAZY_EVENT responses ahead."""
     if tx.broken and rx.broken:
         return False
-    pending_tx = not tx.broken and tx.ring.final_check_for_responses()
+    ahead = 1 if tx.backlog else TX_LAZY_EVENT
+    pending_tx = not tx.broken and tx.ring.final_check_for_responses(ahead)
     pending_rx = not rx.broken and rx.ring.final_check_for_responses()
     return pending_tx or pending_rx

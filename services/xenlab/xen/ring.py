@@ -211,10 +211,10 @@ class _RingView:
         self._cons = (self._cons + 1) & _U32
         return data
 
-    def _final_check(self) -> bool:
+    def _final_check(self, ahead: int = 1) -> bool:
         if self._unconsumed():
             return True
-        self.sring._store(self._IN_EVENT, self._cons + 1)
+        self.sring._store(self._IN_EVENT, (self._cons + ahead) & _U32)
         _full_barrier()
         return self._unconsumed() > 0
 
@@ -284,9 +284,12 @@ class FrontRing(_RingView):
         """A copy of the response at rsp_cons; advances rsp_cons."""
         return self._take()
 
-    def final_check_for_responses(self) -> bool:
-        """RING_FINAL_CHECK_FOR_RESPONSES: asks for a kick on the next response."""
-        return self._final_check()
+    def final_check_for_responses(self, ahead: int = 1) -> bool:
+        """RING_FINAL_CHECK_FOR_RESPONSES: asks for a kick on the next
+        response, or (``ahead`` > 1) only once that many more are in, as
+        netfront's xennet_tx_buf_gc once set rsp_event half the outstanding
+        requests ahead."""
+        return self._final_check(ahead)
 
 
 class BackRing(_RingView):

@@ -59,6 +59,38 @@ def test_too_many_tx_responses_mark_the_device_broken(vif):
     assert vif.front_tx.send([eth_frame(60)]).drops == {"broken": 1}
 
 
+def _answer_all(back: BackRing) -> bool:
+    """Answer every tx request OKAY; True: the backend must notify."""
+    while back.unconsumed_requests():
+        req = back.get_request()
+        back.put_response(TxResponse(int.from_bytes(req[8:10], "little"), 0).pack())
+    return back.push_responses_and_check_notify()
+
+
+def test_a_lone_frame_asks_for_no_completion_event_and_the_next_transmit_reaps_it(vif):
+    from xenlab.drivers.netfront_core import TX_LAZY_EVENT, more_to_do
+    back = back_tx_ring(vif)
+    vif.front_tx.send([eth_frame(60)])
+    assert not more_to_do(vif.front_tx, vif.front_rx)       # armed: nothing to poll yet
+    assert not _answer_all(back)                             # a ping's frame: no kick for it
+    assert vif.front_tx.in_flight == 1
+    assert vif.front_tx.poll().completed == 1               # reaped when netfront next looks
+    # Once TX_LAZY_EVENT completions are outstanding, the backend does kick.
+    vif.front_tx.send([eth_frame(60, seed=i) for i in range(TX_LAZY_EVENT)])
+    more_to_do(vif.front_tx, vif.front_rx)
+    assert _answer_all(back)
+
+
+def test_with_a_backlog_every_completion_is_asked_for():
+    from xenlab.drivers.netfront_core import more_to_do
+    vif = make_vif(nr_tx=2)
+    back = back_tx_ring(vif)
+    vif.front_tx.send([eth_frame(60, seed=i) for i in range(3)])    # one waits for a page
+    assert len(vif.front_tx.backlog) == 1
+    assert not more_to_do(vif.front_tx, vif.front_rx)
+    assert _answer_all(back)
+
+
 # -- a hostile backend on the rx ring -----------------------------------------------------
 def hostile_rx(vif, responses) -> None:
     """Answer the posted rx requests with whatever responses we like."""
