@@ -299,11 +299,12 @@ async def call(world: World, service: str, method, request, metadata) -> grpc.St
             for control in controls:
                 try:
                     await rpc.write(control)
-                except grpc.aio.AioRpcError:
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                     # The server ended the call already (a refusal) and the
                     # client library fails the late write locally, as
-                    # INTERNAL: ask again without writing to hear the
-                    # server's own answer.
+                    # INTERNAL or, when it has seen the end already, as
+                    # "RPC already finished": ask again without writing to
+                    # hear the server's own answer.
                     rpc.cancel()
                     return await call(world, service, method, [], metadata)
             acks = 0
