@@ -173,11 +173,16 @@ async def test_killed_domu_is_cleaned_up_by_its_backend(demo_lab):
     assert reply.received == 2
 
 
-def xl(lab, *args: str) -> str:
+def xenlab_cli(lab, command: str, *args: str):
+    """`xenlab COMMAND --rundir LAB ARGS...` as a user runs it."""
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(lab.rundir), *args],
-                            capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "xenlab.cli.main", command, "--rundir", str(lab.rundir),
+                           *args], capture_output=True, text=True, timeout=60)
+
+
+def xl(lab, *args: str) -> str:
+    result = xenlab_cli(lab, "xl", *args)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -231,13 +236,6 @@ async def test_network_detach_and_attach_with_xl(demo_lab):
 
 async def _absent(interfaces, name, iface):
     return iface not in await interfaces(name)
-
-
-def xenlab_cli(lab, *args: str):
-    import subprocess
-    import sys
-    return subprocess.run([sys.executable, "-m", "xenlab.cli.main", *args, "--rundir", str(lab.rundir)],
-                          capture_output=True, text=True, timeout=60)
 
 
 async def test_inject_says_which_frames_it_refused(demo_lab):

@@ -200,16 +200,16 @@ class XenbusBus:
         root = self._root(driver)
         async with self._scan_lock:
             if path == root or not path.startswith(root + "/"):
-                await self._reconcile(driver, await self._device_paths(driver), None)
+                await self._reconcile(driver, await self._device_paths(driver), lambda p: True)
                 return
             rel = path[len(root) + 1:].split("/")
             depth = self._depth(driver)
-            if len(rel) > depth and "/".join([root, *rel[:depth]]) in self.devices:
-                return          # a key of a device that is known: not ours to act on
             if len(rel) >= depth:
                 device = "/".join([root, *rel[:depth]])
+                if len(rel) > depth and device in self.devices:
+                    return      # a key of a device that is known: not ours to act on
                 present = {device} if await self._exists(device) else set()
-                await self._reconcile(driver, present, {device})
+                await self._reconcile(driver, present, lambda p: p == device)
                 return
             # A directory between the root and the devices (backend/vif/D).
             prefix = "/".join([root, *rel])
@@ -228,13 +228,10 @@ class XenbusBus:
             paths |= {f"{root}/{dom}/{d}" for d in await self.xenbus.directory(f"{root}/{dom}")}
         return paths
 
-    async def _reconcile(self, driver: XenbusDriver, present: set[str], scope) -> None:
-        """Bring `self.devices` in line with `present` within `scope`: None
-        for all of the driver's devices, a set of paths, or a predicate."""
-        def in_scope(p: str) -> bool:
-            if scope is None:
-                return True
-            return p in scope if isinstance(scope, set) else scope(p)
+    async def _reconcile(self, driver: XenbusDriver, present: set[str],
+                         in_scope: Callable[[str], bool]) -> None:
+        """Bring the driver's devices whose paths are `in_scope` in line with
+        `present`: probe the new ones, remove the gone ones."""
         known = {p for p, d in self.devices.items() if d is driver and in_scope(p)}
         for path in sorted(present - known):
             self.devices[path] = driver

@@ -19,15 +19,12 @@ class Recorder(XenbusDriver):
 
     def __init__(self):
         self.log: list[tuple[str, str]] = []
-        self.changed = asyncio.Event()
 
     async def probe(self, path: str) -> None:
         self.log.append(("probe", path))
-        self.changed.set()
 
     async def remove(self, path: str) -> None:
         self.log.append(("remove", path))
-        self.changed.set()
 
 
 class CountingXenbus(XenbusClient):
