@@ -231,8 +231,9 @@ class HostileFrontend(_Peer):
 
     def __init__(self, kernel: DomainKernel, toolstack, *, mac: str = "", bridge: str = "",
                  backend: str = "", ip: str = "", tx_buffers: int = 32, rx_buffers: int = 32,
-                 pattern: int = 0xEE, foreign_domid: int | None = None):
+                 pattern: int = 0xEE, foreign_domid: int | None = None, persistent: bool = False):
         super().__init__(kernel, toolstack)
+        self.persistent = persistent     # say feature-persistent=1: netback maps our buffers
         self.vif_spec = domains_pb2.VifSpec(mac=mac, bridge=bridge, backend=backend, ip=ip)
         self.nr_tx_buffers = tx_buffers
         self.nr_rx_buffers = rx_buffers
@@ -273,7 +274,8 @@ class HostileFrontend(_Peer):
         await self._write_keys(self.vif.frontend_path, {
             "tx-ring-ref": self.refs.tx_ring, "rx-ring-ref": self.refs.rx_ring,
             "event-channel": self.port, "request-rx-copy": 1, "feature-rx-notify": 1,
-            "feature-sg": 1, "state": int(XenbusState.Connected)})
+            "feature-sg": 1, "feature-persistent": int(self.persistent),
+            "state": int(XenbusState.Connected)})
         state = await self._wait_state({XenbusState.Connected, XenbusState.Closing,
                                         XenbusState.Closed})
         if state != XenbusState.Connected:

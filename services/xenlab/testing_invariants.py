@@ -96,8 +96,9 @@ def _check_grants(hv, out: list[str]) -> None:
     uses: collections.Counter = collections.Counter()      # (granter, ref, readonly) -> mappings
     for mapper in sorted(tables):
         maps = grants.mappings(mapper)
-        if len(maps) > grants.max_maptrack:
-            out.append(f"grants: d{mapper} holds {len(maps)} mappings, above {grants.max_maptrack}")
+        limit = grants.maptrack_limit(mapper)
+        if len(maps) > limit:
+            out.append(f"grants: d{mapper} holds {len(maps)} mappings, above {limit}")
         for m in maps:
             where = f"grants: d{mapper} handle {m.handle} (d{m.granter} ref {m.ref})"
             owner = mem.mfn_owner(m.mfn)

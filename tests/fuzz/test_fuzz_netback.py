@@ -23,7 +23,9 @@ Shown:
 * the memory of every other domain, outside what it grants, is byte for
   byte what it was; the idle domain's is entirely unchanged;
 * a and b lose nothing: every frame each sent arrived, in order;
-* the hypervisor's invariants hold throughout (check_invariants).
+* the hypervisor's invariants hold throughout (check_invariants);
+* all of it also with feature-persistent=1, where netback maps the hostile's
+  buffer pages and copies through them itself: it then maps some of them.
 
 XENLAB_FUZZ_SEED picks the seed (printed; "random" for a fresh one) and
 XENLAB_FUZZ_REQUESTS the number of hostile requests.
@@ -70,9 +72,10 @@ def verify_head(front: HostileFrontend, rnd, first: int) -> int:
 
 
 @pytest.mark.timeout(600)
-async def test_hostile_frontend_costs_only_its_own_vif(netlab, seed, caplog):
+@pytest.mark.parametrize("persistent", [False, True], ids=["copy", "persistent-grants"])
+async def test_hostile_frontend_costs_only_its_own_vif(netlab, seed, caplog, persistent):
     caplog.set_level(logging.WARNING)
-    print(f"netback fuzz: {REQUESTS} hostile requests")
+    print(f"netback fuzz: {REQUESTS} hostile requests; feature-persistent={int(persistent)}")
     rng = random.Random(seed)
     hv, dom0, switch = netlab.hv, netlab.dom0, netlab.switch
     a, b, idle = [await netlab.boot(name, netfront=True) for name in ("a", "b", "idle")]
@@ -81,7 +84,7 @@ async def test_hostile_frontend_costs_only_its_own_vif(netlab, seed, caplog):
     eth_idle = await netlab.attach(idle, "00:16:3e:1d:00:01", bridge="idlebr")
     hostile = await netlab.boot("hostile")
     front = HostileFrontend(hostile, netlab.lab.dom0, mac="00:16:3e:66:00:01", bridge="xenbr0",
-                            foreign_domid=a.domid)
+                            foreign_domid=a.domid, persistent=persistent)
     traffic = Traffic(eth_a, eth_b)
 
     with GrantAudit(hv, auditee=0) as audit:
@@ -161,6 +164,8 @@ async def test_hostile_frontend_costs_only_its_own_vif(netlab, seed, caplog):
     assert counts["requests"] >= REQUESTS
     assert not audit.violations, "\n".join(audit.violations[:20])
     assert audit.refused(hostile.domid) > 0          # the audit saw the hostile refs refused
+    if persistent:
+        assert audit.statuses[(hostile.domid, "map:okay")] > 2, audit.statuses
     assert not switch.foreign_bytes, switch.foreign_bytes[:5]
     for domid in (a.domid, b.domid):
         assert not dom0.vifs[f"vif{domid}.0"].drops, dom0.vifs[f"vif{domid}.0"].drops

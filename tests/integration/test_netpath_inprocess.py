@@ -237,6 +237,37 @@ async def test_many_frames_keep_their_order(net, pair):
     assert await at_b.wait(600) == frames
 
 
+async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
+    """feature-persistent: after the first frames, netback copies through its
+    own mappings of the frontends' buffer pages, and the hypervisor only
+    sees the copies through pages not mapped yet."""
+    a, b, eth_a, eth_b = pair
+    fe = net.frontend_path(a.domid)
+    assert net.xs_read(f"{fe}/feature-persistent") == "1"
+    assert net.xs_read(f"{net.backend_path(a.domid)}/feature-persistent") == "1"
+    at_b = Capture(eth_b)
+    frames = [frame(60 + (i * 53) % 1400, mac_of(a.domid), seed=i) for i in range(1200)]
+    for i in range(0, len(frames), 100):
+        eth_a.transmit(frames[i:i + 100])
+        await wait_until(lambda: len(eth_a.tx_core.backlog) == 0, "the backlog to drain")
+    assert await at_b.wait(1200) == frames
+    rings = {int(net.xs_read(f"{fe}/{k}")) for k in ("tx-ring-ref", "rx-ring-ref")}
+    buffers = [m for m in net.hv.grants.mappings(0) if m.granter == a.domid and m.ref not in rings]
+    # every transmit page of a that a frame went through, read-only
+    assert 0 < len(buffers) <= abi.NET_TX_RING_SIZE and all(m.readonly for m in buffers)
+    rx_maps = [m for m in net.hv.grants.mappings(0) if m.granter == b.domid and not m.readonly]
+    assert len(rx_maps) > 2                               # b's receive pages, writable
+    conn = net.kernels[0].vifs[f"vif{a.domid}.0"]._backend
+    assert conn.persistent.cache.stats["local"] > conn.persistent.cache.stats["remote"]
+    # and the frontend gets them all back at detach
+    be = net.backend_path(a.domid)
+    await net.xs_write(f"{be}/online", "0")
+    await net.xs_write(f"{be}/state", str(int(S.Closing)))
+    await net.wait_state(be, S.Closed)
+    await wait_until(lambda: net.hv.grants.entries(a.domid) == [], "the grants to be ended")
+    assert_nothing_left(net, a.domid)
+
+
 async def test_spoofed_frames_are_dropped_at_the_vif(net):
     c = await net.boot_domu("c")
     await net.add_vif(c.domid, ip="10.0.0.7")

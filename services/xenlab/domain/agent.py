@@ -179,7 +179,8 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             rx_packets=counters.get("rx_packets", 0), rx_bytes=counters.get("rx_bytes", 0),
             mac=format_mac(device.mac) if len(device.mac) == ETH_ALEN else device.mac.hex(":"),
             ip=getattr(device, "ip", None) or "", mtu=device.mtu, state=str(device.state),
-            peer=str(getattr(device, "peer", "") or ""))
+            peer=str(getattr(device, "peer", "") or ""),
+            persistent_grants=getattr(device, "persistent_grants", 0))
         for key, value in counters.items():
             if key.startswith("drop_"):
                 message.drops[key[len("drop_"):]] = value

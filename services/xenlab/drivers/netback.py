@@ -20,6 +20,11 @@ the order they were built. As netback's final check for requests, the ring's
 event index is re-armed only once nothing is in flight, so a frontend that
 keeps producing while we work does not notify at all.
 
+A frontend that keeps its buffer grants (``feature-persistent=1``) has its
+buffer pages mapped as they are first used (one MapBatch call for many), and
+the copies through mapped pages run here, without the hypervisor
+(xenlab.drivers.grant_cache); the others still go to the hypervisor.
+
 A frontend that breaks the protocol disables only its own vif: the tx task
 logs "vifD.N: fatal tx error: ...; disabling", stops, and the device
 reports xenbus_dev_fatal.
@@ -39,8 +44,10 @@ from typing import Callable, Protocol
 import grpc
 
 from xenlab.domain.gnttab import GrantCopier
+from xenlab.domain.pagemap import PageMap
 from xenlab.domain.xenbus import XenbusDriver
 from xenlab.drivers import netback_core as core
+from xenlab.drivers.grant_cache import MAP_BATCH, GrantCache
 from xenlab.drivers import xenbus_state as xs
 from xenlab.drivers.netback_core import GrantCopy, NetbackRx, NetbackTx, Scratch, VifConfig
 from xenlab.drivers.xenbus_device import XenbusDevice
@@ -58,6 +65,7 @@ PIPELINE_DEPTH = 2      # copy batches in flight per vif and direction
 # netback bounds the rx queue in bytes (RX_QUEUE_BYTES), which holds 8192
 # minimum-size frames; one batch from the bridge may carry ~900 of them.
 RX_QUEUE_FRAMES = 8192
+MAP_WAIT = 10.0         # seconds a disconnect waits for a MapBatch in flight
 
 
 class HotplugError(Exception):
@@ -118,6 +126,12 @@ class VifDevice(NetDevice):
             return "disabled"
         return "connected" if self._backend is not None else "down"
 
+    @property
+    def persistent_grants(self) -> int:
+        """The frontend's pages netback holds mapped for this vif."""
+        conn = self._backend
+        return len(conn.persistent.cache) if conn is not None and conn.persistent else 0
+
     def transmit(self, frames: list[bytes]) -> None:
         frames = list(frames)
         if not frames:
@@ -148,6 +162,98 @@ class _Held:
     scratches: list[Scratch] = field(default_factory=list)
 
 
+class _PersistentGrants:
+    """The I/O half of a vif's GrantCache: MapBatch, the mmaps, UnmapBatch."""
+
+    def __init__(self, kernel, frontend_id: int, label: str):
+        self.cache = GrantCache()
+        self._kernel = kernel
+        self._frontend_id = frontend_id
+        self._label = label
+        self._maps: list[PageMap] = []
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._orphans: list[int] = []     # mapped by the hypervisor, not by us: to unmap
+
+    def kick(self) -> None:
+        """Map what the copies asked for, in the background."""
+        if self._task is None and not self._closed and self.cache.wanted:
+            self._task = asyncio.get_running_loop().create_task(
+                self._map_wanted(), name=f"{self._label} map grants")
+
+    async def _map_wanted(self) -> None:
+        try:
+            while not self._closed and self.cache.wanted:
+                keys = self.cache.take_wanted(MAP_BATCH)
+                try:
+                    reply = await self._kernel.hv.grants.MapBatch(grants_pb2.MapGrantsRequest(ops=[
+                        grants_pb2.MapGrantRequest(domid=self._frontend_id, ref=ref,
+                                                   readonly=not writable)
+                        for ref, writable in keys]))
+                except grpc.aio.AioRpcError as err:
+                    log.warning("%s: mapping %d buffer grants failed (%s); copying through "
+                                "the hypervisor", self._label, len(keys), err.details())
+                    self.cache.give_up()
+                    return
+                self._take(keys, reply.results)
+        finally:
+            self._task = None
+
+    def _take(self, keys, results) -> None:
+        fds: dict[str, int] = {}
+        try:
+            for key, result in zip(keys, results):
+                if result.status != abi.GNTST_okay:
+                    log.debug("%s: buffer ref %d not mapped: %s", self._label, key[0], result.error)
+                    self.cache.refused(key, result.status)
+                    continue
+                m = result.mapping
+                try:
+                    if m.shm_path not in fds:
+                        fds[m.shm_path] = os.open(m.shm_path, os.O_RDWR)
+                    page = PageMap(fds[m.shm_path], m.offset, writable=key[1], length=m.length)
+                except (OSError, ValueError) as err:
+                    log.warning("%s: mmap of buffer ref %d failed: %s", self._label, key[0], err)
+                    self.cache.refused(key, abi.GNTST_general_error)
+                    self._orphans.append(m.handle)
+                    continue
+                self._maps.append(page)
+                self.cache.mapped(key, m.handle, page.view)
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    async def close(self) -> None:
+        """Stop mapping, wait for a MapBatch in flight, unmap everything."""
+        self._closed = True
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), MAP_WAIT)
+            except (asyncio.TimeoutError, Exception):
+                log.warning("%s: a MapBatch call did not finish; its mappings stay with the "
+                            "hypervisor until this domain goes", self._label)
+        handles = self.cache.drain() + self._orphans
+        self._orphans = []
+        for i in range(0, len(handles), MAP_BATCH):
+            chunk = handles[i:i + MAP_BATCH]
+            try:
+                await self._kernel.hv.grants.UnmapBatch(grants_pb2.UnmapGrantsRequest(handles=chunk))
+            except grpc.aio.AioRpcError as err:
+                log.warning("%s: unmapping %d buffer grants: %s", self._label, len(chunk),
+                            err.details())
+        self.close_local()
+
+    def close_local(self) -> None:
+        """Let go of the mmaps, without hypercalls."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        self.cache.drain()
+        for page in self._maps:
+            page.close()
+        self._maps = []
+
+
 @dataclass
 class _Connection:
     """One connected vif: mapped rings, port, scratch, cores and workers."""
@@ -165,6 +271,8 @@ class _Connection:
     rx_wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task] = field(default_factory=list)
     credit_timer: asyncio.TimerHandle | None = None
+    persistent: _PersistentGrants | None = None
+    scratch_pages: dict[int, memoryview] = field(default_factory=dict)
 
 
 class Netback(XenbusDevice):
@@ -224,6 +332,11 @@ class Netback(XenbusDevice):
             held.gfns = self._alloc_scratch()
             conn = self._build(VifDevice(self.config), *held.maps, held.port, held.gfns)
             held.scratches = conn.tx_scratches + conn.rx_scratches
+            if rings.persistent:
+                conn.persistent = _PersistentGrants(self.kernel, self.config.frontend_id,
+                                                    self.config.name)
+                conn.scratch_pages = {gfn: page for scratch in held.scratches
+                                      for gfn, page in scratch.by_gfn().items()}
             await self._hotplug_online(conn.vif)
         except BaseException:
             await self._give_back(held)
@@ -336,7 +449,7 @@ class Netback(XenbusDevice):
                 if not batch.frames and not batch.fatal:
                     break
                 free.pop()
-                in_flight.append((batch, self._copy(batch.copies)))
+                in_flight.append((batch, self._copy(conn, batch.copies)))
             if not in_flight:
                 if wait_until is not None:
                     vif.counters["rate_limited"] += 1
@@ -346,7 +459,7 @@ class Netback(XenbusDevice):
                     return
                 continue
             batch, answer = in_flight.popleft()
-            statuses = await answer
+            statuses = await _settled(answer)
             free.append(batch.scratch)
             result = tx.complete(batch, statuses)
             for reason, n in result.drops.items():
@@ -408,13 +521,13 @@ class Netback(XenbusDevice):
                 if not batch.frames:
                     break
                 free.pop()
-                in_flight.append((batch, self._copy(batch.copies)))
+                in_flight.append((batch, self._copy(conn, batch.copies)))
             if not in_flight:
                 if not rx.more_to_do():
                     return
                 continue
             batch, answer = in_flight[0]
-            statuses = await answer
+            statuses = await _settled(answer)
             in_flight.popleft()
             free.append(batch.scratch)
             result = rx.complete(batch, statuses)
@@ -424,9 +537,33 @@ class Netback(XenbusDevice):
             if result.notify:
                 self.kernel.evtchn.notify(conn.port)
 
-    def _copy(self, copies: list[GrantCopy]) -> asyncio.Future:
-        """Start one GNTTABOP_copy batch; the future is its statuses."""
-        return self.driver.copier.submit(_gnttab_ops(copies, self.config.frontend_id))
+    def _copy(self, conn: _Connection, copies: list[GrantCopy]) -> asyncio.Future:
+        """Start one GNTTABOP_copy batch; the future is its statuses. With
+        persistent grants the copies through mapped pages are done here and
+        now, and only the rest go to the hypervisor."""
+        frontend_id = self.config.frontend_id
+        pg = conn.persistent
+        if pg is None:
+            return self.driver.copier.submit(_gnttab_ops(copies, frontend_id))
+        statuses, remote = pg.cache.copy_local(copies, conn.scratch_pages.__getitem__)
+        answer = asyncio.get_running_loop().create_future()
+        if not remote:
+            answer.set_result(statuses)
+            return answer
+        pg.kick()
+        sent = self.driver.copier.submit(_gnttab_ops([copies[i] for i in remote], frontend_id))
+
+        def done(f: asyncio.Future) -> None:
+            if answer.done():
+                return
+            if f.cancelled():
+                answer.cancel()
+            elif f.exception() is not None:
+                answer.set_exception(f.exception())
+            else:
+                answer.set_result(GrantCache.merge(statuses, remote, f.result()))
+        sent.add_done_callback(done)
+        return answer
 
     # -- disconnect -------------------------------------------------------------------------
     async def disconnect(self) -> None:
@@ -446,6 +583,9 @@ class Netback(XenbusDevice):
         if self.kernel.vifs.get(vif.name) is vif:
             del self.kernel.vifs[vif.name]
             _notify_change(self.kernel, vif.name, None)
+        if conn.persistent is not None:
+            await conn.persistent.close()
+        conn.scratch_pages.clear()
         await self._give_back(_Held([conn.tx_map, conn.rx_map], conn.port, conn.scratch_gfns,
                                     conn.tx_scratches + conn.rx_scratches))
         log.info("%s: disconnected", vif.name)
@@ -510,6 +650,9 @@ class Netback(XenbusDevice):
             conn.credit_timer.cancel()
         self.kernel.evtchn.unbind_handler(conn.port)
         conn.vif._backend = None
+        if conn.persistent is not None:
+            conn.persistent.close_local()
+        conn.scratch_pages.clear()
         for scratch in conn.tx_scratches + conn.rx_scratches:
             scratch.release()
         for mapped in (conn.tx_map, conn.rx_map):
@@ -518,6 +661,16 @@ class Netback(XenbusDevice):
                 mapped.mm.close()
             except BufferError:
                 pass
+
+
+async def _settled(answer: asyncio.Future):
+    """A batch's statuses. One copied locally is done at once, and awaiting
+    a done future does not yield: let the loop run between batches anyway (a
+    NAPI budget), or one busy ring starves the other vifs, the receive half
+    and the veth reads."""
+    if answer.done():
+        await asyncio.sleep(0)
+    return await answer
 
 
 def _replace_online(cfg: VifConfig, online: bool) -> VifConfig:

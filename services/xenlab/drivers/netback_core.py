@@ -77,6 +77,9 @@ FEATURES = {
     "feature-dynamic-multicast-control": "0",
     "feature-split-event-channels": "0",
     "feature-ctrl-ring": "0",
+    # Not in netif.h: the frontend may say it keeps its buffer grants for the
+    # whole connection, and netback then maps them (xenlab.drivers.grant_cache).
+    "feature-persistent": "1",
 }
 
 
@@ -153,6 +156,10 @@ class Scratch:
             yield index, offset, n
             addr += n
             length -= n
+
+    def by_gfn(self) -> dict[int, memoryview]:
+        """Each scratch frame's page, by gfn."""
+        return dict(zip(self.gfns, self._pages))
 
     def release(self) -> None:
         for page in self._pages:
@@ -253,7 +260,8 @@ def _parse_mtu(text: str | None) -> int:
 
 
 FRONTEND_KEYS = ("tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy",
-                 "feature-rx-notify", "feature-sg", "multi-queue-num-queues")
+                 "feature-rx-notify", "feature-sg", "multi-queue-num-queues",
+                 "feature-persistent")
 
 
 @dataclass(frozen=True)
@@ -265,6 +273,7 @@ class FrontendRings:
     event_channel: int
     rx_notify: bool
     sg: bool
+    persistent: bool = False      # it keeps its buffer grants: map them
 
 
 def parse_frontend_keys(values: Mapping[str, str | None]) -> FrontendRings:
@@ -280,7 +289,8 @@ def parse_frontend_keys(values: Mapping[str, str | None]) -> FrontendRings:
     if _read_flag(values, "request-rx-copy") != 1:
         raise XenError(errno.EOPNOTSUPP, "frontend does not support rx-copy (request-rx-copy)")
     return FrontendRings(tx, rx, port, _read_flag(values, "feature-rx-notify") == 1,
-                         _read_flag(values, "feature-sg") == 1)
+                         _read_flag(values, "feature-sg") == 1,
+                         _read_flag(values, "feature-persistent") == 1)
 
 
 def _read_u32(values: Mapping[str, str | None], key: str) -> int:

@@ -8,8 +8,9 @@ tx-ring-ref, rx-ring-ref, event-channel and the features in one xenstore
 transaction, post the receive buffers, go Connected. The interface is named
 eth<devid>. Teardown follows the backend: Closing stops the queues and goes
 Closed; once the backend is Closed (it has unmapped) or gone, the grants
-are ended, the port closed and the frames freed. A ring page the backend
-still maps is ended later, as gnttab_end_foreign_access defers it.
+are ended, the port closed and the frames freed. A page the backend still
+maps (a ring, or a buffer it keeps as a persistent grant) is ended later, as
+gnttab_end_foreign_access defers it.
 """
 from __future__ import annotations
 
@@ -241,6 +242,9 @@ class Netfront(XenbusDevice):
             "tx-ring-ref": rings.refs[0], "rx-ring-ref": rings.refs[1],
             "event-channel": rings.port, "request-rx-copy": 1, "feature-rx-notify": 1,
             "feature-sg": 1, "feature-gso-tcpv4": 0, "feature-gso-tcpv6": 0,
+            # Our buffer pages stay granted as long as we are connected: a
+            # backend may map them once instead of copying through the hypervisor.
+            "feature-persistent": 1,
         }
         for key, value in values.items():
             await self.xenbus.write(f"{self.nodename}/{key}", str(value), tx=tx)
@@ -289,20 +293,17 @@ class Netfront(XenbusDevice):
         rings.rx_sring.release()
         for page in rings.pages:
             page.release()
-        # The buffers were only ever copied to and from, never mapped: they
-        # end at once. The ring pages may still be mapped by a backend that
-        # has not caught up; those end when it lets go.
-        ring_refs, buffer_refs = rings.refs[:2], rings.refs[2:]
-        if await self._end_access(buffer_refs) == _ENDED:
-            self.kernel.memory.free_frames(rings.gfns[2:])
-        outcome = await self._end_access(ring_refs)
-        if outcome == _ENDED:
-            self.kernel.memory.free_frames(rings.gfns[:2])
-        elif outcome == _BUSY:
-            task = asyncio.get_running_loop().create_task(
-                self._end_access_later(ring_refs, rings.gfns[:2]))
-            self._deferred.add(task)
-            task.add_done_callback(self._deferred.discard)
+        # The ring pages, and the buffer pages of a backend that kept our
+        # persistent grants, may still be mapped by a backend that has not
+        # caught up; those end when it lets go.
+        for refs, gfns in ((rings.refs[2:], rings.gfns[2:]), (rings.refs[:2], rings.gfns[:2])):
+            outcome = await self._end_access(refs)
+            if outcome == _ENDED:
+                self.kernel.memory.free_frames(gfns)
+            elif outcome == _BUSY:
+                task = asyncio.get_running_loop().create_task(self._end_access_later(refs, gfns))
+                self._deferred.add(task)
+                task.add_done_callback(self._deferred.discard)
 
     async def _end_access(self, refs: list[int]) -> str:
         if not refs:

@@ -19,7 +19,7 @@ from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.doorbell import UpcallRouter
 from xenlab.hypervisor.domains import Domain, DomainTable, RunState
 from xenlab.hypervisor.evtchn import EventChannels
-from xenlab.hypervisor.grants import GrantTables
+from xenlab.hypervisor.grants import PRIVILEGED_MAX_MAPTRACK, GrantTables
 from xenlab.hypervisor.identity import Caller, Identity
 from xenlab.hypervisor.launcher import DomainProcess, Launcher, StartInfo, make_launcher
 from xenlab.hypervisor.memory import MachineMemory
@@ -443,7 +443,8 @@ class Hypervisor:
         shared = SharedInfo(buf, offset, dom.vcpus)
         self._shared_info[dom.domid] = shared
         self.evtchn.add_domain(dom.domid, shared, dom.vcpus)
-        self.grants.add_domain(dom.domid, self.config.grant_frames)
+        self.grants.add_domain(dom.domid, self.config.grant_frames,
+                               PRIVILEGED_MAX_MAPTRACK if dom.privileged else None)
 
     def _remove_from_cores(self, domid: int) -> None:
         for step in (self.evtchn.remove_domain, self.grants.remove_domain):

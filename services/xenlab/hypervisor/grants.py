@@ -6,7 +6,9 @@ mapped by the grantee (GNTTABOP_map_grant_ref), which hands it the place of
 that one page in the granter's segment, or copied to and from
 (GNTTABOP_copy) without mapping. While mapped an entry carries GTF_reading or
 GTF_writing and cannot be ended; the granter cannot free the frame either.
-Each mapper holds its mappings in a maptrack table of bounded size.
+Each mapper holds its mappings in a maptrack table of bounded size: 1024
+handles for a domU, more for a privileged domain, whose backends may keep a
+vif's buffer pages mapped (netback's persistent grants: 512 per vif).
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ from xenlab.xen import abi
 from xenlab.xen.errors import GrantError, XenError
 
 DEFAULT_MAX_MAPTRACK = 1024
+# Domain-0's maptrack: room for 64 vifs' persistent grants and their rings
+# (Xen's own default, max_maptrack_frames=1024, is 512k handles).
+PRIVILEGED_MAX_MAPTRACK = 64 * 1024
+MAX_MAP_BATCH = 1024          # ops in one MapBatch / UnmapBatch call
 
 
 @dataclass(frozen=True)
@@ -112,13 +118,17 @@ class GrantTables:
         memory.add_busy_check(self._frame_busy)
 
     # -- domains ---------------------------------------------------------------
-    def add_domain(self, domid: int, max_frames: int = abi.DEFAULT_MAX_GRANT_FRAMES) -> None:
+    def add_domain(self, domid: int, max_frames: int = abi.DEFAULT_MAX_GRANT_FRAMES,
+                   max_maptrack: int | None = None) -> None:
         if domid in self._tables:
             raise XenError(errno.EEXIST, f"d{domid} already has a grant table")
         limit = max_frames * abi.GRANT_ENTRIES_PER_FRAME
         self._tables[domid] = _Table(domid, max_frames,
                                      _Ids(abi.GNTTAB_NR_RESERVED_ENTRIES, limit),
-                                     _Ids(0, self.max_maptrack))
+                                     _Ids(0, max_maptrack or self.max_maptrack))
+
+    def maptrack_limit(self, domid: int) -> int:
+        return self._own(domid).handles.limit
 
     def remove_domain(self, domid: int) -> None:
         table = self._own(domid)
@@ -205,13 +215,39 @@ class GrantTables:
         handle = mine.handles.alloc()
         if handle is None:
             raise GrantError(abi.GNTST_no_device_space,
-                             f"d{mapper.domid} holds {self.max_maptrack} mappings already")
+                             f"d{mapper.domid} holds {mine.handles.limit} mappings already")
         mapping = Mapping(handle, granter, ref, self.memory.segment_path(granter),
                           self.memory.frame_offset(granter, entry.gfn), abi.PAGE_SIZE,
                           readonly, self.memory.gfn_to_mfn(granter, entry.gfn))
         mine.maptrack[handle] = (mapping, entry)
         self._count(entry, readonly, +1)
         return mapping
+
+    def map_batch(self, mapper: Caller, ops: list[tuple[int, int, bool]]) -> list[Mapping | GrantError]:
+        """GNTTABOP_map_grant_ref over an array of (granter, ref, readonly):
+        each op succeeds or fails on its own, as in Xen."""
+        self._own(mapper.domid)
+        _check_batch(len(ops))
+        out: list[Mapping | GrantError] = []
+        for granter, ref, readonly in ops:
+            try:
+                out.append(self.map(mapper, granter, ref, readonly))
+            except GrantError as err:
+                out.append(err)
+        return out
+
+    def unmap_batch(self, mapper: Caller, handles: list[int]) -> list[int]:
+        """GNTTABOP_unmap_grant_ref over an array: one GNTST_* per handle."""
+        mine = self._own(mapper.domid)
+        _check_batch(len(handles))
+        statuses = []
+        for handle in handles:
+            if handle in mine.maptrack:
+                self._release(mine, handle)
+                statuses.append(abi.GNTST_okay)
+            else:
+                statuses.append(abi.GNTST_bad_handle)
+        return statuses
 
     @staticmethod
     def _count(entry: _Entry, readonly: bool, delta: int) -> None:
@@ -311,6 +347,11 @@ class GrantTables:
     def mappings(self, mapper: int | None = None) -> list[Mapping]:
         tables = [self._own(mapper)] if mapper is not None else self._tables.values()
         return [m for t in tables for m, _ in t.maptrack.values()]
+
+
+def _check_batch(n: int) -> None:
+    if n > MAX_MAP_BATCH:
+        raise XenError(errno.E2BIG, f"{n} ops in one call; at most {MAX_MAP_BATCH}")
 
 
 def _gnttab_copy(op: CopyOp) -> tuple:

@@ -5,12 +5,17 @@ from xenlab.hypervisor.grants import CopyOp, CopyPtr
 from xenlab.proto import common_pb2, grants_pb2, grants_pb2_grpc
 from xenlab.rpc import handles_xen_errors
 from xenlab.xen import abi
-from xenlab.xen.errors import XenError
+from xenlab.xen.errors import GrantError, XenError
 
 
 def _copy_ptr(ptr: grants_pb2.CopyPtr) -> CopyPtr:
     return CopyPtr(domid=ptr.domid, ref=ptr.ref, gfn=ptr.gfn, use_gref=ptr.use_gref,
                    offset=ptr.offset)
+
+
+def _mapping(m) -> grants_pb2.GrantMapping:
+    return grants_pb2.GrantMapping(handle=m.handle, shm_path=m.shm_path, offset=m.offset,
+                                   length=m.length, readonly=m.readonly, mfn=m.mfn)
 
 
 class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
@@ -43,9 +48,24 @@ class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
     @handles_xen_errors
     async def Map(self, request, context):
         caller = self._caller(context)
-        m = self.hv.grants.map(caller, request.domid, request.ref, request.readonly)
-        return grants_pb2.GrantMapping(handle=m.handle, shm_path=m.shm_path, offset=m.offset,
-                                       length=m.length, readonly=m.readonly, mfn=m.mfn)
+        return _mapping(self.hv.grants.map(caller, request.domid, request.ref, request.readonly))
+
+    @handles_xen_errors
+    async def MapBatch(self, request, context):
+        caller = self._caller(context)
+        results = self.hv.grants.map_batch(
+            caller, [(op.domid, op.ref, op.readonly) for op in request.ops])
+        return grants_pb2.MapGrantsReply(results=[
+            grants_pb2.MapGrantResult(status=r.status, error=r.message)
+            if isinstance(r, GrantError) else
+            grants_pb2.MapGrantResult(status=abi.GNTST_okay, mapping=_mapping(r))
+            for r in results])
+
+    @handles_xen_errors
+    async def UnmapBatch(self, request, context):
+        caller = self._caller(context)
+        return grants_pb2.UnmapGrantsReply(
+            status=self.hv.grants.unmap_batch(caller, list(request.handles)))
 
     @handles_xen_errors
     async def Unmap(self, request, context):

@@ -124,7 +124,7 @@ class StatsRequest(_message.Message):
     def __init__(self, interface: _Optional[str] = ..., gone: bool = ...) -> None: ...
 
 class InterfaceStats(_message.Message):
-    __slots__ = ("name", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops", "mac", "ip", "mtu", "state", "peer")
+    __slots__ = ("name", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops", "mac", "ip", "mtu", "state", "peer", "persistent_grants")
     class DropsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,7 @@ class InterfaceStats(_message.Message):
     MTU_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
+    PERSISTENT_GRANTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     tx_packets: int
     tx_bytes: int
@@ -154,7 +155,8 @@ class InterfaceStats(_message.Message):
     mtu: int
     state: str
     peer: str
-    def __init__(self, name: _Optional[str] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., mac: _Optional[str] = ..., ip: _Optional[str] = ..., mtu: _Optional[int] = ..., state: _Optional[str] = ..., peer: _Optional[str] = ...) -> None: ...
+    persistent_grants: int
+    def __init__(self, name: _Optional[str] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., mac: _Optional[str] = ..., ip: _Optional[str] = ..., mtu: _Optional[int] = ..., state: _Optional[str] = ..., peer: _Optional[str] = ..., persistent_grants: _Optional[int] = ...) -> None: ...
 
 class StatsReply(_message.Message):
     __slots__ = ("interfaces",)

@@ -67,6 +67,40 @@ class UnmapGrantRequest(_message.Message):
     handle: int
     def __init__(self, handle: _Optional[int] = ...) -> None: ...
 
+class MapGrantsRequest(_message.Message):
+    __slots__ = ("ops",)
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    ops: _containers.RepeatedCompositeFieldContainer[MapGrantRequest]
+    def __init__(self, ops: _Optional[_Iterable[_Union[MapGrantRequest, _Mapping]]] = ...) -> None: ...
+
+class MapGrantResult(_message.Message):
+    __slots__ = ("status", "mapping", "error")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MAPPING_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    mapping: GrantMapping
+    error: str
+    def __init__(self, status: _Optional[int] = ..., mapping: _Optional[_Union[GrantMapping, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class MapGrantsReply(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[MapGrantResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[MapGrantResult, _Mapping]]] = ...) -> None: ...
+
+class UnmapGrantsRequest(_message.Message):
+    __slots__ = ("handles",)
+    HANDLES_FIELD_NUMBER: _ClassVar[int]
+    handles: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, handles: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class UnmapGrantsReply(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, status: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class CopyPtr(_message.Message):
     __slots__ = ("domid", "ref", "gfn", "use_gref", "offset")
     DOMID_FIELD_NUMBER: _ClassVar[int]

@@ -55,6 +55,16 @@ class GrantTableStub(object):
                 request_serializer=xenlab_dot_proto_dot_grants__pb2.UnmapGrantRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_common__pb2.Empty.FromString,
                 _registered_method=True)
+        self.MapBatch = channel.unary_unary(
+                '/xenlab.proto.GrantTable/MapBatch',
+                request_serializer=xenlab_dot_proto_dot_grants__pb2.MapGrantsRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_grants__pb2.MapGrantsReply.FromString,
+                _registered_method=True)
+        self.UnmapBatch = channel.unary_unary(
+                '/xenlab.proto.GrantTable/UnmapBatch',
+                request_serializer=xenlab_dot_proto_dot_grants__pb2.UnmapGrantsRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_grants__pb2.UnmapGrantsReply.FromString,
+                _registered_method=True)
         self.Copy = channel.unary_unary(
                 '/xenlab.proto.GrantTable/Copy',
                 request_serializer=xenlab_dot_proto_dot_grants__pb2.GrantCopyRequest.SerializeToString,
@@ -94,6 +104,18 @@ class GrantTableServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MapBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnmapBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Copy(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -128,6 +150,16 @@ def add_GrantTableServicer_to_server(servicer, server):
                     servicer.Unmap,
                     request_deserializer=xenlab_dot_proto_dot_grants__pb2.UnmapGrantRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
+            ),
+            'MapBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.MapBatch,
+                    request_deserializer=xenlab_dot_proto_dot_grants__pb2.MapGrantsRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_grants__pb2.MapGrantsReply.SerializeToString,
+            ),
+            'UnmapBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnmapBatch,
+                    request_deserializer=xenlab_dot_proto_dot_grants__pb2.UnmapGrantsRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_grants__pb2.UnmapGrantsReply.SerializeToString,
             ),
             'Copy': grpc.unary_unary_rpc_method_handler(
                     servicer.Copy,
@@ -248,6 +280,60 @@ class GrantTable(object):
             '/xenlab.proto.GrantTable/Unmap',
             xenlab_dot_proto_dot_grants__pb2.UnmapGrantRequest.SerializeToString,
             xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MapBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.GrantTable/MapBatch',
+            xenlab_dot_proto_dot_grants__pb2.MapGrantsRequest.SerializeToString,
+            xenlab_dot_proto_dot_grants__pb2.MapGrantsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnmapBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.GrantTable/UnmapBatch',
+            xenlab_dot_proto_dot_grants__pb2.UnmapGrantsRequest.SerializeToString,
+            xenlab_dot_proto_dot_grants__pb2.UnmapGrantsReply.FromString,
             options,
             channel_credentials,
             insecure,

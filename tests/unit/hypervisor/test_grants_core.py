@@ -276,3 +276,52 @@ def test_copy_within_one_frame_overlapping(gt):
     fill(gt, 2, 0, b"abcdefgh")
     assert gt.copy(D2, [CopyOp(CopyPtr(2, gfn=0), CopyPtr(2, gfn=0, offset=2), 6)]) == [0]
     assert read(gt, 2, 0, 0, 8) == b"ababcdef"
+
+
+def test_map_batch_each_op_on_its_own(gt):
+    ro = gt.grant_access(1, 2, 3, True)
+    rw = gt.grant_access(1, 2, 4, False)
+    other = gt.grant_access(1, 3, 5, False)          # for d3, not d2
+    results = gt.map_batch(D2, [(1, ro, True), (1, ro, False), (1, other, True),
+                                (1, 999, True), (1, rw, False)])
+    assert [r.status if isinstance(r, GrantError) else abi.GNTST_okay for r in results] == [
+        abi.GNTST_okay, abi.GNTST_permission_denied, abi.GNTST_permission_denied,
+        abi.GNTST_bad_gntref, abi.GNTST_okay]
+    mapped = [r for r in results if not isinstance(r, GrantError)]
+    assert [(m.ref, m.readonly) for m in mapped] == [(ro, True), (rw, False)]
+    assert sorted(m.handle for m in gt.mappings(2)) == sorted(m.handle for m in mapped)
+    # what the batch mapped pins the grants, as single maps do
+    with pytest.raises(XenError) as busy:
+        gt.end_access(1, rw)
+    assert busy.value.errno == errno.EBUSY
+    assert gt.unmap_batch(D2, [mapped[0].handle, 77, mapped[1].handle, mapped[1].handle]) == [
+        abi.GNTST_okay, abi.GNTST_bad_handle, abi.GNTST_okay, abi.GNTST_bad_handle]
+    assert gt.mappings(2) == []
+    gt.end_access_all(1, [ro, rw])
+
+
+def test_map_batch_stops_at_the_maptrack_limit(gt):
+    ref = gt.grant_access(1, 2, 3, True)
+    results = gt.map_batch(D2, [(1, ref, True)] * 6)
+    assert [isinstance(r, GrantError) and r.status for r in results] == [
+        False, False, False, False, abi.GNTST_no_device_space, abi.GNTST_no_device_space]
+    assert len(gt.mappings(2)) == 4
+
+
+def test_batches_are_bounded(gt):
+    from xenlab.hypervisor.grants import MAX_MAP_BATCH
+    ref = gt.grant_access(1, 2, 3, True)
+    with pytest.raises(XenError) as err:
+        gt.map_batch(D2, [(1, ref, True)] * (MAX_MAP_BATCH + 1))
+    assert err.value.errno == errno.E2BIG and gt.mappings(2) == []
+    with pytest.raises(XenError):
+        gt.unmap_batch(D2, [0] * (MAX_MAP_BATCH + 1))
+
+
+def test_a_privileged_domain_may_have_a_larger_maptrack(gt):
+    gt.memory.add_domain(7, 16, 8)
+    gt.add_domain(7, max_maptrack=10)
+    assert gt.maptrack_limit(7) == 10 and gt.maptrack_limit(2) == 4
+    ref = gt.grant_access(1, 7, 3, True)
+    assert not any(isinstance(r, GrantError) for r in gt.map_batch(Caller(7, True),
+                                                                   [(1, ref, True)] * 10))

@@ -141,3 +141,32 @@ async def test_destroying_a_mapper_releases_its_mappings(pair):
     await lab.dom0.domains.Destroy(common_pb2.DomainRef(domid=d2))
     await front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
     assert lab.hv.grants.mappings() == []
+
+
+async def test_map_batch_and_unmap_batch(pair):
+    lab, (d1, front), (d2, back) = pair
+    refs = list((await front.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
+        grants_pb2.GrantAccessEntry(domid=d2, gfn=5 + i, readonly=i == 0) for i in range(3)]))).refs)
+    reply = await back.grants.MapBatch(grants_pb2.MapGrantsRequest(ops=[
+        grants_pb2.MapGrantRequest(domid=d1, ref=refs[0], readonly=True),
+        grants_pb2.MapGrantRequest(domid=d1, ref=refs[0], readonly=False),   # a read-only grant
+        grants_pb2.MapGrantRequest(domid=d1, ref=refs[2]),
+        grants_pb2.MapGrantRequest(domid=d1, ref=4000)]))
+    assert [r.status for r in reply.results] == [
+        abi.GNTST_okay, abi.GNTST_permission_denied, abi.GNTST_okay, abi.GNTST_bad_gntref]
+    assert "read-only" in reply.results[1].error and not reply.results[1].HasField("mapping")
+    m = reply.results[2].mapping
+    with open(m.shm_path, "r+b") as f:
+        page = mmap.mmap(f.fileno(), m.length, offset=m.offset)
+    page[:5] = b"batch"
+    page.close()
+    assert bytes(lab.hv.memory.frame(d1, 7)[:5]) == b"batch"
+    handles = [reply.results[0].mapping.handle, m.handle]
+    assert (await front.grants.Query(common_pb2.DomainRef(domid=d1))).active_maps == 2
+    unmapped = await back.grants.UnmapBatch(grants_pb2.UnmapGrantsRequest(handles=handles + [99]))
+    assert list(unmapped.status) == [abi.GNTST_okay, abi.GNTST_okay, abi.GNTST_bad_handle]
+    await front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=refs))
+    await refused(back.grants.MapBatch(grants_pb2.MapGrantsRequest(
+        ops=[grants_pb2.MapGrantRequest(domid=d1, ref=refs[0])] * 1025)),
+        grpc.StatusCode.INVALID_ARGUMENT, "1024")
+    await still_serving(back, d2)

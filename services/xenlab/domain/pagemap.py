@@ -1,0 +1,53 @@
+"""One granted page mapped into this process, without a file descriptor.
+
+Python's ``mmap.mmap`` keeps a duplicate of the file's descriptor for the
+life of the mapping (until 3.13's ``trackfd=False``): a backend holding a
+vif's 512 persistent grants would hold 512 descriptors. ``PageMap`` calls
+mmap(2) and munmap(2) through libc instead, so the descriptor can be closed
+as soon as the page is mapped, as a kernel's grant mapping holds none.
+
+The view is a memoryview over the mapped page (read-only if mapped so).
+``close()`` releases it and unmaps; a caller must not keep slices of the
+view past that (netback's copies take them for one statement at a time).
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+
+from xenlab.xen import abi
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long)
+_libc.munmap.restype = ctypes.c_int
+_libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+class PageMap:
+    __slots__ = ("addr", "length", "view")
+
+    def __init__(self, fd: int, offset: int, writable: bool, length: int = abi.PAGE_SIZE):
+        if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY or length <= 0:
+            raise ValueError(f"cannot map {length} bytes at offset {offset}")
+        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+        addr = _libc.mmap(None, length, prot, mmap.MAP_SHARED, fd, offset)
+        if addr is None or addr == _MAP_FAILED:
+            err = ctypes.get_errno()
+            raise OSError(err, f"mmap of {length} bytes at offset {offset}: {os.strerror(err)}")
+        self.addr = addr
+        self.length = length
+        view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
+        self.view = view if writable else view.toreadonly()
+
+    def close(self) -> None:
+        if self.addr is None:
+            return
+        self.view.release()
+        if _libc.munmap(self.addr, self.length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"munmap: {os.strerror(err)}")
+        self.addr = None
