@@ -17,8 +17,11 @@ until netback unmaps it at disconnect. Transmit pages are mapped read-only
 (netback only reads them), receive pages writable.
 
 This module is the bookkeeping, free of I/O: what is mapped, what to map
-next, what never, and the local half of a copy batch. netback's adapter
-does the MapBatch/UnmapBatch calls and the mmaps.
+next, what never, and the local half of a copy batch. netback's cores read
+a one-slot frame straight from a mapped transmit page and write one straight
+into a mapped receive page (``tx_pages``, ``rx_pages``); the copy plan is
+for the rest. netback's adapter does the MapBatch/UnmapBatch calls and the
+mmaps.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ class GrantCache:
     def __init__(self, limit: int = MAX_PERSISTENT):
         self.limit = limit
         self._pages: dict[Key, memoryview] = {}
+        # The same pages by ref alone, for netback's cores to read a one-slot
+        # frame from (tx, read-only) or write one into (rx) with no copy plan.
+        self.tx_pages: dict[int, memoryview] = {}
+        self.rx_pages: dict[int, memoryview] = {}
         self._handles: dict[Key, int] = {}
         self._wanted: dict[Key, None] = {}       # to map, oldest first
         self._mapping: set[Key] = set()          # asked for, not answered yet
@@ -116,6 +123,7 @@ class GrantCache:
             raise ValueError(f"a mapping of ref {key[0]} must be one "
                              f"{'writable ' if key[1] else ''}page")
         self._pages[key] = page
+        (self.rx_pages if key[1] else self.tx_pages)[key[0]] = page
         self._handles[key] = handle
         self.stats["mapped"] += 1
 
@@ -138,6 +146,8 @@ class GrantCache:
     def drain(self) -> list[int]:
         """Forget every mapping (their views released); the handles to unmap."""
         handles = list(self._handles.values())
+        self.tx_pages.clear()
+        self.rx_pages.clear()
         for page in self._pages.values():
             page.release()
         self._pages.clear()

@@ -335,6 +335,8 @@ class Netback(XenbusDevice):
             if rings.persistent:
                 conn.persistent = _PersistentGrants(self.kernel, self.config.frontend_id,
                                                     self.config.name)
+                conn.tx.direct = conn.persistent.cache.tx_pages
+                conn.rx.direct = conn.persistent.cache.rx_pages
                 conn.scratch_pages = {gfn: page for scratch in held.scratches
                                       for gfn, page in scratch.by_gfn().items()}
             await self._hotplug_online(conn.vif)

@@ -381,7 +381,7 @@ class _Slot:
 
 
 class _TxFrame:
-    __slots__ = ("slots", "data", "size", "reason", "control", "addr")
+    __slots__ = ("slots", "data", "size", "reason", "control", "addr", "direct")
 
     def __init__(self, slots: list[_Slot]):
         self.slots = slots
@@ -390,6 +390,7 @@ class _TxFrame:
         self.reason: str | None = None     # dropped before copying, and why
         self.control = False               # a multicast request: no frame behind it
         self.addr = 0
+        self.direct: bytes | None = None   # read from a mapped page: nothing to copy
 
 
 @dataclass
@@ -426,6 +427,10 @@ class NetbackTx:
         self.disabled: str | None = None     # the fatal error, once there was one
         self._held: _TxFrame | None = None   # consumed, waiting for credit or scratch room
         self._in_flight: set[int] = set()
+        # grant ref -> the frontend's page, mapped read-only (persistent
+        # grants): a one-slot frame in a mapped page is read from it at once.
+        self.direct: Mapping[int, memoryview] | None = None
+        self.direct_frames = 0
 
     # -- building a batch --------------------------------------------------------
     def build(self, scratch: Scratch | None = None) -> TxBatch:
@@ -465,8 +470,7 @@ class NetbackTx:
                     self._held = frame
                     batch.wait_until = wait
                     break
-            self._plan_copies(batch, frame, addr)
-            addr += frame.size
+            addr += self._plan_copies(batch, frame, addr)
         return batch
 
     @property
@@ -591,7 +595,18 @@ class NetbackTx:
         for slot in frame.slots:
             slot.status = abi.NETIF_RSP_ERROR
 
-    def _plan_copies(self, batch: TxBatch, frame: _TxFrame, addr: int) -> None:
+    def _plan_copies(self, batch: TxBatch, frame: _TxFrame, addr: int) -> int:
+        """Plan the frame's copies into scratch at ``addr``; the scratch bytes it takes."""
+        direct = self.direct
+        if direct and len(frame.data) == 1:
+            gref, offset, size = frame.data[0]
+            page = direct.get(gref)
+            if page is not None:
+                # _parse checked offset + size against the page; one read,
+                # then only our copy is looked at (antispoof, the bridge).
+                frame.direct = page[offset:offset + size].tobytes()
+                self.direct_frames += 1
+                return 0
         frame.addr = addr
         copies = batch.copies
         segments = batch.scratch.segments
@@ -603,6 +618,7 @@ class NetbackTx:
                 copies.append(GrantCopy(gref, offset + done, gfn, gfn_offset, n, False))
                 done += n
             addr += size
+        return frame.size
 
     # -- completing it -------------------------------------------------------------
     def complete(self, batch: TxBatch, statuses: Sequence[int]) -> TxResult:
@@ -647,7 +663,7 @@ class NetbackTx:
         if failed:
             drops["grant_copy_error"] += 1
             return None
-        data = scratch.read(frame.addr, frame.size)
+        data = frame.direct if frame.direct is not None else scratch.read(frame.addr, frame.size)
         reason = self.antispoof.check(data) if self.antispoof else None
         if reason:
             drops[reason] += 1
@@ -725,6 +741,10 @@ class NetbackRx:
         self.max_bytes = max_bytes
         self.queue: collections.deque[bytes] = collections.deque()
         self.queued_bytes = 0
+        # grant ref -> the frontend's page, mapped writable (persistent
+        # grants): a one-slot frame for a mapped page is written there at once.
+        self.direct: Mapping[int, memoryview] | None = None
+        self.direct_frames = 0
 
     def enqueue(self, frames: Sequence[bytes]) -> collections.Counter:
         """Frames for the guest; the drops (never blocks)."""
@@ -764,9 +784,11 @@ class NetbackRx:
             avail -= need
             self.queue.popleft()
             self.queued_bytes -= len(frame)
-            scratch.write(addr, frame)
-            batch.frames.append((frame, self._plan(batch, frame, addr, need)))
-            addr += len(frame)
+            slots = self._plan(batch, frame, addr, need)
+            if slots[0].ops:
+                scratch.write(addr, frame)
+                addr += len(frame)
+            batch.frames.append((frame, slots))
         return batch
 
     def _plan(self, batch: RxBatch, frame: bytes, addr: int, need: int) -> list[_RxSlot]:
@@ -774,9 +796,16 @@ class NetbackRx:
         copies = batch.copies
         segments = batch.scratch.segments
         get_request = self.ring.get_request
+        direct = self.direct
         for k in range(need):
             id_, _pad, gref = _RX_REQUEST.unpack_from(get_request())
             size = min(PAGE, len(frame) - k * PAGE)
+            if direct and need == 1:
+                page = direct.get(gref)
+                if page is not None:
+                    page[:size] = frame
+                    self.direct_frames += 1
+                    return [_RxSlot(id_, size, False, [])]
             ops = []
             done = 0
             for gfn, offset, n in segments(addr + k * PAGE, size):

@@ -55,20 +55,28 @@ class NetDevice:
         if self.receiver is None:
             self.drop("no_receiver", len(frames))
             return
-        for frame in frames:
-            self.counters["rx_packets"] += 1
-            self.counters["rx_bytes"] += len(frame)
-            self._tap("rx", frame)
+        counters = self.counters
+        counters["rx_packets"] += len(frames)
+        counters["rx_bytes"] += sum(map(len, frames))
+        if self._taps:
+            for frame in frames:
+                self._tap("rx", frame)
         try:
             self.receiver(frames)
         except Exception:
             log.exception("%s: receiver failed", self.name)
 
     def count_tx(self, frames: Iterable[bytes]) -> None:
-        for frame in frames:
-            self.counters["tx_packets"] += 1
-            self.counters["tx_bytes"] += len(frame)
-            self._tap("tx", frame)
+        if not isinstance(frames, (list, tuple)):
+            frames = list(frames)
+        if not frames:
+            return
+        counters = self.counters
+        counters["tx_packets"] += len(frames)
+        counters["tx_bytes"] += sum(map(len, frames))
+        if self._taps:
+            for frame in frames:
+                self._tap("tx", frame)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] += count

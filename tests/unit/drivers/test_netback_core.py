@@ -270,6 +270,59 @@ def test_frames_wait_for_rx_requests_then_drop_past_the_bound():
     assert vif.front_rx.poll().frames == frames[256:512]
 
 
+# -- persistent grants: the frontend's pages mapped ------------------------------------
+def mapped(vif, readonly: bool) -> dict[int, memoryview]:
+    """Every frontend page of one kind as netback's mapping of it."""
+    return {ref: memoryview(page).toreadonly() if ro else memoryview(page)
+            for ref, (page, ro) in vif.grants.pages.items() if ro == readonly}
+
+
+def test_one_slot_frames_are_read_from_a_mapped_page_without_copies():
+    vif = make_vif(mtu=9000)
+    vif.back_tx.direct = mapped(vif, readonly=True)
+    frames = [eth_frame(60), eth_frame(1514, seed=7), eth_frame(9014, seed=3)]
+    vif.front_tx.send(frames)
+    batch = vif.back_tx.build()
+    # the jumbo frame spans three slots: it alone is planned as copies
+    assert len(batch.copies) == 3 and vif.back_tx.direct_frames == 2
+    result = vif.back_tx.complete(batch, vif.grants.copy(batch.copies, vif.tx_mem))
+    assert result.frames == frames
+    assert vif.front_tx.poll().completed == 5
+    # what was read is netback's own copy: the frontend rewriting its page
+    # afterwards changes nothing of the frame netback sent on
+    vif.front_tx.send([eth_frame(100, seed=1)])
+    batch = vif.back_tx.build()
+    gref = next(iter(vif.back_tx.direct))
+    for page, _ in vif.grants.pages.values():
+        page[:] = b"\xee" * abi.PAGE_SIZE
+    assert vif.back_tx.complete(batch, []).frames == [eth_frame(100, seed=1)]
+    assert gref in vif.grants.pages
+
+
+def test_an_unmapped_ref_is_still_copied():
+    vif = make_vif()
+    vif.back_tx.direct = {}
+    vif.front_tx.send([eth_frame(60)])
+    batch = vif.back_tx.build()
+    assert len(batch.copies) == 1 and vif.back_tx.direct_frames == 0
+    assert vif.back_tx.complete(batch, vif.grants.copy(batch.copies, vif.tx_mem)).frames == \
+        [eth_frame(60)]
+
+
+def test_frames_for_the_guest_are_written_into_mapped_pages():
+    vif = make_vif(mtu=9000)
+    vif.back_rx.direct = mapped(vif, readonly=False)
+    assert vif.front_rx.refill()
+    frames = [eth_frame(60), eth_frame(1514, seed=1), eth_frame(9014, seed=2)]
+    vif.drops.update(vif.back_rx.enqueue(frames))
+    batch = vif.back_rx.build()
+    assert vif.back_rx.direct_frames == 2
+    assert all(c.to_frontend for c in batch.copies) and len(batch.copies) >= 3   # the jumbo's
+    result = vif.back_rx.complete(batch, vif.grants.copy(batch.copies, vif.rx_mem))
+    assert result.sent == frames
+    assert vif.front_rx.poll().frames == frames
+
+
 def test_a_frame_too_big_for_the_guest_is_dropped(vif):
     vif.run_rx([eth_frame(abi.XEN_NETIF_MAX_TX_SIZE + 1), b""])
     assert vif.drops["too_big"] == 1 and vif.drops["empty"] == 1
@@ -394,6 +447,7 @@ GOOD_FRONTEND = {"tx-ring-ref": "8", "rx-ring-ref": "9", "event-channel": "5",
 
 def test_parse_frontend_keys():
     assert parse_frontend_keys(GOOD_FRONTEND) == FrontendRings(8, 9, 5, True, True)
+    assert parse_frontend_keys({**GOOD_FRONTEND, "feature-persistent": "1"}).persistent
 
 
 @pytest.mark.parametrize("change, message", [
