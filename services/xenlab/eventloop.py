@@ -12,11 +12,15 @@ from __future__ import annotations
 import asyncio
 from typing import Coroutine, TypeVar
 
+from xenlab.osutil import batch_scheduling
+
 T = TypeVar("T")
 
 
 def run(main: Coroutine[object, object, T]) -> T:
-    """asyncio.run(main) on the fastest loop available."""
+    """asyncio.run(main) on the fastest loop available, the process
+    scheduled as SCHED_BATCH (xenlab.osutil.batch_scheduling)."""
+    batch_scheduling()
     try:
         import uvloop
     except ImportError:

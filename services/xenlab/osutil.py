@@ -34,6 +34,28 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+SCHED_ENV = "XENLAB_SCHED"      # "normal": leave the scheduling policy alone
+
+
+def batch_scheduling(environ=os.environ) -> bool:
+    """Run this process (and the threads it starts from now on) as
+    SCHED_BATCH, unless XENLAB_SCHED=normal. Every frame and notification
+    is a datagram that wakes another of the lab's processes; under the
+    default policy the woken one preempts the sender in the middle of its
+    batch, on the sender's CPU. SCHED_BATCH keeps the priority and only
+    stops wake-ups from preempting, so a process finishes what it was doing
+    before the next one runs. Measured side by side (BENCHMARKS.md): ping
+    p50 -25 %, and 512- and 1500-byte throughput up with no receive drops.
+    Needs no privilege; False where it cannot be set."""
+    if environ.get(SCHED_ENV, "batch").strip().lower() == "normal":
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 def raise_fd_limit() -> None:
     """Lift the soft descriptor limit to the hard one: a service holds a few
     descriptors per domain or port (segments, sockets, streams)."""
