@@ -175,6 +175,9 @@ class _RingView:
         self.size = sring.size
         self._prod_pvt = prod_pvt & _U32
         self._cons = cons & _U32
+        # Messages the last look at the peer's producer index showed: taken
+        # without reading it again, as a driver reads rp once per loop.
+        self._known = 0
 
     def _in_bound(self) -> int:
         """The most peer messages that can honestly be waiting."""
@@ -202,11 +205,16 @@ class _RingView:
     def _unconsumed(self) -> int:
         prod = self.sring._load(self._IN_PROD)
         # xen_rmb: on TSO the slot loads that follow cannot pass this load.
-        return min((prod - self._cons) & _U32, self._in_bound())
+        known = min((prod - self._cons) & _U32, self._in_bound())
+        self._known = known
+        return known
 
     def _take(self) -> bytes:
-        if not self._unconsumed():
+        # Consuming one message lowers the bound by one as well, so what the
+        # last look showed stays within it.
+        if self._known <= 0 and not self._unconsumed():
             raise RingEmpty()
+        self._known -= 1
         data = self.sring._read_slot(self._cons)
         self._cons = (self._cons + 1) & _U32
         return data
