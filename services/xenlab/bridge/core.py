@@ -226,29 +226,42 @@ class Bridge:
     def forward(self, ingress: str, frame: bytes) -> list[Output]:
         """Where a frame that entered port `ingress` goes: (port, frame) pairs,
         or [] when it is dropped (and counted)."""
-        port = self.port(ingress)
-        return self._forward(port, frame, self.clock())
+        out = self.forward_batch(ingress, [frame])
+        return [(name, frame) for name in out]
 
     def forward_batch(self, ingress: str, frames: Iterable[bytes]) -> dict[str, list[bytes]]:
         """`forward` for a batch from one port, grouped by egress port, so
-        the caller makes one transmit per port per batch."""
+        the caller makes one transmit per port per batch. The counters are
+        the same as frame by frame; they are added up once per batch."""
         port = self.port(ingress)
+        frames = frames if isinstance(frames, list) else list(frames)
+        if not frames:
+            return {}
         now = self.clock()
+        counters = port.counters
+        self.counters["rx"] += len(frames)
+        counters["rx_packets"] += len(frames)
+        counters["rx_bytes"] += sum(map(len, frames))
         out: dict[str, list[bytes]] = {}
+        route = self._route
         for frame in frames:
-            for name, data in self._forward(port, frame, now):
-                batch = out.get(name)
+            for target in route(port, frame, now):
+                batch = out.get(target.name)
                 if batch is None:
-                    out[name] = [data]
+                    out[target.name] = [frame]
                 else:
-                    batch.append(data)
+                    batch.append(frame)
+        ports = self.ports
+        for name, batch in out.items():
+            tc = ports[name].counters
+            tc["tx_packets"] += len(batch)
+            tc["tx_bytes"] += sum(map(len, batch))
         return out
 
-    def _forward(self, port: BridgePort, frame: bytes, now: float) -> list[Output]:
+    def _route(self, port: BridgePort, frame: bytes, now: float) -> list[BridgePort]:
+        """The ports one frame leaves by ([]: dropped, counted); the caller
+        counts rx at the ingress and tx at the egress ports."""
         size = len(frame)
-        self.counters["rx"] += 1
-        port.counters["rx_packets"] += 1
-        port.counters["rx_bytes"] += size
         if size < ETH_HLEN:
             return self._drop(port, "runt")
         if size > MAX_FRAME:
@@ -275,10 +288,13 @@ class Bridge:
         if egress.state != FORWARDING:
             return self._drop(port, "egress_disabled")
         entry.used = now
-        self.counters["unicast"] += 1
-        return self._deliver(port, [egress], frame)
+        counters = self.counters
+        counters["unicast"] += 1
+        counters["forwarded"] += 1
+        counters["tx"] += 1
+        return [egress]
 
-    def _flood(self, ingress: BridgePort, frame: bytes, now: float) -> list[Output]:
+    def _flood(self, ingress: BridgePort, frame: bytes, now: float) -> list[BridgePort]:
         if self.flood_rate and not self._flood_credit(ingress, now):
             return self._drop(ingress, "storm_control")
         targets = [p for p in self.ports.values()
@@ -286,7 +302,9 @@ class Bridge:
         if not targets:
             return self._drop(ingress, "no_egress")
         self.counters["flooded"] += 1
-        return self._deliver(ingress, targets, frame)
+        self.counters["forwarded"] += 1
+        self.counters["tx"] += len(targets)
+        return targets
 
     def _flood_credit(self, port: BridgePort, now: float) -> bool:
         """Take one frame from the port's token bucket, if there is one."""
@@ -301,16 +319,7 @@ class Bridge:
         port.flood_credit = credit - 1
         return True
 
-    def _deliver(self, ingress: BridgePort, targets: list[BridgePort], frame: bytes) -> list[Output]:
-        size = len(frame)
-        self.counters["forwarded"] += 1
-        self.counters["tx"] += len(targets)
-        for target in targets:
-            target.counters["tx_packets"] += 1
-            target.counters["tx_bytes"] += size
-        return [(target.name, frame) for target in targets]
-
-    def _drop(self, port: BridgePort, reason: str) -> list[Output]:
+    def _drop(self, port: BridgePort, reason: str) -> list:
         self.drops[reason] += 1
         port.drops[reason] += 1
         return []
