@@ -630,18 +630,19 @@ class NetbackTx:
             out = self._finish_frame(scratch, frame, statuses, drops)
             if out is not None:
                 frames.append(out)
-        put, pack = self.ring.put_response, _TX_RESPONSE.pack
+        pack = _TX_RESPONSE.pack
         in_flight = self._in_flight
-        slots = 0
+        responses = []
         for frame in batch.frames:
             for slot in frame.slots:
-                slots += 1
                 if slot.null:
-                    put(pack(0, abi.NETIF_RSP_NULL))
+                    responses.append(pack(0, abi.NETIF_RSP_NULL))
                 else:
                     in_flight.discard(slot.id)
-                    put(pack(slot.id, slot.status))
-        notify = self.ring.push_responses_and_check_notify() if slots else False
+                    responses.append(pack(slot.id, slot.status))
+        if responses:
+            self.ring.put_responses(responses)
+        notify = self.ring.push_responses_and_check_notify() if responses else False
         return TxResult(frames, drops, notify)
 
     def _finish_frame(self, scratch: Scratch, frame: _TxFrame, statuses: Sequence[int],
@@ -818,7 +819,9 @@ class NetbackRx:
     def complete(self, batch: RxBatch, statuses: Sequence[int]) -> RxResult:
         drops: collections.Counter = collections.Counter()
         sent: list[bytes] = []
-        put, pack = self.ring.put_response, _RX_RESPONSE.pack
+        pack = _RX_RESPONSE.pack
+        responses = []
+        put = responses.append
         n = len(statuses)
         okay = abi.GNTST_okay
         for frame, slots in batch.frames:
@@ -835,6 +838,8 @@ class NetbackRx:
                 sent.append(frame)
             else:
                 drops["grant_copy_error"] += 1
+        if responses:
+            self.ring.put_responses(responses)
         notify = self.ring.push_responses_and_check_notify() if batch.frames else False
         return RxResult(sent, drops, notify)
 

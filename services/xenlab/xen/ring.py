@@ -136,6 +136,17 @@ class SharedRing:
         start = (idx & (self.size - 1)) * self.slot_size
         return self._slots[start:start + self.slot_size].tobytes()
 
+    def _write_slots(self, idx: int, items) -> int:
+        """Write consecutive slots from ``idx``; the index after the last."""
+        mask, size, slots = self.size - 1, self.slot_size, self._slots
+        for data in items:
+            if len(data) > size:
+                raise ValueError(f"{len(data)} bytes do not fit a {size}-byte slot")
+            start = (idx & mask) * size
+            slots[start:start + size] = data.ljust(size, b"\0")
+            idx = (idx + 1) & _U32
+        return idx
+
     def _write_slot(self, idx: int, data: bytes) -> None:
         if len(data) > self.slot_size:
             raise ValueError(f"{len(data)} bytes do not fit a {self.slot_size}-byte slot")
@@ -348,6 +359,13 @@ class BackRing(_RingView):
         if self._cons == self._prod_pvt:
             raise RingError("no consumed request left to answer")
         self._put(data)
+
+    def put_responses(self, items: list[bytes]) -> None:
+        """put_response for each, in order (all or, past the consumed requests, none)."""
+        if len(items) > (self._cons - self._prod_pvt) & _U32:
+            raise RingError(f"{len(items)} responses for "
+                            f"{(self._cons - self._prod_pvt) & _U32} consumed requests")
+        self._prod_pvt = self.sring._write_slots(self._prod_pvt, items)
 
     def push_responses(self) -> None:
         """RING_PUSH_RESPONSES."""

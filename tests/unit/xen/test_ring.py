@@ -448,3 +448,25 @@ def test_front_attach_refuses_an_impossible_header():
 def test_ring_errors_are_xen_errors():
     assert issubclass(RingFull, XenError) and RingFull().errno == errno.ENOSPC
     assert RingEmpty().errno == errno.EAGAIN
+
+
+def test_put_responses_writes_them_in_order_across_the_wrap_or_none():
+    buf, sring = new_ring(1000, start=0xFFFFFFFE)     # 4 slots
+    front, back = FrontRing(sring, attach=True), BackRing(sring, attach=True)
+    for i in range(3):
+        front.put_request(bytes([i]))
+    front.push_requests()
+    taken = [back.get_request()[:1] for _ in range(3)]
+    with pytest.raises(RingError):
+        back.put_responses([b"x"] * 4)               # only 3 consumed: nothing written
+    assert back.rsp_prod_pvt == 0xFFFFFFFE
+    back.put_responses([t + b"!" for t in taken])
+    assert back.rsp_prod_pvt == 1
+    assert back.push_responses_and_check_notify()
+    assert [front.get_response()[:2] for _ in range(3)] == [b"\0!", b"\1!", b"\2!"]
+    front.put_request(b"3")
+    front.push_requests()
+    back.get_request()
+    with pytest.raises(ValueError):
+        back.put_responses([b"y" * (sring.slot_size + 1)])
+    assert back.rsp_prod_pvt == 1
