@@ -284,6 +284,29 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
     assert_nothing_left(net, a.domid)
 
 
+async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net, pair):
+    from xenlab.drivers.netback import PageBudget
+    a, b, eth_a, eth_b = pair
+    driver = next(d for d in net.kernels[0].drivers if hasattr(d, "page_budget"))
+    driver.page_budget = budget = PageBudget(10)
+    for vif in net.kernels[0].vifs.values():          # the pair connected with the old one
+        vif._backend.persistent._budget = budget
+    at_b = Capture(eth_b)
+    frames = [frame(60 + i % 1000, mac_of(a.domid), seed=i) for i in range(600)]
+    for i in range(0, len(frames), 100):
+        eth_a.transmit(frames[i:i + 100])
+        await wait_until(lambda: len(eth_a.tx_core.backlog) == 0, "the backlog to drain")
+    assert await at_b.wait(600) == frames                # the rest copied by the hypervisor
+    kept = sum(v.persistent_grants for v in net.kernels[0].vifs.values())
+    assert kept == 10 and budget.left == 0
+    be = net.backend_path(a.domid)
+    await net.xs_write(f"{be}/online", "0")
+    await net.xs_write(f"{be}/state", str(int(S.Closing)))
+    await net.wait_state(be, S.Closed)
+    vif_b = net.kernels[0].vifs[f"vif{b.domid}.0"]
+    await wait_until(lambda: budget.left == 10 - vif_b.persistent_grants, "a's pages back")
+
+
 async def test_spoofed_frames_are_dropped_at_the_vif(net):
     c = await net.boot_domu("c")
     await net.add_vif(c.domid, ip="10.0.0.7")

@@ -66,6 +66,7 @@ PIPELINE_DEPTH = 2      # copy batches in flight per vif and direction
 # minimum-size frames; one batch from the bridge may carry ~900 of them.
 RX_QUEUE_FRAMES = 8192
 MAP_WAIT = 10.0         # seconds a disconnect waits for a MapBatch in flight
+MAX_PERSISTENT_PAGES = 32768    # per driver domain: 64 vifs' worth, half of vm.max_map_count
 
 
 class HotplugError(Exception):
@@ -162,11 +163,30 @@ class _Held:
     scratches: list[Scratch] = field(default_factory=list)
 
 
+class PageBudget:
+    """How many persistent-grant pages the whole driver domain may map: each
+    is a mapping (a VMA) of its own, and a process has vm.max_map_count of
+    them (65,530 by default) for everything else too."""
+
+    def __init__(self, pages: int = MAX_PERSISTENT_PAGES):
+        self.left = pages
+
+    def take(self, n: int) -> int:
+        n = max(0, min(n, self.left))
+        self.left -= n
+        return n
+
+    def give(self, n: int) -> None:
+        self.left += n
+
+
 class _PersistentGrants:
     """The I/O half of a vif's GrantCache: MapBatch, the mmaps, UnmapBatch."""
 
-    def __init__(self, kernel, frontend_id: int, label: str):
+    def __init__(self, kernel, frontend_id: int, label: str, budget: PageBudget):
         self.cache = GrantCache()
+        self._budget = budget
+        self._held = 0                    # of the budget: pages being mapped or mapped
         self._kernel = kernel
         self._frontend_id = frontend_id
         self._label = label
@@ -184,7 +204,16 @@ class _PersistentGrants:
     async def _map_wanted(self) -> None:
         try:
             while not self._closed and self.cache.wanted:
-                keys = self.cache.take_wanted(MAP_BATCH)
+                room = self._budget.take(MAP_BATCH)
+                if not room:
+                    log.info("%s: the driver domain maps %d buffer pages already; copying "
+                             "the rest through the hypervisor", self._label, MAX_PERSISTENT_PAGES)
+                    self.cache.give_up()
+                    return
+                self._held += room
+                keys = self.cache.take_wanted(room)
+                self._budget.give(room - len(keys))
+                self._held -= room - len(keys)
                 try:
                     reply = await self._kernel.hv.grants.MapBatch(grants_pb2.MapGrantsRequest(ops=[
                         grants_pb2.MapGrantRequest(domid=self._frontend_id, ref=ref,
@@ -193,6 +222,7 @@ class _PersistentGrants:
                 except grpc.aio.AioRpcError as err:
                     log.warning("%s: mapping %d buffer grants failed (%s); copying through "
                                 "the hypervisor", self._label, len(keys), err.details())
+                    self._release_budget(len(keys))
                     self.cache.give_up()
                     return
                 self._take(keys, reply.results)
@@ -206,6 +236,7 @@ class _PersistentGrants:
                 if result.status != abi.GNTST_okay:
                     log.debug("%s: buffer ref %d not mapped: %s", self._label, key[0], result.error)
                     self.cache.refused(key, result.status)
+                    self._release_budget(1)
                     continue
                 m = result.mapping
                 try:
@@ -216,6 +247,7 @@ class _PersistentGrants:
                     log.warning("%s: mmap of buffer ref %d failed: %s", self._label, key[0], err)
                     self.cache.refused(key, abi.GNTST_general_error)
                     self._orphans.append(m.handle)
+                    self._release_budget(1)
                     continue
                 self._maps.append(page)
                 self.cache.mapped(key, m.handle, page.view)
@@ -243,6 +275,11 @@ class _PersistentGrants:
                             err.details())
         self.close_local()
 
+    def _release_budget(self, n: int) -> None:
+        n = min(n, self._held)
+        self._held -= n
+        self._budget.give(n)
+
     def close_local(self) -> None:
         """Let go of the mmaps, without hypercalls."""
         self._closed = True
@@ -252,6 +289,7 @@ class _PersistentGrants:
         for page in self._maps:
             page.close()
         self._maps = []
+        self._release_budget(self._held)
 
 
 @dataclass
@@ -334,7 +372,7 @@ class Netback(XenbusDevice):
             held.scratches = conn.tx_scratches + conn.rx_scratches
             if rings.persistent:
                 conn.persistent = _PersistentGrants(self.kernel, self.config.frontend_id,
-                                                    self.config.name)
+                                                    self.config.name, self.driver.page_budget)
                 conn.tx.direct = conn.persistent.cache.tx_pages
                 conn.rx.direct = conn.persistent.cache.rx_pages
                 conn.scratch_pages = {gfn: page for scratch in held.scratches
@@ -708,6 +746,7 @@ class NetbackDriver(XenbusDriver):
         self.clock = clock
         self.devices: dict[str, Netback] = {}
         self._copier: GrantCopier | None = None
+        self.page_budget = PageBudget()
 
     @property
     def copier(self) -> GrantCopier:
