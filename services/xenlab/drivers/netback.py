@@ -251,6 +251,9 @@ class _PersistentGrants:
                     continue
                 self._maps.append(page)
                 self.cache.mapped(key, m.handle, page.view)
+            for key in keys[len(results):]:          # no answer for it: not mapped
+                self.cache.refused(key, abi.GNTST_general_error)
+                self._release_budget(1)
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -261,9 +264,11 @@ class _PersistentGrants:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), MAP_WAIT)
-            except (asyncio.TimeoutError, Exception):
+            except asyncio.TimeoutError:
                 log.warning("%s: a MapBatch call did not finish; its mappings stay with the "
                             "hypervisor until this domain goes", self._label)
+            except Exception:
+                log.exception("%s: mapping buffer grants failed", self._label)
         handles = self.cache.drain() + self._orphans
         self._orphans = []
         for i in range(0, len(handles), MAP_BATCH):
