@@ -52,6 +52,13 @@ async def wait_until(condition, what: str, timeout: float = WAIT):
         await asyncio.sleep(0.01)
 
 
+async def send_in_hundreds(eth, frames: list[bytes]) -> None:
+    """Hand frames to netfront 100 at a time, each lot once the last has left its backlog."""
+    for i in range(0, len(frames), 100):
+        eth.transmit(frames[i:i + 100])
+        await wait_until(lambda: len(eth.tx_core.backlog) == 0, "the backlog to drain")
+
+
 class Capture:
     def __init__(self, dev):
         self.frames: list[bytes] = []
@@ -231,9 +238,7 @@ async def test_many_frames_keep_their_order(net, pair):
     a, b, eth_a, eth_b = pair
     at_b = Capture(eth_b)
     frames = [frame(60 + (i * 37) % 1400, mac_of(a.domid), seed=i) for i in range(600)]
-    for i in range(0, len(frames), 100):
-        eth_a.transmit(frames[i:i + 100])
-        await wait_until(lambda: len(eth_a.tx_core.backlog) == 0, "the backlog to drain")
+    await send_in_hundreds(eth_a, frames)
     assert await at_b.wait(600) == frames
 
 
@@ -247,9 +252,7 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
     assert net.xs_read(f"{net.backend_path(a.domid)}/feature-persistent") == "1"
     at_b = Capture(eth_b)
     frames = [frame(60 + (i * 53) % 1400, mac_of(a.domid), seed=i) for i in range(1200)]
-    for i in range(0, len(frames), 100):
-        eth_a.transmit(frames[i:i + 100])
-        await wait_until(lambda: len(eth_a.tx_core.backlog) == 0, "the backlog to drain")
+    await send_in_hundreds(eth_a, frames)
     assert await at_b.wait(1200) == frames
     rings = {int(net.xs_read(f"{fe}/{k}")) for k in ("tx-ring-ref", "rx-ring-ref")}
     buffers = [m for m in net.hv.grants.mappings(0) if m.granter == a.domid and m.ref not in rings]
@@ -269,9 +272,7 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
     remote = (sent_a.persistent.cache.stats["remote"], got_b.persistent.cache.stats["remote"])
     copy_ops = net.hv.doorbell.stats["copy_ops"]
     del at_b.frames[:]
-    for i in range(0, len(frames), 100):
-        eth_a.transmit(frames[i:i + 100])
-        await wait_until(lambda: len(eth_a.tx_core.backlog) == 0, "the backlog to drain")
+    await send_in_hundreds(eth_a, frames)
     assert await at_b.wait(1200) == frames
     assert (sent_a.persistent.cache.stats["remote"], got_b.persistent.cache.stats["remote"]) == remote
     assert net.hv.doorbell.stats["copy_ops"] == copy_ops
@@ -293,9 +294,7 @@ async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net, 
         vif._backend.persistent._budget = budget
     at_b = Capture(eth_b)
     frames = [frame(60 + i % 1000, mac_of(a.domid), seed=i) for i in range(600)]
-    for i in range(0, len(frames), 100):
-        eth_a.transmit(frames[i:i + 100])
-        await wait_until(lambda: len(eth_a.tx_core.backlog) == 0, "the backlog to drain")
+    await send_in_hundreds(eth_a, frames)
     assert await at_b.wait(600) == frames                # the rest copied by the hypervisor
     kept = sum(v.persistent_grants for v in net.kernels[0].vifs.values())
     assert kept == 10 and budget.left == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import grpc
 
@@ -64,18 +64,8 @@ class GrantCopier:
     def _spawn(self, coro, answer: asyncio.Future) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-
-        def done(t: asyncio.Task) -> None:
-            self._tasks.discard(t)
-            if answer.done():
-                return
-            if t.cancelled():
-                answer.cancel()
-            elif t.exception() is not None:
-                answer.set_exception(t.exception())
-            else:
-                answer.set_result(t.result())
-        task.add_done_callback(done)
+        task.add_done_callback(self._tasks.discard)
+        pass_on(task, answer)
 
     async def close(self) -> None:
         tasks = list(self._tasks)
@@ -94,3 +84,19 @@ def _pb_op(op: GnttabCopy) -> grants_pb2.GrantCopyOp:
         dest=grants_pb2.CopyPtr(domid=ddom, ref=dptr if dst_gref else 0,
                                 gfn=0 if dst_gref else dptr, use_gref=dst_gref, offset=doff),
         len=length)
+
+
+def pass_on(source: asyncio.Future, answer: asyncio.Future,
+            result: Callable[[Any], Any] = lambda r: r) -> None:
+    """When ``source`` is done, ``answer`` is done the same way (its result
+    through ``result``), unless something settled ``answer`` first."""
+    def done(f: asyncio.Future) -> None:
+        if answer.done():
+            return
+        if f.cancelled():
+            answer.cancel()
+        elif f.exception() is not None:
+            answer.set_exception(f.exception())
+        else:
+            answer.set_result(result(f.result()))
+    source.add_done_callback(done)

@@ -43,7 +43,7 @@ from typing import Callable, Protocol
 
 import grpc
 
-from xenlab.domain.gnttab import GrantCopier
+from xenlab.domain.gnttab import GrantCopier, pass_on
 from xenlab.domain.pagemap import PageMap
 from xenlab.domain.xenbus import XenbusDriver
 from xenlab.drivers import netback_core as core
@@ -597,17 +597,7 @@ class Netback(XenbusDevice):
             return answer
         pg.kick()
         sent = self.driver.copier.submit(_gnttab_ops([copies[i] for i in remote], frontend_id))
-
-        def done(f: asyncio.Future) -> None:
-            if answer.done():
-                return
-            if f.cancelled():
-                answer.cancel()
-            elif f.exception() is not None:
-                answer.set_exception(f.exception())
-            else:
-                answer.set_result(GrantCache.merge(statuses, remote, f.result()))
-        sent.add_done_callback(done)
+        pass_on(sent, answer, lambda answers: GrantCache.merge(statuses, remote, answers))
         return answer
 
     # -- disconnect -------------------------------------------------------------------------
