@@ -55,12 +55,7 @@ class NetDevice:
         if self.receiver is None:
             self.drop("no_receiver", len(frames))
             return
-        counters = self.counters
-        counters["rx_packets"] += len(frames)
-        counters["rx_bytes"] += sum(map(len, frames))
-        if self._taps:
-            for frame in frames:
-                self._tap("rx", frame)
+        self._count("rx", frames)
         try:
             self.receiver(frames)
         except Exception:
@@ -69,14 +64,18 @@ class NetDevice:
     def count_tx(self, frames: Iterable[bytes]) -> None:
         if not isinstance(frames, (list, tuple)):
             frames = list(frames)
-        if not frames:
-            return
+        if frames:
+            self._count("tx", frames)
+
+    def _count(self, direction: str, frames: list[bytes]) -> None:
+        """A batch at once (this runs for every frame at every device); the
+        taps, if any, frame by frame."""
         counters = self.counters
-        counters["tx_packets"] += len(frames)
-        counters["tx_bytes"] += sum(map(len, frames))
+        counters[f"{direction}_packets"] += len(frames)
+        counters[f"{direction}_bytes"] += sum(map(len, frames))
         if self._taps:
             for frame in frames:
-                self._tap("tx", frame)
+                self._tap(direction, frame)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] += count
