@@ -158,8 +158,9 @@ class NetfrontTx:
             return out
         ring = self.ring
         in_flight = self._in_flight
-        for _ in range(ring.unconsumed_responses()):
-            id_, status = _TX_RESPONSE.unpack_from(ring.get_response())
+        unpack = _TX_RESPONSE.unpack_from
+        for raw in ring.get_responses(ring.unconsumed_responses()):
+            id_, status = unpack(raw)
             if status == abi.NETIF_RSP_NULL:
                 continue
             if id_ not in in_flight:
@@ -198,6 +199,7 @@ class NetfrontRx:
         self._free = list(range(len(self.buffers) - 1, -1, -1))
         self._posted: dict[int, int] = {}     # ring slot -> buffer id posted there
         self.broken = False
+        self._first, self._raws, self._pos = 0, [], 0   # the responses poll is taking
 
     @property
     def posted(self) -> int:
@@ -207,13 +209,17 @@ class NetfrontRx:
         """Post every free page (xennet_alloc_rx_buffers); True: kick the backend."""
         if self.broken:
             return False
-        put = False
-        while self._free and not self.ring.full():
-            bid = self._free.pop()
-            idx = self.ring.put_request(_RX_REQUEST.pack(bid, 0, self.buffers[bid].gref))
-            self._posted[idx & (self.ring.size - 1)] = bid
-            put = True
-        return self.ring.push_requests_and_check_notify() if put else False
+        ring = self.ring
+        n = min(len(self._free), ring.free_requests())
+        if not n:
+            return False
+        bids = [self._free.pop() for _ in range(n)]
+        pack, buffers = _RX_REQUEST.pack, self.buffers
+        first = ring.put_requests([pack(bid, 0, buffers[bid].gref) for bid in bids])
+        mask = ring.size - 1
+        for i, bid in enumerate(bids):
+            self._posted[(first + i) & mask] = bid
+        return ring.push_requests_and_check_notify()
 
     def poll(self) -> RxPoll:
         """Take the responses there are now (xennet_poll); repost the pages."""
@@ -225,17 +231,24 @@ class NetfrontRx:
             out.drops["rx_ring_broken"] += 1
             return out
         avail = self.ring.unconsumed_responses()
-        while avail:
-            avail = self._take_frame(avail, out)
+        if avail:
+            # every response there is, copied out at once; then frame by frame
+            self._first = self.ring.rsp_cons
+            self._raws = self.ring.get_responses(avail)
+            self._pos = 0
+            while avail:
+                avail = self._take_frame(avail, out)
+            self._raws = []
         out.notify = self.refill()
         return out
 
     def _take(self) -> tuple[tuple[int, int, int, int], bytes, int | None]:
-        """(id, offset, flags, status) of the next response, its raw slot, and
-        the buffer posted at its index."""
-        idx = self.ring.rsp_cons
-        raw = self.ring.get_response()
-        bid = self._posted.pop(idx & (self.ring.size - 1), None)
+        """(id, offset, flags, status) of the next response poll copied out,
+        its raw slot, and the buffer posted at its index."""
+        pos = self._pos
+        self._pos = pos + 1
+        raw = self._raws[pos]
+        bid = self._posted.pop((self._first + pos) & (self.ring.size - 1), None)
         if bid is not None:
             self._free.append(bid)
         return _RX_RESPONSE.unpack_from(raw), raw, bid

@@ -230,6 +230,21 @@ class _RingView:
         self._cons = (self._cons + 1) & _U32
         return data
 
+    def _take_many(self, n: int) -> list[bytes]:
+        """The next ``n`` messages (RingEmpty, taking none, if fewer are there)."""
+        if n > self._known and n > self._unconsumed():
+            raise RingEmpty()
+        sring = self.sring
+        slots, size, mask = sring._slots, sring.slot_size, self.size - 1
+        cons = self._cons
+        out = []
+        for i in range(n):
+            start = ((cons + i) & mask) * size
+            out.append(slots[start:start + size].tobytes())
+        self._known -= n
+        self._cons = (cons + n) & _U32
+        return out
+
     def _final_check(self, ahead: int = 1) -> bool:
         if self._unconsumed():
             return True
@@ -282,6 +297,19 @@ class FrontRing(_RingView):
         if self.full():
             raise RingFull()
         return self._put(data)
+
+    def put_requests(self, items: list[bytes]) -> int:
+        """put_request for each, in order (all, or RingFull and none); the
+        index of the first."""
+        if len(items) > self.free_requests():
+            raise RingFull()
+        first = self._prod_pvt
+        self._prod_pvt = self.sring._write_slots(first, items)
+        return first
+
+    def get_responses(self, n: int) -> list[bytes]:
+        """get_response ``n`` times (RingEmpty, taking none, if fewer are there)."""
+        return self._take_many(n)
 
     def push_requests(self) -> None:
         """RING_PUSH_REQUESTS."""
@@ -353,6 +381,10 @@ class BackRing(_RingView):
     def get_request(self) -> bytes:
         """RING_COPY_REQUEST at req_cons, read from shared memory exactly once."""
         return self._take()
+
+    def get_requests(self, n: int) -> list[bytes]:
+        """get_request ``n`` times (RingEmpty, taking none, if fewer are there)."""
+        return self._take_many(n)
 
     def put_response(self, data: bytes) -> None:
         """Write the next response slot (invisible until pushed)."""

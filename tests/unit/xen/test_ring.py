@@ -470,3 +470,22 @@ def test_put_responses_writes_them_in_order_across_the_wrap_or_none():
     with pytest.raises(ValueError):
         back.put_responses([b"y" * (sring.slot_size + 1)])
     assert back.rsp_prod_pvt == 1
+
+
+def test_bulk_puts_and_takes_match_one_at_a_time_across_the_wrap():
+    buf, sring = new_ring(1000, start=0xFFFFFFFD)     # 4 slots
+    front, back = FrontRing(sring, attach=True), BackRing(sring, attach=True)
+    with pytest.raises(RingFull):
+        front.put_requests([b"r"] * 5)               # nothing written
+    assert front.req_prod_pvt == 0xFFFFFFFD
+    assert front.put_requests([bytes([i]) for i in range(4)]) == 0xFFFFFFFD
+    front.push_requests()
+    with pytest.raises(RingEmpty):
+        back.get_requests(5)                         # nothing taken
+    assert [r[:1] for r in back.get_requests(3)] == [b"\0", b"\1", b"\2"]
+    assert back.get_request()[:1] == b"\3" and back.get_requests(0) == []
+    back.put_responses([b"a", b"b", b"c", b"d"])
+    back.push_responses()
+    assert [r[:1] for r in front.get_responses(2)] + [front.get_response()[:1]] + \
+        [r[:1] for r in front.get_responses(1)] == [b"a", b"b", b"c", b"d"]
+    assert front.rsp_cons == back.req_cons == 1      # 0xFFFFFFFD + 4, wrapped
