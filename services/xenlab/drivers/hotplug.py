@@ -93,7 +93,6 @@ class BridgeHotplug:
         att = self._attached.pop(vif.name, None)
         end = self.ends.pop(vif.name, None)
         vif.receiver = None
-        vif.upstream = None
         if att is not None and att.keeper is not None:
             att.keeper.cancel()
             await asyncio.gather(att.keeper, return_exceptions=True)
@@ -139,7 +138,6 @@ class BridgeHotplug:
     def _plug(self, att: _Attachment, end: VethEnd) -> None:
         vif = att.vif
         vif.receiver = end.transmit
-        vif.upstream = end
         end.receiver = vif.transmit
         att.end = end
         self.ends[vif.name] = end

@@ -100,22 +100,19 @@ class NetfrontTx:
     def send(self, frames: Sequence[bytes]) -> TxSend:
         """Put frames on the ring (or the backlog); drops carry a reason."""
         out = TxSend()
-        requests: list[bytes] = []
-        room = self.ring.free_requests()
         for frame in frames:
             reason = self._refuse(frame)
             if reason:
                 out.drops[reason] += 1
-            elif self.backlog or not self._fits(frame, room - len(requests)):
+            elif self.backlog or not self._fits(frame):
                 if len(self.backlog) >= self.backlog_max:
                     out.drops["tx_ring_full"] += 1
                 else:
                     self.backlog.append(bytes(frame))
             else:
-                self._put(frame, requests)
+                self._put(frame)
                 out.sent.append(frame)
-        if requests:
-            self.ring.put_requests(requests)
+        if out.sent:
             out.notify = self.ring.push_requests_and_check_notify()
         return out
 
@@ -128,20 +125,16 @@ class NetfrontTx:
             return "too_big"
         return None
 
-    def _fits(self, frame: bytes, room: int) -> bool:
-        """Buffers and ``room`` ring slots enough for the frame."""
+    def _fits(self, frame: bytes) -> bool:
         need = -(-len(frame) // PAGE)      # len(split_frame(len(frame)))
-        return need <= len(self._free) and need <= room
+        return need <= len(self._free) and need <= self.ring.free_requests()
 
-    def _put(self, frame: bytes, requests: list[bytes]) -> None:
-        """Copy the frame into free buffers; its requests go on ``requests``
-        (the caller puts them on the ring, in order, at once)."""
+    def _put(self, frame: bytes) -> None:
         if len(frame) <= PAGE:
             # One chunk at offset 0: what tx_frame_requests would lay out.
             id_ = self._free.pop()
-            buffer = self.buffers[id_]
-            buffer.page[:len(frame)] = frame
-            requests.append(_TX_REQUEST.pack(buffer.gref, 0, 0, id_, len(frame)))
+            self.buffers[id_].page[:len(frame)] = frame
+            self.ring.put_request(_TX_REQUEST.pack(self.buffers[id_].gref, 0, 0, id_, len(frame)))
             self._in_flight.add(id_)
             return
         chunks = split_frame(len(frame))
@@ -151,7 +144,8 @@ class NetfrontTx:
             self.buffers[id_].page[offset:offset + size] = frame[pos:pos + size]
             pos += size
         grefs = [self.buffers[i].gref for i in ids]
-        requests.extend(req.pack() for req in tx_frame_requests(chunks, grefs, ids))
+        for req in tx_frame_requests(chunks, grefs, ids):
+            self.ring.put_request(req.pack())
         self._in_flight.update(ids)
 
     def poll(self) -> TxPoll:
@@ -182,14 +176,11 @@ class NetfrontTx:
 
     def _drain_backlog(self) -> TxSend:
         out = TxSend()
-        requests: list[bytes] = []
-        room = self.ring.free_requests()
-        while self.backlog and self._fits(self.backlog[0], room - len(requests)):
+        while self.backlog and self._fits(self.backlog[0]):
             frame = self.backlog.popleft()
-            self._put(frame, requests)
+            self._put(frame)
             out.sent.append(frame)
-        if requests:
-            self.ring.put_requests(requests)
+        if out.sent:
             out.notify = self.ring.push_requests_and_check_notify()
         return out
 

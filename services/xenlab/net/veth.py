@@ -252,7 +252,6 @@ class VethEnd(NetDevice):
         self._queued_frames = 0
         self._writing = False
         self._closed = False
-        self._room = asyncio.Event()       # set when the queue shrank (or the link went)
         self.closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(link.sock.fileno(), self._on_readable)
@@ -264,14 +263,6 @@ class VethEnd(NetDevice):
     @property
     def state(self) -> str:
         return "down" if self._closed else "up"
-
-    def tx_room(self) -> int:
-        return 0 if self._closed else TX_QUEUE_FRAMES - self._queued_frames
-
-    async def wait_room(self, frames: int) -> None:
-        while not self._closed and self.tx_room() < frames:
-            self._room.clear()
-            await self._room.wait()
 
     def transmit(self, frames: list[bytes]) -> None:
         if self._closed:
@@ -305,7 +296,6 @@ class VethEnd(NetDevice):
             self._queue.popleft()
             self._queued_frames -= len(batch)
             self.count_tx(batch)
-            self._room.set()
         pending = bool(self._queue) or getattr(self.link, "pending", False)
         if pending and not self._writing:
             self._loop.add_writer(self.link.sock.fileno(), self._flush)
@@ -367,7 +357,6 @@ class VethEnd(NetDevice):
             self._queue.clear()
         self._drain_unread()
         self.link.sock.close()
-        self._room.set()
         self.closed.set()
 
     def _drain_unread(self) -> None:
