@@ -306,6 +306,44 @@ async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net, 
     await wait_until(lambda: budget.left == 10 - vif_b.persistent_grants, "a's pages back")
 
 
+class SlowUpstream:
+    """What a vif's veth looks like to netback when the bridge is not
+    reading: no room until ``open()``."""
+
+    def __init__(self):
+        self.room = 0
+        self.changed = asyncio.Event()
+
+    def tx_room(self) -> int:
+        return self.room
+
+    async def wait_room(self, frames: int) -> None:
+        while self.room < frames:
+            self.changed.clear()
+            await self.changed.wait()
+
+    def open(self) -> None:
+        self.room = 1 << 20
+        self.changed.set()
+
+
+async def test_netback_stops_taking_requests_while_its_upstream_is_full(net, pair):
+    a, b, eth_a, eth_b = pair
+    vif_a = net.kernels[0].vifs[f"vif{a.domid}.0"]
+    upstream = vif_a.upstream = SlowUpstream()
+    at_b = Capture(eth_b)
+    frames = [frame(60, mac_of(a.domid), seed=i) for i in range(400)]
+    eth_a.transmit(frames)
+    await asyncio.sleep(0.2)
+    # nothing consumed: the ring is full, the rest waits in netfront's backlog
+    assert at_b.frames == [] and vif_a.counters["rx_packets"] == 0
+    assert eth_a.tx_core.in_flight == abi.NET_TX_RING_SIZE
+    assert len(eth_a.tx_core.backlog) == 400 - abi.NET_TX_RING_SIZE and not eth_a.drops
+    upstream.open()
+    assert await at_b.wait(400) == frames
+    assert not vif_a.drops and not eth_a.drops
+
+
 async def test_spoofed_frames_are_dropped_at_the_vif(net):
     c = await net.boot_domu("c")
     await net.add_vif(c.domid, ip="10.0.0.7")

@@ -93,6 +93,7 @@ class BridgeHotplug:
         att = self._attached.pop(vif.name, None)
         end = self.ends.pop(vif.name, None)
         vif.receiver = None
+        vif.upstream = None
         if att is not None and att.keeper is not None:
             att.keeper.cancel()
             await asyncio.gather(att.keeper, return_exceptions=True)
@@ -138,6 +139,7 @@ class BridgeHotplug:
     def _plug(self, att: _Attachment, end: VethEnd) -> None:
         vif = att.vif
         vif.receiver = end.transmit
+        vif.upstream = end
         end.receiver = vif.transmit
         att.end = end
         self.ends[vif.name] = end

@@ -488,7 +488,16 @@ class Netback(XenbusDevice):
         in_flight: collections.deque = collections.deque()
         wait_until = None        # out of credit: build nothing more until then
         while True:
-            while free and wait_until is None and not tx.disabled:
+            # Backpressure, as NAPI stops polling a ring whose packets have
+            # nowhere to go: no batch (up to a ring of frames) is built
+            # unless the veth into the bridge can take it, so a guest that
+            # sends faster than the bridge forwards fills its own ring and
+            # waits, and nothing is dropped between the two.
+            if not in_flight and _short_of_room(vif, 1):
+                await vif.upstream.wait_room(abi.NET_TX_RING_SIZE)
+                continue          # the vif may have been re-plugged meanwhile
+            while (free and wait_until is None and not tx.disabled
+                   and not _short_of_room(vif, len(in_flight) + 1)):
                 batch = tx.build(free[-1])
                 wait_until = batch.wait_until
                 if not batch.frames and not batch.fatal:
@@ -696,6 +705,12 @@ class Netback(XenbusDevice):
                 mapped.mm.close()
             except BufferError:
                 pass
+
+
+def _short_of_room(vif: VifDevice, batches: int) -> bool:
+    """Whether the vif's upstream could not take ``batches`` more tx batches."""
+    room = vif.upstream.tx_room() if vif.upstream is not None else None
+    return room is not None and room < batches * abi.NET_TX_RING_SIZE
 
 
 async def _settled(answer: asyncio.Future):

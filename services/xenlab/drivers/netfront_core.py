@@ -100,19 +100,22 @@ class NetfrontTx:
     def send(self, frames: Sequence[bytes]) -> TxSend:
         """Put frames on the ring (or the backlog); drops carry a reason."""
         out = TxSend()
+        requests: list[bytes] = []
+        room = self.ring.free_requests()
         for frame in frames:
             reason = self._refuse(frame)
             if reason:
                 out.drops[reason] += 1
-            elif self.backlog or not self._fits(frame):
+            elif self.backlog or not self._fits(frame, room - len(requests)):
                 if len(self.backlog) >= self.backlog_max:
                     out.drops["tx_ring_full"] += 1
                 else:
                     self.backlog.append(bytes(frame))
             else:
-                self._put(frame)
+                self._put(frame, requests)
                 out.sent.append(frame)
-        if out.sent:
+        if requests:
+            self.ring.put_requests(requests)
             out.notify = self.ring.push_requests_and_check_notify()
         return out
 
@@ -125,16 +128,20 @@ class NetfrontTx:
             return "too_big"
         return None
 
-    def _fits(self, frame: bytes) -> bool:
+    def _fits(self, frame: bytes, room: int) -> bool:
+        """Buffers and ``room`` ring slots enough for the frame."""
         need = -(-len(frame) // PAGE)      # len(split_frame(len(frame)))
-        return need <= len(self._free) and need <= self.ring.free_requests()
+        return need <= len(self._free) and need <= room
 
-    def _put(self, frame: bytes) -> None:
+    def _put(self, frame: bytes, requests: list[bytes]) -> None:
+        """Copy the frame into free buffers; its requests go on ``requests``
+        (the caller puts them on the ring, in order, at once)."""
         if len(frame) <= PAGE:
             # One chunk at offset 0: what tx_frame_requests would lay out.
             id_ = self._free.pop()
-            self.buffers[id_].page[:len(frame)] = frame
-            self.ring.put_request(_TX_REQUEST.pack(self.buffers[id_].gref, 0, 0, id_, len(frame)))
+            buffer = self.buffers[id_]
+            buffer.page[:len(frame)] = frame
+            requests.append(_TX_REQUEST.pack(buffer.gref, 0, 0, id_, len(frame)))
             self._in_flight.add(id_)
             return
         chunks = split_frame(len(frame))
@@ -144,8 +151,7 @@ class NetfrontTx:
             self.buffers[id_].page[offset:offset + size] = frame[pos:pos + size]
             pos += size
         grefs = [self.buffers[i].gref for i in ids]
-        for req in tx_frame_requests(chunks, grefs, ids):
-            self.ring.put_request(req.pack())
+        requests.extend(req.pack() for req in tx_frame_requests(chunks, grefs, ids))
         self._in_flight.update(ids)
 
     def poll(self) -> TxPoll:
@@ -176,11 +182,14 @@ class NetfrontTx:
 
     def _drain_backlog(self) -> TxSend:
         out = TxSend()
-        while self.backlog and self._fits(self.backlog[0]):
+        requests: list[bytes] = []
+        room = self.ring.free_requests()
+        while self.backlog and self._fits(self.backlog[0], room - len(requests)):
             frame = self.backlog.popleft()
-            self._put(frame)
+            self._put(frame, requests)
             out.sent.append(frame)
-        if out.sent:
+        if requests:
+            self.ring.put_requests(requests)
             out.notify = self.ring.push_requests_and_check_notify()
         return out
 

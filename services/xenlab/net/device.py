@@ -32,6 +32,9 @@ class NetDevice:
         self.mtu = mtu
         self.clock = clock
         self.receiver: Receiver | None = None
+        # The device the receiver sends our delivered frames out of (netback's
+        # vif: its veth end), for flow control: see tx_room().
+        self.upstream: NetDevice | None = None
         self.counters: collections.Counter = collections.Counter()
         self.drops: collections.Counter = collections.Counter()
         self._taps: dict[int, Tap] = {}
@@ -46,6 +49,14 @@ class NetDevice:
     @property
     def state(self) -> str:
         return "up"
+
+    def tx_room(self) -> int | None:
+        """Frames transmit() would still queue without a drop; None: no bound."""
+        return None
+
+    async def wait_room(self, frames: int) -> None:
+        """Until tx_room() is at least ``frames`` (or the device is down)."""
+        return
 
     # -- shared bookkeeping ----------------------------------------------------
     def deliver(self, frames: list[bytes]) -> None:

@@ -252,6 +252,7 @@ class VethEnd(NetDevice):
         self._queued_frames = 0
         self._writing = False
         self._closed = False
+        self._room = asyncio.Event()       # set when the queue shrank (or the link went)
         self.closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(link.sock.fileno(), self._on_readable)
@@ -263,6 +264,17 @@ class VethEnd(NetDevice):
     @property
     def state(self) -> str:
         return "down" if self._closed else "up"
+
+    def tx_room(self) -> int | None:
+        # A link that went has no bound: transmit() counts what it is given
+        # as link_down drops, and a sender waiting for room must not wait
+        # (or spin) on it.
+        return None if self._closed else TX_QUEUE_FRAMES - self._queued_frames
+
+    async def wait_room(self, frames: int) -> None:
+        while not self._closed and self.tx_room() < frames:
+            self._room.clear()
+            await self._room.wait()
 
     def transmit(self, frames: list[bytes]) -> None:
         if self._closed:
@@ -296,6 +308,7 @@ class VethEnd(NetDevice):
             self._queue.popleft()
             self._queued_frames -= len(batch)
             self.count_tx(batch)
+            self._room.set()
         pending = bool(self._queue) or getattr(self.link, "pending", False)
         if pending and not self._writing:
             self._loop.add_writer(self.link.sock.fileno(), self._flush)
@@ -357,6 +370,7 @@ class VethEnd(NetDevice):
             self._queue.clear()
         self._drain_unread()
         self.link.sock.close()
+        self._room.set()
         self.closed.set()
 
     def _drain_unread(self) -> None:

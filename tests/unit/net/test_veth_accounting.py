@@ -106,3 +106,26 @@ async def test_frames_right_behind_the_hello_reach_the_connecting_end():
     assert len(got) == 3 and sent(ends[0]) == 3
     end.close()
     await listener.close()
+
+
+async def test_tx_room_shrinks_while_the_peer_does_not_read_and_wait_room_returns_when_it_does():
+    listener, a, b = await pair()
+    got = []
+    b.receiver = got.extend
+    reader = b.link.sock.fileno()
+    asyncio.get_running_loop().remove_reader(reader)       # b stops reading
+    a.transmit([b"\x02" * 1400] * 6000)
+    assert a.tx_room() < veth.TX_QUEUE_FRAMES
+    waiting = asyncio.create_task(a.wait_room(veth.TX_QUEUE_FRAMES))
+    await settle()
+    assert not waiting.done()
+    asyncio.get_running_loop().add_reader(reader, b._on_readable)   # and reads again
+    await asyncio.wait_for(waiting, 5)
+    assert a.tx_room() == veth.TX_QUEUE_FRAMES and not a.drops
+    b.close()
+    await asyncio.wait_for(a.closed.wait(), 5)
+    await asyncio.wait_for(a.wait_room(1), 5)                # a link that went: no waiting
+    assert a.tx_room() is None                               # and no bound: drops count as link_down
+    a.transmit([b"\x02" * 60])
+    assert a.drops["link_down"] == 1
+    await listener.close()
