@@ -16,6 +16,7 @@ project that installs xenlab can use these fixtures:
 """
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -32,6 +33,21 @@ from xenlab.client import HypervisorClient  # noqa: E402
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.proto import domains_pb2
 from xenlab.testing_invariants import check_invariants, invariant_violations  # noqa: F401
+
+
+# grpc-core's grpc.server.max_pending_requests is 1000: past it, a loaded
+# server cancels the calls it has not picked up yet (CANCELLED). A test
+# that fills a table by RPC keeps fewer than that in flight.
+IN_FLIGHT = 100
+
+
+async def call_many(call, n: int, in_flight: int = IN_FLIGHT) -> list:
+    """``n`` results of ``call()`` (an awaitable each time), in order, with
+    at most ``in_flight`` of them outstanding at once."""
+    results: list = []
+    while len(results) < n:
+        results += await asyncio.gather(*(call() for _ in range(min(in_flight, n - len(results)))))
+    return results
 
 
 def short_tempdir(prefix: str = "xl-") -> Path:

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from xenlab.proto import common_pb2, evtchn_pb2, grants_pb2, memory_pb2, xenstore_pb2
-from xenlab.testing import check_invariants
+from xenlab.testing import call_many, check_invariants
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -122,8 +122,8 @@ async def test_event_channel_ports(hypervisor, pair):
     (domid, client), (other_id, other) = pair
     max_ports = hypervisor.hv.evtchn.max_ports(domid)
     request = evtchn_pb2.AllocUnboundRequest(dom=domid, remote_dom=other_id)
-    ports = await asyncio.gather(*(client.evtchn.AllocUnbound(request)
-                                   for _ in range(max_ports - 1 - len(hypervisor.hv.evtchn.ports(domid)))))
+    ports = await call_many(lambda: client.evtchn.AllocUnbound(request),
+                            max_ports - 1 - len(hypervisor.hv.evtchn.ports(domid)))
     assert len({p.port for p in ports}) == len(ports)
     await exhausted(client.evtchn.AllocUnbound(request))
     await exhausted(client.evtchn.BindIpi(evtchn_pb2.BindIpiRequest(vcpu=0)))
