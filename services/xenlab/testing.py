@@ -41,12 +41,13 @@ from xenlab.testing_invariants import check_invariants, invariant_violations  # 
 IN_FLIGHT = 100
 
 
-async def call_many(call, n: int, in_flight: int = IN_FLIGHT) -> list:
-    """``n`` results of ``call()`` (an awaitable each time), in order, with
-    at most ``in_flight`` of them outstanding at once."""
+async def call_each(call, items, in_flight: int = IN_FLIGHT) -> list:
+    """The results of ``call(item)`` (an awaitable) for every item, in
+    order, with at most ``in_flight`` of them outstanding at once."""
+    items = list(items)
     results: list = []
-    while len(results) < n:
-        results += await asyncio.gather(*(call() for _ in range(min(in_flight, n - len(results)))))
+    for start in range(0, len(items), in_flight):
+        results += await asyncio.gather(*(call(item) for item in items[start:start + in_flight]))
     return results
 
 

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from xenlab.proto import common_pb2, evtchn_pb2, grants_pb2, memory_pb2, xenstore_pb2
-from xenlab.testing import call_many, check_invariants
+from xenlab.testing import call_each, check_invariants
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -122,8 +122,8 @@ async def test_event_channel_ports(hypervisor, pair):
     (domid, client), (other_id, other) = pair
     max_ports = hypervisor.hv.evtchn.max_ports(domid)
     request = evtchn_pb2.AllocUnboundRequest(dom=domid, remote_dom=other_id)
-    ports = await call_many(lambda: client.evtchn.AllocUnbound(request),
-                            max_ports - 1 - len(hypervisor.hv.evtchn.ports(domid)))
+    ports = await call_each(lambda _: client.evtchn.AllocUnbound(request),
+                            range(max_ports - 1 - len(hypervisor.hv.evtchn.ports(domid))))
     assert len({p.port for p in ports}) == len(ports)
     await exhausted(client.evtchn.AllocUnbound(request))
     await exhausted(client.evtchn.BindIpi(evtchn_pb2.BindIpiRequest(vcpu=0)))
@@ -163,10 +163,9 @@ async def test_grant_mappings(hypervisor, pair):
     refs = (await other.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
         grants_pb2.GrantAccessEntry(domid=domid, gfn=100 + i % 64, readonly=True)
         for i in range(limit + 10)]))).refs
-    maps = []
-    for start in range(0, limit, 64):      # in chunks: a flood, without 1024 calls in flight
-        maps += await asyncio.gather(*(client.grants.Map(grants_pb2.MapGrantRequest(
-            domid=other_id, ref=ref, readonly=True)) for ref in refs[start:min(start + 64, limit)]))
+    # a flood, without 1024 calls in flight
+    maps = await call_each(lambda ref: client.grants.Map(grants_pb2.MapGrantRequest(
+        domid=other_id, ref=ref, readonly=True)), refs[:limit], in_flight=64)
     await exhausted(client.grants.Map(grants_pb2.MapGrantRequest(domid=other_id, ref=refs[-1],
                                                                  readonly=True)))
     # the granter still owns its table: it cannot end what is mapped, but can grant more

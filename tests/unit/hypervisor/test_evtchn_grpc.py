@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2
-from xenlab.testing import call_many
+from xenlab.testing import call_each
 from xenlab.xen import abi
 
 pb = evtchn_pb2
@@ -95,7 +95,7 @@ async def test_bind_virq_twice_is_already_exists(two):
 async def test_port_limit_is_resource_exhausted(two):
     lab, (a, ca), (b, _) = two
     max_ports = (await ca.evtchn.GetDoorbell(common_pb2.Empty())).max_ports
-    await call_many(lambda: ca.evtchn.BindIpi(pb.BindIpiRequest()), max_ports - 1)
+    await call_each(lambda _: ca.evtchn.BindIpi(pb.BindIpiRequest()), range(max_ports - 1))
     code, details = await code_of(ca.evtchn.BindIpi(pb.BindIpiRequest()))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, details
     await ca.evtchn.Reset(pb.ResetRequest(dom=a))
