@@ -203,10 +203,21 @@ async def test_both_ends_reach_connected_with_every_key(net, pair):
     vif = dom0.vifs[f"vif{a.domid}.0"]
     assert vif.state == "connected" and vif in net.hotplug.bridges["xenbr0"]
     assert (a.domid, "eth0", True) in net.changes and (0, vif.name, True) in net.changes
-    # the rings really are shared: netback maps exactly the two ring grants
-    maps = net.hv.grants.mappings(0)
-    assert sorted(m.ref for m in maps if m.granter == a.domid) == sorted(
-        int(net.xs_read(f"{fe}/{k}")) for k in ("tx-ring-ref", "rx-ring-ref"))
+    # the rings really are shared: netback maps the two ring grants and,
+    # before any frame (persistent grants), every receive buffer netfront
+    # posted, writable; no transmit buffer until a request names one
+    rings = sorted(int(net.xs_read(f"{fe}/{k}")) for k in ("tx-ring-ref", "rx-ring-ref"))
+    posted = {buf.gref for buf in eth_a.rx_core.buffers}
+    assert len(posted) == abi.NET_RX_RING_SIZE
+
+    def mapped_from_a():
+        return [m for m in net.hv.grants.mappings(0) if m.granter == a.domid]
+    await wait_until(lambda: len(mapped_from_a()) == 2 + len(posted), "a's rx buffers mapped")
+    maps = mapped_from_a()
+    assert sorted(m.ref for m in maps if m.ref in rings) == rings
+    assert {m.ref for m in maps if m.ref not in rings} == posted
+    assert not any(m.readonly for m in maps)
+    assert vif.persistent_grants == len(posted) and vif._backend.persistent.cache.stats["remote"] == 0
 
 
 async def test_ip_and_vifname_come_from_the_backend_directory(net):
@@ -255,17 +266,23 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
     await send_in_hundreds(eth_a, frames)
     assert await at_b.wait(1200) == frames
     rings = {int(net.xs_read(f"{fe}/{k}")) for k in ("tx-ring-ref", "rx-ring-ref")}
-    buffers = [m for m in net.hv.grants.mappings(0) if m.granter == a.domid and m.ref not in rings]
+    buffers = [m for m in net.hv.grants.mappings(0)
+               if m.granter == a.domid and m.ref not in rings and m.readonly]
     # every transmit page of a that a frame went through, read-only
-    assert 0 < len(buffers) <= abi.NET_TX_RING_SIZE and all(m.readonly for m in buffers)
-    rx_maps = [m for m in net.hv.grants.mappings(0) if m.granter == b.domid and not m.readonly]
-    assert len(rx_maps) > 2                               # b's receive pages, writable
+    assert 0 < len(buffers) <= abi.NET_TX_RING_SIZE
+    rings_b = {int(net.xs_read(f"{net.frontend_path(b.domid)}/{k}"))
+               for k in ("tx-ring-ref", "rx-ring-ref")}
+    rx_maps = [m for m in net.hv.grants.mappings(0)
+               if m.granter == b.domid and m.ref not in rings_b and not m.readonly]
+    # b's receive pages, writable: all of them, mapped at connect
+    assert {m.ref for m in rx_maps} == {buf.gref for buf in eth_b.rx_core.buffers}
     vif_a, vif_b = (net.kernels[0].vifs[f"vif{d}.0"] for d in (a.domid, b.domid))
     # once mapped, a one-slot frame is read from (tx) or written into (rx)
-    # the frontend's page itself; only the first uses of a page were copied
-    # through the hypervisor
+    # the frontend's page itself; only the first uses of a transmit page were
+    # copied through the hypervisor, and no receive page was
     sent_a, got_b = vif_a._backend, vif_b._backend
-    assert vif_a.persistent_grants == len(buffers) and vif_b.persistent_grants == len(rx_maps) - 2
+    assert vif_a.persistent_grants == len(buffers) + abi.NET_RX_RING_SIZE
+    assert vif_b.persistent_grants == len(rx_maps)
     assert sent_a.tx.direct_frames > 0 and got_b.rx.direct_frames > 0
     # warm: every page a frame goes through is mapped, so none of another
     # 1200 frames costs a copy through the hypervisor
@@ -285,19 +302,26 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
     assert_nothing_left(net, a.domid)
 
 
-async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net, pair):
+async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net):
     from xenlab.drivers.netback import PageBudget
-    a, b, eth_a, eth_b = pair
     driver = next(d for d in net.kernels[0].drivers if hasattr(d, "page_budget"))
     driver.page_budget = budget = PageBudget(10)
-    for vif in net.kernels[0].vifs.values():          # the pair connected with the old one
-        vif._backend.persistent._budget = budget
+    a = await net.boot_domu("a")
+    b = await net.boot_domu("b")
+    for dom in (a, b):
+        await net.add_vif(dom.domid, mtu=9000)
+    eth_a, eth_b = await net.connected(a.domid), await net.connected(b.domid)
+
+    def kept():
+        return sum(v.persistent_grants for v in net.kernels[0].vifs.values())
+    # the receive buffers mapped at connect already take the whole budget
+    await wait_until(lambda: kept() == 10, "the budget's pages mapped")
+    assert budget.left == 0
     at_b = Capture(eth_b)
     frames = [frame(60 + i % 1000, mac_of(a.domid), seed=i) for i in range(600)]
     await send_in_hundreds(eth_a, frames)
     assert await at_b.wait(600) == frames                # the rest copied by the hypervisor
-    kept = sum(v.persistent_grants for v in net.kernels[0].vifs.values())
-    assert kept == 10 and budget.left == 0
+    assert kept() == 10 and budget.left == 0
     be = net.backend_path(a.domid)
     await net.xs_write(f"{be}/online", "0")
     await net.xs_write(f"{be}/state", str(int(S.Closing)))

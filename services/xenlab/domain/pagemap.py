@@ -25,6 +25,7 @@ _libc.mmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.munmap.restype = ctypes.c_int
 _libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _MAP_FAILED = ctypes.c_void_p(-1).value
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
 class PageMap:
@@ -34,7 +35,8 @@ class PageMap:
         if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY or length <= 0:
             raise ValueError(f"cannot map {length} bytes at offset {offset}")
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        addr = _libc.mmap(None, length, prot, mmap.MAP_SHARED, fd, offset)
+        # MAP_POPULATE: fault the page in now, not on the first frame through it.
+        addr = _libc.mmap(None, length, prot, mmap.MAP_SHARED | _MAP_POPULATE, fd, offset)
         if addr is None or addr == _MAP_FAILED:
             err = ctypes.get_errno()
             raise OSError(err, f"mmap of {length} bytes at offset {offset}: {os.strerror(err)}")

@@ -195,6 +195,12 @@ class _PersistentGrants:
         self._closed = False
         self._orphans: list[int] = []     # mapped by the hypervisor, not by us: to unmap
 
+    def prefetch(self, refs, writable: bool) -> None:
+        """Map these buffer refs ahead of their first copy, in the background."""
+        for ref in refs:
+            self.cache.want((ref, writable))
+        self.kick()
+
     def kick(self) -> None:
         """Map what the copies asked for, in the background."""
         if self._task is None and not self._closed and self.cache.wanted:
@@ -387,6 +393,12 @@ class Netback(XenbusDevice):
             await self._give_back(held)
             raise
         self._conn = conn
+        if conn.persistent is not None:
+            # netfront posted its receive buffers before going Connected:
+            # map them now, not each on the first frame into it (a copy
+            # through the hypervisor and a MapBatch call on the data path).
+            # Transmit pages are known only once a request names them.
+            conn.persistent.prefetch(conn.rx.posted_grefs(), writable=True)
         self._start(conn)
 
     async def _map(self, ref: int, make_ring) -> _Mapped:

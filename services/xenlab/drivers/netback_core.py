@@ -764,6 +764,13 @@ class NetbackRx:
                 self.queued_bytes += len(frame)
         return drops
 
+    def posted_grefs(self) -> list[int]:
+        """The grant refs of the rx requests posted and not yet taken, in
+        ring order, without taking them: which receive pages to map ahead
+        of the first frame (persistent grants)."""
+        unpack = _RX_REQUEST.unpack_from
+        return [unpack(req)[2] for req in self.ring.peek_requests()]
+
     def build(self, scratch: Scratch | None = None) -> RxBatch:
         """Take rx requests for as many queued frames as fit (one copy batch).
         Frames are packed back to back in ``scratch`` (by default the one

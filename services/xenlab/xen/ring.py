@@ -245,6 +245,16 @@ class _RingView:
         self._cons = (cons + n) & _U32
         return out
 
+    def _peek(self) -> list[bytes]:
+        """Copies of the unconsumed messages, which stay unconsumed: a hint
+        only, since the peer may rewrite a slot until it is taken."""
+        known = self._unconsumed()
+        sring = self.sring
+        slots, size, mask = sring._slots, sring.slot_size, self.size - 1
+        cons = self._cons
+        return [slots[((cons + i) & mask) * size:((cons + i) & mask) * size + size].tobytes()
+                for i in range(known)]
+
     def _final_check(self, ahead: int = 1) -> bool:
         if self._unconsumed():
             return True
@@ -385,6 +395,10 @@ class BackRing(_RingView):
     def get_requests(self, n: int) -> list[bytes]:
         """get_request ``n`` times (RingEmpty, taking none, if fewer are there)."""
         return self._take_many(n)
+
+    def peek_requests(self) -> list[bytes]:
+        """The unconsumed requests, read but not consumed (req_cons stays)."""
+        return self._peek()
 
     def put_response(self, data: bytes) -> None:
         """Write the next response slot (invisible until pushed)."""

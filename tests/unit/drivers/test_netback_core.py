@@ -463,3 +463,17 @@ def test_parse_frontend_keys():
 def test_parse_frontend_keys_refuses(change, message):
     with pytest.raises(XenError, match=message):
         parse_frontend_keys({**GOOD_FRONTEND, **change})
+
+
+def test_the_posted_rx_buffers_are_known_before_any_frame_takes_them():
+    """What netback maps at connect (persistent grants): every rx request's
+    grant ref, read without consuming the request."""
+    vif = make_vif(mtu=9000)
+    assert vif.back_rx.posted_grefs() == []
+    assert vif.front_rx.refill()
+    posted = vif.back_rx.posted_grefs()
+    assert sorted(posted) == sorted(buf.gref for buf in vif.front_rx.buffers)
+    assert vif.back_rx.ring.unconsumed_requests() == len(posted)
+    vif.drops.update(vif.back_rx.enqueue([eth_frame(60)]))
+    vif.back_rx.build()                                 # takes one request
+    assert vif.back_rx.posted_grefs() == posted[1:]

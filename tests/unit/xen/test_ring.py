@@ -489,3 +489,27 @@ def test_bulk_puts_and_takes_match_one_at_a_time_across_the_wrap():
     assert [r[:1] for r in front.get_responses(2)] + [front.get_response()[:1]] + \
         [r[:1] for r in front.get_responses(1)] == [b"a", b"b", b"c", b"d"]
     assert front.rsp_cons == back.req_cons == 1      # 0xFFFFFFFD + 4, wrapped
+
+
+@pytest.mark.parametrize("start", [0, U32 - 1])
+def test_peek_requests_reads_the_unconsumed_ones_and_consumes_none(start):
+    _, sring = new_ring(8, start)
+    front, back = FrontRing(sring, attach=True), BackRing(sring, attach=True)
+    assert back.peek_requests() == []
+    front.put_requests([payload(n, 8) for n in range(5)])
+    assert back.peek_requests() == []                 # not pushed: not there yet
+    front.push_requests()
+    assert back.get_request() == payload(0, 8)
+    peeked = back.peek_requests()
+    assert peeked == [payload(n, 8) for n in range(1, 5)]
+    sring.slot(start + 1)[:] = payload(99, 8)            # a peek is a copy, and only a hint
+    assert peeked[0] == payload(1, 8)
+    assert back.unconsumed_requests() == 4
+    assert back.get_requests(4) == [payload(n, 8) for n in (99, 2, 3, 4)]
+
+
+def test_peek_is_bounded_by_the_ring_whatever_req_prod_says():
+    _, sring = new_ring(8)
+    back = BackRing(sring)
+    sring.req_prod = 0x7FFFFFFF                       # a hostile frontend
+    assert len(back.peek_requests()) == sring.size
