@@ -57,41 +57,64 @@ def frames_for(entries: int, spread: bool = True, size: int = 64, seed: int = 1)
     return [station(d) + src + ETHERTYPE + pad for d in dsts]
 
 
+class _Run:
+    """One FDB size and pattern, set up once and timed as often as asked."""
+
+    def __init__(self, entries: int, frames: int, spread: bool):
+        self.entries, self.spread = entries, spread
+        self.bridge = filled_bridge(entries)
+        pool = frames_for(entries, spread)
+        if len(pool) < BATCH:
+            pool = (pool * (BATCH // len(pool) + 1))[:BATCH]
+        self.batches = [pool[i:i + BATCH] for i in range(0, len(pool) - BATCH + 1, BATCH)]
+        self.rounds = max(1, frames // (BATCH * len(self.batches)))
+        self.frames = self.rounds * sum(len(b) for b in self.batches)
+        self.per_frame: list[float] = []
+
+    def time_once(self) -> None:
+        forward, batches = self.bridge.forward_batch, self.batches
+        t0 = time.perf_counter_ns()
+        for _ in range(self.rounds):
+            for batch in batches:
+                forward("p1", batch)
+        self.per_frame.append((time.perf_counter_ns() - t0) / self.frames)
+        self.bridge.fdb.pop_events()
+
+    def result(self) -> dict:
+        bridge, per_frame = self.bridge, self.per_frame
+        return {"entries": self.entries, "pattern": "spread" if self.spread else "hot",
+                "fdb_entries": len(bridge.fdb), "frames_per_run": self.frames,
+                "runs": len(per_frame), "ns_per_frame": statistics.median(per_frame),
+                "ns_min": min(per_frame), "ns_max": max(per_frame),
+                "unicast": bridge.counters["unicast"], "flooded": bridge.counters["flooded"]}
+
+
+def _timed(runs: list[_Run], repeats: int) -> list[dict]:
+    """Time the runs in turn, ``repeats`` rounds: this machine's speed drifts
+    over seconds, and round-robin spreads the drift over every size alike
+    (one size's runs back to back could all land in a slow spell)."""
+    gc.collect()
+    for _ in range(repeats):
+        for run in runs:
+            run.time_once()
+    return [run.result() for run in runs]
+
+
 def forwarding_cost(entries: int, frames: int = 200_000, repeats: int = 5, spread: bool = True) -> dict:
     """Nanoseconds per frame through ``Bridge.forward_batch`` with ``entries``
     stations in the FDB: the median (and min, max) of ``repeats`` runs."""
-    bridge = filled_bridge(entries)
-    pool = frames_for(entries, spread)
-    if len(pool) < BATCH:
-        pool = (pool * (BATCH // len(pool) + 1))[:BATCH]
-    batches = [pool[i:i + BATCH] for i in range(0, len(pool) - BATCH + 1, BATCH)]
-    rounds = max(1, frames // (BATCH * len(batches)))
-    per_frame = []
-    gc.collect()
-    for _ in range(repeats):
-        forward = bridge.forward_batch
-        t0 = time.perf_counter_ns()
-        for _ in range(rounds):
-            for batch in batches:
-                forward("p1", batch)
-        elapsed = time.perf_counter_ns() - t0
-        per_frame.append(elapsed / (rounds * sum(len(b) for b in batches)))
-        bridge.fdb.pop_events()
-    unicast = bridge.counters["unicast"]
-    return {"entries": entries, "pattern": "spread" if spread else "hot", "fdb_entries": len(bridge.fdb),
-            "frames_per_run": rounds * sum(len(b) for b in batches), "runs": repeats,
-            "ns_per_frame": statistics.median(per_frame), "ns_min": min(per_frame),
-            "ns_max": max(per_frame), "unicast": unicast, "flooded": bridge.counters["flooded"]}
+    return _timed([_Run(entries, frames, spread)], repeats)[0]
 
 
 def fdb_scaling(sizes=(10, 10_000, 100_000), frames: int = 200_000, repeats: int = 5) -> dict:
-    """Both patterns at each size; ``ratio_largest_to_smallest`` (the
-    target's figure) is the hot pattern's, ``spread_ratio`` the other's."""
+    """Both patterns at each size, the sizes of a pattern timed in turn;
+    ``ratio_largest_to_smallest`` (the target's figure) is the hot
+    pattern's, ``spread_ratio`` the other's."""
     def ratio(runs):
         base = runs[0]["ns_per_frame"]
         return runs[-1]["ns_per_frame"] / base if base else None
-    hot = [forwarding_cost(n, frames, repeats, spread=False) for n in sizes]
-    spread = [forwarding_cost(n, frames, repeats, spread=True) for n in sizes]
+    hot = _timed([_Run(n, frames, spread=False) for n in sizes], repeats)
+    spread = _timed([_Run(n, frames, spread=True) for n in sizes], repeats)
     return {"runs": hot, "spread_runs": spread, "ratio_largest_to_smallest": ratio(hot),
             "spread_ratio": ratio(spread)}
 
