@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 import shutil
 import signal
@@ -400,7 +401,8 @@ def rss_kb(pid: int) -> int:
 
 async def run_soak(rundir: Path, seconds: float, flood_frames: int, progress=print,
                    log_level: str = "INFO") -> SoakResult:
-    """Bring the soak lab up in `rundir`, soak it, bring it down."""
+    """Bring the soak lab up in `rundir`, soak it, bring it down (also when
+    cancelled)."""
     lab = Lab(parse_lab(SOAK_LAB, "<soak lab>"), rundir, log_level=log_level, progress=progress)
     await lab.up()
     try:
@@ -410,12 +412,42 @@ async def run_soak(rundir: Path, seconds: float, flood_frames: int, progress=pri
 
 
 # -- the command ------------------------------------------------------------------------------
+async def _command(rundir: Path, seconds: float, flood_frames: int, progress, log_level: str
+                   ) -> SoakResult:
+    """run_soak, which SIGINT or SIGTERM cancels: the lab still goes down."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    return await run_soak(rundir, seconds, flood_frames, progress, log_level)
+
+
+def _duration(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"{text}: the soak needs a finite length above 0")
+    return value
+
+
+def _frames(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} frames: 0 (no flood) or more")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--minutes", type=float, default=None,
+    length.add_argument("--minutes", type=_duration, default=None,
                         help="how long the traffic and the faults go on (default 5)")
-    length.add_argument("--seconds", type=float, default=None, help="the same, in seconds")
-    parser.add_argument("--flood", type=int, default=1_000_000, metavar="FRAMES",
+    length.add_argument("--seconds", type=_duration, default=None, help="the same, in seconds")
+    parser.add_argument("--flood", type=_frames, default=1_000_000, metavar="FRAMES",
                         help="frames of the MAC flood (random source MACs); 0: none "
                              "(default 1000000)")
     parser.add_argument("--rundir", type=Path, default=argparse.SUPPRESS,
@@ -428,7 +460,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    seconds = args.seconds if args.seconds is not None else 60 * (args.minutes or 5.0)
+    seconds = args.seconds if args.seconds is not None else 60 * (args.minutes if args.minutes is not None else 5.0)
     given = getattr(args, "rundir", None)
     made = given is None
     # Short: unix socket paths live in it.
@@ -438,10 +470,13 @@ def run(args) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
     try:
-        result = asyncio.run(run_soak(rundir, seconds, args.flood, progress, args.log_level))
+        result = asyncio.run(_command(rundir, seconds, args.flood, progress, args.log_level))
     except LabError as err:
         print(f"xenlab soak: {err}", file=sys.stderr)
         return 2
+    except asyncio.CancelledError:
+        print("xenlab soak: stopped before the end; the lab is down", file=sys.stderr)
+        return 130
     finally:
         if made and not args.keep:
             shutil.rmtree(rundir, ignore_errors=True)
