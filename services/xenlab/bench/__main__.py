@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from xenlab.cli import argtypes
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MIN_INTERVAL
 from xenlab.domain.traffic import MAX_BATCH, MIN_SIZE
 from xenlab.xen.abi import ETH_DATA_LEN, ETH_HLEN
@@ -70,29 +71,6 @@ PINGS_MAX = PING_MAX_COUNT
 INTERVAL_MIN = PING_MIN_INTERVAL
 
 
-def _count(low: int, high: int | None = None):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low or (high is not None and value > high):
-            span = f"{low:,}..{high:,}" if high is not None else f"at least {low:,}"
-            raise argparse.ArgumentTypeError(f"{value:,} is out of range ({span})")
-        return value
-    return parse
-
-
-def _interval(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= INTERVAL_MIN or value > 60:
-        raise argparse.ArgumentTypeError(f"{text} s is out of range ({INTERVAL_MIN}..60 s)")
-    return value
-
-
 def _sizes(text: str) -> tuple[int, ...]:
     sizes = _ints(text)
     bad = [n for n in sizes if not SIZE_MIN <= n <= SIZE_MAX]
@@ -130,14 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"sections to run, comma-separated: {','.join(SECTIONS)} (default: all)")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), metavar="FILE",
                         help="where to write the figures (default: bench-results.json)")
-    parser.add_argument("--count", type=_count(1), help=f"frames per size (default {FULL['count']:,})")
+    parser.add_argument("--count", type=argtypes.whole(1), help=f"frames per size (default {FULL['count']:,})")
     parser.add_argument("--sizes", type=_sizes, default=(64, 512, 1500),
                         help=f"frame sizes in bytes, without FCS, {SIZE_MIN}..{SIZE_MAX} "
                              f"(default 64,512,1500)")
-    parser.add_argument("--batch", type=_count(1, BATCH_MAX), default=64,
+    parser.add_argument("--batch", type=argtypes.whole(1, BATCH_MAX), default=64,
                         help=f"frames per transmit in the sender, 1..{BATCH_MAX} (default 64)")
-    parser.add_argument("--pings", type=_count(1, PINGS_MAX), help=f"pings for the RTT (default {FULL['pings']})")
-    parser.add_argument("--interval", type=_interval, help=f"seconds between pings (default {FULL['interval']})")
+    parser.add_argument("--pings", type=argtypes.whole(1, PINGS_MAX), help=f"pings for the RTT (default {FULL['pings']})")
+    parser.add_argument("--interval", type=argtypes.seconds(INTERVAL_MIN, 60.0), help=f"seconds between pings (default {FULL['interval']})")
     parser.add_argument("--scale", type=_ints, help=f"numbers of domUs to boot (default {FULL['scale']})")
     parser.add_argument("--no-mesh", action="store_true", help="skip the ping mesh on the largest N")
     parser.add_argument("--fdb-sizes", type=_ints, default=(10, 10_000, 100_000),

@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from xenlab.agent_client import NoAgentError, agent_for
+from xenlab.cli import argtypes
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.net.capture import PcapWriter, read_pcap
 from xenlab.net.ethernet import parse_mac
@@ -80,9 +81,11 @@ def capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("point", help="DOMAIN:IFACE, BRIDGE:PORT, vifD.N or vethD.N")
     parser.add_argument("-w", "--write", type=Path, required=True, metavar="FILE.pcap",
                         help="the pcap file to write (link type Ethernet; '-' for standard output)")
-    parser.add_argument("-c", "--count", type=int, default=0, help="stop after this many frames")
+    parser.add_argument("-c", "--count", type=argtypes.whole(1), default=0,
+                        help="stop after this many frames (default: no limit)")
     parser.add_argument("--direction", choices=("both", "tx", "rx"), default="both")
-    parser.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
+    parser.add_argument("--duration", type=argtypes.seconds(0, above=True), default=0.0,
+                        help="stop after this many seconds (default: no limit)")
     parser.add_argument("--rundir", type=Path, default=None, help="the lab's rundir")
 
 
@@ -124,9 +127,10 @@ def inject_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("point", help="DOMAIN:IFACE (into the domain's stack, out of its interface) "
                                       "or BRIDGE:PORT (into the bridge at that port)")
     parser.add_argument("-r", "--read", type=Path, metavar="FILE.pcap", help="frames from a pcap file")
-    parser.add_argument("--count", type=int, default=100, help="generated frames (default 100)")
+    parser.add_argument("--count", type=argtypes.whole(1), default=100, help="generated frames (default 100)")
     parser.add_argument("--size", type=int, default=64, help="generated frame size in bytes (default 64)")
-    parser.add_argument("--rate", type=float, default=0.0, help="frames per second (default: as fast as possible)")
+    parser.add_argument("--rate", type=argtypes.rate, default=0.0,
+                        help="frames per second (default: as fast as possible)")
     parser.add_argument("--src", default="00:16:3e:7f:ff:fe", help="source MAC of generated frames")
     parser.add_argument("--dst", default="ff:ff:ff:ff:ff:ff", help="destination MAC of generated frames")
     parser.add_argument("--rundir", type=Path, default=None, help="the lab's rundir")

@@ -10,18 +10,25 @@ from pathlib import Path
 import grpc
 
 from xenlab.agent_client import NoAgentError, agent_for, format_ping
+from xenlab.cli import argtypes
 from xenlab.client import HypervisorClient, Rundir
+from xenlab.domain.netstack import PING_MAX_COUNT, PING_MAX_SIZE, PING_MIN_INTERVAL
 from xenlab.proto import agent_pb2, common_pb2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # The agent's API reads 0 as "the default" in each of these (agent.proto),
+    # so 0 is refused here rather than silently turned into 4, 56 or 1 s.
+    whole, seconds = argtypes.whole, argtypes.seconds
     parser.add_argument("domain", help="the domain to ping from (name or id)")
     parser.add_argument("dest", help="IPv4 address to ping")
-    parser.add_argument("-c", "--count", type=int, default=4, help="echo requests to send (default 4)")
-    parser.add_argument("-s", "--size", type=int, default=56, help="payload bytes (default 56)")
-    parser.add_argument("-i", "--interval", type=float, default=1.0,
-                        help="seconds between requests (default 1)")
-    parser.add_argument("-W", "--timeout", type=float, default=2.0,
+    parser.add_argument("-c", "--count", type=whole(1, PING_MAX_COUNT), default=4,
+                        help=f"echo requests to send, 1..{PING_MAX_COUNT} (default 4)")
+    parser.add_argument("-s", "--size", type=whole(1, PING_MAX_SIZE), default=56,
+                        help=f"payload bytes, 1..{PING_MAX_SIZE} (default 56)")
+    parser.add_argument("-i", "--interval", type=seconds(PING_MIN_INTERVAL, 3600.0), default=1.0,
+                        help=f"seconds between requests, at least {PING_MIN_INTERVAL:g} (default 1)")
+    parser.add_argument("-W", "--timeout", type=seconds(0, 3600.0, above=True), default=2.0,
                         help="seconds to wait for the last reply (default 2)")
     parser.add_argument("-I", "--interface", default="", help="interface to ping from (default: the first with an address)")
     parser.add_argument("--rundir", type=Path, default=None, help="the lab's rundir")

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import math
 import os
 import shutil
 import signal
@@ -43,6 +42,7 @@ from pathlib import Path
 import grpc
 
 from xenlab.agent_client import NoAgentError, agent_for
+from xenlab.cli import argtypes
 from xenlab.lab import conservation
 from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import parse_lab
@@ -422,32 +422,12 @@ async def _command(rundir: Path, seconds: float, flood_frames: int, progress, lo
     return await run_soak(rundir, seconds, flood_frames, progress, log_level)
 
 
-def _duration(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value < math.inf:
-        raise argparse.ArgumentTypeError(f"{text}: the soak needs a finite length above 0")
-    return value
-
-
-def _frames(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} frames: 0 (no flood) or more")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     length = parser.add_mutually_exclusive_group()
-    length.add_argument("--minutes", type=_duration, default=None,
+    length.add_argument("--minutes", type=argtypes.seconds(0, above=True, unit="min"), default=None,
                         help="how long the traffic and the faults go on (default 5)")
-    length.add_argument("--seconds", type=_duration, default=None, help="the same, in seconds")
-    parser.add_argument("--flood", type=_frames, default=1_000_000, metavar="FRAMES",
+    length.add_argument("--seconds", type=argtypes.seconds(0, above=True), default=None, help="the same, in seconds")
+    parser.add_argument("--flood", type=argtypes.whole(0), default=1_000_000, metavar="FRAMES",
                         help="frames of the MAC flood (random source MACs); 0: none "
                              "(default 1000000)")
     parser.add_argument("--rundir", type=Path, default=argparse.SUPPRESS,

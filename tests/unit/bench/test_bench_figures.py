@@ -88,28 +88,6 @@ def test_targets_say_met_missed_or_not_measured():
     assert "MISSED" in text and "not measured" in text
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["--count", "-5"], "--count: -5 is out of range (at least 1)"),
-    (["--count", "1.5"], "--count: '1.5' is not a whole number"),
-    (["--sizes", "10"], "frame size(s) 10 out of range 18..1514"),
-    (["--sizes", "64,99999"], "frame size(s) 99999 out of range"),
-    (["--pings", "0"], "--pings: 0 is out of range (1..100,000)"),
-    (["--interval", "-1"], "--interval: -1 s is out of range"),
-    (["--interval", "nan"], "--interval: nan s is out of range"),
-    (["--batch", "5000"], "--batch: 5,000 is out of range (1..1,024)"),
-    (["--scale", "0"], "--scale: '0': expected positive numbers"),
-])
-def test_bench_arguments_out_of_range_are_refused_before_anything_runs(argv, says, capsys):
-    """Before, --pings 0 silently meant the default, and --interval -1 or
-    --sizes 10 failed in the middle of a run, with a gRPC error."""
-    parser = argparse.ArgumentParser(prog="python -m xenlab.bench")
-    bench_main.add_arguments(parser)
-    with pytest.raises(SystemExit) as exit_:
-        parser.parse_args(argv)
-    assert exit_.value.code == 2
-    assert says in capsys.readouterr().err
-
-
 def test_bench_arguments_in_range_make_the_plan():
     parser = argparse.ArgumentParser()
     bench_main.add_arguments(parser)
