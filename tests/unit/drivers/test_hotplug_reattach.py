@@ -5,7 +5,6 @@ import asyncio
 from xenlab.drivers.hotplug import BridgeHotplug, backoff_delays, bridge_address_path
 from xenlab.net.device import NetDevice
 from xenlab.net.veth import VethListener
-from xenlab.testing import short_tempdir
 
 
 class FakeXenbus:
@@ -68,8 +67,8 @@ def test_backoff_doubles_up_to_its_cap():
     assert [next(delays) for _ in range(6)] == [0.05, 0.1, 0.2, 0.3, 0.3, 0.3]
 
 
-async def test_a_vif_is_reattached_when_its_bridge_comes_back():
-    address = f"unix:{short_tempdir()}/bridge.sock"
+async def test_a_vif_is_reattached_when_its_bridge_comes_back(sock_dir):
+    address = f"unix:{sock_dir}/bridge.sock"
     xenbus = FakeXenbus({bridge_address_path("xenbr0"): address})
     announced = {}
     hotplug = BridgeHotplug(xenbus, announce=lambda name, dev: announced.__setitem__(name, dev),
@@ -111,8 +110,8 @@ async def test_a_vif_is_reattached_when_its_bridge_comes_back():
     await reborn.listener.close()
 
 
-async def test_offline_during_reattach_stops_trying():
-    address = f"unix:{short_tempdir()}/bridge.sock"
+async def test_offline_during_reattach_stops_trying(sock_dir):
+    address = f"unix:{sock_dir}/bridge.sock"
     xenbus = FakeXenbus({bridge_address_path("xenbr0"): address})
     hotplug = BridgeHotplug(xenbus, backoff=(0.01, 0.02))
     bridge = Bridge(address)

@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, strategies as st
 
 from xenlab.net import veth
-from xenlab.testing import short_tempdir
 
 
 @given(st.lists(st.binary(min_size=0, max_size=3000), max_size=80))
@@ -53,8 +52,8 @@ async def _pair(address):
 
 
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
-async def test_frames_cross_in_order_both_ways_with_counters(transport):
-    address = f"unix:{short_tempdir()}/br.sock" if transport == "unix" else "tcp:127.0.0.1:0"
+async def test_frames_cross_in_order_both_ways_with_counters(transport, sock_dir):
+    address = f"unix:{sock_dir}/br.sock" if transport == "unix" else "tcp:127.0.0.1:0"
     listener, a, b = await _pair(address)
     assert a.peer_info == {"bridge": "br0"} and b.name == "port-vif1.0"
     got_b, got_a = [], []
@@ -77,18 +76,18 @@ async def test_frames_cross_in_order_both_ways_with_counters(transport):
     await listener.close()
 
 
-async def test_a_refused_hello_is_a_clear_error():
+async def test_a_refused_hello_is_a_clear_error(sock_dir):
     def admit(hello):
         raise veth.VethError(f"no bridge named {hello['bridge']}")
-    listener = veth.VethListener(f"unix:{short_tempdir()}/br.sock", admit=admit, attached=lambda e: None)
+    listener = veth.VethListener(f"unix:{sock_dir}/br.sock", admit=admit, attached=lambda e: None)
     await listener.start()
     with pytest.raises(veth.VethError, match="no bridge named nope"):
         await veth.connect_veth(listener.address, "vif1.0", {"bridge": "nope"})
     await listener.close()
 
 
-async def test_a_malformed_datagram_closes_only_that_link():
-    listener, a, b = await _pair(f"unix:{short_tempdir()}/br.sock")
+async def test_a_malformed_datagram_closes_only_that_link(sock_dir):
+    listener, a, b = await _pair(f"unix:{sock_dir}/br.sock")
     a.link.sock.send(b"\x45\x76\x01\x02\x05\x00\x00\x00junk")
     await asyncio.wait_for(b.closed.wait(), 5)
     assert b.stats()["drop_malformed"] == 1

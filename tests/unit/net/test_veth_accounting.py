@@ -4,11 +4,10 @@ import asyncio
 
 
 from xenlab.net import veth
-from xenlab.testing import short_tempdir
 
 
-async def pair(transport="unix"):
-    address = f"unix:{short_tempdir()}/br.sock" if transport == "unix" else "tcp:127.0.0.1:0"
+async def pair(sock_dir):
+    address = f"unix:{sock_dir}/br.sock"
     ports = []
     listener = veth.VethListener(address, admit=lambda hello: (hello["name"], {}), attached=ports.append)
     await listener.start()
@@ -33,8 +32,8 @@ async def settle():
         await asyncio.sleep(0.01)
 
 
-async def test_frames_the_closing_end_never_read_are_counted_unread():
-    listener, a, b = await pair()
+async def test_frames_the_closing_end_never_read_are_counted_unread(sock_dir):
+    listener, a, b = await pair(sock_dir)
     got = []
     b.receiver = got.extend
     frames = [bytes([i % 256]) * 200 for i in range(3000)]
@@ -49,8 +48,8 @@ async def test_frames_the_closing_end_never_read_are_counted_unread():
     await listener.close()
 
 
-async def test_frames_queued_when_the_link_fails_are_dropped_not_also_sent():
-    listener, a, b = await pair()
+async def test_frames_queued_when_the_link_fails_are_dropped_not_also_sent(sock_dir):
+    listener, a, b = await pair(sock_dir)
     b.receiver = lambda frames: None
     # More than the socket takes at once: the rest waits in a's queue.
     frames = [b"\x01" * 1400] * 6000
@@ -65,8 +64,8 @@ async def test_frames_queued_when_the_link_fails_are_dropped_not_also_sent():
     await listener.close()
 
 
-async def test_a_clean_close_in_order_loses_nothing():
-    listener, a, b = await pair()
+async def test_a_clean_close_in_order_loses_nothing(sock_dir):
+    listener, a, b = await pair(sock_dir)
     got = []
     b.receiver = got.extend
     a.transmit([b"\x02" * 100] * 500)
@@ -77,10 +76,10 @@ async def test_a_clean_close_in_order_loses_nothing():
     await listener.close()
 
 
-async def test_frames_right_behind_the_hello_reach_the_connecting_end():
+async def test_frames_right_behind_the_hello_reach_the_connecting_end(sock_dir):
     # A bridge floods to a port as soon as it is attached, which can be
     # before the connecting end has read the answer to its hello.
-    address = f"unix:{short_tempdir()}/br.sock"
+    address = f"unix:{sock_dir}/br.sock"
     ends = []
 
     def attached(end):
@@ -108,8 +107,8 @@ async def test_frames_right_behind_the_hello_reach_the_connecting_end():
     await listener.close()
 
 
-async def test_tx_room_shrinks_while_the_peer_does_not_read_and_wait_room_returns_when_it_does():
-    listener, a, b = await pair()
+async def test_tx_room_shrinks_while_the_peer_does_not_read_and_wait_room_returns_when_it_does(sock_dir):
+    listener, a, b = await pair(sock_dir)
     got = []
     b.receiver = got.extend
     reader = b.link.sock.fileno()
