@@ -64,12 +64,18 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def on_stop_signal(callback, *args) -> None:
+    """Call ``callback(*args)`` on the running loop when SIGINT or SIGTERM arrives."""
+    import asyncio
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, callback, *args)
+
+
 async def wait_for_stop_signal() -> None:
     """Return when SIGINT or SIGTERM arrives: how every service's
     foreground loop ends before its graceful shutdown."""
     import asyncio
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signal(stop.set)
     await stop.wait()

@@ -20,13 +20,13 @@ import argparse
 import os
 import asyncio
 import json
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xenlab.cli import argtypes
+from xenlab.osutil import on_stop_signal
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MIN_INTERVAL
 from xenlab.domain.traffic import MAX_BATCH, MIN_SIZE
 from xenlab.xen.abi import ETH_DATA_LEN, ETH_HLEN
@@ -311,11 +311,8 @@ def _jsonable(value):
 
 
 async def _main(plan: Plan) -> dict:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        # Cancel, so that the labs are taken down and the namespaces deleted.
-        loop.add_signal_handler(sig, task.cancel)
+    # Cancel, so that the labs are taken down and the namespaces deleted.
+    on_stop_signal(asyncio.current_task().cancel)
     bench = Bench(plan)
     try:
         return await bench.run()

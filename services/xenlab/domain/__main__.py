@@ -4,14 +4,12 @@ the launcher writes it."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 
 from xenlab import eventloop
 from xenlab.hypervisor.launcher import StartInfo
-from xenlab.osutil import die_with_parent
+from xenlab.osutil import die_with_parent, on_stop_signal
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
@@ -26,9 +24,7 @@ async def _main(start: StartInfo) -> int:
     from xenlab.domain.kernel import DomainKernel
 
     kernel = DomainKernel(start)
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, kernel.stop, "poweroff")
-    loop.add_signal_handler(signal.SIGINT, kernel.stop, "poweroff")
+    on_stop_signal(kernel.stop, "poweroff")
     reason = await kernel.run()
     return 0 if reason in ("poweroff", "reboot") else 1
 

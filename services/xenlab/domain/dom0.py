@@ -9,9 +9,7 @@ registered it writes /local/domain/0/data/netback = "ready".
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from xenlab import eventloop
 from xenlab.client import Rundir
 from xenlab.events import config as events_config
 from xenlab.hypervisor.launcher import StartInfo
-from xenlab.osutil import die_with_parent, raise_fd_limit
+from xenlab.osutil import die_with_parent, on_stop_signal, raise_fd_limit
 from xenlab.xen.errors import ConfigError
 
 
@@ -72,9 +70,7 @@ async def _main(start: StartInfo, events=None) -> int:
 
     await reset_previous_kernel(start)
     kernel = DomainKernel(start, drivers=dom0_drivers)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, kernel.stop, "poweroff")
+    on_stop_signal(kernel.stop, "poweroff")
     kernel.on_boot.append(lambda: kernel.xenbus.write("data/netback", "ready"))
     async with service_events(events, "dom0") as ev:
         if ev is not None:

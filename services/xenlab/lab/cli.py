@@ -12,6 +12,7 @@ from pathlib import Path
 
 from xenlab.lab.runner import Lab, LabError, read_state, _alive
 from xenlab.lab.spec import demo_lab, load_lab
+from xenlab.osutil import on_stop_signal
 from xenlab.xen.errors import ConfigError
 
 
@@ -36,9 +37,7 @@ async def _up(args) -> int:
     spec = load_lab(args.lab) if args.lab else demo_lab()
     lab = Lab(spec, args.rundir, log_level=args.log_level, progress=_progress)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signal(stop.set)
     await lab.up(timeout=args.timeout)
     print(await lab.summary(), flush=True)
     print(f"\nrundir {args.rundir}; logs in {args.rundir}/logs. "

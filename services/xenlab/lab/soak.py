@@ -46,6 +46,7 @@ from xenlab.cli import argtypes
 from xenlab.lab import conservation
 from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import parse_lab
+from xenlab.osutil import on_stop_signal
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2, domains_pb2
 
 log = logging.getLogger(__name__)
@@ -415,10 +416,7 @@ async def run_soak(rundir: Path, seconds: float, flood_frames: int, progress=pri
 async def _command(rundir: Path, seconds: float, flood_frames: int, progress, log_level: str
                    ) -> SoakResult:
     """run_soak, which SIGINT or SIGTERM cancels: the lab still goes down."""
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+    on_stop_signal(asyncio.current_task().cancel)
     return await run_soak(rundir, seconds, flood_frames, progress, log_level)
 
 
