@@ -136,6 +136,15 @@ class SharedRing:
         start = (idx & (self.size - 1)) * self.slot_size
         return self._slots[start:start + self.slot_size].tobytes()
 
+    def _read_slots(self, idx: int, n: int) -> list[bytes]:
+        """Copies of ``n`` consecutive slots from ``idx``."""
+        mask, size, slots = self.size - 1, self.slot_size, self._slots
+        out = []
+        for i in range(n):
+            start = ((idx + i) & mask) * size
+            out.append(slots[start:start + size].tobytes())
+        return out
+
     def _write_slots(self, idx: int, items) -> int:
         """Write consecutive slots from ``idx``; the index after the last."""
         mask, size, slots = self.size - 1, self.slot_size, self._slots
@@ -234,26 +243,15 @@ class _RingView:
         """The next ``n`` messages (RingEmpty, taking none, if fewer are there)."""
         if n > self._known and n > self._unconsumed():
             raise RingEmpty()
-        sring = self.sring
-        slots, size, mask = sring._slots, sring.slot_size, self.size - 1
-        cons = self._cons
-        out = []
-        for i in range(n):
-            start = ((cons + i) & mask) * size
-            out.append(slots[start:start + size].tobytes())
+        out = self.sring._read_slots(self._cons, n)
         self._known -= n
-        self._cons = (cons + n) & _U32
+        self._cons = (self._cons + n) & _U32
         return out
 
     def _peek(self) -> list[bytes]:
         """Copies of the unconsumed messages, which stay unconsumed: a hint
         only, since the peer may rewrite a slot until it is taken."""
-        known = self._unconsumed()
-        sring = self.sring
-        slots, size, mask = sring._slots, sring.slot_size, self.size - 1
-        cons = self._cons
-        return [slots[((cons + i) & mask) * size:((cons + i) & mask) * size + size].tobytes()
-                for i in range(known)]
+        return self.sring._read_slots(self._cons, self._unconsumed())
 
     def _final_check(self, ahead: int = 1) -> bool:
         if self._unconsumed():
