@@ -55,10 +55,15 @@ class _StreamStream(_Credentials, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._details(details), request_iterator)
 
 
-def credentialed_channel(address: str, domid: int, secret: str) -> grpc.aio.Channel:
-    md = credentials_metadata(domid, secret)
+def metadata_channel(address: str, metadata, options=CHANNEL_OPTIONS) -> grpc.aio.Channel:
+    """A channel whose every call carries ``metadata`` ((key, value) pairs)."""
+    md = tuple(metadata)
     interceptors = [cls(md) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+
+
+def credentialed_channel(address: str, domid: int, secret: str) -> grpc.aio.Channel:
+    return metadata_channel(address, credentials_metadata(domid, secret))
 
 
 class HypervisorClient:

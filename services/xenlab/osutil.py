@@ -7,6 +7,7 @@ import resource
 import signal
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 
 
@@ -32,6 +33,31 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:     # the parent is already gone
         os._exit(1)
+
+
+def drop_privileges(uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:
+    """Become ``uid``:``gid`` (with exactly the supplementary ``groups``) for
+    good: real, effective and saved ids all change, so no way back to root
+    is left, and no_new_privs stops a setuid binary from giving one. Call it
+    after everything that needs the launcher's rights (imports, mapping the
+    memory object) and before the first byte of untrusted input. Raises
+    PermissionError if the process may not change ids, or if root could be
+    regained afterwards."""
+    os.setgroups(list(groups))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise PermissionError(f"could not become {uid}:{gid}")
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise PermissionError(f"dropped to uid {uid}, yet could become root again")
 
 
 SCHED_ENV = "XENLAB_SCHED"      # "normal": leave the scheduling policy alone

@@ -82,10 +82,11 @@ class NetLab:
             return None
         return self.hv.xenstore.read(DOM0, path).decode()
 
-    async def boot(self, domid: int, name: str, secret: str, vcpus: int, drivers) -> DomainKernel:
+    async def boot(self, domid: int, name: str, secret: str, vcpus: int, drivers,
+                   agent: str = "", agent_token: str = "") -> DomainKernel:
         start = StartInfo(domid=domid, name=name, secret=secret, hypervisor=self.lab.address,
                           doorbell=str(self.lab.rundir / "evtchn.sock"), vcpus=vcpus,
-                          console_log="")
+                          console_log="", agent=agent, agent_token=agent_token)
         kernel = DomainKernel(start, drivers=drivers)
         kernel.on_netif_change.append(
             lambda ifname, dev, d=domid: self.changes.append((d, ifname, dev is not None)))
@@ -101,7 +102,8 @@ class NetLab:
         reply = await self.lab.dom0.domains.Create(domains_pb2.CreateDomainRequest(
             spec=domains_pb2.DomainSpec(name=name, memory_mb=16, launcher="none")))
         return await self.boot(reply.info.domid, name, reply.secret, 1,
-                               lambda k: [NetfrontDriver(k)] if netfront else [])
+                               lambda k: [NetfrontDriver(k)] if netfront else [],
+                               agent=reply.agent, agent_token=reply.agent_token)
 
     @staticmethod
     def backend_path(domid: int, devid: int = 0) -> str:

@@ -9,7 +9,7 @@ import sys
 
 from xenlab import eventloop
 from xenlab.hypervisor.launcher import StartInfo
-from xenlab.osutil import die_with_parent, on_stop_signal
+from xenlab.osutil import die_with_parent, drop_privileges, on_stop_signal
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
@@ -20,10 +20,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep running if the process that started it exits")
 
 
-async def _main(start: StartInfo) -> int:
+def _preload() -> None:
+    """Import everything the kernel will run before the process gives up
+    its launcher's rights: once it is the domain's own uid it may not be
+    able to read the interpreter's files (a Python under /root, say)."""
+    import xenlab.domain.agent            # noqa: F401  (started at the end of boot)
+    import xenlab.domain.kernel           # noqa: F401
+    import xenlab.drivers                 # noqa: F401  (registered at boot)
+    import xenlab.drivers.netfront        # noqa: F401
+
+
+def _enter_domain(start: StartInfo):
+    """Map the memory object the launcher handed over, then become the
+    domain's own uid for good, before anything untrusted is read. Returns
+    the mapping (None: the kernel opens its segment by path)."""
+    from xenlab.domain.memory import map_memory_object
+    memory = map_memory_object(start.memory_fd) if start.memory_fd >= 0 else None
+    if start.uid >= 0:
+        drop_privileges(start.uid, start.gid, tuple(start.groups))
+    return memory
+
+
+async def _main(start: StartInfo, memory) -> int:
     from xenlab.domain.kernel import DomainKernel
 
-    kernel = DomainKernel(start)
+    kernel = DomainKernel(start, memory_map=memory)
     on_stop_signal(kernel.stop, "poweroff")
     reason = await kernel.run()
     return 0 if reason in ("poweroff", "reboot") else 1
@@ -46,7 +67,16 @@ def run(args) -> int:
     except (ValueError, KeyError, TypeError) as err:
         print(f"xenlab domain: malformed start_info: {err}", file=sys.stderr)
         return 2
-    return eventloop.run(_main(start))
+    _preload()
+    try:
+        memory = _enter_domain(start)
+    except OSError as err:
+        print(f"xenlab domain: d{start.domid}: cannot take over its memory or become uid "
+              f"{start.uid}: {err}", file=sys.stderr)
+        return 2
+    if start.uid >= 0 and not args.orphan_ok:
+        die_with_parent()       # changing ids cleared the parent-death signal
+    return eventloop.run(_main(start, memory))
 
 
 def main(argv=None) -> int:

@@ -49,10 +49,12 @@ Handler = Callable[[int], object]
 
 class GuestEventChannels:
     def __init__(self, client: HypervisorClient, shared_info: SharedInfo,
-                 doorbell_path: str | None, secret: str, timeout: float = CONNECT_TIMEOUT):
+                 doorbell: str | int | None, secret: str, timeout: float = CONNECT_TIMEOUT):
+        """``doorbell``: the hypervisor's socket path, or a descriptor of a
+        doorbell connection the launcher handed over, or None (gRPC only)."""
         self._client = client
         self._shared_info = shared_info
-        self._doorbell_path = doorbell_path
+        self._doorbell = doorbell
         self._secret = secret
         self._timeout = timeout
         self._handlers: dict[int, Handler] = {}
@@ -75,12 +77,13 @@ class GuestEventChannels:
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
-        if self._doorbell_path and os.path.exists(self._doorbell_path):
+        doorbell = self._doorbell
+        if isinstance(doorbell, int) or (doorbell and os.path.exists(doorbell)):
             try:
-                self._sock = await self._connect(self._doorbell_path)
+                self._sock = await self._connect(doorbell)
             except (OSError, TimeoutError, ValueError, XenError) as err:
                 log.warning("d%d: doorbell %s unusable (%s); using the gRPC fallback",
-                            self._client.domid, self._doorbell_path, err)
+                            self._client.domid, doorbell, err)
         if self._sock is not None:
             self.via_doorbell = True
             asyncio.get_running_loop().add_reader(self._sock, self._on_doorbell)
@@ -307,12 +310,18 @@ class GuestEventChannels:
                 first.set_exception(ConnectionError("the upcall stream ended before its first upcall"))
 
     # -- the doorbell connection -----------------------------------------------------------
-    async def _connect(self, path: str) -> socket.socket:
+    async def _connect(self, doorbell: str | int) -> socket.socket:
+        """Connect to the socket at a path, or take the connection handed
+        over as a descriptor; then say HELLO on it either way."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if isinstance(doorbell, int):
+            sock = socket.socket(fileno=doorbell)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, path), self._timeout)
+            if not isinstance(doorbell, int):
+                await asyncio.wait_for(loop.sock_connect(sock, doorbell), self._timeout)
             await loop.sock_sendall(sock, wire.Hello(self._client.domid, self._secret).encode())
             data = await asyncio.wait_for(loop.sock_recv(sock, wire.MAX_DATAGRAM + 1), self._timeout)
             if not data:

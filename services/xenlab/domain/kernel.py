@@ -29,8 +29,12 @@ TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 
 class DomainKernel:
-    def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None):
+    def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
+                 memory_map=None):
+        """``memory_map``: the domain's memory, already mapped from the
+        object its launcher handed over (else boot opens the segment)."""
         self.start_info = start
+        self._memory_map = memory_map
         self.domid = start.domid
         self.name = start.name
         self.hv = HypervisorClient.connect(start.hypervisor, start.domid, start.secret)
@@ -56,12 +60,14 @@ class DomainKernel:
     async def boot(self) -> None:
         mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
             domain=common_pb2.DomainRef(domid=self.domid), with_populated=True))
-        self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
+        self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,
+                                  mapping=self._memory_map)
         self.memory.set_populated(mm.populated)
         self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
                                       self.start_info.vcpus)
-        self.evtchn = GuestEventChannels(self.hv, self.shared_info,
-                                         self.start_info.doorbell or None, self.start_info.secret)
+        start = self.start_info
+        doorbell = start.doorbell_fd if start.doorbell_fd >= 0 else (start.doorbell or None)
+        self.evtchn = GuestEventChannels(self.hv, self.shared_info, doorbell, start.secret)
         await self.evtchn.start()
         self.xenbus = XenbusClient(self.hv, self.domid)
         await self.xenbus.start()

@@ -11,6 +11,7 @@ from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.events import config as events_config
 from xenlab.hypervisor import docker_launcher
 from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig, default_rundir
+from xenlab.hypervisor.launcher import add_domain_uids_argument, parse_domain_uids
 from xenlab.xen.errors import ConfigError
 
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", choices=("local", "docker", "none"), default="local",
                         help="how created domains run (default local processes)")
     parser.add_argument("--max-domains", type=int, default=256)
+    add_domain_uids_argument(parser)
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--die-with-parent", action="store_true",
@@ -39,7 +41,8 @@ def config_from_args(args, env=None) -> HypervisorConfig:
     return HypervisorConfig(address=args.listen, rundir=args.rundir or default_rundir(env),
                             shm_dir=args.shm_dir, total_memory_mb=args.memory,
                             launcher=args.launcher, max_domains=args.max_domains,
-                            log_level=args.log_level, docker=docker_launcher.config_from_args(args))
+                            log_level=args.log_level, docker=docker_launcher.config_from_args(args),
+                            domain_uids=parse_domain_uids(args.domain_uids))
 
 
 def run(args) -> int:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xenlab.hypervisor.docker_launcher import DockerConfig
+from xenlab.hypervisor.launcher import DomainUids
 from xenlab.hypervisor.xenstore import XenStoreQuotas
 
 DEFAULT_ADDRESS = "127.0.0.1:9770"
@@ -33,3 +34,6 @@ class HypervisorConfig:
     xenstore_quotas: XenStoreQuotas = field(default_factory=XenStoreQuotas)
     log_level: str = "INFO"
     docker: DockerConfig = field(default_factory=DockerConfig)   # the docker launcher's
+    # The local launcher runs each domU under a uid of its own (None: as the
+    # hypervisor's user, with no OS wall between domains).
+    domain_uids: DomainUids | None = None

@@ -11,6 +11,8 @@ import errno
 import logging
 import os
 import platform
+import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -21,7 +23,8 @@ from xenlab.hypervisor.domains import Domain, DomainTable, RunState
 from xenlab.hypervisor.evtchn import EventChannels
 from xenlab.hypervisor.grants import PRIVILEGED_MAX_MAPTRACK, GrantTables
 from xenlab.hypervisor.identity import Caller, Identity
-from xenlab.hypervisor.launcher import DomainProcess, Launcher, StartInfo, make_launcher
+from xenlab.hypervisor.launcher import (DomainHandles, DomainProcess, DomainsDir, Launcher,
+                                        StartInfo, make_launcher)
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
@@ -60,7 +63,8 @@ class Hypervisor:
                                     default_max_ports=config.evtchn_max_ports)
         self.xs_connections = XenStoreConnections()
         self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
-        self.launcher = launcher or make_launcher(config.launcher, config.log_level, config.docker)
+        self.domains_dir = DomainsDir(self.rundir.path, config.domain_uids)
+        self.launcher = launcher or self._make_launcher(config.launcher)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
         self._procs: dict[int, DomainProcess] = {}
         self._reapers: dict[int, asyncio.Task] = {}
@@ -112,6 +116,7 @@ class Hypervisor:
         self._remove_from_cores(0)
         for launcher in self.launchers.values():
             await launcher.close()
+        self.domains_dir.close()
         for path in (self.rundir.address_file, self.rundir.dom0_secret_file):
             path.unlink(missing_ok=True)
 
@@ -159,10 +164,14 @@ class Hypervisor:
             for nodes in nics:
                 self._write_vif(nodes)
             self.xenstore.introduce_domain(dom.domid)
-            proc = await launcher.start(self._start_info(dom, secret))
+            token = secrets.token_urlsafe(32)
+            proc = await self._launch(launcher, dom, secret, token)
         except BaseException:
             await self._teardown(dom)
             raise
+        dom.agent = proc.agent if proc is not None else self._agent_without_process(dom.domid)
+        dom.agent_token = token
+        self._record_agent(dom.domid, dom.agent, token)
         if proc is not None:
             self._procs[dom.domid] = proc
             self._reapers[dom.domid] = asyncio.create_task(self._reap(dom, proc))
@@ -421,16 +430,58 @@ class Hypervisor:
             return self.launcher
         if name not in self.launchers:
             try:
-                self.launchers[name] = make_launcher(name, self.config.log_level, self.config.docker)
+                self.launchers[name] = self._make_launcher(name)
             except ValueError as err:
                 raise DomainError(errno.EINVAL, str(err)) from None
         return self.launchers[name]
 
-    def _start_info(self, dom: Domain, secret: str) -> StartInfo:
+    def _make_launcher(self, name: str) -> Launcher:
+        return make_launcher(name, self.config.log_level, self.config.docker, self.domains_dir)
+
+    async def _launch(self, launcher: Launcher, dom: Domain, secret: str,
+                      token: str) -> DomainProcess | None:
+        """Start the domain's process, handing it its memory object and a
+        doorbell connection already made for it where the launcher can pass
+        descriptors: it is told no path into the rundir or /dev/shm."""
+        info = self._start_info(dom, secret, token)
+        if not launcher.takes_handles:
+            return await launcher.start(info)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.doorbell.adopt(ours, dom.domid)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        try:
+            return await launcher.start(info, DomainHandles(
+                memory_fd=self.memory.segment_fd(dom.domid), doorbell_fd=theirs.fileno()))
+        finally:
+            theirs.close()
+
+    def _start_info(self, dom: Domain, secret: str, agent_token: str = "") -> StartInfo:
         console = self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
+        isolated = self.domains_dir.isolated
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
-                         hypervisor=self.address, doorbell=str(self.rundir.doorbell),
-                         vcpus=dom.vcpus, console_log=str(console))
+                         hypervisor=self.domains_dir.hypervisor_address or self.address,
+                         doorbell="" if isolated else str(self.rundir.doorbell),
+                         vcpus=dom.vcpus, console_log=str(console), agent_token=agent_token)
+
+    def _agent_without_process(self, domid: int) -> str:
+        """A domain with no launcher process (launcher none) is run by the
+        toolstack itself: it gets a directory and an agent address all the
+        same, returned with its credentials."""
+        self.domains_dir.domain_dir(domid)
+        return self.domains_dir.agent_address(domid)
+
+    def _record_agent(self, domid: int, address: str, token: str) -> None:
+        """The toolstack's record of where the guest agent is and what opens
+        it: the address is the launcher's, never what the guest says."""
+        if not address:
+            return
+        base = vifs.agent_record_path(domid)
+        self.xenstore.write(DOM0, f"{base}/address", address.encode())
+        self.xenstore.write(DOM0, f"{base}/token", token.encode())
 
     def console_log(self, dom: Domain) -> Path:
         return self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
@@ -523,8 +574,7 @@ class Hypervisor:
         if proc is not None:
             await proc.kill()
         self._remove_backends(dom.domid)
-        # The guest agent's socket, if the domain could not remove it itself.
-        (self.rundir.path / f"agent-d{dom.domid}.sock").unlink(missing_ok=True)
+        self.domains_dir.remove_domain_dir(dom.domid)
         self.doorbell.disconnect(dom.domid)
         self.identity.revoke(dom.domid)
         self._remove_from_cores(dom.domid)

@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from xenlab.hypervisor.launcher import DomainProcess, Launcher, StartInfo
+from xenlab.hypervisor.launcher import DomainHandles, DomainProcess, Launcher, StartInfo
 from xenlab.xen.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,12 @@ def _exit_status(code: int) -> int:
 class DockerDomain(DomainProcess):
     """A domain's container."""
 
-    def __init__(self, launcher: "DockerLauncher", container, agent_port: int, console_log: str):
+    def __init__(self, launcher: "DockerLauncher", container, agent_port: int, console_log: str,
+                 agent: str = ""):
         self.launcher = launcher
         self.container = container
         self.agent_port = agent_port
+        self.agent = agent
         self.pid = int(container.attrs.get("State", {}).get("Pid") or 0)
         self._console: threading.Thread | None = None
         if console_log:
@@ -316,7 +318,7 @@ class DockerLauncher(Launcher):
         if self._ports is not None and port:
             self._ports.give_back(port)
 
-    async def start(self, info: StartInfo) -> DockerDomain:
+    async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DockerDomain:
         from docker.errors import DockerException
         from requests import RequestException     # the SDK's transport: the daemon went away
         port = 0
@@ -338,7 +340,7 @@ class DockerLauncher(Launcher):
             raise
         log.info("d%d (%s): started container %s%s", info.domid, info.name, container.name,
                  f", agent on port {port}" if port else "")
-        return DockerDomain(self, container, port, info.console_log)
+        return DockerDomain(self, container, port, info.console_log, info.agent)
 
     def _create_and_start(self, info: StartInfo, port: int):
         cfg = self.config

@@ -47,6 +47,8 @@ class Domain:
     online_vcpus: int = 0     # xl vcpu-set; vcpus is the maximum (maxvcpus)
     created: float = field(default_factory=time.monotonic)
     spec: object = None      # the DomainSpec it was created from (restart re-uses it)
+    agent: str = ""          # where its guest agent listens (the launcher's choice)
+    agent_token: str = ""    # what the agent's callers must present
 
     def action_for(self, reason: str) -> str:
         """The xl.cfg policy for a shutdown reason (watchdog counts as crash)."""

@@ -28,7 +28,8 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     async def Create(self, request, context):
         self._toolstack(context, "creating a domain")
         dom, secret = await self.hv.create_domain(request.spec, paused=request.paused)
-        return domains_pb2.CreateDomainResponse(info=self._info(dom), secret=secret)
+        return domains_pb2.CreateDomainResponse(info=self._info(dom), secret=secret,
+                                                agent=dom.agent, agent_token=dom.agent_token)
 
     @handles_xen_errors
     async def Destroy(self, request, context):

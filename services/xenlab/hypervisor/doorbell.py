@@ -53,6 +53,7 @@ CopyHandler = Callable[[Caller, Sequence[wire.GnttabCopy]], list[int]]
 class _Connection:
     sock: socket.socket
     domid: int = -1
+    expect: int = -1            # an adopted socket: the only domain that may HELLO on it
     caller: Caller | None = None
     task: asyncio.Task | None = None
     done: asyncio.Future | None = None
@@ -194,9 +195,18 @@ class UpcallRouter:
                 log.warning("doorbell accept failed: %s", err)
                 await asyncio.sleep(0.1)
                 continue
-            conn = _Connection(sock)
-            self._pending.add(conn)
-            conn.task = asyncio.create_task(self._serve(conn), name="doorbell-conn")
+            self._serve_new(_Connection(sock))
+
+    def adopt(self, sock: socket.socket, domid: int) -> None:
+        """Serve one end of a socket pair whose other end the launcher hands
+        to domain ``domid``: the domain needs no path to the doorbell, and
+        only ``domid`` may say HELLO on it (with its secret, as on any)."""
+        sock.setblocking(False)
+        self._serve_new(_Connection(sock, expect=domid))
+
+    def _serve_new(self, conn: _Connection) -> None:
+        self._pending.add(conn)
+        conn.task = asyncio.create_task(self._serve(conn), name="doorbell-conn")
 
     async def _serve(self, conn: _Connection) -> None:
         try:
@@ -230,6 +240,9 @@ class UpcallRouter:
             msg = self._decode(data)
             if not isinstance(msg, wire.Hello):
                 raise wire.malformed(f"expected HELLO, got {type(msg).__name__.upper()}")
+            if conn.expect >= 0 and msg.domid != conn.expect:
+                raise XenError(errno.EPERM, f"this doorbell was handed to d{conn.expect}, "
+                                            f"not d{msg.domid}")
             caller = self._authenticate(msg.domid, msg.secret)
             if self.connections(caller.domid) >= MAX_CONNECTIONS:
                 raise XenError(errno.EMFILE,

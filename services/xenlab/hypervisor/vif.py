@@ -61,6 +61,14 @@ def record_path(domid: int, devid: int | None = None) -> str:
     return base if devid is None else f"{base}/{devid}"
 
 
+def agent_record_path(domid: int) -> str:
+    """Where the toolstack keeps a domain's guest agent: ``address`` and
+    ``token`` (what a caller must present), written at creation from what
+    the launcher decided. Under /libxl, so Domain-0 alone reads it and the
+    guest can neither read the token nor point the toolstack elsewhere."""
+    return f"{record_root(domid)}/agent"
+
+
 def normalise_mac(text: str) -> str:
     """A vif MAC: six octets, unicast (a multicast source could not be learned)."""
     try:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from xenlab.hypervisor.launcher import add_domain_uids_argument
 from xenlab.lab.runner import Lab, LabError, read_state, _alive
 from xenlab.lab.spec import demo_lab, load_lab
 from xenlab.osutil import on_stop_signal
@@ -27,6 +28,7 @@ def up_arguments(parser: argparse.ArgumentParser) -> None:
                         help="log level of the services (their logs go to RUNDIR/logs)")
     parser.add_argument("--detach", action="store_true",
                         help="return once the lab is up, leaving it running (stop it with `xenlab down`)")
+    add_domain_uids_argument(parser)
 
 
 def _progress(text: str) -> None:
@@ -35,7 +37,8 @@ def _progress(text: str) -> None:
 
 async def _up(args) -> int:
     spec = load_lab(args.lab) if args.lab else demo_lab()
-    lab = Lab(spec, args.rundir, log_level=args.log_level, progress=_progress)
+    lab = Lab(spec, args.rundir, log_level=args.log_level, progress=_progress,
+              domain_uids=args.domain_uids)
     stop = asyncio.Event()
     on_stop_signal(stop.set)
     await lab.up(timeout=args.timeout)
@@ -67,7 +70,8 @@ def _detach(args) -> int:
     """Run `xenlab up` in the background and wait until it reports up."""
     import subprocess
     cmd = [sys.executable, "-m", "xenlab.cli.main", "up", "--rundir", str(args.rundir),
-           "--timeout", str(args.timeout), "--log-level", args.log_level]
+           "--timeout", str(args.timeout), "--log-level", args.log_level,
+           "--domain-uids", args.domain_uids]
     if args.lab:
         cmd.append(str(args.lab))
     args.rundir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import pwd
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ import grpc
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.events.config import BrokerAddress, EventsConfig
 from xenlab.events.topics import Topics
+from xenlab.hypervisor.launcher import parse_domain_uids
 from xenlab.lab.spec import LabSpec
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
 from xenlab.xen import abi
@@ -30,6 +32,24 @@ from xenlab.xen.xlcfg import to_domain_spec
 log = logging.getLogger(__name__)
 
 CONNECTED = int(abi.XenbusState.Connected)
+
+
+def isolation_note(uids) -> str:
+    """What `xenlab up` says about the walls between local domains."""
+    if uids is not None:
+        return (f"each domU runs as a host user of its own (uid {uids.base}+domid), with only "
+                f"its own memory, doorbell and agent socket: see SECURITY.md")
+    user = pwd.getpwuid(os.geteuid()).pw_name if _has_user(os.geteuid()) else str(os.geteuid())
+    return (f"domUs run as your user ({user}): the OS keeps no wall between them, nor between "
+            f"them and the rundir; run as root for a uid per domU (see SECURITY.md)")
+
+
+def _has_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
 
 
 def vif_ready(vif) -> bool:
@@ -58,6 +78,7 @@ class Lab:
     hv: HypervisorClient | None = None
     domids: dict[str, int] = field(default_factory=dict)
     events: EventsConfig | None = None      # where the services publish (None: nowhere)
+    domain_uids: str = "auto"               # the hypervisor's --domain-uids
     _stopping: bool = False
     _dom0_watch: asyncio.Task | None = None
 
@@ -133,11 +154,14 @@ class Lab:
         self.progress(f"starting the hypervisor on {listen}")
         hv = await self._spawn("hypervisor", "hypervisor", "--listen", listen, "--rundir", str(self.rundir),
                                "--memory", str(self.spec.memory_mb), "--launcher", self.spec.launcher,
+                               "--domain-uids", self.domain_uids,
                                "--log-level", self.log_level, "--die-with-parent", *self._events_args())
 
         async def ready():
             return self.run.address_file.exists()
         await self._wait(hv, ready, "the hypervisor to listen")
+        if self.spec.launcher == "local":
+            self.progress(isolation_note(parse_domain_uids(self.domain_uids)))
         self.hv = HypervisorClient.connect(self.run.read_address(), 0, self.run.read_dom0_secret())
 
     async def _xs_read(self, path: str) -> str | None:
