@@ -33,6 +33,7 @@ DELEGATES = {
     "down": ("xenlab.lab.cli:down", "stop the lab that `xenlab up` runs"),
     "status": ("xenlab.lab.cli:status", "show what a lab runs"),
     "soak": ("xenlab.lab.soak", "run a lab under traffic and faults, then check every frame is accounted for"),
+    "hostile-soak": ("xenlab.lab.hostile", "one domU runs every known flood while two others ping: RTT, failures, memory"),
     "bench": ("xenlab.bench.__main__", "measure throughput, latency and scale, side by side with the Linux kernel bridge"),
     "events": ("xenlab.events.watch", "print a lab's MQTT events as they arrive (docs/EVENTS.md)"),
     "healthcheck": ("xenlab.cli.healthcheck", "exit 0 when gRPC servers, a broker, xenstore nodes or vifs are healthy"),
