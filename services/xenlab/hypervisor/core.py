@@ -292,32 +292,49 @@ class Hypervisor:
 
     async def network_detach(self, domid: int, device: str, force: bool = False,
                              timeout: float = 10.0) -> None:
-        """libxl__device_nic_remove: ask the backend to close (online=0,
-        state=Closing), wait for Closed, then remove both directories."""
+        """libxl_device_nic_remove: ask the backend to close (online=0,
+        state=Closing), wait for Closed, then remove both directories. A
+        backend that does not close within ``timeout`` (its frontend never
+        answers, say) is removed forcibly, as libxl re-runs a remove that
+        timed out with LIBXL__FORCE_ON; ``force`` (libxl_device_nic_destroy)
+        starts there. The backend's own removal is what tears it down."""
         self.domains.get(domid)
         match = [(devid, front) for devid, front, _ in self._vif_dirs(domid)
                  if device == str(devid) or device.lower() == front.get("mac", "").lower()]
         if not match:
             raise DomainError(errno.ENOENT, f"d{domid} has no vif {device!r}")
         devid, front = match[0]
-        bpath = front.get("backend", "")
+        bpath, fpath = front.get("backend", ""), vifs.frontend_path(domid, devid)
         if bpath and self.xenstore.exists(bpath):
-            closed_state = str(int(abi.XenbusState.Closed))
-            self.xenstore.write(DOM0, f"{bpath}/online", b"0")
-            # libxl__initiate_device_generic_remove: a backend already Closed
-            # (netback disabled the vif, say) is left Closed, not sent back
-            # to Closing to wait for a Closed that never comes.
-            if self._read_value(f"{bpath}/state") != closed_state:
-                self.xenstore.write(DOM0, f"{bpath}/state",
-                                    str(int(abi.XenbusState.Closing)).encode())
-            closed = await self._wait_xenstore(f"{bpath}/state", closed_state, timeout)
+            closed = await self._close_backend(bpath, fpath, force, timeout)
             if not closed and not force:
-                raise DomainError(errno.ETIMEDOUT, f"vif {devid} of d{domid}: the backend did not "
-                                                   f"reach Closed within {timeout:g}s (use force)")
-            self.xenstore.rm(DOM0, bpath)
-        for path in (vifs.frontend_path(domid, devid), vifs.record_path(domid, devid)):
+                log.warning("vif %d of d%d: the backend did not reach Closed within %gs; "
+                            "removing the device forcibly", devid, domid, timeout)
+                closed = await self._close_backend(bpath, fpath, True, timeout)
+            if not closed:
+                log.warning("vif %d of d%d: removing a backend that never reached Closed",
+                            devid, domid)
+            if self.xenstore.exists(bpath):
+                self.xenstore.rm(DOM0, bpath)
+        for path in (fpath, vifs.record_path(domid, devid)):
             if self.xenstore.exists(path):
                 self.xenstore.rm(DOM0, path)
+
+    async def _close_backend(self, bpath: str, fpath: str, force: bool, timeout: float) -> bool:
+        """libxl__initiate_device_generic_remove; True once the backend is
+        Closed (or gone). Forced, the frontend directory goes first: a
+        backend that is alive sees its frontend vanish and closes."""
+        if force and self.xenstore.exists(fpath):
+            self.xenstore.rm(DOM0, fpath)
+        if not self.xenstore.exists(bpath):
+            return True
+        closed_state = str(int(abi.XenbusState.Closed))
+        self.xenstore.write(DOM0, f"{bpath}/online", b"0")
+        # A backend already Closed (netback disabled the vif, say) is left
+        # Closed, not sent back to Closing to wait for a Closed that never comes.
+        if self._read_value(f"{bpath}/state") != closed_state:
+            self.xenstore.write(DOM0, f"{bpath}/state", str(int(abi.XenbusState.Closing)).encode())
+        return await self._wait_xenstore(f"{bpath}/state", closed_state, timeout)
 
     def _read_value(self, path: str) -> str | None:
         try:
@@ -329,7 +346,7 @@ class Hypervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.xenstore.read(DOM0, path).decode() == value:
+                if self.xenstore.read(DOM0, path) == value.encode():
                     return True
             except XenError:
                 return True     # the node went away: the backend is gone too
@@ -372,7 +389,8 @@ class Hypervisor:
         closed_state = str(int(abi.XenbusState.Closed)).encode()
         for path in self._backend_dirs(domid):
             try:
-                frontend = self.xenstore.read(DOM0, f"{path}/frontend").decode()
+                # A driver domain that is not Domain-0 owns its backend directories.
+                frontend = self.xenstore.read(DOM0, f"{path}/frontend").decode(errors="replace")
                 if self.xenstore.read(DOM0, f"{path}/state") != closed_state:
                     self.xenstore.write(DOM0, f"{path}/state", closed_state)
                     closed.append(path)
