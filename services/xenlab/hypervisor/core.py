@@ -27,6 +27,7 @@ from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
 from xenlab.xen import abi
+from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.shared_info import SharedInfo
 
@@ -89,7 +90,7 @@ class Hypervisor:
         pid, so remove those whose owner is gone."""
         for path in Path(self.config.shm_dir).glob("xenlab-*-*"):
             pid = path.name.split("-")[1]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            if is_decimal(pid) and not Path(f"/proc/{pid}").exists():
                 try:
                     path.unlink()
                     log.info("removed %s, left by a hypervisor that is gone", path)
@@ -258,7 +259,7 @@ class Hypervisor:
         """The toolstack's own record of each vif it attached to ``domid``."""
         base = vifs.record_path(domid)
         try:
-            devids = sorted(int(d) for d in self.xenstore.directory(DOM0, base) if d.isdigit())
+            devids = sorted(int(d) for d in self.xenstore.directory(DOM0, base) if is_decimal(d))
         except XenError:
             return []
         return [(devid, self._read_dir(f"{base}/{devid}")) for devid in devids]
@@ -314,8 +315,7 @@ class Hypervisor:
             if not closed:
                 log.warning("vif %d of d%d: removing a backend that never reached Closed",
                             devid, domid)
-            if self.xenstore.exists(bpath):
-                self.xenstore.rm(DOM0, bpath)
+            self._rm_backend_dir(bpath)
         for path in (fpath, vifs.record_path(domid, devid)):
             if self.xenstore.exists(path):
                 self.xenstore.rm(DOM0, path)
@@ -357,12 +357,17 @@ class Hypervisor:
         """A dying domain's vifs: remove their backend directories so that
         the backend tears the devices down at once (libxl on destroy)."""
         for _, record in self._vif_records(domid):
-            bpath = record.get("backend", "")
-            if bpath and self.xenstore.exists(bpath):
-                self.xenstore.rm(DOM0, bpath)
-                parent = bpath.rsplit("/", 1)[0]
-                if self.xenstore.exists(parent) and not self.xenstore.directory(DOM0, parent):
-                    self.xenstore.rm(DOM0, parent)
+            if record.get("backend"):
+                self._rm_backend_dir(record["backend"])
+
+    def _rm_backend_dir(self, bpath: str) -> None:
+        """A device's backend directory, and backend/TYPE/DOMID once empty
+        (as libxl__xs_path_cleanup removes the parents it emptied)."""
+        if self.xenstore.exists(bpath):
+            self.xenstore.rm(DOM0, bpath)
+        parent = bpath.rsplit("/", 1)[0]
+        if self.xenstore.exists(parent) and not self.xenstore.directory(DOM0, parent):
+            self.xenstore.rm(DOM0, parent)
 
     async def backend_gone(self, domid: int, timeout: float = 2.0) -> dict:
         """The kernel of backend domain `domid` died but the domain stays in
