@@ -21,6 +21,8 @@ from xenlab.domain.xenbus import XenbusBus, XenbusClient
 from xenlab.hypervisor.launcher import StartInfo
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
 from xenlab.xen import abi
+from xenlab.xen.digits import U64_MAX, parse_decimal
+from xenlab.xen.errors import XenError
 from xenlab.xen.shared_info import SharedInfo
 
 log = logging.getLogger(__name__)
@@ -110,7 +112,11 @@ class DomainKernel:
             log.debug("timer re-arm failed: %s", err.details())
 
     async def _on_shutdown_request(self, path: str) -> None:
-        request = await self.xenbus.read("control/shutdown", default="")
+        try:
+            request = await self.xenbus.read("control/shutdown", default="")
+        except XenError as err:
+            log.warning("ignoring a shutdown request: %s", err.message)
+            return
         if request in ("poweroff", "halt", "reboot"):
             # Acknowledge by clearing the node, as Linux's shutdown_handler does.
             await self.xenbus.write("control/shutdown", "")
@@ -121,12 +127,16 @@ class DomainKernel:
     async def _on_memory_target(self, path: str) -> None:
         """The balloon driver: follow memory/target (KiB) by giving frames
         back to, or taking them from, the hypervisor."""
-        target_kb = await self.xenbus.read("memory/target", default="")
-        if not target_kb.isdigit():
+        try:
+            target_kb = await self.xenbus.read("memory/target", default="")
+            if not target_kb:
+                return
+            target = parse_decimal(target_kb, "memory/target", maximum=U64_MAX) // 4
+        except XenError as err:
+            log.warning("balloon: ignoring %s", err.message)
             return
         async with self._balloon_lock:
             res = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
-            target = int(target_kb) // 4
             if target < res.current_pages:
                 give = self.memory.balloon_candidates(res.current_pages - target)
                 await self.hv.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(

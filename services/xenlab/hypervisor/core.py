@@ -30,6 +30,7 @@ from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
 from xenlab.xen import abi
+from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.shared_info import SharedInfo
 
@@ -93,7 +94,7 @@ class Hypervisor:
         pid, so remove those whose owner is gone."""
         for path in Path(self.config.shm_dir).glob("xenlab-*-*"):
             pid = path.name.split("-")[1]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            if is_decimal(pid) and not Path(f"/proc/{pid}").exists():
                 try:
                     path.unlink()
                     log.info("removed %s, left by a hypervisor that is gone", path)
@@ -267,7 +268,7 @@ class Hypervisor:
         """The toolstack's own record of each vif it attached to ``domid``."""
         base = vifs.record_path(domid)
         try:
-            devids = sorted(int(d) for d in self.xenstore.directory(DOM0, base) if d.isdigit())
+            devids = sorted(int(d) for d in self.xenstore.directory(DOM0, base) if is_decimal(d))
         except XenError:
             return []
         return [(devid, self._read_dir(f"{base}/{devid}")) for devid in devids]
@@ -301,32 +302,48 @@ class Hypervisor:
 
     async def network_detach(self, domid: int, device: str, force: bool = False,
                              timeout: float = 10.0) -> None:
-        """libxl__device_nic_remove: ask the backend to close (online=0,
-        state=Closing), wait for Closed, then remove both directories."""
+        """libxl_device_nic_remove: ask the backend to close (online=0,
+        state=Closing), wait for Closed, then remove both directories. A
+        backend that does not close within ``timeout`` (its frontend never
+        answers, say) is removed forcibly, as libxl re-runs a remove that
+        timed out with LIBXL__FORCE_ON; ``force`` (libxl_device_nic_destroy)
+        starts there. The backend's own removal is what tears it down."""
         self.domains.get(domid)
         match = [(devid, front) for devid, front, _ in self._vif_dirs(domid)
                  if device == str(devid) or device.lower() == front.get("mac", "").lower()]
         if not match:
             raise DomainError(errno.ENOENT, f"d{domid} has no vif {device!r}")
         devid, front = match[0]
-        bpath = front.get("backend", "")
+        bpath, fpath = front.get("backend", ""), vifs.frontend_path(domid, devid)
         if bpath and self.xenstore.exists(bpath):
-            closed_state = str(int(abi.XenbusState.Closed))
-            self.xenstore.write(DOM0, f"{bpath}/online", b"0")
-            # libxl__initiate_device_generic_remove: a backend already Closed
-            # (netback disabled the vif, say) is left Closed, not sent back
-            # to Closing to wait for a Closed that never comes.
-            if self._read_value(f"{bpath}/state") != closed_state:
-                self.xenstore.write(DOM0, f"{bpath}/state",
-                                    str(int(abi.XenbusState.Closing)).encode())
-            closed = await self._wait_xenstore(f"{bpath}/state", closed_state, timeout)
+            closed = await self._close_backend(bpath, fpath, force, timeout)
             if not closed and not force:
-                raise DomainError(errno.ETIMEDOUT, f"vif {devid} of d{domid}: the backend did not "
-                                                   f"reach Closed within {timeout:g}s (use force)")
-            self.xenstore.rm(DOM0, bpath)
-        for path in (vifs.frontend_path(domid, devid), vifs.record_path(domid, devid)):
+                log.warning("vif %d of d%d: the backend did not reach Closed within %gs; "
+                            "removing the device forcibly", devid, domid, timeout)
+                closed = await self._close_backend(bpath, fpath, True, timeout)
+            if not closed:
+                log.warning("vif %d of d%d: removing a backend that never reached Closed",
+                            devid, domid)
+            self._rm_backend_dir(bpath)
+        for path in (fpath, vifs.record_path(domid, devid)):
             if self.xenstore.exists(path):
                 self.xenstore.rm(DOM0, path)
+
+    async def _close_backend(self, bpath: str, fpath: str, force: bool, timeout: float) -> bool:
+        """libxl__initiate_device_generic_remove; True once the backend is
+        Closed (or gone). Forced, the frontend directory goes first: a
+        backend that is alive sees its frontend vanish and closes."""
+        if force and self.xenstore.exists(fpath):
+            self.xenstore.rm(DOM0, fpath)
+        if not self.xenstore.exists(bpath):
+            return True
+        closed_state = str(int(abi.XenbusState.Closed))
+        self.xenstore.write(DOM0, f"{bpath}/online", b"0")
+        # A backend already Closed (netback disabled the vif, say) is left
+        # Closed, not sent back to Closing to wait for a Closed that never comes.
+        if self._read_value(f"{bpath}/state") != closed_state:
+            self.xenstore.write(DOM0, f"{bpath}/state", str(int(abi.XenbusState.Closing)).encode())
+        return await self._wait_xenstore(f"{bpath}/state", closed_state, timeout)
 
     def _read_value(self, path: str) -> str | None:
         try:
@@ -338,7 +355,7 @@ class Hypervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.xenstore.read(DOM0, path).decode() == value:
+                if self.xenstore.read(DOM0, path) == value.encode():
                     return True
             except XenError:
                 return True     # the node went away: the backend is gone too
@@ -349,12 +366,17 @@ class Hypervisor:
         """A dying domain's vifs: remove their backend directories so that
         the backend tears the devices down at once (libxl on destroy)."""
         for _, record in self._vif_records(domid):
-            bpath = record.get("backend", "")
-            if bpath and self.xenstore.exists(bpath):
-                self.xenstore.rm(DOM0, bpath)
-                parent = bpath.rsplit("/", 1)[0]
-                if self.xenstore.exists(parent) and not self.xenstore.directory(DOM0, parent):
-                    self.xenstore.rm(DOM0, parent)
+            if record.get("backend"):
+                self._rm_backend_dir(record["backend"])
+
+    def _rm_backend_dir(self, bpath: str) -> None:
+        """A device's backend directory, and backend/TYPE/DOMID once empty
+        (as libxl__xs_path_cleanup removes the parents it emptied)."""
+        if self.xenstore.exists(bpath):
+            self.xenstore.rm(DOM0, bpath)
+        parent = bpath.rsplit("/", 1)[0]
+        if self.xenstore.exists(parent) and not self.xenstore.directory(DOM0, parent):
+            self.xenstore.rm(DOM0, parent)
 
     async def backend_gone(self, domid: int, timeout: float = 2.0) -> dict:
         """The kernel of backend domain `domid` died but the domain stays in
@@ -381,7 +403,8 @@ class Hypervisor:
         closed_state = str(int(abi.XenbusState.Closed)).encode()
         for path in self._backend_dirs(domid):
             try:
-                frontend = self.xenstore.read(DOM0, f"{path}/frontend").decode()
+                # A driver domain that is not Domain-0 owns its backend directories.
+                frontend = self.xenstore.read(DOM0, f"{path}/frontend").decode(errors="replace")
                 if self.xenstore.read(DOM0, f"{path}/state") != closed_state:
                     self.xenstore.write(DOM0, f"{path}/state", closed_state)
                     closed.append(path)

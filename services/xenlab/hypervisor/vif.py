@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from xenlab.bridge.core import check_bridge_name
 from xenlab.xen import abi
+from xenlab.xen.digits import decimal_or
 from xenlab.xen.errors import ConfigError, DomainError, XenError
 from xenlab.xen.xlcfg import format_mac, parse_mac, parse_rate, random_mac
 
@@ -155,10 +156,7 @@ def pick_mac(spec_mac: str) -> str:
 
 
 def _int(value: str | None, default: int = -1) -> int:
-    try:
-        return int(value) if value not in (None, "") else default
-    except ValueError:
-        return default
+    return decimal_or(value, default)
 
 
 def vif_info(domid: int, devid: int, front: dict[str, str], back: dict[str, str]) -> dict:

@@ -27,6 +27,7 @@ import struct
 from typing import Awaitable, Callable
 
 from xenlab.net.device import NetDevice
+from xenlab.xen.digits import is_decimal
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def parse_address(address: str) -> tuple[str, object]:
         return "unix", address[5:]
     if address.startswith("tcp:"):
         host, _, port = address[4:].rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not is_decimal(port) or len(port) > 5:
             raise ValueError(f"bad veth address {address!r}: expected tcp:HOST:PORT")
         return "tcp", (host.strip("[]"), int(port))
     raise ValueError(f"bad veth address {address!r}: expected unix:PATH or tcp:HOST:PORT")
