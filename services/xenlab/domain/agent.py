@@ -255,9 +255,8 @@ class GuestAgentServer:
         self.server, port = await start_server(
             self.address, [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s)],
             [SERVICE_NAME])
-        if path is not None:
-            os.chmod(path, 0o600)
-        elif self.address.endswith(":0"):
+        # A unix socket is 0600 from the start (start_server).
+        if path is None and self.address.endswith(":0"):
             self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"
         return self.address
 

@@ -14,7 +14,6 @@ import platform
 import time
 from pathlib import Path
 
-from xenlab.client import Rundir
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.doorbell import UpcallRouter
 from xenlab.hypervisor.domains import Domain, DomainTable, RunState
@@ -26,6 +25,7 @@ from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
+from xenlab.rundir import Rundir
 from xenlab.xen import abi
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.shared_info import SharedInfo
@@ -74,8 +74,9 @@ class Hypervisor:
     # -- start and stop ------------------------------------------------------
     async def start(self) -> None:
         self._reap_stale_segments()
-        self.rundir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.rundir.logs.mkdir(exist_ok=True)
+        self.rundir.create()
+        # Before the first segment: what a SIGKILL leaves can then be found.
+        self.rundir.record_hypervisor((self.memory.shm_dir / self.memory.prefix).absolute())
         dom0 = self.domains.add_dom0(self.config.dom0_memory_mb * PAGES_PER_MB,
                                      self.config.dom0_vcpus)
         self._add_to_cores(dom0, dom0.max_pages)
@@ -98,11 +99,7 @@ class Hypervisor:
 
     def publish(self, address: str) -> None:
         """Leave the address and dom0's secret where the toolstack finds them."""
-        secret_file = self.rundir.dom0_secret_file
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.dom0_secret + "\n")
-        self.rundir.address_file.write_text(address + "\n")
+        self.rundir.publish_hypervisor(address, self.dom0_secret)
 
     async def close(self) -> None:
         for dom in list(self.domains):
@@ -112,8 +109,7 @@ class Hypervisor:
         self._remove_from_cores(0)
         for launcher in self.launchers.values():
             await launcher.close()
-        for path in (self.rundir.address_file, self.rundir.dom0_secret_file):
-            path.unlink(missing_ok=True)
+        self.rundir.withdraw_hypervisor()
 
     # -- helpers for servicers -------------------------------------------------
     def domain_exists(self, domid: int) -> bool:
@@ -427,7 +423,8 @@ class Hypervisor:
         return self.launchers[name]
 
     def _start_info(self, dom: Domain, secret: str) -> StartInfo:
-        console = self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
+        # Made here (0600, never through a symlink); the launcher appends to it.
+        console = self.rundir.create_log(self.console_log(dom).name)
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
                          hypervisor=self.address, doorbell=str(self.rundir.doorbell),
                          vcpus=dom.vcpus, console_log=str(console))
