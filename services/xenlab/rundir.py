@@ -28,7 +28,6 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import signal
 import socket
 import stat
@@ -490,11 +489,11 @@ class Rundir:
         return survey
 
     def clean(self, keep: tuple[str, ...] = (), remove_dir: bool = False) -> Cleaned:
-        """Remove what a lab leaves here: its files, sockets and logs, and
-        the memory segments its hypervisor recorded; then the rundir itself
-        if remove_dir and it is empty. Only when none of its processes run
-        (survey()): a running hypervisor's memory is not for taking. Files
-        not a lab's are left alone."""
+        """Remove what a lab leaves here: its files, sockets and logs
+        (logs/*.log, *.console), and the memory segments its hypervisor
+        recorded; then the rundir itself if remove_dir and it is empty.
+        Only when none of its processes run (survey()): a running
+        hypervisor's memory is not for taking. Anything else is left alone."""
         self.check()
         cleaned = Cleaned()
         shm = self._shm_prefix()
@@ -511,17 +510,12 @@ class Rundir:
         for entry in os.scandir(self.path):
             if entry.name in keep:
                 continue
-            try:
-                if entry.name == LOGS and entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                elif (entry.name in FILES or entry.name.startswith(TEMP_PREFIX)
-                      or stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode)):
-                    os.unlink(entry.path)
-                else:
-                    continue
-            except FileNotFoundError:
-                continue
-            cleaned.entries += 1
+            if entry.name == LOGS and entry.is_dir(follow_symlinks=False):
+                cleaned.entries += _remove_entries(entry.path, _is_log)
+                with contextlib.suppress(OSError):
+                    os.rmdir(entry.path)
+            elif _is_lab_entry(entry):
+                cleaned.entries += _remove_entries(self.path, lambda e, name=entry.name: e.name == name)
         if remove_dir:
             with contextlib.suppress(OSError):
                 os.rmdir(self.path)
@@ -534,6 +528,29 @@ class Rundir:
             return None
         shm = data.get("shm") if isinstance(data, dict) else None
         return Path(shm) if isinstance(shm, str) and shm.startswith("/") else None
+
+
+def _is_lab_entry(entry: os.DirEntry) -> bool:
+    try:
+        return (entry.name in FILES or entry.name.startswith(TEMP_PREFIX)
+                or stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode))
+    except FileNotFoundError:
+        return False
+
+
+def _is_log(entry: os.DirEntry) -> bool:
+    """A service's log or a domain's console: what a lab writes in logs/."""
+    return entry.name.endswith((".log", ".console")) and not entry.is_dir(follow_symlinks=False)
+
+
+def _remove_entries(directory: str | Path, which) -> int:
+    removed = 0
+    for entry in os.scandir(directory):
+        if which(entry):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def _mkdir_private(path: Path) -> bool:

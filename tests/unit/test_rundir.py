@@ -263,6 +263,7 @@ def test_clean_removes_a_killed_labs_files_sockets_and_segments_and_nothing_else
     bind_private(sock, str(rundir.socket("agent-d1.sock")))
     sock.close()
     (rundir.path / "notes.txt").write_text("the user's")
+    (rundir.logs / "mine.txt").write_text("the user's too")
     dead = dead_process().to_json()
     rundir.write_state({"name": "l", "processes": {"runner": dead}}, first=True)
     # This process wrote hypervisor.json: as if it had been killed.
@@ -274,7 +275,8 @@ def test_clean_removes_a_killed_labs_files_sockets_and_segments_and_nothing_else
     cleaned = rundir.clean(remove_dir=True)
     assert (cleaned.segments, cleaned.segment_bytes) == (2, 8192)
     assert sorted(os.listdir(shm)) == ["xenlab-998-abcd-d0"]
-    assert os.listdir(rundir.path) == ["notes.txt"]        # and so the rundir stays
+    assert sorted(os.listdir(rundir.path)) == ["logs", "notes.txt"]   # so the rundir stays
+    assert os.listdir(rundir.logs) == ["mine.txt"]
 
 
 def test_a_hypervisor_refuses_a_rundir_whose_hypervisor_runs(rundir, tmp_path):

@@ -504,7 +504,8 @@ def reclaim(run: Rundir, keep: tuple[str, ...] = (), progress=print) -> None:
                        f"`xenlab down --rundir {run.path}`")
     if survey.unrecorded_address:
         raise LabError(f"{run.address_file} names a hypervisor no xenlab process recorded "
-                       f"(written by hand?): use another --rundir")
+                       f"(written by hand, or by an older xenlab): use another --rundir, or "
+                       f"remove it if nothing runs there")
     cleaned = run.clean(keep=keep)
     if survey.stale:
         progress(f"cleaned up after {survey.describe()} in {run.path}, whose processes were "
