@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -288,6 +289,18 @@ class Rundir:
     def check(self) -> None:
         """Refuse a rundir that is not the caller's private directory."""
         self._check_dir(self.path)
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Held while a lab claims the rundir or cleans it (flock on the
+        directory): two `xenlab up` at once cannot both find it free."""
+        self.check()
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | OPEN_FLAGS)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def _check_dir(self, path: Path) -> None:
         try:

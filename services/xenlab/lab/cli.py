@@ -155,8 +155,9 @@ def _detach(args) -> int:
         made = run.create()
         # Here, not only in the background: a lab running there is refused
         # before anything is written, and a clean-up is said on the terminal.
-        reclaim(run, progress=progress)
-        log_fd = run.open_new(UP_LOG)
+        with run.lock():
+            reclaim(run, progress=progress)
+            log_fd = run.open_new(UP_LOG)
         reader = run.open_read(UP_LOG)
     except ConfigError as err:
         print(f"xenlab up: {err.message}", file=sys.stderr)
@@ -257,10 +258,13 @@ def down(args) -> int:
               f"stop it from there", file=sys.stderr)
         return 1
     if survey.stale:
-        cleaned = run.clean()
-        print(f"{what} was not running (its processes were gone: killed?); "
-              f"cleaned up {run.path}: {cleaned}")
-        return 0
+        cleaned = _clean_stale(run)
+        if cleaned is not None:
+            print(f"{what} was not running (its processes were gone: killed?); "
+                  f"cleaned up {run.path}: {cleaned}")
+            return 0
+        survey = run.survey()       # a new lab claimed it meanwhile
+        what = survey.describe()
     # The runner stops its own services; without one, each is stopped.
     runner = survey.running.get("runner")
     for process in [runner] if runner else list(survey.running.values()):
@@ -280,12 +284,20 @@ def down(args) -> int:
             return 1
     message = f"{what} {'killed' if killed else 'stopped'}"
     try:
-        if run.survey().stale:
-            message += f"; cleaned up {run.path}: {run.clean()}"
-    except RundirMissing:
-        pass            # stopped while starting: it removed its rundir itself
+        cleaned = _clean_stale(run)
+    except FileNotFoundError:
+        cleaned = None          # stopped while starting: it removed its rundir itself
+    if cleaned is not None:
+        message += f"; cleaned up {run.path}: {cleaned}"
     print(message)
     return 0
+
+
+def _clean_stale(run: Rundir):
+    """Clean what a lab whose processes are all gone left; None if something
+    recorded runs (again: a new `xenlab up` may have claimed it since)."""
+    with run.lock():
+        return run.clean() if run.survey().stale else None
 
 
 def _wait_gone(survey, timeout: float) -> bool:

@@ -114,11 +114,12 @@ class Lab:
     def _claim(self) -> None:
         """Make the rundir this lab's: refused while anything recorded there
         runs; what a lab whose processes are all gone left is cleaned."""
-        reclaim(self.run, self.keep, self.progress)
-        try:
-            self._write_state("starting", first=True)
-        except FileExistsError:
-            raise LabError(f"another `xenlab up` is starting a lab in {self.rundir}") from None
+        with self.run.lock():
+            reclaim(self.run, self.keep, self.progress)
+            try:
+                self._write_state("starting", first=True)
+            except FileExistsError:
+                raise LabError(f"another `xenlab up` is starting a lab in {self.rundir}") from None
         self._claimed = True
 
     async def _spawn(self, name: str, *args: str) -> Service:
@@ -494,7 +495,8 @@ class Lab:
 def reclaim(run: Rundir, keep: tuple[str, ...] = (), progress=print) -> None:
     """Ready a rundir for a new lab: refused while anything recorded there
     runs; what a lab left (its logs; all of it, with its memory segments,
-    when its processes were killed) is removed, saying so for the latter."""
+    when its processes were killed) is removed, saying so for the latter.
+    Under run.lock()."""
     try:
         survey = run.survey()
     except RundirError as err:
@@ -528,11 +530,3 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def read_state(rundir: Path) -> dict | None:
-    """The lab.json of a rundir, or None (no lab, or a rundir refused)."""
-    try:
-        return Rundir(rundir).read_state()
-    except OSError:
-        return None

@@ -177,3 +177,67 @@ def test_up_detach_says_a_bad_lab_file_before_making_anything(tmp_path):
     result = xenlab("up", "--detach", str(lab), "--rundir", str(tmp_path / "run"))
     assert result.returncode == 1 and result.stderr.startswith("xenlab up: ")
     assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_up_hints_name_the_rundir_only_when_it_is_not_the_default(tmp_path):
+    import argparse
+    from xenlab.lab.cli import _hints
+    from xenlab.lab.spec import demo_lab
+    default = tmp_path / "xenlab"
+    same = argparse.Namespace(rundir=default, default_rundir=default, ready_fd=None)
+    other = argparse.Namespace(rundir=tmp_path / "other", default_rundir=default, ready_fd=3)
+    assert "--rundir" not in _hints(demo_lab(), same)
+    assert "xenlab xl list, xenlab status. Stop with Ctrl-C or `xenlab down`." in _hints(demo_lab(), same)
+    hint = _hints(demo_lab(), other)
+    assert f"xenlab xl list --rundir {tmp_path / 'other'}," in hint
+    assert hint.endswith(f"Stop with `xenlab down --rundir {tmp_path / 'other'}`.")
+
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(120)"
+OBEDIENT = "import time; print('ready', flush=True); time.sleep(120)"
+
+
+def started(code: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"          # its SIGTERM handler is set
+    return proc
+
+
+def test_down_force_kills_a_lab_that_does_not_stop(tmp_path):
+    run = Rundir(tmp_path / "run")
+    run.create()
+    runner, service = started(STUBBORN), started(STUBBORN)
+    try:
+        run.write_state({"name": "stuck", "pid": runner.pid, "processes": {
+            "runner": ProcessRecord.of(runner.pid).to_json(),
+            "bridge": ProcessRecord.of(service.pid).to_json()}}, first=True)
+        polite = xenlab("down", "--timeout", "1", "--rundir", str(run.path))
+        assert polite.returncode == 1
+        assert polite.stderr == (f"xenlab down: lab stuck (process {runner.pid}) is still stopping "
+                                 f"after 1s (runner, bridge); `xenlab down --force` kills it\n")
+        forced = xenlab("down", "--timeout", "1", "--force", "--rundir", str(run.path))
+        assert forced.returncode == 0, forced.stderr
+        assert forced.stdout.startswith(f"lab stuck (process {runner.pid}) killed; cleaned up {run.path}")
+        assert runner.wait(10) == -9 and service.wait(10) == -9
+        assert os.listdir(run.path) == []
+    finally:
+        for proc in (runner, service):
+            proc.kill()
+            proc.wait()
+
+
+def test_down_stops_the_services_of_a_lab_whose_up_was_killed(tmp_path):
+    run = Rundir(tmp_path / "run")
+    run.create()
+    service = started(OBEDIENT)
+    try:
+        run.write_state({"name": "orphaned", "pid": 1, "processes": {
+            "runner": dead_process(), "hypervisor": ProcessRecord.of(service.pid).to_json()}},
+            first=True)
+        result = xenlab("down", "--rundir", str(run.path))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("lab orphaned (process ") and " stopped; cleaned up" in result.stdout
+        assert service.wait(10) == -15
+    finally:
+        service.kill()
+        service.wait()
