@@ -275,6 +275,10 @@ class Rundir:
     def socket(self, name: str) -> Path:
         return self.path / name
 
+    def agent_socket(self, domid: int) -> Path:
+        """A guest agent's socket, unless its launcher chose an address."""
+        return self.path / f"agent-d{domid}.sock"
+
     # -- the directory ------------------------------------------------------------------
     def create(self) -> bool:
         """Make the rundir if missing, mode 0700 whatever the umask; check

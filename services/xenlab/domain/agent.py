@@ -31,6 +31,7 @@ from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.proto import agent_pb2, agent_pb2_grpc
 from xenlab.rpc import handles_xen_errors, start_server
+from xenlab.rundir import Rundir
 from xenlab.xen.errors import XenError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def agent_address(start_info) -> str:
     if getattr(start_info, "agent", ""):
         return start_info.agent
     if start_info.doorbell:
-        return f"unix:{Path(start_info.doorbell).parent}/agent-d{start_info.domid}.sock"
+        return f"unix:{Rundir(Path(start_info.doorbell).parent).agent_socket(start_info.domid)}"
     return "127.0.0.1:0"
 
 

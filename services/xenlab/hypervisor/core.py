@@ -521,7 +521,7 @@ class Hypervisor:
             await proc.kill()
         self._remove_backends(dom.domid)
         # The guest agent's socket, if the domain could not remove it itself.
-        (self.rundir.path / f"agent-d{dom.domid}.sock").unlink(missing_ok=True)
+        self.rundir.agent_socket(dom.domid).unlink(missing_ok=True)
         self.doorbell.disconnect(dom.domid)
         self.identity.revoke(dom.domid)
         self._remove_from_cores(dom.domid)

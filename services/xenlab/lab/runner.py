@@ -161,7 +161,7 @@ class Lab:
             await asyncio.sleep(0.05)
 
     async def _start_hypervisor(self) -> None:
-        listen = self.spec.listen or f"unix:{self.rundir}/hv.sock"
+        listen = self.spec.listen or f"unix:{self.run.socket('hv.sock')}"
         self.progress(f"starting the hypervisor on {listen}")
         hv = await self._spawn("hypervisor", "hypervisor", "--listen", listen, "--rundir", str(self.rundir),
                                "--memory", str(self.spec.memory_mb), "--launcher", self.spec.launcher,
