@@ -90,12 +90,56 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def on_stop_signal(callback, *args) -> None:
-    """Call ``callback(*args)`` on the running loop when SIGINT or SIGTERM arrives."""
+class StopSignal:
+    """Which stop signal (SIGINT or SIGTERM) arrived first, if one has."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def exit_status(self) -> int:
+        """What a shell reports for a command a signal ended: 128 + its
+        number (130 for Ctrl-C, 143 for SIGTERM). Every command that stops
+        early on one exits with it."""
+        return 128 + self.signum if self.signum else 0
+
+
+def on_stop_signal(callback, *args) -> StopSignal:
+    """Call ``callback(*args)`` on the running loop each time SIGINT or
+    SIGTERM arrives; the result says which came first."""
     import asyncio
     loop = asyncio.get_running_loop()
+    received = StopSignal()
+
+    def arrived(signum: int) -> None:
+        if received.signum is None:
+            received.signum = signum
+        callback(*args)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, callback, *args)
+        loop.add_signal_handler(sig, arrived, sig)
+    return received
+
+
+class Interrupted(Exception):
+    """A stop signal cancelled the work; exit with ``exit_status``."""
+
+    def __init__(self, received: StopSignal):
+        super().__init__(signal.Signals(received.signum).name)
+        self.exit_status = received.exit_status
+
+
+async def cancelled_by_stop_signal(coro):
+    """Await `coro`; SIGINT or SIGTERM cancels it (its cleanup runs: a lab
+    still goes down), and then Interrupted is raised."""
+    import asyncio
+    task = asyncio.current_task()
+    received = on_stop_signal(task.cancel)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if received.signum is None:
+            raise
+        raise Interrupted(received) from None
 
 
 async def wait_for_stop_signal() -> None:

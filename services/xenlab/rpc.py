@@ -3,7 +3,8 @@
 * credentials travel as metadata ``xen-domid`` / ``xen-secret``;
 * ``handles_xen_errors`` is the one place a core's typed ``XenError`` becomes
   a gRPC status and message;
-* ``start_server`` adds health checking and server reflection to every server.
+* ``start_server`` adds health checking and server reflection to every
+  server, and makes its unix socket 0600.
 """
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import functools
 import hmac
 import inspect
 import logging
+import os
 from typing import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xenlab.rundir import PRIVATE_FILE, private_umask
 from xenlab.xen.errors import XenError, grpc_status
 
 log = logging.getLogger(__name__)
@@ -118,11 +121,23 @@ async def start_server(address: str, register: Iterable, service_names: Iterable
     reflection.enable_server_reflection(
         names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
-    if port == 0 and not address.startswith("unix:"):
-        raise OSError(f"cannot listen on {address}")
+    if address.startswith("unix:"):
+        # gRPC binds the socket itself, here: under umask 077 it is never
+        # connectable by another user, and the chmod says so whatever the
+        # umask was (SECURITY.md: the rundir's sockets are 0600).
+        path = address[len("unix:"):]
+        with private_umask():
+            port = server.add_insecure_port(address)
+        if os.path.exists(path):
+            os.chmod(path, PRIVATE_FILE)
+    else:
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
     for extra in also:
-        server.add_insecure_port(extra)
+        # Opened to whom it is for by the caller, after the bind.
+        with private_umask():
+            server.add_insecure_port(extra)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     for name in names:

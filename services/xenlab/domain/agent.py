@@ -37,6 +37,7 @@ from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.proto import agent_pb2, agent_pb2_grpc
 from xenlab.hypervisor.vif import agent_record_path
 from xenlab.rpc import TokenGate, handles_xen_errors, start_server
+from xenlab.rundir import Rundir
 from xenlab.xen.errors import XenError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def agent_address(start_info) -> str:
     if getattr(start_info, "agent", ""):
         return start_info.agent
     if start_info.doorbell:
-        return f"unix:{Path(start_info.doorbell).parent}/agent-d{start_info.domid}.sock"
+        return f"unix:{Rundir(Path(start_info.doorbell).parent).agent_socket(start_info.domid)}"
     return "127.0.0.1:0"
 
 
@@ -263,9 +264,8 @@ class GuestAgentServer:
         self.server, port = await start_server(
             self.address, [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s)],
             [SERVICE_NAME], interceptors=[TokenGate(AGENT_TOKEN_MD, self.token, [SERVICE_NAME])])
-        if path is not None:
-            os.chmod(path, 0o600)
-        elif self.address.endswith(":0"):
+        # A unix socket is 0600 from the start (start_server).
+        if path is None and self.address.endswith(":0"):
             self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"
         return self.address
 

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"gRPC address, host:port or unix:PATH (default {DEFAULT_ADDRESS})")
     parser.add_argument("--rundir", type=Path, default=None,
                         help="where the address, Domain-0's secret, the doorbell socket and "
-                             "logs go (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+                             "logs go (default $XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab, "
+                             "else /tmp/xenlab-UID)")
     parser.add_argument("--shm-dir", type=Path, default=Path("/dev/shm"),
                         help="tmpfs directory for domain memory (default /dev/shm)")
     parser.add_argument("--memory", type=int, default=8192, metavar="MiB",

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenlab.rundir import default_rundir as rundir_default
 from xenlab.hypervisor.docker_launcher import DockerConfig
 from xenlab.hypervisor.launcher import DomainUids
 from xenlab.hypervisor.xenstore import XenStoreQuotas
@@ -13,10 +14,8 @@ DEFAULT_ADDRESS = "127.0.0.1:9770"
 
 
 def default_rundir(env: dict | None = None) -> Path:
-    env = os.environ if env is None else env
-    if env.get("XENLAB_RUNDIR"):
-        return Path(env["XENLAB_RUNDIR"])
-    return Path(f"/tmp/xenlab-{os.getuid()}")
+    """xenlab.rundir.default_rundir, of this process's environment unless given one."""
+    return rundir_default(os.environ if env is None else env)
 
 
 @dataclass(frozen=True)

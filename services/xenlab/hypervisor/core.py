@@ -16,7 +16,6 @@ import socket
 import time
 from pathlib import Path
 
-from xenlab.client import Rundir
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.doorbell import UpcallRouter
 from xenlab.hypervisor.domains import Domain, DomainTable, RunState
@@ -29,6 +28,7 @@ from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
+from xenlab.rundir import Rundir
 from xenlab.xen import abi
 from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import DomainError, XenError
@@ -79,8 +79,10 @@ class Hypervisor:
     # -- start and stop ------------------------------------------------------
     async def start(self) -> None:
         self._reap_stale_segments()
-        self.rundir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.rundir.logs.mkdir(exist_ok=True)
+        self.rundir.create()
+        # Before the first segment: what a SIGKILL leaves can then be found.
+        self.rundir.record_hypervisor((self.memory.shm_dir / self.memory.prefix).absolute(),
+                                      self.domains_dir.path if self.domains_dir.isolated else None)
         dom0 = self.domains.add_dom0(self.config.dom0_memory_mb * PAGES_PER_MB,
                                      self.config.dom0_vcpus)
         self._add_to_cores(dom0, dom0.max_pages)
@@ -103,11 +105,7 @@ class Hypervisor:
 
     def publish(self, address: str) -> None:
         """Leave the address and dom0's secret where the toolstack finds them."""
-        secret_file = self.rundir.dom0_secret_file
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.dom0_secret + "\n")
-        self.rundir.address_file.write_text(address + "\n")
+        self.rundir.publish_hypervisor(address, self.dom0_secret)
 
     async def close(self) -> None:
         for dom in list(self.domains):
@@ -118,8 +116,7 @@ class Hypervisor:
         for launcher in self.launchers.values():
             await launcher.close()
         self.domains_dir.close()
-        for path in (self.rundir.address_file, self.rundir.dom0_secret_file):
-            path.unlink(missing_ok=True)
+        self.rundir.withdraw_hypervisor()
 
     # -- helpers for servicers -------------------------------------------------
     def domain_exists(self, domid: int) -> bool:
@@ -483,7 +480,8 @@ class Hypervisor:
             theirs.close()
 
     def _start_info(self, dom: Domain, secret: str, agent_token: str = "") -> StartInfo:
-        console = self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
+        # Made here (0600, never through a symlink); the launcher appends to it.
+        console = self.rundir.create_log(self.console_log(dom).name)
         isolated = self.domains_dir.isolated
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
                          hypervisor=self.domains_dir.hypervisor_address or self.address,

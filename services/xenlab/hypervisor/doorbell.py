@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from xenlab.hypervisor.identity import Caller
+from xenlab.rundir import bind_private
 from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import XenError
@@ -94,10 +95,8 @@ class UpcallRouter:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.setblocking(False)
-            sock.bind(path)
-            # Only the hypervisor's user may connect; the rundir holding the
-            # socket is private too, which covers the moment before chmod.
-            os.chmod(path, 0o600)
+            # Only the hypervisor's user may connect.
+            bind_private(sock, path)
             sock.listen(128)
         except BaseException:
             sock.close()

@@ -34,6 +34,8 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from xenlab.rundir import DOMAINS_DIR_PREFIX
+
 log = logging.getLogger(__name__)
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -154,7 +156,7 @@ class DomainsDir:
             self.path = Path(rundir)
             self._own = False
         else:
-            self.path = Path(tempfile.mkdtemp(prefix="xenlab-domains-"))
+            self.path = Path(tempfile.mkdtemp(prefix=DOMAINS_DIR_PREFIX))
             self._own = True
 
     @property

@@ -27,6 +27,7 @@ import struct
 from typing import Awaitable, Callable
 
 from xenlab.net.device import NetDevice
+from xenlab.rundir import bind_private
 from xenlab.xen.digits import is_decimal
 
 log = logging.getLogger(__name__)
@@ -487,8 +488,7 @@ class VethListener:
             if os.path.exists(where):
                 os.unlink(where)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            sock.bind(where)
-            os.chmod(where, 0o600)
+            bind_private(sock, where)
         else:
             sock = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
