@@ -371,20 +371,20 @@ class DockerLauncher(Launcher):
         if self._ports is not None and port:
             self._ports.give_back(port)
 
-    def _check(self) -> DomainsDir:
+    def _check(self, domid: int) -> tuple[DomainsDir, int]:
+        """The domains directory, and the uid domain ``domid`` runs as."""
         dirs = self.domains_dir
         try:
             check_config(self.config, dirs.uids if dirs is not None else None,
                          dirs.path if dirs is not None and dirs.explicit else None, self.private)
+            return dirs, dirs.uids.uid(domid)
         except ValueError as err:
-            raise DomainError(errno.EPERM, str(err)) from None
-        return dirs
+            raise DomainError(errno.EPERM, f"docker launcher: {err}") from None
 
     async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DockerDomain:
         from docker.errors import DockerException
         from requests import RequestException     # the SDK's transport: the daemon went away
-        dirs = self._check()
-        uid = dirs.uids.uid(info.domid)
+        dirs, uid = self._check(info.domid)
         port = 0
         try:
             async with self._lock:
