@@ -30,21 +30,41 @@ def _preload() -> None:
     import xenlab.drivers.netfront        # noqa: F401
 
 
+class NoMemory(Exception):
+    """The domain could not take its memory object."""
+
+
 def _enter_domain(start: StartInfo):
-    """Map the memory object the launcher handed over, then become the
-    domain's own uid for good, before anything untrusted is read. Returns
-    the mapping (None: the kernel opens its segment by path)."""
+    """Map the memory object the launcher handed over, or (a launcher that
+    cannot hand descriptors over: a container) the one the doorbell's OK
+    brings, then become the domain's own uid for good, before anything
+    untrusted is read. Returns the mapping (None: the kernel opens its
+    segment by path) and the greeted doorbell connection, if any."""
+    from xenlab.domain.evtchn import connect_for_memory
     from xenlab.domain.memory import map_memory_object
-    memory = map_memory_object(start.memory_fd) if start.memory_fd >= 0 else None
+    from xenlab.xen.errors import XenError
+    doorbell = None
+    if start.memory_fd >= 0:
+        memory = map_memory_object(start.memory_fd)
+    elif start.doorbell:
+        try:
+            doorbell, fd = connect_for_memory(start.doorbell, start.domid, start.secret)
+        except (OSError, TimeoutError, XenError) as err:
+            raise NoMemory(f"its memory comes with the doorbell's OK at {start.doorbell}, and "
+                           f"the doorbell failed: {err} (the gRPC fallback carries no "
+                           f"memory)") from None
+        memory = map_memory_object(fd)
+    else:
+        memory = None
     if start.uid >= 0:
         drop_privileges(start.uid, start.gid, tuple(start.groups))
-    return memory
+    return memory, doorbell
 
 
-async def _main(start: StartInfo, memory) -> int:
+async def _main(start: StartInfo, memory, doorbell=None) -> int:
     from xenlab.domain.kernel import DomainKernel
 
-    kernel = DomainKernel(start, memory_map=memory)
+    kernel = DomainKernel(start, memory_map=memory, doorbell=doorbell)
     on_stop_signal(kernel.stop, "poweroff")
     reason = await kernel.run()
     return 0 if reason in ("poweroff", "reboot") else 1
@@ -69,14 +89,17 @@ def run(args) -> int:
         return 2
     _preload()
     try:
-        memory = _enter_domain(start)
+        memory, doorbell = _enter_domain(start)
+    except NoMemory as err:
+        print(f"xenlab domain: d{start.domid}: no memory to run in: {err}", file=sys.stderr)
+        return 2
     except OSError as err:
         print(f"xenlab domain: d{start.domid}: cannot take over its memory or become uid "
               f"{start.uid}: {err}", file=sys.stderr)
         return 2
     if start.uid >= 0 and not args.orphan_ok:
         die_with_parent()       # changing ids cleared the parent-death signal
-    return eventloop.run(_main(start, memory))
+    return eventloop.run(_main(start, memory, doorbell))
 
 
 def main(argv=None) -> int:

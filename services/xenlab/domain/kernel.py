@@ -32,11 +32,13 @@ TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 class DomainKernel:
     def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
-                 memory_map=None):
+                 memory_map=None, doorbell=None):
         """``memory_map``: the domain's memory, already mapped from the
-        object its launcher handed over (else boot opens the segment)."""
+        object its launcher handed over or the doorbell brought (else boot
+        opens the segment); ``doorbell``: that doorbell connection, greeted."""
         self.start_info = start
         self._memory_map = memory_map
+        self._doorbell = doorbell
         self.domid = start.domid
         self.name = start.name
         self.hv = HypervisorClient.connect(start.hypervisor, start.domid, start.secret)
@@ -68,7 +70,9 @@ class DomainKernel:
         self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
                                       self.start_info.vcpus)
         start = self.start_info
-        doorbell = start.doorbell_fd if start.doorbell_fd >= 0 else (start.doorbell or None)
+        doorbell = self._doorbell
+        if doorbell is None:
+            doorbell = start.doorbell_fd if start.doorbell_fd >= 0 else (start.doorbell or None)
         self.evtchn = GuestEventChannels(self.hv, self.shared_info, doorbell, start.secret)
         await self.evtchn.start()
         self.xenbus = XenbusClient(self.hv, self.domid)

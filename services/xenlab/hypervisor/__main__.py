@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how created domains run (default local processes)")
     parser.add_argument("--max-domains", type=int, default=256)
     add_domain_uids_argument(parser)
+    parser.add_argument("--domains-dir", type=Path, default=None, metavar="DIR",
+                        help="with domain uids: the directory domains reach the hypervisor "
+                             "through (its sockets for domains, a directory per domain), "
+                             "made if missing (default: a fresh one in TMPDIR). The docker "
+                             "launcher needs one, mounted into every domain (--docker-volume)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--die-with-parent", action="store_true",
@@ -43,7 +48,8 @@ def config_from_args(args, env=None) -> HypervisorConfig:
                             shm_dir=args.shm_dir, total_memory_mb=args.memory,
                             launcher=args.launcher, max_domains=args.max_domains,
                             log_level=args.log_level, docker=docker_launcher.config_from_args(args),
-                            domain_uids=parse_domain_uids(args.domain_uids))
+                            domain_uids=parse_domain_uids(args.domain_uids),
+                            domains_dir=args.domains_dir)
 
 
 def run(args) -> int:
@@ -55,6 +61,16 @@ def run(args) -> int:
     for noisy in ("grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = config_from_args(args)
+    try:
+        if config.domains_dir is not None and config.domain_uids is None:
+            raise ValueError("--domains-dir needs domain uids (--domain-uids; root): without "
+                             "them domains use the rundir")
+        if config.launcher == "docker":
+            docker_launcher.check_config(config.docker, config.domain_uids, config.domains_dir,
+                                         private=(Path(config.rundir), Path(config.shm_dir)))
+    except ValueError as err:
+        print(f"xenlab hypervisor: {err}", file=sys.stderr)
+        return 2
     try:
         events = events_config.config_from_args(args)
     except ConfigError as err:

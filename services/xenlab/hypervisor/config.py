@@ -36,3 +36,6 @@ class HypervisorConfig:
     # The local launcher runs each domU under a uid of its own (None: as the
     # hypervisor's user, with no OS wall between domains).
     domain_uids: DomainUids | None = None
+    # Where domains' endpoints live with domain uids (None: a fresh directory
+    # in TMPDIR); the docker launcher mounts it into every domain.
+    domains_dir: Path | None = None

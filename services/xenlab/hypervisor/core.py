@@ -59,12 +59,13 @@ class Hypervisor:
                                     config.total_memory_mb * PAGES_PER_MB)
         self.grants = GrantTables(self.memory)
         self.doorbell = UpcallRouter(authenticate=self._doorbell_auth, on_send=self._doorbell_send,
-                                     on_copy=self.grants.copy_gnttab)
+                                     on_copy=self.grants.copy_gnttab,
+                                     on_memory=self._doorbell_memory)
         self.evtchn = EventChannels(kick=self.doorbell.kick,
                                     default_max_ports=config.evtchn_max_ports)
         self.xs_connections = XenStoreConnections()
         self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
-        self.domains_dir = DomainsDir(self.rundir.path, config.domain_uids)
+        self.domains_dir = DomainsDir(self.rundir.path, config.domain_uids, config.domains_dir)
         self.launcher = launcher or self._make_launcher(config.launcher)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
         self._procs: dict[int, DomainProcess] = {}
@@ -89,6 +90,10 @@ class Hypervisor:
         self.dom0_secret = self.identity.issue(0, privileged=True)
         self._write_domain_tree(dom0)
         await self.doorbell.start(str(self.rundir.doorbell))
+        if self.domains_dir.isolated:
+            # Domains that cannot be handed a connection (containers) ring
+            # here: their group's socket, outside the rundir.
+            await self.doorbell.start(str(self.domains_dir.doorbell), group=self.domains_dir.uids.group)
 
     def _reap_stale_segments(self) -> None:
         """Memory segments of hypervisors that died without cleaning up
@@ -130,6 +135,22 @@ class Hypervisor:
 
     def _doorbell_auth(self, domid: int, secret: str) -> Caller:
         return self.identity.check(str(domid), secret)
+
+    def _doorbell_memory(self, caller: Caller) -> int:
+        """A domain's own memory object, to the domain HELLO authenticated,
+        and once: a launcher that hands it over at start has used that once
+        (_launch). A domain that could ask again would get a descriptor to
+        resize the segment through, faulting the hypervisor and Domain-0
+        with SIGBUS; after boot it holds the mapping only."""
+        dom = self.domains.get(caller.domid)
+        if dom.memory_handed:
+            raise DomainError(errno.EPERM, f"d{dom.domid} has been handed its memory already: "
+                                           f"a domain takes it once, at boot")
+        if dom.state is RunState.DYING:
+            raise DomainError(errno.ESRCH, f"d{dom.domid} is dying")
+        fd = self.memory.segment_fd(dom.domid)
+        dom.memory_handed = True
+        return fd
 
     def _doorbell_send(self, domid: int, port: int) -> None:
         try:
@@ -456,16 +477,19 @@ class Hypervisor:
         return self.launchers[name]
 
     def _make_launcher(self, name: str) -> Launcher:
-        return make_launcher(name, self.config.log_level, self.config.docker, self.domains_dir)
+        return make_launcher(name, self.config.log_level, self.config.docker, self.domains_dir,
+                             private=(self.rundir.path, Path(self.config.shm_dir)))
 
     async def _launch(self, launcher: Launcher, dom: Domain, secret: str,
                       token: str) -> DomainProcess | None:
         """Start the domain's process, handing it its memory object and a
         doorbell connection already made for it where the launcher can pass
         descriptors: it is told no path into the rundir or /dev/shm."""
-        info = self._start_info(dom, secret, token)
+        info = self._start_info(dom, secret, token, launcher)
         if not launcher.takes_handles:
+            # It asks for its memory in its doorbell HELLO (_doorbell_memory).
             return await launcher.start(info)
+        dom.memory_handed = True
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self.doorbell.adopt(ours, dom.domid)
@@ -479,14 +503,23 @@ class Hypervisor:
         finally:
             theirs.close()
 
-    def _start_info(self, dom: Domain, secret: str, agent_token: str = "") -> StartInfo:
+    def _start_info(self, dom: Domain, secret: str, agent_token: str = "",
+                    launcher: Launcher | None = None) -> StartInfo:
+        """Under domain uids a domain is told no path into the rundir: it is
+        handed its doorbell, or (a launcher that cannot hand descriptors
+        over) told the domains' doorbell."""
         # Made here (0600, never through a symlink); the launcher appends to it.
         console = self.rundir.create_log(self.console_log(dom).name)
-        isolated = self.domains_dir.isolated
+        if not self.domains_dir.isolated:
+            doorbell = str(self.rundir.doorbell)
+        elif launcher is not None and launcher.takes_handles:
+            doorbell = ""
+        else:
+            doorbell = str(self.domains_dir.doorbell)
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
                          hypervisor=self.domains_dir.hypervisor_address or self.address,
-                         doorbell="" if isolated else str(self.rundir.doorbell),
-                         vcpus=dom.vcpus, console_log=str(console), agent_token=agent_token)
+                         doorbell=doorbell, vcpus=dom.vcpus, console_log=str(console),
+                         agent_token=agent_token)
 
     def _agent_without_process(self, domid: int) -> str:
         """A domain with no launcher process (launcher none) is run by the

@@ -50,6 +50,7 @@ class Domain:
     spec: object = None      # the DomainSpec it was created from (restart re-uses it)
     agent: str = ""          # where its guest agent listens (the launcher's choice)
     agent_token: str = ""    # what the agent's callers must present
+    memory_handed: bool = False   # its memory object went to its process (once, at boot)
 
     def action_for(self, reason: str) -> str:
         """The xl.cfg policy for a shutdown reason (watchdog counts as crash)."""

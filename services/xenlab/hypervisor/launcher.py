@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -143,21 +144,55 @@ def _domain_uids(text: str) -> str:
 
 class DomainsDir:
     """Where each domain's own endpoints live: the hypervisor's socket for
-    domains (``hv.sock``) and one directory per domain (``dD/``, its guest
-    agent's socket). With DomainUids it is a fresh directory outside the
+    domains (``hv.sock``), its doorbell for domains that are handed none
+    (``evtchn.sock``: containers) and one directory per domain (``dD/``, its
+    guest agent's socket). With DomainUids it is a directory outside the
     rundir (which stays the toolstack's alone, mode 0700), mode 0710 and
-    group DomainUids.group, so that domUs can reach hv.sock and their own
-    dD/ (mode 0700, owned by the domain's uid) and nothing else; without,
-    it is the rundir itself."""
+    group DomainUids.group, so that domUs can reach the two sockets and
+    their own dD/ (mode 0700, owned by the domain's uid) and nothing else;
+    without, it is the rundir itself.
 
-    def __init__(self, rundir: Path, uids: DomainUids | None):
+    The directory is a fresh one in TMPDIR, or ``path`` (--domains-dir):
+    the one the docker launcher mounts into every domain's container, a
+    volume of its own that holds none of the rundir's files."""
+
+    SOCKETS = ("hv.sock", "evtchn.sock")
+
+    def __init__(self, rundir: Path, uids: DomainUids | None, path: Path | str | None = None):
         self.uids = uids
+        self.explicit = uids is not None and path is not None
         if uids is None:
+            if path is not None:
+                raise ValueError(f"a domains directory ({path}) needs domain uids: without "
+                                 f"them domains use the rundir")
             self.path = Path(rundir)
             self._own = False
-        else:
+        elif path is None:
             self.path = Path(tempfile.mkdtemp(prefix=DOMAINS_DIR_PREFIX))
             self._own = True
+        else:
+            self.path = Path(path)
+            self._own = False
+            self._take(self.path)
+
+    @staticmethod
+    def _take(path: Path) -> None:
+        """An explicit directory: made if missing; if there, it must be a
+        real directory of the hypervisor's user, and is emptied of what a
+        predecessor left (its sockets and domain directories)."""
+        try:
+            path.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ValueError(f"domains directory {path}: not a directory of uid {os.geteuid()}")
+        os.chmod(path, 0o700)          # open_to_domains lets the domains' group in
+        for entry in path.iterdir():
+            if entry.name in DomainsDir.SOCKETS:
+                entry.unlink()
+            elif entry.name[:1] == "d" and entry.name[1:].isdigit() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
 
     @property
     def isolated(self) -> bool:
@@ -167,6 +202,11 @@ class DomainsDir:
     def hypervisor_address(self) -> str:
         """The address domUs reach the hypervisor at; "" when they use its own."""
         return f"unix:{self.path / 'hv.sock'}" if self.isolated else ""
+
+    @property
+    def doorbell(self) -> Path:
+        """The doorbell domains reach by path (the rundir's without uids)."""
+        return self.path / "evtchn.sock"
 
     def open_to_domains(self) -> None:
         """Once the hypervisor listens on hv.sock: let the domains' group in."""
@@ -200,6 +240,8 @@ class DomainsDir:
     def close(self) -> None:
         if self._own:
             shutil.rmtree(self.path, ignore_errors=True)
+        elif self.explicit:
+            (self.path / "hv.sock").unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -354,14 +396,16 @@ class LocalLauncher(Launcher):
 
 
 def make_launcher(name: str, log_level: str = "INFO", docker=None,
-                  domains_dir: DomainsDir | None = None) -> Launcher:
+                  domains_dir: DomainsDir | None = None, private: tuple[Path, ...] = ()) -> Launcher:
     """`docker`: the DockerConfig for the docker launcher (defaults if None);
-    `domains_dir`: where local domains get their own directory."""
+    `domains_dir`: where domains get their own directory; `private`: the
+    directories no domain may be given (the rundir, the shm dir)."""
     if name == "local":
         return LocalLauncher(log_level=log_level, domains_dir=domains_dir)
     if name == "none":
         return NoLauncher()
     if name == "docker":
         from xenlab.hypervisor.docker_launcher import DockerConfig, DockerLauncher
-        return DockerLauncher(dataclasses.replace(docker or DockerConfig(), log_level=log_level))
+        return DockerLauncher(dataclasses.replace(docker or DockerConfig(), log_level=log_level),
+                              domains_dir=domains_dir, private=private)
     raise ValueError(f"unknown launcher {name!r}: expected local, docker or none")
