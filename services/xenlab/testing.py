@@ -226,8 +226,10 @@ class RunningLab:
         return await agent_for(self.lab.hv, self.domid(name) if name != "Domain-0" else 0)
 
     async def bridge(self, name: str = "xenbr0"):
-        """(stub, channel) for a bridge's gRPC API; close the channel."""
-        return await self.lab.bridge_client(name)
+        """A client of a bridge's gRPC API (xenlab.bridge_client.BridgeClient,
+        a Bridge stub that owns its channel): close it, or use ``async with``."""
+        from xenlab.bridge_client import bridge_for
+        return await bridge_for(self.lab.hv, name)
 
     def logs(self) -> str:
         out = []
