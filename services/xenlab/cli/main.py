@@ -44,6 +44,15 @@ TOOLSTACK = {
 }
 
 
+def version() -> str:
+    """The installed package's version, as pip shows it."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("xenlab")
+    except PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def default_rundir(env: Mapping[str, str]) -> Path:
     return Path(env.get("XENLAB_RUNDIR") or f"/tmp/xenlab-{os.getuid()}")
 
@@ -67,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xenlab", description="A networked emulation of a Xen host.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"xenlab {version()}",
+                        help="print xenlab's version (the installed package's) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in DELEGATES.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -26,9 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the emulated host's RAM (default 8192)")
     parser.add_argument("--launcher", choices=("local", "docker", "none"), default="local",
                         help="how created domains run (default local processes)")
-    parser.add_argument("--max-domains", type=int, default=256)
+    parser.add_argument("--max-domains", type=int, default=256, metavar="N",
+                        help="domains the host may run at once, Domain-0 included; `xl create` "
+                             "past it fails with ENOSPC (default 256)")
     parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="how much the hypervisor logs (default INFO)")
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
     events_config.add_arguments(parser)
