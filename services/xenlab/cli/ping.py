@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # so 0 is refused here rather than silently turned into 4, 56 or 1 s.
     whole, seconds = argtypes.whole, argtypes.seconds
     parser.add_argument("domain", help="the domain to ping from (name or id)")
-    parser.add_argument("dest", help="IPv4 address to ping")
+    parser.add_argument("dest", type=argtypes.ipv4, help="IPv4 address to ping")
     parser.add_argument("-c", "--count", type=whole(1, PING_MAX_COUNT), default=4,
                         help=f"echo requests to send, 1..{PING_MAX_COUNT} (default 4)")
     parser.add_argument("-s", "--size", type=whole(1, PING_MAX_SIZE), default=56,
