@@ -140,7 +140,7 @@ async def _capture(args, writer: PcapWriter, out) -> str:
                 task.cancel()
             if reader in done:
                 reader.result()
-                return "count" if args.count else "ended"
+                return "count" if args.count and writer.count >= args.count else "ended"
             await asyncio.gather(reader, return_exceptions=True)
             if stop in done:
                 return "interrupted"
@@ -151,6 +151,10 @@ async def _capture(args, writer: PcapWriter, out) -> str:
 
 
 def capture(args) -> int:
+    if args.timeout and not args.count:
+        print("xenlab capture: --timeout gives up waiting for -c frames: give -c N "
+              "(or --duration to capture for a while)", file=sys.stderr)
+        return 2
     try:
         out = sys.stdout.buffer if str(args.write) == "-" else open(args.write, "wb")
     except OSError as err:
