@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,10 +204,8 @@ def test_every_documented_xenlab_command_runs_as_written(tmp_path):
     finally:
         for job in background:
             job.kill()
-        if down is not None:
-            stopped = lab.run(down.text)
-        else:
-            stopped = lab.run("xenlab down")
+        stopped = lab.run(down.text if down is not None else "xenlab down")
+        shutil.rmtree(lab.rundir, ignore_errors=True)
     assert down is not None and stopped.returncode == 0, stopped.stdout + stopped.stderr
     ran.append(down)
     assert {c.text for c in ran} | set(SKIPPED) == {c.text for c in all_commands()}
