@@ -98,26 +98,40 @@ def _ms(seconds: float) -> str:
     return f"{ms:.0f}"
 
 
-def format_ping(reply, dst: str, size: int = 56) -> str:
-    """The text ping(8) prints for a PingReply: one line per reply, then the
-    statistics. ``size`` is the ICMP payload the request asked for."""
-    lines = [f"PING {dst} ({dst}) {size}({size + ICMP_HEADER + IP_HEADER}) bytes of data."]
+def ping_header(dst: str, size: int = 56) -> str:
+    """ping(8)'s first line, printed before the first request goes out."""
+    return f"PING {dst} ({dst}) {size}({size + ICMP_HEADER + IP_HEADER}) bytes of data."
+
+
+def format_ping(reply, dst: str, size: int = 56, header: bool = True) -> str:
+    """The text ping(8) prints for a PingReply: one line per reply (or per
+    request the next hop never answered ARP for, from the sender's own
+    address, as ping prints ICMP host unreachables), then the statistics.
+    ``size`` is the ICMP payload the request asked for."""
+    lines = [ping_header(dst, size)] if header else []
     for seq, rtt in zip(reply.seq, reply.rtt):
         lines.append(f"{size + ICMP_HEADER} bytes from {dst}: icmp_seq={seq} time={_ms(rtt)} ms")
-    if reply.error:
-        lines.append(f"From {dst}: {reply.error}")
-    lines += ["", f"--- {dst} ping statistics ---", _summary(reply)]
+    errors = 0
+    if reply.unreachable:
+        answered = set(reply.seq)
+        unanswered = [seq for seq in range(1, reply.transmitted + 1) if seq not in answered]
+        errors = len(unanswered)
+        lines += [f"From {reply.src or dst} icmp_seq={seq} Destination Host Unreachable"
+                  for seq in unanswered]
+    elif reply.error:
+        lines.append(f"ping: {reply.error}")
+    lines += ["", f"--- {dst} ping statistics ---", _summary(reply, errors)]
     if reply.rtt:
         lines.append(_rtt_line(list(reply.rtt)))
     return "\n".join(lines)
 
 
-def _summary(reply) -> str:
+def _summary(reply, errors: int = 0) -> str:
     loss = 0.0
     if reply.transmitted:
         loss = (reply.transmitted - reply.received) * 100.0 / reply.transmitted
     return (f"{reply.transmitted} packets transmitted, {reply.received} received, "
-            f"{loss:g}% packet loss")
+            + (f"+{errors} errors, " if errors else "") + f"{loss:g}% packet loss")
 
 
 def _rtt_line(rtts: list[float]) -> str:

@@ -4,7 +4,8 @@
 * ``handles_xen_errors`` is the one place a core's typed ``XenError`` becomes
   a gRPC status and message;
 * ``start_server`` adds health checking and server reflection to every
-  server, and makes its unix socket 0600.
+  server (as grpc.reflection.v1 and grpc.reflection.v1alpha), and makes its
+  unix socket 0600.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ import os
 from typing import Iterable
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from xenlab.rundir import PRIVATE_FILE, private_umask
 from xenlab.xen.errors import XenError, grpc_status
@@ -102,6 +104,50 @@ class TokenGate(grpc.aio.ServerInterceptor):
                        f"{details.method}: send the toolstack's {self._key} metadata")
 
 
+# grpcio-reflection (1.81) serves only v1alpha. v1 is the same protocol under
+# another package (grpc/reflection/v1/reflection.proto: the same messages,
+# fields and numbers), so the same servicer answers both on the wire; clients
+# that ask v1 first (grpcurl) or only (newer tools) find it.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+_V1ALPHA, _V1 = "grpc.reflection.v1alpha", "grpc.reflection.v1"
+
+
+def _register_reflection_v1_descriptor() -> None:
+    """Put the v1 service's descriptor in the default pool (renamed from the
+    v1alpha one), so that reflection can describe the v1 service too."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindServiceByName(REFLECTION_V1)
+        return
+    except KeyError:
+        pass
+    proto = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(proto)
+    proto.name = "grpc/reflection/v1/reflection.proto"
+    proto.package = _V1
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(f".{_V1ALPHA}.", f".{_V1}.")
+    for service in proto.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(f".{_V1ALPHA}.", f".{_V1}.")
+            method.output_type = method.output_type.replace(f".{_V1ALPHA}.", f".{_V1}.")
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
+def _add_reflection(server: grpc.aio.Server, names: list[str]) -> None:
+    _register_reflection_v1_descriptor()
+    servicer = reflection.aio.ReflectionServicer(names + [reflection.SERVICE_NAME, REFLECTION_V1])
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        REFLECTION_V1, {"ServerReflectionInfo": v1}),))
+
+
 async def start_server(address: str, register: Iterable, service_names: Iterable[str],
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                        also: Iterable[str] = ()) -> tuple[grpc.aio.Server, int]:
@@ -118,9 +164,7 @@ async def start_server(address: str, register: Iterable, service_names: Iterable
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = list(service_names)
-    reflection.enable_server_reflection(
-        names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME], server)
+    _add_reflection(server, names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name])
     if address.startswith("unix:"):
         # gRPC binds the socket itself, here: under umask 077 it is never
         # connectable by another user, and the chmod says so whatever the

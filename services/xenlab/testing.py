@@ -13,10 +13,17 @@ project that installs xenlab can use these fixtures:
 * ``check_invariants(lab.hv)``: what must hold in the hypervisor's cores
   whatever the guests did (xenlab.testing_invariants); the hostile peers for
   fuzzing drivers are in xenlab.testing_hostile.
+
+A project needs no configuration to use them: an async test that uses one
+of these fixtures runs under pytest-asyncio in an event loop of its own
+(loop scope "function", the scope of the fixtures), marked or not, and a
+project that has not chosen a default loop scope for its async fixtures gets
+"function" too, without pytest-asyncio's warning that it is unset.
 """
 from __future__ import annotations
 
 import asyncio
+import inspect
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -33,6 +40,40 @@ from xenlab.client import HypervisorClient  # noqa: E402
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.proto import domains_pb2
 from xenlab.testing_invariants import check_invariants, invariant_violations  # noqa: F401
+
+
+LOOP_SCOPE = "function"     # one event loop per test: the fixtures' processes are per test too
+# The fixtures of this plugin: an async test using any of them (directly or
+# through a fixture of its own) runs under pytest-asyncio without a marker.
+FIXTURES = frozenset({"hypervisor", "hypervisor_process", "lab_factory", "demo_lab"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # pytest-asyncio warns at every run of a project that has not chosen the
+    # loop scope of its async fixtures, and will default to "function": a
+    # project that has not (a fresh one, with no ini file) gets it now. No
+    # public API sets an ini value; the cache getini reads is pytest's own
+    # since pytest 2, and tests/integration/test_harness_example.py runs a
+    # fresh project to notice if that changes.
+    if config.pluginmanager.hasplugin("asyncio") and \
+            config.getini("asyncio_default_fixture_loop_scope") is None:
+        config._inicache["asyncio_default_fixture_loop_scope"] = LOOP_SCOPE
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_pycollect_makeitem(collector, name, obj):
+    """Mark the async tests that use this plugin's fixtures as asyncio tests,
+    before pytest-asyncio (an outer wrapper of this hook) looks for the mark:
+    in its strict mode, the default, it runs only marked tests."""
+    result = yield
+    items = result if isinstance(result, list) else [result] if result is not None else []
+    for item in items:
+        if (isinstance(item, pytest.Function) and inspect.iscoroutinefunction(item.obj)
+                and item.get_closest_marker("asyncio") is None
+                and FIXTURES & set(item.fixturenames)):
+            item.add_marker(pytest.mark.asyncio(loop_scope=LOOP_SCOPE))
+    return result
 
 
 # grpc-core's grpc.server.max_pending_requests is 1000: past it, a loaded
@@ -84,7 +125,7 @@ class InProcessLab:
         return client
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP_SCOPE)
 async def hypervisor():
     from xenlab.hypervisor.server import HypervisorServer
 
@@ -230,8 +271,10 @@ class RunningLab:
         return await agent_for(self.lab.hv, self.domid(name) if name != "Domain-0" else 0)
 
     async def bridge(self, name: str = "xenbr0"):
-        """(stub, channel) for a bridge's gRPC API; close the channel."""
-        return await self.lab.bridge_client(name)
+        """A client of a bridge's gRPC API (xenlab.bridge_client.BridgeClient,
+        a Bridge stub that owns its channel): close it, or use ``async with``."""
+        from xenlab.bridge_client import bridge_for
+        return await bridge_for(self.lab.hv, name)
 
     def logs(self) -> str:
         out = []
@@ -249,7 +292,7 @@ def _lab_spec(spec):
     return spec
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP_SCOPE)
 async def lab_factory(request):
     """Start labs from a spec (a LabSpec, TOML text, or None for the demo
     lab); every lab is stopped at the end, with its logs printed on failure."""
@@ -275,7 +318,7 @@ async def lab_factory(request):
             shutil.rmtree(running.rundir, ignore_errors=True)
 
 
-@pytest_asyncio.fixture
+@pytest_asyncio.fixture(loop_scope=LOOP_SCOPE)
 async def demo_lab(lab_factory):
     """The built-in demo lab: web, db and cache (10.0.0.1-3/24) on xenbr0."""
     return await lab_factory()

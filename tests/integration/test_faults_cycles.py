@@ -74,7 +74,7 @@ async def open_ports(hv, domid: int, upto: int = 256) -> int:
 
 async def snapshot(lab) -> dict:
     services = {s.name: s.proc.pid for s in lab.lab.services}
-    stub, channel = await lab.bridge()
+    stub = channel = await lab.bridge()
     try:
         shown = await stub.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge="xenbr0"))
     finally:

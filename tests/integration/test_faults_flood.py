@@ -89,7 +89,7 @@ async def abuse_while_pinging(lab, request: agent_pb2.BlastRequest):
 
 async def test_mac_flood_and_broadcast_storm_are_bounded_and_do_not_starve_the_others(lab_factory):
     lab = await lab_factory(LAB)
-    stub, channel = await lab.bridge()
+    stub = channel = await lab.bridge()
     try:
         port = f"vif{lab.domid('attacker')}.0"
         bridge_pid = lab.lab.service("bridge").proc.pid

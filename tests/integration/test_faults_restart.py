@@ -47,7 +47,7 @@ async def eventually(check, what: str, timeout: float = 20.0, every: float = 0.0
 
 
 async def port_names(lab) -> set[str]:
-    stub, channel = await lab.bridge()
+    stub = channel = await lab.bridge()
     try:
         shown = await stub.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge="xenbr0"))
         return {p.name for p in shown.bridges[0].ports}
@@ -103,7 +103,7 @@ async def test_a_killed_domu_is_cleaned_up_everywhere(lab_factory):
     print(f"d{c} killed: domain, vif and bridge port gone in {time.monotonic() - started:.2f}s")
     assert len(shm_segments(lab)) == len(segments) - 1
     assert await lab.lab._xs_read(f"/local/domain/0/backend/vif/{c}") is None
-    stub, channel = await lab.bridge()
+    stub = channel = await lab.bridge()
     try:
         fdb = await stub.ShowFdb(bridge_pb2.ShowFdbRequest(bridge="xenbr0"))
     finally:

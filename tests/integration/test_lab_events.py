@@ -43,7 +43,7 @@ def learned(mac):
 
 
 async def flush_and_ping(lab, agent, count=2) -> agent_pb2.PingReply:
-    stub, channel = await lab.bridge()
+    stub = channel = await lab.bridge()
     try:
         await stub.Flush(bridge_pb2.FlushFdbRequest(bridge="xenbr0"))
     finally:

@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-register", action="store_true",
                         help="do not register the bridges in the hypervisor's xenstore")
     parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="how much the bridge service logs (default INFO)")
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
     events_config.add_arguments(parser)

@@ -9,6 +9,7 @@ range at 1.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 
 
@@ -51,3 +52,11 @@ def rate(text: str) -> float:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"{text}: a rate is a finite number above 0")
     return value
+
+
+def ipv4(text: str) -> str:
+    """A dotted-quad IPv4 address (what the guest stacks speak)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address (like 10.0.0.2)") from None

@@ -29,7 +29,8 @@ class Unhealthy(Exception):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = __doc__
-    parser.add_argument("targets", nargs="+", metavar="TARGET")
+    parser.add_argument("targets", nargs="+", metavar="TARGET",
+                        help="what to check; the forms are listed above")
     parser.add_argument("--service", default="", metavar="NAME",
                         help="the gRPC service whose health to ask (default: the server's)")
     parser.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",

@@ -46,6 +46,15 @@ TOOLSTACK = {
 }
 
 
+def version() -> str:
+    """The installed package's version, as pip shows it."""
+    from importlib.metadata import PackageNotFoundError, version as installed
+    try:
+        return installed("xenlab")
+    except PackageNotFoundError:
+        return "(not installed: run from a source tree)"
+
+
 def _common_options() -> argparse.ArgumentParser:
     # SUPPRESS: an option given at one level must not be reset by the
     # default of the level below it.
@@ -66,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xenlab", description="A networked emulation of a Xen host.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"xenlab {version()}",
+                        help="print xenlab's version (the installed package's) and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in DELEGATES.items():
         sub.add_parser(name, help=help_text, add_help=False)

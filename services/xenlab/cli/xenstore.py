@@ -173,23 +173,25 @@ async def _print_events(call, count: int) -> None:
 def _ls_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--perms", action="store_true", help="show each node's permissions")
     p.add_argument("-f", "--full-path", action="store_true", help="print full paths, not a tree")
-    p.add_argument("path", nargs="?", default="/", metavar="PATH")
+    p.add_argument("path", nargs="?", default="/", metavar="PATH",
+                   help="the node to list below (default /)")
 
 
 def _read_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--prefix", action="store_true", help="prefix each value with its path")
     p.add_argument("-R", "--raw", action="store_true", help="print values without escaping")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="the nodes to read")
 
 
 def _write_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-R", "--raw", action="store_true",
                    help="write values as given, without reading \\n, \\t, \\ooo escapes")
-    p.add_argument("pairs", nargs="+", metavar="PATH VALUE")
+    p.add_argument("pairs", nargs="+", metavar="PATH VALUE",
+                   help="nodes and the values to write, in pairs")
 
 
 def _paths_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="the nodes")
 
 
 def _list_args(p: argparse.ArgumentParser) -> None:
@@ -199,7 +201,7 @@ def _list_args(p: argparse.ArgumentParser) -> None:
 
 def _chmod_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-r", "--recursive", action="store_true", help="apply to every node below too")
-    p.add_argument("path", metavar="PATH")
+    p.add_argument("path", metavar="PATH", help="the node")
     p.add_argument("perms", nargs="+", type=parse_perm, metavar="PERM",
                    help="n, r, w or b then a domain id; the first names the owner and "
                         "everyone else's access")
@@ -209,7 +211,7 @@ def _watch_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--count", type=int, default=0, metavar="N",
                    help="exit after N events (the first fires when the watch is set)")
     p.add_argument("-t", "--token", default="xenstore-watch", help="the watch token")
-    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="the nodes to watch (and all below them)")
 
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {

@@ -294,7 +294,8 @@ def _create_args(p: argparse.ArgumentParser) -> None:
 
 def _list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-l", "--long", action="store_true", help="print each domain's config as JSON")
-    p.add_argument("domains", nargs="*", type=domain_ref, metavar="DOM")
+    p.add_argument("domains", nargs="*", type=domain_ref, metavar="DOM",
+                   help="domains to list, by name or id (default: every domain)")
 
 
 def _mem_args(p: argparse.ArgumentParser) -> None:
@@ -305,7 +306,8 @@ def _mem_args(p: argparse.ArgumentParser) -> None:
 
 def _vcpu_args(p: argparse.ArgumentParser) -> None:
     _dom(p)
-    p.add_argument("vcpus", type=vcpu_count, metavar="N")
+    p.add_argument("vcpus", type=vcpu_count, metavar="N",
+                   help="vCPUs to have online, 1 up to the domain's maxvcpus")
 
 
 def _shutdown_args(p: argparse.ArgumentParser) -> None:
@@ -323,11 +325,13 @@ def _detach_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-f", "--force", action="store_true",
                    help="remove the device even if its backend does not close it")
     _dom(p)
-    p.add_argument("device", metavar="DEVID|MAC")
+    p.add_argument("device", metavar="DEVID|MAC",
+                   help="the vif, by its device id (ethDEVID in the guest) or its MAC")
 
 
 def _network_list_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("domains", nargs="+", type=domain_ref, metavar="DOM")
+    p.add_argument("domains", nargs="+", type=domain_ref, metavar="DOM",
+                   help="domains whose vifs to list, by name or id")
 
 
 # name: (one-line help, argument adder, handler)

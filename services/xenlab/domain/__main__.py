@@ -13,7 +13,8 @@ from xenlab.osutil import die_with_parent, drop_privileges, on_stop_signal
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="how much the domain's kernel logs to its console (default INFO)")
     parser.add_argument("--start-info", default="-", metavar="FILE",
                         help="start_info JSON (default: one line on standard input)")
     parser.add_argument("--orphan-ok", action="store_true",

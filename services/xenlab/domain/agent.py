@@ -86,7 +86,8 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             interface=request.interface)
         return agent_pb2.PingReply(transmitted=result.transmitted, received=result.received,
                                    rtt=[rtt for _, rtt in result.rtts],
-                                   seq=[seq for seq, _ in result.rtts], error=result.error)
+                                   seq=[seq for seq, _ in result.rtts], error=result.error,
+                                   src=result.src, unreachable=result.unreachable)
 
     @handles_xen_errors
     async def SendUdp(self, request, context):

@@ -25,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rundir", type=Path, default=None,
                         help="the hypervisor's rundir (default $XENLAB_RUNDIR, else "
                              "$XDG_RUNTIME_DIR/xenlab, else /tmp/xenlab-UID)")
-    parser.add_argument("--vcpus", type=int, default=1)
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--vcpus", type=int, default=1, metavar="N",
+                        help="Domain-0's vCPUs, as its start_info gives them (default 1)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="how much Domain-0's kernel logs (default INFO)")
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
     events_config.add_arguments(parser)

@@ -56,6 +56,8 @@ class PingResult:
     received: int
     rtts: list[tuple[int, float]]      # (seq, seconds) in sequence order
     error: str = ""
+    src: str = ""                       # the address the requests went out from
+    unreachable: bool = False           # ARP for the next hop failed: ping's "Destination Host Unreachable"
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class _Ping:
         self.sent: dict[int, tuple[int, float]] = {}    # wire seq -> (seq, send time)
         self.rtts: dict[int, float] = {}
         self.error = ""
+        self.unreachable = False
         self.done = asyncio.Event()                     # all replies in, or the interface left
 
     def sending(self, seq: int, now: float) -> int:
@@ -125,8 +128,13 @@ class _Ping:
         self.error = self.error or error
         self.done.set()
 
+    def host_unreachable(self, hop: IPv4Address) -> None:
+        self.error = f"arp: no reply from {hop}"
+        self.unreachable = True
+
     def result(self) -> PingResult:
-        return PingResult(self.transmitted, len(self.rtts), sorted(self.rtts.items()), self.error)
+        return PingResult(self.transmitted, len(self.rtts), sorted(self.rtts.items()), self.error,
+                          str(self.iface.stack.config.address.ip), self.unreachable)
 
 
 class _UdpWait:
@@ -315,7 +323,7 @@ class GuestNetwork:
             elif isinstance(event, ArpFailed):
                 for ping in self._pings.values():
                     if ping.iface is iface and event.ip in (ping.dst, iface.stack.config.gateway):
-                        ping.error = f"arp: no reply from {event.ip}"
+                        ping.host_unreachable(event.ip)
             elif isinstance(event, AddressConflict):
                 log.warning("%s: %s is also claimed by %s", iface.name, event.ip, event.mac.hex(":"))
 
@@ -414,7 +422,9 @@ class GuestNetwork:
                     break
             await _wait(run.done, timeout)
             if len(run.rtts) < run.transmitted and not run.error:
-                run.error = self._unresolved(iface, target)
+                hop = self._unresolved(iface, target)
+                if hop is not None:
+                    run.host_unreachable(hop)
             return run.result()
         finally:
             del self._pings[run.ident]
@@ -438,12 +448,13 @@ class GuestNetwork:
         raise XenError(errno.EAGAIN, "every ICMP identifier is in use")
 
     @staticmethod
-    def _unresolved(iface: _Interface, dst: IPv4Address) -> str:
+    def _unresolved(iface: _Interface, dst: IPv4Address) -> IPv4Address | None:
+        """The next hop (``dst`` or the gateway) still waiting for ARP, if any."""
         pending = iface.stack.arp_pending()
         for hop in (dst, iface.stack.config.gateway):
             if hop in pending:
-                return f"arp: no reply from {hop}"
-        return ""
+                return hop
+        return None
 
     # -- UDP ----------------------------------------------------------------------------
     async def send_udp(self, dst: str, dport: int, payload: bytes, sport: int = 0,

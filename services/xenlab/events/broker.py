@@ -150,7 +150,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="mosquitto (if installed), amqtt (built in), or auto (the default): "
                              "mosquitto if installed, else amqtt")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="how much the broker logs (default INFO)")
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
 

@@ -12,7 +12,8 @@ Retained messages are states (a domain's, a vif's, the service's own): the
 latest one per topic is kept, and every (re)connection publishes them all
 again, so that a broker that restarted empty learns the current state back.
 A queued retained message is then superseded by that copy and not sent
-twice. Everything goes at QoS 0: a message in flight when the connection
+twice. An empty retained message clears its topic and drops it from the
+states sent again. Everything goes at QoS 0: a message in flight when the connection
 breaks may be lost; states come back with the next connection, events and
 counters do not (each carries its time).
 
@@ -80,7 +81,10 @@ class EventPublisher:
     def publish(self, message: t.Message) -> None:
         if self._closing:
             return
-        if message.retain:
+        if message.retain and not message.payload:
+            # A cleared topic (topics.cleared): nothing to send again on reconnection.
+            self._retained.pop(message.topic, None)
+        elif message.retain:
             self._retained[message.topic] = message
             self._retained.move_to_end(message.topic)
             while len(self._retained) > self.retained_max:

@@ -9,8 +9,8 @@ data path and hand messages to an EventPublisher (which never blocks).
   per-bridge and per-port counters every interval.
 * ``Dom0Source``: per-vif counters as netback counts them, every interval.
 
-``DomainTracker`` and ``VifTracker`` are the pure part: fed snapshots, they
-say what changed since the last one.
+``DomainTracker``, ``VifTracker`` and ``RateMeter`` are the pure part: fed
+snapshots, they say what changed since the last one.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 from xenlab.events import topics as t
 from xenlab.events.config import EventsConfig
@@ -39,10 +39,21 @@ class DomainTracker:
     """Feed ``update`` the domains as they are now (Hypervisor.domain_info
     dicts plus ``run_state``, the RunState value); it returns the (info,
     state) pairs to publish: created on first sight, each state change, and
-    destroyed when a domain is gone (or its id now names another domain)."""
+    destroyed when a domain is gone (or its id now names another domain).
+
+    A domain is seen between its creation and the start of its process (the
+    hypervisor writes its xenstore tree first, and a watch may look then):
+    it is running only once it has a pid, unless it is never to have one."""
 
     def __init__(self) -> None:
         self._known: dict[int, dict] = {}
+
+    @staticmethod
+    def _state(info: dict) -> str | None:
+        state = info["run_state"]
+        if state == "running" and not info.get("pid") and info.get("launcher", "none") != "none":
+            return None         # created; its process is being started
+        return state
 
     def update(self, domains: Iterable[dict]) -> list[tuple[dict, str]]:
         current = {info["domid"]: info for info in domains}
@@ -53,15 +64,16 @@ class DomainTracker:
                 out.append((last, "destroyed"))
                 del self._known[domid]
         for domid, info in sorted(current.items()):
-            state = info["run_state"]
+            state = self._state(info)
             last = self._known.get(domid)
             if last is None:
                 if state == "dying":
                     continue        # never seen alive: a create that failed
                 out.append((info, "created"))
-            elif last["run_state"] == state:
+            elif self._state(last) == state:
                 continue
-            out.append((info, state))
+            if state is not None:
+                out.append((info, state))
             self._known[domid] = info
         return out
 
@@ -74,9 +86,15 @@ class VifTracker:
 
     def __init__(self) -> None:
         self._known: dict[tuple[int, int], dict] = {}
+        self._published: dict[int, set[int]] = {}     # devids with a retained state, per domain
 
     def domids(self) -> set[int]:
         return {domid for domid, _ in self._known}
+
+    def forget(self, domid: int) -> set[int]:
+        """The devids of ``domid`` that ever had a state, forgotten now (the
+        domain is gone: their retained states are to be cleared)."""
+        return self._published.pop(domid, set())
 
     def update(self, domid: int, vifs: Iterable[dict]) -> list[tuple[str, dict]]:
         out, seen = [], set()
@@ -87,6 +105,7 @@ class VifTracker:
             if last is not None and all(last.get(k) == vif.get(k) for k in VIF_KEYS):
                 continue
             out.append(("state", vif))
+            self._published.setdefault(domid, set()).add(vif["devid"])
             status = vif.get("hotplug_status", "")
             if status and (last is None or last.get("hotplug_status") != status):
                 out.append(("hotplug", vif))
@@ -95,6 +114,33 @@ class VifTracker:
             last = self._known.pop(key)
             out.append(("removed", {**last, "state": 0, "backend_state": 0, "hotplug_status": ""}))
         return out
+
+
+class RateMeter:
+    """Counters per second over the interval since the last sample of the
+    same key (a topic): pure, fed the counters and the time of each message.
+    A counter that went down (its device was re-created) counts from 0."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, dict]] = {}
+
+    def sample(self, key: str, counters: Mapping[str, int], now: float) -> dict[str, float]:
+        last = self._last.get(key)
+        self._last[key] = (now, dict(counters))
+        if last is None or now <= last[0]:
+            return {}
+        then, before = last
+        rates = {}
+        for name, value in counters.items():
+            grown = value - before.get(name, 0)
+            rates[name] = round((value if grown < 0 else grown) / (now - then), 3)
+        return rates
+
+    def keep(self, keys) -> None:
+        """Forget every key not in ``keys`` (a device gone)."""
+        keys = set(keys)
+        for key in [k for k in self._last if k not in keys]:
+            del self._last[key]
 
 
 def affected_domains(path: str) -> set[int] | None:
@@ -163,9 +209,24 @@ class HypervisorSource:
         try:
             now = self.clock()
             for info, state in self.domains.update(self._domain_infos()):
-                self.publisher.publish(t.domain_state(self.topics, info, state, now))
+                if state == "destroyed":
+                    self._destroyed(info, now)
+                else:
+                    self.publisher.publish(t.domain_state(self.topics, info, state, now))
         except Exception:
             log.exception("domain events")
+
+    def _destroyed(self, info: dict, now: float) -> None:
+        """A domain's last messages: its vifs gone (if the xenstore watch has
+        not said so yet), then destroyed, then its state topics cleared."""
+        domid = info["domid"]
+        gone = self.vifs.update(domid, [])
+        for _, vif in gone:
+            self.publisher.publish(t.vif_state(self.topics, vif, False, now))
+        self.publisher.publish(t.domain_state(self.topics, info, "destroyed", now))
+        for devid in sorted(self.vifs.forget(domid) | {vif["devid"] for _, vif in gone}):
+            self.publisher.publish(t.cleared(self.topics.vif(domid, devid, "state")))
+        self.publisher.publish(t.cleared(self.topics.domain_state(domid)))
 
     def _domain_infos(self) -> list[dict]:
         return [{**self.hv.domain_info(dom), "run_state": dom.state.value} for dom in self.hv.domains]
@@ -233,10 +294,16 @@ class BridgeSource:
         self.interval = interval
         self.clock = clock
         self.overflows = 0
+        self.rates = RateMeter()
         self._sub = None
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
+        now = self.clock()
+        for br in self.service.bridges.values():       # so that the first message has rates
+            self.rates.sample(self.topics.bridge_stats(br.name), br.counters, now)
+            for port in list(br.ports.values()):
+                self.rates.sample(self.topics.port_stats(br.name, port.name), port.stats(), now)
         self._sub = self.service.subscribe()
         self._tasks = [asyncio.create_task(self._fdb_loop(), name="events-fdb"),
                        asyncio.create_task(_every(self.interval, self.publish_stats),
@@ -269,15 +336,24 @@ class BridgeSource:
 
     def publish_stats(self) -> None:
         now = self.clock()
+        seen = []
         for br in self.service.bridges.values():
             fdb = {**br.fdb.counters, "entries": len(br.fdb)}
+            topic = self.topics.bridge_stats(br.name)
+            seen.append(topic)
             self.publisher.publish(t.bridge_stats(self.topics, br.name, br.counters, br.drops,
-                                                  fdb, len(br.ports), now))
+                                                  fdb, len(br.ports), now,
+                                                  self.rates.sample(topic, br.counters, now)))
             for port in list(br.ports.values()):
                 dev = self.service.links.get((br.name, port.name))
+                counters = port.stats()
+                topic = self.topics.port_stats(br.name, port.name)
+                seen.append(topic)
                 self.publisher.publish(t.port_stats(
-                    self.topics, br.name, port.name, port.port_no, port.state, port.stats(),
-                    port.drops, dev.stats() if dev is not None else {}, now))
+                    self.topics, br.name, port.name, port.port_no, port.state, counters,
+                    port.drops, dev.stats() if dev is not None else {}, now,
+                    self.rates.sample(topic, counters, now)))
+        self.rates.keep(seen)
 
 
 # -- dom0 (any driver domain) -------------------------------------------------------------
@@ -291,11 +367,18 @@ class Dom0Source:
         self.topics = publisher.topics
         self.interval = interval
         self.clock = clock
+        self.rates = RateMeter()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
+        now = self.clock()
+        for name, vif in list(self.kernel.vifs.items()):     # so that the first message has rates
+            self.rates.sample(self._topic(vif), _counters(vif.stats()), now)
         self._task = asyncio.create_task(_every(self.interval, self.publish_stats),
                                          name="events-vif-stats")
+
+    def _topic(self, vif) -> str:
+        return self.topics.vif(vif.frontend_id, vif.devid, "stats")
 
     async def close(self) -> None:
         if self._task is not None:
@@ -305,9 +388,20 @@ class Dom0Source:
 
     def publish_stats(self) -> None:
         now = self.clock()
+        seen = []
         for name, vif in list(self.kernel.vifs.items()):
+            stats = vif.stats()
+            topic = self._topic(vif)
+            seen.append(topic)
             self.publisher.publish(t.vif_stats(self.topics, vif.frontend_id, vif.devid, name,
-                                               self.kernel.domid, vif.state, vif.stats(), now))
+                                               self.kernel.domid, vif.state, stats, now,
+                                               self.rates.sample(topic, _counters(stats), now)))
+        self.rates.keep(seen)
+
+
+def _counters(stats: Mapping[str, int]) -> dict[str, int]:
+    """NetDevice.stats() without its drop_REASON keys."""
+    return {k: v for k, v in stats.items() if not k.startswith("drop_")}
 
 
 async def _every(interval: float, job: Callable[[], None]) -> None:

@@ -10,7 +10,10 @@ module's ``SCHEMA``; bumped when a field changes meaning or goes away, never
 for an added field), ``type`` (which payload it is, as in ``TOPICS``),
 ``time`` (Unix time in seconds, when it happened or was measured) and
 ``host``. State topics are retained, so that a subscriber that comes late
-still gets the current state; events and counters are not.
+still gets the current state; events and counters are not. A state topic
+whose object is gone (a destroyed domain's, its vifs') is cleared after its
+last message with an empty retained message, as MQTT 3.1.1 (3.3.1.3) says
+a broker forgets a retained message (``cleared``).
 
 ``TOPICS`` documents every topic: docs/EVENTS.md is written from it, and
 the tests check that every payload carries exactly its documented fields.
@@ -42,6 +45,10 @@ class TopicDoc:
     fields: Mapping[str, str]
 
 
+_RATES = ("the counters per second, over the interval since this topic's previous message "
+          "(none in the first)")
+
+
 _VIF_ID = {
     "domid": "the guest (frontend) domain id",
     "devid": "the vif's device id in the guest (ethDEVID)",
@@ -55,8 +62,9 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "domid": "domain id",
                  "name": "domain name",
                  "uuid": "domain UUID",
-                 "state": "one of " + ", ".join(DOMAIN_STATES) + " (created is followed at once "
-                          "by running or paused; destroyed is the last message for this domain)",
+                 "state": "one of " + ", ".join(DOMAIN_STATES) + " (created is followed by running "
+                          "or paused once the domain's process runs; destroyed is the last message "
+                          "for this domain, after its vifs' last)",
                  "memory_kb": "current reservation in KiB as of this state change (0 from dying on)",
                  "maxmem_kb": "maximum reservation in KiB",
                  "target_kb": "balloon target in KiB",
@@ -64,7 +72,8 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "privileged": "true for Domain-0",
                  "shutdown_reason": "poweroff, reboot, crash... once the domain shut down, else empty",
                  "launcher": "how the domain runs: local, docker, none",
-                 "pid": "the domain's process id, 0 when it has none",
+                 "pid": "the domain's process id (a container's main process for the docker "
+                        "launcher), 0 when it has none: Domain-0, launcher none, or not started yet",
              }),
     TopicDoc("domain/<domid>/vif/<devid>/state", "vif.state", True,
              "A vif's xenbus handshake as xenstore shows it (frontend and backend "
@@ -98,6 +107,7 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "backend_id": "the driver domain publishing it",
                  "link_state": "connected, down or disabled (netback disabled a misbehaving frontend)",
                  "counters": "tx_packets, tx_bytes, rx_packets, rx_bytes",
+                 "rates": _RATES,
                  "drops": "frames dropped, by reason",
              }),
     TopicDoc("bridge/<bridge>/fdb/<kind>", "fdb.event", False,
@@ -115,6 +125,7 @@ TOPICS: tuple[TopicDoc, ...] = (
              "A bridge's counters, every interval.", {
                  "bridge": "the bridge",
                  "counters": "rx, forwarded, flooded, unicast, tx",
+                 "rates": _RATES,
                  "drops": "frames dropped, by reason",
                  "fdb": "FDB counters (learned, moved, aged, evicted, flushed...) and entries",
                  "ports": "the number of ports",
@@ -127,6 +138,7 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "port_no": "the port number",
                  "port_state": "forwarding, learning, blocking, disabled...",
                  "counters": "rx_packets, rx_bytes, tx_packets, tx_bytes",
+                 "rates": _RATES,
                  "drops": "frames dropped at this port, by reason",
                  "link": "the link device's counters and drops (drop_REASON)",
              }),
@@ -211,6 +223,13 @@ def _level(name: str) -> str:
     return "".join("_" if c in "/+#\0" else c for c in name) or "_"
 
 
+def cleared(topic: str) -> Message:
+    """An empty retained message: the broker forgets the topic's retained
+    message (MQTT 3.1.1, 3.3.1.3), so a late subscriber is not told about
+    something long gone."""
+    return Message(topic, b"", True)
+
+
 def encode(payload: dict) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
@@ -268,11 +287,14 @@ def _split_drops(stats: Mapping[str, int]) -> tuple[dict, dict]:
 
 
 def vif_stats(topics: Topics, domid: int, devid: int, vifname: str, backend_id: int,
-              link_state: str, stats: Mapping[str, int], now: float) -> Message:
-    """`stats`: NetDevice.stats() (counters and drop_REASON keys)."""
+              link_state: str, stats: Mapping[str, int], now: float,
+              rates: Mapping[str, float] | None = None) -> Message:
+    """`stats`: NetDevice.stats() (counters and drop_REASON keys); `rates`:
+    the counters per second (sources.RateMeter)."""
     counters, drops = _split_drops(stats)
     fields = {"domid": domid, "devid": devid, "vifname": vifname, "backend_id": backend_id,
-              "link_state": link_state, "counters": counters, "drops": drops}
+              "link_state": link_state, "counters": counters, "rates": dict(rates or {}),
+              "drops": drops}
     return _message(topics, topics.vif(domid, devid, "stats"), "vif.stats", now, fields)
 
 
@@ -284,17 +306,19 @@ def fdb_event(topics: Topics, event: Mapping, now: float) -> Message:
 
 
 def bridge_stats(topics: Topics, bridge: str, counters: Mapping[str, int], drops: Mapping[str, int],
-                 fdb: Mapping[str, int], ports: int, now: float) -> Message:
-    fields = {"bridge": bridge, "counters": dict(counters), "drops": dict(drops), "fdb": dict(fdb),
-              "ports": ports}
+                 fdb: Mapping[str, int], ports: int, now: float,
+                 rates: Mapping[str, float] | None = None) -> Message:
+    fields = {"bridge": bridge, "counters": dict(counters), "rates": dict(rates or {}),
+              "drops": dict(drops), "fdb": dict(fdb), "ports": ports}
     return _message(topics, topics.bridge_stats(bridge), "bridge.stats", now, fields)
 
 
 def port_stats(topics: Topics, bridge: str, port: str, port_no: int, port_state: str,
                counters: Mapping[str, int], drops: Mapping[str, int], link: Mapping[str, int],
-               now: float) -> Message:
+               now: float, rates: Mapping[str, float] | None = None) -> Message:
     fields = {"bridge": bridge, "port": port, "port_no": port_no, "port_state": port_state,
-              "counters": dict(counters), "drops": dict(drops), "link": dict(link)}
+              "counters": dict(counters), "rates": dict(rates or {}), "drops": dict(drops),
+              "link": dict(link)}
     return _message(topics, topics.port_stats(bridge, port), "port.stats", now, fields)
 
 

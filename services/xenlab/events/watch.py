@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ import aiomqtt
 from xenlab.events.config import DEFAULT_PORT, BrokerAddress
 from xenlab.events.topics import DEFAULT_PREFIX, decode
 from xenlab.rundir import Rundir
+from xenlab.osutil import on_stop_signal
 from xenlab.xen.errors import ConfigError
 
 
@@ -163,13 +166,27 @@ def _line(message: aiomqtt.Message, as_json: bool) -> str:
                        "payload": decoded}, separators=(",", ":"))
 
 
+def _no_broker(broker: BrokerAddress, err: aiomqtt.MqttError, args, guessed: bool) -> str:
+    """One line: which broker could not be reached, why, and where the
+    address came from when the user did not give it."""
+    text = str(err)
+    m = re.search(r"\[Errno (\d+)\]", text)
+    reason = os.strerror(int(m.group(1))).lower() if m else text
+    line = f"xenlab events: cannot reach the MQTT broker at {broker}: {reason}"
+    if guessed:
+        line += (f" (no lab in {args.rundir} says where its broker is: start one with `xenlab up`, "
+                 f"or name a broker with --broker mqtt://HOST:PORT)")
+    return line
+
+
 async def run(args) -> int:
     try:
-        broker = BrokerAddress.parse(args.broker) if args.broker else \
-            lab_broker(args.rundir) or BrokerAddress("127.0.0.1")
+        broker = BrokerAddress.parse(args.broker) if args.broker else lab_broker(args.rundir)
     except ConfigError as err:
         print(f"xenlab events: {err.message}", file=sys.stderr)
         return 2
+    guessed = broker is None
+    broker = broker or BrokerAddress("127.0.0.1")
     topics = args.topic or [f"{args.prefix}/#"]
     seen = 0
 
@@ -180,13 +197,27 @@ async def run(args) -> int:
             seen += 1
             if args.count and seen >= args.count:
                 return
+
+    stopped = asyncio.Event()
+    on_stop_signal(stopped.set)                 # Ctrl-C ends it, as mosquitto_sub's, with exit 0
+    consumer = asyncio.create_task(consume())
+    stop = asyncio.create_task(stopped.wait())
     try:
-        await asyncio.wait_for(consume(), args.timeout if args.timeout > 0 else None)
-    except asyncio.TimeoutError:
-        return 1 if args.count and seen < args.count else 0
-    except aiomqtt.MqttError as err:
-        print(f"xenlab events: {broker}: {err}", file=sys.stderr)
-        return 1
-    except (BrokenPipeError, KeyboardInterrupt):
+        done, _ = await asyncio.wait({consumer, stop}, timeout=args.timeout if args.timeout > 0 else None,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (consumer, stop):
+            task.cancel()
+        await asyncio.gather(consumer, stop, return_exceptions=True)
+    if consumer in done:
+        try:
+            consumer.result()
+        except aiomqtt.MqttError as err:
+            print(_no_broker(broker, err, args, guessed), file=sys.stderr)
+            return 1
+        except BrokenPipeError:
+            return 0
         return 0
-    return 0
+    if stop in done:
+        return 0
+    return 1 if args.count and seen < args.count else 0      # --timeout

@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the emulated host's RAM (default 8192)")
     parser.add_argument("--launcher", choices=("local", "docker", "none"), default="local",
                         help="how created domains run (default local processes)")
-    parser.add_argument("--max-domains", type=int, default=256)
+    parser.add_argument("--max-domains", type=int, default=256, metavar="N",
+                        help="domains the host may run at once, Domain-0 included; `xl create` "
+                             "past it fails with ENOSPC (default 256)")
     add_domain_uids_argument(parser)
     parser.add_argument("--domains-dir", type=Path, default=None, metavar="DIR",
                         help="with domain uids: the directory domains reach the hypervisor "
@@ -36,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "made if missing (default: a fresh one in TMPDIR). The docker "
                              "launcher needs one, mounted into every domain (--docker-volume)")
     parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="how much the hypervisor logs (default INFO)")
     parser.add_argument("--die-with-parent", action="store_true",
                         help="exit when the process that started it exits (used by `xenlab up`)")
     events_config.add_arguments(parser)

@@ -29,19 +29,26 @@
     host = "demo"            # HOST (default: the lab's name)
     interval = 5             # seconds between counter messages
 
-Read once into frozen dataclasses; every error names the file and the entry.
+Read once into frozen dataclasses; every error names the file, the line
+and the entry. A key xenlab does not know, in any table, is an error naming
+the key it most resembles (a typo such as `memroy = 32` would otherwise
+leave the domain at the default 128 MiB); inside [[domain]] (and the xl.cfg
+files it names) xl's own keys that xenlab does not use are still accepted.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
 from xenlab.xen import abi
 from xenlab.xen.errors import ConfigError
-from xenlab.xen.xlcfg import XlConfig, format_value, load_xl_config, parse_xl_config
+from xenlab.xen.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
 
+TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt"}
 LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
 BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "flood_limit"}
@@ -86,51 +93,79 @@ class LabSpec:
         return next(d for d in self.domains if d.name == name)
 
 
-def _fail(source: str, message: str) -> ConfigError:
-    return ConfigError(message, path=source)
+def _fail(source: str, message: str, line: int | None = None) -> ConfigError:
+    return ConfigError(message, line=line, path=source)
 
 
-def _unknown(source: str, where: str, table: dict, known: set) -> None:
-    extra = sorted(set(table) - known)
-    if extra:
-        raise _fail(source, f"{where}: unknown key(s) {', '.join(extra)} (expected {', '.join(sorted(known))})")
+def _unknown(source: str, where: str, table: dict, known: set, lines: TomlLines,
+             at: tuple) -> None:
+    for key in table:
+        if key not in known:
+            if at == ():        # a table, or a key outside any
+                line = lines.line((key,)) or lines.line((key, 0)) or lines.line((), key)
+            else:
+                line = lines.line(at, key)
+            raise _fail(source, f"{where}: unknown {'table' if at == () else 'key'} {key!r}"
+                                f"{did_you_mean(key, known)} (expected one of {', '.join(sorted(known))})",
+                        line)
 
 
-def _xl_text(entry: dict) -> str:
-    """Inline domain keys as xl.cfg text, so one parser checks both forms."""
-    lines = []
+def _xl_text(entry: dict, positions: dict[str, KeyPosition], source: str) -> str:
+    """Inline domain keys as xl.cfg text, so that one parser checks both
+    forms: each setting on the line it has in the lab file, each list item
+    on its own line, so that the parser's errors name the lab file's lines."""
+    rows: dict[int, list[str]] = {}
+    end = max((p.line for p in positions.values()), default=0)
     for key, value in entry.items():
-        if isinstance(value, bool):
-            value = int(value)
+        position = positions.get(key)
+        if position is None:                  # not located (it should be): after the others
+            end += 1
+            position = KeyPosition(end)
+        if isinstance(value, dict):
+            raise _fail(source, f"{key}: a table is not an xl.cfg value (expected a string, "
+                                f"a number or a list)", position.line)
         if isinstance(value, list):
-            lines.append(f"{key} = [{', '.join(_quote(v) for v in value)}]")
+            items = position.items if len(position.items) == len(value) else (position.line,) * len(value)
+            rows.setdefault(position.line, []).append(f"{key} = [")
+            for item, line in zip(value, items):
+                rows.setdefault(line, []).append(_quote(item) + ",")
+            rows.setdefault(items[-1] if items else position.line, []).append("]")
         else:
-            lines.append(f"{key} = {_quote(value)}")
-    return "\n".join(lines) + "\n"
+            rows.setdefault(position.line, []).append(f"{key} = {_quote(value)}")
+    last = max(rows, default=0)
+    return "\n".join(" ".join(rows.get(n, ())) for n in range(1, last + 1)) + "\n"
 
 
 def _quote(value) -> str:
+    if isinstance(value, bool):
+        value = int(value)
     if isinstance(value, int):
         return str(value)
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+    text = str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{text}"'
 
 
-def _domain(entry: dict, index: int, base: Path, source: str) -> XlConfig:
+def _domain(entry: dict, index: int, base: Path, source: str, lines: TomlLines) -> XlConfig:
     where = f"domain #{index + 1}"
+    at = lines.line(("domain", index))
     if not isinstance(entry, dict):
-        raise _fail(source, f"{where}: must be a table")
+        raise _fail(source, f"{where}: must be a table", at)
+    positions = lines.table(("domain", index))
     entry = dict(entry)
     config = entry.pop("config", None)
     if config is not None:
         path = (base / config) if not Path(config).is_absolute() else Path(config)
-        overrides = [f"{k}={format_value(v) if isinstance(v, list) else v}" for k, v in entry.items()]
+        inline = (_xl_text(entry, positions, source), source) if entry else None
         try:
-            return load_xl_config(path, overrides=overrides)
+            return load_xl_config(path, inline=inline, strict=True)
         except FileNotFoundError:
-            raise _fail(source, f"{where}: config file {path} does not exist") from None
+            raise _fail(source, f"{where}: config file {path} does not exist",
+                        lines.line(("domain", index), "config")) from None
     if "name" not in entry:
-        raise _fail(source, f"{where}: needs a name (or config = \"FILE.cfg\")")
-    return parse_xl_config(_xl_text(entry), f"{source} [{where} {entry['name']}]")
+        raise _fail(source, f"{where}: needs a name (or config = \"FILE.cfg\")", at)
+    cfg = parse_xl_config(_xl_text(entry, positions, source), source, strict=True)
+    # The config the domain keeps (xl list -l) without the lab file's other lines.
+    return dataclasses.replace(cfg, text="\n".join(line for line in cfg.text.splitlines() if line.strip()) + "\n")
 
 
 def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> LabSpec:
@@ -138,48 +173,58 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise _fail(source, f"not valid TOML: {err}") from None
+    lines = key_lines(text)
     base = base or Path(".")
-    known = {"lab", "hypervisor", "bridge", "domain", "mqtt"}
-    _unknown(source, "top level", data, known)
-    lab = data.get("lab", {})
-    _unknown(source, "[lab]", lab, LAB_KEYS)
-    hv = data.get("hypervisor", {})
-    _unknown(source, "[hypervisor]", hv, HYPERVISOR_KEYS)
+    _unknown(source, "top level", data, TABLES, lines, ())
+    tables = {}
+    for name in ("lab", "hypervisor", "mqtt"):
+        tables[name] = data.get(name, {})
+        if not isinstance(tables[name], dict):
+            raise _fail(source, f"[{name}] must be a table", lines.line((), name))
+    for name in ("bridge", "domain"):
+        if not isinstance(data.get(name, []), list):
+            raise _fail(source, f"{name} must be an array of tables: [[{name}]]", lines.line((name,)))
+    lab, hv, mqtt = tables["lab"], tables["hypervisor"], tables["mqtt"]
+    _unknown(source, "[lab]", lab, LAB_KEYS, lines, ("lab",))
+    _unknown(source, "[hypervisor]", hv, HYPERVISOR_KEYS, lines, ("hypervisor",))
     bridges = []
     for i, entry in enumerate(data.get("bridge", [])):
-        _unknown(source, f"bridge #{i + 1}", entry, BRIDGE_KEYS)
-        bridges.append(_bridge(entry, i, source))
-    domains = tuple(_domain(e, i, base, source) for i, e in enumerate(data.get("domain", [])))
-    mqtt = data.get("mqtt", {})
-    if not isinstance(mqtt, dict):
-        raise _fail(source, "[mqtt] must be a table")
-    _unknown(source, "[mqtt]", mqtt, MQTT_KEYS)
+        _unknown(source, f"bridge #{i + 1}", entry, BRIDGE_KEYS, lines, ("bridge", i))
+        bridges.append(_bridge(entry, i, source, _lines_of(lines, ("bridge", i))))
+    domains = tuple(_domain(e, i, base, source, lines) for i, e in enumerate(data.get("domain", [])))
+    _unknown(source, "[mqtt]", mqtt, MQTT_KEYS, lines, ("mqtt",))
     spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains,
                    bridges=tuple(bridges) or (BridgeSpec(abi.DEFAULT_BRIDGE),),
                    memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
                    launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
-                   source=source, mqtt=_mqtt(mqtt, source))
+                   source=source, mqtt=_mqtt(mqtt, source, _lines_of(lines, ("mqtt",))))
     validate(spec)
     return spec
 
 
-def _bridge(entry: dict, index: int, source: str) -> BridgeSpec:
+def _lines_of(lines: TomlLines, table: tuple):
+    """The line of a key of ``table``, else of its header."""
+    return lambda key: lines.line(table, key) or lines.line(table)
+
+
+def _bridge(entry: dict, index: int, source: str, line) -> BridgeSpec:
     name = entry.get("name")
     if not isinstance(name, str) or not name or len(name) > 15:
-        raise _fail(source, f"bridge #{index + 1}: needs a name of 1..15 characters (IFNAMSIZ)")
+        raise _fail(source, f"bridge #{index + 1}: needs a name of 1..15 characters (IFNAMSIZ)", line("name"))
     uplink = entry.get("uplink")
     if uplink is not None and not (isinstance(uplink, str) and uplink.startswith("tap:") and 1 < len(uplink) - 4 <= 15):
-        raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME up to 15 characters)")
+        raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME up to 15 characters)",
+                    line("uplink"))
     flood = entry.get("flood_limit")
     if flood is not None:
         if isinstance(flood, bool) or not isinstance(flood, (int, float, str)):
             raise _fail(source, f"bridge {name}: flood_limit must be RATE or \"RATE/BURST\" "
-                                f"(frames per second, frames), got {flood!r}")
+                                f"(frames per second, frames), got {flood!r}", line("flood_limit"))
         flood = f"{flood:g}" if isinstance(flood, (int, float)) else flood
     return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"), flood)
 
 
-def _mqtt(entry: dict, source: str) -> MqttSpec:
+def _mqtt(entry: dict, source: str, line=lambda key: None) -> MqttSpec:
     from xenlab.events.config import BrokerAddress
     from xenlab.events.topics import check_level, check_prefix
     spec = MqttSpec(broker=str(entry.get("broker", "embedded")), engine=str(entry.get("engine", "auto")),
@@ -190,17 +235,17 @@ def _mqtt(entry: dict, source: str) -> MqttSpec:
         try:
             BrokerAddress.parse(spec.broker)
         except ConfigError as err:
-            raise _fail(source, f"[mqtt] broker: {err.message} (or \"embedded\", \"none\")") from None
+            raise _fail(source, f"[mqtt] broker: {err.message} (or \"embedded\", \"none\")", line("broker")) from None
     if spec.engine not in ("auto", "mosquitto", "amqtt"):
-        raise _fail(source, f"[mqtt] engine {spec.engine!r}: expected auto, mosquitto or amqtt")
+        raise _fail(source, f"[mqtt] engine {spec.engine!r}: expected auto, mosquitto or amqtt", line("engine"))
     if not isinstance(spec.interval, (int, float)) or isinstance(spec.interval, bool) or spec.interval <= 0:
-        raise _fail(source, f"[mqtt] interval must be a positive number of seconds, got {spec.interval!r}")
-    try:
-        check_prefix(spec.prefix)
-        if spec.host is not None:
-            check_level(spec.host, "host")
-    except ConfigError as err:
-        raise _fail(source, f"[mqtt] {err.message}") from None
+        raise _fail(source, f"[mqtt] interval must be a positive number of seconds, got {spec.interval!r}", line("interval"))
+    for key, check in (("prefix", check_prefix), ("host", lambda host: check_level(host, "host"))):
+        if getattr(spec, key) is not None:
+            try:
+                check(getattr(spec, key))
+            except ConfigError as err:
+                raise _fail(source, f"[mqtt] {err.message}", line(key)) from None
     return spec
 
 

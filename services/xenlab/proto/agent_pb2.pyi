@@ -23,18 +23,22 @@ class PingRequest(_message.Message):
     def __init__(self, dst: _Optional[str] = ..., count: _Optional[int] = ..., size: _Optional[int] = ..., interval: _Optional[float] = ..., timeout: _Optional[float] = ..., interface: _Optional[str] = ...) -> None: ...
 
 class PingReply(_message.Message):
-    __slots__ = ("transmitted", "received", "rtt", "seq", "error")
+    __slots__ = ("transmitted", "received", "rtt", "seq", "error", "src", "unreachable")
     TRANSMITTED_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     RTT_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
     transmitted: int
     received: int
     rtt: _containers.RepeatedScalarFieldContainer[float]
     seq: _containers.RepeatedScalarFieldContainer[int]
     error: str
-    def __init__(self, transmitted: _Optional[int] = ..., received: _Optional[int] = ..., rtt: _Optional[_Iterable[float]] = ..., seq: _Optional[_Iterable[int]] = ..., error: _Optional[str] = ...) -> None: ...
+    src: str
+    unreachable: bool
+    def __init__(self, transmitted: _Optional[int] = ..., received: _Optional[int] = ..., rtt: _Optional[_Iterable[float]] = ..., seq: _Optional[_Iterable[int]] = ..., error: _Optional[str] = ..., src: _Optional[str] = ..., unreachable: bool = ...) -> None: ...
 
 class SendUdpRequest(_message.Message):
     __slots__ = ("dst", "dport", "sport", "payload", "wait_reply", "timeout", "interface")

@@ -13,6 +13,7 @@ Vif entries follow xl-network-configuration(5).
 """
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import random as _random
 import re
@@ -437,22 +438,38 @@ class _Reader:
                 if key not in self.used]
 
 
-def parse_xl_config(text: str, path: str | None = None, overrides: Sequence[str] = ()) -> XlConfig:
+def parse_xl_config(text: str, path: str | None = None, overrides: Sequence[str] = (), *,
+                    inline: tuple[str, str | None] | None = None, strict: bool = False) -> XlConfig:
     """Parse an xl.cfg. `overrides` are `key=value` lines given after the
-    file on the `xl create` command line; they win over the file."""
+    file on the `xl create` command line; they win over the file.
+
+    `inline` is (text, source): more settings, read after the file and
+    before the overrides and winning over the file without a duplicate
+    warning, reported under their own source and lines (a lab file's keys
+    next to its `config = "FILE.cfg"`). `strict` makes a key that neither
+    xenlab nor xl knows an error instead of a warning (a lab file, whose
+    warnings nobody might see)."""
     collected = _Settings()
     for setting in parse_settings(text, path):
         collected.add(setting, path, warn_duplicates=True)
+    kept = [text]
+    if inline is not None:
+        inline_text, inline_source = inline
+        for setting in parse_settings(inline_text, inline_source):
+            collected.add(setting, inline_source, warn_duplicates=False)
+        kept.append("\n".join(line for line in inline_text.splitlines() if line.strip()))
     for n, line in enumerate(overrides, 1):
         for setting in parse_settings(line, COMMAND_LINE, first_line=n):
             collected.add(setting, COMMAND_LINE, warn_duplicates=False)
     if overrides:
         # xl appends its command-line settings to the config it keeps.
-        text = text + ("\n" if text and not text.endswith("\n") else "") + "\n".join(overrides) + "\n"
-    return _build(_Reader(collected), collected.warnings, path, text)
+        kept.append("\n".join(overrides))
+    text = "\n".join(part.rstrip("\n") for part in kept if part.strip()) + "\n" if len(kept) > 1 else text
+    return _build(_Reader(collected), collected.warnings, path, text, strict)
 
 
-def _build(r: _Reader, warnings: list[str], path: str | None, text: str) -> XlConfig:
+def _build(r: _Reader, warnings: list[str], path: str | None, text: str,
+           strict: bool = False) -> XlConfig:
     name = r.string("name")
     if not name:
         if "name" in r:
@@ -476,7 +493,7 @@ def _build(r: _Reader, warnings: list[str], path: str | None, text: str) -> XlCo
     launcher = _choice(r, "launcher", None, LAUNCHERS)
     uuid = _uuid_value(r)
     vifs = _vifs(r, warnings)
-    extra = _extra(r, warnings)
+    extra = _extra(r, warnings, strict)
     return XlConfig(name=name, memory_mb=memory, maxmem_mb=maxmem, vcpus=vcpus, maxvcpus=maxvcpus,
                     vifs=vifs, uuid=uuid, launcher=launcher, extra=MappingProxyType(extra),
                     warnings=tuple(warnings), text=text, **actions)
@@ -517,19 +534,33 @@ def _vifs(r: _Reader, warnings: list[str]) -> tuple[VifConfig, ...]:
     return tuple(vifs)
 
 
-def _extra(r: _Reader, warnings: list[str]) -> dict[str, str]:
+def _extra(r: _Reader, warnings: list[str], strict: bool) -> dict[str, str]:
     extra = {}
+    # Every key xenlab reads has been asked for by now: those and xl's own
+    # are what a typo most likely meant.
+    known = sorted(r.used | KNOWN_XL_KEYS)
     for key, setting, source in r.unused():
         extra[key] = format_value(setting.value)
-        if key not in KNOWN_XL_KEYS:
-            warnings.append(f"{_where(source, setting.line)}warning: unknown key {key!r} ignored")
+        if key in KNOWN_XL_KEYS:
+            continue
+        hint = did_you_mean(key, known)
+        if strict:
+            raise ConfigError(f"unknown key {key!r}{hint}", setting.line, source)
+        warnings.append(f"{_where(source, setting.line)}warning: unknown key {key!r} ignored{hint}")
     return extra
 
 
-def load_xl_config(path, overrides: Sequence[str] = ()) -> XlConfig:
-    """Read and parse an xl.cfg file. OSError propagates unchanged."""
+def did_you_mean(word: str, known) -> str:
+    """" (did you mean 'memory'?)" for the closest of ``known``, or ""."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def load_xl_config(path, overrides: Sequence[str] = (), **options) -> XlConfig:
+    """Read and parse an xl.cfg file (``options``: parse_xl_config's).
+    OSError propagates unchanged."""
     text = Path(path).read_text()
-    return parse_xl_config(text, str(path), overrides)
+    return parse_xl_config(text, str(path), overrides, **options)
 
 
 # --------------------------------------------------------------------------

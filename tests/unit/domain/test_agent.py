@@ -147,6 +147,7 @@ async def test_ping_without_arp_reply_says_so(agents):
     reply = await agents.a.Ping(agent_pb2.PingRequest(dst="10.0.0.77", count=1, timeout=0.5))
     assert (reply.transmitted, reply.received) == (1, 0)
     assert reply.error == "arp: no reply from 10.0.0.77"
+    assert reply.unreachable and reply.src == "10.0.0.1"
 
 
 async def test_send_udp_waits_for_the_echo(agents):
@@ -429,9 +430,19 @@ def test_format_ping_like_ping8():
     assert "rtt min/avg/max/mdev = 0.412/4.737/12.300/5.366 ms" in text
 
 
-def test_format_ping_with_nothing_back():
-    reply = agent_pb2.PingReply(transmitted=1, received=0, error="arp: no reply from 10.0.0.9")
+def test_format_ping_unreachable_is_from_the_senders_address_per_request():
+    # It printed "From 10.0.0.9: arp: ..." (the destination as the source).
+    reply = agent_pb2.PingReply(transmitted=3, received=1, rtt=[0.001], seq=[2], src="10.0.0.1",
+                                unreachable=True, error="arp: no reply from 10.0.0.9")
+    lines = format_ping(reply, "10.0.0.9").splitlines()
+    assert lines[2:4] == ["From 10.0.0.1 icmp_seq=1 Destination Host Unreachable",
+                          "From 10.0.0.1 icmp_seq=3 Destination Host Unreachable"]
+    assert "3 packets transmitted, 1 received, +2 errors, 66.6667% packet loss" in lines
+
+
+def test_format_ping_with_another_error_says_it_as_ping_does():
+    reply = agent_pb2.PingReply(transmitted=1, received=0, error="interface eth0 went away")
     text = format_ping(reply, "10.0.0.9")
-    assert "From 10.0.0.9: arp: no reply from 10.0.0.9" in text
+    assert "ping: interface eth0 went away" in text
     assert "1 packets transmitted, 0 received, 100% packet loss" in text
     assert "rtt" not in text

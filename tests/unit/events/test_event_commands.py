@@ -46,8 +46,38 @@ async def test_events_exits_1_when_fewer_than_n_came():
 
 async def test_events_without_a_broker_says_so():
     from xenlab.events.broker import free_port
-    rc, _, err = await xenlab("events", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--timeout", "5")
-    assert rc == 1 and "xenlab events: mqtt://127.0.0.1:" in err
+    port = free_port()
+    rc, _, err = await xenlab("events", "--broker", f"mqtt://127.0.0.1:{port}", "--timeout", "5")
+    assert (rc, err) == (1, f"xenlab events: cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: "
+                            f"connection refused\n")
+
+
+async def test_events_with_no_lab_says_in_one_line_that_no_lab_runs(tmp_path):
+    # It tried 127.0.0.1:1883 and printed a bare "[Errno 111] Connect call failed".
+    import socket
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 1883)) == 0:
+            pytest.skip("something listens on 127.0.0.1:1883 on this machine")
+    rc, out, err = await xenlab("events", "--rundir", str(tmp_path), "--timeout", "5")
+    assert (rc, out) == (1, "") and err.count("\n") == 1
+    assert err.startswith("xenlab events: cannot reach the MQTT broker at mqtt://127.0.0.1:1883: "
+                          "connection refused (no lab in ")
+    assert "start one with `xenlab up`, or name a broker with --broker" in err
+
+
+async def test_events_stops_on_ctrl_c_with_exit_0():
+    import signal
+    async with EmbeddedBroker() as broker:
+        async with EventPublisher(broker.address, TOPICS, "hypervisor") as pub:
+            await pub.wait_connected(10)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "xenlab.cli.main", "events", "--broker", str(broker.address),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            first = await asyncio.wait_for(proc.stdout.readline(), 30)    # the retained status
+            proc.send_signal(signal.SIGINT)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert b"/service/hypervisor/status" in first
+    assert proc.returncode == 0 and b"Traceback" not in err, err
 
 
 def test_events_finds_the_running_labs_broker(tmp_path):

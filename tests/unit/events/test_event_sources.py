@@ -1,6 +1,8 @@
 """The event sources against in-process services and a real (amqtt)
 broker: the hypervisor's domain lifecycle and vif states, the bridge's FDB
 events and counters, dom0's per-vif counters."""
+import asyncio
+import json
 import shutil
 import types
 
@@ -63,22 +65,122 @@ async def test_domain_lifecycle_and_vif_handshake(hypervisor, mqtt):
         await events.wait_for(of("domain.state", domid=domid, state="paused"))
         await hypervisor.dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
         await events.wait_for(of("domain.state", domid=domid, state="destroyed"))
-        gone = await events.wait_for(of("vif.state", domid=domid, present=False))
+        gone = next(e for e in events.events if of("vif.state", domid=domid, present=False)(e))
         assert (gone.payload["frontend_state"], gone.payload["backend_state"]) == (0, 0)
         states = [e.payload["state"] for e in events.events
                   if of("domain.state", domid=domid)(e)]
         assert states == ["created", "running", "paused", "dying", "destroyed"]
     finally:
         await source.close()
-    # What a subscriber that comes now is told: the last state of each.
-    broker = mqtt[0]
-    async with EventCollector(broker.address, [TOPICS.domain_state("+"), TOPICS.vif("+", "+", "state")]) as late:
-        await late.wait_for(of("vif.state", domid=domid))
-        await late.wait_for(of("domain.state", domid=domid))
-    assert all(e.retained for e in late.events)
-    assert {e.payload["state"] for e in late.events if of("domain.state", domid=domid)(e)} == {"destroyed"}
-    assert {e.payload["present"] for e in late.events if of("vif.state")(e)} == {False}
     assert source._on_change not in hypervisor.hv.observers
+
+
+async def test_destroyed_is_the_last_message_of_a_domain_and_its_vifs(hypervisor, mqtt):
+    # A vif's present:false came after destroyed, which EVENTS.md says is last.
+    broker, _, pub = mqtt
+    source = HypervisorSource(hypervisor.hv, pub)
+    source.start()
+    try:
+        async with RawSubscriber(broker.address, [f"{TOPICS.base}/domain/#"]) as raw:
+            domid, _ = await hypervisor.create_domain("web", vif=[domains_pb2.VifSpec(), domains_pb2.VifSpec()])
+            await raw.wait_for(lambda m: m.topic == TOPICS.vif(domid, 1, "state"))
+            await hypervisor.dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
+            await raw.wait_for(lambda m: m.topic == TOPICS.domain_state(domid) and not m.payload)
+    finally:
+        await source.close()
+    mine = [m for m in raw.messages if m.topic.startswith(f"{TOPICS.base}/domain/{domid}/")]
+    last_event = max(i for i, m in enumerate(mine) if m.payload)
+    assert mine[last_event].topic == TOPICS.domain_state(domid)
+    assert mine[last_event].payload["state"] == "destroyed"
+    assert sorted(m.topic for m in mine[last_event + 1:]) == sorted(
+        [TOPICS.domain_state(domid), TOPICS.vif(domid, 0, "state"), TOPICS.vif(domid, 1, "state")])
+
+
+async def test_a_late_subscriber_hears_nothing_of_a_destroyed_domain(hypervisor, mqtt):
+    # Retained states were never cleared: domain/4/state "destroyed" was
+    # still handed to every new subscriber, long after.
+    broker, events, pub = mqtt
+    source = HypervisorSource(hypervisor.hv, pub)
+    source.start()
+    try:
+        async with RawSubscriber(broker.address, [f"{TOPICS.base}/domain/#"]) as live:
+            gone, _ = await hypervisor.create_domain("gone", vif=[domains_pb2.VifSpec()])
+            kept, _ = await hypervisor.create_domain("kept", vif=[domains_pb2.VifSpec()])
+            await events.wait_for(of("vif.state", domid=kept))
+            await hypervisor.dom0.domains.Destroy(common_pb2.DomainRef(domid=gone))
+            await live.wait_for(lambda m: m.topic == TOPICS.domain_state(gone) and not m.payload)
+    finally:
+        await source.close()
+    async with RawSubscriber(broker.address, [f"{TOPICS.base}/domain/#"]) as late:
+        # Retained messages come right after the subscription: a message
+        # published after it arrives after all of them.
+        await late.mark(TOPICS.domain_state("marker"))
+    domids = {m.topic.split("/")[3] for m in late.messages if m.retained}
+    assert str(kept) in domids and str(gone) not in domids
+
+
+class RawSubscriber:
+    """Every message on `filters` as the broker sends it, empty ones too."""
+
+    def __init__(self, address, filters):
+        self.address, self.filters = address, filters
+        self.messages: list = []
+        self._arrived = asyncio.Event()
+
+    async def __aenter__(self):
+        import aiomqtt
+        self._client = aiomqtt.Client(self.address.host, self.address.port)
+        await self._client.__aenter__()
+        for f in self.filters:
+            await self._client.subscribe(f)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self):
+        async for message in self._client.messages:
+            payload = json.loads(message.payload) if message.payload else None
+            self.messages.append(types.SimpleNamespace(topic=str(message.topic), payload=payload,
+                                                       retained=bool(message.retain)))
+            self._arrived.set()
+
+    async def wait_for(self, predicate, timeout: float = 10):
+        async def find():
+            while not any(predicate(m) for m in self.messages):
+                self._arrived.clear()
+                await self._arrived.wait()
+        await asyncio.wait_for(find(), timeout)
+
+    async def mark(self, topic: str):
+        await self._client.publish(topic, b'{"marker": true}')
+        await self.wait_for(lambda m: m.topic == topic)
+        self.messages = [m for m in self.messages if m.topic != topic]
+
+    async def __aexit__(self, *exc):
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        await self._client.__aexit__(None, None, None)
+
+
+async def test_a_running_domain_is_published_with_its_process_id(hypervisor, mqtt):
+    # domain.state carried "pid":0 for running domains: the watch saw the
+    # domain before its process started, and running was never sent again.
+    _, events, pub = mqtt
+    source = HypervisorSource(hypervisor.hv, pub)
+    source.start()
+    try:
+        domid, _ = await hypervisor.create_domain("web", launcher="local",
+                                                  vif=[domains_pb2.VifSpec()])
+        running = await events.wait_for(of("domain.state", domid=domid, state="running"))
+        info = await hypervisor.dom0.domains.Info(common_pb2.DomainRef(domid=domid))
+        assert running.payload["pid"] == info.pid != 0
+        created = await events.wait_for(of("domain.state", domid=domid, state="created"))
+        assert created.payload["launcher"] == "local"
+        await hypervisor.dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
+        await events.wait_for(of("domain.state", domid=domid, state="destroyed"))
+    finally:
+        await source.close()
+    assert [e.payload["pid"] for e in events.events if of("domain.state", domid=domid, state="running")(e)] \
+        == [info.pid]
 
 
 async def test_a_failed_hotplug_carries_its_error(hypervisor, mqtt):
@@ -138,6 +240,8 @@ async def test_fdb_events_and_port_counters(bridge_service, mqtt):
         assert port.topic == "xenlab/src/bridge/xenbr0/port/vif1.0/stats"
         stats = await events.wait_for(lambda e: of("bridge.stats")(e) and e.payload["counters"]["rx"] == 2)
         assert stats.payload["ports"] == 2 and stats.payload["fdb"]["moved"] == 1
+        assert set(stats.payload["rates"]) == set(stats.payload["counters"])
+        assert set(port.payload["rates"]) == set(port.payload["counters"])
     finally:
         await source.close()
 
@@ -151,6 +255,27 @@ class FakeVif(NetDevice):
 
     def transmit(self, frames):
         self.count_tx(frames)
+
+
+async def test_counters_come_with_their_rates_per_second_over_the_interval(mqtt):
+    # Counters were cumulative only: a dashboard had to difference them.
+    _, events, pub = mqtt
+    now = [100.0]
+    vif = FakeVif("vif7.1", bytes(6))
+    vif.transmit([bytes(60)] * 10)
+    source = Dom0Source(types.SimpleNamespace(domid=0, vifs={"vif7.1": vif}), pub, interval=3600,
+                        clock=lambda: now[0])
+    source.start()
+    try:
+        vif.transmit([bytes(100)] * 30)
+        now[0] += 2.0
+        source.publish_stats()
+        stats = await events.wait_for(of("vif.stats", domid=7, devid=1))
+    finally:
+        await source.close()
+    assert stats.payload["counters"]["tx_packets"] == 40
+    assert stats.payload["rates"] == {"tx_packets": 15.0, "tx_bytes": 1500.0,
+                                      "rx_packets": 0.0, "rx_bytes": 0.0}
 
 
 async def test_dom0_publishes_every_vif_counters(mqtt):

@@ -98,6 +98,13 @@ class FakeContainer:
         yield b"booted\n"
         self._stopped.wait(10)
 
+    def stats(self, stream=True, decode=False):
+        """Docker's stats stream: a sample of the cgroup's CPU use, as the daemon sends it."""
+        assert stream and decode
+        yield {"cpu_stats": {"cpu_usage": {"total_usage": 0}}}
+        yield {"cpu_stats": {"cpu_usage": {"total_usage": 1_500_000_000}}}
+        self._stopped.wait(10)
+
 
 class FakeContainers:
     def __init__(self, client):
@@ -370,6 +377,20 @@ async def test_xl_destroy_removes_the_domains_container(hypervisor, domains):
     domid, _ = await hypervisor.create_domain("web", launcher="docker")
     await hypervisor.dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
     assert fake.created[0].removed
+
+
+async def test_xl_list_shows_a_docker_domains_cpu_time(hypervisor):
+    # Time(s) was 0.0 for every docker domain.
+    fake = FakeDocker()
+    hypervisor.hv.launchers["docker"] = DockerLauncher(compose_config(), client=fake)
+    domid, _ = await hypervisor.create_domain("web", launcher="docker")
+    for _ in range(200):
+        info = await hypervisor.dom0.domains.Info(common_pb2.DomainRef(domid=domid))
+        if info.cpu_time:
+            break
+        await asyncio.sleep(0.01)
+    assert info.cpu_time == 1.5
+    await hypervisor.dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
 
 
 def test_start_info_without_an_agent_field_still_parses():

@@ -1,0 +1,152 @@
+"""A lab file's mistakes name the file, the exact line and, for a key
+nobody knows, the key it most resembles (issue 19: `memroy = 32` inside
+[[domain]] was ignored and the domain got 128 MiB; a bad mac= on line 3 was
+reported as line 2)."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from xenlab.cli.main import main
+from xenlab.lab.spec import parse_lab
+from xenlab.lab.tomllines import KeyPosition, key_lines
+from xenlab.xen.errors import ConfigError
+
+
+def lab(text: str):
+    return parse_lab(textwrap.dedent(text).lstrip("\n"), "lab.toml")
+
+
+def refused(text: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        lab(text)
+    return err.value.message
+
+
+def test_a_typo_inside_domain_is_refused_with_its_line_and_the_key_it_resembles():
+    message = refused("""
+        [[domain]]
+        name = "web"
+        memroy = 32
+        """)
+    assert message.startswith("lab.toml:3: unknown key 'memroy' (did you mean 'memory'?)")
+
+
+def test_a_malformed_mac_is_reported_on_the_line_it_is_on():
+    message = refused("""
+        [[domain]]
+        name = "web"
+        vif = ["mac=00:16:3e:zz:00:01"]
+        """)
+    assert message.startswith("lab.toml:3: vif 0: mac=00:16:3e:zz:00:01 is not a MAC address")
+
+
+def test_each_vif_of_a_list_spanning_lines_is_reported_on_its_own_line():
+    message = refused("""
+        [lab]
+        name = "l"   # a comment
+
+        [[domain]]
+        name = "a"
+
+        [[domain]]
+        name = "b"
+        memory = 32
+        vif = [
+            "ip=10.0.0.2/24",   # fine
+            # a comment between items
+            "mac=00:16:3e:00:00:0g",
+        ]
+        """)
+    assert message.startswith("lab.toml:13: vif 1: mac=00:16:3e:00:00:0g")
+
+
+@pytest.mark.parametrize("text, line, says", [
+    ("[lab]\nnmae = 'x'\n", 2, "[lab]: unknown key 'nmae' (did you mean 'name'?)"),
+    ("[hypervisor]\nmemory = 64\nlaucher = 'local'\n", 3,
+     "[hypervisor]: unknown key 'laucher' (did you mean 'launcher'?)"),
+    ("[[bridge]]\nname = 'xenbr0'\n\n[[bridge]]\nname = 'xenbr1'\nfdbmax = 4\n", 6,
+     "bridge #2: unknown key 'fdbmax' (did you mean 'fdb_max'?)"),
+    ("[mqtt]\nbrokr = 'none'\n", 2, "[mqtt]: unknown key 'brokr' (did you mean 'broker'?)"),
+    ("[lab]\nname = 'x'\n\n[[domains]]\nname = 'web'\n", 4, "top level: unknown table 'domains' (did you mean 'domain'?)"),
+    ("[mqtt]\nbroker = 'none'\ninterval = -1\n", 3, "[mqtt] interval must be a positive number"),
+    ("[[bridge]]\nname = 'xenbr0'\nuplink = 'eth0'\n", 3, "bridge xenbr0: uplink must be \"tap:NAME\""),
+])
+def test_every_table_names_the_line_of_its_mistake(text, line, says):
+    assert refused(text).startswith(f"lab.toml:{line}: {says}")
+
+
+def test_xls_own_keys_that_xenlab_does_not_use_are_still_accepted_in_a_domain():
+    spec = lab("""
+        [[domain]]
+        name = "web"
+        kernel = "/boot/vmlinuz"
+        memory = 32
+        """)
+    assert spec.domains[0].memory_mb == 32 and spec.domains[0].extra["kernel"] == "/boot/vmlinuz"
+
+
+def test_a_referenced_xl_cfg_names_its_own_lines_and_the_lab_its_own(tmp_path):
+    (tmp_path / "web.cfg").write_text("name = 'web'\n\nvcpu = 2\n")
+    lab_file = tmp_path / "lab.toml"
+    lab_file.write_text('[[domain]]\nconfig = "web.cfg"\n')
+    from xenlab.lab.spec import load_lab
+    with pytest.raises(ConfigError) as err:
+        load_lab(lab_file)
+    assert err.value.message == f"{tmp_path}/web.cfg:3: unknown key 'vcpu' (did you mean 'vcpus'?)"
+
+    (tmp_path / "web.cfg").write_text("name = 'web'\nmemory = 64\n")
+    lab_file.write_text('[[domain]]\nconfig = "web.cfg"\nmemory = 32\nvif = [\n  "mac=zz",\n]\n')
+    with pytest.raises(ConfigError) as err:
+        load_lab(lab_file)
+    assert err.value.message.startswith(f"{lab_file}:5: vif 0: mac=zz is not a MAC address")
+
+    lab_file.write_text('[[domain]]\nconfig = "web.cfg"\nmemory = 32\n')
+    (web,) = load_lab(lab_file).domains
+    assert web.memory_mb == 32 and "memory = 32" in web.text
+
+
+def test_inline_settings_keep_their_values():
+    (web,) = lab("""
+        [[domain]]
+        name = "web"
+        memory = 48
+        on_crash = "preserve"
+        vif = ["mac=00:16:3e:00:00:01,ip=10.0.0.1/24", 'bridge=xenbr0']
+        """).domains
+    assert (web.name, web.memory_mb, web.on_crash) == ("web", 48, "preserve")
+    assert [v.mac for v in web.vifs] == ["00:16:3e:00:00:01", None]
+    assert web.text.splitlines()[0] == 'name = "web"'
+
+
+def test_up_refuses_a_lab_file_with_a_typo_before_starting_anything(tmp_path, capsys):
+    path = tmp_path / "typo.toml"
+    path.write_text('[[domain]]\nname = "web"\nmemroy = 32\n')
+    assert main(["up", str(path), "--rundir", str(tmp_path / "run")]) == 1
+    assert f"xenlab up: {path}:3: unknown key 'memroy' (did you mean 'memory'?)" in capsys.readouterr().err
+
+
+def test_key_lines_finds_keys_items_and_headers_past_strings_and_comments():
+    lines = key_lines(textwrap.dedent('''\
+        # [not] a header
+        top = 1
+        [lab]
+        name = "a # not a comment"
+        [[domain]]
+        s = """multi
+        line = "not a key"
+        """
+        vif = ['a', "b",
+          # c
+          """c"""]
+        t = {x = [1,
+          2]}
+        [[domain]]
+        "name" = 'b'
+        '''))
+    assert lines.line((), "top") == 2
+    assert lines.line(("lab",)) == 3 and lines.line(("lab",), "name") == 4
+    assert lines.table(("domain", 0)) == {"s": KeyPosition(6), "vif": KeyPosition(9, (9, 9, 11)),
+                                          "t": KeyPosition(12)}
+    assert lines.line(("domain", 1)) == 14 and lines.line(("domain", 1), "name") == 15
