@@ -151,6 +151,7 @@ def _write_frames_pcap(path: Path) -> None:
             writer.write(parse_mac(DB) + parse_mac(WEB) + b"\x88\xb5" + bytes([i]) * 50, 0.0)
 
 
+@pytest.mark.timeout(900)      # a lab and some forty commands, each bounded on its own
 def test_every_documented_xenlab_command_runs_as_written(tmp_path):
     lab = Lab(tmp_path)
     _write_frames_pcap(tmp_path / "frames.pcap")

@@ -379,10 +379,10 @@ async def test_xl_destroy_removes_the_domains_container(hypervisor, domains):
     assert fake.created[0].removed
 
 
-async def test_xl_list_shows_a_docker_domains_cpu_time(hypervisor):
+async def test_xl_list_shows_a_docker_domains_cpu_time(hypervisor, domains):
     # Time(s) was 0.0 for every docker domain.
     fake = FakeDocker()
-    hypervisor.hv.launchers["docker"] = DockerLauncher(compose_config(), client=fake)
+    hypervisor.hv.launchers["docker"] = make(fake, domains)
     domid, _ = await hypervisor.create_domain("web", launcher="docker")
     for _ in range(200):
         info = await hypervisor.dom0.domains.Info(common_pb2.DomainRef(domid=domid))
