@@ -58,7 +58,7 @@ class Hypervisor:
                                      on_copy=self.grants.copy_gnttab)
         self.evtchn = EventChannels(kick=self.doorbell.kick,
                                     default_max_ports=config.evtchn_max_ports)
-        self.xs_connections = XenStoreConnections()
+        self.xs_connections = XenStoreConnections(quotas=config.xenstore_quotas)
         self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
         self.launcher = launcher or make_launcher(config.launcher, config.log_level, config.docker)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
@@ -526,6 +526,7 @@ class Hypervisor:
         # The guest agent's socket, if the domain could not remove it itself.
         (self.rundir.path / f"agent-d{dom.domid}.sock").unlink(missing_ok=True)
         self.doorbell.disconnect(dom.domid)
+        self.xs_connections.disconnect(dom.domid)
         self.identity.revoke(dom.domid)
         self._remove_from_cores(dom.domid)
         for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", vifs.record_root(dom.domid)):

@@ -57,6 +57,15 @@ class XenStoreQuotas:
     entry_size: int = 2048     # bytes per value (quota-max-entry-size)
     path_max: int = 3072       # XENSTORE_ABS_PATH_MAX
     perms: int = 5             # entries in a permission list (quota-nr-perms)
+    # Watch connections (WatchStreams) a domain may hold open at once; a
+    # domU has exactly one xenstore connection in Xen, Domain-0 one per tool.
+    watch_streams: int = 8
+    privileged_watch_streams: int = 128
+    # Bytes of watch events (and acks) queued, not yet read, over all of a
+    # domain's streams: xenstored's per-domain memory quota (quota-memory,
+    # hard 2.5 MB) counts the watch events queued for the domain.
+    watch_event_bytes: int = 2 * 1024 * 1024 + 512 * 1024
+    privileged_watch_event_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -257,6 +266,10 @@ class XenStore:
     def write(self, caller: Caller, path: str, value: bytes, tx: int = 0) -> None:
         path = self._canonical(caller, path)
         value = bytes(value)
+        if len(value) > XENSTORE_PAYLOAD_MAX:
+            # xs_wire.h: no message carries more, for any caller.
+            raise XenStoreError(errno.E2BIG, f"{path}: a value is {XENSTORE_PAYLOAD_MAX} bytes "
+                                             f"at most, not {len(value)}")
         if not caller.privileged and len(value) > self.quotas.entry_size:
             raise XenStoreError(errno.EDQUOT, f"{path}: a value holds {self.quotas.entry_size} "
                                               f"bytes at most, not {len(value)}")

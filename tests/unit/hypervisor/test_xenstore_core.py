@@ -287,6 +287,13 @@ def test_entry_size_quota(events):
     assert xs.read(D1, "data/v") == b"12345678"
 
 
+def test_no_value_is_longer_than_a_xenstore_payload(events):
+    xs = make_store(events)
+    xs.write(DOM0, "/tool/v", b"x" * 4096)
+    assert errno_of(xs.write, DOM0, "/tool/v", b"x" * 4097) == errno.E2BIG
+    assert len(xs.read(DOM0, "/tool/v")) == 4096
+
+
 def test_watch_quota_is_per_domain(events):
     xs = make_store(events, watches=2)
     xs.watch(D1, "c1", "data/a", "t")
