@@ -57,14 +57,19 @@ def handles_xen_errors(method):
     return wrapper
 
 
-async def start_server(address: str, register: Iterable, service_names: Iterable[str]) -> tuple[grpc.aio.Server, int]:
+async def start_server(address: str, register: Iterable, service_names: Iterable[str], *,
+                       options: Iterable[tuple[str, object]] = CHANNEL_OPTIONS,
+                       interceptors: Iterable[grpc.aio.ServerInterceptor] = ()
+                       ) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server on `address` with health and reflection.
 
     `register` holds callables ``f(server)`` that add the servicers;
     `service_names` the full names of those services (for reflection and
-    health). Returns the server and the bound port (0 for unix sockets).
+    health); `options` are grpc-core's channel arguments, `interceptors`
+    see every call first. Returns the server and the bound port (0 for unix
+    sockets).
     """
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=list(options), interceptors=list(interceptors))
     for add in register:
         add(server)
     health_servicer = health.aio.HealthServicer()
