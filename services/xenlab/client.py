@@ -55,10 +55,11 @@ class _StreamStream(_Credentials, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._details(details), request_iterator)
 
 
-def credentialed_channel(address: str, domid: int, secret: str) -> grpc.aio.Channel:
+def credentialed_channel(address: str, domid: int, secret: str,
+                         options=CHANNEL_OPTIONS) -> grpc.aio.Channel:
     md = credentials_metadata(domid, secret)
     interceptors = [cls(md) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
 
 
 class HypervisorClient:
@@ -72,8 +73,9 @@ class HypervisorClient:
         self.xenstore = xenstore_pb2_grpc.XenStoreStub(channel)
 
     @classmethod
-    def connect(cls, address: str, domid: int, secret: str) -> "HypervisorClient":
-        return cls(credentialed_channel(address, domid, secret), domid)
+    def connect(cls, address: str, domid: int, secret: str,
+                options=CHANNEL_OPTIONS) -> "HypervisorClient":
+        return cls(credentialed_channel(address, domid, secret, options), domid)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -8,7 +8,8 @@ max_pages the domain ever had), but tmpfs allocates lazily: a frame costs
 host memory once it is written, and a freed frame is punched out again
 (MADV_REMOVE). The domain's process still maps its whole segment; touching
 a frame it gave back would bring the page back into tmpfs, so every
-reservation call also punches out whatever the domain brought back.
+reservation call, and every new target from the toolstack, also punches out
+whatever the domain brought back.
 
 Machine frames: each domain owns a window of ``MFN_WINDOW`` machine frames,
 handed out by a bump allocator and never reused, so a stale PTE naming a
@@ -390,6 +391,7 @@ class MachineMemory:
             raise MemoryError_(errno.EINVAL, f"d{domid}: target {target_pages} pages is above "
                                              f"the maximum of {seg.max_pages}")
         seg.target_pages = target_pages
+        self._repunch(seg)
 
     def reservation(self, domid: int) -> tuple[int, int, int]:
         seg = self._seg(domid)
