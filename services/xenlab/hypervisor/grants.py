@@ -127,6 +127,7 @@ class _Table:
     # Frames of other domains this domain has mapped: mfn -> [read-only
     # mappings, writable mappings].
     foreign: dict[int, list[int]] = field(default_factory=dict)
+    active: int = 0             # mappings of this table's entries, all told
 
 
 class ForeignFrames(MappingABC):
@@ -288,6 +289,7 @@ class GrantTables:
         mine.maptrack[handle] = (mapping, entry, table)
         self._count(entry, readonly, +1)
         table.mapped_gfns.setdefault(entry.gfn, Counter())[ref] += 1
+        table.active += 1
         mine.foreign.setdefault(mapping.mfn, [0, 0])[not readonly] += 1
         return mapping
 
@@ -340,6 +342,7 @@ class GrantTables:
         mapping, entry, table = mine.maptrack.pop(handle)
         mine.handles.free(handle)
         self._count(entry, mapping.readonly, -1)
+        table.active -= 1
         refs = table.mapped_gfns[entry.gfn]
         refs[mapping.ref] -= 1
         if not refs[mapping.ref]:
@@ -414,13 +417,17 @@ class GrantTables:
             "max_frames": table.max_frames,
             "entries_in_use": len(table.entries),
             "max_entries": table.refs.limit,
-            "active_maps": sum(e.readers + e.writers for e in table.entries.values()),
+            "active_maps": table.active,
         }
 
     def entries(self, domid: int) -> list[GrantEntry]:
         table = self._own(domid)
         return [GrantEntry(ref, e.flags, e.peer, e.gfn)
                 for ref, e in sorted(table.entries.items())]
+
+    def maptrack_count(self, mapper: int) -> int:
+        """How many mappings ``mapper`` holds."""
+        return len(self._own(mapper).maptrack)
 
     def mappings(self, mapper: int | None = None) -> list[Mapping]:
         tables = [self._own(mapper)] if mapper is not None else self._tables.values()

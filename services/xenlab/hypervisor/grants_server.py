@@ -79,5 +79,5 @@ class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
             else self.hv.domains.lookup(request.domid, request.name).domid
         caller.require_self_or_privileged(domid, "query the grant table of")
         info = grants_pb2.GrantTableInfo(**self.hv.grants.query(domid))
-        info.maptrack = len(self.hv.grants.mappings(domid))
+        info.maptrack = self.hv.grants.maptrack_count(domid)
         return info

@@ -447,3 +447,21 @@ def test_unmapping_the_writable_mapping_leaves_only_read_only_ptes(gt):
     assert mem.writable_count(rw.mfn) == 0
     gt.unmap(D2, ro.handle)
     assert mem.pinned_ptes(table) == {}
+
+
+def test_query_and_the_busy_check_walk_no_table(gt):
+    class NoScan(dict):
+        def _scan(self, *args):
+            raise AssertionError("the grant table was walked")
+        __iter__ = items = values = keys = _scan
+
+    refs = [gt.grant_access(1, 2, 3 + i % 4, True) for i in range(300)]
+    m = gt.map(D2, 1, refs[5], True)
+    gt._tables[1].entries = NoScan(gt._tables[1].entries)
+    assert gt.query(1)["active_maps"] == 1 and gt.query(1)["entries_in_use"] == 300
+    assert gt.maptrack_count(2) == 1
+    with pytest.raises(MemoryError_):
+        gt.memory.decrease_reservation(1, [4])
+    gt.unmap(D2, m.handle)
+    assert gt.query(1)["active_maps"] == 0
+    gt.memory.decrease_reservation(1, [4])
