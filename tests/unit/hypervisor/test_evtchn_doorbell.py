@@ -307,8 +307,10 @@ async def test_duplicate_ports_in_a_wakeup_are_delivered_once(bell):
 async def test_ports_left_over_are_delivered_without_more_datagrams(bell):
     from xenlab.hypervisor.doorbell import READ_BUDGET
     sock, _ = await bell.hello(1, SECRETS[1])
-    ports = [p for p in range(1, 3 * READ_BUDGET + 2) if p != 666]     # 666: refused
-    for start, stop in ((0, 300), (300, 700), (700, 1000), (1000, 1400), (1400, len(ports))):
+    ports = [p for p in range(1, 8 * READ_BUDGET + 2) if p != 666]     # 666: refused
+    # uneven datagrams, so that a wake-up reads past its budget
+    cuts = [0, READ_BUDGET // 2, 2 * READ_BUDGET, 5 * READ_BUDGET, len(ports)]
+    for start, stop in zip(cuts, cuts[1:]):
         sock.send(wire.Send(tuple(ports[start:stop])).encode())
     await bell.wait_sent(len(ports))
     assert [p for _, p in bell.sent] == ports
