@@ -85,6 +85,19 @@ async def test_60mib_messages_without_valid_credentials_do_not_grow_the_hypervis
         assert await dom0_reads(dom0) == {"OK": 50}
 
 
+async def test_5000_waiting_calls_with_60kb_bodies_do_not_grow_the_hypervisors_rss(
+        hypervisor_process):
+    hp = hypervisor_process
+    async with hp.dom0() as dom0:
+        await dom0.domains.List(common_pb2.Empty())
+        async with PeakRss(hp.proc.pid) as memory:
+            out = await oversized_message_flood(hp.address, calls=5000, size=60_000)
+        assert out == {"UNAUTHENTICATED": 5000}
+        # each waiting call holds at most its stream's 8 KiB window of its body
+        assert memory.grown < 160 * MiB, f"the hypervisor grew by {memory.grown // MiB} MiB"
+        assert await dom0_reads(dom0) == {"OK": 50}
+
+
 async def test_a_60mib_message_with_valid_credentials_is_refused_as_it_arrives(hypervisor_process):
     hp = hypervisor_process
     async with hp.dom0() as dom0:
