@@ -48,6 +48,9 @@ COPY docker/mosquitto.conf /etc/xenlab/mosquitto.conf
 COPY docker/lab/ /etc/xenlab/lab/
 COPY docker/create-lab.sh /usr/local/bin/xenlab-create-lab
 
+# The rundir holds Domain-0's secret: 0700, or every xenlab command refuses
+# it. A new rundir volume takes this directory's mode.
+RUN install -d -m 0700 /run/xenlab
 ENV XENLAB_RUNDIR=/run/xenlab
 WORKDIR /run/xenlab
 ENTRYPOINT ["xenlab"]

@@ -4,9 +4,11 @@
         reply = await agent.Ping(agent_pb2.PingRequest(dst="10.0.0.2"))
         print(format_ping(reply, "10.0.0.2"))
 
-The agent's address is what the domain published at
-/local/domain/<domid>/data/agent. The agent asks for no credentials (it is
-the guest's own, like a qemu guest agent), so the channel carries none.
+Where the agent listens and the token it asks for are the toolstack's own
+record (/libxl/<domid>/agent, Domain-0's alone), written when the domain was
+created from what its launcher decided: nothing the guest wrote is taken for
+where to connect. The guest's /local/domain/<domid>/data/agent only says that
+its agent is up.
 """
 from __future__ import annotations
 
@@ -14,12 +16,16 @@ import math
 
 import grpc
 
+from xenlab.client import metadata_channel
+from xenlab.hypervisor.vif import agent_record_path
 from xenlab.proto import agent_pb2_grpc, xenstore_pb2
 from xenlab.rpc import CHANNEL_OPTIONS
 
+AGENT_TOKEN_MD = "xenlab-agent-token"     # the metadata every GuestAgent call carries
+
 
 class NoAgentError(LookupError):
-    """The domain has published no agent address (not booted yet, or gone)."""
+    """The domain has no guest agent yet (not booted, or gone), or none at all."""
 
 
 class AgentStub(agent_pb2_grpc.GuestAgentStub):
@@ -41,24 +47,37 @@ class AgentStub(agent_pb2_grpc.GuestAgentStub):
 
 
 def agent_key(domid: int) -> str:
+    """The node the guest writes once its agent is up."""
     return f"/local/domain/{domid}/data/agent"
 
 
-async def agent_for(hv, domid: int) -> AgentStub:
-    """A stub for domain ``domid``'s agent, found through xenstore with
-    ``hv`` (a HypervisorClient allowed to read the domain's data/, e.g. dom0)."""
-    key = agent_key(domid)
+def agent_channel(address: str, token: str, options=CHANNEL_OPTIONS) -> grpc.aio.Channel:
+    """A channel to a guest agent whose every call presents ``token``."""
+    return metadata_channel(address, ((AGENT_TOKEN_MD, token),), options)
+
+
+async def _read(hv, path: str) -> str | None:
     try:
-        reply = await hv.xenstore.Read(xenstore_pb2.PathRequest(path=key))
+        reply = await hv.xenstore.Read(xenstore_pb2.PathRequest(path=path))
     except grpc.aio.AioRpcError as err:
         if err.code() == grpc.StatusCode.NOT_FOUND:
-            raise NoAgentError(f"domain {domid} has no guest agent yet ({key} is missing): "
-                               f"is the domain running and booted?") from None
+            return None
         raise
-    address = reply.value.decode().strip()
-    if not address:
-        raise NoAgentError(f"domain {domid} has no guest agent yet ({key} is empty)")
-    return AgentStub(grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS), address)
+    return reply.value.decode(errors="replace").strip()
+
+
+async def agent_for(hv, domid: int) -> AgentStub:
+    """A stub for domain ``domid``'s agent, through ``hv``, a HypervisorClient
+    acting as the toolstack (Domain-0): only it may read the record."""
+    record = agent_record_path(domid)
+    address, token = await _read(hv, f"{record}/address"), await _read(hv, f"{record}/token")
+    if not address or not token:
+        raise NoAgentError(f"domain {domid} has no guest agent: the toolstack has no record "
+                           f"of one ({record}); is it a running domain?")
+    if not await _read(hv, agent_key(domid)):
+        raise NoAgentError(f"domain {domid} has no guest agent yet ({agent_key(domid)} is "
+                           f"missing): is the domain running and booted?")
+    return AgentStub(agent_channel(address, token), address)
 
 
 # -- ping(8)-like output ----------------------------------------------------------------

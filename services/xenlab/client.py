@@ -8,14 +8,14 @@ Every call carries the domain's credentials as metadata.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 
 from xenlab.proto import (domains_pb2_grpc, evtchn_pb2_grpc, grants_pb2_grpc,
                           memory_pb2_grpc, xenstore_pb2_grpc)
 from xenlab.rpc import CHANNEL_OPTIONS, credentials_metadata
+# Where a running hypervisor leaves its address and Domain-0's secret.
+from xenlab.rundir import Rundir  # noqa: F401
 
 
 class _ClientCallDetails(
@@ -55,11 +55,16 @@ class _StreamStream(_Credentials, grpc.aio.StreamStreamClientInterceptor):
         return await continuation(self._details(details), request_iterator)
 
 
-def credentialed_channel(address: str, domid: int, secret: str,
-                         options=CHANNEL_OPTIONS) -> grpc.aio.Channel:
-    md = credentials_metadata(domid, secret)
+def metadata_channel(address: str, metadata, options=CHANNEL_OPTIONS) -> grpc.aio.Channel:
+    """A channel whose every call carries ``metadata`` ((key, value) pairs)."""
+    md = tuple(metadata)
     interceptors = [cls(md) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
     return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
+
+
+def credentialed_channel(address: str, domid: int, secret: str,
+                         options=CHANNEL_OPTIONS) -> grpc.aio.Channel:
+    return metadata_channel(address, credentials_metadata(domid, secret), options)
 
 
 class HypervisorClient:
@@ -85,44 +90,3 @@ class HypervisorClient:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
-
-
-@dataclass(frozen=True)
-class Rundir:
-    """Where a running hypervisor leaves its address and Domain-0's secret,
-    so that the toolstack (the CLI) can act as dom0."""
-    path: Path
-
-    @property
-    def address_file(self) -> Path:
-        return self.path / "hypervisor.addr"
-
-    @property
-    def dom0_secret_file(self) -> Path:
-        return self.path / "dom0.secret"
-
-    @property
-    def doorbell(self) -> Path:
-        return self.path / "evtchn.sock"
-
-    @property
-    def logs(self) -> Path:
-        return self.path / "logs"
-
-    def read_address(self) -> str:
-        try:
-            return self.address_file.read_text().strip()
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"no hypervisor is running with rundir {self.path} "
-                f"(start one with `xenlab hypervisor`, or pass --hypervisor/--rundir)") from None
-
-    def read_dom0_secret(self) -> str:
-        try:
-            return self.dom0_secret_file.read_text().strip()
-        except FileNotFoundError:
-            raise FileNotFoundError(
-                f"{self.dom0_secret_file} is missing: is the hypervisor running with this rundir?") from None
-        except PermissionError:
-            raise PermissionError(
-                f"cannot read {self.dom0_secret_file}: the toolstack must run as the hypervisor's user") from None

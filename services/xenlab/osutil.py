@@ -7,6 +7,7 @@ import resource
 import signal
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 
 
@@ -32,6 +33,31 @@ def die_with_parent() -> None:
         return
     if os.getppid() != parent:     # the parent is already gone
         os._exit(1)
+
+
+def drop_privileges(uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:
+    """Become ``uid``:``gid`` (with exactly the supplementary ``groups``) for
+    good: real, effective and saved ids all change, so no way back to root
+    is left, and no_new_privs stops a setuid binary from giving one. Call it
+    after everything that needs the launcher's rights (imports, mapping the
+    memory object) and before the first byte of untrusted input. Raises
+    PermissionError if the process may not change ids, or if root could be
+    regained afterwards."""
+    os.setgroups(list(groups))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid):
+        raise PermissionError(f"could not become {uid}:{gid}")
+    if uid != 0:
+        try:
+            os.setuid(0)
+        except PermissionError:
+            return
+        raise PermissionError(f"dropped to uid {uid}, yet could become root again")
 
 
 SCHED_ENV = "XENLAB_SCHED"      # "normal": leave the scheduling policy alone
@@ -64,12 +90,56 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def on_stop_signal(callback, *args) -> None:
-    """Call ``callback(*args)`` on the running loop when SIGINT or SIGTERM arrives."""
+class StopSignal:
+    """Which stop signal (SIGINT or SIGTERM) arrived first, if one has."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def exit_status(self) -> int:
+        """What a shell reports for a command a signal ended: 128 + its
+        number (130 for Ctrl-C, 143 for SIGTERM). Every command that stops
+        early on one exits with it."""
+        return 128 + self.signum if self.signum else 0
+
+
+def on_stop_signal(callback, *args) -> StopSignal:
+    """Call ``callback(*args)`` on the running loop each time SIGINT or
+    SIGTERM arrives; the result says which came first."""
     import asyncio
     loop = asyncio.get_running_loop()
+    received = StopSignal()
+
+    def arrived(signum: int) -> None:
+        if received.signum is None:
+            received.signum = signum
+        callback(*args)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, callback, *args)
+        loop.add_signal_handler(sig, arrived, sig)
+    return received
+
+
+class Interrupted(Exception):
+    """A stop signal cancelled the work; exit with ``exit_status``."""
+
+    def __init__(self, received: StopSignal):
+        super().__init__(signal.Signals(received.signum).name)
+        self.exit_status = received.exit_status
+
+
+async def cancelled_by_stop_signal(coro):
+    """Await `coro`; SIGINT or SIGTERM cancels it (its cleanup runs: a lab
+    still goes down), and then Interrupted is raised."""
+    import asyncio
+    task = asyncio.current_task()
+    received = on_stop_signal(task.cancel)
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        if received.signum is None:
+            raise
+        raise Interrupted(received) from None
 
 
 async def wait_for_stop_signal() -> None:

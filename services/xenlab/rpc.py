@@ -3,19 +3,23 @@
 * credentials travel as metadata ``xen-domid`` / ``xen-secret``;
 * ``handles_xen_errors`` is the one place a core's typed ``XenError`` becomes
   a gRPC status and message;
-* ``start_server`` adds health checking and server reflection to every server.
+* ``start_server`` adds health checking and server reflection to every
+  server, and makes its unix socket 0600.
 """
 from __future__ import annotations
 
 import functools
+import hmac
 import inspect
 import logging
+import os
 from typing import Iterable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xenlab.rundir import PRIVATE_FILE, private_umask
 from xenlab.xen.errors import XenError, grpc_status
 
 log = logging.getLogger(__name__)
@@ -57,17 +61,59 @@ def handles_xen_errors(method):
     return wrapper
 
 
-async def start_server(address: str, register: Iterable, service_names: Iterable[str], *,
-                       options: Iterable[tuple[str, object]] = CHANNEL_OPTIONS,
-                       interceptors: Iterable[grpc.aio.ServerInterceptor] = ()
+def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
+            details: str) -> grpc.RpcMethodHandler:
+    """A handler that ends the call with ``code`` without reading its request:
+    whatever the method's shape, it is served as a client-streaming one
+    whose request iterator is never touched, so a refused caller's body is
+    neither received nor deserialized (the wire does not tell the shapes
+    apart)."""
+    if handler.response_streaming:
+        async def refuse_stream(request_iterator, context):
+            await context.abort(code, details)
+            yield           # pragma: no cover - makes this an async generator
+        return grpc.stream_stream_rpc_method_handler(refuse_stream)
+
+    async def refuse(request_iterator, context):
+        await context.abort(code, details)
+    return grpc.stream_unary_rpc_method_handler(refuse)
+
+
+class TokenGate(grpc.aio.ServerInterceptor):
+    """Calls to ``services`` must carry metadata ``key`` equal to ``token``
+    (compared in constant time); any other is refused UNAUTHENTICATED before
+    its request is read. Health checks and reflection stay open."""
+
+    def __init__(self, key: str, token: str, services: Iterable[str]):
+        self._key = key
+        self._token = token.encode()
+        self._prefixes = tuple(f"/{name}/" for name in services)
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(self._prefixes):
+            return handler
+        given = next((v for k, v in details.invocation_metadata or () if k == self._key), "")
+        if isinstance(given, str):
+            given = given.encode()
+        if self._token and hmac.compare_digest(given, self._token):
+            return handler
+        return refusal(handler, grpc.StatusCode.UNAUTHENTICATED,
+                       f"{details.method}: send the toolstack's {self._key} metadata")
+
+
+async def start_server(address: str, register: Iterable, service_names: Iterable[str],
+                       interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
+                       also: Iterable[str] = (), *,
+                       options: Iterable[tuple[str, object]] = CHANNEL_OPTIONS
                        ) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server on `address` with health and reflection.
 
     `register` holds callables ``f(server)`` that add the servicers;
     `service_names` the full names of those services (for reflection and
-    health); `options` are grpc-core's channel arguments, `interceptors`
-    see every call first. Returns the server and the bound port (0 for unix
-    sockets).
+    health); `also`, unix-socket addresses it listens on as well;
+    `options`, grpc-core's channel arguments. Returns the server and the
+    port `address` bound (0 for unix sockets).
     """
     server = grpc.aio.server(options=list(options), interceptors=list(interceptors))
     for add in register:
@@ -78,9 +124,23 @@ async def start_server(address: str, register: Iterable, service_names: Iterable
     reflection.enable_server_reflection(
         names + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                  reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
-    if port == 0 and not address.startswith("unix:"):
-        raise OSError(f"cannot listen on {address}")
+    if address.startswith("unix:"):
+        # gRPC binds the socket itself, here: under umask 077 it is never
+        # connectable by another user, and the chmod says so whatever the
+        # umask was (SECURITY.md: the rundir's sockets are 0600).
+        path = address[len("unix:"):]
+        with private_umask():
+            port = server.add_insecure_port(address)
+        if os.path.exists(path):
+            os.chmod(path, PRIVATE_FILE)
+    else:
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+    for extra in also:
+        # Opened to whom it is for by the caller, after the bind.
+        with private_umask():
+            server.add_insecure_port(extra)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     for name in names:

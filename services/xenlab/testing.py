@@ -133,38 +133,42 @@ class HypervisorProcess:
         return self.cli("xl", *args, **kw)
 
     def dom0(self) -> HypervisorClient:
-        from xenlab.client import Rundir
+        from xenlab.rundir import Rundir
         return HypervisorClient.connect(self.address, 0, Rundir(self.rundir).read_dom0_secret())
 
     def log(self) -> str:
         try:
-            return (self.rundir / "hypervisor.log").read_text()
+            return (self.rundir / "logs" / "hypervisor.log").read_text()
         except OSError:
             return ""
 
 
 def start_hypervisor_process(rundir: Path, launcher: str = "local", memory_mb: int = 4096,
                              timeout: float = 30.0) -> HypervisorProcess:
+    import os
     import subprocess
     import sys
     import time
+    from xenlab.rundir import Rundir
 
-    rundir.mkdir(parents=True, exist_ok=True)
-    logfile = open(rundir / "hypervisor.log", "ab")
+    run = Rundir(rundir)
+    run.create()
+    logfile = run.open_log("hypervisor.log")
     proc = subprocess.Popen(
         [sys.executable, "-m", "xenlab.cli.main", "hypervisor", "--listen", f"unix:{rundir}/hv.sock",
          "--rundir", str(rundir), "--launcher", launcher, "--memory", str(memory_mb),
          "--log-level", "DEBUG"],
         stdout=logfile, stderr=subprocess.STDOUT)
-    logfile.close()
-    addr_file = rundir / "hypervisor.addr"
+    os.close(logfile)
+    hp = HypervisorProcess(proc, rundir, "")
     deadline = time.monotonic() + timeout
-    while not addr_file.exists():
+    while (address := run.address_ready()) is None:
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError("the hypervisor did not start:\n" + (rundir / "hypervisor.log").read_text())
+            raise RuntimeError("the hypervisor did not start:\n" + hp.log())
         time.sleep(0.05)
-    return HypervisorProcess(proc, rundir, addr_file.read_text().strip())
+    hp.address = address
+    return hp
 
 
 def stop_hypervisor_process(hp: HypervisorProcess, timeout: float = 20.0) -> int:

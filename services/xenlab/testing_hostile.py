@@ -30,8 +30,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
-import mmap
-import os
 import random
 import struct
 import time
@@ -70,7 +68,7 @@ async def boot_domain(lab, name: str, *, memory_mb: int = 16, drivers=None) -> D
         spec=domains_pb2.DomainSpec(name=name, memory_mb=memory_mb, launcher="none")))
     start = StartInfo(domid=reply.info.domid, name=name, secret=reply.secret,
                       hypervisor=lab.address, doorbell=str(lab.rundir / "evtchn.sock"), vcpus=1,
-                      console_log="")
+                      console_log="", agent=reply.agent, agent_token=reply.agent_token)
     kernel = DomainKernel(start, drivers=drivers or (lambda k: []))
     await kernel.boot()
     return kernel
@@ -737,19 +735,58 @@ class TxFuzzer:
 # ----------------------------------------------------------------------------
 # The hostile backend
 # ----------------------------------------------------------------------------
-@dataclass
 class _BackRing:
-    """A ring page we mapped from the frontend, and our private positions on it."""
+    """A ring page of the frontend's that we mapped, and our private
+    positions on it. We are an unprivileged driver domain, so the
+    hypervisor does not tell us where the page is: we keep a copy of it in
+    one of our own frames and move bytes both ways with GNTTABOP_copy on
+    the ref, as a backend without mappings would. ``pull`` fetches the
+    frontend's side; ``put`` and the index writes are ours until ``push``
+    copies them over, slots before the index that publishes them (a copy's
+    ops run in order)."""
 
-    handle: int
-    mm: mmap.mmap
-    sring: object
-    req_cons: int = 0
-    rsp_prod: int = 0
+    def __init__(self, backend: "HostileBackend", handle: int, ref: int, gfn: int, make_ring):
+        self.backend = backend
+        self.handle = handle
+        self.ref = ref
+        self.gfn = gfn
+        self.page = backend.kernel.memory.frame(gfn)
+        self.sring = make_ring(self.page)
+        self.req_cons = 0
+        self.rsp_prod = 0
+        self._dirty: list[tuple[int, int]] = []     # (offset, length) to push, in order
 
-    def take(self) -> list[tuple[int, bytes]]:
+    def _op(self, to_frontend: bool, offset: int, length: int) -> grants_pb2.GrantCopyOp:
+        ours = grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=self.gfn, offset=offset)
+        theirs = grants_pb2.CopyPtr(domid=self.backend.frontend_domid, ref=self.ref,
+                                    use_gref=True, offset=offset)
+        return grants_pb2.GrantCopyOp(source=ours if to_frontend else theirs,
+                                      dest=theirs if to_frontend else ours, len=length)
+
+    async def _copy(self, ops: list) -> None:
+        reply = await self.backend.kernel.hv.grants.Copy(grants_pb2.GrantCopyRequest(ops=ops))
+        if any(status != abi.GNTST_okay for status in reply.status):
+            raise HostileError(f"copying ring ref {self.ref}: {list(reply.status)}")
+
+    async def pull(self) -> None:
+        """The frontend's half of the page: req_prod, rsp_event and the slots."""
+        await self.push()
+        await self._copy([self._op(False, 0, abi.PAGE_SIZE)])
+
+    async def push(self) -> None:
+        if self._dirty:
+            ops, self._dirty = [self._op(True, o, n) for o, n in self._dirty], []
+            await self._copy(ops)
+
+    def set_index(self, offset: int, value: int) -> None:
+        """rsp_prod or req_event (abi.RING_*), published at the next push."""
+        struct.pack_into("<I", self.page, offset, value & _U32)
+        self._dirty.append((offset, 4))
+
+    async def take(self) -> list[tuple[int, bytes]]:
         """Every request published since we last looked, each copied out once
         (never more than a ring's worth of unanswered slots)."""
+        await self.pull()
         prod = self.sring.req_prod
         room = self.sring.size - ((self.req_cons - self.rsp_prod) & _U32)
         n = min((prod - self.req_cons) & _U32, room)
@@ -760,8 +797,11 @@ class _BackRing:
         return out
 
     def put(self, slots: list[bytes]) -> None:
+        size = self.sring.slot_size
         for data in slots:
-            self.sring._write_slot(self.rsp_prod, data[:self.sring.slot_size])
+            self.sring._write_slot(self.rsp_prod, data[:size])
+            start = abi.RING_SLOTS_OFFSET + (self.rsp_prod & (self.sring.size - 1)) * size
+            self._dirty.append((start, size))
             self.rsp_prod = (self.rsp_prod + 1) & _U32
 
 
@@ -782,6 +822,7 @@ class HostileBackend(_Peer):
         self.connections = 0
         self._scratch = kernel.memory.alloc_frames(scratch_pages)
         self._scratch_pages = [kernel.memory.frame(g) for g in self._scratch]
+        self._ring_frames = kernel.memory.alloc_frames(2)   # our copies of tx and rx
 
     @classmethod
     async def start(cls, lab, name: str, frontend_domid: int, **kw) -> "HostileBackend":
@@ -808,8 +849,8 @@ class HostileBackend(_Peer):
         keys = {}
         for key in ("tx-ring-ref", "rx-ring-ref", "event-channel"):
             keys[key] = int(await self.kernel.xenbus.read(f"{self.vif.frontend_path}/{key}"))
-        self.tx = await self._map(keys["tx-ring-ref"], make_tx_ring)
-        self.rx = await self._map(keys["rx-ring-ref"], make_rx_ring)
+        self.tx = await self._map(keys["tx-ring-ref"], self._ring_frames[0], make_tx_ring)
+        self.rx = await self._map(keys["rx-ring-ref"], self._ring_frames[1], make_rx_ring)
         self.port = await self.kernel.evtchn.bind_interdomain(self.frontend_domid,
                                                               keys["event-channel"])
         self.kernel.evtchn.bind_handler(self.port, self._on_event)
@@ -817,16 +858,16 @@ class HostileBackend(_Peer):
                                          "state": int(XenbusState.Connected)})
         self.connections += 1
 
-    async def _map(self, ref: int, make_ring) -> _BackRing:
+    async def _map(self, ref: int, gfn: int, make_ring) -> _BackRing:
+        """GNTTABOP_map_grant_ref: it holds the grant (the frontend cannot end
+        it under us), but gives us no way into the frontend's memory; the
+        ring's bytes go through copies (_BackRing)."""
         m = await self.kernel.hv.grants.Map(grants_pb2.MapGrantRequest(
             domid=self.frontend_domid, ref=ref, readonly=False))
-        fd = os.open(m.shm_path, os.O_RDWR)
-        try:
-            mm = mmap.mmap(fd, m.length, flags=mmap.MAP_SHARED,
-                           prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=m.offset)
-        finally:
-            os.close(fd)
-        return _BackRing(m.handle, mm, make_ring(mm))
+        ring = _BackRing(self, m.handle, ref, gfn, make_ring)
+        await ring.pull()
+        ring.req_cons, ring.rsp_prod = 0, ring.sring.rsp_prod
+        return ring
 
     async def detach(self) -> None:
         """Closing, wait for the frontend to close, unmap and unbind, Closed;
@@ -849,7 +890,6 @@ class HostileBackend(_Peer):
         for ring in (self.tx, self.rx):
             if ring is not None:
                 ring.sring.release()
-                ring.mm.close()
                 await self.kernel.hv.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=ring.handle))
         self.tx = self.rx = None
         await self.kernel.xenbus.write(f"{backend}/state", str(int(XenbusState.Closed)))
@@ -863,11 +903,13 @@ class HostileBackend(_Peer):
         await self.attach()
 
     # -- the rings, raw -----------------------------------------------------------------
-    def publish_rx(self, rsp_prod: int | None = None) -> None:
-        self.rx.sring.rsp_prod = self.rx.rsp_prod if rsp_prod is None else rsp_prod
+    async def publish_rx(self, rsp_prod: int | None = None) -> None:
+        self.rx.set_index(abi.RING_RSP_PROD, self.rx.rsp_prod if rsp_prod is None else rsp_prod)
+        await self.rx.push()
 
-    def publish_tx(self, rsp_prod: int | None = None) -> None:
-        self.tx.sring.rsp_prod = self.tx.rsp_prod if rsp_prod is None else rsp_prod
+    async def publish_tx(self, rsp_prod: int | None = None) -> None:
+        self.tx.set_index(abi.RING_RSP_PROD, self.tx.rsp_prod if rsp_prod is None else rsp_prod)
+        await self.tx.push()
 
     async def fill(self, writes: list[tuple[int, int, bytes]]) -> list[int]:
         """Copy each (gref, offset, data) into the frontend's granted page,
@@ -892,10 +934,12 @@ class HostileBackend(_Peer):
         them); returns how many are, which is fewer only on timeout."""
         deadline = time.monotonic() + timeout
         while True:
+            await ring.pull()
             waiting = (ring.sring.req_prod - ring.req_cons) & _U32
             if waiting >= n:
                 return waiting
-            ring.sring.req_event = ring.req_cons + 1
+            ring.set_index(abi.RING_REQ_EVENT, ring.req_cons + 1)
+            await ring.pull()
             if (ring.sring.req_prod - ring.req_cons) & _U32 != waiting:
                 continue
             left = deadline - time.monotonic()

@@ -17,6 +17,7 @@ from typing import Iterable
 
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
+from xenlab.xen.digits import is_decimal
 
 class InvariantError(AssertionError):
     """The hypervisor's state broke one or more invariants."""
@@ -235,7 +236,7 @@ def _check_xenstore(hv, table: dict, live: set[int], out: list[str]) -> None:
     for backend in table:
         vifs = nodes.get(f"/local/domain/{backend}/backend/vif")
         for frontend in sorted(vifs.children if vifs else ()):
-            if not frontend.isdigit() or int(frontend) not in table:
+            if not is_decimal(frontend) or int(frontend) not in table:
                 out.append(f"xenstore: /local/domain/{backend}/backend/vif/{frontend} names a "
                            "frontend that is gone")
 

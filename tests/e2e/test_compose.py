@@ -27,6 +27,7 @@ import pytest
 
 from xenlab.agent_client import agent_for
 from xenlab.client import HypervisorClient, Rundir
+from xenlab.hypervisor.launcher import DomainUids
 from xenlab.proto import agent_pb2, common_pb2
 from xenlab.xen import abi
 
@@ -178,6 +179,72 @@ def test_up_brings_up_every_service_and_three_domu_containers(lab):
     listing = lab.xl("list")
     assert listing.returncode == 0, listing.stderr
     assert {line.split()[0] for line in listing.stdout.splitlines()[1:]} == {"Domain-0", *DOMUS}
+
+
+def domu_container(lab: ComposeLab, name: str) -> dict:
+    """`docker inspect` of a domU's container."""
+    cid = run("docker", "ps", "-q", "--filter", f"label=xenlab.lab={lab.project}",
+              "--filter", f"label=xenlab.domain={name}").stdout.split()
+    assert len(cid) == 1, (name, cid)
+    return json.loads(run("docker", "inspect", cid[0]).stdout)[0]
+
+
+def proc_status(cid: str) -> dict[str, list[str]]:
+    """/proc/1/status of a container: the domain process, as itself sees it."""
+    text = run("docker", "exec", cid, "cat", "/proc/1/status").stdout
+    return {key: value.split() for key, _, value in (line.partition(":") for line in text.splitlines())}
+
+
+# Issue 13: "In compose, every domU container runs as root and mounts the rundir (with
+# dom0.secret) and every domain's memory".
+async def test_a_domu_container_runs_as_its_own_uid_with_no_capabilities(lab):
+    async with lab.hv() as hv:
+        domids = {d.name: d.domid for d in (await hv.domains.List(common_pb2.Empty())).domains}
+    for name in DOMUS:
+        info = domu_container(lab, name)
+        uid = str(DomainUids.DEFAULT_BASE + domids[name])
+        host = info["HostConfig"]
+        assert info["Config"]["User"] == f"{uid}:{uid}", name
+        assert (host["CapDrop"], host["SecurityOpt"], host["ReadonlyRootfs"], host["Privileged"]) \
+            == (["ALL"], ["no-new-privileges"], True, False), name
+        status = proc_status(info["Id"])
+        assert status["Uid"] == [uid] * 4 and status["Gid"] == [uid] * 4, (name, status)
+        # Its own gid (Docker repeats it) and the domains' group, nothing else.
+        assert set(status["Groups"]) == {uid, str(DomainUids.DEFAULT_BASE)}, (name, status)
+        assert status["CapEff"] == status["CapPrm"] == status["CapBnd"] == ["0000000000000000"]
+        assert status["NoNewPrivs"] == ["1"]
+
+
+async def test_a_domu_container_mounts_only_the_domains_volume_and_holds_only_its_own_memory(lab):
+    async with lab.hv() as hv:
+        domids = {d.name: d.domid for d in (await hv.domains.List(common_pb2.Empty())).domains}
+    for name in DOMUS:
+        info = domu_container(lab, name)
+        mounts = {m["Destination"]: m.get("Name", m["Source"]) for m in info["Mounts"]}
+        assert mounts == {"/run/xenlab-domains": f"{lab.project}-domains"}, (name, mounts)
+        probe = run("docker", "exec", info["Id"], "sh", "-c",
+                    "cat /run/xenlab/dom0.secret && echo READ-SECRET; "
+                    "find / -path /proc -prune -o -name dom0.secret -print 2>/dev/null; "
+                    "ls /run/xenlab-shm && echo LISTED-SHM; "
+                    "ls /run/xenlab-domains && echo LISTED-DOMAINS; "
+                    "touch /probe && echo WROTE-ROOT; "
+                    "ls -l /proc/1/fd | grep -c xenlab-shm; true").stdout.split()
+        assert probe == ["0"], (name, probe)        # no descriptor of any segment
+        # Its memory arrived over the doorbell: mapped, and nothing else's.
+        maps = run("docker", "exec", info["Id"], "cat", "/proc/1/maps").stdout
+        segments = {line.split()[-1] for line in maps.splitlines() if "/xenlab-" in line.split()[-1]}
+        assert len(segments) == 1 and segments.pop().endswith(f"-d{domids[name]}"), (name, maps)
+
+
+def test_domu_health_checks_reach_their_token_gated_agents(lab):
+    """Docker's health check of a domU (`xenlab healthcheck` on its agent
+    port, without the token) passes: the health service stays open."""
+    deadline = time.monotonic() + 60
+    for name in DOMUS:
+        while (health := domu_container(lab, name)["State"]["Health"]["Status"]) == "starting":
+            assert time.monotonic() < deadline, f"{name} still starting"
+            time.sleep(1)
+        assert health == "healthy", name
 
 
 async def test_a_host_client_pings_between_domains_and_reads_counters(lab):

@@ -185,7 +185,11 @@ def _ints(world: World, name: str, bits: int) -> st.SearchStrategy:
 PATHS = ["/", "/local", "/local/domain", "/local/domain/0", "/local/domain/0/backend",
          "/tool", "/tool/xenlab", "/vm", "/libxl", "data", "data/x", "device/vif/0/backend",
          "control/shutdown", "memory/target", "error/x", "@introduceDomain", "@releaseDomain",
-         "@bogus", "", "//", "/local/", "bad path", "../x", "a" * 3100, "/" + "a/" * 1600]
+         "@bogus", "", "//", "/local/", "bad path", "../x", "a" * 3100, "/" + "a/" * 1600,
+         "data/²", "/local/domain/٣", "/local/domain/²/data", "data/é"]
+# Characters Python's own tests take for digits ('²'.isdigit(), int('٣') == 3)
+# or for space, and a few other scripts: what a C-minded parser must refuse.
+ODD = ["²", "٣", "１", "é", "\u2003", "\x85", "ᛒ"]
 
 
 def _strings(world: World, name: str) -> st.SearchStrategy:
@@ -196,18 +200,19 @@ def _strings(world: World, name: str) -> st.SearchStrategy:
                          f"/local/domain/{a}/data", f"/local/domain/{a}/device/vif/0/backend",
                          f"/libxl/{v}"],
         "name": ["", "Domain-0", "0", str(v), str(a), f"victim{world.generation}", "nosuch",
-                 "a/b", "x" * 65],
+                 "a/b", "x" * 65, "9" * 5000, f"00{v}", f" {v}", *ODD, f"victim{world.generation}²"],
         "perm": ["n", "r", "w", "b", "", "rw", "x"],
         "reason": ["poweroff", "reboot", "crash", "suspend", "watchdog", "", "halt"],
-        "mac": ["", "00:16:3e:00:00:01", "01:00:5e:00:00:01", "zz", "00:16:3e:00:00:01:02"],
-        "bridge": ["", "xenbr0", "br/0", "b" * 16],
-        "ip": ["", "10.0.0.1", "10.0.0.1/24", "10.0.0.300", "10.0.0.1 10.0.0.2"],
-        "rate": ["", "10Mb/s", "1MB/s@20ms", "fast", "0b/s"],
+        "mac": ["", "00:16:3e:00:00:01", "01:00:5e:00:00:01", "zz", "00:16:3e:00:00:01:02",
+                "00:16:3e:00:00:٠١"],
+        "bridge": ["", "xenbr0", "br/0", "b" * 16, "xenbr²"],
+        "ip": ["", "10.0.0.1", "10.0.0.1/24", "10.0.0.300", "10.0.0.1 10.0.0.2", "10.0.0.٣"],
+        "rate": ["", "10Mb/s", "1MB/s@20ms", "fast", "0b/s", "²Mb/s", "10Mb/s@٣ms"],
         "launcher": ["", "none", "teleport"],
         "uuid": ["", "00000000-0000-0000-0000-000000000001", "not-a-uuid"],
-        "backend": ["", "Domain-0", str(v), "nosuch"],
-        "device": ["0", "1", "00:16:3e:00:00:01", "", "x"],
-        "token": ["t", "", "x" * 5000],
+        "backend": ["", "Domain-0", str(v), "nosuch", *ODD],
+        "device": ["0", "1", "00:16:3e:00:00:01", "", "x", *ODD],
+        "token": ["t", "", "x" * 5000, "²"],
         "on_poweroff": ["destroy", "preserve", "restart", "explode", ""],
         "on_reboot": ["destroy", "preserve", "explode", ""],
         "on_crash": ["destroy", "preserve", "coredump-destroy", "explode", ""],
@@ -240,7 +245,8 @@ def _field(world: World, f, depth: int, capped: bool) -> st.SearchStrategy:
         return _strings(world, f.name)
     if f.type == FD.TYPE_BYTES:
         return st.one_of(st.binary(max_size=32), st.sampled_from([b"x" * 2048, b"x" * 2049,
-                                                                   b"\0" * 5000]))
+                                                                   b"\0" * 5000, b"\xff",
+                                                                   "²".encode()]))
     if f.type == FD.TYPE_ENUM:
         return st.one_of(st.sampled_from([v.number for v in f.enum_type.values]),
                          st.integers(-5, 1000))
@@ -375,7 +381,8 @@ async def fuzz_calls(world: World, data, caller: str, capped: bool) -> None:
         else:
             request = data.draw(message(world, method.input_type, capped=capped), label="request")
         creds = data.draw(st.sampled_from(["own"] * 60 + ["missing", "wrong secret", "borrowed id",
-                                                          "dom0 id", "-1", "abc", "1e3"]),
+                                                          "dom0 id", "-1", "abc", "1e3", " 0",
+                                                          "9" * 5000]),
                           label="credentials")
         note(f"{caller} d{domid} {service}.{method.name}({request}) creds={creds}")
         before = world.protected() if caller == "attacker" else None

@@ -91,8 +91,8 @@ async def test_hostile_backend_costs_only_that_interface(netlab, seed, caplog):
             dev.transmit(sent)
         waiting = await back.wait_requests(back.rx, 1)
         assert waiting or target.outstanding, f"{where}: the victim posted no rx buffer"
-        target.outstanding += [RxRequest.unpack(raw) for _, raw in back.rx.take()]
-        tx_ids = [TxRequest.unpack(raw).id for _, raw in back.tx.take()]
+        target.outstanding += [RxRequest.unpack(raw) for _, raw in await back.rx.take()]
+        tx_ids = [TxRequest.unpack(raw).id for _, raw in await back.tx.take()]
         rnd = fuzzer.round(target.outstanding)
         kinds.update(rnd.kind.split("+"))
         statuses = await back.fill(rnd.writes)
@@ -103,8 +103,8 @@ async def test_hostile_backend_costs_only_that_interface(netlab, seed, caplog):
         first = back.rx.rsp_prod
         back.rx.put(rnd.responses)
         back.tx.put(answers.responses)
-        back.publish_tx()
-        back.publish_rx(None if rnd.rsp_prod is None else (first + rnd.rsp_prod) & 0xFFFFFFFF)
+        await back.publish_tx()
+        await back.publish_rx(None if rnd.rsp_prod is None else (first + rnd.rsp_prod) & 0xFFFFFFFF)
         back.kick(rng.choice((1, 1, 1, rng.randrange(1, 64))))
         counts["responses"] += len(rnd.responses) + len(answers.responses)
         target.outstanding = target.outstanding[len(rnd.responses):]

@@ -287,7 +287,7 @@ async def test_registration_without_a_hypervisor_is_a_clear_error():
     tmp = short_tempdir()
     service = BridgeService(["xenbr0"], listen=f"unix:{tmp}/veth.sock", grpc=f"unix:{tmp}/bridge.sock",
                             rundir=tmp)
-    with pytest.raises(FileNotFoundError, match="no hypervisor is running"):
+    with pytest.raises(FileNotFoundError, match="no lab is running"):
         await service.start()
     assert not os.path.exists(f"{tmp}/veth.sock")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -23,6 +23,7 @@ from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.hypervisor.identity import Caller
 from xenlab.hypervisor.launcher import StartInfo
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
+from xenlab.testing import check_invariants
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.netif import TxRequest, TxResponse
@@ -82,10 +83,11 @@ class NetLab:
             return None
         return self.hv.xenstore.read(DOM0, path).decode()
 
-    async def boot(self, domid: int, name: str, secret: str, vcpus: int, drivers) -> DomainKernel:
+    async def boot(self, domid: int, name: str, secret: str, vcpus: int, drivers,
+                   agent: str = "", agent_token: str = "") -> DomainKernel:
         start = StartInfo(domid=domid, name=name, secret=secret, hypervisor=self.lab.address,
                           doorbell=str(self.lab.rundir / "evtchn.sock"), vcpus=vcpus,
-                          console_log="")
+                          console_log="", agent=agent, agent_token=agent_token)
         kernel = DomainKernel(start, drivers=drivers)
         kernel.on_netif_change.append(
             lambda ifname, dev, d=domid: self.changes.append((d, ifname, dev is not None)))
@@ -101,7 +103,8 @@ class NetLab:
         reply = await self.lab.dom0.domains.Create(domains_pb2.CreateDomainRequest(
             spec=domains_pb2.DomainSpec(name=name, memory_mb=16, launcher="none")))
         return await self.boot(reply.info.domid, name, reply.secret, 1,
-                               lambda k: [NetfrontDriver(k)] if netfront else [])
+                               lambda k: [NetfrontDriver(k)] if netfront else [],
+                               agent=reply.agent, agent_token=reply.agent_token)
 
     @staticmethod
     def backend_path(domid: int, devid: int = 0) -> str:
@@ -133,8 +136,21 @@ class NetLab:
                                                          tx=tx))
         await xs.TransactionEnd(xenstore_pb2.TransactionEndRequest(tx=tx, commit=True))
 
+    async def attach_vif(self, domid: int, **spec) -> None:
+        """A vif through the toolstack (xl network-attach): with its record,
+        so that destroy and network-detach find it."""
+        await self.lab.dom0.domains.NetworkAttach(domains_pb2.NetworkAttachRequest(
+            domain=common_pb2.DomainRef(domid=domid),
+            vif=domains_pb2.VifSpec(mac=mac_of(domid, spec.get("devid", 0)), **spec)))
+
     async def xs_write(self, path: str, value: str) -> None:
         await self.lab.dom0.xenstore.Write(xenstore_pb2.WriteRequest(path=path, value=value.encode()))
+
+    @staticmethod
+    async def guest_writes(kernel: DomainKernel, path: str, value: str | bytes) -> None:
+        """A write by the domain itself, with its own rights: any bytes."""
+        raw = value if isinstance(value, bytes) else value.encode()
+        await kernel.hv.xenstore.Write(xenstore_pb2.WriteRequest(path=path, value=raw))
 
     async def xs_rm(self, path: str) -> None:
         await self.lab.dom0.xenstore.Rm(xenstore_pb2.PathRequest(path=path))
@@ -634,3 +650,185 @@ async def test_hotplug_failure_is_reported(net):
     await net.wait_state(net.frontend_path(c.domid), S.Closed)
     await wait_until(lambda: net.hv.grants.entries(c.domid) == [], "the grants to be ended")
     assert net.hv.grants.mappings(0) == []
+
+
+# -- values that are not text, or not numbers --------------------------------------------------
+def mapped_from(net, domid: int) -> list:
+    return [m for m in net.hv.grants.mappings(0) if m.granter == domid]
+
+
+def backend_error(net, domid: int, devid: int = 0) -> str | None:
+    """xenbus_dev_fatal's node for a vif's backend in Domain-0."""
+    return net.xs_read(f"/local/domain/0/error/backend/vif/{domid}/{devid}/error")
+
+
+def netback_device(net, nodename: str):
+    driver = next(d for d in net.kernels[0].drivers if isinstance(d, NetbackDriver))
+    return driver.devices[nodename]
+
+
+def assert_vif_gone(net, domid: int) -> None:
+    name = f"vif{domid}.0"
+    assert name not in net.kernels[0].vifs
+    assert name not in [v.name for v in net.hotplug.bridges.get("xenbr0", [])]
+    assert mapped_from(net, domid) == [] and not peers_of(net, domid)
+
+
+async def test_non_utf8_frontend_state_closes_the_vif_with_an_error_node(net, pair):
+    a, b, _, eth_b = pair
+    be, fe = net.backend_path(a.domid), net.frontend_path(a.domid)
+    # the two rings and every posted rx buffer (persistent grants)
+    await wait_until(lambda: len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE,
+                     "a's 258 pages mapped")
+    await net.guest_writes(a, f"{fe}/state", b"4\xff")
+    await wait_until(lambda: backend_error(net, a.domid), "the error node")
+    # xenbus_va_dev_error's "%i %s": the errno, then what failed
+    assert backend_error(net, a.domid) == \
+        f"22 reading {fe}/state: b'4\\xff' is not UTF-8 text"
+    # netback went Closing with the data path down; a's netfront then closes
+    # and ends its grants once netback is Closed
+    await wait_until(lambda: mapped_from(net, a.domid) == [], "the 258 mappings to be released")
+    assert_vif_gone(net, a.domid)
+    await net.wait_state(be, S.Closed)
+    await wait_until(lambda: net.hv.grants.entries(a.domid) == [], "a's grants to be ended")
+    check_invariants(net.hv)
+    assert eth_b.state == "connected" and f"vif{b.domid}.0" in net.kernels[0].vifs
+
+
+async def test_destroying_a_domain_whose_vif_task_failed_releases_its_mappings(net, pair):
+    """The report's round: a vif connected, one non-UTF-8 byte in its
+    frontend's state, the domain destroyed at once. Every round gives back
+    its 258 Domain-0 mappings, the vif and its bridge port."""
+    _, b, _, eth_b = pair
+    baseline = len(net.hv.grants.mappings(0))
+    for round_ in range(3):
+        c = await net.boot_domu(f"c{round_}")
+        await net.attach_vif(c.domid)
+        await net.connected(c.domid)
+        await wait_until(lambda: len(mapped_from(net, c.domid)) == 2 + abi.NET_RX_RING_SIZE,
+                         "c's pages mapped")
+        device = netback_device(net, net.backend_path(c.domid))
+        await net.guest_writes(c, f"{net.frontend_path(c.domid)}/state", b"\xff")
+        # netback has read it: it reported the error (or, before, its task died)
+        await wait_until(lambda: backend_error(net, c.domid) or device.finished.is_set(),
+                         "netback to read the state")
+        await net.hv.destroy_domain(c.domid)
+        await wait_until(lambda: len(net.hv.grants.mappings(0)) == baseline,
+                         "Domain-0's mappings back to what b's vif holds")
+        await wait_until(lambda: f"vif{c.domid}.0" not in net.kernels[0].vifs, "the vif to go")
+        assert_vif_gone(net, c.domid)
+        check_invariants(net.hv)
+        await net.kernels.pop(c.domid)._close()
+    assert eth_b.state == "connected"
+
+
+async def test_a_vif_whose_task_cannot_even_fail_is_torn_down_by_its_removal(net, pair, monkeypatch):
+    """A bug in netback's handling of one device (here: every reaction of
+    vif a raises, its fatal-error path too) leaves that device as it was,
+    connected; its task lives on, and the removal of its directory when the
+    domain is destroyed still takes everything down."""
+    from xenlab.drivers.netback import Netback
+    a, b, _, eth_b = pair
+    be = net.backend_path(a.domid)
+    real_on_otherend, real_on_fatal = Netback.on_otherend, Netback.on_fatal
+
+    def broken(real):
+        def call(self, *args):
+            if self.nodename == be:
+                raise RuntimeError("a bug")
+            return real(self, *args)
+        return call
+    monkeypatch.setattr(Netback, "on_otherend", broken(real_on_otherend))
+    monkeypatch.setattr(Netback, "on_fatal", broken(real_on_fatal))
+    await wait_until(lambda: len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE,
+                     "a's pages mapped")
+    await net.guest_writes(a, f"{net.frontend_path(a.domid)}/state", str(int(S.Closing)))
+    await wait_until(lambda: backend_error(net, a.domid), "the error node")
+    assert backend_error(net, a.domid) == \
+        "5 handling the frontend's state: RuntimeError: a bug"
+    assert len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE      # still connected
+    await net.hv.destroy_domain(a.domid)
+    await net.xs_rm(f"/local/domain/0/backend/vif/{a.domid}")    # the pair's vifs have no record
+    await wait_until(lambda: mapped_from(net, a.domid) == [], "a's mappings to be released")
+    assert_vif_gone(net, a.domid)
+    check_invariants(net.hv)
+    assert eth_b.state == "connected"
+
+
+# Every key netback reads from the frontend, and values Python's own tests
+# take for numbers (or that are not text at all).
+FRONTEND_KEYS = ["tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy",
+                 "feature-rx-notify", "feature-sg", "feature-persistent",
+                 "multi-queue-num-queues", "state"]
+
+
+@pytest.mark.parametrize("value", [b"\xff", "²", "٣"], ids=["non-utf8", "superscript-2",
+                                                              "arabic-indic-3"])
+@pytest.mark.parametrize("key", FRONTEND_KEYS)
+async def test_a_frontend_key_that_is_not_a_number_fails_the_vif_and_detach_needs_no_force(
+        net, key, value):
+    """A hand-written frontend (no netfront in that domain) publishes one
+    bad key. Netback fails the device (error node, Closing), maps and binds
+    nothing, and `xl network-detach` without -f removes it although the
+    frontend never answers: it waits, then removes it forcibly, as libxl."""
+    c = await net.boot_domu("c", netfront=False)
+    ref = common_pb2.DomainRef(domid=c.domid)
+    await net.attach_vif(c.domid)
+    be, fe = net.backend_path(c.domid), net.frontend_path(c.domid)
+    await net.wait_state(be, S.InitWait)
+    page = c.memory.alloc_frames(2)
+    refs = (await c.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
+        grants_pb2.GrantAccessEntry(domid=0, gfn=g) for g in page]))).refs
+    port = await c.evtchn.alloc_unbound(0)
+    keys = {"tx-ring-ref": str(refs[0]), "rx-ring-ref": str(refs[1]), "event-channel": str(port),
+            "request-rx-copy": "1", "feature-rx-notify": "1", "feature-sg": "1",
+            "feature-persistent": "0", "multi-queue-num-queues": "1",
+            key: value, "state": value if key == "state" else str(int(S.Connected))}
+    for k, v in keys.items():
+        await net.guest_writes(c, f"{fe}/{k}", v)
+    await wait_until(lambda: backend_error(net, c.domid), "the error node")
+    error = backend_error(net, c.domid)
+    assert error.startswith(("22 ", "95 ")) and key in error, error   # EINVAL, EOPNOTSUPP
+    await net.wait_state(be, S.Closing)
+    assert_vif_gone(net, c.domid)
+    await net.lab.dom0.domains.NetworkDetach(domains_pb2.NetworkDetachRequest(
+        domain=ref, device="0", timeout=0.3))
+    assert net.xs_read(be) is None and net.xs_read(fe) is None
+    assert not (await net.lab.dom0.domains.NetworkList(ref)).vifs
+    assert_vif_gone(net, c.domid)
+    check_invariants(net.hv)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("state", b"\xff"), ("state", "²"), ("state", "٣"), ("state", "99"),
+    ("feature-rx-copy", b"\xff"), ("feature-rx-copy", "²"), ("feature-sg", b"\xff"),
+    ("ip", b"\xff"),
+])
+async def test_a_backend_key_that_is_not_text_or_not_a_state_fails_only_that_interface(
+        net, key, value):
+    """A driver domain (not Domain-0, untrusted by its frontends) publishes
+    one bad key. netfront fails that interface (error node in the guest's
+    own directory, Closing) and grants it nothing; the guest's other
+    interface, served by Domain-0, keeps working."""
+    c = await net.boot_domu("c")
+    dd = await net.boot_domu("dd", netfront=False)
+    await net.add_vif(c.domid, devid=1)
+    eth1 = await net.connected(c.domid, devid=1)
+    await net.attach_vif(c.domid, devid=0, backend="dd")
+    be = f"/local/domain/{dd.domid}/backend/vif/{c.domid}/0"
+    keys = {"feature-rx-copy": "1", "feature-sg": "1", key: value,
+            "state": value if key == "state" else str(int(S.InitWait))}
+    for k, v in keys.items():
+        await net.guest_writes(dd, f"{be}/{k}", v)
+    error = f"/local/domain/{c.domid}/error/device/vif/0/error"
+    await wait_until(lambda: net.xs_read(error), "the error node")
+    assert net.xs_read(error).split(" ", 1)[0] in ("22", "19"), net.xs_read(error)  # EINVAL, ENODEV
+    await net.wait_state(net.frontend_path(c.domid), S.Closing)
+    assert [g for g in net.hv.grants.entries(c.domid) if g.domid == dd.domid] == []
+    assert "eth0" not in c.netifs
+    assert eth1.state == "connected"
+    at_c = Capture(eth1)
+    sent = [frame(60, mac_of(0, 9))]
+    net.kernels[0].vifs[f"vif{c.domid}.1"].transmit(sent)
+    assert await at_c.wait(1) == sent
+    check_invariants(net.hv)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xenlab.cli import argtypes
-from xenlab.osutil import on_stop_signal
+from xenlab.osutil import Interrupted, cancelled_by_stop_signal
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MIN_INTERVAL
 from xenlab.domain.traffic import MAX_BATCH, MIN_SIZE
 from xenlab.xen.abi import ETH_DATA_LEN, ETH_HLEN
@@ -308,11 +308,10 @@ def _jsonable(value):
 
 
 async def _main(plan: Plan) -> dict:
-    # Cancel, so that the labs are taken down and the namespaces deleted.
-    on_stop_signal(asyncio.current_task().cancel)
     bench = Bench(plan)
     try:
-        return await bench.run()
+        # Cancelled, so that the labs are taken down and the namespaces deleted.
+        return await cancelled_by_stop_signal(bench.run())
     except BaseException as err:
         bench.results["error"] = f"{type(err).__name__}: {err}"
         bench.save()
@@ -324,9 +323,9 @@ def run(args) -> int:
     plan = make_plan(args)
     try:
         results = asyncio.run(_main(plan))
-    except asyncio.CancelledError:
+    except Interrupted as stop:
         print(f"xenlab bench: stopped; what was measured is in {plan.json}", file=sys.stderr)
-        return 130
+        return stop.exit_status
     print(report.table(results))
     print(f"\nfigures: {plan.json}")
     return 0

@@ -21,6 +21,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+from xenlab.xen.digits import is_decimal
+
 RATE = 500                      # samples per second
 WARMUP = 1.0                    # seconds for py-spy to attach to a process
 # Innermost frames that are the event loop or an idle thread, not Python
@@ -110,7 +112,7 @@ def summarise(folded: str, top: int = 12) -> dict:
     inclusive: collections.Counter = collections.Counter()
     for line in folded.splitlines():
         stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
+        if not stack or not is_decimal(count):
             continue
         n = int(count)
         total += n

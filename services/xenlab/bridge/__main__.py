@@ -19,6 +19,7 @@ from xenlab.bridge.uplink import parse_uplink
 from xenlab.events import config as events_config
 from xenlab.hypervisor.config import default_rundir
 from xenlab.osutil import die_with_parent, raise_fd_limit
+from xenlab.rundir import Rundir
 from xenlab.xen.errors import XenError
 
 DEFAULT_BRIDGE = "xenbr0"
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rundir", type=Path, default=None,
                         help="the hypervisor's rundir: sockets go here, and the hypervisor's "
                              "address and Domain-0's secret are read from it to register in "
-                             "xenstore (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+                             "xenstore (default $XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab, "
+                             "else /tmp/xenlab-UID)")
     parser.add_argument("--ageing", type=float, default=DEFAULT_AGEING, metavar="SECONDS",
                         help=f"FDB ageing time; 0 means never (default {DEFAULT_AGEING:.0f}, as Linux)")
     parser.add_argument("--fdb-max", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
@@ -99,10 +101,10 @@ def service_from_args(args, env=None):
     from xenlab.bridge.server import BridgeService
 
     bridges = args.bridge or [DEFAULT_BRIDGE]
-    rundir = (args.rundir or default_rundir(env)).resolve()
-    listen = args.listen or f"unix:{rundir}/bridge-{bridges[0]}.sock"
-    grpc = args.grpc or f"unix:{rundir}/bridge.sock"
-    return BridgeService(bridges, listen, grpc, None if args.no_register else rundir,
+    rundir = Rundir(args.rundir or default_rundir(env))
+    listen = args.listen or f"unix:{rundir.socket(f'bridge-{bridges[0]}.sock')}"
+    grpc = args.grpc or f"unix:{rundir.socket('bridge.sock')}"
+    return BridgeService(bridges, listen, grpc, None if args.no_register else rundir.path,
                          ageing=args.ageing, fdb_max=args.fdb_max,
                          flood_rate=args.flood_limit[0], flood_burst=args.flood_limit[1],
                          uplinks=_uplinks(args.uplink, bridges))
@@ -123,7 +125,7 @@ def run(args) -> int:
         from xenlab.events.sources import BridgeSource, service_events
         events = events_config.config_from_args(args)
         service = service_from_args(args)
-        (args.rundir or default_rundir()).mkdir(parents=True, exist_ok=True)
+        Rundir(args.rundir or default_rundir()).create()
         async with service_events(events, "bridge") as ev:
             def ready(s) -> None:
                 print(f"xenlab bridge-service: {', '.join(s.bridges)}; veth links on "

@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"for one check of one target (default {CHECK_TIMEOUT:g})")
     parser.add_argument("--rundir", type=Path, default=None,
                         help="the hypervisor's rundir, for xenstore: and vifs "
-                             "(default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+                             "(default $XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab, "
+                             "else /tmp/xenlab-UID)")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when healthy")
 
 

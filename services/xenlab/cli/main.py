@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from xenlab.osutil import exec_only_forks
+from xenlab.rundir import default_rundir
 
 # Commands that live in other packages: name -> (module, one-line help).
 # Each module has add_arguments(parser) and run(args) -> int ("module:NAME":
@@ -33,6 +34,7 @@ DELEGATES = {
     "down": ("xenlab.lab.cli:down", "stop the lab that `xenlab up` runs"),
     "status": ("xenlab.lab.cli:status", "show what a lab runs"),
     "soak": ("xenlab.lab.soak", "run a lab under traffic and faults, then check every frame is accounted for"),
+    "hostile-soak": ("xenlab.lab.hostile", "one domU runs every known flood while two others ping: RTT, failures, memory"),
     "bench": ("xenlab.bench.__main__", "measure throughput, latency and scale, side by side with the Linux kernel bridge"),
     "events": ("xenlab.events.watch", "print a lab's MQTT events as they arrive (docs/EVENTS.md)"),
     "healthcheck": ("xenlab.cli.healthcheck", "exit 0 when gRPC servers, a broker, xenstore nodes or vifs are healthy"),
@@ -44,16 +46,13 @@ TOOLSTACK = {
 }
 
 
-def default_rundir(env: Mapping[str, str]) -> Path:
-    return Path(env.get("XENLAB_RUNDIR") or f"/tmp/xenlab-{os.getuid()}")
-
-
 def _common_options() -> argparse.ArgumentParser:
     # SUPPRESS: an option given at one level must not be reset by the
     # default of the level below it.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--rundir", type=Path, default=argparse.SUPPRESS,
-                        help="the hypervisor's rundir (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+                        help="the hypervisor's rundir (default $XENLAB_RUNDIR, else "
+                             "$XDG_RUNTIME_DIR/xenlab, else /tmp/xenlab-UID)")
     common.add_argument("--hypervisor", metavar="ADDR", default=argparse.SUPPRESS,
                         help="the hypervisor's gRPC address (default: read from the rundir)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -102,6 +101,9 @@ def run_delegate(name: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "rundir", ...) is None:
         args.rundir = default_rundir(env)
+    if hasattr(args, "rundir"):
+        # Hints name --rundir only when it is not this one.
+        args.default_rundir = default_rundir(env)
     result = run(args)
     if inspect.iscoroutine(result):
         result = asyncio.run(result)

@@ -18,6 +18,7 @@ from xenlab.cli import output
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.proto import common_pb2, domains_pb2, memory_pb2
 from xenlab.xen.errors import ConfigError
+from xenlab.xen.digits import is_decimal
 from xenlab.xen.xlcfg import load_xl_config, parse_vif_spec, to_domain_spec
 
 log = logging.getLogger(__name__)
@@ -68,11 +69,12 @@ def run_command(prog: str, command: str, work: Callable[[], Awaitable[int]]) -> 
 
 def domain_ref(text: str) -> common_pb2.DomainRef:
     """DOM on the command line: a number is a domain id, anything else a name
-    (xl's domain_qualifier_to_domid)."""
+    (xl's domain_qualifier_to_domid, with C's isdigit(): '²' is a name)."""
     if not text:
         raise argparse.ArgumentTypeError("a domain name or id is required")
-    if text.isdigit():
+    if is_decimal(text) and len(text) < 10:
         return common_pb2.DomainRef(domid=int(text))
+    # A longer number would not fit the uint32: the server reads it as an id too.
     return common_pb2.DomainRef(name=text)
 
 
@@ -98,7 +100,7 @@ def parse_memory_kb(text: str) -> int:
 
 
 def vcpu_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    if not is_decimal(text) or len(text) > 4 or int(text) < 1:
         raise argparse.ArgumentTypeError(f"invalid vcpu count {text!r}: a number >= 1")
     return int(text)
 

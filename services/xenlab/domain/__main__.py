@@ -9,7 +9,7 @@ import sys
 
 from xenlab import eventloop
 from xenlab.hypervisor.launcher import StartInfo
-from xenlab.osutil import die_with_parent, on_stop_signal
+from xenlab.osutil import die_with_parent, drop_privileges, on_stop_signal
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
@@ -20,10 +20,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep running if the process that started it exits")
 
 
-async def _main(start: StartInfo) -> int:
+def _preload() -> None:
+    """Import everything the kernel will run before the process gives up
+    its launcher's rights: once it is the domain's own uid it may not be
+    able to read the interpreter's files (a Python under /root, say)."""
+    import xenlab.domain.agent            # noqa: F401  (started at the end of boot)
+    import xenlab.domain.kernel           # noqa: F401
+    import xenlab.drivers                 # noqa: F401  (registered at boot)
+    import xenlab.drivers.netfront        # noqa: F401
+
+
+class NoMemory(Exception):
+    """The domain could not take its memory object."""
+
+
+def _enter_domain(start: StartInfo):
+    """Map the memory object the launcher handed over, or (a launcher that
+    cannot hand descriptors over: a container) the one the doorbell's OK
+    brings, then become the domain's own uid for good, before anything
+    untrusted is read. Returns the mapping (None: the kernel opens its
+    segment by path) and the greeted doorbell connection, if any."""
+    from xenlab.domain.evtchn import connect_for_memory
+    from xenlab.domain.memory import map_memory_object
+    from xenlab.xen.errors import XenError
+    doorbell = None
+    if start.memory_fd >= 0:
+        memory = map_memory_object(start.memory_fd)
+    elif start.doorbell:
+        try:
+            doorbell, fd = connect_for_memory(start.doorbell, start.domid, start.secret)
+        except (OSError, TimeoutError, XenError) as err:
+            raise NoMemory(f"its memory comes with the doorbell's OK at {start.doorbell}, and "
+                           f"the doorbell failed: {err} (the gRPC fallback carries no "
+                           f"memory)") from None
+        memory = map_memory_object(fd)
+    else:
+        memory = None
+    if start.uid >= 0:
+        drop_privileges(start.uid, start.gid, tuple(start.groups))
+    return memory, doorbell
+
+
+async def _main(start: StartInfo, memory, doorbell=None) -> int:
     from xenlab.domain.kernel import DomainKernel
 
-    kernel = DomainKernel(start)
+    kernel = DomainKernel(start, memory_map=memory, doorbell=doorbell)
     on_stop_signal(kernel.stop, "poweroff")
     reason = await kernel.run()
     return 0 if reason in ("poweroff", "reboot") else 1
@@ -46,7 +87,19 @@ def run(args) -> int:
     except (ValueError, KeyError, TypeError) as err:
         print(f"xenlab domain: malformed start_info: {err}", file=sys.stderr)
         return 2
-    return eventloop.run(_main(start))
+    _preload()
+    try:
+        memory, doorbell = _enter_domain(start)
+    except NoMemory as err:
+        print(f"xenlab domain: d{start.domid}: no memory to run in: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"xenlab domain: d{start.domid}: cannot take over its memory or become uid "
+              f"{start.uid}: {err}", file=sys.stderr)
+        return 2
+    if start.uid >= 0 and not args.orphan_ok:
+        die_with_parent()       # changing ids cleared the parent-death signal
+    return eventloop.run(_main(start, memory, doorbell))
 
 
 def main(argv=None) -> int:

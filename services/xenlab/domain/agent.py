@@ -2,15 +2,18 @@
 
 Clients reach a domain's network through it: ping and UDP from the guest's
 own IP stack, frames injected as if the guest sent them, captures of either
-direction, and interface counters. It listens on an address the kernel
-picks (by default a unix socket in the hypervisor's rundir, next to the
-doorbell) and publishes it at /local/domain/<domid>/data/agent.
+direction, and interface counters. It listens where its launcher decided
+(a unix socket in the domain's own directory, or a published TCP port) and
+says it is up at /local/domain/<domid>/data/agent.
 
-It asks for no credentials, as a qemu guest agent on its private virtio
-channel does not: it runs inside the guest and speaks for the guest only,
-and the unix socket is private to the lab's user (mode 0600). Anyone who can
-reach it can do what the guest's own root could do to its interfaces, and no
-more: no hypercall, no other domain.
+Only the toolstack may call it: every GuestAgent call must carry the token
+the hypervisor gave the domain at creation (``xenlab-agent-token``
+metadata), which the toolstack keeps in its own record beside the address
+(/libxl/<domid>/agent, readable by Domain-0 alone). Another guest, or any
+other local user, is refused before its request is read, whatever the
+socket's mode or the port's reachability. Anyone holding the token can do
+what the guest's own root could do to its interfaces, and no more: no
+hypercall, no other domain.
 
 In dom0 the interfaces are netback's vifs, and there is no IP stack unless
 dom0 has an addressed netfront of its own.
@@ -21,16 +24,20 @@ import asyncio
 import errno
 import logging
 import os
+import secrets
 from pathlib import Path
 
 import grpc
 
+from xenlab.agent_client import AGENT_TOKEN_MD
 from xenlab.domain import traffic
 from xenlab.domain.netstack import GoneDevice, GuestNetwork
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.proto import agent_pb2, agent_pb2_grpc
-from xenlab.rpc import handles_xen_errors, start_server
+from xenlab.hypervisor.vif import agent_record_path
+from xenlab.rpc import TokenGate, handles_xen_errors, start_server
+from xenlab.rundir import Rundir
 from xenlab.xen.errors import XenError
 
 log = logging.getLogger(__name__)
@@ -47,13 +54,14 @@ UDP_TIMEOUT = 2.0
 
 
 def agent_address(start_info) -> str:
-    """The launcher's choice if it made one (the docker launcher: a published
-    TCP port); else unix:<rundir>/agent-d<domid>.sock, the rundir being where
-    the doorbell is; loopback TCP on an ephemeral port when the domain has no doorbell."""
+    """The launcher's choice if it made one (a socket in the domain's own
+    directory; the docker launcher: a published TCP port); else, for
+    Domain-0's kernel, unix:<rundir>/agent-d0.sock, the rundir being where
+    the doorbell is; loopback TCP on an ephemeral port when there is neither."""
     if getattr(start_info, "agent", ""):
         return start_info.agent
     if start_info.doorbell:
-        return f"unix:{Path(start_info.doorbell).parent}/agent-d{start_info.domid}.sock"
+        return f"unix:{Rundir(Path(start_info.doorbell).parent).agent_socket(start_info.domid)}"
     return "127.0.0.1:0"
 
 
@@ -237,10 +245,11 @@ async def _batches(requests, limit: int):
 class GuestAgentServer:
     """The agent's gRPC server (with health and reflection) around a GuestNetwork."""
 
-    def __init__(self, net: GuestNetwork, domid: int, address: str):
+    def __init__(self, net: GuestNetwork, domid: int, address: str, token: str):
         self.net = net
         self.domid = domid
         self.address = address
+        self.token = token
         self.server: grpc.aio.Server | None = None
 
     async def start(self) -> str:
@@ -254,10 +263,9 @@ class GuestAgentServer:
         servicer = GuestAgentServicer(self.net, self.domid)
         self.server, port = await start_server(
             self.address, [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s)],
-            [SERVICE_NAME])
-        if path is not None:
-            os.chmod(path, 0o600)
-        elif self.address.endswith(":0"):
+            [SERVICE_NAME], interceptors=[TokenGate(AGENT_TOKEN_MD, self.token, [SERVICE_NAME])])
+        # A unix socket is 0600 from the start (start_server).
+        if path is None and self.address.endswith(":0"):
             self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"
         return self.address
 
@@ -302,11 +310,21 @@ async def start_guest_agent(kernel) -> KernelAgent | None:
     """Attach a GuestNetwork to the kernel's interfaces, serve the agent and
     publish its address. A domain whose agent cannot start still runs, as a
     guest without qemu-ga does; clients are then told it has no agent."""
+    token = getattr(kernel.start_info, "agent_token", "")
+    if not token and kernel.domid == 0:
+        token = secrets.token_urlsafe(32)       # Domain-0's kernel records its own
+    if not token:
+        log.warning("d%d: no agent token in start_info: the guest agent will refuse every call",
+                    kernel.domid)
     net = GuestNetwork()
     net.attach(kernel)
-    server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info))
+    server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info), token)
     try:
         address = await server.start()
+        if kernel.domid == 0:
+            record = agent_record_path(0)
+            await kernel.xenbus.write(f"{record}/address", address)
+            await kernel.xenbus.write(f"{record}/token", token)
         await kernel.xenbus.write(XENSTORE_KEY, address)
     except (OSError, RuntimeError, grpc.aio.AioRpcError) as err:
         log.error("d%d: the guest agent did not start: %s", kernel.domid, err)

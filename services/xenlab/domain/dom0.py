@@ -23,7 +23,8 @@ from xenlab.xen.errors import ConfigError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rundir", type=Path, default=None,
-                        help="the hypervisor's rundir (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+                        help="the hypervisor's rundir (default $XENLAB_RUNDIR, else "
+                             "$XDG_RUNTIME_DIR/xenlab, else /tmp/xenlab-UID)")
     parser.add_argument("--vcpus", type=int, default=1)
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--die-with-parent", action="store_true",

@@ -13,6 +13,12 @@ Doorbell datagrams are read in the socket's reader callback and handlers run
 right there, with no task in between; the UPCALLs read in one wake-up make
 one scan.
 
+A domain whose launcher could not hand it its memory object (a container)
+takes it from the doorbell before anything else: ``connect_for_memory``
+says HELLO asking for it, and the OK carries it; the connection, already
+greeted, then serves as the domain's doorbell. Without a doorbell such a
+domain has no memory to run in (gRPC carries no descriptors), and says so.
+
 The doorbell also carries GNTTABOP_copy (``copy``, used by
 xenlab.domain.gnttab): a COPY datagram out, its COPIED answer in, matched by
 sequence number, so that several batches may be in flight. Without a
@@ -47,12 +53,54 @@ READ_BUDGET = 64        # datagrams taken per wake-up of the doorbell reader
 Handler = Callable[[int], object]
 
 
+def welcome(data: bytes, domid: int) -> wire.Ok:
+    """The hypervisor's answer to domain ``domid``'s HELLO: its OK, or the
+    XenError it refused with."""
+    if not data:
+        raise ConnectionError("the hypervisor closed the doorbell during HELLO")
+    reply = wire.decode(data)
+    if isinstance(reply, wire.Error):
+        raise XenError(reply.errno, reply.message)
+    if not isinstance(reply, wire.Ok) or reply.domid != domid:
+        raise wire.malformed(f"expected OK for d{domid}, got {reply}")
+    return reply
+
+
+def connect_for_memory(path: str, domid: int, secret: str,
+                       timeout: float = CONNECT_TIMEOUT) -> tuple[socket.socket, int]:
+    """Connect to the doorbell at ``path`` and say HELLO asking for this
+    domain's memory object. Blocking: the domain process calls it before
+    its event loop runs. Returns the connection, greeted (hand it to
+    GuestEventChannels), and the object's descriptor, for the caller to
+    map and close. Raises OSError, TimeoutError or XenError (refused)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    fds: list[int] = []
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(wire.Hello(domid, secret, wire.HELLO_MEMORY).encode())
+        data, fds, flags, _ = socket.recv_fds(sock, wire.MAX_DATAGRAM + 1, 1)
+        ok = welcome(data, domid)
+        if flags & socket.MSG_CTRUNC or not ok.carries_memory or len(fds) != 1:
+            raise wire.malformed(f"the OK carries {len(fds)} descriptors, not the memory object")
+        return sock, fds.pop()
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+        raise
+
+
 class GuestEventChannels:
     def __init__(self, client: HypervisorClient, shared_info: SharedInfo,
-                 doorbell_path: str | None, secret: str, timeout: float = CONNECT_TIMEOUT):
+                 doorbell: str | int | socket.socket | None, secret: str,
+                 timeout: float = CONNECT_TIMEOUT):
+        """``doorbell``: the hypervisor's socket path, or a descriptor of a
+        doorbell connection the launcher handed over, or a connection
+        already greeted (connect_for_memory), or None (gRPC only)."""
         self._client = client
         self._shared_info = shared_info
-        self._doorbell_path = doorbell_path
+        self._doorbell = doorbell
         self._secret = secret
         self._timeout = timeout
         self._handlers: dict[int, Handler] = {}
@@ -75,12 +123,16 @@ class GuestEventChannels:
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
-        if self._doorbell_path and os.path.exists(self._doorbell_path):
+        doorbell = self._doorbell
+        if isinstance(doorbell, socket.socket):
+            doorbell.setblocking(False)
+            self._sock = doorbell
+        elif isinstance(doorbell, int) or (doorbell and os.path.exists(doorbell)):
             try:
-                self._sock = await self._connect(self._doorbell_path)
+                self._sock = await self._connect(doorbell)
             except (OSError, TimeoutError, ValueError, XenError) as err:
                 log.warning("d%d: doorbell %s unusable (%s); using the gRPC fallback",
-                            self._client.domid, self._doorbell_path, err)
+                            self._client.domid, doorbell, err)
         if self._sock is not None:
             self.via_doorbell = True
             asyncio.get_running_loop().add_reader(self._sock, self._on_doorbell)
@@ -307,21 +359,21 @@ class GuestEventChannels:
                 first.set_exception(ConnectionError("the upcall stream ended before its first upcall"))
 
     # -- the doorbell connection -----------------------------------------------------------
-    async def _connect(self, path: str) -> socket.socket:
+    async def _connect(self, doorbell: str | int) -> socket.socket:
+        """Connect to the socket at a path, or take the connection handed
+        over as a descriptor; then say HELLO on it either way."""
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if isinstance(doorbell, int):
+            sock = socket.socket(fileno=doorbell)
+        else:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, path), self._timeout)
+            if not isinstance(doorbell, int):
+                await asyncio.wait_for(loop.sock_connect(sock, doorbell), self._timeout)
             await loop.sock_sendall(sock, wire.Hello(self._client.domid, self._secret).encode())
             data = await asyncio.wait_for(loop.sock_recv(sock, wire.MAX_DATAGRAM + 1), self._timeout)
-            if not data:
-                raise ConnectionError("the hypervisor closed the doorbell during HELLO")
-            reply = wire.decode(data)
-            if isinstance(reply, wire.Error):
-                raise XenError(reply.errno, reply.message)
-            if not isinstance(reply, wire.Ok) or reply.domid != self._client.domid:
-                raise wire.malformed(f"expected OK for d{self._client.domid}, got {reply}")
+            welcome(data, self._client.domid)
         except BaseException:
             sock.close()
             raise

@@ -22,6 +22,8 @@ from xenlab.hypervisor.launcher import StartInfo
 from xenlab.hypervisor.memory import MAX_EXTENTS
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
 from xenlab.xen import abi
+from xenlab.xen.digits import U64_MAX, parse_decimal
+from xenlab.xen.errors import XenError
 from xenlab.xen.shared_info import SharedInfo
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,14 @@ TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 
 class DomainKernel:
-    def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None):
+    def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
+                 memory_map=None, doorbell=None):
+        """``memory_map``: the domain's memory, already mapped from the
+        object its launcher handed over or the doorbell brought (else boot
+        opens the segment); ``doorbell``: that doorbell connection, greeted."""
         self.start_info = start
+        self._memory_map = memory_map
+        self._doorbell = doorbell
         self.domid = start.domid
         self.name = start.name
         self.hv = HypervisorClient.connect(start.hypervisor, start.domid, start.secret)
@@ -57,12 +65,16 @@ class DomainKernel:
     async def boot(self) -> None:
         mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
             domain=common_pb2.DomainRef(domid=self.domid), with_populated=True))
-        self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
+        self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,
+                                  mapping=self._memory_map)
         self.memory.set_populated(mm.populated)
         self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
                                       self.start_info.vcpus)
-        self.evtchn = GuestEventChannels(self.hv, self.shared_info,
-                                         self.start_info.doorbell or None, self.start_info.secret)
+        start = self.start_info
+        doorbell = self._doorbell
+        if doorbell is None:
+            doorbell = start.doorbell_fd if start.doorbell_fd >= 0 else (start.doorbell or None)
+        self.evtchn = GuestEventChannels(self.hv, self.shared_info, doorbell, start.secret)
         await self.evtchn.start()
         self.xenbus = XenbusClient(self.hv, self.domid)
         await self.xenbus.start()
@@ -105,7 +117,11 @@ class DomainKernel:
             log.debug("timer re-arm failed: %s", err.details())
 
     async def _on_shutdown_request(self, path: str) -> None:
-        request = await self.xenbus.read("control/shutdown", default="")
+        try:
+            request = await self.xenbus.read("control/shutdown", default="")
+        except XenError as err:
+            log.warning("ignoring a shutdown request: %s", err.message)
+            return
         if request in ("poweroff", "halt", "reboot"):
             # Acknowledge by clearing the node, as Linux's shutdown_handler does.
             await self.xenbus.write("control/shutdown", "")
@@ -116,12 +132,16 @@ class DomainKernel:
     async def _on_memory_target(self, path: str) -> None:
         """The balloon driver: follow memory/target (KiB) by giving frames
         back to, or taking them from, the hypervisor."""
-        target_kb = await self.xenbus.read("memory/target", default="")
-        if not target_kb.isdigit():
+        try:
+            target_kb = await self.xenbus.read("memory/target", default="")
+            if not target_kb:
+                return
+            target = parse_decimal(target_kb, "memory/target", maximum=U64_MAX) // 4
+        except XenError as err:
+            log.warning("balloon: ignoring %s", err.message)
             return
         async with self._balloon_lock:
             res = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
-            target = int(target_kb) // 4
             if target < res.current_pages:
                 give = self.memory.balloon_candidates(res.current_pages - target)
                 for start in range(0, len(give), MAX_EXTENTS):

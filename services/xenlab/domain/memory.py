@@ -14,6 +14,7 @@ import itertools
 import mmap
 import os
 
+from xenlab.domain.pagemap import PageMap
 from xenlab.xen import abi
 
 # Frames 0..15 stand for the guest kernel's own text and data: never handed out.
@@ -25,17 +26,39 @@ _PROT_NONE = 0            # <sys/mman.h>; Python's mmap module does not name it
 _PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
 
 
+def map_memory_object(fd: int) -> PageMap:
+    """Map the whole memory object a launcher handed over, and close it:
+    from then on the process holds the mapping only (PageMap keeps no
+    descriptor, where mmap.mmap would keep a duplicate), so it can no longer
+    resize the object under the hypervisor and Domain-0 (a shrunk segment
+    would fault them with SIGBUS) nor pass it on."""
+    try:
+        return PageMap(fd, 0, writable=True, length=os.fstat(fd).st_size, populate=False)
+    finally:
+        os.close(fd)
+
+
 class GuestMemory:
-    def __init__(self, shm_path: str, segment_pages: int, first_frame_offset: int):
-        fd = os.open(shm_path, os.O_RDWR)
-        try:
-            self.mm = mmap.mmap(fd, segment_pages * abi.PAGE_SIZE)
-        finally:
-            os.close(fd)
+    def __init__(self, shm_path: str, segment_pages: int, first_frame_offset: int,
+                 mapping: PageMap | None = None):
+        """The segment at ``shm_path``, or ``mapping`` when the launcher
+        handed the memory object over (map_memory_object)."""
+        self._mapping = mapping
+        if mapping is None:
+            fd = os.open(shm_path, os.O_RDWR)
+            try:
+                self.mm = mmap.mmap(fd, segment_pages * abi.PAGE_SIZE)
+            finally:
+                os.close(fd)
+        elif mapping.length < segment_pages * abi.PAGE_SIZE:
+            raise ValueError(f"the memory object handed over has {mapping.length} bytes; the "
+                             f"hypervisor says {segment_pages} pages")
+        else:
+            self.mm = mapping.view
         self.path = shm_path
         self.first_frame_offset = first_frame_offset
         self.nr_frames = segment_pages - first_frame_offset // abi.PAGE_SIZE
-        self._address = _address_of(self.mm)
+        self._address = mapping.addr if mapping is not None else _address_of(self.mm)
         self._populated: set[int] = set(range(self.nr_frames))
         self._allocated: set[int] = set()
         self._free: list[int] = []
@@ -107,6 +130,10 @@ class GuestMemory:
                 raise OSError(err, f"mprotect of gfns {run[0]}..{run[-1]}: {os.strerror(err)}")
 
     def close(self) -> None:
+        if self._mapping is not None:
+            # Views of its frames may still be alive (the process is ending):
+            # the mapping goes with the process.
+            return
         try:
             self.mm.close()
         except BufferError:

@@ -31,12 +31,15 @@ _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 class PageMap:
     __slots__ = ("addr", "length", "view")
 
-    def __init__(self, fd: int, offset: int, writable: bool, length: int = abi.PAGE_SIZE):
+    def __init__(self, fd: int, offset: int, writable: bool, length: int = abi.PAGE_SIZE,
+                 populate: bool = True):
         if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY or length <= 0:
             raise ValueError(f"cannot map {length} bytes at offset {offset}")
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        # MAP_POPULATE: fault the page in now, not on the first frame through it.
-        addr = _libc.mmap(None, length, prot, mmap.MAP_SHARED | _MAP_POPULATE, fd, offset)
+        # MAP_POPULATE: fault the page in now, not on the first frame through
+        # it (not for a whole domain's memory, whose pages tmpfs backs lazily).
+        flags = mmap.MAP_SHARED | (_MAP_POPULATE if populate else 0)
+        addr = _libc.mmap(None, length, prot, flags, fd, offset)
         if addr is None or addr == _MAP_FAILED:
             err = ctypes.get_errno()
             raise OSError(err, f"mmap of {length} bytes at offset {offset}: {os.strerror(err)}")

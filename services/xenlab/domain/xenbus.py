@@ -9,6 +9,7 @@ probe does.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 from typing import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import Awaitable, Callable
 import grpc
 
 from xenlab.proto import common_pb2, xenstore_pb2
+from xenlab.xen.errors import XenError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,18 @@ WatchCallback = Callable[[str], Awaitable[None] | None]
 
 class XenbusError(Exception):
     pass
+
+
+class XenbusValueError(XenError):
+    """A node's value is not UTF-8 text. xenstore values are bytes and any
+    domain that may write a node may write any bytes into it: the reader
+    gets this (EINVAL), a failure of what it was reading for (a device
+    fails with xenbus_dev_fatal), not a UnicodeDecodeError."""
+
+    def __init__(self, path: str, raw: bytes):
+        shown = repr(raw[:40]) + (f"... ({len(raw)} bytes)" if len(raw) > 40 else "")
+        super().__init__(errno.EINVAL, f"reading {path}: {shown} is not UTF-8 text")
+        self.path = path
 
 
 class XenbusClient:
@@ -46,15 +60,24 @@ class XenbusClient:
         return path if path.startswith("/") or path.startswith("@") else f"{self.home}/{path}"
 
     async def read(self, path: str, default: str | None = None, tx: int = 0) -> str | None:
+        """The node's value as text; raises XenbusValueError if it is not UTF-8."""
+        raw = await self.read_bytes(path, tx=tx)
+        if raw is None:
+            return default
+        try:
+            return raw.decode()
+        except UnicodeDecodeError:
+            raise XenbusValueError(self.abspath(path), raw) from None
+
+    async def read_bytes(self, path: str, tx: int = 0) -> bytes | None:
+        """The node's value as stored, or None if there is no such node."""
         try:
             reply = await self.xs.Read(xenstore_pb2.PathRequest(path=self.abspath(path), tx=tx))
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND and default is not None:
-                return default
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
-        return reply.value.decode()
+        return reply.value
 
     async def write(self, path: str, value: str, tx: int = 0) -> None:
         await self.xs.Write(xenstore_pb2.WriteRequest(path=self.abspath(path),
@@ -217,7 +240,8 @@ class XenbusBus:
             await self._reconcile(driver, present, lambda p: p.startswith(prefix + "/"))
 
     async def _exists(self, path: str) -> bool:
-        return await self.xenbus.read(path) is not None
+        # The device node's own value is whatever its owner wrote: not read as text.
+        return await self.xenbus.read_bytes(path) is not None
 
     async def _device_paths(self, driver: XenbusDriver) -> set[str]:
         root = self._root(driver)

@@ -325,6 +325,8 @@ class _Connection:
 
 
 class Netback(XenbusDevice):
+    otherend_kind = "frontend"
+
     def __init__(self, driver: "NetbackDriver", nodename: str):
         super().__init__(driver.kernel.xenbus, nodename, nodename)
         self.driver = driver
@@ -340,7 +342,7 @@ class Netback(XenbusDevice):
         try:
             self.config = core.parse_backend_dir(self.nodename, keys)
         except XenError as err:
-            await self.dev_fatal(err.message)
+            await self.dev_fatal(err.errno, err.message)
             return
         self.label = self.config.name
         await self._advertise()

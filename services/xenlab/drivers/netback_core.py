@@ -46,6 +46,7 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 from xenlab.drivers.ratelimit import CreditScheduler, Rate, parse_rate
 from xenlab.net.ethernet import ETH_P_ARP, ETH_P_IP
 from xenlab.xen import abi
+from xenlab.xen.digits import C_SPACE, U32_MAX, parse_decimal
 from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.netif import ExtraInfo
 # xen_mb(): the ring module's full fence, for the one event index the
@@ -208,9 +209,9 @@ def parse_backend_dir(path: str, values: Mapping[str, str | None]) -> VifConfig:
     if not frontend:
         raise XenError(errno.ENOENT, "reading frontend: missing")
     fid_text = values.get("frontend-id")
-    if fid_text is None or not fid_text.strip().isdigit():
-        raise _config_error(f"reading frontend-id: {fid_text!r} is not a domain id")
-    frontend_id = int(fid_text)
+    if fid_text is None:
+        raise XenError(errno.ENOENT, "reading frontend-id: missing")
+    frontend_id = parse_decimal(fid_text, "reading frontend-id", maximum=abi.DOMID_FIRST_RESERVED - 1)
     if frontend_id != domid:
         raise _config_error(f"frontend-id {frontend_id} does not match the backend path's d{domid}")
     if not frontend.startswith(f"/local/domain/{frontend_id}/"):
@@ -253,10 +254,8 @@ def _parse_rate_key(text: str | None) -> Rate | None:
 def _parse_mtu(text: str | None) -> int:
     if not text or not text.strip():
         return abi.ETH_DATA_LEN
-    if not text.strip().isdigit() or not abi.ETH_MIN_MTU <= int(text) <= abi.XEN_NETIF_MAX_TX_SIZE:
-        raise _config_error(f"parsing mtu: {text!r} is not an MTU "
-                            f"({abi.ETH_MIN_MTU}..{abi.XEN_NETIF_MAX_TX_SIZE})")
-    return int(text)
+    return parse_decimal(text, "parsing mtu", minimum=abi.ETH_MIN_MTU,
+                         maximum=abi.XEN_NETIF_MAX_TX_SIZE)
 
 
 FRONTEND_KEYS = ("tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy",
@@ -284,8 +283,8 @@ def parse_frontend_keys(values: Mapping[str, str | None]) -> FrontendRings:
     if port == 0:
         raise _config_error("reading event-channel: port 0 is never a bound port")
     queues = values.get("multi-queue-num-queues")
-    if queues is not None and queues.strip() != "1":
-        raise _config_error(f"guest requested {queues!r} queues; this backend has one")
+    if queues is not None and parse_decimal(queues, "reading multi-queue-num-queues") != 1:
+        raise _config_error(f"guest requested {int(queues)} queues, exceeding the maximum of 1")
     if _read_flag(values, "request-rx-copy") != 1:
         raise XenError(errno.EOPNOTSUPP, "frontend does not support rx-copy (request-rx-copy)")
     return FrontendRings(tx, rx, port, _read_flag(values, "feature-rx-notify") == 1,
@@ -297,19 +296,16 @@ def _read_u32(values: Mapping[str, str | None], key: str) -> int:
     text = values.get(key)
     if text is None:
         raise XenError(errno.ENOENT, f"reading {key}: missing")
-    text = text.strip()
-    if not text.isdigit() or int(text) > _U32:
-        raise _config_error(f"reading {key}: {text!r} is not an unsigned 32-bit number")
-    return int(text)
+    return parse_decimal(text, f"reading {key}", maximum=U32_MAX)
 
 
 def _read_flag(values: Mapping[str, str | None], key: str) -> int:
+    """A feature flag, as xenbus_read_unsigned(..., 0) reads one: missing or
+    empty is 0; anything but a number is the frontend's error."""
     text = values.get(key)
-    if text is None or not text.strip():
+    if text is None or not text.strip(C_SPACE):
         return 0
-    if not text.strip().isdigit():
-        raise _config_error(f"reading {key}: {text!r} is not a number")
-    return int(text)
+    return parse_decimal(text, f"reading {key}", maximum=U32_MAX)
 
 
 # ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from xenlab.net.device import NetDevice
 from xenlab.proto import grants_pb2
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
+from xenlab.xen.digits import C_SPACE, parse_decimal, quoted
 from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.netif import make_rx_ring, make_tx_ring
 from xenlab.xen.ring import FrontRing, SharedRing
@@ -160,6 +161,8 @@ class _Rings:
 
 
 class Netfront(XenbusDevice):
+    otherend_kind = "backend"
+
     def __init__(self, kernel, nodename: str):
         self.devid = int(nodename.rsplit("/", 1)[1])
         super().__init__(kernel.xenbus, nodename, f"eth{self.devid}")
@@ -175,7 +178,7 @@ class Netfront(XenbusDevice):
         try:
             backend, self.backend_id, mac, mtu = _parse_frontend_dir(keys)
         except XenError as err:
-            await self.dev_fatal(err.message)
+            await self.dev_fatal(err.errno, err.message)
             return
         self.dev = NetfrontDevice(self.label, mac, mtu, self.devid)
         await self.watch_otherend(backend)
@@ -374,22 +377,23 @@ def _describe(err: BaseException) -> str:
 
 
 def _parse_frontend_dir(keys: dict[str, str | None]) -> tuple[str, int, bytes, int]:
-    backend = (keys.get("backend") or "").strip()
+    backend = (keys.get("backend") or "").strip(C_SPACE)
     if not backend.startswith("/local/domain/"):
-        raise XenError(errno.ENOENT, f"reading backend: {backend!r} is not a backend path")
-    bid = (keys.get("backend-id") or "").strip()
-    if not bid.isdigit():
-        raise XenError(errno.EINVAL, f"reading backend-id: {bid!r} is not a domain id")
+        raise XenError(errno.ENOENT, f"reading backend: {quoted(backend)} is not a backend path")
+    bid = keys.get("backend-id")
+    if bid is None:
+        raise XenError(errno.ENOENT, "reading backend-id: missing")
+    backend_id = parse_decimal(bid, "reading backend-id", maximum=abi.DOMID_FIRST_RESERVED - 1)
     try:
         mac = parse_mac(keys.get("mac") or "")
     except ConfigError as err:
         raise XenError(errno.EINVAL, f"parsing mac: {err.message}") from None
-    mtu_text = (keys.get("mtu") or "").strip()
-    mtu = int(mtu_text) if mtu_text.isdigit() else abi.ETH_DATA_LEN
-    if mtu_text and not mtu_text.isdigit() or not abi.ETH_MIN_MTU <= mtu <= abi.XEN_NETIF_MAX_TX_SIZE:
-        raise XenError(errno.EINVAL, f"reading mtu: {mtu_text!r} is not an MTU "
-                                     f"({abi.ETH_MIN_MTU}..{abi.XEN_NETIF_MAX_TX_SIZE})")
-    return backend, int(bid), mac, mtu
+    mtu_text = keys.get("mtu")
+    mtu = abi.ETH_DATA_LEN
+    if mtu_text is not None and mtu_text.strip(C_SPACE):
+        mtu = parse_decimal(mtu_text, "reading mtu", minimum=abi.ETH_MIN_MTU,
+                            maximum=abi.XEN_NETIF_MAX_TX_SIZE)
+    return backend, backend_id, mac, mtu
 
 
 class NetfrontDriver(XenbusDriver):

@@ -7,10 +7,17 @@ callbacks only post events: they run inside the xenbus reader, which must
 never wait on anything that itself needs the reader (a watch ack).
 Subclasses say what Connect, Disconnect, Release and Unregister mean and
 which machine (frontend or backend) decides.
+
+The task never dies of what it reads: a value that cannot be decoded or
+is not what the protocol allows, and any other failure of one step, fails
+that one device with xenbus_dev_fatal (an ``error`` node, then Closing),
+and the task goes on handling events. Its directory's removal tears the
+device down whatever state it is in, even once the task has ended.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 import grpc
@@ -23,6 +30,9 @@ from xenlab.xen.errors import XenError
 log = logging.getLogger(__name__)
 
 UNWATCH_TIMEOUT = 2.0    # a dead xenstore connection never acks
+# xenbus_va_dev_error formats "%i %s" into a buffer of PRINTF_BUFFER_SIZE
+# (4096) bytes, its NUL included: longer messages are cut there.
+ERROR_NODE_MAX = 4095
 
 _OTHEREND = "otherend"
 _REMOVED = "removed"
@@ -30,6 +40,9 @@ _FATAL = "fatal"
 
 
 class XenbusDevice:
+    # How our messages name the other end ("saw state %d at frontend").
+    otherend_kind = "other end"
+
     def __init__(self, xenbus: XenbusClient, nodename: str, label: str):
         self.xenbus = xenbus
         self.nodename = nodename          # absolute path of our own directory
@@ -42,6 +55,8 @@ class XenbusDevice:
         self._events: asyncio.Queue = asyncio.Queue()
         self._task: asyncio.Task | None = None
         self._watch: str | None = None
+        self._removed = False             # our directory went away
+        self._torn_down = False
 
     # -- what subclasses provide ----------------------------------------------------
     async def setup(self) -> None:
@@ -70,11 +85,19 @@ class XenbusDevice:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"xenbus {self.nodename}")
 
     def removed(self) -> None:
-        self._events.put_nowait((_REMOVED, None))
+        """Our directory went away: tear the device down, whatever its task is doing."""
+        self._removed = True
+        if self._task is not None and not self._task.done():
+            self._events.put_nowait((_REMOVED, None))
+            return
+        # The task has ended (the device unregistered itself, or never
+        # started): nobody reads the queue any more, so tear down here.
+        self._task = asyncio.get_running_loop().create_task(
+            self._teardown_once(), name=f"xenbus {self.nodename} removed")
 
-    def fatal(self, message: str) -> None:
+    def fatal(self, message: str, err: int = errno.EINVAL) -> None:
         """Report a fatal error from outside the device task (a data path worker)."""
-        self._events.put_nowait((_FATAL, message))
+        self._events.put_nowait((_FATAL, (err, message)))
 
     async def stop(self) -> None:
         """Cancel the device task (the domain is shutting down)."""
@@ -83,24 +106,62 @@ class XenbusDevice:
             await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
+        stopped = False
         try:
-            await self.setup()
+            await self._guarded("setting up", self.setup)
             while True:
                 kind, arg = await self._events.get()
                 if kind == _REMOVED:
-                    await self.teardown()
                     return
                 if kind == _FATAL:
-                    await self.dev_fatal(arg)
-                elif kind == _OTHEREND and await self._otherend_changed():
+                    await self._fatal_guarded(*arg)
+                elif kind == _OTHEREND and await self._guarded(
+                        f"handling the {self.otherend_kind}'s state", self._otherend_changed):
                     return
+        except asyncio.CancelledError:
+            stopped = True      # the domain is going away: shutdown_local() follows
+            raise
+        finally:
+            await self._unwatch()
+            if self._removed and not stopped:
+                # Also when removal came while an Unregister was ending the task.
+                await self._teardown_once()
+            self.finished.set()
+
+    async def _guarded(self, what: str, step) -> bool:
+        """One step of the device's work. Its failure fails this device
+        (xenbus_dev_fatal), not the task: a typed error with its errno, a bug
+        as EIO, logged with its traceback. Returns what the step returns,
+        False if it failed."""
+        try:
+            return bool(await step())
+        except asyncio.CancelledError:
+            raise
+        except XenError as err:
+            await self._fatal_guarded(err.errno, err.message)
+        except Exception as err:
+            log.exception("%s: %s failed", self.nodename, what)
+            await self._fatal_guarded(errno.EIO, f"{what}: {type(err).__name__}: {err}")
+        return False
+
+    async def _fatal_guarded(self, err: int, message: str) -> None:
+        try:
+            await self.dev_fatal(err, message)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s: device task failed", self.nodename)
-        finally:
-            await self._unwatch()
-            self.finished.set()
+            log.exception("%s: failing the device after %r failed too", self.nodename, message)
+
+    async def _teardown_once(self) -> None:
+        if self._torn_down:
+            return
+        self._torn_down = True
+        try:
+            await self.teardown()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s: tearing the device down failed", self.nodename)
 
     # -- the other end -------------------------------------------------------------------
     async def watch_otherend(self, otherend: str) -> None:
@@ -119,8 +180,9 @@ class XenbusDevice:
                 log.debug("%s: unwatch failed: %s", self.nodename, err)
 
     async def _otherend_changed(self) -> bool:
-        """Returns True when the device unregistered itself."""
-        other = xs.parse_state(await self._read(f"{self.otherend}/state"))
+        """Returns True when the device unregistered itself. A value that is
+        not a state (or not text) raises XenError: a fatal error."""
+        other = xs.parse_state(await self._read(f"{self.otherend}/state"), self.otherend_kind)
         if other == self.otherend_state:
             # Queued pokes that saw the same state: Linux's watch fires once per
             # change, and a second reaction to one change would undo ours
@@ -139,8 +201,11 @@ class XenbusDevice:
                 try:
                     await self.connect()
                 except XenError as err:
-                    await self.dev_fatal(err.message)
+                    await self.dev_fatal(err.errno, err.message)
                     return False
+            elif isinstance(action, xs.Fatal):
+                await self.dev_fatal(action.errno, action.message)
+                return False
             elif isinstance(action, xs.Disconnect):
                 await self.disconnect()
             elif isinstance(action, xs.Release):
@@ -163,7 +228,7 @@ class XenbusDevice:
         path = f"{self.nodename}/state"
 
         async def body(tx: int) -> None:
-            if await self.xenbus.read(path, tx=tx) is None:
+            if await self.xenbus.read_bytes(path, tx=tx) is None:
                 return      # removed under us: do not recreate the node
             await self.xenbus.write(path, str(int(state)), tx=tx)
 
@@ -176,15 +241,19 @@ class XenbusDevice:
     def state_changed(self, state: XenbusState) -> None:
         """Hook: our own state moved."""
 
-    async def dev_fatal(self, message: str) -> None:
-        """xenbus_dev_fatal: the error node, then Closing."""
+    async def dev_fatal(self, err: int, message: str) -> None:
+        """xenbus_dev_fatal (drivers/xen/xenbus/xenbus_client.c): as
+        xenbus_va_dev_error, "%i %s" of the errno and the message into
+        ``error`` under error/<our nodename> in our own domain's directory,
+        then Closing (xenbus_switch_state), with what on_fatal takes down."""
         log.error("%s: %s", self.label, message)
         self.error = message
         relative = self.nodename[len(self.xenbus.home) + 1:]
+        text = f"{err} {message}".encode()[:ERROR_NODE_MAX].decode(errors="ignore")
         try:
-            await self.xenbus.write(f"error/{relative}/error", message)
-        except grpc.aio.AioRpcError as err:
-            log.warning("%s: writing the error node failed: %s", self.nodename, err.details())
+            await self.xenbus.write(f"error/{relative}/error", text)
+        except grpc.aio.AioRpcError as rpc_err:
+            log.warning("%s: writing the error node failed: %s", self.nodename, rpc_err.details())
         await self.run_actions(self.on_fatal())
 
     async def _read(self, path: str) -> str | None:

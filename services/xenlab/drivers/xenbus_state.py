@@ -13,7 +13,10 @@ asyncio adapter carries them out in order:
                   end grant access, close the port, free the frames). Only
                   once the backend is Closed or gone: it has unmapped by then;
 * ``SwitchState`` write our own ``state`` node (xenbus_switch_state);
-* ``Unregister``  the device goes away on our side (device_unregister).
+* ``Unregister``  the device goes away on our side (device_unregister);
+* ``Fatal``       xenbus_dev_fatal: the other end did what it must not
+                  (the adapter writes the error node, then does what
+                  ``*_on_fatal`` returns).
 
 The backend side mirrors Linux netback's set_backend_state(), which walks
 through the intermediate states (so that Connect and Disconnect happen on
@@ -32,6 +35,7 @@ import errno
 from dataclasses import dataclass
 
 from xenlab.xen.abi import XenbusState
+from xenlab.xen.digits import parse_decimal, quoted
 from xenlab.xen.errors import XenError
 
 S = XenbusState
@@ -58,15 +62,19 @@ def check_transition(old: XenbusState, new: XenbusState) -> None:
         raise XenError(errno.EINVAL, f"xenbus state {old.name} -> {new.name} is not allowed")
 
 
-def parse_state(text: str | None) -> XenbusState:
-    """A ``state`` node's value; missing or garbage reads as Unknown, as
-    xenbus_read_driver_state() does."""
+def parse_state(text: str | None, end: str = "other end") -> XenbusState:
+    """The other end's ``state`` node, read as xenbus_read_driver_state()
+    does: missing is Unknown. A value that is there but is not one of the
+    states is the peer's error, refused with EINVAL, so that the device
+    fails (xenbus_dev_fatal) as netback does on a state it did not expect
+    ("saw state %d at frontend"). Linux's sscanf would read '4x' as 4 and
+    'x' as Unknown; here only an ASCII number of a state is one."""
     if text is None:
         return S.Unknown
     try:
-        return XenbusState(int(text.strip()))
-    except ValueError:
-        return S.Unknown
+        return XenbusState(parse_decimal(text, "state", maximum=max(XenbusState)))
+    except XenError:
+        raise XenError(errno.EINVAL, f"saw state {quoted(text)} at {end}") from None
 
 
 # -- actions ----------------------------------------------------------------
@@ -95,7 +103,13 @@ class Unregister:
     pass
 
 
-Action = SwitchState | Connect | Disconnect | Release | Unregister
+@dataclass(frozen=True)
+class Fatal:
+    errno: int
+    message: str
+
+
+Action = SwitchState | Connect | Disconnect | Release | Unregister | Fatal
 
 
 # -- backend ------------------------------------------------------------------
@@ -177,7 +191,13 @@ def backend_on_frontend_changed(own: XenbusState, frontend: XenbusState,
             # nothing of ours depends on it.
             return []
         return backend_path(own, S.Closed) + [Unregister()]
-    return []   # InitWait, Initialised, Reconfiguring, Reconfigured
+    if frontend == S.Initialised:
+        return []
+    # InitWait (a backend's step, never a frontend's), Reconfiguring and
+    # Reconfigured (this netback reconfigures nothing, as Linux's did not
+    # before XDP): netback's frontend_changed() fails the device in its
+    # default case, with the number it saw.
+    return [Fatal(errno.EINVAL, f"saw state {int(frontend)} at frontend")]
 
 
 def backend_on_fatal(own: XenbusState) -> list[Action]:

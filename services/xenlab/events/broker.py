@@ -32,6 +32,7 @@ import sys
 from xenlab.osutil import wait_for_stop_signal
 from xenlab.events.config import BrokerAddress
 from xenlab.osutil import die_with_parent
+from xenlab.xen.digits import is_decimal
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ DEFAULT_LISTEN = "127.0.0.1:1883"
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not is_decimal(port) or len(port) > 5 or not 0 <= int(port) <= 65535:
         raise ValueError(f"--listen {text!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
 

@@ -23,6 +23,7 @@ from typing import Callable, Iterable
 from xenlab.events import topics as t
 from xenlab.events.config import EventsConfig
 from xenlab.events.publisher import EventPublisher
+from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import XenError
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def affected_domains(path: str) -> set[int] | None:
     parts = path.rstrip("/").split("/")
     if len(parts) < 4:
         return None if "/local/domain".startswith(path.rstrip("/") or "/") else set()
-    if parts[1:3] != ["local", "domain"] or not parts[3].isdigit():
+    if parts[1:3] != ["local", "domain"] or not is_decimal(parts[3]):
         return set()
     domid, rest = int(parts[3]), parts[4:]
     if not rest:
@@ -110,7 +111,7 @@ def affected_domains(path: str) -> set[int] | None:
     if rest[0] == "device" and (len(rest) == 1 or rest[1] == "vif"):
         return {domid}
     if rest[0] == "backend" and (len(rest) == 1 or rest[1] == "vif"):
-        if len(rest) >= 3 and rest[2].isdigit():
+        if len(rest) >= 3 and is_decimal(rest[2]):
             return {int(rest[2])}
         return None
     return set()

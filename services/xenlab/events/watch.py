@@ -21,6 +21,7 @@ import aiomqtt
 
 from xenlab.events.config import DEFAULT_PORT, BrokerAddress
 from xenlab.events.topics import DEFAULT_PREFIX, decode
+from xenlab.rundir import Rundir
 from xenlab.xen.errors import ConfigError
 
 
@@ -121,10 +122,10 @@ def lab_broker(rundir: Path | None) -> BrokerAddress | None:
     if rundir is None:
         return None
     try:
-        state = json.loads((rundir / "lab.json").read_text())
-    except (OSError, ValueError):
+        state = Rundir(rundir).read_state()
+    except OSError:
         return None
-    address = state.get("mqtt") if isinstance(state, dict) else None
+    address = state.get("mqtt") if state else None
     return BrokerAddress.parse(address) if address else None
 
 
@@ -145,7 +146,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="one JSON object per line: topic, retained, payload")
     parser.add_argument("--rundir", type=Path, default=None,
                         help="the lab's rundir, to find its broker "
-                             "(default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+                             "(default $XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab, "
+                             "else /tmp/xenlab-UID)")
 
 
 def _line(message: aiomqtt.Message, as_json: bool) -> str:

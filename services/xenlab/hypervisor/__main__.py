@@ -11,6 +11,7 @@ from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.events import config as events_config
 from xenlab.hypervisor import docker_launcher
 from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig, default_rundir
+from xenlab.hypervisor.launcher import add_domain_uids_argument, parse_domain_uids
 from xenlab.xen.errors import ConfigError
 
 
@@ -19,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"gRPC address, host:port or unix:PATH (default {DEFAULT_ADDRESS})")
     parser.add_argument("--rundir", type=Path, default=None,
                         help="where the address, Domain-0's secret, the doorbell socket and "
-                             "logs go (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+                             "logs go (default $XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab, "
+                             "else /tmp/xenlab-UID)")
     parser.add_argument("--shm-dir", type=Path, default=Path("/dev/shm"),
                         help="tmpfs directory for domain memory (default /dev/shm)")
     parser.add_argument("--memory", type=int, default=8192, metavar="MiB",
@@ -27,6 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--launcher", choices=("local", "docker", "none"), default="local",
                         help="how created domains run (default local processes)")
     parser.add_argument("--max-domains", type=int, default=256)
+    add_domain_uids_argument(parser)
+    parser.add_argument("--domains-dir", type=Path, default=None, metavar="DIR",
+                        help="with domain uids: the directory domains reach the hypervisor "
+                             "through (its sockets for domains, a directory per domain), "
+                             "made if missing (default: a fresh one in TMPDIR). The docker "
+                             "launcher needs one, mounted into every domain (--docker-volume)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.add_argument("--die-with-parent", action="store_true",
@@ -39,7 +47,9 @@ def config_from_args(args, env=None) -> HypervisorConfig:
     return HypervisorConfig(address=args.listen, rundir=args.rundir or default_rundir(env),
                             shm_dir=args.shm_dir, total_memory_mb=args.memory,
                             launcher=args.launcher, max_domains=args.max_domains,
-                            log_level=args.log_level, docker=docker_launcher.config_from_args(args))
+                            log_level=args.log_level, docker=docker_launcher.config_from_args(args),
+                            domain_uids=parse_domain_uids(args.domain_uids),
+                            domains_dir=args.domains_dir)
 
 
 def run(args) -> int:
@@ -51,6 +61,16 @@ def run(args) -> int:
     for noisy in ("grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     config = config_from_args(args)
+    try:
+        if config.domains_dir is not None and config.domain_uids is None:
+            raise ValueError("--domains-dir needs domain uids (--domain-uids; root): without "
+                             "them domains use the rundir")
+        if config.launcher == "docker":
+            docker_launcher.check_config(config.docker, config.domain_uids, config.domains_dir,
+                                         private=(Path(config.rundir), Path(config.shm_dir)))
+    except ValueError as err:
+        print(f"xenlab hypervisor: {err}", file=sys.stderr)
+        return 2
     try:
         events = events_config.config_from_args(args)
     except ConfigError as err:

@@ -19,8 +19,8 @@ before any request body is read.
   Client-streaming requests (WatchStream's controls) are held to the
   server-wide limit, and the xenstore core checks each field of them.
 
-Rejections are handlers of the stream-stream kind that end the call at
-once: grpc reads a unary request before its handler runs, a stream's only
+Refusals (``rpc.refusal``) are client-streaming handlers that end the call
+at once: grpc reads a unary request before its handler runs, a stream's only
 when asked. Admitted calls are released when their task ends, whatever ends
 it (an answer, an error, the client going away before its body came).
 """
@@ -35,7 +35,7 @@ from typing import Callable
 import grpc
 
 from xenlab.hypervisor.identity import Caller
-from xenlab.rpc import MD_DOMID, MD_SECRET
+from xenlab.rpc import MD_DOMID, MD_SECRET, refusal
 from xenlab.xen.errors import XenError
 
 log = logging.getLogger(__name__)
@@ -135,14 +135,14 @@ class Admission(grpc.aio.ServerInterceptor):
             try:
                 caller = self._check(_text(md.get(MD_DOMID)), _text(md.get(MD_SECRET)))
             except XenError as err:
-                return _refuse(grpc.StatusCode.UNAUTHENTICATED, err.message)
+                return refusal(handler, grpc.StatusCode.UNAUTHENTICATED, err.message)
             key = caller.domid
         most = self.limits.limit(caller)
         if self.in_flight.calls[key] >= most:
             self.in_flight.refused[key] += 1
             who = "calls without credentials have" if caller is None \
                 else f"d{caller.domid} has"
-            return _refuse(grpc.StatusCode.RESOURCE_EXHAUSTED,
+            return refusal(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
                            f"{who} {most} calls in flight already, the most allowed; "
                            "wait for some to finish")
         self.in_flight.take(key)
@@ -155,13 +155,6 @@ def _text(value) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return value
-
-
-def _refuse(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def refuse(request_iterator, context):
-        await context.abort(code, message)
-        yield                           # an async generator that never yields
-    return grpc.stream_stream_rpc_method_handler(refuse)
 
 
 def _limited(handler: grpc.RpcMethodHandler, method: str, limit: int) -> grpc.RpcMethodHandler:

@@ -5,18 +5,18 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenlab.rundir import default_rundir as rundir_default
 from xenlab.hypervisor.admission import CallLimits
 from xenlab.hypervisor.docker_launcher import DockerConfig
+from xenlab.hypervisor.launcher import DomainUids
 from xenlab.hypervisor.xenstore import XenStoreQuotas
 
 DEFAULT_ADDRESS = "127.0.0.1:9770"
 
 
 def default_rundir(env: dict | None = None) -> Path:
-    env = os.environ if env is None else env
-    if env.get("XENLAB_RUNDIR"):
-        return Path(env["XENLAB_RUNDIR"])
-    return Path(f"/tmp/xenlab-{os.getuid()}")
+    """xenlab.rundir.default_rundir, of this process's environment unless given one."""
+    return rundir_default(os.environ if env is None else env)
 
 
 @dataclass(frozen=True)
@@ -35,3 +35,9 @@ class HypervisorConfig:
     call_limits: CallLimits = field(default_factory=CallLimits)
     log_level: str = "INFO"
     docker: DockerConfig = field(default_factory=DockerConfig)   # the docker launcher's
+    # The local launcher runs each domU under a uid of its own (None: as the
+    # hypervisor's user, with no OS wall between domains).
+    domain_uids: DomainUids | None = None
+    # Where domains' endpoints live with domain uids (None: a fresh directory
+    # in TMPDIR); the docker launcher mounts it into every domain.
+    domains_dir: Path | None = None

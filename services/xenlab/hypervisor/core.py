@@ -11,22 +11,26 @@ import errno
 import logging
 import os
 import platform
+import secrets
+import socket
 import time
 from pathlib import Path
 
-from xenlab.client import Rundir
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.doorbell import UpcallRouter
 from xenlab.hypervisor.domains import Domain, DomainTable, RunState
 from xenlab.hypervisor.evtchn import EventChannels
 from xenlab.hypervisor.grants import PRIVILEGED_MAX_MAPTRACK, GrantTables
 from xenlab.hypervisor.identity import Caller, Identity
-from xenlab.hypervisor.launcher import DomainProcess, Launcher, StartInfo, make_launcher
+from xenlab.hypervisor.launcher import (DomainHandles, DomainProcess, DomainsDir, Launcher,
+                                        StartInfo, make_launcher)
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
+from xenlab.rundir import Rundir
 from xenlab.xen import abi
+from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.shared_info import SharedInfo
 
@@ -55,12 +59,14 @@ class Hypervisor:
                                     config.total_memory_mb * PAGES_PER_MB)
         self.grants = GrantTables(self.memory)
         self.doorbell = UpcallRouter(authenticate=self._doorbell_auth, on_send=self._doorbell_send,
-                                     on_copy=self.grants.copy_gnttab)
+                                     on_copy=self.grants.copy_gnttab,
+                                     on_memory=self._doorbell_memory)
         self.evtchn = EventChannels(kick=self.doorbell.kick,
                                     default_max_ports=config.evtchn_max_ports)
         self.xs_connections = XenStoreConnections(quotas=config.xenstore_quotas)
         self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
-        self.launcher = launcher or make_launcher(config.launcher, config.log_level, config.docker)
+        self.domains_dir = DomainsDir(self.rundir.path, config.domain_uids, config.domains_dir)
+        self.launcher = launcher or self._make_launcher(config.launcher)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
         self._procs: dict[int, DomainProcess] = {}
         self._reapers: dict[int, asyncio.Task] = {}
@@ -74,14 +80,20 @@ class Hypervisor:
     # -- start and stop ------------------------------------------------------
     async def start(self) -> None:
         self._reap_stale_segments()
-        self.rundir.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.rundir.logs.mkdir(exist_ok=True)
+        self.rundir.create()
+        # Before the first segment: what a SIGKILL leaves can then be found.
+        self.rundir.record_hypervisor((self.memory.shm_dir / self.memory.prefix).absolute(),
+                                      self.domains_dir.path if self.domains_dir.isolated else None)
         dom0 = self.domains.add_dom0(self.config.dom0_memory_mb * PAGES_PER_MB,
                                      self.config.dom0_vcpus)
         self._add_to_cores(dom0, dom0.max_pages)
         self.dom0_secret = self.identity.issue(0, privileged=True)
         self._write_domain_tree(dom0)
         await self.doorbell.start(str(self.rundir.doorbell))
+        if self.domains_dir.isolated:
+            # Domains that cannot be handed a connection (containers) ring
+            # here: their group's socket, outside the rundir.
+            await self.doorbell.start(str(self.domains_dir.doorbell), group=self.domains_dir.uids.group)
 
     def _reap_stale_segments(self) -> None:
         """Memory segments of hypervisors that died without cleaning up
@@ -89,7 +101,7 @@ class Hypervisor:
         pid, so remove those whose owner is gone."""
         for path in Path(self.config.shm_dir).glob("xenlab-*-*"):
             pid = path.name.split("-")[1]
-            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            if is_decimal(pid) and not Path(f"/proc/{pid}").exists():
                 try:
                     path.unlink()
                     log.info("removed %s, left by a hypervisor that is gone", path)
@@ -98,11 +110,7 @@ class Hypervisor:
 
     def publish(self, address: str) -> None:
         """Leave the address and dom0's secret where the toolstack finds them."""
-        secret_file = self.rundir.dom0_secret_file
-        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.dom0_secret + "\n")
-        self.rundir.address_file.write_text(address + "\n")
+        self.rundir.publish_hypervisor(address, self.dom0_secret)
 
     async def close(self) -> None:
         for dom in list(self.domains):
@@ -112,8 +120,8 @@ class Hypervisor:
         self._remove_from_cores(0)
         for launcher in self.launchers.values():
             await launcher.close()
-        for path in (self.rundir.address_file, self.rundir.dom0_secret_file):
-            path.unlink(missing_ok=True)
+        self.domains_dir.close()
+        self.rundir.withdraw_hypervisor()
 
     # -- helpers for servicers -------------------------------------------------
     def domain_exists(self, domid: int) -> bool:
@@ -127,6 +135,22 @@ class Hypervisor:
 
     def _doorbell_auth(self, domid: int, secret: str) -> Caller:
         return self.identity.check(str(domid), secret)
+
+    def _doorbell_memory(self, caller: Caller) -> int:
+        """A domain's own memory object, to the domain HELLO authenticated,
+        and once: a launcher that hands it over at start has used that once
+        (_launch). A domain that could ask again would get a descriptor to
+        resize the segment through, faulting the hypervisor and Domain-0
+        with SIGBUS; after boot it holds the mapping only."""
+        dom = self.domains.get(caller.domid)
+        if dom.memory_handed:
+            raise DomainError(errno.EPERM, f"d{dom.domid} has been handed its memory already: "
+                                           f"a domain takes it once, at boot")
+        if dom.state is RunState.DYING:
+            raise DomainError(errno.ESRCH, f"d{dom.domid} is dying")
+        fd = self.memory.segment_fd(dom.domid)
+        dom.memory_handed = True
+        return fd
 
     def _doorbell_send(self, domid: int, port: int) -> None:
         try:
@@ -159,10 +183,14 @@ class Hypervisor:
             for nodes in nics:
                 self._write_vif(nodes)
             self.xenstore.introduce_domain(dom.domid)
-            proc = await launcher.start(self._start_info(dom, secret))
+            token = secrets.token_urlsafe(32)
+            proc = await self._launch(launcher, dom, secret, token)
         except BaseException:
             await self._teardown(dom)
             raise
+        dom.agent = proc.agent if proc is not None else self._agent_without_process(dom.domid)
+        dom.agent_token = token
+        self._record_agent(dom.domid, dom.agent, token)
         if proc is not None:
             self._procs[dom.domid] = proc
             self._reapers[dom.domid] = asyncio.create_task(self._reap(dom, proc))
@@ -258,7 +286,7 @@ class Hypervisor:
         """The toolstack's own record of each vif it attached to ``domid``."""
         base = vifs.record_path(domid)
         try:
-            devids = sorted(int(d) for d in self.xenstore.directory(DOM0, base) if d.isdigit())
+            devids = sorted(int(d) for d in self.xenstore.directory(DOM0, base) if is_decimal(d))
         except XenError:
             return []
         return [(devid, self._read_dir(f"{base}/{devid}")) for devid in devids]
@@ -292,32 +320,48 @@ class Hypervisor:
 
     async def network_detach(self, domid: int, device: str, force: bool = False,
                              timeout: float = 10.0) -> None:
-        """libxl__device_nic_remove: ask the backend to close (online=0,
-        state=Closing), wait for Closed, then remove both directories."""
+        """libxl_device_nic_remove: ask the backend to close (online=0,
+        state=Closing), wait for Closed, then remove both directories. A
+        backend that does not close within ``timeout`` (its frontend never
+        answers, say) is removed forcibly, as libxl re-runs a remove that
+        timed out with LIBXL__FORCE_ON; ``force`` (libxl_device_nic_destroy)
+        starts there. The backend's own removal is what tears it down."""
         self.domains.get(domid)
         match = [(devid, front) for devid, front, _ in self._vif_dirs(domid)
                  if device == str(devid) or device.lower() == front.get("mac", "").lower()]
         if not match:
             raise DomainError(errno.ENOENT, f"d{domid} has no vif {device!r}")
         devid, front = match[0]
-        bpath = front.get("backend", "")
+        bpath, fpath = front.get("backend", ""), vifs.frontend_path(domid, devid)
         if bpath and self.xenstore.exists(bpath):
-            closed_state = str(int(abi.XenbusState.Closed))
-            self.xenstore.write(DOM0, f"{bpath}/online", b"0")
-            # libxl__initiate_device_generic_remove: a backend already Closed
-            # (netback disabled the vif, say) is left Closed, not sent back
-            # to Closing to wait for a Closed that never comes.
-            if self._read_value(f"{bpath}/state") != closed_state:
-                self.xenstore.write(DOM0, f"{bpath}/state",
-                                    str(int(abi.XenbusState.Closing)).encode())
-            closed = await self._wait_xenstore(f"{bpath}/state", closed_state, timeout)
+            closed = await self._close_backend(bpath, fpath, force, timeout)
             if not closed and not force:
-                raise DomainError(errno.ETIMEDOUT, f"vif {devid} of d{domid}: the backend did not "
-                                                   f"reach Closed within {timeout:g}s (use force)")
-            self.xenstore.rm(DOM0, bpath)
-        for path in (vifs.frontend_path(domid, devid), vifs.record_path(domid, devid)):
+                log.warning("vif %d of d%d: the backend did not reach Closed within %gs; "
+                            "removing the device forcibly", devid, domid, timeout)
+                closed = await self._close_backend(bpath, fpath, True, timeout)
+            if not closed:
+                log.warning("vif %d of d%d: removing a backend that never reached Closed",
+                            devid, domid)
+            self._rm_backend_dir(bpath)
+        for path in (fpath, vifs.record_path(domid, devid)):
             if self.xenstore.exists(path):
                 self.xenstore.rm(DOM0, path)
+
+    async def _close_backend(self, bpath: str, fpath: str, force: bool, timeout: float) -> bool:
+        """libxl__initiate_device_generic_remove; True once the backend is
+        Closed (or gone). Forced, the frontend directory goes first: a
+        backend that is alive sees its frontend vanish and closes."""
+        if force and self.xenstore.exists(fpath):
+            self.xenstore.rm(DOM0, fpath)
+        if not self.xenstore.exists(bpath):
+            return True
+        closed_state = str(int(abi.XenbusState.Closed))
+        self.xenstore.write(DOM0, f"{bpath}/online", b"0")
+        # A backend already Closed (netback disabled the vif, say) is left
+        # Closed, not sent back to Closing to wait for a Closed that never comes.
+        if self._read_value(f"{bpath}/state") != closed_state:
+            self.xenstore.write(DOM0, f"{bpath}/state", str(int(abi.XenbusState.Closing)).encode())
+        return await self._wait_xenstore(f"{bpath}/state", closed_state, timeout)
 
     def _read_value(self, path: str) -> str | None:
         try:
@@ -329,7 +373,7 @@ class Hypervisor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.xenstore.read(DOM0, path).decode() == value:
+                if self.xenstore.read(DOM0, path) == value.encode():
                     return True
             except XenError:
                 return True     # the node went away: the backend is gone too
@@ -340,12 +384,17 @@ class Hypervisor:
         """A dying domain's vifs: remove their backend directories so that
         the backend tears the devices down at once (libxl on destroy)."""
         for _, record in self._vif_records(domid):
-            bpath = record.get("backend", "")
-            if bpath and self.xenstore.exists(bpath):
-                self.xenstore.rm(DOM0, bpath)
-                parent = bpath.rsplit("/", 1)[0]
-                if self.xenstore.exists(parent) and not self.xenstore.directory(DOM0, parent):
-                    self.xenstore.rm(DOM0, parent)
+            if record.get("backend"):
+                self._rm_backend_dir(record["backend"])
+
+    def _rm_backend_dir(self, bpath: str) -> None:
+        """A device's backend directory, and backend/TYPE/DOMID once empty
+        (as libxl__xs_path_cleanup removes the parents it emptied)."""
+        if self.xenstore.exists(bpath):
+            self.xenstore.rm(DOM0, bpath)
+        parent = bpath.rsplit("/", 1)[0]
+        if self.xenstore.exists(parent) and not self.xenstore.directory(DOM0, parent):
+            self.xenstore.rm(DOM0, parent)
 
     async def backend_gone(self, domid: int, timeout: float = 2.0) -> dict:
         """The kernel of backend domain `domid` died but the domain stays in
@@ -372,7 +421,8 @@ class Hypervisor:
         closed_state = str(int(abi.XenbusState.Closed)).encode()
         for path in self._backend_dirs(domid):
             try:
-                frontend = self.xenstore.read(DOM0, f"{path}/frontend").decode()
+                # A driver domain that is not Domain-0 owns its backend directories.
+                frontend = self.xenstore.read(DOM0, f"{path}/frontend").decode(errors="replace")
                 if self.xenstore.read(DOM0, f"{path}/state") != closed_state:
                     self.xenstore.write(DOM0, f"{path}/state", closed_state)
                     closed.append(path)
@@ -421,16 +471,71 @@ class Hypervisor:
             return self.launcher
         if name not in self.launchers:
             try:
-                self.launchers[name] = make_launcher(name, self.config.log_level, self.config.docker)
+                self.launchers[name] = self._make_launcher(name)
             except ValueError as err:
                 raise DomainError(errno.EINVAL, str(err)) from None
         return self.launchers[name]
 
-    def _start_info(self, dom: Domain, secret: str) -> StartInfo:
-        console = self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
+    def _make_launcher(self, name: str) -> Launcher:
+        return make_launcher(name, self.config.log_level, self.config.docker, self.domains_dir,
+                             private=(self.rundir.path, Path(self.config.shm_dir)))
+
+    async def _launch(self, launcher: Launcher, dom: Domain, secret: str,
+                      token: str) -> DomainProcess | None:
+        """Start the domain's process, handing it its memory object and a
+        doorbell connection already made for it where the launcher can pass
+        descriptors: it is told no path into the rundir or /dev/shm."""
+        info = self._start_info(dom, secret, token, launcher)
+        if not launcher.takes_handles:
+            # It asks for its memory in its doorbell HELLO (_doorbell_memory).
+            return await launcher.start(info)
+        dom.memory_handed = True
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.doorbell.adopt(ours, dom.domid)
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        try:
+            return await launcher.start(info, DomainHandles(
+                memory_fd=self.memory.segment_fd(dom.domid), doorbell_fd=theirs.fileno()))
+        finally:
+            theirs.close()
+
+    def _start_info(self, dom: Domain, secret: str, agent_token: str = "",
+                    launcher: Launcher | None = None) -> StartInfo:
+        """Under domain uids a domain is told no path into the rundir: it is
+        handed its doorbell, or (a launcher that cannot hand descriptors
+        over) told the domains' doorbell."""
+        # Made here (0600, never through a symlink); the launcher appends to it.
+        console = self.rundir.create_log(self.console_log(dom).name)
+        if not self.domains_dir.isolated:
+            doorbell = str(self.rundir.doorbell)
+        elif launcher is not None and launcher.takes_handles:
+            doorbell = ""
+        else:
+            doorbell = str(self.domains_dir.doorbell)
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
-                         hypervisor=self.address, doorbell=str(self.rundir.doorbell),
-                         vcpus=dom.vcpus, console_log=str(console))
+                         hypervisor=self.domains_dir.hypervisor_address or self.address,
+                         doorbell=doorbell, vcpus=dom.vcpus, console_log=str(console),
+                         agent_token=agent_token)
+
+    def _agent_without_process(self, domid: int) -> str:
+        """A domain with no launcher process (launcher none) is run by the
+        toolstack itself: it gets a directory and an agent address all the
+        same, returned with its credentials."""
+        self.domains_dir.domain_dir(domid)
+        return self.domains_dir.agent_address(domid)
+
+    def _record_agent(self, domid: int, address: str, token: str) -> None:
+        """The toolstack's record of where the guest agent is and what opens
+        it: the address is the launcher's, never what the guest says."""
+        if not address:
+            return
+        base = vifs.agent_record_path(domid)
+        self.xenstore.write(DOM0, f"{base}/address", address.encode())
+        self.xenstore.write(DOM0, f"{base}/token", token.encode())
 
     def console_log(self, dom: Domain) -> Path:
         return self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
@@ -523,8 +628,7 @@ class Hypervisor:
         if proc is not None:
             await proc.kill()
         self._remove_backends(dom.domid)
-        # The guest agent's socket, if the domain could not remove it itself.
-        (self.rundir.path / f"agent-d{dom.domid}.sock").unlink(missing_ok=True)
+        self.domains_dir.remove_domain_dir(dom.domid)
         self.doorbell.disconnect(dom.domid)
         self.xs_connections.disconnect(dom.domid)
         self.identity.revoke(dom.domid)

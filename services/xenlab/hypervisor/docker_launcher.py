@@ -2,14 +2,23 @@
 Docker SDK (`launcher = "docker"` in a domain's config, or the hypervisor's
 `--launcher docker`).
 
-The container runs `xenlab domain` from the configured image and joins the
-configured volumes (the rundir, for the doorbell and the bridges' veth
-sockets, and the shared-memory directory, for the domain's memory) at the
-paths the hypervisor uses, so that every path in the start_info means the
-same file in the container. Its start_info goes to it on standard input
-through the attach stream, as the local launcher writes it to a pipe: the
-secret is in no environment variable, command line or file, so `docker
-inspect` does not show it.
+The container runs `xenlab domain` from the configured image as domain D's
+own uid, BASE+D of the hypervisor's domain uids (as the local launcher's
+processes do: one range, one scheme), in the domains' group, with no
+capabilities, no_new_privs and a read-only root filesystem. It mounts only
+the domains directory (--domains-dir, a volume of its own at the same path
+as in the hypervisor): the hypervisor's socket for domains, the doorbell for
+domains, and its own dD/. Neither the rundir (Domain-0's secret, the
+toolstack's and the bridges' sockets) nor the shared-memory directory
+(every domain's memory) is mounted, and the launcher refuses a volume at
+either path. A container cannot be handed descriptors at start, so the
+domain asks for its memory object in its doorbell HELLO and gets it with
+the OK, once (xenlab.xen.doorbell); it maps it and closes it, as a local
+domain does.
+
+Its start_info goes to it on standard input through the attach stream, as
+the local launcher writes it to a pipe: the secret is in no environment
+variable, command line or file, so `docker inspect` does not show it.
 
 Xen's verbs map onto Docker's: destroy removes the container, pause and
 unpause freeze and thaw its cgroup, and the container exiting is the domain
@@ -26,9 +35,11 @@ import errno
 import logging
 import threading
 from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from xenlab.hypervisor.launcher import DomainProcess, Launcher, StartInfo
+from xenlab.hypervisor.launcher import (DomainHandles, DomainProcess, DomainsDir, DomainUids,
+                                        Launcher, StartInfo)
 from xenlab.xen.errors import DomainError
 
 log = logging.getLogger(__name__)
@@ -51,7 +62,8 @@ class DockerConfig:
     image: str = DEFAULT_IMAGE
     url: str = DEFAULT_URL                 # the Docker daemon
     network: str = ""                      # network_mode: "container:NAME", "host", "none" or a network
-    volumes: tuple[str, ...] = ()          # "VOLUME:/path[:ro]", each mounted in every domain
+    volumes: tuple[str, ...] = ()          # "VOLUME:/path[:ro]", each mounted in every domain:
+                                           # the domains directory, never the rundir or shm dir
     agent_ports: tuple[int, int] | None = None   # first, last: the guest agents' TCP ports
     labels: tuple[tuple[str, str], ...] = ()
     name_prefix: str = "xenlab-"
@@ -68,6 +80,41 @@ def parse_port_range(text: str) -> tuple[int, int]:
     if not 0 < lo <= hi < 65536:
         raise ValueError(f"port range {text!r}: expected 1 <= FIRST <= LAST <= 65535")
     return lo, hi
+
+
+def volume_target(spec: str) -> PurePosixPath:
+    """Where "VOLUME:/path[:MODE]" mounts in the container."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
+        raise ValueError(f"volume {spec!r}: expected VOLUME:/PATH[:ro]")
+    return PurePosixPath(parts[1])
+
+
+def check_config(config: DockerConfig, uids: DomainUids | None, domains_dir: Path | None,
+                 private: tuple[Path, ...] = ()) -> None:
+    """What the launcher needs to start a domain behind its own walls;
+    ValueError says what is missing. ``private``: the hypervisor's
+    directories no domain may mount (the rundir, the shm dir)."""
+    if uids is None:
+        raise ValueError("the docker launcher runs domain D as uid BASE+D, and those reach the "
+                         "hypervisor only through a domains directory of their group: it needs "
+                         "domain uids (run the hypervisor as root, as the compose lab does, "
+                         "with --domain-uids auto or BASE:COUNT)")
+    if domains_dir is None:
+        raise ValueError("the docker launcher needs --domains-dir DIR, mounted into every "
+                         "domain at DIR with --docker-volume VOLUME:DIR")
+    targets = [volume_target(spec) for spec in config.volumes]
+    for spec, target in zip(config.volumes, targets):
+        for path in private:
+            path = PurePosixPath(path)
+            if target == path or target in path.parents or path in target.parents:
+                raise ValueError(f"--docker-volume {spec}: {target} would give every domain the "
+                                 f"hypervisor's {path} (Domain-0's secret and the toolstack's "
+                                 f"sockets, or every domain's memory): mount only --domains-dir")
+    if PurePosixPath(domains_dir) not in targets:
+        raise ValueError(f"no --docker-volume mounts the domains directory {domains_dir} into the "
+                         f"domains: add --docker-volume VOLUME:{domains_dir}, VOLUME being what "
+                         f"the hypervisor has at {domains_dir}")
 
 
 def parse_label(text: str) -> tuple[str, str]:
@@ -90,8 +137,9 @@ def add_arguments(parser) -> None:
                             "the compose lab does), host, none, or a network's name "
                             "(default: Docker's default bridge)")
     group.add_argument("--docker-volume", action="append", default=[], metavar="VOLUME:PATH",
-                       help="mount VOLUME at PATH in every domain; repeat. The rundir and the "
-                            "--shm-dir must be mounted at the paths the hypervisor uses")
+                       help="mount VOLUME at PATH in every domain; repeat. The volume holding "
+                            "--domains-dir must be mounted at that path; one at the rundir or "
+                            "the --shm-dir is refused")
     group.add_argument("--docker-agent-ports", type=_argtype(parse_port_range), default=None,
                        metavar="FIRST-LAST",
                        help="each domain's guest agent listens on a TCP port of this range "
@@ -180,10 +228,12 @@ def _exit_status(code: int) -> int:
 class DockerDomain(DomainProcess):
     """A domain's container."""
 
-    def __init__(self, launcher: "DockerLauncher", container, agent_port: int, console_log: str):
+    def __init__(self, launcher: "DockerLauncher", container, agent_port: int, console_log: str,
+                 agent: str = ""):
         self.launcher = launcher
         self.container = container
         self.agent_port = agent_port
+        self.agent = agent
         self.pid = int(container.attrs.get("State", {}).get("Pid") or 0)
         self._console: threading.Thread | None = None
         if console_log:
@@ -270,8 +320,13 @@ class DockerLauncher(Launcher):
 
     name = "docker"
 
-    def __init__(self, config: DockerConfig, client=None):
+    def __init__(self, config: DockerConfig, client=None, domains_dir: DomainsDir | None = None,
+                 private: tuple[Path, ...] = ()):
+        """``domains_dir``: the hypervisor's (its uids and its path);
+        ``private``: the directories no domain may mount."""
         self.config = config
+        self.domains_dir = domains_dir
+        self.private = tuple(private)
         self._client = client
         self._ports = AgentPorts(*config.agent_ports) if config.agent_ports else None
         self._reaped = False
@@ -316,9 +371,20 @@ class DockerLauncher(Launcher):
         if self._ports is not None and port:
             self._ports.give_back(port)
 
-    async def start(self, info: StartInfo) -> DockerDomain:
+    def _check(self, domid: int) -> tuple[DomainsDir, int]:
+        """The domains directory, and the uid domain ``domid`` runs as."""
+        dirs = self.domains_dir
+        try:
+            check_config(self.config, dirs.uids if dirs is not None else None,
+                         dirs.path if dirs is not None and dirs.explicit else None, self.private)
+            return dirs, dirs.uids.uid(domid)
+        except ValueError as err:
+            raise DomainError(errno.EPERM, f"docker launcher: {err}") from None
+
+    async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DockerDomain:
         from docker.errors import DockerException
         from requests import RequestException     # the SDK's transport: the daemon went away
+        dirs, uid = self._check(info.domid)
         port = 0
         try:
             async with self._lock:
@@ -328,7 +394,12 @@ class DockerLauncher(Launcher):
                 port = self._ports.take() if self._ports is not None else 0
             if port:
                 info = dataclasses.replace(info, agent=f"0.0.0.0:{port}")
-            container = await asyncio.to_thread(self._create_and_start, info, port)
+            else:
+                # A unix socket in its own dD/ of the domains directory, as
+                # a local domain's.
+                dirs.domain_dir(info.domid)
+                info = dataclasses.replace(info, agent=dirs.agent_address(info.domid))
+            container = await asyncio.to_thread(self._create_and_start, info, port, uid)
         except (DockerException, RequestException) as err:
             self.agent_port_free(port)
             message = getattr(err, "explanation", None) or str(err)
@@ -336,16 +407,23 @@ class DockerLauncher(Launcher):
         except BaseException:
             self.agent_port_free(port)
             raise
-        log.info("d%d (%s): started container %s%s", info.domid, info.name, container.name,
-                 f", agent on port {port}" if port else "")
-        return DockerDomain(self, container, port, info.console_log)
+        log.info("d%d (%s): started container %s as uid %d%s", info.domid, info.name,
+                 container.name, uid, f", agent on port {port}" if port else "")
+        return DockerDomain(self, container, port, info.console_log, info.agent)
 
-    def _create_and_start(self, info: StartInfo, port: int):
+    def _create_and_start(self, info: StartInfo, port: int, uid: int):
         cfg = self.config
         command = ["domain", "--orphan-ok", "--log-level", cfg.log_level]
         kwargs = dict(
             command=command, name=f"{cfg.name_prefix}d{info.domid}-{info.name}",
             labels=self._labels(info), volumes=list(cfg.volumes),
+            # The domain's own uid from its first instruction (there is no
+            # root phase to drop from: its memory comes over the doorbell),
+            # in the domains' group, which alone may reach the domains
+            # directory's sockets; no capability, no setuid gain, and no
+            # writable file outside its own dD/.
+            user=f"{uid}:{uid}", group_add=[str(self.domains_dir.uids.group)],
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], read_only=True,
             # detach=False with stdin_open: Docker closes the domain's stdin
             # once the launcher has written its start_info and detached.
             stdin_open=True, detach=False)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from xenlab.xen import abi
-from xenlab.xen.errors import DomainError
+from xenlab.xen.digits import U32_MAX, is_decimal, quoted
+from xenlab.xen.errors import DomainError, PermissionError_
 
 # xl.cfg(5) ACTIONS for on_poweroff / on_reboot / on_crash / on_watchdog.
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve",
@@ -47,6 +48,9 @@ class Domain:
     online_vcpus: int = 0     # xl vcpu-set; vcpus is the maximum (maxvcpus)
     created: float = field(default_factory=time.monotonic)
     spec: object = None      # the DomainSpec it was created from (restart re-uses it)
+    agent: str = ""          # where its guest agent listens (the launcher's choice)
+    agent_token: str = ""    # what the agent's callers must present
+    memory_handed: bool = False   # its memory object went to its process (once, at boot)
 
     def action_for(self, reason: str) -> str:
         """The xl.cfg policy for a shutdown reason (watchdog counts as crash)."""
@@ -84,11 +88,15 @@ class Domain:
 
 
 def validate_name(name: str) -> None:
+    """libxl takes any name that is unique; xenlab keeps to letters and digits
+    (any script's: 'é', '²' and '٣' are names) and - _ . :, so that a name is
+    safe in file names, logs and MQTT topics. All ASCII digits would read as
+    a domain id (libxl_domain_qualifier_to_domid tests C's isdigit())."""
     if not name:
         raise DomainError(errno.EINVAL, "a domain needs a name")
     if len(name) > NAME_MAX:
         raise DomainError(errno.EINVAL, f"domain name {name[:20]!r}... is longer than {NAME_MAX}")
-    if name.isdigit():
+    if is_decimal(name):
         raise DomainError(errno.EINVAL, f"domain name {name!r} cannot be all digits (it would read as an id)")
     bad = sorted({c for c in name if not (c.isalnum() or c in "-_.:")})
     if bad:
@@ -164,15 +172,41 @@ class DomainTable:
         return self._domains.get(domid)
 
     def lookup(self, domid: int = 0, name: str = "") -> Domain:
-        """A DomainRef: by name when given (or when it is all digits, by id)."""
+        """A DomainRef: by name when given (or when it is all ASCII digits,
+        by id, as libxl_domain_qualifier_to_domid reads it)."""
         if name:
-            if name.isdigit():
+            if is_decimal(name):
+                if len(name.lstrip("0")) > len(str(U32_MAX)):     # no int() of 4,000 digits
+                    raise DomainError(errno.ESRCH, f"no domain with id {quoted(name)}")
                 return self.get(int(name))
             for dom in self._domains.values():
                 if dom.name == name and dom.state is not RunState.DYING:
                     return dom
-            raise DomainError(errno.ESRCH, f"no domain named {name!r}")
+            raise DomainError(errno.ESRCH, f"no domain named {quoted(name)}")
         return self.get(domid)
+
+    def lookup_as(self, caller: int, privileged: bool, what: str, domid: int = 0,
+                  name: str = "") -> Domain:
+        """A DomainRef as domain ``caller`` may use it. A privileged caller
+        may name any domain. Any other may name only itself: in Xen,
+        getdomaininfo (and every domctl) on another domain is for the
+        control domain. It gets the same refusal whether the domain it named
+        exists or not, so that it learns no other domain's id or name."""
+        if privileged:
+            return self.lookup(domid, name)
+        own = self._domains.get(caller)
+        if own is not None and self._refers_to(own, domid, name):
+            return own
+        target = f"domain {quoted(name)}" if name else f"d{domid}"
+        raise PermissionError_(f"d{caller} may not {what} {target}")
+
+    @staticmethod
+    def _refers_to(dom: Domain, domid: int, name: str) -> bool:
+        if not name:
+            return domid == dom.domid
+        if is_decimal(name):
+            return name.lstrip("0") == str(dom.domid).lstrip("0")
+        return name == dom.name
 
     def remove(self, domid: int) -> None:
         self._domains.pop(domid, None)

@@ -28,7 +28,8 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     async def Create(self, request, context):
         self._toolstack(context, "creating a domain")
         dom, secret = await self.hv.create_domain(request.spec, paused=request.paused)
-        return domains_pb2.CreateDomainResponse(info=self._info(dom), secret=secret)
+        return domains_pb2.CreateDomainResponse(info=self._info(dom), secret=secret,
+                                                agent=dom.agent, agent_token=dom.agent_token)
 
     @handles_xen_errors
     async def Destroy(self, request, context):
@@ -66,8 +67,8 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     @handles_xen_errors
     async def Info(self, request, context):
         caller = self.hv.identity.authenticate(context)
-        dom = self.hv.domains.lookup(request.domid, request.name)
-        caller.require_self_or_privileged(dom.domid, "inspect")
+        dom = self.hv.domains.lookup_as(caller.domid, caller.privileged, "inspect",
+                                        request.domid, request.name)
         return self._info(dom)
 
     @handles_xen_errors
@@ -79,7 +80,9 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
 
     @handles_xen_errors
     async def GetHostInfo(self, request, context):
-        self.hv.identity.authenticate(context)
+        # XEN_SYSCTL_physinfo, like every sysctl, is for the control domain:
+        # the number of domains and the free memory are not a guest's to count.
+        self._toolstack(context, "reading the host's information")
         return domains_pb2.HostInfo(**self.hv.host_info())
 
     @handles_xen_errors
@@ -126,8 +129,8 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     @handles_xen_errors
     async def NetworkList(self, request, context):
         caller = self.hv.identity.authenticate(context)
-        dom = self.hv.domains.lookup(request.domid, request.name)
-        caller.require_self_or_privileged(dom.domid, "list the vifs of")
+        dom = self.hv.domains.lookup_as(caller.domid, caller.privileged, "list the vifs of",
+                                        request.domid, request.name)
         return domains_pb2.VifList(vifs=[domains_pb2.VifInfo(**v) for v in self.hv.network_list(dom.domid)])
 
     @handles_xen_errors

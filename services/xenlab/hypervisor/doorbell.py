@@ -13,19 +13,26 @@ the connection is made as the domain HELLO authenticated, and every COPY
 runs the grant-table core's validated copy as that caller, so each op gets
 the very GNTST_* code GrantTable.Copy would give it.
 
+It listens on one socket per audience: the rundir's for Domain-0 and the
+toolstack, and, where domains run under uids of their own, one in the
+domains' directory that only their group may reach. A domain whose launcher
+could not hand it its memory object (a container) asks for it in its HELLO;
+``on_memory`` decides, for the domain HELLO authenticated only, and the OK
+carries the descriptor (SCM_RIGHTS).
+
 Datagrams are handled in the socket's reader callback, with a budget per
 wake-up counted in the work they ask for, not in datagrams: each port sent
 and each copy op costs one unit, READ_BUDGET units per connection per
 wake-up, so that one busy domain cannot starve the others (a SEND carries up
-to 512 ports, a COPY up to 512 ops). A port SENT again while it still waits to be delivered costs
-nothing more, as a send to an already-pending port does not ring again in
-the 2-level ABI; ports left over when the budget runs out are delivered on
-the next turn of the loop, after every other connection's, and the
-connection is not read meanwhile. Nothing a domain sends can stop the
-router: a malformed datagram closes that one connection, and a SEND naming a
-bad port is counted and ignored. A domain that does not read its answers
-stalls only itself: while a COPIED waits for room in its socket, the router
-stops reading that connection.
+to 512 ports, a COPY up to 512 ops). A port SENT again while it still waits
+to be delivered costs nothing more, as a send to an already-pending port
+does not ring again in the 2-level ABI; ports left over when the budget runs
+out are delivered on the next turn of the loop, after every other
+connection's, and the connection is not read meanwhile. Nothing a domain
+sends can stop the router: a malformed datagram closes that one connection,
+and a SEND naming a bad port is counted and ignored. A domain that does not
+read its answers stalls only itself: while a COPIED waits for room in its
+socket, the router stops reading that connection.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from xenlab.hypervisor.identity import Caller
+from xenlab.rundir import bind_private
 from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import XenError
@@ -58,12 +66,16 @@ _UPCALLS = [wire.Upcall(v).encode() for v in range(abi.XEN_LEGACY_MAX_VCPUS)]
 
 # GrantTables.copy_gnttab: (caller, gnttab_copy tuples) -> one GNTST_* per op.
 CopyHandler = Callable[[Caller, Sequence[wire.GnttabCopy]], list[int]]
+# (caller) -> a descriptor of the caller's own memory object, which the
+# router sends and leaves open; XenError refuses.
+MemoryHandler = Callable[[Caller], int]
 
 
 @dataclass(eq=False)
 class _Connection:
     sock: socket.socket
     domid: int = -1
+    expect: int = -1            # an adopted socket: the only domain that may HELLO on it
     caller: Caller | None = None
     task: asyncio.Task | None = None
     done: asyncio.Future | None = None
@@ -81,20 +93,21 @@ class _Connection:
 class UpcallRouter:
     def __init__(self, authenticate: Callable[[int, str], Caller],
                  on_send: Callable[[int, int], None], hello_timeout: float = HELLO_TIMEOUT,
-                 on_copy: CopyHandler | None = None):
+                 on_copy: CopyHandler | None = None, on_memory: MemoryHandler | None = None):
         """``on_copy(caller, ops)`` is GNTTABOP_copy (GrantTables.copy_gnttab); without
         it a COPY is an unknown message and closes the connection, so that
-        the domain falls back to gRPC."""
+        the domain falls back to gRPC. ``on_memory(caller)`` answers a HELLO
+        asking for the caller's memory object; without it such a HELLO is
+        refused."""
         self._authenticate = authenticate
         self._on_send = on_send
         self._on_copy = on_copy
+        self._on_memory = on_memory
         self._hello_timeout = hello_timeout
-        self._listener: socket.socket | None = None
-        self._accept_task: asyncio.Task | None = None
+        self._listeners: dict[str, tuple[socket.socket, asyncio.Task]] = {}   # path -> ...
         self._pending: set[_Connection] = set()             # accepted, not yet authenticated
         self._conns: dict[int, set[_Connection]] = {}
         self._subs: dict[int, set[asyncio.Queue]] = {}
-        self.path: str | None = None
         # bad_send: SENDs the core refused; dropped_kick: kicks not queued
         # because an upcall was already waiting; malformed: connections closed;
         # copy, copy_ops: COPY datagrams answered and the ops in them; send,
@@ -104,36 +117,45 @@ class UpcallRouter:
         self.stats: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle ------------------------------------------------------------
-    async def start(self, path: str) -> None:
+    @property
+    def path(self) -> str | None:
+        """The first socket it listens on."""
+        return next(iter(self._listeners), None)
+
+    async def start(self, path: str, group: int | None = None) -> None:
+        """Listen on ``path`` as well (call once per socket). Only the
+        hypervisor's user may connect, and with ``group`` that group too
+        (mode 0660): the directory holding the socket must be as closed,
+        which covers the moment before the chmod."""
         _remove_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             sock.setblocking(False)
-            sock.bind(path)
-            # Only the hypervisor's user may connect; the rundir holding the
-            # socket is private too, which covers the moment before chmod.
-            os.chmod(path, 0o600)
+            # Only the hypervisor's user may connect (and with ``group``,
+            # that group too: opened to it only once bound privately).
+            bind_private(sock, path)
+            if group is not None:
+                os.chown(path, -1, group)
+                os.chmod(path, 0o660)
             sock.listen(128)
         except BaseException:
             sock.close()
             raise
-        self._listener = sock
-        self.path = path
-        self._accept_task = asyncio.create_task(self._accept_loop(), name="doorbell-accept")
+        task = asyncio.create_task(self._accept_loop(sock), name="doorbell-accept")
+        self._listeners[path] = (sock, task)
         log.info("event-channel doorbell listening on %s", path)
 
     async def close(self) -> None:
         if self.stats:
             log.info("doorbell: %s", ", ".join(f"{k} {v}" for k, v in sorted(self.stats.items())))
-        if self._accept_task is not None:
-            self._accept_task.cancel()
-            await asyncio.gather(self._accept_task, return_exceptions=True)
-            self._accept_task = None
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
-            if self.path and os.path.exists(self.path):
-                os.unlink(self.path)
+        listeners, self._listeners = self._listeners, {}
+        for _, task in listeners.values():
+            task.cancel()
+        await asyncio.gather(*(task for _, task in listeners.values()), return_exceptions=True)
+        for path, (sock, _) in listeners.items():
+            sock.close()
+            if os.path.exists(path):
+                os.unlink(path)
         conns = list(self._pending) + [c for cs in self._conns.values() for c in cs]
         tasks = [c.task for c in conns if c.task is not None]
         for task in tasks:
@@ -200,19 +222,28 @@ class UpcallRouter:
         return len(self._conns.get(domid, ()))
 
     # -- connections ------------------------------------------------------------
-    async def _accept_loop(self) -> None:
+    async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                sock, _ = await loop.sock_accept(self._listener)
+                sock, _ = await loop.sock_accept(listener)
             except OSError as err:
                 # EMFILE and friends: keep serving the connections we have.
                 log.warning("doorbell accept failed: %s", err)
                 await asyncio.sleep(0.1)
                 continue
-            conn = _Connection(sock)
-            self._pending.add(conn)
-            conn.task = asyncio.create_task(self._serve(conn), name="doorbell-conn")
+            self._serve_new(_Connection(sock))
+
+    def adopt(self, sock: socket.socket, domid: int) -> None:
+        """Serve one end of a socket pair whose other end the launcher hands
+        to domain ``domid``: the domain needs no path to the doorbell, and
+        only ``domid`` may say HELLO on it (with its secret, as on any)."""
+        sock.setblocking(False)
+        self._serve_new(_Connection(sock, expect=domid))
+
+    def _serve_new(self, conn: _Connection) -> None:
+        self._pending.add(conn)
+        conn.task = asyncio.create_task(self._serve(conn), name="doorbell-conn")
 
     async def _serve(self, conn: _Connection) -> None:
         try:
@@ -246,16 +277,34 @@ class UpcallRouter:
             msg = self._decode(data)
             if not isinstance(msg, wire.Hello):
                 raise wire.malformed(f"expected HELLO, got {type(msg).__name__.upper()}")
+            if conn.expect >= 0 and msg.domid != conn.expect:
+                raise XenError(errno.EPERM, f"this doorbell was handed to d{conn.expect}, "
+                                            f"not d{msg.domid}")
             caller = self._authenticate(msg.domid, msg.secret)
             if self.connections(caller.domid) >= MAX_CONNECTIONS:
                 raise XenError(errno.EMFILE,
                                f"d{caller.domid} already has {MAX_CONNECTIONS} doorbell connections")
+            memory = self._memory_for(caller) if msg.wants_memory else None
         except XenError as err:
             log.info("doorbell HELLO refused: %s", err.message)
             self._reply(conn, wire.Error(err.errno, err.message))
             return None
-        self._reply(conn, wire.Ok(caller.domid))
+        if memory is None:
+            self._reply(conn, wire.Ok(caller.domid))
+            return caller
+        try:
+            socket.send_fds(conn.sock, [wire.Ok(caller.domid, wire.OK_MEMORY).encode()], [memory])
+        except OSError as err:
+            log.warning("d%d: its memory object could not be sent: %s", caller.domid, err)
+            return None
         return caller
+
+    def _memory_for(self, caller: Caller) -> int:
+        """The descriptor of the authenticated caller's own memory object:
+        looked up by the caller's domid alone, never by anything it sent."""
+        if self._on_memory is None:
+            raise XenError(errno.EOPNOTSUPP, "this doorbell hands out no memory")
+        return self._on_memory(caller)
 
     async def _pump(self, conn: _Connection) -> None:
         loop = asyncio.get_running_loop()

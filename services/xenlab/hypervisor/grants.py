@@ -283,7 +283,13 @@ class GrantTables:
         if handle is None:
             raise GrantError(abi.GNTST_no_device_space,
                              f"d{mapper.domid} holds {mine.handles.limit} mappings already")
-        mapping = Mapping(handle, granter, ref, self.memory.segment_path(granter),
+        # Only a privileged mapper (Domain-0, which may map any page, as
+        # Xen's privcmd does) is told the granter's segment: the host cannot
+        # hand out one page of it, and an unprivileged domain is never handed
+        # another domain's memory. An unprivileged backend reaches the page
+        # through the hypervisor, with GNTTABOP_copy on the ref.
+        path = self.memory.segment_path(granter) if mapper.privileged else ""
+        mapping = Mapping(handle, granter, ref, path,
                           self.memory.frame_offset(granter, entry.gfn), abi.PAGE_SIZE,
                           readonly, self.memory.gfn_to_mfn(granter, entry.gfn))
         mine.maptrack[handle] = (mapping, entry, table)

@@ -76,8 +76,9 @@ class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
     async def Query(self, request, context):
         caller = self._caller(context)
         domid = caller.domid if request.domid == abi.DOMID_SELF and not request.name \
-            else self.hv.domains.lookup(request.domid, request.name).domid
-        caller.require_self_or_privileged(domid, "query the grant table of")
+            else self.hv.domains.lookup_as(caller.domid, caller.privileged,
+                                           "query the grant table of", request.domid,
+                                           request.name).domid
         info = grants_pb2.GrantTableInfo(**self.hv.grants.query(domid))
         info.maptrack = self.hv.grants.maptrack_count(domid)
         return info

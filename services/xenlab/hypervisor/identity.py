@@ -6,7 +6,8 @@ import secrets
 from dataclasses import dataclass
 
 from xenlab.rpc import MD_DOMID, MD_SECRET
-from xenlab.xen.errors import AuthError, PermissionError_
+from xenlab.xen.digits import U32_MAX, parse_decimal, quoted
+from xenlab.xen.errors import AuthError, PermissionError_, XenError
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,9 @@ class Identity:
         if domid_text is None or secret is None:
             raise AuthError(f"missing credentials: send {MD_DOMID} and {MD_SECRET} metadata")
         try:
-            domid = int(domid_text)
-        except ValueError:
-            raise AuthError(f"{MD_DOMID} must be a domain id, not {domid_text!r}") from None
+            domid = parse_decimal(domid_text, MD_DOMID, maximum=U32_MAX)
+        except XenError:
+            raise AuthError(f"{MD_DOMID} must be a domain id, not {quoted(domid_text)}") from None
         expected = self._secrets.get(domid)
         if expected is None or not hmac.compare_digest(expected.encode(), secret.encode()):
             raise AuthError(f"bad credentials for d{domid}")

@@ -196,6 +196,10 @@ class MachineMemory:
     def segment_path(self, domid: int) -> str:
         return str(self._seg(domid).path)
 
+    def segment_fd(self, domid: int) -> int:
+        """The open segment, for a launcher to hand to the domain itself."""
+        return self._seg(domid).fd
+
     def shm_files(self) -> list[str]:
         return sorted(str(p) for p in self.shm_dir.glob(f"{self.prefix}d*"))
 

@@ -18,11 +18,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     def _caller(self, context):
         return self.hv.identity.authenticate(context)
 
-    def _domid(self, caller, domid: int, name: str = "") -> int:
-        """A domain named by id, DOMID_SELF or name."""
+    def _domid(self, caller, what: str, domid: int, name: str = "") -> int:
+        """A domain named by id, DOMID_SELF or name, that ``caller`` may ``what``."""
         if domid == abi.DOMID_SELF and not name:
             return caller.domid
-        return self.hv.domains.lookup(domid, name).domid
+        return self.hv.domains.lookup_as(caller.domid, caller.privileged, what, domid, name).domid
 
     def _reservation(self, domid: int) -> memory_pb2.Reservation:
         current, maximum, target = self.hv.memory.reservation(domid)
@@ -32,23 +32,20 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     @handles_xen_errors
     async def GetReservation(self, request, context):
         caller = self._caller(context)
-        domid = self._domid(caller, request.domid, request.name)
-        caller.require_self_or_privileged(domid, "read the reservation of")
+        domid = self._domid(caller, "read the reservation of", request.domid, request.name)
         return self._reservation(domid)
 
     @handles_xen_errors
     async def IncreaseReservation(self, request, context):
         caller = self._caller(context)
-        domid = self._domid(caller, request.domid)
-        caller.require_self_or_privileged(domid, "increase the reservation of")
+        domid = self._domid(caller, "increase the reservation of", request.domid)
         gfns = self.hv.memory.increase_reservation(domid, request.nr_pages, list(request.gfns))
         return memory_pb2.ReservationResult(gfns=gfns, reservation=self._reservation(domid))
 
     @handles_xen_errors
     async def DecreaseReservation(self, request, context):
         caller = self._caller(context)
-        domid = self._domid(caller, request.domid)
-        caller.require_self_or_privileged(domid, "decrease the reservation of")
+        domid = self._domid(caller, "decrease the reservation of", request.domid)
         gfns = self.hv.memory.decrease_reservation(domid, list(request.gfns))
         return memory_pb2.ReservationResult(gfns=gfns, reservation=self._reservation(domid))
 
@@ -56,7 +53,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     async def SetTarget(self, request, context):
         caller = self._caller(context)
         caller.require_privileged("xl mem-set")
-        domid = self._domid(caller, request.domain.domid, request.domain.name)
+        domid = self._domid(caller, "set the memory target of", request.domain.domid,
+                            request.domain.name)
         self.hv.set_memory_target(domid, request.kb)
         return self._reservation(domid)
 
@@ -64,15 +62,16 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     async def SetMax(self, request, context):
         caller = self._caller(context)
         caller.require_privileged("xl mem-max")
-        domid = self._domid(caller, request.domain.domid, request.domain.name)
+        domid = self._domid(caller, "set the maximum memory of", request.domain.domid,
+                            request.domain.name)
         self.hv.set_memory_max(domid, request.kb)
         return self._reservation(domid)
 
     @handles_xen_errors
     async def GetMemoryMap(self, request, context):
         caller = self._caller(context)
-        domid = self._domid(caller, request.domain.domid, request.domain.name)
-        caller.require_self_or_privileged(domid, "get the memory map of")
+        domid = self._domid(caller, "get the memory map of", request.domain.domid,
+                            request.domain.name)
         return memory_pb2.MemoryMap(**self.hv.memory.memory_map(domid, request.with_populated))
 
     @handles_xen_errors

@@ -67,10 +67,15 @@ class HypervisorServer:
             lambda s: xenstore_pb2_grpc.add_XenStoreServicer_to_server(
                 XenStoreServicer(hv, hv.xs_connections), s),
         ]
+        # With domain uids, domUs reach the hypervisor on a socket of their
+        # own: they cannot enter the rundir.
+        domains = hv.domains_dir.hypervisor_address
         try:
             self.server, port = await start_server(self.config.address, register, SERVICE_NAMES,
-                                                   options=SERVER_OPTIONS,
-                                                   interceptors=[self.admission])
+                                                   interceptors=[self.admission],
+                                                   also=[domains] if domains else [],
+                                                   options=SERVER_OPTIONS)
+            hv.domains_dir.open_to_domains()
         except Exception:
             await self.hv.close()
             raise

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from xenlab.bridge.core import check_bridge_name
 from xenlab.xen import abi
+from xenlab.xen.digits import decimal_or
 from xenlab.xen.errors import ConfigError, DomainError, XenError
 from xenlab.xen.xlcfg import format_mac, parse_mac, parse_rate, random_mac
 
@@ -59,6 +60,14 @@ def record_path(domid: int, devid: int | None = None) -> str:
     """libxl__device_libxl_path: the toolstack's own record of a vif."""
     base = f"{record_root(domid)}/device/vif"
     return base if devid is None else f"{base}/{devid}"
+
+
+def agent_record_path(domid: int) -> str:
+    """Where the toolstack keeps a domain's guest agent: ``address`` and
+    ``token`` (what a caller must present), written at creation from what
+    the launcher decided. Under /libxl, so Domain-0 alone reads it and the
+    guest can neither read the token nor point the toolstack elsewhere."""
+    return f"{record_root(domid)}/agent"
 
 
 def normalise_mac(text: str) -> str:
@@ -147,10 +156,7 @@ def pick_mac(spec_mac: str) -> str:
 
 
 def _int(value: str | None, default: int = -1) -> int:
-    try:
-        return int(value) if value not in (None, "") else default
-    except ValueError:
-        return default
+    return decimal_or(value, default)
 
 
 def vif_info(domid: int, devid: int, front: dict[str, str], back: dict[str, str]) -> dict:

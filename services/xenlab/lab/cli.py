@@ -5,48 +5,103 @@ import argparse
 import asyncio
 import logging
 import os
+import select
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from xenlab.lab.runner import Lab, LabError, read_state, _alive
+from xenlab.hypervisor.launcher import add_domain_uids_argument
+from xenlab.lab.runner import Lab, LabError, reclaim
 from xenlab.lab.spec import demo_lab, load_lab
 from xenlab.osutil import on_stop_signal
+from xenlab.rundir import UP_LOG, Rundir, RundirError, RundirMissing
 from xenlab.xen.errors import ConfigError
+
+RUNDIR_HELP = ("where sockets, state and logs go (default $XENLAB_RUNDIR, else "
+               "$XDG_RUNTIME_DIR/xenlab, else /tmp/xenlab-UID)")
+DOWN_GRACE = 5.0        # seconds to wait for processes killed by `down --force`
 
 
 def up_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Start a lab (the demo lab when no file is given) and keep it up until Ctrl-C, "
+        "SIGTERM or `xenlab down`. A rundir whose lab was killed (kill -9) is cleaned up "
+        "first, saying so. Ctrl-C or SIGTERM while it starts stops it and removes what "
+        "it made (exit 130 / 143).")
     parser.add_argument("lab", nargs="?", type=Path,
                         help="a lab file (TOML); without one, the built-in demo lab: three domUs on xenbr0")
-    parser.add_argument("--rundir", type=Path, default=None,
-                        help="where sockets, state and logs go (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
+    parser.add_argument("--rundir", type=Path, default=None, help=RUNDIR_HELP)
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for every vif to connect (default 120)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="log level of the services (their logs go to RUNDIR/logs)")
     parser.add_argument("--detach", action="store_true",
-                        help="return once the lab is up, leaving it running (stop it with `xenlab down`)")
+                        help="return once the lab is up, leaving it running (stop it with "
+                             "`xenlab down`); its output goes to RUNDIR/up.log")
+    # --detach runs `xenlab up --ready-fd N` in the background: it writes
+    # "up" to descriptor N once the lab is up (a pipe; closed unwritten if
+    # it failed).
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    add_domain_uids_argument(parser)
 
 
-def _progress(text: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+def _progress_printer():
+    started = time.monotonic()
+
+    def progress(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')} +{time.monotonic() - started:.1f}s] {text}", flush=True)
+    return progress
+
+
+def _rundir_flag(args) -> str:
+    """` --rundir R` for hints, when R is not the one commands find alone."""
+    default = getattr(args, "default_rundir", None)
+    run = Rundir(args.rundir)
+    return "" if default is not None and Rundir(default).path == run.path else f" --rundir {run.path}"
+
+
+def _hints(spec, args) -> str:
+    run = Rundir(args.rundir)
+    flag = _rundir_flag(args)
+    first = spec.domains[0].name if spec.domains else "DOMAIN"
+    stop = f"`xenlab down{flag}`" if args.ready_fd is not None else f"Ctrl-C or `xenlab down{flag}`"
+    return (f"\nrundir {run.path}; logs in {run.logs}. Try: xenlab ping {first} ADDRESS{flag}, "
+            f"xenlab xl list{flag}, xenlab status{flag}. Stop with {stop}.")
 
 
 async def _up(args) -> int:
     spec = load_lab(args.lab) if args.lab else demo_lab()
-    lab = Lab(spec, args.rundir, log_level=args.log_level, progress=_progress)
+    progress = _progress_printer()
+    detached = args.ready_fd is not None
+    lab = Lab(spec, args.rundir, log_level=args.log_level, progress=progress,
+              remove_on_failure=True, keep=(UP_LOG,) if detached else (),
+              domain_uids=args.domain_uids)
     stop = asyncio.Event()
-    on_stop_signal(stop.set)
-    await lab.up(timeout=args.timeout)
+    received = on_stop_signal(stop.set)
+    starting = asyncio.create_task(lab.up(timeout=args.timeout))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        # Before the lab is up, a stop signal stops the start-up itself.
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await lab.discard()        # in case it came up in the same instant
+        print(f"xenlab up: {signal.Signals(received.signum).name} while starting: the lab is "
+              f"down and what it made in {Rundir(args.rundir).path} is removed", file=sys.stderr)
+        return received.exit_status
+    stopped.cancel()
+    starting.result()
     print(await lab.summary(), flush=True)
-    print(f"\nrundir {args.rundir}; logs in {args.rundir}/logs. "
-          f"Try: xenlab ping {spec.domains[0].name if spec.domains else 'DOMAIN'} ADDRESS, "
-          f"xenlab xl list, xenlab status. Stop with Ctrl-C or `xenlab down`.", flush=True)
+    print(_hints(spec, args), flush=True)
+    if detached:
+        os.write(args.ready_fd, b"up\n")
+        os.close(args.ready_fd)
     await stop.wait()
-    _progress("stopping the lab")
+    progress("stopping the lab")
     await lab.down()
-    _progress("stopped")
+    progress("stopped")
     return 0
 
 
@@ -54,85 +109,244 @@ def up(args) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.detach:
         return _detach(args)
+    if args.ready_fd is not None:
+        os.set_inheritable(args.ready_fd, False)
     try:
         return asyncio.run(_up(args))
     except ConfigError as err:
         print(f"xenlab up: {err.message}", file=sys.stderr)
-    except LabError as err:
+    except (LabError, RundirError) as err:
         print(f"xenlab up: {err}", file=sys.stderr)
+    except KeyboardInterrupt:        # before the loop took the signals over
+        return 128 + signal.SIGINT
     return 1
+
+
+# -- up --detach ---------------------------------------------------------------------------
+class _Echo:
+    """Copies what the background `xenlab up` writes to up.log, line by
+    line, as it comes: its progress to stdout; from its error on (a line
+    `xenlab up: ...`, or a traceback) to stderr."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.partial = b""
+        self.out = sys.stdout
+
+    def pump(self, final: bool = False) -> None:
+        while chunk := os.read(self.fd, 65536):
+            self.partial += chunk
+        *lines, self.partial = self.partial.split(b"\n")
+        if final and self.partial:
+            lines.append(self.partial)
+            self.partial = b""
+        for line in lines:
+            text = line.decode(errors="replace")
+            if text.startswith(("xenlab up: ", "Traceback ")):
+                self.out = sys.stderr
+            print(text, file=self.out, flush=True)
 
 
 def _detach(args) -> int:
-    """Run `xenlab up` in the background and wait until it reports up."""
-    import subprocess
-    cmd = [sys.executable, "-m", "xenlab.cli.main", "up", "--rundir", str(args.rundir),
-           "--timeout", str(args.timeout), "--log-level", args.log_level]
+    """Run `xenlab up` in the background, echo its progress, and return
+    once it says the lab is up (or failed)."""
+    run = Rundir(args.rundir)
+    progress = _progress_printer()
+    try:
+        if args.lab:
+            load_lab(args.lab)      # a mistake in it is said here, before anything is made
+        made = run.create()
+        # Here, not only in the background: a lab running there is refused
+        # before anything is written, and a clean-up is said on the terminal.
+        with run.lock():
+            reclaim(run, progress=progress)
+            log_fd = run.open_new(UP_LOG)
+        reader = run.open_read(UP_LOG)
+    except ConfigError as err:
+        print(f"xenlab up: {err.message}", file=sys.stderr)
+        return 1
+    except (LabError, RundirError) as err:
+        print(f"xenlab up: {err}", file=sys.stderr)
+        return 1
+    ready_r, ready_w = os.pipe()
+    cmd = [sys.executable, "-m", "xenlab.cli.main", "up", "--rundir", str(run.path),
+           "--timeout", str(args.timeout), "--log-level", args.log_level, "--ready-fd", str(ready_w),
+           "--domain-uids", args.domain_uids]
     if args.lab:
         cmd.append(str(args.lab))
-    args.rundir.mkdir(parents=True, exist_ok=True)
-    out = open(args.rundir / "up.log", "ab")
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    deadline = time.monotonic() + args.timeout + 30
-    while time.monotonic() < deadline:
-        state = read_state(args.rundir)
-        if state and state.get("pid") == proc.pid:
-            print(f"lab {state['name']} is up (process {proc.pid}); `xenlab status` shows it, "
-                  f"`xenlab down` stops it")
-            return 0
-        if proc.poll() is not None:
-            print((args.rundir / "up.log").read_text()[-4000:], file=sys.stderr)
-            return 1
-        time.sleep(0.2)
-    proc.terminate()
-    print("xenlab up: the lab did not come up in time; see " + str(args.rundir / "up.log"), file=sys.stderr)
-    return 1
+    echo = _Echo(reader)
+    interrupted = 0
+    proc = None
+
+    def forward(signum, frame) -> None:
+        # It runs in a session of its own: the terminal's Ctrl-C reaches
+        # only this process, which passes it on; it then stops the start-up.
+        nonlocal interrupted
+        interrupted = interrupted or signum
+        if proc is not None:
+            proc.send_signal(signum)
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    deadline = time.monotonic() + args.timeout + 60
+    ready = False
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
+                                start_new_session=True, pass_fds=(ready_w,))
+        os.close(log_fd)
+        os.close(ready_w)
+        if interrupted:
+            proc.send_signal(interrupted)
+        while True:
+            readable, _, _ = select.select([ready_r], [], [], 0.1)
+            echo.pump()
+            if readable:
+                ready = os.read(ready_r, 16).startswith(b"up")
+                break
+            if time.monotonic() > deadline and not interrupted:
+                print(f"xenlab up: the lab did not come up in {args.timeout + 60:g}s; stopping it",
+                      file=sys.stderr)
+                forward(signal.SIGTERM, None)
+        if not ready:
+            status = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(ready_r)
+    echo.pump(final=True)
+    os.close(reader)
+    if ready:
+        print(f"(in the background as process {proc.pid}; its output goes on in {run.up_log})")
+        return 0
+    # It removed what it made but up.log, which was this process's to show.
+    run.remove(UP_LOG)
+    if made:
+        try:
+            os.rmdir(run.path)
+        except OSError:
+            pass
+    if interrupted:
+        return 128 + interrupted
+    return status if status > 0 else 1
 
 
+# -- down ------------------------------------------------------------------------------------
 def down_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rundir", type=Path, default=None, help="the lab's rundir")
+    parser.description = (
+        "Stop the lab that `xenlab up` runs in the rundir (SIGTERM to its `xenlab up`, which "
+        "destroys the domains and stops every service), and wait for it. A lab whose processes "
+        "were killed is cleaned up: its rundir's files and sockets, its domains' memory "
+        "segments. With no lab there, it says so and exits 0.")
+    parser.add_argument("--rundir", type=Path, default=None, help=RUNDIR_HELP)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    parser.add_argument("--force", action="store_true",
+                        help="if the lab has not stopped within --timeout, kill (SIGKILL) every "
+                             "process it recorded, then clean up as for a killed lab")
 
 
 def down(args) -> int:
-    state = read_state(args.rundir)
-    if not state or not _alive(state.get("pid", 0)):
-        print(f"xenlab down: no lab is running in {args.rundir}", file=sys.stderr)
+    run = Rundir(args.rundir)
+    try:
+        survey = run.survey()
+    except RundirMissing:
+        print(f"no lab is running in {run.path}")
+        return 0
+    except RundirError as err:
+        print(f"xenlab down: {err}", file=sys.stderr)
         return 1
-    pid = state["pid"]
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + args.timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _alive(pid):
-        print(f"xenlab down: the lab (process {pid}) is still stopping after {args.timeout:g}s", file=sys.stderr)
+    if not survey.processes:
+        print(f"no lab is running in {run.path}")
+        return 0
+    what = survey.describe()
+    elsewhere = [n for n, p in survey.running.items() if not p.local]
+    if elsewhere:
+        print(f"xenlab down: {what} runs in another pid namespace ({', '.join(elsewhere)}): "
+              f"stop it from there", file=sys.stderr)
         return 1
-    print(f"lab {state['name']} stopped")
+    if survey.stale:
+        cleaned = _clean_stale(run)
+        if cleaned is not None:
+            print(f"{what} was not running (its processes were gone: killed?); "
+                  f"cleaned up {run.path}: {cleaned}")
+            return 0
+        survey = run.survey()       # a new lab claimed it meanwhile
+        what = survey.describe()
+    # The runner stops its own services; without one, each is stopped.
+    runner = survey.running.get("runner")
+    for process in [runner] if runner else list(survey.running.values()):
+        process.signal(signal.SIGTERM)
+    killed = False
+    if not _wait_gone(survey, args.timeout):
+        left = ", ".join(n for n, p in survey.processes.items() if p.running())
+        if not args.force:
+            print(f"xenlab down: {what} is still stopping after {args.timeout:g}s ({left}); "
+                  f"`xenlab down --force` kills it", file=sys.stderr)
+            return 1
+        for process in survey.processes.values():
+            process.signal(signal.SIGKILL)
+        killed = True
+        if not _wait_gone(survey, DOWN_GRACE):
+            print(f"xenlab down: {what} still runs after SIGKILL", file=sys.stderr)
+            return 1
+    message = f"{what} {'killed' if killed else 'stopped'}"
+    try:
+        cleaned = _clean_stale(run)
+    except FileNotFoundError:
+        cleaned = None          # stopped while starting: it removed its rundir itself
+    if cleaned is not None:
+        message += f"; cleaned up {run.path}: {cleaned}"
+    print(message)
     return 0
 
 
+def _clean_stale(run: Rundir):
+    """Clean what a lab whose processes are all gone left; None if something
+    recorded runs (again: a new `xenlab up` may have claimed it since)."""
+    with run.lock():
+        return run.clean() if run.survey().stale else None
+
+
+def _wait_gone(survey, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(p.running() for p in survey.processes.values()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+# -- status ----------------------------------------------------------------------------------
 def status_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--rundir", type=Path, default=None, help="the lab's rundir")
+    parser.add_argument("--rundir", type=Path, default=None, help=RUNDIR_HELP)
 
 
 def status(args) -> int:
-    state = read_state(args.rundir)
-    if not state:
-        print(f"no lab is running in {args.rundir}")
+    run = Rundir(args.rundir)
+    try:
+        survey = run.survey()
+    except RundirMissing:
+        print(f"no lab is running in {run.path}")
         return 3
-    alive = _alive(state.get("pid", 0))
-    print(f"lab {state['name']} ({state.get('source')}): {'up' if alive else 'NOT RUNNING'}, "
-          f"process {state.get('pid')}, started {time.ctime(state.get('started', 0))}")
-    for name, pid in state.get("services", {}).items():
-        print(f"  {name:<12} pid {pid:<8} {'running' if _alive(pid) else 'gone'}")
+    except RundirError as err:
+        print(f"xenlab status: {err}", file=sys.stderr)
+        return 1
+    state = survey.lab
+    if not state:
+        print(f"no lab is running in {run.path}")
+        return 3
+    alive = "runner" in survey.running
+    phase = state.get("state", "up") if alive else "NOT RUNNING"
+    print(f"lab {state.get('name')} ({state.get('source')}): {phase}, process {state.get('pid')}, "
+          f"started {time.ctime(state.get('started', 0))}")
+    for name, process in survey.processes.items():
+        print(f"  {name:<12} pid {process.pid:<8} {'running' if name in survey.running else 'gone'}")
+    if survey.stale:
+        print(f"its processes are gone (killed?): `xenlab up` or `xenlab down` cleans {run.path}")
     if not alive:
         return 3
     from xenlab.cli.main import main as xenlab
     print()
-    xenlab(["xl", "--rundir", str(args.rundir), "list"])
+    xenlab(["xl", "--rundir", str(run.path), "list"])
     domids = state.get("domains", {})
     if domids:
         print()
-        xenlab(["xl", "--rundir", str(args.rundir), "network-list", *[str(d) for d in domids.values()]])
+        xenlab(["xl", "--rundir", str(run.path), "network-list", *[str(d) for d in domids.values()]])
     return 0

@@ -47,7 +47,7 @@ VETH_TX = frozenset({"link_down", "tx_queue_full", "oversize", "no_link"})
 VETH_RX = frozenset({"no_receiver", "closed_unread", "malformed"})
 BRIDGE_LINK_DETACHED = "detached"
 
-_VIF = re.compile(r"vif(\d+)\.(\d+)")
+_VIF = re.compile(r"vif([0-9]+)\.([0-9]+)")   # ASCII: \d takes any Unicode digit
 
 
 @dataclass

@@ -4,13 +4,18 @@ Order (each waits for the previous to be ready): the hypervisor, the bridge
 service(s), Domain-0's kernel with netback, then the domUs through the
 toolstack; then it waits until every vif is Connected on both ends and
 hotplugged, and prints a summary. `down` undoes it in reverse.
+
+The runner claims the rundir first (lab.json, created O_EXCL) and records
+there each process it starts, by pid and start time, so that a lab whose
+processes were killed is recognised and cleaned by the next `xenlab up` or
+`xenlab down` (xenlab.rundir).
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
+import pwd
 import signal
 import sys
 import time
@@ -19,17 +24,37 @@ from pathlib import Path
 
 import grpc
 
-from xenlab.client import HypervisorClient, Rundir
+from xenlab.client import HypervisorClient
 from xenlab.events.config import BrokerAddress, EventsConfig
 from xenlab.events.topics import Topics
+from xenlab.hypervisor.launcher import parse_domain_uids
 from xenlab.lab.spec import LabSpec
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
+from xenlab.rundir import LAB, ProcessRecord, Rundir, RundirError
 from xenlab.xen import abi
 from xenlab.xen.xlcfg import to_domain_spec
 
 log = logging.getLogger(__name__)
 
 CONNECTED = int(abi.XenbusState.Connected)
+
+
+def isolation_note(uids) -> str:
+    """What `xenlab up` says about the walls between local domains."""
+    if uids is not None:
+        return (f"each domU runs as a host user of its own (uid {uids.base}+domid), with only "
+                f"its own memory, doorbell and agent socket: see SECURITY.md")
+    user = pwd.getpwuid(os.geteuid()).pw_name if _has_user(os.geteuid()) else str(os.geteuid())
+    return (f"domUs run as your user ({user}): the OS keeps no wall between them, nor between "
+            f"them and the rundir; run as root for a uid per domU (see SECURITY.md)")
+
+
+def _has_user(uid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return True
 
 
 def vif_ready(vif) -> bool:
@@ -46,6 +71,7 @@ class Service:
     name: str
     proc: asyncio.subprocess.Process
     log: Path
+    record: ProcessRecord | None = None
 
 
 @dataclass
@@ -58,8 +84,18 @@ class Lab:
     hv: HypervisorClient | None = None
     domids: dict[str, int] = field(default_factory=dict)
     events: EventsConfig | None = None      # where the services publish (None: nowhere)
+    domain_uids: str = "auto"               # the hypervisor's --domain-uids
+    # A failed or interrupted up removes what it made in the rundir (and
+    # the rundir, if it made it), except the files named in `keep`.
+    remove_on_failure: bool = False
+    keep: tuple[str, ...] = ()
     _stopping: bool = False
     _dom0_watch: asyncio.Task | None = None
+    _claimed: bool = False
+    _made_rundir: bool = False
+    _state: str = ""
+    _runner: ProcessRecord | None = None
+    _started: float = 0.0
 
     @property
     def run(self) -> Rundir:
@@ -67,14 +103,18 @@ class Lab:
 
     @property
     def state_file(self) -> Path:
-        return self.rundir / "lab.json"
+        return self.run.state_file
 
     # -- up ----------------------------------------------------------------------
     async def up(self, timeout: float = 120.0) -> None:
-        self._refuse_if_running()
+        """Start the lab in its rundir; on failure or cancellation, stop
+        what was started (and, with remove_on_failure, remove it)."""
+        try:
+            self._made_rundir = self.run.create()
+        except RundirError as err:
+            raise LabError(str(err)) from None
+        self._claim()
         self._stopping = False
-        self.rundir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.run.logs.mkdir(exist_ok=True)
         started = time.monotonic()
         try:
             await self._start_events()
@@ -84,32 +124,45 @@ class Lab:
             await self._create_domains()
             await self._wait_connected(timeout)
         except BaseException:
-            await self.down()
+            if self.remove_on_failure:
+                await self.discard()
+            else:
+                await self.down()
             raise
-        self._write_state()
+        self._write_state("up")
         self.progress(f"lab {self.spec.name} is up in {time.monotonic() - started:.1f}s")
 
-    def _refuse_if_running(self) -> None:
-        state = read_state(self.rundir)
-        if state and _alive(state.get("pid", 0)):
-            raise LabError(f"a lab ({state.get('name')}) is already running in {self.rundir} "
-                           f"as process {state['pid']}: stop it with `xenlab down`")
-        if self.run.address_file.exists():
-            raise LabError(f"a hypervisor is already running with rundir {self.rundir} "
-                           f"(stop it, or use another --rundir)")
+    def _claim(self) -> None:
+        """Make the rundir this lab's: refused while anything recorded there
+        runs; what a lab whose processes are all gone left is cleaned."""
+        with self.run.lock():
+            reclaim(self.run, self.keep, self.progress)
+            try:
+                self._write_state("starting", first=True)
+            except FileExistsError:
+                raise LabError(f"another `xenlab up` is starting a lab in {self.rundir}") from None
+        self._claimed = True
 
     async def _spawn(self, name: str, *args: str) -> Service:
-        logfile = self.run.logs / f"{name}.log"
-        with open(logfile, "ab", buffering=0) as out:
+        fd = self.run.open_log(f"{name}.log")
+        try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "xenlab.cli.main", *args,
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        service = Service(name, proc, logfile)
+                stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+        finally:
+            os.close(fd)
+        try:
+            record = ProcessRecord.of(proc.pid)
+        except ProcessLookupError:
+            record = None           # gone already: _wait reports its exit
+        service = Service(name, proc, self.run.logs / f"{name}.log", record)
         old = self.service(name)
         if old is not None:
             self.services[self.services.index(old)] = service
         else:
             self.services.append(service)
+        if self._claimed:
+            self._write_state(self._state)
         return service
 
     def service(self, name: str) -> Service | None:
@@ -129,16 +182,23 @@ class Lab:
             await asyncio.sleep(0.05)
 
     async def _start_hypervisor(self) -> None:
-        listen = self.spec.listen or f"unix:{self.rundir}/hv.sock"
+        listen = self.spec.listen or f"unix:{self.run.socket('hv.sock')}"
         self.progress(f"starting the hypervisor on {listen}")
         hv = await self._spawn("hypervisor", "hypervisor", "--listen", listen, "--rundir", str(self.rundir),
                                "--memory", str(self.spec.memory_mb), "--launcher", self.spec.launcher,
+                               "--domain-uids", self.domain_uids,
                                "--log-level", self.log_level, "--die-with-parent", *self._events_args())
 
+        address = None
+
         async def ready():
-            return self.run.address_file.exists()
+            nonlocal address
+            address = self.run.address_ready()
+            return address is not None
         await self._wait(hv, ready, "the hypervisor to listen")
-        self.hv = HypervisorClient.connect(self.run.read_address(), 0, self.run.read_dom0_secret())
+        if self.spec.launcher == "local":
+            self.progress(isolation_note(parse_domain_uids(self.domain_uids)))
+        self.hv = HypervisorClient.connect(address, 0, self.run.read_dom0_secret())
 
     async def _xs_read(self, path: str) -> str | None:
         try:
@@ -320,7 +380,11 @@ class Lab:
 
     async def _create_domains(self) -> None:
         for cfg in self.spec.domains:
-            reply = await self.hv.domains.Create(domains_pb2.CreateDomainRequest(spec=to_domain_spec(cfg)))
+            try:
+                reply = await self.hv.domains.Create(
+                    domains_pb2.CreateDomainRequest(spec=to_domain_spec(cfg)))
+            except grpc.aio.AioRpcError as err:
+                raise LabError(f"cannot create {cfg.name}: {err.details()}") from None
             self.domids[cfg.name] = reply.info.domid
             self.progress(f"created {cfg.name} as d{reply.info.domid} ({len(cfg.vifs)} vif(s))")
 
@@ -382,13 +446,21 @@ class Lab:
                 return False
         return True
 
-    def _write_state(self) -> None:
-        state = {"name": self.spec.name, "pid": os.getpid(), "source": self.spec.source,
-                 "services": {s.name: s.proc.pid for s in self.services},
-                 "domains": self.domids, "started": time.time()}
+    def _write_state(self, phase: str, first: bool = False) -> None:
+        """lab.json: the lab, its phase (starting, up) and its processes,
+        the runner's ("runner": this one) and each service's."""
+        if first:
+            self._runner = ProcessRecord.of()
+            self._started = time.time()
+        self._state = phase
+        processes = {"runner": self._runner.to_json()}
+        processes.update({s.name: s.record.to_json() for s in self.services if s.record})
+        state = {"name": self.spec.name, "state": phase, "source": self.spec.source,
+                 "pid": self._runner.pid, "processes": processes,
+                 "domains": self.domids, "started": self._started}
         if self.events is not None:
             state["mqtt"] = str(self.events.broker)
-        self.state_file.write_text(json.dumps(state, indent=2) + "\n")
+        self.run.write_state(state, first=first)
 
     async def bridge_client(self, name: str):
         """A Bridge gRPC stub for a bridge of this lab, and its channel to close."""
@@ -431,7 +503,39 @@ class Lab:
         for service in reversed(self.services):
             await _stop(service.proc)
         self.services.clear()
-        self.state_file.unlink(missing_ok=True)
+        if self._claimed:
+            self.run.remove(LAB)
+            self._claimed = False
+
+    async def discard(self) -> None:
+        """down(), and remove what up made in the rundir: the lab's files,
+        sockets and logs, and the rundir itself if up made it."""
+        claimed = self._claimed
+        await self.down()
+        if claimed:
+            self.run.clean(keep=self.keep, remove_dir=self._made_rundir)
+
+
+def reclaim(run: Rundir, keep: tuple[str, ...] = (), progress=print) -> None:
+    """Ready a rundir for a new lab: refused while anything recorded there
+    runs; what a lab left (its logs; all of it, with its memory segments,
+    when its processes were killed) is removed, saying so for the latter.
+    Under run.lock()."""
+    try:
+        survey = run.survey()
+    except RundirError as err:
+        raise LabError(str(err)) from None
+    if survey.running:
+        raise LabError(f"{survey.describe()} is already running in {run.path}: stop it with "
+                       f"`xenlab down --rundir {run.path}`")
+    if survey.unrecorded_address:
+        raise LabError(f"{run.address_file} names a hypervisor no xenlab process recorded "
+                       f"(written by hand, or by an older xenlab): use another --rundir, or "
+                       f"remove it if nothing runs there")
+    cleaned = run.clean(keep=keep)
+    if survey.stale:
+        progress(f"cleaned up after {survey.describe()} in {run.path}, whose processes were "
+                 f"gone (killed?): {cleaned}")
 
 
 async def _stop(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
@@ -450,22 +554,3 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def read_state(rundir: Path) -> dict | None:
-    try:
-        return json.loads((rundir / "lab.json").read_text())
-    except (OSError, ValueError):
-        return None

@@ -46,7 +46,7 @@ from xenlab.cli import argtypes
 from xenlab.lab import conservation
 from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import parse_lab
-from xenlab.osutil import on_stop_signal
+from xenlab.osutil import Interrupted, cancelled_by_stop_signal
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2, domains_pb2
 
 log = logging.getLogger(__name__)
@@ -416,8 +416,7 @@ async def run_soak(rundir: Path, seconds: float, flood_frames: int, progress=pri
 async def _command(rundir: Path, seconds: float, flood_frames: int, progress, log_level: str
                    ) -> SoakResult:
     """run_soak, which SIGINT or SIGTERM cancels: the lab still goes down."""
-    on_stop_signal(asyncio.current_task().cancel)
-    return await run_soak(rundir, seconds, flood_frames, progress, log_level)
+    return await cancelled_by_stop_signal(run_soak(rundir, seconds, flood_frames, progress, log_level))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -452,9 +451,9 @@ def run(args) -> int:
     except LabError as err:
         print(f"xenlab soak: {err}", file=sys.stderr)
         return 2
-    except asyncio.CancelledError:
+    except Interrupted as stop:
         print("xenlab soak: stopped before the end; the lab is down", file=sys.stderr)
-        return 130
+        return stop.exit_status
     finally:
         if made and not args.keep:
             shutil.rmtree(rundir, ignore_errors=True)

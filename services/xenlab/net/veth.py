@@ -27,6 +27,8 @@ import struct
 from typing import Awaitable, Callable
 
 from xenlab.net.device import NetDevice
+from xenlab.rundir import bind_private
+from xenlab.xen.digits import is_decimal
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +224,7 @@ def parse_address(address: str) -> tuple[str, object]:
         return "unix", address[5:]
     if address.startswith("tcp:"):
         host, _, port = address[4:].rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not is_decimal(port) or len(port) > 5:
             raise ValueError(f"bad veth address {address!r}: expected tcp:HOST:PORT")
         return "tcp", (host.strip("[]"), int(port))
     raise ValueError(f"bad veth address {address!r}: expected unix:PATH or tcp:HOST:PORT")
@@ -486,8 +488,7 @@ class VethListener:
             if os.path.exists(where):
                 os.unlink(where)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            sock.bind(where)
-            os.chmod(where, 0o600)
+            bind_private(sock, where)
         else:
             sock = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -109,12 +109,16 @@ class DomainInfo(_message.Message):
     def __init__(self, domid: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., state: _Optional[str] = ..., memory_kb: _Optional[int] = ..., maxmem_kb: _Optional[int] = ..., vcpus: _Optional[int] = ..., cpu_time: _Optional[float] = ..., privileged: bool = ..., shutdown_reason: _Optional[str] = ..., pid: _Optional[int] = ..., launcher: _Optional[str] = ..., spec: _Optional[_Union[DomainSpec, _Mapping]] = ..., target_kb: _Optional[int] = ...) -> None: ...
 
 class CreateDomainResponse(_message.Message):
-    __slots__ = ("info", "secret")
+    __slots__ = ("info", "secret", "agent", "agent_token")
     INFO_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
+    AGENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     info: DomainInfo
     secret: str
-    def __init__(self, info: _Optional[_Union[DomainInfo, _Mapping]] = ..., secret: _Optional[str] = ...) -> None: ...
+    agent: str
+    agent_token: str
+    def __init__(self, info: _Optional[_Union[DomainInfo, _Mapping]] = ..., secret: _Optional[str] = ..., agent: _Optional[str] = ..., agent_token: _Optional[str] = ...) -> None: ...
 
 class DomainList(_message.Message):
     __slots__ = ("domains",)

@@ -5,9 +5,10 @@ unix SOCK_SEQPACKET connection between a domain and the hypervisor, so that
 a notification costs one datagram instead of a gRPC round trip. Each
 datagram is exactly one message:
 
-    header   magic u8 (0xEC), version u8 (1), op u8, reserved u8 (0)
-    HELLO    domid u16, secret_len u16, secret (utf-8)      domain -> hypervisor, first
-    OK       domid u16, reserved u16                        hypervisor -> domain
+    header   magic u8 (0xEC), version u8 (2), op u8, reserved u8 (0)
+    HELLO    domid u16, secret_len u16, flags u16, reserved u16, secret (utf-8)
+                                                            domain -> hypervisor, first
+    OK       domid u16, flags u16                           hypervisor -> domain
     ERROR    errno i32, msg_len u16, reserved u16, msg      hypervisor -> domain, then close
     SEND     count u16, reserved u16, port u32 * count      domain -> hypervisor (EVTCHNOP_send, batched)
     UPCALL   vcpu u32                                       hypervisor -> domain
@@ -17,6 +18,17 @@ datagram is exactly one message:
 An UPCALL says only "the 0->1 edge of evtchn_upcall_pending happened on this
 vCPU"; which ports are pending is read from shared_info, as a real guest's
 upcall handler does.
+
+HELLO's flag HELLO_MEMORY asks for the domain's memory object: a domain
+whose launcher could not hand it over (a container that mounts no segment)
+takes it this way, once. The OK then has OK_MEMORY set and carries the
+object as the datagram's one SCM_RIGHTS descriptor, which the domain maps
+and closes (xenlab.domain.memory.map_memory_object). The hypervisor looks
+the object up by the domid HELLO authenticated, so a domain only ever gets
+its own, and only the first time it asks: after that it holds the mapping
+only, and cannot come back for a descriptor it could resize the segment
+through. A refusal is an ERROR, as for bad credentials. Version 2 added the
+flags (version 1's HELLO had none, its OK a reserved u16).
 
 A COPY op is struct gnttab_copy (grant_table.h) without its status field,
 28 bytes: source (ptr u64, domid u16, offset u16), dest (ptr u64, domid u16,
@@ -42,7 +54,7 @@ from xenlab.xen import abi
 from xenlab.xen.errors import XenError
 
 MAGIC = 0xEC
-VERSION = 1
+VERSION = 2
 
 OP_HELLO = 1
 OP_OK = 2
@@ -53,8 +65,8 @@ OP_COPY = 6
 OP_COPIED = 7
 
 HEADER = struct.Struct("<BBBx")
-_HELLO = struct.Struct("<HH")
-_OK = struct.Struct("<H2x")
+_HELLO = struct.Struct("<HHH2x")           # domid, secret_len, flags
+_OK = struct.Struct("<HH")                 # domid, flags
 _ERROR = struct.Struct("<iH2x")
 _SEND = struct.Struct("<H2x")
 _PORT = struct.Struct("<I")
@@ -62,6 +74,11 @@ _UPCALL = struct.Struct("<I")
 _COPY = struct.Struct("<IH2x")              # COPY and COPIED: seq, count
 GNTTAB_COPY = struct.Struct("<QHHQHHHH")    # one gnttab_copy, status left out
 _STATUS = struct.Struct("<h")
+
+HELLO_MEMORY = 0x1        # HELLO: hand me my memory object
+HELLO_FLAGS = HELLO_MEMORY
+OK_MEMORY = 0x1           # OK: the memory object is attached (SCM_RIGHTS)
+OK_FLAGS = OK_MEMORY
 
 MAX_SECRET = 256          # bytes of utf-8
 MAX_ERROR_TEXT = 256      # longer messages are cut, not refused
@@ -89,6 +106,11 @@ def _header(op: int) -> bytes:
 class Hello:
     domid: int
     secret: str
+    flags: int = 0              # HELLO_*
+
+    @property
+    def wants_memory(self) -> bool:
+        return bool(self.flags & HELLO_MEMORY)
 
     def encode(self) -> bytes:
         raw = self.secret.encode()
@@ -96,15 +118,24 @@ class Hello:
             raise ValueError(f"domid {self.domid} outside 0..{DOMID_MAX}")
         if not 0 < len(raw) <= MAX_SECRET:
             raise ValueError(f"secret must be 1..{MAX_SECRET} bytes")
-        return _header(OP_HELLO) + _HELLO.pack(self.domid, len(raw)) + raw
+        if self.flags & ~HELLO_FLAGS:
+            raise ValueError(f"HELLO flags {self.flags:#x} name no HELLO_* bit")
+        return _header(OP_HELLO) + _HELLO.pack(self.domid, len(raw), self.flags) + raw
 
 
 @dataclass(frozen=True)
 class Ok:
     domid: int
+    flags: int = 0              # OK_*
+
+    @property
+    def carries_memory(self) -> bool:
+        return bool(self.flags & OK_MEMORY)
 
     def encode(self) -> bytes:
-        return _header(OP_OK) + _OK.pack(self.domid)
+        if self.flags & ~OK_FLAGS:
+            raise ValueError(f"OK flags {self.flags:#x} name no OK_* bit")
+        return _header(OP_OK) + _OK.pack(self.domid, self.flags)
 
 
 @dataclass(frozen=True)
@@ -212,17 +243,21 @@ def _text(raw: bytes, what: str) -> str:
 def _decode_hello(body: bytes) -> Hello:
     if len(body) < _HELLO.size:
         raise malformed("HELLO too short")
-    domid, n = _HELLO.unpack_from(body)
+    domid, n, flags = _HELLO.unpack_from(body)
     if not 0 < n <= MAX_SECRET or len(body) != _HELLO.size + n:
         raise malformed(f"HELLO secret length {n} does not match the datagram")
     if domid > DOMID_MAX:
         raise malformed(f"HELLO domid {domid} is reserved")
-    return Hello(domid, _text(body[_HELLO.size:], "HELLO secret"))
+    if flags & ~HELLO_FLAGS:
+        raise malformed(f"HELLO flags {flags:#x} name no HELLO_* bit")
+    return Hello(domid, _text(body[_HELLO.size:], "HELLO secret"), flags)
 
 
 def _decode_ok(body: bytes) -> Ok:
-    (domid,) = _fixed(body, _OK, "OK")
-    return Ok(domid)
+    domid, flags = _fixed(body, _OK, "OK")
+    if flags & ~OK_FLAGS:
+        raise malformed(f"OK flags {flags:#x} name no OK_* bit")
+    return Ok(domid, flags)
 
 
 def _decode_error(body: bytes) -> Error:

@@ -24,6 +24,7 @@ from typing import Mapping, Sequence, Union
 
 from xenlab.proto import domains_pb2
 from xenlab.xen import abi
+from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import ConfigError
 
 DEFAULT_MEMORY_MB = 128
@@ -457,7 +458,7 @@ def _build(r: _Reader, warnings: list[str], path: str | None, text: str) -> XlCo
         if "name" in r:
             raise r.error("name", "name is empty")
         raise ConfigError('the domain needs a name: add name = "..."', None, path)
-    if name.isdigit():
+    if is_decimal(name):
         raise r.error("name", f"name {name!r} cannot be all digits (it would read as a domain id)")
 
     memory = r.integer("memory", DEFAULT_MEMORY_MB, minimum=1)

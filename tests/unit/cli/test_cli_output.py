@@ -216,7 +216,7 @@ def test_every_command_has_help(capsys):
 def test_missing_hypervisor_is_one_line_and_exit_1(tmp_path, capsys):
     assert cli_main.main(["xl", "list"], env={"XENLAB_RUNDIR": str(tmp_path)}) == 1
     err = capsys.readouterr().err
-    assert err.startswith("xenlab xl: no hypervisor is running with rundir " + str(tmp_path))
+    assert err.startswith(f"xenlab xl: no lab is running in {tmp_path} (start one with `xenlab up`")
     assert "Traceback" not in err and err.count("\n") == 1
 
 
@@ -229,7 +229,7 @@ def test_missing_hypervisor_is_one_line_and_exit_1(tmp_path, capsys):
 def test_rundir_flag_anywhere_beats_the_environment(tmp_path, capsys, argv):
     argv = [a.replace("{d}", str(tmp_path / "flag")) for a in argv]
     assert cli_main.main(argv, env={"XENLAB_RUNDIR": str(tmp_path / "env")}) == 1
-    assert f"rundir {tmp_path / 'flag'} " in capsys.readouterr().err
+    assert f"no lab is running in {tmp_path / 'flag'} " in capsys.readouterr().err
 
 
 def test_default_rundir():
@@ -336,7 +336,7 @@ def test_missing_delegate_module_breaks_only_itself(monkeypatch, capsys, tmp_pat
     assert cli_main.main(["ghost", "--anything"], env={}) == 1
     assert "xenlab ghost: not available" in capsys.readouterr().err
     assert cli_main.main(["xl", "list"], env={"XENLAB_RUNDIR": str(tmp_path)}) == 1
-    assert "no hypervisor is running" in capsys.readouterr().err
+    assert "no lab is running" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------

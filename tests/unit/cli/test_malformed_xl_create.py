@@ -162,3 +162,20 @@ async def test_network_attach_with_bad_settings_attaches_nothing(hypervisor, cap
         assert snapshot(hypervisor.hv) == before
     listing = await hypervisor.dom0.domains.NetworkList(common_pb2.DomainRef(name="web"))
     assert [v.mac for v in listing.vifs] == ["00:16:3e:00:00:01"]
+
+
+@pytest.mark.parametrize("name", ["²", "٣", "é"])
+async def test_xl_commands_take_a_name_python_calls_a_digit(hypervisor, capsys, tmp_path, name):
+    """'²'.isdigit() is True: `xl create` refused the name as all digits and
+    every other command failed on int('²'). xl reads a DOM as an id only when
+    it is all ASCII digits (C's isdigit()), so each of these is a name."""
+    path = tmp_path / "odd.cfg"
+    path.write_text(f'name = "{name}"\nmemory = 16\n')
+    for argv in (["create", "-q", str(path)], ["list", name], ["pause", name], ["unpause", name],
+                 ["network-attach", name, "mac=00:16:3e:00:00:07"], ["network-list", name],
+                 ["vcpu-set", name, "1"],
+                 ["mem-set", name, "16m"], ["destroy", name]):
+        rc, err = await xl(hypervisor, capsys, *argv)
+        assert rc == 0, (argv, err)
+    assert [d.name for d in hypervisor.hv.domains] == ["Domain-0"]
+    check_invariants(hypervisor.hv)

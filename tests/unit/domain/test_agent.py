@@ -10,16 +10,18 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from xenlab.agent_client import NoAgentError, agent_for, format_ping
+from xenlab.agent_client import (AGENT_TOKEN_MD, NoAgentError, agent_channel, agent_for,
+                                 format_ping)
 from xenlab.domain.agent import (CAPTURE_DROPPED_MD, SERVICE_NAME, GuestAgentServer,
                                  start_guest_agent)
 from xenlab.domain.netstack import GuestNetwork
 from xenlab.domain.xenbus import XenbusClient
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_P_ARP, EthernetFrame
-from xenlab.proto import agent_pb2, agent_pb2_grpc
+from xenlab.proto import agent_pb2, agent_pb2_grpc, domains_pb2, xenstore_pb2
 from xenlab.testing import short_tempdir
 
+TOKEN_A, TOKEN_0 = "token-of-guest-a", "token-of-dom0"
 MAC_A = bytes.fromhex("00163e000001")
 MAC_B = bytes.fromhex("00163e000002")
 
@@ -73,9 +75,9 @@ class Agents:
         self.bridged: list[bytes] = []
         self.bridge_port.receiver = self.bridged.extend
         self.net_0.attach(kernel_of(vifs=(self.vif,)))
-        self.server_a = GuestAgentServer(self.net_a, 1, f"unix:{tmp}/agent-d1.sock")
-        self.server_0 = GuestAgentServer(self.net_0, 0, f"unix:{tmp}/agent-d0.sock")
-        self.channels = [grpc.aio.insecure_channel(await s.start())
+        self.server_a = GuestAgentServer(self.net_a, 1, f"unix:{tmp}/agent-d1.sock", TOKEN_A)
+        self.server_0 = GuestAgentServer(self.net_0, 0, f"unix:{tmp}/agent-d0.sock", TOKEN_0)
+        self.channels = [agent_channel(await s.start(), s.token)
                          for s in (self.server_a, self.server_0)]
         self.a = agent_pb2_grpc.GuestAgentStub(self.channels[0])
         self.dom0 = agent_pb2_grpc.GuestAgentStub(self.channels[1])
@@ -322,17 +324,30 @@ async def test_off_link_without_gateway_is_a_failed_precondition(agents):
 
 # -- publishing and finding the agent -------------------------------------------------
 
-async def test_kernel_agent_is_published_and_found(hypervisor, agents):
-    domid, client = await hypervisor.create_domain("guest")
-    kernel = kernel_of(FakeNic("eth0", MAC_A, "10.9.0.1/24"))
+async def boot_agent(hypervisor, name: str):
+    """A domain created by the toolstack (launcher none), whose agent this
+    test runs where the hypervisor said it should, with the token it gave."""
+    reply = await hypervisor.dom0.domains.Create(domains_pb2.CreateDomainRequest(
+        spec=domains_pb2.DomainSpec(name=name, memory_mb=16, launcher="none")))
+    domid = reply.info.domid
+    client = hypervisor.client_as(domid, reply.secret)
+    nic = FakeNic("eth0", MAC_A, "10.9.0.1/24")
+    kernel = kernel_of(nic)
     kernel.domid = domid
-    kernel.start_info = types.SimpleNamespace(domid=domid,
-                                              doorbell=str(hypervisor.rundir / "evtchn.sock"))
+    kernel.start_info = types.SimpleNamespace(domid=domid, agent=reply.agent,
+                                              agent_token=reply.agent_token, doorbell="")
     kernel.xenbus = XenbusClient(client, domid)
     running = await start_guest_agent(kernel)
+    running.nic = nic
+    return reply, running
+
+
+async def test_kernel_agent_is_published_and_found(hypervisor):
+    reply, running = await boot_agent(hypervisor, "guest")
+    domid = reply.info.domid
     assert running is not None
-    socket_path = hypervisor.rundir / f"agent-d{domid}.sock"
-    assert running.server.address == f"unix:{socket_path}"
+    socket_path = Path(reply.agent.removeprefix("unix:"))
+    assert running.server.address == reply.agent
     assert socket_path.stat().st_mode & 0o077 == 0
     try:
         async with await agent_for(hypervisor.dom0, domid) as agent:
@@ -343,6 +358,52 @@ async def test_kernel_agent_is_published_and_found(hypervisor, agents):
     assert not socket_path.exists()
     with pytest.raises(NoAgentError, match=f"domain {domid} has no guest agent yet"):
         await agent_for(hypervisor.dom0, domid)
+
+
+async def test_another_guest_calling_an_agent_is_refused_before_its_request_is_read(hypervisor):
+    """The break: any local process that reached an agent's socket (another
+    guest, another user under TCP) could drive that guest's interfaces. Now
+    every GuestAgent call needs the token only the toolstack holds."""
+    reply, running = await boot_agent(hypervisor, "victim")
+    before = (dict(running.nic.counters), dict(running.nic.drops))
+    try:
+        for token in ("", "a-guessed-token", reply.agent_token[:-1]):
+            channel = agent_channel(reply.agent, token) if token else grpc.aio.insecure_channel(reply.agent)
+            stub = agent_pb2_grpc.GuestAgentStub(channel)
+            details = await refused(stub.InterfaceStats(agent_pb2.StatsRequest()),
+                                    grpc.StatusCode.UNAUTHENTICATED)
+            assert AGENT_TOKEN_MD in details
+            # A streaming call is refused the same way, before any frame is taken.
+            frames = (agent_pb2.Frame(data=bytes(60)) for _ in range(3))
+            await refused(stub.InjectFrames(frames), grpc.StatusCode.UNAUTHENTICATED)
+            await channel.close()
+        assert (dict(running.nic.counters), dict(running.nic.drops)) == before
+        health = health_pb2_grpc.HealthStub(grpc.aio.insecure_channel(reply.agent))
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == \
+            health_pb2.HealthCheckResponse.SERVING
+    finally:
+        await running.stop()
+
+
+async def test_the_toolstack_never_takes_the_agent_address_a_guest_wrote(hypervisor):
+    """The break: a guest pointed /local/domain/D/data/agent at another
+    guest's socket, and `xenlab ping`/`capture` of it acted on that guest."""
+    web_reply, web = await boot_agent(hypervisor, "web")
+    evil_reply, evil = await boot_agent(hypervisor, "evil")
+    try:
+        evil_client = hypervisor.client_as(evil_reply.info.domid, evil_reply.secret)
+        await XenbusClient(evil_client, evil_reply.info.domid).write("data/agent", web_reply.agent)
+        async with await agent_for(hypervisor.dom0, evil_reply.info.domid) as agent:
+            assert agent.address == evil_reply.agent != web_reply.agent
+        # The record is the toolstack's: the guest can neither read its token nor rewrite it.
+        record = f"/libxl/{evil_reply.info.domid}/agent"
+        for call in (evil_client.xenstore.Read(xenstore_pb2.PathRequest(path=f"{record}/token")),
+                     evil_client.xenstore.Write(xenstore_pb2.WriteRequest(
+                         path=f"{record}/address", value=web_reply.agent.encode()))):
+            await refused(call, grpc.StatusCode.PERMISSION_DENIED)
+    finally:
+        await web.stop()
+        await evil.stop()
 
 
 async def test_agent_for_a_domain_without_one(hypervisor):

@@ -16,6 +16,7 @@ import types
 import grpc
 import pytest
 
+from xenlab.agent_client import agent_channel
 from xenlab.domain.agent import GuestAgentServer
 from xenlab.domain.netstack import GuestNetwork
 from xenlab.net.device import NetDevice
@@ -51,9 +52,9 @@ async def agent(request):
     wire = Wire(getattr(request, "param", 1500))
     net = GuestNetwork()
     net.attach(types.SimpleNamespace(netifs={"eth0": wire}, vifs={}, on_netif_change=[]))
-    server = GuestAgentServer(net, 1, f"unix:{tmp}/agent.sock")
-    channel = grpc.aio.insecure_channel(await server.start(),
-                                        options=[("grpc.max_send_message_length", -1)])
+    server = GuestAgentServer(net, 1, f"unix:{tmp}/agent.sock", "token")
+    channel = agent_channel(await server.start(), "token",
+                            options=[("grpc.max_send_message_length", -1)])
     try:
         yield wire, agent_pb2_grpc.GuestAgentStub(channel)
     finally:

@@ -3,6 +3,7 @@ documented outcome (error response, or the vif disabled), every consumed
 slot exactly one response; guest receive; anti-spoofing; the xenstore keys."""
 from __future__ import annotations
 
+import errno
 import ipaddress
 
 import pytest
@@ -455,7 +456,7 @@ def test_parse_frontend_keys():
     ({"rx-ring-ref": "nine"}, "rx-ring-ref"),
     ({"event-channel": "-1"}, "event-channel"),
     ({"event-channel": "0"}, "port 0"),
-    ({"tx-ring-ref": str(1 << 32)}, "32-bit"),
+    ({"tx-ring-ref": str(1 << 32)}, "0..4294967295"),
     ({"request-rx-copy": None}, "rx-copy"),
     ({"request-rx-copy": "0"}, "rx-copy"),
     ({"multi-queue-num-queues": "4"}, "queues"),
@@ -463,6 +464,40 @@ def test_parse_frontend_keys():
 def test_parse_frontend_keys_refuses(change, message):
     with pytest.raises(XenError, match=message):
         parse_frontend_keys({**GOOD_FRONTEND, **change})
+
+
+# What a hostile frontend may write into each key netback reads as a
+# number: Python's int() and str.isdigit() take several of these ('²' is a
+# digit to isdigit() and a ValueError to int(); int('٣') is 3).
+NOT_NUMBERS = ["²", "٣", "１", "3²", "x", "0x10", "-1", "+1", "1_0", "1e3", "", " ", "\u2003",
+               "9" * 3000, str(1 << 64), "4\x00", "\udcff"]
+
+
+@pytest.mark.parametrize("key", ["tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy",
+                                 "feature-rx-notify", "feature-sg", "feature-persistent"])
+@pytest.mark.parametrize("value", NOT_NUMBERS)
+def test_every_frontend_number_key_refuses_what_is_not_an_ascii_number(key, value):
+    if value.strip(" ") == "" and key.startswith("feature-"):
+        # empty is a feature not offered (xenbus_read_unsigned's default)
+        assert parse_frontend_keys({**GOOD_FRONTEND, key: value}) is not None
+        return
+    with pytest.raises(XenError) as err:
+        parse_frontend_keys({**GOOD_FRONTEND, key: value})
+    assert err.value.errno == errno.EINVAL or key == "request-rx-copy"
+    assert key in err.value.message or "rx-copy" in err.value.message
+
+
+def test_an_arabic_indic_digit_is_not_a_ring_ref():
+    # int('٣') == 3: netback would have mapped ref 3
+    with pytest.raises(XenError, match="tx-ring-ref"):
+        parse_frontend_keys({**GOOD_FRONTEND, "tx-ring-ref": "٣"})
+
+
+@pytest.mark.parametrize("key", ["frontend-id", "mtu"])
+@pytest.mark.parametrize("value", ["²", "٣", "-1", "x", "9" * 3000])
+def test_backend_dir_numbers_are_ascii_only(key, value):
+    with pytest.raises(XenError):
+        parse_backend_dir(BE, {**GOOD_BACKEND, key: value})
 
 
 def test_the_posted_rx_buffers_are_known_before_any_frame_takes_them():

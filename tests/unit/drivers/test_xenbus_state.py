@@ -2,15 +2,17 @@
 netfront's netback_changed, and both ends played against each other."""
 from __future__ import annotations
 
+import errno
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xenlab.drivers.xenbus_state import (Connect, Disconnect, Release, SwitchState, Unregister,
-                                         backend_on_fatal, backend_on_frontend_changed,
-                                         backend_path, check_transition,
-                                         frontend_on_backend_changed, frontend_on_fatal,
-                                         parse_state)
+from xenlab.drivers.xenbus_state import (Connect, Disconnect, Fatal, Release, SwitchState,
+                                         Unregister, backend_on_fatal,
+                                         backend_on_frontend_changed, backend_path,
+                                         check_transition, frontend_on_backend_changed,
+                                         frontend_on_fatal, parse_state)
 from xenlab.xen.abi import XenbusState as S
 from xenlab.xen.errors import XenError
 
@@ -109,9 +111,30 @@ def test_fatal_goes_closing_with_the_data_path_down():
 
 
 @pytest.mark.parametrize("text, state", [("4", S.Connected), (" 2\n", S.InitWait), (None, S.Unknown),
-                                         ("", S.Unknown), ("x", S.Unknown), ("99", S.Unknown)])
+                                         ("0", S.Unknown), ("8", S.Reconfigured)])
 def test_parse_state(text, state):
     assert parse_state(text) == state
+
+
+@pytest.mark.parametrize("text", ["", "x", "99", "-1", "4x", "²", "٣", "４", "\udcff", "4\x00",
+                                  "9" * 5000])
+def test_a_state_node_that_is_not_a_state_is_the_other_ends_error(text):
+    # was read as Unknown ('٣' as Initialised) and, for '²', raised ValueError
+    with pytest.raises(XenError) as err:
+        parse_state(text, "frontend")
+    assert err.value.errno == errno.EINVAL
+    assert err.value.message.startswith("saw state ") and err.value.message.endswith(" at frontend")
+
+
+@pytest.mark.parametrize("frontend", [S.InitWait, S.Reconfiguring, S.Reconfigured])
+@pytest.mark.parametrize("own", [S.InitWait, S.Connected, S.Closing, S.Closed])
+def test_a_frontend_state_netback_never_expects_is_fatal(own, frontend):
+    assert backend_on_frontend_changed(own, frontend, True) == \
+        [Fatal(errno.EINVAL, f"saw state {int(frontend)} at frontend")]
+
+
+def test_initialised_at_the_frontend_changes_nothing():
+    assert backend_on_frontend_changed(S.InitWait, S.Initialised, True) == []
 
 
 def test_check_transition():

@@ -6,18 +6,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import stat
 import threading
+from pathlib import Path
 
 import pytest
 from docker.errors import APIError, NotFound
 
+from xenlab.client import HypervisorClient
+from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.docker_launcher import (AgentPorts, DockerConfig, DockerLauncher,
-                                               parse_label, parse_port_range)
-from xenlab.hypervisor.launcher import StartInfo, make_launcher
-from xenlab.proto import common_pb2
+                                               check_config, parse_label, parse_port_range)
+from xenlab.hypervisor.launcher import DomainsDir, DomainUids, StartInfo, make_launcher
+from xenlab.hypervisor.server import HypervisorServer
+from xenlab.proto import common_pb2, domains_pb2
+from xenlab.testing import short_tempdir
 from xenlab.xen.errors import DomainError
 
 SECRET = "s3cr3t-for-d7"
+UIDS = DomainUids(DomainUids.DEFAULT_BASE, DomainUids.DEFAULT_COUNT)
+RUNDIR = Path("/run/xenlab")                 # the compose lab's
+SHM = Path("/run/xenlab-shm")
 
 
 class FakeSocket:
@@ -136,17 +147,30 @@ def start_info(domid=7, name="web", tmp_path=None) -> StartInfo:
                      console_log=str(tmp_path / f"d{domid}.console") if tmp_path else "")
 
 
-def compose_config(**kw) -> DockerConfig:
+@pytest.fixture
+def domains(tmp_path):
+    """The hypervisor's domains directory, as --domains-dir makes it."""
+    dirs = DomainsDir(tmp_path / "rundir", UIDS, tmp_path / "domains")
+    yield dirs
+    dirs.close()
+
+
+def compose_config(domains: DomainsDir, **kw) -> DockerConfig:
     defaults = dict(image="xenlab:test", network="container:lab-hypervisor",
-                    volumes=("lab-rundir:/run/xenlab", "lab-shm:/run/xenlab-shm"),
+                    volumes=(f"lab-domains:{domains.path}",),
                     agent_ports=(9800, 9801), labels=(("xenlab.lab", "lab"),), name_prefix="lab-")
     defaults.update(kw)
     return DockerConfig(**defaults)
 
 
-async def test_the_container_gets_its_start_info_on_stdin_and_nowhere_else(tmp_path):
+def make(fake, domains: DomainsDir, **kw) -> DockerLauncher:
+    return DockerLauncher(compose_config(domains, **kw), client=fake, domains_dir=domains,
+                          private=(RUNDIR, SHM))
+
+
+async def test_the_container_gets_its_start_info_on_stdin_and_nowhere_else(tmp_path, domains):
     fake = FakeDocker()
-    launcher = DockerLauncher(compose_config(), client=fake)
+    launcher = make(fake, domains)
     domain = await launcher.start(start_info(tmp_path=tmp_path))
     (container,) = fake.created
     sent = fake.stdin[container.id]
@@ -159,7 +183,7 @@ async def test_the_container_gets_its_start_info_on_stdin_and_nowhere_else(tmp_p
     assert container.kwargs["command"] == ["domain", "--orphan-ok", "--log-level", "INFO"]
     assert container.kwargs["stdin_open"] is True
     assert container.image == "xenlab:test" and container.name == "lab-d7-web"
-    assert container.kwargs["volumes"] == ["lab-rundir:/run/xenlab", "lab-shm:/run/xenlab-shm"]
+    assert container.kwargs["volumes"] == [f"lab-domains:{domains.path}"]
     assert container.kwargs["network_mode"] == "container:lab-hypervisor"
     assert container.kwargs["labels"] == {"xenlab.lab": "lab", "xenlab.launcher": "docker",
                                           "xenlab.domid": "7", "xenlab.domain": "web"}
@@ -168,20 +192,85 @@ async def test_the_container_gets_its_start_info_on_stdin_and_nowhere_else(tmp_p
     await domain.kill()
 
 
-async def test_a_named_network_is_joined_rather_than_shared():
+@pytest.mark.skipif(os.geteuid() != 0, reason="a domain's own directory is chowned to its uid")
+async def test_a_named_network_is_joined_rather_than_shared(domains):
+    """Without agent ports the agent listens in the domain's own directory
+    of the domains volume, as a local domain's does."""
     fake = FakeDocker()
-    launcher = DockerLauncher(compose_config(network="labnet", agent_ports=None), client=fake)
+    launcher = make(fake, domains, network="labnet", agent_ports=None)
     domain = await launcher.start(start_info())
     kwargs = fake.created[0].kwargs
     assert kwargs["network"] == "labnet" and "network_mode" not in kwargs
     assert "healthcheck" not in kwargs
-    assert StartInfo.from_json(fake.stdin["c0"].sent.decode()).agent == ""
+    agent = StartInfo.from_json(fake.stdin["c0"].sent.decode()).agent
+    assert agent == f"unix:{domains.path}/d7/agent.sock"
+    assert (domains.path / "d7").stat().st_uid == UIDS.uid(7)
     await domain.kill()
 
 
-async def test_the_container_exiting_is_the_domain_stopping_and_it_is_removed(tmp_path):
+# -- issue 13: "In compose, every domU container runs as root and mounts the rundir (with
+# dom0.secret) and every domain's memory" --------------------------------------------------
+async def test_a_domu_container_runs_as_its_own_uid_with_no_capabilities(domains):
     fake = FakeDocker()
-    launcher = DockerLauncher(compose_config(), client=fake)
+    domain = await make(fake, domains).start(start_info())
+    kwargs = fake.created[0].kwargs
+    uid = UIDS.base + 7
+    assert kwargs["user"] == f"{uid}:{uid}"
+    assert kwargs["group_add"] == [str(UIDS.group)]     # the domains directory's group
+    assert kwargs["cap_drop"] == ["ALL"] and "cap_add" not in kwargs
+    assert kwargs["security_opt"] == ["no-new-privileges"]
+    assert kwargs["read_only"] is True
+    assert not kwargs.get("privileged")
+    await domain.kill()
+
+
+async def test_a_domu_container_mounts_neither_the_rundir_nor_the_shm_dir(domains):
+    fake = FakeDocker()
+    domain = await make(fake, domains).start(start_info())
+    mounts = [v.split(":")[1] for v in fake.created[0].kwargs["volumes"]]
+    assert mounts == [str(domains.path)]
+    assert not [m for m in mounts if m.startswith((str(RUNDIR), str(SHM)))]
+    await domain.kill()
+
+
+@pytest.mark.parametrize("volume", ["lab-rundir:/run/xenlab", "lab-shm:/run/xenlab-shm",
+                                    "lab-rundir:/run/xenlab/logs:ro", "root:/run"])
+async def test_a_volume_that_would_give_a_domu_the_rundir_or_every_domains_memory_is_refused(
+        domains, volume):
+    fake = FakeDocker()
+    launcher = make(fake, domains, volumes=(f"lab-domains:{domains.path}", volume))
+    with pytest.raises(DomainError) as err:
+        await launcher.start(start_info())
+    assert volume in err.value.message and "mount only --domains-dir" in err.value.message
+    assert fake.created == []
+
+
+async def test_without_domain_uids_or_a_mounted_domains_dir_no_container_starts(tmp_path, domains):
+    fake = FakeDocker()
+    plain = DomainsDir(tmp_path, None)              # no domain uids: domains use the rundir
+    with pytest.raises(DomainError, match="needs domain uids"):
+        await DockerLauncher(compose_config(domains), client=fake, domains_dir=plain).start(start_info())
+    fresh = DomainsDir(tmp_path, UIDS)             # a temporary one: no volume can hold it
+    try:
+        with pytest.raises(DomainError, match="needs --domains-dir"):
+            await DockerLauncher(compose_config(domains), client=fake,
+                                 domains_dir=fresh).start(start_info())
+    finally:
+        fresh.close()
+    with pytest.raises(DomainError, match=f"no --docker-volume mounts the domains directory {domains.path}"):
+        await make(fake, domains, volumes=("other:/srv",)).start(start_info())
+    assert fake.created == []
+
+
+def test_check_config_names_the_bad_volume():
+    config = DockerConfig(volumes=("nocolon",))
+    with pytest.raises(ValueError, match="expected VOLUME:/PATH"):
+        check_config(config, UIDS, Path("/run/xenlab-domains"))
+
+
+async def test_the_container_exiting_is_the_domain_stopping_and_it_is_removed(tmp_path, domains):
+    fake = FakeDocker()
+    launcher = make(fake, domains)
     clean = await launcher.start(start_info(1, "clean", tmp_path))
     killed = await launcher.start(start_info(2, "killed", tmp_path))
     fake.created[0].exit(0)
@@ -192,26 +281,26 @@ async def test_the_container_exiting_is_the_domain_stopping_and_it_is_removed(tm
     assert (tmp_path / "d1.console").read_bytes() == b"booted\n"
 
 
-async def test_destroy_removes_the_container():
+async def test_destroy_removes_the_container(domains):
     fake = FakeDocker()
-    domain = await DockerLauncher(compose_config(), client=fake).start(start_info())
+    domain = await make(fake, domains).start(start_info())
     await asyncio.wait_for(domain.kill(), 5)
     assert fake.created[0].removed
     assert await asyncio.wait_for(domain.wait(), 5) == -9
 
 
-async def test_pause_and_unpause_freeze_and_thaw_the_container():
+async def test_pause_and_unpause_freeze_and_thaw_the_container(domains):
     fake = FakeDocker()
-    domain = await DockerLauncher(compose_config(), client=fake).start(start_info())
+    domain = await make(fake, domains).start(start_info())
     domain.pause()
     domain.unpause()
     assert fake.created[0].calls == ["pause", "unpause"]
     await domain.kill()
 
 
-async def test_agent_ports_are_handed_out_and_come_back():
+async def test_agent_ports_are_handed_out_and_come_back(domains):
     fake = FakeDocker()
-    launcher = DockerLauncher(compose_config(agent_ports=(9800, 9801)), client=fake)
+    launcher = make(fake, domains, agent_ports=(9800, 9801))
     first = await launcher.start(start_info(1, "a"))
     second = await launcher.start(start_info(2, "b"))
     with pytest.raises(DomainError) as err:
@@ -225,10 +314,10 @@ async def test_agent_ports_are_handed_out_and_come_back():
     await third.kill()
 
 
-async def test_a_docker_error_is_a_domain_error_and_frees_the_port():
+async def test_a_docker_error_is_a_domain_error_and_frees_the_port(domains):
     fake = FakeDocker()
     fake.fail_create = True
-    launcher = DockerLauncher(compose_config(agent_ports=(9800, 9800)), client=fake)
+    launcher = make(fake, domains, agent_ports=(9800, 9800))
     with pytest.raises(DomainError) as err:
         await launcher.start(start_info())
     assert "No such image: xenlab:test" in err.value.message
@@ -242,25 +331,25 @@ async def test_a_docker_error_is_a_domain_error_and_frees_the_port():
     await domain.kill()
 
 
-async def test_containers_a_dead_hypervisor_left_are_removed_only_by_lab_label():
+async def test_containers_a_dead_hypervisor_left_are_removed_only_by_lab_label(domains):
     fake = FakeDocker()
     stale = FakeContainer(fake, "xenlab:test", {"name": "lab-d3-old"})
     fake.stale.append(stale)
-    domain = await DockerLauncher(compose_config(), client=fake).start(start_info())
+    domain = await make(fake, domains).start(start_info())
     assert stale.removed
     assert fake.listed == [{"label": ["xenlab.launcher=docker", "xenlab.lab=lab"]}]
     await domain.kill()
 
     unlabelled = FakeDocker()
     unlabelled.stale.append(FakeContainer(unlabelled, "xenlab:test", {"name": "other"}))
-    domain = await DockerLauncher(compose_config(labels=()), client=unlabelled).start(start_info())
+    domain = await make(unlabelled, domains, labels=()).start(start_info())
     assert unlabelled.listed == [] and not unlabelled.stale[0].removed
     await domain.kill()
 
 
-async def test_the_hypervisor_applies_on_crash_when_a_container_dies(hypervisor):
+async def test_the_hypervisor_applies_on_crash_when_a_container_dies(hypervisor, domains):
     fake = FakeDocker()
-    hypervisor.hv.launchers["docker"] = DockerLauncher(compose_config(), client=fake)
+    hypervisor.hv.launchers["docker"] = make(fake, domains)
     domid, _ = await hypervisor.create_domain("web", launcher="docker", on_crash="destroy")
     info = await hypervisor.dom0.domains.Info(common_pb2.DomainRef(domid=domid))
     assert info.launcher == "docker"
@@ -275,9 +364,9 @@ async def test_the_hypervisor_applies_on_crash_when_a_container_dies(hypervisor)
     assert fake.created[0].removed
 
 
-async def test_xl_destroy_removes_the_domains_container(hypervisor):
+async def test_xl_destroy_removes_the_domains_container(hypervisor, domains):
     fake = FakeDocker()
-    hypervisor.hv.launchers["docker"] = DockerLauncher(compose_config(), client=fake)
+    hypervisor.hv.launchers["docker"] = make(fake, domains)
     domid, _ = await hypervisor.create_domain("web", launcher="docker")
     await hypervisor.dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
     assert fake.created[0].removed
@@ -291,8 +380,8 @@ def test_start_info_without_an_agent_field_still_parses():
         StartInfo.from_json(json.dumps({k: v for k, v in old.items() if k != "secret"}))
 
 
-def test_make_launcher_builds_the_docker_launcher_from_the_config():
-    launcher = make_launcher("docker", "DEBUG", compose_config())
+def test_make_launcher_builds_the_docker_launcher_from_the_config(domains):
+    launcher = make_launcher("docker", "DEBUG", compose_config(domains), domains)
     assert isinstance(launcher, DockerLauncher)
     assert launcher.config.image == "xenlab:test" and launcher.config.log_level == "DEBUG"
 
@@ -322,3 +411,45 @@ def test_agent_ports_take_the_lowest_free_one():
     assert [ports.take(), ports.take()] == [10, 12]
     with pytest.raises(DomainError):
         ports.take()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="domain uids need root")
+async def test_a_container_is_told_the_domains_directory_and_no_path_into_the_rundir_or_shm():
+    """What the start_info of a docker domain names, from a hypervisor run as
+    the compose lab runs it (domain uids, --domains-dir): the hypervisor's
+    and the doorbell's sockets for domains, no descriptor, nothing in the
+    rundir or the shm dir that the domain would open."""
+    base = short_tempdir()
+    rundir, shm, dirs = base / "run", base / "shm", base / "domains"
+    shm.mkdir()
+    config = HypervisorConfig(address=f"unix:{rundir}/hv.sock", rundir=rundir, shm_dir=shm,
+                              total_memory_mb=512, launcher="none", domain_uids=UIDS,
+                              domains_dir=dirs)
+    server = HypervisorServer(config)
+    await server.start()
+    try:
+        hv = server.hv
+        fake = FakeDocker()
+        hv.launchers["docker"] = DockerLauncher(
+            DockerConfig(volumes=(f"lab-domains:{dirs}",), agent_ports=(9800, 9801)), client=fake,
+            domains_dir=hv.domains_dir, private=(rundir, shm))
+        dom0 = HypervisorClient.connect(server.address, 0, hv.dom0_secret)
+        try:
+            await dom0.domains.Create(domains_pb2.CreateDomainRequest(
+                spec=domains_pb2.DomainSpec(name="web", memory_mb=16, launcher="docker")))
+        finally:
+            await dom0.close()
+        info = StartInfo.from_json(fake.stdin[fake.created[0].id].sent.decode())
+        assert info.hypervisor == f"unix:{dirs}/hv.sock"
+        assert info.doorbell == f"{dirs}/evtchn.sock"
+        assert (info.memory_fd, info.doorbell_fd, info.uid) == (-1, -1, -1)
+        told = [info.hypervisor, info.doorbell, info.agent]
+        assert not [p for p in told if str(rundir) in p or str(shm) in p], told
+        for name in ("hv.sock", "evtchn.sock"):
+            st = (dirs / name).stat()
+            assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, UIDS.group), name
+        st = dirs.stat()
+        assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o710, UIDS.group)
+    finally:
+        await server.stop(grace=0.5)
+        shutil.rmtree(base, ignore_errors=True)

@@ -22,7 +22,8 @@ SECRETS = {1: "s3cret-one", 2: "s3cret-two"}
 
 # -- wire format -----------------------------------------------------------------
 @pytest.mark.parametrize("msg", [
-    wire.Hello(7, "abc"), wire.Ok(7), wire.Error(errno.EACCES, "no"),
+    wire.Hello(7, "abc"), wire.Hello(7, "abc", wire.HELLO_MEMORY), wire.Ok(7),
+    wire.Ok(7, wire.OK_MEMORY), wire.Error(errno.EACCES, "no"),
     wire.Send((1,)), wire.Send(tuple(range(1, wire.MAX_SEND_BATCH + 1))), wire.Upcall(3),
 ])
 def test_messages_round_trip(msg):
@@ -49,9 +50,15 @@ def _bad_datagrams():
         "send trailing": good_send + b"\x00",
         "hello secret overrun": wire.Hello(1, "abc").encode()[:-1],
         "hello reserved domid": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_HELLO)
-                                + struct.pack("<HH", 0x7FF0, 1) + b"x",
+                                + struct.pack("<HHHH", 0x7FF0, 1, 0, 0) + b"x",
         "hello not utf-8": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_HELLO)
-                           + struct.pack("<HH", 1, 1) + b"\xff",
+                           + struct.pack("<HHHH", 1, 1, 0, 0) + b"\xff",
+        "hello unknown flag": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_HELLO)
+                              + struct.pack("<HHHH", 1, 1, 0x8000, 0) + b"x",
+        "hello of version 1": wire.HEADER.pack(wire.MAGIC, 1, wire.OP_HELLO)
+                              + struct.pack("<HH", 1, 1) + b"x",
+        "ok unknown flag": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_OK)
+                           + struct.pack("<HH", 1, 0x10),
         "upcall vcpu": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_UPCALL)
                        + struct.pack("<I", 99),
         "oversized": b"\xec\x01\x04\x00" + b"\x00" * wire.MAX_DATAGRAM,
@@ -72,6 +79,10 @@ def test_encode_refuses_what_decode_would():
         wire.Hello(1, "").encode()
     with pytest.raises(ValueError):
         wire.Hello(0x7FF0, "x").encode()
+    with pytest.raises(ValueError):
+        wire.Hello(1, "x", 0x8000).encode()
+    with pytest.raises(ValueError):
+        wire.Ok(1, 0x10).encode()
 
 
 # -- the router ---------------------------------------------------------------------
@@ -86,7 +97,19 @@ class Harness:
         self.path = path
         self.sent: list[tuple[int, int]] = []
         self.sent_event = asyncio.Event()
-        self.router = UpcallRouter(authenticate, self.on_send, hello_timeout=2.0)
+        # Each domain's memory object: a memfd that starts with its domid.
+        self.memory = {domid: _memory_object(domid) for domid in SECRETS}
+        self.memory_asked: list[int] = []
+        self.router = UpcallRouter(authenticate, self.on_send, hello_timeout=2.0,
+                                   on_memory=self.on_memory)
+
+    def on_memory(self, caller: Caller) -> int:
+        self.memory_asked.append(caller.domid)
+        return self.memory[caller.domid]
+
+    def close(self) -> None:
+        for fd in self.memory.values():
+            os.close(fd)
 
     def on_send(self, domid: int, port: int) -> None:
         if port == 666:
@@ -111,6 +134,25 @@ class Harness:
             await self.sent_event.wait()
 
 
+def _memory_object(domid: int) -> int:
+    fd = os.memfd_create(f"d{domid}")
+    os.pwrite(fd, f"memory of d{domid}".encode().ljust(4096, b"\0"), 0)
+    return fd
+
+
+async def hello_for_memory(path: str, domid: int, secret: str) -> tuple[wire.Message, list[int]]:
+    """HELLO asking for the memory object; the answer and the descriptors
+    that came with it."""
+    def exchange():
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.send(wire.Hello(domid, secret, wire.HELLO_MEMORY).encode())
+            data, fds, _, _ = socket.recv_fds(sock, wire.MAX_DATAGRAM + 1, 4)
+            return wire.decode(data), fds
+    return await asyncio.to_thread(exchange)
+
+
 async def recv(sock: socket.socket) -> bytes:
     return await asyncio.wait_for(
         asyncio.get_running_loop().sock_recv(sock, wire.MAX_DATAGRAM + 1), 5)
@@ -125,6 +167,7 @@ async def bell():
         yield h
     finally:
         await h.router.close()
+        h.close()
         shutil.rmtree(d, ignore_errors=True)
 
 
@@ -264,6 +307,76 @@ async def test_stale_socket_is_replaced_but_other_files_are_not(tmp_path):
             await UpcallRouter(authenticate, lambda d, p: None).start(path)
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# -- the memory object, for a domain that could not be handed it ---------------------
+async def test_the_memory_object_comes_with_ok_to_the_authenticated_domain_only(bell):
+    reply, fds = await hello_for_memory(bell.path, 1, SECRETS[1])
+    assert reply == wire.Ok(1, wire.OK_MEMORY) and len(fds) == 1
+    try:
+        assert os.pread(fds[0], 12, 0) == b"memory of d1"
+    finally:
+        os.close(fds[0])
+    # d2, with its own secret, gets its own object and never d1's.
+    reply, fds = await hello_for_memory(bell.path, 2, SECRETS[2])
+    try:
+        assert reply == wire.Ok(2, wire.OK_MEMORY) and os.pread(fds[0], 12, 0) == b"memory of d2"
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert bell.memory_asked == [1, 2]
+
+
+@pytest.mark.parametrize("domid, secret", [(1, "wrong"), (2, SECRETS[1]), (3, SECRETS[1])])
+async def test_a_hello_with_the_wrong_secret_gets_no_memory_object(bell, domid, secret):
+    reply, fds = await hello_for_memory(bell.path, domid, secret)
+    assert isinstance(reply, wire.Error) and reply.errno == errno.EACCES
+    assert fds == [] and bell.memory_asked == []
+
+
+async def test_a_hello_that_does_not_ask_gets_no_memory_object(bell):
+    sock, reply = await bell.hello(1, SECRETS[1])
+    assert reply == wire.Ok(1) and bell.memory_asked == []
+    sock.close()
+
+
+async def test_an_adopted_doorbell_gives_memory_only_to_the_domain_it_was_made_for(bell):
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    bell.router.adopt(ours, 1)
+    with theirs:
+        theirs.send(wire.Hello(2, SECRETS[2], wire.HELLO_MEMORY).encode())
+        data, fds, _, _ = await asyncio.to_thread(socket.recv_fds, theirs, wire.MAX_DATAGRAM + 1, 4)
+    reply = wire.decode(data)
+    assert isinstance(reply, wire.Error) and reply.errno == errno.EPERM
+    assert fds == [] and bell.memory_asked == []
+
+
+async def test_a_router_without_on_memory_refuses_to_hand_any(tmp_path):
+    d = tempfile.mkdtemp(prefix="xl-db-", dir="/tmp")
+    router = UpcallRouter(authenticate, lambda d, p: None)
+    path = os.path.join(d, "evtchn.sock")
+    try:
+        await router.start(path)
+        reply, fds = await hello_for_memory(path, 1, SECRETS[1])
+        assert isinstance(reply, wire.Error) and reply.errno == errno.EOPNOTSUPP and fds == []
+    finally:
+        await router.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def test_a_second_listener_for_a_group_serves_the_same_domains(bell):
+    """The domains' doorbell (DomainsDir): mode 0660 and the given group."""
+    path = os.path.join(os.path.dirname(bell.path), "domains.sock")
+    group = os.getgid()
+    await bell.router.start(path, group=group)
+    st = os.stat(path)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_gid == group
+    reply, fds = await hello_for_memory(path, 2, SECRETS[2])
+    for fd in fds:
+        os.close(fd)
+    assert reply == wire.Ok(2, wire.OK_MEMORY)
+    await bell.router.close()
+    assert not os.path.exists(path) and not os.path.exists(bell.path)
 
 
 # -- the read budget counts ports (issue "Hold the boundaries", item 5) ----------------------

@@ -98,8 +98,8 @@ def test_end_access_all_is_all_or_nothing(gt):
 # -- mapping ------------------------------------------------------------------------------
 def test_map_hands_out_exactly_the_granted_page(gt):
     mem = gt.memory
-    ref = gt.grant_access(1, 2, 5, False)
-    m = gt.map(D2, 1, ref, readonly=False)
+    ref = gt.grant_access(1, 0, 5, False)
+    m = gt.map(D0, 1, ref, readonly=False)
     assert (m.granter, m.ref, m.readonly, m.length) == (1, ref, False, PAGE)
     assert m.shm_path == mem.segment_path(1)
     assert m.offset == mem.frame_offset(1, 5) and m.mfn == mem.gfn_to_mfn(1, 5)
@@ -108,6 +108,22 @@ def test_map_hands_out_exactly_the_granted_page(gt):
     page[:6] = b"via d2"
     assert bytes(mem.frame(1, 5)[:6]) == b"via d2"
     page.close()
+
+
+def test_an_unprivileged_mapper_is_never_told_the_granters_segment(gt):
+    """The break: a driver domain that mapped one granted page was told the
+    path of the granter's whole segment, and could open it and read pages
+    nobody granted it (and keep them after the unmap). Only a privileged
+    mapper (Domain-0) is told where the page is; any other holds the
+    mapping and reaches the page through the hypervisor (copy on the ref)."""
+    ref = gt.grant_access(1, 2, 5, False)
+    m = gt.map(D2, 1, ref, readonly=False)
+    assert m.shm_path == "" and (m.granter, m.ref, m.length) == (1, ref, PAGE)
+    gt.memory.frame(1, 5)[:4] = b"page"
+    got = gt.memory.frame(2, 6)
+    assert gt.copy(D2, [CopyOp(CopyPtr(1, ref=ref, use_gref=True), CopyPtr(abi.DOMID_SELF, gfn=6),
+                               4)]) == [abi.GNTST_okay]
+    assert bytes(got[:4]) == b"page"
 
 
 def test_map_flags_track_readers_and_writers(gt):

@@ -215,17 +215,18 @@ async def test_the_toolstack_keeps_its_own_record_of_a_vifs_mac(hypervisor):
     assert not (await hypervisor.dom0.domains.NetworkList(common_pb2.DomainRef(domid=liar))).vifs
 
 
-async def test_detaching_a_vif_whose_backend_already_closed_does_not_wait(hypervisor):
+async def test_detaching_a_vif_whose_backend_already_closed_does_not_wait(hypervisor, caplog):
     """libxl__initiate_device_generic_remove leaves a Closed backend Closed
     (say, netback disabled the vif after a fatal error): the detach then
     completes without force instead of waiting for a Closed that was
-    overwritten with Closing."""
+    overwritten with Closing (and then removing the device forcibly)."""
     domid, _ = await hypervisor.create_domain("guest", vif=[V(mac=MAC)])
     backend = f"/local/domain/0/backend/vif/{domid}/0"
     await hypervisor.dom0.xenstore.Write(xenstore_pb2.WriteRequest(path=f"{backend}/state",
                                                                    value=b"6"))
     await asyncio.wait_for(hypervisor.dom0.domains.NetworkDetach(domains_pb2.NetworkDetachRequest(
         domain=common_pb2.DomainRef(domid=domid), device="0", timeout=1.0)), 30)
+    assert not any("forcibly" in r.getMessage() for r in caplog.records)
     assert not hypervisor.hv.xenstore.exists(backend)
     assert not hypervisor.hv.xenstore.exists(f"/local/domain/{domid}/device/vif/0")
     check_invariants(hypervisor.hv)
