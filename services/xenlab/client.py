@@ -59,11 +59,12 @@ def metadata_channel(address: str, metadata, options=CHANNEL_OPTIONS) -> grpc.ai
     """A channel whose every call carries ``metadata`` ((key, value) pairs)."""
     md = tuple(metadata)
     interceptors = [cls(md) for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
-    return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return grpc.aio.insecure_channel(address, options=list(options), interceptors=interceptors)
 
 
-def credentialed_channel(address: str, domid: int, secret: str) -> grpc.aio.Channel:
-    return metadata_channel(address, credentials_metadata(domid, secret))
+def credentialed_channel(address: str, domid: int, secret: str,
+                         options=CHANNEL_OPTIONS) -> grpc.aio.Channel:
+    return metadata_channel(address, credentials_metadata(domid, secret), options)
 
 
 class HypervisorClient:
@@ -77,8 +78,9 @@ class HypervisorClient:
         self.xenstore = xenstore_pb2_grpc.XenStoreStub(channel)
 
     @classmethod
-    def connect(cls, address: str, domid: int, secret: str) -> "HypervisorClient":
-        return cls(credentialed_channel(address, domid, secret), domid)
+    def connect(cls, address: str, domid: int, secret: str,
+                options=CHANNEL_OPTIONS) -> "HypervisorClient":
+        return cls(credentialed_channel(address, domid, secret, options), domid)
 
     async def close(self) -> None:
         await self.channel.close()

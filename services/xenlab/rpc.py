@@ -150,15 +150,18 @@ def _add_reflection(server: grpc.aio.Server, names: list[str]) -> None:
 
 async def start_server(address: str, register: Iterable, service_names: Iterable[str],
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
-                       also: Iterable[str] = ()) -> tuple[grpc.aio.Server, int]:
+                       also: Iterable[str] = (), *,
+                       options: Iterable[tuple[str, object]] = CHANNEL_OPTIONS
+                       ) -> tuple[grpc.aio.Server, int]:
     """Start a grpc.aio server on `address` with health and reflection.
 
     `register` holds callables ``f(server)`` that add the servicers;
     `service_names` the full names of those services (for reflection and
-    health); `also`, unix-socket addresses it listens on as well. Returns
-    the server and the port `address` bound (0 for unix sockets).
+    health); `also`, unix-socket addresses it listens on as well;
+    `options`, grpc-core's channel arguments. Returns the server and the
+    port `address` bound (0 for unix sockets).
     """
-    server = grpc.aio.server(options=CHANNEL_OPTIONS, interceptors=list(interceptors))
+    server = grpc.aio.server(options=list(options), interceptors=list(interceptors))
     for add in register:
         add(server)
     health_servicer = health.aio.HealthServicer()

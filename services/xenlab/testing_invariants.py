@@ -42,7 +42,9 @@ def invariant_violations(hv) -> list[str]:
     * every core knows exactly the domains of the domain table (a dying
       domain may already be gone from the cores);
     * memory: no domain holds more pages than its maximum, the host never
-      hands out more than it has, a mapped grant's frame is populated;
+      hands out more than it has, a mapped grant's frame is populated, and
+      a PTE names another domain's frame only while its owner holds a grant
+      mapping of it (writable only through a writable one);
     * grants: every mapping belongs to a live entry granted to its mapper
       (or to a granter that is gone, whose page the mapper's mapping keeps),
       a writable mapping never comes from a read-only grant, the entries'
@@ -88,6 +90,19 @@ def _check_memory(hv, out: list[str]) -> None:
     for mfn, owner in mem.pinned_tables().items():
         if owner not in mem.domains():
             out.append(f"memory: mfn {mfn:#x} is pinned by d{owner}, which has no memory")
+            continue
+        foreign = hv.grants.mapped_by(owner) if owner in hv.grants.domains() else {}
+        for index, val in mem.pinned_ptes(mfn).items():
+            target = (val & abi.PTE_MFN_MASK) >> abi.PAGE_SHIFT
+            frame_owner = mem.mfn_owner(target)
+            if frame_owner is not None and frame_owner[0] == owner:
+                continue
+            if target not in foreign:
+                out.append(f"memory: d{owner}'s table {mfn:#x} PTE {index} names mfn "
+                           f"{target:#x}, which it holds no grant mapping of")
+            elif foreign[target] and val & abi._PAGE_RW:
+                out.append(f"memory: d{owner}'s table {mfn:#x} PTE {index} maps mfn "
+                           f"{target:#x} writable through read-only mappings")
 
 
 def _check_grants(hv, out: list[str]) -> None:
@@ -266,7 +281,9 @@ class GrantAudit:
     * an op the hypervisor let through must have named an entry granted to
       the caller, writable if written to;
     * the backend validated what it asked for: no op fails with
-      GNTST_bad_copy_arg (past a page) or GNTST_general_error.
+      GNTST_bad_copy_arg (past a page), nor with GNTST_general_error unless
+      it named a ref not granted to it (the frontend's doing: Xen answers
+      an entry granted to someone else, unused or read-only that way).
 
     ``named[domid]`` is every ref of ``domid`` the auditee named, and
     ``statuses`` counts the outcomes by (domid, GNTST name). Use it as a
@@ -362,7 +379,8 @@ class GrantAudit:
                 if not ok:
                     self.violations.append(f"copy through d{domid} ref {ref} succeeded without a "
                                            f"grant to d{self.auditee}")
-        elif status in (abi.GNTST_bad_copy_arg, abi.GNTST_general_error):
+        elif status == abi.GNTST_bad_copy_arg or (
+                status == abi.GNTST_general_error and all(ok for _, _, ok in named)):
             self.violations.append(f"d{self.auditee} issued a copy the hypervisor refused as "
                                    f"{name}: {tuple(op)}")
 

@@ -17,6 +17,8 @@ ports, a channel to Domain-0 and private xenstore nodes.
   grants, ports), except what the victim offered to the caller.
 * As Domain-0 (the toolstack), with waits capped: the same, bar the
   victim clause.
+* Every unary-request RPC refuses a request one byte past its method's size
+  limit with RESOURCE_EXHAUSTED, without parsing it.
 """
 from __future__ import annotations
 
@@ -442,3 +444,26 @@ def test_every_hypervisor_rpc_is_fuzzed():
             "XenStore.WatchStream"} <= names
     assert len(names) == sum(len(module.DESCRIPTOR.services_by_name[name].methods)
                              for module, name, _ in SERVICES)
+
+
+async def test_every_rpc_refuses_a_request_past_its_size_limit_unparsed(world):
+    """One byte past a method's limit (not even protobuf) is RESOURCE_EXHAUSTED,
+    for every unary-request RPC of every service, without a word here."""
+    from xenlab.hypervisor.admission import limit_for
+    creds = credentials(world, world.attacker, "own")
+    for service, method in METHODS:
+        if method.client_streaming:
+            continue
+        name = f"/{method.containing_service.full_name}/{method.name}"
+        raw = b"\xff" * (limit_for(name) + 1)
+        if method.server_streaming:
+            call = world.channel.unary_stream(name)(raw, metadata=creds, timeout=HANG)
+            outcome = call.read()
+        else:
+            outcome = world.channel.unary_unary(name)(raw, metadata=creds, timeout=HANG)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await outcome
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (name, err.value.details())
+        # the method's own words, or grpc-core's for the largest limit
+        assert "at most" in err.value.details() or "larger than max" in err.value.details()
+    check_invariants(world.hv)

@@ -1,12 +1,14 @@
-"""Quotas under floods (issue "Hostile input and faults", part 2).
+"""Quotas under floods (issue "Hostile input and faults", part 2, and
+"Hold the boundaries").
 
 An unprivileged domain floods one resource at a time through the gRPC API:
-xenstore watches, nodes and transactions;
-event-channel ports; grant entries; grant mappings; memory. Each time the
-flood stops exactly at the quota with a specific error (RESOURCE_EXHAUSTED,
-or the watch ack's EDQUOT), nothing is half done (a refused batch leaves no
-entry behind), another domain still gets what it asks for, the hypervisor's
-invariants hold, and destroying the flooder gives everything back.
+xenstore watches, nodes and transactions, watch streams and the bytes of
+events queued on them; calls in flight; event-channel ports; grant entries;
+grant mappings; memory. Each time the flood stops exactly at the quota with
+a specific error (RESOURCE_EXHAUSTED, or the watch ack's EDQUOT), nothing is
+half done (a refused batch leaves no entry behind), another domain still
+gets what it asks for, the hypervisor's invariants hold, and destroying the
+flooder gives everything back.
 """
 from __future__ import annotations
 
@@ -41,6 +43,14 @@ async def pair(hypervisor):
     assert hv.xenstore.watch_count(flooder[0]) == 0
     assert hv.xenstore.open_transactions(flooder[0]) == 0
     assert flooder[0] not in hv.evtchn.domains() and flooder[0] not in hv.grants.domains()
+    in_flight = hypervisor.server.admission.in_flight.calls
+    for _ in range(200):       # its streams end, each as the server sees it go
+        if not hv.xs_connections.streams(flooder[0]) and not in_flight[flooder[0]]:
+            break
+        await asyncio.sleep(0.01)
+    assert hv.xs_connections.streams(flooder[0]) == 0
+    assert hv.xs_connections.queued_bytes(flooder[0]) == 0
+    assert in_flight[flooder[0]] == 0
     check_invariants(hv)
 
 
@@ -160,9 +170,11 @@ async def test_grant_entries(hypervisor, pair):
 async def test_grant_mappings(hypervisor, pair):
     (domid, client), (other_id, other) = pair
     limit = hypervisor.hv.grants.max_maptrack
-    refs = (await other.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=domid, gfn=100 + i % 64, readonly=True)
-        for i in range(limit + 10)]))).refs
+    refs: list[int] = []
+    for count in (limit, 10):           # at most MAX_MAP_BATCH entries a call
+        refs += (await other.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
+            grants_pb2.GrantAccessEntry(domid=domid, gfn=100 + i % 64, readonly=True)
+            for i in range(count)]))).refs
     # a flood, without 1024 calls in flight
     maps = await call_each(lambda ref: client.grants.Map(grants_pb2.MapGrantRequest(
         domid=other_id, ref=ref, readonly=True)), refs[:limit], in_flight=64)
@@ -203,4 +215,64 @@ async def test_memory(hypervisor, pair):
         await client.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
             domid=other_id, nr_pages=1))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    check_invariants(hypervisor.hv)
+
+
+async def test_xenstore_watch_streams(hypervisor, pair):
+    (domid, client), (other_id, other) = pair
+    most = hypervisor.hv.xs_connections.quotas.watch_streams
+    streams = [client.xenstore.WatchStream() for _ in range(most)]
+    for i, stream in enumerate(streams):
+        (ack,) = await watch_acks(stream, [xenstore_pb2.WatchControl(path="data", token=f"s{i}")])
+        assert not ack.error
+    extra = client.xenstore.WatchStream()
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await watch_acks(extra, [xenstore_pb2.WatchControl(path="data", token="x")])
+    assert err.value.code() == EXHAUSTED and f"{most} watch streams" in err.value.details()
+    assert hypervisor.hv.xs_connections.streams(domid) == most
+    other_stream = other.xenstore.WatchStream()
+    (ack,) = await watch_acks(other_stream, [xenstore_pb2.WatchControl(path="data", token="o")])
+    assert not ack.error
+    check_invariants(hypervisor.hv)
+    other_stream.cancel()
+
+
+async def test_xenstore_watch_event_bytes(hypervisor, pair):
+    (domid, client), (other_id, other) = pair
+    connections = hypervisor.hv.xs_connections
+    budget = connections.quotas.watch_event_bytes
+    stream = client.xenstore.WatchStream()
+    tokens = [f"{i:03d}".ljust(4096, "t") for i in range(16)]
+    acks = await watch_acks(stream, [xenstore_pb2.WatchControl(path="data", token=t)
+                                     for t in tokens])
+    assert not any(a.error for a in acks)
+    # nobody reads: events pile up to the budget, then the stream is closed
+    stem = f"/local/domain/{domid}/data/" + "n" * 3000
+    for i in range(200):
+        await write(client, f"{stem}{i:03d}")
+        assert connections.queued_bytes(domid) <= budget
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        while True:
+            await asyncio.wait_for(stream.read(), 10)
+    assert err.value.code() == EXHAUSTED and "bytes of events queued" in err.value.details()
+    assert connections.queued_bytes(domid) == 0
+    other_stream = other.xenstore.WatchStream()
+    (ack,) = await watch_acks(other_stream, [xenstore_pb2.WatchControl(path="data", token="o")])
+    assert not ack.error
+    check_invariants(hypervisor.hv)
+    other_stream.cancel()
+
+
+async def test_calls_in_flight(hypervisor, pair):
+    (domid, client), (other_id, other) = pair
+    admission = hypervisor.server.admission
+    most = admission.limits.in_flight
+    streams = [client.evtchn.Upcalls(common_pb2.Empty()) for _ in range(most)]
+    for stream in streams:
+        await stream.read()
+    assert admission.in_flight.calls[domid] == most
+    await exhausted(client.xenstore.Read(xenstore_pb2.PathRequest(path="name")))
+    # the peer and Domain-0 are served as before
+    await other.xenstore.Read(xenstore_pb2.PathRequest(path="name"))
+    await hypervisor.dom0.xenstore.Read(xenstore_pb2.PathRequest(path="/local/domain/0/name"))
     check_invariants(hypervisor.hv)

@@ -116,6 +116,47 @@ def test_xl_create_list_shutdown_with_real_domain_processes(hypervisor_process, 
     wait_until(lambda: "db" not in list_rows(hp.xl("list").stdout), what="crashed db to go")
 
 
+def segment_protection(pid: int, shm_path: str) -> dict[str, int]:
+    """Pages of the domain's segment its process maps, by permissions
+    ("rw-s", "---s"), from /proc/PID/maps: the host's view, not xenlab's."""
+    pages: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith(shm_path):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            pages[fields[1]] = pages.get(fields[1], 0) + (end - start) // 4096
+    return pages
+
+
+def test_ballooned_out_pages_are_unusable_by_the_guest_and_given_back_to_the_host(
+        hypervisor_process, tmp_path):
+    hp = hypervisor_process
+    (tmp_path / "web.cfg").write_text(WEB_CFG)
+    hp.xl("create", str(tmp_path / "web.cfg"))
+    web_id = int(list_rows(hp.xl("list").stdout)["web"][1])
+    wait_until(lambda: xs_read(hp, f"/local/domain/{web_id}/control/feature-poweroff").stdout.strip() == "1",
+               what="web to boot")
+    pid = domain_pid(hp, "web")
+
+    async def shm_path():
+        async with hp.dom0() as dom0:
+            return (await dom0.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
+                domain=common_pb2.DomainRef(domid=web_id)))).shm_path
+    path = asyncio.run(shm_path())
+    # memory = 32, maxmem = 64: the frames above 32 MiB were never the guest's
+    assert segment_protection(pid, path).get("---s", 0) == 32 * 256
+    hp.xl("mem-set", "web", "20m")
+    wait_until(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "20", what="balloon")
+    wait_until(lambda: segment_protection(pid, path).get("---s", 0) == (64 - 20) * 256,
+               what=f"the guest to unmap what it gave back: {segment_protection(pid, path)}")
+    # tmpfs backs no more than what the guest still holds
+    assert os.stat(path).st_blocks * 512 <= (20 << 20) + 4096
+    hp.xl("mem-set", "web", "48m")
+    wait_until(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "48", what="balloon up")
+    wait_until(lambda: segment_protection(pid, path).get("---s", 0) == (64 - 48) * 256,
+               what=f"the guest to map what it got back: {segment_protection(pid, path)}")
+
+
 def test_crash_with_preserve_keeps_the_domain_as_crashed(hypervisor_process, tmp_path):
     hp = hypervisor_process
     (tmp_path / "web.cfg").write_text(WEB_CFG)

@@ -19,6 +19,7 @@ from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.memory import GuestMemory
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
 from xenlab.hypervisor.launcher import StartInfo
+from xenlab.hypervisor.memory import MAX_EXTENTS
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
 from xenlab.xen import abi
 from xenlab.xen.digits import U64_MAX, parse_decimal
@@ -143,18 +144,29 @@ class DomainKernel:
             res = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
             if target < res.current_pages:
                 give = self.memory.balloon_candidates(res.current_pages - target)
-                await self.hv.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
-                    domid=self.domid, gfns=give))
-                self.memory.forget_frames(give)
+                for start in range(0, len(give), MAX_EXTENTS):
+                    await self._give_back(give[start:start + MAX_EXTENTS])
             elif target > res.current_pages:
                 want = min(target, res.max_pages) - res.current_pages
-                if want > 0:
+                while want > 0:
                     got = await self.hv.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
-                        domid=self.domid, nr_pages=want))
+                        domid=self.domid, nr_pages=min(want, MAX_EXTENTS)))
                     self.memory.add_frames(got.gfns)
+                    want -= len(got.gfns)
             now = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
             await self.xenbus.write("data/balloon", str(now.current_pages * 4))
             log.info("balloon: target %s KiB, now %d KiB", target_kb, now.current_pages * 4)
+
+    async def _give_back(self, gfns: list[int]) -> None:
+        """XENMEM_decrease_reservation of frames this domain stops using
+        first; if the hypervisor refuses, they are still the domain's."""
+        self.memory.forget_frames(gfns)
+        try:
+            await self.hv.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
+                domid=self.domid, gfns=gfns))
+        except BaseException:
+            self.memory.add_frames(gfns)
+            raise
 
     def stop(self, reason: str = "poweroff") -> None:
         if not self._stop.is_set():

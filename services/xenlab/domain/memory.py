@@ -2,9 +2,15 @@
 hypervisor allocated for it, mapped into this process.
 
 Page 0 is shared_info; guest frame N is page 1 + N (MemoryMap says where).
+A frame that is not populated (never given to the domain, or given back by
+the balloon) is mapped PROT_NONE, so that touching it faults, as touching a
+page that is gone from a PV guest's P2M does; the domain gets it back
+readable and writable when the hypervisor populates it again.
 """
 from __future__ import annotations
 
+import ctypes
+import itertools
 import mmap
 import os
 
@@ -13,6 +19,11 @@ from xenlab.xen import abi
 
 # Frames 0..15 stand for the guest kernel's own text and data: never handed out.
 RESERVED_FRAMES = 16
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+_PROT_NONE = 0            # <sys/mman.h>; Python's mmap module does not name it
+_PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
 
 
 def map_memory_object(fd: int) -> PageMap:
@@ -47,12 +58,22 @@ class GuestMemory:
         self.path = shm_path
         self.first_frame_offset = first_frame_offset
         self.nr_frames = segment_pages - first_frame_offset // abi.PAGE_SIZE
+        self._address = mapping.addr if mapping is not None else _address_of(self.mm)
+        self._populated: set[int] = set(range(self.nr_frames))
         self._allocated: set[int] = set()
         self._free: list[int] = []
 
     def set_populated(self, gfns) -> None:
-        """The frames the hypervisor says are populated (GetMemoryMap)."""
-        self._free = sorted(set(gfns) - self._allocated - set(range(RESERVED_FRAMES)))
+        """The frames the hypervisor says are populated (GetMemoryMap); the
+        others become inaccessible."""
+        populated = {g for g in gfns if 0 <= g < self.nr_frames}
+        self._protect(self._populated - populated, _PROT_NONE)
+        self._protect(populated - self._populated, _PROT_RW)
+        self._populated = populated
+        self._free = sorted(populated - self._allocated - set(range(RESERVED_FRAMES)))
+
+    def is_populated(self, gfn: int) -> bool:
+        return gfn in self._populated
 
     def alloc_frames(self, count: int) -> list[int]:
         """Frames for drivers (rings, buffers), lowest first; the balloon
@@ -75,19 +96,38 @@ class GuestMemory:
         return sorted(self._free, reverse=True)[:count]
 
     def add_frames(self, gfns) -> None:
-        """Frames the balloon got back from the hypervisor."""
+        """Frames the hypervisor populated for the balloon (or frames a
+        refused give-back left with the domain): usable again."""
+        back = {g for g in gfns if 0 <= g < self.nr_frames} - self._populated
+        self._protect(back, _PROT_RW)
+        self._populated |= back
         self._free = sorted(set(self._free) | (set(gfns) - self._allocated))
 
     def forget_frames(self, gfns) -> None:
-        """Frames the balloon gave back."""
-        gone = set(gfns)
+        """Frames the balloon gives back: unusable from now on, before the
+        hypervisor takes them (Linux's balloon clears a page's mapping
+        before XENMEM_decrease_reservation)."""
+        gone = set(gfns) & self._populated
         self._free = [g for g in self._free if g not in gone]
+        self._protect(gone, _PROT_NONE)
+        self._populated -= gone
 
     def frame(self, gfn: int) -> memoryview:
         if not 0 <= gfn < self.nr_frames:
             raise IndexError(f"gfn {gfn} is outside this domain's memory")
+        if gfn not in self._populated:
+            raise IndexError(f"gfn {gfn} is not populated (the balloon gave it back)")
         start = self.first_frame_offset + gfn * abi.PAGE_SIZE
         return memoryview(self.mm)[start:start + abi.PAGE_SIZE]
+
+    def _protect(self, gfns, prot: int) -> None:
+        ordered = sorted(gfns)
+        for _, run in itertools.groupby(enumerate(ordered), lambda item: item[1] - item[0]):
+            run = [gfn for _, gfn in run]
+            start = self._address + self.first_frame_offset + run[0] * abi.PAGE_SIZE
+            if _libc.mprotect(start, len(run) * abi.PAGE_SIZE, prot) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"mprotect of gfns {run[0]}..{run[-1]}: {os.strerror(err)}")
 
     def close(self) -> None:
         if self._mapping is not None:
@@ -99,3 +139,12 @@ class GuestMemory:
         except BufferError:
             # A frame view is still alive somewhere; the mapping goes with the process.
             pass
+
+
+def _address_of(mm: mmap.mmap) -> int:
+    """Where ``mm`` is mapped in this process (for mprotect)."""
+    view = (ctypes.c_char * 1).from_buffer(mm)
+    try:
+        return ctypes.addressof(view)
+    finally:
+        del view          # releases the export, so that mm can still be closed

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xenlab.rundir import default_rundir as rundir_default
+from xenlab.hypervisor.admission import CallLimits
 from xenlab.hypervisor.docker_launcher import DockerConfig
 from xenlab.hypervisor.launcher import DomainUids
 from xenlab.hypervisor.xenstore import XenStoreQuotas
@@ -31,6 +32,7 @@ class HypervisorConfig:
     evtchn_max_ports: int = 1024
     grant_frames: int = 32
     xenstore_quotas: XenStoreQuotas = field(default_factory=XenStoreQuotas)
+    call_limits: CallLimits = field(default_factory=CallLimits)
     log_level: str = "INFO"
     docker: DockerConfig = field(default_factory=DockerConfig)   # the docker launcher's
     # The local launcher runs each domU under a uid of its own (None: as the

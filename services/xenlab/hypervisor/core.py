@@ -63,7 +63,7 @@ class Hypervisor:
                                      on_memory=self._doorbell_memory)
         self.evtchn = EventChannels(kick=self.doorbell.kick,
                                     default_max_ports=config.evtchn_max_ports)
-        self.xs_connections = XenStoreConnections()
+        self.xs_connections = XenStoreConnections(quotas=config.xenstore_quotas)
         self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
         self.domains_dir = DomainsDir(self.rundir.path, config.domain_uids, config.domains_dir)
         self.launcher = launcher or self._make_launcher(config.launcher)
@@ -630,6 +630,7 @@ class Hypervisor:
         self._remove_backends(dom.domid)
         self.domains_dir.remove_domain_dir(dom.domid)
         self.doorbell.disconnect(dom.domid)
+        self.xs_connections.disconnect(dom.domid)
         self.identity.revoke(dom.domid)
         self._remove_from_cores(dom.domid)
         for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", vifs.record_root(dom.domid)):

@@ -9,23 +9,36 @@ GTF_writing and cannot be ended; the granter cannot free the frame either.
 Each mapper holds its mappings in a maptrack table of bounded size: 1024
 handles for a domU, more for a privileged domain, whose backends may keep a
 vif's buffer pages mapped (netback's persistent grants: 512 per vif).
+
+No operation costs more than its own ops: every batched call is capped, and
+the counts that answer "is this frame mapped?" (per granter, by gfn) and
+"what may this mapper's PTEs name?" (per mapper, by mfn) are kept exact on
+every map and unmap, so neither question scans a table.
 """
 from __future__ import annotations
 
 import errno
 import heapq
+from collections import Counter
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from xenlab.hypervisor.identity import Caller
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.xen import abi
+from xenlab.xen.doorbell import MAX_COPY_BATCH
 from xenlab.xen.errors import GrantError, XenError
 
 DEFAULT_MAX_MAPTRACK = 1024
 # Domain-0's maptrack: room for 64 vifs' persistent grants and their rings
 # (Xen's own default, max_maptrack_frames=1024, is 512k handles).
 PRIVILEGED_MAX_MAPTRACK = 64 * 1024
-MAX_MAP_BATCH = 1024          # ops in one MapBatch / UnmapBatch call
+# Entries in one GrantAccess / EndAccess call and ops in one MapBatch /
+# UnmapBatch call: netfront grants its 2 rings and 512 buffers in one call.
+MAX_MAP_BATCH = 1024
+# Ops in one GNTTABOP_copy call, gRPC or doorbell: the doorbell's COPY size.
+MAX_COPY_OPS = MAX_COPY_BATCH
 
 
 @dataclass(frozen=True)
@@ -105,9 +118,36 @@ class _Table:
     refs: _Ids
     handles: _Ids
     entries: dict[int, _Entry] = field(default_factory=dict)
-    # The mappings this domain holds, each with the entry it pins: the entry
-    # object, not (granter, ref), since a granter's domid may come back.
-    maptrack: dict[int, tuple[Mapping, _Entry]] = field(default_factory=dict)
+    # The mappings this domain holds, each with the entry it pins and that
+    # entry's table: objects, not (granter, ref), since a granter's domid
+    # may come back.
+    maptrack: dict[int, tuple[Mapping, _Entry, "_Table"]] = field(default_factory=dict)
+    # Mappings other domains hold of this domain's frames: gfn -> ref -> count.
+    mapped_gfns: dict[int, Counter] = field(default_factory=dict)
+    # Frames of other domains this domain has mapped: mfn -> [read-only
+    # mappings, writable mappings].
+    foreign: dict[int, list[int]] = field(default_factory=dict)
+    active: int = 0             # mappings of this table's entries, all told
+
+
+class ForeignFrames(MappingABC):
+    """mfn -> readonly for the frames a domain has mapped through grants (a
+    frame mapped both ways counts as writable): a live view, O(1) a lookup."""
+
+    def __init__(self, foreign: dict[int, list[int]]):
+        self._foreign = foreign
+
+    def __getitem__(self, mfn: int) -> bool:
+        return not self._foreign[mfn][1]
+
+    def __contains__(self, mfn: object) -> bool:
+        return mfn in self._foreign
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._foreign)
+
+    def __len__(self) -> int:
+        return len(self._foreign)
 
 
 class GrantTables:
@@ -156,6 +196,26 @@ class GrantTables:
             raise GrantError(abi.GNTST_bad_gntref, f"d{table.domid} has no grant ref {ref}")
         return entry
 
+    @staticmethod
+    def _granted_entry(table: _Table, ref: int, caller: int, write: bool) -> _Entry:
+        """The entry behind ``ref`` of another domain, as map_grant_ref and
+        acquire_grant_for_copy check it: a ref past the table is
+        GNTST_bad_gntref; an entry that is unused, granted to someone else
+        or read-only when written is GNTST_general_error ("Bad flags or
+        dom"), the same answer and words whether or not the ref is live, so
+        that a failed map tells nobody which refs another domain uses."""
+        if not 0 <= ref < table.refs.limit:
+            raise GrantError(abi.GNTST_bad_gntref, f"grant ref {ref} is past d{table.domid}'s "
+                                                   f"table of {table.refs.limit} entries")
+        entry = table.entries.get(ref)
+        if entry is None or entry.peer != caller:
+            raise GrantError(abi.GNTST_general_error,
+                             f"grant ref {ref} of d{table.domid} is not granted to d{caller}")
+        if write and entry.flags & abi.GTF_readonly:
+            raise GrantError(abi.GNTST_general_error,
+                             f"grant ref {ref} of d{table.domid} is read-only")
+        return entry
+
     # -- the granter -------------------------------------------------------------
     def grant_access(self, domid: int, peer: int, gfn: int, readonly: bool) -> int:
         table = self._own(domid)
@@ -171,12 +231,26 @@ class GrantTables:
         table.entries[ref] = _Entry(flags, peer, gfn)
         return ref
 
+    def grant_access_all(self, domid: int, entries: list[tuple[int, int, bool]]) -> list[int]:
+        """Grant every (peer, gfn, readonly) or, if any is refused, none."""
+        self._own(domid)
+        _check_batch(len(entries))
+        refs: list[int] = []
+        try:
+            for peer, gfn, readonly in entries:
+                refs.append(self.grant_access(domid, peer, gfn, readonly))
+        except XenError:
+            self.end_access_all(domid, refs)
+            raise
+        return refs
+
     def end_access(self, domid: int, ref: int) -> None:
         self.end_access_all(domid, [ref])
 
     def end_access_all(self, domid: int, refs: list[int]) -> None:
         """End every ref or, if any cannot be ended, none."""
         table = self._own(domid)
+        _check_batch(len(refs))
         if len(set(refs)) != len(refs):
             raise GrantError(abi.GNTST_bad_gntref, "a grant ref appears twice")
         for ref in refs:
@@ -191,24 +265,17 @@ class GrantTables:
 
     def _frame_busy(self, domid: int, gfn: int) -> str | None:
         table = self._tables.get(domid)
-        if table is None:
+        refs = table.mapped_gfns.get(gfn) if table is not None else None
+        if not refs:
             return None
-        for ref, entry in table.entries.items():
-            if entry.gfn == gfn and entry.mapped:
-                return f"is mapped by d{entry.peer} through grant ref {ref}"
-        return None
+        ref = next(iter(refs))
+        return f"is mapped by d{table.entries[ref].peer} through grant ref {ref}"
 
     # -- the grantee -------------------------------------------------------------
     def map(self, mapper: Caller, granter: int, ref: int, readonly: bool) -> Mapping:
         mine = self._own(mapper.domid)
         table = self._table(granter)
-        entry = self._entry(table, ref)
-        if entry.peer != mapper.domid:
-            raise GrantError(abi.GNTST_permission_denied,
-                             f"grant ref {ref} of d{granter} is not for d{mapper.domid}")
-        if not readonly and entry.flags & abi.GTF_readonly:
-            raise GrantError(abi.GNTST_permission_denied,
-                             f"grant ref {ref} of d{granter} is read-only")
+        entry = self._granted_entry(table, ref, mapper.domid, write=not readonly)
         if not self.memory.is_populated(granter, entry.gfn):
             raise GrantError(abi.GNTST_bad_page, f"grant ref {ref} of d{granter} names an "
                                                  "unpopulated frame")
@@ -225,8 +292,11 @@ class GrantTables:
         mapping = Mapping(handle, granter, ref, path,
                           self.memory.frame_offset(granter, entry.gfn), abi.PAGE_SIZE,
                           readonly, self.memory.gfn_to_mfn(granter, entry.gfn))
-        mine.maptrack[handle] = (mapping, entry)
+        mine.maptrack[handle] = (mapping, entry, table)
         self._count(entry, readonly, +1)
+        table.mapped_gfns.setdefault(entry.gfn, Counter())[ref] += 1
+        table.active += 1
+        mine.foreign.setdefault(mapping.mfn, [0, 0])[not readonly] += 1
         return mapping
 
     def map_batch(self, mapper: Caller, ops: list[tuple[int, int, bool]]) -> list[Mapping | GrantError]:
@@ -275,9 +345,25 @@ class GrantTables:
         self._release(mine, handle)
 
     def _release(self, mine: _Table, handle: int) -> None:
-        mapping, entry = mine.maptrack.pop(handle)
+        mapping, entry, table = mine.maptrack.pop(handle)
         mine.handles.free(handle)
         self._count(entry, mapping.readonly, -1)
+        table.active -= 1
+        refs = table.mapped_gfns[entry.gfn]
+        refs[mapping.ref] -= 1
+        if not refs[mapping.ref]:
+            del refs[mapping.ref]
+            if not refs:
+                del table.mapped_gfns[entry.gfn]
+        counts = mine.foreign[mapping.mfn]
+        counts[not mapping.readonly] -= 1
+        if not counts[1]:
+            # Xen's unmap of a GNTMAP_host_map mapping clears the PTE it
+            # made: the mapper's PTEs may no longer name the frame (or no
+            # longer writably, when only read-only mappings remain).
+            if not counts[0]:
+                del mine.foreign[mapping.mfn]
+            self.memory.revoke_foreign(mine.domid, mapping.mfn, keep_readonly=bool(counts[0]))
 
     # -- GNTTABOP_copy -----------------------------------------------------------
     def copy(self, caller: Caller, ops: list[CopyOp]) -> list[int]:
@@ -293,6 +379,9 @@ class GrantTables:
         A batch looks each (domain, ptr) up once: nothing changes the tables
         while it runs, so every op gets the status it would get alone."""
         self._own(caller.domid)
+        ops = list(ops)
+        if len(ops) > MAX_COPY_OPS:
+            raise XenError(errno.E2BIG, f"{len(ops)} copy ops in one call; at most {MAX_COPY_OPS}")
         batch = _CopyBatch(self, caller)
         try:
             return [batch.copy(*op) for op in ops]
@@ -304,12 +393,7 @@ class GrantTables:
         domid = caller.domid if domid == abi.DOMID_SELF else domid
         table = self._table(domid)
         if use_gref:
-            entry = self._entry(table, ptr)
-            if entry.peer != caller.domid:
-                raise GrantError(abi.GNTST_permission_denied)
-            if write and entry.flags & abi.GTF_readonly:
-                raise GrantError(abi.GNTST_permission_denied)
-            gfn = entry.gfn
+            gfn = self._granted_entry(table, ptr, caller.domid, write).gfn
         else:
             # A frame named by gfn must be the caller's own, unless the
             # caller is privileged (as dom0 may name any domain's frame).
@@ -325,13 +409,10 @@ class GrantTables:
         """The domains that have a grant table."""
         return sorted(self._tables)
 
-    def mapped_by(self, domid: int) -> dict[int, bool]:
+    def mapped_by(self, domid: int) -> ForeignFrames:
         """mfn -> readonly for the frames `domid` has mapped; a frame mapped
         both ways counts as writable."""
-        out: dict[int, bool] = {}
-        for m, _ in self._own(domid).maptrack.values():
-            out[m.mfn] = out.get(m.mfn, True) and m.readonly
-        return out
+        return ForeignFrames(self._own(domid).foreign)
 
     def query(self, domid: int) -> dict:
         table = self._own(domid)
@@ -342,7 +423,7 @@ class GrantTables:
             "max_frames": table.max_frames,
             "entries_in_use": len(table.entries),
             "max_entries": table.refs.limit,
-            "active_maps": sum(e.readers + e.writers for e in table.entries.values()),
+            "active_maps": table.active,
         }
 
     def entries(self, domid: int) -> list[GrantEntry]:
@@ -350,9 +431,13 @@ class GrantTables:
         return [GrantEntry(ref, e.flags, e.peer, e.gfn)
                 for ref, e in sorted(table.entries.items())]
 
+    def maptrack_count(self, mapper: int) -> int:
+        """How many mappings ``mapper`` holds."""
+        return len(self._own(mapper).maptrack)
+
     def mappings(self, mapper: int | None = None) -> list[Mapping]:
         tables = [self._own(mapper)] if mapper is not None else self._tables.values()
-        return [m for t in tables for m, _ in t.maptrack.values()]
+        return [m for t in tables for m, _, _ in t.maptrack.values()]
 
 
 def _check_batch(n: int) -> None:

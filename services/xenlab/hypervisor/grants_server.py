@@ -5,7 +5,7 @@ from xenlab.hypervisor.grants import CopyOp, CopyPtr
 from xenlab.proto import common_pb2, grants_pb2, grants_pb2_grpc
 from xenlab.rpc import handles_xen_errors
 from xenlab.xen import abi
-from xenlab.xen.errors import GrantError, XenError
+from xenlab.xen.errors import GrantError
 
 
 def _copy_ptr(ptr: grants_pb2.CopyPtr) -> CopyPtr:
@@ -28,15 +28,8 @@ class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
     @handles_xen_errors
     async def GrantAccess(self, request, context):
         caller = self._caller(context)
-        grants = self.hv.grants
-        refs: list[int] = []
-        try:
-            for e in request.entries:
-                refs.append(grants.grant_access(caller.domid, e.domid, e.gfn, e.readonly))
-        except XenError:
-            # All or nothing: a batch that fails part-way leaves no grants behind.
-            grants.end_access_all(caller.domid, refs)
-            raise
+        refs = self.hv.grants.grant_access_all(
+            caller.domid, [(e.domid, e.gfn, e.readonly) for e in request.entries])
         return grants_pb2.GrantRefs(refs=refs)
 
     @handles_xen_errors
@@ -87,5 +80,5 @@ class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
                                            "query the grant table of", request.domid,
                                            request.name).domid
         info = grants_pb2.GrantTableInfo(**self.hv.grants.query(domid))
-        info.maptrack = len(self.hv.grants.mappings(domid))
+        info.maptrack = self.hv.grants.maptrack_count(domid)
         return info

@@ -5,7 +5,11 @@ A domain's segment is a file in a tmpfs directory. Page 0 is the domain's
 shared_info page (a Xen heap page, not guest RAM); guest frame ``gfn`` is
 segment page ``1 + gfn``. The file is as long as the capacity (the highest
 max_pages the domain ever had), but tmpfs allocates lazily: a frame costs
-host memory once it is written, and a freed frame is punched out again.
+host memory once it is written, and a freed frame is punched out again
+(MADV_REMOVE). The domain's process still maps its whole segment; touching
+a frame it gave back would bring the page back into tmpfs, so every
+reservation call, and every new target from the toolstack, also punches out
+whatever the domain brought back.
 
 Machine frames: each domain owns a window of ``MFN_WINDOW`` machine frames,
 handed out by a bump allocator and never reused, so a stale PTE naming a
@@ -17,7 +21,13 @@ Page tables (x86 mm.c, simplified to L1 tables): a guest pins a frame it owns
 as an L1 table (MMUEXT_PIN_L1_TABLE), then changes its PTEs only through
 ``mmu_update``. The guest's own mapping of its segment is writable, so the
 hypervisor keeps the authoritative copy of every pinned table's PTEs and
-writes them into the frame only for the guest to read.
+writes them into the frame only for the guest to read. A PTE naming a
+granted frame of another domain lives only as long as the grant mapping
+that allowed it (see ``revoke_foreign``).
+
+Every call is capped (``MAX_EXTENTS``, ``MAX_MMU_UPDATES``,
+``MAX_MMUEXT_OPS``) and costs O(1) per item: "may this frame be freed?" is
+answered from counts kept exact on every change, never by a scan.
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_, XenError
@@ -39,6 +49,14 @@ MFN_HYPERVISOR_LIMIT = 0x100
 MFN_WINDOW = 1 << 22
 # 52-bit physical addresses (x86_64): the number of machine frames there are.
 MFN_LIMIT = 1 << (52 - abi.PAGE_SHIFT)
+# Extents in one XENMEM_increase/decrease_reservation call: Linux's balloon
+# driver hands over one page of frame numbers (frame_list) per hypercall.
+MAX_EXTENTS = abi.PAGE_SIZE // 8
+MAX_MMU_UPDATES = 1024      # entries in one mmu_update call
+MAX_MMUEXT_OPS = 16         # ops in one mmuext_op call: a pin validates 512 PTEs
+# Data extents of a segment examined per reservation call when punching out
+# frames the domain brought back; the walk resumes there on the next call.
+REPUNCH_EXTENTS = 256
 
 _PTE = struct.Struct("<Q")
 
@@ -58,6 +76,9 @@ class _Segment:
     target_pages: int
     mfn_base: int
     populated: set[int] = field(default_factory=set)
+    present: bytearray = field(default_factory=bytearray)   # 1 per populated gfn
+    free_hint: int = 0          # every gfn below it is populated
+    repunch_at: int = 0         # where the next walk for brought-back pages starts
 
     @property
     def current(self) -> int:
@@ -98,6 +119,7 @@ class MachineMemory:
         self._tables: dict[int, _PinnedTable] = {}   # pinned L1 mfn -> table
         self._writable: Counter[int] = Counter()     # mfn -> PTEs mapping it RW
         self._refs: Counter[int] = Counter()         # mfn -> PTEs mapping it
+        self._sites: dict[int, set[tuple[int, int]]] = {}   # mfn -> (table mfn, index) naming it
         self._busy_checks: list[BusyCheck] = []
 
     # -- accounting ------------------------------------------------------------
@@ -148,7 +170,7 @@ class MachineMemory:
             path.unlink(missing_ok=True)
             raise
         return _Segment(domid, path, fd, info, ram, capacity, max_pages, target,
-                        self._next_base)
+                        self._next_base, present=bytearray(capacity))
 
     def remove_domain(self, domid: int) -> None:
         seg = self._seg(domid)
@@ -208,17 +230,26 @@ class MachineMemory:
                              gfns: Iterable[int] = ()) -> list[int]:
         seg = self._seg(domid)
         gfns = list(gfns)
-        if gfns:
-            self._check_new_gfns(seg, nr_pages, gfns)
         count = len(gfns) or nr_pages
+        if gfns:
+            _check_extents(len(gfns))
+            self._check_new_gfns(seg, nr_pages, gfns)
         if seg.current + count > seg.max_pages:
             raise MemoryError_(errno.ENOMEM, f"d{domid}: {seg.current} + {count} pages "
                                              f"would exceed the maximum of {seg.max_pages}")
         if count > self.free_pages:
             raise MemoryError_(errno.ENOMEM, f"d{domid} asks for {count} pages; the "
                                              f"host has {self.free_pages} free")
+        _check_extents(count)
         wanted = gfns or self._lowest_free(seg, count)
+        # A new frame reads as zeros (Xen scrubs it), whatever the domain
+        # wrote there through its mapping since it gave it back.
+        for first, run in _runs(wanted):
+            self._release_frames(seg, first, run)
         self._populate(seg, wanted)
+        if not gfns and wanted:
+            seg.free_hint = wanted[-1] + 1
+        self._repunch(seg)
         return wanted
 
     @staticmethod
@@ -240,10 +271,12 @@ class MachineMemory:
     def _lowest_free(seg: _Segment, count: int) -> list[int]:
         # capacity >= max_pages, so count free gfns exist below capacity.
         free: list[int] = []
-        gfn = 0
+        gfn = seg.free_hint
         while len(free) < count:
-            if gfn not in seg.populated:
-                free.append(gfn)
+            gfn = seg.present.find(0, gfn)
+            if gfn < 0:
+                raise MemoryError_(errno.ENOMEM, f"d{seg.domid} has no free gfn left")
+            free.append(gfn)
             gfn += 1
         return free
 
@@ -252,18 +285,31 @@ class MachineMemory:
         # Bookkeeping only: tmpfs backs a page when it is first touched, and
         # a never-touched or punched-out page reads as zeros.
         seg.populated.update(gfns)
+        for gfn in gfns:
+            seg.present[gfn] = 1
 
     def decrease_reservation(self, domid: int, gfns: Iterable[int]) -> list[int]:
+        """XENMEM_decrease_reservation. Xen's works extent by extent and
+        returns how many it removed, stopping at the first it cannot remove;
+        xenlab checks every gfn first (O(1) each) and removes all of them or,
+        if any is refused, none, so that a refused call leaves nothing half
+        done and says which gfn was refused."""
         seg = self._seg(domid)
         gfns = list(gfns)
+        _check_extents(len(gfns))
         if len(set(gfns)) != len(gfns):
             raise MemoryError_(errno.EINVAL, "a gfn appears twice")
         for gfn in gfns:
             self._populated_gfn(seg, gfn)
             self._check_freeable(seg, gfn)
         for gfn in gfns:
-            self._release_frame(seg, gfn)
             seg.populated.discard(gfn)
+            seg.present[gfn] = 0
+        for first, count in _runs(gfns):
+            self._release_frames(seg, first, count)
+        if gfns:
+            seg.free_hint = min(seg.free_hint, min(gfns))
+        self._repunch(seg)
         return gfns
 
     def _check_freeable(self, seg: _Segment, gfn: int) -> None:
@@ -281,12 +327,45 @@ class MachineMemory:
             if reason:
                 raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} {reason}")
 
-    def _release_frame(self, seg: _Segment, gfn: int) -> None:
-        start = gfn * abi.PAGE_SIZE
+    @staticmethod
+    def _release_frames(seg: _Segment, gfn: int, count: int) -> None:
+        """Give the frames' host memory back: punch them out of tmpfs, as
+        fallocate(FALLOC_FL_PUNCH_HOLE) does; they read as zeros after."""
+        start, length = gfn * abi.PAGE_SIZE, count * abi.PAGE_SIZE
         try:
-            seg.ram.madvise(mmap.MADV_REMOVE, start, abi.PAGE_SIZE)
+            seg.ram.madvise(mmap.MADV_REMOVE, start, length)
         except (AttributeError, OSError):
-            seg.ram[start:start + abi.PAGE_SIZE] = bytes(abi.PAGE_SIZE)
+            seg.ram[start:start + length] = bytes(length)
+
+    def _repunch(self, seg: _Segment) -> None:
+        """Punch out again the frames the domain gave back but touched since
+        (its process still maps the whole segment): walk the segment's data
+        extents (SEEK_DATA/SEEK_HOLE), at most REPUNCH_EXTENTS of them per
+        call, resuming where the last walk stopped."""
+        pos = max(seg.repunch_at, abi.PAGE_SIZE)          # page 0 is shared_info
+        end = (1 + seg.capacity) * abi.PAGE_SIZE
+        for _ in range(REPUNCH_EXTENTS):
+            try:
+                start = os.lseek(seg.fd, pos, os.SEEK_DATA)
+                stop = min(os.lseek(seg.fd, start, os.SEEK_HOLE), end)
+            except OSError:           # ENXIO: no data past pos
+                pos = end
+                break
+            if start >= end:
+                pos = end
+                break
+            self._punch_unpopulated(seg, start // abi.PAGE_SIZE - 1,
+                                    -(-stop // abi.PAGE_SIZE) - 1)
+            pos = stop
+        seg.repunch_at = 0 if pos >= end else pos
+
+    def _punch_unpopulated(self, seg: _Segment, first: int, stop: int) -> None:
+        gfn = seg.present.find(0, first, stop)
+        while gfn != -1:
+            run_end = seg.present.find(1, gfn, stop)
+            run_end = stop if run_end == -1 else run_end
+            self._release_frames(seg, gfn, run_end - gfn)
+            gfn = seg.present.find(0, run_end, stop) if run_end < stop else -1
 
     def set_max(self, domid: int, max_pages: int) -> None:
         seg = self._seg(domid)
@@ -307,6 +386,7 @@ class MachineMemory:
         os.ftruncate(seg.fd, (1 + capacity) * abi.PAGE_SIZE)
         ram = mmap.mmap(seg.fd, capacity * abi.PAGE_SIZE, offset=abi.PAGE_SIZE)
         old, seg.ram, seg.capacity = seg.ram, ram, capacity
+        seg.present.extend(bytes(capacity - len(seg.present)))
         _close(old)
 
     def set_target(self, domid: int, target_pages: int) -> None:
@@ -315,6 +395,7 @@ class MachineMemory:
             raise MemoryError_(errno.EINVAL, f"d{domid}: target {target_pages} pages is above "
                                              f"the maximum of {seg.max_pages}")
         seg.target_pages = target_pages
+        self._repunch(seg)
 
     def reservation(self, domid: int) -> tuple[int, int, int]:
         seg = self._seg(domid)
@@ -363,6 +444,7 @@ class MachineMemory:
                    foreign: Mapping[int, bool]) -> tuple[int, list[int]]:
         """HYPERVISOR_mmu_update: stop at the first failure, as Xen does."""
         self._seg(domid)
+        _check_batch(len(updates), MAX_MMU_UPDATES, "mmu_update entries")
         return self._batch(updates, lambda u: self._update_pte(domid, u[0], u[1], foreign))
 
     def mmuext(self, domid: int, ops: list[tuple[str, int]],
@@ -370,6 +452,7 @@ class MachineMemory:
         """HYPERVISOR_mmuext_op; `foreign` is needed only to pin a table that
         already maps granted frames."""
         self._seg(domid)
+        _check_batch(len(ops), MAX_MMUEXT_OPS, "mmuext ops")
         foreign = foreign or {}
         return self._batch(ops, lambda op: self._mmuext_one(domid, op[0], op[1], foreign))
 
@@ -400,10 +483,12 @@ class MachineMemory:
         if val & abi._PAGE_PRESENT:
             self._check_target(domid, val, foreign)
         index = (ptr & abi.PTE_FLAGS_MASK) >> 3
-        self._unref(table.ptes.pop(index, 0))
+        old = table.ptes.pop(index, 0)
+        if old:
+            self._drop_pte(table_mfn, index, old)
         if val & abi._PAGE_PRESENT:
             table.ptes[index] = val
-            self._ref(val)
+            self._add_pte(table_mfn, index, val)
         _PTE.pack_into(seg.ram, (table_mfn - seg.mfn_base) * abi.PAGE_SIZE + index * 8, val)
 
     def _check_target(self, domid: int, val: int, foreign: Mapping[int, bool],
@@ -427,15 +512,14 @@ class MachineMemory:
             raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is a page table; it may only be "
                                             "mapped read-only")
 
-    def _ref(self, val: int) -> None:
+    def _add_pte(self, table_mfn: int, index: int, val: int) -> None:
         mfn = _pte_mfn(val)
         self._refs[mfn] += 1
         if _pte_writable(val):
             self._writable[mfn] += 1
+        self._sites.setdefault(mfn, set()).add((table_mfn, index))
 
-    def _unref(self, val: int) -> None:
-        if not val & abi._PAGE_PRESENT:
-            return
+    def _drop_pte(self, table_mfn: int, index: int, val: int) -> None:
         mfn = _pte_mfn(val)
         self._refs[mfn] -= 1
         if not self._refs[mfn]:
@@ -444,6 +528,29 @@ class MachineMemory:
             self._writable[mfn] -= 1
             if not self._writable[mfn]:
                 del self._writable[mfn]
+        sites = self._sites[mfn]
+        sites.discard((table_mfn, index))
+        if not sites:
+            del self._sites[mfn]
+
+    def revoke_foreign(self, domid: int, mfn: int, keep_readonly: bool = False) -> int:
+        """`domid` may no longer map foreign frame `mfn` (its last grant
+        mapping of it went; with `keep_readonly`, its last writable one):
+        clear the PTEs of its pinned tables that name it (the writable ones
+        only, with `keep_readonly`), as Xen's unmap of a GNTMAP_host_map
+        mapping clears the PTE the map installed. Returns how many went."""
+        cleared = 0
+        for table_mfn, index in list(self._sites.get(mfn, ())):
+            table = self._tables[table_mfn]
+            val = table.ptes[index]
+            if table.owner != domid or (keep_readonly and not _pte_writable(val)):
+                continue
+            del table.ptes[index]
+            self._drop_pte(table_mfn, index, val)
+            seg = self._segs[domid]
+            _PTE.pack_into(seg.ram, (table_mfn - seg.mfn_base) * abi.PAGE_SIZE + index * 8, 0)
+            cleared += 1
+        return cleared
 
     def _mmuext_one(self, domid: int, cmd: str, mfn: int, foreign: Mapping[int, bool]) -> None:
         if cmd == "pin_l1":
@@ -468,8 +575,8 @@ class MachineMemory:
             except XenError as err:
                 raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} fails L1 validation: "
                                                  f"{err.message}") from None
-        for val in ptes.values():
-            self._ref(val)
+        for index, val in ptes.items():
+            self._add_pte(mfn, index, val)
         self._tables[mfn] = _PinnedTable(domid, ptes)
 
     @staticmethod
@@ -490,8 +597,8 @@ class MachineMemory:
 
     def _drop_table(self, mfn: int) -> None:
         table = self._tables.pop(mfn)
-        for val in table.ptes.values():
-            self._unref(val)
+        for index, val in table.ptes.items():
+            self._drop_pte(mfn, index, val)
 
     # -- invariant checks -----------------------------------------------------------------
     def domains(self) -> list[int]:
@@ -505,5 +612,32 @@ class MachineMemory:
         """mfn -> owner of every pinned L1 table."""
         return {mfn: t.owner for mfn, t in self._tables.items()}
 
+    def pinned_ptes(self, mfn: int) -> dict[int, int]:
+        """index -> value of the present PTEs of pinned table `mfn`."""
+        return dict(self._tables[mfn].ptes)
+
     def writable_count(self, mfn: int) -> int:
         return self._writable[mfn]
+
+
+def _check_batch(n: int, limit: int, what: str) -> None:
+    if n > limit:
+        raise MemoryError_(errno.E2BIG, f"{n} {what} in one call; at most {limit}")
+
+
+def _check_extents(n: int) -> None:
+    _check_batch(n, MAX_EXTENTS, "extents")
+
+
+def _runs(gfns: Iterable[int]) -> Iterator[tuple[int, int]]:
+    """(first, count) of each run of consecutive gfns, in ascending order."""
+    first = count = 0
+    for gfn in sorted(gfns):
+        if count and gfn == first + count:
+            count += 1
+            continue
+        if count:
+            yield first, count
+        first, count = gfn, 1
+    if count:
+        yield first, count

@@ -13,12 +13,17 @@ behaviour mirrors C xenstored wherever xenstore.txt leaves it open:
   read its nearest existing ancestor, so that existence does not leak;
 * quotas apply to unprivileged domains only; nodes count against their owner.
 
-Nodes are immutable and replaced on change, so a transaction's snapshot is a
-shallow copy of the node table, and conflict detection is an identity check
-of every node the transaction touched against the live tree at commit.
+Nodes are immutable and replaced on change. A transaction copies nothing
+when it starts: it reads a node from the live tree the first time it touches
+it and keeps that version (as C xenstored records each accessed node's
+generation), and conflict detection is an identity check of every node it
+touched against the live tree at commit. No request walks a table that
+grows with other domains: watches are indexed by path (sorted, for the
+watches below a removed node) and by connection.
 """
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import re
@@ -57,6 +62,15 @@ class XenStoreQuotas:
     entry_size: int = 2048     # bytes per value (quota-max-entry-size)
     path_max: int = 3072       # XENSTORE_ABS_PATH_MAX
     perms: int = 5             # entries in a permission list (quota-nr-perms)
+    # Watch connections (WatchStreams) a domain may hold open at once; a
+    # domU has exactly one xenstore connection in Xen, Domain-0 one per tool.
+    watch_streams: int = 8
+    privileged_watch_streams: int = 128
+    # Bytes of watch events (and acks) queued, not yet read, over all of a
+    # domain's streams: xenstored's per-domain memory quota (quota-memory,
+    # hard 2.5 MB) counts the watch events queued for the domain.
+    watch_event_bytes: int = 2 * 1024 * 1024 + 512 * 1024
+    privileged_watch_event_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -193,31 +207,37 @@ class _Tree:
 
 
 class _TxTree(_Tree):
-    """A transaction's private copy. It remembers the first version of every
-    node it touched (None when absent) and which nodes it changed."""
+    """A transaction's view: the live tree as the transaction first saw each
+    node, under the transaction's own changes. ``touched`` holds the first
+    version of every node it touched (None when absent), ``nodes`` its
+    changes (None when removed), ``changed`` which nodes those are."""
 
     def __init__(self, live: _Tree) -> None:
-        super().__init__(dict(live.nodes), Counter(live.owned))
+        super().__init__({}, Counter(live.owned))
+        self.live = live
         self.touched: dict[str, Node | None] = {}
         self.changed: set[str] = set()
 
-    def _touch(self, path: str) -> None:
-        if path not in self.touched:
-            self.touched[path] = self.nodes.get(path)
-
     def get(self, path: str) -> Node | None:
-        self._touch(path)
-        return super().get(path)
+        if path in self.nodes:
+            return self.nodes[path]
+        if path not in self.touched:
+            self.touched[path] = self.live.get(path)
+        return self.touched[path]
 
     def set(self, path: str, node: Node) -> None:
-        self._touch(path)
+        old = self.get(path)
+        if old is not None:
+            self.owned[old.owner] -= 1
+        self.owned[node.owner] += 1
+        self.nodes[path] = node
         self.changed.add(path)
-        super().set(path, node)
 
     def delete(self, path: str) -> None:
-        self._touch(path)
+        old = self.get(path)
+        self.owned[old.owner] -= 1
+        self.nodes[path] = None
         self.changed.add(path)
-        super().delete(path)
 
 
 @dataclass
@@ -247,6 +267,8 @@ class XenStore:
         self._transactions: dict[int, _Transaction] = {}
         self._tx_ids = itertools.count(1)
         self._watches: dict[str, list[Watch]] = {}
+        self._watched_paths: list[str] = []                # the keys of _watches, sorted
+        self._by_conn: dict[object, list[Watch]] = {}
         self._watch_count: Counter = Counter()
 
     # -- requests on the tree ------------------------------------------------
@@ -257,6 +279,10 @@ class XenStore:
     def write(self, caller: Caller, path: str, value: bytes, tx: int = 0) -> None:
         path = self._canonical(caller, path)
         value = bytes(value)
+        if len(value) > XENSTORE_PAYLOAD_MAX:
+            # xs_wire.h: no message carries more, for any caller.
+            raise XenStoreError(errno.E2BIG, f"{path}: a value is {XENSTORE_PAYLOAD_MAX} bytes "
+                                             f"at most, not {len(value)}")
         if not caller.privileged and len(value) > self.quotas.entry_size:
             raise XenStoreError(errno.EDQUOT, f"{path}: a value holds {self.quotas.entry_size} "
                                               f"bytes at most, not {len(value)}")
@@ -359,25 +385,21 @@ class XenStore:
             raise XenStoreError(errno.EDQUOT, f"d{caller.domid} has {self.quotas.watches} "
                                               f"watches, the most allowed")
         w = Watch(conn, caller.domid, caller.privileged, canonical, token, relative)
-        self._watches.setdefault(canonical, []).append(w)
-        self._watch_count[caller.domid] += 1
+        self._add_watch(w)
         # xenstored fires every new watch once, with the path as given.
         self._fire(conn, path, token)
 
     def unwatch(self, caller: Caller, conn: object, path: str, token: str) -> None:
         canonical, _ = self._watch_path(caller, path)
-        watches = self._watches.get(canonical, [])
-        for i, w in enumerate(watches):
+        for w in self._watches.get(canonical, ()):
             if w.conn is conn and w.token == token:
-                del watches[i]
-                if not watches:
-                    del self._watches[canonical]
-                self._watch_count[w.domid] -= 1
+                self._drop_watch(w)
                 return
         raise XenStoreError(errno.ENOENT, f"no watch on {path} with token {token!r}")
 
     def drop_connection(self, conn: object) -> None:
-        self._remove_watches(lambda w: w.conn is conn)
+        for w in list(self._by_conn.get(conn, ())):
+            self._drop_watch(w)
 
     def watch_count(self, domid: int) -> int:
         return self._watch_count[domid]
@@ -575,12 +597,21 @@ class XenStore:
                 if self._may_see(w, change.perms):
                     yield w, self._event_path(w, change.path)
         if change.removed:
-            for wpath, watches in self._watches.items():
-                if wpath.startswith("/") and is_below(wpath, change.path):
-                    perms = self._removed_perms(change.removed, wpath)
-                    for w in watches:
-                        if self._may_see(w, [perms]):
-                            yield w, self._event_path(w, wpath)
+            for wpath in self._watched_below(change.path):
+                perms = self._removed_perms(change.removed, wpath)
+                for w in self._watches[wpath]:
+                    if self._may_see(w, [perms]):
+                        yield w, self._event_path(w, wpath)
+
+    def _watched_below(self, path: str) -> list[str]:
+        """The watched paths strictly below ``path``, from the sorted index."""
+        prefix = "/" if path == "/" else path + "/"
+        paths = self._watched_paths
+        start = bisect.bisect_left(paths, prefix)
+        end = start
+        while end < len(paths) and paths[end].startswith(prefix):
+            end += 1
+        return paths[start:end]
 
     @staticmethod
     def _removed_perms(removed: Mapping[str, Node], path: str) -> Perms:
@@ -604,15 +635,27 @@ class XenStore:
         for w in list(self._watches.get(name, ())):
             self._fire(w.conn, name, w.token)
 
+    def _add_watch(self, w: Watch) -> None:
+        watches = self._watches.get(w.path)
+        if watches is None:
+            watches = self._watches[w.path] = []
+            bisect.insort(self._watched_paths, w.path)
+        watches.append(w)
+        self._by_conn.setdefault(w.conn, []).append(w)
+        self._watch_count[w.domid] += 1
+
+    def _drop_watch(self, w: Watch) -> None:
+        watches = self._watches[w.path]
+        watches.remove(w)
+        if not watches:
+            del self._watches[w.path]
+            del self._watched_paths[bisect.bisect_left(self._watched_paths, w.path)]
+        mine = self._by_conn[w.conn]
+        mine.remove(w)
+        if not mine:
+            del self._by_conn[w.conn]
+        self._watch_count[w.domid] -= 1
+
     def _remove_watches(self, doomed: Callable[[Watch], bool]) -> None:
-        for path in list(self._watches):
-            keep = []
-            for w in self._watches[path]:
-                if doomed(w):
-                    self._watch_count[w.domid] -= 1
-                else:
-                    keep.append(w)
-            if keep:
-                self._watches[path] = keep
-            else:
-                del self._watches[path]
+        for w in [w for ws in self._watches.values() for w in ws if doomed(w)]:
+            self._drop_watch(w)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from collections import Counter
 
 from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.xenstore import XenStoreQuotas
 from xenlab.proto import common_pb2, xenstore_pb2, xenstore_pb2_grpc
 from xenlab.rpc import handles_xen_errors
 from xenlab.xen.errors import XenError, XenStoreError
@@ -24,30 +26,94 @@ log = logging.getLogger(__name__)
 # Events a stream may fall behind by before it is closed with
 # RESOURCE_EXHAUSTED; dropping events silently would break xenbus clients.
 EVENT_QUEUE_LIMIT = 4096
+# What a queued event costs beyond its path and token (the message object).
+EVENT_OVERHEAD = 128
 
 _OVERFLOW = object()
 
 
-class XenStoreConnection:
-    """One WatchStream: the domain it acts as and its outgoing events."""
+def event_size(event: xenstore_pb2.WatchEvent) -> int:
+    return len(event.path) + len(event.token) + len(event.error) + EVENT_OVERHEAD
 
-    def __init__(self, caller: Caller, limit: int = EVENT_QUEUE_LIMIT) -> None:
+
+class _EventQueue(asyncio.Queue):
+    """A connection's outgoing events; taking one out gives its bytes back
+    to the domain's budget (asyncio.Queue's _get hook, as PriorityQueue's)."""
+
+    def __init__(self, conn: "XenStoreConnection") -> None:
+        super().__init__()
+        self._conn = conn
+
+    def _get(self):
+        event = super()._get()
+        self._conn._taken(event)
+        return event
+
+
+class XenStoreConnection:
+    """One WatchStream: the domain it acts as and its outgoing events.
+
+    As C xenstored does for a connection (send_event), a watch event
+    identical to one still queued on the connection is not queued again:
+    the watcher reads the node when it gets the first. Every queued event
+    counts against the domain's byte budget (``XenStoreConnections``)."""
+
+    def __init__(self, caller: Caller, limit: int = EVENT_QUEUE_LIMIT,
+                 owner: "XenStoreConnections | None" = None) -> None:
         self.caller = caller
         self.limit = limit
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.owner = owner
+        self.queue: asyncio.Queue = _EventQueue(self)
         self.overflowed = False
+        self.overflow_reason = ""
+        # Why the stream ends, once it must: raised by the servicer.
+        self.end_error: XenError | None = None
+        self.bytes = 0                  # queued, not yet taken
+        self.coalesced = 0
+        self._pending: Counter = Counter()   # (path, token) of queued watch events
         self._held: list | None = None
 
     def deliver(self, event: xenstore_pb2.WatchEvent) -> None:
         if self.overflowed:
             return
-        pending = self.queue.qsize() + len(self._held or ())
-        if pending >= self.limit:
-            self._overflow()
-        elif self._held is not None:
+        if not event.ack and self._pending[(event.path, event.token)]:
+            self.coalesced += 1
+            return
+        if not self._admit(event):
+            return
+        if self._held is not None:
             self._held.append(event)
         else:
             self.queue.put_nowait(event)
+
+    def _admit(self, event: xenstore_pb2.WatchEvent) -> bool:
+        """Count the event as queued, or close the stream if it does not fit."""
+        if self.queue.qsize() + len(self._held or ()) >= self.limit:
+            self._overflow(XenStoreError(errno.ENOSPC, f"the watch stream fell {self.limit} "
+                                                       "events behind; reconnect and re-read"))
+            return False
+        size = event_size(event)
+        refusal = self.owner.charge(self, size) if self.owner is not None else None
+        if refusal:
+            self._overflow(XenStoreError(errno.ENOSPC, refusal))
+            return False
+        self.bytes += size
+        if not event.ack:
+            self._pending[(event.path, event.token)] += 1
+        return True
+
+    def _taken(self, event) -> None:
+        if event is _OVERFLOW:
+            return
+        size = event_size(event)
+        self.bytes -= size
+        if self.owner is not None:
+            self.owner.discharge(self, size)
+        if not event.ack:
+            key = (event.path, event.token)
+            self._pending[key] -= 1
+            if not self._pending[key]:
+                del self._pending[key]
 
     def hold(self) -> None:
         """Keep events back until `release`: a watch fires at registration,
@@ -55,13 +121,24 @@ class XenStoreConnection:
         self._held = []
 
     def release(self, ack: xenstore_pb2.WatchEvent) -> None:
+        if self.overflowed or not self._admit(ack):
+            self._held = None
+            return
         held, self._held = self._held or [], None
         for event in (ack, *held):
-            self.deliver(event)
+            self.queue.put_nowait(event)
 
-    def _overflow(self) -> None:
+    def _overflow(self, error: XenError) -> None:
+        """End the stream: drop what is queued (giving its bytes back) and
+        leave only the marker that makes the servicer raise ``error``."""
+        if self.overflowed:
+            return
         self.overflowed = True
-        self._held = None
+        self.overflow_reason = error.message
+        self.end_error = error
+        held, self._held = self._held or [], None
+        for event in held:
+            self._taken(event)
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(_OVERFLOW)
@@ -71,23 +148,77 @@ class XenStoreConnection:
 
 
 class XenStoreConnections:
-    """The open WatchStreams; ``fire`` is the XenStore core's delivery callback."""
+    """The open WatchStreams; ``fire`` is the XenStore core's delivery
+    callback. Per domain: at most ``watch_streams`` open at once, and at most
+    ``watch_event_bytes`` of events queued over all of them (higher for a
+    privileged domain). An event past the byte budget closes the stream it
+    was for (RESOURCE_EXHAUSTED), which gives back what that stream held:
+    xenstored drops such an event silently, but a xenbus client must know
+    it missed one."""
 
-    def __init__(self, limit: int = EVENT_QUEUE_LIMIT) -> None:
+    def __init__(self, limit: int = EVENT_QUEUE_LIMIT,
+                 quotas: XenStoreQuotas = XenStoreQuotas()) -> None:
         self.limit = limit
+        self.quotas = quotas
         self._open: set[XenStoreConnection] = set()
+        self._streams: Counter = Counter()       # domid -> open streams
+        self._bytes: Counter = Counter()         # domid -> bytes of events queued
 
     def open(self, caller: Caller) -> XenStoreConnection:
-        conn = XenStoreConnection(caller, self.limit)
+        most = self.quotas.privileged_watch_streams if caller.privileged \
+            else self.quotas.watch_streams
+        if self._streams[caller.domid] >= most:
+            raise XenStoreError(errno.EDQUOT, f"d{caller.domid} has {most} watch streams open, "
+                                              "the most allowed")
+        conn = XenStoreConnection(caller, self.limit, owner=self)
         self._open.add(conn)
+        self._streams[caller.domid] += 1
         return conn
 
     def close(self, conn: XenStoreConnection) -> None:
-        self._open.discard(conn)
+        if conn in self._open:
+            self._open.discard(conn)
+            domid = conn.caller.domid
+            self._streams[domid] -= 1
+            if not self._streams[domid]:
+                del self._streams[domid]
+            conn.owner = None
+            self._bytes[domid] -= conn.bytes
+            if self._bytes[domid] <= 0:
+                del self._bytes[domid]
+
+    def charge(self, conn: XenStoreConnection, size: int) -> str | None:
+        """Count `size` more bytes queued for the connection's domain, or
+        say why not."""
+        domid = conn.caller.domid
+        budget = self.quotas.privileged_watch_event_bytes if conn.caller.privileged \
+            else self.quotas.watch_event_bytes
+        if self._bytes[domid] + size > budget:
+            return (f"d{domid}'s watch streams have {self._bytes[domid]} bytes of events "
+                    f"queued, {budget} at most; reconnect and re-read")
+        self._bytes[domid] += size
+        return None
+
+    def discharge(self, conn: XenStoreConnection, size: int) -> None:
+        domid = conn.caller.domid
+        self._bytes[domid] -= size
+        if self._bytes[domid] <= 0:
+            del self._bytes[domid]
 
     def fire(self, conn: XenStoreConnection, path: str, token: str) -> None:
         if conn in self._open:
             conn.deliver(xenstore_pb2.WatchEvent(path=path, token=token))
+
+    def disconnect(self, domid: int) -> None:
+        """The domain is gone: end its streams (their watches went with it)."""
+        for conn in [c for c in self._open if c.caller.domid == domid]:
+            conn._overflow(XenStoreError(errno.ESRCH, f"d{domid} is gone"))
+
+    def streams(self, domid: int) -> int:
+        return self._streams[domid]
+
+    def queued_bytes(self, domid: int) -> int:
+        return self._bytes[domid]
 
     def __len__(self) -> int:
         return len(self._open)
@@ -168,8 +299,7 @@ class XenStoreServicer(xenstore_pb2_grpc.XenStoreServicer):
             while True:
                 event = await conn.queue.get()
                 if event is _OVERFLOW:
-                    raise XenStoreError(errno.ENOSPC, f"the watch stream fell {conn.limit} "
-                                                      f"events behind; reconnect and re-read")
+                    raise conn.end_error
                 yield event
         finally:
             # A half-closed request side leaves the stream delivering events;

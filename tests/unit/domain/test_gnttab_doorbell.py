@@ -87,13 +87,15 @@ async def grants(hypervisor, doms):
     cases = {
         "in": (wire.GnttabCopy(rw, f, 0, 3, SELF, 100, 64, SRC_GREF), abi.GNTST_okay),
         "out": (wire.GnttabCopy(3, SELF, 100, rw, f, 1000, 64, DST_GREF), abi.GNTST_okay),
-        "bad ref": (wire.GnttabCopy(4000, f, 0, 3, SELF, 0, 64, SRC_GREF), abi.GNTST_bad_gntref),
+        "bad ref": (wire.GnttabCopy(1 << 20, f, 0, 3, SELF, 0, 64, SRC_GREF), abi.GNTST_bad_gntref),
+        "unused ref": (wire.GnttabCopy(4000, f, 0, 3, SELF, 0, 64, SRC_GREF),
+                       abi.GNTST_general_error),
         "other domain's grant": (wire.GnttabCopy(theirs, f, 0, 3, SELF, 0, 64, SRC_GREF),
-                                 abi.GNTST_permission_denied),
+                                 abi.GNTST_general_error),
         "past page end": (wire.GnttabCopy(rw, f, PAGE - 10, 3, SELF, 0, 64, SRC_GREF),
                           abi.GNTST_bad_copy_arg),
         "readonly dest": (wire.GnttabCopy(3, SELF, 0, ro, f, 0, 64, DST_GREF),
-                          abi.GNTST_permission_denied),
+                          abi.GNTST_general_error),
         "foreign gfn": (wire.GnttabCopy(5, f, 0, 3, SELF, 0, 64, 0), abi.GNTST_permission_denied),
         "no such domain": (wire.GnttabCopy(rw, 999, 0, 3, SELF, 0, 64, SRC_GREF),
                            abi.GNTST_bad_domain),
@@ -163,7 +165,7 @@ async def test_a_lost_doorbell_falls_back_to_grpc(grants):
             break
         await asyncio.sleep(0.01)
     assert not evtchn.via_doorbell
-    assert await copier.copy([cases["readonly dest"][0]]) == [abi.GNTST_permission_denied]
+    assert await copier.copy([cases["readonly dest"][0]]) == [abi.GNTST_general_error]
 
 
 # -- the wire, raw ----------------------------------------------------------------------------

@@ -377,3 +377,55 @@ async def test_a_second_listener_for_a_group_serves_the_same_domains(bell):
     assert reply == wire.Ok(2, wire.OK_MEMORY)
     await bell.router.close()
     assert not os.path.exists(path) and not os.path.exists(bell.path)
+
+
+# -- the read budget counts ports (issue "Hold the boundaries", item 5) ----------------------
+async def test_a_send_storm_does_not_hold_back_another_connection(bell):
+    from xenlab.hypervisor.doorbell import READ_BUDGET
+    storm, _ = await bell.hello(1, SECRETS[1])
+    victim, _ = await bell.hello(2, SECRETS[2])
+    datagram = wire.Send(tuple(range(1, wire.MAX_SEND_BATCH + 1))).encode()
+    queued = 0
+    for _ in range(48):              # what the socket takes without blocking
+        try:
+            storm.send(datagram)
+            queued += 1
+        except BlockingIOError:
+            break
+    assert queued >= 8
+    victim.send(wire.Send((7,)).encode())
+    while (2, 7) not in bell.sent:
+        bell.sent_event.clear()
+        await bell.sent_event.wait()
+    storm_before = bell.sent.index((2, 7))
+    # The victim's port went out after at most a wake-up's worth of the storm
+    # (two, if the storm's socket was read first twice), not a whole backlog.
+    assert storm_before <= 2 * READ_BUDGET < queued * wire.MAX_SEND_BATCH
+    await bell.wait_sent(queued * wire.MAX_SEND_BATCH + 1)
+    storm.close()
+    victim.close()
+
+
+async def test_duplicate_ports_in_a_wakeup_are_delivered_once(bell):
+    sock, _ = await bell.hello(1, SECRETS[1])
+    sock.send(wire.Send((5,) * wire.MAX_SEND_BATCH).encode())
+    sock.send(wire.Send((6, 5, 6)).encode())
+    await bell.wait_sent(2)
+    await asyncio.sleep(0.05)
+    assert bell.sent == [(1, 5), (1, 6)]
+    assert bell.router.stats["coalesced"] == wire.MAX_SEND_BATCH + 3 - 2
+    sock.close()
+
+
+async def test_ports_left_over_are_delivered_without_more_datagrams(bell):
+    from xenlab.hypervisor.doorbell import READ_BUDGET
+    sock, _ = await bell.hello(1, SECRETS[1])
+    ports = [p for p in range(1, 8 * READ_BUDGET + 2) if p != 666]     # 666: refused
+    # uneven datagrams, so that a wake-up reads past its budget
+    cuts = [0, READ_BUDGET // 2, 2 * READ_BUDGET, 5 * READ_BUDGET, len(ports)]
+    for start, stop in zip(cuts, cuts[1:]):
+        sock.send(wire.Send(tuple(ports[start:stop])).encode())
+    await bell.wait_sent(len(ports))
+    assert [p for _, p in bell.sent] == ports
+    assert bell.router.stats["deferred"] > 0
+    sock.close()

@@ -141,12 +141,15 @@ def test_map_flags_track_readers_and_writers(gt):
 
 
 def test_map_refusals(gt):
+    # map_grant_ref: "Bad flags or dom" and a write-pin of a r/o entry are
+    # GNTST_general_error; only a ref past the table is GNTST_bad_gntref.
     ro = gt.grant_access(1, 2, 3, True)
-    assert status_of(lambda: gt.map(D3, 1, ro, True)) == abi.GNTST_permission_denied
-    assert status_of(lambda: gt.map(D0, 1, ro, True)) == abi.GNTST_permission_denied
-    assert status_of(lambda: gt.map(D2, 1, ro, False)) == abi.GNTST_permission_denied
+    assert status_of(lambda: gt.map(D3, 1, ro, True)) == abi.GNTST_general_error
+    assert status_of(lambda: gt.map(D0, 1, ro, True)) == abi.GNTST_general_error
+    assert status_of(lambda: gt.map(D2, 1, ro, False)) == abi.GNTST_general_error
     assert status_of(lambda: gt.map(D2, 9, ro, True)) == abi.GNTST_bad_domain
-    assert status_of(lambda: gt.map(D2, 1, ro + 1, True)) == abi.GNTST_bad_gntref
+    assert status_of(lambda: gt.map(D2, 1, ro + 1, True)) == abi.GNTST_general_error
+    assert status_of(lambda: gt.map(D2, 1, 32 * 512, True)) == abi.GNTST_bad_gntref
     assert gt.mappings() == []
 
 
@@ -265,10 +268,11 @@ def test_copy_statuses_per_op(gt):
     cases = [
         (CopyOp(own, CopyPtr(1, ref=rw, use_gref=True, offset=4000), 100), abi.GNTST_bad_copy_arg),
         (CopyOp(CopyPtr(2, gfn=0, offset=PAGE), own, 1), abi.GNTST_bad_copy_arg),
-        (CopyOp(own, CopyPtr(1, ref=ro, use_gref=True), 8), abi.GNTST_permission_denied),
+        (CopyOp(own, CopyPtr(1, ref=ro, use_gref=True), 8), abi.GNTST_general_error),
         (CopyOp(own, CopyPtr(9, ref=rw, use_gref=True), 8), abi.GNTST_bad_domain),
-        (CopyOp(own, CopyPtr(1, ref=999, use_gref=True), 8), abi.GNTST_bad_gntref),
-        (CopyOp(own, CopyPtr(1, ref=other, use_gref=True), 8), abi.GNTST_permission_denied),
+        (CopyOp(own, CopyPtr(1, ref=999, use_gref=True), 8), abi.GNTST_general_error),
+        (CopyOp(own, CopyPtr(1, ref=1 << 20, use_gref=True), 8), abi.GNTST_bad_gntref),
+        (CopyOp(own, CopyPtr(1, ref=other, use_gref=True), 8), abi.GNTST_general_error),
         (CopyOp(own, CopyPtr(1, gfn=4), 8), abi.GNTST_permission_denied),
         (CopyOp(CopyPtr(2, gfn=12), own, 8), abi.GNTST_bad_page),
         (CopyOp(CopyPtr(1, ref=ro, use_gref=True), CopyPtr(2, gfn=1), 8), abi.GNTST_okay),
@@ -301,8 +305,8 @@ def test_map_batch_each_op_on_its_own(gt):
     results = gt.map_batch(D2, [(1, ro, True), (1, ro, False), (1, other, True),
                                 (1, 999, True), (1, rw, False)])
     assert [r.status if isinstance(r, GrantError) else abi.GNTST_okay for r in results] == [
-        abi.GNTST_okay, abi.GNTST_permission_denied, abi.GNTST_permission_denied,
-        abi.GNTST_bad_gntref, abi.GNTST_okay]
+        abi.GNTST_okay, abi.GNTST_general_error, abi.GNTST_general_error,
+        abi.GNTST_general_error, abi.GNTST_okay]
     mapped = [r for r in results if not isinstance(r, GrantError)]
     assert [(m.ref, m.readonly) for m in mapped] == [(ro, True), (rw, False)]
     assert sorted(m.handle for m in gt.mappings(2)) == sorted(m.handle for m in mapped)
@@ -341,3 +345,139 @@ def test_a_privileged_domain_may_have_a_larger_maptrack(gt):
     ref = gt.grant_access(1, 7, 3, True)
     assert not any(isinstance(r, GrantError) for r in gt.map_batch(Caller(7, True),
                                                                    [(1, ref, True)] * 10))
+
+
+# -- issue "Hold the boundaries": bounded calls, no oracle, no PTE past its grant ----------
+def refusal(call) -> tuple[int, str]:
+    with pytest.raises(GrantError) as e:
+        call()
+    return e.value.status, e.value.message
+
+
+def test_a_live_ref_of_another_domain_and_an_unused_ref_give_the_same_error(gt):
+    live = gt.grant_access(1, 2, 3, False)          # d1's ref, granted to d2
+    unused = live + 1
+    # map_grant_ref: one "bad flags or dom" failure for both, in the same words
+    answers = [refusal(lambda r=r: gt.map(D3, 1, r, True)) for r in (live, unused)]
+    assert answers[0][0] == answers[1][0] == abi.GNTST_general_error
+    assert answers[0][1].replace(str(live), "R") == answers[1][1].replace(str(unused), "R")
+    batch = gt.map_batch(D3, [(1, live, True), (1, unused, True)])
+    assert [r.status for r in batch] == [abi.GNTST_general_error] * 2
+    assert batch[0].message.replace(str(live), "R") == batch[1].message.replace(str(unused), "R")
+    ops = [CopyOp(CopyPtr(1, ref=r, use_gref=True), CopyPtr(3, gfn=0), 8) for r in (live, unused)]
+    assert gt.copy(D3, ops) == [abi.GNTST_general_error] * 2
+    # only a ref past the table is told apart, as Xen's bounds check does
+    assert refusal(lambda: gt.map(D3, 1, 32 * 512, True))[0] == abi.GNTST_bad_gntref
+
+
+def test_copy_is_capped(gt):
+    from xenlab.hypervisor.grants import MAX_COPY_OPS
+    fill(gt, 2, 0, b"x")
+    op = CopyOp(CopyPtr(2, gfn=0), CopyPtr(2, gfn=1), 1)
+    assert gt.copy(D2, [op] * MAX_COPY_OPS) == [abi.GNTST_okay] * MAX_COPY_OPS
+    with pytest.raises(XenError) as err:
+        gt.copy(D2, [op] * (MAX_COPY_OPS + 1))
+    assert err.value.errno == errno.E2BIG and f"at most {MAX_COPY_OPS}" in err.value.message
+    assert grpc_status(err.value) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_grant_and_end_access_batches_are_capped(gt):
+    from xenlab.hypervisor.grants import MAX_MAP_BATCH
+    with pytest.raises(XenError) as err:
+        gt.grant_access_all(1, [(2, 3, True)] * (MAX_MAP_BATCH + 1))
+    assert err.value.errno == errno.E2BIG and gt.entries(1) == []
+    refs = gt.grant_access_all(1, [(2, 3, True)] * 10)
+    assert len(refs) == 10
+    with pytest.raises(XenError) as err:
+        gt.end_access_all(1, list(range(MAX_MAP_BATCH + 1)))
+    assert err.value.errno == errno.E2BIG and len(gt.entries(1)) == 10
+    # a batch refused part-way leaves no entry behind
+    assert status_of(lambda: gt.grant_access_all(1, [(2, 4, True), (9, 4, True)])) == \
+        abi.GNTST_bad_domain
+    assert len(gt.entries(1)) == 10
+
+
+def test_the_busy_check_counts_mappings_exactly(gt):
+    a = gt.grant_access(1, 2, 3, True)
+    b = gt.grant_access(1, 3, 3, True)              # the same frame, to another domain
+    m1 = gt.map(D2, 1, a, True)
+    m2 = gt.map(D2, 1, a, True)
+    m3 = gt.map(D3, 1, b, True)
+    for mapper, m in ((D2, m1), (D3, m3), (D2, m2)):
+        with pytest.raises(MemoryError_):
+            gt.memory.decrease_reservation(1, [3])
+        gt.unmap(mapper, m.handle)
+    gt.memory.decrease_reservation(1, [3])
+    # a mapper's destruction counts too
+    c = gt.grant_access(1, 2, 4, True)
+    gt.map(D2, 1, c, True)
+    gt.remove_domain(2)
+    gt.memory.decrease_reservation(1, [4])
+
+
+RW_PTE = abi._PAGE_PRESENT | abi._PAGE_RW
+RO_PTE = abi._PAGE_PRESENT
+
+
+def pin_table(gt, domid: int, gfn: int) -> int:
+    mem = gt.memory
+    table = mem.gfn_to_mfn(domid, gfn)
+    assert mem.mmuext(domid, [("pin_l1", table)]) == (1, [0])
+    return table
+
+
+def set_pte(gt, domid: int, table: int, index: int, mfn: int, flags: int) -> int:
+    ptr = table << abi.PAGE_SHIFT | index * 8
+    done, status = gt.memory.mmu_update(domid, [(ptr, mfn << abi.PAGE_SHIFT | flags)],
+                                        gt.mapped_by(domid))
+    return status[0]
+
+
+def test_unmapping_a_grant_clears_the_ptes_that_map_its_frame(gt):
+    mem = gt.memory
+    ref = gt.grant_access(1, 2, 3, False)
+    m = gt.map(D2, 1, ref, readonly=False)
+    table = pin_table(gt, 2, 0)
+    assert set_pte(gt, 2, table, 5, m.mfn, RW_PTE) == 0
+    assert mem.pinned_ptes(table) == {5: m.mfn << abi.PAGE_SHIFT | RW_PTE}
+    gt.unmap(D2, m.handle)
+    # as Xen's unmap of a host mapping: the PTE goes with the grant mapping
+    assert mem.pinned_ptes(table) == {}
+    assert bytes(mem.frame(2, 0)[5 * 8:6 * 8]) == bytes(8)
+    assert set_pte(gt, 2, table, 6, m.mfn, RO_PTE) == -errno.EPERM
+    # so the granter can end the grant and free the frame
+    gt.end_access(1, ref)
+    mem.decrease_reservation(1, [3])
+
+
+def test_unmapping_the_writable_mapping_leaves_only_read_only_ptes(gt):
+    mem = gt.memory
+    ref = gt.grant_access(1, 2, 3, False)
+    rw = gt.map(D2, 1, ref, readonly=False)
+    ro = gt.map(D2, 1, ref, readonly=True)
+    table = pin_table(gt, 2, 0)
+    assert set_pte(gt, 2, table, 1, rw.mfn, RW_PTE) == 0
+    assert set_pte(gt, 2, table, 2, rw.mfn, RO_PTE) == 0
+    gt.unmap(D2, rw.handle)
+    assert mem.pinned_ptes(table) == {2: rw.mfn << abi.PAGE_SHIFT | RO_PTE}
+    assert mem.writable_count(rw.mfn) == 0
+    gt.unmap(D2, ro.handle)
+    assert mem.pinned_ptes(table) == {}
+
+
+def test_query_and_the_busy_check_walk_no_table(gt):
+    class NoScan(dict):
+        def _scan(self, *args):
+            raise AssertionError("the grant table was walked")
+        __iter__ = items = values = keys = _scan
+
+    refs = [gt.grant_access(1, 2, 3 + i % 4, True) for i in range(300)]
+    m = gt.map(D2, 1, refs[5], True)
+    gt._tables[1].entries = NoScan(gt._tables[1].entries)
+    assert gt.query(1)["active_maps"] == 1 and gt.query(1)["entries_in_use"] == 300
+    assert gt.maptrack_count(2) == 1
+    with pytest.raises(MemoryError_):
+        gt.memory.decrease_reservation(1, [4])
+    gt.unmap(D2, m.handle)
+    assert gt.query(1)["active_maps"] == 0
+    gt.memory.decrease_reservation(1, [4])

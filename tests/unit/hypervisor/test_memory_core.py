@@ -411,3 +411,112 @@ def test_unknown_domain(mem):
         with pytest.raises(XenError) as e:
             call()
         assert errno_of(e) == errno.ESRCH
+
+
+# -- bounded work (issue "Hold the boundaries", item 2) ------------------------------------
+class NoScan(dict):
+    """A grant table's entries that fail the test when anything walks them."""
+
+    def _scan(self, *args):
+        raise AssertionError("the grant table was scanned")
+
+    __iter__ = items = values = keys = _scan
+
+
+def test_decrease_reservation_of_16k_gfns_costs_no_table_scan(shm_dir):
+    from xenlab.hypervisor.grants import GrantTables
+    from xenlab.hypervisor.identity import Caller
+    from xenlab.hypervisor.memory import MAX_EXTENTS
+    mem = MachineMemory(shm_dir, "s-", total_pages=40000)
+    grants = GrantTables(mem)
+    for domid in (1, 2):
+        mem.add_domain(domid, 20000, 20000)
+        grants.add_domain(domid)
+    # a full table: 16376 entries, one of them mapped by d2
+    for i in range(grants.query(1)["max_entries"] - abi.GNTTAB_NR_RESERVED_ENTRIES):
+        grants.grant_access(1, 2, 100 + i % 64, readonly=True)
+    grants.map(Caller(2), 1, abi.GNTTAB_NR_RESERVED_ENTRIES, readonly=True)   # gfn 100
+    grants._tables[1].entries = NoScan(grants._tables[1].entries)
+    gfns = list(range(1000, 1000 + 16384))
+    for start in range(0, len(gfns), MAX_EXTENTS):
+        mem.decrease_reservation(1, gfns[start:start + MAX_EXTENTS])
+    assert mem.reservation(1)[0] == 20000 - 16384
+    with pytest.raises(MemoryError_) as busy:
+        mem.decrease_reservation(1, [99, 100])
+    assert errno_of(busy) == errno.EBUSY and "mapped by d2 through grant ref 8" in busy.value.message
+    assert mem.is_populated(1, 99)
+    for domid in (1, 2):
+        grants.remove_domain(domid)
+        mem.remove_domain(domid)
+
+
+def test_reservation_calls_are_capped(shm_dir):
+    from xenlab.hypervisor.memory import MAX_EXTENTS
+    mem = MachineMemory(shm_dir, "c-", total_pages=4000)
+    mem.add_domain(1, 2000, 2000)
+    with pytest.raises(MemoryError_) as e:
+        mem.decrease_reservation(1, range(MAX_EXTENTS + 1))
+    assert errno_of(e) == errno.E2BIG and f"at most {MAX_EXTENTS}" in e.value.message
+    assert mem.reservation(1)[0] == 2000
+    for start in (0, MAX_EXTENTS):
+        mem.decrease_reservation(1, range(start, start + MAX_EXTENTS))
+    with pytest.raises(MemoryError_) as e:
+        mem.increase_reservation(1, nr_pages=MAX_EXTENTS + 1)
+    assert errno_of(e) == errno.E2BIG
+    with pytest.raises(MemoryError_) as e:
+        mem.increase_reservation(1, gfns=range(MAX_EXTENTS + 1))
+    assert errno_of(e) == errno.E2BIG
+    # past the maximum is ENOMEM, whatever the size
+    with pytest.raises(MemoryError_) as e:
+        mem.increase_reservation(1, nr_pages=(1 << 64) - 1)
+    assert errno_of(e) == errno.ENOMEM
+    assert mem.increase_reservation(1, nr_pages=MAX_EXTENTS) == list(range(MAX_EXTENTS))
+    mem.remove_domain(1)
+
+
+def test_lowest_free_gfns_do_not_rescan_the_populated_ones(mem):
+    mem.add_domain(1, 64, 64)
+    mem.decrease_reservation(1, [40, 41, 50])
+    assert mem.increase_reservation(1, nr_pages=2) == [40, 41]
+    mem.decrease_reservation(1, [3])
+    assert mem.increase_reservation(1, nr_pages=2) == [3, 50]
+
+
+def test_page_table_calls_are_capped(pt):
+    from xenlab.hypervisor.memory import MAX_MMU_UPDATES, MAX_MMUEXT_OPS
+    mem, table = pt
+    with pytest.raises(MemoryError_) as e:
+        mem.mmu_update(1, [(pte_ptr(table, 1), 0)] * (MAX_MMU_UPDATES + 1), {})
+    assert errno_of(e) == errno.E2BIG
+    with pytest.raises(MemoryError_) as e:
+        mem.mmuext(1, [("unpin", table)] * (MAX_MMUEXT_OPS + 1))
+    assert errno_of(e) == errno.E2BIG
+    assert mem.pinned_tables() == {table: 1}
+
+
+def allocated_pages(path) -> int:
+    """The pages tmpfs backs for a file, as the host sees them."""
+    return os.stat(path).st_blocks * 512 // PAGE
+
+
+def test_a_balloon_out_frame_the_guest_touches_again_is_punched_out_at_its_next_reservation_call(mem):
+    mem.add_domain(1, 256, 256)
+    path = mem.segment_path(1)
+    view = guest_view(mem, 1)
+    for gfn in range(128):
+        view[(1 + gfn) * PAGE:(2 + gfn) * PAGE] = b"\xaa" * PAGE
+    mem.decrease_reservation(1, list(range(64, 128)))
+    base = allocated_pages(path)
+    # a hostile guest writes to frames it gave back, through its own mapping
+    for gfn in range(64, 128):
+        view[(1 + gfn) * PAGE:(2 + gfn) * PAGE] = b"\xbb" * PAGE
+    assert allocated_pages(path) >= base + 64
+    mem.decrease_reservation(1, [0])                         # its next reservation call
+    assert allocated_pages(path) <= base
+    assert view[65 * PAGE:129 * PAGE] == bytes(64 * PAGE)
+    assert view[2 * PAGE:65 * PAGE] == b"\xaa" * 63 * PAGE  # populated frames are kept
+    # a frame it gets back reads as zeros, whatever it wrote there meanwhile
+    view[65 * PAGE:66 * PAGE] = b"\xcc" * PAGE
+    assert mem.increase_reservation(1, gfns=[64]) == [64]
+    assert bytes(mem.frame(1, 64)) == bytes(PAGE)
+    view.close()

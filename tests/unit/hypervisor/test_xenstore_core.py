@@ -287,6 +287,13 @@ def test_entry_size_quota(events):
     assert xs.read(D1, "data/v") == b"12345678"
 
 
+def test_no_value_is_longer_than_a_xenstore_payload(events):
+    xs = make_store(events)
+    xs.write(DOM0, "/tool/v", b"x" * 4096)
+    assert errno_of(xs.write, DOM0, "/tool/v", b"x" * 4097) == errno.E2BIG
+    assert len(xs.read(DOM0, "/tool/v")) == 4096
+
+
 def test_watch_quota_is_per_domain(events):
     xs = make_store(events, watches=2)
     xs.watch(D1, "c1", "data/a", "t")
@@ -339,11 +346,18 @@ def test_transaction_sees_its_own_writes_and_others_do_not(xs):
     assert xs.read(D1, "data/a") == b"1"
 
 
-def test_transaction_reads_its_snapshot(xs):
+def test_transaction_reads_a_node_as_it_first_saw_it(xs):
+    # as C xenstored: a node is read when the transaction first touches it
+    # (its generation recorded), not copied when the transaction starts
     xs.write(D1, "data/a", b"old")
+    xs.write(D1, "data/b", b"old")
     tx = xs.transaction_start(D1)
-    xs.write(DOM0, "/local/domain/1/data/a", b"new")
     assert xs.read(D1, "data/a", tx) == b"old"
+    xs.write(DOM0, "/local/domain/1/data/a", b"new")
+    xs.write(DOM0, "/local/domain/1/data/b", b"new")
+    assert xs.read(D1, "data/a", tx) == b"old"
+    assert xs.read(D1, "data/b", tx) == b"new"
+    assert errno_of(xs.transaction_end, D1, tx, True) == errno.EAGAIN
 
 
 def test_abort_discards_changes(xs):
@@ -629,3 +643,35 @@ def test_release_domain_cleans_up(xs, events):
     events.take()
     xs.write(DOM0, "/local/domain/1/data/x", b"")
     assert events.take() == []
+
+
+# -- no request walks the whole tree or every watch (issue "Hold the boundaries") -----------
+class NoScan(dict):
+    """A table that fails the test when anything walks or copies it."""
+
+    def _scan(self, *args):
+        raise AssertionError("a whole table was walked")
+
+    __iter__ = items = values = keys = copy = _scan
+
+
+def test_a_domus_requests_cost_no_walk_of_other_domains_nodes_or_watches(events):
+    xs = make_store(events)
+    for d in range(3, 40):                  # other domains, their nodes and watches
+        xs.write(DOM0, f"/local/domain/{d}/data/x", b"")
+        for i in range(20):
+            xs.watch(Caller(d), f"c{d}", f"/local/domain/{d}/data/x/w{i}", "t")
+    xs.watch(D1, "mine", "data/sub/deep/below", "b")
+    events.take()
+    xs._live.nodes = NoScan(xs._live.nodes)
+    xs._watches = NoScan(xs._watches)
+    tx = xs.transaction_start(D1)           # nothing copied
+    xs.write(D1, "data/sub/a", b"1", tx)
+    assert xs.read(D1, "data/sub/a", tx) == b"1"
+    xs.transaction_end(D1, tx, commit=True)
+    xs.rm(D1, "data/sub")                   # finds the watch below it without a walk
+    assert ("data/sub/deep/below", "b") in events.take("mine")
+    xs.unwatch(D1, "mine", "data/sub/deep/below", "b")
+    xs.watch(D1, "mine", "data", "d")
+    xs.drop_connection("mine")
+    assert xs.watch_count(1) == 0

@@ -218,7 +218,7 @@ async def test_a_stream_that_falls_behind_is_closed_resource_exhausted(hyperviso
         core = hypervisor.hv.xenstore
         dom0 = Caller(0, privileged=True)
         for i in range(20):        # no await: the stream cannot drain in between
-            core.write(dom0, f"/local/domain/{domid}/data/k", str(i).encode())
+            core.write(dom0, f"/local/domain/{domid}/data/k{i}", str(i).encode())
         with pytest.raises(grpc.aio.AioRpcError) as info:
             while True:
                 await session.next()
@@ -248,3 +248,82 @@ async def test_ack_goes_before_the_events_its_watch_fired():
     conn.release(xs_pb.WatchEvent(path="data", token="t", ack=True))
     assert conn.queue.get_nowait().ack
     assert not conn.queue.get_nowait().ack
+
+
+# -- per-domain watch limits (issue "Hold the boundaries", item 4) ---------------------------
+def big_event(i: int) -> tuple[str, str]:
+    return "/local/domain/1/data/" + "p" * 3000 + f"{i:04d}", f"{i:04d}".ljust(4096, "t")
+
+
+async def test_queued_watch_events_of_a_domain_stay_within_its_byte_budget():
+    from xenlab.hypervisor.xenstore import XenStoreQuotas
+    quotas = XenStoreQuotas(watch_event_bytes=64 * 1024)
+    connections = XenStoreConnections(quotas=quotas)
+    flooder = [connections.open(Caller(1)) for _ in range(4)]
+    bystander = connections.open(Caller(2))
+    for i in range(200):                     # nobody reads
+        for conn in flooder:
+            connections.fire(conn, *big_event(i))
+        assert connections.queued_bytes(1) <= quotas.watch_event_bytes
+    # each stream that would have passed the budget was closed, its events given back
+    assert all(conn.overflowed for conn in flooder)
+    assert "bytes of events queued" in flooder[0].overflow_reason
+    assert connections.queued_bytes(1) == 0
+    connections.fire(bystander, *big_event(0))
+    assert not bystander.overflowed and bystander.queue.qsize() == 1
+    # reading gives bytes back
+    bystander.queue.get_nowait()
+    assert connections.queued_bytes(2) == 0
+
+
+async def test_a_privileged_domain_has_a_larger_budget():
+    from xenlab.hypervisor.xenstore import XenStoreQuotas
+    quotas = XenStoreQuotas(watch_event_bytes=16 * 1024, privileged_watch_event_bytes=256 * 1024)
+    connections = XenStoreConnections(quotas=quotas)
+    dom0, domu = connections.open(Caller(0, privileged=True)), connections.open(Caller(1))
+    for i in range(20):
+        connections.fire(dom0, *big_event(i))
+        connections.fire(domu, *big_event(i))
+    assert domu.overflowed and not dom0.overflowed
+    assert connections.queued_bytes(0) > quotas.watch_event_bytes
+
+
+async def test_an_event_identical_to_one_still_queued_is_not_queued_again():
+    connections = XenStoreConnections()
+    conn = connections.open(Caller(1))
+    for _ in range(4000):                   # as xenstored's send_event drops duplicates
+        connections.fire(conn, "data/k", "t")
+    connections.fire(conn, "data/k", "u")
+    assert conn.queue.qsize() == 2 and conn.coalesced == 3999
+    assert conn.queue.get_nowait().token == "t"
+    connections.fire(conn, "data/k", "t")   # taken: the next one is news again
+    assert [conn.queue.get_nowait().token for _ in range(2)] == ["u", "t"]
+
+
+async def test_watch_streams_per_domain_are_limited(hypervisor):
+    quotas = hypervisor.hv.xs_connections.quotas
+    domid, client = await hypervisor.create_domain("streamer")
+    sessions = [WatchSession(client) for _ in range(quotas.watch_streams)]
+    try:
+        for i, session in enumerate(sessions):
+            assert not (await session.watch("data", f"t{i}")).error
+        extra = WatchSession(client)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await extra.watch("data", "x")
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"{quotas.watch_streams} watch streams" in info.value.details()
+        # Domain-0 and other domains are not affected
+        other = WatchSession(hypervisor.dom0)
+        assert not (await other.watch("/local/domain", "d0")).error
+        other.close()
+    finally:
+        for session in sessions:
+            session.close()
+    for _ in range(200):
+        if hypervisor.hv.xs_connections.streams(domid) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert hypervisor.hv.xs_connections.streams(domid) == 0
+    again = WatchSession(client)
+    assert not (await again.watch("data", "y")).error
+    again.close()
