@@ -1209,13 +1209,15 @@ async def fill_grant_table(client, peer: int | None = None) -> int:
 
 
 async def decrease_reservation_flood(client, *, gfns: int = 8000, rounds: int = 3,
-                                     stop: asyncio.Event | None = None) -> collections.Counter:
+                                     stop: asyncio.Event | None = None,
+                                     fill: bool = True) -> collections.Counter:
     """A full grant table, then DecreaseReservation calls of ``gfns`` frames
     (16 KB of request for 8000) whose last gfn is outside the domain, so that
     each fails on its last gfn and frees nothing: when every gfn was checked
     against every grant entry, each call froze the hypervisor for 4-7 s."""
     from xenlab.proto import memory_pb2
-    await fill_grant_table(client)
+    if fill:                        # else the caller filled it already
+        await fill_grant_table(client)
     request = memory_pb2.DecreaseReservationRequest(
         domid=client.domid, gfns=list(range(2000, 2000 + gfns - 1)) + [1 << 40])
     out: collections.Counter = collections.Counter()
@@ -1349,18 +1351,25 @@ async def _stream_end(call, quiet: float = 0.5) -> str:
             return (await call.code()).name
 
 
-async def doorbell_storm(client, secret: str, doorbell: str, *, ports: int = 600,
-                         datagrams: int = 20000, stop: asyncio.Event | None = None
-                         ) -> collections.Counter:
-    """SEND datagrams of 512 ports each, as fast as the doorbell socket
-    takes them, on ``ports`` IPI ports the domain binds to itself (the
-    upcalls they raise are never read): when the router's budget counted
-    datagrams, this took another pair's ping RTT from 3 ms to 0.5-1.3 s."""
-    import socket as socket_
+async def bind_ipis(client, ports: int) -> list[int]:
+    """``ports`` IPI ports the domain binds to itself."""
     from xenlab.proto import evtchn_pb2
+    return [(await client.evtchn.BindIpi(evtchn_pb2.BindIpiRequest(vcpu=0))).port
+            for _ in range(ports)]
+
+
+async def doorbell_storm(client, secret: str, doorbell: str, *, ports: int = 600,
+                         datagrams: int = 20000, stop: asyncio.Event | None = None,
+                         bound: list[int] | None = None) -> collections.Counter:
+    """SEND datagrams of 512 ports each, as fast as the doorbell socket
+    takes them, on ``ports`` IPI ports the domain binds to itself (or the
+    ports already ``bound``; the upcalls they raise are never read): when
+    the router's budget counted datagrams, this took another pair's ping
+    RTT from 3 ms to 0.5-1.3 s."""
+    import socket as socket_
     from xenlab.xen import doorbell as wire
-    bound = [(await client.evtchn.BindIpi(evtchn_pb2.BindIpiRequest(vcpu=0))).port
-             for _ in range(ports)]
+    if bound is None:
+        bound = await bind_ipis(client, ports)
     sock = socket_.socket(socket_.AF_UNIX, socket_.SOCK_SEQPACKET)
     out: collections.Counter = collections.Counter()
     try:

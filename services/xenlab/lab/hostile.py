@@ -7,10 +7,11 @@ sampled. In the first phase nothing else happens (the baseline); in the
 second, a domain "mallory" runs every flood the security review found at
 once, from a process of its own that holds only mallory's credentials:
 
-* reservation: DecreaseReservation of 4096 gfns at a time;
+* reservation: DecreaseReservation of 8,000 gfns (the last one not its
+  own) against a full grant table;
 * copy: GrantTable.Copy with 500,000 ops;
 * watches: 128 watch streams with 4 KiB tokens that never read, while
-  mallory writes 3 KiB values under its own node;
+  mallory writes under 3 KiB paths of its own;
 * doorbell: SEND datagrams of 512 of its own ports, as fast as it can;
 * messages: 60 MiB requests, with its credentials and without any;
 * calls: 5,000 calls in flight at once;
@@ -33,7 +34,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -45,14 +45,13 @@ import grpc
 
 from xenlab.agent_client import agent_for
 from xenlab.cli import argtypes
-from xenlab.client import HypervisorClient, credentialed_channel
+from xenlab import testing_hostile as hostile
+from xenlab.client import HypervisorClient
 from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import parse_lab
 from xenlab.osutil import on_stop_signal
-from xenlab.proto import (agent_pb2, common_pb2, domains_pb2, evtchn_pb2, grants_pb2,
-                          memory_pb2, xenstore_pb2, xenstore_pb2_grpc)
-from xenlab.rpc import CHANNEL_OPTIONS
-from xenlab.xen import doorbell as wire
+from xenlab.proto import agent_pb2, common_pb2, domains_pb2, xenstore_pb2
+from xenlab.rpc import credentials_metadata
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,6 @@ PING_CHUNK = 50               # pings per agent call
 DOM0_READ_INTERVAL = 0.01
 RSS_INTERVAL = 0.1
 MALLORY_MB = 32
-BIG = 60 * 1024 * 1024        # bytes in one oversized request
 FLOODS = ("reservation", "copy", "watches", "doorbell", "messages", "calls", "devices")
 
 
@@ -198,166 +196,115 @@ async def run_phase(lab: Lab, phase: Phase, seconds: float, hv_pid: int,
 
 # -- mallory's floods (run in a process of its own) -------------------------------------------
 class Flooder:
-    """Every flood, as one domain with only its own credentials."""
+    """Every flood, as one domain with only its own credentials: the floods
+    of xenlab.testing_hostile, each repeated until the stop, and the
+    devices flood, which needs the toolstack's side (churn_vifs)."""
 
     def __init__(self, address: str, doorbell: str, domid: int, secret: str):
         self.address = address
         self.doorbell_path = doorbell
         self.domid = domid
-        self.hv: HypervisorClient | None = None    # made on the running loop (run)
         self.secret = secret
         self.home = f"/local/domain/{domid}"
-        self.stats: dict[str, collections.Counter] = {name: collections.Counter() for name in FLOODS}
+        self.stats: dict[str, collections.Counter] = {}
+        self.ports: list[int] | None = None
 
-    def _count(self, flood: str, err: BaseException | None = None) -> None:
-        if err is None:
-            self.stats[flood]["ok"] += 1
-        elif isinstance(err, grpc.aio.AioRpcError):
-            self.stats[flood][err.code().name] += 1
-        else:
-            self.stats[flood][f"{type(err).__name__}: {err}"[:120]] += 1
+    def _jobs(self, hv: HypervisorClient, stop: asyncio.Event) -> dict:
+        signed = credentials_metadata(self.domid, self.secret)
+        return {
+            "reservation": lambda: hostile.decrease_reservation_flood(hv, stop=stop, fill=False),
+            "copy": lambda: hostile.grant_copy_flood(hv, stop=stop),
+            "watches": lambda: self._until(stop, lambda: hostile.watch_event_flood(
+                self.address, self.domid, self.secret, writes=500)),
+            "doorbell": lambda: hostile.doorbell_storm(hv, self.secret, self.doorbell_path,
+                                                       stop=stop, bound=self.ports),
+            "messages": lambda: self._both(
+                hostile.oversized_message_flood(self.address, calls=8, stop=stop),
+                hostile.oversized_message_flood(self.address, calls=8, credentials=signed,
+                                                stop=stop)),
+            "calls": lambda: hostile.concurrent_call_flood(hv, stop=stop),
+            "devices": lambda: self.devices(hv, stop),
+        }
 
-    async def _forever(self, flood: str, call) -> None:
-        while True:
-            try:
-                await call()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:            # counted: every answer is a result here
-                self._count(flood, err)
-            else:
-                self._count(flood)
+    @staticmethod
+    async def _until(stop: asyncio.Event, flood) -> collections.Counter:
+        out: collections.Counter = collections.Counter()
+        while not stop.is_set():
+            out.update(await flood())
+        return out
 
-    async def reservation(self) -> None:
-        # 4,095 of its own frames and one it does not have: the call that
-        # checks every gfn, fails on the last one and frees nothing, again.
-        gfns = list(range(16, 16 + 4095)) + [MALLORY_MB * 256 + 1]
-        request = memory_pb2.DecreaseReservationRequest(domid=self.domid, gfns=gfns)
-        await self._forever("reservation", lambda: self.hv.memory.DecreaseReservation(request))
+    @staticmethod
+    async def _both(*floods) -> collections.Counter:
+        out: collections.Counter = collections.Counter()
+        for counts in await asyncio.gather(*floods):
+            out.update(counts)
+        return out
 
-    async def copy(self) -> None:
-        op = grants_pb2.GrantCopyOp(source=grants_pb2.CopyPtr(domid=0x7FF0, gfn=0),
-                                    dest=grants_pb2.CopyPtr(domid=0x7FF0, gfn=1), len=1)
-        request = grants_pb2.GrantCopyRequest(ops=[op] * 500_000)
-        await self._forever("copy", lambda: self.hv.grants.Copy(request))
-
-    async def watches(self) -> None:
-        streams = []
-        for i in range(128):
-            control = xenstore_pb2.WatchControl(path=f"{self.home}/data/flood",
-                                                token=f"{i:04d}" + "t" * 4092)
-            async def requests(control=control):
-                yield control
-                await asyncio.Event().wait()        # never unwatch, never close
-            call = self.hv.xenstore.WatchStream(requests())
-            streams.append(call)                    # and never read its events
-        value = b"v" * 3072
-        path = f"{self.home}/data/flood"
-        try:
-            await self._forever("watches", lambda: self.hv.xenstore.Write(
-                xenstore_pb2.WriteRequest(path=path, value=value)))
-        finally:
-            for call in streams:
-                call.cancel()
-
-    async def doorbell(self) -> None:
-        ports = []
-        for _ in range(wire.MAX_SEND_BATCH):
-            try:
-                ports.append((await self.hv.evtchn.BindIpi(evtchn_pb2.BindIpiRequest(vcpu=0))).port)
-            except grpc.aio.AioRpcError as err:
-                self._count("doorbell", err)
-                break
-        loop = asyncio.get_running_loop()
-        while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                sock.setblocking(False)
-                await loop.sock_connect(sock, self.doorbell_path)
-                await loop.sock_sendall(sock, wire.Hello(self.domid, self.secret).encode())
-                await loop.sock_recv(sock, wire.MAX_DATAGRAM)
-                storm = wire.Send(tuple(ports)).encode()
-                while True:
-                    await loop.sock_sendall(sock, storm)
-                    self.stats["doorbell"]["datagrams"] += 1
-            except OSError as err:
-                self._count("doorbell", err)
-                await asyncio.sleep(0.1)
-            finally:
-                sock.close()
-
-    async def messages(self) -> None:
-        big = xenstore_pb2.WriteRequest(path=f"{self.home}/data/big", value=b"m" * BIG)
-        options = [("grpc.max_send_message_length", -1)] + CHANNEL_OPTIONS[1:]
-        anonymous = grpc.aio.insecure_channel(self.address, options=options)
-        signed = credentialed_channel(self.address, self.domid, self.secret)
-        stubs = {"anonymous": xenstore_pb2_grpc.XenStoreStub(anonymous),
-                 "signed": xenstore_pb2_grpc.XenStoreStub(signed)}
-
-        async def one(kind: str) -> None:
-            while True:
-                try:
-                    await stubs[kind].Write(big)
-                except grpc.aio.AioRpcError as err:
-                    self.stats["messages"][f"{kind} {err.code().name}"] += 1
-                else:
-                    self.stats["messages"][f"{kind} ok"] += 1
-        try:
-            await asyncio.gather(*(one(kind) for kind in stubs for _ in range(8)))
-        finally:
-            await anonymous.close()
-            await signed.close()
-
-    async def calls(self) -> None:
-        request = xenstore_pb2.PathRequest(path=f"{self.home}/name")
-
-        async def burst() -> None:
-            results = await asyncio.gather(*(self.hv.xenstore.Read(request) for _ in range(5000)),
-                                           return_exceptions=True)
-            for result in results:
-                self._count("calls", result if isinstance(result, BaseException) else None)
-        while True:
-            await burst()
-
-    async def devices(self) -> None:
-        """Whatever vif the toolstack gives us: garbage in its frontend."""
+    async def devices(self, hv: HypervisorClient, stop: asyncio.Event) -> collections.Counter:
+        """Whatever vif the toolstack gives us: garbage in its frontend
+        (netback must fail that one device, and let it go when detached)."""
         base = f"{self.home}/device/vif"
+        out: collections.Counter = collections.Counter()
         seen: set[str] = set()
-        while True:
+        while not stop.is_set():
             try:
-                names = (await self.hv.xenstore.Directory(xenstore_pb2.PathRequest(path=base))).names
+                names = (await hv.xenstore.Directory(xenstore_pb2.PathRequest(path=base))).names
             except grpc.aio.AioRpcError:
                 names = []
             for devid in set(names) - seen:
                 for key, value in (("tx-ring-ref", b"\xff\xfe"), ("rx-ring-ref", "²".encode()),
                                    ("event-channel", b"-1"), ("state", b"\xff\xfe\xfd")):
-                    try:
-                        await self.hv.xenstore.Write(xenstore_pb2.WriteRequest(
-                            path=f"{base}/{devid}/{key}", value=value))
-                        self._count("devices")
-                    except grpc.aio.AioRpcError as err:
-                        self._count("devices", err)
+                    # mallory's other floods keep its own calls at their
+                    # limit: this one retries until its write is taken.
+                    for _ in range(100):
+                        outcome = await hostile._outcome(hv.xenstore.Write(
+                            xenstore_pb2.WriteRequest(path=f"{base}/{devid}/{key}", value=value)))
+                        if outcome != "RESOURCE_EXHAUSTED":
+                            break
+                        await asyncio.sleep(0.01)
+                    out[outcome] += 1
             seen = set(names)
             await asyncio.sleep(0.05)
+        return out
 
-    async def run(self, floods=FLOODS) -> None:
-        self.hv = HypervisorClient.connect(self.address, self.domid, self.secret)
-        tasks = [asyncio.create_task(getattr(self, name)(), name=name) for name in floods]
+    async def setup(self, hv: HypervisorClient, floods) -> None:
+        """What floods need before they start, done while mallory is the
+        only caller it has: ports to storm with, a full grant table (what
+        made every gfn of a DecreaseReservation cost a table scan)."""
+        if "doorbell" in floods:
+            self.ports = await hostile.bind_ipis(hv, 600)
+        if "reservation" in floods:
+            await hostile.fill_grant_table(hv)
+
+    async def run(self, floods=FLOODS, grace: float = 30.0, ready=lambda: None) -> None:
         stop = asyncio.Event()
         on_stop_signal(stop.set)
-        await stop.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await self.hv.close()
+        async with HypervisorClient.connect(self.address, self.domid, self.secret) as hv:
+            await self.setup(hv, floods)
+            ready()
+            jobs = self._jobs(hv, stop)
+            tasks = {name: asyncio.create_task(jobs[name](), name=name) for name in floods}
+            await stop.wait()
+            # Each flood ends its round and says what it got; one that does
+            # not within the grace is cancelled and reported so.
+            await asyncio.wait(tasks.values(), timeout=grace)
+            for name, task in tasks.items():
+                if not task.done():
+                    task.cancel()
+                    self.stats[name] = collections.Counter({"still running at the stop": 1})
+                elif task.exception() is not None:
+                    err = task.exception()
+                    self.stats[name] = collections.Counter({f"{type(err).__name__}: {err}"[:120]: 1})
+                else:
+                    self.stats[name] = task.result()
 
 
 def flood_main() -> int:
-    """The flooder process: credentials on standard input, its counts on
-    standard output when SIGTERM ends it."""
+    """The flooder process: credentials on standard input; "ready" on
+    standard output once set up, and its counts when SIGTERM ends it."""
     creds = json.loads(sys.stdin.readline())
     flooder = Flooder(creds["address"], creds["doorbell"], creds["domid"], creds["secret"])
-    asyncio.run(flooder.run(creds.get("floods") or FLOODS))
+    asyncio.run(flooder.run(creds.get("floods") or FLOODS, ready=lambda: print("ready", flush=True)))
     print(json.dumps({k: dict(v) for k, v in flooder.stats.items()}), flush=True)
     return 0
 
@@ -412,6 +359,9 @@ async def _soak(args, rundir: Path) -> int:
         mallory = reply.info.domid
         _progress(f"flood: mallory (d{mallory}) runs {', '.join(floods)} for {args.seconds:g}s")
         flooder = await _start_flooder(lab, mallory, reply.secret, floods)
+        if (await asyncio.wait_for(flooder.stdout.readline(), 120)).strip() != b"ready":
+            raise LabError("the flooder did not get ready:\n"
+                           + (lab.run.logs / "flooder.log").read_text()[-3000:])
         flood = Phase("flood")
         extra = [lambda stop: churn_vifs(lab, mallory, flood, stop)] if "devices" in floods else []
         try:
