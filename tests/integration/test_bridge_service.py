@@ -181,8 +181,9 @@ async def test_the_veth_hello_is_checked(three):
 
 
 async def test_port_flags_through_the_api(three):
-    info = await three.api.SetPortFlags(bridge_pb2.SetPortFlagsRequest(port="vif3.0", flood=False))
-    assert (info.flood, info.learning, info.hairpin, info.state) == (False, True, False, "forwarding")
+    info = await three.api.SetPortFlags(bridge_pb2.SetPortFlagsRequest(port="vif3.0", bcast_flood=False))
+    assert (info.flood, info.bcast_flood, info.learning, info.hairpin, info.state) == \
+        (True, False, True, False, "forwarding")
     three.ends["vif1.0"].transmit([arp_request(MACS["vif1.0"])])
     await eventually(lambda: three.got["vif2.0"])
     await three.quiet()
@@ -222,9 +223,17 @@ async def test_api_ports_flush_and_ageing(lab):
     ("DeleteStatic", bridge_pb2.StaticFdbRequest(mac="00:16:3e:00:00:01"), grpc.StatusCode.NOT_FOUND),
     ("DeleteStatic", bridge_pb2.StaticFdbRequest(mac="00:16:3e:00:00"), grpc.StatusCode.INVALID_ARGUMENT),
     ("SetAgeing", bridge_pb2.SetAgeingRequest(seconds=-1), grpc.StatusCode.INVALID_ARGUMENT),
-    ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="vif1.0", state="blocking"),
+    ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="vif1.0", state="stalled"),
      grpc.StatusCode.INVALID_ARGUMENT),
     ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="nope", learning=False), grpc.StatusCode.NOT_FOUND),
+    ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="vif1.0", priority=64),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("FdbAdd", bridge_pb2.FdbEntryRequest(mac="00:16:3e:00:00:01", port="nope"), grpc.StatusCode.NOT_FOUND),
+    ("FdbAdd", bridge_pb2.FdbEntryRequest(mac="00:16:3e:00:00:01", port="vif1.0", state="sticky"),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("FdbDelete", bridge_pb2.FdbEntryRequest(mac="00:16:3e:00:00:77"), grpc.StatusCode.NOT_FOUND),
+    ("SetBridge", bridge_pb2.SetBridgeRequest(fdb_policy="lru"), grpc.StatusCode.INVALID_ARGUMENT),
+    ("SetBridge", bridge_pb2.SetBridgeRequest(group_fwd_mask=1), grpc.StatusCode.INVALID_ARGUMENT),
     ("Flush", bridge_pb2.FlushFdbRequest(port="nope"), grpc.StatusCode.NOT_FOUND),
     ("Stats", bridge_pb2.BridgeStatsRequest(bridge="nope"), grpc.StatusCode.NOT_FOUND),
 ])

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from xenlab import eventloop
-from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
+from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_LEARNED, POLICIES, POLICY_LINUX
 from xenlab.bridge.uplink import parse_uplink
 from xenlab.events import config as events_config
 from xenlab.hypervisor.config import default_rundir
@@ -40,10 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "address and Domain-0's secret are read from it to register in "
                              "xenstore (default $XENLAB_RUNDIR or /tmp/xenlab-UID)")
     parser.add_argument("--ageing", type=float, default=DEFAULT_AGEING, metavar="SECONDS",
-                        help=f"FDB ageing time; 0 means never (default {DEFAULT_AGEING:.0f}, as Linux)")
-    parser.add_argument("--fdb-max", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
-                        help=f"FDB entries per bridge; when full a new MAC evicts the least recently "
-                             f"seen learned one (default {DEFAULT_MAX_ENTRIES})")
+                        help=f"FDB ageing time; 0 keeps no learned entry, so every unicast floods "
+                             f"(default {DEFAULT_AGEING:.0f}, as Linux)")
+    parser.add_argument("--fdb-max", type=int, default=DEFAULT_MAX_LEARNED, metavar="N",
+                        help=f"learned FDB entries per bridge at most, as Linux's fdb_max_learned; "
+                             f"static ones do not count (default {DEFAULT_MAX_LEARNED})")
+    parser.add_argument("--fdb-policy", choices=tuple(POLICIES), default=POLICY_LINUX,
+                        help="what a full FDB does: " + "; ".join(f"{k}: {v}" for k, v in POLICIES.items())
+                             + f" (default {POLICY_LINUX})")
     parser.add_argument("--flood-limit", type=_flood_limit, default=_flood_limit(DEFAULT_FLOOD_LIMIT),
                         metavar="RATE[/BURST]",
                         help="storm control: each port may flood (broadcast, multicast, unknown "
@@ -103,7 +107,7 @@ def service_from_args(args, env=None):
     listen = args.listen or f"unix:{rundir}/bridge-{bridges[0]}.sock"
     grpc = args.grpc or f"unix:{rundir}/bridge.sock"
     return BridgeService(bridges, listen, grpc, None if args.no_register else rundir,
-                         ageing=args.ageing, fdb_max=args.fdb_max,
+                         ageing=args.ageing, fdb_max=args.fdb_max, fdb_policy=args.fdb_policy,
                          flood_rate=args.flood_limit[0], flood_burst=args.flood_limit[1],
                          uplinks=_uplinks(args.uplink, bridges))
 

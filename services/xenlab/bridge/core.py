@@ -4,26 +4,34 @@ A pure core: ``forward(ingress, frame)`` returns where the frame goes as a
 list of ``(port name, frame)``; the service moves the bytes. Time comes from
 the injectable clock of the FDB.
 
-The decision follows Linux's br_input.c / br_forward.c for a bridge without
-STP or VLAN filtering:
+The decision is Linux's br_input.c / br_forward.c, in its order:
 
 * a frame shorter than an Ethernet header, or longer than a veth can carry,
   is dropped ("runt", "oversize");
-* a frame on a disabled port is dropped ("port_disabled"), as a port in
-  BR_STATE_DISABLED drops everything;
 * a frame whose source is not a valid unicast address is dropped
   ("bad_src_mac"), as br_handle_frame does with !is_valid_ether_addr;
+* frames to the IEEE 802.1D reserved group 01:80:c2:00:00:0X are the
+  bridge's own (br_handle_frame): 01 (MAC control, pause) is dropped before
+  anything is learned ("pause"); 00 (the bridge group address, STP's BPDUs)
+  is forwarded as any multicast while STP is off, and taken by STP when it
+  is on ("bpdu"); the others (LACP, 802.1X, LLDP...) teach the FDB their
+  source and stop at the bridge ("link_local"), unless their bit is set in
+  ``group_fwd_mask`` (bits 0-2 may not be: BR_GROUPFWD_RESTRICTED);
+* a port that is disabled, listening or blocking drops what enters it
+  ("port_disabled", "port_blocking"); a learning port learns and then drops
+  ("port_learning");
+* a locked port (802.1X) drops a frame whose source the FDB does not already
+  hold on that port ("locked"), and learns nothing;
 * the source is learned when the ingress port has learning on (BR_LEARNING);
-* frames to the IEEE 802.1D reserved group 01:80:c2:00:00:0X are never
-  forwarded ("link_local"): they are for the bridge itself;
-* known unicast goes to its port only; if that port is the ingress port the
-  frame is dropped ("same_port") unless the port has hairpin on, as
-  should_deliver(); a destination behind a disabled port is dropped
-  ("egress_disabled");
-* broadcast, multicast and unknown unicast are flooded to every other
-  forwarding port with the flood flag (BR_FLOOD, BR_MCAST_FLOOD and
-  BR_BCAST_FLOOD folded into one), and back to the ingress port only when
-  it has hairpin on; with nowhere to go the frame is dropped ("no_egress").
+* known unicast goes to its port only (should_deliver): back out the ingress
+  port only with hairpin on ("same_port"), never to a port that is not
+  forwarding ("egress_disabled"), never from an isolated port to another
+  isolated port ("isolated"); a permanent entry is the bridge's own
+  address, so the frame stops here ("local");
+* unknown unicast floods to the ports with ``flood`` (BR_FLOOD), multicast
+  to those with ``mcast_flood``, broadcast to those with ``bcast_flood``,
+  each flag on its own as br_flood tests them; with nowhere to go the frame
+  is dropped ("no_egress").
 
 Storm control, which Linux's bridge does not have but switches do (Cisco's
 storm-control, Open vSwitch meters): with a flood limit set, each ingress
@@ -47,19 +55,34 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
-from xenlab.net.ethernet import ZERO, is_link_local
+from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_LEARNED, POLICY_LINUX, STATIC, Fdb
+from xenlab.net.ethernet import ZERO
 from xenlab.xen.abi import ETH_HLEN
 from xenlab.xen.errors import XenError
 
 MAX_FRAME = 0xFFFF              # the largest frame a veth datagram carries
-FORWARDING = "forwarding"
+# Port states, numbered as linux/if_bridge.h BR_STATE_*.
 DISABLED = "disabled"
-PORT_STATES = (FORWARDING, DISABLED)
-DROP_REASONS = ("runt", "oversize", "port_disabled", "bad_src_mac", "link_local",
-                "same_port", "egress_disabled", "no_egress", "storm_control")
+LISTENING = "listening"
+LEARNING = "learning"
+FORWARDING = "forwarding"
+BLOCKING = "blocking"
+PORT_STATES = (DISABLED, LISTENING, LEARNING, FORWARDING, BLOCKING)
+DROP_REASONS = ("runt", "oversize", "bad_src_mac", "pause", "bpdu", "link_local",
+                "port_disabled", "port_blocking", "port_learning", "locked", "same_port",
+                "egress_disabled", "isolated", "local", "no_egress", "storm_control")
 BROADCAST = b"\xff" * 6
 IFNAMSIZ = 16                   # linux/if.h: names are at most 15 characters
+LINK_LOCAL_PREFIX = b"\x01\x80\xc2\x00\x00"
+GROUPFWD_RESTRICTED = 0x0007    # br_private.h: 00, 01 and 02 can never be forwarded by mask
+DEFAULT_PORT_PRIORITY = 0x20    # br_if.c new_nbp: port_id priority
+DEFAULT_PORT_COST = 2           # br_if.c port_cost() of a 10 Gb/s link, what a veth reports
+DEFAULT_BRIDGE_PRIORITY = 0x8000
+MAX_PORT_PRIORITY = 63          # BR_MAX_PORT_PRIORITY: 6 bits above the 10-bit port number
+MAX_PORT_COST = 65535           # BR_MAX_PATH_COST
+
+# Packet kinds, for flooding (br_private.h enum br_pkt_type).
+_UNICAST, _MULTICAST, _BROADCAST = 0, 1, 2
 
 # Bridge names become xenstore path components (/tool/xenlab/bridges/NAME).
 _BRIDGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
@@ -82,15 +105,33 @@ def check_port_name(name: str) -> str:
     return name
 
 
+def check_group_fwd_mask(mask: int) -> int:
+    if isinstance(mask, bool) or not isinstance(mask, int) or not 0 <= mask <= 0xFFFF:
+        raise XenError(errno.EINVAL, f"group_fwd_mask {mask!r}: a 16-bit mask, one bit per "
+                                     f"01:80:c2:00:00:0X")
+    if mask & GROUPFWD_RESTRICTED:
+        # br_set_group_fwd_mask refuses them: STP, pause and LACP frames.
+        raise XenError(errno.EINVAL, f"group_fwd_mask {mask:#x}: bits 0-2 (STP, pause, LACP) "
+                                     f"can never be forwarded")
+    return mask
+
+
 @dataclass
 class BridgePort:
     name: str
     port_no: int
     mac: bytes = ZERO
     learning: bool = True
-    flood: bool = True
+    flood: bool = True              # unknown unicast (BR_FLOOD)
+    mcast_flood: bool = True        # BR_MCAST_FLOOD
+    bcast_flood: bool = True        # BR_BCAST_FLOOD
     hairpin: bool = False
+    isolated: bool = False
+    locked: bool = False
     state: str = FORWARDING
+    priority: int = DEFAULT_PORT_PRIORITY
+    cost: int = DEFAULT_PORT_COST
+    carrier: bool = True
     counters: collections.Counter = field(default_factory=collections.Counter)
     drops: collections.Counter = field(default_factory=collections.Counter)
     flood_credit: float = -1.0      # storm control's token bucket; < 0: full, not started
@@ -100,6 +141,10 @@ class BridgePort:
     def forwarding(self) -> bool:
         return self.state == FORWARDING
 
+    def floods(self, kind: int) -> bool:
+        return self.flood if kind == _UNICAST else self.mcast_flood if kind == _MULTICAST \
+            else self.bcast_flood
+
     def stats(self) -> dict[str, int]:
         return {k: self.counters[k] for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
 
@@ -107,23 +152,31 @@ class BridgePort:
         return {k: self.counters[k] for k in ("rx_broadcast", "rx_multicast")}
 
 
+# The flags `bridge link set` changes, as booleans.
+PORT_FLAGS = ("learning", "flood", "mcast_flood", "bcast_flood", "hairpin", "isolated", "locked")
+
+
 class Bridge:
     def __init__(self, name: str = "xenbr0", ageing: float = DEFAULT_AGEING,
-                 max_entries: int = DEFAULT_MAX_ENTRIES, mac: bytes | None = None,
+                 max_learned: int = DEFAULT_MAX_LEARNED, mac: bytes | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 flood_rate: float = 0.0, flood_burst: float | None = None):
+                 flood_rate: float = 0.0, flood_burst: float | None = None,
+                 fdb_policy: str = POLICY_LINUX, group_fwd_mask: int = 0):
         self.name = check_bridge_name(name)
-        self.fdb = Fdb(name, ageing, max_entries, clock)
+        self.fdb = Fdb(name, ageing, max_learned, clock, fdb_policy)
         self.clock = clock
         self._mac = mac
+        self.priority = DEFAULT_BRIDGE_PRIORITY
+        self.group_fwd_mask = check_group_fwd_mask(group_fwd_mask)
+        self.stp_enabled = False
         self.ports: dict[str, BridgePort] = {}
         self.counters: collections.Counter = collections.Counter(
             {k: 0 for k in ("rx", "forwarded", "flooded", "unicast", "tx")})
         self.drops: collections.Counter = collections.Counter()
-        self._next_port_no = 1
         self.flood_rate = 0.0
         self.flood_burst = 0.0
         self.set_flood_limit(flood_rate, flood_burst)
+        self._port_events: collections.deque[tuple[str, str]] = collections.deque()
 
     # -- identity, as brctl shows it ---------------------------------------------
     @property
@@ -137,8 +190,7 @@ class Bridge:
 
     @property
     def bridge_id(self) -> str:
-        # Priority 0x8000, Linux's default, then the address.
-        return "8000." + self.mac.hex()
+        return f"{self.priority:04x}." + self.mac.hex()
 
     # -- ports -----------------------------------------------------------------
     def add_port(self, name: str, mac: bytes = ZERO) -> BridgePort:
@@ -149,6 +201,7 @@ class Bridge:
             raise XenError(errno.EINVAL, f"a port address is 6 bytes, got {len(mac)}")
         port = BridgePort(name, self._allocate_port_no(), mac)
         self.ports[name] = port
+        self._port_changed(port)
         return port
 
     def _allocate_port_no(self) -> int:
@@ -171,30 +224,95 @@ class Bridge:
         port = self.port(name)
         self.fdb.flush(name, include_static=True)
         del self.ports[name]
+        self._port_events.append(("deleted", name))
         return port
 
-    def set_port_flags(self, name: str, learning: bool | None = None, flood: bool | None = None,
-                       hairpin: bool | None = None, state: str | None = None) -> BridgePort:
+    def set_port_flags(self, name: str, state: str | None = None, priority: int | None = None,
+                       cost: int | None = None, **flags: bool) -> BridgePort:
+        """`bridge link set dev PORT [learning|flood|mcast_flood|bcast_flood|
+        hairpin|isolated|locked on|off] [state S] [priority P] [cost C]`."""
         port = self.port(name)
+        unknown = set(flags) - set(PORT_FLAGS)
+        if unknown:
+            raise XenError(errno.EINVAL, f"unknown port flag(s): {', '.join(sorted(unknown))}")
         if state is not None and state not in PORT_STATES:
             raise XenError(errno.EINVAL, f"port state {state!r}: use one of {', '.join(PORT_STATES)}")
-        if learning is not None:
-            port.learning = learning
-        if flood is not None:
-            port.flood = flood
-        if hairpin is not None:
-            port.hairpin = hairpin
-        if state is not None and state != port.state:
-            port.state = state
-            if state == DISABLED:
-                # br_stp_disable_port flushes what was learned behind the port.
-                self.fdb.flush(name)
+        if priority is not None and not 0 <= priority <= MAX_PORT_PRIORITY:
+            raise XenError(errno.EINVAL, f"port priority {priority} is outside 0..{MAX_PORT_PRIORITY}")
+        if cost is not None and not 1 <= cost <= MAX_PORT_COST:
+            raise XenError(errno.EINVAL, f"port cost {cost} is outside 1..{MAX_PORT_COST}")
+        if state is not None:
+            self._check_state_change(port, state)
+        for flag, value in flags.items():
+            if value is not None:
+                setattr(port, flag, bool(value))
+        if priority is not None:
+            port.priority = priority
+        if cost is not None:
+            port.cost = cost
+        if state is not None:
+            self._set_state(port, self._selected_state(state))
+        self._port_changed(port)
         return port
 
+    def _check_state_change(self, port: BridgePort, state: str) -> None:
+        # br_set_port_state: the kernel's STP owns the states while it runs,
+        # and a port without carrier may only be disabled.
+        if self.stp_enabled:
+            raise XenError(errno.EBUSY, f"{self.name} runs STP, which sets the port states")
+        if not port.carrier and state != DISABLED:
+            raise XenError(errno.ENETDOWN, f"{port.name} has no link: it can only be disabled")
+
+    @staticmethod
+    def _selected_state(state: str) -> str:
+        # br_port_state_selection without STP: every port is designated, and
+        # br_make_forwarding takes a blocking port straight to forwarding.
+        return FORWARDING if state == BLOCKING else state
+
+    def _set_state(self, port: BridgePort, state: str) -> None:
+        """A port state change, as br_set_state: the FDB keeps what the
+        port learned (only losing the link flushes it)."""
+        port.state = state
+
+    def set_carrier(self, name: str, up: bool) -> BridgePort:
+        """The port's link went down or came back: br_port_carrier_check ->
+        br_stp_disable_port (disabled, learned entries flushed) or
+        br_stp_enable_port (forwarding without STP)."""
+        port = self.port(name)
+        if up == port.carrier:
+            return port
+        port.carrier = up
+        if up:
+            self._set_state(port, FORWARDING)
+        else:
+            self._set_state(port, DISABLED)
+            self.fdb.flush(name)
+        self._port_changed(port)
+        return port
+
+    def _port_changed(self, port: BridgePort) -> None:
+        self._port_events.append(("changed", port.name))
+
+    def pop_port_events(self) -> list[tuple[str, str]]:
+        """("changed"|"deleted", port) since the last call, for `bridge
+        monitor link`."""
+        events = list(self._port_events)
+        self._port_events.clear()
+        return events
+
     # -- FDB management ----------------------------------------------------------
-    def add_static(self, mac: bytes, port: str) -> None:
+    def fdb_add(self, mac: bytes, port: str, state: str = STATIC, sticky: bool = False,
+                vid: int = 0, replace: bool = False):
         self.port(port)
-        self.fdb.add_static(mac, port)
+        return self.fdb.add(mac, port, state, sticky, vid, replace)
+
+    def fdb_delete(self, mac: bytes, port: str | None = None, vid: int = 0):
+        if port is not None:
+            self.port(port)
+        return self.fdb.delete(mac, port, vid)
+
+    def add_static(self, mac: bytes, port: str) -> None:
+        self.fdb_add(mac, port, STATIC, replace=True)
 
     def delete_static(self, mac: bytes) -> None:
         self.fdb.delete_static(mac)
@@ -206,6 +324,9 @@ class Bridge:
 
     def set_ageing(self, seconds: float) -> None:
         self.fdb.set_ageing(seconds)
+
+    def set_group_fwd_mask(self, mask: int) -> None:
+        self.group_fwd_mask = check_group_fwd_mask(mask)
 
     def set_flood_limit(self, rate: float, burst: float | None = None) -> None:
         """Storm control: at most `rate` flooded frames per second from each
@@ -266,27 +387,44 @@ class Bridge:
             return self._drop(port, "runt")
         if size > MAX_FRAME:
             return self._drop(port, "oversize")
-        if port.state != FORWARDING:
-            return self._drop(port, "port_disabled")
         dst = frame[0:6]
         src = frame[6:12]
         if src[0] & 1 or src == ZERO:       # !is_valid_ether_addr, inlined: it runs per frame
             return self._drop(port, "bad_src_mac")
+        if dst[0] & 1 and dst[:5] == LINK_LOCAL_PREFIX and dst[5] < 0x10:
+            reason = self._link_local(port, dst[5], src, now)
+            if reason:
+                return self._drop(port, reason)
+        state = port.state
+        if state != FORWARDING:
+            if state != LEARNING:
+                return self._drop(port, "port_disabled" if state == DISABLED else "port_blocking")
+        if port.locked:
+            known = self.fdb.lookup(src, now)
+            if known is None or known.port != port.name or known.local:
+                return self._drop(port, "locked")
         if port.learning:
             self.fdb.learn(src, port.name, now)
+        if state == LEARNING:
+            return self._drop(port, "port_learning")
         if dst[0] & 1:
-            if is_link_local(dst):
-                return self._drop(port, "link_local")
-            port.counters["rx_broadcast" if dst == BROADCAST else "rx_multicast"] += 1
-            return self._flood(port, frame, now)
+            if dst == BROADCAST:
+                port.counters["rx_broadcast"] += 1
+                return self._flood(port, _BROADCAST, now)
+            port.counters["rx_multicast"] += 1
+            return self._flood(port, _MULTICAST, now)
         entry = self.fdb.lookup(dst, now)
         if entry is None:
-            return self._flood(port, frame, now)
+            return self._flood(port, _UNICAST, now)
+        if entry.local:
+            return self._drop(port, "local")
         egress = self.ports[entry.port]
         if egress is port and not port.hairpin:
             return self._drop(port, "same_port")
         if egress.state != FORWARDING:
             return self._drop(port, "egress_disabled")
+        if port.isolated and egress.isolated:
+            return self._drop(port, "isolated")
         entry.used = now
         counters = self.counters
         counters["unicast"] += 1
@@ -294,11 +432,28 @@ class Bridge:
         counters["tx"] += 1
         return [egress]
 
-    def _flood(self, ingress: BridgePort, frame: bytes, now: float) -> list[BridgePort]:
+    def _link_local(self, port: BridgePort, last: int, src: bytes, now: float) -> str:
+        """br_handle_frame for 01:80:c2:00:00:0X: the drop reason, or "" when
+        the frame goes on to be forwarded as any multicast."""
+        if last == 0x01:
+            return "pause"
+        if last == 0x00:
+            if not self.stp_enabled:
+                return ""       # "If STP is turned off, then must forward to keep loop detection"
+        elif self.group_fwd_mask & (1 << last):
+            return ""
+        # __br_handle_local_finish: learned, then passed up to the bridge itself.
+        if port.learning and port.state in (LEARNING, FORWARDING):
+            self.fdb.learn(src, port.name, now)
+        return "bpdu" if last == 0x00 else "link_local"
+
+    def _flood(self, ingress: BridgePort, kind: int, now: float) -> list[BridgePort]:
         if self.flood_rate and not self._flood_credit(ingress, now):
             return self._drop(ingress, "storm_control")
+        isolated = ingress.isolated
         targets = [p for p in self.ports.values()
-                   if p.flood and p.state == FORWARDING and (p is not ingress or p.hairpin)]
+                   if p.floods(kind) and p.state == FORWARDING and (p is not ingress or p.hairpin)
+                   and not (isolated and p.isolated)]
         if not targets:
             return self._drop(ingress, "no_egress")
         self.counters["flooded"] += 1
@@ -331,3 +486,4 @@ class Bridge:
         out.update({f"fdb_{k}": v for k, v in self.fdb.counters.items()})
         out["fdb_entries"] = len(self.fdb)
         return out
+

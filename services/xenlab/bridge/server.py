@@ -37,8 +37,10 @@ import grpc
 
 from xenlab.osutil import wait_for_stop_signal
 from xenlab.bridge import output
-from xenlab.bridge.core import Bridge, BridgePort, check_bridge_name, check_port_name
-from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEvent
+from xenlab.bridge.core import (PORT_FLAGS, Bridge, BridgePort, check_bridge_name,
+                                check_group_fwd_mask, check_port_name)
+from xenlab.bridge.fdb import (DEFAULT_AGEING, DEFAULT_MAX_LEARNED, PERMANENT, POLICY_LINUX,
+                               FdbEntry, FdbEvent, check_ageing, check_max_learned, check_policy)
 from xenlab.bridge.uplink import TapDevice
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.net.capture import DeviceCapture, directions
@@ -115,17 +117,19 @@ class BridgeService:
 
     def __init__(self, bridges: Iterable[str] = ("xenbr0",), listen: str = "",
                  grpc: str = "", rundir: Path | None = None,
-                 ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_ENTRIES,
+                 ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_LEARNED,
                  clock: Callable[[], float] = time.monotonic,
                  uplinks: dict[str, str] | None = None,
-                 flood_rate: float = 0.0, flood_burst: float | None = None):
+                 flood_rate: float = 0.0, flood_burst: float | None = None,
+                 fdb_policy: str = POLICY_LINUX):
         names = [check_bridge_name(n) for n in bridges]
         if not names or len(set(names)) != len(names):
             raise XenError(errno.EINVAL, f"bridge names must be given and distinct: {names}")
         if not listen or not grpc:
             raise XenError(errno.EINVAL, "both a veth listen address and a gRPC address are needed")
         self.bridges: dict[str, Bridge] = {
-            n: Bridge(n, ageing, fdb_max, clock=clock, flood_rate=flood_rate, flood_burst=flood_burst)
+            n: Bridge(n, ageing, fdb_max, clock=clock, flood_rate=flood_rate, flood_burst=flood_burst,
+                      fdb_policy=fdb_policy)
             for n in names}
         self.uplinks = _check_uplinks(uplinks or {}, names)
         self.default = names[0]
@@ -433,9 +437,23 @@ def port_info(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortI
     veth = isinstance(dev, VethEnd)
     return bridge_pb2.BridgePortInfo(
         name=port.name, port_no=port.port_no, mac=format_mac(port.mac), learning=port.learning,
-        flood=port.flood, hairpin=port.hairpin, state=port.state,
+        flood=port.flood, mcast_flood=port.mcast_flood, bcast_flood=port.bcast_flood,
+        hairpin=port.hairpin, isolated=port.isolated, locked=port.locked, state=port.state,
+        priority=port.priority, cost=port.cost, carrier=port.carrier,
         link="veth" if veth else "tap" if isinstance(dev, TapDevice) else "none",
         peer=json.dumps(dev.peer_info, sort_keys=True) if veth else "")
+
+
+def fdb_record(br: Bridge, entry: FdbEntry, now: float) -> bridge_pb2.FdbRecord:
+    record = bridge_pb2.FdbRecord(
+        mac=format_mac(entry.mac), bridge=br.name, port=entry.port,
+        port_no=br.ports[entry.port].port_no, static=entry.static, sticky=entry.sticky,
+        state=entry.state, vlan=entry.vid, learned=entry.learned,
+        used=now - entry.used, updated=now - entry.updated)
+    left = br.fdb.expires_in(entry, now)
+    if left is not None:
+        record.expires_in = left
+    return record
 
 
 class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
@@ -447,9 +465,10 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
 
     def _bridge_info(self, br: Bridge) -> bridge_pb2.BridgeInfo:
         return bridge_pb2.BridgeInfo(
-            name=br.name, bridge_id=br.bridge_id, mac=format_mac(br.mac), stp=False,
+            name=br.name, bridge_id=br.bridge_id, mac=format_mac(br.mac), stp=br.stp_enabled,
             ports=[self._port_info(br, n) for n in br.ports], ageing=br.fdb.ageing,
-            fdb_max=br.fdb.max_entries, fdb_entries=len(br.fdb),
+            fdb_max=br.fdb.max_learned, fdb_entries=len(br.fdb), fdb_learned=br.fdb.n_learned,
+            fdb_policy=br.fdb.policy, group_fwd_mask=br.group_fwd_mask, priority=br.priority,
             veth_address=self.service.veth_address)
 
     @handles_xen_errors
@@ -480,19 +499,9 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
             br.port(request.port)
         br.expire()
         now = br.clock()
-        records = []
-        for entry in br.fdb:
-            if request.port and entry.port != request.port:
-                continue
-            record = bridge_pb2.FdbRecord(
-                mac=format_mac(entry.mac), bridge=br.name, port=entry.port,
-                port_no=br.ports[entry.port].port_no, static=entry.static,
-                used=now - entry.used, updated=now - entry.updated)
-            left = br.fdb.expires_in(entry, now)
-            if left is not None:
-                record.expires_in = left
-            records.append(record)
-        records.sort(key=lambda r: (r.port_no, r.mac))
+        records = [fdb_record(br, entry, now) for entry in br.fdb
+                   if not request.port or entry.port == request.port]
+        records.sort(key=lambda r: (r.port_no, r.mac, r.vlan))
         self.service.publish(br)
         return bridge_pb2.FdbTable(entries=records,
                                    text=output.format_fdb_show(records, request.stats))
@@ -522,14 +531,50 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         return common_pb2.Empty()
 
     @handles_xen_errors
+    async def FdbAdd(self, request, context):
+        br = self.service.bridge(request.bridge)
+        if not request.port:
+            raise XenError(errno.EINVAL, "an FDB entry needs a port (dev PORT)")
+        entry = br.fdb_add(_mac(request.mac), request.port, request.state or PERMANENT,
+                           request.sticky, request.vlan, request.replace)
+        self.service.publish(br)
+        return fdb_record(br, entry, br.clock())
+
+    @handles_xen_errors
+    async def FdbDelete(self, request, context):
+        br = self.service.bridge(request.bridge)
+        br.fdb_delete(_mac(request.mac), request.port or None, request.vlan)
+        self.service.publish(br)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def SetBridge(self, request, context):
+        br = self.service.bridge(request.bridge)
+        # Check everything before changing anything.
+        if request.HasField("ageing"):
+            check_ageing(request.ageing)
+        if request.HasField("fdb_max"):
+            check_max_learned(request.fdb_max)
+        if request.fdb_policy:
+            check_policy(request.fdb_policy)
+        if request.HasField("group_fwd_mask"):
+            check_group_fwd_mask(request.group_fwd_mask)
+            br.set_group_fwd_mask(request.group_fwd_mask)
+        br.fdb.set_limit(request.fdb_max if request.HasField("fdb_max") else None,
+                         request.fdb_policy or None)
+        if request.HasField("ageing"):
+            br.set_ageing(request.ageing)
+        self.service.publish(br)
+        return self._bridge_info(br)
+
+    @handles_xen_errors
     async def SetPortFlags(self, request, context):
         br = self.service.bridge(request.bridge)
+        flags = {name: getattr(request, name) for name in PORT_FLAGS if request.HasField(name)}
         br.set_port_flags(
-            request.port,
-            learning=request.learning if request.HasField("learning") else None,
-            flood=request.flood if request.HasField("flood") else None,
-            hairpin=request.hairpin if request.HasField("hairpin") else None,
-            state=request.state or None)
+            request.port, state=request.state or None,
+            priority=request.priority if request.HasField("priority") else None,
+            cost=request.cost if request.HasField("cost") else None, **flags)
         self.service.publish(br)
         return self._port_info(br, request.port)
 
@@ -570,7 +615,8 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                 event, wall = item
                 yield bridge_pb2.FdbEvent(
                     kind=event.kind, bridge=event.bridge, mac=format_mac(event.mac),
-                    port=event.port, old_port=event.old_port, static=event.static, time=wall)
+                    port=event.port, old_port=event.old_port, static=event.static, time=wall,
+                    vlan=event.vid, sticky=event.sticky, permanent=event.local)
         finally:
             self.service.unsubscribe(sub)
 

@@ -174,10 +174,11 @@ class Lab:
         ageing = {b.ageing for b in self.spec.bridges}
         fdb_max = {b.fdb_max for b in self.spec.bridges}
         flood = {b.flood_limit for b in self.spec.bridges}
-        if len(ageing) > 1 or len(fdb_max) > 1 or len(flood) > 1:
+        policy = {b.fdb_policy for b in self.spec.bridges}
+        if len(ageing) > 1 or len(fdb_max) > 1 or len(flood) > 1 or len(policy) > 1:
             raise LabError("the bridges of a lab share one bridge service, so they must have the "
-                           "same ageing, fdb_max and flood_limit")
-        args = ["--ageing", f"{ageing.pop():g}"]
+                           "same ageing, fdb_max, fdb_policy and flood_limit")
+        args = ["--ageing", f"{ageing.pop():g}", "--fdb-policy", policy.pop()]
         limit = fdb_max.pop()
         if limit is not None:
             args += ["--fdb-max", str(limit)]

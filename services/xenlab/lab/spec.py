@@ -9,7 +9,10 @@
     [[bridge]]
     name = "xenbr0"
     uplink = "tap:xltap0"    # optional: a real Linux TAP port (needs CAP_NET_ADMIN)
-    fdb_max = 1024           # optional: FDB size limit (default 8192); then LRU eviction
+    fdb_max = 1024           # optional: learned FDB entries at most (default 8192)
+    fdb_policy = "ovs"       # optional: a full FDB learns nothing more ("linux", the
+                             # default, as fdb_max_learned) or evicts from the port with
+                             # the most entries ("ovs", Open vSwitch's fair eviction)
     flood_limit = "1000/2000"  # optional: storm control, flooded frames/s (/burst) per port;
                              # 0 turns it off (default: the bridge service's, 1000)
 
@@ -44,7 +47,7 @@ from xenlab.xen.xlcfg import XlConfig, format_value, load_xl_config, parse_xl_co
 
 LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
-BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "flood_limit"}
+BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit"}
 MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
 
 
@@ -55,6 +58,7 @@ class BridgeSpec:
     ageing: float = 300.0
     fdb_max: int | None = None
     flood_limit: str | None = None  # storm control, "RATE[/BURST]"; None: the service's default
+    fdb_policy: str = "linux"       # what a full FDB does: "linux" or "ovs"
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,12 @@ def _bridge(entry: dict, index: int, source: str) -> BridgeSpec:
             raise _fail(source, f"bridge {name}: flood_limit must be RATE or \"RATE/BURST\" "
                                 f"(frames per second, frames), got {flood!r}")
         flood = f"{flood:g}" if isinstance(flood, (int, float)) else flood
-    return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"), flood)
+    policy = entry.get("fdb_policy", "linux")
+    if policy not in ("linux", "ovs"):
+        raise _fail(source, f"bridge {name}: fdb_policy must be \"linux\" (learn nothing more when "
+                            f"full) or \"ovs\" (evict from the port with the most), got {policy!r}")
+    return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"), flood,
+                      policy)
 
 
 def _mqtt(entry: dict, source: str) -> MqttSpec:

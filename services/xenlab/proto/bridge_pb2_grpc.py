@@ -76,6 +76,21 @@ class BridgeStub(object):
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.SetPortFlagsRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.FromString,
                 _registered_method=True)
+        self.FdbAdd = channel.unary_unary(
+                '/xenlab.proto.Bridge/FdbAdd',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbRecord.FromString,
+                _registered_method=True)
+        self.FdbDelete = channel.unary_unary(
+                '/xenlab.proto.Bridge/FdbDelete',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+                _registered_method=True)
+        self.SetBridge = channel.unary_unary(
+                '/xenlab.proto.Bridge/SetBridge',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/xenlab.proto.Bridge/Stats',
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeStatsRequest.SerializeToString,
@@ -149,6 +164,24 @@ class BridgeServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def SetPortFlags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FdbAdd(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FdbDelete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBridge(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +263,21 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.SetPortFlags,
                     request_deserializer=xenlab_dot_proto_dot_bridge__pb2.SetPortFlagsRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.SerializeToString,
+            ),
+            'FdbAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.FdbAdd,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbRecord.SerializeToString,
+            ),
+            'FdbDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.FdbDelete,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
+            ),
+            'SetBridge': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBridge,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -473,6 +521,87 @@ class Bridge(object):
             '/xenlab.proto.Bridge/SetPortFlags',
             xenlab_dot_proto_dot_bridge__pb2.SetPortFlagsRequest.SerializeToString,
             xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FdbAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Bridge/FdbAdd',
+            xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.SerializeToString,
+            xenlab_dot_proto_dot_bridge__pb2.FdbRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FdbDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Bridge/FdbDelete',
+            xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.SerializeToString,
+            xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBridge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Bridge/SetBridge',
+            xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.SerializeToString,
+            xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.FromString,
             options,
             channel_credentials,
             insecure,

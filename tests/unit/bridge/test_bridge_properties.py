@@ -26,11 +26,15 @@ steps = st.one_of(
     st.tuples(st.just("frame"), st.sampled_from(PORTS), frames),
     st.tuples(st.just("flags"), st.sampled_from(PORTS),
               st.fixed_dictionaries({"learning": st.booleans(), "flood": st.booleans(),
-                                     "hairpin": st.booleans(),
-                                     "state": st.sampled_from(["forwarding", "disabled"])})),
+                                     "mcast_flood": st.booleans(), "bcast_flood": st.booleans(),
+                                     "hairpin": st.booleans(), "isolated": st.booleans(),
+                                     "locked": st.booleans(),
+                                     "state": st.sampled_from(["forwarding", "disabled", "learning",
+                                                               "listening", "blocking"])})),
     st.tuples(st.just("time"), st.just(""), st.floats(0, 400)),
     st.tuples(st.just("static"), st.sampled_from(PORTS), macs),
     st.tuples(st.just("flush"), st.sampled_from(PORTS + [None]), st.booleans()),
+    st.tuples(st.just("carrier"), st.sampled_from(PORTS), st.booleans()),
 )
 
 
@@ -42,10 +46,10 @@ class Clock:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(steps, max_size=120), st.integers(1, 6))
-def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit):
+@given(st.lists(steps, max_size=120), st.integers(1, 6), st.sampled_from(["linux", "ovs"]))
+def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit, policy):
     clock = Clock()
-    br = Bridge("br0", ageing=300, max_entries=limit, clock=clock)
+    br = Bridge("br0", ageing=300, max_learned=limit, clock=clock, fdb_policy=policy)
     for name in PORTS:
         br.add_port(name)
     forwarded_from = collections.Counter()
@@ -56,7 +60,11 @@ def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit):
                 forwarded_from[port] += 1
             _check_outputs(br, port, arg, out)
         elif op == "flags":
+            if not br.ports[port].carrier:
+                arg = {**arg, "state": "disabled"}
             br.set_port_flags(port, **arg)
+        elif op == "carrier":
+            br.set_carrier(port, arg)
         elif op == "time":
             clock.now += arg
         elif op == "static":
@@ -66,8 +74,9 @@ def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit):
                 assert getattr(err, "errno", None) is not None
         else:
             br.flush(port, include_static=arg)
-        assert len(br.fdb) <= limit
+        assert br.fdb.n_learned == sum(1 for e in br.fdb if e.learned) <= limit
         assert len(br.fdb._lru) == sum(1 for e in br.fdb if not e.static)
+        assert sum(map(len, br.fdb._port_lru.values())) == br.fdb.n_learned
     assert br.counters["rx"] == br.counters["forwarded"] + sum(br.drops.values())
     for name, p in br.ports.items():
         assert p.counters["rx_packets"] == forwarded_from[name] + sum(p.drops.values())
@@ -82,5 +91,11 @@ def _check_outputs(br, ingress, frame, out):
         assert br.ports[name].state == "forwarding"
         if name == ingress:
             assert br.ports[ingress].hairpin
-    if out and frame[0] & 1:
+    if out and frame[:6] == b"\xff" * 6:
+        assert all(br.ports[name].bcast_flood for name in names)
+    elif out and frame[0] & 1:
+        assert all(br.ports[name].mcast_flood for name in names)
+    elif len(out) > 1:
         assert all(br.ports[name].flood for name in names)
+    if out and br.ports[ingress].isolated:
+        assert not any(br.ports[name].isolated for name in names)
