@@ -227,7 +227,7 @@ async def test_api_ports_flush_and_ageing(lab):
      grpc.StatusCode.INVALID_ARGUMENT),
     ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="nope", learning=False), grpc.StatusCode.NOT_FOUND),
     ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="vif1.0", priority=64),
-     grpc.StatusCode.INVALID_ARGUMENT),
+     grpc.StatusCode.OUT_OF_RANGE),
     ("FdbAdd", bridge_pb2.FdbEntryRequest(mac="00:16:3e:00:00:01", port="nope"), grpc.StatusCode.NOT_FOUND),
     ("FdbAdd", bridge_pb2.FdbEntryRequest(mac="00:16:3e:00:00:01", port="vif1.0", state="sticky"),
      grpc.StatusCode.INVALID_ARGUMENT),

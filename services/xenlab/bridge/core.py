@@ -49,13 +49,15 @@ the ingress port.
 from __future__ import annotations
 
 import collections
+import copy
 import errno
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_LEARNED, POLICY_LINUX, STATIC, Fdb
+from xenlab.bridge.fdb import (DEFAULT_AGEING, DEFAULT_MAX_LEARNED, EVENT_BACKLOG, POLICY_LINUX,
+                               STATIC, Fdb)
 from xenlab.net.ethernet import ZERO
 from xenlab.xen.abi import ETH_HLEN
 from xenlab.xen.errors import XenError
@@ -132,6 +134,7 @@ class BridgePort:
     priority: int = DEFAULT_PORT_PRIORITY
     cost: int = DEFAULT_PORT_COST
     carrier: bool = True
+    mtu: int = 1500
     counters: collections.Counter = field(default_factory=collections.Counter)
     drops: collections.Counter = field(default_factory=collections.Counter)
     flood_credit: float = -1.0      # storm control's token bucket; < 0: full, not started
@@ -150,6 +153,16 @@ class BridgePort:
 
     def flood_stats(self) -> dict[str, int]:
         return {k: self.counters[k] for k in ("rx_broadcast", "rx_multicast")}
+
+
+@dataclass(frozen=True)
+class PortEvent:
+    """A port added or changed ("new", RTM_NEWLINK) or removed ("deleted",
+    RTM_DELLINK), with the port as it was then."""
+    kind: str
+    bridge: str
+    port: BridgePort
+    at: float
 
 
 # The flags `bridge link set` changes, as booleans.
@@ -176,7 +189,7 @@ class Bridge:
         self.flood_rate = 0.0
         self.flood_burst = 0.0
         self.set_flood_limit(flood_rate, flood_burst)
-        self._port_events: collections.deque[tuple[str, str]] = collections.deque()
+        self._port_events: collections.deque[PortEvent] = collections.deque(maxlen=EVENT_BACKLOG)
 
     # -- identity, as brctl shows it ---------------------------------------------
     @property
@@ -193,13 +206,13 @@ class Bridge:
         return f"{self.priority:04x}." + self.mac.hex()
 
     # -- ports -----------------------------------------------------------------
-    def add_port(self, name: str, mac: bytes = ZERO) -> BridgePort:
+    def add_port(self, name: str, mac: bytes = ZERO, mtu: int = 1500) -> BridgePort:
         check_port_name(name)
         if name in self.ports:
             raise XenError(errno.EEXIST, f"{self.name} already has a port named {name}")
         if len(mac) != 6:
             raise XenError(errno.EINVAL, f"a port address is 6 bytes, got {len(mac)}")
-        port = BridgePort(name, self._allocate_port_no(), mac)
+        port = BridgePort(name, self._allocate_port_no(), mac, mtu=mtu)
         self.ports[name] = port
         self._port_changed(port)
         return port
@@ -224,7 +237,7 @@ class Bridge:
         port = self.port(name)
         self.fdb.flush(name, include_static=True)
         del self.ports[name]
-        self._port_events.append(("deleted", name))
+        self._port_event("deleted", port)
         return port
 
     def set_port_flags(self, name: str, state: str | None = None, priority: int | None = None,
@@ -238,9 +251,9 @@ class Bridge:
         if state is not None and state not in PORT_STATES:
             raise XenError(errno.EINVAL, f"port state {state!r}: use one of {', '.join(PORT_STATES)}")
         if priority is not None and not 0 <= priority <= MAX_PORT_PRIORITY:
-            raise XenError(errno.EINVAL, f"port priority {priority} is outside 0..{MAX_PORT_PRIORITY}")
+            raise XenError(errno.ERANGE, f"port priority {priority} is outside 0..{MAX_PORT_PRIORITY}")
         if cost is not None and not 1 <= cost <= MAX_PORT_COST:
-            raise XenError(errno.EINVAL, f"port cost {cost} is outside 1..{MAX_PORT_COST}")
+            raise XenError(errno.ERANGE, f"port cost {cost} is outside 1..{MAX_PORT_COST}")
         if state is not None:
             self._check_state_change(port, state)
         for flag, value in flags.items():
@@ -291,14 +304,23 @@ class Bridge:
         return port
 
     def _port_changed(self, port: BridgePort) -> None:
-        self._port_events.append(("changed", port.name))
+        self._port_event("new", port)
 
-    def pop_port_events(self) -> list[tuple[str, str]]:
-        """("changed"|"deleted", port) since the last call, for `bridge
-        monitor link`."""
+    def _port_event(self, kind: str, port: BridgePort) -> None:
+        snapshot = copy.copy(port)
+        snapshot.counters = snapshot.drops = None
+        self._port_events.append(PortEvent(kind, self.name, snapshot, self.clock()))
+
+    def pop_port_events(self) -> list[PortEvent]:
+        """Port changes since the last call, for `bridge monitor link` (the
+        last EVENT_BACKLOG when nobody pops)."""
         events = list(self._port_events)
         self._port_events.clear()
         return events
+
+    @property
+    def has_events(self) -> bool:
+        return self.fdb.has_events or bool(self._port_events)
 
     # -- FDB management ----------------------------------------------------------
     def fdb_add(self, mac: bytes, port: str, state: str = STATIC, sticky: bool = False,

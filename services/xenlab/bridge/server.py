@@ -37,7 +37,7 @@ import grpc
 
 from xenlab.osutil import wait_for_stop_signal
 from xenlab.bridge import output
-from xenlab.bridge.core import (PORT_FLAGS, Bridge, BridgePort, check_bridge_name,
+from xenlab.bridge.core import (PORT_FLAGS, Bridge, BridgePort, PortEvent, check_bridge_name,
                                 check_group_fwd_mask, check_port_name)
 from xenlab.bridge.fdb import (DEFAULT_AGEING, DEFAULT_MAX_LEARNED, PERMANENT, POLICY_LINUX,
                                FdbEntry, FdbEvent, check_ageing, check_max_learned, check_policy)
@@ -73,19 +73,23 @@ class UnlinkedPort(NetDevice):
 
 
 class EventSubscription:
-    """FDB events for one watcher (a WatchEvents stream, the MQTT publisher).
+    """FDB events (``FdbEvent``) and, when asked, port events (``PortEvent``)
+    for one watcher (a WatchEvents or Monitor stream, the MQTT publisher).
     A watcher that falls `backlog` events behind is cut off: ``get`` then
     raises ENOSPC rather than let it silently miss events."""
 
-    def __init__(self, bridge: str | None, backlog: int = WATCH_BACKLOG):
+    def __init__(self, bridge: str | None, backlog: int = WATCH_BACKLOG,
+                 fdb: bool = True, link: bool = False):
         self.bridge = bridge
         self.backlog = backlog
+        self.kinds = tuple(k for k, wanted in ((FdbEvent, fdb), (PortEvent, link)) if wanted)
         self.queue: asyncio.Queue[tuple[FdbEvent, float] | None] = asyncio.Queue()
         self.overflowed = False
         self.closed = False
 
-    def offer(self, event: FdbEvent, wall: float) -> None:
-        if self.closed or (self.bridge and event.bridge != self.bridge):
+    def offer(self, event: FdbEvent | PortEvent, wall: float) -> None:
+        if self.closed or (self.bridge and event.bridge != self.bridge) \
+                or not isinstance(event, self.kinds):
             return
         if self.queue.qsize() >= self.backlog:
             self.overflowed = True
@@ -98,7 +102,7 @@ class EventSubscription:
             self.closed = True
             self.queue.put_nowait(None)
 
-    async def get(self) -> tuple[FdbEvent, float] | None:
+    async def get(self) -> tuple[FdbEvent | PortEvent, float] | None:
         """The next (event, unix time); None once the service stops."""
         item = await self.queue.get()
         if item is None and self.overflowed:
@@ -212,8 +216,8 @@ class BridgeService:
                  device: NetDevice | None = None) -> BridgePort:
         """Attach a device as a port; with no device the port has no link."""
         br = self.bridge(bridge)
-        port = br.add_port(name, mac)
         dev = device if device is not None else UnlinkedPort(name, mac)
+        port = br.add_port(name, mac, mtu=dev.mtu)
         self.links[(br.name, name)] = dev
         dev.receiver = lambda frames: self._on_frames(br, name, dev, frames)
         self.publish(br)
@@ -282,7 +286,7 @@ class BridgeService:
             return
         for egress, batch in br.forward_batch(port, frames).items():
             self.links[(br.name, egress)].transmit(batch)
-        if br.fdb.has_events:
+        if br.has_events:
             self.publish(br)
 
     # -- veth links ------------------------------------------------------------------
@@ -336,11 +340,13 @@ class BridgeService:
             return MAX_EXPIRY_SLEEP
         return min(MAX_EXPIRY_SLEEP, max(0.01, min(due) - now))
 
-    def subscribe(self, bridge: str = "", backlog: int = WATCH_BACKLOG) -> EventSubscription:
-        """FDB events of one bridge (or all, for the empty name) from now on."""
+    def subscribe(self, bridge: str = "", backlog: int = WATCH_BACKLOG, fdb: bool = True,
+                  link: bool = False) -> EventSubscription:
+        """FDB events (and port events, with `link`) of one bridge (or all,
+        for the empty name) from now on."""
         if bridge:
             self.bridge(bridge)
-        sub = EventSubscription(bridge or None, backlog)
+        sub = EventSubscription(bridge or None, backlog, fdb, link)
         self._subscriptions.add(sub)
         return sub
 
@@ -348,13 +354,14 @@ class BridgeService:
         self._subscriptions.discard(sub)
 
     def publish(self, br: Bridge) -> None:
-        """Hand the bridge's pending FDB events to every watcher (none: they
-        are dropped, so the FDB's backlog never fills)."""
-        events = br.fdb.pop_events()
+        """Hand the bridge's pending FDB and port events to every watcher
+        (none: they are dropped, so the backlogs never fill)."""
+        events = [*br.pop_port_events(), *br.fdb.pop_events()]
         if not events or not self._subscriptions:
             return
-        # Events carry the FDB clock; watchers want wall time.
+        # Events carry the bridge's clock; watchers want wall time.
         offset = time.time() - self.clock()
+        events.sort(key=lambda e: e.at)
         for event in events:
             for sub in list(self._subscriptions):
                 sub.offer(event, event.at + offset)
@@ -439,7 +446,7 @@ def port_info(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortI
         name=port.name, port_no=port.port_no, mac=format_mac(port.mac), learning=port.learning,
         flood=port.flood, mcast_flood=port.mcast_flood, bcast_flood=port.bcast_flood,
         hairpin=port.hairpin, isolated=port.isolated, locked=port.locked, state=port.state,
-        priority=port.priority, cost=port.cost, carrier=port.carrier,
+        priority=port.priority, cost=port.cost, carrier=port.carrier, mtu=port.mtu,
         link="veth" if veth else "tap" if isinstance(dev, TapDevice) else "none",
         peer=json.dumps(dev.peer_info, sort_keys=True) if veth else "")
 
@@ -454,6 +461,13 @@ def fdb_record(br: Bridge, entry: FdbEntry, now: float) -> bridge_pb2.FdbRecord:
     if left is not None:
         record.expires_in = left
     return record
+
+
+def fdb_event(event: FdbEvent, wall: float) -> bridge_pb2.FdbEvent:
+    return bridge_pb2.FdbEvent(
+        kind=event.kind, bridge=event.bridge, mac=format_mac(event.mac), port=event.port,
+        old_port=event.old_port, static=event.static, time=wall, vlan=event.vid,
+        sticky=event.sticky, permanent=event.local)
 
 
 class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
@@ -613,13 +627,30 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                 if item is None:
                     return
                 event, wall = item
-                yield bridge_pb2.FdbEvent(
-                    kind=event.kind, bridge=event.bridge, mac=format_mac(event.mac),
-                    port=event.port, old_port=event.old_port, static=event.static, time=wall,
-                    vlan=event.vid, sticky=event.sticky, permanent=event.local)
+                yield fdb_event(event, wall)
         finally:
             self.service.unsubscribe(sub)
 
+
+    @handles_xen_errors
+    async def Monitor(self, request, context):
+        sub = self.service.subscribe(request.bridge, fdb=request.fdb, link=request.link)
+        try:
+            yield bridge_pb2.BridgeEvent(fdb=bridge_pb2.FdbEvent(kind="sync", bridge=request.bridge,
+                                                                 time=time.time()))
+            while True:
+                item = await sub.get()
+                if item is None:
+                    return
+                event, wall = item
+                if isinstance(event, PortEvent):
+                    yield bridge_pb2.BridgeEvent(link=bridge_pb2.PortEvent(
+                        kind=event.kind, bridge=event.bridge, time=wall,
+                        port=port_info(event.port, self.service.links.get((event.bridge, event.port.name)))))
+                else:
+                    yield bridge_pb2.BridgeEvent(fdb=fdb_event(event, wall))
+        finally:
+            self.service.unsubscribe(sub)
 
     @handles_xen_errors
     async def Capture(self, request, context):

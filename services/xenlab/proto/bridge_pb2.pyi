@@ -27,7 +27,7 @@ class AddBridgePortRequest(_message.Message):
     def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ..., mac: _Optional[str] = ...) -> None: ...
 
 class BridgePortInfo(_message.Message):
-    __slots__ = ("name", "port_no", "mac", "learning", "flood", "hairpin", "state", "link", "peer", "mcast_flood", "bcast_flood", "isolated", "locked", "priority", "cost", "carrier")
+    __slots__ = ("name", "port_no", "mac", "learning", "flood", "hairpin", "state", "link", "peer", "mcast_flood", "bcast_flood", "isolated", "locked", "priority", "cost", "carrier", "mtu")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PORT_NO_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class BridgePortInfo(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     CARRIER_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
     name: str
     port_no: int
     mac: str
@@ -60,7 +61,8 @@ class BridgePortInfo(_message.Message):
     priority: int
     cost: int
     carrier: bool
-    def __init__(self, name: _Optional[str] = ..., port_no: _Optional[int] = ..., mac: _Optional[str] = ..., learning: bool = ..., flood: bool = ..., hairpin: bool = ..., state: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., mcast_flood: bool = ..., bcast_flood: bool = ..., isolated: bool = ..., locked: bool = ..., priority: _Optional[int] = ..., cost: _Optional[int] = ..., carrier: bool = ...) -> None: ...
+    mtu: int
+    def __init__(self, name: _Optional[str] = ..., port_no: _Optional[int] = ..., mac: _Optional[str] = ..., learning: bool = ..., flood: bool = ..., hairpin: bool = ..., state: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., mcast_flood: bool = ..., bcast_flood: bool = ..., isolated: bool = ..., locked: bool = ..., priority: _Optional[int] = ..., cost: _Optional[int] = ..., carrier: bool = ..., mtu: _Optional[int] = ...) -> None: ...
 
 class BridgeInfo(_message.Message):
     __slots__ = ("name", "bridge_id", "mac", "stp", "ports", "ageing", "fdb_max", "fdb_entries", "veth_address", "fdb_policy", "fdb_learned", "group_fwd_mask", "priority")
@@ -360,6 +362,36 @@ class FdbEvent(_message.Message):
     sticky: bool
     permanent: bool
     def __init__(self, kind: _Optional[str] = ..., bridge: _Optional[str] = ..., mac: _Optional[str] = ..., port: _Optional[str] = ..., old_port: _Optional[str] = ..., static: bool = ..., time: _Optional[float] = ..., vlan: _Optional[int] = ..., sticky: bool = ..., permanent: bool = ...) -> None: ...
+
+class PortEvent(_message.Message):
+    __slots__ = ("kind", "bridge", "port", "time")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    bridge: str
+    port: BridgePortInfo
+    time: float
+    def __init__(self, kind: _Optional[str] = ..., bridge: _Optional[str] = ..., port: _Optional[_Union[BridgePortInfo, _Mapping]] = ..., time: _Optional[float] = ...) -> None: ...
+
+class MonitorRequest(_message.Message):
+    __slots__ = ("bridge", "fdb", "link")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    FDB_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    fdb: bool
+    link: bool
+    def __init__(self, bridge: _Optional[str] = ..., fdb: bool = ..., link: bool = ...) -> None: ...
+
+class BridgeEvent(_message.Message):
+    __slots__ = ("fdb", "link")
+    FDB_FIELD_NUMBER: _ClassVar[int]
+    LINK_FIELD_NUMBER: _ClassVar[int]
+    fdb: FdbEvent
+    link: PortEvent
+    def __init__(self, fdb: _Optional[_Union[FdbEvent, _Mapping]] = ..., link: _Optional[_Union[PortEvent, _Mapping]] = ...) -> None: ...
 
 class BridgeCaptureRequest(_message.Message):
     __slots__ = ("bridge", "port", "count", "direction")

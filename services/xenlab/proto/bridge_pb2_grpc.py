@@ -106,6 +106,11 @@ class BridgeStub(object):
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbEvent.FromString,
                 _registered_method=True)
+        self.Monitor = channel.unary_stream(
+                '/xenlab.proto.Bridge/Monitor',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.MonitorRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgeEvent.FromString,
+                _registered_method=True)
         self.Capture = channel.unary_stream(
                 '/xenlab.proto.Bridge/Capture',
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeCaptureRequest.SerializeToString,
@@ -209,6 +214,14 @@ class BridgeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Monitor(self, request, context):
+        """What `bridge monitor fdb link` shows: FDB and port changes as they
+        happen. The first message is an FdbEvent of kind "sync", as WatchEvents.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Capture(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -293,6 +306,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbEvent.SerializeToString,
+            ),
+            'Monitor': grpc.unary_stream_rpc_method_handler(
+                    servicer.Monitor,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.MonitorRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeEvent.SerializeToString,
             ),
             'Capture': grpc.unary_stream_rpc_method_handler(
                     servicer.Capture,
@@ -683,6 +701,33 @@ class Bridge(object):
             '/xenlab.proto.Bridge/WatchEvents',
             xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.SerializeToString,
             xenlab_dot_proto_dot_bridge__pb2.FdbEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Monitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xenlab.proto.Bridge/Monitor',
+            xenlab_dot_proto_dot_bridge__pb2.MonitorRequest.SerializeToString,
+            xenlab_dot_proto_dot_bridge__pb2.BridgeEvent.FromString,
             options,
             channel_credentials,
             insecure,
