@@ -204,3 +204,24 @@ async def test_iproute2s_and_xenlabs_fdb_show_parse_the_same(lab):
                                           sticky=r.sticky, used=float(u.split("/")[0]),
                                           updated=float(u.split("/")[1])) for r, u in zip(records, used)]
     assert output.format_fdb_show(stats_records, stats=True).splitlines() == their_stats
+
+
+async def test_vlan_show_add_del(lab):
+    rc, out, _ = await run(lab, "vlan", "show", "dev", "vif1.0")
+    assert out == "port              vlan-id  \nvif1.0            1 PVID Egress Untagged\n\n"
+    assert (await run(lab, "vlan", "add", "vid", "10", "dev", "vif1.0", "pvid", "untagged"))[0] == 0
+    assert (await run(lab, "vlan", "add", "vid", "20-21", "dev", "vif1.0"))[0] == 0
+    assert (await run(lab, "vlan", "del", "vid", "1", "dev", "vif1.0"))[0] == 0
+    rc, out, _ = await run(lab, "vlan", "show", "dev", "vif1.0")
+    assert out.splitlines() == ["port              vlan-id  ",
+                                "vif1.0            10 PVID Egress Untagged",
+                                "                  20",
+                                "                  21",
+                                ""]
+    rc, out, _ = await run(lab, "-j", "vlan", "show", "dev", "vif1.0")
+    assert json.loads(out) == [{"ifname": "vif1.0", "vlans": [
+        {"vlan": 10, "flags": ["PVID", "Egress Untagged"]}, {"vlan": 20}, {"vlan": 21}]}]
+    rc, _, err = await run(lab, "vlan", "add", "vid", "5000", "dev", "vif1.0")
+    assert (rc, err) == (255, 'Invalid VLAN ID "5000"\n')
+    rc, _, err = await run(lab, "vlan", "del", "vid", "30", "dev", "vif1.0")
+    assert (rc, err) == (255, "RTNETLINK answers: No such file or directory\n")

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "unicast) at most RATE frames per second, BURST at once (default "
                              f"{DEFAULT_FLOOD_LIMIT}, a burst of one second's worth); past it frames "
                              "are dropped as storm_control; 0 turns it off")
+    parser.add_argument("--vlan-filtering", action="append", default=[], metavar="BRIDGE",
+                        help="turn on 802.1Q VLAN filtering on BRIDGE (Linux's vlan_filtering 1): "
+                             "each port forwards only its VLANs (a vif's vlan=); repeat for several")
     parser.add_argument("--uplink", action="append", type=_uplink, default=[],
                         metavar="BRIDGE=tap:NAME",
                         help="add TAP device NAME (created if missing, gone when the service "
@@ -109,7 +112,7 @@ def service_from_args(args, env=None):
     return BridgeService(bridges, listen, grpc, None if args.no_register else rundir,
                          ageing=args.ageing, fdb_max=args.fdb_max, fdb_policy=args.fdb_policy,
                          flood_rate=args.flood_limit[0], flood_burst=args.flood_limit[1],
-                         uplinks=_uplinks(args.uplink, bridges))
+                         uplinks=_uplinks(args.uplink, bridges), vlan_filtering=args.vlan_filtering)
 
 
 def run(args) -> int:

@@ -33,6 +33,18 @@ The decision is Linux's br_input.c / br_forward.c, in its order:
   each flag on its own as br_flood tests them; with nowhere to go the frame
   is dropped ("no_egress").
 
+VLAN filtering (802.1Q, Linux's ``vlan_filtering 1``, br_vlan.c): each port
+is a member of some VLANs, one of them its PVID, each untagged or tagged on
+egress. A frame that enters untagged (or priority-tagged, VID 0) belongs to
+the port's PVID, and is dropped without one; a tagged frame must name a VLAN
+the port is a member of ("vlan_ingress", br_allowed_ingress, checked after
+the port state). The FDB learns and looks up (MAC, VLAN); a frame goes only
+to ports that are members of its VLAN (br_allowed_egress: "vlan_egress" for
+known unicast), untagged where the port's membership says so and tagged
+(keeping the frame's priority bits) elsewhere. Every port starts in VLAN 1,
+PVID and untagged (default_pvid). Without filtering, tags are payload and
+the FDB is keyed by MAC alone.
+
 Storm control, which Linux's bridge does not have but switches do (Cisco's
 storm-control, Open vSwitch meters): with a flood limit set, each ingress
 port may flood at most ``flood_rate`` frames per second (a token bucket of
@@ -71,8 +83,12 @@ FORWARDING = "forwarding"
 BLOCKING = "blocking"
 PORT_STATES = (DISABLED, LISTENING, LEARNING, FORWARDING, BLOCKING)
 DROP_REASONS = ("runt", "oversize", "bad_src_mac", "pause", "bpdu", "link_local",
-                "port_disabled", "port_blocking", "port_learning", "locked", "same_port",
-                "egress_disabled", "isolated", "local", "no_egress", "storm_control")
+                "port_disabled", "port_blocking", "port_learning", "vlan_ingress", "locked",
+                "same_port", "egress_disabled", "isolated", "vlan_egress", "local", "no_egress",
+                "storm_control")
+DEFAULT_PVID = 1                # br_vlan.c: default_pvid
+TPID_8021Q = b"\x81\x00"
+VID_MASK = 0x0FFF
 BROADCAST = b"\xff" * 6
 IFNAMSIZ = 16                   # linux/if.h: names are at most 15 characters
 LINK_LOCAL_PREFIX = b"\x01\x80\xc2\x00\x00"
@@ -135,6 +151,8 @@ class BridgePort:
     cost: int = DEFAULT_PORT_COST
     carrier: bool = True
     mtu: int = 1500
+    vlans: dict = field(default_factory=lambda: {DEFAULT_PVID: True})  # VID -> untagged on egress
+    pvid: int = DEFAULT_PVID        # 0: none, untagged frames are dropped
     counters: collections.Counter = field(default_factory=collections.Counter)
     drops: collections.Counter = field(default_factory=collections.Counter)
     flood_credit: float = -1.0      # storm control's token bucket; < 0: full, not started
@@ -182,6 +200,7 @@ class Bridge:
         self.priority = DEFAULT_BRIDGE_PRIORITY
         self.group_fwd_mask = check_group_fwd_mask(group_fwd_mask)
         self.stp_enabled = False
+        self.vlan_filtering = False
         self.ports: dict[str, BridgePort] = {}
         self.counters: collections.Counter = collections.Counter(
             {k: 0 for k in ("rx", "forwarded", "flooded", "unicast", "tx")})
@@ -322,6 +341,63 @@ class Bridge:
     def has_events(self) -> bool:
         return self.fdb.has_events or bool(self._port_events)
 
+    # -- VLANs -------------------------------------------------------------------
+    def set_vlan_filtering(self, on: bool) -> None:
+        """`ip link set BRIDGE type bridge vlan_filtering 0|1`. The FDB keys
+        change meaning, so the learned entries go (as br_vlan_filter_toggle
+        leaves them to age; flushing is what a user sees at once)."""
+        on = bool(on)
+        if on != self.vlan_filtering:
+            self.vlan_filtering = on
+            self.fdb.flush()
+
+    def vlan_add(self, name: str, vid: int, vid_end: int | None = None, pvid: bool = False,
+                 untagged: bool = False) -> BridgePort:
+        """`bridge vlan add vid VID[-END] dev PORT [pvid] [untagged]`: adding a
+        VLAN again sets its flags anew (__vlan_add_flags), so a VLAN added
+        without pvid stops being the PVID."""
+        port = self.port(name)
+        vids = _vid_range(vid, vid_end)
+        if pvid and len(vids) != 1:
+            raise XenError(errno.EINVAL, "only one VLAN can be the PVID")
+        for v in vids:
+            port.vlans[v] = bool(untagged)
+            if pvid:
+                port.pvid = v
+            elif port.pvid == v:
+                port.pvid = 0
+        self._port_changed(port)
+        return port
+
+    def vlan_delete(self, name: str, vid: int, vid_end: int | None = None) -> BridgePort:
+        """`bridge vlan del vid VID[-END] dev PORT`; the entries learned in
+        those VLANs on the port go with them (nbp_vlan_delete ->
+        br_fdb_find_delete_local / fdb flush by vid)."""
+        port = self.port(name)
+        vids = _vid_range(vid, vid_end)
+        missing = [v for v in vids if v not in port.vlans]
+        if missing:
+            raise XenError(errno.ENOENT, f"{name} is not a member of VLAN {missing[0]}")
+        for v in vids:
+            del port.vlans[v]
+            if port.pvid == v:
+                port.pvid = 0
+            self.fdb.flush(name, vid=v)
+        self._port_changed(port)
+        return port
+
+    def set_port_vlans(self, name: str, members) -> BridgePort:
+        """A vif's VLANs from xl's vlan= (xlcfg.parse_vlan): exactly those,
+        replacing the default VLAN 1."""
+        port = self.port(name)
+        vlans = {m.vid: bool(m.untagged) for m in members}
+        for vid in vlans:
+            _vid_range(vid, None)
+        port.vlans = vlans
+        port.pvid = next((m.vid for m in members if m.pvid), 0)
+        self._port_changed(port)
+        return port
+
     # -- FDB management ----------------------------------------------------------
     def fdb_add(self, mac: bytes, port: str, state: str = STATIC, sticky: bool = False,
                 vid: int = 0, replace: bool = False):
@@ -370,7 +446,7 @@ class Bridge:
         """Where a frame that entered port `ingress` goes: (port, frame) pairs,
         or [] when it is dropped (and counted)."""
         out = self.forward_batch(ingress, [frame])
-        return [(name, frame) for name in out]
+        return [(name, batch[0]) for name, batch in out.items()]
 
     def forward_batch(self, ingress: str, frames: Iterable[bytes]) -> dict[str, list[bytes]]:
         """`forward` for a batch from one port, grouped by egress port, so
@@ -387,13 +463,20 @@ class Bridge:
         counters["rx_bytes"] += sum(map(len, frames))
         out: dict[str, list[bytes]] = {}
         route = self._route
-        for frame in frames:
-            for target in route(port, frame, now):
-                batch = out.get(target.name)
-                if batch is None:
-                    out[target.name] = [frame]
-                else:
-                    batch.append(frame)
+        if self.vlan_filtering:
+            for frame in frames:
+                vid, tci, inner = classify(port, frame)
+                for target in route(port, frame, now, vid):
+                    data = inner if target.vlans[vid] else inner[:12] + TPID_8021Q + tci + inner[12:]
+                    out.setdefault(target.name, []).append(data)
+        else:
+            for frame in frames:
+                for target in route(port, frame, now):
+                    batch = out.get(target.name)
+                    if batch is None:
+                        out[target.name] = [frame]
+                    else:
+                        batch.append(frame)
         ports = self.ports
         for name, batch in out.items():
             tc = ports[name].counters
@@ -401,9 +484,11 @@ class Bridge:
             tc["tx_bytes"] += sum(map(len, batch))
         return out
 
-    def _route(self, port: BridgePort, frame: bytes, now: float) -> list[BridgePort]:
+    def _route(self, port: BridgePort, frame: bytes, now: float,
+               vid: int | None = None) -> list[BridgePort]:
         """The ports one frame leaves by ([]: dropped, counted); the caller
-        counts rx at the ingress and tx at the egress ports."""
+        counts rx at the ingress and tx at the egress ports. `vid`: None
+        without VLAN filtering, else the frame's VLAN (0: not admitted)."""
         size = len(frame)
         if size < ETH_HLEN:
             return self._drop(port, "runt")
@@ -413,31 +498,34 @@ class Bridge:
         src = frame[6:12]
         if src[0] & 1 or src == ZERO:       # !is_valid_ether_addr, inlined: it runs per frame
             return self._drop(port, "bad_src_mac")
+        key_vid = vid or 0
         if dst[0] & 1 and dst[:5] == LINK_LOCAL_PREFIX and dst[5] < 0x10:
-            reason = self._link_local(port, dst[5], src, now)
+            reason = self._link_local(port, dst[5], src, now, vid)
             if reason:
                 return self._drop(port, reason)
         state = port.state
         if state != FORWARDING:
             if state != LEARNING:
                 return self._drop(port, "port_disabled" if state == DISABLED else "port_blocking")
+        if vid == 0:
+            return self._drop(port, "vlan_ingress")
         if port.locked:
-            known = self.fdb.lookup(src, now)
+            known = self.fdb.lookup(src, now, key_vid)
             if known is None or known.port != port.name or known.local:
                 return self._drop(port, "locked")
         if port.learning:
-            self.fdb.learn(src, port.name, now)
+            self.fdb.learn(src, port.name, now, key_vid)
         if state == LEARNING:
             return self._drop(port, "port_learning")
         if dst[0] & 1:
             if dst == BROADCAST:
                 port.counters["rx_broadcast"] += 1
-                return self._flood(port, _BROADCAST, now)
+                return self._flood(port, _BROADCAST, now, vid)
             port.counters["rx_multicast"] += 1
-            return self._flood(port, _MULTICAST, now)
-        entry = self.fdb.lookup(dst, now)
+            return self._flood(port, _MULTICAST, now, vid)
+        entry = self.fdb.lookup(dst, now, key_vid)
         if entry is None:
-            return self._flood(port, _UNICAST, now)
+            return self._flood(port, _UNICAST, now, vid)
         if entry.local:
             return self._drop(port, "local")
         egress = self.ports[entry.port]
@@ -447,6 +535,8 @@ class Bridge:
             return self._drop(port, "egress_disabled")
         if port.isolated and egress.isolated:
             return self._drop(port, "isolated")
+        if vid and vid not in egress.vlans:
+            return self._drop(port, "vlan_egress")
         entry.used = now
         counters = self.counters
         counters["unicast"] += 1
@@ -454,7 +544,8 @@ class Bridge:
         counters["tx"] += 1
         return [egress]
 
-    def _link_local(self, port: BridgePort, last: int, src: bytes, now: float) -> str:
+    def _link_local(self, port: BridgePort, last: int, src: bytes, now: float,
+                    vid: int | None) -> str:
         """br_handle_frame for 01:80:c2:00:00:0X: the drop reason, or "" when
         the frame goes on to be forwarded as any multicast."""
         if last == 0x01:
@@ -464,18 +555,20 @@ class Bridge:
                 return ""       # "If STP is turned off, then must forward to keep loop detection"
         elif self.group_fwd_mask & (1 << last):
             return ""
-        # __br_handle_local_finish: learned, then passed up to the bridge itself.
-        if port.learning and port.state in (LEARNING, FORWARDING):
-            self.fdb.learn(src, port.name, now)
+        # __br_handle_local_finish: learned (in an admitted VLAN,
+        # br_should_learn), then passed up to the bridge itself.
+        if port.learning and port.state in (LEARNING, FORWARDING) and vid != 0:
+            self.fdb.learn(src, port.name, now, vid or 0)
         return "bpdu" if last == 0x00 else "link_local"
 
-    def _flood(self, ingress: BridgePort, kind: int, now: float) -> list[BridgePort]:
+    def _flood(self, ingress: BridgePort, kind: int, now: float,
+               vid: int | None = None) -> list[BridgePort]:
         if self.flood_rate and not self._flood_credit(ingress, now):
             return self._drop(ingress, "storm_control")
         isolated = ingress.isolated
         targets = [p for p in self.ports.values()
                    if p.floods(kind) and p.state == FORWARDING and (p is not ingress or p.hairpin)
-                   and not (isolated and p.isolated)]
+                   and not (isolated and p.isolated) and (vid is None or vid in p.vlans)]
         if not targets:
             return self._drop(ingress, "no_egress")
         self.counters["flooded"] += 1
@@ -509,3 +602,31 @@ class Bridge:
         out["fdb_entries"] = len(self.fdb)
         return out
 
+
+
+def classify(port: BridgePort, frame: bytes) -> tuple[int, bytes, bytes]:
+    """A frame's VLAN on entering `port` (br_allowed_ingress): (VID or 0 if
+    the port does not admit it, the TCI to tag it with, the frame untagged).
+    Untagged and priority-tagged frames take the port's PVID, keeping a
+    priority tag's PCP."""
+    if len(frame) >= ETH_HLEN + 4 and frame[12:14] == TPID_8021Q:
+        tci = frame[14:16]
+        inner = frame[:12] + frame[16:]
+        vid = ((tci[0] << 8) | tci[1]) & VID_MASK
+        if vid:
+            return (vid if vid in port.vlans else 0), tci, inner
+        pcp = tci[0] & 0xF0
+    else:
+        inner, pcp = frame, 0
+    pvid = port.pvid
+    return pvid, bytes(((pcp | (pvid >> 8)) & 0xFF, pvid & 0xFF)), inner
+
+
+def _vid_range(vid: int, vid_end: int | None) -> range:
+    end = vid if vid_end is None or vid_end == 0 else vid_end
+    for v in (vid, end):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 4094:
+            raise XenError(errno.EINVAL, f"VLAN id {v!r} is outside 1..4094")
+    if end < vid:
+        raise XenError(errno.EINVAL, f"VLAN range {vid}-{end} goes down")
+    return range(vid, end + 1)

@@ -172,7 +172,7 @@ def bridge_fields(info: bridge_pb2.BridgeInfo) -> Fields:
             ("ageing_time", "ageing_time %d ", round(info.ageing * USER_HZ)),
             ("stp_state", "stp_state %d ", int(info.stp)),
             ("priority", "priority %d ", info.priority),
-            ("vlan_filtering", "vlan_filtering %d ", 0),
+            ("vlan_filtering", "vlan_filtering %d ", int(info.vlan_filtering)),
             ("bridge_id", "bridge_id %s ", info.bridge_id),
             ("group_fwd_mask", "group_fwd_mask %s ", info.group_fwd_mask),
             ("fdb_n_learned", "fdb_n_learned %d ", info.fdb_learned),

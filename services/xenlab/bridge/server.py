@@ -49,7 +49,8 @@ from xenlab.net.ethernet import ZERO, format_mac, parse_mac
 from xenlab.net.veth import VethEnd, VethError, VethListener
 from xenlab.proto import agent_pb2, bridge_pb2, bridge_pb2_grpc, common_pb2, xenstore_pb2
 from xenlab.rpc import handles_xen_errors, start_server
-from xenlab.xen.errors import XenError
+from xenlab.xen.errors import ConfigError, XenError
+from xenlab.xen.xlcfg import parse_vlan
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class BridgeService:
                  clock: Callable[[], float] = time.monotonic,
                  uplinks: dict[str, str] | None = None,
                  flood_rate: float = 0.0, flood_burst: float | None = None,
-                 fdb_policy: str = POLICY_LINUX):
+                 fdb_policy: str = POLICY_LINUX, vlan_filtering: Iterable[str] = ()):
         names = [check_bridge_name(n) for n in bridges]
         if not names or len(set(names)) != len(names):
             raise XenError(errno.EINVAL, f"bridge names must be given and distinct: {names}")
@@ -135,6 +136,11 @@ class BridgeService:
             n: Bridge(n, ageing, fdb_max, clock=clock, flood_rate=flood_rate, flood_burst=flood_burst,
                       fdb_policy=fdb_policy)
             for n in names}
+        for name in vlan_filtering:
+            if name not in self.bridges:
+                raise XenError(errno.ENOENT, f"VLAN filtering for {name!r}: this service has no "
+                                             f"such bridge (it has {', '.join(names)})")
+            self.bridges[name].set_vlan_filtering(True)
         self.uplinks = _check_uplinks(uplinks or {}, names)
         self.default = names[0]
         self.listen = listen
@@ -311,7 +317,16 @@ class BridgeService:
             mac = ZERO
         end.mac = mac
         try:
+            vlans = parse_vlan(str(end.peer_info["vlan"])) if end.peer_info.get("vlan") else None
+        except ConfigError as err:
+            log.warning("%s: cannot attach %s: %s", br.name, end.name, err.message)
+            end.close()
+            return
+        try:
             self.add_port(br.name, end.name, mac, end)
+            if vlans is not None:
+                # vif-bridge: the vif's vlan= sets the port's VLANs.
+                br.set_port_vlans(end.name, vlans)
         except XenError as err:
             log.warning("%s: cannot attach %s: %s", br.name, end.name, err.message)
             end.close()
@@ -447,6 +462,8 @@ def port_info(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortI
         flood=port.flood, mcast_flood=port.mcast_flood, bcast_flood=port.bcast_flood,
         hairpin=port.hairpin, isolated=port.isolated, locked=port.locked, state=port.state,
         priority=port.priority, cost=port.cost, carrier=port.carrier, mtu=port.mtu,
+        vlans=[bridge_pb2.PortVlan(vid=vid, pvid=vid == port.pvid, untagged=untagged)
+               for vid, untagged in sorted(port.vlans.items())],
         link="veth" if veth else "tap" if isinstance(dev, TapDevice) else "none",
         peer=json.dumps(dev.peer_info, sort_keys=True) if veth else "")
 
@@ -483,6 +500,7 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
             ports=[self._port_info(br, n) for n in br.ports], ageing=br.fdb.ageing,
             fdb_max=br.fdb.max_learned, fdb_entries=len(br.fdb), fdb_learned=br.fdb.n_learned,
             fdb_policy=br.fdb.policy, group_fwd_mask=br.group_fwd_mask, priority=br.priority,
+            vlan_filtering=br.vlan_filtering,
             veth_address=self.service.veth_address)
 
     @handles_xen_errors
@@ -578,8 +596,21 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                          request.fdb_policy or None)
         if request.HasField("ageing"):
             br.set_ageing(request.ageing)
+        if request.HasField("vlan_filtering"):
+            br.set_vlan_filtering(request.vlan_filtering)
         self.service.publish(br)
         return self._bridge_info(br)
+
+    @handles_xen_errors
+    async def SetPortVlan(self, request, context):
+        br = self.service.bridge(request.bridge)
+        if request.add:
+            br.vlan_add(request.port, request.vid, request.vid_end or None, request.pvid,
+                        request.untagged)
+        else:
+            br.vlan_delete(request.port, request.vid, request.vid_end or None)
+        self.service.publish(br)
+        return self._port_info(br, request.port)
 
     @handles_xen_errors
     async def SetPortFlags(self, request, context):

@@ -179,6 +179,9 @@ class Lab:
             raise LabError("the bridges of a lab share one bridge service, so they must have the "
                            "same ageing, fdb_max, fdb_policy and flood_limit")
         args = ["--ageing", f"{ageing.pop():g}", "--fdb-policy", policy.pop()]
+        for bridge in self.spec.bridges:
+            if bridge.vlan_filtering:
+                args += ["--vlan-filtering", bridge.name]
         limit = fdb_max.pop()
         if limit is not None:
             args += ["--fdb-max", str(limit)]

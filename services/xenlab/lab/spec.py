@@ -13,6 +13,7 @@
     fdb_policy = "ovs"       # optional: a full FDB learns nothing more ("linux", the
                              # default, as fdb_max_learned) or evicts from the port with
                              # the most entries ("ovs", Open vSwitch's fair eviction)
+    vlan_filtering = true    # optional: 802.1Q, each vif in the VLANs of its vlan= key
     flood_limit = "1000/2000"  # optional: storm control, flooded frames/s (/burst) per port;
                              # 0 turns it off (default: the bridge service's, 1000)
 
@@ -47,7 +48,7 @@ from xenlab.xen.xlcfg import XlConfig, format_value, load_xl_config, parse_xl_co
 
 LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
-BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit"}
+BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit", "vlan_filtering"}
 MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
 
 
@@ -59,6 +60,7 @@ class BridgeSpec:
     fdb_max: int | None = None
     flood_limit: str | None = None  # storm control, "RATE[/BURST]"; None: the service's default
     fdb_policy: str = "linux"       # what a full FDB does: "linux" or "ovs"
+    vlan_filtering: bool = False    # 802.1Q: ports forward only their VLANs (vif vlan=)
 
 
 @dataclass(frozen=True)
@@ -184,8 +186,11 @@ def _bridge(entry: dict, index: int, source: str) -> BridgeSpec:
     if policy not in ("linux", "ovs"):
         raise _fail(source, f"bridge {name}: fdb_policy must be \"linux\" (learn nothing more when "
                             f"full) or \"ovs\" (evict from the port with the most), got {policy!r}")
+    vlan_filtering = entry.get("vlan_filtering", False)
+    if not isinstance(vlan_filtering, bool):
+        raise _fail(source, f"bridge {name}: vlan_filtering must be true or false, got {vlan_filtering!r}")
     return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"), flood,
-                      policy)
+                      policy, vlan_filtering)
 
 
 def _mqtt(entry: dict, source: str) -> MqttSpec:

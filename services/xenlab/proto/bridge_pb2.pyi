@@ -26,8 +26,18 @@ class AddBridgePortRequest(_message.Message):
     mac: str
     def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ..., mac: _Optional[str] = ...) -> None: ...
 
+class PortVlan(_message.Message):
+    __slots__ = ("vid", "pvid", "untagged")
+    VID_FIELD_NUMBER: _ClassVar[int]
+    PVID_FIELD_NUMBER: _ClassVar[int]
+    UNTAGGED_FIELD_NUMBER: _ClassVar[int]
+    vid: int
+    pvid: bool
+    untagged: bool
+    def __init__(self, vid: _Optional[int] = ..., pvid: bool = ..., untagged: bool = ...) -> None: ...
+
 class BridgePortInfo(_message.Message):
-    __slots__ = ("name", "port_no", "mac", "learning", "flood", "hairpin", "state", "link", "peer", "mcast_flood", "bcast_flood", "isolated", "locked", "priority", "cost", "carrier", "mtu")
+    __slots__ = ("name", "port_no", "mac", "learning", "flood", "hairpin", "state", "link", "peer", "mcast_flood", "bcast_flood", "isolated", "locked", "priority", "cost", "carrier", "mtu", "vlans")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PORT_NO_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +55,7 @@ class BridgePortInfo(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     CARRIER_FIELD_NUMBER: _ClassVar[int]
     MTU_FIELD_NUMBER: _ClassVar[int]
+    VLANS_FIELD_NUMBER: _ClassVar[int]
     name: str
     port_no: int
     mac: str
@@ -62,10 +73,11 @@ class BridgePortInfo(_message.Message):
     cost: int
     carrier: bool
     mtu: int
-    def __init__(self, name: _Optional[str] = ..., port_no: _Optional[int] = ..., mac: _Optional[str] = ..., learning: bool = ..., flood: bool = ..., hairpin: bool = ..., state: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., mcast_flood: bool = ..., bcast_flood: bool = ..., isolated: bool = ..., locked: bool = ..., priority: _Optional[int] = ..., cost: _Optional[int] = ..., carrier: bool = ..., mtu: _Optional[int] = ...) -> None: ...
+    vlans: _containers.RepeatedCompositeFieldContainer[PortVlan]
+    def __init__(self, name: _Optional[str] = ..., port_no: _Optional[int] = ..., mac: _Optional[str] = ..., learning: bool = ..., flood: bool = ..., hairpin: bool = ..., state: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., mcast_flood: bool = ..., bcast_flood: bool = ..., isolated: bool = ..., locked: bool = ..., priority: _Optional[int] = ..., cost: _Optional[int] = ..., carrier: bool = ..., mtu: _Optional[int] = ..., vlans: _Optional[_Iterable[_Union[PortVlan, _Mapping]]] = ...) -> None: ...
 
 class BridgeInfo(_message.Message):
-    __slots__ = ("name", "bridge_id", "mac", "stp", "ports", "ageing", "fdb_max", "fdb_entries", "veth_address", "fdb_policy", "fdb_learned", "group_fwd_mask", "priority")
+    __slots__ = ("name", "bridge_id", "mac", "stp", "ports", "ageing", "fdb_max", "fdb_entries", "veth_address", "fdb_policy", "fdb_learned", "group_fwd_mask", "priority", "vlan_filtering")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BRIDGE_ID_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +91,7 @@ class BridgeInfo(_message.Message):
     FDB_LEARNED_FIELD_NUMBER: _ClassVar[int]
     GROUP_FWD_MASK_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    VLAN_FILTERING_FIELD_NUMBER: _ClassVar[int]
     name: str
     bridge_id: str
     mac: str
@@ -92,7 +105,8 @@ class BridgeInfo(_message.Message):
     fdb_learned: int
     group_fwd_mask: int
     priority: int
-    def __init__(self, name: _Optional[str] = ..., bridge_id: _Optional[str] = ..., mac: _Optional[str] = ..., stp: bool = ..., ports: _Optional[_Iterable[_Union[BridgePortInfo, _Mapping]]] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_entries: _Optional[int] = ..., veth_address: _Optional[str] = ..., fdb_policy: _Optional[str] = ..., fdb_learned: _Optional[int] = ..., group_fwd_mask: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+    vlan_filtering: bool
+    def __init__(self, name: _Optional[str] = ..., bridge_id: _Optional[str] = ..., mac: _Optional[str] = ..., stp: bool = ..., ports: _Optional[_Iterable[_Union[BridgePortInfo, _Mapping]]] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_entries: _Optional[int] = ..., veth_address: _Optional[str] = ..., fdb_policy: _Optional[str] = ..., fdb_learned: _Optional[int] = ..., group_fwd_mask: _Optional[int] = ..., priority: _Optional[int] = ..., vlan_filtering: bool = ...) -> None: ...
 
 class ShowBridgesRequest(_message.Message):
     __slots__ = ("bridge",)
@@ -191,18 +205,38 @@ class FdbEntryRequest(_message.Message):
     def __init__(self, bridge: _Optional[str] = ..., mac: _Optional[str] = ..., port: _Optional[str] = ..., state: _Optional[str] = ..., sticky: bool = ..., vlan: _Optional[int] = ..., replace: bool = ...) -> None: ...
 
 class SetBridgeRequest(_message.Message):
-    __slots__ = ("bridge", "ageing", "fdb_max", "fdb_policy", "group_fwd_mask")
+    __slots__ = ("bridge", "ageing", "fdb_max", "fdb_policy", "group_fwd_mask", "vlan_filtering")
     BRIDGE_FIELD_NUMBER: _ClassVar[int]
     AGEING_FIELD_NUMBER: _ClassVar[int]
     FDB_MAX_FIELD_NUMBER: _ClassVar[int]
     FDB_POLICY_FIELD_NUMBER: _ClassVar[int]
     GROUP_FWD_MASK_FIELD_NUMBER: _ClassVar[int]
+    VLAN_FILTERING_FIELD_NUMBER: _ClassVar[int]
     bridge: str
     ageing: float
     fdb_max: int
     fdb_policy: str
     group_fwd_mask: int
-    def __init__(self, bridge: _Optional[str] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_policy: _Optional[str] = ..., group_fwd_mask: _Optional[int] = ...) -> None: ...
+    vlan_filtering: bool
+    def __init__(self, bridge: _Optional[str] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_policy: _Optional[str] = ..., group_fwd_mask: _Optional[int] = ..., vlan_filtering: bool = ...) -> None: ...
+
+class PortVlanRequest(_message.Message):
+    __slots__ = ("bridge", "port", "vid", "vid_end", "pvid", "untagged", "add")
+    BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    VID_FIELD_NUMBER: _ClassVar[int]
+    VID_END_FIELD_NUMBER: _ClassVar[int]
+    PVID_FIELD_NUMBER: _ClassVar[int]
+    UNTAGGED_FIELD_NUMBER: _ClassVar[int]
+    ADD_FIELD_NUMBER: _ClassVar[int]
+    bridge: str
+    port: str
+    vid: int
+    vid_end: int
+    pvid: bool
+    untagged: bool
+    add: bool
+    def __init__(self, bridge: _Optional[str] = ..., port: _Optional[str] = ..., vid: _Optional[int] = ..., vid_end: _Optional[int] = ..., pvid: bool = ..., untagged: bool = ..., add: bool = ...) -> None: ...
 
 class SetPortFlagsRequest(_message.Message):
     __slots__ = ("bridge", "port", "learning", "flood", "hairpin", "state", "mcast_flood", "bcast_flood", "isolated", "locked", "priority", "cost")

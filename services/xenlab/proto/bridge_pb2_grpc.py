@@ -91,6 +91,11 @@ class BridgeStub(object):
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.FromString,
                 _registered_method=True)
+        self.SetPortVlan = channel.unary_unary(
+                '/xenlab.proto.Bridge/SetPortVlan',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.PortVlanRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/xenlab.proto.Bridge/Stats',
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeStatsRequest.SerializeToString,
@@ -187,6 +192,12 @@ class BridgeServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def SetBridge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPortVlan(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -291,6 +302,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.SetBridge,
                     request_deserializer=xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.SerializeToString,
+            ),
+            'SetPortVlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPortVlan,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.PortVlanRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -620,6 +636,33 @@ class Bridge(object):
             '/xenlab.proto.Bridge/SetBridge',
             xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.SerializeToString,
             xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPortVlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Bridge/SetPortVlan',
+            xenlab_dot_proto_dot_bridge__pb2.PortVlanRequest.SerializeToString,
+            xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.FromString,
             options,
             channel_credentials,
             insecure,
