@@ -57,6 +57,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vlan-filtering", action="append", default=[], metavar="BRIDGE",
                         help="turn on 802.1Q VLAN filtering on BRIDGE (Linux's vlan_filtering 1): "
                              "each port forwards only its VLANs (a vif's vlan=); repeat for several")
+    parser.add_argument("--stp", action="append", default=[], metavar="BRIDGE",
+                        help="run 802.1D spanning tree on BRIDGE, as Linux's kernel STP (stp_state 1); "
+                             "repeat for several")
+    parser.add_argument("--priority", action="append", type=_priority, default=[],
+                        metavar="BRIDGE=PRIO", help="a bridge's priority, 0..65535 (default 32768): "
+                                                    "the lowest bridge id is the root")
+    for name, default, (low, high) in (("hello-time", 2, (1, 10)), ("forward-delay", 15, (2, 30)),
+                                        ("max-age", 20, (6, 40))):
+        parser.add_argument(f"--{name}", type=float, default=float(default), metavar="SECONDS",
+                            help=f"STP {name.replace('-', ' ')} of every bridge here, {low}..{high} s "
+                                 f"(default {default}, as Linux)")
+    parser.add_argument("--link", action="append", type=_link, default=[], metavar="BRIDGE=BRIDGE",
+                        help="a cable between two bridges of this service (a port on each, "
+                             "to-OTHER); repeat for several")
     parser.add_argument("--uplink", action="append", type=_uplink, default=[],
                         metavar="BRIDGE=tap:NAME",
                         help="add TAP device NAME (created if missing, gone when the service "
@@ -81,6 +95,20 @@ def _flood_limit(text: str) -> tuple[float, float | None]:
     if values[0] < 0 or (values[1] is not None and values[1] < 1):
         raise argparse.ArgumentTypeError(f"{text!r}: the rate is 0 or more, the burst 1 or more")
     return values
+
+
+def _priority(text: str) -> tuple[str, int]:
+    bridge, sep, value = text.partition("=")
+    if not sep or not bridge or not value.isdigit() or int(value) > 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BRIDGE=PRIORITY, a priority of 0..65535")
+    return bridge, int(value)
+
+
+def _link(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition("=")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BRIDGE=BRIDGE, e.g. xenbr0=xenbr1")
+    return a, b
 
 
 def _uplink(text: str) -> tuple[str, str]:
@@ -112,7 +140,10 @@ def service_from_args(args, env=None):
     return BridgeService(bridges, listen, grpc, None if args.no_register else rundir,
                          ageing=args.ageing, fdb_max=args.fdb_max, fdb_policy=args.fdb_policy,
                          flood_rate=args.flood_limit[0], flood_burst=args.flood_limit[1],
-                         uplinks=_uplinks(args.uplink, bridges), vlan_filtering=args.vlan_filtering)
+                         uplinks=_uplinks(args.uplink, bridges), vlan_filtering=args.vlan_filtering,
+                         stp_bridges=args.stp, priorities=dict(args.priority), links=args.link,
+                         stp_timers={"hello_time": args.hello_time, "forward_delay": args.forward_delay,
+                                     "max_age": args.max_age})
 
 
 def run(args) -> int:

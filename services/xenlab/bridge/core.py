@@ -70,6 +70,7 @@ from typing import Callable, Iterable
 
 from xenlab.bridge.fdb import (DEFAULT_AGEING, DEFAULT_MAX_LEARNED, EVENT_BACKLOG, POLICY_LINUX,
                                STATIC, Fdb)
+from xenlab.bridge.stp import Stp
 from xenlab.net.ethernet import ZERO
 from xenlab.xen.abi import ETH_HLEN
 from xenlab.xen.errors import XenError
@@ -199,7 +200,7 @@ class Bridge:
         self._mac = mac
         self.priority = DEFAULT_BRIDGE_PRIORITY
         self.group_fwd_mask = check_group_fwd_mask(group_fwd_mask)
-        self.stp_enabled = False
+        self.stp: Stp | None = None
         self.vlan_filtering = False
         self.ports: dict[str, BridgePort] = {}
         self.counters: collections.Counter = collections.Counter(
@@ -224,6 +225,70 @@ class Bridge:
     def bridge_id(self) -> str:
         return f"{self.priority:04x}." + self.mac.hex()
 
+    @property
+    def stp_enabled(self) -> bool:
+        return self.stp is not None
+
+    # -- spanning tree -----------------------------------------------------------
+    def set_stp(self, on: bool, **timers: float) -> None:
+        """`ip link set BRIDGE type bridge stp_state 0|1 [hello_time ...]`:
+        kernel STP (br_stp_start / br_stp_stop). Stopping it leaves every
+        port with a link forwarding, as a bridge without STP has them."""
+        if on:
+            if self.stp is None:
+                self.stp = Stp(self, self.clock(), **timers)
+                self.stp.start()
+            elif timers:
+                self.stp.set_timers(**timers)
+        elif self.stp is not None:
+            self.stp = None
+            self.fdb.set_hold(None)
+            for port in self.ports.values():
+                if port.carrier and port.state != FORWARDING:
+                    self._set_state(port, FORWARDING)
+
+    def set_priority(self, priority: int) -> None:
+        """The bridge priority (br_stp_set_bridge_priority), 0..65535."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 0xFFFF:
+            raise XenError(errno.ERANGE, f"bridge priority {priority!r} is outside 0..65535")
+        self.priority = priority
+        self._bridge_id_changed()
+
+    def _bridge_id_changed(self) -> None:
+        if self.stp is not None:
+            self.stp.now = self.clock()
+            self.stp.change_bridge_id()
+
+    def stp_tick(self) -> None:
+        """Run STP's timers that are due (the service calls it at
+        next_stp_deadline)."""
+        if self.stp is not None:
+            self.stp.tick(self.clock())
+
+    @property
+    def has_transmit(self) -> bool:
+        return self.stp is not None and bool(self.stp.outbox)
+
+    def next_stp_deadline(self) -> float | None:
+        return self.stp.next_deadline() if self.stp is not None else None
+
+    def pop_transmit(self) -> dict[str, list[bytes]]:
+        """Frames the bridge itself sends (STP's BPDUs), by port; counted as
+        sent by the port (tx_packets) and in the bridge's bpdu_tx."""
+        out: dict[str, list[bytes]] = {}
+        if self.stp is None or not self.stp.outbox:
+            return out
+        for name, frame in self.stp.pop_outbox():
+            port = self.ports.get(name)
+            if port is None:
+                continue
+            out.setdefault(name, []).append(frame)
+            port.counters["tx_packets"] += 1
+            port.counters["tx_bytes"] += len(frame)
+            port.counters["tx_bpdu"] += 1
+            self.counters["bpdu_tx"] += 1
+        return out
+
     # -- ports -----------------------------------------------------------------
     def add_port(self, name: str, mac: bytes = ZERO, mtu: int = 1500) -> BridgePort:
         check_port_name(name)
@@ -233,6 +298,10 @@ class Bridge:
             raise XenError(errno.EINVAL, f"a port address is 6 bytes, got {len(mac)}")
         port = BridgePort(name, self._allocate_port_no(), mac, mtu=mtu)
         self.ports[name] = port
+        if self.stp is not None:
+            self.stp.now = self.clock()
+            self._bridge_id_changed()
+            self.stp.add_port(port)
         self._port_changed(port)
         return port
 
@@ -255,7 +324,11 @@ class Bridge:
         br_del_if -> br_fdb_delete_by_port(do_all)."""
         port = self.port(name)
         self.fdb.flush(name, include_static=True)
+        if self.stp is not None:
+            self.stp.now = self.clock()
+            self.stp.remove_port(port)
         del self.ports[name]
+        self._bridge_id_changed()
         self._port_event("deleted", port)
         return port
 
@@ -278,12 +351,18 @@ class Bridge:
         for flag, value in flags.items():
             if value is not None:
                 setattr(port, flag, bool(value))
+        if self.stp is not None:
+            self.stp.now = self.clock()
         if priority is not None:
             port.priority = priority
+            if self.stp is not None:
+                self.stp.set_port_priority(port)
         if cost is not None:
             port.cost = cost
+            if self.stp is not None:
+                self.stp.set_path_cost(port)
         if state is not None:
-            self._set_state(port, self._selected_state(state))
+            self._set_state(port, self._selected_state(state), notify=False)
         self._port_changed(port)
         return port
 
@@ -301,10 +380,16 @@ class Bridge:
         # br_make_forwarding takes a blocking port straight to forwarding.
         return FORWARDING if state == BLOCKING else state
 
-    def _set_state(self, port: BridgePort, state: str) -> None:
+    def _set_state(self, port: BridgePort, state: str, notify: bool = True) -> None:
         """A port state change, as br_set_state: the FDB keeps what the
-        port learned (only losing the link flushes it)."""
-        port.state = state
+        port learned (only losing the link flushes it). STP's changes are
+        announced here (br_ifinfo_notify); the administrator's by the caller,
+        once for all it changed."""
+        if state != port.state:
+            port.state = state
+            port.counters[f"state_{state}"] += 1
+            if notify:
+                self._port_changed(port)
 
     def set_carrier(self, name: str, up: bool) -> BridgePort:
         """The port's link went down or came back: br_port_carrier_check ->
@@ -314,10 +399,17 @@ class Bridge:
         if up == port.carrier:
             return port
         port.carrier = up
+        if self.stp is not None:
+            self.stp.now = self.clock()
         if up:
-            self._set_state(port, FORWARDING)
+            if self.stp is not None:
+                self.stp.enable_port(port)
+            else:
+                self._set_state(port, FORWARDING, notify=False)
         else:
-            self._set_state(port, DISABLED)
+            if self.stp is not None:
+                self.stp.disable_port(port)
+            self._set_state(port, DISABLED, notify=False)
             self.fdb.flush(name)
         self._port_changed(port)
         return port
@@ -500,7 +592,7 @@ class Bridge:
             return self._drop(port, "bad_src_mac")
         key_vid = vid or 0
         if dst[0] & 1 and dst[:5] == LINK_LOCAL_PREFIX and dst[5] < 0x10:
-            reason = self._link_local(port, dst[5], src, now, vid)
+            reason = self._link_local(port, dst[5], src, now, vid, frame)
             if reason:
                 return self._drop(port, reason)
         state = port.state
@@ -545,13 +637,13 @@ class Bridge:
         return [egress]
 
     def _link_local(self, port: BridgePort, last: int, src: bytes, now: float,
-                    vid: int | None) -> str:
+                    vid: int | None, frame: bytes) -> str:
         """br_handle_frame for 01:80:c2:00:00:0X: the drop reason, or "" when
         the frame goes on to be forwarded as any multicast."""
         if last == 0x01:
             return "pause"
         if last == 0x00:
-            if not self.stp_enabled:
+            if self.stp is None:
                 return ""       # "If STP is turned off, then must forward to keep loop detection"
         elif self.group_fwd_mask & (1 << last):
             return ""
@@ -559,7 +651,11 @@ class Bridge:
         # br_should_learn), then passed up to the bridge itself.
         if port.learning and port.state in (LEARNING, FORWARDING) and vid != 0:
             self.fdb.learn(src, port.name, now, vid or 0)
-        return "bpdu" if last == 0x00 else "link_local"
+        if last == 0x00:
+            self.stp.now = now
+            self.stp.receive(port, frame)
+            return "bpdu"
+        return "link_local"
 
     def _flood(self, ingress: BridgePort, kind: int, now: float,
                vid: int | None = None) -> list[BridgePort]:

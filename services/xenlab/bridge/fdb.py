@@ -141,6 +141,7 @@ class Fdb:
         self._lru: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._port_lru: dict[str, collections.OrderedDict[bytes, None]] = {}
         self.n_learned = 0
+        self.hold: float | None = None      # STP topology change: entries age after this instead
         self.counters: collections.Counter = collections.Counter({k: 0 for k in COUNTERS})
         self._events: collections.deque[FdbEvent] = collections.deque()
 
@@ -172,7 +173,18 @@ class Fdb:
         if entry.static:
             return None
         now = self.clock() if now is None else now
-        return max(0.0, entry.updated + self.ageing - now)
+        return max(0.0, entry.updated + self.hold_time - now)
+
+    @property
+    def hold_time(self) -> float:
+        """br_private.h hold_time(): forward_delay while STP's topology
+        changes, else the ageing time."""
+        return self.ageing if self.hold is None else self.hold
+
+    def set_hold(self, seconds: float | None, now: float | None = None) -> None:
+        """STP's topology change starts (forward_delay) or ends (None)."""
+        self.hold = seconds
+        self.expire(now)
 
     def learned_on(self, port: str) -> int:
         return len(self._port_lru.get(port, ()))
@@ -319,7 +331,7 @@ class Fdb:
         """The clock time the oldest entry ages out; None if none will."""
         if not self._lru:
             return None
-        return self._entries[next(iter(self._lru))].updated + self.ageing
+        return self._entries[next(iter(self._lru))].updated + self.hold_time
 
     def _make_room(self, now: float) -> bool:
         if self.policy != POLICY_OVS or not self._port_lru:
@@ -391,7 +403,7 @@ class Fdb:
         self._event(kind, entry, now)
 
     def _expired(self, entry: FdbEntry, now: float) -> bool:
-        return entry.updated + self.ageing <= now
+        return entry.updated + (self.ageing if self.hold is None else self.hold) <= now
 
     # -- events ----------------------------------------------------------------
     def _event(self, kind: str, entry: FdbEntry, now: float, old_port: str = "") -> None:

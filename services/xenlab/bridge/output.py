@@ -164,23 +164,36 @@ def link_fields(port: bridge_pb2.BridgePortInfo, bridge: str, details: bool = Fa
 
 def bridge_fields(info: bridge_pb2.BridgeInfo) -> Fields:
     """A bridge's own settings, as `ip -d link show BRIDGE` prints its
-    "bridge ..." line (times in centiseconds); xenbr0 adds fdb_policy, what
-    a full FDB does."""
+    "bridge ..." line, in its order (times in centiseconds, ids as ip writes
+    them); the STP timers and root only while STP runs. xenlab adds
+    fdb_policy: what a full FDB does."""
     f = Fields().any("ifname", "%s: ", info.name).text("bridge ")
+    rows = []
+    if info.stp:
+        rows += [("forward_delay", round(info.forward_delay * USER_HZ)),
+                 ("hello_time", round(info.hello_time * USER_HZ)),
+                 ("max_age", round(info.max_age * USER_HZ))]
+    rows += [("ageing_time", round(info.ageing * USER_HZ)), ("stp_state", int(info.stp)),
+             ("priority", info.priority), ("vlan_filtering", int(info.vlan_filtering)),
+             ("bridge_id", ip_bridge_id(info.bridge_id))]
+    if info.stp:
+        rows += [("designated_root", ip_bridge_id(info.root_id)), ("root_port", info.root_port),
+                 ("root_path_cost", info.root_path_cost), ("topology_change", int(info.topology_change))]
+    rows += [("group_fwd_mask", info.group_fwd_mask), ("fdb_n_learned", info.fdb_learned),
+             ("fdb_max_learned", info.fdb_max), ("fdb_policy", info.fdb_policy)]
     data = {}
-    for key, fmt, value in (
-            ("ageing_time", "ageing_time %d ", round(info.ageing * USER_HZ)),
-            ("stp_state", "stp_state %d ", int(info.stp)),
-            ("priority", "priority %d ", info.priority),
-            ("vlan_filtering", "vlan_filtering %d ", int(info.vlan_filtering)),
-            ("bridge_id", "bridge_id %s ", info.bridge_id),
-            ("group_fwd_mask", "group_fwd_mask %s ", info.group_fwd_mask),
-            ("fdb_n_learned", "fdb_n_learned %d ", info.fdb_learned),
-            ("fdb_max_learned", "fdb_max_learned %d ", info.fdb_max),
-            ("fdb_policy", "fdb_policy %s ", info.fdb_policy)):
-        f.text(fmt % (_c_hex(value) if key == "group_fwd_mask" else value))
+    for key, value in rows:
+        f.text(f"{key} {_c_hex(value) if key == 'group_fwd_mask' else value} ")
         data[key] = value
     return f.json("linkinfo", {"info_kind": "bridge", "info_data": data})
+
+
+def ip_bridge_id(text: str) -> str:
+    """"8000.00163e000001" (brctl's) -> "8000.0:16:3e:0:0:1" (ip's)."""
+    prio, _, mac = text.partition(".")
+    if len(mac) != 12:
+        return text
+    return prio + "." + ":".join(f"{int(mac[i:i + 2], 16):x}" for i in range(0, 12, 2))
 
 
 def link_show(bridges: Iterable[bridge_pb2.BridgeInfo], port: str | None = None,

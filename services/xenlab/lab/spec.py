@@ -48,7 +48,11 @@ from xenlab.xen.xlcfg import XlConfig, format_value, load_xl_config, parse_xl_co
 
 LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
-BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit", "vlan_filtering"}
+BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit", "vlan_filtering",
+               "stp", "priority", "hello_time", "forward_delay", "max_age"}
+LINK_KEYS = {"bridges"}
+STP_TIMERS = {"hello_time": (2.0, 1.0, 10.0), "forward_delay": (15.0, 2.0, 30.0),
+              "max_age": (20.0, 6.0, 40.0)}    # Linux's defaults and bounds, seconds
 MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
 
 
@@ -61,6 +65,11 @@ class BridgeSpec:
     flood_limit: str | None = None  # storm control, "RATE[/BURST]"; None: the service's default
     fdb_policy: str = "linux"       # what a full FDB does: "linux" or "ovs"
     vlan_filtering: bool = False    # 802.1Q: ports forward only their VLANs (vif vlan=)
+    stp: bool = False               # 802.1D spanning tree, as Linux's stp_state 1
+    priority: int | None = None     # bridge priority (None: 32768)
+    hello_time: float = 2.0
+    forward_delay: float = 15.0
+    max_age: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class LabSpec:
     rundir: str | None = None
     source: str = "<built-in>"
     mqtt: MqttSpec = MqttSpec()
+    links: tuple[tuple[str, str], ...] = ()     # [[link]]: cables between two bridges
 
     def domain(self, name: str) -> XlConfig:
         return next(d for d in self.domains if d.name == name)
@@ -145,7 +155,7 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
     except tomllib.TOMLDecodeError as err:
         raise _fail(source, f"not valid TOML: {err}") from None
     base = base or Path(".")
-    known = {"lab", "hypervisor", "bridge", "domain", "mqtt"}
+    known = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link"}
     _unknown(source, "top level", data, known)
     lab = data.get("lab", {})
     _unknown(source, "[lab]", lab, LAB_KEYS)
@@ -160,7 +170,14 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
     if not isinstance(mqtt, dict):
         raise _fail(source, "[mqtt] must be a table")
     _unknown(source, "[mqtt]", mqtt, MQTT_KEYS)
-    spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains,
+    links = []
+    for i, entry in enumerate(data.get("link", [])):
+        _unknown(source, f"link #{i + 1}", entry, LINK_KEYS)
+        pair = entry.get("bridges")
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(b, str) for b in pair)):
+            raise _fail(source, f"link #{i + 1}: bridges = [\"BRIDGE\", \"BRIDGE\"], the two it joins")
+        links.append(tuple(pair))
+    spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains, links=tuple(links),
                    bridges=tuple(bridges) or (BridgeSpec(abi.DEFAULT_BRIDGE),),
                    memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
                    launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
@@ -189,8 +206,21 @@ def _bridge(entry: dict, index: int, source: str) -> BridgeSpec:
     vlan_filtering = entry.get("vlan_filtering", False)
     if not isinstance(vlan_filtering, bool):
         raise _fail(source, f"bridge {name}: vlan_filtering must be true or false, got {vlan_filtering!r}")
+    stp = entry.get("stp", False)
+    if not isinstance(stp, bool):
+        raise _fail(source, f"bridge {name}: stp must be true or false, got {stp!r}")
+    priority = entry.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not 0 <= priority <= 0xFFFF):
+        raise _fail(source, f"bridge {name}: priority must be a whole number 0..65535, got {priority!r}")
+    timers = {}
+    for key, (default, low, high) in STP_TIMERS.items():
+        value = entry.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise _fail(source, f"bridge {name}: {key} must be {low:g}..{high:g} seconds, got {value!r}")
+        timers[key] = float(value)
     return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"), flood,
-                      policy, vlan_filtering)
+                      policy, vlan_filtering, stp, priority, **timers)
 
 
 def _mqtt(entry: dict, source: str) -> MqttSpec:
@@ -224,6 +254,13 @@ def validate(spec: LabSpec) -> None:
     bridges = {b.name for b in spec.bridges}
     if len(bridges) != len(spec.bridges):
         raise _fail(source, "two bridges have the same name")
+    for a, b in spec.links:
+        for bridge in (a, b):
+            if bridge not in bridges:
+                raise _fail(source, f"link {a} - {b}: unknown bridge {bridge!r} "
+                                    f"(the lab has {', '.join(sorted(bridges))})")
+        if a == b:
+            raise _fail(source, f"link {a} - {b}: a link joins two different bridges")
     names, macs, ips = set(), {}, {}
     for dom in spec.domains:
         if dom.name in names:

@@ -37,7 +37,7 @@ class PortVlan(_message.Message):
     def __init__(self, vid: _Optional[int] = ..., pvid: bool = ..., untagged: bool = ...) -> None: ...
 
 class BridgePortInfo(_message.Message):
-    __slots__ = ("name", "port_no", "mac", "learning", "flood", "hairpin", "state", "link", "peer", "mcast_flood", "bcast_flood", "isolated", "locked", "priority", "cost", "carrier", "mtu", "vlans")
+    __slots__ = ("name", "port_no", "mac", "learning", "flood", "hairpin", "state", "link", "peer", "mcast_flood", "bcast_flood", "isolated", "locked", "priority", "cost", "carrier", "mtu", "vlans", "role", "designated_root", "designated_bridge", "designated_port", "designated_cost", "port_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PORT_NO_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,12 @@ class BridgePortInfo(_message.Message):
     CARRIER_FIELD_NUMBER: _ClassVar[int]
     MTU_FIELD_NUMBER: _ClassVar[int]
     VLANS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    DESIGNATED_ROOT_FIELD_NUMBER: _ClassVar[int]
+    DESIGNATED_BRIDGE_FIELD_NUMBER: _ClassVar[int]
+    DESIGNATED_PORT_FIELD_NUMBER: _ClassVar[int]
+    DESIGNATED_COST_FIELD_NUMBER: _ClassVar[int]
+    PORT_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     port_no: int
     mac: str
@@ -74,10 +80,16 @@ class BridgePortInfo(_message.Message):
     carrier: bool
     mtu: int
     vlans: _containers.RepeatedCompositeFieldContainer[PortVlan]
-    def __init__(self, name: _Optional[str] = ..., port_no: _Optional[int] = ..., mac: _Optional[str] = ..., learning: bool = ..., flood: bool = ..., hairpin: bool = ..., state: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., mcast_flood: bool = ..., bcast_flood: bool = ..., isolated: bool = ..., locked: bool = ..., priority: _Optional[int] = ..., cost: _Optional[int] = ..., carrier: bool = ..., mtu: _Optional[int] = ..., vlans: _Optional[_Iterable[_Union[PortVlan, _Mapping]]] = ...) -> None: ...
+    role: str
+    designated_root: str
+    designated_bridge: str
+    designated_port: int
+    designated_cost: int
+    port_id: int
+    def __init__(self, name: _Optional[str] = ..., port_no: _Optional[int] = ..., mac: _Optional[str] = ..., learning: bool = ..., flood: bool = ..., hairpin: bool = ..., state: _Optional[str] = ..., link: _Optional[str] = ..., peer: _Optional[str] = ..., mcast_flood: bool = ..., bcast_flood: bool = ..., isolated: bool = ..., locked: bool = ..., priority: _Optional[int] = ..., cost: _Optional[int] = ..., carrier: bool = ..., mtu: _Optional[int] = ..., vlans: _Optional[_Iterable[_Union[PortVlan, _Mapping]]] = ..., role: _Optional[str] = ..., designated_root: _Optional[str] = ..., designated_bridge: _Optional[str] = ..., designated_port: _Optional[int] = ..., designated_cost: _Optional[int] = ..., port_id: _Optional[int] = ...) -> None: ...
 
 class BridgeInfo(_message.Message):
-    __slots__ = ("name", "bridge_id", "mac", "stp", "ports", "ageing", "fdb_max", "fdb_entries", "veth_address", "fdb_policy", "fdb_learned", "group_fwd_mask", "priority", "vlan_filtering")
+    __slots__ = ("name", "bridge_id", "mac", "stp", "ports", "ageing", "fdb_max", "fdb_entries", "veth_address", "fdb_policy", "fdb_learned", "group_fwd_mask", "priority", "vlan_filtering", "root_id", "root_port", "root_path_cost", "topology_change", "hello_time", "max_age", "forward_delay")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BRIDGE_ID_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +104,13 @@ class BridgeInfo(_message.Message):
     GROUP_FWD_MASK_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     VLAN_FILTERING_FIELD_NUMBER: _ClassVar[int]
+    ROOT_ID_FIELD_NUMBER: _ClassVar[int]
+    ROOT_PORT_FIELD_NUMBER: _ClassVar[int]
+    ROOT_PATH_COST_FIELD_NUMBER: _ClassVar[int]
+    TOPOLOGY_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    HELLO_TIME_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_DELAY_FIELD_NUMBER: _ClassVar[int]
     name: str
     bridge_id: str
     mac: str
@@ -106,7 +125,14 @@ class BridgeInfo(_message.Message):
     group_fwd_mask: int
     priority: int
     vlan_filtering: bool
-    def __init__(self, name: _Optional[str] = ..., bridge_id: _Optional[str] = ..., mac: _Optional[str] = ..., stp: bool = ..., ports: _Optional[_Iterable[_Union[BridgePortInfo, _Mapping]]] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_entries: _Optional[int] = ..., veth_address: _Optional[str] = ..., fdb_policy: _Optional[str] = ..., fdb_learned: _Optional[int] = ..., group_fwd_mask: _Optional[int] = ..., priority: _Optional[int] = ..., vlan_filtering: bool = ...) -> None: ...
+    root_id: str
+    root_port: int
+    root_path_cost: int
+    topology_change: bool
+    hello_time: float
+    max_age: float
+    forward_delay: float
+    def __init__(self, name: _Optional[str] = ..., bridge_id: _Optional[str] = ..., mac: _Optional[str] = ..., stp: bool = ..., ports: _Optional[_Iterable[_Union[BridgePortInfo, _Mapping]]] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_entries: _Optional[int] = ..., veth_address: _Optional[str] = ..., fdb_policy: _Optional[str] = ..., fdb_learned: _Optional[int] = ..., group_fwd_mask: _Optional[int] = ..., priority: _Optional[int] = ..., vlan_filtering: bool = ..., root_id: _Optional[str] = ..., root_port: _Optional[int] = ..., root_path_cost: _Optional[int] = ..., topology_change: bool = ..., hello_time: _Optional[float] = ..., max_age: _Optional[float] = ..., forward_delay: _Optional[float] = ...) -> None: ...
 
 class ShowBridgesRequest(_message.Message):
     __slots__ = ("bridge",)
@@ -205,20 +231,30 @@ class FdbEntryRequest(_message.Message):
     def __init__(self, bridge: _Optional[str] = ..., mac: _Optional[str] = ..., port: _Optional[str] = ..., state: _Optional[str] = ..., sticky: bool = ..., vlan: _Optional[int] = ..., replace: bool = ...) -> None: ...
 
 class SetBridgeRequest(_message.Message):
-    __slots__ = ("bridge", "ageing", "fdb_max", "fdb_policy", "group_fwd_mask", "vlan_filtering")
+    __slots__ = ("bridge", "ageing", "fdb_max", "fdb_policy", "group_fwd_mask", "vlan_filtering", "stp", "priority", "hello_time", "forward_delay", "max_age")
     BRIDGE_FIELD_NUMBER: _ClassVar[int]
     AGEING_FIELD_NUMBER: _ClassVar[int]
     FDB_MAX_FIELD_NUMBER: _ClassVar[int]
     FDB_POLICY_FIELD_NUMBER: _ClassVar[int]
     GROUP_FWD_MASK_FIELD_NUMBER: _ClassVar[int]
     VLAN_FILTERING_FIELD_NUMBER: _ClassVar[int]
+    STP_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    HELLO_TIME_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_DELAY_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_FIELD_NUMBER: _ClassVar[int]
     bridge: str
     ageing: float
     fdb_max: int
     fdb_policy: str
     group_fwd_mask: int
     vlan_filtering: bool
-    def __init__(self, bridge: _Optional[str] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_policy: _Optional[str] = ..., group_fwd_mask: _Optional[int] = ..., vlan_filtering: bool = ...) -> None: ...
+    stp: bool
+    priority: int
+    hello_time: float
+    forward_delay: float
+    max_age: float
+    def __init__(self, bridge: _Optional[str] = ..., ageing: _Optional[float] = ..., fdb_max: _Optional[int] = ..., fdb_policy: _Optional[str] = ..., group_fwd_mask: _Optional[int] = ..., vlan_filtering: bool = ..., stp: bool = ..., priority: _Optional[int] = ..., hello_time: _Optional[float] = ..., forward_delay: _Optional[float] = ..., max_age: _Optional[float] = ...) -> None: ...
 
 class PortVlanRequest(_message.Message):
     __slots__ = ("bridge", "port", "vid", "vid_end", "pvid", "untagged", "add")

@@ -90,8 +90,14 @@ def test_bridge_d_link_names_the_fdb_policy():
                                  fdb_policy="ovs", priority=32768, bridge_id="8000.00163e000001")
     lines = output.link_show([info], details=True).splitlines()
     assert lines[0] == ("xenbr0: bridge ageing_time 30000 stp_state 0 priority 32768 vlan_filtering 0 "
-                        "bridge_id 8000.00163e000001 group_fwd_mask 0 fdb_n_learned 3 "
+                        "bridge_id 8000.0:16:3e:0:0:1 group_fwd_mask 0 fdb_n_learned 3 "
                         "fdb_max_learned 8192 fdb_policy ovs ")
+    info.stp, info.root_id, info.root_port, info.hello_time = True, "1000.020000000001", 2, 2
+    info.forward_delay, info.max_age, info.root_path_cost = 15, 20, 4
+    stp_line = output.link_show([info], details=True).splitlines()[0]
+    assert stp_line.startswith("xenbr0: bridge forward_delay 1500 hello_time 200 max_age 2000 "
+                               "ageing_time 30000 stp_state 1 ")
+    assert "designated_root 1000.2:0:0:0:0:1 root_port 2 root_path_cost 4 topology_change 0 " in stp_line
     data = json.loads(output.link_show([info], details=True, as_json=True))
     assert data[0]["linkinfo"]["info_data"]["fdb_policy"] == "ovs"
 
