@@ -606,7 +606,7 @@ class Bridge:
             if known is None or known.port != port.name or known.local:
                 return self._drop(port, "locked")
         if port.learning:
-            self.fdb.learn(src, port.name, now, key_vid)
+            self.fdb.learn_source(src, port.name, now, key_vid)
         if state == LEARNING:
             return self._drop(port, "port_learning")
         if dst[0] & 1:

@@ -195,12 +195,20 @@ class Fdb:
         entered it). False when nothing was learned or refreshed: not a valid
         unicast station address, ageing 0, a sticky or permanent entry holds
         it, or the table is full."""
-        if not self.ageing or not is_valid_unicast(mac):
+        if not is_valid_unicast(mac):
             return False
-        now = self.clock() if now is None else now
+        return self.learn_source(mac, port, self.clock() if now is None else now, vid)
+
+    def learn_source(self, mac: bytes, port: str, now: float, vid: int = 0) -> bool:
+        """`learn` for a source the caller already checked is a station
+        address (the bridge's per-frame path)."""
+        if not self.ageing:
+            return False
         key = mac if not vid else mac + vid.to_bytes(2, "big")
         entry = self._entries.get(key)
         if entry is not None:
+            if entry.updated == now and entry.port == port:
+                return True         # refreshed already at this instant (br_fdb_update: now != updated)
             return self._refresh(entry, key, port, now)
         self.expire(now)
         if self.n_learned >= self.max_learned and not self._make_room(now):
