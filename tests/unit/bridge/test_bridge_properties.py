@@ -19,6 +19,9 @@ macs = st.one_of(
 
 frames = st.one_of(
     st.tuples(macs, macs, st.integers(0, 120)).map(lambda t: t[0] + t[1] + b"\x08\x00" + bytes(t[2])),
+    # 802.1Q-tagged, VLAN 0 (priority tag) to 3
+    st.tuples(macs, macs, st.integers(0, 3)).map(
+        lambda t: t[0] + t[1] + b"\x81\x00" + t[2].to_bytes(2, "big") + b"\x08\x00" + bytes(46)),
     st.binary(max_size=20),
 )
 
@@ -35,6 +38,8 @@ steps = st.one_of(
     st.tuples(st.just("static"), st.sampled_from(PORTS), macs),
     st.tuples(st.just("flush"), st.sampled_from(PORTS + [None]), st.booleans()),
     st.tuples(st.just("carrier"), st.sampled_from(PORTS), st.booleans()),
+    st.tuples(st.just("vlan"), st.sampled_from(PORTS),
+              st.tuples(st.integers(1, 3), st.booleans(), st.booleans(), st.booleans())),
 )
 
 
@@ -46,12 +51,14 @@ class Clock:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(steps, max_size=120), st.integers(1, 6), st.sampled_from(["linux", "ovs"]))
-def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit, policy):
+@given(st.lists(steps, max_size=120), st.integers(1, 6), st.sampled_from(["linux", "ovs"]),
+       st.booleans())
+def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit, policy, vlans):
     clock = Clock()
     br = Bridge("br0", ageing=300, max_learned=limit, clock=clock, fdb_policy=policy)
     for name in PORTS:
         br.add_port(name)
+    br.set_vlan_filtering(vlans)
     forwarded_from = collections.Counter()
     for op, port, arg in script:
         if op == "frame":
@@ -65,6 +72,12 @@ def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit, policy):
             br.set_port_flags(port, **arg)
         elif op == "carrier":
             br.set_carrier(port, arg)
+        elif op == "vlan":
+            vid, add, pvid, untagged = arg
+            if add:
+                br.vlan_add(port, vid, pvid=pvid, untagged=untagged)
+            elif vid in br.ports[port].vlans:
+                br.vlan_delete(port, vid)
         elif op == "time":
             clock.now += arg
         elif op == "static":
@@ -87,7 +100,15 @@ def _check_outputs(br, ingress, frame, out):
     names = [name for name, _ in out]
     assert len(names) == len(set(names))
     for name, data in out:
-        assert data is frame
+        if br.vlan_filtering:
+            # The same frame, tagged or not as the egress port's membership says.
+            vid = _vlan_of(br.ports[ingress], frame)
+            assert vid in br.ports[name].vlans
+            tagged = data[12:14] == b"\x81\x00"
+            assert tagged != br.ports[name].vlans[vid]
+            assert (data[:12] + data[16:] if tagged else data) == _untagged(frame)
+        else:
+            assert data is frame
         assert br.ports[name].state == "forwarding"
         if name == ingress:
             assert br.ports[ingress].hairpin
@@ -99,3 +120,13 @@ def _check_outputs(br, ingress, frame, out):
         assert all(br.ports[name].flood for name in names)
     if out and br.ports[ingress].isolated:
         assert not any(br.ports[name].isolated for name in names)
+
+
+def _untagged(frame: bytes) -> bytes:
+    return frame[:12] + frame[16:] if frame[12:14] == b"\x81\x00" else frame
+
+
+def _vlan_of(port, frame: bytes) -> int:
+    if frame[12:14] == b"\x81\x00" and int.from_bytes(frame[14:16], "big") & 0xFFF:
+        return int.from_bytes(frame[14:16], "big") & 0xFFF
+    return port.pvid
