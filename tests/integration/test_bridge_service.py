@@ -300,3 +300,26 @@ async def test_registration_without_a_hypervisor_is_a_clear_error():
         await service.start()
     assert not os.path.exists(f"{tmp}/veth.sock")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_stp_and_bridge_settings_through_the_api(lab):
+    api = lab.api
+    info = await api.SetBridge(bridge_pb2.SetBridgeRequest(bridge="xenbr1", stp=True, priority=4096,
+                                                           hello_time=1, forward_delay=2, max_age=6,
+                                                           fdb_policy="ovs", fdb_max=64))
+    assert (info.stp, info.priority, info.forward_delay, info.fdb_policy, info.fdb_max) == \
+        (True, 4096, 2, "ovs", 64)
+    assert info.root_id.startswith("1000.") and info.root_port == 0
+    port = await api.AddPort(bridge_pb2.AddBridgePortRequest(bridge="xenbr1", port="p9",
+                                                             mac="02:00:00:00:00:09"))
+    assert (port.state, port.role) == ("listening", "designated")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.SetPortFlags(bridge_pb2.SetPortFlagsRequest(bridge="xenbr1", port="p9", state="forwarding"))
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION        # EBUSY: STP owns the states
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.SetBridge(bridge_pb2.SetBridgeRequest(bridge="xenbr1", forward_delay=1, fdb_max=32))
+    assert err.value.code() is grpc.StatusCode.OUT_OF_RANGE
+    shown = (await api.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge="xenbr1"))).bridges[0]
+    assert (shown.forward_delay, shown.fdb_max) == (2, 64)           # nothing of the refused call
+    info = await api.SetBridge(bridge_pb2.SetBridgeRequest(bridge="xenbr1", stp=False))
+    assert not info.stp and info.ports[0].state == "forwarding"

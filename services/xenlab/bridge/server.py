@@ -709,6 +709,7 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
             raise XenError(errno.ERANGE, f"bridge priority {request.priority} is outside 0..65535")
         if request.HasField("group_fwd_mask"):
             check_group_fwd_mask(request.group_fwd_mask)
+        if request.HasField("group_fwd_mask"):
             br.set_group_fwd_mask(request.group_fwd_mask)
         br.fdb.set_limit(request.fdb_max if request.HasField("fdb_max") else None,
                          request.fdb_policy or None)
