@@ -181,8 +181,9 @@ async def test_the_veth_hello_is_checked(three):
 
 
 async def test_port_flags_through_the_api(three):
-    info = await three.api.SetPortFlags(bridge_pb2.SetPortFlagsRequest(port="vif3.0", flood=False))
-    assert (info.flood, info.learning, info.hairpin, info.state) == (False, True, False, "forwarding")
+    info = await three.api.SetPortFlags(bridge_pb2.SetPortFlagsRequest(port="vif3.0", bcast_flood=False))
+    assert (info.flood, info.bcast_flood, info.learning, info.hairpin, info.state) == \
+        (True, False, True, False, "forwarding")
     three.ends["vif1.0"].transmit([arp_request(MACS["vif1.0"])])
     await eventually(lambda: three.got["vif2.0"])
     await three.quiet()
@@ -222,9 +223,17 @@ async def test_api_ports_flush_and_ageing(lab):
     ("DeleteStatic", bridge_pb2.StaticFdbRequest(mac="00:16:3e:00:00:01"), grpc.StatusCode.NOT_FOUND),
     ("DeleteStatic", bridge_pb2.StaticFdbRequest(mac="00:16:3e:00:00"), grpc.StatusCode.INVALID_ARGUMENT),
     ("SetAgeing", bridge_pb2.SetAgeingRequest(seconds=-1), grpc.StatusCode.INVALID_ARGUMENT),
-    ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="vif1.0", state="blocking"),
+    ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="vif1.0", state="stalled"),
      grpc.StatusCode.INVALID_ARGUMENT),
     ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="nope", learning=False), grpc.StatusCode.NOT_FOUND),
+    ("SetPortFlags", bridge_pb2.SetPortFlagsRequest(port="vif1.0", priority=64),
+     grpc.StatusCode.OUT_OF_RANGE),
+    ("FdbAdd", bridge_pb2.FdbEntryRequest(mac="00:16:3e:00:00:01", port="nope"), grpc.StatusCode.NOT_FOUND),
+    ("FdbAdd", bridge_pb2.FdbEntryRequest(mac="00:16:3e:00:00:01", port="vif1.0", state="sticky"),
+     grpc.StatusCode.INVALID_ARGUMENT),
+    ("FdbDelete", bridge_pb2.FdbEntryRequest(mac="00:16:3e:00:00:77"), grpc.StatusCode.NOT_FOUND),
+    ("SetBridge", bridge_pb2.SetBridgeRequest(fdb_policy="lru"), grpc.StatusCode.INVALID_ARGUMENT),
+    ("SetBridge", bridge_pb2.SetBridgeRequest(group_fwd_mask=1), grpc.StatusCode.INVALID_ARGUMENT),
     ("Flush", bridge_pb2.FlushFdbRequest(port="nope"), grpc.StatusCode.NOT_FOUND),
     ("Stats", bridge_pb2.BridgeStatsRequest(bridge="nope"), grpc.StatusCode.NOT_FOUND),
 ])
@@ -291,3 +300,26 @@ async def test_registration_without_a_hypervisor_is_a_clear_error():
         await service.start()
     assert not os.path.exists(f"{tmp}/veth.sock")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_stp_and_bridge_settings_through_the_api(lab):
+    api = lab.api
+    info = await api.SetBridge(bridge_pb2.SetBridgeRequest(bridge="xenbr1", stp=True, priority=4096,
+                                                           hello_time=1, forward_delay=2, max_age=6,
+                                                           fdb_policy="ovs", fdb_max=64))
+    assert (info.stp, info.priority, info.forward_delay, info.fdb_policy, info.fdb_max) == \
+        (True, 4096, 2, "ovs", 64)
+    assert info.root_id.startswith("1000.") and info.root_port == 0
+    port = await api.AddPort(bridge_pb2.AddBridgePortRequest(bridge="xenbr1", port="p9",
+                                                             mac="02:00:00:00:00:09"))
+    assert (port.state, port.role) == ("listening", "designated")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.SetPortFlags(bridge_pb2.SetPortFlagsRequest(bridge="xenbr1", port="p9", state="forwarding"))
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION        # EBUSY: STP owns the states
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.SetBridge(bridge_pb2.SetBridgeRequest(bridge="xenbr1", forward_delay=1, fdb_max=32))
+    assert err.value.code() is grpc.StatusCode.OUT_OF_RANGE
+    shown = (await api.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge="xenbr1"))).bridges[0]
+    assert (shown.forward_delay, shown.fdb_max) == (2, 64)           # nothing of the refused call
+    info = await api.SetBridge(bridge_pb2.SetBridgeRequest(bridge="xenbr1", stp=False))
+    assert not info.stp and info.ports[0].state == "forwarding"

@@ -25,6 +25,7 @@ broker = "none"
 
 [[bridge]]
 name = "xenbr0"
+fdb_policy = "ovs"
 fdb_max = {FDB_MAX}
 flood_limit = "{FLOOD_RATE}/{FLOOD_RATE}"
 

@@ -22,6 +22,7 @@ import statistics
 import time
 
 from xenlab.bridge.core import Bridge
+from xenlab.bridge.fdb import MAX_AGEING
 
 SAMPLE = 4096              # distinct destinations of the spread pattern
 HOT = 5                    # destinations of the hot pattern (all there are behind p2 at N=10)
@@ -35,8 +36,9 @@ def station(i: int) -> bytes:
 
 
 def filled_bridge(entries: int) -> Bridge:
-    # Ageing 0: never age, so nothing expires while the clock runs.
-    bridge = Bridge("xenbr0", ageing=0, max_entries=max(entries + 16, 16))
+    # The longest ageing, so nothing expires while the clock runs (0 would
+    # keep nothing, as Linux's ageing_time 0).
+    bridge = Bridge("xenbr0", ageing=MAX_AGEING, max_learned=max(entries + 16, 16))
     bridge.add_port("p1")
     bridge.add_port("p2")
     now = bridge.clock()

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from xenlab import eventloop
-from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES
+from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_LEARNED, POLICIES, POLICY_LINUX
 from xenlab.bridge.uplink import parse_uplink
 from xenlab.events import config as events_config
 from xenlab.hypervisor.config import default_rundir
@@ -42,16 +42,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "xenstore (default $XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab, "
                              "else /tmp/xenlab-UID)")
     parser.add_argument("--ageing", type=float, default=DEFAULT_AGEING, metavar="SECONDS",
-                        help=f"FDB ageing time; 0 means never (default {DEFAULT_AGEING:.0f}, as Linux)")
-    parser.add_argument("--fdb-max", type=int, default=DEFAULT_MAX_ENTRIES, metavar="N",
-                        help=f"FDB entries per bridge; when full a new MAC evicts the least recently "
-                             f"seen learned one (default {DEFAULT_MAX_ENTRIES})")
+                        help=f"FDB ageing time; 0 keeps no learned entry, so every unicast floods "
+                             f"(default {DEFAULT_AGEING:.0f}, as Linux)")
+    parser.add_argument("--fdb-max", type=int, default=DEFAULT_MAX_LEARNED, metavar="N",
+                        help=f"learned FDB entries per bridge at most, as Linux's fdb_max_learned; "
+                             f"static ones do not count (default {DEFAULT_MAX_LEARNED})")
+    parser.add_argument("--fdb-policy", choices=tuple(POLICIES), default=POLICY_LINUX,
+                        help="what a full FDB does: " + "; ".join(f"{k}: {v}" for k, v in POLICIES.items())
+                             + f" (default {POLICY_LINUX})")
     parser.add_argument("--flood-limit", type=_flood_limit, default=_flood_limit(DEFAULT_FLOOD_LIMIT),
                         metavar="RATE[/BURST]",
                         help="storm control: each port may flood (broadcast, multicast, unknown "
                              "unicast) at most RATE frames per second, BURST at once (default "
                              f"{DEFAULT_FLOOD_LIMIT}, a burst of one second's worth); past it frames "
                              "are dropped as storm_control; 0 turns it off")
+    parser.add_argument("--vlan-filtering", action="append", default=[], metavar="BRIDGE",
+                        help="turn on 802.1Q VLAN filtering on BRIDGE (Linux's vlan_filtering 1): "
+                             "each port forwards only its VLANs (a vif's vlan=); repeat for several")
+    parser.add_argument("--stp", action="append", default=[], metavar="BRIDGE",
+                        help="run 802.1D spanning tree on BRIDGE, as Linux's kernel STP (stp_state 1); "
+                             "repeat for several")
+    parser.add_argument("--priority", action="append", type=_priority, default=[],
+                        metavar="BRIDGE=PRIO", help="a bridge's priority, 0..65535 (default 32768): "
+                                                    "the lowest bridge id is the root")
+    for name, default, (low, high) in (("hello-time", 2, (1, 10)), ("forward-delay", 15, (2, 30)),
+                                        ("max-age", 20, (6, 40))):
+        parser.add_argument(f"--{name}", type=float, default=float(default), metavar="SECONDS",
+                            help=f"STP {name.replace('-', ' ')} of every bridge here, {low}..{high} s "
+                                 f"(default {default}, as Linux)")
+    parser.add_argument("--link", action="append", type=_link, default=[], metavar="BRIDGE=BRIDGE",
+                        help="a cable between two bridges of this service (a port on each, "
+                             "to-OTHER); repeat for several")
     parser.add_argument("--uplink", action="append", type=_uplink, default=[],
                         metavar="BRIDGE=tap:NAME",
                         help="add TAP device NAME (created if missing, gone when the service "
@@ -77,6 +98,20 @@ def _flood_limit(text: str) -> tuple[float, float | None]:
     if values[0] < 0 or (values[1] is not None and values[1] < 1):
         raise argparse.ArgumentTypeError(f"{text!r}: the rate is 0 or more, the burst 1 or more")
     return values
+
+
+def _priority(text: str) -> tuple[str, int]:
+    bridge, sep, value = text.partition("=")
+    if not sep or not bridge or not value.isdigit() or int(value) > 0xFFFF:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BRIDGE=PRIORITY, a priority of 0..65535")
+    return bridge, int(value)
+
+
+def _link(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition("=")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected BRIDGE=BRIDGE, e.g. xenbr0=xenbr1")
+    return a, b
 
 
 def _uplink(text: str) -> tuple[str, str]:
@@ -106,9 +141,12 @@ def service_from_args(args, env=None):
     listen = args.listen or f"unix:{rundir.socket(f'bridge-{bridges[0]}.sock')}"
     grpc = args.grpc or f"unix:{rundir.socket('bridge.sock')}"
     return BridgeService(bridges, listen, grpc, None if args.no_register else rundir.path,
-                         ageing=args.ageing, fdb_max=args.fdb_max,
+                         ageing=args.ageing, fdb_max=args.fdb_max, fdb_policy=args.fdb_policy,
                          flood_rate=args.flood_limit[0], flood_burst=args.flood_limit[1],
-                         uplinks=_uplinks(args.uplink, bridges))
+                         uplinks=_uplinks(args.uplink, bridges), vlan_filtering=args.vlan_filtering,
+                         stp_bridges=args.stp, priorities=dict(args.priority), links=args.link,
+                         stp_timers={"hello_time": args.hello_time, "forward_delay": args.forward_delay,
+                                     "max_age": args.max_age})
 
 
 def run(args) -> int:

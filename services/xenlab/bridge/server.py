@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -37,8 +38,12 @@ import grpc
 
 from xenlab.osutil import wait_for_stop_signal
 from xenlab.bridge import output
-from xenlab.bridge.core import Bridge, BridgePort, check_bridge_name, check_port_name
-from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, FdbEvent
+from xenlab.bridge.core import (IFNAMSIZ, PORT_FLAGS, Bridge, BridgePort, PortEvent, check_bridge_name,
+                                check_group_fwd_mask, check_port_name)
+from xenlab.bridge.fdb import (DEFAULT_AGEING, DEFAULT_MAX_LEARNED, PERMANENT, POLICY_LINUX,
+                               FdbEntry, FdbEvent, check_ageing, check_max_learned, check_policy)
+from xenlab.bridge import stp
+from xenlab.bridge.patch import PatchPort
 from xenlab.bridge.uplink import TapDevice
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.net.capture import DeviceCapture, directions
@@ -47,7 +52,8 @@ from xenlab.net.ethernet import ZERO, format_mac, parse_mac
 from xenlab.net.veth import VethEnd, VethError, VethListener
 from xenlab.proto import agent_pb2, bridge_pb2, bridge_pb2_grpc, common_pb2, xenstore_pb2
 from xenlab.rpc import handles_xen_errors, start_server
-from xenlab.xen.errors import XenError
+from xenlab.xen.errors import ConfigError, XenError
+from xenlab.xen.xlcfg import parse_vlan
 
 log = logging.getLogger(__name__)
 
@@ -71,19 +77,23 @@ class UnlinkedPort(NetDevice):
 
 
 class EventSubscription:
-    """FDB events for one watcher (a WatchEvents stream, the MQTT publisher).
+    """FDB events (``FdbEvent``) and, when asked, port events (``PortEvent``)
+    for one watcher (a WatchEvents or Monitor stream, the MQTT publisher).
     A watcher that falls `backlog` events behind is cut off: ``get`` then
     raises ENOSPC rather than let it silently miss events."""
 
-    def __init__(self, bridge: str | None, backlog: int = WATCH_BACKLOG):
+    def __init__(self, bridge: str | None, backlog: int = WATCH_BACKLOG,
+                 fdb: bool = True, link: bool = False):
         self.bridge = bridge
         self.backlog = backlog
+        self.kinds = tuple(k for k, wanted in ((FdbEvent, fdb), (PortEvent, link)) if wanted)
         self.queue: asyncio.Queue[tuple[FdbEvent, float] | None] = asyncio.Queue()
         self.overflowed = False
         self.closed = False
 
-    def offer(self, event: FdbEvent, wall: float) -> None:
-        if self.closed or (self.bridge and event.bridge != self.bridge):
+    def offer(self, event: FdbEvent | PortEvent, wall: float) -> None:
+        if self.closed or (self.bridge and event.bridge != self.bridge) \
+                or not isinstance(event, self.kinds):
             return
         if self.queue.qsize() >= self.backlog:
             self.overflowed = True
@@ -96,7 +106,7 @@ class EventSubscription:
             self.closed = True
             self.queue.put_nowait(None)
 
-    async def get(self) -> tuple[FdbEvent, float] | None:
+    async def get(self) -> tuple[FdbEvent | PortEvent, float] | None:
         """The next (event, unix time); None once the service stops."""
         item = await self.queue.get()
         if item is None and self.overflowed:
@@ -115,18 +125,36 @@ class BridgeService:
 
     def __init__(self, bridges: Iterable[str] = ("xenbr0",), listen: str = "",
                  grpc: str = "", rundir: Path | None = None,
-                 ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_ENTRIES,
+                 ageing: float = DEFAULT_AGEING, fdb_max: int = DEFAULT_MAX_LEARNED,
                  clock: Callable[[], float] = time.monotonic,
                  uplinks: dict[str, str] | None = None,
-                 flood_rate: float = 0.0, flood_burst: float | None = None):
+                 flood_rate: float = 0.0, flood_burst: float | None = None,
+                 fdb_policy: str = POLICY_LINUX, vlan_filtering: Iterable[str] = (),
+                 stp_bridges: Iterable[str] = (), stp_timers: dict[str, float] | None = None,
+                 priorities: dict[str, int] | None = None,
+                 links: Iterable[tuple[str, str]] = ()):
         names = [check_bridge_name(n) for n in bridges]
         if not names or len(set(names)) != len(names):
             raise XenError(errno.EINVAL, f"bridge names must be given and distinct: {names}")
         if not listen or not grpc:
             raise XenError(errno.EINVAL, "both a veth listen address and a gRPC address are needed")
         self.bridges: dict[str, Bridge] = {
-            n: Bridge(n, ageing, fdb_max, clock=clock, flood_rate=flood_rate, flood_burst=flood_burst)
+            n: Bridge(n, ageing, fdb_max, clock=clock, flood_rate=flood_rate, flood_burst=flood_burst,
+                      fdb_policy=fdb_policy)
             for n in names}
+        for name in vlan_filtering:
+            if name not in self.bridges:
+                raise XenError(errno.ENOENT, f"VLAN filtering for {name!r}: this service has no "
+                                             f"such bridge (it has {', '.join(names)})")
+            self.bridges[name].set_vlan_filtering(True)
+        for name, priority in (priorities or {}).items():
+            self._configured(name, "priority").set_priority(priority)
+        for name in stp_bridges:
+            self._configured(name, "STP").set_stp(True, **(stp_timers or {}))
+        self.patches = [(self._configured(a, "a link").name, self._configured(b, "a link").name)
+                        for a, b in links]
+        if any(a == b for a, b in self.patches):
+            raise XenError(errno.EINVAL, "a link joins two different bridges")
         self.uplinks = _check_uplinks(uplinks or {}, names)
         self.default = names[0]
         self.listen = listen
@@ -141,16 +169,25 @@ class BridgeService:
         self._server = None
         self._tasks: set[asyncio.Task] = set()
         self._expiry: asyncio.Task | None = None
+        self._wake: asyncio.Future | None = None       # the timer loop's sleep
+        self._sleep_until: float | None = None
         self._hv: HypervisorClient | None = None
         self._captures: dict[tuple[str, str], set[DeviceCapture]] = {}
         # (bridge, last counters) of removed ports: frame accounting across hotplug.
         self.gone: collections.deque[tuple[str, bridge_pb2.BridgePortStats]] = \
             collections.deque(maxlen=GONE_PORTS)
 
+    def _configured(self, name: str, what: str) -> Bridge:
+        if name not in self.bridges:
+            raise XenError(errno.ENOENT, f"{what} for {name!r}: this service has no such bridge "
+                                         f"(it has {', '.join(self.bridges)})")
+        return self.bridges[name]
+
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         try:
             self._open_uplinks()
+            self._patch_links()
             self._listener = VethListener(self.listen, self._admit, self._attached)
             await self._listener.start()
             self.veth_address = _absolute(self._listener.bound_address)
@@ -172,7 +209,7 @@ class BridgeService:
             await self._listener.close()
             self._listener = None
         for (bridge, port), dev in list(self.links.items()):
-            if isinstance(dev, (VethEnd, TapDevice)):
+            if isinstance(dev, (VethEnd, TapDevice, PatchPort)):
                 dev.close()
             self._detach(bridge, port, dev)
         for task in [self._expiry, *self._tasks]:
@@ -208,20 +245,26 @@ class BridgeService:
                  device: NetDevice | None = None) -> BridgePort:
         """Attach a device as a port; with no device the port has no link."""
         br = self.bridge(bridge)
-        port = br.add_port(name, mac)
         dev = device if device is not None else UnlinkedPort(name, mac)
+        port = br.add_port(name, mac, mtu=dev.mtu)
         self.links[(br.name, name)] = dev
         dev.receiver = lambda frames: self._on_frames(br, name, dev, frames)
-        self.publish(br)
+        self.settle(br)
         return port
 
     def delete_port(self, bridge: str, name: str) -> None:
         br = self.bridge(bridge)
         br.port(name)
         dev = self.links.get((br.name, name))
-        if isinstance(dev, (VethEnd, TapDevice)):
+        if isinstance(dev, (VethEnd, TapDevice, PatchPort)):
             dev.close()
         self._detach(br.name, name, dev)
+        if isinstance(dev, PatchPort) and dev.peer is not None:
+            # As deleting one end of a veth pair deletes the other.
+            dev.peer.close()
+            for (peer_bridge, peer_port), peer_dev in list(self.links.items()):
+                if peer_dev is dev.peer:
+                    self._detach(peer_bridge, peer_port, peer_dev)
 
     def _detach(self, bridge: str, name: str, dev: NetDevice | None) -> None:
         if self.links.get((bridge, name)) is not dev:
@@ -236,7 +279,7 @@ class BridgeService:
             self.gone.append((bridge, port_stats(br.ports[name], dev)))
             br.delete_port(name)
             log.info("%s: port %s removed", bridge, name)
-        self.publish(br)
+        self.settle(br)
 
     def link(self, bridge: str, port: str) -> NetDevice:
         br = self.bridge(bridge)
@@ -259,6 +302,24 @@ class BridgeService:
         """Frames entering the bridge at `port`, as if its link had received them."""
         self.link(bridge, port).deliver(frames)
 
+    def _patch_links(self) -> None:
+        """Cables between bridges (the lab's [[link]]s): a port on each,
+        named to-PEER (to-PEER.N for a second cable to the same peer)."""
+        for a, b in self.patches:
+            name_a, name_b = self._patch_name(a, b), self._patch_name(b, a)
+            end_a, end_b = PatchPort.pair(name_a, _patch_mac(a, name_a), name_b, _patch_mac(b, name_b))
+            self.add_port(a, name_a, end_a.mac, end_a)
+            self.add_port(b, name_b, end_b.mac, end_b)
+            log.info("link %s:%s <-> %s:%s", a, name_a, b, name_b)
+
+    def _patch_name(self, bridge: str, peer: str) -> str:
+        base = f"to-{peer}"[:IFNAMSIZ - 1]
+        name, n = base, 1
+        while name in self.bridges[bridge].ports:
+            suffix = f".{n}"
+            name, n = base[:IFNAMSIZ - 1 - len(suffix)] + suffix, n + 1
+        return name
+
     def _open_uplinks(self) -> None:
         for bridge, tap in self.uplinks.items():
             dev = TapDevice.open(tap)
@@ -278,8 +339,8 @@ class BridgeService:
             return
         for egress, batch in br.forward_batch(port, frames).items():
             self.links[(br.name, egress)].transmit(batch)
-        if br.fdb.has_events:
-            self.publish(br)
+        if br.has_events or br.has_transmit:
+            self.settle(br)
 
     # -- veth links ------------------------------------------------------------------
     def _admit(self, hello: dict) -> tuple[str, dict]:
@@ -303,7 +364,16 @@ class BridgeService:
             mac = ZERO
         end.mac = mac
         try:
+            vlans = parse_vlan(str(end.peer_info["vlan"])) if end.peer_info.get("vlan") else None
+        except ConfigError as err:
+            log.warning("%s: cannot attach %s: %s", br.name, end.name, err.message)
+            end.close()
+            return
+        try:
             self.add_port(br.name, end.name, mac, end)
+            if vlans is not None:
+                # vif-bridge: the vif's vlan= sets the port's VLANs.
+                br.set_port_vlans(end.name, vlans)
         except XenError as err:
             log.warning("%s: cannot attach %s: %s", br.name, end.name, err.message)
             end.close()
@@ -319,38 +389,67 @@ class BridgeService:
 
     # -- ageing and events ---------------------------------------------------------------
     async def _expiry_loop(self) -> None:
+        """FDB ageing and STP's timers, each run when due; a change that may
+        bring a deadline nearer (settle) wakes the loop."""
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(self._expiry_delay())
+            delay = self._expiry_delay()
+            # A future, not wait_for(event): 3.11's wait_for can swallow a
+            # cancellation that races with the event, and stop() waits for us.
+            self._wake = wake = loop.create_future()
+            self._sleep_until = self.clock() + delay
+            timer = loop.call_later(delay, _resolve, wake)
+            try:
+                await wake
+            finally:
+                timer.cancel()
+                self._wake = self._sleep_until = None
             for br in self.bridges.values():
+                br.stp_tick()
                 br.expire()
-                self.publish(br)
+                self.settle(br)
 
     def _expiry_delay(self) -> float:
         now = self.clock()
-        due = [t for t in (br.fdb.next_expiry() for br in self.bridges.values()) if t is not None]
+        due = [t for br in self.bridges.values()
+               for t in (br.fdb.next_expiry(), br.next_stp_deadline()) if t is not None]
         if not due:
             return MAX_EXPIRY_SLEEP
-        return min(MAX_EXPIRY_SLEEP, max(0.01, min(due) - now))
+        return min(MAX_EXPIRY_SLEEP, max(0.0, min(due) - now))
 
-    def subscribe(self, bridge: str = "", backlog: int = WATCH_BACKLOG) -> EventSubscription:
-        """FDB events of one bridge (or all, for the empty name) from now on."""
+    def subscribe(self, bridge: str = "", backlog: int = WATCH_BACKLOG, fdb: bool = True,
+                  link: bool = False) -> EventSubscription:
+        """FDB events (and port events, with `link`) of one bridge (or all,
+        for the empty name) from now on."""
         if bridge:
             self.bridge(bridge)
-        sub = EventSubscription(bridge or None, backlog)
+        sub = EventSubscription(bridge or None, backlog, fdb, link)
         self._subscriptions.add(sub)
         return sub
 
     def unsubscribe(self, sub: EventSubscription) -> None:
         self._subscriptions.discard(sub)
 
+    def settle(self, br: Bridge) -> None:
+        """After anything happened to a bridge: send the frames it sends of
+        its own (STP's BPDUs) and hand its events to the watchers."""
+        for port, frames in br.pop_transmit().items():
+            self.links[(br.name, port)].transmit(frames)
+        if self._wake is not None:
+            due = br.next_stp_deadline()
+            if due is not None and due < self._sleep_until:
+                _resolve(self._wake)    # a timer now falls due before the loop would look
+        self.publish(br)
+
     def publish(self, br: Bridge) -> None:
-        """Hand the bridge's pending FDB events to every watcher (none: they
-        are dropped, so the FDB's backlog never fills)."""
-        events = br.fdb.pop_events()
+        """Hand the bridge's pending FDB and port events to every watcher
+        (none: they are dropped, so the backlogs never fill)."""
+        events = [*br.pop_port_events(), *br.fdb.pop_events()]
         if not events or not self._subscriptions:
             return
-        # Events carry the FDB clock; watchers want wall time.
+        # Events carry the bridge's clock; watchers want wall time.
         offset = time.time() - self.clock()
+        events.sort(key=lambda e: e.at)
         for event in events:
             for sub in list(self._subscriptions):
                 sub.offer(event, event.at + offset)
@@ -391,6 +490,17 @@ class BridgeService:
         self._hv = None
 
 
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _patch_mac(bridge: str, port: str) -> bytes:
+    """A stable, locally administered address for a link's port."""
+    digest = hashlib.sha256(f"{bridge}/{port}".encode()).digest()
+    return bytes([0x02]) + digest[:5]
+
+
 def _check_uplinks(uplinks: dict[str, str], bridges: list[str]) -> dict[str, str]:
     for bridge, tap in uplinks.items():
         if bridge not in bridges:
@@ -429,13 +539,55 @@ def port_stats(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePort
         **port.stats(), **port.flood_stats())
 
 
-def port_info(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortInfo:
+def port_info(port: BridgePort, dev: NetDevice | None, br: Bridge | None = None) -> bridge_pb2.BridgePortInfo:
     veth = isinstance(dev, VethEnd)
+    info = _port_info(port, dev, veth)
+    tree = br.stp if br is not None else None
+    if tree is not None and port.name in tree.ports:
+        vector = tree.ports[port.name]
+        info.role = tree.port_role(port)
+        info.designated_root = bridge_id_text(vector.designated_root)
+        info.designated_bridge = bridge_id_text(vector.designated_bridge)
+        info.designated_port = vector.designated_port
+        info.designated_cost = vector.designated_cost
+        info.port_id = vector.port_id
+    return info
+
+
+def bridge_id_text(bid: bytes) -> str:
+    return bid[:2].hex() + "." + bid[2:].hex()
+
+
+def _port_info(port: BridgePort, dev: NetDevice | None, veth: bool) -> bridge_pb2.BridgePortInfo:
     return bridge_pb2.BridgePortInfo(
         name=port.name, port_no=port.port_no, mac=format_mac(port.mac), learning=port.learning,
-        flood=port.flood, hairpin=port.hairpin, state=port.state,
-        link="veth" if veth else "tap" if isinstance(dev, TapDevice) else "none",
+        flood=port.flood, mcast_flood=port.mcast_flood, bcast_flood=port.bcast_flood,
+        hairpin=port.hairpin, isolated=port.isolated, locked=port.locked, state=port.state,
+        priority=port.priority, cost=port.cost, carrier=port.carrier, mtu=port.mtu,
+        vlans=[bridge_pb2.PortVlan(vid=vid, pvid=vid == port.pvid, untagged=untagged)
+               for vid, untagged in sorted(port.vlans.items())],
+        link="veth" if veth else "tap" if isinstance(dev, TapDevice) else
+        "patch" if isinstance(dev, PatchPort) else "none",
         peer=json.dumps(dev.peer_info, sort_keys=True) if veth else "")
+
+
+def fdb_record(br: Bridge, entry: FdbEntry, now: float) -> bridge_pb2.FdbRecord:
+    record = bridge_pb2.FdbRecord(
+        mac=format_mac(entry.mac), bridge=br.name, port=entry.port,
+        port_no=br.ports[entry.port].port_no, static=entry.static, sticky=entry.sticky,
+        state=entry.state, vlan=entry.vid, learned=entry.learned,
+        used=now - entry.used, updated=now - entry.updated)
+    left = br.fdb.expires_in(entry, now)
+    if left is not None:
+        record.expires_in = left
+    return record
+
+
+def fdb_event(event: FdbEvent, wall: float) -> bridge_pb2.FdbEvent:
+    return bridge_pb2.FdbEvent(
+        kind=event.kind, bridge=event.bridge, mac=format_mac(event.mac), port=event.port,
+        old_port=event.old_port, static=event.static, time=wall, vlan=event.vid,
+        sticky=event.sticky, permanent=event.local)
 
 
 class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
@@ -443,14 +595,25 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         self.service = service
 
     def _port_info(self, br: Bridge, name: str) -> bridge_pb2.BridgePortInfo:
-        return port_info(br.port(name), self.service.links.get((br.name, name)))
+        return port_info(br.port(name), self.service.links.get((br.name, name)), br)
 
     def _bridge_info(self, br: Bridge) -> bridge_pb2.BridgeInfo:
         return bridge_pb2.BridgeInfo(
-            name=br.name, bridge_id=br.bridge_id, mac=format_mac(br.mac), stp=False,
+            name=br.name, bridge_id=br.bridge_id, mac=format_mac(br.mac), stp=br.stp_enabled,
             ports=[self._port_info(br, n) for n in br.ports], ageing=br.fdb.ageing,
-            fdb_max=br.fdb.max_entries, fdb_entries=len(br.fdb),
-            veth_address=self.service.veth_address)
+            fdb_max=br.fdb.max_learned, fdb_entries=len(br.fdb), fdb_learned=br.fdb.n_learned,
+            fdb_policy=br.fdb.policy, group_fwd_mask=br.group_fwd_mask, priority=br.priority,
+            vlan_filtering=br.vlan_filtering, veth_address=self.service.veth_address,
+            **self._stp_info(br))
+
+    @staticmethod
+    def _stp_info(br: Bridge) -> dict:
+        tree = br.stp
+        if tree is None:
+            return {}
+        return dict(root_id=bridge_id_text(tree.designated_root), root_port=tree.root_port,
+                    root_path_cost=tree.root_path_cost, topology_change=tree.topology_change,
+                    hello_time=tree.hello_time, max_age=tree.max_age, forward_delay=tree.forward_delay)
 
     @handles_xen_errors
     async def AddPort(self, request, context):
@@ -480,20 +643,10 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
             br.port(request.port)
         br.expire()
         now = br.clock()
-        records = []
-        for entry in br.fdb:
-            if request.port and entry.port != request.port:
-                continue
-            record = bridge_pb2.FdbRecord(
-                mac=format_mac(entry.mac), bridge=br.name, port=entry.port,
-                port_no=br.ports[entry.port].port_no, static=entry.static,
-                used=now - entry.used, updated=now - entry.updated)
-            left = br.fdb.expires_in(entry, now)
-            if left is not None:
-                record.expires_in = left
-            records.append(record)
-        records.sort(key=lambda r: (r.port_no, r.mac))
-        self.service.publish(br)
+        records = [fdb_record(br, entry, now) for entry in br.fdb
+                   if not request.port or entry.port == request.port]
+        records.sort(key=lambda r: (r.port_no, r.mac, r.vlan))
+        self.service.settle(br)
         return bridge_pb2.FdbTable(entries=records,
                                    text=output.format_fdb_show(records, request.stats))
 
@@ -502,7 +655,7 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         br = self.service.bridge(request.bridge)
         br.set_ageing(request.seconds)
         br.expire()
-        self.service.publish(br)
+        self.service.settle(br)
         return common_pb2.Empty()
 
     @handles_xen_errors
@@ -511,26 +664,88 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         if not request.port:
             raise XenError(errno.EINVAL, "a static FDB entry needs a port")
         br.add_static(_mac(request.mac), request.port)
-        self.service.publish(br)
+        self.service.settle(br)
         return common_pb2.Empty()
 
     @handles_xen_errors
     async def DeleteStatic(self, request, context):
         br = self.service.bridge(request.bridge)
         br.delete_static(_mac(request.mac))
-        self.service.publish(br)
+        self.service.settle(br)
         return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def FdbAdd(self, request, context):
+        br = self.service.bridge(request.bridge)
+        if not request.port:
+            raise XenError(errno.EINVAL, "an FDB entry needs a port (dev PORT)")
+        entry = br.fdb_add(_mac(request.mac), request.port, request.state or PERMANENT,
+                           request.sticky, request.vlan, request.replace)
+        self.service.settle(br)
+        return fdb_record(br, entry, br.clock())
+
+    @handles_xen_errors
+    async def FdbDelete(self, request, context):
+        br = self.service.bridge(request.bridge)
+        br.fdb_delete(_mac(request.mac), request.port or None, request.vlan)
+        self.service.settle(br)
+        return common_pb2.Empty()
+
+    @handles_xen_errors
+    async def SetBridge(self, request, context):
+        br = self.service.bridge(request.bridge)
+        # Check everything before changing anything.
+        if request.HasField("ageing"):
+            check_ageing(request.ageing)
+        if request.HasField("fdb_max"):
+            check_max_learned(request.fdb_max)
+        if request.fdb_policy:
+            check_policy(request.fdb_policy)
+        for name, bounds in (("hello_time", stp.HELLO_TIME_RANGE), ("forward_delay", stp.FORWARD_DELAY_RANGE),
+                             ("max_age", stp.MAX_AGE_RANGE)):
+            if request.HasField(name):
+                stp.check_time(name, getattr(request, name), bounds)
+        if request.HasField("priority") and request.priority > 0xFFFF:
+            raise XenError(errno.ERANGE, f"bridge priority {request.priority} is outside 0..65535")
+        if request.HasField("group_fwd_mask"):
+            check_group_fwd_mask(request.group_fwd_mask)
+        if request.HasField("group_fwd_mask"):
+            br.set_group_fwd_mask(request.group_fwd_mask)
+        br.fdb.set_limit(request.fdb_max if request.HasField("fdb_max") else None,
+                         request.fdb_policy or None)
+        if request.HasField("ageing"):
+            br.set_ageing(request.ageing)
+        if request.HasField("vlan_filtering"):
+            br.set_vlan_filtering(request.vlan_filtering)
+        if request.HasField("priority"):
+            br.set_priority(request.priority)
+        timers = {k: getattr(request, k) for k in ("hello_time", "forward_delay", "max_age")
+                  if request.HasField(k)}
+        if request.HasField("stp") or timers:
+            br.set_stp(request.stp if request.HasField("stp") else br.stp_enabled, **timers)
+        self.service.settle(br)
+        return self._bridge_info(br)
+
+    @handles_xen_errors
+    async def SetPortVlan(self, request, context):
+        br = self.service.bridge(request.bridge)
+        if request.add:
+            br.vlan_add(request.port, request.vid, request.vid_end or None, request.pvid,
+                        request.untagged)
+        else:
+            br.vlan_delete(request.port, request.vid, request.vid_end or None)
+        self.service.settle(br)
+        return self._port_info(br, request.port)
 
     @handles_xen_errors
     async def SetPortFlags(self, request, context):
         br = self.service.bridge(request.bridge)
+        flags = {name: getattr(request, name) for name in PORT_FLAGS if request.HasField(name)}
         br.set_port_flags(
-            request.port,
-            learning=request.learning if request.HasField("learning") else None,
-            flood=request.flood if request.HasField("flood") else None,
-            hairpin=request.hairpin if request.HasField("hairpin") else None,
-            state=request.state or None)
-        self.service.publish(br)
+            request.port, state=request.state or None,
+            priority=request.priority if request.HasField("priority") else None,
+            cost=request.cost if request.HasField("cost") else None, **flags)
+        self.service.settle(br)
         return self._port_info(br, request.port)
 
     @handles_xen_errors
@@ -554,7 +769,7 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
     async def Flush(self, request, context):
         br = self.service.bridge(request.bridge)
         removed = br.flush(request.port or None, request.include_static)
-        self.service.publish(br)
+        self.service.settle(br)
         return bridge_pb2.FlushFdbReply(removed=removed)
 
     @handles_xen_errors
@@ -568,12 +783,30 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
                 if item is None:
                     return
                 event, wall = item
-                yield bridge_pb2.FdbEvent(
-                    kind=event.kind, bridge=event.bridge, mac=format_mac(event.mac),
-                    port=event.port, old_port=event.old_port, static=event.static, time=wall)
+                yield fdb_event(event, wall)
         finally:
             self.service.unsubscribe(sub)
 
+
+    @handles_xen_errors
+    async def Monitor(self, request, context):
+        sub = self.service.subscribe(request.bridge, fdb=request.fdb, link=request.link)
+        try:
+            yield bridge_pb2.BridgeEvent(fdb=bridge_pb2.FdbEvent(kind="sync", bridge=request.bridge,
+                                                                 time=time.time()))
+            while True:
+                item = await sub.get()
+                if item is None:
+                    return
+                event, wall = item
+                if isinstance(event, PortEvent):
+                    yield bridge_pb2.BridgeEvent(link=bridge_pb2.PortEvent(
+                        kind=event.kind, bridge=event.bridge, time=wall,
+                        port=port_info(event.port, self.service.links.get((event.bridge, event.port.name)))))
+                else:
+                    yield bridge_pb2.BridgeEvent(fdb=fdb_event(event, wall))
+        finally:
+            self.service.unsubscribe(sub)
 
     @handles_xen_errors
     async def Capture(self, request, context):

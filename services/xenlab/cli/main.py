@@ -39,7 +39,12 @@ DELEGATES = {
     "events": ("xenlab.events.watch", "print a lab's MQTT events as they arrive (docs/EVENTS.md)"),
     "healthcheck": ("xenlab.cli.healthcheck", "exit 0 when gRPC servers, a broker, xenstore nodes or vifs are healthy"),
     "mqtt-broker": ("xenlab.events.broker", "run an MQTT broker for a lab's events (amqtt or mosquitto)"),
+    "bridge": ("xenlab.cli.bridge:bridge_main", "show and change the lab's bridges, as iproute2's bridge(8)"),
+    "brctl": ("xenlab.cli.bridge:brctl_main", "show the lab's bridges, as brctl(8)"),
 }
+# Delegates that parse their own command line, as the tools they mirror do
+# (`bridge -j fdb show`): entry(argv, env) -> int.
+RAW_ARGV = {"bridge", "brctl"}
 TOOLSTACK = {
     "xl": "the toolstack: create, list, destroy... domains, as xl(1)",
     "xenstore": "read, write and watch xenstore, as the xenstore-* tools",
@@ -104,6 +109,8 @@ def run_delegate(name: str, argv: Sequence[str], env: Mapping[str, str]) -> int:
     except ImportError as err:
         print(f"xenlab {name}: not available: {err}", file=sys.stderr)
         return 1
+    if name in RAW_ARGV:
+        return int(getattr(module, entry)(list(argv), env) or 0)
     add_arguments = getattr(module, f"{entry}_arguments" if entry else "add_arguments")
     run = getattr(module, entry or "run")
     parser = argparse.ArgumentParser(prog=f"xenlab {name}",

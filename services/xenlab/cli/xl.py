@@ -242,7 +242,7 @@ def _vif_spec(items: list[str]) -> domains_pb2.VifSpec:
     return domains_pb2.VifSpec(mac=vif.mac or "", bridge=vif.bridge, ip=vif.ip or "",
                                vifname=vif.vifname or "", rate=vif.rate or "", mtu=vif.mtu,
                                backend=vif.backend or "", script=vif.script or "",
-                               model=vif.model or "")
+                               model=vif.model or "", vlan=vif.vlan or "")
 
 
 async def cmd_network_attach(args, ts: Toolstack) -> int:

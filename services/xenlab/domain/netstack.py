@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 
 from xenlab.net.capture import DeviceCapture, TappedFrame
 from xenlab.net.device import NetDevice
+from xenlab.net.ethernet import max_frame_len
 from xenlab.net.icmp import ICMP_HLEN
 from xenlab.net.ipv4 import IP_HLEN, IP_MAXPACKET
 from xenlab.net.stack import (AddressConflict, ArpFailed, EchoReply, IpStack, StackConfig,
@@ -516,11 +517,12 @@ class GuestNetwork:
     def inject(self, frames: Iterable[bytes], interface: str = "") -> InjectResult:
         """Put frames straight on the interface, as if the guest's own stack
         sent them. A frame under an Ethernet header or over MTU + header is
-        refused as ``bad_length``; the device's own drops count too."""
+        refused as ``bad_length`` (an 802.1Q-tagged frame may be a tag
+        longer); the device's own drops count too."""
         device = self.device(interface)
         good, drops = [], collections.Counter()
         for frame in frames:
-            if ETH_HLEN <= len(frame) <= device.mtu + ETH_HLEN:
+            if ETH_HLEN <= len(frame) <= max_frame_len(device.mtu, frame):
                 good.append(bytes(frame))
             else:
                 drops["bad_length"] += 1

@@ -129,6 +129,10 @@ class BridgeHotplug:
                                f"at {bridge_address_path(bridge)})")
         hello = {"bridge": bridge, "mac": vif.mac.hex(":"), "backend": backend_path,
                  "driver_domain": self.domid}
+        # vif-bridge reads the backend's vlan key and sets the port's VLANs.
+        vlan = await self.xenbus.read(f"{backend_path}/vlan")
+        if vlan:
+            hello["vlan"] = vlan
         try:
             end = await connect_veth(address, vif.name, hello, mac=vif.mac, mtu=vif.mtu)
         except (OSError, VethError, TimeoutError) as err:

@@ -28,6 +28,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Sequence
 
+from xenlab.net.ethernet import max_frame_len
 from xenlab.xen import abi
 from xenlab.xen.netif import ExtraInfo, split_frame, tx_frame_requests
 from xenlab.xen.ring import FrontRing
@@ -94,9 +95,6 @@ class NetfrontTx:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    def max_frame(self) -> int:
-        return self.mtu + abi.ETH_HLEN
-
     def send(self, frames: Sequence[bytes]) -> TxSend:
         """Put frames on the ring (or the backlog); drops carry a reason."""
         out = TxSend()
@@ -124,7 +122,7 @@ class NetfrontTx:
             return "broken"
         if len(frame) < abi.ETH_HLEN:
             return "runt"
-        if len(frame) > self.max_frame():
+        if len(frame) > max_frame_len(self.mtu, frame):
             return "too_big"
         return None
 

@@ -5,8 +5,9 @@ data path and hand messages to an EventPublisher (which never blocks).
   (``Hypervisor.observers``, called at every state change), and vif state
   and hotplug, from a xenstore watch on /local/domain held inside the
   hypervisor as Domain-0 (the xenstore core fires it as any watch).
-* ``BridgeSource``: FDB events, from ``BridgeService.subscribe()``, and
-  per-bridge and per-port counters every interval.
+* ``BridgeSource``: FDB and port events, from ``BridgeService.subscribe()``,
+  each with the line `bridge monitor` prints for it, and per-bridge and
+  per-port counters every interval.
 * ``Dom0Source``: per-vif counters as netback counts them, every interval.
 
 ``DomainTracker``, ``VifTracker`` and ``RateMeter`` are the pure part: fed
@@ -284,7 +285,8 @@ class HypervisorSource:
 
 # -- the bridge service -------------------------------------------------------------------
 class BridgeSource:
-    """FDB events as they happen; bridge and port counters every interval."""
+    """FDB and port events as they happen (as `bridge monitor fdb link`
+    shows them); bridge and port counters every interval."""
 
     def __init__(self, service, publisher: EventPublisher, interval: float,
                  clock: Callable[[], float] = time.time):
@@ -304,7 +306,7 @@ class BridgeSource:
             self.rates.sample(self.topics.bridge_stats(br.name), br.counters, now)
             for port in list(br.ports.values()):
                 self.rates.sample(self.topics.port_stats(br.name, port.name), port.stats(), now)
-        self._sub = self.service.subscribe()
+        self._sub = self.service.subscribe(link=True)
         self._tasks = [asyncio.create_task(self._fdb_loop(), name="events-fdb"),
                        asyncio.create_task(_every(self.interval, self.publish_stats),
                                            name="events-bridge-stats")]
@@ -327,12 +329,35 @@ class BridgeSource:
                 self.overflows += 1
                 log.warning("FDB events: %s", err.message)
                 self.service.unsubscribe(self._sub)
-                self._sub = self.service.subscribe()
+                self._sub = self.service.subscribe(link=True)
                 continue
             if item is None:
                 return              # the service stopped
             event, wall = item
-            self.publisher.publish(t.fdb_event(self.topics, event.to_dict(), wall))
+            self.publisher.publish(self._message(event, wall))
+
+    def _message(self, event, wall: float) -> t.Message:
+        # Imported here: the hypervisor, which uses this module too, never
+        # needs the bridge service's code.
+        from xenlab.bridge import output
+        from xenlab.bridge.core import PortEvent
+        from xenlab.bridge.server import fdb_event, port_info
+        from xenlab.proto import bridge_pb2
+        if not isinstance(event, PortEvent):
+            proto = fdb_event(event, wall)
+            return t.fdb_event(self.topics, {**event.to_dict(),
+                                             "monitor": output.fdb_event_fields(proto).line()}, wall)
+        br = self.service.bridges.get(event.bridge)
+        # The role is the port's as STP sees it now (events are published as they come).
+        live = br is not None and event.kind != "deleted" and event.port.name in br.ports
+        info = port_info(event.port, self.service.links.get((event.bridge, event.port.name)),
+                         br if live else None)
+        line = output.link_event_fields(bridge_pb2.PortEvent(kind=event.kind, bridge=event.bridge,
+                                                             port=info)).line()
+        fields = {"name": info.name, "port_no": info.port_no, "state": info.state, "role": info.role,
+                  "carrier": info.carrier, "priority": info.priority, "cost": info.cost,
+                  **{flag: getattr(info, flag) for flag in t.PORT_FLAGS}}
+        return t.port_state(self.topics, event.bridge, fields, event.kind != "deleted", line, wall)
 
     def publish_stats(self) -> None:
         now = self.clock()
@@ -343,17 +368,28 @@ class BridgeSource:
             seen.append(topic)
             self.publisher.publish(t.bridge_stats(self.topics, br.name, br.counters, br.drops,
                                                   fdb, len(br.ports), now,
-                                                  self.rates.sample(topic, br.counters, now)))
+                                                  rates=self.rates.sample(topic, br.counters, now),
+                                                  stp=_stp_stats(br)))
             for port in list(br.ports.values()):
                 dev = self.service.links.get((br.name, port.name))
                 counters = port.stats()
                 topic = self.topics.port_stats(br.name, port.name)
                 seen.append(topic)
+                transitions = {k[len("state_"):]: v for k, v in port.counters.items()
+                               if k.startswith("state_")}
                 self.publisher.publish(t.port_stats(
                     self.topics, br.name, port.name, port.port_no, port.state, counters,
                     port.drops, dev.stats() if dev is not None else {}, now,
-                    self.rates.sample(topic, counters, now)))
+                    rates=self.rates.sample(topic, counters, now), transitions=transitions))
         self.rates.keep(seen)
+
+
+def _stp_stats(br) -> dict:
+    if br.stp is None:
+        return {}
+    from xenlab.bridge.server import bridge_id_text
+    return {"root_id": bridge_id_text(br.stp.designated_root), "root_port": br.stp.root_port,
+            "topology_change": br.stp.topology_change, **br.stp.counters}
 
 
 # -- dom0 (any driver domain) -------------------------------------------------------------

@@ -119,7 +119,27 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "mac": "the station's MAC address",
                  "port": "the port it is (or was) on",
                  "old_port": "for move: the port it was on before, else empty",
-                 "static": "whether the entry is static",
+                 "static": "whether the entry is static (or permanent)",
+                 "vlan": "the entry's VLAN, 0 without VLAN filtering",
+                 "sticky": "whether the entry never moves",
+                 "permanent": "whether the entry is the bridge's own address",
+                 "monitor": "the line `bridge monitor fdb` prints for it (\"Deleted ...\" when it went)",
+             }),
+    TopicDoc("bridge/<bridge>/port/<port>/state", "port.state", True,
+             "A bridge port added, changed (a flag, its STP or administrative state) or "
+             "removed, as RTM_NEWLINK / RTM_DELLINK: published at each change, and again "
+             "each time the bridge's publisher (re)connects.", {
+                 "bridge": "the bridge",
+                 "port": "the port's name (the vif's name for a vif)",
+                 "port_no": "the port number",
+                 "state": "disabled, listening, learning, forwarding or blocking",
+                 "role": "with STP: root, designated, alternate or disabled; else empty",
+                 "carrier": "whether the port's link is up",
+                 "flags": "learning, flood, mcast_flood, bcast_flood, hairpin, isolated, locked (booleans)",
+                 "priority": "the port's STP priority",
+                 "cost": "the port's STP path cost",
+                 "present": "false once the port is gone",
+                 "monitor": "the line `bridge monitor link` prints for it",
              }),
     TopicDoc("bridge/<bridge>/stats", "bridge.stats", False,
              "A bridge's counters, every interval.", {
@@ -129,6 +149,9 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "drops": "frames dropped, by reason",
                  "fdb": "FDB counters (learned, moved, aged, evicted, flushed...) and entries",
                  "ports": "the number of ports",
+                 "stp": "with STP: root_id, root_port, topology_change and the BPDU counters "
+                        "(config_sent, config_received, tcn_sent, tcn_received, bad_bpdu, "
+                        "topology_changes); else empty",
              }),
     TopicDoc("bridge/<bridge>/port/<port>/stats", "port.stats", False,
              "One bridge port's counters, every interval: the bridge's view (rx entered the "
@@ -137,6 +160,7 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "port": "the port's name (the vif's name for a vif)",
                  "port_no": "the port number",
                  "port_state": "forwarding, learning, blocking, disabled...",
+                 "transitions": "how many times the port entered each state (state: count)",
                  "counters": "rx_packets, rx_bytes, tx_packets, tx_bytes",
                  "rates": _RATES,
                  "drops": "frames dropped at this port, by reason",
@@ -208,6 +232,9 @@ class Topics:
 
     def bridge_stats(self, bridge: str) -> str:
         return f"{self.base}/bridge/{_level(bridge)}/stats"
+
+    def port_state(self, bridge: str, port: str) -> str:
+        return f"{self.base}/bridge/{_level(bridge)}/port/{_level(port)}/state"
 
     def port_stats(self, bridge: str, port: str) -> str:
         return f"{self.base}/bridge/{_level(bridge)}/port/{_level(port)}/stats"
@@ -301,22 +328,41 @@ def vif_stats(topics: Topics, domid: int, devid: int, vifname: str, backend_id: 
 def fdb_event(topics: Topics, event: Mapping, now: float) -> Message:
     """`event`: FdbEvent.to_dict()."""
     fields = {k: event.get(k, d) for k, d in (("bridge", ""), ("kind", ""), ("mac", ""),
-                                              ("port", ""), ("old_port", ""), ("static", False))}
+                                              ("port", ""), ("old_port", ""), ("static", False),
+                                              ("vlan", 0), ("sticky", False), ("permanent", False),
+                                              ("monitor", ""))}
     return _message(topics, topics.fdb(fields["bridge"], fields["kind"]), "fdb.event", now, fields)
+
+
+PORT_FLAGS = ("learning", "flood", "mcast_flood", "bcast_flood", "hairpin", "isolated", "locked")
+
+
+def port_state(topics: Topics, bridge: str, port: Mapping, present: bool, monitor: str,
+               now: float) -> Message:
+    """`port`: name, port_no, state, role, carrier, priority, cost and the flags."""
+    fields = {"bridge": bridge, "port": port["name"], "port_no": int(port.get("port_no", 0)),
+              "state": port.get("state", ""), "role": port.get("role", ""),
+              "carrier": bool(port.get("carrier", True)),
+              "flags": {f: bool(port.get(f, False)) for f in PORT_FLAGS},
+              "priority": int(port.get("priority", 0)), "cost": int(port.get("cost", 0)),
+              "present": present, "monitor": monitor}
+    return _message(topics, topics.port_state(bridge, port["name"]), "port.state", now, fields)
 
 
 def bridge_stats(topics: Topics, bridge: str, counters: Mapping[str, int], drops: Mapping[str, int],
                  fdb: Mapping[str, int], ports: int, now: float,
-                 rates: Mapping[str, float] | None = None) -> Message:
+                 rates: Mapping[str, float] | None = None, stp: Mapping | None = None) -> Message:
     fields = {"bridge": bridge, "counters": dict(counters), "rates": dict(rates or {}),
-              "drops": dict(drops), "fdb": dict(fdb), "ports": ports}
+              "drops": dict(drops), "fdb": dict(fdb), "ports": ports, "stp": dict(stp or {})}
     return _message(topics, topics.bridge_stats(bridge), "bridge.stats", now, fields)
 
 
 def port_stats(topics: Topics, bridge: str, port: str, port_no: int, port_state: str,
                counters: Mapping[str, int], drops: Mapping[str, int], link: Mapping[str, int],
-               now: float, rates: Mapping[str, float] | None = None) -> Message:
+               now: float, rates: Mapping[str, float] | None = None,
+               transitions: Mapping[str, int] | None = None) -> Message:
     fields = {"bridge": bridge, "port": port, "port_no": port_no, "port_state": port_state,
+              "transitions": dict(transitions or {}),
               "counters": dict(counters), "rates": dict(rates or {}), "drops": dict(drops),
               "link": dict(link)}
     return _message(topics, topics.port_stats(bridge, port), "port.stats", now, fields)

@@ -15,7 +15,7 @@ from xenlab.bridge.core import check_bridge_name
 from xenlab.xen import abi
 from xenlab.xen.digits import decimal_or
 from xenlab.xen.errors import ConfigError, DomainError, XenError
-from xenlab.xen.xlcfg import format_mac, parse_mac, parse_rate, random_mac
+from xenlab.xen.xlcfg import format_mac, parse_mac, parse_rate, parse_vlan, random_mac
 
 BRIDGE_REGISTRY = "/tool/xenlab/bridges"    # where bridge services register (bridge/server.py)
 
@@ -103,6 +103,8 @@ def vif_nodes(domid: int, devid: int, backend_id: int, spec, mac: str) -> VifNod
         backend["rate"] = _check_rate(spec.rate)
     if spec.vifname:
         backend["vifname"] = _check_vifname(spec.vifname)
+    if spec.vlan:
+        backend["vlan"] = _check_vlan(spec.vlan)    # libxl__device_nic_add writes it as given
     frontend = {
         "backend": bpath, "backend-id": str(backend_id),
         "state": str(int(abi.XenbusState.Initialising)), "handle": str(devid),
@@ -127,6 +129,14 @@ def _check_ip(text: str) -> str:
 def _check_rate(text: str) -> str:
     try:
         parse_rate(text)
+    except ConfigError as err:
+        raise DomainError(errno.EINVAL, f"vif {err.message}") from None
+    return text
+
+
+def _check_vlan(text: str) -> str:
+    try:
+        parse_vlan(text)
     except ConfigError as err:
         raise DomainError(errno.EINVAL, f"vif {err.message}") from None
     return text

@@ -234,10 +234,24 @@ class Lab:
         ageing = {b.ageing for b in self.spec.bridges}
         fdb_max = {b.fdb_max for b in self.spec.bridges}
         flood = {b.flood_limit for b in self.spec.bridges}
-        if len(ageing) > 1 or len(fdb_max) > 1 or len(flood) > 1:
+        policy = {b.fdb_policy for b in self.spec.bridges}
+        timers = {(b.hello_time, b.forward_delay, b.max_age) for b in self.spec.bridges if b.stp}
+        if len(ageing) > 1 or len(fdb_max) > 1 or len(flood) > 1 or len(policy) > 1 or len(timers) > 1:
             raise LabError("the bridges of a lab share one bridge service, so they must have the "
-                           "same ageing, fdb_max and flood_limit")
-        args = ["--ageing", f"{ageing.pop():g}"]
+                           "same ageing, fdb_max, fdb_policy, flood_limit and STP timers")
+        args = ["--ageing", f"{ageing.pop():g}", "--fdb-policy", policy.pop()]
+        for bridge in self.spec.bridges:
+            if bridge.vlan_filtering:
+                args += ["--vlan-filtering", bridge.name]
+            if bridge.stp:
+                args += ["--stp", bridge.name]
+            if bridge.priority is not None:
+                args += ["--priority", f"{bridge.name}={bridge.priority}"]
+        if timers:
+            hello, delay, max_age = timers.pop()
+            args += ["--hello-time", f"{hello:g}", "--forward-delay", f"{delay:g}", "--max-age", f"{max_age:g}"]
+        for a, b in self.spec.links:
+            args += ["--link", f"{a}={b}"]
         limit = fdb_max.pop()
         if limit is not None:
             args += ["--fdb-max", str(limit)]

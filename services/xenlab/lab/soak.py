@@ -60,6 +60,7 @@ broker = "none"
 
 [[bridge]]
 name = "xenbr0"
+fdb_policy = "ovs"
 fdb_max = 1024
 flood_limit = "1000/1000"
 

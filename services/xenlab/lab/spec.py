@@ -9,7 +9,11 @@
     [[bridge]]
     name = "xenbr0"
     uplink = "tap:xltap0"    # optional: a real Linux TAP port (needs CAP_NET_ADMIN)
-    fdb_max = 1024           # optional: FDB size limit (default 8192); then LRU eviction
+    fdb_max = 1024           # optional: learned FDB entries at most (default 8192)
+    fdb_policy = "ovs"       # optional: a full FDB learns nothing more ("linux", the
+                             # default, as fdb_max_learned) or evicts from the port with
+                             # the most entries ("ovs", Open vSwitch's fair eviction)
+    vlan_filtering = true    # optional: 802.1Q, each vif in the VLANs of its vlan= key
     flood_limit = "1000/2000"  # optional: storm control, flooded frames/s (/burst) per port;
                              # 0 turns it off (default: the bridge service's, 1000)
 
@@ -48,10 +52,14 @@ from xenlab.xen import abi
 from xenlab.xen.errors import ConfigError
 from xenlab.xen.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
 
-TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt"}
+TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link"}
 LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
-BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "flood_limit"}
+BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit", "vlan_filtering",
+               "stp", "priority", "hello_time", "forward_delay", "max_age"}
+LINK_KEYS = {"bridges"}
+STP_TIMERS = {"hello_time": (2.0, 1.0, 10.0), "forward_delay": (15.0, 2.0, 30.0),
+              "max_age": (20.0, 6.0, 40.0)}    # Linux's defaults and bounds, seconds
 MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
 
 
@@ -62,6 +70,13 @@ class BridgeSpec:
     ageing: float = 300.0
     fdb_max: int | None = None
     flood_limit: str | None = None  # storm control, "RATE[/BURST]"; None: the service's default
+    fdb_policy: str = "linux"       # what a full FDB does: "linux" or "ovs"
+    vlan_filtering: bool = False    # 802.1Q: ports forward only their VLANs (vif vlan=)
+    stp: bool = False               # 802.1D spanning tree, as Linux's stp_state 1
+    priority: int | None = None     # bridge priority (None: 32768)
+    hello_time: float = 2.0
+    forward_delay: float = 15.0
+    max_age: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +103,7 @@ class LabSpec:
     rundir: str | None = None
     source: str = "<built-in>"
     mqtt: MqttSpec = MqttSpec()
+    links: tuple[tuple[str, str], ...] = ()     # [[link]]: cables between two bridges
 
     def domain(self, name: str) -> XlConfig:
         return next(d for d in self.domains if d.name == name)
@@ -193,7 +209,17 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
         bridges.append(_bridge(entry, i, source, _lines_of(lines, ("bridge", i))))
     domains = tuple(_domain(e, i, base, source, lines) for i, e in enumerate(data.get("domain", [])))
     _unknown(source, "[mqtt]", mqtt, MQTT_KEYS, lines, ("mqtt",))
-    spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains,
+    if not isinstance(data.get("link", []), list):
+        raise _fail(source, "link must be an array of tables: [[link]]", lines.line(("link",)))
+    links = []
+    for i, entry in enumerate(data.get("link", [])):
+        _unknown(source, f"link #{i + 1}", entry, LINK_KEYS, lines, ("link", i))
+        pair = entry.get("bridges")
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(b, str) for b in pair)):
+            raise _fail(source, f"link #{i + 1}: bridges = [\"BRIDGE\", \"BRIDGE\"], the two it joins",
+                        lines.line(("link", i), "bridges") or lines.line(("link", i)))
+        links.append(tuple(pair))
+    spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains, links=tuple(links),
                    bridges=tuple(bridges) or (BridgeSpec(abi.DEFAULT_BRIDGE),),
                    memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
                    launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
@@ -221,7 +247,28 @@ def _bridge(entry: dict, index: int, source: str, line) -> BridgeSpec:
             raise _fail(source, f"bridge {name}: flood_limit must be RATE or \"RATE/BURST\" "
                                 f"(frames per second, frames), got {flood!r}", line("flood_limit"))
         flood = f"{flood:g}" if isinstance(flood, (int, float)) else flood
-    return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"), flood)
+    policy = entry.get("fdb_policy", "linux")
+    if policy not in ("linux", "ovs"):
+        raise _fail(source, f"bridge {name}: fdb_policy must be \"linux\" (learn nothing more when "
+                            f"full) or \"ovs\" (evict from the port with the most), got {policy!r}")
+    vlan_filtering = entry.get("vlan_filtering", False)
+    if not isinstance(vlan_filtering, bool):
+        raise _fail(source, f"bridge {name}: vlan_filtering must be true or false, got {vlan_filtering!r}")
+    stp = entry.get("stp", False)
+    if not isinstance(stp, bool):
+        raise _fail(source, f"bridge {name}: stp must be true or false, got {stp!r}")
+    priority = entry.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)
+                                 or not 0 <= priority <= 0xFFFF):
+        raise _fail(source, f"bridge {name}: priority must be a whole number 0..65535, got {priority!r}")
+    timers = {}
+    for key, (default, low, high) in STP_TIMERS.items():
+        value = entry.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise _fail(source, f"bridge {name}: {key} must be {low:g}..{high:g} seconds, got {value!r}")
+        timers[key] = float(value)
+    return BridgeSpec(name, uplink, float(entry.get("ageing", 300.0)), entry.get("fdb_max"), flood,
+                      policy, vlan_filtering, stp, priority, **timers)
 
 
 def _mqtt(entry: dict, source: str, line=lambda key: None) -> MqttSpec:
@@ -255,6 +302,13 @@ def validate(spec: LabSpec) -> None:
     bridges = {b.name for b in spec.bridges}
     if len(bridges) != len(spec.bridges):
         raise _fail(source, "two bridges have the same name")
+    for a, b in spec.links:
+        for bridge in (a, b):
+            if bridge not in bridges:
+                raise _fail(source, f"link {a} - {b}: unknown bridge {bridge!r} "
+                                    f"(the lab has {', '.join(sorted(bridges))})")
+        if a == b:
+            raise _fail(source, f"link {a} - {b}: a link joins two different bridges")
     names, macs, ips = set(), {}, {}
     for dom in spec.domains:
         if dom.name in names:

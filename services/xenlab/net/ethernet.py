@@ -75,6 +75,18 @@ def is_valid_unicast(mac: bytes) -> bool:
     return len(mac) == ETH_ALEN and is_unicast(mac) and mac != ZERO
 
 
+def is_vlan_tagged(frame: bytes) -> bool:
+    """An 802.1Q tag follows the source address (TPID 0x8100)."""
+    return len(frame) >= ETH_HLEN + VLAN_HLEN and frame[12] == 0x81 and frame[13] == 0x00
+
+
+def max_frame_len(mtu: int, frame: bytes) -> int:
+    """The longest frame an interface of `mtu` sends: MTU plus the Ethernet
+    header, plus a VLAN tag when the frame carries one, as Linux's
+    is_skb_forwardable allows VLAN_HLEN above the MTU."""
+    return mtu + ETH_HLEN + (VLAN_HLEN if is_vlan_tagged(frame) else 0)
+
+
 def is_link_local(mac: bytes) -> bool:
     """01:80:c2:00:00:0X, the IEEE 802.1D reserved group a bridge must not forward."""
     return mac[:5] == b"\x01\x80\xc2\x00\x00" and mac[5] & 0xF0 == 0

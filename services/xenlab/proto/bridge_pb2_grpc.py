@@ -76,6 +76,26 @@ class BridgeStub(object):
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.SetPortFlagsRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.FromString,
                 _registered_method=True)
+        self.FdbAdd = channel.unary_unary(
+                '/xenlab.proto.Bridge/FdbAdd',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbRecord.FromString,
+                _registered_method=True)
+        self.FdbDelete = channel.unary_unary(
+                '/xenlab.proto.Bridge/FdbDelete',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+                _registered_method=True)
+        self.SetBridge = channel.unary_unary(
+                '/xenlab.proto.Bridge/SetBridge',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.FromString,
+                _registered_method=True)
+        self.SetPortVlan = channel.unary_unary(
+                '/xenlab.proto.Bridge/SetPortVlan',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.PortVlanRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/xenlab.proto.Bridge/Stats',
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeStatsRequest.SerializeToString,
@@ -90,6 +110,11 @@ class BridgeStub(object):
                 '/xenlab.proto.Bridge/WatchEvents',
                 request_serializer=xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbEvent.FromString,
+                _registered_method=True)
+        self.Monitor = channel.unary_stream(
+                '/xenlab.proto.Bridge/Monitor',
+                request_serializer=xenlab_dot_proto_dot_bridge__pb2.MonitorRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgeEvent.FromString,
                 _registered_method=True)
         self.Capture = channel.unary_stream(
                 '/xenlab.proto.Bridge/Capture',
@@ -154,6 +179,30 @@ class BridgeServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FdbAdd(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FdbDelete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetBridge(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPortVlan(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -171,6 +220,14 @@ class BridgeServicer(object):
         message has kind "sync": the watch is in place (as a xenstore watch fires
         once when set). A watcher that falls too far behind is ended with
         RESOURCE_EXHAUSTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Monitor(self, request, context):
+        """What `bridge monitor fdb link` shows: FDB and port changes as they
+        happen. The first message is an FdbEvent of kind "sync", as WatchEvents.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -231,6 +288,26 @@ def add_BridgeServicer_to_server(servicer, server):
                     request_deserializer=xenlab_dot_proto_dot_bridge__pb2.SetPortFlagsRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.SerializeToString,
             ),
+            'FdbAdd': grpc.unary_unary_rpc_method_handler(
+                    servicer.FdbAdd,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbRecord.SerializeToString,
+            ),
+            'FdbDelete': grpc.unary_unary_rpc_method_handler(
+                    servicer.FdbDelete,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
+            ),
+            'SetBridge': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetBridge,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.SerializeToString,
+            ),
+            'SetPortVlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPortVlan,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.PortVlanRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.SerializeToString,
+            ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
                     request_deserializer=xenlab_dot_proto_dot_bridge__pb2.BridgeStatsRequest.FromString,
@@ -245,6 +322,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_bridge__pb2.FdbEvent.SerializeToString,
+            ),
+            'Monitor': grpc.unary_stream_rpc_method_handler(
+                    servicer.Monitor,
+                    request_deserializer=xenlab_dot_proto_dot_bridge__pb2.MonitorRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_bridge__pb2.BridgeEvent.SerializeToString,
             ),
             'Capture': grpc.unary_stream_rpc_method_handler(
                     servicer.Capture,
@@ -484,6 +566,114 @@ class Bridge(object):
             _registered_method=True)
 
     @staticmethod
+    def FdbAdd(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Bridge/FdbAdd',
+            xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.SerializeToString,
+            xenlab_dot_proto_dot_bridge__pb2.FdbRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FdbDelete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Bridge/FdbDelete',
+            xenlab_dot_proto_dot_bridge__pb2.FdbEntryRequest.SerializeToString,
+            xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetBridge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Bridge/SetBridge',
+            xenlab_dot_proto_dot_bridge__pb2.SetBridgeRequest.SerializeToString,
+            xenlab_dot_proto_dot_bridge__pb2.BridgeInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPortVlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Bridge/SetPortVlan',
+            xenlab_dot_proto_dot_bridge__pb2.PortVlanRequest.SerializeToString,
+            xenlab_dot_proto_dot_bridge__pb2.BridgePortInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Stats(request,
             target,
             options=(),
@@ -554,6 +744,33 @@ class Bridge(object):
             '/xenlab.proto.Bridge/WatchEvents',
             xenlab_dot_proto_dot_bridge__pb2.WatchFdbRequest.SerializeToString,
             xenlab_dot_proto_dot_bridge__pb2.FdbEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Monitor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xenlab.proto.Bridge/Monitor',
+            xenlab_dot_proto_dot_bridge__pb2.MonitorRequest.SerializeToString,
+            xenlab_dot_proto_dot_bridge__pb2.BridgeEvent.FromString,
             options,
             channel_credentials,
             insecure,

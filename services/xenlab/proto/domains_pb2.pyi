@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class VifSpec(_message.Message):
-    __slots__ = ("devid", "mac", "bridge", "ip", "vifname", "rate", "mtu", "backend", "script", "model")
+    __slots__ = ("devid", "mac", "bridge", "ip", "vifname", "rate", "mtu", "backend", "script", "model", "vlan")
     DEVID_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
     BRIDGE_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class VifSpec(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     SCRIPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    VLAN_FIELD_NUMBER: _ClassVar[int]
     devid: int
     mac: str
     bridge: str
@@ -29,7 +30,8 @@ class VifSpec(_message.Message):
     backend: str
     script: str
     model: str
-    def __init__(self, devid: _Optional[int] = ..., mac: _Optional[str] = ..., bridge: _Optional[str] = ..., ip: _Optional[str] = ..., vifname: _Optional[str] = ..., rate: _Optional[str] = ..., mtu: _Optional[int] = ..., backend: _Optional[str] = ..., script: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+    vlan: str
+    def __init__(self, devid: _Optional[int] = ..., mac: _Optional[str] = ..., bridge: _Optional[str] = ..., ip: _Optional[str] = ..., vifname: _Optional[str] = ..., rate: _Optional[str] = ..., mtu: _Optional[int] = ..., backend: _Optional[str] = ..., script: _Optional[str] = ..., model: _Optional[str] = ..., vlan: _Optional[str] = ...) -> None: ...
 
 class DomainSpec(_message.Message):
     __slots__ = ("name", "memory_mb", "maxmem_mb", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "vif", "uuid", "launcher", "extra", "config_text")

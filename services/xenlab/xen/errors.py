@@ -111,6 +111,7 @@ _ERRNO_STATUS = {
     _errno.ETIMEDOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     _errno.ENOSYS: grpc.StatusCode.UNIMPLEMENTED,
     _errno.EOPNOTSUPP: grpc.StatusCode.UNIMPLEMENTED,
+    _errno.ERANGE: grpc.StatusCode.OUT_OF_RANGE,
 }
 
 
@@ -131,4 +132,5 @@ STATUS_ERRNO = {
     grpc.StatusCode.FAILED_PRECONDITION: _errno.EBUSY,
     grpc.StatusCode.RESOURCE_EXHAUSTED: _errno.ENOSPC,
     grpc.StatusCode.UNIMPLEMENTED: _errno.ENOSYS,
+    grpc.StatusCode.OUT_OF_RANGE: _errno.ERANGE,
 }

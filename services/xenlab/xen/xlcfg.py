@@ -73,6 +73,7 @@ class VifConfig:
     backend: str | None = None      # a domain name or id; None: Domain-0
     script: str | None = None
     model: str | None = None
+    vlan: str | None = None         # xl's vlan= text (parse_vlan); the bridge port's VLANs
 
 
 @dataclass(frozen=True)
@@ -674,6 +675,7 @@ _VIF_KEYS = {
     "script": ("script", _nonempty("script")),
     "model": ("model", _nonempty("model")),
     "devid": ("devid", _vif_devid),
+    "vlan": ("vlan", lambda text: (parse_vlan(text), text)[1]),
 }
 
 
@@ -703,6 +705,64 @@ def random_mac(rng: _random.Random | None = None) -> str:
     tail = bytearray(rng.getrandbits(8) for _ in range(3))
     tail[0] &= 0x7F
     return format_mac(XEN_OUI + bytes(tail))
+
+
+# --------------------------------------------------------------------------
+# VLANs (xl-network-configuration(5), vlan=; Xen 4.19).
+
+VLAN_MAX = 4094
+_VLAN_TERM = re.compile(r"(?P<vid>[0-9]+)(?:-(?P<end>[0-9]+)|\+(?P<step>[0-9]+)x(?P<count>[0-9]+))?"
+                        r"(?P<flag>[pu]?)")
+
+
+@dataclass(frozen=True)
+class VlanMember:
+    vid: int
+    pvid: bool = False
+    untagged: bool = False
+
+
+def parse_vlan(text: str) -> tuple[VlanMember, ...]:
+    """xl's vlan= value -> the port's VLANs, in order. Terms are separated
+    by '/': VID (with 'p': the PVID, which implies untagged; 'u': untagged),
+    VID1-VID2 and VID+OFFSETxCOUNT ("COUNT additional entries, each
+    incremented by OFFSET": 100+10x4 is 100, 110, 120, 130, 140), both with
+    an optional 'u'. Exactly one VID is the PVID; a single VID alone is it
+    without the 'p'."""
+    terms = text.strip().split("/")
+    members: dict[int, VlanMember] = {}
+    for term in terms:
+        m = _VLAN_TERM.fullmatch(term)
+        if m is None:
+            raise ConfigError(f"vlan={text}: {term!r} is not VID[p|u], VID1-VID2[u] or VID+OFFSETxCOUNT[u]")
+        vid, flag = int(m["vid"]), m["flag"]
+        if m["end"] is not None:
+            vids = range(vid, int(m["end"]) + 1)
+            if int(m["end"]) < vid:
+                raise ConfigError(f"vlan={text}: in {term!r} the range goes down")
+        elif m["step"] is not None:
+            step, count = int(m["step"]), int(m["count"])
+            if step < 1:
+                raise ConfigError(f"vlan={text}: in {term!r} the offset must be at least 1")
+            vids = range(vid, vid + step * count + 1, step)
+        else:
+            vids = range(vid, vid + 1)
+        if flag == "p" and len(vids) != 1:
+            raise ConfigError(f"vlan={text}: only a single VLAN ID can be the PVID ('p'), not {term!r}")
+        for v in vids:
+            if not 1 <= v <= VLAN_MAX:
+                raise ConfigError(f"vlan={text}: VLAN ID {v} is outside 1..{VLAN_MAX}")
+            if v in members:
+                raise ConfigError(f"vlan={text}: VLAN {v} is given twice")
+            members[v] = VlanMember(v, flag == "p", flag in ("p", "u"))
+    pvids = [m for m in members.values() if m.pvid]
+    if len(members) == 1 and not pvids:
+        only = next(iter(members.values()))
+        members[only.vid] = VlanMember(only.vid, True, True)
+    elif len(pvids) != 1:
+        raise ConfigError(f"vlan={text}: exactly one VLAN ID must be the PVID (marked 'p'), "
+                          f"{len(pvids)} are")
+    return tuple(members.values())
 
 
 _RATE = re.compile(r"([0-9]+)([GMK]?)([Bb])(?:/(s|ms|us))?")
@@ -763,7 +823,7 @@ def to_domain_spec(cfg: XlConfig) -> domains_pb2.DomainSpec:
         vif=[domains_pb2.VifSpec(devid=v.devid, mac=v.mac or "", bridge=v.bridge, ip=v.ip or "",
                                  vifname=v.vifname or "", rate=v.rate or "", mtu=v.mtu,
                                  backend=v.backend or "", script=v.script or "",
-                                 model=v.model or "")
+                                 model=v.model or "", vlan=v.vlan or "")
              for v in cfg.vifs],
         uuid=cfg.uuid or "", launcher=cfg.launcher or "", extra=dict(cfg.extra),
         config_text=cfg.text)

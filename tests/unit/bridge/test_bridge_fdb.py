@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_ENTRIES, Fdb
+from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_LEARNED, Fdb
 from xenlab.xen.errors import XenError
 
 
@@ -35,7 +35,7 @@ def kinds(events):
 
 
 def test_defaults_are_documented_values():
-    assert DEFAULT_AGEING == 300.0 and DEFAULT_MAX_ENTRIES == 8192
+    assert DEFAULT_AGEING == 300.0 and DEFAULT_MAX_LEARNED == 8192
 
 
 def test_learns_a_unicast_source_with_an_event(fdb):
@@ -88,14 +88,11 @@ def test_expire_removes_only_what_is_due_oldest_first(fdb, clock):
     assert fdb.next_expiry() == 1030 + 300
 
 
-def test_ageing_zero_never_ages_and_can_be_changed_live(fdb, clock):
-    fdb.set_ageing(0)
+def test_a_new_ageing_applies_to_the_entries_there(fdb, clock):
     fdb.learn(mac(1), "p")
-    clock.now += 10 ** 6
-    assert fdb.expire() == 0 and fdb.lookup(mac(1)) is not None
-    assert fdb.expires_in(fdb.get(mac(1))) is None
+    clock.now += 60
     fdb.set_ageing(30)                    # entries keep their updated time
-    assert fdb.expire() == 1
+    assert fdb.get(mac(1)) is None and fdb.counters["aged"] == 1
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), 10 ** 7])
@@ -119,14 +116,14 @@ def test_a_learned_entry_past_its_time_is_relearned_not_moved(fdb, clock):
     assert fdb.counters["moved"] == 0 and fdb.counters["aged"] == 1 and fdb.counters["learned"] == 2
 
 
-def test_static_entries_never_age_and_are_never_moved(fdb, clock):
+def test_static_entries_never_age_but_follow_a_moved_station(fdb, clock):
     fdb.add_static(mac(1), "vif1.0")
     fdb.learn(mac(1), "vif2.0")
     clock.now += 10 ** 5
     fdb.expire()
     entry = fdb.lookup(mac(1))
-    assert entry.static and entry.port == "vif1.0"
-    assert fdb.counters["static_conflict"] == 1 and fdb.counters["moved"] == 0
+    assert entry.static and entry.port == "vif2.0"
+    assert fdb.counters["moved"] == 1 and fdb.n_learned == 0
 
 
 def test_a_static_entry_replaces_a_learned_one(fdb, clock):
@@ -143,6 +140,34 @@ def test_a_static_entry_replaces_a_learned_one(fdb, clock):
     assert err.value.errno == errno.ENOENT
 
 
+def test_an_administered_entry_is_refused_over_an_existing_one_unless_replaced(fdb):
+    fdb.learn(mac(1), "p")
+    with pytest.raises(XenError) as err:
+        fdb.add(mac(1), "q", "static")
+    assert err.value.errno == errno.EEXIST
+    entry = fdb.add(mac(1), "q", "static", sticky=True, replace=True)
+    assert entry.static and entry.sticky and fdb.n_learned == 0 and len(fdb) == 1
+    with pytest.raises(XenError) as err:
+        fdb.add(mac(2), "q", "permanent", sticky=True)
+    assert err.value.errno == errno.EINVAL
+
+
+def test_delete_takes_any_entry_but_only_on_its_port(fdb):
+    fdb.learn(mac(1), "p")
+    with pytest.raises(XenError) as err:
+        fdb.delete(mac(1), "q")
+    assert err.value.errno == errno.ENOENT
+    fdb.delete(mac(1), "p")
+    assert len(fdb) == 0 and fdb.n_learned == 0
+
+
+def test_entries_are_per_vlan(fdb):
+    fdb.learn(mac(1), "p", vid=10)
+    fdb.learn(mac(1), "q", vid=20)
+    assert fdb.get(mac(1), 10).port == "p" and fdb.get(mac(1), 20).port == "q"
+    assert fdb.get(mac(1)) is None and fdb.counters["moved"] == 0 and len(fdb) == 2
+
+
 def test_delete_static_does_not_remove_a_learned_entry(fdb):
     fdb.learn(mac(1), "p")
     with pytest.raises(XenError) as err:
@@ -156,36 +181,33 @@ def test_static_needs_a_unicast_address(fdb):
     assert err.value.errno == errno.EINVAL
 
 
-def test_when_full_the_least_recently_seen_learned_entry_is_evicted(clock):
-    fdb = Fdb("br", max_entries=3, clock=clock)
-    for n in range(3):
+def test_ovs_policy_evicts_the_least_recently_seen_entry_of_the_busiest_port(clock):
+    fdb = Fdb("br", max_learned=4, clock=clock, policy="ovs")
+    fdb.learn(mac(0), "q")
+    clock.now += 1
+    for n in range(1, 4):
         fdb.learn(mac(n), "p")
         clock.now += 1
-    fdb.learn(mac(0), "p")                # mac(0) is now the most recently seen
+    fdb.learn(mac(1), "p")                # mac(1) is now p's most recently seen
     fdb.pop_events()
-    fdb.learn(mac(9), "q")
-    assert {e.mac for e in fdb} == {mac(0), mac(2), mac(9)}
+    fdb.learn(mac(9), "q")                # q's own entry is older, but p has the most
+    assert {e.mac for e in fdb} == {mac(0), mac(1), mac(3), mac(9)}
     assert kinds(fdb.pop_events()) == [("evict", "p"), ("learn", "q")]
-    assert fdb.counters["evicted"] == 1 and len(fdb) == 3
+    assert fdb.counters["evicted"] == 1 and len(fdb) == 4
 
 
-def test_eviction_never_takes_a_static_entry(clock):
-    fdb = Fdb("br", max_entries=3, clock=clock)
+def test_ovs_eviction_never_takes_an_administered_entry(clock):
+    fdb = Fdb("br", max_learned=1, clock=clock, policy="ovs")
     fdb.add_static(mac(0), "p")
-    fdb.add_static(mac(1), "p")
+    fdb.add(mac(1), "p", "dynamic")
     fdb.learn(mac(2), "p")
     fdb.learn(mac(3), "p")
     assert {e.mac for e in fdb} == {mac(0), mac(1), mac(3)}
-    fdb.add_static(mac(4), "p")           # evicts the learned mac(3)
-    assert fdb.learn(mac(5), "p") is False
-    assert fdb.counters["fdb_full"] == 1 and len(fdb) == 3
-    with pytest.raises(XenError) as err:
-        fdb.add_static(mac(6), "p")
-    assert err.value.errno == errno.ENOSPC
+    assert fdb.counters["evicted"] == 1 and fdb.n_learned == 1
 
 
 def test_full_table_ages_out_due_entries_before_evicting(clock):
-    fdb = Fdb("br", max_entries=2, clock=clock)
+    fdb = Fdb("br", max_learned=2, clock=clock, policy="ovs")
     fdb.learn(mac(0), "p")
     clock.now += 100
     fdb.learn(mac(1), "p")
@@ -220,12 +242,14 @@ def test_the_event_backlog_is_bounded(fdb, monkeypatch):
 
 def test_a_size_limit_below_one_is_refused(clock):
     with pytest.raises(XenError):
-        Fdb("br", max_entries=0, clock=clock)
+        Fdb("br", max_learned=0, clock=clock)
+    with pytest.raises(XenError):
+        Fdb("br", policy="lru", clock=clock)
 
 
 def test_lookups_are_dict_based_and_ageing_looks_only_at_the_head(clock):
     """Not timed: the structures are what keep per-frame cost flat."""
-    fdb = Fdb("br", max_entries=200_000, clock=clock)
+    fdb = Fdb("br", max_learned=200_000, clock=clock)
     for n in range(100_000):
         fdb.learn(mac(n), "p")
     assert isinstance(fdb._entries, dict) and len(fdb._entries) == 100_000

@@ -19,6 +19,9 @@ macs = st.one_of(
 
 frames = st.one_of(
     st.tuples(macs, macs, st.integers(0, 120)).map(lambda t: t[0] + t[1] + b"\x08\x00" + bytes(t[2])),
+    # 802.1Q-tagged, VLAN 0 (priority tag) to 3
+    st.tuples(macs, macs, st.integers(0, 3)).map(
+        lambda t: t[0] + t[1] + b"\x81\x00" + t[2].to_bytes(2, "big") + b"\x08\x00" + bytes(46)),
     st.binary(max_size=20),
 )
 
@@ -26,11 +29,17 @@ steps = st.one_of(
     st.tuples(st.just("frame"), st.sampled_from(PORTS), frames),
     st.tuples(st.just("flags"), st.sampled_from(PORTS),
               st.fixed_dictionaries({"learning": st.booleans(), "flood": st.booleans(),
-                                     "hairpin": st.booleans(),
-                                     "state": st.sampled_from(["forwarding", "disabled"])})),
+                                     "mcast_flood": st.booleans(), "bcast_flood": st.booleans(),
+                                     "hairpin": st.booleans(), "isolated": st.booleans(),
+                                     "locked": st.booleans(),
+                                     "state": st.sampled_from(["forwarding", "disabled", "learning",
+                                                               "listening", "blocking"])})),
     st.tuples(st.just("time"), st.just(""), st.floats(0, 400)),
     st.tuples(st.just("static"), st.sampled_from(PORTS), macs),
     st.tuples(st.just("flush"), st.sampled_from(PORTS + [None]), st.booleans()),
+    st.tuples(st.just("carrier"), st.sampled_from(PORTS), st.booleans()),
+    st.tuples(st.just("vlan"), st.sampled_from(PORTS),
+              st.tuples(st.integers(1, 3), st.booleans(), st.booleans(), st.booleans())),
 )
 
 
@@ -42,12 +51,14 @@ class Clock:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(steps, max_size=120), st.integers(1, 6))
-def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit):
+@given(st.lists(steps, max_size=120), st.integers(1, 6), st.sampled_from(["linux", "ovs"]),
+       st.booleans())
+def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit, policy, vlans):
     clock = Clock()
-    br = Bridge("br0", ageing=300, max_entries=limit, clock=clock)
+    br = Bridge("br0", ageing=300, max_learned=limit, clock=clock, fdb_policy=policy)
     for name in PORTS:
         br.add_port(name)
+    br.set_vlan_filtering(vlans)
     forwarded_from = collections.Counter()
     for op, port, arg in script:
         if op == "frame":
@@ -56,7 +67,17 @@ def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit):
                 forwarded_from[port] += 1
             _check_outputs(br, port, arg, out)
         elif op == "flags":
+            if not br.ports[port].carrier:
+                arg = {**arg, "state": "disabled"}
             br.set_port_flags(port, **arg)
+        elif op == "carrier":
+            br.set_carrier(port, arg)
+        elif op == "vlan":
+            vid, add, pvid, untagged = arg
+            if add:
+                br.vlan_add(port, vid, pvid=pvid, untagged=untagged)
+            elif vid in br.ports[port].vlans:
+                br.vlan_delete(port, vid)
         elif op == "time":
             clock.now += arg
         elif op == "static":
@@ -66,8 +87,9 @@ def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit):
                 assert getattr(err, "errno", None) is not None
         else:
             br.flush(port, include_static=arg)
-        assert len(br.fdb) <= limit
+        assert br.fdb.n_learned == sum(1 for e in br.fdb if e.learned) <= limit
         assert len(br.fdb._lru) == sum(1 for e in br.fdb if not e.static)
+        assert sum(map(len, br.fdb._port_lru.values())) == br.fdb.n_learned
     assert br.counters["rx"] == br.counters["forwarded"] + sum(br.drops.values())
     for name, p in br.ports.items():
         assert p.counters["rx_packets"] == forwarded_from[name] + sum(p.drops.values())
@@ -78,9 +100,33 @@ def _check_outputs(br, ingress, frame, out):
     names = [name for name, _ in out]
     assert len(names) == len(set(names))
     for name, data in out:
-        assert data is frame
+        if br.vlan_filtering:
+            # The same frame, tagged or not as the egress port's membership says.
+            vid = _vlan_of(br.ports[ingress], frame)
+            assert vid in br.ports[name].vlans
+            tagged = data[12:14] == b"\x81\x00"
+            assert tagged != br.ports[name].vlans[vid]
+            assert (data[:12] + data[16:] if tagged else data) == _untagged(frame)
+        else:
+            assert data is frame
         assert br.ports[name].state == "forwarding"
         if name == ingress:
             assert br.ports[ingress].hairpin
-    if out and frame[0] & 1:
+    if out and frame[:6] == b"\xff" * 6:
+        assert all(br.ports[name].bcast_flood for name in names)
+    elif out and frame[0] & 1:
+        assert all(br.ports[name].mcast_flood for name in names)
+    elif len(out) > 1:
         assert all(br.ports[name].flood for name in names)
+    if out and br.ports[ingress].isolated:
+        assert not any(br.ports[name].isolated for name in names)
+
+
+def _untagged(frame: bytes) -> bytes:
+    return frame[:12] + frame[16:] if frame[12:14] == b"\x81\x00" else frame
+
+
+def _vlan_of(port, frame: bytes) -> int:
+    if frame[12:14] == b"\x81\x00" and int.from_bytes(frame[14:16], "big") & 0xFFF:
+        return int.from_bytes(frame[14:16], "big") & 0xFFF
+    return port.pvid

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 from importlib.metadata import version
 
 import pytest
 
-from xenlab.cli.main import DELEGATES, build_parser
+from xenlab.cli.main import DELEGATES, RAW_ARGV, build_parser
 
 
 def test_version_is_the_installed_packages():
@@ -22,6 +23,8 @@ def test_version_is_the_installed_packages():
 
 def _command_parsers():
     for name, (target, _) in DELEGATES.items():
+        if name in RAW_ARGV:        # iproute2's and brctl's own syntax: tested below
+            continue
         module_name, _, entry = target.partition(":")
         module = importlib.import_module(module_name)
         parser = argparse.ArgumentParser(prog=f"xenlab {name}")
@@ -52,3 +55,15 @@ def test_the_help_a_new_user_asked_for_is_printed(argv, says):
     result = subprocess.run([sys.executable, "-m", "xenlab.cli.main", *argv],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and says in " ".join(result.stdout.split())
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["bridge", "help"], "Usage: bridge [ OPTIONS ] OBJECT { COMMAND | help }"),
+    (["brctl", "--help"], "Usage: brctl [commands]"),
+])
+def test_bridge_and_brctl_say_how_to_use_them_without_a_lab(argv, says, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "xenlab.cli.main", *argv], capture_output=True,
+                            text=True, timeout=60,
+                            env=dict(os.environ, XENLAB_RUNDIR=str(tmp_path / "none")))
+    assert result.returncode == 0, result.stderr
+    assert says in result.stdout

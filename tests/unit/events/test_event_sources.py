@@ -292,3 +292,44 @@ async def test_dom0_publishes_every_vif_counters(mqtt):
     assert stats.topic == "xenlab/src/domain/7/vif/1/stats"
     assert stats.payload["counters"]["tx_packets"] == 3 and stats.payload["drops"] == {"not_connected": 2}
     assert stats.payload["link_state"] == "connected" and stats.payload["backend_id"] == 0
+
+
+async def test_port_state_changes_and_stp_as_bridge_monitor_shows_them(bridge_service, mqtt):
+    """Every port change is a retained port.state with the `bridge monitor
+    link` line; every FDB change carries the `bridge monitor fdb` line; STP's
+    counters and the ports' state transitions are in the counters."""
+    _, events, pub = mqtt
+    source = BridgeSource(bridge_service, pub, interval=0.2)
+    source.start()
+    try:
+        br = bridge_service.bridge("xenbr0")
+        bridge_service.add_port("xenbr0", "vif1.0")
+        added = await events.wait_for(of("port.state", port="vif1.0", state="forwarding"))
+        assert added.topic == "xenlab/src/bridge/xenbr0/port/vif1.0/state"
+        assert added.payload["monitor"] == ("1: vif1.0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 "
+                                            "master xenbr0 state forwarding priority 32 cost 2 ")
+        br.set_port_flags("vif1.0", state="disabled", hairpin=True)
+        bridge_service.settle(br)
+        changed = await events.wait_for(of("port.state", port="vif1.0", state="disabled"))
+        assert changed.payload["flags"]["hairpin"] is True and changed.payload["present"] is True
+        br.set_port_flags("vif1.0", state="forwarding")
+        br.set_stp(True, hello_time=1, forward_delay=2, max_age=6)
+        bridge_service.add_port("xenbr0", "vif2.0")
+        bridge_service.settle(br)
+        listening = await events.wait_for(of("port.state", port="vif2.0", state="listening"))
+        assert listening.payload["role"] == "designated"
+        bridge_service.inject("xenbr0", "vif1.0", [frame(b"\xff" * 6, bytes.fromhex("00163e0000cc"))])
+        learned = await events.wait_for(of("fdb.event", kind="learn", mac="00:16:3e:00:00:cc"))
+        assert learned.payload["monitor"] == "00:16:3e:00:00:cc dev vif1.0 master xenbr0 "
+        bridge_service.delete_port("xenbr0", "vif1.0")
+        gone = await events.wait_for(of("fdb.event", kind="flush", mac="00:16:3e:00:00:cc"))
+        assert gone.payload["monitor"] == "Deleted 00:16:3e:00:00:cc dev vif1.0 master xenbr0 "
+        removed = await events.wait_for(of("port.state", port="vif1.0", present=False))
+        assert removed.payload["monitor"].startswith("Deleted 1: vif1.0: ")
+        stats = await events.wait_for(lambda e: of("bridge.stats")(e) and e.payload["stp"].get("config_sent", 0) > 0)
+        assert stats.payload["stp"]["root_port"] == 0
+        port = await events.wait_for(lambda e: of("port.stats", port="vif2.0")(e)
+                                     and e.payload["transitions"].get("listening") == 1)
+        assert port.payload["port_state"] in ("listening", "learning", "forwarding")
+    finally:
+        await source.close()

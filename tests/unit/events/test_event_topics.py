@@ -34,6 +34,10 @@ def every_payload() -> list[t.Message]:
         t.fdb_event(TOPICS, fdb, NOW),
         t.bridge_stats(TOPICS, "xenbr0", {"rx": 1}, {"no_egress": 1}, {"learned": 1, "entries": 1}, 2, NOW),
         t.port_stats(TOPICS, "xenbr0", "vif3.0", 1, "forwarding", {"rx_packets": 1}, {}, {"tx_packets": 1}, NOW),
+        t.port_state(TOPICS, "xenbr0", {"name": "vif3.0", "port_no": 1, "state": "blocking",
+                                        "role": "alternate", "learning": True}, True,
+                     "1: vif3.0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master xenbr0 state blocking "
+                     "priority 32 cost 2 ", NOW),
         t.service_status(TOPICS, "bridge", True, 42, {"published": 3, "dropped": 1}, NOW),
     ]
 
@@ -81,7 +85,7 @@ def test_every_documented_type_has_a_builder_exercised():
 
 def test_states_are_retained_events_and_counters_are_not():
     retained = {doc.type for doc in t.TOPICS if doc.retained}
-    assert retained == {"domain.state", "vif.state", "service.status"}
+    assert retained == {"domain.state", "vif.state", "service.status", "port.state"}
 
 
 def test_vif_state_names_the_xenbus_states():

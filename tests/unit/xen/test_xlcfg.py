@@ -7,7 +7,7 @@ import re
 import pytest
 
 from xenlab.xen.errors import ConfigError
-from xenlab.xen.xlcfg import (ACTIONS, VifConfig, XlConfig, load_xl_config, parse_mac,
+from xenlab.xen.xlcfg import (ACTIONS, parse_vlan, VifConfig, XlConfig, load_xl_config, parse_mac,
                               parse_rate, parse_settings, parse_vif_spec, parse_xl_config,
                               random_mac, to_domain_spec)
 
@@ -442,3 +442,31 @@ def test_to_domain_spec():
     assert (first.devid, first.mac, first.bridge, first.ip, first.rate, first.mtu) == \
         (0, "00:16:3e:00:00:01", "xenbr0", "10.0.0.2", "1MB/s@20ms", 1500)
     assert (second.devid, second.mac, second.bridge, second.mtu, second.backend) == (1, "", "br1", 9000, "")
+
+
+# -- vlan= (xl-network-configuration(5), Xen 4.19) ------------------------------------------
+@pytest.mark.parametrize("text,members", [
+    ("10", [(10, True, True)]),
+    ("10p/20", [(10, True, True), (20, False, False)]),
+    ("10p/100+10x4", [(10, True, True)] + [(v, False, False) for v in (100, 110, 120, 130, 140)]),
+    ("1p/20-22u", [(1, True, True), (20, False, True), (21, False, True), (22, False, True)]),
+    ("5u/7p", [(5, False, True), (7, True, True)]),
+])
+def test_vlan_takes_xls_syntax(text, members):
+    assert [(m.vid, m.pvid, m.untagged) for m in parse_vlan(text)] == members
+
+
+@pytest.mark.parametrize("text,word", [
+    ("10/20", "PVID"), ("10p/20p", "PVID"), ("0", "outside"), ("4095", "outside"), ("20-10", "down"),
+    ("10p/10", "twice"), ("10-12p", "single"), ("ten", "not"), ("10+0x3", "offset"), ("10+1x3p", "single"), ("", "not"),
+])
+def test_bad_vlans_are_refused_saying_why(text, word):
+    with pytest.raises(ConfigError, match=word):
+        parse_vlan(text)
+
+
+def test_vlan_is_a_vif_key():
+    cfg = parse_xl_config('name = "x"\nvif = ["mac=00:16:3e:00:00:01,vlan=10p/20"]\n')
+    assert cfg.vifs[0].vlan == "10p/20"
+    with pytest.raises(ConfigError, match="vlan"):
+        parse_xl_config('name = "x"\nvif = ["vlan=10/20"]\n')
