@@ -107,6 +107,12 @@ class Rundir:
     def logs(self) -> Path:
         return self.path / "logs"
 
+    @property
+    def xenstored_socket(self) -> Path:
+        """xenstored's wire protocol, for Xen's tools: XENSTORED_PATH (or
+        XENSTORED_RUNDIR=its directory, as libxenstore appends "/socket")."""
+        return self.path / "xenstored" / "socket"
+
     def read_address(self) -> str:
         try:
             return self.address_file.read_text().strip()

@@ -26,6 +26,8 @@ from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
+from xenlab.hypervisor.xenstored import Xenstored, XsConnection
+from xenlab.hypervisor.xenstored_socket import XenstoredSocket
 from xenlab.xen import abi
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.shared_info import SharedInfo
@@ -59,7 +61,9 @@ class Hypervisor:
         self.evtchn = EventChannels(kick=self.doorbell.kick,
                                     default_max_ports=config.evtchn_max_ports)
         self.xs_connections = XenStoreConnections()
-        self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
+        self.xenstore = XenStore(fire=self._fire_watch, quotas=config.xenstore_quotas)
+        self.xenstored = Xenstored(self.xenstore, self.domain_exists)
+        self.xenstored_socket = XenstoredSocket(self.xenstored, self.rundir.xenstored_socket)
         self.launcher = launcher or make_launcher(config.launcher, config.log_level, config.docker)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
         self._procs: dict[int, DomainProcess] = {}
@@ -82,6 +86,7 @@ class Hypervisor:
         self.dom0_secret = self.identity.issue(0, privileged=True)
         self._write_domain_tree(dom0)
         await self.doorbell.start(str(self.rundir.doorbell))
+        await self.xenstored_socket.start()
 
     def _reap_stale_segments(self) -> None:
         """Memory segments of hypervisors that died without cleaning up
@@ -109,6 +114,7 @@ class Hypervisor:
             if dom.domid != 0:
                 await self.destroy_domain(dom.domid)
         await self.doorbell.close()
+        await self.xenstored_socket.close()
         self._remove_from_cores(0)
         for launcher in self.launchers.values():
             await launcher.close()
@@ -124,6 +130,14 @@ class Hypervisor:
 
     def process(self, domid: int) -> DomainProcess | None:
         return self._procs.get(domid)
+
+    def _fire_watch(self, conn, path: str, token: str) -> None:
+        """The XenStore core's watch events, to whichever kind of connection
+        set the watch: a gRPC WatchStream or a xenstored wire connection."""
+        if isinstance(conn, XsConnection):
+            conn.fire(path, token)
+        else:
+            self.xs_connections.fire(conn, path, token)
 
     def _doorbell_auth(self, domid: int, secret: str) -> Caller:
         return self.identity.check(str(domid), secret)
@@ -158,7 +172,7 @@ class Hypervisor:
             self._write_domain_tree(dom)
             for nodes in nics:
                 self._write_vif(nodes)
-            self.xenstore.introduce_domain(dom.domid)
+            self.xenstored.introduce(dom.domid)
             proc = await launcher.start(self._start_info(dom, secret))
         except BaseException:
             await self._teardown(dom)
@@ -531,7 +545,7 @@ class Hypervisor:
         for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", vifs.record_root(dom.domid)):
             if self.xenstore.exists(path):
                 self.xenstore.rm(DOM0, path)
-        self.xenstore.release_domain(dom.domid)
+        self.xenstored.release(dom.domid)
         self.domains.remove(dom.domid)
         log.info("destroyed d%d (%s)", dom.domid, dom.name)
         self._changed()

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from xenlab.client import Rundir
 from xenlab.lab.runner import Lab, LabError, read_state, _alive
 from xenlab.lab.spec import demo_lab, load_lab
 from xenlab.osutil import on_stop_signal
@@ -128,6 +129,10 @@ def status(args) -> int:
         print(f"  {name:<12} pid {pid:<8} {'running' if _alive(pid) else 'gone'}")
     if not alive:
         return 3
+    xenstored = Rundir(args.rundir).xenstored_socket
+    if xenstored.exists():
+        # for Xen's own tools: export it, then xenstore-ls, xenstore-watch...
+        print(f"\nXENSTORED_PATH={xenstored}")
     from xenlab.cli.main import main as xenlab
     print()
     xenlab(["xl", "--rundir", str(args.rundir), "list"])
