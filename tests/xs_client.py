@@ -75,8 +75,11 @@ class XsClient:
         return req_id, HDR.pack(type_, req_id, tx, n) + payload
 
     async def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except ConnectionError:
+            raise Closed() from None
 
     async def recv(self, timeout: float = WAIT) -> tuple[int, int, int, bytes]:
         """The next message from xenstored: (type, req_id, tx_id, payload)."""
@@ -209,3 +212,91 @@ class XsClient:
 
     async def control(self, *args: str) -> bytes:
         return await self.request(CONTROL, z(*args))
+
+
+# --------------------------------------------------------------------------
+# The store ring, from xs_wire.h's struct xenstore_domain_interface: the
+# domain's end, for tests that act as a guest.
+# --------------------------------------------------------------------------
+RING_SIZE = 1024                                    # XENSTORE_RING_SIZE
+REQ, RSP = 0, 1024                                  # char req[], rsp[]
+REQ_CONS, REQ_PROD, RSP_CONS, RSP_PROD = 2048, 2052, 2056, 2060
+SERVER_FEATURES, CONNECTION, RING_ERROR = 2064, 2068, 2072
+_I = struct.Struct("<I")
+
+
+def idx(page, offset: int) -> int:
+    return _I.unpack_from(page, offset)[0]
+
+
+def set_idx(page, offset: int, value: int) -> None:
+    _I.pack_into(page, offset, value & 0xFFFFFFFF)
+
+
+class RingStream:
+    """A guest's end of its store ring as an asyncio reader and writer, so
+    that XsClient runs over it: ``page`` is the store page (writable bytes),
+    ``kick`` notifies xenstored (the store port's EVTCHNOP_send)."""
+
+    POLL = 0.001
+
+    def __init__(self, page, kick):
+        self.page = page
+        self.kick = kick
+        self.closed = False
+
+    async def _kick(self) -> None:
+        result = self.kick()
+        if asyncio.iscoroutine(result):
+            await result
+
+    # -- the writer side: requests -------------------------------------------------
+    def write(self, data: bytes) -> None:
+        self._pending = getattr(self, "_pending", b"") + data
+
+    async def drain(self) -> None:
+        data, self._pending = getattr(self, "_pending", b""), b""
+        while data:
+            if idx(self.page, RING_ERROR):
+                raise ConnectionResetError(f"xenstored set error {idx(self.page, RING_ERROR)}")
+            cons, prod = idx(self.page, REQ_CONS), idx(self.page, REQ_PROD)
+            room = RING_SIZE - ((prod - cons) & 0xFFFFFFFF)
+            if room <= 0:
+                await self._kick()
+                await asyncio.sleep(self.POLL)
+                continue
+            chunk = data[:room]
+            for i, byte in enumerate(chunk):
+                self.page[REQ + ((prod + i) & (RING_SIZE - 1))] = byte
+            set_idx(self.page, REQ_PROD, prod + len(chunk))
+            data = data[len(chunk):]
+            await self._kick()
+
+    def close(self) -> None:
+        self.closed = True
+
+    async def wait_closed(self) -> None:
+        return None
+
+    # -- the reader side: replies and events -----------------------------------------
+    async def readexactly(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            if idx(self.page, RING_ERROR):
+                raise ConnectionResetError(f"xenstored set error {idx(self.page, RING_ERROR)}")
+            cons, prod = idx(self.page, RSP_CONS), idx(self.page, RSP_PROD)
+            avail = (prod - cons) & 0xFFFFFFFF
+            assert avail <= RING_SIZE, f"xenstored's rsp_prod {prod} is past the ring ({cons})"
+            take = min(avail, n - len(out))
+            if not take:
+                await asyncio.sleep(self.POLL)
+                continue
+            out += bytes(self.page[RSP + ((cons + i) & (RING_SIZE - 1))] for i in range(take))
+            set_idx(self.page, RSP_CONS, cons + take)
+            await self._kick()          # room on rsp: xenstored may go on
+        return bytes(out)
+
+
+def ring_client(page, kick) -> XsClient:
+    stream = RingStream(page, kick)
+    return XsClient(stream, stream)

@@ -27,10 +27,12 @@ from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
 from xenlab.hypervisor.xenstored import Xenstored, XsConnection
+from xenlab.hypervisor.xenstored_ring import STORE_DOMID, STORE_GFN, StoreRings
 from xenlab.hypervisor.xenstored_socket import XenstoredSocket
 from xenlab.xen import abi
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.shared_info import SharedInfo
+from xenlab.xen.xs_ring import XsRingPage
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class Hypervisor:
         self.xenstore = XenStore(fire=self._fire_watch, quotas=config.xenstore_quotas)
         self.xenstored = Xenstored(self.xenstore, self.domain_exists)
         self.xenstored_socket = XenstoredSocket(self.xenstored, self.rundir.xenstored_socket)
+        self.store_rings = StoreRings(self.xenstored, self.memory, self.evtchn, self.is_privileged)
         self.launcher = launcher or make_launcher(config.launcher, config.log_level, config.docker)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
         self._procs: dict[int, DomainProcess] = {}
@@ -172,7 +175,8 @@ class Hypervisor:
             self._write_domain_tree(dom)
             for nodes in nics:
                 self._write_vif(nodes)
-            self.xenstored.introduce(dom.domid)
+            store_port = self._build_store(dom)
+            self.xenstored.introduce(dom.domid, STORE_GFN, store_port)
             proc = await launcher.start(self._start_info(dom, secret))
         except BaseException:
             await self._teardown(dom)
@@ -511,6 +515,24 @@ class Hypervisor:
                                "start_time": f"{time.time():.2f}",
                                "image/ostype": "linux"}.items():
                 xs.write(DOM0, f"{vm}/{key}", value.encode())
+
+    def _build_store(self, dom: Domain) -> int:
+        """The store page (a clear xenstore_domain_interface, as the domain
+        builder leaves it) and an unbound port offered to the store domain,
+        published as libxl does in store/ring-ref and store/port, read-only
+        to the guest. The port is xenstored's to bind when introduced."""
+        view = self.memory.frame(dom.domid, STORE_GFN)
+        page = XsRingPage(view)
+        page.clear()
+        page.release()
+        view.release()
+        port = self.evtchn.alloc_unbound(DOM0, dom.domid, STORE_DOMID)
+        base = f"/local/domain/{dom.domid}/store"
+        self.xenstore.write(DOM0, f"{base}/ring-ref", str(STORE_GFN).encode())
+        self.xenstore.write(DOM0, f"{base}/port", str(port).encode())
+        for path in (base, f"{base}/ring-ref", f"{base}/port"):
+            self.xenstore.set_perms(DOM0, path, [(0, "n"), (dom.domid, "r")])
+        return port
 
     @staticmethod
     def _guest_writable(key: str) -> bool:

@@ -75,6 +75,9 @@ class Xenstored:
         self._domain_exists = domain_exists
         self.domains: dict[int, StoreDomain] = {0: StoreDomain(0)}     # dom0_init
         self.connections: set[XsConnection] = set()
+        # The domains' store rings (xenstored_ring.StoreRings sets itself
+        # here); without it, INTRODUCE only records the domain.
+        self.rings = None
         self._names = 0
 
     def connect(self, caller: Caller, wake: Callable[[], None] | None = None,
@@ -94,11 +97,16 @@ class Xenstored:
         xenstored rebinds it."""
         dom = self.domains.get(domid)
         if dom is not None:
+            if port and port != dom.port and self.rings is not None:
+                self.rings.rebind(dom, port)
             dom.port = port or dom.port
             return dom
         if not self._domain_exists(domid):
             raise XenStoreError(errno.ENOENT, f"there is no domain {domid} to introduce")
-        dom = self.domains[domid] = StoreDomain(domid, gfn, port)
+        dom = StoreDomain(domid, gfn, port)
+        if port and self.rings is not None:
+            self.rings.attach(dom)
+        self.domains[domid] = dom
         self.store.introduce_domain(domid)
         return dom
 
@@ -107,6 +115,8 @@ class Xenstored:
         watches end, the nodes it owns pass to Domain-0 and @releaseDomain
         fires (the core's release_domain, as xenstored's destroy_domain)."""
         self.domains.pop(domid, None)
+        if self.rings is not None:
+            self.rings.detach(domid)
         for conn in [c for c in self.connections if c.caller.domid == domid and domid != 0]:
             conn.fail(w.XENSTORE_ERROR_COMM, "the domain was released")
         self.store.release_domain(domid)
