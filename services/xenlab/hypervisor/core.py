@@ -446,9 +446,11 @@ class Hypervisor:
 
     def _start_info(self, dom: Domain, secret: str) -> StartInfo:
         console = self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
+        store = self.xenstored.domains.get(dom.domid)
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
                          hypervisor=self.address, doorbell=str(self.rundir.doorbell),
-                         vcpus=dom.vcpus, console_log=str(console))
+                         vcpus=dom.vcpus, console_log=str(console),
+                         store_gfn=store.gfn if store else 0, store_port=store.port if store else 0)
 
     def console_log(self, dom: Domain) -> Path:
         return self.rundir.logs / f"d{dom.domid}-{dom.name}.console"

@@ -39,6 +39,8 @@ class StartInfo:
     vcpus: int
     console_log: str         # where the launcher sends the domain's stdout/stderr
     agent: str = ""          # where the guest agent listens; "" lets the domain choose
+    store_gfn: int = 0       # the xenstore ring page (start_info's store_mfn)
+    store_port: int = 0      # its event channel (store_evtchn); 0: no ring, use gRPC
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
