@@ -117,9 +117,20 @@ class Xenstored:
         self.domains.pop(domid, None)
         if self.rings is not None:
             self.rings.detach(domid)
+        for dom in self.domains.values():
+            if dom.target == domid:         # a later domain with its id is not theirs
+                dom.target = None
+                self.retarget(dom)
         for conn in [c for c in self.connections if c.caller.domid == domid and domid != 0]:
             conn.fail(w.XENSTORE_ERROR_COMM, "the domain was released")
         self.store.release_domain(domid)
+
+    def retarget(self, dom: StoreDomain) -> None:
+        """SET_TARGET: the domain's connections act for its target too
+        (the core's access(), as xenstored's perm_for_conn)."""
+        for conn in self.connections:
+            if conn.caller.domid == dom.domid:
+                conn.caller = Caller(dom.domid, conn.caller.privileged, dom.target)
 
     def find(self, domid: int) -> StoreDomain:
         """find_connected_domain: an introduced domain, or ENOENT."""
@@ -519,6 +530,7 @@ class XsConnection:
             raise _einval("SET_TARGET: expected two domain ids")
         dom = self.daemon.find(_domid(parts[0]))
         dom.target = self.daemon.find(_domid(parts[1])).domid
+        self.daemon.retarget(dom)
         return w.OK
 
     def _reset_watches(self, payload: bytes, tx: int) -> bytes:

@@ -58,8 +58,8 @@ class RingConnection:
         self._view = view
         self.page = page
         self.end = XsRingEnd(page, server=True)
-        self.conn = rings.daemon.connect(Caller(dom.domid, privileged), wake=self.kick,
-                                         name=f"d{dom.domid} ring")
+        self.conn = rings.daemon.connect(Caller(dom.domid, privileged, dom.target),
+                                         wake=self.kick, name=f"d{dom.domid} ring")
         self.closed = False
         self._scheduled = False
         self.stats = {"kicks": 0, "passes": 0, "bytes_in": 0, "bytes_out": 0}

@@ -432,3 +432,25 @@ def test_errors_not_in_xsd_errors_go_as_einval(dom0, monkeypatch):
         raise XenStoreError(errno.ETIMEDOUT, "not a wire error")
     monkeypatch.setattr(dom0.conn.store, "read", broken)
     assert dom0.error(XsType.READ, b"/\0") == "EINVAL"
+
+
+def test_set_target_gives_a_domain_its_targets_rights(daemon):
+    """SET_TARGET 2 1: domain 2 (a device model, say) acts for domain 1 on
+    its nodes, as xenstored's perm_for_conn, until domain 1 is released."""
+    dm, dom0 = Peer(daemon, Caller(2)), Peer(daemon)
+    dom0.ok(XsType.WRITE, b"/local/domain/1/data\0")
+    dom0.ok(XsType.SET_PERMS, b"/local/domain/1/data\0n1\0")
+    assert dm.error(XsType.READ, b"/local/domain/1/data\0") == "EACCES"
+    dom0.ok(XsType.SET_TARGET, b"2\0" b"1\0")
+    dm.ok(XsType.WRITE, b"/local/domain/1/data/from-dm\0hello")
+    assert dm.ok(XsType.READ, b"/local/domain/1/data/from-dm\0") == b"hello"
+    dm.ok(XsType.SET_PERMS, b"/local/domain/1/data\0n1\0r5\0")      # its owner's to set
+    assert dm.error(XsType.SET_PERMS, b"/local/domain/1/data\0n2\0") == "EPERM"
+    dm.send(XsType.WATCH, b"/local/domain/1/data\0dm\0")
+    dm.out()
+    Peer(daemon, Caller(1)).ok(XsType.WRITE, b"/local/domain/1/data/x\0")
+    assert [m.payload for m in dm.out()] == [b"/local/domain/1/data/x\0dm\0"]
+    assert Peer(daemon, Caller(7)).error(XsType.READ, b"/local/domain/1/data\0") == "EACCES"
+    dom0.ok(XsType.RELEASE, b"1\0")
+    assert daemon.domains[2].target is None
+    assert dm.error(XsType.READ, b"/local/domain/1/data\0") == "EACCES"
