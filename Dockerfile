@@ -17,7 +17,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1 \
 # A base that already has them (tools/ci-docker.sh debootstraps one) needs no
 # apt, so this builds where the image cannot reach a Debian mirror.
 RUN set -e; missing=""; \
-    for p in mosquitto libatomic1 iproute2; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done; \
+    for p in mosquitto libatomic1 iproute2 xenstore-utils; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done; \
     python3 -m venv --help >/dev/null 2>&1 || missing="$missing python3-venv"; \
     if [ -n "$missing" ]; then \
         apt-get update && apt-get install -y --no-install-recommends $missing && rm -rf /var/lib/apt/lists/*; \

@@ -15,8 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 IMAGE=${XENLAB_IMAGE:-xenlab:latest}
-BASE_IMAGE=xenlab-base:bookworm
-BASE_PACKAGES=python3,python3-venv,libatomic1,iproute2,mosquitto,ca-certificates
+BASE_PACKAGES=python3,python3-venv,libatomic1,iproute2,mosquitto,ca-certificates,xenstore-utils
+# The base image and its cached tarball are named after the package list: a
+# package added here makes a new base instead of reusing one without it.
+BASE_TAG=bookworm-$(printf %s "$BASE_PACKAGES" | sha256sum | cut -c1-8)
+BASE_IMAGE=xenlab-base:$BASE_TAG
 if [ "$(id -u)" = 0 ]; then CACHE=${XENLAB_CACHE:-/var/cache/xenlab}; else CACHE=${XENLAB_CACHE:-$HOME/.cache/xenlab}; fi
 DOCKERD_LOG=${XENLAB_DOCKERD_LOG:-/var/log/xenlab-dockerd.log}
 PY=${PYTHON:-.venv/bin/python}
@@ -66,7 +69,7 @@ debian_mirror() {
 
 base_image() {
   docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 && return 0
-  local tarball=$CACHE/xenlab-base-bookworm.tar
+  local tarball=$CACHE/xenlab-base-$BASE_TAG.tar
   mkdir -p "$CACHE"
   if [ ! -s "$tarball" ]; then
     [ "$(id -u)" = 0 ] || fail "debootstrap needs root"

@@ -274,6 +274,12 @@ class Rundir:
     def logs(self) -> Path:
         return self.path / LOGS
 
+    @property
+    def xenstored_socket(self) -> Path:
+        """xenstored's wire protocol, for Xen's tools: XENSTORED_PATH (or
+        XENSTORED_RUNDIR=its directory, as libxenstore appends "/socket")."""
+        return self.path / "xenstored" / "socket"
+
     def socket(self, name: str) -> Path:
         return self.path / name
 

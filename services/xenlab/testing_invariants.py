@@ -51,8 +51,9 @@ def invariant_violations(hv) -> list[str]:
       GTF_reading/GTF_writing flags and active counts match the mappings,
       and no table or maptrack is past its limit;
     * event channels: every port is in range, every interdomain port has a
-      live peer bound back to it (a closed peer leaves it unbound), VIRQs
-      and PIRQs are bound once, every port's vCPU exists;
+      live peer bound back to it (a closed peer leaves it unbound), or the
+      hypervisor's consumer (a store port xenstored holds), VIRQs and PIRQs
+      are bound once, every port's vCPU exists;
     * xenstore: the tree is linked both ways, the per-owner node counts and
       per-domain watch counts match what is there, no unprivileged domain is
       past its node, watch or transaction quota, no node is owned by a domain
@@ -175,7 +176,10 @@ def _check_evtchn(hv, out: list[str]) -> None:
                 continue
             if not 0 <= ch.vcpu < nr_vcpus:
                 out.append(f"{where}: notifies vcpu {ch.vcpu} of {nr_vcpus}")
-            if ch.state == EvtchnState.interdomain:
+            if ch.state == EvtchnState.interdomain and ch.remote_dom == abi.DOMID_XEN:
+                if not ev.has_consumer(domid, port):
+                    out.append(f"{where}: interdomain to the hypervisor, which does not hold it")
+            elif ch.state == EvtchnState.interdomain:
                 peer = ev.channel(ch.remote_dom, ch.remote_port) if ch.remote_dom in domains else None
                 if peer is None:
                     out.append(f"{where}: interdomain to d{ch.remote_dom} port {ch.remote_port}, "

@@ -166,8 +166,10 @@ class NetLab:
         return await wait_until(lambda: kernel.netifs.get(f"eth{devid}"), f"d{domid} eth{devid}")
 
     def interdomain_ports(self, domid: int) -> list[int]:
+        """Its ports but VIRQs and its store port (xenstored's, for its life)."""
         return [p for p in self.hv.evtchn.ports(domid)
-                if self.hv.evtchn.channel(domid, p).state != EvtchnState.virq]
+                if self.hv.evtchn.channel(domid, p).state != EvtchnState.virq
+                and not self.hv.evtchn.has_consumer(domid, p)]
 
     async def close(self) -> None:
         for kernel in reversed(list(self.kernels.values())):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from xenlab.client import Rundir
 from xenlab.proto import domains_pb2, xenstore_pb2
 
 # xl_info.c list_domains(): the header and one printf per domain.
@@ -79,7 +81,10 @@ def format_host_info(info: domains_pb2.HostInfo) -> str:
     rows += [("xen_version", info.xen_version), ("xen_caps", info.xen_caps),
              ("xen_pagesize", 4096), ("nr_domains", info.nr_domains),
              ("launcher", info.launcher), ("rundir", info.rundir),
-             ("doorbell", info.doorbell), ("uptime", f"{info.uptime:.1f}")]
+             ("doorbell", info.doorbell)]
+    if info.rundir:
+        rows.append(("xenstored_path", Rundir(Path(info.rundir)).xenstored_socket))
+    rows.append(("uptime", f"{info.uptime:.1f}"))
     return "".join(f"{key:<23}: {value}\n" for key, value in rows)
 
 

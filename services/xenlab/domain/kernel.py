@@ -47,6 +47,7 @@ class DomainKernel:
         self.shared_info: SharedInfo | None = None
         self.evtchn: GuestEventChannels | None = None
         self.xenbus: XenbusClient | None = None
+        self._store_ring = None      # xenbus_ring.RingTransport, when start_info names a ring
         self.bus: XenbusBus | None = None
         self.ticks = 0
         self.shutdown_reason = ""
@@ -76,7 +77,7 @@ class DomainKernel:
             doorbell = start.doorbell_fd if start.doorbell_fd >= 0 else (start.doorbell or None)
         self.evtchn = GuestEventChannels(self.hv, self.shared_info, doorbell, start.secret)
         await self.evtchn.start()
-        self.xenbus = XenbusClient(self.hv, self.domid)
+        self.xenbus = XenbusClient(self._xenstore_transport(), self.domid)
         await self.xenbus.start()
         self.bus = XenbusBus(self.xenbus)
         await self._start_timer()
@@ -86,13 +87,25 @@ class DomainKernel:
         await self.xenbus.watch("control/shutdown", self._on_shutdown_request)
         await self.xenbus.watch("memory/target", self._on_memory_target)
         await self.xenbus.write("data/kernel", "xenlab-domain")
-        log.info("d%d (%s) booted: %d frames, doorbell %s", self.domid, self.name,
-                 self.memory.nr_frames, "yes" if self.evtchn.via_doorbell else "no (gRPC fallback)")
+        log.info("d%d (%s) booted: %d frames, doorbell %s, xenstore over %s", self.domid,
+                 self.name, self.memory.nr_frames,
+                 "yes" if self.evtchn.via_doorbell else "no (gRPC fallback)",
+                 "its store ring" if self._store_ring else "gRPC")
         # -- guest network + guest agent (xenlab.domain.netstack / .agent) --
         from xenlab.domain.agent import start_guest_agent
         self.agent = await start_guest_agent(self)
         for hook in self.on_boot:
             await hook()
+
+    def _xenstore_transport(self):
+        """The store ring start_info names, as a Xen guest's xenbus uses;
+        without one (a kernel started by hand), the gRPC XenStore service."""
+        if not self.start_info.store_port:
+            return self.hv
+        from xenlab.domain.xenbus_ring import RingTransport
+        self._store_ring = RingTransport.open(self.memory, self.evtchn, self.start_info.store_gfn,
+                                              self.start_info.store_port)
+        return self._store_ring
 
     async def _register_drivers(self) -> None:
         from xenlab.drivers import default_drivers
@@ -204,6 +217,10 @@ class DomainKernel:
             await self.agent.stop()
         for driver in reversed(self.drivers):     # drivers: before xenbus goes
             await driver.close()
+        if self._store_ring is not None:
+            # first: a watch callback waiting on a reply that is not coming
+            # (a released ring) must not keep xenbus from closing
+            self._store_ring.close()
         if self.xenbus is not None:
             await self.xenbus.close()
         if self.evtchn is not None:

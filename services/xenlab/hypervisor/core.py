@@ -28,11 +28,15 @@ from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections
+from xenlab.hypervisor.xenstored import Xenstored, XsConnection
+from xenlab.hypervisor.xenstored_ring import STORE_DOMID, STORE_GFN, StoreRings
+from xenlab.hypervisor.xenstored_socket import XenstoredSocket
 from xenlab.rundir import Rundir
 from xenlab.xen import abi
 from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.shared_info import SharedInfo
+from xenlab.xen.xs_ring import XsRingPage
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +68,10 @@ class Hypervisor:
         self.evtchn = EventChannels(kick=self.doorbell.kick,
                                     default_max_ports=config.evtchn_max_ports)
         self.xs_connections = XenStoreConnections(quotas=config.xenstore_quotas)
-        self.xenstore = XenStore(fire=self.xs_connections.fire, quotas=config.xenstore_quotas)
+        self.xenstore = XenStore(fire=self._fire_watch, quotas=config.xenstore_quotas)
+        self.xenstored = Xenstored(self.xenstore, self.domain_exists)
+        self.xenstored_socket = XenstoredSocket(self.xenstored, self.rundir.xenstored_socket)
+        self.store_rings = StoreRings(self.xenstored, self.memory, self.evtchn, self.is_privileged)
         self.domains_dir = DomainsDir(self.rundir.path, config.domain_uids, config.domains_dir)
         self.launcher = launcher or self._make_launcher(config.launcher)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
@@ -94,6 +101,7 @@ class Hypervisor:
             # Domains that cannot be handed a connection (containers) ring
             # here: their group's socket, outside the rundir.
             await self.doorbell.start(str(self.domains_dir.doorbell), group=self.domains_dir.uids.group)
+        await self.xenstored_socket.start()
 
     def _reap_stale_segments(self) -> None:
         """Memory segments of hypervisors that died without cleaning up
@@ -117,6 +125,7 @@ class Hypervisor:
             if dom.domid != 0:
                 await self.destroy_domain(dom.domid)
         await self.doorbell.close()
+        await self.xenstored_socket.close()
         self._remove_from_cores(0)
         for launcher in self.launchers.values():
             await launcher.close()
@@ -132,6 +141,14 @@ class Hypervisor:
 
     def process(self, domid: int) -> DomainProcess | None:
         return self._procs.get(domid)
+
+    def _fire_watch(self, conn, path: str, token: str) -> None:
+        """The XenStore core's watch events, to whichever kind of connection
+        set the watch: a gRPC WatchStream or a xenstored wire connection."""
+        if isinstance(conn, XsConnection):
+            conn.fire(path, token)
+        else:
+            self.xs_connections.fire(conn, path, token)
 
     def _doorbell_auth(self, domid: int, secret: str) -> Caller:
         return self.identity.check(str(domid), secret)
@@ -182,7 +199,8 @@ class Hypervisor:
             self._write_domain_tree(dom)
             for nodes in nics:
                 self._write_vif(nodes)
-            self.xenstore.introduce_domain(dom.domid)
+            store_port = self._build_store(dom)
+            self.xenstored.introduce(dom.domid, STORE_GFN, store_port)
             token = secrets.token_urlsafe(32)
             proc = await self._launch(launcher, dom, secret, token)
         except BaseException:
@@ -516,10 +534,12 @@ class Hypervisor:
             doorbell = ""
         else:
             doorbell = str(self.domains_dir.doorbell)
+        store = self.xenstored.domains.get(dom.domid)
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
                          hypervisor=self.domains_dir.hypervisor_address or self.address,
                          doorbell=doorbell, vcpus=dom.vcpus, console_log=str(console),
-                         agent_token=agent_token)
+                         agent_token=agent_token, store_gfn=store.gfn if store else 0,
+                         store_port=store.port if store else 0)
 
     def _agent_without_process(self, domid: int) -> str:
         """A domain with no launcher process (launcher none) is run by the
@@ -603,6 +623,24 @@ class Hypervisor:
                                "image/ostype": "linux"}.items():
                 xs.write(DOM0, f"{vm}/{key}", value.encode())
 
+    def _build_store(self, dom: Domain) -> int:
+        """The store page (a clear xenstore_domain_interface, as the domain
+        builder leaves it) and an unbound port offered to the store domain,
+        published as libxl does in store/ring-ref and store/port, read-only
+        to the guest. The port is xenstored's to bind when introduced."""
+        view = self.memory.frame(dom.domid, STORE_GFN)
+        page = XsRingPage(view)
+        page.clear()
+        page.release()
+        view.release()
+        port = self.evtchn.alloc_unbound(DOM0, dom.domid, STORE_DOMID)
+        base = f"/local/domain/{dom.domid}/store"
+        self.xenstore.write(DOM0, f"{base}/ring-ref", str(STORE_GFN).encode())
+        self.xenstore.write(DOM0, f"{base}/port", str(port).encode())
+        for path in (base, f"{base}/ring-ref", f"{base}/port"):
+            self.xenstore.set_perms(DOM0, path, [(0, "n"), (dom.domid, "r")])
+        return port
+
     @staticmethod
     def _guest_writable(key: str) -> bool:
         return any(key == p or key.startswith(p + "/") for p in GUEST_WRITABLE)
@@ -636,7 +674,7 @@ class Hypervisor:
         for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", vifs.record_root(dom.domid)):
             if self.xenstore.exists(path):
                 self.xenstore.rm(DOM0, path)
-        self.xenstore.release_domain(dom.domid)
+        self.xenstored.release(dom.domid)
         self.domains.remove(dom.domid)
         log.info("destroyed d%d (%s)", dom.domid, dom.name)
         self._changed()

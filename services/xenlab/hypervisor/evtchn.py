@@ -60,6 +60,9 @@ class EventChannels:
         self._kick = kick
         self._default_max_ports = default_max_ports
         self._domains: dict[int, _DomainPorts] = {}
+        # (domid, port) -> the hypervisor-side consumer of that domain's port
+        # (Xen's xen_consumer channels): see bind_consumer.
+        self._consumers: dict[tuple[int, int], Callable[[], None]] = {}
 
     # -- domain lifecycle -------------------------------------------------
     def add_domain(self, domid: int, shared_info: SharedInfo, nr_vcpus: int = 1,
@@ -84,6 +87,7 @@ class EventChannels:
         if d is None:
             return
         for ch in list(d.channels.values()):
+            self._consumers.pop((domid, ch.port), None)
             self._release_peer(domid, ch)
 
     # -- binding ----------------------------------------------------------
@@ -145,10 +149,58 @@ class EventChannels:
         d.pirqs[pirq] = port
         return port
 
+    # -- channels whose other end is in the hypervisor ------------------------
+    def bind_consumer(self, domid: int, port: int, offered_to: int,
+                      consumer: Callable[[], None]) -> None:
+        """Bind the hypervisor's end of a domain's unbound port, which must be
+        offered to ``offered_to``: a send on the port then calls
+        ``consumer`` instead of raising an event in a domain, as Xen's
+        xen_consumer channels (alloc_unbound_xen_event_channel) call their
+        notification function. The hypervisor's xenstored binds each
+        domain's store port this way, where C xenstored (a process in the
+        store domain) would bind_interdomain. The port shows as
+        interdomain to DOMID_XEN."""
+        d = self._domain(domid)
+        ch = self._bound(d, domid, port)
+        if ch.state != EvtchnState.unbound or ch.remote_dom != offered_to:
+            raise EvtchnError(errno.EINVAL, f"d{domid} port {port} is not an unbound port "
+                                            f"offered to d{offered_to}")
+        ch.state = EvtchnState.interdomain
+        ch.remote_dom = abi.DOMID_XEN
+        ch.remote_port = 0
+        self._consumers[(domid, port)] = consumer
+
+    def unbind_consumer(self, domid: int, port: int, offered_to: int) -> None:
+        """The hypervisor lets go of its end: the port is unbound again,
+        offered to ``offered_to``, as the other end of a closed channel."""
+        if self._consumers.pop((domid, port), None) is None:
+            return
+        d = self._domains.get(domid)
+        ch = d.channels.get(port) if d else None
+        if ch is not None:
+            ch.state = EvtchnState.unbound
+            ch.remote_dom = offered_to
+
+    def notify_from_hypervisor(self, domid: int, port: int) -> bool:
+        """notify_via_xen_event_channel: raise a consumer port's event in
+        its domain. False when the domain closed the port meanwhile."""
+        if (domid, port) not in self._consumers:
+            return False
+        self._set_pending(domid, port)
+        return True
+
+    def has_consumer(self, domid: int, port: int) -> bool:
+        return (domid, port) in self._consumers
+
     # -- operations on a domain's own ports ------------------------------
     def send(self, domid: int, port: int) -> None:
         d = self._domain(domid)
         ch = self._bound(d, domid, port)
+        if ch.state == EvtchnState.interdomain and ch.remote_dom == abi.DOMID_XEN:
+            consumer = self._consumers.get((domid, port))
+            if consumer is not None:
+                consumer()
+            return
         if ch.state == EvtchnState.interdomain:
             self._set_pending(ch.remote_dom, ch.remote_port)
         elif ch.state == EvtchnState.ipi:
@@ -294,6 +346,7 @@ class EventChannels:
 
     def _release(self, domid: int, d: _DomainPorts, ch: Channel) -> None:
         del d.channels[ch.port]
+        self._consumers.pop((domid, ch.port), None)
         if ch.state == EvtchnState.virq:
             d.virqs.pop(_virq_key(ch.virq, ch.vcpu), None)
         elif ch.state == EvtchnState.pirq:

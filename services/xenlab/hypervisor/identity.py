@@ -15,6 +15,7 @@ class Caller:
     """The authenticated domain a request is made as."""
     domid: int
     privileged: bool = False
+    target: int | None = None    # xenstore: XS_SET_TARGET's domain this one acts for
 
     def require_privileged(self, what: str) -> None:
         if not self.privileged:

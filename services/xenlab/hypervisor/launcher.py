@@ -61,6 +61,8 @@ class StartInfo:
     uid: int = -1
     gid: int = -1
     groups: list[int] = field(default_factory=list)
+    store_gfn: int = 0       # the xenstore ring page (start_info's store_mfn)
+    store_port: int = 0      # its event channel (store_evtchn); 0: no ring, use gRPC
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

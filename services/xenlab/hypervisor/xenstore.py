@@ -92,6 +92,7 @@ class Watch:
     path: str           # canonical path, or a special watch name
     token: str
     relative: bool      # registered relative to the domain's home: events come back relative
+    target: int | None = None   # the watcher's SET_TARGET domain
 
 
 @dataclass
@@ -111,11 +112,12 @@ class _Change:
 # -- permissions ---------------------------------------------------------------
 
 def access(perms: Perms, caller: Caller) -> str:
-    """The access letter a caller has on a node, as xenstored's perm_for_conn."""
-    if caller.privileged or perms[0][0] == caller.domid:
+    """The access letter a caller has on a node, as xenstored's perm_for_conn:
+    a domain with a target (XS_SET_TARGET) also has that domain's rights."""
+    if caller.privileged or perms[0][0] in (caller.domid, caller.target):
         return "b"
     for domid, perm in perms[1:]:
-        if domid == caller.domid:
+        if domid in (caller.domid, caller.target):
             return perm
     return perms[0][1]
 
@@ -334,7 +336,7 @@ class XenStore:
         new = self._validate_perms(caller, perms)
         tree = self._tree(caller, tx)
         node = self._get(tree, caller, path, "r")
-        if not caller.privileged and node.owner != caller.domid:
+        if not caller.privileged and node.owner not in (caller.domid, caller.target):
             raise XenStoreError(errno.EACCES, f"{path}: only its owner d{node.owner} "
                                               f"may set its permissions")
         if not caller.privileged and new[0][0] != node.owner:
@@ -384,7 +386,7 @@ class XenStore:
         if not caller.privileged and self._watch_count[caller.domid] >= self.quotas.watches:
             raise XenStoreError(errno.EDQUOT, f"d{caller.domid} has {self.quotas.watches} "
                                               f"watches, the most allowed")
-        w = Watch(conn, caller.domid, caller.privileged, canonical, token, relative)
+        w = Watch(conn, caller.domid, caller.privileged, canonical, token, relative, caller.target)
         self._add_watch(w)
         # xenstored fires every new watch once, with the path as given.
         self._fire(conn, path, token)
@@ -622,7 +624,7 @@ class XenStore:
 
     @staticmethod
     def _may_see(w: Watch, options: list[Perms]) -> bool:
-        who = Caller(w.domid, w.privileged)
+        who = Caller(w.domid, w.privileged, w.target)
         return any(may_read(perms, who) for perms in options)
 
     @staticmethod

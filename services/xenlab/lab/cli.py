@@ -342,6 +342,10 @@ def status(args) -> int:
         print(f"its processes are gone (killed?): `xenlab up` or `xenlab down` cleans {run.path}")
     if not alive:
         return 3
+    xenstored = Rundir(args.rundir).xenstored_socket
+    if xenstored.exists():
+        # for Xen's own tools: export it, then xenstore-ls, xenstore-watch...
+        print(f"\nXENSTORED_PATH={xenstored}")
     from xenlab.cli.main import main as xenlab
     print()
     xenlab(["xl", "--rundir", str(run.path), "list"])

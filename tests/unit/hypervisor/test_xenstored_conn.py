@@ -1,0 +1,456 @@
+"""xenstored's connection state machine (xenlab.hypervisor.xenstored) on
+plain bytes: replies in order with their req_id, watch events unsolicited,
+every malformed request answered with XS_ERROR or the connection closed,
+and the per-connection limits."""
+from __future__ import annotations
+
+import errno
+import logging
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.xenstore import XenStore, XenStoreQuotas
+from xenlab.hypervisor.xenstored import ConnectionLimits, Xenstored
+from xenlab.xen import xs_wire as w
+from xenlab.xen.xs_wire import XsMessage, XsType
+
+DOMAINS = {0, 1, 2, 5}
+
+
+class Peer:
+    """A client of one XsConnection: encodes requests, decodes what comes out."""
+
+    def __init__(self, daemon: Xenstored, caller: Caller = Caller(0, True)):
+        self.wakes = 0
+        self.conn = daemon.connect(caller, wake=self._wake)
+        self.reader = w.MessageReader()
+        self.req = 0
+
+    def _wake(self):
+        self.wakes += 1
+
+    def send(self, type_, payload=b"", tx=0) -> int:
+        self.req += 1
+        self.conn.receive(w.encode(XsMessage(type_, self.req, tx, payload)))
+        return self.req
+
+    def out(self) -> list[XsMessage]:
+        self.reader.feed(self.conn.take())
+        msgs = []
+        while (m := self.reader.next()) is not None:
+            msgs.append(m)
+        return msgs
+
+    def call(self, type_, payload=b"", tx=0) -> XsMessage:
+        req = self.send(type_, payload, tx)
+        msgs = self.out()
+        replies = [m for m in msgs if m.type != XsType.WATCH_EVENT]
+        assert len(replies) == 1 and replies[0].req_id == req and replies[0].tx_id == tx, msgs
+        return replies[0]
+
+    def ok(self, type_, payload=b"", tx=0) -> bytes:
+        reply = self.call(type_, payload, tx)
+        assert reply.type == type_, (reply, w.error_from_payload(reply.payload))
+        return reply.payload
+
+    def error(self, type_, payload=b"", tx=0) -> str:
+        reply = self.call(type_, payload, tx)
+        assert reply.type == XsType.ERROR, reply
+        return reply.payload[:-1].decode()
+
+
+@pytest.fixture
+def daemon():
+    box = {}
+
+    def fire(conn, path, token):
+        conn.fire(path, token)
+
+    store = XenStore(fire=fire, quotas=XenStoreQuotas(watches=3, transactions=2, nodes=50))
+    box["d"] = Xenstored(store, lambda domid: domid in DOMAINS)
+    store.write(Caller(0, True), "/local/domain/0/name", b"Domain-0")
+    store.write(Caller(0, True), "/local/domain/0/domid", b"0")
+    for domid in (1, 2, 5):
+        box["d"].introduce(domid)
+        store.write(Caller(0, True), f"/local/domain/{domid}", b"")
+        store.set_perms(Caller(0, True), f"/local/domain/{domid}", [(domid, "n")])
+    return box["d"]
+
+
+@pytest.fixture
+def dom0(daemon):
+    return Peer(daemon)
+
+
+def test_pipelined_requests_are_answered_in_order(dom0):
+    stream = b"".join(w.encode(XsMessage(t, rid, 0, p)) for t, rid, p in [
+        (XsType.WRITE, 10, b"/tool/a\0one"), (XsType.READ, 11, b"/tool/a\0"),
+        (XsType.READ, 12, b"/nope\0"), (XsType.DIRECTORY, 13, b"/tool\0")])
+    dom0.conn.receive(stream)
+    out = dom0.out()
+    assert [(m.type, m.req_id, m.payload) for m in out] == [
+        (XsType.WRITE, 10, b"OK\0"), (XsType.READ, 11, b"one"),
+        (XsType.ERROR, 12, b"ENOENT\0"), (XsType.DIRECTORY, 13, b"a\0")]
+
+
+def test_a_watch_is_acknowledged_then_fires_then_follows_changes(dom0):
+    dom0.send(XsType.WATCH, b"/tool\0tok\0")
+    ack, first = dom0.out()
+    assert (ack.type, ack.payload) == (XsType.WATCH, b"OK\0")
+    assert (first.type, first.req_id, first.tx_id, first.payload) == \
+        (XsType.WATCH_EVENT, 0, 0, b"/tool\0tok\0")
+    dom0.send(XsType.WRITE, b"/tool/x/y\0v")
+    reply, event = dom0.out()
+    assert reply.type == XsType.WRITE and event.payload == b"/tool/x/y\0tok\0"
+    other = Peer(dom0.conn.daemon)
+    other.ok(XsType.RM, b"/tool/x\0")
+    assert [m.payload for m in dom0.out()] == [b"/tool/x\0tok\0"]
+    dom0.ok(XsType.UNWATCH, b"/tool\0tok\0")
+    other.ok(XsType.WRITE, b"/tool/z\0")
+    assert dom0.out() == []
+
+
+def test_watch_tokens_come_back_byte_for_byte(dom0):
+    token = bytes(range(1, 256))
+    dom0.send(XsType.WATCH, b"/tool\0" + token + b"\0")
+    assert dom0.out()[1].payload == b"/tool\0" + token + b"\0"
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.data())
+def test_the_same_bytes_cut_anywhere_give_the_same_answers(data):
+    stream = b"".join(w.encode(XsMessage(t, i, 0, p)) for i, (t, p) in enumerate([
+        (XsType.WATCH, b"/tool\0t\0"), (XsType.WRITE, b"/tool/a\0" + b"v" * 300),
+        (XsType.READ, b"/tool/a\0"), (XsType.GET_PERMS, b"/tool/a\0"), (0xFFFF, b""),
+        (XsType.READ, b"/tool/a"), (XsType.RM, b"/tool/a\0")]))
+
+    def run(cuts):
+        store = XenStore(fire=lambda c, p, t: c.fire(p, t))
+        daemon = Xenstored(store, lambda d: d == 0)
+        store.write(Caller(0, True), "/local/domain/0/name", b"Domain-0")
+        conn = daemon.connect(Caller(0, True))
+        for start, end in zip([0, *cuts], [*cuts, len(stream)]):
+            conn.receive(stream[start:end])
+        return conn.take()
+
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    assert run(cuts) == run([])
+
+
+@pytest.mark.parametrize("type_", [20, XsType.WATCH_EVENT, XsType.ERROR, XsType.GET_FEATURE,
+                                   XsType.SET_QUOTA, w.XS_TYPE_COUNT, 1000, w.XS_INVALID])
+def test_types_xenstored_does_not_serve_are_enosys(dom0, type_):
+    assert dom0.error(type_, b"/\0") == "ENOSYS"
+    assert dom0.ok(XsType.READ, b"/local/domain/0/name\0") == b"Domain-0"
+
+
+@pytest.mark.parametrize("type_,payload", [
+    (XsType.READ, b"/tool"), (XsType.READ, b""), (XsType.READ, b"/tool\0extra"),
+    (XsType.MKDIR, b"/tool/a"), (XsType.RM, b"/tool/a"), (XsType.DIRECTORY, b"/tool"),
+    (XsType.GET_PERMS, b"/tool"), (XsType.WRITE, b"/tool/a"), (XsType.SET_PERMS, b"/tool\0"),
+    (XsType.SET_PERMS, b"/tool\0x0\0"), (XsType.SET_PERMS, b"/tool\0r\0"),
+    (XsType.WATCH, b"/tool\0"), (XsType.WATCH, b"/tool\0t\0extra\0"), (XsType.UNWATCH, b"/tool"),
+    (XsType.DIRECTORY_PART, b"/tool\0"), (XsType.DIRECTORY_PART, b"/tool\0x\0"),
+    (XsType.TRANSACTION_END, b"X\0"), (XsType.GET_DOMAIN_PATH, b"one\0"),
+    (XsType.GET_DOMAIN_PATH, b"1"), (XsType.IS_DOMAIN_INTRODUCED, b"\0"),
+    (XsType.INTRODUCE, b"5\0" b"1\0"), (XsType.INTRODUCE, b"5\0x\0" b"3\0"),
+    (XsType.INTRODUCE, b"5\0" b"1\0" b"0\0"), (XsType.INTRODUCE, b"0\0" b"1\0" b"3\0"),
+    (XsType.INTRODUCE, b"32752\0" b"1\0" b"3\0"), (XsType.RELEASE, b"0\0"), (XsType.RESUME, b"x\0"),
+    (XsType.SET_TARGET, b"1\0"), (XsType.CONTROL, b""), (XsType.CONTROL, b"nosuch\0"),
+    (XsType.CONTROL, b"print\0"), (XsType.READ, b"/bad//path\0"), (XsType.READ, "/ü\0".encode()),
+])
+def test_malformed_payloads_are_einval(dom0, type_, payload):
+    assert dom0.error(type_, payload) == "EINVAL"
+    assert dom0.ok(XsType.READ, b"/local/domain/0/name\0") == b"Domain-0"
+
+
+def test_a_length_over_the_limit_drops_only_that_connection(daemon, dom0, caplog):
+    other = Peer(daemon)
+    dom0.send(XsType.WATCH, b"/tool\0t\0")
+    assert daemon.store.watches()
+    dom0.conn.receive(w.HEADER.pack(XsType.READ, 2, 0, w.XENSTORE_PAYLOAD_MAX + 1))
+    assert dom0.conn.closed and dom0.conn.error == w.XENSTORE_ERROR_PROTO
+    assert dom0.conn.take() == b""          # nothing more is sent
+    assert not daemon.store.watches() and dom0.conn not in daemon.connections
+    dom0.conn.receive(w.encode(XsMessage(XsType.READ, 3, 0, b"/\0")))
+    assert dom0.conn.take() == b""
+    assert other.ok(XsType.READ, b"/local/domain/0/name\0") == b"Domain-0"
+    assert "4097" in caplog.text
+
+
+def test_a_header_split_across_writes_is_reassembled(dom0):
+    data = w.encode(XsMessage(XsType.READ, 77, 0, b"/local/domain/0/name\0"))
+    for i in range(len(data) - 1):
+        dom0.conn.receive(data[i:i + 1])
+        assert dom0.conn.take() == b""
+    dom0.conn.receive(data[-1:])
+    (reply,) = dom0.out()
+    assert (reply.req_id, reply.payload) == (77, b"Domain-0")
+
+
+def test_privileged_requests_are_refused_to_a_domain(daemon):
+    guest = Peer(daemon, Caller(5))
+    for type_, payload in [(XsType.INTRODUCE, b"2\0" b"1\0" b"3\0"), (XsType.RELEASE, b"2\0"),
+                           (XsType.IS_DOMAIN_INTRODUCED, b"2\0"), (XsType.RESUME, b"2\0"),
+                           (XsType.SET_TARGET, b"5\0" b"2\0"), (XsType.CONTROL, b"print\0x\0")]:
+        assert guest.error(type_, payload) == "EACCES"
+    assert daemon.is_introduced(2)
+    assert guest.error(XsType.READ, b"/local/domain/2\0") == "EACCES"
+    assert guest.error(XsType.READ, b"/local/domain/2/missing\0") == "EACCES"
+    guest.ok(XsType.WRITE, b"data\0mine")           # relative to /local/domain/5
+    assert Peer(daemon).ok(XsType.READ, b"/local/domain/5/data\0") == b"mine"
+    assert guest.ok(XsType.GET_DOMAIN_PATH, b"5\0") == b"/local/domain/5\0"
+
+
+def test_a_domains_quotas_come_back_as_xenstored_says_them(daemon):
+    guest = Peer(daemon, Caller(5))
+    for i in range(3):
+        guest.ok(XsType.WATCH, f"data\0t{i}\0".encode())
+    assert guest.error(XsType.WATCH, b"data\0t9\0") == "E2BIG"
+    guest.ok(XsType.TRANSACTION_START, b"\0")
+    guest.ok(XsType.TRANSACTION_START, b"\0")
+    assert guest.error(XsType.TRANSACTION_START, b"\0") == "ENOSPC"
+    assert guest.error(XsType.WRITE, b"data/big\0" + b"x" * 3000) == "ENOSPC"
+    for i in range(60):
+        reply = guest.call(XsType.WRITE, f"data/n{i}\0".encode())
+    assert reply.type == XsType.ERROR and reply.payload == b"ENOSPC\0"
+
+
+def test_per_connection_limits_hold_for_domain_0_too(daemon):
+    daemon.limits = ConnectionLimits(watches=2, transactions=1)
+    peer = Peer(daemon)
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/b\0b\0")
+    assert peer.error(XsType.WATCH, b"/c\0c\0") == "E2BIG"
+    peer.ok(XsType.UNWATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/c\0c\0")
+    peer.ok(XsType.TRANSACTION_START, b"\0")
+    assert peer.error(XsType.TRANSACTION_START, b"\0") == "ENOSPC"
+
+
+def test_transactions_belong_to_their_connection(daemon, dom0):
+    tx = int(dom0.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    other = Peer(daemon)
+    assert other.error(XsType.READ, b"/tool\0", tx=tx) == "ENOENT"
+    assert other.error(XsType.TRANSACTION_END, b"T\0", tx=tx) == "ENOENT"
+    assert dom0.error(XsType.TRANSACTION_START, b"\0", tx=tx) == "EBUSY"
+    assert dom0.error(XsType.TRANSACTION_END, b"T\0") == "ENOENT"
+    assert dom0.error(XsType.TRANSACTION_END, b"yes\0", tx=tx) == "EINVAL"
+    dom0.ok(XsType.WRITE, b"/tool/t\0in-tx", tx=tx)
+    assert other.error(XsType.READ, b"/tool/t\0") == "ENOENT"
+    dom0.ok(XsType.TRANSACTION_END, b"T\0", tx=tx)
+    assert other.ok(XsType.READ, b"/tool/t\0") == b"in-tx"
+    assert dom0.error(XsType.READ, b"/tool/t\0", tx=tx) == "ENOENT"     # ended
+
+
+def test_conflicting_writers_get_eagain_and_a_retry_commits(daemon, dom0):
+    other = Peer(daemon)
+    tx = int(dom0.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    dom0.ok(XsType.READ, b"/local/domain/0/name\0", tx=tx)
+    dom0.ok(XsType.WRITE, b"/tool/counter\0" b"1", tx=tx)
+    other.ok(XsType.WRITE, b"/tool/counter\0" b"9")
+    assert dom0.error(XsType.TRANSACTION_END, b"T\0", tx=tx) == "EAGAIN"
+    tx = int(dom0.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    value = dom0.ok(XsType.READ, b"/tool/counter\0", tx=tx)
+    dom0.ok(XsType.WRITE, b"/tool/counter\0" + str(int(value) + 1).encode(), tx=tx)
+    dom0.ok(XsType.TRANSACTION_END, b"T\0", tx=tx)
+    assert other.ok(XsType.READ, b"/tool/counter\0") == b"10"
+
+
+def test_closing_ends_the_connections_watches_and_transactions(daemon, dom0):
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    dom0.ok(XsType.TRANSACTION_START, b"\0")
+    assert daemon.store.open_transactions(0) == 1
+    dom0.conn.close()
+    assert daemon.store.open_transactions(0) == 0 and not daemon.store.watches()
+    assert dom0.conn not in daemon.connections
+
+
+def test_reset_watches_ends_watches_and_transactions(daemon, dom0):
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    tx = int(dom0.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    dom0.ok(XsType.RESET_WATCHES, b"\0")
+    assert not daemon.store.watches() and daemon.store.open_transactions(0) == 0
+    assert dom0.error(XsType.READ, b"/\0", tx=tx) == "ENOENT"
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")        # the same watch may be set again
+
+
+def test_rm_of_a_missing_node_is_fine_when_its_parent_exists(dom0):
+    dom0.ok(XsType.RM, b"/tool/never\0")
+    assert dom0.error(XsType.RM, b"/tool/never/deeper\0") == "ENOENT"
+    assert dom0.error(XsType.RM, b"/\0") == "EINVAL"
+
+
+def test_a_long_directory_is_e2big_and_comes_whole_by_directory_part(dom0):
+    names = [f"child-with-a-long-name-{i:04d}" for i in range(200)]
+    for name in names:
+        dom0.ok(XsType.WRITE, f"/tool/big/{name}\0".encode())
+    assert dom0.error(XsType.DIRECTORY, b"/tool/big\0") == "E2BIG"
+    got, off, gens = b"", 0, set()
+    while True:
+        gen, part = dom0.ok(XsType.DIRECTORY_PART, f"/tool/big\0{off}\0".encode()).split(b"\0", 1)
+        gens.add(gen)
+        assert len(gen) + 1 + len(part) <= w.XENSTORE_PAYLOAD_MAX
+        got += part
+        off += len(part)
+        if got.endswith(b"\0\0"):
+            break
+    assert len(gens) == 1
+    assert got[:-1].split(b"\0")[:-1] == sorted(n.encode() for n in names)
+    dom0.ok(XsType.WRITE, b"/tool/big/another\0")
+    gen2, _ = dom0.ok(XsType.DIRECTORY_PART, b"/tool/big\0" b"0\0").split(b"\0", 1)
+    assert gen2 not in gens
+    assert dom0.ok(XsType.DIRECTORY_PART, b"/tool/big\0" b"999999\0").split(b"\0", 1)[1] == b"\0"
+    empty = dom0.ok(XsType.DIRECTORY_PART, b"/local/domain/0/name\0" b"0\0")
+    assert empty.split(b"\0", 1)[1] == b"\0"
+
+
+def test_domain_table_requests(daemon, dom0):
+    assert dom0.ok(XsType.IS_DOMAIN_INTRODUCED, b"2\0") == b"T\0"
+    assert dom0.ok(XsType.IS_DOMAIN_INTRODUCED, b"7\0") == b"F\0"
+    assert dom0.ok(XsType.IS_DOMAIN_INTRODUCED, b"32752\0") == b"T\0"     # DOMID_SELF
+    assert dom0.ok(XsType.GET_DOMAIN_PATH, b"42\0") == b"/local/domain/42\0"
+    dom0.ok(XsType.WATCH, b"@releaseDomain\0rel\0")
+    dom0.ok(XsType.WATCH, b"@introduceDomain\0intro\0")
+    dom0.out()
+    assert dom0.error(XsType.RELEASE, b"7\0") == "ENOENT"
+    assert dom0.error(XsType.RESUME, b"7\0") == "ENOENT"
+    assert dom0.error(XsType.SET_TARGET, b"2\0" b"7\0") == "ENOENT"
+    dom0.ok(XsType.SET_TARGET, b"2\0" b"1\0")
+    assert daemon.domains[2].target == 1
+    dom0.ok(XsType.RESUME, b"2\0")
+    dom0.send(XsType.RELEASE, b"2\0")
+    assert [(m.type, m.payload) for m in dom0.out()] == [
+        (XsType.RELEASE, b"OK\0"), (XsType.WATCH_EVENT, b"@releaseDomain\0rel\0")]
+    assert dom0.ok(XsType.IS_DOMAIN_INTRODUCED, b"2\0") == b"F\0"
+    assert dom0.error(XsType.INTRODUCE, b"7\0" b"1\0" b"3\0") == "ENOENT"    # no such domain
+    dom0.send(XsType.INTRODUCE, b"2\0" b"-1\0" b"3\0")
+    assert [(m.type, m.payload) for m in dom0.out()] == [
+        (XsType.INTRODUCE, b"OK\0"), (XsType.WATCH_EVENT, b"@introduceDomain\0intro\0")]
+    dom0.ok(XsType.INTRODUCE, b"2\0" b"1\0" b"9\0")      # again: only the port changes
+    assert daemon.domains[2].port == 9 and dom0.out() == []
+
+
+def test_releasing_a_domain_drops_its_connection(daemon):
+    guest = Peer(daemon, Caller(2))
+    guest.ok(XsType.WATCH, b"data\0t\0")
+    Peer(daemon).ok(XsType.RELEASE, b"2\0")
+    assert guest.conn.closed and guest.conn.error == w.XENSTORE_ERROR_COMM
+
+
+def test_control_print_help_and_quota(dom0, caplog):
+    caplog.set_level(logging.INFO, logger="xenlab.hypervisor.xenstored")
+    assert dom0.ok(XsType.CONTROL, b"print\0hello from the tools\0") == b"OK\0"
+    assert "control: hello from the tools" in caplog.text
+    assert b"print\t<string>" in dom0.ok(XsType.CONTROL, b"help\0")
+    assert b"Watches per domain: 3" in dom0.ok(XsType.CONTROL, b"quota\0")
+    assert b"nodes: " in dom0.ok(XsType.CONTROL, b"quota\0" b"5\0")
+    assert dom0.error(XsType.CONTROL, b"quota\0set\0nodes\0" b"1\0") == "EINVAL"
+
+
+def test_a_reply_too_long_for_a_payload_is_e2big(daemon, dom0):
+    daemon.store.write(Caller(0, True), "/tool/huge", b"x" * 5000)
+    assert dom0.error(XsType.READ, b"/tool/huge\0") == "E2BIG"
+
+
+def test_a_client_that_writes_without_reading_stalls_itself(daemon):
+    daemon.limits = ConnectionLimits(backlog=1000, input=1 << 20)
+    peer = Peer(daemon)
+    stream = b"".join(w.encode(XsMessage(XsType.READ, i, 0, b"/local/domain/0/name\0"))
+                      for i in range(1, 501))
+    peer.conn.receive(stream)
+    assert 0 < peer.conn.stats["requests"] < 500
+    assert not peer.conn.wants_input and not peer.conn.closed
+    got = []
+    while len(got) < 500:
+        peer.reader.feed(peer.conn.take(100))
+        while (m := peer.reader.next()) is not None:
+            got.append(m)
+        peer.conn.process()
+    assert [m.req_id for m in got] == list(range(1, 501))
+    assert all(m.payload == b"Domain-0" for m in got)
+
+
+def test_a_client_that_leaves_events_unread_is_dropped(daemon, caplog):
+    daemon.limits = ConnectionLimits(output=10_000)
+    slow, writer = Peer(daemon), Peer(daemon)
+    slow.ok(XsType.WATCH, b"/tool\0t\0")
+    slow.out()
+    for i in range(1000):
+        writer.ok(XsType.WRITE, f"/tool/n{i}\0".encode())
+        if slow.conn.closed:
+            break
+    assert slow.conn.closed and slow.conn.error == w.XENSTORE_ERROR_COMM
+    assert not [x for x in daemon.store.watches() if x.conn is slow.conn]
+    assert writer.ok(XsType.READ, b"/tool/n1\0") == b""
+
+
+def test_identical_unsent_events_are_merged(daemon, dom0):
+    writer = Peer(daemon)
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    dom0.ok(XsType.WATCH, b"@introduceDomain\0i\0")
+    dom0.out()
+    for _ in range(5):
+        writer.ok(XsType.WRITE, b"/tool/same\0x")
+    daemon.introduce(1)                 # already introduced: nothing fires
+    daemon.store.introduce_domain(9)
+    daemon.store.introduce_domain(9)
+    assert [m.payload for m in dom0.out()] == [
+        b"/tool/same\0t\0", b"@introduceDomain\0i\0", b"@introduceDomain\0i\0"]
+    assert dom0.conn.stats["events_merged"] == 4
+
+
+def test_an_event_too_long_for_a_payload_is_dropped_and_counted(daemon, dom0):
+    token = b"t" * 3000
+    dom0.ok(XsType.WATCH, b"/tool\0" + token + b"\0")
+    dom0.out()
+    deep = "/tool/" + "/".join(["d" * 100] * 15)
+    Peer(daemon).ok(XsType.WRITE, deep.encode() + b"\0")
+    assert dom0.out() == [] and dom0.conn.stats["events_too_long"] >= 1
+
+
+def test_take_cuts_messages_anywhere(dom0):
+    dom0.send(XsType.READ, b"/local/domain/0/name\0")
+    dom0.send(XsType.READ, b"/local/domain/0/domid\0")
+    pieces = []
+    while piece := dom0.conn.take(5):
+        assert len(piece) <= 5
+        pieces.append(piece)
+    dom0.reader.feed(b"".join(pieces))
+    assert dom0.reader.next().payload == b"Domain-0"
+    assert dom0.reader.next().payload == b"0"
+    assert dom0.conn.pending_output == 0
+
+
+def test_errors_not_in_xsd_errors_go_as_einval(dom0, monkeypatch):
+    from xenlab.xen.errors import XenStoreError
+
+    def broken(*a, **k):
+        raise XenStoreError(errno.ETIMEDOUT, "not a wire error")
+    monkeypatch.setattr(dom0.conn.store, "read", broken)
+    assert dom0.error(XsType.READ, b"/\0") == "EINVAL"
+
+
+def test_set_target_gives_a_domain_its_targets_rights(daemon):
+    """SET_TARGET 2 1: domain 2 (a device model, say) acts for domain 1 on
+    its nodes, as xenstored's perm_for_conn, until domain 1 is released."""
+    dm, dom0 = Peer(daemon, Caller(2)), Peer(daemon)
+    dom0.ok(XsType.WRITE, b"/local/domain/1/data\0")
+    dom0.ok(XsType.SET_PERMS, b"/local/domain/1/data\0n1\0")
+    assert dm.error(XsType.READ, b"/local/domain/1/data\0") == "EACCES"
+    dom0.ok(XsType.SET_TARGET, b"2\0" b"1\0")
+    dm.ok(XsType.WRITE, b"/local/domain/1/data/from-dm\0hello")
+    assert dm.ok(XsType.READ, b"/local/domain/1/data/from-dm\0") == b"hello"
+    dm.ok(XsType.SET_PERMS, b"/local/domain/1/data\0n1\0r5\0")      # its owner's to set
+    assert dm.error(XsType.SET_PERMS, b"/local/domain/1/data\0n2\0") == "EPERM"
+    dm.send(XsType.WATCH, b"/local/domain/1/data\0dm\0")
+    dm.out()
+    Peer(daemon, Caller(1)).ok(XsType.WRITE, b"/local/domain/1/data/x\0")
+    assert [m.payload for m in dm.out()] == [b"/local/domain/1/data/x\0dm\0"]
+    assert Peer(daemon, Caller(7)).error(XsType.READ, b"/local/domain/1/data\0") == "EACCES"
+    dom0.ok(XsType.RELEASE, b"1\0")
+    assert daemon.domains[2].target is None
+    assert dm.error(XsType.READ, b"/local/domain/1/data\0") == "EACCES"
