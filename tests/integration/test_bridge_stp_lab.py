@@ -69,7 +69,7 @@ async def converged(lab) -> list[bridge_pb2.BridgeInfo]:
     while True:
         infos = []
         for name in ("tri1", "tri2", "tri3"):
-            stub, channel = await lab.bridge(name)
+            stub = channel = await lab.bridge(name)
             infos += (await stub.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge=name))).bridges
             await channel.close()
         states = [p.state for info in infos for p in info.ports]
@@ -96,7 +96,7 @@ async def test_a_triangle_of_bridges_converges_and_every_domu_reaches_every_othe
         assert reply.received == 3, f"{src} -> {dst}: {reply.received}/3"
 
     for name in ("tri1", "tri2", "tri3"):
-        stub, channel = await lab.bridge(name)
+        stub = channel = await lab.bridge(name)
         stats = (await stub.Stats(bridge_pb2.BridgeStatsRequest(bridge=name))).bridges[0]
         await channel.close()
         assert stats.drops["storm_control"] == 0, name          # no storm to throttle

@@ -52,7 +52,7 @@ vif = ["mac=00:16:3e:99:00:04,ip=10.16.0.4/24,vlan=1p/10/20"]
 
 async def test_two_vlans_on_one_bridge(lab_factory, tmp_path):
     lab = await lab_factory(LAB)
-    stub, channel = await lab.bridge()
+    stub = channel = await lab.bridge()
     trunk_port = f"vif{lab.domid('trunk')}.0"
     shown = await stub.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge="xenbr0"))
     info = shown.bridges[0]

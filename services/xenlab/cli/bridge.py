@@ -505,6 +505,7 @@ async def _with_bridges(rundir: Path, work):
 
 def _main(prog: str, argv: Sequence[str], env: Mapping[str, str], work) -> int:
     rundir, argv = _split_rundir(argv, env)
+    watching = any(matches(word, "monitor") for word in argv)     # before work() consumes argv
     try:
         return asyncio.run(work(rundir, argv)) or 0
     except Usage as err:
@@ -518,7 +519,9 @@ def _main(prog: str, argv: Sequence[str], env: Mapping[str, str], work) -> int:
     except (FileNotFoundError, PermissionError) as err:
         print(f"xenlab {prog}: {err}", file=sys.stderr)
     except KeyboardInterrupt:
-        return 130
+        # Ctrl-C is how `bridge monitor` is meant to end (as tcpdump's and
+        # `xenlab events`'): not a failure there; anywhere else it is.
+        return 0 if watching else 130
     return 1
 
 
