@@ -104,7 +104,9 @@ def backend_path(current: XenbusState, target: XenbusState) -> list[Action]:
     connect/disconnect on the edges netback does them."""
     actions: list[Action] = []
     state = current
-    for _ in range(8):
+    # Any bound above the longest walk (Closing -> Connected, three steps) behaves
+    # the same, so a mutant raising it is equivalent.
+    for _ in range(8):  # pragma: no mutate
         if state == target:
             return actions
         step = _backend_step(state, target)
