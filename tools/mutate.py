@@ -10,11 +10,14 @@ src/, tests/ and pyproject.toml are links to the repository's. Each run starts
 from a fresh tree: mutmut keeps earlier verdicts and would not retest a
 survivor that a new test kills, nor notice a test that now calls a function.
 
-It prints, per module, the mutants killed, survived, timed out and untested
-and the score (killed and timed out over all), then every mutant no test
-caught as file:line with the line before and after. ``cd .mutmut`` then
+It prints, per module, the mutants killed, survived, timed out, untested and
+equivalent, and the score: killed and timed out over all but the equivalent
+ones, which pyproject's [tool.xenlab.mutate] equivalent lists, each with why.
+Then every mutant no test caught, as file:line with the line before and after,
+and any listed equivalent that no longer survives. ``cd .mutmut`` then
 ``mutmut show NAME`` gives a whole diff, ``mutmut browse`` the rest.
-Exit status 1 when a module scores under --fail-under (90).
+Exit status 1 when a module scores under --fail-under (90), or a listed
+equivalent did not survive (the list is then wrong or stale).
 """
 from __future__ import annotations
 
@@ -38,14 +41,30 @@ LOG = WORK / "mutmut.log"
 DETECTED = {"killed", "timeout", "segfault"}
 
 
+def pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]
+
+
 def cores() -> dict[str, Path]:
     """Dotted module name -> path under .mutmut, from only_mutate."""
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]
     out = {}
-    for pattern in config["only_mutate"]:
+    for pattern in pyproject()["mutmut"]["only_mutate"]:
         path = Path(pattern)
         out[".".join(path.with_suffix("").parts[1:])] = path
     return out
+
+
+@dataclass(frozen=True)
+class Equivalent:
+    """A mutant that behaves as the original: the changed line before and after."""
+    file: str           # under services/xenlab, as the survivors are printed
+    before: str
+    after: str
+    why: str
+
+
+def equivalents() -> list[Equivalent]:
+    return [Equivalent(**e) for e in pyproject()["xenlab"]["mutate"]["equivalent"]]
 
 
 def select(names: list[str], known: dict[str, Path]) -> list[str]:
@@ -104,8 +123,12 @@ class Score:
         return sum(self.counts[s] for s in DETECTED)
 
     @property
+    def catchable(self) -> int:
+        return self.total - self.counts["equivalent"]
+
+    @property
     def percent(self) -> float:
-        return 100.0 * self.detected / self.total if self.total else 100.0
+        return 100.0 * self.detected / self.catchable if self.catchable else 100.0
 
 
 def function_span(source: str, function: str, cls: str | None) -> tuple[int, int]:
@@ -139,12 +162,14 @@ def describe(name: str, path: Path, lines: list[str], source: str) -> tuple[str,
     return f"{rel}:{line}", " ".join(removed), " ".join(added)
 
 
-def collect(modules: list[str], known: dict[str, Path]) -> list[Score]:
+def collect(modules: list[str], known: dict[str, Path],
+            listed: list[Equivalent]) -> tuple[list[Score], list[Equivalent], list[Equivalent]]:
+    """The scores, the listed equivalents found, and those that did not survive."""
     os.chdir(WORK)
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.stats import status_by_exit_code
 
-    scores = []
+    scores, matched, unmatched = [], [], [e for e in listed if _module_of(e) in modules]
     for module in modules:
         path = known[module]
         data = SourceFileMutationData(path=path)
@@ -154,12 +179,24 @@ def collect(modules: list[str], known: dict[str, Path]) -> list[Score]:
         score = Score(module)
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _order(kv[0])):
             status = status_by_exit_code[code]
-            score.counts[status] += 1
             if status not in DETECTED:
                 where, before, after = describe(name, path, lines, source)
-                score.survivors.append(Survivor(name, status, where, before, after))
+                file = where.rpartition(":")[0]
+                match = next((e for e in unmatched if (e.file, e.before, e.after) ==
+                              (file, before, after)), None)
+                if match:
+                    unmatched.remove(match)
+                    matched.append(match)
+                    status = "equivalent"
+                else:
+                    score.survivors.append(Survivor(name, status, where, before, after))
+            score.counts[status] += 1
         scores.append(score)
-    return scores
+    return scores, matched, unmatched
+
+
+def _module_of(e: Equivalent) -> str:
+    return "xenlab." + e.file.removesuffix(".py").replace("/", ".")
 
 
 def _order(name: str) -> tuple[str, int]:
@@ -167,21 +204,35 @@ def _order(name: str) -> tuple[str, int]:
     return base, int(number) if number.isdigit() else 0
 
 
-def report(scores: list[Score], seconds: float, fail_under: float) -> bool:
+COLUMNS = ("killed", "survived", "timeout", "no tests", "equivalent")
+
+
+def report(scores: list[Score], matched: list[Equivalent], unmatched: list[Equivalent],
+           seconds: float, fail_under: float) -> bool:
     ok = True
     width = max(len(s.module) for s in scores)
-    print(f"\n{'module':<{width}}  {'mutants':>7}  {'killed':>6}  {'survived':>8}  "
-          f"{'timeout':>7}  {'no tests':>8}  {'other':>5}  score")
+    print(f"\n{'module':<{width}}  mutants  killed  survived  timeout  no tests  "
+          f"equivalent  other  score")
     for s in scores:
-        other = s.total - sum(s.counts[k] for k in ("killed", "survived", "timeout", "no tests"))
+        other = s.total - sum(s.counts[k] for k in COLUMNS)
         flag = "" if s.percent >= fail_under else f"  < {fail_under:g}%"
         ok = ok and not flag
-        print(f"{s.module:<{width}}  {s.total:>7}  {s.counts['killed']:>6}  {s.counts['survived']:>8}  "
-              f"{s.counts['timeout']:>7}  {s.counts['no tests']:>8}  {other:>5}  {s.percent:5.1f}%{flag}")
+        print(f"{s.module:<{width}}  {s.total:>7}  {s.counts['killed']:>6}  "
+              f"{s.counts['survived']:>8}  {s.counts['timeout']:>7}  {s.counts['no tests']:>8}  "
+              f"{s.counts['equivalent']:>10}  {other:>5}  {s.percent:5.1f}%{flag}")
     total = sum(s.total for s in scores)
+    catchable = sum(s.catchable for s in scores)
     detected = sum(s.detected for s in scores)
-    print(f"{'all':<{width}}  {total:>7}  {'':>6}  {'':>8}  {'':>7}  {'':>8}  {'':>5}  "
-          f"{100.0 * detected / total if total else 100.0:5.1f}%   ({seconds:.0f} s)")
+    print(f"{'all':<{width}}  {total:>7}  {'':>6}  {'':>8}  {'':>7}  {'':>8}  {'':>10}  "
+          f"{'':>5}  {100.0 * detected / catchable if catchable else 100.0:5.1f}%   "
+          f"({seconds:.0f} s)")
+    if matched:
+        print("\nequivalent, so not scored (pyproject's [tool.xenlab.mutate]):")
+    for e in matched:
+        print(f"  {e.file}: {e.before}  ->  {e.after}\n      {e.why}")
+    for e in unmatched:
+        print(f"\nlisted as equivalent but not among the survivors (caught, or the line "
+              f"changed): {e.file}\n      - {e.before}\n      + {e.after}")
     for s in scores:
         if s.survivors:
             print(f"\n{s.module}: {len(s.survivors)} not caught")
@@ -201,6 +252,7 @@ def main() -> int:
                         help="mutants tested at once (default: the number of CPUs)")
     args = parser.parse_args()
     known = cores()
+    listed = equivalents()
     modules = select(args.modules, known)
     prepare()
     print(f"mutating {', '.join(modules)} (mutmut's log: {LOG.relative_to(ROOT)})", flush=True)
@@ -211,7 +263,9 @@ def main() -> int:
         print(LOG.read_text()[-4000:], file=sys.stderr)
         print(f"mutate: mutmut exited {code}", file=sys.stderr)
         return code
-    return 0 if report(collect(modules, known), seconds, args.fail_under) else 1
+    scores, matched, unmatched = collect(modules, known, listed)
+    ok = report(scores, matched, unmatched, seconds, args.fail_under)
+    return 0 if ok and not unmatched else 1
 
 
 if __name__ == "__main__":
