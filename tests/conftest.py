@@ -4,8 +4,15 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from xenlab.testing import short_tempdir
+
+# ./dev mutate runs the suite once per mutant (pytest --hypothesis-profile=mutate):
+# the same examples every run, so that a score does not move between runs, and
+# no deadline or health check, so that a loaded machine is not counted as a kill.
+settings.register_profile("mutate", derandomize=True, database=None, deadline=None,
+                          suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from xenlab.drivers import xenbus_state
 from xenlab.drivers.xenbus_state import (Connect, Disconnect, Fatal, Release, SwitchState,
                                          Unregister, backend_on_fatal,
                                          backend_on_frontend_changed, backend_path,
@@ -37,12 +38,54 @@ def test_backend_path_walks_like_set_backend_state(start, target, expected):
     assert backend_path(start, target) == expected
 
 
-@pytest.mark.parametrize("start, target", [(S.Connected, S.Initialising),
-                                           (S.Closing, S.Initialising),
-                                           (S.Reconfiguring, S.Connected)])
+# The first step of set_backend_state() from each netback state towards each
+# target (Linux xen-netback/xenbus.c); the walks above are made of these.
+@pytest.mark.parametrize("start, target, step", [
+    (S.Initialising, S.InitWait, [SwitchState(S.InitWait)]),
+    (S.Initialising, S.Connected, [SwitchState(S.InitWait)]),
+    (S.Initialising, S.Closing, [SwitchState(S.InitWait)]),
+    (S.Initialising, S.Closed, [SwitchState(S.Closed)]),
+    (S.Closed, S.InitWait, [SwitchState(S.InitWait)]),
+    (S.Closed, S.Connected, [SwitchState(S.InitWait)]),
+    (S.Closed, S.Closing, [SwitchState(S.Closing)]),
+    (S.InitWait, S.Connected, [Connect(), SwitchState(S.Connected)]),
+    (S.InitWait, S.Closing, [SwitchState(S.Closing)]),
+    (S.InitWait, S.Closed, [SwitchState(S.Closing)]),
+    (S.Connected, S.InitWait, [Disconnect(), SwitchState(S.Closing)]),
+    (S.Connected, S.Closing, [Disconnect(), SwitchState(S.Closing)]),
+    (S.Connected, S.Closed, [Disconnect(), SwitchState(S.Closing)]),
+    (S.Closing, S.InitWait, [SwitchState(S.Closed)]),
+    (S.Closing, S.Connected, [SwitchState(S.Closed)]),
+    (S.Closing, S.Closed, [SwitchState(S.Closed)]),
+])
+def test_each_backend_step_is_set_backend_states(start, target, step):
+    actions = backend_path(start, target)
+    first = next(i for i, a in enumerate(actions) if isinstance(a, SwitchState))
+    assert actions[:first + 1] == step
+
+
+# Where Linux's set_backend_state() hits BUG(): refused with EINVAL, naming the step.
+@pytest.mark.parametrize("start, target", [
+    (S.Initialising, S.Initialised), (S.Initialising, S.Reconfiguring),
+    (S.Closed, S.Initialised), (S.Closed, S.Initialising),
+    (S.InitWait, S.Initialising), (S.InitWait, S.Initialised),
+    (S.Connected, S.Initialising), (S.Connected, S.Reconfiguring),
+    (S.Closing, S.Initialising), (S.Closing, S.Initialised),
+    (S.Unknown, S.Connected), (S.Reconfiguring, S.Connected),
+])
 def test_backend_path_refuses_impossible_walks(start, target):
-    with pytest.raises(XenError):
+    with pytest.raises(XenError, match=f"^EINVAL: netback cannot go from {start.name} "
+                                       f"to {target.name}$") as info:
         backend_path(start, target)
+    assert info.value.errno == errno.EINVAL
+
+
+def test_a_step_table_that_cycles_is_an_error_not_a_hang(monkeypatch):
+    flip = {S.Closed: S.Closing, S.Closing: S.Closed}
+    monkeypatch.setattr(xenbus_state, "_backend_step",
+                        lambda state, target: [SwitchState(flip[state])])
+    with pytest.raises(AssertionError, match="^backend state walk Closed -> Connected did not end$"):
+        backend_path(S.Closed, S.Connected)
 
 
 def test_every_walk_between_netback_states_ends_and_obeys_the_edges():
@@ -100,6 +143,10 @@ def test_frontend_reactions():
     assert frontend_on_backend_changed(S.Connected, S.Unknown) == \
         [Disconnect(), SwitchState(S.Closed), Release()]
     assert frontend_on_backend_changed(S.Initialising, S.Unknown) == []
+    # xenbus_frontend_closed() from a state with no data path up: no Disconnect
+    assert frontend_on_backend_changed(S.Initialising, S.Closing) == [SwitchState(S.Closed)]
+    assert frontend_on_backend_changed(S.Closing, S.Closed) == [SwitchState(S.Closed), Release()]
+    assert frontend_on_backend_changed(S.Closed, S.Closing) == []
 
 
 def test_fatal_goes_closing_with_the_data_path_down():
@@ -140,8 +187,10 @@ def test_initialised_at_the_frontend_changes_nothing():
 def test_check_transition():
     check_transition(S.Connected, S.Connected)
     check_transition(S.Closing, S.Closed)
-    with pytest.raises(XenError):
+    with pytest.raises(XenError, match="^EINVAL: xenbus state Connected -> InitWait is not "
+                                       "allowed$") as info:
         check_transition(S.Connected, S.InitWait)
+    assert info.value.errno == errno.EINVAL
 
 
 class Pair:

@@ -97,6 +97,15 @@ def test_arp_request_is_answered_and_sender_learned(pair, clock):
     assert b.pop_events() == [ArpResolved(A, MAC_A)]
 
 
+def test_a_refreshed_neighbour_is_reported_once_and_a_moved_one_again(pair):
+    _, b, _ = pair
+    teach(b, A, MAC_A)
+    teach(b, A, MAC_A)
+    assert b.pop_events() == [ArpResolved(A, MAC_A)]
+    teach(b, A, MAC_X)
+    assert b.pop_events() == [ArpResolved(A, MAC_X)]
+
+
 def test_arp_request_for_another_address_is_not_answered(pair):
     _, b, _ = pair
     request = ArpPacket.request(MAC_A, A, IPv4Address("10.0.0.99")).build()

@@ -6,6 +6,7 @@ arithmetic, including runs whose free-running indexes wrap past 2^32.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import mmap
 import struct
@@ -269,12 +270,29 @@ def test_slots_start_at_64_and_are_masked():
 
 
 def test_buffer_checks():
-    with pytest.raises(ValueError):
-        SharedRing(bytes(abi.PAGE_SIZE), 12)          # read-only
-    with pytest.raises(ValueError):
-        SharedRing(bytearray(100), 12)                # not a page
-    with pytest.raises(ValueError):
-        SharedRing(bytearray(abi.PAGE_SIZE), 5000)    # slot bigger than the page
+    with pytest.raises(ValueError, match="^a shared ring needs a writable buffer$"):
+        SharedRing(bytes(abi.PAGE_SIZE), 12)
+    with pytest.raises(ValueError, match="^a shared ring needs a 4096-byte page, got 4095$"):
+        SharedRing(bytearray(abi.PAGE_SIZE - 1), 12)
+    SharedRing(bytearray(abi.PAGE_SIZE), 12)
+    with pytest.raises(ValueError, match="^slot size 0 does not fit a ring page$"):
+        SharedRing(bytearray(abi.PAGE_SIZE), 0)
+    with pytest.raises(ValueError, match="^slot size 4033 does not fit a ring page$"):
+        SharedRing(bytearray(abi.PAGE_SIZE), abi.PAGE_SIZE - abi.RING_SLOTS_OFFSET + 1)
+    big = SharedRing(bytearray(abi.PAGE_SIZE), abi.PAGE_SIZE - abi.RING_SLOTS_OFFSET)
+    assert big.size == 1
+    assert SharedRing(bytearray(abi.PAGE_SIZE), 1).size == 2048   # 4032 slots, rounded down
+
+
+def test_a_page_that_is_not_4_byte_aligned_is_refused():
+    """Each index is one aligned 32-bit access, or the peer could see it torn."""
+    raw = bytearray(abi.PAGE_SIZE + 8)
+    aligned = -ctypes.addressof((ctypes.c_char * 1).from_buffer(raw)) % 4
+    buf = memoryview(raw)
+    SharedRing(buf[aligned:aligned + abi.PAGE_SIZE], 12)
+    for offset in (aligned + 1, aligned + 2, aligned + 3):
+        with pytest.raises(ValueError, match="^a shared ring page must be 4-byte aligned$"):
+            SharedRing(buf[offset:offset + abi.PAGE_SIZE], 12)
 
 
 def test_release_lets_an_mmap_close():
@@ -445,6 +463,16 @@ def test_front_attach_refuses_an_impossible_header():
         FrontRing(sring, attach=True)
 
 
+def test_front_attach_takes_a_full_ring_but_not_one_more():
+    _, sring = new_ring(12)
+    sring.req_prod, sring.rsp_prod = 256 + 9, 9
+    front = FrontRing(sring, attach=True)
+    assert front.full() and front.free_requests() == 0
+    sring.req_prod += 1
+    with pytest.raises(RingError, match="257 requests outstanding"):
+        FrontRing(sring, attach=True)
+
+
 def test_ring_errors_are_xen_errors():
     assert issubclass(RingFull, XenError) and RingFull().errno == errno.ENOSPC
     assert RingEmpty().errno == errno.EAGAIN
@@ -512,4 +540,204 @@ def test_peek_is_bounded_by_the_ring_whatever_req_prod_says():
     _, sring = new_ring(8)
     back = BackRing(sring)
     sring.req_prod = 0x7FFFFFFF                       # a hostile frontend
+    assert back.unconsumed_requests() == sring.size   # a count first: a bad bound fails fast
     assert len(back.peek_requests()) == sring.size
+
+
+# -- refusals say why ----------------------------------------------------------
+
+def test_ring_refusals_carry_their_errno_and_message():
+    full, empty = RingFull(), RingEmpty()
+    assert (full.errno, full.message) == (errno.ENOSPC, "no free request slot on the ring")
+    assert (empty.errno, empty.message) == (errno.EAGAIN, "nothing unconsumed on the ring")
+    assert issubclass(RingEmpty, RingError) and issubclass(RingFull, RingError)
+    _, sring = new_ring(12)
+    with pytest.raises(RingError) as info:
+        BackRing(sring).put_response(b"r")
+    assert (info.value.errno, info.value.message) == (errno.EINVAL,
+                                                     "no consumed request left to answer")
+    sring.req_prod, sring.rsp_prod = 2, U32 - 254          # 257 outstanding, across the wrap
+    with pytest.raises(RingError) as info:
+        FrontRing(sring, attach=True)
+    assert info.value.errno == errno.EINVAL
+    assert info.value.message == "cannot attach: 257 requests outstanding on a 256-slot ring"
+
+
+def test_put_responses_past_the_consumed_requests_says_how_many_across_the_wrap():
+    _, sring = new_ring(1000, start=0xFFFFFFFE)       # 4 slots; cons wraps to 1
+    front, back = FrontRing(sring, attach=True), BackRing(sring, attach=True)
+    front.put_requests([b"a", b"b", b"c"])
+    front.push_requests()
+    back.get_requests(3)
+    with pytest.raises(RingError) as info:
+        back.put_responses([b"x"] * 4)
+    assert info.value.errno == errno.EINVAL
+    assert info.value.message == "4 responses for 3 consumed requests"
+
+
+@pytest.mark.parametrize("put", ["put_request", "put_requests"])
+def test_a_message_longer_than_a_slot_is_refused_whole(put):
+    _, sring = new_ring(12)
+    front = FrontRing(sring)
+    with pytest.raises(ValueError, match="^13 bytes do not fit a 12-byte slot$"):
+        getattr(front, put)(bytes(13) if put == "put_request" else [b"ok", bytes(13)])
+
+
+def test_bulk_puts_zero_pad_short_messages():
+    buf, sring = new_ring(12)
+    front, back = FrontRing(sring), BackRing(sring)
+    buf[abi.RING_SLOTS_OFFSET:] = b"\xff" * (abi.PAGE_SIZE - abi.RING_SLOTS_OFFSET)
+    front.put_requests([b"ab", b"cde"])
+    assert sring.slot(0).tobytes() == b"ab" + bytes(10)
+    assert sring.slot(1).tobytes() == b"cde" + bytes(9)
+    front.push_requests()
+    back.get_requests(2)
+    back.put_responses([b"z"])
+    assert sring.slot(0).tobytes() == b"z" + bytes(11)
+
+
+# -- init and attach -----------------------------------------------------------
+
+def test_without_attach_both_ends_start_at_zero_whatever_the_header_says():
+    """FRONT_RING_INIT and BACK_RING_INIT; attach (the *_ATTACH macros) resumes instead."""
+    _, sring = new_ring(12, start=5)
+    front, back = FrontRing(sring), BackRing(sring)
+    assert (front.req_prod_pvt, front.rsp_cons) == (0, 0)
+    assert (back.rsp_prod_pvt, back.req_cons) == (0, 0)
+    front, back = FrontRing(sring, attach=True), BackRing(sring, attach=True)
+    assert (front.req_prod_pvt, front.rsp_cons) == (5, 5)
+    assert (back.rsp_prod_pvt, back.req_cons) == (5, 5)
+
+
+# -- one look at the producer index per batch ------------------------------------
+# A consumer reads the peer's producer index once and takes what it showed
+# before reading it again, as a driver's "rp = prod; rmb(); while (cons != rp)"
+# loop does: what a look showed stays within the bound it was clamped to.
+
+@pytest.mark.parametrize("start, attach", [(0, False), (0, True), (7, True)])
+def test_a_fresh_end_looks_before_its_first_take(start, attach):
+    _, sring = new_ring(8, start)
+    with pytest.raises(RingEmpty):
+        BackRing(sring, attach).get_request()
+    with pytest.raises(RingEmpty):
+        FrontRing(sring, attach).get_response()
+
+
+@pytest.mark.parametrize("singly", [True, False])
+@pytest.mark.parametrize("claimed", [1, 2, 3, 4])
+def test_what_a_look_showed_is_taken_without_looking_again(claimed, singly):
+    """After the look, the frontend rewrites req_prod to claim only ``claimed``
+    requests: the backend still takes the five it saw, whenever it would have
+    looked again, and only then does a look see the rewrite."""
+    start = U32 - 1
+    _, sring = new_ring(8, start=start)
+    front, back = FrontRing(sring, attach=True), BackRing(sring, attach=True)
+    front.put_requests([payload(n, 8) for n in range(5)])
+    front.push_requests()
+    assert back.get_requests(1) == [payload(0, 8)]    # the look: five there
+    sring.req_prod = (start + claimed) & U32
+    rest = [back.get_request() for _ in range(4)] if singly else back.get_requests(4)
+    assert rest == [payload(n, 8) for n in range(1, 5)]
+
+
+def test_after_taking_what_a_look_showed_the_next_take_looks_again():
+    _, sring = new_ring(8, start=U32 - 1)
+    front, back = FrontRing(sring, attach=True), BackRing(sring, attach=True)
+    front.put_requests([payload(n, 8) for n in range(3)])
+    front.push_requests()
+    assert back.get_requests(2) == [payload(0, 8), payload(1, 8)]
+    assert back.get_request() == payload(2, 8)
+    with pytest.raises(RingEmpty):
+        back.get_request()
+    with pytest.raises(RingEmpty):
+        back.get_requests(1)
+    front.put_requests([payload(3, 8)])
+    front.push_requests()
+    assert back.get_request() == payload(3, 8)
+    with pytest.raises(RingEmpty):
+        back.get_request()
+
+
+def test_single_takes_then_a_bulk_take_of_exactly_what_is_left():
+    _, sring = new_ring(8)
+    front, back = FrontRing(sring), BackRing(sring)
+    front.put_requests([payload(n, 8) for n in range(4)])
+    front.push_requests()
+    assert back.get_request() == payload(0, 8)
+    assert back.get_requests(3) == [payload(n, 8) for n in range(1, 4)]
+    with pytest.raises(RingEmpty):
+        back.get_request()
+
+
+def test_a_bulk_take_of_exactly_what_is_there_needs_no_earlier_look():
+    _, sring = new_ring(8)
+    front, back = FrontRing(sring), BackRing(sring)
+    front.put_requests([payload(n, 8) for n in range(3)])
+    front.push_requests()
+    assert back.get_requests(3) == [payload(n, 8) for n in range(3)]
+    back.put_responses([b"a", b"b", b"c"])
+    back.push_responses()
+    assert front.get_responses(3) == [m.ljust(8, b"\0") for m in (b"a", b"b", b"c")]
+
+
+# -- the final check's second look -----------------------------------------------
+
+def peer_pushes_during_the_barrier(monkeypatch, push) -> None:
+    """Run ``push`` where the peer's store can land: between the event store
+    and the re-check, in the gap RING_FINAL_CHECK_FOR_* exists for."""
+    from xenlab.xen import ring
+    barrier = ring._full_barrier
+    pending = [push]
+
+    def barrier_then_peer():
+        barrier()
+        while pending:
+            pending.pop()()
+    monkeypatch.setattr(ring, "_full_barrier", barrier_then_peer)
+
+
+@pytest.mark.parametrize("arriving", [1, 2])
+def test_a_request_arriving_between_the_event_store_and_the_recheck_is_found(
+        monkeypatch, arriving):
+    _, sring = new_ring(8)
+    front, back = FrontRing(sring), BackRing(sring)
+
+    def frontend_pushes():
+        front.put_requests([payload(n, 8) for n in range(arriving)])
+        front.push_requests()
+    peer_pushes_during_the_barrier(monkeypatch, frontend_pushes)
+    assert back.final_check_for_requests()
+    assert sring.req_event == 1                        # it did ask for a kick first
+    assert back.get_requests(arriving) == [payload(n, 8) for n in range(arriving)]
+
+
+def test_a_response_arriving_between_the_event_store_and_the_recheck_is_found(monkeypatch):
+    _, sring = new_ring(12)
+    front, back = FrontRing(sring), BackRing(sring)
+    front.put_request(b"q")
+    front.push_requests()
+    back.get_request()
+
+    def backend_answers():
+        back.put_response(b"r")
+        back.push_responses()
+    peer_pushes_during_the_barrier(monkeypatch, backend_answers)
+    assert front.final_check_for_responses()
+    assert sring.rsp_event == 1
+    assert front.get_response() == b"r".ljust(12, b"\0")
+
+
+def test_final_check_ahead_sets_the_event_that_many_past_the_consumer():
+    """xennet_tx_buf_gc's old batching: no kick until ``ahead`` more responses."""
+    _, sring = new_ring(12, start=U32)
+    front, back = FrontRing(sring, attach=True), BackRing(sring, attach=True)
+    front.put_requests([b"q"] * 3)
+    front.push_requests()
+    back.get_requests(3)
+    assert not front.final_check_for_responses(ahead=3)
+    assert sring.rsp_event == (U32 + 3) & U32
+    kicks = []
+    for _ in range(3):
+        back.put_response(b"r")
+        kicks.append(back.push_responses_and_check_notify())
+    assert kicks == [False, False, True]
