@@ -168,6 +168,9 @@ async def test_a_running_domain_is_published_with_its_process_id(hypervisor, mqt
     source = HypervisorSource(hypervisor.hv, pub)
     source.start()
     try:
+        # The collector hears the publisher before the domain exists: else a
+        # late subscription finds only the retained last state, not "created".
+        await events.wait_for(of("domain.state", domid=0, state="running"))
         domid, _ = await hypervisor.create_domain("web", launcher="local",
                                                   vif=[domains_pb2.VifSpec()])
         running = await events.wait_for(of("domain.state", domid=domid, state="running"))
