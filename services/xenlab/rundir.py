@@ -42,6 +42,7 @@ ADDRESS = "hypervisor.addr"        # the hypervisor's gRPC address, one line
 SECRET = "dom0.secret"             # Domain-0's credentials (the toolstack's)
 HYPERVISOR = "hypervisor.json"     # the hypervisor's process and memory segments
 DOMAINS_DIR_PREFIX = "xenlab-domains-"   # launcher.DomainsDir's directories
+XENSTORED = "xenstored"            # xenstored's socket's directory, as $XENSTORED_RUNDIR
 LAB = "lab.json"                   # the lab runner's state and processes
 UP_LOG = "up.log"                  # `xenlab up --detach`'s output
 LOGS = "logs"                      # every service's log, every domain's console
@@ -278,7 +279,7 @@ class Rundir:
     def xenstored_socket(self) -> Path:
         """xenstored's wire protocol, for Xen's tools: XENSTORED_PATH (or
         XENSTORED_RUNDIR=its directory, as libxenstore appends "/socket")."""
-        return self.path / "xenstored" / "socket"
+        return self.path / XENSTORED / "socket"
 
     def socket(self, name: str) -> Path:
         return self.path / name
@@ -546,6 +547,10 @@ class Rundir:
                 continue
             if entry.name == LOGS and entry.is_dir(follow_symlinks=False):
                 cleaned.entries += _remove_entries(entry.path, _is_log)
+                with contextlib.suppress(OSError):
+                    os.rmdir(entry.path)
+            elif entry.name == XENSTORED and entry.is_dir(follow_symlinks=False):
+                cleaned.entries += _remove_entries(entry.path, _is_lab_entry)
                 with contextlib.suppress(OSError):
                     os.rmdir(entry.path)
             elif _is_lab_entry(entry):

@@ -15,6 +15,7 @@ the client catches up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -121,6 +122,8 @@ class XenstoredSocket:
         await self._server.wait_closed()
         self._server = None
         self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.path.parent.rmdir()        # its own directory, as the rundir's other entries go
 
     def __len__(self) -> int:
         return len(self._clients)
