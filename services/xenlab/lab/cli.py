@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import select
@@ -12,7 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+
 from xenlab.hypervisor.launcher import add_domain_uids_argument
+from xenlab.lab import view
 from xenlab.lab.runner import Lab, LabError, reclaim
 from xenlab.lab.spec import demo_lab, load_lab
 from xenlab.osutil import on_stop_signal
@@ -316,6 +320,10 @@ def _wait_gone(survey, timeout: float) -> bool:
 # -- status ----------------------------------------------------------------------------------
 def status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rundir", type=Path, default=None, help=RUNDIR_HELP)
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON document: the processes, where the hypervisor, xenstored, "
+                             "every bridge and every guest agent listen (with the agent's token), "
+                             "each bridge's ports and counters (README: Inspecting a lab)")
 
 
 def status(args) -> int:
@@ -333,6 +341,8 @@ def status(args) -> int:
         print(f"no lab is running in {run.path}")
         return 3
     alive = "runner" in survey.running
+    if args.json:
+        return _status_json(run, state, survey, alive)
     phase = state.get("state", "up") if alive else "NOT RUNNING"
     print(f"lab {state.get('name')} ({state.get('source')}): {phase}, process {state.get('pid')}, "
           f"started {time.ctime(state.get('started', 0))}")
@@ -353,4 +363,33 @@ def status(args) -> int:
     if domids:
         print()
         xenlab(["xl", "--rundir", str(run.path), "network-list", *[str(d) for d in domids.values()]])
+    try:
+        lab_view = asyncio.run(view.gather(run))
+    except (grpc.aio.AioRpcError, RundirError) as err:
+        print(f"\nxenlab status: cannot ask the lab's services: {err}", file=sys.stderr)
+        return 1
+    if lab_view.bridges:
+        print("\n" + view.bridges_text(lab_view))
+        print(f"(the FDB: xenlab bridge fdb show{_rundir_flag(args)}; addresses: "
+              f"xenlab status --json{_rundir_flag(args)})")
     return 0
+
+
+def _status_json(run: Rundir, state: dict, survey, alive: bool) -> int:
+    doc = {"lab": state.get("name"), "source": state.get("source"), "rundir": str(run.path),
+           "state": state.get("state", "up") if alive else "not running",
+           "mqtt": state.get("mqtt") or None,
+           "processes": {name: {"pid": p.pid, "running": name in survey.running}
+                         for name, p in survey.processes.items()}}
+    status = 0 if alive else 3
+    if alive:
+        try:
+            lab_view = asyncio.run(view.gather(run))
+        except (grpc.aio.AioRpcError, RundirError) as err:
+            doc["error"] = f"cannot ask the lab's services: {err}"
+            status = 1
+        else:
+            doc.update(hypervisor=lab_view.hypervisor, xenstored=lab_view.xenstored,
+                       bridges=lab_view.bridges, domains=lab_view.domains)
+    print(json.dumps(doc, indent=2))
+    return status
