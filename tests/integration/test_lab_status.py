@@ -68,6 +68,8 @@ def test_status_shows_every_bridge_with_its_ports_and_counters(lab):
     assert int(ports["vif1.0"][2]) >= 3 and int(ports["vif2.0"][3]) >= 3
     assert all(p[1] == "forwarding" for p in ports.values())
     assert f"xenlab bridge fdb show --rundir {lab}" in status.stdout
+    # For Xen's own tools: the line to export (README: Xenstore).
+    assert f"\nXENSTORED_PATH={lab}/xenstored/socket\n" in status.stdout
 
 
 async def test_status_json_says_where_everything_listens_and_a_client_can_use_it(lab):
