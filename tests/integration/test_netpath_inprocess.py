@@ -21,7 +21,7 @@ from xenlab.domain.kernel import DomainKernel
 from xenlab.drivers.netback import HotplugError, LoopbackHotplug, NetbackDriver
 from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.hypervisor.identity import Caller
-from xenlab.hypervisor.launcher import StartInfo
+from xenlab.xen.start_info import StartInfo
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
 from xenlab.testing import check_invariants
 from xenlab.xen import abi

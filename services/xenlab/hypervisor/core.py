@@ -22,8 +22,10 @@ from xenlab.hypervisor.domains import Domain, DomainTable, RunState
 from xenlab.hypervisor.evtchn import EventChannels
 from xenlab.hypervisor.grants import PRIVILEGED_MAX_MAPTRACK, GrantTables
 from xenlab.hypervisor.identity import Caller, Identity
-from xenlab.hypervisor.launcher import (DomainHandles, DomainProcess, DomainsDir, Launcher,
-                                        StartInfo, make_launcher)
+from xenlab.launchers import make_launcher
+from xenlab.launchers.base import DomainHandles, DomainProcess, Launcher
+from xenlab.launchers.domains_dir import DomainsDir
+from xenlab.xen.start_info import StartInfo
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor import vif as vifs
 from xenlab.hypervisor.xenstore import XenStore

@@ -10,7 +10,7 @@ from xenlab.hypervisor.core import Hypervisor
 from xenlab.hypervisor.domains_server import DomainsServicer
 from xenlab.hypervisor.evtchn_server import EventChannelServicer
 from xenlab.hypervisor.grants_server import GrantTableServicer
-from xenlab.hypervisor.launcher import Launcher
+from xenlab.launchers.base import Launcher
 from xenlab.hypervisor.memory_server import MemoryServicer
 from xenlab.hypervisor.xenstore_server import XenStoreServicer
 from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 
-from xenlab.hypervisor.launcher import add_domain_uids_argument
+from xenlab.launchers.domains_dir import add_domain_uids_argument
 from xenlab.lab import view
 from xenlab.lab.runner import Lab, LabError, reclaim
 from xenlab.lab.spec import demo_lab, load_lab

@@ -27,7 +27,7 @@ import grpc
 from xenlab.client import HypervisorClient
 from xenlab.events.config import BrokerAddress, EventsConfig
 from xenlab.events.topics import Topics
-from xenlab.hypervisor.launcher import parse_domain_uids
+from xenlab.launchers.domains_dir import parse_domain_uids
 from xenlab.lab.spec import LabSpec
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
 from xenlab.rundir import LAB, ProcessRecord, Rundir, RundirError

@@ -11,7 +11,7 @@ import pytest
 
 from xenlab.domain.kernel import DomainKernel
 from xenlab.hypervisor.identity import Caller
-from xenlab.hypervisor.launcher import StartInfo
+from xenlab.xen.start_info import StartInfo
 from xenlab.proto import domains_pb2
 from xenlab.testing_invariants import invariant_violations
 from xenlab.xen import xs_wire as w
