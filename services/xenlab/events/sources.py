@@ -4,7 +4,8 @@ data path and hand messages to an EventPublisher (which never blocks).
 * ``HypervisorSource``: domain lifecycle, from the hypervisor's observer hook
   (``Hypervisor.observers``, called at every state change), and vif state
   and hotplug, from a xenstore watch on /local/domain held inside the
-  hypervisor as Domain-0 (the xenstore core fires it as any watch).
+  hypervisor as the toolstack (the xenstore core fires it as any watch) and
+  the toolstack's network-list.
 * ``BridgeSource``: FDB and port events, from ``BridgeService.subscribe()``,
   each with the line `bridge monitor` prints for it, and per-bridge and
   per-port counters every interval.
@@ -166,10 +167,14 @@ def affected_domains(path: str) -> set[int] | None:
 
 # -- the hypervisor ---------------------------------------------------------------------
 class HypervisorSource:
-    """Domain lifecycle and vif state from inside the hypervisor process."""
+    """Domain lifecycle and vif state from inside the hypervisor process:
+    ``hv`` is its Hypervisor, ``toolstack`` its Toolstack, whose identity
+    (``caller``) the xenstore watch and reads are made as."""
 
-    def __init__(self, hv, publisher: EventPublisher, clock: Callable[[], float] = time.time):
+    def __init__(self, hv, toolstack, publisher: EventPublisher,
+                 clock: Callable[[], float] = time.time):
         self.hv = hv
+        self.toolstack = toolstack
         self.publisher = publisher
         self.topics = publisher.topics
         self.clock = clock
@@ -194,9 +199,9 @@ class HypervisorSource:
         self._close_watch()
 
     def _open_watch(self) -> None:
-        from xenlab.hypervisor.core import DOM0
-        self._conn = self.hv.xs_connections.open(DOM0)
-        self.hv.xenstore.watch(DOM0, self._conn, "/local/domain", WATCH_TOKEN)
+        caller = self.toolstack.caller
+        self._conn = self.hv.xs_connections.open(caller)
+        self.hv.xenstore.watch(caller, self._conn, "/local/domain", WATCH_TOKEN)
 
     def _close_watch(self) -> None:
         if self._conn is not None:
@@ -263,7 +268,7 @@ class HypervisorSource:
         now = self.clock()
         for domid in sorted(domids):
             try:
-                vifs = self.hv.network_list(domid)
+                vifs = self.toolstack.network_list(domid)
             except XenError:
                 vifs = []           # the domain is gone: so are its vifs
             for kind, vif in self.vifs.update(domid, vifs):
@@ -276,9 +281,9 @@ class HypervisorSource:
     def _hotplug_error(self, vif: dict) -> str:
         if vif.get("hotplug_status") != "error" or not vif.get("backend_path"):
             return ""
-        from xenlab.hypervisor.core import DOM0
+        path = f"{vif['backend_path']}/hotplug-error"
         try:
-            return self.hv.xenstore.read(DOM0, f"{vif['backend_path']}/hotplug-error").decode(errors="replace")
+            return self.hv.xenstore.read(self.toolstack.caller, path).decode(errors="replace")
         except XenError:
             return ""
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 
-from xenlab.client import HypervisorClient
+from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.events.config import BrokerAddress, EventsConfig
 from xenlab.events.topics import Topics
 from xenlab.launchers.domains_dir import parse_domain_uids
@@ -32,7 +32,6 @@ from xenlab.lab.spec import LabSpec
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
 from xenlab.rundir import LAB, ProcessRecord, Rundir, RundirError
 from xenlab.xen import abi
-from xenlab.xen.xlcfg import to_domain_spec
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ from pathlib import Path
 from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
 from xenlab.xen import abi
 from xenlab.xen.errors import ConfigError
-from xenlab.xen.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
+from xenlab.toolstack.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
 
 TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link"}
 LAB_KEYS = {"name", "rundir"}
