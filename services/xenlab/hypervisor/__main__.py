@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from xenlab import eventloop
-from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.events import config as events_config
+from xenlab.events.sources import HypervisorSource, service_events
 from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig, default_rundir
+from xenlab.hypervisor.server import serve
 from xenlab.launchers import NAMES as LAUNCHERS, docker as docker_launcher
 from xenlab.launchers.domains_dir import add_domain_uids_argument, parse_domain_uids
+from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.xen.errors import ConfigError
 
 
@@ -88,9 +90,6 @@ def run(args) -> int:
 
 
 async def _serve(config: HypervisorConfig, events) -> None:
-    from xenlab.events.sources import HypervisorSource, service_events
-    from xenlab.hypervisor.server import serve
-
     async with service_events(events, "hypervisor") as ev:
         def ready(s) -> None:
             print(f"xenlab hypervisor listening on {s.address}; rundir {s.hv.rundir.path}", flush=True)

@@ -12,7 +12,8 @@ from xenlab.bridge.server import BridgeService
 from xenlab.events import topics as t
 from xenlab.events.broker import EmbeddedBroker
 from xenlab.events.publisher import EventPublisher
-from xenlab.events.sources import BridgeSource, Dom0Source, HypervisorSource
+from xenlab.bridge.events import BridgeSource
+from xenlab.events.sources import Dom0Source, HypervisorSource
 from xenlab.events.watch import EventCollector
 from xenlab.net.device import NetDevice
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
