@@ -9,6 +9,9 @@
 * ``vif``: the pure planning of a vif's nodes (libxl__device_nic_add);
 * ``xlcfg``: the xl.cfg parser (pure; clients use it too).
 
-It imports the hypervisor's cores and never a transport: the Domains and
-Memory servicers (hypervisor/*_server.py) are its gRPC adapters.
+It runs in the hypervisor's process and calls its cores as Domain-0's
+libxl calls libxc. None of its modules imports grpc or a generated module:
+the Domains and Memory servicers (hypervisor/*_server.py) are its gRPC
+adapters, and xenlab.client turns an XlConfig into the Create rpc's
+DomainSpec.
 """
