@@ -75,12 +75,13 @@ class RundirUnsafe(RundirError, PermissionError):
     """Not the caller's, open to others, or a symlink: refused."""
 
 
-def default_rundir(env: Mapping[str, str]) -> Path:
-    """$XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab (the per-user runtime
+def default_rundir(env: Mapping[str, str] | None = None) -> Path:
+    """Of ``env`` (this process's environment by default): $XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab (the per-user runtime
     directory the XDG Base Directory spec defines for sockets), else
     /tmp/xenlab-UID. A $XDG_RUNTIME_DIR that is not the caller's own
     private directory (as after `sudo -E`) is passed over, as the spec asks
     of one that fails its requirements."""
+    env = os.environ if env is None else env
     if env.get("XENLAB_RUNDIR"):
         return Path(env["XENLAB_RUNDIR"])
     runtime = env.get("XDG_RUNTIME_DIR", "")

@@ -275,9 +275,9 @@ class RunningLab:
         return await agent_for(self.lab.hv, self.domid(name) if name != "Domain-0" else 0)
 
     async def bridge(self, name: str = "xenbr0"):
-        """A client of a bridge's gRPC API (xenlab.bridge_client.BridgeClient,
+        """A client of a bridge's gRPC API (xenlab.bridge.client.BridgeStub,
         a Bridge stub that owns its channel): close it, or use ``async with``."""
-        from xenlab.bridge_client import bridge_for
+        from xenlab.bridge.client import bridge_for
         return await bridge_for(self.lab.hv, name)
 
     def logs(self) -> str:

@@ -34,7 +34,6 @@ class DomainPair:
     rx: object
     dom0: object
     bridge: object
-    bridge_channel: object
     tx_domid: int
     rx_domid: int
     bridge_name: str = "xenbr0"
@@ -42,14 +41,13 @@ class DomainPair:
     @classmethod
     async def open(cls, lab, tx_name: str, rx_name: str) -> "DomainPair":
         tx_domid, rx_domid = lab.domids[tx_name], lab.domids[rx_name]
-        bridge, channel = await lab.bridge_client("xenbr0")
+        bridge = await lab.bridge_client("xenbr0")
         return cls(lab, await agent_for(lab.hv, tx_domid), await agent_for(lab.hv, rx_domid),
-                   await agent_for(lab.hv, 0), bridge, channel, tx_domid, rx_domid)
+                   await agent_for(lab.hv, 0), bridge, tx_domid, rx_domid)
 
     async def close(self) -> None:
-        for stub in (self.tx, self.rx, self.dom0):
+        for stub in (self.tx, self.rx, self.dom0, self.bridge):
             await stub.close()
-        await self.bridge_channel.close()
 
     def points(self) -> list[tuple[str, str]]:
         """(point, what counts a frame passing it), in path order."""

@@ -17,12 +17,12 @@ from xenlab import eventloop
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_LEARNED, POLICIES, POLICY_LINUX
 from xenlab.bridge.uplink import parse_uplink
 from xenlab.events import config as events_config
-from xenlab.hypervisor.config import default_rundir
 from xenlab.osutil import die_with_parent, raise_fd_limit
-from xenlab.rundir import Rundir
+from xenlab.rundir import Rundir, default_rundir
 from xenlab.xen.errors import XenError
+from xenlab.xen.names import DEFAULT_BRIDGE
 
-DEFAULT_BRIDGE = "xenbr0"
+
 DEFAULT_FLOOD_LIMIT = "1000"    # flooded frames per second per port (storm control)
 
 

@@ -13,6 +13,7 @@ import json
 from typing import Iterable
 
 from xenlab.proto import bridge_pb2
+from xenlab.xen.names import IFNAMSIZ
 
 # bridge-utils brctl show: one line per bridge with its first interface, the
 # others alone on following lines, under the "interfaces" column.
@@ -23,7 +24,6 @@ BRCTL_SHOWMACS_HEADER = "port no\tmac addr\t\tis local?\tageing timer"
 
 # linux/if_bridge.h BR_STATE_*, the numbers `bridge link set state` takes.
 PORT_STATE_NUMBERS = {"disabled": 0, "listening": 1, "learning": 2, "forwarding": 3, "blocking": 4}
-IFNAMSIZ = 16
 VLAN_ID_LEN = 9
 USER_HZ = 100                   # iproute2 prints bridge times in centiseconds
 

@@ -54,12 +54,12 @@ from xenlab.proto import agent_pb2, bridge_pb2, bridge_pb2_grpc, common_pb2, xen
 from xenlab.rpc import handles_xen_errors, start_server
 from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.names import IFNAMSIZ, check_bridge_name
+from xenlab.xen.xenstore_paths import BRIDGE_REGISTRY, bridge_registry_path
 from xenlab.xen.netconf import parse_vlan
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["Bridge"].full_name
-XENSTORE_ROOT = "/tool/xenlab/bridges"
 WATCH_BACKLOG = 4096            # events queued for one watcher before it is cut off
 GONE_PORTS = 1024               # removed ports whose last counters are kept
 MAX_EXPIRY_SLEEP = 1.0          # seconds between ageing passes at most
@@ -361,7 +361,7 @@ class BridgeService:
         br = self.bridge(str(end.peer_info.get("bridge") or ""))
         try:
             mac = parse_mac(str(end.peer_info.get("mac", "")))
-        except ValueError:
+        except ConfigError:
             mac = ZERO
         end.mac = mac
         try:
@@ -465,28 +465,29 @@ class BridgeService:
         except grpc.aio.AioRpcError as err:
             raise ConnectionError(f"cannot register in the xenstore of the hypervisor at "
                                   f"{address}: {err.code().name}: {err.details()}") from None
-        log.info("registered %s under %s", ", ".join(self.bridges), XENSTORE_ROOT)
+        log.info("registered %s under %s", ", ".join(self.bridges), BRIDGE_REGISTRY)
 
     async def _write_registration(self) -> None:
         xs = self._hv.xenstore
         for name in self.bridges:
-            base = f"{XENSTORE_ROOT}/{name}"
+            base = bridge_registry_path(name)
             await xs.Write(xenstore_pb2.WriteRequest(path=base, value=b""))
             # Driver domains other than dom0 run netback too: let every domain read.
             await xs.SetPerms(xenstore_pb2.SetPermsRequest(
                 path=base, perms=[xenstore_pb2.Perm(domid=0, perm="r")]))
             for key, value in (("address", self.veth_address), ("grpc", self.grpc_address),
                                ("pid", str(os.getpid()))):
-                await xs.Write(xenstore_pb2.WriteRequest(path=f"{base}/{key}", value=value.encode()))
+                await xs.Write(xenstore_pb2.WriteRequest(path=bridge_registry_path(name, key),
+                                                         value=value.encode()))
 
     async def _deregister(self) -> None:
         if self._hv is None:
             return
         for name in self.bridges:
             try:
-                await self._hv.xenstore.Rm(xenstore_pb2.PathRequest(path=f"{XENSTORE_ROOT}/{name}"))
+                await self._hv.xenstore.Rm(xenstore_pb2.PathRequest(path=bridge_registry_path(name)))
             except Exception as err:      # the hypervisor may already be gone
-                log.warning("could not remove %s/%s from xenstore: %s", XENSTORE_ROOT, name, err)
+                log.warning("could not remove %s from xenstore: %s", bridge_registry_path(name), err)
         await self._hv.close()
         self._hv = None
 
@@ -528,10 +529,7 @@ def _absolute(address: str) -> str:
 
 # -- the gRPC adapter ------------------------------------------------------------------------
 def _mac(text: str) -> bytes:
-    try:
-        return parse_mac(text)
-    except ValueError as err:
-        raise XenError(errno.EINVAL, str(err)) from None
+    return parse_mac(text)          # a ConfigError: EINVAL
 
 
 def port_stats(port: BridgePort, dev: NetDevice | None) -> bridge_pb2.BridgePortStats:

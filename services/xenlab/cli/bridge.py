@@ -23,10 +23,8 @@ is implied.
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -37,13 +35,14 @@ from xenlab.bridge import output
 from xenlab.bridge.client import BridgeClient
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.proto import bridge_pb2
-from xenlab.xen.errors import STATUS_ERRNO, XenError
+from xenlab.xen import netconf
+from xenlab.xen.errors import STATUS_ERRNO, ConfigError, XenError
+from xenlab.xen.netconf import format_mac
 
 PROG = "bridge"
 OBJECTS = ("link", "fdb", "mdb", "vlan", "monitor")   # iproute2's order: "m" is mdb
 PORT_STATES = ("disabled", "listening", "learning", "forwarding", "blocking")
 LINK_FLAGS = ("hairpin", "learning", "flood", "mcast_flood", "bcast_flood", "isolated", "locked")
-_MAC = re.compile(r"[0-9A-Fa-f]{1,2}(:[0-9A-Fa-f]{1,2}){5}")
 
 
 class Usage(Exception):
@@ -69,9 +68,10 @@ def invarg(what: str, value: str) -> Usage:
 
 def parse_mac(text: str) -> str:
     # fdb.c: sscanf("%hhx:%hhx:%hhx:%hhx:%hhx:%hhx"), so 2:0:0:0:0:1 is fine too.
-    if not _MAC.fullmatch(text):
-        raise Usage(f"Invalid mac address {text}")
-    return ":".join(f"{int(part, 16):02x}" for part in text.split(":"))
+    try:
+        return format_mac(netconf.parse_mac(text, short_octets=True))
+    except ConfigError:
+        raise Usage(f"Invalid mac address {text}") from None
 
 
 def parse_vid(text: str) -> int:

@@ -22,7 +22,7 @@ import grpc
 
 from xenlab import argtypes
 from xenlab.agent_client import NoAgentError, agent_for
-from xenlab.bridge_client import NoBridgeError, bridge_address, bridge_for
+from xenlab.bridge.client import NoBridgeError, bridge_address, bridge_for
 from xenlab.cli import firsthop
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.drivers.hotplug import veth_name
@@ -30,6 +30,7 @@ from xenlab.osutil import on_stop_signal
 from xenlab.net.capture import PcapWriter, read_pcap
 from xenlab.net.ethernet import format_mac, parse_mac
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2
+from xenlab.xen.errors import ConfigError
 
 POINTS = "DOMAIN:IFACE (web:eth0), BRIDGE:PORT (xenbr0:vif1.0), vifD.N or vethD.N"
 # The address Linux netback gives every vif (xenvif_alloc's dummy_addr): the
@@ -214,7 +215,7 @@ def generated_frames(count: int, size: int, src: str, dst: str) -> list[bytes]:
         raise PointError(f"--size {size}: a frame has 14..65535 bytes")
     try:
         header = parse_mac(dst) + parse_mac(src) + ETH_P_EXPERIMENTAL.to_bytes(2, "big")
-    except ValueError as err:
+    except ConfigError as err:
         raise PointError(f"{err}") from None
     return [header + i.to_bytes(4, "big")[: max(0, size - 14)] + bytes(max(0, size - 18))
             for i in range(count)]

@@ -91,13 +91,10 @@ def format_matrix(lab: Lab, results: dict) -> str:
 async def bridge_report(lab: Lab) -> tuple[str, str]:
     fdb_text, rows = "", [("port", "rx pkts", "rx bytes", "tx pkts", "tx bytes", "drops")]
     for bridge in lab.spec.bridges:
-        stub, channel = await lab.bridge_client(bridge.name)
-        try:
+        async with await lab.bridge_client(bridge.name) as stub:
             fdb = await stub.ShowFdb(bridge_pb2.ShowFdbRequest(bridge=bridge.name, stats=True))
             fdb_text += fdb.text
             stats = await stub.Stats(bridge_pb2.BridgeStatsRequest(bridge=bridge.name))
-        finally:
-            await channel.close()
         for br in stats.bridges:
             for port in br.ports:
                 drops = ", ".join(f"{k}={v}" for k, v in sorted(port.drops.items()) if v) or "0"

@@ -9,11 +9,12 @@ from pathlib import Path
 from xenlab import eventloop
 from xenlab.events import config as events_config
 from xenlab.events.sources import HypervisorSource, service_events
-from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig, default_rundir
+from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig
 from xenlab.hypervisor.server import serve
 from xenlab.launchers import NAMES as LAUNCHERS, docker as docker_launcher
 from xenlab.launchers.domains_dir import add_domain_uids_argument, parse_domain_uids
 from xenlab.osutil import die_with_parent, raise_fd_limit
+from xenlab.rundir import default_rundir
 from xenlab.xen.errors import ConfigError
 
 

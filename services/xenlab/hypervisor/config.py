@@ -1,22 +1,16 @@
 """The hypervisor's configuration, read once and passed down."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xenlab.rundir import default_rundir as rundir_default
+from xenlab.rundir import default_rundir
 from xenlab.hypervisor.admission import CallLimits
 from xenlab.launchers.docker import DockerConfig
 from xenlab.launchers.domains_dir import DomainUids
 from xenlab.hypervisor.xenstore import XenStoreQuotas
 
 DEFAULT_ADDRESS = "127.0.0.1:9770"
-
-
-def default_rundir(env: dict | None = None) -> Path:
-    """xenlab.rundir.default_rundir, of this process's environment unless given one."""
-    return rundir_default(os.environ if env is None else env)
 
 
 @dataclass(frozen=True)

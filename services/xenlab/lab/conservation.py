@@ -1,5 +1,6 @@
-"""Frame conservation along every path of a lab, hop by hop (DESIGN §4:
-every frame is delivered or counted under a named drop reason).
+"""Frame conservation along every path of a lab, hop by hop (docs/ARCHITECTURE.md,
+"Frames are never lost": every frame is delivered or counted under a
+named drop reason).
 
 A pure module: it takes counters (as the guest agents and the bridge's
 Stats report them, live devices and the ones that went away alike) and

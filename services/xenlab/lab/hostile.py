@@ -32,7 +32,6 @@ import asyncio
 import collections
 import json
 import logging
-import os
 import shutil
 import statistics
 import sys

@@ -24,16 +24,17 @@ from pathlib import Path
 
 import grpc
 
+from xenlab.bridge.client import BridgeStub, NoBridgeError, bridge_for
 from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.events.broker import broker_ready, free_port, pick_engine
 from xenlab.events.config import BrokerAddress, EventsConfig
 from xenlab.events.topics import Topics
 from xenlab.lab.spec import LabSpec
 from xenlab.launchers.domains_dir import parse_domain_uids
-from xenlab.proto import bridge_pb2, bridge_pb2_grpc, common_pb2, domains_pb2, xenstore_pb2
-from xenlab.rpc import CHANNEL_OPTIONS
+from xenlab.proto import bridge_pb2, common_pb2, domains_pb2, xenstore_pb2
 from xenlab.rundir import LAB, ProcessRecord, Rundir, RundirError
 from xenlab.xen import abi
+from xenlab.xen.xenstore_paths import bridge_registry_path
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ class Lab:
             # Its own registration: one a killed bridge service left behind
             # names another pid.
             for bridge in self.spec.bridges:
-                if await self._xs_read(f"/tool/xenlab/bridges/{bridge.name}/pid") != str(service.proc.pid):
+                if await self._xs_read(bridge_registry_path(bridge.name, "pid")) != str(service.proc.pid):
                     return False
             return True
         await self._wait(service, ready, f"bridge(s) {names} to register")
@@ -336,7 +337,7 @@ class Lab:
             while True:
                 missing = []
                 for vif in await self.vifs():
-                    stub, _ = clients[vif.bridge] if vif.bridge in clients else (None, None)
+                    stub = clients.get(vif.bridge)
                     if stub is None:
                         continue
                     shown = await stub.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge=vif.bridge))
@@ -349,8 +350,8 @@ class Lab:
                                    + ", ".join(missing))
                 await asyncio.sleep(0.05)
         finally:
-            for _, channel in clients.values():
-                await channel.close()
+            for stub in clients.values():
+                await stub.close()
 
     # -- MQTT events (docs/EVENTS.md) ----------------------------------------------
     def _events_args(self) -> list[str]:
@@ -474,13 +475,12 @@ class Lab:
             state["mqtt"] = str(self.events.broker)
         self.run.write_state(state, first=first)
 
-    async def bridge_client(self, name: str):
-        """A Bridge gRPC stub for a bridge of this lab, and its channel to close."""
-        address = await self._xs_read(f"/tool/xenlab/bridges/{name}/grpc")
-        if not address:
-            raise LabError(f"bridge {name} has not registered its gRPC address")
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        return bridge_pb2_grpc.BridgeStub(channel), channel
+    async def bridge_client(self, name: str) -> BridgeStub:
+        """A client of a bridge of this lab (close it, or ``async with``)."""
+        try:
+            return await bridge_for(self.hv, name)
+        except NoBridgeError as err:
+            raise LabError(str(err)) from None
 
     # -- summary ---------------------------------------------------------------
     async def summary(self) -> str:

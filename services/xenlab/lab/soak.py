@@ -278,8 +278,7 @@ class Soak:
 
     async def mac_flood(self, frames: int) -> None:
         agent = await self.agent("flood")
-        stub, channel = await self.lab.bridge_client("xenbr0")
-        try:
+        async with await self.lab.bridge_client("xenbr0") as stub:
             bridge_pid = self.lab.service("bridge").proc.pid
             rss_before = rss_kb(bridge_pid)
             reply = await agent.Blast(agent_pb2.BlastRequest(
@@ -287,8 +286,6 @@ class Soak:
                 timeout=3600), timeout=7200)
             stats = (await stub.Stats(bridge_pb2.BridgeStatsRequest(bridge="xenbr0"))).bridges[0]
             limit = (await stub.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge="xenbr0"))).bridges[0].fdb_max
-        finally:
-            await channel.close()
         self.result.flood = {"frames": reply.sent, "seconds in the guest": round(reply.finished - reply.started, 1),
                              "fdb entries": f"{stats.fdb['entries']}/{limit}",
                              "evicted": stats.fdb["evicted"],
@@ -344,11 +341,8 @@ class Soak:
 
     async def counters(self) -> tuple:
         dom0 = await self.agent_of(0)
-        stub, channel = await self.lab.bridge_client("xenbr0")
-        try:
+        async with await self.lab.bridge_client("xenbr0") as stub:
             bridge = (await stub.Stats(bridge_pb2.BridgeStatsRequest(bridge="xenbr0"))).bridges[0]
-        finally:
-            await channel.close()
         d0 = (await dom0.InterfaceStats(agent_pb2.StatsRequest(gone=True))).interfaces
         guests = {}
         for dom in (await self.lab.hv.domains.List(common_pb2.Empty())).domains:

@@ -44,14 +44,14 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from xenlab.events.config import BrokerAddress
 from xenlab.events.topics import check_level, check_prefix
 from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
 from xenlab.toolstack.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
-from xenlab.xen import abi
+from xenlab.xen.names import BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, is_bridge_name, is_ifname
 from xenlab.xen.errors import ConfigError
 
 TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link"}
@@ -222,7 +222,7 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
                         lines.line(("link", i), "bridges") or lines.line(("link", i)))
         links.append(tuple(pair))
     spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains, links=tuple(links),
-                   bridges=tuple(bridges) or (BridgeSpec(abi.DEFAULT_BRIDGE),),
+                   bridges=tuple(bridges) or (BridgeSpec(DEFAULT_BRIDGE),),
                    memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
                    launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
                    source=source, mqtt=_mqtt(mqtt, source, _lines_of(lines, ("mqtt",))))
@@ -237,11 +237,12 @@ def _lines_of(lines: TomlLines, table: tuple):
 
 def _bridge(entry: dict, index: int, source: str, line) -> BridgeSpec:
     name = entry.get("name")
-    if not isinstance(name, str) or not name or len(name) > 15:
-        raise _fail(source, f"bridge #{index + 1}: needs a name of 1..15 characters (IFNAMSIZ)", line("name"))
+    if not isinstance(name, str) or not is_bridge_name(name):
+        raise _fail(source, f"bridge #{index + 1}: needs a name of {BRIDGE_NAME_RULE}", line("name"))
     uplink = entry.get("uplink")
-    if uplink is not None and not (isinstance(uplink, str) and uplink.startswith("tap:") and 1 < len(uplink) - 4 <= 15):
-        raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME up to 15 characters)",
+    if uplink is not None and not (isinstance(uplink, str) and uplink.startswith("tap:")
+                                   and is_ifname(uplink[len("tap:"):])):
+        raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME: {IFNAME_RULE})",
                     line("uplink"))
     flood = entry.get("flood_limit")
     if flood is not None:

@@ -5,12 +5,12 @@ about IP beyond the EtherType numbers.
 """
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 
 from xenlab.net.errors import PacketError
 from xenlab.xen.abi import ETH_DATA_LEN, ETH_HLEN
+from xenlab.xen.netconf import format_mac, parse_mac  # noqa: F401  (the lab's one MAC grammar)
 
 ETH_ALEN = 6
 ETH_ZLEN = 60                    # shortest frame on a real wire, without the FCS
@@ -29,21 +29,6 @@ ZERO = bytes(ETH_ALEN)
 
 _HEADER = struct.Struct("!6s6sH")
 _VLAN_TAG = struct.Struct("!HH")  # TCI, then the inner EtherType
-
-_MAC_TEXT = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
-
-
-def parse_mac(text: str) -> bytes:
-    """'00:16:3e:01:02:03' (or with dashes) -> 6 bytes."""
-    text = text.strip()
-    if not _MAC_TEXT.fullmatch(text):
-        raise ValueError(f"{text!r} is not a MAC address (six hex octets, like 00:16:3e:01:02:03)")
-    return bytes.fromhex(text.replace(text[2], ""))
-
-
-def format_mac(mac: bytes) -> str:
-    _check_mac(mac)
-    return ":".join(f"{b:02x}" for b in mac)
 
 
 def _check_mac(mac: bytes) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import json
 import logging
 import socket

@@ -1,6 +1,6 @@
 """The event-channel doorbell: the wire format both sides speak.
 
-The doorbell is the data-plane half of event channels (DESIGN section 2): a
+The doorbell is the data-plane half of event channels (docs/ARCHITECTURE.md, "The two planes"): a
 unix SOCK_SEQPACKET connection between a domain and the hypervisor, so that
 a notification costs one datagram instead of a gRPC round trip. Each
 datagram is exactly one message:

@@ -16,19 +16,27 @@ from xenlab.xen.names import XEN_OUI
 DEFAULT_RATE_INTERVAL_US = 50_000   # libxlu_vif.c: "Default to 50ms"
 
 
-_MAC = re.compile(r"([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2}):"
-                  r"([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})")
+_MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
+_MAC_SHORT_OCTETS = re.compile(r"[0-9A-Fa-f]{1,2}(?::[0-9A-Fa-f]{1,2}){5}")
 
 
-def parse_mac(text: str) -> bytes:
-    """'00:16:3e:01:02:03' -> 6 bytes (libxl__parse_mac: six hex octets)."""
-    m = _MAC.fullmatch(text.strip())
-    if m is None:
-        raise ConfigError(f"mac={text} is not a MAC address (six hex octets, like 00:16:3e:01:02:03)")
-    return bytes(int(g, 16) for g in m.groups())
+def parse_mac(text: str, *, short_octets: bool = False, key: str = "mac") -> bytes:
+    """'00:16:3e:01:02:03' -> 6 bytes: six hex octets of two digits
+    separated by ':', as libxl__parse_mac takes mac=. With
+    ``short_octets``, an octet may be one digit (2:0:0:0:0:1), as
+    iproute2's `bridge fdb` takes it (sscanf "%hhx:..."). The one MAC
+    parser of the lab: xl.cfg, xenstore, the CLI and the APIs all use it.
+    ``key`` names the value in the error, as xl names mac=."""
+    text = text.strip()
+    grammar = _MAC_SHORT_OCTETS if short_octets else _MAC
+    if not grammar.fullmatch(text):
+        raise ConfigError(f"{key}={text} is not a MAC address (six hex octets, like 00:16:3e:01:02:03)")
+    return bytes(int(octet, 16) for octet in text.split(":"))
 
 
 def format_mac(mac: bytes) -> str:
+    if len(mac) != 6:
+        raise ValueError(f"a MAC address is 6 bytes, got {len(mac)}")
     return ":".join(f"{b:02x}" for b in mac)
 
 

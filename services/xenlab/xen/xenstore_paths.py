@@ -4,7 +4,10 @@ frontend and backend directories, the toolstack's own record of a domain
 """
 from __future__ import annotations
 
-BRIDGE_REGISTRY = "/tool/xenlab/bridges"    # where bridge services register (bridge/server.py)
+# Where bridge services register each bridge they run (bridge/server.py):
+# BRIDGE_REGISTRY/NAME/{address,grpc,pid}. hotplug finds a bridge's data
+# socket at "address", clients its gRPC API at "grpc".
+BRIDGE_REGISTRY = "/tool/xenlab/bridges"
 
 
 def backend_path(backend_id: int, domid: int, devid: int) -> str:
@@ -32,3 +35,10 @@ def agent_record_path(domid: int) -> str:
     the launcher decided. Under /libxl, so Domain-0 alone reads it and the
     guest can neither read the token nor point the toolstack elsewhere."""
     return f"{record_root(domid)}/agent"
+
+
+def bridge_registry_path(name: str, key: str | None = None) -> str:
+    """A bridge's directory in the registry, or one of its keys
+    (``address``, ``grpc``, ``pid``)."""
+    base = f"{BRIDGE_REGISTRY}/{name}"
+    return base if key is None else f"{base}/{key}"

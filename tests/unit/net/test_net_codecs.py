@@ -1,6 +1,7 @@
 """Ethernet, ARP, IPv4, ICMP and UDP codecs on their own."""
 from __future__ import annotations
 
+import errno
 import struct
 from ipaddress import IPv4Address
 
@@ -16,6 +17,7 @@ from xenlab.net.icmp import ICMP_ECHO, IcmpMessage
 from xenlab.net.ipv4 import (IP_MF, IPPROTO_UDP, Ipv4Header, internet_checksum,
                              multicast_mac)
 from xenlab.net.udp import UdpPacket
+from xenlab.xen.errors import ConfigError
 
 SRC = IPv4Address("10.0.0.2")
 DST = IPv4Address("10.0.0.3")
@@ -26,15 +28,31 @@ MAC = bytes.fromhex("00163e010203")
 
 def test_mac_text_round_trip():
     assert parse_mac("00:16:3E:01:02:03") == MAC
-    assert parse_mac("00-16-3e-01-02-03") == MAC
     assert format_mac(MAC) == "00:16:3e:01:02:03"
 
 
 @pytest.mark.parametrize("text", ["", "00:16:3e:01:02", "00:16:3e:01:02:03:04", "00:16-3e:01:02:03",
-                                  "0016.3e01.0203", "00:16:3e:01:02:zz"])
-def test_parse_mac_refuses_malformed_text(text):
-    with pytest.raises(ValueError, match="not a MAC address"):
+                                  "00-16-3e-01-02-03", "0016.3e01.0203", "00:16:3e:01:02:zz",
+                                  "0:16:3e:1:2:3", "000:16:3e:01:02:03"])
+def test_parse_mac_refuses_what_xl_refuses(text):
+    # One grammar for the lab, libxl__parse_mac's: six octets of two hex
+    # digits separated by ':'. An error is EINVAL, with the text in it.
+    with pytest.raises(ConfigError, match="not a MAC address") as err:
         parse_mac(text)
+    assert err.value.errno == errno.EINVAL
+
+
+def test_parse_mac_short_octets_as_bridge_fdb_takes_them():
+    assert parse_mac("0:16:3e:1:2:3", short_octets=True) == MAC
+    assert parse_mac("00:16:3e:01:02:03", short_octets=True) == MAC
+    for text in ("000:16:3e:01:02:03", "0:16:3e:1:2", ":16:3e:1:2:3"):
+        with pytest.raises(ConfigError):
+            parse_mac(text, short_octets=True)
+
+
+def test_format_mac_refuses_a_wrong_length():
+    with pytest.raises(ValueError, match="6 bytes, got 5"):
+        format_mac(MAC[:5])
 
 
 def test_address_kinds():
