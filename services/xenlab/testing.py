@@ -132,11 +132,12 @@ class InProcessLab:
 @pytest_asyncio.fixture(loop_scope=LOOP_SCOPE)
 async def hypervisor():
     from xenlab.hypervisor.server import HypervisorServer
+    from xenlab.toolstack.toolstack import Toolstack
 
     rundir = short_tempdir()
     config = HypervisorConfig(address=f"unix:{rundir}/hv.sock", rundir=rundir,
                               total_memory_mb=2048, launcher="none", log_level="DEBUG")
-    server = HypervisorServer(config)
+    server = HypervisorServer(config, Toolstack)
     await server.start()
     dom0 = HypervisorClient.connect(server.address, 0, server.hv.dom0_secret)
     lab = InProcessLab(server, server.address, dom0, rundir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.grants import CopyOp, CopyPtr
 from xenlab.proto import grants_pb2
 from xenlab.testing_invariants import (GrantAudit, InvariantError, changed_frames,

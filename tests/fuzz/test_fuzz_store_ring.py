@@ -38,7 +38,7 @@ import xs_client as xs
 from fuzz_helpers import fuzz_budget
 from xs_client import HDR, XsClient, ring_client, z
 from xenlab.domain.memory import GuestMemory
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstored_ring import STORE_GFN
 from xenlab.proto import common_pb2, memory_pb2
 from xenlab.testing import check_invariants

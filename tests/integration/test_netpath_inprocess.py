@@ -20,7 +20,7 @@ import pytest
 from xenlab.domain.kernel import DomainKernel
 from xenlab.drivers.netback import HotplugError, LoopbackHotplug, NetbackDriver
 from xenlab.drivers.netfront import NetfrontDriver
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
 from xenlab.testing import check_invariants
 from xenlab.xen import abi

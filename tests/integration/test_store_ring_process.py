@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.proto import common_pb2, domains_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

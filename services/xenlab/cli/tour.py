@@ -66,11 +66,12 @@ async def show_list(dom0: HypervisorClient) -> None:
 
 async def demo(args) -> int:
     from xenlab.hypervisor.server import HypervisorServer
+    from xenlab.toolstack.toolstack import Toolstack
 
     rundir = args.rundir or short_tempdir("xenlab-tour-")
     config = HypervisorConfig(address=f"unix:{rundir}/hv.sock", rundir=rundir,
                               total_memory_mb=2048, launcher="local")
-    server = HypervisorServer(config)
+    server = HypervisorServer(config, Toolstack)
     step("starting the hypervisor")
     await server.start()
     print(f"hypervisor on {server.address}, rundir {rundir}")

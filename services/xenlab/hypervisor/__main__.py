@@ -15,6 +15,7 @@ from xenlab.launchers import NAMES as LAUNCHERS, docker as docker_launcher
 from xenlab.launchers.domains_dir import add_domain_uids_argument, parse_domain_uids
 from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.rundir import default_rundir
+from xenlab.toolstack.toolstack import Toolstack
 from xenlab.xen.errors import ConfigError
 
 
@@ -96,7 +97,7 @@ async def _serve(config: HypervisorConfig, events) -> None:
             print(f"xenlab hypervisor listening on {s.address}; rundir {s.hv.rundir.path}", flush=True)
             if ev is not None:
                 ev.add(HypervisorSource(s.hv, s.toolstack, ev.publisher))
-        await serve(config, ready=ready)
+        await serve(config, Toolstack, ready=ready)
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,7 @@ from typing import Callable
 
 import grpc
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.rpc import MD_DOMID, MD_SECRET, refusal
 from xenlab.xen.errors import XenError
 

@@ -27,7 +27,8 @@ from xenlab.hypervisor.doorbell import UpcallRouter
 from xenlab.hypervisor.domains import Domain, DomainTable, RunState
 from xenlab.hypervisor.evtchn import EventChannels
 from xenlab.hypervisor.grants import PRIVILEGED_MAX_MAPTRACK, GrantTables
-from xenlab.hypervisor.identity import DOM0, Caller, Identity
+from xenlab.hypervisor.caller import DOM0, Caller
+from xenlab.hypervisor.identity import Identity
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnections

@@ -47,7 +47,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.rundir import bind_private
 from xenlab.xen import abi
 from xenlab.xen import doorbell as wire

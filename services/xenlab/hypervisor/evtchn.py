@@ -17,7 +17,7 @@ import errno
 from dataclasses import dataclass, field
 from typing import Callable
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.errors import EvtchnError, PermissionError_

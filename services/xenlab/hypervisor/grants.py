@@ -24,7 +24,7 @@ from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.xen import abi
 from xenlab.xen.doorbell import MAX_COPY_BATCH

@@ -1,32 +1,16 @@
-"""Who is calling: per-domain secrets issued at creation, checked on every call."""
+"""Who is calling: per-domain secrets issued at creation, checked on every
+call (the Caller they prove is xenlab.hypervisor.caller)."""
 from __future__ import annotations
 
 import hmac
 import secrets
-from dataclasses import dataclass
 
 from xenlab.rpc import MD_DOMID, MD_SECRET
 from xenlab.xen.digits import U32_MAX, parse_decimal, quoted
-from xenlab.xen.errors import AuthError, PermissionError_, XenError
+from xenlab.hypervisor.caller import Caller
+from xenlab.xen.errors import AuthError, XenError
 
 
-@dataclass(frozen=True)
-class Caller:
-    """The authenticated domain a request is made as."""
-    domid: int
-    privileged: bool = False
-    target: int | None = None    # xenstore: XS_SET_TARGET's domain this one acts for
-
-    def require_privileged(self, what: str) -> None:
-        if not self.privileged:
-            raise PermissionError_(f"{what} needs a privileged domain; d{self.domid} is not")
-
-    def require_self_or_privileged(self, domid: int, what: str) -> None:
-        if domid != self.domid and not self.privileged:
-            raise PermissionError_(f"d{self.domid} may not {what} d{domid}")
-
-
-DOM0 = Caller(0, privileged=True)       # the control domain, as the toolstack acts
 
 
 class Identity:

@@ -1,7 +1,13 @@
-"""The hypervisor's gRPC server: every hypercall family as its own service."""
+"""The hypervisor's gRPC server: every hypercall family as its own service.
+
+The toolstack (libxl's role: xenlab.toolstack) sits above the hypervisor
+and drives it; the process that runs both (``python -m xenlab.hypervisor``,
+or a test) hands the server the toolstack to serve the Domains API with,
+so that nothing in this package imports the layer above it."""
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from xenlab.osutil import wait_for_stop_signal
 from xenlab.hypervisor.admission import MAX_REQUEST, Admission
@@ -17,7 +23,6 @@ from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_
                           grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
                           xenstore_pb2, xenstore_pb2_grpc)
 from xenlab.rpc import MAX_MESSAGE, start_server
-from xenlab.toolstack.toolstack import Toolstack
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +55,13 @@ SERVICE_NAMES = [
 class HypervisorServer:
     """A Hypervisor behind a gRPC server. `async with` starts and stops it."""
 
-    def __init__(self, config: HypervisorConfig, launcher: Launcher | None = None):
+    def __init__(self, config: HypervisorConfig, toolstack: Callable[[Hypervisor], object],
+                 launcher: Launcher | None = None):
+        """``toolstack``: makes the toolstack of this hypervisor, e.g.
+        xenlab.toolstack.Toolstack."""
         self.config = config
         self.hv = Hypervisor(config, launcher)
-        self.toolstack = Toolstack(self.hv)
+        self.toolstack = toolstack(self.hv)
         self.server = None
         self.address = ""
         self.admission = Admission(self.hv.identity.check, config.call_limits)
@@ -108,9 +116,9 @@ class HypervisorServer:
         await self.stop()
 
 
-async def serve(config: HypervisorConfig, ready=None) -> None:
+async def serve(config: HypervisorConfig, toolstack: Callable[[Hypervisor], object], ready=None) -> None:
     """Run until SIGINT/SIGTERM, then destroy every domain and stop."""
-    server = HypervisorServer(config)
+    server = HypervisorServer(config, toolstack)
     await server.start()
     if ready is not None:
         ready(server)

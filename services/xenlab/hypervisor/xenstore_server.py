@@ -15,7 +15,7 @@ import errno
 import logging
 from collections import Counter
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstore import XenStoreQuotas
 from xenlab.proto import common_pb2, xenstore_pb2, xenstore_pb2_grpc
 from xenlab.rpc import handles_xen_errors

@@ -33,7 +33,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstore import XenStore, home, parent_of
 from xenlab.xen import abi
 from xenlab.xen import xs_wire as w

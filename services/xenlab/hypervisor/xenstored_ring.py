@@ -25,7 +25,7 @@ import logging
 from typing import Callable
 
 from xenlab.hypervisor.evtchn import EventChannels
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor.xenstored import StoreDomain, Xenstored
 from xenlab.xen import xs_wire as w

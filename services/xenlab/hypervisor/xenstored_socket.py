@@ -20,7 +20,7 @@ import logging
 import os
 from pathlib import Path
 
-from xenlab.hypervisor.identity import DOM0
+from xenlab.hypervisor.caller import DOM0
 from xenlab.hypervisor.xenstored import XsConnection, Xenstored
 
 log = logging.getLogger(__name__)

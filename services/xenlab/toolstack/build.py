@@ -14,7 +14,7 @@ import time
 
 from xenlab.hypervisor.domains import Domain
 from xenlab.hypervisor.evtchn import EventChannels
-from xenlab.hypervisor.identity import DOM0
+from xenlab.hypervisor.caller import DOM0
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstored_ring import STORE_DOMID, STORE_GFN

@@ -13,7 +13,7 @@ import logging
 import time
 
 from xenlab.hypervisor.domains import DomainTable, RunState
-from xenlab.hypervisor.identity import DOM0
+from xenlab.hypervisor.caller import DOM0
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.toolstack import vif as vifs
 from xenlab.xen import abi

@@ -17,7 +17,7 @@ import secrets
 
 from xenlab.hypervisor.core import PAGES_PER_MB, Hypervisor
 from xenlab.hypervisor.domains import Domain, RunState
-from xenlab.hypervisor.identity import DOM0
+from xenlab.hypervisor.caller import DOM0
 from xenlab.hypervisor.xenstored_ring import STORE_GFN
 from xenlab.toolstack import build
 from xenlab.toolstack.devices import Devices

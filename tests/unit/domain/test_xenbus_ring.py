@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from xenlab.domain.kernel import DomainKernel
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.proto import domains_pb2
 from xenlab.testing_invariants import invariant_violations
 from xenlab.xen import xs_wire as w

@@ -7,7 +7,7 @@ import errno
 import pytest
 
 from xenlab.hypervisor.evtchn import EventChannels
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.errors import XenError

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from xenlab.hypervisor.evtchn import NR_PIRQS, EventChannels
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.errors import PermissionError_, XenError

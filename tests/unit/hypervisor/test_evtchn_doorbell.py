@@ -13,7 +13,7 @@ import tempfile
 import pytest
 
 from xenlab.hypervisor.doorbell import MAX_CONNECTIONS, UpcallRouter
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import AuthError, XenError
 

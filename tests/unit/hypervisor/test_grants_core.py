@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from xenlab.hypervisor.grants import CopyOp, CopyPtr, GrantTables
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.xen import abi
 from xenlab.xen.errors import GrantError, MemoryError_, XenError, grpc_status

@@ -425,7 +425,7 @@ class NoScan(dict):
 
 def test_decrease_reservation_of_16k_gfns_costs_no_table_scan(shm_dir):
     from xenlab.hypervisor.grants import GrantTables
-    from xenlab.hypervisor.identity import Caller
+    from xenlab.hypervisor.caller import Caller
     from xenlab.hypervisor.memory import MAX_EXTENTS
     mem = MachineMemory(shm_dir, "s-", total_pages=40000)
     grants = GrantTables(mem)

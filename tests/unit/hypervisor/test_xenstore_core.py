@@ -6,7 +6,7 @@ import errno
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstore import XenStore, XenStoreQuotas
 from xenlab.xen.errors import XenStoreError
 

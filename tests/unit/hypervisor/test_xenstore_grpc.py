@@ -9,7 +9,7 @@ import errno
 import grpc
 import pytest
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstore_server import XenStoreConnection, XenStoreConnections
 from xenlab.proto import common_pb2, xenstore_pb2 as xs_pb
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstore import XenStore, XenStoreQuotas
 from xenlab.hypervisor.xenstored import ConnectionLimits, Xenstored
 from xenlab.xen import xs_wire as w

@@ -11,7 +11,7 @@ import pytest
 
 import xs_client as xs
 from xs_client import Closed, XsClient, XsError, ring_client, set_idx, z
-from xenlab.hypervisor.identity import Caller
+from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstored_ring import STORE_GFN
 from xenlab.proto import memory_pb2
 from xenlab.testing_invariants import invariant_violations

@@ -18,6 +18,7 @@ from docker.errors import APIError, NotFound
 from xenlab.client import HypervisorClient
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.server import HypervisorServer
+from xenlab.toolstack.toolstack import Toolstack
 from xenlab.launchers import make_launcher
 from xenlab.launchers.docker import (AgentPorts, DockerConfig, DockerLauncher, check_config,
                                      parse_label, parse_port_range)
@@ -448,7 +449,7 @@ async def test_a_container_is_told_the_domains_directory_and_no_path_into_the_ru
     config = HypervisorConfig(address=f"unix:{rundir}/hv.sock", rundir=rundir, shm_dir=shm,
                               total_memory_mb=512, launcher="none", domain_uids=UIDS,
                               domains_dir=dirs)
-    server = HypervisorServer(config)
+    server = HypervisorServer(config, Toolstack)
     await server.start()
     try:
         hv = server.hv
