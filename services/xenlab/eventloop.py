@@ -22,7 +22,7 @@ def run(main: Coroutine[object, object, T]) -> T:
     scheduled as SCHED_BATCH (xenlab.osutil.batch_scheduling)."""
     batch_scheduling()
     try:
-        import uvloop
+        import uvloop  # lazy: optional, uvloop when installed
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)

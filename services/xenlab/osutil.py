@@ -5,6 +5,7 @@ import ctypes
 import os
 import resource
 import signal
+import asyncio
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
@@ -107,7 +108,6 @@ class StopSignal:
 def on_stop_signal(callback, *args) -> StopSignal:
     """Call ``callback(*args)`` on the running loop each time SIGINT or
     SIGTERM arrives; the result says which came first."""
-    import asyncio
     loop = asyncio.get_running_loop()
     received = StopSignal()
 
@@ -131,7 +131,6 @@ class Interrupted(Exception):
 async def cancelled_by_stop_signal(coro):
     """Await `coro`; SIGINT or SIGTERM cancels it (its cleanup runs: a lab
     still goes down), and then Interrupted is raised."""
-    import asyncio
     task = asyncio.current_task()
     received = on_stop_signal(task.cancel)
     try:
@@ -145,7 +144,6 @@ async def cancelled_by_stop_signal(coro):
 async def wait_for_stop_signal() -> None:
     """Return when SIGINT or SIGTERM arrives: how every service's
     foreground loop ends before its graceful shutdown."""
-    import asyncio
     stop = asyncio.Event()
     on_stop_signal(stop.set)
     await stop.wait()

@@ -168,3 +168,22 @@ def test_nothing_cites_a_document_outside_the_repository():
         if pattern.search(text):
             offenders.append(name)
     assert offenders == []
+
+
+def test_an_import_inside_a_function_says_why():
+    """An import belongs at the top of its module. One inside a function is
+    kept only with a reason on its line (``# lazy: ...``: an optional
+    dependency, or a command's start-up), never to dodge a cycle."""
+    unexplained = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "proto" in path.relative_to(PACKAGE).parts:
+            continue
+        source = path.read_text()
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for statement in ast.walk(node):
+                    if isinstance(statement, (ast.Import, ast.ImportFrom)) \
+                            and "# lazy:" not in lines[statement.end_lineno - 1]:
+                        unexplained.append(f"{path.relative_to(SERVICES)}:{statement.lineno}")
+    assert sorted(set(unexplained)) == []

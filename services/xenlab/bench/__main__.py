@@ -17,8 +17,8 @@ that is stopped keeps what it measured).
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
+import os
 import json
 import sys
 import time
@@ -30,6 +30,13 @@ from xenlab.osutil import Interrupted, cancelled_by_stop_signal
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MIN_INTERVAL
 from xenlab.domain.traffic import MAX_BATCH, MIN_SIZE
 from xenlab.xen.abi import ETH_DATA_LEN, ETH_HLEN
+from xenlab.bench import report
+from xenlab.bench.kernel import BaselineError, KernelBridge
+from xenlab.bench.labs import lab_spec, running_lab
+from xenlab.bench.throughput import DomainPair, run_latency, run_throughput, warm_up
+from xenlab.bench.profile import Profiler, find_py_spy
+from xenlab.bench.scale import boot
+from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 
 SECTIONS = ("throughput", "latency", "scale", "fdb")
 FULL = {"count": 50_000, "pings": 2000, "interval": 0.01, "scale": "8,32,64",
@@ -144,14 +151,12 @@ def progress(message: str) -> None:
 
 class Bench:
     def __init__(self, plan: Plan):
-        from xenlab.bench import report
         self.plan = plan
         self.results: dict = {"command": report.command_line(), "machine": report.machine(),
                               "quick": plan.quick, "plan": _jsonable(asdict(plan)),
                               "started": time.time()}
 
     def save(self) -> None:
-        from xenlab.bench import report
         self.results["targets"] = report.targets(self.results)
         self.plan.json.parent.mkdir(parents=True, exist_ok=True)
         self.plan.json.write_text(json.dumps(self.results, indent=2, default=str) + "\n")
@@ -179,7 +184,6 @@ class Bench:
 
     # -- the kernel baseline ---------------------------------------------------------------
     async def kernel_baseline(self) -> None:
-        from xenlab.bench.kernel import BaselineError, KernelBridge
         plan = self.plan
         reason = "skipped with --no-kernel" if not plan.kernel else KernelBridge.unavailable()
         tp = self.results.setdefault("throughput", {"count": plan.count}) if "throughput" in plan.sections else None
@@ -212,8 +216,6 @@ class Bench:
 
     # -- xenlab: two domUs ------------------------------------------------------------------
     async def xenlab_paths(self) -> None:
-        from xenlab.bench.labs import lab_spec, running_lab
-        from xenlab.bench.throughput import DomainPair, run_latency, run_throughput, warm_up
         plan = self.plan
         progress("xenlab: starting a lab of two domUs (d01 -> d02)")
         async with running_lab(lab_spec(2), log_level=plan.log_level, keep=plan.keep_logs) as lab:
@@ -241,8 +243,6 @@ class Bench:
                 await pair.close()
 
     async def profile(self, pair) -> None:
-        from xenlab.bench.profile import Profiler, find_py_spy
-        from xenlab.bench.throughput import run_throughput
         plan = self.plan
         py_spy = find_py_spy(plan.py_spy)
         if py_spy is None:
@@ -267,7 +267,6 @@ class Bench:
 
     # -- scale and FDB ------------------------------------------------------------------------------
     async def scale(self) -> None:
-        from xenlab.bench.scale import boot
         plan = self.plan
         section = self.results.setdefault("scale", {"boot": []})
         largest = max(plan.scale)
@@ -288,12 +287,10 @@ class Bench:
             self.save()
 
     def fdb(self) -> None:
-        from xenlab.bench.fdb import fdb_scaling
         plan = self.plan
         progress(f"fdb: forwarding cost with {', '.join(f'{n:,}' for n in plan.fdb_sizes)} entries")
         self.results["fdb"] = fdb_scaling(plan.fdb_sizes, plan.fdb_frames, plan.fdb_repeats)
         if plan.profile is not None:
-            from xenlab.bench.fdb import profile_forwarding
             self.results["fdb"]["profile"] = profile_forwarding(max(plan.fdb_sizes))
 
 
@@ -319,7 +316,6 @@ async def _main(plan: Plan) -> dict:
 
 
 def run(args) -> int:
-    from xenlab.bench import report
     plan = make_plan(args)
     try:
         results = asyncio.run(_main(plan))

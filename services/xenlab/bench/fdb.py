@@ -23,6 +23,8 @@ import time
 
 from xenlab.bridge.core import Bridge
 from xenlab.bridge.fdb import MAX_AGEING
+import cProfile
+import pstats
 
 SAMPLE = 4096              # distinct destinations of the spread pattern
 HOT = 5                    # destinations of the hot pattern (all there are behind p2 at N=10)
@@ -123,8 +125,6 @@ def fdb_scaling(sizes=(10, 10_000, 100_000), frames: int = 200_000, repeats: int
 
 def profile_forwarding(entries: int, frames: int = 50_000, top: int = 10) -> list[dict]:
     """cProfile of the forwarding loop: the functions by their own time."""
-    import cProfile
-    import pstats
 
     bridge = filled_bridge(entries)
     pool = frames_for(entries, spread=True)

@@ -21,6 +21,9 @@ from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.rundir import Rundir, default_rundir
 from xenlab.xen.errors import XenError
 from xenlab.xen.names import DEFAULT_BRIDGE
+from xenlab.bridge.server import BridgeService, serve
+from xenlab.bridge.events import BridgeSource
+from xenlab.events.sources import service_events
 
 
 DEFAULT_FLOOD_LIMIT = "1000"    # flooded frames per second per port (storm control)
@@ -134,7 +137,6 @@ def _uplinks(pairs: list[tuple[str, str]], bridges: list[str]) -> dict[str, str]
 
 
 def service_from_args(args, env=None):
-    from xenlab.bridge.server import BridgeService
 
     bridges = args.bridge or [DEFAULT_BRIDGE]
     rundir = Rundir(args.rundir or default_rundir(env))
@@ -150,7 +152,6 @@ def service_from_args(args, env=None):
 
 
 def run(args) -> int:
-    from xenlab.bridge.server import serve
 
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s bridge %(levelname)s %(name)s: %(message)s")
@@ -161,8 +162,6 @@ def run(args) -> int:
         die_with_parent()
 
     async def main() -> None:
-        from xenlab.bridge.events import BridgeSource
-        from xenlab.events.sources import service_events
         events = events_config.config_from_args(args)
         service = service_from_args(args)
         Rundir(args.rundir or default_rundir()).create()

@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def check_grpc(address: str, service: str, timeout: float) -> str:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    import grpc  # lazy: load only what is checked
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # lazy: load only what is checked
     async with grpc.aio.insecure_channel(address) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
@@ -60,9 +60,9 @@ async def check_grpc(address: str, service: str, timeout: float) -> str:
 
 
 async def check_mqtt(url: str, timeout: float) -> str:
-    import aiomqtt
-    from xenlab.events.config import BrokerAddress
-    from xenlab.xen.errors import ConfigError
+    import aiomqtt  # lazy: load only what is checked
+    from xenlab.events.config import BrokerAddress  # lazy: load only what is checked
+    from xenlab.xen.errors import ConfigError  # lazy: load only what is checked
     try:
         broker = BrokerAddress.parse(url)
     except ConfigError as err:
@@ -76,7 +76,7 @@ async def check_mqtt(url: str, timeout: float) -> str:
 
 
 def _dom0(rundir: Path):
-    from xenlab.client import HypervisorClient, Rundir
+    from xenlab.client import HypervisorClient, Rundir  # lazy: load only what is checked
     run = Rundir(rundir)
     try:
         return HypervisorClient.connect(run.read_address(), 0, run.read_dom0_secret())
@@ -85,8 +85,8 @@ def _dom0(rundir: Path):
 
 
 async def check_xenstore(spec: str, rundir: Path, timeout: float) -> str:
-    import grpc
-    from xenlab.proto import xenstore_pb2
+    import grpc  # lazy: load only what is checked
+    from xenlab.proto import xenstore_pb2  # lazy: load only what is checked
     path, sep, want = spec.partition("=")
     async with _dom0(rundir) as hv:
         try:
@@ -100,9 +100,9 @@ async def check_xenstore(spec: str, rundir: Path, timeout: float) -> str:
 
 
 async def check_vifs(rundir: Path, timeout: float) -> str:
-    import grpc
-    from xenlab.proto import common_pb2
-    from xenlab.xen import abi
+    import grpc  # lazy: load only what is checked
+    from xenlab.proto import common_pb2  # lazy: load only what is checked
+    from xenlab.xen import abi  # lazy: load only what is checked
     connected = int(abi.XenbusState.Connected)
     async with _dom0(rundir) as hv:
         try:

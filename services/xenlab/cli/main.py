@@ -53,7 +53,7 @@ TOOLSTACK = {
 
 def version() -> str:
     """The installed package's version, as pip shows it."""
-    from importlib.metadata import PackageNotFoundError, version as installed
+    from importlib.metadata import PackageNotFoundError, version as installed  # lazy: only for --version
     try:
         return installed("xenlab")
     except PackageNotFoundError:
@@ -75,7 +75,7 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from xenlab.cli import xenstore, xl
+    from xenlab.cli import xenstore, xl  # lazy: `xenlab up` and the other delegated commands start without grpc
 
     parser = argparse.ArgumentParser(
         prog="xenlab", description="A networked emulation of a Xen host.")
@@ -160,7 +160,7 @@ def _main(argv: Sequence[str] | None, env: Mapping[str, str] | None) -> int:
 
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    from xenlab.cli import xenstore, xl
+    from xenlab.cli import xenstore, xl  # lazy: as in build_parser
 
     toolstack = xl.Toolstack(rundir=getattr(args, "rundir", None) or default_rundir(env),
                              address=getattr(args, "hypervisor", None))

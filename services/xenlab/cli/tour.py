@@ -25,6 +25,12 @@ from xenlab.proto import common_pb2, domains_pb2, grants_pb2, memory_pb2
 from xenlab.testing import short_tempdir
 from xenlab.xen import abi
 from xenlab.toolstack.xlcfg import parse_xl_config
+from xenlab.proto import xenstore_pb2
+from xenlab.hypervisor.server import HypervisorServer
+from xenlab.toolstack.toolstack import Toolstack
+from xenlab.domain.evtchn import GuestEventChannels
+from xenlab.domain.memory import GuestMemory
+from xenlab.xen.shared_info import SharedInfo
 
 CONFIGS = {
     "alpha": 'name = "alpha"\nmemory = 64\nmaxmem = 96\nvcpus = 2\non_crash = "preserve"\n',
@@ -53,7 +59,6 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
 
 
 async def xs_read(dom0: HypervisorClient, path: str) -> str | None:
-    from xenlab.proto import xenstore_pb2
     try:
         return (await dom0.xenstore.Read(xenstore_pb2.PathRequest(path=path))).value.decode()
     except grpc.aio.AioRpcError:
@@ -65,8 +70,6 @@ async def show_list(dom0: HypervisorClient) -> None:
 
 
 async def demo(args) -> int:
-    from xenlab.hypervisor.server import HypervisorServer
-    from xenlab.toolstack.toolstack import Toolstack
 
     rundir = args.rundir or short_tempdir("xenlab-tour-")
     config = HypervisorConfig(address=f"unix:{rundir}/hv.sock", rundir=rundir,
@@ -126,9 +129,6 @@ async def balloon(dom0: HypervisorClient, domid: int) -> None:
 
 
 async def evtchn_and_grants(dom0: HypervisorClient, address: str, notifies: int) -> None:
-    from xenlab.domain.evtchn import GuestEventChannels
-    from xenlab.domain.memory import GuestMemory
-    from xenlab.xen.shared_info import SharedInfo
 
     step("event channel and grant copy between two domains (this process acts as both)")
     guests = {}

@@ -33,6 +33,8 @@ from xenlab.osutil import wait_for_stop_signal
 from xenlab.events.config import BrokerAddress
 from xenlab.osutil import die_with_parent
 from xenlab.xen.digits import is_decimal
+import aiomqtt
+import pwd
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +69,6 @@ def pick_engine(engine: str) -> str:
 
 async def broker_ready(address: BrokerAddress) -> bool:
     """Whether an MQTT broker answers a CONNECT at `address`."""
-    import aiomqtt
     try:
         async with aiomqtt.Client(address.host, address.port, timeout=2):
             return True
@@ -117,7 +118,7 @@ class EmbeddedBroker:
         return self._broker is not None
 
     async def start(self) -> None:
-        from amqtt.broker import Broker
+        from amqtt.broker import Broker  # lazy: optional, the embedded broker
         quiet_amqtt()
         broker = Broker(amqtt_config(self.host, self.port))
         await broker.start()
@@ -197,7 +198,6 @@ def _exec_mosquitto(host: str, port: int) -> int:
     # The configuration lives in a memfd: nothing to clean up, and mosquitto
     # can open it by path (it re-reads it on SIGHUP).
     fd = os.memfd_create("mosquitto.conf", 0)
-    import pwd
     os.write(fd, mosquitto_config(host, port, pwd.getpwuid(os.geteuid()).pw_name).encode())
     os.set_inheritable(fd, True)
     print(f"xenlab mqtt-broker (mosquitto) listening on {BrokerAddress(host, port)}", flush=True)

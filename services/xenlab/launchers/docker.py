@@ -260,7 +260,7 @@ class DockerDomain(DomainProcess):
         """Wait for the container to stop, then remove it: a domain that
         stopped is gone from Docker as a process is from the process table
         (its console log stays in the rundir, its state in the hypervisor)."""
-        from docker.errors import DockerException, NotFound
+        from docker.errors import DockerException, NotFound  # lazy: the Docker SDK
         try:
             status = _exit_status(int(self.container.wait().get("StatusCode", -1)))
         except NotFound:               # removed before the wait began: destroyed
@@ -280,7 +280,7 @@ class DockerDomain(DomainProcess):
     def _follow_console(self, path: str) -> None:
         """`xl console` reads the console log: copy the container's output
         there for as long as it runs."""
-        from docker.errors import DockerException
+        from docker.errors import DockerException  # lazy: the Docker SDK
         try:
             with open(path, "ab", buffering=0) as console:
                 for chunk in self.container.logs(stream=True, follow=True):
@@ -317,7 +317,7 @@ class DockerDomain(DomainProcess):
         self._call("unpause")
 
     def _call(self, verb: str) -> None:
-        from docker.errors import APIError, NotFound
+        from docker.errors import APIError, NotFound  # lazy: the Docker SDK
         try:
             getattr(self.container, verb)()
         except NotFound:
@@ -326,7 +326,7 @@ class DockerDomain(DomainProcess):
             log.warning("%s: docker %s failed: %s", self.name, verb, err.explanation)
 
     async def kill(self) -> None:
-        from docker.errors import APIError, NotFound
+        from docker.errors import APIError, NotFound  # lazy: the Docker SDK
         try:
             await asyncio.to_thread(self.container.remove, force=True)
         except NotFound:
@@ -360,7 +360,7 @@ class DockerLauncher(Launcher):
     @property
     def client(self):
         if self._client is None:
-            import docker
+            import docker  # lazy: the Docker SDK
             try:
                 self._client = docker.DockerClient(base_url=self.config.url)
             except docker.errors.DockerException as err:
@@ -407,8 +407,8 @@ class DockerLauncher(Launcher):
             raise DomainError(errno.EPERM, f"docker launcher: {err}") from None
 
     async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DockerDomain:
-        from docker.errors import DockerException
-        from requests import RequestException     # the SDK's transport: the daemon went away
+        from docker.errors import DockerException  # lazy: the Docker SDK
+        from requests import RequestException  # lazy: the Docker SDK's transport (the daemon went away)
         dirs, uid = self._check(info.domid)
         port = 0
         try:

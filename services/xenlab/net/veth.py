@@ -28,6 +28,7 @@ from typing import Awaitable, Callable
 from xenlab.net.device import NetDevice
 from xenlab.rundir import bind_private
 from xenlab.xen.digits import is_decimal
+import os
 
 log = logging.getLogger(__name__)
 
@@ -481,7 +482,6 @@ class VethListener:
         self.bound_address = address
 
     async def start(self) -> None:
-        import os
         kind, where = parse_address(self.address)
         if kind == "unix":
             if os.path.exists(where):
@@ -528,7 +528,6 @@ class VethListener:
         self.attached(end)
 
     async def close(self) -> None:
-        import os
         if self.sock is None:
             return
         self._accepting.cancel()
