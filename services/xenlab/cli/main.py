@@ -36,6 +36,7 @@ DELEGATES = {
     "soak": ("xenlab.lab.soak", "run a lab under traffic and faults, then check every frame is accounted for"),
     "hostile-soak": ("xenlab.lab.hostile", "one domU runs every known flood while two others ping: RTT, failures, memory"),
     "bench": ("xenlab.bench.__main__", "measure throughput, latency and scale, side by side with the Linux kernel bridge"),
+    "web": ("xenlab.cli.web", "serve a live web view of the running lab (topology, rates, FDB, events)"),
     "graph": ("xenlab.cli.graph", "draw the running lab's topology as Graphviz dot or Mermaid"),
     "events": ("xenlab.cli.events", "print a lab's events as they arrive, from MQTT or gRPC (docs/EVENTS.md)"),
     "healthcheck": ("xenlab.cli.healthcheck", "exit 0 when gRPC servers, a broker, xenstore nodes or vifs are healthy"),
