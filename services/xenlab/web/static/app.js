@@ -56,13 +56,47 @@ function draw(elements) {
   ];
   for (const e of elements) {
     if (e.group === "nodes" && e.data.kind === "domain") e.data.colour = STATE_COLOURS[e.data.state] || "#8c959f";
-    if (e.group === "edges") Object.assign(e.data, { width: 2, rateLabel: "" });
+    // A port's edge shows its rates (paintLink); the others what they join (eth0, MAC, IP).
+    if (e.group === "edges") Object.assign(e.data, { width: 2, rateLabel: e.data.port ? "" : e.data.label });
   }
   if (xenlab.cy) xenlab.cy.destroy();
+  const positions = place(elements);
   xenlab.cy = cytoscape({ container: document.getElementById("graph"), elements, style,
-                          layout: { name: "cose", animate: false, randomize: false, padding: 20 } });
+                          layout: { name: "preset", positions: (n) => positions[n.id()], padding: 20 } });
   xenlab.cy.on("tap", "edge[?port]", (evt) => captureAt(evt.target.data("bridge"), evt.target.data("port")));
   for (const link of xenlab.links.values()) paintLink(link);
+}
+
+// Left to right as a frame goes, as `xenlab graph` ranks it for dot: domUs,
+// then in their driver domain each vif and its veth end, then the bridges
+// (each beside the middle of its ports), then the uplinks.
+function place(elements) {
+  const COLUMN = { domain: 0, vif: 1, veth: 2, bridge: 3, uplink: 4 };
+  const nodes = elements.filter((e) => e.group === "nodes");
+  const edges = elements.filter((e) => e.group === "edges").map((e) => e.data);
+  const row = {};
+  let next = 0;
+  for (const e of edges.filter((d) => d.kind === "ring")) {
+    if (row[e.source] === undefined) row[e.source] = next;
+    row[e.target] = next++;
+  }
+  for (const e of edges.filter((d) => d.kind === "netback")) row[e.target] = row[e.source];
+  for (const n of nodes) if (n.data.kind === "domain" && row[n.data.id] === undefined) row[n.data.id] = next++;
+  const taken = new Set();
+  for (const n of nodes.filter((n) => n.data.kind === "bridge")) {
+    const ends = edges.filter((d) => d.target === n.data.id && row[d.source] !== undefined)
+                      .map((d) => row[d.source]);
+    let r = ends.length ? Math.round(ends.reduce((a, b) => a + b, 0) / ends.length) : next++;
+    while (taken.has(r)) r++;
+    taken.add(r);
+    row[n.data.id] = r;
+  }
+  for (const e of edges.filter((d) => d.kind === "uplink")) row[e.target] = row[e.source];
+  const out = {};
+  for (const n of nodes) {
+    if (n.data.kind in COLUMN) out[n.data.id] = { x: COLUMN[n.data.kind] * 190, y: (row[n.data.id] || 0) * 80 };
+  }
+  return out;
 }
 
 // -- tables ---------------------------------------------------------------------------
