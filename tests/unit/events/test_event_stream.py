@@ -167,3 +167,14 @@ async def test_the_events_service_streams_over_grpc_and_refuses_whom_authorize_r
             call.cancel()
     finally:
         await server.stop(0)
+
+
+def test_xenlab_events_refuses_a_broker_and_grpc_together_and_names_a_missing_lab(tmp_path, capsys):
+    from xenlab.cli.main import main
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    assert main(["events", "--grpc", "--broker", "mqtt://127.0.0.1:1", "--rundir", str(run)]) == 2
+    assert "exclude each other" in capsys.readouterr().err
+    assert main(["events", "--grpc", "--rundir", str(run), "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no lab" in err
