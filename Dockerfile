@@ -35,7 +35,7 @@ RUN set -e; \
         export PIP_NO_INDEX=1 PIP_FIND_LINKS=/tmp/wheelhouse; \
     fi; \
     mkdir -p /src/services/xenlab && touch /src/services/xenlab/__init__.py; \
-    pip install -q /src && pip uninstall -q -y xenlab
+    pip install -q "/src[web]" && pip uninstall -q -y xenlab
 
 COPY services /src/services
 RUN set -e; \

@@ -98,7 +98,7 @@ wheelhouse() {
   # built or downloaded by the host's pip, whose cache makes a rerun quick.
   log "building the wheelhouse"
   rm -rf wheelhouse && mkdir -p wheelhouse
-  if ! "$PY" -m pip wheel -q --wheel-dir wheelhouse . "setuptools>=77" wheel >"$CACHE/pip-wheel.log" 2>&1; then
+  if ! "$PY" -m pip wheel -q --wheel-dir wheelhouse ".[web]" "setuptools>=77" wheel >"$CACHE/pip-wheel.log" 2>&1; then
     tail -20 "$CACHE/pip-wheel.log" >&2
     fail "pip wheel failed (log: $CACHE/pip-wheel.log)"
   fi

@@ -33,6 +33,8 @@ SKIPPED = {
     "xenlab up                      # the built-in demo lab; or: xenlab up mylab.toml":
         "stays in the foreground until Ctrl-C: the test starts the same demo lab with "
         "`xenlab up --detach`",
+    "xenlab web                          # --listen HOST:PORT (127.0.0.1:8090), --token T":
+        "serves until Ctrl-C: tests/integration/test_web_view.py serves the same page to a browser",
     "xenlab xl create my-domain.cfg        # a new domain container (the hypervisor's default "
     "launcher is docker)": "my-domain.cfg is the reader's own file, not in the repository",
     "xenlab events --broker mqtt://127.0.0.1:1883":

@@ -171,7 +171,7 @@ def run(args) -> int:
                       f"{s.veth_address}; gRPC on {s.grpc_address}", flush=True)
                 if ev is not None:
                     ev.add(BridgeSource(s, ev.publisher, events.interval))
-            await serve(service, ready=ready)
+            await serve(service, ready=ready, events=ev.hub if ev is not None else None)
 
     try:
         eventloop.run(main())

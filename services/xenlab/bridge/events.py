@@ -1,7 +1,7 @@
 """The bridge service's events: FDB and port events as they happen (as
 `bridge monitor fdb link` shows them, each with the line it prints), and
 bridge and port counters every interval, published through the service's
-EventPublisher (xenlab.events)."""
+event sink (xenlab.events: MQTT and the gRPC Events stream)."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +13,7 @@ from xenlab.bridge import output
 from xenlab.bridge.core import PortEvent
 from xenlab.bridge.server import bridge_id_text, fdb_event, port_info
 from xenlab.events import topics as t
-from xenlab.events.publisher import EventPublisher
+from xenlab.events.stream import EventSink
 from xenlab.events.sources import RateMeter, every
 from xenlab.proto import bridge_pb2
 from xenlab.xen.errors import XenError
@@ -25,7 +25,7 @@ class BridgeSource:
     """FDB and port events as they happen (as `bridge monitor fdb link`
     shows them); bridge and port counters every interval."""
 
-    def __init__(self, service, publisher: EventPublisher, interval: float,
+    def __init__(self, service, publisher: EventSink, interval: float,
                  clock: Callable[[], float] = time.time):
         self.service = service
         self.publisher = publisher

@@ -36,6 +36,8 @@ from typing import Callable, Iterable
 
 import grpc
 
+from xenlab.events import server as events_server
+from xenlab.events.stream import EventHub
 from xenlab.osutil import wait_for_stop_signal
 from xenlab.bridge import output
 from xenlab.bridge.core import (PORT_FLAGS, Bridge, BridgePort, PortEvent, check_group_fwd_mask,
@@ -185,16 +187,21 @@ class BridgeService:
         return self.bridges[name]
 
     # -- lifecycle -------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, events: EventHub | None = None) -> None:
+        """`events`: the service's events (xenlab.events), served as the
+        Events stream beside Bridge."""
+        register = [lambda s: bridge_pb2_grpc.add_BridgeServicer_to_server(BridgeServicer(self), s)]
+        names = [SERVICE_NAME]
+        if events is not None:
+            register.append(events_server.register(events))
+            names.append(events_server.SERVICE_NAME)
         try:
             self._open_uplinks()
             self._patch_links()
             self._listener = VethListener(self.listen, self._admit, self._attached)
             await self._listener.start()
             self.veth_address = _absolute(self._listener.bound_address)
-            self._server, port = await start_server(
-                self.grpc, [lambda s: bridge_pb2_grpc.add_BridgeServicer_to_server(
-                    BridgeServicer(self), s)], [SERVICE_NAME])
+            self._server, port = await start_server(self.grpc, register, names)
             self.grpc_address = _absolute(_bound(self.grpc, port))
             self._expiry = asyncio.create_task(self._expiry_loop())
             if self.rundir is not None:
@@ -839,9 +846,10 @@ class BridgeServicer(bridge_pb2_grpc.BridgeServicer):
         return agent_pb2.InjectSummary(accepted=accepted)
 
 
-async def serve(service: BridgeService, ready: Callable[[BridgeService], None] | None = None) -> None:
+async def serve(service: BridgeService, ready: Callable[[BridgeService], None] | None = None,
+                events: EventHub | None = None) -> None:
     """Run until SIGINT/SIGTERM, then close every link and deregister."""
-    await service.start()
+    await service.start(events)
     if ready is not None:
         ready(service)
     try:

@@ -1,7 +1,9 @@
 """Where a service publishes its events: the broker address, the topic
 prefix, the host name and the counters' interval, read once from the
-command line (``--mqtt``, ``--mqtt-prefix``, ``--host-name``,
-``--mqtt-interval``) into a frozen ``EventsConfig``."""
+command line (``--mqtt``, ``--events``, ``--mqtt-prefix``, ``--host-name``,
+``--mqtt-interval``) into a frozen ``EventsConfig``. A service with events
+serves them on its gRPC ``Events`` stream, and publishes them on MQTT when
+it has a broker."""
 from __future__ import annotations
 
 import argparse
@@ -47,20 +49,24 @@ def default_host_name() -> str:
 
 @dataclass(frozen=True)
 class EventsConfig:
-    broker: BrokerAddress
+    broker: BrokerAddress | None        # None: the gRPC stream only
     topics: Topics
     interval: float = DEFAULT_INTERVAL
 
     def args(self) -> list[str]:
         """The command-line options that give a service this configuration."""
-        return ["--mqtt", str(self.broker), "--mqtt-prefix", self.topics.prefix,
+        broker = ["--mqtt", str(self.broker)] if self.broker is not None else ["--events"]
+        return [*broker, "--mqtt-prefix", self.topics.prefix,
                 "--host-name", self.topics.host, "--mqtt-interval", f"{self.interval:g}"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("MQTT events (docs/EVENTS.md)")
     group.add_argument("--mqtt", metavar="mqtt://HOST:PORT", default=None,
-                       help="publish events to this MQTT broker (default: none)")
+                       help="publish events to this MQTT broker, and serve them on the gRPC "
+                            "Events stream (default: none)")
+    group.add_argument("--events", action="store_true",
+                       help="serve events on the gRPC Events stream, without a broker")
     group.add_argument("--mqtt-prefix", default=DEFAULT_PREFIX, metavar="PREFIX",
                        help=f"topics are PREFIX/HOST/... (default {DEFAULT_PREFIX})")
     group.add_argument("--host-name", default=None, metavar="HOST",
@@ -70,12 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args) -> EventsConfig | None:
-    """None when --mqtt is not given (or is "none"); ConfigError if malformed."""
+    """None when neither --mqtt (other than "none") nor --events is given;
+    ConfigError if malformed."""
     address = getattr(args, "mqtt", None)
-    if not address or address == "none":
+    if address == "none":
+        address = None
+    if not address and not getattr(args, "events", False):
         return None
     if not args.mqtt_interval > 0:
         raise ConfigError(f"--mqtt-interval must be positive, got {args.mqtt_interval}")
-    return EventsConfig(BrokerAddress.parse(address),
+    return EventsConfig(BrokerAddress.parse(address) if address else None,
                         Topics(args.host_name or default_host_name(), args.mqtt_prefix),
                         args.mqtt_interval)

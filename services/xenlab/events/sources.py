@@ -1,5 +1,6 @@
 """Where events come from: adapters that watch a service from outside its
-data path and hand messages to an EventPublisher (which never blocks).
+data path and hand messages to an EventSink (the MQTT publisher and the gRPC stream's
+hub, neither of which ever blocks).
 
 * ``HypervisorSource``: domain lifecycle, from the hypervisor's observer hook
   (``Hypervisor.observers``, called at every state change), and vif state
@@ -24,6 +25,7 @@ from typing import Callable, Iterable, Mapping
 from xenlab.events import topics as t
 from xenlab.events.config import EventsConfig
 from xenlab.events.publisher import EventPublisher
+from xenlab.events.stream import EventHub, EventSink, Fanout
 from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import XenError
 
@@ -170,7 +172,7 @@ class HypervisorSource:
     ``hv`` is its Hypervisor, ``toolstack`` its Toolstack, whose identity
     (``caller``) the xenstore watch and reads are made as."""
 
-    def __init__(self, hv, toolstack, publisher: EventPublisher,
+    def __init__(self, hv, toolstack, publisher: EventSink,
                  clock: Callable[[], float] = time.time):
         self.hv = hv
         self.toolstack = toolstack
@@ -291,7 +293,7 @@ class HypervisorSource:
 class Dom0Source:
     """Every vif netback serves in this domain, every interval."""
 
-    def __init__(self, kernel, publisher: EventPublisher, interval: float,
+    def __init__(self, kernel, publisher: EventSink, interval: float,
                  clock: Callable[[], float] = time.time):
         self.kernel = kernel
         self.publisher = publisher
@@ -348,14 +350,19 @@ async def every(interval: float, job: Callable[[], None]) -> None:
 
 # -- a service's events, started and stopped together ---------------------------------------
 class ServiceEvents:
-    """One service's publisher and its sources: ``async with`` starts the
-    publisher; ``add`` starts a source; leaving closes the sources, then
-    flushes and closes the publisher."""
+    """One service's events and their sources: ``async with`` starts the
+    MQTT publisher (when there is a broker); ``add`` starts a source;
+    leaving closes the sources, ends the gRPC streams, then flushes and
+    closes the publisher. The sources publish to ``publisher``, a Fanout of
+    the MQTT publisher and ``hub`` (the gRPC Events stream), so that both
+    carry the same messages."""
 
     def __init__(self, config: EventsConfig, service: str):
         self.config = config
-        self.publisher = EventPublisher(config.broker, config.topics, service,
-                                        status_interval=config.interval)
+        self.mqtt = None if config.broker is None else EventPublisher(
+            config.broker, config.topics, service, status_interval=config.interval)
+        self.hub = EventHub(config.topics)
+        self.publisher = Fanout(config.topics, [s for s in (self.mqtt, self.hub) if s is not None])
         self.sources: list = []
 
     def add(self, source):
@@ -364,14 +371,17 @@ class ServiceEvents:
         return source
 
     async def __aenter__(self) -> "ServiceEvents":
-        self.publisher.start()
+        if self.mqtt is not None:
+            self.mqtt.start()
         return self
 
     async def __aexit__(self, *exc) -> None:
         for source in reversed(self.sources):
             await source.close()
         self.sources.clear()
-        await self.publisher.close()
+        self.hub.close()
+        if self.mqtt is not None:
+            await self.mqtt.close()
 
 
 @contextlib.asynccontextmanager

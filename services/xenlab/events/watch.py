@@ -153,17 +153,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else /tmp/xenlab-UID)")
 
 
-def _line(message: aiomqtt.Message, as_json: bool) -> str:
-    payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else \
-        str(message.payload).encode()
+def format_line(topic: str, payload: bytes, retained: bool, as_json: bool) -> str:
+    """`TOPIC PAYLOAD`, as mosquitto_sub -v prints it; or one JSON object."""
     if not as_json:
-        return f"{message.topic} {payload.decode(errors='replace')}"
+        return f"{topic} {payload.decode(errors='replace')}"
     try:
         decoded = json.loads(payload)
     except ValueError:
         decoded = payload.decode(errors="replace")
-    return json.dumps({"topic": str(message.topic), "retained": bool(message.retain),
-                       "payload": decoded}, separators=(",", ":"))
+    return json.dumps({"topic": topic, "retained": retained, "payload": decoded},
+                      separators=(",", ":"))
 
 
 def _no_broker(broker: BrokerAddress, err: aiomqtt.MqttError, args, guessed: bool) -> str:
@@ -188,12 +187,30 @@ async def run(args) -> int:
     guessed = broker is None
     broker = broker or BrokerAddress("127.0.0.1")
     topics = args.topic or [f"{args.prefix}/#"]
+
+    async def messages():
+        async for message in subscribe(broker, topics):
+            payload = message.payload if isinstance(message.payload, (bytes, bytearray)) else \
+                str(message.payload).encode()
+            yield str(message.topic), bytes(payload), bool(message.retain)
+
+    try:
+        return await relay(args, messages())
+    except aiomqtt.MqttError as err:
+        print(_no_broker(broker, err, args, guessed), file=sys.stderr)
+        return 1
+
+
+async def relay(args, messages: AsyncIterator[tuple[str, bytes, bool]]) -> int:
+    """Print (topic, payload, retained) messages until -n, --timeout or
+    Ctrl-C, and return the exit status; an error that ends `messages` is
+    raised."""
     seen = 0
 
     async def consume() -> None:
         nonlocal seen
-        async for message in subscribe(broker, topics):
-            print(_line(message, args.json), flush=True)
+        async for topic, payload, retained in messages:
+            print(format_line(topic, payload, retained, args.json), flush=True)
             seen += 1
             if args.count and seen >= args.count:
                 return
@@ -212,9 +229,6 @@ async def run(args) -> int:
     if consumer in done:
         try:
             consumer.result()
-        except aiomqtt.MqttError as err:
-            print(_no_broker(broker, err, args, guessed), file=sys.stderr)
-            return 1
         except BrokenPipeError:
             return 0
         return 0

@@ -97,7 +97,7 @@ async def _serve(config: HypervisorConfig, events) -> None:
             print(f"xenlab hypervisor listening on {s.address}; rundir {s.hv.rundir.path}", flush=True)
             if ev is not None:
                 ev.add(HypervisorSource(s.hv, s.toolstack, ev.publisher))
-        await serve(config, Toolstack, ready=ready)
+        await serve(config, Toolstack, ready=ready, events=ev.hub if ev is not None else None)
 
 
 def main(argv=None) -> int:

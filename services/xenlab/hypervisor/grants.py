@@ -22,13 +22,15 @@ import heapq
 from collections import Counter
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from xenlab.hypervisor.caller import Caller
-from xenlab.hypervisor.memory import MachineMemory
 from xenlab.xen import abi
 from xenlab.xen.doorbell import MAX_COPY_BATCH
 from xenlab.xen.errors import GrantError, XenError
+
+if TYPE_CHECKING:       # the memory is handed in; the core maps nothing itself
+    from xenlab.hypervisor.memory import MachineMemory
 
 DEFAULT_MAX_MAPTRACK = 1024
 # Domain-0's maptrack: room for 64 vifs' persistent grants and their rings

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from xenlab.events import server as events_server
+from xenlab.events.stream import EventHub
 from xenlab.osutil import wait_for_stop_signal
 from xenlab.hypervisor.admission import MAX_REQUEST, Admission
 from xenlab.hypervisor.config import HypervisorConfig
@@ -56,10 +58,11 @@ class HypervisorServer:
     """A Hypervisor behind a gRPC server. `async with` starts and stops it."""
 
     def __init__(self, config: HypervisorConfig, toolstack: Callable[[Hypervisor], object],
-                 launcher: Launcher | None = None):
+                 launcher: Launcher | None = None, events: EventHub | None = None):
         """``toolstack``: makes the toolstack of this hypervisor, e.g.
         xenlab.toolstack.Toolstack."""
         self.config = config
+        self.events = events            # served as the Events stream (xenlab.events)
         self.hv = Hypervisor(config, launcher)
         self.toolstack = toolstack(self.hv)
         self.server = None
@@ -78,11 +81,15 @@ class HypervisorServer:
             lambda s: xenstore_pb2_grpc.add_XenStoreServicer_to_server(
                 XenStoreServicer(hv, hv.xs_connections), s),
         ]
+        names = list(SERVICE_NAMES)
+        if self.events is not None:
+            register.append(events_server.register(self.events, self._may_watch))
+            names.append(events_server.SERVICE_NAME)
         # With domain uids, domUs reach the hypervisor on a socket of their
         # own: they cannot enter the rundir.
         domains = hv.domains_dir.hypervisor_address
         try:
-            self.server, port = await start_server(self.config.address, register, SERVICE_NAMES,
+            self.server, port = await start_server(self.config.address, register, names,
                                                    interceptors=[self.admission],
                                                    also=[domains] if domains else [],
                                                    options=SERVER_OPTIONS)
@@ -98,6 +105,10 @@ class HypervisorServer:
         hv.publish(self.address)
         log.info("hypervisor listening on %s (rundir %s)", self.address, hv.rundir.path)
         return self.address
+
+    def _may_watch(self, context) -> None:
+        # Every domain's lifecycle and vifs: the toolstack's view, Domain-0's.
+        self.hv.identity.authenticate(context).require_privileged("the event stream")
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.admission.in_flight.refused:
@@ -116,9 +127,10 @@ class HypervisorServer:
         await self.stop()
 
 
-async def serve(config: HypervisorConfig, toolstack: Callable[[Hypervisor], object], ready=None) -> None:
+async def serve(config: HypervisorConfig, toolstack: Callable[[Hypervisor], object], ready=None,
+                events: EventHub | None = None) -> None:
     """Run until SIGINT/SIGTERM, then destroy every domain and stop."""
-    server = HypervisorServer(config, toolstack)
+    server = HypervisorServer(config, toolstack, events=events)
     await server.start()
     if ready is not None:
         ready(server)

@@ -85,7 +85,7 @@ class Lab:
     services: list[Service] = field(default_factory=list)
     hv: HypervisorClient | None = None
     domids: dict[str, int] = field(default_factory=dict)
-    events: EventsConfig | None = None      # where the services publish (None: nowhere)
+    events: EventsConfig | None = None      # where the services publish (set at start)
     domain_uids: str = "auto"               # the hypervisor's --domain-uids
     # A failed or interrupted up removes what it made in the rundir (and
     # the rundir, if it made it), except the files named in `keep`.
@@ -358,11 +358,13 @@ class Lab:
         return self.events.args() if self.events is not None else []
 
     async def _start_events(self) -> None:
+        # Events are always served on the services' gRPC Events stream; on
+        # MQTT too unless the lab has no broker.
         mqtt = self.spec.mqtt
-        if not mqtt.enabled:
-            return
         host = mqtt.host or "".join("_" if c in "/+#\0" else c for c in self.spec.name) or "lab"
-        if mqtt.broker == "embedded":
+        if not mqtt.enabled:
+            broker = None
+        elif mqtt.broker == "embedded":
             broker = BrokerAddress("127.0.0.1", free_port())
         else:
             broker = BrokerAddress.parse(mqtt.broker)
@@ -471,7 +473,7 @@ class Lab:
         state = {"name": self.spec.name, "state": phase, "source": self.spec.source,
                  "pid": self._runner.pid, "processes": processes,
                  "domains": self.domids, "started": self._started}
-        if self.events is not None:
+        if self.events is not None and self.events.broker is not None:
             state["mqtt"] = str(self.events.broker)
         self.run.write_state(state, first=first)
 

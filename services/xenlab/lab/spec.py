@@ -27,7 +27,7 @@
     vif = ["ip=10.0.0.2/24"]
 
     [mqtt]                   # events (docs/EVENTS.md); every key optional
-    broker = "embedded"      # a broker process of the lab (default), "none", or "mqtt://HOST:PORT"
+    broker = "embedded"      # a broker process of the lab (default), "none" (gRPC only), or "mqtt://HOST:PORT"
     engine = "auto"          # the embedded broker: mosquitto, amqtt, or auto (mosquitto if installed)
     prefix = "xenlab"        # topics are PREFIX/HOST/...
     host = "demo"            # HOST (default: the lab's name)

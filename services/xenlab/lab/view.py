@@ -48,6 +48,7 @@ async def _domain(hv: HypervisorClient, info) -> dict:
             "memory_kb": info.memory_kb, "launcher": info.launcher,
             "agent": agent if agent["address"] else None,
             "vifs": [{"devid": v.devid, "vifname": v.vifname, "mac": v.mac, "bridge": v.bridge,
+                      "ip": v.ip, "backend_id": v.backend_id,
                       "state": v.state, "backend_state": v.backend_state} for v in vifs.vifs]}
 
 
@@ -57,7 +58,7 @@ def _bridge(info, counters, address: str) -> dict:
     for port in info.ports:
         s = stats.get(port.name)
         ports.append({"name": port.name, "port_no": port.port_no, "state": port.state,
-                      "carrier": port.carrier,
+                      "carrier": port.carrier, "link": port.link, "mac": port.mac,
                       "rx_packets": s.rx_packets if s else 0, "rx_bytes": s.rx_bytes if s else 0,
                       "tx_packets": s.tx_packets if s else 0, "tx_bytes": s.tx_bytes if s else 0,
                       "drops": dict(s.drops) if s else {}})

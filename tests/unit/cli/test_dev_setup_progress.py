@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 FAKE_PIP = """#!/bin/sh
 # a stand-in for .venv/bin/python -m pip
 case "$*" in
-  *"-e .[test]"*)
+  *"-e .[test,web]"*)
     echo "Obtaining file://$PWD"
     echo "Collecting grpcio>=1.76.0"
     echo "  Using cached grpcio-1.76.0.whl"
@@ -51,8 +51,8 @@ def test_setup_prints_each_step_and_each_package_with_the_time_taken(tmp_path):
     lines = result.stderr.splitlines()
     assert all(re.match(r"==> \[ *\d+s\] ", line) for line in lines), lines
     said = [re.sub(r"^==> \[ *\d+s\] ", "", line) for line in lines]
-    assert said[:2] == ["setting up .venv (xenlab and its test tools)", "upgrading pip"]
-    assert "installing xenlab and its test tools (pip install -e '.[test]')" in said
+    assert said[:2] == ["setting up .venv (xenlab and its test,web tools)", "upgrading pip"]
+    assert "installing xenlab and its test,web tools (pip install -e '.[test,web]')" in said
     assert "    Collecting grpcio>=1.76.0" in said and "    Collecting protobuf>=6.31.1" in said
     assert "    Successfully installed grpcio-1.76.0 protobuf-6.31.1 xenlab-0.1.0" in said
     assert said[-1] == ".venv is ready"
