@@ -37,7 +37,8 @@ from xenlab.bridge import output
 from xenlab.bridge.client import BridgeClient
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.proto import bridge_pb2
-from xenlab.xen.errors import STATUS_ERRNO, XenError
+from xenlab.rpc import STATUS_ERRNO
+from xenlab.xen.errors import XenError
 
 PROG = "bridge"
 OBJECTS = ("link", "fdb", "mdb", "vlan", "monitor")   # iproute2's order: "m" is mdb

@@ -10,7 +10,7 @@ xenstored moved something; one from us says we did.
 ``RingXenStore`` answers the XenStore service's calls (Read, Write, Rm,
 Directory, TransactionStart/End, WatchStream) from the ring, failing as the
 gRPC service fails (the same status for the same errno, through
-xen.errors.grpc_status), so that XenbusClient and the drivers run on either
+xenlab.rpc.grpc_status), so that XenbusClient and the drivers run on either
 unchanged. gRPC's XenStore stays for clients outside the lab.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ import grpc
 
 from xenlab.proto import common_pb2, xenstore_pb2
 from xenlab.xen import xs_wire as w
-from xenlab.xen.errors import XenStoreError, grpc_status
+from xenlab.rpc import grpc_status
+from xenlab.xen.errors import XenStoreError
 from xenlab.xen.xs_ring import XsRingEnd, XsRingError, XsRingPage
 from xenlab.xen.xs_wire import XsMessage, XsType
 
