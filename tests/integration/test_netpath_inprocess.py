@@ -22,7 +22,7 @@ from xenlab.drivers.netback import HotplugError, LoopbackHotplug, NetbackDriver
 from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.hypervisor.identity import Caller
 from xenlab.hypervisor.launcher import StartInfo
-from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
+from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
 from xenlab.testing import check_invariants
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
@@ -150,7 +150,7 @@ class NetLab:
     async def guest_writes(kernel: DomainKernel, path: str, value: str | bytes) -> None:
         """A write by the domain itself, with its own rights: any bytes."""
         raw = value if isinstance(value, bytes) else value.encode()
-        await kernel.hv.xenstore.Write(xenstore_pb2.WriteRequest(path=path, value=raw))
+        await kernel.hypercall.xenstore.write(path, raw)
 
     async def xs_rm(self, path: str) -> None:
         await self.lab.dom0.xenstore.Rm(xenstore_pb2.PathRequest(path=path))
@@ -616,8 +616,7 @@ async def test_garbage_frontend_keys_are_a_xenbus_fatal_error(net, kind):
     await net.wait_state(be, S.InitWait)
     # real grants and a real port, so that only the key under test is wrong
     page = c.memory.alloc_frames(2)
-    refs = (await c.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=0, gfn=g) for g in page]))).refs
+    refs = await c.gnttab.grant_access([(0, g, False) for g in page])
     port = await c.evtchn.alloc_unbound(0)
     keys = {"tx-ring-ref": str(refs[0]), "rx-ring-ref": str(refs[1]), "event-channel": str(port),
             "request-rx-copy": "1", "feature-rx-notify": "1"}
@@ -779,8 +778,7 @@ async def test_a_frontend_key_that_is_not_a_number_fails_the_vif_and_detach_need
     be, fe = net.backend_path(c.domid), net.frontend_path(c.domid)
     await net.wait_state(be, S.InitWait)
     page = c.memory.alloc_frames(2)
-    refs = (await c.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=0, gfn=g) for g in page]))).refs
+    refs = await c.gnttab.grant_access([(0, g, False) for g in page])
     port = await c.evtchn.alloc_unbound(0)
     keys = {"tx-ring-ref": str(refs[0]), "rx-ring-ref": str(refs[1]), "event-channel": str(port),
             "request-rx-copy": "1", "feature-rx-notify": "1", "feature-sg": "1",

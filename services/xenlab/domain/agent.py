@@ -327,7 +327,7 @@ async def start_guest_agent(kernel) -> KernelAgent | None:
             await kernel.xenbus.write(f"{record}/address", address)
             await kernel.xenbus.write(f"{record}/token", token)
         await kernel.xenbus.write(XENSTORE_KEY, address)
-    except (OSError, RuntimeError, grpc.aio.AioRpcError) as err:
+    except (OSError, RuntimeError, XenError) as err:
         log.error("d%d: the guest agent did not start: %s", kernel.domid, err)
         await server.stop()
         net.close()

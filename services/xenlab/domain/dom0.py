@@ -15,6 +15,7 @@ from pathlib import Path
 
 from xenlab import eventloop
 from xenlab.client import Rundir
+from xenlab.domain.hypercall import Hypercalls
 from xenlab.events import config as events_config
 from xenlab.hypervisor.launcher import StartInfo
 from xenlab.osutil import die_with_parent, on_stop_signal, raise_fd_limit
@@ -55,11 +56,11 @@ async def reset_previous_kernel(start: StartInfo) -> None:
     have the toolstack clear them (Domains.BackendGone) before netback probes
     the backends, so that their frontends start over. Nothing to do on a
     fresh host."""
-    from xenlab.client import HypervisorClient
-    from xenlab.proto import common_pb2, domains_pb2
-    async with HypervisorClient.connect(start.hypervisor, 0, start.secret) as hv:
-        reply = await hv.domains.BackendGone(domains_pb2.BackendGoneRequest(
-            domain=common_pb2.DomainRef(domid=0)))
+    hypercall = Hypercalls.connect(start.hypervisor, 0, start.secret)
+    try:
+        reply = await hypercall.domains.backend_gone(0)
+    finally:
+        await hypercall.close()
     if reply.closed or reply.unmapped or reply.ports:
         logging.getLogger(__name__).warning(
             "a previous Domain-0 kernel left %d backend(s), %d mapping(s), %d port(s): "

@@ -12,15 +12,12 @@ import asyncio
 import logging
 from typing import Callable
 
-import grpc
-
-from xenlab.client import HypervisorClient
 from xenlab.domain.evtchn import GuestEventChannels
+from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.domain.memory import GuestMemory
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
 from xenlab.hypervisor.launcher import StartInfo
 from xenlab.hypervisor.memory import MAX_EXTENTS
-from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
 from xenlab.xen import abi
 from xenlab.xen.digits import U64_MAX, parse_decimal
 from xenlab.xen.errors import XenError
@@ -42,12 +39,14 @@ class DomainKernel:
         self._doorbell = doorbell
         self.domid = start.domid
         self.name = start.name
-        self.hv = HypervisorClient.connect(start.hypervisor, start.domid, start.secret)
+        # Every call to the hypervisor, typed (xenlab.domain.hypercall).
+        self.hypercall = Hypercalls.connect(start.hypervisor, start.domid, start.secret)
+        self.gnttab: GrantTable = self.hypercall.gnttab
         self.memory: GuestMemory | None = None
         self.shared_info: SharedInfo | None = None
         self.evtchn: GuestEventChannels | None = None
         self.xenbus: XenbusClient | None = None
-        self._store_ring = None      # xenbus_ring.RingTransport, when start_info names a ring
+        self._store_ring = None      # xenbus_ring.RingXenStore, when start_info names a ring
         self.bus: XenbusBus | None = None
         self.ticks = 0
         self.shutdown_reason = ""
@@ -64,8 +63,7 @@ class DomainKernel:
         self.on_boot: list[Callable[[], object]] = []
 
     async def boot(self) -> None:
-        mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
-            domain=common_pb2.DomainRef(domid=self.domid), with_populated=True))
+        mm = await self.hypercall.memory.memory_map(with_populated=True)
         self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,
                                   mapping=self._memory_map)
         self.memory.set_populated(mm.populated)
@@ -75,8 +73,10 @@ class DomainKernel:
         doorbell = self._doorbell
         if doorbell is None:
             doorbell = start.doorbell_fd if start.doorbell_fd >= 0 else (start.doorbell or None)
-        self.evtchn = GuestEventChannels(self.hv, self.shared_info, doorbell, start.secret)
+        self.evtchn = GuestEventChannels(self.hypercall.evtchn, self.shared_info, doorbell,
+                                         start.secret)
         await self.evtchn.start()
+        self.gnttab.attach_doorbell(self.evtchn)
         self.xenbus = XenbusClient(self._xenstore_transport(), self.domid)
         await self.xenbus.start()
         self.bus = XenbusBus(self.xenbus)
@@ -99,12 +99,12 @@ class DomainKernel:
 
     def _xenstore_transport(self):
         """The store ring start_info names, as a Xen guest's xenbus uses;
-        without one (a kernel started by hand), the gRPC XenStore service."""
+        without one (a kernel started by hand), the hypervisor's XenStore service."""
         if not self.start_info.store_port:
-            return self.hv
-        from xenlab.domain.xenbus_ring import RingTransport
-        self._store_ring = RingTransport.open(self.memory, self.evtchn, self.start_info.store_gfn,
-                                              self.start_info.store_port)
+            return self.hypercall.xenstore
+        from xenlab.domain.xenbus_ring import RingXenStore
+        self._store_ring = RingXenStore.open(self.memory, self.evtchn, self.start_info.store_gfn,
+                                             self.start_info.store_port)
         return self._store_ring
 
     async def _register_drivers(self) -> None:
@@ -116,7 +116,7 @@ class DomainKernel:
     async def _start_timer(self) -> None:
         port = await self.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
         self.evtchn.bind_handler(port, self._on_timer)
-        await self.hv.evtchn.SetTimer(evtchn_pb2.SetTimerRequest(vcpu=0, timeout=TIMER_PERIOD))
+        await self.hypercall.evtchn.set_timer(0, TIMER_PERIOD)
 
     def _on_timer(self, port: int) -> None:
         self.ticks += 1
@@ -125,9 +125,9 @@ class DomainKernel:
 
     async def _rearm_timer(self) -> None:
         try:
-            await self.hv.evtchn.SetTimer(evtchn_pb2.SetTimerRequest(vcpu=0, timeout=TIMER_PERIOD))
-        except grpc.aio.AioRpcError as err:
-            log.debug("timer re-arm failed: %s", err.details())
+            await self.hypercall.evtchn.set_timer(0, TIMER_PERIOD)
+        except XenError as err:
+            log.debug("timer re-arm failed: %s", err.message)
 
     async def _on_shutdown_request(self, path: str) -> None:
         try:
@@ -153,8 +153,9 @@ class DomainKernel:
         except XenError as err:
             log.warning("balloon: ignoring %s", err.message)
             return
+        memory = self.hypercall.memory
         async with self._balloon_lock:
-            res = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
+            res = await memory.reservation()
             if target < res.current_pages:
                 give = self.memory.balloon_candidates(res.current_pages - target)
                 for start in range(0, len(give), MAX_EXTENTS):
@@ -162,11 +163,10 @@ class DomainKernel:
             elif target > res.current_pages:
                 want = min(target, res.max_pages) - res.current_pages
                 while want > 0:
-                    got = await self.hv.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
-                        domid=self.domid, nr_pages=min(want, MAX_EXTENTS)))
-                    self.memory.add_frames(got.gfns)
-                    want -= len(got.gfns)
-            now = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
+                    got = await memory.increase_reservation(min(want, MAX_EXTENTS))
+                    self.memory.add_frames(got)
+                    want -= len(got)
+            now = await memory.reservation()
             await self.xenbus.write("data/balloon", str(now.current_pages * 4))
             log.info("balloon: target %s KiB, now %d KiB", target_kb, now.current_pages * 4)
 
@@ -175,8 +175,7 @@ class DomainKernel:
         first; if the hypervisor refuses, they are still the domain's."""
         self.memory.forget_frames(gfns)
         try:
-            await self.hv.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
-                domid=self.domid, gfns=gfns))
+            await self.hypercall.memory.decrease_reservation(gfns)
         except BaseException:
             self.memory.add_frames(gfns)
             raise
@@ -206,10 +205,9 @@ class DomainKernel:
         """SCHEDOP_shutdown: tell the hypervisor why, then stop."""
         log.info("d%d (%s): shutting down (%s)", self.domid, self.name, self.shutdown_reason)
         try:
-            await self.hv.domains.SchedShutdown(domains_pb2.SchedShutdownRequest(
-                reason=self.shutdown_reason or "poweroff"))
-        except grpc.aio.AioRpcError as err:
-            log.warning("SCHEDOP_shutdown failed: %s", err.details())
+            await self.hypercall.domains.sched_shutdown(self.shutdown_reason or "poweroff")
+        except XenError as err:
+            log.warning("SCHEDOP_shutdown failed: %s", err.message)
         await self._close()
 
     async def _close(self) -> None:
@@ -217,15 +215,14 @@ class DomainKernel:
             await self.agent.stop()
         for driver in reversed(self.drivers):     # drivers: before xenbus goes
             await driver.close()
-        if self._store_ring is not None:
-            # first: a watch callback waiting on a reply that is not coming
-            # (a released ring) must not keep xenbus from closing
-            self._store_ring.close()
+        await self.gnttab.close()
         if self.xenbus is not None:
+            # the store ring first: a watch callback waiting on a reply that
+            # is not coming (a released ring) must not keep xenbus from closing
             await self.xenbus.close()
         if self.evtchn is not None:
             await self.evtchn.close()
-        await self.hv.close()
+        await self.hypercall.close()
         if self.shared_info is not None:
             self.shared_info.release()
         if self.memory is not None:

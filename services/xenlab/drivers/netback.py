@@ -35,16 +35,11 @@ import asyncio
 import collections
 import errno
 import logging
-import mmap
-import os
 import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
-import grpc
-
-from xenlab.domain.gnttab import GrantCopier, pass_on
-from xenlab.domain.pagemap import PageMap
+from xenlab.domain.hypercall import Page, pass_on
 from xenlab.domain.xenbus import XenbusDriver
 from xenlab.drivers import netback_core as core
 from xenlab.drivers.grant_cache import MAP_BATCH, GrantCache
@@ -52,10 +47,9 @@ from xenlab.drivers import xenbus_state as xs
 from xenlab.drivers.netback_core import GrantCopy, NetbackRx, NetbackTx, Scratch, VifConfig
 from xenlab.drivers.xenbus_device import XenbusDevice
 from xenlab.net.device import NetDevice
-from xenlab.proto import grants_pb2
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
-from xenlab.xen.errors import XenError
+from xenlab.xen.errors import GrantError, XenError
 from xenlab.xen.netif import make_rx_ring, make_tx_ring
 from xenlab.xen.ring import BackRing, SharedRing
 
@@ -148,8 +142,7 @@ class VifDevice(NetDevice):
 
 @dataclass
 class _Mapped:
-    handle: int
-    mm: mmap.mmap
+    page: Page
     sring: SharedRing
 
 
@@ -187,13 +180,12 @@ class _PersistentGrants:
         self.cache = GrantCache()
         self._budget = budget
         self._held = 0                    # of the budget: pages being mapped or mapped
-        self._kernel = kernel
+        self._gnttab = kernel.gnttab
         self._frontend_id = frontend_id
         self._label = label
-        self._maps: list[PageMap] = []
+        self._pages: list[Page] = []
         self._task: asyncio.Task | None = None
         self._closed = False
-        self._orphans: list[int] = []     # mapped by the hypervisor, not by us: to unmap
 
     def prefetch(self, refs, writable: bool) -> None:
         """Map these buffer refs ahead of their first copy, in the background."""
@@ -221,48 +213,31 @@ class _PersistentGrants:
                 self._budget.give(room - len(keys))
                 self._held -= room - len(keys)
                 try:
-                    reply = await self._kernel.hv.grants.MapBatch(grants_pb2.MapGrantsRequest(ops=[
-                        grants_pb2.MapGrantRequest(domid=self._frontend_id, ref=ref,
-                                                   readonly=not writable)
-                        for ref, writable in keys]))
-                except grpc.aio.AioRpcError as err:
+                    results = await self._gnttab.map_batch(
+                        [(self._frontend_id, ref, not writable) for ref, writable in keys])
+                except XenError as err:
                     log.warning("%s: mapping %d buffer grants failed (%s); copying through "
-                                "the hypervisor", self._label, len(keys), err.details())
+                                "the hypervisor", self._label, len(keys), err.message)
                     self._release_budget(len(keys))
                     self.cache.give_up()
                     return
-                self._take(keys, reply.results)
+                self._take(keys, results)
         finally:
             self._task = None
 
-    def _take(self, keys, results) -> None:
-        fds: dict[str, int] = {}
-        try:
-            for key, result in zip(keys, results):
-                if result.status != abi.GNTST_okay:
-                    log.debug("%s: buffer ref %d not mapped: %s", self._label, key[0], result.error)
-                    self.cache.refused(key, result.status)
-                    self._release_budget(1)
-                    continue
-                m = result.mapping
-                try:
-                    if m.shm_path not in fds:
-                        fds[m.shm_path] = os.open(m.shm_path, os.O_RDWR)
-                    page = PageMap(fds[m.shm_path], m.offset, writable=key[1], length=m.length)
-                except (OSError, ValueError) as err:
-                    log.warning("%s: mmap of buffer ref %d failed: %s", self._label, key[0], err)
-                    self.cache.refused(key, abi.GNTST_general_error)
-                    self._orphans.append(m.handle)
-                    self._release_budget(1)
-                    continue
-                self._maps.append(page)
-                self.cache.mapped(key, m.handle, page.view)
-            for key in keys[len(results):]:          # no answer for it: not mapped
+    def _take(self, keys, results: list[Page | GrantError]) -> None:
+        for key, result in zip(keys, results):
+            if isinstance(result, GrantError):
+                log.debug("%s: buffer ref %d not mapped: %s", self._label, key[0], result.message)
+                self.cache.refused(key, result.status)
+                self._release_budget(1)
+            elif result.view is None:         # the hypervisor gave us no way into it
                 self.cache.refused(key, abi.GNTST_general_error)
                 self._release_budget(1)
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+                self._pages.append(result)
+            else:
+                self._pages.append(result)
+                self.cache.mapped(key, result.handle, result.view)
 
     async def close(self) -> None:
         """Stop mapping, wait for a MapBatch in flight, unmap everything."""
@@ -275,15 +250,15 @@ class _PersistentGrants:
                             "hypervisor until this domain goes", self._label)
             except Exception:
                 log.exception("%s: mapping buffer grants failed", self._label)
-        handles = self.cache.drain() + self._orphans
-        self._orphans = []
+        self.cache.drain()
+        handles = [page.handle for page in self._pages]
         for i in range(0, len(handles), MAP_BATCH):
             chunk = handles[i:i + MAP_BATCH]
             try:
-                await self._kernel.hv.grants.UnmapBatch(grants_pb2.UnmapGrantsRequest(handles=chunk))
-            except grpc.aio.AioRpcError as err:
+                await self._gnttab.unmap_batch(chunk)
+            except XenError as err:
                 log.warning("%s: unmapping %d buffer grants: %s", self._label, len(chunk),
-                            err.details())
+                            err.message)
         self.close_local()
 
     def _release_budget(self, n: int) -> None:
@@ -297,9 +272,9 @@ class _PersistentGrants:
         if self._task is not None:
             self._task.cancel()
         self.cache.drain()
-        for page in self._maps:
+        for page in self._pages:
             page.close()
-        self._maps = []
+        self._pages = []
         self._release_budget(self._held)
 
 
@@ -406,31 +381,22 @@ class Netback(XenbusDevice):
     async def _map(self, ref: int, make_ring) -> _Mapped:
         fid = self.config.frontend_id
         try:
-            m = await self.kernel.hv.grants.Map(grants_pb2.MapGrantRequest(domid=fid, ref=ref,
-                                                                          readonly=False))
-        except grpc.aio.AioRpcError as err:
+            page = await self.kernel.gnttab.map(fid, ref)
+            if page.view is None:
+                await self._unmap(page)
+                raise XenError(errno.EINVAL, "the hypervisor gave no mapping of the page")
+        except XenError as err:
             raise XenError(errno.EINVAL, f"mapping shared-frame ref {ref} of d{fid}: "
-                                         f"{err.details()}") from None
-        try:
-            fd = os.open(m.shm_path, os.O_RDWR)
-            try:
-                mm = mmap.mmap(fd, m.length, flags=mmap.MAP_SHARED,
-                               prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=m.offset)
-            finally:
-                os.close(fd)
-            sring = make_ring(mm)
-        except (OSError, ValueError) as err:
-            await self._unmap_handle(m.handle)
-            raise XenError(errno.EINVAL, f"mapping shared-frame ref {ref} of d{fid}: {err}") from None
-        return _Mapped(m.handle, mm, sring)
+                                         f"{err.message}") from None
+        return _Mapped(page, make_ring(page.view))
 
     async def _bind(self, remote_port: int) -> int:
         fid = self.config.frontend_id
         try:
             return await self.kernel.evtchn.bind_interdomain(fid, remote_port)
-        except grpc.aio.AioRpcError as err:
+        except XenError as err:
             raise XenError(errno.EINVAL, f"binding event-channel {remote_port} of d{fid}: "
-                                         f"{err.details()}") from None
+                                         f"{err.message}") from None
 
     def _alloc_scratch(self) -> list[int]:
         try:
@@ -612,14 +578,14 @@ class Netback(XenbusDevice):
         frontend_id = self.config.frontend_id
         pg = conn.persistent
         if pg is None:
-            return self.driver.copier.submit(_gnttab_ops(copies, frontend_id))
+            return self.kernel.gnttab.copy(_gnttab_ops(copies, frontend_id))
         statuses, remote = pg.cache.copy_local(copies, conn.scratch_pages.__getitem__)
         answer = asyncio.get_running_loop().create_future()
         if not remote:
             answer.set_result(statuses)
             return answer
         pg.kick()
-        sent = self.driver.copier.submit(_gnttab_ops([copies[i] for i in remote], frontend_id))
+        sent = self.kernel.gnttab.copy(_gnttab_ops([copies[i] for i in remote], frontend_id))
         pass_on(sent, answer, lambda answers: GrantCache.merge(statuses, remote, answers))
         return answer
 
@@ -663,36 +629,32 @@ class Netback(XenbusDevice):
         if held.port is not None:
             try:
                 await self.kernel.evtchn.close_port(held.port)
-            except grpc.aio.AioRpcError as err:
-                log.debug("%s: closing port %d: %s", self.label, held.port, err.details())
+            except XenError as err:
+                log.debug("%s: closing port %d: %s", self.label, held.port, err.message)
         for scratch in held.scratches:
             scratch.release()
         if held.gfns:
             self.kernel.memory.free_frames(held.gfns)
         for mapped in held.maps:
-            await self._unmap(mapped)
+            await self._unmap_ring(mapped)
 
-    async def _unmap(self, mapped: _Mapped) -> None:
+    async def _unmap_ring(self, mapped: _Mapped) -> None:
         mapped.sring.release()
-        try:
-            mapped.mm.close()
-        except BufferError:
-            log.warning("%s: a view of a ring page is still alive", self.label)
-        await self._unmap_handle(mapped.handle)
+        await self._unmap(mapped.page)
 
-    async def _unmap_handle(self, handle: int) -> None:
+    async def _unmap(self, page: Page) -> None:
         try:
-            await self.kernel.hv.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=handle))
-        except grpc.aio.AioRpcError as err:
-            log.warning("%s: unmapping handle %d: %s", self.label, handle, err.details())
+            await self.kernel.gnttab.unmap(page)
+        except XenError as err:
+            log.warning("%s: unmapping handle %d: %s", self.label, page.handle, err.message)
 
     async def unregister(self) -> None:
         """netback_remove: the device goes; hotplug-status with it."""
         await self.disconnect()
         try:
             await self.xenbus.rm(f"{self.nodename}/hotplug-status")
-        except grpc.aio.AioRpcError as err:
-            log.debug("%s: removing hotplug-status: %s", self.label, err.details())
+        except XenError as err:
+            log.debug("%s: removing hotplug-status: %s", self.label, err.message)
 
     async def teardown(self) -> None:
         await self.disconnect()
@@ -716,7 +678,7 @@ class Netback(XenbusDevice):
         for mapped in (conn.tx_map, conn.rx_map):
             mapped.sring.release()
             try:
-                mapped.mm.close()
+                mapped.page.close()
             except BufferError:
                 pass
 
@@ -769,14 +731,7 @@ class NetbackDriver(XenbusDriver):
         self.hotplug = hotplug
         self.clock = clock
         self.devices: dict[str, Netback] = {}
-        self._copier: GrantCopier | None = None
         self.page_budget = PageBudget()
-
-    @property
-    def copier(self) -> GrantCopier:
-        if self._copier is None:
-            self._copier = GrantCopier(self.kernel.hv, self.kernel.evtchn, "netback")
-        return self._copier
 
     async def probe(self, path: str) -> None:
         # Runs inside the xenbus reader: start the device's task, wait for nothing.
@@ -794,5 +749,3 @@ class NetbackDriver(XenbusDriver):
             await dev.stop()
             dev.shutdown_local()
         self.devices.clear()
-        if self._copier is not None:
-            await self._copier.close()

@@ -20,9 +20,7 @@ import asyncio
 import errno
 import logging
 
-import grpc
-
-from xenlab.domain.xenbus import XenbusClient
+from xenlab.domain.xenbus import XenbusClient, XenbusValueError
 from xenlab.drivers import xenbus_state as xs
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.errors import XenError
@@ -234,8 +232,8 @@ class XenbusDevice:
 
         try:
             await self.xenbus.transaction(body)
-        except grpc.aio.AioRpcError as err:
-            log.warning("%s: writing state %s failed: %s", self.nodename, state.name, err.details())
+        except XenError as err:
+            log.warning("%s: writing state %s failed: %s", self.nodename, state.name, err.message)
         self.state_changed(state)
 
     def state_changed(self, state: XenbusState) -> None:
@@ -252,15 +250,17 @@ class XenbusDevice:
         text = f"{err} {message}".encode()[:ERROR_NODE_MAX].decode(errors="ignore")
         try:
             await self.xenbus.write(f"error/{relative}/error", text)
-        except grpc.aio.AioRpcError as rpc_err:
-            log.warning("%s: writing the error node failed: %s", self.nodename, rpc_err.details())
+        except XenError as write_err:
+            log.warning("%s: writing the error node failed: %s", self.nodename, write_err.message)
         await self.run_actions(self.on_fatal())
 
     async def _read(self, path: str) -> str | None:
         try:
             return await self.xenbus.read(path)
-        except grpc.aio.AioRpcError as err:
-            log.debug("%s: reading %s: %s", self.nodename, path, err.details())
+        except XenbusValueError:
+            raise
+        except XenError as err:
+            log.debug("%s: reading %s: %s", self.nodename, path, err.message)
             return None
 
     async def read_keys(self, directory: str, keys) -> dict[str, str | None]:

@@ -17,6 +17,7 @@ import pytest
 
 from xenlab.domain.__main__ import NoMemory, _enter_domain
 from xenlab.domain.evtchn import GuestEventChannels, connect_for_memory
+from xenlab.domain.hypercall import Hypercalls
 from xenlab.hypervisor.launcher import DomainHandles, Launcher, StartInfo
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
 from xenlab.xen import abi
@@ -80,7 +81,7 @@ async def test_a_container_domain_maps_the_memory_and_rings_on_the_same_connecti
     mm = await client.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
         domain=common_pb2.DomainRef(domid=domid)))
     shared = SharedInfo(memory.view, mm.shared_info_offset, 1)
-    evtchn = GuestEventChannels(client, shared, doorbell, secret)
+    evtchn = GuestEventChannels(Hypercalls(client).evtchn, shared, doorbell, secret)
     try:
         await evtchn.start()
         assert evtchn.via_doorbell           # the greeted connection, no second HELLO
