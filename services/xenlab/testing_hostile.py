@@ -85,7 +85,7 @@ def _u32_ahead(a: int, b: int) -> bool:
 
 
 class SwitchHotplug:
-    """A backend's hotplug (xenlab.drivers.netback.Hotplug) for tests: each
+    """A backend's hotplug (xenlab.drivers.netback.interface.Hotplug) for tests: each
     bridge hands a frame to the vif whose guest owns its destination MAC, a
     broadcast to every other vif, and counts (and drops) the rest. Frames
     from a vif named in ``only_byte`` must consist of that byte alone
@@ -458,7 +458,7 @@ _MORE, _EXTRA = abi.NETTXF_more_data, abi.NETTXF_extra_info
 
 class TxFuzzer:
     """Seeded hostile tx rounds against netback's documented rules
-    (xenlab.drivers.netback_core): most frames are well formed or earn an
+    (xenlab.drivers.netback.tx): most frames are well formed or earn an
     error answer, at most one per round is fatal (and last), and some rounds
     are scrambled (garbage slots, slots rewritten after publishing) so that
     only the head of the round has a known answer.

@@ -44,10 +44,8 @@ def dom0_start_info(rundir: Rundir, vcpus: int = 1) -> StartInfo:
 def dom0_drivers(kernel) -> list:
     from xenlab.drivers.hotplug import BridgeHotplug
     from xenlab.drivers.netback import NetbackDriver
-    def announce(name, device):
-        for callback in kernel.on_netif_change:
-            callback(name, device)
-    return [NetbackDriver(kernel, BridgeHotplug(kernel.xenbus, kernel.domid, announce))]
+    return [NetbackDriver(kernel, BridgeHotplug(kernel.xenbus, kernel.domid,
+                                                kernel.netif_changed))]
 
 
 async def reset_previous_kernel(start: StartInfo) -> None:

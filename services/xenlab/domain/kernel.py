@@ -62,6 +62,15 @@ class DomainKernel:
         # Coroutine functions run once boot is complete (e.g. dom0 saying netback is ready).
         self.on_boot: list[Callable[[], object]] = []
 
+    def netif_changed(self, name: str, device) -> None:
+        """An interface came (``device``) or went (None): tell whoever
+        follows them (the guest agent, the events publisher)."""
+        for callback in list(self.on_netif_change):
+            try:
+                callback(name, device)
+            except Exception:
+                log.exception("netif change callback for %s failed", name)
+
     async def boot(self) -> None:
         mm = await self.hypercall.memory.memory_map(with_populated=True)
         self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,

@@ -1,8 +1,10 @@
 """Paravirtual device drivers: netfront (every domU) and netback (dom0 or a
 driver domain), mirror images over the shared ring (xenlab.xen.ring) and the
-xenbus state machine (xenbus_state). Protocol logic is pure
-(netfront_core, netback_core, ratelimit); netfront.py and netback.py are the
-asyncio adapters.
+xenbus state machine (xenbus_state, pure), each device a task of
+xenbus_device. Protocol logic is pure (netfront_core; netback's tx, rx and
+the pieces they use); netfront.py and the netback package are the asyncio
+adapters, which reach the hypervisor through the kernel's typed hypercall
+layer (xenlab.domain.hypercall) only.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from xenlab.drivers.netback import HotplugError
+from xenlab.drivers.netback.interface import HotplugError
 from xenlab.net.device import NetDevice
 from xenlab.net.veth import VethEnd, VethError, connect_veth
 

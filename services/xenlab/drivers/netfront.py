@@ -20,10 +20,9 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from xenlab.domain.xenbus import XenbusDriver
 from xenlab.drivers import xenbus_state as xs
 from xenlab.drivers.netfront_core import (Buffer, NetfrontRx, NetfrontTx, TxSend, more_to_do)
-from xenlab.drivers.xenbus_device import XenbusDevice
+from xenlab.drivers.xenbus_device import XenbusDevice, XenbusDeviceDriver
 from xenlab.net.device import NetDevice
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
@@ -348,20 +347,12 @@ class Netfront(XenbusDevice):
     def _announce(self, dev: NetfrontDevice) -> None:
         if self.kernel.netifs.get(dev.name) is not dev:
             self.kernel.netifs[dev.name] = dev
-            _notify_change(self.kernel, dev.name, dev)
+            self.kernel.netif_changed(dev.name, dev)
 
     def _withdraw(self, dev: NetfrontDevice) -> None:
         if self.kernel.netifs.get(dev.name) is dev:
             del self.kernel.netifs[dev.name]
-            _notify_change(self.kernel, dev.name, None)
-
-
-def _notify_change(kernel, name: str, dev: NetDevice | None) -> None:
-    for callback in list(kernel.on_netif_change):
-        try:
-            callback(name, dev)
-        except Exception:
-            log.exception("netif change callback for %s failed", name)
+            self.kernel.netif_changed(dev.name, None)
 
 
 def _parse_frontend_dir(keys: dict[str, str | None]) -> tuple[str, int, bytes, int]:
@@ -384,27 +375,11 @@ def _parse_frontend_dir(keys: dict[str, str | None]) -> tuple[str, int, bytes, i
     return backend, backend_id, mac, mtu
 
 
-class NetfrontDriver(XenbusDriver):
+class NetfrontDriver(XenbusDeviceDriver):
+    """netfront: a device for every vif directory under our device/vif."""
+
     devicetype = "vif"
     side = "frontend"
 
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.devices: dict[str, Netfront] = {}
-
-    async def probe(self, path: str) -> None:
-        # Runs inside the xenbus reader: start the device's task, wait for nothing.
-        dev = Netfront(self.kernel, path)
-        self.devices[path] = dev
-        dev.start()
-
-    async def remove(self, path: str) -> None:
-        dev = self.devices.pop(path, None)
-        if dev is not None:
-            dev.removed()
-
-    async def close(self) -> None:
-        for dev in list(self.devices.values()):
-            await dev.stop()
-            dev.shutdown_local()
-        self.devices.clear()
+    def new_device(self, path: str) -> Netfront:
+        return Netfront(self.kernel, path)

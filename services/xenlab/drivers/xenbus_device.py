@@ -20,7 +20,7 @@ import asyncio
 import errno
 import logging
 
-from xenlab.domain.xenbus import XenbusClient, XenbusValueError
+from xenlab.domain.xenbus import XenbusClient, XenbusDriver, XenbusValueError
 from xenlab.drivers import xenbus_state as xs
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.errors import XenError
@@ -77,6 +77,9 @@ class XenbusDevice:
 
     async def teardown(self) -> None:
         """Our directory is gone: undo everything, write nothing."""
+
+    def shutdown_local(self) -> None:
+        """The domain is going away: let go of everything, without hypercalls."""
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -266,3 +269,34 @@ class XenbusDevice:
     async def read_keys(self, directory: str, keys) -> dict[str, str | None]:
         values = await asyncio.gather(*(self._read(f"{directory}/{k}") for k in keys))
         return dict(zip(keys, values))
+
+
+class XenbusDeviceDriver(XenbusDriver):
+    """A driver of split devices: one XenbusDevice per device directory.
+    probe starts the device's task and waits for nothing (it runs inside
+    the xenbus reader); remove tears the device down, whatever it is
+    doing; close, when the domain is going, stops every device and lets
+    go of what it holds without hypercalls."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.devices: dict[str, XenbusDevice] = {}
+
+    def new_device(self, path: str) -> XenbusDevice:
+        raise NotImplementedError
+
+    async def probe(self, path: str) -> None:
+        dev = self.new_device(path)
+        self.devices[path] = dev
+        dev.start()
+
+    async def remove(self, path: str) -> None:
+        dev = self.devices.pop(path, None)
+        if dev is not None:
+            dev.removed()
+
+    async def close(self) -> None:
+        for dev in list(self.devices.values()):
+            await dev.stop()
+            dev.shutdown_local()
+        self.devices.clear()
