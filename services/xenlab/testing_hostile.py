@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from xenlab.domain.hypercall import DomainOps, Hypercalls, Page, VifInfo
 from xenlab.domain.kernel import DomainKernel
-from xenlab.hypervisor.launcher import StartInfo
+from xenlab.xen.start_info import StartInfo
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.errors import XenError

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from xenlab import eventloop
-from xenlab.hypervisor.launcher import StartInfo
+from xenlab.xen.start_info import StartInfo
 from xenlab.osutil import die_with_parent, drop_privileges, on_stop_signal
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

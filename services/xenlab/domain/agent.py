@@ -35,7 +35,7 @@ from xenlab.domain.netstack import GoneDevice, GuestNetwork
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.proto import agent_pb2, agent_pb2_grpc
-from xenlab.hypervisor.vif import agent_record_path
+from xenlab.xen.xenstore_paths import agent_record_path
 from xenlab.rpc import TokenGate, handles_xen_errors, start_server
 from xenlab.rundir import Rundir
 from xenlab.xen.errors import XenError

@@ -17,7 +17,7 @@ from xenlab import eventloop
 from xenlab.client import Rundir
 from xenlab.domain.hypercall import Hypercalls
 from xenlab.events import config as events_config
-from xenlab.hypervisor.launcher import StartInfo
+from xenlab.xen.start_info import StartInfo
 from xenlab.osutil import die_with_parent, on_stop_signal, raise_fd_limit
 from xenlab.xen.errors import ConfigError
 

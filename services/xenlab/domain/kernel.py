@@ -16,7 +16,7 @@ from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.domain.memory import GuestMemory
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
-from xenlab.hypervisor.launcher import StartInfo
+from xenlab.xen.start_info import StartInfo
 from xenlab.hypervisor.memory import MAX_EXTENTS
 from xenlab.xen import abi
 from xenlab.xen.digits import U64_MAX, parse_decimal

@@ -30,7 +30,7 @@ from xenlab.xen.digits import C_SPACE, parse_decimal, quoted
 from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.netif import make_rx_ring, make_tx_ring
 from xenlab.xen.ring import FrontRing, SharedRing
-from xenlab.xen.xlcfg import parse_mac
+from xenlab.xen.netconf import parse_mac
 
 log = logging.getLogger(__name__)
 

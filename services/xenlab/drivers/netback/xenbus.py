@@ -39,7 +39,8 @@ from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.digits import C_SPACE, U32_MAX, parse_decimal
 from xenlab.xen.errors import ConfigError, XenError
-from xenlab.xen.xlcfg import parse_mac
+from xenlab.xen.names import DEFAULT_BRIDGE
+from xenlab.xen.netconf import parse_mac
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class VifConfig:
     ips: tuple[ipaddress.IPv4Address, ...] = ()
     rate: Rate | None = None
     mtu: int = abi.ETH_DATA_LEN
-    bridge: str = abi.DEFAULT_BRIDGE
+    bridge: str = DEFAULT_BRIDGE
     vifname: str | None = None
     online: bool = True
 
@@ -121,7 +122,7 @@ def parse_backend_dir(path: str, values: Mapping[str, str | None]) -> VifConfig:
     return VifConfig(
         backend_id=backend_id, frontend=frontend, frontend_id=frontend_id, devid=devid, mac=mac,
         ips=_parse_ips(values.get("ip")), rate=_parse_rate_key(values.get("rate")),
-        mtu=_parse_mtu(values.get("mtu")), bridge=values.get("bridge") or abi.DEFAULT_BRIDGE,
+        mtu=_parse_mtu(values.get("mtu")), bridge=values.get("bridge") or DEFAULT_BRIDGE,
         vifname=values.get("vifname") or None, online=(values.get("online") or "0").strip() == "1")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import random as _random
 import re
 import uuid as _uuid
 from dataclasses import dataclass, field
@@ -23,19 +22,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping, Sequence, Union
 
-from xenlab.proto import domains_pb2
 from xenlab.xen import abi
 from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import ConfigError
+from xenlab.xen.names import BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, is_bridge_name, is_ifname
+from xenlab.xen.netconf import format_mac, parse_mac, parse_rate, parse_vlan
 
 DEFAULT_MEMORY_MB = 128
-DEFAULT_BRIDGE = "xenbr0"
 DEFAULT_MTU = abi.ETH_DATA_LEN
 MTU_MAX = 65535
 COMMAND_LINE = "<command line>"  # the source named in errors from `xl create ... key=value`
-DEFAULT_RATE_INTERVAL_US = 50_000   # libxlu_vif.c: "Default to 50ms"
-XEN_OUI = b"\x00\x16\x3e"           # Xensource's OUI, as libxl__device_nic_setdefault
-IFNAMSIZ = 16                       # Linux: names hold IFNAMSIZ-1 characters
 
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve",
            "coredump-destroy", "coredump-restart", "soft-reset")
@@ -634,23 +630,17 @@ def _vif_devid(text: str) -> int:
 
 def _ifname(key: str):
     def check(text: str) -> str:
-        if not text or len(text) >= IFNAMSIZ or "/" in text or any(c.isspace() for c in text):
-            raise ConfigError(f"{key}={text!r} is not a valid interface name "
-                              f"(1..{IFNAMSIZ - 1} characters, no '/' or spaces)")
+        if not is_ifname(text):
+            raise ConfigError(f"{key}={text!r} is not a valid interface name ({IFNAME_RULE})")
         return text
     return check
 
 
-# A bridge's name is a path component of the bridge registry in xenstore
-# (/tool/xenlab/bridges/NAME), as the bridge service checks it.
-_BRIDGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
-
-
 def _bridge(key: str):
     def check(text: str) -> str:
-        if not _BRIDGE_NAME.fullmatch(text):
+        if not is_bridge_name(text):
             raise ConfigError(f"{key}={text!r} is not a valid interface name for a bridge "
-                              f"(1-{IFNAMSIZ - 1} of A-Z a-z 0-9 _ -)")
+                              f"({BRIDGE_NAME_RULE})")
         return text
     return check
 
@@ -677,153 +667,3 @@ _VIF_KEYS = {
     "devid": ("devid", _vif_devid),
     "vlan": ("vlan", lambda text: (parse_vlan(text), text)[1]),
 }
-
-
-# --------------------------------------------------------------------------
-# MAC addresses and rates.
-
-_MAC = re.compile(r"([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2}):"
-                  r"([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2}):([0-9A-Fa-f]{2})")
-
-
-def parse_mac(text: str) -> bytes:
-    """'00:16:3e:01:02:03' -> 6 bytes (libxl__parse_mac: six hex octets)."""
-    m = _MAC.fullmatch(text.strip())
-    if m is None:
-        raise ConfigError(f"mac={text} is not a MAC address (six hex octets, like 00:16:3e:01:02:03)")
-    return bytes(int(g, 16) for g in m.groups())
-
-
-def format_mac(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
-
-
-def random_mac(rng: _random.Random | None = None) -> str:
-    """A random address under Xen's OUI. The 4th octet is masked with 0x7f,
-    as libxl__device_nic_setdefault does."""
-    rng = rng or _random.SystemRandom()
-    tail = bytearray(rng.getrandbits(8) for _ in range(3))
-    tail[0] &= 0x7F
-    return format_mac(XEN_OUI + bytes(tail))
-
-
-# --------------------------------------------------------------------------
-# VLANs (xl-network-configuration(5), vlan=; Xen 4.19).
-
-VLAN_MAX = 4094
-_VLAN_TERM = re.compile(r"(?P<vid>[0-9]+)(?:-(?P<end>[0-9]+)|\+(?P<step>[0-9]+)x(?P<count>[0-9]+))?"
-                        r"(?P<flag>[pu]?)")
-
-
-@dataclass(frozen=True)
-class VlanMember:
-    vid: int
-    pvid: bool = False
-    untagged: bool = False
-
-
-def parse_vlan(text: str) -> tuple[VlanMember, ...]:
-    """xl's vlan= value -> the port's VLANs, in order. Terms are separated
-    by '/': VID (with 'p': the PVID, which implies untagged; 'u': untagged),
-    VID1-VID2 and VID+OFFSETxCOUNT ("COUNT additional entries, each
-    incremented by OFFSET": 100+10x4 is 100, 110, 120, 130, 140), both with
-    an optional 'u'. Exactly one VID is the PVID; a single VID alone is it
-    without the 'p'."""
-    terms = text.strip().split("/")
-    members: dict[int, VlanMember] = {}
-    for term in terms:
-        m = _VLAN_TERM.fullmatch(term)
-        if m is None:
-            raise ConfigError(f"vlan={text}: {term!r} is not VID[p|u], VID1-VID2[u] or VID+OFFSETxCOUNT[u]")
-        vid, flag = int(m["vid"]), m["flag"]
-        if m["end"] is not None:
-            vids = range(vid, int(m["end"]) + 1)
-            if int(m["end"]) < vid:
-                raise ConfigError(f"vlan={text}: in {term!r} the range goes down")
-        elif m["step"] is not None:
-            step, count = int(m["step"]), int(m["count"])
-            if step < 1:
-                raise ConfigError(f"vlan={text}: in {term!r} the offset must be at least 1")
-            vids = range(vid, vid + step * count + 1, step)
-        else:
-            vids = range(vid, vid + 1)
-        if flag == "p" and len(vids) != 1:
-            raise ConfigError(f"vlan={text}: only a single VLAN ID can be the PVID ('p'), not {term!r}")
-        for v in vids:
-            if not 1 <= v <= VLAN_MAX:
-                raise ConfigError(f"vlan={text}: VLAN ID {v} is outside 1..{VLAN_MAX}")
-            if v in members:
-                raise ConfigError(f"vlan={text}: VLAN {v} is given twice")
-            members[v] = VlanMember(v, flag == "p", flag in ("p", "u"))
-    pvids = [m for m in members.values() if m.pvid]
-    if len(members) == 1 and not pvids:
-        only = next(iter(members.values()))
-        members[only.vid] = VlanMember(only.vid, True, True)
-    elif len(pvids) != 1:
-        raise ConfigError(f"vlan={text}: exactly one VLAN ID must be the PVID (marked 'p'), "
-                          f"{len(pvids)} are")
-    return tuple(members.values())
-
-
-_RATE = re.compile(r"([0-9]+)([GMK]?)([Bb])(?:/(s|ms|us))?")
-_INTERVAL = re.compile(r"([0-9]+)(s|ms|us)?")
-_UNIT = {"": 1, "K": 1000, "M": 1000 ** 2, "G": 1000 ** 3}   # libxlu_vif.c: decimal units
-_PER = {"s": 1_000_000, "ms": 1000, "us": 1}
-_U32_MAX = 0xFFFF_FFFF
-
-
-def parse_rate(text: str) -> tuple[int, int]:
-    """xl's `RATE[/TIME][@INTERVAL]` -> (bytes per interval, interval in µs),
-    the pair netback reads from the `rate` xenstore key.
-
-    RATE is a number with B, KB, MB, GB (bytes) or b, Kb, Mb, Gb (bits), per
-    second unless /ms or /us says otherwise; INTERVAL defaults to 50ms.
-    """
-    rate_text, at, interval_text = text.strip().partition("@")
-    m = _RATE.fullmatch(rate_text)
-    if m is None:
-        raise ConfigError(f"rate={text}: invalid rate (expected like 10Mb/s, 1MB/s@20ms)")
-    number, unit, byte_or_bit, per = m.groups()
-    amount = int(number)
-    if amount == 0 or amount > _U32_MAX:
-        raise ConfigError(f"rate={text}: rate overflow (must be 1..{_U32_MAX} before the unit)")
-    bytes_per_sec = amount * _UNIT[unit] * 1_000_000 // _PER[per or "s"]
-    if byte_or_bit == "b":
-        bytes_per_sec //= 8
-    interval_us = _parse_interval(text, interval_text) if at else DEFAULT_RATE_INTERVAL_US
-    per_interval = bytes_per_sec * interval_us // 1_000_000
-    if per_interval == 0:
-        raise ConfigError(f"rate={text}: less than one byte per {interval_us}us interval")
-    return per_interval, interval_us
-
-
-def _parse_interval(text: str, interval: str) -> int:
-    m = _INTERVAL.fullmatch(interval)
-    if m is None:
-        raise ConfigError(f"rate={text}: invalid replenishment interval {interval!r} "
-                          "(expected like 20ms, 500us or 1s)")
-    amount = int(m.group(1))
-    if amount == 0 or amount > _U32_MAX:
-        raise ConfigError(f"rate={text}: replenishment interval overflow")
-    micros = amount * _PER[m.group(2) or "s"]
-    if micros > _U32_MAX:
-        raise ConfigError(f"rate={text}: replenishment interval overflow")
-    return micros
-
-
-# --------------------------------------------------------------------------
-# To the wire.
-
-def to_domain_spec(cfg: XlConfig) -> domains_pb2.DomainSpec:
-    """The Create rpc's DomainSpec for a parsed config."""
-    return domains_pb2.DomainSpec(
-        name=cfg.name, memory_mb=cfg.memory_mb, maxmem_mb=cfg.maxmem_mb,
-        vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus, on_poweroff=cfg.on_poweroff,
-        on_reboot=cfg.on_reboot, on_crash=cfg.on_crash,
-        vif=[domains_pb2.VifSpec(devid=v.devid, mac=v.mac or "", bridge=v.bridge, ip=v.ip or "",
-                                 vifname=v.vifname or "", rate=v.rate or "", mtu=v.mtu,
-                                 backend=v.backend or "", script=v.script or "",
-                                 model=v.model or "", vlan=v.vlan or "")
-             for v in cfg.vifs],
-        uuid=cfg.uuid or "", launcher=cfg.launcher or "", extra=dict(cfg.extra),
-        config_text=cfg.text)

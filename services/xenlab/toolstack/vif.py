@@ -2,25 +2,20 @@
 
 Pure: given a VifSpec it says which xenstore nodes to write, with which
 permissions; given the nodes it builds what `xl network-list` shows. The
-hypervisor (core.py) carries it out against its xenstore.
+toolstack's devices (devices.py) carry it out against the xenstore.
 """
 from __future__ import annotations
 
 import errno
 import ipaddress
-import re
 from dataclasses import dataclass
 
-from xenlab.bridge.core import check_bridge_name
 from xenlab.xen import abi
 from xenlab.xen.digits import decimal_or
 from xenlab.xen.errors import ConfigError, DomainError, XenError
-from xenlab.xen.xlcfg import format_mac, parse_mac, parse_rate, parse_vlan, random_mac
-
-BRIDGE_REGISTRY = "/tool/xenlab/bridges"    # where bridge services register (bridge/server.py)
-
-# linux/if.h dev_valid_name: 1..IFNAMSIZ-1 characters, no '/', ':' or whitespace.
-_IFNAME = re.compile(r"[^/:\s]{1,15}")
+from xenlab.xen.names import DEFAULT_BRIDGE, IFNAME_RULE, check_bridge_name, is_ifname
+from xenlab.xen.netconf import format_mac, parse_mac, parse_rate, parse_vlan, random_mac
+from xenlab.xen.xenstore_paths import backend_path, frontend_path
 
 Perms = list[tuple[int, str]]
 
@@ -43,33 +38,6 @@ class VifNodes:
                 "bridge": self.backend["bridge"]}
 
 
-def backend_path(backend_id: int, domid: int, devid: int) -> str:
-    return f"/local/domain/{backend_id}/backend/vif/{domid}/{devid}"
-
-
-def frontend_path(domid: int, devid: int) -> str:
-    return f"/local/domain/{domid}/device/vif/{devid}"
-
-
-def record_root(domid: int) -> str:
-    """libxl__domain_libxl_path: the toolstack's private nodes for a domain."""
-    return f"/libxl/{domid}"
-
-
-def record_path(domid: int, devid: int | None = None) -> str:
-    """libxl__device_libxl_path: the toolstack's own record of a vif."""
-    base = f"{record_root(domid)}/device/vif"
-    return base if devid is None else f"{base}/{devid}"
-
-
-def agent_record_path(domid: int) -> str:
-    """Where the toolstack keeps a domain's guest agent: ``address`` and
-    ``token`` (what a caller must present), written at creation from what
-    the launcher decided. Under /libxl, so Domain-0 alone reads it and the
-    guest can neither read the token nor point the toolstack elsewhere."""
-    return f"{record_root(domid)}/agent"
-
-
 def normalise_mac(text: str) -> str:
     """A vif MAC: six octets, unicast (a multicast source could not be learned)."""
     try:
@@ -87,7 +55,7 @@ def vif_nodes(domid: int, devid: int, backend_id: int, spec, mac: str) -> VifNod
     takes a VifSpec from any client: what netback would refuse later (and
     leave the domain with a dead vif) is refused now."""
     bpath, fpath = backend_path(backend_id, domid, devid), frontend_path(domid, devid)
-    bridge = check_bridge(spec.bridge or abi.DEFAULT_BRIDGE)
+    bridge = check_bridge(spec.bridge or DEFAULT_BRIDGE)
     mtu = spec.mtu or abi.ETH_DATA_LEN
     if not abi.ETH_MIN_MTU <= mtu <= 65535:
         raise DomainError(errno.EINVAL, f"vif mtu {mtu} is outside {abi.ETH_MIN_MTU}..65535")
@@ -143,9 +111,8 @@ def _check_vlan(text: str) -> str:
 
 
 def _check_vifname(text: str) -> str:
-    if not _IFNAME.fullmatch(text) or text in (".", ".."):
-        raise DomainError(errno.EINVAL, f"vifname {text!r} is not an interface name (1-15 "
-                                        "characters, no '/', ':' or spaces)")
+    if not is_ifname(text):
+        raise DomainError(errno.EINVAL, f"vifname {text!r} is not an interface name ({IFNAME_RULE})")
     return text
 
 
