@@ -69,7 +69,8 @@ def toolstack(lab) -> DomainOps:
 async def boot_domain(lab, name: str, *, memory_mb: int = 16, drivers=None) -> DomainKernel:
     """Create a domain through the toolstack (launcher none) and boot its
     kernel in this process; ``drivers(kernel)`` gives its xenbus drivers
-    (none by default)."""
+    (none by default). It runs no guest agent: its peers drive the
+    interfaces themselves."""
     reply = await toolstack(lab).create(name, memory_mb, launcher="none")
     start = StartInfo(domid=reply.domid, name=name, secret=reply.secret,
                       hypervisor=lab.address, doorbell=str(lab.rundir / "evtchn.sock"), vcpus=1,

@@ -205,12 +205,9 @@ class NetLab:
 
 
 @pytest.fixture
-async def net(hypervisor, monkeypatch):
-    # The guest agent (another module) would attach an IP stack to every
-    # netif; these tests drive the interfaces themselves.
-    async def no_agent(kernel):
-        return None
-    monkeypatch.setattr("xenlab.domain.agent.start_guest_agent", no_agent)
+async def net(hypervisor):
+    # Its kernels run no guest agent (which would attach an IP stack to
+    # every netif): these tests drive the interfaces themselves.
     lab = NetLab(hypervisor)
     await lab.boot_dom0()
     try:

@@ -2,26 +2,32 @@
 
 Boot: authenticate to the hypervisor, map this domain's memory and its
 shared_info, start the event-channel upcall loop and the xenbus client,
-advertise the PV control features, then serve: follow control/shutdown
+register the drivers it was given, advertise the PV control features,
+start the agent it was given, then serve: follow control/shutdown
 (poweroff/reboot, as a PV guest's xenbus shutdown handler does) and
 memory/target (the balloon driver), until told to stop.
+
+The kernel knows no driver and no agent: whoever starts it hands them in
+(xenlab.boot), and drivers reach the hypervisor through the kernel's typed
+hypercall layer, its event channels and its xenbus.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.domain.memory import GuestMemory
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
-from xenlab.xen.start_info import StartInfo
+from xenlab.domain.xenbus_ring import RingXenStore
 from xenlab.hypervisor.memory import MAX_EXTENTS
 from xenlab.xen import abi
 from xenlab.xen.digits import U64_MAX, parse_decimal
 from xenlab.xen.errors import XenError
 from xenlab.xen.shared_info import SharedInfo
+from xenlab.xen.start_info import StartInfo
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +36,15 @@ TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 class DomainKernel:
     def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
-                 memory_map=None, doorbell=None):
-        """``memory_map``: the domain's memory, already mapped from the
-        object its launcher handed over or the doorbell brought (else boot
-        opens the segment); ``doorbell``: that doorbell connection, greeted."""
+                 memory_map=None, doorbell=None,
+                 agent: Callable[["DomainKernel"], Awaitable[object]] | None = None):
+        """``drivers(kernel)``: the XenbusDrivers to register at boot (none
+        if not given); ``agent(kernel)``: started once they are, its result
+        stopped (``await result.stop()``) first at close (none if not given
+        or if it returns None); ``memory_map``: the domain's memory, already
+        mapped from the object its launcher handed over or the doorbell
+        brought (else boot opens the segment); ``doorbell``: that doorbell
+        connection, greeted."""
         self.start_info = start
         self._memory_map = memory_map
         self._doorbell = doorbell
@@ -46,16 +57,16 @@ class DomainKernel:
         self.shared_info: SharedInfo | None = None
         self.evtchn: GuestEventChannels | None = None
         self.xenbus: XenbusClient | None = None
-        self._store_ring = None      # xenbus_ring.RingXenStore, when start_info names a ring
+        self._store_ring: RingXenStore | None = None     # when start_info names a ring
         self.bus: XenbusBus | None = None
         self.ticks = 0
         self.shutdown_reason = ""
         self._stop = asyncio.Event()
         self._balloon_lock = asyncio.Lock()
-        # Drivers (xenlab.drivers): ``drivers(kernel)`` returns the XenbusDrivers
-        # to register at boot; None means xenlab.drivers.default_drivers.
         self._driver_factory = drivers
+        self._agent_factory = agent
         self.drivers: list = []
+        self.agent = None
         self.netifs: dict = {}       # netfront: "eth0" -> NetfrontDevice
         self.vifs: dict = {}         # netback: "vif1.0" -> VifDevice
         self.on_netif_change: list[Callable[[str, object], None]] = []
@@ -100,9 +111,8 @@ class DomainKernel:
                  self.name, self.memory.nr_frames,
                  "yes" if self.evtchn.via_doorbell else "no (gRPC fallback)",
                  "its store ring" if self._store_ring else "gRPC")
-        # -- guest network + guest agent (xenlab.domain.netstack / .agent) --
-        from xenlab.domain.agent import start_guest_agent
-        self.agent = await start_guest_agent(self)
+        if self._agent_factory is not None:
+            self.agent = await self._agent_factory(self)
         for hook in self.on_boot:
             await hook()
 
@@ -111,14 +121,14 @@ class DomainKernel:
         without one (a kernel started by hand), the hypervisor's XenStore service."""
         if not self.start_info.store_port:
             return self.hypercall.xenstore
-        from xenlab.domain.xenbus_ring import RingXenStore
         self._store_ring = RingXenStore.open(self.memory, self.evtchn, self.start_info.store_gfn,
                                              self.start_info.store_port)
         return self._store_ring
 
     async def _register_drivers(self) -> None:
-        from xenlab.drivers import default_drivers
-        for driver in (self._driver_factory or default_drivers)(self):
+        if self._driver_factory is None:
+            return
+        for driver in self._driver_factory(self):
             self.drivers.append(driver)
             await self.bus.register(driver)
 
@@ -220,7 +230,7 @@ class DomainKernel:
         await self._close()
 
     async def _close(self) -> None:
-        if getattr(self, "agent", None) is not None:    # guest agent: before xenbus goes
+        if self.agent is not None:                # the agent: before xenbus goes
             await self.agent.stop()
         for driver in reversed(self.drivers):     # drivers: before xenbus goes
             await driver.close()

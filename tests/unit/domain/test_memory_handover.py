@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from xenlab.domain.__main__ import NoMemory, _enter_domain
+from xenlab.boot.domu import NoMemory, _enter_domain
 from xenlab.domain.evtchn import GuestEventChannels, connect_for_memory
 from xenlab.domain.hypercall import Hypercalls
 from xenlab.launchers.base import DomainHandles, Launcher
@@ -105,7 +105,7 @@ async def test_a_container_domain_without_a_doorbell_says_it_has_no_memory(hyper
     with pytest.raises(NoMemory, match="gone.sock.*gRPC fallback carries no memory"):
         await asyncio.to_thread(_enter_domain, start)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xenlab.domain", "--orphan-ok", stdin=subprocess.PIPE,
+        sys.executable, "-m", "xenlab.boot.domu", "--orphan-ok", stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(start.to_json().encode() + b"\n"), 60)
     assert proc.returncode == 2

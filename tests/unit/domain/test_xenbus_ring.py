@@ -22,10 +22,7 @@ DOM0 = Caller(0, True)
 
 
 @pytest.fixture
-async def kernel(hypervisor, monkeypatch):
-    async def no_agent(kernel):
-        return None
-    monkeypatch.setattr("xenlab.domain.agent.start_guest_agent", no_agent)
+async def kernel(hypervisor):
     reply = await hypervisor.dom0.domains.Create(domains_pb2.CreateDomainRequest(
         spec=domains_pb2.DomainSpec(name="ringed", memory_mb=16, launcher="none")))
     domid = reply.info.domid

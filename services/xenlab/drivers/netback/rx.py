@@ -22,13 +22,12 @@ from typing import Mapping, Sequence
 
 from xenlab.drivers.netback.scratch import PAGE, GrantCopy, Scratch
 from xenlab.xen import abi
+from xenlab.xen.netif import pack_rx_response, unpack_rx_request
 # xen_mb(): the ring module's full fence, for the one event index the
 # ring views do not set themselves (rx: "kick me on the next request").
 from xenlab.xen.ring import BackRing
 from xenlab.xen.ring import _full_barrier as xen_mb
 
-_RX_REQUEST = abi.NETIF_RX_REQUEST
-_RX_RESPONSE = abi.NETIF_RX_RESPONSE
 RX_QUEUE_MAX = 512          # frames waiting for rx requests before "rx_ring_full"
 # netback's rx_queue_max (XENVIF_RX_QUEUE_BYTES): half a ring of full pages.
 RX_QUEUE_BYTES = abi.NET_RX_RING_SIZE // 2 * abi.PAGE_SIZE
@@ -109,7 +108,7 @@ class NetbackRx:
         """The grant refs of the rx requests posted and not yet taken, in
         ring order, without taking them: which receive pages to map ahead
         of the first frame (persistent grants)."""
-        unpack = _RX_REQUEST.unpack_from
+        unpack = unpack_rx_request
         return [unpack(req)[2] for req in self.ring.peek_requests()]
 
     def build(self, scratch: Scratch | None = None) -> RxBatch:
@@ -147,7 +146,7 @@ class NetbackRx:
         get_request = self.ring.get_request
         direct = self.direct
         for k in range(need):
-            id_, _pad, gref = _RX_REQUEST.unpack_from(get_request())
+            id_, _pad, gref = unpack_rx_request(get_request())
             size = min(PAGE, len(frame) - k * PAGE)
             if direct and need == 1:
                 page = direct.get(gref)
@@ -167,7 +166,7 @@ class NetbackRx:
     def complete(self, batch: RxBatch, statuses: Sequence[int]) -> RxResult:
         drops: collections.Counter = collections.Counter()
         sent: list[bytes] = []
-        pack = _RX_RESPONSE.pack
+        pack = pack_rx_response
         responses = []
         put = responses.append
         n = len(statuses)

@@ -47,11 +47,9 @@ from xenlab.drivers.netback.antispoof import AntiSpoof
 from xenlab.drivers.netback.ratelimit import CreditScheduler
 from xenlab.drivers.netback.scratch import PAGE, GrantCopy, Scratch
 from xenlab.xen import abi
-from xenlab.xen.netif import ExtraInfo
+from xenlab.xen.netif import ExtraInfo, pack_tx_response, unpack_tx_request
 from xenlab.xen.ring import BackRing
 
-_TX_REQUEST = abi.NETIF_TX_REQUEST
-_TX_RESPONSE = abi.NETIF_TX_RESPONSE
 _U32 = 0xFFFFFFFF
 
 
@@ -208,7 +206,7 @@ class NetbackTx:
 
     def _take_request(self, frame: _TxFrame) -> tuple[int, int, int, int, int]:
         """(gref, offset, flags, id, size) of the next request, copied once."""
-        req = _TX_REQUEST.unpack_from(self.ring.get_request())
+        req = unpack_tx_request(self.ring.get_request())
         id_ = req[3]
         frame.slots.append(_Slot(id_))
         if id_ >= abi.NET_TX_RING_SIZE:
@@ -332,7 +330,7 @@ class NetbackTx:
             out = self._finish_frame(scratch, frame, statuses, drops)
             if out is not None:
                 frames.append(out)
-        pack = _TX_RESPONSE.pack
+        pack = pack_tx_response
         in_flight = self._in_flight
         responses = []
         for frame in batch.frames:

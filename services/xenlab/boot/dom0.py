@@ -15,11 +15,16 @@ from pathlib import Path
 
 from xenlab import eventloop
 from xenlab.client import Rundir
+from xenlab.domain.agent import start_guest_agent
 from xenlab.domain.hypercall import Hypercalls
+from xenlab.domain.kernel import DomainKernel
+from xenlab.drivers.hotplug import BridgeHotplug
+from xenlab.drivers.netback import NetbackDriver
 from xenlab.events import config as events_config
-from xenlab.xen.start_info import StartInfo
+from xenlab.events.sources import Dom0Source, service_events
 from xenlab.osutil import die_with_parent, on_stop_signal, raise_fd_limit
 from xenlab.xen.errors import ConfigError
+from xenlab.xen.start_info import StartInfo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +46,8 @@ def dom0_start_info(rundir: Rundir, vcpus: int = 1) -> StartInfo:
                      vcpus=vcpus, console_log="")
 
 
-def dom0_drivers(kernel) -> list:
-    from xenlab.drivers.hotplug import BridgeHotplug
-    from xenlab.drivers.netback import NetbackDriver
+def dom0_drivers(kernel: DomainKernel) -> list:
+    """netback, each vif hotplugged into its bridge through a veth pair."""
     return [NetbackDriver(kernel, BridgeHotplug(kernel.xenbus, kernel.domid,
                                                 kernel.netif_changed))]
 
@@ -67,11 +71,8 @@ async def reset_previous_kernel(start: StartInfo) -> None:
 
 
 async def _main(start: StartInfo, events=None) -> int:
-    from xenlab.domain.kernel import DomainKernel
-    from xenlab.events.sources import Dom0Source, service_events
-
     await reset_previous_kernel(start)
-    kernel = DomainKernel(start, drivers=dom0_drivers)
+    kernel = DomainKernel(start, drivers=dom0_drivers, agent=start_guest_agent)
     on_stop_signal(kernel.stop, "poweroff")
     kernel.on_boot.append(lambda: kernel.xenbus.write("data/netback", "ready"))
     async with service_events(events, "dom0") as ev:
