@@ -4,11 +4,22 @@ frontend and backend directories, the toolstack's own record of a domain
 """
 from __future__ import annotations
 
+import re
+
 BRIDGE_REGISTRY = "/tool/xenlab/bridges"    # where bridge services register (bridge/server.py)
 
 
 def backend_path(backend_id: int, domid: int, devid: int) -> str:
     return f"/local/domain/{backend_id}/backend/vif/{domid}/{devid}"
+
+
+_BACKEND_PATH = re.compile(r"/local/domain/([0-9]+)/backend/vif/([0-9]+)/([0-9]+)")
+
+
+def parse_backend_path(path: str) -> tuple[int, int, int] | None:
+    """(backend_id, domid, devid) of a vif backend directory, or None."""
+    m = _BACKEND_PATH.fullmatch(path)
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 
 def frontend_path(domid: int, devid: int) -> str:

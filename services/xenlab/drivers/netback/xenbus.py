@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import re
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Mapping
@@ -41,6 +40,7 @@ from xenlab.xen.digits import C_SPACE, U32_MAX, parse_decimal
 from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.names import DEFAULT_BRIDGE
 from xenlab.xen.netconf import parse_mac
+from xenlab.xen.xenstore_paths import parse_backend_path
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,6 @@ BACKEND_KEYS = ("frontend", "frontend-id", "mac", "ip", "rate", "mtu", "bridge",
 # ----------------------------------------------------------------------------
 # The keys: the backend directory and the frontend's ring details
 # ----------------------------------------------------------------------------
-_BACKEND_PATH = re.compile(r"/local/domain/([0-9]+)/backend/vif/([0-9]+)/([0-9]+)")
-
-
 @dataclass(frozen=True)
 class VifConfig:
     """The toolstack's backend directory, validated (the keys libxl writes for a vif)."""
@@ -97,10 +94,10 @@ def _config_error(message: str) -> XenError:
 
 def parse_backend_dir(path: str, values: Mapping[str, str | None]) -> VifConfig:
     """Validate the backend directory at ``path`` (absolute) from its keys."""
-    m = _BACKEND_PATH.fullmatch(path)
-    if m is None:
+    ids = parse_backend_path(path)
+    if ids is None:
         raise _config_error(f"{path} is not a vif backend path")
-    backend_id, domid, devid = (int(g) for g in m.groups())
+    backend_id, domid, devid = ids
     frontend = values.get("frontend")
     if not frontend:
         raise XenError(errno.ENOENT, "reading frontend: missing")
