@@ -1164,10 +1164,3 @@ class RxFuzzer:
                 out.responses.append(TxResponse(id_, status).pack())
                 answered.append(id_)
         return out
-
-
-# The floods moved to xenlab.testing_floods; xenlab.lab.hostile still takes
-# them from here until it imports that module.
-from xenlab.testing_floods import (_outcome, bind_ipis, concurrent_call_flood,  # noqa: E402,F401
-                                   decrease_reservation_flood, doorbell_storm, fill_grant_table,
-                                   grant_copy_flood, oversized_message_flood, watch_event_flood)
