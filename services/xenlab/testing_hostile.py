@@ -44,8 +44,8 @@ from xenlab.xen.start_info import StartInfo
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.errors import XenError
-from xenlab.xen.netif import (ExtraInfo, RxRequest, RxResponse, TxRequest, TxResponse,
-                              make_rx_ring, make_tx_ring)
+from xenlab.xen.netif import (ExtraInfo, GsoInfo, RxRequest, RxResponse, TxRequest,
+                              TxResponse, make_rx_ring, make_tx_ring)
 
 PAGE = abi.PAGE_SIZE
 _U32 = 0xFFFFFFFF
@@ -545,9 +545,9 @@ class TxFuzzer:
         first, frags = self._sizes(n)
         kind = self.rng.randrange(10)
         if kind == 0:       # a GSO descriptor netback accepts
-            gso = struct.pack("<HBBH", self.rng.randrange(1, _U16 + 1),
-                              self.rng.choice((abi.XEN_NETIF_GSO_TYPE_TCPV4,
-                                               abi.XEN_NETIF_GSO_TYPE_TCPV6)), 0, 0)
+            gso = GsoInfo(self.rng.randrange(1, _U16 + 1),
+                          self.rng.choice((abi.XEN_NETIF_GSO_TYPE_TCPV4,
+                                           abi.XEN_NETIF_GSO_TYPE_TCPV6))).pack()
             return self._data_frame(first, frags, _EXTRA,
                                     [self._extra(abi.XEN_NETIF_EXTRA_TYPE_GSO, 0, gso)])
         if kind == 1:       # hash / xdp extras: kept, not interpreted
@@ -629,7 +629,7 @@ class TxFuzzer:
             req = TxRequest.unpack(slots[0])
             slots = [self._req(req.gref, req.offset, req.flags | _EXTRA, req.id, req.size),
                      self._extra(abi.XEN_NETIF_EXTRA_TYPE_GSO, 0,
-                                 struct.pack("<HBBH", size, gso_type, 0, 0)), *slots[1:]]
+                                 GsoInfo(size, gso_type).pack()), *slots[1:]]
         elif kind == "prod_overflow":       # relative to the round's first slot
             return slots, self.rng.choice((abi.NET_TX_RING_SIZE + 1 + self.rng.randrange(1000),
                                            self.rng.randrange(abi.NET_TX_RING_SIZE + 1, 1 << 32)))

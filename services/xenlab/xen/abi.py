@@ -70,6 +70,7 @@ def ring_size(slot_size: int, page_size: int = PAGE_SIZE) -> int:
 NETIF_TX_REQUEST = struct.Struct("<IHHHH")   # gref, offset, flags, id, size
 NETIF_TX_RESPONSE = struct.Struct("<Hh")     # id, status
 NETIF_EXTRA_INFO = struct.Struct("<BB6s")    # type, flags, union (gso / mcast / hash)
+NETIF_EXTRA_GSO = struct.Struct("<HBBH")     # the union's gso: size, type, pad, features
 NETIF_RX_REQUEST = struct.Struct("<HHI")     # id, pad, gref
 NETIF_RX_RESPONSE = struct.Struct("<HHHh")   # id, offset, flags, status (status > 0: bytes)
 NETIF_TX_SLOT = max(NETIF_TX_REQUEST.size, NETIF_TX_RESPONSE.size, NETIF_EXTRA_INFO.size)  # 12

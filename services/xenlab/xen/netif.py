@@ -125,6 +125,23 @@ class ExtraInfo:
         return cls(*abi.NETIF_EXTRA_INFO.unpack_from(buf))
 
 
+@dataclass(frozen=True, slots=True)
+class GsoInfo:
+    """The gso member of netif_extra_info's union (XEN_NETIF_EXTRA_TYPE_GSO)."""
+
+    size: int           # the maximum payload of each segment
+    type: int           # XEN_NETIF_GSO_TYPE_*
+    features: int = 0   # XEN_NETIF_GSO_FEAT_* (none defined)
+
+    def pack(self) -> bytes:
+        return abi.NETIF_EXTRA_GSO.pack(self.size, self.type, 0, self.features)
+
+    @classmethod
+    def unpack(cls, data) -> GsoInfo:
+        size, type_, _pad, features = abi.NETIF_EXTRA_GSO.unpack_from(data)
+        return cls(size, type_, features)
+
+
 def make_tx_ring(buf) -> SharedRing:
     """The netif_tx shared ring (NET_TX_RING_SIZE slots) over one page."""
     return SharedRing(buf, abi.NETIF_TX_SLOT)

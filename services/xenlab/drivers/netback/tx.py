@@ -47,7 +47,7 @@ from xenlab.drivers.netback.antispoof import AntiSpoof
 from xenlab.drivers.netback.ratelimit import CreditScheduler
 from xenlab.drivers.netback.scratch import PAGE, GrantCopy, Scratch
 from xenlab.xen import abi
-from xenlab.xen.netif import ExtraInfo, pack_tx_response, unpack_tx_request
+from xenlab.xen.netif import ExtraInfo, GsoInfo, pack_tx_response, unpack_tx_request
 from xenlab.xen.ring import BackRing
 
 _U32 = 0xFFFFFFFF
@@ -391,10 +391,9 @@ class NetbackTx:
 
 def _check_gso(extra: ExtraInfo) -> None:
     """xenvif_set_skb_gso: a bad GSO descriptor is fatal."""
-    size = int.from_bytes(extra.data[0:2], "little")
-    gso_type = extra.data[2]
-    if size == 0:
+    gso = GsoInfo.unpack(extra.data)
+    if gso.size == 0:
         raise TxFatal("GSO size must not be zero")
-    if gso_type not in (abi.XEN_NETIF_GSO_TYPE_TCPV4, abi.XEN_NETIF_GSO_TYPE_TCPV6):
-        raise TxFatal(f"bad GSO type {gso_type}")
+    if gso.type not in (abi.XEN_NETIF_GSO_TYPE_TCPV4, abi.XEN_NETIF_GSO_TYPE_TCPV6):
+        raise TxFatal(f"bad GSO type {gso.type}")
 
