@@ -34,6 +34,26 @@ log = logging.getLogger(__name__)
 TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 
+class NetifTable(dict):
+    """A kernel's interfaces of one kind, by name (netfront's eth0, netback's
+    vif1.0): a driver brings one ``up`` or takes it ``down``, and whoever
+    follows the kernel's interfaces is told (``changed(name, device or None)``)."""
+
+    def __init__(self, changed: Callable[[str, object], None]):
+        super().__init__()
+        self._changed = changed
+
+    def up(self, device) -> None:
+        if self.get(device.name) is not device:
+            self[device.name] = device
+            self._changed(device.name, device)
+
+    def down(self, device) -> None:
+        if self.get(device.name) is device:
+            del self[device.name]
+            self._changed(device.name, None)
+
+
 class DomainKernel:
     def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
                  memory_map=None, doorbell=None,
@@ -67,8 +87,8 @@ class DomainKernel:
         self._agent_factory = agent
         self.drivers: list = []
         self.agent = None
-        self.netifs: dict = {}       # netfront: "eth0" -> NetfrontDevice
-        self.vifs: dict = {}         # netback: "vif1.0" -> VifDevice
+        self.netifs = NetifTable(self.netif_changed)    # netfront: "eth0" -> NetfrontDevice
+        self.vifs = NetifTable(self.netif_changed)      # netback: "vif1.0" -> VifDevice
         self.on_netif_change: list[Callable[[str, object], None]] = []
         # Coroutine functions run once boot is complete (e.g. dom0 saying netback is ready).
         self.on_boot: list[Callable[[], object]] = []

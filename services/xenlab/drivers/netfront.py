@@ -189,7 +189,7 @@ class Netfront(XenbusDevice):
         if self.dev is not None:
             self.dev.xenbus_state = state
         if state == XenbusState.Connected and self.dev is not None:
-            self._announce(self.dev)
+            self.kernel.netifs.up(self.dev)
 
     # -- connect -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -267,7 +267,7 @@ class Netfront(XenbusDevice):
         if self.dev is None:
             return
         self.dev.detach()
-        self._withdraw(self.dev)
+        self.kernel.netifs.down(self.dev)
 
     async def release(self) -> None:
         rings, self._rings = self._rings, None
@@ -333,7 +333,7 @@ class Netfront(XenbusDevice):
             task.cancel()
         if self.dev is not None:
             self.dev.detach()
-            self._withdraw(self.dev)
+            self.kernel.netifs.down(self.dev)
         rings, self._rings = self._rings, None
         if rings is not None:
             if rings.port is not None:
@@ -343,16 +343,6 @@ class Netfront(XenbusDevice):
             for page in rings.pages:
                 page.release()
 
-    # -- the kernel's list of interfaces --------------------------------------------------------
-    def _announce(self, dev: NetfrontDevice) -> None:
-        if self.kernel.netifs.get(dev.name) is not dev:
-            self.kernel.netifs[dev.name] = dev
-            self.kernel.netif_changed(dev.name, dev)
-
-    def _withdraw(self, dev: NetfrontDevice) -> None:
-        if self.kernel.netifs.get(dev.name) is dev:
-            del self.kernel.netifs[dev.name]
-            self.kernel.netif_changed(dev.name, None)
 
 
 def _parse_frontend_dir(keys: dict[str, str | None]) -> tuple[str, int, bytes, int]:

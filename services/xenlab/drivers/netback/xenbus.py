@@ -273,8 +273,7 @@ class Netback(XenbusDevice):
         self._conn = conn
         self.vif = vif
         conn.datapath.start()
-        self.kernel.vifs[vif.name] = vif
-        self.kernel.netif_changed(vif.name, vif)
+        self.kernel.vifs.up(vif)
         log.info("%s: connected to d%d (port %d, bridge %s)", vif.name, cfg.frontend_id,
                  conn.port, cfg.bridge)
 
@@ -287,9 +286,7 @@ class Netback(XenbusDevice):
         vif = conn.vif
         await conn.datapath.stop()
         await interface.hotplug_offline(self.driver.hotplug, vif)
-        if self.kernel.vifs.get(vif.name) is vif:
-            del self.kernel.vifs[vif.name]
-            self.kernel.netif_changed(vif.name, None)
+        self.kernel.vifs.down(vif)
         await interface.release(self.kernel, conn)
         log.info("%s: disconnected", vif.name)
 
