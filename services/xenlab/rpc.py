@@ -1,14 +1,19 @@
 """gRPC plumbing shared by every xenlab server and client.
 
 * credentials travel as metadata ``xen-domid`` / ``xen-secret``;
-* ``handles_xen_errors`` is the one place a core's typed ``XenError`` becomes
-  a gRPC status and message;
+* the one mapping between a typed ``XenError`` and a gRPC status, both ways:
+  on the server ``handles_xen_errors`` turns a core's error into a status,
+  a message and the errno (and a grant error's GNTST_* status) as trailing
+  metadata; on the client ``xen_error`` and ``call`` turn a failed call back
+  into the same typed error, so that nothing above the hypercall layer sees
+  a gRPC error;
 * ``start_server`` adds health checking and server reflection to every
   server (as grpc.reflection.v1 and grpc.reflection.v1alpha), and makes its
   unix socket 0600.
 """
 from __future__ import annotations
 
+import errno as _errno
 import functools
 import hmac
 import inspect
@@ -22,7 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from xenlab.rundir import PRIVATE_FILE, private_umask
-from xenlab.xen.errors import XenError, grpc_status
+from xenlab.xen.errors import AuthError, GrantError, XenError
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +46,115 @@ def credentials_metadata(domid: int, secret: str) -> tuple[tuple[str, str], ...]
     return ((MD_DOMID, str(domid)), (MD_SECRET, secret))
 
 
+# -- XenError <-> gRPC status ------------------------------------------------------------
+# A refused call's trailing metadata: the errno, exact where the status code
+# is not (NOT_FOUND is ENOENT or ESRCH), and a grant error's GNTST_* status.
+MD_ERRNO = "xen-errno"
+MD_GNTST = "xen-gntst"
+
+_ERRNO_STATUS = {
+    _errno.ENOENT: grpc.StatusCode.NOT_FOUND,
+    _errno.ESRCH: grpc.StatusCode.NOT_FOUND,
+    _errno.EEXIST: grpc.StatusCode.ALREADY_EXISTS,
+    _errno.EPERM: grpc.StatusCode.PERMISSION_DENIED,
+    _errno.EACCES: grpc.StatusCode.PERMISSION_DENIED,
+    _errno.EINVAL: grpc.StatusCode.INVALID_ARGUMENT,
+    _errno.E2BIG: grpc.StatusCode.INVALID_ARGUMENT,
+    _errno.ENAMETOOLONG: grpc.StatusCode.INVALID_ARGUMENT,
+    _errno.EFAULT: grpc.StatusCode.INVALID_ARGUMENT,
+    _errno.EAGAIN: grpc.StatusCode.ABORTED,
+    _errno.EBUSY: grpc.StatusCode.FAILED_PRECONDITION,
+    _errno.ENOTEMPTY: grpc.StatusCode.FAILED_PRECONDITION,
+    _errno.EISCONN: grpc.StatusCode.FAILED_PRECONDITION,
+    _errno.ENOTCONN: grpc.StatusCode.FAILED_PRECONDITION,
+    _errno.ENOSPC: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    _errno.ENOMEM: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    _errno.EDQUOT: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    _errno.EMFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    _errno.ETIMEDOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    _errno.ENOSYS: grpc.StatusCode.UNIMPLEMENTED,
+    _errno.EOPNOTSUPP: grpc.StatusCode.UNIMPLEMENTED,
+    _errno.ERANGE: grpc.StatusCode.OUT_OF_RANGE,
+}
+
+
+def grpc_status(err: XenError) -> grpc.StatusCode:
+    """The status a XenError is refused with."""
+    if isinstance(err, AuthError):
+        return grpc.StatusCode.UNAUTHENTICATED
+    return _ERRNO_STATUS.get(err.errno, grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def error_trailers(err: XenError) -> tuple[tuple[str, str], ...]:
+    """The trailing metadata a XenError is refused with (xen_error reads it)."""
+    trailers = ((MD_ERRNO, str(err.errno)),)
+    if isinstance(err, GrantError):
+        trailers += ((MD_GNTST, str(err.status)),)
+    return trailers
+
+
+# gRPC status -> errno, for a refusal that carries no xen-errno (a server
+# that is not ours): the Xen view of a failure.
+STATUS_ERRNO = {
+    grpc.StatusCode.NOT_FOUND: _errno.ENOENT,
+    grpc.StatusCode.ALREADY_EXISTS: _errno.EEXIST,
+    grpc.StatusCode.PERMISSION_DENIED: _errno.EACCES,
+    grpc.StatusCode.UNAUTHENTICATED: _errno.EACCES,
+    grpc.StatusCode.INVALID_ARGUMENT: _errno.EINVAL,
+    grpc.StatusCode.ABORTED: _errno.EAGAIN,
+    grpc.StatusCode.FAILED_PRECONDITION: _errno.EBUSY,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: _errno.ENOSPC,
+    grpc.StatusCode.UNIMPLEMENTED: _errno.ENOSYS,
+    grpc.StatusCode.OUT_OF_RANGE: _errno.ERANGE,
+}
+# The transport's own failures: no server answered.
+TRANSPORT_ERRNO = {
+    grpc.StatusCode.UNAVAILABLE: _errno.ENOTCONN,
+    grpc.StatusCode.CANCELLED: _errno.ECANCELED,
+    grpc.StatusCode.DEADLINE_EXCEEDED: _errno.ETIMEDOUT,
+}
+
+
+def _trailer(err: grpc.aio.AioRpcError, key: str) -> int | None:
+    for item in err.trailing_metadata() or ():
+        if isinstance(item, tuple) and len(item) == 2 and item[0] == key:
+            try:
+                return int(item[1])
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+def xen_error(err: grpc.aio.AioRpcError, kind: type[XenError] = XenError) -> XenError:
+    """A failed call as the typed error the server raised: ``kind`` (a
+    XenError subclass taking errno and message) with the errno it sent,
+    GrantError for a grant error, AuthError for missing credentials; a
+    failure of the transport itself is ENOTCONN, ECANCELED or ETIMEDOUT."""
+    code = err.code()
+    message = err.details() or code.name
+    status = _trailer(err, MD_GNTST)
+    if status is not None:
+        return GrantError(status, message)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthError(message)
+    number = _trailer(err, MD_ERRNO)
+    if number is None:
+        number = STATUS_ERRNO.get(code) or TRANSPORT_ERRNO.get(code, _errno.EIO)
+    return kind(number, message)
+
+
+async def call(awaitable, kind: type[XenError] = XenError):
+    """Await one gRPC call; a failure raises the typed error (xen_error)."""
+    try:
+        return await awaitable
+    except grpc.aio.AioRpcError as err:
+        raise xen_error(err, kind) from None
+
+
 def handles_xen_errors(method):
     """Decorate a servicer method (unary or streaming) so that a XenError
-    from the core aborts the call with the mapped status and message."""
+    from the core aborts the call with the mapped status, message and
+    trailers."""
     if inspect.isasyncgenfunction(method):
         @functools.wraps(method)
         async def stream_wrapper(self, request, context):
@@ -51,7 +162,7 @@ def handles_xen_errors(method):
                 async for item in method(self, request, context):
                     yield item
             except XenError as err:
-                await context.abort(grpc_status(err), err.message)
+                await context.abort(grpc_status(err), err.message, error_trailers(err))
         return stream_wrapper
 
     @functools.wraps(method)
@@ -59,7 +170,7 @@ def handles_xen_errors(method):
         try:
             return await method(self, request, context)
         except XenError as err:
-            await context.abort(grpc_status(err), err.message)
+            await context.abort(grpc_status(err), err.message, error_trailers(err))
     return wrapper
 
 

@@ -17,7 +17,10 @@
 Both peers are domains of an in-process hypervisor (``xenlab.testing``'s
 ``hypervisor`` fixture, an ``InProcessLab``): each boots a DomainKernel with
 no drivers, with that domain's credentials, and the toolstack (Domain-0's
-client) attaches the vif, as ``xl network-attach`` does.
+calls, ``toolstack(lab)``) attaches the vif, as ``xl network-attach`` does.
+They act through the kernel's typed hypercall layer, as drivers do.
+
+The floods of the hypervisor itself are in xenlab.testing_floods.
 
     front = await HostileFrontend.start(lab, "evil", bridge="xenbr0")
     start = front.put([TxRequest(gref, 0, 0, 999, 60).pack()])   # id out of range
@@ -35,16 +38,14 @@ import struct
 import time
 from dataclasses import dataclass, field
 
-import grpc
-
+from xenlab.domain.hypercall import DomainOps, Hypercalls, Page, VifInfo
 from xenlab.domain.kernel import DomainKernel
-from xenlab.hypervisor.launcher import StartInfo
-from xenlab.proto import common_pb2, domains_pb2, grants_pb2
+from xenlab.xen.start_info import StartInfo
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.errors import XenError
-from xenlab.xen.netif import (ExtraInfo, RxRequest, RxResponse, TxRequest, TxResponse,
-                              make_rx_ring, make_tx_ring)
+from xenlab.xen.netif import (ExtraInfo, GsoInfo, RxRequest, RxResponse, TxRequest,
+                              TxResponse, make_rx_ring, make_tx_ring)
 
 PAGE = abi.PAGE_SIZE
 _U32 = 0xFFFFFFFF
@@ -60,13 +61,18 @@ class HostileError(XenError):
         super().__init__(errno.EIO, message)
 
 
+def toolstack(lab) -> DomainOps:
+    """The toolstack's calls (xl create, network-attach...), as Domain-0."""
+    return Hypercalls(lab.dom0).domains
+
+
 async def boot_domain(lab, name: str, *, memory_mb: int = 16, drivers=None) -> DomainKernel:
     """Create a domain through the toolstack (launcher none) and boot its
     kernel in this process; ``drivers(kernel)`` gives its xenbus drivers
-    (none by default)."""
-    reply = await lab.dom0.domains.Create(domains_pb2.CreateDomainRequest(
-        spec=domains_pb2.DomainSpec(name=name, memory_mb=memory_mb, launcher="none")))
-    start = StartInfo(domid=reply.info.domid, name=name, secret=reply.secret,
+    (none by default). It runs no guest agent: its peers drive the
+    interfaces themselves."""
+    reply = await toolstack(lab).create(name, memory_mb, launcher="none")
+    start = StartInfo(domid=reply.domid, name=name, secret=reply.secret,
                       hypervisor=lab.address, doorbell=str(lab.rundir / "evtchn.sock"), vcpus=1,
                       console_log="", agent=reply.agent, agent_token=reply.agent_token)
     kernel = DomainKernel(start, drivers=drivers or (lambda k: []))
@@ -80,7 +86,7 @@ def _u32_ahead(a: int, b: int) -> bool:
 
 
 class SwitchHotplug:
-    """A backend's hotplug (xenlab.drivers.netback.Hotplug) for tests: each
+    """A backend's hotplug (xenlab.drivers.netback.interface.Hotplug) for tests: each
     bridge hands a frame to the vif whose guest owns its destination MAC, a
     broadcast to every other vif, and counts (and drops) the rest. Frames
     from a vif named in ``only_byte`` must consist of that byte alone
@@ -126,7 +132,7 @@ class _Peer:
     state followed through a xenstore watch, and a wake-up event for the
     event channel and the watch."""
 
-    def __init__(self, kernel: DomainKernel, toolstack):
+    def __init__(self, kernel: DomainKernel, toolstack: DomainOps):
         self.kernel = kernel
         self.toolstack = toolstack
         self.woken = asyncio.Event()
@@ -190,11 +196,11 @@ class _Peer:
         deadline = time.monotonic() + timeout
         while refs:
             try:
-                await self.kernel.hv.grants.EndAccess(grants_pb2.EndAccessRequest(refs=refs))
+                await self.kernel.gnttab.end_access(refs)
                 return
-            except grpc.aio.AioRpcError as err:
-                if err.code() != grpc.StatusCode.FAILED_PRECONDITION or time.monotonic() > deadline:
-                    raise HostileError(f"ending grants {refs[:4]}...: {err.details()}") from None
+            except XenError as err:
+                if err.errno != errno.EBUSY or time.monotonic() > deadline:
+                    raise HostileError(f"ending grants {refs[:4]}...: {err.message}") from None
             await asyncio.sleep(0.02)
 
 
@@ -227,18 +233,19 @@ class HostileFrontend(_Peer):
     filled with ``pattern``, so any frame the backend sends on for it
     consists of that byte only."""
 
-    def __init__(self, kernel: DomainKernel, toolstack, *, mac: str = "", bridge: str = "",
-                 backend: str = "", ip: str = "", tx_buffers: int = 32, rx_buffers: int = 32,
-                 pattern: int = 0xEE, foreign_domid: int | None = None, persistent: bool = False):
+    def __init__(self, kernel: DomainKernel, toolstack: DomainOps, *, mac: str = "",
+                 bridge: str = "", backend: str = "", ip: str = "", tx_buffers: int = 32,
+                 rx_buffers: int = 32, pattern: int = 0xEE, foreign_domid: int | None = None,
+                 persistent: bool = False):
         super().__init__(kernel, toolstack)
         self.persistent = persistent     # say feature-persistent=1: netback maps our buffers
-        self.vif_spec = domains_pb2.VifSpec(mac=mac, bridge=bridge, backend=backend, ip=ip)
+        self.vif_spec = {"mac": mac, "bridge": bridge, "backend": backend, "ip": ip}
         self.nr_tx_buffers = tx_buffers
         self.nr_rx_buffers = rx_buffers
         self.pattern = pattern
         self.foreign_domid = kernel.domid if foreign_domid is None else foreign_domid
         self.refs = FrontendRefs()
-        self.vif: domains_pb2.VifInfo | None = None
+        self.vif: VifInfo | None = None
         self.tx = self.rx = None
         self.tx_prod = 0             # our next tx request slot
         self.rx_prod = 0             # our next rx request slot
@@ -251,7 +258,7 @@ class HostileFrontend(_Peer):
     async def start(cls, lab, name: str, **kw) -> "HostileFrontend":
         """Boot a domain named ``name`` and attach its hostile vif."""
         kernel = await boot_domain(lab, name)
-        front = cls(kernel, lab.dom0, **kw)
+        front = cls(kernel, toolstack(lab), **kw)
         await front.attach()
         return front
 
@@ -263,8 +270,7 @@ class HostileFrontend(_Peer):
     async def attach(self) -> None:
         """xl network-attach, then netfront's half of the handshake by hand;
         returns once the backend is Connected."""
-        self.vif = await self.toolstack.domains.NetworkAttach(domains_pb2.NetworkAttachRequest(
-            domain=common_pb2.DomainRef(domid=self.domid), vif=self.vif_spec))
+        self.vif = await self.toolstack.network_attach(self.domid, **self.vif_spec)
         self.other_state = XenbusState.Unknown
         await self._follow(f"{self.vif.backend_path}/state")
         await self._wait_state({XenbusState.InitWait})
@@ -301,9 +307,7 @@ class HostileFrontend(_Peer):
                    + [(backend, gfn, True) for gfn in g[2:2 + ntx]]
                    + [(backend, gfn, False) for gfn in g[2 + ntx:2 + ntx + nrx]]
                    + [(self.foreign_domid, g[-2], False), (backend, g[-1], True)])
-        reply = await self.kernel.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-            grants_pb2.GrantAccessEntry(domid=d, gfn=gfn, readonly=ro) for d, gfn, ro in entries]))
-        refs = list(reply.refs)
+        refs = await self.kernel.gnttab.grant_access(entries)
         self.refs = FrontendRefs(refs[0], refs[1], refs[2:2 + ntx], refs[2 + ntx:2 + ntx + nrx],
                                  [refs[-2]], [refs[-1]])
         await self._end_grants(self.refs.stale)
@@ -323,9 +327,7 @@ class HostileFrontend(_Peer):
             except HostileError:
                 pass            # force below removes the directories anyway
         await self._unfollow()
-        await self.toolstack.domains.NetworkDetach(domains_pb2.NetworkDetachRequest(
-            domain=common_pb2.DomainRef(domid=self.domid), device=str(self.vif.devid), force=True,
-            timeout=WAIT))
+        await self.toolstack.network_detach(self.domid, self.vif.devid, force=True, timeout=WAIT)
         await self._give_back()
         self.vif = None
 
@@ -333,7 +335,7 @@ class HostileFrontend(_Peer):
         if self.port is not None:
             try:
                 await self.kernel.evtchn.close_port(self.port)
-            except grpc.aio.AioRpcError:
+            except XenError:
                 pass
             self.port = None
         for ring in (self.tx, self.rx):
@@ -361,8 +363,8 @@ class HostileFrontend(_Peer):
         path = f"/local/domain/{self.vif.backend_id}/error/{relative}/error"
         try:
             return await self.kernel.xenbus.read(path) or ""
-        except grpc.aio.AioRpcError as err:
-            return f"(unreadable: {err.details()})"
+        except XenError as err:
+            return f"(unreadable: {err.message})"
 
     # -- the tx ring, raw -----------------------------------------------------------
     def put(self, slots: list[bytes]) -> int:
@@ -457,7 +459,7 @@ _MORE, _EXTRA = abi.NETTXF_more_data, abi.NETTXF_extra_info
 
 class TxFuzzer:
     """Seeded hostile tx rounds against netback's documented rules
-    (xenlab.drivers.netback_core): most frames are well formed or earn an
+    (xenlab.drivers.netback.tx): most frames are well formed or earn an
     error answer, at most one per round is fatal (and last), and some rounds
     are scrambled (garbage slots, slots rewritten after publishing) so that
     only the head of the round has a known answer.
@@ -543,9 +545,9 @@ class TxFuzzer:
         first, frags = self._sizes(n)
         kind = self.rng.randrange(10)
         if kind == 0:       # a GSO descriptor netback accepts
-            gso = struct.pack("<HBBH", self.rng.randrange(1, _U16 + 1),
-                              self.rng.choice((abi.XEN_NETIF_GSO_TYPE_TCPV4,
-                                               abi.XEN_NETIF_GSO_TYPE_TCPV6)), 0, 0)
+            gso = GsoInfo(self.rng.randrange(1, _U16 + 1),
+                          self.rng.choice((abi.XEN_NETIF_GSO_TYPE_TCPV4,
+                                           abi.XEN_NETIF_GSO_TYPE_TCPV6))).pack()
             return self._data_frame(first, frags, _EXTRA,
                                     [self._extra(abi.XEN_NETIF_EXTRA_TYPE_GSO, 0, gso)])
         if kind == 1:       # hash / xdp extras: kept, not interpreted
@@ -627,7 +629,7 @@ class TxFuzzer:
             req = TxRequest.unpack(slots[0])
             slots = [self._req(req.gref, req.offset, req.flags | _EXTRA, req.id, req.size),
                      self._extra(abi.XEN_NETIF_EXTRA_TYPE_GSO, 0,
-                                 struct.pack("<HBBH", size, gso_type, 0, 0)), *slots[1:]]
+                                 GsoInfo(size, gso_type).pack()), *slots[1:]]
         elif kind == "prod_overflow":       # relative to the round's first slot
             return slots, self.rng.choice((abi.NET_TX_RING_SIZE + 1 + self.rng.randrange(1000),
                                            self.rng.randrange(abi.NET_TX_RING_SIZE + 1, 1 << 32)))
@@ -745,9 +747,9 @@ class _BackRing:
     copies them over, slots before the index that publishes them (a copy's
     ops run in order)."""
 
-    def __init__(self, backend: "HostileBackend", handle: int, ref: int, gfn: int, make_ring):
+    def __init__(self, backend: "HostileBackend", page: Page, ref: int, gfn: int, make_ring):
         self.backend = backend
-        self.handle = handle
+        self.mapping = page              # the grant held mapped (no view: we are unprivileged)
         self.ref = ref
         self.gfn = gfn
         self.page = backend.kernel.memory.frame(gfn)
@@ -756,17 +758,19 @@ class _BackRing:
         self.rsp_prod = 0
         self._dirty: list[tuple[int, int]] = []     # (offset, length) to push, in order
 
-    def _op(self, to_frontend: bool, offset: int, length: int) -> grants_pb2.GrantCopyOp:
-        ours = grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=self.gfn, offset=offset)
-        theirs = grants_pb2.CopyPtr(domid=self.backend.frontend_domid, ref=self.ref,
-                                    use_gref=True, offset=offset)
-        return grants_pb2.GrantCopyOp(source=ours if to_frontend else theirs,
-                                      dest=theirs if to_frontend else ours, len=length)
+    def _op(self, to_frontend: bool, offset: int, length: int) -> tuple:
+        """One GNTTABOP_copy op (xenlab.xen.doorbell.GnttabCopy's layout)."""
+        self_id, theirs = abi.DOMID_SELF, self.backend.frontend_domid
+        if to_frontend:
+            return (self.gfn, self_id, offset, self.ref, theirs, offset, length,
+                    abi.GNTCOPY_dest_gref)
+        return (self.ref, theirs, offset, self.gfn, self_id, offset, length,
+                abi.GNTCOPY_source_gref)
 
     async def _copy(self, ops: list) -> None:
-        reply = await self.backend.kernel.hv.grants.Copy(grants_pb2.GrantCopyRequest(ops=ops))
-        if any(status != abi.GNTST_okay for status in reply.status):
-            raise HostileError(f"copying ring ref {self.ref}: {list(reply.status)}")
+        statuses = await self.backend.kernel.gnttab.copy_hypercall(ops)
+        if any(status != abi.GNTST_okay for status in statuses):
+            raise HostileError(f"copying ring ref {self.ref}: {statuses}")
 
     async def pull(self) -> None:
         """The frontend's half of the page: req_prod, rsp_event and the slots."""
@@ -811,12 +815,12 @@ class HostileBackend(_Peer):
     After the handshake it answers the frontend's rings with whatever it is
     told, and can write into the pages the frontend granted it."""
 
-    def __init__(self, kernel: DomainKernel, toolstack, frontend_domid: int, *, mac: str = "",
-                 bridge: str = "", scratch_pages: int = abi.NET_RX_RING_SIZE):
+    def __init__(self, kernel: DomainKernel, toolstack: DomainOps, frontend_domid: int, *,
+                 mac: str = "", bridge: str = "", scratch_pages: int = abi.NET_RX_RING_SIZE):
         super().__init__(kernel, toolstack)
         self.frontend_domid = frontend_domid
-        self.vif_spec = domains_pb2.VifSpec(mac=mac, bridge=bridge, backend=kernel.name)
-        self.vif: domains_pb2.VifInfo | None = None
+        self.vif_spec = {"mac": mac, "bridge": bridge, "backend": kernel.name}
+        self.vif: VifInfo | None = None
         self.tx: _BackRing | None = None
         self.rx: _BackRing | None = None
         self.connections = 0
@@ -829,7 +833,7 @@ class HostileBackend(_Peer):
         """Boot a driver domain named ``name`` and attach a vif of
         ``frontend_domid`` served by it."""
         kernel = await boot_domain(lab, name)
-        back = cls(kernel, lab.dom0, frontend_domid, **kw)
+        back = cls(kernel, toolstack(lab), frontend_domid, **kw)
         await back.attach()
         return back
 
@@ -837,8 +841,7 @@ class HostileBackend(_Peer):
     async def attach(self) -> None:
         """xl network-attach with backend=<us>, then netback's half of the
         handshake by hand; returns once the frontend is Connected."""
-        self.vif = await self.toolstack.domains.NetworkAttach(domains_pb2.NetworkAttachRequest(
-            domain=common_pb2.DomainRef(domid=self.frontend_domid), vif=self.vif_spec))
+        self.vif = await self.toolstack.network_attach(self.frontend_domid, **self.vif_spec)
         backend = self.vif.backend_path
         self.other_state = XenbusState.Unknown
         await self._follow(f"{self.vif.frontend_path}/state")
@@ -862,9 +865,8 @@ class HostileBackend(_Peer):
         """GNTTABOP_map_grant_ref: it holds the grant (the frontend cannot end
         it under us), but gives us no way into the frontend's memory; the
         ring's bytes go through copies (_BackRing)."""
-        m = await self.kernel.hv.grants.Map(grants_pb2.MapGrantRequest(
-            domid=self.frontend_domid, ref=ref, readonly=False))
-        ring = _BackRing(self, m.handle, ref, gfn, make_ring)
+        page = await self.kernel.gnttab.map(self.frontend_domid, ref)
+        ring = _BackRing(self, page, ref, gfn, make_ring)
         await ring.pull()
         ring.req_cons, ring.rsp_prod = 0, ring.sring.rsp_prod
         return ring
@@ -884,18 +886,17 @@ class HostileBackend(_Peer):
         if self.port is not None:
             try:
                 await self.kernel.evtchn.close_port(self.port)
-            except grpc.aio.AioRpcError:
+            except XenError:
                 pass
             self.port = None
         for ring in (self.tx, self.rx):
             if ring is not None:
                 ring.sring.release()
-                await self.kernel.hv.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=ring.handle))
+                await self.kernel.gnttab.unmap(ring.mapping)
         self.tx = self.rx = None
         await self.kernel.xenbus.write(f"{backend}/state", str(int(XenbusState.Closed)))
-        await self.toolstack.domains.NetworkDetach(domains_pb2.NetworkDetachRequest(
-            domain=common_pb2.DomainRef(domid=self.frontend_domid), device=str(self.vif.devid),
-            force=True, timeout=WAIT))
+        await self.toolstack.network_detach(self.frontend_domid, self.vif.devid, force=True,
+                                            timeout=WAIT)
         self.vif = None
 
     async def reconnect(self) -> None:
@@ -921,12 +922,9 @@ class HostileBackend(_Peer):
             ops = []
             for (gref, offset, data), gfn, page in zip(chunk, self._scratch, self._scratch_pages):
                 page[:len(data)] = data
-                ops.append(grants_pb2.GrantCopyOp(
-                    source=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=gfn),
-                    dest=grants_pb2.CopyPtr(domid=self.frontend_domid, ref=gref, use_gref=True,
-                                            offset=offset), len=len(data)))
-            reply = await self.kernel.hv.grants.Copy(grants_pb2.GrantCopyRequest(ops=ops))
-            statuses.extend(reply.status)
+                ops.append((gfn, abi.DOMID_SELF, 0, gref, self.frontend_domid, offset, len(data),
+                            abi.GNTCOPY_dest_gref))
+            statuses.extend(await self.kernel.gnttab.copy_hypercall(ops))
         return statuses
 
     async def wait_requests(self, ring: _BackRing, n: int, timeout: float = WAIT) -> int:
@@ -1166,235 +1164,3 @@ class RxFuzzer:
                 out.responses.append(TxResponse(id_, status).pack())
                 answered.append(id_)
         return out
-
-
-# -- floods of the hypervisor ---------------------------------------------------------------------
-# Each is one way a domain tried to stall the hypervisor for everyone
-# (issue "Hold the boundaries"); each returns what its calls got, by status
-# name. ``client`` is a HypervisorClient acting as the hostile domain. With
-# ``stop`` a flood goes on until it is set, else it runs ``rounds`` times:
-# a soak runs them all at once while other domains work.
-
-async def _outcome(call) -> str:
-    try:
-        await call
-        return "OK"
-    except grpc.aio.AioRpcError as err:
-        return err.code().name
-
-
-def _rounds(rounds: int, stop: asyncio.Event | None):
-    count = 0
-    while (stop is None and count < rounds) or (stop is not None and not stop.is_set()):
-        yield count
-        count += 1
-
-
-async def fill_grant_table(client, peer: int | None = None) -> int:
-    """Grant one frame of the domain over and over until its grant table is
-    full; the number of entries granted."""
-    from xenlab.hypervisor.grants import MAX_MAP_BATCH
-    peer = client.domid if peer is None else peer
-    batch = grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=peer, gfn=abi.PAGE_SIZE // 8, readonly=True)
-    ] * MAX_MAP_BATCH)
-    granted = 0
-    while True:
-        try:
-            granted += len((await client.grants.GrantAccess(batch)).refs)
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or len(batch.entries) == 1:
-                return granted
-            del batch.entries[len(batch.entries) // 2:]
-
-
-async def decrease_reservation_flood(client, *, gfns: int = 8000, rounds: int = 3,
-                                     stop: asyncio.Event | None = None,
-                                     fill: bool = True) -> collections.Counter:
-    """A full grant table, then DecreaseReservation calls of ``gfns`` frames
-    (16 KB of request for 8000) whose last gfn is outside the domain, so that
-    each fails on its last gfn and frees nothing: when every gfn was checked
-    against every grant entry, each call froze the hypervisor for 4-7 s."""
-    from xenlab.proto import memory_pb2
-    if fill:                        # else the caller filled it already
-        await fill_grant_table(client)
-    request = memory_pb2.DecreaseReservationRequest(
-        domid=client.domid, gfns=list(range(2000, 2000 + gfns - 1)) + [1 << 40])
-    out: collections.Counter = collections.Counter()
-    for _ in _rounds(rounds, stop):
-        out[await _outcome(client.memory.DecreaseReservation(request))] += 1
-    return out
-
-
-async def grant_copy_flood(client, *, ops: int = 500_000, rounds: int = 1,
-                           stop: asyncio.Event | None = None) -> collections.Counter:
-    """GrantTable.Copy calls of ``ops`` copies between two of the domain's
-    own frames (500k ops froze the hypervisor for 4.5-6 s)."""
-    frame = grants_pb2.GrantCopyOp(source=grants_pb2.CopyPtr(domid=client.domid, gfn=1000),
-                                   dest=grants_pb2.CopyPtr(domid=client.domid, gfn=1001), len=8)
-    request = grants_pb2.GrantCopyRequest(ops=[frame] * ops)
-    out: collections.Counter = collections.Counter()
-    for _ in _rounds(rounds, stop):
-        out[await _outcome(client.grants.Copy(request))] += 1
-    return out
-
-
-async def oversized_message_flood(address: str, *, calls: int = 16, size: int = 60 << 20,
-                                  credentials=(), rounds: int = 1,
-                                  stop: asyncio.Event | None = None) -> collections.Counter:
-    """``calls`` concurrent XenStore.Write calls of ``size`` bytes each, with
-    the given credentials metadata (none by default): when credentials were
-    checked after the body arrived, 16 x 60 MiB took the hypervisor's RSS to
-    1-2 GiB for good."""
-    from xenlab.proto import xenstore_pb2, xenstore_pb2_grpc
-    from xenlab.rpc import CHANNEL_OPTIONS
-    out: collections.Counter = collections.Counter()
-    async with grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        stub = xenstore_pb2_grpc.XenStoreStub(channel)
-        request = xenstore_pb2.WriteRequest(path="data/big", value=b"\xee" * size)
-        for _ in _rounds(rounds, stop):
-            results = await asyncio.gather(*(
-                _outcome(stub.Write(request, metadata=tuple(credentials), timeout=60))
-                for _ in range(calls)))
-            out.update(results)
-    return out
-
-
-async def concurrent_call_flood(client, *, calls: int = 5000, rounds: int = 1,
-                                stop: asyncio.Event | None = None) -> collections.Counter:
-    """``calls`` XenStore.Read calls at once from one domain, half of them
-    held open as Upcalls streams: grpc-core's queue of calls not yet picked
-    up overflowed and cancelled Domain-0's own reads."""
-    from xenlab.proto import evtchn_pb2, xenstore_pb2
-    out: collections.Counter = collections.Counter()
-    await client.xenstore.Write(xenstore_pb2.WriteRequest(path="data/flood", value=b"x"))
-    read = xenstore_pb2.PathRequest(path="data/flood")
-    for _ in _rounds(rounds, stop):
-        streams = [client.evtchn.Upcalls(common_pb2.Empty()) for _ in range(calls // 2)]
-
-        async def first(stream) -> str:
-            try:
-                await stream.read()
-                return "OK"
-            except grpc.aio.AioRpcError as err:
-                return err.code().name
-        results = await asyncio.gather(*(first(s) for s in streams),
-                                       *(_outcome(client.xenstore.Read(read))
-                                         for _ in range(calls - len(streams))))
-        out.update(results)
-        for stream in streams:
-            stream.cancel()
-    return out
-
-
-# A client that takes in no more than it must: no BDP probing, a small
-# look-ahead, so that events it does not read stay with the hypervisor.
-_NOT_READING = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
-
-
-async def watch_event_flood(address: str, domid: int, secret: str, *, streams: int = 128,
-                            token_size: int = 4096, path_size: int = 3072, writes: int = 4000,
-                            nodes: int = 500, in_flight: int = 32) -> collections.Counter:
-    """``streams`` WatchStreams that never read, watching the domain's data
-    directory with ``token_size``-byte tokens (as many watches as its quota
-    allows), then ``writes`` writes to ``nodes`` nodes of ``path_size``-byte
-    paths under it: every write queued an event per watch, 128 x 4000 of
-    them took the hypervisor from 138 MiB to 3.3 GiB in 27 s. Outcomes:
-    each write's status, and how each stream ended once read at last
-    ("open" if it had not)."""
-    from xenlab.client import HypervisorClient
-    from xenlab.proto import xenstore_pb2
-    from xenlab.rpc import CHANNEL_OPTIONS
-    async with HypervisorClient.connect(address, domid, secret,
-                                        [*CHANNEL_OPTIONS, *_NOT_READING]) as client:
-        return await _watch_event_flood(client, streams, token_size, path_size, writes, nodes,
-                                        in_flight)
-
-
-async def _watch_event_flood(client, streams: int, token_size: int, path_size: int, writes: int,
-                             nodes: int, in_flight: int) -> collections.Counter:
-    from xenlab.proto import xenstore_pb2
-    home = f"/local/domain/{client.domid}/data"
-    stem = f"{home}/" + "w" * max(1, path_size - len(home) - 8)
-    calls = [client.xenstore.WatchStream() for _ in range(streams)]
-    out: collections.Counter = collections.Counter()
-    for i in range(max(streams, 128)):
-        control = xenstore_pb2.WatchControl(path=home, token=f"{i:06d}".ljust(token_size, "t"))
-        try:
-            await calls[i % streams].write(control)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            out["watch_write_failed"] += 1
-    write = [xenstore_pb2.WriteRequest(path=f"{stem}{n:06d}", value=b"v") for n in range(nodes)]
-    for start in range(0, writes, in_flight):
-        out.update(f"write {status}" for status in await asyncio.gather(*(
-            _outcome(client.xenstore.Write(write[i % nodes]))
-            for i in range(start, min(writes, start + in_flight)))))
-    for call in calls:
-        out[f"stream {await _stream_end(call)}"] += 1
-        call.cancel()
-    return out
-
-
-async def _stream_end(call, quiet: float = 0.5) -> str:
-    """Read what a stream has for us until it ends (its status) or stays
-    quiet for ``quiet`` seconds ("open")."""
-    while True:
-        try:
-            event = await asyncio.wait_for(call.read(), quiet)
-        except asyncio.TimeoutError:
-            return "open"
-        except grpc.aio.AioRpcError as err:
-            return err.code().name
-        except asyncio.InvalidStateError:
-            return (await call.code()).name
-        if event is grpc.aio.EOF:
-            return (await call.code()).name
-
-
-async def bind_ipis(client, ports: int) -> list[int]:
-    """``ports`` IPI ports the domain binds to itself."""
-    from xenlab.proto import evtchn_pb2
-    return [(await client.evtchn.BindIpi(evtchn_pb2.BindIpiRequest(vcpu=0))).port
-            for _ in range(ports)]
-
-
-async def doorbell_storm(client, secret: str, doorbell: str, *, ports: int = 600,
-                         datagrams: int = 20000, stop: asyncio.Event | None = None,
-                         bound: list[int] | None = None) -> collections.Counter:
-    """SEND datagrams of 512 ports each, as fast as the doorbell socket
-    takes them, on ``ports`` IPI ports the domain binds to itself (or the
-    ports already ``bound``; the upcalls they raise are never read): when
-    the router's budget counted datagrams, this took another pair's ping
-    RTT from 3 ms to 0.5-1.3 s."""
-    import socket as socket_
-    from xenlab.xen import doorbell as wire
-    if bound is None:
-        bound = await bind_ipis(client, ports)
-    sock = socket_.socket(socket_.AF_UNIX, socket_.SOCK_SEQPACKET)
-    out: collections.Counter = collections.Counter()
-    try:
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, doorbell)
-        sock.send(wire.Hello(client.domid, secret).encode())
-        reply = wire.decode(await asyncio.wait_for(
-            asyncio.get_running_loop().sock_recv(sock, wire.MAX_DATAGRAM + 1), WAIT))
-        if not isinstance(reply, wire.Ok):
-            out["hello refused"] += 1
-            return out
-        batches = [wire.Send(tuple(bound[i:i + wire.MAX_SEND_BATCH])).encode()
-                   for i in range(0, len(bound), wire.MAX_SEND_BATCH)]
-        for n in _rounds(datagrams, stop):
-            try:
-                sock.send(batches[n % len(batches)])
-                out["sent"] += 1
-            except BlockingIOError:
-                out["socket full"] += 1
-                await asyncio.sleep(0.001)
-            except OSError:
-                out["closed"] += 1
-                break
-            if n % 64 == 0:
-                await asyncio.sleep(0)
-    finally:
-        sock.close()
-    return out

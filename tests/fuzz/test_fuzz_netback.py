@@ -42,7 +42,7 @@ import pytest
 
 from fuzz_helpers import Traffic, fuzz_budget, wait_until
 from xenlab.testing import check_invariants
-from xenlab.testing_hostile import HostileFrontend, TxFuzzer
+from xenlab.testing_hostile import HostileFrontend, TxFuzzer, toolstack
 from xenlab.testing_invariants import GrantAudit, changed_frames, granted_frames, memory_digest
 from xenlab.xen import abi
 
@@ -83,8 +83,8 @@ async def test_hostile_frontend_costs_only_its_own_vif(netlab, seed, caplog, per
     eth_b = await netlab.attach(b, "00:16:3e:0b:00:01")
     eth_idle = await netlab.attach(idle, "00:16:3e:1d:00:01", bridge="idlebr")
     hostile = await netlab.boot("hostile")
-    front = HostileFrontend(hostile, netlab.lab.dom0, mac="00:16:3e:66:00:01", bridge="xenbr0",
-                            foreign_domid=a.domid, persistent=persistent)
+    front = HostileFrontend(hostile, toolstack(netlab.lab), mac="00:16:3e:66:00:01",
+                            bridge="xenbr0", foreign_domid=a.domid, persistent=persistent)
     traffic = Traffic(eth_a, eth_b)
 
     with GrantAudit(hv, auditee=0) as audit:

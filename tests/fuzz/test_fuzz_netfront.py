@@ -33,7 +33,7 @@ import pytest
 
 from fuzz_helpers import Traffic, fuzz_budget, make_frame, wait_until
 from xenlab.testing import check_invariants
-from xenlab.testing_hostile import HostileBackend, RxFuzzer
+from xenlab.testing_hostile import HostileBackend, RxFuzzer, toolstack
 from xenlab.xen.netif import RxRequest, TxRequest
 
 RESPONSES = fuzz_budget()
@@ -69,7 +69,7 @@ async def test_hostile_backend_costs_only_that_interface(netlab, seed, caplog):
     eth_b = await netlab.attach(b, "00:16:3e:0b:00:01")
     traffic = Traffic(eth0, eth_b)
     evil = await netlab.boot("evil")
-    back = HostileBackend(evil, netlab.lab.dom0, victim.domid, mac=VICTIM_MAC)
+    back = HostileBackend(evil, toolstack(netlab.lab), victim.domid, mac=VICTIM_MAC)
     await back.attach()
     target = Victim(victim, back)
     await target.connect()

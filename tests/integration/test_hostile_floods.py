@@ -1,5 +1,5 @@
 """One domain must not stall the hypervisor for everyone (issue "Hold the
-boundaries", items 2, 4 and 6): each flood of xenlab.testing_hostile runs
+boundaries", items 2, 4 and 6): each flood of xenlab.testing_floods runs
 against a hypervisor process of its own, whose memory is measured from
 outside (VmRSS in /proc); memory bounds are generous, and nothing is timed."""
 from __future__ import annotations
@@ -13,9 +13,8 @@ import pytest
 from xenlab.client import HypervisorClient
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
 from xenlab.rpc import credentials_metadata
-from xenlab.testing_hostile import (concurrent_call_flood, decrease_reservation_flood,
-                                    grant_copy_flood, oversized_message_flood,
-                                    watch_event_flood)
+from xenlab.testing_floods import (concurrent_call_flood, decrease_reservation_flood,
+                                   grant_copy_flood, oversized_message_flood, watch_event_flood)
 
 pytestmark = pytest.mark.integration
 

@@ -15,6 +15,7 @@ import pytest
 
 from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.domain.evtchn import GuestEventChannels
+from xenlab.domain.hypercall import Hypercalls
 from xenlab.domain.memory import GuestMemory
 from xenlab.proto import (common_pb2, domains_pb2, evtchn_pb2, grants_pb2, memory_pb2,
                           xenstore_pb2)
@@ -218,7 +219,7 @@ async def test_evtchn_and_grant_copy_between_two_domains_from_xl_cfg(hypervisor_
             memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
             shared = SharedInfo(memory.mm, mm.shared_info_offset)
             doorbell = (await client.evtchn.GetDoorbell(common_pb2.Empty())).path
-            chans = GuestEventChannels(client, shared, doorbell, secret)
+            chans = GuestEventChannels(Hypercalls(client).evtchn, shared, doorbell, secret)
             await chans.start()
             handles[name] = (domid, client, memory, shared, chans)
         (wd, wclient, wmem, _, wchan), (dd, dclient, dmem, _, dchan) = handles["web"], handles["db"]

@@ -18,9 +18,13 @@ import time
 import pytest
 
 from xenlab.domain.kernel import DomainKernel
-from xenlab.drivers.netback import HotplugError, LoopbackHotplug, NetbackDriver
+from xenlab.drivers.netback import NetbackDriver
+from xenlab.drivers.netback.datapath import PageBudget
+from xenlab.drivers.netback.interface import HotplugError
+from xenlab.drivers.netback.xenbus import Netback
 from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.hypervisor.caller import Caller
+from xenlab.net.device import NetDevice
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
 from xenlab.testing import check_invariants
 from xenlab.xen import abi
@@ -58,6 +62,29 @@ async def send_in_hundreds(eth, frames: list[bytes]) -> None:
     for i in range(0, len(frames), 100):
         eth.transmit(frames[i:i + 100])
         await wait_until(lambda: len(eth.tx_core.backlog) == 0, "the backlog to drain")
+
+
+class LoopbackHotplug:
+    """netback's hotplug for these tests: each bridge name is a hub that
+    floods every frame a vif delivers to the other vifs on it."""
+
+    def __init__(self):
+        self.bridges: dict[str, list[NetDevice]] = {}
+
+    async def online(self, vif: NetDevice, bridge: str, backend_path: str) -> None:
+        self.bridges.setdefault(bridge, []).append(vif)
+        vif.receiver = lambda frames, src=vif, name=bridge: self._flood(name, src, frames)
+
+    async def offline(self, vif: NetDevice) -> None:
+        for ports in self.bridges.values():
+            if vif in ports:
+                ports.remove(vif)
+        vif.receiver = None
+
+    def _flood(self, bridge: str, src: NetDevice, frames: list[bytes]) -> None:
+        for port in list(self.bridges.get(bridge, ())):
+            if port is not src:
+                port.transmit(list(frames))
 
 
 class Capture:
@@ -151,7 +178,7 @@ class NetLab:
     async def guest_writes(kernel: DomainKernel, path: str, value: str | bytes) -> None:
         """A write by the domain itself, with its own rights: any bytes."""
         raw = value if isinstance(value, bytes) else value.encode()
-        await kernel.hv.xenstore.Write(xenstore_pb2.WriteRequest(path=path, value=raw))
+        await kernel.hypercall.xenstore.write(path, raw)
 
     async def xs_rm(self, path: str) -> None:
         await self.lab.dom0.xenstore.Rm(xenstore_pb2.PathRequest(path=path))
@@ -178,12 +205,9 @@ class NetLab:
 
 
 @pytest.fixture
-async def net(hypervisor, monkeypatch):
-    # The guest agent (another module) would attach an IP stack to every
-    # netif; these tests drive the interfaces themselves.
-    async def no_agent(kernel):
-        return None
-    monkeypatch.setattr("xenlab.domain.agent.start_guest_agent", no_agent)
+async def net(hypervisor):
+    # Its kernels run no guest agent (which would attach an IP stack to
+    # every netif): these tests drive the interfaces themselves.
     lab = NetLab(hypervisor)
     await lab.boot_dom0()
     try:
@@ -236,7 +260,7 @@ async def test_both_ends_reach_connected_with_every_key(net, pair):
     assert sorted(m.ref for m in maps if m.ref in rings) == rings
     assert {m.ref for m in maps if m.ref not in rings} == posted
     assert not any(m.readonly for m in maps)
-    assert vif.persistent_grants == len(posted) and vif._backend.persistent.cache.stats["remote"] == 0
+    assert vif.persistent_grants == len(posted) and vif.datapath.persistent.cache.stats["remote"] == 0
 
 
 async def test_ip_and_vifname_come_from_the_backend_directory(net):
@@ -299,7 +323,7 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
     # once mapped, a one-slot frame is read from (tx) or written into (rx)
     # the frontend's page itself; only the first uses of a transmit page were
     # copied through the hypervisor, and no receive page was
-    sent_a, got_b = vif_a._backend, vif_b._backend
+    sent_a, got_b = vif_a.datapath, vif_b.datapath
     assert vif_a.persistent_grants == len(buffers) + abi.NET_RX_RING_SIZE
     assert vif_b.persistent_grants == len(rx_maps)
     assert sent_a.tx.direct_frames > 0 and got_b.rx.direct_frames > 0
@@ -322,7 +346,6 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
 
 
 async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net):
-    from xenlab.drivers.netback import PageBudget
     driver = next(d for d in net.kernels[0].drivers if hasattr(d, "page_budget"))
     driver.page_budget = budget = PageBudget(10)
     a = await net.boot_domu("a")
@@ -617,8 +640,7 @@ async def test_garbage_frontend_keys_are_a_xenbus_fatal_error(net, kind):
     await net.wait_state(be, S.InitWait)
     # real grants and a real port, so that only the key under test is wrong
     page = c.memory.alloc_frames(2)
-    refs = (await c.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=0, gfn=g) for g in page]))).refs
+    refs = await c.gnttab.grant_access([(0, g, False) for g in page])
     port = await c.evtchn.alloc_unbound(0)
     keys = {"tx-ring-ref": str(refs[0]), "rx-ring-ref": str(refs[1]), "event-channel": str(port),
             "request-rx-copy": "1", "feature-rx-notify": "1"}
@@ -730,7 +752,6 @@ async def test_a_vif_whose_task_cannot_even_fail_is_torn_down_by_its_removal(net
     vif a raises, its fatal-error path too) leaves that device as it was,
     connected; its task lives on, and the removal of its directory when the
     domain is destroyed still takes everything down."""
-    from xenlab.drivers.netback import Netback
     a, b, _, eth_b = pair
     be = net.backend_path(a.domid)
     real_on_otherend, real_on_fatal = Netback.on_otherend, Netback.on_fatal
@@ -780,8 +801,7 @@ async def test_a_frontend_key_that_is_not_a_number_fails_the_vif_and_detach_need
     be, fe = net.backend_path(c.domid), net.frontend_path(c.domid)
     await net.wait_state(be, S.InitWait)
     page = c.memory.alloc_frames(2)
-    refs = (await c.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=0, gfn=g) for g in page]))).refs
+    refs = await c.gnttab.grant_access([(0, g, False) for g in page])
     port = await c.evtchn.alloc_unbound(0)
     keys = {"tx-ring-ref": str(refs[0]), "rx-ring-ref": str(refs[1]), "event-channel": str(port),
             "request-rx-copy": "1", "feature-rx-notify": "1", "feature-sg": "1",

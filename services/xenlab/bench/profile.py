@@ -96,7 +96,7 @@ def _entry(func: str, where: str) -> bool:
     """A process's entry frames (the command line, the event loop's start):
     on every stack, so they say nothing."""
     return (where in ("xenlab.cli.main", "xenlab.eventloop") or where.endswith(".__main__")
-            or func in ("run", "_main") and where == "xenlab.domain.dom0")
+            or where.startswith("xenlab.boot."))
 
 
 def summarise(folded: str, top: int = 12) -> dict:

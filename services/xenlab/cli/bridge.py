@@ -35,8 +35,9 @@ from xenlab.bridge import output
 from xenlab.bridge.client import BridgeClient
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.proto import bridge_pb2
+from xenlab.rpc import STATUS_ERRNO
 from xenlab.xen import netconf
-from xenlab.xen.errors import STATUS_ERRNO, ConfigError, XenError
+from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.netconf import format_mac
 
 PROG = "bridge"

@@ -22,12 +22,12 @@ from xenlab.rundir import default_rundir
 # command runs, so one missing module breaks only itself.
 DELEGATES = {
     "hypervisor": ("xenlab.hypervisor.__main__", "run the hypervisor service in the foreground"),
-    "domain": ("xenlab.domain.__main__", "run one domain's kernel (what a launcher starts)"),
+    "domain": ("xenlab.boot.domu", "run one domain's kernel (what a launcher starts)"),
     "demo": ("xenlab.cli.demo", "run the demo lab: ping mesh, FDB and counters, then stop"),
     "tour": ("xenlab.cli.tour", "a tour of the hypervisor alone: domains, balloon, event channels, grants"),
     "bridge-service": ("xenlab.bridge.__main__", "run the bridge service (xenbr0) in the foreground"),
     "ping": ("xenlab.cli.ping", "ping from inside a domain, through its guest agent"),
-    "dom0": ("xenlab.domain.dom0", "run Domain-0's kernel: netback and its hotplug to the bridges"),
+    "dom0": ("xenlab.boot.dom0", "run Domain-0's kernel: netback and its hotplug to the bridges"),
     "capture": ("xenlab.cli.capture:capture", "capture frames at a point of the lab into a pcap file"),
     "inject": ("xenlab.cli.capture:inject", "inject frames (from a pcap file or generated) at a point of the lab"),
     "up": ("xenlab.cli.lab:up", "start a lab (the demo lab when no file is given) and keep it up"),

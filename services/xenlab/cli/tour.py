@@ -29,6 +29,7 @@ from xenlab.proto import xenstore_pb2
 from xenlab.hypervisor.server import HypervisorServer
 from xenlab.toolstack.toolstack import Toolstack
 from xenlab.domain.evtchn import GuestEventChannels
+from xenlab.domain.hypercall import Hypercalls
 from xenlab.domain.memory import GuestMemory
 from xenlab.xen.shared_info import SharedInfo
 
@@ -141,7 +142,8 @@ async def evtchn_and_grants(dom0: HypervisorClient, address: str, notifies: int)
         memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
         shared = SharedInfo(memory.mm, mm.shared_info_offset, 1)
         info = await client.evtchn.GetDoorbell(common_pb2.Empty())
-        chans = GuestEventChannels(client, shared, info.path or None, reply.secret)
+        chans = GuestEventChannels(Hypercalls(client).evtchn, shared, info.path or None,
+                                   reply.secret)
         await chans.start()
         guests[name] = (reply.info.domid, client, memory, shared, chans)
     (ld, lclient, lmem, lshared, lchan), (rd, rclient, rmem, rshared, rchan) = guests["left"], guests["right"]

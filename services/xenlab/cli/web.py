@@ -34,8 +34,8 @@ def _host_port(text: str) -> tuple[str, int]:
 
 def run(args) -> int:
     try:
-        from aiohttp import web
-        from xenlab.web.app import make_app
+        from aiohttp import web  # lazy: optional, the web extra
+        from xenlab.web.app import make_app  # lazy: it needs aiohttp
     except ImportError as err:
         print(f"xenlab web: needs the web extra ({err.name} is missing): pip install 'xenlab[web]'",
               file=sys.stderr)

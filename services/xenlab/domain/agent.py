@@ -35,10 +35,10 @@ from xenlab.domain.netstack import GoneDevice, GuestNetwork
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.proto import agent_pb2, agent_pb2_grpc
-from xenlab.hypervisor.vif import agent_record_path
+from xenlab.xen.xenstore_paths import agent_record_path
 from xenlab.rpc import TokenGate, handles_xen_errors, start_server
 from xenlab.rundir import Rundir
-from xenlab.xen.errors import XenError
+from xenlab.xen.errors import ConfigError, XenError
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +139,9 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
     async def Blast(self, request, context):
         device = self.net.device(request.interface)
         try:
-            dst = parse_mac(request.dst_mac)
-        except ValueError as err:
-            raise XenError(errno.EINVAL, f"dst_mac: {err}") from None
+            dst = parse_mac(request.dst_mac, key="dst_mac")
+        except ConfigError as err:
+            raise XenError(errno.EINVAL, err.message) from None
         result = await traffic.blast(
             device, dst, request.count, size=request.size or traffic.DEFAULT_SIZE,
             ethertype=request.ethertype or traffic.BENCH_ETHERTYPE,
@@ -327,7 +327,7 @@ async def start_guest_agent(kernel) -> KernelAgent | None:
             await kernel.xenbus.write(f"{record}/address", address)
             await kernel.xenbus.write(f"{record}/token", token)
         await kernel.xenbus.write(XENSTORE_KEY, address)
-    except (OSError, RuntimeError, grpc.aio.AioRpcError) as err:
+    except (OSError, RuntimeError, XenError) as err:
         log.error("d%d: the guest agent did not start: %s", kernel.domid, err)
         await server.stop()
         net.close()

@@ -1,9 +1,11 @@
-"""The guest's event channels: the upcall loop and notifications.
+"""The guest's event channels: the upcall loop and notifications (Linux's
+drivers/xen/events).
 
-Binding goes through gRPC (the control plane). Notifications and upcalls
-take the doorbell when the hypervisor's socket is reachable: SEND datagrams
-out, UPCALL datagrams in (xenlab.xen.doorbell). Otherwise they fall back to
-gRPC ``Send`` calls and the ``Upcalls`` server stream.
+Binding is a hypercall (xenlab.domain.hypercall.evtchn, the control plane).
+Notifications and upcalls take the doorbell when the hypervisor's socket is
+reachable: SEND datagrams out, UPCALL datagrams in (xenlab.xen.doorbell).
+Otherwise they fall back to the EVTCHNOP_send hypercall and the hypervisor's
+stream of upcalls.
 
 Either way an upcall carries only a vCPU number. As a real guest's upcall
 handler does, the loop then scans this domain's shared_info for pending,
@@ -20,16 +22,17 @@ greeted, then serves as the domain's doorbell. Without a doorbell such a
 domain has no memory to run in (gRPC carries no descriptors), and says so.
 
 The doorbell also carries GNTTABOP_copy (``copy``, used by
-xenlab.domain.gnttab): a COPY datagram out, its COPIED answer in, matched by
-sequence number, so that several batches may be in flight. Without a
-doorbell, or when it is lost with copies outstanding, the caller uses
-GrantTable.Copy instead (a grant copy is idempotent, so running one again is
-harmless).
+xenlab.domain.hypercall.gnttab): a COPY datagram out, its COPIED answer in,
+matched by sequence number, so that several batches may be in flight.
+Without a doorbell, or when it is lost with copies outstanding, the caller
+makes the copy hypercall instead (a grant copy is idempotent, so running one
+again is harmless).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import inspect
 import itertools
 import logging
@@ -37,10 +40,7 @@ import os
 import socket
 from typing import Callable, Sequence
 
-import grpc
-
-from xenlab.client import HypervisorClient
-from xenlab.proto import common_pb2, evtchn_pb2
+from xenlab.domain.hypercall.evtchn import EventChannelOps
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import XenError
 from xenlab.xen.shared_info import SharedInfo
@@ -92,13 +92,15 @@ def connect_for_memory(path: str, domid: int, secret: str,
 
 
 class GuestEventChannels:
-    def __init__(self, client: HypervisorClient, shared_info: SharedInfo,
+    def __init__(self, ops: EventChannelOps, shared_info: SharedInfo,
                  doorbell: str | int | socket.socket | None, secret: str,
                  timeout: float = CONNECT_TIMEOUT):
-        """``doorbell``: the hypervisor's socket path, or a descriptor of a
-        doorbell connection the launcher handed over, or a connection
-        already greeted (connect_for_memory), or None (gRPC only)."""
-        self._client = client
+        """``ops``: the domain's event-channel hypercalls; ``doorbell``: the
+        hypervisor's socket path, or a descriptor of a doorbell connection
+        the launcher handed over, or a connection already greeted
+        (connect_for_memory), or None (hypercalls only)."""
+        self._ops = ops
+        self.domid = ops.domid
         self._shared_info = shared_info
         self._doorbell = doorbell
         self._secret = secret
@@ -131,8 +133,8 @@ class GuestEventChannels:
             try:
                 self._sock = await self._connect(doorbell)
             except (OSError, TimeoutError, ValueError, XenError) as err:
-                log.warning("d%d: doorbell %s unusable (%s); using the gRPC fallback",
-                            self._client.domid, doorbell, err)
+                log.warning("d%d: doorbell %s unusable (%s); using the hypercall fallback",
+                            self.domid, doorbell, err)
         if self._sock is not None:
             self.via_doorbell = True
             asyncio.get_running_loop().add_reader(self._sock, self._on_doorbell)
@@ -141,7 +143,7 @@ class GuestEventChannels:
             self._scan_all()
         else:
             first = asyncio.get_running_loop().create_future()
-            self._upcalls = asyncio.create_task(self._grpc_loop(first), name="evtchn-upcalls")
+            self._upcalls = asyncio.create_task(self._upcall_stream(first), name="evtchn-upcalls")
             # The stream's first upcall proves the subscription is live, so
             # no kick after start() returns can be missed.
             await asyncio.wait_for(first, self._timeout)
@@ -170,7 +172,7 @@ class GuestEventChannels:
     def notify(self, port: int) -> None:
         """EVTCHNOP_send, without waiting. Never blocks the caller."""
         if self._sock is None:
-            self._grpc_send(port)
+            self._hypercall_send(port)
         elif self._backlog or self._out:
             self._backlog[port] = None          # a queued port is already going to ring
         else:
@@ -185,7 +187,7 @@ class GuestEventChannels:
         except OSError as err:
             self._doorbell_lost(f"send failed: {err}")
             for port in ports:
-                self._grpc_send(port)
+                self._hypercall_send(port)
 
     def _want_write(self) -> None:
         if not self._writing:
@@ -240,39 +242,41 @@ class GuestEventChannels:
         entry = self._copies.pop(msg.seq, None)
         if entry is None:
             log.warning("d%d: doorbell: COPIED for seq %d, which is not outstanding",
-                        self._client.domid, msg.seq)
+                        self.domid, msg.seq)
             return
         answer, n, lost = entry
         if answer.done():
             return
         if len(msg.statuses) != n:
             log.warning("d%d: doorbell: COPIED seq %d has %d statuses for %d ops",
-                        self._client.domid, msg.seq, len(msg.statuses), n)
+                        self.domid, msg.seq, len(msg.statuses), n)
             lost()
             return
         answer.set_result(list(msg.statuses))
 
-    def _grpc_send(self, port: int) -> None:
-        self._spawn(self._client.evtchn.Send(evtchn_pb2.Port(port=port)), f"send on port {port}")
+    def _hypercall_send(self, port: int) -> None:
+        self._spawn(self._ops.send(port), f"send on port {port}")
 
     # -- binding (control plane) -----------------------------------------------------
     async def alloc_unbound(self, remote_dom: int) -> int:
-        reply = await self._client.evtchn.AllocUnbound(evtchn_pb2.AllocUnboundRequest(
-            dom=self._client.domid, remote_dom=remote_dom))
-        return reply.port
+        return await self._ops.alloc_unbound(remote_dom)
 
     async def bind_interdomain(self, remote_dom: int, remote_port: int) -> int:
-        reply = await self._client.evtchn.BindInterdomain(evtchn_pb2.BindInterdomainRequest(
-            remote_dom=remote_dom, remote_port=remote_port))
-        return reply.port
+        return await self._ops.bind_interdomain(remote_dom, remote_port)
 
     async def bind_virq(self, virq: int, vcpu: int = 0) -> int:
-        reply = await self._client.evtchn.BindVirq(evtchn_pb2.BindVirqRequest(virq=virq, vcpu=vcpu))
-        return reply.port
+        return await self._ops.bind_virq(virq, vcpu)
+
+    async def bind_ipi(self, vcpu: int = 0) -> int:
+        return await self._ops.bind_ipi(vcpu)
 
     async def close_port(self, port: int) -> None:
         self.unbind_handler(port)
-        await self._client.evtchn.Close(evtchn_pb2.Port(port=port))
+        await self._ops.close(port)
+
+    async def status(self, port: int):
+        """EVTCHNOP_status of one of our ports."""
+        return await self._ops.status(port)
 
     def mask(self, port: int) -> None:
         """Only the guest sets mask bits; a masked port stays pending, silently."""
@@ -280,7 +284,7 @@ class GuestEventChannels:
 
     async def unmask(self, port: int) -> None:
         """EVTCHNOP_unmask: the hypervisor re-raises the port if it is pending."""
-        await self._client.evtchn.Unmask(evtchn_pb2.Port(port=port))
+        await self._ops.unmask(port)
 
     # -- upcalls ----------------------------------------------------------------------
     def _scan_all(self) -> None:
@@ -290,7 +294,7 @@ class GuestEventChannels:
     def _upcall(self, vcpu: int) -> None:
         if not 0 <= vcpu < self._shared_info.nr_vcpus:
             log.warning("d%d: upcall for vcpu %d, which this domain does not have",
-                        self._client.domid, vcpu)
+                        self.domid, vcpu)
             return
         self.stats["upcall"] += 1
         for port in self._shared_info.scan(vcpu):
@@ -306,7 +310,7 @@ class GuestEventChannels:
             result = handler(port)
         except Exception:
             self.stats["handler_error"] += 1
-            log.exception("d%d: event-channel handler for port %d failed", self._client.domid, port)
+            log.exception("d%d: event-channel handler for port %d failed", self.domid, port)
             return
         if inspect.isawaitable(result):
             self._spawn(result, f"handler for port {port}")
@@ -328,33 +332,33 @@ class GuestEventChannels:
             try:
                 msg = wire.decode(data)
             except XenError as err:
-                log.warning("d%d: doorbell: %s", self._client.domid, err.message)
+                log.warning("d%d: doorbell: %s", self.domid, err.message)
                 continue
             if isinstance(msg, wire.Upcall):
                 vcpus.add(msg.vcpu)
             elif isinstance(msg, wire.Copied):
                 self._copied(msg)
             else:
-                log.warning("d%d: doorbell: unexpected %s", self._client.domid, type(msg).__name__)
+                log.warning("d%d: doorbell: unexpected %s", self.domid, type(msg).__name__)
         for vcpu in sorted(vcpus):
             self._upcall(vcpu)
 
-    async def _grpc_loop(self, first: asyncio.Future | None) -> None:
-        call = self._client.evtchn.Upcalls(common_pb2.Empty())
+    async def _upcall_stream(self, first: asyncio.Future | None) -> None:
+        upcalls = self._ops.upcalls()
         try:
-            async for upcall in call:
+            async for vcpu in upcalls:
                 if first is not None and not first.done():
                     first.set_result(None)
-                self._upcall(upcall.vcpu)
-            log.info("d%d: the hypervisor ended the upcall stream", self._client.domid)
-        except grpc.aio.AioRpcError as err:
+                self._upcall(vcpu)
+            log.info("d%d: the hypervisor ended the upcall stream", self.domid)
+        except XenError as err:
             if first is not None and not first.done():
                 first.set_exception(err)
                 return
-            if err.code() != grpc.StatusCode.CANCELLED:
-                log.warning("d%d: upcall stream failed: %s", self._client.domid, err.details())
+            if err.errno != errno.ECANCELED:
+                log.warning("d%d: upcall stream failed: %s", self.domid, err.message)
         finally:
-            call.cancel()
+            await upcalls.aclose()
             if first is not None and not first.done():
                 first.set_exception(ConnectionError("the upcall stream ended before its first upcall"))
 
@@ -371,25 +375,25 @@ class GuestEventChannels:
             sock.setblocking(False)
             if not isinstance(doorbell, int):
                 await asyncio.wait_for(loop.sock_connect(sock, doorbell), self._timeout)
-            await loop.sock_sendall(sock, wire.Hello(self._client.domid, self._secret).encode())
+            await loop.sock_sendall(sock, wire.Hello(self.domid, self._secret).encode())
             data = await asyncio.wait_for(loop.sock_recv(sock, wire.MAX_DATAGRAM + 1), self._timeout)
-            welcome(data, self._client.domid)
+            welcome(data, self.domid)
         except BaseException:
             sock.close()
             raise
         return sock
 
     def _doorbell_lost(self, why: str) -> None:
-        """Keep working over gRPC; if the domain is gone, that fails too and says so."""
+        """Keep working over hypercalls; if the domain is gone, they fail too and say so."""
         if self._closing or self._sock is None:
             return
-        log.warning("d%d: doorbell lost (%s); switching to the gRPC fallback", self._client.domid, why)
+        log.warning("d%d: doorbell lost (%s); switching to the hypercall fallback", self.domid, why)
         self._drop_socket()
         self.via_doorbell = False
         for port in self._backlog:
-            self._grpc_send(port)
+            self._hypercall_send(port)
         self._backlog.clear()
-        self._upcalls = asyncio.get_running_loop().create_task(self._grpc_loop(None),
+        self._upcalls = asyncio.get_running_loop().create_task(self._upcall_stream(None),
                                                                name="evtchn-upcalls")
 
     def _drop_socket(self) -> None:
@@ -425,5 +429,5 @@ class GuestEventChannels:
             return
         err = task.exception()
         if err is not None:
-            detail = err.details() if isinstance(err, grpc.aio.AioRpcError) else err
-            log.warning("d%d: %s failed: %s", self._client.domid, what, detail)
+            detail = err.message if isinstance(err, XenError) else err
+            log.warning("d%d: %s failed: %s", self.domid, what, detail)

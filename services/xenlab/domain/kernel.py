@@ -2,70 +2,107 @@
 
 Boot: authenticate to the hypervisor, map this domain's memory and its
 shared_info, start the event-channel upcall loop and the xenbus client,
-advertise the PV control features, then serve: follow control/shutdown
+register the drivers it was given, advertise the PV control features,
+start the agent it was given, then serve: follow control/shutdown
 (poweroff/reboot, as a PV guest's xenbus shutdown handler does) and
 memory/target (the balloon driver), until told to stop.
+
+The kernel knows no driver and no agent: whoever starts it hands them in
+(xenlab.boot), and drivers reach the hypervisor through the kernel's typed
+hypercall layer, its event channels and its xenbus.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
-import grpc
-
-from xenlab.client import HypervisorClient
 from xenlab.domain.evtchn import GuestEventChannels
+from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.domain.memory import GuestMemory
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
-from xenlab.hypervisor.launcher import StartInfo
-from xenlab.hypervisor.memory import MAX_EXTENTS
-from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
+from xenlab.domain.xenbus_ring import RingXenStore
 from xenlab.xen import abi
 from xenlab.xen.digits import U64_MAX, parse_decimal
 from xenlab.xen.errors import XenError
 from xenlab.xen.shared_info import SharedInfo
+from xenlab.xen.start_info import StartInfo
 
 log = logging.getLogger(__name__)
 
 TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 
+class NetifTable(dict):
+    """A kernel's interfaces of one kind, by name (netfront's eth0, netback's
+    vif1.0): a driver brings one ``up`` or takes it ``down``, and whoever
+    follows the kernel's interfaces is told (``changed(name, device or None)``)."""
+
+    def __init__(self, changed: Callable[[str, object], None]):
+        super().__init__()
+        self._changed = changed
+
+    def up(self, device) -> None:
+        if self.get(device.name) is not device:
+            self[device.name] = device
+            self._changed(device.name, device)
+
+    def down(self, device) -> None:
+        if self.get(device.name) is device:
+            del self[device.name]
+            self._changed(device.name, None)
+
+
 class DomainKernel:
     def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
-                 memory_map=None, doorbell=None):
-        """``memory_map``: the domain's memory, already mapped from the
-        object its launcher handed over or the doorbell brought (else boot
-        opens the segment); ``doorbell``: that doorbell connection, greeted."""
+                 memory_map=None, doorbell=None,
+                 agent: Callable[["DomainKernel"], Awaitable[object]] | None = None):
+        """``drivers(kernel)``: the XenbusDrivers to register at boot (none
+        if not given); ``agent(kernel)``: started once they are, its result
+        stopped (``await result.stop()``) first at close (none if not given
+        or if it returns None); ``memory_map``: the domain's memory, already
+        mapped from the object its launcher handed over or the doorbell
+        brought (else boot opens the segment); ``doorbell``: that doorbell
+        connection, greeted."""
         self.start_info = start
         self._memory_map = memory_map
         self._doorbell = doorbell
         self.domid = start.domid
         self.name = start.name
-        self.hv = HypervisorClient.connect(start.hypervisor, start.domid, start.secret)
+        # Every call to the hypervisor, typed (xenlab.domain.hypercall).
+        self.hypercall = Hypercalls.connect(start.hypervisor, start.domid, start.secret)
+        self.gnttab: GrantTable = self.hypercall.gnttab
         self.memory: GuestMemory | None = None
         self.shared_info: SharedInfo | None = None
         self.evtchn: GuestEventChannels | None = None
         self.xenbus: XenbusClient | None = None
-        self._store_ring = None      # xenbus_ring.RingTransport, when start_info names a ring
+        self._store_ring: RingXenStore | None = None     # when start_info names a ring
         self.bus: XenbusBus | None = None
         self.ticks = 0
         self.shutdown_reason = ""
         self._stop = asyncio.Event()
         self._balloon_lock = asyncio.Lock()
-        # Drivers (xenlab.drivers): ``drivers(kernel)`` returns the XenbusDrivers
-        # to register at boot; None means xenlab.drivers.default_drivers.
         self._driver_factory = drivers
+        self._agent_factory = agent
         self.drivers: list = []
-        self.netifs: dict = {}       # netfront: "eth0" -> NetfrontDevice
-        self.vifs: dict = {}         # netback: "vif1.0" -> VifDevice
+        self.agent = None
+        self.netifs = NetifTable(self.netif_changed)    # netfront: "eth0" -> NetfrontDevice
+        self.vifs = NetifTable(self.netif_changed)      # netback: "vif1.0" -> VifDevice
         self.on_netif_change: list[Callable[[str, object], None]] = []
         # Coroutine functions run once boot is complete (e.g. dom0 saying netback is ready).
         self.on_boot: list[Callable[[], object]] = []
 
+    def netif_changed(self, name: str, device) -> None:
+        """An interface came (``device``) or went (None): tell whoever
+        follows them (the guest agent, the events publisher)."""
+        for callback in list(self.on_netif_change):
+            try:
+                callback(name, device)
+            except Exception:
+                log.exception("netif change callback for %s failed", name)
+
     async def boot(self) -> None:
-        mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
-            domain=common_pb2.DomainRef(domid=self.domid), with_populated=True))
+        mm = await self.hypercall.memory.memory_map(with_populated=True)
         self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,
                                   mapping=self._memory_map)
         self.memory.set_populated(mm.populated)
@@ -75,8 +112,10 @@ class DomainKernel:
         doorbell = self._doorbell
         if doorbell is None:
             doorbell = start.doorbell_fd if start.doorbell_fd >= 0 else (start.doorbell or None)
-        self.evtchn = GuestEventChannels(self.hv, self.shared_info, doorbell, start.secret)
+        self.evtchn = GuestEventChannels(self.hypercall.evtchn, self.shared_info, doorbell,
+                                         start.secret)
         await self.evtchn.start()
+        self.gnttab.attach_doorbell(self.evtchn)
         self.xenbus = XenbusClient(self._xenstore_transport(), self.domid)
         await self.xenbus.start()
         self.bus = XenbusBus(self.xenbus)
@@ -91,32 +130,31 @@ class DomainKernel:
                  self.name, self.memory.nr_frames,
                  "yes" if self.evtchn.via_doorbell else "no (gRPC fallback)",
                  "its store ring" if self._store_ring else "gRPC")
-        # -- guest network + guest agent (xenlab.domain.netstack / .agent) --
-        from xenlab.domain.agent import start_guest_agent
-        self.agent = await start_guest_agent(self)
+        if self._agent_factory is not None:
+            self.agent = await self._agent_factory(self)
         for hook in self.on_boot:
             await hook()
 
     def _xenstore_transport(self):
         """The store ring start_info names, as a Xen guest's xenbus uses;
-        without one (a kernel started by hand), the gRPC XenStore service."""
+        without one (a kernel started by hand), the hypervisor's XenStore service."""
         if not self.start_info.store_port:
-            return self.hv
-        from xenlab.domain.xenbus_ring import RingTransport
-        self._store_ring = RingTransport.open(self.memory, self.evtchn, self.start_info.store_gfn,
-                                              self.start_info.store_port)
+            return self.hypercall.xenstore
+        self._store_ring = RingXenStore.open(self.memory, self.evtchn, self.start_info.store_gfn,
+                                             self.start_info.store_port)
         return self._store_ring
 
     async def _register_drivers(self) -> None:
-        from xenlab.drivers import default_drivers
-        for driver in (self._driver_factory or default_drivers)(self):
+        if self._driver_factory is None:
+            return
+        for driver in self._driver_factory(self):
             self.drivers.append(driver)
             await self.bus.register(driver)
 
     async def _start_timer(self) -> None:
         port = await self.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
         self.evtchn.bind_handler(port, self._on_timer)
-        await self.hv.evtchn.SetTimer(evtchn_pb2.SetTimerRequest(vcpu=0, timeout=TIMER_PERIOD))
+        await self.hypercall.evtchn.set_timer(0, TIMER_PERIOD)
 
     def _on_timer(self, port: int) -> None:
         self.ticks += 1
@@ -125,9 +163,9 @@ class DomainKernel:
 
     async def _rearm_timer(self) -> None:
         try:
-            await self.hv.evtchn.SetTimer(evtchn_pb2.SetTimerRequest(vcpu=0, timeout=TIMER_PERIOD))
-        except grpc.aio.AioRpcError as err:
-            log.debug("timer re-arm failed: %s", err.details())
+            await self.hypercall.evtchn.set_timer(0, TIMER_PERIOD)
+        except XenError as err:
+            log.debug("timer re-arm failed: %s", err.message)
 
     async def _on_shutdown_request(self, path: str) -> None:
         try:
@@ -153,20 +191,20 @@ class DomainKernel:
         except XenError as err:
             log.warning("balloon: ignoring %s", err.message)
             return
+        memory = self.hypercall.memory
         async with self._balloon_lock:
-            res = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
+            res = await memory.reservation()
             if target < res.current_pages:
                 give = self.memory.balloon_candidates(res.current_pages - target)
-                for start in range(0, len(give), MAX_EXTENTS):
-                    await self._give_back(give[start:start + MAX_EXTENTS])
+                for start in range(0, len(give), abi.MAX_EXTENTS):
+                    await self._give_back(give[start:start + abi.MAX_EXTENTS])
             elif target > res.current_pages:
                 want = min(target, res.max_pages) - res.current_pages
                 while want > 0:
-                    got = await self.hv.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
-                        domid=self.domid, nr_pages=min(want, MAX_EXTENTS)))
-                    self.memory.add_frames(got.gfns)
-                    want -= len(got.gfns)
-            now = await self.hv.memory.GetReservation(common_pb2.DomainRef(domid=self.domid))
+                    got = await memory.increase_reservation(min(want, abi.MAX_EXTENTS))
+                    self.memory.add_frames(got)
+                    want -= len(got)
+            now = await memory.reservation()
             await self.xenbus.write("data/balloon", str(now.current_pages * 4))
             log.info("balloon: target %s KiB, now %d KiB", target_kb, now.current_pages * 4)
 
@@ -175,8 +213,7 @@ class DomainKernel:
         first; if the hypervisor refuses, they are still the domain's."""
         self.memory.forget_frames(gfns)
         try:
-            await self.hv.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
-                domid=self.domid, gfns=gfns))
+            await self.hypercall.memory.decrease_reservation(gfns)
         except BaseException:
             self.memory.add_frames(gfns)
             raise
@@ -206,26 +243,24 @@ class DomainKernel:
         """SCHEDOP_shutdown: tell the hypervisor why, then stop."""
         log.info("d%d (%s): shutting down (%s)", self.domid, self.name, self.shutdown_reason)
         try:
-            await self.hv.domains.SchedShutdown(domains_pb2.SchedShutdownRequest(
-                reason=self.shutdown_reason or "poweroff"))
-        except grpc.aio.AioRpcError as err:
-            log.warning("SCHEDOP_shutdown failed: %s", err.details())
+            await self.hypercall.domains.sched_shutdown(self.shutdown_reason or "poweroff")
+        except XenError as err:
+            log.warning("SCHEDOP_shutdown failed: %s", err.message)
         await self._close()
 
     async def _close(self) -> None:
-        if getattr(self, "agent", None) is not None:    # guest agent: before xenbus goes
+        if self.agent is not None:                # the agent: before xenbus goes
             await self.agent.stop()
         for driver in reversed(self.drivers):     # drivers: before xenbus goes
             await driver.close()
-        if self._store_ring is not None:
-            # first: a watch callback waiting on a reply that is not coming
-            # (a released ring) must not keep xenbus from closing
-            self._store_ring.close()
+        await self.gnttab.close()
         if self.xenbus is not None:
+            # the store ring first: a watch callback waiting on a reply that
+            # is not coming (a released ring) must not keep xenbus from closing
             await self.xenbus.close()
         if self.evtchn is not None:
             await self.evtchn.close()
-        await self.hv.close()
+        await self.hypercall.close()
         if self.shared_info is not None:
             self.shared_info.release()
         if self.memory is not None:

@@ -1,10 +1,16 @@
 """The xenbus client of a domain: xenstore access and watches for the
-domain's kernel and drivers, over one WatchStream (one xenstore connection).
+domain's kernel and drivers, over one xenstore connection (a
+XenStoreTransport: the store ring, or the hypervisor's XenStore service).
 
 Drivers register for a device type (``vif``); the client watches
 ``device/<type>`` (frontends) or ``backend/<type>`` (backends) and calls the
 driver when a device directory appears or disappears, as Linux's xenbus
 probe does.
+
+Watch callbacks run one at a time, in the order xenstored fired their
+events, in the client's own reader task (Linux's xenwatch thread): a
+callback that waits on something that needs another event first would wait
+for ever, so device code only posts work from them.
 """
 from __future__ import annotations
 
@@ -14,18 +20,16 @@ import itertools
 import logging
 from typing import Awaitable, Callable
 
-import grpc
-
-from xenlab.proto import common_pb2, xenstore_pb2
-from xenlab.xen.errors import XenError
+from xenlab.domain.hypercall.xenstore import XenStoreTransport
+from xenlab.xen.errors import XenError, XenStoreError
 
 log = logging.getLogger(__name__)
 
 WatchCallback = Callable[[str], Awaitable[None] | None]
 
 
-class XenbusError(Exception):
-    pass
+class XenbusError(XenStoreError):
+    """A watch refused, or a transaction that kept conflicting."""
 
 
 class XenbusValueError(XenError):
@@ -40,19 +44,18 @@ class XenbusValueError(XenError):
         self.path = path
 
 
+_LOST = object()
+
+
 class XenbusClient:
-    def __init__(self, client, domid: int):
-        self.hv = client
-        self.xs = client.xenstore
+    def __init__(self, store: XenStoreTransport, domid: int):
+        self.store = store
         self.domid = domid
         self.home = f"/local/domain/{domid}"
-        self._outgoing: asyncio.Queue = asyncio.Queue()
-        self._acks: asyncio.Queue = asyncio.Queue()
+        self._events: asyncio.Queue = asyncio.Queue()
         self._callbacks: dict[str, tuple[str, WatchCallback]] = {}
         self._tokens = itertools.count(1)
         self._reader: asyncio.Task | None = None
-        self._call = None
-        self._ack_lock = asyncio.Lock()
         self.closed = asyncio.Event()
 
     # -- plain xenstore -------------------------------------------------------
@@ -72,80 +75,74 @@ class XenbusClient:
     async def read_bytes(self, path: str, tx: int = 0) -> bytes | None:
         """The node's value as stored, or None if there is no such node."""
         try:
-            reply = await self.xs.Read(xenstore_pb2.PathRequest(path=self.abspath(path), tx=tx))
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
+            return await self.store.read(self.abspath(path), tx)
+        except XenStoreError as err:
+            if err.errno == errno.ENOENT:
                 return None
             raise
-        return reply.value
 
     async def write(self, path: str, value: str, tx: int = 0) -> None:
-        await self.xs.Write(xenstore_pb2.WriteRequest(path=self.abspath(path),
-                                                      value=value.encode(), tx=tx))
+        await self.store.write(self.abspath(path), value.encode(), tx)
 
     async def rm(self, path: str, tx: int = 0) -> None:
         try:
-            await self.xs.Rm(xenstore_pb2.PathRequest(path=self.abspath(path), tx=tx))
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND:
+            await self.store.rm(self.abspath(path), tx)
+        except XenStoreError as err:
+            if err.errno != errno.ENOENT:
                 raise
 
     async def directory(self, path: str, tx: int = 0) -> list[str]:
         try:
-            reply = await self.xs.Directory(xenstore_pb2.PathRequest(path=self.abspath(path), tx=tx))
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.NOT_FOUND:
+            return await self.store.directory(self.abspath(path), tx)
+        except XenStoreError as err:
+            if err.errno == errno.ENOENT:
                 return []
             raise
-        return list(reply.names)
 
     async def transaction(self, body: Callable[[int], Awaitable[None]], attempts: int = 16) -> None:
         """Run body(tx) in a transaction, retrying on EAGAIN as libxenstore users do."""
         for _ in range(attempts):
-            tx = (await self.xs.TransactionStart(common_pb2.Empty())).tx
+            tx = await self.store.transaction_start()
             try:
                 await body(tx)
             except BaseException:
-                await self.xs.TransactionEnd(xenstore_pb2.TransactionEndRequest(tx=tx, commit=False))
+                await self.store.transaction_end(tx, commit=False)
                 raise
             try:
-                await self.xs.TransactionEnd(xenstore_pb2.TransactionEndRequest(tx=tx, commit=True))
+                await self.store.transaction_end(tx, commit=True)
                 return
-            except grpc.aio.AioRpcError as err:
-                if err.code() != grpc.StatusCode.ABORTED:
+            except XenStoreError as err:
+                if err.errno != errno.EAGAIN:
                     raise
-        raise XenbusError(f"transaction still conflicting after {attempts} attempts")
+        raise XenbusError(errno.EAGAIN, f"transaction still conflicting after {attempts} attempts")
 
     # -- watches -----------------------------------------------------------------
     async def start(self) -> None:
-        self._call = self.xs.WatchStream(self._requests())
-        self._reader = asyncio.create_task(self._read_events())
+        await self.store.open_watches(self._event, self._lost)
+        self._reader = asyncio.get_running_loop().create_task(self._read_events(),
+                                                              name="xenbus watches")
 
-    async def _requests(self):
-        while True:
-            item = await self._outgoing.get()
-            if item is None:
-                return
-            yield item
+    def _event(self, path: str, token: str) -> None:
+        self._events.put_nowait((path, token))
+
+    def _lost(self, err: XenError) -> None:
+        if err.errno != errno.ECANCELED:
+            log.warning("xenstore connection ended: %s", err.message)
+        self._events.put_nowait(_LOST)
 
     async def _read_events(self) -> None:
         try:
-            async for event in self._call:
-                if event.ack:
-                    self._acks.put_nowait(event)
-                    continue
-                entry = self._callbacks.get(event.token)
+            while (item := await self._events.get()) is not _LOST:
+                path, token = item
+                entry = self._callbacks.get(token)
                 if entry is None:
                     continue
                 try:
-                    result = entry[1](event.path)
+                    result = entry[1](path)
                     if asyncio.iscoroutine(result):
                         await result
                 except Exception:
-                    log.exception("watch callback for %s failed", event.path)
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.CANCELLED:
-                log.warning("xenstore watch stream ended: %s", err.details())
+                    log.exception("watch callback for %s failed", path)
         finally:
             self.closed.set()
 
@@ -153,28 +150,22 @@ class XenbusClient:
         """Watch a path; the callback gets the changed path. Fires once at once."""
         token = f"t{next(self._tokens)}"
         self._callbacks[token] = (path, callback)
-        await self._control(xenstore_pb2.WatchControl.WATCH, path, token)
+        try:
+            await self.store.watch(self.abspath(path), token)
+        except XenError as err:
+            self._callbacks.pop(token, None)
+            raise XenbusError(err.errno, f"watch {path}: {err.message}") from None
         return token
 
     async def unwatch(self, token: str) -> None:
         entry = self._callbacks.pop(token, None)
         if entry is not None:
-            await self._control(xenstore_pb2.WatchControl.UNWATCH, entry[0], token)
-
-    async def _control(self, op, path: str, token: str) -> None:
-        async with self._ack_lock:
-            self._outgoing.put_nowait(xenstore_pb2.WatchControl(op=op, path=self.abspath(path),
-                                                                token=token))
-            ack = await self._acks.get()
-        if ack.error:
-            self._callbacks.pop(token, None)
-            raise XenbusError(f"watch {path}: {ack.error}")
+            await self.store.unwatch(self.abspath(entry[0]), token)
 
     async def close(self) -> None:
-        self._outgoing.put_nowait(None)
-        if self._call is not None:
-            self._call.cancel()
+        await self.store.close()
         if self._reader is not None:
+            self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
 
 

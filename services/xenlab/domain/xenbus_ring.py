@@ -7,11 +7,11 @@ xs_wire.h messages, each with a req_id; replies are matched back by it;
 watch events arrive unsolicited. A notification on the store port says
 xenstored moved something; one from us says we did.
 
-``RingXenStore`` answers the XenStore service's calls (Read, Write, Rm,
-Directory, TransactionStart/End, WatchStream) from the ring, failing as the
-gRPC service fails (the same status for the same errno, through
-xen.errors.grpc_status), so that XenbusClient and the drivers run on either
-unchanged. gRPC's XenStore stays for clients outside the lab.
+``RingXenStore`` is a XenStoreTransport (xenlab.domain.hypercall.xenstore):
+it answers XenbusClient's calls from the ring as the hypervisor's XenStore
+service answers them (the same errno for the same refusal), so that
+XenbusClient and the drivers run on either unchanged. The service stays for
+clients outside the lab.
 """
 from __future__ import annotations
 
@@ -19,14 +19,10 @@ import asyncio
 import errno
 import itertools
 import logging
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
-import grpc
-
-from xenlab.proto import common_pb2, xenstore_pb2
 from xenlab.xen import xs_wire as w
-from xenlab.xen.errors import XenStoreError, grpc_status
+from xenlab.xen.errors import XenError, XenStoreError
 from xenlab.xen.xs_ring import XsRingEnd, XsRingError, XsRingPage
 from xenlab.xen.xs_wire import XsMessage, XsType
 
@@ -35,16 +31,14 @@ log = logging.getLogger(__name__)
 _U32 = 0xFFFFFFFF
 
 
-def _failure(err: int, what: str) -> grpc.aio.AioRpcError:
-    """The error the gRPC service would have raised for ``err``."""
-    status = grpc_status(XenStoreError(err))
-    return grpc.aio.AioRpcError(status, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                details=f"{w.error_name(err)}: {what}")
+def _failure(err: int, what: str) -> XenStoreError:
+    """xenstored's refusal, as the XenStore service words it."""
+    return XenStoreError(err, f"{w.error_name(err)}: {what}")
 
 
-def _lost(reason: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
-                                details=f"xenstore connection lost: {reason}")
+def _lost(reason: str, closing: bool = False) -> XenStoreError:
+    return XenStoreError(errno.ECANCELED if closing else errno.ENOTCONN,
+                         f"xenstore connection lost: {reason}")
 
 
 class StoreRing:
@@ -62,8 +56,8 @@ class StoreRing:
         self._waiting: dict[int, tuple[asyncio.Future, Callable[[XsMessage], None] | None]] = {}
         self._ids = itertools.count(1)
         self.on_event: Callable[[str, str], None] | None = None
-        self.on_lost: Callable[[grpc.aio.AioRpcError], None] | None = None
-        self.lost: grpc.aio.AioRpcError | None = None
+        self.on_lost: Callable[[XenError], None] | None = None
+        self.lost: XenError | None = None
         evtchn.bind_handler(port, self._on_notify)
 
     def call(self, type_: int, payload: bytes, tx: int = 0,
@@ -137,7 +131,7 @@ class StoreRing:
     def _lose(self, reason: str, closing: bool = False) -> None:
         if not closing:
             log.error("xenbus: %s", reason)
-        self.lost = _lost(reason, grpc.StatusCode.CANCELLED if closing else grpc.StatusCode.UNAVAILABLE)
+        self.lost = _lost(reason, closing)
         waiting, self._waiting = self._waiting, {}
         for fut, _ in waiting.values():
             if not fut.done():
@@ -156,13 +150,19 @@ class StoreRing:
 
 
 class RingXenStore:
-    """The XenStore service's calls, over the store ring."""
+    """xenstore requests over the store ring (a XenStoreTransport)."""
 
     def __init__(self, ring: StoreRing) -> None:
         self.ring = ring
-        self._stream: _RingWatchStream | None = None
+        self._on_event: Callable[[str, str], None] | None = None
+        self._on_lost: Callable[[XenError], None] | None = None
         ring.on_event = self._event
         ring.on_lost = self._lost
+
+    @classmethod
+    def open(cls, memory, evtchn, gfn: int, port: int) -> "RingXenStore":
+        """The store ring at our frame ``gfn``, notified on ``port``."""
+        return cls(StoreRing(memory.frame(gfn), port, evtchn))
 
     async def _request(self, type_: int, payload: bytes, tx: int, what: str) -> bytes:
         msg = await self.ring.call(type_, payload, tx)
@@ -174,41 +174,36 @@ class RingXenStore:
     def _path(path: str) -> bytes:
         return path.encode("latin-1") + b"\0"
 
-    async def Read(self, request, timeout=None):
-        value = await self._request(XsType.READ, self._path(request.path), request.tx, request.path)
-        return xenstore_pb2.Value(value=value)
+    async def read(self, path: str, tx: int = 0) -> bytes:
+        return await self._request(XsType.READ, self._path(path), tx, path)
 
-    async def Write(self, request, timeout=None):
-        await self._request(XsType.WRITE, self._path(request.path) + request.value, request.tx,
-                            request.path)
-        return common_pb2.Empty()
+    async def write(self, path: str, value: bytes, tx: int = 0) -> None:
+        await self._request(XsType.WRITE, self._path(path) + value, tx, path)
 
-    async def Mkdir(self, request, timeout=None):
-        await self._request(XsType.MKDIR, self._path(request.path), request.tx, request.path)
-        return common_pb2.Empty()
+    async def mkdir(self, path: str, tx: int = 0) -> None:
+        await self._request(XsType.MKDIR, self._path(path), tx, path)
 
-    async def Rm(self, request, timeout=None):
-        await self._request(XsType.RM, self._path(request.path), request.tx, request.path)
-        return common_pb2.Empty()
+    async def rm(self, path: str, tx: int = 0) -> None:
+        await self._request(XsType.RM, self._path(path), tx, path)
 
-    async def Directory(self, request, timeout=None):
-        path = self._path(request.path)
-        msg = await self.ring.call(XsType.DIRECTORY, path, request.tx)
+    async def directory(self, path: str, tx: int = 0) -> list[str]:
+        raw = self._path(path)
+        msg = await self.ring.call(XsType.DIRECTORY, raw, tx)
         if msg.type != XsType.ERROR:
             names = w.strings(msg.payload)
         elif w.error_from_payload(msg.payload) == errno.E2BIG:
-            names = await self._directory_part(path, request)     # as xs_directory does
+            names = await self._directory_part(raw, path, tx)     # as xs_directory does
         else:
-            raise _failure(w.error_from_payload(msg.payload), request.path)
-        return xenstore_pb2.Children(names=[n.decode("latin-1") for n in names])
+            raise _failure(w.error_from_payload(msg.payload), path)
+        return [n.decode("latin-1") for n in names]
 
-    async def _directory_part(self, path: bytes, request) -> list[bytes]:
+    async def _directory_part(self, raw: bytes, path: str, tx: int) -> list[bytes]:
         """libxenstore's xs_directory_part: the list a piece at a time,
         started over if its generation changes."""
         got, gen = b"", None
         while True:
-            answer = await self._request(XsType.DIRECTORY_PART, path + str(len(got)).encode() + b"\0",
-                                         request.tx, request.path)
+            answer = await self._request(XsType.DIRECTORY_PART, raw + str(len(got)).encode() + b"\0",
+                                         tx, path)
             part_gen, _, part = answer.partition(b"\0")
             if gen is not None and part_gen != gen:
                 got, gen = b"", None
@@ -217,113 +212,46 @@ class RingXenStore:
             if len(got) <= 1 or got.endswith(b"\0\0"):
                 return w.strings(got[:-1]) if len(got) > 1 else []
 
-    async def GetPerms(self, request, timeout=None):
-        answer = await self._request(XsType.GET_PERMS, self._path(request.path), request.tx,
-                                     request.path)
-        perms = [w.perm_from_string(p) for p in w.strings(answer)]
-        return xenstore_pb2.Perms(perms=[xenstore_pb2.Perm(domid=d, perm=p) for d, p in perms])
+    async def get_perms(self, path: str, tx: int = 0) -> list[tuple[int, str]]:
+        answer = await self._request(XsType.GET_PERMS, self._path(path), tx, path)
+        return [w.perm_from_string(p) for p in w.strings(answer)]
 
-    async def SetPerms(self, request, timeout=None):
-        strings = b"".join(w.perm_to_string(p.domid, p.perm) + b"\0" for p in request.perms)
-        await self._request(XsType.SET_PERMS, self._path(request.path) + strings, request.tx,
-                            request.path)
-        return common_pb2.Empty()
+    async def set_perms(self, path: str, perms: Sequence[tuple[int, str]], tx: int = 0) -> None:
+        strings = b"".join(w.perm_to_string(domid, perm) + b"\0" for domid, perm in perms)
+        await self._request(XsType.SET_PERMS, self._path(path) + strings, tx, path)
 
-    async def TransactionStart(self, request, timeout=None):
+    async def transaction_start(self) -> int:
         answer = await self._request(XsType.TRANSACTION_START, b"\0", 0, "transaction")
-        return xenstore_pb2.Transaction(tx=int(answer.rstrip(b"\0")))
+        return int(answer.rstrip(b"\0"))
 
-    async def TransactionEnd(self, request, timeout=None):
-        await self._request(XsType.TRANSACTION_END, b"T\0" if request.commit else b"F\0",
-                            request.tx, f"transaction {request.tx}")
-        return common_pb2.Empty()
+    async def transaction_end(self, tx: int, commit: bool) -> None:
+        await self._request(XsType.TRANSACTION_END, b"T\0" if commit else b"F\0", tx,
+                            f"transaction {tx}")
 
-    def WatchStream(self, request_iterator) -> "_RingWatchStream":
-        if self._stream is not None:
-            self._stream.cancel()
-        self._stream = _RingWatchStream(self, request_iterator)
-        return self._stream
+    # -- watches ----------------------------------------------------------------------
+    async def open_watches(self, on_event: Callable[[str, str], None],
+                           on_lost: Callable[[XenError], None]) -> None:
+        self._on_event, self._on_lost = on_event, on_lost
+        if self.ring.lost is not None:
+            on_lost(self.ring.lost)
+
+    async def watch(self, path: str, token: str) -> None:
+        # Acknowledged as its reply is read, ahead of the event the new
+        # watch fires right after it.
+        await self._request(XsType.WATCH, w.join(path.encode("latin-1"), token.encode("latin-1")),
+                            0, path)
+
+    async def unwatch(self, path: str, token: str) -> None:
+        await self._request(XsType.UNWATCH, w.join(path.encode("latin-1"), token.encode("latin-1")),
+                            0, path)
 
     def _event(self, path: str, token: str) -> None:
-        if self._stream is not None:
-            self._stream.put(xenstore_pb2.WatchEvent(path=path, token=token))
+        if self._on_event is not None:
+            self._on_event(path, token)
 
-    def _lost(self, err: grpc.aio.AioRpcError) -> None:
-        if self._stream is not None:
-            self._stream.end(err)
+    def _lost(self, err: XenError) -> None:
+        if self._on_lost is not None:
+            self._on_lost(err)
 
-    def close(self) -> None:
-        if self._stream is not None:
-            self._stream.cancel()
+    async def close(self) -> None:
         self.ring.close()
-
-
-_END = object()
-
-
-class _RingWatchStream:
-    """WatchStream: WatchControls in, acks and watch events out, in the
-    order xenstored answered and fired them."""
-
-    def __init__(self, store: RingXenStore, controls) -> None:
-        self.store = store
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self._ending: grpc.aio.AioRpcError | None = None
-        self._controls = asyncio.get_running_loop().create_task(self._send(controls))
-
-    async def _send(self, controls) -> None:
-        async for control in controls:
-            op = XsType.WATCH if control.op == xenstore_pb2.WatchControl.WATCH else XsType.UNWATCH
-            payload = w.join(control.path.encode("latin-1"), control.token.encode("latin-1"))
-            # The ack is queued as its reply is read, ahead of the event a
-            # new watch fires right after it.
-            try:
-                await self.store.ring.call(op, payload,
-                                           on_reply=lambda msg, c=control: self._ack(c, msg))
-            except grpc.aio.AioRpcError:
-                return          # the connection is gone: the stream ends with it
-
-    def _ack(self, control, msg: XsMessage) -> None:
-        ack = xenstore_pb2.WatchEvent(path=control.path, token=control.token, ack=True)
-        if msg.type == XsType.ERROR:
-            err = w.error_from_payload(msg.payload)
-            ack.errno = err
-            ack.error = f"{w.error_name(err)}: {control.path}"
-        self.put(ack)
-
-    def put(self, event) -> None:
-        self.queue.put_nowait(event)
-
-    def end(self, err: grpc.aio.AioRpcError) -> None:
-        self._ending = err
-        self._controls.cancel()
-        self.queue.put_nowait(_END)
-
-    def cancel(self) -> bool:
-        if self._ending is None:
-            self.end(grpc.aio.AioRpcError(grpc.StatusCode.CANCELLED, grpc.aio.Metadata(),
-                                          grpc.aio.Metadata(), details="cancelled"))
-        return True
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        item = await self.queue.get()
-        if item is _END:
-            self.queue.put_nowait(_END)
-            raise self._ending
-        return item
-
-
-@dataclass
-class RingTransport:
-    """What XenbusClient takes from a HypervisorClient: its ``xenstore``."""
-    xenstore: RingXenStore
-
-    @classmethod
-    def open(cls, memory, evtchn, gfn: int, port: int) -> "RingTransport":
-        return cls(RingXenStore(StoreRing(memory.frame(gfn), port, evtchn)))
-
-    def close(self) -> None:
-        self.xenstore.close()

@@ -22,13 +22,13 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from xenlab.drivers.netback import HotplugError
+from xenlab.drivers.netback.interface import HotplugError
 from xenlab.net.device import NetDevice
 from xenlab.net.veth import VethEnd, VethError, connect_veth
+from xenlab.xen.xenstore_paths import bridge_registry_path
 
 log = logging.getLogger(__name__)
 
-BRIDGE_REGISTRY = "/tool/xenlab/bridges"
 BACKOFF_FIRST = 0.05        # seconds before the first re-attach attempt
 BACKOFF_MAX = 2.0           # and at most between two attempts
 
@@ -40,7 +40,7 @@ def veth_name(vif_name: str) -> str:
 
 
 def bridge_address_path(bridge: str) -> str:
-    return f"{BRIDGE_REGISTRY}/{bridge}/address"
+    return bridge_registry_path(bridge, "address")
 
 
 def backoff_delays(first: float = BACKOFF_FIRST, longest: float = BACKOFF_MAX):

@@ -20,21 +20,17 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-import grpc
-
-from xenlab.domain.xenbus import XenbusDriver
 from xenlab.drivers import xenbus_state as xs
 from xenlab.drivers.netfront_core import (Buffer, NetfrontRx, NetfrontTx, TxSend, more_to_do)
-from xenlab.drivers.xenbus_device import XenbusDevice
+from xenlab.drivers.xenbus_device import XenbusDevice, XenbusDeviceDriver
 from xenlab.net.device import NetDevice
-from xenlab.proto import grants_pb2
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.digits import C_SPACE, parse_decimal, quoted
 from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.netif import make_rx_ring, make_tx_ring
 from xenlab.xen.ring import FrontRing, SharedRing
-from xenlab.xen.xlcfg import parse_mac
+from xenlab.xen.netconf import parse_mac
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +189,7 @@ class Netfront(XenbusDevice):
         if self.dev is not None:
             self.dev.xenbus_state = state
         if state == XenbusState.Connected and self.dev is not None:
-            self._announce(self.dev)
+            self.kernel.netifs.up(self.dev)
 
     # -- connect -------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -209,9 +205,10 @@ class Netfront(XenbusDevice):
         rings = await self._setup_rings()
         try:
             await self.xenbus.transaction(lambda tx: self._publish(tx, rings))
-        except Exception as err:     # a gRPC error, or XenbusError after the retries
+        except Exception as err:     # refused, still conflicting after the retries, or a bug
             await self._give_back(rings)
-            raise XenError(errno.EIO, f"writing the ring details: {_describe(err)}") from None
+            detail = err.message if isinstance(err, XenError) else str(err)
+            raise XenError(errno.EIO, f"writing the ring details: {detail}") from None
         self._rings = rings
         self._start_queues(rings)
 
@@ -229,15 +226,13 @@ class Netfront(XenbusDevice):
         rings = _Rings(gfns, pages, [], tx_sring, rx_sring)
         readonly = [False, False] + [True] * NR_TX_BUFFERS + [False] * NR_RX_BUFFERS
         try:
-            reply = await self.kernel.hv.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-                grants_pb2.GrantAccessEntry(domid=self.backend_id, gfn=g, readonly=ro)
-                for g, ro in zip(gfns, readonly)]))
-            rings.refs = list(reply.refs)
+            rings.refs = await self.kernel.gnttab.grant_access(
+                [(self.backend_id, g, ro) for g, ro in zip(gfns, readonly)])
             rings.port = await self.kernel.evtchn.alloc_unbound(self.backend_id)
-        except grpc.aio.AioRpcError as err:
+        except XenError as err:
             await self._give_back(rings)
             raise XenError(errno.EIO, f"granting the rings to d{self.backend_id}: "
-                                      f"{err.details()}") from None
+                                      f"{err.message}") from None
         return rings
 
     async def _publish(self, tx: int, rings: _Rings) -> None:
@@ -272,7 +267,7 @@ class Netfront(XenbusDevice):
         if self.dev is None:
             return
         self.dev.detach()
-        self._withdraw(self.dev)
+        self.kernel.netifs.down(self.dev)
 
     async def release(self) -> None:
         rings, self._rings = self._rings, None
@@ -290,8 +285,8 @@ class Netfront(XenbusDevice):
         if rings.port is not None:
             try:
                 await self.kernel.evtchn.close_port(rings.port)
-            except grpc.aio.AioRpcError as err:
-                log.debug("%s: closing port %d: %s", self.label, rings.port, err.details())
+            except XenError as err:
+                log.debug("%s: closing port %d: %s", self.label, rings.port, err.message)
         rings.tx_sring.release()
         rings.rx_sring.release()
         for page in rings.pages:
@@ -312,13 +307,13 @@ class Netfront(XenbusDevice):
         if not refs:
             return _ENDED
         try:
-            await self.kernel.hv.grants.EndAccess(grants_pb2.EndAccessRequest(refs=refs))
+            await self.kernel.gnttab.end_access(refs)
             return _ENDED
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+        except XenError as err:
+            if err.errno == errno.EBUSY:
                 return _BUSY
             log.warning("%s: ending %d grants (refs %d...): %s", self.label, len(refs), refs[0],
-                        err.details())
+                        err.message)
             return _FAILED
 
     async def _end_access_later(self, refs: list[int], gfns: list[int]) -> None:
@@ -338,7 +333,7 @@ class Netfront(XenbusDevice):
             task.cancel()
         if self.dev is not None:
             self.dev.detach()
-            self._withdraw(self.dev)
+            self.kernel.netifs.down(self.dev)
         rings, self._rings = self._rings, None
         if rings is not None:
             if rings.port is not None:
@@ -348,32 +343,6 @@ class Netfront(XenbusDevice):
             for page in rings.pages:
                 page.release()
 
-    # -- the kernel's list of interfaces --------------------------------------------------------
-    def _announce(self, dev: NetfrontDevice) -> None:
-        if self.kernel.netifs.get(dev.name) is not dev:
-            self.kernel.netifs[dev.name] = dev
-            _notify_change(self.kernel, dev.name, dev)
-
-    def _withdraw(self, dev: NetfrontDevice) -> None:
-        if self.kernel.netifs.get(dev.name) is dev:
-            del self.kernel.netifs[dev.name]
-            _notify_change(self.kernel, dev.name, None)
-
-
-def _notify_change(kernel, name: str, dev: NetDevice | None) -> None:
-    for callback in list(kernel.on_netif_change):
-        try:
-            callback(name, dev)
-        except Exception:
-            log.exception("netif change callback for %s failed", name)
-
-
-def _describe(err: BaseException) -> str:
-    if isinstance(err, grpc.aio.AioRpcError):
-        return err.details() or str(err.code())
-    if isinstance(err, XenError):
-        return err.message
-    return str(err)
 
 
 def _parse_frontend_dir(keys: dict[str, str | None]) -> tuple[str, int, bytes, int]:
@@ -396,27 +365,11 @@ def _parse_frontend_dir(keys: dict[str, str | None]) -> tuple[str, int, bytes, i
     return backend, backend_id, mac, mtu
 
 
-class NetfrontDriver(XenbusDriver):
+class NetfrontDriver(XenbusDeviceDriver):
+    """netfront: a device for every vif directory under our device/vif."""
+
     devicetype = "vif"
     side = "frontend"
 
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.devices: dict[str, Netfront] = {}
-
-    async def probe(self, path: str) -> None:
-        # Runs inside the xenbus reader: start the device's task, wait for nothing.
-        dev = Netfront(self.kernel, path)
-        self.devices[path] = dev
-        dev.start()
-
-    async def remove(self, path: str) -> None:
-        dev = self.devices.pop(path, None)
-        if dev is not None:
-            dev.removed()
-
-    async def close(self) -> None:
-        for dev in list(self.devices.values()):
-            await dev.stop()
-            dev.shutdown_local()
-        self.devices.clear()
+    def new_device(self, path: str) -> Netfront:
+        return Netfront(self.kernel, path)

@@ -30,14 +30,11 @@ from typing import Sequence
 
 from xenlab.net.ethernet import max_frame_len
 from xenlab.xen import abi
-from xenlab.xen.netif import ExtraInfo, split_frame, tx_frame_requests
+from xenlab.xen.netif import (ExtraInfo, pack_rx_request, pack_tx_request, split_frame,
+                              tx_frame_requests, unpack_rx_response, unpack_tx_response)
 from xenlab.xen.ring import FrontRing
 
 PAGE = abi.PAGE_SIZE
-_TX_REQUEST = abi.NETIF_TX_REQUEST
-_TX_RESPONSE = abi.NETIF_TX_RESPONSE
-_RX_REQUEST = abi.NETIF_RX_REQUEST
-_RX_RESPONSE = abi.NETIF_RX_RESPONSE
 TX_BACKLOG_MAX = 256     # frames waiting for free transmit pages
 # With nothing waiting for room, transmit completions ask for an event only
 # once this many are in; the next transmit reaps the others first. A lone
@@ -139,7 +136,7 @@ class NetfrontTx:
             id_ = self._free.pop()
             buffer = self.buffers[id_]
             buffer.page[:len(frame)] = frame
-            requests.append(_TX_REQUEST.pack(buffer.gref, 0, 0, id_, len(frame)))
+            requests.append(pack_tx_request(buffer.gref, 0, 0, id_, len(frame)))
             self._in_flight.add(id_)
             return
         chunks = split_frame(len(frame))
@@ -162,7 +159,7 @@ class NetfrontTx:
             return out
         ring = self.ring
         in_flight = self._in_flight
-        unpack = _TX_RESPONSE.unpack_from
+        unpack = unpack_tx_response
         for raw in ring.get_responses(ring.unconsumed_responses()):
             id_, status = unpack(raw)
             if status == abi.NETIF_RSP_NULL:
@@ -221,7 +218,7 @@ class NetfrontRx:
         if not n:
             return False
         bids = [self._free.pop() for _ in range(n)]
-        pack, buffers = _RX_REQUEST.pack, self.buffers
+        pack, buffers = pack_rx_request, self.buffers
         first = ring.put_requests([pack(bid, 0, buffers[bid].gref) for bid in bids])
         mask = ring.size - 1
         for i, bid in enumerate(bids):
@@ -258,7 +255,7 @@ class NetfrontRx:
         bid = self._posted.pop((self._first + pos) & (self.ring.size - 1), None)
         if bid is not None:
             self._free.append(bid)
-        return _RX_RESPONSE.unpack_from(raw), raw, bid
+        return unpack_rx_response(raw), raw, bid
 
     def _take_frame(self, avail: int, out: RxPoll) -> int:
         """One frame's responses (xennet_get_responses); returns what is left."""

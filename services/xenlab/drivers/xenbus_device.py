@@ -20,9 +20,7 @@ import asyncio
 import errno
 import logging
 
-import grpc
-
-from xenlab.domain.xenbus import XenbusClient
+from xenlab.domain.xenbus import XenbusClient, XenbusDriver, XenbusValueError
 from xenlab.drivers import xenbus_state as xs
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.errors import XenError
@@ -79,6 +77,9 @@ class XenbusDevice:
 
     async def teardown(self) -> None:
         """Our directory is gone: undo everything, write nothing."""
+
+    def shutdown_local(self) -> None:
+        """The domain is going away: let go of everything, without hypercalls."""
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -234,8 +235,8 @@ class XenbusDevice:
 
         try:
             await self.xenbus.transaction(body)
-        except grpc.aio.AioRpcError as err:
-            log.warning("%s: writing state %s failed: %s", self.nodename, state.name, err.details())
+        except XenError as err:
+            log.warning("%s: writing state %s failed: %s", self.nodename, state.name, err.message)
         self.state_changed(state)
 
     def state_changed(self, state: XenbusState) -> None:
@@ -252,17 +253,50 @@ class XenbusDevice:
         text = f"{err} {message}".encode()[:ERROR_NODE_MAX].decode(errors="ignore")
         try:
             await self.xenbus.write(f"error/{relative}/error", text)
-        except grpc.aio.AioRpcError as rpc_err:
-            log.warning("%s: writing the error node failed: %s", self.nodename, rpc_err.details())
+        except XenError as write_err:
+            log.warning("%s: writing the error node failed: %s", self.nodename, write_err.message)
         await self.run_actions(self.on_fatal())
 
     async def _read(self, path: str) -> str | None:
         try:
             return await self.xenbus.read(path)
-        except grpc.aio.AioRpcError as err:
-            log.debug("%s: reading %s: %s", self.nodename, path, err.details())
+        except XenbusValueError:
+            raise
+        except XenError as err:
+            log.debug("%s: reading %s: %s", self.nodename, path, err.message)
             return None
 
     async def read_keys(self, directory: str, keys) -> dict[str, str | None]:
         values = await asyncio.gather(*(self._read(f"{directory}/{k}") for k in keys))
         return dict(zip(keys, values))
+
+
+class XenbusDeviceDriver(XenbusDriver):
+    """A driver of split devices: one XenbusDevice per device directory.
+    probe starts the device's task and waits for nothing (it runs inside
+    the xenbus reader); remove tears the device down, whatever it is
+    doing; close, when the domain is going, stops every device and lets
+    go of what it holds without hypercalls."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.devices: dict[str, XenbusDevice] = {}
+
+    def new_device(self, path: str) -> XenbusDevice:
+        raise NotImplementedError
+
+    async def probe(self, path: str) -> None:
+        dev = self.new_device(path)
+        self.devices[path] = dev
+        dev.start()
+
+    async def remove(self, path: str) -> None:
+        dev = self.devices.pop(path, None)
+        if dev is not None:
+            dev.removed()
+
+    async def close(self) -> None:
+        for dev in list(self.devices.values()):
+            await dev.stop()
+            dev.shutdown_local()
+        self.devices.clear()

@@ -49,9 +49,7 @@ MFN_HYPERVISOR_LIMIT = 0x100
 MFN_WINDOW = 1 << 22
 # 52-bit physical addresses (x86_64): the number of machine frames there are.
 MFN_LIMIT = 1 << (52 - abi.PAGE_SHIFT)
-# Extents in one XENMEM_increase/decrease_reservation call: Linux's balloon
-# driver hands over one page of frame numbers (frame_list) per hypercall.
-MAX_EXTENTS = abi.PAGE_SIZE // 8
+MAX_EXTENTS = abi.MAX_EXTENTS
 MAX_MMU_UPDATES = 1024      # entries in one mmu_update call
 MAX_MMUEXT_OPS = 16         # ops in one mmuext_op call: a pin validates 512 PTEs
 # Data extents of a segment examined per reservation call when punching out

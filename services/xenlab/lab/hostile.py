@@ -44,7 +44,7 @@ import grpc
 
 from xenlab import argtypes
 from xenlab.agent_client import agent_for
-from xenlab import testing_hostile as hostile
+from xenlab import testing_floods
 from xenlab.client import HypervisorClient
 from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import parse_lab
@@ -196,7 +196,7 @@ async def run_phase(lab: Lab, phase: Phase, seconds: float, hv_pid: int,
 # -- mallory's floods (run in a process of its own) -------------------------------------------
 class Flooder:
     """Every flood, as one domain with only its own credentials: the floods
-    of xenlab.testing_hostile, each repeated until the stop, and the
+    of xenlab.testing_floods, each repeated until the stop, and the
     devices flood, which needs the toolstack's side (churn_vifs)."""
 
     def __init__(self, address: str, doorbell: str, domid: int, secret: str):
@@ -211,17 +211,17 @@ class Flooder:
     def _jobs(self, hv: HypervisorClient, stop: asyncio.Event) -> dict:
         signed = credentials_metadata(self.domid, self.secret)
         return {
-            "reservation": lambda: hostile.decrease_reservation_flood(hv, stop=stop, fill=False),
-            "copy": lambda: hostile.grant_copy_flood(hv, stop=stop),
-            "watches": lambda: self._until(stop, lambda: hostile.watch_event_flood(
+            "reservation": lambda: testing_floods.decrease_reservation_flood(hv, stop=stop, fill=False),
+            "copy": lambda: testing_floods.grant_copy_flood(hv, stop=stop),
+            "watches": lambda: self._until(stop, lambda: testing_floods.watch_event_flood(
                 self.address, self.domid, self.secret, writes=500)),
-            "doorbell": lambda: hostile.doorbell_storm(hv, self.secret, self.doorbell_path,
+            "doorbell": lambda: testing_floods.doorbell_storm(hv, self.secret, self.doorbell_path,
                                                        stop=stop, bound=self.ports),
             "messages": lambda: self._both(
-                hostile.oversized_message_flood(self.address, calls=8, stop=stop),
-                hostile.oversized_message_flood(self.address, calls=8, credentials=signed,
+                testing_floods.oversized_message_flood(self.address, calls=8, stop=stop),
+                testing_floods.oversized_message_flood(self.address, calls=8, credentials=signed,
                                                 stop=stop)),
-            "calls": lambda: hostile.concurrent_call_flood(hv, stop=stop),
+            "calls": lambda: testing_floods.concurrent_call_flood(hv, stop=stop),
             "devices": lambda: self.devices(hv, stop),
         }
 
@@ -256,7 +256,7 @@ class Flooder:
                     # mallory's other floods keep its own calls at their
                     # limit: this one retries until its write is taken.
                     for _ in range(100):
-                        outcome = await hostile._outcome(hv.xenstore.Write(
+                        outcome = await testing_floods._outcome(hv.xenstore.Write(
                             xenstore_pb2.WriteRequest(path=f"{base}/{devid}/{key}", value=value)))
                         if outcome != "RESOURCE_EXHAUSTED":
                             break
@@ -271,9 +271,9 @@ class Flooder:
         only caller it has: ports to storm with, a full grant table (what
         made every gfn of a DecreaseReservation cost a table scan)."""
         if "doorbell" in floods:
-            self.ports = await hostile.bind_ipis(hv, 600)
+            self.ports = await testing_floods.bind_ipis(hv, 600)
         if "reservation" in floods:
-            await hostile.fill_grant_table(hv)
+            await testing_floods.fill_grant_table(hv)
 
     async def run(self, floods=FLOODS, grace: float = 30.0, ready=lambda: None) -> None:
         stop = asyncio.Event()

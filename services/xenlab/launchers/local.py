@@ -1,12 +1,12 @@
 """The local launcher: each domain runs the domain kernel
-(`python -m xenlab.domain`) as a child process.
+(`python -m xenlab.boot.domu`) as a child process.
 
 With a DomainsDir that is isolated (xenlab.launchers.domains_dir), each domU
 runs under its own uid: its memory object and its doorbell are handed to it
 as open descriptors (it is told no path it could change to reach another
 domain's), and the only files it can reach are in its own directory. The
 process starts as the launcher's user, maps its memory, then drops to its
-uid for good before it reads any untrusted input (xenlab.domain.__main__).
+uid for good before it reads any untrusted input (xenlab.boot.domu).
 """
 from __future__ import annotations
 
@@ -108,7 +108,7 @@ class LocalLauncher(Launcher):
         console = open(info.console_log, "ab", buffering=0)
         try:
             proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "xenlab.domain", "--log-level", self.log_level,
+                self.python, "-m", "xenlab.boot.domu", "--log-level", self.log_level,
                 stdin=asyncio.subprocess.PIPE, stdout=console, stderr=console,
                 start_new_session=True, pass_fds=pass_fds)
         except BaseException:

@@ -70,6 +70,7 @@ def ring_size(slot_size: int, page_size: int = PAGE_SIZE) -> int:
 NETIF_TX_REQUEST = struct.Struct("<IHHHH")   # gref, offset, flags, id, size
 NETIF_TX_RESPONSE = struct.Struct("<Hh")     # id, status
 NETIF_EXTRA_INFO = struct.Struct("<BB6s")    # type, flags, union (gso / mcast / hash)
+NETIF_EXTRA_GSO = struct.Struct("<HBBH")     # the union's gso: size, type, pad, features
 NETIF_RX_REQUEST = struct.Struct("<HHI")     # id, pad, gref
 NETIF_RX_RESPONSE = struct.Struct("<HHHh")   # id, offset, flags, status (status > 0: bytes)
 NETIF_TX_SLOT = max(NETIF_TX_REQUEST.size, NETIF_TX_RESPONSE.size, NETIF_EXTRA_INFO.size)  # 12
@@ -241,6 +242,11 @@ _PAGE_USER = 1 << 2
 PTE_FLAGS_MASK = PAGE_SIZE - 1
 PTE_MFN_MASK = ((1 << 52) - 1) & ~PTE_FLAGS_MASK
 PTES_PER_PAGE = PAGE_SIZE // 8
+# Extents in one XENMEM_increase/decrease_reservation call: Linux's balloon
+# driver hands over one page of frame numbers (frame_list) per hypercall, and
+# the lab's hypervisor takes no more.
+MAX_EXTENTS = PAGE_SIZE // 8
+
 MMU_NORMAL_PT_UPDATE = 0       # ptr's low 2 bits select the update type
 MMU_MACHPHYS_UPDATE = 1
 MMU_PT_UPDATE_PRESERVE_AD = 2
@@ -248,6 +254,4 @@ MMU_PT_UPDATE_PRESERVE_AD = 2
 # --------------------------------------------------------------------------
 # xl conventions
 # --------------------------------------------------------------------------
-XEN_MAC_OUI = (0x00, 0x16, 0x3E)
-DEFAULT_BRIDGE = "xenbr0"
 DOM0_NAME = "Domain-0"

@@ -1,14 +1,13 @@
-"""Typed errors raised by the protocol cores, and the one mapping to gRPC.
+"""Typed errors raised by the protocol cores and the hypercall layer.
 
 Cores raise ``XenError`` subclasses carrying an errno (as Xen's hypercalls
-return -errno) or a GNTST_* code. ``grpc_status`` turns any of them into a
-gRPC status code; no adapter invents its own.
+return -errno) or a GNTST_* code. Which transport carries them is not this
+module's business: xenlab.rpc maps them to gRPC statuses and back, in one
+place; no adapter invents its own.
 """
 from __future__ import annotations
 
 import errno as _errno
-
-import grpc
 
 from xenlab.xen import abi
 
@@ -87,50 +86,4 @@ _GNTST_ERRNO = {
     abi.GNTST_bad_copy_arg: _errno.EINVAL,
     abi.GNTST_address_too_big: _errno.EINVAL,
     abi.GNTST_eagain: _errno.EAGAIN,
-}
-
-_ERRNO_STATUS = {
-    _errno.ENOENT: grpc.StatusCode.NOT_FOUND,
-    _errno.ESRCH: grpc.StatusCode.NOT_FOUND,
-    _errno.EEXIST: grpc.StatusCode.ALREADY_EXISTS,
-    _errno.EPERM: grpc.StatusCode.PERMISSION_DENIED,
-    _errno.EACCES: grpc.StatusCode.PERMISSION_DENIED,
-    _errno.EINVAL: grpc.StatusCode.INVALID_ARGUMENT,
-    _errno.E2BIG: grpc.StatusCode.INVALID_ARGUMENT,
-    _errno.ENAMETOOLONG: grpc.StatusCode.INVALID_ARGUMENT,
-    _errno.EFAULT: grpc.StatusCode.INVALID_ARGUMENT,
-    _errno.EAGAIN: grpc.StatusCode.ABORTED,
-    _errno.EBUSY: grpc.StatusCode.FAILED_PRECONDITION,
-    _errno.ENOTEMPTY: grpc.StatusCode.FAILED_PRECONDITION,
-    _errno.EISCONN: grpc.StatusCode.FAILED_PRECONDITION,
-    _errno.ENOTCONN: grpc.StatusCode.FAILED_PRECONDITION,
-    _errno.ENOSPC: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    _errno.ENOMEM: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    _errno.EDQUOT: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    _errno.EMFILE: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    _errno.ETIMEDOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-    _errno.ENOSYS: grpc.StatusCode.UNIMPLEMENTED,
-    _errno.EOPNOTSUPP: grpc.StatusCode.UNIMPLEMENTED,
-    _errno.ERANGE: grpc.StatusCode.OUT_OF_RANGE,
-}
-
-
-def grpc_status(err: XenError) -> grpc.StatusCode:
-    if isinstance(err, AuthError):
-        return grpc.StatusCode.UNAUTHENTICATED
-    return _ERRNO_STATUS.get(err.errno, grpc.StatusCode.FAILED_PRECONDITION)
-
-
-# gRPC status -> errno, for clients that want the Xen view of a failure.
-STATUS_ERRNO = {
-    grpc.StatusCode.NOT_FOUND: _errno.ENOENT,
-    grpc.StatusCode.ALREADY_EXISTS: _errno.EEXIST,
-    grpc.StatusCode.PERMISSION_DENIED: _errno.EACCES,
-    grpc.StatusCode.UNAUTHENTICATED: _errno.EACCES,
-    grpc.StatusCode.INVALID_ARGUMENT: _errno.EINVAL,
-    grpc.StatusCode.ABORTED: _errno.EAGAIN,
-    grpc.StatusCode.FAILED_PRECONDITION: _errno.EBUSY,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: _errno.ENOSPC,
-    grpc.StatusCode.UNIMPLEMENTED: _errno.ENOSYS,
-    grpc.StatusCode.OUT_OF_RANGE: _errno.ERANGE,
 }

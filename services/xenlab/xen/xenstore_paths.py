@@ -4,6 +4,8 @@ frontend and backend directories, the toolstack's own record of a domain
 """
 from __future__ import annotations
 
+import re
+
 # Where bridge services register each bridge they run (bridge/server.py):
 # BRIDGE_REGISTRY/NAME/{address,grpc,pid}. hotplug finds a bridge's data
 # socket at "address", clients its gRPC API at "grpc".
@@ -12,6 +14,15 @@ BRIDGE_REGISTRY = "/tool/xenlab/bridges"
 
 def backend_path(backend_id: int, domid: int, devid: int) -> str:
     return f"/local/domain/{backend_id}/backend/vif/{domid}/{devid}"
+
+
+_BACKEND_PATH = re.compile(r"/local/domain/([0-9]+)/backend/vif/([0-9]+)/([0-9]+)")
+
+
+def parse_backend_path(path: str) -> tuple[int, int, int] | None:
+    """(backend_id, domid, devid) of a vif backend directory, or None."""
+    m = _BACKEND_PATH.fullmatch(path)
+    return None if m is None else (int(m[1]), int(m[2]), int(m[3]))
 
 
 def frontend_path(domid: int, devid: int) -> str:

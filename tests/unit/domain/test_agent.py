@@ -15,6 +15,7 @@ from xenlab.agent_client import (AGENT_TOKEN_MD, NoAgentError, agent_channel, ag
 from xenlab.domain.agent import (CAPTURE_DROPPED_MD, SERVICE_NAME, GuestAgentServer,
                                  start_guest_agent)
 from xenlab.domain.netstack import GuestNetwork
+from xenlab.domain.hypercall import GrpcXenStore
 from xenlab.domain.xenbus import XenbusClient
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_P_ARP, EthernetFrame
@@ -337,7 +338,7 @@ async def boot_agent(hypervisor, name: str):
     kernel.domid = domid
     kernel.start_info = types.SimpleNamespace(domid=domid, agent=reply.agent,
                                               agent_token=reply.agent_token, doorbell="")
-    kernel.xenbus = XenbusClient(client, domid)
+    kernel.xenbus = XenbusClient(GrpcXenStore(client.xenstore), domid)
     running = await start_guest_agent(kernel)
     running.nic = nic
     return reply, running
@@ -393,7 +394,8 @@ async def test_the_toolstack_never_takes_the_agent_address_a_guest_wrote(hypervi
     evil_reply, evil = await boot_agent(hypervisor, "evil")
     try:
         evil_client = hypervisor.client_as(evil_reply.info.domid, evil_reply.secret)
-        await XenbusClient(evil_client, evil_reply.info.domid).write("data/agent", web_reply.agent)
+        await XenbusClient(GrpcXenStore(evil_client.xenstore), evil_reply.info.domid).write(
+            "data/agent", web_reply.agent)
         async with await agent_for(hypervisor.dom0, evil_reply.info.domid) as agent:
             assert agent.address == evil_reply.agent != web_reply.agent
         # The record is the toolstack's: the guest can neither read its token nor rewrite it.

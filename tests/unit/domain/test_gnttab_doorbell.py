@@ -1,7 +1,8 @@
 """GNTTABOP_copy over the event-channel doorbell (COPY/COPIED) against the
-in-process hypervisor: the same GNTST_* codes as GrantTable.Copy for good
-and refused ops, several batches in flight, a malformed COPY closing only
-its own connection, and the gRPC fallback when there is no doorbell."""
+in-process hypervisor: the same GNTST_* codes as the copy hypercall for
+good and refused ops, several batches in flight, a malformed COPY closing
+only its own connection, and the hypercall fallback when there is no
+doorbell (xenlab.domain.hypercall.gnttab's GrantTable.copy)."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ import socket
 import pytest
 
 from xenlab.domain.evtchn import GuestEventChannels
-from xenlab.domain.gnttab import GrantCopier
+from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2
 from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
@@ -37,7 +38,7 @@ class Domain:
         finally:
             os.close(fd)
         self._shared = SharedInfo(self._mm, 0, 1)
-        self.evtchn = GuestEventChannels(self.client, self._shared,
+        self.evtchn = GuestEventChannels(Hypercalls(self.client).evtchn, self._shared,
                                          info.path if doorbell else None, self.secret)
         await self.evtchn.start()
         assert self.evtchn.via_doorbell == doorbell
@@ -103,61 +104,53 @@ async def grants(hypervisor, doms):
     return hypervisor, front, back, cases
 
 
-def pb_op(op: wire.GnttabCopy) -> grants_pb2.GrantCopyOp:
-    def ptr(value, domid, offset, gref):
-        return grants_pb2.CopyPtr(domid=domid, ref=value if gref else 0, gfn=0 if gref else value,
-                                  use_gref=gref, offset=offset)
-    return grants_pb2.GrantCopyOp(
-        source=ptr(op.source_ptr, op.source_domid, op.source_offset, bool(op.flags & SRC_GREF)),
-        dest=ptr(op.dest_ptr, op.dest_domid, op.dest_offset, bool(op.flags & DST_GREF)),
-        len=op.len)
+def gnttab_of(dom: Domain, evtchn: GuestEventChannels | None) -> GrantTable:
+    return GrantTable(dom.client.grants, dom.domid, doorbell=evtchn)
 
 
-async def test_doorbell_copy_gives_the_grpc_statuses(grants):
+async def test_doorbell_copy_gives_the_hypercall_statuses(grants):
     lab, front, back, cases = grants
     ops = [op for op, _ in cases.values()]
     expected = [status for _, status in cases.values()]
-    grpc_reply = await back.client.grants.Copy(grants_pb2.GrantCopyRequest(
-        ops=[pb_op(op) for op in ops]))
-    assert list(grpc_reply.status) == expected
+    assert await gnttab_of(back, None).copy_hypercall(ops) == expected
 
-    copier = GrantCopier(back.client, await back.start_evtchn(doorbell=True))
+    gnttab = gnttab_of(back, await back.start_evtchn(doorbell=True))
     before = lab.hv.doorbell.stats["copy"]
-    assert await copier.copy(ops) == expected
+    assert await gnttab.copy(ops) == expected
     assert lab.hv.doorbell.stats["copy"] == before + 1      # it went over the doorbell
     memory = lab.hv.memory
     assert bytes(memory.frame(back.domid, 3)[100:164]) == bytes(range(64))
     assert bytes(memory.frame(front.domid, 5)[1000:1064]) == bytes(range(64))
 
 
-async def test_without_a_doorbell_the_copier_uses_grpc(grants):
+async def test_without_a_doorbell_the_copy_is_a_hypercall(grants):
     lab, front, back, cases = grants
-    copier = GrantCopier(back.client, await back.start_evtchn(doorbell=False))
+    gnttab = gnttab_of(back, await back.start_evtchn(doorbell=False))
     ops = [op for op, _ in cases.values()]
     before = lab.hv.doorbell.stats["copy"]
-    assert await copier.copy(ops) == [status for _, status in cases.values()]
+    assert await gnttab.copy(ops) == [status for _, status in cases.values()]
     assert lab.hv.doorbell.stats["copy"] == before
     assert bytes(lab.hv.memory.frame(back.domid, 3)[100:164]) == bytes(range(64))
 
 
 async def test_batches_in_flight_and_over_the_batch_limit(grants):
     lab, front, back, cases = grants
-    copier = GrantCopier(back.client, await back.start_evtchn(doorbell=True))
+    gnttab = gnttab_of(back, await back.start_evtchn(doorbell=True))
     good, bad = cases["in"][0], cases["bad ref"][0]
     big = [good, bad] * (wire.MAX_COPY_BATCH // 2 + 3)      # split into two COPYs
-    answers = [copier.submit([good]), copier.submit([bad, good]), copier.submit(big)]
+    answers = [gnttab.copy([good]), gnttab.copy([bad, good]), gnttab.copy(big)]
     assert await asyncio.gather(*answers) == [
         [abi.GNTST_okay], [abi.GNTST_bad_gntref, abi.GNTST_okay],
         [abi.GNTST_okay, abi.GNTST_bad_gntref] * (wire.MAX_COPY_BATCH // 2 + 3)]
 
 
-async def test_a_lost_doorbell_falls_back_to_grpc(grants):
+async def test_a_lost_doorbell_falls_back_to_the_hypercall(grants):
     lab, front, back, cases = grants
     evtchn = await back.start_evtchn(doorbell=True)
-    copier = GrantCopier(back.client, evtchn)
+    gnttab = gnttab_of(back, evtchn)
     # The hypervisor drops the connection: copies in flight and later
-    # ones finish over gRPC, with the same statuses.
-    answer = copier.submit([cases["in"][0], cases["bad ref"][0]])
+    # ones finish as hypercalls, with the same statuses.
+    answer = gnttab.copy([cases["in"][0], cases["bad ref"][0]])
     lab.hv.doorbell.disconnect(back.domid)
     assert await answer == [abi.GNTST_okay, abi.GNTST_bad_gntref]
     for _ in range(100):
@@ -165,7 +158,7 @@ async def test_a_lost_doorbell_falls_back_to_grpc(grants):
             break
         await asyncio.sleep(0.01)
     assert not evtchn.via_doorbell
-    assert await copier.copy([cases["readonly dest"][0]]) == [abi.GNTST_general_error]
+    assert await gnttab.copy([cases["readonly dest"][0]]) == [abi.GNTST_general_error]
 
 
 # -- the wire, raw ----------------------------------------------------------------------------

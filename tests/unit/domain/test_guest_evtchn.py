@@ -9,6 +9,7 @@ import os
 import pytest
 
 from xenlab.domain.evtchn import GuestEventChannels
+from xenlab.domain.hypercall import Hypercalls
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2
 from xenlab.xen import abi
 from xenlab.xen.shared_info import SharedInfo
@@ -40,7 +41,8 @@ async def boot(lab, name: str, doorbell: bool, vcpus: int = 1) -> Guest:
     finally:
         os.close(fd)
     shared = SharedInfo(mm, 0, vcpus)
-    evtchn = GuestEventChannels(client, shared, info.path if doorbell else None, secret)
+    evtchn = GuestEventChannels(Hypercalls(client).evtchn, shared,
+                                info.path if doorbell else None, secret)
     await evtchn.start()
     return Guest(domid, client, secret, shared, mm, evtchn)
 
@@ -193,7 +195,8 @@ async def test_missing_doorbell_path_falls_back(hypervisor):
         spec=domains_pb2.DomainSpec(name="lost", memory_mb=16, launcher="none")))
     client = hypervisor.client_as(reply.info.domid, reply.secret)
     shared = SharedInfo(bytearray(abi.PAGE_SIZE), 0, 1)
-    evtchn = GuestEventChannels(client, shared, "/nonexistent/evtchn.sock", reply.secret)
+    evtchn = GuestEventChannels(Hypercalls(client).evtchn, shared, "/nonexistent/evtchn.sock",
+                                reply.secret)
     await evtchn.start()
     assert not evtchn.via_doorbell
     await evtchn.close()

@@ -15,8 +15,9 @@ import sys
 
 import pytest
 
-from xenlab.domain.__main__ import NoMemory, _enter_domain
+from xenlab.boot.domu import NoMemory, _enter_domain
 from xenlab.domain.evtchn import GuestEventChannels, connect_for_memory
+from xenlab.domain.hypercall import Hypercalls
 from xenlab.launchers.base import DomainHandles, Launcher
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
 from xenlab.xen import abi
@@ -81,7 +82,7 @@ async def test_a_container_domain_maps_the_memory_and_rings_on_the_same_connecti
     mm = await client.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
         domain=common_pb2.DomainRef(domid=domid)))
     shared = SharedInfo(memory.view, mm.shared_info_offset, 1)
-    evtchn = GuestEventChannels(client, shared, doorbell, secret)
+    evtchn = GuestEventChannels(Hypercalls(client).evtchn, shared, doorbell, secret)
     try:
         await evtchn.start()
         assert evtchn.via_doorbell           # the greeted connection, no second HELLO
@@ -104,7 +105,7 @@ async def test_a_container_domain_without_a_doorbell_says_it_has_no_memory(hyper
     with pytest.raises(NoMemory, match="gone.sock.*gRPC fallback carries no memory"):
         await asyncio.to_thread(_enter_domain, start)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "xenlab.domain", "--orphan-ok", stdin=subprocess.PIPE,
+        sys.executable, "-m", "xenlab.boot.domu", "--orphan-ok", stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(start.to_json().encode() + b"\n"), 60)
     assert proc.returncode == 2

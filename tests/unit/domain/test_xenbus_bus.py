@@ -7,6 +7,7 @@ import asyncio
 
 import pytest_asyncio
 
+from xenlab.domain.hypercall import GrpcXenStore
 from xenlab.domain.xenbus import XenbusBus, XenbusClient, XenbusDriver
 from xenlab.proto import xenstore_pb2
 
@@ -30,8 +31,8 @@ class Recorder(XenbusDriver):
 class CountingXenbus(XenbusClient):
     """Counts the directory listings the bus makes."""
 
-    def __init__(self, client, domid):
-        super().__init__(client, domid)
+    def __init__(self, store, domid):
+        super().__init__(store, domid)
         self.listings = 0
 
     async def directory(self, path, tx=0):
@@ -59,7 +60,7 @@ async def _rm(hypervisor, path: str) -> None:
 async def watched(hypervisor):
     """Domain-0's xenbus with a recording vif backend driver registered:
     (xenbus, bus, driver). Devices a test writes first are there before it."""
-    xenbus = CountingXenbus(hypervisor.dom0, 0)
+    xenbus = CountingXenbus(GrpcXenStore(hypervisor.dom0.xenstore), 0)
     await xenbus.start()
     bus = XenbusBus(xenbus)
     driver = Recorder()

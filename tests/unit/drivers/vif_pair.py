@@ -6,7 +6,9 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from xenlab.drivers.netback_core import GrantCopy, NetbackRx, NetbackTx, Scratch
+from xenlab.drivers.netback.rx import NetbackRx
+from xenlab.drivers.netback.scratch import GrantCopy, Scratch
+from xenlab.drivers.netback.tx import NetbackTx
 from xenlab.drivers.netfront_core import Buffer, NetfrontRx, NetfrontTx
 from xenlab.xen import abi
 from xenlab.xen.netif import make_rx_ring, make_tx_ring
@@ -80,7 +82,7 @@ class Vif:
             result = self.back_tx.complete(batch, self.grants.copy(batch.copies, self.tx_mem))
             out += result.frames
             self.drops.update(result.drops)
-            if batch.fatal or batch.wait_until is not None or not self.back_tx.more_to_do():
+            if result.fatal or batch.wait_until is not None or not self.back_tx.more_to_do():
                 break
         return out
 

@@ -15,8 +15,9 @@ import pytest
 from xenlab.hypervisor.grants import CopyOp, CopyPtr, GrantTables
 from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.memory import MachineMemory
+from xenlab.rpc import grpc_status
 from xenlab.xen import abi
-from xenlab.xen.errors import GrantError, MemoryError_, XenError, grpc_status
+from xenlab.xen.errors import GrantError, MemoryError_, XenError
 
 PAGE = abi.PAGE_SIZE
 D0, D1, D2, D3 = Caller(0, True), Caller(1), Caller(2), Caller(3)

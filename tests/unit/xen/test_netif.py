@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from xenlab.xen import abi
-from xenlab.xen.netif import (ExtraInfo, NetifError, RxRequest, RxResponse, TxRequest,
-                              TxResponse, make_rx_ring, make_tx_ring, split_frame,
+from xenlab.xen.netif import (ExtraInfo, GsoInfo, NetifError, RxRequest, RxResponse,
+                              TxRequest, TxResponse, make_rx_ring, make_tx_ring, split_frame,
                               tx_chunk_sizes, tx_frame_requests)
 from xenlab.xen.ring import BackRing, FrontRing
 
@@ -58,6 +58,14 @@ def test_extra_info_layout():
     raw = ExtraInfo(type=abi.XEN_NETIF_EXTRA_TYPE_MCAST_ADD,
                     flags=abi.XEN_NETIF_EXTRA_FLAG_MORE, data=b"\x01\x00\x5e\x00\x00\x01").pack()
     assert raw == bytes([2, 1, 0x01, 0x00, 0x5E, 0x00, 0x00, 0x01])
+
+
+def test_gso_extra_layout():
+    # netif.h: struct { uint16_t size; uint8_t type; uint8_t pad; uint16_t features; } gso
+    raw = ExtraInfo(abi.XEN_NETIF_EXTRA_TYPE_GSO, 0,
+                    GsoInfo(1448, abi.XEN_NETIF_GSO_TYPE_TCPV6).pack()).pack()
+    assert raw == bytes([1, 0, 0xA8, 0x05, 2, 0, 0, 0])
+    assert GsoInfo.unpack(ExtraInfo.unpack(raw).data) == GsoInfo(1448, abi.XEN_NETIF_GSO_TYPE_TCPV6)
 
 
 def test_extra_info_pads_and_refuses_long_data():

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from xenlab.drivers.grant_cache import GrantCache
-from xenlab.drivers.netback_core import GrantCopy
+from xenlab.drivers.netback.grant_cache import GrantCache
+from xenlab.drivers.netback.scratch import GrantCopy
 from xenlab.xen import abi
 
 PAGE = abi.PAGE_SIZE

@@ -1,6 +1,12 @@
-"""`python -m xenlab.domain`: a domain process. Its start_info (domain id,
-secret, hypervisor address) arrives as one JSON line on standard input, as
-the launcher writes it."""
+"""`xenlab domain` (`python -m xenlab.boot.domu`): a domain process: its
+kernel, netfront and the guest agent. Its start_info (domain id, secret,
+hypervisor address) arrives as one JSON line on standard input, as the
+launcher writes it.
+
+Everything the kernel will run is imported here, at the top, before the
+process gives up its launcher's rights: once it is the domain's own uid it
+may not be able to read the interpreter's files (a Python under /root, say).
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +14,14 @@ import logging
 import sys
 
 from xenlab import eventloop
-from xenlab.hypervisor.launcher import StartInfo
+from xenlab.domain.agent import start_guest_agent
+from xenlab.domain.evtchn import connect_for_memory
+from xenlab.domain.kernel import DomainKernel
+from xenlab.domain.memory import map_memory_object
+from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.osutil import die_with_parent, drop_privileges, on_stop_signal
+from xenlab.xen.errors import XenError
+from xenlab.xen.start_info import StartInfo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO",
@@ -21,14 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep running if the process that started it exits")
 
 
-def _preload() -> None:
-    """Import everything the kernel will run before the process gives up
-    its launcher's rights: once it is the domain's own uid it may not be
-    able to read the interpreter's files (a Python under /root, say)."""
-    import xenlab.domain.agent            # noqa: F401  (started at the end of boot)
-    import xenlab.domain.kernel           # noqa: F401
-    import xenlab.drivers                 # noqa: F401  (registered at boot)
-    import xenlab.drivers.netfront        # noqa: F401
+def domu_drivers(kernel: DomainKernel) -> list:
+    """netfront, in every domain but Domain-0 (whose netback is boot.dom0's)."""
+    return [NetfrontDriver(kernel)] if kernel.domid != 0 else []
 
 
 class NoMemory(Exception):
@@ -41,9 +48,6 @@ def _enter_domain(start: StartInfo):
     brings, then become the domain's own uid for good, before anything
     untrusted is read. Returns the mapping (None: the kernel opens its
     segment by path) and the greeted doorbell connection, if any."""
-    from xenlab.domain.evtchn import connect_for_memory
-    from xenlab.domain.memory import map_memory_object
-    from xenlab.xen.errors import XenError
     doorbell = None
     if start.memory_fd >= 0:
         memory = map_memory_object(start.memory_fd)
@@ -63,9 +67,8 @@ def _enter_domain(start: StartInfo):
 
 
 async def _main(start: StartInfo, memory, doorbell=None) -> int:
-    from xenlab.domain.kernel import DomainKernel
-
-    kernel = DomainKernel(start, memory_map=memory, doorbell=doorbell)
+    kernel = DomainKernel(start, drivers=domu_drivers, agent=start_guest_agent,
+                          memory_map=memory, doorbell=doorbell)
     on_stop_signal(kernel.stop, "poweroff")
     reason = await kernel.run()
     return 0 if reason in ("poweroff", "reboot") else 1
@@ -88,7 +91,6 @@ def run(args) -> int:
     except (ValueError, KeyError, TypeError) as err:
         print(f"xenlab domain: malformed start_info: {err}", file=sys.stderr)
         return 2
-    _preload()
     try:
         memory, doorbell = _enter_domain(start)
     except NoMemory as err:

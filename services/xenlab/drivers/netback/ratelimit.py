@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from xenlab.xen.errors import ConfigError, XenError
-from xenlab.xen.xlcfg import parse_rate as parse_xl_rate
+from xenlab.xen.netconf import parse_rate as parse_xl_rate
 
 MAX_BURST_BYTES = 131072    # netback: "a burst big enough to transmit a jumbo packet of up to 128kB"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vif_pair import SCRATCH_GFN0, eth_frame, make_scratch, make_vif
 
-from xenlab.drivers.netback_core import NetbackRx
+from xenlab.drivers.netback.rx import NetbackRx
 from xenlab.xen import abi
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from xenlab.drivers.ratelimit import MAX_BURST_BYTES, CreditScheduler, Rate, parse_rate
+from xenlab.drivers.netback.ratelimit import MAX_BURST_BYTES, CreditScheduler, Rate, parse_rate
 from xenlab.xen.errors import XenError
 
 

@@ -15,10 +15,16 @@ from pathlib import Path
 
 from xenlab import eventloop
 from xenlab.client import Rundir
+from xenlab.domain.agent import start_guest_agent
+from xenlab.domain.hypercall import Hypercalls
+from xenlab.domain.kernel import DomainKernel
+from xenlab.drivers.hotplug import BridgeHotplug
+from xenlab.drivers.netback import NetbackDriver
 from xenlab.events import config as events_config
-from xenlab.hypervisor.launcher import StartInfo
+from xenlab.events.sources import Dom0Source, service_events
 from xenlab.osutil import die_with_parent, on_stop_signal, raise_fd_limit
 from xenlab.xen.errors import ConfigError
+from xenlab.xen.start_info import StartInfo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,13 +46,10 @@ def dom0_start_info(rundir: Rundir, vcpus: int = 1) -> StartInfo:
                      vcpus=vcpus, console_log="")
 
 
-def dom0_drivers(kernel) -> list:
-    from xenlab.drivers.hotplug import BridgeHotplug
-    from xenlab.drivers.netback import NetbackDriver
-    def announce(name, device):
-        for callback in kernel.on_netif_change:
-            callback(name, device)
-    return [NetbackDriver(kernel, BridgeHotplug(kernel.xenbus, kernel.domid, announce))]
+def dom0_drivers(kernel: DomainKernel) -> list:
+    """netback, each vif hotplugged into its bridge through a veth pair."""
+    return [NetbackDriver(kernel, BridgeHotplug(kernel.xenbus, kernel.domid,
+                                                kernel.netif_changed))]
 
 
 async def reset_previous_kernel(start: StartInfo) -> None:
@@ -55,11 +58,11 @@ async def reset_previous_kernel(start: StartInfo) -> None:
     have the toolstack clear them (Domains.BackendGone) before netback probes
     the backends, so that their frontends start over. Nothing to do on a
     fresh host."""
-    from xenlab.client import HypervisorClient
-    from xenlab.proto import common_pb2, domains_pb2
-    async with HypervisorClient.connect(start.hypervisor, 0, start.secret) as hv:
-        reply = await hv.domains.BackendGone(domains_pb2.BackendGoneRequest(
-            domain=common_pb2.DomainRef(domid=0)))
+    hypercall = Hypercalls.connect(start.hypervisor, 0, start.secret)
+    try:
+        reply = await hypercall.domains.backend_gone(0)
+    finally:
+        await hypercall.close()
     if reply.closed or reply.unmapped or reply.ports:
         logging.getLogger(__name__).warning(
             "a previous Domain-0 kernel left %d backend(s), %d mapping(s), %d port(s): "
@@ -68,11 +71,8 @@ async def reset_previous_kernel(start: StartInfo) -> None:
 
 
 async def _main(start: StartInfo, events=None) -> int:
-    from xenlab.domain.kernel import DomainKernel
-    from xenlab.events.sources import Dom0Source, service_events
-
     await reset_previous_kernel(start)
-    kernel = DomainKernel(start, drivers=dom0_drivers)
+    kernel = DomainKernel(start, drivers=dom0_drivers, agent=start_guest_agent)
     on_stop_signal(kernel.stop, "poweroff")
     kernel.on_boot.append(lambda: kernel.xenbus.write("data/netback", "ready"))
     async with service_events(events, "dom0") as ev:

@@ -1,0 +1,241 @@
+"""GNTTABOP_* as a domain's kernel makes them (Linux's drivers/xen/grant-table.c
+over HYPERVISOR_grant_table_op), typed.
+
+* ``grant_access`` / ``end_access``: entries of our own grant table. Ending
+  access to a page another domain still maps is refused (EBUSY), as the
+  hypervisor sees GTF_reading/GTF_writing.
+* ``map`` gives a ``Page``: the handle the hypervisor tracks the mapping by
+  and, for a privileged mapper, the page itself mapped into this process
+  (``PageMap``: no descriptor kept). An unprivileged mapper gets the handle
+  only: it is never handed another domain's memory, and reaches the page
+  through copies on the ref. ``map_batch`` maps many at once, one result
+  per op (a Page or the GrantError that refused it); ``unmap`` and
+  ``unmap_batch`` give them back.
+* ``copy`` starts one GNTTABOP_copy batch and returns a future of its
+  GNTST_* statuses at once, so that a driver may keep several batches in
+  flight. A batch goes out as COPY datagrams of at most MAX_COPY_BATCH ops
+  over the event-channel doorbell when there is one (xenlab.domain.evtchn);
+  the hypervisor runs the same validated copy as for the hypercall, so the
+  statuses are the same either way. Without a doorbell, or if it is lost
+  before answering, the batch goes through the hypercall; a hypercall that
+  fails outright fails every op in it with GNTST_general_error, as a failed
+  GNTTABOP_copy would.
+
+Every failure is a XenError (a GrantError where a GNTST_* status says why).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Callable, Sequence
+
+from xenlab.domain.pagemap import PageMap
+from xenlab.proto import grants_pb2
+from xenlab.rpc import call
+from xenlab.xen import abi
+from xenlab.xen.doorbell import MAX_COPY_BATCH, GnttabCopy
+from xenlab.xen.errors import GrantError, XenError
+
+log = logging.getLogger(__name__)
+
+GrantEntry = tuple[int, int, bool]      # (peer domid, our gfn, readonly)
+MapOp = tuple[int, int, bool]           # (granting domid, ref, readonly)
+
+
+class Page:
+    """A grant we mapped. ``view`` is the page (read-only if mapped so), or
+    None when the hypervisor gave us no way into it."""
+
+    __slots__ = ("handle", "domid", "ref", "readonly", "view", "_map")
+
+    def __init__(self, handle: int, domid: int, ref: int, readonly: bool,
+                 mapping: PageMap | None = None):
+        self.handle = handle
+        self.domid = domid
+        self.ref = ref
+        self.readonly = readonly
+        self._map = mapping
+        self.view = mapping.view if mapping is not None else None
+
+    def close(self) -> None:
+        """Let go of our mapping of the page (no hypercall: the grant stays
+        mapped until ``unmap``). BufferError while a view taken of ``view``
+        is alive: the page then stays mapped here."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+            self.view = None
+
+
+class GrantTable:
+    def __init__(self, stub, domid: int, doorbell=None):
+        """``stub``: the GrantTable service, as this domain; ``doorbell``:
+        the domain's GuestEventChannels, whose doorbell carries the COPYs
+        (``attach_doorbell`` once it is up)."""
+        self._stub = stub
+        self.domid = domid
+        self._doorbell = doorbell
+        self._tasks: set[asyncio.Task] = set()
+
+    def attach_doorbell(self, doorbell) -> None:
+        self._doorbell = doorbell
+
+    # -- our own grant table ---------------------------------------------------------
+    async def grant_access(self, entries: Sequence[GrantEntry]) -> list[int]:
+        """Grant each (domid, gfn, readonly); the refs, in order."""
+        reply = await call(self._stub.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
+            grants_pb2.GrantAccessEntry(domid=domid, gfn=gfn, readonly=readonly)
+            for domid, gfn, readonly in entries])))
+        return list(reply.refs)
+
+    async def end_access(self, refs: Sequence[int]) -> None:
+        """End these grants; EBUSY while another domain maps one of them."""
+        await call(self._stub.EndAccess(grants_pb2.EndAccessRequest(refs=list(refs))))
+
+    # -- mapping another domain's grants ----------------------------------------------
+    async def map(self, domid: int, ref: int, readonly: bool = False) -> Page:
+        reply = await call(self._stub.Map(grants_pb2.MapGrantRequest(domid=domid, ref=ref,
+                                                                     readonly=readonly)))
+        try:
+            return _page(reply, domid, ref, readonly)
+        except (OSError, ValueError) as err:
+            await self.unmap(reply.handle)
+            raise GrantError(abi.GNTST_general_error, f"mapping ref {ref} of d{domid}: {err}") \
+                from None
+
+    async def map_batch(self, ops: Sequence[MapOp]) -> list[Page | GrantError]:
+        """GNTTABOP_map_grant_ref of an array: one result per op, in order;
+        an op without an answer counts as refused."""
+        reply = await call(self._stub.MapBatch(grants_pb2.MapGrantsRequest(ops=[
+            grants_pb2.MapGrantRequest(domid=domid, ref=ref, readonly=readonly)
+            for domid, ref, readonly in ops])))
+        out: list[Page | GrantError] = []
+        orphans: list[int] = []         # mapped by the hypervisor, not by us
+        fds: dict[str, int] = {}
+        try:
+            for (domid, ref, readonly), result in zip(ops, reply.results):
+                if result.status != abi.GNTST_okay:
+                    out.append(GrantError(result.status, result.error))
+                    continue
+                try:
+                    out.append(_page(result.mapping, domid, ref, readonly, fds))
+                except (OSError, ValueError) as err:
+                    orphans.append(result.mapping.handle)
+                    out.append(GrantError(abi.GNTST_general_error, f"mmap of ref {ref}: {err}"))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        out += [GrantError(abi.GNTST_general_error, "no answer") for _ in ops[len(out):]]
+        if orphans:
+            await self.unmap_batch(orphans)
+        return out
+
+    async def unmap(self, page: Page | int) -> None:
+        """GNTTABOP_unmap_grant_ref (a Page's own mapping goes first)."""
+        if isinstance(page, Page):
+            try:
+                page.close()
+            except BufferError:
+                log.warning("d%d: a view of ref %d of d%d is still alive: its page stays mapped "
+                            "in this process", self.domid, page.ref, page.domid)
+            page = page.handle
+        await call(self._stub.Unmap(grants_pb2.UnmapGrantRequest(handle=page)))
+
+    async def unmap_batch(self, handles: Sequence[int]) -> list[int]:
+        """Unmap by handle; one GNTST_* per handle."""
+        reply = await call(self._stub.UnmapBatch(grants_pb2.UnmapGrantsRequest(
+            handles=list(handles))))
+        return list(reply.status)
+
+    # -- GNTTABOP_copy ------------------------------------------------------------------
+    def copy(self, ops: Sequence[GnttabCopy]) -> asyncio.Future:
+        """Start copying ``ops``; the future is one GNTST_* per op."""
+        loop = asyncio.get_running_loop()
+        answer = loop.create_future()
+        if not ops:
+            answer.set_result([])
+        elif len(ops) > MAX_COPY_BATCH:
+            self._spawn(self._chunked(ops), answer)
+        elif self._doorbell is None or not self._doorbell.copy(
+                ops, answer, lambda: self._spawn(self._hypercall_copy(ops), answer)):
+            self._spawn(self._hypercall_copy(ops), answer)
+        return answer
+
+    async def copy_hypercall(self, ops: Sequence[GnttabCopy]) -> list[int]:
+        """The copy as one hypercall, whatever its size (no doorbell): the
+        statuses, or the XenError the whole call was refused with."""
+        reply = await call(self._stub.Copy(grants_pb2.GrantCopyRequest(
+            ops=[_pb_op(op) for op in ops])))
+        return list(reply.status)
+
+    async def _chunked(self, ops: Sequence[GnttabCopy]) -> list[int]:
+        parts = [self.copy(ops[i:i + MAX_COPY_BATCH]) for i in range(0, len(ops), MAX_COPY_BATCH)]
+        return [status for part in parts for status in await part]
+
+    async def _hypercall_copy(self, ops: Sequence[GnttabCopy]) -> list[int]:
+        try:
+            return await self.copy_hypercall(ops)
+        except XenError as err:
+            log.warning("d%d: grant copy failed: %s", self.domid, err.message)
+            return [abi.GNTST_general_error] * len(ops)
+
+    def _spawn(self, coro, answer: asyncio.Future) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        pass_on(task, answer)
+
+    async def close(self) -> None:
+        """Stop the copies still going through the hypercall."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _page(m, domid: int, ref: int, readonly: bool, fds: dict[str, int] | None = None) -> Page:
+    """The Page of one GrantMapping. ``fds``: the segments a batch opened
+    so far, left open for the caller to close; without it, opened and
+    closed here."""
+    if not m.shm_path:
+        return Page(m.handle, domid, ref, readonly)
+    if fds is None:
+        fd = os.open(m.shm_path, os.O_RDWR)
+        try:
+            return Page(m.handle, domid, ref, readonly,
+                        PageMap(fd, m.offset, writable=not readonly, length=m.length))
+        finally:
+            os.close(fd)
+    if m.shm_path not in fds:
+        fds[m.shm_path] = os.open(m.shm_path, os.O_RDWR)
+    return Page(m.handle, domid, ref, readonly,
+                PageMap(fds[m.shm_path], m.offset, writable=not readonly, length=m.length))
+
+
+def _pb_op(op: GnttabCopy) -> grants_pb2.GrantCopyOp:
+    sptr, sdom, soff, dptr, ddom, doff, length, flags = op
+    src_gref = bool(flags & abi.GNTCOPY_source_gref)
+    dst_gref = bool(flags & abi.GNTCOPY_dest_gref)
+    return grants_pb2.GrantCopyOp(
+        source=grants_pb2.CopyPtr(domid=sdom, ref=sptr if src_gref else 0,
+                                  gfn=0 if src_gref else sptr, use_gref=src_gref, offset=soff),
+        dest=grants_pb2.CopyPtr(domid=ddom, ref=dptr if dst_gref else 0,
+                                gfn=0 if dst_gref else dptr, use_gref=dst_gref, offset=doff),
+        len=length)
+
+
+def pass_on(source: asyncio.Future, answer: asyncio.Future,
+            result: Callable[[Any], Any] = lambda r: r) -> None:
+    """When ``source`` is done, ``answer`` is done the same way (its result
+    through ``result``), unless something settled ``answer`` first."""
+    def done(f: asyncio.Future) -> None:
+        if answer.done():
+            return
+        if f.cancelled():
+            answer.cancel()
+        elif f.exception() is not None:
+            answer.set_exception(f.exception())
+        else:
+            answer.set_result(result(f.result()))
+    source.add_done_callback(done)

@@ -1,0 +1,57 @@
+"""XENMEM_* as a domain's kernel makes them, typed: where its memory is,
+and the reservation the balloon moves (a MemoryError_ when refused)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from xenlab.proto import common_pb2, memory_pb2
+from xenlab.rpc import call
+from xenlab.xen.errors import MemoryError_
+
+
+@dataclass(frozen=True)
+class MemoryMap:
+    """The domain's memory segment: page 0 is shared_info, guest frame N
+    is at first_frame_offset + N pages."""
+
+    shm_path: str
+    segment_pages: int
+    shared_info_offset: int
+    first_frame_offset: int
+    populated: tuple[int, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Reservation:
+    current_pages: int
+    max_pages: int
+    target_pages: int
+
+
+class MemoryOps:
+    def __init__(self, stub, domid: int):
+        self._stub = stub
+        self.domid = domid
+
+    async def memory_map(self, with_populated: bool = False) -> MemoryMap:
+        mm = await call(self._stub.GetMemoryMap(memory_pb2.MemoryMapRequest(
+            domain=common_pb2.DomainRef(domid=self.domid), with_populated=with_populated)),
+            MemoryError_)
+        return MemoryMap(mm.shm_path, mm.segment_pages, mm.shared_info_offset,
+                         mm.first_frame_offset, tuple(mm.populated))
+
+    async def reservation(self) -> Reservation:
+        res = await call(self._stub.GetReservation(common_pb2.DomainRef(domid=self.domid)),
+                         MemoryError_)
+        return Reservation(res.current_pages, res.max_pages, res.target_pages)
+
+    async def increase_reservation(self, nr_pages: int) -> list[int]:
+        """XENMEM_increase_reservation: the gfns populated (maybe fewer)."""
+        got = await call(self._stub.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
+            domid=self.domid, nr_pages=nr_pages)), MemoryError_)
+        return list(got.gfns)
+
+    async def decrease_reservation(self, gfns) -> None:
+        """XENMEM_decrease_reservation of these frames."""
+        await call(self._stub.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
+            domid=self.domid, gfns=list(gfns))), MemoryError_)
