@@ -21,15 +21,7 @@ def seed() -> int:
 
 
 @pytest.fixture
-async def netlab(hypervisor, monkeypatch):
-    # The guest agent would put an IP stack on every interface; these tests
-    # drive the interfaces themselves.
-    async def no_agent(kernel):
-        return None
-    monkeypatch.setattr("xenlab.domain.agent.start_guest_agent", no_agent)
+async def netlab(hypervisor):
     lab = NetLab(hypervisor)
     await lab.boot_dom0()
-    try:
-        yield lab
-    finally:
-        await lab.close()
+    return lab

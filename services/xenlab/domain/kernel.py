@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Awaitable, Callable
 
 import grpc
 
@@ -33,10 +33,14 @@ TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 class DomainKernel:
     def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
-                 memory_map=None, doorbell=None):
+                 memory_map=None, doorbell=None,
+                 agent: Callable[["DomainKernel"], Awaitable[object | None]] | None = None):
         """``memory_map``: the domain's memory, already mapped from the
         object its launcher handed over or the doorbell brought (else boot
-        opens the segment); ``doorbell``: that doorbell connection, greeted."""
+        opens the segment); ``doorbell``: that doorbell connection, greeted;
+        ``agent(kernel)``: starts what serves the domain's guest agent, with
+        a ``stop()``, or returns None for a domain without one (None means
+        xenlab.domain.agent.start_guest_agent)."""
         self.start_info = start
         self._memory_map = memory_map
         self._doorbell = doorbell
@@ -62,6 +66,8 @@ class DomainKernel:
         self.on_netif_change: list[Callable[[str, object], None]] = []
         # Coroutine functions run once boot is complete (e.g. dom0 saying netback is ready).
         self.on_boot: list[Callable[[], object]] = []
+        self._agent_factory = agent
+        self.agent = None
 
     async def boot(self) -> None:
         mm = await self.hv.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
@@ -93,7 +99,7 @@ class DomainKernel:
                  "its store ring" if self._store_ring else "gRPC")
         # -- guest network + guest agent (xenlab.domain.netstack / .agent) --
         from xenlab.domain.agent import start_guest_agent
-        self.agent = await start_guest_agent(self)
+        self.agent = await (self._agent_factory or start_guest_agent)(self)
         for hook in self.on_boot:
             await hook()
 
@@ -197,7 +203,7 @@ class DomainKernel:
         if stop not in done:
             log.error("lost the hypervisor's xenstore connection: halting")
             self.shutdown_reason = "crash"
-            await self._close()
+            await self.close()
             return "crash"
         await self.shutdown()
         return self.shutdown_reason
@@ -210,10 +216,12 @@ class DomainKernel:
                 reason=self.shutdown_reason or "poweroff"))
         except grpc.aio.AioRpcError as err:
             log.warning("SCHEDOP_shutdown failed: %s", err.details())
-        await self._close()
+        await self.close()
 
-    async def _close(self) -> None:
-        if getattr(self, "agent", None) is not None:    # guest agent: before xenbus goes
+    async def close(self) -> None:
+        """Release what boot took (agent, drivers, xenbus, event channels,
+        memory) without telling the hypervisor: shutdown() tells it first."""
+        if self.agent is not None:      # guest agent: before xenbus goes
             await self.agent.stop()
         for driver in reversed(self.drivers):     # drivers: before xenbus goes
             await driver.close()

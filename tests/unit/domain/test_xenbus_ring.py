@@ -9,7 +9,6 @@ import asyncio
 import grpc
 import pytest
 
-from xenlab.domain.kernel import DomainKernel
 from xenlab.hypervisor.identity import Caller
 from xenlab.proto import domains_pb2
 from xenlab.testing_invariants import invariant_violations
@@ -21,10 +20,7 @@ DOM0 = Caller(0, True)
 
 
 @pytest.fixture
-async def kernel(hypervisor, monkeypatch):
-    async def no_agent(kernel):
-        return None
-    monkeypatch.setattr("xenlab.domain.agent.start_guest_agent", no_agent)
+async def kernel(hypervisor):
     reply = await hypervisor.dom0.domains.Create(domains_pb2.CreateDomainRequest(
         spec=domains_pb2.DomainSpec(name="ringed", memory_mb=16, launcher="none")))
     domid = reply.info.domid
@@ -32,10 +28,7 @@ async def kernel(hypervisor, monkeypatch):
     start = StartInfo(domid=domid, name="ringed", secret=reply.secret, hypervisor=hypervisor.address,
                       doorbell=str(hypervisor.rundir / "evtchn.sock"), vcpus=1, console_log="",
                       store_gfn=store.gfn, store_port=store.port)
-    k = DomainKernel(start, drivers=lambda k: [])
-    await k.boot()
-    yield k
-    await k._close()
+    return await hypervisor.boot(start)
 
 
 def ring_of(hypervisor, kernel):
