@@ -21,8 +21,9 @@ import reprlib
 import time
 from typing import Any, Callable
 
-TIMEOUT = 10.0      # seconds: a hang, not a slow machine
+TIMEOUT = 20.0      # seconds: a hang, not a loaded machine
 EVERY = 0.01        # seconds between two checks
+EVERY_BLOCKING = 0.05   # the same for a blocking wait, whose checks are often processes
 
 
 class Unmet(AssertionError):
@@ -57,7 +58,7 @@ async def eventually(check: Callable[[], Any], what, *, timeout: float = TIMEOUT
 
 
 def eventually_blocking(check: Callable[[], Any], what, *, timeout: float = TIMEOUT,
-                        every: float = EVERY):
+                        every: float = EVERY_BLOCKING):
     """``eventually`` for a caller without an event loop (a test driving
     processes): sleeps between checks."""
     _check_arguments(timeout, every)
