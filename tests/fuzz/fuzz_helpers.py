@@ -1,7 +1,7 @@
 """Helpers for the fuzzers in this directory: NetLab (the in-process lab,
 xenlab.testing.InProcessLab, whose Domain-0 runs netback with a
-SwitchHotplug, and netfront domUs on it) and Traffic (frames between two well-behaved interfaces, every
-one of which must arrive)."""
+SwitchHotplug, and netfront domUs on it) and Traffic (frames between two
+well-behaved interfaces, every one of which must arrive)."""
 from __future__ import annotations
 
 import os
