@@ -90,6 +90,13 @@ def default_rundir(env: Mapping[str, str] | None = None) -> Path:
     return Path(f"/tmp/xenlab-{os.getuid()}")
 
 
+def short_tempdir(prefix: str = "xl-") -> Path:
+    """A new private directory under /tmp (mkdtemp: mode 0700, the
+    caller's), short enough that the unix socket paths a lab puts in it stay
+    under sun_path's 108 bytes, as a deep $TMPDIR might not."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
 def _private_dir(path: Path) -> bool:
     try:
         st = os.lstat(path)

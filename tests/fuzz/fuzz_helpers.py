@@ -1,23 +1,18 @@
-"""Helpers for the fuzzers in this directory: NetLab (an in-process
-hypervisor whose Domain-0 runs netback with a SwitchHotplug, and netfront
-domUs on it) and Traffic (frames between two well-behaved interfaces, every
-one of which must arrive)."""
+"""Helpers for the fuzzers in this directory: NetLab (the in-process lab,
+xenlab.testing.InProcessLab, whose Domain-0 runs netback with a
+SwitchHotplug, and netfront domUs on it) and Traffic (frames between two
+well-behaved interfaces, every one of which must arrive)."""
 from __future__ import annotations
 
-import asyncio
 import os
 import random
-import time
 
 from xenlab.domain.kernel import DomainKernel
 from xenlab.drivers.netback import NetbackDriver
 from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.proto import common_pb2, domains_pb2
-from xenlab.testing_hostile import SwitchHotplug, boot_domain
-from xenlab.xen import abi
-from xenlab.xen.start_info import StartInfo
-
-WAIT = 10.0
+from xenlab.testing import eventually, no_drivers
+from xenlab.testing_hostile import SwitchHotplug
 
 
 def fuzz_budget(default: int = 100_000) -> int:
@@ -25,37 +20,24 @@ def fuzz_budget(default: int = 100_000) -> int:
     return int(os.environ.get("XENLAB_FUZZ_REQUESTS", str(default)))
 
 
-async def wait_until(condition, what, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while not (value := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
-        await asyncio.sleep(0.005)
-    return value
-
-
 class NetLab:
+    """The in-process lab's kernels as the fuzzers use them: Domain-0 with
+    netback on a SwitchHotplug, domUs with netfront or no driver at all; no
+    guest agent anywhere (it would put an IP stack on every interface)."""
+
     def __init__(self, lab):
         self.lab = lab
         self.hv = lab.hv
         self.switch = SwitchHotplug()
-        self.kernels: list[DomainKernel] = []
         self.dom0: DomainKernel | None = None
 
     async def boot_dom0(self) -> DomainKernel:
-        start = StartInfo(domid=0, name=abi.DOM0_NAME, secret=self.hv.dom0_secret,
-                          hypervisor=self.lab.address, doorbell=str(self.lab.rundir / "evtchn.sock"),
-                          vcpus=self.hv.config.dom0_vcpus, console_log="")
-        self.dom0 = DomainKernel(start, drivers=lambda k: [NetbackDriver(k, self.switch)])
-        await self.dom0.boot()
-        self.kernels.append(self.dom0)
+        self.dom0 = await self.lab.boot_dom0(drivers=lambda k: [NetbackDriver(k, self.switch)])
         return self.dom0
 
     async def boot(self, name: str, netfront: bool = False) -> DomainKernel:
-        kernel = await boot_domain(self.lab, name,
-                                   drivers=(lambda k: [NetfrontDriver(k)]) if netfront else None)
-        self.kernels.append(kernel)
-        return kernel
+        return await self.lab.boot_domain(
+            name, drivers=(lambda k: [NetfrontDriver(k)]) if netfront else no_drivers)
 
     async def attach(self, kernel: DomainKernel, mac: str, bridge: str = "xenbr0"):
         """xl network-attach through dom0's netback; the connected netfront device."""
@@ -63,15 +45,11 @@ class NetLab:
             domain=common_pb2.DomainRef(domid=kernel.domid),
             vif=domains_pb2.VifSpec(mac=mac, bridge=bridge)))
         name = f"eth{info.devid}"
-        eth = await wait_until(lambda: kernel.netifs.get(name), f"d{kernel.domid}'s {name}")
-        await wait_until(lambda: eth.state == "connected", f"d{kernel.domid}'s {name} to connect")
+        eth = await eventually(lambda: kernel.netifs.get(name), f"d{kernel.domid}'s {name}")
+        await eventually(lambda: eth.state == "connected", f"d{kernel.domid}'s {name} to connect")
         # The frontend is Connected before netback has run hotplug: wait for the vif too.
-        await wait_until(lambda: self.dom0.vifs.get(info.vifname), f"{info.vifname} on its bridge")
+        await eventually(lambda: self.dom0.vifs.get(info.vifname), f"{info.vifname} on its bridge")
         return eth
-
-    async def close(self) -> None:
-        for kernel in reversed(self.kernels):
-            await kernel._close()
 
 
 def make_frame(dst: bytes, src: bytes, seq: int, size: int) -> bytes:
@@ -105,7 +83,7 @@ class Traffic:
         return sum(len(s) for s in self.sent.values())
 
     async def settle(self) -> None:
-        await wait_until(
+        await eventually(
             lambda: all(len(self.got[d]) >= len(self.sent[d]) for d in self.got),
             lambda: (f"every frame between the two (sent {[len(s) for s in self.sent.values()]}, "
                      f"got {[len(g) for g in self.got.values()]}, drops "

@@ -40,8 +40,8 @@ import time
 
 import pytest
 
-from fuzz_helpers import Traffic, fuzz_budget, wait_until
-from xenlab.testing import check_invariants
+from fuzz_helpers import Traffic, fuzz_budget
+from xenlab.testing import check_invariants, eventually
 from xenlab.testing_hostile import HostileFrontend, TxFuzzer, toolstack
 from xenlab.testing_invariants import GrantAudit, changed_frames, granted_frames, memory_digest
 from xenlab.xen import abi
@@ -136,7 +136,7 @@ async def test_hostile_frontend_costs_only_its_own_vif(netlab, seed, caplog, per
                 assert outcome == "disabled", f"{where}: a fatal round was answered"
             if outcome == "disabled":
                 counts["disables"] += 1
-                await wait_until(lambda: front.other_state != abi.XenbusState.Connected,
+                await eventually(lambda: front.other_state != abi.XenbusState.Connected,
                                  "the backend to leave Connected")
                 assert await front.backend_error(), f"{where}: disabled without an error node"
                 for eth in (eth_a, eth_b, eth_idle):

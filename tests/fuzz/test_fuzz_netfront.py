@@ -31,8 +31,8 @@ import time
 
 import pytest
 
-from fuzz_helpers import Traffic, fuzz_budget, make_frame, wait_until
-from xenlab.testing import check_invariants
+from fuzz_helpers import Traffic, fuzz_budget, make_frame
+from xenlab.testing import check_invariants, eventually
 from xenlab.testing_hostile import HostileBackend, RxFuzzer, toolstack
 from xenlab.xen.netif import RxRequest, TxRequest
 
@@ -50,8 +50,8 @@ class Victim:
 
     async def connect(self) -> None:
         name = f"eth{self.back.vif.devid}"
-        self.dev = await wait_until(lambda: self.kernel.netifs.get(name), f"the victim's {name}")
-        await wait_until(lambda: self.dev.state == "connected", f"{name} to connect")
+        self.dev = await eventually(lambda: self.kernel.netifs.get(name), f"the victim's {name}")
+        await eventually(lambda: self.dev.state == "connected", f"{name} to connect")
         self.dev.receiver = self.frames.extend
         self.outstanding: list[RxRequest] = []
         self.leaked_tx = 0      # tx requests answered with a lie: in flight for good
@@ -110,13 +110,13 @@ async def test_hostile_backend_costs_only_that_interface(netlab, seed, caplog):
         target.outstanding = target.outstanding[len(rnd.responses):]
         target.leaked_tx += len(answers.leaked)
         if rnd.broken:
-            await wait_until(lambda: dev.state == "broken", f"{where}: the victim to give up")
+            await eventually(lambda: dev.state == "broken", f"{where}: the victim to give up")
         else:
             # Every answered page comes back as a new request once netfront took it.
             got = await back.wait_requests(back.rx, len(rnd.responses))
             assert got >= len(rnd.responses), (
                 f"{where} ({rnd.kind}): the victim took {got} of {len(rnd.responses)} responses")
-            await wait_until(lambda: dev.tx_core.in_flight == target.leaked_tx,
+            await eventually(lambda: dev.tx_core.in_flight == target.leaked_tx,
                              lambda: f"{where}: tx in flight {dev.tx_core.in_flight}, "
                                      f"expected {target.leaked_tx}")
         handed = target.frames[before_frames:]

@@ -41,10 +41,9 @@ from xenlab.domain.memory import GuestMemory
 from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstored_ring import STORE_GFN
 from xenlab.proto import common_pb2, memory_pb2
-from xenlab.testing import check_invariants
+from xenlab.testing import check_invariants, eventually
 
 MESSAGES = fuzz_budget()
-WAIT = 10.0
 DOM0 = Caller(0, True)
 U32 = 0xFFFFFFFF
 
@@ -203,14 +202,6 @@ class HostileGuest:
                 self.replies.append((type_, req_id, tx, body))
 
 
-async def wait_for(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"xenstored hung: {what}")
-        await asyncio.sleep(0.001)
-
-
 async def play(guest: HostileGuest, rnd: Round, rng: random.Random) -> str:
     """Put the round on the ring; "answered" or "fatal"."""
     page = guest.page
@@ -267,7 +258,7 @@ async def play(guest: HostileGuest, rnd: Round, rng: random.Random) -> str:
     for _ in range(rnd.kicks):
         guest.kick()
     if rnd.fatal is not None:
-        await wait_for(lambda: guest.error(), f"{rnd.kind}: no ring error")
+        await eventually(guest.error, f"{rnd.kind}: a ring error", every=0.001)
         return "fatal"
     expected = len(rnd.messages)
 
@@ -278,7 +269,8 @@ async def play(guest: HostileGuest, rnd: Round, rng: random.Random) -> str:
         if len(guest.replies) < expected:
             guest.kick()            # the replies may be waiting for room
         return len(guest.replies) >= expected
-    await wait_for(answered, f"{rnd.kind}: {len(guest.replies)} of {expected} answers")
+    await eventually(answered, lambda: f"{rnd.kind}: {expected} answers (got {len(guest.replies)})",
+                     every=0.001)
     return "fatal" if guest.error() else "answered"
 
 

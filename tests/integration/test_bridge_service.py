@@ -12,7 +12,7 @@ import pytest_asyncio
 from xenlab.bridge.server import BridgeService
 from xenlab.net.veth import VethError, connect_veth
 from xenlab.proto import bridge_pb2, bridge_pb2_grpc, xenstore_pb2
-from xenlab.testing import short_tempdir
+from xenlab.testing import eventually, short_tempdir
 from xenlab.xen.errors import XenError
 
 BCAST = b"\xff" * 6
@@ -31,14 +31,6 @@ def unicast(dst: bytes, src: bytes, tag: bytes = b"") -> bytes:
     return dst + src + b"\x08\x06" + tag + bytes(28)
 
 
-async def eventually(check, timeout=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
-
-
 class Lab:
     def __init__(self, service, tmp):
         self.service = service
@@ -53,7 +45,7 @@ class Lab:
         self.got[name] = []
         end.receiver = self.got[name].extend
         self.ends[name] = end
-        await eventually(lambda: name in self.service.bridge(bridge).ports)
+        await eventually(lambda: name in self.service.bridge(bridge).ports, f"{name} on {bridge}")
         return end
 
     async def quiet(self):
@@ -88,17 +80,17 @@ async def three(lab):
 async def test_a_broadcast_floods_to_the_two_other_ends_only(three):
     request = arp_request(MACS["vif1.0"])
     three.ends["vif1.0"].transmit([request])
-    await eventually(lambda: three.got["vif2.0"] and three.got["vif3.0"])
+    await eventually(lambda: three.got["vif2.0"] and three.got["vif3.0"], "the flood at vif2.0 and vif3.0")
     await three.quiet()
     assert three.got == {"vif1.0": [], "vif2.0": [request], "vif3.0": [request]}
 
 
 async def test_a_reply_reaches_only_the_learned_end(three):
     three.ends["vif1.0"].transmit([arp_request(MACS["vif1.0"])])
-    await eventually(lambda: three.got["vif2.0"])
+    await eventually(lambda: three.got["vif2.0"], "vif1.0's request at vif2.0")
     reply = unicast(MACS["vif1.0"], MACS["vif2.0"], b"reply")
     three.ends["vif2.0"].transmit([reply])
-    await eventually(lambda: three.got["vif1.0"])
+    await eventually(lambda: three.got["vif1.0"], "the reply at vif1.0")
     await three.quiet()
     assert three.got["vif1.0"] == [reply]
     assert reply not in three.got["vif3.0"] and reply not in three.got["vif2.0"]
@@ -107,10 +99,11 @@ async def test_a_reply_reaches_only_the_learned_end(three):
 async def test_batches_keep_order_and_go_out_once_per_port(three):
     for name in ("vif2.0", "vif3.0"):
         three.ends[name].transmit([arp_request(MACS[name])])
-    await eventually(lambda: len(three.got["vif1.0"]) == 2)
+    await eventually(lambda: len(three.got["vif1.0"]) == 2, "the two requests at vif1.0")
     batch = [unicast(MACS["vif2.0" if i % 2 else "vif3.0"], MACS["vif1.0"], bytes([i])) for i in range(200)]
     three.ends["vif1.0"].transmit(batch)
-    await eventually(lambda: len(three.got["vif2.0"]) + len(three.got["vif3.0"]) >= 202)
+    await eventually(lambda: len(three.got["vif2.0"]) + len(three.got["vif3.0"]) >= 202,
+                     "the batch at vif2.0 and vif3.0")
     assert [f for f in three.got["vif2.0"] if f in batch] == batch[1::2]
     assert [f for f in three.got["vif3.0"] if f in batch] == batch[0::2]
 
@@ -118,7 +111,7 @@ async def test_batches_keep_order_and_go_out_once_per_port(three):
 async def test_show_fdb_lists_each_mac_on_its_port(three):
     for name, end in three.ends.items():
         end.transmit([arp_request(MACS[name])])
-    await eventually(lambda: len(three.service.bridge().fdb) == 3)
+    await eventually(lambda: len(three.service.bridge().fdb) == 3, "three learned MACs")
     table = await three.api.ShowFdb(bridge_pb2.ShowFdbRequest(bridge="xenbr0", stats=True))
     assert {(e.mac, e.port) for e in table.entries} == {(text(m), n) for n, m in MACS.items()}
     assert all(e.HasField("expires_in") and 0 < e.expires_in <= 300 for e in table.entries)
@@ -135,10 +128,10 @@ async def test_a_closed_link_removes_its_port_and_flushes_its_entries(three):
     assert (await watch.read()).kind == "sync"
     for name, end in three.ends.items():
         end.transmit([arp_request(MACS[name])])
-    await eventually(lambda: len(three.service.bridge().fdb) == 3)
+    await eventually(lambda: len(three.service.bridge().fdb) == 3, "three learned MACs")
     await three.api.AddStatic(bridge_pb2.StaticFdbRequest(mac="00:16:3e:00:00:99", port="vif3.0"))
     three.ends.pop("vif3.0").close()
-    await eventually(lambda: "vif3.0" not in three.service.bridge().ports)
+    await eventually(lambda: "vif3.0" not in three.service.bridge().ports, "vif3.0's port to go")
     table = await three.api.ShowFdb(bridge_pb2.ShowFdbRequest())
     assert {e.port for e in table.entries} == {"vif1.0", "vif2.0"}
     events = [await watch.read() for _ in range(6)]
@@ -150,12 +143,12 @@ async def test_a_closed_link_removes_its_port_and_flushes_its_entries(three):
     # The name is free again.
     await three.connect("vif3.0")
     three.ends["vif1.0"].transmit([arp_request(MACS["vif1.0"])])
-    await eventually(lambda: three.got["vif3.0"])
+    await eventually(lambda: three.got["vif3.0"], "the flood at vif3.0")
 
 
 async def test_stats_count_every_frame(three):
     three.ends["vif1.0"].transmit([arp_request(MACS["vif1.0"]), b"runt", arp_request(bytes(6))])
-    await eventually(lambda: three.service.bridge().counters["rx"] == 3)
+    await eventually(lambda: three.service.bridge().counters["rx"] == 3, "three frames counted")
     reply = await three.api.Stats(bridge_pb2.BridgeStatsRequest(bridge="xenbr0"))
     (br,) = reply.bridges
     assert br.counters["rx"] == 3 and br.counters["forwarded"] == 1
@@ -176,7 +169,7 @@ async def test_the_veth_hello_is_checked(three):
     # The same name on another bridge of the service is fine.
     other = await connect_veth(three.service.veth_address, "vif1.0", {"bridge": "xenbr1"})
     assert other.peer_info == {"bridge": "xenbr1", "port": "vif1.0"}
-    await eventually(lambda: "vif1.0" in three.service.bridge("xenbr1").ports)
+    await eventually(lambda: "vif1.0" in three.service.bridge("xenbr1").ports, "vif1.0 on xenbr1")
     other.close()
 
 
@@ -185,7 +178,7 @@ async def test_port_flags_through_the_api(three):
     assert (info.flood, info.bcast_flood, info.learning, info.hairpin, info.state) == \
         (True, False, True, False, "forwarding")
     three.ends["vif1.0"].transmit([arp_request(MACS["vif1.0"])])
-    await eventually(lambda: three.got["vif2.0"])
+    await eventually(lambda: three.got["vif2.0"], "vif1.0's request at vif2.0")
     await three.quiet()
     assert three.got["vif3.0"] == []
 

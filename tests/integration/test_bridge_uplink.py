@@ -26,7 +26,7 @@ from xenlab.bridge.uplink import TapDevice, UplinkError, parse_uplink
 from xenlab.net.ethernet import format_mac
 from xenlab.net.stack import IpStack, StackConfig
 from xenlab.net.veth import connect_veth
-from xenlab.testing import short_tempdir
+from xenlab.testing import eventually, short_tempdir
 
 STACK_MAC = bytes.fromhex("00163e0d0001")
 STACK_IP = "10.213.0.1"
@@ -36,14 +36,6 @@ BCAST = b"\xff" * 6
 
 def frame(src: bytes, size: int = 60, dst: bytes = BCAST) -> bytes:
     return dst + src + b"\x08\x06" + bytes(size - 14)
-
-
-async def eventually(check, timeout=5.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 # -- TapDevice over a stand-in fd -----------------------------------------------------------
@@ -68,7 +60,7 @@ async def test_frames_from_the_kernel_reach_the_receiver_in_batches(fake_tap):
     sent = [frame(bytes([2, 0, 0, 0, 0, i])) for i in range(1, 101)]
     for f in sent:
         kernel.send(f)
-    await eventually(lambda: sum(map(len, batches)) == 100)
+    await eventually(lambda: sum(map(len, batches)) == 100, "the 100 frames")
     assert [f for b in batches for f in b] == sent
     assert len(batches) < 100       # several frames per wakeup
     assert dev.stats()["rx_packets"] == 100
@@ -111,7 +103,7 @@ async def test_a_lost_device_takes_the_link_down(fake_tap):
     dev, kernel = fake_tap
     kernel.close()          # as `ip link del` does to a TAP fd: every read fails
     dev.transmit([frame(b"\x02\0\0\0\0\1")])
-    await eventually(lambda: dev.state == "down")
+    await eventually(lambda: dev.state == "down", "the TAP device to go down")
     assert dev.counters["tx_packets"] + sum(dev.drops.values()) == 1
 
 
@@ -278,7 +270,7 @@ async def uplinked():
         end = await connect_veth(service.veth_address, "vif1.0",
                                  {"bridge": "xenbr0", "mac": format_mac(STACK_MAC)}, mac=STACK_MAC)
         end.receiver = lambda frames: [end.transmit(stack.receive(f)) for f in frames]
-        await eventually(lambda: "vif1.0" in service.bridge("xenbr0").ports)
+        await eventually(lambda: "vif1.0" in service.bridge("xenbr0").ports, "vif1.0 on xenbr0")
         end.transmit(stack.link_up())
 
         async def poll():

@@ -12,6 +12,7 @@ import pytest
 
 from xenlab.bridge.core import Bridge
 from xenlab.net.ethernet import format_mac
+from xenlab.testing import ManualClock
 
 import linux_bridge
 from linux_bridge import PROBE, LinuxBridge, sentinel
@@ -32,19 +33,12 @@ def frame(dst: bytes, src: bytes, tag: int = 0) -> bytes:
     return dst + src + b"\x88\xb5" + tag.to_bytes(2, "big") + bytes(44)
 
 
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Replay:
     """One kernel bridge and one xenbr0 core, the same ports on each."""
 
     def __init__(self, kernel: LinuxBridge) -> None:
         self.kernel = kernel
-        self.core = Bridge("br0", clock=Clock())
+        self.core = Bridge("br0", clock=ManualClock(1000.0))
         for name in kernel.ports:
             self.core.add_port(name)
         self._seq = 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2
+from xenlab.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -32,18 +33,6 @@ memory = 32
 vif = ["mac=00:16:3e:0f:00:03,ip=10.9.0.3/24"]
 """
 CONNECTED, CLOSED = 4, 6
-
-
-async def eventually(check, what: str, timeout: float = 20.0, every: float = 0.02):
-    """Poll an async check until it returns something true; its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 async def port_names(lab) -> set[str]:

@@ -7,7 +7,6 @@ import asyncio
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import grpc
@@ -19,6 +18,7 @@ from xenlab.domain.hypercall import Hypercalls
 from xenlab.domain.memory import GuestMemory
 from xenlab.proto import (common_pb2, domains_pb2, evtchn_pb2, grants_pb2, memory_pb2,
                           xenstore_pb2)
+from xenlab.testing import eventually_blocking
 from xenlab.toolstack.xlcfg import load_xl_config
 from xenlab.xen.shared_info import SharedInfo
 
@@ -55,14 +55,6 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_until(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def domain_pid(hp, name: str) -> int:
     async def info():
         async with hp.dom0() as dom0:
@@ -90,21 +82,21 @@ def test_xl_create_list_shutdown_with_real_domain_processes(hypervisor_process, 
     web_id = int(web[1])
 
     # The guest kernel booted and advertised its PV control features.
-    wait_until(lambda: xs_read(hp, f"/local/domain/{web_id}/control/feature-poweroff").stdout.strip() == "1",
+    eventually_blocking(lambda: xs_read(hp, f"/local/domain/{web_id}/control/feature-poweroff").stdout.strip() == "1",
                what="web to boot")
     assert xs_read(hp, f"/local/domain/{web_id}/name").stdout.strip() == "web"
 
     # xl pause really stops the process; unpause resumes it.
     hp.xl("pause", "web")
     pid = domain_pid(hp, "web")
-    wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T", what="SIGSTOP")
+    eventually_blocking(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "T", what="SIGSTOP")
     assert list_rows(hp.xl("list", "web").stdout)["web"][4] == "--p---"
     hp.xl("unpause", "web")
-    wait_until(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "T", what="SIGCONT")
+    eventually_blocking(lambda: Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "T", what="SIGCONT")
 
     # mem-set: the guest's balloon driver gives memory back.
     hp.xl("mem-set", "web", "20m")
-    wait_until(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "20", what="balloon")
+    eventually_blocking(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "20", what="balloon")
 
     # shutdown: the guest acknowledges control/shutdown and powers off; on_poweroff=destroy.
     hp.xl("shutdown", "-w", "web")
@@ -114,7 +106,7 @@ def test_xl_create_list_shutdown_with_real_domain_processes(hypervisor_process, 
     # A crash under on_crash=destroy (db's default) removes the domain.
     db_pid = domain_pid(hp, "db")
     os.kill(db_pid, signal.SIGKILL)
-    wait_until(lambda: "db" not in list_rows(hp.xl("list").stdout), what="crashed db to go")
+    eventually_blocking(lambda: "db" not in list_rows(hp.xl("list").stdout), what="crashed db to go")
 
 
 def segment_protection(pid: int, shm_path: str) -> dict[str, int]:
@@ -135,7 +127,7 @@ def test_ballooned_out_pages_are_unusable_by_the_guest_and_given_back_to_the_hos
     (tmp_path / "web.cfg").write_text(WEB_CFG)
     hp.xl("create", str(tmp_path / "web.cfg"))
     web_id = int(list_rows(hp.xl("list").stdout)["web"][1])
-    wait_until(lambda: xs_read(hp, f"/local/domain/{web_id}/control/feature-poweroff").stdout.strip() == "1",
+    eventually_blocking(lambda: xs_read(hp, f"/local/domain/{web_id}/control/feature-poweroff").stdout.strip() == "1",
                what="web to boot")
     pid = domain_pid(hp, "web")
 
@@ -147,14 +139,14 @@ def test_ballooned_out_pages_are_unusable_by_the_guest_and_given_back_to_the_hos
     # memory = 32, maxmem = 64: the frames above 32 MiB were never the guest's
     assert segment_protection(pid, path).get("---s", 0) == 32 * 256
     hp.xl("mem-set", "web", "20m")
-    wait_until(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "20", what="balloon")
-    wait_until(lambda: segment_protection(pid, path).get("---s", 0) == (64 - 20) * 256,
+    eventually_blocking(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "20", what="balloon")
+    eventually_blocking(lambda: segment_protection(pid, path).get("---s", 0) == (64 - 20) * 256,
                what=f"the guest to unmap what it gave back: {segment_protection(pid, path)}")
     # tmpfs backs no more than what the guest still holds
     assert os.stat(path).st_blocks * 512 <= (20 << 20) + 4096
     hp.xl("mem-set", "web", "48m")
-    wait_until(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "48", what="balloon up")
-    wait_until(lambda: segment_protection(pid, path).get("---s", 0) == (64 - 48) * 256,
+    eventually_blocking(lambda: list_rows(hp.xl("list", "web").stdout)["web"][2] == "48", what="balloon up")
+    eventually_blocking(lambda: segment_protection(pid, path).get("---s", 0) == (64 - 48) * 256,
                what=f"the guest to map what it got back: {segment_protection(pid, path)}")
 
 
@@ -164,7 +156,7 @@ def test_crash_with_preserve_keeps_the_domain_as_crashed(hypervisor_process, tmp
     hp.xl("create", str(tmp_path / "web.cfg"))
     pid = domain_pid(hp, "web")
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: list_rows(hp.xl("list").stdout)["web"][4] == "---sc-", what="crashed state")
+    eventually_blocking(lambda: list_rows(hp.xl("list").stdout)["web"][4] == "---sc-", what="crashed state")
     hp.xl("destroy", "web")
     assert "web" not in list_rows(hp.xl("list").stdout)
 
@@ -174,10 +166,10 @@ def test_reboot_restarts_the_domain_with_a_new_id(hypervisor_process, tmp_path):
     (tmp_path / "db.cfg").write_text(DB_CFG)
     hp.xl("create", str(tmp_path / "db.cfg"))
     old_id = int(list_rows(hp.xl("list").stdout)["db"][1])
-    wait_until(lambda: xs_read(hp, f"/local/domain/{old_id}/control/feature-reboot").stdout.strip() == "1",
+    eventually_blocking(lambda: xs_read(hp, f"/local/domain/{old_id}/control/feature-reboot").stdout.strip() == "1",
                what="db to boot")
     hp.xl("reboot", "db")
-    wait_until(lambda: int(list_rows(hp.xl("list").stdout).get("db", ["", old_id])[1]) not in (old_id,),
+    eventually_blocking(lambda: int(list_rows(hp.xl("list").stdout).get("db", ["", old_id])[1]) not in (old_id,),
                what="db to come back")
     new_id = int(list_rows(hp.xl("list").stdout)["db"][1])
     assert new_id > old_id
@@ -305,7 +297,7 @@ def test_no_leaks_after_50_create_destroy_cycles(hypervisor_process, tmp_path):
 
     assert shm_files(hp) == shm_before
     # Sockets of closed connections are released asynchronously.
-    wait_until(lambda: fd_count(hp.proc.pid) <= fds_before, timeout=5,
+    eventually_blocking(lambda: fd_count(hp.proc.pid) <= fds_before, timeout=5,
                what=f"fds back to {fds_before}: {os.listdir(f'/proc/{hp.proc.pid}/fd')}")
     assert hp.cli("xenstore", "ls", "/").stdout.count("\n") == nodes_before
     assert list(list_rows(hp.xl("list").stdout)) == ["Domain-0"]

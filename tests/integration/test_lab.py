@@ -11,6 +11,7 @@ from xenlab.net.arp import ArpPacket
 from xenlab.net.capture import PcapWriter, read_pcap
 from xenlab.net.ethernet import BROADCAST, EthernetFrame, ETH_P_ARP, parse_mac
 from xenlab.proto import agent_pb2, bridge_pb2
+from xenlab.testing import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -187,14 +188,6 @@ def xl(lab, *args: str) -> str:
     return result.stdout
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    import time
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_network_detach_and_attach_with_xl(demo_lab):
     web = demo_lab.domid("web")
     stub = channel = await demo_lab.bridge()
@@ -216,7 +209,7 @@ async def test_network_detach_and_attach_with_xl(demo_lab):
     xl(demo_lab, "network-detach", "web", "0")
     assert f"vif{web}.0" not in await ports()
     assert f"vif{web}.0" not in await interfaces("Domain-0")
-    await wait_for(lambda: _absent(interfaces, "web", "eth0"), 5, "eth0 to go from web")
+    await eventually(lambda: _absent(interfaces, "web", "eth0"), "eth0 to go from web")
     assert xl(demo_lab, "network-list", "web").count("\n") == 1      # the header only
 
     # As libxl__device_nextid: the lowest devid past the existing ones, 0 again here.
@@ -224,7 +217,7 @@ async def test_network_detach_and_attach_with_xl(demo_lab):
 
     async def connected():
         return f"vif{web}.0" in await ports()
-    await wait_for(connected, 10, "the new vif on the bridge")
+    await eventually(connected, "the new vif on the bridge")
     assert "eth0" in await interfaces("web")
     assert "00:16:3e:00:00:11" in xl(demo_lab, "network-list", "web")
     agent = await demo_lab.agent("db")

@@ -13,7 +13,6 @@ requests gets netback's documented answer, and costs only its own vif.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -25,15 +24,13 @@ from xenlab.drivers.netback.xenbus import Netback
 from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.hypervisor.caller import Caller
 from xenlab.net.device import NetDevice
-from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
-from xenlab.testing import check_invariants
+from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
+from xenlab.testing import check_invariants, eventually, no_drivers
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.netif import TxRequest, TxResponse
-from xenlab.xen.start_info import StartInfo
 
 DOM0 = Caller(0, privileged=True)
-WAIT = 10.0          # seconds before a wait is a failure (a hang, not a timing claim)
 S = abi.XenbusState
 
 
@@ -46,22 +43,11 @@ def frame(size: int, src: str, dst: str = "ff:ff:ff:ff:ff:ff", seed: int = 0) ->
     return head + bytes((seed + i) & 0xFF for i in range(size - len(head)))
 
 
-async def wait_until(condition, what: str, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 async def send_in_hundreds(eth, frames: list[bytes]) -> None:
     """Hand frames to netfront 100 at a time, each lot once the last has left its backlog."""
     for i in range(0, len(frames), 100):
         eth.transmit(frames[i:i + 100])
-        await wait_until(lambda: len(eth.tx_core.backlog) == 0, "the backlog to drain")
+        await eventually(lambda: len(eth.tx_core.backlog) == 0, "the backlog to drain")
 
 
 class LoopbackHotplug:
@@ -93,17 +79,22 @@ class Capture:
         dev.receiver = self.frames.extend
 
     async def wait(self, n: int) -> list[bytes]:
-        await wait_until(lambda: len(self.frames) >= n, f"{n} frames")
+        await eventually(lambda: len(self.frames) >= n, f"{n} frames")
         return self.frames
 
 
 class NetLab:
+    """The in-process lab (xenlab.testing.InProcessLab) with Domain-0
+    running netback on a LoopbackHotplug, domUs running netfront, no guest
+    agent anywhere (it would attach an IP stack to every netif: these tests
+    drive the interfaces themselves), and the toolstack's xenstore writes."""
+
     def __init__(self, lab):
         self.lab = lab
         self.hv = lab.hv
         self.toolstack = lab.toolstack
         self.hotplug = LoopbackHotplug()
-        self.kernels: dict[int, DomainKernel] = {}
+        self.kernels = lab.kernels
         self.changes: list[tuple[int, str, bool]] = []
 
     def xs_read(self, path: str) -> str | None:
@@ -111,28 +102,18 @@ class NetLab:
             return None
         return self.hv.xenstore.read(DOM0, path).decode()
 
-    async def boot(self, domid: int, name: str, secret: str, vcpus: int, drivers,
-                   agent: str = "", agent_token: str = "") -> DomainKernel:
-        start = StartInfo(domid=domid, name=name, secret=secret, hypervisor=self.lab.address,
-                          doorbell=str(self.lab.rundir / "evtchn.sock"), vcpus=vcpus,
-                          console_log="", agent=agent, agent_token=agent_token)
-        kernel = DomainKernel(start, drivers=drivers)
+    def _record_changes(self, kernel: DomainKernel) -> None:
         kernel.on_netif_change.append(
-            lambda ifname, dev, d=domid: self.changes.append((d, ifname, dev is not None)))
-        await kernel.boot()
-        self.kernels[domid] = kernel
-        return kernel
+            lambda ifname, dev, d=kernel.domid: self.changes.append((d, ifname, dev is not None)))
 
     async def boot_dom0(self) -> DomainKernel:
-        return await self.boot(0, abi.DOM0_NAME, self.hv.dom0_secret, self.hv.config.dom0_vcpus,
-                               lambda k: [NetbackDriver(k, self.hotplug)])
+        return await self.lab.boot_dom0(drivers=lambda k: [NetbackDriver(k, self.hotplug)],
+                                        prepare=self._record_changes)
 
     async def boot_domu(self, name: str, netfront: bool = True) -> DomainKernel:
-        reply = await self.lab.dom0.domains.Create(domains_pb2.CreateDomainRequest(
-            spec=domains_pb2.DomainSpec(name=name, memory_mb=16, launcher="none")))
-        return await self.boot(reply.info.domid, name, reply.secret, 1,
-                               lambda k: [NetfrontDriver(k)] if netfront else [],
-                               agent=reply.agent, agent_token=reply.agent_token)
+        return await self.lab.boot_domain(
+            name, drivers=(lambda k: [NetfrontDriver(k)]) if netfront else no_drivers,
+            prepare=self._record_changes)
 
     @staticmethod
     def backend_path(domid: int, devid: int = 0) -> str:
@@ -184,14 +165,14 @@ class NetLab:
         await self.lab.dom0.xenstore.Rm(xenstore_pb2.PathRequest(path=path))
 
     async def wait_state(self, path: str, state: S) -> None:
-        await wait_until(lambda: self.xs_read(f"{path}/state") == str(int(state)),
+        await eventually(lambda: self.xs_read(f"{path}/state") == str(int(state)),
                          f"{path} to reach {state.name}")
 
     async def connected(self, domid: int, devid: int = 0):
         await self.wait_state(self.backend_path(domid, devid), S.Connected)
         await self.wait_state(self.frontend_path(domid, devid), S.Connected)
         kernel = self.kernels[domid]
-        return await wait_until(lambda: kernel.netifs.get(f"eth{devid}"), f"d{domid} eth{devid}")
+        return await eventually(lambda: kernel.netifs.get(f"eth{devid}"), f"d{domid} eth{devid}")
 
     def interdomain_ports(self, domid: int) -> list[int]:
         """Its ports but VIRQs and its store port (xenstored's, for its life)."""
@@ -199,21 +180,12 @@ class NetLab:
                 if self.hv.evtchn.channel(domid, p).state != EvtchnState.virq
                 and not self.hv.evtchn.has_consumer(domid, p)]
 
-    async def close(self) -> None:
-        for kernel in reversed(list(self.kernels.values())):
-            await kernel._close()
-
 
 @pytest.fixture
 async def net(hypervisor):
-    # Its kernels run no guest agent (which would attach an IP stack to
-    # every netif): these tests drive the interfaces themselves.
     lab = NetLab(hypervisor)
     await lab.boot_dom0()
-    try:
-        yield lab
-    finally:
-        await lab.close()
+    return lab
 
 
 @pytest.fixture
@@ -255,7 +227,7 @@ async def test_both_ends_reach_connected_with_every_key(net, pair):
 
     def mapped_from_a():
         return [m for m in net.hv.grants.mappings(0) if m.granter == a.domid]
-    await wait_until(lambda: len(mapped_from_a()) == 2 + len(posted), "a's rx buffers mapped")
+    await eventually(lambda: len(mapped_from_a()) == 2 + len(posted), "a's rx buffers mapped")
     maps = mapped_from_a()
     assert sorted(m.ref for m in maps if m.ref in rings) == rings
     assert {m.ref for m in maps if m.ref not in rings} == posted
@@ -341,7 +313,7 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
     await net.xs_write(f"{be}/online", "0")
     await net.xs_write(f"{be}/state", str(int(S.Closing)))
     await net.wait_state(be, S.Closed)
-    await wait_until(lambda: net.hv.grants.entries(a.domid) == [], "the grants to be ended")
+    await eventually(lambda: net.hv.grants.entries(a.domid) == [], "the grants to be ended")
     assert_nothing_left(net, a.domid)
 
 
@@ -357,7 +329,7 @@ async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net):
     def kept():
         return sum(v.persistent_grants for v in net.kernels[0].vifs.values())
     # the receive buffers mapped at connect already take the whole budget
-    await wait_until(lambda: kept() == 10, "the budget's pages mapped")
+    await eventually(lambda: kept() == 10, "the budget's pages mapped")
     assert budget.left == 0
     at_b = Capture(eth_b)
     frames = [frame(60 + i % 1000, mac_of(a.domid), seed=i) for i in range(600)]
@@ -369,7 +341,7 @@ async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net):
     await net.xs_write(f"{be}/state", str(int(S.Closing)))
     await net.wait_state(be, S.Closed)
     vif_b = net.kernels[0].vifs[f"vif{b.domid}.0"]
-    await wait_until(lambda: budget.left == 10 - vif_b.persistent_grants, "a's pages back")
+    await eventually(lambda: budget.left == 10 - vif_b.persistent_grants, "a's pages back")
 
 
 class SlowUpstream:
@@ -416,7 +388,7 @@ async def test_spoofed_frames_are_dropped_at_the_vif(net):
     eth = await net.connected(c.domid)
     vif = net.kernels[0].vifs[f"vif{c.domid}.0"]
     eth.transmit([frame(60, "00:16:3e:66:66:66")])
-    await wait_until(lambda: vif.drops["spoofed_mac"] == 1, "the spoofed frame's drop")
+    await eventually(lambda: vif.drops["spoofed_mac"] == 1, "the spoofed frame's drop")
 
 
 async def test_rate_limited_frames_wait_for_credit_and_all_arrive(net, pair):
@@ -451,7 +423,7 @@ async def test_toolstack_detach_goes_through_closing_and_closed(net, pair):
     await net.xs_write(f"{be}/state", str(int(S.Closing)))
     await net.wait_state(fe, S.Closed)
     await net.wait_state(be, S.Closed)
-    await wait_until(lambda: net.hv.grants.entries(a.domid) == [], "the grants to be ended")
+    await eventually(lambda: net.hv.grants.entries(a.domid) == [], "the grants to be ended")
     assert_nothing_left(net, a.domid)
     assert not peers_of(net, a.domid)
     assert "eth0" not in a.netifs and f"vif{a.domid}.0" not in net.kernels[0].vifs
@@ -476,10 +448,10 @@ async def test_domain_death_tears_the_backend_down(net, pair):
     await net.toolstack.destroy_domain(a.domid)
     if net.xs_read(f"/local/domain/0/backend/vif/{a.domid}") is not None:
         await net.xs_rm(f"/local/domain/0/backend/vif/{a.domid}")
-    await wait_until(lambda: vif not in net.kernels[0].vifs, "the vif to go")
-    await wait_until(lambda: all(m.granter != a.domid for m in net.hv.grants.mappings(0)),
+    await eventually(lambda: vif not in net.kernels[0].vifs, "the vif to go")
+    await eventually(lambda: all(m.granter != a.domid for m in net.hv.grants.mappings(0)),
                      "the ring mappings to go")
-    await wait_until(lambda: not peers_of(net, a.domid), "dom0's port to be closed")
+    await eventually(lambda: not peers_of(net, a.domid), "dom0's port to be closed")
     assert vif not in [v.name for v in net.hotplug.bridges["xenbr0"]]
     assert eth_b.state == "connected"
 
@@ -490,7 +462,7 @@ async def test_frontend_directory_removal_releases_everything(net, pair):
     be, fe = net.backend_path(a.domid), net.frontend_path(a.domid)
     await net.xs_write(f"{be}/online", "0")
     await net.xs_rm(fe)            # netfront: removed; netback: the frontend is gone (Unknown)
-    await wait_until(lambda: net.hv.grants.entries(a.domid) == [], "the grants to be ended")
+    await eventually(lambda: net.hv.grants.entries(a.domid) == [], "the grants to be ended")
     assert_nothing_left(net, a.domid)
     await net.wait_state(be, S.Closed)
 
@@ -576,8 +548,8 @@ async def test_malformed_requests_get_error_responses(net, pair, kind):
     slots = ERRORS[kind](eth_c)
     start = write_raw(eth_c, slots)
     kick(net, c)
-    await wait_until(lambda: vif.drops[kind] == 1, f"netback to drop the frame as {kind}")
-    await wait_until(lambda: ring_of(eth_c).sring.rsp_prod == start + len(slots), "the responses")
+    await eventually(lambda: vif.drops[kind] == 1, f"netback to drop the frame as {kind}")
+    await eventually(lambda: ring_of(eth_c).sring.rsp_prod == start + len(slots), "the responses")
     statuses = [r.status for r in responses(eth_c, start, len(slots))]
     assert abi.NETIF_RSP_ERROR in statuses
     if kind != "grant_copy_error":
@@ -603,18 +575,18 @@ async def test_protocol_violations_disable_only_that_vif(net, pair, kind, caplog
     else:
         write_raw(eth_c, make(eth_c))
     kick(net, c)
-    await wait_until(lambda: vif.disabled, "the vif to be disabled")
+    await eventually(lambda: vif.disabled, "the vif to be disabled")
     assert message in vif.disabled
     error = f"/local/domain/0/error/backend/vif/{c.domid}/0/error"
-    await wait_until(lambda: net.xs_read(error), "the error node")
+    await eventually(lambda: net.xs_read(error), "the error node")
     assert message in net.xs_read(error)
     assert any(f"{name}: fatal tx error: " in r.getMessage() and "disabling" in r.getMessage()
                for r in caplog.records)
     # xenbus_dev_fatal: Closing; netfront follows to Closed, then netback.
     await net.wait_state(net.backend_path(c.domid), S.Closed)
     await net.wait_state(net.frontend_path(c.domid), S.Closed)
-    await wait_until(lambda: name not in net.kernels[0].vifs, "the vif to go")
-    await wait_until(lambda: net.hv.grants.entries(c.domid) == [], "the grants to be ended")
+    await eventually(lambda: name not in net.kernels[0].vifs, "the vif to go")
+    await eventually(lambda: net.hv.grants.entries(c.domid) == [], "the grants to be ended")
     await still_passes_traffic(net, pair)
     assert pair[3].state == "connected"
 
@@ -651,7 +623,7 @@ async def test_garbage_frontend_keys_are_a_xenbus_fatal_error(net, kind):
             await net.xs_write(f"{fe}/{key}", value)
     await net.xs_write(f"{fe}/state", str(int(S.Connected)))
     error = f"/local/domain/0/error/backend/vif/{c.domid}/0/error"
-    await wait_until(lambda: net.xs_read(error), "the error node")
+    await eventually(lambda: net.xs_read(error), "the error node")
     assert message in net.xs_read(error)
     await net.wait_state(be, S.Closing)
     assert all(m.granter != c.domid for m in net.hv.grants.mappings(0))   # nothing left mapped
@@ -668,12 +640,12 @@ async def test_hotplug_failure_is_reported(net):
     c = await net.boot_domu("c")
     await net.add_vif(c.domid, bridge="nosuchbr")
     be = net.backend_path(c.domid)
-    await wait_until(lambda: net.xs_read(f"{be}/hotplug-status") == "error", "hotplug-status=error")
+    await eventually(lambda: net.xs_read(f"{be}/hotplug-status") == "error", "hotplug-status=error")
     assert net.xs_read(f"{be}/hotplug-error") == "bridge nosuchbr does not exist"
     error = f"/local/domain/0/error/backend/vif/{c.domid}/0/error"
-    await wait_until(lambda: net.xs_read(error), "the error node")
+    await eventually(lambda: net.xs_read(error), "the error node")
     await net.wait_state(net.frontend_path(c.domid), S.Closed)
-    await wait_until(lambda: net.hv.grants.entries(c.domid) == [], "the grants to be ended")
+    await eventually(lambda: net.hv.grants.entries(c.domid) == [], "the grants to be ended")
     assert net.hv.grants.mappings(0) == []
 
 
@@ -703,19 +675,19 @@ async def test_non_utf8_frontend_state_closes_the_vif_with_an_error_node(net, pa
     a, b, _, eth_b = pair
     be, fe = net.backend_path(a.domid), net.frontend_path(a.domid)
     # the two rings and every posted rx buffer (persistent grants)
-    await wait_until(lambda: len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE,
+    await eventually(lambda: len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE,
                      "a's 258 pages mapped")
     await net.guest_writes(a, f"{fe}/state", b"4\xff")
-    await wait_until(lambda: backend_error(net, a.domid), "the error node")
+    await eventually(lambda: backend_error(net, a.domid), "the error node")
     # xenbus_va_dev_error's "%i %s": the errno, then what failed
     assert backend_error(net, a.domid) == \
         f"22 reading {fe}/state: b'4\\xff' is not UTF-8 text"
     # netback went Closing with the data path down; a's netfront then closes
     # and ends its grants once netback is Closed
-    await wait_until(lambda: mapped_from(net, a.domid) == [], "the 258 mappings to be released")
+    await eventually(lambda: mapped_from(net, a.domid) == [], "the 258 mappings to be released")
     assert_vif_gone(net, a.domid)
     await net.wait_state(be, S.Closed)
-    await wait_until(lambda: net.hv.grants.entries(a.domid) == [], "a's grants to be ended")
+    await eventually(lambda: net.hv.grants.entries(a.domid) == [], "a's grants to be ended")
     check_invariants(net.hv)
     assert eth_b.state == "connected" and f"vif{b.domid}.0" in net.kernels[0].vifs
 
@@ -730,20 +702,20 @@ async def test_destroying_a_domain_whose_vif_task_failed_releases_its_mappings(n
         c = await net.boot_domu(f"c{round_}")
         await net.attach_vif(c.domid)
         await net.connected(c.domid)
-        await wait_until(lambda: len(mapped_from(net, c.domid)) == 2 + abi.NET_RX_RING_SIZE,
+        await eventually(lambda: len(mapped_from(net, c.domid)) == 2 + abi.NET_RX_RING_SIZE,
                          "c's pages mapped")
         device = netback_device(net, net.backend_path(c.domid))
         await net.guest_writes(c, f"{net.frontend_path(c.domid)}/state", b"\xff")
         # netback has read it: it reported the error (or, before, its task died)
-        await wait_until(lambda: backend_error(net, c.domid) or device.finished.is_set(),
+        await eventually(lambda: backend_error(net, c.domid) or device.finished.is_set(),
                          "netback to read the state")
         await net.toolstack.destroy_domain(c.domid)
-        await wait_until(lambda: len(net.hv.grants.mappings(0)) == baseline,
+        await eventually(lambda: len(net.hv.grants.mappings(0)) == baseline,
                          "Domain-0's mappings back to what b's vif holds")
-        await wait_until(lambda: f"vif{c.domid}.0" not in net.kernels[0].vifs, "the vif to go")
+        await eventually(lambda: f"vif{c.domid}.0" not in net.kernels[0].vifs, "the vif to go")
         assert_vif_gone(net, c.domid)
         check_invariants(net.hv)
-        await net.kernels.pop(c.domid)._close()
+        await net.lab.close_kernel(c)
     assert eth_b.state == "connected"
 
 
@@ -764,16 +736,16 @@ async def test_a_vif_whose_task_cannot_even_fail_is_torn_down_by_its_removal(net
         return call
     monkeypatch.setattr(Netback, "on_otherend", broken(real_on_otherend))
     monkeypatch.setattr(Netback, "on_fatal", broken(real_on_fatal))
-    await wait_until(lambda: len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE,
+    await eventually(lambda: len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE,
                      "a's pages mapped")
     await net.guest_writes(a, f"{net.frontend_path(a.domid)}/state", str(int(S.Closing)))
-    await wait_until(lambda: backend_error(net, a.domid), "the error node")
+    await eventually(lambda: backend_error(net, a.domid), "the error node")
     assert backend_error(net, a.domid) == \
         "5 handling the frontend's state: RuntimeError: a bug"
     assert len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE      # still connected
     await net.toolstack.destroy_domain(a.domid)
     await net.xs_rm(f"/local/domain/0/backend/vif/{a.domid}")    # the pair's vifs have no record
-    await wait_until(lambda: mapped_from(net, a.domid) == [], "a's mappings to be released")
+    await eventually(lambda: mapped_from(net, a.domid) == [], "a's mappings to be released")
     assert_vif_gone(net, a.domid)
     check_invariants(net.hv)
     assert eth_b.state == "connected"
@@ -809,7 +781,7 @@ async def test_a_frontend_key_that_is_not_a_number_fails_the_vif_and_detach_need
             key: value, "state": value if key == "state" else str(int(S.Connected))}
     for k, v in keys.items():
         await net.guest_writes(c, f"{fe}/{k}", v)
-    await wait_until(lambda: backend_error(net, c.domid), "the error node")
+    await eventually(lambda: backend_error(net, c.domid), "the error node")
     error = backend_error(net, c.domid)
     assert error.startswith(("22 ", "95 ")) and key in error, error   # EINVAL, EOPNOTSUPP
     await net.wait_state(be, S.Closing)
@@ -844,7 +816,7 @@ async def test_a_backend_key_that_is_not_text_or_not_a_state_fails_only_that_int
     for k, v in keys.items():
         await net.guest_writes(dd, f"{be}/{k}", v)
     error = f"/local/domain/{c.domid}/error/device/vif/0/error"
-    await wait_until(lambda: net.xs_read(error), "the error node")
+    await eventually(lambda: net.xs_read(error), "the error node")
     assert net.xs_read(error).split(" ", 1)[0] in ("22", "19"), net.xs_read(error)  # EINVAL, ENODEV
     await net.wait_state(net.frontend_path(c.domid), S.Closing)
     assert [g for g in net.hv.grants.entries(c.domid) if g.domid == dd.domid] == []

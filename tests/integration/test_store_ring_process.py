@@ -3,23 +3,14 @@ over its store ring: its boot, its drivers' watches, and xl shutdown all
 go over the ring, none over the gRPC XenStore service."""
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from xenlab.hypervisor.caller import Caller
 from xenlab.proto import common_pb2, domains_pb2
+from xenlab.testing import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 DOM0 = Caller(0, True)
-
-
-async def wait_for(condition, what: str, timeout: float = 30.0):
-    for _ in range(int(timeout / 0.05)):
-        if (value := condition()):
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read(hv, path: str) -> bytes | None:
@@ -32,8 +23,8 @@ def read(hv, path: str) -> bytes | None:
 async def test_a_domain_process_speaks_xenstore_over_its_ring(hypervisor):
     hv = hypervisor.hv
     domid, _ = await hypervisor.create_domain("ringed", memory_mb=32, launcher="local")
-    await wait_for(lambda: read(hv, f"/local/domain/{domid}/data/kernel") == b"xenlab-domain",
-                   "the domain to boot")
+    await eventually(lambda: read(hv, f"/local/domain/{domid}/data/kernel") == b"xenlab-domain",
+                     "the domain to boot", timeout=30)
     ring = hv.store_rings.rings[domid]
     assert ring.stats["bytes_in"] > 0 and ring.stats["bytes_out"] > 0
     watches = [w for w in hv.xenstore.watches() if w.domid == domid]
@@ -41,5 +32,5 @@ async def test_a_domain_process_speaks_xenstore_over_its_ring(hypervisor):
     assert not len(hv.xs_connections)          # no gRPC WatchStream from anyone
     await hypervisor.dom0.domains.Shutdown(domains_pb2.ShutdownRequest(
         domain=common_pb2.DomainRef(domid=domid), reason="poweroff", wait=True))
-    await wait_for(lambda: domid not in hv.domains, "the domain to go")
+    await eventually(lambda: domid not in hv.domains, "the domain to go", timeout=30)
     assert domid not in hv.store_rings.rings

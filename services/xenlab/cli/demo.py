@@ -23,7 +23,7 @@ from xenlab.agent_client import agent_for
 from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import demo_lab, load_lab
 from xenlab.proto import agent_pb2, bridge_pb2
-from xenlab.testing import short_tempdir
+from xenlab.rundir import short_tempdir
 from xenlab.xen.errors import ConfigError
 
 

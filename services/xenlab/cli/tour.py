@@ -22,7 +22,7 @@ from xenlab.cli.output import format_domain_list
 from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2, memory_pb2
-from xenlab.testing import short_tempdir
+from xenlab.rundir import short_tempdir
 from xenlab.xen import abi
 from xenlab.toolstack.xlcfg import parse_xl_config
 from xenlab.proto import xenstore_pb2

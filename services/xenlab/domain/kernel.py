@@ -91,6 +91,8 @@ class DomainKernel:
         self.on_netif_change: list[Callable[[str, object], None]] = []
         # Coroutine functions run once boot is complete (e.g. dom0 saying netback is ready).
         self.on_boot: list[Callable[[], object]] = []
+        self._agent_factory = agent
+        self.agent = None
 
     def netif_changed(self, name: str, device) -> None:
         """An interface came (``device``) or went (None): tell whoever
@@ -234,7 +236,7 @@ class DomainKernel:
         if stop not in done:
             log.error("lost the hypervisor's xenstore connection: halting")
             self.shutdown_reason = "crash"
-            await self._close()
+            await self.close()
             return "crash"
         await self.shutdown()
         return self.shutdown_reason
@@ -246,9 +248,11 @@ class DomainKernel:
             await self.hypercall.domains.sched_shutdown(self.shutdown_reason or "poweroff")
         except XenError as err:
             log.warning("SCHEDOP_shutdown failed: %s", err.message)
-        await self._close()
+        await self.close()
 
-    async def _close(self) -> None:
+    async def close(self) -> None:
+        """Release what boot took (agent, drivers, xenbus, event channels,
+        memory) without telling the hypervisor: shutdown() tells it first."""
         if self.agent is not None:                # the agent: before xenbus goes
             await self.agent.stop()
         for driver in reversed(self.drivers):     # drivers: before xenbus goes

@@ -5,17 +5,10 @@ import errno
 import pytest
 
 from xenlab.bridge.core import Bridge
+from xenlab.testing import ManualClock
 from xenlab.xen.errors import XenError
 
 BCAST = b"\xff" * 6
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 50.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def mac(n: int) -> bytes:
@@ -29,7 +22,7 @@ def frame(dst: bytes, src: bytes, size: int = 60) -> bytes:
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return ManualClock(50.0)
 
 
 @pytest.fixture

@@ -5,15 +5,8 @@ import errno
 import pytest
 
 from xenlab.bridge.fdb import DEFAULT_AGEING, DEFAULT_MAX_LEARNED, Fdb
+from xenlab.testing import ManualClock
 from xenlab.xen.errors import XenError
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def mac(n: int) -> bytes:
@@ -22,7 +15,7 @@ def mac(n: int) -> bytes:
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return ManualClock(1000.0)
 
 
 @pytest.fixture

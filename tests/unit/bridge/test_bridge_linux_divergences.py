@@ -8,18 +8,11 @@ import errno
 import pytest
 
 from xenlab.bridge.core import Bridge
+from xenlab.testing import ManualClock
 from xenlab.xen.errors import XenError
 
 BCAST = b"\xff" * 6
 MCAST = bytes.fromhex("01005e000001")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def mac(n: int) -> bytes:
@@ -36,7 +29,7 @@ def ports(out):
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return ManualClock(100.0)
 
 
 def bridge(clock, **kw) -> Bridge:

@@ -7,6 +7,7 @@ import collections
 from hypothesis import given, settings, strategies as st
 
 from xenlab.bridge.core import Bridge
+from xenlab.testing import ManualClock
 
 PORTS = ["p0", "p1", "p2", "p3"]
 
@@ -43,18 +44,11 @@ steps = st.one_of(
 )
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self):
-        return self.now
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.lists(steps, max_size=120), st.integers(1, 6), st.sampled_from(["linux", "ovs"]),
        st.booleans())
 def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit, policy, vlans):
-    clock = Clock()
+    clock = ManualClock(0.0)
     br = Bridge("br0", ageing=300, max_learned=limit, clock=clock, fdb_policy=policy)
     for name in PORTS:
         br.add_port(name)

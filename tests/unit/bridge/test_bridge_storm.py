@@ -3,18 +3,11 @@ multicast, unknown unicast), and the broadcast/multicast counters."""
 import pytest
 
 from xenlab.bridge.core import Bridge
+from xenlab.testing import ManualClock
 from xenlab.xen.errors import XenError
 
 BCAST = b"\xff" * 6
 MCAST = bytes.fromhex("01005e000001")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 10.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def mac(n: int) -> bytes:
@@ -33,7 +26,7 @@ def bridge(clock, rate=10.0, burst=None) -> Bridge:
 
 
 def test_a_port_floods_its_burst_then_its_rate_and_the_rest_is_counted():
-    clock = Clock()
+    clock = ManualClock(10.0)
     br = bridge(clock, rate=10.0, burst=5)
     out = br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 20)
     assert len(out["vif2.0"]) == 5 and len(out["vif3.0"]) == 5
@@ -50,7 +43,7 @@ def test_a_port_floods_its_burst_then_its_rate_and_the_rest_is_counted():
 
 
 def test_one_port_storming_leaves_the_others_their_own_budget_and_unicast():
-    clock = Clock()
+    clock = ManualClock(10.0)
     br = bridge(clock, rate=10.0)
     br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 1000)
     assert ports(br.forward("vif2.0", frame(BCAST, mac(2)))) == ["vif1.0", "vif3.0"]
@@ -64,7 +57,7 @@ def ports(outputs):
 
 
 def test_no_limit_by_default_and_the_limit_can_change():
-    clock = Clock()
+    clock = ManualClock(10.0)
     br = bridge(clock, rate=0)
     assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 500)["vif2.0"]) == 500
     br.set_flood_limit(3)

@@ -15,6 +15,7 @@ import pytest
 from xenlab.bridge.core import Bridge
 from xenlab.bridge.stp import ConfigBpdu, TcnBpdu, decode, encode_config, encode_tcn
 from xenlab.net.capture import PcapWriter
+from xenlab.testing import ManualClock
 from xenlab.xen.errors import XenError
 
 BCAST = b"\xff" * 6
@@ -24,14 +25,6 @@ BCAST = b"\xff" * 6
 KERNEL_CONFIG_BPDU = bytes.fromhex(
     "0180c200000016d4c825ae5d0026424203000000000180000200000000aa0000000080000200000000aa"
     "80010000140001000200")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_config_bpdu_is_byte_for_byte_linuxs():
@@ -73,7 +66,7 @@ def test_tshark_decodes_them_as_stp(tmp_path):
 class Net:
     """Bridge cores joined by wires, on one clock; hosts are ports with no peer."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
         self.bridges: dict[str, Bridge] = {}
         self.wires: dict[tuple[str, str], tuple[str, str]] = {}
@@ -139,7 +132,7 @@ class Net:
 
 @pytest.fixture
 def net():
-    return Net(Clock())
+    return Net(ManualClock(1000.0))
 
 
 def test_a_lone_bridge_is_root_and_its_ports_walk_to_forwarding(net):
@@ -258,7 +251,7 @@ def test_stp_off_again_leaves_every_port_forwarding(net):
 
 
 def test_bad_timers_are_refused():
-    br = Bridge("br0", clock=Clock())
+    br = Bridge("br0", clock=ManualClock(1000.0))
     with pytest.raises(XenError) as err:
         br.set_stp(True, forward_delay=1)
     assert err.value.errno == errno.ERANGE and br.stp is None

@@ -6,17 +6,11 @@ import errno
 import pytest
 
 from xenlab.bridge.core import Bridge, classify
+from xenlab.testing import ManualClock
 from xenlab.xen.errors import XenError
 from xenlab.xen.netconf import parse_vlan
 
 BCAST = b"\xff" * 6
-
-
-class Clock:
-    now = 10.0
-
-    def __call__(self):
-        return self.now
 
 
 def mac(n: int) -> bytes:
@@ -34,7 +28,7 @@ def tagged(f: bytes, vid: int, pcp: int = 0) -> bytes:
 @pytest.fixture
 def br():
     """a, b in VLAN 10 (access), c in VLAN 20, trunk tagged in 10 and 20."""
-    bridge = Bridge("xenbr0", clock=Clock())
+    bridge = Bridge("xenbr0", clock=ManualClock(10.0))
     for name in ("a", "b", "c", "trunk"):
         bridge.add_port(name)
     bridge.set_vlan_filtering(True)
@@ -50,7 +44,7 @@ def out(br, port, f):
 
 
 def test_every_port_starts_in_vlan_1_as_pvid_untagged():
-    br = Bridge("xenbr0", clock=Clock())
+    br = Bridge("xenbr0", clock=ManualClock(10.0))
     p = br.add_port("p")
     assert (p.vlans, p.pvid) == ({1: True}, 1)
 
@@ -114,7 +108,7 @@ def test_vlan_add_and_del_as_bridge_vlan(br):
 
 
 def test_without_filtering_tags_are_payload():
-    br = Bridge("xenbr0", clock=Clock())
+    br = Bridge("xenbr0", clock=ManualClock(10.0))
     for name in ("a", "b"):
         br.add_port(name)
     f = tagged(frame(BCAST, mac(1)), 30)
@@ -123,7 +117,7 @@ def test_without_filtering_tags_are_payload():
 
 
 def test_classify_reads_the_tag():
-    br = Bridge("x", clock=Clock())
+    br = Bridge("x", clock=ManualClock(10.0))
     p = br.add_port("p")
     f = frame(BCAST, mac(1))
     assert classify(p, f) == (1, b"\x00\x01", f)

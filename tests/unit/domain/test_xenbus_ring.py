@@ -9,7 +9,6 @@ import errno
 
 import pytest
 
-from xenlab.domain.kernel import DomainKernel
 from xenlab.hypervisor.caller import Caller
 from xenlab.proto import domains_pb2
 from xenlab.testing_invariants import invariant_violations
@@ -30,10 +29,7 @@ async def kernel(hypervisor):
     start = StartInfo(domid=domid, name="ringed", secret=reply.secret, hypervisor=hypervisor.address,
                       doorbell=str(hypervisor.rundir / "evtchn.sock"), vcpus=1, console_log="",
                       store_gfn=store.gfn, store_port=store.port)
-    k = DomainKernel(start, drivers=lambda k: [])
-    await k.boot()
-    yield k
-    await k._close()
+    return await hypervisor.boot(start)
 
 
 def ring_of(hypervisor, kernel):

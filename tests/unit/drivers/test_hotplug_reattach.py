@@ -5,6 +5,7 @@ import asyncio
 from xenlab.drivers.hotplug import BridgeHotplug, backoff_delays, bridge_address_path
 from xenlab.net.device import NetDevice
 from xenlab.net.veth import VethListener
+from xenlab.testing import eventually
 
 
 class FakeXenbus:
@@ -54,14 +55,6 @@ class Bridge:
             end.close(say_bye=False)
 
 
-async def until(check, timeout=5.0):
-    for _ in range(int(timeout / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
-
-
 def test_backoff_doubles_up_to_its_cap():
     delays = backoff_delays(0.05, 0.3)
     assert [next(delays) for _ in range(6)] == [0.05, 0.1, 0.2, 0.3, 0.3, 0.3]
@@ -78,9 +71,9 @@ async def test_a_vif_is_reattached_when_its_bridge_comes_back(sock_dir):
     vif = Vif("vif3.0", bytes.fromhex("00163e000003"))
     await hotplug.online(vif, "xenbr0", "/local/domain/0/backend/vif/3/0")
     first = announced["veth3.0"]
-    await until(lambda: "vif3.0" in bridge.ends)
+    await eventually(lambda: "vif3.0" in bridge.ends, "vif3.0 at the bridge")
     vif.deliver([b"\x01" * 60] * 3)
-    await until(lambda: len(bridge.frames) == 3)
+    await eventually(lambda: len(bridge.frames) == 3, "three frames at the bridge")
 
     # The bridge service dies: its listener and every link go.
     await bridge.listener.close()
@@ -93,11 +86,11 @@ async def test_a_vif_is_reattached_when_its_bridge_comes_back(sock_dir):
     reborn = Bridge(address)
     await reborn.listener.start()
     xenbus.write(bridge_address_path("xenbr0"), address)    # it registers again
-    await until(lambda: hotplug.attachments() == {"vif3.0": 1})
+    await eventually(lambda: hotplug.attachments() == {"vif3.0": 1}, "vif3.0 reattached once")
     second = announced["veth3.0"]
     assert second is not first and second.state == "up"
     vif.deliver([b"\x03" * 60] * 4)
-    await until(lambda: len(reborn.frames) == 4)
+    await eventually(lambda: len(reborn.frames) == 4, "the fourth frame at the new bridge")
     # One device as far as counting goes: 3 + 4 sent, 2 dropped while down.
     stats = second.stats()
     assert stats["tx_packets"] == 7 and stats["drop_link_down"] == 2
@@ -118,7 +111,7 @@ async def test_offline_during_reattach_stops_trying(sock_dir):
     await bridge.listener.start()
     vif = Vif("vif4.0", bytes.fromhex("00163e000004"))
     await hotplug.online(vif, "xenbr0", "/local/domain/0/backend/vif/4/0")
-    await until(lambda: "vif4.0" in bridge.ends)
+    await eventually(lambda: "vif4.0" in bridge.ends, "vif4.0 at the bridge")
     await bridge.listener.close()
     bridge.crash()
     await asyncio.sleep(0.1)

@@ -1,7 +1,6 @@
 """EventPublisher against a real broker: delivery, retained state, a broker
 that is not there (bounded queue, drops counted, never blocking), and a
 broker that restarts on the same port."""
-import asyncio
 import inspect
 
 from xenlab.events import topics as t
@@ -9,6 +8,7 @@ from xenlab.events.broker import free_port
 from xenlab.events.config import BrokerAddress
 from xenlab.events.publisher import EventPublisher
 from xenlab.events.watch import EventCollector
+from xenlab.testing import eventually
 
 TOPICS = t.Topics("testhost")
 FDB = {"kind": "learn", "bridge": "xenbr0", "port": "vif1.0", "old_port": "", "static": False}
@@ -28,13 +28,6 @@ def publisher(address: BrokerAddress, **kw) -> EventPublisher:
 
 def macs(events) -> list[str]:
     return [e.payload["mac"] for e in events if e.payload["type"] == "fdb.event"]
-
-
-async def until(check, timeout=10.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_events_arrive_and_a_late_subscriber_gets_the_states(broker):
@@ -71,7 +64,7 @@ async def test_without_a_broker_publishing_never_blocks_and_drops_the_oldest():
         for n in range(50):
             assert pub.publish(learn(n)) is None
         assert (pub.queued, pub.counters["dropped"]) == (8, 42)
-        await until(lambda: pub.counters["connect_failures"] >= 2)
+        await eventually(lambda: pub.counters["connect_failures"] >= 2, "two failed connects")
         assert not pub.connected and pub.counters["published"] == 0
         assert (pub.queued, pub.counters["dropped"]) == (8, 42)
     finally:
@@ -105,7 +98,7 @@ async def test_a_restarted_broker_gets_the_states_back_and_later_events(broker):
             await watcher.wait_for(lambda e: macs([e]) == ["00:16:3e:00:00:01"])
 
             await broker.stop()
-            await until(lambda: not pub.connected)
+            await eventually(lambda: not pub.connected, "the publisher to notice the broker gone")
             for n in range(2, 40):      # more than the queue holds, none of it blocks
                 pub.publish(learn(n))
             pub.publish(domain(2, "paused"))

@@ -17,7 +17,7 @@ from xenlab.events.sources import Dom0Source, HypervisorSource
 from xenlab.events.watch import EventCollector
 from xenlab.net.device import NetDevice
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
-from xenlab.testing import short_tempdir
+from xenlab.testing import ManualClock, short_tempdir
 
 TOPICS = t.Topics("src")
 
@@ -264,15 +264,15 @@ class FakeVif(NetDevice):
 async def test_counters_come_with_their_rates_per_second_over_the_interval(mqtt):
     # Counters were cumulative only: a dashboard had to difference them.
     _, events, pub = mqtt
-    now = [100.0]
+    clock = ManualClock(100.0)
     vif = FakeVif("vif7.1", bytes(6))
     vif.transmit([bytes(60)] * 10)
     source = Dom0Source(types.SimpleNamespace(domid=0, vifs={"vif7.1": vif}), pub, interval=3600,
-                        clock=lambda: now[0])
+                        clock=clock)
     source.start()
     try:
         vif.transmit([bytes(100)] * 30)
-        now[0] += 2.0
+        clock.advance(2.0)
         source.publish_stats()
         stats = await events.wait_for(of("vif.stats", domid=7, devid=1))
     finally:

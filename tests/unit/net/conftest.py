@@ -6,20 +6,10 @@ from ipaddress import IPv4Address, IPv4Interface
 import pytest
 
 from xenlab.net.stack import IpStack, StackConfig
+from xenlab.testing import ManualClock
 
 MAC_A = bytes.fromhex("00163e000001")
 MAC_B = bytes.fromhex("00163e000002")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Wire:
@@ -47,7 +37,7 @@ class Wire:
         return [f for s, f in self.log if s is stack]
 
 
-def make_stack(clock: Clock, mac: bytes, address: str, gateway: str | None = None,
+def make_stack(clock: ManualClock, mac: bytes, address: str, gateway: str | None = None,
                **options) -> IpStack:
     config = StackConfig(mac=mac, address=IPv4Interface(address),
                          gateway=IPv4Address(gateway) if gateway else None, **options)
@@ -55,8 +45,8 @@ def make_stack(clock: Clock, mac: bytes, address: str, gateway: str | None = Non
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(1000.0)
 
 
 @pytest.fixture

@@ -12,21 +12,15 @@ from xenlab.net.icmp import IcmpMessage
 from xenlab.net.ipv4 import IPPROTO_ICMP, IPPROTO_UDP, Ipv4Header
 from xenlab.net.stack import RX_DROP_REASONS, IpStack, StackConfig
 from xenlab.net.udp import UdpPacket
+from xenlab.testing import ManualClock
 
 MAC = bytes.fromhex("00163e000002")
 ME = IPv4Address("10.0.0.3")
 PEER = IPv4Address("10.0.0.2")
 
 
-class Clock:
-    now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def fresh_stack() -> tuple[IpStack, Clock]:
-    clock = Clock()
+def fresh_stack() -> tuple[IpStack, ManualClock]:
+    clock = ManualClock(0.0)
     config = StackConfig(mac=MAC, address=IPv4Interface("10.0.0.3/24"),
                          gateway=IPv4Address("10.0.0.1"), mtu=1500)
     stack = IpStack(config, clock)
