@@ -32,7 +32,7 @@ from xenlab.net.errors import PacketError
 from xenlab.net.ethernet import (BROADCAST, ETH_P_ARP, ETH_P_IP, EthernetFrame, format_mac,
                                  is_multicast, is_valid_unicast)
 from xenlab.net.icmp import (ERROR_TYPES, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY,
-                             ICMP_ERROR_MAX, ICMP_HLEN, ICMP_HOST_UNREACH, ICMP_PORT_UNREACH,
+                             ICMP_ERROR_MAX, ICMP_HLEN, ICMP_PORT_UNREACH,
                              ICMP_PROT_UNREACH, IcmpMessage)
 from xenlab.net.ipv4 import (DEFAULT_TTL, IP_HLEN, IP_OFFMASK, IPPROTO_ICMP, IPPROTO_UDP, LIMITED_BROADCAST,
                              Ipv4Header, multicast_mac)
@@ -237,6 +237,7 @@ class IpStack:
         # a packet to one of them is ours, as Linux's weak host model has it.
         self.local_addresses: frozenset[IPv4Address] = frozenset()
         self._transit: list[bytes] = []
+        self._unreachable: list[bytes] = []
         self._icmp_tokens = float(ICMP_BURST)
         self._icmp_refilled = clock()
         self.events: collections.deque = collections.deque(maxlen=config.event_limit)
@@ -322,7 +323,9 @@ class IpStack:
 
     def icmp_error(self, packet: bytes, type_: int, code: int, rest: int = 0) -> list[bytes]:
         """Send an ICMP error about ``packet`` (an IP packet, as received) to
-        its source, from this interface's address. Nothing goes out when RFC
+        its source, from this interface's address (the Router picks the
+        interface whose route leads back to the source, so the source is
+        that interface's, as Linux's icmp_send picks it). Nothing goes out when RFC
         1122 3.2.2 forbids it (about an ICMP error, a fragment past the
         first, a broadcast or multicast) or past the rate limit."""
         try:
@@ -344,20 +347,24 @@ class IpStack:
             self.counters["arp_unresolved"] += dropped
             self._event(ArpFailed(ip, dropped))
         for packet in timers.dropped:
-            self._host_unreachable(packet)
+            if not self._is_own(packet):
+                self._unreachable.append(packet)
         return self._take_output()
 
-    def _host_unreachable(self, packet: bytes) -> None:
-        """A forwarded packet whose next hop never answered ARP: its sender
-        hears ICMP host unreachable, as from Linux's arp_error_report. The
-        host's own packets have ArpFailed instead."""
+    def take_unreachable(self) -> list[bytes]:
+        """Forwarded packets whose next hop never answered ARP, since the last
+        call: their senders are owed ICMP host unreachable (Linux's
+        arp_error_report), which the Router sends by its route back to them.
+        The host's own packets have ArpFailed instead."""
+        unreachable, self._unreachable = self._unreachable, []
+        return unreachable
+
+    def _is_own(self, packet: bytes) -> bool:
         try:
-            header, payload = Ipv4Header.parse(packet)
+            header, _ = Ipv4Header.parse(packet)
         except PacketError:
-            return
-        if self.is_local(header.src) or not self._may_answer(header, payload):
-            return
-        self._icmp_error_to(header.src, self.ip, packet, ICMP_DEST_UNREACH, ICMP_HOST_UNREACH)
+            return True
+        return self.is_local(header.src)
 
     def next_deadline(self) -> float | None:
         return self._arp.next_deadline()
