@@ -109,13 +109,16 @@ def format_ping(reply, dst: str, size: int = 56, header: bool = True) -> str:
     address, as ping prints ICMP host unreachables), then the statistics.
     ``size`` is the ICMP payload the request asked for."""
     lines = [ping_header(dst, size)] if header else []
-    for seq, rtt in zip(reply.seq, reply.rtt):
-        lines.append(f"{size + ICMP_HEADER} bytes from {dst}: icmp_seq={seq} time={_ms(rtt)} ms")
-    errors = 0
+    rows = [(seq, f"{size + ICMP_HEADER} bytes from {dst}: icmp_seq={seq} time={_ms(rtt)} ms")
+            for seq, rtt in zip(reply.seq, reply.rtt)]
+    rows += [(e.seq, f"From {e.src} icmp_seq={e.seq} {icmp_error_text(e.type, e.code)}")
+             for e in reply.errors]
+    lines += [text for _, text in sorted(rows, key=lambda row: row[0])]
+    errors = len(reply.errors)
     if reply.unreachable:
-        answered = set(reply.seq)
+        answered = set(reply.seq) | {e.seq for e in reply.errors}
         unanswered = [seq for seq in range(1, reply.transmitted + 1) if seq not in answered]
-        errors = len(unanswered)
+        errors += len(unanswered)
         lines += [f"From {reply.src or dst} icmp_seq={seq} Destination Host Unreachable"
                   for seq in unanswered]
     elif reply.error:
@@ -124,6 +127,25 @@ def format_ping(reply, dst: str, size: int = 56, header: bool = True) -> str:
     if reply.rtt:
         lines.append(_rtt_line(list(reply.rtt)))
     return "\n".join(lines)
+
+
+# How ping(8) (iputils' pr_icmph) names the ICMP errors it prints.
+_ICMP_ERROR_TEXT = {
+    (3, 0): "Destination Net Unreachable", (3, 1): "Destination Host Unreachable",
+    (3, 2): "Destination Protocol Unreachable", (3, 3): "Destination Port Unreachable",
+    (3, 4): "Frag needed and DF set", (11, 0): "Time to live exceeded",
+    (11, 1): "Frag reassembly time exceeded",
+}
+
+
+def icmp_error_text(type_: int, code: int) -> str:
+    if (type_, code) in _ICMP_ERROR_TEXT:
+        return _ICMP_ERROR_TEXT[(type_, code)]
+    if type_ == 3:
+        return f"Dest Unreachable, Bad Code: {code}"
+    if type_ == 12:
+        return "Parameter problem"
+    return f"Bad ICMP type: {type_}"
 
 
 def _summary(reply, errors: int = 0) -> str:

@@ -31,7 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-W", "--timeout", type=seconds(0, 3600.0, above=True), default=2.0,
                         help="seconds to wait for the last reply after the last request (default 2); "
                              "ping ends after COUNT x INTERVAL + TIMEOUT seconds at most")
-    parser.add_argument("-I", "--interface", default="", help="interface to ping from (default: the first with an address)")
+    parser.add_argument("-t", "--ttl", type=whole(1, 255), default=64,
+                        help="the requests' IP time to live, 1..255 (default 64)")
+    parser.add_argument("-I", "--interface", default="",
+                        help="interface to ping from (default: the one the domain's routing table picks)")
     parser.add_argument("--rundir", type=Path, default=None, help="the lab's rundir")
 
 
@@ -47,7 +50,7 @@ async def _ping(args) -> int:
         try:
             reply = await agent.Ping(agent_pb2.PingRequest(
                 dst=args.dest, count=args.count, size=args.size, interval=args.interval,
-                timeout=args.timeout, interface=args.interface),
+                timeout=args.timeout, interface=args.interface, ttl=args.ttl),
                 timeout=args.count * args.interval + args.timeout + 30)
         finally:
             await agent.close()

@@ -34,6 +34,7 @@ from xenlab.domain import traffic
 from xenlab.domain.netstack import GoneDevice, GuestNetwork
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
+from xenlab.net.ipv4 import DEFAULT_TTL
 from xenlab.proto import agent_pb2, agent_pb2_grpc
 from xenlab.hypervisor.vif import agent_record_path
 from xenlab.rpc import TokenGate, handles_xen_errors, start_server
@@ -83,11 +84,14 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             size=request.size or PING_DEFAULTS["size"],
             interval=request.interval or PING_DEFAULTS["interval"],
             timeout=request.timeout or PING_DEFAULTS["timeout"],
-            interface=request.interface)
+            interface=request.interface, ttl=request.ttl or DEFAULT_TTL)
         return agent_pb2.PingReply(transmitted=result.transmitted, received=result.received,
                                    rtt=[rtt for _, rtt in result.rtts],
                                    seq=[seq for seq, _ in result.rtts], error=result.error,
-                                   src=result.src, unreachable=result.unreachable)
+                                   src=result.src, unreachable=result.unreachable,
+                                   errors=[agent_pb2.PingError(seq=e.seq, src=e.src, type=e.type,
+                                                               code=e.code)
+                                           for e in result.errors])
 
     @handles_xen_errors
     async def SendUdp(self, request, context):
@@ -199,6 +203,7 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
         # apart, so that each frame sits under one reason at each layer.
         stack = self.net.stack(device.name)
         if stack is not None:
+            message.ip = str(stack.config.address)     # ip= on the command line, else the vif's
             for reason, value in stack.drops().items():
                 message.drops[f"stack_{reason}"] = value
         unaddressed = self.net.unaddressed(device.name)
@@ -317,7 +322,7 @@ async def start_guest_agent(kernel) -> KernelAgent | None:
     if not token:
         log.warning("d%d: no agent token in start_info: the guest agent will refuse every call",
                     kernel.domid)
-    net = GuestNetwork()
+    net = GuestNetwork(cmdline=getattr(kernel.start_info, "cmd_line", ""))
     net.attach(kernel)
     server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info), token)
     try:

@@ -9,6 +9,7 @@ What a Linux guest takes from the command line xl gives it (xl.cfg's
   net/ipv4/ipconfig.c's ip_auto_config_setup parses it: fields may be left
   empty or left off; ``ip=off``/``ip=none`` turns it off; ``ip=dhcp``,
   ``on``, ``any``, ``bootp``, ``rarp``, ``both`` ask for autoconfiguration.
+  It may come once per interface (``...:eth1:off``), as dracut takes it.
   Autoconfiguration here is the address the toolstack gave the vif (its
   ``ip=`` key), which is what the guest would get from a DHCP server told
   the same thing. A netmask left out is the address's class, as
@@ -22,8 +23,10 @@ with it when it is loaded, the guest applies what it returns.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from types import MappingProxyType
 
 from xenlab.xen.errors import ConfigError
 
@@ -65,29 +68,32 @@ class IpParam:
 
 @dataclass(frozen=True)
 class GuestNetConfig:
-    """The network settings of one guest's command line."""
-    ip: IpParam | None = None
+    """The network settings of one guest's command line: an ip= per
+    interface, and whether it forwards."""
+    ips: Mapping[str, IpParam] = field(default_factory=dict)    # interface -> its ip=
     ip_forward: bool = False
+
+    def param(self, device: str) -> IpParam | None:
+        param = self.ips.get(device)
+        return param if param is not None and param.enabled else None
 
     def gateway_for(self, device: str, address: IPv4Interface) -> IPv4Address | None:
         """The default gateway of ``device`` configured as ``address``: the
-        ip= gateway when ip= names that device and the gateway is on its
+        gateway of the ip= naming that device, when it is on the device's
         subnet (ic_setup_routes: "Gateway not on directly connected
-        network" otherwise). Raises ConfigError for the latter."""
-        if self.ip is None or not self.ip.enabled or self.ip.gateway is None:
+        network" otherwise: a ConfigError here)."""
+        param = self.param(device)
+        if param is None or param.gateway is None:
             return None
-        if self.ip.interface != device:
-            return None
-        if self.ip.gateway not in address.network:
-            raise ConfigError(f"ip=: gateway {self.ip.gateway} is not on {device}'s network "
-                              f"{address.network}")
-        return self.ip.gateway
+        if param.gateway not in address.network or param.gateway == address.ip:
+            raise ConfigError(f"ip=: gateway {param.gateway} is not a neighbour on {device}'s "
+                              f"network {address.network}")
+        return param.gateway
 
     def address_for(self, device: str) -> IPv4Interface | None:
         """The static address ip= gives ``device``, if any."""
-        if self.ip is None or not self.ip.enabled or self.ip.interface != device:
-            return None
-        return self.ip.address()
+        param = self.param(device)
+        return param.address() if param is not None else None
 
 
 def classful_netmask(address: IPv4Address) -> IPv4Address:
@@ -167,14 +173,67 @@ def _address(fields: list[str], index: int, name: str) -> IPv4Address | None:
 
 
 def parse_cmdline(cmdline: str) -> GuestNetConfig:
-    """The network settings of a kernel command line. The last ip= wins, as
-    each __setup call overwrites the last; malformed ones are ConfigErrors."""
-    ip, forward = None, False
+    """The network settings of a kernel command line; malformed ones are
+    ConfigErrors. ip= may come once per interface, as dracut takes it (the
+    kernel's own ipconfig takes one: one interface's is the same either
+    way); a later one for the same interface wins, and ip=off with no
+    device turns off what came before."""
+    ips: dict[str, IpParam] = {}
+    forward = False
     for name, value in split_cmdline(cmdline):
         if name in ("ip", "nfsaddrs") and value is not None:
-            ip = parse_ip_param(value)
+            param = parse_ip_param(value)
+            if not param.enabled and not param.device:
+                ips.clear()
+            else:
+                ips[param.interface] = param
         elif name in IP_FORWARD_KEYS:
             if value is None or not value.strip().lstrip("-").isdigit():
                 raise ConfigError(f"{name}={value or ''}: expected a number (1 forwards, 0 does not)")
             forward = int(value) != 0
-    return GuestNetConfig(ip, forward)
+    return GuestNetConfig(MappingProxyType(ips), forward)
+
+
+MAX_GUEST_CMDLINE = 1024     # xen.h: start_info's cmd_line, NUL included
+
+
+def check_guest_net(cmdline: str, vif_ips: dict[str, str | None]) -> GuestNetConfig:
+    """The command line's network settings, checked against the guest's
+    interfaces (``vif_ips``: ``eth<devid>`` -> the vif's ip= key, or None),
+    as the toolstack checks them before it starts the guest: ip= naming a
+    device the guest will not have, a gateway with no address to reach it
+    from, or a gateway off the subnet is a ConfigError here, where Linux
+    would only log it at boot."""
+    if len(cmdline.encode()) >= MAX_GUEST_CMDLINE:
+        raise ConfigError(f"the kernel command line is {len(cmdline.encode())} bytes; Xen's "
+                          f"start_info holds {MAX_GUEST_CMDLINE - 1}")
+    net = parse_cmdline(cmdline)
+    for device, param in net.ips.items():
+        if not param.enabled:
+            continue
+        if device not in vif_ips:
+            raise ConfigError(f"ip=: the guest has no {device} (its interfaces: "
+                              f"{', '.join(vif_ips) or 'none'})")
+        address = interface_address(net, device, vif_ips[device])
+        if address is None:
+            if param.gateway is not None:
+                raise ConfigError(f"ip=: gateway {param.gateway} but {device} has no address "
+                                  f"(give one in ip= or the vif's ip=)")
+            continue
+        net.gateway_for(device, address)
+    return net
+
+
+def interface_address(net: GuestNetConfig, device: str, vif_ip: str | None) -> IPv4Interface | None:
+    """The address ``device`` is configured with: ip='s static one, else the
+    vif's ip= key (autoconfiguration), a bare address on a /24."""
+    static = net.address_for(device)
+    if static is not None:
+        return static
+    if not vif_ip:
+        return None
+    text = vif_ip.split()[0]
+    try:
+        return IPv4Interface(text if "/" in text else text + "/24")
+    except ValueError as err:
+        raise ConfigError(f"{device}: ip={vif_ip} is not an IPv4 address ({err})") from None

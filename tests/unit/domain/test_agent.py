@@ -440,6 +440,17 @@ def test_format_ping_unreachable_is_from_the_senders_address_per_request():
     assert "3 packets transmitted, 1 received, +2 errors, 66.6667% packet loss" in lines
 
 
+def test_format_ping_prints_icmp_errors_from_routers_in_sequence_order():
+    reply = agent_pb2.PingReply(transmitted=3, received=1, rtt=[0.001], seq=[2], src="10.0.1.2",
+                                errors=[agent_pb2.PingError(seq=3, src="10.0.1.1", type=3, code=0),
+                                        agent_pb2.PingError(seq=1, src="10.0.1.1", type=11, code=0)])
+    lines = format_ping(reply, "10.0.2.2").splitlines()
+    assert lines[1:4] == ["From 10.0.1.1 icmp_seq=1 Time to live exceeded",
+                          "64 bytes from 10.0.2.2: icmp_seq=2 time=1.00 ms",
+                          "From 10.0.1.1 icmp_seq=3 Destination Net Unreachable"]
+    assert "3 packets transmitted, 1 received, +2 errors, 66.6667% packet loss" in lines
+
+
 def test_format_ping_with_another_error_says_it_as_ping_does():
     reply = agent_pb2.PingReply(transmitted=1, received=0, error="interface eth0 went away")
     text = format_ping(reply, "10.0.0.9")

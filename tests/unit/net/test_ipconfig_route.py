@@ -7,7 +7,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from xenlab.net.ipconfig import classful_netmask, parse_cmdline, parse_ip_param, split_cmdline
+from xenlab.net.ipconfig import check_guest_net, classful_netmask, parse_cmdline, parse_ip_param, split_cmdline
 from xenlab.net.route import DEFAULT, Route, RoutingTable, parse_route
 from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.errors import ConfigError
@@ -53,10 +53,13 @@ def test_malformed_ip_params_are_config_errors_naming_the_field(value, words):
         parse_ip_param(value)
 
 
-def test_cmdline_last_ip_wins_and_sysctl_ip_forward():
+def test_cmdline_last_ip_per_interface_wins_and_sysctl_ip_forward():
     net = parse_cmdline('console=hvc0 ip=10.0.0.5 quiet ip="10.0.1.2::10.0.1.1:255.255.255.0" '
-                        "sysctl.net.ipv4.ip_forward=1")
-    assert net.ip.client == IPv4Address("10.0.1.2") and net.ip_forward
+                        "ip=10.0.2.1:::255.255.255.0::eth1:off sysctl.net.ipv4.ip_forward=1")
+    assert net.address_for("eth0") == IPv4Interface("10.0.1.2/24") and net.ip_forward
+    assert net.address_for("eth1") == IPv4Interface("10.0.2.1/24")
+    assert net.gateway_for("eth1", IPv4Interface("10.0.2.1/24")) is None
+    assert parse_cmdline("ip=10.0.0.5 ip=off").ips == {}
     assert parse_cmdline("sysctl.net/ipv4/ip_forward=0").ip_forward is False
     with pytest.raises(ConfigError, match="expected a number"):
         parse_cmdline("sysctl.net.ipv4.ip_forward=yes")
@@ -64,7 +67,7 @@ def test_cmdline_last_ip_wins_and_sysctl_ip_forward():
 
 def test_gateway_off_the_subnet_is_refused_as_ic_setup_routes():
     net = parse_cmdline("ip=10.0.1.2::10.0.9.1:255.255.255.0")
-    with pytest.raises(ConfigError, match="not on eth0's network 10.0.1.0/24"):
+    with pytest.raises(ConfigError, match="not a neighbour on eth0's network 10.0.1.0/24"):
         net.gateway_for("eth0", IPv4Interface("10.0.1.2/24"))
     assert net.gateway_for("eth1", IPv4Interface("10.0.1.2/24")) is None
 
@@ -110,3 +113,15 @@ def test_parse_route_as_ip_route_add():
                        ("default via 1.2.3.4 via 1.2.3.5", "given twice")]:
         with pytest.raises(ValueError, match=words):
             parse_route(bad)
+
+
+def test_check_guest_net_against_the_guests_vifs():
+    vifs = {"eth0": "10.0.1.2/24", "eth1": None}
+    assert check_guest_net("ip=::10.0.1.1", vifs).gateway_for(
+        "eth0", IPv4Interface("10.0.1.2/24")) == IPv4Address("10.0.1.1")
+    for cmdline, words in [("ip=::10.0.1.1:::eth2", "the guest has no eth2"),
+                           ("ip=::10.0.9.1", "not a neighbour"),
+                           ("ip=::10.0.1.1:::eth1", "eth1 has no address"),
+                           ("x" * 1024, "start_info holds 1023")]:
+        with pytest.raises(ConfigError, match=words):
+            check_guest_net(cmdline, vifs)
