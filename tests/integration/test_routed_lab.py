@@ -95,6 +95,12 @@ async def test_two_subnets_ping_through_the_router_with_ttl_and_icmp_errors(lab_
     # No route on the router: net unreachable.
     nowhere = await web.Ping(agent_pb2.PingRequest(dst="192.0.2.7", count=1, timeout=5))
     assert [(e.src, e.type, e.code) for e in nowhere.errors] == [("10.0.1.1", 3, 0)]
+    router = await lab.agent("router")
+    stats = {i.name: i for i in (await router.InterfaceStats(agent_pb2.StatsRequest())).interfaces}
+    await router.close()
+    assert (stats["eth0"].ip, stats["eth1"].ip) == ("10.0.1.1/24", "10.0.2.1/24")
+    assert stats["eth0"].drops["forward_ttl_exceeded"] == 1
+    assert stats["eth0"].drops["forward_net_unreachable"] == 1
     await web.close()
     await db.close()
 

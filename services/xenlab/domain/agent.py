@@ -206,6 +206,10 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             message.ip = str(stack.config.address)     # ip= on the command line, else the vif's
             for reason, value in stack.drops().items():
                 message.drops[f"stack_{reason}"] = value
+            # What the router did with what this interface took in for other hosts.
+            for outcome, value in self.net.router.by_interface.get(device.name, {}).items():
+                if outcome != "forwarded" and value:
+                    message.drops[f"forward_{outcome}"] = value
         unaddressed = self.net.unaddressed(device.name)
         if unaddressed:
             message.drops["stack_no_address"] = unaddressed

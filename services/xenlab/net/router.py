@@ -118,6 +118,9 @@ class Router:
         self._stacks: dict[str, IpStack] = {}
         self.counters: collections.Counter[str] = collections.Counter(
             {name: 0 for name in FORWARD_OUTCOMES + OTHER_COUNTERS})
+        # The same, by the interface the packets came in by (host_unreachable:
+        # the interface whose next hop failed).
+        self.by_interface: dict[str, collections.Counter[str]] = {}
 
     # -- interfaces -------------------------------------------------------------------
     def add(self, name: str, stack: IpStack) -> None:
@@ -165,9 +168,12 @@ class Router:
         if stack is None:
             return {}
         out: dict[str, list[bytes]] = collections.defaultdict(list)
+        counters = self.by_interface.setdefault(interface, collections.Counter())
         for packet in stack.take_transit():
             action = decide(packet, self.lookup, lambda name: self._stacks[name].config.mtu)
-            self.counters[action.outcome if not isinstance(action, Forward) else "forwarded"] += 1
+            outcome = "forwarded" if isinstance(action, Forward) else action.outcome
+            self.counters[outcome] += 1
+            counters[outcome] += 1
             if isinstance(action, Forward):
                 out[action.interface] += self._stacks[action.interface].forward(action.packet,
                                                                                  action.hop)
@@ -175,6 +181,7 @@ class Router:
                 self._reject(packet, action, out)
         for packet in stack.take_unreachable():
             self.counters["host_unreachable"] += 1
+            counters["host_unreachable"] += 1
             self._reject(packet, Reject("host_unreachable", ICMP_DEST_UNREACH, ICMP_HOST_UNREACH), out)
         return {name: frames for name, frames in out.items() if frames}
 

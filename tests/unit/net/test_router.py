@@ -207,3 +207,12 @@ def test_removing_an_interface_forgets_its_address_and_routes(clock):
     net.router.remove("eth1")
     assert net.r0.local_addresses == frozenset()
     assert net.router.lookup(B) is None
+
+
+def test_outcomes_are_counted_by_the_interface_the_packets_came_in_by(clock):
+    net = Net(clock)
+    net.carry(net.a, net.a.ping(B, 7, 1, b"x"))
+    net.carry(net.a, net.a.ping(B, 7, 2, b"x", ttl=1))
+    assert net.router.by_interface["eth0"]["forwarded"] == 1
+    assert net.router.by_interface["eth0"]["ttl_exceeded"] == 1
+    assert net.router.by_interface["eth1"]["forwarded"] == 1     # the echo reply
