@@ -12,6 +12,10 @@ import argparse
 import ipaddress
 import math
 
+from xenlab.hypervisor.domains import validate_name
+from xenlab.xen.digits import is_decimal
+from xenlab.xen.errors import DomainError
+
 
 def whole(low: int, high: int | None = None):
     """An int in low..high (no upper bound if high is None)."""
@@ -60,3 +64,21 @@ def ipv4(text: str) -> str:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address (like 10.0.0.2)") from None
+
+
+def destination(text: str) -> str:
+    """An IPv4 address, or a domain of the lab by name or id (resolved once
+    the lab is reached)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        pass
+    if is_decimal(text):
+        return text                                     # a domain id
+    try:
+        validate_name(text)
+    except DomainError as err:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an IPv4 address (like 10.0.0.2) nor a domain's name or id "
+            f"({err.message})") from None
+    return text

@@ -59,8 +59,11 @@ ROUTED = ("README's routed lab, not the demo lab: tests/integration/test_routed_
           "that lab and runs these lines as written")
 SKIPPED.update({
     "xenlab up routed.toml --detach": ROUTED,
-    "xenlab ping web 10.0.2.2 -c 3                   # across the router: TTL 63 on arrival": ROUTED,
-    "xenlab ping web 10.0.2.2 -c 1 -t 1              # From 10.0.1.1 icmp_seq=1 Time to live "
+    "xenlab ping web db -c 3                         # PING db (10.0.2.2): across the router, TTL 63 "
+    "on arrival": ROUTED,
+    "xenlab ping web router -c 1                     # PING router (10.0.1.1): its address on web's "
+    "subnet": ROUTED,
+    "xenlab ping web db -c 1 -t 1                    # From 10.0.1.1 icmp_seq=1 Time to live "
     "exceeded": ROUTED,
     "xenlab ping web 192.0.2.7 -c 1                  # From 10.0.1.1 icmp_seq=1 Destination Net "
     "Unreachable": ROUTED,

@@ -134,22 +134,37 @@ async def test_two_subnets_ping_through_the_router_with_ttl_and_icmp_errors(lab_
 
 async def test_readmes_routed_lab_commands_print_what_they_say(lab_factory):
     """The README's commands for the routed lab, as written (but `xenlab up`,
-    which the fixture does): each prints what its comment says."""
+    which the fixture does): each prints what its comment says (up to its
+    colon for a PING line), and exits as ping(8) does (1: no reply)."""
     lab = await lab_factory(LAB)
     start = block_after(ROOT / "README.md", "### Routed labs").line
     commands = [c for c in xenlab_commands(ROOT / "README.md")
                 if start < int(c.where.rsplit(":", 1)[1]) < start + 80
                 and not c.text.startswith("xenlab up")]
-    assert len(commands) == 3, commands
+    assert len(commands) == 4, commands
     env = {**os.environ, "XENLAB_RUNDIR": str(lab.rundir)}
     for command in commands:
         line, _, comment = command.text.partition("#")
+        comment = comment.strip()
         run = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "xenlab.cli.main", *line.split()[1:]], env=env,
             capture_output=True, text=True, timeout=60)
-        if "From" in comment:
+        if comment.startswith("From"):
             assert run.returncode == 1, (command, run.stdout, run.stderr)
-            assert comment.strip() in run.stdout, (command, run.stdout)
+            assert comment in run.stdout, (command, run.stdout)
         else:
             assert run.returncode == 0, (command, run.stdout, run.stderr)
-            assert "3 packets transmitted, 3 received" in run.stdout, (command, run.stdout)
+            assert run.stdout.startswith(comment.split(":")[0] + " "), (command, run.stdout)
+            count = line.split("-c")[1].split()[0]
+            assert f"{count} packets transmitted, {count} received, 0% packet loss" in run.stdout
+
+
+async def test_ping_by_a_name_the_lab_does_not_have_says_so(lab_factory):
+    lab = await lab_factory(LAB)
+    env = {**os.environ, "XENLAB_RUNDIR": str(lab.rundir)}
+    run = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "xenlab.cli.main", "ping", "web", "dbx", "-c", "1"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("xenlab ping: 'dbx' is neither an IPv4 address nor a domain of "
+                                  "the lab (xenlab xl list shows them)")
