@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import re
 
 from xenlab.hypervisor.domains import validate_name
 from xenlab.xen.digits import is_decimal
@@ -82,3 +83,20 @@ def destination(text: str) -> str:
             f"{text!r} is neither an IPv4 address (like 10.0.0.2) nor a domain's name or id "
             f"({err.message})") from None
     return text
+
+
+_BITRATE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([kKmMgG]?)")
+_SI = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def bitrate(text: str) -> float:
+    """Bits per second as iperf's -b takes them: a number with k, M or G
+    (decimal: 10M is 10,000,000), above 0 and at most 100G."""
+    m = _BITRATE.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate in bits per second "
+                                         f"(like 500k, 10M or 1G)")
+    value = float(m.group(1)) * _SI[m.group(2).lower()]
+    if not 0 < value <= 100e9:
+        raise argparse.ArgumentTypeError(f"{text}: a rate is above 0 and at most 100G bits per second")
+    return value

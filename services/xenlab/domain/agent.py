@@ -31,7 +31,8 @@ import grpc
 
 from xenlab.agent_client import AGENT_TOKEN_MD
 from xenlab.domain import traffic
-from xenlab.domain.netstack import GoneDevice, GuestNetwork
+from xenlab.domain.netstack import PERF_SERVE_TIMEOUT, GoneDevice, GuestNetwork
+from xenlab.net import perf
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.net.ipv4 import DEFAULT_TTL
@@ -166,6 +167,26 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
                                   last=sink.last)
 
     @handles_xen_errors
+    async def PerfSend(self, request, context):
+        self._need_stack()
+        async for report in self.net.perf_send(
+                request.dst, dport=request.dport or perf.DEFAULT_PORT,
+                rate=request.rate or perf.DEFAULT_RATE,
+                length=request.length or perf.DEFAULT_LENGTH,
+                duration=request.duration or perf.DEFAULT_DURATION,
+                interval=request.interval or perf.DEFAULT_INTERVAL, interface=request.interface):
+            yield _perf_interval(report)
+
+    @handles_xen_errors
+    async def PerfServe(self, request, context):
+        self._need_stack()
+        async for report in self.net.perf_serve(
+                port=request.port or perf.DEFAULT_PORT,
+                interval=request.interval or perf.DEFAULT_INTERVAL,
+                timeout=request.timeout or PERF_SERVE_TIMEOUT, interface=request.interface):
+            yield agent_pb2.PerfInterval(ready=True) if report is None else _perf_interval(report)
+
+    @handles_xen_errors
     async def InterfaceStats(self, request, context):
         if request.interface:
             devices = [self.net.device(request.interface)]
@@ -217,6 +238,14 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
 
 
 _END = object()
+
+
+def _perf_interval(report: perf.Interval) -> agent_pb2.PerfInterval:
+    return agent_pb2.PerfInterval(start=report.start, end=report.end, datagrams=report.datagrams,
+                                  bytes=report.bytes, lost=max(0, report.lost),
+                                  jitter=report.jitter, out_of_order=report.out_of_order,
+                                  errors=report.errors, total=report.total,
+                                  duplicates=report.duplicates)
 
 
 async def _batches(requests, limit: int):

@@ -34,8 +34,10 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Callable, Iterable
+from typing import AsyncIterator, Callable, Iterable
 
+from xenlab.domain import traffic
+from xenlab.net import perf
 from xenlab.net.capture import DeviceCapture, TappedFrame
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import max_frame_len
@@ -54,6 +56,10 @@ PING_MAX_COUNT = 100_000
 PING_MAX_SIZE = IP_MAXPACKET - IP_HLEN - ICMP_HLEN     # 65507, as ping(8) refuses beyond
 PING_MIN_INTERVAL = 0.0001
 UDP_MAX_PAYLOAD = IP_MAXPACKET - IP_HLEN - 8           # 65507
+MAX_PERF_BATCH = 256                                   # datagrams handed to the device at once
+PERF_MAX = {"rate": 100e9, "duration": 86400.0, "interval": 3600.0}
+PERF_SERVE_TIMEOUT = 10.0
+PERF_END_GAP = 0.01                                    # seconds between end-of-test datagrams
 CAPTURE_QUEUE = 1024                                   # frames a slow capture reader may lag
 
 DIRECTIONS = ("tx", "rx")
@@ -107,6 +113,7 @@ class _Interface:
     receiver: Callable[[list[bytes]], None] | None = None    # ours, unless bridged
     unaddressed: int = 0                # frames received with no stack to take them
     udp_waiters: dict[int, "_UdpWait"] = field(default_factory=dict)
+    udp_listeners: dict[int, tuple] = field(default_factory=dict)    # port -> (socket, callback)
     captures: set["Capture"] = field(default_factory=set)
 
     @property
@@ -381,6 +388,12 @@ class GuestNetwork:
                 ping = self._pings.get(event.ident)
                 if ping is not None and ping.iface is iface:
                     ping.reply(event)
+            elif isinstance(event, UdpDatagram) and event.dport in iface.udp_listeners:
+                sock, callback = iface.udp_listeners[event.dport]
+                # Everything queued: an event the stack's bounded event queue
+                # lost still left its datagram on the socket.
+                while (datagram := sock.recv()) is not None:
+                    callback(datagram)
             elif isinstance(event, UdpDatagram):
                 wait = iface.udp_waiters.get(event.dport)
                 if wait is not None and not wait.arrived.is_set():
@@ -585,6 +598,139 @@ class GuestNetwork:
         except OSError as err:
             raise XenError(err.errno or errno.EIO, err.strerror or str(err)) from None
         self._after(iface, out)
+
+    # -- perf (iperf -u) -----------------------------------------------------------------
+    async def perf_send(self, dst: str, dport: int = perf.DEFAULT_PORT,
+                        rate: float = perf.DEFAULT_RATE, length: int = perf.DEFAULT_LENGTH,
+                        duration: float = perf.DEFAULT_DURATION,
+                        interval: float = perf.DEFAULT_INTERVAL,
+                        interface: str | None = None) -> AsyncIterator[perf.Interval]:
+        """Offer ``length``-byte datagrams to ``dst``:``dport`` at ``rate``
+        bits per second for ``duration`` seconds, as iperf -u's client;
+        yields each interval's report, then the total. A full transmit
+        queue holds the sender back, as a blocking sendto would; what it
+        could not send by the end of the test was never offered (the
+        reports show the rate it did offer)."""
+        _check_range("dport", dport, 1, 0xFFFF)
+        _check_range("length", length, perf.MIN_LENGTH, UDP_MAX_PAYLOAD)
+        for name, value, low in (("rate", rate, 1.0), ("duration", duration, 0.001),
+                                 ("interval", interval, 0.01)):
+            if not (math.isfinite(value) and low <= value <= PERF_MAX[name]):
+                raise XenError(errno.EINVAL, f"{name} {value:g} is out of range "
+                                             f"{low:g}..{PERF_MAX[name]:g}")
+        target = _parse_dst(dst)
+        iface = self._route(target, interface or "")
+        sock = self._bind(iface, 0)
+        try:
+            start = last = self.clock()
+            pacer = perf.Pacer(rate, length, duration, start)
+            stats = perf.SenderStats(start, interval)
+            while (due_at := pacer.next_at()) is not None:
+                now = self.clock()
+                if now >= pacer.end:
+                    break
+                if due_at > now:
+                    await asyncio.sleep(due_at - now)
+                    continue
+                due = min(pacer.due(now), MAX_PERF_BATCH)
+                room = traffic.queue_room(iface.device)
+                if room is not None and room < due:
+                    due = room
+                if due == 0:
+                    await asyncio.sleep(traffic.QUEUE_WAIT)
+                    continue
+                sent, errors = self._perf_batch(iface, target, sock.port, dport, pacer.sent, due,
+                                                now, length, first=pacer.sent == 0)
+                last = now
+                pacer.took(due)
+                for report in stats.sent(now, sent, sent * length, errors):
+                    yield report
+                await asyncio.sleep(0)     # tx completions, the receiver's agent
+            # The end of the test, as iperf 2: the count sent, negated.
+            end = perf.encode(-pacer.sent, self.clock(), perf.MIN_LENGTH)
+            self._send_datagram(iface, target, sock.port, dport, end)
+            for _ in range(perf.END_COPIES - 1):
+                await asyncio.sleep(PERF_END_GAP)
+                self._send_datagram(iface, target, sock.port, dport, end)
+            # The test lasted its duration, or longer if the queue held it back.
+            for report in stats.finish(max(pacer.end, last)):
+                yield report
+        finally:
+            sock.close()
+
+    def _perf_batch(self, iface: _Interface, dst: IPv4Address, sport: int, dport: int,
+                    first_seq: int, count: int, now: float, length: int,
+                    first: bool) -> tuple[int, int]:
+        """Send datagrams first_seq.. at once; (sent, refused). The first
+        datagram of a test that cannot be sent (no route) is an error."""
+        out: list[bytes] = []
+        errors = 0
+        for seq in range(first_seq, first_seq + count):
+            try:
+                out += iface.stack.send_udp(dst, sport, dport, perf.encode(seq, now, length))
+            except (ValueError, OSError) as err:
+                if first and seq == first_seq:
+                    raise XenError(getattr(err, "errno", None) or errno.EINVAL,
+                                   getattr(err, "strerror", None) or str(err)) from None
+                errors += 1
+        self._after(iface, out)
+        return count - errors, errors
+
+    async def perf_serve(self, port: int = perf.DEFAULT_PORT,
+                         interval: float = perf.DEFAULT_INTERVAL,
+                         timeout: float = PERF_SERVE_TIMEOUT,
+                         interface: str | None = None) -> AsyncIterator[perf.Interval | None]:
+        """Receive a perf test on UDP ``port`` (of every addressed interface,
+        or the named one): yields None once listening, then each interval's
+        report as it ends, then the last interval and the total, once the
+        sender's end of test came or ``timeout`` seconds passed without a
+        datagram."""
+        _check_range("port", port, 1, 0xFFFF)
+        _check_seconds("interval", interval, 0.01)
+        _check_seconds("timeout", timeout, 0.001)
+        if interface:
+            ifaces = [self._lookup(interface)]
+            if ifaces[0].stack is None:
+                raise XenError(errno.EADDRNOTAVAIL, f"{interface} has no IPv4 address")
+        else:
+            ifaces = [i for i in self._ifaces.values() if i.stack is not None]
+            if not ifaces:
+                raise XenError(errno.EADDRNOTAVAIL, f"no interface has an IPv4 address "
+                                                    f"(interfaces: {self._known()})")
+        receiver = perf.PerfReceiver(interval)
+        arrived = asyncio.Event()
+
+        def take(datagram: UdpDatagram) -> None:
+            receiver.receive(datagram.payload, self.clock())
+            arrived.set()
+        bound: list[tuple[_Interface, object]] = []
+        try:
+            for iface in ifaces:
+                if port in iface.udp_listeners:
+                    raise XenError(errno.EADDRINUSE, f"UDP port {port} on {iface.name} is "
+                                                     f"already receiving a perf test")
+                sock = self._bind(iface, port)
+                bound.append((iface, sock))
+                iface.udp_listeners[port] = (sock, take)
+            yield None
+            quiet_since = self.clock()
+            while not receiver.ended:
+                now = self.clock()
+                if receiver.last is not None:
+                    quiet_since = max(quiet_since, receiver.last)
+                if now - quiet_since >= timeout:
+                    break
+                tick = interval - ((now - receiver.start) % interval) if receiver.start is not None                     else interval
+                arrived.clear()
+                await _wait(arrived, min(tick, timeout - (now - quiet_since)))
+                for report in receiver.reports(self.clock()):
+                    yield report
+            for report in receiver.finish():
+                yield report
+        finally:
+            for iface, sock in bound:
+                iface.udp_listeners.pop(port, None)
+                sock.close()
 
     # -- inject and capture -------------------------------------------------------------
     def inject(self, frames: Iterable[bytes], interface: str = "") -> InjectResult:

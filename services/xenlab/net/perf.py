@@ -82,11 +82,15 @@ class Pacer:
         upto = min(self.count, math.floor((now - self.start) / self.gap) + 1)
         return max(0, upto - self.sent)
 
+    def due_time(self, seq: int) -> float:
+        """When datagram ``seq`` is due."""
+        return self.start + seq * self.gap
+
     def next_at(self) -> float | None:
         """When the next datagram is due; None when all were sent."""
         if self.sent >= self.count:
             return None
-        return self.start + self.sent * self.gap
+        return self.due_time(self.sent)
 
     def took(self, n: int) -> None:
         self.sent += n
@@ -140,11 +144,13 @@ class SenderStats:
         return done
 
     def finish(self, now: float) -> list[Interval]:
-        """The last (partial) interval and the total."""
+        """The last interval (partial, unless nothing was sent in it) and the
+        total, ending at ``now``."""
         done = self._roll(now)
         self._current.end = max(self._current.start, now - self.start)
         self.total.end = now - self.start
-        return done + [self._current, self.total]
+        last = [self._current] if self._current.datagrams or self._current.errors else []
+        return done + last + [self.total]
 
     def _roll(self, now: float) -> list[Interval]:
         done = []

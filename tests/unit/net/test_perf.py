@@ -112,3 +112,10 @@ def test_sender_intervals_and_total():
     last, total = tx.finish(1.5)
     assert (last.start, last.end, last.datagrams, last.errors) == (1.0, 1.5, 5, 1)
     assert (total.datagrams, total.bytes, total.end, total.rate) == (15, 1500, 1.5, 8000.0)
+
+
+def test_sender_finish_at_an_interval_boundary_adds_no_empty_interval():
+    tx = SenderStats(start=0.0, interval=0.5)
+    reports = tx.sent(0.1, 1, 100) + tx.sent(0.9, 1, 100) + tx.finish(1.0)
+    assert [(r.start, r.end, r.total) for r in reports] == [(0.0, 0.5, False), (0.5, 1.0, False),
+                                                            (0.0, 1.0, True)]
