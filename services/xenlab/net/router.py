@@ -136,8 +136,11 @@ class Router:
 
     def _share_addresses(self) -> None:
         for name, stack in self._stacks.items():
-            stack.local_addresses = frozenset(other.ip for other_name, other in self._stacks.items()
-                                              if other_name != name)
+            others = [other for other_name, other in self._stacks.items() if other_name != name]
+            stack.local_addresses = frozenset(other.ip for other in others)
+            stack.local_broadcasts = frozenset(
+                other.network.broadcast_address for other in others
+                if other.network.prefixlen < 31)
 
     # -- routes -----------------------------------------------------------------------
     def lookup(self, dst: IPv4Address) -> tuple[str, Route] | None:

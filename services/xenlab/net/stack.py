@@ -236,6 +236,10 @@ class IpStack:
         # The host's addresses on its other interfaces (the Router keeps it):
         # a packet to one of them is ours, as Linux's weak host model has it.
         self.local_addresses: frozenset[IPv4Address] = frozenset()
+        # And the broadcast addresses of its other subnets: a packet to one
+        # is a broadcast to this host, never forwarded (Linux's
+        # ip_route_input_slow makes it RTN_BROADCAST; bc_forwarding is off).
+        self.local_broadcasts: frozenset[IPv4Address] = frozenset()
         self._transit: list[bytes] = []
         self._unreachable: list[bytes] = []
         self._icmp_tokens = float(ICMP_BURST)
@@ -463,7 +467,7 @@ class IpStack:
             return "ttl"                    # RFC 791: a datagram whose TTL reached 0 is destroyed
         if not looped and self._martian(header.src):
             return "martian_source"
-        ip_broadcast = self._is_broadcast(header.dst)
+        ip_broadcast = self._is_broadcast(header.dst) or header.dst in self.local_broadcasts
         raw = bytes(data[:header.total_length])
         if not self.is_local(header.dst) and not ip_broadcast:
             if self._forwardable(header, link_broadcast, looped):

@@ -135,7 +135,9 @@ def test_the_routers_other_address_answers_on_either_interface(clock):
     assert net.ip_on("eth1") == [] and net.router.counters["forwarded"] == 0
 
 
-def test_an_unresolved_next_hop_gets_host_unreachable_after_the_arp_retries(clock):
+def test_host_unreachable_goes_back_by_the_route_to_the_source_not_out_of_the_failed_interface(clock):
+    """It went out of eth1, whose stack has no route to a: it was counted
+    no_route and a never heard of it."""
     net = Net(clock)
     net.segments["eth1"] = [net.r1]                       # b is gone
     net.carry(net.a, net.a.ping(B, 7, 1, b"x"))
@@ -216,3 +218,15 @@ def test_outcomes_are_counted_by_the_interface_the_packets_came_in_by(clock):
     assert net.router.by_interface["eth0"]["forwarded"] == 1
     assert net.router.by_interface["eth0"]["ttl_exceeded"] == 1
     assert net.router.by_interface["eth1"]["forwarded"] == 1     # the echo reply
+
+
+def test_a_directed_broadcast_to_the_far_subnet_is_not_forwarded(clock):
+    """10.0.2.255 from a: a broadcast to the router itself, as Linux takes it
+    (bc_forwarding off); the router had ARPed for 10.0.2.255 on eth1."""
+    net = Net(clock)
+    net.carry(net.a, net.a.ping("10.0.2.255", 7, 1, b"x"))
+    assert net.ip_on("eth1") == [] and not any(
+        eth.ethertype != ETH_P_IP for seg, frame in net.log if seg == "eth1"
+        for eth in [EthernetFrame.parse(frame)])
+    assert net.router.counters["forwarded"] == 0
+    assert net.r0.counters["icmp_broadcast"] == 1           # icmp_echo_ignore_broadcasts
