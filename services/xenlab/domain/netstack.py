@@ -627,9 +627,11 @@ class GuestNetwork:
             stats = perf.SenderStats(start, interval)
             while (due_at := pacer.next_at()) is not None:
                 now = self.clock()
-                if now >= pacer.end:
-                    break
-                if due_at > now:
+                # Past the end, one last batch of what fell due before it,
+                # as much as the queue takes; a sender further behind than
+                # that offered less than it was asked to.
+                final = now >= pacer.end
+                if due_at > now and not final:
                     await asyncio.sleep(due_at - now)
                     continue
                 due = min(pacer.due(now), MAX_PERF_BATCH)
@@ -637,14 +639,18 @@ class GuestNetwork:
                 if room is not None and room < due:
                     due = room
                 if due == 0:
+                    if final:
+                        break
                     await asyncio.sleep(traffic.QUEUE_WAIT)
                     continue
                 sent, errors = self._perf_batch(iface, target, sock.port, dport, pacer.sent, due,
                                                 now, length, first=pacer.sent == 0)
                 last = now
                 pacer.took(due)
-                for report in stats.sent(now, sent, sent * length, errors):
+                for report in stats.sent(min(now, pacer.end), sent, sent * length, errors):
                     yield report
+                if final:
+                    break
                 await asyncio.sleep(0)     # tx completions, the receiver's agent
             # The end of the test, as iperf 2: the count sent, negated.
             end = perf.encode(-pacer.sent, self.clock(), perf.MIN_LENGTH)
