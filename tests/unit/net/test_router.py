@@ -6,6 +6,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from xenlab.net.ethernet import ETH_P_IP, EthernetFrame
 from xenlab.net.icmp import (ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY, ICMP_EXC_TTL,
@@ -230,3 +231,30 @@ def test_a_directed_broadcast_to_the_far_subnet_is_not_forwarded(clock):
         for eth in [EthernetFrame.parse(frame)])
     assert net.router.counters["forwarded"] == 0
     assert net.r0.counters["icmp_broadcast"] == 1           # icmp_echo_ignore_broadcasts
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=80))
+def test_decide_takes_any_bytes_without_raising(data):
+    router = Router(True)
+    router.add("eth0", make_stack(lambda: 0.0, MAC_R0, "10.0.1.1/24", forwarding=True))
+    action = decide(data, router.lookup, lambda name: 1500)
+    if isinstance(action, Forward):
+        assert Ipv4Header.parse(action.packet)[0].ttl == Ipv4Header.parse(data)[0].ttl - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(ttl=st.integers(0, 255), dst=st.integers(0, 2**32 - 1), ident=st.integers(0, 0xFFFF),
+       payload=st.binary(max_size=64))
+def test_a_forwarded_packet_differs_only_in_its_ttl_and_checksum(ttl, dst, ident, payload):
+    router = Router(True)
+    router.add("eth0", make_stack(lambda: 0.0, MAC_R0, "10.0.1.1/24", "10.0.1.254", forwarding=True))
+    packet = Ipv4Header(A, IPv4Address(dst), 17, ttl=ttl, ident=ident).build(payload)
+    action = decide(packet, router.lookup, lambda name: 1500)
+    if ttl <= 1:
+        assert action.outcome == "ttl_exceeded"
+        return
+    assert isinstance(action, Forward)
+    out = action.packet
+    assert out[8] == ttl - 1 and out[:8] == packet[:8] and out[12:] == packet[12:]
+    assert Ipv4Header.parse(out)[1] == payload
