@@ -17,7 +17,9 @@ import sys
 import pytest
 
 from markdown_examples import ROOT, block_after, xenlab_commands
-from xenlab.net.capture import PcapWriter
+from xenlab.net.capture import PcapWriter, read_pcap
+from xenlab.net.ethernet import ETH_P_IP, EthernetFrame
+from xenlab.net.ipv4 import Ipv4Header
 from xenlab.proto import agent_pb2, bridge_pb2
 
 pytestmark = pytest.mark.integration
@@ -168,3 +170,68 @@ async def test_ping_by_a_name_the_lab_does_not_have_says_so(lab_factory):
     assert run.returncode == 2
     assert run.stderr.strip() == ("xenlab ping: 'dbx' is neither an IPv4 address nor a domain of "
                                   "the lab (xenlab xl list shows them)")
+
+
+TWO_ROUTERS = """
+[lab]
+name = "two-routers"
+
+[mqtt]
+broker = "none"
+
+[[bridge]]
+name = "xenbr0"
+[[bridge]]
+name = "xenbr1"
+[[bridge]]
+name = "xenbr2"
+
+[[domain]]
+name = "web"
+memory = 32
+vif = ["bridge=xenbr0,ip=10.0.1.2"]
+extra = "ip=::10.0.1.1"
+
+[[domain]]
+name = "r1"
+memory = 32
+vif = ["bridge=xenbr0", "bridge=xenbr1"]
+extra = "ip=10.0.1.1:::255.255.255.0::eth0:off ip=10.0.2.1:::255.255.255.0::eth1:off rd.route=10.0.3.0/24:10.0.2.2 sysctl.net.ipv4.ip_forward=1"
+
+[[domain]]
+name = "r2"
+memory = 32
+vif = ["bridge=xenbr1", "bridge=xenbr2"]
+extra = "ip=10.0.2.2:::255.255.255.0::eth0:off ip=10.0.3.1:::255.255.255.0::eth1:off rd.route=10.0.1.0/24:10.0.2.1 sysctl.net.ipv4.ip_forward=1"
+
+[[domain]]
+name = "db"
+memory = 32
+vif = ["bridge=xenbr2,ip=10.0.3.2"]
+extra = "ip=::10.0.3.1"
+"""
+
+
+async def test_two_routers_with_static_routes_two_hops(lab_factory):
+    """rd.route= (dracut's static route) on each router: web reaches db two
+    hops away, TTL 62 on arrival; TTL 2 expires at the second router."""
+    lab = await lab_factory(TWO_ROUTERS)
+    br2 = await lab.bridge("xenbr2")
+    to_db = PortCapture(br2, "xenbr2", f"vif{lab.domid('db')}.0")
+    await to_db.start()
+    web = await lab.agent("web")
+    reply = await web.Ping(agent_pb2.PingRequest(dst="10.0.3.2", count=2, interval=0.2, timeout=5))
+    assert reply.received == 2, reply
+    expired = await web.Ping(agent_pb2.PingRequest(dst="10.0.3.2", count=1, ttl=2, timeout=5))
+    assert [(e.src, e.type) for e in expired.errors] == [("10.0.2.2", 11)]
+    await web.close()
+    pcap = await to_db.stop()
+    await br2.close()
+    requests = []
+    for _, data in read_pcap(pcap):
+        frame = EthernetFrame.parse(data)
+        if frame.ethertype == ETH_P_IP:
+            header, payload = Ipv4Header.parse(frame.payload)
+            if header.src.packed == bytes([10, 0, 1, 2]) and payload[0] == 8:
+                requests.append(header.ttl)
+    assert requests == [62, 62]

@@ -326,11 +326,13 @@ class GuestNetwork:
                 return None
             config = StackConfig(mac=device.mac, address=address, mtu=device.mtu,
                                  gateway=self.netconf.gateway_for(device.name, address),
+                                 routes=self.netconf.routes_for(device.name, address),
                                  forwarding=self.netconf.ip_forward, **self.stack_options)
-        except (ValueError, ConfigError) as err:
+            return IpStack(config, self.clock)
+        except (ValueError, OSError, ConfigError) as err:
+            # The toolstack checked the command line; a kernel started by hand logs it.
             log.error("%s: no IP stack: %s", device.name, err)
             return None
-        return IpStack(config, self.clock)
 
     def remove(self, name: str) -> None:
         iface = self._ifaces.pop(name, None)

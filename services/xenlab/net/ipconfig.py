@@ -15,6 +15,9 @@ What a Linux guest takes from the command line xl gives it (xl.cfg's
   the same thing. A netmask left out is the address's class, as
   ic_defaults guesses it; a gateway off the configured subnet is refused,
   as ic_setup_routes refuses it.
+* ``rd.route=<net>/<prefix>:<gateway>[:<interface>]``, dracut's static
+  route (dracut.cmdline(7)), once per route; without an interface, the
+  route leaves by the one whose subnet holds the gateway.
 * ``sysctl.net.ipv4.ip_forward=1`` (Linux 5.8's ``sysctl.*`` parameters,
   dots or slashes): the guest forwards IPv4 between its interfaces.
 
@@ -28,6 +31,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
 
+from xenlab.net.route import Route
 from xenlab.xen.errors import ConfigError
 
 AUTOCONF_ON = ("on", "any", "dhcp", "bootp", "rarp", "both")
@@ -67,11 +71,53 @@ class IpParam:
 
 
 @dataclass(frozen=True)
+class StaticRoute:
+    """One rd.route=: ``dst`` via ``gateway``, out of ``device`` ("": the
+    interface whose subnet holds the gateway)."""
+    dst: IPv4Network
+    gateway: IPv4Address
+    device: str = ""
+
+
+def parse_rd_route(value: str) -> StaticRoute:
+    """dracut's ``rd.route=<net>/<netmask>:<gateway>[:<interface>]``."""
+    fields = value.split(":")
+    if len(fields) not in (2, 3):
+        raise ConfigError(f"rd.route={value}: expected NET/PREFIX:GATEWAY[:INTERFACE]")
+    try:
+        dst = IPv4Network(fields[0])
+    except ValueError as err:
+        raise ConfigError(f"rd.route={value}: {fields[0]!r} is not a network ({err}; the host "
+                          f"bits must be zero)") from None
+    try:
+        gateway = IPv4Address(fields[1])
+    except ValueError:
+        raise ConfigError(f"rd.route={value}: gateway {fields[1]!r} is not an IPv4 address") from None
+    if gateway.is_unspecified or gateway.is_multicast or gateway.is_loopback:
+        raise ConfigError(f"rd.route={value}: {gateway} cannot be a gateway")
+    device = fields[2] if len(fields) == 3 else ""
+    if device and (len(device) >= IFNAMSIZ or "/" in device or device in (".", "..")):
+        raise ConfigError(f"rd.route={value}: {device!r} is not an interface name")
+    return StaticRoute(dst, gateway, device)
+
+
+@dataclass(frozen=True)
 class GuestNetConfig:
     """The network settings of one guest's command line: an ip= per
     interface, and whether it forwards."""
     ips: Mapping[str, IpParam] = field(default_factory=dict)    # interface -> its ip=
     ip_forward: bool = False
+    routes: tuple[StaticRoute, ...] = ()                          # rd.route=, in order
+
+    def routes_for(self, device: str, address: IPv4Interface) -> tuple[Route, ...]:
+        """The static routes that leave by ``device`` configured as
+        ``address``: those naming it, and those naming no interface whose
+        gateway is on its subnet."""
+        def leaves_here(route: StaticRoute) -> bool:
+            if route.device:
+                return route.device == device
+            return route.gateway in address.network and route.gateway != address.ip
+        return tuple(Route(r.dst, r.gateway, device) for r in self.routes if leaves_here(r))
 
     def param(self, device: str) -> IpParam | None:
         param = self.ips.get(device)
@@ -179,6 +225,7 @@ def parse_cmdline(cmdline: str) -> GuestNetConfig:
     way); a later one for the same interface wins, and ip=off with no
     device turns off what came before."""
     ips: dict[str, IpParam] = {}
+    routes: list[StaticRoute] = []
     forward = False
     for name, value in split_cmdline(cmdline):
         if name in ("ip", "nfsaddrs") and value is not None:
@@ -187,11 +234,13 @@ def parse_cmdline(cmdline: str) -> GuestNetConfig:
                 ips.clear()
             else:
                 ips[param.interface] = param
+        elif name == "rd.route" and value is not None:
+            routes.append(parse_rd_route(value))
         elif name in IP_FORWARD_KEYS:
             if value is None or not value.strip().lstrip("-").isdigit():
                 raise ConfigError(f"{name}={value or ''}: expected a number (1 forwards, 0 does not)")
             forward = int(value) != 0
-    return GuestNetConfig(MappingProxyType(ips), forward)
+    return GuestNetConfig(MappingProxyType(ips), forward, tuple(routes))
 
 
 MAX_GUEST_CMDLINE = 1024     # xen.h: start_info's cmd_line, NUL included
@@ -221,7 +270,38 @@ def check_guest_net(cmdline: str, vif_ips: dict[str, str | None]) -> GuestNetCon
                                   f"(give one in ip= or the vif's ip=)")
             continue
         net.gateway_for(device, address)
+    _check_routes(net, vif_ips)
     return net
+
+
+def _check_routes(net: GuestNetConfig, vif_ips: dict[str, str | None]) -> None:
+    """Each rd.route= leaves by one interface, through a gateway on its
+    subnet (Linux: "Nexthop has invalid gateway"), and no two go to the same
+    network ("File exists")."""
+    addresses = {device: interface_address(net, device, ip) for device, ip in vif_ips.items()}
+    seen = set()
+    for route in net.routes:
+        text = f"rd.route={route.dst}:{route.gateway}" + (f":{route.device}" if route.device else "")
+        if route.dst in seen:
+            raise ConfigError(f"{text}: a route to {route.dst} is already given")
+        seen.add(route.dst)
+        if route.device:
+            address = addresses.get(route.device)
+            if route.device not in addresses:
+                raise ConfigError(f"{text}: the guest has no {route.device} (its interfaces: "
+                                  f"{', '.join(vif_ips) or 'none'})")
+            if address is None or route.gateway not in address.network \
+                    or route.gateway == address.ip:
+                raise ConfigError(f"{text}: gateway {route.gateway} is not a neighbour on "
+                                  f"{route.device}" + (f" ({address.network})" if address else
+                                                       " (it has no address)"))
+        elif not any(a is not None and route.gateway in a.network and route.gateway != a.ip
+                     for a in addresses.values()):
+            raise ConfigError(f"{text}: gateway {route.gateway} is on none of the guest's "
+                              f"subnets")
+        for device, address in addresses.items():
+            if address is not None and route.dst == address.network:
+                raise ConfigError(f"{text}: {route.dst} is {device}'s own subnet")
 
 
 def interface_address(net: GuestNetConfig, device: str, vif_ip: str | None) -> IPv4Interface | None:

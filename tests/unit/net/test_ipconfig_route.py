@@ -3,6 +3,7 @@ and sysctl.*), and the routing table they feed."""
 from __future__ import annotations
 
 import errno
+import re
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
@@ -125,3 +126,25 @@ def test_check_guest_net_against_the_guests_vifs():
                            ("x" * 1024, "start_info holds 1023")]:
         with pytest.raises(ConfigError, match=words):
             check_guest_net(cmdline, vifs)
+
+
+def test_rd_route_as_dracut_takes_it():
+    net = parse_cmdline("rd.route=10.0.3.0/24:10.0.2.254 rd.route=172.16.0.0/12:10.0.1.9:eth0")
+    eth0, eth1 = IPv4Interface("10.0.1.1/24"), IPv4Interface("10.0.2.1/24")
+    assert [str(r) for r in net.routes_for("eth1", eth1)] == ["10.0.3.0/24 via 10.0.2.254 dev eth1"]
+    assert [str(r) for r in net.routes_for("eth0", eth0)] == ["172.16.0.0/12 via 10.0.1.9 dev eth0"]
+
+
+@pytest.mark.parametrize("cmdline, says", [
+    ("rd.route=10.0.3.0/24", "expected NET/PREFIX:GATEWAY[:INTERFACE]"),
+    ("rd.route=10.0.3.1/24:10.0.2.254", "the host bits must be zero"),
+    ("rd.route=10.0.3.0/24:nowhere", "gateway 'nowhere' is not an IPv4 address"),
+    ("rd.route=10.0.3.0/24:10.0.9.254", "gateway 10.0.9.254 is on none of the guest's subnets"),
+    ("rd.route=10.0.3.0/24:10.0.2.254:eth0", "gateway 10.0.2.254 is not a neighbour on eth0 (10.0.1.0/24)"),
+    ("rd.route=10.0.3.0/24:10.0.2.254:eth7", "the guest has no eth7"),
+    ("rd.route=10.0.3.0/24:10.0.2.254 rd.route=10.0.3.0/24:10.0.1.254", "is already given"),
+    ("rd.route=10.0.2.0/24:10.0.1.254", "10.0.2.0/24 is eth1's own subnet"),
+])
+def test_bad_rd_routes_are_one_line_errors(cmdline, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        check_guest_net(cmdline, {"eth0": "10.0.1.1/24", "eth1": "10.0.2.1/24"})
