@@ -32,7 +32,7 @@ from xenlab.net.errors import PacketError
 from xenlab.net.ethernet import (BROADCAST, ETH_P_ARP, ETH_P_IP, EthernetFrame, format_mac,
                                  is_multicast, is_valid_unicast)
 from xenlab.net.icmp import (ERROR_TYPES, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY,
-                             ICMP_ERROR_MAX, ICMP_HLEN, ICMP_PORT_UNREACH,
+                             ICMP_ERROR_MAX, ICMP_FRAG_NEEDED, ICMP_HLEN, ICMP_PORT_UNREACH,
                              ICMP_PROT_UNREACH, IcmpMessage)
 from xenlab.net.ipv4 import (DEFAULT_TTL, IP_HLEN, IP_OFFMASK, IPPROTO_ICMP, IPPROTO_UDP, LIMITED_BROADCAST,
                              Ipv4Header, multicast_mac)
@@ -51,7 +51,8 @@ RX_DROP_REASONS = (
     "udp_rcvbuf_full",
 )
 # Why an outgoing packet never left.
-TX_DROP_REASONS = ("arp_unresolved", "arp_queue_full", "no_route", "icmp_ratelimited")
+TX_DROP_REASONS = ("arp_unresolved", "arp_queue_full", "no_route", "icmp_ratelimited",
+                   "icmp_ratelimited_host")
 DROP_REASONS = RX_DROP_REASONS + TX_DROP_REASONS
 
 # Source ports of the classic internal services (echo, discard, daytime, chargen,
@@ -66,6 +67,14 @@ EPHEMERAL_PORTS = range(49152, 65536)   # IANA dynamic ports (RFC 6335)
 # earn an error does not become a flood of errors.
 ICMP_RATE = 1000.0
 ICMP_BURST = 50
+# And to any one destination (Linux's icmp_ratelimit, 1000 ms, through
+# inet_peer_xrlim_allow with XRLIM_BURST_FACTOR 6): a burst of 6, then one
+# a second. Fragmentation needed is never limited (path MTU discovery
+# needs it), as in icmpv4_mask_allow. The destinations are kept in a
+# bounded cache, as Linux's inet_peer tree is.
+ICMP_PEER_INTERVAL = 1.0
+ICMP_PEER_BURST = 6
+ICMP_PEERS = 1024
 
 
 @dataclass(frozen=True)
@@ -244,6 +253,8 @@ class IpStack:
         self._unreachable: list[bytes] = []
         self._icmp_tokens = float(ICMP_BURST)
         self._icmp_refilled = clock()
+        self._icmp_peers: collections.OrderedDict[IPv4Address, tuple[float, float]] = \
+            collections.OrderedDict()       # destination -> (tokens, refilled at)
         self.events: collections.deque = collections.deque(maxlen=config.event_limit)
         self._arp = ArpTable(config.arp_timeout, config.arp_retry, config.arp_retries,
                              config.arp_queue_limit)
@@ -549,23 +560,38 @@ class IpStack:
 
     def _icmp_error_to(self, dst: IPv4Address, src: IPv4Address, packet: bytes, type_: int,
                        code: int, rest: int = 0) -> None:
-        if not self._icmp_allowed():
-            self.counters["icmp_ratelimited"] += 1
+        limited = self._icmp_limited(dst, type_, code)
+        if limited:
+            self.counters[limited] += 1
             return
         limit = min(ICMP_ERROR_MAX, self.config.mtu) - IP_HLEN - ICMP_HLEN
         message = IcmpMessage(type_, code, rest, packet[:limit])
         self._reply(dst, IPPROTO_ICMP, message.build(), src)
 
-    def _icmp_allowed(self) -> bool:
-        """A token bucket of ICMP_BURST errors, refilled at ICMP_RATE a second."""
+    def _icmp_limited(self, dst: IPv4Address, type_: int, code: int) -> str:
+        """Why an ICMP error to ``dst`` may not go now ("": it may): the
+        host's token bucket (ICMP_BURST, refilled at ICMP_RATE a second),
+        then the destination's (ICMP_PEER_BURST, one per ICMP_PEER_INTERVAL).
+        A token is taken only from buckets that let it go."""
+        if (type_ == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED) or self.is_local(dst):
+            return ""
         now = self.clock()
         elapsed = max(0.0, now - self._icmp_refilled)
         self._icmp_refilled = now
         self._icmp_tokens = min(float(ICMP_BURST), self._icmp_tokens + elapsed * ICMP_RATE)
         if self._icmp_tokens < 1.0:
-            return False
-        self._icmp_tokens -= 1.0
-        return True
+            return "icmp_ratelimited"
+        tokens, refilled = self._icmp_peers.pop(dst, (float(ICMP_PEER_BURST), now))
+        tokens = min(float(ICMP_PEER_BURST),
+                     tokens + max(0.0, now - refilled) / ICMP_PEER_INTERVAL)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+            self._icmp_tokens -= 1.0
+        self._icmp_peers[dst] = (tokens, now)
+        while len(self._icmp_peers) > ICMP_PEERS:
+            self._icmp_peers.popitem(last=False)       # the least recently answered
+        return "" if allowed else "icmp_ratelimited_host"
 
     def _may_answer(self, header: Ipv4Header, payload: bytes) -> bool:
         """RFC 1122 3.2.2 (and Linux's icmp_send): no error about an ICMP

@@ -191,17 +191,43 @@ def test_decrement_ttl_keeps_the_header_valid(ttl):
     assert (header.ttl, payload, header.options) == (ttl - 1, b"payload", b"\x01\x01\x01\x00")
 
 
-def test_icmp_errors_are_rate_limited_and_counted(clock):
+def test_icmp_errors_to_one_source_are_limited_as_linuxs_icmp_ratelimit(clock):
+    """A burst of 6 to one destination, then one a second (icmp_ratelimit,
+    XRLIM_BURST_FACTOR): 80 expiring pings from a earn a 6 errors."""
     net = Net(clock)
     for seq in range(80):
         net.carry(net.a, net.a.ping(B, 7, seq, b"x", ttl=1))
     errors = [e for e in net.a.pop_events() if isinstance(e, IcmpError)]
-    assert len(errors) == 50                                 # Linux's icmp_msgs_burst
+    assert len(errors) == 6
     assert net.router.counters["ttl_exceeded"] == 80
-    assert net.r0.counters["icmp_ratelimited"] == 30
+    assert (net.r0.counters["icmp_ratelimited_host"], net.r0.counters["icmp_ratelimited"]) == (74, 0)
     clock.advance(1.0)
     net.carry(net.a, net.a.ping(B, 7, 99, b"x", ttl=1))
-    assert any(isinstance(e, IcmpError) for e in net.a.pop_events())
+    net.carry(net.a, net.a.ping(B, 7, 100, b"x", ttl=1))
+    assert len([e for e in net.a.pop_events() if isinstance(e, IcmpError)]) == 1
+
+
+def test_icmp_errors_to_many_sources_are_limited_by_the_hosts_bucket(clock):
+    """50 at once at most (icmp_msgs_burst), whoever they go to."""
+    net = Net(clock)
+    for host in range(10, 90):
+        src = IPv4Address(f"10.0.1.{host}")
+        packet = Ipv4Header(src, B, 17, ttl=1).build(b"\0" * 8)
+        net.r0.receive(EthernetFrame(MAC_R0, MAC_A, ETH_P_IP, packet).build())
+        net.router.forward("eth0")
+    assert net.router.counters["ttl_exceeded"] == 80
+    assert (net.r0.counters["icmp_ratelimited"], net.r0.counters["icmp_ratelimited_host"]) == (30, 0)
+
+
+def test_frag_needed_is_never_rate_limited(clock):
+    net = Net(clock, mtu1=576)
+    for seq in range(20):
+        packet = Ipv4Header(A, B, IPPROTO_ICMP, flags_frag=IP_DF, ident=seq).build(
+            IcmpMessage.echo(ICMP_ECHO, 1, seq, b"\0" * 1000).build())
+        net.r0.receive(EthernetFrame(MAC_R0, MAC_A, ETH_P_IP, packet).build())
+        net.router.forward("eth0")
+    assert net.router.counters["frag_needed"] == 20
+    assert net.r0.counters["icmp_ratelimited_host"] == net.r0.counters["icmp_ratelimited"] == 0
 
 
 def test_removing_an_interface_forgets_its_address_and_routes(clock):
