@@ -12,12 +12,13 @@ its agent is up.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 
 import grpc
 
 from xenlab.client import metadata_channel
-from xenlab.proto import agent_pb2_grpc, xenstore_pb2
+from xenlab.proto import agent_pb2, agent_pb2_grpc, common_pb2, xenstore_pb2
 from xenlab.rpc import CHANNEL_OPTIONS
 from xenlab.xen.xenstore_paths import agent_record_path
 
@@ -80,6 +81,80 @@ async def agent_for(hv, domid: int) -> AgentStub:
     return AgentStub(agent_channel(address, token), address)
 
 
+# -- domain names as destinations -------------------------------------------------------
+
+class ResolveError(LookupError):
+    """A destination that names no domain, or a domain with no IPv4 address."""
+
+
+def pick_address(sources: list[str], targets: list[tuple[str, str]]) -> str | None:
+    """The address to reach a domain at, as a host resolving a name with
+    several addresses would prefer one: an address on a subnet the source
+    is on (``sources``: its interfaces' "A.B.C.D/LEN"), else the target's
+    first interface's (``targets``: (interface, "A.B.C.D/LEN")), reached
+    through a gateway."""
+    networks = []
+    for text in sources:
+        try:
+            networks.append(ipaddress.IPv4Interface(text).network)
+        except ValueError:
+            continue
+    addressed = []
+    for name, text in targets:
+        try:
+            addressed.append((name, ipaddress.IPv4Interface(text)))
+        except ValueError:
+            continue
+    for _, address in sorted(addressed, key=lambda row: _iface_order(row[0])):
+        if any(address.ip in network for network in networks):
+            return str(address.ip)
+    if not addressed:
+        return None
+    return str(min(addressed, key=lambda row: _iface_order(row[0]))[1].ip)
+
+
+def _iface_order(name: str) -> tuple:
+    """eth0 before eth1 before eth10."""
+    digits = name.lstrip("abcdefghijklmnopqrstuvwxyz")
+    return (name[:len(name) - len(digits)], int(digits) if digits.isdigit() else 0, name)
+
+
+async def interface_addresses(agent) -> list[tuple[str, str]]:
+    """(interface, "A.B.C.D/LEN") of each interface the guest has an address on."""
+    reply = await agent.InterfaceStats(agent_pb2.StatsRequest())
+    return [(i.name, i.ip) for i in reply.interfaces if i.ip]
+
+
+async def resolve_destination(hv, source_agent, dest: str) -> tuple[str, str]:
+    """``dest`` as (IPv4 address, the name to show): an address as it is, else
+    a domain's name or id, whose guest agent says which addresses it has
+    (those ip= on its kernel command line gave it too). Raises ResolveError."""
+    try:
+        return str(ipaddress.IPv4Address(dest)), ""
+    except ValueError:
+        pass
+    ref = common_pb2.DomainRef(domid=int(dest)) if dest.isascii() and dest.isdigit() \
+        else common_pb2.DomainRef(name=dest)
+    try:
+        info = await hv.domains.Info(ref)
+    except grpc.aio.AioRpcError as err:
+        if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            raise ResolveError(f"{dest!r} is neither an IPv4 address nor a domain of the lab "
+                               f"(xenlab xl list shows them)") from None
+        raise
+    try:
+        target = await agent_for(hv, info.domid)
+    except NoAgentError as err:
+        raise ResolveError(f"cannot tell {info.name}'s address: {err}") from None
+    async with target:
+        targets = await interface_addresses(target)
+    if not targets:
+        raise ResolveError(f"{info.name} (domain {info.domid}) has no IPv4 address on any "
+                           f"interface")
+    sources = [text for _, text in await interface_addresses(source_agent)]
+    return pick_address(sources, targets), info.name
+
+
 # -- ping(8)-like output ----------------------------------------------------------------
 
 ICMP_HEADER = 8
@@ -98,32 +173,57 @@ def _ms(seconds: float) -> str:
     return f"{ms:.0f}"
 
 
-def ping_header(dst: str, size: int = 56) -> str:
-    """ping(8)'s first line, printed before the first request goes out."""
-    return f"PING {dst} ({dst}) {size}({size + ICMP_HEADER + IP_HEADER}) bytes of data."
+def ping_header(dst: str, size: int = 56, name: str = "") -> str:
+    """ping(8)'s first line, printed before the first request goes out
+    (``name``: the name ``dst`` was resolved from)."""
+    return f"PING {name or dst} ({dst}) {size}({size + ICMP_HEADER + IP_HEADER}) bytes of data."
 
 
-def format_ping(reply, dst: str, size: int = 56, header: bool = True) -> str:
+def format_ping(reply, dst: str, size: int = 56, header: bool = True, name: str = "") -> str:
     """The text ping(8) prints for a PingReply: one line per reply (or per
     request the next hop never answered ARP for, from the sender's own
     address, as ping prints ICMP host unreachables), then the statistics.
-    ``size`` is the ICMP payload the request asked for."""
-    lines = [ping_header(dst, size)] if header else []
-    for seq, rtt in zip(reply.seq, reply.rtt):
-        lines.append(f"{size + ICMP_HEADER} bytes from {dst}: icmp_seq={seq} time={_ms(rtt)} ms")
-    errors = 0
+    ``size`` is the ICMP payload the request asked for; ``name``, the name
+    ``dst`` was resolved from (ping prints both)."""
+    lines = [ping_header(dst, size, name)] if header else []
+    peer = f"{name} ({dst})" if name else dst
+    rows = [(seq, f"{size + ICMP_HEADER} bytes from {peer}: icmp_seq={seq} time={_ms(rtt)} ms")
+            for seq, rtt in zip(reply.seq, reply.rtt)]
+    rows += [(e.seq, f"From {e.src} icmp_seq={e.seq} {icmp_error_text(e.type, e.code)}")
+             for e in reply.errors]
+    lines += [text for _, text in sorted(rows, key=lambda row: row[0])]
+    errors = len(reply.errors)
     if reply.unreachable:
-        answered = set(reply.seq)
+        answered = set(reply.seq) | {e.seq for e in reply.errors}
         unanswered = [seq for seq in range(1, reply.transmitted + 1) if seq not in answered]
-        errors = len(unanswered)
+        errors += len(unanswered)
         lines += [f"From {reply.src or dst} icmp_seq={seq} Destination Host Unreachable"
                   for seq in unanswered]
     elif reply.error:
         lines.append(f"ping: {reply.error}")
-    lines += ["", f"--- {dst} ping statistics ---", _summary(reply, errors)]
+    lines += ["", f"--- {name or dst} ping statistics ---", _summary(reply, errors)]
     if reply.rtt:
         lines.append(_rtt_line(list(reply.rtt)))
     return "\n".join(lines)
+
+
+# How ping(8) (iputils' pr_icmph) names the ICMP errors it prints.
+_ICMP_ERROR_TEXT = {
+    (3, 0): "Destination Net Unreachable", (3, 1): "Destination Host Unreachable",
+    (3, 2): "Destination Protocol Unreachable", (3, 3): "Destination Port Unreachable",
+    (3, 4): "Frag needed and DF set", (11, 0): "Time to live exceeded",
+    (11, 1): "Frag reassembly time exceeded",
+}
+
+
+def icmp_error_text(type_: int, code: int) -> str:
+    if (type_, code) in _ICMP_ERROR_TEXT:
+        return _ICMP_ERROR_TEXT[(type_, code)]
+    if type_ == 3:
+        return f"Dest Unreachable, Bad Code: {code}"
+    if type_ == 12:
+        return "Parameter problem"
+    return f"Bad ICMP type: {type_}"
 
 
 def _summary(reply, errors: int = 0) -> str:

@@ -11,6 +11,11 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import re
+
+from xenlab.xen.names import check_domain_name
+from xenlab.xen.digits import is_decimal
+from xenlab.xen.errors import DomainError
 
 
 def whole(low: int, high: int | None = None):
@@ -60,3 +65,38 @@ def ipv4(text: str) -> str:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 address (like 10.0.0.2)") from None
+
+
+def destination(text: str) -> str:
+    """An IPv4 address, or a domain of the lab by name or id (resolved once
+    the lab is reached)."""
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        pass
+    if is_decimal(text):
+        return text                                     # a domain id
+    try:
+        check_domain_name(text)
+    except DomainError as err:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an IPv4 address (like 10.0.0.2) nor a domain's name or id "
+            f"({err.message})") from None
+    return text
+
+
+_BITRATE = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([kKmMgG]?)")
+_SI = {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}
+
+
+def bitrate(text: str) -> float:
+    """Bits per second as iperf's -b takes them: a number with k, M or G
+    (decimal: 10M is 10,000,000), above 0 and at most 100G."""
+    m = _BITRATE.fullmatch(text.strip())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate in bits per second "
+                                         f"(like 500k, 10M or 1G)")
+    value = float(m.group(1)) * _SI[m.group(2).lower()]
+    if not 0 < value <= 100e9:
+        raise argparse.ArgumentTypeError(f"{text}: a rate is above 0 and at most 100G bits per second")
+    return value

@@ -57,6 +57,19 @@ SKIPPED = {
         "shows the error of adding an entry that exists: it needs the entry the examples "
         "above add and then delete (tests/integration/test_bridge_cli.py covers it)",
 }
+ROUTED = ("README's routed lab, not the demo lab: tests/integration/test_routed_lab.py starts "
+          "that lab and runs these lines as written")
+SKIPPED.update({
+    "xenlab up routed.toml --detach": ROUTED,
+    "xenlab ping web db -c 3                         # PING db (10.0.2.2): across the router, TTL 63 "
+    "on arrival": ROUTED,
+    "xenlab ping web router -c 1                     # PING router (10.0.1.1): its address on web's "
+    "subnet": ROUTED,
+    "xenlab ping web db -c 1 -t 1                    # From 10.0.1.1 icmp_seq=1 Time to live "
+    "exceeded": ROUTED,
+    "xenlab ping web 192.0.2.7 -c 1                  # From 10.0.1.1 icmp_seq=1 Destination Net "
+    "Unreachable": ROUTED,
+})
 # Lines the docs show failing, with the exit status and output they show.
 FAILING = {
     "xenlab bridge fdb add 00:16:3e:00:00:09 dev nope master": (255, 'Cannot find device "nope"'),

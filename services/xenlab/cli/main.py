@@ -27,6 +27,7 @@ DELEGATES = {
     "tour": ("xenlab.cli.tour", "a tour of the hypervisor alone: domains, balloon, event channels, grants"),
     "bridge-service": ("xenlab.bridge.__main__", "run the bridge service (xenbr0) in the foreground"),
     "ping": ("xenlab.cli.ping", "ping from inside a domain, through its guest agent"),
+    "perf": ("xenlab.cli.perf", "a UDP test between two domains, as iperf -u: rate, loss and jitter"),
     "dom0": ("xenlab.boot.dom0", "run Domain-0's kernel: netback and its hotplug to the bridges"),
     "capture": ("xenlab.cli.capture:capture", "capture frames at a point of the lab into a pcap file"),
     "inject": ("xenlab.cli.capture:inject", "inject frames (from a pcap file or generated) at a point of the lab"),

@@ -10,7 +10,8 @@ from pathlib import Path
 import grpc
 
 from xenlab import argtypes
-from xenlab.agent_client import NoAgentError, agent_for, format_ping, ping_header
+from xenlab.agent_client import (NoAgentError, ResolveError, agent_for, format_ping, ping_header,
+                                 resolve_destination)
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MAX_SIZE, PING_MIN_INTERVAL
 from xenlab.proto import agent_pb2, common_pb2
@@ -21,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # so 0 is refused here rather than silently turned into 4, 56 or 1 s.
     whole, seconds = argtypes.whole, argtypes.seconds
     parser.add_argument("domain", help="the domain to ping from (name or id)")
-    parser.add_argument("dest", type=argtypes.ipv4, help="IPv4 address to ping")
+    parser.add_argument("dest", type=argtypes.destination, help="an IPv4 address, or a domain of the lab (name or id): "
+                                     "its address on a subnet DOMAIN is on, else its first "
+                                     "interface's")
     parser.add_argument("-c", "--count", type=whole(1, PING_MAX_COUNT), default=4,
                         help=f"echo requests to send, 1..{PING_MAX_COUNT} (default 4)")
     parser.add_argument("-s", "--size", type=whole(1, PING_MAX_SIZE), default=56,
@@ -31,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-W", "--timeout", type=seconds(0, 3600.0, above=True), default=2.0,
                         help="seconds to wait for the last reply after the last request (default 2); "
                              "ping ends after COUNT x INTERVAL + TIMEOUT seconds at most")
-    parser.add_argument("-I", "--interface", default="", help="interface to ping from (default: the first with an address)")
+    parser.add_argument("-t", "--ttl", type=whole(1, 255), default=64,
+                        help="the requests' IP time to live, 1..255 (default 64)")
+    parser.add_argument("-I", "--interface", default="",
+                        help="interface to ping from (default: the one the domain's routing table picks)")
     parser.add_argument("--rundir", type=Path, default=None, help="the lab's rundir")
 
 
@@ -42,16 +48,17 @@ async def _ping(args) -> int:
             else common_pb2.DomainRef(name=args.domain)
         info = await hv.domains.Info(ref)
         agent = await agent_for(hv, info.domid)
-        # What it waits for, before it waits: the agent answers only at the end.
-        print(ping_header(args.dest, args.size), flush=True)
         try:
+            dst, name = await resolve_destination(hv, agent, args.dest)
+            # What it waits for, before it waits: the agent answers only at the end.
+            print(ping_header(dst, args.size, name), flush=True)
             reply = await agent.Ping(agent_pb2.PingRequest(
-                dst=args.dest, count=args.count, size=args.size, interval=args.interval,
-                timeout=args.timeout, interface=args.interface),
+                dst=dst, count=args.count, size=args.size, interval=args.interval,
+                timeout=args.timeout, interface=args.interface, ttl=args.ttl),
                 timeout=args.count * args.interval + args.timeout + 30)
         finally:
             await agent.close()
-    print(format_ping(reply, args.dest, args.size, header=False))
+    print(format_ping(reply, dst, args.size, header=False, name=name))
     return 0 if reply.received else 1
 
 
@@ -60,7 +67,7 @@ def run(args) -> int:
         return asyncio.run(_ping(args))
     except grpc.aio.AioRpcError as err:
         print(f"xenlab ping: {err.details()} ({err.code().name})", file=sys.stderr)
-    except (NoAgentError, FileNotFoundError, PermissionError) as err:
+    except (NoAgentError, ResolveError, FileNotFoundError, PermissionError) as err:
         print(f"xenlab ping: {err}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130

@@ -31,9 +31,11 @@ import grpc
 
 from xenlab.agent_client import AGENT_TOKEN_MD
 from xenlab.domain import traffic
-from xenlab.domain.netstack import GoneDevice, GuestNetwork
+from xenlab.domain.netstack import PERF_SERVE_TIMEOUT, GoneDevice, GuestNetwork
+from xenlab.net import perf
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
+from xenlab.net.ipv4 import DEFAULT_TTL
 from xenlab.proto import agent_pb2, agent_pb2_grpc
 from xenlab.xen.xenstore_paths import agent_record_path
 from xenlab.rpc import TokenGate, handles_xen_errors, start_server
@@ -83,11 +85,14 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             size=request.size or PING_DEFAULTS["size"],
             interval=request.interval or PING_DEFAULTS["interval"],
             timeout=request.timeout or PING_DEFAULTS["timeout"],
-            interface=request.interface)
+            interface=request.interface, ttl=request.ttl or DEFAULT_TTL)
         return agent_pb2.PingReply(transmitted=result.transmitted, received=result.received,
                                    rtt=[rtt for _, rtt in result.rtts],
                                    seq=[seq for seq, _ in result.rtts], error=result.error,
-                                   src=result.src, unreachable=result.unreachable)
+                                   src=result.src, unreachable=result.unreachable,
+                                   errors=[agent_pb2.PingError(seq=e.seq, src=e.src, type=e.type,
+                                                               code=e.code)
+                                           for e in result.errors])
 
     @handles_xen_errors
     async def SendUdp(self, request, context):
@@ -162,6 +167,26 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
                                   last=sink.last)
 
     @handles_xen_errors
+    async def PerfSend(self, request, context):
+        self._need_stack()
+        async for report in self.net.perf_send(
+                request.dst, dport=request.dport or perf.DEFAULT_PORT,
+                rate=request.rate or perf.DEFAULT_RATE,
+                length=request.length or perf.DEFAULT_LENGTH,
+                duration=request.duration or perf.DEFAULT_DURATION,
+                interval=request.interval or perf.DEFAULT_INTERVAL, interface=request.interface):
+            yield _perf_interval(report)
+
+    @handles_xen_errors
+    async def PerfServe(self, request, context):
+        self._need_stack()
+        async for report in self.net.perf_serve(
+                port=request.port or perf.DEFAULT_PORT,
+                interval=request.interval or perf.DEFAULT_INTERVAL,
+                timeout=request.timeout or PERF_SERVE_TIMEOUT, interface=request.interface):
+            yield agent_pb2.PerfInterval(ready=True) if report is None else _perf_interval(report)
+
+    @handles_xen_errors
     async def InterfaceStats(self, request, context):
         if request.interface:
             devices = [self.net.device(request.interface)]
@@ -199,8 +224,13 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
         # apart, so that each frame sits under one reason at each layer.
         stack = self.net.stack(device.name)
         if stack is not None:
+            message.ip = str(stack.config.address)     # ip= on the command line, else the vif's
             for reason, value in stack.drops().items():
                 message.drops[f"stack_{reason}"] = value
+            # What the router did with what this interface took in for other hosts.
+            for outcome, value in self.net.router.by_interface.get(device.name, {}).items():
+                if outcome != "forwarded" and value:
+                    message.drops[f"forward_{outcome}"] = value
         unaddressed = self.net.unaddressed(device.name)
         if unaddressed:
             message.drops["stack_no_address"] = unaddressed
@@ -208,6 +238,14 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
 
 
 _END = object()
+
+
+def _perf_interval(report: perf.Interval) -> agent_pb2.PerfInterval:
+    return agent_pb2.PerfInterval(start=report.start, end=report.end, datagrams=report.datagrams,
+                                  bytes=report.bytes, lost=max(0, report.lost),
+                                  jitter=report.jitter, out_of_order=report.out_of_order,
+                                  errors=report.errors, total=report.total,
+                                  duplicates=report.duplicates)
 
 
 async def _batches(requests, limit: int):
@@ -317,7 +355,7 @@ async def start_guest_agent(kernel) -> KernelAgent | None:
     if not token:
         log.warning("d%d: no agent token in start_info: the guest agent will refuse every call",
                     kernel.domid)
-    net = GuestNetwork()
+    net = GuestNetwork(cmdline=getattr(kernel.start_info, "cmd_line", ""))
     net.attach(kernel)
     server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info), token)
     try:

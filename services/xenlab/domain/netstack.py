@@ -8,6 +8,12 @@ output on the device, runs the stack's ARP timers at ``next_deadline()``
 (one timer per stack, re-armed after every call, never a polling loop), and
 turns the stack's events into the results of ``ping`` and ``send_udp``.
 
+The stacks are joined by a ``xenlab.net.router.Router``, the host's
+routing: it picks the interface a packet leaves by, and with
+``sysctl.net.ipv4.ip_forward=1`` on the kernel command line it forwards
+between the interfaces. The command line's ``ip=`` (Linux's ipconfig) gives
+an interface its address (else the vif's ip= key) and its default gateway.
+
 An interface without an address still exists here, for inject, capture and
 counters. A backend vif is never given a stack and its receiver is left to
 netback, which bridges it.
@@ -27,18 +33,22 @@ import math
 import time
 import weakref
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface
-from typing import Callable, Iterable
+from ipaddress import IPv4Address
+from typing import AsyncIterator, Callable, Iterable
 
+from xenlab.domain import traffic
+from xenlab.net import perf
 from xenlab.net.capture import DeviceCapture, TappedFrame
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import max_frame_len
-from xenlab.net.icmp import ICMP_HLEN
-from xenlab.net.ipv4 import IP_HLEN, IP_MAXPACKET
-from xenlab.net.stack import (AddressConflict, ArpFailed, EchoReply, IpStack, StackConfig,
-                              UdpDatagram)
+from xenlab.net.icmp import ICMP_ECHO, ICMP_HLEN
+from xenlab.net.ipconfig import GuestNetConfig, interface_address, parse_cmdline
+from xenlab.net.ipv4 import DEFAULT_TTL, IP_HLEN, IP_MAXPACKET, IPPROTO_ICMP
+from xenlab.net.router import Router
+from xenlab.net.stack import (AddressConflict, ArpFailed, EchoReply, IcmpError, IpStack,
+                              StackConfig, UdpDatagram)
 from xenlab.xen.abi import ETH_HLEN
-from xenlab.xen.errors import XenError
+from xenlab.xen.errors import ConfigError, XenError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,10 @@ PING_MAX_COUNT = 100_000
 PING_MAX_SIZE = IP_MAXPACKET - IP_HLEN - ICMP_HLEN     # 65507, as ping(8) refuses beyond
 PING_MIN_INTERVAL = 0.0001
 UDP_MAX_PAYLOAD = IP_MAXPACKET - IP_HLEN - 8           # 65507
+MAX_PERF_BATCH = 256                                   # datagrams handed to the device at once
+PERF_MAX = {"rate": 100e9, "duration": 86400.0, "interval": 3600.0}
+PERF_SERVE_TIMEOUT = 10.0
+PERF_END_GAP = 0.01                                    # seconds between end-of-test datagrams
 CAPTURE_QUEUE = 1024                                   # frames a slow capture reader may lag
 
 DIRECTIONS = ("tx", "rx")
@@ -59,6 +73,17 @@ class PingResult:
     error: str = ""
     src: str = ""                       # the address the requests went out from
     unreachable: bool = False           # ARP for the next hop failed: ping's "Destination Host Unreachable"
+    errors: list["PingError"] = field(default_factory=list)   # ICMP errors about the requests
+
+
+@dataclass(frozen=True)
+class PingError:
+    """An ICMP error about request ``seq``, from ``src`` (a router on the way
+    or the destination)."""
+    seq: int
+    src: str
+    type: int
+    code: int
 
 
 @dataclass(frozen=True)
@@ -88,6 +113,7 @@ class _Interface:
     receiver: Callable[[list[bytes]], None] | None = None    # ours, unless bridged
     unaddressed: int = 0                # frames received with no stack to take them
     udp_waiters: dict[int, "_UdpWait"] = field(default_factory=dict)
+    udp_listeners: dict[int, tuple] = field(default_factory=dict)    # port -> (socket, callback)
     captures: set["Capture"] = field(default_factory=set)
 
     @property
@@ -98,8 +124,10 @@ class _Interface:
 class _Ping:
     """One ping run: what went out under its ICMP id, what came back."""
 
-    def __init__(self, ident: int, iface: _Interface, dst: IPv4Address, count: int):
+    def __init__(self, ident: int, iface: _Interface, dst: IPv4Address, count: int,
+                 ttl: int = DEFAULT_TTL):
         self.ident = ident
+        self.ttl = ttl
         self.iface = iface
         self.dst = dst
         self.count = count
@@ -108,6 +136,7 @@ class _Ping:
         self.rtts: dict[int, float] = {}
         self.error = ""
         self.unreachable = False
+        self.errors: list[PingError] = []
         self.done = asyncio.Event()                     # all replies in, or the interface left
 
     def sending(self, seq: int, now: float) -> int:
@@ -125,6 +154,16 @@ class _Ping:
         if len(self.rtts) >= self.count:
             self.done.set()
 
+    def icmp_error(self, event: IcmpError) -> None:
+        """An error quoting one of our requests: ping prints it for that
+        icmp_seq, and a request answered by an error waits no longer."""
+        entry = self.sent.get(_quoted_echo_seq(event.quoted, self.ident))
+        if entry is None or entry[0] in self.rtts or any(e.seq == entry[0] for e in self.errors):
+            return
+        self.errors.append(PingError(entry[0], str(event.src), event.type, event.code))
+        if len(self.rtts) + len(self.errors) >= self.count:
+            self.done.set()
+
     def abort(self, error: str) -> None:
         self.error = self.error or error
         self.done.set()
@@ -135,7 +174,22 @@ class _Ping:
 
     def result(self) -> PingResult:
         return PingResult(self.transmitted, len(self.rtts), sorted(self.rtts.items()), self.error,
-                          str(self.iface.stack.config.address.ip), self.unreachable)
+                          str(self.iface.stack.config.address.ip), self.unreachable,
+                          sorted(self.errors, key=lambda e: e.seq))
+
+
+def _quoted_echo_seq(quoted: bytes, ident: int) -> int | None:
+    """The wire sequence number of the echo request with ``ident`` that an
+    ICMP error quotes (its IP header and at least 8 bytes of ICMP), if any."""
+    if len(quoted) < IP_HLEN or quoted[0] >> 4 != 4:
+        return None
+    hlen = (quoted[0] & 0x0F) * 4
+    echo = quoted[hlen:hlen + ICMP_HLEN]
+    if quoted[9] != IPPROTO_ICMP or len(echo) < ICMP_HLEN or echo[0] != ICMP_ECHO:
+        return None
+    if int.from_bytes(echo[4:6], "big") != ident:
+        return None
+    return int.from_bytes(echo[6:8], "big")
 
 
 class _UdpWait:
@@ -191,11 +245,20 @@ class GoneDevice(NetDevice):
 
 
 class GuestNetwork:
-    def __init__(self, clock: Callable[[], float] = time.monotonic, **stack_options):
+    def __init__(self, clock: Callable[[], float] = time.monotonic, cmdline: str = "",
+                 **stack_options):
         """``clock`` drives the stacks (ARP timers, echo reply times); seconds,
-        any epoch. ``stack_options`` go to every StackConfig (arp_retry...)."""
+        any epoch. ``cmdline`` is the kernel command line (ip=, ip_forward).
+        ``stack_options`` go to every StackConfig (arp_retry...)."""
         self.clock = clock
         self.stack_options = stack_options
+        try:
+            self.netconf = parse_cmdline(cmdline)
+        except ConfigError as err:
+            # The toolstack checked it; a kernel started by hand logs and goes on, as Linux does.
+            log.error("kernel command line: %s: ignored", err.message)
+            self.netconf = GuestNetConfig()
+        self.router = Router(forwarding=self.netconf.ip_forward)
         self._ifaces: dict[str, _Interface] = {}
         self._pings: dict[int, _Ping] = {}
         self._idents = itertools.count(1)
@@ -250,29 +313,33 @@ class GuestNetwork:
         iface.stack = self._make_stack(device)
         iface.receiver = device.receiver = lambda frames: self._on_frames(iface, frames)
         if iface.stack is not None:
+            self.router.add(device.name, iface.stack)
             self._after(iface, iface.stack.link_up())
 
     def _make_stack(self, device: NetDevice) -> IpStack | None:
-        address = getattr(device, "ip", None)
-        if not address:
-            return None
-        # xl's ip= is one address (vif-bridge uses it for anti-spoofing); a
-        # guest given no prefix configures it on a /24, as xenlab documents.
-        address = address.split()[0]
-        if "/" not in address:
-            address += "/24"
+        # ip= on the command line, else xl's vif ip= (one address, which
+        # vif-bridge uses for anti-spoofing; a guest given no prefix
+        # configures it on a /24, as xenlab documents).
         try:
-            config = StackConfig(mac=device.mac, address=IPv4Interface(address), mtu=device.mtu,
-                                 **self.stack_options)
-        except ValueError as err:
+            address = interface_address(self.netconf, device.name, getattr(device, "ip", None))
+            if address is None:
+                return None
+            config = StackConfig(mac=device.mac, address=address, mtu=device.mtu,
+                                 gateway=self.netconf.gateway_for(device.name, address),
+                                 routes=self.netconf.routes_for(device.name, address),
+                                 forwarding=self.netconf.ip_forward, **self.stack_options)
+            return IpStack(config, self.clock)
+        except (ValueError, OSError, ConfigError) as err:
+            # The toolstack checked the command line; a kernel started by hand logs it.
             log.error("%s: no IP stack: %s", device.name, err)
             return None
-        return IpStack(config, self.clock)
 
     def remove(self, name: str) -> None:
         iface = self._ifaces.pop(name, None)
         if iface is None:
             return
+        if iface.stack is not None:
+            self.router.remove(name)
         if iface.timer is not None:
             iface.timer.cancel()
         if iface.receiver is not None and iface.device.receiver is iface.receiver:
@@ -304,11 +371,18 @@ class GuestNetwork:
 
     def _after(self, iface: _Interface, out: list[bytes]) -> None:
         """What follows every call into a stack: send its frames, hand out its
-        events, and move its timer to the stack's next deadline."""
+        events, and move its timer to the stack's next deadline; then what
+        the router makes of the packets it set aside for other hosts, out of
+        the interfaces they leave by."""
         if out and iface.name in self._ifaces:
             iface.device.transmit(out)
         self._dispatch(iface)
         self._arm(iface)
+        if self._ifaces.get(iface.name) is iface:
+            for name, frames in self.router.forward(iface.name).items():
+                other = self._ifaces.get(name)
+                if other is not None:
+                    self._after(other, frames)
 
     def _dispatch(self, iface: _Interface) -> None:
         for event in iface.stack.pop_events():
@@ -316,11 +390,21 @@ class GuestNetwork:
                 ping = self._pings.get(event.ident)
                 if ping is not None and ping.iface is iface:
                     ping.reply(event)
+            elif isinstance(event, UdpDatagram) and event.dport in iface.udp_listeners:
+                sock, callback = iface.udp_listeners[event.dport]
+                # Everything queued: an event the stack's bounded event queue
+                # lost still left its datagram on the socket.
+                while (datagram := sock.recv()) is not None:
+                    callback(datagram)
             elif isinstance(event, UdpDatagram):
                 wait = iface.udp_waiters.get(event.dport)
                 if wait is not None and not wait.arrived.is_set():
                     wait.at = self.clock()
                     wait.arrived.set()
+            elif isinstance(event, IcmpError):
+                for ping in self._pings.values():
+                    if ping.iface is iface:
+                        ping.icmp_error(event)
             elif isinstance(event, ArpFailed):
                 for ping in self._pings.values():
                     if ping.iface is iface and event.ip in (ping.dst, iface.stack.config.gateway):
@@ -385,8 +469,9 @@ class GuestNetwork:
         return ", ".join(self._ifaces) or "none"
 
     def _route(self, dst: IPv4Address, name: str) -> _Interface:
-        """The interface to send from: the named one, else the one whose subnet
-        holds ``dst``, else the first with an address."""
+        """The interface to send from: the named one, else the one the
+        routing table picks for ``dst``, else the first with an address
+        (whose stack then says there is no route)."""
         if name:
             iface = self._lookup(name)
             if iface.stack is None:
@@ -396,23 +481,26 @@ class GuestNetwork:
         if not addressed:
             raise XenError(errno.EADDRNOTAVAIL,
                            f"no interface has an IPv4 address (interfaces: {self._known()})")
-        for iface in addressed:
-            if dst in iface.stack.network:
-                return iface
+        found = self.router.lookup(dst)
+        if found is not None and found[0] in self._ifaces:
+            return self._ifaces[found[0]]
         return addressed[0]
 
     # -- ping ---------------------------------------------------------------------------
     async def ping(self, dst: str, count: int = 4, size: int = 56, interval: float = 1.0,
-                   timeout: float = 2.0, interface: str | None = None) -> PingResult:
+                   timeout: float = 2.0, interface: str | None = None,
+                   ttl: int = DEFAULT_TTL) -> PingResult:
         """ICMP echo as ping(8): ``count`` requests ``interval`` apart, then up
-        to ``timeout`` for the last replies. The first RTT includes ARP."""
+        to ``timeout`` for the last replies (or errors). The first RTT
+        includes ARP."""
         _check_range("count", count, 1, PING_MAX_COUNT)
+        _check_range("ttl", ttl, 1, 0xFF)
         _check_range("size", size, 0, PING_MAX_SIZE)
         _check_seconds("interval", interval, PING_MIN_INTERVAL)
         _check_seconds("timeout", timeout, 0.0)
         target = _parse_dst(dst)
         iface = self._route(target, interface or "")
-        run = _Ping(self._new_ident(), iface, target, count)
+        run = _Ping(self._new_ident(), iface, target, count, ttl)
         payload = bytes(i & 0xFF for i in range(size))
         self._pings[run.ident] = run
         try:
@@ -434,7 +522,7 @@ class GuestNetwork:
         # Recorded before sending: a reply may come back within the call (our own address).
         wire_seq = run.sending(seq, self.clock())
         try:
-            out = run.iface.stack.ping(run.dst, run.ident, wire_seq, payload)
+            out = run.iface.stack.ping(run.dst, run.ident, wire_seq, payload, ttl=run.ttl)
         except ValueError as err:
             raise XenError(errno.EINVAL, str(err)) from None
         except OSError as err:
@@ -512,6 +600,145 @@ class GuestNetwork:
         except OSError as err:
             raise XenError(err.errno or errno.EIO, err.strerror or str(err)) from None
         self._after(iface, out)
+
+    # -- perf (iperf -u) -----------------------------------------------------------------
+    async def perf_send(self, dst: str, dport: int = perf.DEFAULT_PORT,
+                        rate: float = perf.DEFAULT_RATE, length: int = perf.DEFAULT_LENGTH,
+                        duration: float = perf.DEFAULT_DURATION,
+                        interval: float = perf.DEFAULT_INTERVAL,
+                        interface: str | None = None) -> AsyncIterator[perf.Interval]:
+        """Offer ``length``-byte datagrams to ``dst``:``dport`` at ``rate``
+        bits per second for ``duration`` seconds, as iperf -u's client;
+        yields each interval's report, then the total. A full transmit
+        queue holds the sender back, as a blocking sendto would; what it
+        could not send by the end of the test was never offered (the
+        reports show the rate it did offer)."""
+        _check_range("dport", dport, 1, 0xFFFF)
+        _check_range("length", length, perf.MIN_LENGTH, UDP_MAX_PAYLOAD)
+        for name, value, low in (("rate", rate, 1.0), ("duration", duration, 0.001),
+                                 ("interval", interval, 0.01)):
+            if not (math.isfinite(value) and low <= value <= PERF_MAX[name]):
+                raise XenError(errno.EINVAL, f"{name} {value:g} is out of range "
+                                             f"{low:g}..{PERF_MAX[name]:g}")
+        target = _parse_dst(dst)
+        iface = self._route(target, interface or "")
+        sock = self._bind(iface, 0)
+        try:
+            start = last = self.clock()
+            pacer = perf.Pacer(rate, length, duration, start)
+            stats = perf.SenderStats(start, interval)
+            while (due_at := pacer.next_at()) is not None:
+                now = self.clock()
+                # Past the end, one last batch of what fell due before it,
+                # as much as the queue takes; a sender further behind than
+                # that offered less than it was asked to.
+                final = now >= pacer.end
+                if due_at > now and not final:
+                    await asyncio.sleep(due_at - now)
+                    continue
+                due = min(pacer.due(now), MAX_PERF_BATCH)
+                room = traffic.queue_room(iface.device)
+                if room is not None and room < due:
+                    due = room
+                if due == 0:
+                    if final:
+                        break
+                    await asyncio.sleep(traffic.QUEUE_WAIT)
+                    continue
+                sent, errors = self._perf_batch(iface, target, sock.port, dport, pacer.sent, due,
+                                                now, length, first=pacer.sent == 0)
+                last = now
+                pacer.took(due)
+                for report in stats.sent(min(now, pacer.end), sent, sent * length, errors):
+                    yield report
+                if final:
+                    break
+                await asyncio.sleep(0)     # tx completions, the receiver's agent
+            # The end of the test, as iperf 2: the count sent, negated.
+            end = perf.encode(-pacer.sent, self.clock(), perf.MIN_LENGTH)
+            self._send_datagram(iface, target, sock.port, dport, end)
+            for _ in range(perf.END_COPIES - 1):
+                await asyncio.sleep(PERF_END_GAP)
+                self._send_datagram(iface, target, sock.port, dport, end)
+            # The test lasted its duration, or longer if the queue held it back.
+            for report in stats.finish(max(pacer.end, last)):
+                yield report
+        finally:
+            sock.close()
+
+    def _perf_batch(self, iface: _Interface, dst: IPv4Address, sport: int, dport: int,
+                    first_seq: int, count: int, now: float, length: int,
+                    first: bool) -> tuple[int, int]:
+        """Send datagrams first_seq.. at once; (sent, refused). The first
+        datagram of a test that cannot be sent (no route) is an error."""
+        out: list[bytes] = []
+        errors = 0
+        for seq in range(first_seq, first_seq + count):
+            try:
+                out += iface.stack.send_udp(dst, sport, dport, perf.encode(seq, now, length))
+            except (ValueError, OSError) as err:
+                if first and seq == first_seq:
+                    raise XenError(getattr(err, "errno", None) or errno.EINVAL,
+                                   getattr(err, "strerror", None) or str(err)) from None
+                errors += 1
+        self._after(iface, out)
+        return count - errors, errors
+
+    async def perf_serve(self, port: int = perf.DEFAULT_PORT,
+                         interval: float = perf.DEFAULT_INTERVAL,
+                         timeout: float = PERF_SERVE_TIMEOUT,
+                         interface: str | None = None) -> AsyncIterator[perf.Interval | None]:
+        """Receive a perf test on UDP ``port`` (of every addressed interface,
+        or the named one): yields None once listening, then each interval's
+        report as it ends, then the last interval and the total, once the
+        sender's end of test came or ``timeout`` seconds passed without a
+        datagram."""
+        _check_range("port", port, 1, 0xFFFF)
+        _check_seconds("interval", interval, 0.01)
+        _check_seconds("timeout", timeout, 0.001)
+        if interface:
+            ifaces = [self._lookup(interface)]
+            if ifaces[0].stack is None:
+                raise XenError(errno.EADDRNOTAVAIL, f"{interface} has no IPv4 address")
+        else:
+            ifaces = [i for i in self._ifaces.values() if i.stack is not None]
+            if not ifaces:
+                raise XenError(errno.EADDRNOTAVAIL, f"no interface has an IPv4 address "
+                                                    f"(interfaces: {self._known()})")
+        receiver = perf.PerfReceiver(interval)
+        arrived = asyncio.Event()
+
+        def take(datagram: UdpDatagram) -> None:
+            receiver.receive(datagram.payload, self.clock())
+            arrived.set()
+        bound: list[tuple[_Interface, object]] = []
+        try:
+            for iface in ifaces:
+                if port in iface.udp_listeners:
+                    raise XenError(errno.EADDRINUSE, f"UDP port {port} on {iface.name} is "
+                                                     f"already receiving a perf test")
+                sock = self._bind(iface, port)
+                bound.append((iface, sock))
+                iface.udp_listeners[port] = (sock, take)
+            yield None
+            quiet_since = self.clock()
+            while not receiver.ended:
+                now = self.clock()
+                if receiver.last is not None:
+                    quiet_since = max(quiet_since, receiver.last)
+                if now - quiet_since >= timeout:
+                    break
+                tick = interval - ((now - receiver.start) % interval) if receiver.start is not None                     else interval
+                arrived.clear()
+                await _wait(arrived, min(tick, timeout - (now - quiet_since)))
+                for report in receiver.reports(self.clock()):
+                    yield report
+            for report in receiver.finish():
+                yield report
+        finally:
+            for iface, sock in bound:
+                iface.udp_listeners.pop(port, None)
+                sock.close()
 
     # -- inject and capture -------------------------------------------------------------
     def inject(self, frames: Iterable[bytes], interface: str = "") -> InjectResult:

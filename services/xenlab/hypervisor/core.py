@@ -203,10 +203,12 @@ class Hypervisor:
         self._add_to_cores(dom, initial_pages)
         return self.identity.issue(dom.domid)
 
-    async def launch(self, dom: Domain, launcher: Launcher, secret: str, agent_token: str) -> str:
+    async def launch(self, dom: Domain, launcher: Launcher, secret: str, agent_token: str,
+                     cmdline: str = "") -> str:
         """Start the domain's process (none with launcher none) and watch for
-        its end; where its guest agent listens, as the launcher decided."""
-        proc = await self._start_process(launcher, dom, secret, agent_token)
+        its end; where its guest agent listens, as the launcher decided.
+        ``cmdline`` is the kernel command line its start_info carries."""
+        proc = await self._start_process(launcher, dom, secret, agent_token, cmdline)
         if proc is None:
             return self._agent_without_process(dom.domid)
         self._procs[dom.domid] = proc
@@ -224,11 +226,11 @@ class Hypervisor:
         self._changed()
 
     async def _start_process(self, launcher: Launcher, dom: Domain, secret: str,
-                             token: str) -> DomainProcess | None:
+                             token: str, cmdline: str = "") -> DomainProcess | None:
         """Start the domain's process, handing it its memory object and a
         doorbell connection already made for it where the launcher can pass
         descriptors: it is told no path into the rundir or /dev/shm."""
-        info = self._start_info(dom, secret, token, launcher)
+        info = self._start_info(dom, secret, token, launcher, cmdline)
         if not launcher.takes_handles:
             # It asks for its memory in its doorbell HELLO (_doorbell_memory).
             return await launcher.start(info)
@@ -247,7 +249,7 @@ class Hypervisor:
             theirs.close()
 
     def _start_info(self, dom: Domain, secret: str, agent_token: str = "",
-                    launcher: Launcher | None = None) -> StartInfo:
+                    launcher: Launcher | None = None, cmdline: str = "") -> StartInfo:
         """Under domain uids a domain is told no path into the rundir: it is
         handed its doorbell, or (a launcher that cannot hand descriptors
         over) told the domains' doorbell."""
@@ -264,7 +266,7 @@ class Hypervisor:
                          hypervisor=self.domains_dir.hypervisor_address or self.address,
                          doorbell=doorbell, vcpus=dom.vcpus, console_log=str(console),
                          agent_token=agent_token, store_gfn=store.gfn if store else 0,
-                         store_port=store.port if store else 0)
+                         store_port=store.port if store else 0, cmd_line=cmdline)
 
     def _agent_without_process(self, domid: int) -> str:
         """A domain with no launcher process (launcher none) is run by the

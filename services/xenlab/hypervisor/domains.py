@@ -15,12 +15,12 @@ from typing import Callable
 from xenlab.xen import abi
 from xenlab.xen.digits import U32_MAX, is_decimal, quoted
 from xenlab.xen.errors import DomainError, PermissionError_
+from xenlab.xen.names import check_domain_name
 
 # xl.cfg(5) ACTIONS for on_poweroff / on_reboot / on_crash / on_watchdog.
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve",
            "coredump-destroy", "coredump-restart", "soft-reset")
 MAX_VCPUS = abi.XEN_LEGACY_MAX_VCPUS
-NAME_MAX = 64
 
 
 class RunState(enum.Enum):
@@ -87,22 +87,6 @@ class Domain:
         return "".join(cols)
 
 
-def validate_name(name: str) -> None:
-    """libxl takes any name that is unique; xenlab keeps to letters and digits
-    (any script's: 'é', '²' and '٣' are names) and - _ . :, so that a name is
-    safe in file names, logs and MQTT topics. All ASCII digits would read as
-    a domain id (libxl_domain_qualifier_to_domid tests C's isdigit())."""
-    if not name:
-        raise DomainError(errno.EINVAL, "a domain needs a name")
-    if len(name) > NAME_MAX:
-        raise DomainError(errno.EINVAL, f"domain name {name[:20]!r}... is longer than {NAME_MAX}")
-    if is_decimal(name):
-        raise DomainError(errno.EINVAL, f"domain name {name!r} cannot be all digits (it would read as an id)")
-    bad = sorted({c for c in name if not (c.isalnum() or c in "-_.:")})
-    if bad:
-        raise DomainError(errno.EINVAL, f"domain name {name!r} has characters {''.join(bad)!r}; use letters, digits, - _ . :")
-
-
 def validate_action(key: str, action: str) -> None:
     if action not in ACTIONS:
         raise DomainError(errno.EINVAL, f"{key}={action!r}: expected one of {', '.join(ACTIONS)}")
@@ -134,7 +118,7 @@ class DomainTable:
         return dom
 
     def allocate(self, name: str, max_pages: int, vcpus: int, uuid: str = "", **policy) -> Domain:
-        validate_name(name)
+        check_domain_name(name)
         if any(d.name == name and d.state is not RunState.DYING for d in self._domains.values()):
             raise DomainError(errno.EEXIST, f"domain {name!r} already exists")
         if not 1 <= vcpus <= MAX_VCPUS:

@@ -50,7 +50,9 @@ from pathlib import Path
 from xenlab.events.config import BrokerAddress
 from xenlab.events.topics import check_level, check_prefix
 from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
+from xenlab.net.ipconfig import check_guest_net
 from xenlab.toolstack.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
+from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.names import BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, is_bridge_name, is_ifname
 from xenlab.xen.errors import ConfigError
 
@@ -315,6 +317,10 @@ def validate(spec: LabSpec) -> None:
         if dom.name in names:
             raise _fail(source, f"two domains are named {dom.name!r}")
         names.add(dom.name)
+        try:
+            check_guest_net(kernel_cmdline(dom.extra), {f"eth{v.devid}": v.ip for v in dom.vifs})
+        except ConfigError as err:
+            raise _fail(source, f"domain {dom.name}: {err.message}") from None
         for vif in dom.vifs:
             if vif.bridge not in bridges:
                 raise _fail(source, f"domain {dom.name} vif {vif.devid}: unknown bridge {vif.bridge!r} "

@@ -80,9 +80,12 @@ class Learned:
 @dataclass(frozen=True)
 class Timers:
     """What ``ArpTable.poll`` decided: addresses to ask again, and addresses
-    given up on with how many packets each dropped."""
+    given up on with how many packets each dropped; ``dropped`` holds those
+    packets, oldest first (a router owes their senders an ICMP host
+    unreachable, as Linux's arp_error_report sends)."""
     retry: list[IPv4Address]
     failed: list[tuple[IPv4Address, int]]
+    dropped: list[bytes] = field(default_factory=list)
 
 
 class ArpTable:
@@ -147,7 +150,7 @@ class ArpTable:
         return first, dropped
 
     def poll(self, now: float) -> Timers:
-        retry, failed = [], []
+        retry, failed, dropped = [], [], []
         for ip, pending in list(self._pending.items()):
             if now < pending.next_retry:
                 continue
@@ -158,10 +161,11 @@ class ArpTable:
             else:
                 del self._pending[ip]
                 failed.append((ip, len(pending.queue)))
+                dropped += pending.queue
         for ip, (_, expires) in list(self._entries.items()):
             if now >= expires:
                 del self._entries[ip]
-        return Timers(retry, failed)
+        return Timers(retry, failed, dropped)
 
     def next_deadline(self) -> float | None:
         times = [p.next_retry for p in self._pending.values()]

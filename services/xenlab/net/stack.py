@@ -2,12 +2,21 @@
 
 Feed it frames (``receive``) and time (``poll``, with an injected clock); it
 returns the frames to put on the wire and appends events for observers.
-Ethernet, ARP, IPv4 without fragmentation or forwarding, ICMP echo and
-errors, UDP with an echo service on port 7.
+Ethernet, ARP, IPv4 without fragmentation, ICMP echo and errors, UDP with an
+echo service on port 7, and a routing table (the connected subnet, the
+default gateway, static routes through this interface).
 
-Every frame ``receive`` takes ends in exactly one counter: ``rx_delivered``
-or one of ``RX_DROP_REASONS``. Packets the stack sends to its own address go
-through the same input path and are counted the same way, plus ``rx_loopback``.
+One IpStack is one interface's IP layer. A domain with several interfaces
+has one each, and ``xenlab.net.router.Router`` joins them as a Linux host
+joins its devices: it tells each stack the host's other addresses (a packet
+to any of them is local, the weak host model), picks the interface a
+packet leaves by, and, with ``forwarding``, takes the packets a stack set
+aside for forwarding (``take_transit``) through ip_forward's steps.
+
+Every frame ``receive`` takes ends in exactly one counter: ``rx_delivered``,
+``rx_forwarded`` (handed to the router) or one of ``RX_DROP_REASONS``.
+Packets the stack sends to its own addresses go through the same input path
+and are counted the same way, plus ``rx_loopback``.
 """
 from __future__ import annotations
 
@@ -22,10 +31,12 @@ from xenlab.net.arp import ARPOP_REPLY, ARPOP_REQUEST, ArpPacket, ArpTable
 from xenlab.net.errors import PacketError
 from xenlab.net.ethernet import (BROADCAST, ETH_P_ARP, ETH_P_IP, EthernetFrame, format_mac,
                                  is_multicast, is_valid_unicast)
-from xenlab.net.icmp import (ERROR_TYPES, ICMP_ECHO, ICMP_ECHOREPLY, ICMP_ERROR_MAX,
-                             ICMP_HLEN, ICMP_PORT_UNREACH, ICMP_PROT_UNREACH, IcmpMessage)
-from xenlab.net.ipv4 import (IP_HLEN, IPPROTO_ICMP, IPPROTO_UDP, LIMITED_BROADCAST,
+from xenlab.net.icmp import (ERROR_TYPES, ICMP_DEST_UNREACH, ICMP_ECHO, ICMP_ECHOREPLY,
+                             ICMP_ERROR_MAX, ICMP_FRAG_NEEDED, ICMP_HLEN, ICMP_PORT_UNREACH,
+                             ICMP_PROT_UNREACH, IcmpMessage)
+from xenlab.net.ipv4 import (DEFAULT_TTL, IP_HLEN, IP_OFFMASK, IPPROTO_ICMP, IPPROTO_UDP, LIMITED_BROADCAST,
                              Ipv4Header, multicast_mac)
+from xenlab.net.route import DEFAULT, Route, RoutingTable
 from xenlab.net.udp import ECHO_PORT, UDP_HLEN, UdpPacket
 from xenlab.xen.abi import ETH_HLEN, ETH_MIN_MTU
 
@@ -40,7 +51,8 @@ RX_DROP_REASONS = (
     "udp_rcvbuf_full",
 )
 # Why an outgoing packet never left.
-TX_DROP_REASONS = ("arp_unresolved", "arp_queue_full", "no_route")
+TX_DROP_REASONS = ("arp_unresolved", "arp_queue_full", "no_route", "icmp_ratelimited",
+                   "icmp_ratelimited_host")
 DROP_REASONS = RX_DROP_REASONS + TX_DROP_REASONS
 
 # Source ports of the classic internal services (echo, discard, daytime, chargen,
@@ -50,6 +62,20 @@ _ECHO_LOOP_PORTS = frozenset({0, 7, 9, 13, 19, 37})
 
 EPHEMERAL_PORTS = range(49152, 65536)   # IANA dynamic ports (RFC 6335)
 
+# ICMP errors this stack sends, at most: Linux's icmp_msgs_per_sec and
+# icmp_msgs_burst (icmp_global_allow), so that a flood of packets that each
+# earn an error does not become a flood of errors.
+ICMP_RATE = 1000.0
+ICMP_BURST = 50
+# And to any one destination (Linux's icmp_ratelimit, 1000 ms, through
+# inet_peer_xrlim_allow with XRLIM_BURST_FACTOR 6): a burst of 6, then one
+# a second. Fragmentation needed is never limited (path MTU discovery
+# needs it), as in icmpv4_mask_allow. The destinations are kept in a
+# bounded cache, as Linux's inet_peer tree is.
+ICMP_PEER_INTERVAL = 1.0
+ICMP_PEER_BURST = 6
+ICMP_PEERS = 1024
+
 
 @dataclass(frozen=True)
 class StackConfig:
@@ -57,6 +83,8 @@ class StackConfig:
     address: IPv4Interface
     gateway: IPv4Address | None = None
     mtu: int = 1500
+    routes: tuple[Route, ...] = ()   # more routes out of this interface, each via an on-link gateway
+    forwarding: bool = False     # ip_forward: set aside packets for other hosts (take_transit)
     arp_timeout: float = 60.0
     arp_retry: float = 1.0
     arp_retries: int = 3         # requests sent in all before the queued packets are dropped
@@ -73,6 +101,14 @@ class StackConfig:
             raise ValueError(f"mac {self.mac!r} is not a unicast station address")
         if self.gateway is not None and self.gateway == self.address.ip:
             raise ValueError(f"gateway {self.gateway} is this stack's own address")
+        for route in self.routes:
+            if not isinstance(route, Route):
+                raise ValueError(f"routes must be Routes, got {route!r}")
+            # Linux refuses a gateway it cannot reach on the link: "Nexthop has invalid gateway".
+            if route.gateway is not None and (route.gateway not in self.address.network
+                                              or route.gateway == self.address.ip):
+                raise ValueError(f"route {route}: gateway {route.gateway} is not a neighbour on "
+                                 f"{self.address.network}")
         if not ETH_MIN_MTU <= self.mtu <= 0xFFFF:
             raise ValueError(f"mtu {self.mtu} is out of range {ETH_MIN_MTU}..65535")
         if min(self.arp_timeout, self.arp_retry) <= 0 or self.arp_retries < 1:
@@ -179,6 +215,12 @@ class _Inbound:
     raw: bytes                   # the IP packet, for quoting in ICMP errors
 
     @property
+    def local(self) -> IPv4Address | None:
+        """The address to answer from: the one asked, unless it was a broadcast
+        (then None: the interface's own)."""
+        return None if self.ip_broadcast else self.ip.dst
+
+    @property
     def may_send_error(self) -> bool:
         # RFC 1122 3.2.2: never answer a broadcast or multicast with an ICMP error.
         return not (self.link_broadcast or self.ip_broadcast)
@@ -193,8 +235,26 @@ class IpStack:
         self.network = config.address.network
         self.counters: collections.Counter[str] = collections.Counter(
             {name: 0 for name in ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes",
-                                  "rx_delivered", "rx_loopback", "event_overflow")
+                                  "rx_delivered", "rx_forwarded", "rx_loopback", "event_overflow")
              + DROP_REASONS})
+        self.routes = RoutingTable([Route(self.network)])
+        if config.gateway is not None:
+            self.routes.add(Route(DEFAULT, config.gateway))
+        for route in config.routes:
+            self.routes.add(route)
+        # The host's addresses on its other interfaces (the Router keeps it):
+        # a packet to one of them is ours, as Linux's weak host model has it.
+        self.local_addresses: frozenset[IPv4Address] = frozenset()
+        # And the broadcast addresses of its other subnets: a packet to one
+        # is a broadcast to this host, never forwarded (Linux's
+        # ip_route_input_slow makes it RTN_BROADCAST; bc_forwarding is off).
+        self.local_broadcasts: frozenset[IPv4Address] = frozenset()
+        self._transit: list[bytes] = []
+        self._unreachable: list[bytes] = []
+        self._icmp_tokens = float(ICMP_BURST)
+        self._icmp_refilled = clock()
+        self._icmp_peers: collections.OrderedDict[IPv4Address, tuple[float, float]] = \
+            collections.OrderedDict()       # destination -> (tokens, refilled at)
         self.events: collections.deque = collections.deque(maxlen=config.event_limit)
         self._arp = ArpTable(config.arp_timeout, config.arp_retry, config.arp_retries,
                              config.arp_queue_limit)
@@ -219,11 +279,12 @@ class IpStack:
         self._count_outcome(self._input_frame(frame))
         return self._take_output()
 
-    def ping(self, dst: IPv4Address | str, ident: int, seq: int, payload: bytes) -> list[bytes]:
+    def ping(self, dst: IPv4Address | str, ident: int, seq: int, payload: bytes,
+             ttl: int = DEFAULT_TTL) -> list[bytes]:
         _check_u16("ident", ident)
         _check_u16("seq", seq)
         message = IcmpMessage.echo(ICMP_ECHO, ident, seq, bytes(payload))
-        return self.send_ip(dst, IPPROTO_ICMP, message.build())
+        return self.send_ip(dst, IPPROTO_ICMP, message.build(), ttl=ttl)
 
     def send_udp(self, dst: IPv4Address | str, sport: int, dport: int,
                  payload: bytes) -> list[bytes]:
@@ -235,17 +296,60 @@ class IpStack:
         self._check_size(IP_HLEN + UDP_HLEN + len(payload))
         return self.send_ip(dst, IPPROTO_UDP, UdpPacket(sport, dport, bytes(payload)).build(self.ip, dst))
 
-    def send_ip(self, dst: IPv4Address | str, proto: int, payload: bytes) -> list[bytes]:
+    def send_ip(self, dst: IPv4Address | str, proto: int, payload: bytes,
+                ttl: int = DEFAULT_TTL) -> list[bytes]:
         """Send one IPv4 packet. Raises ValueError for a packet over the MTU (this
         stack does not fragment) and OSError(ENETUNREACH) when there is no route."""
         dst = _address(dst)
         if not 0 <= proto <= 0xFF:
             raise ValueError(f"IP protocol {proto} is out of range 0..255")
+        if not 1 <= ttl <= 0xFF:
+            raise ValueError(f"TTL {ttl} is out of range 1..255")
         if dst.is_unspecified or dst.is_loopback:
             raise ValueError(f"{dst} is not a destination on this interface")
         self._check_size(IP_HLEN + len(payload))
         self._route(dst)
-        self._output(dst, proto, bytes(payload))
+        self._output(dst, proto, bytes(payload), ttl=ttl)
+        return self._take_output()
+
+    # -- what the Router uses -------------------------------------------------------
+
+    def is_local(self, ip: IPv4Address) -> bool:
+        return ip == self.ip or ip in self.local_addresses
+
+    def is_broadcast(self, ip: IPv4Address) -> bool:
+        return self._is_broadcast(ip)
+
+    def lookup(self, dst: IPv4Address) -> Route | None:
+        """The route a packet to ``dst`` would take out of this interface."""
+        return self.routes.lookup(dst)
+
+    def take_transit(self) -> list[bytes]:
+        """The IP packets received for other hosts since the last call (only
+        with ``forwarding``), each already counted as ``rx_forwarded``."""
+        transit, self._transit = self._transit, []
+        return transit
+
+    def forward(self, packet: bytes, hop: IPv4Address) -> list[bytes]:
+        """Put a packet being forwarded (its TTL already lowered) on this
+        link toward ``hop``, resolving it as any next hop."""
+        self._send_via(hop, bytes(packet))
+        return self._take_output()
+
+    def icmp_error(self, packet: bytes, type_: int, code: int, rest: int = 0) -> list[bytes]:
+        """Send an ICMP error about ``packet`` (an IP packet, as received) to
+        its source, from this interface's address (the Router picks the
+        interface whose route leads back to the source, so the source is
+        that interface's, as Linux's icmp_send picks it). Nothing goes out when RFC
+        1122 3.2.2 forbids it (about an ICMP error, a fragment past the
+        first, a broadcast or multicast) or past the rate limit."""
+        try:
+            header, payload = Ipv4Header.parse(packet)
+        except PacketError:
+            return []
+        if not self._may_answer(header, payload):
+            return []
+        self._icmp_error_to(header.src, self.ip, packet, type_, code, rest)
         return self._take_output()
 
     def poll(self) -> list[bytes]:
@@ -257,7 +361,25 @@ class IpStack:
         for ip, dropped in timers.failed:
             self.counters["arp_unresolved"] += dropped
             self._event(ArpFailed(ip, dropped))
+        for packet in timers.dropped:
+            if not self._is_own(packet):
+                self._unreachable.append(packet)
         return self._take_output()
+
+    def take_unreachable(self) -> list[bytes]:
+        """Forwarded packets whose next hop never answered ARP, since the last
+        call: their senders are owed ICMP host unreachable (Linux's
+        arp_error_report), which the Router sends by its route back to them.
+        The host's own packets have ArpFailed instead."""
+        unreachable, self._unreachable = self._unreachable, []
+        return unreachable
+
+    def _is_own(self, packet: bytes) -> bool:
+        try:
+            header, _ = Ipv4Header.parse(packet)
+        except PacketError:
+            return True
+        return self.is_local(header.src)
 
     def next_deadline(self) -> float | None:
         return self._arp.next_deadline()
@@ -343,7 +465,7 @@ class IpStack:
             self._emit(packet.sha, ETH_P_IP, queued)
 
     def _learnable(self, ip: IPv4Address) -> bool:
-        return not ip.is_unspecified and (self._on_link(ip) or ip == self.config.gateway)
+        return not ip.is_unspecified and (self._on_link(ip) or ip in self.routes.gateways())
 
     def _input_ip(self, data: bytes, link_broadcast: bool, looped: bool = False) -> str:
         try:
@@ -356,10 +478,14 @@ class IpStack:
             return "ttl"                    # RFC 791: a datagram whose TTL reached 0 is destroyed
         if not looped and self._martian(header.src):
             return "martian_source"
-        ip_broadcast = self._is_broadcast(header.dst)
-        if header.dst != self.ip and not ip_broadcast:
-            return "ip_not_for_us"          # a host does not forward
-        inbound = _Inbound(header, link_broadcast, ip_broadcast, bytes(data[:header.total_length]))
+        ip_broadcast = self._is_broadcast(header.dst) or header.dst in self.local_broadcasts
+        raw = bytes(data[:header.total_length])
+        if not self.is_local(header.dst) and not ip_broadcast:
+            if self._forwardable(header, link_broadcast, looped):
+                self._transit.append(raw)
+                return "rx_forwarded"
+            return "ip_not_for_us"          # a host (ip_forward=0) does not forward
+        inbound = _Inbound(header, link_broadcast, ip_broadcast, raw)
         if header.proto == IPPROTO_ICMP:
             return self._input_icmp(inbound, payload)
         if header.proto == IPPROTO_UDP:
@@ -368,10 +494,19 @@ class IpStack:
             self._send_error(inbound, ICMP_PROT_UNREACH)
         return "ip_proto_unreachable"
 
+    def _forwardable(self, header: Ipv4Header, link_broadcast: bool, looped: bool) -> bool:
+        """ip_forward's first checks: forwarding on, a frame sent to our MAC
+        (pkt_type PACKET_HOST), a unicast destination a router may route."""
+        dst = header.dst
+        return (self.config.forwarding and not link_broadcast and not looped
+                and not (dst.is_multicast or dst.is_unspecified or dst.is_loopback
+                         or dst == LIMITED_BROADCAST))
+
     def _martian(self, src: IPv4Address) -> bool:
         """Sources no station can have; Linux's ip_route_input drops them as martians."""
         return (src.is_unspecified or src.is_loopback or src.is_multicast
-                or src == LIMITED_BROADCAST or src == self.ip or self._is_subnet_broadcast(src))
+                or src == LIMITED_BROADCAST or self.is_local(src)
+                or self._is_subnet_broadcast(src))
 
     def _input_icmp(self, inbound: _Inbound, data: bytes) -> str:
         try:
@@ -383,7 +518,7 @@ class IpStack:
             if inbound.ip_broadcast:
                 return "icmp_broadcast"     # Linux's icmp_echo_ignore_broadcasts=1
             reply = IcmpMessage(ICMP_ECHOREPLY, 0, message.rest, message.payload)
-            self._reply(src, IPPROTO_ICMP, reply.build())
+            self._reply(src, IPPROTO_ICMP, reply.build(), inbound.local)
             return "rx_delivered"
         if message.type == ICMP_ECHOREPLY:
             self._event(EchoReply(src, message.ident, message.seq, message.payload, self.clock()))
@@ -405,41 +540,88 @@ class IpStack:
             return "udp_port_unreachable"
         sock = self._sockets[packet.dport]
         if sock is None:
-            return self._echo(header.src, packet)
+            return self._echo(header.src, inbound.local, packet)
         datagram = UdpDatagram(header.src, packet.sport, packet.dport, packet.payload)
         if not sock._deliver(datagram):
             return "udp_rcvbuf_full"
         self._event(datagram)
         return "rx_delivered"
 
-    def _echo(self, src: IPv4Address, packet: UdpPacket) -> str:
+    def _echo(self, src: IPv4Address, local: IPv4Address, packet: UdpPacket) -> str:
         """RFC 862: send the data back to where it came from."""
         if packet.sport in _ECHO_LOOP_PORTS:
             return "udp_echo_loop"
         reply = UdpPacket(ECHO_PORT, packet.sport, packet.payload)
-        self._reply(src, IPPROTO_UDP, reply.build(self.ip, src))
+        self._reply(src, IPPROTO_UDP, reply.build(local, src), local)
         return "rx_delivered"
 
     def _send_error(self, inbound: _Inbound, code: int) -> None:
+        self._icmp_error_to(inbound.ip.src, inbound.local, inbound.raw, ICMP_DEST_UNREACH, code)
+
+    def _icmp_error_to(self, dst: IPv4Address, src: IPv4Address, packet: bytes, type_: int,
+                       code: int, rest: int = 0) -> None:
+        limited = self._icmp_limited(dst, type_, code)
+        if limited:
+            self.counters[limited] += 1
+            return
         limit = min(ICMP_ERROR_MAX, self.config.mtu) - IP_HLEN - ICMP_HLEN
-        message = IcmpMessage.unreachable(code, inbound.raw[:limit])
-        self._reply(inbound.ip.src, IPPROTO_ICMP, message.build())
+        message = IcmpMessage(type_, code, rest, packet[:limit])
+        self._reply(dst, IPPROTO_ICMP, message.build(), src)
+
+    def _icmp_limited(self, dst: IPv4Address, type_: int, code: int) -> str:
+        """Why an ICMP error to ``dst`` may not go now ("": it may): the
+        host's token bucket (ICMP_BURST, refilled at ICMP_RATE a second),
+        then the destination's (ICMP_PEER_BURST, one per ICMP_PEER_INTERVAL).
+        A token is taken only from buckets that let it go."""
+        if (type_ == ICMP_DEST_UNREACH and code == ICMP_FRAG_NEEDED) or self.is_local(dst):
+            return ""
+        now = self.clock()
+        elapsed = max(0.0, now - self._icmp_refilled)
+        self._icmp_refilled = now
+        self._icmp_tokens = min(float(ICMP_BURST), self._icmp_tokens + elapsed * ICMP_RATE)
+        if self._icmp_tokens < 1.0:
+            return "icmp_ratelimited"
+        tokens, refilled = self._icmp_peers.pop(dst, (float(ICMP_PEER_BURST), now))
+        tokens = min(float(ICMP_PEER_BURST),
+                     tokens + max(0.0, now - refilled) / ICMP_PEER_INTERVAL)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+            self._icmp_tokens -= 1.0
+        self._icmp_peers[dst] = (tokens, now)
+        while len(self._icmp_peers) > ICMP_PEERS:
+            self._icmp_peers.popitem(last=False)       # the least recently answered
+        return "" if allowed else "icmp_ratelimited_host"
+
+    def _may_answer(self, header: Ipv4Header, payload: bytes) -> bool:
+        """RFC 1122 3.2.2 (and Linux's icmp_send): no error about an ICMP
+        error, a fragment past the first, or to a source that is not one
+        station."""
+        if header.flags_frag & IP_OFFMASK:
+            return False
+        if header.src.is_multicast or header.src.is_unspecified or header.src == LIMITED_BROADCAST \
+                or self._is_broadcast(header.src) or header.dst.is_multicast \
+                or self._is_broadcast(header.dst):
+            return False
+        return not (header.proto == IPPROTO_ICMP and payload and payload[0] in ERROR_TYPES)
 
     # ------------------------------------------------------------------ output
 
-    def _reply(self, dst: IPv4Address, proto: int, payload: bytes) -> None:
+    def _reply(self, dst: IPv4Address, proto: int, payload: bytes,
+               src: IPv4Address | None = None) -> None:
         """Send from the input path, where a missing route is a counted drop, not an error."""
         try:
             self._route(dst)
         except OSError:
             self.counters["no_route"] += 1
             return
-        self._output(dst, proto, payload)
+        self._output(dst, proto, payload, src)
 
-    def _output(self, dst: IPv4Address, proto: int, payload: bytes) -> None:
-        header = Ipv4Header(self.ip, dst, proto, ident=self._next_ident())
+    def _output(self, dst: IPv4Address, proto: int, payload: bytes,
+                src: IPv4Address | None = None, ttl: int = DEFAULT_TTL) -> None:
+        header = Ipv4Header(src or self.ip, dst, proto, ttl=ttl, ident=self._next_ident())
         packet = header.build(payload)
-        if dst == self.ip:
+        if self.is_local(dst):
             self._loopback.append(packet)
             return
         hop = self._route(dst)
@@ -450,16 +632,18 @@ class IpStack:
 
     def _route(self, dst: IPv4Address) -> IPv4Address | bytes:
         """The next hop to resolve, or the MAC to use directly for broadcast and
-        multicast. Off-link without a gateway is ENETUNREACH, as Linux's."""
+        multicast. No route is ENETUNREACH, as Linux's."""
         if self._is_broadcast(dst):
             return BROADCAST
         if dst.is_multicast:
             return multicast_mac(dst)
-        if self._on_link(dst) or dst == self.ip:
+        if self.is_local(dst):
             return dst
-        if self.config.gateway is None:
-            raise OSError(errno.ENETUNREACH, f"no route to {dst}: off-link and no gateway")
-        return self.config.gateway
+        route = self.routes.lookup(dst)
+        if route is None:
+            raise OSError(errno.ENETUNREACH, f"no route to {dst}: off-link and no gateway "
+                                             f"or route for it")
+        return route.next_hop(dst)
 
     def _send_via(self, hop: IPv4Address, packet: bytes) -> None:
         now = self.clock()

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xenlab/proto/agent.proto\x12\x0cxenlab.proto\"m\n\x0bPingRequest\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04size\x18\x03 \x01(\r\x12\x10\n\x08interval\x18\x04 \x01(\x01\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x11\n\tinterface\x18\x06 \x01(\t\"}\n\tPingReply\x12\x13\n\x0btransmitted\x18\x01 \x01(\r\x12\x10\n\x08received\x18\x02 \x01(\r\x12\x0b\n\x03rtt\x18\x03 \x03(\x01\x12\x0b\n\x03seq\x18\x04 \x03(\r\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0b\n\x03src\x18\x06 \x01(\t\x12\x13\n\x0bunreachable\x18\x07 \x01(\x08\"\x84\x01\n\x0eSendUdpRequest\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\r\n\x05\x64port\x18\x02 \x01(\r\x12\r\n\x05sport\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x12\n\nwait_reply\x18\x05 \x01(\x08\x12\x0f\n\x07timeout\x18\x06 \x01(\x01\x12\x11\n\tinterface\x18\x07 \x01(\t\"W\n\x0cSendUdpReply\x12\x0f\n\x07replied\x18\x01 \x01(\x08\x12\r\n\x05reply\x18\x02 \x01(\x0c\x12\x0b\n\x03src\x18\x03 \x01(\t\x12\r\n\x05sport\x18\x04 \x01(\r\x12\x0b\n\x03rtt\x18\x05 \x01(\x01\"(\n\x05\x46rame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tinterface\x18\x02 \x01(\t\"\x97\x01\n\rInjectSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\x12\x35\n\x05\x64rops\x18\x03 \x03(\x0b\x32&.xenlab.proto.InjectSummary.DropsEntry\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"E\n\x0e\x43\x61ptureRequest\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\tdirection\x18\x03 \x01(\t\"V\n\rCapturedFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x11\n\tinterface\x18\x04 \x01(\t\"/\n\x0cStatsRequest\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\x0c\n\x04gone\x18\x02 \x01(\x08\"\xae\x02\n\x0eInterfaceStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntx_packets\x18\x02 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x03 \x01(\x04\x12\x12\n\nrx_packets\x18\x04 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x05 \x01(\x04\x12\x36\n\x05\x64rops\x18\x06 \x03(\x0b\x32\'.xenlab.proto.InterfaceStats.DropsEntry\x12\x0b\n\x03mac\x18\x07 \x01(\t\x12\n\n\x02ip\x18\x08 \x01(\t\x12\x0b\n\x03mtu\x18\t \x01(\r\x12\r\n\x05state\x18\n \x01(\t\x12\x0c\n\x04peer\x18\x0b \x01(\t\x12\x19\n\x11persistent_grants\x18\x0c \x01(\r\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\">\n\nStatsReply\x12\x30\n\ninterfaces\x18\x01 \x03(\x0b\x32\x1c.xenlab.proto.InterfaceStats\"\x96\x01\n\x0c\x42lastRequest\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\x0f\n\x07\x64st_mac\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x01(\r\x12\x11\n\tethertype\x18\x05 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\r\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\x12\x12\n\nrandom_src\x18\x08 \x01(\x08\"\xb0\x01\n\nBlastReply\x12\x0c\n\x04sent\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\x12\x32\n\x05\x64rops\x18\x03 \x03(\x0b\x32#.xenlab.proto.BlastReply.DropsEntry\x12\x0f\n\x07started\x18\x04 \x01(\x01\x12\x10\n\x08\x66inished\x18\x05 \x01(\x01\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"a\n\x0bSinkRequest\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\x11\n\tethertype\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0c\n\x04idle\x18\x04 \x01(\x01\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\"X\n\tSinkReply\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\r\n\x05\x66irst\x18\x03 \x01(\x01\x12\x0c\n\x04last\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x32\xde\x03\n\nGuestAgent\x12:\n\x04Ping\x12\x19.xenlab.proto.PingRequest\x1a\x17.xenlab.proto.PingReply\x12\x43\n\x07SendUdp\x12\x1c.xenlab.proto.SendUdpRequest\x1a\x1a.xenlab.proto.SendUdpReply\x12\x42\n\x0cInjectFrames\x12\x13.xenlab.proto.Frame\x1a\x1b.xenlab.proto.InjectSummary(\x01\x12\x46\n\x07\x43\x61pture\x12\x1c.xenlab.proto.CaptureRequest\x1a\x1b.xenlab.proto.CapturedFrame0\x01\x12\x46\n\x0eInterfaceStats\x12\x1a.xenlab.proto.StatsRequest\x1a\x18.xenlab.proto.StatsReply\x12=\n\x05\x42last\x12\x1a.xenlab.proto.BlastRequest\x1a\x18.xenlab.proto.BlastReply\x12<\n\x04Sink\x12\x19.xenlab.proto.SinkRequest\x1a\x17.xenlab.proto.SinkReply0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xenlab/proto/agent.proto\x12\x0cxenlab.proto\"z\n\x0bPingRequest\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0c\n\x04size\x18\x03 \x01(\r\x12\x10\n\x08interval\x18\x04 \x01(\x01\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\x12\x11\n\tinterface\x18\x06 \x01(\t\x12\x0b\n\x03ttl\x18\x07 \x01(\r\"A\n\tPingError\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\r\x12\x0c\n\x04\x63ode\x18\x04 \x01(\r\"\xa6\x01\n\tPingReply\x12\x13\n\x0btransmitted\x18\x01 \x01(\r\x12\x10\n\x08received\x18\x02 \x01(\r\x12\x0b\n\x03rtt\x18\x03 \x03(\x01\x12\x0b\n\x03seq\x18\x04 \x03(\r\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x0b\n\x03src\x18\x06 \x01(\t\x12\x13\n\x0bunreachable\x18\x07 \x01(\x08\x12\'\n\x06\x65rrors\x18\x08 \x03(\x0b\x32\x17.xenlab.proto.PingError\"\x84\x01\n\x0eSendUdpRequest\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\r\n\x05\x64port\x18\x02 \x01(\r\x12\r\n\x05sport\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x12\n\nwait_reply\x18\x05 \x01(\x08\x12\x0f\n\x07timeout\x18\x06 \x01(\x01\x12\x11\n\tinterface\x18\x07 \x01(\t\"W\n\x0cSendUdpReply\x12\x0f\n\x07replied\x18\x01 \x01(\x08\x12\r\n\x05reply\x18\x02 \x01(\x0c\x12\x0b\n\x03src\x18\x03 \x01(\t\x12\r\n\x05sport\x18\x04 \x01(\r\x12\x0b\n\x03rtt\x18\x05 \x01(\x01\"(\n\x05\x46rame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tinterface\x18\x02 \x01(\t\"\x97\x01\n\rInjectSummary\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\x12\x35\n\x05\x64rops\x18\x03 \x03(\x0b\x32&.xenlab.proto.InjectSummary.DropsEntry\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"E\n\x0e\x43\x61ptureRequest\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x11\n\tdirection\x18\x03 \x01(\t\"V\n\rCapturedFrame\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12\x11\n\tdirection\x18\x03 \x01(\t\x12\x11\n\tinterface\x18\x04 \x01(\t\"/\n\x0cStatsRequest\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\x0c\n\x04gone\x18\x02 \x01(\x08\"\xae\x02\n\x0eInterfaceStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\ntx_packets\x18\x02 \x01(\x04\x12\x10\n\x08tx_bytes\x18\x03 \x01(\x04\x12\x12\n\nrx_packets\x18\x04 \x01(\x04\x12\x10\n\x08rx_bytes\x18\x05 \x01(\x04\x12\x36\n\x05\x64rops\x18\x06 \x03(\x0b\x32\'.xenlab.proto.InterfaceStats.DropsEntry\x12\x0b\n\x03mac\x18\x07 \x01(\t\x12\n\n\x02ip\x18\x08 \x01(\t\x12\x0b\n\x03mtu\x18\t \x01(\r\x12\r\n\x05state\x18\n \x01(\t\x12\x0c\n\x04peer\x18\x0b \x01(\t\x12\x19\n\x11persistent_grants\x18\x0c \x01(\r\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\">\n\nStatsReply\x12\x30\n\ninterfaces\x18\x01 \x03(\x0b\x32\x1c.xenlab.proto.InterfaceStats\"\x96\x01\n\x0c\x42lastRequest\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\x0f\n\x07\x64st_mac\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0c\n\x04size\x18\x04 \x01(\r\x12\x11\n\tethertype\x18\x05 \x01(\r\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\r\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\x12\x12\n\nrandom_src\x18\x08 \x01(\x08\"\xb0\x01\n\nBlastReply\x12\x0c\n\x04sent\x18\x01 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x02 \x01(\x04\x12\x32\n\x05\x64rops\x18\x03 \x03(\x0b\x32#.xenlab.proto.BlastReply.DropsEntry\x12\x0f\n\x07started\x18\x04 \x01(\x01\x12\x10\n\x08\x66inished\x18\x05 \x01(\x01\x1a,\n\nDropsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"a\n\x0bSinkRequest\x12\x11\n\tinterface\x18\x01 \x01(\t\x12\x11\n\tethertype\x18\x02 \x01(\r\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0c\n\x04idle\x18\x04 \x01(\x01\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\"X\n\tSinkReply\x12\x10\n\x08received\x18\x01 \x01(\x04\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\x12\r\n\x05\x66irst\x18\x03 \x01(\x01\x12\x0c\n\x04last\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\"\x82\x01\n\x0fPerfSendRequest\x12\x0b\n\x03\x64st\x18\x01 \x01(\t\x12\r\n\x05\x64port\x18\x02 \x01(\r\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12\x0e\n\x06length\x18\x04 \x01(\r\x12\x10\n\x08\x64uration\x18\x05 \x01(\x01\x12\x10\n\x08interval\x18\x06 \x01(\x01\x12\x11\n\tinterface\x18\x07 \x01(\t\"V\n\x10PerfServeRequest\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\x10\n\x08interval\x18\x02 \x01(\x01\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\x12\x11\n\tinterface\x18\x04 \x01(\t\"\xc2\x01\n\x0cPerfInterval\x12\r\n\x05start\x18\x01 \x01(\x01\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x01\x12\x11\n\tdatagrams\x18\x03 \x01(\x04\x12\r\n\x05\x62ytes\x18\x04 \x01(\x04\x12\x0c\n\x04lost\x18\x05 \x01(\x04\x12\x0e\n\x06jitter\x18\x06 \x01(\x01\x12\x14\n\x0cout_of_order\x18\x07 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x08 \x01(\x04\x12\r\n\x05total\x18\t \x01(\x08\x12\r\n\x05ready\x18\n \x01(\x08\x12\x12\n\nduplicates\x18\x0b \x01(\x04\x32\xf2\x04\n\nGuestAgent\x12:\n\x04Ping\x12\x19.xenlab.proto.PingRequest\x1a\x17.xenlab.proto.PingReply\x12\x43\n\x07SendUdp\x12\x1c.xenlab.proto.SendUdpRequest\x1a\x1a.xenlab.proto.SendUdpReply\x12\x42\n\x0cInjectFrames\x12\x13.xenlab.proto.Frame\x1a\x1b.xenlab.proto.InjectSummary(\x01\x12\x46\n\x07\x43\x61pture\x12\x1c.xenlab.proto.CaptureRequest\x1a\x1b.xenlab.proto.CapturedFrame0\x01\x12\x46\n\x0eInterfaceStats\x12\x1a.xenlab.proto.StatsRequest\x1a\x18.xenlab.proto.StatsReply\x12=\n\x05\x42last\x12\x1a.xenlab.proto.BlastRequest\x1a\x18.xenlab.proto.BlastReply\x12<\n\x04Sink\x12\x19.xenlab.proto.SinkRequest\x1a\x17.xenlab.proto.SinkReply0\x01\x12G\n\x08PerfSend\x12\x1d.xenlab.proto.PerfSendRequest\x1a\x1a.xenlab.proto.PerfInterval0\x01\x12I\n\tPerfServe\x12\x1e.xenlab.proto.PerfServeRequest\x1a\x1a.xenlab.proto.PerfInterval0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,41 +38,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLASTREPLY_DROPSENTRY']._loaded_options = None
   _globals['_BLASTREPLY_DROPSENTRY']._serialized_options = b'8\001'
   _globals['_PINGREQUEST']._serialized_start=42
-  _globals['_PINGREQUEST']._serialized_end=151
-  _globals['_PINGREPLY']._serialized_start=153
-  _globals['_PINGREPLY']._serialized_end=278
-  _globals['_SENDUDPREQUEST']._serialized_start=281
-  _globals['_SENDUDPREQUEST']._serialized_end=413
-  _globals['_SENDUDPREPLY']._serialized_start=415
-  _globals['_SENDUDPREPLY']._serialized_end=502
-  _globals['_FRAME']._serialized_start=504
-  _globals['_FRAME']._serialized_end=544
-  _globals['_INJECTSUMMARY']._serialized_start=547
-  _globals['_INJECTSUMMARY']._serialized_end=698
-  _globals['_INJECTSUMMARY_DROPSENTRY']._serialized_start=654
-  _globals['_INJECTSUMMARY_DROPSENTRY']._serialized_end=698
-  _globals['_CAPTUREREQUEST']._serialized_start=700
-  _globals['_CAPTUREREQUEST']._serialized_end=769
-  _globals['_CAPTUREDFRAME']._serialized_start=771
-  _globals['_CAPTUREDFRAME']._serialized_end=857
-  _globals['_STATSREQUEST']._serialized_start=859
-  _globals['_STATSREQUEST']._serialized_end=906
-  _globals['_INTERFACESTATS']._serialized_start=909
-  _globals['_INTERFACESTATS']._serialized_end=1211
-  _globals['_INTERFACESTATS_DROPSENTRY']._serialized_start=654
-  _globals['_INTERFACESTATS_DROPSENTRY']._serialized_end=698
-  _globals['_STATSREPLY']._serialized_start=1213
-  _globals['_STATSREPLY']._serialized_end=1275
-  _globals['_BLASTREQUEST']._serialized_start=1278
-  _globals['_BLASTREQUEST']._serialized_end=1428
-  _globals['_BLASTREPLY']._serialized_start=1431
-  _globals['_BLASTREPLY']._serialized_end=1607
-  _globals['_BLASTREPLY_DROPSENTRY']._serialized_start=654
-  _globals['_BLASTREPLY_DROPSENTRY']._serialized_end=698
-  _globals['_SINKREQUEST']._serialized_start=1609
-  _globals['_SINKREQUEST']._serialized_end=1706
-  _globals['_SINKREPLY']._serialized_start=1708
-  _globals['_SINKREPLY']._serialized_end=1796
-  _globals['_GUESTAGENT']._serialized_start=1799
-  _globals['_GUESTAGENT']._serialized_end=2277
+  _globals['_PINGREQUEST']._serialized_end=164
+  _globals['_PINGERROR']._serialized_start=166
+  _globals['_PINGERROR']._serialized_end=231
+  _globals['_PINGREPLY']._serialized_start=234
+  _globals['_PINGREPLY']._serialized_end=400
+  _globals['_SENDUDPREQUEST']._serialized_start=403
+  _globals['_SENDUDPREQUEST']._serialized_end=535
+  _globals['_SENDUDPREPLY']._serialized_start=537
+  _globals['_SENDUDPREPLY']._serialized_end=624
+  _globals['_FRAME']._serialized_start=626
+  _globals['_FRAME']._serialized_end=666
+  _globals['_INJECTSUMMARY']._serialized_start=669
+  _globals['_INJECTSUMMARY']._serialized_end=820
+  _globals['_INJECTSUMMARY_DROPSENTRY']._serialized_start=776
+  _globals['_INJECTSUMMARY_DROPSENTRY']._serialized_end=820
+  _globals['_CAPTUREREQUEST']._serialized_start=822
+  _globals['_CAPTUREREQUEST']._serialized_end=891
+  _globals['_CAPTUREDFRAME']._serialized_start=893
+  _globals['_CAPTUREDFRAME']._serialized_end=979
+  _globals['_STATSREQUEST']._serialized_start=981
+  _globals['_STATSREQUEST']._serialized_end=1028
+  _globals['_INTERFACESTATS']._serialized_start=1031
+  _globals['_INTERFACESTATS']._serialized_end=1333
+  _globals['_INTERFACESTATS_DROPSENTRY']._serialized_start=776
+  _globals['_INTERFACESTATS_DROPSENTRY']._serialized_end=820
+  _globals['_STATSREPLY']._serialized_start=1335
+  _globals['_STATSREPLY']._serialized_end=1397
+  _globals['_BLASTREQUEST']._serialized_start=1400
+  _globals['_BLASTREQUEST']._serialized_end=1550
+  _globals['_BLASTREPLY']._serialized_start=1553
+  _globals['_BLASTREPLY']._serialized_end=1729
+  _globals['_BLASTREPLY_DROPSENTRY']._serialized_start=776
+  _globals['_BLASTREPLY_DROPSENTRY']._serialized_end=820
+  _globals['_SINKREQUEST']._serialized_start=1731
+  _globals['_SINKREQUEST']._serialized_end=1828
+  _globals['_SINKREPLY']._serialized_start=1830
+  _globals['_SINKREPLY']._serialized_end=1918
+  _globals['_PERFSENDREQUEST']._serialized_start=1921
+  _globals['_PERFSENDREQUEST']._serialized_end=2051
+  _globals['_PERFSERVEREQUEST']._serialized_start=2053
+  _globals['_PERFSERVEREQUEST']._serialized_end=2139
+  _globals['_PERFINTERVAL']._serialized_start=2142
+  _globals['_PERFINTERVAL']._serialized_end=2336
+  _globals['_GUESTAGENT']._serialized_start=2339
+  _globals['_GUESTAGENT']._serialized_end=2965
 # @@protoc_insertion_point(module_scope)

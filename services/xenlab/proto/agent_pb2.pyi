@@ -7,23 +7,37 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PingRequest(_message.Message):
-    __slots__ = ("dst", "count", "size", "interval", "timeout", "interface")
+    __slots__ = ("dst", "count", "size", "interval", "timeout", "interface", "ttl")
     DST_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     INTERVAL_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     dst: str
     count: int
     size: int
     interval: float
     timeout: float
     interface: str
-    def __init__(self, dst: _Optional[str] = ..., count: _Optional[int] = ..., size: _Optional[int] = ..., interval: _Optional[float] = ..., timeout: _Optional[float] = ..., interface: _Optional[str] = ...) -> None: ...
+    ttl: int
+    def __init__(self, dst: _Optional[str] = ..., count: _Optional[int] = ..., size: _Optional[int] = ..., interval: _Optional[float] = ..., timeout: _Optional[float] = ..., interface: _Optional[str] = ..., ttl: _Optional[int] = ...) -> None: ...
+
+class PingError(_message.Message):
+    __slots__ = ("seq", "src", "type", "code")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    src: str
+    type: int
+    code: int
+    def __init__(self, seq: _Optional[int] = ..., src: _Optional[str] = ..., type: _Optional[int] = ..., code: _Optional[int] = ...) -> None: ...
 
 class PingReply(_message.Message):
-    __slots__ = ("transmitted", "received", "rtt", "seq", "error", "src", "unreachable")
+    __slots__ = ("transmitted", "received", "rtt", "seq", "error", "src", "unreachable", "errors")
     TRANSMITTED_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     RTT_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +45,7 @@ class PingReply(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     SRC_FIELD_NUMBER: _ClassVar[int]
     UNREACHABLE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
     transmitted: int
     received: int
     rtt: _containers.RepeatedScalarFieldContainer[float]
@@ -38,7 +53,8 @@ class PingReply(_message.Message):
     error: str
     src: str
     unreachable: bool
-    def __init__(self, transmitted: _Optional[int] = ..., received: _Optional[int] = ..., rtt: _Optional[_Iterable[float]] = ..., seq: _Optional[_Iterable[int]] = ..., error: _Optional[str] = ..., src: _Optional[str] = ..., unreachable: bool = ...) -> None: ...
+    errors: _containers.RepeatedCompositeFieldContainer[PingError]
+    def __init__(self, transmitted: _Optional[int] = ..., received: _Optional[int] = ..., rtt: _Optional[_Iterable[float]] = ..., seq: _Optional[_Iterable[int]] = ..., error: _Optional[str] = ..., src: _Optional[str] = ..., unreachable: bool = ..., errors: _Optional[_Iterable[_Union[PingError, _Mapping]]] = ...) -> None: ...
 
 class SendUdpRequest(_message.Message):
     __slots__ = ("dst", "dport", "sport", "payload", "wait_reply", "timeout", "interface")
@@ -236,3 +252,59 @@ class SinkReply(_message.Message):
     last: float
     ready: bool
     def __init__(self, received: _Optional[int] = ..., bytes: _Optional[int] = ..., first: _Optional[float] = ..., last: _Optional[float] = ..., ready: bool = ...) -> None: ...
+
+class PerfSendRequest(_message.Message):
+    __slots__ = ("dst", "dport", "rate", "length", "duration", "interval", "interface")
+    DST_FIELD_NUMBER: _ClassVar[int]
+    DPORT_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    dst: str
+    dport: int
+    rate: float
+    length: int
+    duration: float
+    interval: float
+    interface: str
+    def __init__(self, dst: _Optional[str] = ..., dport: _Optional[int] = ..., rate: _Optional[float] = ..., length: _Optional[int] = ..., duration: _Optional[float] = ..., interval: _Optional[float] = ..., interface: _Optional[str] = ...) -> None: ...
+
+class PerfServeRequest(_message.Message):
+    __slots__ = ("port", "interval", "timeout", "interface")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    INTERFACE_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    interval: float
+    timeout: float
+    interface: str
+    def __init__(self, port: _Optional[int] = ..., interval: _Optional[float] = ..., timeout: _Optional[float] = ..., interface: _Optional[str] = ...) -> None: ...
+
+class PerfInterval(_message.Message):
+    __slots__ = ("start", "end", "datagrams", "bytes", "lost", "jitter", "out_of_order", "errors", "total", "ready", "duplicates")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    DATAGRAMS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_ORDER_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    start: float
+    end: float
+    datagrams: int
+    bytes: int
+    lost: int
+    jitter: float
+    out_of_order: int
+    errors: int
+    total: bool
+    ready: bool
+    duplicates: int
+    def __init__(self, start: _Optional[float] = ..., end: _Optional[float] = ..., datagrams: _Optional[int] = ..., bytes: _Optional[int] = ..., lost: _Optional[int] = ..., jitter: _Optional[float] = ..., out_of_order: _Optional[int] = ..., errors: _Optional[int] = ..., total: bool = ..., ready: bool = ..., duplicates: _Optional[int] = ...) -> None: ...

@@ -69,6 +69,16 @@ class GuestAgentStub(object):
                 request_serializer=xenlab_dot_proto_dot_agent__pb2.SinkRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_agent__pb2.SinkReply.FromString,
                 _registered_method=True)
+        self.PerfSend = channel.unary_stream(
+                '/xenlab.proto.GuestAgent/PerfSend',
+                request_serializer=xenlab_dot_proto_dot_agent__pb2.PerfSendRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.PerfInterval.FromString,
+                _registered_method=True)
+        self.PerfServe = channel.unary_stream(
+                '/xenlab.proto.GuestAgent/PerfServe',
+                request_serializer=xenlab_dot_proto_dot_agent__pb2.PerfServeRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.PerfInterval.FromString,
+                _registered_method=True)
 
 
 class GuestAgentServicer(object):
@@ -116,6 +126,18 @@ class GuestAgentServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PerfSend(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PerfServe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GuestAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +175,16 @@ def add_GuestAgentServicer_to_server(servicer, server):
                     servicer.Sink,
                     request_deserializer=xenlab_dot_proto_dot_agent__pb2.SinkRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_agent__pb2.SinkReply.SerializeToString,
+            ),
+            'PerfSend': grpc.unary_stream_rpc_method_handler(
+                    servicer.PerfSend,
+                    request_deserializer=xenlab_dot_proto_dot_agent__pb2.PerfSendRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.PerfInterval.SerializeToString,
+            ),
+            'PerfServe': grpc.unary_stream_rpc_method_handler(
+                    servicer.PerfServe,
+                    request_deserializer=xenlab_dot_proto_dot_agent__pb2.PerfServeRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.PerfInterval.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +376,60 @@ class GuestAgent(object):
             '/xenlab.proto.GuestAgent/Sink',
             xenlab_dot_proto_dot_agent__pb2.SinkRequest.SerializeToString,
             xenlab_dot_proto_dot_agent__pb2.SinkReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PerfSend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xenlab.proto.GuestAgent/PerfSend',
+            xenlab_dot_proto_dot_agent__pb2.PerfSendRequest.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.PerfInterval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PerfServe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xenlab.proto.GuestAgent/PerfServe',
+            xenlab_dot_proto_dot_agent__pb2.PerfServeRequest.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.PerfInterval.FromString,
             options,
             channel_credentials,
             insecure,

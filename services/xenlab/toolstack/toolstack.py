@@ -19,8 +19,10 @@ from xenlab.hypervisor.core import PAGES_PER_MB, Hypervisor
 from xenlab.hypervisor.domains import Domain, RunState
 from xenlab.hypervisor.caller import DOM0
 from xenlab.hypervisor.xenstored_ring import STORE_GFN
+from xenlab.net.ipconfig import check_guest_net
 from xenlab.toolstack import build
 from xenlab.toolstack.devices import Devices
+from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.xenstore_paths import agent_record_path
 
@@ -70,8 +72,10 @@ class Toolstack:
         dom.online_vcpus = vcpus
         dom.launcher = launcher.name
         try:
-            # Every vif is checked before anything is written.
+            # Every vif and the command line are checked before anything is written.
             nics = self.devices.plan_vifs(dom.domid, list(spec.vif))
+            cmdline = kernel_cmdline(dict(spec.extra))
+            check_guest_net(cmdline, {f"eth{i}": vif.ip or None for i, vif in enumerate(spec.vif)})
             secret = self.hv.populate(dom, memory_mb * PAGES_PER_MB)
             build.write_domain_tree(self.xs, dom, self.hv.memory.reservation(dom.domid))
             for nodes in nics:
@@ -79,7 +83,7 @@ class Toolstack:
             store_port = build.setup_store(self.xs, self.hv.memory, self.hv.evtchn, dom.domid)
             self.hv.xenstored.introduce(dom.domid, STORE_GFN, store_port)
             token = secrets.token_urlsafe(32)
-            agent = await self.hv.launch(dom, launcher, secret, token)
+            agent = await self.hv.launch(dom, launcher, secret, token, cmdline)
         except BaseException:
             await self._destroy(dom)
             raise

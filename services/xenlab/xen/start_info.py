@@ -34,6 +34,7 @@ class StartInfo:
     groups: list[int] = field(default_factory=list)
     store_gfn: int = 0       # the xenstore ring page (start_info's store_mfn)
     store_port: int = 0      # its event channel (store_evtchn); 0: no ring, use gRPC
+    cmd_line: str = ""       # the kernel command line (xl.cfg's cmdline=, or root= and extra=)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

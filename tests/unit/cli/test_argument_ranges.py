@@ -23,7 +23,8 @@ ENV = {"XENLAB_RUNDIR": "/nonexistent/xenlab-test"}   # nothing is ever reached
     (["ping", "web", "10.0.0.2", "-i", "0"], "-i/--interval: 0 s is out of range (at least 0.0001"),
     (["ping", "web", "10.0.0.2", "-i", "nan"], "-i/--interval: nan s is out of range"),
     (["ping", "web", "10.0.0.2", "-W", "0"], "-W/--timeout: 0 s is out of range (above 0"),
-    (["ping", "web", "web.example"], "dest: 'web.example' is not an IPv4 address"),
+    (["ping", "web", "db/1"], "dest: 'db/1' is neither an IPv4 address (like 10.0.0.2) nor a "
+                              "domain's name or id (domain name 'db/1' has characters '/'"),
     (["inject", "web:eth0", "--timeout", "0"], "--timeout: 0 s is out of range (above 0"),
     (["capture", "web:eth0", "-w", "x.pcap", "-c", "5", "--timeout", "-1"], "--timeout: -1 s is out of range"),
     (["capture", "web:eth0", "-w", "x.pcap", "-c", "-1"], "-c/--count: -1 is out of range (at least 1)"),

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from xenlab.agent_client import (AGENT_TOKEN_MD, NoAgentError, agent_channel, agent_for,
-                                 format_ping)
+                                 format_ping, pick_address)
 from xenlab.domain.agent import (CAPTURE_DROPPED_MD, SERVICE_NAME, GuestAgentServer,
                                  start_guest_agent)
 from xenlab.domain.netstack import GuestNetwork
@@ -442,9 +442,39 @@ def test_format_ping_unreachable_is_from_the_senders_address_per_request():
     assert "3 packets transmitted, 1 received, +2 errors, 66.6667% packet loss" in lines
 
 
+def test_format_ping_prints_icmp_errors_from_routers_in_sequence_order():
+    reply = agent_pb2.PingReply(transmitted=3, received=1, rtt=[0.001], seq=[2], src="10.0.1.2",
+                                errors=[agent_pb2.PingError(seq=3, src="10.0.1.1", type=3, code=0),
+                                        agent_pb2.PingError(seq=1, src="10.0.1.1", type=11, code=0)])
+    lines = format_ping(reply, "10.0.2.2").splitlines()
+    assert lines[1:4] == ["From 10.0.1.1 icmp_seq=1 Time to live exceeded",
+                          "64 bytes from 10.0.2.2: icmp_seq=2 time=1.00 ms",
+                          "From 10.0.1.1 icmp_seq=3 Destination Net Unreachable"]
+    assert "3 packets transmitted, 1 received, +2 errors, 66.6667% packet loss" in lines
+
+
 def test_format_ping_with_another_error_says_it_as_ping_does():
     reply = agent_pb2.PingReply(transmitted=1, received=0, error="interface eth0 went away")
     text = format_ping(reply, "10.0.0.9")
     assert "ping: interface eth0 went away" in text
     assert "1 packets transmitted, 0 received, 100% packet loss" in text
     assert "rtt" not in text
+
+
+# -- domain names as destinations --------------------------------------------------------
+
+def test_pick_address_prefers_a_subnet_the_source_is_on_else_the_first_interface():
+    router = [("eth1", "10.0.2.1/24"), ("eth0", "10.0.1.1/24")]
+    assert pick_address(["10.0.2.2/24"], router) == "10.0.2.1"
+    assert pick_address(["10.0.1.2/24"], router) == "10.0.1.1"
+    assert pick_address(["192.168.0.2/24"], router) == "10.0.1.1"       # eth0: via a gateway
+    assert pick_address([], [("eth10", "10.0.10.1/24"), ("eth2", "10.0.3.1/24")]) == "10.0.3.1"
+    assert pick_address(["10.0.2.2/24"], []) is None
+
+
+def test_format_ping_with_a_name_prints_it_as_ping_prints_a_host_name():
+    reply = agent_pb2.PingReply(transmitted=1, received=1, rtt=[0.002], seq=[1])
+    lines = format_ping(reply, "10.0.2.2", name="db").splitlines()
+    assert lines[:2] == ["PING db (10.0.2.2) 56(84) bytes of data.",
+                         "64 bytes from db (10.0.2.2): icmp_seq=1 time=2.00 ms"]
+    assert "--- db ping statistics ---" in lines

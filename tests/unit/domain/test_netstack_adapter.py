@@ -373,3 +373,36 @@ async def test_an_idle_stack_is_not_polled(guests):
     stack.poll = lambda: polls.append(1) or real_poll()
     await asyncio.sleep(0.1)
     assert polls == []
+
+
+# -- perf (iperf -u) ------------------------------------------------------------------
+
+async def test_perf_between_two_guests_counts_every_datagram(guests):
+    reports = guests.b.perf_serve(port=5001, interval=0.1, timeout=2.0)
+    assert await reports.__anext__() is None                # listening
+    received = asyncio.ensure_future(_collect(reports))
+    sent = [r async for r in guests.a.perf_send("10.0.0.2", 5001, rate=400_000, length=100,
+                                                duration=0.3, interval=0.1)]
+    got = await asyncio.wait_for(received, 5)
+    assert sent[-1].total and got[-1].total
+    offered = sent[-1].datagrams
+    assert 0 < offered <= 150 and sent[-1].bytes == offered * 100    # 500 datagrams/s for 0.3 s
+    assert got[-1].datagrams + got[-1].lost == offered and got[-1].datagrams > 0
+    assert sum(r.datagrams for r in sent[:-1]) == offered
+
+
+async def test_perf_serve_with_no_sender_ends_after_its_timeout_with_nothing(guests):
+    reports = [r async for r in guests.b.perf_serve(port=5001, interval=0.05, timeout=0.2)]
+    assert reports[0] is None
+    assert reports[-1].total and reports[-1].datagrams == 0
+
+
+async def test_perf_send_with_no_route_is_an_error_not_a_stream_of_losses(guests):
+    with pytest.raises(XenError) as err:
+        async for _ in guests.a.perf_send("192.0.2.1", duration=0.1):
+            pass
+    assert err.value.errno == errno.ENETUNREACH
+
+
+async def _collect(reports) -> list:
+    return [r async for r in reports]

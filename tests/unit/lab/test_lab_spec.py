@@ -4,6 +4,7 @@ nobody knows, the key it most resembles (issue 19: `memroy = 32` inside
 reported as line 2)."""
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -150,3 +151,30 @@ def test_key_lines_finds_keys_items_and_headers_past_strings_and_comments():
     assert lines.table(("domain", 0)) == {"s": KeyPosition(6), "vif": KeyPosition(9, (9, 9, 11)),
                                           "t": KeyPosition(12)}
     assert lines.line(("domain", 1)) == 14 and lines.line(("domain", 1), "name") == 15
+
+
+ROUTED = """
+[[bridge]]
+name = "xenbr0"
+[[domain]]
+name = "web"
+vif = ["bridge=xenbr0,ip=10.0.1.2/24"]
+extra = "{extra}"
+"""
+
+
+@pytest.mark.parametrize("extra, says", [
+    ("ip=::10.0.9.1", "domain web: ip=: gateway 10.0.9.1 is not a neighbour on eth0's network 10.0.1.0/24"),
+    ("ip=10.0.3.2::10.0.3.1:255.255.255.0::eth1:off", "domain web: ip=: the guest has no eth1"),
+    ("ip=10.0.1.300", "client-ip '10.0.1.300' is not an IPv4 address"),
+    ("sysctl.net.ipv4.ip_forward=on", "expected a number"),
+])
+def test_a_guests_kernel_command_line_is_checked_when_the_lab_is_read(extra, says):
+    with pytest.raises(ConfigError, match=re.escape(says)) as err:
+        parse_lab(ROUTED.format(extra=extra), "routed.toml")
+    assert str(err.value.message).startswith("routed.toml:")
+
+
+def test_a_gateway_from_the_command_line_with_the_vifs_address_is_accepted():
+    spec = parse_lab(ROUTED.format(extra="ip=::10.0.1.1 sysctl.net.ipv4.ip_forward=0"), "routed.toml")
+    assert spec.domain("web").extra["extra"] == "ip=::10.0.1.1 sysctl.net.ipv4.ip_forward=0"

@@ -158,12 +158,12 @@ def test_a_retry_is_due_at_exactly_its_deadline_and_the_next_one_a_retry_later()
     assert arp.poll(2 * RETRY) == Timers(retry=[IP], failed=[])
 
 
-def test_retries_counts_every_request_then_gives_up_with_the_queue_length():
+def test_retries_counts_every_request_then_gives_up_with_the_queued_packets():
     arp = table(retries=2)
     arp.enqueue(IP, b"p", 0.0)                  # request 1
     arp.enqueue(IP, b"q", 0.0)
     assert arp.poll(1.0) == Timers(retry=[IP], failed=[])          # request 2
-    assert arp.poll(2.0) == Timers(retry=[], failed=[(IP, 2)])
+    assert arp.poll(2.0) == Timers(retry=[], failed=[(IP, 2)], dropped=[b"p", b"q"])
     assert arp.pending() == {} and not arp.knows(IP, 2.0)
     assert arp.next_deadline() is None
 
