@@ -25,6 +25,7 @@ from typing import Callable
 from xenlab.drivers.netback.interface import HotplugError
 from xenlab.net.device import NetDevice
 from xenlab.net.veth import VethEnd, VethError, connect_veth
+from xenlab.xen.names import IFNAMSIZ
 from xenlab.xen.xenstore_paths import bridge_registry_path
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ BACKOFF_MAX = 2.0           # and at most between two attempts
 def veth_name(vif_name: str) -> str:
     """The driver domain's end of a vif's veth pair: vif1.0 -> veth1.0 (the
     bridge's end is the port named vif1.0, as the vif itself is in Linux)."""
-    return "veth" + vif_name[3:] if vif_name.startswith("vif") else f"veth-{vif_name}"[:15]
+    return "veth" + vif_name[3:] if vif_name.startswith("vif") else f"veth-{vif_name}"[:IFNAMSIZ - 1]
 
 
 def bridge_address_path(bridge: str) -> str:

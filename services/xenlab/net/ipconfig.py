@@ -33,12 +33,12 @@ from types import MappingProxyType
 
 from xenlab.net.route import Route
 from xenlab.xen.errors import ConfigError
+from xenlab.xen.names import IFNAME_RULE, is_ifname
 
 AUTOCONF_ON = ("on", "any", "dhcp", "bootp", "rarp", "both")
 AUTOCONF_OFF = ("off", "none")
 DEFAULT_DEVICE = "eth0"
 IP_FORWARD_KEYS = ("sysctl.net.ipv4.ip_forward", "sysctl.net/ipv4/ip_forward")
-IFNAMSIZ = 16
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,8 @@ def parse_rd_route(value: str) -> StaticRoute:
     if gateway.is_unspecified or gateway.is_multicast or gateway.is_loopback:
         raise ConfigError(f"rd.route={value}: {gateway} cannot be a gateway")
     device = fields[2] if len(fields) == 3 else ""
-    if device and (len(device) >= IFNAMSIZ or "/" in device or device in (".", "..")):
-        raise ConfigError(f"rd.route={value}: {device!r} is not an interface name")
+    if device and not is_ifname(device):
+        raise ConfigError(f"rd.route={value}: {device!r} is not an interface name ({IFNAME_RULE})")
     return StaticRoute(dst, gateway, device)
 
 
@@ -193,8 +193,8 @@ def parse_ip_param(value: str) -> IpParam:
             IPv4Network(f"0.0.0.0/{netmask}")
         except ValueError:
             raise ConfigError(f"ip={value}: netmask {netmask} is not a netmask") from None
-    if device and (len(device) >= IFNAMSIZ or "/" in device or device in (".", "..")):
-        raise ConfigError(f"ip={value}: device {device!r} is not an interface name")
+    if device and not is_ifname(device):
+        raise ConfigError(f"ip={value}: device {device!r} is not an interface name ({IFNAME_RULE})")
     if autoconf and autoconf not in AUTOCONF_ON + AUTOCONF_OFF and not autoconf.startswith("dhcp,"):
         raise ConfigError(f"ip={value}: autoconf {autoconf!r} is not one of "
                           f"{', '.join(AUTOCONF_OFF + AUTOCONF_ON)}")

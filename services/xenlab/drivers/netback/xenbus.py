@@ -68,7 +68,7 @@ BACKEND_KEYS = ("frontend", "frontend-id", "mac", "ip", "rate", "mtu", "bridge",
 # The keys: the backend directory and the frontend's ring details
 # ----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class VifConfig:
+class BackendConfig:
     """The toolstack's backend directory, validated (the keys libxl writes for a vif)."""
 
     backend_id: int
@@ -92,7 +92,7 @@ def _config_error(message: str) -> XenError:
     return XenError(errno.EINVAL, message)
 
 
-def parse_backend_dir(path: str, values: Mapping[str, str | None]) -> VifConfig:
+def parse_backend_dir(path: str, values: Mapping[str, str | None]) -> BackendConfig:
     """Validate the backend directory at ``path`` (absolute) from its keys."""
     ids = parse_backend_path(path)
     if ids is None:
@@ -116,7 +116,7 @@ def parse_backend_dir(path: str, values: Mapping[str, str | None]) -> VifConfig:
         mac = parse_mac(mac_text)
     except ConfigError as err:
         raise _config_error(f"parsing mac: {err.message}") from None
-    return VifConfig(
+    return BackendConfig(
         backend_id=backend_id, frontend=frontend, frontend_id=frontend_id, devid=devid, mac=mac,
         ips=_parse_ips(values.get("ip")), rate=_parse_rate_key(values.get("rate")),
         mtu=_parse_mtu(values.get("mtu")), bridge=values.get("bridge") or DEFAULT_BRIDGE,
@@ -212,7 +212,7 @@ class Netback(XenbusDevice):
         super().__init__(driver.kernel.xenbus, nodename, nodename)
         self.driver = driver
         self.kernel = driver.kernel
-        self.config: VifConfig | None = None
+        self.config: BackendConfig | None = None
         self.vif: VifDevice | None = None
         self._conn: Connection | None = None
 
@@ -310,7 +310,7 @@ class Netback(XenbusDevice):
         interface.release_local(conn)
 
 
-def _replace_online(cfg: VifConfig, online: bool) -> VifConfig:
+def _replace_online(cfg: BackendConfig, online: bool) -> BackendConfig:
     return cfg if cfg.online == online else replace(cfg, online=online)
 
 

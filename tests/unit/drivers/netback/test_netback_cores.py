@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from xenlab.drivers.netback.antispoof import AntiSpoof
 from xenlab.drivers.netback.ratelimit import CreditScheduler, Rate
 from xenlab.xen import abi
+from xenlab.testing import ManualClock
 from xenlab.xen.netif import ExtraInfo, RxResponse, TxRequest, TxResponse
 
 from vif_pair import eth_frame, make_vif
@@ -386,16 +387,8 @@ def test_spoofed_frames_are_dropped_and_counted():
 
 
 # -- rate limiting ---------------------------------------------------------------------------------
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-
 def test_a_rate_limited_vif_holds_frames_until_the_credit_timer():
-    clock = Clock()
+    clock = ManualClock(100.0)
     vif = make_vif(limiter=CreditScheduler(Rate(1000, 10_000), clock))
     frames = [eth_frame(800, seed=i) for i in range(3)]
     vif.front_tx.send(frames)

@@ -4,15 +4,8 @@ from __future__ import annotations
 import pytest
 
 from xenlab.drivers.netback.ratelimit import MAX_BURST_BYTES, CreditScheduler, Rate, parse_rate
+from xenlab.testing import ManualClock
 from xenlab.xen.errors import XenError
-
-
-class Clock:
-    def __init__(self, now: float = 10.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize("text, rate", [
@@ -31,13 +24,13 @@ def test_parse_rate_refuses(text):
 
 
 def test_frames_within_the_credit_go_at_once():
-    sched = CreditScheduler(Rate(3000, 1000), Clock())
+    sched = CreditScheduler(Rate(3000, 1000), ManualClock(10.0))
     assert [sched.consume(1000) for _ in range(3)] == [None, None, None]
     assert sched.remaining == 0
 
 
 def test_a_frame_larger_than_the_credit_waits_for_the_window_end():
-    clock = Clock()
+    clock = ManualClock(10.0)
     sched = CreditScheduler(Rate(1000, 20_000), clock)
     assert sched.consume(600) is None
     wait = sched.consume(600)
@@ -51,7 +44,7 @@ def test_a_frame_larger_than_the_credit_waits_for_the_window_end():
 
 
 def test_credit_is_earned_back_when_the_window_has_passed():
-    clock = Clock()
+    clock = ManualClock(10.0)
     sched = CreditScheduler(Rate(1000, 20_000), clock)
     sched.consume(1000)
     clock.now += 1.0                             # long idle: no timer needed
@@ -59,17 +52,17 @@ def test_credit_is_earned_back_when_the_window_has_passed():
 
 
 def test_credit_accumulates_only_up_to_the_burst():
-    sched = CreditScheduler(Rate(100_000, 1000), Clock())
+    sched = CreditScheduler(Rate(100_000, 1000), ManualClock(10.0))
     for _ in range(5):
         sched.replenish()
     assert sched.remaining == MAX_BURST_BYTES
-    big = CreditScheduler(Rate(500_000, 1000), Clock())
+    big = CreditScheduler(Rate(500_000, 1000), ManualClock(10.0))
     big.replenish()
     assert big.remaining == 500_000              # the burst is at least one interval's credit
 
 
 def test_a_jumbo_frame_always_gets_through_eventually():
-    clock = Clock()
+    clock = ManualClock(10.0)
     sched = CreditScheduler(Rate(100, 1000), clock)
     rounds = 0
     while (wait := sched.consume(65535)) is not None:
