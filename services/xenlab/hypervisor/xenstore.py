@@ -422,6 +422,10 @@ class XenStore:
                 self._live.set(path, replace(node, perms=self._disown(node.perms, domid)))
         self._fire_special(RELEASE_DOMAIN)
 
+    def fire_release_domain(self) -> None:
+        """@releaseDomain for a domain that shut down but is not gone yet."""
+        self._fire_special(RELEASE_DOMAIN)
+
     # -- privileged helpers ---------------------------------------------------
     def exists(self, path: str) -> bool:
         self._check_path(path)

@@ -91,6 +91,25 @@ def setup_store(xs: XenStore, memory: MachineMemory, evtchn: EventChannels, domi
     return port
 
 
+def rename_domain(xs: XenStore, dom: Domain, name: str, uuid: str) -> None:
+    """libxl__domain_rename's nodes (and, with a new uuid, the /vm/UUID
+    directory under its new name, as libxl_domain_preserve moves it)."""
+    base = f"/local/domain/{dom.domid}"
+    old_vm, vm = f"/vm/{dom.uuid}", f"/vm/{uuid}"
+    xs.write(DOM0, f"{base}/name", name.encode())
+    if not xs.exists(old_vm):
+        return
+    if vm != old_vm:
+        for path in sorted(p for p in xs.nodes() if p == old_vm or p.startswith(old_vm + "/")):
+            node = xs.nodes()[path]
+            xs.write(DOM0, vm + path[len(old_vm):], node.value)
+            xs.set_perms(DOM0, vm + path[len(old_vm):], node.perms)
+        xs.rm(DOM0, old_vm)
+        xs.write(DOM0, f"{base}/vm", vm.encode())
+        xs.write(DOM0, f"{vm}/uuid", uuid.encode())
+    xs.write(DOM0, f"{vm}/name", name.encode())
+
+
 def remove_domain_tree(xs: XenStore, dom: Domain) -> None:
     """/local/domain/N, /vm/UUID and the toolstack's own /libxl/N."""
     for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", record_root(dom.domid)):

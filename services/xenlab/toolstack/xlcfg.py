@@ -33,8 +33,17 @@ DEFAULT_MTU = abi.ETH_DATA_LEN
 MTU_MAX = 65535
 COMMAND_LINE = "<command line>"  # the source named in errors from `xl create ... key=value`
 
+# xl.cfg(5) ACTIONS for on_poweroff, on_reboot, on_crash and on_watchdog,
+# and each one's default (libxl_domain_config_setdefault's).
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve",
            "coredump-destroy", "coredump-restart", "soft-reset")
+ACTION_DEFAULTS = {"poweroff": "destroy", "reboot": "restart", "crash": "destroy",
+                   "watchdog": "destroy"}
+# Actions xl has that xenlab refuses, and why.
+NOT_EMULATED_ACTIONS = {
+    "soft-reset": "soft reset (a new kernel booted in the same domain, its memory kept) is not "
+                  "emulated; use restart",
+}
 LAUNCHERS = ("local", "none", "docker")
 
 # xl.cfg keys that xl understands and xenlab keeps in `extra` without a word.
@@ -82,6 +91,7 @@ class XlConfig:
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
+    on_watchdog: str = "destroy"
     vifs: tuple[VifConfig, ...] = ()
     uuid: str | None = None
     launcher: str | None = None
@@ -485,8 +495,8 @@ def _build(r: _Reader, warnings: list[str], path: str | None, text: str,
     if maxvcpus < vcpus:
         raise r.error("maxvcpus", f"maxvcpus ({maxvcpus}) is smaller than vcpus ({vcpus})")
 
-    actions = {key: _choice(r, key, default, ACTIONS) for key, default in
-               (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy"))}
+    actions = {f"on_{reason}": _action(r, f"on_{reason}", default)
+               for reason, default in ACTION_DEFAULTS.items()}
     launcher = _choice(r, "launcher", None, LAUNCHERS)
     uuid = _uuid_value(r)
     vifs = _vifs(r, warnings)
@@ -501,6 +511,13 @@ def _choice(r: _Reader, key: str, default: str | None, allowed: tuple[str, ...])
     if value is not None and value not in allowed:
         raise r.error(key, f"{key} = {value!r}: expected one of {', '.join(allowed)}")
     return value
+
+
+def _action(r: _Reader, key: str, default: str) -> str:
+    action = _choice(r, key, default, ACTIONS)
+    if action in NOT_EMULATED_ACTIONS:
+        raise r.error(key, f"{key} = {action!r}: {NOT_EMULATED_ACTIONS[action]}")
+    return action
 
 
 def _uuid_value(r: _Reader) -> str | None:

@@ -191,10 +191,24 @@ def test_maxvcpus_defaults_to_vcpus():
     assert (c.vcpus, c.maxvcpus) == (3, 3)
 
 
-@pytest.mark.parametrize("action", ACTIONS)
-def test_every_xl_action_is_accepted(action):
-    c = cfg(f"name='x'\non_poweroff='{action}'\non_reboot='{action}'\non_crash='{action}'\n")
-    assert (c.on_poweroff, c.on_reboot, c.on_crash) == (action,) * 3
+@pytest.mark.parametrize("action", [a for a in ACTIONS if a != "soft-reset"])
+def test_every_xl_action_xenlab_carries_out_is_accepted(action):
+    c = cfg(f"name='x'\non_poweroff='{action}'\non_reboot='{action}'\non_crash='{action}'\n"
+            f"on_watchdog='{action}'\n")
+    assert (c.on_poweroff, c.on_reboot, c.on_crash, c.on_watchdog) == (action,) * 4
+
+
+def test_on_watchdog_is_read_not_dropped():
+    """on_watchdog went to `extra` unread: a watchdog shutdown got on_crash's action."""
+    assert cfg("name='x'\n").on_watchdog == "destroy"
+    c = cfg("name='x'\non_watchdog = 'preserve'\n")
+    assert c.on_watchdog == "preserve" and "on_watchdog" not in c.extra
+
+
+@pytest.mark.parametrize("key", ["on_poweroff", "on_reboot", "on_crash", "on_watchdog"])
+def test_soft_reset_is_refused_by_name(key):
+    err = config_error(f"name='x'\n{key} = 'soft-reset'\n")
+    assert err.line == 2 and "soft reset" in err.message and "not emulated" in err.message
 
 
 def test_uuid_is_normalised_and_launcher_kept():
