@@ -21,6 +21,8 @@ from xenlab.hypervisor.xenstored_ring import STORE_DOMID, STORE_GFN
 from xenlab.xen.xenstore_paths import record_root
 from xenlab.xen.xs_ring import XsRingPage
 
+DOMAIN_TYPE = "pv"
+
 # Subtrees of /local/domain/N the guest may write (libxl's rwperm paths);
 # everything else under it is read-only to the guest (roperm).
 GUEST_WRITABLE = ("device", "data", "drivers", "feature", "attr", "error", "control/shutdown",
@@ -70,6 +72,9 @@ def write_domain_tree(xs: XenStore, dom: Domain, reservation: tuple[int, int, in
                            "start_time": f"{time.time():.2f}",
                            "image/ostype": "linux"}.items():
             xs.write(DOM0, f"{vm}/{key}", value.encode())
+        # libxl__domain_make: the toolstack's own record of the domain type
+        # (libxl_domain_type_to_string); every xenlab guest is PV.
+        xs.write(DOM0, f"{record_root(d)}/type", DOMAIN_TYPE.encode())
 
 
 def setup_store(xs: XenStore, memory: MachineMemory, evtchn: EventChannels, domid: int) -> int:
