@@ -216,15 +216,65 @@ def test_uuid_is_normalised_and_launcher_kept():
     assert c.uuid == "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee" and c.launcher == "docker"
 
 
-def test_known_xl_keys_go_to_extra_silently():
+def test_xl_keys_xenlab_does_not_honour_are_warned_about_by_name():
+    """They went to `extra` without a word: a user's disk= or kernel= was
+    silently dropped. Each is still kept (xl list -l shows the config)."""
     c = cfg("name='x'\ntype = 'pv'\nkernel = '/k'\nramdisk='/r'\nextra='quiet'\nroot='/dev/xvda1'\n"
             "builder='generic'\nbootloader='pygrub'\ndisk = ['phy:/dev/vg/x,xvda,w', 'file:/y,xvdb,r']\n"
-            "max_grant_frames = 64\n")
-    assert c.warnings == ()
-    assert c.extra == {"type": "pv", "kernel": "/k", "ramdisk": "/r", "extra": "quiet",
-                       "root": "/dev/xvda1", "builder": "generic", "bootloader": "pygrub",
+            "max_grant_frames = 64\ncpus = '0-1'\nvnc = 1\n")
+    assert c.extra == {"kernel": "/k", "ramdisk": "/r", "extra": "quiet",
+                       "root": "/dev/xvda1", "bootloader": "pygrub",
                        "disk": "['phy:/dev/vg/x,xvda,w', 'file:/y,xvdb,r']",
-                       "max_grant_frames": "64"}
+                       "max_grant_frames": "64", "cpus": "0-1", "vnc": "1"}
+    warned = {w.split(": ")[2].split("=")[0]: w for w in c.warnings}
+    assert sorted(warned) == sorted(c.extra)
+    assert warned["disk"] == "t.cfg:9: warning: disk= is not emulated (xenlab's guests have vifs only); ignored"
+    assert "guest kernel" in warned["kernel"] and "ignored" in warned["kernel"]
+    assert "command line" in warned["extra"] and "not read" in warned["extra"]
+    assert "hypervisor's own limit" in warned["max_grant_frames"]
+    assert "HVM" in warned["vnc"]
+
+
+def test_every_xl_cfg_key_is_read_or_warned_about():
+    from xenlab.toolstack.xlcfg import IGNORED_XL_KEYS, KNOWN_XL_KEYS
+    for key in sorted(KNOWN_XL_KEYS):
+        value = {"name": "'x'", "vif": "['']", "uuid": "'aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee'",
+                 "type": "'pv'", "builder": "'generic'", "launcher": "'none'",
+                 "on_poweroff": "'destroy'", "on_reboot": "'destroy'", "on_crash": "'destroy'",
+                 "on_watchdog": "'destroy'", "memory": "16", "maxmem": "256"}.get(key, "1")
+        c = cfg(f"name = 'x'\n{key} = {value}\n" if key != "name" else f"name = {value}\n")
+        if key in IGNORED_XL_KEYS:
+            assert c.warnings and c.warnings[0].startswith(f"t.cfg:2: warning: {key}= "), key
+        else:
+            assert c.warnings == () and key not in c.extra, key
+
+
+@pytest.mark.parametrize("text, words", [
+    ("type = 'hvm'", "type = 'hvm': xenlab's guests are PV only"),
+    ("type = 'pvh'", "type = 'pvh'"),
+    ("builder = 'hvm'", "builder = 'hvm'"),
+    ("type = 'vm'", "expected one of pv, pvh, hvm"),
+])
+def test_a_guest_type_other_than_pv_is_refused(text, words):
+    err = config_error(f"name='x'\n{text}\n")
+    assert err.line == 2 and words in err.message
+
+
+def test_type_pv_and_builder_generic_are_honoured_quietly():
+    assert cfg("name='x'\ntype='pv'\nbuilder='generic'\n").warnings == ()
+
+
+@pytest.mark.parametrize("vif, words", [
+    ("script=vif-route", "script=vif-route is not run: xenlab's hotplug does what vif-bridge does"),
+    ("model=e1000", "model=e1000 is an HVM guest's emulated NIC"),
+])
+def test_vif_keys_kept_but_not_acted_on_are_warned_about(vif, words):
+    c = cfg(f"name='x'\nvif = ['{vif}']\n")
+    assert len(c.warnings) == 1 and words in c.warnings[0]
+
+
+def test_script_vif_bridge_is_what_hotplug_does():
+    assert cfg("name='x'\nvif = ['script=/etc/xen/scripts/vif-bridge']\n").warnings == ()
 
 
 def test_unknown_keys_go_to_extra_with_a_warning():
