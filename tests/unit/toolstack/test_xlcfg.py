@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from xenlab.toolstack.xlcfg import (ACTIONS, VifConfig, XlConfig, load_xl_config, parse_settings,
-                                    parse_vif_spec, parse_xl_config)
+from xenlab.toolstack.xlcfg import (ACTIONS, IGNORED_XL_KEYS, KNOWN_XL_KEYS, VifConfig, XlConfig,
+                                    load_xl_config, parse_settings, parse_vif_spec,
+                                    parse_xl_config)
 from xenlab.xen.errors import ConfigError
 
 
@@ -236,7 +237,6 @@ def test_xl_keys_xenlab_does_not_honour_are_warned_about_by_name():
 
 
 def test_every_xl_cfg_key_is_read_or_warned_about():
-    from xenlab.toolstack.xlcfg import IGNORED_XL_KEYS, KNOWN_XL_KEYS
     for key in sorted(KNOWN_XL_KEYS):
         value = {"name": "'x'", "vif": "['']", "uuid": "'aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee'",
                  "type": "'pv'", "builder": "'generic'", "launcher": "'none'",
