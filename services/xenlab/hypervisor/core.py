@@ -31,6 +31,7 @@ from xenlab.hypervisor.grants import PRIVILEGED_MAX_MAPTRACK, GrantTables
 from xenlab.hypervisor.caller import DOM0, Caller
 from xenlab.hypervisor.identity import Identity
 from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor.watchdog import Watchdogs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnection, XenStoreConnections
 from xenlab.hypervisor.xenstored import Xenstored
@@ -79,6 +80,8 @@ class Hypervisor:
         self._procs: dict[int, DomainProcess] = {}
         self._reapers: dict[int, asyncio.Task] = {}
         self._shared_info: dict[int, SharedInfo] = {}
+        self.watchdogs = Watchdogs()
+        self._watchdog_timers: dict[tuple[int, int], asyncio.TimerHandle] = {}
         self._state_changed = asyncio.Event()
         # Called (no arguments) after every domain state change: created,
         # paused, unpaused, shut down, dying, destroyed (xenlab.events).
@@ -288,6 +291,7 @@ class Hypervisor:
                                PRIVILEGED_MAX_MAPTRACK if dom.privileged else None)
 
     def _remove_from_cores(self, domid: int) -> None:
+        self._stop_watchdogs(domid)
         for step in (self.evtchn.remove_domain, self.grants.remove_domain):
             try:
                 step(domid)
@@ -426,6 +430,38 @@ class Hypervisor:
         dom.shutdown_reason = reason
         if domid not in self._procs and domid != 0:
             asyncio.get_running_loop().create_task(self.domain_shutdown(dom, reason))
+
+    def sched_watchdog(self, domid: int, wid: int, timeout: int) -> int:
+        """SCHEDOP_watchdog (Watchdogs.set), with a timer for the slot's deadline."""
+        if domid == 0:
+            # In Xen the hardware domain's watchdog firing restarts the host.
+            raise DomainError(errno.EPERM, "Domain-0's watchdog would stop the host; "
+                                           "it is not emulated")
+        dom = self.running_domu(domid, "arm a watchdog of")
+        new = self.watchdogs.set(domid, wid, timeout)
+        slot = new or wid
+        old = self._watchdog_timers.pop((domid, slot), None)
+        if old is not None:
+            old.cancel()
+        deadline = self.watchdogs.deadline(domid, slot)
+        if deadline is not None:
+            delay = max(0.0, deadline - self.watchdogs.clock())
+            self._watchdog_timers[(domid, slot)] = asyncio.get_running_loop().call_later(
+                delay, self._watchdog_fired, dom, slot)
+        return new
+
+    def _watchdog_fired(self, dom: Domain, slot: int) -> None:
+        """domain_watchdog_timeout: a domain that did not re-arm in time."""
+        self._watchdog_timers.pop((dom.domid, slot), None)
+        if self.domains.find(dom.domid) is not dom or not self.watchdogs.expired(dom.domid, slot):
+            return
+        log.warning("Watchdog timer %d fired for d%d (%s)", slot, dom.domid, dom.name)
+        asyncio.get_running_loop().create_task(self.domain_shutdown(dom, "watchdog"))
+
+    def _stop_watchdogs(self, domid: int) -> None:
+        for key in [k for k in self._watchdog_timers if k[0] == domid]:
+            self._watchdog_timers.pop(key).cancel()
+        self.watchdogs.remove_domain(domid)
 
     async def _reap(self, dom: Domain, proc: DomainProcess) -> None:
         status = await proc.wait()

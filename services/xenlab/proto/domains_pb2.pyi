@@ -148,6 +148,20 @@ class SchedShutdownRequest(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class SchedWatchdogRequest(_message.Message):
+    __slots__ = ("id", "timeout")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timeout: int
+    def __init__(self, id: _Optional[int] = ..., timeout: _Optional[int] = ...) -> None: ...
+
+class SchedWatchdogReply(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
+
 class VcpuSetRequest(_message.Message):
     __slots__ = ("domain", "vcpus")
     DOMAIN_FIELD_NUMBER: _ClassVar[int]

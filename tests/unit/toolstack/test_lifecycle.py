@@ -264,3 +264,34 @@ async def test_a_created_paused_domain_runs_after_one_unpause(hypervisor):
     assert (await info(hypervisor, "web")).state == "--p---"
     await hypervisor.dom0.domains.Unpause(ref)
     assert (await info(hypervisor, "web")).state == "-b----"
+
+
+# -- SCHEDOP_watchdog -------------------------------------------------------------------
+
+async def test_a_watchdog_left_to_expire_shuts_the_domain_down_with_on_watchdog(hypervisor):
+    domid, client = await create(hypervisor, "web", on_watchdog="preserve", on_crash="destroy")
+    reply = await client.domains.SchedWatchdog(domains_pb2.SchedWatchdogRequest(id=0, timeout=1))
+    assert reply.id == 1
+    dom = hypervisor.hv.domains.get(domid)
+    await hypervisor.hv.wait_gone_or_stopped(dom, 10.0)
+    kept = await info(hypervisor, "web")
+    assert (kept.state, kept.shutdown_reason) == ("---s--", "watchdog")
+
+
+async def test_a_stopped_watchdog_does_not_fire(hypervisor):
+    domid, client = await create(hypervisor, "web")
+    wid = (await client.domains.SchedWatchdog(domains_pb2.SchedWatchdogRequest(id=0, timeout=1))).id
+    await client.domains.SchedWatchdog(domains_pb2.SchedWatchdogRequest(id=wid, timeout=0))
+    assert hypervisor.hv.watchdogs.armed(domid) == []
+
+
+async def test_watchdog_requests_are_checked(hypervisor):
+    _, client = await create(hypervisor, "web")
+    for request, code in ((dict(id=3, timeout=1), grpc.StatusCode.INVALID_ARGUMENT),
+                          (dict(id=1, timeout=1), grpc.StatusCode.INVALID_ARGUMENT)):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await client.domains.SchedWatchdog(domains_pb2.SchedWatchdogRequest(**request))
+        assert err.value.code() == code
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await hypervisor.dom0.domains.SchedWatchdog(domains_pb2.SchedWatchdogRequest(id=0, timeout=1))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
