@@ -98,7 +98,7 @@ def to_domain_spec(cfg) -> domains_pb2.DomainSpec:
     return domains_pb2.DomainSpec(
         name=cfg.name, memory_mb=cfg.memory_mb, maxmem_mb=cfg.maxmem_mb,
         vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus, on_poweroff=cfg.on_poweroff,
-        on_reboot=cfg.on_reboot, on_crash=cfg.on_crash,
+        on_reboot=cfg.on_reboot, on_crash=cfg.on_crash, on_watchdog=cfg.on_watchdog,
         vif=[domains_pb2.VifSpec(devid=v.devid, mac=v.mac or "", bridge=v.bridge, ip=v.ip or "",
                                  vifname=v.vifname or "", rate=v.rate or "", mtu=v.mtu,
                                  backend=v.backend or "", script=v.script or "",

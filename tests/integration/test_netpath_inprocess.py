@@ -208,9 +208,11 @@ async def test_both_ends_reach_connected_with_every_key(net, pair):
                                                "feature-sg")] == ["1", "1", "1"]
     assert {k: net.xs_read(f"{be}/{k}") for k in ("feature-sg", "feature-rx-copy",
                                                   "feature-rx-flip", "feature-gso-tcpv4",
-                                                  "feature-split-event-channels")} == \
+                                                  "feature-split-event-channels",
+                                                  "multi-queue-max-queues")} == \
         {"feature-sg": "1", "feature-rx-copy": "1", "feature-rx-flip": "0",
-         "feature-gso-tcpv4": "0", "feature-split-event-channels": "0"}
+         "feature-gso-tcpv4": "0", "feature-split-event-channels": "0",
+         "multi-queue-max-queues": "1"}
     assert net.xs_read(f"{be}/hotplug-status") == "connected"
     assert (eth_a.name, eth_a.state, eth_a.mtu, eth_a.ip) == ("eth0", "connected", 9000, None)
     assert eth_a.mac == bytes.fromhex(mac_of(a.domid).replace(":", ""))
@@ -394,7 +396,9 @@ async def test_spoofed_frames_are_dropped_at_the_vif(net):
 async def test_rate_limited_frames_wait_for_credit_and_all_arrive(net, pair):
     a, b, eth_a, eth_b = pair
     c = await net.boot_domu("c")
-    await net.add_vif(c.domid, rate="200KB/s@10ms")       # 2000 bytes per 10 ms
+    await net.attach_vif(c.domid, rate="200KB/s@10ms")    # 2000 bytes per 10 ms
+    # The toolstack writes libxl's form, and that is what netback reads.
+    assert net.xs_read(f"{net.backend_path(c.domid)}/rate") == "2000,10000"
     eth_c = await net.connected(c.domid)
     at_b = Capture(eth_b)
     frames = [frame(1514, mac_of(c.domid), seed=i) for i in range(8)]

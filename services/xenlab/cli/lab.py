@@ -76,8 +76,18 @@ def _hints(spec, args) -> str:
             f"xenlab xl list{flag}, xenlab status{flag}. Stop with {stop}.")
 
 
+def _say_warnings(spec) -> None:
+    """What xl create would warn about each domain's config (a key xl knows
+    that xenlab does not act on), said before anything starts."""
+    for domain in spec.domains:
+        for warning in domain.warnings:
+            print(warning, file=sys.stderr, flush=True)
+
+
 async def _up(args) -> int:
     spec = load_lab(args.lab) if args.lab else demo_lab()
+    if args.ready_fd is None:       # detached, _detach has said them
+        _say_warnings(spec)
     progress = _progress_printer()
     detached = args.ready_fd is not None
     lab = Lab(spec, args.rundir, log_level=args.log_level, progress=progress,
@@ -159,7 +169,8 @@ def _detach(args) -> int:
     progress = _progress_printer()
     try:
         if args.lab:
-            load_lab(args.lab)      # a mistake in it is said here, before anything is made
+            # A mistake in it is said here, before anything is made.
+            _say_warnings(load_lab(args.lab))
         made = run.create()
         # Here, not only in the background: a lab running there is refused
         # before anything is written, and a clean-up is said on the terminal.

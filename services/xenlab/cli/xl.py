@@ -17,6 +17,7 @@ import grpc
 from xenlab.cli import output
 from xenlab.client import HypervisorClient, Rundir, to_domain_spec
 from xenlab.proto import common_pb2, domains_pb2, memory_pb2
+from xenlab.xen import abi
 from xenlab.xen.errors import ConfigError
 from xenlab.xen.digits import is_decimal
 from xenlab.toolstack.xlcfg import load_xl_config, parse_vif_spec
@@ -174,15 +175,34 @@ async def cmd_unpause(args, ts: Toolstack) -> int:
 
 
 async def _shutdown(args, ts: Toolstack, reason: str, doing: str) -> int:
-    name = describe_ref(args.domain)
-    print(f"{doing} domain {name}", file=sys.stderr)
-    request = domains_pb2.ShutdownRequest(domain=args.domain, reason=reason, wait=args.wait)
+    """xl shutdown/reboot: control/shutdown is written and the command
+    returns, as xl does (a paused domain's too); -w waits, and says how it
+    ended as xl's wait_for_domain_deaths does."""
     timeout = RPC_TIMEOUT + (SHUTDOWN_WAIT if args.wait else 0)
     async with ts.connect() as hv:
-        await hv.domains.Shutdown(request, timeout=timeout)
-    if args.wait:
-        print(f"Domain {name} has been shut down", file=sys.stderr)
+        domid = (await hv.domains.Info(args.domain, timeout=RPC_TIMEOUT)).domid
+        print(f"{doing} domain {domid}", file=sys.stderr)
+        ref = common_pb2.DomainRef(domid=domid)
+        if args.wait:
+            print("Waiting for 1 domains", file=sys.stderr)
+        await hv.domains.Shutdown(domains_pb2.ShutdownRequest(domain=ref, reason=reason,
+                                                              wait=args.wait), timeout=timeout)
+        if args.wait:
+            print(await _how_it_ended(hv, ref), file=sys.stderr)
     return 0
+
+
+async def _how_it_ended(hv, ref: common_pb2.DomainRef) -> str:
+    try:
+        info = await hv.domains.Info(ref, timeout=RPC_TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return f"Domain {ref.domid} has been destroyed"
+    code = abi.SHUTDOWN_REASONS.get(info.shutdown_reason)
+    if code is None:
+        return f"Domain {ref.domid} has been destroyed"
+    return f"Domain {ref.domid} has been shut down, reason code {code}"
 
 
 async def cmd_shutdown(args, ts: Toolstack) -> int:
@@ -278,7 +298,8 @@ def _dom(p: argparse.ArgumentParser) -> None:
 
 
 def _wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-w", "--wait", action="store_true", help="wait until the domain is down")
+    p.add_argument("-w", "--wait", action="store_true",
+                   help="wait until the domain has shut down (and its on_* action is done)")
 
 
 def _create_args(p: argparse.ArgumentParser) -> None:

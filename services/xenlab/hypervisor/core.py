@@ -7,8 +7,10 @@ shared memory and the doorbell. The toolstack (xenlab.toolstack) drives it
 through a narrow interface, as libxl drives Xen through its domctls:
 ``domains.allocate`` makes a domain, ``populate`` gives it memory and
 credentials, ``launch`` starts it and ``run`` lets it go; ``halt`` and
-``destroy`` undo it. A domain that shuts down is reported to
-``on_shutdown``, the toolstack's, which applies its xl.cfg policy.
+``destroy`` undo it. A domain that shuts down is left shut down with its
+reason recorded (``domain_shutdown``), as Xen leaves it: VIRQ_DOM_EXC is
+raised to Domain-0 and xenstored fires @releaseDomain, and whoever watches
+that (the toolstack, as xl's per-domain monitor) decides what happens next.
 """
 from __future__ import annotations
 
@@ -20,19 +22,19 @@ import platform
 import socket
 import time
 from pathlib import Path
-from typing import Awaitable, Callable
 
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.doorbell import UpcallRouter
-from xenlab.hypervisor.domains import Domain, DomainTable, RunState
+from xenlab.hypervisor.domains import MAX_PAUSE_COUNT, Domain, DomainTable, RunState
 from xenlab.hypervisor.evtchn import EventChannels
 from xenlab.hypervisor.grants import PRIVILEGED_MAX_MAPTRACK, GrantTables
 from xenlab.hypervisor.caller import DOM0, Caller
 from xenlab.hypervisor.identity import Identity
 from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor.watchdog import Watchdogs
 from xenlab.hypervisor.xenstore import XenStore
-from xenlab.hypervisor.xenstore_server import XenStoreConnections
-from xenlab.hypervisor.xenstored import Xenstored, XsConnection
+from xenlab.hypervisor.xenstore_server import XenStoreConnection, XenStoreConnections
+from xenlab.hypervisor.xenstored import Xenstored
 from xenlab.hypervisor.xenstored_ring import StoreRings
 from xenlab.hypervisor.xenstored_socket import XenstoredSocket
 from xenlab.launchers import make_launcher
@@ -78,14 +80,12 @@ class Hypervisor:
         self._procs: dict[int, DomainProcess] = {}
         self._reapers: dict[int, asyncio.Task] = {}
         self._shared_info: dict[int, SharedInfo] = {}
+        self.watchdogs = Watchdogs()
+        self._watchdog_timers: dict[tuple[int, int], asyncio.TimerHandle] = {}
         self._state_changed = asyncio.Event()
         # Called (no arguments) after every domain state change: created,
         # paused, unpaused, shut down, dying, destroyed (xenlab.events).
         self.observers: list = []
-        # Where a domain that shut down is reported (xl's domain-death
-        # handling: the toolstack applies on_poweroff/on_reboot/on_crash).
-        # With no toolstack it stays shut down, as Xen leaves it.
-        self.on_shutdown: Callable[[Domain, str], Awaitable[None]] = self.preserve
         self.dom0_secret = ""
 
     # -- start and stop ------------------------------------------------------
@@ -150,11 +150,12 @@ class Hypervisor:
 
     def _fire_watch(self, conn, path: str, token: str) -> None:
         """The XenStore core's watch events, to whichever kind of connection
-        set the watch: a gRPC WatchStream or a xenstored wire connection."""
-        if isinstance(conn, XsConnection):
-            conn.fire(path, token)
-        else:
+        set the watch: a gRPC WatchStream, or one that takes them itself (a
+        xenstored wire connection, the toolstack's own watches)."""
+        if isinstance(conn, XenStoreConnection):
             self.xs_connections.fire(conn, path, token)
+        else:
+            conn.fire(path, token)
 
     def _doorbell_auth(self, domid: int, secret: str) -> Caller:
         return self.identity.check(str(domid), secret)
@@ -217,12 +218,14 @@ class Hypervisor:
 
     def run(self, dom: Domain, paused: bool = False) -> None:
         """The toolstack is done with a new domain: leave it running, or
-        paused (xl create -p)."""
+        paused (xl create -p: Xen creates every domain with a pause count of
+        one, and the toolstack's first unpause starts it)."""
         if paused:
             proc = self._procs.get(dom.domid)
             if proc is not None:
                 proc.pause()
             dom.state = RunState.PAUSED
+            dom.pause_count = 1
         self._changed()
 
     async def _start_process(self, launcher: Launcher, dom: Domain, secret: str,
@@ -290,6 +293,7 @@ class Hypervisor:
                                PRIVILEGED_MAX_MAPTRACK if dom.privileged else None)
 
     def _remove_from_cores(self, domid: int) -> None:
+        self._stop_watchdogs(domid)
         for step in (self.evtchn.remove_domain, self.grants.remove_domain):
             try:
                 step(domid)
@@ -332,7 +336,12 @@ class Hypervisor:
 
     # -- pause / shutdown ------------------------------------------------------------
     def pause(self, domid: int) -> None:
+        """domain_pause_by_systemcontroller: pauses nest, up to 255."""
         dom = self.running_domu(domid, "pause")
+        if dom.pause_count >= MAX_PAUSE_COUNT:
+            raise DomainError(errno.EOVERFLOW, f"d{domid} is paused {dom.pause_count} times "
+                                               f"already, the most Xen counts")
+        dom.pause_count += 1
         if dom.state is RunState.PAUSED:
             return
         proc = self._procs.get(domid)
@@ -342,8 +351,13 @@ class Hypervisor:
         self._changed()
 
     def unpause(self, domid: int) -> None:
+        """domain_unpause_by_systemcontroller: it runs again once every
+        pause has been undone; unpausing a domain not paused is EINVAL."""
         dom = self.running_domu(domid, "unpause")
-        if dom.state is not RunState.PAUSED:
+        if dom.pause_count == 0:
+            raise DomainError(errno.EINVAL, f"d{domid} is not paused")
+        dom.pause_count -= 1
+        if dom.pause_count or dom.state is not RunState.PAUSED:
             return
         proc = self._procs.get(domid)
         if proc is not None:
@@ -360,14 +374,36 @@ class Hypervisor:
         return dom
 
     async def crash(self, dom: Domain) -> None:
-        """domain_crash: it stops now; its process's end (or, with none, the
-        hypervisor itself) reports the crash to on_shutdown."""
-        dom.shutdown_reason = "crash"
-        proc = self._procs.get(dom.domid)
+        """domain_crash: it stops now, shut down with SHUTDOWN_crash."""
+        await self.domain_shutdown(dom, "crash")
+
+    async def remote_shutdown(self, dom: Domain, reason: str) -> None:
+        """SCHEDOP_remote_shutdown: shut a domain down from outside."""
+        if reason not in abi.SHUTDOWN_REASONS:
+            raise DomainError(errno.EINVAL, f"unknown shutdown reason {reason!r}")
+        await self.domain_shutdown(dom, reason)
+
+    async def domain_shutdown(self, dom: Domain, reason: str) -> None:
+        """Xen's domain_shutdown: the domain stops running (its process is
+        killed, as Xen deschedules its vCPUs for good) and stays in the table,
+        shut down with its reason, until someone destroys it. Domain-0 hears
+        of it by VIRQ_DOM_EXC, and xenstored, which Domain-0 runs in Xen and
+        which that VIRQ wakes, fires @releaseDomain for the domain that shut
+        down (domain.c's do_check_domain)."""
+        if dom.state not in (RunState.RUNNING, RunState.PAUSED):
+            return                      # shut down or dying already: the first reason stands
+        dom.shutdown_reason = reason
+        dom.state = RunState.CRASHED if reason == "crash" else RunState.SHUTDOWN
+        proc = self._procs.pop(dom.domid, None)
+        reaper = self._reapers.pop(dom.domid, None)
+        if reaper is not None and reaper is not asyncio.current_task():
+            reaper.cancel()
         if proc is not None:
-            await proc.kill()          # the reaper reports it
-        else:
-            await self.on_shutdown(dom, "crash")
+            await proc.kill()
+        log.info("d%d (%s) shut down: %s", dom.domid, dom.name, reason)
+        self._changed()
+        self.evtchn.raise_virq(0, abi.VIRQ_DOM_EXC)
+        self.xenstored.domain_shutdown(dom.domid)
 
     async def wait_gone_or_stopped(self, dom: Domain, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -385,14 +421,49 @@ class Hypervisor:
                 pass
 
     def sched_shutdown(self, domid: int, reason: str) -> None:
-        """SCHEDOP_shutdown from the domain itself: remember why; the process
-        exit that follows is handled with this reason."""
+        """SCHEDOP_shutdown from the domain itself: remember why; its process
+        ends next (the guest closes its devices first), and that end shuts
+        it down with this reason. A domain with no process shuts down now."""
         if reason not in abi.SHUTDOWN_REASONS:
             raise DomainError(errno.EINVAL, f"unknown shutdown reason {reason!r}")
         dom = self.domains.get(domid)
+        if dom.state not in (RunState.RUNNING, RunState.PAUSED):
+            return
         dom.shutdown_reason = reason
         if domid not in self._procs and domid != 0:
-            asyncio.get_running_loop().create_task(self.on_shutdown(dom, reason))
+            asyncio.get_running_loop().create_task(self.domain_shutdown(dom, reason))
+
+    def sched_watchdog(self, domid: int, wid: int, timeout: int) -> int:
+        """SCHEDOP_watchdog (Watchdogs.set), with a timer for the slot's deadline."""
+        if domid == 0:
+            # In Xen the hardware domain's watchdog firing restarts the host.
+            raise DomainError(errno.EPERM, "Domain-0's watchdog would stop the host; "
+                                           "it is not emulated")
+        dom = self.running_domu(domid, "arm a watchdog of")
+        new = self.watchdogs.set(domid, wid, timeout)
+        slot = new or wid
+        old = self._watchdog_timers.pop((domid, slot), None)
+        if old is not None:
+            old.cancel()
+        deadline = self.watchdogs.deadline(domid, slot)
+        if deadline is not None:
+            delay = max(0.0, deadline - self.watchdogs.clock())
+            self._watchdog_timers[(domid, slot)] = asyncio.get_running_loop().call_later(
+                delay, self._watchdog_fired, dom, slot)
+        return new
+
+    def _watchdog_fired(self, dom: Domain, slot: int) -> None:
+        """domain_watchdog_timeout: a domain that did not re-arm in time."""
+        self._watchdog_timers.pop((dom.domid, slot), None)
+        if self.domains.find(dom.domid) is not dom or not self.watchdogs.expired(dom.domid, slot):
+            return
+        log.warning("Watchdog timer %d fired for d%d (%s)", slot, dom.domid, dom.name)
+        asyncio.get_running_loop().create_task(self.domain_shutdown(dom, "watchdog"))
+
+    def _stop_watchdogs(self, domid: int) -> None:
+        for key in [k for k in self._watchdog_timers if k[0] == domid]:
+            self._watchdog_timers.pop(key).cancel()
+        self.watchdogs.remove_domain(domid)
 
     async def _reap(self, dom: Domain, proc: DomainProcess) -> None:
         status = await proc.wait()
@@ -400,22 +471,14 @@ class Hypervisor:
             return
         del self._procs[dom.domid]
         self._reapers.pop(dom.domid, None)
-        reason = dom.shutdown_reason or ("poweroff" if status == 0 else "crash")
-        if reason != "crash" and status != 0:
+        # A process that ends without a clean exit is a crash, whatever it
+        # said it was doing; one that exits cleanly without saying powered off.
+        reason = dom.shutdown_reason or "poweroff"
+        if status != 0:
             reason = "crash"
         log.info("d%d (%s): process %d exited with %s: %s", dom.domid, dom.name, proc.pid,
                  status, reason)
-        await self.on_shutdown(dom, reason)
-
-    async def preserve(self, dom: Domain, reason: str) -> None:
-        """A domain that shut down, kept: stopped, shut down or crashed
-        (on_*=preserve), until it is destroyed."""
-        dom.shutdown_reason = reason
-        proc = self._procs.pop(dom.domid, None)
-        if proc is not None:
-            await proc.kill()
-        dom.state = RunState.CRASHED if reason == "crash" else RunState.SHUTDOWN
-        self._changed()
+        await self.domain_shutdown(dom, reason)
 
     def soft_reset(self, dom: Domain) -> tuple[int, int]:
         """What XEN_DOMCTL_soft_reset clears before a new kernel runs: the

@@ -1,4 +1,6 @@
-"""The domain table: ids, names, lifecycle state and the on_* policy.
+"""The domain table: ids, names, lifecycle state, the pause count and the
+shutdown code. What to do with a domain that shut down (xl.cfg's on_*) is
+the toolstack's, not the hypervisor's, as in Xen.
 
 Pure bookkeeping (no processes, no I/O): the glue in core.py asks it what to
 do and carries that out.
@@ -17,17 +19,16 @@ from xenlab.xen.digits import U32_MAX, is_decimal, quoted
 from xenlab.xen.errors import DomainError, PermissionError_
 from xenlab.xen.names import check_domain_name
 
-# xl.cfg(5) ACTIONS for on_poweroff / on_reboot / on_crash / on_watchdog.
-ACTIONS = ("destroy", "restart", "rename-restart", "preserve",
-           "coredump-destroy", "coredump-restart", "soft-reset")
 MAX_VCPUS = abi.XEN_LEGACY_MAX_VCPUS
+# domain_pause_by_systemcontroller's limit on the toolstack's pause count.
+MAX_PAUSE_COUNT = 255
 
 
 class RunState(enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
-    SHUTDOWN = "shutdown"   # stopped, preserved by on_poweroff/on_reboot = preserve
-    CRASHED = "crashed"     # stopped, preserved by on_crash = preserve
+    SHUTDOWN = "shutdown"   # shut down (SHUTDOWN_poweroff, reboot, suspend, watchdog)
+    CRASHED = "crashed"     # shut down with SHUTDOWN_crash
     DYING = "dying"         # being torn down; its id is not reused yet
 
 
@@ -38,12 +39,10 @@ class Domain:
     uuid: str
     max_pages: int
     vcpus: int
-    on_poweroff: str = "destroy"
-    on_reboot: str = "restart"
-    on_crash: str = "destroy"
     privileged: bool = False
     state: RunState = RunState.RUNNING
-    shutdown_reason: str = ""
+    shutdown_reason: str = ""     # the SHUTDOWN_* code's name, once it has shut down
+    pause_count: int = 0          # controller_pause_count: xl pause adds one, unpause takes one
     launcher: str = "none"
     online_vcpus: int = 0     # xl vcpu-set; vcpus is the maximum (maxvcpus)
     created: float = field(default_factory=time.monotonic)
@@ -51,16 +50,6 @@ class Domain:
     agent: str = ""          # where its guest agent listens (the launcher's choice)
     agent_token: str = ""    # what the agent's callers must present
     memory_handed: bool = False   # its memory object went to its process (once, at boot)
-
-    def action_for(self, reason: str) -> str:
-        """The xl.cfg policy for a shutdown reason (watchdog counts as crash)."""
-        if reason == "poweroff":
-            return self.on_poweroff
-        if reason == "reboot":
-            return self.on_reboot
-        if reason == "suspend":
-            return "preserve"
-        return self.on_crash
 
     def state_letters(self, proc_state: str = "") -> str:
         """xl list's State column: r b p s c d, one position each.
@@ -87,9 +76,6 @@ class Domain:
         return "".join(cols)
 
 
-def validate_action(key: str, action: str) -> None:
-    if action not in ACTIONS:
-        raise DomainError(errno.EINVAL, f"{key}={action!r}: expected one of {', '.join(ACTIONS)}")
 
 
 class DomainTable:
@@ -117,14 +103,12 @@ class DomainTable:
         self._domains[0] = dom
         return dom
 
-    def allocate(self, name: str, max_pages: int, vcpus: int, uuid: str = "", **policy) -> Domain:
+    def allocate(self, name: str, max_pages: int, vcpus: int, uuid: str = "") -> Domain:
         check_domain_name(name)
         if any(d.name == name and d.state is not RunState.DYING for d in self._domains.values()):
             raise DomainError(errno.EEXIST, f"domain {name!r} already exists")
         if not 1 <= vcpus <= MAX_VCPUS:
             raise DomainError(errno.EINVAL, f"vcpus={vcpus}: must be 1..{MAX_VCPUS}")
-        for key, action in policy.items():
-            validate_action(key, action)
         if len(self._domains) >= self.max_domains:
             raise DomainError(errno.ENOSPC, f"the host already runs {self.max_domains} domains")
         if uuid:
@@ -134,7 +118,7 @@ class DomainTable:
                 raise DomainError(errno.EINVAL, f"uuid {uuid!r} is not a UUID") from None
         domid = self._free_domid()
         dom = Domain(domid, name, uuid or str(uuidlib.uuid4()), max_pages, vcpus,
-                     online_vcpus=vcpus, created=self.clock(), **policy)
+                     online_vcpus=vcpus, created=self.clock())
         self._domains[domid] = dom
         return dom
 

@@ -96,6 +96,12 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         return common_pb2.Empty()
 
     @handles_xen_errors
+    async def SchedWatchdog(self, request, context):
+        caller = self.hv.identity.authenticate(context)
+        return domains_pb2.SchedWatchdogReply(
+            id=self.hv.sched_watchdog(caller.domid, request.id, request.timeout))
+
+    @handles_xen_errors
     async def Console(self, request, context):
         self._toolstack(context, "reading a console")
         dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)

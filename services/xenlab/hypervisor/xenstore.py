@@ -264,7 +264,9 @@ class XenStore:
         self._fire = fire
         self.quotas = quotas
         self._live = _Tree({}, Counter())
-        for path in ("/", "/local", "/local/domain", "/vm", "/tool"):
+        # /tool/xenstored is xenstored's own, made at its start (core.c's
+        # manual_node); /local and /vm stand for what the toolstack makes.
+        for path in ("/", "/local", "/local/domain", "/vm", "/tool", "/tool/xenstored"):
             self._add_child(self._live, path, Node(b"", ((DOM0, "n"),)))
         self._transactions: dict[int, _Transaction] = {}
         self._tx_ids = itertools.count(1)
@@ -314,7 +316,14 @@ class XenStore:
         if path == "/":
             raise XenStoreError(errno.EINVAL, "the root node cannot be removed")
         tree = self._tree(caller, tx)
-        node = self._get(tree, caller, path, "w")
+        node = tree.get(path)
+        if node is None:
+            missing = self._missing(tree, caller, path)
+            if missing.errno == errno.ENOENT and tree.get(parent_of(path)) is not None:
+                # xenstored's do_rm: "Didn't exist already? Fine, if parent exists."
+                return
+            raise missing
+        self._require(caller, path, node, "w")
         removed = tree.subtree(path)
         for p in removed:
             tree.delete(p)
@@ -420,6 +429,10 @@ class XenStore:
         for path, node in list(self._live.nodes.items()):
             if domid in (d for d, _ in node.perms):
                 self._live.set(path, replace(node, perms=self._disown(node.perms, domid)))
+        self._fire_special(RELEASE_DOMAIN)
+
+    def fire_release_domain(self) -> None:
+        """@releaseDomain for a domain that shut down but is not gone yet."""
         self._fire_special(RELEASE_DOMAIN)
 
     # -- privileged helpers ---------------------------------------------------

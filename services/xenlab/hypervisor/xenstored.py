@@ -123,6 +123,13 @@ class Xenstored:
             conn.fail(w.XENSTORE_ERROR_COMM, "the domain was released")
         self.store.release_domain(domid)
 
+    def domain_shutdown(self, domid: int) -> None:
+        """VIRQ_DOM_EXC told xenstored that a domain shut down: @releaseDomain
+        fires for an introduced one, as domain.c's do_check_domain does
+        (once: the hypervisor reports a shutdown once)."""
+        if domid in self.domains:
+            self.store.fire_release_domain()
+
     def retarget(self, dom: StoreDomain) -> None:
         """SET_TARGET: the domain's connections act for its target too
         (the core's access(), as xenstored's perm_for_conn)."""

@@ -22,8 +22,8 @@ variable, command line or file, so `docker inspect` does not show it.
 
 Xen's verbs map onto Docker's: destroy removes the container, pause and
 unpause freeze and thaw its cgroup, and the container exiting is the domain
-shutting down or crashing (the hypervisor applies on_poweroff/on_crash to
-its exit status). A guest agent listens on one port of `agent_ports`, a
+shutting down or crashing (a non-zero exit status is a crash; the
+toolstack applies the on_* action). A guest agent listens on one port of `agent_ports`, a
 range the compose file publishes on the host's loopback, so that clients
 on the host reach every domain's agent.
 """

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xenlab.proto import common_pb2 as xenlab_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axenlab/proto/domains.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"\xab\x01\n\x07VifSpec\x12\r\n\x05\x64\x65vid\x18\x01 \x01(\r\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x0f\n\x07vifname\x18\x05 \x01(\t\x12\x0c\n\x04rate\x18\x06 \x01(\t\x12\x0b\n\x03mtu\x18\x07 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0e\n\x06script\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\x12\x0c\n\x04vlan\x18\x0b \x01(\t\"\xd6\x02\n\nDomainSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmemory_mb\x18\x02 \x01(\x04\x12\x11\n\tmaxmem_mb\x18\x03 \x01(\x04\x12\r\n\x05vcpus\x18\x04 \x01(\r\x12\x10\n\x08maxvcpus\x18\x05 \x01(\r\x12\x13\n\x0bon_poweroff\x18\x06 \x01(\t\x12\x11\n\ton_reboot\x18\x07 \x01(\t\x12\x10\n\x08on_crash\x18\x08 \x01(\t\x12\"\n\x03vif\x18\t \x03(\x0b\x32\x15.xenlab.proto.VifSpec\x12\x0c\n\x04uuid\x18\n \x01(\t\x12\x10\n\x08launcher\x18\x0b \x01(\t\x12\x32\n\x05\x65xtra\x18\x0c \x03(\x0b\x32#.xenlab.proto.DomainSpec.ExtraEntry\x12\x13\n\x0b\x63onfig_text\x18\r \x01(\t\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x13\x43reateDomainRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.xenlab.proto.DomainSpec\x12\x0e\n\x06paused\x18\x02 \x01(\x08\"\x94\x02\n\nDomainInfo\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x11\n\tmemory_kb\x18\x05 \x01(\x04\x12\x11\n\tmaxmem_kb\x18\x06 \x01(\x04\x12\r\n\x05vcpus\x18\x07 \x01(\r\x12\x10\n\x08\x63pu_time\x18\x08 \x01(\x01\x12\x12\n\nprivileged\x18\t \x01(\x08\x12\x17\n\x0fshutdown_reason\x18\n \x01(\t\x12\x0b\n\x03pid\x18\x0b \x01(\x05\x12\x10\n\x08launcher\x18\x0c \x01(\t\x12&\n\x04spec\x18\r \x01(\x0b\x32\x18.xenlab.proto.DomainSpec\x12\x11\n\ttarget_kb\x18\x0e \x01(\x04\"r\n\x14\x43reateDomainResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.xenlab.proto.DomainInfo\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x13\n\x0b\x61gent_token\x18\x04 \x01(\t\"7\n\nDomainList\x12)\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x18.xenlab.proto.DomainInfo\"i\n\x0fShutdownRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"&\n\x14SchedShutdownRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"H\n\x0eVcpuSetRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\r\n\x05vcpus\x18\x02 \x01(\r\"\xea\x01\n\x08HostInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07release\x18\x02 \x01(\t\x12\x13\n\x0bxen_version\x18\x03 \x01(\t\x12\x0f\n\x07nr_cpus\x18\x04 \x01(\r\x12\x17\n\x0ftotal_memory_kb\x18\x05 \x01(\x04\x12\x16\n\x0e\x66ree_memory_kb\x18\x06 \x01(\x04\x12\x12\n\nnr_domains\x18\x07 \x01(\r\x12\x10\n\x08xen_caps\x18\x08 \x01(\t\x12\x0e\n\x06rundir\x18\t \x01(\t\x12\x10\n\x08\x64oorbell\x18\n \x01(\t\x12\x10\n\x08launcher\x18\x0b \x01(\t\x12\x0e\n\x06uptime\x18\x0c \x01(\x01\"I\n\x0e\x43onsoleRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x1c\n\x0c\x43onsoleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xb5\x02\n\x07VifInfo\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\r\n\x05\x64\x65vid\x18\x02 \x01(\r\x12\x12\n\nbackend_id\x18\x03 \x01(\r\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x05 \x01(\t\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x0f\n\x07vifname\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\r\x12\x15\n\rbackend_state\x18\t \x01(\r\x12\x0e\n\x06\x65vtchn\x18\n \x01(\x05\x12\x13\n\x0btx_ring_ref\x18\x0b \x01(\x05\x12\x13\n\x0brx_ring_ref\x18\x0c \x01(\x05\x12\x14\n\x0c\x62\x61\x63kend_path\x18\r \x01(\t\x12\x15\n\rfrontend_path\x18\x0e \x01(\t\x12\x16\n\x0ehotplug_status\x18\x0f \x01(\t\x12\x0b\n\x03mtu\x18\x10 \x01(\r\x12\x0c\n\x04rate\x18\x11 \x01(\t\".\n\x07VifList\x12#\n\x04vifs\x18\x01 \x03(\x0b\x32\x15.xenlab.proto.VifInfo\"c\n\x14NetworkAttachRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\"\n\x03vif\x18\x02 \x01(\x0b\x32\x15.xenlab.proto.VifSpec\"o\n\x14NetworkDetachRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"N\n\x12\x42\x61\x63kendGoneRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"R\n\x10\x42\x61\x63kendGoneReply\x12\x0e\n\x06\x63losed\x18\x01 \x03(\t\x12\r\n\x05stuck\x18\x02 \x03(\t\x12\x10\n\x08unmapped\x18\x03 \x01(\r\x12\r\n\x05ports\x18\x04 \x01(\r2\xe7\x07\n\x07\x44omains\x12O\n\x06\x43reate\x12!.xenlab.proto.CreateDomainRequest\x1a\".xenlab.proto.CreateDomainResponse\x12\x37\n\x07\x44\x65stroy\x12\x17.xenlab.proto.DomainRef\x1a\x13.xenlab.proto.Empty\x12\x35\n\x05Pause\x12\x17.xenlab.proto.DomainRef\x1a\x13.xenlab.proto.Empty\x12\x37\n\x07Unpause\x12\x17.xenlab.proto.DomainRef\x1a\x13.xenlab.proto.Empty\x12>\n\x08Shutdown\x12\x1d.xenlab.proto.ShutdownRequest\x1a\x13.xenlab.proto.Empty\x12\x35\n\x04List\x12\x13.xenlab.proto.Empty\x1a\x18.xenlab.proto.DomainList\x12\x39\n\x04Info\x12\x17.xenlab.proto.DomainRef\x1a\x18.xenlab.proto.DomainInfo\x12=\n\x08SetVcpus\x12\x1c.xenlab.proto.VcpuSetRequest\x1a\x13.xenlab.proto.Empty\x12:\n\x0bGetHostInfo\x12\x13.xenlab.proto.Empty\x1a\x16.xenlab.proto.HostInfo\x12H\n\rSchedShutdown\x12\".xenlab.proto.SchedShutdownRequest\x1a\x13.xenlab.proto.Empty\x12\x45\n\x07\x43onsole\x12\x1c.xenlab.proto.ConsoleRequest\x1a\x1a.xenlab.proto.ConsoleChunk0\x01\x12J\n\rNetworkAttach\x12\".xenlab.proto.NetworkAttachRequest\x1a\x15.xenlab.proto.VifInfo\x12H\n\rNetworkDetach\x12\".xenlab.proto.NetworkDetachRequest\x1a\x13.xenlab.proto.Empty\x12=\n\x0bNetworkList\x12\x17.xenlab.proto.DomainRef\x1a\x15.xenlab.proto.VifList\x12O\n\x0b\x42\x61\x63kendGone\x12 .xenlab.proto.BackendGoneRequest\x1a\x1e.xenlab.proto.BackendGoneReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1axenlab/proto/domains.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"\xab\x01\n\x07VifSpec\x12\r\n\x05\x64\x65vid\x18\x01 \x01(\r\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x03 \x01(\t\x12\n\n\x02ip\x18\x04 \x01(\t\x12\x0f\n\x07vifname\x18\x05 \x01(\t\x12\x0c\n\x04rate\x18\x06 \x01(\t\x12\x0b\n\x03mtu\x18\x07 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x0e\n\x06script\x18\t \x01(\t\x12\r\n\x05model\x18\n \x01(\t\x12\x0c\n\x04vlan\x18\x0b \x01(\t\"\xeb\x02\n\nDomainSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmemory_mb\x18\x02 \x01(\x04\x12\x11\n\tmaxmem_mb\x18\x03 \x01(\x04\x12\r\n\x05vcpus\x18\x04 \x01(\r\x12\x10\n\x08maxvcpus\x18\x05 \x01(\r\x12\x13\n\x0bon_poweroff\x18\x06 \x01(\t\x12\x11\n\ton_reboot\x18\x07 \x01(\t\x12\x10\n\x08on_crash\x18\x08 \x01(\t\x12\"\n\x03vif\x18\t \x03(\x0b\x32\x15.xenlab.proto.VifSpec\x12\x0c\n\x04uuid\x18\n \x01(\t\x12\x10\n\x08launcher\x18\x0b \x01(\t\x12\x32\n\x05\x65xtra\x18\x0c \x03(\x0b\x32#.xenlab.proto.DomainSpec.ExtraEntry\x12\x13\n\x0b\x63onfig_text\x18\r \x01(\t\x12\x13\n\x0bon_watchdog\x18\x0e \x01(\t\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"M\n\x13\x43reateDomainRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.xenlab.proto.DomainSpec\x12\x0e\n\x06paused\x18\x02 \x01(\x08\"\x94\x02\n\nDomainInfo\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x11\n\tmemory_kb\x18\x05 \x01(\x04\x12\x11\n\tmaxmem_kb\x18\x06 \x01(\x04\x12\r\n\x05vcpus\x18\x07 \x01(\r\x12\x10\n\x08\x63pu_time\x18\x08 \x01(\x01\x12\x12\n\nprivileged\x18\t \x01(\x08\x12\x17\n\x0fshutdown_reason\x18\n \x01(\t\x12\x0b\n\x03pid\x18\x0b \x01(\x05\x12\x10\n\x08launcher\x18\x0c \x01(\t\x12&\n\x04spec\x18\r \x01(\x0b\x32\x18.xenlab.proto.DomainSpec\x12\x11\n\ttarget_kb\x18\x0e \x01(\x04\"r\n\x14\x43reateDomainResponse\x12&\n\x04info\x18\x01 \x01(\x0b\x32\x18.xenlab.proto.DomainInfo\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x13\n\x0b\x61gent_token\x18\x04 \x01(\t\"7\n\nDomainList\x12)\n\x07\x64omains\x18\x01 \x03(\x0b\x32\x18.xenlab.proto.DomainInfo\"i\n\x0fShutdownRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"&\n\x14SchedShutdownRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"3\n\x14SchedWatchdogRequest\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0f\n\x07timeout\x18\x02 \x01(\r\" \n\x12SchedWatchdogReply\x12\n\n\x02id\x18\x01 \x01(\r\"H\n\x0eVcpuSetRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\r\n\x05vcpus\x18\x02 \x01(\r\"\xea\x01\n\x08HostInfo\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0f\n\x07release\x18\x02 \x01(\t\x12\x13\n\x0bxen_version\x18\x03 \x01(\t\x12\x0f\n\x07nr_cpus\x18\x04 \x01(\r\x12\x17\n\x0ftotal_memory_kb\x18\x05 \x01(\x04\x12\x16\n\x0e\x66ree_memory_kb\x18\x06 \x01(\x04\x12\x12\n\nnr_domains\x18\x07 \x01(\r\x12\x10\n\x08xen_caps\x18\x08 \x01(\t\x12\x0e\n\x06rundir\x18\t \x01(\t\x12\x10\n\x08\x64oorbell\x18\n \x01(\t\x12\x10\n\x08launcher\x18\x0b \x01(\t\x12\x0e\n\x06uptime\x18\x0c \x01(\x01\"I\n\x0e\x43onsoleRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\"\x1c\n\x0c\x43onsoleChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"\xb5\x02\n\x07VifInfo\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\r\n\x05\x64\x65vid\x18\x02 \x01(\r\x12\x12\n\nbackend_id\x18\x03 \x01(\r\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x05 \x01(\t\x12\n\n\x02ip\x18\x06 \x01(\t\x12\x0f\n\x07vifname\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\r\x12\x15\n\rbackend_state\x18\t \x01(\r\x12\x0e\n\x06\x65vtchn\x18\n \x01(\x05\x12\x13\n\x0btx_ring_ref\x18\x0b \x01(\x05\x12\x13\n\x0brx_ring_ref\x18\x0c \x01(\x05\x12\x14\n\x0c\x62\x61\x63kend_path\x18\r \x01(\t\x12\x15\n\rfrontend_path\x18\x0e \x01(\t\x12\x16\n\x0ehotplug_status\x18\x0f \x01(\t\x12\x0b\n\x03mtu\x18\x10 \x01(\r\x12\x0c\n\x04rate\x18\x11 \x01(\t\".\n\x07VifList\x12#\n\x04vifs\x18\x01 \x03(\x0b\x32\x15.xenlab.proto.VifInfo\"c\n\x14NetworkAttachRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\"\n\x03vif\x18\x02 \x01(\x0b\x32\x15.xenlab.proto.VifSpec\"o\n\x14NetworkDetachRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x66orce\x18\x03 \x01(\x08\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"N\n\x12\x42\x61\x63kendGoneRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x0f\n\x07timeout\x18\x02 \x01(\x01\"R\n\x10\x42\x61\x63kendGoneReply\x12\x0e\n\x06\x63losed\x18\x01 \x03(\t\x12\r\n\x05stuck\x18\x02 \x03(\t\x12\x10\n\x08unmapped\x18\x03 \x01(\r\x12\r\n\x05ports\x18\x04 \x01(\r2\xbe\x08\n\x07\x44omains\x12O\n\x06\x43reate\x12!.xenlab.proto.CreateDomainRequest\x1a\".xenlab.proto.CreateDomainResponse\x12\x37\n\x07\x44\x65stroy\x12\x17.xenlab.proto.DomainRef\x1a\x13.xenlab.proto.Empty\x12\x35\n\x05Pause\x12\x17.xenlab.proto.DomainRef\x1a\x13.xenlab.proto.Empty\x12\x37\n\x07Unpause\x12\x17.xenlab.proto.DomainRef\x1a\x13.xenlab.proto.Empty\x12>\n\x08Shutdown\x12\x1d.xenlab.proto.ShutdownRequest\x1a\x13.xenlab.proto.Empty\x12\x35\n\x04List\x12\x13.xenlab.proto.Empty\x1a\x18.xenlab.proto.DomainList\x12\x39\n\x04Info\x12\x17.xenlab.proto.DomainRef\x1a\x18.xenlab.proto.DomainInfo\x12=\n\x08SetVcpus\x12\x1c.xenlab.proto.VcpuSetRequest\x1a\x13.xenlab.proto.Empty\x12:\n\x0bGetHostInfo\x12\x13.xenlab.proto.Empty\x1a\x16.xenlab.proto.HostInfo\x12H\n\rSchedShutdown\x12\".xenlab.proto.SchedShutdownRequest\x1a\x13.xenlab.proto.Empty\x12U\n\rSchedWatchdog\x12\".xenlab.proto.SchedWatchdogRequest\x1a .xenlab.proto.SchedWatchdogReply\x12\x45\n\x07\x43onsole\x12\x1c.xenlab.proto.ConsoleRequest\x1a\x1a.xenlab.proto.ConsoleChunk0\x01\x12J\n\rNetworkAttach\x12\".xenlab.proto.NetworkAttachRequest\x1a\x15.xenlab.proto.VifInfo\x12H\n\rNetworkDetach\x12\".xenlab.proto.NetworkDetachRequest\x1a\x13.xenlab.proto.Empty\x12=\n\x0bNetworkList\x12\x17.xenlab.proto.DomainRef\x1a\x15.xenlab.proto.VifList\x12O\n\x0b\x42\x61\x63kendGone\x12 .xenlab.proto.BackendGoneRequest\x1a\x1e.xenlab.proto.BackendGoneReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,41 +37,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VIFSPEC']._serialized_start=72
   _globals['_VIFSPEC']._serialized_end=243
   _globals['_DOMAINSPEC']._serialized_start=246
-  _globals['_DOMAINSPEC']._serialized_end=588
-  _globals['_DOMAINSPEC_EXTRAENTRY']._serialized_start=544
-  _globals['_DOMAINSPEC_EXTRAENTRY']._serialized_end=588
-  _globals['_CREATEDOMAINREQUEST']._serialized_start=590
-  _globals['_CREATEDOMAINREQUEST']._serialized_end=667
-  _globals['_DOMAININFO']._serialized_start=670
-  _globals['_DOMAININFO']._serialized_end=946
-  _globals['_CREATEDOMAINRESPONSE']._serialized_start=948
-  _globals['_CREATEDOMAINRESPONSE']._serialized_end=1062
-  _globals['_DOMAINLIST']._serialized_start=1064
-  _globals['_DOMAINLIST']._serialized_end=1119
-  _globals['_SHUTDOWNREQUEST']._serialized_start=1121
-  _globals['_SHUTDOWNREQUEST']._serialized_end=1226
-  _globals['_SCHEDSHUTDOWNREQUEST']._serialized_start=1228
-  _globals['_SCHEDSHUTDOWNREQUEST']._serialized_end=1266
-  _globals['_VCPUSETREQUEST']._serialized_start=1268
-  _globals['_VCPUSETREQUEST']._serialized_end=1340
-  _globals['_HOSTINFO']._serialized_start=1343
-  _globals['_HOSTINFO']._serialized_end=1577
-  _globals['_CONSOLEREQUEST']._serialized_start=1579
-  _globals['_CONSOLEREQUEST']._serialized_end=1652
-  _globals['_CONSOLECHUNK']._serialized_start=1654
-  _globals['_CONSOLECHUNK']._serialized_end=1682
-  _globals['_VIFINFO']._serialized_start=1685
-  _globals['_VIFINFO']._serialized_end=1994
-  _globals['_VIFLIST']._serialized_start=1996
-  _globals['_VIFLIST']._serialized_end=2042
-  _globals['_NETWORKATTACHREQUEST']._serialized_start=2044
-  _globals['_NETWORKATTACHREQUEST']._serialized_end=2143
-  _globals['_NETWORKDETACHREQUEST']._serialized_start=2145
-  _globals['_NETWORKDETACHREQUEST']._serialized_end=2256
-  _globals['_BACKENDGONEREQUEST']._serialized_start=2258
-  _globals['_BACKENDGONEREQUEST']._serialized_end=2336
-  _globals['_BACKENDGONEREPLY']._serialized_start=2338
-  _globals['_BACKENDGONEREPLY']._serialized_end=2420
-  _globals['_DOMAINS']._serialized_start=2423
-  _globals['_DOMAINS']._serialized_end=3422
+  _globals['_DOMAINSPEC']._serialized_end=609
+  _globals['_DOMAINSPEC_EXTRAENTRY']._serialized_start=565
+  _globals['_DOMAINSPEC_EXTRAENTRY']._serialized_end=609
+  _globals['_CREATEDOMAINREQUEST']._serialized_start=611
+  _globals['_CREATEDOMAINREQUEST']._serialized_end=688
+  _globals['_DOMAININFO']._serialized_start=691
+  _globals['_DOMAININFO']._serialized_end=967
+  _globals['_CREATEDOMAINRESPONSE']._serialized_start=969
+  _globals['_CREATEDOMAINRESPONSE']._serialized_end=1083
+  _globals['_DOMAINLIST']._serialized_start=1085
+  _globals['_DOMAINLIST']._serialized_end=1140
+  _globals['_SHUTDOWNREQUEST']._serialized_start=1142
+  _globals['_SHUTDOWNREQUEST']._serialized_end=1247
+  _globals['_SCHEDSHUTDOWNREQUEST']._serialized_start=1249
+  _globals['_SCHEDSHUTDOWNREQUEST']._serialized_end=1287
+  _globals['_SCHEDWATCHDOGREQUEST']._serialized_start=1289
+  _globals['_SCHEDWATCHDOGREQUEST']._serialized_end=1340
+  _globals['_SCHEDWATCHDOGREPLY']._serialized_start=1342
+  _globals['_SCHEDWATCHDOGREPLY']._serialized_end=1374
+  _globals['_VCPUSETREQUEST']._serialized_start=1376
+  _globals['_VCPUSETREQUEST']._serialized_end=1448
+  _globals['_HOSTINFO']._serialized_start=1451
+  _globals['_HOSTINFO']._serialized_end=1685
+  _globals['_CONSOLEREQUEST']._serialized_start=1687
+  _globals['_CONSOLEREQUEST']._serialized_end=1760
+  _globals['_CONSOLECHUNK']._serialized_start=1762
+  _globals['_CONSOLECHUNK']._serialized_end=1790
+  _globals['_VIFINFO']._serialized_start=1793
+  _globals['_VIFINFO']._serialized_end=2102
+  _globals['_VIFLIST']._serialized_start=2104
+  _globals['_VIFLIST']._serialized_end=2150
+  _globals['_NETWORKATTACHREQUEST']._serialized_start=2152
+  _globals['_NETWORKATTACHREQUEST']._serialized_end=2251
+  _globals['_NETWORKDETACHREQUEST']._serialized_start=2253
+  _globals['_NETWORKDETACHREQUEST']._serialized_end=2364
+  _globals['_BACKENDGONEREQUEST']._serialized_start=2366
+  _globals['_BACKENDGONEREQUEST']._serialized_end=2444
+  _globals['_BACKENDGONEREPLY']._serialized_start=2446
+  _globals['_BACKENDGONEREPLY']._serialized_end=2528
+  _globals['_DOMAINS']._serialized_start=2531
+  _globals['_DOMAINS']._serialized_end=3617
 # @@protoc_insertion_point(module_scope)

@@ -34,7 +34,7 @@ class VifSpec(_message.Message):
     def __init__(self, devid: _Optional[int] = ..., mac: _Optional[str] = ..., bridge: _Optional[str] = ..., ip: _Optional[str] = ..., vifname: _Optional[str] = ..., rate: _Optional[str] = ..., mtu: _Optional[int] = ..., backend: _Optional[str] = ..., script: _Optional[str] = ..., model: _Optional[str] = ..., vlan: _Optional[str] = ...) -> None: ...
 
 class DomainSpec(_message.Message):
-    __slots__ = ("name", "memory_mb", "maxmem_mb", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "vif", "uuid", "launcher", "extra", "config_text")
+    __slots__ = ("name", "memory_mb", "maxmem_mb", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "vif", "uuid", "launcher", "extra", "config_text", "on_watchdog")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class DomainSpec(_message.Message):
     LAUNCHER_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     CONFIG_TEXT_FIELD_NUMBER: _ClassVar[int]
+    ON_WATCHDOG_FIELD_NUMBER: _ClassVar[int]
     name: str
     memory_mb: int
     maxmem_mb: int
@@ -68,7 +69,8 @@ class DomainSpec(_message.Message):
     launcher: str
     extra: _containers.ScalarMap[str, str]
     config_text: str
-    def __init__(self, name: _Optional[str] = ..., memory_mb: _Optional[int] = ..., maxmem_mb: _Optional[int] = ..., vcpus: _Optional[int] = ..., maxvcpus: _Optional[int] = ..., on_poweroff: _Optional[str] = ..., on_reboot: _Optional[str] = ..., on_crash: _Optional[str] = ..., vif: _Optional[_Iterable[_Union[VifSpec, _Mapping]]] = ..., uuid: _Optional[str] = ..., launcher: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., config_text: _Optional[str] = ...) -> None: ...
+    on_watchdog: str
+    def __init__(self, name: _Optional[str] = ..., memory_mb: _Optional[int] = ..., maxmem_mb: _Optional[int] = ..., vcpus: _Optional[int] = ..., maxvcpus: _Optional[int] = ..., on_poweroff: _Optional[str] = ..., on_reboot: _Optional[str] = ..., on_crash: _Optional[str] = ..., vif: _Optional[_Iterable[_Union[VifSpec, _Mapping]]] = ..., uuid: _Optional[str] = ..., launcher: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., config_text: _Optional[str] = ..., on_watchdog: _Optional[str] = ...) -> None: ...
 
 class CreateDomainRequest(_message.Message):
     __slots__ = ("spec", "paused")
@@ -145,6 +147,20 @@ class SchedShutdownRequest(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class SchedWatchdogRequest(_message.Message):
+    __slots__ = ("id", "timeout")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    timeout: int
+    def __init__(self, id: _Optional[int] = ..., timeout: _Optional[int] = ...) -> None: ...
+
+class SchedWatchdogReply(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    def __init__(self, id: _Optional[int] = ...) -> None: ...
 
 class VcpuSetRequest(_message.Message):
     __slots__ = ("domain", "vcpus")

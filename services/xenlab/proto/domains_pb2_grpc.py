@@ -85,6 +85,11 @@ class DomainsStub(object):
                 request_serializer=xenlab_dot_proto_dot_domains__pb2.SchedShutdownRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_common__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SchedWatchdog = channel.unary_unary(
+                '/xenlab.proto.Domains/SchedWatchdog',
+                request_serializer=xenlab_dot_proto_dot_domains__pb2.SchedWatchdogRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_domains__pb2.SchedWatchdogReply.FromString,
+                _registered_method=True)
         self.Console = channel.unary_stream(
                 '/xenlab.proto.Domains/Console',
                 request_serializer=xenlab_dot_proto_dot_domains__pb2.ConsoleRequest.SerializeToString,
@@ -177,6 +182,13 @@ class DomainsServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SchedWatchdog(self, request, context):
+        """Called by a domain on itself: SCHEDOP_watchdog.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Console(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -260,6 +272,11 @@ def add_DomainsServicer_to_server(servicer, server):
                     servicer.SchedShutdown,
                     request_deserializer=xenlab_dot_proto_dot_domains__pb2.SchedShutdownRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
+            ),
+            'SchedWatchdog': grpc.unary_unary_rpc_method_handler(
+                    servicer.SchedWatchdog,
+                    request_deserializer=xenlab_dot_proto_dot_domains__pb2.SchedWatchdogRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_domains__pb2.SchedWatchdogReply.SerializeToString,
             ),
             'Console': grpc.unary_stream_rpc_method_handler(
                     servicer.Console,
@@ -557,6 +574,33 @@ class Domains(object):
             '/xenlab.proto.Domains/SchedShutdown',
             xenlab_dot_proto_dot_domains__pb2.SchedShutdownRequest.SerializeToString,
             xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SchedWatchdog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Domains/SchedWatchdog',
+            xenlab_dot_proto_dot_domains__pb2.SchedWatchdogRequest.SerializeToString,
+            xenlab_dot_proto_dot_domains__pb2.SchedWatchdogReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,8 +1,10 @@
 """The toolstack: libxl's role, in the hypervisor's process.
 
 * ``toolstack``: the Toolstack, which drives the hypervisor through a
-  domain's life: create, destroy, shutdown and the on_* policies, mem-set,
+  domain's life: create, destroy, shutdown and the on_* actions, mem-set,
   mem-max, vcpu-set, and its record of each domain's guest agent;
+* ``lifecycle``: xl's per-domain monitor (the @releaseDomain watch) and the
+  choice of on_* action for a shutdown reason;
 * ``build``: the xenstore tree of a new domain and its store ring;
 * ``devices``: vifs written, listed, attached and detached, backends removed
   or closed (libxl_nic.c, libxl_device.c);

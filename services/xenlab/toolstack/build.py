@@ -21,6 +21,8 @@ from xenlab.hypervisor.xenstored_ring import STORE_DOMID, STORE_GFN
 from xenlab.xen.xenstore_paths import record_root
 from xenlab.xen.xs_ring import XsRingPage
 
+DOMAIN_TYPE = "pv"
+
 # Subtrees of /local/domain/N the guest may write (libxl's rwperm paths);
 # everything else under it is read-only to the guest (roperm).
 GUEST_WRITABLE = ("device", "data", "drivers", "feature", "attr", "error", "control/shutdown",
@@ -70,6 +72,9 @@ def write_domain_tree(xs: XenStore, dom: Domain, reservation: tuple[int, int, in
                            "start_time": f"{time.time():.2f}",
                            "image/ostype": "linux"}.items():
             xs.write(DOM0, f"{vm}/{key}", value.encode())
+        # libxl__domain_make: the toolstack's own record of the domain type
+        # (libxl_domain_type_to_string); every xenlab guest is PV.
+        xs.write(DOM0, f"{record_root(d)}/type", DOMAIN_TYPE.encode())
 
 
 def setup_store(xs: XenStore, memory: MachineMemory, evtchn: EventChannels, domid: int) -> int:
@@ -89,6 +94,25 @@ def setup_store(xs: XenStore, memory: MachineMemory, evtchn: EventChannels, domi
     for path in (base, f"{base}/ring-ref", f"{base}/port"):
         xs.set_perms(DOM0, path, [(0, "n"), (domid, "r")])
     return port
+
+
+def rename_domain(xs: XenStore, dom: Domain, name: str, uuid: str) -> None:
+    """libxl__domain_rename's nodes (and, with a new uuid, the /vm/UUID
+    directory under its new name, as libxl_domain_preserve moves it)."""
+    base = f"/local/domain/{dom.domid}"
+    old_vm, vm = f"/vm/{dom.uuid}", f"/vm/{uuid}"
+    xs.write(DOM0, f"{base}/name", name.encode())
+    if not xs.exists(old_vm):
+        return
+    if vm != old_vm:
+        for path in sorted(p for p in xs.nodes() if p == old_vm or p.startswith(old_vm + "/")):
+            node = xs.nodes()[path]
+            xs.write(DOM0, vm + path[len(old_vm):], node.value)
+            xs.set_perms(DOM0, vm + path[len(old_vm):], node.perms)
+        xs.rm(DOM0, old_vm)
+        xs.write(DOM0, f"{base}/vm", vm.encode())
+        xs.write(DOM0, f"{vm}/uuid", uuid.encode())
+    xs.write(DOM0, f"{vm}/name", name.encode())
 
 
 def remove_domain_tree(xs: XenStore, dom: Domain) -> None:

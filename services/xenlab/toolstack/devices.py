@@ -71,6 +71,10 @@ class Devices:
     def _macs_by_bridge(self) -> dict[tuple[str, str], str]:
         found = {}
         for dom in self.domains:
+            if dom.state in (RunState.SHUTDOWN, RunState.CRASHED):
+                # It will never send again: rename-restart's new domain
+                # takes its MACs while it is kept.
+                continue
             for devid, record in self._vif_records(dom.domid):
                 found[(record.get("bridge", ""), record.get("mac", ""))] = f"d{dom.domid} vif {devid}"
         return found

@@ -5,15 +5,19 @@ libxl_domain_create_new does it: the hypervisor makes the domain, the
 toolstack plans its vifs, the hypervisor sets up its memory and
 credentials, the toolstack writes its xenstore tree, its vifs and its
 store ring, xenstored is told about it, the hypervisor starts it, and the
-toolstack keeps its record. ``destroy`` is libxl__destroy_domid; the
-on_poweroff / on_reboot / on_crash policies are applied here when the
-hypervisor reports a domain that shut down (xl's domain-death handling).
+toolstack keeps its record. ``destroy`` is libxl__destroy_domid. A domain
+that shuts down is left shut down by the hypervisor, which fires
+@releaseDomain; the toolstack's monitor (lifecycle.DomainMonitor, xl's
+per-domain monitor) then applies its on_poweroff / on_reboot / on_crash /
+on_watchdog action in ``apply_policy``.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import secrets
+import uuid as uuidlib
+from datetime import datetime, timezone
 
 from xenlab.hypervisor.core import PAGES_PER_MB, Hypervisor
 from xenlab.hypervisor.domains import Domain, RunState
@@ -22,15 +26,17 @@ from xenlab.hypervisor.xenstored_ring import STORE_GFN
 from xenlab.net.ipconfig import check_guest_net
 from xenlab.toolstack import build
 from xenlab.toolstack.devices import Devices
+from xenlab.toolstack.lifecycle import DomainMonitor, action_for, check_policies, preserved_name
 from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.errors import DomainError, XenError
+from xenlab.xen.names import check_domain_name
 from xenlab.xen.xenstore_paths import agent_record_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_MB = 128
-PRESERVE = ("preserve", "coredump-preserve")
-RESTART = ("restart", "rename-restart", "coredump-restart", "soft-reset")
+# What xl's xl.cfg calls xl shutdown's and xl reboot's reasons, and domain_crash.
+SHUTDOWN_REQUESTS = ("poweroff", "reboot", "crash")
 
 
 class Toolstack:
@@ -40,15 +46,17 @@ class Toolstack:
         self.hv = hv
         self.xs = hv.xenstore
         self.devices = Devices(hv.xenstore, hv.domains)
-        # xl's domain-death handling: the hypervisor reports each shutdown here.
-        hv.on_shutdown = self._apply_policy
+        self.monitor = DomainMonitor(hv.xenstore, hv.domains, self.apply_policy)
 
     def start(self) -> None:
-        """Domain-0's own tree, as xen-init-dom0 writes it at boot."""
+        """Domain-0's own tree, as xen-init-dom0 writes it at boot, and the
+        watch on @releaseDomain through which shut-down domains are heard of."""
         dom0 = self.hv.domains.get(0)
         build.write_domain_tree(self.xs, dom0, self.hv.memory.reservation(0))
+        self.monitor.start()
 
     async def close(self) -> None:
+        await self.monitor.close()
         for dom in list(self.hv.domains):
             if dom.domid != 0:
                 await self.destroy_domain(dom.domid)
@@ -64,10 +72,9 @@ class Toolstack:
         vcpus = spec.vcpus or 1
         if spec.maxvcpus and spec.maxvcpus < vcpus:
             raise DomainError(errno.EINVAL, f"maxvcpus={spec.maxvcpus} is below vcpus={vcpus}")
-        dom = self.hv.domains.allocate(
-            spec.name, maxmem_mb * PAGES_PER_MB, spec.maxvcpus or vcpus, spec.uuid,
-            on_poweroff=spec.on_poweroff or "destroy", on_reboot=spec.on_reboot or "restart",
-            on_crash=spec.on_crash or "destroy")
+        check_policies(spec)
+        dom = self.hv.domains.allocate(spec.name, maxmem_mb * PAGES_PER_MB,
+                                       spec.maxvcpus or vcpus, spec.uuid)
         dom.spec = spec
         dom.online_vcpus = vcpus
         dom.launcher = launcher.name
@@ -124,9 +131,12 @@ class Toolstack:
     # -- shutdown and the on_* policies -----------------------------------------------
     async def shutdown_domain(self, domid: int, reason: str, wait: bool = False,
                               timeout: float = 30.0) -> None:
-        """xl shutdown/reboot: ask the guest through control/shutdown, as xl
-        does; 'crash' is the hypervisor crashing it (domain_crash)."""
-        if reason not in ("poweroff", "reboot", "crash"):
+        """xl shutdown/reboot: write control/shutdown for the guest and
+        return, as libxl_domain_shutdown does, paused or not (a paused guest
+        acts on it once unpaused); ``wait`` (-w) waits for it to shut down
+        and for its on_* action. 'crash' is the hypervisor crashing it
+        (domain_crash)."""
+        if reason not in SHUTDOWN_REQUESTS:
             raise DomainError(errno.EINVAL, f"shutdown reason {reason!r}: expected poweroff, reboot or crash")
         dom = self.hv.running_domu(domid, "shut down")
         if reason == "crash":
@@ -134,31 +144,53 @@ class Toolstack:
         elif self.hv.process(domid) is None:
             # No guest to ask (launcher none): shut it down from outside,
             # as SCHEDOP_remote_shutdown does.
-            await self._apply_policy(dom, reason)
+            await self.hv.remote_shutdown(dom, reason)
         else:
-            if dom.state is RunState.PAUSED:
-                raise DomainError(errno.EBUSY, f"d{domid} is paused: unpause it first, or it cannot react")
             self.xs.write(DOM0, f"/local/domain/{domid}/control/shutdown", reason.encode())
         if wait:
             await self.hv.wait_gone_or_stopped(dom, timeout)
+            await self.monitor.settled(dom)
 
-    async def _apply_policy(self, dom: Domain, reason: str) -> None:
-        """What xl.cfg says to do with a domain that shut down for ``reason``."""
-        action = dom.action_for(reason)
-        dom.shutdown_reason = reason
+    async def apply_policy(self, dom: Domain) -> None:
+        """What xl.cfg says to do with a domain that shut down, as xl's
+        handle_domain_death does it."""
+        reason = dom.shutdown_reason
+        action = action_for(dom.spec, reason)
+        if action is None:
+            log.info("d%d (%s) has suspended: left as it is", dom.domid, dom.name)
+            return
         log.info("d%d (%s): %s -> on_%s=%s", dom.domid, dom.name, reason,
-                 "crash" if reason not in ("poweroff", "reboot") else reason, action)
-        if action in PRESERVE:
-            await self.hv.preserve(dom, reason)
+                 reason if reason in ("poweroff", "reboot", "crash", "watchdog") else "crash",
+                 action)
+        if action.startswith("coredump-"):
+            log.warning("d%d (%s): on_%s=%s: core dumps are not emulated, no core is written",
+                        dom.domid, dom.name, reason, action)
+            action = action.removeprefix("coredump-")
+        if action == "preserve":
             return
         spec = dom.spec
-        await self._destroy(dom)
-        if action in RESTART and spec is not None:
+        if action == "rename-restart":
+            self.rename(dom, preserved_name(dom.name, datetime.now(timezone.utc)),
+                        str(uuidlib.uuid4()))
+        else:
+            await self._destroy(dom)
+        if action in ("restart", "rename-restart") and spec is not None:
             try:
                 new, _ = await self.create(spec)
                 log.info("restarted %s as d%d", spec.name, new.domid)
             except XenError as err:
                 log.error("could not restart %s: %s", spec.name, err)
+
+    def rename(self, dom: Domain, name: str, uuid: str = "") -> None:
+        """libxl_domain_preserve's rename (and new handle, when ``uuid``):
+        the domain keeps running or stays shut down under another name."""
+        check_domain_name(name)
+        if any(d.name == name and d is not dom and d.state is not RunState.DYING
+               for d in self.hv.domains):
+            raise DomainError(errno.EEXIST, f"domain {name!r} already exists")
+        build.rename_domain(self.xs, dom, name, uuid or dom.uuid)
+        dom.name = name
+        dom.uuid = uuid or dom.uuid
 
     # -- xl mem-set, mem-max, vcpu-set ------------------------------------------------
     def set_memory_target(self, domid: int, kb: int) -> None:

@@ -19,6 +19,11 @@ from xenlab.xen.xenstore_paths import backend_path, frontend_path
 
 Perms = list[tuple[int, str]]
 
+# libxl__xen_script_dir_path(): XEN_SCRIPT_DIR, $sysconfdir/xen/scripts as Xen
+# is configured by default; and the script libxl gives a vif without script=.
+XEN_SCRIPT_DIR = "/etc/xen/scripts"
+DEFAULT_SCRIPT = "vif-bridge"
+
 
 @dataclass(frozen=True)
 class VifNodes:
@@ -62,13 +67,13 @@ def vif_nodes(domid: int, devid: int, backend_id: int, spec, mac: str) -> VifNod
     backend = {
         "frontend": fpath, "frontend-id": str(domid), "online": "1",
         "state": str(int(abi.XenbusState.Initialising)),
-        "script": spec.script or "vif-bridge", "mac": mac, "bridge": bridge,
+        "script": script_path(spec.script or DEFAULT_SCRIPT), "mac": mac, "bridge": bridge,
         "handle": str(devid), "type": "vif", "hotplug-status": "", "mtu": str(mtu),
     }
     if spec.ip:
         backend["ip"] = _check_ip(spec.ip)
     if spec.rate:
-        backend["rate"] = _check_rate(spec.rate)
+        backend["rate"] = rate_node(spec.rate)
     if spec.vifname:
         backend["vifname"] = _check_vifname(spec.vifname)
     if spec.vlan:
@@ -94,12 +99,22 @@ def _check_ip(text: str) -> str:
     return text
 
 
-def _check_rate(text: str) -> str:
+def rate_node(text: str) -> str:
+    """The backend's rate node as libxl_nic.c writes it: "BYTES,USEC" (bytes
+    per interval, the interval in µs), what netback's xen_net_read_rate
+    reads; 10Mb/s@20ms is 25000,20000."""
     try:
-        parse_rate(text)
+        credit_bytes, credit_usec = parse_rate(text)
     except ConfigError as err:
         raise DomainError(errno.EINVAL, f"vif {err.message}") from None
-    return text
+    return f"{credit_bytes},{credit_usec}"
+
+
+def script_path(script: str) -> str:
+    """libxl__abs_path: a script named without a directory is in Xen's
+    script directory. xenlab runs no script: Domain-0's hotplug
+    (drivers/hotplug.py) does what vif-bridge does."""
+    return script if script.startswith("/") else f"{XEN_SCRIPT_DIR}/{script}"
 
 
 def _check_vlan(text: str) -> str:

@@ -33,26 +33,73 @@ DEFAULT_MTU = abi.ETH_DATA_LEN
 MTU_MAX = 65535
 COMMAND_LINE = "<command line>"  # the source named in errors from `xl create ... key=value`
 
+# xl.cfg(5) ACTIONS for on_poweroff, on_reboot, on_crash and on_watchdog,
+# and each one's default (libxl_domain_config_setdefault's).
 ACTIONS = ("destroy", "restart", "rename-restart", "preserve",
            "coredump-destroy", "coredump-restart", "soft-reset")
+ACTION_DEFAULTS = {"poweroff": "destroy", "reboot": "restart", "crash": "destroy",
+                   "watchdog": "destroy"}
+# Actions xl has that xenlab refuses, and why.
+NOT_EMULATED_ACTIONS = {
+    "soft-reset": "soft reset (a new kernel booted in the same domain, its memory kept) is not "
+                  "emulated; use restart",
+}
 LAUNCHERS = ("local", "none", "docker")
 
-# xl.cfg keys that xl understands and xenlab keeps in `extra` without a word.
-KNOWN_XL_KEYS = frozenset("""
-    type builder kernel ramdisk extra root cmdline bootloader bootloader_args
-    disk pci usb usbctrl usbdev vfb vkb vtpm vdispl vsnd channel p9 pvcalls
-    rdm dtdev iomem ioports irqs device_tree passthrough
-    cpus cpus_soft cpu_weight cap pool seclabel init_seclabel
-    max_grant_frames max_maptrack_frames max_grant_version max_event_channels
-    on_watchdog on_soft_reset driver_domain nomigrate tsc_mode localtime
-    rtc_timeoffset e820_host vnuma claim_mode gic_version vuart tee
-    firmware bios bios_path_override boot hap pae acpi apic hpet viridian
-    nestedhvm videoram stdvga vga vnc vnclisten vncdisplay vncunused
-    vncpasswd sdl opengl serial soundhw usbdevice usbversion
-    device_model_version device_model_override device_model_stubdomain_override
-    device_model_args device_model_user shadow_memory xen_platform_pci
-    altp2m cpuid vpmu trap_unmapped_accesses
-""".split())
+# Every other xl.cfg(5) key: xenlab keeps it in `extra` (so `xl list -l`
+# shows it) and warns, by name, why it does nothing: "disk= is not
+# emulated; ignored". The keys xenlab honours are read in _build.
+_GUEST_KERNEL = "names a guest kernel to boot; xenlab's guests run its own (python -m xenlab.domain)"
+# The kernel command line: the toolstack builds it from these as xl does and
+# hands it to the guest in start_info (xen/cmdline.py); the guest reads its
+# network settings (ip=, rd.route=, ip_forward) from it.
+COMMAND_LINE_KEYS = frozenset({"extra", "cmdline", "root"})
+_NO_DEVICE = "is not emulated (xenlab's guests have vifs only)"
+_NOT_SCHEDULED = "is not emulated yet (xenlab does not schedule vCPUs)"
+_HOST_LIMIT = "is not per domain in xenlab: the hypervisor's own limit applies"
+_HVM = "is for HVM guests and their device model; xenlab's guests are PV"
+_ARM = "is for Arm guests; xenlab's guests are x86 PV"
+_NOT_EMULATED = "is not emulated"
+
+IGNORED_XL_KEYS: Mapping[str, str] = MappingProxyType({
+    **dict.fromkeys("kernel ramdisk bootloader bootloader_args bootloader_restrict "
+                    "bootloader_user pvshim pvshim_path pvshim_cmdline pvshim_extra".split(),
+                    _GUEST_KERNEL),
+    **dict.fromkeys("disk pci usb usbctrl usbdev vfb vkb vtpm vdispl vsnd channel p9 pvcalls "
+                    "virtio rdm rdm_mem_boundary dtdev iomem ioports irqs passthrough vuart tee "
+                    "gfx_passthru pci_permissive pci_msitranslate pci_seize pci_power_mgmt "
+                    "vkb_device".split(), _NO_DEVICE),
+    **dict.fromkeys("cpus cpus_soft cpu_weight cap pool vnuma llc_colors".split(), _NOT_SCHEDULED),
+    **dict.fromkeys("max_grant_frames max_maptrack_frames max_grant_version max_event_channels "
+                    "xenstore_quota".split(), _HOST_LIMIT),
+    **dict.fromkeys("firmware bios bios_path_override boot hap pae acpi acpi_s3 acpi_s4 "
+                    "acpi_laptop_slate acpi_firmware apic hpet viridian nestedhvm videoram "
+                    "stdvga vga vnc vnclisten vncdisplay vncunused vncpasswd vncviewer sdl "
+                    "opengl nographic serial soundhw usbdevice usbversion keymap spice spicehost "
+                    "spiceport spicetls_port spicedisable_ticketing spicepasswd "
+                    "spiceagent_mouse spicevdagent spice_clipboard_sharing spiceusbredirection "
+                    "spice_image_compression spice_streaming_video device_model "
+                    "device_model_version device_model_override device_model_stubdomain_override "
+                    "device_model_stubdomain_seclabel device_model_args device_model_args_pv "
+                    "device_model_args_hvm device_model_user stubdomain_memory stubdomain_kernel "
+                    "stubdomain_ramdisk stubdomain_cmdline dm_restrict shadow_memory "
+                    "xen_platform_pci xen_platform_pci_bar_uc hdtype timer_mode hvm_pirq "
+                    "mmio_hole smbios smbios_firmware ms_vm_genid vendor_device "
+                    "xend_suspend_evtchn_compat rombios ovmf altp2m altp2mhvm altp2m_count "
+                    "mca_caps vpt_align vmtrace_buf_kb".split(), _HVM),
+    **dict.fromkeys("device_tree gic_version nr_spis sve arm_sci ffa".split(), _ARM),
+    **dict.fromkeys("on_soft_reset seclabel init_seclabel driver_domain nomigrate tsc_mode "
+                    "localtime rtc_timeoffset e820_host claim_mode cpuid vpmu nx "
+                    "trap_unmapped_accesses msr_relaxed xenstore_feature_mask "
+                    "vif2".split(), _NOT_EMULATED),
+})
+# The xl.cfg(5) keys xenlab knows, honoured or not: what a typo most likely meant.
+KNOWN_XL_KEYS = frozenset(IGNORED_XL_KEYS) | frozenset(
+    "name memory maxmem vcpus maxvcpus on_poweroff on_reboot on_crash on_watchdog vif uuid "
+    "type builder launcher".split())
+# type= and the older builder=: every xenlab guest is PV.
+DOMAIN_TYPES = ("pv", "pvh", "hvm")
+BUILDERS = {"generic": "pv", "linux": "pv", "hvm": "hvm"}
 
 _VIF_IGNORED = ("type", "trusted", "untrusted", "forwarddev", "accel", "gatewaydev")
 
@@ -82,6 +129,7 @@ class XlConfig:
     on_poweroff: str = "destroy"
     on_reboot: str = "restart"
     on_crash: str = "destroy"
+    on_watchdog: str = "destroy"
     vifs: tuple[VifConfig, ...] = ()
     uuid: str | None = None
     launcher: str | None = None
@@ -485,9 +533,10 @@ def _build(r: _Reader, warnings: list[str], path: str | None, text: str,
     if maxvcpus < vcpus:
         raise r.error("maxvcpus", f"maxvcpus ({maxvcpus}) is smaller than vcpus ({vcpus})")
 
-    actions = {key: _choice(r, key, default, ACTIONS) for key, default in
-               (("on_poweroff", "destroy"), ("on_reboot", "restart"), ("on_crash", "destroy"))}
+    actions = {f"on_{reason}": _action(r, f"on_{reason}", default)
+               for reason, default in ACTION_DEFAULTS.items()}
     launcher = _choice(r, "launcher", None, LAUNCHERS)
+    _domain_type(r)
     uuid = _uuid_value(r)
     vifs = _vifs(r, warnings)
     extra = _extra(r, warnings, strict)
@@ -501,6 +550,24 @@ def _choice(r: _Reader, key: str, default: str | None, allowed: tuple[str, ...])
     if value is not None and value not in allowed:
         raise r.error(key, f"{key} = {value!r}: expected one of {', '.join(allowed)}")
     return value
+
+
+def _domain_type(r: _Reader) -> None:
+    """type= (or builder=, its older form): xenlab's guests are PV, and a
+    config that asks for another kind is refused rather than run as PV."""
+    kind, key = _choice(r, "type", None, DOMAIN_TYPES), "type"
+    builder = _choice(r, "builder", None, tuple(BUILDERS))
+    if kind is None and builder is not None:
+        kind, key = BUILDERS[builder], "builder"
+    if kind not in (None, "pv"):
+        raise r.error(key, f"{key} = {kind!r}: xenlab's guests are PV only (type = 'pv')")
+
+
+def _action(r: _Reader, key: str, default: str) -> str:
+    action = _choice(r, key, default, ACTIONS)
+    if action in NOT_EMULATED_ACTIONS:
+        raise r.error(key, f"{key} = {action!r}: {NOT_EMULATED_ACTIONS[action]}")
+    return action
 
 
 def _uuid_value(r: _Reader) -> str | None:
@@ -538,7 +605,11 @@ def _extra(r: _Reader, warnings: list[str], strict: bool) -> dict[str, str]:
     known = sorted(r.used | KNOWN_XL_KEYS)
     for key, setting, source in r.unused():
         extra[key] = format_value(setting.value)
-        if key in KNOWN_XL_KEYS:
+        if key in COMMAND_LINE_KEYS:
+            continue            # read from extra by the toolstack (kernel_cmdline)
+        if key in IGNORED_XL_KEYS:
+            warnings.append(f"{_where(source, setting.line)}warning: {key}= "
+                            f"{IGNORED_XL_KEYS[key]}; ignored")
             continue
         hint = did_you_mean(key, known)
         if strict:
@@ -583,7 +654,21 @@ def parse_vif_spec(spec: str, devid: int, warnings: list[str] | None = None) -> 
                 warnings.append(f"{key}={value} is not supported by xenlab; ignored")
         else:
             raise ConfigError(f"unknown vif key {key!r} (known: {', '.join(sorted(_VIF_KEYS))})")
-    return VifConfig(**fields)
+    vif = VifConfig(**fields)
+    if warnings is not None:
+        warnings.extend(_vif_warnings(vif))
+    return vif
+
+
+def _vif_warnings(vif: VifConfig) -> list[str]:
+    """What a vif key xenlab keeps does not do."""
+    out = []
+    if vif.script is not None and vif.script.rsplit("/", 1)[-1] != "vif-bridge":
+        out.append(f"script={vif.script} is not run: xenlab's hotplug does what vif-bridge does "
+                   f"(the vif joins bridge={vif.bridge})")
+    if vif.model is not None:
+        out.append(f"model={vif.model} is an HVM guest's emulated NIC; a PV vif has none; ignored")
+    return out
 
 
 def _vif_mac(text: str) -> str | None:

@@ -179,6 +179,18 @@ def test_up_detach_says_a_bad_lab_file_before_making_anything(tmp_path):
     assert result.stderr.count("\n") == 1 and not (tmp_path / "run").exists()
 
 
+def test_up_says_which_xl_keys_of_a_lab_it_ignores(tmp_path):
+    """A lab's disk= was kept without a word (its warnings went nowhere)."""
+    lab = tmp_path / "lab.toml"
+    lab.write_text('[[domain]]\nname = "web"\nmemory = 16\ndisk = ["phy:/dev/vg/web,xvda,w"]\n')
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    result = xenlab("up", "--detach", str(lab), "--rundir", str(tmp_path / "link"))
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and len(lines) == 2
+    assert lines[0] == f"{lab}:4: warning: disk= is not emulated (xenlab's guests have vifs only); ignored"
+    assert "is a symlink" in lines[1]
+
+
 def test_up_hints_name_the_rundir_only_when_it_is_not_the_default(tmp_path):
     import argparse
     from xenlab.cli.lab import _hints

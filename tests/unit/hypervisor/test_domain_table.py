@@ -51,10 +51,8 @@ def test_bad_names_are_refused(name):
     assert exc.value.errno == errno.EINVAL
 
 
-def test_bad_policy_and_vcpus_are_refused():
+def test_bad_vcpus_are_refused():
     table = DomainTable()
-    with pytest.raises(DomainError, match="on_crash"):
-        table.allocate("a", 1, 1, on_crash="explode")
     with pytest.raises(DomainError, match="vcpus"):
         table.allocate("a", 1, 0)
     with pytest.raises(DomainError, match="vcpus"):
@@ -93,15 +91,6 @@ def test_state_letters_match_xl_columns():
     assert dom.state_letters() == "---sc-"
     dom.state = RunState.DYING
     assert dom.state_letters() == "-----d"
-
-
-def test_policy_per_reason():
-    dom = DomainTable().allocate("a", 1, 1, on_poweroff="preserve", on_reboot="restart",
-                                 on_crash="destroy")
-    assert dom.action_for("poweroff") == "preserve"
-    assert dom.action_for("reboot") == "restart"
-    assert dom.action_for("crash") == "destroy"
-    assert dom.action_for("watchdog") == "destroy"
 
 
 def test_uuid_is_validated_and_generated():

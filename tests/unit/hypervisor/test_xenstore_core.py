@@ -80,7 +80,7 @@ def test_write_read_and_parents_created(xs):
 def test_directory_is_sorted(xs):
     for name in ("zeta", "alpha", "mid"):
         xs.write(DOM0, f"/tool/{name}", b"")
-    assert xs.directory(DOM0, "/tool") == ["alpha", "mid", "zeta"]
+    assert xs.directory(DOM0, "/tool") == ["alpha", "mid", "xenstored", "zeta"]
 
 
 def test_mkdir_creates_empty_and_is_idempotent(xs):
@@ -90,16 +90,35 @@ def test_mkdir_creates_empty_and_is_idempotent(xs):
     assert xs.read(DOM0, "/tool/x/y") == b"keep"
 
 
-def test_rm_is_recursive_and_missing_is_enoent(xs):
+def test_xenstored_has_its_own_node_from_the_start(xs):
+    """/tool/xenstored was missing; C xenstored makes it at start (manual_node)."""
+    assert xs.exists("/tool/xenstored") and xs.read(DOM0, "/tool/xenstored") == b""
+    assert errno_of(xs.read, D1, "/tool/xenstored") == errno.EACCES
+
+
+def test_rm_is_recursive(xs):
     xs.write(DOM0, "/tool/a/b/c", b"1")
     xs.write(DOM0, "/tool/a/d", b"2")
     xs.rm(DOM0, "/tool/a")
     for path in ("/tool/a", "/tool/a/b", "/tool/a/b/c", "/tool/a/d"):
         assert not xs.exists(path)
-    assert xs.directory(DOM0, "/tool") == []
-    assert errno_of(xs.rm, DOM0, "/tool/a") == errno.ENOENT
+    assert xs.directory(DOM0, "/tool") == ["xenstored"]
     assert errno_of(xs.read, DOM0, "/tool/a") == errno.ENOENT
     assert errno_of(xs.rm, DOM0, "/") == errno.EINVAL
+
+
+def test_rm_of_a_missing_node_whose_parent_exists_is_acknowledged(xs, events):
+    """It was ENOENT; C xenstored's do_rm: "Didn't exist already? Fine, if
+    parent exists." Nothing changes and no watch fires."""
+    xs.write(DOM0, "/tool/a", b"1")
+    xs.watch(DOM0, "c", "/tool", "t")
+    events.take()
+    before = dict(xs.nodes())
+    xs.rm(DOM0, "/tool/a/gone")
+    assert dict(xs.nodes()) == before and events.take() == []
+    assert errno_of(xs.rm, DOM0, "/tool/nope/gone") == errno.ENOENT      # no parent
+    # A domain that may not read the parent learns nothing: EACCES, as before.
+    assert errno_of(xs.rm, D2, "/local/domain/1/data/gone") == errno.EACCES
 
 
 @pytest.mark.parametrize("path", ["", "/a//b", "/a/", "/a b", "/a/ü", "rel//x", "/a/b\n"])
@@ -489,7 +508,8 @@ def test_failed_requests_fire_nothing(xs, events):
     with pytest.raises(XenStoreError):
         xs.write(D2, "/local/domain/1/data/x", b"")
     with pytest.raises(XenStoreError):
-        xs.rm(DOM0, "/tool/missing")
+        xs.rm(DOM0, "/tool/missing/too")
+    xs.rm(DOM0, "/tool/missing")            # acknowledged: its parent exists
     assert events.take() == []
 
 

@@ -93,7 +93,7 @@ def test_pipelined_requests_are_answered_in_order(dom0):
     out = dom0.out()
     assert [(m.type, m.req_id, m.payload) for m in out] == [
         (XsType.WRITE, 10, b"OK\0"), (XsType.READ, 11, b"one"),
-        (XsType.ERROR, 12, b"ENOENT\0"), (XsType.DIRECTORY, 13, b"a\0")]
+        (XsType.ERROR, 12, b"ENOENT\0"), (XsType.DIRECTORY, 13, b"a\0xenstored\0")]
 
 
 def test_a_watch_is_acknowledged_then_fires_then_follows_changes(dom0):

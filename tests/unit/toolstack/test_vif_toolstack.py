@@ -33,14 +33,14 @@ async def test_create_writes_backend_and_frontend_dirs(hypervisor):
     assert await read(dom0, f"{back}/frontend-id") == str(domid)
     for key, value in {"online": "1", "state": "1", "mac": "00:16:3e:00:00:01", "bridge": "xenbr0",
                        "handle": "0", "type": "vif", "hotplug-status": "", "ip": "10.0.0.1/24",
-                       "script": "vif-bridge"}.items():
+                       "script": "/etc/xen/scripts/vif-bridge"}.items():
         assert await read(dom0, f"{back}/{key}") == value, key
     for key, value in {"backend": back, "backend-id": "0", "state": "1", "handle": "0",
                        "mac": "00:16:3e:00:00:01", "mtu": "1500"}.items():
         assert await read(dom0, f"{front}/{key}") == value, key
     back1 = f"/local/domain/0/backend/vif/{domid}/1"
     assert await read(dom0, f"{back1}/bridge") == "xenbr1"
-    assert await read(dom0, f"{back1}/rate") == "10Mb/s"
+    assert await read(dom0, f"{back1}/rate") == "62500,50000"     # libxl's bytes,usec
     assert await read(dom0, f"/local/domain/{domid}/device/vif/1/mtu") == "9000"
     # A random MAC under Xen's OUI, 4th octet masked with 0x7f, stable in xenstore.
     mac = await read(dom0, f"/local/domain/{domid}/device/vif/1/mac")

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from xenlab.toolstack.xlcfg import (ACTIONS, VifConfig, XlConfig, load_xl_config, parse_settings,
-                                    parse_vif_spec, parse_xl_config)
+from xenlab.toolstack.xlcfg import (ACTIONS, COMMAND_LINE_KEYS, IGNORED_XL_KEYS, KNOWN_XL_KEYS, VifConfig, XlConfig,
+                                    load_xl_config, parse_settings, parse_vif_spec,
+                                    parse_xl_config)
 from xenlab.xen.errors import ConfigError
 
 
@@ -191,10 +192,24 @@ def test_maxvcpus_defaults_to_vcpus():
     assert (c.vcpus, c.maxvcpus) == (3, 3)
 
 
-@pytest.mark.parametrize("action", ACTIONS)
-def test_every_xl_action_is_accepted(action):
-    c = cfg(f"name='x'\non_poweroff='{action}'\non_reboot='{action}'\non_crash='{action}'\n")
-    assert (c.on_poweroff, c.on_reboot, c.on_crash) == (action,) * 3
+@pytest.mark.parametrize("action", [a for a in ACTIONS if a != "soft-reset"])
+def test_every_xl_action_xenlab_carries_out_is_accepted(action):
+    c = cfg(f"name='x'\non_poweroff='{action}'\non_reboot='{action}'\non_crash='{action}'\n"
+            f"on_watchdog='{action}'\n")
+    assert (c.on_poweroff, c.on_reboot, c.on_crash, c.on_watchdog) == (action,) * 4
+
+
+def test_on_watchdog_is_read_not_dropped():
+    """on_watchdog went to `extra` unread: a watchdog shutdown got on_crash's action."""
+    assert cfg("name='x'\n").on_watchdog == "destroy"
+    c = cfg("name='x'\non_watchdog = 'preserve'\n")
+    assert c.on_watchdog == "preserve" and "on_watchdog" not in c.extra
+
+
+@pytest.mark.parametrize("key", ["on_poweroff", "on_reboot", "on_crash", "on_watchdog"])
+def test_soft_reset_is_refused_by_name(key):
+    err = config_error(f"name='x'\n{key} = 'soft-reset'\n")
+    assert err.line == 2 and "soft reset" in err.message and "not emulated" in err.message
 
 
 def test_uuid_is_normalised_and_launcher_kept():
@@ -202,15 +217,66 @@ def test_uuid_is_normalised_and_launcher_kept():
     assert c.uuid == "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee" and c.launcher == "docker"
 
 
-def test_known_xl_keys_go_to_extra_silently():
+def test_xl_keys_xenlab_does_not_honour_are_warned_about_by_name():
+    """They went to `extra` without a word: a user's disk= or kernel= was
+    silently dropped. Each is still kept (xl list -l shows the config)."""
     c = cfg("name='x'\ntype = 'pv'\nkernel = '/k'\nramdisk='/r'\nextra='quiet'\nroot='/dev/xvda1'\n"
             "builder='generic'\nbootloader='pygrub'\ndisk = ['phy:/dev/vg/x,xvda,w', 'file:/y,xvdb,r']\n"
-            "max_grant_frames = 64\n")
-    assert c.warnings == ()
-    assert c.extra == {"type": "pv", "kernel": "/k", "ramdisk": "/r", "extra": "quiet",
-                       "root": "/dev/xvda1", "builder": "generic", "bootloader": "pygrub",
+            "max_grant_frames = 64\ncpus = '0-1'\nvnc = 1\n")
+    assert c.extra == {"kernel": "/k", "ramdisk": "/r", "extra": "quiet",
+                       "root": "/dev/xvda1", "bootloader": "pygrub",
                        "disk": "['phy:/dev/vg/x,xvda,w', 'file:/y,xvdb,r']",
-                       "max_grant_frames": "64"}
+                       "max_grant_frames": "64", "cpus": "0-1", "vnc": "1"}
+    warned = {w.split(": ")[2].split("=")[0]: w for w in c.warnings}
+    # The kernel command line (extra=, root=) is the guest's: kept, not warned about.
+    assert sorted(warned) == sorted(set(c.extra) - {"extra", "root"})
+    assert warned["disk"] == "t.cfg:9: warning: disk= is not emulated (xenlab's guests have vifs only); ignored"
+    assert "guest kernel" in warned["kernel"] and "ignored" in warned["kernel"]
+    assert "hypervisor's own limit" in warned["max_grant_frames"]
+    assert "HVM" in warned["vnc"]
+
+
+def test_every_xl_cfg_key_is_read_or_warned_about():
+    for key in sorted(KNOWN_XL_KEYS):
+        value = {"name": "'x'", "vif": "['']", "uuid": "'aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee'",
+                 "type": "'pv'", "builder": "'generic'", "launcher": "'none'",
+                 "on_poweroff": "'destroy'", "on_reboot": "'destroy'", "on_crash": "'destroy'",
+                 "on_watchdog": "'destroy'", "memory": "16", "maxmem": "256"}.get(key, "1")
+        c = cfg(f"name = 'x'\n{key} = {value}\n" if key != "name" else f"name = {value}\n")
+        if key in IGNORED_XL_KEYS:
+            assert c.warnings and c.warnings[0].startswith(f"t.cfg:2: warning: {key}= "), key
+        elif key in COMMAND_LINE_KEYS:      # the guest's: kept for kernel_cmdline, no warning
+            assert c.warnings == () and c.extra == {key: "1"}, key
+        else:
+            assert c.warnings == () and key not in c.extra, key
+
+
+@pytest.mark.parametrize("text, words", [
+    ("type = 'hvm'", "type = 'hvm': xenlab's guests are PV only"),
+    ("type = 'pvh'", "type = 'pvh'"),
+    ("builder = 'hvm'", "builder = 'hvm'"),
+    ("type = 'vm'", "expected one of pv, pvh, hvm"),
+])
+def test_a_guest_type_other_than_pv_is_refused(text, words):
+    err = config_error(f"name='x'\n{text}\n")
+    assert err.line == 2 and words in err.message
+
+
+def test_type_pv_and_builder_generic_are_honoured_quietly():
+    assert cfg("name='x'\ntype='pv'\nbuilder='generic'\n").warnings == ()
+
+
+@pytest.mark.parametrize("vif, words", [
+    ("script=vif-route", "script=vif-route is not run: xenlab's hotplug does what vif-bridge does"),
+    ("model=e1000", "model=e1000 is an HVM guest's emulated NIC"),
+])
+def test_vif_keys_kept_but_not_acted_on_are_warned_about(vif, words):
+    c = cfg(f"name='x'\nvif = ['{vif}']\n")
+    assert len(c.warnings) == 1 and words in c.warnings[0]
+
+
+def test_script_vif_bridge_is_what_hotplug_does():
+    assert cfg("name='x'\nvif = ['script=/etc/xen/scripts/vif-bridge']\n").warnings == ()
 
 
 def test_unknown_keys_go_to_extra_with_a_warning():

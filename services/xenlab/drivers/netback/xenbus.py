@@ -56,6 +56,8 @@ FEATURES = {
     "feature-dynamic-multicast-control": "0",
     "feature-split-event-channels": "0",
     "feature-ctrl-ring": "0",
+    # xenvif_max_queues: netback takes one queue (connect refuses more, below).
+    "multi-queue-max-queues": "1",
     # Not in netif.h: the frontend may say it keeps its buffer grants for the
     # whole connection, and netback then maps them (xenlab.drivers.netback.grant_cache).
     "feature-persistent": "1",
