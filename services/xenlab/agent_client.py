@@ -17,9 +17,9 @@ import math
 import grpc
 
 from xenlab.client import metadata_channel
-from xenlab.hypervisor.vif import agent_record_path
 from xenlab.proto import agent_pb2_grpc, xenstore_pb2
 from xenlab.rpc import CHANNEL_OPTIONS
+from xenlab.xen.xenstore_paths import agent_record_path
 
 AGENT_TOKEN_MD = "xenlab-agent-token"     # the metadata every GuestAgent call carries
 

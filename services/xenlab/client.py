@@ -11,7 +11,7 @@ import collections
 
 import grpc
 
-from xenlab.proto import (domains_pb2_grpc, evtchn_pb2_grpc, grants_pb2_grpc,
+from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2_grpc, grants_pb2_grpc,
                           memory_pb2_grpc, xenstore_pb2_grpc)
 from xenlab.rpc import CHANNEL_OPTIONS, credentials_metadata
 # Where a running hypervisor leaves its address and Domain-0's secret.
@@ -90,3 +90,19 @@ class HypervisorClient:
 
     async def __aexit__(self, *exc) -> None:
         await self.close()
+
+
+def to_domain_spec(cfg) -> domains_pb2.DomainSpec:
+    """The Create rpc's DomainSpec for a parsed xl.cfg (an XlConfig of
+    xenlab.toolstack.xlcfg)."""
+    return domains_pb2.DomainSpec(
+        name=cfg.name, memory_mb=cfg.memory_mb, maxmem_mb=cfg.maxmem_mb,
+        vcpus=cfg.vcpus, maxvcpus=cfg.maxvcpus, on_poweroff=cfg.on_poweroff,
+        on_reboot=cfg.on_reboot, on_crash=cfg.on_crash,
+        vif=[domains_pb2.VifSpec(devid=v.devid, mac=v.mac or "", bridge=v.bridge, ip=v.ip or "",
+                                 vifname=v.vifname or "", rate=v.rate or "", mtu=v.mtu,
+                                 backend=v.backend or "", script=v.script or "",
+                                 model=v.model or "", vlan=v.vlan or "")
+             for v in cfg.vifs],
+        uuid=cfg.uuid or "", launcher=cfg.launcher or "", extra=dict(cfg.extra),
+        config_text=cfg.text)

@@ -109,6 +109,10 @@ class InProcessLab:
     def hv(self):
         return self.server.hv
 
+    @property
+    def toolstack(self):
+        return self.server.toolstack
+
     async def create_domain(self, name: str, memory_mb: int = 16, launcher: str = "none",
                             **spec) -> tuple[int, HypervisorClient]:
         """Create a domain as the toolstack would; return its id and a

@@ -27,7 +27,7 @@ import pytest
 
 from xenlab.agent_client import agent_for
 from xenlab.client import HypervisorClient, Rundir
-from xenlab.hypervisor.launcher import DomainUids
+from xenlab.launchers.domains_dir import DomainUids
 from xenlab.proto import agent_pb2, common_pb2
 from xenlab.xen import abi
 

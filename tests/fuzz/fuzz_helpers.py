@@ -12,10 +12,10 @@ import time
 from xenlab.domain.kernel import DomainKernel
 from xenlab.drivers.netback import NetbackDriver
 from xenlab.drivers.netfront import NetfrontDriver
-from xenlab.hypervisor.launcher import StartInfo
 from xenlab.proto import common_pb2, domains_pb2
 from xenlab.testing_hostile import SwitchHotplug, boot_domain
 from xenlab.xen import abi
+from xenlab.xen.start_info import StartInfo
 
 WAIT = 10.0
 

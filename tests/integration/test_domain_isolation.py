@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from xenlab.hypervisor.launcher import DomainUids
+from xenlab.launchers.domains_dir import DomainUids
 from xenlab.proto import common_pb2, xenstore_pb2
 
 pytestmark = [pytest.mark.integration,

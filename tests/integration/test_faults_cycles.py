@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2, domains_pb2, evtchn_pb2, xenstore_pb2
-from xenlab.xen.xlcfg import parse_xl_config, to_domain_spec
+from xenlab.client import to_domain_spec
+from xenlab.toolstack.xlcfg import parse_xl_config
 
 pytestmark = pytest.mark.integration
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from xenlab.client import HypervisorClient
+from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.memory import GuestMemory
 from xenlab.proto import (common_pb2, domains_pb2, evtchn_pb2, grants_pb2, memory_pb2,
                           xenstore_pb2)
+from xenlab.toolstack.xlcfg import load_xl_config
 from xenlab.xen.shared_info import SharedInfo
-from xenlab.xen.xlcfg import load_xl_config, to_domain_spec
 
 pytestmark = pytest.mark.integration
 

@@ -21,12 +21,12 @@ from xenlab.domain.kernel import DomainKernel
 from xenlab.drivers.netback import HotplugError, LoopbackHotplug, NetbackDriver
 from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.hypervisor.identity import Caller
-from xenlab.hypervisor.launcher import StartInfo
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2, xenstore_pb2
 from xenlab.testing import check_invariants
 from xenlab.xen import abi
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.netif import TxRequest, TxResponse
+from xenlab.xen.start_info import StartInfo
 
 DOM0 = Caller(0, privileged=True)
 WAIT = 10.0          # seconds before a wait is a failure (a hang, not a timing claim)
@@ -74,6 +74,7 @@ class NetLab:
     def __init__(self, lab):
         self.lab = lab
         self.hv = lab.hv
+        self.toolstack = lab.toolstack
         self.hotplug = LoopbackHotplug()
         self.kernels: dict[int, DomainKernel] = {}
         self.changes: list[tuple[int, str, bool]] = []
@@ -449,7 +450,7 @@ async def test_domain_death_tears_the_backend_down(net, pair):
     # The guest dies without a word (its kernel object is only cleaned up
     # at the end of the test); the toolstack destroys it and removes the
     # backend directory of the dead frontend, if destroy has not already.
-    await net.hv.destroy_domain(a.domid)
+    await net.toolstack.destroy_domain(a.domid)
     if net.xs_read(f"/local/domain/0/backend/vif/{a.domid}") is not None:
         await net.xs_rm(f"/local/domain/0/backend/vif/{a.domid}")
     await wait_until(lambda: vif not in net.kernels[0].vifs, "the vif to go")
@@ -714,7 +715,7 @@ async def test_destroying_a_domain_whose_vif_task_failed_releases_its_mappings(n
         # netback has read it: it reported the error (or, before, its task died)
         await wait_until(lambda: backend_error(net, c.domid) or device.finished.is_set(),
                          "netback to read the state")
-        await net.hv.destroy_domain(c.domid)
+        await net.toolstack.destroy_domain(c.domid)
         await wait_until(lambda: len(net.hv.grants.mappings(0)) == baseline,
                          "Domain-0's mappings back to what b's vif holds")
         await wait_until(lambda: f"vif{c.domid}.0" not in net.kernels[0].vifs, "the vif to go")
@@ -749,7 +750,7 @@ async def test_a_vif_whose_task_cannot_even_fail_is_torn_down_by_its_removal(net
     assert backend_error(net, a.domid) == \
         "5 handling the frontend's state: RuntimeError: a bug"
     assert len(mapped_from(net, a.domid)) == 2 + abi.NET_RX_RING_SIZE      # still connected
-    await net.hv.destroy_domain(a.domid)
+    await net.toolstack.destroy_domain(a.domid)
     await net.xs_rm(f"/local/domain/0/backend/vif/{a.domid}")    # the pair's vifs have no record
     await wait_until(lambda: mapped_from(net, a.domid) == [], "a's mappings to be released")
     assert_vif_gone(net, a.domid)

@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xenlab.cli import argtypes
+from xenlab import argtypes
 from xenlab.osutil import Interrupted, cancelled_by_stop_signal
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MIN_INTERVAL
 from xenlab.domain.traffic import MAX_BATCH, MIN_SIZE

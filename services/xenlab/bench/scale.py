@@ -18,8 +18,8 @@ from xenlab.agent_client import agent_for
 from xenlab.bench.labs import cpu_seconds, ip, lab_processes, lab_spec, memory_kib, running_lab
 from xenlab.bench.stats import percentiles
 from xenlab.lab.runner import LabError, vif_ready
+from xenlab.client import to_domain_spec
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
-from xenlab.xen.xlcfg import to_domain_spec
 
 POLL = 0.25                 # seconds between looks at the vifs while they connect: each look
                             # asks about the domains still booting (work for the hypervisor

@@ -161,7 +161,8 @@ def run(args) -> int:
         die_with_parent()
 
     async def main() -> None:
-        from xenlab.events.sources import BridgeSource, service_events
+        from xenlab.bridge.events import BridgeSource
+        from xenlab.events.sources import service_events
         events = events_config.config_from_args(args)
         service = service_from_args(args)
         Rundir(args.rundir or default_rundir()).create()

@@ -63,7 +63,6 @@ from __future__ import annotations
 import collections
 import copy
 import errno
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -74,6 +73,7 @@ from xenlab.bridge.stp import Stp
 from xenlab.net.ethernet import ZERO
 from xenlab.xen.abi import ETH_HLEN
 from xenlab.xen.errors import XenError
+from xenlab.xen.names import IFNAME_RULE, check_bridge_name, is_ifname
 
 MAX_FRAME = 0xFFFF              # the largest frame a veth datagram carries
 # Port states, numbered as linux/if_bridge.h BR_STATE_*.
@@ -91,7 +91,6 @@ DEFAULT_PVID = 1                # br_vlan.c: default_pvid
 TPID_8021Q = b"\x81\x00"
 VID_MASK = 0x0FFF
 BROADCAST = b"\xff" * 6
-IFNAMSIZ = 16                   # linux/if.h: names are at most 15 characters
 LINK_LOCAL_PREFIX = b"\x01\x80\xc2\x00\x00"
 GROUPFWD_RESTRICTED = 0x0007    # br_private.h: 00, 01 and 02 can never be forwarded by mask
 DEFAULT_PORT_PRIORITY = 0x20    # br_if.c new_nbp: port_id priority
@@ -103,24 +102,13 @@ MAX_PORT_COST = 65535           # BR_MAX_PATH_COST
 # Packet kinds, for flooding (br_private.h enum br_pkt_type).
 _UNICAST, _MULTICAST, _BROADCAST = 0, 1, 2
 
-# Bridge names become xenstore path components (/tool/xenlab/bridges/NAME).
-_BRIDGE_NAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
-# Port names follow Linux's dev_valid_name: no '/', ':' or whitespace.
-_PORT_NAME = re.compile(r"[^/:\s]{1,15}")
-
 Output = tuple[str, bytes]
 
 
-def check_bridge_name(name: str) -> str:
-    if not _BRIDGE_NAME.fullmatch(name or ""):
-        raise XenError(errno.EINVAL, f"bad bridge name {name!r}: 1-15 of A-Z a-z 0-9 _ -")
-    return name
-
-
 def check_port_name(name: str) -> str:
-    if not _PORT_NAME.fullmatch(name or "") or name in (".", ".."):
-        raise XenError(errno.EINVAL, f"bad port name {name!r}: 1-{IFNAMSIZ - 1} characters, "
-                                     f"no '/', ':' or spaces (as a Linux interface name)")
+    if not is_ifname(name):
+        raise XenError(errno.EINVAL, f"bad port name {name!r}: {IFNAME_RULE} "
+                                     f"(as a Linux interface name)")
     return name
 
 

@@ -38,8 +38,8 @@ import grpc
 
 from xenlab.osutil import wait_for_stop_signal
 from xenlab.bridge import output
-from xenlab.bridge.core import (IFNAMSIZ, PORT_FLAGS, Bridge, BridgePort, PortEvent, check_bridge_name,
-                                check_group_fwd_mask, check_port_name)
+from xenlab.bridge.core import (PORT_FLAGS, Bridge, BridgePort, PortEvent, check_group_fwd_mask,
+                                check_port_name)
 from xenlab.bridge.fdb import (DEFAULT_AGEING, DEFAULT_MAX_LEARNED, PERMANENT, POLICY_LINUX,
                                FdbEntry, FdbEvent, check_ageing, check_max_learned, check_policy)
 from xenlab.bridge import stp
@@ -53,7 +53,8 @@ from xenlab.net.veth import VethEnd, VethError, VethListener
 from xenlab.proto import agent_pb2, bridge_pb2, bridge_pb2_grpc, common_pb2, xenstore_pb2
 from xenlab.rpc import handles_xen_errors, start_server
 from xenlab.xen.errors import ConfigError, XenError
-from xenlab.xen.xlcfg import parse_vlan
+from xenlab.xen.names import IFNAMSIZ, check_bridge_name
+from xenlab.xen.netconf import parse_vlan
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,11 @@ import os
 import socket
 import struct
 
-from xenlab.bridge.core import check_bridge_name, check_port_name
+from xenlab.bridge.core import check_port_name
 from xenlab.net.device import NetDevice
 from xenlab.xen.abi import ETH_HLEN
 from xenlab.xen.errors import XenError
+from xenlab.xen.names import check_bridge_name
 
 log = logging.getLogger(__name__)
 

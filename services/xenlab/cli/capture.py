@@ -20,9 +20,10 @@ from pathlib import Path
 
 import grpc
 
+from xenlab import argtypes
 from xenlab.agent_client import NoAgentError, agent_for
 from xenlab.bridge_client import NoBridgeError, bridge_address, bridge_for
-from xenlab.cli import argtypes, firsthop
+from xenlab.cli import firsthop
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.drivers.hotplug import veth_name
 from xenlab.osutil import on_stop_signal

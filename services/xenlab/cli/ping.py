@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 
+from xenlab import argtypes
 from xenlab.agent_client import NoAgentError, agent_for, format_ping, ping_header
-from xenlab.cli import argtypes
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MAX_SIZE, PING_MIN_INTERVAL
 from xenlab.proto import agent_pb2, common_pb2

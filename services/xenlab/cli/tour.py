@@ -19,12 +19,12 @@ from pathlib import Path
 import grpc
 
 from xenlab.cli.output import format_domain_list
-from xenlab.client import HypervisorClient
+from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2, memory_pb2
 from xenlab.testing import short_tempdir
 from xenlab.xen import abi
-from xenlab.xen.xlcfg import parse_xl_config, to_domain_spec
+from xenlab.toolstack.xlcfg import parse_xl_config
 
 CONFIGS = {
     "alpha": 'name = "alpha"\nmemory = 64\nmaxmem = 96\nvcpus = 2\non_crash = "preserve"\n',

@@ -15,11 +15,11 @@ from typing import Awaitable, Callable
 import grpc
 
 from xenlab.cli import output
-from xenlab.client import HypervisorClient, Rundir
+from xenlab.client import HypervisorClient, Rundir, to_domain_spec
 from xenlab.proto import common_pb2, domains_pb2, memory_pb2
 from xenlab.xen.errors import ConfigError
 from xenlab.xen.digits import is_decimal
-from xenlab.xen.xlcfg import load_xl_config, parse_vif_spec, to_domain_spec
+from xenlab.toolstack.xlcfg import load_xl_config, parse_vif_spec
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ data path and hand messages to an EventPublisher (which never blocks).
 * ``HypervisorSource``: domain lifecycle, from the hypervisor's observer hook
   (``Hypervisor.observers``, called at every state change), and vif state
   and hotplug, from a xenstore watch on /local/domain held inside the
-  hypervisor as Domain-0 (the xenstore core fires it as any watch).
-* ``BridgeSource``: FDB and port events, from ``BridgeService.subscribe()``,
-  each with the line `bridge monitor` prints for it, and per-bridge and
-  per-port counters every interval.
+  hypervisor as the toolstack (the xenstore core fires it as any watch) and
+  the toolstack's network-list.
+* ``BridgeSource`` (xenlab.bridge.events): FDB and port events, and bridge
+  and port counters, with the ``RateMeter`` and ``every`` of this module.
 * ``Dom0Source``: per-vif counters as netback counts them, every interval.
 
 ``DomainTracker``, ``VifTracker`` and ``RateMeter`` are the pure part: fed
@@ -166,10 +166,14 @@ def affected_domains(path: str) -> set[int] | None:
 
 # -- the hypervisor ---------------------------------------------------------------------
 class HypervisorSource:
-    """Domain lifecycle and vif state from inside the hypervisor process."""
+    """Domain lifecycle and vif state from inside the hypervisor process:
+    ``hv`` is its Hypervisor, ``toolstack`` its Toolstack, whose identity
+    (``caller``) the xenstore watch and reads are made as."""
 
-    def __init__(self, hv, publisher: EventPublisher, clock: Callable[[], float] = time.time):
+    def __init__(self, hv, toolstack, publisher: EventPublisher,
+                 clock: Callable[[], float] = time.time):
         self.hv = hv
+        self.toolstack = toolstack
         self.publisher = publisher
         self.topics = publisher.topics
         self.clock = clock
@@ -194,9 +198,9 @@ class HypervisorSource:
         self._close_watch()
 
     def _open_watch(self) -> None:
-        from xenlab.hypervisor.core import DOM0
-        self._conn = self.hv.xs_connections.open(DOM0)
-        self.hv.xenstore.watch(DOM0, self._conn, "/local/domain", WATCH_TOKEN)
+        caller = self.toolstack.caller
+        self._conn = self.hv.xs_connections.open(caller)
+        self.hv.xenstore.watch(caller, self._conn, "/local/domain", WATCH_TOKEN)
 
     def _close_watch(self) -> None:
         if self._conn is not None:
@@ -263,7 +267,7 @@ class HypervisorSource:
         now = self.clock()
         for domid in sorted(domids):
             try:
-                vifs = self.hv.network_list(domid)
+                vifs = self.toolstack.network_list(domid)
             except XenError:
                 vifs = []           # the domain is gone: so are its vifs
             for kind, vif in self.vifs.update(domid, vifs):
@@ -276,120 +280,11 @@ class HypervisorSource:
     def _hotplug_error(self, vif: dict) -> str:
         if vif.get("hotplug_status") != "error" or not vif.get("backend_path"):
             return ""
-        from xenlab.hypervisor.core import DOM0
+        path = f"{vif['backend_path']}/hotplug-error"
         try:
-            return self.hv.xenstore.read(DOM0, f"{vif['backend_path']}/hotplug-error").decode(errors="replace")
+            return self.hv.xenstore.read(self.toolstack.caller, path).decode(errors="replace")
         except XenError:
             return ""
-
-
-# -- the bridge service -------------------------------------------------------------------
-class BridgeSource:
-    """FDB and port events as they happen (as `bridge monitor fdb link`
-    shows them); bridge and port counters every interval."""
-
-    def __init__(self, service, publisher: EventPublisher, interval: float,
-                 clock: Callable[[], float] = time.time):
-        self.service = service
-        self.publisher = publisher
-        self.topics = publisher.topics
-        self.interval = interval
-        self.clock = clock
-        self.overflows = 0
-        self.rates = RateMeter()
-        self._sub = None
-        self._tasks: list[asyncio.Task] = []
-
-    def start(self) -> None:
-        now = self.clock()
-        for br in self.service.bridges.values():       # so that the first message has rates
-            self.rates.sample(self.topics.bridge_stats(br.name), br.counters, now)
-            for port in list(br.ports.values()):
-                self.rates.sample(self.topics.port_stats(br.name, port.name), port.stats(), now)
-        self._sub = self.service.subscribe(link=True)
-        self._tasks = [asyncio.create_task(self._fdb_loop(), name="events-fdb"),
-                       asyncio.create_task(_every(self.interval, self.publish_stats),
-                                           name="events-bridge-stats")]
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
-        if self._sub is not None:
-            self.service.unsubscribe(self._sub)
-            self._sub = None
-
-    async def _fdb_loop(self) -> None:
-        while True:
-            try:
-                item = await self._sub.get()
-            except XenError as err:
-                # Cut off for falling behind: some events are lost; go on from now.
-                self.overflows += 1
-                log.warning("FDB events: %s", err.message)
-                self.service.unsubscribe(self._sub)
-                self._sub = self.service.subscribe(link=True)
-                continue
-            if item is None:
-                return              # the service stopped
-            event, wall = item
-            self.publisher.publish(self._message(event, wall))
-
-    def _message(self, event, wall: float) -> t.Message:
-        # Imported here: the hypervisor, which uses this module too, never
-        # needs the bridge service's code.
-        from xenlab.bridge import output
-        from xenlab.bridge.core import PortEvent
-        from xenlab.bridge.server import fdb_event, port_info
-        from xenlab.proto import bridge_pb2
-        if not isinstance(event, PortEvent):
-            proto = fdb_event(event, wall)
-            return t.fdb_event(self.topics, {**event.to_dict(),
-                                             "monitor": output.fdb_event_fields(proto).line()}, wall)
-        br = self.service.bridges.get(event.bridge)
-        # The role is the port's as STP sees it now (events are published as they come).
-        live = br is not None and event.kind != "deleted" and event.port.name in br.ports
-        info = port_info(event.port, self.service.links.get((event.bridge, event.port.name)),
-                         br if live else None)
-        line = output.link_event_fields(bridge_pb2.PortEvent(kind=event.kind, bridge=event.bridge,
-                                                             port=info)).line()
-        fields = {"name": info.name, "port_no": info.port_no, "state": info.state, "role": info.role,
-                  "carrier": info.carrier, "priority": info.priority, "cost": info.cost,
-                  **{flag: getattr(info, flag) for flag in t.PORT_FLAGS}}
-        return t.port_state(self.topics, event.bridge, fields, event.kind != "deleted", line, wall)
-
-    def publish_stats(self) -> None:
-        now = self.clock()
-        seen = []
-        for br in self.service.bridges.values():
-            fdb = {**br.fdb.counters, "entries": len(br.fdb)}
-            topic = self.topics.bridge_stats(br.name)
-            seen.append(topic)
-            self.publisher.publish(t.bridge_stats(self.topics, br.name, br.counters, br.drops,
-                                                  fdb, len(br.ports), now,
-                                                  rates=self.rates.sample(topic, br.counters, now),
-                                                  stp=_stp_stats(br)))
-            for port in list(br.ports.values()):
-                dev = self.service.links.get((br.name, port.name))
-                counters = port.stats()
-                topic = self.topics.port_stats(br.name, port.name)
-                seen.append(topic)
-                transitions = {k[len("state_"):]: v for k, v in port.counters.items()
-                               if k.startswith("state_")}
-                self.publisher.publish(t.port_stats(
-                    self.topics, br.name, port.name, port.port_no, port.state, counters,
-                    port.drops, dev.stats() if dev is not None else {}, now,
-                    rates=self.rates.sample(topic, counters, now), transitions=transitions))
-        self.rates.keep(seen)
-
-
-def _stp_stats(br) -> dict:
-    if br.stp is None:
-        return {}
-    from xenlab.bridge.server import bridge_id_text
-    return {"root_id": bridge_id_text(br.stp.designated_root), "root_port": br.stp.root_port,
-            "topology_change": br.stp.topology_change, **br.stp.counters}
 
 
 # -- dom0 (any driver domain) -------------------------------------------------------------
@@ -410,7 +305,7 @@ class Dom0Source:
         now = self.clock()
         for name, vif in list(self.kernel.vifs.items()):     # so that the first message has rates
             self.rates.sample(self._topic(vif), _counters(vif.stats()), now)
-        self._task = asyncio.create_task(_every(self.interval, self.publish_stats),
+        self._task = asyncio.create_task(every(self.interval, self.publish_stats),
                                          name="events-vif-stats")
 
     def _topic(self, vif) -> str:
@@ -440,7 +335,9 @@ def _counters(stats: Mapping[str, int]) -> dict[str, int]:
     return {k: v for k, v in stats.items() if not k.startswith("drop_")}
 
 
-async def _every(interval: float, job: Callable[[], None]) -> None:
+async def every(interval: float, job: Callable[[], None]) -> None:
+    """Run ``job`` every ``interval`` seconds; one that fails is logged and
+    runs again at the next."""
     while True:
         await asyncio.sleep(interval)
         try:

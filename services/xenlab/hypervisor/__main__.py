@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 from xenlab import eventloop
-from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.events import config as events_config
-from xenlab.hypervisor import docker_launcher
+from xenlab.events.sources import HypervisorSource, service_events
 from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig, default_rundir
-from xenlab.hypervisor.launcher import add_domain_uids_argument, parse_domain_uids
+from xenlab.hypervisor.server import serve
+from xenlab.launchers import NAMES as LAUNCHERS, docker as docker_launcher
+from xenlab.launchers.domains_dir import add_domain_uids_argument, parse_domain_uids
+from xenlab.osutil import die_with_parent, raise_fd_limit
 from xenlab.xen.errors import ConfigError
 
 
@@ -26,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tmpfs directory for domain memory (default /dev/shm)")
     parser.add_argument("--memory", type=int, default=8192, metavar="MiB",
                         help="the emulated host's RAM (default 8192)")
-    parser.add_argument("--launcher", choices=("local", "docker", "none"), default="local",
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
                         help="how created domains run (default local processes)")
     parser.add_argument("--max-domains", type=int, default=256, metavar="N",
                         help="domains the host may run at once, Domain-0 included; `xl create` "
@@ -88,14 +90,11 @@ def run(args) -> int:
 
 
 async def _serve(config: HypervisorConfig, events) -> None:
-    from xenlab.events.sources import HypervisorSource, service_events
-    from xenlab.hypervisor.server import serve
-
     async with service_events(events, "hypervisor") as ev:
         def ready(s) -> None:
             print(f"xenlab hypervisor listening on {s.address}; rundir {s.hv.rundir.path}", flush=True)
             if ev is not None:
-                ev.add(HypervisorSource(s.hv, ev.publisher))
+                ev.add(HypervisorSource(s.hv, s.toolstack, ev.publisher))
         await serve(config, ready=ready)
 
 

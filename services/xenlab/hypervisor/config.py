@@ -7,8 +7,8 @@ from pathlib import Path
 
 from xenlab.rundir import default_rundir as rundir_default
 from xenlab.hypervisor.admission import CallLimits
-from xenlab.hypervisor.docker_launcher import DockerConfig
-from xenlab.hypervisor.launcher import DomainUids
+from xenlab.launchers.docker import DockerConfig
+from xenlab.launchers.domains_dir import DomainUids
 from xenlab.hypervisor.xenstore import XenStoreQuotas
 
 DEFAULT_ADDRESS = "127.0.0.1:9770"

@@ -1,4 +1,7 @@
-"""gRPC adapter for the Domains service (the toolstack's domctl calls)."""
+"""gRPC adapter for the Domains service: the toolstack's calls (create,
+destroy, shutdown, vcpu-set, the network-* commands) go to the toolstack;
+the domctls it only reads or that need no toolstack (list, info, pause,
+the domain's own SCHEDOP_shutdown) to the hypervisor."""
 from __future__ import annotations
 
 import asyncio
@@ -10,8 +13,9 @@ CONSOLE_CHUNK = 16384
 
 
 class DomainsServicer(domains_pb2_grpc.DomainsServicer):
-    def __init__(self, hv):
+    def __init__(self, hv, toolstack):
         self.hv = hv
+        self.toolstack = toolstack
 
     def _toolstack(self, context, what: str):
         caller = self.hv.identity.authenticate(context)
@@ -27,7 +31,7 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     @handles_xen_errors
     async def Create(self, request, context):
         self._toolstack(context, "creating a domain")
-        dom, secret = await self.hv.create_domain(request.spec, paused=request.paused)
+        dom, secret = await self.toolstack.create(request.spec, paused=request.paused)
         return domains_pb2.CreateDomainResponse(info=self._info(dom), secret=secret,
                                                 agent=dom.agent, agent_token=dom.agent_token)
 
@@ -35,7 +39,7 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     async def Destroy(self, request, context):
         self._toolstack(context, "destroying a domain")
         dom = self.hv.domains.lookup(request.domid, request.name)
-        await self.hv.destroy_domain(dom.domid)
+        await self.toolstack.destroy_domain(dom.domid)
         return common_pb2.Empty()
 
     @handles_xen_errors
@@ -54,8 +58,8 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     async def Shutdown(self, request, context):
         self._toolstack(context, "shutting down a domain")
         dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
-        await self.hv.shutdown_domain(dom.domid, request.reason or "poweroff",
-                                      request.wait, request.timeout or 30.0)
+        await self.toolstack.shutdown_domain(dom.domid, request.reason or "poweroff",
+                                             request.wait, request.timeout or 30.0)
         return common_pb2.Empty()
 
     @handles_xen_errors
@@ -75,7 +79,7 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     async def SetVcpus(self, request, context):
         self._toolstack(context, "vcpu-set")
         dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
-        self.hv.set_vcpus(dom.domid, request.vcpus)
+        self.toolstack.set_vcpus(dom.domid, request.vcpus)
         return common_pb2.Empty()
 
     @handles_xen_errors
@@ -116,14 +120,14 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
     async def NetworkAttach(self, request, context):
         self._toolstack(context, "network-attach")
         dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
-        return domains_pb2.VifInfo(**self.hv.network_attach(dom.domid, request.vif))
+        return domains_pb2.VifInfo(**self.toolstack.network_attach(dom.domid, request.vif))
 
     @handles_xen_errors
     async def NetworkDetach(self, request, context):
         self._toolstack(context, "network-detach")
         dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
-        await self.hv.network_detach(dom.domid, request.device, request.force,
-                                     request.timeout or 10.0)
+        await self.toolstack.network_detach(dom.domid, request.device, request.force,
+                                            request.timeout or 10.0)
         return common_pb2.Empty()
 
     @handles_xen_errors
@@ -131,11 +135,12 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
         caller = self.hv.identity.authenticate(context)
         dom = self.hv.domains.lookup_as(caller.domid, caller.privileged, "list the vifs of",
                                         request.domid, request.name)
-        return domains_pb2.VifList(vifs=[domains_pb2.VifInfo(**v) for v in self.hv.network_list(dom.domid)])
+        vifs = self.toolstack.network_list(dom.domid)
+        return domains_pb2.VifList(vifs=[domains_pb2.VifInfo(**v) for v in vifs])
 
     @handles_xen_errors
     async def BackendGone(self, request, context):
         self._toolstack(context, "resetting a backend domain")
         dom = self.hv.domains.lookup(request.domain.domid, request.domain.name)
         return domains_pb2.BackendGoneReply(
-            **await self.hv.backend_gone(dom.domid, request.timeout or 2.0))
+            **await self.toolstack.backend_gone(dom.domid, request.timeout or 2.0))

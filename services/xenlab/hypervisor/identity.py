@@ -26,6 +26,9 @@ class Caller:
             raise PermissionError_(f"d{self.domid} may not {what} d{domid}")
 
 
+DOM0 = Caller(0, privileged=True)       # the control domain, as the toolstack acts
+
+
 class Identity:
     """The secret table. Secrets are compared in constant time."""
 

@@ -12,8 +12,9 @@ _MMUEXT = {
 
 
 class MemoryServicer(memory_pb2_grpc.MemoryServicer):
-    def __init__(self, hv):
+    def __init__(self, hv, toolstack):
         self.hv = hv
+        self.toolstack = toolstack      # xl mem-set and mem-max are libxl's
 
     def _caller(self, context):
         return self.hv.identity.authenticate(context)
@@ -55,7 +56,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         caller.require_privileged("xl mem-set")
         domid = self._domid(caller, "set the memory target of", request.domain.domid,
                             request.domain.name)
-        self.hv.set_memory_target(domid, request.kb)
+        self.toolstack.set_memory_target(domid, request.kb)
         return self._reservation(domid)
 
     @handles_xen_errors
@@ -64,7 +65,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         caller.require_privileged("xl mem-max")
         domid = self._domid(caller, "set the maximum memory of", request.domain.domid,
                             request.domain.name)
-        self.hv.set_memory_max(domid, request.kb)
+        self.toolstack.set_memory_max(domid, request.kb)
         return self._reservation(domid)
 
     @handles_xen_errors

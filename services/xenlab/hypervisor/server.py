@@ -10,13 +10,14 @@ from xenlab.hypervisor.core import Hypervisor
 from xenlab.hypervisor.domains_server import DomainsServicer
 from xenlab.hypervisor.evtchn_server import EventChannelServicer
 from xenlab.hypervisor.grants_server import GrantTableServicer
-from xenlab.hypervisor.launcher import Launcher
+from xenlab.launchers.base import Launcher
 from xenlab.hypervisor.memory_server import MemoryServicer
 from xenlab.hypervisor.xenstore_server import XenStoreServicer
 from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
                           grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
                           xenstore_pb2, xenstore_pb2_grpc)
 from xenlab.rpc import MAX_MESSAGE, start_server
+from xenlab.toolstack.toolstack import Toolstack
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,18 @@ class HypervisorServer:
     def __init__(self, config: HypervisorConfig, launcher: Launcher | None = None):
         self.config = config
         self.hv = Hypervisor(config, launcher)
+        self.toolstack = Toolstack(self.hv)
         self.server = None
         self.address = ""
         self.admission = Admission(self.hv.identity.check, config.call_limits)
 
     async def start(self) -> str:
         await self.hv.start()
-        hv = self.hv
+        self.toolstack.start()
+        hv, toolstack = self.hv, self.toolstack
         register = [
-            lambda s: domains_pb2_grpc.add_DomainsServicer_to_server(DomainsServicer(hv), s),
-            lambda s: memory_pb2_grpc.add_MemoryServicer_to_server(MemoryServicer(hv), s),
+            lambda s: domains_pb2_grpc.add_DomainsServicer_to_server(DomainsServicer(hv, toolstack), s),
+            lambda s: memory_pb2_grpc.add_MemoryServicer_to_server(MemoryServicer(hv, toolstack), s),
             lambda s: grants_pb2_grpc.add_GrantTableServicer_to_server(GrantTableServicer(hv), s),
             lambda s: evtchn_pb2_grpc.add_EventChannelServicer_to_server(EventChannelServicer(hv), s),
             lambda s: xenstore_pb2_grpc.add_XenStoreServicer_to_server(
@@ -77,6 +80,7 @@ class HypervisorServer:
                                                    options=SERVER_OPTIONS)
             hv.domains_dir.open_to_domains()
         except Exception:
+            await self.toolstack.close()
             await self.hv.close()
             raise
         self.address = self.config.address
@@ -91,6 +95,7 @@ class HypervisorServer:
         if self.admission.in_flight.refused:
             log.info("calls refused for too many in flight: %s", dict(self.admission.in_flight.refused))
         log.info("most calls in flight: %s", dict(self.admission.in_flight.peak))
+        await self.toolstack.close()
         await self.hv.close()
         if self.server is not None:
             await self.server.stop(grace)

@@ -42,8 +42,6 @@ from xenlab.xen.xs_wire import XsMessage, XsType
 
 log = logging.getLogger(__name__)
 
-DOM0 = Caller(0, privileged=True)
-
 
 @dataclass(frozen=True)
 class ConnectionLimits:

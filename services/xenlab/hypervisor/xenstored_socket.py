@@ -20,7 +20,8 @@ import logging
 import os
 from pathlib import Path
 
-from xenlab.hypervisor.xenstored import DOM0, XsConnection, Xenstored
+from xenlab.hypervisor.identity import DOM0
+from xenlab.hypervisor.xenstored import XsConnection, Xenstored
 
 log = logging.getLogger(__name__)
 

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import grpc
 
+from xenlab import argtypes
 from xenlab.agent_client import agent_for
-from xenlab.cli import argtypes
 from xenlab import testing_hostile as hostile
 from xenlab.client import HypervisorClient
 from xenlab.lab.runner import Lab, LabError

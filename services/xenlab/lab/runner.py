@@ -24,15 +24,16 @@ from pathlib import Path
 
 import grpc
 
-from xenlab.client import HypervisorClient
+from xenlab.client import HypervisorClient, to_domain_spec
+from xenlab.events.broker import broker_ready, free_port, pick_engine
 from xenlab.events.config import BrokerAddress, EventsConfig
 from xenlab.events.topics import Topics
-from xenlab.hypervisor.launcher import parse_domain_uids
 from xenlab.lab.spec import LabSpec
-from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
+from xenlab.launchers.domains_dir import parse_domain_uids
+from xenlab.proto import bridge_pb2, bridge_pb2_grpc, common_pb2, domains_pb2, xenstore_pb2
+from xenlab.rpc import CHANNEL_OPTIONS
 from xenlab.rundir import LAB, ProcessRecord, Rundir, RundirError
 from xenlab.xen import abi
-from xenlab.xen.xlcfg import to_domain_spec
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,6 @@ class Lab:
 
     async def wait_attached(self, timeout: float = 60.0) -> None:
         """Until every vif of the lab is a port of its bridge."""
-        from xenlab.proto import bridge_pb2
         deadline = time.monotonic() + timeout
         clients = {b.name: await self.bridge_client(b.name) for b in self.spec.bridges}
         try:
@@ -362,7 +362,6 @@ class Lab:
             return
         host = mqtt.host or "".join("_" if c in "/+#\0" else c for c in self.spec.name) or "lab"
         if mqtt.broker == "embedded":
-            from xenlab.events.broker import free_port
             broker = BrokerAddress("127.0.0.1", free_port())
         else:
             broker = BrokerAddress.parse(mqtt.broker)
@@ -372,7 +371,6 @@ class Lab:
 
     async def start_broker(self) -> None:
         """Start the lab's embedded broker (again, after stop_broker: same port)."""
-        from xenlab.events.broker import broker_ready, pick_engine
         broker = self.events.broker
         engine = pick_engine(self.spec.mqtt.engine)
         self.progress(f"starting the MQTT broker ({engine}) on {broker}")
@@ -478,8 +476,6 @@ class Lab:
 
     async def bridge_client(self, name: str):
         """A Bridge gRPC stub for a bridge of this lab, and its channel to close."""
-        from xenlab.proto import bridge_pb2_grpc
-        from xenlab.rpc import CHANNEL_OPTIONS
         address = await self._xs_read(f"/tool/xenlab/bridges/{name}/grpc")
         if not address:
             raise LabError(f"bridge {name} has not registered its gRPC address")

@@ -41,8 +41,8 @@ from pathlib import Path
 
 import grpc
 
+from xenlab import argtypes
 from xenlab.agent_client import NoAgentError, agent_for
-from xenlab.cli import argtypes
 from xenlab.lab import conservation
 from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import parse_lab

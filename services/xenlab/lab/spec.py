@@ -47,10 +47,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenlab.events.config import BrokerAddress
+from xenlab.events.topics import check_level, check_prefix
 from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
+from xenlab.toolstack.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
 from xenlab.xen import abi
 from xenlab.xen.errors import ConfigError
-from xenlab.xen.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
 
 TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link"}
 LAB_KEYS = {"name", "rundir"}
@@ -272,8 +274,6 @@ def _bridge(entry: dict, index: int, source: str, line) -> BridgeSpec:
 
 
 def _mqtt(entry: dict, source: str, line=lambda key: None) -> MqttSpec:
-    from xenlab.events.config import BrokerAddress
-    from xenlab.events.topics import check_level, check_prefix
     spec = MqttSpec(broker=str(entry.get("broker", "embedded")), engine=str(entry.get("engine", "auto")),
                     prefix=str(entry.get("prefix", "xenlab")),
                     host=None if entry.get("host") is None else str(entry["host"]),

@@ -14,9 +14,9 @@ import grpc
 
 from xenlab.bridge.client import BridgeClient, registered_bridges
 from xenlab.client import HypervisorClient
-from xenlab.hypervisor.vif import agent_record_path
 from xenlab.proto import bridge_pb2, common_pb2, xenstore_pb2
 from xenlab.rundir import Rundir
+from xenlab.xen.xenstore_paths import agent_record_path
 
 TIMEOUT = 10.0      # seconds for each question to a service of the lab
 

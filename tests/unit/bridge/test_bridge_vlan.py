@@ -7,7 +7,7 @@ import pytest
 
 from xenlab.bridge.core import Bridge, classify
 from xenlab.xen.errors import XenError
-from xenlab.xen.xlcfg import parse_vlan
+from xenlab.xen.netconf import parse_vlan
 
 BCAST = b"\xff" * 6
 

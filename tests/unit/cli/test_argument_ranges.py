@@ -9,7 +9,7 @@ import argparse
 
 import pytest
 
-from xenlab.cli import argtypes
+from xenlab import argtypes
 from xenlab.cli.main import main
 
 ENV = {"XENLAB_RUNDIR": "/nonexistent/xenlab-test"}   # nothing is ever reached

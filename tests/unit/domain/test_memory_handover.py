@@ -17,11 +17,12 @@ import pytest
 
 from xenlab.domain.__main__ import NoMemory, _enter_domain
 from xenlab.domain.evtchn import GuestEventChannels, connect_for_memory
-from xenlab.hypervisor.launcher import DomainHandles, Launcher, StartInfo
+from xenlab.launchers.base import DomainHandles, Launcher
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, memory_pb2
 from xenlab.xen import abi
 from xenlab.xen.errors import XenError
 from xenlab.xen.shared_info import SharedInfo
+from xenlab.xen.start_info import StartInfo
 
 
 def container_start_info(lab, domid: int, secret: str, doorbell: str | None = None) -> StartInfo:

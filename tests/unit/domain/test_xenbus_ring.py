@@ -11,10 +11,10 @@ import pytest
 
 from xenlab.domain.kernel import DomainKernel
 from xenlab.hypervisor.identity import Caller
-from xenlab.hypervisor.launcher import StartInfo
 from xenlab.proto import domains_pb2
 from xenlab.testing_invariants import invariant_violations
 from xenlab.xen import xs_wire as w
+from xenlab.xen.start_info import StartInfo
 
 pytestmark = pytest.mark.timeout(60)
 DOM0 = Caller(0, True)

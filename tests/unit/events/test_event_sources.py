@@ -12,7 +12,8 @@ from xenlab.bridge.server import BridgeService
 from xenlab.events import topics as t
 from xenlab.events.broker import EmbeddedBroker
 from xenlab.events.publisher import EventPublisher
-from xenlab.events.sources import BridgeSource, Dom0Source, HypervisorSource
+from xenlab.bridge.events import BridgeSource
+from xenlab.events.sources import Dom0Source, HypervisorSource
 from xenlab.events.watch import EventCollector
 from xenlab.net.device import NetDevice
 from xenlab.proto import common_pb2, domains_pb2, xenstore_pb2
@@ -37,7 +38,7 @@ def of(type_, **fields):
 
 async def test_domain_lifecycle_and_vif_handshake(hypervisor, mqtt):
     _, events, pub = mqtt
-    source = HypervisorSource(hypervisor.hv, pub)
+    source = HypervisorSource(hypervisor.hv, hypervisor.toolstack, pub)
     source.start()
     try:
         await events.wait_for(of("domain.state", domid=0, state="running"))
@@ -78,7 +79,7 @@ async def test_domain_lifecycle_and_vif_handshake(hypervisor, mqtt):
 async def test_destroyed_is_the_last_message_of_a_domain_and_its_vifs(hypervisor, mqtt):
     # A vif's present:false came after destroyed, which EVENTS.md says is last.
     broker, _, pub = mqtt
-    source = HypervisorSource(hypervisor.hv, pub)
+    source = HypervisorSource(hypervisor.hv, hypervisor.toolstack, pub)
     source.start()
     try:
         async with RawSubscriber(broker.address, [f"{TOPICS.base}/domain/#"]) as raw:
@@ -100,7 +101,7 @@ async def test_a_late_subscriber_hears_nothing_of_a_destroyed_domain(hypervisor,
     # Retained states were never cleared: domain/4/state "destroyed" was
     # still handed to every new subscriber, long after.
     broker, events, pub = mqtt
-    source = HypervisorSource(hypervisor.hv, pub)
+    source = HypervisorSource(hypervisor.hv, hypervisor.toolstack, pub)
     source.start()
     try:
         async with RawSubscriber(broker.address, [f"{TOPICS.base}/domain/#"]) as live:
@@ -165,7 +166,7 @@ async def test_a_running_domain_is_published_with_its_process_id(hypervisor, mqt
     # domain.state carried "pid":0 for running domains: the watch saw the
     # domain before its process started, and running was never sent again.
     _, events, pub = mqtt
-    source = HypervisorSource(hypervisor.hv, pub)
+    source = HypervisorSource(hypervisor.hv, hypervisor.toolstack, pub)
     source.start()
     try:
         # The collector hears the publisher before the domain exists: else a
@@ -188,7 +189,7 @@ async def test_a_running_domain_is_published_with_its_process_id(hypervisor, mqt
 
 async def test_a_failed_hotplug_carries_its_error(hypervisor, mqtt):
     _, events, pub = mqtt
-    source = HypervisorSource(hypervisor.hv, pub)
+    source = HypervisorSource(hypervisor.hv, hypervisor.toolstack, pub)
     source.start()
     try:
         domid, _ = await hypervisor.create_domain("db", vif=[domains_pb2.VifSpec()])

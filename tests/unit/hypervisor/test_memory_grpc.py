@@ -8,7 +8,7 @@ import mmap
 import grpc
 import pytest
 
-from xenlab.hypervisor.core import DOM0
+from xenlab.hypervisor.identity import DOM0
 from xenlab.proto import common_pb2, grants_pb2, memory_pb2
 from xenlab.xen import abi
 

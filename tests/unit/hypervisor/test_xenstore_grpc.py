@@ -185,7 +185,7 @@ async def test_dom0_sees_release_domain(hypervisor):
         await session.watch("@releaseDomain", "rel")
         assert (await session.next()).path == "@releaseDomain"
         domid, _ = await hypervisor.create_domain("short-lived")
-        await hypervisor.hv.destroy_domain(domid)
+        await hypervisor.toolstack.destroy_domain(domid)
         event = await session.next()
         assert (event.path, event.token) == ("@releaseDomain", "rel")
     finally:

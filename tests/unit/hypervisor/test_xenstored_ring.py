@@ -204,7 +204,7 @@ async def test_release_then_introduce_reconnects_the_ring(hypervisor, guests):
 async def test_destroying_a_domain_lets_its_ring_go(hypervisor, guests):
     g = await guests("doomed")
     await g.xs.watch("data", "w")
-    await hypervisor.hv.destroy_domain(g.domid)
+    await hypervisor.toolstack.destroy_domain(g.domid)
     assert g.domid not in hypervisor.hv.store_rings.rings
     assert not [c for c in hypervisor.hv.xenstored.connections if c.caller.domid == g.domid]
     assert invariant_violations(hypervisor.hv) == []

@@ -17,13 +17,15 @@ from docker.errors import APIError, NotFound
 
 from xenlab.client import HypervisorClient
 from xenlab.hypervisor.config import HypervisorConfig
-from xenlab.hypervisor.docker_launcher import (AgentPorts, DockerConfig, DockerLauncher,
-                                               check_config, parse_label, parse_port_range)
-from xenlab.hypervisor.launcher import DomainsDir, DomainUids, StartInfo, make_launcher
 from xenlab.hypervisor.server import HypervisorServer
+from xenlab.launchers import make_launcher
+from xenlab.launchers.docker import (AgentPorts, DockerConfig, DockerLauncher, check_config,
+                                     parse_label, parse_port_range)
+from xenlab.launchers.domains_dir import DomainsDir, DomainUids
 from xenlab.proto import common_pb2, domains_pb2
 from xenlab.testing import short_tempdir
 from xenlab.xen.errors import DomainError
+from xenlab.xen.start_info import StartInfo
 
 SECRET = "s3cr3t-for-d7"
 UIDS = DomainUids(DomainUids.DEFAULT_BASE, DomainUids.DEFAULT_COUNT)

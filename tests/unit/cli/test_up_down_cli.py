@@ -181,7 +181,7 @@ def test_up_detach_says_a_bad_lab_file_before_making_anything(tmp_path):
 
 def test_up_hints_name_the_rundir_only_when_it_is_not_the_default(tmp_path):
     import argparse
-    from xenlab.lab.cli import _hints
+    from xenlab.cli.lab import _hints
     from xenlab.lab.spec import demo_lab
     default = tmp_path / "xenlab"
     same = argparse.Namespace(rundir=default, default_rundir=default, ready_fd=None)

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import grpc
 
-from xenlab.hypervisor.launcher import add_domain_uids_argument
+from xenlab.cli.main import main as xenlab_cli
 from xenlab.lab import view
 from xenlab.lab.runner import Lab, LabError, reclaim
 from xenlab.lab.spec import demo_lab, load_lab
+from xenlab.launchers.domains_dir import add_domain_uids_argument
 from xenlab.osutil import on_stop_signal
 from xenlab.rundir import UP_LOG, Rundir, RundirError, RundirMissing
 from xenlab.xen.errors import ConfigError
@@ -356,13 +357,12 @@ def status(args) -> int:
     if xenstored.exists():
         # for Xen's own tools: export it, then xenstore-ls, xenstore-watch...
         print(f"\nXENSTORED_PATH={xenstored}")
-    from xenlab.cli.main import main as xenlab
     print()
-    xenlab(["xl", "--rundir", str(run.path), "list"])
+    xenlab_cli(["xl", "--rundir", str(run.path), "list"])
     domids = state.get("domains", {})
     if domids:
         print()
-        xenlab(["xl", "--rundir", str(run.path), "network-list", *[str(d) for d in domids.values()]])
+        xenlab_cli(["xl", "--rundir", str(run.path), "network-list", *[str(d) for d in domids.values()]])
     try:
         lab_view = asyncio.run(view.gather(run))
     except (grpc.aio.AioRpcError, RundirError) as err:

@@ -1,0 +1,125 @@
+"""The local launcher: each domain runs the domain kernel
+(`python -m xenlab.domain`) as a child process.
+
+With a DomainsDir that is isolated (xenlab.launchers.domains_dir), each domU
+runs under its own uid: its memory object and its doorbell are handed to it
+as open descriptors (it is told no path it could change to reach another
+domain's), and the only files it can reach are in its own directory. The
+process starts as the launcher's user, maps its memory, then drops to its
+uid for good before it reads any untrusted input (xenlab.domain.__main__).
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from xenlab.launchers.base import DomainHandles, DomainProcess, Launcher
+from xenlab.launchers.domains_dir import DomainsDir
+from xenlab.xen.start_info import StartInfo
+
+log = logging.getLogger(__name__)
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class LocalProcess(DomainProcess):
+    def __init__(self, proc: asyncio.subprocess.Process, agent: str = "",
+                 cleanup=lambda: None):
+        self.proc = proc
+        self.pid = proc.pid
+        self.agent = agent
+        self._cleanup = cleanup
+
+    async def wait(self) -> int:
+        status = await self.proc.wait()
+        self._cleanup()
+        return status
+
+    def _signal(self, sig: int) -> None:
+        if self.proc.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def pause(self) -> None:
+        self._signal(signal.SIGSTOP)
+
+    def unpause(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    async def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        await self.proc.wait()
+        self._cleanup()
+
+    def _stat(self) -> list[str]:
+        try:
+            text = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return []
+        # The command name (field 2) may hold spaces; fields after it are plain.
+        return text[text.rindex(")") + 2:].split()
+
+    def proc_state(self) -> str:
+        fields = self._stat()
+        return fields[0] if fields else ""
+
+    def cpu_time(self) -> float:
+        fields = self._stat()
+        if len(fields) < 13:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / _CLK_TCK   # utime + stime
+
+
+class LocalLauncher(Launcher):
+    """Runs each domain as a local asyncio process of the domain kernel;
+    with a DomainsDir that is isolated, each under its own uid."""
+
+    name = "local"
+    takes_handles = True
+
+    def __init__(self, python: str = sys.executable, log_level: str = "INFO",
+                 domains_dir: DomainsDir | None = None):
+        self.python = python
+        self.log_level = log_level
+        self.domains_dir = domains_dir
+
+    async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DomainProcess:
+        pass_fds: list[int] = []
+        if handles is not None:
+            info = dataclasses.replace(info, memory_fd=handles.memory_fd,
+                                       doorbell_fd=handles.doorbell_fd)
+            pass_fds = [handles.memory_fd, handles.doorbell_fd]
+        cleanup = lambda: None
+        dirs = self.domains_dir
+        if dirs is not None and not info.agent:
+            dirs.domain_dir(info.domid)
+            info = dataclasses.replace(info, agent=dirs.agent_address(info.domid))
+            cleanup = lambda: dirs.remove_domain_dir(info.domid)
+        if dirs is not None and dirs.isolated:
+            uid = dirs.uids.uid(info.domid)
+            info = dataclasses.replace(info, uid=uid, gid=uid, groups=[dirs.uids.group])
+        console = open(info.console_log, "ab", buffering=0)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "xenlab.domain", "--log-level", self.log_level,
+                stdin=asyncio.subprocess.PIPE, stdout=console, stderr=console,
+                start_new_session=True, pass_fds=pass_fds)
+        except BaseException:
+            cleanup()
+            raise
+        finally:
+            console.close()
+        proc.stdin.write(info.to_json().encode() + b"\n")
+        await proc.stdin.drain()
+        proc.stdin.close()
+        log.info("d%d (%s): started process %d%s", info.domid, info.name, proc.pid,
+                 f" as uid {info.uid}" if info.uid >= 0 else "")
+        return LocalProcess(proc, info.agent, cleanup)
+

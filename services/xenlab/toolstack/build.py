@@ -1,0 +1,98 @@
+"""The nodes libxl writes for a new domain, and the domain builder's store
+page and port.
+
+``write_domain_tree`` is libxl__domain_make's /local/domain/D and /vm/UUID,
+with libxl's permissions; ``setup_store`` is what the domain builder and
+libxl__build_pre/post do for xenstore: a clear store page, an unbound port
+offered to the store domain, both published in store/ring-ref and
+store/port. ``remove_domain_tree`` is libxl__destroy_domid's removal of all
+of it, the toolstack's record included.
+"""
+from __future__ import annotations
+
+import time
+
+from xenlab.hypervisor.domains import Domain
+from xenlab.hypervisor.evtchn import EventChannels
+from xenlab.hypervisor.identity import DOM0
+from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor.xenstore import XenStore
+from xenlab.hypervisor.xenstored_ring import STORE_DOMID, STORE_GFN
+from xenlab.xen.xenstore_paths import record_root
+from xenlab.xen.xs_ring import XsRingPage
+
+# Subtrees of /local/domain/N the guest may write (libxl's rwperm paths);
+# everything else under it is read-only to the guest (roperm).
+GUEST_WRITABLE = ("device", "data", "drivers", "feature", "attr", "error", "control/shutdown",
+                  "control/feature-poweroff", "control/feature-reboot",
+                  "control/feature-suspend", "control/sysrq")
+
+
+def guest_writable(key: str) -> bool:
+    return any(key == p or key.startswith(p + "/") for p in GUEST_WRITABLE)
+
+
+def write_domain_tree(xs: XenStore, dom: Domain, reservation: tuple[int, int, int]) -> None:
+    """The nodes libxl writes for a new domain, with libxl's permissions:
+    /local/domain/N readable by N, its rw subtrees owned by N.
+    ``reservation``: the domain's (current, maximum, target) pages."""
+    d = dom.domid
+    base = f"/local/domain/{d}"
+    vm = f"/vm/{dom.uuid}"
+    current, maximum, target = reservation
+    ro = [(0, "n"), (d, "r")] if d else [(0, "n")]
+    rw = [(d, "n")]
+    values = {
+        "name": dom.name, "domid": str(d), "vm": vm,
+        "memory/static-max": str(maximum * 4), "memory/target": str(target * 4),
+        "memory/videoram": "-1",
+        "control/shutdown": "", "control/platform-feature-multiprocessor-suspend": "1",
+        "control/feature-poweroff": "", "control/feature-reboot": "",
+        "control/feature-suspend": "", "control/sysrq": "",
+        "device": "", "data": "", "drivers": "", "feature": "", "attr": "", "error": "",
+        "console/limit": "1048576", "console/type": "xenconsoled",
+    }
+    for vcpu in range(dom.vcpus):
+        values[f"cpu/{vcpu}/availability"] = "online" if vcpu < dom.online_vcpus else "offline"
+    xs.write(DOM0, base, b"")
+    xs.set_perms(DOM0, base, ro)
+    for key, value in values.items():
+        xs.write(DOM0, f"{base}/{key}", value.encode())
+        xs.set_perms(DOM0, f"{base}/{key}", rw if guest_writable(key) else ro)
+    for sub in ("memory", "control", "cpu", "console"):
+        xs.set_perms(DOM0, f"{base}/{sub}", ro)
+    for vcpu in range(dom.vcpus):
+        xs.set_perms(DOM0, f"{base}/cpu/{vcpu}", ro)
+    if d:
+        xs.write(DOM0, vm, b"")
+        xs.set_perms(DOM0, vm, ro)
+        for key, value in {"name": dom.name, "uuid": dom.uuid,
+                           "start_time": f"{time.time():.2f}",
+                           "image/ostype": "linux"}.items():
+            xs.write(DOM0, f"{vm}/{key}", value.encode())
+
+
+def setup_store(xs: XenStore, memory: MachineMemory, evtchn: EventChannels, domid: int) -> int:
+    """The store page (a clear xenstore_domain_interface, as the domain
+    builder leaves it) and an unbound port offered to the store domain,
+    published as libxl does in store/ring-ref and store/port, read-only
+    to the guest. The port is xenstored's to bind when introduced."""
+    view = memory.frame(domid, STORE_GFN)
+    page = XsRingPage(view)
+    page.clear()
+    page.release()
+    view.release()
+    port = evtchn.alloc_unbound(DOM0, domid, STORE_DOMID)
+    base = f"/local/domain/{domid}/store"
+    xs.write(DOM0, f"{base}/ring-ref", str(STORE_GFN).encode())
+    xs.write(DOM0, f"{base}/port", str(port).encode())
+    for path in (base, f"{base}/ring-ref", f"{base}/port"):
+        xs.set_perms(DOM0, path, [(0, "n"), (domid, "r")])
+    return port
+
+
+def remove_domain_tree(xs: XenStore, dom: Domain) -> None:
+    """/local/domain/N, /vm/UUID and the toolstack's own /libxl/N."""
+    for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", record_root(dom.domid)):
+        if xs.exists(path):
+            xs.rm(DOM0, path)

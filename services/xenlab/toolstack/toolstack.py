@@ -1,0 +1,208 @@
+"""The toolstack: libxl's part of a domain's life, driving the hypervisor.
+
+Creating a domain reads top to bottom in ``create``, as
+libxl_domain_create_new does it: the hypervisor makes the domain, the
+toolstack plans its vifs, the hypervisor sets up its memory and
+credentials, the toolstack writes its xenstore tree, its vifs and its
+store ring, xenstored is told about it, the hypervisor starts it, and the
+toolstack keeps its record. ``destroy`` is libxl__destroy_domid; the
+on_poweroff / on_reboot / on_crash policies are applied here when the
+hypervisor reports a domain that shut down (xl's domain-death handling).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import secrets
+
+from xenlab.hypervisor.core import PAGES_PER_MB, Hypervisor
+from xenlab.hypervisor.domains import Domain, RunState
+from xenlab.hypervisor.identity import DOM0
+from xenlab.hypervisor.xenstored_ring import STORE_GFN
+from xenlab.toolstack import build
+from xenlab.toolstack.devices import Devices
+from xenlab.xen.errors import DomainError, XenError
+from xenlab.xen.xenstore_paths import agent_record_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MEMORY_MB = 128
+PRESERVE = ("preserve", "coredump-preserve")
+RESTART = ("restart", "rename-restart", "coredump-restart", "soft-reset")
+
+
+class Toolstack:
+    caller = DOM0       # the domain the toolstack acts as
+
+    def __init__(self, hv: Hypervisor):
+        self.hv = hv
+        self.xs = hv.xenstore
+        self.devices = Devices(hv.xenstore, hv.domains)
+        # xl's domain-death handling: the hypervisor reports each shutdown here.
+        hv.on_shutdown = self._apply_policy
+
+    def start(self) -> None:
+        """Domain-0's own tree, as xen-init-dom0 writes it at boot."""
+        dom0 = self.hv.domains.get(0)
+        build.write_domain_tree(self.xs, dom0, self.hv.memory.reservation(0))
+
+    async def close(self) -> None:
+        for dom in list(self.hv.domains):
+            if dom.domid != 0:
+                await self.destroy_domain(dom.domid)
+
+    # -- create ------------------------------------------------------------------------
+    async def create(self, spec, paused: bool = False) -> tuple[Domain, str]:
+        """A domain from a DomainSpec; it and the secret it acts with."""
+        memory_mb = spec.memory_mb or DEFAULT_MEMORY_MB
+        maxmem_mb = spec.maxmem_mb or memory_mb
+        if maxmem_mb < memory_mb:
+            raise DomainError(errno.EINVAL, f"maxmem={maxmem_mb} is below memory={memory_mb}")
+        launcher = self.hv.launcher_for(spec.launcher)
+        vcpus = spec.vcpus or 1
+        if spec.maxvcpus and spec.maxvcpus < vcpus:
+            raise DomainError(errno.EINVAL, f"maxvcpus={spec.maxvcpus} is below vcpus={vcpus}")
+        dom = self.hv.domains.allocate(
+            spec.name, maxmem_mb * PAGES_PER_MB, spec.maxvcpus or vcpus, spec.uuid,
+            on_poweroff=spec.on_poweroff or "destroy", on_reboot=spec.on_reboot or "restart",
+            on_crash=spec.on_crash or "destroy")
+        dom.spec = spec
+        dom.online_vcpus = vcpus
+        dom.launcher = launcher.name
+        try:
+            # Every vif is checked before anything is written.
+            nics = self.devices.plan_vifs(dom.domid, list(spec.vif))
+            secret = self.hv.populate(dom, memory_mb * PAGES_PER_MB)
+            build.write_domain_tree(self.xs, dom, self.hv.memory.reservation(dom.domid))
+            for nodes in nics:
+                self.devices.write_vif(nodes)
+            store_port = build.setup_store(self.xs, self.hv.memory, self.hv.evtchn, dom.domid)
+            self.hv.xenstored.introduce(dom.domid, STORE_GFN, store_port)
+            token = secrets.token_urlsafe(32)
+            agent = await self.hv.launch(dom, launcher, secret, token)
+        except BaseException:
+            await self._destroy(dom)
+            raise
+        dom.agent, dom.agent_token = agent, token
+        self._record_agent(dom.domid, agent, token)
+        self.hv.run(dom, paused)
+        log.info("created d%d (%s): %d MiB, %d vCPU, launcher %s", dom.domid, dom.name,
+                 memory_mb, dom.vcpus, launcher.name)
+        return dom, secret
+
+    def _record_agent(self, domid: int, address: str, token: str) -> None:
+        """The toolstack's record of where the guest agent is and what opens
+        it: the address is the launcher's, never what the guest says."""
+        if not address:
+            return
+        base = agent_record_path(domid)
+        self.xs.write(DOM0, f"{base}/address", address.encode())
+        self.xs.write(DOM0, f"{base}/token", token.encode())
+
+    # -- destroy -----------------------------------------------------------------------
+    async def destroy_domain(self, domid: int) -> None:
+        if domid == 0:
+            raise DomainError(errno.EPERM, "Domain-0 cannot be destroyed")
+        dom = self.hv.domains.get(domid)
+        if dom.state is RunState.DYING:
+            return
+        await self._destroy(dom)
+
+    async def _destroy(self, dom: Domain) -> None:
+        """libxl__destroy_domid: the domain stops, its backends go so that
+        they tear their devices down at once, then its xenstore tree, then
+        the hypervisor undoes the rest. Its id stays taken until this is done."""
+        await self.hv.halt(dom)
+        self.devices.remove_backends(dom.domid)
+        build.remove_domain_tree(self.xs, dom)
+        self.hv.destroy(dom)
+
+    # -- shutdown and the on_* policies -----------------------------------------------
+    async def shutdown_domain(self, domid: int, reason: str, wait: bool = False,
+                              timeout: float = 30.0) -> None:
+        """xl shutdown/reboot: ask the guest through control/shutdown, as xl
+        does; 'crash' is the hypervisor crashing it (domain_crash)."""
+        if reason not in ("poweroff", "reboot", "crash"):
+            raise DomainError(errno.EINVAL, f"shutdown reason {reason!r}: expected poweroff, reboot or crash")
+        dom = self.hv.running_domu(domid, "shut down")
+        if reason == "crash":
+            await self.hv.crash(dom)
+        elif self.hv.process(domid) is None:
+            # No guest to ask (launcher none): shut it down from outside,
+            # as SCHEDOP_remote_shutdown does.
+            await self._apply_policy(dom, reason)
+        else:
+            if dom.state is RunState.PAUSED:
+                raise DomainError(errno.EBUSY, f"d{domid} is paused: unpause it first, or it cannot react")
+            self.xs.write(DOM0, f"/local/domain/{domid}/control/shutdown", reason.encode())
+        if wait:
+            await self.hv.wait_gone_or_stopped(dom, timeout)
+
+    async def _apply_policy(self, dom: Domain, reason: str) -> None:
+        """What xl.cfg says to do with a domain that shut down for ``reason``."""
+        action = dom.action_for(reason)
+        dom.shutdown_reason = reason
+        log.info("d%d (%s): %s -> on_%s=%s", dom.domid, dom.name, reason,
+                 "crash" if reason not in ("poweroff", "reboot") else reason, action)
+        if action in PRESERVE:
+            await self.hv.preserve(dom, reason)
+            return
+        spec = dom.spec
+        await self._destroy(dom)
+        if action in RESTART and spec is not None:
+            try:
+                new, _ = await self.create(spec)
+                log.info("restarted %s as d%d", spec.name, new.domid)
+            except XenError as err:
+                log.error("could not restart %s: %s", spec.name, err)
+
+    # -- xl mem-set, mem-max, vcpu-set ------------------------------------------------
+    def set_memory_target(self, domid: int, kb: int) -> None:
+        self.hv.memory.set_target(domid, kb // 4)
+        self.xs.write(DOM0, f"/local/domain/{domid}/memory/target", str(kb).encode())
+
+    def set_memory_max(self, domid: int, kb: int) -> None:
+        self.hv.set_max_pages(domid, kb // 4)
+        self.xs.write(DOM0, f"/local/domain/{domid}/memory/static-max", str(kb).encode())
+
+    def set_vcpus(self, domid: int, vcpus: int) -> None:
+        dom = self.hv.domains.get(domid)
+        if not 1 <= vcpus <= dom.vcpus:
+            raise DomainError(errno.EINVAL, f"d{domid} has {dom.vcpus} vCPUs at most (maxvcpus); asked {vcpus}")
+        for vcpu in range(dom.vcpus):
+            state = "online" if vcpu < vcpus else "offline"
+            self.xs.write(DOM0, f"/local/domain/{domid}/cpu/{vcpu}/availability", state.encode())
+        dom.online_vcpus = vcpus
+
+    # -- devices -----------------------------------------------------------------------
+    def network_list(self, domid: int) -> list[dict]:
+        return self.devices.network_list(domid)
+
+    def network_attach(self, domid: int, spec) -> dict:
+        return self.devices.network_attach(domid, spec)
+
+    async def network_detach(self, domid: int, device: str, force: bool = False,
+                             timeout: float = 10.0) -> None:
+        await self.devices.network_detach(domid, device, force, timeout)
+
+    async def backend_gone(self, domid: int, timeout: float = 2.0) -> dict:
+        """The kernel of backend domain `domid` died but the domain stays in
+        the table (Domain-0, whose kernel is the `xenlab dom0` process).
+
+        What the dead kernel held goes first, as Xen's soft reset clears a
+        domain's grant mappings and event channels before a new kernel runs:
+        then every backend it served is marked Closed, without its
+        hotplug-status (as netback_remove leaves it), so that each frontend
+        disconnects and can end its grants at once. Waits up to `timeout`
+        for the frontends to reach Closed, so that a new kernel that probes
+        the backends next finds them let go of; the ones that did not (a
+        paused domain) are returned as stuck."""
+        dom = self.hv.domains.get(domid)
+        if dom.state not in (RunState.RUNNING, RunState.PAUSED):
+            raise DomainError(errno.EINVAL, f"d{domid} is {dom.state.value}: destroy it instead")
+        unmapped, ports = self.hv.soft_reset(dom)
+        closed, frontends = self.devices.close_backends(domid)
+        log.info("d%d's backend kernel is gone: %d mapping(s) and %d port(s) released, "
+                 "%d backend(s) Closed", domid, unmapped, ports, len(closed))
+        stuck = await self.devices.wait_closed(frontends, timeout)
+        return dict(closed=closed, stuck=stuck, unmapped=unmapped, ports=ports)

@@ -1,0 +1,48 @@
+"""What a domain process boots with, as Xen's start_info page (xen.h
+``struct start_info``): its id, its credentials, where the hypervisor and
+its doorbell are, its store ring. The launcher writes it (launchers/) and
+the domain kernel reads it (domain/); both sides import it from here.
+
+It goes to the process on its standard input, as JSON, so that the secret
+never shows up in `ps` or the environment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class StartInfo:
+    """What a domain process needs to boot, as Xen's start_info page."""
+    domid: int
+    name: str
+    secret: str
+    hypervisor: str          # gRPC address
+    doorbell: str            # unix socket path ("" when none)
+    vcpus: int
+    console_log: str         # where the launcher sends the domain's stdout/stderr
+    agent: str = ""          # where the guest agent listens; "" lets the domain choose
+    agent_token: str = ""    # what callers of the guest agent must present (the toolstack has it)
+    # Descriptors the launcher handed over (-1: none; the domain opens paths).
+    memory_fd: int = -1      # the domain's memory object
+    doorbell_fd: int = -1    # a connected doorbell socket
+    # The ids the process drops to once its memory is mapped (-1: stay as started).
+    uid: int = -1
+    gid: int = -1
+    groups: list[int] = field(default_factory=list)
+    store_gfn: int = 0       # the xenstore ring page (start_info's store_mfn)
+    store_port: int = 0      # its event channel (store_evtchn); 0: no ring, use gRPC
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "StartInfo":
+        data = json.loads(text)
+        fields = cls.__dataclass_fields__.values()
+        required = (dataclasses.MISSING, dataclasses.MISSING)
+        return cls(**{f.name: data[f.name] for f in fields
+                      if f.name in data or (f.default, f.default_factory) == required})
+
