@@ -67,6 +67,38 @@ def equivalents() -> list[Equivalent]:
     return [Equivalent(**e) for e in pyproject()["xenlab"]["mutate"]["equivalent"]]
 
 
+def functions() -> dict[str, list[str]]:
+    """Dotted module -> the only functions of it that are a core ("name" or
+    "Class.method"); a module not named here is mutated whole."""
+    return pyproject()["xenlab"]["mutate"].get("functions", {})
+
+
+def mangled(function: str) -> str:
+    """mutmut's name for a function: x_name, or xǁClassǁmethod."""
+    cls, _, name = function.rpartition(".")
+    return f"xǁ{cls}ǁ{name}" if cls else f"x_{name}"
+
+
+def patterns(modules: list[str], only: dict[str, list[str]]) -> list[str]:
+    """mutmut run's mutant-name patterns. A pattern must also match the
+    function's own mangled name (without __mutmut_N): mutmut picks the clean
+    run's tests by it."""
+    out = []
+    for m in modules:
+        if m in only:
+            out += [f"{m}.{mangled(f)}*" for f in only[m]]
+        else:
+            out.append(f"{m}.*")
+    return out
+
+
+def in_scope(name: str, module: str, only: dict[str, list[str]]) -> bool:
+    if module not in only:
+        return True
+    base = name.partition("__mutmut_")[0].removeprefix(module + ".")
+    return base in {mangled(f) for f in only[module]}
+
+
 def select(names: list[str], known: dict[str, Path]) -> list[str]:
     if not names:
         return list(known)
@@ -94,7 +126,7 @@ def prepare() -> None:
 
 def run_mutmut(modules: list[str], max_children: int) -> int:
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
-           *(f"{m}.*" for m in modules)]
+           *patterns(modules, functions())]
     with open(LOG, "w") as log:
         return subprocess.run(cmd, cwd=WORK, stdout=log, stderr=subprocess.STDOUT).returncode
 
@@ -170,6 +202,7 @@ def collect(modules: list[str], known: dict[str, Path],
     from mutmut.stats import status_by_exit_code
 
     scores, matched, unmatched = [], [], [e for e in listed if _module_of(e) in modules]
+    only = functions()
     for module in modules:
         path = known[module]
         data = SourceFileMutationData(path=path)
@@ -178,6 +211,8 @@ def collect(modules: list[str], known: dict[str, Path],
         lines = source.splitlines()
         score = Score(module)
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _order(kv[0])):
+            if not in_scope(name, module, only):
+                continue
             status = status_by_exit_code[code]
             if status not in DETECTED:
                 where, before, after = describe(name, path, lines, source)
@@ -255,7 +290,9 @@ def main() -> int:
     listed = equivalents()
     modules = select(args.modules, known)
     prepare()
-    print(f"mutating {', '.join(modules)} (mutmut's log: {LOG.relative_to(ROOT)})", flush=True)
+    only = functions()
+    names = [f"{m} ({', '.join(only[m])} only)" if m in only else m for m in modules]
+    print(f"mutating {', '.join(names)} (mutmut's log: {LOG.relative_to(ROOT)})", flush=True)
     start = time.monotonic()
     code = run_mutmut(modules, args.max_children)
     seconds = time.monotonic() - start

@@ -217,3 +217,308 @@ def test_bridge_id_is_the_lowest_port_address(clock):
     br.add_port("b", bytes.fromhex("00163e000005"))
     assert br.bridge_id == "8000.00163e000005"
     assert Bridge("b2", mac=bytes.fromhex("020000000001"), clock=clock).bridge_id == "8000.020000000001"
+
+
+# -- the contract, field by field and on both sides of each bound ------------
+
+def test_deleting_a_port_flushes_only_that_ports_entries(br):
+    br.forward("vif1.0", frame(BCAST, mac(1)))
+    br.forward("vif2.0", frame(BCAST, mac(2)))
+    br.add_static(mac(9), "vif2.0")
+    br.add_static(mac(8), "vif3.0")
+    br.fdb.pop_events()
+    br.delete_port("vif2.0")
+    assert {e.mac for e in br.fdb} == {mac(1), mac(8)}
+    assert sorted((e.kind, e.mac, e.port) for e in br.fdb.pop_events()) == [
+        ("flush", mac(2), "vif2.0"), ("flush", mac(9), "vif2.0")]
+    assert ports(br.forward("vif3.0", frame(mac(1), mac(3)))) == ["vif1.0"]
+
+
+def test_port_events_carry_the_port_as_it_was(br, clock):
+    br.pop_port_events()
+    clock.now = 60.0
+    added = br.add_port("vif4.0", mac(4))
+    clock.now = 61.0
+    br.set_port_flags("vif4.0", hairpin=True)
+    clock.now = 62.0
+    br.delete_port("vif4.0")
+    events = br.pop_port_events()
+    assert [(e.kind, e.bridge, e.port.name, e.port.port_no, e.port.mac, e.port.hairpin, e.at)
+            for e in events] == [("new", "xenbr0", "vif4.0", 4, mac(4), False, 60.0),
+                                 ("new", "xenbr0", "vif4.0", 4, mac(4), True, 61.0),
+                                 ("deleted", "xenbr0", "vif4.0", 4, mac(4), True, 62.0)]
+    assert all(e.port is not added and e.port.counters is None and e.port.drops is None
+               for e in events)
+    assert added.counters is not None and br.pop_port_events() == []
+
+
+def test_has_events_says_whether_anything_waits(clock):
+    br = Bridge("br0", clock=clock)
+    assert not br.has_events
+    br.add_port("a")
+    assert br.has_events
+    br.pop_port_events()
+    assert not br.has_events
+    br.forward("a", frame(BCAST, mac(1)))
+    assert br.has_events and br.fdb.has_events
+    br.fdb.pop_events()
+    assert not br.has_events
+
+
+def test_stats_gathers_the_bridge_drop_and_fdb_counters(br):
+    br.forward("vif1.0", frame(BCAST, mac(1)))
+    br.forward("vif2.0", frame(mac(1), mac(2)))
+    br.forward("vif1.0", b"runt")
+    br.forward("vif1.0", frame(mac(2), mac(11)))
+    br.forward("vif1.0", frame(mac(11), mac(1)))
+    assert br.stats() == {
+        "rx": 5, "forwarded": 3, "flooded": 1, "unicast": 2, "tx": 4,
+        "drop_runt": 1, "drop_same_port": 1,
+        "fdb_learned": 3, "fdb_moved": 0, "fdb_aged": 0, "fdb_evicted": 0, "fdb_fdb_full": 0,
+        "fdb_flushed": 0, "fdb_sticky_conflict": 0, "fdb_local_conflict": 0, "fdb_events_lost": 0,
+        "fdb_entries": 3}
+
+
+def test_set_ageing_applies_to_the_fdb_at_once(br, clock):
+    br.forward("vif1.0", frame(BCAST, mac(1)))
+    clock.now += 20
+    br.set_ageing(10)
+    assert br.fdb.ageing == 10.0 and br.fdb.get(mac(1)) is None
+    with pytest.raises(XenError) as err:
+        br.set_ageing(-1)
+    assert err.value.errno == errno.EINVAL and br.fdb.ageing == 10.0
+
+
+def test_delete_static_removes_only_an_administered_entry(br):
+    br.add_static(mac(7), "vif3.0")
+    br.forward("vif1.0", frame(BCAST, mac(1)))
+    br.delete_static(mac(7))
+    assert br.fdb.get(mac(7)) is None
+    with pytest.raises(XenError) as err:
+        br.delete_static(mac(1))
+    assert err.value.errno == errno.ENOENT and br.fdb.get(mac(1)) is not None
+
+
+def test_fdb_management_checks_the_port(br):
+    entry = br.fdb_add(mac(5), "vif2.0", "dynamic", vid=0)
+    assert (entry.port, entry.static, entry.learned) == ("vif2.0", False, False)
+    with pytest.raises(XenError) as err:
+        br.fdb_add(mac(6), "nope")
+    assert err.value.errno == errno.ENOENT and br.fdb.get(mac(6)) is None
+    with pytest.raises(XenError) as err:
+        br.fdb_delete(mac(5), "nope")
+    assert err.value.errno == errno.ENOENT and br.fdb.get(mac(5)) is not None
+    assert br.fdb_delete(mac(5)).mac == mac(5) and br.fdb.get(mac(5)) is None
+    br.fdb_add(mac(5), "vif2.0", replace=True)
+    br.fdb_add(mac(5), "vif3.0", replace=True)
+    assert br.fdb.get(mac(5)).port == "vif3.0"
+    with pytest.raises(XenError) as err:
+        br.flush("nope")
+    assert err.value.errno == errno.ENOENT
+
+
+def test_bridge_flush_of_one_port_keeps_static_unless_asked(br):
+    br.forward("vif1.0", frame(BCAST, mac(1)))
+    br.forward("vif2.0", frame(BCAST, mac(2)))
+    br.add_static(mac(9), "vif1.0")
+    assert br.flush("vif1.0") == 1
+    assert {e.mac for e in br.fdb} == {mac(2), mac(9)}
+    assert br.flush("vif1.0", include_static=True) == 1
+    assert br.flush() == 1 and len(br.fdb) == 0
+
+
+@pytest.mark.parametrize("priority", [0, 0xFFFF])
+def test_bridge_priority_bounds_are_inclusive(br, priority):
+    br.set_priority(priority)
+    assert br.priority == priority and br.bridge_id.startswith(f"{priority:04x}.")
+
+
+@pytest.mark.parametrize("priority", [-1, 0x10000, True, 1.0])
+def test_bridge_priority_outside_16_bits_is_erange(br, priority):
+    with pytest.raises(XenError) as err:
+        br.set_priority(priority)
+    assert err.value.errno == errno.ERANGE and br.priority == 0x8000
+
+
+def test_port_priority_and_cost_bounds(br):
+    br.set_port_flags("vif1.0", priority=0, cost=1)
+    assert (br.ports["vif1.0"].priority, br.ports["vif1.0"].cost) == (0, 1)
+    br.set_port_flags("vif1.0", priority=63, cost=65535)
+    assert (br.ports["vif1.0"].priority, br.ports["vif1.0"].cost) == (63, 65535)
+    for kw in ({"priority": 64}, {"priority": -1}, {"cost": 0}, {"cost": 65536}):
+        with pytest.raises(XenError) as err:
+            br.set_port_flags("vif1.0", **kw)
+        assert err.value.errno == errno.ERANGE, kw
+    assert (br.ports["vif1.0"].priority, br.ports["vif1.0"].cost) == (63, 65535)
+
+
+def test_port_flag_refusals_change_nothing(br):
+    with pytest.raises(XenError) as err:
+        br.set_port_flags("vif1.0", learning=False, shiny=True)
+    assert err.value.errno == errno.EINVAL and "unknown port flag(s): shiny" in str(err.value)
+    assert br.ports["vif1.0"].learning is True
+    br.set_port_flags("vif1.0", learning=None, flood=0)
+    assert br.ports["vif1.0"].learning is True and br.ports["vif1.0"].flood is False
+
+
+def test_a_port_set_blocking_without_stp_forwards(br):
+    br.set_port_flags("vif1.0", state="blocking")
+    assert br.ports["vif1.0"].state == "forwarding"
+    br.set_port_flags("vif1.0", state="listening")
+    assert br.ports["vif1.0"].state == "listening"
+    assert br.ports["vif1.0"].counters["state_listening"] == 1
+    assert br.forward("vif1.0", frame(BCAST, mac(1))) == [] and br.drops == {"port_blocking": 1}
+    br.set_port_flags("vif1.0", state="learning")
+    assert br.forward("vif1.0", frame(BCAST, mac(1))) == []
+    assert br.drops["port_learning"] == 1 and br.fdb.get(mac(1)).port == "vif1.0"
+
+
+def test_port_states_belong_to_stp_while_it_runs(br):
+    br.set_stp(True)
+    with pytest.raises(XenError) as err:
+        br.set_port_flags("vif1.0", state="forwarding")
+    assert err.value.errno == errno.EBUSY
+    br.set_stp(False)
+    assert all(p.state == "forwarding" for p in br.ports.values())
+    br.set_port_flags("vif1.0", state="disabled")
+    assert br.ports["vif1.0"].state == "disabled"
+
+
+def test_a_port_without_link_can_only_be_disabled(br):
+    br.forward("vif1.0", frame(BCAST, mac(1)))
+    br.forward("vif2.0", frame(BCAST, mac(2)))
+    br.add_static(mac(9), "vif1.0")
+    br.pop_port_events()
+    port = br.set_carrier("vif1.0", False)
+    assert port.state == "disabled" and port.carrier is False
+    assert {e.mac for e in br.fdb} == {mac(2), mac(9)}      # learned on it only
+    assert [(e.kind, e.port.state, e.port.carrier) for e in br.pop_port_events()] == [
+        ("new", "disabled", False)]
+    with pytest.raises(XenError) as err:
+        br.set_port_flags("vif1.0", state="forwarding")
+    assert err.value.errno == errno.ENETDOWN
+    br.set_port_flags("vif1.0", state="disabled")
+    assert br.set_carrier("vif1.0", False) is port and br.pop_port_events()[-1].port.carrier is False
+    br.set_carrier("vif1.0", True)
+    assert port.state == "forwarding" and port.carrier is True
+    assert [(e.kind, e.port.state) for e in br.pop_port_events()] == [("new", "forwarding")]
+
+
+def test_set_carrier_to_what_it_is_announces_nothing(br):
+    br.pop_port_events()
+    br.set_carrier("vif1.0", True)
+    assert br.pop_port_events() == []
+
+
+@pytest.mark.parametrize("mask", [0, 0x8, 0xFFF8])
+def test_group_fwd_mask_accepts_the_forwardable_bits(clock, mask):
+    br = Bridge("br0", clock=clock, group_fwd_mask=mask)
+    assert br.group_fwd_mask == mask
+
+
+@pytest.mark.parametrize("mask", [1, 2, 4, 0x10000, -1, True, "8"])
+def test_group_fwd_mask_refuses_restricted_or_wide_masks(br, mask):
+    with pytest.raises(XenError) as err:
+        br.set_group_fwd_mask(mask)
+    assert err.value.errno == errno.EINVAL and br.group_fwd_mask == 0
+
+
+def test_a_group_fwd_mask_bit_forwards_that_link_local_group(br):
+    br.set_group_fwd_mask(1 << 0x0E)
+    lldp = bytes.fromhex("0180c200000e")
+    assert ports(br.forward("vif1.0", frame(lldp, mac(1)))) == ["vif2.0", "vif3.0"]
+    assert br.forward("vif1.0", frame(bytes.fromhex("0180c2000003"), mac(1))) == []
+    assert br.drops == {"link_local": 1}
+
+
+def test_pause_frames_are_dropped_before_learning(br):
+    assert br.forward("vif1.0", frame(bytes.fromhex("0180c2000001"), mac(1))) == []
+    assert br.drops == {"pause": 1} and br.fdb.get(mac(1)) is None
+
+
+def test_the_bridge_group_floods_while_stp_is_off(br):
+    assert ports(br.forward("vif1.0", frame(bytes.fromhex("0180c2000000"), mac(1)))) == ["vif2.0", "vif3.0"]
+
+
+def test_link_local_frames_are_learned_only_on_a_port_that_learns(br):
+    dst = bytes.fromhex("0180c2000003")
+    br.set_port_flags("vif1.0", learning=False)
+    br.forward("vif1.0", frame(dst, mac(1)))
+    br.set_port_flags("vif2.0", state="listening")
+    br.forward("vif2.0", frame(dst, mac(2)))
+    assert len(br.fdb) == 0 and br.drops == {"link_local": 2}
+    br.set_port_flags("vif2.0", state="learning")
+    br.forward("vif2.0", frame(dst, mac(2)))
+    assert br.fdb.get(mac(2)).port == "vif2.0"
+
+
+def test_a_locked_port_passes_only_sources_it_already_holds(br):
+    br.set_port_flags("vif1.0", locked=True)
+    assert br.forward("vif1.0", frame(BCAST, mac(1))) == []
+    assert br.drops == {"locked": 1} and br.fdb.get(mac(1)) is None
+    br.fdb_add(mac(2), "vif2.0")
+    assert br.forward("vif1.0", frame(BCAST, mac(2))) == []          # held, but on another port
+    br.fdb_add(mac(3), "vif1.0", "permanent")
+    assert br.forward("vif1.0", frame(BCAST, mac(3))) == []          # the bridge's own
+    assert br.drops == {"locked": 3}
+    br.fdb_add(mac(1), "vif1.0")
+    assert ports(br.forward("vif1.0", frame(BCAST, mac(1)))) == ["vif2.0", "vif3.0"]
+
+
+def test_unicast_to_the_bridges_own_address_stops_here(br):
+    br.fdb_add(mac(3), "vif3.0", "permanent")
+    assert br.forward("vif1.0", frame(mac(3), mac(1))) == []
+    assert br.drops == {"local": 1} and br.counters["unicast"] == 0
+
+
+def test_isolated_ports_reach_only_unisolated_ones(br):
+    br.set_port_flags("vif1.0", isolated=True)
+    br.set_port_flags("vif2.0", isolated=True)
+    assert ports(br.forward("vif1.0", frame(BCAST, mac(1)))) == ["vif3.0"]
+    br.forward("vif2.0", frame(mac(99), mac(2)))
+    assert br.forward("vif1.0", frame(mac(2), mac(1))) == []
+    assert br.drops == {"isolated": 1}
+    br.forward("vif3.0", frame(BCAST, mac(3)))
+    assert ports(br.forward("vif1.0", frame(mac(3), mac(1)))) == ["vif3.0"]
+    assert ports(br.forward("vif3.0", frame(mac(1), mac(3)))) == ["vif1.0"]
+
+
+@pytest.mark.parametrize("flag, dst", [("flood", mac(99)), ("mcast_flood", bytes.fromhex("01005e000001")),
+                                       ("bcast_flood", BCAST)])
+def test_each_flood_flag_governs_its_own_kind(br, flag, dst):
+    br.set_port_flags("vif2.0", **{flag: False})
+    assert ports(br.forward("vif1.0", frame(dst, mac(1)))) == ["vif3.0"]
+    others = [(d, k) for k, d in (("flood", mac(98)), ("mcast_flood", bytes.fromhex("01005e000002")),
+                                  ("bcast_flood", BCAST)) if k != flag]
+    for d, _ in others:
+        assert ports(br.forward("vif1.0", frame(d, mac(1)))) == ["vif2.0", "vif3.0"]
+
+
+def test_broadcast_and_multicast_are_counted_at_the_ingress(br):
+    br.forward("vif1.0", frame(BCAST, mac(1)))
+    br.forward("vif1.0", frame(bytes.fromhex("01005e000001"), mac(1)))
+    br.forward("vif1.0", frame(bytes.fromhex("01005e000001"), mac(1)))
+    br.forward("vif1.0", frame(mac(99), mac(1)))
+    assert br.ports["vif1.0"].flood_stats() == {"rx_broadcast": 1, "rx_multicast": 2}
+    assert br.counters["flooded"] == 4 and br.counters["tx"] == 8
+
+
+def test_the_bridge_address_ignores_ports_without_one(clock):
+    br = Bridge("br0", clock=clock)
+    br.add_port("a")
+    assert br.mac == bytes(6)
+    br.add_port("b", bytes.fromhex("00163e000009"))
+    br.add_port("c", bytes.fromhex("00163e000007"))
+    assert br.mac == bytes.fromhex("00163e000007")
+    with pytest.raises(XenError) as err:
+        br.add_port("d", b"\x00" * 5)
+    assert err.value.errno == errno.EINVAL and "d" not in br.ports
+
+
+def test_a_freed_port_number_is_reused_lowest_first(clock):
+    br = Bridge("br0", clock=clock)
+    for name in "abcd":
+        br.add_port(name)
+    br.delete_port("b")
+    br.delete_port("a")
+    assert [br.add_port(n).port_no for n in ("e", "f", "g")] == [1, 2, 5]
