@@ -114,19 +114,40 @@ def select(names: list[str], known: dict[str, Path]) -> list[str]:
     return chosen
 
 
-def prepare() -> None:
+def prepare(fresh: bool = True) -> None:
     WORK.mkdir(exist_ok=True)
     for link, target in LINKS.items():
         path = WORK / link
         if path.is_symlink() or path.exists():
             path.unlink()
         path.symlink_to(Path("..") / target)
-    shutil.rmtree(WORK / "mutants", ignore_errors=True)
+    if fresh:
+        shutil.rmtree(WORK / "mutants", ignore_errors=True)
 
 
-def run_mutmut(modules: list[str], max_children: int) -> int:
+def not_caught(modules: list[str], known: dict[str, Path]) -> list[str]:
+    """The mutants of `modules` the last run did not catch, by name."""
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.stats import status_by_exit_code
+
+    here, only, names = os.getcwd(), functions(), []
+    os.chdir(WORK)
+    try:
+        for module in modules:
+            data = SourceFileMutationData(path=known[module])
+            data.load()
+            names += [name for name, code in data.exit_code_by_key.items()
+                      if in_scope(name, module, only) and status_by_exit_code[code] not in DETECTED]
+    finally:
+        os.chdir(here)
+    return names
+
+
+def run_mutmut(modules: list[str], max_children: int, names: list[str] | None = None) -> int:
+    # Named mutants are retested even when they have a verdict; patterns
+    # match every mutant of the module (a fresh tree has no verdicts).
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
-           *patterns(modules, functions())]
+           *(names if names is not None else patterns(modules, functions()))]
     with open(LOG, "w") as log:
         return subprocess.run(cmd, cwd=WORK, stdout=log, stderr=subprocess.STDOUT).returncode
 
@@ -285,16 +306,26 @@ def main() -> int:
                         help="exit 1 when a module scores under this percentage (default 90)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2,
                         help="mutants tested at once (default: the number of CPUs)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="retest only what the last run of these modules did not catch, "
+                             "keeping its tree (new tests are found; a score to record comes "
+                             "from a full run)")
     args = parser.parse_args()
     known = cores()
     listed = equivalents()
     modules = select(args.modules, known)
-    prepare()
+    retest = None
+    if args.survivors:
+        if not (WORK / "mutants").is_dir():
+            sys.exit("mutate: --survivors needs an earlier run's tree in .mutmut/mutants")
+        retest = not_caught(modules, known)
+    prepare(fresh=retest is None)
     only = functions()
     names = [f"{m} ({', '.join(only[m])} only)" if m in only else m for m in modules]
-    print(f"mutating {', '.join(names)} (mutmut's log: {LOG.relative_to(ROOT)})", flush=True)
+    what = f"the {len(retest)} survivors of " if retest is not None else ""
+    print(f"mutating {what}{', '.join(names)} (mutmut's log: {LOG.relative_to(ROOT)})", flush=True)
     start = time.monotonic()
-    code = run_mutmut(modules, args.max_children)
+    code = run_mutmut(modules, args.max_children, retest) if retest != [] else 0
     seconds = time.monotonic() - start
     if code:
         print(LOG.read_text()[-4000:], file=sys.stderr)
