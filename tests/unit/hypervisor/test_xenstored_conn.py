@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from xenlab.hypervisor.identity import Caller
 from xenlab.hypervisor.xenstore import XenStore, XenStoreQuotas
 from xenlab.hypervisor.xenstored import ConnectionLimits, Xenstored
+from xenlab.xen.errors import XenStoreError
 from xenlab.xen import xs_wire as w
 from xenlab.xen.xs_wire import XsMessage, XsType
 
@@ -457,3 +458,292 @@ def test_set_target_gives_a_domain_its_targets_rights(daemon):
     dom0.ok(XsType.RELEASE, b"1\0")
     assert daemon.domains[2].target is None
     assert dm.error(XsType.READ, b"/local/domain/1/data\0") == "EACCES"
+
+
+# -- counts, bounds and words a client (or the toolstack) can observe ---------
+
+def test_a_connection_counts_its_requests_errors_and_events(daemon, dom0):
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    dom0.error(XsType.READ, b"/nope\0")
+    Peer(daemon).ok(XsType.WRITE, b"/tool/x\0")
+    dom0.out()
+    assert dom0.conn.stats == {"requests": 2, "errors": 1, "events": 2, "events_merged": 0,
+                               "events_too_long": 0}
+
+
+def test_connections_are_named_after_their_domain_in_order(daemon):
+    a, b = daemon.connect(Caller(1)), daemon.connect(Caller(2), name="qemu")
+    c = daemon.connect(Caller(1))
+    assert (a.name, b.name, c.name) == ("d1#1", "qemu", "d1#3")
+    assert repr(a) == "<XsConnection d1#1>" and {a, b, c} <= daemon.connections
+
+
+def test_a_batch_of_requests_yields_to_other_connections(daemon):
+    daemon.limits = ConnectionLimits(batch=3)
+    peer = Peer(daemon)
+    stream = b"".join(w.encode(XsMessage(XsType.READ, i, 0, b"/local/domain/0/name\0"))
+                      for i in range(1, 6))
+    assert peer.conn.receive(stream) == 3
+    assert [m.req_id for m in peer.out()] == [1, 2, 3]
+    assert peer.conn.process() == 2 and peer.conn.process() == 0
+    assert [m.req_id for m in peer.out()] == [4, 5]
+
+
+def test_requests_wait_exactly_while_the_backlog_is_full(daemon):
+    reply = len(w.encode(XsMessage(XsType.READ, 1, 0, b"Domain-0")))
+    daemon.limits = ConnectionLimits(backlog=2 * reply)
+    peer = Peer(daemon)
+    stream = b"".join(w.encode(XsMessage(XsType.READ, i, 0, b"/local/domain/0/name\0"))
+                      for i in range(1, 5))
+    assert peer.conn.receive(stream) == 2
+    assert peer.conn.pending_output == 2 * reply and not peer.conn.wants_input
+    peer.conn.take(1)
+    assert peer.conn.pending_output == 2 * reply - 1 and peer.conn.wants_input
+    assert peer.conn.process() == 1
+
+
+def test_input_is_read_until_exactly_the_input_limit(daemon):
+    daemon.limits = ConnectionLimits(input=20)
+    peer = Peer(daemon)
+    head = w.HEADER.pack(XsType.WRITE, 1, 0, 100)
+    peer.conn.receive(head + b"x" * 3)
+    assert peer.conn.reader.buffered == 19 and peer.conn.wants_input
+    peer.conn.receive(b"x")
+    assert peer.conn.reader.buffered == 20 and not peer.conn.wants_input
+
+
+def test_output_may_reach_exactly_the_limit(daemon):
+    ack = w.encode(XsMessage(XsType.WATCH, 1, 0, b"OK\0"))
+    event = w.encode(XsMessage(XsType.WATCH_EVENT, 0, 0, b"/tool\0t\0"))
+    daemon.limits = ConnectionLimits(output=len(ack) + len(event))
+    peer = Peer(daemon)
+    peer.send(XsType.WATCH, b"/tool\0t\0")
+    assert not peer.conn.closed and peer.conn.pending_output == len(ack) + len(event)
+    Peer(daemon).ok(XsType.WRITE, b"/tool/x\0")
+    assert peer.conn.closed and peer.conn.error == w.XENSTORE_ERROR_COMM
+    assert peer.conn.reason == (f"{len(ack) + 2 * len(event) + 2} bytes of replies and watch events "
+                                f"unread (the most is {len(ack) + len(event)})")
+    assert peer.conn.pending_output == 0 and peer.conn.take() == b""
+
+
+def test_a_failed_connection_keeps_its_first_reason_and_wakes_once(daemon):
+    peer = Peer(daemon)
+    peer.conn.fail(w.XENSTORE_ERROR_RINGIDX, "bad index")
+    peer.conn.fail(w.XENSTORE_ERROR_COMM, "later")
+    peer.conn.close()
+    assert (peer.conn.error, peer.conn.reason, peer.wakes) == (w.XENSTORE_ERROR_RINGIDX, "bad index", 1)
+    assert peer.conn.receive(w.encode(XsMessage(XsType.READ, 1, 0, b"/\0"))) == 0
+    peer.conn.fire("/tool", "t")
+    assert peer.conn.take() == b""
+
+
+def test_special_events_are_never_merged_and_others_merge_only_unsent(daemon, dom0):
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    dom0.out()
+    dom0.conn.fire("/tool/a", "t")
+    dom0.conn.fire("/tool/a", "t")
+    assert (dom0.conn.stats["events"], dom0.conn.stats["events_merged"]) == (2, 1)   # and the watch's own
+    first = dom0.conn.take(20)                     # the first is partly sent: no longer mergeable
+    dom0.conn.fire("/tool/a", "t")
+    dom0.conn.fire("@releaseDomain", "r")
+    dom0.conn.fire("@releaseDomain", "r")
+    assert (dom0.conn.stats["events"], dom0.conn.stats["events_merged"]) == (5, 1)
+    sent = first + dom0.conn.take()
+    assert sent.count(b"@releaseDomain\0r\0") == 2 and sent.count(b"/tool/a\0t\0") == 2
+    dom0.conn.fire("/tool/a", "t")                 # all sent: a new one goes out
+    assert (dom0.conn.stats["events"], dom0.conn.stats["events_merged"]) == (6, 1)
+
+
+def test_an_event_of_exactly_a_payload_is_sent(daemon, dom0):
+    token = "t" * (w.XENSTORE_PAYLOAD_MAX - len("/tool\0") - 1)
+    dom0.conn.fire("/tool", token)
+    assert dom0.conn.stats == {"requests": 0, "errors": 0, "events": 1, "events_merged": 0,
+                               "events_too_long": 0}
+    dom0.conn.fire("/tool", token + "t")
+    assert dom0.conn.stats["events_too_long"] == 1 and dom0.conn.stats["events"] == 1
+    (event,) = dom0.out()
+    assert len(event.payload) == w.XENSTORE_PAYLOAD_MAX
+
+
+def test_events_a_request_causes_follow_its_reply(daemon, dom0):
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    dom0.out()
+    dom0.send(XsType.WRITE, b"/tool/x\0")
+    out = dom0.out()
+    assert [(m.type, m.req_id) for m in out] == [(XsType.WRITE, dom0.req), (XsType.WATCH_EVENT, 0)]
+
+
+def test_watch_and_unwatch_ignore_the_transaction_id(daemon, dom0):
+    assert dom0.ok(XsType.WATCH, b"/tool\0t\0", tx=77) == b"OK\0"
+    assert dom0.ok(XsType.UNWATCH, b"/tool\0t\0", tx=77) == b"OK\0"
+    assert dom0.error(XsType.READ, b"/tool\0", tx=77) == "ENOENT"
+
+
+def test_quota_errors_map_to_what_xenstored_answers():
+    from xenlab.hypervisor.xenstored import XsConnection
+    wire = XsConnection._wire_errno
+    assert wire(XsType.WATCH, errno.EDQUOT) == errno.E2BIG
+    assert wire(XsType.WRITE, errno.EDQUOT) == errno.ENOSPC
+    assert wire(XsType.READ, errno.ESRCH) == errno.ENOENT
+    assert wire(XsType.READ, errno.EACCES) == errno.EACCES
+
+
+def test_unwatch_gives_the_connection_its_watch_back(daemon):
+    daemon.limits = ConnectionLimits(watches=1)
+    peer = Peer(daemon)
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    assert peer.error(XsType.WATCH, b"/b\0b\0") == "E2BIG"
+    assert peer.error(XsType.UNWATCH, b"/b\0b\0") == "ENOENT"
+    assert peer.error(XsType.WATCH, b"/b\0b\0") == "E2BIG"      # a failed unwatch gave nothing back
+    peer.ok(XsType.UNWATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/b\0b\0")
+
+
+def test_the_connection_transaction_limit_is_exact_and_freed_by_an_end(daemon):
+    daemon.limits = ConnectionLimits(transactions=2)
+    peer = Peer(daemon)
+    t1 = int(peer.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    peer.ok(XsType.TRANSACTION_START, b"\0")
+    assert peer.error(XsType.TRANSACTION_START, b"\0") == "ENOSPC"
+    assert peer.ok(XsType.TRANSACTION_END, b"F\0", tx=t1) == b"OK\0"
+    assert peer.ok(XsType.TRANSACTION_START, b"\0").endswith(b"\0")
+
+
+def test_a_transaction_start_answers_its_id_as_decimal(daemon, dom0):
+    tx = dom0.ok(XsType.TRANSACTION_START, b"\0")
+    assert tx[:-1].isdigit() and tx[-1:] == b"\0"
+    assert daemon.store.open_transactions(0) == 1
+    assert dom0.ok(XsType.TRANSACTION_END, b"T\0", tx=int(tx[:-1])) == b"OK\0"
+    assert daemon.store.open_transactions(0) == 0
+
+
+def test_rm_of_a_missing_node_under_an_unreadable_parent_stays_refused(daemon):
+    guest = Peer(daemon, Caller(5))
+    guest.ok(XsType.RM, b"missing\0")                              # relative: its home is there
+    assert guest.error(XsType.RM, b"/local/domain/1/missing\0") == "EACCES"
+    assert guest.error(XsType.RM, b"nohere/missing\0") == "ENOENT"
+    Peer(daemon).ok(XsType.WRITE, b"/local/domain/1/ro\0")
+    assert guest.error(XsType.RM, b"/local/domain/1/ro\0") == "EACCES"
+
+
+def test_set_perms_needs_a_path_and_one_permission(daemon, dom0):
+    assert dom0.error(XsType.SET_PERMS, b"/tool\0") == "EINVAL"
+    assert dom0.ok(XsType.SET_PERMS, b"/tool\0r0\0") == b"OK\0"
+    assert dom0.ok(XsType.GET_PERMS, b"/tool\0") == b"r0\0"
+    assert dom0.ok(XsType.SET_PERMS, b"/tool\0n0\0w3\0") == b"OK\0"
+    assert dom0.ok(XsType.GET_PERMS, b"/tool\0") == b"n0\0w3\0"
+
+
+def test_set_target_needs_two_domains(daemon, dom0):
+    assert dom0.error(XsType.SET_TARGET, b"1\0") == "EINVAL"
+    assert dom0.error(XsType.SET_TARGET, b"7\0" b"1\0") == "ENOENT"
+    assert dom0.ok(XsType.SET_TARGET, b"1\0" b"2\0") == b"OK\0"
+    assert daemon.domains[1].target == 2 and daemon.domains[2].target is None
+
+
+def test_introduce_takes_the_highest_real_domid_and_a_positive_channel(daemon, dom0):
+    daemon._domain_exists = lambda d: True
+    assert dom0.ok(XsType.INTRODUCE, b"32751\0" b"7\0" b"1\0") == b"OK\0"
+    assert (daemon.domains[32751].gfn, daemon.domains[32751].port) == (7, 1)
+    assert dom0.error(XsType.INTRODUCE, b"32752\0" b"7\0" b"1\0") == "EINVAL"
+    assert dom0.error(XsType.INTRODUCE, b"9\0" b"7\0" b"-1\0") == "EINVAL"
+    assert dom0.error(XsType.INTRODUCE, b"9\0" b"x7\0" b"1\0") == "EINVAL"
+    assert dom0.error(XsType.RELEASE, b"0\0") == "EINVAL" and dom0.error(XsType.RESUME, b"0\0") == "EINVAL"
+
+
+class Rings:
+    def __init__(self):
+        self.calls = []
+
+    def attach(self, dom):
+        self.calls.append(("attach", dom.domid, dom.port))
+
+    def rebind(self, dom, port):
+        self.calls.append(("rebind", dom.domid, port))
+
+    def detach(self, domid):
+        self.calls.append(("detach", domid))
+
+
+def test_the_domain_table_drives_the_store_rings(daemon):
+    daemon.rings = rings = Rings()
+    daemon.introduce(5, gfn=3, port=4)                  # known already: only its port changes
+    daemon.introduce(5, gfn=3, port=4)                  # the same port: nothing to rebind
+    daemon.introduce(5, gfn=3)                          # no port: keeps the one it has
+    assert daemon.domains[5].port == 4
+    daemon.release(5)
+    daemon._domain_exists = lambda d: d == 5
+    daemon.introduce(5)                                 # no port: no ring to attach
+    daemon.release(5)
+    dom = daemon.introduce(5, gfn=3, port=6)
+    assert (dom.domid, dom.gfn, dom.port) == (5, 3, 6)
+    assert rings.calls == [("rebind", 5, 4), ("detach", 5), ("detach", 5), ("attach", 5, 6)]
+
+
+def test_an_unknown_domain_is_not_introduced_and_says_so(daemon):
+    with pytest.raises(XenStoreError) as err:
+        daemon.introduce(9)
+    assert err.value.errno == errno.ENOENT and err.value.message == "there is no domain 9 to introduce"
+    with pytest.raises(XenStoreError) as err:
+        daemon.find(9)
+    assert err.value.errno == errno.ENOENT and err.value.message == "domain 9 is not introduced"
+    assert not daemon.is_introduced(9) and daemon.is_introduced(0)
+
+
+def test_releasing_a_domain_drops_only_its_connections_and_targets(daemon):
+    mine, other, dom0 = Peer(daemon, Caller(2)), Peer(daemon, Caller(5)), Peer(daemon)
+    dom0.ok(XsType.SET_TARGET, b"5\0" b"2\0")
+    assert other.conn.caller.target == 2
+    daemon.release(2)
+    assert mine.conn.closed and not other.conn.closed and not dom0.conn.closed
+    assert daemon.domains[5].target is None and other.conn.caller.target is None
+    daemon.release(0)                                   # Domain-0's own connections stay
+    assert not dom0.conn.closed
+
+
+def test_retarget_changes_only_that_domains_connections(daemon):
+    a, b = Peer(daemon, Caller(1)), Peer(daemon, Caller(2))
+    daemon.domains[1].target = 5
+    daemon.retarget(daemon.domains[1])
+    assert (a.conn.caller.domid, a.conn.caller.target, a.conn.caller.privileged) == (1, 5, False)
+    assert b.conn.caller.target is None
+
+
+def test_control_help_lists_every_command_with_its_usage(dom0):
+    assert dom0.ok(XsType.CONTROL, b"help\0") == b"print\t<string>\nquota\t[<domid>]\nhelp\t\n\0"
+    assert dom0.error(XsType.CONTROL, b"help\0x\0") == "EINVAL"
+    assert dom0.error(XsType.CONTROL, b"print\0a\0b\0") == "EINVAL"
+
+
+def test_control_quota_reports_the_quotas_and_a_domains_use(daemon, dom0):
+    assert dom0.ok(XsType.CONTROL, b"quota\0") == (
+        b"Nodes per domain: 50\nWatches per domain: 3\nTransactions per domain: 2\n"
+        b"Max. size of a node: 2048\nMax. length of a node path: 3072\n"
+        b"Max. number of permissions per node: 5\n\0")
+    guest = Peer(daemon, Caller(5))
+    guest.ok(XsType.WATCH, b"data\0t\0")
+    guest.ok(XsType.WRITE, b"data\0")
+    guest.ok(XsType.TRANSACTION_START, b"\0")
+    assert dom0.ok(XsType.CONTROL, b"quota\0" b"5\0") == (
+        b"Domain 5:\nnodes: 2\nwatches: 1\ntransactions: 1\n\0")
+    assert dom0.error(XsType.CONTROL, b"quota\0" b"9\0") == "ENOENT"
+    assert dom0.error(XsType.CONTROL, b"quota\0x\0") == "EINVAL"
+
+
+def test_directory_part_fills_a_payload_exactly(dom0):
+    # Names that, with their NULs, fill the payload to the byte after the generation.
+    gen = dom0.ok(XsType.DIRECTORY_PART, b"/tool\0" b"0\0").split(b"\0", 1)[0]
+    room = w.XENSTORE_PAYLOAD_MAX - len(gen) - 1
+    dom0.ok(XsType.WRITE, b"/tool/d\0")
+    names = [f"{i:03d}" + "n" * 96 for i in range(room // 100)]
+    for name in names:
+        dom0.ok(XsType.WRITE, f"/tool/d/{name}\0".encode())
+    first = dom0.ok(XsType.DIRECTORY_PART, b"/tool/d\0" b"0\0")
+    gen, part = first.split(b"\0", 1)
+    listed = b"".join(n.encode() + b"\0" for n in names)
+    assert len(listed) < room and part == listed + b"\0"
+    off = len(listed) - 100
+    tail = dom0.ok(XsType.DIRECTORY_PART, f"/tool/d\0{off}\0".encode()).split(b"\0", 1)[1]
+    assert tail == listed[off:] + b"\0"
+    assert dom0.ok(XsType.DIRECTORY_PART, f"/tool/d\0{len(listed)}\0".encode()).split(b"\0", 1)[1] == b"\0"
+    assert dom0.error(XsType.DIRECTORY_PART, b"/tool/d\0" b"-1\0") == "EINVAL"
