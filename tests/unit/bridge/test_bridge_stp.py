@@ -262,3 +262,159 @@ def test_bad_timers_are_refused():
     with pytest.raises(XenError) as err:
         br.set_stp(True, forward_delay=1)
     assert err.value.errno == errno.ERANGE and br.stp is None
+
+
+# -- the codec and the bounds, on both sides -------------------------------------------------
+from xenlab.bridge.stp import check_time, format_bridge_id, make_port_id  # noqa: E402
+
+
+def test_decode_takes_exactly_the_35_byte_body_and_a_message_age_equal_to_max_age():
+    assert decode(KERNEL_CONFIG_BPDU[:17 + 35]) is not None
+    assert decode(KERNEL_CONFIG_BPDU[:17 + 34]) is None
+    aged = bytearray(KERNEL_CONFIG_BPDU)
+    aged[44:46] = (20 * 256).to_bytes(2, "big")              # message age == max age: still taken
+    assert decode(bytes(aged)).message_age == 20.0
+    assert decode(KERNEL_CONFIG_BPDU[:14 + 3 + 4]) is None   # a config type with no body
+    assert isinstance(decode(encode_tcn(bytes(6))[:14 + 3 + 4]), TcnBpdu)
+    assert decode(encode_tcn(bytes(6))[:14 + 3 + 3]) is None
+
+
+@pytest.mark.parametrize("length, taken", [(0x05FF, True), (0x0600, False), (0x0800, False)])
+def test_decode_takes_an_8023_length_but_not_an_ethertype(length, taken):
+    frame = bytearray(KERNEL_CONFIG_BPDU)
+    frame[12:14] = length.to_bytes(2, "big")
+    assert (decode(bytes(frame)) is not None) is taken
+
+
+@pytest.mark.parametrize("offset, value", [(17, 1), (18, 1), (19, 1), (20, 0x01), (20, 0x7F)])
+def test_decode_refuses_other_protocols_versions_and_types(offset, value):
+    frame = bytearray(KERNEL_CONFIG_BPDU)
+    frame[offset] = value
+    assert decode(bytes(frame)) is None
+
+
+def test_the_flags_and_times_go_both_ways():
+    for tc, tca in ((False, False), (True, False), (False, True), (True, True)):
+        bpdu = ConfigBpdu(bytes(8), 7, bytes(range(8)), 0x8002, 1.5, 20.0, 2.0, 15.0, tc, tca)
+        frame = encode_config(bpdu, bytes(6))
+        assert frame[21] == (0x01 if tc else 0) | (0x80 if tca else 0)
+        assert decode(frame) == bpdu
+    big = ConfigBpdu(bytes(8), 0, bytes(8), 0, 0.0, 300.0, 0.001, 255.99, False, False)
+    frame = encode_config(big, bytes(6))
+    assert frame[-6:] == b"\xff\xff" + b"\x00\x00" + (65533).to_bytes(2, "big")   # capped, truncated
+
+
+def test_bridge_and_port_ids_as_linux_makes_and_prints_them():
+    assert format_bridge_id(bytes.fromhex("80000200000000aa")) == "8000.2:0:0:0:0:aa"
+    assert format_bridge_id(bytes.fromhex("00010a0b0c0d0e0f")) == "0001.a:b:c:d:e:f"
+    assert make_port_id(0x20, 1) == 0x8001 and make_port_id(63, 1023) == 0xFFFF
+    assert make_port_id(1, 1024) == 0x400                    # the port number keeps 10 bits
+
+
+@pytest.mark.parametrize("name, bounds", [("hello_time", (1.0, 10.0)), ("max_age", (6.0, 40.0)),
+                                          ("forward_delay", (2.0, 30.0))])
+def test_timers_are_taken_at_their_bounds_and_refused_past_them(name, bounds):
+    low, high = bounds
+    assert check_time(name, low, bounds) == low and check_time(name, high, bounds) == high
+    for bad in (low - 0.01, high + 0.01):
+        with pytest.raises(XenError) as err:
+            check_time(name, bad, bounds)
+        assert err.value.errno == errno.ERANGE
+        assert err.value.message == (f"{name} {bad:g} s is outside {low:g}..{high:g} s "
+                                     f"(802.1D's bounds, as Linux)")
+    br = Bridge("br0", clock=Clock())
+    br.set_stp(True, **{name: low})
+    assert getattr(br.stp, name) == low and getattr(br.stp, "bridge_" + name) == low
+    br.set_stp(True, **{name: high})                          # STP on already: the timers change
+    assert getattr(br.stp, name) == high and getattr(br.stp, "bridge_" + name) == high
+    with pytest.raises(XenError):
+        br.set_stp(True, **{name: high + 1})
+    assert getattr(br.stp, name) == high
+
+
+def test_a_lone_bridges_bpdu_carries_its_own_values(net):
+    br = net.bridge("br0", 7)
+    br.add_port("p", bytes.fromhex("02000000aa01"))
+    br.set_port_flags("p", priority=3)
+    net.clock.now += 2
+    br.stp_tick()
+    (frame,) = br.pop_transmit()["p"]
+    assert frame[6:12] == bytes.fromhex("02000000aa01")      # from the port's own address
+    bpdu = decode(frame)
+    own = bytes.fromhex("8000020000000007")
+    assert bpdu == ConfigBpdu(own, 0, own, make_port_id(3, 1), 0.0, 10.0, 2.0, 4.0, False, False)
+    assert br.stp.counters["config_sent"] >= 1
+    assert br.ports["p"].counters["tx_bpdu"] == 1 and br.counters["bpdu_tx"] >= 1
+
+
+def test_a_port_without_an_address_sends_from_the_bridges(net):
+    br = net.bridge("br0", 7)
+    br.add_port("p")
+    net.clock.now += 2
+    br.stp_tick()
+    assert br.pop_transmit()["p"][0][6:12] == bytes.fromhex("020000000007")
+
+
+def test_hold_time_delays_a_second_bpdu_and_sends_it_when_it_ends(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    br.pop_transmit()
+    other = ConfigBpdu(bytes.fromhex("9000020000000009"), 0, bytes.fromhex("9000020000000009"),
+                       0x8001, 0.0, 20.0, 2.0, 15.0)
+    frame = encode_config(other, bytes.fromhex("020000000009"))
+    br.stp.receive(br.ports["p"], frame)          # inferior: the designated port replies at once
+    assert len(br.pop_transmit().get("p", [])) == 1
+    net.clock.now += 0.5
+    br.stp.now = net.clock.now
+    br.stp.receive(br.ports["p"], frame)          # within the hold time: pending
+    assert br.pop_transmit() == {} and br.stp.info(br.ports["p"]).config_pending
+    net.clock.now += 0.5
+    br.stp_tick()
+    assert len(br.pop_transmit().get("p", [])) == 1
+    assert not br.stp.info(br.ports["p"]).config_pending
+    assert br.stp.counters["config_received"] == 2
+
+
+def test_bad_bpdus_are_counted_and_a_disabled_port_hears_nothing(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    br.add_port("q")
+    br.set_carrier("q", False)
+    br.stp.receive(br.ports["p"], KERNEL_CONFIG_BPDU[:30])
+    br.stp.receive(br.ports["q"], KERNEL_CONFIG_BPDU)
+    assert br.stp.counters["bad_bpdu"] == 1 and br.stp.counters["config_received"] == 0
+    assert br.stp.port_role(br.ports["q"]) == "disabled"
+    br.forward("p", KERNEL_CONFIG_BPDU)
+    assert br.drops["bpdu"] == 1 and br.stp.counters["config_received"] == 1
+
+
+def test_a_superior_bpdu_makes_the_port_root_and_takes_its_times(net):
+    br = net.bridge("br0", 5)
+    br.add_port("p")
+    br.add_port("q")
+    root = bytes.fromhex("1000020000000001")
+    bpdu = ConfigBpdu(root, 4, bytes.fromhex("2000020000000002"), 0x8003, 1.0, 12.0, 3.0, 6.0)
+    br.stp.receive(br.ports["p"], encode_config(bpdu, bytes.fromhex("020000000002")))
+    stp = br.stp
+    assert not stp.is_root and stp.root_port == br.ports["p"].port_no
+    assert (stp.designated_root, stp.root_path_cost) == (root, 4 + 2)
+    assert (stp.max_age, stp.hello_time, stp.forward_delay) == (12.0, 3.0, 6.0)
+    assert (stp.bridge_max_age, stp.bridge_hello_time, stp.bridge_forward_delay) == (10.0, 2.0, 4.0)
+    assert stp.port_role(br.ports["p"]) == "root" and stp.port_role(br.ports["q"]) == "designated"
+    info = stp.info(br.ports["p"])
+    assert info.message_age_timer == net.clock.now + 11.0
+    assert info.designated_age == net.clock.now - 1.0
+    stp.set_timers(hello_time=1)                  # not the root: its own values wait
+    assert stp.hello_time == 3.0 and stp.bridge_hello_time == 1.0
+    # What q forwards on behalf of the root: one hop older, our cost, our id.
+    net.clock.now += 1.5                          # past q's hold time
+    br.stp_tick()
+    br.pop_transmit()
+    stp.receive(br.ports["q"], encode_config(
+        ConfigBpdu(root, 50, bytes.fromhex("f000020000000009"), 0x8001, 0.0, 20.0, 2.0, 15.0),
+        bytes.fromhex("020000000009")))
+    (reply,) = br.pop_transmit()["q"]
+    got = decode(reply)
+    assert (got.root, got.root_path_cost, got.bridge_id) == (root, 6, stp.bridge_id)
+    assert got.message_age == pytest.approx(1.0 + 1.5 + 1 / 256, abs=1 / 256)
+    assert (got.max_age, got.hello_time, got.forward_delay) == (12.0, 3.0, 6.0)
