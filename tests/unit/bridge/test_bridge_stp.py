@@ -418,3 +418,116 @@ def test_a_superior_bpdu_makes_the_port_root_and_takes_its_times(net):
     assert (got.root, got.root_path_cost, got.bridge_id) == (root, 6, stp.bridge_id)
     assert got.message_age == pytest.approx(1.0 + 1.5 + 1 / 256, abs=1 / 256)
     assert (got.max_age, got.hello_time, got.forward_delay) == (12.0, 3.0, 6.0)
+
+
+def test_the_root_answers_a_tcn_with_an_ack_and_a_topology_change(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    net.run(10)                                   # p forwarding; the change that made is over
+    net.run(br.stp.bridge_max_age + br.stp.bridge_forward_delay)
+    stp = br.stp
+    assert not stp.topology_change and stp.topology_change_timer is None
+    changes = stp.counters["topology_changes"]
+    br.pop_transmit()
+    net.clock.now += 1.5
+    br.stp_tick()
+    br.pop_transmit()
+    stp.receive(br.ports["p"], encode_tcn(bytes.fromhex("020000000009")))
+    assert stp.counters["tcn_received"] == 1 and stp.counters["topology_changes"] == changes + 1
+    assert stp.topology_change and stp.topology_change_timer == net.clock.now + 4.0 + 10.0
+    assert br.fdb.hold_time == 4.0
+    (reply,) = br.pop_transmit()["p"]
+    got = decode(reply)
+    assert got.topology_change and got.topology_change_ack
+    assert not stp.info(br.ports["p"]).topology_change_ack          # sent once
+    net.run(14.5)
+    assert not stp.topology_change and br.fdb.hold_time == 300.0
+
+
+def test_a_tcn_on_a_port_that_is_not_designated_is_ignored(net):
+    br = net.bridge("br0", 5)
+    br.add_port("p")
+    root = bytes.fromhex("1000020000000001")
+    br.stp.receive(br.ports["p"], encode_config(
+        ConfigBpdu(root, 0, root, 0x8001, 0.0, 20.0, 2.0, 15.0), bytes.fromhex("020000000001")))
+    br.pop_transmit()
+    changes = br.stp.counters["topology_changes"]
+    br.stp.receive(br.ports["p"], encode_tcn(bytes.fromhex("020000000001")))
+    assert br.stp.counters["tcn_received"] == 1 and br.stp.counters["topology_changes"] == changes
+    assert br.pop_transmit() == {}
+
+
+def test_a_bridge_that_stops_being_root_sends_a_tcn_toward_the_new_root(net):
+    br = net.bridge("br0", 5)
+    br.add_port("p")
+    br.add_port("q")
+    net.run(10)                                   # both forwarding: changes detected, as root
+    assert br.stp.topology_change_detected
+    br.pop_transmit()
+    root = bytes.fromhex("1000020000000001")
+    br.stp.receive(br.ports["p"], encode_config(
+        ConfigBpdu(root, 0, root, 0x8001, 0.0, 20.0, 2.0, 15.0), bytes.fromhex("020000000001")))
+    assert br.stp.hello_timer is None and br.stp.topology_change_timer is None
+    assert br.stp.tcn_timer == net.clock.now + br.stp.bridge_hello_time
+    out = br.pop_transmit()
+    assert isinstance(decode(out["p"][0]), TcnBpdu) and br.stp.counters["tcn_sent"] == 1
+    net.clock.now += 2
+    br.stp_tick()                                 # no ack yet: the TCN again, every hello time
+    assert [type(decode(f)) for f in br.pop_transmit()["p"]] == [TcnBpdu]
+    br.stp.receive(br.ports["p"], encode_config(
+        ConfigBpdu(root, 0, root, 0x8001, 0.0, 20.0, 2.0, 15.0, True, True), bytes.fromhex("020000000001")))
+    assert br.stp.tcn_timer is None and not br.stp.topology_change_detected
+    assert br.stp.topology_change                 # the root's TC flag, taken on
+
+
+def test_a_lower_priority_makes_the_bridge_root_again(net):
+    br = net.bridge("br0", 5)
+    br.add_port("p")
+    root = bytes.fromhex("1000020000000001")
+    br.stp.receive(br.ports["p"], encode_config(
+        ConfigBpdu(root, 0, root, 0x8001, 0.0, 20.0, 3.0, 15.0), bytes.fromhex("020000000001")))
+    assert not br.stp.is_root and br.stp.hello_time == 3.0
+    br.set_priority(0x0FFF)
+    assert br.stp.bridge_id == bytes.fromhex("0fff020000000005") and br.stp.is_root
+    assert br.stp.hello_time == 2.0 and br.stp.root_port == 0
+    assert br.stp.port_role(br.ports["p"]) == "designated"
+    assert br.stp.hello_timer == net.clock.now + 2.0
+    br.set_priority(0x0FFF)                       # the same id: nothing to do
+    assert br.stp.is_root
+
+
+def test_removing_a_port_drops_what_it_had_to_send(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    br.add_port("q")
+    net.clock.now += 2
+    br.stp_tick()
+    assert {"p", "q"} <= {name for name, _ in br.stp.outbox}
+    br.delete_port("p")
+    assert {name for name, _ in br.stp.outbox} == {"q"} and "p" not in br.stp.ports
+    assert set(br.pop_transmit()) == {"q"}
+
+
+def test_a_port_priority_changes_its_port_id_in_the_bpdus(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    br.set_port_flags("p", priority=5)
+    info = br.stp.info(br.ports["p"])
+    assert info.port_id == info.designated_port == make_port_id(5, 1)
+    net.clock.now += 2
+    br.stp_tick()
+    assert decode(br.pop_transmit()["p"][-1]).port_id == make_port_id(5, 1)
+
+
+def test_timers_run_in_order_and_none_is_due_without_stp(net):
+    br = net.bridge("br0", 1)
+    assert br.next_stp_deadline() == net.clock.now + 2.0          # the hello timer
+    br.add_port("p")                                              # listening for 4 s
+    assert br.next_stp_deadline() == 1002.0
+    net.clock.now = 1002.5
+    br.stp_tick()                                                 # the hello: a BPDU on p
+    assert br.stp.now == 1002.5 and br.stp.hello_timer == 1004.0
+    assert br.next_stp_deadline() == 1003.0                       # p's hold time comes first
+    assert br.stp.info(br.ports["p"]).forward_delay_timer == 1004.0
+    br.set_stp(False)
+    assert br.next_stp_deadline() is None and not br.has_transmit and br.pop_transmit() == {}
