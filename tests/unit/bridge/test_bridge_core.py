@@ -522,3 +522,17 @@ def test_a_freed_port_number_is_reused_lowest_first(clock):
     br.delete_port("b")
     br.delete_port("a")
     assert [br.add_port(n).port_no for n in ("e", "f", "g")] == [1, 2, 5]
+
+
+def test_fdb_delete_names_the_missing_port_and_keeps_the_vlan(br):
+    br.fdb_add(mac(5), "vif2.0", vid=7)
+    with pytest.raises(XenError) as err:
+        br.fdb_delete(mac(5), "nope", vid=7)
+    assert err.value.errno == errno.ENOENT and err.value.message == "xenbr0 has no port named 'nope'"
+    with pytest.raises(XenError) as err:
+        br.fdb_delete(mac(5), "vif3.0", vid=7)          # there, but on another port
+    assert err.value.errno == errno.ENOENT and br.fdb.get(mac(5), 7) is not None
+    with pytest.raises(XenError) as err:
+        br.fdb_delete(mac(5), "vif2.0")                 # not in VLAN 0
+    assert err.value.errno == errno.ENOENT
+    assert br.fdb_delete(mac(5), "vif2.0", vid=7).vid == 7 and br.fdb.get(mac(5), 7) is None

@@ -550,3 +550,41 @@ def test_a_replaced_entry_leaves_no_trace_of_the_old_one(fdb, clock):
     assert fdb.get(mac(1)).learned is False and not fdb.get(mac(1)).static
     clock.now += 300
     assert fdb.expire() == 1 and len(fdb) == 0   # a dynamic entry ages, once
+
+
+def test_an_administered_entry_takes_the_time_it_is_given(fdb):
+    assert fdb.add_static(mac(1), "p", now=1500.0).updated == 1500.0
+    assert fdb.pop_events()[0].at == 1500.0
+
+
+def test_a_new_nonzero_ageing_keeps_what_is_still_young(fdb, clock):
+    fdb.learn(mac(1), "p")
+    clock.now += 100
+    fdb.learn(mac(2), "p")
+    fdb.pop_events()
+    fdb.set_ageing(150, now=1200.0)                   # mac(1) is 200 s old then, mac(2) 100 s
+    assert [e.mac for e in fdb] == [mac(2)] and fdb.ageing == 150.0
+    assert fdb.pop_events() == [FdbEvent("age", "xenbr0", mac(1), "p", "", False, 1200.0)]
+    fdb.set_ageing(600)
+    assert [e.mac for e in fdb] == [mac(2)]
+
+
+def test_ageing_zero_counts_and_times_what_it_drops(fdb, clock):
+    fdb.learn(mac(1), "p")
+    fdb.pop_events()
+    fdb.set_ageing(0, now=1010.0)
+    assert fdb.counters["aged"] == 1
+    assert fdb.pop_events() == [FdbEvent("age", "xenbr0", mac(1), "p", "", False, 1010.0)]
+    clock.now = 1020.0
+    fdb.set_ageing(300)
+    fdb.add(mac(2), "p", "dynamic")
+    fdb.pop_events()
+    fdb.set_ageing(0)
+    assert fdb.pop_events()[0].at == 1020.0
+
+
+def test_age_port_takes_the_time_it_is_given(fdb, clock):
+    fdb.learn(mac(1), "a")
+    assert fdb.age_port("a", 10.0, now=1009.0) == 0
+    assert fdb.age_port("a", 10.0, now=1010.0) == 1
+    assert fdb.pop_events()[-1].at == 1010.0

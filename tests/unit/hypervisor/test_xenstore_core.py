@@ -898,3 +898,90 @@ def test_release_hands_a_domains_nodes_to_dom0_and_drops_its_entries(xs):
     assert xs.get_perms(DOM0, "/local/domain/1/data/mine") == [(0, "r"), (2, "w")]
     assert xs.get_perms(DOM0, "/tool/shared") == [(2, "r"), (3, "r")]
     assert xs.node_count(1) == 0
+
+
+def test_a_missing_node_says_why_in_words(xs):
+    with pytest.raises(XenStoreError) as err:
+        xs.read(D1, "data/nope")
+    assert err.value.errno == errno.ENOENT
+    assert err.value.message == "/local/domain/1/data/nope does not exist"
+    with pytest.raises(XenStoreError) as err:
+        xs.read(D1, "/local/domain/2/data/nope")
+    assert err.value.errno == errno.EACCES
+    assert err.value.message == "d1 may not read /local/domain/2/data/nope"
+
+
+def test_mkdir_in_a_transaction_is_its_own_until_commit(xs, events):
+    xs.watch(DOM0, "c", "/tool", "t")
+    events.take()
+    tx = xs.transaction_start(D1)
+    xs.mkdir(D1, "data/dir", tx)
+    assert xs.read(D1, "data/dir", tx) == b"" and not xs.exists("/local/domain/1/data/dir")
+    xs.mkdir(D1, "data/dir", tx)                       # again, in the transaction: fine
+    xs.transaction_end(D1, tx, commit=True)
+    assert xs.read(D1, "data/dir") == b""
+    tx = xs.transaction_start(DOM0)
+    xs.mkdir(DOM0, "/tool/d", tx)
+    assert events.take() == []
+    xs.transaction_end(DOM0, tx, commit=False)
+    assert not xs.exists("/tool/d") and events.take() == []
+
+
+def test_mkdir_of_an_existing_node_needs_write_on_it(xs):
+    xs.write(DOM0, "/tool/ro", b"keep")
+    xs.set_perms(DOM0, "/tool/ro", [(0, "r")])
+    with pytest.raises(XenStoreError) as err:
+        xs.mkdir(D1, "/tool/ro")
+    assert err.value.errno == errno.EACCES and err.value.message == "d1 may not write /tool/ro"
+    xs.set_perms(DOM0, "/tool/ro", [(0, "w")])
+    xs.mkdir(D1, "/tool/ro")
+    assert xs.read(DOM0, "/tool/ro") == b"keep"
+
+
+def test_two_permission_changes_in_a_transaction_tell_every_reader_of_either(xs, events):
+    xs.write(DOM0, "/tool/n", b"")
+    xs.watch(D1, "c1", "/tool/n", "one")
+    xs.watch(D2, "c2", "/tool/n", "two")
+    events.take()
+    tx = xs.transaction_start(DOM0)
+    xs.set_perms(DOM0, "/tool/n", [(0, "n"), (1, "r")], tx)
+    xs.set_perms(DOM0, "/tool/n", [(0, "n"), (2, "r")], tx)
+    xs.transaction_end(DOM0, tx, commit=True)
+    assert sorted(events.take()) == [("/tool/n", "one"), ("/tool/n", "two")]
+
+
+def test_a_node_removed_twice_in_a_transaction_fires_for_both_subtrees(xs, events):
+    xs.write(DOM0, "/tool/a/x", b"")
+    xs.watch(DOM0, "c", "/tool/a/x", "x")
+    xs.watch(DOM0, "c", "/tool/a/y", "y")
+    events.take()
+    tx = xs.transaction_start(DOM0)
+    xs.rm(DOM0, "/tool/a", tx)                         # takes /tool/a/x
+    xs.write(DOM0, "/tool/a/y", b"", tx)
+    xs.rm(DOM0, "/tool/a", tx)                         # takes /tool/a/y
+    xs.transaction_end(DOM0, tx, commit=True)
+    # y fires for its own write and for the removal; x only for the removal
+    assert sorted(events.take()) == [("/tool/a/x", "x"), ("/tool/a/y", "y"), ("/tool/a/y", "y")]
+
+
+def test_a_node_written_then_removed_in_a_transaction_fires_below_it(xs, events):
+    xs.write(DOM0, "/tool/a/x", b"")
+    xs.watch(DOM0, "c", "/tool/a/x", "x")
+    events.take()
+    tx = xs.transaction_start(DOM0)
+    xs.write(DOM0, "/tool/a", b"v", tx)
+    xs.rm(DOM0, "/tool/a", tx)
+    xs.transaction_end(DOM0, tx, commit=True)
+    assert events.take() == [("/tool/a/x", "x")]
+
+
+def test_a_transaction_counts_what_it_removed_against_its_quota(events):
+    xs = make_store(events, nodes=3)
+    xs.write(D1, "data/a", b"")
+    xs.write(D1, "data/b", b"")
+    tx = xs.transaction_start(D1)
+    xs.rm(D1, "data/a", tx)
+    xs.write(D1, "data/x", b"", tx)                    # back at 3 inside the transaction
+    with pytest.raises(XenStoreError) as err:
+        xs.write(D1, "data/y", b"", tx)
+    assert err.value.errno == errno.EDQUOT
