@@ -985,3 +985,16 @@ def test_a_transaction_counts_what_it_removed_against_its_quota(events):
     with pytest.raises(XenStoreError) as err:
         xs.write(D1, "data/y", b"", tx)
     assert err.value.errno == errno.EDQUOT
+
+
+def test_a_subtree_removed_earlier_in_a_transaction_keeps_its_own_permissions(xs, events):
+    xs.write(DOM0, "/tool/a/x", b"")
+    xs.set_perms(DOM0, "/tool/a/x", [(0, "n"), (1, "r")])       # d1 may read x, not /tool/a
+    xs.watch(D1, "c", "/tool/a/x", "x")
+    events.take()
+    tx = xs.transaction_start(DOM0)
+    xs.rm(DOM0, "/tool/a", tx)
+    xs.write(DOM0, "/tool/a", b"", tx)
+    xs.rm(DOM0, "/tool/a", tx)
+    xs.transaction_end(DOM0, tx, commit=True)
+    assert events.take() == [("/tool/a/x", "x")]

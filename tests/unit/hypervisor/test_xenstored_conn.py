@@ -747,3 +747,90 @@ def test_directory_part_answers_from_any_offset_to_the_end(dom0):
     assert tail == listed[off:] + b"\0"
     assert dom0.ok(XsType.DIRECTORY_PART, f"/tool/d\0{len(listed)}\0".encode()).split(b"\0", 1)[1] == b"\0"
     assert dom0.error(XsType.DIRECTORY_PART, b"/tool/d\0" b"-1\0") == "EINVAL"
+
+
+# What the debug log says of each refusal: the wire carries only the errno's
+# name, so the reason is for whoever reads xenstored's log.
+@pytest.mark.parametrize("type_, payload, tx, logged", [
+    (XsType.CONTROL, b"", 0, "EINVAL: CONTROL: expected a command"),
+    (XsType.CONTROL, b"nosuch\0", 0, "EINVAL: CONTROL: unknown command 'nosuch' (try help)"),
+    (XsType.CONTROL, b"help\0x\0", 0, "EINVAL: CONTROL help takes no parameter"),
+    (XsType.CONTROL, b"print\0", 0, "EINVAL: CONTROL print: expected one string"),
+    (XsType.CONTROL, b"quota\0a\0b\0", 0,
+     "EINVAL: CONTROL quota: no parameter, or a domain id (the quotas are set when the hypervisor starts)"),
+    (XsType.CONTROL, b"quota\0" b"9\0", 0, "ENOENT: domain 9 is not introduced"),
+    (XsType.GET_DOMAIN_PATH, b"1", 0,
+     "EINVAL: GET_DOMAIN_PATH: the payload must be one NUL-terminated string"),
+    (XsType.IS_DOMAIN_INTRODUCED, b"1", 0,
+     "EINVAL: IS_DOMAIN_INTRODUCED: the payload must be one NUL-terminated string"),
+    (XsType.MKDIR, b"/a", 0, "EINVAL: MKDIR: the payload must be one NUL-terminated string"),
+    (XsType.RESUME, b"1", 0, "EINVAL: RESUME: the payload must be one NUL-terminated string"),
+    (XsType.INTRODUCE, b"5\0" b"1\0", 0,
+     "EINVAL: INTRODUCE: expected a domain id, a gfn and an event channel"),
+    (XsType.INTRODUCE, b"32752\0" b"1\0" b"3\0", 0, "EINVAL: INTRODUCE: 32752 is not a real domain id"),
+    (XsType.INTRODUCE, b"5\0" b"X5\0" b"3\0", 0,
+     "EINVAL: INTRODUCE: the gfn and the event channel are decimal numbers, the channel above 0"),
+    (XsType.SET_PERMS, b"/tool\0", 0, "EINVAL: SET_PERMS: expected a path and at least one permission"),
+    (XsType.SET_PERMS, b"/tool\0x0\0", 0,
+     "EINVAL: bad permission b'x0': n, r, w or b and a domain id"),
+    (XsType.SET_TARGET, b"1\0", 0, "EINVAL: SET_TARGET: expected two domain ids"),
+    (XsType.TRANSACTION_END, b"f\0", 1, "EINVAL: TRANSACTION_END: the payload is T (commit) or F (abort)"),
+    (XsType.TRANSACTION_END, b"F\0", 0, "ENOENT: TRANSACTION_END outside a transaction"),
+    (XsType.TRANSACTION_START, b"\0", 1, "EBUSY: TRANSACTION_START inside a transaction"),
+    (XsType.UNWATCH, b"/tool\0", 0, "EINVAL: UNWATCH: expected a path and a token"),
+    (XsType.WATCH, b"/tool\0", 0, "EINVAL: WATCH: expected a path and a token"),
+    (XsType.WRITE, b"/tool", 0, "EINVAL: WRITE: the path must be NUL-terminated"),
+    (XsType.DIRECTORY_PART, b"/tool\0", 0, "EINVAL: DIRECTORY_PART: expected a path and an offset"),
+    (XsType.DIRECTORY_PART, b"/tool\0x\0", 0, "EINVAL: DIRECTORY_PART: bad offset b'x'"),
+    (XsType.READ, b"/tool\0", 99, "ENOENT: this connection has no transaction 99"),
+    (XsType.GET_FEATURE, b"", 0, "ENOSYS: GET_FEATURE is not a request xenstored serves"),
+    (XsType.RELEASE, b"0\0", 0, "EINVAL: Domain-0 cannot be introduced, released or resumed"),
+    (XsType.RELEASE, b"x\0", 0, "EINVAL: bad domain id b'x'"),
+])
+def test_every_refusal_logs_its_reason(daemon, caplog, type_, payload, tx, logged):
+    caplog.set_level(logging.DEBUG, logger="xenlab.hypervisor.xenstored")
+    peer = Peer(daemon)
+    if tx:
+        tx = int(peer.ok(XsType.TRANSACTION_START, b"\0")[:-1]) if tx == 1 else tx
+    expected = logged.split(":", 1)[0]
+    assert peer.error(type_, payload, tx) == expected
+    assert caplog.records[-1].getMessage().endswith(f" req {peer.req}: {logged}")
+
+
+def test_a_domains_privileged_request_and_a_full_connection_log_why(daemon, caplog):
+    caplog.set_level(logging.DEBUG, logger="xenlab.hypervisor.xenstored")
+    guest = Peer(daemon, Caller(5))
+    assert guest.error(XsType.RELEASE, b"2\0") == "EACCES"
+    assert caplog.records[-1].getMessage().endswith("EACCES: RELEASE is for the toolstack only")
+    daemon.limits = ConnectionLimits(transactions=1, watches=1)
+    peer = Peer(daemon)
+    peer.ok(XsType.TRANSACTION_START, b"\0")
+    assert peer.error(XsType.TRANSACTION_START, b"\0") == "ENOSPC"
+    assert caplog.records[-1].getMessage().endswith(
+        "ENOSPC: this connection has 1 transactions open, the most allowed")
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    assert peer.error(XsType.WATCH, b"/b\0b\0") == "E2BIG"
+    assert caplog.records[-1].getMessage().endswith(
+        "E2BIG: this connection has 1 watches, the most allowed")
+
+
+def test_mkdir_set_perms_and_unwatch_act_for_the_caller_in_its_transaction(daemon):
+    guest = Peer(daemon, Caller(5))
+    tx = int(guest.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    assert guest.ok(XsType.MKDIR, b"dir\0", tx=tx) == b"OK\0"
+    assert guest.ok(XsType.SET_PERMS, b"dir\0n5\0r1\0", tx=tx) == b"OK\0"
+    assert guest.error(XsType.READ, b"dir\0") == "ENOENT"
+    guest.ok(XsType.TRANSACTION_END, b"T\0", tx=tx)
+    assert daemon.store.get_perms(Caller(0, True), "/local/domain/5/dir") == [(5, "n"), (1, "r")]
+    guest.ok(XsType.WATCH, b"dir\0t\0")
+    guest.ok(XsType.UNWATCH, b"dir\0t\0")
+    assert daemon.store.watch_count(5) == 0
+
+
+def test_releasing_an_unknown_domain_is_harmless_and_a_released_ones_nodes_go_to_dom0(daemon):
+    daemon.release(9)
+    guest = Peer(daemon, Caller(5))
+    guest.ok(XsType.WRITE, b"mine\0")
+    daemon.release(5)
+    assert guest.conn.reason == "the domain was released"
+    assert daemon.store.get_perms(Caller(0, True), "/local/domain/5/mine")[0][0] == 0
