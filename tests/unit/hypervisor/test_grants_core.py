@@ -689,3 +689,25 @@ def test_a_frame_mapped_both_ways_is_writable_until_the_writer_goes(gt):
     assert view[mfn] is True
     gt.unmap(D2, r.handle)
     assert mfn not in view and len(view) == 0
+
+
+def test_a_copy_batch_resolves_each_frame_once(gt, monkeypatch):
+    ref = gt.grant_access(1, 2, 3, False)
+    calls = []
+    frame = gt.memory.frame
+
+    def counting(domid, gfn):
+        calls.append((domid, gfn))
+        return frame(domid, gfn)
+    monkeypatch.setattr(gt.memory, "frame", counting)
+    ops = [CopyOp(CopyPtr(2, gfn=0), CopyPtr(1, ref=ref, use_gref=True), 8)] * 50
+    assert gt.copy(D2, ops) == [abi.GNTST_okay] * 50
+    assert sorted(calls) == [(1, 3), (2, 0)]
+
+
+def test_a_frame_the_memory_cannot_hand_over_is_a_general_error(gt, monkeypatch):
+    def refusing(domid, gfn):
+        raise XenError(errno.EFAULT, "no such frame")
+    monkeypatch.setattr(gt.memory, "frame", refusing)
+    ops = [CopyOp(CopyPtr(2, gfn=0), CopyPtr(2, gfn=1), 8)] * 2
+    assert gt.copy(D2, ops) == [abi.GNTST_general_error] * 2

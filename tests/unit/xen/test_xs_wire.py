@@ -209,6 +209,7 @@ def test_error_names_of_unlisted_errnos_are_einval():
     assert w.error_name(errno.EDQUOT) == "EINVAL"
     assert w.error_from_payload(b"ENOENT") == errno.ENOENT            # no NUL: still the name
     assert w.error_from_payload(b"EACCES\0junk") == errno.EACCES
+    assert w.error_from_payload(b"EACCES\0more\0") == errno.EACCES    # the first string only
 
 
 def test_join_terminates_every_string():
