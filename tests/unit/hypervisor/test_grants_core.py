@@ -711,3 +711,16 @@ def test_a_frame_the_memory_cannot_hand_over_is_a_general_error(gt, monkeypatch)
     monkeypatch.setattr(gt.memory, "frame", refusing)
     ops = [CopyOp(CopyPtr(2, gfn=0), CopyPtr(2, gfn=1), 8)] * 2
     assert gt.copy(D2, ops) == [abi.GNTST_general_error] * 2
+
+
+def test_the_lowest_ref_is_in_the_table_and_below_it_is_not(gt):
+    assert refusal(lambda: gt.map(D2, 1, 0, True)) == (
+        abi.GNTST_general_error, "grant ref 0 of d1 is not granted to d2")
+    assert refusal(lambda: gt.map(D2, 1, -1, True)) == (
+        abi.GNTST_bad_gntref, "grant ref -1 is past d1's table of 16384 entries")
+
+
+def test_a_batch_grant_keeps_each_entrys_access(gt):
+    ro, rw = gt.grant_access_all(1, [(2, 3, True), (2, 4, False)])
+    flags = {e.ref: e.flags for e in gt.entries(1)}
+    assert flags == {ro: abi.GTF_permit_access | abi.GTF_readonly, rw: abi.GTF_permit_access}
