@@ -531,3 +531,175 @@ def test_timers_run_in_order_and_none_is_due_without_stp(net):
     assert br.stp.info(br.ports["p"]).forward_delay_timer == 1004.0
     br.set_stp(False)
     assert br.next_stp_deadline() is None and not br.has_transmit and br.pop_transmit() == {}
+
+
+# -- the protocol's comparisons and timers, one port at a time ---------------------------------
+ROOT = bytes.fromhex("1000020000000001")
+
+
+def bpdu_from(bridge_id: bytes, port_id: int = 0x8001, root: bytes = ROOT, cost: int = 0,
+              age: float = 0.0, max_age: float = 20.0, tc: bool = False) -> bytes:
+    return encode_config(ConfigBpdu(root, cost, bridge_id, port_id, age, max_age, 2.0, 15.0, tc),
+                         bridge_id[2:])
+
+
+def two_port_bridge(net, mac_byte=5):
+    br = net.bridge("br0", mac_byte)
+    br.add_port("p")
+    br.add_port("q")
+    return br
+
+
+def test_of_two_ways_to_the_root_the_cheaper_is_the_root_port(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002"), cost=6))
+    br.stp.receive(br.ports["q"], bpdu_from(bytes.fromhex("2000020000000003"), cost=4))
+    assert br.stp.root_port == br.ports["q"].port_no and br.stp.root_path_cost == 4 + 2
+    # p's neighbour offers the root at 6 too, and its id is lower: p stands by
+    assert br.stp.port_role(br.ports["p"]) == "alternate"
+    assert br.ports["p"].state == "blocking" and br.ports["q"].state == "listening"
+
+
+def test_of_equal_costs_the_lower_designated_bridge_wins(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000003"), cost=5))
+    br.stp.receive(br.ports["q"], bpdu_from(bytes.fromhex("2000020000000002"), cost=5))
+    assert br.stp.root_port == br.ports["q"].port_no
+
+
+def test_of_equal_bridges_the_lower_designated_port_wins(net):
+    br = two_port_bridge(net)
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, port_id=0x8002, cost=5))
+    br.stp.receive(br.ports["q"], bpdu_from(other, port_id=0x8001, cost=5))
+    assert br.stp.root_port == br.ports["q"].port_no
+
+
+def test_of_equal_everything_the_lower_own_port_id_wins(net):
+    br = two_port_bridge(net)
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["q"], bpdu_from(other, cost=5))
+    br.stp.receive(br.ports["p"], bpdu_from(other, cost=5))
+    assert br.stp.root_port == br.ports["p"].port_no            # port 1 before port 2
+
+
+def test_a_better_root_on_another_port_takes_over(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002"), cost=1))
+    better = bytes.fromhex("0800020000000001")
+    br.stp.receive(br.ports["q"], bpdu_from(bytes.fromhex("3000020000000003"), root=better, cost=50))
+    assert br.stp.root_port == br.ports["q"].port_no and br.stp.designated_root == better
+    assert br.stp.root_path_cost == 52
+
+
+def test_a_worse_root_than_ourselves_is_no_root(net):
+    br = two_port_bridge(net, mac_byte=1)
+    worse = bytes.fromhex("9000020000000009")
+    br.stp.receive(br.ports["p"], bpdu_from(worse, root=worse))
+    assert br.stp.is_root and br.stp.root_port == 0
+    assert br.stp.port_role(br.ports["p"]) == "designated"
+
+
+def test_the_same_information_again_only_refreshes_the_port(net):
+    br = two_port_bridge(net)
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, cost=4))
+    first = br.stp.info(br.ports["p"]).message_age_timer
+    net.clock.now += 1
+    br.stp.now = net.clock.now
+    br.stp.receive(br.ports["p"], bpdu_from(other, cost=4))
+    assert br.stp.info(br.ports["p"]).message_age_timer == first + 1
+    assert br.stp.root_port == br.ports["p"].port_no
+
+
+def test_a_worse_bpdu_on_the_root_port_is_ignored(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002"), cost=4))
+    timer = br.stp.info(br.ports["p"]).message_age_timer
+    net.clock.now += 1
+    br.stp.now = net.clock.now
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002"), cost=9))
+    assert br.stp.info(br.ports["p"]).message_age_timer == timer and br.stp.root_path_cost == 6
+
+
+def test_a_neighbour_lost_after_max_age_makes_the_port_designated_again(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002"), age=2.0, max_age=12.0))
+    assert not br.stp.is_root
+    due = br.stp.info(br.ports["p"]).message_age_timer
+    assert due == net.clock.now + 10.0
+    net.clock.now = due - 0.001
+    br.stp_tick()
+    assert not br.stp.is_root
+    net.clock.now = due
+    br.stp_tick()
+    assert br.stp.is_root and br.stp.port_role(br.ports["p"]) == "designated"
+    assert br.stp.max_age == br.stp.bridge_max_age == 10.0
+    assert br.stp.topology_change                       # becoming root starts a change
+
+
+def test_a_bpdu_too_old_to_forward_is_not_sent(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002"), age=19.0, max_age=20.0))
+    net.clock.now += 1.5
+    br.stp_tick()
+    br.pop_transmit()
+    sent = br.stp.counters["config_sent"]
+    worse = bytes.fromhex("f000020000000009")
+    br.stp.receive(br.ports["q"], bpdu_from(worse, root=worse))        # asks q for a reply
+    assert br.stp.counters["config_sent"] == sent
+    assert all(isinstance(decode(f), TcnBpdu) for f in br.pop_transmit().get("q", []))
+
+
+def test_ports_walk_listening_learning_forwarding_one_delay_each(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    start = net.clock.now
+    assert br.ports["p"].state == "listening"
+    assert br.stp.info(br.ports["p"]).forward_delay_timer == start + 4.0
+    net.run(4.0)
+    assert br.ports["p"].state == "learning"
+    assert br.stp.info(br.ports["p"]).forward_delay_timer == start + 8.0
+    net.run(4.0)
+    assert br.ports["p"].state == "forwarding" and br.stp.info(br.ports["p"]).forward_delay_timer is None
+    assert br.stp.topology_change and br.stp.counters["topology_changes"] == 1
+
+
+def test_a_forwarding_port_that_must_block_starts_a_topology_change(net):
+    br = two_port_bridge(net)
+    net.run(10)
+    assert br.ports["p"].state == "forwarding" and br.ports["q"].state == "forwarding"
+    net.run(20)
+    changes = br.stp.counters["topology_changes"]
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, cost=1))
+    br.stp.receive(br.ports["q"], bpdu_from(other, port_id=0x8002, cost=1))   # q: an alternate way
+    assert br.ports["q"].state == "blocking" and br.stp.info(br.ports["q"]).forward_delay_timer is None
+    assert br.stp.counters["topology_changes"] == changes + 1
+    assert br.ports["p"].state == "forwarding"           # the root port stays as it is
+
+
+def test_disabling_the_root_port_makes_the_bridge_root(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002")))
+    assert not br.stp.is_root
+    br.set_carrier("p", False)
+    assert br.stp.is_root and br.stp.root_port == 0 and br.ports["p"].state == "disabled"
+    info = br.stp.info(br.ports["p"])
+    assert (info.message_age_timer, info.forward_delay_timer, info.hold_timer) == (None, None, None)
+    assert br.stp.hello_timer == net.clock.now + 2.0
+    br.set_carrier("p", True)
+    assert br.ports["p"].state == "listening" and br.stp.port_role(br.ports["p"]) == "designated"
+
+
+def test_starting_stp_blocks_what_it_must_and_disables_ports_without_link(clock=None):
+    clock = Clock()
+    br = Bridge("br0", clock=clock, mac=bytes.fromhex("020000000001"))
+    br.add_port("p")
+    br.add_port("q")
+    br.set_carrier("q", False)
+    br.set_stp(True, hello_time=2, forward_delay=4, max_age=10)
+    assert br.ports["p"].state == "forwarding" and br.ports["q"].state == "disabled"
+    assert br.stp.info(br.ports["p"]).port_id == make_port_id(0x20, 1)
+    assert br.stp.hello_timer == clock.now + 2.0
+    assert [name for name, _ in br.stp.outbox] == ["p"]
