@@ -338,6 +338,7 @@ def test_bridge_priority_outside_16_bits_is_erange(br, priority):
     with pytest.raises(XenError) as err:
         br.set_priority(priority)
     assert err.value.errno == errno.ERANGE and br.priority == 0x8000
+    assert err.value.message == f"bridge priority {priority!r} is outside 0..65535"
 
 
 def test_port_priority_and_cost_bounds(br):

@@ -703,3 +703,12 @@ def test_starting_stp_blocks_what_it_must_and_disables_ports_without_link(clock=
     assert br.stp.info(br.ports["p"]).port_id == make_port_id(0x20, 1)
     assert br.stp.hello_timer == clock.now + 2.0
     assert [name for name, _ in br.stp.outbox] == ["p"]
+
+
+def test_deleting_the_root_port_makes_the_bridge_root_at_that_time(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002")))
+    net.clock.now += 3
+    br.delete_port("p")
+    assert br.stp.is_root and br.stp.root_port == 0 and "p" not in br.stp.ports
+    assert br.stp.hello_timer == net.clock.now + 2.0
