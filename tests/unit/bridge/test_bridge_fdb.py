@@ -588,3 +588,27 @@ def test_age_port_takes_the_time_it_is_given(fdb, clock):
     assert fdb.age_port("a", 10.0, now=1009.0) == 0
     assert fdb.age_port("a", 10.0, now=1010.0) == 1
     assert fdb.pop_events()[-1].at == 1010.0
+
+
+def test_a_station_seen_on_another_port_in_the_same_instant_moves(fdb):
+    fdb.learn(mac(1), "a")
+    assert fdb.learn(mac(1), "b") is True
+    assert fdb.get(mac(1)).port == "b" and fdb.counters["moved"] == 1
+
+
+def test_an_expired_entry_in_a_vlan_is_learned_afresh_in_that_vlan(fdb, clock):
+    fdb.learn(mac(1), "a", vid=9)
+    fdb.pop_events()
+    assert fdb.learn(mac(1), "b", now=1300.0, vid=9) is True
+    assert fdb.get(mac(1), 9).port == "b" and fdb.get(mac(1)) is None
+    assert [(e.kind, e.port, e.vid, e.at) for e in fdb.pop_events()] == [
+        ("age", "a", 9, 1300.0), ("learn", "b", 9, 1300.0)]
+
+
+def test_lookup_and_expires_in_take_the_time_they_are_given(fdb, clock):
+    fdb.learn(mac(1), "a", vid=3)
+    entry = fdb.get(mac(1), 3)
+    assert fdb.expires_in(entry, now=1100.0) == 200.0
+    assert fdb.lookup(mac(1), now=1299.0, vid=3) is entry
+    assert fdb.lookup(mac(1), now=1300.0, vid=3) is None
+    assert fdb.pop_events()[-1].at == 1300.0
