@@ -537,3 +537,76 @@ def test_fdb_delete_names_the_missing_port_and_keeps_the_vlan(br):
         br.fdb_delete(mac(5), "vif2.0")                 # not in VLAN 0
     assert err.value.errno == errno.ENOENT
     assert br.fdb_delete(mac(5), "vif2.0", vid=7).vid == 7 and br.fdb.get(mac(5), 7) is None
+
+
+def test_the_largest_frame_a_veth_carries_is_forwarded(br):
+    f = frame(BCAST, mac(1), 0xFFFF)
+    assert ports(br.forward("vif1.0", f)) == ["vif2.0", "vif3.0"]
+
+
+def test_forward_batch_takes_any_iterable_and_an_empty_one_counts_nothing(br):
+    assert br.forward_batch("vif1.0", []) == {}
+    assert br.counters["rx"] == 0 and br.ports["vif1.0"].counters["rx_packets"] == 0
+    out = br.forward_batch("vif1.0", (frame(BCAST, mac(1)) for _ in range(2)))
+    assert {k: len(v) for k, v in out.items()} == {"vif2.0": 2, "vif3.0": 2}
+    assert br.counters["rx"] == 2
+
+
+def test_a_link_local_frame_is_learned_in_the_ports_vlan_only_when_admitted(clock):
+    br = Bridge("br0", clock=clock)
+    for name in ("a", "b"):
+        br.add_port(name)
+    br.set_vlan_filtering(True)
+    br.vlan_add("a", 7, pvid=True, untagged=True)
+    lldp = bytes.fromhex("0180c200000e")
+    br.forward("a", frame(lldp, mac(1)))
+    assert br.fdb.get(mac(1), 7).port == "a" and br.fdb.get(mac(1)) is None
+    br.vlan_delete("b", 1)                               # b admits nothing untagged
+    br.forward("b", frame(lldp, mac(2)))
+    assert len(br.fdb) == 1 and br.drops["link_local"] == 2
+
+
+def test_stopping_stp_ends_the_topology_change_and_keeps_ports_without_link_down(clock):
+    br = Bridge("br0", clock=clock, mac=bytes.fromhex("020000000001"))
+    br.add_port("a")
+    br.add_port("b")
+    br.set_carrier("b", False)
+    br.set_stp(True, forward_delay=4)
+    br.add_port("c")                                     # listening
+    clock.now += 8
+    br.stp_tick()
+    assert br.stp.topology_change and br.fdb.hold_time == 4.0
+    br.set_stp(True)                                     # on already, no timers: nothing changes
+    assert br.stp.bridge_forward_delay == 4.0
+    br.set_stp(False)
+    assert br.stp is None and br.fdb.hold_time == 300.0
+    assert [br.ports[n].state for n in "abc"] == ["forwarding", "disabled", "forwarding"]
+
+
+def test_bpdus_the_bridge_sends_are_counted_as_the_ports_transmits(clock):
+    br = Bridge("br0", clock=clock, mac=bytes.fromhex("020000000001"))
+    br.add_port("a")
+    br.set_stp(True)
+    assert br.has_transmit
+    out = br.pop_transmit()
+    (frame_,) = out["a"]
+    c = br.ports["a"].counters
+    assert (c["tx_packets"], c["tx_bytes"], c["tx_bpdu"], br.counters["bpdu_tx"]) == (1, len(frame_), 1, 1)
+    assert not br.has_transmit and br.pop_transmit() == {}
+
+
+def test_stp_sees_the_bridge_clock_when_ports_come_and_go(clock):
+    br = Bridge("br0", clock=clock)                      # its address: its lowest port's
+    br.set_stp(True, forward_delay=4)
+    assert br.stp.bridge_id == bytes.fromhex("8000000000000000")
+    clock.now = 70.0
+    br.add_port("a", bytes.fromhex("020000000001"))     # a lower address: a new bridge id
+    assert br.stp.bridge_id == bytes.fromhex("8000020000000001") and br.stp.is_root
+    assert br.stp.info(br.ports["a"]).forward_delay_timer == 74.0
+    clock.now = 80.0
+    br.set_port_flags("a", priority=1, cost=7)
+    assert br.stp.info(br.ports["a"]).port_id == (1 << 10) | 1 and br.stp.now == 80.0
+    clock.now = 90.0
+    br.set_carrier("a", False)
+    br.set_carrier("a", True)
+    assert br.stp.info(br.ports["a"]).forward_delay_timer == 94.0
