@@ -724,3 +724,21 @@ def test_a_batch_grant_keeps_each_entrys_access(gt):
     ro, rw = gt.grant_access_all(1, [(2, 3, True), (2, 4, False)])
     flags = {e.ref: e.flags for e in gt.entries(1)}
     assert flags == {ro: abi.GTF_permit_access | abi.GTF_readonly, rw: abi.GTF_permit_access}
+
+
+def test_table_level_refusals_say_why(gt):
+    from xenlab.hypervisor.grants import MAX_MAP_BATCH
+    with pytest.raises(XenError) as err:
+        gt.map_batch(D2, [(1, 8, True)] * (MAX_MAP_BATCH + 1))
+    assert err.value.message == f"{MAX_MAP_BATCH + 1} ops in one call; at most {MAX_MAP_BATCH}"
+    with pytest.raises(XenError) as err:
+        gt.add_domain(1)
+    assert err.value.message == "d1 already has a grant table"
+    ref = gt.grant_access(1, 2, 3, True)
+    assert refusal(lambda: gt.end_access_all(1, [ref, ref])) == (
+        abi.GNTST_bad_gntref, "a grant ref appears twice")
+    gt.add_domain(7, max_frames=1)
+    gt.memory.add_domain(7, 4, 4)
+    gt.grant_access_all(7, [(1, 0, True)] * (512 - 8))
+    assert refusal(lambda: gt.grant_access(7, 1, 0, True)) == (
+        abi.GNTST_no_device_space, "d7's grant table is full (512 entries)")
