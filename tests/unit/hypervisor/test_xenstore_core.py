@@ -998,3 +998,50 @@ def test_a_subtree_removed_earlier_in_a_transaction_keeps_its_own_permissions(xs
     xs.rm(DOM0, "/tool/a", tx)
     xs.transaction_end(DOM0, tx, commit=True)
     assert events.take() == [("/tool/a/x", "x")]
+
+
+def test_removing_a_node_fires_only_watches_below_it_not_beside_it(xs, events):
+    xs.write(DOM0, "/tool/a/x", b"")
+    xs.write(DOM0, "/tool/ab", b"")
+    for path, token in (("/tool/a/x", "x"), ("/tool/a/y", "y"), ("/tool/ab", "ab"), ("/tool/a", "a")):
+        xs.watch(DOM0, "c", path, token)
+    xs.unwatch(DOM0, "c", "/tool/a/y", "y")
+    events.take()
+    xs.rm(DOM0, "/tool/a")
+    assert sorted(events.take()) == [("/tool/a", "a"), ("/tool/a/x", "x")]
+
+
+def test_removing_a_top_node_fires_the_root_watch_and_the_ones_below(xs, events):
+    xs.write(DOM0, "/top/deep", b"")
+    xs.watch(DOM0, "c", "/", "root")
+    xs.watch(DOM0, "c", "/top/deep", "deep")
+    events.take()
+    xs.rm(DOM0, "/top")
+    assert sorted(events.take()) == [("/top", "root"), ("/top/deep", "deep")]
+
+
+def test_a_relative_watch_below_a_removed_node_gets_a_relative_path(xs, events):
+    xs.write(D1, "data/sub/leaf", b"")
+    xs.watch(D1, "c", "data/sub/leaf", "t")
+    events.take()
+    xs.rm(D1, "data/sub")
+    assert events.take() == [("data/sub/leaf", "t")]
+
+
+def test_a_target_domain_has_its_targets_rights(xs):
+    from xenlab.hypervisor.xenstore import access
+    dm = Caller(2, False, 1)
+    assert access(((1, "n"),), dm) == "b"                   # owned by its target
+    assert access(((0, "n"), (1, "w")), dm) == "w"          # its target's entry
+    assert access(((0, "n"), (2, "r"), (1, "w")), dm) == "r"  # the first entry that names either
+    assert access(((0, "r"), (3, "w")), dm) == "r"          # neither: the default
+    assert access(((0, "n"),), Caller(0, True)) == "b"
+
+
+def test_an_unprivileged_creator_owns_what_it_creates_with_the_parents_other_entries(xs):
+    xs.write(DOM0, "/tool/shared", b"")
+    xs.set_perms(DOM0, "/tool/shared", [(0, "w"), (2, "r")])
+    xs.write(D1, "/tool/shared/a/b", b"")
+    assert xs.get_perms(DOM0, "/tool/shared/a") == [(1, "w"), (2, "r")]
+    assert xs.get_perms(DOM0, "/tool/shared/a/b") == [(1, "w"), (2, "r")]
+    assert xs.node_count(1) == 3 and xs.read(D1, "/tool/shared/a") == b""   # with its data/
