@@ -712,3 +712,36 @@ def test_deleting_the_root_port_makes_the_bridge_root_at_that_time(net):
     br.delete_port("p")
     assert br.stp.is_root and br.stp.root_port == 0 and "p" not in br.stp.ports
     assert br.stp.hello_timer == net.clock.now + 2.0
+
+
+def test_a_new_bridge_id_is_carried_into_what_the_ports_record(net):
+    br = two_port_bridge(net, mac_byte=1)
+    old = br.stp.bridge_id
+    assert all(i.designated_bridge == old == i.designated_root for i in br.stp.ports.values())
+    br.set_priority(0x7000)
+    new = bytes.fromhex("7000020000000001")
+    assert br.stp.bridge_id == br.stp.designated_root == new
+    assert all(i.designated_bridge == new == i.designated_root for i in br.stp.ports.values())
+
+
+def test_a_bridge_that_loses_the_root_to_a_priority_change_stops_its_hello(net):
+    br = two_port_bridge(net, mac_byte=5)
+    other = bytes.fromhex("7000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other))   # a better root: 7000 < 8000
+    assert not br.stp.is_root and br.stp.hello_timer is None
+    br.set_priority(0x6000)                       # now ours is better: root again
+    assert br.stp.is_root and br.stp.hello_timer == net.clock.now + 2.0
+    assert br.stp.port_role(br.ports["p"]) == "designated"
+
+
+def test_a_lower_port_priority_makes_a_port_designated_on_a_shared_segment(net):
+    br = two_port_bridge(net, mac_byte=1)
+    # p and q on one segment: q hears p's BPDU, our own, and stands by
+    net.clock.now += 2
+    br.stp_tick()
+    (bpdu_p,) = br.pop_transmit()["p"][:1]
+    br.stp.receive(br.ports["q"], bpdu_p)
+    assert br.stp.port_role(br.ports["q"]) == "alternate"
+    br.set_port_flags("q", priority=1)            # q's id is now below p's
+    assert br.stp.port_role(br.ports["q"]) == "designated"
+    assert br.stp.info(br.ports["q"]).designated_port == make_port_id(1, 2)
