@@ -308,8 +308,8 @@ def main() -> int:
                         help="mutants tested at once (default: the number of CPUs)")
     parser.add_argument("--survivors", action="store_true",
                         help="retest only what the last run of these modules did not catch, "
-                             "keeping its tree (new tests are found; a score to record comes "
-                             "from a full run)")
+                             "keeping its tree: its kills stand, which holds while tests are "
+                             "only added, not weakened (new tests are found)")
     args = parser.parse_args()
     known = cores()
     listed = equivalents()
