@@ -612,3 +612,35 @@ def test_lookup_and_expires_in_take_the_time_they_are_given(fdb, clock):
     assert fdb.lookup(mac(1), now=1299.0, vid=3) is entry
     assert fdb.lookup(mac(1), now=1300.0, vid=3) is None
     assert fdb.pop_events()[-1].at == 1300.0
+
+
+def test_check_vid_takes_1_to_4094_and_0_only_when_allowed():
+    from xenlab.bridge.fdb import check_vid
+    assert [check_vid(v) for v in (1, 4094)] == [1, 4094]
+    assert check_vid(0, allow_zero=True) == 0
+    for bad in (0, 4095, -1):
+        with pytest.raises(XenError) as err:
+            check_vid(bad)
+        assert err.value.errno == errno.EINVAL and err.value.message == f"VLAN id {bad!r} is outside 1..4094"
+
+
+def test_an_administered_entry_is_used_and_updated_when_added(fdb):
+    entry = fdb.add(mac(1), "p", now=1234.0)
+    assert (entry.updated, entry.used) == (1234.0, 1234.0)
+
+
+def test_administered_entry_refusals_word_for_word(fdb):
+    with pytest.raises(XenError) as err:
+        fdb.add(mac(1), "p", "local")
+    assert err.value.message == "FDB entry state 'local': use one of permanent, static, dynamic"
+    with pytest.raises(XenError) as err:
+        fdb.add(mac(1), "p", "permanent", sticky=True)
+    assert err.value.message == "a permanent entry cannot be sticky"
+
+
+def test_a_topology_change_hold_ages_entries_at_the_time_given(fdb, clock):
+    fdb.learn(mac(1), "p")
+    fdb.pop_events()
+    fdb.set_hold(15.0, now=1020.0)                 # the clock still says 1000
+    assert fdb.get(mac(1)) is None
+    assert fdb.pop_events() == [FdbEvent("age", "xenbr0", mac(1), "p", "", False, 1020.0)]
