@@ -644,3 +644,55 @@ def test_a_topology_change_hold_ages_entries_at_the_time_given(fdb, clock):
     fdb.set_hold(15.0, now=1020.0)                 # the clock still says 1000
     assert fdb.get(mac(1)) is None
     assert fdb.pop_events() == [FdbEvent("age", "xenbr0", mac(1), "p", "", False, 1020.0)]
+
+
+def test_conflicts_moves_and_full_tables_are_counted_each_time(clock):
+    fdb = Fdb("br", max_learned=1, clock=clock)
+    fdb.add(mac(1), "a", "static", sticky=True)
+    fdb.add(mac(2), "a", "permanent")
+    fdb.learn(mac(3), "a")
+    for port in ("b", "c"):
+        fdb.learn(mac(1), port)
+        fdb.learn(mac(2), port)
+        fdb.learn(mac(3), port)
+        fdb.learn(mac(4), port)
+    assert {k: fdb.counters[k] for k in ("sticky_conflict", "local_conflict", "moved", "fdb_full")} == {
+        "sticky_conflict": 2, "local_conflict": 2, "moved": 2, "fdb_full": 2}
+
+
+def test_a_learned_entry_is_used_and_updated_when_learned(fdb):
+    fdb.learn(mac(1), "p", now=1234.0)
+    assert (fdb.get(mac(1)).updated, fdb.get(mac(1)).used) == (1234.0, 1234.0)
+
+
+def test_learning_at_a_given_time_first_ages_what_is_due_by_then(fdb):
+    fdb.learn(mac(1), "p")                         # the clock says 1000
+    fdb.learn(mac(2), "p", now=1300.0)
+    assert [e.mac for e in fdb] == [mac(2)] and fdb.counters["aged"] == 1
+
+
+def test_learn_source_is_learn_without_the_address_check(fdb):
+    assert fdb.learn_source(mac(1), "p", 1000.0) is True
+    assert fdb.get(mac(1)).vid == 0 and fdb.get(mac(1), 1) is None
+
+
+def test_flush_takes_the_time_it_is_given(fdb, clock):
+    fdb.learn(mac(1), "p")
+    fdb.pop_events()
+    assert fdb.flush(now=1050.0) == 1
+    assert fdb.pop_events() == [FdbEvent("flush", "xenbr0", mac(1), "p", "", False, 1050.0)]
+    fdb.learn(mac(1), "p")
+    fdb.pop_events()
+    clock.now = 1060.0
+    fdb.flush()
+    assert fdb.pop_events()[0].at == 1060.0
+
+
+def test_limit_and_policy_refusals_word_for_word(clock):
+    with pytest.raises(XenError) as err:
+        Fdb(max_learned=0, clock=clock)
+    assert err.value.message == "the FDB limit must be a whole number of entries, at least 1, not 0"
+    with pytest.raises(XenError) as err:
+        Fdb(policy="lru", clock=clock)
+    assert err.value.message == "FDB policy 'lru': use linux or ovs"
+    assert Fdb(clock=clock).bridge == "xenbr0"
