@@ -610,3 +610,97 @@ def test_stp_sees_the_bridge_clock_when_ports_come_and_go(clock):
     br.set_carrier("a", False)
     br.set_carrier("a", True)
     assert br.stp.info(br.ports["a"]).forward_delay_timer == 94.0
+
+
+def test_state_refusals_say_why(br):
+    br.set_carrier("vif1.0", False)
+    with pytest.raises(XenError) as err:
+        br.set_port_flags("vif1.0", state="forwarding")
+    assert err.value.message == "vif1.0 has no link: it can only be disabled"
+    br.set_stp(True)
+    with pytest.raises(XenError) as err:
+        br.set_port_flags("vif2.0", state="forwarding")
+    assert err.value.message == "xenbr0 runs STP, which sets the port states"
+
+
+def test_port_flag_refusals_word_for_word(br):
+    cases = [({"state": "stalled"}, errno.EINVAL,
+              "port state 'stalled': use one of disabled, listening, learning, forwarding, blocking"),
+             ({"shiny": True, "dull": False}, errno.EINVAL, "unknown port flag(s): dull, shiny"),
+             ({"priority": 64}, errno.ERANGE, "port priority 64 is outside 0..63"),
+             ({"cost": 0}, errno.ERANGE, "port cost 0 is outside 1..65535")]
+    for kw, code, words in cases:
+        with pytest.raises(XenError) as err:
+            br.set_port_flags("vif1.0", **kw)
+        assert (err.value.errno, err.value.message) == (code, words)
+
+
+def test_one_change_of_state_is_one_port_event(br):
+    br.pop_port_events()
+    br.set_port_flags("vif1.0", state="learning", hairpin=True)
+    assert [(e.kind, e.port.state, e.port.hairpin) for e in br.pop_port_events()] == [
+        ("new", "learning", True)]
+    br.set_carrier("vif1.0", False)
+    assert len(br.pop_port_events()) == 1
+    br.set_carrier("vif1.0", True)
+    assert len(br.pop_port_events()) == 1
+
+
+def test_add_static_replaces_and_fdb_add_does_not(br):
+    br.add_static(mac(5), "vif1.0")
+    br.add_static(mac(5), "vif2.0")
+    assert br.fdb.get(mac(5)).port == "vif2.0" and br.fdb.get(mac(5)).static
+    with pytest.raises(XenError) as err:
+        br.fdb_add(mac(5), "vif3.0")
+    assert err.value.errno == errno.EEXIST and br.fdb.get(mac(5)).port == "vif2.0"
+
+
+def test_every_bpdu_sent_is_counted(clock):
+    br = Bridge("br0", clock=clock, mac=bytes.fromhex("020000000001"))
+    br.add_port("a")
+    br.set_stp(True)
+    sizes = [len(f) for f in br.pop_transmit()["a"]]
+    clock.now += 2
+    br.stp_tick()
+    sizes += [len(f) for f in br.pop_transmit()["a"]]
+    c = br.ports["a"].counters
+    assert (c["tx_packets"], c["tx_bytes"], c["tx_bpdu"], br.counters["bpdu_tx"]) == (2, sum(sizes), 2, 2)
+
+
+def test_a_batch_is_one_instant_for_link_local_learning_too(clock):
+    class Ticking:
+        now = 100.0
+
+        def __call__(self):
+            Ticking.now += 1
+            return Ticking.now
+    br = Bridge("br0", clock=Ticking())
+    br.add_port("a")
+    br.add_port("b")
+    lldp = bytes.fromhex("0180c200000e")
+    br.forward_batch("a", [frame(lldp, mac(1)), frame(BCAST, mac(2))])
+    assert br.fdb.get(mac(1)).updated == br.fdb.get(mac(2)).updated
+
+
+def test_deleting_a_vlan_on_one_port_keeps_the_others_entries_in_it(clock):
+    br = Bridge("br0", clock=clock)
+    for name in ("a", "b"):
+        br.add_port(name)
+    br.set_vlan_filtering(True)
+    br.vlan_add("a", 20)
+    br.vlan_add("b", 20)
+    tagged20 = lambda src: BCAST + src + b"\x81\x00\x00\x14" + b"\x08\x06" + bytes(46)
+    br.forward("a", tagged20(mac(1)))
+    br.forward("b", tagged20(mac(2)))
+    br.vlan_delete("a", 20)
+    assert br.fdb.get(mac(1), 20) is None and br.fdb.get(mac(2), 20).port == "b"
+
+
+def test_a_tag_names_vlans_above_255(clock):
+    from xenlab.bridge.core import classify
+    br = Bridge("br0", clock=clock)
+    p = br.add_port("a")
+    br.vlan_add("a", 0x123)
+    f = frame(BCAST, mac(1))
+    tagged = f[:12] + b"\x81\x00" + bytes([0xA1, 0x23]) + f[12:]     # PCP 5, VID 0x123
+    assert classify(p, tagged) == (0x123, bytes([0xA1, 0x23]), f)
