@@ -704,3 +704,76 @@ def test_a_tag_names_vlans_above_255(clock):
     f = frame(BCAST, mac(1))
     tagged = f[:12] + b"\x81\x00" + bytes([0xA1, 0x23]) + f[12:]     # PCP 5, VID 0x123
     assert classify(p, tagged) == (0x123, bytes([0xA1, 0x23]), f)
+
+
+class TickingClock:
+    """A clock that moves on at every call, so that a batch that reads it
+    twice would see two times."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+def test_a_batch_looks_destinations_up_at_its_own_time(clock):
+    br = Bridge("br0", ageing=1.5, clock=TickingClock())
+    for name in "abc":
+        br.add_port(name)
+    br.forward("a", frame(BCAST, mac(1)))             # learned at t
+    assert ports(br.forward("b", frame(mac(1), mac(2)))) == ["a"]   # t+1: still known
+
+
+def test_a_locked_port_checks_its_sources_at_the_batchs_time(clock):
+    br = Bridge("br0", ageing=1.5, clock=TickingClock())
+    for name in "abc":
+        br.add_port(name)
+    br.set_port_flags("c", locked=True)
+    br.fdb_add(mac(3), "c", "dynamic")                # at t
+    assert ports(br.forward("c", frame(BCAST, mac(3)))) == ["a", "b"]   # t+1: held
+    br.forward("a", frame(BCAST, mac(1)))             # t+2
+    assert br.forward("c", frame(BCAST, mac(3))) == []                  # t+3: aged out
+    assert br.drops["locked"] == 1
+
+
+def test_a_locked_port_checks_its_sources_in_their_vlan(clock):
+    br = Bridge("br0", clock=clock)
+    for name in "ab":
+        br.add_port(name)
+    br.set_vlan_filtering(True)
+    br.set_port_flags("a", locked=True)
+    br.fdb_add(mac(1), "a", vid=1)
+    assert ports(br.forward("a", frame(BCAST, mac(1)))) == ["b"]
+    br.fdb_add(mac(2), "a")                            # VLAN 0: not the frame's VLAN 1
+    assert br.forward("a", frame(BCAST, mac(2))) == [] and br.drops["locked"] == 1
+
+
+def test_multicast_stays_in_its_vlan(clock):
+    br = Bridge("br0", clock=clock)
+    for name in "abc":
+        br.add_port(name)
+    br.set_vlan_filtering(True)
+    br.vlan_add("c", 20, pvid=True, untagged=True)
+    br.vlan_delete("c", 1)
+    assert ports(br.forward("a", frame(bytes.fromhex("01005e000001"), mac(1)))) == ["b"]
+
+
+def test_stp_announces_the_states_it_sets(clock):
+    br = Bridge("br0", clock=clock, mac=bytes.fromhex("020000000001"))
+    br.set_stp(True, forward_delay=4)
+    br.add_port("a")
+    br.pop_port_events()
+    clock.now += 4
+    br.stp_tick()
+    assert [(e.kind, e.port.state) for e in br.pop_port_events()] == [("new", "learning")]
+    clock.now += 4
+    br.stp_tick()
+    assert [(e.kind, e.port.state) for e in br.pop_port_events()] == [("new", "forwarding")]
+    assert br.ports["a"].counters["state_forwarding"] == 1
+    br.set_carrier("a", False)
+    br.set_carrier("a", True)
+    clock.now += 8
+    br.stp_tick()
+    assert br.ports["a"].counters["state_forwarding"] == 2
