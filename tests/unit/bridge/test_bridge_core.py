@@ -777,3 +777,39 @@ def test_stp_announces_the_states_it_sets(clock):
     clock.now += 8
     br.stp_tick()
     assert br.ports["a"].counters["state_forwarding"] == 2
+
+
+def test_port_refusals_word_for_word(br):
+    with pytest.raises(XenError) as err:
+        br.add_port("vif1.0")
+    assert err.value.message == "xenbr0 already has a port named vif1.0"
+    with pytest.raises(XenError) as err:
+        br.add_port("x", b"\x00" * 7)
+    assert err.value.message == "a port address is 6 bytes, got 7"
+    with pytest.raises(XenError) as err:
+        br.add_port("a/b")
+    assert err.value.message.startswith("bad port name 'a/b': ")
+    assert err.value.message.endswith(" (as a Linux interface name)")
+
+
+def test_group_fwd_mask_refusals_say_which_rule(br):
+    with pytest.raises(XenError) as err:
+        br.set_group_fwd_mask(0xFFFF)
+    assert err.value.message == "group_fwd_mask 0xffff: bits 0-2 (STP, pause, LACP) can never be forwarded"
+    with pytest.raises(XenError) as err:
+        br.set_group_fwd_mask(0x10000)
+    assert err.value.message == "group_fwd_mask 65536: a 16-bit mask, one bit per 01:80:c2:00:00:0X"
+
+
+def test_a_port_keeps_the_mtu_it_was_added_with(br):
+    assert br.add_port("jumbo", mtu=9000).mtu == 9000 and br.ports["vif1.0"].mtu == 1500
+
+
+def test_unknown_unicast_floods_only_in_its_vlan(clock):
+    br = Bridge("br0", clock=clock)
+    for name in "abc":
+        br.add_port(name)
+    br.set_vlan_filtering(True)
+    br.vlan_add("c", 20, pvid=True, untagged=True)
+    br.vlan_delete("c", 1)
+    assert ports(br.forward("a", frame(mac(99), mac(1)))) == ["b"]
