@@ -745,3 +745,39 @@ def test_a_lower_port_priority_makes_a_port_designated_on_a_shared_segment(net):
     br.set_port_flags("q", priority=1)            # q's id is now below p's
     assert br.stp.port_role(br.ports["q"]) == "designated"
     assert br.stp.info(br.ports["q"]).designated_port == make_port_id(1, 2)
+
+
+def test_a_root_port_coming_up_is_no_topology_change_without_a_designated_port(net):
+    br = net.bridge("br0", 5)
+    br.add_port("p")
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=40.0))
+    assert br.stp.root_port == br.ports["p"].port_no
+    for _ in range(8):                                   # 2 x the root's forward delay (15 s),
+                                                         # keeping its information fresh
+        net.clock.now += 4
+        br.stp_tick()
+        br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=40.0))
+    assert br.ports["p"].state == "forwarding"
+    assert br.stp.counters["tcn_sent"] == 0 and br.stp.counters["topology_changes"] == 0
+
+
+def test_a_topology_change_is_reported_once_until_acknowledged(net):
+    br = two_port_bridge(net)
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=40.0))
+    br.pop_transmit()
+    net.run(31.0)                                        # q: designated, to forwarding: a change
+    assert br.stp.topology_change_detected and br.stp.counters["topology_changes"] == 1
+    tcns = br.stp.counters["tcn_sent"]
+    br.stp._topology_change_detection()                  # another change while unacknowledged
+    assert br.stp.counters["tcn_sent"] == tcns and br.stp.counters["topology_changes"] == 1
+
+
+def test_the_root_sends_no_tcn_when_its_timer_fires(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    br.stp.tcn_timer = net.clock.now + 1
+    net.clock.now += 1
+    br.stp_tick()
+    assert br.stp.tcn_timer is None and br.stp.counters["tcn_sent"] == 0
