@@ -813,3 +813,21 @@ def test_unknown_unicast_floods_only_in_its_vlan(clock):
     br.vlan_add("c", 20, pvid=True, untagged=True)
     br.vlan_delete("c", 1)
     assert ports(br.forward("a", frame(mac(99), mac(1)))) == ["b"]
+
+
+def test_a_fresh_bridge_is_xenbr0_with_every_counter_at_zero(monkeypatch):
+    from xenlab.bridge import core
+    monkeypatch.setattr(core, "EVENT_BACKLOG", 3)
+    br = Bridge(clock=Clock())
+    assert br.name == "xenbr0" and br.stats() == {
+        "rx": 0, "forwarded": 0, "flooded": 0, "unicast": 0, "tx": 0,
+        "fdb_learned": 0, "fdb_moved": 0, "fdb_aged": 0, "fdb_evicted": 0, "fdb_fdb_full": 0,
+        "fdb_flushed": 0, "fdb_sticky_conflict": 0, "fdb_local_conflict": 0, "fdb_events_lost": 0,
+        "fdb_entries": 0}
+    for name in "abcde":
+        br.add_port(name)
+    assert [e.port.name for e in br.pop_port_events()] == ["c", "d", "e"]   # the last EVENT_BACKLOG
+    br.forward("a", frame(BCAST, mac(1)))
+    assert br.fdb.pop_events()[0].bridge == "xenbr0"
+    br.set_vlan_filtering(False)                          # off already: nothing is flushed
+    assert len(br.fdb) == 1
