@@ -1045,3 +1045,51 @@ def test_an_unprivileged_creator_owns_what_it_creates_with_the_parents_other_ent
     assert xs.get_perms(DOM0, "/tool/shared/a") == [(1, "w"), (2, "r")]
     assert xs.get_perms(DOM0, "/tool/shared/a/b") == [(1, "w"), (2, "r")]
     assert xs.node_count(1) == 3 and xs.read(D1, "/tool/shared/a") == b""   # with its data/
+
+
+def test_a_transaction_that_adds_nothing_commits_even_past_the_quota(events):
+    xs = make_store(events, nodes=2)
+    for name in ("x", "y"):                              # dom0 gives d1 more than its quota
+        xs.write(DOM0, f"/local/domain/1/data/{name}", b"")
+        xs.set_perms(DOM0, f"/local/domain/1/data/{name}", [(1, "n")])
+    assert xs.node_count(1) == 3
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/x", b"new value", tx)
+    xs.transaction_end(D1, tx, commit=True)
+    assert xs.read(D1, "data/x") == b"new value"
+
+
+def test_transaction_ids_start_again_at_1_after_wrapping(xs):
+    import itertools
+    xs._tx_ids = itertools.count(0xFFFFFFFF)
+    assert xs.transaction_start(D1) == 0xFFFFFFFF
+    assert xs.transaction_start(D1) == 1
+
+
+def test_a_node_readable_but_not_writable_may_be_listed(xs):
+    xs.write(DOM0, "/tool/ro/child", b"")
+    xs.set_perms(DOM0, "/tool/ro", [(0, "r")])
+    assert xs.directory(D1, "/tool/ro") == ["child"]
+    assert xs.get_perms(D1, "/tool/ro") == [(0, "r")]
+
+
+def test_get_perms_in_a_transaction_sees_its_own_change(xs):
+    xs.write(D1, "data/n", b"")
+    tx = xs.transaction_start(D1)
+    xs.set_perms(D1, "data/n", [(1, "n"), (2, "r")], tx)
+    assert xs.get_perms(D1, "data/n", tx) == [(1, "n"), (2, "r")]
+    assert xs.get_perms(D1, "data/n") == [(1, "n")]
+
+
+def test_conflicts_and_missing_watches_say_what(xs):
+    xs.write(D1, "data/a", b"")
+    tx = xs.transaction_start(D1)
+    xs.read(D1, "data/a", tx)
+    xs.write(D1, "data/a", b"changed")
+    with pytest.raises(XenStoreError) as err:
+        xs.transaction_end(D1, tx, commit=True)
+    assert err.value.message == (f"transaction {tx} conflicts with changes to /local/domain/1/data/a; "
+                                 f"retry it")
+    with pytest.raises(XenStoreError) as err:
+        xs.unwatch(D1, "c", "data", "tok")
+    assert err.value.message == "no watch on data with token 'tok'"
