@@ -1093,3 +1093,17 @@ def test_conflicts_and_missing_watches_say_what(xs):
     with pytest.raises(XenStoreError) as err:
         xs.unwatch(D1, "c", "data", "tok")
     assert err.value.message == "no watch on data with token 'tok'"
+
+
+def test_set_perms_refusals_say_whose_node_it_is(xs):
+    xs.write(DOM0, "/tool/n", b"")
+    xs.set_perms(DOM0, "/tool/n", [(0, "r")])
+    with pytest.raises(XenStoreError) as err:
+        xs.set_perms(D1, "/tool/n", [(1, "n")])
+    assert (err.value.errno, err.value.message) == (
+        errno.EACCES, "/tool/n: only its owner d0 may set its permissions")
+    xs.write(D1, "data/mine", b"")
+    with pytest.raises(XenStoreError) as err:
+        xs.set_perms(D1, "data/mine", [(2, "b")])
+    assert (err.value.errno, err.value.message) == (
+        errno.EPERM, "/local/domain/1/data/mine: d1 may not change the owner to d2")
