@@ -781,3 +781,21 @@ def test_the_root_sends_no_tcn_when_its_timer_fires(net):
     net.clock.now += 1
     br.stp_tick()
     assert br.stp.tcn_timer is None and br.stp.counters["tcn_sent"] == 0
+
+
+def test_a_cheaper_way_to_the_root_makes_us_designated_on_the_other_segment(net):
+    br = two_port_bridge(net)
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("2000020000000002"), cost=10))
+    br.stp.receive(br.ports["q"], bpdu_from(bytes.fromhex("2000020000000003"), cost=4))
+    assert br.stp.root_port == br.ports["q"].port_no and br.stp.root_path_cost == 6
+    assert br.stp.port_role(br.ports["p"]) == "designated"        # 6 < the neighbour's 10
+    info = br.stp.info(br.ports["p"])
+    assert (info.designated_bridge, info.designated_cost) == (br.stp.bridge_id, 6)
+
+
+def test_a_lower_bridge_id_on_an_equal_cost_segment_makes_us_designated(net):
+    br = two_port_bridge(net, mac_byte=1)                          # 8000.020000000001
+    br.stp.receive(br.ports["q"], bpdu_from(bytes.fromhex("9000020000000003"), cost=4))
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("9000020000000002"), cost=6))
+    assert br.stp.root_port == br.ports["q"].port_no and br.stp.root_path_cost == 6
+    assert br.stp.port_role(br.ports["p"]) == "designated"        # equal cost, our id is lower
