@@ -1107,3 +1107,33 @@ def test_set_perms_refusals_say_whose_node_it_is(xs):
         xs.set_perms(D1, "data/mine", [(2, "b")])
     assert (err.value.errno, err.value.message) == (
         errno.EPERM, "/local/domain/1/data/mine: d1 may not change the owner to d2")
+
+
+def test_refusals_word_for_word(events):
+    xs = make_store(events, watches=1, perms=2)
+    xs.watch(D1, "c", "data", "t")
+    cases = [
+        (lambda: xs.set_perms(DOM0, "/tool", []), errno.EINVAL,
+         "a permission list needs at least the owner entry"),
+        (lambda: xs.set_perms(DOM0, "/tool", [(0, "x")]), errno.EINVAL,
+         "permission 'x': use one of n, r, w, b"),
+        (lambda: xs.set_perms(DOM0, "/tool", [(0x7FF0, "r")]), errno.EINVAL,
+         "permission for invalid domain 32752"),
+        (lambda: xs.set_perms(D1, "data", [(1, "n"), (2, "r"), (3, "r")]), errno.EDQUOT,
+         "a permission list has 2 entries at most"),
+        (lambda: xs.watch(D1, "c", "@releaseDomain", "t"), errno.EACCES,
+         "@releaseDomain may only be watched by a privileged domain"),
+        (lambda: xs.rm(DOM0, "/"), errno.EINVAL, "the root node cannot be removed"),
+        (lambda: xs.watch(D1, "c", "data", "t" * 4097), errno.EINVAL,
+         "a watch token is 4096 bytes at most"),
+        (lambda: xs.watch(D1, "c", "data", "t"), errno.EEXIST, "already watching data with token 't'"),
+        (lambda: xs.watch(D1, "d", "data", "u"), errno.EDQUOT, "d1 has 1 watches, the most allowed"),
+        (lambda: xs.read(D1, "rel//x"), errno.EINVAL,
+         "invalid path '/local/domain/1/rel//x': use [A-Za-z0-9-/_@], no empty components"),
+        (lambda: xs.write(DOM0, "/tool/big", b"x" * 4097), errno.E2BIG,
+         "/tool/big: a value is 4096 bytes at most, not 4097"),
+    ]
+    for call, code, words in cases:
+        with pytest.raises(XenStoreError) as err:
+            call()
+        assert (err.value.errno, err.value.message) == (code, words)
