@@ -1137,3 +1137,16 @@ def test_refusals_word_for_word(events):
         with pytest.raises(XenStoreError) as err:
             call()
         assert (err.value.errno, err.value.message) == (code, words)
+
+
+def test_the_initial_nodes_are_empty_and_an_empty_path_is_invalid(xs):
+    assert [xs.read(DOM0, p) for p in ("/", "/local", "/local/domain", "/vm", "/tool")] == [b""] * 5
+    with pytest.raises(XenStoreError) as err:
+        xs.read(D1, "")
+    assert (err.value.errno, err.value.message) == (errno.EINVAL, "invalid path ''")
+
+
+def test_a_refused_create_names_the_ancestor_it_needed(xs):
+    with pytest.raises(XenStoreError) as err:
+        xs.write(D1, "/tool/new/deeper", b"")
+    assert (err.value.errno, err.value.message) == (errno.EACCES, "d1 may not write /tool")
