@@ -750,6 +750,8 @@ def test_a_lower_port_priority_makes_a_port_designated_on_a_shared_segment(net):
 def test_a_root_port_coming_up_is_no_topology_change_without_a_designated_port(net):
     br = net.bridge("br0", 5)
     br.add_port("p")
+    br.add_port("down")
+    br.set_carrier("down", False)                        # a disabled port designates nothing
     other = bytes.fromhex("2000020000000002")
     br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=40.0))
     assert br.stp.root_port == br.ports["p"].port_no
@@ -799,3 +801,77 @@ def test_a_lower_bridge_id_on_an_equal_cost_segment_makes_us_designated(net):
     br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("9000020000000002"), cost=6))
     assert br.stp.root_port == br.ports["q"].port_no and br.stp.root_path_cost == 6
     assert br.stp.port_role(br.ports["p"]) == "designated"        # equal cost, our id is lower
+
+
+def test_state_changes_and_lost_neighbours_are_logged_as_linux_logs_them(net, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="xenlab.bridge.stp")
+    br = two_port_bridge(net)
+    net.run(8.0)                                          # p, q: listening, learning, forwarding
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=6.0))
+    br.stp.receive(br.ports["q"], bpdu_from(other, root=other, port_id=0x8002, max_age=6.0))
+    br.stp.receive(br.ports["p"], encode_tcn(bytes(6)))   # p is the root port: not designated, ignored
+    net.clock.now += 7
+    br.stp_tick()                                         # both neighbours' information ages out
+    got = [r.getMessage() for r in caplog.records]
+    assert got[:6] == ["br0: port 1(p) entered listening state", "br0: port 2(q) entered listening state",
+                       "br0: port 1(p) entered learning state", "br0: port 2(q) entered learning state",
+                       "br0: port 1(p) entered forwarding state", "br0: port 2(q) entered forwarding state"]
+    assert got.count("br0: port 2(q) entered blocking state") == 1     # once, not at each selection
+    assert "br0: port 1(p) neighbor 2000.2:0:0:0:0:2 lost" in got
+    br.stp.receive(br.ports["q"], encode_tcn(bytes(6)))   # q designated again: heard
+    assert caplog.records[-1].getMessage() == "br0: port 2(q) received tcn bpdu"
+
+
+def test_a_learning_port_that_must_block_is_a_topology_change(net):
+    br = two_port_bridge(net)
+    net.run(4.0)
+    assert br.ports["q"].state == "learning"
+    changes = br.stp.counters["topology_changes"]
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other))
+    br.stp.receive(br.ports["q"], bpdu_from(other, root=other, port_id=0x8002))
+    assert br.ports["q"].state == "blocking"
+    assert br.stp.counters["topology_changes"] == changes + 1
+
+
+def test_the_tcn_repeats_every_hello_time_until_acknowledged(net):
+    br = two_port_bridge(net)
+    net.run(10)
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=40.0))
+    br.pop_transmit()
+    tcns = []
+    for _ in range(3):
+        net.clock.now += 2
+        br.stp_tick()
+        tcns += [f for f in br.pop_transmit().get("p", []) if isinstance(decode(f), TcnBpdu)]
+    assert len(tcns) == 3
+
+
+def test_a_neighbour_on_two_ports_of_a_segment_is_recorded_from_either(net):
+    br = two_port_bridge(net)
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, port_id=0x8001))
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, port_id=0x8002))
+    assert br.stp.info(br.ports["p"]).designated_port == 0x8002
+
+
+def test_a_root_told_of_itself_by_a_lower_neighbour_keeps_saying_hello(net):
+    br = two_port_bridge(net, mac_byte=5)
+    own = br.stp.bridge_id
+    br.stp.receive(br.ports["p"], bpdu_from(bytes.fromhex("0001020000000002"), root=own))
+    assert br.stp.is_root and br.stp.hello_timer is not None
+
+
+def test_an_alternate_ports_information_ageing_out_keeps_the_bridge_a_non_root(net):
+    br = two_port_bridge(net)
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["q"], bpdu_from(other, root=other, port_id=0x8002, max_age=6.0))
+    for _ in range(4):                                    # p, the root port, kept fresh
+        br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=40.0))
+        net.clock.now += 2
+        br.stp_tick()
+    assert not br.stp.is_root and br.stp.hello_timer is None
+    assert br.stp.port_role(br.ports["q"]) == "designated"
