@@ -685,6 +685,7 @@ def test_disabling_the_root_port_makes_the_bridge_root(net):
     assert not br.stp.is_root
     br.set_carrier("p", False)
     assert br.stp.is_root and br.stp.root_port == 0 and br.ports["p"].state == "disabled"
+    assert br.stp.root_path_cost == 0
     info = br.stp.info(br.ports["p"])
     assert (info.message_age_timer, info.forward_delay_timer, info.hold_timer) == (None, None, None)
     assert br.stp.hello_timer == net.clock.now + 2.0
@@ -847,7 +848,7 @@ def test_the_tcn_repeats_every_hello_time_until_acknowledged(net):
         net.clock.now += 2
         br.stp_tick()
         tcns += [f for f in br.pop_transmit().get("p", []) if isinstance(decode(f), TcnBpdu)]
-    assert len(tcns) == 3
+    assert len(tcns) == 3 and br.stp.counters["tcn_sent"] == 4     # and the first, on losing the root
 
 
 def test_a_neighbour_on_two_ports_of_a_segment_is_recorded_from_either(net):
@@ -875,3 +876,45 @@ def test_an_alternate_ports_information_ageing_out_keeps_the_bridge_a_non_root(n
         br.stp_tick()
     assert not br.stp.is_root and br.stp.hello_timer is None
     assert br.stp.port_role(br.ports["q"]) == "designated"
+
+
+def test_timers_refused_on_a_running_stp_say_which(net):
+    br = net.bridge("br0", 1)
+    for name, bad, bounds in (("hello_time", 11, "1..10"), ("max_age", 41, "6..40"),
+                              ("forward_delay", 31, "2..30")):
+        with pytest.raises(XenError) as err:
+            br.set_stp(True, **{name: bad})
+        assert err.value.message == f"{name} {bad} s is outside {bounds} s (802.1D's bounds, as Linux)"
+
+
+def test_a_root_disabling_a_port_is_no_new_topology_change(net):
+    br = two_port_bridge(net, mac_byte=1)
+    net.run(40)                                            # forwarding, and the change is over
+    assert br.stp.is_root and not br.stp.topology_change
+    changes = br.stp.counters["topology_changes"]
+    br.set_carrier("q", False)
+    assert br.stp.counters["topology_changes"] == changes and not br.stp.topology_change
+
+
+def test_a_non_root_detecting_a_change_sends_a_tcn_and_times_it(net):
+    br = two_port_bridge(net)
+    other = bytes.fromhex("2000020000000002")
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=40.0))
+    while br.ports["q"].state != "learning":              # q walks on (15 s a step)
+        net.clock.now += 2
+        br.stp_tick()
+        br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=40.0))
+    due = br.stp.info(br.ports["q"]).forward_delay_timer
+    net.clock.now = due
+    br.stp_tick()
+    assert br.ports["q"].state == "forwarding"
+    assert br.stp.tcn_timer == due + 2.0 and br.stp.counters["tcn_sent"] == 1
+
+
+def test_bad_bpdus_and_tcns_are_counted_each_time(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    for _ in range(2):
+        br.stp.receive(br.ports["p"], KERNEL_CONFIG_BPDU[:30])
+        br.stp.receive(br.ports["p"], encode_tcn(bytes(6)))
+    assert (br.stp.counters["bad_bpdu"], br.stp.counters["tcn_received"]) == (2, 2)
