@@ -918,3 +918,32 @@ def test_bad_bpdus_and_tcns_are_counted_each_time(net):
         br.stp.receive(br.ports["p"], KERNEL_CONFIG_BPDU[:30])
         br.stp.receive(br.ports["p"], encode_tcn(bytes(6)))
     assert (br.stp.counters["bad_bpdu"], br.stp.counters["tcn_received"]) == (2, 2)
+
+
+def test_a_root_changing_its_priority_stays_root_without_a_new_change(net):
+    br = two_port_bridge(net, mac_byte=1)
+    net.run(40)
+    changes = br.stp.counters["topology_changes"]
+    br.set_priority(0x4000)
+    assert br.stp.is_root and br.stp.counters["topology_changes"] == changes
+    assert not br.stp.topology_change
+
+
+def test_a_bpdu_exactly_max_age_old_is_not_forwarded(net):
+    br = two_port_bridge(net)
+    other = bytes.fromhex("2000020000000002")
+    sent = br.stp.counters["config_sent"]
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, age=20.0 - 1 / 256, max_age=20.0))
+    assert br.stp.root_port == br.ports["p"].port_no
+    assert br.stp.counters["config_sent"] == sent          # q's would be 20 s old: not sent
+
+
+def test_every_config_bpdu_sent_is_counted(net):
+    br = net.bridge("br0", 1)
+    br.add_port("p")
+    frames = 0
+    for _ in range(3):
+        net.clock.now += 2
+        br.stp_tick()
+        frames += len(br.pop_transmit().get("p", []))
+    assert frames == 3 and br.stp.counters["config_sent"] == 3
