@@ -947,3 +947,17 @@ def test_every_config_bpdu_sent_is_counted(net):
         br.stp_tick()
         frames += len(br.pop_transmit().get("p", []))
     assert frames == 3 and br.stp.counters["config_sent"] == 3
+
+
+def test_a_port_id_keeps_ten_bits_of_the_port_number():
+    assert make_port_id(0, 1025) == 1 and make_port_id(0, 1023) == 1023
+
+
+def test_timers_refused_when_stp_starts_say_which():
+    for name, bad, bounds in (("hello_time", 0.5, "1..10"), ("max_age", 5, "6..40"),
+                              ("forward_delay", 1, "2..30")):
+        br = Bridge("br0", clock=Clock())
+        with pytest.raises(XenError) as err:
+            br.set_stp(True, **{name: bad})
+        assert err.value.message == f"{name} {bad:g} s is outside {bounds} s (802.1D's bounds, as Linux)"
+        assert br.stp is None
