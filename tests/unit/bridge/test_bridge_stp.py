@@ -961,3 +961,20 @@ def test_timers_refused_when_stp_starts_say_which():
             br.set_stp(True, **{name: bad})
         assert err.value.message == f"{name} {bad:g} s is outside {bounds} s (802.1D's bounds, as Linux)"
         assert br.stp is None
+
+
+def test_a_backup_port_whose_twin_goes_quiet_is_designated_without_a_new_change(net):
+    br = two_port_bridge(net, mac_byte=1)
+    net.run(40)                                           # root, both forwarding, change over
+    net.clock.now += 2
+    br.stp_tick()
+    (own,) = br.pop_transmit()["p"][:1]
+    br.stp.receive(br.ports["q"], own)                    # q hears p: the same segment
+    assert br.stp.port_role(br.ports["q"]) == "alternate"
+    changes = br.stp.counters["topology_changes"]
+    due = br.stp.info(br.ports["q"]).message_age_timer
+    net.clock.now = due
+    br.stp_tick()                                         # p's BPDU is not heard again
+    assert br.stp.port_role(br.ports["q"]) == "designated" and br.stp.is_root
+    assert br.stp.info(br.ports["q"]).message_age_timer is None
+    assert br.stp.counters["topology_changes"] == changes
