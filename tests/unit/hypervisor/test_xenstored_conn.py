@@ -764,6 +764,8 @@ def test_directory_part_answers_from_any_offset_to_the_end(dom0):
     (XsType.IS_DOMAIN_INTRODUCED, b"1", 0,
      "EINVAL: IS_DOMAIN_INTRODUCED: the payload must be one NUL-terminated string"),
     (XsType.MKDIR, b"/a", 0, "EINVAL: MKDIR: the payload must be one NUL-terminated string"),
+    (XsType.DIRECTORY, b"/a", 0, "EINVAL: DIRECTORY: the payload must be one NUL-terminated string"),
+    (XsType.RELEASE, b"1", 0, "EINVAL: RELEASE: the payload must be one NUL-terminated string"),
     (XsType.RESUME, b"1", 0, "EINVAL: RESUME: the payload must be one NUL-terminated string"),
     (XsType.INTRODUCE, b"5\0" b"1\0", 0,
      "EINVAL: INTRODUCE: expected a domain id, a gfn and an event channel"),
@@ -834,3 +836,79 @@ def test_releasing_an_unknown_domain_is_harmless_and_a_released_ones_nodes_go_to
     daemon.release(5)
     assert guest.conn.reason == "the domain was released"
     assert daemon.store.get_perms(Caller(0, True), "/local/domain/5/mine")[0][0] == 0
+
+
+def test_reintroducing_with_a_new_channel_rebinds_at_once(daemon):
+    daemon.rings = rings = Rings()
+    daemon.introduce(5, gfn=3, port=4)
+    assert rings.calls == [("rebind", 5, 4)]
+    daemon.introduce(5, gfn=3, port=4)
+    assert rings.calls == [("rebind", 5, 4)]
+    daemon._domain_exists = lambda d: True
+    assert daemon.introduce(9).gfn == 0 and daemon.introduce(9).port == 0
+
+
+def test_directory_answers_from_the_transaction(dom0):
+    tx = int(dom0.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    dom0.ok(XsType.WRITE, b"/tool/intx\0", tx=tx)
+    assert dom0.ok(XsType.DIRECTORY, b"/tool\0", tx=tx) == b"intx\0"
+    assert dom0.ok(XsType.DIRECTORY, b"/tool\0") == b""
+    part = dom0.ok(XsType.DIRECTORY_PART, b"/tool\0" b"0\0", tx=tx).split(b"\0", 1)[1]
+    assert part == b"intx\0\0"
+
+
+def _fill_to(dom0, room_extra: int) -> tuple[bytes, bytes]:
+    """Children of /tool/fit whose list is `room_extra` bytes longer than what
+    fits in one DIRECTORY_PART after its generation; the first part. The
+    generation's length depends on the list, so the last name is tried in a
+    few spellings until one gives the length it was sized for."""
+    dom0.ok(XsType.WRITE, b"/tool/fit\0")
+    for i in range(39):                                           # 39 x 100 bytes with NULs
+        dom0.ok(XsType.WRITE, f"/tool/fit/n{i:02d}{'x' * 96}\0".encode())
+    for ch in "zyxwvuts":
+        for digits in (19, 20, 18, 17):
+            room = w.XENSTORE_PAYLOAD_MAX - (digits + 1) - 1       # what a part may carry
+            name = ch * (room - 39 * 100 + room_extra - 1)
+            dom0.ok(XsType.WRITE, f"/tool/fit/{name}\0".encode())
+            reply = dom0.ok(XsType.DIRECTORY_PART, b"/tool/fit\0" b"0\0")
+            gen = reply.split(b"\0", 1)[0]
+            if len(gen) == digits:
+                return gen, reply
+            dom0.ok(XsType.RM, f"/tool/fit/{name}\0".encode())
+    raise AssertionError("no spelling gave a generation of the length sized for")
+
+
+def test_directory_part_fills_a_payload_to_the_byte(dom0):
+    gen, reply = _fill_to(dom0, 0)
+    assert len(reply) == w.XENSTORE_PAYLOAD_MAX and reply.endswith(b"\0\0")
+
+
+def test_directory_part_leaves_a_name_that_would_pass_the_payload_for_the_next_part(dom0):
+    gen, reply = _fill_to(dom0, 1)
+    assert len(reply) == len(gen) + 1 + 39 * 100                  # the 39, not the last
+    assert not reply.endswith(b"\0\0")
+    rest = dom0.ok(XsType.DIRECTORY_PART, f"/tool/fit\0{len(reply) - len(gen) - 1}\0".encode())
+    part = rest.split(b"\0", 1)[1]
+    assert part.endswith(b"\0\0") and len(set(part[:-2])) == 1        # the last name, alone
+
+
+def test_resetting_and_unwatching_give_the_connection_its_watches_back(daemon):
+    daemon.limits = ConnectionLimits(watches=2)
+    peer = Peer(daemon)
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/b\0b\0")
+    peer.ok(XsType.UNWATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/c\0c\0")
+    assert peer.error(XsType.WATCH, b"/d\0d\0") == "E2BIG"
+    peer.ok(XsType.RESET_WATCHES, b"\0")
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/b\0b\0")
+
+
+def test_closing_a_connection_aborts_its_transactions(daemon, caplog):
+    peer = Peer(daemon)
+    tx = int(peer.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    peer.ok(XsType.WRITE, b"/tool/uncommitted\0", tx=tx)
+    peer.conn.fail(w.XENSTORE_ERROR_COMM, "gone")
+    assert not daemon.store.exists("/tool/uncommitted")
+    assert "xenstored: dropping d0#1: gone" in [r.getMessage() for r in caplog.records]
