@@ -765,6 +765,10 @@ def test_directory_part_answers_from_any_offset_to_the_end(dom0):
      "EINVAL: IS_DOMAIN_INTRODUCED: the payload must be one NUL-terminated string"),
     (XsType.MKDIR, b"/a", 0, "EINVAL: MKDIR: the payload must be one NUL-terminated string"),
     (XsType.DIRECTORY, b"/a", 0, "EINVAL: DIRECTORY: the payload must be one NUL-terminated string"),
+    (XsType.READ, b"/a", 0, "EINVAL: READ: the payload must be one NUL-terminated string"),
+    (XsType.RM, b"/a", 0, "EINVAL: RM: the payload must be one NUL-terminated string"),
+    (XsType.GET_PERMS, b"/a", 0, "EINVAL: GET_PERMS: the payload must be one NUL-terminated string"),
+    (XsType.WRITE, b"\0v", 0, "EINVAL: invalid path ''"),
     (XsType.RELEASE, b"1", 0, "EINVAL: RELEASE: the payload must be one NUL-terminated string"),
     (XsType.RESUME, b"1", 0, "EINVAL: RESUME: the payload must be one NUL-terminated string"),
     (XsType.INTRODUCE, b"5\0" b"1\0", 0,
@@ -912,3 +916,42 @@ def test_closing_a_connection_aborts_its_transactions(daemon, caplog):
     peer.conn.fail(w.XENSTORE_ERROR_COMM, "gone")
     assert not daemon.store.exists("/tool/uncommitted")
     assert "xenstored: dropping d0#1: gone" in [r.getMessage() for r in caplog.records]
+
+
+def test_every_request_in_a_transaction_sees_the_transaction(daemon, dom0):
+    dom0.ok(XsType.WRITE, b"/tool/old\0o")
+    tx = int(dom0.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    dom0.ok(XsType.WRITE, b"/tool/new/leaf\0v\0with a NUL", tx=tx)
+    assert dom0.ok(XsType.READ, b"/tool/new/leaf\0", tx=tx) == b"v\0with a NUL"
+    assert dom0.error(XsType.READ, b"/tool/new/leaf\0") == "ENOENT"
+    dom0.ok(XsType.SET_PERMS, b"/tool/new\0r0\0", tx=tx)
+    assert dom0.ok(XsType.GET_PERMS, b"/tool/new\0", tx=tx) == b"r0\0"
+    dom0.ok(XsType.RM, b"/tool/old\0", tx=tx)
+    assert dom0.error(XsType.READ, b"/tool/old\0", tx=tx) == "ENOENT"
+    assert dom0.ok(XsType.READ, b"/tool/old\0") == b"o"
+    dom0.ok(XsType.RM, b"/tool/new/gone\0", tx=tx)            # missing, its parent only in tx: fine
+    dom0.ok(XsType.TRANSACTION_END, b"T\0", tx=tx)
+    assert dom0.error(XsType.READ, b"/tool/old\0") == "ENOENT"
+
+
+def test_a_reply_of_exactly_a_payload_is_sent_and_one_more_is_e2big(daemon, dom0, caplog):
+    caplog.set_level(logging.DEBUG, logger="xenlab.hypervisor.xenstored")
+    store = daemon.store
+    # 4096 bytes of names with their NULs: 40 x 100 + 96
+    for i in range(40):
+        store.write(Caller(0, True), f"/tool/d/{i:02d}{'n' * 97}", b"")
+    store.write(Caller(0, True), "/tool/d/z" + "z" * 94, b"")
+    assert len(dom0.ok(XsType.DIRECTORY, b"/tool/d\0")) == w.XENSTORE_PAYLOAD_MAX
+    store.write(Caller(0, True), "/tool/d/z" + "z" * 95, b"")
+    assert dom0.error(XsType.DIRECTORY, b"/tool/d\0") == "E2BIG"
+    assert caplog.records[-1].getMessage().endswith(
+        f"E2BIG: the answer to DIRECTORY is {w.XENSTORE_PAYLOAD_MAX + 97} bytes, more than a payload")
+
+
+def test_events_too_long_are_counted_each_time_and_logged(daemon, dom0, caplog):
+    token = "t" * w.XENSTORE_PAYLOAD_MAX
+    for _ in range(2):
+        dom0.conn.fire("/tool", token)
+    assert dom0.conn.stats["events_too_long"] == 2
+    assert caplog.records[-1].getMessage() == (
+        "xenstored: d0#1: a watch event for /tool is longer than a payload; dropped")
