@@ -800,7 +800,8 @@ def test_every_refusal_logs_its_reason(daemon, caplog, type_, payload, tx, logge
         tx = int(peer.ok(XsType.TRANSACTION_START, b"\0")[:-1]) if tx == 1 else tx
     expected = logged.split(":", 1)[0]
     assert peer.error(type_, payload, tx) == expected
-    assert caplog.records[-1].getMessage().endswith(f" req {peer.req}: {logged}")
+    name = XsMessage(type_).type_name
+    assert caplog.records[-1].getMessage() == f"xenstored: {peer.conn.name}: {name} req {peer.req}: {logged}"
 
 
 def test_a_domains_privileged_request_and_a_full_connection_log_why(daemon, caplog):
@@ -955,3 +956,19 @@ def test_events_too_long_are_counted_each_time_and_logged(daemon, dom0, caplog):
     assert dom0.conn.stats["events_too_long"] == 2
     assert caplog.records[-1].getMessage() == (
         "xenstored: d0#1: a watch event for /tool is longer than a payload; dropped")
+
+
+def test_a_new_connection_is_open_and_clean_and_domain_0_is_introduced(daemon):
+    peer = Peer(daemon)
+    assert (peer.conn.closed, peer.conn.error, peer.conn.reason) == (False, w.XENSTORE_ERROR_NONE, "")
+    assert daemon.find(0).domid == 0
+    peer.error(XsType.READ, b"/nope\0")
+    peer.error(XsType.READ, b"/nope\0")
+    assert peer.conn.stats["errors"] == 2
+
+
+def test_receive_counts_what_it_handled_before_a_fatal_header(daemon):
+    peer = Peer(daemon)
+    good = w.encode(XsMessage(XsType.READ, 1, 0, b"/local/domain/0/name\0"))
+    assert peer.conn.receive(good + w.HEADER.pack(XsType.READ, 2, 0, 5000)) == 1
+    assert peer.conn.closed
