@@ -67,6 +67,38 @@ def equivalents() -> list[Equivalent]:
     return [Equivalent(**e) for e in pyproject()["xenlab"]["mutate"]["equivalent"]]
 
 
+def functions() -> dict[str, list[str]]:
+    """Dotted module -> the only functions of it that are a core ("name" or
+    "Class.method"); a module not named here is mutated whole."""
+    return pyproject()["xenlab"]["mutate"].get("functions", {})
+
+
+def mangled(function: str) -> str:
+    """mutmut's name for a function: x_name, or xǁClassǁmethod."""
+    cls, _, name = function.rpartition(".")
+    return f"xǁ{cls}ǁ{name}" if cls else f"x_{name}"
+
+
+def patterns(modules: list[str], only: dict[str, list[str]]) -> list[str]:
+    """mutmut run's mutant-name patterns. A pattern must also match the
+    function's own mangled name (without __mutmut_N): mutmut picks the clean
+    run's tests by it."""
+    out = []
+    for m in modules:
+        if m in only:
+            out += [f"{m}.{mangled(f)}*" for f in only[m]]
+        else:
+            out.append(f"{m}.*")
+    return out
+
+
+def in_scope(name: str, module: str, only: dict[str, list[str]]) -> bool:
+    if module not in only:
+        return True
+    base = name.partition("__mutmut_")[0].removeprefix(module + ".")
+    return base in {mangled(f) for f in only[module]}
+
+
 def select(names: list[str], known: dict[str, Path]) -> list[str]:
     if not names:
         return list(known)
@@ -82,19 +114,40 @@ def select(names: list[str], known: dict[str, Path]) -> list[str]:
     return chosen
 
 
-def prepare() -> None:
+def prepare(fresh: bool = True) -> None:
     WORK.mkdir(exist_ok=True)
     for link, target in LINKS.items():
         path = WORK / link
         if path.is_symlink() or path.exists():
             path.unlink()
         path.symlink_to(Path("..") / target)
-    shutil.rmtree(WORK / "mutants", ignore_errors=True)
+    if fresh:
+        shutil.rmtree(WORK / "mutants", ignore_errors=True)
 
 
-def run_mutmut(modules: list[str], max_children: int) -> int:
+def not_caught(modules: list[str], known: dict[str, Path]) -> list[str]:
+    """The mutants of `modules` the last run did not catch, by name."""
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.stats import status_by_exit_code
+
+    here, only, names = os.getcwd(), functions(), []
+    os.chdir(WORK)
+    try:
+        for module in modules:
+            data = SourceFileMutationData(path=known[module])
+            data.load()
+            names += [name for name, code in data.exit_code_by_key.items()
+                      if in_scope(name, module, only) and status_by_exit_code[code] not in DETECTED]
+    finally:
+        os.chdir(here)
+    return names
+
+
+def run_mutmut(modules: list[str], max_children: int, names: list[str] | None = None) -> int:
+    # Named mutants are retested even when they have a verdict; patterns
+    # match every mutant of the module (a fresh tree has no verdicts).
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
-           *(f"{m}.*" for m in modules)]
+           *(names if names is not None else patterns(modules, functions()))]
     with open(LOG, "w") as log:
         return subprocess.run(cmd, cwd=WORK, stdout=log, stderr=subprocess.STDOUT).returncode
 
@@ -170,6 +223,7 @@ def collect(modules: list[str], known: dict[str, Path],
     from mutmut.stats import status_by_exit_code
 
     scores, matched, unmatched = [], [], [e for e in listed if _module_of(e) in modules]
+    only = functions()
     for module in modules:
         path = known[module]
         data = SourceFileMutationData(path=path)
@@ -178,6 +232,8 @@ def collect(modules: list[str], known: dict[str, Path],
         lines = source.splitlines()
         score = Score(module)
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _order(kv[0])):
+            if not in_scope(name, module, only):
+                continue
             status = status_by_exit_code[code]
             if status not in DETECTED:
                 where, before, after = describe(name, path, lines, source)
@@ -250,14 +306,26 @@ def main() -> int:
                         help="exit 1 when a module scores under this percentage (default 90)")
     parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2,
                         help="mutants tested at once (default: the number of CPUs)")
+    parser.add_argument("--survivors", action="store_true",
+                        help="retest only what the last run of these modules did not catch, "
+                             "keeping its tree: its kills stand, which holds while tests are "
+                             "only added, not weakened (new tests are found)")
     args = parser.parse_args()
     known = cores()
     listed = equivalents()
     modules = select(args.modules, known)
-    prepare()
-    print(f"mutating {', '.join(modules)} (mutmut's log: {LOG.relative_to(ROOT)})", flush=True)
+    retest = None
+    if args.survivors:
+        if not (WORK / "mutants").is_dir():
+            sys.exit("mutate: --survivors needs an earlier run's tree in .mutmut/mutants")
+        retest = not_caught(modules, known)
+    prepare(fresh=retest is None)
+    only = functions()
+    names = [f"{m} ({', '.join(only[m])} only)" if m in only else m for m in modules]
+    what = f"the {len(retest)} survivors of " if retest is not None else ""
+    print(f"mutating {what}{', '.join(names)} (mutmut's log: {LOG.relative_to(ROOT)})", flush=True)
     start = time.monotonic()
-    code = run_mutmut(modules, args.max_children)
+    code = run_mutmut(modules, args.max_children, retest) if retest != [] else 0
     seconds = time.monotonic() - start
     if code:
         print(LOG.read_text()[-4000:], file=sys.stderr)

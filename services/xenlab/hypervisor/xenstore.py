@@ -161,13 +161,6 @@ def ancestors_and_self(path: str) -> Iterator[str]:
         path = parent_of(path)
 
 
-def is_below(path: str, top: str) -> bool:
-    """True when `path` is strictly below `top`."""
-    if top == "/":
-        return path != "/"
-    return path.startswith(top + "/")
-
-
 def _join(parent: str, name: str) -> str:
     return f"/{name}" if parent == "/" else f"{parent}/{name}"
 

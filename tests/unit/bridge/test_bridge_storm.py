@@ -66,3 +66,56 @@ def test_no_limit_by_default_and_the_limit_can_change():
         br.set_flood_limit(-1)
     with pytest.raises(XenError):
         br.set_flood_limit(5, 0.5)
+
+
+def test_the_bucket_refills_at_the_rate_in_proportion_to_the_time_waited():
+    clock = ManualClock(10.0)
+    br = bridge(clock, rate=8.0, burst=5)       # times below are exact in binary
+    assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 6)["vif2.0"]) == 5
+    assert br.forward("vif1.0", frame(BCAST, mac(1))) == []           # empty at this instant
+    clock.now += 0.3125                                                # 2.5 frames' worth
+    assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 5)["vif2.0"]) == 2
+    clock.now += 0.0625                                                # 0.5 left + 0.5 = 1
+    assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 5)["vif2.0"]) == 1
+    assert br.ports["vif1.0"].drops["storm_control"] == 1 + 1 + 3 + 4
+
+
+def test_a_fresh_bucket_is_full_whatever_the_clock_says():
+    clock = ManualClock(10.0)
+    clock.now = 0.0
+    br = bridge(clock, rate=2.0, burst=3)
+    assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 5)["vif2.0"]) == 3
+
+
+def test_a_new_limit_starts_every_port_with_a_full_bucket():
+    clock = ManualClock(10.0)
+    br = bridge(clock, rate=10.0, burst=2)
+    br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 5)
+    assert br.forward("vif1.0", frame(BCAST, mac(1))) == []
+    br.set_flood_limit(10.0, 2)
+    assert (br.flood_rate, br.flood_burst) == (10.0, 2.0)
+    assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 5)["vif2.0"]) == 2
+
+
+def test_the_burst_defaults_to_one_seconds_worth():
+    clock = ManualClock(10.0)
+    br = bridge(clock, rate=4.0)
+    assert br.flood_burst == 4.0
+    assert len(br.forward_batch("vif1.0", [frame(BCAST, mac(1))] * 9)["vif2.0"]) == 4
+
+
+@pytest.mark.parametrize("rate, burst", [(0, 0), (0, None), (1, 1), (0.5, 1), (1e9, 1e9)])
+def test_flood_limits_on_the_edge_are_accepted(rate, burst):
+    br = bridge(ManualClock(10.0), rate=rate, burst=burst)
+    assert (br.flood_rate, br.flood_burst) == (float(rate), float(rate if burst is None else burst))
+
+
+@pytest.mark.parametrize("rate, burst", [(-0.001, None), (float("inf"), 1), (1, float("inf")),
+                                         (2, 0.999), (0, -1), (float("nan"), 1)])
+def test_flood_limits_past_the_edge_are_refused(rate, burst):
+    import errno
+    br = bridge(ManualClock(10.0), rate=3.0)
+    with pytest.raises(XenError) as err:
+        br.set_flood_limit(rate, burst)
+    assert err.value.errno == errno.EINVAL and "flood limit" in str(err.value)
+    assert (br.flood_rate, br.flood_burst) == (3.0, 3.0)

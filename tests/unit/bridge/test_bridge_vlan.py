@@ -122,3 +122,68 @@ def test_classify_reads_the_tag():
     f = frame(BCAST, mac(1))
     assert classify(p, f) == (1, b"\x00\x01", f)
     assert classify(p, tagged(f, 7)) == (0, b"\x00\x07", f)     # not a member of 7
+
+
+def test_deleting_vlans_flushes_what_the_port_learned_in_them_only(br):
+    br.vlan_add("a", 20)
+    br.forward("a", frame(BCAST, mac(1)))                         # learned in 10 (a's PVID)
+    br.forward("a", tagged(frame(BCAST, mac(2)), 20))
+    br.forward("b", frame(BCAST, mac(3)))                         # b, VLAN 10
+    br.vlan_delete("a", 20)
+    assert br.fdb.get(mac(2), 20) is None and br.fdb.get(mac(1), 10).port == "a"
+    assert br.fdb.get(mac(3), 10).port == "b" and 20 not in br.ports["a"].vlans
+    assert br.ports["a"].pvid == 10
+    br.vlan_delete("a", 10)
+    assert br.ports["a"].pvid == 0 and br.fdb.get(mac(1), 10) is None
+
+
+def test_vlan_ranges_are_checked_at_both_ends(br):
+    for args, words in (((0,), "VLAN id 0 is outside 1..4094"), ((4095,), "VLAN id 4095"),
+                        ((10, 4095), "VLAN id 4095"), ((10, 5), "VLAN range 10-5 goes down"),
+                        ((True,), "VLAN id True")):
+        with pytest.raises(XenError) as err:
+            br.vlan_add("c", *args)
+        assert err.value.errno == errno.EINVAL and words in err.value.message, args
+    with pytest.raises(XenError) as err:
+        br.vlan_add("c", 100, 101, pvid=True)
+    assert err.value.errno == errno.EINVAL and err.value.message == "only one VLAN can be the PVID"
+    assert br.ports["c"].vlans == {20: True}                      # nothing half-added
+    br.vlan_add("c", 1, 0)                                        # an end of 0: one VLAN
+    br.vlan_add("c", 4094, 4094, pvid=True)
+    assert {1, 4094} <= set(br.ports["c"].vlans) and br.ports["c"].pvid == 4094
+    with pytest.raises(XenError) as err:
+        br.vlan_delete("c", 1, 3)                                 # 2 and 3 are not there
+    assert err.value.errno == errno.ENOENT and err.value.message == "c is not a member of VLAN 2"
+    assert 1 in br.ports["c"].vlans
+
+
+def test_set_port_vlans_replaces_them_all_and_refuses_a_bad_id(br):
+    from xenlab.xen.netconf import VlanMember
+    br.set_port_vlans("c", [VlanMember(5, False, False), VlanMember(6, True, True)])
+    assert (br.ports["c"].vlans, br.ports["c"].pvid) == ({5: False, 6: True}, 6)
+    br.set_port_vlans("c", [VlanMember(7, False, True)])
+    assert (br.ports["c"].vlans, br.ports["c"].pvid) == ({7: True}, 0)
+    with pytest.raises(XenError) as err:
+        br.set_port_vlans("c", [VlanMember(4095, True, True)])
+    assert err.value.errno == errno.EINVAL and br.ports["c"].vlans == {7: True}
+
+
+def test_turning_filtering_on_or_off_flushes_only_on_a_change(br):
+    br.forward("a", frame(BCAST, mac(1)))
+    br.set_vlan_filtering(True)
+    assert br.fdb.get(mac(1), 10) is not None
+    br.set_vlan_filtering(0)
+    assert not br.vlan_filtering and len(br.fdb) == 0
+
+
+def test_a_high_pvid_is_tagged_whole_and_a_short_tagged_frame_is_untagged():
+    br = Bridge("x", clock=ManualClock(10.0))
+    p = br.add_port("p")
+    br.vlan_add("p", 0x123, pvid=True)
+    f = frame(BCAST, mac(1))
+    assert classify(p, f) == (0x123, b"\x01\x23", f)
+    assert classify(p, tagged(f, 0, pcp=7)) == (0x123, b"\xe1\x23", f)
+    short = f[:12] + b"\x81\x00" + b"\x00"                       # 15 bytes: no whole tag
+    assert classify(p, short) == (0x123, b"\x01\x23", short)
+    exact = f[:12] + b"\x81\x00\x00\x05" + b"\x08\x06"            # 18 bytes: a tag, VID 5
+    assert classify(p, exact)[0] == 0 and classify(p, exact)[1] == b"\x00\x05"

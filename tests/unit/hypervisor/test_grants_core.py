@@ -482,3 +482,264 @@ def test_query_and_the_busy_check_walk_no_table(gt):
     gt.unmap(D2, m.handle)
     assert gt.query(1)["active_maps"] == 0
     gt.memory.decrease_reservation(1, [4])
+
+
+# -- the contract: exact flags, both sides of each bound, the GNTST_ of each refusal ------
+
+def test_mapping_sets_exactly_the_in_use_flags_and_unmapping_clears_only_them(gt):
+    ro = gt.grant_access(1, 2, 3, True)
+    rw = gt.grant_access(1, 2, 4, False)
+    flags = lambda: {e.ref: e.flags for e in gt.entries(1)}
+    permit, readonly = abi.GTF_permit_access, abi.GTF_readonly
+    m_ro = gt.map(D2, 1, ro, readonly=True)
+    assert flags() == {ro: permit | readonly | abi.GTF_reading, rw: permit}
+    m_w = gt.map(D2, 1, rw, readonly=False)
+    assert flags()[rw] == permit | abi.GTF_writing
+    m_r = gt.map(D2, 1, rw, readonly=True)
+    assert flags()[rw] == permit | abi.GTF_writing | abi.GTF_reading
+    gt.unmap(D2, m_w.handle)
+    assert flags()[rw] == permit | abi.GTF_reading
+    gt.unmap(D2, m_r.handle)
+    gt.unmap(D2, m_ro.handle)
+    assert flags() == {ro: permit | readonly, rw: permit}
+
+
+def test_every_mapping_counts_until_the_last_is_gone(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    a = gt.map(D2, 1, ref, readonly=False)
+    b = gt.map(D2, 1, ref, readonly=False)
+    assert gt.query(1)["active_maps"] == 2 and gt.maptrack_count(2) == 2
+    gt.unmap(D2, a.handle)
+    assert gt.entries(1)[0].flags & abi.GTF_writing
+    with pytest.raises(XenError) as err:
+        gt.end_access(1, ref)
+    assert err.value.errno == errno.EBUSY
+    assert err.value.message == f"grant ref {ref} of d1 is still mapped by d2"
+    gt.unmap(D2, b.handle)
+    assert gt.query(1)["active_maps"] == 0 and gt.maptrack_count(2) == 0
+    gt.end_access(1, ref)
+
+
+def test_the_busy_check_names_the_mapper_and_the_ref(gt):
+    ref = gt.grant_access(1, 2, 3, True)
+    gt.map(D2, 1, ref, True)
+    with pytest.raises(MemoryError_) as err:
+        gt.memory.decrease_reservation(1, [3])
+    assert f"is mapped by d2 through grant ref {ref}" in err.value.message
+    gt.memory.decrease_reservation(1, [4])         # another frame is free to go
+
+
+@pytest.mark.parametrize("soff, doff, length", [(0, 0, PAGE), (PAGE - 1, 0, 1), (0, PAGE - 1, 1),
+                                                (PAGE, 0, 0), (0, 0, 0)])
+def test_copies_that_end_exactly_at_the_page_edge_are_allowed(gt, soff, doff, length):
+    fill(gt, 2, 0, bytes(range(256)) * 16)
+    assert gt.copy(D2, [CopyOp(CopyPtr(2, gfn=0, offset=soff), CopyPtr(2, gfn=1, offset=doff),
+                               length)]) == [abi.GNTST_okay]
+    assert read(gt, 2, 1, doff, length) == read(gt, 2, 0, soff, length)
+
+
+@pytest.mark.parametrize("soff, doff, length", [(0, 0, PAGE + 1), (PAGE - 1, 0, 2), (0, PAGE - 1, 2),
+                                                (-1, 0, 1), (0, -1, 1), (0, 0, -1), (PAGE + 1, 0, 0)])
+def test_copies_past_the_page_or_below_it_are_bad_copy_args(gt, soff, doff, length):
+    fill(gt, 2, 1, b"untouched")
+    assert gt.copy(D2, [CopyOp(CopyPtr(2, gfn=0, offset=soff), CopyPtr(2, gfn=1, offset=doff),
+                               length)]) == [abi.GNTST_bad_copy_arg]
+    assert read(gt, 2, 1, 0, 9) == b"untouched"
+
+
+def test_a_copy_batch_tells_a_read_from_a_write_of_the_same_ref(gt):
+    ro = gt.grant_access(1, 2, 3, True)
+    fill(gt, 1, 3, b"ro data")
+    ops = [CopyOp(CopyPtr(1, ref=ro, use_gref=True), CopyPtr(2, gfn=0), 7),
+           CopyOp(CopyPtr(2, gfn=0), CopyPtr(1, ref=ro, use_gref=True), 7),
+           CopyOp(CopyPtr(1, ref=ro, use_gref=True), CopyPtr(2, gfn=1), 7)]
+    assert gt.copy(D2, ops) == [abi.GNTST_okay, abi.GNTST_general_error, abi.GNTST_okay]
+    assert read(gt, 2, 1, 0, 7) == b"ro data"
+
+
+def test_a_copy_batch_tells_a_gref_from_a_gfn_of_the_same_number(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    fill(gt, 1, 3, b"granted")
+    fill(gt, 2, ref % 8, b"own")
+    ops = [CopyOp(CopyPtr(1, ref=ref, use_gref=True), CopyPtr(2, gfn=0), 7),
+           CopyOp(CopyPtr(1, gfn=ref), CopyPtr(2, gfn=0), 7)]
+    assert gt.copy(D2, ops) == [abi.GNTST_okay, abi.GNTST_permission_denied]
+
+
+def test_a_copy_with_dest_gref_writes_through_the_grant(gt):
+    rw = gt.grant_access(1, 2, 3, False)
+    fill(gt, 2, 0, b"to d1")
+    op = (0, abi.DOMID_SELF, 0, rw, 1, 10, 5, abi.GNTCOPY_dest_gref)
+    assert gt.copy_gnttab(D2, [op]) == [abi.GNTST_okay]
+    assert read(gt, 1, 3, 10, 5) == b"to d1"
+    op = (rw, 1, 10, 1, abi.DOMID_SELF, 0, 5, abi.GNTCOPY_source_gref)
+    assert gt.copy_gnttab(D2, [op]) == [abi.GNTST_okay]
+    assert read(gt, 2, 1, 0, 5) == b"to d1"
+
+
+def test_a_copy_through_a_grant_of_a_domain_gone_from_memory_is_bad_page(gt):
+    gt.memory.add_domain(7, 4, 4)
+    gt.add_domain(7)
+    ref = gt.grant_access(7, 2, 0, False)
+    gt.memory.remove_domain(7)
+    assert gt.copy(D2, [CopyOp(CopyPtr(7, ref=ref, use_gref=True), CopyPtr(2, gfn=0), 1)]) == [
+        abi.GNTST_bad_page]
+
+
+def test_a_copy_batch_of_exactly_the_cap_and_a_map_batch_of_exactly_its_cap_run(gt):
+    from xenlab.hypervisor.grants import MAX_MAP_BATCH
+    assert gt.unmap_batch(D2, [0] * MAX_MAP_BATCH) == [abi.GNTST_bad_handle] * MAX_MAP_BATCH
+    refs = gt.grant_access_all(1, [(2, 3, True)] * MAX_MAP_BATCH)
+    assert len(refs) == MAX_MAP_BATCH
+    gt.end_access_all(1, refs)
+    assert gt.entries(1) == []
+
+
+def test_the_granter_side_refuses_an_unknown_domain_with_esrch(gt):
+    for call in (lambda: gt.grant_access(9, 2, 3, False), lambda: gt.end_access(9, 8),
+                 lambda: gt.query(9), lambda: gt.entries(9), lambda: gt.mapped_by(9),
+                 lambda: gt.maptrack_count(9), lambda: gt.mappings(9), lambda: gt.remove_domain(9),
+                 lambda: gt.map(Caller(9), 1, 8, True), lambda: gt.unmap(Caller(9), 0),
+                 lambda: gt.copy(Caller(9), [])):
+        with pytest.raises(XenError) as err:
+            call()
+        assert err.value.errno == errno.ESRCH and not isinstance(err.value, GrantError)
+        assert err.value.message == "no domain d9"
+
+
+def test_a_second_grant_table_for_a_domain_is_eexist(gt):
+    with pytest.raises(XenError) as err:
+        gt.add_domain(1)
+    assert err.value.errno == errno.EEXIST and gt.domains() == [0, 1, 2, 3]
+
+
+def test_refusals_carry_their_gntst_and_words(gt):
+    ro = gt.grant_access(1, 2, 3, True)
+    assert refusal(lambda: gt.grant_access(1, 9, 3, False)) == (
+        abi.GNTST_bad_domain, "cannot grant to d9: no such domain")
+    assert refusal(lambda: gt.grant_access(1, 2, 99, False)) == (
+        abi.GNTST_bad_page, "gfn 0x63 of d1 is not populated")
+    assert refusal(lambda: gt.map(D2, 1, ro, False)) == (
+        abi.GNTST_general_error, f"grant ref {ro} of d1 is read-only")
+    assert refusal(lambda: gt.map(D3, 1, ro, True)) == (
+        abi.GNTST_general_error, f"grant ref {ro} of d1 is not granted to d3")
+    assert refusal(lambda: gt.map(D2, 1, 16384, True)) == (
+        abi.GNTST_bad_gntref, "grant ref 16384 is past d1's table of 16384 entries")
+    assert refusal(lambda: gt.map(D2, 1, -1, True))[0] == abi.GNTST_bad_gntref
+    assert refusal(lambda: gt.map(D2, 1, 16383, True))[0] == abi.GNTST_general_error
+    assert refusal(lambda: gt.end_access(1, 7)) == (abi.GNTST_bad_gntref, "d1 has no grant ref 7")
+    assert refusal(lambda: gt.unmap(D2, 3)) == (
+        abi.GNTST_bad_handle, "d2 has no grant mapping with handle 3")
+    assert refusal(lambda: gt.map(D2, 8, ro, True)) == (abi.GNTST_bad_domain, "no domain d8")
+
+
+def test_a_map_of_an_unpopulated_frame_is_bad_page(gt):
+    ref = gt.grant_access(1, 2, 3, True)
+    gt.memory.decrease_reservation(1, [3])
+    assert refusal(lambda: gt.map(D2, 1, ref, True)) == (
+        abi.GNTST_bad_page, f"grant ref {ref} of d1 names an unpopulated frame")
+    assert gt.maptrack_count(2) == 0 and gt.query(1)["active_maps"] == 0
+
+
+def test_a_full_maptrack_says_how_many(gt):
+    ref = gt.grant_access(1, 2, 3, True)
+    for _ in range(4):
+        gt.map(D2, 1, ref, True)
+    assert refusal(lambda: gt.map(D2, 1, ref, True)) == (
+        abi.GNTST_no_device_space, "d2 holds 4 mappings already")
+
+
+def test_freed_refs_and_handles_come_back_lowest_first(gt):
+    refs = [gt.grant_access(1, 2, 3, True) for _ in range(4)]
+    gt.end_access(1, refs[2])
+    gt.end_access(1, refs[0])
+    assert [gt.grant_access(1, 2, 3, True) for _ in range(3)] == [refs[0], refs[2], refs[3] + 1]
+    handles = [gt.map(D2, 1, refs[1], True).handle for _ in range(4)]
+    gt.unmap_batch(D2, [handles[3], handles[1]])
+    assert [gt.map(D2, 1, refs[1], True).handle for _ in range(2)] == [1, 3]
+
+
+def test_nr_frames_counts_the_frames_the_refs_reached(gt):
+    gt.add_domain(7, max_frames=3)
+    gt.memory.add_domain(7, 4, 4)
+    assert gt.query(7)["nr_frames"] == 1
+    for _ in range(512 - 8):
+        gt.grant_access(7, 1, 0, True)
+    assert gt.query(7)["nr_frames"] == 1                  # refs 8..511: the first frame
+    gt.grant_access(7, 1, 0, True)
+    assert gt.query(7)["nr_frames"] == 2                  # ref 512
+    assert gt.query(7)["max_entries"] == 3 * 512 and gt.query(7)["max_frames"] == 3
+
+
+def test_mappings_lists_every_mappers_or_one(gt):
+    a = gt.grant_access(1, 2, 3, True)
+    b = gt.grant_access(1, 3, 4, True)
+    ma = gt.map(D2, 1, a, True)
+    mb = gt.map(D3, 1, b, True)
+    assert gt.mappings() == [ma, mb] and gt.mappings(3) == [mb] and gt.mappings(0) == []
+
+
+def test_a_frame_mapped_both_ways_is_writable_until_the_writer_goes(gt):
+    ref = gt.grant_access(1, 2, 3, False)
+    mfn = gt.memory.gfn_to_mfn(1, 3)
+    r = gt.map(D2, 1, ref, True)
+    w = gt.map(D2, 1, ref, False)
+    view = gt.mapped_by(2)
+    assert view[mfn] is False and mfn in view and list(view) == [mfn] and len(view) == 1
+    gt.unmap(D2, w.handle)
+    assert view[mfn] is True
+    gt.unmap(D2, r.handle)
+    assert mfn not in view and len(view) == 0
+
+
+def test_a_copy_batch_resolves_each_frame_once(gt, monkeypatch):
+    ref = gt.grant_access(1, 2, 3, False)
+    calls = []
+    frame = gt.memory.frame
+
+    def counting(domid, gfn):
+        calls.append((domid, gfn))
+        return frame(domid, gfn)
+    monkeypatch.setattr(gt.memory, "frame", counting)
+    ops = [CopyOp(CopyPtr(2, gfn=0), CopyPtr(1, ref=ref, use_gref=True), 8)] * 50
+    assert gt.copy(D2, ops) == [abi.GNTST_okay] * 50
+    assert sorted(calls) == [(1, 3), (2, 0)]
+
+
+def test_a_frame_the_memory_cannot_hand_over_is_a_general_error(gt, monkeypatch):
+    def refusing(domid, gfn):
+        raise XenError(errno.EFAULT, "no such frame")
+    monkeypatch.setattr(gt.memory, "frame", refusing)
+    ops = [CopyOp(CopyPtr(2, gfn=0), CopyPtr(2, gfn=1), 8)] * 2
+    assert gt.copy(D2, ops) == [abi.GNTST_general_error] * 2
+
+
+def test_the_lowest_ref_is_in_the_table_and_below_it_is_not(gt):
+    assert refusal(lambda: gt.map(D2, 1, 0, True)) == (
+        abi.GNTST_general_error, "grant ref 0 of d1 is not granted to d2")
+    assert refusal(lambda: gt.map(D2, 1, -1, True)) == (
+        abi.GNTST_bad_gntref, "grant ref -1 is past d1's table of 16384 entries")
+
+
+def test_a_batch_grant_keeps_each_entrys_access(gt):
+    ro, rw = gt.grant_access_all(1, [(2, 3, True), (2, 4, False)])
+    flags = {e.ref: e.flags for e in gt.entries(1)}
+    assert flags == {ro: abi.GTF_permit_access | abi.GTF_readonly, rw: abi.GTF_permit_access}
+
+
+def test_table_level_refusals_say_why(gt):
+    from xenlab.hypervisor.grants import MAX_MAP_BATCH
+    with pytest.raises(XenError) as err:
+        gt.map_batch(D2, [(1, 8, True)] * (MAX_MAP_BATCH + 1))
+    assert err.value.message == f"{MAX_MAP_BATCH + 1} ops in one call; at most {MAX_MAP_BATCH}"
+    with pytest.raises(XenError) as err:
+        gt.add_domain(1)
+    assert err.value.message == "d1 already has a grant table"
+    ref = gt.grant_access(1, 2, 3, True)
+    assert refusal(lambda: gt.end_access_all(1, [ref, ref])) == (
+        abi.GNTST_bad_gntref, "a grant ref appears twice")
+    gt.add_domain(7, max_frames=1)
+    gt.memory.add_domain(7, 4, 4)
+    gt.grant_access_all(7, [(1, 0, True)] * (512 - 8))
+    assert refusal(lambda: gt.grant_access(7, 1, 0, True)) == (
+        abi.GNTST_no_device_space, "d7's grant table is full (512 entries)")

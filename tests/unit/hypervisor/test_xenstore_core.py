@@ -695,3 +695,478 @@ def test_a_domus_requests_cost_no_walk_of_other_domains_nodes_or_watches(events)
     xs.watch(D1, "mine", "data", "d")
     xs.drop_connection("mine")
     assert xs.watch_count(1) == 0
+
+
+# -- the contract: counts seen from outside, both sides of each bound ---------
+
+def test_unwatch_gives_the_watch_back_to_the_quota(events):
+    xs = make_store(events, watches=1)
+    xs.watch(D1, "c", "data/a", "t")
+    assert xs.watch_count(1) == 1
+    xs.unwatch(D1, "c", "data/a", "t")
+    assert xs.watch_count(1) == 0 and xs.watches() == []
+    xs.watch(D1, "c", "data/b", "t")
+    assert xs.watch_count(1) == 1 and xs.watch_count(2) == 0
+    assert errno_of(xs.watch, D1, "c", "data/c", "t") == errno.EDQUOT
+
+
+def test_a_watch_dropped_by_one_token_leaves_the_others_on_the_path(xs, events):
+    xs.watch(D1, "c", "data", "a")
+    xs.watch(D1, "c", "data", "b")
+    xs.unwatch(D1, "c", "data", "a")
+    events.take()
+    xs.write(D1, "data/x", b"")
+    assert events.take() == [("data/x", "b")]
+    assert [(w.path, w.token, w.relative, w.domid) for w in xs.watches()] == [
+        ("/local/domain/1/data", "b", True, 1)]
+
+
+def test_open_transactions_are_counted_per_domain(xs):
+    assert xs.open_transactions(1) == 0
+    t1 = xs.transaction_start(D1)
+    t2 = xs.transaction_start(D1)
+    xs.transaction_start(D2)
+    assert (xs.open_transactions(1), xs.open_transactions(2), xs.open_transactions(0)) == (2, 1, 0)
+    xs.transaction_end(D1, t1, commit=False)
+    xs.transaction_end(D1, t2, commit=True)
+    assert (xs.open_transactions(1), xs.open_transactions(2)) == (0, 1)
+    xs.release_domain(2)
+    assert xs.open_transactions(2) == 0
+
+
+def test_the_transaction_quota_is_exact(events):
+    xs = make_store(events, transactions=1)
+    t = xs.transaction_start(D1)
+    with pytest.raises(XenStoreError) as err:
+        xs.transaction_start(D1)
+    assert err.value.errno == errno.EDQUOT and "d1 has 1 transactions open" in err.value.message
+    xs.transaction_end(D1, t, commit=True)
+    xs.transaction_start(D1)
+
+
+def test_nodes_is_a_read_only_view_of_the_live_tree(xs):
+    xs.write(D1, "data/k", b"v")
+    nodes = xs.nodes()
+    node = nodes["/local/domain/1/data/k"]
+    assert (node.value, node.perms, node.owner, node.children) == (b"v", ((1, "n"),), 1, frozenset())
+    assert "k" in nodes["/local/domain/1/data"].children
+    with pytest.raises(TypeError):
+        nodes["/x"] = node
+    xs.rm(D1, "data/k")
+    assert "/local/domain/1/data/k" not in nodes           # live, not a copy
+
+
+def test_a_transaction_that_replaces_an_owned_node_commits_at_the_quota(events):
+    xs = make_store(events, nodes=3)
+    xs.write(D1, "data/a", b"")
+    xs.write(D1, "data/b", b"")
+    assert xs.node_count(1) == 3                           # at the quota
+    tx = xs.transaction_start(D1)
+    xs.rm(D1, "data/a", tx)
+    xs.write(D1, "data/c", b"", tx)                        # one out, one in: no growth
+    xs.transaction_end(D1, tx, commit=True)
+    assert xs.node_count(1) == 3 and xs.exists("/local/domain/1/data/c")
+    assert not xs.exists("/local/domain/1/data/a")
+
+
+def test_a_transaction_may_fill_the_quota_exactly_but_not_pass_it(events):
+    xs = make_store(events, nodes=3)
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/a", b"", tx)
+    xs.write(D1, "data/b", b"", tx)
+    xs.transaction_end(D1, tx, commit=True)
+    assert xs.node_count(1) == 3
+    xs.rm(D1, "data/b")
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/x", b"", tx)
+    xs.write(DOM0, "/tool/y", b"")                         # outside what the transaction saw,
+    xs.set_perms(DOM0, "/tool/y", [(1, "n")])              # dom0 fills d1's last place
+    assert xs.node_count(1) == 3
+    with pytest.raises(XenStoreError) as err:
+        xs.transaction_end(D1, tx, commit=True)
+    assert err.value.errno == errno.EDQUOT
+    assert f"past its quota of 3 nodes" in err.value.message
+    assert xs.node_count(1) == 3 and xs.open_transactions(1) == 0
+
+
+def test_the_node_quota_is_exact(events):
+    xs = make_store(events, nodes=2)
+    xs.write(D1, "data/a", b"")                            # 2 of 2
+    with pytest.raises(XenStoreError) as err:
+        xs.write(D1, "data/b", b"")
+    assert err.value.errno == errno.EDQUOT and "d1 owns 2 nodes; the quota is 2" in err.value.message
+
+
+def test_the_entry_size_quota_is_exact_and_names_the_sizes(events):
+    xs = make_store(events, entry_size=4)
+    xs.write(D1, "data/v", b"1234")
+    with pytest.raises(XenStoreError) as err:
+        xs.write(D1, "data/v", b"12345")
+    assert err.value.errno == errno.EDQUOT and "holds 4 bytes at most, not 5" in err.value.message
+    xs.write(DOM0, "/local/domain/1/data/v", b"12345")      # privileged: only the payload limit
+    assert xs.read(D1, "data/v") == b"12345"
+
+
+def test_the_perm_list_quota_is_exact(events):
+    xs = make_store(events, perms=2)
+    xs.write(D1, "data/n", b"")
+    xs.set_perms(D1, "data/n", [(1, "n"), (2, "r")])
+    assert xs.get_perms(D1, "data/n") == [(1, "n"), (2, "r")]
+    xs.set_perms(DOM0, "/local/domain/1/data/n", [(1, "n"), (2, "r"), (3, "w")])
+    assert xs.get_perms(D1, "data/n") == [(1, "n"), (2, "r"), (3, "w")]
+
+
+@pytest.mark.parametrize("perms, words", [
+    ([(1, "x")], "permission 'x'"), ([(1, "rw")], "permission 'rw'"), ([(1, "")], "permission ''"),
+    ([(-1, "r")], "invalid domain -1"), ([(0x7FF0, "r")], "invalid domain 32752"),
+    ([], "at least the owner")])
+def test_bad_permission_lists_say_why(xs, perms, words):
+    with pytest.raises(XenStoreError) as err:
+        xs.set_perms(DOM0, "/tool", perms)
+    assert err.value.errno == errno.EINVAL and words in err.value.message
+    assert xs.get_perms(DOM0, "/tool") == [(0, "n")]
+
+
+def test_the_highest_ordinary_domid_may_be_named_in_a_permission(xs):
+    xs.set_perms(DOM0, "/tool", [(0, "n"), (0x7FEF, "r")])
+    assert xs.get_perms(DOM0, "/tool") == [(0, "n"), (0x7FEF, "r")]
+
+
+def test_a_watch_token_may_be_a_whole_payload_but_no_more(xs):
+    xs.watch(D1, "c", "data", "t" * 4096)
+    assert errno_of(xs.watch, D1, "c", "data", "t" * 4097) == errno.EINVAL
+
+
+def test_a_relative_path_may_be_2048_characters_but_no_more(events):
+    xs = make_store(events)
+    name = "data/" + "x" * (2048 - 5)
+    xs.write(D1, name, b"")
+    assert xs.read(D1, name) == b""
+    with pytest.raises(XenStoreError) as err:
+        xs.write(D1, name + "y", b"")
+    assert err.value.errno == errno.EINVAL and "2048 characters at most" in err.value.message
+
+
+def test_an_absolute_path_may_be_path_max_characters_but_no_more(events):
+    xs = make_store(events, path_max=40)
+    path = "/tool/" + "x" * 34
+    xs.write(DOM0, path, b"")
+    assert xs.exists(path)
+    with pytest.raises(XenStoreError) as err:
+        xs.write(DOM0, path + "y", b"")
+    assert err.value.errno == errno.EINVAL and "40 characters at most" in err.value.message
+
+
+def test_special_watches_are_named_and_privileged(xs, events):
+    with pytest.raises(XenStoreError) as err:
+        xs.watch(DOM0, "c", "@bogus", "t")
+    assert err.value.errno == errno.EINVAL and "unknown special watch '@bogus'" in err.value.message
+    with pytest.raises(XenStoreError) as err:
+        xs.watch(D1, "c", "@releaseDomain", "t")
+    assert err.value.errno == errno.EACCES
+    xs.watch(DOM0, "c", "@releaseDomain", "t")
+    assert [(w.path, w.relative) for w in xs.watches()] == [("@releaseDomain", False)]
+    assert events.take() == [("@releaseDomain", "t")]
+    xs.introduce_domain(5)
+    assert events.take() == []
+    xs.release_domain(5)
+    assert events.take() == [("@releaseDomain", "t")]
+
+
+def test_the_root_cannot_be_removed(xs):
+    with pytest.raises(XenStoreError) as err:
+        xs.rm(DOM0, "/")
+    assert err.value.errno == errno.EINVAL and xs.exists("/")
+
+
+def test_a_refused_write_names_the_verb(xs):
+    xs.write(DOM0, "/tool/ro", b"")
+    xs.set_perms(DOM0, "/tool/ro", [(0, "r")])
+    with pytest.raises(XenStoreError) as err:
+        xs.write(D1, "/tool/ro", b"x")
+    assert err.value.errno == errno.EACCES and err.value.message == "d1 may not write /tool/ro"
+    xs.set_perms(DOM0, "/tool/ro", [(0, "w")])
+    with pytest.raises(XenStoreError) as err:
+        xs.read(D1, "/tool/ro")
+    assert err.value.errno == errno.EACCES and err.value.message == "d1 may not read /tool/ro"
+
+
+def test_a_transaction_of_another_domain_is_enoent(xs):
+    tx = xs.transaction_start(D2)
+    with pytest.raises(XenStoreError) as err:
+        xs.read(D1, "data", tx)
+    assert err.value.errno == errno.ENOENT and err.value.message == f"d1 has no transaction {tx}"
+    assert errno_of(xs.transaction_end, D1, tx, True) == errno.ENOENT
+    assert xs.open_transactions(2) == 1
+
+
+def test_transaction_ids_wrap_past_u32_and_skip_ones_in_use(xs):
+    import itertools
+    first = xs.transaction_start(D1)
+    assert first == 1
+    xs._tx_ids = itertools.count(0xFFFFFFFF)
+    assert xs.transaction_start(D1) == 0xFFFFFFFF
+    assert xs.transaction_start(D1) == 2            # 0 is "no transaction"; 1 is open
+
+
+def test_release_hands_a_domains_nodes_to_dom0_and_drops_its_entries(xs):
+    xs.write(D1, "data/mine", b"")
+    xs.set_perms(D1, "data/mine", [(1, "r"), (2, "w"), (1, "b")])
+    xs.write(DOM0, "/tool/shared", b"")
+    xs.set_perms(DOM0, "/tool/shared", [(2, "r"), (1, "w"), (3, "r")])
+    xs.release_domain(1)
+    assert xs.get_perms(DOM0, "/local/domain/1/data/mine") == [(0, "r"), (2, "w")]
+    assert xs.get_perms(DOM0, "/tool/shared") == [(2, "r"), (3, "r")]
+    assert xs.node_count(1) == 0
+
+
+def test_a_missing_node_says_why_in_words(xs):
+    with pytest.raises(XenStoreError) as err:
+        xs.read(D1, "data/nope")
+    assert err.value.errno == errno.ENOENT
+    assert err.value.message == "/local/domain/1/data/nope does not exist"
+    with pytest.raises(XenStoreError) as err:
+        xs.read(D1, "/local/domain/2/data/nope")
+    assert err.value.errno == errno.EACCES
+    assert err.value.message == "d1 may not read /local/domain/2/data/nope"
+
+
+def test_mkdir_in_a_transaction_is_its_own_until_commit(xs, events):
+    xs.watch(DOM0, "c", "/tool", "t")
+    events.take()
+    tx = xs.transaction_start(D1)
+    xs.mkdir(D1, "data/dir", tx)
+    assert xs.read(D1, "data/dir", tx) == b"" and not xs.exists("/local/domain/1/data/dir")
+    xs.mkdir(D1, "data/dir", tx)                       # again, in the transaction: fine
+    xs.transaction_end(D1, tx, commit=True)
+    assert xs.read(D1, "data/dir") == b""
+    tx = xs.transaction_start(DOM0)
+    xs.mkdir(DOM0, "/tool/d", tx)
+    assert events.take() == []
+    xs.transaction_end(DOM0, tx, commit=False)
+    assert not xs.exists("/tool/d") and events.take() == []
+
+
+def test_mkdir_of_an_existing_node_needs_write_on_it(xs):
+    xs.write(DOM0, "/tool/ro", b"keep")
+    xs.set_perms(DOM0, "/tool/ro", [(0, "r")])
+    with pytest.raises(XenStoreError) as err:
+        xs.mkdir(D1, "/tool/ro")
+    assert err.value.errno == errno.EACCES and err.value.message == "d1 may not write /tool/ro"
+    xs.set_perms(DOM0, "/tool/ro", [(0, "w")])
+    xs.mkdir(D1, "/tool/ro")
+    assert xs.read(DOM0, "/tool/ro") == b"keep"
+
+
+def test_two_permission_changes_in_a_transaction_tell_every_reader_of_either(xs, events):
+    xs.write(DOM0, "/tool/n", b"")
+    xs.watch(D1, "c1", "/tool/n", "one")
+    xs.watch(D2, "c2", "/tool/n", "two")
+    events.take()
+    tx = xs.transaction_start(DOM0)
+    xs.set_perms(DOM0, "/tool/n", [(0, "n"), (1, "r")], tx)
+    xs.set_perms(DOM0, "/tool/n", [(0, "n"), (2, "r")], tx)
+    xs.transaction_end(DOM0, tx, commit=True)
+    assert sorted(events.take()) == [("/tool/n", "one"), ("/tool/n", "two")]
+
+
+def test_a_node_removed_twice_in_a_transaction_fires_for_both_subtrees(xs, events):
+    xs.write(DOM0, "/tool/a/x", b"")
+    xs.watch(DOM0, "c", "/tool/a/x", "x")
+    xs.watch(DOM0, "c", "/tool/a/y", "y")
+    events.take()
+    tx = xs.transaction_start(DOM0)
+    xs.rm(DOM0, "/tool/a", tx)                         # takes /tool/a/x
+    xs.write(DOM0, "/tool/a/y", b"", tx)
+    xs.rm(DOM0, "/tool/a", tx)                         # takes /tool/a/y
+    xs.transaction_end(DOM0, tx, commit=True)
+    # y fires for its own write and for the removal; x only for the removal
+    assert sorted(events.take()) == [("/tool/a/x", "x"), ("/tool/a/y", "y"), ("/tool/a/y", "y")]
+
+
+def test_a_node_written_then_removed_in_a_transaction_fires_below_it(xs, events):
+    xs.write(DOM0, "/tool/a/x", b"")
+    xs.watch(DOM0, "c", "/tool/a/x", "x")
+    events.take()
+    tx = xs.transaction_start(DOM0)
+    xs.write(DOM0, "/tool/a", b"v", tx)
+    xs.rm(DOM0, "/tool/a", tx)
+    xs.transaction_end(DOM0, tx, commit=True)
+    assert events.take() == [("/tool/a/x", "x")]
+
+
+def test_a_transaction_counts_what_it_removed_against_its_quota(events):
+    xs = make_store(events, nodes=3)
+    xs.write(D1, "data/a", b"")
+    xs.write(D1, "data/b", b"")
+    tx = xs.transaction_start(D1)
+    xs.rm(D1, "data/a", tx)
+    xs.write(D1, "data/x", b"", tx)                    # back at 3 inside the transaction
+    with pytest.raises(XenStoreError) as err:
+        xs.write(D1, "data/y", b"", tx)
+    assert err.value.errno == errno.EDQUOT
+
+
+def test_a_subtree_removed_earlier_in_a_transaction_keeps_its_own_permissions(xs, events):
+    xs.write(DOM0, "/tool/a/x", b"")
+    xs.set_perms(DOM0, "/tool/a/x", [(0, "n"), (1, "r")])       # d1 may read x, not /tool/a
+    xs.watch(D1, "c", "/tool/a/x", "x")
+    events.take()
+    tx = xs.transaction_start(DOM0)
+    xs.rm(DOM0, "/tool/a", tx)
+    xs.write(DOM0, "/tool/a", b"", tx)
+    xs.rm(DOM0, "/tool/a", tx)
+    xs.transaction_end(DOM0, tx, commit=True)
+    assert events.take() == [("/tool/a/x", "x")]
+
+
+def test_removing_a_node_fires_only_watches_below_it_not_beside_it(xs, events):
+    xs.write(DOM0, "/tool/a/x", b"")
+    xs.write(DOM0, "/tool/ab", b"")
+    for path, token in (("/tool/a/x", "x"), ("/tool/a/y", "y"), ("/tool/ab", "ab"), ("/tool/a", "a")):
+        xs.watch(DOM0, "c", path, token)
+    xs.unwatch(DOM0, "c", "/tool/a/y", "y")
+    events.take()
+    xs.rm(DOM0, "/tool/a")
+    assert sorted(events.take()) == [("/tool/a", "a"), ("/tool/a/x", "x")]
+
+
+def test_removing_a_top_node_fires_the_root_watch_and_the_ones_below(xs, events):
+    xs.write(DOM0, "/top/deep", b"")
+    xs.watch(DOM0, "c", "/", "root")
+    xs.watch(DOM0, "c", "/top/deep", "deep")
+    events.take()
+    xs.rm(DOM0, "/top")
+    assert sorted(events.take()) == [("/top", "root"), ("/top/deep", "deep")]
+
+
+def test_a_relative_watch_below_a_removed_node_gets_a_relative_path(xs, events):
+    xs.write(D1, "data/sub/leaf", b"")
+    xs.watch(D1, "c", "data/sub/leaf", "t")
+    events.take()
+    xs.rm(D1, "data/sub")
+    assert events.take() == [("data/sub/leaf", "t")]
+
+
+def test_a_target_domain_has_its_targets_rights(xs):
+    from xenlab.hypervisor.xenstore import access
+    dm = Caller(2, False, 1)
+    assert access(((1, "n"),), dm) == "b"                   # owned by its target
+    assert access(((0, "n"), (1, "w")), dm) == "w"          # its target's entry
+    assert access(((0, "n"), (2, "r"), (1, "w")), dm) == "r"  # the first entry that names either
+    assert access(((0, "r"), (3, "w")), dm) == "r"          # neither: the default
+    assert access(((0, "n"),), Caller(0, True)) == "b"
+
+
+def test_an_unprivileged_creator_owns_what_it_creates_with_the_parents_other_entries(xs):
+    xs.write(DOM0, "/tool/shared", b"")
+    xs.set_perms(DOM0, "/tool/shared", [(0, "w"), (2, "r")])
+    xs.write(D1, "/tool/shared/a/b", b"")
+    assert xs.get_perms(DOM0, "/tool/shared/a") == [(1, "w"), (2, "r")]
+    assert xs.get_perms(DOM0, "/tool/shared/a/b") == [(1, "w"), (2, "r")]
+    assert xs.node_count(1) == 3 and xs.read(D1, "/tool/shared/a") == b""   # with its data/
+
+
+def test_a_transaction_that_adds_nothing_commits_even_past_the_quota(events):
+    xs = make_store(events, nodes=2)
+    for name in ("x", "y"):                              # dom0 gives d1 more than its quota
+        xs.write(DOM0, f"/local/domain/1/data/{name}", b"")
+        xs.set_perms(DOM0, f"/local/domain/1/data/{name}", [(1, "n")])
+    assert xs.node_count(1) == 3
+    tx = xs.transaction_start(D1)
+    xs.write(D1, "data/x", b"new value", tx)
+    xs.transaction_end(D1, tx, commit=True)
+    assert xs.read(D1, "data/x") == b"new value"
+
+
+def test_transaction_ids_start_again_at_1_after_wrapping(xs):
+    import itertools
+    xs._tx_ids = itertools.count(0xFFFFFFFF)
+    assert xs.transaction_start(D1) == 0xFFFFFFFF
+    assert xs.transaction_start(D1) == 1
+
+
+def test_a_node_readable_but_not_writable_may_be_listed(xs):
+    xs.write(DOM0, "/tool/ro/child", b"")
+    xs.set_perms(DOM0, "/tool/ro", [(0, "r")])
+    assert xs.directory(D1, "/tool/ro") == ["child"]
+    assert xs.get_perms(D1, "/tool/ro") == [(0, "r")]
+
+
+def test_get_perms_in_a_transaction_sees_its_own_change(xs):
+    xs.write(D1, "data/n", b"")
+    tx = xs.transaction_start(D1)
+    xs.set_perms(D1, "data/n", [(1, "n"), (2, "r")], tx)
+    assert xs.get_perms(D1, "data/n", tx) == [(1, "n"), (2, "r")]
+    assert xs.get_perms(D1, "data/n") == [(1, "n")]
+
+
+def test_conflicts_and_missing_watches_say_what(xs):
+    xs.write(D1, "data/a", b"")
+    tx = xs.transaction_start(D1)
+    xs.read(D1, "data/a", tx)
+    xs.write(D1, "data/a", b"changed")
+    with pytest.raises(XenStoreError) as err:
+        xs.transaction_end(D1, tx, commit=True)
+    assert err.value.message == (f"transaction {tx} conflicts with changes to /local/domain/1/data/a; "
+                                 f"retry it")
+    with pytest.raises(XenStoreError) as err:
+        xs.unwatch(D1, "c", "data", "tok")
+    assert err.value.message == "no watch on data with token 'tok'"
+
+
+def test_set_perms_refusals_say_whose_node_it_is(xs):
+    xs.write(DOM0, "/tool/n", b"")
+    xs.set_perms(DOM0, "/tool/n", [(0, "r")])
+    with pytest.raises(XenStoreError) as err:
+        xs.set_perms(D1, "/tool/n", [(1, "n")])
+    assert (err.value.errno, err.value.message) == (
+        errno.EACCES, "/tool/n: only its owner d0 may set its permissions")
+    xs.write(D1, "data/mine", b"")
+    with pytest.raises(XenStoreError) as err:
+        xs.set_perms(D1, "data/mine", [(2, "b")])
+    assert (err.value.errno, err.value.message) == (
+        errno.EPERM, "/local/domain/1/data/mine: d1 may not change the owner to d2")
+
+
+def test_refusals_word_for_word(events):
+    xs = make_store(events, watches=1, perms=2)
+    xs.watch(D1, "c", "data", "t")
+    cases = [
+        (lambda: xs.set_perms(DOM0, "/tool", []), errno.EINVAL,
+         "a permission list needs at least the owner entry"),
+        (lambda: xs.set_perms(DOM0, "/tool", [(0, "x")]), errno.EINVAL,
+         "permission 'x': use one of n, r, w, b"),
+        (lambda: xs.set_perms(DOM0, "/tool", [(0x7FF0, "r")]), errno.EINVAL,
+         "permission for invalid domain 32752"),
+        (lambda: xs.set_perms(D1, "data", [(1, "n"), (2, "r"), (3, "r")]), errno.EDQUOT,
+         "a permission list has 2 entries at most"),
+        (lambda: xs.watch(D1, "c", "@releaseDomain", "t"), errno.EACCES,
+         "@releaseDomain may only be watched by a privileged domain"),
+        (lambda: xs.rm(DOM0, "/"), errno.EINVAL, "the root node cannot be removed"),
+        (lambda: xs.watch(D1, "c", "data", "t" * 4097), errno.EINVAL,
+         "a watch token is 4096 bytes at most"),
+        (lambda: xs.watch(D1, "c", "data", "t"), errno.EEXIST, "already watching data with token 't'"),
+        (lambda: xs.watch(D1, "d", "data", "u"), errno.EDQUOT, "d1 has 1 watches, the most allowed"),
+        (lambda: xs.read(D1, "rel//x"), errno.EINVAL,
+         "invalid path '/local/domain/1/rel//x': use [A-Za-z0-9-/_@], no empty components"),
+        (lambda: xs.write(DOM0, "/tool/big", b"x" * 4097), errno.E2BIG,
+         "/tool/big: a value is 4096 bytes at most, not 4097"),
+    ]
+    for call, code, words in cases:
+        with pytest.raises(XenStoreError) as err:
+            call()
+        assert (err.value.errno, err.value.message) == (code, words)
+
+
+def test_the_initial_nodes_are_empty_and_an_empty_path_is_invalid(xs):
+    assert [xs.read(DOM0, p) for p in ("/", "/local", "/local/domain", "/vm", "/tool")] == [b""] * 5
+    with pytest.raises(XenStoreError) as err:
+        xs.read(D1, "")
+    assert (err.value.errno, err.value.message) == (errno.EINVAL, "invalid path ''")
+
+
+def test_a_refused_create_names_the_ancestor_it_needed(xs):
+    with pytest.raises(XenStoreError) as err:
+        xs.write(D1, "/tool/new/deeper", b"")
+    assert (err.value.errno, err.value.message) == (errno.EACCES, "d1 may not write /tool")

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.xenstore import XenStore, XenStoreQuotas
 from xenlab.hypervisor.xenstored import ConnectionLimits, Xenstored
+from xenlab.xen.errors import XenStoreError
 from xenlab.xen import xs_wire as w
 from xenlab.xen.xs_wire import XsMessage, XsType
 
@@ -344,7 +345,7 @@ def test_releasing_a_domain_drops_its_connection(daemon):
 def test_control_print_help_and_quota(dom0, caplog):
     caplog.set_level(logging.INFO, logger="xenlab.hypervisor.xenstored")
     assert dom0.ok(XsType.CONTROL, b"print\0hello from the tools\0") == b"OK\0"
-    assert "control: hello from the tools" in caplog.text
+    assert "control: hello from the tools" in [r.getMessage() for r in caplog.records]
     assert b"print\t<string>" in dom0.ok(XsType.CONTROL, b"help\0")
     assert b"Watches per domain: 3" in dom0.ok(XsType.CONTROL, b"quota\0")
     assert b"nodes: " in dom0.ok(XsType.CONTROL, b"quota\0" b"5\0")
@@ -457,3 +458,518 @@ def test_set_target_gives_a_domain_its_targets_rights(daemon):
     dom0.ok(XsType.RELEASE, b"1\0")
     assert daemon.domains[2].target is None
     assert dm.error(XsType.READ, b"/local/domain/1/data\0") == "EACCES"
+
+
+# -- counts, bounds and words a client (or the toolstack) can observe ---------
+
+def test_a_connection_counts_its_requests_errors_and_events(daemon, dom0):
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    dom0.error(XsType.READ, b"/nope\0")
+    Peer(daemon).ok(XsType.WRITE, b"/tool/x\0")
+    dom0.out()
+    assert dom0.conn.stats == {"requests": 2, "errors": 1, "events": 2, "events_merged": 0,
+                               "events_too_long": 0}
+
+
+def test_connections_are_named_after_their_domain_in_order(daemon):
+    a, b = daemon.connect(Caller(1)), daemon.connect(Caller(2), name="qemu")
+    c = daemon.connect(Caller(1))
+    assert (a.name, b.name, c.name) == ("d1#1", "qemu", "d1#3")
+    assert repr(a) == "<XsConnection d1#1>" and {a, b, c} <= daemon.connections
+
+
+def test_a_batch_of_requests_yields_to_other_connections(daemon):
+    daemon.limits = ConnectionLimits(batch=3)
+    peer = Peer(daemon)
+    stream = b"".join(w.encode(XsMessage(XsType.READ, i, 0, b"/local/domain/0/name\0"))
+                      for i in range(1, 6))
+    assert peer.conn.receive(stream) == 3
+    assert [m.req_id for m in peer.out()] == [1, 2, 3]
+    assert peer.conn.process() == 2 and peer.conn.process() == 0
+    assert [m.req_id for m in peer.out()] == [4, 5]
+
+
+def test_requests_wait_exactly_while_the_backlog_is_full(daemon):
+    reply = len(w.encode(XsMessage(XsType.READ, 1, 0, b"Domain-0")))
+    daemon.limits = ConnectionLimits(backlog=2 * reply)
+    peer = Peer(daemon)
+    stream = b"".join(w.encode(XsMessage(XsType.READ, i, 0, b"/local/domain/0/name\0"))
+                      for i in range(1, 5))
+    assert peer.conn.receive(stream) == 2
+    assert peer.conn.pending_output == 2 * reply and not peer.conn.wants_input
+    peer.conn.take(1)
+    assert peer.conn.pending_output == 2 * reply - 1 and peer.conn.wants_input
+    assert peer.conn.process() == 1
+
+
+def test_input_is_read_until_exactly_the_input_limit(daemon):
+    daemon.limits = ConnectionLimits(input=20)
+    peer = Peer(daemon)
+    head = w.HEADER.pack(XsType.WRITE, 1, 0, 100)
+    peer.conn.receive(head + b"x" * 3)
+    assert peer.conn.reader.buffered == 19 and peer.conn.wants_input
+    peer.conn.receive(b"x")
+    assert peer.conn.reader.buffered == 20 and not peer.conn.wants_input
+
+
+def test_output_may_reach_exactly_the_limit(daemon):
+    ack = w.encode(XsMessage(XsType.WATCH, 1, 0, b"OK\0"))
+    event = w.encode(XsMessage(XsType.WATCH_EVENT, 0, 0, b"/tool\0t\0"))
+    daemon.limits = ConnectionLimits(output=len(ack) + len(event))
+    peer = Peer(daemon)
+    peer.send(XsType.WATCH, b"/tool\0t\0")
+    assert not peer.conn.closed and peer.conn.pending_output == len(ack) + len(event)
+    Peer(daemon).ok(XsType.WRITE, b"/tool/x\0")
+    assert peer.conn.closed and peer.conn.error == w.XENSTORE_ERROR_COMM
+    assert peer.conn.reason == (f"{len(ack) + 2 * len(event) + 2} bytes of replies and watch events "
+                                f"unread (the most is {len(ack) + len(event)})")
+    assert peer.conn.pending_output == 0 and peer.conn.take() == b""
+
+
+def test_a_failed_connection_keeps_its_first_reason_and_wakes_once(daemon):
+    peer = Peer(daemon)
+    peer.conn.fail(w.XENSTORE_ERROR_RINGIDX, "bad index")
+    peer.conn.fail(w.XENSTORE_ERROR_COMM, "later")
+    peer.conn.close()
+    assert (peer.conn.error, peer.conn.reason, peer.wakes) == (w.XENSTORE_ERROR_RINGIDX, "bad index", 1)
+    assert peer.conn.receive(w.encode(XsMessage(XsType.READ, 1, 0, b"/\0"))) == 0
+    peer.conn.fire("/tool", "t")
+    assert peer.conn.take() == b""
+
+
+def test_special_events_are_never_merged_and_others_merge_only_unsent(daemon, dom0):
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    dom0.out()
+    dom0.conn.fire("/tool/a", "t")
+    dom0.conn.fire("/tool/a", "t")
+    assert (dom0.conn.stats["events"], dom0.conn.stats["events_merged"]) == (2, 1)   # and the watch's own
+    first = dom0.conn.take(20)                     # the first is partly sent: no longer mergeable
+    dom0.conn.fire("/tool/a", "t")
+    dom0.conn.fire("@releaseDomain", "r")
+    dom0.conn.fire("@releaseDomain", "r")
+    assert (dom0.conn.stats["events"], dom0.conn.stats["events_merged"]) == (5, 1)
+    sent = first + dom0.conn.take()
+    assert sent.count(b"@releaseDomain\0r\0") == 2 and sent.count(b"/tool/a\0t\0") == 2
+    dom0.conn.fire("/tool/a", "t")                 # all sent: a new one goes out
+    assert (dom0.conn.stats["events"], dom0.conn.stats["events_merged"]) == (6, 1)
+
+
+def test_an_event_of_exactly_a_payload_is_sent(daemon, dom0):
+    token = "t" * (w.XENSTORE_PAYLOAD_MAX - len("/tool\0") - 1)
+    dom0.conn.fire("/tool", token)
+    assert dom0.conn.stats == {"requests": 0, "errors": 0, "events": 1, "events_merged": 0,
+                               "events_too_long": 0}
+    dom0.conn.fire("/tool", token + "t")
+    assert dom0.conn.stats["events_too_long"] == 1 and dom0.conn.stats["events"] == 1
+    (event,) = dom0.out()
+    assert len(event.payload) == w.XENSTORE_PAYLOAD_MAX
+
+
+def test_events_a_request_causes_follow_its_reply(daemon, dom0):
+    dom0.ok(XsType.WATCH, b"/tool\0t\0")
+    dom0.out()
+    dom0.send(XsType.WRITE, b"/tool/x\0")
+    out = dom0.out()
+    assert [(m.type, m.req_id) for m in out] == [(XsType.WRITE, dom0.req), (XsType.WATCH_EVENT, 0)]
+
+
+def test_watch_and_unwatch_ignore_the_transaction_id(daemon, dom0):
+    assert dom0.ok(XsType.WATCH, b"/tool\0t\0", tx=77) == b"OK\0"
+    assert dom0.ok(XsType.UNWATCH, b"/tool\0t\0", tx=77) == b"OK\0"
+    assert dom0.error(XsType.READ, b"/tool\0", tx=77) == "ENOENT"
+
+
+def test_quota_errors_map_to_what_xenstored_answers():
+    from xenlab.hypervisor.xenstored import XsConnection
+    wire = XsConnection._wire_errno
+    assert wire(XsType.WATCH, errno.EDQUOT) == errno.E2BIG
+    assert wire(XsType.WRITE, errno.EDQUOT) == errno.ENOSPC
+    assert wire(XsType.READ, errno.ESRCH) == errno.ENOENT
+    assert wire(XsType.READ, errno.EACCES) == errno.EACCES
+
+
+def test_unwatch_gives_the_connection_its_watch_back(daemon):
+    daemon.limits = ConnectionLimits(watches=1)
+    peer = Peer(daemon)
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    assert peer.error(XsType.WATCH, b"/b\0b\0") == "E2BIG"
+    assert peer.error(XsType.UNWATCH, b"/b\0b\0") == "ENOENT"
+    assert peer.error(XsType.WATCH, b"/b\0b\0") == "E2BIG"      # a failed unwatch gave nothing back
+    peer.ok(XsType.UNWATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/b\0b\0")
+
+
+def test_the_connection_transaction_limit_is_exact_and_freed_by_an_end(daemon):
+    daemon.limits = ConnectionLimits(transactions=2)
+    peer = Peer(daemon)
+    t1 = int(peer.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    peer.ok(XsType.TRANSACTION_START, b"\0")
+    assert peer.error(XsType.TRANSACTION_START, b"\0") == "ENOSPC"
+    assert peer.ok(XsType.TRANSACTION_END, b"F\0", tx=t1) == b"OK\0"
+    assert peer.ok(XsType.TRANSACTION_START, b"\0").endswith(b"\0")
+
+
+def test_a_transaction_start_answers_its_id_as_decimal(daemon, dom0):
+    tx = dom0.ok(XsType.TRANSACTION_START, b"\0")
+    assert tx[:-1].isdigit() and tx[-1:] == b"\0"
+    assert daemon.store.open_transactions(0) == 1
+    assert dom0.ok(XsType.TRANSACTION_END, b"T\0", tx=int(tx[:-1])) == b"OK\0"
+    assert daemon.store.open_transactions(0) == 0
+
+
+def test_rm_of_a_missing_node_under_an_unreadable_parent_stays_refused(daemon):
+    guest = Peer(daemon, Caller(5))
+    guest.ok(XsType.RM, b"missing\0")                              # relative: its home is there
+    assert guest.error(XsType.RM, b"/local/domain/1/missing\0") == "EACCES"
+    assert guest.error(XsType.RM, b"nohere/missing\0") == "ENOENT"
+    Peer(daemon).ok(XsType.WRITE, b"/local/domain/1/ro\0")
+    assert guest.error(XsType.RM, b"/local/domain/1/ro\0") == "EACCES"
+
+
+def test_set_perms_needs_a_path_and_one_permission(daemon, dom0):
+    assert dom0.error(XsType.SET_PERMS, b"/tool\0") == "EINVAL"
+    assert dom0.ok(XsType.SET_PERMS, b"/tool\0r0\0") == b"OK\0"
+    assert dom0.ok(XsType.GET_PERMS, b"/tool\0") == b"r0\0"
+    assert dom0.ok(XsType.SET_PERMS, b"/tool\0n0\0w3\0") == b"OK\0"
+    assert dom0.ok(XsType.GET_PERMS, b"/tool\0") == b"n0\0w3\0"
+
+
+def test_set_target_needs_two_domains(daemon, dom0):
+    assert dom0.error(XsType.SET_TARGET, b"1\0") == "EINVAL"
+    assert dom0.error(XsType.SET_TARGET, b"7\0" b"1\0") == "ENOENT"
+    assert dom0.ok(XsType.SET_TARGET, b"1\0" b"2\0") == b"OK\0"
+    assert daemon.domains[1].target == 2 and daemon.domains[2].target is None
+
+
+def test_introduce_takes_the_highest_real_domid_and_a_positive_channel(daemon, dom0):
+    daemon._domain_exists = lambda d: True
+    assert dom0.ok(XsType.INTRODUCE, b"32751\0" b"7\0" b"1\0") == b"OK\0"
+    assert (daemon.domains[32751].gfn, daemon.domains[32751].port) == (7, 1)
+    assert dom0.error(XsType.INTRODUCE, b"32752\0" b"7\0" b"1\0") == "EINVAL"
+    assert dom0.error(XsType.INTRODUCE, b"9\0" b"7\0" b"-1\0") == "EINVAL"
+    assert dom0.error(XsType.INTRODUCE, b"9\0" b"x7\0" b"1\0") == "EINVAL"
+    assert dom0.error(XsType.RELEASE, b"0\0") == "EINVAL" and dom0.error(XsType.RESUME, b"0\0") == "EINVAL"
+
+
+class Rings:
+    def __init__(self):
+        self.calls = []
+
+    def attach(self, dom):
+        self.calls.append(("attach", dom.domid, dom.port))
+
+    def rebind(self, dom, port):
+        self.calls.append(("rebind", dom.domid, port))
+
+    def detach(self, domid):
+        self.calls.append(("detach", domid))
+
+
+def test_the_domain_table_drives_the_store_rings(daemon):
+    daemon.rings = rings = Rings()
+    daemon.introduce(5, gfn=3, port=4)                  # known already: only its port changes
+    daemon.introduce(5, gfn=3, port=4)                  # the same port: nothing to rebind
+    daemon.introduce(5, gfn=3)                          # no port: keeps the one it has
+    assert daemon.domains[5].port == 4
+    daemon.release(5)
+    daemon._domain_exists = lambda d: d == 5
+    daemon.introduce(5)                                 # no port: no ring to attach
+    daemon.release(5)
+    dom = daemon.introduce(5, gfn=3, port=6)
+    assert (dom.domid, dom.gfn, dom.port) == (5, 3, 6)
+    assert rings.calls == [("rebind", 5, 4), ("detach", 5), ("detach", 5), ("attach", 5, 6)]
+
+
+def test_an_unknown_domain_is_not_introduced_and_says_so(daemon):
+    with pytest.raises(XenStoreError) as err:
+        daemon.introduce(9)
+    assert err.value.errno == errno.ENOENT and err.value.message == "there is no domain 9 to introduce"
+    with pytest.raises(XenStoreError) as err:
+        daemon.find(9)
+    assert err.value.errno == errno.ENOENT and err.value.message == "domain 9 is not introduced"
+    assert not daemon.is_introduced(9) and daemon.is_introduced(0)
+
+
+def test_releasing_a_domain_drops_only_its_connections_and_targets(daemon):
+    mine, other, dom0 = Peer(daemon, Caller(2)), Peer(daemon, Caller(5)), Peer(daemon)
+    dom0.ok(XsType.SET_TARGET, b"5\0" b"2\0")
+    assert other.conn.caller.target == 2
+    daemon.release(2)
+    assert mine.conn.closed and not other.conn.closed and not dom0.conn.closed
+    assert daemon.domains[5].target is None and other.conn.caller.target is None
+    daemon.release(0)                                   # Domain-0's own connections stay
+    assert not dom0.conn.closed
+
+
+def test_retarget_changes_only_that_domains_connections(daemon):
+    a, b = Peer(daemon, Caller(1)), Peer(daemon, Caller(2))
+    daemon.domains[1].target = 5
+    daemon.retarget(daemon.domains[1])
+    assert (a.conn.caller.domid, a.conn.caller.target, a.conn.caller.privileged) == (1, 5, False)
+    assert b.conn.caller.target is None
+
+
+def test_control_help_lists_every_command_with_its_usage(dom0):
+    assert dom0.ok(XsType.CONTROL, b"help\0") == b"print\t<string>\nquota\t[<domid>]\nhelp\t\n\0"
+    assert dom0.error(XsType.CONTROL, b"help\0x\0") == "EINVAL"
+    assert dom0.error(XsType.CONTROL, b"print\0a\0b\0") == "EINVAL"
+
+
+def test_control_quota_reports_the_quotas_and_a_domains_use(daemon, dom0):
+    assert dom0.ok(XsType.CONTROL, b"quota\0") == (
+        b"Nodes per domain: 50\nWatches per domain: 3\nTransactions per domain: 2\n"
+        b"Max. size of a node: 2048\nMax. length of a node path: 3072\n"
+        b"Max. number of permissions per node: 5\n\0")
+    guest = Peer(daemon, Caller(5))
+    guest.ok(XsType.WATCH, b"data\0t\0")
+    guest.ok(XsType.WRITE, b"data\0")
+    guest.ok(XsType.TRANSACTION_START, b"\0")
+    assert dom0.ok(XsType.CONTROL, b"quota\0" b"5\0") == (
+        b"Domain 5:\nnodes: 2\nwatches: 1\ntransactions: 1\n\0")
+    assert dom0.error(XsType.CONTROL, b"quota\0" b"9\0") == "ENOENT"
+    assert dom0.error(XsType.CONTROL, b"quota\0x\0") == "EINVAL"
+
+
+def test_directory_part_answers_from_any_offset_to_the_end(dom0):
+    # Names that, with their NULs, fill the payload to the byte after the generation.
+    gen = dom0.ok(XsType.DIRECTORY_PART, b"/tool\0" b"0\0").split(b"\0", 1)[0]
+    room = w.XENSTORE_PAYLOAD_MAX - len(gen) - 1
+    dom0.ok(XsType.WRITE, b"/tool/d\0")
+    names = [f"{i:03d}" + "n" * 96 for i in range(room // 100)]
+    for name in names:
+        dom0.ok(XsType.WRITE, f"/tool/d/{name}\0".encode())
+    first = dom0.ok(XsType.DIRECTORY_PART, b"/tool/d\0" b"0\0")
+    gen, part = first.split(b"\0", 1)
+    listed = b"".join(n.encode() + b"\0" for n in names)
+    assert len(listed) < room and part == listed + b"\0"
+    off = len(listed) - 100
+    tail = dom0.ok(XsType.DIRECTORY_PART, f"/tool/d\0{off}\0".encode()).split(b"\0", 1)[1]
+    assert tail == listed[off:] + b"\0"
+    assert dom0.ok(XsType.DIRECTORY_PART, f"/tool/d\0{len(listed)}\0".encode()).split(b"\0", 1)[1] == b"\0"
+    assert dom0.error(XsType.DIRECTORY_PART, b"/tool/d\0" b"-1\0") == "EINVAL"
+
+
+# What the debug log says of each refusal: the wire carries only the errno's
+# name, so the reason is for whoever reads xenstored's log.
+@pytest.mark.parametrize("type_, payload, tx, logged", [
+    (XsType.CONTROL, b"", 0, "EINVAL: CONTROL: expected a command"),
+    (XsType.CONTROL, b"nosuch\0", 0, "EINVAL: CONTROL: unknown command 'nosuch' (try help)"),
+    (XsType.CONTROL, b"help\0x\0", 0, "EINVAL: CONTROL help takes no parameter"),
+    (XsType.CONTROL, b"print\0", 0, "EINVAL: CONTROL print: expected one string"),
+    (XsType.CONTROL, b"quota\0a\0b\0", 0,
+     "EINVAL: CONTROL quota: no parameter, or a domain id (the quotas are set when the hypervisor starts)"),
+    (XsType.CONTROL, b"quota\0" b"9\0", 0, "ENOENT: domain 9 is not introduced"),
+    (XsType.GET_DOMAIN_PATH, b"1", 0,
+     "EINVAL: GET_DOMAIN_PATH: the payload must be one NUL-terminated string"),
+    (XsType.IS_DOMAIN_INTRODUCED, b"1", 0,
+     "EINVAL: IS_DOMAIN_INTRODUCED: the payload must be one NUL-terminated string"),
+    (XsType.MKDIR, b"/a", 0, "EINVAL: MKDIR: the payload must be one NUL-terminated string"),
+    (XsType.DIRECTORY, b"/a", 0, "EINVAL: DIRECTORY: the payload must be one NUL-terminated string"),
+    (XsType.READ, b"/a", 0, "EINVAL: READ: the payload must be one NUL-terminated string"),
+    (XsType.RM, b"/a", 0, "EINVAL: RM: the payload must be one NUL-terminated string"),
+    (XsType.GET_PERMS, b"/a", 0, "EINVAL: GET_PERMS: the payload must be one NUL-terminated string"),
+    (XsType.WRITE, b"\0v", 0, "EINVAL: invalid path ''"),
+    (XsType.RELEASE, b"1", 0, "EINVAL: RELEASE: the payload must be one NUL-terminated string"),
+    (XsType.RESUME, b"1", 0, "EINVAL: RESUME: the payload must be one NUL-terminated string"),
+    (XsType.INTRODUCE, b"5\0" b"1\0", 0,
+     "EINVAL: INTRODUCE: expected a domain id, a gfn and an event channel"),
+    (XsType.INTRODUCE, b"32752\0" b"1\0" b"3\0", 0, "EINVAL: INTRODUCE: 32752 is not a real domain id"),
+    (XsType.INTRODUCE, b"5\0" b"X5\0" b"3\0", 0,
+     "EINVAL: INTRODUCE: the gfn and the event channel are decimal numbers, the channel above 0"),
+    (XsType.SET_PERMS, b"/tool\0", 0, "EINVAL: SET_PERMS: expected a path and at least one permission"),
+    (XsType.SET_PERMS, b"/tool\0x0\0", 0,
+     "EINVAL: bad permission b'x0': n, r, w or b and a domain id"),
+    (XsType.SET_TARGET, b"1\0", 0, "EINVAL: SET_TARGET: expected two domain ids"),
+    (XsType.TRANSACTION_END, b"f\0", 1, "EINVAL: TRANSACTION_END: the payload is T (commit) or F (abort)"),
+    (XsType.TRANSACTION_END, b"F\0", 0, "ENOENT: TRANSACTION_END outside a transaction"),
+    (XsType.TRANSACTION_START, b"\0", 1, "EBUSY: TRANSACTION_START inside a transaction"),
+    (XsType.UNWATCH, b"/tool\0", 0, "EINVAL: UNWATCH: expected a path and a token"),
+    (XsType.WATCH, b"/tool\0", 0, "EINVAL: WATCH: expected a path and a token"),
+    (XsType.WRITE, b"/tool", 0, "EINVAL: WRITE: the path must be NUL-terminated"),
+    (XsType.DIRECTORY_PART, b"/tool\0", 0, "EINVAL: DIRECTORY_PART: expected a path and an offset"),
+    (XsType.DIRECTORY_PART, b"/tool\0x\0", 0, "EINVAL: DIRECTORY_PART: bad offset b'x'"),
+    (XsType.READ, b"/tool\0", 99, "ENOENT: this connection has no transaction 99"),
+    (XsType.GET_FEATURE, b"", 0, "ENOSYS: GET_FEATURE is not a request xenstored serves"),
+    (XsType.RELEASE, b"0\0", 0, "EINVAL: Domain-0 cannot be introduced, released or resumed"),
+    (XsType.RELEASE, b"x\0", 0, "EINVAL: bad domain id b'x'"),
+])
+def test_every_refusal_logs_its_reason(daemon, caplog, type_, payload, tx, logged):
+    caplog.set_level(logging.DEBUG, logger="xenlab.hypervisor.xenstored")
+    peer = Peer(daemon)
+    if tx:
+        tx = int(peer.ok(XsType.TRANSACTION_START, b"\0")[:-1]) if tx == 1 else tx
+    expected = logged.split(":", 1)[0]
+    assert peer.error(type_, payload, tx) == expected
+    name = XsMessage(type_).type_name
+    assert caplog.records[-1].getMessage() == f"xenstored: {peer.conn.name}: {name} req {peer.req}: {logged}"
+
+
+def test_a_domains_privileged_request_and_a_full_connection_log_why(daemon, caplog):
+    caplog.set_level(logging.DEBUG, logger="xenlab.hypervisor.xenstored")
+    guest = Peer(daemon, Caller(5))
+    assert guest.error(XsType.RELEASE, b"2\0") == "EACCES"
+    assert caplog.records[-1].getMessage().endswith("EACCES: RELEASE is for the toolstack only")
+    daemon.limits = ConnectionLimits(transactions=1, watches=1)
+    peer = Peer(daemon)
+    peer.ok(XsType.TRANSACTION_START, b"\0")
+    assert peer.error(XsType.TRANSACTION_START, b"\0") == "ENOSPC"
+    assert caplog.records[-1].getMessage().endswith(
+        "ENOSPC: this connection has 1 transactions open, the most allowed")
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    assert peer.error(XsType.WATCH, b"/b\0b\0") == "E2BIG"
+    assert caplog.records[-1].getMessage().endswith(
+        "E2BIG: this connection has 1 watches, the most allowed")
+
+
+def test_mkdir_set_perms_and_unwatch_act_for_the_caller_in_its_transaction(daemon):
+    guest = Peer(daemon, Caller(5))
+    tx = int(guest.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    assert guest.ok(XsType.MKDIR, b"dir\0", tx=tx) == b"OK\0"
+    assert guest.ok(XsType.SET_PERMS, b"dir\0n5\0r1\0", tx=tx) == b"OK\0"
+    assert guest.error(XsType.READ, b"dir\0") == "ENOENT"
+    guest.ok(XsType.TRANSACTION_END, b"T\0", tx=tx)
+    assert daemon.store.get_perms(Caller(0, True), "/local/domain/5/dir") == [(5, "n"), (1, "r")]
+    guest.ok(XsType.WATCH, b"dir\0t\0")
+    guest.ok(XsType.UNWATCH, b"dir\0t\0")
+    assert daemon.store.watch_count(5) == 0
+
+
+def test_releasing_an_unknown_domain_is_harmless_and_a_released_ones_nodes_go_to_dom0(daemon):
+    daemon.release(9)
+    guest = Peer(daemon, Caller(5))
+    guest.ok(XsType.WRITE, b"mine\0")
+    daemon.release(5)
+    assert guest.conn.reason == "the domain was released"
+    assert daemon.store.get_perms(Caller(0, True), "/local/domain/5/mine")[0][0] == 0
+
+
+def test_reintroducing_with_a_new_channel_rebinds_at_once(daemon):
+    daemon.rings = rings = Rings()
+    daemon.introduce(5, gfn=3, port=4)
+    assert rings.calls == [("rebind", 5, 4)]
+    daemon.introduce(5, gfn=3, port=4)
+    assert rings.calls == [("rebind", 5, 4)]
+    daemon._domain_exists = lambda d: True
+    assert daemon.introduce(9).gfn == 0 and daemon.introduce(9).port == 0
+
+
+def test_directory_answers_from_the_transaction(dom0):
+    dom0.ok(XsType.MKDIR, b"/tool/t\0")
+    tx = int(dom0.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    dom0.ok(XsType.WRITE, b"/tool/t/intx\0", tx=tx)
+    assert dom0.ok(XsType.DIRECTORY, b"/tool/t\0", tx=tx) == b"intx\0"
+    assert dom0.ok(XsType.DIRECTORY, b"/tool/t\0") == b""
+    part = dom0.ok(XsType.DIRECTORY_PART, b"/tool/t\0" b"0\0", tx=tx).split(b"\0", 1)[1]
+    assert part == b"intx\0\0"
+
+
+def _fill_to(dom0, room_extra: int) -> tuple[bytes, bytes]:
+    """Children of /tool/fit whose list is `room_extra` bytes longer than what
+    fits in one DIRECTORY_PART after its generation; the first part. The
+    generation's length depends on the list, so the last name is tried in a
+    few spellings until one gives the length it was sized for."""
+    dom0.ok(XsType.WRITE, b"/tool/fit\0")
+    for i in range(39):                                           # 39 x 100 bytes with NULs
+        dom0.ok(XsType.WRITE, f"/tool/fit/n{i:02d}{'x' * 96}\0".encode())
+    for ch in "zyxwvuts":
+        for digits in (19, 20, 18, 17):
+            room = w.XENSTORE_PAYLOAD_MAX - (digits + 1) - 1       # what a part may carry
+            name = ch * (room - 39 * 100 + room_extra - 1)
+            dom0.ok(XsType.WRITE, f"/tool/fit/{name}\0".encode())
+            reply = dom0.ok(XsType.DIRECTORY_PART, b"/tool/fit\0" b"0\0")
+            gen = reply.split(b"\0", 1)[0]
+            if len(gen) == digits:
+                return gen, reply
+            dom0.ok(XsType.RM, f"/tool/fit/{name}\0".encode())
+    raise AssertionError("no spelling gave a generation of the length sized for")
+
+
+def test_directory_part_fills_a_payload_to_the_byte(dom0):
+    gen, reply = _fill_to(dom0, 0)
+    assert len(reply) == w.XENSTORE_PAYLOAD_MAX and reply.endswith(b"\0\0")
+
+
+def test_directory_part_leaves_a_name_that_would_pass_the_payload_for_the_next_part(dom0):
+    gen, reply = _fill_to(dom0, 1)
+    assert len(reply) == len(gen) + 1 + 39 * 100                  # the 39, not the last
+    assert not reply.endswith(b"\0\0")
+    rest = dom0.ok(XsType.DIRECTORY_PART, f"/tool/fit\0{len(reply) - len(gen) - 1}\0".encode())
+    part = rest.split(b"\0", 1)[1]
+    assert part.endswith(b"\0\0") and len(set(part[:-2])) == 1        # the last name, alone
+
+
+def test_resetting_and_unwatching_give_the_connection_its_watches_back(daemon):
+    daemon.limits = ConnectionLimits(watches=2)
+    peer = Peer(daemon)
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/b\0b\0")
+    peer.ok(XsType.UNWATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/c\0c\0")
+    assert peer.error(XsType.WATCH, b"/d\0d\0") == "E2BIG"
+    peer.ok(XsType.RESET_WATCHES, b"\0")
+    peer.ok(XsType.WATCH, b"/a\0a\0")
+    peer.ok(XsType.WATCH, b"/b\0b\0")
+
+
+def test_closing_a_connection_aborts_its_transactions(daemon, caplog):
+    peer = Peer(daemon)
+    tx = int(peer.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    peer.ok(XsType.WRITE, b"/tool/uncommitted\0", tx=tx)
+    peer.conn.fail(w.XENSTORE_ERROR_COMM, "gone")
+    assert not daemon.store.exists("/tool/uncommitted")
+    assert "xenstored: dropping d0#1: gone" in [r.getMessage() for r in caplog.records]
+
+
+def test_every_request_in_a_transaction_sees_the_transaction(daemon, dom0):
+    dom0.ok(XsType.WRITE, b"/tool/old\0o")
+    tx = int(dom0.ok(XsType.TRANSACTION_START, b"\0")[:-1])
+    dom0.ok(XsType.WRITE, b"/tool/new/leaf\0v\0with a NUL", tx=tx)
+    assert dom0.ok(XsType.READ, b"/tool/new/leaf\0", tx=tx) == b"v\0with a NUL"
+    assert dom0.error(XsType.READ, b"/tool/new/leaf\0") == "ENOENT"
+    dom0.ok(XsType.SET_PERMS, b"/tool/new\0r0\0", tx=tx)
+    assert dom0.ok(XsType.GET_PERMS, b"/tool/new\0", tx=tx) == b"r0\0"
+    dom0.ok(XsType.RM, b"/tool/old\0", tx=tx)
+    assert dom0.error(XsType.READ, b"/tool/old\0", tx=tx) == "ENOENT"
+    assert dom0.ok(XsType.READ, b"/tool/old\0") == b"o"
+    dom0.ok(XsType.RM, b"/tool/new/gone\0", tx=tx)            # missing, its parent only in tx: fine
+    dom0.ok(XsType.TRANSACTION_END, b"T\0", tx=tx)
+    assert dom0.error(XsType.READ, b"/tool/old\0") == "ENOENT"
+
+
+def test_a_reply_of_exactly_a_payload_is_sent_and_one_more_is_e2big(daemon, dom0, caplog):
+    caplog.set_level(logging.DEBUG, logger="xenlab.hypervisor.xenstored")
+    store = daemon.store
+    # 4096 bytes of names with their NULs: 40 x 100 + 96
+    for i in range(40):
+        store.write(Caller(0, True), f"/tool/d/{i:02d}{'n' * 97}", b"")
+    store.write(Caller(0, True), "/tool/d/z" + "z" * 94, b"")
+    assert len(dom0.ok(XsType.DIRECTORY, b"/tool/d\0")) == w.XENSTORE_PAYLOAD_MAX
+    store.write(Caller(0, True), "/tool/d/z" + "z" * 95, b"")
+    assert dom0.error(XsType.DIRECTORY, b"/tool/d\0") == "E2BIG"
+    assert caplog.records[-1].getMessage().endswith(
+        f"E2BIG: the answer to DIRECTORY is {w.XENSTORE_PAYLOAD_MAX + 97} bytes, more than a payload")
+
+
+def test_events_too_long_are_counted_each_time_and_logged(daemon, dom0, caplog):
+    token = "t" * w.XENSTORE_PAYLOAD_MAX
+    for _ in range(2):
+        dom0.conn.fire("/tool", token)
+    assert dom0.conn.stats["events_too_long"] == 2
+    assert caplog.records[-1].getMessage() == (
+        "xenstored: d0#1: a watch event for /tool is longer than a payload; dropped")
+
+
+def test_a_new_connection_is_open_and_clean_and_domain_0_is_introduced(daemon):
+    peer = Peer(daemon)
+    assert (peer.conn.closed, peer.conn.error, peer.conn.reason) == (False, w.XENSTORE_ERROR_NONE, "")
+    assert daemon.find(0).domid == 0
+    peer.error(XsType.READ, b"/nope\0")
+    peer.error(XsType.READ, b"/nope\0")
+    assert peer.conn.stats["errors"] == 2
+
+
+def test_receive_counts_what_it_handled_before_a_fatal_header(daemon):
+    peer = Peer(daemon)
+    good = w.encode(XsMessage(XsType.READ, 1, 0, b"/local/domain/0/name\0"))
+    assert peer.conn.receive(good + w.HEADER.pack(XsType.READ, 2, 0, 5000)) == 1
+    assert peer.conn.closed

@@ -89,6 +89,11 @@ def test_parse_rate_errors(text, words):
     ("10p/100+10x4", [(10, True, True)] + [(v, False, False) for v in (100, 110, 120, 130, 140)]),
     ("1p/20-22u", [(1, True, True), (20, False, True), (21, False, True), (22, False, True)]),
     ("5u/7p", [(5, False, True), (7, True, True)]),
+    # Both ends of each bound: a one-VLAN range, an offset of 1, the highest VID.
+    ("1p/30-30", [(1, True, True), (30, False, False)]),
+    ("1p/100+1x2u", [(1, True, True), (100, False, True), (101, False, True), (102, False, True)]),
+    ("4094", [(4094, True, True)]),
+    ("4093p/4094u", [(4093, True, True), (4094, False, True)]),
 ])
 def test_vlan_takes_xls_syntax(text, members):
     assert [(m.vid, m.pvid, m.untagged) for m in parse_vlan(text)] == members

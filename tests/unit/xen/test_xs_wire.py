@@ -145,3 +145,100 @@ def test_malformed_perms_are_refused(text):
 def test_malformed_domids_are_refused(text):
     with pytest.raises(ValueError):
         w.parse_domid(text)
+
+
+# -- both sides of each bound, and what a refusal says -------------------------
+
+@pytest.mark.parametrize("field", ["type", "req_id", "tx_id"])
+def test_each_header_field_takes_a_whole_u32_and_no_more(field):
+    top = XsMessage(**{"type": XsType.READ, field: 0xFFFFFFFF})
+    assert w.HEADER.unpack_from(w.encode(top))[["type", "req_id", "tx_id"].index(field)] == 0xFFFFFFFF
+    for bad in (0x1_0000_0000, -1):
+        with pytest.raises(WireError) as err:
+            w.encode(XsMessage(**{"type": XsType.READ, field: bad}))
+        assert str(err.value) == f"{field} {bad} does not fit in a u32"
+        assert err.value.code == w.XENSTORE_ERROR_PROTO
+
+
+def test_an_oversized_payload_is_refused_saying_both_sizes():
+    with pytest.raises(WireError) as err:
+        w.encode(XsMessage(XsType.WRITE, payload=b"x" * 4097))
+    assert str(err.value) == "a payload is 4096 bytes at most, not 4097"
+    assert len(w.encode(XsMessage(XsType.WRITE, payload=b"x" * 4096))) == 16 + 4096
+
+
+def test_a_fatal_header_says_what_it_announced():
+    reader = MessageReader()
+    reader.feed(struct.pack("<IIII", XsType.READ, 1, 0, 4097))
+    with pytest.raises(WireError) as err:
+        reader.next()
+    assert str(err.value) == "a header announces 4097 payload bytes; the most is 4096"
+    with pytest.raises(WireError) as again:
+        reader.next()
+    assert again.value is err.value
+
+
+def test_the_reader_hands_out_one_message_at_a_time_and_keeps_the_rest():
+    a = w.encode(XsMessage(XsType.READ, 1, 0, b"/a\0"))
+    b = w.encode(XsMessage(XsType.WRITE, 2, 9, b"/b\0v"))
+    reader = MessageReader()
+    assert reader.next() is None and reader.buffered == 0
+    reader.feed(a + b[:17])
+    assert reader.buffered == len(a) + 17
+    assert reader.next() == XsMessage(XsType.READ, 1, 0, b"/a\0")
+    assert reader.buffered == 17 and reader.next() is None
+    reader.feed(b[17:])
+    assert reader.next() == XsMessage(XsType.WRITE, 2, 9, b"/b\0v") and reader.buffered == 0
+    reader.feed(w.encode(XsMessage(XsType.RM, 3)))
+    assert reader.next() == XsMessage(XsType.RM, 3, 0, b"")
+
+
+def test_a_wire_error_defaults_to_a_protocol_error():
+    assert WireError("x").code == w.XENSTORE_ERROR_PROTO == 3
+    assert WireError("x", w.XENSTORE_ERROR_COMM).code == 1
+
+
+def test_a_message_names_its_type():
+    assert XsMessage(XsType.DIRECTORY_PART).type_name == "DIRECTORY_PART"
+    assert XsMessage(20).type_name == "type 20"
+    assert XsMessage(0xFFFF).type_name == "type 65535"
+
+
+def test_error_names_of_unlisted_errnos_are_einval():
+    assert w.error_name(errno.ENOENT) == "ENOENT" and w.error_name(errno.EPERM) == "EPERM"
+    assert w.error_name(errno.EDQUOT) == "EINVAL"
+    assert w.error_from_payload(b"ENOENT") == errno.ENOENT            # no NUL: still the name
+    assert w.error_from_payload(b"EACCES\0junk") == errno.EACCES
+    assert w.error_from_payload(b"EACCES\0more\0") == errno.EACCES    # the first string only
+
+
+def test_join_terminates_every_string():
+    assert w.join() == b"" and w.join(b"") == b"\0"
+    assert w.join(b"a", b"bc") == b"a\0bc\0"
+    assert w.count_strings(b"a\0bc\0d") == 2
+
+
+@pytest.mark.parametrize("text, expected", [(b"0", 0), (b"65535", 65535), (b"00042", 42),
+                                            (b"32752", 32752)])
+def test_domids_in_range_are_taken(text, expected):
+    assert w.parse_domid(text) == expected
+
+
+@pytest.mark.parametrize("text", [b"000001", b"65536", b"99999"])
+def test_domids_past_five_digits_or_16_bits_say_so(text):
+    with pytest.raises(ValueError) as err:
+        w.parse_domid(text)
+    assert str(err.value) == f"bad domain id {text!r}"
+
+
+@pytest.mark.parametrize("text, expected", [(b"n0", (0, "n")), (b"b65535", (65535, "b")),
+                                            (b"w12", (12, "w"))])
+def test_shortest_and_longest_perms(text, expected):
+    assert w.perm_from_string(text) == expected
+    assert w.perm_to_string(*expected) == text
+
+
+def test_a_malformed_perm_says_what_a_perm_is():
+    with pytest.raises(ValueError) as err:
+        w.perm_from_string(b"x5")
+    assert str(err.value) == "bad permission b'x5': n, r, w or b and a domain id"
