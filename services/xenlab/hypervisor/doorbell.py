@@ -93,7 +93,8 @@ class _Connection:
 class UpcallRouter:
     def __init__(self, authenticate: Callable[[int, str], Caller],
                  on_send: Callable[[int, int], None], hello_timeout: float = HELLO_TIMEOUT,
-                 on_copy: CopyHandler | None = None, on_memory: MemoryHandler | None = None):
+                 on_copy: CopyHandler | None = None, on_memory: MemoryHandler | None = None,
+                 ops: collections.Counter | None = None):
         """``on_copy(caller, ops)`` is GNTTABOP_copy (GrantTables.copy_gnttab); without
         it a COPY is an unknown message and closes the connection, so that
         the domain falls back to gRPC. ``on_memory(caller)`` answers a HELLO
@@ -115,6 +116,8 @@ class UpcallRouter:
         # still waiting to be delivered; deferred: wake-ups that left ports
         # for the next turn.
         self.stats: collections.Counter[str] = collections.Counter()
+        # Every datagram handled, by "doorbell/<OP>" (Hypervisor.ops).
+        self.ops = ops if ops is not None else collections.Counter()
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -273,6 +276,7 @@ class UpcallRouter:
             return None
         if not data:
             return None
+        self.ops["doorbell/HELLO"] += 1
         try:
             msg = self._decode(data)
             if not isinstance(msg, wire.Hello):
@@ -352,6 +356,7 @@ class UpcallRouter:
                 return
             try:
                 msg = self._decode(data)
+                self.ops[f"doorbell/{type(msg).__name__.upper()}"] += 1
                 if isinstance(msg, wire.Send):
                     before = len(conn.sends)
                     conn.sends.update(dict.fromkeys(msg.ports))
