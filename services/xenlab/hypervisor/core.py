@@ -72,7 +72,7 @@ class Hypervisor:
         self.doorbell = UpcallRouter(ops=self.ops,authenticate=self._doorbell_auth, on_send=self._doorbell_send,
                                      on_copy=self.grants.copy_gnttab,
                                      on_memory=self._doorbell_memory)
-        self.evtchn = EventChannels(kick=self.doorbell.kick,
+        self.evtchn = EventChannels(kick=self.doorbell.kick, links=self.doorbell,
                                     default_max_ports=config.evtchn_max_ports)
         self.xs_connections = XenStoreConnections(quotas=config.xenstore_quotas)
         self.xenstore = XenStore(fire=self._fire_watch, quotas=config.xenstore_quotas)
