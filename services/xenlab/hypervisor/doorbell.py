@@ -312,6 +312,11 @@ class UpcallRouter:
             sock.close()
         return unread
 
+    def links(self) -> list[tuple[tuple[int, int, int], ...]]:
+        """Every direct path, as its two ends (domid, port, vcpu)."""
+        seen = {id(link): link for link in self._links.values()}
+        return [tuple((d, p, v) for (d, p), (_, v) in link.ends.items()) for link in seen.values()]
+
     def linked(self, domid: int) -> list[int]:
         """The ports of ``domid`` that have a direct path."""
         return sorted(port for d, port in self._links if d == domid)
