@@ -197,6 +197,17 @@ def _check_evtchn(hv, out: list[str]) -> None:
                 if ch.pirq in pirqs:
                     out.append(f"{where}: PIRQ {ch.pirq} also bound to port {pirqs[ch.pirq]}")
                 pirqs[ch.pirq] = port
+    # A channel's direct path lives exactly as long as the channel, and
+    # each end's object raises its port on the vCPU the port notifies.
+    for a, b in hv.doorbell.links():
+        for (domid, port, vcpu), (peer, peer_port, _) in ((a, b), (b, a)):
+            where = f"evtchn: the direct path of d{domid} port {port}"
+            ch = ev.channel(domid, port) if domid in domains else None
+            if (ch is None or ch.state != EvtchnState.interdomain
+                    or (ch.remote_dom, ch.remote_port) != (peer, peer_port)):
+                out.append(f"{where} to d{peer} port {peer_port} outlives its channel")
+            elif ch.vcpu != vcpu:
+                out.append(f"{where} raises vcpu {vcpu}, the port notifies vcpu {ch.vcpu}")
 
 
 def _check_xenstore(hv, table: dict, live: set[int], out: list[str]) -> None:

@@ -51,6 +51,19 @@ async def test_check_invariants_catches_broken_cores(hypervisor):
         check_invariants(hv)
 
 
+async def test_check_invariants_catches_a_direct_path_that_outlives_its_channel(hypervisor):
+    hv = hypervisor.hv
+    a, _ = await hypervisor.create_domain("a")
+    b, _ = await hypervisor.create_domain("b")
+    pa = hv.evtchn.alloc_unbound(Caller(a), a, b)
+    pb = hv.evtchn.bind_interdomain(Caller(b), a, pa)
+    assert hv.doorbell.links() and check_invariants(hv) is None
+    hv.evtchn._links = None                                  # a core that forgets to revoke
+    hv.evtchn.close(b, pb)
+    with pytest.raises(InvariantError, match="outlives its channel"):
+        check_invariants(hv)
+
+
 async def test_memory_digest_sees_one_changed_byte(hypervisor):
     hv = hypervisor.hv
     a, _ = await hypervisor.create_domain("a")

@@ -319,6 +319,37 @@ async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
     assert_nothing_left(net, a.domid)
 
 
+# The guest's tick: each kernel re-arms its singleshot timer once a second
+# (VCPUOP_set_singleshot_timer), whatever the traffic.
+TICK_OPS = {"EventChannel/SetTimer"}
+
+
+def ops_moved(before: dict, after: dict) -> dict:
+    return {op: after[op] - before.get(op, 0) for op in after
+            if after[op] != before.get(op, 0) and op not in TICK_OPS}
+
+
+async def test_the_hypervisor_handles_no_message_in_steady_traffic_between_domus(net, pair):
+    """Once the vifs are connected and warm, frames both ways between two
+    domUs move through their rings, netback's mappings and the per-channel
+    notification objects: the hypervisor's count of the messages it
+    handles does not move."""
+    a, b, eth_a, eth_b = pair
+    at_a, at_b = Capture(eth_a), Capture(eth_b)
+    warm = abi.NET_TX_RING_SIZE + 8     # every transmit page has carried a frame
+    await send_in_hundreds(eth_a, [frame(60, mac_of(a.domid), seed=i) for i in range(warm)])
+    await send_in_hundreds(eth_b, [frame(60, mac_of(b.domid), seed=i) for i in range(warm)])
+    await at_b.wait(warm)
+    await at_a.wait(warm)
+    before = dict(net.hv.ops)
+    for i in range(1, 101):             # a burst of pings: one frame each way, in turn
+        eth_a.transmit([frame(98, mac_of(a.domid), mac_of(b.domid), seed=i)])
+        await at_b.wait(warm + i)
+        eth_b.transmit([frame(98, mac_of(b.domid), mac_of(a.domid), seed=i)])
+        await at_a.wait(warm + i)
+    assert ops_moved(before, dict(net.hv.ops)) == {}
+
+
 async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net):
     driver = next(d for d in net.kernels[0].drivers if hasattr(d, "page_budget"))
     driver.page_budget = budget = PageBudget(10)

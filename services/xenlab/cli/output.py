@@ -85,6 +85,11 @@ def format_host_info(info: domains_pb2.HostInfo) -> str:
     if info.rundir:
         rows.append(("xenstored_path", Rundir(Path(info.rundir)).xenstored_socket))
     rows.append(("uptime", f"{info.uptime:.1f}"))
+    # xenlab's own: every message the hypervisor has handled, then by
+    # operation on one line, as xl prints virt_caps.
+    rows.append(("hypervisor_ops", sum(info.ops.values())))
+    rows.append(("hypervisor_ops_by_op",
+                 " ".join(f"{name}={count}" for name, count in sorted(info.ops.items()))))
     return "".join(f"{key:<23}: {value}\n" for key, value in rows)
 
 

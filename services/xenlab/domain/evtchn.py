@@ -21,6 +21,16 @@ says HELLO asking for it, and the OK carries it; the connection, already
 greeted, then serves as the domain's doorbell. Without a doorbell such a
 domain has no memory to run in (gRPC carries no descriptors), and says so.
 
+Interdomain channels take a shorter path still once the hypervisor hands
+the domain their notification objects (a CHANNEL on the doorbell, asked
+for with HELLO_CHANNELS): ``notify`` writes a datagram on the port's own
+object, straight to the peer's kernel, and a datagram read on one sets
+the port's pending bit in this domain's shared_info, which honours the
+mask and upcalls on the 0->1 edge only, as the hypervisor's set_pending
+would. An object the hypervisor revoked fails the write or ends the read;
+the port then goes back to the doorbell's SEND, which the hypervisor
+checks as ever.
+
 The doorbell also carries GNTTABOP_copy (``copy``, used by
 xenlab.domain.hypercall.gnttab): a COPY datagram out, its COPIED answer in,
 matched by sequence number, so that several batches may be in flight.
@@ -49,6 +59,11 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 READ_BUDGET = 64        # datagrams taken per wake-up of the doorbell reader
+# Signals read from one channel's object per wake-up: one is enough to set
+# the bit; the rest are drained so that a storming peer fills only its own
+# channel's socket, and what is left waits for the next turn of the loop.
+SIGNAL_BUDGET = 64
+_SIGNAL = b"\x01"
 
 Handler = Callable[[int], object]
 
@@ -78,7 +93,7 @@ def connect_for_memory(path: str, domid: int, secret: str,
     try:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(wire.Hello(domid, secret, wire.HELLO_MEMORY).encode())
+        sock.sendall(wire.Hello(domid, secret, wire.HELLO_MEMORY | wire.HELLO_CHANNELS).encode())
         data, fds, flags, _ = socket.recv_fds(sock, wire.MAX_DATAGRAM + 1, 1)
         ok = welcome(data, domid)
         if flags & socket.MSG_CTRUNC or not ok.carries_memory or len(fds) != 1:
@@ -119,8 +134,14 @@ class GuestEventChannels:
         self._tasks: set[asyncio.Task] = set()
         self._closing = False
         self.via_doorbell = False
+        # port -> (its notification object, the vCPU its events go to)
+        self._direct: dict[int, tuple[socket.socket, int]] = {}
         # upcall: upcalls taken; unhandled: pending ports with no handler yet;
-        # handler_error: handlers that raised.
+        # handler_error: handlers that raised; direct_send, direct_signal:
+        # notifications written and read on channels' own objects;
+        # direct_coalesced: writes that found the peer's queue full (it has
+        # unread signals, which is all a send would say); revoked: objects
+        # the hypervisor took back.
         self.stats: collections.Counter[str] = collections.Counter()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -155,6 +176,8 @@ class GuestEventChannels:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._upcalls = None
+        for port in list(self._direct):
+            self._drop_direct(port)
         self._drop_socket()
 
     # -- handlers -----------------------------------------------------------------
@@ -171,6 +194,17 @@ class GuestEventChannels:
     # -- notifications -------------------------------------------------------------
     def notify(self, port: int) -> None:
         """EVTCHNOP_send, without waiting. Never blocks the caller."""
+        direct = self._direct.get(port)
+        if direct is not None:
+            try:
+                direct[0].send(_SIGNAL)
+                self.stats["direct_send"] += 1
+                return
+            except BlockingIOError:
+                self.stats["direct_coalesced"] += 1
+                return
+            except OSError:
+                self._drop_direct(port, revoked=True)
         if self._sock is None:
             self._hypercall_send(port)
         elif self._backlog or self._out:
@@ -272,6 +306,7 @@ class GuestEventChannels:
 
     async def close_port(self, port: int) -> None:
         self.unbind_handler(port)
+        self._drop_direct(port)
         await self._ops.close(port)
 
     async def status(self, port: int):
@@ -315,12 +350,71 @@ class GuestEventChannels:
         if inspect.isawaitable(result):
             self._spawn(result, f"handler for port {port}")
 
+    # -- the direct path of interdomain channels ----------------------------------------
+    def direct_ports(self) -> list[int]:
+        """The ports that notify their peer without the hypervisor."""
+        return sorted(self._direct)
+
+    def _take_channel(self, msg: wire.Channel, fds: list[int]) -> None:
+        if len(fds) != 1:
+            log.warning("d%d: doorbell: CHANNEL for port %d with %d descriptors",
+                        self.domid, msg.port, len(fds))
+            for fd in fds:
+                os.close(fd)
+            return
+        sock = socket.socket(fileno=fds[0])
+        if sock.type != socket.SOCK_SEQPACKET:
+            log.warning("d%d: doorbell: CHANNEL for port %d is not a socket pair", self.domid, msg.port)
+            sock.close()
+            return
+        sock.setblocking(False)
+        self._drop_direct(msg.port)
+        self._direct[msg.port] = (sock, msg.vcpu)
+        asyncio.get_running_loop().add_reader(sock, self._on_signal, msg.port, sock)
+
+    def _on_signal(self, port: int, sock: socket.socket) -> None:
+        entry = self._direct.get(port)
+        if entry is None or entry[0] is not sock:
+            return
+        got = 0
+        for _ in range(SIGNAL_BUDGET):
+            try:
+                data = sock.recv(16)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data = b""
+            if not data:
+                # Revoked: what was read before the end was sent before it.
+                self._drop_direct(port, revoked=True)
+                break
+            got += 1
+        if got:
+            self.stats["direct_signal"] += got
+            vcpu = entry[1]
+            if self._shared_info.set_pending(port, vcpu):
+                self._upcall(vcpu)
+
+    def _drop_direct(self, port: int, revoked: bool = False) -> None:
+        entry = self._direct.pop(port, None)
+        if entry is None:
+            return
+        if revoked:
+            self.stats["revoked"] += 1
+        sock = entry[0]
+        try:
+            asyncio.get_running_loop().remove_reader(sock)
+        except RuntimeError:
+            pass
+        sock.close()
+
     def _on_doorbell(self) -> None:
         vcpus: set[int] = set()
         sock = self._sock
         for _ in range(READ_BUDGET):
+            fds: list[int] = []
             try:
-                data = sock.recv(wire.MAX_DATAGRAM + 1)
+                data, fds, _, _ = socket.recv_fds(sock, wire.MAX_DATAGRAM + 1, 1)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as err:
@@ -333,6 +427,13 @@ class GuestEventChannels:
                 msg = wire.decode(data)
             except XenError as err:
                 log.warning("d%d: doorbell: %s", self.domid, err.message)
+                msg = None
+            if isinstance(msg, wire.Channel):
+                self._take_channel(msg, fds)
+                continue
+            for fd in fds:
+                os.close(fd)
+            if msg is None:
                 continue
             if isinstance(msg, wire.Upcall):
                 vcpus.add(msg.vcpu)
@@ -375,7 +476,8 @@ class GuestEventChannels:
             sock.setblocking(False)
             if not isinstance(doorbell, int):
                 await asyncio.wait_for(loop.sock_connect(sock, doorbell), self._timeout)
-            await loop.sock_sendall(sock, wire.Hello(self.domid, self._secret).encode())
+            await loop.sock_sendall(sock, wire.Hello(self.domid, self._secret,
+                                                     wire.HELLO_CHANNELS).encode())
             data = await asyncio.wait_for(loop.sock_recv(sock, wire.MAX_DATAGRAM + 1), self._timeout)
             welcome(data, self.domid)
         except BaseException:

@@ -116,12 +116,14 @@ class InFlight:
 
 class Admission(grpc.aio.ServerInterceptor):
     def __init__(self, check: Callable[[str | None, str | None], Caller],
-                 limits: CallLimits = CallLimits()):
+                 limits: CallLimits = CallLimits(), ops: collections.Counter | None = None):
         """``check(domid_text, secret)`` is Identity.check: a Caller, or an
-        AuthError."""
+        AuthError. ``ops`` counts every call admitted, by "Service/Method"
+        (Hypervisor.ops)."""
         self._check = check
         self.limits = limits
         self.in_flight = InFlight()
+        self.ops = ops if ops is not None else collections.Counter()
 
     async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
         method = details.method
@@ -146,6 +148,8 @@ class Admission(grpc.aio.ServerInterceptor):
                            f"{who} {most} calls in flight already, the most allowed; "
                            "wait for some to finish")
         self.in_flight.take(key)
+        if key is not None:
+            self.ops[method.rpartition(".")[2]] += 1
         # The call's own task: released however the call ends.
         asyncio.current_task().add_done_callback(lambda _task: self.in_flight.give(key))
         return _limited(handler, method, limit_for(method))

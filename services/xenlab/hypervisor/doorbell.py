@@ -13,6 +13,20 @@ the connection is made as the domain HELLO authenticated, and every COPY
 runs the grant-table core's validated copy as that caller, so each op gets
 the very GNTST_* code GrantTable.Copy would give it.
 
+Interdomain channels between two domains get a direct path too
+(``link``): a unix SOCK_SEQPACKET pair per channel, one end handed to each
+domain that asked for them in its HELLO (a CHANNEL datagram, SCM_RIGHTS),
+so that EVTCHNOP_send on the port is a datagram straight to the peer's
+kernel, which raises the port in its own shared_info. The pair is that one
+channel and nothing else: an end reaches only its peer's port. The router
+keeps both ends, and ``unlink`` (the core calls it when the channel is
+closed, reset or rebound, or either domain is destroyed) shuts the pair
+down, which every copy of it sees at once: a write fails, a read ends.
+A socket pair rather than an eventfd because it can be revoked that way,
+and an end can only be written to by the other end's holder. Domains that
+do not ask (or whose CHANNEL could not be sent) notify through the router,
+as before.
+
 It listens on one socket per audience: the rundir's for Domain-0 and the
 toolstack, and, where domains run under uids of their own, one in the
 domains' directory that only their group may reach. A domain whose launcher
@@ -88,12 +102,21 @@ class _Connection:
     reading: bool = False
     writing: bool = False
     resuming: bool = False
+    channels: bool = False      # HELLO_CHANNELS: hand it each channel's notification object
+
+
+@dataclass(eq=False)
+class _Link:
+    """One interdomain channel's direct path: (domid, port) -> (its end, its vCPU)."""
+    ends: dict[tuple[int, int], tuple[socket.socket, int]]
+    handed: bool = False        # each domain has its end
 
 
 class UpcallRouter:
     def __init__(self, authenticate: Callable[[int, str], Caller],
                  on_send: Callable[[int, int], None], hello_timeout: float = HELLO_TIMEOUT,
-                 on_copy: CopyHandler | None = None, on_memory: MemoryHandler | None = None):
+                 on_copy: CopyHandler | None = None, on_memory: MemoryHandler | None = None,
+                 ops: collections.Counter | None = None):
         """``on_copy(caller, ops)`` is GNTTABOP_copy (GrantTables.copy_gnttab); without
         it a COPY is an unknown message and closes the connection, so that
         the domain falls back to gRPC. ``on_memory(caller)`` answers a HELLO
@@ -108,6 +131,7 @@ class UpcallRouter:
         self._pending: set[_Connection] = set()             # accepted, not yet authenticated
         self._conns: dict[int, set[_Connection]] = {}
         self._subs: dict[int, set[asyncio.Queue]] = {}
+        self._links: dict[tuple[int, int], _Link] = {}      # (domid, port) -> its channel's
         # bad_send: SENDs the core refused; dropped_kick: kicks not queued
         # because an upcall was already waiting; malformed: connections closed;
         # copy, copy_ops: COPY datagrams answered and the ops in them; send,
@@ -115,6 +139,8 @@ class UpcallRouter:
         # still waiting to be delivered; deferred: wake-ups that left ports
         # for the next turn.
         self.stats: collections.Counter[str] = collections.Counter()
+        # Every datagram handled, by "doorbell/<OP>" (Hypervisor.ops).
+        self.ops = ops if ops is not None else collections.Counter()
 
     # -- lifecycle ------------------------------------------------------------
     @property
@@ -163,6 +189,8 @@ class UpcallRouter:
         await asyncio.gather(*tasks, return_exceptions=True)
         for domid in list(self._subs):
             self._end_streams(domid)
+        for key in list(self._links):
+            self.unlink(*key)
 
     # -- delivery ---------------------------------------------------------------
     def kick(self, domid: int, vcpu: int) -> None:
@@ -221,6 +249,90 @@ class UpcallRouter:
     def connections(self, domid: int) -> int:
         return len(self._conns.get(domid, ()))
 
+    # -- the direct path of interdomain channels ------------------------------------
+    def link(self, a: tuple[int, int, int], b: tuple[int, int, int]) -> None:
+        """Ends ``(domid, port, vcpu)`` a and b are one channel: a socket
+        pair for it, an end to each domain once both take them. Without
+        descriptors to spare, the channel keeps the router's path."""
+        self.unlink(a[0], a[1])
+        self.unlink(b[0], b[1])
+        try:
+            sa, sb = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as err:
+            log.warning("no direct path for d%d port %d <-> d%d port %d: %s",
+                        a[0], a[1], b[0], b[1], err)
+            return
+        for sock in (sa, sb):
+            sock.setblocking(False)
+        link = _Link({(a[0], a[1]): (sa, a[2]), (b[0], b[1]): (sb, b[2])})
+        for key in link.ends:
+            self._links[key] = link
+        self.stats["link"] += 1
+        self._hand_both(link)
+
+    def _takes_channels(self, domid: int) -> list[_Connection]:
+        return [c for c in self._conns.get(domid, ()) if c.channels]
+
+    def _hand_both(self, link: _Link) -> None:
+        """Hand each end to its domain, only when both domains take them: an
+        end whose peer keeps the router's path would signal no one. If an end
+        cannot be sent, neither is used: the pair is shut down before
+        anything could be written on it."""
+        if link.handed or not all(self._takes_channels(d) for d, _ in link.ends):
+            return
+        for (domid, port), (sock, vcpu) in link.ends.items():
+            sent = [self._hand(conn, port, vcpu, sock) for conn in self._takes_channels(domid)]
+            if not any(sent):
+                self.unlink(domid, port)
+                return
+        link.handed = True
+
+    def unlink(self, domid: int, port: int) -> list[tuple[int, int]]:
+        """Revoke the channel with end (domid, port): shut its pair down,
+        which every holder of either end sees at once. The ends that had
+        signals queued, unread: the caller delivers them."""
+        link = self._links.get((domid, port))
+        if link is None:
+            return []
+        for key in link.ends:
+            del self._links[key]
+        self.stats["unlink"] += 1
+        for sock, _ in link.ends.values():
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        unread = []
+        for key, (sock, _) in link.ends.items():
+            try:
+                if sock.recv(16):
+                    unread.append(key)
+            except OSError:
+                pass
+            sock.close()
+        return unread
+
+    def links(self) -> list[tuple[tuple[int, int, int], ...]]:
+        """Every direct path, as its two ends (domid, port, vcpu)."""
+        seen = {id(link): link for link in self._links.values()}
+        return [tuple((d, p, v) for (d, p), (_, v) in link.ends.items()) for link in seen.values()]
+
+    def linked(self, domid: int) -> list[int]:
+        """The ports of ``domid`` that have a direct path."""
+        return sorted(port for d, port in self._links if d == domid)
+
+    def _hand(self, conn: _Connection, port: int, vcpu: int, sock: socket.socket) -> bool:
+        try:
+            socket.send_fds(conn.sock, [wire.Channel(port, vcpu).encode()], [sock.fileno()])
+            self.stats["channel"] += 1
+            return True
+        except BlockingIOError:
+            self.stats["channel_unsent"] += 1
+        except OSError as err:
+            log.debug("d%d doorbell send failed (%s); closing it", conn.domid, err)
+            self._close(conn)
+        return False
+
     # -- connections ------------------------------------------------------------
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
@@ -254,6 +366,15 @@ class UpcallRouter:
             conn.domid = caller.domid
             conn.caller = caller
             self._conns.setdefault(caller.domid, set()).add(conn)
+            if conn.channels:
+                for (domid, port), link in list(self._links.items()):
+                    if domid != caller.domid or self._links.get((domid, port)) is not link:
+                        continue
+                    if link.handed:
+                        sock, vcpu = link.ends[(domid, port)]
+                        self._hand(conn, port, vcpu, sock)
+                    else:
+                        self._hand_both(link)
             await self._pump(conn)
         except asyncio.CancelledError:
             pass
@@ -273,6 +394,7 @@ class UpcallRouter:
             return None
         if not data:
             return None
+        self.ops["doorbell/HELLO"] += 1
         try:
             msg = self._decode(data)
             if not isinstance(msg, wire.Hello):
@@ -285,6 +407,7 @@ class UpcallRouter:
                 raise XenError(errno.EMFILE,
                                f"d{caller.domid} already has {MAX_CONNECTIONS} doorbell connections")
             memory = self._memory_for(caller) if msg.wants_memory else None
+            conn.channels = msg.wants_channels
         except XenError as err:
             log.info("doorbell HELLO refused: %s", err.message)
             self._reply(conn, wire.Error(err.errno, err.message))
@@ -352,6 +475,7 @@ class UpcallRouter:
                 return
             try:
                 msg = self._decode(data)
+                self.ops[f"doorbell/{type(msg).__name__.upper()}"] += 1
                 if isinstance(msg, wire.Send):
                     before = len(conn.sends)
                     conn.sends.update(dict.fromkeys(msg.ports))

@@ -7,6 +7,11 @@ when that is a 0->1 edge of an unmasked port that must reach the vCPU, and
 only then is the injected ``kick(domid, vcpu)`` called. A masked or
 already-pending port therefore never rings again, as in Xen's event_2l.c.
 
+An interdomain channel between two domains may also get a direct path
+(``ChannelLinks``, the doorbell's notification object per channel): the
+core tells it when a channel is bound, moved to another vCPU and closed, and
+stays the one authority on which channels there are.
+
 No sockets, no asyncio: the hypervisor is single-threaded, so the tables
 need no locks.
 """
@@ -15,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 from xenlab.hypervisor.caller import Caller
 from xenlab.xen import abi
@@ -26,6 +31,18 @@ from xenlab.xen.shared_info import SharedInfo
 # Xen sizes d->nr_pirqs per domain from the platform's interrupts; xenlab has
 # no physical interrupts, so a fixed bound keeps the pirq table small.
 NR_PIRQS = 256
+
+
+class ChannelLinks(Protocol):
+    """The direct notification path of interdomain channels
+    (hypervisor.doorbell.UpcallRouter)."""
+
+    def link(self, a: tuple[int, int, int], b: tuple[int, int, int]) -> None:
+        """Ends ``(domid, port, vcpu)`` a and b are bound to each other."""
+
+    def unlink(self, domid: int, port: int) -> list[tuple[int, int]]:
+        """Revoke the channel with end (domid, port) at once; the ends
+        (domid, port) that had signals in flight, not yet read."""
 
 
 @dataclass
@@ -56,8 +73,10 @@ def _virq_key(virq: int, vcpu: int) -> tuple[int, int]:
 
 
 class EventChannels:
-    def __init__(self, kick: Callable[[int, int], None], default_max_ports: int = 1024):
+    def __init__(self, kick: Callable[[int, int], None], default_max_ports: int = 1024,
+                 links: ChannelLinks | None = None):
         self._kick = kick
+        self._links = links
         self._default_max_ports = default_max_ports
         self._domains: dict[int, _DomainPorts] = {}
         # (domid, port) -> the hypervisor-side consumer of that domain's port
@@ -114,6 +133,9 @@ class EventChannels:
         # Xen's evtchn_bind_interdomain: an event sent before the bind must
         # not be lost, so the new local end starts pending.
         self._set_pending(caller.domid, port)
+        if self._links is not None and remote != caller.domid:
+            self._links.link((caller.domid, port, d.channels[port].vcpu),
+                             (remote, remote_port, rch.vcpu))
         return port
 
     def bind_virq(self, caller: Caller, virq: int, vcpu: int = 0) -> int:
@@ -234,7 +256,16 @@ class EventChannels:
         if not movable:
             kind = f"per-vCPU VIRQ {ch.virq}" if ch.state == EvtchnState.virq else ch.state.name
             raise EvtchnError(errno.EINVAL, f"d{domid} port {port} ({kind}) cannot move to another vcpu")
+        if ch.vcpu == vcpu:
+            return
         ch.vcpu = vcpu
+        linked = (self._links is not None and ch.state == EvtchnState.interdomain
+                  and ch.remote_dom not in (abi.DOMID_XEN, domid))
+        if linked:
+            # Each end was told which vCPU its events go to: new objects for both.
+            self._unlink(domid, port)
+            peer = self._domains[ch.remote_dom].channels[ch.remote_port]
+            self._links.link((domid, port, vcpu), (ch.remote_dom, ch.remote_port, peer.vcpu))
 
     def reset(self, caller: Caller, dom: int) -> None:
         """EVTCHNOP_reset: close every port of `dom`."""
@@ -355,11 +386,22 @@ class EventChannels:
         # evtchn_free: a reused port must not start with a stale event.
         d.shared_info.clear_port(ch.port)
 
+    def _unlink(self, domid: int, port: int) -> None:
+        """Revoke the channel's direct path. A signal the peer sent before
+        and nobody read yet is delivered as the hypervisor would have, to
+        whichever end is still bound."""
+        if self._links is None:
+            return
+        for end in self._links.unlink(domid, port):
+            self._set_pending(*end)
+
     def _release_peer(self, domid: int, ch: Channel) -> None:
         """The other end of a closed interdomain channel goes back to unbound,
         offered to the closer (Xen's evtchn_close)."""
         if ch.state != EvtchnState.interdomain:
             return
+        if ch.remote_dom != abi.DOMID_XEN:
+            self._unlink(domid, ch.port)
         peer = self._domains.get(ch.remote_dom)
         pch = peer.channels.get(ch.remote_port) if peer else None
         if pch is not None and pch.state == EvtchnState.interdomain:

@@ -67,7 +67,7 @@ class HypervisorServer:
         self.toolstack = toolstack(self.hv)
         self.server = None
         self.address = ""
-        self.admission = Admission(self.hv.identity.check, config.call_limits)
+        self.admission = Admission(self.hv.identity.check, config.call_limits, self.hv.ops)
 
     async def start(self) -> str:
         await self.hv.start()

@@ -26,6 +26,7 @@ clients are Domain-0, whom the core's quotas exempt.
 """
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import logging
@@ -67,8 +68,12 @@ class Xenstored:
     hypervisor's word on which domains there are."""
 
     def __init__(self, store: XenStore, domain_exists: Callable[[int], bool],
-                 limits: ConnectionLimits = ConnectionLimits()) -> None:
+                 limits: ConnectionLimits = ConnectionLimits(),
+                 ops: collections.Counter | None = None) -> None:
         self.store = store
+        # Every request handled, by "xenstored/<type>": the hypervisor's
+        # count of the messages it handles (Hypervisor.ops).
+        self.ops = ops if ops is not None else collections.Counter()
         self.limits = limits
         self._domain_exists = domain_exists
         self.domains: dict[int, StoreDomain] = {0: StoreDomain(0)}     # dom0_init
@@ -337,6 +342,7 @@ class XsConnection:
     # -- internals: requests ----------------------------------------------------------
     def _handle(self, msg: XsMessage) -> None:
         self.stats["requests"] += 1
+        self.daemon.ops[f"xenstored/{msg.type_name}"] += 1
         self._held = []
         try:
             reply_type, payload = msg.type, self._dispatch(msg)

@@ -171,7 +171,14 @@ class VcpuSetRequest(_message.Message):
     def __init__(self, domain: _Optional[_Union[_common_pb2.DomainRef, _Mapping]] = ..., vcpus: _Optional[int] = ...) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("host", "release", "xen_version", "nr_cpus", "total_memory_kb", "free_memory_kb", "nr_domains", "xen_caps", "rundir", "doorbell", "launcher", "uptime")
+    __slots__ = ("host", "release", "xen_version", "nr_cpus", "total_memory_kb", "free_memory_kb", "nr_domains", "xen_caps", "rundir", "doorbell", "launcher", "uptime", "ops")
+    class OpsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     HOST_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     XEN_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +191,7 @@ class HostInfo(_message.Message):
     DOORBELL_FIELD_NUMBER: _ClassVar[int]
     LAUNCHER_FIELD_NUMBER: _ClassVar[int]
     UPTIME_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
     host: str
     release: str
     xen_version: str
@@ -196,7 +204,8 @@ class HostInfo(_message.Message):
     doorbell: str
     launcher: str
     uptime: float
-    def __init__(self, host: _Optional[str] = ..., release: _Optional[str] = ..., xen_version: _Optional[str] = ..., nr_cpus: _Optional[int] = ..., total_memory_kb: _Optional[int] = ..., free_memory_kb: _Optional[int] = ..., nr_domains: _Optional[int] = ..., xen_caps: _Optional[str] = ..., rundir: _Optional[str] = ..., doorbell: _Optional[str] = ..., launcher: _Optional[str] = ..., uptime: _Optional[float] = ...) -> None: ...
+    ops: _containers.ScalarMap[str, int]
+    def __init__(self, host: _Optional[str] = ..., release: _Optional[str] = ..., xen_version: _Optional[str] = ..., nr_cpus: _Optional[int] = ..., total_memory_kb: _Optional[int] = ..., free_memory_kb: _Optional[int] = ..., nr_domains: _Optional[int] = ..., xen_caps: _Optional[str] = ..., rundir: _Optional[str] = ..., doorbell: _Optional[str] = ..., launcher: _Optional[str] = ..., uptime: _Optional[float] = ..., ops: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ConsoleRequest(_message.Message):
     __slots__ = ("domain", "follow")

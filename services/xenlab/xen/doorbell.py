@@ -14,6 +14,7 @@ datagram is exactly one message:
     UPCALL   vcpu u32                                       hypervisor -> domain
     COPY     seq u32, count u16, reserved u16, op * count   domain -> hypervisor (GNTTABOP_copy)
     COPIED   seq u32, count u16, reserved u16, i16 * count  hypervisor -> domain: one GNTST_* per op
+    CHANNEL  port u32, vcpu u32                             hypervisor -> domain, with one descriptor
 
 An UPCALL says only "the 0->1 edge of evtchn_upcall_pending happened on this
 vCPU"; which ports are pending is read from shared_info, as a real guest's
@@ -29,6 +30,21 @@ its own, and only the first time it asks: after that it holds the mapping
 only, and cannot come back for a descriptor it could resize the segment
 through. A refusal is an ERROR, as for bad credentials. Version 2 added the
 flags (version 1's HELLO had none, its OK a reserved u16).
+
+HELLO's flag HELLO_CHANNELS asks for a notification object per interdomain
+event channel, as KVM's irqfd/ioeventfd and vhost-user's kick and call fds:
+when one of the domain's ports becomes interdomain with another domain's,
+the hypervisor sends a CHANNEL naming the port and the vCPU it notifies,
+with one end of a unix SOCK_SEQPACKET pair as the datagram's one SCM_RIGHTS
+descriptor; the peer gets the other end with its own CHANNEL. A datagram
+written on the end is EVTCHNOP_send on that port, delivered to the peer
+without the hypervisor; a datagram read on it is the peer's send, which
+the domain's kernel turns into the port's pending bit in its own
+shared_info (the 2-level rules: set_pending honours the mask, and only the
+0->1 edge upcalls). The bytes carry nothing. The hypervisor keeps both ends
+and revokes the channel by shutting the pair down: from then on a write
+fails (EPIPE) and a read sees the end of the stream, whoever holds a copy.
+A CHANNEL for a port that already has one replaces it.
 
 A COPY op is struct gnttab_copy (grant_table.h) without its status field,
 28 bytes: source (ptr u64, domid u16, offset u16), dest (ptr u64, domid u16,
@@ -63,6 +79,7 @@ OP_SEND = 4
 OP_UPCALL = 5
 OP_COPY = 6
 OP_COPIED = 7
+OP_CHANNEL = 8
 
 HEADER = struct.Struct("<BBBx")
 _HELLO = struct.Struct("<HHH2x")           # domid, secret_len, flags
@@ -74,9 +91,11 @@ _UPCALL = struct.Struct("<I")
 _COPY = struct.Struct("<IH2x")              # COPY and COPIED: seq, count
 GNTTAB_COPY = struct.Struct("<QHHQHHHH")    # one gnttab_copy, status left out
 _STATUS = struct.Struct("<h")
+_CHANNEL = struct.Struct("<II")             # port, vcpu
 
 HELLO_MEMORY = 0x1        # HELLO: hand me my memory object
-HELLO_FLAGS = HELLO_MEMORY
+HELLO_CHANNELS = 0x2      # HELLO: hand me a notification object per interdomain channel
+HELLO_FLAGS = HELLO_MEMORY | HELLO_CHANNELS
 OK_MEMORY = 0x1           # OK: the memory object is attached (SCM_RIGHTS)
 OK_FLAGS = OK_MEMORY
 
@@ -111,6 +130,10 @@ class Hello:
     @property
     def wants_memory(self) -> bool:
         return bool(self.flags & HELLO_MEMORY)
+
+    @property
+    def wants_channels(self) -> bool:
+        return bool(self.flags & HELLO_CHANNELS)
 
     def encode(self) -> bytes:
         raw = self.secret.encode()
@@ -217,7 +240,18 @@ class Copied:
                 + struct.pack(f"<{n}h", *self.statuses))
 
 
-Message = Hello | Ok | Error | Send | Upcall | Copy | Copied
+@dataclass(frozen=True)
+class Channel:
+    """The datagram's descriptor is the notification object of ``port``,
+    whose events go to ``vcpu``."""
+    port: int
+    vcpu: int
+
+    def encode(self) -> bytes:
+        return _header(OP_CHANNEL) + _CHANNEL.pack(self.port, self.vcpu)
+
+
+Message = Hello | Ok | Error | Send | Upcall | Copy | Copied | Channel
 
 
 def send_batches(ports) -> list[bytes]:
@@ -309,6 +343,15 @@ def _decode_copied(body: bytes) -> Copied:
     return Copied(seq, struct.unpack_from(f"<{count}h", body, _COPY.size))
 
 
+def _decode_channel(body: bytes) -> Channel:
+    port, vcpu = _fixed(body, _CHANNEL, "CHANNEL")
+    if port >= abi.EVTCHN_2L_NR_CHANNELS:
+        raise malformed(f"CHANNEL port {port} out of range")
+    if vcpu >= abi.XEN_LEGACY_MAX_VCPUS:
+        raise malformed(f"CHANNEL vcpu {vcpu} out of range")
+    return Channel(port, vcpu)
+
+
 _DECODERS = {
     OP_HELLO: _decode_hello,
     OP_OK: _decode_ok,
@@ -317,6 +360,7 @@ _DECODERS = {
     OP_UPCALL: _decode_upcall,
     OP_COPY: _decode_copy,
     OP_COPIED: _decode_copied,
+    OP_CHANNEL: _decode_channel,
 }
 
 

@@ -84,7 +84,7 @@ def test_host_info_lines():
         host="lab", release="6.1", xen_version="4.19-xenlab", nr_cpus=4,
         total_memory_kb=8 * 1024 * 1024, free_memory_kb=1024 * 1024 + 1023, nr_domains=2,
         xen_caps="xen-3.0-x86_64", rundir="/r", doorbell="/r/evtchn.sock", launcher="local",
-        uptime=3.25))
+        uptime=3.25, ops={"EventChannel/Send": 3, "doorbell/SEND": 40}))
     lines = text.splitlines()
     assert lines[0] == "host                   : lab"
     assert all(line[23:25] == ": " for line in lines)
@@ -94,6 +94,8 @@ def test_host_info_lines():
     assert values["xen_version"] == "4.19-xenlab" and values["nr_cpus"] == "4"
     assert values["xen_caps"] == "xen-3.0-x86_64" and values["uptime"] == "3.2"
     assert list(values)[:5] == ["host", "release", "nr_cpus", "total_memory", "free_memory"]
+    assert values["hypervisor_ops"] == "43"
+    assert values["hypervisor_ops_by_op"] == "EventChannel/Send=3 doorbell/SEND=40"
 
 
 def test_host_info_without_a_dotted_version_has_no_major_minor():

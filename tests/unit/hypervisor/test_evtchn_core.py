@@ -474,3 +474,88 @@ class EvtchnMachine(RuleBasedStateMachine):
 
 EvtchnMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 test_evtchn_invariants = EvtchnMachine.TestCase
+
+
+# -- the direct path of interdomain channels ----------------------------------------
+class Links:
+    """ChannelLinks as the core sees it: which channels have a direct path,
+    and the ends whose peer's signals were still unread when revoked."""
+
+    def __init__(self):
+        self.linked: dict[tuple[int, int], tuple] = {}
+        self.unread: set[tuple[int, int]] = set()
+        self.calls: list = []
+
+    def link(self, a, b):
+        self.calls.append(("link", a, b))
+        self.linked[a[:2]] = self.linked[b[:2]] = (a, b)
+
+    def unlink(self, domid, port):
+        self.calls.append(("unlink", domid, port))
+        pair = self.linked.pop((domid, port), None)
+        if pair is None:
+            return []
+        other = next(end[:2] for end in pair if end[:2] != (domid, port))
+        self.linked.pop(other, None)
+        return [end[:2] for end in pair if end[:2] in self.unread]
+
+
+@pytest.fixture
+def linked_lab(lab) -> tuple[Lab, Links]:
+    links = Links()
+    lab.ev._links = links
+    return lab, links
+
+
+def test_a_bound_interdomain_channel_is_linked_end_to_end_with_its_vcpus(linked_lab):
+    lab, links = linked_lab
+    pa = lab.ev.alloc_unbound(A, 1, 2)
+    lab.ev.bind_vcpu(1, pa, 1)
+    pb = lab.ev.bind_interdomain(B, 1, pa)
+    assert links.calls == [("link", (2, pb, 0), (1, pa, 1))]
+
+
+def test_closing_either_end_revokes_the_link(linked_lab):
+    lab, links = linked_lab
+    pa, pb = connect(lab)
+    lab.ev.close(2, pb)
+    assert links.linked == {} and ("unlink", 2, pb) in links.calls
+    pb = lab.ev.bind_interdomain(B, 1, pa)
+    lab.ev.reset(DOM0, 1)
+    assert links.linked == {}
+
+
+def test_a_signal_unread_at_revocation_stays_pending_on_the_surviving_end(linked_lab):
+    lab, links = linked_lab
+    pa, pb = connect(lab)
+    links.unread = {(1, pa), (2, pb)}
+    lab.ev.close(2, pb)
+    # B's send reached A's end before the close: A's port, unbound now, keeps
+    # it pending as Xen's would; B's closed port is clear.
+    assert lab.shared[1].is_pending(pa) and lab.take_kicks() == [(1, 0)]
+    assert not lab.shared[2].is_pending(pb)
+
+
+def test_a_dying_domain_revokes_its_links(linked_lab):
+    lab, links = linked_lab
+    connect(lab)
+    lab.ev.remove_domain(2)
+    assert links.linked == {}
+
+
+def test_moving_an_end_to_another_vcpu_relinks_it(linked_lab):
+    lab, links = linked_lab
+    pa, pb = connect(lab)
+    lab.ev.bind_vcpu(1, pa, 1)
+    assert links.calls[-2:] == [("unlink", 1, pa), ("link", (1, pa, 1), (2, pb, 0))]
+    lab.ev.bind_vcpu(1, pa, 1)          # no move, no new objects
+    assert len(links.calls) == 3
+
+
+def test_loopback_and_hypervisor_consumer_channels_get_no_link(linked_lab):
+    lab, links = linked_lab
+    p = lab.ev.alloc_unbound(A, 1, 1)
+    lab.ev.bind_interdomain(A, 1, p)
+    q = lab.ev.alloc_unbound(A, 1, 0)
+    lab.ev.bind_consumer(1, q, 0, lambda: None)
+    assert not [c for c in links.calls if c[0] == "link"]

@@ -14,6 +14,7 @@ import pytest
 
 from xenlab.hypervisor.doorbell import MAX_CONNECTIONS, UpcallRouter
 from xenlab.hypervisor.caller import Caller
+from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import AuthError, XenError
 
@@ -62,7 +63,16 @@ def _bad_datagrams():
         "upcall vcpu": wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.OP_UPCALL)
                        + struct.pack("<I", 99),
         "oversized": b"\xec\x01\x04\x00" + b"\x00" * wire.MAX_DATAGRAM,
+        "channel port past the 2-level ABI": wire.Channel(abi.EVTCHN_2L_NR_CHANNELS, 0).encode(),
+        "channel vcpu": wire.Channel(1, abi.XEN_LEGACY_MAX_VCPUS).encode(),
+        "channel short": wire.Channel(1, 0).encode()[:-1],
     }
+
+
+def test_channel_and_hello_channels_round_trip():
+    assert wire.decode(wire.Channel(4095, 31).encode()) == wire.Channel(4095, 31)
+    hello = wire.decode(wire.Hello(3, "s", wire.HELLO_CHANNELS | wire.HELLO_MEMORY).encode())
+    assert hello.wants_channels and hello.wants_memory
 
 
 @pytest.mark.parametrize("name", sorted(_bad_datagrams()))

@@ -185,3 +185,18 @@ async def test_domain_with_two_vcpus_gets_a_resync_per_vcpu(hypervisor):
     await client.evtchn.SetTimer(pb.SetTimerRequest(vcpu=1, timeout=0.01))
     assert await next_upcall(stream) == 1
     stream.cancel()
+
+
+async def test_host_info_counts_every_call_by_operation(two):
+    lab, (a, ca), (b, cb) = two
+    pa = (await ca.evtchn.AllocUnbound(pb.AllocUnboundRequest(dom=a, remote_dom=b))).port
+    pbp = (await cb.evtchn.BindInterdomain(pb.BindInterdomainRequest(remote_dom=a, remote_port=pa))).port
+    before = (await lab.dom0.domains.GetHostInfo(common_pb2.Empty())).ops
+    for _ in range(3):
+        await cb.evtchn.Send(pb.Port(port=pbp))
+    with pytest.raises(grpc.aio.AioRpcError):
+        await cb.evtchn.Send(pb.Port(port=pbp + 100))     # a refusal is a message handled too
+    after = (await lab.dom0.domains.GetHostInfo(common_pb2.Empty())).ops
+    assert after["EventChannel/Send"] - before["EventChannel/Send"] == 4
+    assert after["Domains/GetHostInfo"] - before["Domains/GetHostInfo"] == 1
+    assert sum(after.values()) - sum(before.values()) == 5
