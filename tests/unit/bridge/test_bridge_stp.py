@@ -805,6 +805,7 @@ def test_state_changes_and_lost_neighbours_are_logged_as_linux_logs_them(net, ca
     other = bytes.fromhex("2000020000000002")
     br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=6.0))
     br.stp.receive(br.ports["q"], bpdu_from(other, root=other, port_id=0x8002, max_age=6.0))
+    br.stp.receive(br.ports["p"], bpdu_from(other, root=other, max_age=6.0))   # selection again
     br.stp.receive(br.ports["p"], encode_tcn(bytes(6)))   # p is the root port: not designated, ignored
     net.clock.now += 7
     br.stp_tick()                                         # both neighbours' information ages out
@@ -962,12 +963,15 @@ def test_a_backup_port_whose_twin_goes_quiet_is_designated_without_a_new_change(
     net.clock.now += 2
     br.stp_tick()
     (own,) = br.pop_transmit()["p"][:1]
+    net.clock.now += 0.5                                  # off the hello beat
+    br.stp.now = net.clock.now
     br.stp.receive(br.ports["q"], own)                    # q hears p: the same segment
     assert br.stp.port_role(br.ports["q"]) == "alternate"
     changes = br.stp.counters["topology_changes"]
     due = br.stp.info(br.ports["q"]).message_age_timer
     net.clock.now = due
     br.stp_tick()                                         # p's BPDU is not heard again
+    assert "q" not in br.pop_transmit()                   # a root stays one: no BPDUs out of turn
     assert br.stp.port_role(br.ports["q"]) == "designated" and br.stp.is_root
     assert br.stp.info(br.ports["q"]).message_age_timer is None
     assert br.stp.counters["topology_changes"] == changes

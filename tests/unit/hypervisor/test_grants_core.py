@@ -743,3 +743,9 @@ def test_table_level_refusals_say_why(gt):
     gt.grant_access_all(7, [(1, 0, True)] * (512 - 8))
     assert refusal(lambda: gt.grant_access(7, 1, 0, True)) == (
         abi.GNTST_no_device_space, "d7's grant table is full (512 entries)")
+
+
+def test_a_domain_without_a_grant_table_may_free_its_frames(gt):
+    gt.memory.add_domain(8, 16, 8)                 # memory, but no grant table (yet)
+    gt.memory.decrease_reservation(8, [3])
+    assert not gt.memory.is_populated(8, 3)
