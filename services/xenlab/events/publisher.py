@@ -41,7 +41,7 @@ from xenlab.events.config import BrokerAddress
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE = 4096            # messages waiting for the broker, at most
-DEFAULT_RETAINED = 8192         # retained topics remembered for republishing
+DEFAULT_RETAINED = t.DEFAULT_RETAINED     # retained topics remembered for republishing
 MIN_BACKOFF = 0.1
 MAX_BACKOFF = 3.0
 KEEPALIVE = 10                  # seconds; a silent broker is noticed within 1.5x this
@@ -70,7 +70,7 @@ class EventPublisher:
         self.connected = False
         self.last_error = ""
         self._queue: collections.deque[t.Message] = collections.deque()
-        self._retained: collections.OrderedDict[str, t.Message] = collections.OrderedDict()
+        self._retained = t.RetainedStates(retained_max)
         self._wake = asyncio.Event()
         self._connected_event = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -81,14 +81,8 @@ class EventPublisher:
     def publish(self, message: t.Message) -> None:
         if self._closing:
             return
-        if message.retain and not message.payload:
-            # A cleared topic (topics.cleared): nothing to send again on reconnection.
-            self._retained.pop(message.topic, None)
-        elif message.retain:
-            self._retained[message.topic] = message
-            self._retained.move_to_end(message.topic)
-            while len(self._retained) > self.retained_max:
-                self._retained.popitem(last=False)
+        # A cleared topic (topics.cleared) is forgotten: nothing to send again on reconnection.
+        self._retained.remember(message)
         if len(self._queue) >= self.queue_size:
             self._queue.popleft()
             self.counters["dropped"] += 1

@@ -24,7 +24,6 @@ waits and never fails, so the hub is never on anyone's data path.
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
 from typing import Iterable, Protocol, Sequence
 
@@ -34,7 +33,7 @@ from xenlab.events import topics as t
 from xenlab.xen.errors import XenError
 
 DEFAULT_BACKLOG = 4096          # messages one subscriber may fall behind
-DEFAULT_RETAINED = 8192         # retained topics kept, as the MQTT publisher keeps
+DEFAULT_RETAINED = t.DEFAULT_RETAINED     # retained topics kept, as the MQTT publisher keeps
 MAX_FILTERS = 64                # topic filters in one subscription
 
 
@@ -94,18 +93,12 @@ class EventHub:
         self.backlog = backlog
         self.retained_max = retained_max
         self.published = 0
-        self._retained: collections.OrderedDict[str, t.Message] = collections.OrderedDict()
+        self._retained = t.RetainedStates(retained_max)
         self._subscriptions: set[Subscription] = set()
 
     def publish(self, message: t.Message) -> None:
         self.published += 1
-        if message.retain and not message.payload:
-            self._retained.pop(message.topic, None)
-        elif message.retain:
-            self._retained[message.topic] = message
-            self._retained.move_to_end(message.topic)
-            while len(self._retained) > self.retained_max:
-                self._retained.popitem(last=False)
+        self._retained.remember(message)
         for sub in list(self._subscriptions):
             if sub.closed:
                 self._subscriptions.discard(sub)

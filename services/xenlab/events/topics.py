@@ -20,6 +20,7 @@ the tests check that every payload carries exactly its documented fields.
 """
 from __future__ import annotations
 
+import collections
 import json
 from dataclasses import dataclass
 from typing import Mapping
@@ -187,6 +188,30 @@ class Message:
     topic: str
     payload: bytes
     retain: bool = False
+
+
+DEFAULT_RETAINED = 8192         # retained topics remembered (a broker keeps each one's last)
+
+
+class RetainedStates(collections.OrderedDict):
+    """What a broker keeps of retained topics, for a subscriber that comes
+    later: each topic's last message, a cleared topic (an empty retained
+    payload) forgotten, the least recently set dropped past ``limit``."""
+
+    def __init__(self, limit: int = DEFAULT_RETAINED) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def remember(self, message: Message) -> None:
+        if not message.retain:
+            return
+        if not message.payload:
+            self.pop(message.topic, None)
+            return
+        self[message.topic] = message
+        self.move_to_end(message.topic)
+        while len(self) > self.limit:
+            self.popitem(last=False)
 
 
 def check_level(text: str, what: str) -> str:

@@ -315,17 +315,22 @@ class Hypervisor:
             pass
 
     # -- destroy -------------------------------------------------------------------
-    async def halt(self, dom: Domain) -> None:
-        """The first step of destroying a domain: it is dying (its id stays
-        taken) and its process is killed and reaped."""
-        dom.state = RunState.DYING
-        self._changed()
+    async def _kill_process(self, dom: Domain) -> None:
+        """Kill and reap the domain's process, if it has one, and stop
+        waiting for it (unless the waiter is the caller)."""
         proc = self._procs.pop(dom.domid, None)
         reaper = self._reapers.pop(dom.domid, None)
         if reaper is not None and reaper is not asyncio.current_task():
             reaper.cancel()
         if proc is not None:
             await proc.kill()
+
+    async def halt(self, dom: Domain) -> None:
+        """The first step of destroying a domain: it is dying (its id stays
+        taken) and its process is killed and reaped."""
+        dom.state = RunState.DYING
+        self._changed()
+        await self._kill_process(dom)
 
     def destroy(self, dom: Domain) -> None:
         """XEN_DOMCTL_destroydomain, once halted: its directory, doorbell and
@@ -401,12 +406,7 @@ class Hypervisor:
             return                      # shut down or dying already: the first reason stands
         dom.shutdown_reason = reason
         dom.state = RunState.CRASHED if reason == "crash" else RunState.SHUTDOWN
-        proc = self._procs.pop(dom.domid, None)
-        reaper = self._reapers.pop(dom.domid, None)
-        if reaper is not None and reaper is not asyncio.current_task():
-            reaper.cancel()
-        if proc is not None:
-            await proc.kill()
+        await self._kill_process(dom)
         log.info("d%d (%s) shut down: %s", dom.domid, dom.name, reason)
         self._changed()
         self.evtchn.raise_virq(0, abi.VIRQ_DOM_EXC)
