@@ -551,6 +551,9 @@ class IpStack:
         """RFC 862: send the data back to where it came from."""
         if packet.sport in _ECHO_LOOP_PORTS:
             return "udp_echo_loop"
+        # A datagram sent to a broadcast address is answered from the
+        # interface's own address, as a socket bound to INADDR_ANY answers it.
+        local = local or self.ip
         reply = UdpPacket(ECHO_PORT, packet.sport, packet.payload)
         self._reply(src, IPPROTO_UDP, reply.build(local, src), local)
         return "rx_delivered"

@@ -259,6 +259,19 @@ def test_unbound_port_reached_by_broadcast_is_not_answered(pair):
     assert b.counters["udp_port_unreachable"] == 1
 
 
+def test_udp_echo_to_the_subnet_broadcast_answers_from_the_interface_address(pair):
+    # Found by the stack fuzzer: a broadcast has no local address to answer
+    # from, and building the reply's checksum crashed the stack.
+    a, b, wire = pair
+    teach(b, A, MAC_A)
+    frame = udp_frame(A, IPv4Address("10.0.0.255"), 5000, 7, b"anyone", dst_mac=BROADCAST,
+                      src_mac=MAC_A)
+    [reply] = b.receive(frame)
+    eth, header, payload = ip_of(reply)
+    assert (eth.dst, header.src, header.dst) == (MAC_A, B, A)
+    assert UdpPacket.parse(B, A, payload) == UdpPacket(7, 5000, b"anyone")
+
+
 def test_echo_service_does_not_answer_another_echo_service(pair):
     a, b, wire = pair
     wire.carry(a, a.send_udp(B, 7, 7, b"ping-pong"))
