@@ -197,6 +197,14 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
         return agent_pb2.StatsReply(interfaces=[self._stats(device) for device in devices]
                                     + [self._gone_stats(device) for device in gone])
 
+    @handles_xen_errors
+    async def SetLink(self, request, context):
+        device = self.net.device(request.interface)
+        device.set_admin_up(request.up)
+        # Returns once the other side has been told (the xenstore write).
+        await device.link_settled()
+        return self._stats(device)
+
     def _gone_stats(self, device: GoneDevice) -> agent_pb2.InterfaceStats:
         message = self._stats(device, stack=False)
         for reason, value in device.stack_drops.items():
@@ -214,7 +222,9 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             mac=format_mac(device.mac) if len(device.mac) == ETH_ALEN else device.mac.hex(":"),
             ip=getattr(device, "ip", None) or "", mtu=device.mtu, state=str(device.state),
             peer=str(getattr(device, "peer", "") or ""),
-            persistent_grants=getattr(device, "persistent_grants", 0))
+            persistent_grants=getattr(device, "persistent_grants", 0),
+            admin_up=device.admin_up, carrier=device.carrier, ifindex=device.ifindex,
+            master=device.master)
         for key, value in counters.items():
             if key.startswith("drop_"):
                 message.drops[key[len("drop_"):]] = value
