@@ -39,6 +39,7 @@ def every_payload() -> list[t.Message]:
                      "1: vif3.0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master xenbr0 state blocking "
                      "priority 32 cost 2 ", NOW),
         t.service_status(TOPICS, "bridge", True, 42, {"published": 3, "dropped": 1}, NOW),
+        t.vif_link(TOPICS, {**VIF, "frontend_link": "down"}, NOW),
     ]
 
 
@@ -85,7 +86,7 @@ def test_every_documented_type_has_a_builder_exercised():
 
 def test_states_are_retained_events_and_counters_are_not():
     retained = {doc.type for doc in t.TOPICS if doc.retained}
-    assert retained == {"domain.state", "vif.state", "service.status", "port.state"}
+    assert retained == {"domain.state", "vif.state", "vif.link", "service.status", "port.state"}
 
 
 def test_vif_state_names_the_xenbus_states():
