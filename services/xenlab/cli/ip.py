@@ -74,10 +74,11 @@ def parse(argv: Sequence[str]) -> IpCommand:
     cmd = args.pop(0)
     if matches(cmd, "help"):
         raise Usage(USAGE, 0)
-    if matches(cmd, "show") or matches(cmd, "list") or cmd == "lst":
-        return IpCommand(domain, "show", _show_device(args))
+    # iplink.c's order: "s" is set.
     if matches(cmd, "set"):
         return _parse_set(domain, args)
+    if matches(cmd, "show") or matches(cmd, "list") or matches(cmd, "lst"):
+        return IpCommand(domain, "show", _show_device(args))
     raise Usage(f'Command "{cmd}" is unknown, try "xenlab ip link help".')
 
 

@@ -185,6 +185,32 @@ def test_vif_tracker_reports_changes_hotplug_and_removal():
     assert tracker.domids() == set()
 
 
+def test_vif_tracker_reports_each_link_change_once_and_no_state_for_it():
+    tracker = VifTracker()
+    up = {**VIF, "state": 4, "backend_state": 4, "frontend_link": "up", "backend_link": "up"}
+    # A vif whose links are up from the start has no link message: nothing changed.
+    assert [k for k, _ in tracker.update(3, [up])] == ["state"]
+    down = {**up, "backend_link": "down"}
+    assert [(k, v["backend_link"]) for k, v in tracker.update(3, [down])] == [("link", "down")]
+    assert tracker.update(3, [down]) == []
+    assert [(k, v["frontend_link"]) for k, v in tracker.update(3, [{**down, "frontend_link": "down"}])] \
+        == [("link", "down")]
+    assert [k for k, _ in tracker.update(3, [up])] == ["link"]
+    assert tracker.forget_links(3) == {VIF["devid"]} and tracker.forget_links(3) == set()
+    # First seen with a side down (a publisher that started late): said at once.
+    fresh = VifTracker()
+    assert [k for k, _ in fresh.update(3, [down])] == ["state", "link"]
+
+
+def test_vif_link_message_says_which_side_is_down():
+    message = t.vif_link(TOPICS, {**VIF, "frontend_link": "down", "backend_link": "up"}, NOW)
+    payload = t.decode(message.payload)
+    assert message.topic == TOPICS.vif(VIF["domid"], VIF["devid"], "link") and message.retain
+    assert (payload["link"], payload["frontend"], payload["backend"]) == ("down", "down", "up")
+    payload = t.decode(t.vif_link(TOPICS, VIF, NOW).payload)
+    assert (payload["link"], payload["frontend"], payload["backend"]) == ("up", "up", "up")
+
+
 @pytest.mark.parametrize("path, domids", [
     ("/local/domain", None),
     ("/local/domain/5", None),
