@@ -29,6 +29,7 @@ from xenlab.cli.bridge import Usage, _main, garbage, matches
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.net.link import DOWN, UP, LinkInfo, LinkState, format_link
 from xenlab.proto import agent_pb2, common_pb2
+from xenlab.xen.names import VIF_MAC
 
 USAGE = """\
 Usage: xenlab ip [-n DOMAIN] link show [[dev] DEV]
@@ -120,11 +121,15 @@ def _parse_set(domain: str, args: list[str]) -> IpCommand:
     return IpCommand(domain, "set", device, up)
 
 
-def format_links(interfaces) -> str:
-    """The agent's InterfaceStats as `ip link show` prints them."""
+def format_links(interfaces, driver_domain: bool = False) -> str:
+    """The agent's InterfaceStats as `ip link show` prints them. In a driver
+    domain a vif (the one with a master) shows its own address, as Linux's
+    netback gives every vif, not its guest's (which the agent reports)."""
     links = sorted(interfaces, key=lambda s: (s.ifindex, s.name))
     return "\n".join(format_link(LinkInfo(s.ifindex, s.name, s.mtu,
-                                          LinkState(s.admin_up, s.carrier), s.mac, s.master))
+                                          LinkState(s.admin_up, s.carrier),
+                                          VIF_MAC if driver_domain and s.master else s.mac,
+                                          s.master))
                      for s in links)
 
 
@@ -151,7 +156,7 @@ async def run_command(hv: HypervisorClient, cmd: IpCommand) -> str:
             if err.code() is grpc.StatusCode.NOT_FOUND and cmd.device:
                 raise Usage(f'Device "{cmd.device}" does not exist.', 1) from None
             raise
-        return format_links(reply.interfaces)
+        return format_links(reply.interfaces, driver_domain=domid == 0)
     finally:
         await agent.close()
 

@@ -71,9 +71,9 @@ def test_links_print_in_index_order():
                                       carrier=False, mac="00:00:00:00:00:00"),
              agent_pb2.InterfaceStats(name="vif2.0", ifindex=3, mtu=1500, admin_up=True,
                                       carrier=True, mac="00:16:3e:00:00:02", master="xenbr0")]
-    assert ip.format_links(stats).splitlines() == [
+    assert ip.format_links(stats, driver_domain=True).splitlines() == [
         "3: vif2.0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master xenbr0 state UP mode DEFAULT group default",
-        "    link/ether 00:16:3e:00:00:02 brd ff:ff:ff:ff:ff:ff",
+        "    link/ether fe:ff:ff:ff:ff:ff brd ff:ff:ff:ff:ff:ff",
         "4: veth2.0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 state DOWN mode DEFAULT group default",
         "    link/ether 00:00:00:00:00:00 brd ff:ff:ff:ff:ff:ff",
     ]
