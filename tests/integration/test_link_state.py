@@ -223,3 +223,26 @@ async def test_an_unknown_device_is_one_line(lab_factory):
     assert await ip(lab, "link", "show", "nope0") == (1, "", 'Device "nope0" does not exist.\n')
     assert await ip(lab, "-n", "b", "link", "set", "eth7", "up") == \
         (1, "", 'Cannot find device "eth7"\n')
+
+
+async def test_a_restarted_bridge_service_finds_the_link_still_down(lab_factory):
+    # Hotplug re-attaches the vif to the new bridge service and tells it the
+    # vif is down: the new port starts disabled, and forwards once it is up.
+    lab = await lab_factory(LAB)
+    b = lab.domid("b")
+    vif = f"vif{b}.0"
+    rc, _, err = await ip(lab, "link", "set", vif, "down")
+    assert rc == 0, err
+    await lab.lab.restart_service("bridge", kill=True)
+    async with await lab.bridge() as br:
+        for _ in range(100):
+            ports = (await br.ShowBridges(bridge_pb2.ShowBridgesRequest())).bridges[0].ports
+            port = next((p for p in ports if p.name == vif), None)
+            if port is not None and not port.carrier:
+                break
+            await asyncio.sleep(0.1)
+    assert port is not None and not port.carrier and port.state == "disabled"
+    assert await ping(lab) == 0
+    rc, _, err = await ip(lab, "link", "set", vif, "up")
+    assert rc == 0, err
+    assert await eventually_ping(lab) == 2
