@@ -182,9 +182,10 @@ class BridgeHotplug:
             # end, which counts each frame as a link_down drop.
             old = att.end
             end = await self._reattach(att)
-            # One device as far as anyone counting is concerned.
+            # One device as far as anyone counting is concerned, or setting it down.
             end.counters.update(old.counters)
             end.drops.update(old.drops)
+            end.admin_up, end.ifindex = old.admin_up, old.ifindex
             self._plug(att, end)
             att.reattached += 1
             log.info("%s: re-attached to bridge %s", att.vif.name, att.bridge)
