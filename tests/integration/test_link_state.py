@@ -246,3 +246,24 @@ async def test_a_restarted_bridge_service_finds_the_link_still_down(lab_factory)
     rc, _, err = await ip(lab, "link", "set", vif, "up")
     assert rc == 0, err
     assert await eventually_ping(lab) == 2
+
+
+async def test_a_restarted_domain0_reads_the_guests_link_from_xenstore(lab_factory):
+    # The guest's side is a node in its own directory: a new Domain-0
+    # kernel's netback reads it when it connects the vif again.
+    lab = await lab_factory(LAB)
+    b = lab.domid("b")
+    vif = f"vif{b}.0"
+    rc, _, err = await ip(lab, "-n", "b", "link", "set", "eth0", "down")
+    assert rc == 0, err
+    await lab.lab.restart_service("dom0", kill=True)
+    for _ in range(100):
+        rc, out, _ = await ip(lab, "link", "show", vif)
+        if rc == 0 and "NO-CARRIER" in out:
+            break
+        await asyncio.sleep(0.1)
+    assert f": {vif}: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 master xenbr0 state DOWN" in out
+    assert await ping(lab) == 0
+    rc, _, err = await ip(lab, "-n", "b", "link", "set", "eth0", "up")
+    assert rc == 0, err
+    assert await eventually_ping(lab) == 2
