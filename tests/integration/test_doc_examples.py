@@ -77,6 +77,8 @@ FAILING = {
         (234, 'Error: argument of "learning" must be one of "off", "on", not "maybe"'),
     "xenlab inject web:eth0 --count 3 --src 00:16:3e:7f:ff:fe":
         (1, "vif1.0 (netback in Domain-0): 0 passed on, 3 dropped (spoofed_mac=3)"),
+    "xenlab ping web db -c 2 -W 1": (1, "2 packets transmitted, 0 received"),
+    "xenlab ip link show nope0": (1, 'Device "nope0" does not exist.'),
 }
 WEB, DB = "00:16:3e:00:00:01", "00:16:3e:00:00:02"
 

@@ -109,3 +109,30 @@ async def test_a_lab_without_a_broker_streams_its_events_to_xenlab_events(lab_fa
     lines = [json.loads(line) for line in out.decode().splitlines()]
     assert {(m["payload"]["name"], m["payload"]["state"], m["retained"]) for m in lines} == \
         {("Domain-0", "running", True), ("a", "running", True), ("b", "running", True)}
+
+
+async def test_dom0_vif_counters_and_rates_reach_the_grpc_stream(lab_factory):
+    # CORE's Throughputs: each vif's rates, as Domain-0's netback counts
+    # them, on the stream a client without a broker reads.
+    lab = await lab_factory(LAB.format(broker="none"))
+    a = lab.domid("a")
+    async with await lab.agent("a") as agent:
+        async def pings():
+            while True:
+                await agent.Ping(agent_pb2.PingRequest(dst="10.8.0.2", count=5, interval=0.05,
+                                                       timeout=1))
+        async def first_moving():
+            async for event in lab_events(lab.hv, [f"xenlab/gev/domain/{a}/vif/0/stats"],
+                                          retained=False):
+                payload = json.loads(event.payload)
+                assert payload["type"] == "vif.stats" and payload["vifname"] == f"vif{a}.0"
+                if payload["rates"].get("rx_packets", 0) > 0:
+                    return payload
+
+        pinger = asyncio.create_task(pings())
+        try:
+            moving = await asyncio.wait_for(first_moving(), 30)
+        finally:
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
+    assert moving["counters"]["rx_packets"] > 0 and moving["backend_id"] == 0

@@ -1,6 +1,7 @@
 """`xenlab web` in a real browser (Debian's chromium, driven by Selenium
 through chromium-driver): the demo lab's page shows every domain, a ping
-makes its links' rates move, a port the bridge disables shows down, and a
+makes its links' rates move, a port the bridge disables shows down, a vif
+set down (`xenlab ip link`) and up is drawn so as it happens, and a
 click on a port's capture button downloads a pcap of what crossed it.
 Without aiohttp (the web extra), Selenium or chromium, it is skipped,
 saying which is missing. The HTTP API's refusals are checked without a
@@ -141,6 +142,20 @@ async def test_the_page_follows_the_demo_lab_live_and_captures_a_port(lab_factor
                 bridge="xenbr0", port=cache_port.split(":")[1], state="disabled"))
         await asyncio.to_thread(wait_until, driver, f"""
             document.querySelector('#links tr[data-link="{cache_port}"]').className === 'down'""")
+
+        # `xenlab ip link set vifD.0 down` in Domain-0: db's port and its ring
+        # are drawn down, live; up, they are drawn up again.
+        db_vif = db_port.split(":")[1]
+        row_down = f"document.querySelector('#links tr[data-link=\"{db_port}\"]').className === 'down'"
+        ring_down = f"xenlab.cy.getElementById('ring:{db_vif}').hasClass('down')"
+        edge_down = f"""xenlab.cy.edges().filter(e => e.data('bridge') + ':' + e.data('port')
+                                                  === '{db_port}').hasClass('down')"""
+        async with await lab.agent("Domain-0") as dom0:
+            await dom0.SetLink(agent_pb2.SetLinkRequest(interface=db_vif, up=False))
+            await asyncio.to_thread(wait_until, driver, f"{row_down} && {ring_down} && {edge_down}")
+            await dom0.SetLink(agent_pb2.SetLinkRequest(interface=db_vif, up=True))
+            await asyncio.to_thread(wait_until, driver,
+                                    f"!({row_down}) && !({ring_down}) && !({edge_down})")
     finally:
         await asyncio.to_thread(driver.quit)
         await runner.cleanup()

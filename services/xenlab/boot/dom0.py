@@ -21,6 +21,7 @@ from xenlab.domain.kernel import DomainKernel
 from xenlab.drivers.hotplug import BridgeHotplug
 from xenlab.drivers.netback import NetbackDriver
 from xenlab.events import config as events_config
+from xenlab.events import server as events_server
 from xenlab.events.sources import Dom0Source, service_events
 from xenlab.osutil import die_with_parent, on_stop_signal, raise_fd_limit
 from xenlab.xen.errors import ConfigError
@@ -72,10 +73,15 @@ async def reset_previous_kernel(start: StartInfo) -> None:
 
 async def _main(start: StartInfo, events=None) -> int:
     await reset_previous_kernel(start)
-    kernel = DomainKernel(start, drivers=dom0_drivers, agent=start_guest_agent)
-    on_stop_signal(kernel.stop, "poweroff")
-    kernel.on_boot.append(lambda: kernel.xenbus.write("data/netback", "ready"))
     async with service_events(events, "dom0") as ev:
+        # The per-vif counters stream beside the agent, behind its token, as
+        # the hypervisor's and the bridges' events stream on their servers.
+        services = [(events_server.register(ev.hub), events_server.SERVICE_NAME)] \
+            if ev is not None else []
+        kernel = DomainKernel(start, drivers=dom0_drivers,
+                              agent=lambda k: start_guest_agent(k, services))
+        on_stop_signal(kernel.stop, "poweroff")
+        kernel.on_boot.append(lambda: kernel.xenbus.write("data/netback", "ready"))
         if ev is not None:
             async def publish_vif_counters() -> None:
                 ev.add(Dom0Source(kernel, ev.publisher, events.interval))

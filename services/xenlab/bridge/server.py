@@ -387,9 +387,20 @@ class BridgeService:
             end.close()
             return
         log.info("%s: port %s attached (%s)", br.name, end.name, json.dumps(end.peer_info))
+        end.link_watchers.append(lambda _dev: self._carrier_changed(br, end))
         task = asyncio.create_task(self._watch_link(br.name, end))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _carrier_changed(self, br: Bridge, end: VethEnd) -> None:
+        """The vif's side of the pair went down or came back: as Linux's
+        bridge on NETDEV_CHANGE (br_port_carrier_check), the port is
+        disabled and its learned entries flushed, or enabled again."""
+        if self.links.get((br.name, end.name)) is not end:
+            return
+        br.set_carrier(end.name, end.carrier)
+        log.info("%s: port %s: carrier %s", br.name, end.name, "on" if end.carrier else "off")
+        self.settle(br)
 
     async def _watch_link(self, bridge: str, end: VethEnd) -> None:
         await end.closed.wait()

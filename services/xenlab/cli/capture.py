@@ -31,11 +31,11 @@ from xenlab.net.capture import PcapWriter, read_pcap
 from xenlab.net.ethernet import format_mac, parse_mac
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2
 from xenlab.xen.errors import ConfigError
+from xenlab.xen.names import VIF_MAC
 
 POINTS = "DOMAIN:IFACE (web:eth0), BRIDGE:PORT (xenbr0:vif1.0), vifD.N or vethD.N"
 # The address Linux netback gives every vif (xenvif_alloc's dummy_addr): the
 # guest's MAC is the frontend's, not the vif's.
-VIF_MAC = "fe:ff:ff:ff:ff:ff"
 DEFAULT_HOP_TIMEOUT = 5.0
 
 

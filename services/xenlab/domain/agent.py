@@ -197,6 +197,14 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
         return agent_pb2.StatsReply(interfaces=[self._stats(device) for device in devices]
                                     + [self._gone_stats(device) for device in gone])
 
+    @handles_xen_errors
+    async def SetLink(self, request, context):
+        device = self.net.device(request.interface)
+        device.set_admin_up(request.up)
+        # Returns once the other side has been told (the xenstore write).
+        await device.link_settled()
+        return self._stats(device)
+
     def _gone_stats(self, device: GoneDevice) -> agent_pb2.InterfaceStats:
         message = self._stats(device, stack=False)
         for reason, value in device.stack_drops.items():
@@ -214,7 +222,9 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             mac=format_mac(device.mac) if len(device.mac) == ETH_ALEN else device.mac.hex(":"),
             ip=getattr(device, "ip", None) or "", mtu=device.mtu, state=str(device.state),
             peer=str(getattr(device, "peer", "") or ""),
-            persistent_grants=getattr(device, "persistent_grants", 0))
+            persistent_grants=getattr(device, "persistent_grants", 0),
+            admin_up=device.admin_up, carrier=device.carrier, ifindex=device.ifindex,
+            master=device.master)
         for key, value in counters.items():
             if key.startswith("drop_"):
                 message.drops[key[len("drop_"):]] = value
@@ -290,6 +300,8 @@ class GuestAgentServer:
         self.address = address
         self.token = token
         self.server: grpc.aio.Server | None = None
+        # More services on the same server, behind the same token: (register, full name).
+        self.services: list[tuple] = []
 
     async def start(self) -> str:
         """Listen; returns the address to publish (the bound port filled in)."""
@@ -300,9 +312,11 @@ class GuestAgentServer:
                               f"agent socket path {path} is over {UNIX_PATH_MAX} bytes")
             _unlink(path)
         servicer = GuestAgentServicer(self.net, self.domid)
+        names = [SERVICE_NAME, *(name for _, name in self.services)]
         self.server, port = await start_server(
-            self.address, [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s)],
-            [SERVICE_NAME], interceptors=[TokenGate(AGENT_TOKEN_MD, self.token, [SERVICE_NAME])])
+            self.address, [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s),
+                           *(register for register, _ in self.services)],
+            names, interceptors=[TokenGate(AGENT_TOKEN_MD, self.token, names)])
         # A unix socket is 0600 from the start (start_server).
         if path is None and self.address.endswith(":0"):
             self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"
@@ -345,10 +359,12 @@ class KernelAgent:
         self.net.close()
 
 
-async def start_guest_agent(kernel) -> KernelAgent | None:
+async def start_guest_agent(kernel, services=()) -> KernelAgent | None:
     """Attach a GuestNetwork to the kernel's interfaces, serve the agent and
     publish its address. A domain whose agent cannot start still runs, as a
-    guest without qemu-ga does; clients are then told it has no agent."""
+    guest without qemu-ga does; clients are then told it has no agent.
+    ``services``: (register, full name) of more gRPC services to serve with
+    it, behind its token (Domain-0's event stream)."""
     token = getattr(kernel.start_info, "agent_token", "")
     if not token and kernel.domid == 0:
         token = secrets.token_urlsafe(32)       # Domain-0's kernel records its own
@@ -358,6 +374,7 @@ async def start_guest_agent(kernel) -> KernelAgent | None:
     net = GuestNetwork(cmdline=getattr(kernel.start_info, "cmd_line", ""))
     net.attach(kernel)
     server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info), token)
+    server.services = list(services)
     try:
         address = await server.start()
         if kernel.domid == 0:

@@ -115,6 +115,8 @@ class _Interface:
     udp_waiters: dict[int, "_UdpWait"] = field(default_factory=dict)
     udp_listeners: dict[int, tuple] = field(default_factory=dict)    # port -> (socket, callback)
     captures: set["Capture"] = field(default_factory=set)
+    was_up: bool = True                 # the device's link, as last seen
+    on_link: Callable | None = None     # our watcher of it
 
     @property
     def name(self) -> str:
@@ -262,6 +264,7 @@ class GuestNetwork:
         self._ifaces: dict[str, _Interface] = {}
         self._pings: dict[int, _Ping] = {}
         self._idents = itertools.count(1)
+        self._ifindexes = itertools.count(2)     # 1 is lo's, in every Linux namespace
         self._kernel = None
         self.gone: collections.deque[GoneDevice] = collections.deque(maxlen=GONE_INTERFACES)
 
@@ -308,12 +311,25 @@ class GuestNetwork:
             self.remove(device.name)
         iface = _Interface(device, bridged)
         self._ifaces[device.name] = iface
+        if not device.ifindex:
+            device.ifindex = next(self._ifindexes)
         if bridged:
             return
         iface.stack = self._make_stack(device)
         iface.receiver = device.receiver = lambda frames: self._on_frames(iface, frames)
         if iface.stack is not None:
             self.router.add(device.name, iface.stack)
+            self._after(iface, iface.stack.link_up())
+            iface.was_up = device.link_up
+            iface.on_link = lambda dev: self._on_link(iface)
+            device.link_watchers.append(iface.on_link)
+
+    def _on_link(self, iface: _Interface) -> None:
+        """The interface came back up (set up, or its carrier returned):
+        announce our address again, as Linux's arp_netdev_event does on
+        NETDEV_UP and NETDEV_CHANGE."""
+        was, iface.was_up = iface.was_up, iface.device.link_up
+        if iface.was_up and not was and self._ifaces.get(iface.name) is iface:
             self._after(iface, iface.stack.link_up())
 
     def _make_stack(self, device: NetDevice) -> IpStack | None:
@@ -340,6 +356,8 @@ class GuestNetwork:
             return
         if iface.stack is not None:
             self.router.remove(name)
+        if iface.on_link in iface.device.link_watchers:
+            iface.device.link_watchers.remove(iface.on_link)
         if iface.timer is not None:
             iface.timer.cancel()
         if iface.receiver is not None and iface.device.receiver is iface.receiver:

@@ -14,6 +14,10 @@ backoff, trying at once whenever the bridge's registration is written again
 (a bridge service registers on every start). Until then the vif's frames
 are counted on its veth end as ``link_down`` drops, and the new end carries
 the old end's counters on, so that ``vethD.N`` counts as one device.
+
+The pair also carries the vif's link state: the bridge's port has carrier
+while the vif and the veth end are up and the vif's frontend's link is
+(docs: `xenlab ip link`).
 """
 from __future__ import annotations
 
@@ -62,6 +66,14 @@ class _Attachment:
     end: VethEnd
     keeper: asyncio.Task | None = None
     reattached: int = 0
+    on_link: Callable | None = None
+
+
+def _announce(att: _Attachment) -> None:
+    """The bridge's port is what Linux's vif is: its carrier is the vif's
+    link (down when the vif is set down or its frontend's link is) and
+    this veth end's (set down)."""
+    att.end.announce(att.vif.link_up and att.end.admin_up)
 
 
 class BridgeHotplug:
@@ -84,6 +96,8 @@ class BridgeHotplug:
     async def online(self, vif: NetDevice, bridge: str, backend_path: str) -> None:
         end = await self._connect(vif, bridge, backend_path)
         att = _Attachment(vif, bridge, backend_path, end)
+        att.on_link = lambda _dev: _announce(att)
+        vif.link_watchers.append(att.on_link)
         self._plug(att, end)
         att.keeper = asyncio.get_running_loop().create_task(
             self._keep(att), name=f"hotplug {vif.name}")
@@ -95,6 +109,9 @@ class BridgeHotplug:
         end = self.ends.pop(vif.name, None)
         vif.receiver = None
         vif.upstream = None
+        vif.master = ""
+        if att is not None and att.on_link in vif.link_watchers:
+            vif.link_watchers.remove(att.on_link)
         if att is not None and att.keeper is not None:
             att.keeper.cancel()
             await asyncio.gather(att.keeper, return_exceptions=True)
@@ -145,8 +162,11 @@ class BridgeHotplug:
         vif = att.vif
         vif.receiver = end.transmit
         vif.upstream = end
+        vif.master = att.bridge
         end.receiver = vif.transmit
         att.end = end
+        end.link_watchers.append(lambda _dev: _announce(att) if att.end is end else None)
+        _announce(att)
         self.ends[vif.name] = end
         self.announce(end.name, end)
 
@@ -162,9 +182,10 @@ class BridgeHotplug:
             # end, which counts each frame as a link_down drop.
             old = att.end
             end = await self._reattach(att)
-            # One device as far as anyone counting is concerned.
+            # One device as far as anyone counting is concerned, or setting it down.
             end.counters.update(old.counters)
             end.drops.update(old.drops)
+            end.admin_up, end.ifindex = old.admin_up, old.ifindex
             self._plug(att, end)
             att.reattached += 1
             log.info("%s: re-attached to bridge %s", att.vif.name, att.bridge)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from xenlab.drivers import xenbus_state as xs
+from xenlab.drivers.link import PeerLink
 from xenlab.drivers.netfront_core import (Buffer, NetfrontRx, NetfrontTx, TxSend, more_to_do)
 from xenlab.drivers.xenbus_device import XenbusDevice, XenbusDeviceDriver
 from xenlab.net.device import NetDevice
@@ -62,6 +63,12 @@ class NetfrontDevice(NetDevice):
         return self.xenbus_state.name.lower()
 
     @property
+    def carrier(self) -> bool:
+        # xennet: netif_carrier_on once connected to the backend, off when
+        # it goes; and off while the backend's link is down (xenlab-link).
+        return self._carrier and self._tx is not None and self.xenbus_state == XenbusState.Connected
+
+    @property
     def tx_core(self) -> NetfrontTx | None:
         return self._tx
 
@@ -71,7 +78,7 @@ class NetfrontDevice(NetDevice):
 
     def transmit(self, frames: list[bytes]) -> None:
         frames = list(frames)
-        if not frames:
+        if not frames or self.refuse_tx(frames):
             return
         if self._tx is None:
             self.drop("not_connected", len(frames))
@@ -167,6 +174,7 @@ class Netfront(XenbusDevice):
         self.dev: NetfrontDevice | None = None
         self._rings: _Rings | None = None
         self._deferred: set[asyncio.Task] = set()
+        self._link: PeerLink | None = None
 
     # -- xenbus ------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -211,6 +219,8 @@ class Netfront(XenbusDevice):
             raise XenError(errno.EIO, f"writing the ring details: {detail}") from None
         self._rings = rings
         self._start_queues(rings)
+        self._link = PeerLink(self.xenbus, dev, self.nodename, self.otherend)
+        await self._link.start()
 
     async def _setup_rings(self) -> _Rings:
         """Two ring pages and the buffer pages, granted; an unbound port."""
@@ -264,6 +274,9 @@ class Netfront(XenbusDevice):
 
     # -- disconnect and release --------------------------------------------------------------
     async def disconnect(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await link.stop()
         if self.dev is None:
             return
         self.dev.detach()

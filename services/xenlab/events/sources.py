@@ -35,6 +35,8 @@ WATCH_TOKEN = "xenlab-events"
 # The fields of a vif whose change is worth a new vif.state message.
 VIF_KEYS = ("state", "backend_state", "hotplug_status", "bridge", "mac", "ip", "vifname",
             "backend_id")
+# Each side's link (drivers/link.py): a change is a vif.link message, not a vif.state.
+LINK_KEYS = ("frontend_link", "backend_link")
 
 
 # -- pure: what changed -------------------------------------------------------------
@@ -90,6 +92,7 @@ class VifTracker:
     def __init__(self) -> None:
         self._known: dict[tuple[int, int], dict] = {}
         self._published: dict[int, set[int]] = {}     # devids with a retained state, per domain
+        self._linked: dict[int, set[int]] = {}        # and with a retained vif.link
 
     def domids(self) -> set[int]:
         return {domid for domid, _ in self._known}
@@ -99,19 +102,28 @@ class VifTracker:
         domain is gone: their retained states are to be cleared)."""
         return self._published.pop(domid, set())
 
+    def forget_links(self, domid: int) -> set[int]:
+        """As ``forget``, for the vifs whose link was ever published."""
+        return self._linked.pop(domid, set())
+
     def update(self, domid: int, vifs: Iterable[dict]) -> list[tuple[str, dict]]:
         out, seen = [], set()
         for vif in vifs:
             key = (domid, vif["devid"])
             seen.add(key)
             last = self._known.get(key)
-            if last is not None and all(last.get(k) == vif.get(k) for k in VIF_KEYS):
+            if last is not None and all(last.get(k) == vif.get(k) for k in VIF_KEYS + LINK_KEYS):
                 continue
-            out.append(("state", vif))
+            if last is None or any(last.get(k) != vif.get(k) for k in VIF_KEYS):
+                out.append(("state", vif))
             self._published.setdefault(domid, set()).add(vif["devid"])
             status = vif.get("hotplug_status", "")
             if status and (last is None or last.get("hotplug_status") != status):
                 out.append(("hotplug", vif))
+            if any((last or {}).get(k, "up") != vif.get(k, "up") for k in LINK_KEYS) \
+                    or (last is None and any(vif.get(k, "up") != "up" for k in LINK_KEYS)):
+                out.append(("link", vif))
+                self._linked.setdefault(domid, set()).add(vif["devid"])
             self._known[key] = vif
         for key in sorted(k for k in self._known if k[0] == domid and k not in seen):
             last = self._known.pop(key)
@@ -233,6 +245,8 @@ class HypervisorSource:
         self.publisher.publish(t.domain_state(self.topics, info, "destroyed", now))
         for devid in sorted(self.vifs.forget(domid) | {vif["devid"] for _, vif in gone}):
             self.publisher.publish(t.cleared(self.topics.vif(domid, devid, "state")))
+        for devid in sorted(self.vifs.forget_links(domid)):
+            self.publisher.publish(t.cleared(self.topics.vif(domid, devid, "link")))
         self.publisher.publish(t.cleared(self.topics.domain_state(domid)))
 
     def _domain_infos(self) -> list[dict]:
@@ -275,6 +289,8 @@ class HypervisorSource:
             for kind, vif in self.vifs.update(domid, vifs):
                 if kind == "hotplug":
                     message = t.vif_hotplug(self.topics, vif, self._hotplug_error(vif), now)
+                elif kind == "link":
+                    message = t.vif_link(self.topics, vif, now)
                 else:
                     message = t.vif_state(self.topics, vif, kind != "removed", now)
                 self.publisher.publish(message)

@@ -100,6 +100,16 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "hotplug_status": "connected or error",
                  "hotplug_error": "the backend's hotplug-error node when the status is error, else empty",
              }),
+    TopicDoc("domain/<domid>/vif/<devid>/link", "vif.link", True,
+             "A vif's link, as each side of it set it (`xenlab ip link set`) and told the "
+             "other through xenstore: published once at each change, and again each time "
+             "the hypervisor's publisher (re)connects.", {
+                 **_VIF_ID,
+                 "backend_id": "the driver domain running netback for it",
+                 "link": "up when both sides are up, else down: frames cross only then",
+                 "backend": "the vif in the driver domain: up or down (`ip link set vifD.N`)",
+                 "frontend": "the guest's interface: up or down (`ip -n DOMAIN link set ethN`)",
+             }),
     TopicDoc("domain/<domid>/vif/<devid>/stats", "vif.stats", False,
              "A vif's counters as its backend (netback in the driver domain) counts them, as "
              "`ip -s link show vifD.N` in dom0: tx_* went to the guest, rx_* came from it. "
@@ -323,6 +333,15 @@ def vif_state(topics: Topics, vif: Mapping, present: bool, now: float) -> Messag
         "hotplug_status": vif.get("hotplug_status", ""), "present": present,
     }
     return _message(topics, topics.vif(vif["domid"], vif["devid"], "state"), "vif.state", now, fields)
+
+
+def vif_link(topics: Topics, vif: Mapping, now: float) -> Message:
+    """`vif`: the fields of xl network-list, with frontend_link and backend_link."""
+    front, back = vif.get("frontend_link", "up"), vif.get("backend_link", "up")
+    fields = {"domid": vif["domid"], "devid": vif["devid"], "vifname": vif.get("vifname", ""),
+              "backend_id": vif.get("backend_id", 0),
+              "link": "up" if front == back == "up" else "down", "backend": back, "frontend": front}
+    return _message(topics, topics.vif(vif["domid"], vif["devid"], "link"), "vif.link", now, fields)
 
 
 def vif_hotplug(topics: Topics, vif: Mapping, error: str, now: float) -> Message:

@@ -39,13 +39,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from xenlab.net.link import RX_DROPS as LINK_RX_DROPS, TX_DROPS as LINK_TX_DROPS
+
 # Which side of a device a drop reason is counted on.
-NETFRONT_RX = frozenset({"no_receiver"})             # and every "rx_*" reason
+NETFRONT_RX = frozenset({"no_receiver"})             # and every "rx_*" reason (the link's too)
 NETFRONT_UNANSWERED = "tx_unanswered"                # on the ring, never taken by netback
-NETBACK_RX = frozenset({"disabled", "not_connected", "empty", "too_big", "rx_ring_full"})
+NETBACK_RX = frozenset({"disabled", "not_connected", "empty", "too_big", "rx_ring_full",
+                        *LINK_TX_DROPS})
 NETBACK_BOTH = frozenset({"grant_copy_error"})
-VETH_TX = frozenset({"link_down", "tx_queue_full", "oversize", "no_link"})
-VETH_RX = frozenset({"no_receiver", "closed_unread", "malformed"})
+VETH_TX = frozenset({"link_down", "tx_queue_full", "oversize", "no_link", *LINK_TX_DROPS})
+VETH_RX = frozenset({"no_receiver", "closed_unread", "malformed", *LINK_RX_DROPS})
 BRIDGE_LINK_DETACHED = "detached"
 
 _VIF = re.compile(r"vif([0-9]+)\.([0-9]+)")   # ASCII: \d takes any Unicode digit

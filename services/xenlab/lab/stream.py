@@ -4,9 +4,10 @@ service (FDB, ports, counters and rates), merged into one, with the topics
 and payloads MQTT carries (docs/EVENTS.md).
 
 Each service streams what its own sources publish, so the merge is the
-lab's whole tree but for Domain-0's per-vif counters (``vif.stats``), which
-its kernel publishes on MQTT only; the bridge's ``port.stats`` count the
-same links from the bridge's side.
+lab's whole tree: Domain-0's per-vif counters and rates (``vif.stats``)
+come from its kernel's stream, served beside its agent and behind the
+agent's token. A Domain-0 started without events serves none, and is left
+out rather than failing the merge.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 import grpc
 
+from xenlab.agent_client import NoAgentError, agent_for
 from xenlab.bridge.client import registered_bridges
 from xenlab.client import HypervisorClient
 from xenlab.proto import events_pb2, events_pb2_grpc
@@ -47,6 +49,15 @@ async def lab_events(hv: HypervisorClient, topics: Sequence[str] = (), retained:
     sources: list[tuple[str, events_pb2_grpc.EventsStub]] = [
         ("the hypervisor", events_pb2_grpc.EventsStub(hv.channel))]
     channels = []
+    optional: set[str] = set()
+    try:
+        dom0 = await agent_for(hv, 0)
+    except NoAgentError:
+        dom0 = None
+    if dom0 is not None:
+        channels.append(dom0.channel)
+        sources.append(("Domain-0", events_pb2_grpc.EventsStub(dom0.channel)))
+        optional.add("Domain-0")
     for address in sorted(set((await registered_bridges(hv)).values())):
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         channels.append(channel)
@@ -56,13 +67,17 @@ async def lab_events(hv: HypervisorClient, topics: Sequence[str] = (), retained:
     queue: asyncio.Queue = asyncio.Queue(maxsize=1024)
     calls = [(where, stub.Subscribe(request)) for where, stub in sources]
     try:
-        for where, call in calls:
+        for where, call in list(calls):
             try:
                 await call.initial_metadata()
+                code = await call.code() if call.done() else grpc.StatusCode.OK
             except grpc.aio.AioRpcError as err:
-                raise _refused(where, err.code(), err.details()) from None
-            if call.done() and await call.code() != grpc.StatusCode.OK:
-                raise _refused(where, await call.code(), await call.details())
+                code = err.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED and where in optional:
+                calls.remove((where, call))
+                continue
+            if code != grpc.StatusCode.OK:
+                raise _refused(where, code, await call.details())
         if subscribed is not None:
             subscribed()
         pumps = [asyncio.create_task(_pump(where, call, queue)) for where, call in calls]

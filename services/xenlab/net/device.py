@@ -12,16 +12,23 @@ every frame handed to ``deliver`` ends up in ``rx_packets`` or in exactly one
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import logging
 import time
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
+
+from xenlab.net.link import (DROP_DEV_DOWN, DROP_NO_CARRIER, DROP_RX_DEV_DOWN,
+                             DROP_RX_NO_CARRIER, LinkState)
 
 log = logging.getLogger(__name__)
 
 Receiver = Callable[[list[bytes]], None]
 Tap = Callable[[str, bytes, float], None]     # (direction "tx"|"rx", frame, unix time)
+# Told when a device's link state changed; may return an awaitable (a
+# xenstore write) that ``link_settled`` waits for.
+LinkWatcher = Callable[["NetDevice"], Awaitable[None] | None]
 
 
 class NetDevice:
@@ -39,6 +46,12 @@ class NetDevice:
         self.drops: collections.Counter = collections.Counter()
         self._taps: dict[int, Tap] = {}
         self._tap_ids = itertools.count(1)
+        self.ifindex = 0                # its domain numbers it (1 is lo's, as in Linux)
+        self.master = ""                # the bridge it is a port of, as ip shows it
+        self.admin_up = True            # IFF_UP: `ip link set DEV up|down`
+        self._carrier = True            # netif_carrier_on/off: what the other side says
+        self.link_watchers: list[LinkWatcher] = []
+        self._link_tasks: set[asyncio.Task] = set()
 
     # -- what subclasses implement -------------------------------------------
     def transmit(self, frames: list[bytes]) -> None:
@@ -58,10 +71,79 @@ class NetDevice:
         """Until tx_room() is at least ``frames`` (or the device is down)."""
         return
 
+    # -- link state (net/link.py) ------------------------------------------------
+    @property
+    def carrier(self) -> bool:
+        """The carrier as ip shows it; a driver adds what it knows (netfront:
+        connected to its backend)."""
+        return self._carrier
+
+    @property
+    def link_up(self) -> bool:
+        """Up as the administrator and the other side's carrier have it
+        (whatever the driver's own connection)."""
+        return self.admin_up and self._carrier
+
+    @property
+    def link_state(self) -> LinkState:
+        return LinkState(self.admin_up, self.carrier)
+
+    def set_admin_up(self, up: bool) -> bool:
+        """`ip link set DEV up|down`; True if it changed anything."""
+        if up == self.admin_up:
+            return False
+        self.admin_up = up
+        self._link_changed()
+        return True
+
+    def set_carrier(self, up: bool) -> bool:
+        """netif_carrier_on/off: the other side came or went."""
+        if up == self._carrier:
+            return False
+        self._carrier = up
+        self._link_changed()
+        return True
+
+    def _link_changed(self) -> None:
+        for watcher in list(self.link_watchers):
+            try:
+                pending = watcher(self)
+            except Exception:
+                log.exception("%s: link watcher failed", self.name)
+                continue
+            if pending is not None:
+                task = asyncio.ensure_future(pending)
+                self._link_tasks.add(task)
+                task.add_done_callback(self._link_done)
+
+    def _link_done(self, task: asyncio.Task) -> None:
+        self._link_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s: telling the other side of a link change failed: %s",
+                        self.name, task.exception())
+
+    async def link_settled(self) -> None:
+        """Until what the watchers started (the other side told) is done."""
+        while self._link_tasks:
+            await asyncio.gather(*list(self._link_tasks), return_exceptions=True)
+
+    def refuse_tx(self, frames: list[bytes]) -> bool:
+        """Count frames a device that is down, or has no carrier, cannot
+        send (a driver's transmit asks first); True if it refused them."""
+        if self.admin_up and self._carrier:
+            return False
+        self.drop(DROP_DEV_DOWN if not self.admin_up else DROP_NO_CARRIER, len(frames))
+        return True
+
     # -- shared bookkeeping ----------------------------------------------------
     def deliver(self, frames: list[bytes]) -> None:
         """Frames arriving on this interface: to the receiver, or dropped."""
         if not frames:
+            return
+        if not (self.admin_up and self._carrier):
+            # A device that is down takes nothing in (Linux drops at
+            # netif_receive_skb / the peer's veth_xmit).
+            self.drop(DROP_RX_DEV_DOWN if not self.admin_up else DROP_RX_NO_CARRIER, len(frames))
             return
         if self.receiver is None:
             self.drop("no_receiver", len(frames))

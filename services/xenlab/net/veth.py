@@ -13,7 +13,9 @@ Transports (the link under a pair):
 
 Wire format of a datagram (little endian): magic u16 0x7645, version u8,
 op u8, count u16, reserved u16, then for FRAMES ``count`` times (u16
-length, frame bytes); for HELLO one JSON object (utf-8).
+length, frame bytes); for HELLO one JSON object (utf-8); CARRIER has no
+body, its ``count`` is 1 when the sending end is up, 0 when it is down (as
+veth_open/veth_close turn the peer's carrier on and off).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ VERSION = 1
 OP_HELLO = 1
 OP_FRAMES = 2
 OP_BYE = 3
+OP_CARRIER = 4
 HEADER = struct.Struct("<HBBHH")
 FRAME_LEN = struct.Struct("<H")
 STREAM_LEN = struct.Struct("<I")
@@ -58,6 +61,10 @@ def encode_hello(info: dict) -> bytes:
 
 def encode_bye() -> bytes:
     return HEADER.pack(MAGIC, VERSION, OP_BYE, 0, 0)
+
+
+def encode_carrier(up: bool) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, OP_CARRIER, 1 if up else 0, 0)
 
 
 def encode_frames(frames: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
@@ -110,6 +117,10 @@ def decode(datagram: bytes) -> tuple[int, object]:
         return op, info
     if op == OP_BYE:
         return op, None
+    if op == OP_CARRIER:
+        if count > 1 or len(body):
+            raise VethError("a carrier datagram is a header whose count is 0 or 1")
+        return op, bool(count)
     raise VethError(f"unknown op {op}")
 
 
@@ -254,6 +265,7 @@ class VethEnd(NetDevice):
         self._queued_frames = 0
         self._writing = False
         self._closed = False
+        self._announced = True            # what the peer last heard of our link
         self._room = asyncio.Event()       # set when the queue shrank (or the link went)
         self.closed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -281,6 +293,8 @@ class VethEnd(NetDevice):
     def transmit(self, frames: list[bytes]) -> None:
         if self._closed:
             self.drop("link_down", len(frames))
+            return
+        if self.refuse_tx(frames):
             return
         room = TX_QUEUE_FRAMES - self._queued_frames
         if len(frames) > room:
@@ -342,9 +356,20 @@ class VethEnd(NetDevice):
                 return
             if op == OP_FRAMES:
                 self.deliver(payload)
+            elif op == OP_CARRIER:
+                self.set_carrier(payload)
             elif op == OP_BYE:
                 self._fail("peer said bye")
                 return
+
+    def announce(self, up: bool) -> None:
+        """Tell the peer whether this end is up: its carrier follows."""
+        if up == self._announced or self._closed:
+            return
+        self._announced = up
+        # Behind the frames already queued, as the peer would have seen them first.
+        self._queue.append((encode_carrier(up), []))
+        self._flush()
 
     def _fail(self, why: str) -> None:
         if not self._closed:

@@ -59,6 +59,11 @@ class GuestAgentStub(object):
                 request_serializer=xenlab_dot_proto_dot_agent__pb2.StatsRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_agent__pb2.StatsReply.FromString,
                 _registered_method=True)
+        self.SetLink = channel.unary_unary(
+                '/xenlab.proto.GuestAgent/SetLink',
+                request_serializer=xenlab_dot_proto_dot_agent__pb2.SetLinkRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.InterfaceStats.FromString,
+                _registered_method=True)
         self.Blast = channel.unary_unary(
                 '/xenlab.proto.GuestAgent/Blast',
                 request_serializer=xenlab_dot_proto_dot_agent__pb2.BlastRequest.SerializeToString,
@@ -109,6 +114,12 @@ class GuestAgentServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def InterfaceStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLink(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +176,11 @@ def add_GuestAgentServicer_to_server(servicer, server):
                     servicer.InterfaceStats,
                     request_deserializer=xenlab_dot_proto_dot_agent__pb2.StatsRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_agent__pb2.StatsReply.SerializeToString,
+            ),
+            'SetLink': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLink,
+                    request_deserializer=xenlab_dot_proto_dot_agent__pb2.SetLinkRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.InterfaceStats.SerializeToString,
             ),
             'Blast': grpc.unary_unary_rpc_method_handler(
                     servicer.Blast,
@@ -322,6 +338,33 @@ class GuestAgent(object):
             '/xenlab.proto.GuestAgent/InterfaceStats',
             xenlab_dot_proto_dot_agent__pb2.StatsRequest.SerializeToString,
             xenlab_dot_proto_dot_agent__pb2.StatsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLink(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.GuestAgent/SetLink',
+            xenlab_dot_proto_dot_agent__pb2.SetLinkRequest.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.InterfaceStats.FromString,
             options,
             channel_credentials,
             insecure,

@@ -222,7 +222,7 @@ class ConsoleChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class VifInfo(_message.Message):
-    __slots__ = ("domid", "devid", "backend_id", "mac", "bridge", "ip", "vifname", "state", "backend_state", "evtchn", "tx_ring_ref", "rx_ring_ref", "backend_path", "frontend_path", "hotplug_status", "mtu", "rate")
+    __slots__ = ("domid", "devid", "backend_id", "mac", "bridge", "ip", "vifname", "state", "backend_state", "evtchn", "tx_ring_ref", "rx_ring_ref", "backend_path", "frontend_path", "hotplug_status", "mtu", "rate", "frontend_link", "backend_link")
     DOMID_FIELD_NUMBER: _ClassVar[int]
     DEVID_FIELD_NUMBER: _ClassVar[int]
     BACKEND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +240,8 @@ class VifInfo(_message.Message):
     HOTPLUG_STATUS_FIELD_NUMBER: _ClassVar[int]
     MTU_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
+    FRONTEND_LINK_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_LINK_FIELD_NUMBER: _ClassVar[int]
     domid: int
     devid: int
     backend_id: int
@@ -257,7 +259,9 @@ class VifInfo(_message.Message):
     hotplug_status: str
     mtu: int
     rate: str
-    def __init__(self, domid: _Optional[int] = ..., devid: _Optional[int] = ..., backend_id: _Optional[int] = ..., mac: _Optional[str] = ..., bridge: _Optional[str] = ..., ip: _Optional[str] = ..., vifname: _Optional[str] = ..., state: _Optional[int] = ..., backend_state: _Optional[int] = ..., evtchn: _Optional[int] = ..., tx_ring_ref: _Optional[int] = ..., rx_ring_ref: _Optional[int] = ..., backend_path: _Optional[str] = ..., frontend_path: _Optional[str] = ..., hotplug_status: _Optional[str] = ..., mtu: _Optional[int] = ..., rate: _Optional[str] = ...) -> None: ...
+    frontend_link: str
+    backend_link: str
+    def __init__(self, domid: _Optional[int] = ..., devid: _Optional[int] = ..., backend_id: _Optional[int] = ..., mac: _Optional[str] = ..., bridge: _Optional[str] = ..., ip: _Optional[str] = ..., vifname: _Optional[str] = ..., state: _Optional[int] = ..., backend_state: _Optional[int] = ..., evtchn: _Optional[int] = ..., tx_ring_ref: _Optional[int] = ..., rx_ring_ref: _Optional[int] = ..., backend_path: _Optional[str] = ..., frontend_path: _Optional[str] = ..., hotplug_status: _Optional[str] = ..., mtu: _Optional[int] = ..., rate: _Optional[str] = ..., frontend_link: _Optional[str] = ..., backend_link: _Optional[str] = ...) -> None: ...
 
 class VifList(_message.Message):
     __slots__ = ("vifs",)

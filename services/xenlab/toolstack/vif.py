@@ -15,7 +15,7 @@ from xenlab.xen.digits import decimal_or
 from xenlab.xen.errors import ConfigError, DomainError, XenError
 from xenlab.xen.names import DEFAULT_BRIDGE, IFNAME_RULE, check_bridge_name, is_ifname
 from xenlab.xen.netconf import format_mac, parse_mac, parse_rate, parse_vlan, random_mac
-from xenlab.xen.xenstore_paths import backend_path, frontend_path
+from xenlab.xen.xenstore_paths import LINK_NODE, backend_path, frontend_path
 
 Perms = list[tuple[int, str]]
 
@@ -161,4 +161,10 @@ def vif_info(domid: int, devid: int, front: dict[str, str], back: dict[str, str]
         evtchn=_int(front.get("event-channel")), tx_ring_ref=_int(front.get("tx-ring-ref")),
         rx_ring_ref=_int(front.get("rx-ring-ref")), backend_path=front.get("backend", ""),
         frontend_path=frontend_path(domid, devid), hotplug_status=back.get("hotplug-status", ""),
-        mtu=_int(front.get("mtu"), abi.ETH_DATA_LEN), rate=back.get("rate", ""))
+        mtu=_int(front.get("mtu"), abi.ETH_DATA_LEN), rate=back.get("rate", ""),
+        frontend_link=_link(front.get(LINK_NODE)), backend_link=_link(back.get(LINK_NODE)))
+
+
+def _link(value: str | None) -> str:
+    # A side that never wrote the node is up (drivers/link.py).
+    return "down" if (value or "").strip() == "down" else "up"

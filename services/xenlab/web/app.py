@@ -9,7 +9,8 @@ An aiohttp application, a thin adapter over what the lab already serves:
   Server-Sent Events, one JSON object per message (topic, retained,
   payload): the current states first, then what happens. The page's rates
   are the bridge's ``port.stats`` rates, its domain states ``domain.state``,
-  its FDB follows ``fdb.event``. A browser's EventSource reconnects by
+  its FDB follows ``fdb.event``; a port without carrier (``port.state``) and
+  a vif's ring set down on either side (``vif.link``) are drawn down. A browser's EventSource reconnects by
   itself when the stream ends (a bridge service restarted);
 - ``/api/capture?bridge=B&port=P&seconds=S``: a capture at a bridge port,
   streamed as a pcap download while it runs (the bridge's Capture stream,

@@ -14,6 +14,7 @@ from xenlab.xen.errors import DomainError, XenError
 IFNAMSIZ = 16                   # linux/if.h: a name holds IFNAMSIZ-1 characters and its NUL
 DEFAULT_BRIDGE = "xenbr0"       # xl-network-configuration(5): bridge= when none is given
 XEN_OUI = b"\x00\x16\x3e"       # Xensource's OUI, as libxl__device_nic_setdefault uses it
+VIF_MAC = "fe:ff:ff:ff:ff:ff"   # every vif's own address in the driver domain (xen-netback's dummy)
 NAME_MAX = 64                   # a domain's name, in characters
 
 # linux/net/core/dev.c dev_valid_name: 1..IFNAMSIZ-1 characters, no '/', ':'

@@ -12,6 +12,14 @@ import re
 BRIDGE_REGISTRY = "/tool/xenlab/bridges"
 
 
+# Each side of a vif writes its link's administrative state, "up" or "down",
+# in its own directory (the frontend's and the backend's), and the other side
+# follows it as its carrier. Xen defines no such node (Linux's netfront and
+# netback never tell each other about `ip link set down`): it is xenlab's,
+# named so, and a side that never writes it is up.
+LINK_NODE = "xenlab-link"
+
+
 def backend_path(backend_id: int, domid: int, devid: int) -> str:
     return f"/local/domain/{backend_id}/backend/vif/{domid}/{devid}"
 

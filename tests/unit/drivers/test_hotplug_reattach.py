@@ -117,3 +117,52 @@ async def test_offline_during_reattach_stops_trying(sock_dir):
     await asyncio.sleep(0.1)
     await hotplug.offline(vif)
     assert hotplug.attachments() == {} and vif.receiver is None
+
+
+async def test_a_veth_end_set_down_stays_down_when_reattached(sock_dir):
+    # The port's carrier follows the vif and the veth end; a new bridge
+    # service hears it at once, and the end keeps its state and index.
+    address = f"unix:{sock_dir}/bridge.sock"
+    xenbus = FakeXenbus({bridge_address_path("xenbr0"): address})
+    announced = {}
+    hotplug = BridgeHotplug(xenbus, announce=lambda name, dev: announced.__setitem__(name, dev),
+                            backoff=(0.02, 0.05))
+    bridge = Bridge(address)
+    await bridge.listener.start()
+    vif = Vif("vif3.0", bytes.fromhex("00163e000003"))
+    await hotplug.online(vif, "xenbr0", "/local/domain/0/backend/vif/3/0")
+    first = announced["veth3.0"]
+    first.ifindex = 7
+    await eventually(lambda: "vif3.0" in bridge.ends, "vif3.0 at the bridge")
+    port = bridge.ends["vif3.0"]
+    assert vif.master == "xenbr0"
+
+    vif.set_admin_up(False)
+    await eventually(lambda: not port.carrier, "the port's carrier off with the vif")
+    vif.set_admin_up(True)
+    await eventually(lambda: port.carrier, "and on again")
+    vif.set_carrier(False)              # its frontend's link went down
+    await eventually(lambda: not port.carrier, "off with the frontend's link")
+    vif.set_carrier(True)
+    first.set_admin_up(False)
+    await eventually(lambda: not port.carrier, "off with the veth end")
+    vif.deliver([b"\x01" * 60])
+    assert first.drops["dev_down"] == 1
+
+    await bridge.listener.close()
+    bridge.crash()
+    reborn = Bridge(address)
+    await reborn.listener.start()
+    xenbus.write(bridge_address_path("xenbr0"), address)
+    await eventually(lambda: hotplug.attachments() == {"vif3.0": 1}, "vif3.0 reattached")
+    second = announced["veth3.0"]
+    assert not second.admin_up and second.ifindex == 7
+    await eventually(lambda: "vif3.0" in reborn.ends and not reborn.ends["vif3.0"].carrier,
+                     "the new port without carrier")
+    second.set_admin_up(True)
+    await eventually(lambda: reborn.ends["vif3.0"].carrier, "the new port's carrier on")
+
+    await hotplug.offline(vif)
+    assert vif.link_watchers == [] and vif.master == ""
+    await hotplug.close()
+    await reborn.listener.close()

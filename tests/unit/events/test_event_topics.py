@@ -39,6 +39,7 @@ def every_payload() -> list[t.Message]:
                      "1: vif3.0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master xenbr0 state blocking "
                      "priority 32 cost 2 ", NOW),
         t.service_status(TOPICS, "bridge", True, 42, {"published": 3, "dropped": 1}, NOW),
+        t.vif_link(TOPICS, {**VIF, "frontend_link": "down"}, NOW),
     ]
 
 
@@ -85,7 +86,7 @@ def test_every_documented_type_has_a_builder_exercised():
 
 def test_states_are_retained_events_and_counters_are_not():
     retained = {doc.type for doc in t.TOPICS if doc.retained}
-    assert retained == {"domain.state", "vif.state", "service.status", "port.state"}
+    assert retained == {"domain.state", "vif.state", "vif.link", "service.status", "port.state"}
 
 
 def test_vif_state_names_the_xenbus_states():
@@ -182,6 +183,32 @@ def test_vif_tracker_reports_changes_hotplug_and_removal():
     assert tracker.domids() == {3}
     assert kinds(tracker.update(3, [])) == [("removed", 0, 0, "")]
     assert tracker.domids() == set()
+
+
+def test_vif_tracker_reports_each_link_change_once_and_no_state_for_it():
+    tracker = VifTracker()
+    up = {**VIF, "state": 4, "backend_state": 4, "frontend_link": "up", "backend_link": "up"}
+    # A vif whose links are up from the start has no link message: nothing changed.
+    assert [k for k, _ in tracker.update(3, [up])] == ["state"]
+    down = {**up, "backend_link": "down"}
+    assert [(k, v["backend_link"]) for k, v in tracker.update(3, [down])] == [("link", "down")]
+    assert tracker.update(3, [down]) == []
+    assert [(k, v["frontend_link"]) for k, v in tracker.update(3, [{**down, "frontend_link": "down"}])] \
+        == [("link", "down")]
+    assert [k for k, _ in tracker.update(3, [up])] == ["link"]
+    assert tracker.forget_links(3) == {VIF["devid"]} and tracker.forget_links(3) == set()
+    # First seen with a side down (a publisher that started late): said at once.
+    fresh = VifTracker()
+    assert [k for k, _ in fresh.update(3, [down])] == ["state", "link"]
+
+
+def test_vif_link_message_says_which_side_is_down():
+    message = t.vif_link(TOPICS, {**VIF, "frontend_link": "down", "backend_link": "up"}, NOW)
+    payload = t.decode(message.payload)
+    assert message.topic == TOPICS.vif(VIF["domid"], VIF["devid"], "link") and message.retain
+    assert (payload["link"], payload["frontend"], payload["backend"]) == ("down", "down", "up")
+    payload = t.decode(t.vif_link(TOPICS, VIF, NOW).payload)
+    assert (payload["link"], payload["frontend"], payload["backend"]) == ("up", "up", "up")
 
 
 @pytest.mark.parametrize("path, domids", [

@@ -73,6 +73,12 @@ class VifDevice(NetDevice):
         return "connected" if self._datapath is not None else "down"
 
     @property
+    def carrier(self) -> bool:
+        # A vif has carrier while its frontend is connected (xenvif_carrier_on
+        # at connect, off when disabled) and its frontend's link is up.
+        return self._carrier and self._datapath is not None and not self.disabled
+
+    @property
     def datapath(self) -> Datapath | None:
         return self._datapath
 
@@ -90,7 +96,7 @@ class VifDevice(NetDevice):
 
     def transmit(self, frames: list[bytes]) -> None:
         frames = list(frames)
-        if not frames:
+        if not frames or self.refuse_tx(frames):
             return
         dp = self._datapath
         if dp is None or self.disabled:

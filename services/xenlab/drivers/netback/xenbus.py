@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Mapping
 
 from xenlab.drivers import xenbus_state as xs
+from xenlab.drivers.link import PeerLink
 from xenlab.drivers.netback import interface
 from xenlab.drivers.netback.antispoof import AntiSpoof
 from xenlab.drivers.netback.datapath import PageBudget
@@ -217,6 +218,7 @@ class Netback(XenbusDevice):
         self.config: BackendConfig | None = None
         self.vif: VifDevice | None = None
         self._conn: Connection | None = None
+        self._link: PeerLink | None = None
 
     # -- the handshake --------------------------------------------------------------
     async def setup(self) -> None:
@@ -276,12 +278,17 @@ class Netback(XenbusDevice):
         self.vif = vif
         conn.datapath.start()
         self.kernel.vifs.up(vif)
+        self._link = PeerLink(self.xenbus, vif, self.nodename, self.otherend)
+        await self._link.start()
         log.info("%s: connected to d%d (port %d, bridge %s)", vif.name, cfg.frontend_id,
                  conn.port, cfg.bridge)
 
     # -- disconnect -------------------------------------------------------------------------
     async def disconnect(self) -> None:
         """backend_disconnect: workers, hotplug, mappings, port, scratch."""
+        link, self._link = self._link, None
+        if link is not None:
+            await link.stop()
         conn, self._conn = self._conn, None
         if conn is None:
             return

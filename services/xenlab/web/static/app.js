@@ -7,6 +7,7 @@ const xenlab = (window.xenlab = {
   cy: null,
   domains: new Map(),      // name -> {domid, state}
   links: new Map(),        // "bridge:port" -> {bridge, port, state, carrier, link, rates}
+  rings: new Map(),        // vifname -> its vif.link message (either side set down)
   fdb: new Map(),          // "bridge mac vlan" -> entry
   events: [],
   captureAt,
@@ -65,6 +66,7 @@ function draw(elements) {
                           layout: { name: "preset", positions: (n) => positions[n.id()], padding: 20 } });
   xenlab.cy.on("tap", "edge[?port]", (evt) => captureAt(evt.target.data("bridge"), evt.target.data("port")));
   for (const link of xenlab.links.values()) paintLink(link);
+  for (const ring of xenlab.rings.values()) paintRing(ring);
 }
 
 // Left to right as a frame goes, as `xenlab graph` ranks it for dot: domUs,
@@ -124,6 +126,13 @@ function paintLink(link) {
   edge.toggleClass("down", linkDown(link));
 }
 
+// A vif's link (vif.link): its ring, guest to driver domain, is down when
+// either side set it down.
+function paintRing(ring) {
+  const edge = xenlab.cy && xenlab.cy.getElementById(`ring:${ring.vifname}`);
+  if (edge && !edge.empty()) edge.toggleClass("down", ring.link === "down");
+}
+
 function renderLinks() {
   const body = document.querySelector("#links tbody");
   body.replaceChildren(...[...xenlab.links.values()]
@@ -164,6 +173,7 @@ function logEvent(topic, p) {
                  "vif.state": () => `${p.vifname} front ${p.frontend_state_name} back ${p.backend_state_name}` +
                                     (p.present ? "" : " (gone)"),
                  "vif.hotplug": () => `${p.vifname} hotplug ${p.hotplug_status} ${p.hotplug_error}`,
+                 "vif.link": () => `${p.vifname} link ${p.link} (backend ${p.backend}, frontend ${p.frontend})`,
                  "fdb.event": () => p.monitor || `${p.kind} ${p.mac} ${p.port}`,
                  "port.state": () => p.monitor || `${p.port} ${p.state}` }[p.type];
   if (!what) return;
@@ -241,6 +251,10 @@ function apply(message) {
     }
     case "vif.state":
       if (!message.retained) reloadTopology();
+      break;
+    case "vif.link":
+      xenlab.rings.set(p.vifname, p);
+      paintRing(p);
       break;
     case "port.state": {
       const key = `${p.bridge}:${p.port}`;
