@@ -346,7 +346,7 @@ class BridgeService:
             dev.drop("detached", len(frames))
             return
         for egress, batch in br.forward_batch(port, frames).items():
-            self.links[(br.name, egress)].transmit(batch)
+            self.links[(br.name, egress)].egress(batch)
         if br.has_events or br.has_transmit:
             self.settle(br)
 
@@ -442,7 +442,7 @@ class BridgeService:
         """After anything happened to a bridge: send the frames it sends of
         its own (STP's BPDUs) and hand its events to the watchers."""
         for port, frames in br.pop_transmit().items():
-            self.links[(br.name, port)].transmit(frames)
+            self.links[(br.name, port)].egress(frames)
         if self._wake is not None:
             due = br.next_stp_deadline()
             if due is not None and due < self._sleep_until:

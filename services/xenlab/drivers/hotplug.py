@@ -24,6 +24,7 @@ from typing import Callable
 
 from xenlab.drivers.netback.interface import HotplugError
 from xenlab.net.device import NetDevice
+from xenlab.net.qdisc import move_qdisc
 from xenlab.net.veth import VethEnd, VethError, connect_veth
 from xenlab.xen.names import IFNAMSIZ
 from xenlab.xen.xenstore_paths import bridge_registry_path
@@ -143,9 +144,10 @@ class BridgeHotplug:
 
     def _plug(self, att: _Attachment, end: VethEnd) -> None:
         vif = att.vif
-        vif.receiver = end.transmit
+        # egress: through the device's root qdisc (tc), if it has one.
+        vif.receiver = end.egress
         vif.upstream = end
-        end.receiver = vif.transmit
+        end.receiver = vif.egress
         att.end = end
         self.ends[vif.name] = end
         self.announce(end.name, end)
@@ -165,6 +167,7 @@ class BridgeHotplug:
             # One device as far as anyone counting is concerned.
             end.counters.update(old.counters)
             end.drops.update(old.drops)
+            move_qdisc(old, end)
             self._plug(att, end)
             att.reattached += 1
             log.info("%s: re-attached to bridge %s", att.vif.name, att.bridge)
