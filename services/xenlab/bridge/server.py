@@ -51,6 +51,7 @@ from xenlab.client import HypervisorClient, Rundir
 from xenlab.net.capture import DeviceCapture, directions
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ZERO, format_mac, parse_mac
+from xenlab.net import tc_server
 from xenlab.net.veth import VethEnd, VethError, VethListener
 from xenlab.proto import agent_pb2, bridge_pb2, bridge_pb2_grpc, common_pb2, xenstore_pb2
 from xenlab.rpc import handles_xen_errors, start_server
@@ -195,6 +196,10 @@ class BridgeService:
         if events is not None:
             register.append(events_server.register(events))
             names.append(events_server.SERVICE_NAME)
+        # tc on the ports' links: their egress is toward the vif.
+        register.append(tc_server.register(
+            tc_server.TrafficControlServicer(self.port_link, lambda: list(self.links.values()))))
+        names.append(tc_server.SERVICE_NAME)
         try:
             self._open_uplinks()
             self._patch_links()
@@ -293,6 +298,19 @@ class BridgeService:
         br = self.bridge(bridge)
         br.port(port)
         return self.links[(br.name, port)]
+
+    def port_link(self, name: str) -> NetDevice:
+        """A port's link by the port's name, as tc names a device (port names
+        are interface names: one per host), or BRIDGE:PORT."""
+        bridge, _, port_name = name.rpartition(":")
+        found = [dev for (br, port), dev in self.links.items()
+                 if port == port_name and bridge in ("", br)]
+        if len(found) != 1:
+            ports = sorted({port for _, port in self.links})
+            raise XenError(errno.ENOENT if not found else errno.EINVAL,
+                           f"no bridge port {name!r} (ports: {', '.join(ports) or 'none'})"
+                           if not found else f"more than one bridge has a port {name!r}")
+        return found[0]
 
     def capture(self, bridge: str, port: str, direction: str = "both") -> DeviceCapture:
         """Frames on a port as its link sees them: "rx" entered the bridge

@@ -56,6 +56,9 @@ MAX_LIMIT = 1 << 20
 MAX_DELAY = 3600.0                  # seconds: well past anything a lab wants
 
 DISTRIBUTIONS = ("uniform", "normal")
+# The drop reasons a netem counts on its device (net/qdisc.py): lost on
+# purpose, over its limit, still queued when the qdisc was deleted.
+NETEM_DROPS = ("netem_loss", "netem_limit", "netem_flushed")
 UNSUPPORTED_DISTRIBUTIONS = ("pareto", "paretonormal", "experimental", "custom")
 
 # tc's time units (tc_util.c get_time): a bare number is microseconds.

@@ -1,0 +1,130 @@
+"""`xenlab tc` in a running lab: a netem on a vif in Domain-0 (and on its
+veth end, and on a bridge port) delays, drops and duplicates the frames
+that cross it, every one of them counted, and the lab's books balance."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from xenlab.lab import conservation
+from xenlab.proto import agent_pb2, bridge_pb2
+
+pytestmark = pytest.mark.integration
+
+LAB = """
+[lab]
+name = "netem"
+[mqtt]
+broker = "none"
+[[domain]]
+name = "web"
+memory = 32
+vif = ["ip=10.0.0.2/24"]
+[[domain]]
+name = "db"
+memory = 32
+vif = ["ip=10.0.0.3/24"]
+"""
+
+
+def xenlab(lab, *argv):
+    env = {**os.environ, "XENLAB_RUNDIR": str(lab.rundir)}
+    return subprocess.run([sys.executable, "-m", "xenlab.cli.main", *argv], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def tc(lab, *argv):
+    return await asyncio.to_thread(xenlab, lab, "tc", *argv)
+
+
+async def ping(lab, src: str, dst: str, count: int, interval: float = 0.02, timeout: float = 2.0):
+    async with await lab.agent(src) as agent:
+        return await agent.Ping(agent_pb2.PingRequest(dst=dst, count=count, timeout=timeout,
+                                                      interval=interval))
+
+
+async def dom0_stats(lab, name: str):
+    async with await lab.agent("Domain-0") as agent:
+        reply = await agent.InterfaceStats(agent_pb2.StatsRequest(interface=name))
+    return reply.interfaces[0]
+
+
+async def books(lab):
+    async with await lab.agent("Domain-0") as agent:
+        dom0 = (await agent.InterfaceStats(agent_pb2.StatsRequest(gone=True))).interfaces
+    guests = {}
+    for name in ("web", "db"):
+        async with await lab.agent(name) as agent:
+            guests[lab.domid(name)] = (await agent.InterfaceStats(
+                agent_pb2.StatsRequest(gone=True))).interfaces
+    async with await lab.bridge() as stub:
+        [bridge] = (await stub.Stats(bridge_pb2.BridgeStatsRequest(bridge="xenbr0"))).bridges
+    paths, totals = conservation.lab_paths(dom0, bridge, guests)
+    return conservation.check(paths, [totals]), paths
+
+
+async def test_netem_on_a_vif_delays_and_drops_frames_and_counts_them(lab_factory):
+    lab = await lab_factory(LAB)
+    db = f"vif{lab.domid('db')}.0"
+    assert (await ping(lab, "web", "10.0.0.3", 3)).received == 3        # ARP resolved
+
+    run = await tc(lab, "qdisc", "add", "dev", db, "root", "netem", "delay", "200ms")
+    assert run.returncode == 0, run.stderr
+    run = await tc(lab, "qdisc", "show", "dev", db)
+    assert run.stdout == "qdisc netem 8001: root refcnt 2 limit 1000 delay 200ms\n" or \
+        run.stdout.startswith("qdisc netem ") and run.stdout.endswith(
+            ": root refcnt 2 limit 1000 delay 200ms\n"), run.stdout
+    # Toward db the echo requests wait 200 ms at db's vif: every RTT is at least that.
+    reply = await ping(lab, "web", "10.0.0.3", 3)
+    assert reply.received == 3
+    assert min(reply.rtt) >= 0.200
+
+    run = await tc(lab, "qdisc", "change", "dev", db, "root", "netem", "loss", "50%", "seed", "1")
+    assert run.returncode == 0, run.stderr
+    before = dict((await dom0_stats(lab, db)).drops).get("netem_loss", 0)
+    reply = await ping(lab, "web", "10.0.0.3", 40, timeout=0.5)
+    lost = dict((await dom0_stats(lab, db)).drops)["netem_loss"] - before
+    assert 0 < lost < 40 and reply.received == 40 - lost
+
+    # Both directions: a duplicate on web's veth end (frames web sends).
+    web_veth = f"veth{lab.domid('web')}.0"
+    run = await tc(lab, "qdisc", "add", "dev", web_veth, "root", "netem", "duplicate", "100%")
+    assert run.returncode == 0, run.stderr
+    await ping(lab, "web", "10.0.0.3", 5, timeout=0.5)
+    assert dict((await dom0_stats(lab, web_veth)).qdisc)["duplicated"] >= 5
+
+    run = await tc(lab, "-s", "qdisc", "show")
+    assert run.returncode == 0, run.stderr
+    assert f"dev {db} root" in run.stdout and f"dev {web_veth} root" in run.stdout
+    assert "Sent " in run.stdout
+
+    for dev in (db, web_veth):
+        assert (await tc(lab, "qdisc", "del", "dev", dev, "root")).returncode == 0
+    await asyncio.sleep(0.5)            # anything in flight arrives
+    hops, paths = await books(lab)
+    bad = [h for h in hops if not h.ok]
+    assert not bad, conservation.format_report(hops, paths)
+    assert any(h.drops.get("netem_loss") for h in hops)
+    assert any(h.added for h in hops)
+
+
+async def test_netem_on_a_bridge_port_and_tcs_errors(lab_factory):
+    lab = await lab_factory(LAB)
+    db = f"vif{lab.domid('db')}.0"
+    run = await tc(lab, "qdisc", "add", "dev", f"xenbr0:{db}", "root", "netem", "delay", "150ms")
+    assert run.returncode == 0, run.stderr
+    reply = await ping(lab, "web", "10.0.0.3", 2)
+    assert reply.received == 2 and min(reply.rtt) >= 0.150
+
+    run = await tc(lab, "qdisc", "add", "dev", f"xenbr0:{db}", "root", "netem", "delay", "1ms")
+    assert run.returncode == 2 and "already has a root qdisc" in run.stderr
+    run = await tc(lab, "qdisc", "del", "dev", db, "root")
+    assert run.returncode == 2 and "has no root qdisc" in run.stderr
+    run = await tc(lab, "qdisc", "add", "dev", "vif99.0", "root", "netem", "delay", "1ms")
+    assert run.returncode == 2 and "vif99.0" in run.stderr
+    run = await tc(lab, "qdisc", "add", "dev", db, "root", "netem", "loss", "state", "1")
+    assert run.returncode == 1 and run.stderr == "xenlab tc: loss state (a Markov loss model) is not supported\n"
