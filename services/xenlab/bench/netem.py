@@ -27,12 +27,14 @@ RATE_FRAMES = 1500
 RATE_SIZE = 1500
 
 
-async def _ping_median(hv, src: int, dst: str, count: int) -> float:
+async def _ping_median(hv, src: int, dst: str, count: int, rtts: list | None = None) -> float:
     async with await agent_for(hv, src) as agent:
         reply = await agent.Ping(agent_pb2.PingRequest(dst=dst, count=count, interval=0.02,
                                                        timeout=2.0))
     if reply.received < count * 0.9:
         raise RuntimeError(f"ping {dst}: {reply.received}/{count} replies {reply.error}")
+    if rtts is not None:
+        rtts.extend(reply.rtt)
     return statistics.median(reply.rtt)
 
 
@@ -61,17 +63,18 @@ async def run(progress, log_level: str = "WARNING") -> dict:
         dst = "10.0.0.2"
         await _ping_median(hv, d1, dst, 5)               # ARP resolved, paths warm
         progress("netem: ping RTT baseline")
-        base = await _ping_median(hv, d1, dst, PINGS)
+        rtts: dict[str, list] = {"baseline": [], "one": [], "both": []}
+        base = await _ping_median(hv, d1, dst, PINGS, rtts["baseline"])
         await shaping.qdisc(hv, "add", vif, ["delay", "20ms"])
         progress(f"netem: delay 20ms on {vif}")
-        one = await _ping_median(hv, d1, dst, PINGS)
+        one = await _ping_median(hv, d1, dst, PINGS, rtts["one"])
         await shaping.qdisc(hv, "add", veth, ["delay", "20ms"])
         progress(f"netem: delay 20ms on {vif} and {veth}")
-        both = await _ping_median(hv, d1, dst, PINGS)
+        both = await _ping_median(hv, d1, dst, PINGS, rtts["both"])
         await shaping.qdisc(hv, "del", veth)
         await shaping.qdisc(hv, "del", vif)
         out["delay"] = {"pings": PINGS, "baseline_rtt": base, "one_way_rtt": one, "both_ways_rtt": both,
-                        "added_one": one - base, "added_both": both - base}
+                        "added_one": one - base, "added_both": both - base, "rtts": rtts}
 
         progress(f"netem: {LOSS_FRAMES} frames, no qdisc")
         loss_base = await _blast(hv, d1, d2, LOSS_FRAMES, 64)

@@ -17,6 +17,7 @@ import asyncio
 import errno
 import itertools
 import random
+import time
 from typing import Callable
 
 from xenlab.net.netem import Netem, NetemConfig
@@ -34,8 +35,10 @@ class NetemQdisc:
         self.handle = next(_handles)
         self.core = Netem(config, rng)
         self._loop = asyncio.get_running_loop()
-        self._clock = clock or self._loop.time
-        self._timer: asyncio.TimerHandle | None = None
+        # Not loop.time(): uvloop's is the time the loop iteration began.
+        self._clock = clock or time.monotonic
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._seen = dict(self.core.counters)
 
     @property
@@ -74,12 +77,15 @@ class NetemQdisc:
     def _arm(self) -> None:
         when = self.core.next_due()
         if self._timer is not None:
-            if when is not None and self._timer.when() <= when:
+            if when is not None and self._timer_at <= when:
                 return          # already armed for it, or sooner
             self._timer.cancel()
             self._timer = None
         if when is not None:
-            self._timer = self._loop.call_at(max(when, self._loop.time()), self._fire)
+            # Our own note of when: uvloop hands back a plain Handle (no
+            # when()) for a time already past.
+            self._timer_at = when
+            self._timer = self._loop.call_later(max(0.0, when - self._clock()), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
