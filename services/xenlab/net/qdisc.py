@@ -26,6 +26,11 @@ from xenlab.xen.errors import XenError
 # The kernel numbers qdiscs it creates without a handle from 8001: upwards
 # (qdisc_alloc_handle), host-wide.
 _handles = itertools.count(0x8001)
+# libuv's timers count whole milliseconds from the time its loop iteration
+# began, so one may fire up to a millisecond before the frame it was armed
+# for is due: then wait a millisecond more, rather than re-arm at once and
+# spin (a spinning process waits longer for the CPU on a busy host).
+TIMER_GRAIN = 0.001
 
 
 class NetemQdisc:
@@ -85,7 +90,7 @@ class NetemQdisc:
             # Our own note of when: uvloop hands back a plain Handle (no
             # when()) for a time already past.
             self._timer_at = when
-            self._timer = self._loop.call_later(max(0.0, when - self._clock()), self._fire)
+            self._timer = self._loop.call_later(max(TIMER_GRAIN, when - self._clock()), self._fire)
 
     def _fire(self) -> None:
         self._timer = None
