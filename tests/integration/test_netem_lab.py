@@ -128,3 +128,44 @@ async def test_netem_on_a_bridge_port_and_tcs_errors(lab_factory):
     assert run.returncode == 2 and "vif99.0" in run.stderr
     run = await tc(lab, "qdisc", "add", "dev", db, "root", "netem", "loss", "state", "1")
     assert run.returncode == 1 and run.stderr == "xenlab tc: loss state (a Markov loss model) is not supported\n"
+
+
+LAB_FILE_NETEM = """
+[lab]
+name = "netem-file"
+[mqtt]
+broker = "none"
+[[bridge]]
+name = "xenbr0"
+[[bridge]]
+name = "xenbr1"
+[[link]]
+bridges = ["xenbr0", "xenbr1"]
+netem = "delay 1ms limit 500"
+[[domain]]
+name = "web"
+memory = 32
+vif = ["ip=10.0.0.2/24"]
+[[domain]]
+name = "db"
+memory = 32
+vif = ["ip=10.0.0.3/24"]
+netem = "delay 150ms"
+netem_tx = "duplicate 100%"
+"""
+
+
+async def test_the_lab_files_netems_are_set_at_start(lab_factory):
+    lab = await lab_factory(LAB_FILE_NETEM)
+    d = lab.domid("db")
+    run = await tc(lab, "qdisc", "show")
+    assert run.returncode == 0, run.stderr
+    lines = sorted(line.split(" ", 3)[3] for line in run.stdout.splitlines())
+    assert lines == sorted([
+        f"dev vif{d}.0 root refcnt 2 limit 1000 delay 150ms",
+        f"dev veth{d}.0 root refcnt 2 limit 1000 duplicate 100%",
+        "dev to-xenbr1 root refcnt 2 limit 500 delay 1ms",
+        "dev to-xenbr0 root refcnt 2 limit 500 delay 1ms",
+    ]), run.stdout
+    reply = await ping(lab, "web", "10.0.0.3", 2)
+    assert reply.received == 2 and min(reply.rtt) >= 0.150
