@@ -164,8 +164,14 @@ async def test_the_lab_files_netems_are_set_at_start(lab_factory):
     assert lines == sorted([
         f"dev vif{d}.0 root refcnt 2 limit 1000 delay 150ms",
         f"dev veth{d}.0 root refcnt 2 limit 1000 duplicate 100%",
-        "dev to-xenbr1 root refcnt 2 limit 500 delay 1ms",
-        "dev to-xenbr0 root refcnt 2 limit 500 delay 1ms",
+        "dev xenbr0:to-xenbr1 root refcnt 2 limit 500 delay 1ms",
+        "dev xenbr1:to-xenbr0 root refcnt 2 limit 500 delay 1ms",
     ]), run.stdout
     reply = await ping(lab, "web", "10.0.0.3", 2)
     assert reply.received == 2 and min(reply.rtt) >= 0.150
+    graph = await asyncio.to_thread(xenlab, lab, "graph", "--format", "mermaid")
+    assert graph.returncode == 0, graph.stderr
+    assert "netem to db: limit 1000 delay 150ms" in graph.stdout
+    assert "netem from db: limit 1000 duplicate 100%" in graph.stdout
+    assert "netem out of xenbr0: limit 500 delay 1ms; netem out of xenbr1: limit 500 delay 1ms" \
+        in graph.stdout

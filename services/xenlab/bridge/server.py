@@ -198,7 +198,8 @@ class BridgeService:
             names.append(events_server.SERVICE_NAME)
         # tc on the ports' links: their egress is toward the vif.
         register.append(tc_server.register(
-            tc_server.TrafficControlServicer(self.port_link, lambda: list(self.links.values()))))
+            tc_server.TrafficControlServicer(
+                self.port_link, lambda: [(f"{br}:{port}", dev) for (br, port), dev in self.links.items()])))
         names.append(tc_server.SERVICE_NAME)
         try:
             self._open_uplinks()

@@ -306,7 +306,8 @@ class GuestAgentServer:
         if self.domid == 0:
             # tc on Domain-0's vifs and veth ends: the driver domain's kernel owns them.
             register.append(tc_server.register(
-                tc_server.TrafficControlServicer(self.net.device, self.net.interfaces)))
+                tc_server.TrafficControlServicer(
+                    self.net.device, lambda: [(d.name, d) for d in self.net.interfaces()])))
             names.append(tc_server.SERVICE_NAME)
         self.server, port = await start_server(
             self.address, register, names, interceptors=[TokenGate(AGENT_TOKEN_MD, self.token, names)])

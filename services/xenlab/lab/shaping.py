@@ -33,10 +33,12 @@ async def qdisc(hv, op: str, dev: str = "", args: list[str] | tuple[str, ...] = 
     as Domain-0) runs. ``show`` with no device: every qdisc of the lab."""
     if op == "show" and not dev:
         reply = await _dom0_call(hv, qdisc_pb2.QdiscRequest(op="show"))
-        for name in sorted(await registered_bridges(hv)):
+        services: dict[str, str] = {}           # one service may run several bridges
+        for name, address in sorted((await registered_bridges(hv)).items()):
+            services.setdefault(address, name)
+        for name in services.values():
             part = await _bridge_call(hv, name, qdisc_pb2.QdiscRequest(op="show"))
-            seen = {q.dev for q in reply.qdiscs}
-            reply.qdiscs.extend(q for q in part.qdiscs if q.dev not in seen)
+            reply.qdiscs.extend(part.qdiscs)    # named BRIDGE:PORT
         return reply
     where, bridge, name = owner(dev)
     request = qdisc_pb2.QdiscRequest(op=op, dev=name, args=list(args))

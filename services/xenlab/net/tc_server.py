@@ -23,9 +23,10 @@ OPS = ("add", "change", "replace", "del", "show")
 
 
 class TrafficControlServicer(qdisc_pb2_grpc.TrafficControlServicer):
-    def __init__(self, device: Callable[[str], NetDevice], devices: Callable[[], Iterable[NetDevice]]):
-        self._device = device          # raises XenError(ENODEV) for an unknown name
-        self._devices = devices
+    def __init__(self, device: Callable[[str], NetDevice],
+                 devices: Callable[[], Iterable[tuple[str, NetDevice]]]):
+        self._device = device          # raises XenError(ENOENT) for an unknown name
+        self._devices = devices        # (name as a client names it, device) for show
 
     @handles_xen_errors
     async def Qdisc(self, request, context):
@@ -34,10 +35,10 @@ class TrafficControlServicer(qdisc_pb2_grpc.TrafficControlServicer):
             raise XenError(errno.EINVAL, f"unknown tc qdisc command {op!r} ({', '.join(OPS)})")
         if op == "show":
             if request.dev:
-                devices = [self._device(request.dev)]
+                devices = [(request.dev, self._device(request.dev))]
             else:
-                devices = [d for d in self._devices() if d.qdisc is not None]
-            return qdisc_pb2.QdiscReply(qdiscs=[qdisc_info(d) for d in devices])
+                devices = [(name, d) for name, d in self._devices() if d.qdisc is not None]
+            return qdisc_pb2.QdiscReply(qdiscs=[qdisc_info(name, d) for name, d in devices])
         if not request.dev:
             raise XenError(errno.EINVAL, f"tc qdisc {op} needs a device (dev NAME)")
         dev = self._device(request.dev)
@@ -53,12 +54,13 @@ class TrafficControlServicer(qdisc_pb2_grpc.TrafficControlServicer):
         except NetemError as err:
             raise XenError(errno.EINVAL, str(err)) from None
         {"add": qdisc_add, "change": qdisc_change, "replace": qdisc_replace}[op](dev, config)
-        return qdisc_pb2.QdiscReply(qdiscs=[qdisc_info(dev)])
+        return qdisc_pb2.QdiscReply(qdiscs=[qdisc_info(request.dev, dev)])
 
 
-def qdisc_info(dev: NetDevice) -> qdisc_pb2.QdiscInfo:
+def qdisc_info(name: str, dev: NetDevice) -> qdisc_pb2.QdiscInfo:
     stats = dev.qdisc.stats() if dev.qdisc is not None else {}
-    return qdisc_pb2.QdiscInfo(dev=dev.name, line=qdisc_show(dev), stats=stats)
+    options = dev.qdisc.config.format() if dev.qdisc is not None else ""
+    return qdisc_pb2.QdiscInfo(dev=name, line=qdisc_show(dev), stats=stats, options=options)
 
 
 def register(servicer: TrafficControlServicer):

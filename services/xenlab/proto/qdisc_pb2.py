@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xenlab/proto/qdisc.proto\x12\x0cxenlab.proto\"5\n\x0cQdiscRequest\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x65v\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\"\x87\x01\n\tQdiscInfo\x12\x0b\n\x03\x64\x65v\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\t\x12\x31\n\x05stats\x18\x03 \x03(\x0b\x32\".xenlab.proto.QdiscInfo.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"5\n\nQdiscReply\x12\'\n\x06qdiscs\x18\x01 \x03(\x0b\x32\x17.xenlab.proto.QdiscInfo2O\n\x0eTrafficControl\x12=\n\x05Qdisc\x12\x1a.xenlab.proto.QdiscRequest\x1a\x18.xenlab.proto.QdiscReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xenlab/proto/qdisc.proto\x12\x0cxenlab.proto\"5\n\x0cQdiscRequest\x12\n\n\x02op\x18\x01 \x01(\t\x12\x0b\n\x03\x64\x65v\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x03 \x03(\t\"\x98\x01\n\tQdiscInfo\x12\x0b\n\x03\x64\x65v\x18\x01 \x01(\t\x12\x0c\n\x04line\x18\x02 \x01(\t\x12\x31\n\x05stats\x18\x03 \x03(\x0b\x32\".xenlab.proto.QdiscInfo.StatsEntry\x12\x0f\n\x07options\x18\x04 \x01(\t\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"5\n\nQdiscReply\x12\'\n\x06qdiscs\x18\x01 \x03(\x0b\x32\x17.xenlab.proto.QdiscInfo2O\n\x0eTrafficControl\x12=\n\x05Qdisc\x12\x1a.xenlab.proto.QdiscRequest\x1a\x18.xenlab.proto.QdiscReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QDISCREQUEST']._serialized_start=42
   _globals['_QDISCREQUEST']._serialized_end=95
   _globals['_QDISCINFO']._serialized_start=98
-  _globals['_QDISCINFO']._serialized_end=233
-  _globals['_QDISCINFO_STATSENTRY']._serialized_start=189
-  _globals['_QDISCINFO_STATSENTRY']._serialized_end=233
-  _globals['_QDISCREPLY']._serialized_start=235
-  _globals['_QDISCREPLY']._serialized_end=288
-  _globals['_TRAFFICCONTROL']._serialized_start=290
-  _globals['_TRAFFICCONTROL']._serialized_end=369
+  _globals['_QDISCINFO']._serialized_end=250
+  _globals['_QDISCINFO_STATSENTRY']._serialized_start=206
+  _globals['_QDISCINFO_STATSENTRY']._serialized_end=250
+  _globals['_QDISCREPLY']._serialized_start=252
+  _globals['_QDISCREPLY']._serialized_end=305
+  _globals['_TRAFFICCONTROL']._serialized_start=307
+  _globals['_TRAFFICCONTROL']._serialized_end=386
 # @@protoc_insertion_point(module_scope)

@@ -17,7 +17,7 @@ class QdiscRequest(_message.Message):
     def __init__(self, op: _Optional[str] = ..., dev: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class QdiscInfo(_message.Message):
-    __slots__ = ("dev", "line", "stats")
+    __slots__ = ("dev", "line", "stats", "options")
     class StatsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -28,10 +28,12 @@ class QdiscInfo(_message.Message):
     DEV_FIELD_NUMBER: _ClassVar[int]
     LINE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
     dev: str
     line: str
     stats: _containers.ScalarMap[str, int]
-    def __init__(self, dev: _Optional[str] = ..., line: _Optional[str] = ..., stats: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    options: str
+    def __init__(self, dev: _Optional[str] = ..., line: _Optional[str] = ..., stats: _Optional[_Mapping[str, int]] = ..., options: _Optional[str] = ...) -> None: ...
 
 class QdiscReply(_message.Message):
     __slots__ = ("qdiscs",)
