@@ -97,6 +97,20 @@ async def test_netem_on_a_vif_delays_and_drops_frames_and_counts_them(lab_factor
     await ping(lab, "web", "10.0.0.3", 5, timeout=0.5)
     assert dict((await dom0_stats(lab, web_veth)).qdisc)["duplicated"] >= 5
 
+    # corrupt: one bit of each frame to db flipped; db's checksums catch them.
+    async with await lab.agent("db") as agent:
+        before = (await agent.InterfaceStats(agent_pb2.StatsRequest(interface="eth0"))).interfaces[0]
+    run = await tc(lab, "qdisc", "change", "dev", db, "root", "netem", "corrupt", "100%", "seed", "3")
+    assert run.returncode == 0, run.stderr
+    reply = await ping(lab, "web", "10.0.0.3", 20, timeout=0.5)
+    assert reply.received < 20
+    async with await lab.agent("db") as agent:
+        after = (await agent.InterfaceStats(agent_pb2.StatsRequest(interface="eth0"))).interfaces[0]
+    caught = sum(after.drops.get(k, 0) - before.drops.get(k, 0)
+                 for k in ("stack_bad_ip_checksum", "stack_bad_icmp_checksum"))
+    assert caught > 0
+    assert dict((await dom0_stats(lab, db)).qdisc)["corrupted"] >= 20
+
     run = await tc(lab, "-s", "qdisc", "show")
     assert run.returncode == 0, run.stderr
     assert f"dev {db} root" in run.stdout and f"dev {web_veth} root" in run.stdout
@@ -175,3 +189,22 @@ async def test_the_lab_files_netems_are_set_at_start(lab_factory):
     assert "netem from db: limit 1000 duplicate 100%" in graph.stdout
     assert "netem out of xenbr0: limit 500 delay 1ms; netem out of xenbr1: limit 500 delay 1ms" \
         in graph.stdout
+
+
+async def test_netems_outlive_a_bridge_restart(lab_factory):
+    """The veth end netback re-attaches takes its qdisc on; the bridge
+    ports' netems, which died with the bridge service, are set again from
+    the lab file; one added by hand on a port is gone, as with a reboot."""
+    lab = await lab_factory(LAB_FILE_NETEM)
+    d, web = lab.domid("db"), lab.domid("web")
+    for dev in (f"xenbr0:vif{web}.0", f"veth{web}.0"):
+        run = await tc(lab, "qdisc", "add", "dev", dev, "root", "netem", "delay", "1ms")
+        assert run.returncode == 0, run.stderr
+    await lab.lab.restart_service("bridge", kill=True)
+    run = await tc(lab, "qdisc", "show")
+    assert run.returncode == 0, run.stderr
+    devs = sorted(line.split()[4] for line in run.stdout.splitlines())
+    assert devs == sorted([f"vif{d}.0", f"veth{d}.0", f"veth{web}.0", "xenbr0:to-xenbr1",
+                           "xenbr1:to-xenbr0"])
+    reply = await ping(lab, "web", "10.0.0.3", 2)
+    assert reply.received == 2 and min(reply.rtt) >= 0.150

@@ -330,6 +330,7 @@ class Lab:
         else:
             await self.start_broker()
         await self._wait_connected(timeout)
+        await self._shape(timeout)       # what died with the service, from the lab file
         await self.wait_attached(timeout)
 
     async def wait_attached(self, timeout: float = 60.0) -> None:
@@ -455,8 +456,9 @@ class Lab:
             await asyncio.sleep(0.1)
 
     async def _shape(self, timeout: float) -> None:
-        """The lab file's netems (``Shaping``), set as `xenlab tc qdisc add`
-        sets them, once Domain-0's agent (which owns the vifs) is up."""
+        """The lab file's netems (``Shaping``), set as `xenlab tc qdisc
+        replace` sets them (so again after a service restarted, over what
+        survived), once Domain-0's agent (which owns the vifs) is up."""
         if not self.spec.shaping:
             return
         deadline = time.monotonic() + timeout
@@ -466,10 +468,10 @@ class Lab:
             await asyncio.sleep(0.1)
         for dev, args in shaping_devices(self.spec, self.domids):
             try:
-                await shaping.qdisc(self.hv, "add", dev, list(args))
+                await shaping.qdisc(self.hv, "replace", dev, list(args))
             except grpc.aio.AioRpcError as err:
                 raise LabError(f"netem on {dev}: {err.details()}") from None
-            self.progress(f"tc qdisc add dev {dev} root netem {' '.join(args)}")
+            self.progress(f"tc qdisc replace dev {dev} root netem {' '.join(args)}")
 
     async def _agents_published(self) -> bool:
         """Every domU's guest agent has published its address (it does so
