@@ -47,7 +47,7 @@ from __future__ import annotations
 import collections
 import heapq
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable
 
 DEFAULT_LIMIT = 1000                # netem's default queue length (packets)
@@ -231,10 +231,9 @@ _UNSUPPORTED = {
 }
 
 
-def parse_netem(args: Iterable[str], base: NetemConfig | None = None) -> NetemConfig:
-    """tc's netem options into a configuration. ``base``: what ``change``
-    starts from (tc change sends every option again: only the ones given
-    change; here, as with tc, an option not given keeps its default)."""
+def parse_netem(args: Iterable[str]) -> NetemConfig:
+    """tc's netem options into a configuration; an option not given has
+    netem's default (``tc qdisc change`` sends them all again, as add does)."""
     args = list(args)
     fields: dict = {}
     i = 0
@@ -315,7 +314,7 @@ def parse_netem(args: Iterable[str], base: NetemConfig | None = None) -> NetemCo
         fields["gap"] = 1
     if fields.get("gap") and not fields.get("reorder"):
         raise NetemError("gap needs reorder")
-    return replace(base, **fields) if base is not None else NetemConfig(**fields)
+    return NetemConfig(**fields)
 
 
 def format_time(seconds: float) -> str:
