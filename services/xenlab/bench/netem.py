@@ -10,7 +10,6 @@ in the same run on the same lab.
 """
 from __future__ import annotations
 
-import asyncio
 import statistics
 
 from xenlab.agent_client import agent_for
@@ -18,9 +17,6 @@ from xenlab.bench.labs import lab_spec, mac, running_lab
 from xenlab.lab import shaping
 from xenlab.proto import agent_pb2
 
-DELAY = 0.020
-LOSS = 0.10
-RATE = 10_000_000
 PINGS = 50
 PING_INTERVAL = 0.05         # one request in flight at a time, even with 40 ms added
 LOSS_FRAMES = 10_000
@@ -40,7 +36,8 @@ async def _ping_median(hv, src: int, dst: str, count: int, rtts: list | None = N
 
 
 async def _blast(hv, src: int, dst: int, count: int, size: int) -> dict:
-    """d`src` sends ``count`` frames to d`dst`'s MAC; what d`dst` received, and when."""
+    """Domain ``src`` sends ``count`` frames to d02's MAC; what domain ``dst``
+    (d02) received, and when."""
     async with await agent_for(hv, dst) as sink_agent, await agent_for(hv, src) as blast_agent:
         sink = sink_agent.Sink(agent_pb2.SinkRequest(idle=1.0, timeout=120.0, count=count))
         ready = await sink.read()

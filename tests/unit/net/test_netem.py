@@ -3,7 +3,6 @@ randomness: delays, loss, duplication, corruption, reordering, rate and
 limit, and the books (in + duplicated = out + loss + limit + backlog)."""
 from __future__ import annotations
 
-import random
 
 import pytest
 
