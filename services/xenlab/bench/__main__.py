@@ -9,6 +9,8 @@ Sections (``--only``, in this order):
   scale       N domUs to all vifs Connected, RSS per domain process, a
               full ping mesh on the largest N (xenlab.bench.scale)
   fdb         bridge forwarding cost against FDB size (xenlab.bench.fdb)
+  netem       how accurately netem (`xenlab tc`) delays, drops and paces
+              frames, against a baseline of the same run (xenlab.bench.netem)
 
 It prints progress on standard error, the table on standard output, and
 writes every figure as JSON (``--json``, after each section, so a long run
@@ -26,6 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xenlab import argtypes
+from xenlab.bench import netem as netem_bench
 from xenlab.osutil import Interrupted, cancelled_by_stop_signal
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MIN_INTERVAL
 from xenlab.domain.traffic import MAX_BATCH, MIN_SIZE
@@ -38,7 +41,7 @@ from xenlab.bench.profile import Profiler, find_py_spy
 from xenlab.bench.scale import boot
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 
-SECTIONS = ("throughput", "latency", "scale", "fdb")
+SECTIONS = ("throughput", "latency", "scale", "fdb", "netem")
 FULL = {"count": 50_000, "pings": 2000, "interval": 0.01, "scale": "8,32,64",
         "fdb_frames": 200_000, "fdb_repeats": 5}
 QUICK = {"count": 2000, "pings": 200, "interval": 0.005, "scale": "4",
@@ -177,6 +180,9 @@ class Bench:
             self.save()
         if "fdb" in plan.sections:
             self.fdb()
+        if "netem" in plan.sections:
+            self.results["netem"] = await netem_bench.run(progress, plan.log_level)
+            self.save()
         self.results["finished"] = time.time()
         self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())
         self.save()
@@ -323,6 +329,8 @@ def run(args) -> int:
         print(f"xenlab bench: stopped; what was measured is in {plan.json}", file=sys.stderr)
         return stop.exit_status
     print(report.table(results))
+    if "netem" in results:
+        print("\n" + netem_bench.table(results["netem"]))
     print(f"\nfigures: {plan.json}")
     return 0
 

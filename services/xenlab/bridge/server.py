@@ -51,6 +51,7 @@ from xenlab.client import HypervisorClient, Rundir
 from xenlab.net.capture import DeviceCapture, directions
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ZERO, format_mac, parse_mac
+from xenlab.net import tc_server
 from xenlab.net.veth import VethEnd, VethError, VethListener
 from xenlab.proto import agent_pb2, bridge_pb2, bridge_pb2_grpc, common_pb2, xenstore_pb2
 from xenlab.rpc import handles_xen_errors, start_server
@@ -195,6 +196,11 @@ class BridgeService:
         if events is not None:
             register.append(events_server.register(events))
             names.append(events_server.SERVICE_NAME)
+        # tc on the ports' links: their egress is toward the vif.
+        register.append(tc_server.register(
+            tc_server.TrafficControlServicer(
+                self.port_link, lambda: [(f"{br}:{port}", dev) for (br, port), dev in self.links.items()])))
+        names.append(tc_server.SERVICE_NAME)
         try:
             self._open_uplinks()
             self._patch_links()
@@ -294,6 +300,19 @@ class BridgeService:
         br.port(port)
         return self.links[(br.name, port)]
 
+    def port_link(self, name: str) -> NetDevice:
+        """A port's link by the port's name, as tc names a device (port names
+        are interface names: one per host), or BRIDGE:PORT."""
+        bridge, _, port_name = name.rpartition(":")
+        found = [dev for (br, port), dev in self.links.items()
+                 if port == port_name and bridge in ("", br)]
+        if len(found) != 1:
+            ports = sorted({port for _, port in self.links})
+            raise XenError(errno.ENOENT if not found else errno.EINVAL,
+                           f"no bridge port {name!r} (ports: {', '.join(ports) or 'none'})"
+                           if not found else f"more than one bridge has a port {name!r}")
+        return found[0]
+
     def capture(self, bridge: str, port: str, direction: str = "both") -> DeviceCapture:
         """Frames on a port as its link sees them: "rx" entered the bridge
         there, "tx" left the bridge there. Ends when the port goes away."""
@@ -346,7 +365,7 @@ class BridgeService:
             dev.drop("detached", len(frames))
             return
         for egress, batch in br.forward_batch(port, frames).items():
-            self.links[(br.name, egress)].transmit(batch)
+            self.links[(br.name, egress)].egress(batch)
         if br.has_events or br.has_transmit:
             self.settle(br)
 
@@ -453,7 +472,7 @@ class BridgeService:
         """After anything happened to a bridge: send the frames it sends of
         its own (STP's BPDUs) and hand its events to the watchers."""
         for port, frames in br.pop_transmit().items():
-            self.links[(br.name, port)].transmit(frames)
+            self.links[(br.name, port)].egress(frames)
         if self._wake is not None:
             due = br.next_stp_deadline()
             if due is not None and due < self._sleep_until:

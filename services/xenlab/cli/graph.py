@@ -38,7 +38,7 @@ def run(args) -> int:
     except grpc.aio.AioRpcError as err:
         print(f"xenlab graph: cannot ask the lab's services: {err.details()}", file=sys.stderr)
         return 1
-    topo = topology.build(lab_view.domains, lab_view.bridges)
+    topo = topology.build(lab_view.domains, lab_view.bridges, lab_view.qdiscs)
     text = topology.to_dot(topo, state.get("name") or "lab") if args.format == "dot" \
         else topology.to_mermaid(topo)
     if args.output is None:

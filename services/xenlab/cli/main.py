@@ -45,10 +45,11 @@ DELEGATES = {
     "bridge": ("xenlab.cli.bridge:bridge_main", "show and change the lab's bridges, as iproute2's bridge(8)"),
     "brctl": ("xenlab.cli.bridge:brctl_main", "show the lab's bridges, as brctl(8)"),
     "ip": ("xenlab.cli.ip:ip_main", "show and set a domain's links up or down, as iproute2's ip-link(8)"),
+    "tc": ("xenlab.cli.tc:tc_main", "shape a lab's links: netem on vifs, veths and bridge ports, as tc(8)"),
 }
 # Delegates that parse their own command line, as the tools they mirror do
 # (`bridge -j fdb show`): entry(argv, env) -> int.
-RAW_ARGV = {"bridge", "brctl", "ip"}
+RAW_ARGV = {"bridge", "brctl", "ip", "tc"}
 TOOLSTACK = {
     "xl": "the toolstack: create, list, destroy... domains, as xl(1)",
     "xenstore": "read, write and watch xenstore, as the xenstore-* tools",

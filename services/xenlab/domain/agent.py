@@ -32,7 +32,7 @@ import grpc
 from xenlab.agent_client import AGENT_TOKEN_MD
 from xenlab.domain import traffic
 from xenlab.domain.netstack import PERF_SERVE_TIMEOUT, GoneDevice, GuestNetwork
-from xenlab.net import perf
+from xenlab.net import perf, tc_server
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.net.ipv4 import DEFAULT_TTL
@@ -225,6 +225,7 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             persistent_grants=getattr(device, "persistent_grants", 0),
             admin_up=device.admin_up, carrier=device.carrier, ifindex=device.ifindex,
             master=device.master)
+        message.qdisc.update(device.qdisc_stats())
         for key, value in counters.items():
             if key.startswith("drop_"):
                 message.drops[key[len("drop_"):]] = value
@@ -312,11 +313,17 @@ class GuestAgentServer:
                               f"agent socket path {path} is over {UNIX_PATH_MAX} bytes")
             _unlink(path)
         servicer = GuestAgentServicer(self.net, self.domid)
+        register = [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s),
+                    *(register for register, _ in self.services)]
         names = [SERVICE_NAME, *(name for _, name in self.services)]
+        if self.domid == 0:
+            # tc on Domain-0's vifs and veth ends: the driver domain's kernel owns them.
+            register.append(tc_server.register(
+                tc_server.TrafficControlServicer(
+                    self.net.device, lambda: [(d.name, d) for d in self.net.interfaces()])))
+            names.append(tc_server.SERVICE_NAME)
         self.server, port = await start_server(
-            self.address, [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s),
-                           *(register for register, _ in self.services)],
-            names, interceptors=[TokenGate(AGENT_TOKEN_MD, self.token, names)])
+            self.address, register, names, interceptors=[TokenGate(AGENT_TOKEN_MD, self.token, names)])
         # A unix socket is 0600 from the start (start_server).
         if path is None and self.address.endswith(":0"):
             self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"

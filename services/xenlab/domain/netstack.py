@@ -233,6 +233,7 @@ class GoneDevice(NetDevice):
         self.origin = weakref.ref(device)
         self.counters = device.counters
         self.drops = device.drops
+        self.qdisc_counters = device.qdisc_counters
         self.ip = getattr(device, "ip", None)
         self.peer = getattr(device, "peer", "")
         self.stack_drops = dict(stack_drops)

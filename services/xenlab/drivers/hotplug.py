@@ -28,6 +28,7 @@ from typing import Callable
 
 from xenlab.drivers.netback.interface import HotplugError
 from xenlab.net.device import NetDevice
+from xenlab.net.qdisc import move_qdisc
 from xenlab.net.veth import VethEnd, VethError, connect_veth
 from xenlab.xen.names import IFNAMSIZ
 from xenlab.xen.xenstore_paths import bridge_registry_path
@@ -160,10 +161,11 @@ class BridgeHotplug:
 
     def _plug(self, att: _Attachment, end: VethEnd) -> None:
         vif = att.vif
-        vif.receiver = end.transmit
+        # egress: through the device's root qdisc (tc), if it has one.
+        vif.receiver = end.egress
         vif.upstream = end
         vif.master = att.bridge
-        end.receiver = vif.transmit
+        end.receiver = vif.egress
         att.end = end
         end.link_watchers.append(lambda _dev: _announce(att) if att.end is end else None)
         _announce(att)
@@ -186,6 +188,7 @@ class BridgeHotplug:
             end.counters.update(old.counters)
             end.drops.update(old.drops)
             end.admin_up, end.ifindex = old.admin_up, old.ifindex
+            move_qdisc(old, end)
             self._plug(att, end)
             att.reattached += 1
             log.info("%s: re-attached to bridge %s", att.vif.name, att.bridge)

@@ -117,9 +117,12 @@ TOPICS: tuple[TopicDoc, ...] = (
                  **_VIF_ID,
                  "backend_id": "the driver domain publishing it",
                  "link_state": "connected, down or disabled (netback disabled a misbehaving frontend)",
-                 "counters": "tx_packets, tx_bytes, rx_packets, rx_bytes",
+                 "counters": "tx_packets, tx_bytes, rx_packets, rx_bytes; with a netem on the vif "
+                             "(`xenlab tc`), also qdisc_duplicated, qdisc_backlog (and "
+                             "qdisc_corrupted, qdisc_reordered)",
                  "rates": _RATES,
-                 "drops": "frames dropped, by reason",
+                 "drops": "frames dropped, by reason (a netem's: netem_loss, netem_limit, "
+                          "netem_flushed)",
              }),
     TopicDoc("bridge/<bridge>/fdb/<kind>", "fdb.event", False,
              "A forwarding-database change. kind is learn, move (a MAC seen on another port), "
@@ -175,7 +178,8 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "counters": "rx_packets, rx_bytes, tx_packets, tx_bytes",
                  "rates": _RATES,
                  "drops": "frames dropped at this port, by reason",
-                 "link": "the link device's counters and drops (drop_REASON)",
+                 "link": "the link device's counters and drops (drop_REASON), and its netem's "
+                         "qdisc_* counters if it has one",
              }),
     TopicDoc("service/<service>/status", "service.status", True,
              "A publishing service (hypervisor, bridge, dom0): online with its publisher's "

@@ -26,6 +26,12 @@ in, what it took in was forwarded or dropped, and what it sent is what its
 ports sent. Counters of every generation of a path (a vif detached and
 attached again has the same name) are summed: each equation is linear.
 
+A root qdisc (netem, ``xenlab tc``) on a device's egress adds frames
+(``duplicate``) and holds some back (a delay): each equation it is on reads
+``sent + duplicated = received + drops + still queued``. Its drops
+(``netem_*``) are on the transmitting side of its device: netback's vif
+toward the guest, a veth end toward its peer.
+
 A drop reason belongs to one side of a device. Netback's
 ``grant_copy_error`` happens both ways; when a vif has some, its two
 equations are checked as one (both directions together). A guest that
@@ -40,14 +46,16 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from xenlab.net.link import RX_DROPS as LINK_RX_DROPS, TX_DROPS as LINK_TX_DROPS
+from xenlab.net.netem import NETEM_DROPS
 
 # Which side of a device a drop reason is counted on.
+NETEM = frozenset(NETEM_DROPS)                       # a root qdisc's: its device's egress
 NETFRONT_RX = frozenset({"no_receiver"})             # and every "rx_*" reason (the link's too)
 NETFRONT_UNANSWERED = "tx_unanswered"                # on the ring, never taken by netback
 NETBACK_RX = frozenset({"disabled", "not_connected", "empty", "too_big", "rx_ring_full",
-                        *LINK_TX_DROPS})
+                        *LINK_TX_DROPS}) | NETEM
 NETBACK_BOTH = frozenset({"grant_copy_error"})
-VETH_TX = frozenset({"link_down", "tx_queue_full", "oversize", "no_link", *LINK_TX_DROPS})
+VETH_TX = frozenset({"link_down", "tx_queue_full", "oversize", "no_link", *LINK_TX_DROPS}) | NETEM
 VETH_RX = frozenset({"no_receiver", "closed_unread", "malformed", *LINK_RX_DROPS})
 BRIDGE_LINK_DETACHED = "detached"
 
@@ -61,11 +69,17 @@ class Counts:
     tx: int = 0
     rx: int = 0
     drops: collections.Counter = field(default_factory=collections.Counter)
+    added: int = 0          # copies its root qdisc made (netem duplicate)
+    queued: int = 0         # frames its root qdisc holds now
 
-    def add(self, tx: int, rx: int, drops: Mapping[str, int]) -> "Counts":
+    def add(self, tx: int, rx: int, drops: Mapping[str, int],
+            qdisc: Mapping[str, int] | None = None) -> "Counts":
         self.tx += tx
         self.rx += rx
         self.drops.update({k: v for k, v in drops.items() if v})
+        if qdisc:
+            self.added += qdisc.get("duplicated", 0)
+            self.queued += qdisc.get("backlog", 0)
         return self
 
     def only(self, reasons: Iterable[str]) -> dict[str, int]:
@@ -94,12 +108,14 @@ class Hop:
     drops: dict[str, int] = field(default_factory=dict)
     checked: bool = True
     note: str = ""
+    added: int = 0          # copies a root qdisc on the way made
+    queued: int = 0         # frames a root qdisc on the way holds
 
     @property
     def unaccounted(self) -> int:
         """Frames sent that were neither received nor dropped (negative:
         more arrived than were sent)."""
-        return self.sent - self.received - sum(self.drops.values())
+        return self.sent + self.added - self.received - sum(self.drops.values()) - self.queued
 
     @property
     def ok(self) -> bool:
@@ -111,7 +127,8 @@ def path_hops(p: PathCounters) -> list[Hop]:
     if vif_of(p.vif) is None:
         # A port that is no vif (an uplink TAP): only its link.
         return [Hop(p.vif, "up   link -> port", link.rx, port.rx, link.only({BRIDGE_LINK_DETACHED})),
-                Hop(p.vif, "down port -> link", port.tx, link.tx, link.only(VETH_TX))]
+                Hop(p.vif, "down port -> link", port.tx, link.tx, link.only(VETH_TX),
+                    added=link.added, queued=link.queued)]
     vif_rx_side = vif.only(NETBACK_RX)
     vif_tx_side = {k: v for k, v in vif.drops.items()
                    if v and k not in NETBACK_RX and k not in NETBACK_BOTH}
@@ -121,11 +138,13 @@ def path_hops(p: PathCounters) -> list[Hop]:
     unanswered = eth.only({NETFRONT_UNANSWERED}) if eth else {}
     up_ring = Hop(p.vif, "up   ring: eth tx -> vif", eth.tx if eth else 0, vif.rx,
                   {**vif_tx_side, **unanswered})
-    down_vif = Hop(p.vif, "down veth -> vif", veth.rx, vif.tx, vif_rx_side)
+    down_vif = Hop(p.vif, "down veth -> vif", veth.rx, vif.tx, vif_rx_side,
+                   added=vif.added, queued=vif.queued)
     if both:
         # Both directions of the vif as one: which way each failed copy went is not counted.
         merged = Hop(p.vif, "both ring tx + veth -> vif", (eth.tx if eth else 0) + veth.rx,
-                     vif.rx + vif.tx, {**vif_tx_side, **vif_rx_side, **both, **unanswered})
+                     vif.rx + vif.tx, {**vif_tx_side, **vif_rx_side, **both, **unanswered},
+                     added=vif.added, queued=vif.queued)
         if eth is None:
             merged.checked, merged.note = False, lost
         hops.append(merged)
@@ -134,10 +153,12 @@ def path_hops(p: PathCounters) -> list[Hop]:
             up_ring.checked, up_ring.note = False, lost
         hops.append(up_ring)
     hops += [
-        Hop(p.vif, "up   vif -> veth", vif.rx, veth.tx, veth.only(VETH_TX)),
+        Hop(p.vif, "up   vif -> veth", vif.rx, veth.tx, veth.only(VETH_TX),
+            added=veth.added, queued=veth.queued),
         Hop(p.vif, "up   veth -> bridge link", veth.tx, link.rx, link.only(VETH_RX)),
         Hop(p.vif, "up   bridge link -> port", link.rx, port.rx, link.only({BRIDGE_LINK_DETACHED})),
-        Hop(p.vif, "down port -> bridge link", port.tx, link.tx, link.only(VETH_TX)),
+        Hop(p.vif, "down port -> bridge link", port.tx, link.tx, link.only(VETH_TX),
+            added=link.added, queued=link.queued),
         Hop(p.vif, "down bridge link -> veth", link.tx, veth.rx, veth.only(VETH_RX)),
     ]
     if not both:
@@ -178,7 +199,7 @@ def device_counts(stats: Iterable) -> Counts:
     """Sum InterfaceStats-like records (tx_packets, rx_packets, drops)."""
     out = Counts()
     for s in stats:
-        out.add(s.tx_packets, s.rx_packets, dict(s.drops))
+        out.add(s.tx_packets, s.rx_packets, dict(s.drops), dict(getattr(s, "qdisc", {})))
     return out
 
 
@@ -186,7 +207,8 @@ def link_counts(link: Mapping[str, int]) -> Counts:
     """A bridge port's ``link`` map (the bridge's veth end: tx_packets,
     rx_packets, drop_REASON)."""
     return Counts().add(link.get("tx_packets", 0), link.get("rx_packets", 0),
-                        {k[5:]: v for k, v in link.items() if k.startswith("drop_")})
+                        {k[5:]: v for k, v in link.items() if k.startswith("drop_")},
+                        {k[6:]: v for k, v in link.items() if k.startswith("qdisc_")})
 
 
 def vif_of(name: str) -> tuple[int, int] | None:
@@ -220,7 +242,7 @@ def lab_paths(dom0: Iterable, bridge, guests: Mapping[int, Iterable | None],
         p = path(port.name)
         p.port.add(port.tx_packets, port.rx_packets, dict(port.drops))
         link = link_counts(dict(port.link))
-        p.link.add(link.tx, link.rx, link.drops)
+        p.link.add(link.tx, link.rx, link.drops, {"duplicated": link.added, "backlog": link.queued})
         port_rx += port.rx_packets
         port_tx += port.tx_packets
         port_drops.update(dict(port.drops))
@@ -270,6 +292,8 @@ def format_report(hops: list[Hop], paths: Iterable[PathCounters] = ()) -> str:
             lines.append(title)
             last = hop.path
         drops = ", ".join(f"{k} {v}" for k, v in sorted(hop.drops.items())) or "-"
+        if hop.added or hop.queued:
+            drops += f"; qdisc duplicated {hop.added}, queued {hop.queued}"
         if not hop.checked:
             verdict = hop.note
         elif hop.unaccounted:

@@ -29,7 +29,9 @@ from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.events.broker import broker_ready, free_port, pick_engine
 from xenlab.events.config import BrokerAddress, EventsConfig
 from xenlab.events.topics import Topics
-from xenlab.lab.spec import LabSpec
+from xenlab.agent_client import agent_key
+from xenlab.lab import shaping
+from xenlab.lab.spec import LabSpec, shaping_devices
 from xenlab.launchers.domains_dir import parse_domain_uids
 from xenlab.proto import bridge_pb2, common_pb2, domains_pb2, xenstore_pb2
 from xenlab.rundir import LAB, ProcessRecord, Rundir, RundirError
@@ -125,6 +127,7 @@ class Lab:
             await self._start_dom0()
             await self._create_domains()
             await self._wait_connected(timeout)
+            await self._shape(timeout)
         except BaseException:
             if self.remove_on_failure:
                 await self.discard()
@@ -327,6 +330,7 @@ class Lab:
         else:
             await self.start_broker()
         await self._wait_connected(timeout)
+        await self._shape(timeout)       # what died with the service, from the lab file
         await self.wait_attached(timeout)
 
     async def wait_attached(self, timeout: float = 60.0) -> None:
@@ -450,6 +454,24 @@ class Lab:
                                   f"hotplug {v.hotplug_status or '-'})" for v in vifs if v not in ready)
                 raise LabError(f"timed out after {timeout:g}s waiting for vifs: {stuck}")
             await asyncio.sleep(0.1)
+
+    async def _shape(self, timeout: float) -> None:
+        """The lab file's netems (``Shaping``), set as `xenlab tc qdisc
+        replace` sets them (so again after a service restarted, over what
+        survived), once Domain-0's agent (which owns the vifs) is up."""
+        if not self.spec.shaping:
+            return
+        deadline = time.monotonic() + timeout
+        while not await self._xs_read(agent_key(0)):
+            if time.monotonic() > deadline:
+                raise LabError("timed out waiting for Domain-0's agent, to set the lab's netems")
+            await asyncio.sleep(0.1)
+        for dev, args in shaping_devices(self.spec, self.domids):
+            try:
+                await shaping.qdisc(self.hv, "replace", dev, list(args))
+            except grpc.aio.AioRpcError as err:
+                raise LabError(f"netem on {dev}: {err.details()}") from None
+            self.progress(f"tc qdisc replace dev {dev} root netem {' '.join(args)}")
 
     async def _agents_published(self) -> bool:
         """Every domU's guest agent has published its address (it does so

@@ -25,6 +25,13 @@
     name = "db"              # ... or the xl.cfg keys inline
     memory = 32
     vif = ["ip=10.0.0.2/24"]
+    netem = "delay 20ms loss 1%"   # optional: tc netem on Domain-0's vifD.N, frames to db
+    netem_tx = "rate 10mbit"       # optional: on vethD.N, frames from db; either may also be
+                                   # a table per vif: netem = { eth1 = "delay 5ms" }
+
+    [[link]]                 # a cable between two bridges
+    bridges = ["xenbr0", "xenbr1"]
+    netem = "delay 5ms"      # optional: on both of its ends, each way
 
     [mqtt]                   # events (docs/EVENTS.md); every key optional
     broker = "embedded"      # a broker process of the lab (default), "none" (gRPC only), or "mqtt://HOST:PORT"
@@ -51,9 +58,11 @@ from xenlab.events.config import BrokerAddress
 from xenlab.events.topics import check_level, check_prefix
 from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
 from xenlab.net.ipconfig import check_guest_net
+from xenlab.net.netem import NetemError, parse_netem
 from xenlab.toolstack.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
 from xenlab.xen.cmdline import kernel_cmdline
-from xenlab.xen.names import BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, is_bridge_name, is_ifname
+from xenlab.xen.names import (BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, IFNAMSIZ, is_bridge_name,
+                              is_ifname)
 from xenlab.xen.errors import ConfigError
 
 TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link"}
@@ -61,7 +70,8 @@ LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
 BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit", "vlan_filtering",
                "stp", "priority", "hello_time", "forward_delay", "max_age"}
-LINK_KEYS = {"bridges"}
+LINK_KEYS = {"bridges", "netem"}
+DOMAIN_NETEM_KEYS = {"netem": "rx", "netem_tx": "tx"}     # lab keys, not xl.cfg keys
 STP_TIMERS = {"hello_time": (2.0, 1.0, 10.0), "forward_delay": (15.0, 2.0, 30.0),
               "max_age": (20.0, 6.0, 40.0)}    # Linux's defaults and bounds, seconds
 MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
@@ -97,6 +107,20 @@ class MqttSpec:
 
 
 @dataclass(frozen=True)
+class Shaping:
+    """A netem the lab sets at start, as `xenlab tc qdisc add` would: on a
+    domain's vif (``direction`` "rx": Domain-0's vifD.N, frames to the
+    guest; "tx": its vethD.N, frames from the guest), or on both ends of
+    the ``link``-th [[link]] between two bridges."""
+
+    args: tuple[str, ...]
+    domain: str = ""
+    devid: int | None = None          # None: every vif of the domain
+    direction: str = "rx"
+    link: int | None = None
+
+
+@dataclass(frozen=True)
 class LabSpec:
     name: str
     domains: tuple[XlConfig, ...]
@@ -108,6 +132,7 @@ class LabSpec:
     source: str = "<built-in>"
     mqtt: MqttSpec = MqttSpec()
     links: tuple[tuple[str, str], ...] = ()     # [[link]]: cables between two bridges
+    shaping: tuple[Shaping, ...] = ()           # netem set at start (xenlab tc)
 
     def domain(self, name: str) -> XlConfig:
         return next(d for d in self.domains if d.name == name)
@@ -211,7 +236,15 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
     for i, entry in enumerate(data.get("bridge", [])):
         _unknown(source, f"bridge #{i + 1}", entry, BRIDGE_KEYS, lines, ("bridge", i))
         bridges.append(_bridge(entry, i, source, _lines_of(lines, ("bridge", i))))
-    domains = tuple(_domain(e, i, base, source, lines) for i, e in enumerate(data.get("domain", [])))
+    shaping: list[Shaping] = []
+    domains = []
+    for i, entry in enumerate(data.get("domain", [])):
+        netem = {k: entry.pop(k) for k in DOMAIN_NETEM_KEYS if isinstance(entry, dict) and k in entry}
+        dom = _domain(entry, i, base, source, lines)
+        domains.append(dom)
+        for key, value in netem.items():
+            shaping += _domain_netem(dom, key, value, source, lambda k=key, i=i: lines.line(("domain", i), k))
+    domains = tuple(domains)
     _unknown(source, "[mqtt]", mqtt, MQTT_KEYS, lines, ("mqtt",))
     if not isinstance(data.get("link", []), list):
         raise _fail(source, "link must be an array of tables: [[link]]", lines.line(("link",)))
@@ -223,13 +256,49 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
             raise _fail(source, f"link #{i + 1}: bridges = [\"BRIDGE\", \"BRIDGE\"], the two it joins",
                         lines.line(("link", i), "bridges") or lines.line(("link", i)))
         links.append(tuple(pair))
+        if "netem" in entry:
+            line = lines.line(("link", i), "netem")
+            shaping.append(Shaping(_netem_args(entry["netem"], f"link #{i + 1}", source, line),
+                                   link=i))
     spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains, links=tuple(links),
                    bridges=tuple(bridges) or (BridgeSpec(DEFAULT_BRIDGE),),
                    memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
                    launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
-                   source=source, mqtt=_mqtt(mqtt, source, _lines_of(lines, ("mqtt",))))
+                   source=source, mqtt=_mqtt(mqtt, source, _lines_of(lines, ("mqtt",))),
+                   shaping=tuple(shaping))
     validate(spec)
     return spec
+
+
+def _netem_args(value, where: str, source: str, line) -> tuple[str, ...]:
+    """A netem's options, as `tc ... netem` takes them, checked now."""
+    if not isinstance(value, str) or not value.split():
+        raise _fail(source, f"{where}: netem must be tc's netem options as a string, such as "
+                            f"\"delay 20ms loss 1%\", got {value!r}", line)
+    try:
+        parse_netem(value.split())
+    except NetemError as err:
+        raise _fail(source, f"{where}: netem: {err}", line) from None
+    return tuple(value.split())
+
+
+def _domain_netem(dom: XlConfig, key: str, value, source: str, line) -> list[Shaping]:
+    where = f"domain {dom.name}"
+    direction = DOMAIN_NETEM_KEYS[key]
+    if not dom.vifs:
+        raise _fail(source, f"{where}: {key} needs a vif to shape (the domain has none)", line())
+    if not isinstance(value, dict):
+        return [Shaping(_netem_args(value, where, source, line()), dom.name, None, direction)]
+    out = []
+    devids = {v.devid for v in dom.vifs}
+    for iface, options in value.items():
+        devid = int(iface[3:]) if iface.startswith("eth") and iface[3:].isdigit() else None
+        if devid not in devids:
+            raise _fail(source, f"{where}: {key}: no interface {iface!r} (the domain has "
+                                f"{', '.join(f'eth{d}' for d in sorted(devids))})", line())
+        out.append(Shaping(_netem_args(options, f"{where} {iface}", source, line()),
+                           dom.name, devid, direction))
+    return out
 
 
 def _lines_of(lines: TomlLines, table: tuple):
@@ -334,6 +403,38 @@ def validate(spec: LabSpec) -> None:
                 other = ips.setdefault((vif.bridge, addr), dom.name)
                 if other != dom.name:
                     raise _fail(source, f"domains {other} and {dom.name} both use ip {addr} on {vif.bridge}")
+
+
+def link_ends(spec: LabSpec, index: int) -> tuple[str, str]:
+    """The two ports (BRIDGE:PORT) of the index-th [[link]], as the bridge
+    service names them: to-PEER on each bridge, to-PEER.N for the Nth
+    further cable between the same two."""
+    a, b = spec.links[index]
+    nth = sum(1 for pair in spec.links[:index] if set(pair) == {a, b})
+
+    def port(peer: str) -> str:
+        base = f"to-{peer}"[:IFNAMSIZ - 1]
+        if not nth:
+            return base
+        suffix = f".{nth}"
+        return base[:IFNAMSIZ - 1 - len(suffix)] + suffix
+    return f"{a}:{port(b)}", f"{b}:{port(a)}"
+
+
+def shaping_devices(spec: LabSpec, domids: dict[str, int]) -> list[tuple[str, tuple[str, ...]]]:
+    """(device, netem options) for every netem of the lab file, once its
+    domains have their ids."""
+    out = []
+    for shape in spec.shaping:
+        if shape.link is not None:
+            out += [(end, shape.args) for end in link_ends(spec, shape.link)]
+            continue
+        domid = domids[shape.domain]
+        for vif in spec.domain(shape.domain).vifs:
+            if shape.devid is None or vif.devid == shape.devid:
+                prefix = "vif" if shape.direction == "rx" else "veth"
+                out.append((f"{prefix}{domid}.{vif.devid}", shape.args))
+    return out
 
 
 def load_lab(path: str | Path) -> LabSpec:

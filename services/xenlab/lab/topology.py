@@ -18,6 +18,7 @@ view counts, and captures at, on a click.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class Edge:
     label: str = ""
     bridge: str = ""            # the bridge port this edge ends on, if any
     port: str = ""
+    netem: str = ""             # the netems (xenlab tc) on the devices of this link
 
 
 @dataclass
@@ -64,8 +66,19 @@ def _patch_peer(port: str, bridges: set[str]) -> str | None:
     return max(found, key=len) if found else None
 
 
-def build(domains: list[dict], bridges: list[dict]) -> Topology:
-    """`domains` and `bridges`: view.LabView's lists (`xenlab status --json`)."""
+def _shaped(edge: Edge, netem: list[str]) -> Edge:
+    """The edge with its netems in its label and data."""
+    if not netem:
+        return edge
+    text = "; ".join(netem)
+    label = f"{edge.label} | {text}" if edge.label else text
+    return dataclasses.replace(edge, label=label, netem=text)
+
+
+def build(domains: list[dict], bridges: list[dict], qdiscs: dict[str, str] | None = None) -> Topology:
+    """`domains` and `bridges`: view.LabView's lists (`xenlab status --json`);
+    `qdiscs`: its netems by device (vifD.N, vethD.N, BRIDGE:PORT)."""
+    qdiscs = qdiscs or {}
     topo = Topology()
     names = {d["domid"]: d["name"] for d in domains}
     ports = {(br["name"], p["name"]): p for br in bridges for p in br["ports"]}
@@ -88,13 +101,21 @@ def build(domains: list[dict], bridges: list[dict]) -> Topology:
             topo.nodes.append(Node(vif_id, "vif", vif["vifname"], parent,
                                    data={"domid": dom["domid"], "devid": vif["devid"]}))
             topo.nodes.append(Node(f"veth:{veth}", "veth", veth, parent))
-            topo.edges.append(Edge(f"ring:{vif['vifname']}", "ring", f"dom:{dom['name']}", vif_id,
-                                   " ".join(x for x in (iface, vif["mac"], vif.get("ip", "")) if x)))
+            # netem on the vif shapes what goes down the ring to the guest.
+            down = qdiscs.get(vif["vifname"])
+            topo.edges.append(_shaped(
+                Edge(f"ring:{vif['vifname']}", "ring", f"dom:{dom['name']}", vif_id,
+                     " ".join(x for x in (iface, vif["mac"], vif.get("ip", "")) if x)),
+                [f"netem to {dom['name']}: {down}"] if down else []))
             topo.edges.append(Edge(f"netback:{vif['vifname']}", "netback", vif_id, f"veth:{veth}"))
             if vif.get("bridge") and (vif["bridge"], vif["vifname"]) in ports:
-                topo.edges.append(Edge(f"port:{vif['bridge']}:{vif['vifname']}", "veth",
-                                       f"veth:{veth}", f"br:{vif['bridge']}",
-                                       f"port {vif['vifname']}", vif["bridge"], vif["vifname"]))
+                up, out = qdiscs.get(veth), qdiscs.get(f"{vif['bridge']}:{vif['vifname']}")
+                topo.edges.append(_shaped(
+                    Edge(f"port:{vif['bridge']}:{vif['vifname']}", "veth", f"veth:{veth}",
+                         f"br:{vif['bridge']}", f"port {vif['vifname']}", vif["bridge"],
+                         vif["vifname"]),
+                    ([f"netem from {dom['name']}: {up}"] if up else [])
+                    + ([f"netem out of {vif['bridge']}: {out}"] if out else [])))
     names_of_bridges = {br["name"] for br in bridges}
     cables: dict[tuple[str, str], list[str]] = {}
     for br in bridges:
@@ -104,9 +125,11 @@ def build(domains: list[dict], bridges: list[dict]) -> Topology:
         for port in br["ports"]:
             if port.get("link") == "tap":
                 topo.nodes.append(Node(f"tap:{port['name']}", "uplink", port["name"]))
-                topo.edges.append(Edge(f"port:{br['name']}:{port['name']}", "uplink",
-                                       f"br:{br['name']}", f"tap:{port['name']}",
-                                       f"port {port['name']} (TAP)", br["name"], port["name"]))
+                out = qdiscs.get(f"{br['name']}:{port['name']}")
+                topo.edges.append(_shaped(
+                    Edge(f"port:{br['name']}:{port['name']}", "uplink", f"br:{br['name']}",
+                         f"tap:{port['name']}", f"port {port['name']} (TAP)", br["name"], port["name"]),
+                    [f"netem out of {br['name']}: {out}"] if out else []))
             elif port.get("link") == "patch":
                 peer = _patch_peer(port["name"], names_of_bridges)
                 if peer is not None:
@@ -116,8 +139,11 @@ def build(domains: list[dict], bridges: list[dict]) -> Topology:
             continue
         # The n-th cable from a to b is the n-th from b to a (bridge/server.py names them in pairs).
         for i, (pa, pb) in enumerate(zip(sorted(a_ports), sorted(cables.get((b, a), [])))):
-            topo.edges.append(Edge(f"patch:{a}:{pa}", "patch", f"br:{a}", f"br:{b}",
-                                   f"{pa} - {pb}", a, pa))
+            ends = [(a, pa), (b, pb)]
+            topo.edges.append(_shaped(
+                Edge(f"patch:{a}:{pa}", "patch", f"br:{a}", f"br:{b}", f"{pa} - {pb}", a, pa),
+                [f"netem out of {br_}: {qdiscs[f'{br_}:{p_}']}" for br_, p_ in ends
+                 if qdiscs.get(f"{br_}:{p_}")]))
     return topo
 
 
@@ -202,5 +228,5 @@ def to_cytoscape(topo: Topology) -> list[dict]:
     for edge in topo.edges:
         out.append({"group": "edges", "data": {
             "id": edge.id, "source": edge.source, "target": edge.target, "kind": edge.kind,
-            "label": edge.label, "bridge": edge.bridge, "port": edge.port}})
+            "label": edge.label, "bridge": edge.bridge, "port": edge.port, "netem": edge.netem}})
     return out

@@ -14,8 +14,10 @@ import grpc
 
 from xenlab.bridge.client import BridgeClient, registered_bridges
 from xenlab.client import HypervisorClient
+from xenlab.lab import shaping
 from xenlab.proto import bridge_pb2, common_pb2, xenstore_pb2
 from xenlab.rundir import Rundir
+from xenlab.xen.errors import XenError
 from xenlab.xen.xenstore_paths import agent_record_path
 
 TIMEOUT = 10.0      # seconds for each question to a service of the lab
@@ -27,6 +29,8 @@ class LabView:
     xenstored: str
     domains: list[dict] = field(default_factory=list)
     bridges: list[dict] = field(default_factory=list)
+    # Device (vifD.N, vethD.N, BRIDGE:PORT) -> its netem's options (xenlab tc).
+    qdiscs: dict[str, str] = field(default_factory=dict)
 
 
 async def _read(hv: HypervisorClient, path: str) -> str:
@@ -78,6 +82,7 @@ async def gather(run: Rundir) -> LabView:
     async with HypervisorClient.connect(address, 0, run.read_dom0_secret()) as hv:
         listed = await hv.domains.List(common_pb2.Empty(), timeout=TIMEOUT)
         view.domains = list(await asyncio.gather(*(_domain(hv, d) for d in listed.domains)))
+        view.qdiscs = await _qdiscs(hv)
         addresses = await registered_bridges(hv)
         async with await BridgeClient.connect(hv) as bridges:
             infos = await bridges.show()
@@ -89,6 +94,17 @@ async def gather(run: Rundir) -> LabView:
     view.bridges = [_bridge(info, counters.get(info.name), addresses.get(info.name, ""))
                     for info in infos]
     return view
+
+
+async def _qdiscs(hv: HypervisorClient) -> dict[str, str]:
+    """The lab's netems; none from a service that cannot say (Domain-0's
+    agent not up yet, a service of an older xenlab): they are a detail of
+    the view, not a reason to show none of it."""
+    try:
+        reply = await asyncio.wait_for(shaping.qdisc(hv, "show"), TIMEOUT)
+    except (grpc.aio.AioRpcError, LookupError, XenError, asyncio.TimeoutError):
+        return {}
+    return {q.dev: q.options for q in reply.qdiscs if q.options}
 
 
 def bridges_text(view: LabView) -> str:

@@ -8,7 +8,10 @@ receiver), every frame is counted, and capture taps see both directions.
 Counting rule (the frame-conservation invariant): every frame handed to
 ``transmit`` ends up in ``tx_packets`` or in exactly one ``drops`` reason;
 every frame handed to ``deliver`` ends up in ``rx_packets`` or in exactly one
-``drops`` reason.
+``drops`` reason. A root qdisc (``tc qdisc add dev NAME root netem``:
+``net/qdisc.py``) sits in front of ``transmit``: what the stack sends goes
+to ``egress``, and through the qdisc, which adds copies (``duplicate``,
+counted in ``qdisc_counters``) and holds frames back (``qdisc_backlog``).
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ class NetDevice:
         self.upstream: NetDevice | None = None
         self.counters: collections.Counter = collections.Counter()
         self.drops: collections.Counter = collections.Counter()
+        self.qdisc = None                  # the root qdisc, or None: frames go straight out
+        # Kept across qdiscs (added, changed, deleted): the books need them.
+        self.qdisc_counters: collections.Counter = collections.Counter()
         self._taps: dict[int, Tap] = {}
         self._tap_ids = itertools.count(1)
         self.ifindex = 0                # its domain numbers it (1 is lo's, as in Linux)
@@ -136,6 +142,15 @@ class NetDevice:
         return True
 
     # -- shared bookkeeping ----------------------------------------------------
+    def egress(self, frames: list[bytes]) -> None:
+        """Frames to send out of this interface, as the stack (or the bridge,
+        or netback) sends them: through the root qdisc, if there is one."""
+        qdisc = self.qdisc
+        if qdisc is None:
+            self.transmit(frames)
+        else:
+            qdisc.enqueue(frames)
+
     def deliver(self, frames: list[bytes]) -> None:
         """Frames arriving on this interface: to the receiver, or dropped."""
         if not frames:
@@ -176,6 +191,17 @@ class NetDevice:
     def stats(self) -> dict[str, int]:
         out = {k: self.counters[k] for k in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")}
         out.update({f"drop_{reason}": n for reason, n in sorted(self.drops.items())})
+        out.update({f"qdisc_{name}": n for name, n in sorted(self.qdisc_counters.items()) if n})
+        if self.qdisc is not None:
+            out["qdisc_backlog"] = self.qdisc.core.backlog
+        return out
+
+    def qdisc_stats(self) -> dict[str, int]:
+        """What the root qdisc added and holds, for the books: ``duplicated``
+        and ``backlog`` (and ``corrupted``, ``reordered``)."""
+        out = dict(self.qdisc_counters)
+        if self.qdisc is not None:
+            out["backlog"] = self.qdisc.core.backlog
         return out
 
     def add_tap(self, tap: Tap) -> int:

@@ -144,8 +144,15 @@ class StatsRequest(_message.Message):
     def __init__(self, interface: _Optional[str] = ..., gone: bool = ...) -> None: ...
 
 class InterfaceStats(_message.Message):
-    __slots__ = ("name", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops", "mac", "ip", "mtu", "state", "peer", "persistent_grants", "admin_up", "carrier", "ifindex", "master")
+    __slots__ = ("name", "tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "drops", "mac", "ip", "mtu", "state", "peer", "persistent_grants", "qdisc", "admin_up", "carrier", "ifindex", "master")
     class DropsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class QdiscEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +171,7 @@ class InterfaceStats(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     PERSISTENT_GRANTS_FIELD_NUMBER: _ClassVar[int]
+    QDISC_FIELD_NUMBER: _ClassVar[int]
     ADMIN_UP_FIELD_NUMBER: _ClassVar[int]
     CARRIER_FIELD_NUMBER: _ClassVar[int]
     IFINDEX_FIELD_NUMBER: _ClassVar[int]
@@ -180,11 +188,12 @@ class InterfaceStats(_message.Message):
     state: str
     peer: str
     persistent_grants: int
+    qdisc: _containers.ScalarMap[str, int]
     admin_up: bool
     carrier: bool
     ifindex: int
     master: str
-    def __init__(self, name: _Optional[str] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., mac: _Optional[str] = ..., ip: _Optional[str] = ..., mtu: _Optional[int] = ..., state: _Optional[str] = ..., peer: _Optional[str] = ..., persistent_grants: _Optional[int] = ..., admin_up: bool = ..., carrier: bool = ..., ifindex: _Optional[int] = ..., master: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., tx_packets: _Optional[int] = ..., tx_bytes: _Optional[int] = ..., rx_packets: _Optional[int] = ..., rx_bytes: _Optional[int] = ..., drops: _Optional[_Mapping[str, int]] = ..., mac: _Optional[str] = ..., ip: _Optional[str] = ..., mtu: _Optional[int] = ..., state: _Optional[str] = ..., peer: _Optional[str] = ..., persistent_grants: _Optional[int] = ..., qdisc: _Optional[_Mapping[str, int]] = ..., admin_up: bool = ..., carrier: bool = ..., ifindex: _Optional[int] = ..., master: _Optional[str] = ...) -> None: ...
 
 class SetLinkRequest(_message.Message):
     __slots__ = ("interface", "up")

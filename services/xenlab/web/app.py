@@ -95,7 +95,7 @@ async def api_topology(request: web.Request) -> web.Response:
         raise web.HTTPServiceUnavailable(text=f"cannot ask the lab's services: {err.details()}")
     state = run.read_state() or {}
     domains = [{**d, "state": run_state(d["state"])} for d in lab_view.domains]
-    topo = topology.build(domains, lab_view.bridges)
+    topo = topology.build(domains, lab_view.bridges, lab_view.qdiscs)
     return web.json_response({
         "lab": state.get("name", ""),
         "elements": topology.to_cytoscape(topo),

@@ -103,3 +103,39 @@ def test_lab_paths_sum_every_generation_of_a_path():
     assert all(h.ok for h in hops), format_report(hops, paths)
     crashed, _ = lab_paths(dom0, bridge, {3: None}, lost={3: "d3 crashed"})
     assert crashed[0].eth is None and crashed[0].eth_lost == "d3 crashed"
+
+
+def test_a_netem_on_the_vif_its_copies_drops_and_backlog_balance_the_down_hop():
+    """A root qdisc on netback's vif (toward the guest): 80 frames from the
+    veth, 6 lost, 3 duplicated, 2 still delayed: 75 go on to the ring."""
+    p = balanced()
+    p.backend.drops.update({"netem_loss": 6})
+    p.backend.added, p.backend.queued = 3, 2
+    p.backend.tx -= 6 - 3 + 2
+    p.eth.rx -= 6 - 3 + 2
+    hops = by_name(path_hops(p))
+    down = hops["down veth -> vif"]
+    assert all(h.ok for h in hops.values()), format_report(list(hops.values()), [p])
+    assert (down.added, down.queued, down.drops) == (3, 2, {"netem_loss": 6, "rx_ring_full": 5})
+    assert "qdisc duplicated 3, queued 2" in format_report([down])
+    # Without the qdisc's counts the same figures would not balance.
+    p.backend.added = 0
+    assert by_name(path_hops(p))["down veth -> vif"].unaccounted == -3
+
+
+def test_netem_on_the_veth_and_the_bridge_link_from_the_wire():
+    """The counters as the agent (InterfaceStats.qdisc) and the bridge (the
+    link map's qdisc_* keys) report them."""
+    dom0 = [NS(name="vif3.0", tx_packets=10, rx_packets=12, drops={}, qdisc={}),
+            NS(name="veth3.0", tx_packets=14, rx_packets=10, drops={"netem_limit": 1},
+               qdisc={"duplicated": 4, "backlog": 1})]
+    link = {"tx_packets": 10, "rx_packets": 14, "drop_netem_loss": 2, "qdisc_duplicated": 1,
+            "qdisc_backlog": 1}
+    port = NS(name="vif3.0", tx_packets=12, rx_packets=14, drops={}, link=link)
+    bridge = NS(name="xenbr0", ports=[port], gone=[], counters={}, drops={})
+    guest = [NS(name="eth0", tx_packets=12, rx_packets=10, drops={})]
+    [path], _ = lab_paths(dom0, bridge, {3: guest})
+    hops = by_name(path_hops(path))
+    assert hops["up   vif -> veth"].ok and hops["up   vif -> veth"].added == 4
+    assert hops["down port -> bridge link"].ok and hops["down port -> bridge link"].queued == 1
+    assert all(h.ok for h in hops.values()), format_report(list(hops.values()), [path])

@@ -117,3 +117,20 @@ def test_cytoscape_elements_have_unique_ids_and_compound_parents(topo):
             assert {e["data"]["source"], e["data"]["target"]} <= nodes
         elif "parent" in e["data"]:
             assert e["data"]["parent"] in nodes
+
+
+def test_netems_show_on_the_links_they_shape():
+    qdiscs = {"vif1.0": "limit 1000 delay 20ms", "veth1.0": "limit 1000 loss 1%",
+              "xenbr0:to-xenbr1": "limit 1000 rate 10Mbit", "xenbr0:xl0": "limit 1000 delay 1ms"}
+    topo = topology.build(DOMAINS, BRIDGES, qdiscs)
+    edges = {e.id: e for e in topo.edges}
+    assert edges["ring:vif1.0"].netem == "netem to web: limit 1000 delay 20ms"
+    assert edges["ring:vif1.0"].label.endswith("| netem to web: limit 1000 delay 20ms")
+    assert edges["port:xenbr0:vif1.0"].netem == "netem from web: limit 1000 loss 1%"
+    assert edges["patch:xenbr0:to-xenbr1"].netem == "netem out of xenbr0: limit 1000 rate 10Mbit"
+    assert edges["port:xenbr0:xl0"].netem == "netem out of xenbr0: limit 1000 delay 1ms"
+    assert not edges["ring:vif2.0"].netem
+    assert "netem to web: limit 1000 delay 20ms" in topology.to_dot(topo)
+    assert "netem from web" in topology.to_mermaid(topo)
+    shaped = [e["data"] for e in topology.to_cytoscape(topo) if e["data"].get("netem")]
+    assert len(shaped) == 4

@@ -53,12 +53,13 @@ function draw(elements) {
     { selector: "edge[kind = 'netback']", style: { "line-style": "dotted" } },
     { selector: "edge[kind = 'patch']", style: { "line-style": "dashed" } },
     { selector: "edge[?port]", style: { "line-color": "#1a7f37" } },
+    { selector: "edge[?netem]", style: { "line-color": "#bc4c00", "target-arrow-shape": "none" } },
     { selector: "edge.down", style: { "line-color": "#cf222e", "line-style": "dashed" } },
   ];
   for (const e of elements) {
     if (e.group === "nodes" && e.data.kind === "domain") e.data.colour = STATE_COLOURS[e.data.state] || "#8c959f";
     // A port's edge shows its rates (paintLink); the others what they join (eth0, MAC, IP).
-    if (e.group === "edges") Object.assign(e.data, { width: 2, rateLabel: e.data.port ? "" : e.data.label });
+    if (e.group === "edges") Object.assign(e.data, { width: 2, rateLabel: e.data.port ? e.data.netem || "" : e.data.label });
   }
   if (xenlab.cy) xenlab.cy.destroy();
   const positions = place(elements);
@@ -121,7 +122,10 @@ function paintLink(link) {
   if (!edge || edge.empty()) return;
   const r = link.rates || {};
   const total = (r.rx_bytes || 0) + (r.tx_bytes || 0);
-  edge.data("rateLabel", link.rates ? `in ${bits(r.rx_bytes)} / out ${bits(r.tx_bytes)}` : "");
+  const rates = link.rates ? `in ${bits(r.rx_bytes)} / out ${bits(r.tx_bytes)}` : "";
+  // A shaped link (xenlab tc) says how, beside its rates.
+  const netem = edge.data("netem") || "";
+  edge.data("rateLabel", [rates, netem].filter(Boolean).join(" | "));
   edge.data("width", Math.min(12, 2 + Math.log10(1 + total * 8)));
   edge.toggleClass("down", linkDown(link));
 }
