@@ -128,7 +128,7 @@ async def interface_addresses(agent) -> list[tuple[str, str]]:
 async def resolve_destination(hv, source_agent, dest: str) -> tuple[str, str]:
     """``dest`` as (IPv4 address, the name to show): an address as it is, else
     a domain's name or id, whose guest agent says which addresses it has
-    (those ip= on its kernel command line gave it too). Raises ResolveError."""
+    (the ip= on its kernel command line gave them). Raises ResolveError."""
     try:
         return str(ipaddress.IPv4Address(dest)), ""
     except ValueError:

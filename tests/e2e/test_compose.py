@@ -43,6 +43,7 @@ name = "extra"
 memory = 32
 launcher = "docker"
 vif = [ 'mac=00:16:3e:00:00:09,bridge=xenbr0,ip=10.0.0.9/24' ]
+extra = "ip=10.0.0.9:::255.255.255.0:extra:eth0:off"
 """
 
 

@@ -10,7 +10,7 @@ import pytest
 from xenlab.net.arp import ArpPacket
 from xenlab.net.capture import PcapWriter, read_pcap
 from xenlab.net.ethernet import BROADCAST, EthernetFrame, ETH_P_ARP, parse_mac
-from xenlab.proto import agent_pb2, bridge_pb2
+from xenlab.proto import agent_pb2, bridge_pb2, xenstore_pb2
 from xenlab.testing import eventually
 
 pytestmark = pytest.mark.integration
@@ -100,6 +100,16 @@ def assert_tshark_reads(pcap: bytes, tmp_path) -> None:
 
 
 async def test_ping_mesh_udp_echo_fdb_and_counters(demo_lab):
+    # The lab file gives each guest its address on the vif (ip=, Domain-0's in
+    # Xen: the backend keeps it for antispoofing); the guest takes it from
+    # the ip= the lab wrote into its own kernel command line.
+    async def read(path: str) -> str:
+        return (await demo_lab.hv.xenstore.Read(xenstore_pb2.PathRequest(path=path))).value.decode()
+    for name, ip in HOSTS.items():
+        domid = demo_lab.domid(name)
+        vm = await read(f"/local/domain/{domid}/vm")
+        assert await read(f"{vm}/image/cmdline") == f"ip={ip}:::255.255.255.0:{name}:eth0:off"
+        assert await read(f"/local/domain/0/backend/vif/{domid}/0/ip") == f"{ip}/24"
     for src in HOSTS:
         agent = await demo_lab.agent(src)
         try:
@@ -213,7 +223,9 @@ async def test_network_detach_and_attach_with_xl(demo_lab):
     assert xl(demo_lab, "network-list", "web").count("\n") == 1      # the header only
 
     # As libxl__device_nextid: the lowest devid past the existing ones, 0 again here.
-    xl(demo_lab, "network-attach", "web", "mac=00:16:3e:00:00:11", "ip=10.0.0.11/24")
+    # The vif's ip= is Domain-0's (antispoofing): the guest's own command line
+    # gives the new eth0 its address, web's as before.
+    xl(demo_lab, "network-attach", "web", "mac=00:16:3e:00:00:11", f"ip={HOSTS['web']}/24")
 
     async def connected():
         return f"vif{web}.0" in await ports()
@@ -221,7 +233,7 @@ async def test_network_detach_and_attach_with_xl(demo_lab):
     assert "eth0" in await interfaces("web")
     assert "00:16:3e:00:00:11" in xl(demo_lab, "network-list", "web")
     agent = await demo_lab.agent("db")
-    reply = await agent.Ping(agent_pb2.PingRequest(dst="10.0.0.11", count=2, interval=0.02, timeout=5))
+    reply = await agent.Ping(agent_pb2.PingRequest(dst=HOSTS["web"], count=2, interval=0.02, timeout=5))
     await agent.close()
     await channel.close()
     assert reply.received == 2, reply.error

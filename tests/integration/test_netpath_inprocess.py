@@ -17,6 +17,7 @@ import asyncio
 import pytest
 
 from xenlab.domain.kernel import DomainKernel
+from xenlab.domain.netstack import GuestNetwork
 from xenlab.drivers.netback import NetbackDriver
 from xenlab.drivers.netback.datapath import PageBudget
 from xenlab.drivers.netback.interface import HotplugError
@@ -214,7 +215,7 @@ async def test_both_ends_reach_connected_with_every_key(net, pair):
          "feature-gso-tcpv4": "0", "feature-split-event-channels": "0",
          "multi-queue-max-queues": "1"}
     assert net.xs_read(f"{be}/hotplug-status") == "connected"
-    assert (eth_a.name, eth_a.state, eth_a.mtu, eth_a.ip) == ("eth0", "connected", 9000, None)
+    assert (eth_a.name, eth_a.state, eth_a.mtu) == ("eth0", "connected", 9000)
     assert eth_a.mac == bytes.fromhex(mac_of(a.domid).replace(":", ""))
     dom0 = net.kernels[0]
     vif = dom0.vifs[f"vif{a.domid}.0"]
@@ -237,12 +238,41 @@ async def test_both_ends_reach_connected_with_every_key(net, pair):
     assert vif.persistent_grants == len(posted) and vif.datapath.persistent.cache.stats["remote"] == 0
 
 
-async def test_ip_and_vifname_come_from_the_backend_directory(net):
+async def test_vifname_comes_from_the_backend_directory(net):
     c = await net.boot_domu("c")
-    await net.add_vif(c.domid, ip="10.1.2.3", vifname="web0")
-    eth = await net.connected(c.domid)
-    assert eth.ip == "10.1.2.3"
+    await net.add_vif(c.domid, vifname="web0")
+    await net.connected(c.domid)
     assert "web0" in net.kernels[0].vifs
+
+
+async def test_the_guest_takes_its_address_from_its_command_line_not_the_backend_ip_node(net):
+    # The backend's ip node is Domain-0's (vif-route, antispoofing), as in Xen.
+    c = await net.boot_domu("c")
+    guest = GuestNetwork(cmdline="ip=10.9.9.9::10.9.9.1:255.255.255.0:c:eth0:off")
+    guest.attach(c)
+    try:
+        await net.add_vif(c.domid, ip="10.1.2.3/24")
+        await net.connected(c.domid)
+        stack = await eventually(lambda: guest.stack("eth0"), "c's eth0 stack")
+        assert (str(stack.config.address), str(stack.config.gateway)) == ("10.9.9.9/24", "10.9.9.1")
+        assert net.xs_read(f"{net.backend_path(c.domid)}/ip") == "10.1.2.3/24"
+    finally:
+        guest.close()
+
+
+async def test_a_guest_with_no_ip_on_its_command_line_has_no_address_and_says_why(net, caplog):
+    c = await net.boot_domu("c")
+    guest = GuestNetwork(cmdline="console=hvc0")
+    guest.attach(c)
+    try:
+        await net.add_vif(c.domid, ip="10.1.2.3/24")
+        await net.connected(c.domid)
+        await eventually(lambda: "eth0" in [d.name for d in guest.interfaces()], "c's eth0")
+        assert guest.stack("eth0") is None and not guest.has_stack()
+        assert ("eth0: no IPv4 address: the kernel command line has no ip= for it (a vif's ip= "
+                "is Domain-0's); give ip=ADDR::GW:MASK:HOST:eth0:off in extra=") in caplog.messages
+    finally:
+        guest.close()
 
 
 # -- the data path ----------------------------------------------------------------------------
@@ -829,10 +859,26 @@ async def test_a_frontend_key_that_is_not_a_number_fails_the_vif_and_detach_need
     check_invariants(net.hv)
 
 
+async def test_a_backend_ip_node_that_is_not_text_does_not_fail_the_interface(net):
+    """The ip node is Domain-0's (vif-route, antispoofing), as in Xen: the
+    guest does not read it, so a driver domain's bytes there change nothing
+    for the frontend, which publishes its rings and connects."""
+    c = await net.boot_domu("c")
+    dd = await net.boot_domu("dd", netfront=False)
+    await net.attach_vif(c.domid, devid=0, backend="dd")
+    be = f"/local/domain/{dd.domid}/backend/vif/{c.domid}/0"
+    for k, v in {"feature-rx-copy": "1", "feature-sg": "1", "ip": b"\xff",
+                 "state": str(int(S.InitWait))}.items():
+        await net.guest_writes(dd, f"{be}/{k}", v)
+    # Linux's xennet: rings published, then Connected (the backend's turn next).
+    await net.wait_state(net.frontend_path(c.domid), S.Connected)
+    assert net.xs_read(f"/local/domain/{c.domid}/error/device/vif/0/error") is None
+    assert net.xs_read(f"{net.frontend_path(c.domid)}/tx-ring-ref").isdigit()
+
+
 @pytest.mark.parametrize("key, value", [
     ("state", b"\xff"), ("state", "²"), ("state", "٣"), ("state", "99"),
     ("feature-rx-copy", b"\xff"), ("feature-rx-copy", "²"), ("feature-sg", b"\xff"),
-    ("ip", b"\xff"),
 ])
 async def test_a_backend_key_that_is_not_text_or_not_a_state_fails_only_that_interface(
         net, key, value):

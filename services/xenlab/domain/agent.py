@@ -235,7 +235,7 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
         # apart, so that each frame sits under one reason at each layer.
         stack = self.net.stack(device.name)
         if stack is not None:
-            message.ip = str(stack.config.address)     # ip= on the command line, else the vif's
+            message.ip = str(stack.config.address)     # ip= on the kernel command line
             for reason, value in stack.drops().items():
                 message.drops[f"stack_{reason}"] = value
             # What the router did with what this interface took in for other hosts.

@@ -12,7 +12,8 @@ The stacks are joined by a ``xenlab.net.router.Router``, the host's
 routing: it picks the interface a packet leaves by, and with
 ``sysctl.net.ipv4.ip_forward=1`` on the kernel command line it forwards
 between the interfaces. The command line's ``ip=`` (Linux's ipconfig) gives
-an interface its address (else the vif's ip= key) and its default gateway.
+an interface its address and its default gateway; nothing else does (the
+backend's ip node is Domain-0's, for anti-spoofing, and never read here).
 
 An interface without an address still exists here, for inject, capture and
 counters. A backend vif is never given a stack and its receiver is left to
@@ -42,7 +43,7 @@ from xenlab.net.capture import DeviceCapture, TappedFrame
 from xenlab.net.device import NetDevice
 from xenlab.net.ethernet import max_frame_len
 from xenlab.net.icmp import ICMP_ECHO, ICMP_HLEN
-from xenlab.net.ipconfig import GuestNetConfig, interface_address, parse_cmdline
+from xenlab.net.ipconfig import GuestNetConfig, parse_cmdline
 from xenlab.net.ipv4 import DEFAULT_TTL, IP_HLEN, IP_MAXPACKET, IPPROTO_ICMP
 from xenlab.net.router import Router
 from xenlab.net.stack import (AddressConflict, ArpFailed, EchoReply, IcmpError, IpStack,
@@ -228,13 +229,14 @@ class GoneDevice(NetDevice):
     device's own: drops it still counts while it winds down (a netfront
     giving its rings back) show here."""
 
-    def __init__(self, device: NetDevice, stack_drops: dict[str, int], unaddressed: int):
+    def __init__(self, device: NetDevice, stack_drops: dict[str, int], unaddressed: int,
+                 ip: str | None = None):
         super().__init__(device.name, device.mac, device.mtu)
         self.origin = weakref.ref(device)
         self.counters = device.counters
         self.drops = device.drops
         self.qdisc_counters = device.qdisc_counters
-        self.ip = getattr(device, "ip", None)
+        self.ip = ip                    # the address it had, "A.B.C.D/LEN"
         self.peer = getattr(device, "peer", "")
         self.stack_drops = dict(stack_drops)
         self.unaddressed = unaddressed
@@ -287,7 +289,8 @@ class GuestNetwork:
             iface = self._ifaces.get(name)
             if iface is not None:
                 self.gone.append(GoneDevice(iface.device, iface.stack.drops() if iface.stack else {},
-                                            iface.unaddressed))
+                                            iface.unaddressed,
+                                            str(iface.stack.config.address) if iface.stack else None))
             self.remove(name)
         else:
             self.add(device, bridged=self._is_backend(name, device))
@@ -334,12 +337,13 @@ class GuestNetwork:
             self._after(iface, iface.stack.link_up())
 
     def _make_stack(self, device: NetDevice) -> IpStack | None:
-        # ip= on the command line, else xl's vif ip= (one address, which
-        # vif-bridge uses for anti-spoofing; a guest given no prefix
-        # configures it on a /24, as xenlab documents).
+        # The guest's own configuration only: ip= on its kernel command
+        # line. The backend's ip node is Domain-0's (vif-route, antispoofing),
+        # never read here.
         try:
-            address = interface_address(self.netconf, device.name, getattr(device, "ip", None))
+            address = self.netconf.address_for(device.name)
             if address is None:
+                log.warning("%s: no IPv4 address: %s", device.name, self._why_unaddressed(device.name))
                 return None
             config = StackConfig(mac=device.mac, address=address, mtu=device.mtu,
                                  gateway=self.netconf.gateway_for(device.name, address),
@@ -350,6 +354,16 @@ class GuestNetwork:
             # The toolstack checked the command line; a kernel started by hand logs it.
             log.error("%s: no IP stack: %s", device.name, err)
             return None
+
+    def _why_unaddressed(self, name: str) -> str:
+        param = self.netconf.param(name)
+        if param is not None:
+            # ip=dhcp, or ip=::GW: Linux would ask a DHCP server; xenlab's guests have no client.
+            return (f"its ip= on the kernel command line gives no address "
+                    f"(autoconfiguration{' ' + param.autoconf if param.autoconf else ''} is not "
+                    f"emulated); give ip=ADDR::GW:MASK:HOST:{name}:off")
+        return (f"the kernel command line has no ip= for it (a vif's ip= is Domain-0's); give "
+                f"ip=ADDR::GW:MASK:HOST:{name}:off in extra=")
 
     def remove(self, name: str) -> None:
         iface = self._ifaces.pop(name, None)

@@ -49,7 +49,6 @@ class NetfrontDevice(NetDevice):
     def __init__(self, name: str, mac: bytes, mtu: int, devid: int):
         super().__init__(name, mac, mtu)
         self.devid = devid
-        self.ip: str | None = None
         self.xenbus_state = XenbusState.Initialising
         self._tx: NetfrontTx | None = None
         self._rx: NetfrontRx | None = None
@@ -201,7 +200,9 @@ class Netfront(XenbusDevice):
 
     # -- connect -------------------------------------------------------------------------
     async def connect(self) -> None:
-        keys = await self.read_keys(self.otherend, ("feature-rx-copy", "feature-sg", "ip"))
+        # Not the backend's ip node: that is Domain-0's (vif-route, antispoofing);
+        # the guest's address comes from its own command line (domain.netstack).
+        keys = await self.read_keys(self.otherend, ("feature-rx-copy", "feature-sg"))
         if (keys["feature-rx-copy"] or "").strip() != "1":
             raise XenError(errno.ENODEV, "backend does not support copying receive path")
         dev = self.dev
@@ -209,7 +210,6 @@ class Netfront(XenbusDevice):
             log.info("%s: reducing MTU to %d: the backend has no feature-sg", dev.name,
                      abi.ETH_DATA_LEN)
             dev.mtu = abi.ETH_DATA_LEN
-        dev.ip = (keys["ip"] or "").strip() or None
         rings = await self._setup_rings()
         try:
             await self.xenbus.transaction(lambda tx: self._publish(tx, rings))

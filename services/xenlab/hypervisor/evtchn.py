@@ -114,7 +114,7 @@ class EventChannels:
         domid, d = self._target(caller, dom, "allocate event channels for")
         remote = self._resolve_self(caller, remote_dom)
         self._domain(remote)
-        return self._new(d, Channel(0, EvtchnState.unbound, remote_dom=remote))
+        return self._new(d, EvtchnState.unbound, remote_dom=remote)
 
     def bind_interdomain(self, caller: Caller, remote_dom: int, remote_port: int) -> int:
         d = self._domain(caller.domid)
@@ -126,8 +126,7 @@ class EventChannels:
             # Xen answers -EINVAL here; xenlab reports it as the access
             # refusal it is, so that a hijack attempt reads as one.
             raise PermissionError_(f"d{remote} port {remote_port} is not offered to d{caller.domid}")
-        port = self._new(d, Channel(0, EvtchnState.interdomain, remote_dom=remote,
-                                    remote_port=remote_port))
+        port = self._new(d, EvtchnState.interdomain, remote_dom=remote, remote_port=remote_port)
         rch.state = EvtchnState.interdomain
         rch.remote_port = port
         # Xen's evtchn_bind_interdomain: an event sent before the bind must
@@ -151,14 +150,14 @@ class EventChannels:
         if key in d.virqs:
             raise EvtchnError(errno.EEXIST,
                               f"VIRQ {virq} already bound to port {d.virqs[key]} on vcpu {vcpu}")
-        port = self._new(d, Channel(0, EvtchnState.virq, vcpu=vcpu, virq=virq))
+        port = self._new(d, EvtchnState.virq, vcpu=vcpu, virq=virq)
         d.virqs[key] = port
         return port
 
     def bind_ipi(self, caller: Caller, vcpu: int = 0) -> int:
         d = self._domain(caller.domid)
         self._check_vcpu(d, vcpu)
-        return self._new(d, Channel(0, EvtchnState.ipi, vcpu=vcpu))
+        return self._new(d, EvtchnState.ipi, vcpu=vcpu)
 
     def bind_pirq(self, caller: Caller, pirq: int) -> int:
         caller.require_privileged("binding a physical IRQ")
@@ -167,7 +166,7 @@ class EventChannels:
             raise EvtchnError(errno.EINVAL, f"pirq {pirq} outside 0..{NR_PIRQS - 1}")
         if pirq in d.pirqs:
             raise EvtchnError(errno.EEXIST, f"pirq {pirq} already bound to port {d.pirqs[pirq]}")
-        port = self._new(d, Channel(0, EvtchnState.pirq, pirq=pirq))
+        port = self._new(d, EvtchnState.pirq, pirq=pirq)
         d.pirqs[pirq] = port
         return port
 
@@ -197,11 +196,11 @@ class EventChannels:
         offered to ``offered_to``, as the other end of a closed channel."""
         if self._consumers.pop((domid, port), None) is None:
             return
-        d = self._domains.get(domid)
-        ch = d.channels.get(port) if d else None
-        if ch is not None:
-            ch.state = EvtchnState.unbound
-            ch.remote_dom = offered_to
+        # A consumer goes with its port (close, reset) and its domain
+        # (remove_domain): while there is one, both are there.
+        ch = self._domains[domid].channels[port]
+        ch.state = EvtchnState.unbound
+        ch.remote_dom = offered_to
 
     def notify_from_hypervisor(self, domid: int, port: int) -> bool:
         """notify_via_xen_event_channel: raise a consumer port's event in
@@ -358,12 +357,11 @@ class EventChannels:
             raise EvtchnError(errno.EINVAL, f"vcpu {vcpu} outside 0..{d.nr_vcpus - 1}")
 
     @staticmethod
-    def _new(d: _DomainPorts, ch: Channel) -> int:
-        # get_free_port: lowest free first; port 0 is never handed out.
+    def _new(d: _DomainPorts, state: EvtchnState, **fields) -> int:
+        """Bind the lowest free port (get_free_port; port 0 is never handed out)."""
         for port in range(1, d.max_ports):
             if port not in d.channels:
-                ch.port = port
-                d.channels[port] = ch
+                d.channels[port] = Channel(port, state, **fields)
                 return port
         raise EvtchnError(errno.ENOSPC, f"all {d.max_ports - 1} event channel ports are in use")
 
@@ -378,10 +376,11 @@ class EventChannels:
     def _release(self, domid: int, d: _DomainPorts, ch: Channel) -> None:
         del d.channels[ch.port]
         self._consumers.pop((domid, ch.port), None)
+        # A VIRQ or PIRQ port is in its table from its bind to its release.
         if ch.state == EvtchnState.virq:
-            d.virqs.pop(_virq_key(ch.virq, ch.vcpu), None)
+            del d.virqs[_virq_key(ch.virq, ch.vcpu)]
         elif ch.state == EvtchnState.pirq:
-            d.pirqs.pop(ch.pirq, None)
+            del d.pirqs[ch.pirq]
         self._release_peer(domid, ch)
         # evtchn_free: a reused port must not start with a stale event.
         d.shared_info.clear_port(ch.port)

@@ -24,7 +24,8 @@
     [[domain]]
     name = "db"              # ... or the xl.cfg keys inline
     memory = 32
-    vif = ["ip=10.0.0.2/24"]
+    vif = ["ip=10.0.0.2/24"] # Domain-0's in Xen; the lab also writes it into the
+                             # guest's kernel command line (see guest_addresses)
     netem = "delay 20ms loss 1%"   # optional: tc netem on Domain-0's vifD.N, frames to db
     netem_tx = "rate 10mbit"       # optional: on vethD.N, frames from db; either may also be
                                    # a table per vif: netem = { eth1 = "delay 5ms" }
@@ -50,14 +51,16 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from xenlab.events.config import BrokerAddress
 from xenlab.events.topics import check_level, check_prefix
 from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
-from xenlab.net.ipconfig import check_guest_net
+from xenlab.net.ipconfig import check_guest_net, missing_ip_params, vif_address
 from xenlab.net.netem import NetemError, parse_netem
 from xenlab.toolstack.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
 from xenlab.xen.cmdline import kernel_cmdline
@@ -202,7 +205,7 @@ def _domain(entry: dict, index: int, base: Path, source: str, lines: TomlLines) 
         path = (base / config) if not Path(config).is_absolute() else Path(config)
         inline = (_xl_text(entry, positions, source), source) if entry else None
         try:
-            return load_xl_config(path, inline=inline, strict=True)
+            return guest_addresses(load_xl_config(path, inline=inline, strict=True), source)
         except FileNotFoundError:
             raise _fail(source, f"{where}: config file {path} does not exist",
                         lines.line(("domain", index), "config")) from None
@@ -210,7 +213,35 @@ def _domain(entry: dict, index: int, base: Path, source: str, lines: TomlLines) 
         raise _fail(source, f"{where}: needs a name (or config = \"FILE.cfg\")", at)
     cfg = parse_xl_config(_xl_text(entry, positions, source), source, strict=True)
     # The config the domain keeps (xl list -l) without the lab file's other lines.
-    return dataclasses.replace(cfg, text="\n".join(line for line in cfg.text.splitlines() if line.strip()) + "\n")
+    cfg = dataclasses.replace(cfg, text="\n".join(line for line in cfg.text.splitlines() if line.strip()) + "\n")
+    return guest_addresses(cfg, source)
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def guest_addresses(cfg: XlConfig, source: str = "<lab>") -> XlConfig:
+    """The domain as the lab starts it: each vif's ip= also written into the
+    guest's own kernel command line, as Linux's ip= (``extra=``, or
+    ``cmdline=`` when the config sets that), for each interface the command
+    line leaves without an address. In Xen a vif's ip= is Domain-0's
+    (vif-route, the antispoofing rules) and a guest configures itself; this
+    keeps lab files that give a guest its address on the vif working, by
+    the guest's own configuration, never by the guest reading the backend."""
+    addresses = {f"eth{vif.devid}": vif_address(vif.ip) for vif in cfg.vifs if vif.ip}
+    if not addresses:
+        return cfg
+    keys = dict(cfg.extra)
+    hostname = cfg.name if _HOSTNAME.fullmatch(cfg.name) else ""
+    try:
+        words = missing_ip_params(kernel_cmdline(keys), addresses, hostname)
+    except ConfigError as err:
+        raise _fail(source, f"domain {cfg.name}: {err.message}") from None
+    if not words:
+        return cfg
+    key = "cmdline" if keys.get("cmdline") else "extra"
+    keys[key] = " ".join([keys[key], *words]) if keys.get(key) else " ".join(words)
+    return dataclasses.replace(cfg, extra=MappingProxyType(keys))
 
 
 def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> LabSpec:
@@ -387,7 +418,7 @@ def validate(spec: LabSpec) -> None:
             raise _fail(source, f"two domains are named {dom.name!r}")
         names.add(dom.name)
         try:
-            check_guest_net(kernel_cmdline(dom.extra), {f"eth{v.devid}": v.ip for v in dom.vifs})
+            check_guest_net(kernel_cmdline(dom.extra), [f"eth{v.devid}" for v in dom.vifs])
         except ConfigError as err:
             raise _fail(source, f"domain {dom.name}: {err.message}") from None
         for vif in dom.vifs:

@@ -10,11 +10,11 @@ What a Linux guest takes from the command line xl gives it (xl.cfg's
   empty or left off; ``ip=off``/``ip=none`` turns it off; ``ip=dhcp``,
   ``on``, ``any``, ``bootp``, ``rarp``, ``both`` ask for autoconfiguration.
   It may come once per interface (``...:eth1:off``), as dracut takes it.
-  Autoconfiguration here is the address the toolstack gave the vif (its
-  ``ip=`` key), which is what the guest would get from a DHCP server told
-  the same thing. A netmask left out is the address's class, as
-  ic_defaults guesses it; a gateway off the configured subnet is refused,
-  as ic_setup_routes refuses it.
+  xenlab's guests run no DHCP client: an interface whose ip= gives no
+  address (``ip=dhcp``, ``ip=::GW``) or that has no ip= stays unaddressed.
+  A netmask left out is the address's class, as ic_defaults guesses it; a
+  gateway off the configured subnet is refused, as ic_setup_routes
+  refuses it.
 * ``rd.route=<net>/<prefix>:<gateway>[:<interface>]``, dracut's static
   route (dracut.cmdline(7)), once per route; without an interface, the
   route leaves by the one whose subnet holds the gateway.
@@ -23,10 +23,15 @@ What a Linux guest takes from the command line xl gives it (xl.cfg's
 
 ``parse_cmdline`` is the one place these are read: the lab file checks them
 with it when it is loaded, the guest applies what it returns.
+
+A vif's ``ip=`` key is Domain-0's, as in Xen (vif-route's routes, the
+antispoofing rules of vif-bridge): the guest never reads it. A lab file
+that gives a guest its address there gets it written into the guest's own
+command line (``missing_ip_params``, applied by the lab file's loader).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from types import MappingProxyType
@@ -43,8 +48,8 @@ IP_FORWARD_KEYS = ("sysctl.net.ipv4.ip_forward", "sysctl.net/ipv4/ip_forward")
 
 @dataclass(frozen=True)
 class IpParam:
-    """One ``ip=`` parameter. ``client`` None: the address comes from
-    autoconfiguration (the vif's ip= key)."""
+    """One ``ip=`` parameter. ``client`` None: no static address (Linux
+    would autoconfigure one; xenlab's guests run no DHCP client)."""
     client: IPv4Address | None = None
     server: IPv4Address | None = None
     gateway: IPv4Address | None = None
@@ -60,7 +65,7 @@ class IpParam:
 
     def address(self) -> IPv4Interface | None:
         """The static address with its netmask (the class's when none was
-        given), or None when it comes from autoconfiguration."""
+        given), or None when it gives none."""
         if self.client is None:
             return None
         mask = self.netmask if self.netmask is not None else classful_netmask(self.client)
@@ -246,13 +251,14 @@ def parse_cmdline(cmdline: str) -> GuestNetConfig:
 MAX_GUEST_CMDLINE = 1024     # xen.h: start_info's cmd_line, NUL included
 
 
-def check_guest_net(cmdline: str, vif_ips: dict[str, str | None]) -> GuestNetConfig:
+def check_guest_net(cmdline: str, devices: Iterable[str]) -> GuestNetConfig:
     """The command line's network settings, checked against the guest's
-    interfaces (``vif_ips``: ``eth<devid>`` -> the vif's ip= key, or None),
-    as the toolstack checks them before it starts the guest: ip= naming a
-    device the guest will not have, a gateway with no address to reach it
-    from, or a gateway off the subnet is a ConfigError here, where Linux
-    would only log it at boot."""
+    interfaces (``devices``: ``eth<devid>`` of each vif), as the toolstack
+    checks them before it starts the guest: ip= naming a device the guest
+    will not have, a gateway with no address to reach it from, or a
+    gateway off the subnet is a ConfigError here, where Linux would only
+    log it at boot."""
+    devices = list(devices)
     if len(cmdline.encode()) >= MAX_GUEST_CMDLINE:
         raise ConfigError(f"the kernel command line is {len(cmdline.encode())} bytes; Xen's "
                           f"start_info holds {MAX_GUEST_CMDLINE - 1}")
@@ -260,25 +266,25 @@ def check_guest_net(cmdline: str, vif_ips: dict[str, str | None]) -> GuestNetCon
     for device, param in net.ips.items():
         if not param.enabled:
             continue
-        if device not in vif_ips:
+        if device not in devices:
             raise ConfigError(f"ip=: the guest has no {device} (its interfaces: "
-                              f"{', '.join(vif_ips) or 'none'})")
-        address = interface_address(net, device, vif_ips[device])
+                              f"{', '.join(devices) or 'none'})")
+        address = net.address_for(device)
         if address is None:
             if param.gateway is not None:
                 raise ConfigError(f"ip=: gateway {param.gateway} but {device} has no address "
-                                  f"(give one in ip= or the vif's ip=)")
+                                  f"(give one in ip=: a vif's ip= is Domain-0's)")
             continue
         net.gateway_for(device, address)
-    _check_routes(net, vif_ips)
+    _check_routes(net, devices)
     return net
 
 
-def _check_routes(net: GuestNetConfig, vif_ips: dict[str, str | None]) -> None:
+def _check_routes(net: GuestNetConfig, devices: list[str]) -> None:
     """Each rd.route= leaves by one interface, through a gateway on its
     subnet (Linux: "Nexthop has invalid gateway"), and no two go to the same
     network ("File exists")."""
-    addresses = {device: interface_address(net, device, ip) for device, ip in vif_ips.items()}
+    addresses = {device: net.address_for(device) for device in devices}
     seen = set()
     for route in net.routes:
         text = f"rd.route={route.dst}:{route.gateway}" + (f":{route.device}" if route.device else "")
@@ -289,7 +295,7 @@ def _check_routes(net: GuestNetConfig, vif_ips: dict[str, str | None]) -> None:
             address = addresses.get(route.device)
             if route.device not in addresses:
                 raise ConfigError(f"{text}: the guest has no {route.device} (its interfaces: "
-                                  f"{', '.join(vif_ips) or 'none'})")
+                                  f"{', '.join(devices) or 'none'})")
             if address is None or route.gateway not in address.network \
                     or route.gateway == address.ip:
                 raise ConfigError(f"{text}: gateway {route.gateway} is not a neighbour on "
@@ -304,16 +310,43 @@ def _check_routes(net: GuestNetConfig, vif_ips: dict[str, str | None]) -> None:
                 raise ConfigError(f"{text}: {route.dst} is {device}'s own subnet")
 
 
-def interface_address(net: GuestNetConfig, device: str, vif_ip: str | None) -> IPv4Interface | None:
-    """The address ``device`` is configured with: ip='s static one, else the
-    vif's ip= key (autoconfiguration), a bare address on a /24."""
-    static = net.address_for(device)
-    if static is not None:
-        return static
-    if not vif_ip:
-        return None
-    text = vif_ip.split()[0]
+def vif_address(vif_ip: str) -> IPv4Interface:
+    """The first address of a vif's ip= key (xl takes several, separated by
+    spaces); a bare address is on a /24, as xenlab documents."""
+    text = vif_ip.split()[0] if vif_ip.split() else vif_ip
     try:
         return IPv4Interface(text if "/" in text else text + "/24")
     except ValueError as err:
-        raise ConfigError(f"{device}: ip={vif_ip} is not an IPv4 address ({err})") from None
+        raise ConfigError(f"ip={vif_ip} is not an IPv4 address ({err})") from None
+
+
+def ip_param_text(address: IPv4Interface, device: str, gateway: IPv4Address | None = None,
+                  hostname: str = "") -> str:
+    """Linux's ip= for a static address on ``device``:
+    ``ip=<client>::<gw>:<netmask>:<hostname>:<device>:off``."""
+    return f"ip={address.ip}::{gateway or ''}:{address.netmask}:{hostname}:{device}:off"
+
+
+def missing_ip_params(cmdline: str, addresses: Mapping[str, IPv4Interface],
+                      hostname: str = "") -> list[str]:
+    """The ip= words that give each interface of ``addresses`` its address,
+    for the interfaces ``cmdline`` leaves without one: no ip= of their own,
+    or one with no address (``ip=::GW``, ``ip=dhcp``), whose gateway and
+    hostname are kept. An interface the command line turns off (its own
+    ip=...:off with no address, or ip=off for all) is left off. Appended
+    to the command line, each is the last ip= of its interface: it wins."""
+    net = parse_cmdline(cmdline)
+    all_off = any(not param.enabled and not param.device
+                  for param in (parse_ip_param(value) for name, value in split_cmdline(cmdline)
+                                if name in ("ip", "nfsaddrs") and value is not None))
+    words = []
+    for device, address in addresses.items():
+        param = net.ips.get(device)
+        if param is None and all_off:
+            continue
+        if param is not None and (not param.enabled or param.client is not None):
+            continue
+        gateway = param.gateway if param is not None else None
+        host = param.hostname if param is not None and param.hostname else hostname
+        words.append(ip_param_text(address, device, gateway, host))
+    return words

@@ -18,6 +18,7 @@ from xenlab.hypervisor.caller import DOM0
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstored_ring import STORE_DOMID, STORE_GFN
+from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.xenstore_paths import record_root
 from xenlab.xen.xs_ring import XsRingPage
 
@@ -68,9 +69,13 @@ def write_domain_tree(xs: XenStore, dom: Domain, reservation: tuple[int, int, in
     if d:
         xs.write(DOM0, vm, b"")
         xs.set_perms(DOM0, vm, ro)
+        image = {"image/ostype": "linux"}
+        # libxl__domain_build records a PV guest's kernel command line here.
+        cmdline = kernel_cmdline(dict(dom.spec.extra)) if dom.spec is not None else ""
+        if cmdline:
+            image["image/cmdline"] = cmdline
         for key, value in {"name": dom.name, "uuid": dom.uuid,
-                           "start_time": f"{time.time():.2f}",
-                           "image/ostype": "linux"}.items():
+                           "start_time": f"{time.time():.2f}", **image}.items():
             xs.write(DOM0, f"{vm}/{key}", value.encode())
         # libxl__domain_make: the toolstack's own record of the domain type
         # (libxl_domain_type_to_string); every xenlab guest is PV.

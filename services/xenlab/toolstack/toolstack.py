@@ -82,7 +82,7 @@ class Toolstack:
             # Every vif and the command line are checked before anything is written.
             nics = self.devices.plan_vifs(dom.domid, list(spec.vif))
             cmdline = kernel_cmdline(dict(spec.extra))
-            check_guest_net(cmdline, {f"eth{i}": vif.ip or None for i, vif in enumerate(spec.vif)})
+            check_guest_net(cmdline, [f"eth{i}" for i in range(len(spec.vif))])
             secret = self.hv.populate(dom, memory_mb * PAGES_PER_MB)
             build.write_domain_tree(self.xs, dom, self.hv.memory.reservation(dom.domid))
             for nodes in nics:

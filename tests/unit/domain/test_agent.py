@@ -30,9 +30,8 @@ MAC_B = bytes.fromhex("00163e000002")
 class FakeNic(NetDevice):
     """A netfront stand-in: transmit() reaches the peer on the next loop turn."""
 
-    def __init__(self, name: str, mac: bytes, ip: str | None = None, mtu: int = 1500):
+    def __init__(self, name: str, mac: bytes, mtu: int = 1500):
         super().__init__(name, mac, mtu)
-        self.ip = ip
         self.peer: FakeNic | None = None
         self.up = True
 
@@ -62,12 +61,15 @@ class Agents:
     wired to guest B (10.0.0.2); dom0 with one vif serving its own."""
 
     async def start(self, tmp: Path) -> None:
-        self.nic_a = FakeNic("eth0", MAC_A, "10.0.0.1/24")
+        self.nic_a = FakeNic("eth0", MAC_A)
         self.bare = FakeNic("eth1", bytes.fromhex("00163e000011"))
-        self.nic_b = FakeNic("eth0", MAC_B, "10.0.0.2/24")
+        self.nic_b = FakeNic("eth0", MAC_B)
         cable(self.nic_a, self.nic_b)
-        self.net_a, self.net_b, self.net_0 = (GuestNetwork(arp_retry=0.05, arp_retries=2),
-                                              GuestNetwork(), GuestNetwork())
+        # Each guest's address from its own kernel command line (Linux's ip=).
+        self.net_a, self.net_b, self.net_0 = (
+            GuestNetwork(cmdline="ip=10.0.0.1:::255.255.255.0::eth0:off", arp_retry=0.05,
+                         arp_retries=2),
+            GuestNetwork(cmdline="ip=10.0.0.2:::255.255.255.0::eth0:off"), GuestNetwork())
         self.net_a.attach(kernel_of(self.nic_a, self.bare))
         self.net_b.attach(kernel_of(self.nic_b))
         self.vif = FakeNic("vif1.0", bytes.fromhex("feffffffffff"))
@@ -333,11 +335,12 @@ async def boot_agent(hypervisor, name: str):
         spec=domains_pb2.DomainSpec(name=name, memory_mb=16, launcher="none")))
     domid = reply.info.domid
     client = hypervisor.client_as(domid, reply.secret)
-    nic = FakeNic("eth0", MAC_A, "10.9.0.1/24")
+    nic = FakeNic("eth0", MAC_A)
     kernel = kernel_of(nic)
     kernel.domid = domid
     kernel.start_info = types.SimpleNamespace(domid=domid, agent=reply.agent,
-                                              agent_token=reply.agent_token, doorbell="")
+                                              agent_token=reply.agent_token, doorbell="",
+                                              cmd_line="ip=10.9.0.1:::255.255.255.0::eth0:off")
     kernel.xenbus = XenbusClient(GrpcXenStore(client.xenstore), domid)
     running = await start_guest_agent(kernel)
     running.nic = nic

@@ -4,13 +4,14 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
 from xenlab.domain.netstack import PING_MAX_COUNT, GuestNetwork
 from xenlab.net.arp import ArpPacket
 from xenlab.net.device import NetDevice
+from xenlab.net.ipconfig import ip_param_text
 from xenlab.net.ethernet import BROADCAST, ETH_P_ARP, ETH_P_IP, EthernetFrame
 from xenlab.net.icmp import ICMP_ECHO, ICMP_ECHOREPLY, IcmpMessage
 from xenlab.net.ipv4 import IPPROTO_ICMP, Ipv4Header
@@ -24,9 +25,8 @@ class FakeNic(NetDevice):
     """A netfront stand-in: transmit() hands frames to the peer on the next
     loop turn (never recursively), or drops them while the link is down."""
 
-    def __init__(self, name: str, mac: bytes, ip: str | None = None, mtu: int = 1500):
+    def __init__(self, name: str, mac: bytes, mtu: int = 1500):
         super().__init__(name, mac, mtu)
-        self.ip = ip
         self.peer: FakeNic | None = None
         self.up = True
 
@@ -40,6 +40,13 @@ class FakeNic(NetDevice):
             return
         self.count_tx(frames)
         asyncio.get_running_loop().call_soon(self.peer.deliver, list(frames))
+
+
+def ip_cmdline(**addresses: str) -> str:
+    """The guest's kernel command line giving each interface its address
+    (Linux's ip=), as the lab writes it."""
+    return " ".join(ip_param_text(IPv4Interface(address), device)
+                    for device, address in addresses.items())
 
 
 def cable(a: FakeNic, b: FakeNic) -> None:
@@ -67,13 +74,16 @@ class FakeKernel:
 
 class Guests:
     def __init__(self, **stack_options):
-        self.nic_a = FakeNic("eth0", MAC_A, "10.0.0.1/24")
-        self.nic_b = FakeNic("eth0", MAC_B, "10.0.0.2/24")
+        self.nic_a = FakeNic("eth0", MAC_A)
+        self.nic_b = FakeNic("eth0", MAC_B)
         cable(self.nic_a, self.nic_b)
         self.kernel_a = FakeKernel(self.nic_a)
         self.kernel_b = FakeKernel(self.nic_b)
-        self.a = GuestNetwork(**stack_options)
-        self.b = GuestNetwork(**stack_options)
+        # eth1 is for an interface a test plugs in later.
+        self.a = GuestNetwork(cmdline=ip_cmdline(eth0="10.0.0.1/24", eth1="10.1.0.1/24"),
+                              **stack_options)
+        self.b = GuestNetwork(cmdline=ip_cmdline(eth0="10.0.0.2/24", eth1="10.1.0.2/24"),
+                              **stack_options)
         self.a.attach(self.kernel_a)
         self.b.attach(self.kernel_b)
 
@@ -118,11 +128,11 @@ def icmp_type(frame: bytes) -> int:
 # -- link up ----------------------------------------------------------------------------
 
 async def test_link_up_announces_the_address_with_gratuitous_arp():
-    nic, peer = FakeNic("eth0", MAC_A, "10.0.0.1/24"), FakeNic("eth0", MAC_B)
+    nic, peer = FakeNic("eth0", MAC_A), FakeNic("eth0", MAC_B)
     cable(nic, peer)
     seen = []
     peer.receiver = seen.extend
-    net = GuestNetwork()
+    net = GuestNetwork(cmdline=ip_cmdline(eth0="10.0.0.1/24"))
     net.attach(FakeKernel(nic))
     await settle()
     (frame,) = seen
@@ -302,8 +312,8 @@ async def test_interface_going_away_ends_its_users(guests):
 
 
 async def test_interface_appearing_gets_a_stack(guests):
-    nic = FakeNic("eth1", bytes.fromhex("00163e000011"), "10.1.0.1/24")
-    peer = FakeNic("eth1", bytes.fromhex("00163e000012"), "10.1.0.2/24")
+    nic = FakeNic("eth1", bytes.fromhex("00163e000011"))
+    peer = FakeNic("eth1", bytes.fromhex("00163e000012"))
     cable(nic, peer)
     guests.kernel_a.plug(nic)
     guests.kernel_b.plug(peer)
@@ -315,9 +325,9 @@ async def test_interface_appearing_gets_a_stack(guests):
 
 
 async def test_interface_without_address_still_injects_captures_and_counts():
-    bare, peer = FakeNic("eth0", MAC_A), FakeNic("eth0", MAC_B, "10.0.0.2/24")
+    bare, peer = FakeNic("eth0", MAC_A), FakeNic("eth0", MAC_B)
     cable(bare, peer)
-    net, other = GuestNetwork(), GuestNetwork()
+    net, other = GuestNetwork(), GuestNetwork(cmdline=ip_cmdline(eth0="10.0.0.2/24"))
     net.attach(FakeKernel(bare))
     other.attach(FakeKernel(peer))
     try:
@@ -338,7 +348,7 @@ async def test_interface_without_address_still_injects_captures_and_counts():
 
 
 async def test_backend_vifs_are_listed_but_left_to_netback():
-    vif = FakeNic("vif1.0", MAC_A, "10.0.0.1/24")
+    vif = FakeNic("vif1.0", MAC_A)
     bridge_side = []
     vif.receiver = bridge_side.extend
     kernel = FakeKernel(vifs=(vif,))
@@ -406,3 +416,39 @@ async def test_perf_send_with_no_route_is_an_error_not_a_stream_of_losses(guests
 
 async def _collect(reports) -> list:
     return [r async for r in reports]
+
+
+# -- where the address comes from -------------------------------------------------------
+
+def test_the_address_is_the_command_lines_never_the_devices():
+    # A device that carries an address of its own (as netfront once copied
+    # the backend's ip node) does not address the guest: ip= does.
+    nic = FakeNic("eth0", MAC_A)
+    nic.ip = "10.0.0.9/24"
+    net = GuestNetwork(cmdline=ip_cmdline(eth0="10.0.0.1/24"))
+    net.attach(FakeKernel(nic))
+    try:
+        assert str(net.stack("eth0").config.address) == "10.0.0.1/24"
+    finally:
+        net.close()
+
+
+@pytest.mark.parametrize("cmdline, why", [
+    ("", "the kernel command line has no ip= for it (a vif's ip= is Domain-0's); give "
+         "ip=ADDR::GW:MASK:HOST:eth0:off in extra="),
+    ("ip=dhcp", "its ip= on the kernel command line gives no address (autoconfiguration dhcp "
+                "is not emulated); give ip=ADDR::GW:MASK:HOST:eth0:off"),
+    ("ip=10.0.0.1:::255.255.255.0::eth1:off", "the kernel command line has no ip= for it (a "
+     "vif's ip= is Domain-0's); give ip=ADDR::GW:MASK:HOST:eth0:off in extra="),
+])
+def test_an_interface_the_command_line_gives_no_address_says_why(cmdline, why, caplog):
+    nic = FakeNic("eth0", MAC_A)
+    nic.ip = "10.0.0.9/24"
+    net = GuestNetwork(cmdline=cmdline)
+    net.attach(FakeKernel(nic))
+    try:
+        assert net.stack("eth0") is None and not net.has_stack()
+        assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == \
+            [f"eth0: no IPv4 address: {why}"]
+    finally:
+        net.close()

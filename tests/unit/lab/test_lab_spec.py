@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import re
 import textwrap
+from ipaddress import IPv4Address, IPv4Interface
 
 import pytest
 
 from xenlab.cli.main import main
 from xenlab.lab.spec import parse_lab
 from xenlab.lab.tomllines import KeyPosition, key_lines
+from xenlab.net.ipconfig import parse_cmdline
+from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.errors import ConfigError
 
 
@@ -176,5 +179,65 @@ def test_a_guests_kernel_command_line_is_checked_when_the_lab_is_read(extra, say
 
 
 def test_a_gateway_from_the_command_line_with_the_vifs_address_is_accepted():
+    # The vif's address goes into the guest's own command line, with the
+    # gateway its ip= gave: the last ip= of eth0, so the one Linux takes.
     spec = parse_lab(ROUTED.format(extra="ip=::10.0.1.1 sysctl.net.ipv4.ip_forward=0"), "routed.toml")
-    assert spec.domain("web").extra["extra"] == "ip=::10.0.1.1 sysctl.net.ipv4.ip_forward=0"
+    assert spec.domain("web").extra["extra"] == (
+        "ip=::10.0.1.1 sysctl.net.ipv4.ip_forward=0 ip=10.0.1.2::10.0.1.1:255.255.255.0:web:eth0:off")
+    net = parse_cmdline(kernel_cmdline(spec.domain("web").extra))
+    assert net.address_for("eth0") == IPv4Interface("10.0.1.2/24")
+    assert net.gateway_for("eth0", IPv4Interface("10.0.1.2/24")) == IPv4Address("10.0.1.1")
+
+
+TWO_VIFS = """
+[[bridge]]
+name = "xenbr0"
+[[domain]]
+name = "{name}"
+vif = ["mac=00:16:3e:00:00:01,ip=10.0.1.2", "mac=00:16:3e:00:00:02"{more}]
+{keys}
+"""
+
+
+@pytest.mark.parametrize("keys, key, cmdline", [
+    # no command line: extra= is made, for the vif that has an ip= only
+    ("", "extra", "ip=10.0.1.2:::255.255.255.0:web:eth0:off"),
+    # root= stays root=; extra= grows
+    ('root = "/dev/xvda1"\nextra = "quiet"', "extra", "quiet ip=10.0.1.2:::255.255.255.0:web:eth0:off"),
+    # cmdline= wins over extra= in xl: the address goes where the guest reads it
+    ('cmdline = "console=hvc0"\nextra = "ignored"', "cmdline",
+     "console=hvc0 ip=10.0.1.2:::255.255.255.0:web:eth0:off"),
+    # ip=dhcp asks for an address: the one the lab's vif names
+    ('extra = "ip=dhcp"', "extra", "ip=dhcp ip=10.0.1.2:::255.255.255.0:web:eth0:off"),
+    # an ip= with no address keeps its gateway and hostname
+    ('extra = "ip=::10.0.1.1:255.255.0.0:box"', "extra",
+     "ip=::10.0.1.1:255.255.0.0:box ip=10.0.1.2::10.0.1.1:255.255.255.0:box:eth0:off"),
+])
+def test_a_vif_ip_is_written_into_the_guests_command_line(keys, key, cmdline):
+    extra = parse_lab(TWO_VIFS.format(name="web", more="", keys=keys), "two.toml").domain("web").extra
+    assert extra[key] == cmdline
+    net = parse_cmdline(kernel_cmdline(extra))
+    assert net.address_for("eth0") == IPv4Interface("10.0.1.2/24")
+    assert net.address_for("eth1") is None
+
+
+@pytest.mark.parametrize("extra", [
+    "ip=10.0.1.9:::255.255.255.0::eth0:off",     # the guest's own address wins
+    "ip=:::::eth0:off",                          # eth0 turned off
+    "ip=off",                                    # ipconfig turned off
+])
+def test_the_guests_own_ip_choice_is_left_as_it_is(extra):
+    text = TWO_VIFS.format(name="web", more="", keys=f'extra = "{extra}"')
+    assert parse_lab(text, "two.toml").domain("web").extra["extra"] == extra
+
+
+def test_a_name_that_is_no_hostname_leaves_the_hostname_out():
+    text = TWO_VIFS.format(name="web_1", more="", keys="")
+    assert parse_lab(text, "two.toml").domain("web_1").extra["extra"] == \
+        "ip=10.0.1.2:::255.255.255.0::eth0:off"
+
+
+def test_each_vif_with_an_ip_gets_its_own_ip_param():
+    text = TWO_VIFS.format(name="r", more=', "mac=00:16:3e:00:00:03,ip=10.0.3.1/16"', keys="")
+    assert parse_lab(text, "two.toml").domain("r").extra["extra"] == \
+        "ip=10.0.1.2:::255.255.255.0:r:eth0:off ip=10.0.3.1:::255.255.0.0:r:eth2:off"

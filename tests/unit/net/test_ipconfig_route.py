@@ -8,7 +8,8 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 import pytest
 
-from xenlab.net.ipconfig import check_guest_net, classful_netmask, parse_cmdline, parse_ip_param, split_cmdline
+from xenlab.net.ipconfig import (check_guest_net, classful_netmask, ip_param_text, missing_ip_params,
+                                 parse_cmdline, parse_ip_param, split_cmdline, vif_address)
 from xenlab.net.route import DEFAULT, Route, RoutingTable, parse_route
 from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.errors import ConfigError
@@ -117,11 +118,12 @@ def test_parse_route_as_ip_route_add():
 
 
 def test_check_guest_net_against_the_guests_vifs():
-    vifs = {"eth0": "10.0.1.2/24", "eth1": None}
-    assert check_guest_net("ip=::10.0.1.1", vifs).gateway_for(
+    vifs = ["eth0", "eth1"]
+    assert check_guest_net("ip=10.0.1.2::10.0.1.1:255.255.255.0", vifs).gateway_for(
         "eth0", IPv4Interface("10.0.1.2/24")) == IPv4Address("10.0.1.1")
     for cmdline, words in [("ip=::10.0.1.1:::eth2", "the guest has no eth2"),
-                           ("ip=::10.0.9.1", "not a neighbour"),
+                           ("ip=10.0.1.2::10.0.9.1:255.255.255.0", "not a neighbour"),
+                           ("ip=::10.0.1.1", "eth0 has no address"),
                            ("ip=::10.0.1.1:::eth1", "eth1 has no address"),
                            ("x" * 1024, "start_info holds 1023")]:
         with pytest.raises(ConfigError, match=words):
@@ -147,4 +149,51 @@ def test_rd_route_as_dracut_takes_it():
 ])
 def test_bad_rd_routes_are_one_line_errors(cmdline, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
-        check_guest_net(cmdline, {"eth0": "10.0.1.1/24", "eth1": "10.0.2.1/24"})
+        check_guest_net(cmdline + " ip=10.0.1.1:::255.255.255.0::eth0:off "
+                                   "ip=10.0.2.1:::255.255.255.0::eth1:off", ["eth0", "eth1"])
+
+
+# -- a vif's ip= written into the guest's own command line (the lab's) -----------------------
+def test_ip_param_text_is_linuxs_static_form_and_reads_back():
+    text = ip_param_text(IPv4Interface("10.0.1.2/20"), "eth1", IPv4Address("10.0.0.1"), "web")
+    assert text == "ip=10.0.1.2::10.0.0.1:255.255.240.0:web:eth1:off"
+    param = parse_ip_param(text.removeprefix("ip="))
+    assert (param.address(), param.gateway, param.hostname, param.device) == \
+        (IPv4Interface("10.0.1.2/20"), IPv4Address("10.0.0.1"), "web", "eth1")
+    assert ip_param_text(IPv4Interface("10.0.1.2/24"), "eth0") == "ip=10.0.1.2:::255.255.255.0::eth0:off"
+
+
+@pytest.mark.parametrize("vif_ip, address", [
+    ("10.0.1.2", "10.0.1.2/24"), ("10.0.1.2/16", "10.0.1.2/16"),
+    ("10.0.1.2/28 10.0.9.9", "10.0.1.2/28"),
+])
+def test_vif_address_is_the_first_address_a_bare_one_on_a_24(vif_ip, address):
+    assert vif_address(vif_ip) == IPv4Interface(address)
+
+
+def test_a_vif_address_that_is_none_is_a_config_error():
+    with pytest.raises(ConfigError, match=re.escape("ip=10.0.1.300 is not an IPv4 address")):
+        vif_address("10.0.1.300")
+
+
+ETH0 = {"eth0": IPv4Interface("10.0.1.2/24")}
+
+
+@pytest.mark.parametrize("cmdline, words", [
+    ("", ["ip=10.0.1.2:::255.255.255.0:h:eth0:off"]),
+    ("quiet", ["ip=10.0.1.2:::255.255.255.0:h:eth0:off"]),
+    ("ip=dhcp", ["ip=10.0.1.2:::255.255.255.0:h:eth0:off"]),
+    ("ip=::10.0.1.1", ["ip=10.0.1.2::10.0.1.1:255.255.255.0:h:eth0:off"]),
+    ("ip=::10.0.1.1::box:eth0", ["ip=10.0.1.2::10.0.1.1:255.255.255.0:box:eth0:off"]),
+    ("ip=10.0.3.1:::255.255.255.0::eth1:off", ["ip=10.0.1.2:::255.255.255.0:h:eth0:off"]),
+    ("ip=10.0.1.9", []),                          # the guest's own address
+    ("ip=:::::eth0:off", []),                     # eth0 turned off
+    ("ip=off", []),                               # ipconfig off
+    ("ip=none ip=10.0.3.1:::255.255.255.0::eth1:off", []),
+    ("ip=10.0.3.1:::255.255.255.0::eth1:off ip=off", []),
+])
+def test_missing_ip_params_fill_in_only_what_the_guest_left_open(cmdline, words):
+    assert missing_ip_params(cmdline, ETH0, "h") == words
+    if words:
+        net = parse_cmdline(" ".join([cmdline, *words]))
+        assert net.address_for("eth0") == ETH0["eth0"]
