@@ -72,6 +72,11 @@ class ConsoleFront:
     def _on_notify(self, port: int) -> None:
         self._pump()
 
+    def poll(self) -> None:
+        """Look at the ring now (whoever takes input has just arrived: what
+        was typed before waits on the ring until then, as in a tty's buffer)."""
+        self._pump()
+
     def _pump(self) -> None:
         if self.closed:
             return
@@ -88,7 +93,7 @@ class ConsoleFront:
                 del self._out[:n]
                 self.stats["bytes_out"] += n
                 moved = True
-            data = self.end.read()
+            data = self.end.read() if self.on_input is not None else b""
         except cons.ConsoleRingError as err:
             # The backend broke the ring: hvc_xen would spin; we stop using it.
             self.broken = str(err)

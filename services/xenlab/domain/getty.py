@@ -44,6 +44,7 @@ class ConsoleShell:
     def start(self) -> None:
         self.console.on_input = self._input
         self.console.write(onlcr(f"\nxenlab {self.shell.hostname} hvc0\n\n") + self.shell.prompt())
+        self.console.poll()
 
     def _input(self, data: bytes) -> None:
         fed = self.shell.feed(data)

@@ -55,14 +55,14 @@ def parse_request(value: str) -> str | None:
     return value[0] if value else None
 
 
-def task_lines(tasks) -> list[str]:
-    """sched_show_task for each task: its name, R (running: not done) or
-    X (done), and what it runs."""
+def task_lines(tasks, current=None) -> list[str]:
+    """sched_show_task for each task: its name, its state (R: ``current``,
+    the one running; S: waiting; X: done) and what it runs."""
     lines = []
     for task in sorted(tasks, key=lambda t: t.get_name()):
         coro = task.get_coro()
         what = getattr(coro, "__qualname__", type(coro).__name__)
-        state = "X" if task.done() else "R"
+        state = "X" if task.done() else "R" if task is current else "S"
         lines.append(f"task:{task.get_name():<16} state:{state} {what}")
     return lines
 
@@ -111,7 +111,7 @@ class SysrqHandler:
         log.info("%s", op.action_msg)
         kernel = self.kernel
         if key == "t":
-            for line in task_lines(asyncio.all_tasks()):
+            for line in task_lines(asyncio.all_tasks(), asyncio.current_task()):
                 log.info("%s", line)
         elif key == "m":
             for line in memory_lines(**kernel.memory_summary()):
