@@ -202,3 +202,15 @@ def test_the_console_page_is_among_the_guest_kernels_reserved_frames():
     from xenlab.domain.memory import RESERVED_FRAMES
     from xenlab.hypervisor.xenstored_ring import STORE_GFN
     assert xenconsoled.CONSOLE_GFN < RESERVED_FRAMES and xenconsoled.CONSOLE_GFN != STORE_GFN
+
+
+async def test_the_guest_cannot_balloon_out_its_console_page(hypervisor, guests):
+    from xenlab.proto import memory_pb2
+    g = await guests("balloon")
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await g.client.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
+            domid=g.domid, gfns=[CONSOLE_GFN]))
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "console ring" in info.value.details()
+    g.write(b"still mapped\r\n")
+    await eventually(lambda: g.log() == b"still mapped\r\n", "the console still served")
