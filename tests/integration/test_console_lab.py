@@ -67,7 +67,6 @@ async def test_the_console_and_store_nodes_read_back_as_libxl_writes_them(demo_l
               f"/local/domain/{d}/console/ring-ref": "14",
               f"/local/domain/{d}/console/limit": "1048576",
               f"/local/domain/{d}/console/type": "xenconsoled",
-              f"/local/domain/{d}/console/tty": "",
               f"/local/domain/{d}/store/ring-ref": "15",
               f"/local/domain/0/backend/console/{d}/0/frontend": f"/local/domain/{d}/console",
               f"/local/domain/0/backend/console/{d}/0/protocol": "vt100"}
@@ -77,6 +76,8 @@ async def test_the_console_and_store_nodes_read_back_as_libxl_writes_them(demo_l
     for path in (f"/local/domain/{d}/console/port", f"/local/domain/{d}/store/port"):
         rc, out, err = await xenlab(demo_lab, "xenstore", "read", path)
         assert rc == 0 and int(out) > 0, (path, err)
+    rc, out, err = await xenlab(demo_lab, "xenstore", "read", f"/local/domain/{d}/console/tty")
+    assert rc == 0 and out.startswith("/dev/pts/"), err          # xenconsoled's pty
 
 
 def _read_until(fd: int, want: bytes, timeout: float = 60.0) -> bytes:

@@ -12,8 +12,15 @@ makes the hypervisor the channel's consumer.
 
 What the guest writes on ``out`` is drained at once, as buffer_append does,
 to the domain's console log (logs/dD-NAME.console, which `xl console`
-follows); what a console client types is queued and put on ``in`` as room
-allows (handle_tty_read). The ring is the guest's to write: a pass that
+follows) and to the console's pty; what a console client types (through
+Console.Write, or on the pty) is queued and put on ``in`` as room allows
+(handle_tty_read).
+
+Each console has a pty, as console_create_tty makes it: the slave set raw
+and kept open (so that the master never reads EIO when no one has it
+open), its name written in console/tty. Output nobody reads off the pty
+waits, up to console/limit bytes, and the oldest goes past that, as
+xenconsoled's buffer discards what overflows; the log has all of it. The ring is the guest's to write: a pass that
 finds its indexes more than a ring apart moves nothing ("ring is screwed:
 ignore it"), and the backend keeps serving every other domain. The input
 queue is bounded (``INPUT_LIMIT``): a client that types into a guest that
@@ -25,6 +32,7 @@ import asyncio
 import errno
 import logging
 import os
+import tty
 from typing import Callable
 
 from xenlab.hypervisor.caller import DOM0
@@ -62,6 +70,12 @@ class DomainConsole:
         self.end = cons.ConsoleRingEnd(self.page, backend=True)
         self._log_fd = log_fd
         self._input = bytearray()
+        self._pty: tuple[int, int] | None = None        # (master, slave)
+        self._pty_out = bytearray()
+        self._pty_writing = False
+        self.pty_dropped = 0
+        self.limit = cons.XENCONSOLE_LIMIT      # console/limit: pty output held for no reader
+        self.tty = ""
         self._scheduled = False
         self.closed = False
         self.broken = ""                # why the last pass moved nothing, if the ring is screwed
@@ -127,6 +141,8 @@ class DomainConsole:
                 del self._input[:n]
                 self.stats["bytes_in"] += n
                 progressed = True
+                if self._pty is not None and len(self._input) < INPUT_LIMIT:
+                    self.daemon.loop().add_reader(self._pty[0], self._pty_readable)
         return progressed
 
     def _log(self, data: bytes) -> None:
@@ -138,10 +154,84 @@ class DomainConsole:
             log.error("xenconsoled: writing d%d's console log failed: %s", self.domid, err)
         self.grew.set()
         self.grew = asyncio.Event()
+        if self._pty is not None:
+            self._pty_out += data
+            excess = len(self._pty_out) - self.limit
+            if excess > 0:
+                del self._pty_out[:excess]
+                self.pty_dropped += excess
+            self._flush_pty()
+
+    # -- the pty (console_create_tty, handle_tty_read, handle_tty_write) ----------------
+    def open_pty(self) -> str:
+        """A raw pty for the console; its slave's name."""
+        master, slave = os.openpty()
+        try:
+            # grantpt leaves the slave 0620, group tty: write(1) and wall(1)
+            # could type into the guest's console. Its owner's alone.
+            os.fchmod(slave, 0o600)
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            self.tty = os.ttyname(slave)
+            self._pty = (master, slave)
+            self.daemon.loop().add_reader(master, self._pty_readable)
+        except BaseException:
+            self._pty = None
+            os.close(master)
+            os.close(slave)
+            raise
+        return self.tty
+
+    def _pty_readable(self) -> None:
+        """Keystrokes on the pty: as many as the input queue takes; the
+        rest wait in the pty until the guest reads."""
+        room = INPUT_LIMIT - len(self._input)
+        if room <= 0:
+            self.daemon.loop().remove_reader(self._pty[0])
+            return
+        try:
+            data = os.read(self._pty[0], min(room, 4096))
+        except BlockingIOError:
+            return
+        except OSError:
+            return
+        if data:
+            self._input += data
+            self.kick()
+
+    def _flush_pty(self) -> None:
+        if self._pty is None or not self._pty_out:
+            return
+        try:
+            n = os.write(self._pty[0], self._pty_out)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            n = len(self._pty_out)          # a pty gone bad: what it would have shown is in the log
+        del self._pty_out[:n]
+        loop = self.daemon.loop()
+        if self._pty_out and not self._pty_writing:
+            loop.add_writer(self._pty[0], self._flush_pty)
+            self._pty_writing = True
+        elif not self._pty_out and self._pty_writing:
+            loop.remove_writer(self._pty[0])
+            self._pty_writing = False
+
+    def _close_pty(self) -> None:
+        if self._pty is None:
+            return
+        master, slave = self._pty
+        self._pty = None
+        loop = self.daemon.loop()
+        loop.remove_reader(master)
+        loop.remove_writer(master)
+        os.close(master)
+        os.close(slave)
 
     def close(self) -> None:
         self.closed = True
         self.grew.set()
+        self._close_pty()
         try:
             self.daemon.evtchn.unbind_consumer(self.domid, self.port, CONSOLE_DOMID)
         except XenError:
@@ -171,6 +261,9 @@ class Consoles:
             self._call_soon(callback)
         else:
             asyncio.get_running_loop().call_soon(callback)
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
 
     def get(self, domid: int) -> DomainConsole | None:
         return self.consoles.get(domid)
@@ -202,6 +295,15 @@ class Consoles:
             view.release()
             raise
         self.consoles[domid] = console
+        try:
+            limit = self.xs.read(DOM0, f"{base}/limit").decode("latin-1")
+            console.limit = parse_decimal(limit, "console/limit", maximum=1 << 30)
+        except XenError:
+            pass            # no limit node: the default, as xenconsoled's buffer without one
+        try:
+            self.xs.write(DOM0, f"{base}/tty", console.open_pty().encode())
+        except OSError as err:
+            log.error("xenconsoled: failed to create tty for d%d: %s", domid, err)
         console.page.connection = cons.XENCONSOLE_CONNECTED
         console.kick()          # what the guest wrote before we were there
         return console

@@ -6,6 +6,7 @@ xen/console.py's ConsoleRingEnd over the domain's frame."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import grpc
 import pytest
@@ -79,9 +80,11 @@ async def test_the_toolstack_writes_the_console_nodes_as_libxl_does(hypervisor, 
     g = await guests("web")
     hv, d = hypervisor.hv, g.domid
     front, back = f"/local/domain/{d}/console", f"/local/domain/0/backend/console/{d}/0"
-    assert {k: read(hv, f"{front}/{k}") for k in hv.xenstore.directory(DOM0, front)} == {
+    nodes = {k: read(hv, f"{front}/{k}") for k in hv.xenstore.directory(DOM0, front)}
+    assert nodes.pop("tty").startswith(b"/dev/pts/")     # xenconsoled's pty
+    assert nodes == {
         "backend": back.encode(), "backend-id": b"0", "limit": b"1048576",
-        "type": b"xenconsoled", "output": b"pty", "tty": b"", "port": str(g.port).encode(),
+        "type": b"xenconsoled", "output": b"pty", "port": str(g.port).encode(),
         "ring-ref": str(CONSOLE_GFN).encode()}
     assert {k: read(hv, f"{back}/{k}") for k in hv.xenstore.directory(DOM0, back)} == {
         "frontend": front.encode(), "frontend-id": str(d).encode(), "online": b"1",
@@ -214,3 +217,43 @@ async def test_the_guest_cannot_balloon_out_its_console_page(hypervisor, guests)
     assert "console ring" in info.value.details()
     g.write(b"still mapped\r\n")
     await eventually(lambda: g.log() == b"still mapped\r\n", "the console still served")
+
+
+async def test_the_console_pty_named_in_tty_carries_both_ways(hypervisor, guests):
+    """As on Xen, `screen $(xenstore-read /local/domain/D/console/tty)` works."""
+    g = await guests("web")
+    path = read(hypervisor.hv, f"/local/domain/{g.domid}/console/tty").decode()
+    st = os.stat(path)
+    assert (st.st_mode & 0o777, st.st_uid) == (0o600, os.getuid())    # no one else may type into it
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.set_blocking(fd, False)
+        g.write(b"login: ")
+        got = bytearray()
+
+        def shown() -> bool:
+            try:
+                got.extend(os.read(fd, 100))
+            except BlockingIOError:
+                pass
+            return bytes(got) == b"login: "
+        await eventually(shown, "the guest's output on the pty")
+        os.write(fd, b"root\r")
+        await eventually(lambda: g.end.readable() == 5, "the keystrokes on the ring")
+        assert g.end.read() == b"root\r"      # raw: no echo, no CR translation
+    finally:
+        os.close(fd)
+
+
+async def test_output_nobody_reads_off_the_pty_is_bounded(hypervisor, guests):
+    g = await guests("web")
+    console = hypervisor.hv.consoles.get(g.domid)
+    console.limit = 4096
+    sent = 0
+    while sent < 200_000:
+        await eventually(lambda: g.end.writable() >= 2000, "room on the ring")
+        g.write(b"q" * 2000)
+        sent += 2000
+    await eventually(lambda: len(g.log()) == sent, "all of it in the log")
+    assert len(console._pty_out) <= 4096
+    assert console.pty_dropped > 0
