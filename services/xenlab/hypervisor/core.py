@@ -274,14 +274,14 @@ class Hypervisor:
         else:
             doorbell = str(self.domains_dir.doorbell)
         store = self.xenstored.domains.get(dom.domid)
-        console = self.consoles.get(dom.domid)
+        ring = self.consoles.get(dom.domid)
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
                          hypervisor=self.domains_dir.hypervisor_address or self.address,
                          doorbell=doorbell, vcpus=dom.vcpus, console_log=str(console),
                          agent_token=agent_token, store_gfn=store.gfn if store else 0,
                          store_port=store.port if store else 0, cmd_line=cmdline,
-                         console_gfn=console.gfn if console else 0,
-                         console_port=console.port if console else 0)
+                         console_gfn=ring.gfn if ring else 0,
+                         console_port=ring.port if ring else 0)
 
     def _agent_without_process(self, domid: int) -> str:
         """A domain with no launcher process (launcher none) is run by the

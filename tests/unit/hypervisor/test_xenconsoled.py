@@ -257,3 +257,15 @@ async def test_output_nobody_reads_off_the_pty_is_bounded(hypervisor, guests):
     await eventually(lambda: len(g.log()) == sent, "all of it in the log")
     assert len(console._pty_out) <= 4096
     assert console.pty_dropped > 0
+
+
+async def test_start_info_names_the_console_log_not_the_console_object(hypervisor, guests):
+    """start_info's console_log was the DomainConsole's repr (a variable
+    shadowed): the launcher sent the domain's standard error to a file of
+    that name in its working directory instead of its console log."""
+    g = await guests("web")
+    hv = hypervisor.hv
+    dom = hv.domains.get(g.domid)
+    info = hv._start_info(dom, "secret")
+    assert info.console_log == str(hv.console_log(dom))
+    assert (info.console_gfn, info.console_port) == (CONSOLE_GFN, g.port)
