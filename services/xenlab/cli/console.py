@@ -138,11 +138,13 @@ class Attached:
         return True
 
 
-async def attach(hv, domid: int, stdin_fd: int | None = None, line_timeout: float = LINE_TIMEOUT) -> int:
+async def attach(hv, domid: int, stdin_fd: int | None = None, line_timeout: float = LINE_TIMEOUT,
+                 out=None) -> int:
     """Attach to d``domid``'s console until detached, the input is done
-    (not a terminal), or the domain goes away."""
+    (not a terminal), or the domain goes away; ``out``: where its output
+    goes (standard output)."""
     fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
-    session = Attached(hv, domid)
+    session = Attached(hv, domid, out)
     follower = asyncio.create_task(session.follow())
     try:
         if os.isatty(fd):

@@ -249,6 +249,9 @@ async def cmd_console(args, ts: Toolstack) -> int:
         raise CliError(f"console {args.num}: a domain has one PV console, number 0")
     async with ts.connect() as hv:
         domid = (await hv.domains.Info(args.domain, timeout=RPC_TIMEOUT)).domid
+        if domid == 0:
+            raise CliError("Domain-0 has no PV console: its console is Xen's own "
+                           "(its kernel's log is logs/dom0.log)")
         try:
             return await xl_console.attach(hv, domid, line_timeout=args.timeout)
         except xl_console.ConsoleError as err:
