@@ -180,13 +180,14 @@ class DomainKernel:
         port = await self.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
         self.evtchn.bind_handler(port, self._on_timer)
         await self.hypercall.evtchn.set_timer(0, TIMER_PERIOD)
-        nmi = await self.evtchn.bind_virq(abi.VIRQ_NMI, 0)
-        self.evtchn.bind_handler(nmi, self._on_nmi)
+        for cpu in range(max(1, self.start_info.vcpus)):
+            nmi = await self.evtchn.bind_virq(abi.VIRQ_NMI, cpu)
+            self.evtchn.bind_handler(nmi, lambda port, cpu=cpu: self._on_nmi(cpu))
 
-    def _on_nmi(self, port: int) -> None:
+    def _on_nmi(self, cpu: int) -> None:
         """An NMI nothing claims: what Linux's unknown_nmi_error says."""
         self.nmis += 1
-        log.warning("Uhhuh. NMI received for unknown reason 00 on CPU 0.")
+        log.warning("Uhhuh. NMI received for unknown reason 00 on CPU %d.", cpu)
         log.warning("Dazed and confused, but trying to continue")
 
     def memory_summary(self) -> dict:
