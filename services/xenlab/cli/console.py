@@ -109,12 +109,25 @@ class Attached:
             self.output.set()
 
     async def send(self, data: bytes) -> None:
+        """All of ``data`` to the guest; while its input queue is full
+        (EAGAIN: it is not reading), wait, as a writer to a full pty blocks."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WRITE_TIMEOUT
         while data:
-            reply = await self.hv.console.Write(
-                console_pb2.ConsoleWriteRequest(domain=self.ref, data=data), timeout=WRITE_TIMEOUT)
-            data = data[reply.accepted:]
-            if data:
-                await asyncio.sleep(0.05)       # the guest is behind: let it read
+            try:
+                reply = await self.hv.console.Write(
+                    console_pb2.ConsoleWriteRequest(domain=self.ref, data=data),
+                    timeout=WRITE_TIMEOUT)
+                data = data[reply.accepted:]
+                if not reply.accepted or not data:
+                    continue
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.ABORTED:
+                    raise
+            if loop.time() > deadline:
+                raise ConsoleError(f"the guest has not read its console input for "
+                                   f"{WRITE_TIMEOUT:g}s")
+            await asyncio.sleep(0.05)
 
     def answered(self, line: bytes) -> bool:
         """The guest echoed ``line`` and then showed a prompt."""

@@ -113,3 +113,30 @@ async def test_the_console_ending_is_one_clear_error():
     guest.queue.put_nowait(None)
     with pytest.raises(xl_console.ConsoleError, match="the console ended"):
         await run_console(guest, b"uptime\n")
+
+
+class FullGuest(FakeGuest):
+    """A guest whose input queue is full for its first two writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.refusals = 2
+
+    async def Write(self, request, timeout=None):   # noqa: N802
+        if self.refusals:
+            self.refusals -= 1
+            raise FakeAborted()
+        return await super().Write(request, timeout)
+
+
+class FakeAborted(__import__("grpc").aio.AioRpcError):
+    def __init__(self):
+        import grpc
+        super().__init__(grpc.StatusCode.ABORTED, None, None, "EAGAIN: input it has not read")
+
+
+async def test_a_full_input_queue_is_waited_out_not_an_error():
+    guest = FullGuest()
+    out = await run_console(guest, b"uptime\n")
+    assert guest.written == [b"uptime\n"] and guest.refusals == 0
+    assert out.endswith(b"out of uptime\r\nroot@web:~# ")
