@@ -41,7 +41,8 @@ def console_log(lab, name: str) -> str:
 
 async def test_xl_console_reaches_the_guests_shell(demo_lab):
     rc, out, err = await xenlab(demo_lab, "xl", "console", "web",
-                                stdin=b"ip addr\nping 10.0.0.2 -c 2\nip neigh\nuptime\nbogus\n")
+                                stdin=b"ip addr\nping 10.0.0.2 -c 2\nip neigh\nuptime\nbogus\n"
+                                      b"ping 10.0.0.99 -c 1\n")
     assert rc == 0, err
     text = out.replace("\r\n", "\n")
     assert "root@web:~# " in text
@@ -53,6 +54,8 @@ async def test_xl_console_reaches_the_guests_shell(demo_lab):
     assert "10.0.0.2 dev eth0 lladdr 00:16:3e:00:00:02 REACHABLE\n" in text
     assert " up " in text.split("root@web:~# uptime\n", 1)[1].split("\n", 1)[0]
     assert "-sh: bogus: command not found\n" in text
+    assert "From 10.0.0.1 icmp_seq=1 Destination Host Unreachable\n" in text     # no one has .99
+    assert "1 packets transmitted, 0 received, +1 errors, 100% packet loss" in text
     assert text.rstrip().endswith("root@web:~#")
     # What the console showed is in the domain's console log too.
     log = console_log(demo_lab, "web").replace("\r\n", "\n")

@@ -115,8 +115,9 @@ class ConsoleShell:
             return "ping: connect: Network is unreachable\n"
         self.console.write(onlcr(sh.render_ping_header(cmd.dst)))
         started = self.clock()
+        shown = lambda seq, rtt: self.console.write(onlcr(sh.render_ping_reply(cmd.dst, seq, rtt)))  # noqa: E731
         try:
-            result = await self.net.ping(cmd.dst, count=cmd.count)
+            result = await self.net.ping(cmd.dst, count=cmd.count, on_reply=shown)
         except XenError as err:
             return f"ping: {err.message}\n"
-        return sh.render_ping(cmd.dst, result, self.clock() - started)
+        return sh.render_ping(cmd.dst, result, self.clock() - started, replies_shown=True)

@@ -291,15 +291,21 @@ def render_ping_header(dst: str, size: int = PING_DATA) -> str:
     return f"PING {dst} ({dst}) {size}({size + 28}) bytes of data.\n"
 
 
-def render_ping(dst: str, result, elapsed: float, size: int = PING_DATA) -> str:
-    """iputils' replies, errors and statistics for a finished run:
-    ``result`` is a GuestNetwork PingResult (transmitted, received, rtts,
-    errors, unreachable, error)."""
-    if result.error:
+def render_ping_reply(dst: str, seq: int, rtt: float, size: int = PING_DATA) -> str:
+    """One reply, as iputils prints it when it arrives."""
+    return f"{size + 8} bytes from {dst}: icmp_seq={seq} time={rtt * 1000:.3f} ms\n"
+
+
+def render_ping(dst: str, result, elapsed: float, size: int = PING_DATA,
+                replies_shown: bool = False) -> str:
+    """iputils' replies (unless ``replies_shown`` as they came), errors and
+    statistics for a finished run: ``result`` is a GuestNetwork PingResult
+    (transmitted, received, rtts, errors, unreachable, error)."""
+    if result.error and not result.unreachable:
         return f"ping: {result.error}\n"
     lines = []
-    events = [(seq, f"{size + 8} bytes from {dst}: icmp_seq={seq} time={rtt * 1000:.3f} ms")
-              for seq, rtt in result.rtts]
+    events = [] if replies_shown else [(seq, render_ping_reply(dst, seq, rtt, size).rstrip("\n"))
+                                       for seq, rtt in result.rtts]
     for err in result.errors:
         if err.type == 3:
             text = _UNREACH.get(err.code, f"Dest Unreachable, Bad Code: {err.code}")
@@ -308,7 +314,8 @@ def render_ping(dst: str, result, elapsed: float, size: int = PING_DATA) -> str:
         else:
             text = f"Bad ICMP type: {err.type}"
         events.append((err.seq, f"From {err.src} icmp_seq={err.seq} {text}"))
-    lost = set(range(1, result.transmitted + 1)) - {seq for seq, _ in events}
+    lost = (set(range(1, result.transmitted + 1)) - {seq for seq, _ in result.rtts}
+            - {err.seq for err in result.errors})
     if result.unreachable and lost:
         src = result.src or dst
         events.extend((seq, f"From {src} icmp_seq={seq} Destination Host Unreachable")

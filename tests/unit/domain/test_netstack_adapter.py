@@ -406,3 +406,11 @@ async def test_perf_send_with_no_route_is_an_error_not_a_stream_of_losses(guests
 
 async def _collect(reports) -> list:
     return [r async for r in reports]
+
+
+async def test_ping_tells_of_each_reply_as_it_comes(guests):
+    """As ping(8) prints each reply on arrival (the console's ping does)."""
+    heard = []
+    result = await guests.a.ping("10.0.0.2", count=3, interval=0.01, timeout=5,
+                                 on_reply=lambda seq, rtt: heard.append((seq, rtt)))
+    assert heard == result.rtts and [seq for seq, _ in heard] == [1, 2, 3]

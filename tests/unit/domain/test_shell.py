@@ -171,7 +171,10 @@ def test_ping_is_iputils_layout():
 
 
 def test_ping_errors_and_unreachable_hosts_are_iputils_lines():
-    unreachable = PingResult(transmitted=2, received=0, rtts=[], src="10.0.0.1", unreachable=True)
+    # As GuestNetwork.ping reports it: the ARP error and the flag together
+    # (the error alone was printed, as "ping: arp: ...", not iputils' lines).
+    unreachable = PingResult(transmitted=2, received=0, rtts=[], src="10.0.0.1", unreachable=True,
+                             error="arp: no reply from 10.0.0.9")
     text = sh.render_ping("10.0.0.9", unreachable, 1.0)
     assert "From 10.0.0.1 icmp_seq=1 Destination Host Unreachable\n" in text
     assert "2 packets transmitted, 0 received, +2 errors, 100% packet loss, time 1000ms\n" in text
@@ -181,3 +184,13 @@ def test_ping_errors_and_unreachable_hosts_are_iputils_lines():
     assert "From 10.0.1.1 icmp_seq=1 Destination Net Unreachable\n" in sh.render_ping("10.9.0.1", routed, 0)
     failed = PingResult(transmitted=0, received=0, rtts=[], error="no route to host 10.9.0.1")
     assert sh.render_ping("10.9.0.1", failed, 0) == "ping: no route to host 10.9.0.1\n"
+
+
+def test_replies_printed_as_they_came_are_not_printed_again():
+    result = PingResult(transmitted=2, received=2, rtts=[(1, 0.001), (2, 0.003)])
+    assert sh.render_ping_reply("10.0.0.2", 2, 0.003) == "64 bytes from 10.0.0.2: icmp_seq=2 time=3.000 ms\n"
+    assert sh.render_ping("10.0.0.2", result, 1.0, replies_shown=True) == (
+        "\n"
+        "--- 10.0.0.2 ping statistics ---\n"
+        "2 packets transmitted, 2 received, 0% packet loss, time 1000ms\n"
+        "rtt min/avg/max/mdev = 1.000/2.000/3.000/1.000 ms\n")
