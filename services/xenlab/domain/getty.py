@@ -5,7 +5,8 @@ command runs against the guest's network and clock.
 Output to the console goes through the tty's output processing: each "\\n"
 becomes "\\r\\n" (ONLCR), so that a terminal in raw mode on the other end of
 `xl console` shows lines as lines. Commands run one at a time, in the order
-typed; what is typed while one runs is echoed and waits (typeahead).
+typed; what is typed while one runs is echoed and waits (typeahead), and
+Ctrl-C stops the one running and drops what waits (ISIG's SIGINT).
 """
 from __future__ import annotations
 
@@ -47,6 +48,17 @@ class ConsoleShell:
         self.console.poll()
 
     def _input(self, data: bytes) -> None:
+        interrupt = data.find(b"\x03")
+        if interrupt >= 0 and self._runner is not None and not self._runner.done():
+            # ISIG: Ctrl-C interrupts the command running (and what was
+            # typed ahead of it), as SIGINT stops a foreground job.
+            self._input(data[:interrupt])
+            self._runner.cancel()
+            self._lines.clear()
+            self.console.write(b"^C\r\n" + self.shell.prompt())
+            data = data[interrupt + 1:]
+            if not data:
+                return
         fed = self.shell.feed(data)
         if fed.echo:
             self.console.write(fed.echo)

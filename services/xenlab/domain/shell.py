@@ -23,7 +23,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 LINE_MAX = 4095                 # N_TTY_BUF_SIZE - 1
 PING_MAX_COUNT = 1000           # what the console's ping accepts (the agent's limit is its own)
-PING_DEFAULT_COUNT = 4          # the console has no Ctrl-C for an endless ping: -c defaults to 4
+PING_DEFAULT_COUNT = 4          # -c when not given: a script's ping ends (Ctrl-C stops one sooner)
 PING_DATA = 56                  # bytes of ICMP data, as iputils' default
 
 
@@ -70,7 +70,7 @@ Commands:
   ping ADDRESS [-c COUNT]       ICMP echo (COUNT defaults to 4)
   uptime                        how long the domain has been up
   help                          this list
-Ctrl-] leaves xl console.
+Ctrl-C stops the command running; Ctrl-] leaves xl console.
 """
 
 
