@@ -121,6 +121,10 @@ def _attach_on_a_terminal(lab) -> tuple[bytes, list]:
         os.write(master, b"uptime\r")
         seen += _read_until(master, b" up ")
         raw = termios.tcgetattr(master)             # the terminal while attached
+        os.write(master, b"ping 10.0.0.2 -c 1000\r")
+        seen += _read_until(master, b"icmp_seq=2 ")    # replies shown as they come
+        os.write(master, b"\x03")                   # Ctrl-C stops it
+        seen += _read_until(master, b"^C\r\nroot@web:~# ")
         os.write(master, b"\x1d")                   # Ctrl-]
         seen += _read_until(master, b"RC 0")
     finally:
