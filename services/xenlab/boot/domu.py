@@ -15,6 +15,8 @@ import sys
 
 from xenlab import eventloop
 from xenlab.domain.agent import start_guest_agent
+from xenlab.domain.console import log_to_console
+from xenlab.domain.getty import ConsoleShell
 from xenlab.domain.evtchn import connect_for_memory
 from xenlab.domain.kernel import DomainKernel
 from xenlab.domain.memory import map_memory_object
@@ -69,9 +71,19 @@ def _enter_domain(start: StartInfo):
 async def _main(start: StartInfo, memory, doorbell=None) -> int:
     kernel = DomainKernel(start, drivers=domu_drivers, agent=start_guest_agent,
                           memory_map=memory, doorbell=doorbell)
+    # printk on hvc0 from the moment it is up; a shell on it once booted.
+    kernel.on_console.append(log_to_console)
+    kernel.on_boot.append(lambda: start_console_shell(kernel))
     on_stop_signal(kernel.stop, "poweroff")
     reason = await kernel.run()
     return 0 if reason in ("poweroff", "reboot") else 1
+
+
+async def start_console_shell(kernel: DomainKernel) -> None:
+    if kernel.console is None:
+        return
+    net = kernel.agent.net if kernel.agent is not None else None
+    ConsoleShell(kernel.console, net, kernel.name, kernel.booted).start()
 
 
 def run(args) -> int:

@@ -16,7 +16,8 @@ import grpc
 
 from xenlab.cli import output
 from xenlab.client import HypervisorClient, Rundir, to_domain_spec
-from xenlab.proto import common_pb2, domains_pb2, memory_pb2
+from xenlab.cli import console as xl_console
+from xenlab.proto import common_pb2, console_pb2, domains_pb2, memory_pb2, xenstore_pb2
 from xenlab.xen import abi
 from xenlab.xen.errors import ConfigError
 from xenlab.xen.digits import is_decimal
@@ -141,7 +142,7 @@ async def cmd_create(args, ts: Toolstack) -> int:
             domains_pb2.CreateDomainRequest(spec=spec, paused=args.paused), timeout=CREATE_TIMEOUT)
         log.debug("created %s as d%d", reply.info.name, reply.info.domid)
         if args.console:
-            await _stream_console(hv, common_pb2.DomainRef(domid=reply.info.domid))
+            await xl_console.attach(hv, reply.info.domid)
     return 0
 
 
@@ -241,16 +242,38 @@ async def cmd_info(args, ts: Toolstack) -> int:
     return 0
 
 
-async def _stream_console(hv: HypervisorClient, ref: common_pb2.DomainRef) -> None:
-    out = sys.stdout.buffer
-    async for chunk in hv.domains.Console(domains_pb2.ConsoleRequest(domain=ref, follow=True)):
-        out.write(chunk.data)
-        out.flush()
-
-
 async def cmd_console(args, ts: Toolstack) -> int:
+    if args.type == "serial":
+        raise CliError("no serial console is emulated: a PV domain's console is -t pv")
+    if args.num != 0:
+        raise CliError(f"console {args.num}: a domain has one PV console, number 0")
     async with ts.connect() as hv:
-        await _stream_console(hv, args.domain)
+        domid = (await hv.domains.Info(args.domain, timeout=RPC_TIMEOUT)).domid
+        if domid == 0:
+            raise CliError("Domain-0 has no PV console: its console is Xen's own "
+                           "(its kernel's log is logs/dom0.log)")
+        try:
+            return await xl_console.attach(hv, domid, line_timeout=args.timeout)
+        except xl_console.ConsoleError as err:
+            raise CliError(str(err)) from None
+
+
+async def cmd_sysrq(args, ts: Toolstack) -> int:
+    """libxl_send_sysrq: the key in control/sysrq, for the guest to act on."""
+    if len(args.key) != 1:
+        raise CliError("Invalid sysrq: one letter")
+    async with ts.connect() as hv:
+        domid = (await hv.domains.Info(args.domain, timeout=RPC_TIMEOUT)).domid
+        await hv.xenstore.Write(xenstore_pb2.WriteRequest(
+            path=f"/local/domain/{domid}/control/sysrq", value=args.key.encode("latin-1", "replace")),
+            timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def cmd_trigger(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        await hv.triggers.Send(console_pb2.TriggerRequest(
+            domain=args.domain, trigger=args.trigger, vcpu=args.vcpu), timeout=RPC_TIMEOUT)
     return 0
 
 
@@ -350,6 +373,30 @@ def _detach_args(p: argparse.ArgumentParser) -> None:
                    help="the vif, by its device id (ethDEVID in the guest) or its MAC")
 
 
+def _console_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-t", "--type", choices=("pv", "serial"), default="pv",
+                   help="the console type (a PV domain has its PV console)")
+    p.add_argument("-n", "--num", type=int, default=0, metavar="NUM",
+                   help="the console number (0, the only one)")
+    p.add_argument("--timeout", type=float, default=xl_console.LINE_TIMEOUT, metavar="SECONDS",
+                   help="when input is not a terminal: how long each line's prompt may take "
+                        f"(default {xl_console.LINE_TIMEOUT:g})")
+    _dom(p)
+
+
+def _sysrq_args(p: argparse.ArgumentParser) -> None:
+    _dom(p)
+    p.add_argument("key", metavar="LETTER", help="the sysrq key: b, c, m, o, t; any other prints help")
+
+
+def _trigger_args(p: argparse.ArgumentParser) -> None:
+    _dom(p)
+    p.add_argument("trigger", choices=("nmi", "reset", "init", "power", "sleep", "s3resume"),
+                   metavar="nmi|reset|init|power|sleep|s3resume", help="the trigger")
+    p.add_argument("vcpu", type=int, nargs="?", default=0, metavar="VCPU",
+                   help="the vCPU to send it to (default 0)")
+
+
 def _network_list_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("domains", nargs="+", type=domain_ref, metavar="DOM",
                    help="domains whose vifs to list, by name or id")
@@ -368,10 +415,12 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "mem-max": ("set a domain's maximum memory reservation", _mem_args, cmd_mem_max),
     "vcpu-set": ("set the number of online vcpus", _vcpu_args, cmd_vcpu_set),
     "info": ("print information about the host", None, cmd_info),
-    "console": ("print a domain's console, following it", _dom, cmd_console),
+    "console": ("attach to a domain's console (Ctrl-] detaches)", _console_args, cmd_console),
     "network-attach": ("add a vif to a running domain", _attach_args, cmd_network_attach),
     "network-detach": ("remove a vif from a domain", _detach_args, cmd_network_detach),
     "network-list": ("list a domain's vifs", _network_list_args, cmd_network_list),
+    "sysrq": ("send a sysrq to a domain", _sysrq_args, cmd_sysrq),
+    "trigger": ("send a trigger to a domain", _trigger_args, cmd_trigger),
 }
 
 

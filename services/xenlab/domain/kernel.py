@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Awaitable, Callable
 
+from xenlab.domain.console import ConsoleFront
 from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.hypercall import GrantTable, Hypercalls
-from xenlab.domain.memory import GuestMemory
+from xenlab.domain.memory import RESERVED_FRAMES, GuestMemory
+from xenlab.domain.sysrq import SysrqHandler
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
 from xenlab.domain.xenbus_ring import RingXenStore
 from xenlab.xen import abi
@@ -77,8 +80,15 @@ class DomainKernel:
         self.evtchn: GuestEventChannels | None = None
         self.xenbus: XenbusClient | None = None
         self._store_ring: RingXenStore | None = None     # when start_info names a ring
+        self.console: ConsoleFront | None = None         # when start_info names a console ring
+        # Called with the console as soon as it is up (boot.domu routes the log to it).
+        self.on_console: list[Callable[[ConsoleFront], None]] = []
+        self.sysrq = SysrqHandler(self)
+        self.nmis = 0
+        self._emergency = False
         self.bus: XenbusBus | None = None
         self.ticks = 0
+        self.booted = time.monotonic()      # when this kernel started (the console's uptime)
         self.shutdown_reason = ""
         self._stop = asyncio.Event()
         self._balloon_lock = asyncio.Lock()
@@ -118,6 +128,7 @@ class DomainKernel:
                                          start.secret)
         await self.evtchn.start()
         self.gnttab.attach_doorbell(self.evtchn)
+        self._open_console()
         self.xenbus = XenbusClient(self._xenstore_transport(), self.domid)
         await self.xenbus.start()
         self.bus = XenbusBus(self.xenbus)
@@ -127,6 +138,7 @@ class DomainKernel:
             await self.xenbus.write(f"control/{feature}", "1")
         await self.xenbus.watch("control/shutdown", self._on_shutdown_request)
         await self.xenbus.watch("memory/target", self._on_memory_target)
+        await self.sysrq.start()
         await self.xenbus.write("data/kernel", "xenlab-domain")
         log.info("d%d (%s) booted: %d frames, doorbell %s, xenstore over %s", self.domid,
                  self.name, self.memory.nr_frames,
@@ -146,6 +158,17 @@ class DomainKernel:
                                              self.start_info.store_port)
         return self._store_ring
 
+    def _open_console(self) -> None:
+        """hvc_xen: the console ring start_info names (none for a kernel
+        started by hand, or Domain-0, whose console is Xen's own)."""
+        start = self.start_info
+        if not getattr(start, "console_port", 0):
+            return
+        self.console = ConsoleFront.open(self.memory, self.evtchn, start.console_gfn,
+                                         start.console_port)
+        for hook in self.on_console:
+            hook(self.console)
+
     async def _register_drivers(self) -> None:
         if self._driver_factory is None:
             return
@@ -157,6 +180,21 @@ class DomainKernel:
         port = await self.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
         self.evtchn.bind_handler(port, self._on_timer)
         await self.hypercall.evtchn.set_timer(0, TIMER_PERIOD)
+        for cpu in range(max(1, self.start_info.vcpus)):
+            nmi = await self.evtchn.bind_virq(abi.VIRQ_NMI, cpu)
+            self.evtchn.bind_handler(nmi, lambda port, cpu=cpu: self._on_nmi(cpu))
+
+    def _on_nmi(self, cpu: int) -> None:
+        """An NMI nothing claims: what Linux's unknown_nmi_error says."""
+        self.nmis += 1
+        log.warning("Uhhuh. NMI received for unknown reason 00 on CPU %d.", cpu)
+        log.warning("Dazed and confused, but trying to continue")
+
+    def memory_summary(self) -> dict:
+        """What sysrq's Show Memory prints, in pages."""
+        populated, free = self.memory.counts()
+        return dict(nr_frames=self.memory.nr_frames, populated=populated, free=free,
+                    reserved=RESERVED_FRAMES)
 
     def _on_timer(self, port: int) -> None:
         self.ticks += 1
@@ -220,6 +258,16 @@ class DomainKernel:
             self.memory.add_frames(gfns)
             raise
 
+    async def emergency_stop(self, reason: str) -> None:
+        """emergency_restart / panic: SCHEDOP_shutdown now, then stop
+        without shutting devices down in order."""
+        self._emergency = True
+        try:
+            await self.hypercall.domains.sched_shutdown(reason)
+        except XenError as err:
+            log.warning("SCHEDOP_shutdown failed: %s", err.message)
+        self.stop(reason)
+
     def stop(self, reason: str = "poweroff") -> None:
         if not self._stop.is_set():
             self.shutdown_reason = reason
@@ -238,7 +286,10 @@ class DomainKernel:
             self.shutdown_reason = "crash"
             await self.close()
             return "crash"
-        await self.shutdown()
+        if self._emergency:
+            await self.close(orderly=False)
+        else:
+            await self.shutdown()
         return self.shutdown_reason
 
     async def shutdown(self) -> None:
@@ -250,18 +301,22 @@ class DomainKernel:
             log.warning("SCHEDOP_shutdown failed: %s", err.message)
         await self.close()
 
-    async def close(self) -> None:
+    async def close(self, orderly: bool = True) -> None:
         """Release what boot took (agent, drivers, xenbus, event channels,
-        memory) without telling the hypervisor: shutdown() tells it first."""
-        if self.agent is not None:                # the agent: before xenbus goes
+        memory) without telling the hypervisor: shutdown() tells it first.
+        Not ``orderly`` (an emergency restart, a panic): the agent and the
+        drivers are not shut down, only dropped with the rest."""
+        if self.agent is not None and orderly:    # the agent: before xenbus goes
             await self.agent.stop()
-        for driver in reversed(self.drivers):     # drivers: before xenbus goes
+        for driver in reversed(self.drivers if orderly else []):   # drivers: before xenbus goes
             await driver.close()
         await self.gnttab.close()
         if self.xenbus is not None:
             # the store ring first: a watch callback waiting on a reply that
             # is not coming (a released ring) must not keep xenbus from closing
             await self.xenbus.close()
+        if self.console is not None:
+            self.console.close()
         if self.evtchn is not None:
             await self.evtchn.close()
         await self.hypercall.close()

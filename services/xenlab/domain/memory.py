@@ -72,6 +72,10 @@ class GuestMemory:
         self._populated = populated
         self._free = sorted(populated - self._allocated - set(range(RESERVED_FRAMES)))
 
+    def counts(self) -> tuple[int, int]:
+        """(frames populated, frames free to allocate)."""
+        return len(self._populated), len(self._free)
+
     def is_populated(self, gfn: int) -> bool:
         return gfn in self._populated
 

@@ -128,8 +128,9 @@ class _Ping:
     """One ping run: what went out under its ICMP id, what came back."""
 
     def __init__(self, ident: int, iface: _Interface, dst: IPv4Address, count: int,
-                 ttl: int = DEFAULT_TTL):
+                 ttl: int = DEFAULT_TTL, on_reply: Callable[[int, float], None] | None = None):
         self.ident = ident
+        self.on_reply = on_reply
         self.ttl = ttl
         self.iface = iface
         self.dst = dst
@@ -154,6 +155,8 @@ class _Ping:
             return                                      # unknown or duplicate (ping's DUP!)
         seq, sent_at = entry
         self.rtts[seq] = max(0.0, event.time - sent_at)
+        if self.on_reply is not None:
+            self.on_reply(seq, self.rtts[seq])
         if len(self.rtts) >= self.count:
             self.done.set()
 
@@ -522,10 +525,12 @@ class GuestNetwork:
     # -- ping ---------------------------------------------------------------------------
     async def ping(self, dst: str, count: int = 4, size: int = 56, interval: float = 1.0,
                    timeout: float = 2.0, interface: str | None = None,
-                   ttl: int = DEFAULT_TTL) -> PingResult:
+                   ttl: int = DEFAULT_TTL,
+                   on_reply: Callable[[int, float], None] | None = None) -> PingResult:
         """ICMP echo as ping(8): ``count`` requests ``interval`` apart, then up
         to ``timeout`` for the last replies (or errors). The first RTT
-        includes ARP."""
+        includes ARP. ``on_reply(seq, rtt)`` hears of each reply as it
+        comes, as ping(8) prints it."""
         _check_range("count", count, 1, PING_MAX_COUNT)
         _check_range("ttl", ttl, 1, 0xFF)
         _check_range("size", size, 0, PING_MAX_SIZE)
@@ -533,7 +538,7 @@ class GuestNetwork:
         _check_seconds("timeout", timeout, 0.0)
         target = _parse_dst(dst)
         iface = self._route(target, interface or "")
-        run = _Ping(self._new_ident(), iface, target, count, ttl)
+        run = _Ping(self._new_ident(), iface, target, count, ttl, on_reply)
         payload = bytes(i & 0xFF for i in range(size))
         self._pings[run.ident] = run
         try:

@@ -35,6 +35,7 @@ from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor.watchdog import Watchdogs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnection, XenStoreConnections
+from xenlab.hypervisor.xenconsoled import Consoles
 from xenlab.hypervisor.xenstored import Xenstored
 from xenlab.hypervisor.xenstored_ring import StoreRings
 from xenlab.hypervisor.xenstored_socket import XenstoredSocket
@@ -81,6 +82,7 @@ class Hypervisor:
         self.xenstored = Xenstored(self.xenstore, self.domain_exists, ops=self.ops)
         self.xenstored_socket = XenstoredSocket(self.xenstored, self.rundir.xenstored_socket)
         self.store_rings = StoreRings(self.xenstored, self.memory, self.evtchn, self.is_privileged)
+        self.consoles = Consoles(self.xenstore, self.memory, self.evtchn, self._open_console_log)
         self.domains_dir = DomainsDir(self.rundir.path, config.domain_uids, config.domains_dir)
         self.launcher = launcher or self._make_launcher(config.launcher)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
@@ -272,11 +274,14 @@ class Hypervisor:
         else:
             doorbell = str(self.domains_dir.doorbell)
         store = self.xenstored.domains.get(dom.domid)
+        ring = self.consoles.get(dom.domid)
         return StartInfo(domid=dom.domid, name=dom.name, secret=secret,
                          hypervisor=self.domains_dir.hypervisor_address or self.address,
                          doorbell=doorbell, vcpus=dom.vcpus, console_log=str(console),
                          agent_token=agent_token, store_gfn=store.gfn if store else 0,
-                         store_port=store.port if store else 0, cmd_line=cmdline)
+                         store_port=store.port if store else 0, cmd_line=cmdline,
+                         console_gfn=ring.gfn if ring else 0,
+                         console_port=ring.port if ring else 0)
 
     def _agent_without_process(self, domid: int) -> str:
         """A domain with no launcher process (launcher none) is run by the
@@ -287,6 +292,9 @@ class Hypervisor:
 
     def console_log(self, dom: Domain) -> Path:
         return self.rundir.logs / f"d{dom.domid}-{dom.name}.console"
+
+    def _open_console_log(self, domid: int) -> int:
+        return self.rundir.open_log(self.console_log(self.domains.get(domid)).name)
 
     address = ""   # set by the server once it listens
 
@@ -340,6 +348,7 @@ class Hypervisor:
         self.doorbell.disconnect(dom.domid)
         self.xs_connections.disconnect(dom.domid)
         self.identity.revoke(dom.domid)
+        self.consoles.disconnect(dom.domid)
         self._remove_from_cores(dom.domid)
         self.xenstored.release(dom.domid)
         self.domains.remove(dom.domid)

@@ -10,6 +10,7 @@ from xenlab.proto import common_pb2, domains_pb2, domains_pb2_grpc
 from xenlab.rpc import handles_xen_errors
 
 CONSOLE_CHUNK = 16384
+CONSOLE_POLL = 0.2      # seconds between looks at a console log nothing woke us for
 
 
 class DomainsServicer(domains_pb2_grpc.DomainsServicer):
@@ -120,7 +121,16 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
                 continue
             if not request.follow or self.hv.domains.find(dom.domid) is not dom:
                 return
-            await asyncio.sleep(0.2)
+            # Woken by xenconsoled as the console ring's output reaches the
+            # log; what the process itself writes there is polled.
+            console = self.hv.consoles.get(dom.domid)
+            if console is None:
+                await asyncio.sleep(CONSOLE_POLL)
+            else:
+                try:
+                    await asyncio.wait_for(console.grew.wait(), CONSOLE_POLL)
+                except asyncio.TimeoutError:
+                    pass
 
     @handles_xen_errors
     async def NetworkAttach(self, request, context):

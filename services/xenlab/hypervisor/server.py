@@ -15,13 +15,14 @@ from xenlab.osutil import wait_for_stop_signal
 from xenlab.hypervisor.admission import MAX_REQUEST, Admission
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.core import Hypervisor
+from xenlab.hypervisor.console_server import ConsoleServicer, TriggersServicer
 from xenlab.hypervisor.domains_server import DomainsServicer
 from xenlab.hypervisor.evtchn_server import EventChannelServicer
 from xenlab.hypervisor.grants_server import GrantTableServicer
 from xenlab.launchers.base import Launcher
 from xenlab.hypervisor.memory_server import MemoryServicer
 from xenlab.hypervisor.xenstore_server import XenStoreServicer
-from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
+from xenlab.proto import (console_pb2, console_pb2_grpc, domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
                           grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
                           xenstore_pb2, xenstore_pb2_grpc)
 from xenlab.rpc import MAX_MESSAGE, start_server
@@ -51,6 +52,8 @@ SERVICE_NAMES = [
     grants_pb2.DESCRIPTOR.services_by_name["GrantTable"].full_name,
     evtchn_pb2.DESCRIPTOR.services_by_name["EventChannel"].full_name,
     xenstore_pb2.DESCRIPTOR.services_by_name["XenStore"].full_name,
+    console_pb2.DESCRIPTOR.services_by_name["Console"].full_name,
+    console_pb2.DESCRIPTOR.services_by_name["Triggers"].full_name,
 ]
 
 
@@ -80,6 +83,8 @@ class HypervisorServer:
             lambda s: evtchn_pb2_grpc.add_EventChannelServicer_to_server(EventChannelServicer(hv), s),
             lambda s: xenstore_pb2_grpc.add_XenStoreServicer_to_server(
                 XenStoreServicer(hv, hv.xs_connections), s),
+            lambda s: console_pb2_grpc.add_ConsoleServicer_to_server(ConsoleServicer(hv), s),
+            lambda s: console_pb2_grpc.add_TriggersServicer_to_server(TriggersServicer(hv), s),
         ]
         names = list(SERVICE_NAMES)
         if self.events is not None:

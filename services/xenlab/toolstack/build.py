@@ -17,9 +17,12 @@ from xenlab.hypervisor.evtchn import EventChannels
 from xenlab.hypervisor.caller import DOM0
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor.xenstore import XenStore
+from xenlab.hypervisor.xenconsoled import CONSOLE_DOMID, CONSOLE_GFN
 from xenlab.hypervisor.xenstored_ring import STORE_DOMID, STORE_GFN
+from xenlab.xen import abi
+from xenlab.xen import console as cons
 from xenlab.xen.cmdline import kernel_cmdline
-from xenlab.xen.xenstore_paths import record_root
+from xenlab.xen.xenstore_paths import console_backend_path, record_root
 from xenlab.xen.xs_ring import XsRingPage
 
 DOMAIN_TYPE = "pv"
@@ -53,7 +56,6 @@ def write_domain_tree(xs: XenStore, dom: Domain, reservation: tuple[int, int, in
         "control/feature-poweroff": "", "control/feature-reboot": "",
         "control/feature-suspend": "", "control/sysrq": "",
         "device": "", "data": "", "drivers": "", "feature": "", "attr": "", "error": "",
-        "console/limit": "1048576", "console/type": "xenconsoled",
     }
     for vcpu in range(dom.vcpus):
         values[f"cpu/{vcpu}/availability"] = "online" if vcpu < dom.online_vcpus else "offline"
@@ -62,7 +64,7 @@ def write_domain_tree(xs: XenStore, dom: Domain, reservation: tuple[int, int, in
     for key, value in values.items():
         xs.write(DOM0, f"{base}/{key}", value.encode())
         xs.set_perms(DOM0, f"{base}/{key}", rw if guest_writable(key) else ro)
-    for sub in ("memory", "control", "cpu", "console"):
+    for sub in ("memory", "control", "cpu"):
         xs.set_perms(DOM0, f"{base}/{sub}", ro)
     for vcpu in range(dom.vcpus):
         xs.set_perms(DOM0, f"{base}/cpu/{vcpu}", ro)
@@ -101,6 +103,48 @@ def setup_store(xs: XenStore, memory: MachineMemory, evtchn: EventChannels, domi
     return port
 
 
+def setup_console(xs: XenStore, memory: MachineMemory, evtchn: EventChannels, domid: int) -> int:
+    """The primary console, as the domain builder and libxl__device_console_add
+    leave it: a clear console page (disconnected), an unbound port offered
+    to the console backend's domain, and the nodes: the frontend directory
+    /local/domain/D/console read-only to the guest (console 0 is the special
+    case: no PV state machine, and nothing the guest may rewrite but
+    backend-id), the backend directory under the backend domain, and
+    libxl's own copy under /libxl. xenconsoled fills in ``tty``."""
+    view = memory.frame(domid, CONSOLE_GFN)
+    page = cons.ConsolePage(view)
+    page.clear()
+    page.release()
+    view.release()
+    port = evtchn.alloc_unbound(DOM0, domid, CONSOLE_DOMID)
+    front, back = f"/local/domain/{domid}/console", console_backend_path(domid)
+    ro = [(CONSOLE_DOMID, "n"), (domid, "r")]         # ro_frontend_perms, backend_perms
+    rw = [(domid, "n"), (CONSOLE_DOMID, "r")]         # frontend_perms
+    xs.write(DOM0, front, b"")
+    xs.set_perms(DOM0, front, ro)
+    xs.write(DOM0, f"{front}/backend", back.encode())
+    xs.set_perms(DOM0, f"{front}/backend", ro)
+    xs.write(DOM0, f"{front}/backend-id", str(CONSOLE_DOMID).encode())
+    xs.set_perms(DOM0, f"{front}/backend-id", rw)
+    for key, value in {"limit": str(cons.XENCONSOLE_LIMIT), "type": "xenconsoled",
+                       "output": "pty", "tty": "", "port": str(port),
+                       "ring-ref": str(CONSOLE_GFN)}.items():
+        xs.write(DOM0, f"{front}/{key}", value.encode())
+        xs.set_perms(DOM0, f"{front}/{key}", ro)
+    backend = {"frontend": front, "frontend-id": str(domid), "online": "1",
+               "state": str(int(abi.XenbusState.Initialising)),
+               "protocol": cons.XENCONSOLE_PROTOCOL}
+    xs.write(DOM0, back, b"")
+    xs.set_perms(DOM0, back, ro)
+    for key, value in backend.items():
+        xs.write(DOM0, f"{back}/{key}", value.encode())
+        xs.set_perms(DOM0, f"{back}/{key}", ro)
+    record = f"{record_root(domid)}/device/console/0"
+    for key, value in {**backend, "backend": back}.items():
+        xs.write(DOM0, f"{record}/{key}", value.encode())
+    return port
+
+
 def rename_domain(xs: XenStore, dom: Domain, name: str, uuid: str) -> None:
     """libxl__domain_rename's nodes (and, with a new uuid, the /vm/UUID
     directory under its new name, as libxl_domain_preserve moves it)."""
@@ -121,7 +165,13 @@ def rename_domain(xs: XenStore, dom: Domain, name: str, uuid: str) -> None:
 
 
 def remove_domain_tree(xs: XenStore, dom: Domain) -> None:
-    """/local/domain/N, /vm/UUID and the toolstack's own /libxl/N."""
-    for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", record_root(dom.domid)):
+    """/local/domain/N, /vm/UUID, the console's backend directory (and its
+    parent once empty) and the toolstack's own /libxl/N."""
+    back = console_backend_path(dom.domid)
+    for path in (f"/local/domain/{dom.domid}", f"/vm/{dom.uuid}", back.rsplit("/", 1)[0],
+                 record_root(dom.domid)):
         if xs.exists(path):
             xs.rm(DOM0, path)
+    kinds = back.rsplit("/", 2)[0]
+    if xs.exists(kinds) and not xs.directory(DOM0, kinds):
+        xs.rm(DOM0, kinds)

@@ -238,6 +238,8 @@ class Devices:
         closed, frontends = [], []
         closed_state = str(int(abi.XenbusState.Closed)).encode()
         for path in self._backend_dirs(domid):
+            if path.startswith(f"/local/domain/{domid}/backend/console/"):
+                continue    # served by xenconsoled, which outlives the backend's kernel
             try:
                 # A driver domain that is not Domain-0 owns its backend directories.
                 frontend = self.xs.read(DOM0, f"{path}/frontend").decode(errors="replace")

@@ -89,6 +89,8 @@ class Toolstack:
                 self.devices.write_vif(nodes)
             store_port = build.setup_store(self.xs, self.hv.memory, self.hv.evtchn, dom.domid)
             self.hv.xenstored.introduce(dom.domid, STORE_GFN, store_port)
+            build.setup_console(self.xs, self.hv.memory, self.hv.evtchn, dom.domid)
+            self.hv.consoles.connect(dom.domid)
             token = secrets.token_urlsafe(32)
             agent = await self.hv.launch(dom, launcher, secret, token, cmdline)
         except BaseException:

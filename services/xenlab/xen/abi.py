@@ -202,9 +202,14 @@ VIRQ_MEM_EVENT = 10
 VIRQ_ARGO = 11
 VIRQ_ENOMEM = 12
 VIRQ_XENPMU = 13
+VIRQ_ARCH_0 = 16     # VIRQ_ARCH_0..7: left to the architecture (x86: VIRQ_MCA)
+# xenlab's stand-in for the PV NMI callback (CALLBACKTYPE_nmi): an NMI sent
+# to a domain (xl trigger D nmi) is raised on this per-vCPU VIRQ, which x86
+# Xen leaves unused (hypervisor/triggers.py).
+VIRQ_NMI = VIRQ_ARCH_0 + 1
 NR_VIRQS = 24
 # Per-vCPU VIRQs ("V." above); the others are global to the domain.
-VIRQ_PER_VCPU = frozenset({VIRQ_TIMER, VIRQ_DEBUG, VIRQ_XENOPROF, VIRQ_XENPMU})
+VIRQ_PER_VCPU = frozenset({VIRQ_TIMER, VIRQ_DEBUG, VIRQ_XENOPROF, VIRQ_XENPMU, VIRQ_NMI})
 # Global VIRQs only the hardware/control domain may bind.
 VIRQ_PRIVILEGED = frozenset({VIRQ_CONSOLE, VIRQ_DOM_EXC, VIRQ_TBUF, VIRQ_PCPU_STATE,
                              VIRQ_MEM_EVENT, VIRQ_ENOMEM})

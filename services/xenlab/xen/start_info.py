@@ -1,6 +1,6 @@
 """What a domain process boots with, as Xen's start_info page (xen.h
 ``struct start_info``): its id, its credentials, where the hypervisor and
-its doorbell are, its store ring. The launcher writes it (launchers/) and
+its doorbell are, its store and console rings. The launcher writes it (launchers/) and
 the domain kernel reads it (domain/); both sides import it from here.
 
 It goes to the process on its standard input, as JSON, so that the secret
@@ -35,6 +35,8 @@ class StartInfo:
     store_gfn: int = 0       # the xenstore ring page (start_info's store_mfn)
     store_port: int = 0      # its event channel (store_evtchn); 0: no ring, use gRPC
     cmd_line: str = ""       # the kernel command line (xl.cfg's cmdline=, or root= and extra=)
+    console_gfn: int = 0     # the console ring page (start_info's console.domU.mfn)
+    console_port: int = 0    # its event channel (console.domU.evtchn); 0: no console ring
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -48,6 +48,11 @@ def record_path(domid: int, devid: int | None = None) -> str:
     return base if devid is None else f"{base}/{devid}"
 
 
+def console_backend_path(domid: int, backend: int = 0) -> str:
+    """libxl__device_backend_path of the primary console (devid 0)."""
+    return f"/local/domain/{backend}/backend/console/{domid}/0"
+
+
 def agent_record_path(domid: int) -> str:
     """Where the toolstack keeps a domain's guest agent: ``address`` and
     ``token`` (what a caller must present), written at creation from what

@@ -452,3 +452,11 @@ def test_an_interface_the_command_line_gives_no_address_says_why(cmdline, why, c
             [f"eth0: no IPv4 address: {why}"]
     finally:
         net.close()
+
+
+async def test_ping_tells_of_each_reply_as_it_comes(guests):
+    """As ping(8) prints each reply on arrival (the console's ping does)."""
+    heard = []
+    result = await guests.a.ping("10.0.0.2", count=3, interval=0.01, timeout=5,
+                                 on_reply=lambda seq, rtt: heard.append((seq, rtt)))
+    assert heard == result.rtts and [seq for seq, _ in heard] == [1, 2, 3]
