@@ -125,7 +125,6 @@ async def test_a_side_that_never_wrote_the_node_is_up_and_garbage_is_up():
 class Nic(NetDevice):
     def __init__(self):
         super().__init__("eth0", bytes.fromhex("00163e000001"))
-        self.ip = "10.0.0.1/24"
         self.sent: list[bytes] = []
 
     def transmit(self, frames):
@@ -149,7 +148,7 @@ async def test_the_guest_announces_its_address_when_its_link_comes_back():
         netifs, vifs, on_netif_change = {}, {}, []
     nic = Nic()
     Kernel.netifs = {"eth0": nic}
-    net = GuestNetwork()
+    net = GuestNetwork(cmdline="ip=10.0.0.1:::255.255.255.0::eth0:off")   # Linux's ip=
     net.attach(Kernel())
     assert gratuitous_arps(nic.sent) == 1           # at link up, as Linux
     nic.set_carrier(False)
