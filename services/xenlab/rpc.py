@@ -30,6 +30,9 @@ from xenlab.rundir import PRIVATE_FILE, private_umask
 from xenlab.xen.errors import AuthError, GrantError, XenError
 
 log = logging.getLogger(__name__)
+# One DEBUG line per refused call: the hypervisor keeps them in its console
+# ring (xl dmesg: xenlab.hypervisor.conring).
+_refused = logging.getLogger("xenlab.rpc.refused")
 
 MD_DOMID = "xen-domid"
 MD_SECRET = "xen-secret"
@@ -162,6 +165,7 @@ def handles_xen_errors(method):
                 async for item in method(self, request, context):
                     yield item
             except XenError as err:
+                _refused.debug("%s refused: %s", method.__name__, err)
                 await context.abort(grpc_status(err), err.message, error_trailers(err))
         return stream_wrapper
 
@@ -170,6 +174,7 @@ def handles_xen_errors(method):
         try:
             return await method(self, request, context)
         except XenError as err:
+            _refused.debug("%s refused: %s", method.__name__, err)
             await context.abort(grpc_status(err), err.message, error_trailers(err))
     return wrapper
 

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.domain.memory import GuestMemory
+from xenlab.domain.vcpus import Vcpus
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
 from xenlab.domain.xenbus_ring import RingXenStore
 from xenlab.xen import abi
@@ -78,6 +79,7 @@ class DomainKernel:
         self.xenbus: XenbusClient | None = None
         self._store_ring: RingXenStore | None = None     # when start_info names a ring
         self.bus: XenbusBus | None = None
+        self.vcpus = Vcpus(start.vcpus)
         self.ticks = 0
         self.shutdown_reason = ""
         self._stop = asyncio.Event()
@@ -127,6 +129,8 @@ class DomainKernel:
             await self.xenbus.write(f"control/{feature}", "1")
         await self.xenbus.watch("control/shutdown", self._on_shutdown_request)
         await self.xenbus.watch("memory/target", self._on_memory_target)
+        self.vcpus.start()
+        await self.xenbus.watch("cpu", self._on_cpu_availability)
         await self.xenbus.write("data/kernel", "xenlab-domain")
         log.info("d%d (%s) booted: %d frames, doorbell %s, xenstore over %s", self.domid,
                  self.name, self.memory.nr_frames,
@@ -181,6 +185,17 @@ class DomainKernel:
             self.stop("reboot" if request == "reboot" else "poweroff")
         elif request:
             log.warning("ignoring unknown shutdown request %r", request)
+
+    async def _on_cpu_availability(self, path: str) -> None:
+        """Linux's xen cpu_hotplug: cpu/N/availability brings vCPU N up or down."""
+        for vcpu in range(1, self.vcpus.count):
+            try:
+                state = await self.xenbus.read(f"cpu/{vcpu}/availability", default="")
+            except XenError as err:
+                log.warning("vcpu hotplug: ignoring %s", err.message)
+                return
+            if state in ("online", "offline"):
+                self.vcpus.set_online(vcpu, state == "online")
 
     async def _on_memory_target(self, path: str) -> None:
         """The balloon driver: follow memory/target (KiB) by giving frames
@@ -253,6 +268,7 @@ class DomainKernel:
     async def close(self) -> None:
         """Release what boot took (agent, drivers, xenbus, event channels,
         memory) without telling the hypervisor: shutdown() tells it first."""
+        self.vcpus.stop()
         if self.agent is not None:                # the agent: before xenbus goes
             await self.agent.stop()
         for driver in reversed(self.drivers):     # drivers: before xenbus goes

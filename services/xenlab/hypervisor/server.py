@@ -20,10 +20,11 @@ from xenlab.hypervisor.evtchn_server import EventChannelServicer
 from xenlab.hypervisor.grants_server import GrantTableServicer
 from xenlab.launchers.base import Launcher
 from xenlab.hypervisor.memory_server import MemoryServicer
+from xenlab.hypervisor.sched_server import SchedServicer
 from xenlab.hypervisor.xenstore_server import XenStoreServicer
 from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
                           grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
-                          xenstore_pb2, xenstore_pb2_grpc)
+                          sched_pb2, sched_pb2_grpc, xenstore_pb2, xenstore_pb2_grpc)
 from xenlab.rpc import MAX_MESSAGE, start_server
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ SERVICE_NAMES = [
     grants_pb2.DESCRIPTOR.services_by_name["GrantTable"].full_name,
     evtchn_pb2.DESCRIPTOR.services_by_name["EventChannel"].full_name,
     xenstore_pb2.DESCRIPTOR.services_by_name["XenStore"].full_name,
+    sched_pb2.DESCRIPTOR.services_by_name["Sched"].full_name,
 ]
 
 
@@ -80,6 +82,7 @@ class HypervisorServer:
             lambda s: evtchn_pb2_grpc.add_EventChannelServicer_to_server(EventChannelServicer(hv), s),
             lambda s: xenstore_pb2_grpc.add_XenStoreServicer_to_server(
                 XenStoreServicer(hv, hv.xs_connections), s),
+            lambda s: sched_pb2_grpc.add_SchedServicer_to_server(SchedServicer(hv, toolstack), s),
         ]
         names = list(SERVICE_NAMES)
         if self.events is not None:
