@@ -86,7 +86,7 @@ def read_physinfo(proc: Path = Path("/proc"), sys_dir: Path = Path("/sys")) -> d
                 cores_per_socket=cpu["cores_per_socket"], threads_per_core=cpu["threads_per_core"],
                 nr_sockets=cpu["nr_sockets"], cpu_khz=cpu["cpu_khz"], hw_caps=hw_caps(cpu["flags"]),
                 # Every xenlab guest is PV; grant tables are v1 only.
-                virt_caps=" pv gnttab-v1",
+                virt_caps="pv gnttab-v1",
                 commandline=" ".join(sys.argv), cc_compiler=f"{platform.python_implementation()} "
                 f"{platform.python_version()} ({platform.python_compiler()})",
                 cc_compile_date=" ".join(platform.python_build()[1:]))
