@@ -59,7 +59,7 @@ async def lab():
 
 async def busy_domain(lab, name="busy", vcpus=2, maxvcpus=3):
     domid, _ = await lab.create_domain(name, launcher="local", vcpus=vcpus, maxvcpus=maxvcpus)
-    await booted(lab, domid)
+    await booted(lab.dom0, domid)
     pid = lab.hv.process(domid).pid
     await eventually(lambda: len(tasks.vcpu_tasks(pid)[0]) == maxvcpus, "the vCPU threads")
     return domid, pid
