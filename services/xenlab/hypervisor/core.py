@@ -543,9 +543,15 @@ class Hypervisor:
         return dict(domid=dom.domid, name=dom.name, uuid=dom.uuid,
                     state=dom.state_letters(proc.proc_state() if proc else ("R" if dom.domid == 0 else "")),
                     memory_kb=current * 4, maxmem_kb=maximum * 4, target_kb=target * 4,
-                    vcpus=dom.online_vcpus, cpu_time=proc.cpu_time() if proc else 0.0,
+                    vcpus=dom.online_vcpus, cpu_time=self._cpu_time(dom, proc),
                     privileged=dom.privileged, shutdown_reason=dom.shutdown_reason,
                     pid=proc.pid if proc else 0, launcher=dom.launcher)
+
+    def _cpu_time(self, dom: Domain, proc: DomainProcess | None) -> float:
+        """Its process's CPU seconds; Domain-0's kernel is found through its doorbell."""
+        if proc is None and dom.domid == 0:
+            proc = self.sched_process(0)
+        return proc.cpu_time() if proc is not None else 0.0
 
     def host_info(self) -> dict:
         uname = platform.uname()

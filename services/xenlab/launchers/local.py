@@ -108,6 +108,12 @@ class ForeignProcess(DomainProcess):
     def __init__(self, pid: int):
         self.pid = pid
 
+    def cpu_time(self) -> float:
+        try:
+            return tasks.parse_stat(Path(f"/proc/{self.pid}/stat").read_text())[3]
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
     async def wait(self) -> int:
         raise NotImplementedError("not our child")
 
@@ -126,6 +132,10 @@ class ForeignProcess(DomainProcess):
     def set_affinity(self, tids, cpus) -> None:
         for tid in tids:
             tasks.set_affinity(tid, cpus)
+
+    def set_credit(self, cfs: CfsValues) -> dict[str, str]:
+        raise CgroupUnavailable(f"process {self.pid} was not started by the hypervisor: it has no "
+                                f"CPU cgroup of the lab's (set its weight and cap on the host)")
 
 
 class LocalLauncher(Launcher):
