@@ -226,3 +226,34 @@ async def test_top_batch_shows_every_domain(lab, capsys):
 async def test_an_unknown_domain_is_one_line(lab, capsys, argv):
     status, err = await xl_main(lab, capsys, *argv)
     assert status == 1 and len(err.splitlines()) == 1 and "(NOT_FOUND)" in err, err
+
+
+@pytest.mark.skipif(not NEEDS_CGROUP.available, reason=f"no CPU cgroup: {NEEDS_CGROUP.reason}")
+async def test_xl_cfg_scheduling_keys_apply_at_create(lab, capsys, tmp_path):
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip("per-vCPU affinity needs two CPUs")
+    first, last = cpus[0], cpus[-1]
+    cfg = tmp_path / "pinned.cfg"
+    cfg.write_text(f'name = "pinned"\nmemory = 16\nvcpus = 2\nlauncher = "local"\n'
+                   f'cpus = ["{last}", "{first}"]\ncpu_weight = 128\ncap = 50\n')
+    await xl_run(lab, capsys, "create", "-q", str(cfg))
+    domid = lab.hv.domains.lookup(name="pinned").domid
+    pid = lab.hv.process(domid).pid
+    threads, _ = tasks.vcpu_tasks(pid)
+    assert os.sched_getaffinity(threads[0].tid) == {last}
+    assert os.sched_getaffinity(threads[1].tid) == {first}
+    out = await xl_run(lab, capsys, "sched-credit", "-d", "pinned")
+    assert out.splitlines()[1].split()[2:] == ["128", "50"]
+    group = lab.hv.launcher.cgroups.base / f"d{domid}"
+    if lab.hv.launcher.cgroups.version == 1:
+        assert (group / "cpu.shares").read_text().strip() == "512"
+        assert (group / "cpu.cfs_quota_us").read_text().strip() == "50000"
+
+
+async def test_an_unknown_pool_in_the_config_refuses_the_create(lab, capsys, tmp_path):
+    cfg = tmp_path / "lost.cfg"
+    cfg.write_text('name = "lost"\nmemory = 16\nlauncher = "local"\npool = "nowhere"\n')
+    status, err = await xl_main(lab, capsys, "create", "-q", str(cfg))
+    assert status == 1 and "cpupool 'nowhere' does not exist" in err
+    assert "lost" not in [d.name for d in lab.hv.domains]

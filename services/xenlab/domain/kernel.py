@@ -106,6 +106,7 @@ class DomainKernel:
                 log.exception("netif change callback for %s failed", name)
 
     async def boot(self) -> None:
+        self.vcpus.start()        # first: the toolstack may be waiting to pin them
         mm = await self.hypercall.memory.memory_map(with_populated=True)
         self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,
                                   mapping=self._memory_map)
@@ -129,7 +130,6 @@ class DomainKernel:
             await self.xenbus.write(f"control/{feature}", "1")
         await self.xenbus.watch("control/shutdown", self._on_shutdown_request)
         await self.xenbus.watch("memory/target", self._on_memory_target)
-        self.vcpus.start()
         await self.xenbus.watch("cpu", self._on_cpu_availability)
         await self.xenbus.write("data/kernel", "xenlab-domain")
         log.info("d%d (%s) booted: %d frames, doorbell %s, xenstore over %s", self.domid,

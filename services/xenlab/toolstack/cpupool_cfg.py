@@ -4,7 +4,6 @@ reads it from a file and key=value arguments: ``name``, ``sched``
 NUMA ``nodes=`` is refused: the lab reports one node. Pure."""
 from __future__ import annotations
 
-import errno
 from dataclasses import dataclass
 
 from xenlab.toolstack.xlcfg import Atom, ListValue, parse_settings
@@ -27,14 +26,14 @@ def parse_cpupool_config(text: str, overrides=(), path: str | None = None) -> Cp
     values: dict[str, str] = {}
     for s in settings:
         if s.key == "nodes":
-            raise ConfigError(errno.EINVAL, "nodes= is not supported: the lab reports one NUMA node; "
+            raise ConfigError("nodes= is not supported: the lab reports one NUMA node; "
                                             "use cpus=")
         if s.key not in KEYS:
-            raise ConfigError(errno.EINVAL, f"unknown cpupool key {s.key!r}: expected "
+            raise ConfigError(f"unknown cpupool key {s.key!r}: expected "
                                             f"{', '.join(KEYS)}")
         values[s.key] = _text(s.key, s.value)
     if not values.get("name"):
-        raise ConfigError(errno.EINVAL, "a cpupool needs a name (name=\"...\")")
+        raise ConfigError("a cpupool needs a name (name=\"...\")")
     return CpupoolConfig(values["name"], values.get("sched", ""), values.get("cpus", ""))
 
 
@@ -44,6 +43,6 @@ def _text(key: str, value) -> str:
     if key == "cpus" and isinstance(value, ListValue):
         items = [str(v.value) for v in value.items if isinstance(v, Atom)]
         if len(items) != len(value.items):
-            raise ConfigError(errno.EINVAL, "cpus= holds CPU numbers or ranges, not lists")
+            raise ConfigError("cpus= holds CPU numbers or ranges, not lists")
         return ",".join(items)
-    raise ConfigError(errno.EINVAL, f"{key}= takes a single value")
+    raise ConfigError(f"{key}= takes a single value")
