@@ -216,6 +216,11 @@ async def test_top_batch_shows_every_domain(lab, capsys):
         ["NAME", "STATE", "CPU(sec)", "CPU(%)"]
     busy = [line.split() for line in lines if line.split()[0] == "busy"]
     assert len(busy) == 2 and busy[0][8] == "2"             # two vCPUs online
+    capsys.readouterr()
+    status = await asyncio.to_thread(cli_main.main, ["xentop", "-b", "-i", "1"],
+                                     {"XENLAB_RUNDIR": str(lab.rundir)})
+    out = capsys.readouterr().out
+    assert status == 0 and out.splitlines()[0] == lines[0] and "busy" in out
 
 
 @pytest.mark.parametrize("argv", [

@@ -749,6 +749,21 @@ def _top_args(p: argparse.ArgumentParser) -> None:
                    help="stop after N updates (default: run until interrupted)")
 
 
+def xentop_arguments(p: argparse.ArgumentParser) -> None:
+    """`xenlab xentop`: `xl top` under xentop's own name."""
+    p.add_argument("--rundir", type=Path, default=None,
+                   help="the hypervisor's rundir (default $XENLAB_RUNDIR, else "
+                        "$XDG_RUNTIME_DIR/xenlab, else /tmp/xenlab-UID)")
+    p.add_argument("--hypervisor", metavar="ADDR", default=None,
+                   help="the hypervisor's gRPC address (default: read from the rundir)")
+    _top_args(p)
+
+
+def xentop(args) -> int:
+    toolstack = Toolstack(rundir=args.rundir, address=args.hypervisor)
+    return run_command("xenlab", "xentop", lambda: cmd_top(args, toolstack))
+
+
 # name: (one-line help, argument adder, handler)
 COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "create": ("create a domain from an xl.cfg file", _create_args, cmd_create),
