@@ -67,7 +67,12 @@ class Scheduler:
     def vcpus(self, dom: Domain) -> list[dict]:
         """xl vcpu-list's rows for one domain: each of its maxvcpus vCPUs."""
         proc = self._process(dom.domid)
-        threads, _ = proc.vcpu_tasks() if proc is not None else ({}, [])
+        threads = {}
+        if proc is not None:
+            try:
+                threads, _ = proc.vcpu_tasks()
+            except XenError as err:       # a container out of sight: listed without threads
+                log.debug("d%d: no threads to list: %s", dom.domid, err.message)
         rows = []
         for n in range(dom.vcpus):
             online = n < (dom.online_vcpus or dom.vcpus)

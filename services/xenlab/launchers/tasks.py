@@ -83,7 +83,10 @@ def vcpu_tasks(pid: int, proc: Path = Path("/proc")) -> tuple[dict[int, Task], l
 
 
 def set_affinity(tid: int, cpus) -> None:
-    """sched_setaffinity on one thread (OSError: ESRCH once it is gone,
-    EPERM without CAP_SYS_NICE over another uid's thread, EINVAL for no
-    CPU it may use)."""
-    os.sched_setaffinity(tid, set(cpus))
+    """sched_setaffinity on one thread. A thread that has exited since it
+    was listed is no error; OSError otherwise (EPERM without CAP_SYS_NICE
+    over another uid's thread, EINVAL for no CPU it may use)."""
+    try:
+        os.sched_setaffinity(tid, set(cpus))
+    except ProcessLookupError:
+        pass

@@ -59,3 +59,11 @@ def test_this_process_threads_are_read_and_pinned():
 
 def test_a_process_that_is_gone_has_no_threads(tmp_path):
     assert tasks.read_tasks(999999999) == []
+
+
+def test_pinning_a_thread_that_has_exited_is_no_error():
+    t = threading.Thread(target=lambda: tid.append(threading.get_native_id()))
+    tid: list[int] = []
+    t.start()
+    t.join()
+    tasks.set_affinity(tid[0], os.sched_getaffinity(0))     # ESRCH: gone, nothing to pin
