@@ -74,8 +74,10 @@ def _version_parts(version: str) -> list[tuple[str, str]]:
 def format_host_info(info: domains_pb2.HostInfo, phys=None) -> str:
     """`xl info`: xl's `key<pad to 23>: value` lines; memory in MiB.
     ``phys`` (a sched_pb2.PhysInfo) adds xl's physinfo and build lines."""
-    rows = [("host", info.host), ("release", info.release),
-            ("nr_cpus", info.nr_cpus)]
+    rows = [("host", info.host), ("release", info.release)]
+    if phys is not None:
+        rows += [("version", phys.version), ("machine", phys.machine)]
+    rows.append(("nr_cpus", info.nr_cpus))
     if phys is not None:
         rows += [("max_cpu_id", phys.max_cpu_id), ("nr_nodes", phys.nr_nodes),
                  ("cores_per_socket", phys.cores_per_socket),

@@ -82,7 +82,8 @@ def read_physinfo(proc: Path = Path("/proc"), sys_dir: Path = Path("/sys")) -> d
         cpu = parse_cpuinfo("")
     nodes = len(list((sys_dir / "devices/system/node").glob("node[0-9]*"))) or 1
     ncpu = os.cpu_count() or 1
-    return dict(nr_cpus=ncpu, max_cpu_id=ncpu - 1, nr_nodes=nodes,
+    uname = platform.uname()
+    return dict(version=uname.version, machine=uname.machine, nr_cpus=ncpu, max_cpu_id=ncpu - 1, nr_nodes=nodes,
                 cores_per_socket=cpu["cores_per_socket"], threads_per_core=cpu["threads_per_core"],
                 nr_sockets=cpu["nr_sockets"], cpu_khz=cpu["cpu_khz"], hw_caps=hw_caps(cpu["flags"]),
                 # Every xenlab guest is PV; grant tables are v1 only.

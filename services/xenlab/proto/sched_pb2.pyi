@@ -165,7 +165,7 @@ class CpupoolMigrateRequest(_message.Message):
     def __init__(self, domain: _Optional[_Union[_common_pb2.DomainRef, _Mapping]] = ..., pool: _Optional[str] = ...) -> None: ...
 
 class PhysInfo(_message.Message):
-    __slots__ = ("nr_cpus", "max_cpu_id", "nr_nodes", "cores_per_socket", "threads_per_core", "cpu_khz", "hw_caps", "virt_caps", "free_cpus", "scheduler", "commandline", "cc_compiler", "cc_compile_date", "nr_sockets")
+    __slots__ = ("nr_cpus", "max_cpu_id", "nr_nodes", "cores_per_socket", "threads_per_core", "cpu_khz", "hw_caps", "virt_caps", "free_cpus", "scheduler", "commandline", "cc_compiler", "cc_compile_date", "nr_sockets", "version", "machine")
     NR_CPUS_FIELD_NUMBER: _ClassVar[int]
     MAX_CPU_ID_FIELD_NUMBER: _ClassVar[int]
     NR_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,8 @@ class PhysInfo(_message.Message):
     CC_COMPILER_FIELD_NUMBER: _ClassVar[int]
     CC_COMPILE_DATE_FIELD_NUMBER: _ClassVar[int]
     NR_SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MACHINE_FIELD_NUMBER: _ClassVar[int]
     nr_cpus: int
     max_cpu_id: int
     nr_nodes: int
@@ -194,7 +196,9 @@ class PhysInfo(_message.Message):
     cc_compiler: str
     cc_compile_date: str
     nr_sockets: int
-    def __init__(self, nr_cpus: _Optional[int] = ..., max_cpu_id: _Optional[int] = ..., nr_nodes: _Optional[int] = ..., cores_per_socket: _Optional[int] = ..., threads_per_core: _Optional[int] = ..., cpu_khz: _Optional[int] = ..., hw_caps: _Optional[_Iterable[int]] = ..., virt_caps: _Optional[str] = ..., free_cpus: _Optional[int] = ..., scheduler: _Optional[str] = ..., commandline: _Optional[str] = ..., cc_compiler: _Optional[str] = ..., cc_compile_date: _Optional[str] = ..., nr_sockets: _Optional[int] = ...) -> None: ...
+    version: str
+    machine: str
+    def __init__(self, nr_cpus: _Optional[int] = ..., max_cpu_id: _Optional[int] = ..., nr_nodes: _Optional[int] = ..., cores_per_socket: _Optional[int] = ..., threads_per_core: _Optional[int] = ..., cpu_khz: _Optional[int] = ..., hw_caps: _Optional[_Iterable[int]] = ..., virt_caps: _Optional[str] = ..., free_cpus: _Optional[int] = ..., scheduler: _Optional[str] = ..., commandline: _Optional[str] = ..., cc_compiler: _Optional[str] = ..., cc_compile_date: _Optional[str] = ..., nr_sockets: _Optional[int] = ..., version: _Optional[str] = ..., machine: _Optional[str] = ...) -> None: ...
 
 class ReadConsoleRequest(_message.Message):
     __slots__ = ("clear",)

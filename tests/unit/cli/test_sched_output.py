@@ -115,3 +115,29 @@ def test_xentop_summary():
     assert lines[0].startswith("xentop - ") and lines[0].endswith("   Xen 4.19-xenlab")
     assert lines[1] == "3 domains: 1 running, 1 blocked, 1 paused, 0 crashed, 0 dying, 0 shutdown "
     assert lines[2] == "Mem: 2048k total, 1024k used, 1024k free    CPUs: 4 @ 2300MHz"
+
+
+def test_xl_info_with_physinfo_has_xls_fields_in_xls_order():
+    from xenlab.cli import output
+    from xenlab.proto import domains_pb2
+    text = output.format_host_info(
+        domains_pb2.HostInfo(host="lab", release="6.1", nr_cpus=4, xen_version="4.19-xenlab",
+                             total_memory_kb=2 << 20, free_memory_kb=1 << 20),
+        sched_pb2.PhysInfo(version="#1 SMP", machine="x86_64", max_cpu_id=3, nr_nodes=1,
+                           cores_per_socket=2, threads_per_core=2, cpu_khz=2300125,
+                           hw_caps=[0x1f8bfbff, 0xf7fa3203, 0, 0, 0, 0, 0, 0],
+                           virt_caps="pv gnttab-v1", free_cpus=1, scheduler="credit",
+                           commandline="xenlab hypervisor", cc_compiler="CPython"))
+    values = dict((line[:23].rstrip(), line[25:]) for line in text.splitlines())
+    keys = list(values)
+    order = ["host", "release", "version", "machine", "nr_cpus", "max_cpu_id", "nr_nodes",
+             "cores_per_socket", "threads_per_core", "cpu_mhz", "hw_caps", "virt_caps",
+             "total_memory", "free_memory", "sharing_freed_memory", "sharing_used_memory",
+             "outstanding_claims", "free_cpus", "xen_major", "xen_minor", "xen_extra",
+             "xen_version", "xen_caps", "xen_scheduler", "xen_pagesize", "xen_commandline",
+             "cc_compiler"]
+    assert [k for k in keys if k in order] == order and keys[-1] == "xend_config_format"
+    assert values["cpu_mhz"] == "2300.125"
+    assert values["hw_caps"] == "1f8bfbff:f7fa3203:00000000:00000000:00000000:00000000:00000000:00000000"
+    assert values["virt_caps"] == "pv gnttab-v1" and values["free_cpus"] == "1"
+    assert values["xen_scheduler"] == "credit" and values["total_memory"] == "2048"
