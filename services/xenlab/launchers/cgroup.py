@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import XenError
 from xenlab.xen.sched import CfsValues
 
@@ -105,6 +106,8 @@ class CpuCgroups:
                 return cls(None, 0, f"cannot read the mounts: {err.strerror}")
         name = f"xenlab-{owner}"
         v2, v1 = _cpu_hierarchies(mounts)
+        for root in v2 + v1:
+            _reap_stale(root)
         tried = []
         for root in v2:
             try:
@@ -150,6 +153,20 @@ class CpuCgroups:
     def close(self) -> None:
         if self.base is not None:
             DomainCgroup(self.base, self.version).remove()
+
+
+def _reap_stale(root: Path) -> None:
+    """Groups left by hypervisors that died without closing (SIGKILL):
+    their names carry the owner's pid. A group whose domains still run (an
+    orphan process) is busy and stays."""
+    for base in root.glob("xenlab-*"):
+        pid = base.name.split("-")[1]
+        if not is_decimal(pid) or Path(f"/proc/{pid}").exists():
+            continue
+        for group in base.glob("d*"):
+            if group.is_dir():
+                DomainCgroup(group, 0).remove()
+        DomainCgroup(base, 0).remove()
 
 
 def _enable_cpu(group: Path) -> None:

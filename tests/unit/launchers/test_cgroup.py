@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
@@ -88,3 +89,13 @@ def test_remove_takes_the_group_away_and_tolerates_it_gone(tmp_path):
     group.remove()
     groups.close()
     assert not groups.base.exists()
+
+
+def test_groups_of_a_dead_hypervisor_are_reaped_and_a_live_ones_kept(tmp_path):
+    cpu, mounts = v1_tree(tmp_path)
+    dead = cpu / "xenlab-999999999-0abc"
+    (dead / "d1").mkdir(parents=True)
+    alive = cpu / f"xenlab-{os.getpid()}-0def"
+    (alive / "d2").mkdir(parents=True)
+    CpuCgroups.detect("lab", mounts)
+    assert not dead.exists() and (alive / "d2").exists()
