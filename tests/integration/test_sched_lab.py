@@ -200,6 +200,7 @@ async def test_names_times_and_the_log_ring(lab, capsys):
     await lab.dom0.domains.Destroy(common_pb2.DomainRef(domid=domid))
     dmesg = await xl_run(lab, capsys, "dmesg", "-c")
     assert f"created d{domid} (web)" in dmesg and f"destroyed d{domid} (www)" in dmesg
+    assert f"d{domid} renamed from web to www" in dmesg
     assert all(line.startswith("(XEN) [") for line in dmesg.splitlines())
     status, _ = await xl_main(lab, capsys, "pause", "www")          # refused: it is gone
     assert status == 1

@@ -226,6 +226,7 @@ class Toolstack:
                for d in self.hv.domains):
             raise DomainError(errno.EEXIST, f"domain {name!r} already exists")
         build.rename_domain(self.xs, dom, name, uuid or dom.uuid)
+        log.info("d%d renamed from %s to %s", dom.domid, dom.name, name)
         dom.name = name
         dom.uuid = uuid or dom.uuid
 
