@@ -208,6 +208,21 @@ async def test_names_times_and_the_log_ring(lab, capsys):
     assert "created" not in dmesg and "Pause refused" in dmesg      # -c cleared the rest
 
 
+async def test_xenlab_spin_keeps_a_vcpu_busy(lab, capsys):
+    domid, pid = await busy_domain(lab)
+    capsys.readouterr()
+    status = await asyncio.to_thread(cli_main.main, ["spin", "busy", "-v", "1", "-t", "5", "--rundir",
+                                                     str(lab.rundir)], {})
+    assert status == 0 and capsys.readouterr().out == "busy: vCPUs busy for 5 s: 1\n"
+    await eventually(lambda: tasks.vcpu_tasks(pid)[0][1].state == "R", "vCPU 1 running")
+    status = await asyncio.to_thread(cli_main.main, ["spin", "busy", "-v", "2", "--rundir",
+                                                     str(lab.rundir)], {})
+    assert status == 1 and "none (every vCPU asked is offline)" in capsys.readouterr().out
+    status = await asyncio.to_thread(cli_main.main, ["spin", "busy", "-v", "7", "--rundir",
+                                                     str(lab.rundir)], {})
+    assert status == 1 and "vCPU 7 does not exist" in capsys.readouterr().err
+
+
 async def test_top_batch_shows_every_domain(lab, capsys):
     domid, _ = await busy_domain(lab)
     out = await xl_run(lab, capsys, "top", "-b", "-i", "2", "-d", "0.5")

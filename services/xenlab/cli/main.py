@@ -44,6 +44,7 @@ DELEGATES = {
     "mqtt-broker": ("xenlab.events.broker", "run an MQTT broker for a lab's events (amqtt or mosquitto)"),
     "bridge": ("xenlab.cli.bridge:bridge_main", "show and change the lab's bridges, as iproute2's bridge(8)"),
     "brctl": ("xenlab.cli.bridge:brctl_main", "show the lab's bridges, as brctl(8)"),
+    "spin": ("xenlab.cli.spin", "keep a domain's vCPUs busy for a while (a CPU-bound guest workload)"),
     "xentop": ("xenlab.cli.xl:xentop", "monitor the domains, as xentop: CPU, memory, vCPUs, network"),
 }
 # Delegates that parse their own command line, as the tools they mirror do
