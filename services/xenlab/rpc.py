@@ -27,9 +27,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from xenlab.rundir import PRIVATE_FILE, private_umask
-from xenlab.xen.errors import AuthError, GrantError, XenError
+from xenlab.xen.errors import AuthError, GrantError, XenError, XenStoreError
 
 log = logging.getLogger(__name__)
+# One DEBUG line per refused call: the hypervisor keeps them in its console
+# ring (xl dmesg: xenlab.hypervisor.conring).
+_refused = logging.getLogger("xenlab.rpc.refused")
 
 MD_DOMID = "xen-domid"
 MD_SECRET = "xen-secret"
@@ -162,6 +165,7 @@ def handles_xen_errors(method):
                 async for item in method(self, request, context):
                     yield item
             except XenError as err:
+                _log_refusal(method, err)
                 await context.abort(grpc_status(err), err.message, error_trailers(err))
         return stream_wrapper
 
@@ -170,8 +174,16 @@ def handles_xen_errors(method):
         try:
             return await method(self, request, context)
         except XenError as err:
+            _log_refusal(method, err)
             await context.abort(grpc_status(err), err.message, error_trailers(err))
     return wrapper
+
+
+def _log_refusal(method, err: XenError) -> None:
+    # A xenstore ENOENT is an answer ("is it there?"), not a refusal: the
+    # ring would be nothing but those.
+    if not (isinstance(err, XenStoreError) and err.errno == _errno.ENOENT):
+        _refused.debug("%s refused: %s", method.__name__, err)
 
 
 def refusal(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,

@@ -9,6 +9,7 @@ registered it writes /local/domain/0/data/netback = "ready".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from xenlab.events import config as events_config
 from xenlab.events import server as events_server
 from xenlab.events.sources import Dom0Source, service_events
 from xenlab.osutil import die_with_parent, on_stop_signal, raise_fd_limit
-from xenlab.xen.errors import ConfigError
+from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.start_info import StartInfo
 
 
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rundir", type=Path, default=None,
                         help="the hypervisor's rundir (default $XENLAB_RUNDIR, else "
                              "$XDG_RUNTIME_DIR/xenlab, else /tmp/xenlab-UID)")
-    parser.add_argument("--vcpus", type=int, default=1, metavar="N",
-                        help="Domain-0's vCPUs, as its start_info gives them (default 1)")
+    parser.add_argument("--vcpus", type=int, default=0, metavar="N",
+                        help="Domain-0's vCPUs, as its start_info gives them (default: as many "
+                             "as the hypervisor gave Domain-0, its cpu/N nodes)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="how much Domain-0's kernel logs (default INFO)")
     parser.add_argument("--die-with-parent", action="store_true",
@@ -41,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     events_config.add_arguments(parser)
 
 
-def dom0_start_info(rundir: Rundir, vcpus: int = 1) -> StartInfo:
+def dom0_start_info(rundir: Rundir, vcpus: int = 0) -> StartInfo:
     return StartInfo(domid=0, name="Domain-0", secret=rundir.read_dom0_secret(),
                      hypervisor=rundir.read_address(), doorbell=str(rundir.doorbell),
                      vcpus=vcpus, console_log="")
@@ -71,7 +73,21 @@ async def reset_previous_kernel(start: StartInfo) -> None:
             f"; frontends not Closed yet: {', '.join(reply.stuck)}" if reply.stuck else "")
 
 
+async def dom0_vcpus(start: StartInfo) -> int:
+    """How many vCPUs the hypervisor gave Domain-0: the cpu/N nodes the
+    toolstack wrote for it (one thread each: xenlab.domain.vcpus)."""
+    hypercall = Hypercalls.connect(start.hypervisor, 0, start.secret)
+    try:
+        return len(await hypercall.xenstore.directory("/local/domain/0/cpu")) or 1
+    except XenError:
+        return 1
+    finally:
+        await hypercall.close()
+
+
 async def _main(start: StartInfo, events=None) -> int:
+    if start.vcpus <= 0:
+        start = dataclasses.replace(start, vcpus=await dom0_vcpus(start))
     await reset_previous_kernel(start)
     async with service_events(events, "dom0") as ev:
         # The per-vif counters stream beside the agent, behind its token, as

@@ -46,6 +46,8 @@ DELEGATES = {
     "brctl": ("xenlab.cli.bridge:brctl_main", "show the lab's bridges, as brctl(8)"),
     "ip": ("xenlab.cli.ip:ip_main", "show and set a domain's links up or down, as iproute2's ip-link(8)"),
     "tc": ("xenlab.cli.tc:tc_main", "shape a lab's links: netem on vifs, veths and bridge ports, as tc(8)"),
+    "spin": ("xenlab.cli.spin", "keep a domain's vCPUs busy for a while (a CPU-bound guest workload)"),
+    "xentop": ("xenlab.cli.xl:xentop", "monitor the domains, as xentop: CPU, memory, vCPUs, network"),
 }
 # Delegates that parse their own command line, as the tools they mirror do
 # (`bridge -j fdb show`): entry(argv, env) -> int.

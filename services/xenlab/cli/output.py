@@ -71,15 +71,35 @@ def _version_parts(version: str) -> list[tuple[str, str]]:
     return [("xen_major", m.group(1)), ("xen_minor", m.group(2)), ("xen_extra", m.group(3))]
 
 
-def format_host_info(info: domains_pb2.HostInfo) -> str:
-    """`xl info`: xl's `key<pad to 23>: value` lines; memory in MiB."""
-    rows = [("host", info.host), ("release", info.release),
-            ("nr_cpus", info.nr_cpus),
-            ("total_memory", info.total_memory_kb // 1024),
-            ("free_memory", info.free_memory_kb // 1024)]
+def format_host_info(info: domains_pb2.HostInfo, phys=None) -> str:
+    """`xl info`: xl's `key<pad to 23>: value` lines; memory in MiB.
+    ``phys`` (a sched_pb2.PhysInfo) adds xl's physinfo and build lines."""
+    rows = [("host", info.host), ("release", info.release)]
+    if phys is not None:
+        rows += [("version", phys.version), ("machine", phys.machine)]
+    rows.append(("nr_cpus", info.nr_cpus))
+    if phys is not None:
+        rows += [("max_cpu_id", phys.max_cpu_id), ("nr_nodes", phys.nr_nodes),
+                 ("cores_per_socket", phys.cores_per_socket),
+                 ("threads_per_core", phys.threads_per_core),
+                 ("cpu_mhz", f"{phys.cpu_khz // 1000}.{phys.cpu_khz % 1000:03d}"),
+                 ("hw_caps", ":".join(f"{w:08x}" for w in phys.hw_caps)),
+                 ("virt_caps", phys.virt_caps)]
+    rows += [("total_memory", info.total_memory_kb // 1024),
+             ("free_memory", info.free_memory_kb // 1024)]
+    if phys is not None:
+        # No page sharing and no claims in the lab: these are its real zeros.
+        rows += [("sharing_freed_memory", 0), ("sharing_used_memory", 0),
+                 ("outstanding_claims", 0), ("free_cpus", phys.free_cpus)]
     rows += _version_parts(info.xen_version)
-    rows += [("xen_version", info.xen_version), ("xen_caps", info.xen_caps),
-             ("xen_pagesize", 4096), ("nr_domains", info.nr_domains),
+    rows += [("xen_version", info.xen_version), ("xen_caps", info.xen_caps)]
+    if phys is not None:
+        rows.append(("xen_scheduler", phys.scheduler))
+    rows.append(("xen_pagesize", 4096))
+    if phys is not None:
+        rows += [("xen_commandline", phys.commandline), ("cc_compiler", phys.cc_compiler),
+                 ("cc_compile_date", phys.cc_compile_date)]
+    rows += [("nr_domains", info.nr_domains),
              ("launcher", info.launcher), ("rundir", info.rundir),
              ("doorbell", info.doorbell)]
     if info.rundir:
@@ -90,6 +110,8 @@ def format_host_info(info: domains_pb2.HostInfo) -> str:
     rows.append(("hypervisor_ops", sum(info.ops.values())))
     rows.append(("hypervisor_ops_by_op",
                  " ".join(f"{name}={count}" for name, count in sorted(info.ops.items()))))
+    if phys is not None:
+        rows.append(("xend_config_format", 4))
     return "".join(f"{key:<23}: {value}\n" for key, value in rows)
 
 

@@ -8,19 +8,23 @@ import json
 import logging
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable
 
 import grpc
 
-from xenlab.cli import output
+from xenlab.agent_client import NoAgentError, agent_for
+from xenlab.cli import output, sched_output
 from xenlab.client import HypervisorClient, Rundir, to_domain_spec
 from xenlab.cli import console as xl_console
-from xenlab.proto import common_pb2, console_pb2, domains_pb2, memory_pb2, xenstore_pb2
+from xenlab.proto import (agent_pb2, common_pb2, console_pb2, domains_pb2, memory_pb2, sched_pb2,
+                          xenstore_pb2)
 from xenlab.xen import abi
 from xenlab.xen.errors import ConfigError
 from xenlab.xen.digits import is_decimal
+from xenlab.toolstack.cpupool_cfg import parse_cpupool_config
 from xenlab.toolstack.xlcfg import load_xl_config, parse_vif_spec
 
 log = logging.getLogger(__name__)
@@ -238,7 +242,8 @@ async def cmd_vcpu_set(args, ts: Toolstack) -> int:
 async def cmd_info(args, ts: Toolstack) -> int:
     async with ts.connect() as hv:
         info = await hv.domains.GetHostInfo(common_pb2.Empty(), timeout=RPC_TIMEOUT)
-    sys.stdout.write(output.format_host_info(info))
+        phys = await hv.sched.GetPhysInfo(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+    sys.stdout.write(output.format_host_info(info, phys))
     return 0
 
 
@@ -311,6 +316,275 @@ async def cmd_network_list(args, ts: Toolstack) -> int:
             vifs.extend((await hv.domains.NetworkList(ref, timeout=RPC_TIMEOUT)).vifs)
     sys.stdout.write(output.format_network_list(vifs))
     return 0
+
+
+# --------------------------------------------------------------------------
+# vCPUs, scheduling, cpupools, and the host's and domains' times and names
+# (the Sched service: xenlab.hypervisor.scheduler).
+
+async def cmd_vcpu_list(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        reply = await hv.sched.ListVcpus(sched_pb2.VcpuListRequest(domains=args.domains),
+                                         timeout=RPC_TIMEOUT)
+    sys.stdout.write(sched_output.format_vcpu_list(reply.vcpus, reply.nr_cpus))
+    return 0
+
+
+def vcpu_number(text: str) -> int:
+    """xl vcpu-pin's VCPU: a number, or ``all`` (-1)."""
+    if text == "all":
+        return -1
+    if not is_decimal(text) or len(text) > 4:
+        raise argparse.ArgumentTypeError(f"invalid argument {text!r} as VCPU: a number or 'all'")
+    return int(text)
+
+
+async def cmd_vcpu_pin(args, ts: Toolstack) -> int:
+    if args.force and args.vcpu == -1:
+        raise CliError("--force and 'all' as VCPU not allowed")
+    request = sched_pb2.VcpuPinRequest(domain=args.domain, vcpu=args.vcpu, hard=args.hard,
+                                       soft=args.soft or "")
+    async with ts.connect() as hv:
+        await hv.sched.VcpuPin(request, timeout=RPC_TIMEOUT)
+    return 0
+
+
+def _sched_cmd(scheduler: str):
+    async def cmd(args, ts: Toolstack) -> int:
+        """xl sched-credit/-credit2: list every pool of the scheduler with
+        its domains, one domain, or set a domain's weight and cap."""
+        setting = args.weight is not None or args.cap is not None
+        if args.pool and (args.domain or setting):
+            raise CliError("specifying a cpupool is not allowed with domain options")
+        if setting and args.domain is None:
+            raise CliError("must specify a domain (-d DOM) to set its weight or cap")
+        async with ts.connect() as hv:
+            if args.domain is None:
+                pools = await hv.sched.ListCpupools(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+                if args.pool and not any(args.pool in (p.name, str(p.poolid)) for p in pools.pools):
+                    raise CliError(f"unknown cpupool '{args.pool}'")
+                params = await hv.sched.SchedList(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+                sys.stdout.write(sched_output.format_sched_pools(pools.pools, params.domains,
+                                                                 scheduler, args.pool or ""))
+                return 0
+            current = await hv.sched.SchedGet(args.domain, timeout=RPC_TIMEOUT)
+            pools = await hv.sched.ListCpupools(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+            pool = next((p for p in pools.pools if p.poolid == current.poolid), None)
+            if pool is not None and pool.sched != scheduler:
+                raise CliError(f"domain {current.name} is in cpupool {pool.name}, whose scheduler "
+                               f"is {pool.sched}: use xl sched-{pool.sched}")
+            if not setting:
+                sys.stdout.write(sched_output.sched_header() + sched_output.sched_row(current))
+                return 0
+            request = sched_pb2.SchedSetRequest(
+                domain=args.domain, set_weight=args.weight is not None, weight=args.weight or 0,
+                set_cap=args.cap is not None, cap=args.cap or 0)
+            reply = await hv.sched.SchedSet(request, timeout=RPC_TIMEOUT)
+        for where, value in sorted(reply.written.items()):
+            log.info("wrote %s = %s", where, value)
+        return 0
+    return cmd
+
+
+async def cmd_cpupool_list(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        reply = await hv.sched.ListCpupools(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+    pools = list(reply.pools)
+    if args.pool:
+        pools = [p for p in pools if args.pool in (p.name, str(p.poolid))]
+        if not pools:
+            raise CliError(f"Pool '{args.pool}' does not exist")
+    sys.stdout.write(sched_output.format_cpupool_list(pools, args.cpus))
+    return 0
+
+
+async def cmd_cpupool_create(args, ts: Toolstack) -> int:
+    items = list(args.items)
+    path = args.defconfig
+    if path is None and items and "=" not in items[0]:
+        path = items.pop(0)
+    text = ""
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except OSError as err:
+            raise CliError(f"cannot read {path}: {err.strerror}") from None
+    cfg = parse_cpupool_config(text, items, path)
+    request = sched_pb2.CpupoolCreateRequest(name=cfg.name, sched=cfg.sched, cpus=cfg.cpus)
+    if args.dry_run:
+        print(json.dumps(output.message_to_dict(request), indent=4))
+        return 0
+    async with ts.connect() as hv:
+        await hv.sched.CpupoolCreate(request, timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def cmd_cpupool_destroy(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        await hv.sched.CpupoolDestroy(sched_pb2.CpupoolRef(pool=args.pool), timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def cmd_cpupool_cpu_add(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        await hv.sched.CpupoolCpuAdd(sched_pb2.CpupoolCpusRequest(pool=args.pool, cpus=args.cpus),
+                                     timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def cmd_cpupool_cpu_remove(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        await hv.sched.CpupoolCpuRemove(sched_pb2.CpupoolCpusRequest(pool=args.pool, cpus=args.cpus),
+                                        timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def cmd_cpupool_migrate(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        await hv.sched.CpupoolMigrate(sched_pb2.CpupoolMigrateRequest(domain=args.domain,
+                                                                       pool=args.pool),
+                                      timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def _start_time(hv, info: domains_pb2.DomainInfo) -> float | None:
+    """libxl_vm_get_start_time: /vm/UUID/start_time."""
+    try:
+        reply = await hv.xenstore.Read(xenstore_pb2.PathRequest(path=f"/vm/{info.uuid}/start_time"),
+                                       timeout=RPC_TIMEOUT)
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.NOT_FOUND:
+            return None
+        raise
+    try:
+        return float(reply.value.decode())
+    except ValueError:
+        return None
+
+
+async def cmd_uptime(args, ts: Toolstack) -> int:
+    """Domain-0's uptime is the host's (the hypervisor's, here), as xl reads
+    dom0's /proc/uptime; a domU's is since /vm/UUID/start_time."""
+    now = time.time()
+    out = [] if args.short else [sched_output.uptime_header()]
+    async with ts.connect() as hv:
+        if args.domains:
+            domains = [await hv.domains.Info(ref, timeout=RPC_TIMEOUT) for ref in args.domains]
+        else:
+            domains = list((await hv.domains.List(common_pb2.Empty(), timeout=RPC_TIMEOUT)).domains)
+        host = None
+        for info in domains:
+            if info.domid == 0:
+                if host is None:
+                    host = await hv.domains.GetHostInfo(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+                seconds = host.uptime
+            else:
+                start = await _start_time(hv, info)
+                if start is None:
+                    continue            # xl skips a domain without a start time
+                seconds = max(0.0, now - start)
+            out.append(sched_output.uptime_line(info.name, info.domid, seconds, args.short, now))
+    sys.stdout.write("".join(out))
+    return 0
+
+
+async def cmd_domid(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        info = await hv.domains.Info(common_pb2.DomainRef(name=args.name), timeout=RPC_TIMEOUT)
+    print(info.domid)
+    return 0
+
+
+async def cmd_domname(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        info = await hv.domains.Info(common_pb2.DomainRef(domid=args.domid), timeout=RPC_TIMEOUT)
+    print(info.name)
+    return 0
+
+
+async def cmd_rename(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        await hv.sched.Rename(sched_pb2.RenameRequest(domain=args.domain, name=args.name),
+                              timeout=RPC_TIMEOUT)
+    return 0
+
+
+async def cmd_dmesg(args, ts: Toolstack) -> int:
+    async with ts.connect() as hv:
+        reply = await hv.sched.ReadConsole(sched_pb2.ReadConsoleRequest(clear=args.clear),
+                                           timeout=RPC_TIMEOUT)
+    sys.stdout.write("".join(line + "\n" for line in reply.lines))
+    return 0
+
+
+async def _net_counters(hv, domains) -> dict[int, tuple[int, int, int]]:
+    """domid -> (vifs, bytes the domain sent, bytes it received), from
+    netback's counters in each backend domain: a vif's rx is its
+    frontend's tx, as xenstat reads vifD.N from the backend's /proc/net/dev."""
+    by_backend: dict[int, dict[str, agent_pb2.InterfaceStats]] = {}
+    out: dict[int, tuple[int, int, int]] = {}
+    for info in domains:
+        try:
+            vifs = (await hv.domains.NetworkList(common_pb2.DomainRef(domid=info.domid),
+                                                 timeout=RPC_TIMEOUT)).vifs
+        except grpc.aio.AioRpcError:
+            vifs = []
+        tx = rx = 0
+        for vif in vifs:
+            if vif.backend_id not in by_backend:
+                by_backend[vif.backend_id] = {}
+                try:
+                    async with await agent_for(hv, vif.backend_id) as agent:
+                        stats = await agent.InterfaceStats(agent_pb2.StatsRequest(), timeout=RPC_TIMEOUT)
+                    by_backend[vif.backend_id] = {i.name: i for i in stats.interfaces}
+                except (NoAgentError, grpc.aio.AioRpcError) as err:
+                    log.debug("no counters from d%d: %s", vif.backend_id, err)
+            name = vif.vifname or f"vif{info.domid}.{vif.devid}"
+            stats = by_backend[vif.backend_id].get(name)
+            if stats is not None:
+                tx += stats.rx_bytes
+                rx += stats.tx_bytes
+        out[info.domid] = (len(vifs), tx, rx)
+    return out
+
+
+async def _top_sample(hv):
+    domains = list((await hv.domains.List(common_pb2.Empty(), timeout=RPC_TIMEOUT)).domains)
+    return time.monotonic(), domains, await _net_counters(hv, domains)
+
+
+async def cmd_top(args, ts: Toolstack) -> int:
+    """xentop: every domain's CPU (seconds, and % of one CPU since the last
+    sample), memory, vCPUs and network counters; -b prints the table each
+    -d seconds (-i times), else the screen is redrawn until Ctrl-C."""
+    previous: dict[int, float] = {}
+    last = None
+    n = 0
+    async with ts.connect() as hv:
+        host = await hv.domains.GetHostInfo(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+        phys = await hv.sched.GetPhysInfo(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+        while True:
+            now, domains, nets = await _top_sample(hv)
+            rows = []
+            for d in domains:
+                pct = sched_output.cpu_percent(previous[d.domid], d.cpu_time, now - last) \
+                    if last is not None and d.domid in previous else 0.0
+                vifs, tx, rx = nets.get(d.domid, (0, 0, 0))
+                rows.append(sched_output.TopRow(d.domid, d.name, d.state, d.cpu_time, pct,
+                                                d.memory_kb, d.maxmem_kb, d.vcpus, vifs, tx, rx))
+            previous, last = {d.domid: d.cpu_time for d in domains}, now
+            text = sched_output.xentop_table(rows, host.total_memory_kb)
+            if not args.batch:
+                host = await hv.domains.GetHostInfo(common_pb2.Empty(), timeout=RPC_TIMEOUT)
+                text = "\x1b[H\x1b[2J" + sched_output.xentop_summary(
+                    rows, host.xen_version, host.total_memory_kb, host.free_memory_kb,
+                    host.nr_cpus, phys.cpu_khz // 1000) + text
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            n += 1
+            if args.iterations and n >= args.iterations:
+                return 0
+            await asyncio.sleep(args.delay)
 
 
 # --------------------------------------------------------------------------
@@ -402,6 +676,142 @@ def _network_list_args(p: argparse.ArgumentParser) -> None:
                    help="domains whose vifs to list, by name or id")
 
 
+def _vcpu_list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domains", nargs="*", type=domain_ref, metavar="DOM",
+                   help="domains whose vCPUs to list (default: every domain)")
+
+
+def _vcpu_pin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--force", action="store_true",
+                   help="accepted for xl's sake: affinity is always set for good")
+    _dom(p)
+    p.add_argument("vcpu", type=vcpu_number, metavar="VCPU|all", help="the vCPU, or all of them")
+    p.add_argument("hard", metavar="CPUS",
+                   help="hard affinity: CPUs and ranges, '^' to take away, 'all' ('0-3,^2'); '-' leaves it")
+    p.add_argument("soft", nargs="?", metavar="SOFT",
+                   help="soft affinity: only '-' or 'all' (Linux has no preferred-CPU affinity)")
+
+
+def sched_weight(text: str) -> int:
+    if not is_decimal(text) or len(text) > 5 or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid weight {text!r}: 1..65535 (default 256)")
+    return int(text)
+
+
+def sched_cap(text: str) -> int:
+    if not is_decimal(text) or len(text) > 5 or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid cap {text!r}: percent of one CPU, 0 (none)..65535")
+    return int(text)
+
+
+def _sched_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-d", "--domain", type=domain_ref, metavar="DOM",
+                   help="the domain to show or set (default: list every domain)")
+    p.add_argument("-w", "--weight", type=sched_weight, metavar="W",
+                   help="relative weight, 1..65535 (default 256): cgroup cpu.shares = W*4 (v1), "
+                        "cpu.weight = W*100/256 (v2)")
+    p.add_argument("-c", "--cap", type=sched_cap, metavar="C",
+                   help="most CPU it may use, in percent of one CPU (0: no cap): CFS quota "
+                        "C%% of a 100 ms period")
+    p.add_argument("-p", "--cpupool", dest="pool", metavar="POOL",
+                   help="list only this cpupool's domains")
+
+
+def _pool_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pool", metavar="POOL", help="cpupool name or id")
+
+
+def _cpupool_list_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--cpus", action="store_true", help="list each pool's CPUs")
+    p.add_argument("pool", nargs="?", metavar="POOL", help="only this cpupool")
+
+
+def _cpupool_create_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--defconfig", metavar="FILE", help="the cpupool config file")
+    p.add_argument("-n", "--dry-run", action="store_true",
+                   help="parse the configuration and print it; create nothing")
+    p.add_argument("items", nargs="*", metavar="[FILE] key=value",
+                   help='name="NAME", sched="credit|credit2", cpus="LIST" (default: one free CPU)')
+
+
+def _cpupool_cpus_args(p: argparse.ArgumentParser) -> None:
+    _pool_arg(p)
+    p.add_argument("cpus", metavar="CPUS", help="CPUs and ranges ('2', '1-3', '0-3,^2')")
+
+
+def _cpupool_migrate_args(p: argparse.ArgumentParser) -> None:
+    _dom(p)
+    _pool_arg(p)
+
+
+def _uptime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", "--short", dest="short", action="store_true", help="uptime(1)'s short form")
+    p.add_argument("domains", nargs="*", type=domain_ref, metavar="DOM",
+                   help="domains (default: every domain)")
+
+
+def _domid_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", metavar="NAME", help="a domain name")
+
+
+def domid_number(text: str) -> int:
+    if not is_decimal(text) or len(text) > 10 or int(text) > 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"invalid domain id {text!r}: a number")
+    return int(text)
+
+
+def _domname_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domid", type=domid_number, metavar="DOMID", help="a domain id")
+
+
+def _rename_args(p: argparse.ArgumentParser) -> None:
+    _dom(p)
+    p.add_argument("name", metavar="NEWNAME", help="the new name (the rules of a name at create)")
+
+
+def _dmesg_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--clear", action="store_true", help="clear the ring after printing it")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"invalid delay {text!r}: seconds, more than 0")
+    return value
+
+
+def iterations(text: str) -> int:
+    if not is_decimal(text) or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"invalid iterations {text!r}: a number")
+    return int(text)
+
+
+def _top_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-b", "--batch", action="store_true", help="print the table each time, no screen")
+    p.add_argument("-d", "--delay", type=positive_seconds, default=3.0, metavar="SECONDS",
+                   help="seconds between updates (default 3)")
+    p.add_argument("-i", "--iterations", type=iterations, default=0, metavar="N",
+                   help="stop after N updates (default: run until interrupted)")
+
+
+def xentop_arguments(p: argparse.ArgumentParser) -> None:
+    """`xenlab xentop`: `xl top` under xentop's own name."""
+    p.add_argument("--rundir", type=Path, default=None,
+                   help="the hypervisor's rundir (default $XENLAB_RUNDIR, else "
+                        "$XDG_RUNTIME_DIR/xenlab, else /tmp/xenlab-UID)")
+    p.add_argument("--hypervisor", metavar="ADDR", default=None,
+                   help="the hypervisor's gRPC address (default: read from the rundir)")
+    _top_args(p)
+
+
+def xentop(args) -> int:
+    toolstack = Toolstack(rundir=args.rundir, address=args.hypervisor)
+    return run_command("xenlab", "xentop", lambda: cmd_top(args, toolstack))
+
+
 # name: (one-line help, argument adder, handler)
 COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "create": ("create a domain from an xl.cfg file", _create_args, cmd_create),
@@ -421,6 +831,28 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "network-list": ("list a domain's vifs", _network_list_args, cmd_network_list),
     "sysrq": ("send a sysrq to a domain", _sysrq_args, cmd_sysrq),
     "trigger": ("send a trigger to a domain", _trigger_args, cmd_trigger),
+    "vcpu-list": ("list the vCPUs of domains: where each runs, its time and affinity",
+                  _vcpu_list_args, cmd_vcpu_list),
+    "vcpu-pin": ("set the CPUs a vCPU may run on (its thread's affinity)", _vcpu_pin_args,
+                 cmd_vcpu_pin),
+    "sched-credit": ("show or set credit scheduler weight and cap (through cgroups)", _sched_args,
+                     _sched_cmd("credit")),
+    "sched-credit2": ("show or set credit2 scheduler weight and cap (through cgroups)",
+                      _sched_args, _sched_cmd("credit2")),
+    "cpupool-list": ("list the CPU pools", _cpupool_list_args, cmd_cpupool_list),
+    "cpupool-create": ("create a CPU pool of free CPUs", _cpupool_create_args, cmd_cpupool_create),
+    "cpupool-destroy": ("remove a CPU pool that has no domains", _pool_arg, cmd_cpupool_destroy),
+    "cpupool-cpu-add": ("add free CPUs to a CPU pool", _cpupool_cpus_args, cmd_cpupool_cpu_add),
+    "cpupool-cpu-remove": ("take CPUs out of a CPU pool (they become free)", _cpupool_cpus_args,
+                           cmd_cpupool_cpu_remove),
+    "cpupool-migrate": ("move a domain into a CPU pool (its vCPUs then run on its CPUs)",
+                        _cpupool_migrate_args, cmd_cpupool_migrate),
+    "uptime": ("print the uptime of domains", _uptime_args, cmd_uptime),
+    "domid": ("convert a domain name to a domain id", _domid_args, cmd_domid),
+    "domname": ("convert a domain id to a domain name", _domname_args, cmd_domname),
+    "rename": ("rename a domain", _rename_args, cmd_rename),
+    "dmesg": ("print the hypervisor's log ring", _dmesg_args, cmd_dmesg),
+    "top": ("monitor the domains: CPU, memory, vCPUs, network (xentop)", _top_args, cmd_top),
 }
 
 

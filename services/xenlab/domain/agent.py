@@ -67,10 +67,15 @@ def agent_address(start_info) -> str:
     return "127.0.0.1:0"
 
 
+SPIN_DEFAULT = 10.0      # seconds
+SPIN_MAX = 3600.0
+
+
 class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
-    def __init__(self, net: GuestNetwork, domid: int):
+    def __init__(self, net: GuestNetwork, domid: int, vcpus=None):
         self.net = net
         self.domid = domid
+        self.vcpus = vcpus          # the kernel's Vcpus (xenlab.domain.vcpus), for Spin
 
     def _need_stack(self) -> None:
         if self.domid == 0 and not self.net.has_stack():
@@ -187,6 +192,20 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             yield agent_pb2.PerfInterval(ready=True) if report is None else _perf_interval(report)
 
     @handles_xen_errors
+    async def Spin(self, request, context):
+        if self.vcpus is None:
+            raise XenError(errno.EOPNOTSUPP, "this domain's kernel has no vCPU threads")
+        seconds = request.seconds or SPIN_DEFAULT
+        if not 0 < seconds <= SPIN_MAX:
+            raise XenError(errno.EINVAL, f"seconds {seconds}: expected 0 < seconds <= {SPIN_MAX}")
+        wanted = list(request.vcpus) or range(self.vcpus.count)
+        bad = [n for n in wanted if n >= self.vcpus.count]
+        if bad:
+            raise XenError(errno.EINVAL, f"vCPU {bad[0]} does not exist: "
+                                         f"the domain has {self.vcpus.count}")
+        return agent_pb2.SpinReply(vcpus=self.vcpus.spin(wanted, seconds))
+
+    @handles_xen_errors
     async def InterfaceStats(self, request, context):
         if request.interface:
             devices = [self.net.device(request.interface)]
@@ -295,9 +314,10 @@ async def _batches(requests, limit: int):
 class GuestAgentServer:
     """The agent's gRPC server (with health and reflection) around a GuestNetwork."""
 
-    def __init__(self, net: GuestNetwork, domid: int, address: str, token: str):
+    def __init__(self, net: GuestNetwork, domid: int, address: str, token: str, vcpus=None):
         self.net = net
         self.domid = domid
+        self.vcpus = vcpus
         self.address = address
         self.token = token
         self.server: grpc.aio.Server | None = None
@@ -312,7 +332,7 @@ class GuestAgentServer:
                 raise OSError(errno.ENAMETOOLONG,
                               f"agent socket path {path} is over {UNIX_PATH_MAX} bytes")
             _unlink(path)
-        servicer = GuestAgentServicer(self.net, self.domid)
+        servicer = GuestAgentServicer(self.net, self.domid, self.vcpus)
         register = [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s),
                     *(register for register, _ in self.services)]
         names = [SERVICE_NAME, *(name for _, name in self.services)]
@@ -380,7 +400,8 @@ async def start_guest_agent(kernel, services=()) -> KernelAgent | None:
                     kernel.domid)
     net = GuestNetwork(cmdline=getattr(kernel.start_info, "cmd_line", ""))
     net.attach(kernel)
-    server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info), token)
+    server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info), token,
+                              getattr(kernel, "vcpus", None))
     server.services = list(services)
     try:
         address = await server.start()

@@ -23,6 +23,7 @@ from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.domain.memory import RESERVED_FRAMES, GuestMemory
 from xenlab.domain.sysrq import SysrqHandler
+from xenlab.domain.vcpus import Vcpus
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
 from xenlab.domain.xenbus_ring import RingXenStore
 from xenlab.xen import abi
@@ -87,6 +88,7 @@ class DomainKernel:
         self.nmis = 0
         self._emergency = False
         self.bus: XenbusBus | None = None
+        self.vcpus = Vcpus(start.vcpus)
         self.ticks = 0
         self.booted = time.monotonic()      # when this kernel started (the console's uptime)
         self.shutdown_reason = ""
@@ -114,6 +116,7 @@ class DomainKernel:
                 log.exception("netif change callback for %s failed", name)
 
     async def boot(self) -> None:
+        self.vcpus.start()        # first: the toolstack may be waiting to pin them
         mm = await self.hypercall.memory.memory_map(with_populated=True)
         self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,
                                   mapping=self._memory_map)
@@ -139,6 +142,7 @@ class DomainKernel:
         await self.xenbus.watch("control/shutdown", self._on_shutdown_request)
         await self.xenbus.watch("memory/target", self._on_memory_target)
         await self.sysrq.start()
+        await self.xenbus.watch("cpu", self._on_cpu_availability)
         await self.xenbus.write("data/kernel", "xenlab-domain")
         log.info("d%d (%s) booted: %d frames, doorbell %s, xenstore over %s", self.domid,
                  self.name, self.memory.nr_frames,
@@ -219,6 +223,17 @@ class DomainKernel:
             self.stop("reboot" if request == "reboot" else "poweroff")
         elif request:
             log.warning("ignoring unknown shutdown request %r", request)
+
+    async def _on_cpu_availability(self, path: str) -> None:
+        """Linux's xen cpu_hotplug: cpu/N/availability brings vCPU N up or down."""
+        for vcpu in range(1, self.vcpus.count):
+            try:
+                state = await self.xenbus.read(f"cpu/{vcpu}/availability", default="")
+            except XenError as err:
+                log.warning("vcpu hotplug: ignoring %s", err.message)
+                return
+            if state in ("online", "offline"):
+                self.vcpus.set_online(vcpu, state == "online")
 
     async def _on_memory_target(self, path: str) -> None:
         """The balloon driver: follow memory/target (KiB) by giving frames
@@ -306,6 +321,7 @@ class DomainKernel:
         memory) without telling the hypervisor: shutdown() tells it first.
         Not ``orderly`` (an emergency restart, a panic): the agent and the
         drivers are not shut down, only dropped with the rest."""
+        self.vcpus.stop()
         if self.agent is not None and orderly:    # the agent: before xenbus goes
             await self.agent.stop()
         for driver in reversed(self.drivers if orderly else []):   # drivers: before xenbus goes

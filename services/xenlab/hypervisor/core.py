@@ -30,8 +30,10 @@ from xenlab.hypervisor.domains import MAX_PAUSE_COUNT, Domain, DomainTable, RunS
 from xenlab.hypervisor.evtchn import EventChannels
 from xenlab.hypervisor.grants import PRIVILEGED_MAX_MAPTRACK, GrantTables
 from xenlab.hypervisor.caller import DOM0, Caller
+from xenlab.hypervisor.conring import ConsoleRing
 from xenlab.hypervisor.identity import Identity
 from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor.scheduler import Scheduler
 from xenlab.hypervisor.watchdog import Watchdogs
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.hypervisor.xenstore_server import XenStoreConnection, XenStoreConnections
@@ -42,6 +44,7 @@ from xenlab.hypervisor.xenstored_socket import XenstoredSocket
 from xenlab.launchers import make_launcher
 from xenlab.launchers.base import DomainHandles, DomainProcess, Launcher
 from xenlab.launchers.domains_dir import DomainsDir
+from xenlab.launchers.local import ForeignProcess
 from xenlab.rundir import Rundir
 from xenlab.xen import abi
 from xenlab.xen.digits import is_decimal
@@ -96,6 +99,11 @@ class Hypervisor:
         # paused, unpaused, shut down, dying, destroyed (xenlab.events).
         self.observers: list = []
         self.dom0_secret = ""
+        # The host's scheduler over the domains' threads (xl vcpu-*, sched-credit, cpupool-*).
+        self.sched = Scheduler(self.sched_process)
+        # What the hypervisor says about domains, for xl dmesg.
+        self.conring = ConsoleRing()
+        self.conring.attach()
 
     # -- start and stop ------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +115,7 @@ class Hypervisor:
         dom0 = self.domains.add_dom0(self.config.dom0_memory_mb * PAGES_PER_MB,
                                      self.config.dom0_vcpus)
         self._add_to_cores(dom0, dom0.max_pages)
+        self.sched.started(dom0)
         self.dom0_secret = self.identity.issue(0, privileged=True)
         await self.doorbell.start(str(self.rundir.doorbell))
         if self.domains_dir.isolated:
@@ -146,6 +155,7 @@ class Hypervisor:
             await launcher.close()
         self.domains_dir.close()
         self.rundir.withdraw_hypervisor()
+        self.conring.detach()
 
     # -- helpers for servicers -------------------------------------------------
     def domain_exists(self, domid: int) -> bool:
@@ -156,6 +166,17 @@ class Hypervisor:
 
     def process(self, domid: int) -> DomainProcess | None:
         return self._procs.get(domid)
+
+    def sched_process(self, domid: int) -> DomainProcess | None:
+        """The process whose threads are the domain's vCPUs: the launcher's,
+        or (a kernel started outside the hypervisor, Domain-0's) the one on
+        the other end of its doorbell."""
+        proc = self._procs.get(domid)
+        if proc is None and domid in self.domains:
+            pid = self.doorbell.peer_pid(domid)
+            if pid and pid != os.getpid():
+                return ForeignProcess(pid)
+        return proc
 
     def _fire_watch(self, conn, path: str, token: str) -> None:
         """The XenStore core's watch events, to whichever kind of connection
@@ -220,9 +241,11 @@ class Hypervisor:
         ``cmdline`` is the kernel command line its start_info carries."""
         proc = await self._start_process(launcher, dom, secret, agent_token, cmdline)
         if proc is None:
+            self.sched.started(dom)
             return self._agent_without_process(dom.domid)
         self._procs[dom.domid] = proc
         self._reapers[dom.domid] = asyncio.create_task(self._reap(dom, proc))
+        self.sched.started(dom)
         return proc.agent
 
     def run(self, dom: Domain, paused: bool = False) -> None:
@@ -352,6 +375,7 @@ class Hypervisor:
         self._remove_from_cores(dom.domid)
         self.xenstored.release(dom.domid)
         self.domains.remove(dom.domid)
+        self.sched.forget(dom.domid)
         log.info("destroyed d%d (%s)", dom.domid, dom.name)
         self._changed()
 
@@ -528,9 +552,15 @@ class Hypervisor:
         return dict(domid=dom.domid, name=dom.name, uuid=dom.uuid,
                     state=dom.state_letters(proc.proc_state() if proc else ("R" if dom.domid == 0 else "")),
                     memory_kb=current * 4, maxmem_kb=maximum * 4, target_kb=target * 4,
-                    vcpus=dom.online_vcpus, cpu_time=proc.cpu_time() if proc else 0.0,
+                    vcpus=dom.online_vcpus, cpu_time=self._cpu_time(dom, proc),
                     privileged=dom.privileged, shutdown_reason=dom.shutdown_reason,
                     pid=proc.pid if proc else 0, launcher=dom.launcher)
+
+    def _cpu_time(self, dom: Domain, proc: DomainProcess | None) -> float:
+        """Its process's CPU seconds; Domain-0's kernel is found through its doorbell."""
+        if proc is None and dom.domid == 0:
+            proc = self.sched_process(0)
+        return proc.cpu_time() if proc is not None else 0.0
 
     def host_info(self) -> dict:
         uname = platform.uname()

@@ -58,6 +58,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -248,6 +249,21 @@ class UpcallRouter:
 
     def connections(self, domid: int) -> int:
         return len(self._conns.get(domid, ()))
+
+    def peer_pid(self, domid: int) -> int:
+        """The pid (in our PID namespace; 0 if it is not visible there) of
+        the process on the other end of the domain's doorbell: how the
+        hypervisor finds a kernel it did not start (Domain-0's)."""
+        for conn in self._conns.get(domid, ()):
+            try:
+                cred = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                            struct.calcsize("3i"))
+            except OSError:
+                continue
+            pid = struct.unpack("3i", cred)[0]
+            if pid > 0:
+                return pid
+        return 0
 
     # -- the direct path of interdomain channels ------------------------------------
     def link(self, a: tuple[int, int, int], b: tuple[int, int, int]) -> None:

@@ -21,10 +21,11 @@ from xenlab.hypervisor.evtchn_server import EventChannelServicer
 from xenlab.hypervisor.grants_server import GrantTableServicer
 from xenlab.launchers.base import Launcher
 from xenlab.hypervisor.memory_server import MemoryServicer
+from xenlab.hypervisor.sched_server import SchedServicer
 from xenlab.hypervisor.xenstore_server import XenStoreServicer
 from xenlab.proto import (console_pb2, console_pb2_grpc, domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
                           grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
-                          xenstore_pb2, xenstore_pb2_grpc)
+                          sched_pb2, sched_pb2_grpc, xenstore_pb2, xenstore_pb2_grpc)
 from xenlab.rpc import MAX_MESSAGE, start_server
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ SERVICE_NAMES = [
     xenstore_pb2.DESCRIPTOR.services_by_name["XenStore"].full_name,
     console_pb2.DESCRIPTOR.services_by_name["Console"].full_name,
     console_pb2.DESCRIPTOR.services_by_name["Triggers"].full_name,
+    sched_pb2.DESCRIPTOR.services_by_name["Sched"].full_name,
 ]
 
 
@@ -85,6 +87,7 @@ class HypervisorServer:
                 XenStoreServicer(hv, hv.xs_connections), s),
             lambda s: console_pb2_grpc.add_ConsoleServicer_to_server(ConsoleServicer(hv), s),
             lambda s: console_pb2_grpc.add_TriggersServicer_to_server(TriggersServicer(hv), s),
+            lambda s: sched_pb2_grpc.add_SchedServicer_to_server(SchedServicer(hv, toolstack), s),
         ]
         names = list(SERVICE_NAMES)
         if self.events is not None:

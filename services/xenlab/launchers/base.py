@@ -9,8 +9,12 @@ toolstack or a test then acts for it with the secret that Create returns).
 from __future__ import annotations
 
 import abc
+import errno
 from dataclasses import dataclass
 
+from xenlab.launchers.tasks import Task
+from xenlab.xen.errors import XenError
+from xenlab.xen.sched import CfsValues
 from xenlab.xen.start_info import StartInfo
 
 
@@ -47,6 +51,21 @@ class DomainProcess(abc.ABC):
 
     def cpu_time(self) -> float:
         return 0.0
+
+    # -- the host scheduler's view (xl vcpu-list, vcpu-pin, sched-credit) ----------
+    def vcpu_tasks(self) -> tuple[dict[int, Task], list[Task]]:
+        """(vCPU -> its thread, the process's other threads): xenlab.launchers.tasks."""
+        raise XenError(errno.EOPNOTSUPP, "this launcher's domains have no threads the "
+                                         "hypervisor can see")
+
+    def set_affinity(self, tids, cpus) -> None:
+        """Hard affinity of these threads (OSError from sched_setaffinity)."""
+        raise XenError(errno.EOPNOTSUPP, "this launcher cannot pin a domain's threads")
+
+    def set_credit(self, cfs: CfsValues) -> dict[str, str]:
+        """The credit weight and cap as the host's CFS values; what was
+        written where (file or setting -> value)."""
+        raise XenError(errno.EOPNOTSUPP, "this launcher cannot set a domain's CPU weight or cap")
 
 
 class Launcher(abc.ABC):

@@ -39,9 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from xenlab.launchers import tasks
 from xenlab.launchers.base import DomainHandles, DomainProcess, Launcher
 from xenlab.launchers.domains_dir import DomainsDir, DomainUids
-from xenlab.xen.errors import DomainError
+from xenlab.xen.errors import DomainError, XenError
+from xenlab.xen.sched import CfsValues
 from xenlab.xen.start_info import StartInfo
 
 # The Docker SDK (with requests, its transport) is imported where it is used:
@@ -302,6 +304,39 @@ class DockerDomain(DomainProcess):
     def cpu_time(self) -> float:
         """Seconds of CPU the container has used, as `docker stats` counts it."""
         return self._cpu_ns / 1e9
+
+    # -- the host scheduler's view --------------------------------------------------
+    def _visible(self) -> bool:
+        """Whether State.Pid is this container's process in our PID
+        namespace (the compose lab's hypervisor is itself a container:
+        there a host pid names someone else, or no one)."""
+        try:
+            return self.pid > 0 and self.container.id in Path(f"/proc/{self.pid}/cgroup").read_text()
+        except OSError:
+            return False
+
+    def vcpu_tasks(self):
+        if not self._visible():
+            raise XenError(errno.EOPNOTSUPP, f"{self.name}: the container's threads are not "
+                                             f"visible from the hypervisor's PID namespace")
+        return tasks.vcpu_tasks(self.pid)
+
+    def set_affinity(self, tids, cpus) -> None:
+        self.vcpu_tasks()      # refuses where the threads are not ours to see
+        for tid in tids:
+            tasks.set_affinity(tid, cpus)
+
+    def set_credit(self, cfs: CfsValues) -> dict[str, str]:
+        """Docker's own knobs on the container's cgroup (v1 shares and CFS
+        quota; on a v2 host runc turns shares into cpu.weight)."""
+        from docker.errors import APIError, NotFound  # lazy: the Docker SDK
+        settings = dict(cpu_shares=cfs.v1_shares, cpu_period=cfs.v1_period_us,
+                        cpu_quota=cfs.v1_quota_us)      # -1: no quota, as runc reads it
+        try:
+            self.container.update(**settings)
+        except (APIError, NotFound) as err:
+            raise XenError(errno.EIO, f"{self.name}: docker update failed: {err}") from None
+        return {f"docker:{self.name}:{key}": str(value) for key, value in settings.items()}
 
     async def wait(self) -> int:
         status = await asyncio.shield(self._exited)

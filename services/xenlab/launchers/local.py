@@ -18,8 +18,11 @@ import signal
 import sys
 from pathlib import Path
 
+from xenlab.launchers import tasks
 from xenlab.launchers.base import DomainHandles, DomainProcess, Launcher
+from xenlab.launchers.cgroup import CgroupUnavailable, CpuCgroups, DomainCgroup
 from xenlab.launchers.domains_dir import DomainsDir
+from xenlab.xen.sched import CfsValues
 from xenlab.xen.start_info import StartInfo
 
 log = logging.getLogger(__name__)
@@ -29,11 +32,19 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 class LocalProcess(DomainProcess):
     def __init__(self, proc: asyncio.subprocess.Process, agent: str = "",
-                 cleanup=lambda: None):
+                 cleanup=lambda: None, cgroup: DomainCgroup | None = None,
+                 no_cgroup: str = ""):
         self.proc = proc
         self.pid = proc.pid
         self.agent = agent
-        self._cleanup = cleanup
+        self.cgroup = cgroup
+        self._no_cgroup = no_cgroup         # why it has no cgroup
+        self._cleanup_dir = cleanup
+
+    def _cleanup(self) -> None:
+        self._cleanup_dir()
+        if self.cgroup is not None:
+            self.cgroup.remove()
 
     async def wait(self) -> int:
         status = await self.proc.wait()
@@ -76,6 +87,56 @@ class LocalProcess(DomainProcess):
             return 0.0
         return (int(fields[11]) + int(fields[12])) / _CLK_TCK   # utime + stime
 
+    def vcpu_tasks(self):
+        return tasks.vcpu_tasks(self.pid)
+
+    def set_affinity(self, tids, cpus) -> None:
+        for tid in tids:
+            tasks.set_affinity(tid, cpus)
+
+    def set_credit(self, cfs: CfsValues) -> dict[str, str]:
+        if self.cgroup is None:
+            raise CgroupUnavailable(f"its process has no CPU cgroup: {self._no_cgroup}")
+        return self.cgroup.apply(cfs)
+
+
+class ForeignProcess(DomainProcess):
+    """A domain kernel the hypervisor did not start (Domain-0's `xenlab
+    dom0`, found through its doorbell connection): its threads can be seen
+    and pinned; it has no cgroup of ours, and its life is not ours to end."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+
+    def cpu_time(self) -> float:
+        try:
+            return tasks.parse_stat(Path(f"/proc/{self.pid}/stat").read_text())[3]
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    async def wait(self) -> int:
+        raise NotImplementedError("not our child")
+
+    def pause(self) -> None:
+        raise NotImplementedError("not ours to pause")
+
+    def unpause(self) -> None:
+        raise NotImplementedError("not ours to unpause")
+
+    async def kill(self) -> None:
+        raise NotImplementedError("not ours to kill")
+
+    def vcpu_tasks(self):
+        return tasks.vcpu_tasks(self.pid)
+
+    def set_affinity(self, tids, cpus) -> None:
+        for tid in tids:
+            tasks.set_affinity(tid, cpus)
+
+    def set_credit(self, cfs: CfsValues) -> dict[str, str]:
+        raise CgroupUnavailable(f"process {self.pid} was not started by the hypervisor: it has no "
+                                f"CPU cgroup of the lab's (set its weight and cap on the host)")
+
 
 class LocalLauncher(Launcher):
     """Runs each domain as a local asyncio process of the domain kernel;
@@ -85,10 +146,24 @@ class LocalLauncher(Launcher):
     takes_handles = True
 
     def __init__(self, python: str = sys.executable, log_level: str = "INFO",
-                 domains_dir: DomainsDir | None = None):
+                 domains_dir: DomainsDir | None = None, cgroups: CpuCgroups | None = None):
         self.python = python
         self.log_level = log_level
         self.domains_dir = domains_dir
+        # Each domain's process in a CPU cgroup of its own (xl sched-credit).
+        self.cgroups = cgroups or CpuCgroups.detect(f"{os.getpid()}-{id(self) & 0xffff:04x}")
+        if not self.cgroups.available:
+            log.info("domains get no CPU cgroup (xl sched-credit will refuse): %s",
+                     self.cgroups.reason)
+
+    def _cgroup(self, domid: int) -> tuple[DomainCgroup | None, str]:
+        try:
+            return self.cgroups.create(domid), ""
+        except CgroupUnavailable as err:
+            return None, err.message
+
+    async def close(self) -> None:
+        self.cgroups.close()
 
     async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DomainProcess:
         pass_fds: list[int] = []
@@ -119,7 +194,15 @@ class LocalLauncher(Launcher):
         proc.stdin.write(info.to_json().encode() + b"\n")
         await proc.stdin.drain()
         proc.stdin.close()
+        group, why = self._cgroup(info.domid)
+        if group is not None:
+            try:
+                group.add(proc.pid)
+            except OSError as err:
+                why = f"cannot join {group.path}: {err.strerror}"
+                group.remove()
+                group = None
         log.info("d%d (%s): started process %d%s", info.domid, info.name, proc.pid,
                  f" as uid {info.uid}" if info.uid >= 0 else "")
-        return LocalProcess(proc, info.agent, cleanup)
+        return LocalProcess(proc, info.agent, cleanup, group, why)
 

@@ -333,3 +333,17 @@ class PerfInterval(_message.Message):
     ready: bool
     duplicates: int
     def __init__(self, start: _Optional[float] = ..., end: _Optional[float] = ..., datagrams: _Optional[int] = ..., bytes: _Optional[int] = ..., lost: _Optional[int] = ..., jitter: _Optional[float] = ..., out_of_order: _Optional[int] = ..., errors: _Optional[int] = ..., total: bool = ..., ready: bool = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class SpinRequest(_message.Message):
+    __slots__ = ("vcpus", "seconds")
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    vcpus: _containers.RepeatedScalarFieldContainer[int]
+    seconds: float
+    def __init__(self, vcpus: _Optional[_Iterable[int]] = ..., seconds: _Optional[float] = ...) -> None: ...
+
+class SpinReply(_message.Message):
+    __slots__ = ("vcpus",)
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    vcpus: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, vcpus: _Optional[_Iterable[int]] = ...) -> None: ...

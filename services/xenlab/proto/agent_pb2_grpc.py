@@ -84,6 +84,11 @@ class GuestAgentStub(object):
                 request_serializer=xenlab_dot_proto_dot_agent__pb2.PerfServeRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_agent__pb2.PerfInterval.FromString,
                 _registered_method=True)
+        self.Spin = channel.unary_unary(
+                '/xenlab.proto.GuestAgent/Spin',
+                request_serializer=xenlab_dot_proto_dot_agent__pb2.SpinRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.SpinReply.FromString,
+                _registered_method=True)
 
 
 class GuestAgentServicer(object):
@@ -149,6 +154,12 @@ class GuestAgentServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Spin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GuestAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +212,11 @@ def add_GuestAgentServicer_to_server(servicer, server):
                     servicer.PerfServe,
                     request_deserializer=xenlab_dot_proto_dot_agent__pb2.PerfServeRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_agent__pb2.PerfInterval.SerializeToString,
+            ),
+            'Spin': grpc.unary_unary_rpc_method_handler(
+                    servicer.Spin,
+                    request_deserializer=xenlab_dot_proto_dot_agent__pb2.SpinRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.SpinReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -473,6 +489,33 @@ class GuestAgent(object):
             '/xenlab.proto.GuestAgent/PerfServe',
             xenlab_dot_proto_dot_agent__pb2.PerfServeRequest.SerializeToString,
             xenlab_dot_proto_dot_agent__pb2.PerfInterval.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Spin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.GuestAgent/Spin',
+            xenlab_dot_proto_dot_agent__pb2.SpinRequest.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.SpinReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ on_watchdog action in ``apply_policy``.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import secrets
@@ -26,6 +27,7 @@ from xenlab.hypervisor.xenstored_ring import STORE_GFN
 from xenlab.net.ipconfig import check_guest_net
 from xenlab.toolstack import build
 from xenlab.toolstack.devices import Devices
+from xenlab.toolstack.sched_cfg import SchedConfig, sched_config
 from xenlab.toolstack.lifecycle import DomainMonitor, action_for, check_policies, preserved_name
 from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.errors import DomainError, XenError
@@ -35,6 +37,7 @@ from xenlab.xen.xenstore_paths import agent_record_path
 log = logging.getLogger(__name__)
 
 DEFAULT_MEMORY_MB = 128
+VCPU_THREADS_TIMEOUT = 30.0     # seconds for a new domain to start its vCPU threads (cpus= lists)
 # What xl's xl.cfg calls xl shutdown's and xl reboot's reasons, and domain_crash.
 SHUTDOWN_REQUESTS = ("poweroff", "reboot", "crash")
 
@@ -73,6 +76,7 @@ class Toolstack:
         if spec.maxvcpus and spec.maxvcpus < vcpus:
             raise DomainError(errno.EINVAL, f"maxvcpus={spec.maxvcpus} is below vcpus={vcpus}")
         check_policies(spec)
+        sched = sched_config(dict(spec.extra))
         dom = self.hv.domains.allocate(spec.name, maxmem_mb * PAGES_PER_MB,
                                        spec.maxvcpus or vcpus, spec.uuid)
         dom.spec = spec
@@ -93,6 +97,7 @@ class Toolstack:
             self.hv.consoles.connect(dom.domid)
             token = secrets.token_urlsafe(32)
             agent = await self.hv.launch(dom, launcher, secret, token, cmdline)
+            await self._apply_sched(dom, sched)
         except BaseException:
             await self._destroy(dom)
             raise
@@ -102,6 +107,38 @@ class Toolstack:
         log.info("created d%d (%s): %d MiB, %d vCPU, launcher %s", dom.domid, dom.name,
                  memory_mb, dom.vcpus, launcher.name)
         return dom, secret
+
+    async def _apply_sched(self, dom: Domain, sched: SchedConfig) -> None:
+        """xl.cfg's pool=, cpus=, cpu_weight= and cap=, as libxl applies them
+        at create (libxl__build_pre): on the domain's process. A list of
+        CPU lists pins each vCPU apart, so its threads are waited for."""
+        if sched.empty:
+            return
+        proc = self.hv.sched_process(dom.domid)
+        if proc is None:
+            log.warning("d%d (%s) has no process: pool=, cpus=, cpu_weight= and cap= not applied",
+                        dom.domid, dom.name)
+            return
+        if sched.pool:
+            self.hv.sched.migrate(dom, sched.pool)
+        if len(sched.hard) == 1:
+            self.hv.sched.pin(dom, -1, sched.hard[0])
+        elif sched.hard:
+            await self._vcpu_threads(dom, proc)
+            for vcpu, cpus in enumerate(sched.hard[:dom.vcpus]):
+                self.hv.sched.pin(dom, vcpu, cpus)
+        if sched.weight is not None or sched.cap is not None:
+            self.hv.sched.set(dom, sched.weight, sched.cap)
+
+    @staticmethod
+    async def _vcpu_threads(dom: Domain, proc, timeout: float = VCPU_THREADS_TIMEOUT) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(proc.vcpu_tasks()[0]) < dom.vcpus:
+            if loop.time() > deadline:
+                raise DomainError(errno.ETIMEDOUT, f"d{dom.domid} did not start its {dom.vcpus} "
+                                                   f"vCPU threads in {timeout:g} s: cpus= not applied")
+            await asyncio.sleep(0.05)
 
     def _record_agent(self, domid: int, address: str, token: str) -> None:
         """The toolstack's record of where the guest agent is and what opens
@@ -191,6 +228,7 @@ class Toolstack:
                for d in self.hv.domains):
             raise DomainError(errno.EEXIST, f"domain {name!r} already exists")
         build.rename_domain(self.xs, dom, name, uuid or dom.uuid)
+        log.info("d%d renamed from %s to %s", dom.domid, dom.name, name)
         dom.name = name
         dom.uuid = uuid or dom.uuid
 

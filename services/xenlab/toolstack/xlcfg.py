@@ -54,8 +54,10 @@ _GUEST_KERNEL = "names a guest kernel to boot; xenlab's guests run its own (pyth
 # hands it to the guest in start_info (xen/cmdline.py); the guest reads its
 # network settings (ip=, rd.route=, ip_forward) from it.
 COMMAND_LINE_KEYS = frozenset({"extra", "cmdline", "root"})
+# Scheduling keys: read from extra by the toolstack (toolstack.sched_cfg).
+SCHED_KEYS = frozenset({"cpus", "cpu_weight", "cap", "pool"})
 _NO_DEVICE = "is not emulated (xenlab's guests have vifs only)"
-_NOT_SCHEDULED = "is not emulated yet (xenlab does not schedule vCPUs)"
+_NOT_SCHEDULED = "is not emulated (Linux's scheduler has no soft affinity, the lab one NUMA node)"
 _HOST_LIMIT = "is not per domain in xenlab: the hypervisor's own limit applies"
 _HVM = "is for HVM guests and their device model; xenlab's guests are PV"
 _ARM = "is for Arm guests; xenlab's guests are x86 PV"
@@ -69,7 +71,7 @@ IGNORED_XL_KEYS: Mapping[str, str] = MappingProxyType({
                     "virtio rdm rdm_mem_boundary dtdev iomem ioports irqs passthrough vuart tee "
                     "gfx_passthru pci_permissive pci_msitranslate pci_seize pci_power_mgmt "
                     "vkb_device".split(), _NO_DEVICE),
-    **dict.fromkeys("cpus cpus_soft cpu_weight cap pool vnuma llc_colors".split(), _NOT_SCHEDULED),
+    **dict.fromkeys("cpus_soft vnuma llc_colors".split(), _NOT_SCHEDULED),
     **dict.fromkeys("max_grant_frames max_maptrack_frames max_grant_version max_event_channels "
                     "xenstore_quota".split(), _HOST_LIMIT),
     **dict.fromkeys("firmware bios bios_path_override boot hap pae acpi acpi_s3 acpi_s4 "
@@ -96,7 +98,7 @@ IGNORED_XL_KEYS: Mapping[str, str] = MappingProxyType({
 # The xl.cfg(5) keys xenlab knows, honoured or not: what a typo most likely meant.
 KNOWN_XL_KEYS = frozenset(IGNORED_XL_KEYS) | frozenset(
     "name memory maxmem vcpus maxvcpus on_poweroff on_reboot on_crash on_watchdog vif uuid "
-    "type builder launcher".split())
+    "type builder launcher".split()) | SCHED_KEYS
 # type= and the older builder=: every xenlab guest is PV.
 DOMAIN_TYPES = ("pv", "pvh", "hvm")
 BUILDERS = {"generic": "pv", "linux": "pv", "hvm": "hvm"}
@@ -605,8 +607,8 @@ def _extra(r: _Reader, warnings: list[str], strict: bool) -> dict[str, str]:
     known = sorted(r.used | KNOWN_XL_KEYS)
     for key, setting, source in r.unused():
         extra[key] = format_value(setting.value)
-        if key in COMMAND_LINE_KEYS:
-            continue            # read from extra by the toolstack (kernel_cmdline)
+        if key in COMMAND_LINE_KEYS or key in SCHED_KEYS:
+            continue            # read from extra by the toolstack (kernel_cmdline, sched_cfg)
         if key in IGNORED_XL_KEYS:
             warnings.append(f"{_where(source, setting.line)}warning: {key}= "
                             f"{IGNORED_XL_KEYS[key]}; ignored")

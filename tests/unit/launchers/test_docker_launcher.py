@@ -4,6 +4,7 @@ maps to the domain's (exit, crash, destroy, pause). tests/e2e runs it
 against a real daemon."""
 from __future__ import annotations
 
+import errno
 import asyncio
 import json
 import os
@@ -25,7 +26,8 @@ from xenlab.launchers.docker import (AgentPorts, DockerConfig, DockerLauncher, c
 from xenlab.launchers.domains_dir import DomainsDir, DomainUids
 from xenlab.proto import common_pb2, domains_pb2
 from xenlab.testing import short_tempdir
-from xenlab.xen.errors import DomainError
+from xenlab.xen.errors import DomainError, XenError
+from xenlab.xen.sched import cfs_values
 from xenlab.xen.start_info import StartInfo
 
 SECRET = "s3cr3t-for-d7"
@@ -93,6 +95,9 @@ class FakeContainer:
 
     def pause(self):
         self.calls.append("pause")
+
+    def update(self, **settings):
+        self.calls.append(("update", settings))
 
     def unpause(self):
         self.calls.append("unpause")
@@ -477,3 +482,28 @@ async def test_a_container_is_told_the_domains_directory_and_no_path_into_the_ru
     finally:
         await server.stop(grace=0.5)
         shutil.rmtree(base, ignore_errors=True)
+
+
+async def test_sched_credit_updates_the_containers_cpu_settings(domains):
+    fake = FakeDocker()
+    domain = await make(fake, domains).start(start_info())
+    written = domain.set_credit(cfs_values(512, 25))
+    assert fake.created[0].calls[-1] == ("update", {"cpu_shares": 2048, "cpu_period": 100000,
+                                                    "cpu_quota": 25000})
+    assert written == {"docker:lab-d7-web:cpu_shares": "2048", "docker:lab-d7-web:cpu_period": "100000",
+                       "docker:lab-d7-web:cpu_quota": "25000"}
+    domain.set_credit(cfs_values(256, 0))
+    assert fake.created[0].calls[-1][1]["cpu_quota"] == -1          # runc's "no quota"
+    await asyncio.wait_for(domain.kill(), 5)
+
+
+async def test_a_containers_threads_out_of_sight_are_refused_plainly(domains):
+    # State.Pid 4242 is no process of this container in our PID namespace.
+    fake = FakeDocker()
+    domain = await make(fake, domains).start(start_info())
+    with pytest.raises(XenError) as err:
+        domain.vcpu_tasks()
+    assert err.value.errno == errno.EOPNOTSUPP and "PID namespace" in err.value.message
+    with pytest.raises(XenError):
+        domain.set_affinity([4242], {0})
+    await asyncio.wait_for(domain.kill(), 5)

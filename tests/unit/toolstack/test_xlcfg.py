@@ -5,7 +5,7 @@ import pytest
 
 from xenlab.toolstack.xlcfg import (ACTIONS, COMMAND_LINE_KEYS, IGNORED_XL_KEYS, KNOWN_XL_KEYS, VifConfig, XlConfig,
                                     load_xl_config, parse_settings, parse_vif_spec,
-                                    parse_xl_config)
+                                    parse_xl_config, SCHED_KEYS)
 from xenlab.xen.errors import ConfigError
 
 
@@ -228,8 +228,9 @@ def test_xl_keys_xenlab_does_not_honour_are_warned_about_by_name():
                        "disk": "['phy:/dev/vg/x,xvda,w', 'file:/y,xvdb,r']",
                        "max_grant_frames": "64", "cpus": "0-1", "vnc": "1"}
     warned = {w.split(": ")[2].split("=")[0]: w for w in c.warnings}
-    # The kernel command line (extra=, root=) is the guest's: kept, not warned about.
-    assert sorted(warned) == sorted(set(c.extra) - {"extra", "root"})
+    # The kernel command line (extra=, root=) is the guest's, cpus= the
+    # toolstack's (toolstack.sched_cfg): kept, not warned about.
+    assert sorted(warned) == sorted(set(c.extra) - {"extra", "root", "cpus"})
     assert warned["disk"] == "t.cfg:9: warning: disk= is not emulated (xenlab's guests have vifs only); ignored"
     assert "guest kernel" in warned["kernel"] and "ignored" in warned["kernel"]
     assert "hypervisor's own limit" in warned["max_grant_frames"]
@@ -245,7 +246,8 @@ def test_every_xl_cfg_key_is_read_or_warned_about():
         c = cfg(f"name = 'x'\n{key} = {value}\n" if key != "name" else f"name = {value}\n")
         if key in IGNORED_XL_KEYS:
             assert c.warnings and c.warnings[0].startswith(f"t.cfg:2: warning: {key}= "), key
-        elif key in COMMAND_LINE_KEYS:      # the guest's: kept for kernel_cmdline, no warning
+        elif key in COMMAND_LINE_KEYS or key in SCHED_KEYS:
+            # the guest's, or the scheduler's: kept for kernel_cmdline or sched_cfg, no warning
             assert c.warnings == () and c.extra == {key: "1"}, key
         else:
             assert c.warnings == () and key not in c.extra, key
