@@ -137,8 +137,14 @@ class World:
         hv, v = self.hv, self.victim
         nodes = hv.xenstore.nodes()
         tops = ("/local/domain/0", f"/local/domain/{v}", "/tool", f"/libxl/{v}")
+        # Domain-0's backend directories for the attacker's own devices (its
+        # console) go when the attacker dies, as libxl removes them: not the
+        # attacker's doing to Domain-0.
+        its_backends = tuple(f"/local/domain/0/backend/{kind}/{self.attacker}"
+                             for kind in ("console", "vif"))
         mine = {p: (n.value, n.perms) for p, n in nodes.items()
-                if any(p == t or p.startswith(t + "/") for t in tops)}
+                if any(p == t or p.startswith(t + "/") for t in tops)
+                and not any(p == b or p.startswith(b + "/") for b in its_backends)}
         offered = {self.offered_port}
         ports = {d: {p: hv.evtchn.channel(d, p) for p in hv.evtchn.ports(d)
                      if not (d == v and p in offered)} for d in (0, v)}
