@@ -14,7 +14,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
-from xenlab.cli import output
+from xenlab.cli import output, savefile
 from xenlab.client import HypervisorClient, Rundir, to_domain_spec
 from xenlab.proto import common_pb2, domains_pb2, memory_pb2
 from xenlab.xen import abi
@@ -290,6 +290,40 @@ async def cmd_network_list(args, ts: Toolstack) -> int:
     return 0
 
 
+async def cmd_save(args, ts: Toolstack) -> int:
+    """xl save: its lines on stderr, as xl and libxc print them."""
+    if args.store_domid or args.config:
+        raise CliError("-D is not emulated (a restore never reuses the domain id)" if args.store_domid
+                       else "a config file to save with is not supported: the domain's own is saved")
+    async with ts.connect() as hv:
+        info = await hv.domains.Info(args.domain, timeout=RPC_TIMEOUT)
+        print(f"Saving to {args.file} new xl format (xenlab save image v1)", file=sys.stderr)
+        print(f"xc: info: Saving domain {info.domid}, type x86 PV", file=sys.stderr)
+        try:
+            saved = await savefile.save_domain(hv, common_pb2.DomainRef(domid=info.domid), args.file,
+                                               args.checkpoint, args.paused)
+        except savefile.SaveFileError as err:
+            raise CliError(str(err)) from None
+    print(f"xc: info: {saved.pages} pages, {saved.size} bytes, suspended for "
+          f"{saved.suspended_s:.3f}s", file=sys.stderr)
+    return 0
+
+
+async def cmd_restore(args, ts: Toolstack) -> int:
+    if args.vncviewer:
+        raise CliError("-V is not emulated: xenlab domains have no VNC console")
+    print(f"Loading new save file {args.file} (xenlab save image v1)", file=sys.stderr)
+    print(" Savefile contains xl domain config in JSON format", file=sys.stderr)
+    async with ts.connect() as hv:
+        try:
+            reply = await savefile.restore_domain(hv, args.file, args.paused, args.no_monitor)
+        except savefile.SaveFileError as err:
+            raise CliError(str(err)) from None
+    print("xc: info: Restore successful", file=sys.stderr)
+    log.debug("restored %s as d%d (%d pages)", reply.name, reply.domid, reply.pages)
+    return 0
+
+
 # --------------------------------------------------------------------------
 # The parser.
 
@@ -355,6 +389,28 @@ def _network_list_args(p: argparse.ArgumentParser) -> None:
                    help="domains whose vifs to list, by name or id")
 
 
+def _save_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--checkpoint", action="store_true",
+                   help="leave the domain running after saving it")
+    p.add_argument("-p", "--paused", action="store_true",
+                   help="leave the domain paused after saving it")
+    p.add_argument("-D", dest="store_domid", action="store_true",
+                   help="store the domain id in the config (not emulated: refused)")
+    _dom(p)
+    p.add_argument("file", metavar="CHECKPOINTFILE", help="the file to save the domain to")
+    p.add_argument("config", nargs="?", metavar="CONFIGFILE",
+                   help="a config to save instead of the domain's (not supported: refused)")
+
+
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--paused", action="store_true", help="leave the domain paused")
+    p.add_argument("-e", dest="no_monitor", action="store_true",
+                   help="do not apply its on_poweroff/on_reboot/on_crash actions when it dies")
+    p.add_argument("-V", "--vncviewer", action="store_true",
+                   help="connect to the VNC display (not emulated: refused)")
+    p.add_argument("file", metavar="CHECKPOINTFILE", help="a file xl save wrote")
+
+
 # name: (one-line help, argument adder, handler)
 COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "create": ("create a domain from an xl.cfg file", _create_args, cmd_create),
@@ -372,6 +428,8 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "network-attach": ("add a vif to a running domain", _attach_args, cmd_network_attach),
     "network-detach": ("remove a vif from a domain", _detach_args, cmd_network_detach),
     "network-list": ("list a domain's vifs", _network_list_args, cmd_network_list),
+    "save": ("save a domain's state to a file (and destroy it)", _save_args, cmd_save),
+    "restore": ("restore a domain from a saved state file", _restore_args, cmd_restore),
 }
 
 

@@ -21,9 +21,11 @@ from xenlab.hypervisor.grants_server import GrantTableServicer
 from xenlab.launchers.base import Launcher
 from xenlab.hypervisor.memory_server import MemoryServicer
 from xenlab.hypervisor.xenstore_server import XenStoreServicer
+from xenlab.hypervisor.save_server import SaveRestoreServicer
 from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
                           grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
                           xenstore_pb2, xenstore_pb2_grpc)
+from xenlab.proto import save_pb2, save_pb2_grpc
 from xenlab.rpc import MAX_MESSAGE, start_server
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ SERVICE_NAMES = [
     grants_pb2.DESCRIPTOR.services_by_name["GrantTable"].full_name,
     evtchn_pb2.DESCRIPTOR.services_by_name["EventChannel"].full_name,
     xenstore_pb2.DESCRIPTOR.services_by_name["XenStore"].full_name,
+    save_pb2.DESCRIPTOR.services_by_name["SaveRestore"].full_name,
 ]
 
 
@@ -80,6 +83,8 @@ class HypervisorServer:
             lambda s: evtchn_pb2_grpc.add_EventChannelServicer_to_server(EventChannelServicer(hv), s),
             lambda s: xenstore_pb2_grpc.add_XenStoreServicer_to_server(
                 XenStoreServicer(hv, hv.xs_connections), s),
+            lambda s: save_pb2_grpc.add_SaveRestoreServicer_to_server(
+                SaveRestoreServicer(hv, toolstack.saver), s),
         ]
         names = list(SERVICE_NAMES)
         if self.events is not None:

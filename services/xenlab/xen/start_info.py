@@ -35,6 +35,10 @@ class StartInfo:
     store_gfn: int = 0       # the xenstore ring page (start_info's store_mfn)
     store_port: int = 0      # its event channel (store_evtchn); 0: no ring, use gRPC
     cmd_line: str = ""       # the kernel command line (xl.cfg's cmdline=, or root= and extra=)
+    # A restored domain: the gfn of its kernel's suspend record (the gfn it
+    # passed to SCHEDOP_shutdown suspend); its kernel resumes from it. -1: a
+    # fresh boot.
+    resume_gfn: int = -1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
