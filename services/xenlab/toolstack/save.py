@@ -205,9 +205,17 @@ class SaveRestore:
         """Read the whole image and check it, then restore it: a corrupt or
         truncated image is refused before anything is made. The domain and
         how many pages it has."""
-        decoder, records = stream.StreamDecoder(), []
+        decoder, records, error = stream.StreamDecoder(), [], None
         async for data in chunks:
-            records.extend(decoder.feed(data))
+            if error is None:
+                try:
+                    records.extend(decoder.feed(data))
+                except stream.StreamError as err:
+                    # The rest is read and dropped: a sender cut off mid-stream
+                    # would see a transport error, not this one.
+                    error, records = err, []
+        if error is not None:
+            raise error
         image = stream.read_image(records, decoder)
         return await self.restore(image, paused, monitored), len(image.pages)
 
@@ -267,11 +275,15 @@ class _RestoreSteps:
             view.release()
 
     def xenstore(self, dom: Domain) -> None:
-        """The saved nodes the new build did not write, under the new id."""
+        """The saved nodes the new build did not write, under the new id.
+        Nodes the guest owns (its device state, features, data/) are its
+        running kernel's announcements: the resumed kernel makes them again,
+        and a stale one (data/agent: "my agent is up") would mislead. As in
+        Xen, where libxl rebuilds the tree and carries no guest-written node."""
         xs = self.owner.xs
         live = xs.nodes()
         for node in self.image.xenstore:
-            if _rebuilt(node.path):
+            if _rebuilt(node.path) or node.perms[0][0] == stream.SELF:
                 continue
             path, perms = absolute_node(node, dom.domid)
             if path in live or path.startswith(agent_record_path(dom.domid) + "/"):
