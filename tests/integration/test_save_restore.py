@@ -17,12 +17,13 @@ import sys
 import time
 from ipaddress import IPv4Address
 
+import grpc
 import pytest
 
-from xenlab.agent_client import agent_for
+from xenlab.agent_client import NoAgentError, agent_for
 from xenlab.net.arp import ArpPacket
 from xenlab.net.ethernet import ETH_P_ARP, EthernetFrame
-from xenlab.proto import agent_pb2
+from xenlab.proto import agent_pb2, common_pb2, save_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -33,6 +34,24 @@ def xl(lab, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "xenlab.cli.main", "xl", *args,
                            "--rundir", str(lab.rundir)],
                           capture_output=True, text=True, timeout=timeout)
+
+
+async def agent_when_up(lab, name: str):
+    """The agent of ``name`` as it is now (a restored domain has a new id),
+    once the resumed kernel has it up."""
+    listed = [line.split() for line in xl(lab, "list").stdout.splitlines()[1:]]
+    domid = next(int(cols[1]) for cols in listed if cols[0] == name)
+    for _ in range(300):
+        try:
+            return await agent_for(lab.hv, domid)
+        except NoAgentError:
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{name}'s agent never came up")
+
+
+def cache_state(lab) -> str:
+    out = xl(lab, "list", "cache")
+    return out.stdout.splitlines()[1].split()[4]
 
 
 def mac_of(lab, name: str) -> str:
@@ -119,7 +138,7 @@ async def test_save_destroy_restore_in_the_middle_of_a_ping(demo_lab, tmp_path):
     assert frames and not asked, f"web ARPed for db after its restore: {asked}"
 
     # And it answers a new ping, from its own stack, at the same address.
-    web = await agent_for(lab.hv, new_id)
+    web = await agent_when_up(lab, "web")
     again = await web.Ping(agent_pb2.PingRequest(dst="10.0.0.2", count=2, interval=0.2, timeout=5))
     assert again.received == 2 and again.src == "10.0.0.1"
 
@@ -130,10 +149,34 @@ async def test_a_corrupt_or_truncated_image_creates_nothing(demo_lab, tmp_path):
     checkpoint = await asyncio.to_thread(xl, lab, "save", "-c", "cache", str(image))
     assert checkpoint.returncode == 0, checkpoint.stderr
     # -c: cache runs on, and answers.
-    listed = [line.split() for line in xl(lab, "list").stdout.splitlines()[1:]]
-    cache = await agent_for(lab.hv, next(int(cols[1]) for cols in listed if cols[0] == "cache"))
+    cache = await agent_when_up(lab, "cache")
     alive = await cache.Ping(agent_pb2.PingRequest(dst="10.0.0.1", count=1, timeout=5))
     assert alive.received == 1
+    # A save whose client goes away before committing the image leaves the
+    # domain running, as libxl resumes a domain whose save failed.
+    controls = asyncio.Queue()
+    controls.put_nowait(save_pb2.SaveControl(domain=common_pb2.DomainRef(name="cache")))
+
+    async def requests():
+        while (message := await controls.get()) is not None:
+            yield message
+
+    call = lab.hv.save.Save(requests())
+    with pytest.raises(grpc.aio.AioRpcError, match="not committed: the domain is resumed"):
+        async for chunk in call:
+            if chunk.image_done:
+                controls.put_nowait(None)           # gone without a commit
+    assert cache_state(lab) in ("-b----", "r-----")
+    alive = await cache.Ping(agent_pb2.PingRequest(dst="10.0.0.1", count=1, timeout=5))
+    assert alive.received == 1
+    # -p: saved, then left paused; it runs once unpaused.
+    paused = await asyncio.to_thread(xl, lab, "save", "-p", "cache", str(tmp_path / "p.save"))
+    assert paused.returncode == 0, paused.stderr
+    assert cache_state(lab) == "--p---"
+    assert xl(lab, "unpause", "cache").returncode == 0
+    alive = await cache.Ping(agent_pb2.PingRequest(dst="10.0.0.1", count=1, timeout=5))
+    assert alive.received == 1
+
     xl(lab, "destroy", "cache")
     before = await domains_and_nodes(lab)
     data = image.read_bytes()
@@ -156,8 +199,7 @@ async def test_a_corrupt_or_truncated_image_creates_nothing(demo_lab, tmp_path):
     # The good image does restore.
     ok = await asyncio.to_thread(xl, lab, "restore", str(image))
     assert ok.returncode == 0, ok.stderr
-    listed = [line.split() for line in xl(lab, "list").stdout.splitlines()[1:]]
-    cache = await agent_for(lab.hv, next(int(cols[1]) for cols in listed if cols[0] == "cache"))
+    cache = await agent_when_up(lab, "cache")
     alive = await cache.Ping(agent_pb2.PingRequest(dst="10.0.0.1", count=1, timeout=5))
     assert alive.received == 1
 
