@@ -39,8 +39,8 @@ IHDR_SIZE = _IHDR.size              # 24
 
 # -- the domain header (little-endian, as every record) ------------------------------
 GUEST_TYPE_XENLAB_PV = 0x0001
-_DHDR = struct.Struct("<IHHHH")     # type, page_shift, reserved, xen major, xen minor
-DHDR_SIZE = _DHDR.size              # 12, padded to 16
+_DHDR = struct.Struct("<IHHII")     # type, page_shift, reserved, xen major, xen minor
+DHDR_SIZE = _DHDR.size              # 16, as libxc's
 XEN_MAJOR, XEN_MINOR = 4, 19
 
 # -- records ----------------------------------------------------------------------
