@@ -211,19 +211,26 @@ class DomainKernel:
                     await driver.suspend()
             state = [iface for saver in self.suspend_savers for iface in saver()]
             record = saved_state.encode(state)
-            for i in range(saved_state.frames_needed(record)):
-                frame = self.memory.frame(saved_state.RECORD_GFN + i)
-                chunk = record[i * abi.PAGE_SIZE:(i + 1) * abi.PAGE_SIZE]
-                frame[:len(chunk)] = chunk
+            chunks = saved_state.pages(record)
+            gfns = self.memory.alloc_frames(1 + len(chunks))
+        except (MemoryError, ValueError) as err:
+            log.error("suspend failed: no suspend record (%s); running on", err)
+            gfns, cancelled = [], 1
+        else:
+            for gfn, data in zip(gfns, [saved_state.descriptor(gfns[1:])] + chunks):
+                frame = self.memory.frame(gfn)
+                frame[:len(data)] = data
                 frame.release()
-            log.info("d%d (%s): suspending (%d byte suspend record at gfn %d)", self.domid,
-                     self.name, len(record), saved_state.RECORD_GFN)
-            cancelled = await self.hypercall.domains.sched_suspend(saved_state.RECORD_GFN)
-        except XenError as err:
-            log.error("suspend failed: %s; running on", err.message)
-            cancelled = 1
+            log.info("d%d (%s): suspending (%d byte suspend record, descriptor at gfn %d)",
+                     self.domid, self.name, len(record), gfns[0])
+            try:
+                cancelled = await self.hypercall.domains.sched_suspend(gfns[0])
+            except XenError as err:
+                log.error("suspend failed: %s; running on", err.message)
+                cancelled = 1
         finally:
             self._suspending = False
+        self.memory.free_frames(gfns)
         for driver in self.drivers:
             if hasattr(driver, "thaw"):
                 await driver.thaw()
@@ -236,11 +243,8 @@ class DomainKernel:
         """A restored kernel's first act, as a guest whose SCHEDOP_shutdown
         (suspend) returned 0 in its new domain: take back what it kept."""
         try:
-            first = bytes(self.memory.frame(gfn))
-            length = saved_state.header_length(first)
-            data = b"".join(bytes(self.memory.frame(gfn + i))
-                            for i in range(-(-length // abi.PAGE_SIZE)))
-            state = saved_state.decode(data)
+            frames = saved_state.read_descriptor(bytes(self.memory.frame(gfn)))
+            state = saved_state.decode(b"".join(bytes(self.memory.frame(g)) for g in frames))
         except (IndexError, saved_state.SavedStateError) as err:
             log.error("resumed, but the suspend record at gfn %d is unusable: %s; booting "
                       "afresh", gfn, err)

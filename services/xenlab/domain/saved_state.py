@@ -6,22 +6,25 @@ RAM, which the toolstack saves page by page. xenlab's kernel keeps its IP
 stacks as Python objects outside its frames, so before SCHEDOP_shutdown
 (suspend) it writes what must survive (each interface's IP configuration,
 its ARP cache with each entry's remaining lifetime, its counters) into
-frames of its own, from RECORD_GFN on, in the layout below, and passes that
-gfn with the hypercall, as a PV Linux passes its start_info's. The
-toolstack saves those frames like any other and never reads them; a
-restored kernel is started with the gfn and reads the record back.
+frames it takes from its own free memory, in the layout below, and passes
+the gfn of the first (the descriptor) with the hypercall, as a PV Linux
+passes its start_info's. The toolstack saves those frames like any other
+and never reads them; a restored kernel is started with that gfn and reads
+the record back before it hands out any frame.
 
-Layout (little-endian), in frames RECORD_GFN.. (the frames the kernel
-keeps for its own text and data, never handed to drivers):
+Layout (little-endian):
 
-    header (32 bytes): magic "XLKSUSP\\0", version u32, body length u32,
-                       CRC-32 of the body u32, frames u32, reserved 8 bytes
-    body: items of type u16, length u16, value
-      IFACE   (1): name[16], mac[6], prefix u8, flags u8 (bit 0: ip_forward),
-                   address u32, gateway u32 (0: none), mtu u16
-      ROUTE   (2): name[16], network u32, prefix u8, gateway u32 (0: on-link)
-      NEIGH   (3): name[16], address u32, mac[6], remaining lifetime u32 (ms)
-      COUNTER (4): name[16], value u64, counter name (the rest)
+    descriptor frame: magic "XLKSDESC", count u32, then count u32 gfns: the
+                      frames that hold the record, in order
+    record, across those frames:
+      header (32 bytes): magic "XLKSUSP\0", version u32, body length u32,
+                         CRC-32 of the body u32, frames u32, reserved 8 bytes
+      body: items of type u16, length u16, value
+        IFACE   (1): name[16], mac[6], prefix u8, flags u8 (bit 0: ip_forward),
+                     address u32, gateway u32 (0: none), mtu u16
+        ROUTE   (2): name[16], network u32, prefix u8, gateway u32 (0: on-link)
+        NEIGH   (3): name[16], address u32, mac[6], remaining lifetime u32 (ms)
+        COUNTER (4): name[16], value u64, counter name (the rest)
 
 Pure: bytes in, bytes out.
 """
@@ -34,8 +37,9 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
 from xenlab.xen import abi
 
-RECORD_GFN = 1            # frames 1..15 of the 16 the kernel keeps (domain.memory.RESERVED_FRAMES)
-RECORD_FRAMES = 15
+MAX_FRAMES = 16            # the record's frames at most (64 KiB)
+DESC_MAGIC = b"XLKSDESC"
+_DESC = struct.Struct("<8sI")
 MAGIC = b"XLKSUSP\0"
 VERSION = 1
 _HDR = struct.Struct("<8sIIII8x")
@@ -45,7 +49,7 @@ _IFACE = struct.Struct("<16s6sBBIIH")
 _ROUTE = struct.Struct("<16sIBI")
 _NEIGH = struct.Struct("<16sI6sI")
 _COUNTER = struct.Struct("<16sQ")
-MAX_BYTES = RECORD_FRAMES * abi.PAGE_SIZE
+MAX_BYTES = MAX_FRAMES * abi.PAGE_SIZE
 
 
 class SavedStateError(ValueError):
@@ -107,6 +111,27 @@ def encode(interfaces: list[SavedInterface]) -> bytes:
 
 def frames_needed(record: bytes) -> int:
     return -(-len(record) // abi.PAGE_SIZE)
+
+
+def pages(record: bytes) -> list[bytes]:
+    return [record[i:i + abi.PAGE_SIZE] for i in range(0, len(record), abi.PAGE_SIZE)]
+
+
+def descriptor(gfns: list[int]) -> bytes:
+    """The frame whose gfn goes with SCHEDOP_shutdown(suspend): where the
+    record's frames are."""
+    if not 0 < len(gfns) <= MAX_FRAMES:
+        raise ValueError(f"a suspend record spans 1..{MAX_FRAMES} frames, not {len(gfns)}")
+    return _DESC.pack(DESC_MAGIC, len(gfns)) + struct.pack(f"<{len(gfns)}I", *gfns)
+
+
+def read_descriptor(frame: bytes) -> list[int]:
+    magic, count = _DESC.unpack_from(frame)
+    if magic != DESC_MAGIC:
+        raise SavedStateError("no suspend record descriptor (bad magic)")
+    if not 0 < count <= MAX_FRAMES:
+        raise SavedStateError(f"suspend record descriptor lists {count} frames")
+    return list(struct.unpack_from(f"<{count}I", frame, _DESC.size))
 
 
 def header_length(first_frame: bytes) -> int:

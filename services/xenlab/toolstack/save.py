@@ -102,6 +102,7 @@ class SaveRestore:
         self.ts = toolstack
         self.hv = toolstack.hv
         self.xs = toolstack.xs
+        self._saving: set[int] = set()      # domids with a save under way
 
     # -- save --------------------------------------------------------------------------
     async def suspend(self, domid: int, timeout: float = SUSPEND_TIMEOUT) -> Domain:
@@ -166,7 +167,14 @@ class SaveRestore:
     async def save(self, domid: int) -> AsyncIterator[tuple[Domain, bytes]]:
         """Suspend the domain and yield its image in chunks; the caller
         then calls ``finish`` or ``abort``."""
-        dom = await self.suspend(domid)
+        if domid in self._saving:
+            raise DomainError(errno.EBUSY, f"d{domid} is being saved already")
+        self._saving.add(domid)
+        try:
+            dom = await self.suspend(domid)
+        except BaseException:
+            self._saving.discard(domid)
+            raise
         try:
             buf = bytearray()
             for piece in self.image(dom):
@@ -183,14 +191,18 @@ class SaveRestore:
     async def finish(self, dom: Domain, checkpoint: bool, paused: bool) -> None:
         """The image is safe: destroy the domain, as xl save does, or (-c,
         -p) resume it in place."""
-        if checkpoint or paused:
-            self._resume(dom, paused)
-        else:
-            await self.ts.destroy_domain(dom.domid)
+        try:
+            if checkpoint or paused:
+                self._resume(dom, paused)
+            else:
+                await self.ts.destroy_domain(dom.domid)
+        finally:
+            self._saving.discard(dom.domid)
 
     def abort(self, dom: Domain) -> None:
         """The save failed: the domain runs on (libxl resumes a domain whose
         save failed)."""
+        self._saving.discard(dom.domid)
         if self.hv.domains.find(dom.domid) is dom and self.hv.is_suspended(dom):
             log.warning("d%d (%s): save abandoned; resuming it", dom.domid, dom.name)
             self._resume(dom, False)

@@ -51,3 +51,16 @@ def test_a_stack_resumed_from_it_knows_its_neighbours_without_asking():
     assert stack.counters["rx_frames"] == 7
     frames = stack.ping("10.0.0.2", 1, 1, b"x")
     assert len(frames) == 1 and frames[0][:6] == PEER      # an echo request, no ARP request
+
+
+def test_the_descriptor_lists_the_record_frames_and_refuses_nonsense():
+    record = ss.encode([_iface()])
+    gfns = [40, 17, 93][:ss.frames_needed(record)]
+    assert ss.read_descriptor(ss.descriptor(gfns) + bytes(100)) == gfns
+    with pytest.raises(ss.SavedStateError, match="bad magic"):
+        ss.read_descriptor(bytes(4096))
+    bad = bytearray(ss.descriptor([1]))
+    bad[8:12] = (5000).to_bytes(4, "little")
+    with pytest.raises(ss.SavedStateError, match="lists 5000 frames"):
+        ss.read_descriptor(bytes(bad))
+    assert b"".join(ss.pages(record)) == record
