@@ -33,13 +33,14 @@ class SaveRestoreServicer(save_pb2_grpc.SaveRestoreServicer):
         if first is None:
             return
         dom = self.hv.domains.lookup(first.domain.domid, first.domain.name)
-        started, dom_saved = time.monotonic(), None
+        dom_saved = None
         try:
             async for dom_saved, data in self.saver.save(dom.domid):
                 yield save_pb2.SaveChunk(data=data)
             pages = len(self.hv.memory.populated(dom.domid))
+            suspended = time.monotonic() - self.saver.suspended_at.get(dom.domid, time.monotonic())
             yield save_pb2.SaveChunk(image_done=True, domid=dom.domid, pages=pages,
-                                     suspended_s=time.monotonic() - started)
+                                     suspended_s=suspended)
             commit = await anext(requests, None)
             if commit is None or not commit.commit:
                 raise DomainError(errno.EIO, "the image was not committed: the domain is resumed")

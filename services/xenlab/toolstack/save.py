@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from typing import AsyncIterator, Iterator
 
 from google.protobuf import json_format
@@ -103,6 +104,7 @@ class SaveRestore:
         self.hv = toolstack.hv
         self.xs = toolstack.xs
         self._saving: set[int] = set()      # domids with a save under way
+        self.suspended_at: dict[int, float] = {}   # when each one's guest had suspended
 
     # -- save --------------------------------------------------------------------------
     async def suspend(self, domid: int, timeout: float = SUSPEND_TIMEOUT) -> Domain:
@@ -175,6 +177,7 @@ class SaveRestore:
         except BaseException:
             self._saving.discard(domid)
             raise
+        self.suspended_at[domid] = time.monotonic()
         try:
             buf = bytearray()
             for piece in self.image(dom):
@@ -198,11 +201,13 @@ class SaveRestore:
                 await self.ts.destroy_domain(dom.domid)
         finally:
             self._saving.discard(dom.domid)
+            self.suspended_at.pop(dom.domid, None)
 
     def abort(self, dom: Domain) -> None:
         """The save failed: the domain runs on (libxl resumes a domain whose
         save failed)."""
         self._saving.discard(dom.domid)
+        self.suspended_at.pop(dom.domid, None)
         if self.hv.domains.find(dom.domid) is dom and self.hv.is_suspended(dom):
             log.warning("d%d (%s): save abandoned; resuming it", dom.domid, dom.name)
             self._resume(dom, False)
