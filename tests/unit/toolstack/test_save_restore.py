@@ -134,3 +134,18 @@ async def test_restored_with_e_no_on_action_is_applied(hypervisor):
     # on_poweroff is destroy; unmonitored, the domain stays as it ended.
     await lab.toolstack.shutdown_domain(new.domid, "poweroff", wait=True, timeout=10)
     assert lab.hv.domains.find(new.domid) is new and new.state is RunState.SHUTDOWN
+
+
+async def test_after_a_checkpoint_its_next_shutdown_gets_its_on_action(hypervisor):
+    """xl save -c resumes the domain in place: the monitor that saw it shut
+    down with reason suspend must act on its next shutdown."""
+    lab = hypervisor
+    dom, call, _ = await suspended(lab)
+    for _ in range(100):                        # the monitor has seen the suspend
+        if dom.domid in lab.toolstack.monitor._handling:
+            break
+        await asyncio.sleep(0.01)
+    await lab.toolstack.saver.finish(dom, checkpoint=True, paused=False)
+    assert (await call).cancelled == 1
+    await lab.toolstack.shutdown_domain(dom.domid, "poweroff", wait=True, timeout=10)
+    assert lab.hv.domains.find(dom.domid) is None            # on_poweroff=destroy
