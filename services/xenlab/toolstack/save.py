@@ -50,6 +50,15 @@ IMAGE_CHUNK = 1 << 20       # bytes per message of an image on its way out
 REBUILT = ("local/device", "local/store", "local/console", "libxl/device", "libxl/agent")
 
 
+# DEVICES keys that describe a vif at the save, not how to build it.
+DEVICE_STATE_KEYS = ("devid", "state", "backend_state")
+
+
+def _devid(entry: dict) -> int:
+    devid = entry.get("devid")
+    return devid if isinstance(devid, int) else 0
+
+
 def _rebuilt(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in REBUILT)
 
@@ -160,7 +169,8 @@ class SaveRestore:
             devid = vif["devid"]
             spec = dom.spec.vif[devid] if devid < len(dom.spec.vif) else domains_pb2.VifSpec()
             entry = json_format.MessageToDict(spec, preserving_proto_field_name=True)
-            entry.update(devid=devid, mac=vif["mac"], bridge=vif["bridge"])
+            entry.update(devid=devid, mac=vif["mac"], bridge=vif["bridge"],
+                         state=vif["state"], backend_state=vif["backend_state"])
             backend = self.hv.domains.find(vif["backend_id"])
             entry["backend"] = "" if vif["backend_id"] == 0 or backend is None else backend.name
             out.append(entry)
@@ -239,10 +249,16 @@ class SaveRestore:
     async def restore(self, image: stream.SaveImage, paused: bool = False,
                       monitored: bool = True) -> Domain:
         """A domain from a decoded, checked image (stream.read_image)."""
+        if not isinstance(image.config, dict) or not isinstance(image.vcpu, dict):
+            raise stream.StreamError("DOMAIN_CONFIG and VCPU_CONTEXT records must be JSON objects")
         spec = spec_from_json(image.config)
         del spec.vif[:]
-        for entry in sorted(image.devices, key=lambda e: e.get("devid", 0)):
-            entry = {k: v for k, v in entry.items() if k != "devid"}
+        if not isinstance(image.devices, list) or not all(isinstance(e, dict) for e in image.devices):
+            raise stream.StreamError("DEVICES record: not a list of vifs")
+        for entry in sorted(image.devices, key=_devid):
+            # What each vif's xenbus state was at the save: a record of it;
+            # the restored vif starts the handshake again.
+            entry = {k: v for k, v in entry.items() if k not in DEVICE_STATE_KEYS}
             try:
                 spec.vif.append(json_format.ParseDict(entry, domains_pb2.VifSpec()))
             except json_format.ParseError as err:

@@ -149,3 +149,25 @@ async def test_after_a_checkpoint_its_next_shutdown_gets_its_on_action(hyperviso
     assert (await call).cancelled == 1
     await lab.toolstack.shutdown_domain(dom.domid, "poweroff", wait=True, timeout=10)
     assert lab.hv.domains.find(dom.domid) is None            # on_poweroff=destroy
+
+
+async def test_a_guest_that_does_not_suspend_is_left_running(hypervisor, monkeypatch):
+    lab = hypervisor
+    domid, _ = await lab.create_domain("web")
+    monkeypatch.setattr(lab.hv, "process", lambda d: object())    # a kernel that never answers
+    with pytest.raises(DomainError, match="did not suspend within 0.2s"):
+        await lab.toolstack.saver.suspend(domid, timeout=0.2)
+    dom = lab.hv.domains.get(domid)
+    assert dom.state is RunState.RUNNING
+    assert lab.hv.xenstore.read(DOM0, f"/local/domain/{domid}/control/shutdown") == b""
+
+
+async def test_the_image_records_each_vifs_state(hypervisor):
+    lab = hypervisor
+    dom, call, _ = await suspended(lab)
+    image = save_stream.decode(b"".join(lab.toolstack.saver.image(dom)))
+    (vif,) = image.devices
+    assert vif["mac"] == MAC and vif["devid"] == 0
+    assert vif["state"] == 1 and vif["backend_state"] == 1      # no kernels here: Initialising
+    lab.toolstack.saver._resume(dom, False)
+    await call
