@@ -233,10 +233,18 @@ class SaveRestore:
         truncated image is refused before anything is made. The domain and
         how many pages it has."""
         decoder, records, error = stream.StreamDecoder(), [], None
+        pages, limit = 0, self.hv.memory.total_pages
         async for data in chunks:
             if error is None:
                 try:
-                    records.extend(decoder.feed(data))
+                    for rec in decoder.feed(data):
+                        records.append(rec)
+                        if rec.rtype == stream.REC_PAGE_DATA:
+                            pages += int.from_bytes(rec.body[:4], "little")
+                    if pages > limit:
+                        # Held in memory until the END record checks: bounded.
+                        raise stream.StreamError(f"the image holds more pages than the host's "
+                                                 f"{limit}")
                 except stream.StreamError as err:
                     # The rest is read and dropped: a sender cut off mid-stream
                     # would see a transport error, not this one.

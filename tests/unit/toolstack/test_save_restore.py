@@ -171,3 +171,18 @@ async def test_the_image_records_each_vifs_state(hypervisor):
     assert vif["state"] == 1 and vif["backend_state"] == 1      # no kernels here: Initialising
     lab.toolstack.saver._resume(dom, False)
     await call
+
+
+async def test_an_image_bigger_than_the_host_is_refused_as_it_comes(hypervisor):
+    lab = hypervisor
+    enc = save_stream.StreamEncoder()
+    batch = save_stream.page_data([(pfn, bytes(4096)) for pfn in range(save_stream.MAX_BATCH)])
+    total = lab.hv.memory.total_pages
+
+    async def chunks():
+        yield enc.headers()
+        for _ in range(total // save_stream.MAX_BATCH + 1):
+            yield enc.emit(batch)
+
+    with pytest.raises(save_stream.StreamError, match="more pages than the host"):
+        await lab.toolstack.saver.restore_stream(chunks())
