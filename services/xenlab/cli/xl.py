@@ -314,6 +314,7 @@ async def cmd_restore(args, ts: Toolstack) -> int:
         raise CliError("-V is not emulated: xenlab domains have no VNC console")
     print(f"Loading new save file {args.file} (xenlab save image v1)", file=sys.stderr)
     print(" Savefile contains xl domain config in JSON format", file=sys.stderr)
+    print("Parsing config from <saved>", file=sys.stderr)
     async with ts.connect() as hv:
         try:
             reply = await savefile.restore_domain(hv, args.file, args.paused, args.no_monitor)
