@@ -12,7 +12,7 @@ import collections
 import grpc
 
 from xenlab.proto import (console_pb2_grpc, domains_pb2, domains_pb2_grpc, evtchn_pb2_grpc, grants_pb2_grpc,
-                          memory_pb2_grpc, sched_pb2_grpc, xenstore_pb2_grpc)
+                          memory_pb2_grpc, save_pb2_grpc, sched_pb2_grpc, xenstore_pb2_grpc)
 from xenlab.rpc import CHANNEL_OPTIONS, credentials_metadata
 # Where a running hypervisor leaves its address and Domain-0's secret.
 from xenlab.rundir import Rundir  # noqa: F401
@@ -79,6 +79,7 @@ class HypervisorClient:
         self.console = console_pb2_grpc.ConsoleStub(channel)
         self.triggers = console_pb2_grpc.TriggersStub(channel)
         self.sched = sched_pb2_grpc.SchedStub(channel)
+        self.save = save_pb2_grpc.SaveRestoreStub(channel)
 
     @classmethod
     def connect(cls, address: str, domid: int, secret: str,

@@ -41,6 +41,7 @@ HINTS = {
     "no_egress": "the bridge has no other port to send them out of",
     "link_local": "the destination is an 802.1D link-local group, which a bridge does not forward",
     "rx_ring_full": "the guest had no receive buffers posted (its ring was full)",
+    "suspended": "the guest is suspended or suspending (xl save): its netfront stopped its queues",
 }
 
 

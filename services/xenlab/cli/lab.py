@@ -373,7 +373,8 @@ def status(args) -> int:
     domids = state.get("domains", {})
     if domids:
         print()
-        xenlab_cli(["xl", "--rundir", str(run.path), "network-list", *[str(d) for d in domids.values()]])
+        # By name: a domain restored (xl restore) or restarted has another id.
+        xenlab_cli(["xl", "--rundir", str(run.path), "network-list", *domids])
     try:
         lab_view = asyncio.run(view.gather(run))
     except (grpc.aio.AioRpcError, RundirError) as err:

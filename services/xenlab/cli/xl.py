@@ -16,7 +16,7 @@ from typing import Awaitable, Callable
 import grpc
 
 from xenlab.agent_client import NoAgentError, agent_for
-from xenlab.cli import output, sched_output
+from xenlab.cli import output, savefile, sched_output
 from xenlab.client import HypervisorClient, Rundir, to_domain_spec
 from xenlab.cli import console as xl_console
 from xenlab.proto import (agent_pb2, common_pb2, console_pb2, domains_pb2, memory_pb2, sched_pb2,
@@ -315,6 +315,41 @@ async def cmd_network_list(args, ts: Toolstack) -> int:
         for ref in args.domains:
             vifs.extend((await hv.domains.NetworkList(ref, timeout=RPC_TIMEOUT)).vifs)
     sys.stdout.write(output.format_network_list(vifs))
+    return 0
+
+
+async def cmd_save(args, ts: Toolstack) -> int:
+    """xl save: its lines on stderr, as xl and libxc print them."""
+    if args.store_domid or args.config:
+        raise CliError("-D is not emulated (a restore never reuses the domain id)" if args.store_domid
+                       else "a config file to save with is not supported: the domain's own is saved")
+    async with ts.connect() as hv:
+        info = await hv.domains.Info(args.domain, timeout=RPC_TIMEOUT)
+        print(f"Saving to {args.file} new xl format (xenlab save image v1)", file=sys.stderr)
+        print(f"xc: info: Saving domain {info.domid}, type x86 PV", file=sys.stderr)
+        try:
+            saved = await savefile.save_domain(hv, common_pb2.DomainRef(domid=info.domid), args.file,
+                                               args.checkpoint, args.paused)
+        except savefile.SaveFileError as err:
+            raise CliError(str(err)) from None
+    print(f"xc: info: {saved.pages} pages, {saved.size} bytes, suspended for "
+          f"{saved.suspended_s:.3f}s", file=sys.stderr)
+    return 0
+
+
+async def cmd_restore(args, ts: Toolstack) -> int:
+    if args.vncviewer:
+        raise CliError("-V is not emulated: xenlab domains have no VNC console")
+    print(f"Loading new save file {args.file} (xenlab save image v1)", file=sys.stderr)
+    print(" Savefile contains xl domain config in JSON format", file=sys.stderr)
+    print("Parsing config from <saved>", file=sys.stderr)
+    async with ts.connect() as hv:
+        try:
+            reply = await savefile.restore_domain(hv, args.file, args.paused, args.no_monitor)
+        except savefile.SaveFileError as err:
+            raise CliError(str(err)) from None
+    print("xc: info: Restore successful", file=sys.stderr)
+    log.debug("restored %s as d%d (%d pages)", reply.name, reply.domid, reply.pages)
     return 0
 
 
@@ -812,6 +847,28 @@ def xentop(args) -> int:
     return run_command("xenlab", "xentop", lambda: cmd_top(args, toolstack))
 
 
+def _save_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-c", "--checkpoint", action="store_true",
+                   help="leave the domain running after saving it")
+    p.add_argument("-p", "--paused", action="store_true",
+                   help="leave the domain paused after saving it")
+    p.add_argument("-D", dest="store_domid", action="store_true",
+                   help="store the domain id in the config (not emulated: refused)")
+    _dom(p)
+    p.add_argument("file", metavar="CHECKPOINTFILE", help="the file to save the domain to")
+    p.add_argument("config", nargs="?", metavar="CONFIGFILE",
+                   help="a config to save instead of the domain's (not supported: refused)")
+
+
+def _restore_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", "--paused", action="store_true", help="leave the domain paused")
+    p.add_argument("-e", dest="no_monitor", action="store_true",
+                   help="do not apply its on_poweroff/on_reboot/on_crash actions when it dies")
+    p.add_argument("-V", "--vncviewer", action="store_true",
+                   help="connect to the VNC display (not emulated: refused)")
+    p.add_argument("file", metavar="CHECKPOINTFILE", help="a file xl save wrote")
+
+
 # name: (one-line help, argument adder, handler)
 COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "create": ("create a domain from an xl.cfg file", _create_args, cmd_create),
@@ -853,6 +910,8 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "rename": ("rename a domain", _rename_args, cmd_rename),
     "dmesg": ("print the hypervisor's log ring", _dmesg_args, cmd_dmesg),
     "top": ("monitor the domains: CPU, memory, vCPUs, network (xentop)", _top_args, cmd_top),
+    "save": ("save a domain's state to a file (and destroy it)", _save_args, cmd_save),
+    "restore": ("restore a domain from a saved state file", _restore_args, cmd_restore),
 }
 
 

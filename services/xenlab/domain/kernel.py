@@ -18,6 +18,7 @@ import logging
 import time
 from typing import Awaitable, Callable
 
+from xenlab.domain import saved_state
 from xenlab.domain.console import ConsoleFront
 from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.hypercall import GrantTable, Hypercalls
@@ -103,6 +104,13 @@ class DomainKernel:
         self.on_netif_change: list[Callable[[str, object], None]] = []
         # Coroutine functions run once boot is complete (e.g. dom0 saying netback is ready).
         self.on_boot: list[Callable[[], object]] = []
+        # Suspend: each saver returns what must survive in the suspend
+        # record (domain.saved_state); a resumed kernel's record, read at
+        # boot, is ``resumed_state`` for them to take back.
+        self.suspend_savers: list[Callable[[], list]] = []
+        self.resumed_state: list | None = None
+        self.suspends = 0          # suspends cancelled (resumed in place)
+        self._suspending = False
         self._agent_factory = agent
         self.agent = None
 
@@ -124,6 +132,8 @@ class DomainKernel:
         self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
                                       self.start_info.vcpus)
         start = self.start_info
+        if start.resume_gfn >= 0:
+            self.resumed_state = self._read_suspend_record(start.resume_gfn)
         doorbell = self._doorbell
         if doorbell is None:
             doorbell = start.doorbell_fd if start.doorbell_fd >= 0 else (start.doorbell or None)
@@ -137,7 +147,7 @@ class DomainKernel:
         self.bus = XenbusBus(self.xenbus)
         await self._start_timer()
         await self._register_drivers()
-        for feature in ("feature-poweroff", "feature-reboot"):
+        for feature in ("feature-poweroff", "feature-reboot", "feature-suspend"):
             await self.xenbus.write(f"control/{feature}", "1")
         await self.xenbus.watch("control/shutdown", self._on_shutdown_request)
         await self.xenbus.watch("memory/target", self._on_memory_target)
@@ -221,6 +231,12 @@ class DomainKernel:
             # Acknowledge by clearing the node, as Linux's shutdown_handler does.
             await self.xenbus.write("control/shutdown", "")
             self.stop("reboot" if request == "reboot" else "poweroff")
+        elif request == "suspend":
+            await self.xenbus.write("control/shutdown", "")
+            if not self._suspending:
+                self._suspending = True
+                # Not in the watch callback: the xenbus reader must go on.
+                asyncio.get_running_loop().create_task(self.suspend())
         elif request:
             log.warning("ignoring unknown shutdown request %r", request)
 
@@ -234,6 +250,61 @@ class DomainKernel:
                 return
             if state in ("online", "offline"):
                 self.vcpus.set_online(vcpu, state == "online")
+
+    # -- suspend and resume (Linux's drivers/xen/manage.c do_suspend) -------------------
+    async def suspend(self) -> int:
+        """Freeze the drivers, write the suspend record into this domain's
+        own frames, then SCHEDOP_shutdown(suspend). Its return is 1 when the
+        suspend is cancelled (xl save -c, or a failed save): the drivers
+        thaw and the domain runs on. A domain saved and destroyed never
+        returns; its restored kernel resumes at boot (``resumed_state``)."""
+        try:
+            for driver in self.drivers:
+                if hasattr(driver, "suspend"):
+                    await driver.suspend()
+            state = [iface for saver in self.suspend_savers for iface in saver()]
+            record = saved_state.encode(state)
+            chunks = saved_state.pages(record)
+            gfns = self.memory.alloc_frames(1 + len(chunks))
+        except (MemoryError, ValueError) as err:
+            log.error("suspend failed: no suspend record (%s); running on", err)
+            gfns, cancelled = [], 1
+        else:
+            for gfn, data in zip(gfns, [saved_state.descriptor(gfns[1:])] + chunks):
+                frame = self.memory.frame(gfn)
+                frame[:len(data)] = data
+                frame.release()
+            log.info("d%d (%s): suspending (%d byte suspend record, descriptor at gfn %d)",
+                     self.domid, self.name, len(record), gfns[0])
+            try:
+                cancelled = await self.hypercall.domains.sched_suspend(gfns[0])
+            except XenError as err:
+                log.error("suspend failed: %s; running on", err.message)
+                cancelled = 1
+        finally:
+            self._suspending = False
+        self.memory.free_frames(gfns)
+        for driver in self.drivers:
+            if hasattr(driver, "thaw"):
+                await driver.thaw()
+        self.suspends += 1
+        log.info("d%d (%s): suspend cancelled (SCHEDOP_shutdown returned %d): running on",
+                 self.domid, self.name, cancelled)
+        return cancelled
+
+    def _read_suspend_record(self, gfn: int) -> list:
+        """A restored kernel's first act, as a guest whose SCHEDOP_shutdown
+        (suspend) returned 0 in its new domain: take back what it kept."""
+        try:
+            frames = saved_state.read_descriptor(bytes(self.memory.frame(gfn)))
+            state = saved_state.decode(b"".join(bytes(self.memory.frame(g)) for g in frames))
+        except (IndexError, saved_state.SavedStateError) as err:
+            log.error("resumed, but the suspend record at gfn %d is unusable: %s; booting "
+                      "afresh", gfn, err)
+            return []
+        log.info("d%d (%s): resumed in a new domain (SCHEDOP_shutdown returned 0): %d "
+                 "interface(s) from the suspend record", self.domid, self.name, len(state))
+        return state
 
     async def _on_memory_target(self, path: str) -> None:
         """The balloon driver: follow memory/target (KiB) by giving frames

@@ -38,6 +38,7 @@ from ipaddress import IPv4Address
 from typing import AsyncIterator, Callable, Iterable
 
 from xenlab.domain import traffic
+from xenlab.domain.saved_state import SavedInterface
 from xenlab.net import perf
 from xenlab.net.capture import DeviceCapture, TappedFrame
 from xenlab.net.device import NetDevice
@@ -45,6 +46,7 @@ from xenlab.net.ethernet import max_frame_len
 from xenlab.net.icmp import ICMP_ECHO, ICMP_HLEN
 from xenlab.net.ipconfig import GuestNetConfig, parse_cmdline
 from xenlab.net.ipv4 import DEFAULT_TTL, IP_HLEN, IP_MAXPACKET, IPPROTO_ICMP
+from xenlab.net.route import Route
 from xenlab.net.router import Router
 from xenlab.net.stack import (AddressConflict, ArpFailed, EchoReply, IcmpError, IpStack,
                               StackConfig, UdpDatagram)
@@ -279,6 +281,11 @@ class GuestNetwork:
         """Follow a domain kernel's interfaces: the ones it has now, and the
         ones ``kernel.on_netif_change`` announces later."""
         self._kernel = kernel
+        # A resumed kernel's suspend record: the stacks it had, by interface.
+        self._resumed = {i.name: i for i in getattr(kernel, "resumed_state", None) or ()}
+        savers = getattr(kernel, "suspend_savers", None)
+        if savers is not None:
+            savers.append(self.save_state)
         for device in getattr(kernel, "netifs", {}).values():
             self.add(device)
         for device in getattr(kernel, "vifs", {}).values():
@@ -339,7 +346,47 @@ class GuestNetwork:
         if iface.was_up and not was and self._ifaces.get(iface.name) is iface:
             self._after(iface, iface.stack.link_up())
 
+    def save_state(self) -> list[SavedInterface]:
+        """What each stack must keep across a suspend, for the kernel's
+        suspend record: its configuration, its ARP cache, its counters."""
+        now, out = self.clock(), []
+        for name, iface in self._ifaces.items():
+            stack = iface.stack
+            if stack is None:
+                continue
+            c = stack.config
+            out.append(SavedInterface(
+                name, c.mac, c.address, c.gateway, c.mtu, c.forwarding,
+                [(r.dst, r.gateway) for r in c.routes],
+                [(ip, mac, expires - now) for ip, (mac, expires) in stack.arp_cache().items()],
+                dict(stack.counters)))
+        return out
+
+    def _resumed_stack(self, device: NetDevice) -> IpStack | None:
+        """The stack a resumed kernel had on ``device``, from its suspend
+        record (once: a later reconnect starts from the command line)."""
+        saved = self._resumed.pop(device.name, None)
+        if saved is None or saved.mac != device.mac:
+            return None
+        config = StackConfig(mac=device.mac, address=saved.address, mtu=device.mtu,
+                             gateway=saved.gateway,
+                             routes=tuple(Route(net, via) for net, via in saved.routes),
+                             forwarding=saved.forwarding, **self.stack_options)
+        stack = IpStack(config, self.clock)
+        stack.resume(saved.neighbours, saved.counters)
+        log.info("%s: resumed %s with %d ARP entries from the suspend record", device.name,
+                 saved.address, len(saved.neighbours))
+        return stack
+
     def _make_stack(self, device: NetDevice) -> IpStack | None:
+        if self._resumed:
+            try:
+                stack = self._resumed_stack(device)
+            except ValueError as err:
+                log.error("%s: the suspend record's stack is unusable: %s", device.name, err)
+                stack = None
+            if stack is not None:
+                return stack
         # The guest's own configuration only: ip= on its kernel command
         # line. The backend's ip node is Domain-0's (vif-route, antispoofing),
         # never read here.

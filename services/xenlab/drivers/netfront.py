@@ -54,9 +54,14 @@ class NetfrontDevice(NetDevice):
         self._rx: NetfrontRx | None = None
         self._kick: Callable[[], None] | None = None
         self._winding_down: tuple[NetfrontTx, NetfrontRx] | None = None
+        # Suspending (xenbus's freeze): the queues stop, as
+        # netif_device_detach stops them; the rings stay as they are.
+        self.suspended = False
 
     @property
     def state(self) -> str:
+        if self.suspended:
+            return "suspended"
         if self._tx is not None and self.xenbus_state == XenbusState.Connected:
             return "broken" if self._tx.broken or self._rx.broken else "connected"
         return self.xenbus_state.name.lower()
@@ -78,6 +83,9 @@ class NetfrontDevice(NetDevice):
     def transmit(self, frames: list[bytes]) -> None:
         frames = list(frames)
         if not frames or self.refuse_tx(frames):
+            return
+        if self.suspended:
+            self.drop("suspended", len(frames))
             return
         if self._tx is None:
             self.drop("not_connected", len(frames))
@@ -386,3 +394,17 @@ class NetfrontDriver(XenbusDeviceDriver):
 
     def new_device(self, path: str) -> Netfront:
         return Netfront(self.kernel, path)
+
+    async def suspend(self) -> None:
+        """The kernel is suspending (Linux's xenbus_dev_suspend, then
+        netif_device_detach): every interface stops sending. A restored
+        kernel reconnects its vifs through the handshake, as netfront_resume
+        does; a cancelled suspend (``thaw``) just starts them again."""
+        for dev in self.devices.values():
+            if dev.dev is not None:
+                dev.dev.suspended = True
+
+    async def thaw(self) -> None:
+        for dev in self.devices.values():
+            if dev.dev is not None:
+                dev.dev.suspended = False

@@ -92,6 +92,8 @@ class Hypervisor:
         self._procs: dict[int, DomainProcess] = {}
         self._reapers: dict[int, asyncio.Task] = {}
         self._shared_info: dict[int, SharedInfo] = {}
+        # Domains suspended in SCHEDOP_shutdown(suspend): the call's answer.
+        self._suspended: dict[int, asyncio.Future] = {}
         self.watchdogs = Watchdogs()
         self._watchdog_timers: dict[tuple[int, int], asyncio.TimerHandle] = {}
         self._state_changed = asyncio.Event()
@@ -235,11 +237,12 @@ class Hypervisor:
         return self.identity.issue(dom.domid)
 
     async def launch(self, dom: Domain, launcher: Launcher, secret: str, agent_token: str,
-                     cmdline: str = "") -> str:
+                     cmdline: str = "", resume_gfn: int = -1) -> str:
         """Start the domain's process (none with launcher none) and watch for
         its end; where its guest agent listens, as the launcher decided.
-        ``cmdline`` is the kernel command line its start_info carries."""
-        proc = await self._start_process(launcher, dom, secret, agent_token, cmdline)
+        ``cmdline`` is the kernel command line its start_info carries;
+        ``resume_gfn`` (a restore) where its kernel's suspend record is."""
+        proc = await self._start_process(launcher, dom, secret, agent_token, cmdline, resume_gfn)
         if proc is None:
             self.sched.started(dom)
             return self._agent_without_process(dom.domid)
@@ -261,11 +264,12 @@ class Hypervisor:
         self._changed()
 
     async def _start_process(self, launcher: Launcher, dom: Domain, secret: str,
-                             token: str, cmdline: str = "") -> DomainProcess | None:
+                             token: str, cmdline: str = "",
+                             resume_gfn: int = -1) -> DomainProcess | None:
         """Start the domain's process, handing it its memory object and a
         doorbell connection already made for it where the launcher can pass
         descriptors: it is told no path into the rundir or /dev/shm."""
-        info = self._start_info(dom, secret, token, launcher, cmdline)
+        info = self._start_info(dom, secret, token, launcher, cmdline, resume_gfn)
         if not launcher.takes_handles:
             # It asks for its memory in its doorbell HELLO (_doorbell_memory).
             return await launcher.start(info)
@@ -284,7 +288,8 @@ class Hypervisor:
             theirs.close()
 
     def _start_info(self, dom: Domain, secret: str, agent_token: str = "",
-                    launcher: Launcher | None = None, cmdline: str = "") -> StartInfo:
+                    launcher: Launcher | None = None, cmdline: str = "",
+                    resume_gfn: int = -1) -> StartInfo:
         """Under domain uids a domain is told no path into the rundir: it is
         handed its doorbell, or (a launcher that cannot hand descriptors
         over) told the domains' doorbell."""
@@ -304,7 +309,8 @@ class Hypervisor:
                          agent_token=agent_token, store_gfn=store.gfn if store else 0,
                          store_port=store.port if store else 0, cmd_line=cmdline,
                          console_gfn=ring.gfn if ring else 0,
-                         console_port=ring.port if ring else 0)
+                         console_port=ring.port if ring else 0,
+                         resume_gfn=resume_gfn)
 
     def _agent_without_process(self, domid: int) -> str:
         """A domain with no launcher process (launcher none) is run by the
@@ -362,6 +368,66 @@ class Hypervisor:
         dom.state = RunState.DYING
         self._changed()
         await self._kill_process(dom)
+        self._end_suspend(dom.domid, 0)
+
+    # -- suspend and resume (xl save) ----------------------------------------------------
+    async def sched_suspend(self, domid: int, record_gfn: int) -> int:
+        """SCHEDOP_shutdown(SHUTDOWN_suspend): the domain shuts down with
+        reason suspend, its vCPUs stop (its process is stopped, not killed:
+        the toolstack saves it, then destroys or resumes it), Domain-0 hears
+        of it as of any shutdown. ``record_gfn`` is kept for the toolstack
+        (a PV guest passes its start_info's gfn). Returns when the domain is
+        resumed in place: 1, SCHEDOP_shutdown's return to a guest whose
+        suspend was cancelled."""
+        if domid == 0:
+            raise DomainError(errno.EPERM, "Domain-0 cannot suspend")
+        dom = self.domains.get(domid)
+        if dom.state is not RunState.RUNNING:
+            raise DomainError(errno.EINVAL, f"d{domid} is {dom.state.value}: cannot suspend")
+        if not 0 <= record_gfn < dom.max_pages or not self.memory.is_populated(domid, record_gfn):
+            raise DomainError(errno.EINVAL, f"d{domid}: suspend record gfn {record_gfn} is not "
+                                            f"a populated frame of its own")
+        answer = asyncio.get_running_loop().create_future()
+        self._suspended[domid] = answer
+        dom.suspend_gfn = record_gfn
+        dom.shutdown_reason = "suspend"
+        dom.state = RunState.SHUTDOWN
+        proc = self._procs.get(domid)
+        if proc is not None:
+            proc.pause()
+        log.info("d%d (%s) suspended (record at gfn %d)", domid, dom.name, record_gfn)
+        self._changed()
+        self.evtchn.raise_virq(0, abi.VIRQ_DOM_EXC)
+        self.xenstored.domain_shutdown(domid)
+        return await answer
+
+    def is_suspended(self, dom: Domain) -> bool:
+        return (self._suspended.get(dom.domid) is not None and dom.state is RunState.SHUTDOWN
+                and dom.shutdown_reason == "suspend")
+
+    def resume(self, dom: Domain, paused: bool = False) -> None:
+        """xc_domain_resume (the fast way, a cancelled suspend): the domain
+        runs again in place, or stays paused with a pause count of one."""
+        if not self.is_suspended(dom):
+            raise DomainError(errno.EINVAL, f"d{dom.domid} is not suspended")
+        dom.shutdown_reason = ""
+        dom.suspend_gfn = -1
+        if paused:
+            dom.state, dom.pause_count = RunState.PAUSED, 1
+        else:
+            dom.state = RunState.RUNNING
+            proc = self._procs.get(dom.domid)
+            if proc is not None:
+                proc.unpause()
+        self._end_suspend(dom.domid, 1)
+        log.info("d%d (%s) resumed%s", dom.domid, dom.name, " paused" if paused else "")
+        self._changed()
+
+    def _end_suspend(self, domid: int, cancelled: int) -> None:
+        # 0 to a domain being destroyed: its process is gone, no one reads it.
+        answer = self._suspended.pop(domid, None)
+        if answer is not None and not answer.done():
+            answer.set_result(cancelled)
 
     def destroy(self, dom: Domain) -> None:
         """XEN_DOMCTL_destroydomain, once halted: its directory, doorbell and

@@ -50,6 +50,8 @@ class Domain:
     agent: str = ""          # where its guest agent listens (the launcher's choice)
     agent_token: str = ""    # what the agent's callers must present
     memory_handed: bool = False   # its memory object went to its process (once, at boot)
+    suspend_gfn: int = -1    # SCHEDOP_shutdown(suspend)'s record gfn, while suspended
+    monitored: bool = True   # the toolstack applies its on_* actions (xl restore -e: not)
 
     def state_letters(self, proc_state: str = "") -> str:
         """xl list's State column: r b p s c d, one position each.

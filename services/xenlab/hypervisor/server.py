@@ -23,9 +23,11 @@ from xenlab.launchers.base import Launcher
 from xenlab.hypervisor.memory_server import MemoryServicer
 from xenlab.hypervisor.sched_server import SchedServicer
 from xenlab.hypervisor.xenstore_server import XenStoreServicer
+from xenlab.hypervisor.save_server import SaveRestoreServicer
 from xenlab.proto import (console_pb2, console_pb2_grpc, domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
                           grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
-                          sched_pb2, sched_pb2_grpc, xenstore_pb2, xenstore_pb2_grpc)
+                          save_pb2, save_pb2_grpc, sched_pb2, sched_pb2_grpc, xenstore_pb2,
+                          xenstore_pb2_grpc)
 from xenlab.rpc import MAX_MESSAGE, start_server
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ SERVICE_NAMES = [
     console_pb2.DESCRIPTOR.services_by_name["Console"].full_name,
     console_pb2.DESCRIPTOR.services_by_name["Triggers"].full_name,
     sched_pb2.DESCRIPTOR.services_by_name["Sched"].full_name,
+    save_pb2.DESCRIPTOR.services_by_name["SaveRestore"].full_name,
 ]
 
 
@@ -88,6 +91,8 @@ class HypervisorServer:
             lambda s: console_pb2_grpc.add_ConsoleServicer_to_server(ConsoleServicer(hv), s),
             lambda s: console_pb2_grpc.add_TriggersServicer_to_server(TriggersServicer(hv), s),
             lambda s: sched_pb2_grpc.add_SchedServicer_to_server(SchedServicer(hv, toolstack), s),
+            lambda s: save_pb2_grpc.add_SaveRestoreServicer_to_server(
+                SaveRestoreServicer(hv, toolstack.saver), s),
         ]
         names = list(SERVICE_NAMES)
         if self.events is not None:

@@ -172,6 +172,12 @@ class ArpTable:
         times += [expires for _, expires in self._entries.values()]
         return min(times, default=None)
 
+    def restore(self, ip: IPv4Address, mac: bytes, expires: float) -> None:
+        """An entry a resumed kernel brings back from its suspend record,
+        with the lifetime it had left."""
+        if ip in self._entries or len(self._entries) < TABLE_MAX:
+            self._entries[ip] = (mac, expires)
+
     def entries(self, now: float) -> dict[IPv4Address, tuple[bytes, float]]:
         return {ip: e for ip, e in self._entries.items() if now < e[1]}
 

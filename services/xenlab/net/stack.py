@@ -399,6 +399,17 @@ class IpStack:
         self.events.clear()
         return events
 
+    def resume(self, neighbours, counters: dict[str, int]) -> None:
+        """What a suspended kernel kept of this stack (domain.saved_state):
+        its ARP entries, each with the seconds it had left, and its counters."""
+        now = self.clock()
+        for ip, mac, left in neighbours:
+            if left > 0:
+                self._arp.restore(ip, mac, now + left)
+        for name, value in counters.items():
+            if name in self.counters:
+                self.counters[name] = value
+
     def arp_cache(self) -> dict[IPv4Address, tuple[bytes, float]]:
         return self._arp.entries(self.clock())
 

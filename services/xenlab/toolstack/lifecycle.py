@@ -96,6 +96,13 @@ class DomainMonitor:
             log.exception("d%d (%s): applying its on_%s action failed", dom.domid, dom.name,
                           dom.shutdown_reason)
 
+    def forget(self, dom: Domain) -> None:
+        """``dom`` runs again (resumed after a suspend): its next shutdown is
+        a new one to act on."""
+        seen = self._handling.get(dom.domid)
+        if seen is not None and seen[0] is dom:
+            del self._handling[dom.domid]
+
     async def settled(self, dom: Domain) -> None:
         """Wait until the action for ``dom``'s shutdown has been carried out."""
         seen = self._handling.get(dom.domid)

@@ -28,6 +28,7 @@ from xenlab.net.ipconfig import check_guest_net
 from xenlab.toolstack import build
 from xenlab.toolstack.devices import Devices
 from xenlab.toolstack.sched_cfg import SchedConfig, sched_config
+from xenlab.toolstack.save import SaveRestore
 from xenlab.toolstack.lifecycle import DomainMonitor, action_for, check_policies, preserved_name
 from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.errors import DomainError, XenError
@@ -50,6 +51,7 @@ class Toolstack:
         self.xs = hv.xenstore
         self.devices = Devices(hv.xenstore, hv.domains)
         self.monitor = DomainMonitor(hv.xenstore, hv.domains, self.apply_policy)
+        self.saver = SaveRestore(self)      # xl save, xl restore
 
     def start(self) -> None:
         """Domain-0's own tree, as xen-init-dom0 writes it at boot, and the
@@ -65,8 +67,11 @@ class Toolstack:
                 await self.destroy_domain(dom.domid)
 
     # -- create ------------------------------------------------------------------------
-    async def create(self, spec, paused: bool = False) -> tuple[Domain, str]:
-        """A domain from a DomainSpec; it and the secret it acts with."""
+    async def create(self, spec, paused: bool = False, restore=None) -> tuple[Domain, str]:
+        """A domain from a DomainSpec; it and the secret it acts with.
+        ``restore`` (xl restore: save._RestoreSteps) fills its memory before
+        its kernel starts, writes its saved nodes back, and has the kernel
+        start resumed."""
         memory_mb = spec.memory_mb or DEFAULT_MEMORY_MB
         maxmem_mb = spec.maxmem_mb or memory_mb
         if maxmem_mb < memory_mb:
@@ -88,15 +93,20 @@ class Toolstack:
             cmdline = kernel_cmdline(dict(spec.extra))
             check_guest_net(cmdline, [f"eth{i}" for i in range(len(spec.vif))])
             secret = self.hv.populate(dom, memory_mb * PAGES_PER_MB)
+            if restore is not None:
+                restore.memory(dom)
             build.write_domain_tree(self.xs, dom, self.hv.memory.reservation(dom.domid))
             for nodes in nics:
                 self.devices.write_vif(nodes)
             store_port = build.setup_store(self.xs, self.hv.memory, self.hv.evtchn, dom.domid)
+            if restore is not None:
+                restore.xenstore(dom)
             self.hv.xenstored.introduce(dom.domid, STORE_GFN, store_port)
             build.setup_console(self.xs, self.hv.memory, self.hv.evtchn, dom.domid)
             self.hv.consoles.connect(dom.domid)
             token = secrets.token_urlsafe(32)
-            agent = await self.hv.launch(dom, launcher, secret, token, cmdline)
+            agent = await self.hv.launch(dom, launcher, secret, token, cmdline,
+                                         resume_gfn=restore.resume_gfn if restore else -1)
             await self._apply_sched(dom, sched)
         except BaseException:
             await self._destroy(dom)
@@ -194,6 +204,10 @@ class Toolstack:
         """What xl.cfg says to do with a domain that shut down, as xl's
         handle_domain_death does it."""
         reason = dom.shutdown_reason
+        if not dom.monitored:
+            log.info("d%d (%s) shut down (%s): not monitored (restored with -e), left as it is",
+                     dom.domid, dom.name, reason)
+            return
         action = action_for(dom.spec, reason)
         if action is None:
             log.info("d%d (%s) has suspended: left as it is", dom.domid, dom.name)

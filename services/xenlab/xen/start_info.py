@@ -37,6 +37,10 @@ class StartInfo:
     cmd_line: str = ""       # the kernel command line (xl.cfg's cmdline=, or root= and extra=)
     console_gfn: int = 0     # the console ring page (start_info's console.domU.mfn)
     console_port: int = 0    # its event channel (console.domU.evtchn); 0: no console ring
+    # A restored domain: the gfn of its kernel's suspend record (the gfn it
+    # passed to SCHEDOP_shutdown suspend); its kernel resumes from it. -1: a
+    # fresh boot.
+    resume_gfn: int = -1
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -38,7 +38,7 @@ class Hypercalls:
         self.evtchn = EventChannelOps(client.evtchn, client.domid)
         self.memory = MemoryOps(client.memory, client.domid)
         self.xenstore = GrpcXenStore(client.xenstore)
-        self.domains = DomainOps(client.domains, client.domid)
+        self.domains = DomainOps(client.domains, client.domid, client.save)
 
     @classmethod
     def connect(cls, address: str, domid: int, secret: str) -> "Hypercalls":

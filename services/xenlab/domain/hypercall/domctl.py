@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from xenlab.proto import common_pb2, domains_pb2
+from xenlab.proto import common_pb2, domains_pb2, save_pb2
 from xenlab.rpc import call
 from xenlab.xen.errors import DomainError
 
@@ -43,9 +43,19 @@ class BackendGone:
 
 
 class DomainOps:
-    def __init__(self, stub, domid: int):
+    def __init__(self, stub, domid: int, save_stub=None):
         self._stub = stub
+        self._save = save_stub
         self.domid = domid
+
+    async def sched_suspend(self, record_gfn: int) -> int:
+        """SCHEDOP_shutdown(SHUTDOWN_suspend), passing the gfn of this
+        kernel's suspend record. Returns 1 when the suspend was cancelled
+        (resumed in place: xl save -c, or a save that failed); a domain
+        restored elsewhere never returns from it (its new kernel resumes)."""
+        reply = await call(self._save.SchedSuspend(
+            save_pb2.SchedSuspendRequest(record_gfn=record_gfn)), DomainError)
+        return reply.cancelled
 
     async def sched_shutdown(self, reason: str) -> None:
         """SCHEDOP_shutdown: this domain stops, for ``reason``."""
