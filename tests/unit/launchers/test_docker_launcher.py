@@ -57,7 +57,9 @@ class FakeContainer:
         self.client = client
         self.image = image
         self.kwargs = kwargs
-        self.id = f"c{len(client.created)}"
+        # 64 hex digits, as Docker's: a short id would be found by chance in
+        # some process's /proc/PID/cgroup.
+        self.id = f"{len(client.created):064x}"
         self.name = kwargs["name"]
         self.attrs = {"State": {"Pid": 0}}
         self.started = False
@@ -217,7 +219,7 @@ async def test_a_named_network_is_joined_rather_than_shared(domains):
     kwargs = fake.created[0].kwargs
     assert kwargs["network"] == "labnet" and "network_mode" not in kwargs
     assert "healthcheck" not in kwargs
-    agent = StartInfo.from_json(fake.stdin["c0"].sent.decode()).agent
+    agent = StartInfo.from_json(fake.stdin[f"{0:064x}"].sent.decode()).agent
     assert agent == f"unix:{domains.path}/d7/agent.sock"
     assert (domains.path / "d7").stat().st_uid == UIDS.uid(7)
     await domain.kill()
