@@ -196,12 +196,13 @@ class _Peer:
         deadline = time.monotonic() + timeout
         while refs:
             try:
-                await self.kernel.gnttab.end_access(refs)
-                return
+                refs = self.kernel.gnttab.end_access(refs)
             except XenError as err:
-                if err.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise HostileError(f"ending grants {refs[:4]}...: {err.message}") from None
-            await asyncio.sleep(0.02)
+                raise HostileError(f"ending grants {refs[:4]}...: {err.message}") from None
+            if refs and time.monotonic() > deadline:
+                raise HostileError(f"grants {refs[:4]}... are still mapped")
+            if refs:
+                await asyncio.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------
