@@ -263,8 +263,9 @@ def _check_xenstore(hv, table: dict, live: set[int], out: list[str]) -> None:
 # Memory digests
 # ----------------------------------------------------------------------------
 def granted_frames(hv, domid: int) -> set[int]:
-    """The gfns of ``domid`` that it grants to anyone right now."""
-    return {e.frame for e in hv.grants.entries(domid)}
+    """The gfns of ``domid`` that it grants to anyone right now, and its
+    grant frames (its kernel writes its entries there)."""
+    return {e.frame for e in hv.grants.entries(domid)} | set(hv.grants.grant_frames(domid))
 
 
 def memory_digest(hv, domid: int, exclude: Iterable[int] = ()) -> dict[int, bytes]:

@@ -28,7 +28,7 @@ from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.digits import C_SPACE, parse_decimal, quoted
 from xenlab.xen.errors import ConfigError, XenError
-from xenlab.xen.netif import make_rx_ring, make_tx_ring
+from xenlab.xen.netif import FEATURE_XENLAB_PERSISTENT, make_rx_ring, make_tx_ring
 from xenlab.xen.ring import FrontRing, SharedRing
 from xenlab.xen.netconf import parse_mac
 
@@ -241,7 +241,7 @@ class Netfront(XenbusDevice):
             "feature-sg": 1, "feature-gso-tcpv4": 0, "feature-gso-tcpv6": 0,
             # Our buffer pages stay granted as long as we are connected: a
             # backend may map them once instead of copying through the hypervisor.
-            "feature-persistent": 1,
+            FEATURE_XENLAB_PERSISTENT: 1,
         }
         for key, value in values.items():
             await self.xenbus.write(f"{self.nodename}/{key}", str(value), tx=tx)

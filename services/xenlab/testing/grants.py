@@ -15,14 +15,13 @@ class GuestGrantTable:
         self.refs = GrantRefs(frames.nr_entries)
 
     @classmethod
-    async def setup(cls, hv, client, gfn: int | None = None) -> "GuestGrantTable":
-        """``client`` acts as the domain; its grant frame is ``gfn``, or
-        its highest populated frame."""
+    async def setup(cls, hv, client, frames: int = 1) -> "GuestGrantTable":
+        """``client`` acts as the domain; its grant frames are its
+        ``frames`` highest populated frames."""
         domid = client.domid
-        if gfn is None:
-            gfn = hv.memory.reservation(domid)[0] - 1
-        await client.grants.SetupTable(grants_pb2.SetupTableRequest(gfns=[gfn]))
-        return cls(GrantFrames([hv.memory.frame(domid, gfn)]))
+        gfns = sorted(hv.memory.populated(domid))[-frames:][::-1]
+        await client.grants.SetupTable(grants_pb2.SetupTableRequest(gfns=gfns))
+        return cls(GrantFrames(hv.memory.frame(domid, gfn) for gfn in gfns))
 
     def grant(self, peer: int, gfn: int, readonly: bool = False) -> int:
         [ref] = self.refs.alloc(1)
