@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from xenlab.hypervisor.grants import CopyOp, CopyPtr, GrantTables
+from xenlab.hypervisor.grants import CopyOp, CopyPtr, GrantEntry, GrantTables
 from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.rpc import grpc_status
@@ -756,3 +756,80 @@ def test_a_domain_without_a_grant_table_may_free_its_frames(gt):
     gt.memory.add_domain(8, 16, 8)                 # memory, but no grant table (yet)
     gt.memory.decrease_reservation(8, [3])
     assert not gt.memory.is_populated(8, 3)
+
+
+# -- the pins: what the hypervisor reads from the granter's frame, and when ----------------
+def test_a_copy_lets_go_of_its_pins_when_the_batch_ends(gt):
+    """acquire_grant_for_copy pins for the copy only: afterwards the flags
+    are as the granter wrote them and it may end the grants."""
+    rw, ro = grant(gt, 1, 2, 3), grant(gt, 1, 2, 4, True)
+    fill(gt, 2, 0, b"data")
+    assert gt.copy(D2, [CopyOp(CopyPtr(SELF, gfn=0), CopyPtr(1, ref=rw, use_gref=True), 4),
+                        CopyOp(CopyPtr(1, ref=ro, use_gref=True), CopyPtr(SELF, gfn=1), 4)]) \
+        == [abi.GNTST_okay, abi.GNTST_okay]
+    assert gt.pinned(1) == {}
+    assert gt.entry(1, rw).flags == abi.GTF_permit_access
+    assert gt.entry(1, ro).flags == abi.GTF_permit_access | abi.GTF_readonly
+    assert end(gt, 1, rw) and end(gt, 1, ro)
+
+
+def test_a_copy_through_a_grant_to_oneself_names_the_granter_domid_self(gt):
+    ref = grant(gt, 1, 1, 3)
+    fill(gt, 1, 3, b"self")
+    assert gt.copy(D1, [CopyOp(CopyPtr(SELF, ref=ref, use_gref=True), CopyPtr(SELF, gfn=4), 4)]) \
+        == [abi.GNTST_okay]
+    assert read(gt, 1, 4, 0, 4) == b"self"
+
+
+def test_a_pinned_entry_is_not_read_again(gt):
+    """Xen reads the shared entry on the first pin only (and on the first
+    writable one): a granter that rewrites a mapped entry changes nothing
+    for the mapper, and a second map does not touch the entry."""
+    ref = grant(gt, 1, 2, 3, readonly=True)
+    first = gt.map(D2, 1, ref, True)
+    frames = guest(gt, 1).frames
+    frames.grant(ref, 3, 5, readonly=True)            # regranted to d3, behind the pin
+    frames._cells[0].store16(ref * 8, 0)                # and its flags cleared
+    second = gt.map(D2, 1, ref, True)
+    assert second.mfn == first.mfn == gt.memory.gfn_to_mfn(1, 3)
+    assert gt.entry(1, ref).flags == 0                  # left as the granter wrote it
+    assert refusal(lambda: gt.map(D3, 1, ref, True)) == (
+        abi.GNTST_general_error, f"grant ref {ref} of d1 is not granted to d3")
+    assert gt.query(1)["entries_in_use"] == 0
+
+
+def test_a_pinned_entry_whose_type_the_granter_cleared_is_not_an_entry_in_use(gt):
+    ref = grant(gt, 1, 2, 3)
+    gt.map(D2, 1, ref, False)
+    guest(gt, 1).frames._cells[0].store16(ref * 8, abi.GTF_reading)
+    assert gt.query(1)["entries_in_use"] == 0
+    assert [e.ref for e in gt.entries(1)] == [ref]      # still listed: it is pinned
+
+
+def test_a_writable_map_of_an_unpopulated_frame_undoes_both_flags(gt):
+    ref = grant(gt, 1, 2, 3)
+    gt.memory.decrease_reservation(1, [3])
+    assert status_of(lambda: gt.map(D2, 1, ref, False)) == abi.GNTST_bad_page
+    assert gt.entry(1, ref).flags == abi.GTF_permit_access
+
+
+def test_entry_reads_every_ref_of_the_table_and_none_past_it(gt):
+    guest(gt, 1)
+    assert gt.entry(1, 0) == GrantEntry(0, 0, 0, 0)
+    assert gt.entry(1, 511).ref == 511
+    assert gt.entry(1, 512) is None and gt.entry(1, -1) is None
+
+
+def test_setup_table_refusals_say_why(gt):
+    guest(gt, 1)
+    [frame] = gt.grant_frames(1)
+    assert refusal(lambda: gt.setup_table(1, [frame - 1])) == (
+        abi.GNTST_general_error, f"d1's grant frames [{frame}] cannot move")
+    assert refusal(lambda: gt.setup_table(1, [frame, 5, 5])) == (
+        abi.GNTST_bad_page, "a grant frame is named twice")
+    assert refusal(lambda: gt.setup_table(1, [frame, 99])) == (
+        abi.GNTST_bad_page, "gfn 0x63 of d1 cannot be a grant frame: not populated, or one already")
+    gt.map(D2, 1, grant(gt, 1, 2, 6), True)
+    assert refusal(lambda: gt.setup_table(1, [frame, 6])) == (
+        abi.GNTST_bad_page, "gfn 0x6 of d1 is mapped by another domain")
+    assert gt.grant_frames(1) == [frame]
