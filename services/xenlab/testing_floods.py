@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import mmap
+import os
 import socket as socket_
 
 import grpc
 
 from xenlab.client import HypervisorClient
-from xenlab.hypervisor.grants import MAX_MAP_BATCH
+from xenlab.domain.hypercall.memory import MemoryOps
 from xenlab.proto import common_pb2, evtchn_pb2, grants_pb2, memory_pb2, xenstore_pb2, xenstore_pb2_grpc
 from xenlab.rpc import CHANNEL_OPTIONS
 from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
+from xenlab.xen.grant_table import GrantFrames
 
 WAIT = 10.0                # seconds before a peer that never answers is a hang
 
@@ -47,20 +50,30 @@ def _rounds(rounds: int, stop: asyncio.Event | None):
 
 
 async def fill_grant_table(client, peer: int | None = None) -> int:
-    """Grant one frame of the domain over and over until its grant table is
-    full; the number of entries granted."""
+    """Give the domain's grant table its most frames (GNTTABOP_setup_table
+    on frames of its own) and grant one frame in every entry, writing the
+    entries in its memory as its kernel would; the number of entries
+    granted."""
     peer = client.domid if peer is None else peer
-    batch = grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=peer, gfn=abi.PAGE_SIZE // 8, readonly=True)
-    ] * MAX_MAP_BATCH)
-    granted = 0
-    while True:
-        try:
-            granted += len((await client.grants.GrantAccess(batch)).refs)
-        except grpc.aio.AioRpcError as err:
-            if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or len(batch.entries) == 1:
-                return granted
-            del batch.entries[len(batch.entries) // 2:]
+    mm = await MemoryOps(client.memory, client.domid).memory_map(with_populated=True)
+    size = await client.grants.QuerySize(common_pb2.Empty())
+    have = list(mm.populated)[:size.max_nr_frames + 1]
+    frames, granted = have[1:], have[0]
+    await client.grants.SetupTable(grants_pb2.SetupTableRequest(gfns=frames))
+    fd = os.open(mm.shm_path, os.O_RDWR)
+    try:
+        segment = mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)
+    table = GrantFrames(memoryview(segment)[mm.first_frame_offset + gfn * abi.PAGE_SIZE:]
+                        [:abi.PAGE_SIZE] for gfn in frames)
+    try:
+        for ref in range(abi.GNTTAB_NR_RESERVED_ENTRIES, table.nr_entries):
+            table.grant(ref, peer, granted, readonly=True)
+        return table.nr_entries - abi.GNTTAB_NR_RESERVED_ENTRIES
+    finally:
+        table.release()
+        segment.close()
 
 
 async def decrease_reservation_flood(client, *, gfns: int = 8000, rounds: int = 3,
@@ -84,8 +97,8 @@ async def grant_copy_flood(client, *, ops: int = 500_000, rounds: int = 1,
                            stop: asyncio.Event | None = None) -> collections.Counter:
     """GrantTable.Copy calls of ``ops`` copies between two of the domain's
     own frames (500k ops froze the hypervisor for 4.5-6 s)."""
-    frame = grants_pb2.GrantCopyOp(source=grants_pb2.CopyPtr(domid=client.domid, gfn=1000),
-                                   dest=grants_pb2.CopyPtr(domid=client.domid, gfn=1001), len=8)
+    frame = grants_pb2.GrantCopyOp(source=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=1000),
+                                   dest=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=1001), len=8)
     request = grants_pb2.GrantCopyRequest(ops=[frame] * ops)
     out: collections.Counter = collections.Counter()
     for _ in _rounds(rounds, stop):

@@ -44,7 +44,7 @@ from xenlab.xen.start_info import StartInfo
 from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.errors import XenError
-from xenlab.xen.netif import (ExtraInfo, GsoInfo, RxRequest, RxResponse, TxRequest,
+from xenlab.xen.netif import (FEATURE_XENLAB_PERSISTENT, ExtraInfo, GsoInfo, RxRequest, RxResponse, TxRequest,
                               TxResponse, make_rx_ring, make_tx_ring)
 
 PAGE = abi.PAGE_SIZE
@@ -196,12 +196,13 @@ class _Peer:
         deadline = time.monotonic() + timeout
         while refs:
             try:
-                await self.kernel.gnttab.end_access(refs)
-                return
+                refs = self.kernel.gnttab.end_access(refs)
             except XenError as err:
-                if err.errno != errno.EBUSY or time.monotonic() > deadline:
-                    raise HostileError(f"ending grants {refs[:4]}...: {err.message}") from None
-            await asyncio.sleep(0.02)
+                raise HostileError(f"ending grants {refs[:4]}...: {err.message}") from None
+            if refs and time.monotonic() > deadline:
+                raise HostileError(f"grants {refs[:4]}... are still mapped")
+            if refs:
+                await asyncio.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------
@@ -238,7 +239,7 @@ class HostileFrontend(_Peer):
                  rx_buffers: int = 32, pattern: int = 0xEE, foreign_domid: int | None = None,
                  persistent: bool = False):
         super().__init__(kernel, toolstack)
-        self.persistent = persistent     # say feature-persistent=1: netback maps our buffers
+        self.persistent = persistent     # say feature-xenlab-persistent=1: netback maps our buffers
         self.vif_spec = {"mac": mac, "bridge": bridge, "backend": backend, "ip": ip}
         self.nr_tx_buffers = tx_buffers
         self.nr_rx_buffers = rx_buffers
@@ -278,7 +279,7 @@ class HostileFrontend(_Peer):
         await self._write_keys(self.vif.frontend_path, {
             "tx-ring-ref": self.refs.tx_ring, "rx-ring-ref": self.refs.rx_ring,
             "event-channel": self.port, "request-rx-copy": 1, "feature-rx-notify": 1,
-            "feature-sg": 1, "feature-persistent": int(self.persistent),
+            "feature-sg": 1, FEATURE_XENLAB_PERSISTENT: int(self.persistent),
             "state": int(XenbusState.Connected)})
         state = await self._wait_state({XenbusState.Connected, XenbusState.Closing,
                                         XenbusState.Closed})

@@ -107,9 +107,12 @@ def _check_memory(hv, out: list[str]) -> None:
 
 
 def _check_grants(hv, out: list[str]) -> None:
+    """The hypervisor's pins against the mappings held, and the flags in
+    the granters' frames against the pins (a granter that writes its
+    entries behind its kernel's back breaks the last check, not Xen's)."""
     grants, mem = hv.grants, hv.memory
     tables = set(grants.domains())
-    entries = {d: {e.ref: e for e in grants.entries(d)} for d in tables}
+    pinned = {d: grants.pinned(d) for d in tables}
     uses: collections.Counter = collections.Counter()      # (granter, ref, readonly) -> mappings
     for mapper in sorted(tables):
         maps = grants.mappings(mapper)
@@ -124,37 +127,37 @@ def _check_grants(hv, out: list[str]) -> None:
             granter, gfn = owner
             if granter != m.granter:
                 continue        # a granter that is gone, whose domid came back
-            entry = entries.get(granter, {}).get(m.ref)
-            if entry is None or entry.frame != gfn:
-                out.append(f"{where}: no live grant entry for it")
+            pin = pinned.get(granter, {}).get(m.ref)
+            if pin is None or pin[1] != gfn:
+                out.append(f"{where}: no pinned grant entry for it")
                 continue
-            if entry.domid != mapper:
-                out.append(f"{where}: the entry grants d{entry.domid}, not the mapper")
-            if not m.readonly and entry.flags & abi.GTF_readonly:
-                out.append(f"{where}: mapped writable from a read-only grant")
+            if pin[0] != mapper:
+                out.append(f"{where}: the entry is pinned for d{pin[0]}, not the mapper")
             if not mem.is_populated(granter, gfn):
                 out.append(f"{where}: gfn {gfn:#x} of d{granter} is mapped but not populated")
             uses[(granter, m.ref, m.readonly)] += 1
     for granter in sorted(tables):
         info = grants.query(granter)
-        if info["entries_in_use"] > info["max_entries"]:
-            out.append(f"grants: d{granter} uses {info['entries_in_use']} entries, above "
-                       f"{info['max_entries']}")
         active = 0
-        for ref, e in entries[granter].items():
-            if not e.flags & abi.GTF_permit_access:
-                out.append(f"grants: d{granter} ref {ref} is in use without GTF_permit_access")
-            if ref < abi.GNTTAB_NR_RESERVED_ENTRIES:
-                out.append(f"grants: d{granter} handed out reserved ref {ref}")
-            readers, writers = uses[(granter, ref, True)], uses[(granter, ref, False)]
-            active += readers + writers
-            if bool(e.flags & abi.GTF_reading) != bool(readers):
-                out.append(f"grants: d{granter} ref {ref}: GTF_reading is "
-                           f"{bool(e.flags & abi.GTF_reading)} with {readers} read-only mappings")
-            if bool(e.flags & abi.GTF_writing) != bool(writers):
-                out.append(f"grants: d{granter} ref {ref}: GTF_writing is "
-                           f"{bool(e.flags & abi.GTF_writing)} with {writers} writable mappings")
-        if info["active_maps"] < active:
+        for ref, (_grantee, _gfn, readers, writers) in pinned[granter].items():
+            mapped_ro, mapped_rw = uses[(granter, ref, True)], uses[(granter, ref, False)]
+            active += mapped_ro + mapped_rw
+            if (readers, writers) != (mapped_ro, mapped_rw):
+                out.append(f"grants: d{granter} ref {ref} is pinned {readers} read-only and "
+                           f"{writers} writable; {mapped_ro} and {mapped_rw} mappings exist")
+        for e in grants.entries(granter):
+            if e.ref < abi.GNTTAB_NR_RESERVED_ENTRIES:
+                out.append(f"grants: d{granter} handed out reserved ref {e.ref}")
+            pin = pinned[granter].get(e.ref)
+            reading = pin is not None
+            writing = pin is not None and pin[3] > 0
+            if bool(e.flags & abi.GTF_reading) != reading:
+                out.append(f"grants: d{granter} ref {e.ref}: GTF_reading is "
+                           f"{bool(e.flags & abi.GTF_reading)}, pinned {reading}")
+            if bool(e.flags & abi.GTF_writing) != writing:
+                out.append(f"grants: d{granter} ref {e.ref}: GTF_writing is "
+                           f"{bool(e.flags & abi.GTF_writing)}, pinned writable {writing}")
+        if info["active_maps"] != active:
             out.append(f"grants: d{granter} counts {info['active_maps']} active mappings; "
                        f"{active} live ones exist")
 
@@ -260,8 +263,9 @@ def _check_xenstore(hv, table: dict, live: set[int], out: list[str]) -> None:
 # Memory digests
 # ----------------------------------------------------------------------------
 def granted_frames(hv, domid: int) -> set[int]:
-    """The gfns of ``domid`` that it grants to anyone right now."""
-    return {e.frame for e in hv.grants.entries(domid)}
+    """The gfns of ``domid`` that it grants to anyone right now, and its
+    grant frames (its kernel writes its entries there)."""
+    return {e.frame for e in hv.grants.entries(domid)} | set(hv.grants.grant_frames(domid))
 
 
 def memory_digest(hv, domid: int, exclude: Iterable[int] = ()) -> dict[int, bytes]:
@@ -363,9 +367,19 @@ class GrantAudit:
         self._restore.clear()
 
     def _granted(self, caller: int, domid: int, ref: int, write: bool) -> bool:
-        entry = next((e for e in self.hv.grants.entries(domid) if e.ref == ref), None) \
-            if domid in self.hv.grants.domains() else None
+        """Whether Xen's rules let ``caller`` pin ``ref`` of ``domid``: the
+        entry in the granter's frame grants it, or the caller holds the pin
+        already (which is not read from the frame again)."""
+        grants = self.hv.grants
+        if domid not in grants.domains():
+            return False
+        pin = grants.pinned(domid).get(ref)
+        if pin is not None:
+            return pin[0] == caller and (not write or pin[3] > 0 or (
+                not grants.entry(domid, ref).flags & abi.GTF_readonly))
+        entry = grants.entry(domid, ref)
         return (entry is not None and entry.domid == caller
+                and entry.flags & abi.GTF_type_mask == abi.GTF_permit_access
                 and not (write and entry.flags & abi.GTF_readonly)
                 and self.hv.memory.is_populated(domid, entry.frame))
 

@@ -7,7 +7,7 @@ import pytest
 
 from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.grants import CopyOp, CopyPtr
-from xenlab.proto import grants_pb2
+from xenlab.testing.grants import GuestGrantTable
 from xenlab.testing_invariants import (GrantAudit, InvariantError, changed_frames,
                                        check_invariants, memory_digest)
 from xenlab.xen import abi
@@ -18,8 +18,8 @@ DOM0 = Caller(0, privileged=True)
 async def test_grant_audit_flags_privileged_gfn_copies_and_unchecked_offsets(hypervisor):
     hv = hypervisor.hv
     domid, client = await hypervisor.create_domain("guest")
-    (ref,) = (await client.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=0, gfn=100)]))).refs
+    table = await GuestGrantTable.setup(hv, client)
+    ref = table.grant(0, 100)
     with GrantAudit(hv, auditee=0) as audit:
         ok = hv.grants.copy(DOM0, [CopyOp(CopyPtr(domid, ref=ref, use_gref=True),
                                           CopyPtr(abi.DOMID_SELF, gfn=20), 60)])
@@ -33,6 +33,7 @@ async def test_grant_audit_flags_privileged_gfn_copies_and_unchecked_offsets(hyp
                                      CopyPtr(abi.DOMID_SELF, gfn=20), 60)])
         assert audit.refused(domid) == 2           # past the page, and no such ref
     assert "copy_gnttab" not in vars(hv.grants)        # the audit put everything back
+    table.release()
 
 
 async def test_check_invariants_catches_broken_cores(hypervisor):

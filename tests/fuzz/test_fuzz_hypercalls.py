@@ -37,6 +37,7 @@ from xenlab.proto import (domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_
                           xenstore_pb2_grpc)
 from xenlab.rpc import CHANNEL_OPTIONS, credentials_metadata
 from xenlab.testing import check_invariants
+from xenlab.testing.grants import GuestGrantTable
 from xenlab.xen import abi
 
 SERVICES = [
@@ -97,10 +98,10 @@ class World:
     async def _victim(self) -> None:
         self.victim = await self._create("victim")
         victim = self._client(self.victim)
-        refs = await victim.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-            grants_pb2.GrantAccessEntry(domid=0, gfn=100 + i, readonly=i % 2 == 0)
-            for i in range(4)]))
-        self.victim_refs = list(refs.refs)
+        # The victim's kernel: its grant frame, its entries written there.
+        self.victim_table = await GuestGrantTable.setup(self.hv, victim)
+        self.victim_refs = [self.victim_table.grant(0, 100 + i, readonly=i % 2 == 0)
+                            for i in range(4)]
         await self.lab.dom0.grants.Map(grants_pb2.MapGrantRequest(
             domid=self.victim, ref=self.victim_refs[1], readonly=False))
         port0 = (await self.lab.dom0.evtchn.AllocUnbound(evtchn_pb2.AllocUnboundRequest(
@@ -120,10 +121,8 @@ class World:
         victim = self._client(self.victim)
         # The victim offers the new attacker a page of each kind and a port:
         # what the attacker may legitimately touch.
-        refs = await victim.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-            grants_pb2.GrantAccessEntry(domid=self.attacker, gfn=200, readonly=True),
-            grants_pb2.GrantAccessEntry(domid=self.attacker, gfn=201, readonly=False)]))
-        self.offered_refs = list(refs.refs)
+        self.offered_refs = [self.victim_table.grant(self.attacker, 200, readonly=True),
+                             self.victim_table.grant(self.attacker, 201, readonly=False)]
         self.offered_port = (await victim.evtchn.AllocUnbound(evtchn_pb2.AllocUnboundRequest(
             dom=self.victim, remote_dom=self.attacker))).port
 

@@ -20,6 +20,7 @@ import pytest
 
 from xenlab.proto import common_pb2, evtchn_pb2, grants_pb2, memory_pb2, xenstore_pb2
 from xenlab.testing import call_each, check_invariants
+from xenlab.testing.grants import GuestGrantTable
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -147,50 +148,47 @@ async def test_event_channel_ports(hypervisor, pair):
     check_invariants(hypervisor.hv)      # the peer's end went back to unbound
 
 
-async def test_grant_entries(hypervisor, pair):
+async def test_grant_frames(hypervisor, pair):
+    """A domain's grant table costs the hypervisor its frames' bookkeeping
+    only, up to max_grant_frames; the entries are the domain's own writes."""
     (domid, client), (other_id, other) = pair
+    size = await client.grants.QuerySize(common_pb2.Empty())
+    gfns = sorted(hypervisor.hv.memory.populated(domid))[-size.max_nr_frames - 1:]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await client.grants.SetupTable(grants_pb2.SetupTableRequest(gfns=gfns))
+    assert "at most" in err.value.details()
+    table = await GuestGrantTable.setup(hypervisor.hv, client, frames=size.max_nr_frames)
+    while table.refs.free:
+        table.grant(other_id, 100)
     info = await client.grants.Query(common_pb2.DomainRef(domid=domid))
-    limit = info.max_entries - 8            # refs 0..7 are the toolstack's
-    batch = [grants_pb2.GrantAccessEntry(domid=other_id, gfn=100 + i % 16) for i in range(1000)]
-    granted = 0
-    while granted + len(batch) <= limit:
-        granted += len((await client.grants.GrantAccess(grants_pb2.GrantAccessRequest(
-            entries=batch))).refs)
-    # a batch that does not fit is refused whole
-    await exhausted(client.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=batch)))
-    assert (await client.grants.Query(common_pb2.DomainRef(domid=domid))).entries_in_use == granted
-    rest = limit - granted
-    await client.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=batch[:rest]))
-    await exhausted(client.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=batch[:1])))
-    await other.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=domid, gfn=100)]))
+    assert info.entries_in_use == info.max_entries - 8     # refs 0..7 are the toolstack's
+    # the peer is not affected: it sets up its own table and grants
+    theirs = await GuestGrantTable.setup(hypervisor.hv, other)
+    theirs.grant(domid, 100)
     check_invariants(hypervisor.hv)
+    table.release()
+    theirs.release()
 
 
 async def test_grant_mappings(hypervisor, pair):
     (domid, client), (other_id, other) = pair
     limit = hypervisor.hv.grants.max_maptrack
-    refs: list[int] = []
-    for count in (limit, 10):           # at most MAX_MAP_BATCH entries a call
-        refs += (await other.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-            grants_pb2.GrantAccessEntry(domid=domid, gfn=100 + i % 64, readonly=True)
-            for i in range(count)]))).refs
+    table = await GuestGrantTable.setup(hypervisor.hv, other, frames=3)
+    refs = [table.grant(domid, 100 + i % 64, readonly=True) for i in range(limit + 10)]
     # a flood, without 1024 calls in flight
     maps = await call_each(lambda ref: client.grants.Map(grants_pb2.MapGrantRequest(
         domid=other_id, ref=ref, readonly=True)), refs[:limit], in_flight=64)
     await exhausted(client.grants.Map(grants_pb2.MapGrantRequest(domid=other_id, ref=refs[-1],
                                                                  readonly=True)))
     # the granter still owns its table: it cannot end what is mapped, but can grant more
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await other.grants.EndAccess(grants_pb2.EndAccessRequest(refs=refs[:1]))
-    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    await other.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=0, gfn=100)]))
+    assert not table.end(refs[0])
+    table.grant(0, 100)
     check_invariants(hypervisor.hv)
     await asyncio.gather(*(client.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=m.handle))
                            for m in maps[:10]))
     await client.grants.Map(grants_pb2.MapGrantRequest(domid=other_id, ref=refs[-1], readonly=True))
     check_invariants(hypervisor.hv)
+    table.release()
 
 
 async def test_memory(hypervisor, pair):

@@ -20,6 +20,7 @@ from xenlab.proto import (common_pb2, domains_pb2, evtchn_pb2, grants_pb2, memor
                           xenstore_pb2)
 from xenlab.testing import eventually_blocking
 from xenlab.toolstack.xlcfg import load_xl_config
+from xenlab.xen import abi
 from xenlab.xen.shared_info import SharedInfo
 
 pytestmark = pytest.mark.integration
@@ -207,14 +208,18 @@ async def test_evtchn_and_grant_copy_between_two_domains_from_xl_cfg(hypervisor_
         for name, (domid, secret) in guests.items():
             client = HypervisorClient.connect(hp.address, domid, secret)
             mm = await client.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
-                domain=common_pb2.DomainRef(domid=domid)))
+                domain=common_pb2.DomainRef(domid=domid), with_populated=True))
             memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
+            memory.set_populated(mm.populated)
             shared = SharedInfo(memory.mm, mm.shared_info_offset)
             doorbell = (await client.evtchn.GetDoorbell(common_pb2.Empty())).path
-            chans = GuestEventChannels(Hypercalls(client).evtchn, shared, doorbell, secret)
+            calls = Hypercalls(client)
+            chans = GuestEventChannels(calls.evtchn, shared, doorbell, secret)
             await chans.start()
-            handles[name] = (domid, client, memory, shared, chans)
-        (wd, wclient, wmem, _, wchan), (dd, dclient, dmem, _, dchan) = handles["web"], handles["db"]
+            await calls.gnttab.setup(memory)
+            handles[name] = (domid, client, memory, shared, chans, calls.gnttab)
+        (wd, wclient, wmem, _, wchan, wgnttab), (dd, dclient, dmem, _, dchan, _) = \
+            handles["web"], handles["db"]
         try:
             assert wchan.via_doorbell and dchan.via_doorbell
             wport = await wchan.alloc_unbound(dd)
@@ -228,21 +233,21 @@ async def test_evtchn_and_grant_copy_between_two_domains_from_xl_cfg(hypervisor_
 
             payload = os.urandom(4096)
             wmem.frame(7)[:] = payload
-            ref = (await wclient.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-                grants_pb2.GrantAccessEntry(domid=dd, gfn=7, readonly=False)]))).refs[0]
+            [ref] = await wgnttab.grant_access([(dd, 7, False)])   # a write to web's own frame
             copy = await dclient.grants.Copy(grants_pb2.GrantCopyRequest(ops=[grants_pb2.GrantCopyOp(
                 source=grants_pb2.CopyPtr(domid=wd, ref=ref, use_gref=True),
-                dest=grants_pb2.CopyPtr(domid=dd, gfn=2), len=4096)]))
+                dest=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=2), len=4096)]))
             assert list(copy.status) == [0]
             assert bytes(dmem.frame(2)) == payload
             # Past the page end: GNTST_bad_copy_arg, and nothing written.
             bad = await dclient.grants.Copy(grants_pb2.GrantCopyRequest(ops=[grants_pb2.GrantCopyOp(
                 source=grants_pb2.CopyPtr(domid=wd, ref=ref, use_gref=True, offset=100),
-                dest=grants_pb2.CopyPtr(domid=dd, gfn=3), len=4096)]))
+                dest=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=3), len=4096)]))
             assert list(bad.status) == [-10]
         finally:
-            for domid, client, memory, shared, chans in handles.values():
+            for domid, client, memory, shared, chans, gnttab in handles.values():
                 await chans.close()
+                await gnttab.close()
                 shared.release()
                 memory.close()
                 await client.close()

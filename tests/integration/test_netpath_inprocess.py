@@ -301,13 +301,13 @@ async def test_many_frames_keep_their_order(net, pair):
 
 
 async def test_buffer_pages_are_mapped_once_and_copied_locally(net, pair):
-    """feature-persistent: after the first frames, netback copies through its
+    """feature-xenlab-persistent: after the first frames, netback copies through its
     own mappings of the frontends' buffer pages, and the hypervisor only
     sees the copies through pages not mapped yet."""
     a, b, eth_a, eth_b = pair
     fe = net.frontend_path(a.domid)
-    assert net.xs_read(f"{fe}/feature-persistent") == "1"
-    assert net.xs_read(f"{net.backend_path(a.domid)}/feature-persistent") == "1"
+    assert net.xs_read(f"{fe}/feature-xenlab-persistent") == "1"
+    assert net.xs_read(f"{net.backend_path(a.domid)}/feature-xenlab-persistent") == "1"
     at_b = Capture(eth_b)
     frames = [frame(60 + (i * 53) % 1400, mac_of(a.domid), seed=i) for i in range(1200)]
     await send_in_hundreds(eth_a, frames)
@@ -819,7 +819,7 @@ async def test_a_vif_whose_task_cannot_even_fail_is_torn_down_by_its_removal(net
 # Every key netback reads from the frontend, and values Python's own tests
 # take for numbers (or that are not text at all).
 FRONTEND_KEYS = ["tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy",
-                 "feature-rx-notify", "feature-sg", "feature-persistent",
+                 "feature-rx-notify", "feature-sg", "feature-xenlab-persistent",
                  "multi-queue-num-queues", "state"]
 
 
@@ -842,7 +842,7 @@ async def test_a_frontend_key_that_is_not_a_number_fails_the_vif_and_detach_need
     port = await c.evtchn.alloc_unbound(0)
     keys = {"tx-ring-ref": str(refs[0]), "rx-ring-ref": str(refs[1]), "event-channel": str(port),
             "request-rx-copy": "1", "feature-rx-notify": "1", "feature-sg": "1",
-            "feature-persistent": "0", "multi-queue-num-queues": "1",
+            "feature-xenlab-persistent": "0", "multi-queue-num-queues": "1",
             key: value, "state": value if key == "state" else str(int(S.Connected))}
     for k, v in keys.items():
         await net.guest_writes(c, f"{fe}/{k}", v)

@@ -138,15 +138,18 @@ async def evtchn_and_grants(dom0: HypervisorClient, address: str, notifies: int)
             spec=domains_pb2.DomainSpec(name=name, memory_mb=8, launcher="none")))
         client = HypervisorClient.connect(address, reply.info.domid, reply.secret)
         mm = await client.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
-            domain=common_pb2.DomainRef(domid=reply.info.domid)))
+            domain=common_pb2.DomainRef(domid=reply.info.domid), with_populated=True))
         memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset)
+        memory.set_populated(mm.populated)
         shared = SharedInfo(memory.mm, mm.shared_info_offset, 1)
         info = await client.evtchn.GetDoorbell(common_pb2.Empty())
-        chans = GuestEventChannels(Hypercalls(client).evtchn, shared, info.path or None,
-                                   reply.secret)
+        calls = Hypercalls(client)
+        chans = GuestEventChannels(calls.evtchn, shared, info.path or None, reply.secret)
         await chans.start()
-        guests[name] = (reply.info.domid, client, memory, shared, chans)
-    (ld, lclient, lmem, lshared, lchan), (rd, rclient, rmem, rshared, rchan) = guests["left"], guests["right"]
+        await calls.gnttab.setup(memory)
+        guests[name] = (reply.info.domid, client, memory, shared, chans, calls.gnttab)
+    (ld, lclient, lmem, lshared, lchan, lgnttab), (rd, rclient, rmem, rshared, rchan, _) = \
+        guests["left"], guests["right"]
     try:
         lport = await lchan.alloc_unbound(rd)
         rport = await rchan.bind_interdomain(ld, lport)
@@ -169,23 +172,24 @@ async def evtchn_and_grants(dom0: HypervisorClient, address: str, notifies: int)
 
         message = b"hello from the left domain's frame 3"
         lmem.frame(3)[:len(message)] = message
-        ref = (await lclient.grants.GrantAccess(grants_pb2.GrantAccessRequest(
-            entries=[grants_pb2.GrantAccessEntry(domid=rd, gfn=3, readonly=True)]))).refs[0]
+        # Granting is a write to the left domain's own grant frame, not a call.
+        ref = (await lgnttab.grant_access([(rd, 3, True)]))[0]
         result = await rclient.grants.Copy(grants_pb2.GrantCopyRequest(ops=[grants_pb2.GrantCopyOp(
             source=grants_pb2.CopyPtr(domid=ld, ref=ref, use_gref=True),
-            dest=grants_pb2.CopyPtr(domid=rd, gfn=5), len=len(message))]))
+            dest=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=5), len=len(message))]))
         copied = bytes(rmem.frame(5)[:len(message)])
         print(f"grant ref {ref} (read-only, to d{rd}); GNTTABOP_copy status {list(result.status)}; "
               f"right's frame 5 now reads {copied.decode()!r}")
         denied = await rclient.grants.Copy(grants_pb2.GrantCopyRequest(ops=[grants_pb2.GrantCopyOp(
-            source=grants_pb2.CopyPtr(domid=rd, gfn=5),
+            source=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=5),
             dest=grants_pb2.CopyPtr(domid=ld, ref=ref, use_gref=True), len=8)]))
         print(f"writing back through the read-only grant: status {denied.status[0]} "
               f"({abi.GNTST_NAMES[denied.status[0]]})")
-        await lclient.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
+        lgnttab.end_access([ref])
     finally:
-        for domid, client, memory, shared, chans in guests.values():
+        for domid, client, memory, shared, chans, gnttab in guests.values():
             await chans.close()
+            await gnttab.close()
             shared.release()
             memory.close()
             await client.close()

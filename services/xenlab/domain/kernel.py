@@ -129,6 +129,7 @@ class DomainKernel:
         self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,
                                   mapping=self._memory_map)
         self.memory.set_populated(mm.populated)
+        await self.gnttab.setup(self.memory)
         self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
                                       self.start_info.vcpus)
         start = self.start_info

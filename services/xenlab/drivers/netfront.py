@@ -29,7 +29,7 @@ from xenlab.xen import abi
 from xenlab.xen.abi import XenbusState
 from xenlab.xen.digits import C_SPACE, parse_decimal, quoted
 from xenlab.xen.errors import ConfigError, XenError
-from xenlab.xen.netif import make_rx_ring, make_tx_ring
+from xenlab.xen.netif import FEATURE_XENLAB_PERSISTENT, make_rx_ring, make_tx_ring
 from xenlab.xen.ring import FrontRing, SharedRing
 from xenlab.xen.netconf import parse_mac
 
@@ -40,7 +40,6 @@ NR_RX_BUFFERS = abi.NET_RX_RING_SIZE
 POLL_ROUNDS = 64              # rounds per upcall before yielding to the loop (a NAPI budget)
 END_ACCESS_RETRY = 0.25       # seconds between tries to end a grant still mapped
 END_ACCESS_TRIES = 240        # then the page is leaked, with a warning, as Linux does
-_ENDED, _BUSY, _FAILED = "ended", "busy", "failed"
 
 
 class NetfrontDevice(NetDevice):
@@ -260,7 +259,7 @@ class Netfront(XenbusDevice):
             "feature-sg": 1, "feature-gso-tcpv4": 0, "feature-gso-tcpv6": 0,
             # Our buffer pages stay granted as long as we are connected: a
             # backend may map them once instead of copying through the hypervisor.
-            "feature-persistent": 1,
+            FEATURE_XENLAB_PERSISTENT: 1,
         }
         for key, value in values.items():
             await self.xenbus.write(f"{self.nodename}/{key}", str(value), tx=tx)
@@ -316,37 +315,42 @@ class Netfront(XenbusDevice):
         # persistent grants, may still be mapped by a backend that has not
         # caught up; those end when it lets go.
         for refs, gfns in ((rings.refs[2:], rings.gfns[2:]), (rings.refs[:2], rings.gfns[:2])):
-            outcome = await self._end_access(refs)
-            if outcome == _ENDED:
-                self.kernel.memory.free_frames(gfns)
-            elif outcome == _BUSY:
-                task = asyncio.get_running_loop().create_task(self._end_access_later(refs, gfns))
+            busy = self._end_access(refs)
+            if busy is None:
+                continue
+            done = [g for r, g in zip(refs, gfns) if r not in busy]
+            self.kernel.memory.free_frames(done)
+            if busy:
+                left = [(r, g) for r, g in zip(refs, gfns) if r in busy]
+                task = asyncio.get_running_loop().create_task(self._end_access_later(left))
                 self._deferred.add(task)
                 task.add_done_callback(self._deferred.discard)
 
-    async def _end_access(self, refs: list[int]) -> str:
+    def _end_access(self, refs: list[int]) -> set[int] | None:
+        """The refs still mapped by the backend (None: ending failed)."""
         if not refs:
-            return _ENDED
+            return set()
         try:
-            await self.kernel.gnttab.end_access(refs)
-            return _ENDED
+            return set(self.kernel.gnttab.end_access(refs))
         except XenError as err:
-            if err.errno == errno.EBUSY:
-                return _BUSY
             log.warning("%s: ending %d grants (refs %d...): %s", self.label, len(refs), refs[0],
                         err.message)
-            return _FAILED
+            return None
 
-    async def _end_access_later(self, refs: list[int], gfns: list[int]) -> None:
-        """gnttab_end_foreign_access's deferred list: retry until unmapped."""
+    async def _end_access_later(self, left: list[tuple[int, int]]) -> None:
+        """gnttab_end_foreign_access's deferred list: retry until unmapped;
+        each page is freed as soon as its grant ends."""
         for _ in range(END_ACCESS_TRIES):
             await asyncio.sleep(END_ACCESS_RETRY)
-            outcome = await self._end_access(refs)
-            if outcome == _ENDED:
-                self.kernel.memory.free_frames(gfns)
-            if outcome != _BUSY:
+            busy = self._end_access([r for r, _ in left])
+            if busy is None:
                 return
-        log.warning("%s: grants %s are still in use; leaking their pages", self.label, refs)
+            self.kernel.memory.free_frames([g for r, g in left if r not in busy])
+            left = [(r, g) for r, g in left if r in busy]
+            if not left:
+                return
+        log.warning("%s: grants %s are still in use; leaking their pages", self.label,
+                    [r for r, _ in left])
 
     def shutdown_local(self) -> None:
         """The domain is going away: stop using the rings, without hypercalls."""

@@ -24,7 +24,7 @@ class HypervisorConfig:
     launcher: str = "local"
     max_domains: int = 256
     evtchn_max_ports: int = 1024
-    grant_frames: int = 32
+    grant_frames: int = 64               # max_grant_frames of every domain, as Xen's default
     xenstore_quotas: XenStoreQuotas = field(default_factory=XenStoreQuotas)
     call_limits: CallLimits = field(default_factory=CallLimits)
     log_level: str = "INFO"

@@ -1,14 +1,24 @@
 """Grant tables, v1 semantics (xen/include/public/grant_table.h).
 
-Each domain has a table of ``max_frames * 512`` grant entries (flags, domid,
-frame); refs 0..7 are reserved for the toolstack. A granted frame may be
-mapped by the grantee (GNTTABOP_map_grant_ref), which hands it the place of
-that one page in the granter's segment, or copied to and from
-(GNTTABOP_copy) without mapping. While mapped an entry carries GTF_reading or
-GTF_writing and cannot be ended; the granter cannot free the frame either.
-Each mapper holds its mappings in a maptrack table of bounded size: 1024
-handles for a domU, more for a privileged domain, whose backends may keep a
-vif's buffer pages mapped (netback's persistent grants: 512 per vif).
+Each domain's grant entries live in grant frames of its own memory, which
+its kernel names with GNTTABOP_setup_table (up to ``max_frames``, 512
+entries a frame; GNTTABOP_query_size tells both). The kernel grants and
+ends access by writing those entries itself (xen/grant_table.py); the
+hypervisor is not asked. On GNTTABOP_map_grant_ref and GNTTABOP_copy the
+hypervisor reads the entry from the granter's frame, checks it and pins it
+with a compare-and-swap that sets GTF_reading (and GTF_writing), as Xen's
+_set_status_v1 does; from then on it works from its own active entry (the
+frame it read, the pin counts), never from the shared entry again, and
+clears the flags when the last pin goes. The granter cannot end access to
+a pinned entry (its compare-and-swap fails) nor free a pinned frame (the
+memory core asks ``_frame_busy``).
+
+A granted frame may be mapped by the grantee, which hands it the place of
+that one page in the granter's segment, or copied to and from without
+mapping. Each mapper holds its mappings in a maptrack table of bounded
+size: 1024 handles for a domU, more for a privileged domain, whose
+backends may keep a vif's buffer pages mapped (netback's persistent
+grants: 512 per vif).
 
 No operation costs more than its own ops: every batched call is capped, and
 the counts that answer "is this frame mapped?" (per granter, by gfn) and
@@ -28,6 +38,7 @@ from xenlab.hypervisor.caller import Caller
 from xenlab.xen import abi
 from xenlab.xen.doorbell import MAX_COPY_BATCH
 from xenlab.xen.errors import GrantError, XenError
+from xenlab.xen.grant_table import GrantFrames
 
 if TYPE_CHECKING:       # the memory is handed in; the core maps nothing itself
     from xenlab.hypervisor.memory import MachineMemory
@@ -36,8 +47,8 @@ DEFAULT_MAX_MAPTRACK = 1024
 # Domain-0's maptrack: room for 64 vifs' persistent grants and their rings
 # (Xen's own default, max_maptrack_frames=1024, is 512k handles).
 PRIVILEGED_MAX_MAPTRACK = 64 * 1024
-# Entries in one GrantAccess / EndAccess call and ops in one MapBatch /
-# UnmapBatch call: netfront grants its 2 rings and 512 buffers in one call.
+# Ops in one MapBatch / UnmapBatch call: netback maps a vif's 512 buffers in
+# a few calls.
 MAX_MAP_BATCH = 1024
 # Ops in one GNTTABOP_copy call, gRPC or doorbell: the doorbell's COPY size.
 MAX_COPY_OPS = MAX_COPY_BATCH
@@ -73,7 +84,7 @@ class CopyOp:
 
 @dataclass(frozen=True)
 class GrantEntry:
-    """A snapshot of one grant_entry_v1 in use."""
+    """A snapshot of one grant_entry_v1 in use, as the granter's frame has it."""
     ref: int
     flags: int
     domid: int           # the grantee
@@ -101,35 +112,35 @@ class _Ids:
 
 
 @dataclass
-class _Entry:
-    flags: int
-    peer: int
+class _Active:
+    """Xen's active_grant_entry: a pinned entry as the hypervisor read it
+    when the first pin took it; the shared entry is not read again."""
+    domid: int           # the grantee that pinned it
     gfn: int
     readers: int = 0
     writers: int = 0
-
-    @property
-    def mapped(self) -> bool:
-        return bool(self.readers or self.writers)
 
 
 @dataclass
 class _Table:
     domid: int
     max_frames: int
-    refs: _Ids
     handles: _Ids
-    entries: dict[int, _Entry] = field(default_factory=dict)
+    shared: GrantFrames = field(default_factory=GrantFrames)
+    gfns: list[int] = field(default_factory=list)      # the grant frames, in order
+    frame_set: set[int] = field(default_factory=set)
+    active: dict[int, _Active] = field(default_factory=dict)   # pinned refs
     # The mappings this domain holds, each with the entry it pins and that
     # entry's table: objects, not (granter, ref), since a granter's domid
     # may come back.
-    maptrack: dict[int, tuple[Mapping, _Entry, "_Table"]] = field(default_factory=dict)
+    maptrack: dict[int, tuple[Mapping, _Active, "_Table"]] = field(default_factory=dict)
     # Mappings other domains hold of this domain's frames: gfn -> ref -> count.
     mapped_gfns: dict[int, Counter] = field(default_factory=dict)
     # Frames of other domains this domain has mapped: mfn -> [read-only
     # mappings, writable mappings].
     foreign: dict[int, list[int]] = field(default_factory=dict)
-    active: int = 0             # mappings of this table's entries, all told
+    nr_mapped: int = 0          # mappings of this table's entries, all told
+    dead: bool = False          # the domain is gone; its frames with it
 
 
 class ForeignFrames(MappingABC):
@@ -164,9 +175,7 @@ class GrantTables:
                    max_maptrack: int | None = None) -> None:
         if domid in self._tables:
             raise XenError(errno.EEXIST, f"d{domid} already has a grant table")
-        limit = max_frames * abi.GRANT_ENTRIES_PER_FRAME
         self._tables[domid] = _Table(domid, max_frames,
-                                     _Ids(abi.GNTTAB_NR_RESERVED_ENTRIES, limit),
                                      _Ids(0, max_maptrack or self.max_maptrack))
 
     def maptrack_limit(self, domid: int) -> int:
@@ -178,6 +187,8 @@ class GrantTables:
             self._release(table, handle)
         # Mappings other domains hold of this table's frames stay in their
         # maptrack until they unmap: their mmaps keep the pages alive.
+        table.dead = True
+        table.shared.release()
         del self._tables[domid]
 
     def _own(self, domid: int) -> _Table:
@@ -192,99 +203,115 @@ class GrantTables:
         except KeyError:
             raise GrantError(abi.GNTST_bad_domain, f"no domain d{domid}") from None
 
-    def _entry(self, table: _Table, ref: int) -> _Entry:
-        entry = table.entries.get(ref)
-        if entry is None:
-            raise GrantError(abi.GNTST_bad_gntref, f"d{table.domid} has no grant ref {ref}")
-        return entry
-
-    @staticmethod
-    def _granted_entry(table: _Table, ref: int, caller: int, write: bool) -> _Entry:
-        """The entry behind ``ref`` of another domain, as map_grant_ref and
-        acquire_grant_for_copy check it: a ref past the table is
-        GNTST_bad_gntref; an entry that is unused, granted to someone else
-        or read-only when written is GNTST_general_error ("Bad flags or
-        dom"), the same answer and words whether or not the ref is live, so
-        that a failed map tells nobody which refs another domain uses."""
-        if not 0 <= ref < table.refs.limit:
-            raise GrantError(abi.GNTST_bad_gntref, f"grant ref {ref} is past d{table.domid}'s "
-                                                   f"table of {table.refs.limit} entries")
-        entry = table.entries.get(ref)
-        if entry is None or entry.peer != caller:
-            raise GrantError(abi.GNTST_general_error,
-                             f"grant ref {ref} of d{table.domid} is not granted to d{caller}")
-        if write and entry.flags & abi.GTF_readonly:
-            raise GrantError(abi.GNTST_general_error,
-                             f"grant ref {ref} of d{table.domid} is read-only")
-        return entry
-
-    # -- the granter -------------------------------------------------------------
-    def grant_access(self, domid: int, peer: int, gfn: int, readonly: bool) -> int:
+    # -- GNTTABOP_setup_table / GNTTABOP_query_size ------------------------------------
+    def setup_table(self, domid: int, gfns: list[int]) -> int:
+        """Make ``gfns`` (frames of the domain's own) its grant frames, in
+        order: the frames it has already, then new ones, which are zeroed.
+        A table grows and never shrinks or moves, as in Xen. The number of
+        frames."""
         table = self._own(domid)
-        if peer not in self._tables:
-            raise GrantError(abi.GNTST_bad_domain, f"cannot grant to d{peer}: no such domain")
-        if not self.memory.is_populated(domid, gfn):
-            raise GrantError(abi.GNTST_bad_page, f"gfn {gfn:#x} of d{domid} is not populated")
-        ref = table.refs.alloc()
-        if ref is None:
-            raise GrantError(abi.GNTST_no_device_space,
-                             f"d{domid}'s grant table is full ({table.refs.limit} entries)")
-        flags = abi.GTF_permit_access | (abi.GTF_readonly if readonly else 0)
-        table.entries[ref] = _Entry(flags, peer, gfn)
-        return ref
+        have = len(table.gfns)
+        if len(gfns) > table.max_frames:
+            raise GrantError(abi.GNTST_general_error,
+                             f"d{domid} asks for {len(gfns)} grant frames; at most "
+                             f"{table.max_frames}")
+        if list(gfns[:have]) != table.gfns:
+            raise GrantError(abi.GNTST_general_error,
+                             f"d{domid}'s grant frames {table.gfns} cannot move")
+        new = list(gfns[have:])
+        if len(set(new)) != len(new):
+            raise GrantError(abi.GNTST_bad_page, "a grant frame is named twice")
+        for gfn in new:
+            if not self.memory.is_populated(domid, gfn) or gfn in table.frame_set:
+                raise GrantError(abi.GNTST_bad_page, f"gfn {gfn:#x} of d{domid} cannot be a "
+                                                     "grant frame: not populated, or one already")
+            if gfn in table.mapped_gfns:
+                raise GrantError(abi.GNTST_bad_page, f"gfn {gfn:#x} of d{domid} is mapped by "
+                                                     "another domain")
+        for gfn in new:
+            view = self.memory.frame(domid, gfn)
+            view[:] = bytes(abi.PAGE_SIZE)
+            table.shared.add_frame(view)
+            table.gfns.append(gfn)
+            table.frame_set.add(gfn)
+        return len(table.gfns)
 
-    def grant_access_all(self, domid: int, entries: list[tuple[int, int, bool]]) -> list[int]:
-        """Grant every (peer, gfn, readonly) or, if any is refused, none."""
-        self._own(domid)
-        _check_batch(len(entries))
-        refs: list[int] = []
-        try:
-            for peer, gfn, readonly in entries:
-                refs.append(self.grant_access(domid, peer, gfn, readonly))
-        except XenError:
-            self.end_access_all(domid, refs)
-            raise
-        return refs
-
-    def end_access(self, domid: int, ref: int) -> None:
-        self.end_access_all(domid, [ref])
-
-    def end_access_all(self, domid: int, refs: list[int]) -> None:
-        """End every ref or, if any cannot be ended, none."""
+    def query_size(self, domid: int) -> tuple[int, int]:
+        """(nr_frames, max_nr_frames), as GNTTABOP_query_size answers."""
         table = self._own(domid)
-        _check_batch(len(refs))
-        if len(set(refs)) != len(refs):
-            raise GrantError(abi.GNTST_bad_gntref, "a grant ref appears twice")
-        for ref in refs:
-            entry = self._entry(table, ref)
-            if entry.mapped:
-                # gnttab_end_foreign_access_ref fails while GTF_reading/writing is set.
-                raise XenError(errno.EBUSY, f"grant ref {ref} of d{domid} is still mapped "
-                                            f"by d{entry.peer}")
-        for ref in refs:
-            del table.entries[ref]
-            table.refs.free(ref)
+        return len(table.gfns), table.max_frames
 
     def _frame_busy(self, domid: int, gfn: int) -> str | None:
         table = self._tables.get(domid)
-        refs = table.mapped_gfns.get(gfn) if table is not None else None
+        if table is None:
+            return None
+        if gfn in table.frame_set:
+            return f"is a frame of d{domid}'s grant table"
+        refs = table.mapped_gfns.get(gfn)
         if not refs:
             return None
         ref = next(iter(refs))
-        return f"is mapped by d{table.entries[ref].peer} through grant ref {ref}"
+        return f"is mapped by d{table.active[ref].domid} through grant ref {ref}"
+
+    # -- pins (Xen's _set_status and the active entry) ------------------------------------
+    def _pin(self, table: _Table, ref: int, domid: int, readonly: bool) -> _Active:
+        """Pin ``ref`` of ``table`` for ``domid``, as map_grant_ref and
+        acquire_grant_for_copy do: a ref past the table is GNTST_bad_gntref;
+        an entry that is unused, granted to someone else or read-only when
+        written is GNTST_general_error, the same answer whether or not the
+        ref is live, so that a failed map tells nobody which refs another
+        domain uses; a frame the granter does not have is GNTST_bad_page."""
+        if not 0 <= ref < table.shared.nr_entries:
+            raise GrantError(abi.GNTST_bad_gntref, f"grant ref {ref} is past d{table.domid}'s "
+                                                   f"table of {table.shared.nr_entries} entries")
+        act = table.active.get(ref)
+        if act is not None and act.domid != domid:
+            raise GrantError(abi.GNTST_general_error,
+                             f"grant ref {ref} of d{table.domid} is not granted to d{domid}")
+        if act is None or (not readonly and not act.writers):
+            try:
+                table.shared.pin(ref, domid, readonly, first=act is None)
+            except GrantError as err:
+                raise GrantError(err.status, f"d{table.domid}: {err.message}") from None
+            if act is None:
+                gfn = table.shared.frame(ref)
+                if not self.memory.is_populated(table.domid, gfn) or gfn in table.frame_set:
+                    table.shared.unpin(ref, writing=not readonly, reading=True)
+                    raise GrantError(abi.GNTST_bad_page, f"grant ref {ref} of d{table.domid} "
+                                                         "names a frame it cannot grant")
+                act = table.active[ref] = _Active(domid, gfn)
+        if readonly:
+            act.readers += 1
+        else:
+            act.writers += 1
+        return act
+
+    @staticmethod
+    def _unpin(table: _Table, ref: int, act: _Active, readonly: bool) -> None:
+        if readonly:
+            act.readers -= 1
+        else:
+            act.writers -= 1
+        writing = not readonly and not act.writers
+        reading = not act.readers and not act.writers
+        if reading:
+            del table.active[ref]
+        if not table.dead:
+            table.shared.unpin(ref, writing, reading)
 
     # -- the grantee -------------------------------------------------------------
     def map(self, mapper: Caller, granter: int, ref: int, readonly: bool) -> Mapping:
         mine = self._own(mapper.domid)
         table = self._table(granter)
-        entry = self._granted_entry(table, ref, mapper.domid, write=not readonly)
-        if not self.memory.is_populated(granter, entry.gfn):
-            raise GrantError(abi.GNTST_bad_page, f"grant ref {ref} of d{granter} names an "
-                                                 "unpopulated frame")
         handle = mine.handles.alloc()
         if handle is None:
             raise GrantError(abi.GNTST_no_device_space,
                              f"d{mapper.domid} holds {mine.handles.limit} mappings already")
+        try:
+            act = self._pin(table, ref, mapper.domid, readonly)
+        except GrantError:
+            mine.handles.free(handle)
+            raise
         # Only a privileged mapper (Domain-0, which may map any page, as
         # Xen's privcmd does) is told the granter's segment: the host cannot
         # hand out one page of it, and an unprivileged domain is never handed
@@ -292,12 +319,11 @@ class GrantTables:
         # through the hypervisor, with GNTTABOP_copy on the ref.
         path = self.memory.segment_path(granter) if mapper.privileged else ""
         mapping = Mapping(handle, granter, ref, path,
-                          self.memory.frame_offset(granter, entry.gfn), abi.PAGE_SIZE,
-                          readonly, self.memory.gfn_to_mfn(granter, entry.gfn))
-        mine.maptrack[handle] = (mapping, entry, table)
-        self._count(entry, readonly, +1)
-        table.mapped_gfns.setdefault(entry.gfn, Counter())[ref] += 1
-        table.active += 1
+                          self.memory.frame_offset(granter, act.gfn), abi.PAGE_SIZE,
+                          readonly, self.memory.gfn_to_mfn(granter, act.gfn))
+        mine.maptrack[handle] = (mapping, act, table)
+        table.mapped_gfns.setdefault(act.gfn, Counter())[ref] += 1
+        table.nr_mapped += 1
         mine.foreign.setdefault(mapping.mfn, [0, 0])[not readonly] += 1
         return mapping
 
@@ -327,18 +353,6 @@ class GrantTables:
                 statuses.append(abi.GNTST_bad_handle)
         return statuses
 
-    @staticmethod
-    def _count(entry: _Entry, readonly: bool, delta: int) -> None:
-        if readonly:
-            entry.readers += delta
-        else:
-            entry.writers += delta
-        entry.flags &= ~(abi.GTF_reading | abi.GTF_writing)
-        if entry.readers:
-            entry.flags |= abi.GTF_reading
-        if entry.writers:
-            entry.flags |= abi.GTF_writing
-
     def unmap(self, mapper: Caller, handle: int) -> None:
         mine = self._own(mapper.domid)
         if handle not in mine.maptrack:
@@ -347,16 +361,16 @@ class GrantTables:
         self._release(mine, handle)
 
     def _release(self, mine: _Table, handle: int) -> None:
-        mapping, entry, table = mine.maptrack.pop(handle)
+        mapping, act, table = mine.maptrack.pop(handle)
         mine.handles.free(handle)
-        self._count(entry, mapping.readonly, -1)
-        table.active -= 1
-        refs = table.mapped_gfns[entry.gfn]
+        self._unpin(table, mapping.ref, act, mapping.readonly)
+        table.nr_mapped -= 1
+        refs = table.mapped_gfns[act.gfn]
         refs[mapping.ref] -= 1
         if not refs[mapping.ref]:
             del refs[mapping.ref]
             if not refs:
-                del table.mapped_gfns[entry.gfn]
+                del table.mapped_gfns[act.gfn]
         counts = mine.foreign[mapping.mfn]
         counts[not mapping.readonly] -= 1
         if not counts[1]:
@@ -376,10 +390,12 @@ class GrantTables:
         """GNTTABOP_copy on struct gnttab_copy values: tuples of (source ptr,
         source domid, source offset, dest ptr, dest domid, dest offset, len,
         flags), each ptr a grant ref where GNTCOPY_source_gref/dest_gref says
-        so, else a gfn. One GNTST_* per op; a failed op does not stop the batch.
+        so, else a gfn of the caller's own (domid DOMID_SELF). One GNTST_*
+        per op; a failed op does not stop the batch.
 
-        A batch looks each (domain, ptr) up once: nothing changes the tables
-        while it runs, so every op gets the status it would get alone."""
+        A batch pins each (domain, ref) once, as acquire_grant_for_copy
+        does, and lets go of them all when it ends: nothing else runs in
+        between, so every op gets the status it would get alone."""
         self._own(caller.domid)
         ops = list(ops)
         if len(ops) > MAX_COPY_OPS:
@@ -389,22 +405,6 @@ class GrantTables:
             return [batch.copy(*op) for op in ops]
         finally:
             batch.release()
-
-    def _copy_frame(self, caller: Caller, domid: int, ptr: int, use_gref: bool,
-                    write: bool) -> tuple[int, int]:
-        domid = caller.domid if domid == abi.DOMID_SELF else domid
-        table = self._table(domid)
-        if use_gref:
-            gfn = self._granted_entry(table, ptr, caller.domid, write).gfn
-        else:
-            # A frame named by gfn must be the caller's own, unless the
-            # caller is privileged (as dom0 may name any domain's frame).
-            if domid != caller.domid and not caller.privileged:
-                raise GrantError(abi.GNTST_permission_denied)
-            gfn = ptr
-        if not self.memory.is_populated(domid, gfn):
-            raise GrantError(abi.GNTST_bad_page)
-        return domid, gfn
 
     # -- views -------------------------------------------------------------------
     def domains(self) -> list[int]:
@@ -418,20 +418,37 @@ class GrantTables:
 
     def query(self, domid: int) -> dict:
         table = self._own(domid)
-        per_frame = abi.GRANT_ENTRIES_PER_FRAME
         return {
             "domid": domid,
-            "nr_frames": max(1, -(-table.refs.high // per_frame)),
+            "nr_frames": len(table.gfns),
             "max_frames": table.max_frames,
-            "entries_in_use": len(table.entries),
-            "max_entries": table.refs.limit,
-            "active_maps": table.active,
+            "entries_in_use": sum(1 for _, flags, _, _ in table.shared.in_use()
+                                  if flags & abi.GTF_type_mask),
+            "max_entries": table.max_frames * abi.GRANT_ENTRIES_PER_FRAME,
+            "active_maps": table.nr_mapped,
         }
 
+    def grant_frames(self, domid: int) -> list[int]:
+        """The gfns of ``domid``'s grant frames, in order."""
+        return list(self._own(domid).gfns)
+
     def entries(self, domid: int) -> list[GrantEntry]:
-        table = self._own(domid)
-        return [GrantEntry(ref, e.flags, e.peer, e.gfn)
-                for ref, e in sorted(table.entries.items())]
+        """The entries in use in ``domid``'s frames, as they are now."""
+        return [GrantEntry(ref, flags, peer, frame)
+                for ref, flags, peer, frame in self._own(domid).shared.in_use()]
+
+    def entry(self, domid: int, ref: int) -> GrantEntry | None:
+        """One entry of ``domid``'s frames as it is now; None past the table."""
+        shared = self._own(domid).shared
+        if not 0 <= ref < shared.nr_entries:
+            return None
+        return GrantEntry(ref, *shared.read(ref))
+
+    def pinned(self, domid: int) -> dict[int, tuple[int, int, int, int]]:
+        """ref -> (grantee, gfn, read pins, write pins) of ``domid``'s
+        pinned entries, as the hypervisor holds them."""
+        return {ref: (a.domid, a.gfn, a.readers, a.writers)
+                for ref, a in self._own(domid).active.items()}
 
     def maptrack_count(self, mapper: int) -> int:
         """How many mappings ``mapper`` holds."""
@@ -457,15 +474,17 @@ def _gnttab_copy(op: CopyOp) -> tuple:
 
 class _CopyBatch:
     """The frames one GNTTABOP_copy batch touches, each resolved (or
-    refused) once; the views are released when the batch is done."""
+    refused) and pinned once; the pins and views are released when the
+    batch is done."""
 
-    __slots__ = ("grants", "caller", "pages", "views")
+    __slots__ = ("grants", "caller", "pages", "views", "pins")
 
     def __init__(self, grants: GrantTables, caller: Caller):
         self.grants = grants
         self.caller = caller
         self.pages: dict[tuple, memoryview | int] = {}     # -> the frame, or a GNTST_*
         self.views: list[memoryview] = []
+        self.pins: list[tuple[_Table, int, _Active, bool]] = []
 
     def copy(self, sptr: int, sdom: int, soff: int, dptr: int, ddom: int, doff: int,
              length: int, flags: int) -> int:
@@ -486,8 +505,7 @@ class _CopyBatch:
         page = self.pages.get(key)
         if page is None:
             try:
-                page = self.grants.memory.frame(
-                    *self.grants._copy_frame(self.caller, domid, ptr, use_gref, write))
+                page = self.grants.memory.frame(*self.frame(domid, ptr, use_gref, write))
                 self.views.append(page)
             except GrantError as err:
                 page = err.status
@@ -496,6 +514,23 @@ class _CopyBatch:
             self.pages[key] = page
         return page
 
+    def frame(self, domid: int, ptr: int, use_gref: bool, write: bool) -> tuple[int, int]:
+        caller = self.caller
+        if not use_gref:
+            # gnttab_copy_lock_domain: "Only DOMID_SELF may reference via frame".
+            if domid != abi.DOMID_SELF:
+                raise GrantError(abi.GNTST_permission_denied)
+            if not self.grants.memory.is_populated(caller.domid, ptr):
+                raise GrantError(abi.GNTST_bad_page)
+            return caller.domid, ptr
+        domid = caller.domid if domid == abi.DOMID_SELF else domid
+        table = self.grants._table(domid)
+        act = self.grants._pin(table, ptr, caller.domid, readonly=not write)
+        self.pins.append((table, ptr, act, not write))
+        return domid, act.gfn
+
     def release(self) -> None:
         for view in self.views:
             view.release()
+        for table, ref, act, readonly in self.pins:
+            GrantTables._unpin(table, ref, act, readonly)

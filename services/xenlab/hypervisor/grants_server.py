@@ -1,4 +1,10 @@
-"""gRPC adapter for the GrantTable service (GNTTABOP_*)."""
+"""gRPC adapter for the GrantTable service (GNTTABOP_*).
+
+There is no call to grant or end access: a domain writes its own grant
+frames (xen/grant_table.py). Every domain maps its memory (the local and
+the docker launchers both hand it the memory object), so no domain needs a
+fallback through the hypervisor.
+"""
 from __future__ import annotations
 
 from xenlab.hypervisor.grants import CopyOp, CopyPtr
@@ -26,17 +32,18 @@ class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
         return self.hv.identity.authenticate(context)
 
     @handles_xen_errors
-    async def GrantAccess(self, request, context):
+    async def SetupTable(self, request, context):
         caller = self._caller(context)
-        refs = self.hv.grants.grant_access_all(
-            caller.domid, [(e.domid, e.gfn, e.readonly) for e in request.entries])
-        return grants_pb2.GrantRefs(refs=refs)
+        self.hv.grants.setup_table(caller.domid, list(request.gfns))
+        return self._size(caller.domid)
 
     @handles_xen_errors
-    async def EndAccess(self, request, context):
-        caller = self._caller(context)
-        self.hv.grants.end_access_all(caller.domid, list(request.refs))
-        return common_pb2.Empty()
+    async def QuerySize(self, request, context):
+        return self._size(self._caller(context).domid)
+
+    def _size(self, domid: int) -> grants_pb2.GrantTableSize:
+        nr, limit = self.hv.grants.query_size(domid)
+        return grants_pb2.GrantTableSize(nr_frames=nr, max_nr_frames=limit)
 
     @handles_xen_errors
     async def Map(self, request, context):

@@ -7,33 +7,19 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class GrantAccessEntry(_message.Message):
-    __slots__ = ("domid", "gfn", "readonly")
-    DOMID_FIELD_NUMBER: _ClassVar[int]
-    GFN_FIELD_NUMBER: _ClassVar[int]
-    READONLY_FIELD_NUMBER: _ClassVar[int]
-    domid: int
-    gfn: int
-    readonly: bool
-    def __init__(self, domid: _Optional[int] = ..., gfn: _Optional[int] = ..., readonly: bool = ...) -> None: ...
+class SetupTableRequest(_message.Message):
+    __slots__ = ("gfns",)
+    GFNS_FIELD_NUMBER: _ClassVar[int]
+    gfns: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, gfns: _Optional[_Iterable[int]] = ...) -> None: ...
 
-class GrantAccessRequest(_message.Message):
-    __slots__ = ("entries",)
-    ENTRIES_FIELD_NUMBER: _ClassVar[int]
-    entries: _containers.RepeatedCompositeFieldContainer[GrantAccessEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[GrantAccessEntry, _Mapping]]] = ...) -> None: ...
-
-class GrantRefs(_message.Message):
-    __slots__ = ("refs",)
-    REFS_FIELD_NUMBER: _ClassVar[int]
-    refs: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, refs: _Optional[_Iterable[int]] = ...) -> None: ...
-
-class EndAccessRequest(_message.Message):
-    __slots__ = ("refs",)
-    REFS_FIELD_NUMBER: _ClassVar[int]
-    refs: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, refs: _Optional[_Iterable[int]] = ...) -> None: ...
+class GrantTableSize(_message.Message):
+    __slots__ = ("nr_frames", "max_nr_frames")
+    NR_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_NR_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    nr_frames: int
+    max_nr_frames: int
+    def __init__(self, nr_frames: _Optional[int] = ..., max_nr_frames: _Optional[int] = ...) -> None: ...
 
 class MapGrantRequest(_message.Message):
     __slots__ = ("domid", "ref", "readonly")

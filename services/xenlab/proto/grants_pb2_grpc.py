@@ -35,15 +35,15 @@ class GrantTableStub(object):
         Args:
             channel: A grpc.Channel.
         """
-        self.GrantAccess = channel.unary_unary(
-                '/xenlab.proto.GrantTable/GrantAccess',
-                request_serializer=xenlab_dot_proto_dot_grants__pb2.GrantAccessRequest.SerializeToString,
-                response_deserializer=xenlab_dot_proto_dot_grants__pb2.GrantRefs.FromString,
+        self.SetupTable = channel.unary_unary(
+                '/xenlab.proto.GrantTable/SetupTable',
+                request_serializer=xenlab_dot_proto_dot_grants__pb2.SetupTableRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_grants__pb2.GrantTableSize.FromString,
                 _registered_method=True)
-        self.EndAccess = channel.unary_unary(
-                '/xenlab.proto.GrantTable/EndAccess',
-                request_serializer=xenlab_dot_proto_dot_grants__pb2.EndAccessRequest.SerializeToString,
-                response_deserializer=xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+        self.QuerySize = channel.unary_unary(
+                '/xenlab.proto.GrantTable/QuerySize',
+                request_serializer=xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_grants__pb2.GrantTableSize.FromString,
                 _registered_method=True)
         self.Map = channel.unary_unary(
                 '/xenlab.proto.GrantTable/Map',
@@ -80,13 +80,13 @@ class GrantTableStub(object):
 class GrantTableServicer(object):
     """Missing associated documentation comment in .proto file."""
 
-    def GrantAccess(self, request, context):
+    def SetupTable(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def EndAccess(self, request, context):
+    def QuerySize(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -131,15 +131,15 @@ class GrantTableServicer(object):
 
 def add_GrantTableServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'GrantAccess': grpc.unary_unary_rpc_method_handler(
-                    servicer.GrantAccess,
-                    request_deserializer=xenlab_dot_proto_dot_grants__pb2.GrantAccessRequest.FromString,
-                    response_serializer=xenlab_dot_proto_dot_grants__pb2.GrantRefs.SerializeToString,
+            'SetupTable': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetupTable,
+                    request_deserializer=xenlab_dot_proto_dot_grants__pb2.SetupTableRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_grants__pb2.GrantTableSize.SerializeToString,
             ),
-            'EndAccess': grpc.unary_unary_rpc_method_handler(
-                    servicer.EndAccess,
-                    request_deserializer=xenlab_dot_proto_dot_grants__pb2.EndAccessRequest.FromString,
-                    response_serializer=xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
+            'QuerySize': grpc.unary_unary_rpc_method_handler(
+                    servicer.QuerySize,
+                    request_deserializer=xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+                    response_serializer=xenlab_dot_proto_dot_grants__pb2.GrantTableSize.SerializeToString,
             ),
             'Map': grpc.unary_unary_rpc_method_handler(
                     servicer.Map,
@@ -183,7 +183,7 @@ class GrantTable(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def GrantAccess(request,
+    def SetupTable(request,
             target,
             options=(),
             channel_credentials=None,
@@ -196,9 +196,9 @@ class GrantTable(object):
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/xenlab.proto.GrantTable/GrantAccess',
-            xenlab_dot_proto_dot_grants__pb2.GrantAccessRequest.SerializeToString,
-            xenlab_dot_proto_dot_grants__pb2.GrantRefs.FromString,
+            '/xenlab.proto.GrantTable/SetupTable',
+            xenlab_dot_proto_dot_grants__pb2.SetupTableRequest.SerializeToString,
+            xenlab_dot_proto_dot_grants__pb2.GrantTableSize.FromString,
             options,
             channel_credentials,
             insecure,
@@ -210,7 +210,7 @@ class GrantTable(object):
             _registered_method=True)
 
     @staticmethod
-    def EndAccess(request,
+    def QuerySize(request,
             target,
             options=(),
             channel_credentials=None,
@@ -223,9 +223,9 @@ class GrantTable(object):
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/xenlab.proto.GrantTable/EndAccess',
-            xenlab_dot_proto_dot_grants__pb2.EndAccessRequest.SerializeToString,
-            xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+            '/xenlab.proto.GrantTable/QuerySize',
+            xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
+            xenlab_dot_proto_dot_grants__pb2.GrantTableSize.FromString,
             options,
             channel_credentials,
             insecure,

@@ -139,12 +139,17 @@ class XenbusState(enum.IntEnum):
 GRANT_ENTRY_V1 = struct.Struct("<HHI")   # flags, domid, frame
 GRANT_ENTRIES_PER_FRAME = PAGE_SIZE // GRANT_ENTRY_V1.size   # 512
 GNTTAB_NR_RESERVED_ENTRIES = 8   # refs 0..7 belong to the toolstack
-DEFAULT_MAX_GRANT_FRAMES = 32    # xl.cfg max_grant_frames default
+# xl.cfg max_grant_frames: Xen's default (opt_max_grant_frames) is 64 frames,
+# 32768 entries. The frames are the domain's own (GNTTABOP_setup_table), so a
+# domain that never grows its table costs no more for the limit.
+DEFAULT_MAX_GRANT_FRAMES = 64
+GNTTABOP_SETUP_RETRIES = 4       # _set_status: CAS attempts on an entry that keeps changing
 
 GTF_invalid = 0
 GTF_permit_access = 1
 GTF_accept_transfer = 2
-GTF_transfer_committed = 2
+GTF_transfer_committed = 1 << 2    # overloads GTF_readonly's bit for transfer entries
+GTF_transfer_completed = 1 << 3
 GTF_type_mask = 3
 GTF_readonly = 1 << 2      # restrict @domid to read-only mappings and accesses
 GTF_reading = 1 << 3       # grant entry is currently mapped for reading by @domid
@@ -170,6 +175,7 @@ GNTST_bad_page = -9
 GNTST_bad_copy_arg = -10
 GNTST_address_too_big = -11
 GNTST_eagain = -12
+GNTST_no_space = -13       # out of space (handles or table frames)
 GNTST_NAMES = {
     GNTST_okay: "okay",
     GNTST_general_error: "undefined error",
@@ -184,6 +190,7 @@ GNTST_NAMES = {
     GNTST_bad_copy_arg: "copy arguments cross page boundary",
     GNTST_address_too_big: "page address size too large",
     GNTST_eagain: "operation not done; try again",
+    GNTST_no_space: "out of space",
 }
 
 # --------------------------------------------------------------------------

@@ -213,3 +213,12 @@ def tx_chunk_sizes(requests: Sequence[TxRequest]) -> list[int]:
         raise NetifError(f"fragments total {sum(rest)} bytes, more than the frame's "
                          f"{requests[0].size}")
     return [first, *rest]
+
+
+# xenlab's own xenstore key, in the frontend's and the backend's directory
+# (netif.h has no such feature): the frontend keeps its buffer pages granted
+# for the whole connection, so the backend may map each once and copy
+# through the mapping instead of through the hypervisor. Xen's
+# ``feature-persistent`` is blkif's key for the same idea, for block devices
+# only, which is why this one carries xenlab's name.
+FEATURE_XENLAB_PERSISTENT = "feature-xenlab-persistent"

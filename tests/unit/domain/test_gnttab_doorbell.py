@@ -17,6 +17,7 @@ from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.proto import common_pb2, domains_pb2, grants_pb2
 from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
+from xenlab.xen.grant_table import GrantFrames
 from xenlab.xen.shared_info import SharedInfo
 
 PAGE = abi.PAGE_SIZE
@@ -68,28 +69,26 @@ async def doms(hypervisor):
         await dom.close()
 
 
-async def grant(front: Domain, peer: int, gfn: int, readonly: bool = False) -> int:
-    reply = await front.client.grants.GrantAccess(grants_pb2.GrantAccessRequest(
-        entries=[grants_pb2.GrantAccessEntry(domid=peer, gfn=gfn, readonly=readonly)]))
-    return reply.refs[0]
-
-
 @pytest.fixture
 async def grants(hypervisor, doms):
     """front grants to back a writable page (gfn 5) and a read-only one
-    (gfn 6), and to a third domain gfn 7; back copies to and from its own
-    gfn 3. Returns the lab, the domains and each case's op and GNTST_*."""
+    (gfn 6), and to a third domain gfn 7, writing its grant frame (gfn 20)
+    as its kernel would; back copies to and from its own gfn 3. Returns
+    the lab, the domains and each case's op and GNTST_*."""
     front, back, other = await doms("front"), await doms("back"), await doms("other")
-    rw = await grant(front, back.domid, 5)
-    ro = await grant(front, back.domid, 6, readonly=True)
-    theirs = await grant(front, other.domid, 7)
+    await front.client.grants.SetupTable(grants_pb2.SetupTableRequest(gfns=[20]))
+    table = GrantFrames([hypervisor.hv.memory.frame(front.domid, 20)])
+    rw, ro, theirs = 8, 9, 10
+    table.grant(rw, back.domid, 5, readonly=False)
+    table.grant(ro, back.domid, 6, readonly=True)
+    table.grant(theirs, other.domid, 7, readonly=False)
     hypervisor.hv.memory.frame(front.domid, 5)[:PAGE] = bytes(range(256)) * 16
     f = front.domid
     cases = {
         "in": (wire.GnttabCopy(rw, f, 0, 3, SELF, 100, 64, SRC_GREF), abi.GNTST_okay),
         "out": (wire.GnttabCopy(3, SELF, 100, rw, f, 1000, 64, DST_GREF), abi.GNTST_okay),
         "bad ref": (wire.GnttabCopy(1 << 20, f, 0, 3, SELF, 0, 64, SRC_GREF), abi.GNTST_bad_gntref),
-        "unused ref": (wire.GnttabCopy(4000, f, 0, 3, SELF, 0, 64, SRC_GREF),
+        "unused ref": (wire.GnttabCopy(400, f, 0, 3, SELF, 0, 64, SRC_GREF),
                        abi.GNTST_general_error),
         "other domain's grant": (wire.GnttabCopy(theirs, f, 0, 3, SELF, 0, 64, SRC_GREF),
                                  abi.GNTST_general_error),
@@ -101,7 +100,8 @@ async def grants(hypervisor, doms):
         "no such domain": (wire.GnttabCopy(rw, 999, 0, 3, SELF, 0, 64, SRC_GREF),
                            abi.GNTST_bad_domain),
     }
-    return hypervisor, front, back, cases
+    yield hypervisor, front, back, cases
+    table.release()
 
 
 def gnttab_of(dom: Domain, evtchn: GuestEventChannels | None) -> GrantTable:

@@ -14,6 +14,7 @@ from xenlab.hypervisor.xenstore import XENSTORE_PAYLOAD_MAX, XenStoreQuotas
 from xenlab.proto import (common_pb2, domains_pb2, evtchn_pb2, grants_pb2, memory_pb2,
                           xenstore_pb2, xenstore_pb2_grpc)
 from xenlab.rpc import CHANNEL_OPTIONS, credentials_metadata
+from xenlab.xen import abi
 
 U32, U64 = (1 << 32) - 1, (1 << 64) - 1
 PATH = "/" + "p" * (XenStoreQuotas().path_max - 1)
@@ -30,10 +31,8 @@ def largest_requests() -> dict[str, object]:
     return {
         "/xenlab.proto.GrantTable/Copy": grants_pb2.GrantCopyRequest(ops=[
             grants_pb2.GrantCopyOp(source=ptr, dest=ptr, len=U32)] * MAX_COPY_OPS),
-        "/xenlab.proto.GrantTable/GrantAccess": grants_pb2.GrantAccessRequest(entries=[
-            grants_pb2.GrantAccessEntry(domid=U32, gfn=U64, readonly=True)] * MAX_MAP_BATCH),
-        "/xenlab.proto.GrantTable/EndAccess": grants_pb2.EndAccessRequest(
-            refs=[U32] * MAX_MAP_BATCH),
+        "/xenlab.proto.GrantTable/SetupTable": grants_pb2.SetupTableRequest(
+            gfns=[U64] * abi.DEFAULT_MAX_GRANT_FRAMES),
         "/xenlab.proto.GrantTable/MapBatch": grants_pb2.MapGrantsRequest(ops=[
             grants_pb2.MapGrantRequest(domid=U32, ref=U32, readonly=True)] * MAX_MAP_BATCH),
         "/xenlab.proto.GrantTable/UnmapBatch": grants_pb2.UnmapGrantsRequest(
@@ -102,8 +101,8 @@ async def test_health_needs_no_credentials(hypervisor):
 
 async def test_grant_copy_of_500k_ops_is_refused_unparsed(hypervisor):
     domid, client = await hypervisor.create_domain("copier")
-    op = grants_pb2.GrantCopyOp(source=grants_pb2.CopyPtr(domid=domid, gfn=100),
-                                dest=grants_pb2.CopyPtr(domid=domid, gfn=101), len=8)
+    op = grants_pb2.GrantCopyOp(source=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=100),
+                                dest=grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=101), len=8)
     await refused(client.grants.Copy(grants_pb2.GrantCopyRequest(ops=[op] * 500_000)),
                   grpc.StatusCode.RESOURCE_EXHAUSTED)
     # under the size limit but over the op cap: E2BIG from the grant core

@@ -1,5 +1,6 @@
-"""The GrantTable service over real gRPC: a frontend grants, a backend maps
-and copies; each refusal has its status code and the server keeps serving."""
+"""The GrantTable service over real gRPC: a frontend sets up its grant frame
+and grants by writing it, a backend maps and copies; each refusal has its
+status code and the server keeps serving."""
 from __future__ import annotations
 
 import mmap
@@ -7,9 +8,9 @@ import mmap
 import grpc
 import pytest
 
-from xenlab.hypervisor.grants import MAX_MAP_BATCH
 from xenlab.proto import common_pb2, grants_pb2
 from xenlab.xen import abi
+from xenlab.xen.grant_table import GrantFrames, GrantRefs
 
 PAGE = abi.PAGE_SIZE
 
@@ -25,17 +26,40 @@ async def refused(call, code: grpc.StatusCode, *words: str) -> str:
     return details
 
 
-def grant(peer: int, gfn: int, readonly: bool = False) -> grants_pb2.GrantAccessRequest:
-    return grants_pb2.GrantAccessRequest(
-        entries=[grants_pb2.GrantAccessEntry(domid=peer, gfn=gfn, readonly=readonly)])
+class FrontTable:
+    """The front's kernel: its grant frame (its highest frame) named with
+    SetupTable over gRPC, its entries written in its own memory, which the
+    in-process hypervisor maps too."""
+
+    def __init__(self, lab, domid: int, gfn: int):
+        self.frames = GrantFrames([lab.hv.memory.frame(domid, gfn)])
+        self.refs = GrantRefs(self.frames.nr_entries)
+
+    @classmethod
+    async def setup(cls, lab, client, domid: int) -> "FrontTable":
+        gfn = lab.hv.memory.reservation(domid)[0] - 1
+        size = await client.grants.SetupTable(grants_pb2.SetupTableRequest(gfns=[gfn]))
+        assert (size.nr_frames, size.max_nr_frames) == (1, abi.DEFAULT_MAX_GRANT_FRAMES)
+        return cls(lab, domid, gfn)
+
+    def grant(self, peer: int, gfn: int, readonly: bool = False) -> int:
+        [ref] = self.refs.alloc(1)
+        self.frames.grant(ref, peer, gfn, readonly)
+        return ref
+
+    def end(self, ref: int) -> bool:
+        return self.frames.end_access(ref)
 
 
 @pytest.fixture
 async def pair(hypervisor):
-    """d1 "front" and d2 "back", with clients acting as each."""
+    """d1 "front" and d2 "back", with clients acting as each; the front's
+    grant table set up."""
     d1, front = await hypervisor.create_domain("front")
     d2, back = await hypervisor.create_domain("back")
-    return hypervisor, (d1, front), (d2, back)
+    table = await FrontTable.setup(hypervisor, front, d1)
+    yield hypervisor, (d1, front, table), (d2, back)
+    table.frames.release()
 
 
 async def still_serving(client, domid: int) -> None:
@@ -44,8 +68,8 @@ async def still_serving(client, domid: int) -> None:
 
 
 async def test_map_write_unmap_end(pair):
-    lab, (d1, front), (d2, back) = pair
-    [ref] = (await front.grants.GrantAccess(grant(d2, 5))).refs
+    lab, (d1, front, table), (d2, back) = pair
+    ref = table.grant(d2, 5)
     m = await back.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ref))
     assert m.length == PAGE and not m.readonly
     assert m.offset == lab.hv.memory.frame_offset(d1, 5)
@@ -60,17 +84,16 @@ async def test_map_write_unmap_end(pair):
     assert bytes(lab.hv.memory.frame(d1, 5)[:4]) == b"ring"
     info = await front.grants.Query(common_pb2.DomainRef(domid=d1))
     assert (info.entries_in_use, info.active_maps) == (1, 1)
-    await refused(front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref])),
-                  grpc.StatusCode.FAILED_PRECONDITION, f"still mapped by d{d2}")
+    assert not table.end(ref)                   # GTF_writing: the granter's CAS fails
     await back.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=m.handle))
-    await front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
+    assert table.end(ref)
     assert lab.hv.grants.entries(d1) == [] and lab.hv.grants.mappings() == []
 
 
 async def test_map_refusals(pair):
-    lab, (d1, front), (d2, back) = pair
+    lab, (d1, front, table), (d2, back) = pair
     d3, third = await lab.create_domain("third")
-    [ro] = (await front.grants.GrantAccess(grant(d2, 5, readonly=True))).refs
+    ro = table.grant(d2, 5, readonly=True)
     # GNTST_general_error, as Xen's map_grant_ref ("Bad flags or dom")
     E = grpc.StatusCode.INVALID_ARGUMENT
     await refused(back.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ro)), E, "read-only")
@@ -93,46 +116,29 @@ async def test_map_refusals(pair):
     await still_serving(back, d2)
 
 
-async def test_grant_access_refusals(pair):
-    lab, (d1, front), (d2, back) = pair
-    await refused(front.grants.GrantAccess(grant(777, 5)), grpc.StatusCode.NOT_FOUND)
-    await refused(front.grants.GrantAccess(grant(d2, 10**6)),
-                  grpc.StatusCode.INVALID_ARGUMENT, "not populated")
-    await refused(front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[3])),
-                  grpc.StatusCode.NOT_FOUND)
+async def test_setup_table_refusals(pair):
+    lab, (d1, front, table), (d2, back) = pair
+    gfn = lab.hv.grants.grant_frames(d1)[0]
+    E = grpc.StatusCode.INVALID_ARGUMENT
+    await refused(front.grants.SetupTable(grants_pb2.SetupTableRequest(gfns=[gfn + 1])),
+                  E, "cannot move")
+    await refused(front.grants.SetupTable(grants_pb2.SetupTableRequest(gfns=[gfn, 10**6])),
+                  E, "cannot be a grant frame")
+    await refused(front.grants.SetupTable(grants_pb2.SetupTableRequest(
+        gfns=list(range(abi.DEFAULT_MAX_GRANT_FRAMES + 1)))), E, "at most")
+    size = await front.grants.QuerySize(common_pb2.Empty())
+    assert (size.nr_frames, size.max_nr_frames) == (1, abi.DEFAULT_MAX_GRANT_FRAMES)
     await refused(back.grants.Query(common_pb2.DomainRef(domid=d1)),
                   grpc.StatusCode.PERMISSION_DENIED)
     assert (await lab.dom0.grants.Query(common_pb2.DomainRef(name="front"))).domid == d1
     await still_serving(front, d1)
 
 
-async def test_full_table_is_resource_exhausted_and_all_or_nothing(pair):
-    lab, (d1, front), (d2, back) = pair
-    limit = lab.hv.grants.query(d1)["max_entries"] - abi.GNTTAB_NR_RESERVED_ENTRIES
-    request = grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=d2, gfn=0, readonly=True)] * MAX_MAP_BATCH)
-    refs: list[int] = []
-    while len(refs) + MAX_MAP_BATCH <= limit:
-        refs += (await front.grants.GrantAccess(request)).refs
-    await refused(front.grants.GrantAccess(request), grpc.StatusCode.RESOURCE_EXHAUSTED, "full")
-    assert len(lab.hv.grants.entries(d1)) == len(refs)
-    request.entries.append(request.entries[0])
-    await refused(front.grants.GrantAccess(request), grpc.StatusCode.INVALID_ARGUMENT,
-                  f"at most {MAX_MAP_BATCH}")
-    for start in range(0, len(refs), MAX_MAP_BATCH):
-        await front.grants.EndAccess(grants_pb2.EndAccessRequest(
-            refs=refs[start:start + MAX_MAP_BATCH]))
-    [ref] = (await front.grants.GrantAccess(grant(d2, 0))).refs
-    assert ref == abi.GNTTAB_NR_RESERVED_ENTRIES
-
-
 async def test_copy_statuses(pair):
-    lab, (d1, front), (d2, back) = pair
-    [rx, ro] = (await front.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=d2, gfn=3),
-        grants_pb2.GrantAccessEntry(domid=d2, gfn=4, readonly=True)]))).refs
+    lab, (d1, front, table), (d2, back) = pair
+    rx, ro = table.grant(d2, 3), table.grant(d2, 4, readonly=True)
     lab.hv.memory.frame(d2, 0)[:5] = b"frame"
-    own = grants_pb2.CopyPtr(domid=d2, gfn=0)
+    own = grants_pb2.CopyPtr(domid=abi.DOMID_SELF, gfn=0)
 
     def gref(r, offset=0):
         return grants_pb2.CopyPtr(domid=d1, ref=r, use_gref=True, offset=offset)
@@ -152,25 +158,24 @@ async def test_copy_statuses(pair):
 
 
 async def test_destroying_a_mapper_releases_its_mappings(pair):
-    lab, (d1, front), (d2, back) = pair
-    [ref] = (await front.grants.GrantAccess(grant(d2, 5))).refs
+    lab, (d1, front, table), (d2, back) = pair
+    ref = table.grant(d2, 5)
     await back.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=ref))
     await lab.dom0.domains.Destroy(common_pb2.DomainRef(domid=d2))
-    await front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
+    assert table.end(ref)
     assert lab.hv.grants.mappings() == []
 
 
 async def test_map_batch_and_unmap_batch(pair):
-    lab, (d1, front), (d2, back) = pair
+    lab, (d1, front, table), (d2, back) = pair
     # Domain-0 this time: a privileged mapper is told where the page lives.
     back, d2 = lab.dom0, 0
-    refs = list((await front.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=d2, gfn=5 + i, readonly=i == 0) for i in range(3)]))).refs)
+    refs = [table.grant(d2, 5 + i, readonly=i == 0) for i in range(3)]
     reply = await back.grants.MapBatch(grants_pb2.MapGrantsRequest(ops=[
         grants_pb2.MapGrantRequest(domid=d1, ref=refs[0], readonly=True),
         grants_pb2.MapGrantRequest(domid=d1, ref=refs[0], readonly=False),   # a read-only grant
         grants_pb2.MapGrantRequest(domid=d1, ref=refs[2]),
-        grants_pb2.MapGrantRequest(domid=d1, ref=4000)]))
+        grants_pb2.MapGrantRequest(domid=d1, ref=400)]))
     assert [r.status for r in reply.results] == [
         abi.GNTST_okay, abi.GNTST_general_error, abi.GNTST_okay, abi.GNTST_general_error]
     assert "read-only" in reply.results[1].error and not reply.results[1].HasField("mapping")
@@ -184,7 +189,7 @@ async def test_map_batch_and_unmap_batch(pair):
     assert (await front.grants.Query(common_pb2.DomainRef(domid=d1))).active_maps == 2
     unmapped = await back.grants.UnmapBatch(grants_pb2.UnmapGrantsRequest(handles=handles + [99]))
     assert list(unmapped.status) == [abi.GNTST_okay, abi.GNTST_okay, abi.GNTST_bad_handle]
-    await front.grants.EndAccess(grants_pb2.EndAccessRequest(refs=refs))
+    assert all(table.end(ref) for ref in refs)
     await refused(back.grants.MapBatch(grants_pb2.MapGrantsRequest(
         ops=[grants_pb2.MapGrantRequest(domid=d1, ref=refs[0])] * 1025)),
         grpc.StatusCode.INVALID_ARGUMENT, "1024")

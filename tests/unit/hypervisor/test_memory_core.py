@@ -427,23 +427,28 @@ def test_decrease_reservation_of_16k_gfns_costs_no_table_scan(shm_dir):
     from xenlab.hypervisor.grants import GrantTables
     from xenlab.hypervisor.caller import Caller
     from xenlab.hypervisor.memory import MAX_EXTENTS
+    from xenlab.xen.grant_table import GrantFrames
     mem = MachineMemory(shm_dir, "s-", total_pages=40000)
     grants = GrantTables(mem)
     for domid in (1, 2):
         mem.add_domain(domid, 20000, 20000)
         grants.add_domain(domid)
-    # a full table: 16376 entries, one of them mapped by d2
-    for i in range(grants.query(1)["max_entries"] - abi.GNTTAB_NR_RESERVED_ENTRIES):
-        grants.grant_access(1, 2, 100 + i % 64, readonly=True)
-    grants.map(Caller(2), 1, abi.GNTTAB_NR_RESERVED_ENTRIES, readonly=True)   # gfn 100
-    grants._tables[1].entries = NoScan(grants._tables[1].entries)
+    # a full table in d1's frames 19936..19999, one entry mapped by d2
+    frames = list(range(20000 - abi.DEFAULT_MAX_GRANT_FRAMES, 20000))
+    grants.setup_table(1, frames)
+    table = GrantFrames(mem.frame(1, gfn) for gfn in frames)
+    for ref in range(abi.GNTTAB_NR_RESERVED_ENTRIES, table.nr_entries):
+        table.grant(ref, 2, 100 + ref % 64, readonly=True)
+    table.release()
+    grants.map(Caller(2), 1, 64, readonly=True)                # gfn 100
+    grants._tables[1].active = NoScan(grants._tables[1].active)
     gfns = list(range(1000, 1000 + 16384))
     for start in range(0, len(gfns), MAX_EXTENTS):
         mem.decrease_reservation(1, gfns[start:start + MAX_EXTENTS])
     assert mem.reservation(1)[0] == 20000 - 16384
     with pytest.raises(MemoryError_) as busy:
         mem.decrease_reservation(1, [99, 100])
-    assert errno_of(busy) == errno.EBUSY and "mapped by d2 through grant ref 8" in busy.value.message
+    assert errno_of(busy) == errno.EBUSY and "mapped by d2 through grant ref 64" in busy.value.message
     assert mem.is_populated(1, 99)
     for domid in (1, 2):
         grants.remove_domain(domid)
@@ -452,6 +457,7 @@ def test_decrease_reservation_of_16k_gfns_costs_no_table_scan(shm_dir):
 
 def test_reservation_calls_are_capped(shm_dir):
     from xenlab.hypervisor.memory import MAX_EXTENTS
+    from xenlab.xen.grant_table import GrantFrames
     mem = MachineMemory(shm_dir, "c-", total_pages=4000)
     mem.add_domain(1, 2000, 2000)
     with pytest.raises(MemoryError_) as e:

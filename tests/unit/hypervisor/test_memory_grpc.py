@@ -8,6 +8,8 @@ import mmap
 import grpc
 import pytest
 
+from xenlab.testing.grants import GuestGrantTable
+
 from xenlab.hypervisor.caller import DOM0
 from xenlab.proto import common_pb2, grants_pb2, memory_pb2
 from xenlab.xen import abi
@@ -155,10 +157,10 @@ async def test_mmu_update(hypervisor):
 async def test_mmu_update_of_a_granted_frame(hypervisor):
     d1, c1 = await hypervisor.create_domain("front")
     d2, c2 = await hypervisor.create_domain("back")
-    refs = await c1.grants.GrantAccess(grants_pb2.GrantAccessRequest(
-        entries=[grants_pb2.GrantAccessEntry(domid=d2, gfn=9, readonly=True)]))
-    m = await c2.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=refs.refs[0],
+    table = await GuestGrantTable.setup(hypervisor.hv, c1)
+    m = await c2.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=table.grant(d2, 9, True),
                                                        readonly=True))
+    table.release()
     mm = await c2.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(d2)))
     table = mm.mfn_base
     await c2.memory.MmuextOp(memory_pb2.MmuextRequest(ops=[memory_pb2.MmuextOp(

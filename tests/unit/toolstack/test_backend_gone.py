@@ -3,6 +3,8 @@ it held and the toolstack closes the backends it served."""
 import grpc
 import pytest
 
+from xenlab.testing.grants import GuestGrantTable
+
 from xenlab.proto import common_pb2, domains_pb2, evtchn_pb2, grants_pb2, memory_pb2, xenstore_pb2
 
 
@@ -29,8 +31,8 @@ async def test_backend_gone_releases_mappings_and_ports_and_closes_backends(hype
     mm = await guest.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(
         domain=common_pb2.DomainRef(domid=domid), with_populated=True))
     gfn = list(mm.populated)[20]
-    (ref,) = (await guest.grants.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-        grants_pb2.GrantAccessEntry(domid=0, gfn=gfn)]))).refs
+    table = await GuestGrantTable.setup(hypervisor.hv, guest)
+    ref = table.grant(0, gfn)
     await dom0.grants.Map(grants_pb2.MapGrantRequest(domid=domid, ref=ref))
     guest_port = (await guest.evtchn.AllocUnbound(evtchn_pb2.AllocUnboundRequest(
         dom=domid, remote_dom=0))).port
@@ -39,9 +41,7 @@ async def test_backend_gone_releases_mappings_and_ports_and_closes_backends(hype
     await write(dom0, f"{back}/state", "4")
     await write(dom0, f"{back}/hotplug-status", "connected")
     await write(guest, f"{front}/state", "4")
-    with pytest.raises(grpc.aio.AioRpcError) as busy:
-        await guest.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
-    assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert not table.end(ref)                    # mapped: GTF_writing
 
     reply = await backend_gone(dom0)
     assert list(reply.closed) == [back] and reply.unmapped == 1 and reply.ports == 1
@@ -50,7 +50,8 @@ async def test_backend_gone_releases_mappings_and_ports_and_closes_backends(hype
     with pytest.raises(grpc.aio.AioRpcError):
         await read(dom0, f"{back}/hotplug-status")
     # The frontend may end its grant now, and its port waits for a new backend.
-    await guest.grants.EndAccess(grants_pb2.EndAccessRequest(refs=[ref]))
+    assert table.end(ref)
+    table.release()
     status = await guest.evtchn.Status(evtchn_pb2.StatusRequest(dom=domid, port=guest_port))
     assert status.state == evtchn_pb2.ChannelStatus.UNBOUND and status.remote_dom == 0
 

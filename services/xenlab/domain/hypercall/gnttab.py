@@ -1,9 +1,15 @@
 """GNTTABOP_* as a domain's kernel makes them (Linux's drivers/xen/grant-table.c
 over HYPERVISOR_grant_table_op), typed.
 
-* ``grant_access`` / ``end_access``: entries of our own grant table. Ending
-  access to a page another domain still maps is refused (EBUSY), as the
-  hypervisor sees GTF_reading/GTF_writing.
+* ``setup`` gives the table its first grant frame, a frame of our own
+  memory (GNTTABOP_setup_table); the table grows a frame at a time when
+  the refs run out (gnttab_expand), up to GNTTABOP_query_size's maximum.
+* ``grant_access`` / ``end_access``: entries of our own grant table,
+  written in our own frames, without a hypercall (xen/grant_table.py).
+  Ending access to a page another domain still maps or copies fails, as
+  gnttab_end_foreign_access_ref does while GTF_reading/GTF_writing is set:
+  ``end_access`` returns those refs, still granted, and the caller keeps
+  their pages until a later try ends them.
 * ``map`` gives a ``Page``: the handle the hypervisor tracks the mapping by
   and, for a privileged mapper, the page itself mapped into this process
   (``PageMap``: no descriptor kept). An unprivileged mapper gets the handle
@@ -26,16 +32,18 @@ Every failure is a XenError (a GrantError where a GNTST_* status says why).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from typing import Any, Callable, Sequence
 
 from xenlab.domain.pagemap import PageMap
-from xenlab.proto import grants_pb2
+from xenlab.proto import common_pb2, grants_pb2
 from xenlab.rpc import call
 from xenlab.xen import abi
 from xenlab.xen.doorbell import MAX_COPY_BATCH, GnttabCopy
 from xenlab.xen.errors import GrantError, XenError
+from xenlab.xen.grant_table import PER_FRAME, GrantFrames, GrantRefs
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +85,93 @@ class GrantTable:
         self.domid = domid
         self._doorbell = doorbell
         self._tasks: set[asyncio.Task] = set()
+        self._memory = None
+        self._frames = GrantFrames()
+        self._gfns: list[int] = []          # our grant frames
+        self._refs = GrantRefs()
+        self.max_frames = 0
+        self._growing = asyncio.Lock()
 
     def attach_doorbell(self, doorbell) -> None:
         self._doorbell = doorbell
 
     # -- our own grant table ---------------------------------------------------------
-    async def grant_access(self, entries: Sequence[GrantEntry]) -> list[int]:
-        """Grant each (domid, gfn, readonly); the refs, in order."""
-        reply = await call(self._stub.GrantAccess(grants_pb2.GrantAccessRequest(entries=[
-            grants_pb2.GrantAccessEntry(domid=domid, gfn=gfn, readonly=readonly)
-            for domid, gfn, readonly in entries])))
-        return list(reply.refs)
+    async def setup(self, memory) -> None:
+        """Set the table up in ``memory`` (our GuestMemory: alloc_frames,
+        frame, free_frames, is_populated) with its first frame."""
+        reply = await call(self._stub.QuerySize(common_pb2.Empty()))
+        self._memory = memory
+        self.max_frames = reply.max_nr_frames
+        await self._grow(1)
 
-    async def end_access(self, refs: Sequence[int]) -> None:
-        """End these grants; EBUSY while another domain maps one of them."""
-        await call(self._stub.EndAccess(grants_pb2.EndAccessRequest(refs=list(refs))))
+    @property
+    def nr_frames(self) -> int:
+        return len(self._gfns)
+
+    async def _grow(self, frames: int) -> None:
+        """gnttab_expand: ``frames`` more frames, or GrantError(no_space)."""
+        if self._memory is None:
+            raise XenError(errno.ENODEV, f"d{self.domid}'s grant table is not set up")
+        if len(self._gfns) + frames > self.max_frames:
+            raise GrantError(abi.GNTST_no_space, f"d{self.domid}'s grant table would need "
+                                                 f"{len(self._gfns) + frames} frames; "
+                                                 f"at most {self.max_frames}")
+        try:
+            new = self._memory.alloc_frames(frames)
+        except MemoryError as err:
+            raise GrantError(abi.GNTST_no_space, f"grant frames: {err}") from None
+        try:
+            await call(self._stub.SetupTable(grants_pb2.SetupTableRequest(
+                gfns=self._gfns + new)))
+        except XenError:
+            self._memory.free_frames(new)
+            raise
+        for gfn in new:
+            self._frames.add_frame(self._memory.frame(gfn))
+        self._gfns += new
+        self._refs.grow(self._frames.nr_entries)
+
+    async def grant_access(self, entries: Sequence[GrantEntry]) -> list[int]:
+        """Grant each (domid, gfn, readonly) of our own frames; the refs,
+        in order. No hypercall unless the table must grow."""
+        for domid, gfn, _ in entries:
+            if self._memory is not None and not self._memory.is_populated(gfn):
+                raise GrantError(abi.GNTST_bad_page, f"gfn {gfn:#x} is not ours to grant")
+        async with self._growing:
+            short = len(entries) - self._refs.free
+            if short > 0:
+                await self._grow(-(-short // PER_FRAME))
+            refs = self._refs.alloc(len(entries))
+        try:
+            for ref, (domid, gfn, readonly) in zip(refs, entries):
+                self._frames.grant(ref, domid, gfn, readonly)
+        except GrantError:
+            for ref in refs:
+                self._frames.end_access(ref)
+            self._refs.release(refs)
+            raise
+        return refs
+
+    def end_access(self, refs: Sequence[int]) -> list[int]:
+        """End these grants of ours; the refs another domain still has
+        mapped or is copying, left granted (the caller keeps their pages
+        and tries again later, as Linux's deferred list does). A ref we
+        have not granted is GNTST_bad_gntref, before any is ended."""
+        unknown = [ref for ref in refs if ref not in self._refs.in_use]
+        if unknown or len(set(refs)) != len(refs):
+            raise GrantError(abi.GNTST_bad_gntref,
+                             f"d{self.domid} has not granted refs {unknown or 'twice'}")
+        busy = []
+        for ref in refs:
+            if self._frames.end_access(ref):
+                self._refs.release([ref])
+            else:
+                busy.append(ref)
+        return busy
+
+    def entry(self, ref: int) -> tuple[int, int, int]:
+        """(flags, domid, frame) of one of our entries, as it is now."""
+        return self._frames.read(ref)
 
     # -- mapping another domain's grants ----------------------------------------------
     async def map(self, domid: int, ref: int, readonly: bool = False) -> Page:
@@ -192,6 +272,7 @@ class GrantTable:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self._frames.release()
 
 
 def _page(m, domid: int, ref: int, readonly: bool, fds: dict[str, int] | None = None) -> Page:

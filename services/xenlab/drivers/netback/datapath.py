@@ -15,7 +15,7 @@ requests, the ring's event index is re-armed only once nothing is in
 flight, so a frontend that keeps producing while we work does not notify
 at all.
 
-A frontend that keeps its buffer grants (``feature-persistent=1``) has its
+A frontend that keeps its buffer grants (``feature-xenlab-persistent=1``) has its
 buffer pages mapped as they are first used (one map_batch call for many),
 and the copies through mapped pages run here, without the hypervisor
 (xenlab.drivers.netback.grant_cache); the others still go to the

@@ -3,8 +3,9 @@
 Plain netif copies every frame through the hypervisor (GNTTABOP_copy): a
 round trip to another process per batch and direction. Our netfront grants
 its 256 transmit and 256 receive pages once, for the life of the connection,
-and says so with ``feature-persistent=1`` (the key blkfront and blkback
-negotiate the same thing with). Netback then maps each buffer page the first
+and says so with ``feature-xenlab-persistent=1``, xenlab's own key
+(blkfront and blkback negotiate the same thing for block devices with
+``feature-persistent``; netif has no such feature). Netback then maps each buffer page the first
 time a request names its grant reference (GNTTABOP_map_grant_ref, batched)
 and from then on copies to and from the mapping itself. A copy whose page is
 not mapped goes to the hypervisor as before: not mapped yet, or never (past

@@ -41,6 +41,7 @@ from xenlab.xen.digits import C_SPACE, U32_MAX, parse_decimal
 from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.names import DEFAULT_BRIDGE
 from xenlab.xen.netconf import parse_mac
+from xenlab.xen.netif import FEATURE_XENLAB_PERSISTENT
 from xenlab.xen.xenstore_paths import parse_backend_path
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ FEATURES = {
     "multi-queue-max-queues": "1",
     # Not in netif.h: the frontend may say it keeps its buffer grants for the
     # whole connection, and netback then maps them (xenlab.drivers.netback.grant_cache).
-    "feature-persistent": "1",
+    FEATURE_XENLAB_PERSISTENT: "1",
 }
 BACKEND_KEYS = ("frontend", "frontend-id", "mac", "ip", "rate", "mtu", "bridge", "vifname",
                 "online")
@@ -156,7 +157,7 @@ def _parse_mtu(text: str | None) -> int:
 
 FRONTEND_KEYS = ("tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy",
                  "feature-rx-notify", "feature-sg", "multi-queue-num-queues",
-                 "feature-persistent")
+                 FEATURE_XENLAB_PERSISTENT)
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def parse_frontend_keys(values: Mapping[str, str | None]) -> FrontendRings:
         raise XenError(errno.EOPNOTSUPP, "frontend does not support rx-copy (request-rx-copy)")
     return FrontendRings(tx, rx, port, _read_flag(values, "feature-rx-notify") == 1,
                          _read_flag(values, "feature-sg") == 1,
-                         _read_flag(values, "feature-persistent") == 1)
+                         _read_flag(values, FEATURE_XENLAB_PERSISTENT) == 1)
 
 
 def _read_u32(values: Mapping[str, str | None], key: str) -> int:

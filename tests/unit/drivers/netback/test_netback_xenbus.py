@@ -48,7 +48,7 @@ GOOD_FRONTEND = {"tx-ring-ref": "8", "rx-ring-ref": "9", "event-channel": "5",
 
 def test_parse_frontend_keys():
     assert parse_frontend_keys(GOOD_FRONTEND) == FrontendRings(8, 9, 5, True, True)
-    assert parse_frontend_keys({**GOOD_FRONTEND, "feature-persistent": "1"}).persistent
+    assert parse_frontend_keys({**GOOD_FRONTEND, "feature-xenlab-persistent": "1"}).persistent
 
 
 @pytest.mark.parametrize("change, message", [
@@ -74,7 +74,7 @@ NOT_NUMBERS = ["²", "٣", "１", "3²", "x", "0x10", "-1", "+1", "1_0", "1e3", 
 
 
 @pytest.mark.parametrize("key", ["tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy",
-                                 "feature-rx-notify", "feature-sg", "feature-persistent"])
+                                 "feature-rx-notify", "feature-sg", "feature-xenlab-persistent"])
 @pytest.mark.parametrize("value", NOT_NUMBERS)
 def test_every_frontend_number_key_refuses_what_is_not_an_ascii_number(key, value):
     if value.strip(" ") == "" and key.startswith("feature-"):
