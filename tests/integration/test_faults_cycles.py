@@ -28,7 +28,9 @@ vif = ["mac=00:16:3e:0e:00:01,ip=10.8.0.1/24"]
 
 def cycle_spec(n: int):
     return to_domain_spec(parse_xl_config(
-        f'name = "cycle{n}"\nmemory = 16\nvif = ["mac=00:16:3e:0e:01:{n:02x},ip=10.8.0.{n + 2}/24"]\n'))
+        f'name = "cycle{n}"\nmemory = 16\nvif = ["mac=00:16:3e:0e:01:{n:02x},ip=10.8.0.{n + 2}/24"]\n'
+        # The guest's own address (Linux's ip=); the vif's ip= is Domain-0's.
+        f'extra = "ip=10.8.0.{n + 2}:::255.255.255.0::eth0:off"\n'))
 
 
 def fds(pid: int) -> int:
