@@ -307,6 +307,8 @@ def parse_xenstore_data(body: bytes) -> list[XsNode]:
         nodes = []
         for _ in range(count):
             (plen,) = struct.unpack_from("<H", body, at)
+            # A path or value cut short by the record's end leaves the next
+            # unpack_from past it, which raises struct.error.
             path = body[at + 2:at + 2 + plen].decode()
             at += 2 + plen
             (vlen,) = struct.unpack_from("<I", body, at)
@@ -319,8 +321,6 @@ def parse_xenstore_data(body: bytes) -> list[XsNode]:
                 domid, mode = struct.unpack_from("<Hc", body, at)
                 perms.append((domid, mode.decode()))
                 at += 3
-            if len(value) != vlen or len(path.encode()) != plen:
-                raise StreamError("XENSTORE_DATA: a node runs past the record")
             nodes.append(XsNode(path, bytes(value), tuple(perms)))
     except (struct.error, UnicodeDecodeError):
         raise StreamError("XENSTORE_DATA record is malformed") from None
