@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from xenlab.hypervisor.memory import MFN_HYPERVISOR_LIMIT, MFN_WINDOW, MachineMemory
+from xenlab.hypervisor.memory import MAX_DOMAIN_PAGES, MFN_HYPERVISOR_LIMIT, MachineMemory
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_, XenError
 
@@ -228,7 +228,7 @@ def test_set_max(mem):
         mem.increase_reservation(1, nr_pages=1)
     assert errno_of(e) == errno.ENOMEM
     with pytest.raises(MemoryError_) as e:
-        mem.set_max(1, MFN_WINDOW + 1)
+        mem.set_max(1, MAX_DOMAIN_PAGES + 1)
     assert errno_of(e) == errno.EINVAL
 
 
@@ -243,19 +243,25 @@ def test_set_target(mem):
 
 
 # -- the P2M ---------------------------------------------------------------------------
+# A frame of the 1000-page pool that the tests below never hand out.
+FREE_MFN = MFN_HYPERVISOR_LIMIT + 999
+
+
 def test_p2m_and_mfn_owner(mem):
     mem.add_domain(1, 8, 8)
     mem.add_domain(2, 8, 8)
-    base1, base2 = mem.memory_map(1)["mfn_base"], mem.memory_map(2)["mfn_base"]
-    assert base1 >= MFN_HYPERVISOR_LIMIT and base2 >= base1 + 8
-    assert mem.gfn_to_mfn(2, 3) == base2 + 3
-    assert mem.mfn_owner(base2 + 3) == (2, 3)
-    assert mem.mfn_owner(0x10) is None
-    assert mem.mfn_owner(base1 + 8) is None
+    for domid in (1, 2):
+        for gfn in range(8):
+            mfn = mem.gfn_to_mfn(domid, gfn)
+            assert mfn >= MFN_HYPERVISOR_LIMIT and mem.mfn_owner(mfn) == (domid, gfn)
+    assert len({mem.gfn_to_mfn(d, g) for d in (1, 2) for g in range(8)}) == 16
+    assert mem.mfn_owner(0x10) is None and mem.mfn_owner(FREE_MFN) is None
+    old = set(mem.p2m(1).values())
     mem.remove_domain(1)
-    assert mem.mfn_owner(base1) is None
+    assert all(mem.mfn_owner(mfn) is None for mfn in old)
     mem.add_domain(1, 8, 8)
-    assert mem.memory_map(1)["mfn_base"] not in (base1, base2)   # never reused
+    # Never-used frames are handed out before freed ones.
+    assert not old & set(mem.p2m(1).values())
 
 
 # -- page tables -------------------------------------------------------------------------------
@@ -300,7 +306,7 @@ def test_mmu_update_maps_an_own_frame(pt):
     (lambda t, m: (pte_ptr(t, 1), pte(0x42, RO)), errno.EPERM),              # hypervisor space
     (lambda t, m: (pte_ptr(t, 1), pte(m.gfn_to_mfn(2, 1), RO)), errno.EPERM),  # not granted
     (lambda t, m: (pte_ptr(t, 1), pte(1 << 39, RO)), errno.EPERM),           # no such frame
-    (lambda t, m: (pte_ptr(t, 1), pte(m.memory_map(1)["mfn_base"] + 12, RO)), errno.EINVAL),
+    (lambda t, m: (pte_ptr(t, 1), pte(FREE_MFN, RO)), errno.EINVAL),         # a free frame
     (lambda t, m: (pte_ptr(t, 1), pte(t, RW)), errno.EPERM),                 # the table itself
 ])
 def test_mmu_update_refusals(pt, make_update, err):
@@ -351,7 +357,7 @@ def test_pin_and_unpin_refusals(pt):
     assert mem.mmuext(2, [("unpin", table)]) == (0, [-errno.EPERM])
     assert mem.mmuext(1, [("unpin", table + 1)]) == (0, [-errno.EINVAL])       # not pinned
     assert mem.mmuext(1, [("pin_l1", 0x30)]) == (0, [-errno.EPERM])
-    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 7) + 1)]) == (0, [-errno.EINVAL])
+    assert mem.mmuext(1, [("pin_l1", FREE_MFN)]) == (0, [-errno.EINVAL])
     assert mem.mmuext(1, [("pin_l2", table)]) == (0, [-errno.ENOSYS])
 
 
