@@ -175,9 +175,8 @@ def _ints(world: World, name: str, bits: int) -> st.SearchStrategy:
         "memory_mb": [0, 1, 16, 2048, 4096, top],
         "mtu": [0, 67, 68, 1500, 9000, 65535, 65536, top],
         "tx": [0, 1, 2, 3, 10, top],
-        "ptr": [0, 1, 7, (world.hv.memory.memory_map(world.attacker)["mfn_base"] + 20) << 12,
-                top] if world.attacker in world.hv.memory.domains() else [0, top],
-        "mfn": [0, 0xFF, 0x100, top],
+        "ptr": [0, 1, 7, *(mfn << 12 for mfn in _own_mfns(world)), top],
+        "mfn": [0, 0xFF, 0x100, *_own_mfns(world), top],
     }
     for key, values in hints.items():
         if name == key or name.endswith("_" + key) or name.endswith(key + "s") \
@@ -185,6 +184,14 @@ def _ints(world: World, name: str, bits: int) -> st.SearchStrategy:
             picks = [x for x in values if 0 <= x <= top]
             return st.one_of(st.sampled_from(picks), st.integers(0, top))
     return st.one_of(st.sampled_from([0, 1, 2, top]), st.integers(0, top))
+
+
+def _own_mfns(world) -> list[int]:
+    """A few machine frames the attacker owns (its P2M), for PTE pointers."""
+    mem = world.hv.memory
+    if world.attacker not in mem.domains():
+        return []
+    return sorted(mem.p2m(world.attacker).values())[20:23]
 
 
 PATHS = ["/", "/local", "/local/domain", "/local/domain/0", "/local/domain/0/backend",

@@ -54,7 +54,7 @@ import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_, XenError
@@ -81,6 +81,13 @@ INVALID_M2P_ENTRY = (1 << 64) - 1
 BusyCheck = Callable[[int, int], "str | None"]
 # The machine frames some other core still references (e.g. grant mappings).
 HeldFrames = Callable[[], "Iterable[int]"]
+
+
+class Pool(NamedTuple):
+    first: int          # the pool's first frame
+    fresh: int          # frames from here on were never handed out
+    free: list[int]     # freed frames, the longest free first
+    kept: set[int]      # a gone domain's frames something still references
 
 
 @dataclass
@@ -207,6 +214,8 @@ class MachineMemory:
             raise MemoryError_(errno.EINVAL, f"d{domid}: initial reservation {initial_pages} "
                                              f"pages exceeds the maximum {max_pages}")
         self._check_max_limit(domid, max_pages)
+        if initial_pages > self.free_pages:
+            self._reclaim_orphans()
         if initial_pages > self.free_pages:
             raise MemoryError_(errno.ENOMEM, f"d{domid} needs {initial_pages} pages; "
                                              f"the host has {self.free_pages} free")
@@ -512,10 +521,9 @@ class MachineMemory:
         """mfn -> (domid, gfn) of every owned frame."""
         return dict(self._m2p)
 
-    def pool(self) -> tuple[list[int], set[int], int]:
-        """(free frames, frames of gone domains still referenced, the
-        first never-used frame): for the invariant checks."""
-        return list(self._free), set(self._orphans), self._fresh
+    def pool(self) -> Pool:
+        """The pool's state, for the invariant checks."""
+        return Pool(MFN_HYPERVISOR_LIMIT, self._fresh, list(self._free), set(self._orphans))
 
     def _frame_bytes(self, mfn: int) -> tuple[_Segment, int]:
         """The owner's segment and the offset of the frame's bytes in its ram."""

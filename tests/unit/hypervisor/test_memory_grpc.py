@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 
 import grpc
 import pytest
@@ -207,3 +208,33 @@ async def test_every_domain_reads_the_m2p(hypervisor):
         domid=d1, gfns=[gone]))
     got = await c2.memory.MachineToPhys(memory_pb2.MachineToPhysRequest(mfns=[mm.mfns[-1]]))
     assert list(got.gfns) == [memory_hv.INVALID_M2P_ENTRY]
+
+
+async def test_ballooning_out_gives_the_memory_back_to_the_host(hypervisor):
+    """Measured on the host (the blocks tmpfs backs the segment with), not
+    by xenlab's counters; xl info's free memory is the pool's."""
+    domid, dom = await hypervisor.create_domain("web")
+    path = hypervisor.hv.memory.segment_path(domid)
+    gfns = list(range(1024, 1024 + 256))
+    for gfn in gfns:
+        hypervisor.hv.memory.frame(domid, gfn)[:] = b"\x5a" * PAGE
+    backed = os.stat(path).st_blocks * 512 // PAGE
+    free = (await hypervisor.dom0.domains.GetHostInfo(common_pb2.Empty())).free_memory_kb
+    old = [hypervisor.hv.memory.gfn_to_mfn(domid, g) for g in gfns]
+    await dom.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
+        domid=domid, gfns=gfns))
+    assert os.stat(path).st_blocks * 512 // PAGE <= backed - 256
+    info = await hypervisor.dom0.domains.GetHostInfo(common_pb2.Empty())
+    assert info.free_memory_kb == free + 256 * 4
+    assert info.free_memory_kb == hypervisor.hv.memory.free_pages * 4
+    out = await dom.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
+        domid=domid, nr_pages=256))
+    assert list(out.gfns) == gfns
+    mm = await dom.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(domid),
+                                                                   with_populated=True))
+    p2m = dict(zip(mm.populated, mm.mfns))
+    assert not {p2m[g] for g in gfns} & set(old)
+    back = await dom.memory.MachineToPhys(memory_pb2.MachineToPhysRequest(
+        mfns=[p2m[g] for g in gfns]))
+    assert list(back.gfns) == gfns
+    assert bytes(hypervisor.hv.memory.frame(domid, gfns[0])) == bytes(PAGE)
