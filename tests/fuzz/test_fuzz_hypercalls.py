@@ -68,6 +68,7 @@ class World:
         self.lab, self.hv = lab, lab.hv
         self.secrets: dict[int, str] = {0: lab.hv.dom0_secret}
         self.victim = self.attacker = -1
+        self.attacker_name = ""
         self.victim_refs: list[int] = []
         self.offered_refs: list[int] = []
         self.victim_ports: list[int] = []
@@ -118,6 +119,7 @@ class World:
 
     async def _attacker(self) -> None:
         self.attacker = await self._create("attacker")
+        self.attacker_name = f"attacker{self.generation}"
         victim = self._client(self.victim)
         # The victim offers the new attacker a page of each kind and a port:
         # what the attacker may legitimately touch.
@@ -137,10 +139,13 @@ class World:
         nodes = hv.xenstore.nodes()
         tops = ("/local/domain/0", f"/local/domain/{v}", "/tool", f"/libxl/{v}")
         # Domain-0's backend directories for the attacker's own devices (its
-        # console) go when the attacker dies, as libxl removes them: not the
-        # attacker's doing to Domain-0.
-        its_backends = tuple(f"/local/domain/0/backend/{kind}/{self.attacker}"
-                             for kind in ("console", "vif"))
+        # console) go when the attacker dies, as libxl removes them, and come
+        # for the domain it restarts as (on_reboot=restart, the default, keeps
+        # its name): not the attacker's doing to Domain-0.
+        its_ids = {self.attacker} | {d.domid for d in hv.domains
+                                     if d.name == self.attacker_name}
+        its_backends = tuple(f"/local/domain/0/backend/{kind}/{domid}"
+                             for kind in ("console", "vif") for domid in its_ids)
         mine = {p: (n.value, n.perms) for p, n in nodes.items()
                 if any(p == t or p.startswith(t + "/") for t in tops)
                 and not any(p == b or p.startswith(b + "/") for b in its_backends)}

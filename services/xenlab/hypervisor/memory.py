@@ -74,9 +74,6 @@ REPUNCH_EXTENTS = 256
 
 _PTE = struct.Struct("<Q")
 
-# The M2P entry of a frame no domain owns (xen.h INVALID_M2P_ENTRY).
-INVALID_M2P_ENTRY = (1 << 64) - 1
-
 # A busy check answers why a domain's frame may not be freed now, or None.
 BusyCheck = Callable[[int, int], "str | None"]
 # The machine frames some other core still references (e.g. grant mappings).
@@ -511,7 +508,7 @@ class MachineMemory:
         frame no domain owns. Like Xen's table it names no owner."""
         mfns = list(mfns)
         _check_extents(len(mfns))
-        return [self._m2p.get(mfn, (0, INVALID_M2P_ENTRY))[1] for mfn in mfns]
+        return [self._m2p.get(mfn, (0, abi.INVALID_M2P_ENTRY))[1] for mfn in mfns]
 
     def p2m(self, domid: int) -> dict[int, int]:
         """gfn -> mfn of every populated frame of ``domid``."""

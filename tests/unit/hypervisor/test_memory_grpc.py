@@ -11,7 +11,6 @@ import pytest
 
 from xenlab.testing.grants import GuestGrantTable
 
-from xenlab.hypervisor import memory as memory_hv
 from xenlab.hypervisor.caller import DOM0
 from xenlab.proto import common_pb2, grants_pb2, memory_pb2
 from xenlab.xen import abi
@@ -202,12 +201,12 @@ async def test_every_domain_reads_the_m2p(hypervisor):
                                                                   with_populated=True))
     got = await c2.memory.MachineToPhys(memory_pb2.MachineToPhysRequest(
         mfns=list(mm.mfns[-64:]) + [0x10]))
-    assert list(got.gfns) == list(mm.populated[-64:]) + [memory_hv.INVALID_M2P_ENTRY]
+    assert list(got.gfns) == list(mm.populated[-64:]) + [abi.INVALID_M2P_ENTRY]
     gone = mm.populated[-1]
     await c1.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
         domid=d1, gfns=[gone]))
     got = await c2.memory.MachineToPhys(memory_pb2.MachineToPhysRequest(mfns=[mm.mfns[-1]]))
-    assert list(got.gfns) == [memory_hv.INVALID_M2P_ENTRY]
+    assert list(got.gfns) == [abi.INVALID_M2P_ENTRY]
 
 
 async def test_ballooning_out_gives_the_memory_back_to_the_host(hypervisor):
