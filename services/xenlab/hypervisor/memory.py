@@ -54,6 +54,7 @@ import struct
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from xenlab.xen import abi
@@ -101,10 +102,6 @@ class _Segment:
     present: bytearray = field(default_factory=bytearray)   # 1 per populated gfn
     free_hint: int = 0          # every gfn below it is populated
     repunch_at: int = 0         # where the next walk for brought-back pages starts
-
-    @property
-    def populated(self):
-        return self.p2m.keys()
 
     @property
     def current(self) -> int:
@@ -192,6 +189,10 @@ class MachineMemory:
         return MFN_HYPERVISOR_LIMIT + self._total - self._fresh
 
     def _reclaim_orphans(self) -> None:
+        # Only when the pool runs short and a gone domain left frames behind:
+        # the references are counted by the cores that hold them.
+        if not self._orphans:
+            return
         held = self._held()
         back = [mfn for mfn in self._orphans if not self._refs[mfn] and mfn not in held]
         self._orphans.difference_update(back)
@@ -517,6 +518,15 @@ class MachineMemory:
     def m2p(self) -> dict[int, tuple[int, int]]:
         """mfn -> (domid, gfn) of every owned frame."""
         return dict(self._m2p)
+
+    def p2m_view(self, domid: int) -> Mapping[int, int]:
+        """The live P2M of ``domid``, read-only (the invariant checks read
+        every frame after every fuzzer step: no copy)."""
+        return MappingProxyType(self._seg(domid).p2m)
+
+    def m2p_view(self) -> Mapping[int, tuple[int, int]]:
+        """The live M2P, read-only."""
+        return MappingProxyType(self._m2p)
 
     def pool(self) -> Pool:
         """The pool's state, for the invariant checks."""
