@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import itertools
+import operator
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -80,8 +82,54 @@ def _check_cores(hv, table: dict, live: set[int], out: list[str]) -> None:
             out.append(f"{name}: live d{domid} has no {name} state")
 
 
+def check_machine_frames(mem) -> list[str]:
+    """The pool, the P2Ms and the M2P agree: the M2P is the inverse of the
+    union of the P2Ms (so no frame is owned twice), and every machine frame
+    ever handed out is owned, free or a gone domain's still referenced,
+    exactly one of them. Run after every fuzzer step over every frame, so
+    the walks are C-level (map, set operations) and copy nothing."""
+    out: list[str] = []
+    m2p = mem.m2p_view()
+    pool = mem.pool()
+    free, kept = set(pool.free), pool.kept
+    owned = 0
+    for domid in mem.domains():
+        p2m = mem.p2m_view(domid)
+        owned += len(p2m)
+        if all(map(operator.eq, map(m2p.get, p2m.values()),
+                   zip(itertools.repeat(domid), p2m.keys()))):
+            continue
+        for gfn, mfn in sorted(p2m.items()):
+            if m2p.get(mfn) != (domid, gfn):
+                out.append(f"memory: d{domid} gfn {gfn:#x} -> mfn {mfn:#x}, but the M2P "
+                           f"says {m2p.get(mfn)}")
+    if owned != len(m2p):
+        out.append(f"memory: the M2P has {len(m2p)} frames, the P2Ms {owned}")
+    if len(free) != len(pool.free):
+        out.append("memory: a frame is on the free list twice")
+    for name, frames in (("free", free), ("kept for its references", kept)):
+        for mfn in sorted(m for m in frames if m in m2p):
+            out.append(f"memory: mfn {mfn:#x} is {name} and owned by d{m2p[mfn][0]}")
+    for mfn in sorted(free & kept):
+        out.append(f"memory: mfn {mfn:#x} is free and kept for its references")
+    for frames in (free, kept, m2p.keys()):
+        if frames and not pool.first <= min(frames) <= max(frames) < pool.fresh:
+            out.append(f"memory: a frame outside {pool.first:#x}..{pool.fresh:#x} (the "
+                       "frames the pool handed out) is owned, free or kept")
+    # The three are disjoint (checked above), so their sizes add up.
+    accounted = len(free) + len(kept) + len(m2p)
+    if accounted != pool.fresh - pool.first:
+        out.append(f"memory: {pool.fresh - pool.first} frames handed out, "
+                   f"{accounted} accounted for")
+    if mem.free_pages != mem.total_pages - len(m2p) - len(kept):
+        out.append(f"memory: {mem.free_pages} pages free; the pool says "
+                   f"{mem.total_pages - len(m2p) - len(kept)}")
+    return out
+
+
 def _check_memory(hv, out: list[str]) -> None:
     mem = hv.memory
+    out.extend(check_machine_frames(mem))
     if mem.free_pages < 0:
         out.append(f"memory: {-mem.free_pages} pages handed out beyond the host's {mem.total_pages}")
     for domid in mem.domains():
@@ -92,6 +140,8 @@ def _check_memory(hv, out: list[str]) -> None:
         if owner not in mem.domains():
             out.append(f"memory: mfn {mfn:#x} is pinned by d{owner}, which has no memory")
             continue
+        if mem.mfn_owner(mfn) is None or mem.mfn_owner(mfn)[0] != owner:
+            out.append(f"memory: mfn {mfn:#x} is pinned by d{owner}, which does not own it")
         foreign = hv.grants.mapped_by(owner) if owner in hv.grants.domains() else {}
         for index, val in mem.pinned_ptes(mfn).items():
             target = (val & abi.PTE_MFN_MASK) >> abi.PAGE_SHIFT
@@ -123,10 +173,15 @@ def _check_grants(hv, out: list[str]) -> None:
             where = f"grants: d{mapper} handle {m.handle} (d{m.granter} ref {m.ref})"
             owner = mem.mfn_owner(m.mfn)
             if owner is None:
-                continue        # the granter is gone; the mapper's mmap keeps the page
+                # The granter is gone; the mapper's mmap keeps the page, and
+                # the frame stays out of the pool while it does.
+                if m.mfn not in mem.pool().kept:
+                    out.append(f"{where}: mfn {m.mfn:#x} of a gone granter is back in the pool")
+                continue
             granter, gfn = owner
             if granter != m.granter:
-                continue        # a granter that is gone, whose domid came back
+                out.append(f"{where}: mfn {m.mfn:#x} is now d{granter}'s")
+                continue
             pin = pinned.get(granter, {}).get(m.ref)
             if pin is None or pin[1] != gfn:
                 out.append(f"{where}: no pinned grant entry for it")

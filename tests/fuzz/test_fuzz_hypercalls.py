@@ -68,6 +68,7 @@ class World:
         self.lab, self.hv = lab, lab.hv
         self.secrets: dict[int, str] = {0: lab.hv.dom0_secret}
         self.victim = self.attacker = -1
+        self.attacker_name = ""
         self.victim_refs: list[int] = []
         self.offered_refs: list[int] = []
         self.victim_ports: list[int] = []
@@ -118,6 +119,7 @@ class World:
 
     async def _attacker(self) -> None:
         self.attacker = await self._create("attacker")
+        self.attacker_name = f"attacker{self.generation}"
         victim = self._client(self.victim)
         # The victim offers the new attacker a page of each kind and a port:
         # what the attacker may legitimately touch.
@@ -137,10 +139,13 @@ class World:
         nodes = hv.xenstore.nodes()
         tops = ("/local/domain/0", f"/local/domain/{v}", "/tool", f"/libxl/{v}")
         # Domain-0's backend directories for the attacker's own devices (its
-        # console) go when the attacker dies, as libxl removes them: not the
-        # attacker's doing to Domain-0.
-        its_backends = tuple(f"/local/domain/0/backend/{kind}/{self.attacker}"
-                             for kind in ("console", "vif"))
+        # console) go when the attacker dies, as libxl removes them, and come
+        # for the domain it restarts as (on_reboot=restart, the default, keeps
+        # its name): not the attacker's doing to Domain-0.
+        its_ids = {self.attacker} | {d.domid for d in hv.domains
+                                     if d.name == self.attacker_name}
+        its_backends = tuple(f"/local/domain/0/backend/{kind}/{domid}"
+                             for kind in ("console", "vif") for domid in its_ids)
         mine = {p: (n.value, n.perms) for p, n in nodes.items()
                 if any(p == t or p.startswith(t + "/") for t in tops)
                 and not any(p == b or p.startswith(b + "/") for b in its_backends)}
@@ -175,9 +180,8 @@ def _ints(world: World, name: str, bits: int) -> st.SearchStrategy:
         "memory_mb": [0, 1, 16, 2048, 4096, top],
         "mtu": [0, 67, 68, 1500, 9000, 65535, 65536, top],
         "tx": [0, 1, 2, 3, 10, top],
-        "ptr": [0, 1, 7, (world.hv.memory.memory_map(world.attacker)["mfn_base"] + 20) << 12,
-                top] if world.attacker in world.hv.memory.domains() else [0, top],
-        "mfn": [0, 0xFF, 0x100, top],
+        "ptr": [0, 1, 7, *(mfn << 12 for mfn in _own_mfns(world)), top],
+        "mfn": [0, 0xFF, 0x100, *_own_mfns(world), top],
     }
     for key, values in hints.items():
         if name == key or name.endswith("_" + key) or name.endswith(key + "s") \
@@ -185,6 +189,14 @@ def _ints(world: World, name: str, bits: int) -> st.SearchStrategy:
             picks = [x for x in values if 0 <= x <= top]
             return st.one_of(st.sampled_from(picks), st.integers(0, top))
     return st.one_of(st.sampled_from([0, 1, 2, top]), st.integers(0, top))
+
+
+def _own_mfns(world) -> list[int]:
+    """A few machine frames the attacker owns (its P2M), for PTE pointers."""
+    mem = world.hv.memory
+    if world.attacker not in mem.domains():
+        return []
+    return sorted(mem.p2m(world.attacker).values())[20:23]
 
 
 PATHS = ["/", "/local", "/local/domain", "/local/domain/0", "/local/domain/0/backend",

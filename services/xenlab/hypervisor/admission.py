@@ -55,6 +55,7 @@ REQUEST_LIMITS = {
     "/xenlab.proto.Memory/IncreaseReservation": 8 * KiB,    # 512 gfns
     "/xenlab.proto.Memory/DecreaseReservation": 8 * KiB,    # 512 gfns
     "/xenlab.proto.Memory/MmuUpdate": 32 * KiB,             # 1024 updates
+    "/xenlab.proto.Memory/MachineToPhys": 8 * KiB,          # 512 mfns
 }
 MAX_REQUEST = max(DEFAULT_REQUEST_LIMIT, *REQUEST_LIMITS.values())
 

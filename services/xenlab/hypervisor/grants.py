@@ -169,6 +169,7 @@ class GrantTables:
         self.max_maptrack = max_maptrack
         self._tables: dict[int, _Table] = {}
         memory.add_busy_check(self._frame_busy)
+        memory.add_held_frames(self._mapped_frames)
 
     # -- domains ---------------------------------------------------------------
     def add_domain(self, domid: int, max_frames: int = abi.DEFAULT_MAX_GRANT_FRAMES,
@@ -410,6 +411,12 @@ class GrantTables:
     def domains(self) -> list[int]:
         """The domains that have a grant table."""
         return sorted(self._tables)
+
+    def _mapped_frames(self) -> set[int]:
+        """Every machine frame some domain holds a grant mapping of: Xen's
+        map takes a page reference, so the frame stays its granter's (and
+        out of the free pool) until the last mapping goes."""
+        return {mfn for table in self._tables.values() for mfn in table.foreign}
 
     def mapped_by(self, domid: int) -> ForeignFrames:
         """mfn -> readonly for the frames `domid` has mapped; a frame mapped

@@ -1,21 +1,37 @@
-"""Machine memory: one shared-memory segment per domain, reservations, the
-P2M and validated page-table updates.
+"""Machine memory: a pool of machine frames, each domain's P2M into it, the
+global M2P, reservations and validated page-table updates.
 
-A domain's segment is a file in a tmpfs directory. Page 0 is the domain's
-shared_info page (a Xen heap page, not guest RAM); guest frame ``gfn`` is
-segment page ``1 + gfn``. The file is as long as the capacity (the highest
-max_pages the domain ever had), but tmpfs allocates lazily: a frame costs
-host memory once it is written, and a freed frame is punched out again
-(MADV_REMOVE). The domain's process still maps its whole segment; touching
-a frame it gave back would bring the page back into tmpfs, so every
-reservation call, and every new target from the toolstack, also punches out
-whatever the domain brought back.
+Machine frames. The host has ``total_pages`` machine frames, numbered from
+``MFN_HYPERVISOR_LIMIT`` (frames below are Xen's own text, heap and tables).
+The hypervisor owns them all; a frame is free, owned by one domain at one
+gfn, or held by nobody but still referenced (a frame of a domain that is
+gone, still named by a PTE or a grant mapping: Xen frees a page only when
+its last reference goes). Each domain's P2M maps its populated gfns to
+frames, the M2P maps every owned frame back to (domid, gfn); the two are
+inverses of each other, always. ``populate_physmap`` hands out whatever
+frames are free: never-used ones first, then the longest free, so a frame
+the balloon gave back comes back as a different mfn.
 
-Machine frames: each domain owns a window of ``MFN_WINDOW`` machine frames,
-handed out by a bump allocator and never reused, so a stale PTE naming a
-destroyed domain's frame can never alias a new domain's memory. Within the
-window the P2M is the identity: ``mfn = mfn_base + gfn``. Frames below
-``MFN_HYPERVISOR_LIMIT`` are Xen's own.
+Where a frame's bytes live. A domain's process maps one memory object of
+its own, a file in a tmpfs directory: page 0 is its shared_info page (a Xen
+heap page, not guest RAM), and the bytes of the frame at its ``gfn`` are
+page ``1 + gfn``, whichever mfn the P2M says it is. One object per domain
+rather than one pool file every domain maps: a host process cannot be kept
+from the rest of a mapped file the way Xen's validated page tables keep a
+guest from other domains' frames, so each domain is handed its own memory
+only (and Domain-0 the granter's, for a grant map). A frame's bytes never
+have to move between objects: Xen scrubs a frame before handing it out
+again, and the hole punched into the old owner's object when the frame was
+freed is that scrub; the new owner's page at its gfn reads as zeros. The
+mfn is therefore the frame's identity (what PTEs, grant mappings and the
+M2P name) and the P2M decides which gfn page stands for it.
+
+Host memory. tmpfs allocates lazily: a frame costs host memory once it is
+written, and a freed frame is punched out again (MADV_REMOVE, as
+fallocate(FALLOC_FL_PUNCH_HOLE)). The domain's process maps its whole
+object but makes unpopulated frames PROT_NONE; a domain that brings a freed
+page back anyway (mprotect is its own) gets it punched out again at its next
+reservation call or new target.
 
 Page tables (x86 mm.c, simplified to L1 tables): a guest pins a frame it owns
 as an L1 table (MMUEXT_PIN_L1_TABLE), then changes its PTEs only through
@@ -35,18 +51,19 @@ import errno
 import mmap
 import os
 import struct
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
+from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_, XenError
 
 # Machine frames below this are Xen's own text, heap and tables.
 MFN_HYPERVISOR_LIMIT = 0x100
-# Machine frames reserved per domain: 16 GiB of guest frames.
-MFN_WINDOW = 1 << 22
+# The most frames one domain may have: 16 GiB.
+MAX_DOMAIN_PAGES = 1 << 22
 # 52-bit physical addresses (x86_64): the number of machine frames there are.
 MFN_LIMIT = 1 << (52 - abi.PAGE_SHIFT)
 MAX_EXTENTS = abi.MAX_EXTENTS
@@ -60,6 +77,15 @@ _PTE = struct.Struct("<Q")
 
 # A busy check answers why a domain's frame may not be freed now, or None.
 BusyCheck = Callable[[int, int], "str | None"]
+# The machine frames some other core still references (e.g. grant mappings).
+HeldFrames = Callable[[], "Iterable[int]"]
+
+
+class Pool(NamedTuple):
+    first: int          # the pool's first frame
+    fresh: int          # frames from here on were never handed out
+    free: list[int]     # freed frames, the longest free first
+    kept: set[int]      # a gone domain's frames something still references
 
 
 @dataclass
@@ -72,15 +98,14 @@ class _Segment:
     capacity: int
     max_pages: int
     target_pages: int
-    mfn_base: int
-    populated: set[int] = field(default_factory=set)
+    p2m: dict[int, int] = field(default_factory=dict)       # gfn -> mfn
     present: bytearray = field(default_factory=bytearray)   # 1 per populated gfn
     free_hint: int = 0          # every gfn below it is populated
     repunch_at: int = 0         # where the next walk for brought-back pages starts
 
     @property
     def current(self) -> int:
-        return len(self.populated)
+        return len(self.p2m)
 
 
 @dataclass
@@ -110,10 +135,18 @@ class MachineMemory:
     def __init__(self, shm_dir: Path, prefix: str, total_pages: int):
         self.shm_dir = Path(shm_dir)
         self.prefix = prefix
+        if not 0 <= total_pages <= MFN_LIMIT - MFN_HYPERVISOR_LIMIT:
+            raise MemoryError_(errno.EINVAL, f"{total_pages} machine frames do not fit in "
+                                             "a 52-bit physical address space")
         self._total = total_pages
         self._segs: dict[int, _Segment] = {}
-        self._by_base: dict[int, int] = {}        # mfn_base -> domid
-        self._next_base = MFN_HYPERVISOR_LIMIT
+        # The pool: frames never handed out start at _fresh; freed ones
+        # queue in _free, the longest free first.
+        self._fresh = MFN_HYPERVISOR_LIMIT
+        self._free: deque[int] = deque()
+        self._m2p: dict[int, tuple[int, int]] = {}   # mfn -> (domid, gfn)
+        self._orphans: set[int] = set()              # a gone domain's frames still referenced
+        self._held_checks: list[HeldFrames] = []
         self._tables: dict[int, _PinnedTable] = {}   # pinned L1 mfn -> table
         self._writable: Counter[int] = Counter()     # mfn -> PTEs mapping it RW
         self._refs: Counter[int] = Counter()         # mfn -> PTEs mapping it
@@ -127,11 +160,49 @@ class MachineMemory:
 
     @property
     def free_pages(self) -> int:
-        return self._total - sum(s.current for s in self._segs.values())
+        return self._total - len(self._m2p) - len(self._orphans)
 
     def add_busy_check(self, check: BusyCheck) -> None:
         """Register another core's veto on freeing a frame (e.g. a mapped grant)."""
         self._busy_checks.append(check)
+
+    def add_held_frames(self, held: HeldFrames) -> None:
+        """Register another core's references to machine frames (a grant
+        mapping keeps its frame after the granter is gone), so that a gone
+        domain's frame returns to the pool only once nothing names it."""
+        self._held_checks.append(held)
+
+    # -- the pool ----------------------------------------------------------------
+    def _alloc(self, count: int) -> list[int]:
+        if count > self._fresh_left() + len(self._free):
+            self._reclaim_orphans()
+        if count > self._fresh_left() + len(self._free):
+            raise MemoryError_(errno.ENOMEM, f"{count} machine frames wanted; "
+                                             f"{self._fresh_left() + len(self._free)} are free")
+        fresh = min(count, self._fresh_left())
+        out = list(range(self._fresh, self._fresh + fresh))
+        self._fresh += fresh
+        out.extend(self._free.popleft() for _ in range(count - fresh))
+        return out
+
+    def _fresh_left(self) -> int:
+        return MFN_HYPERVISOR_LIMIT + self._total - self._fresh
+
+    def _reclaim_orphans(self) -> None:
+        # Only when the pool runs short and a gone domain left frames behind:
+        # the references are counted by the cores that hold them.
+        if not self._orphans:
+            return
+        held = self._held()
+        back = [mfn for mfn in self._orphans if not self._refs[mfn] and mfn not in held]
+        self._orphans.difference_update(back)
+        self._free.extend(sorted(back))
+
+    def _held(self) -> set[int]:
+        held: set[int] = set()
+        for check in self._held_checks:
+            held.update(check())
+        return held
 
     # -- domains ---------------------------------------------------------------
     def add_domain(self, domid: int, max_pages: int, initial_pages: int) -> None:
@@ -142,14 +213,12 @@ class MachineMemory:
                                              f"pages exceeds the maximum {max_pages}")
         self._check_max_limit(domid, max_pages)
         if initial_pages > self.free_pages:
+            self._reclaim_orphans()
+        if initial_pages > self.free_pages:
             raise MemoryError_(errno.ENOMEM, f"d{domid} needs {initial_pages} pages; "
                                              f"the host has {self.free_pages} free")
-        if self._next_base + MFN_WINDOW > MFN_LIMIT:
-            raise MemoryError_(errno.ENOMEM, "machine address space exhausted")
         seg = self._create_segment(domid, max(max_pages, 1), max_pages, initial_pages)
-        self._next_base += MFN_WINDOW
         self._segs[domid] = seg
-        self._by_base[seg.mfn_base] = domid
         self._populate(seg, list(range(initial_pages)))
 
     def _create_segment(self, domid: int, capacity: int, max_pages: int,
@@ -168,14 +237,22 @@ class MachineMemory:
             path.unlink(missing_ok=True)
             raise
         return _Segment(domid, path, fd, info, ram, capacity, max_pages, target,
-                        self._next_base, present=bytearray(capacity))
+                        present=bytearray(capacity))
 
     def remove_domain(self, domid: int) -> None:
         seg = self._seg(domid)
         for mfn in [m for m, t in self._tables.items() if t.owner == domid]:
             self._drop_table(mfn)
         del self._segs[domid]
-        del self._by_base[seg.mfn_base]
+        # Its frames go back to the pool, but one another domain's PTE or
+        # grant mapping still names stays out of it until nothing does.
+        held = self._held()
+        for mfn in seg.p2m.values():
+            del self._m2p[mfn]
+            if self._refs[mfn] or mfn in held:
+                self._orphans.add(mfn)
+            else:
+                self._free.append(mfn)
         _close(seg.info)
         _close(seg.ram)
         os.close(seg.fd)
@@ -205,7 +282,7 @@ class MachineMemory:
         if not 0 <= gfn < seg.capacity:
             raise MemoryError_(errno.EINVAL, f"gfn {gfn:#x} is outside d{seg.domid}'s "
                                              f"{seg.capacity} frames")
-        if gfn not in seg.populated:
+        if gfn not in seg.p2m:
             raise MemoryError_(errno.EINVAL, f"gfn {gfn:#x} of d{seg.domid} is not populated")
 
     def frame(self, domid: int, gfn: int) -> memoryview:
@@ -221,7 +298,7 @@ class MachineMemory:
 
     def is_populated(self, domid: int, gfn: int) -> bool:
         seg = self._segs.get(domid)
-        return seg is not None and gfn in seg.populated
+        return seg is not None and gfn in seg.p2m
 
     # -- reservations (memory.h XENMEM_*) ------------------------------------------
     def increase_reservation(self, domid: int, nr_pages: int = 0,
@@ -235,10 +312,12 @@ class MachineMemory:
         if seg.current + count > seg.max_pages:
             raise MemoryError_(errno.ENOMEM, f"d{domid}: {seg.current} + {count} pages "
                                              f"would exceed the maximum of {seg.max_pages}")
+        _check_extents(count)
+        if count > self.free_pages:
+            self._reclaim_orphans()
         if count > self.free_pages:
             raise MemoryError_(errno.ENOMEM, f"d{domid} asks for {count} pages; the "
                                              f"host has {self.free_pages} free")
-        _check_extents(count)
         wanted = gfns or self._lowest_free(seg, count)
         # A new frame reads as zeros (Xen scrubs it), whatever the domain
         # wrote there through its mapping since it gave it back.
@@ -261,7 +340,7 @@ class MachineMemory:
             if not 0 <= gfn < seg.capacity:
                 raise MemoryError_(errno.EINVAL, f"gfn {gfn:#x} is outside d{seg.domid}'s "
                                                  f"{seg.capacity} frames")
-            if gfn in seg.populated:
+            if gfn in seg.p2m:
                 raise MemoryError_(errno.EINVAL, f"gfn {gfn:#x} of d{seg.domid} is "
                                                  "already populated")
 
@@ -278,12 +357,12 @@ class MachineMemory:
             gfn += 1
         return free
 
-    @staticmethod
-    def _populate(seg: _Segment, gfns: list[int]) -> None:
+    def _populate(self, seg: _Segment, gfns: list[int]) -> None:
         # Bookkeeping only: tmpfs backs a page when it is first touched, and
         # a never-touched or punched-out page reads as zeros.
-        seg.populated.update(gfns)
-        for gfn in gfns:
+        for gfn, mfn in zip(gfns, self._alloc(len(gfns))):
+            seg.p2m[gfn] = mfn
+            self._m2p[mfn] = (seg.domid, gfn)
             seg.present[gfn] = 1
 
     def decrease_reservation(self, domid: int, gfns: Iterable[int]) -> list[int]:
@@ -301,7 +380,9 @@ class MachineMemory:
             self._populated_gfn(seg, gfn)
             self._check_freeable(seg, gfn)
         for gfn in gfns:
-            seg.populated.discard(gfn)
+            mfn = seg.p2m.pop(gfn)
+            del self._m2p[mfn]
+            self._free.append(mfn)
             seg.present[gfn] = 0
         for first, count in _runs(gfns):
             self._release_frames(seg, first, count)
@@ -313,7 +394,7 @@ class MachineMemory:
     def _check_freeable(self, seg: _Segment, gfn: int) -> None:
         # Xen frees a page only when its last reference goes; a shared segment
         # cannot keep the old page alive, so a frame still in use is refused.
-        mfn = seg.mfn_base + gfn
+        mfn = seg.p2m[gfn]
         if mfn in self._tables:
             raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} is a pinned "
                                             "page table")
@@ -376,9 +457,9 @@ class MachineMemory:
         seg.max_pages = max_pages
 
     def _check_max_limit(self, domid: int, max_pages: int) -> None:
-        if max_pages > MFN_WINDOW:
+        if max_pages > MAX_DOMAIN_PAGES:
             raise MemoryError_(errno.EINVAL, f"d{domid}: {max_pages} pages is above xenlab's "
-                                             f"per-domain limit of {MFN_WINDOW}")
+                                             f"per-domain limit of {MAX_DOMAIN_PAGES}")
 
     def _grow(self, seg: _Segment, capacity: int) -> None:
         os.ftruncate(seg.fd, (1 + capacity) * abi.PAGE_SIZE)
@@ -401,41 +482,76 @@ class MachineMemory:
 
     def memory_map(self, domid: int, with_populated: bool = False) -> dict:
         seg = self._seg(domid)
+        gfns = sorted(seg.p2m) if with_populated else []
         return {
             "domid": domid,
             "shm_path": str(seg.path),
             "segment_pages": 1 + seg.capacity,
             "shared_info_offset": 0,
             "first_frame_offset": abi.PAGE_SIZE,
-            "populated": sorted(seg.populated) if with_populated else [],
-            "mfn_base": seg.mfn_base,
+            "populated": gfns,
+            "mfns": [seg.p2m[gfn] for gfn in gfns],
         }
 
     # -- the P2M --------------------------------------------------------------------
     def gfn_to_mfn(self, domid: int, gfn: int) -> int:
         seg = self._seg(domid)
         self._populated_gfn(seg, gfn)
-        return seg.mfn_base + gfn
+        return seg.p2m[gfn]
 
     def mfn_owner(self, mfn: int) -> tuple[int, int] | None:
-        if mfn < MFN_HYPERVISOR_LIMIT:
-            return None
-        base = mfn - (mfn - MFN_HYPERVISOR_LIMIT) % MFN_WINDOW
-        domid = self._by_base.get(base)
-        if domid is None or mfn - base >= self._segs[domid].capacity:
-            return None
-        return domid, mfn - base
+        """The M2P: (domid, gfn) of the frame, or None if no domain owns it."""
+        return self._m2p.get(mfn)
+
+    def machine_to_phys(self, mfns: Iterable[int]) -> list[int]:
+        """Xen's machine_to_phys_mapping, which every PV guest may read: the
+        gfn each frame is at in its owner's P2M, INVALID_M2P_ENTRY for a
+        frame no domain owns. Like Xen's table it names no owner."""
+        mfns = list(mfns)
+        _check_extents(len(mfns))
+        return [self._m2p.get(mfn, (0, abi.INVALID_M2P_ENTRY))[1] for mfn in mfns]
+
+    def p2m(self, domid: int) -> dict[int, int]:
+        """gfn -> mfn of every populated frame of ``domid``."""
+        return dict(self._seg(domid).p2m)
+
+    def m2p(self) -> dict[int, tuple[int, int]]:
+        """mfn -> (domid, gfn) of every owned frame."""
+        return dict(self._m2p)
+
+    def p2m_view(self, domid: int) -> Mapping[int, int]:
+        """The live P2M of ``domid``, read-only (the invariant checks read
+        every frame after every fuzzer step: no copy)."""
+        return MappingProxyType(self._seg(domid).p2m)
+
+    def m2p_view(self) -> Mapping[int, tuple[int, int]]:
+        """The live M2P, read-only."""
+        return MappingProxyType(self._m2p)
+
+    def pool(self) -> Pool:
+        """The pool's state, for the invariant checks."""
+        return Pool(MFN_HYPERVISOR_LIMIT, self._fresh, list(self._free), set(self._orphans))
+
+    def _frame_bytes(self, mfn: int) -> tuple[_Segment, int]:
+        """The owner's segment and the offset of the frame's bytes in its ram."""
+        domid, gfn = self._m2p[mfn]
+        return self._segs[domid], gfn * abi.PAGE_SIZE
 
     def _owned_frame(self, domid: int, mfn: int, what: str) -> _Segment:
         if mfn < MFN_HYPERVISOR_LIMIT:
             raise MemoryError_(errno.EPERM, f"{what} mfn {mfn:#x} is hypervisor space")
         owner = self.mfn_owner(mfn)
+        if owner is None and self._is_unowned(mfn):
+            raise MemoryError_(errno.EINVAL, f"{what} mfn {mfn:#x} is not populated")
         if owner is None or owner[0] != domid:
             raise MemoryError_(errno.EPERM, f"{what} mfn {mfn:#x} is not d{domid}'s")
-        seg = self._segs[domid]
-        if owner[1] not in seg.populated:
-            raise MemoryError_(errno.EINVAL, f"{what} mfn {mfn:#x} is not populated")
-        return seg
+        return self._segs[domid]
+
+    def _is_unowned(self, mfn: int) -> bool:
+        """A frame of the pool that is free (or a gone domain's): Xen's
+        get_page fails on it with EINVAL, as on a frame of no one."""
+        return (MFN_HYPERVISOR_LIMIT <= mfn < MFN_HYPERVISOR_LIMIT + self._total
+                and mfn not in self._m2p)
 
     # -- page tables (xen.h mmu_update, mmuext_op) ----------------------------------------
     def mmu_update(self, domid: int, updates: list[tuple[int, int]],
@@ -474,7 +590,7 @@ class MachineMemory:
         if cmd != abi.MMU_NORMAL_PT_UPDATE:
             raise MemoryError_(errno.EINVAL, f"bad mmu_update command {cmd}")
         table_mfn = ptr >> abi.PAGE_SHIFT
-        seg = self._owned_frame(domid, table_mfn, "page table")
+        self._owned_frame(domid, table_mfn, "page table")
         table = self._tables.get(table_mfn)
         if table is None:
             raise MemoryError_(errno.EINVAL, f"mfn {table_mfn:#x} is not a pinned L1 table")
@@ -487,7 +603,8 @@ class MachineMemory:
         if val & abi._PAGE_PRESENT:
             table.ptes[index] = val
             self._add_pte(table_mfn, index, val)
-        _PTE.pack_into(seg.ram, (table_mfn - seg.mfn_base) * abi.PAGE_SIZE + index * 8, val)
+        seg, offset = self._frame_bytes(table_mfn)
+        _PTE.pack_into(seg.ram, offset + index * 8, val)
 
     def _check_target(self, domid: int, val: int, foreign: Mapping[int, bool],
                       pinning: int | None = None) -> None:
@@ -498,11 +615,12 @@ class MachineMemory:
             raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is hypervisor space")
         owner = self.mfn_owner(mfn)
         if owner is not None and owner[0] == domid:
-            if owner[1] not in self._segs[domid].populated:
-                raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is not populated")
+            pass
         elif mfn in foreign:
             if writable and foreign[mfn]:
                 raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is granted read-only")
+        elif owner is None and self._is_unowned(mfn):
+            raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is not populated")
         else:
             raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is neither d{domid}'s nor "
                                             "granted to it")
@@ -545,8 +663,8 @@ class MachineMemory:
                 continue
             del table.ptes[index]
             self._drop_pte(table_mfn, index, val)
-            seg = self._segs[domid]
-            _PTE.pack_into(seg.ram, (table_mfn - seg.mfn_base) * abi.PAGE_SIZE + index * 8, 0)
+            seg, offset = self._frame_bytes(table_mfn)
+            _PTE.pack_into(seg.ram, offset + index * 8, 0)
             cleared += 1
         return cleared
 
@@ -559,14 +677,14 @@ class MachineMemory:
             raise MemoryError_(errno.ENOSYS, f"mmuext op {cmd!r} is not supported")
 
     def _pin_l1(self, domid: int, mfn: int, foreign: Mapping[int, bool]) -> None:
-        seg = self._owned_frame(domid, mfn, "page table")
+        self._owned_frame(domid, mfn, "page table")
         if mfn in self._tables:
             raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is already pinned")
         if self._writable[mfn]:
             # Xen's type count: a frame mapped writable cannot become a page table.
             raise MemoryError_(errno.EBUSY, f"mfn {mfn:#x} is mapped writable by "
                                             f"{self._writable[mfn]} PTE(s)")
-        ptes = self._read_table(seg, mfn)
+        ptes = self._read_table(mfn)
         for val in ptes.values():
             try:
                 self._check_target(domid, val, foreign, pinning=mfn)
@@ -577,10 +695,9 @@ class MachineMemory:
             self._add_pte(mfn, index, val)
         self._tables[mfn] = _PinnedTable(domid, ptes)
 
-    @staticmethod
-    def _read_table(seg: _Segment, mfn: int) -> dict[int, int]:
+    def _read_table(self, mfn: int) -> dict[int, int]:
         # Copied once out of guest-writable memory, then validated.
-        start = (mfn - seg.mfn_base) * abi.PAGE_SIZE
+        seg, start = self._frame_bytes(mfn)
         raw = seg.ram[start:start + abi.PAGE_SIZE]
         vals = struct.unpack(f"<{abi.PTES_PER_PAGE}Q", raw)
         return {i: v for i, v in enumerate(vals) if v & abi._PAGE_PRESENT}
@@ -604,7 +721,7 @@ class MachineMemory:
         return sorted(self._segs)
 
     def populated(self, domid: int) -> list[int]:
-        return sorted(self._seg(domid).populated)
+        return sorted(self._seg(domid).p2m)
 
     def pinned_tables(self) -> dict[int, int]:
         """mfn -> owner of every pinned L1 table."""

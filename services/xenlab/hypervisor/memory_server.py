@@ -76,6 +76,13 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
         return memory_pb2.MemoryMap(**self.hv.memory.memory_map(domid, request.with_populated))
 
     @handles_xen_errors
+    async def MachineToPhys(self, request, context):
+        # Every domain may read it, as every PV guest maps Xen's M2P read-only.
+        self._caller(context)
+        return memory_pb2.MachineToPhysResult(
+            gfns=self.hv.memory.machine_to_phys(list(request.mfns)))
+
+    @handles_xen_errors
     async def MmuUpdate(self, request, context):
         caller = self._caller(context)
         updates = [(u.ptr, u.val) for u in request.updates]

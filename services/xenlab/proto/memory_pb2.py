@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xenlab.proto import common_pb2 as xenlab_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xenlab/proto/memory.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"\\\n\x0bReservation\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x15\n\rcurrent_pages\x18\x02 \x01(\x04\x12\x11\n\tmax_pages\x18\x03 \x01(\x04\x12\x14\n\x0ctarget_pages\x18\x04 \x01(\x04\"K\n\x1aIncreaseReservationRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x10\n\x08nr_pages\x18\x02 \x01(\x04\x12\x0c\n\x04gfns\x18\x03 \x03(\x04\"9\n\x1a\x44\x65\x63reaseReservationRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04gfns\x18\x02 \x03(\x04\"Q\n\x11ReservationResult\x12\x0c\n\x04gfns\x18\x01 \x03(\x04\x12.\n\x0breservation\x18\x02 \x01(\x0b\x32\x19.xenlab.proto.Reservation\"D\n\rMemSetRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\n\n\x02kb\x18\x02 \x01(\x04\"\xa0\x01\n\tMemoryMap\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x10\n\x08shm_path\x18\x02 \x01(\t\x12\x15\n\rsegment_pages\x18\x03 \x01(\x04\x12\x1a\n\x12shared_info_offset\x18\x04 \x01(\x04\x12\x1a\n\x12\x66irst_frame_offset\x18\x05 \x01(\x04\x12\x11\n\tpopulated\x18\x06 \x03(\x04\x12\x10\n\x08mfn_base\x18\x07 \x01(\x04\"S\n\x10MemoryMapRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x16\n\x0ewith_populated\x18\x02 \x01(\x08\"%\n\tMmuUpdate\x12\x0b\n\x03ptr\x18\x01 \x01(\x04\x12\x0b\n\x03val\x18\x02 \x01(\x04\"<\n\x10MmuUpdateRequest\x12(\n\x07updates\x18\x01 \x03(\x0b\x32\x17.xenlab.proto.MmuUpdate\"/\n\x0fMmuUpdateResult\x12\x0c\n\x04\x64one\x18\x01 \x01(\r\x12\x0e\n\x06status\x18\x02 \x03(\x05\"j\n\x08MmuextOp\x12\'\n\x03\x63md\x18\x01 \x01(\x0e\x32\x1a.xenlab.proto.MmuextOp.Cmd\x12\x0b\n\x03mfn\x18\x02 \x01(\x04\"(\n\x03\x43md\x12\x10\n\x0cPIN_L1_TABLE\x10\x00\x12\x0f\n\x0bUNPIN_TABLE\x10\x01\"4\n\rMmuextRequest\x12#\n\x03ops\x18\x01 \x03(\x0b\x32\x16.xenlab.proto.MmuextOp2\xf6\x04\n\x06Memory\x12\x44\n\x0eGetReservation\x12\x17.xenlab.proto.DomainRef\x1a\x19.xenlab.proto.Reservation\x12`\n\x13IncreaseReservation\x12(.xenlab.proto.IncreaseReservationRequest\x1a\x1f.xenlab.proto.ReservationResult\x12`\n\x13\x44\x65\x63reaseReservation\x12(.xenlab.proto.DecreaseReservationRequest\x1a\x1f.xenlab.proto.ReservationResult\x12\x43\n\tSetTarget\x12\x1b.xenlab.proto.MemSetRequest\x1a\x19.xenlab.proto.Reservation\x12@\n\x06SetMax\x12\x1b.xenlab.proto.MemSetRequest\x1a\x19.xenlab.proto.Reservation\x12G\n\x0cGetMemoryMap\x12\x1e.xenlab.proto.MemoryMapRequest\x1a\x17.xenlab.proto.MemoryMap\x12J\n\tMmuUpdate\x12\x1e.xenlab.proto.MmuUpdateRequest\x1a\x1d.xenlab.proto.MmuUpdateResult\x12\x46\n\x08MmuextOp\x12\x1b.xenlab.proto.MmuextRequest\x1a\x1d.xenlab.proto.MmuUpdateResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xenlab/proto/memory.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"\\\n\x0bReservation\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x15\n\rcurrent_pages\x18\x02 \x01(\x04\x12\x11\n\tmax_pages\x18\x03 \x01(\x04\x12\x14\n\x0ctarget_pages\x18\x04 \x01(\x04\"K\n\x1aIncreaseReservationRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x10\n\x08nr_pages\x18\x02 \x01(\x04\x12\x0c\n\x04gfns\x18\x03 \x03(\x04\"9\n\x1a\x44\x65\x63reaseReservationRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04gfns\x18\x02 \x03(\x04\"Q\n\x11ReservationResult\x12\x0c\n\x04gfns\x18\x01 \x03(\x04\x12.\n\x0breservation\x18\x02 \x01(\x0b\x32\x19.xenlab.proto.Reservation\"D\n\rMemSetRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\n\n\x02kb\x18\x02 \x01(\x04\"\xa2\x01\n\tMemoryMap\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x10\n\x08shm_path\x18\x02 \x01(\t\x12\x15\n\rsegment_pages\x18\x03 \x01(\x04\x12\x1a\n\x12shared_info_offset\x18\x04 \x01(\x04\x12\x1a\n\x12\x66irst_frame_offset\x18\x05 \x01(\x04\x12\x11\n\tpopulated\x18\x06 \x03(\x04\x12\x0c\n\x04mfns\x18\x08 \x03(\x04J\x04\x08\x07\x10\x08\"S\n\x10MemoryMapRequest\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x16\n\x0ewith_populated\x18\x02 \x01(\x08\"%\n\tMmuUpdate\x12\x0b\n\x03ptr\x18\x01 \x01(\x04\x12\x0b\n\x03val\x18\x02 \x01(\x04\"<\n\x10MmuUpdateRequest\x12(\n\x07updates\x18\x01 \x03(\x0b\x32\x17.xenlab.proto.MmuUpdate\"/\n\x0fMmuUpdateResult\x12\x0c\n\x04\x64one\x18\x01 \x01(\r\x12\x0e\n\x06status\x18\x02 \x03(\x05\"j\n\x08MmuextOp\x12\'\n\x03\x63md\x18\x01 \x01(\x0e\x32\x1a.xenlab.proto.MmuextOp.Cmd\x12\x0b\n\x03mfn\x18\x02 \x01(\x04\"(\n\x03\x43md\x12\x10\n\x0cPIN_L1_TABLE\x10\x00\x12\x0f\n\x0bUNPIN_TABLE\x10\x01\"$\n\x14MachineToPhysRequest\x12\x0c\n\x04mfns\x18\x01 \x03(\x04\"#\n\x13MachineToPhysResult\x12\x0c\n\x04gfns\x18\x01 \x03(\x04\"4\n\rMmuextRequest\x12#\n\x03ops\x18\x01 \x03(\x0b\x32\x16.xenlab.proto.MmuextOp2\xce\x05\n\x06Memory\x12\x44\n\x0eGetReservation\x12\x17.xenlab.proto.DomainRef\x1a\x19.xenlab.proto.Reservation\x12`\n\x13IncreaseReservation\x12(.xenlab.proto.IncreaseReservationRequest\x1a\x1f.xenlab.proto.ReservationResult\x12`\n\x13\x44\x65\x63reaseReservation\x12(.xenlab.proto.DecreaseReservationRequest\x1a\x1f.xenlab.proto.ReservationResult\x12\x43\n\tSetTarget\x12\x1b.xenlab.proto.MemSetRequest\x1a\x19.xenlab.proto.Reservation\x12@\n\x06SetMax\x12\x1b.xenlab.proto.MemSetRequest\x1a\x19.xenlab.proto.Reservation\x12G\n\x0cGetMemoryMap\x12\x1e.xenlab.proto.MemoryMapRequest\x1a\x17.xenlab.proto.MemoryMap\x12J\n\tMmuUpdate\x12\x1e.xenlab.proto.MmuUpdateRequest\x1a\x1d.xenlab.proto.MmuUpdateResult\x12\x46\n\x08MmuextOp\x12\x1b.xenlab.proto.MmuextRequest\x1a\x1d.xenlab.proto.MmuUpdateResult\x12V\n\rMachineToPhys\x12\".xenlab.proto.MachineToPhysRequest\x1a!.xenlab.proto.MachineToPhysResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,21 +43,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MEMSETREQUEST']._serialized_start=383
   _globals['_MEMSETREQUEST']._serialized_end=451
   _globals['_MEMORYMAP']._serialized_start=454
-  _globals['_MEMORYMAP']._serialized_end=614
-  _globals['_MEMORYMAPREQUEST']._serialized_start=616
-  _globals['_MEMORYMAPREQUEST']._serialized_end=699
-  _globals['_MMUUPDATE']._serialized_start=701
-  _globals['_MMUUPDATE']._serialized_end=738
-  _globals['_MMUUPDATEREQUEST']._serialized_start=740
-  _globals['_MMUUPDATEREQUEST']._serialized_end=800
-  _globals['_MMUUPDATERESULT']._serialized_start=802
-  _globals['_MMUUPDATERESULT']._serialized_end=849
-  _globals['_MMUEXTOP']._serialized_start=851
-  _globals['_MMUEXTOP']._serialized_end=957
-  _globals['_MMUEXTOP_CMD']._serialized_start=917
-  _globals['_MMUEXTOP_CMD']._serialized_end=957
-  _globals['_MMUEXTREQUEST']._serialized_start=959
-  _globals['_MMUEXTREQUEST']._serialized_end=1011
-  _globals['_MEMORY']._serialized_start=1014
-  _globals['_MEMORY']._serialized_end=1644
+  _globals['_MEMORYMAP']._serialized_end=616
+  _globals['_MEMORYMAPREQUEST']._serialized_start=618
+  _globals['_MEMORYMAPREQUEST']._serialized_end=701
+  _globals['_MMUUPDATE']._serialized_start=703
+  _globals['_MMUUPDATE']._serialized_end=740
+  _globals['_MMUUPDATEREQUEST']._serialized_start=742
+  _globals['_MMUUPDATEREQUEST']._serialized_end=802
+  _globals['_MMUUPDATERESULT']._serialized_start=804
+  _globals['_MMUUPDATERESULT']._serialized_end=851
+  _globals['_MMUEXTOP']._serialized_start=853
+  _globals['_MMUEXTOP']._serialized_end=959
+  _globals['_MMUEXTOP_CMD']._serialized_start=919
+  _globals['_MMUEXTOP_CMD']._serialized_end=959
+  _globals['_MACHINETOPHYSREQUEST']._serialized_start=961
+  _globals['_MACHINETOPHYSREQUEST']._serialized_end=997
+  _globals['_MACHINETOPHYSRESULT']._serialized_start=999
+  _globals['_MACHINETOPHYSRESULT']._serialized_end=1034
+  _globals['_MMUEXTREQUEST']._serialized_start=1036
+  _globals['_MMUEXTREQUEST']._serialized_end=1088
+  _globals['_MEMORY']._serialized_start=1091
+  _globals['_MEMORY']._serialized_end=1809
 # @@protoc_insertion_point(module_scope)

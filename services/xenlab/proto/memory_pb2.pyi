@@ -55,22 +55,22 @@ class MemSetRequest(_message.Message):
     def __init__(self, domain: _Optional[_Union[_common_pb2.DomainRef, _Mapping]] = ..., kb: _Optional[int] = ...) -> None: ...
 
 class MemoryMap(_message.Message):
-    __slots__ = ("domid", "shm_path", "segment_pages", "shared_info_offset", "first_frame_offset", "populated", "mfn_base")
+    __slots__ = ("domid", "shm_path", "segment_pages", "shared_info_offset", "first_frame_offset", "populated", "mfns")
     DOMID_FIELD_NUMBER: _ClassVar[int]
     SHM_PATH_FIELD_NUMBER: _ClassVar[int]
     SEGMENT_PAGES_FIELD_NUMBER: _ClassVar[int]
     SHARED_INFO_OFFSET_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_OFFSET_FIELD_NUMBER: _ClassVar[int]
     POPULATED_FIELD_NUMBER: _ClassVar[int]
-    MFN_BASE_FIELD_NUMBER: _ClassVar[int]
+    MFNS_FIELD_NUMBER: _ClassVar[int]
     domid: int
     shm_path: str
     segment_pages: int
     shared_info_offset: int
     first_frame_offset: int
     populated: _containers.RepeatedScalarFieldContainer[int]
-    mfn_base: int
-    def __init__(self, domid: _Optional[int] = ..., shm_path: _Optional[str] = ..., segment_pages: _Optional[int] = ..., shared_info_offset: _Optional[int] = ..., first_frame_offset: _Optional[int] = ..., populated: _Optional[_Iterable[int]] = ..., mfn_base: _Optional[int] = ...) -> None: ...
+    mfns: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, domid: _Optional[int] = ..., shm_path: _Optional[str] = ..., segment_pages: _Optional[int] = ..., shared_info_offset: _Optional[int] = ..., first_frame_offset: _Optional[int] = ..., populated: _Optional[_Iterable[int]] = ..., mfns: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MemoryMapRequest(_message.Message):
     __slots__ = ("domain", "with_populated")
@@ -115,6 +115,18 @@ class MmuextOp(_message.Message):
     cmd: MmuextOp.Cmd
     mfn: int
     def __init__(self, cmd: _Optional[_Union[MmuextOp.Cmd, str]] = ..., mfn: _Optional[int] = ...) -> None: ...
+
+class MachineToPhysRequest(_message.Message):
+    __slots__ = ("mfns",)
+    MFNS_FIELD_NUMBER: _ClassVar[int]
+    mfns: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, mfns: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class MachineToPhysResult(_message.Message):
+    __slots__ = ("gfns",)
+    GFNS_FIELD_NUMBER: _ClassVar[int]
+    gfns: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, gfns: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MmuextRequest(_message.Message):
     __slots__ = ("ops",)

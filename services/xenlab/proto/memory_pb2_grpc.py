@@ -75,6 +75,11 @@ class MemoryStub(object):
                 request_serializer=xenlab_dot_proto_dot_memory__pb2.MmuextRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_memory__pb2.MmuUpdateResult.FromString,
                 _registered_method=True)
+        self.MachineToPhys = channel.unary_unary(
+                '/xenlab.proto.Memory/MachineToPhys',
+                request_serializer=xenlab_dot_proto_dot_memory__pb2.MachineToPhysRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_memory__pb2.MachineToPhysResult.FromString,
+                _registered_method=True)
 
 
 class MemoryServicer(object):
@@ -130,6 +135,12 @@ class MemoryServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MachineToPhys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MemoryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +183,11 @@ def add_MemoryServicer_to_server(servicer, server):
                     servicer.MmuextOp,
                     request_deserializer=xenlab_dot_proto_dot_memory__pb2.MmuextRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_memory__pb2.MmuUpdateResult.SerializeToString,
+            ),
+            'MachineToPhys': grpc.unary_unary_rpc_method_handler(
+                    servicer.MachineToPhys,
+                    request_deserializer=xenlab_dot_proto_dot_memory__pb2.MachineToPhysRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_memory__pb2.MachineToPhysResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -390,6 +406,33 @@ class Memory(object):
             '/xenlab.proto.Memory/MmuextOp',
             xenlab_dot_proto_dot_memory__pb2.MmuextRequest.SerializeToString,
             xenlab_dot_proto_dot_memory__pb2.MmuUpdateResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MachineToPhys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Memory/MachineToPhys',
+            xenlab_dot_proto_dot_memory__pb2.MachineToPhysRequest.SerializeToString,
+            xenlab_dot_proto_dot_memory__pb2.MachineToPhysResult.FromString,
             options,
             channel_credentials,
             insecure,

@@ -258,6 +258,8 @@ PTES_PER_PAGE = PAGE_SIZE // 8
 # driver hands over one page of frame numbers (frame_list) per hypercall, and
 # the lab's hypervisor takes no more.
 MAX_EXTENTS = PAGE_SIZE // 8
+# xen.h: the M2P entry of a frame no domain owns (~0UL on x86_64).
+INVALID_M2P_ENTRY = (1 << 64) - 1
 
 MMU_NORMAL_PT_UPDATE = 0       # ptr's low 2 bits select the update type
 MMU_MACHPHYS_UPDATE = 1

@@ -143,3 +143,18 @@ async def test_memory_ops_follow_the_reservation(doms):
     assert (await a.memory.reservation()).current_pages == before.current_pages - 1
     assert await a.memory.increase_reservation(1)
     assert (await a.memory.reservation()).current_pages == before.current_pages
+
+
+async def test_a_domain_reads_its_p2m_and_anyones_m2p(doms):
+    _, a, b = doms
+    mm = await a.memory.memory_map(with_populated=True)
+    assert len(mm.mfns) == len(mm.populated) == len(set(mm.mfns))
+    last = dict(zip(mm.populated, mm.mfns))
+    gfn = max(mm.populated)
+    assert await b.memory.machine_to_phys([last[gfn]]) == [gfn]
+    await a.memory.decrease_reservation([gfn])
+    assert await b.memory.machine_to_phys([last[gfn]]) == [abi.INVALID_M2P_ENTRY]
+    assert await a.memory.increase_reservation(1) == [gfn]
+    again = await a.memory.memory_map(with_populated=True)
+    new = dict(zip(again.populated, again.mfns))[gfn]
+    assert new != last[gfn] and await b.memory.machine_to_phys([new]) == [gfn]

@@ -11,8 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from xenlab.hypervisor.memory import MFN_HYPERVISOR_LIMIT, MFN_WINDOW, MachineMemory
+from xenlab.hypervisor.memory import MAX_DOMAIN_PAGES, MFN_HYPERVISOR_LIMIT, MachineMemory
+from xenlab.testing_invariants import check_machine_frames
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_, XenError
 
@@ -228,7 +231,7 @@ def test_set_max(mem):
         mem.increase_reservation(1, nr_pages=1)
     assert errno_of(e) == errno.ENOMEM
     with pytest.raises(MemoryError_) as e:
-        mem.set_max(1, MFN_WINDOW + 1)
+        mem.set_max(1, MAX_DOMAIN_PAGES + 1)
     assert errno_of(e) == errno.EINVAL
 
 
@@ -243,19 +246,25 @@ def test_set_target(mem):
 
 
 # -- the P2M ---------------------------------------------------------------------------
+# A frame of the 1000-page pool that the tests below never hand out.
+FREE_MFN = MFN_HYPERVISOR_LIMIT + 999
+
+
 def test_p2m_and_mfn_owner(mem):
     mem.add_domain(1, 8, 8)
     mem.add_domain(2, 8, 8)
-    base1, base2 = mem.memory_map(1)["mfn_base"], mem.memory_map(2)["mfn_base"]
-    assert base1 >= MFN_HYPERVISOR_LIMIT and base2 >= base1 + 8
-    assert mem.gfn_to_mfn(2, 3) == base2 + 3
-    assert mem.mfn_owner(base2 + 3) == (2, 3)
-    assert mem.mfn_owner(0x10) is None
-    assert mem.mfn_owner(base1 + 8) is None
+    for domid in (1, 2):
+        for gfn in range(8):
+            mfn = mem.gfn_to_mfn(domid, gfn)
+            assert mfn >= MFN_HYPERVISOR_LIMIT and mem.mfn_owner(mfn) == (domid, gfn)
+    assert len({mem.gfn_to_mfn(d, g) for d in (1, 2) for g in range(8)}) == 16
+    assert mem.mfn_owner(0x10) is None and mem.mfn_owner(FREE_MFN) is None
+    old = set(mem.p2m(1).values())
     mem.remove_domain(1)
-    assert mem.mfn_owner(base1) is None
+    assert all(mem.mfn_owner(mfn) is None for mfn in old)
     mem.add_domain(1, 8, 8)
-    assert mem.memory_map(1)["mfn_base"] not in (base1, base2)   # never reused
+    # Never-used frames are handed out before freed ones.
+    assert not old & set(mem.p2m(1).values())
 
 
 # -- page tables -------------------------------------------------------------------------------
@@ -300,7 +309,7 @@ def test_mmu_update_maps_an_own_frame(pt):
     (lambda t, m: (pte_ptr(t, 1), pte(0x42, RO)), errno.EPERM),              # hypervisor space
     (lambda t, m: (pte_ptr(t, 1), pte(m.gfn_to_mfn(2, 1), RO)), errno.EPERM),  # not granted
     (lambda t, m: (pte_ptr(t, 1), pte(1 << 39, RO)), errno.EPERM),           # no such frame
-    (lambda t, m: (pte_ptr(t, 1), pte(m.memory_map(1)["mfn_base"] + 12, RO)), errno.EINVAL),
+    (lambda t, m: (pte_ptr(t, 1), pte(FREE_MFN, RO)), errno.EINVAL),         # a free frame
     (lambda t, m: (pte_ptr(t, 1), pte(t, RW)), errno.EPERM),                 # the table itself
 ])
 def test_mmu_update_refusals(pt, make_update, err):
@@ -351,7 +360,7 @@ def test_pin_and_unpin_refusals(pt):
     assert mem.mmuext(2, [("unpin", table)]) == (0, [-errno.EPERM])
     assert mem.mmuext(1, [("unpin", table + 1)]) == (0, [-errno.EINVAL])       # not pinned
     assert mem.mmuext(1, [("pin_l1", 0x30)]) == (0, [-errno.EPERM])
-    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 7) + 1)]) == (0, [-errno.EINVAL])
+    assert mem.mmuext(1, [("pin_l1", FREE_MFN)]) == (0, [-errno.EINVAL])
     assert mem.mmuext(1, [("pin_l2", table)]) == (0, [-errno.ENOSYS])
 
 
@@ -526,3 +535,125 @@ def test_a_balloon_out_frame_the_guest_touches_again_is_punched_out_at_its_next_
     assert mem.increase_reservation(1, gfns=[64]) == [64]
     assert bytes(mem.frame(1, 64)) == bytes(PAGE)
     view.close()
+
+
+# -- the pool, the P2M and the M2P -------------------------------------------------------
+def test_ballooned_frames_come_back_as_different_mfns(mem):
+    mem.add_domain(1, 64, 64)
+    mem.add_domain(2, 64, 8)
+    before = mem.p2m(1)
+    gone = list(range(32, 48))
+    mem.decrease_reservation(1, gone)
+    assert mem.machine_to_phys(before[g] for g in gone) == [abi.INVALID_M2P_ENTRY] * 16
+    assert mem.increase_reservation(1, nr_pages=16) == gone
+    after = mem.p2m(1)
+    assert not {after[g] for g in gone} & set(before.values())
+    assert {g: after[g] for g in after if g not in gone} == \
+        {g: before[g] for g in before if g not in gone}
+    assert mem.machine_to_phys(after[g] for g in gone) == gone
+    assert all(mem.mfn_owner(after[g]) == (1, g) for g in gone)
+    assert check_machine_frames(mem) == []
+
+
+def test_freed_frames_are_reused_once_the_never_used_ones_are_gone(shm_dir):
+    mem = MachineMemory(shm_dir, "t-", total_pages=8)
+    mem.add_domain(1, 8, 8)
+    first = mem.p2m(1)
+    mem.decrease_reservation(1, [2, 5])
+    mem.add_domain(2, 8, 0)
+    assert mem.increase_reservation(2, nr_pages=2) == [0, 1]
+    # The longest free first: gfn 2's frame went before gfn 5's.
+    assert mem.p2m(2) == {0: first[2], 1: first[5]}
+    assert mem.machine_to_phys([first[2], first[5]]) == [0, 1]
+    assert mem.free_pages == 0 and check_machine_frames(mem) == []
+    mem.remove_domain(2)
+    mem.remove_domain(1)
+
+
+def test_a_gone_domains_frame_stays_out_of_the_pool_while_referenced(shm_dir):
+    """Xen frees a page when its last reference goes: a frame another
+    domain still maps (a grant mapping, a PTE) must not become someone
+    else's while it does."""
+    mem = MachineMemory(shm_dir, "t-", total_pages=16)
+    held: set[int] = set()
+    mem.add_held_frames(lambda: held)
+    mem.add_domain(1, 4, 4)
+    mem.add_domain(2, 4, 4)
+    mapped, by_pte = mem.gfn_to_mfn(1, 1), mem.gfn_to_mfn(1, 2)
+    held.add(mapped)
+    table = mem.gfn_to_mfn(2, 0)
+    assert mem.mmuext(2, [("pin_l1", table)]) == (1, [0])
+    assert mem.mmu_update(2, [(pte_ptr(table, 0), pte(by_pte, RO))], {by_pte: True}) == (1, [0])
+    mem.remove_domain(1)
+    assert mem.free_pages == 16 - 4 - 2
+    assert mem.pool().kept == {mapped, by_pte}
+    assert check_machine_frames(mem) == []
+    mem.add_domain(3, 10, 10)                  # every free frame, none of the kept ones
+    assert not {mapped, by_pte} & set(mem.p2m(3).values())
+    with pytest.raises(MemoryError_) as e:
+        mem.add_domain(4, 2, 1)
+    assert errno_of(e) == errno.ENOMEM
+    held.discard(mapped)                       # the grant is unmapped
+    mem.add_domain(4, 2, 1)
+    assert mem.p2m(4) == {0: mapped}
+    with pytest.raises(MemoryError_):
+        mem.increase_reservation(4, nr_pages=1)    # the PTE still names by_pte
+    assert mem.mmu_update(2, [(pte_ptr(table, 0), 0)], {}) == (1, [0])
+    assert mem.increase_reservation(4, nr_pages=1) == [1]
+    assert mem.p2m(4)[1] == by_pte and check_machine_frames(mem) == []
+    for domid in (2, 3, 4):
+        mem.remove_domain(domid)
+    assert mem.free_pages == 16 and check_machine_frames(mem) == []
+
+
+_OPS = st.lists(st.tuples(
+    st.sampled_from(["increase", "populate", "decrease", "hold", "release", "destroy"]),
+    st.integers(1, 3), st.integers(0, 40)), max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=_OPS)
+def test_p2m_and_m2p_stay_inverse_under_any_sequence(ops):
+    """Whatever the balloon, populate_physmap, grant references and domain
+    destruction do, the M2P is the inverse of the P2Ms, no frame is owned
+    twice, none is lost, and the free count is the pool's."""
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    path = Path(tempfile.mkdtemp(prefix="xl-mem-", dir=base))
+    mem = MachineMemory(path, "p-", total_pages=48)
+    held: dict[int, tuple[int, int]] = {}        # mfn -> (domid, gfn) when mapped
+    mem.add_held_frames(lambda: held)
+    # As the grant core does: the owner may not give back a mapped frame.
+    mem.add_busy_check(lambda d, g: "is mapped" if (d, g) in held.values() else None)
+    try:
+        for op, domid, n in ops:
+            if domid not in mem.domains():
+                with contextlib.suppress(MemoryError_):
+                    mem.add_domain(domid, 24, min(n, 24))
+                continue
+            have = mem.populated(domid)
+            with contextlib.suppress(MemoryError_):
+                if op == "increase":
+                    mem.increase_reservation(domid, nr_pages=n % 8)
+                elif op == "populate":
+                    mem.increase_reservation(domid, gfns=[n % 24, (n * 7 + 3) % 24][:1 + n % 2])
+                elif op == "decrease" and have:
+                    mem.decrease_reservation(domid, have[n % len(have):][:1 + n % 5])
+                elif op == "hold" and have:
+                    gfn = have[n % len(have)]
+                    held[mem.gfn_to_mfn(domid, gfn)] = (domid, gfn)
+                elif op == "release" and held:
+                    del held[sorted(held)[n % len(held)]]
+                elif op == "destroy":
+                    mem.remove_domain(domid)
+            assert check_machine_frames(mem) == []
+            owners = [mem.mfn_owner(mfn) for d in mem.domains() for mfn in mem.p2m(d).values()]
+            assert owners == [(d, g) for d in mem.domains() for g in mem.p2m(d)]
+            assert mem.free_pages >= 0
+            for mfn, (owner, gfn) in held.items():
+                # A mapped frame stays its granter's, or kept, never anyone else's.
+                assert mem.mfn_owner(mfn) in ((owner, gfn), None)
+                assert mem.mfn_owner(mfn) or mfn in mem.pool().kept
+    finally:
+        for domid in mem.domains():
+            mem.remove_domain(domid)
+        shutil.rmtree(path, ignore_errors=True)

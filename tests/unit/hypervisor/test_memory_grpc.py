@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import mmap
+import os
 
 import grpc
 import pytest
@@ -138,8 +139,9 @@ async def test_mem_max(hypervisor):
 
 async def test_mmu_update(hypervisor):
     domid, dom = await hypervisor.create_domain("web")
-    mm = await dom.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(domid)))
-    table, frame = mm.mfn_base, mm.mfn_base + 1
+    mm = await dom.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(domid),
+                                                                   with_populated=True))
+    table, frame = mm.mfns[0], mm.mfns[1]
     pin = memory_pb2.MmuextRequest(ops=[memory_pb2.MmuextOp(
         cmd=memory_pb2.MmuextOp.PIN_L1_TABLE, mfn=table)])
     assert (await dom.memory.MmuextOp(pin)).done == 1
@@ -161,8 +163,9 @@ async def test_mmu_update_of_a_granted_frame(hypervisor):
     m = await c2.grants.Map(grants_pb2.MapGrantRequest(domid=d1, ref=table.grant(d2, 9, True),
                                                        readonly=True))
     table.release()
-    mm = await c2.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(d2)))
-    table = mm.mfn_base
+    mm = await c2.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(d2),
+                                                                  with_populated=True))
+    table = mm.mfns[0]
     await c2.memory.MmuextOp(memory_pb2.MmuextRequest(ops=[memory_pb2.MmuextOp(
         cmd=memory_pb2.MmuextOp.PIN_L1_TABLE, mfn=table)]))
     res = await c2.memory.MmuUpdate(memory_pb2.MmuUpdateRequest(updates=[
@@ -171,11 +174,12 @@ async def test_mmu_update_of_a_granted_frame(hypervisor):
     assert res.done == 1 and list(res.status) == [0, -errno.EPERM]
     # d3 has no grant: the same frame is refused outright.
     d3, c3 = await hypervisor.create_domain("third")
-    mm3 = await c3.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(d3)))
+    mm3 = await c3.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(d3),
+                                                                   with_populated=True))
     await c3.memory.MmuextOp(memory_pb2.MmuextRequest(ops=[memory_pb2.MmuextOp(
-        cmd=memory_pb2.MmuextOp.PIN_L1_TABLE, mfn=mm3.mfn_base)]))
+        cmd=memory_pb2.MmuextOp.PIN_L1_TABLE, mfn=mm3.mfns[0])]))
     res = await c3.memory.MmuUpdate(memory_pb2.MmuUpdateRequest(updates=[
-        memory_pb2.MmuUpdate(ptr=mm3.mfn_base << 12, val=m.mfn << 12 | RO)]))
+        memory_pb2.MmuUpdate(ptr=mm3.mfns[0] << 12, val=m.mfn << 12 | RO)]))
     assert list(res.status) == [-errno.EPERM]
 
 
@@ -186,3 +190,50 @@ async def test_destroy_leaves_no_segment_behind(hypervisor):
     await hypervisor.dom0.domains.Destroy(ref(domid))
     assert path not in hypervisor.hv.memory.shm_files()
     assert hypervisor.hv.memory.shm_files() == [hypervisor.hv.memory.segment_path(0)]
+
+
+async def test_every_domain_reads_the_m2p(hypervisor):
+    """Xen maps machine_to_phys read-only into every PV guest: any domain
+    may read where any frame is, and a P2M read back through it is its inverse."""
+    d1, c1 = await hypervisor.create_domain("web")
+    d2, c2 = await hypervisor.create_domain("db")
+    mm = await c1.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(d1),
+                                                                  with_populated=True))
+    got = await c2.memory.MachineToPhys(memory_pb2.MachineToPhysRequest(
+        mfns=list(mm.mfns[-64:]) + [0x10]))
+    assert list(got.gfns) == list(mm.populated[-64:]) + [abi.INVALID_M2P_ENTRY]
+    gone = mm.populated[-1]
+    await c1.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
+        domid=d1, gfns=[gone]))
+    got = await c2.memory.MachineToPhys(memory_pb2.MachineToPhysRequest(mfns=[mm.mfns[-1]]))
+    assert list(got.gfns) == [abi.INVALID_M2P_ENTRY]
+
+
+async def test_ballooning_out_gives_the_memory_back_to_the_host(hypervisor):
+    """Measured on the host (the blocks tmpfs backs the segment with), not
+    by xenlab's counters; xl info's free memory is the pool's."""
+    domid, dom = await hypervisor.create_domain("web")
+    path = hypervisor.hv.memory.segment_path(domid)
+    gfns = list(range(1024, 1024 + 256))
+    for gfn in gfns:
+        hypervisor.hv.memory.frame(domid, gfn)[:] = b"\x5a" * PAGE
+    backed = os.stat(path).st_blocks * 512 // PAGE
+    free = (await hypervisor.dom0.domains.GetHostInfo(common_pb2.Empty())).free_memory_kb
+    old = [hypervisor.hv.memory.gfn_to_mfn(domid, g) for g in gfns]
+    await dom.memory.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
+        domid=domid, gfns=gfns))
+    assert os.stat(path).st_blocks * 512 // PAGE <= backed - 256
+    info = await hypervisor.dom0.domains.GetHostInfo(common_pb2.Empty())
+    assert info.free_memory_kb == free + 256 * 4
+    assert info.free_memory_kb == hypervisor.hv.memory.free_pages * 4
+    out = await dom.memory.IncreaseReservation(memory_pb2.IncreaseReservationRequest(
+        domid=domid, nr_pages=256))
+    assert list(out.gfns) == gfns
+    mm = await dom.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(domid),
+                                                                   with_populated=True))
+    p2m = dict(zip(mm.populated, mm.mfns))
+    assert not {p2m[g] for g in gfns} & set(old)
+    back = await dom.memory.MachineToPhys(memory_pb2.MachineToPhysRequest(
+        mfns=[p2m[g] for g in gfns]))
+    assert list(back.gfns) == gfns
+    assert bytes(hypervisor.hv.memory.frame(domid, gfns[0])) == bytes(PAGE)

@@ -19,6 +19,7 @@ class MemoryMap:
     shared_info_offset: int
     first_frame_offset: int
     populated: tuple[int, ...] = field(default=())
+    mfns: tuple[int, ...] = field(default=())     # the P2M of `populated`, in order
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,13 @@ class MemoryOps:
             domain=common_pb2.DomainRef(domid=self.domid), with_populated=with_populated)),
             MemoryError_)
         return MemoryMap(mm.shm_path, mm.segment_pages, mm.shared_info_offset,
-                         mm.first_frame_offset, tuple(mm.populated))
+                         mm.first_frame_offset, tuple(mm.populated), tuple(mm.mfns))
+
+    async def machine_to_phys(self, mfns) -> list[int]:
+        """Read Xen's M2P: each frame's gfn, INVALID_M2P_ENTRY if no domain owns it."""
+        got = await call(self._stub.MachineToPhys(memory_pb2.MachineToPhysRequest(
+            mfns=list(mfns))), MemoryError_)
+        return list(got.gfns)
 
     async def reservation(self) -> Reservation:
         res = await call(self._stub.GetReservation(common_pb2.DomainRef(domid=self.domid)),
