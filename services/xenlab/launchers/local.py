@@ -30,7 +30,21 @@ log = logging.getLogger(__name__)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class LocalProcess(DomainProcess):
+class HostThreads:
+    """A domain process in the hypervisor's own PID namespace: its threads
+    are seen and pinned through /proc and sched_setaffinity."""
+
+    pid: int
+
+    def vcpu_tasks(self):
+        return tasks.vcpu_tasks(self.pid)
+
+    def set_affinity(self, tids, cpus) -> None:
+        for tid in tids:
+            tasks.set_affinity(tid, cpus)
+
+
+class LocalProcess(HostThreads, DomainProcess):
     def __init__(self, proc: asyncio.subprocess.Process, agent: str = "",
                  cleanup=lambda: None, cgroup: DomainCgroup | None = None,
                  no_cgroup: str = ""):
@@ -87,20 +101,13 @@ class LocalProcess(DomainProcess):
             return 0.0
         return (int(fields[11]) + int(fields[12])) / _CLK_TCK   # utime + stime
 
-    def vcpu_tasks(self):
-        return tasks.vcpu_tasks(self.pid)
-
-    def set_affinity(self, tids, cpus) -> None:
-        for tid in tids:
-            tasks.set_affinity(tid, cpus)
-
     def set_credit(self, cfs: CfsValues) -> dict[str, str]:
         if self.cgroup is None:
             raise CgroupUnavailable(f"its process has no CPU cgroup: {self._no_cgroup}")
         return self.cgroup.apply(cfs)
 
 
-class ForeignProcess(DomainProcess):
+class ForeignProcess(HostThreads, DomainProcess):
     """A domain kernel the hypervisor did not start (Domain-0's `xenlab
     dom0`, found through its doorbell connection): its threads can be seen
     and pinned; it has no cgroup of ours, and its life is not ours to end."""
@@ -125,13 +132,6 @@ class ForeignProcess(DomainProcess):
 
     async def kill(self) -> None:
         raise NotImplementedError("not ours to kill")
-
-    def vcpu_tasks(self):
-        return tasks.vcpu_tasks(self.pid)
-
-    def set_affinity(self, tids, cpus) -> None:
-        for tid in tids:
-            tasks.set_affinity(tid, cpus)
 
     def set_credit(self, cfs: CfsValues) -> dict[str, str]:
         raise CgroupUnavailable(f"process {self.pid} was not started by the hypervisor: it has no "

@@ -1,13 +1,15 @@
 """A domain kernel's half of its grant table, for tests of the hypervisor's:
 the entries written with xen/grant_table.py into the very frames the
 hypervisor reads, through its own mapping of the domain's memory (the same
-pages the domain's process maps)."""
+pages the domain's process maps). The same table as
+xenlab.testing.grants.GuestGrantTable, set up on the core directly."""
 from __future__ import annotations
 
-from xenlab.xen.grant_table import GrantFrames, GrantRefs
+from xenlab.testing.grants import GuestGrantTable
+from xenlab.xen.grant_table import GrantFrames
 
 
-class GuestGrants:
+class GuestGrants(GuestGrantTable):
     def __init__(self, gt, domid: int, gfns: list[int]):
         self.gt, self.domid = gt, domid
         memory = gt.memory
@@ -16,20 +18,7 @@ class GuestGrants:
             memory.increase_reservation(domid, gfns=missing)
         gt.setup_table(domid, gfns)
         self.gfns = list(gfns)
-        self.frames = GrantFrames(memory.frame(domid, g) for g in gfns)
-        self.refs = GrantRefs(self.frames.nr_entries)
-
-    def grant(self, peer: int, gfn: int, readonly: bool = False) -> int:
-        [ref] = self.refs.alloc(1)
-        self.frames.grant(ref, peer, gfn, readonly)
-        return ref
-
-    def end(self, ref: int) -> bool:
-        """gnttab_end_foreign_access_ref: False while the entry is pinned."""
-        if self.frames.end_access(ref):
-            self.refs.release([ref])
-            return True
-        return False
+        super().__init__(GrantFrames(memory.frame(domid, g) for g in gfns))
 
     def close(self) -> None:
-        self.frames.release()
+        self.release()
