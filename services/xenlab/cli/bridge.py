@@ -479,18 +479,23 @@ async def brctl(bridges: BridgeClient, argv: list[str], out=sys.stdout) -> int:
 
 
 # -- entry points ------------------------------------------------------------------------------
-def _split_rundir(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Path, list[str]]:
-    argv = list(argv)
-    rundir = None
+def take_rundir(argv: list[str]) -> Path | None:
+    """Take `--rundir DIR` or `--rundir=DIR` out of ``argv``, from anywhere
+    in it (the commands that parse their own command line take it so)."""
     for i, word in enumerate(argv):
         if word == "--rundir" and i + 1 < len(argv):
             rundir = Path(argv[i + 1])
             del argv[i:i + 2]
-            break
+            return rundir
         if word.startswith("--rundir="):
-            rundir = Path(word.split("=", 1)[1])
             del argv[i]
-            break
+            return Path(word.split("=", 1)[1])
+    return None
+
+
+def _split_rundir(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Path, list[str]]:
+    argv = list(argv)
+    rundir = take_rundir(argv)
     if rundir is None:
         rundir = Path(env.get("XENLAB_RUNDIR") or f"/tmp/xenlab-{os.getuid()}")
     return rundir, argv

@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import grpc
 
+from xenlab.cli.bridge import take_rundir
 from xenlab.client import HypervisorClient
 from xenlab.net.netem import USAGE as NETEM_USAGE, NetemError, parse_netem
 from xenlab.rundir import Rundir, default_rundir
@@ -55,16 +56,7 @@ class TcCommand:
 def parse_tc(argv: Sequence[str]) -> TcCommand:
     """tc's command line for the qdisc subset; Usage (one line) for anything else."""
     argv = list(argv)
-    stats, rundir = False, None
-    for i, word in enumerate(argv):        # anywhere, as the other lab commands take it
-        if word == "--rundir" and i + 1 < len(argv):
-            rundir = Path(argv[i + 1])
-            del argv[i:i + 2]
-            break
-        if word.startswith("--rundir="):
-            rundir = Path(word.split("=", 1)[1])
-            del argv[i]
-            break
+    stats, rundir = False, take_rundir(argv)
     while argv and argv[0].startswith("-"):
         opt = argv.pop(0)
         if opt in ("-h", "--help", "-help"):
