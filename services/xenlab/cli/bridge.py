@@ -36,6 +36,7 @@ from xenlab.bridge.client import BridgeClient
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.proto import bridge_pb2
 from xenlab.rpc import STATUS_ERRNO
+from xenlab.rundir import default_rundir
 from xenlab.xen import netconf
 from xenlab.xen.errors import ConfigError, XenError
 from xenlab.xen.netconf import format_mac
@@ -495,10 +496,7 @@ def take_rundir(argv: list[str]) -> Path | None:
 
 def _split_rundir(argv: Sequence[str], env: Mapping[str, str]) -> tuple[Path, list[str]]:
     argv = list(argv)
-    rundir = take_rundir(argv)
-    if rundir is None:
-        rundir = Path(env.get("XENLAB_RUNDIR") or f"/tmp/xenlab-{os.getuid()}")
-    return rundir, argv
+    return take_rundir(argv) or default_rundir(env), argv
 
 
 async def _with_bridges(rundir: Path, work):

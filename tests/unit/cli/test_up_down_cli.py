@@ -98,6 +98,18 @@ def test_xdg_runtime_dir_is_the_default_rundir(tmp_path):
     assert f"no lab is running in {runtime}/xenlab (start one with `xenlab up`" in result.stderr
 
 
+
+@pytest.mark.parametrize("command", [("bridge", "fdb", "show"), ("brctl", "show"),
+                                     ("ip", "link", "show"), ("tc", "qdisc", "show")])
+def test_commands_that_parse_their_own_line_default_to_the_same_rundir(tmp_path, command):
+    # bridge, brctl and ip looked in /tmp/xenlab-UID whatever XDG_RUNTIME_DIR
+    # said, so they missed the lab `xenlab up` had started there.
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    result = xenlab(*command, env={"XDG_RUNTIME_DIR": str(runtime)})
+    assert f"no lab is running in {runtime}/xenlab (start one with `xenlab up`" in result.stderr
+
+
 def stale_lab(rundir: Path, shm: Path) -> None:
     """What a lab killed with SIGKILL leaves: its state, the hypervisor's
     files and sockets, and its domains' memory segments."""
