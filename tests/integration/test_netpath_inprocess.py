@@ -908,3 +908,20 @@ async def test_a_backend_key_that_is_not_text_or_not_a_state_fails_only_that_int
     net.kernels[0].vifs[f"vif{c.domid}.1"].transmit(sent)
     assert await at_c.wait(1) == sent
     check_invariants(net.hv)
+
+
+async def test_a_vif_detached_and_attached_again_at_once_connects_every_time(net):
+    """`xl network-detach` then `network-attach` of the same devid, with no
+    pause: the new directories can be there before the domains' xenbus has
+    handled the removal's events. Each time both ends must connect again
+    (both were left in Initialising about one cycle in eight)."""
+    a = await net.boot_domu("a")
+    await net.attach_vif(a.domid)
+    await net.connected(a.domid)
+    be, fe = net.backend_path(a.domid), net.frontend_path(a.domid)
+    for cycle in range(6):
+        await net.toolstack.network_detach(a.domid, "0")
+        await net.attach_vif(a.domid)
+        await net.wait_state(be, S.Connected)
+        await net.wait_state(fe, S.Connected)
+        await eventually(lambda: f"vif{a.domid}.0" in net.kernels[0].vifs, f"cycle {cycle}: the vif")

@@ -181,6 +181,13 @@ class XenbusDriver:
     async def remove(self, path: str) -> None:
         """A device directory went away."""
 
+    def stale(self, path: str) -> bool:
+        """The device at `path` has closed down for good (its end reached
+        Closed, or it was torn down): if its directory is there when an
+        event for the directory itself comes, it is a new device of the
+        same name, made again after a removal the bus had not handled yet."""
+        return False
+
 
 class XenbusBus:
     """Watches the device directories of registered drivers and probes or
@@ -223,6 +230,11 @@ class XenbusBus:
                 if len(rel) > depth and device in self.devices:
                     return      # a key of a device that is known: not ours to act on
                 present = {device} if await self._exists(device) else set()
+                if present and self.devices.get(device) is driver and driver.stale(device):
+                    # Removed and made again (a detach and re-attach of the
+                    # same devid) before this event of the removal came:
+                    # the device there is not the one we know.
+                    await self._reconcile(driver, set(), lambda p: p == device)
                 await self._reconcile(driver, present, lambda p: p == device)
                 return
             # A directory between the root and the devices (backend/vif/D).

@@ -295,6 +295,10 @@ class XenbusDeviceDriver(XenbusDriver):
         if dev is not None:
             dev.removed()
 
+    def stale(self, path: str) -> bool:
+        dev = self.devices.get(path)
+        return dev is not None and (dev.state == XenbusState.Closed or dev.finished.is_set())
+
     async def close(self) -> None:
         for dev in list(self.devices.values()):
             await dev.stop()

@@ -20,12 +20,17 @@ class Recorder(XenbusDriver):
 
     def __init__(self):
         self.log: list[tuple[str, str]] = []
+        self.closed: set[str] = set()
 
     async def probe(self, path: str) -> None:
         self.log.append(("probe", path))
 
     async def remove(self, path: str) -> None:
         self.log.append(("remove", path))
+        self.closed.discard(path)
+
+    def stale(self, path: str) -> bool:
+        return path in self.closed
 
 
 class CountingXenbus(XenbusClient):
@@ -124,3 +129,31 @@ async def test_devices_present_before_registration_are_probed(hypervisor, watche
     await _rm(hypervisor, "/local/domain/0/backend")
     await _settle(xenbus)
     assert sorted(driver.log[2:]) == [("remove", f"{ROOT}/4/0"), ("remove", f"{ROOT}/5/2")]
+
+
+async def test_a_closed_device_removed_and_made_again_before_the_bus_saw_it_is_probed_again(
+        hypervisor, watched):
+    """A vif detached and re-attached with the same devid faster than the
+    domain's xenbus handles the removal's event: the event finds the
+    directory there again. The device the bus knows has closed down, so
+    the one there is new: remove the old, probe the new (both ends were
+    left in Initialising for ever before)."""
+    xenbus, bus, driver = await watched()
+    await _write(hypervisor, f"{ROOT}/6/0/state", "1")
+    await _settle(xenbus)
+    driver.closed.add(f"{ROOT}/6/0")          # the device reached Closed
+    async with bus._scan_lock:                 # the bus is busy: events wait
+        await _rm(hypervisor, f"{ROOT}/6/0")
+        await _write(hypervisor, f"{ROOT}/6/0/state", "1")
+    await _settle(xenbus)
+    assert driver.log == [("probe", f"{ROOT}/6/0"), ("remove", f"{ROOT}/6/0"),
+                          ("probe", f"{ROOT}/6/0")]
+
+
+async def test_a_live_device_is_not_reprobed_by_an_event_for_its_directory(hypervisor, watched):
+    xenbus, bus, driver = await watched()
+    await _write(hypervisor, f"{ROOT}/7/0/state", "1")
+    await _settle(xenbus)
+    await _write(hypervisor, f"{ROOT}/7/0", "")
+    await _settle(xenbus)
+    assert driver.log == [("probe", f"{ROOT}/7/0")]
