@@ -35,7 +35,6 @@ from xenlab.xen.start_info import StartInfo
 
 log = logging.getLogger(__name__)
 
-TIMER_PERIOD = 1.0   # seconds between VIRQ_TIMER ticks (the guest's HZ is tiny)
 
 
 class NetifTable(dict):
@@ -192,9 +191,13 @@ class DomainKernel:
             await self.bus.register(driver)
 
     async def _start_timer(self) -> None:
+        """Bind VIRQ_TIMER, as Linux's xen_setup_timer does, and arm
+        nothing: the kernel is tickless (NO_HZ_IDLE) and programs the
+        singleshot timer only for a timeout it waits on. It has none (its
+        timeouts are its event loop's), so an idle domain costs the
+        hypervisor no message and is woken by nothing."""
         port = await self.evtchn.bind_virq(abi.VIRQ_TIMER, 0)
         self.evtchn.bind_handler(port, self._on_timer)
-        await self.hypercall.evtchn.set_timer(0, TIMER_PERIOD)
         for cpu in range(max(1, self.start_info.vcpus)):
             nmi = await self.evtchn.bind_virq(abi.VIRQ_NMI, cpu)
             self.evtchn.bind_handler(nmi, lambda port, cpu=cpu: self._on_nmi(cpu))
@@ -213,14 +216,6 @@ class DomainKernel:
 
     def _on_timer(self, port: int) -> None:
         self.ticks += 1
-        if not self._stop.is_set():
-            asyncio.get_running_loop().create_task(self._rearm_timer())
-
-    async def _rearm_timer(self) -> None:
-        try:
-            await self.hypercall.evtchn.set_timer(0, TIMER_PERIOD)
-        except XenError as err:
-            log.debug("timer re-arm failed: %s", err.message)
 
     async def _on_shutdown_request(self, path: str) -> None:
         try:
