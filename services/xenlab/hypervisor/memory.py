@@ -376,13 +376,13 @@ class MachineMemory:
         # Xen frees a page only when its last reference goes; a shared segment
         # cannot keep the old page alive, so a frame still in use is refused.
         mfn = seg.p2m[gfn]
-        reason = self.pagetables.busy(mfn)
-        if reason:
-            raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} {reason}")
         for check in self._busy_checks:
             reason = check(seg.domid, gfn)
             if reason:
                 raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} {reason}")
+        reason = self.pagetables.busy(mfn)
+        if reason:
+            raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} {reason}")
 
     @staticmethod
     def _release_frames(seg: _Segment, gfn: int, count: int) -> None:

@@ -122,6 +122,8 @@ class PageTables:
         self._sites: dict[int, set[tuple[int, int]]] = {}
         # (L1 table, index) -> domid of the grant PTEs the grant core installed.
         self._grant_ptes: dict[tuple[int, int], int] = {}
+        # mfn -> writable grant mappings holding a WRITABLE type ref on it.
+        self._grant_writable: Counter[int] = Counter()
 
     # -- page_info -----------------------------------------------------------
     def info(self, mfn: int) -> PageInfo:
@@ -417,6 +419,27 @@ class PageTables:
             cleared += 1
         return cleared
 
+    def hold_writable(self, mfn: int) -> None:
+        """A writable grant mapping of ``mfn``: a WRITABLE type reference, as
+        map_grant_ref's get_page_type(PGT_writable_page). EBUSY if the frame
+        is a page table."""
+        try:
+            self._get_type(mfn, pg.PageType.WRITABLE, -1)
+        except XenError:
+            raise _refuse(errno.EBUSY, f"mfn {mfn:#x} is a page table "
+                                       f"({self.info(mfn).type.name})") from None
+        self._grant_writable[mfn] += 1
+
+    def release_writable(self, mfn: int) -> None:
+        self._grant_writable[mfn] -= 1
+        if not self._grant_writable[mfn]:
+            del self._grant_writable[mfn]
+        self._put_type(mfn)
+
+    def grant_writable(self) -> dict[int, int]:
+        """mfn -> writable grant mappings of it (each a WRITABLE type ref)."""
+        return dict(self._grant_writable)
+
     def map_grant_pte(self, domid: int, pte_maddr: int, mfn: int, readonly: bool,
                       user: bool = False) -> int:
         """GNTMAP_host_map | GNTMAP_contains_pte: install the entry at machine
@@ -469,6 +492,11 @@ class PageTables:
                 if domid is None or d == domid}
 
     # -- a frame's life ------------------------------------------------------------
+    def is_table(self, mfn: int) -> bool:
+        """Whether the frame is a page table in force (validated)."""
+        pi = self._info.get(mfn)
+        return pi is not None and pi.validated
+
     def busy(self, mfn: int) -> str | None:
         """Why the frame may not be freed or ballooned now, or None."""
         pi = self._info.get(mfn)
