@@ -43,6 +43,7 @@ import errno
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Callable, Mapping
 
 from xenlab.xen import paging as pg
@@ -72,6 +73,7 @@ _FAST_L1 = pg.PTE_NX | _AVAIL_HIGH | _AVAIL | pg.PTE_GLOBAL | pg.PTE_AD | pg.PTE
 _FAST = {1: _FAST_L1, 2: _FAST_L1 | pg.PTE_RW, 3: _FAST_L1 | pg.PTE_RW,
          4: _FAST_L1 | pg.PTE_RW}
 
+_NONE: Mapping[int, bool] = MappingProxyType({})
 _TABLES = (pg.PageType.L1, pg.PageType.L2, pg.PageType.L3, pg.PageType.L4)
 _FLUSHES = {pg.MMUEXT_TLB_FLUSH_LOCAL, pg.MMUEXT_TLB_FLUSH_MULTI, pg.MMUEXT_TLB_FLUSH_ALL}
 _INVLPGS = {pg.MMUEXT_INVLPG_LOCAL, pg.MMUEXT_INVLPG_MULTI, pg.MMUEXT_INVLPG_ALL}
@@ -147,7 +149,8 @@ class PageTables:
         return dom
 
     # -- type references (get_page_type / put_page_type) ------------------------
-    def _get_type(self, mfn: int, want: pg.PageType, domid: int) -> None:
+    def _get_type(self, mfn: int, want: pg.PageType, domid: int,
+                  foreign: Mapping[int, bool] = _NONE) -> None:
         """Take a ``want`` type reference, validating on the 0 -> 1 edge.
         A type conflict is EINVAL, as _get_page_type; a failed validation
         raises the failing entry's errno, with nothing taken."""
@@ -161,7 +164,7 @@ class PageTables:
         pi.type, pi.count = want, 1
         if want in _TABLES:
             try:
-                pi.entries = self._validate(mfn, int(want), domid)
+                pi.entries = self._validate(mfn, int(want), domid, foreign)
             except XenError:
                 pi.type, pi.count = pg.PageType.NONE, 0
                 self._tidy(mfn, pi)
@@ -182,14 +185,15 @@ class PageTables:
                 self._drop_entry(mfn, level, index, val)
         self._tidy(mfn, pi)
 
-    def _validate(self, mfn: int, level: int, domid: int) -> dict[int, int]:
+    def _validate(self, mfn: int, level: int, domid: int,
+                  foreign: Mapping[int, bool]) -> dict[int, int]:
         """promote_lN_table: take every present entry's reference, or none."""
         vals = _ENTRIES.unpack(bytes(self._frame(mfn)))
         entries: dict[int, int] = {}
         try:
             for index, val in enumerate(vals):
                 if val & pg.PTE_PRESENT:
-                    self._take_entry(domid, mfn, level, index, val, {})
+                    self._take_entry(domid, mfn, level, index, val, foreign)
                     entries[index] = val
                     if level == 1:
                         self._link(mfn, index, val)
@@ -214,7 +218,7 @@ class PageTables:
             raise _refuse(errno.EINVAL, f"L{level} entry names mfn {target:#x}, "
                                         f"not a frame of d{domid}")
         if level > 1:
-            self._get_type(target, pg.PageType.table(level - 1), domid)
+            self._get_type(target, pg.PageType.table(level - 1), domid, foreign)
         elif val & pg.PTE_RW:
             try:
                 self._get_type(target, pg.PageType.WRITABLE, domid)
@@ -329,21 +333,22 @@ class PageTables:
         are validated and counted; the caller's own MMU does them."""
         stats = self._dom(domid).stats
         stats["mmuext_calls"] += 1
-        done, statuses = _batch(ops, lambda op: self._mmuext_one(domid, op[0], op[1]))
+        foreign = _NONE if foreign is None else foreign
+        done, statuses = _batch(ops, lambda op: self._mmuext_one(domid, op[0], op[1], foreign))
         stats["mmuext_ops"] += done
         stats["refusals"] += len(statuses) - done
         return done, statuses
 
-    def _mmuext_one(self, domid: int, cmd: int, arg: int) -> None:
+    def _mmuext_one(self, domid: int, cmd: int, arg: int, foreign: Mapping[int, bool]) -> None:
         dom = self._dom(domid)
         if cmd in pg.PIN_LEVEL:
-            self._pin(domid, arg, pg.PageType.table(pg.PIN_LEVEL[cmd]))
+            self._pin(domid, arg, pg.PageType.table(pg.PIN_LEVEL[cmd]), foreign)
         elif cmd == pg.MMUEXT_UNPIN_TABLE:
             self._unpin(domid, arg)
         elif cmd == pg.MMUEXT_NEW_BASEPTR:
-            dom.baseptr = self._swap_base(domid, dom.baseptr, arg)
+            dom.baseptr = self._swap_base(domid, dom.baseptr, arg, foreign)
         elif cmd == pg.MMUEXT_NEW_USER_BASEPTR:
-            dom.user_baseptr = self._swap_base(domid, dom.user_baseptr, arg or None)
+            dom.user_baseptr = self._swap_base(domid, dom.user_baseptr, arg or None, foreign)
         elif cmd in _FLUSHES:
             dom.stats["tlb_flushes"] += 1
         elif cmd in _INVLPGS:
@@ -361,12 +366,13 @@ class PageTables:
             # get_page_from_gfn fails: not the caller's, free, or not RAM.
             raise _refuse(errno.EINVAL, f"{what} mfn {mfn:#x} is not a frame of d{domid}")
 
-    def _pin(self, domid: int, mfn: int, level: pg.PageType) -> None:
+    def _pin(self, domid: int, mfn: int, level: pg.PageType,
+             foreign: Mapping[int, bool]) -> None:
         self._own(domid, mfn, "pinned")
         pi = self._info.get(mfn)
         if pi is not None and pi.pinned:
             raise _refuse(errno.EINVAL, f"mfn {mfn:#x} is already pinned")
-        self._get_type(mfn, level, domid)
+        self._get_type(mfn, level, domid, foreign)
         self._info[mfn].pinned = True
         self._dom(domid).pinned.add(mfn)
 
@@ -379,13 +385,14 @@ class PageTables:
         self._dom(domid).pinned.discard(mfn)
         self._put_type(mfn)
 
-    def _swap_base(self, domid: int, old: int | None, new: int | None) -> int | None:
+    def _swap_base(self, domid: int, old: int | None, new: int | None,
+                   foreign: Mapping[int, bool]) -> int | None:
         """new_guest_cr3: the new root takes an L4 type ref, the old gives its back."""
         if new == old:
             return old
         if new is not None:
             self._own(domid, new, "base pointer")
-            self._get_type(new, pg.PageType.L4, domid)
+            self._get_type(new, pg.PageType.L4, domid, foreign)
         if old is not None:
             self._put_type(old)
         return new
@@ -454,7 +461,7 @@ class PageTables:
         val = pg.pte(mfn, pg.PTE_PRESENT | pg.PTE_ACCESSED | pg.PTE_NX | pg.PTE_GNTTAB
                      | (0 if readonly else pg.PTE_RW | pg.PTE_DIRTY)
                      | (pg.PTE_USER if user else 0))
-        self._take_entry(domid, table, 1, index, val, {}, grant=True)
+        self._take_entry(domid, table, 1, index, val, _NONE, grant=True)
         entries[index] = val
         self._link(table, index, val)
         self._grant_ptes[(table, index)] = domid
