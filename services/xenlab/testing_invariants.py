@@ -87,13 +87,13 @@ def _check_cores(hv, table: dict, live: set[int], out: list[str]) -> None:
 def check_machine_frames(mem) -> list[str]:
     """The pool, the P2Ms and the M2P agree: the M2P is the inverse of the
     union of the P2Ms (so no frame is owned twice), and every machine frame
-    ever handed out is owned, free or a gone domain's still referenced,
-    exactly one of them. Run after every fuzzer step over every frame, so
+    ever handed out is owned, free, a gone domain's still referenced, or
+    the hypervisor's own (a paging pool's), exactly one of them. Run after every fuzzer step over every frame, so
     the walks are C-level (map, set operations) and copy nothing."""
     out: list[str] = []
     m2p = mem.m2p_view()
     pool = mem.pool()
-    free, kept = set(pool.free), pool.kept
+    free, kept, unowned = set(pool.free), pool.kept, pool.unowned
     owned = 0
     for domid in mem.domains():
         p2m = mem.p2m_view(domid)
@@ -109,29 +109,52 @@ def check_machine_frames(mem) -> list[str]:
         out.append(f"memory: the M2P has {len(m2p)} frames, the P2Ms {owned}")
     if len(free) != len(pool.free):
         out.append("memory: a frame is on the free list twice")
-    for name, frames in (("free", free), ("kept for its references", kept)):
+    for name, frames in (("free", free), ("kept for its references", kept),
+                         ("in a paging pool", unowned)):
         for mfn in sorted(m for m in frames if m in m2p):
             out.append(f"memory: mfn {mfn:#x} is {name} and owned by d{m2p[mfn][0]}")
     for mfn in sorted(free & kept):
         out.append(f"memory: mfn {mfn:#x} is free and kept for its references")
-    for frames in (free, kept, m2p.keys()):
+    for mfn in sorted((free | kept) & unowned):
+        out.append(f"memory: mfn {mfn:#x} is in a paging pool and free or kept")
+    for frames in (free, kept, unowned, m2p.keys()):
         if frames and not pool.first <= min(frames) <= max(frames) < pool.fresh:
             out.append(f"memory: a frame outside {pool.first:#x}..{pool.fresh:#x} (the "
                        "frames the pool handed out) is owned, free or kept")
-    # The three are disjoint (checked above), so their sizes add up.
-    accounted = len(free) + len(kept) + len(m2p)
+    # The four are disjoint (checked above), so their sizes add up.
+    accounted = len(free) + len(kept) + len(unowned) + len(m2p)
     if accounted != pool.fresh - pool.first:
         out.append(f"memory: {pool.fresh - pool.first} frames handed out, "
                    f"{accounted} accounted for")
-    if mem.free_pages != mem.total_pages - len(m2p) - len(kept):
+    taken = len(m2p) + len(kept) + len(unowned)
+    if mem.free_pages != mem.total_pages - taken:
         out.append(f"memory: {mem.free_pages} pages free; the pool says "
-                   f"{mem.total_pages - len(m2p) - len(kept)}")
+                   f"{mem.total_pages - taken}")
+    return out
+
+
+def check_paging_pools(hv) -> list[str]:
+    """Every paging pool's frames are the hypervisor's own frames of the
+    machine pool, each in one pool, and each domain with a pool has memory."""
+    out: list[str] = []
+    pools = hv.paging.pool_frames()
+    unowned = hv.memory.pool().unowned
+    if set(pools) != unowned:
+        out.append(f"paging: {len(pools)} pool frames, {len(unowned)} held by the hypervisor "
+                   f"(only in pools: {sorted(set(pools) - unowned)[:4]}, only held: "
+                   f"{sorted(unowned - set(pools))[:4]})")
+    sizes = collections.Counter(pools.values())
+    if sum(sizes.values()) != sum(len(hv.paging.get(d).mfns) for d in hv.paging.domains()):
+        out.append("paging: a frame is in two pools")
+    for domid in sorted(set(hv.paging.domains()) - set(hv.memory.domains())):
+        out.append(f"paging: d{domid} has a paging state but no memory")
     return out
 
 
 def _check_memory(hv, out: list[str]) -> None:
     mem = hv.memory
     out.extend(check_machine_frames(mem))
+    out.extend(check_paging_pools(hv))
     if mem.free_pages < 0:
         out.append(f"memory: {-mem.free_pages} pages handed out beyond the host's {mem.total_pages}")
     for domid in mem.domains():

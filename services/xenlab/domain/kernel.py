@@ -61,17 +61,20 @@ class NetifTable(dict):
 class DomainKernel:
     def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
                  memory_map=None, doorbell=None,
-                 agent: Callable[["DomainKernel"], Awaitable[object]] | None = None):
+                 agent: Callable[["DomainKernel"], Awaitable[object]] | None = None,
+                 paging_pool=None):
         """``drivers(kernel)``: the XenbusDrivers to register at boot (none
         if not given); ``agent(kernel)``: started once they are, its result
         stopped (``await result.stop()``) first at close (none if not given
         or if it returns None); ``memory_map``: the domain's memory, already
         mapped from the object its launcher handed over or the doorbell
         brought (else boot opens the segment); ``doorbell``: that doorbell
-        connection, greeted."""
+        connection, greeted; ``paging_pool``: in shadow or HAP mode, the
+        paging pool the doorbell brought, mapped read-only (a PageMap)."""
         self.start_info = start
         self._memory_map = memory_map
         self._doorbell = doorbell
+        self.paging_pool = paging_pool
         self.domid = start.domid
         self.name = start.name
         # Every call to the hypervisor, typed (xenlab.domain.hypercall).

@@ -38,6 +38,17 @@ def map_memory_object(fd: int) -> PageMap:
         os.close(fd)
 
 
+def map_paging_pool(fd: int) -> PageMap:
+    """Map the paging pool the doorbell's OK brought (HELLO_PAGING), read
+    only, and close it: the shadow tables or nested P2M this domain's MMU
+    walks, which the hypervisor alone writes. The descriptor is read-only,
+    so a writable mapping (or mprotect to one) of it fails with EACCES."""
+    try:
+        return PageMap(fd, 0, writable=False, length=os.fstat(fd).st_size, populate=False)
+    finally:
+        os.close(fd)
+
+
 class GuestMemory:
     def __init__(self, shm_path: str, segment_pages: int, first_frame_offset: int,
                  mapping: PageMap | None = None):

@@ -77,6 +77,10 @@ _MMUEXT_BY_NAME = {name: cmd for cmd, name in MMUEXT_NAMES.items()}
 BusyCheck = Callable[[int, int], "str | None"]
 # The machine frames some other core still references (e.g. grant mappings).
 HeldFrames = Callable[[], "Iterable[int]"]
+# Told of every change to a domain's P2M: (domid, [(gfn, new mfn or None)]).
+# Called before a populate takes effect, so that raising XenError refuses it
+# (the paging pool cannot map the new frames); after a decrease, with None.
+P2mHook = Callable[[int, "list[tuple[int, int | None]]"], None]
 
 
 class Pool(NamedTuple):
@@ -84,6 +88,7 @@ class Pool(NamedTuple):
     fresh: int          # frames from here on were never handed out
     free: list[int]     # freed frames, the longest free first
     kept: set[int]      # a gone domain's frames something still references
+    unowned: frozenset[int] = frozenset()   # the hypervisor's own (paging pools)
 
 
 @dataclass
@@ -133,6 +138,10 @@ class MachineMemory:
         self._held_checks: list[HeldFrames] = []
         self.pagetables = PageTables(self._mfn_frame, self._mfn_domid, self._is_ram)
         self._busy_checks: list[BusyCheck] = []
+        self._p2m_hooks: list[P2mHook] = []
+        # Frames the hypervisor took for itself (paging pools): no owner, no
+        # M2P entry, as Xen's p2m/shadow pool pages (MEMF_no_owner).
+        self._unowned: set[int] = set()
 
     # -- accounting ------------------------------------------------------------
     @property
@@ -141,7 +150,7 @@ class MachineMemory:
 
     @property
     def free_pages(self) -> int:
-        return self._total - len(self._m2p) - len(self._orphans)
+        return self._total - len(self._m2p) - len(self._orphans) - len(self._unowned)
 
     def add_busy_check(self, check: BusyCheck) -> None:
         """Register another core's veto on freeing a frame (e.g. a mapped grant)."""
@@ -153,7 +162,32 @@ class MachineMemory:
         domain's frame returns to the pool only once nothing names it."""
         self._held_checks.append(held)
 
+    def add_p2m_hook(self, hook: P2mHook) -> None:
+        """Register a follower of every domain's P2M (the nested P2M of a
+        HAP domain, the shadows of a shadow-mode one)."""
+        self._p2m_hooks.append(hook)
+
     # -- the pool ----------------------------------------------------------------
+    def alloc_unowned(self, count: int) -> list[int]:
+        """Machine frames for the hypervisor's own use (a paging pool): they
+        leave free_pages, belong to no domain and have no M2P entry."""
+        if count > self.free_pages:
+            self._reclaim_orphans()
+        if count > self.free_pages:
+            raise MemoryError_(errno.ENOMEM, f"{count} machine frames wanted for a paging pool; "
+                                             f"the host has {self.free_pages} free")
+        mfns = self._alloc(count)
+        self._unowned.update(mfns)
+        return mfns
+
+    def free_unowned(self, mfns: Iterable[int]) -> None:
+        """Give frames of alloc_unowned back to the pool."""
+        mfns = list(mfns)
+        if not self._unowned.issuperset(mfns):
+            raise MemoryError_(errno.EINVAL, "a frame given back is not the hypervisor's own")
+        self._unowned.difference_update(mfns)
+        self._free.extend(mfns)
+
     def _alloc(self, count: int) -> list[int]:
         if count > self._fresh_left() + len(self._free):
             self._reclaim_orphans()
@@ -341,7 +375,14 @@ class MachineMemory:
     def _populate(self, seg: _Segment, gfns: list[int]) -> None:
         # Bookkeeping only: tmpfs backs a page when it is first touched, and
         # a never-touched or punched-out page reads as zeros.
-        for gfn, mfn in zip(gfns, self._alloc(len(gfns))):
+        mfns = self._alloc(len(gfns))
+        try:
+            for hook in self._p2m_hooks:
+                hook(seg.domid, list(zip(gfns, mfns)))
+        except BaseException:
+            self._free.extendleft(reversed(mfns))
+            raise
+        for gfn, mfn in zip(gfns, mfns):
             seg.p2m[gfn] = mfn
             self._m2p[mfn] = (seg.domid, gfn)
             seg.present[gfn] = 1
@@ -369,6 +410,8 @@ class MachineMemory:
             self._release_frames(seg, first, count)
         if gfns:
             seg.free_hint = min(seg.free_hint, min(gfns))
+            for hook in self._p2m_hooks:
+                hook(domid, [(gfn, None) for gfn in gfns])
         self._repunch(seg)
         return gfns
 
@@ -508,7 +551,8 @@ class MachineMemory:
 
     def pool(self) -> Pool:
         """The pool's state, for the invariant checks."""
-        return Pool(MFN_HYPERVISOR_LIMIT, self._fresh, list(self._free), set(self._orphans))
+        return Pool(MFN_HYPERVISOR_LIMIT, self._fresh, list(self._free), set(self._orphans),
+                    frozenset(self._unowned))
 
     # -- page tables (xen.h mmu_update, mmuext_op): hypervisor/pagetables.py ----------
     def _mfn_frame(self, mfn: int) -> memoryview:

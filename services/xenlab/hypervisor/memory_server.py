@@ -81,6 +81,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     async def MmuUpdate(self, request, context):
         caller = self._caller(context)
         updates = [(u.ptr, u.val) for u in request.updates]
+        self.hv.paging.count(caller.domid, "mmu_update")
         done, status = self.hv.memory.mmu_update(caller.domid, updates,
                                                  self.hv.grants.mapped_by(caller.domid))
         return memory_pb2.MmuUpdateResult(done=done, status=status)
@@ -89,6 +90,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     async def MmuextOp(self, request, context):
         caller = self._caller(context)
         ops = [(op.cmd, op.arg) for op in request.ops]
+        self.hv.paging.count(caller.domid, "mmuext_op")
         done, status = self.hv.memory.mmuext(caller.domid, ops,
                                              self.hv.grants.mapped_by(caller.domid))
         return memory_pb2.MmuUpdateResult(done=done, status=status)
