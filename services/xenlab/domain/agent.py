@@ -212,9 +212,7 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
             raise XenError(errno.EOPNOTSUPP, "this domain's kernel runs without an MMU")
         pages = request.pages or paging_workloads.DEFAULT_PAGES
         try:
-            # On the event loop, as a guest process would hold its vCPU:
-            # the run is the kernel's CPU work, and it is bounded (MAX_PAGES).
-            results = self.paging.run_workloads(pages, request.remap, request.seed)
+            results = await self.paging.run_workloads(pages, request.remap, request.seed)
         except paging_workloads.WorkloadError as err:
             raise XenError(errno.EINVAL, str(err)) from None
         return agent_pb2.PagingWorkloadReply(mode=self.paging.mode.value, results=[

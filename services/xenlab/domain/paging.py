@@ -24,10 +24,17 @@ user address spaces of their own, as a process it schedules: synchronously
 (nothing else runs on the vCPU meanwhile), and the kernel's address space is
 loaded back when they end.
 
-No I/O: the backend (the hypervisor, as the guest reaches it) is handed in.
+The MMU's work is synchronous, as a vCPU's is, and an exit or a paging
+hypercall waits for the hypervisor's answer. The kernel runs that work on a
+worker thread (``KernelPaging.run``) whose exits are the kernel's typed
+hypercalls, made on its event loop (``LoopBackend``): the loop goes on
+serving the domain's rings meanwhile, and it works whether the hypervisor
+is another process or runs on the same loop (the test labs).
 """
 from __future__ import annotations
 
+import asyncio
+import errno
 import time
 from typing import Callable, Iterable, Mapping
 
@@ -35,7 +42,10 @@ from xenlab.domain.mmu import Mmu, PageFault
 from xenlab.domain.paging_workloads import WorkloadResult, run_workloads
 from xenlab.domain.pagetable import AddressSpace, GuestPaging, PagingBackend
 from xenlab.xen.abi import PAGE_SIZE
+from xenlab.xen.errors import XenError
 from xenlab.xen.paging import KERNEL_DIRECT_MAP, PagingMode
+
+EXIT_TIMEOUT = 30.0      # seconds an exit or a paging hypercall may take before the vCPU gives up
 
 
 def direct_map_va(gfn: int) -> int:
@@ -171,3 +181,96 @@ class KernelPaging:
                                  home=self.space.activate, clock=self._clock)
         finally:
             self.space.activate()
+
+
+class LoopBackend:
+    """PagingBackend over the kernel's typed hypercalls (``memory``:
+    MemoryOps, ``paging``: PagingOps), for MMU work on a worker thread: each
+    call is made on the event loop and waited for."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, memory, paging):
+        self._loop = loop
+        self._memory = memory
+        self._paging = paging
+        self.counters: dict[str, int] = {}
+
+    def _call(self, what: str, coro):
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            coro.close()
+            raise RuntimeError(f"{what} from the event loop's own thread would wait for itself: "
+                               "run MMU work with KernelPaging.run")
+        self.counters[what] = self.counters.get(what, 0) + 1
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(EXIT_TIMEOUT)
+
+    def mmu_update(self, updates):
+        self._call("mmu_update", self._memory.mmu_update(list(updates)))
+
+    def mmuext(self, ops):
+        self._call("mmuext_op", self._memory.mmuext(list(ops)))
+
+    def exit_page_fault(self, va, code, value):
+        return self._call("page_fault", self._paging.page_fault(va, code, value))
+
+    def exit_cr3(self, gfn):
+        return self._call("set_cr3", self._paging.set_cr3(gfn))
+
+    def exit_nested_fault(self, gpa, write):
+        self._call("nested_fault", self._paging.nested_fault(gpa, write))
+
+
+class KernelPagingService:
+    """What the domain kernel holds: its KernelPaging, and the worker
+    thread its MMU work runs on, one piece of work at a time (one vCPU)."""
+
+    def __init__(self, paging: KernelPaging, hypercalls):
+        self.paging = paging
+        self.mode = paging.mode
+        self._hypercalls = hypercalls
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls, memory, hypercalls, pool=None) -> "KernelPagingService":
+        """Turn paging on: the P2M and the paging info from the hypervisor,
+        the direct map built and loaded (on the worker thread)."""
+        info = await hypercalls.paging.info()
+        mm = await hypercalls.memory.memory_map(with_populated=True)
+        frames = DomainFrames(memory.raw_frame, dict(zip(mm.populated, mm.mfns)))
+        if info.pool_mfns:
+            if pool is None:
+                raise XenError(errno.EINVAL, f"{info.mode} paging needs its paging pool, and none was "
+                                   "handed over")
+            for i, mfn in enumerate(info.pool_mfns):
+                frames.map_machine(mfn, pool.view[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+        backend = LoopBackend(asyncio.get_running_loop(), hypercalls.memory, hypercalls.paging)
+        paging = KernelPaging(PagingMode(info.mode), frames, backend, memory.alloc_frames,
+                              memory.free_frames, eptp=info.eptp or None)
+        service = cls(paging, hypercalls)
+        await service.run(paging.boot)
+        memory.paging = paging
+        return service
+
+    async def run(self, work, *args):
+        """``work(*args)`` on the worker thread (the vCPU), alone."""
+        async with self._lock:
+            return await asyncio.to_thread(work, *args)
+
+    async def release(self, gfns: list[int]) -> None:
+        await self.run(self.paging.release, gfns)
+
+    async def populate(self, gfns: list[int]) -> None:
+        mm = await self._hypercalls.memory.memory_map(with_populated=True)
+        p2m = dict(zip(mm.populated, mm.mfns))
+        await self.run(self.paging.populate, {g: p2m[g] for g in gfns if g in p2m})
+
+    async def run_workloads(self, pages: int, remap: int, seed: int = 0) -> list[WorkloadResult]:
+        loop = asyncio.get_running_loop()
+
+        def stats() -> dict:
+            return asyncio.run_coroutine_threadsafe(self._hypercalls.paging.stats(),
+                                                    loop).result(EXIT_TIMEOUT)
+        return await self.run(self.paging.run_workloads, pages, remap, seed, stats,
+                              lambda: {"pool_used": stats()["pool_used"]})

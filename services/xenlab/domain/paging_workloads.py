@@ -17,8 +17,9 @@ Four workloads, run in order over one guest kernel's paging
 * ``teardown``: both address spaces are torn down and their frames freed.
 
 What each returns is split in two. What the guest can see: a digest of the
-bytes it read back, the faults that reached the workload, and the faults and
-COW copies its kernel took: identical in every mode. What it cost: counters
+bytes it read back (and of the address of the fault the remap workload
+takes), the page faults its kernel's handler took (address and error code:
+the COW faults, the remap's), and the COW copies: identical in every mode. What it cost: counters
 of the MMU (TLB misses, walk memory references), the kernel (page-table
 writes) and, through ``hypervisor_counters``, the hypervisor (hypercalls,
 VM exits, shadow or nested P2M pages): these differ by mode, and are the
@@ -54,12 +55,16 @@ class WorkloadError(ValueError):
     """Parameters a run cannot have (no pages, more remapped than mapped)."""
 
 
+class WorkloadBroken(RuntimeError):
+    """The guest's paging did not do what a process relies on."""
+
+
 @dataclass(frozen=True)
 class WorkloadResult:
     name: str
     ops: int        # pages handled (build N, fork N, remap M, teardown 2N): time per operation's divisor
     digest: str                           # of every byte the workload read back, in order
-    faults: tuple[tuple[int, int], ...]   # (va, PFEC code) of each fault that reached it
+    faults: tuple[tuple[int, int], ...]   # (va, PFEC code) of each #PF its kernel's handler took
     guest: dict[str, int]                 # GUEST_VISIBLE counters taken during it
     counters: dict[str, int]              # everything else that moved during it
     seconds: float
@@ -103,7 +108,7 @@ def run_workloads(paging: GuestPaging, alloc: Callable[[], int], free: Callable[
                   pages: int, remap: int, seed: int = 0,
                   hypervisor_counters: Callable[[], Mapping[str, int]] = dict,
                   gauges: Callable[[], Mapping[str, int]] = dict,
-                  home: Callable[[], None] = lambda: None,
+                  home: Callable[[], None] | None = None,
                   clock: Callable[[], float] = time.perf_counter) -> list[WorkloadResult]:
     """The four workloads, in order, over ``paging`` (which must be booted:
     its kernel address space active). ``alloc``/``free``: the guest's frame
@@ -111,12 +116,15 @@ def run_workloads(paging: GuestPaging, alloc: Callable[[], int], free: Callable[
     the hypervisor's counters of this domain (diffed around each workload);
     ``gauges``: levels read at each workload's end (shadow or nested P2M
     pages in use: the hypervisor's bookkeeping memory). ``home``: loads the
-    kernel's own address space back, before the workloads' are torn down
-    (a table in CR3 is not freed, as Linux switches to init_mm first)."""
+    kernel's own address space back before the workloads' are torn down (a
+    table in CR3 is not freed: Linux switches to init_mm first); by default
+    ``paging.kernel_space``'s activate."""
     if not 1 <= pages <= MAX_PAGES:
         raise WorkloadError(f"pages must be 1..{MAX_PAGES}, not {pages}")
     if not 0 <= remap <= pages:
         raise WorkloadError(f"remap must be 0..{pages} (the pages mapped), not {remap}")
+    if home is None:
+        home = _kernel_space_of(paging)
     run = _Run(paging, alloc, free, hypervisor_counters, gauges, home, clock, seed)
     try:
         return [_measured(run, "build", pages, lambda: _build(run, pages)),
@@ -125,6 +133,13 @@ def run_workloads(paging: GuestPaging, alloc: Callable[[], int], free: Callable[
                 _measured(run, "teardown", 2 * pages, lambda: _teardown(run))]
     finally:
         _teardown(run)
+
+
+def _kernel_space_of(paging: GuestPaging) -> Callable[[], None]:
+    def home() -> None:
+        if paging.kernel_space is not None:
+            paging.kernel_space.activate()
+    return home
 
 
 def _snapshot(run: _Run) -> Counter:
@@ -138,9 +153,11 @@ def _snapshot(run: _Run) -> Counter:
 
 def _measured(run: _Run, name: str, ops: int, body) -> WorkloadResult:
     before = _snapshot(run)
+    taken = len(run.paging.faults)
     started = run.clock()
-    digest, faults = body()
+    digest = body()
     seconds = run.clock() - started
+    faults = run.paging.faults[taken:]
     after = _snapshot(run)
     moved = {k: after[k] - before[k] for k in after.keys() | before.keys() if after[k] != before[k]}
     guest = {k: moved.pop(f"guest.{k}", 0) for k in GUEST_VISIBLE}
@@ -167,7 +184,7 @@ def _build(run: _Run, pages: int):
     space.activate()
     digest = hashlib.sha256()
     _touch(run, digest, USER_BASE, range(pages), generation=0)
-    return digest, []
+    return digest
 
 
 def _fork(run: _Run, pages: int):
@@ -180,13 +197,12 @@ def _fork(run: _Run, pages: int):
     _touch(run, digest, USER_BASE, range(pages), generation=None)
     parent.activate()
     _touch(run, digest, USER_BASE, range(pages), generation=None)
-    return digest, []
+    return digest
 
 
 def _remap(run: _Run, pages: int, count: int):
     parent = run.spaces[0]
     digest = hashlib.sha256()
-    faults: list[tuple[int, int]] = []
     for i in range(count):
         parent.unmap(page_va(USER_BASE, i))
     parent.map_many([(page_va(REMAP_BASE, i), run.frames[i], True) for i in range(count)])
@@ -195,8 +211,11 @@ def _remap(run: _Run, pages: int, count: int):
         try:
             run.paging.access(page_va(USER_BASE, 0), 1, write=False)
         except PageFault as fault:
-            faults.append((fault.va, fault.code))
-    return digest, faults
+            # SIGSEGV: what the process sees is the fault's address
+            digest.update(fault.va.to_bytes(8, "little"))
+        else:
+            raise WorkloadBroken("a page that was moved away is still mapped at its old place")
+    return digest
 
 
 def _teardown(run: _Run):
@@ -209,4 +228,4 @@ def _teardown(run: _Run):
         run.spaces.pop().teardown()
     while run.frames:
         run.free(run.frames.pop())
-    return hashlib.sha256(), []
+    return hashlib.sha256()

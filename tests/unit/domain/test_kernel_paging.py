@@ -1,0 +1,57 @@
+"""A domain's kernel runs on its MMU from boot: its frames are reached
+through its direct map, the balloon takes a frame out of the direct map
+before giving it back and maps the new frame it gets, and the paging
+workloads run in the domain with the results the in-process harness gives."""
+from __future__ import annotations
+
+import pytest
+
+from xenlab.bench.paging import run_mode
+from xenlab.domain.paging import direct_map_va
+from xenlab.domain.paging_workloads import WorkloadError
+from xenlab.xen.paging import PagingMode
+
+
+async def test_the_kernel_reaches_its_frames_through_its_mmu(hypervisor):
+    kernel = await hypervisor.boot_domain("web")
+    paging = kernel.paging.paging
+    assert kernel.paging.mode is PagingMode.DIRECT
+    gfn = kernel.memory.alloc_frames(1)[0]
+    view = kernel.memory.frame(gfn)
+    view[:5] = b"hello"
+    assert bytes(kernel.memory.raw_frame(gfn)[:5]) == b"hello"
+    # the translation is the P2M's mfn, cached in the TLB
+    mfn = paging.frames.mfn(gfn)
+    assert paging.mmu.translate(direct_map_va(gfn)) == mfn
+    hits = paging.mmu.counters["tlb_hits"]
+    kernel.memory.frame(gfn)
+    assert paging.mmu.counters["tlb_hits"] == hits + 1
+    # the hypervisor validated the kernel's tables: its L4 is the base pointer
+    assert hypervisor.hv.memory.pagetables.baseptr(kernel.domid) == paging.mmu.cr3
+
+
+async def test_a_ballooned_frame_leaves_the_direct_map_and_a_new_one_enters_it(hypervisor):
+    kernel = await hypervisor.boot_domain("web")
+    gfn = kernel.memory.balloon_candidates(1)[0]
+    await kernel._give_back([gfn])
+    with pytest.raises(IndexError):
+        kernel.memory.frame(gfn)
+    got = await kernel.hypercall.memory.increase_reservation(1)
+    kernel.memory.add_frames(got)
+    await kernel.paging.populate(got)
+    new = kernel.memory.frame(got[0])
+    new[:3] = b"new"
+    assert bytes(kernel.memory.raw_frame(got[0])[:3]) == b"new"
+
+
+async def test_the_workloads_in_a_domain_see_what_they_see_in_process(hypervisor):
+    kernel = await hypervisor.boot_domain("web")
+    results = await kernel.paging.run_workloads(12, 3, seed=5)
+    expected = run_mode(PagingMode.DIRECT, 12, 3, seed=5)
+    assert [r.visible() for r in results] == [r.visible() for r in expected]
+    assert sum(r.counters.get("guest.hypercalls", 0) for r in results) > 0
+    with pytest.raises(WorkloadError):
+        await kernel.paging.run_workloads(4, 5)
+    # the kernel is back on its own address space, and its frames still reachable
+    assert kernel.paging.paging.mmu.cr3 == hypervisor.hv.memory.pagetables.baseptr(kernel.domid)
+    kernel.memory.frame(kernel.memory.alloc_frames(1)[0])
