@@ -112,19 +112,24 @@ class MiniValidator:
 
     def mmu_update(self, updates: list[tuple[int, int]]) -> None:
         self.counters["hypercalls"] += 1
+        tables = self._tables()
         for ptr, val in updates:
             maddr = ptr & ~MMU_UPDATE_CMD_MASK
             table, index = maddr >> PAGE_SHIFT, (maddr & (PAGE_SIZE - 1)) // 8
-            tables = self._tables()
-            if table not in tables:
+            level = tables.get(table)
+            if level is None:
                 raise MemoryError_(errno.EINVAL, f"mfn {table:#x} is not a pinned table")
-            old = self.frames.entry(table, index)
-            self.frames.set_entry(table, index, val)
-            after = self._tables()
-            if self.writable_table_mappings(after):
-                self.frames.set_entry(table, index, old)
+            if level == 1 and val & PTE_PRESENT and val & PTE_RW and _frame_of(val) in tables:
                 self.counters["refusals"] += 1
                 raise MemoryError_(errno.EINVAL, "a writable mapping of a page-table frame")
+            old = self.frames.entry(table, index)
+            self.frames.set_entry(table, index, val)
+            if level > 1:
+                tables = self._tables()
+                if self.writable_table_mappings(tables):
+                    self.frames.set_entry(table, index, old)
+                    self.counters["refusals"] += 1
+                    raise MemoryError_(errno.EINVAL, "a table frame linked while mapped writable")
             self.counters["entries"] += 1
 
     def mmuext(self, ops: list[tuple[int, int]]) -> None:
