@@ -45,6 +45,8 @@ def invariant_violations(hv) -> list[str]:
       domain may already be gone from the cores);
     * memory: no domain holds more pages than its maximum, the host never
       hands out more than it has, a mapped grant's frame is populated, and
+      every page type count is what the validated tables, pins, base
+      pointers and writable grant mappings hold (check_page_types), and
       a PTE names another domain's frame only while its owner holds a grant
       mapping of it (writable only through a writable one);
     * grants: every mapping belongs to a live entry granted to its mapper
@@ -136,24 +138,99 @@ def _check_memory(hv, out: list[str]) -> None:
         current, maximum, _target = mem.reservation(domid)
         if current > maximum:
             out.append(f"memory: d{domid} holds {current} pages, above its maximum {maximum}")
-    for mfn, owner in mem.pinned_tables().items():
-        if owner not in mem.domains():
-            out.append(f"memory: mfn {mfn:#x} is pinned by d{owner}, which has no memory")
-            continue
-        if mem.mfn_owner(mfn) is None or mem.mfn_owner(mfn)[0] != owner:
-            out.append(f"memory: mfn {mfn:#x} is pinned by d{owner}, which does not own it")
-        foreign = hv.grants.mapped_by(owner) if owner in hv.grants.domains() else {}
-        for index, val in mem.pinned_ptes(mfn).items():
-            target = (val & abi.PTE_MFN_MASK) >> abi.PAGE_SHIFT
-            frame_owner = mem.mfn_owner(target)
-            if frame_owner is not None and frame_owner[0] == owner:
+    grants = hv.grants
+    tables = set(grants.domains())
+    out.extend(check_page_types(
+        mem.pagetables, lambda mfn: (mem.mfn_owner(mfn) or (None,))[0],
+        lambda domid: grants.mapped_by(domid) if domid in tables else {}))
+    writable = collections.Counter(m.mfn for m in grants.mappings() if not m.readonly)
+    if writable != collections.Counter(mem.pagetables.grant_writable()):
+        out.append(f"memory: writable grant mappings {dict(writable)} but WRITABLE type "
+                   f"refs held for {mem.pagetables.grant_writable()}")
+
+
+def check_page_types(pt, owner, foreign=lambda domid: {}, frame=None) -> list[str]:
+    """Xen's page-type invariants over a ``PageTables``, recounted from
+    scratch from its validated tables, pins and base pointers:
+
+    * every frame's type count is the references that need its type: a
+      pin, a base pointer, an entry of a validated table one level up
+      (the table types), a writable L1 entry or writable grant mapping
+      (WRITABLE); its general count is the entries naming it;
+    * a frame with a table type and a count is validated, and no writable
+      L1 entry names a page table;
+    * an L1 entry names a frame its table's owner owns, or holds a grant
+      mapping of (writable only through a writable one), or is a grant PTE;
+      an L2..L4 entry names a table of its owner's;
+    * with ``frame`` (mfn -> bytes), each validated table's frame holds
+      exactly its entries (but for the A/D bits the MMU sets).
+
+    ``owner(mfn)`` is the owning domid or None; ``foreign(domid)`` the
+    mfn -> read-only mapping of what it has mapped through grants."""
+    from xenlab.xen import paging as pg
+    out: list[str] = []
+    tables = pt.tables()
+    count: collections.Counter = collections.Counter()
+    refs: collections.Counter = collections.Counter()
+    wants: dict[int, set] = collections.defaultdict(set)
+    frames = pt.frames()
+    for mfn in pt.pinned():
+        count[mfn] += 1
+        wants[mfn].add(frames[mfn].type if mfn in frames else None)
+    for domid, bases in pt.base_pointers().items():
+        for base in bases:
+            if base is not None:
+                count[base] += 1
+                wants[base].add(pg.PageType.L4)
+    grant_ptes = pt.grant_ptes()
+    for table, (level, entries) in tables.items():
+        table_owner = owner(table)
+        mapped = foreign(table_owner) if table_owner is not None else {}
+        for index, val in entries.items():
+            target = pg.pte_frame(val)
+            refs[target] += 1
+            where = f"memory: L{int(level)} table {table:#x} (d{table_owner}) entry {index}"
+            if level > 1:
+                count[target] += 1
+                wants[target].add(pg.PageType.table(int(level) - 1))
+                if owner(target) != table_owner:
+                    out.append(f"{where} names mfn {target:#x}, not its owner's")
                 continue
-            if target not in foreign:
-                out.append(f"memory: d{owner}'s table {mfn:#x} PTE {index} names mfn "
-                           f"{target:#x}, which it holds no grant mapping of")
-            elif foreign[target] and val & abi._PAGE_RW:
-                out.append(f"memory: d{owner}'s table {mfn:#x} PTE {index} maps mfn "
-                           f"{target:#x} writable through read-only mappings")
+            writable = bool(val & pg.PTE_RW)
+            if writable:
+                count[target] += 1
+                wants[target].add(pg.PageType.WRITABLE)
+                if target in tables or int(pt.info(target).type) in range(1, 5):
+                    out.append(f"{where} maps page table {target:#x} writable")
+            if owner(target) == table_owner or (table << 12 | index * 8) in grant_ptes:
+                continue
+            if target not in mapped:
+                out.append(f"{where} names mfn {target:#x}, neither its owner's own "
+                           "nor granted to it")
+            elif writable and mapped[target]:
+                out.append(f"{where} maps mfn {target:#x} writable through read-only grants")
+    for mfn, n in pt.grant_writable().items():
+        count[mfn] += n
+        wants[mfn].add(pg.PageType.WRITABLE)
+    for mfn in sorted(set(count) | set(refs) | set(frames)):
+        info = pt.info(mfn)
+        if (info.count, info.refs) != (count[mfn], refs[mfn]):
+            out.append(f"memory: mfn {mfn:#x} has type count {info.count} and {info.refs} "
+                       f"references; the tables hold {count[mfn]} and {refs[mfn]}")
+        if count[mfn] and wants[mfn] != {info.type}:
+            out.append(f"memory: mfn {mfn:#x} is {info.type.name}; its references need "
+                       f"{sorted(str(w) for w in wants[mfn])}")
+        if info.count and 1 <= int(info.type) <= 4 and mfn not in tables:
+            out.append(f"memory: mfn {mfn:#x} is an {info.type.name} table in use, not validated")
+    if frame is not None:
+        for table, (level, entries) in tables.items():
+            raw = bytes(frame(table))
+            vals = [int.from_bytes(raw[i * 8:i * 8 + 8], "little") for i in range(pg.ENTRIES)]
+            held = {i: v & ~pg.PTE_AD for i, v in enumerate(vals) if v & pg.PTE_PRESENT}
+            if held != {i: v & ~pg.PTE_AD for i, v in entries.items()}:
+                out.append(f"memory: L{int(level)} table {table:#x}'s frame does not hold "
+                           "the entries validated")
+    return out
 
 
 def _check_grants(hv, out: list[str]) -> None:

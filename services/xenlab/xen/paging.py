@@ -33,6 +33,9 @@ PTE_DIRTY = 1 << 6
 PTE_PSE = 1 << 7          # a large page (L2/L3); xenlab's guests never set it
 PTE_GLOBAL = 1 << 8
 PTE_NX = 1 << 63
+# Xen's _PAGE_GNTTAB (bit 22 of get_pte_flags(), bit 62 of the entry): set
+# only in the PTEs a grant map installs; a guest's mmu_update may not set it.
+PTE_GNTTAB = 1 << 62
 PTE_ADDR_MASK = ((1 << 52) - 1) & ~(PAGE_SIZE - 1)    # bits 12..51: the frame
 PTE_FLAGS_MASK = ~PTE_ADDR_MASK & ((1 << 64) - 1)
 # What a walk's A/D update may change and a validator must not care about.
