@@ -558,8 +558,9 @@ class PageTables:
         return dict(self._info)
 
     def base_pointers(self) -> dict[int, tuple[int | None, int | None]]:
-        """domid -> (baseptr, user baseptr)."""
-        return {d: (dom.baseptr, dom.user_baseptr) for d, dom in self._doms.items()}
+        """domid -> (baseptr, user baseptr) of the domains that loaded one."""
+        return {d: (dom.baseptr, dom.user_baseptr) for d, dom in self._doms.items()
+                if (dom.baseptr, dom.user_baseptr) != (None, None)}
 
 
 def _batch(items, apply) -> tuple[int, list[int]]:

@@ -193,3 +193,10 @@ class PagingMode(str, enum.Enum):
 # ASPLOS 2008).
 WALK_REFS_1D = LEVELS
 WALK_REFS_2D = (LEVELS + 1) * (LEVELS + 1) - 1
+
+# -- xenlab's caps on one mmu_update / mmuext_op call --------------------------------------
+# Xen itself has no cap (long batches continue through hypercall continuations);
+# the lab's hypervisor refuses longer batches with E2BIG, and a guest splits its
+# batches at these sizes.
+MAX_MMU_UPDATES = 1024
+MAX_MMUEXT_OPS = 16
