@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
+from xenlab.hypervisor.hap import NestedP2M
 from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor.paging_pool import PagingPool
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_, XenError
 from xenlab.xen.paging import EPT_RWX, PagingMode
@@ -57,9 +59,9 @@ class DomainPaging:
     fd: int = -1                 # the object, read-write: the hypervisor's
     ro_fd: int = -1              # the same object read-only: the domain's
     mm: mmap.mmap | None = None
-    pool: object = None          # PagingPool
+    pool: PagingPool | None = None
     shadow: object = None        # ShadowPaging (shadow mode)
-    nested: object = None        # NestedP2M (hap)
+    nested: NestedP2M | None = None
     cr3: int = 0                 # shadow: the gfn of the guest L4 last loaded
     shadow_root: int = 0         # and the mfn of its shadow
     index: dict[int, int] = field(default_factory=dict)  # pool mfn -> page in the object
@@ -107,14 +109,13 @@ class Paging:
                                              f"{pool_pages} pages is below Xen's floor of "
                                              f"{MIN_POOL_PAGES} (1 MiB)")
         dom = DomainPaging(domid, mode)
-        from xenlab.hypervisor.hap import NestedP2M  # lazy: t-shadow's, until it is merged
-        from xenlab.hypervisor.shadow import ShadowPaging  # lazy: as above
         try:
             self._make_pool(dom, pool_pages)
             if mode is PagingMode.HAP:
                 dom.nested = NestedP2M(dom.pool)
                 self._fill_nested(dom)
             else:
+                from xenlab.hypervisor.shadow import ShadowPaging  # lazy: t-shadow's, not there yet
                 p2m = self.memory.p2m_view(domid)
                 dom.shadow = ShadowPaging(domid, dom.pool, p2m.get,
                                           lambda gfn: self.memory.frame(domid, gfn))
@@ -135,7 +136,6 @@ class Paging:
         # What the domain is handed: this object, opened again read-only, so
         # that neither write() nor a writable mapping can go through it.
         dom.ro_fd = os.open(dom.path, os.O_RDONLY | os.O_CLOEXEC)
-        from xenlab.hypervisor.paging_pool import PagingPool  # lazy: t-shadow's, until merged
         dom.pool = PagingPool(list(dom.mfns), dom.frame)
 
     def _fill_nested(self, dom: DomainPaging) -> None:
@@ -154,6 +154,8 @@ class Paging:
             self._release(dom)
 
     def _release(self, dom: DomainPaging) -> None:
+        if dom.nested is not None:
+            dom.nested.teardown()
         dom.shadow = dom.nested = dom.pool = None
         if dom.mm is not None:
             try:
@@ -283,15 +285,25 @@ class Paging:
                     shadow_root=dom.shadow_root, cr3=dom.cr3)
 
     def stats(self, domid: int) -> dict:
+        """The domain's paging counters. Direct mode's come from the
+        page-table core where it keeps them (``table_stats``: its
+        mmu_update_calls, mmuext_calls and validations win over the calls
+        counted here)."""
         dom = self.get(domid)
-        counters: Mapping[str, int] = {}
+        counters: dict[str, int] = {}
         if dom.shadow is not None:
-            counters = dom.shadow.counters
+            counters.update(dom.shadow.counters)
         elif dom.nested is not None:
-            counters = dom.nested.counters
-        tables = self._table_stats(domid) if self._table_stats is not None else {}
-        return dict(domid=domid, mode=dom.mode.value, hypercalls=dict(dom.calls),
-                    traps=dom.traps, validations=int(tables.get("validations", 0)),
-                    pool_pages=len(dom.mfns),
+            counters.update(dom.nested.counters)
+        hypercalls = dict(dom.calls)
+        tables = dict(self._table_stats(domid)) if self._table_stats is not None else {}
+        for kind, key in (("mmu_update", "mmu_update_calls"), ("mmuext_op", "mmuext_calls")):
+            if key in tables:
+                hypercalls[kind] = tables.pop(key)
+        validations = tables.pop("validations", 0)
+        counters.update(tables)
+        return dict(domid=domid, mode=dom.mode.value,
+                    hypercalls={k: int(v) for k, v in hypercalls.items() if v},
+                    traps=dom.traps, validations=int(validations), pool_pages=len(dom.mfns),
                     pool_used=dom.pool.used if dom.pool is not None else 0,
                     counters={k: int(v) for k, v in counters.items()})
