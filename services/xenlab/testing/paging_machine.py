@@ -16,7 +16,14 @@ update outside a pinned table; ``MiniShadow`` rebuilds the whole shadow tree
 from the guest's tables on every fill and emulates every write to a guest
 table reachable from CR3; ``MiniNestedP2M`` is an EPT table over the P2M.
 They are enough to run the guest side in all three modes and to check what
-the guest does; the hypervisor's real cores replace them when wired.
+the guest does.
+
+``PagingMachine(mode, pages, cores="xen")`` runs the hypervisor's real cores
+instead, as the hypervisor service runs them: the page-table validator
+(``hypervisor.pagetables.PageTables``) in direct mode, and the nested P2M
+(``hypervisor.hap.NestedP2M``) in a paging pool (``hypervisor.paging_pool``)
+in hap mode; shadow mode keeps ``MiniShadow`` until the shadow core is
+there. That is what the paging benchmark measures.
 """
 from __future__ import annotations
 
@@ -25,6 +32,9 @@ import errno
 import struct
 
 from xenlab.domain.mmu import Mmu
+from xenlab.hypervisor.hap import NestedP2M
+from xenlab.hypervisor.pagetables import PageTables
+from xenlab.hypervisor.paging_pool import PagingPool
 from xenlab.domain.pagetable import AddressSpace, GuestPaging
 from xenlab.xen.abi import PAGE_SHIFT, PAGE_SIZE
 from xenlab.xen.errors import MemoryError_
@@ -276,6 +286,45 @@ class MiniNestedP2M:
         self.counters["updates"] += 1
 
 
+# -- the hypervisor's real cores ----------------------------------------------------------------
+GUEST_DOMID = 1
+POOL_PAGES = 256            # Xen's floor on a paging pool (hap_enable, the shadow code)
+
+
+class XenDirect:
+    """The page-table validator, as the Memory service calls it, raising
+    the first refusal as the guest's typed mmu_update does."""
+
+    def __init__(self, frames: Frames, owned: set[int]):
+        self.tables = PageTables(frames, lambda mfn: GUEST_DOMID if mfn in owned else None)
+
+    @staticmethod
+    def _check(what: str, done: int, statuses: list[int]) -> None:
+        if done < len(statuses):
+            raise MemoryError_(-statuses[done], f"{what} item {done} refused")
+
+    def mmu_update(self, updates):
+        self._check("mmu_update", *self.tables.mmu_update(GUEST_DOMID, list(updates), {}))
+
+    def mmuext(self, ops):
+        self._check("mmuext_op", *self.tables.mmuext(GUEST_DOMID, list(ops), {}))
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.tables.stats(GUEST_DOMID)
+
+
+def _xen_nested(frames: Frames, p2m: dict[int, int]):
+    mfns = list(range(POOL_MFN, POOL_MFN + POOL_PAGES))
+    for mfn in mfns:
+        frames.add(mfn)
+    pool = PagingPool(mfns, frames)
+    nested = NestedP2M(pool)
+    for gfn, mfn in sorted(p2m.items()):
+        nested.set(gfn, mfn, EPT_RWX)
+    return nested, pool
+
+
 # -- the backend the guest calls --------------------------------------------------------------
 class InProcessBackend:
     """PagingBackend over the hypervisor's side in this process."""
@@ -312,7 +361,10 @@ class PagingMachine:
     """A booted guest in ``mode`` with ``pages`` frames; its kernel's direct
     map covers them all."""
 
-    def __init__(self, mode: PagingMode | str, pages: int = 256, tlb_entries: int = 1536):
+    def __init__(self, mode: PagingMode | str, pages: int = 256, tlb_entries: int = 1536,
+                 cores: str = "mini"):
+        if cores not in ("mini", "xen"):
+            raise ValueError(f"cores must be mini or xen, not {cores!r}")
         self.mode = PagingMode(mode)
         self.frames = Frames()
         # a shuffled P2M, so that a gfn taken for an mfn (or back) shows
@@ -321,11 +373,14 @@ class PagingMachine:
         for mfn in self.p2m.values():
             self.frames.add(mfn)
         self._free = list(range(pages - 1, -1, -1))
-        self.direct = self.shadow = self.nested = None
+        self.direct = self.shadow = self.nested = self.pool = None
         if self.mode is PagingMode.DIRECT:
-            self.direct = MiniValidator(self.frames)
+            self.direct = (XenDirect(self.frames, set(self.p2m.values())) if cores == "xen"
+                           else MiniValidator(self.frames))
         elif self.mode is PagingMode.SHADOW:
             self.shadow = MiniShadow(self.frames, self.p2m)
+        elif cores == "xen":
+            self.nested, self.pool = _xen_nested(self.frames, self.p2m)
         else:
             self.nested = MiniNestedP2M(self.frames)
             for gfn, mfn in self.p2m.items():
@@ -354,6 +409,18 @@ class PagingMachine:
     @property
     def free_frames(self) -> int:
         return len(self._free)
+
+    @property
+    def pool_used(self) -> int:
+        """Pages the hypervisor's bookkeeping holds now: shadow tables or
+        nested P2M tables (none in direct mode)."""
+        if self.pool is not None:
+            return self.pool.used
+        if self.shadow is not None:
+            return len(self.shadow._used) + (self.shadow.root is not None)
+        if self.nested is not None:
+            return self.nested._next - (POOL_MFN + 0x8000)
+        return 0
 
     def space(self) -> AddressSpace:
         """A new process address space."""
