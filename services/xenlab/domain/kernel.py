@@ -428,5 +428,7 @@ class DomainKernel:
         await self.hypercall.close()
         if self.shared_info is not None:
             self.shared_info.release()
+        if self.paging is not None:
+            self.paging.close()
         if self.memory is not None:
             self.memory.close()

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping
 
 from xenlab.domain.mmu import Mmu, PageFault
@@ -231,6 +232,9 @@ class KernelPagingService:
         self.mode = paging.mode
         self._hypercalls = hypercalls
         self._lock = asyncio.Lock()
+        # One thread: the vCPU the MMU work runs on (made here, at import
+        # time of its module, before a domain process gives up its rights).
+        self._vcpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmu")
 
     @classmethod
     async def start(cls, memory, hypercalls, pool=None) -> "KernelPagingService":
@@ -256,7 +260,10 @@ class KernelPagingService:
     async def run(self, work, *args):
         """``work(*args)`` on the worker thread (the vCPU), alone."""
         async with self._lock:
-            return await asyncio.to_thread(work, *args)
+            return await asyncio.get_running_loop().run_in_executor(self._vcpu, work, *args)
+
+    def close(self) -> None:
+        self._vcpu.shutdown(wait=False, cancel_futures=True)
 
     async def release(self, gfns: list[int]) -> None:
         await self.run(self.paging.release, gfns)
