@@ -70,6 +70,7 @@ class Plan:
     fdb_repeats: int
     paging_pages: int
     paging_remap: int
+    paging_domains: bool
     kernel: bool
     batch: int
     json: Path
@@ -140,6 +141,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--paging-remap", type=argtypes.whole(0, paging_bench.MAX_PAGES),
                         help=f"pages the remap workload moves, at most --paging-pages "
                              f"(default {FULL['paging_remap']})")
+    parser.add_argument("--paging-in-process", action="store_true",
+                        help="paging: only the in-process run (no lab of three domains)")
     parser.add_argument("--no-kernel", action="store_true", help="skip the Linux kernel baseline")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also run one 64-byte blast under py-spy and summarise where each "
@@ -163,6 +166,7 @@ def make_plan(args) -> Plan:
                 interval=args.interval or base["interval"], scale=scale, mesh=not args.no_mesh,
                 fdb_sizes=args.fdb_sizes, fdb_frames=base["fdb_frames"], fdb_repeats=base["fdb_repeats"],
                 paging_pages=paging_pages, paging_remap=paging_remap,
+                paging_domains=not args.paging_in_process,
                 kernel=not args.no_kernel, batch=args.batch, json=args.json, profile=args.profile,
                 py_spy=args.py_spy, log_level=args.log_level, keep_logs=args.keep_logs)
 
@@ -203,7 +207,7 @@ class Bench:
             self.results["netem"] = await netem_bench.run(progress, plan.log_level)
             self.save()
         if "paging" in plan.sections:
-            self.paging()
+            await self.paging()
             self.save()
         self.results["finished"] = time.time()
         self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())
@@ -314,13 +318,25 @@ class Bench:
                 section["mesh"] = mesh
             self.save()
 
-    def paging(self) -> None:
+    async def paging(self) -> None:
         plan = self.plan
         progress(f"paging: {plan.paging_pages} pages, {plan.paging_remap} remapped, in each mode "
                  f"(in-process)")
         runs = paging_bench.run_in_process(plan.paging_pages, plan.paging_remap)
-        self.results["paging"] = {"in_process": paging_bench.figures(runs, plan.paging_pages,
-                                                                     plan.paging_remap)}
+        section = self.results["paging"] = {
+            "in_process": paging_bench.figures(runs, plan.paging_pages, plan.paging_remap)}
+        self.save()
+        if not plan.paging_domains:
+            return
+        progress("paging: the same in three domains, one per mode (pv; hvm hap=0; hvm hap=1)")
+        try:
+            runs = await paging_bench.run_in_domains(plan.paging_pages, plan.paging_remap,
+                                                     log_level=plan.log_level, keep=plan.keep_logs)
+        except Exception as err:      # a lab that does not come up ends the section, with why
+            section["domains_error"] = f"{type(err).__name__}: {err}"
+            progress(f"paging in domains stopped: {section['domains_error']}")
+            return
+        section["domains"] = paging_bench.figures(runs, plan.paging_pages, plan.paging_remap)
 
     def fdb(self) -> None:
         plan = self.plan

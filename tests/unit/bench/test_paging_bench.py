@@ -16,7 +16,8 @@ COLUMNS = ["mode", "hypercalls", "traps", "PT updates", "TLB misses", "walk refs
 
 def test_bench_paging_prints_the_table_and_counters_differ_by_mode(tmp_path, capsys):
     out = tmp_path / "paging.json"
-    assert bench_main.main(["--only", "paging", "--paging-pages", "16", "--paging-remap", "4",
+    assert bench_main.main(["--only", "paging", "--paging-in-process", "--paging-pages", "16",
+                            "--paging-remap", "4",
                             "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     lines = printed.splitlines()
