@@ -19,6 +19,7 @@ from xenlab.boot.domu import _enter_domain
 from xenlab.cli import output
 from xenlab.domain.evtchn import greet
 from xenlab.proto import common_pb2, domains_pb2, memory_pb2, paging_pb2
+from xenlab.testing import check_invariants
 from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import XenError
@@ -73,6 +74,7 @@ async def test_a_domain_reports_the_mode_it_was_created_in(hypervisor, kind, pag
     assert own.eptp in own.pool_mfns or mode != "hap"
     start = hypervisor.hv._start_info(hypervisor.hv.domains.get(domid), "s")
     assert StartInfo.from_json(start.to_json()).paging_mode == mode
+    check_invariants(hypervisor.hv)
 
 
 async def test_the_pool_leaves_free_memory_and_comes_back_at_destroy(hypervisor):
