@@ -340,11 +340,7 @@ class Hypervisor:
 
     def _add_to_cores(self, dom: Domain, initial_pages: int) -> None:
         self.memory.add_domain(dom.domid, dom.max_pages, initial_pages)
-        try:
-            self.paging.add_domain(dom.domid, dom.paging_mode, dom.paging_pool_pages)
-        except BaseException:
-            self.memory.remove_domain(dom.domid)
-            raise
+        self.paging.add_domain(dom.domid, dom.paging_mode, dom.paging_pool_pages)
         buf, offset = self.memory.shared_info_buffer(dom.domid)
         shared = SharedInfo(buf, offset, dom.vcpus)
         self._shared_info[dom.domid] = shared

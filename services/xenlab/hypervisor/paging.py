@@ -127,10 +127,11 @@ class Paging:
 
     def _make_pool(self, dom: DomainPaging, pages: int) -> None:
         segment = Path(self.memory.segment_path(dom.domid))
-        dom.path = segment.with_name(segment.name + ".paging")
+        path = segment.with_name(segment.name + ".paging")
         dom.mfns = self.memory.alloc_unowned(pages)
         dom.index = {mfn: i for i, mfn in enumerate(dom.mfns)}
-        dom.fd = os.open(dom.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        dom.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        dom.path = path                 # ours to remove from here on
         os.ftruncate(dom.fd, pages * abi.PAGE_SIZE)
         dom.mm = mmap.mmap(dom.fd, pages * abi.PAGE_SIZE)
         # What the domain is handed: this object, opened again read-only, so

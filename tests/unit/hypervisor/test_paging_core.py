@@ -226,3 +226,31 @@ def test_the_domains_pool_descriptor_is_read_only(machine):
     finally:
         view.close()
     assert os.fstat(fd).st_size == MIN_POOL_PAGES * abi.PAGE_SIZE
+
+
+def test_the_frame_invariants_count_pool_frames_and_catch_one_also_free(machine):
+    mem, paging = machine
+    dom = add(machine, 1, PagingMode.HAP)
+    assert check_machine_frames(mem) == []
+    mem._free.append(dom.mfns[0])          # a pool frame handed out again: a double owner
+    problems = check_machine_frames(mem)
+    assert any("in a paging pool and free" in p for p in problems), problems
+    mem._free.pop()
+    mem._unowned.discard(dom.mfns[1])      # a pool frame the machine pool lost count of
+    assert any("accounted for" in p for p in check_machine_frames(mem))
+    mem._unowned.add(dom.mfns[1])
+
+
+def test_stats_take_direct_modes_counters_from_the_page_table_core(shm_dir):
+    mem = MachineMemory(shm_dir, "t-", total_pages=TOTAL)
+    tables = {1: {"mmu_update_calls": 3, "mmuext_calls": 2, "validations": 7, "entries": 40}}
+    paging = Paging(mem, table_stats=lambda domid: tables.get(domid, {}))
+    mem.add_domain(1, 16, 16)
+    paging.add_domain(1, PagingMode.DIRECT, 0)
+    paging.count(1, "mmu_update")          # counted by the adapter too: the core's count wins
+    stats = paging.stats(1)
+    assert stats["hypercalls"] == {"mmu_update": 3, "mmuext_op": 2}
+    assert stats["validations"] == 7 and stats["counters"] == {"entries": 40}
+    assert stats["traps"] == 0 and stats["pool_pages"] == 0
+    paging.remove_domain(1)
+    mem.remove_domain(1)

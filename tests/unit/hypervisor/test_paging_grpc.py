@@ -18,7 +18,8 @@ import pytest
 from xenlab.boot.domu import _enter_domain
 from xenlab.cli import output
 from xenlab.domain.evtchn import greet
-from xenlab.proto import common_pb2, domains_pb2, memory_pb2, paging_pb2
+from xenlab.proto import common_pb2, domains_pb2, memory_pb2, paging_pb2, save_pb2
+from xenlab.testing import check_invariants
 from xenlab.xen import abi
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import XenError
@@ -73,6 +74,7 @@ async def test_a_domain_reports_the_mode_it_was_created_in(hypervisor, kind, pag
     assert own.eptp in own.pool_mfns or mode != "hap"
     start = hypervisor.hv._start_info(hypervisor.hv.domains.get(domid), "s")
     assert StartInfo.from_json(start.to_json()).paging_mode == mode
+    check_invariants(hypervisor.hv)
 
 
 async def test_the_pool_leaves_free_memory_and_comes_back_at_destroy(hypervisor):
@@ -230,3 +232,36 @@ async def test_a_direct_mode_domain_asking_for_a_pool_is_refused(hypervisor):
                                            secret, wire.HELLO_MEMORY)
     sock.close()
     os.close(handed.memory)
+
+
+async def test_a_restored_domain_keeps_its_mode_and_its_nested_p2m_is_its_new_p2m(hypervisor):
+    """xl save / xl restore: the image's config brings type= and hap= back,
+    and the frames the restore populates reach the new nested P2M."""
+    lab = hypervisor
+    domid, guest = await lab.create_domain("web", type="hvm", maxmem_mb=32)
+    frame = lab.hv.memory.frame(domid, 1)
+    frame[:8] = b"RECORD!!"
+    frame.release()
+    call = asyncio.ensure_future(guest.save.SchedSuspend(save_pb2.SchedSuspendRequest(
+        record_gfn=1)))
+    dom = lab.hv.domains.get(domid)
+    for _ in range(200):
+        if lab.hv.is_suspended(dom):
+            break
+        await asyncio.sleep(0.01)
+    saver = lab.toolstack.saver
+    image = b"".join(saver.image(dom))
+    await lab.toolstack.destroy_domain(domid)
+    await asyncio.gather(call, return_exceptions=True)
+
+    async def chunks():
+        yield image
+
+    new, _ = await saver.restore_stream(chunks())
+    assert new.paging_mode.value == "hap" and new.paging_pool_pages == 2 * 256
+    nested = lab.hv.paging.get(new.domid).nested
+    p2m = lab.hv.memory.p2m(new.domid)
+    assert {gfn: nested.lookup(gfn) for gfn in range(32 * 256)} == \
+        {gfn: p2m.get(gfn) for gfn in range(32 * 256)}
+    assert lab.hv.memory.frame(new.domid, 1)[:8] == b"RECORD!!"
+    check_invariants(lab.hv)
