@@ -8,15 +8,13 @@ then loads CR3. Tests and the paging benchmark's in-process run then make
 process address spaces with ``machine.space()`` and touch them through
 ``machine.kernel``.
 
-The hypervisor's side here is a set of small stand-ins, written to the
-interfaces of docs/PAGING.md (the direct-paging validator, the shadow code,
-the nested P2M), not Xen's algorithms: ``MiniValidator`` applies
-``mmu_update`` and refuses a writable mapping of a page-table frame or an
-update outside a pinned table; ``MiniShadow`` rebuilds the whole shadow tree
-from the guest's tables on every fill and emulates every write to a guest
-table reachable from CR3; ``MiniNestedP2M`` is an EPT table over the P2M.
-They are enough to run the guest side in all three modes and to check what
-the guest does; the hypervisor's real cores replace them when wired.
+The hypervisor's side is its real cores where they exist: direct mode's
+validator (``hypervisor/pagetables.py``: Xen's page types and type counts)
+and hap mode's nested P2M (``hypervisor/hap.py``, in a ``PagingPool``).
+Shadow mode runs on ``MiniShadow``, a stand-in written to ShadowPaging's
+interface (docs/PAGING.md), not Xen's algorithm: it rebuilds the whole
+shadow tree from the guest's tables on every fill and emulates every write
+to a guest table reachable from CR3.
 """
 from __future__ import annotations
 
@@ -25,16 +23,19 @@ import errno
 import struct
 
 from xenlab.domain.mmu import Mmu
+from xenlab.hypervisor.hap import NestedP2M
+from xenlab.hypervisor.paging_pool import PagingPool
 from xenlab.domain.pagetable import AddressSpace, GuestPaging
+from xenlab.hypervisor.pagetables import PageTables
+from xenlab.testing_invariants import check_page_types
 from xenlab.xen.abi import PAGE_SHIFT, PAGE_SIZE
 from xenlab.xen.errors import MemoryError_
 from xenlab.xen.paging import (
-    ENTRIES, EPT_RWX, KERNEL_DIRECT_MAP, LEVELS, MMU_UPDATE_CMD_MASK, MMUEXT_NAMES,
-    MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE, MMUEXT_UNPIN_TABLE, PFEC_PRESENT, PFEC_USER,
-    PFEC_WRITE, PTE_ADDR_MASK, PTE_PRESENT, PTE_RW, PTE_USER, PagingMode, pte, va_index,
+    ENTRIES, KERNEL_DIRECT_MAP, LEVELS, PFEC_PRESENT, PFEC_USER, PFEC_WRITE, PTE_ADDR_MASK, PTE_PRESENT, PTE_RW, PTE_USER, PagingMode, pte, va_index,
 )
 
 _ENTRY = struct.Struct("<Q")
+DOMID = 1
 FIRST_MFN = 0x100          # guest frames live at machine frames FIRST_MFN.. (shuffled)
 POOL_MFN = 0x10000         # the hypervisor's paging pool
 
@@ -77,79 +78,6 @@ def table_tree(frames: Frames, root: int, name=lambda f: f) -> dict[int, int]:
                     found[child] = level - 1
                     todo.append((child, level - 1))
     return found
-
-
-# -- direct ---------------------------------------------------------------------------------
-class MiniValidator:
-    """The direct-paging hypervisor, reduced to what a guest can be caught
-    at: an update outside a pinned tree, a writable mapping of a frame that
-    is a table of a pinned tree (at update and at pin). EINVAL, as Xen."""
-
-    def __init__(self, frames: Frames):
-        self.frames = frames
-        self.pinned: set[int] = set()
-        self.baseptr: int | None = None
-        self.counters: collections.Counter = collections.Counter()
-
-    def _tables(self) -> dict[int, int]:
-        tables: dict[int, int] = {}
-        for root in self.pinned:
-            tables.update(table_tree(self.frames, root))
-        return tables
-
-    def writable_table_mappings(self, tables: dict[int, int] | None = None) -> list[int]:
-        """Table frames some L1 of a pinned tree maps writable."""
-        tables = self._tables() if tables is None else tables
-        bad = []
-        for table, level in tables.items():
-            if level != 1:
-                continue
-            for index in range(ENTRIES):
-                val = self.frames.entry(table, index)
-                if val & PTE_PRESENT and val & PTE_RW and _frame_of(val) in tables:
-                    bad.append(_frame_of(val))
-        return bad
-
-    def mmu_update(self, updates: list[tuple[int, int]]) -> None:
-        self.counters["hypercalls"] += 1
-        tables = self._tables()
-        for ptr, val in updates:
-            maddr = ptr & ~MMU_UPDATE_CMD_MASK
-            table, index = maddr >> PAGE_SHIFT, (maddr & (PAGE_SIZE - 1)) // 8
-            level = tables.get(table)
-            if level is None:
-                raise MemoryError_(errno.EINVAL, f"mfn {table:#x} is not a pinned table")
-            if level == 1 and val & PTE_PRESENT and val & PTE_RW and _frame_of(val) in tables:
-                self.counters["refusals"] += 1
-                raise MemoryError_(errno.EINVAL, "a writable mapping of a page-table frame")
-            old = self.frames.entry(table, index)
-            self.frames.set_entry(table, index, val)
-            if level > 1:
-                tables = self._tables()
-                if self.writable_table_mappings(tables):
-                    self.frames.set_entry(table, index, old)
-                    self.counters["refusals"] += 1
-                    raise MemoryError_(errno.EINVAL, "a table frame linked while mapped writable")
-            self.counters["entries"] += 1
-
-    def mmuext(self, ops: list[tuple[int, int]]) -> None:
-        self.counters["hypercalls"] += 1
-        for cmd, arg in ops:
-            self.counters[MMUEXT_NAMES.get(cmd, str(cmd))] += 1
-            if cmd == MMUEXT_PIN_L4_TABLE:
-                self.pinned.add(arg)
-                if self.writable_table_mappings():
-                    self.pinned.discard(arg)
-                    self.counters["refusals"] += 1
-                    raise MemoryError_(errno.EINVAL, "pin: a table frame is mapped writable")
-            elif cmd == MMUEXT_UNPIN_TABLE:
-                if arg not in self.pinned:
-                    raise MemoryError_(errno.EINVAL, f"mfn {arg:#x} is not pinned")
-                self.pinned.discard(arg)
-            elif cmd == MMUEXT_NEW_BASEPTR:
-                if arg not in self.pinned:
-                    raise MemoryError_(errno.EINVAL, f"mfn {arg:#x} is not a pinned L4")
-                self.baseptr = arg
 
 
 # -- shadow -----------------------------------------------------------------------------------
@@ -248,49 +176,26 @@ class MiniShadow:
         return "fixed"
 
 
-# -- hap ----------------------------------------------------------------------------------------
-class MiniNestedP2M:
-    """The P2M as a 4-level EPT table in pool frames."""
-
-    def __init__(self, frames: Frames):
-        self.frames = frames
-        self._next = POOL_MFN + 0x8000
-        self.root = self._alloc()
-        self.counters: collections.Counter = collections.Counter()
-
-    def _alloc(self) -> int:
-        self._next += 1
-        self.frames.add(self._next)
-        return self._next
-
-    def set(self, gfn: int, mfn: int, perms: int = EPT_RWX) -> None:
-        table = self.root
-        gpa = gfn << PAGE_SHIFT
-        for level in range(LEVELS, 1, -1):
-            val = self.frames.entry(table, va_index(gpa, level))
-            if not val & EPT_RWX:
-                val = pte(self._alloc(), EPT_RWX)
-                self.frames.set_entry(table, va_index(gpa, level), val)
-            table = _frame_of(val)
-        self.frames.set_entry(table, va_index(gpa, 1), pte(mfn, perms))
-        self.counters["updates"] += 1
-
-
 # -- the backend the guest calls --------------------------------------------------------------
 class InProcessBackend:
-    """PagingBackend over the hypervisor's side in this process."""
+    """PagingBackend over the hypervisor's side in this process, as domain
+    ``domid``; ``mmu`` is the vCPU whose TLB an EPT change must flush."""
 
-    def __init__(self, direct=None, shadow=None, nested=None, p2m=None):
-        self.direct, self.shadow, self.nested, self._p2m = direct, shadow, nested, p2m
+    def __init__(self, domid: int, mmu: Mmu, p2m: dict[int, int], pagetables=None,
+                 shadow=None, nested=None):
+        self.domid, self.mmu, self._p2m = domid, mmu, p2m
+        self.pagetables, self.shadow, self.nested = pagetables, shadow, nested
         self.counters: collections.Counter = collections.Counter()
 
     def mmu_update(self, updates):
         self.counters["mmu_update"] += 1
-        self.direct.mmu_update(updates)
+        done, statuses = self.pagetables.mmu_update(self.domid, updates, {})
+        _raise_refused("mmu_update", done, statuses)
 
     def mmuext(self, ops):
         self.counters["mmuext"] += 1
-        self.direct.mmuext(ops)
+        done, statuses = self.pagetables.mmuext(self.domid, ops, {})
+        _raise_refused("mmuext_op", done, statuses)
 
     def exit_page_fault(self, va, code, value):
         self.counters["exit_page_fault"] += 1
@@ -301,18 +206,31 @@ class InProcessBackend:
         return self.shadow.set_cr3(gfn)
 
     def exit_nested_fault(self, gpa, write):
+        """An EPT violation: populate the entry from the P2M (as Xen's
+        hvm_hap_nested_page_fault does for a p2m entry it has)."""
         self.counters["exit_nested_fault"] += 1
         gfn = gpa >> PAGE_SHIFT
         if gfn not in self._p2m:
             raise MemoryError_(errno.EFAULT, f"gpa {gpa:#x} is not in the guest's P2M")
         self.nested.set(gfn, self._p2m[gfn])
+        if self.nested.take_tlb_flush():
+            self.mmu.flush()
+
+
+def _raise_refused(what: str, done: int, statuses: list[int]) -> None:
+    """As the domain's typed hypercall layer raises a refusal."""
+    if done < len(statuses):
+        err = MemoryError_(-statuses[done], f"{what} item {done} refused")
+        err.done = done
+        raise err
 
 
 class PagingMachine:
     """A booted guest in ``mode`` with ``pages`` frames; its kernel's direct
     map covers them all."""
 
-    def __init__(self, mode: PagingMode | str, pages: int = 256, tlb_entries: int = 1536):
+    def __init__(self, mode: PagingMode | str, pages: int = 256, tlb_entries: int = 1536,
+                 pool_pages: int | None = None):
         self.mode = PagingMode(mode)
         self.frames = Frames()
         # a shuffled P2M, so that a gfn taken for an mfn (or back) shows
@@ -321,25 +239,40 @@ class PagingMachine:
         for mfn in self.p2m.values():
             self.frames.add(mfn)
         self._free = list(range(pages - 1, -1, -1))
-        self.direct = self.shadow = self.nested = None
+        self._mfns = frozenset(self.p2m.values())
+        self.pagetables = self.shadow = self.nested = self.pool = None
+        self.mmu = Mmu(self.mode, self.frames, tlb_entries)
         if self.mode is PagingMode.DIRECT:
-            self.direct = MiniValidator(self.frames)
+            self.pagetables = PageTables(self.frames, self.owner)
         elif self.mode is PagingMode.SHADOW:
             self.shadow = MiniShadow(self.frames, self.p2m)
         else:
-            self.nested = MiniNestedP2M(self.frames)
+            pool_pages = pool_pages or 8 + pages // 256
+            for mfn in range(POOL_MFN, POOL_MFN + pool_pages):
+                self.frames.add(mfn)
+            self.pool = PagingPool(range(POOL_MFN, POOL_MFN + pool_pages), self.frames)
+            self.nested = NestedP2M(self.pool)
             for gfn, mfn in self.p2m.items():
                 self.nested.set(gfn, mfn)
-        self.backend = InProcessBackend(self.direct, self.shadow, self.nested, self.p2m)
-        self.mmu = Mmu(self.mode, self.frames, tlb_entries)
-        if self.nested is not None:
             self.mmu.eptp = self.nested.root
+        self.backend = InProcessBackend(DOMID, self.mmu, self.p2m, self.pagetables,
+                                        self.shadow, self.nested)
         self.kernel = GuestPaging(self.mode, self.mmu, self.backend, self.p2m.__getitem__,
                                   self.alloc_frame, self.free_frame)
         self.kernel_space = AddressSpace(self.kernel, user=False)
         self.kernel_space.map_many([(KERNEL_DIRECT_MAP + (gfn << PAGE_SHIFT), gfn, True)
                                     for gfn in range(pages)])
         self.kernel_space.activate()
+
+    def owner(self, mfn: int) -> int | None:
+        return DOMID if mfn in self._mfns else None
+
+    def check(self) -> list[str]:
+        """The hypervisor's invariants over this guest (direct mode: Xen's
+        page types, testing_invariants.check_page_types); [] when they hold."""
+        if self.pagetables is None:
+            return []
+        return check_page_types(self.pagetables, self.owner, frame=self.frames)
 
     def alloc_frame(self) -> int:
         if not self._free:
@@ -365,12 +298,15 @@ class PagingMachine:
         c.update({f"mmu.{k}": v for k, v in self.mmu.counters.items()})
         c.update({f"kernel.{k}": v for k, v in self.kernel.counters.items()})
         c.update({f"backend.{k}": v for k, v in self.backend.counters.items()})
-        for name in ("direct", "shadow", "nested"):
+        if self.pagetables is not None:
+            c.update({f"direct.{k}": v for k, v in self.pagetables.stats(DOMID).items()})
+        for name in ("shadow", "nested"):
             core = getattr(self, name)
             if core is not None:
                 c.update({f"{name}.{k}": v for k, v in core.counters.items()})
+        if self.pool is not None:
+            c["pool.used"] = self.pool.used
         return c
 
 
-__all__ = ["PagingMachine", "Frames", "MiniValidator", "MiniShadow", "MiniNestedP2M",
-           "InProcessBackend", "table_tree"]
+__all__ = ["PagingMachine", "Frames", "MiniShadow", "InProcessBackend", "table_tree"]
