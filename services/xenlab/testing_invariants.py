@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from xenlab.xen import abi
+from xenlab.xen import paging as pg
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.digits import is_decimal
 
@@ -167,7 +168,6 @@ def check_page_types(pt, owner, foreign=lambda domid: {}, frame=None) -> list[st
 
     ``owner(mfn)`` is the owning domid or None; ``foreign(domid)`` the
     mfn -> read-only mapping of what it has mapped through grants."""
-    from xenlab.xen import paging as pg
     out: list[str] = []
     tables = pt.tables()
     count: collections.Counter = collections.Counter()

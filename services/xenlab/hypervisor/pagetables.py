@@ -74,6 +74,13 @@ _FAST = {1: _FAST_L1, 2: _FAST_L1 | pg.PTE_RW, 3: _FAST_L1 | pg.PTE_RW,
          4: _FAST_L1 | pg.PTE_RW}
 
 _NONE: Mapping[int, bool] = MappingProxyType({})
+# Tables one mmu_update or mmuext_op call may validate (512 entries each).
+# Xen preempts a long validation (-ERESTART and a continuation); a call
+# here runs to its end on the hypervisor's one thread, so its work is
+# capped instead: 256 tables map 512 MiB; a bigger tree is pinned bottom-up
+# (a table whose children are in force already costs its 512 entries only).
+MAX_VALIDATIONS_PER_CALL = 256
+
 _TABLES = (pg.PageType.L1, pg.PageType.L2, pg.PageType.L3, pg.PageType.L4)
 _FLUSHES = {pg.MMUEXT_TLB_FLUSH_LOCAL, pg.MMUEXT_TLB_FLUSH_MULTI, pg.MMUEXT_TLB_FLUSH_ALL}
 _INVLPGS = {pg.MMUEXT_INVLPG_LOCAL, pg.MMUEXT_INVLPG_MULTI, pg.MMUEXT_INVLPG_ALL}
@@ -114,7 +121,10 @@ class PageTables:
     own frames and addresses past the host are not)."""
 
     def __init__(self, frame: FrameView, owner: Owner,
-                 ram: Callable[[int], bool] = lambda mfn: True):
+                 ram: Callable[[int], bool] = lambda mfn: True,
+                 max_validations: int = MAX_VALIDATIONS_PER_CALL):
+        self.max_validations = max_validations
+        self._budget = max_validations
         self._frame = frame
         self._owner = owner
         self._ram = ram
@@ -161,8 +171,13 @@ class PageTables:
                 raise _refuse(errno.EINVAL, f"mfn {mfn:#x} is {pi.type.name}, not {want.name}")
             pi.count += 1
             return
+        if want in _TABLES and self._budget <= 0:
+            self._tidy(mfn, pi)
+            raise _refuse(errno.E2BIG, f"more than {self.max_validations} tables to "
+                                       "validate in one call; pin the lower levels first")
         pi.type, pi.count = want, 1
         if want in _TABLES:
+            self._budget -= 1
             try:
                 pi.entries = self._validate(mfn, int(want), domid, foreign)
             except XenError:
@@ -275,6 +290,7 @@ class PageTables:
         (done, one 0 or -errno per item tried)."""
         stats = self._dom(domid).stats
         stats["mmu_update_calls"] += 1
+        self._budget = self.max_validations
         done, statuses = _batch(updates, lambda u: self._update(domid, u[0], u[1], foreign))
         stats["entries"] += done
         stats["refusals"] += len(statuses) - done
@@ -333,6 +349,7 @@ class PageTables:
         are validated and counted; the caller's own MMU does them."""
         stats = self._dom(domid).stats
         stats["mmuext_calls"] += 1
+        self._budget = self.max_validations
         foreign = _NONE if foreign is None else foreign
         done, statuses = _batch(ops, lambda op: self._mmuext_one(domid, op[0], op[1], foreign))
         stats["mmuext_ops"] += done

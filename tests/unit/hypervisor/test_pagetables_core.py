@@ -348,3 +348,17 @@ def test_a_writable_grant_pte_of_a_granters_page_table_is_refused(h):
         h.pt.hold_writable(D2[0])
     assert e.value.errno == errno.EBUSY
     h.check()
+
+
+def test_the_validation_work_of_one_call_is_capped(h):
+    """Xen preempts a long validation; here one call may validate at most
+    max_validations tables, and a refused pin takes back all it validated.
+    Pinning the lower levels first keeps each call within the cap."""
+    h.pt.max_validations = 3
+    l4, l3, l2, l1 = tree(h)
+    assert h.ext(1, (pg.MMUEXT_PIN_L4_TABLE, l4)) == (0, [-errno.E2BIG])
+    assert h.pt.frames() == {}
+    assert h.ext(1, (pg.MMUEXT_PIN_L2_TABLE, l2)) == (1, [0])
+    assert h.ext(1, (pg.MMUEXT_PIN_L4_TABLE, l4)) == (1, [0])
+    assert h.pt.stats(1)["validations"] == 4
+    h.check()
