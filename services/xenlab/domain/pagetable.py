@@ -97,6 +97,8 @@ class AddressSpace:
         # (level, va >> level_shift(level + 1)) -> gfn of the level-``level`` table
         self._tables: dict[tuple[int, int], int] = {}
         self.root = kernel._new_table(self)
+        if user:
+            kernel._processes += 1
         if user and kernel.kernel_space is not None:
             ks = kernel.kernel_space
             for slot in _KERNEL_SLOTS:
@@ -117,10 +119,14 @@ class AddressSpace:
         """(va, gfn, writable) or (va, gfn, writable, nx) items, in as few
         batches as the mode allows."""
         self._alive()
-        for item in items:
+        pages = []
+        for item in items:          # all checked before any is mapped
             va, gfn, writable = item[0], item[1], item[2]
-            nx = item[3] if len(item) > 3 else True
-            self._set(va, _Page(gfn, writable, nx))
+            self._vpn(va)
+            self.kernel._check_gfn(gfn)
+            pages.append((va, _Page(gfn, writable, item[3] if len(item) > 3 else True)))
+        for va, page in pages:
+            self._set(va, page)
         self.kernel._commit()
 
     def unmap(self, va: int) -> None:
@@ -156,6 +162,8 @@ class AddressSpace:
         """A copy of this space: every page shared; private writable pages
         read-only in both until written (Linux's copy_page_range)."""
         self._alive()
+        if not self.user:
+            raise GuestPagingError("only a process address space forks")
         kernel = self.kernel
         child = AddressSpace(kernel, self.user)
         items = []
@@ -198,15 +206,17 @@ class AddressSpace:
         return va >> PAGE_SHIFT
 
     def _set(self, va: int, page: _Page, fresh: bool = False) -> None:
+        """Map one page; ``fresh``: fork_cow counted its reference already."""
         vpn = self._vpn(va)
+        self.kernel._check_gfn(page.gfn)
         old = self.pages.get(vpn)
         self.pages[vpn] = page
         self._write_leaf(va, page)
+        if not fresh:
+            self.kernel._add_ref(self, page.gfn)
         if old is not None:
             self.kernel._invlpg(self, va)
             self.kernel._drop_ref(self, old.gfn)
-        elif not fresh:
-            self.kernel._add_ref(self, page.gfn)
 
     def _write_leaf(self, va: int, page: _Page) -> None:
         kernel = self.kernel
@@ -274,6 +284,7 @@ class GuestPaging:
         self._refs: collections.Counter = collections.Counter()   # mappings per gfn
         self._owned: set[int] = set()                 # frames this kernel copied into
         self._table_gfns: set[int] = set()
+        self._processes = 0                           # live user address spaces
 
     @property
     def paging_on(self) -> bool:
@@ -402,6 +413,14 @@ class GuestPaging:
     def _entry_frame(self, gfn: int) -> int:
         """What an entry names: the mfn (direct) or the gfn."""
         return self.p2m(gfn) if self._direct else gfn
+
+    def _check_gfn(self, gfn: int) -> None:
+        try:
+            mfn = self.p2m(gfn)
+        except LookupError:
+            mfn = None
+        if mfn is None:
+            raise ValueError(f"gfn {gfn:#x} is not a frame of this guest")
 
     def _named_frame(self, frame: int) -> memoryview:
         """The frame an entry names: an mfn (direct) or a gfn."""
@@ -554,6 +573,11 @@ class GuestPaging:
 
     def _teardown(self, space: AddressSpace) -> None:
         ks = self.kernel_space
+        if space is ks and self._processes:
+            raise GuestPagingError(f"{self._processes} process address spaces still share "
+                                   f"the kernel's tables")
+        if space.user:
+            self._processes -= 1
         if self.active is space and ks is not None and ks is not space:
             self._activate(ks)
         for vpn in list(space.pages):

@@ -320,3 +320,49 @@ def test_fixed_workload_in_every_mode_with_different_counters():
     results, faults, _ = outcomes["direct"]
     assert ("pf", va(3) + 100, PFEC_USER) in results
     assert (va(2) + 100, PFEC_PRESENT | PFEC_WRITE | PFEC_USER) in faults
+
+
+def test_remapped_page_is_still_copied_on_write_after_fork(machine):
+    """A remap must count the new frame's mapping: otherwise the child's
+    write after fork would land in the parent's page."""
+    kernel = machine.kernel
+    parent, _ = process(machine)
+    parent.map(va(0), machine.alloc_frame())                 # remapped to a fresh frame
+    kernel.write(va(0), b"parent")
+    child = parent.fork_cow()
+    child.activate()
+    kernel.write(va(0), b"child")
+    assert kernel.counters["cow_copies"] == 1
+    parent.activate()
+    assert kernel.read(va(0), 6) == b"parent"
+
+
+def test_a_frame_the_guest_does_not_have_is_refused(machine):
+    space = machine.space()
+    with pytest.raises(ValueError):
+        space.map(va(0), 10_000)
+    assert space.lookup(va(0)) is None
+
+
+def test_only_a_process_forks_and_the_kernel_space_outlives_them(machine):
+    with pytest.raises(GuestPagingError):
+        machine.kernel_space.fork_cow()
+    space, _ = process(machine)
+    with pytest.raises(GuestPagingError):
+        machine.kernel_space.teardown()
+    space.teardown()
+    machine.kernel_space.teardown()
+    assert machine.kernel.kernel_space is None
+
+
+def test_map_many_with_one_bad_item_maps_nothing(machine):
+    space = machine.space()
+    space.activate()
+    gfn = machine.alloc_frame()
+    with pytest.raises(ValueError):
+        space.map_many([(va(0), gfn, True), (va(1), 10_000, True)])
+    assert space.lookup(va(0)) is None
+    space.map(va(2), gfn)
+    with pytest.raises(PageFault):
+        machine.kernel.read(va(0), 1)
+    assert machine.check() == []
