@@ -95,6 +95,11 @@ class MiniShadow:
         self._pool_free: list[int] = []
         self._used: list[int] = []
         self.counters: collections.Counter = collections.Counter()
+        self.tlb_flush_pending = False
+
+    def take_tlb_flush(self) -> bool:
+        pending, self.tlb_flush_pending = self.tlb_flush_pending, False
+        return pending
 
     def _alloc(self) -> int:
         mfn = self._pool_free.pop() if self._pool_free else self._next()
@@ -116,6 +121,7 @@ class MiniShadow:
         tables = self._guest_tables()
         self._copy(self.guest_root, self.root, LEVELS, tables)
         self.counters["fills"] += 1
+        self.tlb_flush_pending = True       # a whole new shadow: nothing cached holds
 
     def _copy(self, gtable: int, stable: int, level: int, tables: dict[int, int]) -> None:
         for index in range(ENTRIES):
@@ -199,11 +205,24 @@ class InProcessBackend:
 
     def exit_page_fault(self, va, code, value):
         self.counters["exit_page_fault"] += 1
-        return self.shadow.page_fault(va, code, value)
+        try:
+            return self.shadow.page_fault(va, code, value)
+        finally:
+            self._shadow_flush()
 
     def exit_cr3(self, gfn):
         self.counters["exit_cr3"] += 1
-        return self.shadow.set_cr3(gfn)
+        try:
+            return self.shadow.set_cr3(gfn)
+        finally:
+            self._shadow_flush()
+
+    def _shadow_flush(self) -> None:
+        """A frame newly write-protected, or a shadow entry gone: the vCPU's
+        TLB may hold what no longer holds (Xen flushes the domain's TLBs)."""
+        if self.shadow.take_tlb_flush():
+            self.counters["tlb_flushes"] += 1
+            self.mmu.flush()
 
     def exit_nested_fault(self, gpa, write):
         """An EPT violation: populate the entry from the P2M (as Xen's

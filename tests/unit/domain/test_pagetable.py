@@ -366,3 +366,33 @@ def test_map_many_with_one_bad_item_maps_nothing(machine):
     with pytest.raises(PageFault):
         machine.kernel.read(va(0), 1)
     assert machine.check() == []
+
+
+def test_teardown_clears_the_tables_as_linux_exit_does(machine):
+    space, _ = process(machine)
+    frames = space.table_frames()
+    writes = machine.kernel.counters["pt_writes"]
+    space.teardown()
+    for gfn in frames[1:]:
+        assert bytes(machine.kernel._frame(gfn)) == bytes(PAGE)
+    root = machine.kernel._frame(frames[0])
+    assert bytes(root[:PAGE // 2]) == bytes(PAGE // 2)     # the kernel's half is left
+    assert machine.kernel.counters["pt_writes"] - writes >= 4 + 3
+    assert machine.check() == []
+
+
+def test_recycled_table_frames_serve_as_data(machine):
+    kernel = machine.kernel
+    space, _ = process(machine)
+    old_tables = set(space.table_frames())
+    space.teardown()
+    fresh = [machine.alloc_frame() for _ in range(len(old_tables))]
+    assert old_tables & set(fresh)
+    again = machine.space()
+    again.map_many([(va(i), g, True) for i, g in enumerate(fresh)])
+    again.activate()
+    for i in range(len(fresh)):
+        kernel.write(va(i), b"data %d" % i)
+    assert [kernel.read(va(i), 6) for i in range(len(fresh))] == [
+        b"data %d" % i for i in range(len(fresh))]
+    assert kernel.faults == []
