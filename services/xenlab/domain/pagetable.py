@@ -26,7 +26,10 @@ and one per workload ("process") whose L4 shares the kernel's upper-half
 entries (Linux's pgd_ctor). ``fork_cow`` copies one as Linux's fork does:
 private writable pages become read-only in both, and a write fault on one
 copies that page (do_wp_page; a page no longer shared is made writable
-again without a copy).
+again without a copy). ``teardown`` does what Linux's exit does: switch
+away, unpin (direct mode, xen_exit_mmap, which makes the zap plain stores),
+clear every entry of the process's tables (zap_pte_range, free_pgtables:
+each one a trapped write in shadow mode) and free the table frames.
 
 The MMU protects the guest from its own mistakes; isolation between domains
 is the process boundary, not this code.
