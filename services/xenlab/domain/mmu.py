@@ -267,13 +267,16 @@ class Mmu:
                 dirty = self._set_bits(used[-1], PTE_ACCESSED | PTE_DIRTY)
             else:
                 self._set_accessed(used)
+            ept = EPT_RWX
             if self._hap:
-                table, _, nrefs = self._nested(table, access)
+                table, ept, nrefs = self._nested(table, access)
                 refs += nrefs
         finally:
             self._counts["walk_refs"] += refs
-        deny = ((0 if rw & PTE_RW and dirty else PFEC_WRITE)
-                | (0 if us & PTE_USER else PFEC_USER) | (PFEC_INSN if nx & PTE_NX else 0))
+        # The TLB entry caches the combined rights (guest and EPT), as hardware does.
+        deny = ((0 if rw & PTE_RW and dirty and ept & EPT_WRITE else PFEC_WRITE)
+                | (0 if us & PTE_USER else PFEC_USER)
+                | (PFEC_INSN if nx & PTE_NX or not ept & EPT_EXEC else 0))
         return table, deny
 
     def _nested(self, gfn: int, access: int) -> tuple[int, int, int]:

@@ -26,7 +26,10 @@ and one per workload ("process") whose L4 shares the kernel's upper-half
 entries (Linux's pgd_ctor). ``fork_cow`` copies one as Linux's fork does:
 private writable pages become read-only in both, and a write fault on one
 copies that page (do_wp_page; a page no longer shared is made writable
-again without a copy).
+again without a copy). ``teardown`` does what Linux's exit does: switch
+away, unpin (direct mode, xen_exit_mmap, which makes the zap plain stores),
+clear every entry of the process's tables (zap_pte_range, free_pgtables:
+each one a trapped write in shadow mode) and free the table frames.
 
 The MMU protects the guest from its own mistakes; isolation between domains
 is the process boundary, not this code.
@@ -54,6 +57,7 @@ _KERNEL_SLOTS = range(ENTRIES // 2, ENTRIES)   # L4 slots of the upper half
 FLUSH_CEILING = 32                 # Linux's tlb_single_page_flush_ceiling (33: > 32 flushes)
 MAX_EXIT_RETRIES = 16              # exits one access may take before the kernel gives up
 _DM_VPN = KERNEL_DIRECT_MAP >> PAGE_SHIFT
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 
 class PagingBackend(Protocol):
@@ -97,6 +101,8 @@ class AddressSpace:
         # (level, va >> level_shift(level + 1)) -> gfn of the level-``level`` table
         self._tables: dict[tuple[int, int], int] = {}
         self.root = kernel._new_table(self)
+        if user:
+            kernel._processes += 1
         if user and kernel.kernel_space is not None:
             ks = kernel.kernel_space
             for slot in _KERNEL_SLOTS:
@@ -117,10 +123,14 @@ class AddressSpace:
         """(va, gfn, writable) or (va, gfn, writable, nx) items, in as few
         batches as the mode allows."""
         self._alive()
-        for item in items:
+        pages = []
+        for item in items:          # all checked before any is mapped
             va, gfn, writable = item[0], item[1], item[2]
-            nx = item[3] if len(item) > 3 else True
-            self._set(va, _Page(gfn, writable, nx))
+            self._vpn(va)
+            self.kernel._check_gfn(gfn)
+            pages.append((va, _Page(gfn, writable, item[3] if len(item) > 3 else True)))
+        for va, page in pages:
+            self._set(va, page)
         self.kernel._commit()
 
     def unmap(self, va: int) -> None:
@@ -156,6 +166,8 @@ class AddressSpace:
         """A copy of this space: every page shared; private writable pages
         read-only in both until written (Linux's copy_page_range)."""
         self._alive()
+        if not self.user:
+            raise GuestPagingError("only a process address space forks")
         kernel = self.kernel
         child = AddressSpace(kernel, self.user)
         items = []
@@ -198,15 +210,17 @@ class AddressSpace:
         return va >> PAGE_SHIFT
 
     def _set(self, va: int, page: _Page, fresh: bool = False) -> None:
+        """Map one page; ``fresh``: fork_cow counted its reference already."""
         vpn = self._vpn(va)
+        self.kernel._check_gfn(page.gfn)
         old = self.pages.get(vpn)
         self.pages[vpn] = page
         self._write_leaf(va, page)
+        if not fresh:
+            self.kernel._add_ref(self, page.gfn)
         if old is not None:
             self.kernel._invlpg(self, va)
             self.kernel._drop_ref(self, old.gfn)
-        elif not fresh:
-            self.kernel._add_ref(self, page.gfn)
 
     def _write_leaf(self, va: int, page: _Page) -> None:
         kernel = self.kernel
@@ -274,6 +288,7 @@ class GuestPaging:
         self._refs: collections.Counter = collections.Counter()   # mappings per gfn
         self._owned: set[int] = set()                 # frames this kernel copied into
         self._table_gfns: set[int] = set()
+        self._processes = 0                           # live user address spaces
 
     @property
     def paging_on(self) -> bool:
@@ -292,11 +307,32 @@ class GuestPaging:
             try:
                 return mmu.view(va, length, write, user)
             except PageFault as pf:
-                self._page_fault(pf, None)
+                value = self._written(va, length) if write and self._shadow else None
+                if not self._page_fault(pf, value):
+                    # Emulated: a write to a frame the hypervisor still shadows
+                    # (a recycled table). The access is handed over as a write
+                    # of the bytes the range holds; the caller's own bytes land
+                    # directly. That frame is no table of the guest's now, and
+                    # becomes one again only through _new_table, whose
+                    # full-page write through the direct map resyncs it.
+                    gfn = self.walk(va, True, user)[0]
+                    offset = va & (PAGE_SIZE - 1)
+                    return self._frame(gfn)[offset:offset + length]
             except NestedFault as nf:
                 self._nested_fault(nf)
         raise GuestPagingError(f"an access at {va:#x} still faults after "
                                f"{MAX_EXIT_RETRIES} exits")
+
+    def _written(self, va: int, length: int) -> bytes | None:
+        """What a write access at ``va`` would write if it wrote nothing new:
+        the bytes there now, by the guest's own walk (None if it faults)."""
+        gfn, code, _ = self.walk(va)
+        if code or gfn is None:
+            return None
+        offset = va & (PAGE_SIZE - 1)
+        if length <= 0 or offset + length > PAGE_SIZE:
+            return None
+        return bytes(self._frame(gfn)[offset:offset + length])
 
     def read(self, va: int, length: int) -> bytes:
         out = bytearray()
@@ -339,9 +375,10 @@ class GuestPaging:
             return frame, access | PFEC_PRESENT, refused
         return frame, 0, 0
 
-    def _page_fault(self, pf: PageFault, value: bytes | None) -> bool:
-        """True when the access should be retried; raises for a real fault.
-        ``value``: the bytes of a table write (shadow's emulation)."""
+    def _page_fault(self, pf: PageFault, value: bytes | None, table_write: bool = False) -> bool:
+        """True when the access should be retried, False when the hypervisor
+        emulated it; raises for a real fault. ``value``: the bytes written
+        (shadow's emulation); ``table_write``: the kernel writing its tables."""
         code, level = pf.code, pf.level
         if self._shadow:
             self.counters["shadow_exits"] += 1
@@ -363,7 +400,7 @@ class GuestPaging:
                 return True     # the guest's tables allow it: a spurious fault
         self.counters["page_faults"] += 1
         self.faults.append((pf.va, code))
-        if value is None and self._cow_fault(pf.va, code):
+        if not table_write and self._cow_fault(pf.va, code):
             return True
         raise PageFault(pf.va, code, level)
 
@@ -403,6 +440,14 @@ class GuestPaging:
         """What an entry names: the mfn (direct) or the gfn."""
         return self.p2m(gfn) if self._direct else gfn
 
+    def _check_gfn(self, gfn: int) -> None:
+        try:
+            mfn = self.p2m(gfn)
+        except LookupError:
+            mfn = None
+        if mfn is None:
+            raise ValueError(f"gfn {gfn:#x} is not a frame of this guest")
+
     def _named_frame(self, frame: int) -> memoryview:
         """The frame an entry names: an mfn (direct) or a gfn."""
         return self.mmu.frame(frame) if self._direct else self._frame(frame)
@@ -419,20 +464,23 @@ class GuestPaging:
         self._store(table_gfn, index, val)
 
     def _store(self, table_gfn: int, index: int, val: int) -> None:
-        """A plain store into a table: through the direct map once paging
-        is on (where shadow mode traps it), straight into the frame before."""
-        dm = KERNEL_DIRECT_MAP + (table_gfn << PAGE_SHIFT) + index * 8
+        self._store_bytes(table_gfn, index * 8, _ENTRY.pack(val))
+
+    def _store_bytes(self, gfn: int, offset: int, data: bytes) -> None:
+        """A plain store into a table frame: through the direct map once
+        paging is on (where shadow mode traps it), straight into the frame
+        before."""
+        dm = KERNEL_DIRECT_MAP + (gfn << PAGE_SHIFT) + offset
         ks = self.kernel_space
         if not self.paging_on or ks is None or (dm >> PAGE_SHIFT) not in ks.pages:
-            _ENTRY.pack_into(self._frame(table_gfn), index * 8, val)
+            self._frame(gfn)[offset:offset + len(data)] = data
             return
-        data = _ENTRY.pack(val)
         for _ in range(MAX_EXIT_RETRIES):
             try:
-                self.mmu.view(dm, 8, True, False)[:] = data
+                self.mmu.view(dm, len(data), True, False)[:] = data
                 return
             except PageFault as pf:
-                if not self._page_fault(pf, data):
+                if not self._page_fault(pf, data, table_write=True):
                     return          # emulated by the hypervisor
             except NestedFault as nf:
                 self._nested_fault(nf)
@@ -447,10 +495,11 @@ class GuestPaging:
         gfn = self.alloc_frame()
         self._table_gfns.add(gfn)
         self.counters["tables"] += 1
-        frame = self._frame(gfn)
-        for index in range(ENTRIES):
-            if _ENTRY.unpack_from(frame, index * 8)[0]:
-                self._store(gfn, index, 0)
+        # Cleared through the direct map: in shadow mode a frame the
+        # hypervisor still shadows (it was a table before) traps, and the
+        # emulated write resyncs its shadow.
+        if self._shadow or self._frame(gfn) != _ZERO_PAGE:
+            self._store_bytes(gfn, 0, _ZERO_PAGE)
         if self._direct and space.pinned:
             self._set_dm_writable(gfn, False)
         return gfn
@@ -552,14 +601,37 @@ class GuestPaging:
             self.mmu.load_cr3(space.root)
         self.active = space
 
+    def _zap(self, space: AddressSpace) -> None:
+        """Clear every entry of a process's tables, leaves first, as Linux's
+        exit does (zap_pte_range, then free_pgtables); the kernel's half of
+        its L4 is left, as pgd_free leaves it."""
+        for level in range(1, LEVELS):
+            for (lvl, _key), gfn in space._tables.items():
+                if lvl == level:
+                    self._clear_entries(gfn, range(ENTRIES))
+        self._clear_entries(space.root, range(ENTRIES // 2))
+
+    def _clear_entries(self, gfn: int, indexes) -> None:
+        frame = self._frame(gfn)
+        for index in indexes:
+            if _ENTRY.unpack_from(frame, index * 8)[0]:
+                self.counters["pt_writes"] += 1
+                self._store(gfn, index, 0)
+
     def _teardown(self, space: AddressSpace) -> None:
         ks = self.kernel_space
+        if space is ks and self._processes:
+            raise GuestPagingError(f"{self._processes} process address spaces still share "
+                                   f"the kernel's tables")
+        if space.user:
+            self._processes -= 1
         if self.active is space and ks is not None and ks is not space:
             self._activate(ks)
         for vpn in list(space.pages):
             self._drop_ref(space, space.pages.pop(vpn).gfn)
         frames = space.table_frames()
         if self._direct and space.pinned:
+            # xen_exit_mmap: unpin first, so that the zap below is plain stores
             self._commit()
             self._mmuext([(MMUEXT_UNPIN_TABLE, self.p2m(space.root))])
             space.pinned = False
@@ -567,6 +639,8 @@ class GuestPaging:
                 for gfn in frames:
                     self._set_dm_writable(gfn, True)
                 self._commit()
+        if space is not ks:
+            self._zap(space)
         for gfn in frames:
             self._table_gfns.discard(gfn)
             self.free_frame(gfn)

@@ -509,3 +509,18 @@ def test_translation_agrees_with_a_hand_walk(maps, probes):
         except PageFault as pf:
             got = ("pf", pf.code, pf.level)
         assert got == expected
+
+
+def test_a_tlb_hit_keeps_the_ept_rights():
+    """A translation cached by a read of a read-only EPT page must not serve
+    a write, even when the guest's own entry is writable and dirty."""
+    hap = Hap()
+    mmu = Mmu("hap", hap.frames)
+    mmu.eptp = hap.eptp
+    l1 = hap.guest_map(1, VA, 50)
+    hap.frames.set_entry(l1 + 100, va_index(VA, 1), pte(50, TABLE | PTE_ACCESSED | PTE_DIRTY))
+    hap.ept_set(50, 150, EPT_READ)
+    mmu.load_cr3(1)
+    assert mmu.translate(VA) == 150
+    with pytest.raises(NestedFault):
+        mmu.translate(VA, write=True)

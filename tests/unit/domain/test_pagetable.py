@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from xenlab.domain.mmu import PageFault
 from xenlab.domain.pagetable import FLUSH_CEILING, GuestPagingError
-from xenlab.testing.paging_machine import PagingMachine
+from xenlab.testing.paging_machine import DOMID, PagingMachine
 from xenlab.xen.errors import MemoryError_
 from xenlab.xen.paging import (
     KERNEL_DIRECT_MAP, MAX_MMU_UPDATES, PFEC_PRESENT, PFEC_USER, PFEC_WRITE,
@@ -153,7 +153,7 @@ def test_direct_tables_are_read_only_in_the_direct_map():
     kernel = machine.kernel
     space, _ = process(machine)
     space.map(va(600), machine.alloc_frame())                # a new L1 while pinned
-    assert machine.direct.writable_table_mappings() == []
+    assert machine.check() == []
     for gfn in space.table_frames() + machine.kernel_space.table_frames():
         with pytest.raises(PageFault) as exc:
             kernel.access(KERNEL_DIRECT_MAP + gfn * PAGE, 8, True)
@@ -187,7 +187,7 @@ def test_direct_batches_split_at_the_hypervisors_cap():
     space.map_many([(va(i), gfn, True) for i in range(n)])
     # n leaves and the 2 L1s (with their read-only direct-map entries) they need
     assert machine.backend.counters["mmu_update"] - before == 2
-    assert machine.direct.counters["entries"] >= n
+    assert machine.pagetables.stats(DOMID)["entries"] >= n
 
 
 def test_direct_many_unmaps_flush_once():
@@ -196,11 +196,11 @@ def test_direct_many_unmaps_flush_once():
     gfn = machine.alloc_frame()
     space.map_many([(va(i), gfn, True) for i in range(FLUSH_CEILING + 8)])
     space.activate()
-    ops = machine.direct.counters["tlb_flush_local"]
+    ops = machine.pagetables.stats(DOMID)["tlb_flushes"]
     for i in range(FLUSH_CEILING + 8):
         machine.kernel.read(va(i), 1)
     space.fork_cow()                                         # every parent entry loses RW
-    assert machine.direct.counters["tlb_flush_local"] == ops + 1
+    assert machine.pagetables.stats(DOMID)["tlb_flushes"] == ops + 1
 
 
 def test_direct_hypervisor_refusal_reaches_the_guest():
@@ -240,7 +240,8 @@ def test_hap_cold_miss_walks_24_references():
 def test_hap_nested_fault_goes_to_the_hypervisor():
     machine = PagingMachine("hap", pages=64)
     space, gfns = process(machine)
-    machine.nested.set(gfns[0], machine.p2m[gfns[0]], 0)    # EPT entry gone
+    machine.nested.clear(gfns[0])                           # EPT entry gone
+    assert machine.nested.take_tlb_flush()
     machine.mmu.flush()
     assert machine.kernel.read(va(0), 1) == b"A"
     assert machine.backend.counters["exit_nested_fault"] == 1
@@ -289,6 +290,7 @@ def run_workload(mode: str, ops) -> tuple[list, list, str]:
             results.append(("pf", pf.va, pf.code))
         except KeyError:
             results.append("unmapped")
+    assert machine.check() == []          # direct: Xen's type counts agree with the tables
     digest = hashlib.sha256()
     for space in spaces:
         space.activate()
@@ -297,6 +299,7 @@ def run_workload(mode: str, ops) -> tuple[list, list, str]:
                 digest.update(kernel.read(va(i), PAGE))
     for space in spaces:
         space.teardown()
+    assert machine.check() == []
     return results, kernel.faults, digest.hexdigest()
 
 
@@ -317,3 +320,79 @@ def test_fixed_workload_in_every_mode_with_different_counters():
     results, faults, _ = outcomes["direct"]
     assert ("pf", va(3) + 100, PFEC_USER) in results
     assert (va(2) + 100, PFEC_PRESENT | PFEC_WRITE | PFEC_USER) in faults
+
+
+def test_remapped_page_is_still_copied_on_write_after_fork(machine):
+    """A remap must count the new frame's mapping: otherwise the child's
+    write after fork would land in the parent's page."""
+    kernel = machine.kernel
+    parent, _ = process(machine)
+    parent.map(va(0), machine.alloc_frame())                 # remapped to a fresh frame
+    kernel.write(va(0), b"parent")
+    child = parent.fork_cow()
+    child.activate()
+    kernel.write(va(0), b"child")
+    assert kernel.counters["cow_copies"] == 1
+    parent.activate()
+    assert kernel.read(va(0), 6) == b"parent"
+
+
+def test_a_frame_the_guest_does_not_have_is_refused(machine):
+    space = machine.space()
+    with pytest.raises(ValueError):
+        space.map(va(0), 10_000)
+    assert space.lookup(va(0)) is None
+
+
+def test_only_a_process_forks_and_the_kernel_space_outlives_them(machine):
+    with pytest.raises(GuestPagingError):
+        machine.kernel_space.fork_cow()
+    space, _ = process(machine)
+    with pytest.raises(GuestPagingError):
+        machine.kernel_space.teardown()
+    space.teardown()
+    machine.kernel_space.teardown()
+    assert machine.kernel.kernel_space is None
+
+
+def test_map_many_with_one_bad_item_maps_nothing(machine):
+    space = machine.space()
+    space.activate()
+    gfn = machine.alloc_frame()
+    with pytest.raises(ValueError):
+        space.map_many([(va(0), gfn, True), (va(1), 10_000, True)])
+    assert space.lookup(va(0)) is None
+    space.map(va(2), gfn)
+    with pytest.raises(PageFault):
+        machine.kernel.read(va(0), 1)
+    assert machine.check() == []
+
+
+def test_teardown_clears_the_tables_as_linux_exit_does(machine):
+    space, _ = process(machine)
+    frames = space.table_frames()
+    writes = machine.kernel.counters["pt_writes"]
+    space.teardown()
+    for gfn in frames[1:]:
+        assert bytes(machine.kernel._frame(gfn)) == bytes(PAGE)
+    root = machine.kernel._frame(frames[0])
+    assert bytes(root[:PAGE // 2]) == bytes(PAGE // 2)     # the kernel's half is left
+    assert machine.kernel.counters["pt_writes"] - writes >= 4 + 3
+    assert machine.check() == []
+
+
+def test_recycled_table_frames_serve_as_data(machine):
+    kernel = machine.kernel
+    space, _ = process(machine)
+    old_tables = set(space.table_frames())
+    space.teardown()
+    fresh = [machine.alloc_frame() for _ in range(len(old_tables))]
+    assert old_tables & set(fresh)
+    again = machine.space()
+    again.map_many([(va(i), g, True) for i, g in enumerate(fresh)])
+    again.activate()
+    for i in range(len(fresh)):
+        kernel.write(va(i), b"data %d" % i)
+    assert [kernel.read(va(i), 6) for i in range(len(fresh))] == [
+        b"data %d" % i for i in range(len(fresh))]
+    assert kernel.faults == []
