@@ -92,7 +92,7 @@ def run_in_process(pages: int = DEFAULT_PAGES, remap: int = DEFAULT_REMAP, seed:
 
 def run_mode(mode: PagingMode, pages: int, remap: int, seed: int = 0) -> list[WorkloadResult]:
     """The workloads in a fresh harness of ``mode``, big enough for them."""
-    machine = PagingMachine(mode, pages=2 * pages + SLACK_FRAMES, cores="xen")
+    machine = PagingMachine(mode, pages=2 * pages + SLACK_FRAMES)
     return run_workloads(machine.kernel, machine.alloc_frame, machine.free_frame, pages, remap,
                          seed, hypervisor_counters=lambda: hypervisor_counters(machine),
                          gauges=lambda: {"pool_used": pool_used(machine)},
@@ -106,7 +106,13 @@ def hypervisor_counters(machine: PagingMachine) -> dict[str, int]:
 
 def pool_used(machine: PagingMachine) -> int:
     """Pool pages holding shadows or nested P2M tables now."""
-    return machine.pool_used
+    if machine.pool is not None:
+        return machine.pool.used
+    shadow = machine.shadow
+    if shadow is not None:
+        pages = shadow.counters.get("shadow_pages")
+        return pages if pages is not None else len(shadow._used) + (shadow.root is not None)
+    return 0
 
 
 # The domains run: one domU per mode, as xl.cfg chooses it.
