@@ -161,8 +161,7 @@ class KernelPaging:
     # -- the balloon -------------------------------------------------------------------------
     def release(self, gfns: list[int]) -> None:
         """Before the frames go back to the hypervisor: unmap them."""
-        for gfn in gfns:
-            self.space.unmap(direct_map_va(gfn))
+        self.space.unmap_many([direct_map_va(gfn) for gfn in gfns])
         self.frames.released(gfns)
 
     def populate(self, p2m: Mapping[int, int]) -> None:

@@ -44,6 +44,21 @@ async def test_a_ballooned_frame_leaves_the_direct_map_and_a_new_one_enters_it(h
     assert bytes(kernel.memory.raw_frame(got[0])[:3]) == b"new"
 
 
+async def test_the_balloon_unmaps_its_frames_in_one_batch(hypervisor):
+    kernel = await hypervisor.boot_domain("web")
+    gfns = kernel.memory.balloon_candidates(40)
+    counters = kernel.paging.paging.paging.counters
+    before = counters["hypercalls"], counters["mmu_update_entries"]
+    await kernel._give_back(gfns)
+    # one mmu_update of 40 entries and one TLB flush (past Linux's 32-page
+    # ceiling), not one of each per frame
+    assert (counters["hypercalls"] - before[0], counters["mmu_update_entries"] - before[1]) \
+        == (2, 40)
+    for gfn in gfns:
+        with pytest.raises(IndexError):
+            kernel.memory.frame(gfn)
+
+
 async def test_the_workloads_in_a_domain_see_what_they_see_in_process(hypervisor):
     kernel = await hypervisor.boot_domain("web")
     results = await kernel.paging.run_workloads(12, 3, seed=5)
