@@ -39,7 +39,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping
 
-from xenlab.domain.mmu import Mmu, PageFault
+from xenlab.domain.mmu import Mmu, NestedFault, PageFault
 from xenlab.domain.paging_workloads import WorkloadResult, run_workloads
 from xenlab.domain.pagetable import AddressSpace, GuestPaging, PagingBackend
 from xenlab.xen.abi import PAGE_SIZE
@@ -151,12 +151,22 @@ class KernelPaging:
         self.boot_seconds = self._clock() - started
 
     def frame(self, gfn: int) -> memoryview:
-        """The kernel's access to its frame ``gfn``: through the MMU."""
+        """The kernel's access to its frame ``gfn``: through the MMU. In
+        shadow and hap mode a miss the MMU cannot serve alone (a shadow not
+        filled yet, an EPT entry not there) would be an exit; the caller may
+        be on the event loop, which an exit waits for, so the kernel reads
+        its own tables instead (they are the truth in those modes) and
+        reaches the frame they name."""
+        va = direct_map_va(gfn)
         try:
-            mfn = self.mmu.translate(direct_map_va(gfn), write=True)
-        except PageFault as fault:
-            raise IndexError(f"gfn {gfn} is not mapped: {fault}") from None
-        return self.frames(mfn)
+            return self.frames(self.mmu.translate(va, write=True))
+        except (PageFault, NestedFault) as fault:
+            if self.mode is PagingMode.DIRECT:
+                raise IndexError(f"gfn {gfn} is not mapped: {fault}") from None
+        named, code, _ = self.paging.walk(va, write=True)
+        if named is None or code:
+            raise IndexError(f"gfn {gfn} is not mapped in the direct map")
+        return self.frames(self.frames.mfn(named))
 
     # -- the balloon -------------------------------------------------------------------------
     def release(self, gfns: list[int]) -> None:

@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 
 from xenlab.bench.paging import run_mode
-from xenlab.domain.paging import direct_map_va
+from xenlab.domain.paging import DomainFrames, KernelPaging, direct_map_va
 from xenlab.domain.paging_workloads import WorkloadError
+from xenlab.testing.paging_machine import PagingMachine
 from xenlab.xen.paging import PagingMode
 
 
@@ -70,3 +71,59 @@ async def test_the_workloads_in_a_domain_see_what_they_see_in_process(hypervisor
     # the kernel is back on its own address space, and its frames still reachable
     assert kernel.paging.paging.mmu.cr3 == hypervisor.hv.memory.pagetables.baseptr(kernel.domid)
     kernel.memory.frame(kernel.memory.alloc_frames(1)[0])
+
+
+# -- the kernel's paging over the harness's hypervisor side, in every mode ----------------------
+def kernel_on(machine: PagingMachine) -> KernelPaging:
+    """A kernel's paging (domain/paging.py) over the harness's frames and
+    hypervisor cores; its spare frames are the harness's free ones."""
+    class Frames(DomainFrames):
+        def __call__(self, mfn):         # the paging pool: the hypervisor's frames, mapped
+            try:
+                return super().__call__(mfn)
+            except LookupError:
+                return machine.frames[mfn]
+    # The harness booted a kernel of its own: its table frames are not this one's.
+    theirs = set(machine.kernel_space.table_frames())
+    frames = Frames(lambda gfn: machine.frames[machine.p2m[gfn]],
+                    {g: m for g, m in machine.p2m.items() if g not in theirs})
+    kp = KernelPaging(machine.mode, frames, machine.backend,
+                      lambda n: [machine.alloc_frame() for _ in range(n)],
+                      lambda gfns: [machine.free_frame(g) for g in gfns],
+                      eptp=machine.nested.root if machine.nested is not None else None)
+    kp.boot()
+    return kp
+
+
+# (Direct mode is the in-process lab's above: two kernels cannot share one
+# guest's memory there, the validator refuses a table its other kernel maps.)
+@pytest.mark.parametrize("mode", [PagingMode.SHADOW, PagingMode.HAP])
+def test_frame_reaches_the_frame_its_direct_map_names(mode):
+    machine = PagingMachine(mode, pages=64)
+    kp = kernel_on(machine)
+    gfn = machine.alloc_frame()
+    machine.frames[machine.p2m[gfn]][:4] = b"gfn!"
+    assert bytes(kp.frame(gfn)[:4]) == b"gfn!"
+    kp.release([gfn])
+    with pytest.raises(IndexError):
+        kp.frame(gfn)
+
+
+def test_a_miss_that_would_exit_is_served_from_the_kernels_own_tables():
+    # shadow: the shadows are gone (as after shadow_blow_tables) and the TLB
+    # flushed: the MMU faults, and no exit can be taken from the event loop
+    machine = PagingMachine(PagingMode.SHADOW, pages=64)
+    kp = kernel_on(machine)
+    gfn = machine.alloc_frame()
+    kp.mmu.frame(kp.mmu.cr3)[:] = bytes(4096)
+    kp.mmu.flush()
+    machine.frames[machine.p2m[gfn]][:2] = b"ok"
+    assert bytes(kp.frame(gfn)[:2]) == b"ok"
+    # hap: the nested P2M lost the frame's entry: an EPT violation
+    machine = PagingMachine(PagingMode.HAP, pages=64)
+    kp = kernel_on(machine)
+    gfn = machine.alloc_frame()
+    kp.mmu.flush()
+    machine.nested.clear(gfn)
+    machine.frames[machine.p2m[gfn]][:2] = b"ok"
+    assert bytes(kp.frame(gfn)[:2]) == b"ok"
