@@ -134,16 +134,27 @@ class AddressSpace:
         self.kernel._commit()
 
     def unmap(self, va: int) -> None:
+        self.unmap_many([va])
+
+    def unmap_many(self, vas) -> None:
+        """Unmap pages in one batch (direct: one mmu_update, then the
+        flushes); every address is checked mapped before any goes."""
         self._alive()
-        vpn = self._vpn(va)
-        page = self.pages.pop(vpn, None)
-        if page is None:
-            raise KeyError(f"{va:#x} is not mapped")
-        l1, idx = self._leaf_slot(va)
-        self.kernel._write_entry(self, l1, idx, 0)
-        self.kernel._invlpg(self, va)
+        vas = list(vas)
+        for va in vas:
+            if self.pages.get(self._vpn(va)) is None:
+                raise KeyError(f"{va:#x} is not mapped")
+        if len({va >> PAGE_SHIFT for va in vas}) != len(vas):
+            raise ValueError("a page is named twice")
+        gone = []
+        for va in vas:
+            gone.append(self.pages.pop(va >> PAGE_SHIFT))
+            l1, idx = self._leaf_slot(va)
+            self.kernel._write_entry(self, l1, idx, 0)
+            self.kernel._invlpg(self, va)
         self.kernel._commit()
-        self.kernel._drop_ref(self, page.gfn)
+        for page in gone:
+            self.kernel._drop_ref(self, page.gfn)
 
     def unmap_many(self, vas) -> None:
         """Unmap each of ``vas`` in one batch (the balloon giving frames

@@ -266,10 +266,7 @@ class PagingMachine:
         elif self.mode is PagingMode.SHADOW:
             self.shadow = MiniShadow(self.frames, self.p2m)
         else:
-            pool_pages = pool_pages or 8 + pages // 256
-            for mfn in range(POOL_MFN, POOL_MFN + pool_pages):
-                self.frames.add(mfn)
-            self.pool = PagingPool(range(POOL_MFN, POOL_MFN + pool_pages), self.frames)
+            self.pool = self._pool(pool_pages or 8 + pages // 256)
             self.nested = NestedP2M(self.pool)
             for gfn, mfn in self.p2m.items():
                 self.nested.set(gfn, mfn)
@@ -282,6 +279,11 @@ class PagingMachine:
         self.kernel_space.map_many([(KERNEL_DIRECT_MAP + (gfn << PAGE_SHIFT), gfn, True)
                                     for gfn in range(pages)])
         self.kernel_space.activate()
+
+    def _pool(self, pages: int) -> PagingPool:
+        for mfn in range(POOL_MFN, POOL_MFN + pages):
+            self.frames.add(mfn)
+        return PagingPool(range(POOL_MFN, POOL_MFN + pages), self.frames)
 
     def owner(self, mfn: int) -> int | None:
         return DOMID if mfn in self._mfns else None

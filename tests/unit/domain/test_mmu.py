@@ -12,7 +12,7 @@ from xenlab.domain.mmu import (
     MAXPHYADDR, GeneralProtection, MachineCheck, Mmu, NestedFault, PageFault, Tlb,
 )
 from xenlab.xen.paging import (
-    EPT_READ, EPT_RWX, KERNEL_DIRECT_MAP, PFEC_INSN, PFEC_PRESENT, PFEC_RSVD, PFEC_USER,
+    EPT_EXEC, EPT_READ, EPT_RWX, EPT_WRITE, KERNEL_DIRECT_MAP, PFEC_INSN, PFEC_PRESENT, PFEC_RSVD, PFEC_USER,
     PFEC_WRITE, PTE_ACCESSED, PTE_DIRTY, PTE_NX, PTE_PRESENT, PTE_PSE, PTE_RW, PTE_USER,
     USER_BASE, WALK_REFS_1D, WALK_REFS_2D, pte, va_index,
 )
@@ -524,3 +524,83 @@ def test_a_tlb_hit_keeps_the_ept_rights():
     assert mmu.translate(VA) == 150
     with pytest.raises(NestedFault):
         mmu.translate(VA, write=True)
+
+
+def hand_walk_2d(frames, eptp, cr3, va, write, user, fetch):
+    """The 2-D walk read plainly: each guest table's gpa through the EPT
+    first; ('ok', mfn, refs), ('pf', code, level, refs) or ('nf', gpa, write, refs)."""
+    refs = 0
+
+    def nested(gfn, need_write, need_exec):
+        nonlocal refs
+        table, perms = eptp, EPT_RWX
+        for level in (4, 3, 2, 1):
+            e = frames.get_entry(table, (gfn >> (9 * (level - 1))) & 511)
+            refs += 1
+            if not e & EPT_RWX:
+                return None, False
+            perms &= e
+            table = (e >> 12) & FRAME_MASK
+        ok = perms & EPT_READ and (not need_write or perms & EPT_WRITE) and (
+            not need_exec or perms & EPT_EXEC)
+        return table, not ok
+
+    access = (PFEC_WRITE if write else 0) | (PFEC_USER if user else 0) | (
+        PFEC_INSN if fetch else 0)
+    gfn = cr3
+    entries = []
+    for level in (4, 3, 2, 1):
+        mfn, refused = nested(gfn, False, False)
+        if mfn is None or refused:
+            return ("nf", gfn << 12, False, refs)
+        e = frames.get_entry(mfn, (va >> (12 + 9 * (level - 1))) & 511)
+        refs += 1
+        if not e & 1:
+            return ("pf", access, level, refs)
+        entries.append((level, e))
+        gfn = (e >> 12) & FRAME_MASK
+    for level, e in entries:
+        if (write and not e & PTE_RW) or (user and not e & PTE_USER) or (
+                fetch and e & PTE_NX):
+            return ("pf", access | PFEC_PRESENT, level, refs)
+    mfn, refused = nested(gfn, write, fetch)
+    if mfn is None or refused:
+        return ("nf", gfn << 12, bool(write), refs)
+    return ("ok", mfn, refs)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tables_mapped=st.lists(st.integers(0, 15).map(bool), min_size=12, max_size=12),
+       data_perms=st.lists(st.sampled_from([0, EPT_READ, EPT_READ | EPT_WRITE, EPT_RWX,
+                                            EPT_READ | EPT_EXEC]), min_size=4, max_size=4),
+       leaf_flags=st.lists(flags_st.map(lambda f: f & ~PTE_PSE & ~(1 << (MAXPHYADDR + 2))),
+                           min_size=4, max_size=4),
+       probes=st.lists(st.tuples(st.integers(0, 3), access_st), min_size=1, max_size=8))
+def test_two_dimensional_walk_agrees_with_a_hand_walk(tables_mapped, data_perms, leaf_flags,
+                                                     probes):
+    hap = Hap(gfns=())
+    for i in range(4):
+        l1 = hap.guest_map(1, VA + i * 0x20_0000, 40 + i)           # four L1s, one page each
+        hap.frames.set_entry(l1 + 100, va_index(VA, 1), pte(40 + i, 0) | leaf_flags[i])
+    table_gfns = sorted(set(range(1, hap.next_gfn + 1)))
+    for n, gfn in enumerate(table_gfns):
+        if tables_mapped[n % len(tables_mapped)] or gfn == 1:
+            hap.ept_set(gfn, gfn + 100)
+    for i, perms in enumerate(data_perms):
+        if perms:
+            hap.ept_set(40 + i, 140 + i, perms)
+    mmu = Mmu("hap", hap.frames)
+    mmu.eptp = hap.eptp
+    mmu.load_cr3(1)
+    for i, (write, user, fetch) in probes:
+        va = VA + i * 0x20_0000
+        mmu.flush()
+        expected = hand_walk_2d(hap.frames, hap.eptp, 1, va, write, user, fetch)
+        before = mmu.counters["walk_refs"]
+        try:
+            got = ("ok", mmu.translate(va, write, user, fetch))
+        except PageFault as pf:
+            got = ("pf", pf.code, pf.level)
+        except NestedFault as nf:
+            got = ("nf", nf.gpa, nf.write)
+        assert got + (mmu.counters["walk_refs"] - before,) == expected

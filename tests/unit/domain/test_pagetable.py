@@ -396,3 +396,19 @@ def test_recycled_table_frames_serve_as_data(machine):
     assert [kernel.read(va(i), 6) for i in range(len(fresh))] == [
         b"data %d" % i for i in range(len(fresh))]
     assert kernel.faults == []
+
+
+def test_unmap_many_is_one_batch_and_all_or_nothing(machine):
+    kernel = machine.kernel
+    space, gfns = process(machine)
+    with pytest.raises(KeyError):
+        space.unmap_many([va(0), va(9)])
+    assert space.lookup(va(0)) is not None
+    calls = kernel.counters["hypercalls"]
+    space.unmap_many([va(0), va(1), va(2)])
+    if machine.mode.value == "direct":
+        assert kernel.counters["hypercalls"] - calls == 2     # mmu_update, then invlpgs
+    for i in (0, 1, 2):
+        with pytest.raises(PageFault):
+            kernel.read(va(i), 1)
+    assert kernel.read(va(3), 1) == b"D"
