@@ -270,6 +270,14 @@ class Paging:
             self._nested_follow(dom, [(gfn, mfn)])
         return mfn
 
+    def take_tlb_flush(self, domid: int) -> bool:
+        """Whether the domain's shadows or nested P2M changed in a way its
+        TLB may still remember since this was last asked (Xen flushes the
+        TLBs itself; the guest's MMU is out of its reach, so it is told)."""
+        dom = self.get(domid)
+        core = dom.shadow if dom.shadow is not None else dom.nested
+        return core.take_tlb_flush() if core is not None else False
+
     def count(self, domid: int, kind: str) -> None:
         """A paging hypercall of ``domid`` (mmu_update, mmuext_op), for Stats."""
         dom = self._doms.get(domid)

@@ -38,8 +38,9 @@ class PagingServicer(paging_pb2_grpc.PagingServicer):
     async def PageFault(self, request, context):
         domid = self._self(context, request.domid, "PageFault")
         value = request.value if request.HasField("value") else None
-        return paging_pb2.PageFaultReply(
-            outcome=self.hv.paging.page_fault(domid, request.va, request.code, value))
+        outcome = self.hv.paging.page_fault(domid, request.va, request.code, value)
+        return paging_pb2.PageFaultReply(outcome=outcome,
+                                         flush_tlb=self.hv.paging.take_tlb_flush(domid))
 
     @handles_xen_errors
     async def SetCr3(self, request, context):
@@ -50,7 +51,8 @@ class PagingServicer(paging_pb2_grpc.PagingServicer):
     async def NestedFault(self, request, context):
         domid = self._self(context, request.domid, "NestedFault")
         mfn = self.hv.paging.nested_fault(domid, request.gpa, request.write)
-        return paging_pb2.NestedFaultReply(outcome="fixed", mfn=mfn)
+        return paging_pb2.NestedFaultReply(outcome="fixed", mfn=mfn,
+                                           flush_tlb=self.hv.paging.take_tlb_flush(domid))
 
     @handles_xen_errors
     async def Stats(self, request, context):

@@ -40,10 +40,12 @@ class PageFaultRequest(_message.Message):
     def __init__(self, domid: _Optional[int] = ..., va: _Optional[int] = ..., code: _Optional[int] = ..., value: _Optional[bytes] = ...) -> None: ...
 
 class PageFaultReply(_message.Message):
-    __slots__ = ("outcome",)
+    __slots__ = ("outcome", "flush_tlb")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_TLB_FIELD_NUMBER: _ClassVar[int]
     outcome: str
-    def __init__(self, outcome: _Optional[str] = ...) -> None: ...
+    flush_tlb: bool
+    def __init__(self, outcome: _Optional[str] = ..., flush_tlb: bool = ...) -> None: ...
 
 class SetCr3Request(_message.Message):
     __slots__ = ("domid", "gfn")
@@ -70,12 +72,14 @@ class NestedFaultRequest(_message.Message):
     def __init__(self, domid: _Optional[int] = ..., gpa: _Optional[int] = ..., write: bool = ...) -> None: ...
 
 class NestedFaultReply(_message.Message):
-    __slots__ = ("outcome", "mfn")
+    __slots__ = ("outcome", "mfn", "flush_tlb")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     MFN_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_TLB_FIELD_NUMBER: _ClassVar[int]
     outcome: str
     mfn: int
-    def __init__(self, outcome: _Optional[str] = ..., mfn: _Optional[int] = ...) -> None: ...
+    flush_tlb: bool
+    def __init__(self, outcome: _Optional[str] = ..., mfn: _Optional[int] = ..., flush_tlb: bool = ...) -> None: ...
 
 class PagingStats(_message.Message):
     __slots__ = ("domid", "mode", "hypercalls", "traps", "validations", "pool_pages", "pool_used", "counters")
