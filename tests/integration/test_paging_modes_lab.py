@@ -43,7 +43,7 @@ async def test_each_paging_mode_in_its_own_domain(tmp_path):
         assert direct.hypercalls > 0 and direct.traps == 0
         assert shadow.hypercalls == 0 and shadow.traps > 0
         assert hap.hypercalls == 0 and hap.refs_per_miss > WALK_REFS_1D
-        assert direct.refs_per_miss == shadow.refs_per_miss == WALK_REFS_1D
+        assert direct.refs_per_miss == WALK_REFS_1D >= shadow.refs_per_miss
 
         # xl mem-set down then up, in each mode: the balloon gives frames back
         # (out of the kernel's direct map first) and takes new ones.

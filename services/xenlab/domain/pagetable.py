@@ -156,23 +156,6 @@ class AddressSpace:
         for page in gone:
             self.kernel._drop_ref(self, page.gfn)
 
-    def unmap_many(self, vas) -> None:
-        """Unmap each of ``vas`` in one batch (the balloon giving frames
-        back: one mmu_update and one flush, not one of each per page)."""
-        self._alive()
-        pages = []
-        for va in vas:
-            page = self.pages.pop(self._vpn(va), None)
-            if page is None:
-                raise KeyError(f"{va:#x} is not mapped")
-            l1, idx = self._leaf_slot(va)
-            self.kernel._write_entry(self, l1, idx, 0)
-            self.kernel._invlpg(self, va)
-            pages.append(page)
-        self.kernel._commit()
-        for page in pages:
-            self.kernel._drop_ref(self, page.gfn)
-
     def protect(self, va: int, writable: bool) -> None:
         """mprotect of one page. A copy-on-write page stays read-only; its
         first write copies it (or reuses it when it is no longer shared)."""

@@ -202,6 +202,7 @@ class LoopBackend:
         self._loop = loop
         self._memory = memory
         self._paging = paging
+        self.mmu = None          # the vCPU's MMU, whose TLB an exit may ask to flush
         self.counters: dict[str, int] = {}
 
     def _call(self, what: str, coro):
@@ -223,13 +224,22 @@ class LoopBackend:
         self._call("mmuext_op", self._memory.mmuext(list(ops)))
 
     def exit_page_fault(self, va, code, value):
-        return self._call("page_fault", self._paging.page_fault(va, code, value))
+        outcome, flush = self._call("page_fault", self._paging.page_fault(va, code, value))
+        self._flush(flush)
+        return outcome
 
     def exit_cr3(self, gfn):
         return self._call("set_cr3", self._paging.set_cr3(gfn))
 
     def exit_nested_fault(self, gpa, write):
-        self._call("nested_fault", self._paging.nested_fault(gpa, write))
+        _, flush = self._call("nested_fault", self._paging.nested_fault(gpa, write))
+        self._flush(flush)
+
+    def _flush(self, flush: bool) -> None:
+        """The exit changed entries this vCPU's TLB may hold: the hypervisor
+        cannot reach it, so it says so and the vCPU flushes."""
+        if flush and self.mmu is not None:
+            self.mmu.flush()
 
 
 class KernelPagingService:
@@ -261,6 +271,7 @@ class KernelPagingService:
         backend = LoopBackend(asyncio.get_running_loop(), hypercalls.memory, hypercalls.paging)
         paging = KernelPaging(PagingMode(info.mode), frames, backend, memory.alloc_frames,
                               memory.free_frames, eptp=info.eptp or None)
+        backend.mmu = paging.mmu
         service = cls(paging, hypercalls)
         await service.run(paging.boot)
         memory.paging = paging

@@ -11,10 +11,11 @@ process address spaces with ``machine.space()`` and touch them through
 The hypervisor's side is its real cores where they exist: direct mode's
 validator (``hypervisor/pagetables.py``: Xen's page types and type counts)
 and hap mode's nested P2M (``hypervisor/hap.py``, in a ``PagingPool``).
-Shadow mode runs on ``MiniShadow``, a stand-in written to ShadowPaging's
-interface (docs/PAGING.md), not Xen's algorithm: it rebuilds the whole
-shadow tree from the guest's tables on every fill and emulates every write
-to a guest table reachable from CR3.
+Shadow mode runs on the shadow code (``hypervisor/shadow.py``: shadows made
+lazily one guest table at a time, in a PagingPool). ``MiniShadow`` stays as
+a stand-in written to ShadowPaging's interface (docs/PAGING.md), not Xen's
+algorithm: it rebuilds the whole shadow tree from the guest's tables on
+every fill and emulates every write to a guest table reachable from CR3.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import struct
 from xenlab.domain.mmu import Mmu
 from xenlab.hypervisor.hap import NestedP2M
 from xenlab.hypervisor.paging_pool import PagingPool
+from xenlab.hypervisor.shadow import ShadowPaging
 from xenlab.domain.pagetable import AddressSpace, GuestPaging
 from xenlab.hypervisor.pagetables import PageTables
 from xenlab.testing_invariants import check_page_types
@@ -264,7 +266,13 @@ class PagingMachine:
         if self.mode is PagingMode.DIRECT:
             self.pagetables = PageTables(self.frames, self.owner)
         elif self.mode is PagingMode.SHADOW:
-            self.shadow = MiniShadow(self.frames, self.p2m)
+            pool_pages = pool_pages or 8 + pages // 64
+            for mfn in range(POOL_MFN, POOL_MFN + pool_pages):
+                self.frames.add(mfn)
+            self.pool = PagingPool(range(POOL_MFN, POOL_MFN + pool_pages), self.frames)
+            p2m = self.p2m
+            self.shadow = ShadowPaging(DOMID, self.pool, p2m.get,
+                                       lambda gfn: self.frames[p2m[gfn]])
         else:
             self.pool = self._pool(pool_pages or 8 + pages // 256)
             self.nested = NestedP2M(self.pool)

@@ -32,7 +32,7 @@ def test_bench_paging_prints_the_table_and_counters_differ_by_mode(tmp_path, cap
     assert direct["hypercalls"] > 0 and direct["traps"] == 0
     assert shadow["traps"] > 0 and shadow["hypercalls"] == 0
     assert hap["hypercalls"] == 0 and hap["refs_per_miss"] > WALK_REFS_1D
-    assert direct["refs_per_miss"] == shadow["refs_per_miss"] == WALK_REFS_1D
+    assert direct["refs_per_miss"] == WALK_REFS_1D >= shadow["refs_per_miss"]
 
 
 def _columns(header: str) -> list[str]:

@@ -75,7 +75,8 @@ def test_the_costs_differ_by_mode_as_each_design_says(runs):
     # Shadow: no page-table hypercall; the guest's table writes and the
     # lazily filled shadows trap; the shadows take pool pages.
     assert shadow.hypercalls == 0 and shadow.traps > 0 and shadow.bookkeeping_pages > 0
-    assert shadow.refs_per_miss == WALK_REFS_1D
+    # 1-D walks; a hidden fault (a shadow not filled yet) ends one early
+    assert shadow.refs_per_miss <= WALK_REFS_1D
     # HAP: no page-table hypercall, no trap for a table write, and each TLB
     # miss walks two dimensions: more references per miss than a 1-D walk.
     assert hap.hypercalls == 0 and hap.refs_per_miss > WALK_REFS_1D

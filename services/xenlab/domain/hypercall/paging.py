@@ -28,12 +28,14 @@ class PagingOps:
                          MemoryError_)
         return PagingInfo(got.mode, tuple(got.pool_mfns), got.eptp, got.pool_used)
 
-    async def page_fault(self, va: int, code: int, value: bytes | None) -> str:
-        """Shadow mode's #PF exit: "inject", "fixed" or "emulated"."""
+    async def page_fault(self, va: int, code: int, value: bytes | None) -> tuple[str, bool]:
+        """Shadow mode's #PF exit: ("inject", "fixed" or "emulated", whether
+        the guest must flush its TLB before it retries)."""
         request = paging_pb2.PageFaultRequest(domid=self.domid, va=va, code=code)
         if value is not None:
             request.value = value
-        return (await call(self._stub.PageFault(request), MemoryError_)).outcome
+        got = await call(self._stub.PageFault(request), MemoryError_)
+        return got.outcome, got.flush_tlb
 
     async def set_cr3(self, gfn: int) -> int:
         """Shadow mode's mov-to-CR3 exit: the mfn of the shadow L4."""
@@ -41,11 +43,12 @@ class PagingOps:
                          MemoryError_)
         return got.shadow_root
 
-    async def nested_fault(self, gpa: int, write: bool) -> int:
-        """HAP's EPT violation: the mfn the gpa maps to once fixed."""
+    async def nested_fault(self, gpa: int, write: bool) -> tuple[int, bool]:
+        """HAP's EPT violation: (the mfn the gpa maps to once fixed, whether
+        the guest must flush its TLB before it retries)."""
         got = await call(self._stub.NestedFault(paging_pb2.NestedFaultRequest(
             domid=self.domid, gpa=gpa, write=write)), MemoryError_)
-        return got.mfn
+        return got.mfn, got.flush_tlb
 
     async def stats(self) -> dict:
         """The hypervisor's counters of this domain's paging."""
