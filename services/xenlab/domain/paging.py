@@ -46,6 +46,7 @@ from xenlab.xen.abi import PAGE_SIZE
 from xenlab.xen.errors import XenError
 from xenlab.xen.paging import KERNEL_DIRECT_MAP, PagingMode
 
+STORE_BYTES = 8          # the widest store an emulated page-table write takes (a PTE)
 EXIT_TIMEOUT = 30.0      # seconds an exit or a paging hypercall may take before the vCPU gives up
 
 
@@ -224,6 +225,19 @@ class LoopBackend:
         self._call("mmuext_op", self._memory.mmuext(list(ops)))
 
     def exit_page_fault(self, va, code, value):
+        """A write of more than one store's width to a write-protected table
+        is emulated as the CPU would run it: store by store (8 bytes, the
+        widest the hypervisor's emulation takes), each an exit."""
+        if value is None or len(value) <= STORE_BYTES:
+            return self._page_fault(va, code, value)
+        outcome = "emulated"
+        for offset in range(0, len(value), STORE_BYTES):
+            outcome = self._page_fault(va + offset, code, value[offset:offset + STORE_BYTES])
+            if outcome != "emulated":
+                return outcome
+        return outcome
+
+    def _page_fault(self, va, code, value):
         outcome, flush = self._call("page_fault", self._paging.page_fault(va, code, value))
         self._flush(flush)
         return outcome

@@ -4,13 +4,21 @@ before giving it back and maps the new frame it gets, and the paging
 workloads run in the domain with the results the in-process harness gives."""
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from xenlab.bench.paging import run_mode
+from xenlab.bench.paging import check_same_visible, run_mode, summarize
+from xenlab.domain.evtchn import greet
+from xenlab.domain.kernel import DomainKernel
+from xenlab.domain.memory import map_paging_pool
 from xenlab.domain.paging import DomainFrames, KernelPaging, direct_map_va
 from xenlab.domain.paging_workloads import WorkloadError
+from xenlab.rundir import DOORBELL
 from xenlab.testing.paging_machine import PagingMachine
-from xenlab.xen.paging import PagingMode
+from xenlab.xen import doorbell as wire
+from xenlab.xen.paging import WALK_REFS_1D, PagingMode
+from xenlab.xen.start_info import StartInfo
 
 
 async def test_the_kernel_reaches_its_frames_through_its_mmu(hypervisor):
@@ -127,3 +135,53 @@ def test_a_miss_that_would_exit_is_served_from_the_kernels_own_tables():
     machine.nested.clear(gfn)
     machine.frames[machine.p2m[gfn]][:2] = b"ok"
     assert bytes(kp.frame(gfn)[:2]) == b"ok"
+
+
+# -- the three modes in domains of an in-process lab ------------------------------------------
+async def boot_in_mode(hypervisor, name: str, **spec):
+    """Create a domain of that type and boot its kernel here with its
+    paging pool, as boot.domu does: the doorbell's OK brings it read-only."""
+    reply = await hypervisor._create(name, 16, "none", **spec)
+    start = StartInfo(domid=reply.info.domid, name=name, secret=reply.secret,
+                      hypervisor=hypervisor.address, doorbell=str(hypervisor.rundir / DOORBELL),
+                      vcpus=1, console_log="", paging_mode=reply.info.paging_mode)
+    flags = wire.HELLO_PAGING if start.paging_mode != "direct" else 0
+    # blocking, as before a domain's event loop runs: here the hypervisor's
+    # loop is this one, so off it
+    sock, handed = await asyncio.to_thread(greet, start.doorbell, start.domid, start.secret,
+                                           flags)
+    pool = map_paging_pool(handed.paging) if handed.paging >= 0 else None
+    kernel = DomainKernel(start, doorbell=sock, paging_pool=pool)
+    await kernel.boot()
+    hypervisor.kernels[start.domid] = kernel
+    return kernel
+
+
+async def test_the_same_workloads_in_domains_of_each_mode_and_the_balloon_in_each(hypervisor):
+    kernels = {PagingMode.DIRECT: await boot_in_mode(hypervisor, "pv"),
+               PagingMode.SHADOW: await boot_in_mode(hypervisor, "shadow", type="hvm", hap=False),
+               PagingMode.HAP: await boot_in_mode(hypervisor, "hap", type="hvm", hap=True)}
+    runs = {}
+    for mode, kernel in kernels.items():
+        assert kernel.paging.mode is mode
+        runs[mode.value] = await kernel.paging.run_workloads(12, 3, seed=9)
+    check_same_visible(runs)
+    direct, shadow, hap = (summarize(m, runs[m]) for m in ("direct", "shadow", "hap"))
+    assert direct.hypercalls > 0 and direct.traps == 0
+    assert shadow.hypercalls == 0 and shadow.traps > 0
+    assert hap.hypercalls == 0 and hap.refs_per_miss > WALK_REFS_1D
+    # the balloon in each mode: frames out of the direct map, back as new ones
+    for kernel in kernels.values():
+        gfns = kernel.memory.balloon_candidates(8)
+        await kernel._give_back(gfns)
+        for gfn in gfns:
+            with pytest.raises(IndexError):
+                kernel.memory.frame(gfn)
+        got = await kernel.hypercall.memory.increase_reservation(8)
+        kernel.memory.add_frames(got)
+        await kernel.paging.populate(got)
+        for gfn in got:
+            kernel.memory.frame(gfn)[:2] = b"in"
+            assert bytes(kernel.memory.raw_frame(gfn)[:2]) == b"in"
+        again = await kernel.paging.run_workloads(12, 3, seed=9)
+        assert [r.visible() for r in again] == [r.visible() for r in runs[kernel.paging.mode.value]]
