@@ -550,14 +550,15 @@ class PageTables:
 
     # -- views -------------------------------------------------------------------
     def stats(self, domid: int) -> dict[str, int]:
-        """Counters for the paging benchmark: hypercalls (mmu_update_calls,
-        mmuext_calls), entries updated, mmuext ops done, frames validated,
+        """Counters for the paging benchmark: hypercalls (mmu_update_calls
+        + mmuext_calls), entries updated, mmuext ops done, frames validated,
         refusals, TLB flushes and invlpgs asked for."""
         dom = self._doms.get(domid)
         out = dict.fromkeys(("mmu_update_calls", "mmuext_calls", "entries", "mmuext_ops",
                              "validations", "refusals", "tlb_flushes", "invlpgs"), 0)
         if dom:
             out.update(dom.stats)
+        out["hypercalls"] = out["mmu_update_calls"] + out["mmuext_calls"]
         return out
 
     def pinned(self, domid: int | None = None) -> dict[int, int]:
