@@ -152,6 +152,19 @@ class PageTables:
         if not (pi.count or pi.refs or pi.pinned):
             self._info.pop(mfn, None)
 
+    def _view(self, mfn: int) -> memoryview:
+        try:
+            return self._frame(mfn)
+        except LookupError:
+            raise _refuse(errno.EINVAL, f"mfn {mfn:#x} is not reachable") from None
+
+    def _clear(self, table: int, index: int) -> None:
+        """Zero an entry that no longer holds anything (its frame may be gone)."""
+        try:
+            _ENTRY.pack_into(self._frame(table), index * 8, 0)
+        except LookupError:
+            pass
+
     def _dom(self, domid: int) -> _Domain:
         dom = self._doms.get(domid)
         if dom is None:
@@ -203,7 +216,7 @@ class PageTables:
     def _validate(self, mfn: int, level: int, domid: int,
                   foreign: Mapping[int, bool]) -> dict[int, int]:
         """promote_lN_table: take every present entry's reference, or none."""
-        vals = _ENTRIES.unpack(bytes(self._frame(mfn)))
+        vals = _ENTRIES.unpack(bytes(self._view(mfn)))
         entries: dict[int, int] = {}
         try:
             for index, val in enumerate(vals):
@@ -275,7 +288,7 @@ class PageTables:
                 del self._sites[target]
             if self._grant_ptes.pop((table, index), None) is not None:
                 # A grant PTE never outlives its validation: clear it in the frame.
-                _ENTRY.pack_into(self._frame(table), index * 8, 0)
+                self._clear(table, index)
         pi = self._info[target]
         pi.refs -= 1
         if level > 1 or val & pg.PTE_RW:
@@ -308,7 +321,7 @@ class PageTables:
         index = (ptr & (PAGE_SIZE - 1)) >> 3
         if self._owner(table) != domid:
             raise _refuse(errno.EINVAL, f"mfn {table:#x} is not a frame of d{domid}")
-        view = self._frame(table)
+        view = self._view(table)
         if cmd == pg.MMU_PT_UPDATE_PRESERVE_AD:
             val |= _ENTRY.unpack_from(view, index * 8)[0] & pg.PTE_AD
         pi = self._info.get(table)
@@ -439,7 +452,7 @@ class PageTables:
                 continue
             del entries[index]
             self._drop_entry(table, 1, index, val)
-            _ENTRY.pack_into(self._frame(table), index * 8, 0)
+            self._clear(table, index)
             cleared += 1
         return cleared
 
@@ -478,11 +491,12 @@ class PageTables:
         val = pg.pte(mfn, pg.PTE_PRESENT | pg.PTE_ACCESSED | pg.PTE_NX | pg.PTE_GNTTAB
                      | (0 if readonly else pg.PTE_RW | pg.PTE_DIRTY)
                      | (pg.PTE_USER if user else 0))
+        view = self._view(table)
         self._take_entry(domid, table, 1, index, val, _NONE, grant=True)
         entries[index] = val
         self._link(table, index, val)
         self._grant_ptes[(table, index)] = domid
-        _ENTRY.pack_into(self._frame(table), index * 8, val)
+        _ENTRY.pack_into(view, index * 8, val)
         return val
 
     def unmap_grant_pte(self, domid: int, pte_maddr: int) -> bool:
@@ -495,7 +509,7 @@ class PageTables:
         entries = self._info[table].entries
         val = entries.pop(index)
         self._drop_entry(table, 1, index, val)
-        _ENTRY.pack_into(self._frame(table), index * 8, 0)
+        self._clear(table, index)
         return True
 
     def _grant_slot(self, domid: int, pte_maddr: int) -> tuple[int, int]:
@@ -550,14 +564,15 @@ class PageTables:
 
     # -- views -------------------------------------------------------------------
     def stats(self, domid: int) -> dict[str, int]:
-        """Counters for the paging benchmark: hypercalls (mmu_update_calls,
-        mmuext_calls), entries updated, mmuext ops done, frames validated,
+        """Counters for the paging benchmark: hypercalls (mmu_update_calls
+        + mmuext_calls), entries updated, mmuext ops done, frames validated,
         refusals, TLB flushes and invlpgs asked for."""
         dom = self._doms.get(domid)
         out = dict.fromkeys(("mmu_update_calls", "mmuext_calls", "entries", "mmuext_ops",
                              "validations", "refusals", "tlb_flushes", "invlpgs"), 0)
         if dom:
             out.update(dom.stats)
+        out["hypercalls"] = out["mmu_update_calls"] + out["mmuext_calls"]
         return out
 
     def pinned(self, domid: int | None = None) -> dict[int, int]:
