@@ -300,6 +300,8 @@ def run_workload(mode: str, ops) -> tuple[list, list, str]:
     for space in spaces:
         space.teardown()
     assert machine.check() == []
+    # shadows come with A (and D where writable): the MMU never writes the pool
+    assert machine.mmu.counters["ad_readonly"] == 0
     return results, kernel.faults, digest.hexdigest()
 
 
