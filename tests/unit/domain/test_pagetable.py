@@ -414,3 +414,19 @@ def test_unmap_many_is_one_batch_and_all_or_nothing(machine):
         with pytest.raises(PageFault):
             kernel.read(va(i), 1)
     assert kernel.read(va(3), 1) == b"D"
+
+
+def test_shadow_a_table_written_through_a_stale_writable_tlb_entry_is_caught():
+    """The kernel clears a new table through the direct map (a writable TLB
+    entry); once the hypervisor shadows that table it must flush, or the
+    guest's later writes to it bypass the trap and the shadow goes stale."""
+    machine = PagingMachine("shadow", pages=64)
+    kernel = machine.kernel
+    space = machine.space()
+    space.activate()
+    space.map(va(0), machine.alloc_frame())       # new L3..L1, cleared through the direct map
+    kernel.read(va(0), 1)                          # shadowed now: write-protected
+    space.unmap(va(0))
+    with pytest.raises(PageFault):
+        kernel.read(va(0), 1)
+    assert machine.check() == []
