@@ -48,6 +48,12 @@ MMU flush its TLB and calls ``take_tlb_flush`` (Xen: flush_tlb_mask after
 sh_remove_write_access). Changes the guest made to its own tables need no
 such flush: it invalidates what it changed, as on hardware.
 
+A frame that has been shadowed must be written through the MMU (so the
+write traps) for as long as it has a shadow: a write that bypasses the MMU
+leaves its shadows stale, as a DMA write into a page table would under Xen.
+A guest that frees an address space says so with ``pagetable_dying`` (as
+Linux does on exit_mmap), after which its frames are plain frames again.
+
 One current CR3: xenlab runs a domain's paging on one vCPU's MMU.
 No I/O: frames are reached through the pool's FrameView and ``guest_frame``.
 """
@@ -180,6 +186,15 @@ class ShadowPaging:
         if self._levels_of[gfn]:
             self._remove_shadows(gfn)
         self.counters["p2m_changes"] += 1
+
+    def pagetable_dying(self, gfn: int) -> None:
+        """The guest is done with the address space whose L4 is ``gfn`` (Linux's
+        xen_hvm_exit_mmap, HVMOP_pagetable_dying): its shadows go now, and with
+        them every shadow only it kept, so the frames can be reused as anything
+        (sh_pagetable_dying)."""
+        self.counters["pagetable_dying"] += 1
+        if self._levels_of[gfn]:
+            self._remove_shadows(gfn)
 
     def blow_tables(self) -> None:
         """Drop every shadow but the current top, whose entries are unhooked (shadow_blow_tables)."""

@@ -384,6 +384,27 @@ def test_switching_back_to_a_pinned_address_space_costs_no_fault():
     assert guest.sp.counters["traps"] == traps
 
 
+def test_a_dying_address_space_frees_its_shadows_and_its_frames_are_plain_again():
+    guest = Guest()
+    chain(guest, 0, 1, 2, 3)                 # the kernel's space, sharing nothing
+    chain(guest, 4, 5, 6, 7)                 # a process's space, which exits
+    guest.set_entry(3, 0, pte(10, P | RW | A | D))
+    guest.set_entry(7, 0, pte(11, P | RW | A | D))
+    guest.sp.set_cr3(4)
+    guest.access(va_of(0, 0, 0, 0))
+    guest.sp.set_cr3(0)
+    guest.access(va_of(0, 0, 0, 0))
+    assert guest.pool.used == 8
+    guest.sp.pagetable_dying(4)
+    assert guest.pool.used == 4 and guest.sp.audit() == []
+    assert not any(guest.sp.is_shadowed(g) for g in (4, 5, 6, 7))
+    # Reused for a new space written directly, then loaded: no stale shadow answers.
+    guest.set_entry(7, 0, pte(12, P | RW | A | D))
+    guest.sp.set_cr3(4)
+    assert guest.access(va_of(0, 0, 0, 0)) == ("ok", guest.p2m[12])
+    assert guest.sp.audit() == []
+
+
 def test_teardown_returns_every_frame():
     guest = wide_guest(64)
     for i in range(8):
