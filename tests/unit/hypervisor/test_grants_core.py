@@ -871,7 +871,6 @@ def test_a_grant_map_with_a_bad_pte_address_is_refused_and_pins_nothing(gt, wher
 
 
 def test_a_granters_page_table_is_never_mapped_writable(gt):
-    mem = gt.memory
     ref = grant(gt, 1, 2, 3, False)
     pin_table(gt, 1, 3)
     assert status_of(lambda: gt.map(D2, 1, ref, readonly=False)) == abi.GNTST_general_error
