@@ -96,6 +96,11 @@ class InProcessBackend:
             self.counters["tlb_flushes"] += 1
             self.mmu.flush()
 
+    def pagetable_dying(self, gfn):
+        self.counters["pagetable_dying"] += 1
+        self.shadow.pagetable_dying(gfn)
+        self._shadow_flush()
+
     def exit_nested_fault(self, gpa, write):
         """An EPT violation: populate the entry from the P2M (as Xen's
         hvm_hap_nested_page_fault does for a p2m entry it has)."""
