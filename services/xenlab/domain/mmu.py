@@ -191,6 +191,8 @@ class Mmu:
                   fetch: bool = False) -> int:
         """The mfn ``va`` maps to for this access; raises PageFault,
         NestedFault, GeneralProtection or MachineCheck."""
+        # The hit path is a dict lookup and a flag check: write/user/fetch
+        # shifted to PFEC_WRITE (1 << 1), PFEC_USER (1 << 2), PFEC_INSN (1 << 4).
         hit = self._entries.get(va >> PAGE_SHIFT)
         if hit is not None and not hit[1] & (write << 1 | user << 2 | fetch << 4):
             self.tlb.hits += 1

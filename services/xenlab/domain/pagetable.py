@@ -29,7 +29,9 @@ copies that page (do_wp_page; a page no longer shared is made writable
 again without a copy). ``teardown`` does what Linux's exit does: switch
 away, unpin (direct mode, xen_exit_mmap, which makes the zap plain stores),
 clear every entry of the process's tables (zap_pte_range, free_pgtables:
-each one a trapped write in shadow mode) and free the table frames.
+each one a trapped write in shadow mode, unless the backend has
+``pagetable_dying`` and the shadows are gone first) and free the table
+frames.
 
 The MMU protects the guest from its own mistakes; isolation between domains
 is the process boundary, not this code.
@@ -39,7 +41,7 @@ from __future__ import annotations
 import collections
 import struct
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 from xenlab.domain.mmu import Mmu, NestedFault, PageFault
 from xenlab.xen.abi import PAGE_SHIFT, PAGE_SIZE
@@ -72,6 +74,16 @@ class PagingBackend(Protocol):
     def exit_cr3(self, gfn: int) -> int: ...
 
     def exit_nested_fault(self, gpa: int, write: bool) -> None: ...
+
+
+@runtime_checkable
+class PagetableDying(Protocol):
+    """What a shadow-mode backend may offer besides: HVMOP_pagetable_dying.
+    Linux calls it on exit_mmap when Xen has it (xen_hvm_exit_mmap), before
+    the zap, so that the zap's writes no longer trap; a backend without it
+    is used as Xen without it is (every write of the zap traps)."""
+
+    def pagetable_dying(self, gfn: int) -> None: ...
 
 
 class GuestPagingError(Exception):
@@ -650,6 +662,9 @@ class GuestPaging:
                 for gfn in frames:
                     self._set_dm_writable(gfn, True)
                 self._commit()
+        if self._shadow and space is not ks and isinstance(self.backend, PagetableDying):
+            self.counters["pagetable_dying"] += 1
+            self.backend.pagetable_dying(space.root)
         if space is not ks:
             self._zap(space)
         for gfn in frames:

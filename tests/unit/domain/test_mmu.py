@@ -604,3 +604,7 @@ def test_two_dimensional_walk_agrees_with_a_hand_walk(tables_mapped, data_perms,
         except NestedFault as nf:
             got = ("nf", nf.gpa, nf.write)
         assert got + (mmu.counters["walk_refs"] - before,) == expected
+
+
+def test_the_hit_path_shifts_land_on_the_error_code_bits():
+    assert (True << 1, True << 2, True << 4) == (PFEC_WRITE, PFEC_USER, PFEC_INSN)
