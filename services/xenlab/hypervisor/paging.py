@@ -34,6 +34,7 @@ from typing import Callable, Mapping
 from xenlab.hypervisor.hap import NestedP2M
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.hypervisor.paging_pool import PagingPool
+from xenlab.hypervisor.shadow import ShadowPaging
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_, XenError
 from xenlab.xen.paging import EPT_RWX, PagingMode
@@ -43,7 +44,7 @@ MIN_POOL_PAGES = 256
 # A PTE: the most a shadow-mode write exit carries.
 MAX_WRITE_VALUE = 8
 # The exits, as Stats names them.
-EXITS = ("page_fault", "set_cr3", "nested_fault")
+EXITS = ("page_fault", "set_cr3", "nested_fault", "pagetable_dying")
 
 # A's page-table core's per-domain counters (mmu_update entries, validations...).
 TableStats = Callable[[int], Mapping[str, int]]
@@ -60,10 +61,8 @@ class DomainPaging:
     ro_fd: int = -1              # the same object read-only: the domain's
     mm: mmap.mmap | None = None
     pool: PagingPool | None = None
-    shadow: object = None        # ShadowPaging (shadow mode)
+    shadow: ShadowPaging | None = None
     nested: NestedP2M | None = None
-    cr3: int = 0                 # shadow: the gfn of the guest L4 last loaded
-    shadow_root: int = 0         # and the mfn of its shadow
     index: dict[int, int] = field(default_factory=dict)  # pool mfn -> page in the object
     # Hypercalls and exits by kind (EXITS, mmu_update, mmuext_op).
     calls: collections.Counter = field(default_factory=collections.Counter)
@@ -115,7 +114,6 @@ class Paging:
                 dom.nested = NestedP2M(dom.pool)
                 self._fill_nested(dom)
             else:
-                from xenlab.hypervisor.shadow import ShadowPaging  # lazy: t-shadow's, not there yet
                 p2m = self.memory.p2m_view(domid)
                 dom.shadow = ShadowPaging(domid, dom.pool, p2m.get,
                                           lambda gfn: self.memory.frame(domid, gfn))
@@ -155,8 +153,9 @@ class Paging:
             self._release(dom)
 
     def _release(self, dom: DomainPaging) -> None:
-        if dom.nested is not None:
-            dom.nested.teardown()
+        for core in (dom.nested, dom.shadow):
+            if core is not None:
+                core.teardown()
         dom.shadow = dom.nested = dom.pool = None
         if dom.mm is not None:
             try:
@@ -248,9 +247,15 @@ class Paging:
         """Shadow mode's mov-to-CR3 exit: the mfn of the shadow of L4 ``gfn``."""
         dom = self._in_mode(domid, PagingMode.SHADOW, "SetCr3")
         dom.calls["set_cr3"] += 1
-        root = dom.shadow.set_cr3(gfn)
-        dom.cr3, dom.shadow_root = gfn, root
-        return root
+        return dom.shadow.set_cr3(gfn)
+
+    def pagetable_dying(self, domid: int, gpa: int) -> None:
+        """HVMOP_pagetable_dying: the guest is done with the address space
+        whose L4 is at ``gpa``; its shadows go now. Xen takes it from a
+        shadow-mode HVM domain only (EINVAL from any other)."""
+        dom = self._in_mode(domid, PagingMode.SHADOW, "PagetableDying")
+        dom.calls["pagetable_dying"] += 1
+        dom.shadow.pagetable_dying(gpa >> abi.PAGE_SHIFT)
 
     def nested_fault(self, domid: int, gpa: int, write: bool) -> int:
         """HAP's EPT violation. The nested P2M follows the P2M, so a populated
@@ -291,7 +296,8 @@ class Paging:
         return dict(domid=domid, mode=dom.mode.value, pool_pages=len(dom.mfns),
                     pool_used=pool.used if pool is not None else 0, pool_mfns=list(dom.mfns),
                     eptp=dom.nested.root if dom.nested is not None else 0,
-                    shadow_root=dom.shadow_root, cr3=dom.cr3)
+                    shadow_root=(dom.shadow.root or 0) if dom.shadow is not None else 0,
+                    cr3=(dom.shadow.cr3 or 0) if dom.shadow is not None else 0)
 
     def stats(self, domid: int) -> dict:
         """The domain's paging counters. Direct mode's come from the

@@ -1,9 +1,9 @@
 """gRPC adapter for the Paging service: a domain's paging mode and pool, the
-VM exits of shadow paging (PageFault, SetCr3) and of HAP (NestedFault), and
-the paging counters (Stats)."""
+VM exits of shadow paging (PageFault, SetCr3) and its HVMOP_pagetable_dying,
+HAP's (NestedFault), and the paging counters (Stats)."""
 from __future__ import annotations
 
-from xenlab.proto import paging_pb2, paging_pb2_grpc
+from xenlab.proto import common_pb2, paging_pb2, paging_pb2_grpc
 from xenlab.rpc import handles_xen_errors
 from xenlab.xen import abi
 from xenlab.xen.errors import PermissionError_
@@ -46,6 +46,12 @@ class PagingServicer(paging_pb2_grpc.PagingServicer):
     async def SetCr3(self, request, context):
         domid = self._self(context, request.domid, "SetCr3")
         return paging_pb2.SetCr3Reply(shadow_root=self.hv.paging.set_cr3(domid, request.gfn))
+
+    @handles_xen_errors
+    async def PagetableDying(self, request, context):
+        domid = self._self(context, request.domid, "PagetableDying")
+        self.hv.paging.pagetable_dying(domid, request.gpa)
+        return common_pb2.Empty()
 
     @handles_xen_errors
     async def NestedFault(self, request, context):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xenlab.proto import common_pb2 as xenlab_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xenlab/proto/paging.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"\x93\x01\n\nPagingInfo\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x12\n\npool_pages\x18\x03 \x01(\x04\x12\x11\n\tpool_used\x18\x04 \x01(\x04\x12\x11\n\tpool_mfns\x18\x05 \x03(\x04\x12\x0c\n\x04\x65ptp\x18\x06 \x01(\x04\x12\x13\n\x0bshadow_root\x18\x07 \x01(\x04\x12\x0b\n\x03\x63r3\x18\x08 \x01(\x04\"Y\n\x10PageFaultRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\n\n\x02va\x18\x02 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x12\n\x05value\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_value\"4\n\x0ePageFaultReply\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x11\n\tflush_tlb\x18\x02 \x01(\x08\"+\n\rSetCr3Request\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03gfn\x18\x02 \x01(\x04\"\"\n\x0bSetCr3Reply\x12\x13\n\x0bshadow_root\x18\x01 \x01(\x04\"?\n\x12NestedFaultRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03gpa\x18\x02 \x01(\x04\x12\r\n\x05write\x18\x03 \x01(\x08\"C\n\x10NestedFaultReply\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0b\n\x03mfn\x18\x02 \x01(\x04\x12\x11\n\tflush_tlb\x18\x03 \x01(\x08\"\xd3\x02\n\x0bPagingStats\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12=\n\nhypercalls\x18\x03 \x03(\x0b\x32).xenlab.proto.PagingStats.HypercallsEntry\x12\r\n\x05traps\x18\x04 \x01(\x04\x12\x13\n\x0bvalidations\x18\x05 \x01(\x04\x12\x12\n\npool_pages\x18\x06 \x01(\x04\x12\x11\n\tpool_used\x18\x07 \x01(\x04\x12\x39\n\x08\x63ounters\x18\x08 \x03(\x0b\x32\'.xenlab.proto.PagingStats.CountersEntry\x1a\x31\n\x0fHypercallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xe7\x02\n\x06Paging\x12\x42\n\rGetPagingInfo\x12\x17.xenlab.proto.DomainRef\x1a\x18.xenlab.proto.PagingInfo\x12I\n\tPageFault\x12\x1e.xenlab.proto.PageFaultRequest\x1a\x1c.xenlab.proto.PageFaultReply\x12@\n\x06SetCr3\x12\x1b.xenlab.proto.SetCr3Request\x1a\x19.xenlab.proto.SetCr3Reply\x12O\n\x0bNestedFault\x12 .xenlab.proto.NestedFaultRequest\x1a\x1e.xenlab.proto.NestedFaultReply\x12;\n\x05Stats\x12\x17.xenlab.proto.DomainRef\x1a\x19.xenlab.proto.PagingStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xenlab/proto/paging.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"\x93\x01\n\nPagingInfo\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\x12\n\npool_pages\x18\x03 \x01(\x04\x12\x11\n\tpool_used\x18\x04 \x01(\x04\x12\x11\n\tpool_mfns\x18\x05 \x03(\x04\x12\x0c\n\x04\x65ptp\x18\x06 \x01(\x04\x12\x13\n\x0bshadow_root\x18\x07 \x01(\x04\x12\x0b\n\x03\x63r3\x18\x08 \x01(\x04\"Y\n\x10PageFaultRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\n\n\x02va\x18\x02 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x03 \x01(\r\x12\x12\n\x05value\x18\x04 \x01(\x0cH\x00\x88\x01\x01\x42\x08\n\x06_value\"4\n\x0ePageFaultReply\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x11\n\tflush_tlb\x18\x02 \x01(\x08\"+\n\rSetCr3Request\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03gfn\x18\x02 \x01(\x04\"\"\n\x0bSetCr3Reply\x12\x13\n\x0bshadow_root\x18\x01 \x01(\x04\"3\n\x15PagetableDyingRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03gpa\x18\x02 \x01(\x04\"?\n\x12NestedFaultRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03gpa\x18\x02 \x01(\x04\x12\r\n\x05write\x18\x03 \x01(\x08\"C\n\x10NestedFaultReply\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x0b\n\x03mfn\x18\x02 \x01(\x04\x12\x11\n\tflush_tlb\x18\x03 \x01(\x08\"\xd3\x02\n\x0bPagingStats\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12=\n\nhypercalls\x18\x03 \x03(\x0b\x32).xenlab.proto.PagingStats.HypercallsEntry\x12\r\n\x05traps\x18\x04 \x01(\x04\x12\x13\n\x0bvalidations\x18\x05 \x01(\x04\x12\x12\n\npool_pages\x18\x06 \x01(\x04\x12\x11\n\tpool_used\x18\x07 \x01(\x04\x12\x39\n\x08\x63ounters\x18\x08 \x03(\x0b\x32\'.xenlab.proto.PagingStats.CountersEntry\x1a\x31\n\x0fHypercallsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xb3\x03\n\x06Paging\x12\x42\n\rGetPagingInfo\x12\x17.xenlab.proto.DomainRef\x1a\x18.xenlab.proto.PagingInfo\x12I\n\tPageFault\x12\x1e.xenlab.proto.PageFaultRequest\x1a\x1c.xenlab.proto.PageFaultReply\x12@\n\x06SetCr3\x12\x1b.xenlab.proto.SetCr3Request\x1a\x19.xenlab.proto.SetCr3Reply\x12J\n\x0ePagetableDying\x12#.xenlab.proto.PagetableDyingRequest\x1a\x13.xenlab.proto.Empty\x12O\n\x0bNestedFault\x12 .xenlab.proto.NestedFaultRequest\x1a\x1e.xenlab.proto.NestedFaultReply\x12;\n\x05Stats\x12\x17.xenlab.proto.DomainRef\x1a\x19.xenlab.proto.PagingStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,16 +46,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SETCR3REQUEST']._serialized_end=408
   _globals['_SETCR3REPLY']._serialized_start=410
   _globals['_SETCR3REPLY']._serialized_end=444
-  _globals['_NESTEDFAULTREQUEST']._serialized_start=446
-  _globals['_NESTEDFAULTREQUEST']._serialized_end=509
-  _globals['_NESTEDFAULTREPLY']._serialized_start=511
-  _globals['_NESTEDFAULTREPLY']._serialized_end=578
-  _globals['_PAGINGSTATS']._serialized_start=581
-  _globals['_PAGINGSTATS']._serialized_end=920
-  _globals['_PAGINGSTATS_HYPERCALLSENTRY']._serialized_start=822
-  _globals['_PAGINGSTATS_HYPERCALLSENTRY']._serialized_end=871
-  _globals['_PAGINGSTATS_COUNTERSENTRY']._serialized_start=873
-  _globals['_PAGINGSTATS_COUNTERSENTRY']._serialized_end=920
-  _globals['_PAGING']._serialized_start=923
-  _globals['_PAGING']._serialized_end=1282
+  _globals['_PAGETABLEDYINGREQUEST']._serialized_start=446
+  _globals['_PAGETABLEDYINGREQUEST']._serialized_end=497
+  _globals['_NESTEDFAULTREQUEST']._serialized_start=499
+  _globals['_NESTEDFAULTREQUEST']._serialized_end=562
+  _globals['_NESTEDFAULTREPLY']._serialized_start=564
+  _globals['_NESTEDFAULTREPLY']._serialized_end=631
+  _globals['_PAGINGSTATS']._serialized_start=634
+  _globals['_PAGINGSTATS']._serialized_end=973
+  _globals['_PAGINGSTATS_HYPERCALLSENTRY']._serialized_start=875
+  _globals['_PAGINGSTATS_HYPERCALLSENTRY']._serialized_end=924
+  _globals['_PAGINGSTATS_COUNTERSENTRY']._serialized_start=926
+  _globals['_PAGINGSTATS_COUNTERSENTRY']._serialized_end=973
+  _globals['_PAGING']._serialized_start=976
+  _globals['_PAGING']._serialized_end=1411
 # @@protoc_insertion_point(module_scope)

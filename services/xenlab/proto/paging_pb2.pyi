@@ -61,6 +61,14 @@ class SetCr3Reply(_message.Message):
     shadow_root: int
     def __init__(self, shadow_root: _Optional[int] = ...) -> None: ...
 
+class PagetableDyingRequest(_message.Message):
+    __slots__ = ("domid", "gpa")
+    DOMID_FIELD_NUMBER: _ClassVar[int]
+    GPA_FIELD_NUMBER: _ClassVar[int]
+    domid: int
+    gpa: int
+    def __init__(self, domid: _Optional[int] = ..., gpa: _Optional[int] = ...) -> None: ...
+
 class NestedFaultRequest(_message.Message):
     __slots__ = ("domid", "gpa", "write")
     DOMID_FIELD_NUMBER: _ClassVar[int]

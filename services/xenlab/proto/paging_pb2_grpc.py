@@ -50,6 +50,11 @@ class PagingStub(object):
                 request_serializer=xenlab_dot_proto_dot_paging__pb2.SetCr3Request.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_paging__pb2.SetCr3Reply.FromString,
                 _registered_method=True)
+        self.PagetableDying = channel.unary_unary(
+                '/xenlab.proto.Paging/PagetableDying',
+                request_serializer=xenlab_dot_proto_dot_paging__pb2.PagetableDyingRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_common__pb2.Empty.FromString,
+                _registered_method=True)
         self.NestedFault = channel.unary_unary(
                 '/xenlab.proto.Paging/NestedFault',
                 request_serializer=xenlab_dot_proto_dot_paging__pb2.NestedFaultRequest.SerializeToString,
@@ -78,6 +83,12 @@ class PagingServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def SetCr3(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PagetableDying(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -112,6 +123,11 @@ def add_PagingServicer_to_server(servicer, server):
                     servicer.SetCr3,
                     request_deserializer=xenlab_dot_proto_dot_paging__pb2.SetCr3Request.FromString,
                     response_serializer=xenlab_dot_proto_dot_paging__pb2.SetCr3Reply.SerializeToString,
+            ),
+            'PagetableDying': grpc.unary_unary_rpc_method_handler(
+                    servicer.PagetableDying,
+                    request_deserializer=xenlab_dot_proto_dot_paging__pb2.PagetableDyingRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_common__pb2.Empty.SerializeToString,
             ),
             'NestedFault': grpc.unary_unary_rpc_method_handler(
                     servicer.NestedFault,
@@ -205,6 +221,33 @@ class Paging(object):
             '/xenlab.proto.Paging/SetCr3',
             xenlab_dot_proto_dot_paging__pb2.SetCr3Request.SerializeToString,
             xenlab_dot_proto_dot_paging__pb2.SetCr3Reply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PagetableDying(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.Paging/PagetableDying',
+            xenlab_dot_proto_dot_paging__pb2.PagetableDyingRequest.SerializeToString,
+            xenlab_dot_proto_dot_common__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -160,7 +160,8 @@ def test_exits_of_the_other_mode_are_refused(machine):
     add(machine, 3, PagingMode.DIRECT)
     for domid in (1, 3):
         for exit_ in (lambda d: paging.page_fault(d, 0x1000, PFEC_WRITE),
-                      lambda d: paging.set_cr3(d, 5)):
+                      lambda d: paging.set_cr3(d, 5),
+                      lambda d: paging.pagetable_dying(d, 5 * abi.PAGE_SIZE)):
             with pytest.raises(MemoryError_) as err:
                 exit_(domid)
             assert err.value.errno == errno.EINVAL and "shadow-mode exit" in err.value.message
@@ -196,7 +197,13 @@ def test_a_shadow_domains_cr3_load_is_shadowed_in_its_pool(machine):
     with pytest.raises(MemoryError_) as err:
         paging.page_fault(1, 0x1000, PFEC_WRITE, b"\0" * 9)
     assert err.value.errno == errno.EINVAL
-    assert paging.stats(1)["hypercalls"] == {"set_cr3": 1}
+    # The guest's L4 is empty: a read fault is the guest's own.
+    assert paging.page_fault(1, 0x1000, 0) == "inject"
+    paging.pagetable_dying(1, 2 * abi.PAGE_SIZE)
+    assert paging.stats(1)["hypercalls"] == {"set_cr3": 1, "page_fault": 1,
+                                             "pagetable_dying": 1}
+    assert paging.stats(1)["traps"] == 3
+    assert paging.stats(1)["counters"]["pagetable_dying"] == 1
 
 
 def test_the_domains_pool_descriptor_is_read_only(machine):

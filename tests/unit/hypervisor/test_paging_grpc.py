@@ -136,6 +136,8 @@ async def test_exits_of_the_wrong_mode_are_refused(hypervisor):
             "PageFault is a shadow-mode exit")
         await refused(client.paging.SetCr3(paging_pb2.SetCr3Request(domid=SELF, gfn=1)),
                       INVALID, "SetCr3 is a shadow-mode exit")
+        await refused(client.paging.PagetableDying(paging_pb2.PagetableDyingRequest(
+            domid=SELF, gpa=0x1000)), INVALID, "PagetableDying is a shadow-mode exit")
     for client, mode in ((shadow, "shadow"), (pv, "direct")):
         await refused(client.paging.NestedFault(paging_pb2.NestedFaultRequest(
             domid=SELF, gpa=0x1000)), INVALID, f"runs on {mode} paging",
@@ -156,6 +158,8 @@ async def test_a_domains_exits_are_its_own(hypervisor):
                       DENIED, "exits are its own")
         await refused(caller.paging.PageFault(paging_pb2.PageFaultRequest(
             domid=web, va=0, code=0)), DENIED)
+        await refused(caller.paging.PagetableDying(paging_pb2.PagetableDyingRequest(
+            domid=web, gpa=0x1000)), DENIED)
     await refused(web_client.paging.NestedFault(paging_pb2.NestedFaultRequest(domid=db)),
                   DENIED)
     await refused(web_client.paging.Stats(ref(db)), DENIED)
