@@ -245,6 +245,9 @@ class LoopBackend:
     def exit_cr3(self, gfn):
         return self._call("set_cr3", self._paging.set_cr3(gfn))
 
+    def pagetable_dying(self, gfn):
+        self._call("pagetable_dying", self._paging.pagetable_dying(gfn))
+
     def exit_nested_fault(self, gpa, write):
         _, flush = self._call("nested_fault", self._paging.nested_fault(gpa, write))
         self._flush(flush)

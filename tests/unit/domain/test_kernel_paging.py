@@ -170,6 +170,8 @@ async def test_the_same_workloads_in_domains_of_each_mode_and_the_balloon_in_eac
     assert direct.hypercalls > 0 and direct.traps == 0
     assert shadow.hypercalls == 0 and shadow.traps > 0
     assert hap.hypercalls == 0 and hap.refs_per_miss > WALK_REFS_1D
+    # shadow: each torn-down process's shadows went with HVMOP_pagetable_dying
+    assert kernels[PagingMode.SHADOW].paging.paging.backend.counters["pagetable_dying"] == 2
     # the balloon in each mode: frames out of the direct map, back as new ones
     for kernel in kernels.values():
         gfns = kernel.memory.balloon_candidates(8)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from xenlab.proto import common_pb2, paging_pb2
 from xenlab.rpc import call
+from xenlab.xen.abi import PAGE_SHIFT
 from xenlab.xen.errors import MemoryError_
 
 
@@ -42,6 +43,12 @@ class PagingOps:
         got = await call(self._stub.SetCr3(paging_pb2.SetCr3Request(domid=self.domid, gfn=gfn)),
                          MemoryError_)
         return got.shadow_root
+
+    async def pagetable_dying(self, gfn: int) -> None:
+        """HVMOP_pagetable_dying: the address space whose L4 is ``gfn`` is
+        being torn down (shadow mode): its shadows may go at once."""
+        await call(self._stub.PagetableDying(paging_pb2.PagetableDyingRequest(
+            domid=self.domid, gpa=gfn << PAGE_SHIFT)), MemoryError_)
 
     async def nested_fault(self, gpa: int, write: bool) -> tuple[int, bool]:
         """HAP's EPT violation: (the mfn the gpa maps to once fixed, whether
