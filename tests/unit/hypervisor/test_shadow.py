@@ -14,8 +14,9 @@ import errno
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from paging_frames import Frames, pool_of
 from xenlab.hypervisor.paging_pool import PagingPool
@@ -474,3 +475,58 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(MemoryError_) as exc:
         ShadowPaging(1, pool_of(Frames(), POOL, 3), {}.get, Frames().view)
     assert exc.value.errno == errno.EINVAL
+
+
+# -- the same, with everything else a domain does in between ---------------------------
+class ShadowedDomain(RuleBasedStateMachine):
+    """Random accesses (reads, writes that may land in tables), address-space
+    switches, the balloon moving frames, dying address spaces and blown tables,
+    on a small pool: after every step the shadows agree with the guest's tables
+    (audit) and every access sees what the guest's own tables say."""
+
+    @initialize(entries=ENTRIES, pool_frames=st.sampled_from([4, 7, 64]))
+    def boot(self, entries, pool_frames):
+        self.guest = Guest(pool_frames)
+        build(self.guest, table_entries(entries))
+        self.guest.sp.set_cr3(0)
+        self.next_mfn = 0x5000
+
+    @rule(access=ACCESS)
+    def access(self, access):
+        va, write, user, value, word = access
+        check_access(self.guest, va + word * 8, write, user, value)
+
+    @rule(gfn=st.sampled_from([0, 4, 8]))
+    def switch_address_space(self, gfn):
+        assume(gfn in self.guest.p2m)
+        self.guest.sp.set_cr3(gfn)
+
+    @rule(gfn=st.integers(0, GUEST_PAGES - 1), back=st.booleans())
+    def balloon(self, gfn, back):
+        """The frame behind ``gfn`` goes; with ``back`` a scrubbed other one replaces it."""
+        assume(gfn != self.guest.sp.cr3)
+        if back:
+            self.guest.p2m[gfn] = self.next_mfn
+            self.guest.frames.add([self.next_mfn])
+            self.next_mfn += 1
+        else:
+            self.guest.p2m.pop(gfn, None)
+        self.guest.sp.p2m_changed(gfn)
+
+    @rule(gfn=st.sampled_from([0, 4, 8]))
+    def pagetable_dying(self, gfn):
+        self.guest.sp.pagetable_dying(gfn)
+
+    @rule()
+    def blow_tables(self):
+        self.guest.sp.blow_tables()
+
+    @invariant()
+    def shadows_agree(self):
+        if hasattr(self, "guest"):
+            assert self.guest.sp.audit() == []
+            assert self.guest.pool.used <= self.guest.pool.size
+
+
+TestShadowedDomain = ShadowedDomain.TestCase
+TestShadowedDomain.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
