@@ -64,16 +64,22 @@ class DomainPaging:
     shadow: ShadowPaging | None = None
     nested: NestedP2M | None = None
     index: dict[int, int] = field(default_factory=dict)  # pool mfn -> page in the object
+    # Views of the frames used so far: every walk of the cores reads through them.
+    views: dict[int, memoryview] = field(default_factory=dict)
     # Hypercalls and exits by kind (EXITS, mmu_update, mmuext_op).
     calls: collections.Counter = field(default_factory=collections.Counter)
 
     def frame(self, mfn: int) -> memoryview:
         """A pool frame's bytes (the cores' FrameView); LookupError for any other."""
+        view = self.views.get(mfn)
+        if view is not None:
+            return view
         page = self.index.get(mfn)
         if page is None or self.mm is None:
             raise LookupError(f"mfn {mfn:#x} is not in d{self.domid}'s paging pool")
         start = page * abi.PAGE_SIZE
-        return memoryview(self.mm)[start:start + abi.PAGE_SIZE]
+        view = self.views[mfn] = memoryview(self.mm)[start:start + abi.PAGE_SIZE]
+        return view
 
     @property
     def traps(self) -> int:
@@ -157,6 +163,12 @@ class Paging:
             if core is not None:
                 core.teardown()
         dom.shadow = dom.nested = dom.pool = None
+        for view in dom.views.values():
+            try:
+                view.release()
+            except BufferError:         # still exported: it goes with its last user
+                pass
+        dom.views.clear()
         if dom.mm is not None:
             try:
                 dom.mm.close()

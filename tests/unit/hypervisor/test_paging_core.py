@@ -8,6 +8,7 @@ import errno
 import mmap
 import os
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from xenlab.hypervisor.paging import MIN_POOL_PAGES, Paging
 from xenlab.testing_invariants import check_machine_frames
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_, XenError
-from xenlab.xen.paging import PFEC_WRITE, PagingMode
+from xenlab.xen.paging import (PFEC_USER, PFEC_WRITE, PTE_PRESENT, PTE_RW, PTE_USER, PagingMode,
+                               pte, pte_frame, va_index)
 
 TOTAL = 4096
 
@@ -261,3 +263,36 @@ def test_stats_take_direct_modes_counters_from_the_page_table_core(shm_dir):
     assert stats["traps"] == 0 and stats["pool_pages"] == 0
     paging.remove_domain(1)
     mem.remove_domain(1)
+
+
+def shadow_l1_entry(dom, va: int) -> int:
+    """The shadow L1 entry the MMU would use for ``va``, walked by hand (0: none)."""
+    table = dom.shadow.root
+    for level in (4, 3, 2, 1):
+        entry = struct.unpack_from("<Q", dom.frame(table), va_index(va, level) * 8)[0]
+        if level == 1 or not entry & PTE_PRESENT:
+            return entry
+        table = pte_frame(entry)
+    return 0
+
+
+def test_the_shadows_follow_a_balloon_out(machine):
+    """A frame the balloon takes back is mapped by no shadow any more (the
+    P2M hook reaches ShadowPaging.p2m_changed), and the guest is told to
+    flush its TLB."""
+    mem, paging = machine
+    dom = add(machine, 1, PagingMode.SHADOW, pages=32)
+    va, data_gfn = 0x7F0000001000, 20
+    # The guest's own tables, in guest-physical terms: L4 2 -> L3 3 -> L2 4 -> L1 5.
+    flags = PTE_PRESENT | PTE_RW | PTE_USER
+    for level, (table, child) in zip((4, 3, 2, 1), ((2, 3), (3, 4), (4, 5), (5, data_gfn))):
+        struct.pack_into("<Q", mem.frame(1, table), va_index(va, level) * 8, pte(child, flags))
+    paging.set_cr3(1, 2)
+    assert paging.page_fault(1, va, PFEC_USER) == "fixed"
+    assert pte_frame(shadow_l1_entry(dom, va)) == mem.gfn_to_mfn(1, data_gfn)
+    paging.take_tlb_flush(1)
+    mem.decrease_reservation(1, [data_gfn])
+    assert not shadow_l1_entry(dom, va) & PTE_PRESENT
+    assert paging.take_tlb_flush(1) and not paging.take_tlb_flush(1)
+    assert paging.stats(1)["counters"]["p2m_changes"] == 1
+    assert check_machine_frames(mem) == []
