@@ -12,7 +12,7 @@ import collections
 import grpc
 
 from xenlab.proto import (console_pb2_grpc, domains_pb2, domains_pb2_grpc, evtchn_pb2_grpc, grants_pb2_grpc,
-                          memory_pb2_grpc, save_pb2_grpc, sched_pb2_grpc, xenstore_pb2_grpc)
+                          memory_pb2_grpc, paging_pb2_grpc, save_pb2_grpc, sched_pb2_grpc, xenstore_pb2_grpc)
 from xenlab.rpc import CHANNEL_OPTIONS, credentials_metadata
 # Where a running hypervisor leaves its address and Domain-0's secret.
 from xenlab.rundir import Rundir  # noqa: F401
@@ -73,6 +73,7 @@ class HypervisorClient:
         self.domid = domid
         self.domains = domains_pb2_grpc.DomainsStub(channel)
         self.memory = memory_pb2_grpc.MemoryStub(channel)
+        self.paging = paging_pb2_grpc.PagingStub(channel)
         self.grants = grants_pb2_grpc.GrantTableStub(channel)
         self.evtchn = evtchn_pb2_grpc.EventChannelStub(channel)
         self.xenstore = xenstore_pb2_grpc.XenStoreStub(channel)
@@ -109,4 +110,4 @@ def to_domain_spec(cfg) -> domains_pb2.DomainSpec:
                                  model=v.model or "", vlan=v.vlan or "")
              for v in cfg.vifs],
         uuid=cfg.uuid or "", launcher=cfg.launcher or "", extra=dict(cfg.extra),
-        config_text=cfg.text)
+        config_text=cfg.text, type=cfg.type, hap=cfg.hap, shadow_memory_mb=cfg.shadow_memory_mb)

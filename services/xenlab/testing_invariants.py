@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from xenlab.xen import abi
+from xenlab.xen import paging as pg
 from xenlab.xen.abi import EvtchnState
 from xenlab.xen.digits import is_decimal
 
@@ -45,6 +46,8 @@ def invariant_violations(hv) -> list[str]:
       domain may already be gone from the cores);
     * memory: no domain holds more pages than its maximum, the host never
       hands out more than it has, a mapped grant's frame is populated, and
+      every page type count is what the validated tables, pins, base
+      pointers and writable grant mappings hold (check_page_types), and
       a PTE names another domain's frame only while its owner holds a grant
       mapping of it (writable only through a writable one);
     * grants: every mapping belongs to a live entry granted to its mapper
@@ -85,13 +88,13 @@ def _check_cores(hv, table: dict, live: set[int], out: list[str]) -> None:
 def check_machine_frames(mem) -> list[str]:
     """The pool, the P2Ms and the M2P agree: the M2P is the inverse of the
     union of the P2Ms (so no frame is owned twice), and every machine frame
-    ever handed out is owned, free or a gone domain's still referenced,
-    exactly one of them. Run after every fuzzer step over every frame, so
+    ever handed out is owned, free, a gone domain's still referenced, or
+    the hypervisor's own (a paging pool's), exactly one of them. Run after every fuzzer step over every frame, so
     the walks are C-level (map, set operations) and copy nothing."""
     out: list[str] = []
     m2p = mem.m2p_view()
     pool = mem.pool()
-    free, kept = set(pool.free), pool.kept
+    free, kept, unowned = set(pool.free), pool.kept, pool.unowned
     owned = 0
     for domid in mem.domains():
         p2m = mem.p2m_view(domid)
@@ -107,53 +110,150 @@ def check_machine_frames(mem) -> list[str]:
         out.append(f"memory: the M2P has {len(m2p)} frames, the P2Ms {owned}")
     if len(free) != len(pool.free):
         out.append("memory: a frame is on the free list twice")
-    for name, frames in (("free", free), ("kept for its references", kept)):
+    for name, frames in (("free", free), ("kept for its references", kept),
+                         ("in a paging pool", unowned)):
         for mfn in sorted(m for m in frames if m in m2p):
             out.append(f"memory: mfn {mfn:#x} is {name} and owned by d{m2p[mfn][0]}")
     for mfn in sorted(free & kept):
         out.append(f"memory: mfn {mfn:#x} is free and kept for its references")
-    for frames in (free, kept, m2p.keys()):
+    for mfn in sorted((free | kept) & unowned):
+        out.append(f"memory: mfn {mfn:#x} is in a paging pool and free or kept")
+    for frames in (free, kept, unowned, m2p.keys()):
         if frames and not pool.first <= min(frames) <= max(frames) < pool.fresh:
             out.append(f"memory: a frame outside {pool.first:#x}..{pool.fresh:#x} (the "
                        "frames the pool handed out) is owned, free or kept")
-    # The three are disjoint (checked above), so their sizes add up.
-    accounted = len(free) + len(kept) + len(m2p)
+    # The four are disjoint (checked above), so their sizes add up.
+    accounted = len(free) + len(kept) + len(unowned) + len(m2p)
     if accounted != pool.fresh - pool.first:
         out.append(f"memory: {pool.fresh - pool.first} frames handed out, "
                    f"{accounted} accounted for")
-    if mem.free_pages != mem.total_pages - len(m2p) - len(kept):
+    taken = len(m2p) + len(kept) + len(unowned)
+    if mem.free_pages != mem.total_pages - taken:
         out.append(f"memory: {mem.free_pages} pages free; the pool says "
-                   f"{mem.total_pages - len(m2p) - len(kept)}")
+                   f"{mem.total_pages - taken}")
+    return out
+
+
+def check_paging_pools(hv) -> list[str]:
+    """Every paging pool's frames are the hypervisor's own frames of the
+    machine pool, each in one pool, and each domain with a pool has memory."""
+    out: list[str] = []
+    pools = hv.paging.pool_frames()
+    unowned = hv.memory.pool().unowned
+    if set(pools) != unowned:
+        out.append(f"paging: {len(pools)} pool frames, {len(unowned)} held by the hypervisor "
+                   f"(only in pools: {sorted(set(pools) - unowned)[:4]}, only held: "
+                   f"{sorted(unowned - set(pools))[:4]})")
+    sizes = collections.Counter(pools.values())
+    if sum(sizes.values()) != sum(len(hv.paging.get(d).mfns) for d in hv.paging.domains()):
+        out.append("paging: a frame is in two pools")
+    for domid in sorted(set(hv.paging.domains()) - set(hv.memory.domains())):
+        out.append(f"paging: d{domid} has a paging state but no memory")
     return out
 
 
 def _check_memory(hv, out: list[str]) -> None:
     mem = hv.memory
     out.extend(check_machine_frames(mem))
+    out.extend(check_paging_pools(hv))
     if mem.free_pages < 0:
         out.append(f"memory: {-mem.free_pages} pages handed out beyond the host's {mem.total_pages}")
     for domid in mem.domains():
         current, maximum, _target = mem.reservation(domid)
         if current > maximum:
             out.append(f"memory: d{domid} holds {current} pages, above its maximum {maximum}")
-    for mfn, owner in mem.pinned_tables().items():
-        if owner not in mem.domains():
-            out.append(f"memory: mfn {mfn:#x} is pinned by d{owner}, which has no memory")
-            continue
-        if mem.mfn_owner(mfn) is None or mem.mfn_owner(mfn)[0] != owner:
-            out.append(f"memory: mfn {mfn:#x} is pinned by d{owner}, which does not own it")
-        foreign = hv.grants.mapped_by(owner) if owner in hv.grants.domains() else {}
-        for index, val in mem.pinned_ptes(mfn).items():
-            target = (val & abi.PTE_MFN_MASK) >> abi.PAGE_SHIFT
-            frame_owner = mem.mfn_owner(target)
-            if frame_owner is not None and frame_owner[0] == owner:
+    grants = hv.grants
+    tables = set(grants.domains())
+    out.extend(check_page_types(
+        mem.pagetables, lambda mfn: (mem.mfn_owner(mfn) or (None,))[0],
+        lambda domid: grants.mapped_by(domid) if domid in tables else {}))
+    writable = collections.Counter(m.mfn for m in grants.mappings() if not m.readonly)
+    if writable != collections.Counter(mem.pagetables.grant_writable()):
+        out.append(f"memory: writable grant mappings {dict(writable)} but WRITABLE type "
+                   f"refs held for {mem.pagetables.grant_writable()}")
+
+
+def check_page_types(pt, owner, foreign=lambda domid: {}, frame=None) -> list[str]:
+    """Xen's page-type invariants over a ``PageTables``, recounted from
+    scratch from its validated tables, pins and base pointers:
+
+    * every frame's type count is the references that need its type: a
+      pin, a base pointer, an entry of a validated table one level up
+      (the table types), a writable L1 entry or writable grant mapping
+      (WRITABLE); its general count is the entries naming it;
+    * a frame with a table type and a count is validated, and no writable
+      L1 entry names a page table;
+    * an L1 entry names a frame its table's owner owns, or holds a grant
+      mapping of (writable only through a writable one), or is a grant PTE;
+      an L2..L4 entry names a table of its owner's;
+    * with ``frame`` (mfn -> bytes), each validated table's frame holds
+      exactly its entries (but for the A/D bits the MMU sets).
+
+    ``owner(mfn)`` is the owning domid or None; ``foreign(domid)`` the
+    mfn -> read-only mapping of what it has mapped through grants."""
+    out: list[str] = []
+    tables = pt.tables()
+    count: collections.Counter = collections.Counter()
+    refs: collections.Counter = collections.Counter()
+    wants: dict[int, set] = collections.defaultdict(set)
+    frames = pt.frames()
+    for mfn in pt.pinned():
+        count[mfn] += 1
+        wants[mfn].add(frames[mfn].type if mfn in frames else None)
+    for domid, bases in pt.base_pointers().items():
+        for base in bases:
+            if base is not None:
+                count[base] += 1
+                wants[base].add(pg.PageType.L4)
+    grant_ptes = pt.grant_ptes()
+    for table, (level, entries) in tables.items():
+        table_owner = owner(table)
+        mapped = foreign(table_owner) if table_owner is not None else {}
+        for index, val in entries.items():
+            target = pg.pte_frame(val)
+            refs[target] += 1
+            where = f"memory: L{int(level)} table {table:#x} (d{table_owner}) entry {index}"
+            if level > 1:
+                count[target] += 1
+                wants[target].add(pg.PageType.table(int(level) - 1))
+                if owner(target) != table_owner:
+                    out.append(f"{where} names mfn {target:#x}, not its owner's")
                 continue
-            if target not in foreign:
-                out.append(f"memory: d{owner}'s table {mfn:#x} PTE {index} names mfn "
-                           f"{target:#x}, which it holds no grant mapping of")
-            elif foreign[target] and val & abi._PAGE_RW:
-                out.append(f"memory: d{owner}'s table {mfn:#x} PTE {index} maps mfn "
-                           f"{target:#x} writable through read-only mappings")
+            writable = bool(val & pg.PTE_RW)
+            if writable:
+                count[target] += 1
+                wants[target].add(pg.PageType.WRITABLE)
+                if target in tables or int(pt.info(target).type) in range(1, 5):
+                    out.append(f"{where} maps page table {target:#x} writable")
+            if owner(target) == table_owner or (table << 12 | index * 8) in grant_ptes:
+                continue
+            if target not in mapped:
+                out.append(f"{where} names mfn {target:#x}, neither its owner's own "
+                           "nor granted to it")
+            elif writable and mapped[target]:
+                out.append(f"{where} maps mfn {target:#x} writable through read-only grants")
+    for mfn, n in pt.grant_writable().items():
+        count[mfn] += n
+        wants[mfn].add(pg.PageType.WRITABLE)
+    for mfn in sorted(set(count) | set(refs) | set(frames)):
+        info = pt.info(mfn)
+        if (info.count, info.refs) != (count[mfn], refs[mfn]):
+            out.append(f"memory: mfn {mfn:#x} has type count {info.count} and {info.refs} "
+                       f"references; the tables hold {count[mfn]} and {refs[mfn]}")
+        if count[mfn] and wants[mfn] != {info.type}:
+            out.append(f"memory: mfn {mfn:#x} is {info.type.name}; its references need "
+                       f"{sorted(str(w) for w in wants[mfn])}")
+        if info.count and 1 <= int(info.type) <= 4 and mfn not in tables:
+            out.append(f"memory: mfn {mfn:#x} is an {info.type.name} table in use, not validated")
+    if frame is not None:
+        for table, (level, entries) in tables.items():
+            raw = bytes(frame(table))
+            vals = [int.from_bytes(raw[i * 8:i * 8 + 8], "little") for i in range(pg.ENTRIES)]
+            held = {i: v & ~pg.PTE_AD for i, v in enumerate(vals) if v & pg.PTE_PRESENT}
+            if held != {i: v & ~pg.PTE_AD for i, v in entries.items()}:
+                out.append(f"memory: L{int(level)} table {table:#x}'s frame does not hold "
+                           "the entries validated")
+    return out
 
 
 def _check_grants(hv, out: list[str]) -> None:

@@ -11,6 +11,10 @@ Sections (``--only``, in this order):
   fdb         bridge forwarding cost against FDB size (xenlab.bench.fdb)
   netem       how accurately netem (`xenlab tc`) delays, drops and paces
               frames, against a baseline of the same run (xenlab.bench.netem)
+  paging      the same guest paging workloads in the three paging modes
+              (direct, shadow, hap): hypercalls, VM exits, page-table updates,
+              TLB misses and their walks' references, the hypervisor's
+              bookkeeping pages, time per operation (xenlab.bench.paging)
 
 It prints progress on standard error, the table on standard output, and
 writes every figure as JSON (``--json``, after each section, so a long run
@@ -29,6 +33,7 @@ from pathlib import Path
 
 from xenlab import argtypes
 from xenlab.bench import netem as netem_bench
+from xenlab.bench import paging as paging_bench
 from xenlab.osutil import Interrupted, cancelled_by_stop_signal
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MIN_INTERVAL
 from xenlab.domain.traffic import MAX_BATCH, MIN_SIZE
@@ -41,11 +46,12 @@ from xenlab.bench.profile import Profiler, find_py_spy
 from xenlab.bench.scale import boot
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 
-SECTIONS = ("throughput", "latency", "scale", "fdb", "netem")
+SECTIONS = ("throughput", "latency", "scale", "fdb", "netem", "paging")
 FULL = {"count": 50_000, "pings": 2000, "interval": 0.01, "scale": "8,32,64",
-        "fdb_frames": 200_000, "fdb_repeats": 5}
+        "fdb_frames": 200_000, "fdb_repeats": 5, "paging_pages": paging_bench.DEFAULT_PAGES,
+        "paging_remap": paging_bench.DEFAULT_REMAP}
 QUICK = {"count": 2000, "pings": 200, "interval": 0.005, "scale": "4",
-         "fdb_frames": 20_000, "fdb_repeats": 3}
+         "fdb_frames": 20_000, "fdb_repeats": 3, "paging_pages": 64, "paging_remap": 16}
 LOADED = 0.5            # a 1-minute load average over this at the start is worth a warning
 
 
@@ -62,6 +68,9 @@ class Plan:
     fdb_sizes: tuple[int, ...]
     fdb_frames: int
     fdb_repeats: int
+    paging_pages: int
+    paging_remap: int
+    paging_domains: bool
     kernel: bool
     batch: int
     json: Path
@@ -127,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mesh", action="store_true", help="skip the ping mesh on the largest N")
     parser.add_argument("--fdb-sizes", type=_ints, default=(10, 10_000, 100_000),
                         help="FDB sizes for the forwarding cost (default 10,10000,100000)")
+    parser.add_argument("--paging-pages", type=argtypes.whole(1, paging_bench.MAX_PAGES),
+                        help=f"pages each paging workload maps (default {FULL['paging_pages']})")
+    parser.add_argument("--paging-remap", type=argtypes.whole(0, paging_bench.MAX_PAGES),
+                        help=f"pages the remap workload moves, at most --paging-pages "
+                             f"(default {FULL['paging_remap']})")
+    parser.add_argument("--paging-in-process", action="store_true",
+                        help="paging: only the in-process run (no lab of three domains)")
     parser.add_argument("--no-kernel", action="store_true", help="skip the Linux kernel baseline")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also run one 64-byte blast under py-spy and summarise where each "
@@ -140,10 +156,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def make_plan(args) -> Plan:
     base = QUICK if args.quick else FULL
     scale = args.scale or _ints(base["scale"])
+    paging_pages = args.paging_pages or base["paging_pages"]
+    paging_remap = args.paging_remap if args.paging_remap is not None else min(base["paging_remap"], paging_pages)
+    if paging_remap > paging_pages:
+        raise SystemExit(f"xenlab bench: --paging-remap {paging_remap} is more than the "
+                         f"{paging_pages} pages mapped (--paging-pages)")
     return Plan(sections=tuple(s for s in SECTIONS if s in args.only), quick=args.quick,
                 count=args.count or base["count"], sizes=args.sizes, pings=args.pings or base["pings"],
                 interval=args.interval or base["interval"], scale=scale, mesh=not args.no_mesh,
                 fdb_sizes=args.fdb_sizes, fdb_frames=base["fdb_frames"], fdb_repeats=base["fdb_repeats"],
+                paging_pages=paging_pages, paging_remap=paging_remap,
+                paging_domains=not args.paging_in_process,
                 kernel=not args.no_kernel, batch=args.batch, json=args.json, profile=args.profile,
                 py_spy=args.py_spy, log_level=args.log_level, keep_logs=args.keep_logs)
 
@@ -182,6 +205,9 @@ class Bench:
             self.fdb()
         if "netem" in plan.sections:
             self.results["netem"] = await netem_bench.run(progress, plan.log_level)
+            self.save()
+        if "paging" in plan.sections:
+            await self.paging()
             self.save()
         self.results["finished"] = time.time()
         self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())
@@ -292,6 +318,26 @@ class Bench:
                 section["mesh"] = mesh
             self.save()
 
+    async def paging(self) -> None:
+        plan = self.plan
+        progress(f"paging: {plan.paging_pages} pages, {plan.paging_remap} remapped, in each mode "
+                 f"(in-process)")
+        runs = paging_bench.run_in_process(plan.paging_pages, plan.paging_remap)
+        section = self.results["paging"] = {
+            "in_process": paging_bench.figures(runs, plan.paging_pages, plan.paging_remap)}
+        self.save()
+        if not plan.paging_domains:
+            return
+        progress("paging: the same in three domains, one per mode (pv; hvm hap=0; hvm hap=1)")
+        try:
+            runs = await paging_bench.run_in_domains(plan.paging_pages, plan.paging_remap,
+                                                     log_level=plan.log_level, keep=plan.keep_logs)
+        except Exception as err:      # a lab that does not come up ends the section, with why
+            section["domains_error"] = f"{type(err).__name__}: {err}"
+            progress(f"paging in domains stopped: {section['domains_error']}")
+            return
+        section["domains"] = paging_bench.figures(runs, plan.paging_pages, plan.paging_remap)
+
     def fdb(self) -> None:
         plan = self.plan
         progress(f"fdb: forwarding cost with {', '.join(f'{n:,}' for n in plan.fdb_sizes)} entries")
@@ -331,6 +377,8 @@ def run(args) -> int:
     print(report.table(results))
     if "netem" in results:
         print("\n" + netem_bench.table(results["netem"]))
+    if "paging" in results:
+        print("\n" + paging_bench.tables(results["paging"]))
     print(f"\nfigures: {plan.json}")
     return 0
 

@@ -17,12 +17,14 @@ from xenlab import eventloop
 from xenlab.domain.agent import start_guest_agent
 from xenlab.domain.console import log_to_console
 from xenlab.domain.getty import ConsoleShell
-from xenlab.domain.evtchn import connect_for_memory
+from xenlab.domain.evtchn import greet
 from xenlab.domain.kernel import DomainKernel
-from xenlab.domain.memory import map_memory_object
+from xenlab.domain.memory import map_memory_object, map_paging_pool
 from xenlab.drivers.netfront import NetfrontDriver
 from xenlab.osutil import die_with_parent, drop_privileges, on_stop_signal
+from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import XenError
+from xenlab.xen.paging import PagingMode
 from xenlab.xen.start_info import StartInfo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,30 +49,45 @@ class NoMemory(Exception):
 def _enter_domain(start: StartInfo):
     """Map the memory object the launcher handed over, or (a launcher that
     cannot hand descriptors over: a container) the one the doorbell's OK
-    brings, then become the domain's own uid for good, before anything
-    untrusted is read. Returns the mapping (None: the kernel opens its
-    segment by path) and the greeted doorbell connection, if any."""
+    brings, and, in shadow or HAP mode, the paging pool (read-only, always
+    from the doorbell's OK); then become the domain's own uid for good,
+    before anything untrusted is read. Returns the memory mapping (None: the
+    kernel opens its segment by path), the paging pool's mapping (None in
+    direct mode) and the greeted doorbell connection, if any."""
     doorbell = None
+    flags = wire.HELLO_CHANNELS
+    if PagingMode(start.paging_mode) is not PagingMode.DIRECT:
+        flags |= wire.HELLO_PAGING
+    if start.memory_fd < 0:
+        flags |= wire.HELLO_MEMORY
+    where = start.doorbell_fd if start.doorbell_fd >= 0 else start.doorbell
+    handed = None
+    if flags & (wire.HELLO_MEMORY | wire.HELLO_PAGING) and where != "":
+        try:
+            doorbell, handed = greet(where, start.domid, start.secret, flags)
+        except (OSError, TimeoutError, XenError) as err:
+            raise NoMemory(f"its memory or paging pool comes with the doorbell's OK at "
+                           f"{start.doorbell or 'the doorbell handed over'}, and the doorbell "
+                           f"failed: {err} (the gRPC fallback carries no memory or paging pool)") from None
+    elif flags & wire.HELLO_PAGING:
+        raise NoMemory(f"it runs on {start.paging_mode} paging and has no doorbell to take "
+                       "its paging pool from")
     if start.memory_fd >= 0:
         memory = map_memory_object(start.memory_fd)
-    elif start.doorbell:
-        try:
-            doorbell, fd = connect_for_memory(start.doorbell, start.domid, start.secret)
-        except (OSError, TimeoutError, XenError) as err:
-            raise NoMemory(f"its memory comes with the doorbell's OK at {start.doorbell}, and "
-                           f"the doorbell failed: {err} (the gRPC fallback carries no "
-                           f"memory)") from None
-        memory = map_memory_object(fd)
+    elif handed is not None:
+        memory = map_memory_object(handed.memory)
     else:
         memory = None
+    paging = map_paging_pool(handed.paging) if handed is not None and handed.paging >= 0 \
+        else None
     if start.uid >= 0:
         drop_privileges(start.uid, start.gid, tuple(start.groups))
-    return memory, doorbell
+    return memory, paging, doorbell
 
 
-async def _main(start: StartInfo, memory, doorbell=None) -> int:
+async def _main(start: StartInfo, memory, doorbell=None, paging=None) -> int:
     kernel = DomainKernel(start, drivers=domu_drivers, agent=start_guest_agent,
-                          memory_map=memory, doorbell=doorbell)
+                          memory_map=memory, doorbell=doorbell, paging_pool=paging)
     # printk on hvc0 from the moment it is up; a shell on it once booted.
     kernel.on_console.append(log_to_console)
     kernel.on_boot.append(lambda: start_console_shell(kernel))
@@ -104,7 +121,7 @@ def run(args) -> int:
         print(f"xenlab domain: malformed start_info: {err}", file=sys.stderr)
         return 2
     try:
-        memory, doorbell = _enter_domain(start)
+        memory, paging, doorbell = _enter_domain(start)
     except NoMemory as err:
         print(f"xenlab domain: d{start.domid}: no memory to run in: {err}", file=sys.stderr)
         return 2
@@ -114,7 +131,7 @@ def run(args) -> int:
         return 2
     if start.uid >= 0 and not args.orphan_ok:
         die_with_parent()       # changing ids cleared the parent-death signal
-    return eventloop.run(_main(start, memory, doorbell))
+    return eventloop.run(_main(start, memory, doorbell, paging))
 
 
 def main(argv=None) -> int:

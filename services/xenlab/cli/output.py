@@ -59,8 +59,10 @@ def _int64_as_numbers(data: dict, descriptor) -> None:
 
 def format_domain_long(domains: Iterable[domains_pb2.DomainInfo]) -> str:
     """`xl list -l`: a JSON array of {domid, config}, as xl prints its
-    libxl_domain_config."""
-    entries = [{"domid": d.domid, "config": message_to_dict(d.spec)} for d in domains]
+    libxl_domain_config, and the paging the domain runs on (xenlab's own)."""
+    entries = [{"domid": d.domid, "config": message_to_dict(d.spec),
+                "paging": {"mode": d.paging_mode or "direct", "pool_kb": d.paging_pool_kb}}
+               for d in domains]
     return json.dumps(entries, indent=4) + "\n"
 
 

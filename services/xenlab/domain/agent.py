@@ -30,7 +30,7 @@ from pathlib import Path
 import grpc
 
 from xenlab.agent_client import AGENT_TOKEN_MD
-from xenlab.domain import traffic
+from xenlab.domain import paging_workloads, traffic
 from xenlab.domain.netstack import PERF_SERVE_TIMEOUT, GoneDevice, GuestNetwork
 from xenlab.net import perf, tc_server
 from xenlab.net.device import NetDevice
@@ -72,10 +72,11 @@ SPIN_MAX = 3600.0
 
 
 class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
-    def __init__(self, net: GuestNetwork, domid: int, vcpus=None):
+    def __init__(self, net: GuestNetwork, domid: int, vcpus=None, paging=None):
         self.net = net
         self.domid = domid
         self.vcpus = vcpus          # the kernel's Vcpus (xenlab.domain.vcpus), for Spin
+        self.paging = paging        # the kernel's KernelPaging (xenlab.domain.paging)
 
     def _need_stack(self) -> None:
         if self.domid == 0 and not self.net.has_stack():
@@ -206,6 +207,21 @@ class GuestAgentServicer(agent_pb2_grpc.GuestAgentServicer):
         return agent_pb2.SpinReply(vcpus=self.vcpus.spin(wanted, seconds))
 
     @handles_xen_errors
+    async def RunPagingWorkload(self, request, context):
+        if self.paging is None:
+            raise XenError(errno.EOPNOTSUPP, "this domain's kernel runs without an MMU")
+        pages = request.pages or paging_workloads.DEFAULT_PAGES
+        try:
+            results = await self.paging.run_workloads(pages, request.remap, request.seed)
+        except paging_workloads.WorkloadError as err:
+            raise XenError(errno.EINVAL, str(err)) from None
+        return agent_pb2.PagingWorkloadReply(mode=self.paging.mode.value, results=[
+            agent_pb2.PagingWorkloadResult(
+                name=r.name, ops=r.ops, digest=r.digest, seconds=r.seconds,
+                faults=[agent_pb2.PagingFault(va=va, code=code) for va, code in r.faults],
+                guest=r.guest, counters=r.counters, gauges=r.gauges) for r in results])
+
+    @handles_xen_errors
     async def InterfaceStats(self, request, context):
         if request.interface:
             devices = [self.net.device(request.interface)]
@@ -314,10 +330,12 @@ async def _batches(requests, limit: int):
 class GuestAgentServer:
     """The agent's gRPC server (with health and reflection) around a GuestNetwork."""
 
-    def __init__(self, net: GuestNetwork, domid: int, address: str, token: str, vcpus=None):
+    def __init__(self, net: GuestNetwork, domid: int, address: str, token: str, vcpus=None,
+                 paging=None):
         self.net = net
         self.domid = domid
         self.vcpus = vcpus
+        self.paging = paging
         self.address = address
         self.token = token
         self.server: grpc.aio.Server | None = None
@@ -332,7 +350,7 @@ class GuestAgentServer:
                 raise OSError(errno.ENAMETOOLONG,
                               f"agent socket path {path} is over {UNIX_PATH_MAX} bytes")
             _unlink(path)
-        servicer = GuestAgentServicer(self.net, self.domid, self.vcpus)
+        servicer = GuestAgentServicer(self.net, self.domid, self.vcpus, self.paging)
         register = [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s),
                     *(register for register, _ in self.services)]
         names = [SERVICE_NAME, *(name for _, name in self.services)]
@@ -401,7 +419,7 @@ async def start_guest_agent(kernel, services=()) -> KernelAgent | None:
     net = GuestNetwork(cmdline=getattr(kernel.start_info, "cmd_line", ""))
     net.attach(kernel)
     server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info), token,
-                              getattr(kernel, "vcpus", None))
+                              getattr(kernel, "vcpus", None), getattr(kernel, "paging", None))
     server.services = list(services)
     try:
         address = await server.start()

@@ -48,6 +48,7 @@ import itertools
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from xenlab.domain.hypercall.evtchn import EventChannelOps
@@ -88,17 +89,45 @@ def connect_for_memory(path: str, domid: int, secret: str,
     its event loop runs. Returns the connection, greeted (hand it to
     GuestEventChannels), and the object's descriptor, for the caller to
     map and close. Raises OSError, TimeoutError or XenError (refused)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sock, handed = greet(path, domid, secret, wire.HELLO_MEMORY | wire.HELLO_CHANNELS, timeout)
+    return sock, handed.memory
+
+
+@dataclass
+class Handed:
+    """The descriptors an OK brought (-1: not asked for), the caller's to close."""
+    memory: int = -1
+    paging: int = -1
+
+
+def greet(doorbell: str | int, domid: int, secret: str, flags: int,
+          timeout: float = CONNECT_TIMEOUT) -> tuple[socket.socket, Handed]:
+    """Say HELLO with ``flags`` (HELLO_*) on the doorbell at a path, or on
+    the connection handed over as a descriptor, and take the descriptors
+    its OK brings: the memory object (HELLO_MEMORY), then the paging pool,
+    read-only (HELLO_PAGING). Blocking, before the event loop runs. Returns
+    the connection, greeted (hand it to GuestEventChannels). Raises
+    OSError, TimeoutError or XenError (refused)."""
+    if isinstance(doorbell, int):
+        sock = socket.socket(fileno=doorbell)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     fds: list[int] = []
     try:
         sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(wire.Hello(domid, secret, wire.HELLO_MEMORY | wire.HELLO_CHANNELS).encode())
-        data, fds, flags, _ = socket.recv_fds(sock, wire.MAX_DATAGRAM + 1, 1)
+        if not isinstance(doorbell, int):
+            sock.connect(doorbell)
+        sock.sendall(wire.Hello(domid, secret, flags).encode())
+        data, fds, msg_flags, _ = socket.recv_fds(sock, wire.MAX_DATAGRAM + 1, 2)
         ok = welcome(data, domid)
-        if flags & socket.MSG_CTRUNC or not ok.carries_memory or len(fds) != 1:
-            raise wire.malformed(f"the OK carries {len(fds)} descriptors, not the memory object")
-        return sock, fds.pop()
+        wanted = bool(flags & wire.HELLO_MEMORY) + bool(flags & wire.HELLO_PAGING)
+        if (msg_flags & socket.MSG_CTRUNC or len(fds) != wanted or ok.descriptors != wanted
+                or ok.carries_memory != bool(flags & wire.HELLO_MEMORY)):
+            raise wire.malformed(f"the OK carries {len(fds)} descriptors (flags {ok.flags:#x}), "
+                                 f"not the {wanted} asked for")
+        handed = Handed(memory=fds.pop(0) if ok.carries_memory else -1,
+                        paging=fds.pop(0) if ok.carries_paging else -1)
+        return sock, handed
     except BaseException:
         for fd in fds:
             os.close(fd)

@@ -23,6 +23,7 @@ from xenlab.domain.console import ConsoleFront
 from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.domain.memory import RESERVED_FRAMES, GuestMemory
+from xenlab.domain.paging import KernelPagingService
 from xenlab.domain.sysrq import SysrqHandler
 from xenlab.domain.vcpus import Vcpus
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
@@ -60,23 +61,27 @@ class NetifTable(dict):
 class DomainKernel:
     def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
                  memory_map=None, doorbell=None,
-                 agent: Callable[["DomainKernel"], Awaitable[object]] | None = None):
+                 agent: Callable[["DomainKernel"], Awaitable[object]] | None = None,
+                 paging_pool=None):
         """``drivers(kernel)``: the XenbusDrivers to register at boot (none
         if not given); ``agent(kernel)``: started once they are, its result
         stopped (``await result.stop()``) first at close (none if not given
         or if it returns None); ``memory_map``: the domain's memory, already
         mapped from the object its launcher handed over or the doorbell
         brought (else boot opens the segment); ``doorbell``: that doorbell
-        connection, greeted."""
+        connection, greeted; ``paging_pool``: in shadow or HAP mode, the
+        paging pool the doorbell brought, mapped read-only (a PageMap)."""
         self.start_info = start
         self._memory_map = memory_map
         self._doorbell = doorbell
+        self.paging_pool = paging_pool
         self.domid = start.domid
         self.name = start.name
         # Every call to the hypervisor, typed (xenlab.domain.hypercall).
         self.hypercall = Hypercalls.connect(start.hypervisor, start.domid, start.secret)
         self.gnttab: GrantTable = self.hypercall.gnttab
         self.memory: GuestMemory | None = None
+        self.paging: KernelPagingService | None = None     # its MMU and address spaces
         self.shared_info: SharedInfo | None = None
         self.evtchn: GuestEventChannels | None = None
         self.xenbus: XenbusClient | None = None
@@ -128,6 +133,11 @@ class DomainKernel:
         self.memory = GuestMemory(mm.shm_path, mm.segment_pages, mm.first_frame_offset,
                                   mapping=self._memory_map)
         self.memory.set_populated(mm.populated)
+        # Paging on (its direct map built and loaded, in its domain's mode)
+        # before anything reaches a frame: from here frame() is an access
+        # through the MMU.
+        self.paging = await KernelPagingService.start(self.memory, self.hypercall,
+                                                      self.paging_pool)
         await self.gnttab.setup(self.memory)
         self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
                                       self.start_info.vcpus)
@@ -325,6 +335,8 @@ class DomainKernel:
                 while want > 0:
                     got = await memory.increase_reservation(min(want, abi.MAX_EXTENTS))
                     self.memory.add_frames(got)
+                    if self.paging is not None:
+                        await self.paging.populate(got)     # new mfns in the direct map
                     want -= len(got)
             now = await memory.reservation()
             await self.xenbus.write("data/balloon", str(now.current_pages * 4))
@@ -334,10 +346,16 @@ class DomainKernel:
         """XENMEM_decrease_reservation of frames this domain stops using
         first; if the hypervisor refuses, they are still the domain's."""
         self.memory.forget_frames(gfns)
+        if self.paging is not None:
+            # Out of the direct map first, as Linux's balloon clears a page's
+            # mapping before XENMEM_decrease_reservation.
+            await self.paging.release(gfns)
         try:
             await self.hypercall.memory.decrease_reservation(gfns)
         except BaseException:
             self.memory.add_frames(gfns)
+            if self.paging is not None:
+                await self.paging.populate(gfns)
             raise
 
     async def emergency_stop(self, reason: str) -> None:
@@ -405,5 +423,7 @@ class DomainKernel:
         await self.hypercall.close()
         if self.shared_info is not None:
             self.shared_info.release()
+        if self.paging is not None:
+            self.paging.close()
         if self.memory is not None:
             self.memory.close()

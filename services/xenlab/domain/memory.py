@@ -38,6 +38,17 @@ def map_memory_object(fd: int) -> PageMap:
         os.close(fd)
 
 
+def map_paging_pool(fd: int) -> PageMap:
+    """Map the paging pool the doorbell's OK brought (HELLO_PAGING), read
+    only, and close it: the shadow tables or nested P2M this domain's MMU
+    walks, which the hypervisor alone writes. The descriptor is read-only,
+    so a writable mapping (or mprotect to one) of it fails with EACCES."""
+    try:
+        return PageMap(fd, 0, writable=False, length=os.fstat(fd).st_size, populate=False)
+    finally:
+        os.close(fd)
+
+
 class GuestMemory:
     def __init__(self, shm_path: str, segment_pages: int, first_frame_offset: int,
                  mapping: PageMap | None = None):
@@ -60,6 +71,7 @@ class GuestMemory:
         self.nr_frames = segment_pages - first_frame_offset // abi.PAGE_SIZE
         self._address = mapping.addr if mapping is not None else _address_of(self.mm)
         self._populated: set[int] = set(range(self.nr_frames))
+        self.paging = None       # the kernel's paging (KernelPaging), once it is on
         self._allocated: set[int] = set()
         self._free: list[int] = []
 
@@ -117,6 +129,15 @@ class GuestMemory:
         self._populated -= gone
 
     def frame(self, gfn: int) -> memoryview:
+        """The kernel's access to its frame ``gfn``: through its MMU once
+        paging is on (xenlab.domain.paging: the direct map), else the bytes."""
+        if self.paging is not None:
+            return self.paging.frame(gfn)
+        return self.raw_frame(gfn)
+
+    def raw_frame(self, gfn: int) -> memoryview:
+        """The bytes of frame ``gfn`` in the memory object: what the
+        domain's "hardware" (its MMU's walks) reaches a frame by."""
         if not 0 <= gfn < self.nr_frames:
             raise IndexError(f"gfn {gfn} is outside this domain's memory")
         if gfn not in self._populated:

@@ -49,7 +49,7 @@ KiB = 1024
 DEFAULT_REQUEST_LIMIT = 8 * KiB       # a xenstore path (3072) and value (4096), a VifSpec...
 REQUEST_LIMITS = {
     "/xenlab.proto.Domains/Create": 64 * KiB,               # the xl.cfg text comes along
-    "/xenlab.proto.GrantTable/MapBatch": 24 * KiB,          # 1024 ops
+    "/xenlab.proto.GrantTable/MapBatch": 40 * KiB,          # 1024 ops, each with a PTE
     "/xenlab.proto.GrantTable/UnmapBatch": 16 * KiB,        # 1024 handles
     "/xenlab.proto.GrantTable/Copy": 48 * KiB,              # 512 ops
     "/xenlab.proto.Memory/IncreaseReservation": 8 * KiB,    # 512 gfns

@@ -33,6 +33,7 @@ from xenlab.hypervisor.caller import DOM0, Caller
 from xenlab.hypervisor.conring import ConsoleRing
 from xenlab.hypervisor.identity import Identity
 from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor.paging import Paging
 from xenlab.hypervisor.scheduler import Scheduler
 from xenlab.hypervisor.watchdog import Watchdogs
 from xenlab.hypervisor.xenstore import XenStore
@@ -69,6 +70,7 @@ class Hypervisor:
         self.memory = MachineMemory(Path(config.shm_dir), prefix,
                                     config.total_memory_mb * PAGES_PER_MB)
         self.grants = GrantTables(self.memory)
+        self.paging = Paging(self.memory)
         # Every message the hypervisor handles, by operation: gRPC calls
         # ("Service/Method", counted by the server's admission), doorbell
         # datagrams ("doorbell/SEND") and xenstored requests on the rings
@@ -77,7 +79,8 @@ class Hypervisor:
         self.ops: collections.Counter[str] = collections.Counter()
         self.doorbell = UpcallRouter(ops=self.ops,authenticate=self._doorbell_auth, on_send=self._doorbell_send,
                                      on_copy=self.grants.copy_gnttab,
-                                     on_memory=self._doorbell_memory)
+                                     on_memory=self._doorbell_memory,
+                                     on_paging=self._doorbell_paging)
         self.evtchn = EventChannels(kick=self.doorbell.kick, links=self.doorbell,
                                     default_max_ports=config.evtchn_max_ports)
         self.xs_connections = XenStoreConnections(quotas=config.xenstore_quotas)
@@ -208,6 +211,14 @@ class Hypervisor:
         dom.memory_handed = True
         return fd
 
+    def _doorbell_paging(self, caller: Caller) -> int:
+        """A domain's paging pool object, read-only (its MMU walks the
+        shadows or nested P2M there): as often as it asks, since a read-only
+        descriptor can neither write the tables nor resize the object."""
+        if self.domains.get(caller.domid).state is RunState.DYING:
+            raise DomainError(errno.ESRCH, f"d{caller.domid} is dying")
+        return self.paging.read_only_fd(caller.domid)
+
     def _doorbell_send(self, domid: int, port: int) -> None:
         try:
             self.evtchn.send(domid, port)
@@ -310,7 +321,7 @@ class Hypervisor:
                          store_port=store.port if store else 0, cmd_line=cmdline,
                          console_gfn=ring.gfn if ring else 0,
                          console_port=ring.port if ring else 0,
-                         resume_gfn=resume_gfn)
+                         resume_gfn=resume_gfn, paging_mode=dom.paging_mode.value)
 
     def _agent_without_process(self, domid: int) -> str:
         """A domain with no launcher process (launcher none) is run by the
@@ -329,6 +340,7 @@ class Hypervisor:
 
     def _add_to_cores(self, dom: Domain, initial_pages: int) -> None:
         self.memory.add_domain(dom.domid, dom.max_pages, initial_pages)
+        self.paging.add_domain(dom.domid, dom.paging_mode, dom.paging_pool_pages)
         buf, offset = self.memory.shared_info_buffer(dom.domid)
         shared = SharedInfo(buf, offset, dom.vcpus)
         self._shared_info[dom.domid] = shared
@@ -346,6 +358,7 @@ class Hypervisor:
         shared = self._shared_info.pop(domid, None)
         if shared is not None:
             shared.release()
+        self.paging.remove_domain(domid)
         try:
             self.memory.remove_domain(domid)
         except XenError:
@@ -620,7 +633,9 @@ class Hypervisor:
                     memory_kb=current * 4, maxmem_kb=maximum * 4, target_kb=target * 4,
                     vcpus=dom.online_vcpus, cpu_time=self._cpu_time(dom, proc),
                     privileged=dom.privileged, shutdown_reason=dom.shutdown_reason,
-                    pid=proc.pid if proc else 0, launcher=dom.launcher)
+                    pid=proc.pid if proc else 0, launcher=dom.launcher,
+                    paging_mode=dom.paging_mode.value,
+                    paging_pool_kb=dom.paging_pool_pages * 4)
 
     def _cpu_time(self, dom: Domain, proc: DomainProcess | None) -> float:
         """Its process's CPU seconds; Domain-0's kernel is found through its doorbell."""

@@ -18,6 +18,7 @@ from xenlab.xen import abi
 from xenlab.xen.digits import U32_MAX, is_decimal, quoted
 from xenlab.xen.errors import DomainError, PermissionError_
 from xenlab.xen.names import check_domain_name
+from xenlab.xen.paging import PagingMode
 
 MAX_VCPUS = abi.XEN_LEGACY_MAX_VCPUS
 # domain_pause_by_systemcontroller's limit on the toolstack's pause count.
@@ -52,6 +53,8 @@ class Domain:
     memory_handed: bool = False   # its memory object went to its process (once, at boot)
     suspend_gfn: int = -1    # SCHEDOP_shutdown(suspend)'s record gfn, while suspended
     monitored: bool = True   # the toolstack applies its on_* actions (xl restore -e: not)
+    paging_mode: PagingMode = PagingMode.DIRECT   # xl.cfg type= and hap=
+    paging_pool_pages: int = 0    # its paging pool (shadow_memory=); none in direct mode
 
     def state_letters(self, proc_state: str = "") -> str:
         """xl list's State column: r b p s c d, one position each.

@@ -32,7 +32,8 @@ toolstack, and, where domains run under uids of their own, one in the
 domains' directory that only their group may reach. A domain whose launcher
 could not hand it its memory object (a container) asks for it in its HELLO;
 ``on_memory`` decides, for the domain HELLO authenticated only, and the OK
-carries the descriptor (SCM_RIGHTS).
+carries the descriptor (SCM_RIGHTS). Its paging pool (HELLO_PAGING) comes
+the same way, from ``on_paging``, read-only.
 
 Datagrams are handled in the socket's reader callback, with a budget per
 wake-up counted in the work they ask for, not in datagrams: each port sent
@@ -84,6 +85,9 @@ CopyHandler = Callable[[Caller, Sequence[wire.GnttabCopy]], list[int]]
 # (caller) -> a descriptor of the caller's own memory object, which the
 # router sends and leaves open; XenError refuses.
 MemoryHandler = Callable[[Caller], int]
+# (caller) -> a read-only descriptor of the caller's paging pool object,
+# likewise sent and left open.
+PagingHandler = Callable[[Caller], int]
 
 
 @dataclass(eq=False)
@@ -117,16 +121,18 @@ class UpcallRouter:
     def __init__(self, authenticate: Callable[[int, str], Caller],
                  on_send: Callable[[int, int], None], hello_timeout: float = HELLO_TIMEOUT,
                  on_copy: CopyHandler | None = None, on_memory: MemoryHandler | None = None,
-                 ops: collections.Counter | None = None):
+                 ops: collections.Counter | None = None,
+                 on_paging: PagingHandler | None = None):
         """``on_copy(caller, ops)`` is GNTTABOP_copy (GrantTables.copy_gnttab); without
         it a COPY is an unknown message and closes the connection, so that
         the domain falls back to gRPC. ``on_memory(caller)`` answers a HELLO
-        asking for the caller's memory object; without it such a HELLO is
-        refused."""
+        asking for the caller's memory object, ``on_paging(caller)`` one
+        asking for its paging pool; without them such a HELLO is refused."""
         self._authenticate = authenticate
         self._on_send = on_send
         self._on_copy = on_copy
         self._on_memory = on_memory
+        self._on_paging = on_paging
         self._hello_timeout = hello_timeout
         self._listeners: dict[str, tuple[socket.socket, asyncio.Task]] = {}   # path -> ...
         self._pending: set[_Connection] = set()             # accepted, not yet authenticated
@@ -422,19 +428,26 @@ class UpcallRouter:
             if self.connections(caller.domid) >= MAX_CONNECTIONS:
                 raise XenError(errno.EMFILE,
                                f"d{caller.domid} already has {MAX_CONNECTIONS} doorbell connections")
+            # Paging first: a refusal there must not spend the memory
+            # object, which a domain is handed once.
+            paging = self._paging_for(caller) if msg.wants_paging else None
             memory = self._memory_for(caller) if msg.wants_memory else None
             conn.channels = msg.wants_channels
         except XenError as err:
             log.info("doorbell HELLO refused: %s", err.message)
             self._reply(conn, wire.Error(err.errno, err.message))
             return None
-        if memory is None:
+        fds = [fd for fd in (memory, paging) if fd is not None]
+        if not fds:
             self._reply(conn, wire.Ok(caller.domid))
             return caller
+        flags = (wire.OK_MEMORY if memory is not None else 0) | \
+            (wire.OK_PAGING if paging is not None else 0)
         try:
-            socket.send_fds(conn.sock, [wire.Ok(caller.domid, wire.OK_MEMORY).encode()], [memory])
+            socket.send_fds(conn.sock, [wire.Ok(caller.domid, flags).encode()], fds)
         except OSError as err:
-            log.warning("d%d: its memory object could not be sent: %s", caller.domid, err)
+            log.warning("d%d: its memory or paging object could not be sent: %s",
+                        caller.domid, err)
             return None
         return caller
 
@@ -444,6 +457,13 @@ class UpcallRouter:
         if self._on_memory is None:
             raise XenError(errno.EOPNOTSUPP, "this doorbell hands out no memory")
         return self._on_memory(caller)
+
+    def _paging_for(self, caller: Caller) -> int:
+        """A read-only descriptor of the authenticated caller's own paging
+        pool, looked up by its domid alone."""
+        if self._on_paging is None:
+            raise XenError(errno.EOPNOTSUPP, "this doorbell hands out no paging pool")
+        return self._on_paging(caller)
 
     async def _pump(self, conn: _Connection) -> None:
         loop = asyncio.get_running_loop()

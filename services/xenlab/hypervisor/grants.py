@@ -64,6 +64,9 @@ class Mapping:
     length: int
     readonly: bool
     mfn: int
+    # GNTMAP_contains_pte: the machine address of the L1 entry the map
+    # installed in a validated table of the mapper's (cleared at unmap).
+    pte_addr: int | None = None
 
 
 @dataclass(frozen=True)
@@ -301,7 +304,15 @@ class GrantTables:
             table.shared.unpin(ref, writing, reading)
 
     # -- the grantee -------------------------------------------------------------
-    def map(self, mapper: Caller, granter: int, ref: int, readonly: bool) -> Mapping:
+    def map(self, mapper: Caller, granter: int, ref: int, readonly: bool,
+            pte_addr: int | None = None) -> Mapping:
+        """GNTTABOP_map_grant_ref with GNTMAP_host_map; with ``pte_addr``
+        also GNTMAP_contains_pte: the hypervisor writes the L1 entry at that
+        machine address (in a validated L1 table of the mapper's) and clears
+        it at unmap, so that the PTE never outlives the grant. A writable
+        mapping holds a WRITABLE type reference on the frame, as Xen's
+        map_grant_ref takes one: a granter's page table is never mapped
+        writable, and a frame mapped writable cannot become one."""
         mine = self._own(mapper.domid)
         table = self._table(granter)
         handle = mine.handles.alloc()
@@ -313,6 +324,14 @@ class GrantTables:
         except GrantError:
             mine.handles.free(handle)
             raise
+        mfn = self.memory.gfn_to_mfn(granter, act.gfn)
+        try:
+            self._hold_frame(mapper.domid, mfn, readonly, pte_addr)
+        except XenError as err:
+            self._unpin(table, ref, act, readonly)
+            mine.handles.free(handle)
+            raise GrantError(abi.GNTST_general_error,
+                             f"grant ref {ref} of d{granter}: {err.message}") from None
         # Only a privileged mapper (Domain-0, which may map any page, as
         # Xen's privcmd does) is told the granter's segment: the host cannot
         # hand out one page of it, and an unprivileged domain is never handed
@@ -321,22 +340,37 @@ class GrantTables:
         path = self.memory.segment_path(granter) if mapper.privileged else ""
         mapping = Mapping(handle, granter, ref, path,
                           self.memory.frame_offset(granter, act.gfn), abi.PAGE_SIZE,
-                          readonly, self.memory.gfn_to_mfn(granter, act.gfn))
+                          readonly, mfn, pte_addr)
         mine.maptrack[handle] = (mapping, act, table)
         table.mapped_gfns.setdefault(act.gfn, Counter())[ref] += 1
         table.nr_mapped += 1
         mine.foreign.setdefault(mapping.mfn, [0, 0])[not readonly] += 1
         return mapping
 
-    def map_batch(self, mapper: Caller, ops: list[tuple[int, int, bool]]) -> list[Mapping | GrantError]:
-        """GNTTABOP_map_grant_ref over an array of (granter, ref, readonly):
-        each op succeeds or fails on its own, as in Xen."""
+    def _hold_frame(self, mapper: int, mfn: int, readonly: bool, pte_addr: int | None) -> None:
+        """The type reference a writable mapping holds, and its PTE if asked."""
+        pagetables = self.memory.pagetables
+        if not readonly:
+            pagetables.hold_writable(mfn)
+        if pte_addr is None:
+            return
+        try:
+            pagetables.map_grant_pte(mapper, pte_addr, mfn, readonly)
+        except XenError:
+            if not readonly:
+                pagetables.release_writable(mfn)
+            raise
+
+    def map_batch(self, mapper: Caller, ops) -> list[Mapping | GrantError]:
+        """GNTTABOP_map_grant_ref over an array of (granter, ref, readonly)
+        or (granter, ref, readonly, pte_addr): each op succeeds or fails on
+        its own, as in Xen."""
         self._own(mapper.domid)
         _check_batch(len(ops))
         out: list[Mapping | GrantError] = []
-        for granter, ref, readonly in ops:
+        for op in ops:
             try:
-                out.append(self.map(mapper, granter, ref, readonly))
+                out.append(self.map(mapper, *op))
             except GrantError as err:
                 out.append(err)
         return out
@@ -364,6 +398,13 @@ class GrantTables:
     def _release(self, mine: _Table, handle: int) -> None:
         mapping, act, table = mine.maptrack.pop(handle)
         mine.handles.free(handle)
+        pagetables = self.memory.pagetables
+        if mapping.pte_addr is not None:
+            # False when the mapper overwrote the entry itself (Xen lets it,
+            # and warns): it is gone either way.
+            pagetables.unmap_grant_pte(mine.domid, mapping.pte_addr)
+        if not mapping.readonly:
+            pagetables.release_writable(mapping.mfn)
         self._unpin(table, mapping.ref, act, mapping.readonly)
         table.nr_mapped -= 1
         refs = table.mapped_gfns[act.gfn]
@@ -512,7 +553,13 @@ class _CopyBatch:
         page = self.pages.get(key)
         if page is None:
             try:
-                page = self.grants.memory.frame(*self.frame(domid, ptr, use_gref, write))
+                where = self.frame(domid, ptr, use_gref, write)
+                if write and self.grants.memory.pagetables.is_table(
+                        self.grants.memory.gfn_to_mfn(*where)):
+                    # The destination takes a WRITABLE type ref in Xen: a
+                    # page table in force is never written behind its validation.
+                    raise GrantError(abi.GNTST_general_error)
+                page = self.grants.memory.frame(*where)
                 self.views.append(page)
             except GrantError as err:
                 page = err.status

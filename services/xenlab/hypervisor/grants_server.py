@@ -48,13 +48,14 @@ class GrantTableServicer(grants_pb2_grpc.GrantTableServicer):
     @handles_xen_errors
     async def Map(self, request, context):
         caller = self._caller(context)
-        return _mapping(self.hv.grants.map(caller, request.domid, request.ref, request.readonly))
+        return _mapping(self.hv.grants.map(caller, request.domid, request.ref, request.readonly,
+                                           request.pte_addr or None))
 
     @handles_xen_errors
     async def MapBatch(self, request, context):
         caller = self._caller(context)
         results = self.hv.grants.map_batch(
-            caller, [(op.domid, op.ref, op.readonly) for op in request.ops])
+            caller, [(op.domid, op.ref, op.readonly, op.pte_addr or None) for op in request.ops])
         return grants_pb2.MapGrantsReply(results=[
             grants_pb2.MapGrantResult(status=r.status, error=r.message)
             if isinstance(r, GrantError) else

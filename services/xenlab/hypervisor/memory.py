@@ -33,13 +33,10 @@ object but makes unpopulated frames PROT_NONE; a domain that brings a freed
 page back anyway (mprotect is its own) gets it punched out again at its next
 reservation call or new target.
 
-Page tables (x86 mm.c, simplified to L1 tables): a guest pins a frame it owns
-as an L1 table (MMUEXT_PIN_L1_TABLE), then changes its PTEs only through
-``mmu_update``. The guest's own mapping of its segment is writable, so the
-hypervisor keeps the authoritative copy of every pinned table's PTEs and
-writes them into the frame only for the guest to read. A PTE naming a
-granted frame of another domain lives only as long as the grant mapping
-that allowed it (see ``revoke_foreign``).
+Page tables: ``hypervisor/pagetables.py`` (Xen's page types and type
+counts, L1 to L4) validates every mmu_update and mmuext_op; this module
+caps the calls, hands it each frame's bytes and owner, and asks it whether
+a frame is still referenced before the frame may be freed.
 
 Every call is capped (``MAX_EXTENTS``, ``MAX_MMU_UPDATES``,
 ``MAX_MMUEXT_OPS``) and costs O(1) per item: "may this frame be freed?" is
@@ -50,15 +47,16 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import struct
-from collections import Counter, deque
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 
+from xenlab.hypervisor.pagetables import PageTables
 from xenlab.xen import abi
-from xenlab.xen.errors import MemoryError_, XenError
+from xenlab.xen.errors import MemoryError_
+from xenlab.xen.paging import MMUEXT_NAMES, PageType
 
 # Machine frames below this are Xen's own text, heap and tables.
 MFN_HYPERVISOR_LIMIT = 0x100
@@ -73,12 +71,16 @@ MAX_MMUEXT_OPS = 16         # ops in one mmuext_op call: a pin validates 512 PTE
 # frames the domain brought back; the walk resumes there on the next call.
 REPUNCH_EXTENTS = 256
 
-_PTE = struct.Struct("<Q")
+_MMUEXT_BY_NAME = {name: cmd for cmd, name in MMUEXT_NAMES.items()}
 
 # A busy check answers why a domain's frame may not be freed now, or None.
 BusyCheck = Callable[[int, int], "str | None"]
 # The machine frames some other core still references (e.g. grant mappings).
 HeldFrames = Callable[[], "Iterable[int]"]
+# Told of every change to a domain's P2M: (domid, [(gfn, new mfn or None)]).
+# Called before a populate takes effect, so that raising XenError refuses it
+# (the paging pool cannot map the new frames); after a decrease, with None.
+P2mHook = Callable[[int, "list[tuple[int, int | None]]"], None]
 
 
 class Pool(NamedTuple):
@@ -86,6 +88,7 @@ class Pool(NamedTuple):
     fresh: int          # frames from here on were never handed out
     free: list[int]     # freed frames, the longest free first
     kept: set[int]      # a gone domain's frames something still references
+    unowned: frozenset[int] = frozenset()   # the hypervisor's own (paging pools)
 
 
 @dataclass
@@ -108,12 +111,6 @@ class _Segment:
         return len(self.p2m)
 
 
-@dataclass
-class _PinnedTable:
-    owner: int
-    ptes: dict[int, int]       # PTE index -> value, present entries only
-
-
 def _close(m: mmap.mmap) -> None:
     # A SharedInfo or a frame view may still export the buffer; the mapping
     # then goes away with the last export.
@@ -121,14 +118,6 @@ def _close(m: mmap.mmap) -> None:
         m.close()
     except BufferError:
         pass
-
-
-def _pte_mfn(val: int) -> int:
-    return (val & abi.PTE_MFN_MASK) >> abi.PAGE_SHIFT
-
-
-def _pte_writable(val: int) -> bool:
-    return bool(val & abi._PAGE_PRESENT) and bool(val & abi._PAGE_RW)
 
 
 class MachineMemory:
@@ -147,11 +136,12 @@ class MachineMemory:
         self._m2p: dict[int, tuple[int, int]] = {}   # mfn -> (domid, gfn)
         self._orphans: set[int] = set()              # a gone domain's frames still referenced
         self._held_checks: list[HeldFrames] = []
-        self._tables: dict[int, _PinnedTable] = {}   # pinned L1 mfn -> table
-        self._writable: Counter[int] = Counter()     # mfn -> PTEs mapping it RW
-        self._refs: Counter[int] = Counter()         # mfn -> PTEs mapping it
-        self._sites: dict[int, set[tuple[int, int]]] = {}   # mfn -> (table mfn, index) naming it
+        self.pagetables = PageTables(self._mfn_frame, self._mfn_domid, self._is_ram)
         self._busy_checks: list[BusyCheck] = []
+        self._p2m_hooks: list[P2mHook] = []
+        # Frames the hypervisor took for itself (paging pools): no owner, no
+        # M2P entry, as Xen's p2m/shadow pool pages (MEMF_no_owner).
+        self._unowned: set[int] = set()
 
     # -- accounting ------------------------------------------------------------
     @property
@@ -160,7 +150,7 @@ class MachineMemory:
 
     @property
     def free_pages(self) -> int:
-        return self._total - len(self._m2p) - len(self._orphans)
+        return self._total - len(self._m2p) - len(self._orphans) - len(self._unowned)
 
     def add_busy_check(self, check: BusyCheck) -> None:
         """Register another core's veto on freeing a frame (e.g. a mapped grant)."""
@@ -172,7 +162,32 @@ class MachineMemory:
         domain's frame returns to the pool only once nothing names it."""
         self._held_checks.append(held)
 
+    def add_p2m_hook(self, hook: P2mHook) -> None:
+        """Register a follower of every domain's P2M (the nested P2M of a
+        HAP domain, the shadows of a shadow-mode one)."""
+        self._p2m_hooks.append(hook)
+
     # -- the pool ----------------------------------------------------------------
+    def alloc_unowned(self, count: int) -> list[int]:
+        """Machine frames for the hypervisor's own use (a paging pool): they
+        leave free_pages, belong to no domain and have no M2P entry."""
+        if count > self.free_pages:
+            self._reclaim_orphans()
+        if count > self.free_pages:
+            raise MemoryError_(errno.ENOMEM, f"{count} machine frames wanted for a paging pool; "
+                                             f"the host has {self.free_pages} free")
+        mfns = self._alloc(count)
+        self._unowned.update(mfns)
+        return mfns
+
+    def free_unowned(self, mfns: Iterable[int]) -> None:
+        """Give frames of alloc_unowned back to the pool."""
+        mfns = list(mfns)
+        if not self._unowned.issuperset(mfns):
+            raise MemoryError_(errno.EINVAL, "a frame given back is not the hypervisor's own")
+        self._unowned.difference_update(mfns)
+        self._free.extend(mfns)
+
     def _alloc(self, count: int) -> list[int]:
         if count > self._fresh_left() + len(self._free):
             self._reclaim_orphans()
@@ -194,7 +209,8 @@ class MachineMemory:
         if not self._orphans:
             return
         held = self._held()
-        back = [mfn for mfn in self._orphans if not self._refs[mfn] and mfn not in held]
+        back = [mfn for mfn in self._orphans
+                if not self.pagetables.busy(mfn) and mfn not in held]
         self._orphans.difference_update(back)
         self._free.extend(sorted(back))
 
@@ -241,15 +257,14 @@ class MachineMemory:
 
     def remove_domain(self, domid: int) -> None:
         seg = self._seg(domid)
-        for mfn in [m for m, t in self._tables.items() if t.owner == domid]:
-            self._drop_table(mfn)
+        self.pagetables.forget_domain(domid)
         del self._segs[domid]
         # Its frames go back to the pool, but one another domain's PTE or
         # grant mapping still names stays out of it until nothing does.
         held = self._held()
         for mfn in seg.p2m.values():
             del self._m2p[mfn]
-            if self._refs[mfn] or mfn in held:
+            if self.pagetables.busy(mfn) or mfn in held:
                 self._orphans.add(mfn)
             else:
                 self._free.append(mfn)
@@ -360,7 +375,14 @@ class MachineMemory:
     def _populate(self, seg: _Segment, gfns: list[int]) -> None:
         # Bookkeeping only: tmpfs backs a page when it is first touched, and
         # a never-touched or punched-out page reads as zeros.
-        for gfn, mfn in zip(gfns, self._alloc(len(gfns))):
+        mfns = self._alloc(len(gfns))
+        try:
+            for hook in self._p2m_hooks:
+                hook(seg.domid, list(zip(gfns, mfns)))
+        except BaseException:
+            self._free.extendleft(reversed(mfns))
+            raise
+        for gfn, mfn in zip(gfns, mfns):
             seg.p2m[gfn] = mfn
             self._m2p[mfn] = (seg.domid, gfn)
             seg.present[gfn] = 1
@@ -388,6 +410,8 @@ class MachineMemory:
             self._release_frames(seg, first, count)
         if gfns:
             seg.free_hint = min(seg.free_hint, min(gfns))
+            for hook in self._p2m_hooks:
+                hook(domid, [(gfn, None) for gfn in gfns])
         self._repunch(seg)
         return gfns
 
@@ -395,16 +419,13 @@ class MachineMemory:
         # Xen frees a page only when its last reference goes; a shared segment
         # cannot keep the old page alive, so a frame still in use is refused.
         mfn = seg.p2m[gfn]
-        if mfn in self._tables:
-            raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} is a pinned "
-                                            "page table")
-        if self._refs[mfn]:
-            raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} is mapped by "
-                                            f"{self._refs[mfn]} PTE(s)")
         for check in self._busy_checks:
             reason = check(seg.domid, gfn)
             if reason:
                 raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} {reason}")
+        reason = self.pagetables.busy(mfn)
+        if reason:
+            raise MemoryError_(errno.EBUSY, f"gfn {gfn:#x} of d{seg.domid} {reason}")
 
     @staticmethod
     def _release_frames(seg: _Segment, gfn: int, count: int) -> None:
@@ -530,190 +551,47 @@ class MachineMemory:
 
     def pool(self) -> Pool:
         """The pool's state, for the invariant checks."""
-        return Pool(MFN_HYPERVISOR_LIMIT, self._fresh, list(self._free), set(self._orphans))
+        return Pool(MFN_HYPERVISOR_LIMIT, self._fresh, list(self._free), set(self._orphans),
+                    frozenset(self._unowned))
 
-    def _frame_bytes(self, mfn: int) -> tuple[_Segment, int]:
-        """The owner's segment and the offset of the frame's bytes in its ram."""
-        domid, gfn = self._m2p[mfn]
-        return self._segs[domid], gfn * abi.PAGE_SIZE
+    # -- page tables (xen.h mmu_update, mmuext_op): hypervisor/pagetables.py ----------
+    def _mfn_frame(self, mfn: int) -> memoryview:
+        """The bytes of an owned machine frame (the FrameView of the page-table core)."""
+        try:
+            domid, gfn = self._m2p[mfn]
+        except KeyError:
+            raise LookupError(f"mfn {mfn:#x} is owned by no domain") from None
+        start = gfn * abi.PAGE_SIZE
+        return memoryview(self._segs[domid].ram)[start:start + abi.PAGE_SIZE]
 
-    def _owned_frame(self, domid: int, mfn: int, what: str) -> _Segment:
-        if mfn < MFN_HYPERVISOR_LIMIT:
-            raise MemoryError_(errno.EPERM, f"{what} mfn {mfn:#x} is hypervisor space")
-        owner = self.mfn_owner(mfn)
-        if owner is None and self._is_unowned(mfn):
-            raise MemoryError_(errno.EINVAL, f"{what} mfn {mfn:#x} is not populated")
-        if owner is None or owner[0] != domid:
-            raise MemoryError_(errno.EPERM, f"{what} mfn {mfn:#x} is not d{domid}'s")
-        return self._segs[domid]
+    def _mfn_domid(self, mfn: int) -> int | None:
+        owner = self._m2p.get(mfn)
+        return owner[0] if owner is not None else None
 
-    def _is_unowned(self, mfn: int) -> bool:
-        """A frame of the pool that is free (or a gone domain's): Xen's
-        get_page fails on it with EINVAL, as on a frame of no one."""
-        return (MFN_HYPERVISOR_LIMIT <= mfn < MFN_HYPERVISOR_LIMIT + self._total
-                and mfn not in self._m2p)
+    def _is_ram(self, mfn: int) -> bool:
+        return MFN_HYPERVISOR_LIMIT <= mfn < MFN_HYPERVISOR_LIMIT + self._total
 
-    # -- page tables (xen.h mmu_update, mmuext_op) ----------------------------------------
     def mmu_update(self, domid: int, updates: list[tuple[int, int]],
                    foreign: Mapping[int, bool]) -> tuple[int, list[int]]:
         """HYPERVISOR_mmu_update: stop at the first failure, as Xen does."""
         self._seg(domid)
         _check_batch(len(updates), MAX_MMU_UPDATES, "mmu_update entries")
-        return self._batch(updates, lambda u: self._update_pte(domid, u[0], u[1], foreign))
+        return self.pagetables.mmu_update(domid, updates, foreign)
 
-    def mmuext(self, domid: int, ops: list[tuple[str, int]],
+    def mmuext(self, domid: int, ops: list[tuple[int | str, int]],
                foreign: Mapping[int, bool] | None = None) -> tuple[int, list[int]]:
-        """HYPERVISOR_mmuext_op; `foreign` is needed only to pin a table that
-        already maps granted frames."""
+        """HYPERVISOR_mmuext_op over (cmd, arg): cmd a MMUEXT_* number (or
+        its name, e.g. "pin_l1"), arg an mfn or a linear address."""
         self._seg(domid)
         _check_batch(len(ops), MAX_MMUEXT_OPS, "mmuext ops")
-        foreign = foreign or {}
-        return self._batch(ops, lambda op: self._mmuext_one(domid, op[0], op[1], foreign))
-
-    @staticmethod
-    def _batch(items, apply) -> tuple[int, list[int]]:
-        statuses: list[int] = []
-        for item in items:
-            try:
-                apply(item)
-            except XenError as err:
-                statuses.append(-err.errno)
-                return len(statuses) - 1, statuses
-            statuses.append(0)
-        return len(statuses), statuses
-
-    def _update_pte(self, domid: int, ptr: int, val: int, foreign: Mapping[int, bool]) -> None:
-        # xen.h: the low bits of ptr select the command (sizeof(l1_pgentry_t) - 1).
-        cmd = ptr & 7
-        if cmd in (abi.MMU_MACHPHYS_UPDATE, abi.MMU_PT_UPDATE_PRESERVE_AD):
-            raise MemoryError_(errno.ENOSYS, f"mmu_update command {cmd} is not supported")
-        if cmd != abi.MMU_NORMAL_PT_UPDATE:
-            raise MemoryError_(errno.EINVAL, f"bad mmu_update command {cmd}")
-        table_mfn = ptr >> abi.PAGE_SHIFT
-        self._owned_frame(domid, table_mfn, "page table")
-        table = self._tables.get(table_mfn)
-        if table is None:
-            raise MemoryError_(errno.EINVAL, f"mfn {table_mfn:#x} is not a pinned L1 table")
-        if val & abi._PAGE_PRESENT:
-            self._check_target(domid, val, foreign)
-        index = (ptr & abi.PTE_FLAGS_MASK) >> 3
-        old = table.ptes.pop(index, 0)
-        if old:
-            self._drop_pte(table_mfn, index, old)
-        if val & abi._PAGE_PRESENT:
-            table.ptes[index] = val
-            self._add_pte(table_mfn, index, val)
-        seg, offset = self._frame_bytes(table_mfn)
-        _PTE.pack_into(seg.ram, offset + index * 8, val)
-
-    def _check_target(self, domid: int, val: int, foreign: Mapping[int, bool],
-                      pinning: int | None = None) -> None:
-        """get_page_from_l1e: may `domid` map this frame, and writable?"""
-        mfn = _pte_mfn(val)
-        writable = _pte_writable(val)
-        if mfn < MFN_HYPERVISOR_LIMIT:
-            raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is hypervisor space")
-        owner = self.mfn_owner(mfn)
-        if owner is not None and owner[0] == domid:
-            pass
-        elif mfn in foreign:
-            if writable and foreign[mfn]:
-                raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is granted read-only")
-        elif owner is None and self._is_unowned(mfn):
-            raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is not populated")
-        else:
-            raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is neither d{domid}'s nor "
-                                            "granted to it")
-        if writable and (mfn in self._tables or mfn == pinning):
-            raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is a page table; it may only be "
-                                            "mapped read-only")
-
-    def _add_pte(self, table_mfn: int, index: int, val: int) -> None:
-        mfn = _pte_mfn(val)
-        self._refs[mfn] += 1
-        if _pte_writable(val):
-            self._writable[mfn] += 1
-        self._sites.setdefault(mfn, set()).add((table_mfn, index))
-
-    def _drop_pte(self, table_mfn: int, index: int, val: int) -> None:
-        mfn = _pte_mfn(val)
-        self._refs[mfn] -= 1
-        if not self._refs[mfn]:
-            del self._refs[mfn]
-        if _pte_writable(val):
-            self._writable[mfn] -= 1
-            if not self._writable[mfn]:
-                del self._writable[mfn]
-        sites = self._sites[mfn]
-        sites.discard((table_mfn, index))
-        if not sites:
-            del self._sites[mfn]
+        ops = [(_MMUEXT_BY_NAME.get(cmd, -1) if isinstance(cmd, str) else cmd, arg)
+               for cmd, arg in ops]
+        return self.pagetables.mmuext(domid, ops, foreign)
 
     def revoke_foreign(self, domid: int, mfn: int, keep_readonly: bool = False) -> int:
-        """`domid` may no longer map foreign frame `mfn` (its last grant
-        mapping of it went; with `keep_readonly`, its last writable one):
-        clear the PTEs of its pinned tables that name it (the writable ones
-        only, with `keep_readonly`), as Xen's unmap of a GNTMAP_host_map
-        mapping clears the PTE the map installed. Returns how many went."""
-        cleared = 0
-        for table_mfn, index in list(self._sites.get(mfn, ())):
-            table = self._tables[table_mfn]
-            val = table.ptes[index]
-            if table.owner != domid or (keep_readonly and not _pte_writable(val)):
-                continue
-            del table.ptes[index]
-            self._drop_pte(table_mfn, index, val)
-            seg, offset = self._frame_bytes(table_mfn)
-            _PTE.pack_into(seg.ram, offset + index * 8, 0)
-            cleared += 1
-        return cleared
-
-    def _mmuext_one(self, domid: int, cmd: str, mfn: int, foreign: Mapping[int, bool]) -> None:
-        if cmd == "pin_l1":
-            self._pin_l1(domid, mfn, foreign)
-        elif cmd == "unpin":
-            self._unpin(domid, mfn)
-        else:
-            raise MemoryError_(errno.ENOSYS, f"mmuext op {cmd!r} is not supported")
-
-    def _pin_l1(self, domid: int, mfn: int, foreign: Mapping[int, bool]) -> None:
-        self._owned_frame(domid, mfn, "page table")
-        if mfn in self._tables:
-            raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is already pinned")
-        if self._writable[mfn]:
-            # Xen's type count: a frame mapped writable cannot become a page table.
-            raise MemoryError_(errno.EBUSY, f"mfn {mfn:#x} is mapped writable by "
-                                            f"{self._writable[mfn]} PTE(s)")
-        ptes = self._read_table(mfn)
-        for val in ptes.values():
-            try:
-                self._check_target(domid, val, foreign, pinning=mfn)
-            except XenError as err:
-                raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} fails L1 validation: "
-                                                 f"{err.message}") from None
-        for index, val in ptes.items():
-            self._add_pte(mfn, index, val)
-        self._tables[mfn] = _PinnedTable(domid, ptes)
-
-    def _read_table(self, mfn: int) -> dict[int, int]:
-        # Copied once out of guest-writable memory, then validated.
-        seg, start = self._frame_bytes(mfn)
-        raw = seg.ram[start:start + abi.PAGE_SIZE]
-        vals = struct.unpack(f"<{abi.PTES_PER_PAGE}Q", raw)
-        return {i: v for i, v in enumerate(vals) if v & abi._PAGE_PRESENT}
-
-    def _unpin(self, domid: int, mfn: int) -> None:
-        table = self._tables.get(mfn)
-        if table is None:
-            raise MemoryError_(errno.EINVAL, f"mfn {mfn:#x} is not pinned")
-        if table.owner != domid:
-            raise MemoryError_(errno.EPERM, f"mfn {mfn:#x} is pinned by d{table.owner}")
-        self._drop_table(mfn)
-
-    def _drop_table(self, mfn: int) -> None:
-        table = self._tables.pop(mfn)
-        for index, val in table.ptes.items():
-            self._drop_pte(mfn, index, val)
+        """See PageTables.revoke_foreign: the L1 entries of `domid` naming
+        foreign frame `mfn` go with its last grant mapping of it."""
+        return self.pagetables.revoke_foreign(domid, mfn, keep_readonly)
 
     # -- invariant checks -----------------------------------------------------------------
     def domains(self) -> list[int]:
@@ -724,15 +602,18 @@ class MachineMemory:
         return sorted(self._seg(domid).p2m)
 
     def pinned_tables(self) -> dict[int, int]:
-        """mfn -> owner of every pinned L1 table."""
-        return {mfn: t.owner for mfn, t in self._tables.items()}
+        """mfn -> owner of every pinned page table (any level)."""
+        return self.pagetables.pinned()
 
     def pinned_ptes(self, mfn: int) -> dict[int, int]:
-        """index -> value of the present PTEs of pinned table `mfn`."""
-        return dict(self._tables[mfn].ptes)
+        """index -> value of the present entries of validated table `mfn`."""
+        entries = self.pagetables.info(mfn).entries
+        return dict(entries) if entries is not None else {}
 
     def writable_count(self, mfn: int) -> int:
-        return self._writable[mfn]
+        """The frame's WRITABLE type count: the writable mappings of it."""
+        info = self.pagetables.info(mfn)
+        return info.count if info.type == PageType.WRITABLE else 0
 
 
 def _check_batch(n: int, limit: int, what: str) -> None:

@@ -5,11 +5,6 @@ from xenlab.proto import memory_pb2, memory_pb2_grpc
 from xenlab.rpc import handles_xen_errors
 from xenlab.xen import abi
 
-_MMUEXT = {
-    memory_pb2.MmuextOp.PIN_L1_TABLE: "pin_l1",
-    memory_pb2.MmuextOp.UNPIN_TABLE: "unpin",
-}
-
 
 class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     def __init__(self, hv, toolstack):
@@ -86,6 +81,7 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     async def MmuUpdate(self, request, context):
         caller = self._caller(context)
         updates = [(u.ptr, u.val) for u in request.updates]
+        self.hv.paging.count(caller.domid, "mmu_update")
         done, status = self.hv.memory.mmu_update(caller.domid, updates,
                                                  self.hv.grants.mapped_by(caller.domid))
         return memory_pb2.MmuUpdateResult(done=done, status=status)
@@ -93,7 +89,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServicer):
     @handles_xen_errors
     async def MmuextOp(self, request, context):
         caller = self._caller(context)
-        ops = [(_MMUEXT.get(op.cmd, str(op.cmd)), op.mfn) for op in request.ops]
+        ops = [(op.cmd, op.arg) for op in request.ops]
+        self.hv.paging.count(caller.domid, "mmuext_op")
         done, status = self.hv.memory.mmuext(caller.domid, ops,
                                              self.hv.grants.mapped_by(caller.domid))
         return memory_pb2.MmuUpdateResult(done=done, status=status)

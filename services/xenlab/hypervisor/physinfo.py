@@ -86,8 +86,9 @@ def read_physinfo(proc: Path = Path("/proc"), sys_dir: Path = Path("/sys")) -> d
     return dict(version=uname.version, machine=uname.machine, nr_cpus=ncpu, max_cpu_id=ncpu - 1, nr_nodes=nodes,
                 cores_per_socket=cpu["cores_per_socket"], threads_per_core=cpu["threads_per_core"],
                 nr_sockets=cpu["nr_sockets"], cpu_khz=cpu["cpu_khz"], hw_caps=hw_caps(cpu["flags"]),
-                # Every xenlab guest is PV; grant tables are v1 only.
-                virt_caps="pv gnttab-v1",
+                # xl's order: PV and HVM/PVH guests (xl.cfg type=), HAP and
+                # shadow paging (hap=); grant tables are v1 only.
+                virt_caps="pv hvm hap shadow gnttab-v1",
                 commandline=" ".join(sys.argv), cc_compiler=f"{platform.python_implementation()} "
                 f"{platform.python_version()} ({platform.python_compiler()})",
                 cc_compile_date=" ".join(platform.python_build()[1:]))

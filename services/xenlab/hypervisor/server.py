@@ -21,12 +21,13 @@ from xenlab.hypervisor.evtchn_server import EventChannelServicer
 from xenlab.hypervisor.grants_server import GrantTableServicer
 from xenlab.launchers.base import Launcher
 from xenlab.hypervisor.memory_server import MemoryServicer
+from xenlab.hypervisor.paging_server import PagingServicer
 from xenlab.hypervisor.sched_server import SchedServicer
 from xenlab.hypervisor.xenstore_server import XenStoreServicer
 from xenlab.hypervisor.save_server import SaveRestoreServicer
 from xenlab.proto import (console_pb2, console_pb2_grpc, domains_pb2, domains_pb2_grpc, evtchn_pb2, evtchn_pb2_grpc,
                           grants_pb2, grants_pb2_grpc, memory_pb2, memory_pb2_grpc,
-                          save_pb2, save_pb2_grpc, sched_pb2, sched_pb2_grpc, xenstore_pb2,
+                          paging_pb2, paging_pb2_grpc, save_pb2, save_pb2_grpc, sched_pb2, sched_pb2_grpc, xenstore_pb2,
                           xenstore_pb2_grpc)
 from xenlab.rpc import MAX_MESSAGE, start_server
 
@@ -52,6 +53,7 @@ SERVER_OPTIONS = [
 SERVICE_NAMES = [
     domains_pb2.DESCRIPTOR.services_by_name["Domains"].full_name,
     memory_pb2.DESCRIPTOR.services_by_name["Memory"].full_name,
+    paging_pb2.DESCRIPTOR.services_by_name["Paging"].full_name,
     grants_pb2.DESCRIPTOR.services_by_name["GrantTable"].full_name,
     evtchn_pb2.DESCRIPTOR.services_by_name["EventChannel"].full_name,
     xenstore_pb2.DESCRIPTOR.services_by_name["XenStore"].full_name,
@@ -84,6 +86,7 @@ class HypervisorServer:
         register = [
             lambda s: domains_pb2_grpc.add_DomainsServicer_to_server(DomainsServicer(hv, toolstack), s),
             lambda s: memory_pb2_grpc.add_MemoryServicer_to_server(MemoryServicer(hv, toolstack), s),
+            lambda s: paging_pb2_grpc.add_PagingServicer_to_server(PagingServicer(hv), s),
             lambda s: grants_pb2_grpc.add_GrantTableServicer_to_server(GrantTableServicer(hv), s),
             lambda s: evtchn_pb2_grpc.add_EventChannelServicer_to_server(EventChannelServicer(hv), s),
             lambda s: xenstore_pb2_grpc.add_XenStoreServicer_to_server(

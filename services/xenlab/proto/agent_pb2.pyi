@@ -347,3 +347,70 @@ class SpinReply(_message.Message):
     VCPUS_FIELD_NUMBER: _ClassVar[int]
     vcpus: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, vcpus: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PagingWorkloadRequest(_message.Message):
+    __slots__ = ("pages", "remap", "seed")
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    REMAP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    pages: int
+    remap: int
+    seed: int
+    def __init__(self, pages: _Optional[int] = ..., remap: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class PagingFault(_message.Message):
+    __slots__ = ("va", "code")
+    VA_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    va: int
+    code: int
+    def __init__(self, va: _Optional[int] = ..., code: _Optional[int] = ...) -> None: ...
+
+class PagingWorkloadResult(_message.Message):
+    __slots__ = ("name", "ops", "digest", "faults", "guest", "counters", "seconds", "gauges")
+    class GuestEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class GaugesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OPS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FAULTS_FIELD_NUMBER: _ClassVar[int]
+    GUEST_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GAUGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    ops: int
+    digest: str
+    faults: _containers.RepeatedCompositeFieldContainer[PagingFault]
+    guest: _containers.ScalarMap[str, int]
+    counters: _containers.ScalarMap[str, int]
+    seconds: float
+    gauges: _containers.ScalarMap[str, int]
+    def __init__(self, name: _Optional[str] = ..., ops: _Optional[int] = ..., digest: _Optional[str] = ..., faults: _Optional[_Iterable[_Union[PagingFault, _Mapping]]] = ..., guest: _Optional[_Mapping[str, int]] = ..., counters: _Optional[_Mapping[str, int]] = ..., seconds: _Optional[float] = ..., gauges: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class PagingWorkloadReply(_message.Message):
+    __slots__ = ("mode", "results")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    results: _containers.RepeatedCompositeFieldContainer[PagingWorkloadResult]
+    def __init__(self, mode: _Optional[str] = ..., results: _Optional[_Iterable[_Union[PagingWorkloadResult, _Mapping]]] = ...) -> None: ...

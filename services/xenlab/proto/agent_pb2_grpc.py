@@ -89,6 +89,11 @@ class GuestAgentStub(object):
                 request_serializer=xenlab_dot_proto_dot_agent__pb2.SpinRequest.SerializeToString,
                 response_deserializer=xenlab_dot_proto_dot_agent__pb2.SpinReply.FromString,
                 _registered_method=True)
+        self.RunPagingWorkload = channel.unary_unary(
+                '/xenlab.proto.GuestAgent/RunPagingWorkload',
+                request_serializer=xenlab_dot_proto_dot_agent__pb2.PagingWorkloadRequest.SerializeToString,
+                response_deserializer=xenlab_dot_proto_dot_agent__pb2.PagingWorkloadReply.FromString,
+                _registered_method=True)
 
 
 class GuestAgentServicer(object):
@@ -160,6 +165,12 @@ class GuestAgentServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunPagingWorkload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GuestAgentServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -217,6 +228,11 @@ def add_GuestAgentServicer_to_server(servicer, server):
                     servicer.Spin,
                     request_deserializer=xenlab_dot_proto_dot_agent__pb2.SpinRequest.FromString,
                     response_serializer=xenlab_dot_proto_dot_agent__pb2.SpinReply.SerializeToString,
+            ),
+            'RunPagingWorkload': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunPagingWorkload,
+                    request_deserializer=xenlab_dot_proto_dot_agent__pb2.PagingWorkloadRequest.FromString,
+                    response_serializer=xenlab_dot_proto_dot_agent__pb2.PagingWorkloadReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -516,6 +532,33 @@ class GuestAgent(object):
             '/xenlab.proto.GuestAgent/Spin',
             xenlab_dot_proto_dot_agent__pb2.SpinRequest.SerializeToString,
             xenlab_dot_proto_dot_agent__pb2.SpinReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunPagingWorkload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xenlab.proto.GuestAgent/RunPagingWorkload',
+            xenlab_dot_proto_dot_agent__pb2.PagingWorkloadRequest.SerializeToString,
+            xenlab_dot_proto_dot_agent__pb2.PagingWorkloadReply.FromString,
             options,
             channel_credentials,
             insecure,

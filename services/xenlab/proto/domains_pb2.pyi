@@ -34,7 +34,7 @@ class VifSpec(_message.Message):
     def __init__(self, devid: _Optional[int] = ..., mac: _Optional[str] = ..., bridge: _Optional[str] = ..., ip: _Optional[str] = ..., vifname: _Optional[str] = ..., rate: _Optional[str] = ..., mtu: _Optional[int] = ..., backend: _Optional[str] = ..., script: _Optional[str] = ..., model: _Optional[str] = ..., vlan: _Optional[str] = ...) -> None: ...
 
 class DomainSpec(_message.Message):
-    __slots__ = ("name", "memory_mb", "maxmem_mb", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "vif", "uuid", "launcher", "extra", "config_text", "on_watchdog")
+    __slots__ = ("name", "memory_mb", "maxmem_mb", "vcpus", "maxvcpus", "on_poweroff", "on_reboot", "on_crash", "vif", "uuid", "launcher", "extra", "config_text", "on_watchdog", "type", "hap", "shadow_memory_mb")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,9 @@ class DomainSpec(_message.Message):
     EXTRA_FIELD_NUMBER: _ClassVar[int]
     CONFIG_TEXT_FIELD_NUMBER: _ClassVar[int]
     ON_WATCHDOG_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    HAP_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     name: str
     memory_mb: int
     maxmem_mb: int
@@ -70,7 +73,10 @@ class DomainSpec(_message.Message):
     extra: _containers.ScalarMap[str, str]
     config_text: str
     on_watchdog: str
-    def __init__(self, name: _Optional[str] = ..., memory_mb: _Optional[int] = ..., maxmem_mb: _Optional[int] = ..., vcpus: _Optional[int] = ..., maxvcpus: _Optional[int] = ..., on_poweroff: _Optional[str] = ..., on_reboot: _Optional[str] = ..., on_crash: _Optional[str] = ..., vif: _Optional[_Iterable[_Union[VifSpec, _Mapping]]] = ..., uuid: _Optional[str] = ..., launcher: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., config_text: _Optional[str] = ..., on_watchdog: _Optional[str] = ...) -> None: ...
+    type: str
+    hap: bool
+    shadow_memory_mb: int
+    def __init__(self, name: _Optional[str] = ..., memory_mb: _Optional[int] = ..., maxmem_mb: _Optional[int] = ..., vcpus: _Optional[int] = ..., maxvcpus: _Optional[int] = ..., on_poweroff: _Optional[str] = ..., on_reboot: _Optional[str] = ..., on_crash: _Optional[str] = ..., vif: _Optional[_Iterable[_Union[VifSpec, _Mapping]]] = ..., uuid: _Optional[str] = ..., launcher: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., config_text: _Optional[str] = ..., on_watchdog: _Optional[str] = ..., type: _Optional[str] = ..., hap: bool = ..., shadow_memory_mb: _Optional[int] = ...) -> None: ...
 
 class CreateDomainRequest(_message.Message):
     __slots__ = ("spec", "paused")
@@ -81,7 +87,7 @@ class CreateDomainRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[DomainSpec, _Mapping]] = ..., paused: bool = ...) -> None: ...
 
 class DomainInfo(_message.Message):
-    __slots__ = ("domid", "name", "uuid", "state", "memory_kb", "maxmem_kb", "vcpus", "cpu_time", "privileged", "shutdown_reason", "pid", "launcher", "spec", "target_kb")
+    __slots__ = ("domid", "name", "uuid", "state", "memory_kb", "maxmem_kb", "vcpus", "cpu_time", "privileged", "shutdown_reason", "pid", "launcher", "spec", "target_kb", "paging_mode", "paging_pool_kb")
     DOMID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     UUID_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +102,8 @@ class DomainInfo(_message.Message):
     LAUNCHER_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     TARGET_KB_FIELD_NUMBER: _ClassVar[int]
+    PAGING_MODE_FIELD_NUMBER: _ClassVar[int]
+    PAGING_POOL_KB_FIELD_NUMBER: _ClassVar[int]
     domid: int
     name: str
     uuid: str
@@ -110,7 +118,9 @@ class DomainInfo(_message.Message):
     launcher: str
     spec: DomainSpec
     target_kb: int
-    def __init__(self, domid: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., state: _Optional[str] = ..., memory_kb: _Optional[int] = ..., maxmem_kb: _Optional[int] = ..., vcpus: _Optional[int] = ..., cpu_time: _Optional[float] = ..., privileged: bool = ..., shutdown_reason: _Optional[str] = ..., pid: _Optional[int] = ..., launcher: _Optional[str] = ..., spec: _Optional[_Union[DomainSpec, _Mapping]] = ..., target_kb: _Optional[int] = ...) -> None: ...
+    paging_mode: str
+    paging_pool_kb: int
+    def __init__(self, domid: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., state: _Optional[str] = ..., memory_kb: _Optional[int] = ..., maxmem_kb: _Optional[int] = ..., vcpus: _Optional[int] = ..., cpu_time: _Optional[float] = ..., privileged: bool = ..., shutdown_reason: _Optional[str] = ..., pid: _Optional[int] = ..., launcher: _Optional[str] = ..., spec: _Optional[_Union[DomainSpec, _Mapping]] = ..., target_kb: _Optional[int] = ..., paging_mode: _Optional[str] = ..., paging_pool_kb: _Optional[int] = ...) -> None: ...
 
 class CreateDomainResponse(_message.Message):
     __slots__ = ("info", "secret", "agent", "agent_token")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xenlab.proto import common_pb2 as xenlab_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xenlab/proto/grants.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"!\n\x11SetupTableRequest\x12\x0c\n\x04gfns\x18\x01 \x03(\x04\":\n\x0eGrantTableSize\x12\x11\n\tnr_frames\x18\x01 \x01(\r\x12\x15\n\rmax_nr_frames\x18\x02 \x01(\r\"?\n\x0fMapGrantRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03ref\x18\x02 \x01(\r\x12\x10\n\x08readonly\x18\x03 \x01(\x08\"o\n\x0cGrantMapping\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x10\n\x08shm_path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\r\x12\x10\n\x08readonly\x18\x05 \x01(\x08\x12\x0b\n\x03mfn\x18\x06 \x01(\x04\"#\n\x11UnmapGrantRequest\x12\x0e\n\x06handle\x18\x01 \x01(\x04\">\n\x10MapGrantsRequest\x12*\n\x03ops\x18\x01 \x03(\x0b\x32\x1d.xenlab.proto.MapGrantRequest\"\\\n\x0eMapGrantResult\x12\x0e\n\x06status\x18\x01 \x01(\x11\x12+\n\x07mapping\x18\x02 \x01(\x0b\x32\x1a.xenlab.proto.GrantMapping\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"?\n\x0eMapGrantsReply\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.xenlab.proto.MapGrantResult\"%\n\x12UnmapGrantsRequest\x12\x0f\n\x07handles\x18\x01 \x03(\x04\"\"\n\x10UnmapGrantsReply\x12\x0e\n\x06status\x18\x01 \x03(\x11\"T\n\x07\x43opyPtr\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03ref\x18\x02 \x01(\r\x12\x0b\n\x03gfn\x18\x03 \x01(\x04\x12\x10\n\x08use_gref\x18\x04 \x01(\x08\x12\x0e\n\x06offset\x18\x05 \x01(\r\"f\n\x0bGrantCopyOp\x12%\n\x06source\x18\x01 \x01(\x0b\x32\x15.xenlab.proto.CopyPtr\x12#\n\x04\x64\x65st\x18\x02 \x01(\x0b\x32\x15.xenlab.proto.CopyPtr\x12\x0b\n\x03len\x18\x03 \x01(\r\":\n\x10GrantCopyRequest\x12&\n\x03ops\x18\x01 \x03(\x0b\x32\x19.xenlab.proto.GrantCopyOp\"!\n\x0fGrantCopyResult\x12\x0e\n\x06status\x18\x01 \x03(\x05\"\x9a\x01\n\x0eGrantTableInfo\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x11\n\tnr_frames\x18\x02 \x01(\r\x12\x12\n\nmax_frames\x18\x03 \x01(\r\x12\x16\n\x0e\x65ntries_in_use\x18\x04 \x01(\r\x12\x13\n\x0bmax_entries\x18\x05 \x01(\r\x12\x13\n\x0b\x61\x63tive_maps\x18\x06 \x01(\r\x12\x10\n\x08maptrack\x18\x07 \x01(\r2\xbb\x04\n\nGrantTable\x12K\n\nSetupTable\x12\x1f.xenlab.proto.SetupTableRequest\x1a\x1c.xenlab.proto.GrantTableSize\x12>\n\tQuerySize\x12\x13.xenlab.proto.Empty\x1a\x1c.xenlab.proto.GrantTableSize\x12@\n\x03Map\x12\x1d.xenlab.proto.MapGrantRequest\x1a\x1a.xenlab.proto.GrantMapping\x12=\n\x05Unmap\x12\x1f.xenlab.proto.UnmapGrantRequest\x1a\x13.xenlab.proto.Empty\x12H\n\x08MapBatch\x12\x1e.xenlab.proto.MapGrantsRequest\x1a\x1c.xenlab.proto.MapGrantsReply\x12N\n\nUnmapBatch\x12 .xenlab.proto.UnmapGrantsRequest\x1a\x1e.xenlab.proto.UnmapGrantsReply\x12\x45\n\x04\x43opy\x12\x1e.xenlab.proto.GrantCopyRequest\x1a\x1d.xenlab.proto.GrantCopyResult\x12>\n\x05Query\x12\x17.xenlab.proto.DomainRef\x1a\x1c.xenlab.proto.GrantTableInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xenlab/proto/grants.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"!\n\x11SetupTableRequest\x12\x0c\n\x04gfns\x18\x01 \x03(\x04\":\n\x0eGrantTableSize\x12\x11\n\tnr_frames\x18\x01 \x01(\r\x12\x15\n\rmax_nr_frames\x18\x02 \x01(\r\"Q\n\x0fMapGrantRequest\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03ref\x18\x02 \x01(\r\x12\x10\n\x08readonly\x18\x03 \x01(\x08\x12\x10\n\x08pte_addr\x18\x04 \x01(\x04\"o\n\x0cGrantMapping\x12\x0e\n\x06handle\x18\x01 \x01(\x04\x12\x10\n\x08shm_path\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06length\x18\x04 \x01(\r\x12\x10\n\x08readonly\x18\x05 \x01(\x08\x12\x0b\n\x03mfn\x18\x06 \x01(\x04\"#\n\x11UnmapGrantRequest\x12\x0e\n\x06handle\x18\x01 \x01(\x04\">\n\x10MapGrantsRequest\x12*\n\x03ops\x18\x01 \x03(\x0b\x32\x1d.xenlab.proto.MapGrantRequest\"\\\n\x0eMapGrantResult\x12\x0e\n\x06status\x18\x01 \x01(\x11\x12+\n\x07mapping\x18\x02 \x01(\x0b\x32\x1a.xenlab.proto.GrantMapping\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"?\n\x0eMapGrantsReply\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.xenlab.proto.MapGrantResult\"%\n\x12UnmapGrantsRequest\x12\x0f\n\x07handles\x18\x01 \x03(\x04\"\"\n\x10UnmapGrantsReply\x12\x0e\n\x06status\x18\x01 \x03(\x11\"T\n\x07\x43opyPtr\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0b\n\x03ref\x18\x02 \x01(\r\x12\x0b\n\x03gfn\x18\x03 \x01(\x04\x12\x10\n\x08use_gref\x18\x04 \x01(\x08\x12\x0e\n\x06offset\x18\x05 \x01(\r\"f\n\x0bGrantCopyOp\x12%\n\x06source\x18\x01 \x01(\x0b\x32\x15.xenlab.proto.CopyPtr\x12#\n\x04\x64\x65st\x18\x02 \x01(\x0b\x32\x15.xenlab.proto.CopyPtr\x12\x0b\n\x03len\x18\x03 \x01(\r\":\n\x10GrantCopyRequest\x12&\n\x03ops\x18\x01 \x03(\x0b\x32\x19.xenlab.proto.GrantCopyOp\"!\n\x0fGrantCopyResult\x12\x0e\n\x06status\x18\x01 \x03(\x05\"\x9a\x01\n\x0eGrantTableInfo\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x11\n\tnr_frames\x18\x02 \x01(\r\x12\x12\n\nmax_frames\x18\x03 \x01(\r\x12\x16\n\x0e\x65ntries_in_use\x18\x04 \x01(\r\x12\x13\n\x0bmax_entries\x18\x05 \x01(\r\x12\x13\n\x0b\x61\x63tive_maps\x18\x06 \x01(\r\x12\x10\n\x08maptrack\x18\x07 \x01(\r2\xbb\x04\n\nGrantTable\x12K\n\nSetupTable\x12\x1f.xenlab.proto.SetupTableRequest\x1a\x1c.xenlab.proto.GrantTableSize\x12>\n\tQuerySize\x12\x13.xenlab.proto.Empty\x1a\x1c.xenlab.proto.GrantTableSize\x12@\n\x03Map\x12\x1d.xenlab.proto.MapGrantRequest\x1a\x1a.xenlab.proto.GrantMapping\x12=\n\x05Unmap\x12\x1f.xenlab.proto.UnmapGrantRequest\x1a\x13.xenlab.proto.Empty\x12H\n\x08MapBatch\x12\x1e.xenlab.proto.MapGrantsRequest\x1a\x1c.xenlab.proto.MapGrantsReply\x12N\n\nUnmapBatch\x12 .xenlab.proto.UnmapGrantsRequest\x1a\x1e.xenlab.proto.UnmapGrantsReply\x12\x45\n\x04\x43opy\x12\x1e.xenlab.proto.GrantCopyRequest\x1a\x1d.xenlab.proto.GrantCopyResult\x12>\n\x05Query\x12\x17.xenlab.proto.DomainRef\x1a\x1c.xenlab.proto.GrantTableInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,31 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GRANTTABLESIZE']._serialized_start=105
   _globals['_GRANTTABLESIZE']._serialized_end=163
   _globals['_MAPGRANTREQUEST']._serialized_start=165
-  _globals['_MAPGRANTREQUEST']._serialized_end=228
-  _globals['_GRANTMAPPING']._serialized_start=230
-  _globals['_GRANTMAPPING']._serialized_end=341
-  _globals['_UNMAPGRANTREQUEST']._serialized_start=343
-  _globals['_UNMAPGRANTREQUEST']._serialized_end=378
-  _globals['_MAPGRANTSREQUEST']._serialized_start=380
-  _globals['_MAPGRANTSREQUEST']._serialized_end=442
-  _globals['_MAPGRANTRESULT']._serialized_start=444
-  _globals['_MAPGRANTRESULT']._serialized_end=536
-  _globals['_MAPGRANTSREPLY']._serialized_start=538
-  _globals['_MAPGRANTSREPLY']._serialized_end=601
-  _globals['_UNMAPGRANTSREQUEST']._serialized_start=603
-  _globals['_UNMAPGRANTSREQUEST']._serialized_end=640
-  _globals['_UNMAPGRANTSREPLY']._serialized_start=642
-  _globals['_UNMAPGRANTSREPLY']._serialized_end=676
-  _globals['_COPYPTR']._serialized_start=678
-  _globals['_COPYPTR']._serialized_end=762
-  _globals['_GRANTCOPYOP']._serialized_start=764
-  _globals['_GRANTCOPYOP']._serialized_end=866
-  _globals['_GRANTCOPYREQUEST']._serialized_start=868
-  _globals['_GRANTCOPYREQUEST']._serialized_end=926
-  _globals['_GRANTCOPYRESULT']._serialized_start=928
-  _globals['_GRANTCOPYRESULT']._serialized_end=961
-  _globals['_GRANTTABLEINFO']._serialized_start=964
-  _globals['_GRANTTABLEINFO']._serialized_end=1118
-  _globals['_GRANTTABLE']._serialized_start=1121
-  _globals['_GRANTTABLE']._serialized_end=1692
+  _globals['_MAPGRANTREQUEST']._serialized_end=246
+  _globals['_GRANTMAPPING']._serialized_start=248
+  _globals['_GRANTMAPPING']._serialized_end=359
+  _globals['_UNMAPGRANTREQUEST']._serialized_start=361
+  _globals['_UNMAPGRANTREQUEST']._serialized_end=396
+  _globals['_MAPGRANTSREQUEST']._serialized_start=398
+  _globals['_MAPGRANTSREQUEST']._serialized_end=460
+  _globals['_MAPGRANTRESULT']._serialized_start=462
+  _globals['_MAPGRANTRESULT']._serialized_end=554
+  _globals['_MAPGRANTSREPLY']._serialized_start=556
+  _globals['_MAPGRANTSREPLY']._serialized_end=619
+  _globals['_UNMAPGRANTSREQUEST']._serialized_start=621
+  _globals['_UNMAPGRANTSREQUEST']._serialized_end=658
+  _globals['_UNMAPGRANTSREPLY']._serialized_start=660
+  _globals['_UNMAPGRANTSREPLY']._serialized_end=694
+  _globals['_COPYPTR']._serialized_start=696
+  _globals['_COPYPTR']._serialized_end=780
+  _globals['_GRANTCOPYOP']._serialized_start=782
+  _globals['_GRANTCOPYOP']._serialized_end=884
+  _globals['_GRANTCOPYREQUEST']._serialized_start=886
+  _globals['_GRANTCOPYREQUEST']._serialized_end=944
+  _globals['_GRANTCOPYRESULT']._serialized_start=946
+  _globals['_GRANTCOPYRESULT']._serialized_end=979
+  _globals['_GRANTTABLEINFO']._serialized_start=982
+  _globals['_GRANTTABLEINFO']._serialized_end=1136
+  _globals['_GRANTTABLE']._serialized_start=1139
+  _globals['_GRANTTABLE']._serialized_end=1710
 # @@protoc_insertion_point(module_scope)

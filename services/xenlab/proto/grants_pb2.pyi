@@ -22,14 +22,16 @@ class GrantTableSize(_message.Message):
     def __init__(self, nr_frames: _Optional[int] = ..., max_nr_frames: _Optional[int] = ...) -> None: ...
 
 class MapGrantRequest(_message.Message):
-    __slots__ = ("domid", "ref", "readonly")
+    __slots__ = ("domid", "ref", "readonly", "pte_addr")
     DOMID_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     READONLY_FIELD_NUMBER: _ClassVar[int]
+    PTE_ADDR_FIELD_NUMBER: _ClassVar[int]
     domid: int
     ref: int
     readonly: bool
-    def __init__(self, domid: _Optional[int] = ..., ref: _Optional[int] = ..., readonly: bool = ...) -> None: ...
+    pte_addr: int
+    def __init__(self, domid: _Optional[int] = ..., ref: _Optional[int] = ..., readonly: bool = ..., pte_addr: _Optional[int] = ...) -> None: ...
 
 class GrantMapping(_message.Message):
     __slots__ = ("handle", "shm_path", "offset", "length", "readonly", "mfn")

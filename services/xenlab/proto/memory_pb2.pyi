@@ -1,6 +1,5 @@
 from xenlab.proto import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -103,18 +102,12 @@ class MmuUpdateResult(_message.Message):
     def __init__(self, done: _Optional[int] = ..., status: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class MmuextOp(_message.Message):
-    __slots__ = ("cmd", "mfn")
-    class Cmd(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-        __slots__ = ()
-        PIN_L1_TABLE: _ClassVar[MmuextOp.Cmd]
-        UNPIN_TABLE: _ClassVar[MmuextOp.Cmd]
-    PIN_L1_TABLE: MmuextOp.Cmd
-    UNPIN_TABLE: MmuextOp.Cmd
+    __slots__ = ("cmd", "arg")
     CMD_FIELD_NUMBER: _ClassVar[int]
-    MFN_FIELD_NUMBER: _ClassVar[int]
-    cmd: MmuextOp.Cmd
-    mfn: int
-    def __init__(self, cmd: _Optional[_Union[MmuextOp.Cmd, str]] = ..., mfn: _Optional[int] = ...) -> None: ...
+    ARG_FIELD_NUMBER: _ClassVar[int]
+    cmd: int
+    arg: int
+    def __init__(self, cmd: _Optional[int] = ..., arg: _Optional[int] = ...) -> None: ...
 
 class MachineToPhysRequest(_message.Message):
     __slots__ = ("mfns",)

@@ -30,9 +30,12 @@ from xenlab.toolstack.devices import Devices
 from xenlab.toolstack.sched_cfg import SchedConfig, sched_config
 from xenlab.toolstack.save import SaveRestore
 from xenlab.toolstack.lifecycle import DomainMonitor, action_for, check_policies, preserved_name
+from xenlab.toolstack.xlcfg import (DOMAIN_TYPES, HAP_ON_PV, MIN_PAGING_POOL_MB, paging_mode,
+                                    paging_pool_mb, pool_too_small)
 from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.errors import DomainError, XenError
 from xenlab.xen.names import check_domain_name
+from xenlab.xen.paging import PagingMode
 from xenlab.xen.xenstore_paths import agent_record_path
 
 log = logging.getLogger(__name__)
@@ -82,9 +85,11 @@ class Toolstack:
             raise DomainError(errno.EINVAL, f"maxvcpus={spec.maxvcpus} is below vcpus={vcpus}")
         check_policies(spec)
         sched = sched_config(dict(spec.extra))
+        paging, pool_mb = resolve_paging(spec, maxmem_mb, spec.maxvcpus or vcpus)
         dom = self.hv.domains.allocate(spec.name, maxmem_mb * PAGES_PER_MB,
                                        spec.maxvcpus or vcpus, spec.uuid)
         dom.spec = spec
+        dom.paging_mode, dom.paging_pool_pages = paging, pool_mb * PAGES_PER_MB
         dom.online_vcpus = vcpus
         dom.launcher = launcher.name
         try:
@@ -114,8 +119,9 @@ class Toolstack:
         dom.agent, dom.agent_token = agent, token
         self._record_agent(dom.domid, agent, token)
         self.hv.run(dom, paused)
-        log.info("created d%d (%s): %d MiB, %d vCPU, launcher %s", dom.domid, dom.name,
-                 memory_mb, dom.vcpus, launcher.name)
+        log.info("created d%d (%s): %d MiB, %d vCPU, launcher %s, %s paging%s", dom.domid,
+                 dom.name, memory_mb, dom.vcpus, launcher.name, paging.value,
+                 f" (pool {pool_mb} MiB)" if pool_mb else "")
         return dom, secret
 
     async def _apply_sched(self, dom: Domain, sched: SchedConfig) -> None:
@@ -296,3 +302,31 @@ class Toolstack:
                  "%d backend(s) Closed", domid, unmapped, ports, len(closed))
         stuck = await self.devices.wait_closed(frontends, timeout)
         return dict(closed=closed, stuck=stuck, unmapped=unmapped, ports=ports)
+
+
+def resolve_paging(spec, maxmem_mb: int, maxvcpus: int) -> tuple[PagingMode, int]:
+    """A DomainSpec's paging mode and pool size in MiB, as libxl's setdefault
+    fills in type=, hap= and shadow_memory= (libxl__domain_create_info_setdefault,
+    libxl__get_required_paging_memory); the spec is given those values, so
+    that xl list -l shows what the domain got and a restart gets the same."""
+    kind = spec.type or "pv"
+    if kind not in DOMAIN_TYPES:
+        raise DomainError(errno.EINVAL, f"type = {kind!r}: expected one of "
+                                        f"{', '.join(DOMAIN_TYPES)}")
+    hap = spec.hap if spec.HasField("hap") else None
+    shadow = spec.shadow_memory_mb if spec.HasField("shadow_memory_mb") else None
+    if kind == "pv":
+        if hap:
+            raise DomainError(errno.EINVAL, HAP_ON_PV)
+        spec.ClearField("hap")
+        spec.ClearField("shadow_memory_mb")
+        hap = shadow = None
+    elif shadow is not None and shadow < MIN_PAGING_POOL_MB:
+        raise DomainError(errno.EINVAL, pool_too_small(kind, shadow))
+    mode = paging_mode(kind, hap)
+    pool_mb = paging_pool_mb(kind, hap, shadow, maxmem_mb, maxvcpus)
+    spec.type = kind
+    if mode is not PagingMode.DIRECT:
+        spec.hap = mode is PagingMode.HAP
+        spec.shadow_memory_mb = pool_mb
+    return mode, pool_mb

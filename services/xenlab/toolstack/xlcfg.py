@@ -27,6 +27,7 @@ from xenlab.xen.digits import is_decimal
 from xenlab.xen.errors import ConfigError
 from xenlab.xen.names import BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, is_bridge_name, is_ifname
 from xenlab.xen.netconf import format_mac, parse_mac, parse_rate, parse_vlan
+from xenlab.xen.paging import PagingMode
 
 DEFAULT_MEMORY_MB = 128
 DEFAULT_MTU = abi.ETH_DATA_LEN
@@ -74,7 +75,7 @@ IGNORED_XL_KEYS: Mapping[str, str] = MappingProxyType({
     **dict.fromkeys("cpus_soft vnuma llc_colors".split(), _NOT_SCHEDULED),
     **dict.fromkeys("max_grant_frames max_maptrack_frames max_grant_version max_event_channels "
                     "xenstore_quota".split(), _HOST_LIMIT),
-    **dict.fromkeys("firmware bios bios_path_override boot hap pae acpi acpi_s3 acpi_s4 "
+    **dict.fromkeys("firmware bios bios_path_override boot pae acpi acpi_s3 acpi_s4 "
                     "acpi_laptop_slate acpi_firmware apic hpet viridian nestedhvm videoram "
                     "stdvga vga vnc vnclisten vncdisplay vncunused vncpasswd vncviewer sdl "
                     "opengl nographic serial soundhw usbdevice usbversion keymap spice spicehost "
@@ -84,7 +85,7 @@ IGNORED_XL_KEYS: Mapping[str, str] = MappingProxyType({
                     "device_model_version device_model_override device_model_stubdomain_override "
                     "device_model_stubdomain_seclabel device_model_args device_model_args_pv "
                     "device_model_args_hvm device_model_user stubdomain_memory stubdomain_kernel "
-                    "stubdomain_ramdisk stubdomain_cmdline dm_restrict shadow_memory "
+                    "stubdomain_ramdisk stubdomain_cmdline dm_restrict "
                     "xen_platform_pci xen_platform_pci_bar_uc hdtype timer_mode hvm_pirq "
                     "mmio_hole smbios smbios_firmware ms_vm_genid vendor_device "
                     "xend_suspend_evtchn_compat rombios ovmf altp2m altp2mhvm altp2m_count "
@@ -98,10 +99,13 @@ IGNORED_XL_KEYS: Mapping[str, str] = MappingProxyType({
 # The xl.cfg(5) keys xenlab knows, honoured or not: what a typo most likely meant.
 KNOWN_XL_KEYS = frozenset(IGNORED_XL_KEYS) | frozenset(
     "name memory maxmem vcpus maxvcpus on_poweroff on_reboot on_crash on_watchdog vif uuid "
-    "type builder launcher".split()) | SCHED_KEYS
-# type= and the older builder=: every xenlab guest is PV.
+    "type builder launcher hap shadow_memory".split()) | SCHED_KEYS
+# type= and the older builder= (xl_parse.c: deprecated since Xen 4.10).
 DOMAIN_TYPES = ("pv", "pvh", "hvm")
 BUILDERS = {"generic": "pv", "linux": "pv", "hvm": "hvm"}
+# The paging pool's size in xl.cfg: shadow_memory= is in MiB (xl_parse.c
+# keeps it as shadow_memkb = MiB * 1024).
+KIB_PER_MIB = 1024
 
 _VIF_IGNORED = ("type", "trusted", "untrusted", "forwarddev", "accel", "gatewaydev")
 
@@ -138,6 +142,19 @@ class XlConfig:
     extra: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     warnings: tuple[str, ...] = ()
     text: str = ""
+    type: str = "pv"                      # pv | pvh | hvm
+    hap: bool | None = None               # None: unset (libxl's default for the type)
+    shadow_memory_mb: int | None = None   # None: unset (libxl's default)
+
+    @property
+    def paging_mode(self) -> PagingMode:
+        return paging_mode(self.type, self.hap)
+
+    @property
+    def paging_pool_mb(self) -> int:
+        """The paging pool the domain gets: shadow_memory= or libxl's default."""
+        return paging_pool_mb(self.type, self.hap, self.shadow_memory_mb, self.maxmem_mb,
+                              self.maxvcpus)
 
 
 # --------------------------------------------------------------------------
@@ -538,13 +555,15 @@ def _build(r: _Reader, warnings: list[str], path: str | None, text: str,
     actions = {f"on_{reason}": _action(r, f"on_{reason}", default)
                for reason, default in ACTION_DEFAULTS.items()}
     launcher = _choice(r, "launcher", None, LAUNCHERS)
-    _domain_type(r)
+    kind = _domain_type(r)
+    hap, shadow_memory = _paging(r, kind, warnings)
     uuid = _uuid_value(r)
     vifs = _vifs(r, warnings)
     extra = _extra(r, warnings, strict)
     return XlConfig(name=name, memory_mb=memory, maxmem_mb=maxmem, vcpus=vcpus, maxvcpus=maxvcpus,
                     vifs=vifs, uuid=uuid, launcher=launcher, extra=MappingProxyType(extra),
-                    warnings=tuple(warnings), text=text, **actions)
+                    warnings=tuple(warnings), text=text, type=kind, hap=hap,
+                    shadow_memory_mb=shadow_memory, **actions)
 
 
 def _choice(r: _Reader, key: str, default: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -554,15 +573,82 @@ def _choice(r: _Reader, key: str, default: str | None, allowed: tuple[str, ...])
     return value
 
 
-def _domain_type(r: _Reader) -> None:
-    """type= (or builder=, its older form): xenlab's guests are PV, and a
-    config that asks for another kind is refused rather than run as PV."""
-    kind, key = _choice(r, "type", None, DOMAIN_TYPES), "type"
+def _domain_type(r: _Reader) -> str:
+    """type= (or builder=, its older form), as xl_parse.c reads them: pv
+    when neither is given, and the two must agree when both are."""
+    kind = _choice(r, "type", None, DOMAIN_TYPES)
     builder = _choice(r, "builder", None, tuple(BUILDERS))
+    if builder is not None and kind is not None and BUILDERS[builder] != kind:
+        raise r.error("builder", f"builder = {builder!r} contradicts type = {kind!r} "
+                                 f"(xl: 'Contradicting \"builder\" and \"type\" options')")
     if kind is None and builder is not None:
-        kind, key = BUILDERS[builder], "builder"
-    if kind not in (None, "pv"):
-        raise r.error(key, f"{key} = {kind!r}: xenlab's guests are PV only (type = 'pv')")
+        kind = BUILDERS[builder]
+    return kind or "pv"
+
+
+def _paging(r: _Reader, kind: str, warnings: list[str]) -> tuple[bool | None, int | None]:
+    """hap= and shadow_memory=. xl reads hap= as a number, any non-zero one
+    true (xlu_cfg_get_defbool); libxl acts on both for HVM and PVH guests
+    only: a PV guest runs on direct paging and has no paging pool
+    (libxl__arch_domain_create sizes it for non-PV types only)."""
+    hap = bool(r.integer("hap", 0)) if "hap" in r else None
+    shadow_memory = r.integer("shadow_memory", 0) if "shadow_memory" in r else None
+    if kind != "pv":
+        if shadow_memory is not None and shadow_memory < MIN_PAGING_POOL_MB:
+            raise r.error("shadow_memory", pool_too_small(kind, shadow_memory))
+        return hap, shadow_memory
+    if hap:
+        raise r.error("hap", HAP_ON_PV)
+    for key, value in (("hap", hap), ("shadow_memory", shadow_memory)):
+        if value is not None:
+            setting, source = r.by_key[key]
+            warnings.append(f"{_where(source, setting.line)}warning: {key}= does nothing for a "
+                            "PV guest, which runs on direct paging (xl ignores it for "
+                            "type = 'pv'); for shadow paging use type = 'pvh' or 'hvm' with "
+                            "hap = 0; ignored")
+    return None, None
+
+
+# Xen's floor on a paging pool: hap_enable and the shadow code start a
+# domain with 256 pages (1 MiB).
+MIN_PAGING_POOL_MB = 1
+# libxl drops hap= for PV without a word, and Xen would refuse
+# XEN_DOMCTL_CDF_hap without CDF_hvm ("HAP requested for non-HVM guest"):
+# asking for it on a PV guest is a mistake worth stopping.
+HAP_ON_PV = ("hap = 1 with type = 'pv': a PV guest has no hardware-assisted paging (Xen "
+             "refuses HAP for a non-HVM guest; xl silently ignores hap= for PV); use "
+             "type = 'pvh' or 'hvm' for hap, or leave hap= out for PV's direct paging")
+
+
+def pool_too_small(kind: str, shadow_memory_mb: int) -> str:
+    return (f"shadow_memory = {shadow_memory_mb}: a {kind} guest's paging pool needs at least "
+            f"{MIN_PAGING_POOL_MB} MiB (Xen's own floor: 256 pages)")
+
+
+def paging_mode(kind: str, hap: bool | None) -> PagingMode:
+    """The paging a domain of this type= and hap= runs on: PV's direct
+    paging; for HVM and PVH, HAP unless hap=0 (libxl's default is HAP where
+    the host has it, and xenlab's emulated host always does)."""
+    if kind == "pv":
+        return PagingMode.DIRECT
+    return PagingMode.SHADOW if hap is False else PagingMode.HAP
+
+
+def paging_pool_mb(kind: str, hap: bool | None, shadow_memory_mb: int | None, maxmem_mb: int,
+                   maxvcpus: int) -> int:
+    """The domain's paging pool in MiB: none for PV; else shadow_memory=, or
+    libxl's default (libxl__get_required_paging_memory): 256 pages (1 MiB)
+    per vCPU, plus a page per MiB of maxmem for the P2M, plus another per
+    MiB to shadow the guest's tables in shadow mode; rounded up to whole
+    MiB, as libxl hands Xen its allocation in MiB."""
+    mode = paging_mode(kind, hap)
+    if mode is PagingMode.DIRECT:
+        return 0
+    if shadow_memory_mb is not None:
+        return shadow_memory_mb
+    per_mib = 2 if mode is PagingMode.SHADOW else 1
+    kib = 4 * (256 * maxvcpus + per_mib * maxmem_mb)
+    return -(-kib // KIB_PER_MIB)
 
 
 def _action(r: _Reader, key: str, default: str) -> str:

@@ -31,6 +31,14 @@ only, and cannot come back for a descriptor it could resize the segment
 through. A refusal is an ERROR, as for bad credentials. Version 2 added the
 flags (version 1's HELLO had none, its OK a reserved u16).
 
+HELLO's flag HELLO_PAGING asks for the domain's paging pool object (its
+shadow tables or nested P2M, which its MMU walks; a domain in direct mode
+has none and is refused ENOENT). The OK then has OK_PAGING set and carries
+a read-only descriptor of the object, after the memory object's when both
+were asked for: the domain maps it PROT_READ and cannot write a table the
+hypervisor keeps, nor make a writable mapping of it, nor resize it. Unlike
+the memory object it may be asked for again.
+
 HELLO's flag HELLO_CHANNELS asks for a notification object per interdomain
 event channel, as KVM's irqfd/ioeventfd and vhost-user's kick and call fds:
 when one of the domain's ports becomes interdomain with another domain's,
@@ -95,9 +103,11 @@ _CHANNEL = struct.Struct("<II")             # port, vcpu
 
 HELLO_MEMORY = 0x1        # HELLO: hand me my memory object
 HELLO_CHANNELS = 0x2      # HELLO: hand me a notification object per interdomain channel
-HELLO_FLAGS = HELLO_MEMORY | HELLO_CHANNELS
+HELLO_PAGING = 0x4        # HELLO: hand me my paging pool, read-only
+HELLO_FLAGS = HELLO_MEMORY | HELLO_CHANNELS | HELLO_PAGING
 OK_MEMORY = 0x1           # OK: the memory object is attached (SCM_RIGHTS)
-OK_FLAGS = OK_MEMORY
+OK_PAGING = 0x2           # OK: the paging pool is attached, read-only (after the memory object)
+OK_FLAGS = OK_MEMORY | OK_PAGING
 
 MAX_SECRET = 256          # bytes of utf-8
 MAX_ERROR_TEXT = 256      # longer messages are cut, not refused
@@ -135,6 +145,10 @@ class Hello:
     def wants_channels(self) -> bool:
         return bool(self.flags & HELLO_CHANNELS)
 
+    @property
+    def wants_paging(self) -> bool:
+        return bool(self.flags & HELLO_PAGING)
+
     def encode(self) -> bytes:
         raw = self.secret.encode()
         if not 0 <= self.domid <= DOMID_MAX:
@@ -154,6 +168,15 @@ class Ok:
     @property
     def carries_memory(self) -> bool:
         return bool(self.flags & OK_MEMORY)
+
+    @property
+    def carries_paging(self) -> bool:
+        return bool(self.flags & OK_PAGING)
+
+    @property
+    def descriptors(self) -> int:
+        """How many descriptors the datagram carries (SCM_RIGHTS)."""
+        return self.carries_memory + self.carries_paging
 
     def encode(self) -> bytes:
         if self.flags & ~OK_FLAGS:

@@ -33,6 +33,9 @@ PTE_DIRTY = 1 << 6
 PTE_PSE = 1 << 7          # a large page (L2/L3); xenlab's guests never set it
 PTE_GLOBAL = 1 << 8
 PTE_NX = 1 << 63
+# Xen's _PAGE_GNTTAB (bit 22 of get_pte_flags(), bit 62 of the entry): set
+# only in the PTEs a grant map installs; a guest's mmu_update may not set it.
+PTE_GNTTAB = 1 << 62
 PTE_ADDR_MASK = ((1 << 52) - 1) & ~(PAGE_SIZE - 1)    # bits 12..51: the frame
 PTE_FLAGS_MASK = ~PTE_ADDR_MASK & ((1 << 64) - 1)
 # What a walk's A/D update may change and a validator must not care about.
@@ -190,3 +193,10 @@ class PagingMode(str, enum.Enum):
 # ASPLOS 2008).
 WALK_REFS_1D = LEVELS
 WALK_REFS_2D = (LEVELS + 1) * (LEVELS + 1) - 1
+
+# -- xenlab's caps on one mmu_update / mmuext_op call --------------------------------------
+# Xen itself has no cap (long batches continue through hypercall continuations);
+# the lab's hypervisor refuses longer batches with E2BIG, and a guest splits its
+# batches at these sizes.
+MAX_MMU_UPDATES = 1024
+MAX_MMUEXT_OPS = 16

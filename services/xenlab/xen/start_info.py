@@ -41,6 +41,10 @@ class StartInfo:
     # passed to SCHEDOP_shutdown suspend); its kernel resumes from it. -1: a
     # fresh boot.
     resume_gfn: int = -1
+    # How its page tables are virtualized: direct | shadow | hap
+    # (xenlab.xen.paging.PagingMode). Not direct: its paging pool comes
+    # read-only with the doorbell's OK (HELLO_PAGING).
+    paging_mode: str = "direct"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

@@ -75,8 +75,9 @@ async def test_a_domain_takes_its_own_memory_from_the_doorbell_and_only_once(hyp
 
 async def test_a_container_domain_maps_the_memory_and_rings_on_the_same_connection(hypervisor):
     domid, secret = await create(hypervisor, "web")
-    memory, doorbell = await asyncio.to_thread(
+    memory, paging, doorbell = await asyncio.to_thread(
         _enter_domain, container_start_info(hypervisor, domid, secret))
+    assert paging is None                   # direct paging: no pool
     assert memory.length == os.stat(hypervisor.hv.memory.segment_path(domid)).st_size
     client = hypervisor.client_as(domid, secret)
     mm = await client.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(

@@ -34,7 +34,8 @@ def largest_requests() -> dict[str, object]:
         "/xenlab.proto.GrantTable/SetupTable": grants_pb2.SetupTableRequest(
             gfns=[U64] * abi.DEFAULT_MAX_GRANT_FRAMES),
         "/xenlab.proto.GrantTable/MapBatch": grants_pb2.MapGrantsRequest(ops=[
-            grants_pb2.MapGrantRequest(domid=U32, ref=U32, readonly=True)] * MAX_MAP_BATCH),
+            grants_pb2.MapGrantRequest(domid=U32, ref=U32, readonly=True, pte_addr=U64)]
+            * MAX_MAP_BATCH),
         "/xenlab.proto.GrantTable/UnmapBatch": grants_pb2.UnmapGrantsRequest(
             handles=[U64] * MAX_MAP_BATCH),
         "/xenlab.proto.Memory/IncreaseReservation": memory_pb2.IncreaseReservationRequest(

@@ -75,6 +75,16 @@ def test_channel_and_hello_channels_round_trip():
     assert hello.wants_channels and hello.wants_memory
 
 
+def test_hello_paging_and_ok_paging_round_trip():
+    hello = wire.decode(wire.Hello(3, "s", wire.HELLO_PAGING | wire.HELLO_MEMORY).encode())
+    assert hello.wants_paging and hello.wants_memory and not hello.wants_channels
+    ok = wire.decode(wire.Ok(3, wire.OK_MEMORY | wire.OK_PAGING).encode())
+    assert ok.carries_paging and ok.carries_memory and ok.descriptors == 2
+    assert wire.Ok(3, wire.OK_PAGING).descriptors == 1 and wire.Ok(3).descriptors == 0
+    with pytest.raises(XenError):           # no HELLO_* bit past HELLO_PAGING
+        wire.decode(wire._header(wire.OP_HELLO) + wire._HELLO.pack(3, 1, 0x8) + b"s")
+
+
 @pytest.mark.parametrize("name", sorted(_bad_datagrams()))
 def test_malformed_datagrams_raise_eproto(name):
     with pytest.raises(XenError) as exc:

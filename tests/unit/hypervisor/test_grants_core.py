@@ -467,7 +467,7 @@ def test_unmapping_a_grant_clears_the_ptes_that_map_its_frame(gt):
     # as Xen's unmap of a host mapping: the PTE goes with the grant mapping
     assert mem.pinned_ptes(table) == {}
     assert bytes(mem.frame(2, 0)[5 * 8:6 * 8]) == bytes(8)
-    assert set_pte(gt, 2, table, 6, m.mfn, RO_PTE) == -errno.EPERM
+    assert set_pte(gt, 2, table, 6, m.mfn, RO_PTE) == -errno.EBUSY     # no grant now
     # so the granter can end the grant and free the frame
     end(gt, 1, ref)
     mem.decrease_reservation(1, [3])
@@ -833,3 +833,61 @@ def test_setup_table_refusals_say_why(gt):
     assert refusal(lambda: gt.setup_table(1, [frame, 6])) == (
         abi.GNTST_bad_page, "gfn 0x6 of d1 is mapped by another domain")
     assert gt.grant_frames(1) == [frame]
+
+
+# -- GNTMAP_host_map | GNTMAP_contains_pte: the PTE goes with the grant ---------------------
+def test_a_grant_map_with_a_pte_address_installs_the_pte_and_unmap_clears_it(gt):
+    from xenlab.xen import paging as pg
+    mem = gt.memory
+    ref = grant(gt, 1, 2, 3, False)
+    table = pin_table(gt, 2, 0)
+    addr = table << abi.PAGE_SHIFT | 9 * 8
+    m = gt.map(D2, 1, ref, readonly=False, pte_addr=addr)
+    entry = mem.pinned_ptes(table)[9]
+    assert pg.pte_frame(entry) == m.mfn == mem.gfn_to_mfn(1, 3) and entry & pg.PTE_RW
+    assert bytes(mem.frame(2, 0)[9 * 8:10 * 8]) == entry.to_bytes(8, "little")
+    # a writable mapping of the frame holds a WRITABLE type reference:
+    # neither the mapping's own nor the PTE's lets the granter pin it
+    assert mem.writable_count(m.mfn) == 2
+    assert mem.mmuext(1, [("pin_l1", m.mfn)]) == (0, [-errno.EINVAL])
+    gt.unmap(D2, m.handle)
+    assert mem.pinned_ptes(table) == {} and bytes(mem.frame(2, 0)[9 * 8:10 * 8]) == bytes(8)
+    assert mem.writable_count(m.mfn) == 0
+    assert mem.mmuext(1, [("pin_l1", m.mfn)]) == (1, [0])
+
+
+@pytest.mark.parametrize("where", ["not a table", "not the mapper's", "slot in use"])
+def test_a_grant_map_with_a_bad_pte_address_is_refused_and_pins_nothing(gt, where):
+    mem = gt.memory
+    ref = grant(gt, 1, 2, 3, True)
+    table = pin_table(gt, 2, 0)
+    assert set_pte(gt, 2, table, 4, mem.gfn_to_mfn(2, 5), RO_PTE) == 0
+    addr = {"not a table": mem.gfn_to_mfn(2, 1) << abi.PAGE_SHIFT,
+            "not the mapper's": mem.gfn_to_mfn(3, 0) << abi.PAGE_SHIFT,
+            "slot in use": table << abi.PAGE_SHIFT | 4 * 8}[where]
+    assert status_of(lambda: gt.map(D2, 1, ref, True, pte_addr=addr)) == abi.GNTST_general_error
+    assert gt.pinned(1) == {} and gt.maptrack_count(2) == 0
+    assert end(gt, 1, ref)
+
+
+def test_a_granters_page_table_is_never_mapped_writable(gt):
+    ref = grant(gt, 1, 2, 3, False)
+    pin_table(gt, 1, 3)
+    assert status_of(lambda: gt.map(D2, 1, ref, readonly=False)) == abi.GNTST_general_error
+    m = gt.map(D2, 1, ref, readonly=True)
+    assert m.readonly and gt.pinned(1)[ref][2:] == (1, 0)
+    # nor written by a copy while it is a table in force
+    [status] = gt.copy(D2, [CopyOp(CopyPtr(SELF, gfn=1), CopyPtr(1, ref=ref, use_gref=True), 8)])
+    assert status == abi.GNTST_general_error
+
+
+def test_destroying_the_mapper_clears_its_grant_ptes(gt):
+    mem = gt.memory
+    ref = grant(gt, 1, 2, 3, False)
+    table = pin_table(gt, 2, 0)
+    m = gt.map(D2, 1, ref, readonly=False, pte_addr=table << abi.PAGE_SHIFT)
+    gt.remove_domain(2)
+    mem.remove_domain(2)
+    assert mem.writable_count(m.mfn) == 0 and mem.pagetables.busy(m.mfn) is None
+    assert end(gt, 1, ref)
+    mem.decrease_reservation(1, [3])

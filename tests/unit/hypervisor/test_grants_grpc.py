@@ -194,3 +194,22 @@ async def test_map_batch_and_unmap_batch(pair):
         ops=[grants_pb2.MapGrantRequest(domid=d1, ref=refs[0])] * 1025)),
         grpc.StatusCode.INVALID_ARGUMENT, "1024")
     await still_serving(back, d2)
+
+
+async def test_map_with_a_pte_address_and_map_batch_refusing_a_bad_one(pair):
+    """GNTMAP_contains_pte over gRPC: the PTE appears in the backend's
+    pinned L1 and goes at unmap; a bad PTE address fails only its own op."""
+    from xenlab.xen import paging as pg
+    lab, (d1, front, table), (d2, back) = pair
+    mem = lab.hv.memory
+    l1 = mem.gfn_to_mfn(d2, 3)
+    assert mem.mmuext(d2, [(pg.MMUEXT_PIN_L1_TABLE, l1)]) == (1, [0])
+    good, bad = table.grant(d2, 5), table.grant(d2, 6)
+    reply = await back.grants.MapBatch(grants_pb2.MapGrantsRequest(ops=[
+        grants_pb2.MapGrantRequest(domid=d1, ref=good, pte_addr=l1 << 12 | 16),
+        grants_pb2.MapGrantRequest(domid=d1, ref=bad, pte_addr=mem.gfn_to_mfn(d2, 4) << 12)]))
+    ok, refused = reply.results
+    assert ok.status == abi.GNTST_okay and refused.status == abi.GNTST_general_error
+    assert pg.pte_frame(mem.pinned_ptes(l1)[2]) == mem.gfn_to_mfn(d1, 5)
+    await back.grants.Unmap(grants_pb2.UnmapGrantRequest(handle=ok.mapping.handle))
+    assert mem.pinned_ptes(l1) == {} and table.end(good) and table.end(bad)

@@ -300,17 +300,18 @@ def test_mmu_update_maps_an_own_frame(pt):
     assert mem.writable_count(target) == 0 and read_pte(mem, 1, 0, 5) == 0
 
 
+# Each refusal with the errno Xen's mm.c gives it.
 @pytest.mark.parametrize("make_update, err", [
     (lambda t, m: (pte_ptr(t, 1) | abi.MMU_MACHPHYS_UPDATE, 0), errno.ENOSYS),
-    (lambda t, m: (pte_ptr(t, 1) | 5, 0), errno.EINVAL),
-    (lambda t, m: (pte_ptr(m.gfn_to_mfn(1, 1), 0), 0), errno.EINVAL),        # not pinned
-    (lambda t, m: (pte_ptr(m.gfn_to_mfn(2, 0), 0), 0), errno.EPERM),         # d2's frame
-    (lambda t, m: (pte_ptr(0x20, 0), 0), errno.EPERM),                       # Xen's own
-    (lambda t, m: (pte_ptr(t, 1), pte(0x42, RO)), errno.EPERM),              # hypervisor space
-    (lambda t, m: (pte_ptr(t, 1), pte(m.gfn_to_mfn(2, 1), RO)), errno.EPERM),  # not granted
+    (lambda t, m: (pte_ptr(t, 1) | 5, 0), errno.ENOSYS),                     # no such command
+    (lambda t, m: (pte_ptr(m.gfn_to_mfn(2, 0), 0), 0), errno.EINVAL),        # d2's frame
+    (lambda t, m: (pte_ptr(0x20, 0), 0), errno.EINVAL),                      # Xen's own
+    (lambda t, m: (pte_ptr(t, 1), pte(0x42, RO)), errno.EPERM),              # not RAM
+    (lambda t, m: (pte_ptr(t, 1), pte(m.gfn_to_mfn(2, 1), RO)), errno.EBUSY),  # not granted
     (lambda t, m: (pte_ptr(t, 1), pte(1 << 39, RO)), errno.EPERM),           # no such frame
-    (lambda t, m: (pte_ptr(t, 1), pte(FREE_MFN, RO)), errno.EINVAL),         # a free frame
-    (lambda t, m: (pte_ptr(t, 1), pte(t, RW)), errno.EPERM),                 # the table itself
+    (lambda t, m: (pte_ptr(t, 1), pte(FREE_MFN, RO)), errno.EBUSY),          # a free frame
+    (lambda t, m: (pte_ptr(t, 1), pte(t, RW)), errno.EBUSY),                 # the table itself
+    (lambda t, m: (pte_ptr(t, 1), pte(m.gfn_to_mfn(1, 3), RO | 1 << 4)), errno.EINVAL),  # PCD
 ])
 def test_mmu_update_refusals(pt, make_update, err):
     mem, table = pt
@@ -340,28 +341,30 @@ def test_foreign_frames_need_a_grant(pt):
     assert mem.mmu_update(1, [(pte_ptr(table, 1), pte(ro_mfn, RO)),
                               (pte_ptr(table, 2), pte(rw_mfn, RW))], foreign) == (2, [0, 0])
     assert mem.mmu_update(1, [(pte_ptr(table, 3), pte(ro_mfn, RW))], foreign) == \
-        (0, [-errno.EPERM])
+        (0, [-errno.EBUSY])
 
 
 def test_pin_refused_while_mapped_writable(pt):
     mem, table = pt
     frame = mem.gfn_to_mfn(1, 4)
     mem.mmu_update(1, [(pte_ptr(table, 7), pte(frame, RW))], {})
-    assert mem.mmuext(1, [("pin_l1", frame)]) == (0, [-errno.EBUSY])
+    # a type conflict: WRITABLE while mapped writable (_get_page_type's EINVAL)
+    assert mem.mmuext(1, [("pin_l1", frame)]) == (0, [-errno.EINVAL])
     mem.mmu_update(1, [(pte_ptr(table, 7), pte(frame, RO))], {})
     assert mem.mmuext(1, [("pin_l1", frame)]) == (1, [0])
-    assert mem.mmu_update(1, [(pte_ptr(table, 8), pte(frame, RW))], {}) == (0, [-errno.EPERM])
+    assert mem.mmu_update(1, [(pte_ptr(table, 8), pte(frame, RW))], {}) == (0, [-errno.EBUSY])
 
 
 def test_pin_and_unpin_refusals(pt):
     mem, table = pt
     assert mem.mmuext(1, [("pin_l1", table)]) == (0, [-errno.EINVAL])          # already
-    assert mem.mmuext(2, [("pin_l1", table)]) == (0, [-errno.EPERM])           # not d2's
-    assert mem.mmuext(2, [("unpin", table)]) == (0, [-errno.EPERM])
-    assert mem.mmuext(1, [("unpin", table + 1)]) == (0, [-errno.EINVAL])       # not pinned
-    assert mem.mmuext(1, [("pin_l1", 0x30)]) == (0, [-errno.EPERM])
+    assert mem.mmuext(2, [("pin_l1", table)]) == (0, [-errno.EINVAL])          # not d2's
+    assert mem.mmuext(2, [("unpin", table)]) == (0, [-errno.EINVAL])
+    assert mem.mmuext(1, [("unpin", mem.gfn_to_mfn(1, 1))]) == (0, [-errno.EINVAL])  # not pinned
+    assert mem.mmuext(1, [("pin_l1", 0x30)]) == (0, [-errno.EINVAL])
     assert mem.mmuext(1, [("pin_l1", FREE_MFN)]) == (0, [-errno.EINVAL])
-    assert mem.mmuext(1, [("pin_l2", table)]) == (0, [-errno.ENOSYS])
+    assert mem.mmuext(1, [("pin_l2", table)]) == (0, [-errno.EINVAL])         # it is an L1
+    assert mem.mmuext(1, [("set_ldt", 0)]) == (0, [-errno.ENOSYS])
 
 
 def test_unpin_drops_the_tables_mappings(pt):
@@ -377,9 +380,9 @@ def test_unpin_drops_the_tables_mappings(pt):
 def test_pin_validates_what_the_guest_wrote(pt):
     mem, _ = pt
     struct.pack_into("<Q", mem.frame(1, 5), 0, pte(0x42, RW))
-    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 5))]) == (0, [-errno.EINVAL])
+    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 5))]) == (0, [-errno.EPERM])
     struct.pack_into("<Q", mem.frame(1, 5), 0, pte(mem.gfn_to_mfn(1, 5), RW))
-    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 5))]) == (0, [-errno.EINVAL])
+    assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 5))]) == (0, [-errno.EBUSY])
     struct.pack_into("<Q", mem.frame(1, 5), 0, pte(mem.gfn_to_mfn(1, 6), RW))
     assert mem.mmuext(1, [("pin_l1", mem.gfn_to_mfn(1, 5))]) == (1, [0])
     assert mem.writable_count(mem.gfn_to_mfn(1, 6)) == 1

@@ -14,6 +14,7 @@ from xenlab.testing.grants import GuestGrantTable
 from xenlab.hypervisor.caller import DOM0
 from xenlab.proto import common_pb2, grants_pb2, memory_pb2
 from xenlab.xen import abi
+from xenlab.xen.paging import MMUEXT_PIN_L1_TABLE
 
 PAGE = abi.PAGE_SIZE
 RW = abi._PAGE_PRESENT | abi._PAGE_RW
@@ -143,7 +144,7 @@ async def test_mmu_update(hypervisor):
                                                                    with_populated=True))
     table, frame = mm.mfns[0], mm.mfns[1]
     pin = memory_pb2.MmuextRequest(ops=[memory_pb2.MmuextOp(
-        cmd=memory_pb2.MmuextOp.PIN_L1_TABLE, mfn=table)])
+        cmd=MMUEXT_PIN_L1_TABLE, arg=table)])
     assert (await dom.memory.MmuextOp(pin)).done == 1
     res = await dom.memory.MmuUpdate(memory_pb2.MmuUpdateRequest(updates=[
         memory_pb2.MmuUpdate(ptr=table << 12, val=frame << 12 | RW),
@@ -151,8 +152,36 @@ async def test_mmu_update(hypervisor):
         memory_pb2.MmuUpdate(ptr=table << 12 | 16, val=frame << 12 | RO)]))
     assert res.done == 1 and list(res.status) == [0, -errno.EPERM]
     again = await dom.memory.MmuextOp(memory_pb2.MmuextRequest(ops=[memory_pb2.MmuextOp(
-        cmd=memory_pb2.MmuextOp.PIN_L1_TABLE, mfn=frame)]))
-    assert again.done == 0 and list(again.status) == [-errno.EBUSY]
+        cmd=MMUEXT_PIN_L1_TABLE, arg=frame)]))
+    assert again.done == 0 and list(again.status) == [-errno.EINVAL]    # a type conflict
+    await still_serving(dom, domid)
+
+
+async def test_a_four_level_tree_through_the_guests_typed_calls(hypervisor):
+    """The kernel's side (domain/hypercall/memory.py): pin an L4 built in
+    its own frames, load it, flush, and change an L1 entry; a refusal comes
+    back as MemoryError_ with Xen's errno and how many items were done."""
+    from xenlab.domain.hypercall.memory import MemoryOps
+    from xenlab.xen import paging as pg
+    from xenlab.xen.errors import MemoryError_
+    domid, dom = await hypervisor.create_domain("web")
+    mem = hypervisor.hv.memory
+    l4, l3, l2, l1, data = (mem.gfn_to_mfn(domid, gfn) for gfn in range(5))
+    for gfn, entry in ((0, pg.pte(l3, RW)), (1, pg.pte(l2, RW)), (2, pg.pte(l1, RW))):
+        mem.frame(domid, gfn)[:8] = entry.to_bytes(8, "little")
+    ops = MemoryOps(dom.memory, domid)
+    await ops.mmuext([(pg.MMUEXT_PIN_L4_TABLE, l4), (pg.MMUEXT_NEW_BASEPTR, l4),
+                      (pg.MMUEXT_TLB_FLUSH_LOCAL, 0), (pg.MMUEXT_INVLPG_LOCAL, pg.USER_BASE)])
+    assert mem.pagetables.baseptr(domid) == l4
+    await ops.mmu_update([(l1 << 12, pg.pte(data, RW))])
+    with pytest.raises(MemoryError_) as e:
+        await ops.mmu_update([(l1 << 12 | 8, pg.pte(data, RO)), (l1 << 12 | 16, pg.pte(l2, RW))])
+    assert e.value.errno == errno.EBUSY and e.value.done == 1
+    with pytest.raises(MemoryError_) as e:
+        await ops.mmuext([(pg.MMUEXT_PIN_L2_TABLE, l1)])
+    assert e.value.errno == errno.EINVAL and e.value.done == 0
+    stats = mem.pagetables.stats(domid)
+    assert stats["validations"] == 4 and stats["entries"] == 2 and stats["tlb_flushes"] == 1
     await still_serving(dom, domid)
 
 
@@ -167,20 +196,20 @@ async def test_mmu_update_of_a_granted_frame(hypervisor):
                                                                   with_populated=True))
     table = mm.mfns[0]
     await c2.memory.MmuextOp(memory_pb2.MmuextRequest(ops=[memory_pb2.MmuextOp(
-        cmd=memory_pb2.MmuextOp.PIN_L1_TABLE, mfn=table)]))
+        cmd=MMUEXT_PIN_L1_TABLE, arg=table)]))
     res = await c2.memory.MmuUpdate(memory_pb2.MmuUpdateRequest(updates=[
         memory_pb2.MmuUpdate(ptr=table << 12, val=m.mfn << 12 | RO),
         memory_pb2.MmuUpdate(ptr=table << 12 | 8, val=m.mfn << 12 | RW)]))
-    assert res.done == 1 and list(res.status) == [0, -errno.EPERM]
+    assert res.done == 1 and list(res.status) == [0, -errno.EBUSY]
     # d3 has no grant: the same frame is refused outright.
     d3, c3 = await hypervisor.create_domain("third")
     mm3 = await c3.memory.GetMemoryMap(memory_pb2.MemoryMapRequest(domain=ref(d3),
                                                                    with_populated=True))
     await c3.memory.MmuextOp(memory_pb2.MmuextRequest(ops=[memory_pb2.MmuextOp(
-        cmd=memory_pb2.MmuextOp.PIN_L1_TABLE, mfn=mm3.mfns[0])]))
+        cmd=MMUEXT_PIN_L1_TABLE, arg=mm3.mfns[0])]))
     res = await c3.memory.MmuUpdate(memory_pb2.MmuUpdateRequest(updates=[
         memory_pb2.MmuUpdate(ptr=mm3.mfns[0] << 12, val=m.mfn << 12 | RO)]))
-    assert list(res.status) == [-errno.EPERM]
+    assert list(res.status) == [-errno.EBUSY]
 
 
 async def test_destroy_leaves_no_segment_behind(hypervisor):

@@ -44,6 +44,6 @@ def test_no_cpuinfo_gives_one_plain_cpu():
 def test_this_host_is_read(tmp_path):
     info = read_physinfo()
     assert info["nr_cpus"] >= 1 and info["max_cpu_id"] == info["nr_cpus"] - 1
-    assert info["virt_caps"] == "pv gnttab-v1" and len(info["hw_caps"]) == 8
+    assert info["virt_caps"] == "pv hvm hap shadow gnttab-v1" and len(info["hw_caps"]) == 8
     missing = read_physinfo(proc=tmp_path, sys_dir=tmp_path)
     assert missing["nr_nodes"] == 1 and missing["hw_caps"] == [0] * 8

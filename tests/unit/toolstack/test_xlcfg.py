@@ -7,6 +7,7 @@ from xenlab.toolstack.xlcfg import (ACTIONS, COMMAND_LINE_KEYS, IGNORED_XL_KEYS,
                                     load_xl_config, parse_settings, parse_vif_spec,
                                     parse_xl_config, SCHED_KEYS)
 from xenlab.xen.errors import ConfigError
+from xenlab.xen.paging import PagingMode
 
 
 def cfg(text: str, **kw) -> XlConfig:
@@ -242,8 +243,11 @@ def test_every_xl_cfg_key_is_read_or_warned_about():
         value = {"name": "'x'", "vif": "['']", "uuid": "'aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee'",
                  "type": "'pv'", "builder": "'generic'", "launcher": "'none'",
                  "on_poweroff": "'destroy'", "on_reboot": "'destroy'", "on_crash": "'destroy'",
-                 "on_watchdog": "'destroy'", "memory": "16", "maxmem": "256"}.get(key, "1")
-        c = cfg(f"name = 'x'\n{key} = {value}\n" if key != "name" else f"name = {value}\n")
+                 "on_watchdog": "'destroy'", "memory": "16", "maxmem": "256",
+                 "hap": "0"}.get(key, "1")
+        # hap= and shadow_memory= are an HVM or PVH guest's (a PV one's are warned about).
+        kind = "type = 'hvm'\n" if key in ("hap", "shadow_memory") else ""
+        c = cfg(f"name = 'x'\n{key} = {value}\n{kind}" if key != "name" else f"name = {value}\n")
         if key in IGNORED_XL_KEYS:
             assert c.warnings and c.warnings[0].startswith(f"t.cfg:2: warning: {key}= "), key
         elif key in COMMAND_LINE_KEYS or key in SCHED_KEYS:
@@ -254,18 +258,92 @@ def test_every_xl_cfg_key_is_read_or_warned_about():
 
 
 @pytest.mark.parametrize("text, words", [
-    ("type = 'hvm'", "type = 'hvm': xenlab's guests are PV only"),
-    ("type = 'pvh'", "type = 'pvh'"),
-    ("builder = 'hvm'", "builder = 'hvm'"),
     ("type = 'vm'", "expected one of pv, pvh, hvm"),
+    ("type = 'pv'\nbuilder = 'hvm'", "builder = 'hvm' contradicts type = 'pv'"),
+    ("type = 'hvm'\nbuilder = 'generic'", "builder = 'generic' contradicts type = 'hvm'"),
 ])
-def test_a_guest_type_other_than_pv_is_refused(text, words):
+def test_an_unknown_or_contradicting_guest_type_is_refused(text, words):
     err = config_error(f"name='x'\n{text}\n")
-    assert err.line == 2 and words in err.message
+    assert err.line == text.count("\n") + 2 and words in err.message
 
 
 def test_type_pv_and_builder_generic_are_honoured_quietly():
     assert cfg("name='x'\ntype='pv'\nbuilder='generic'\n").warnings == ()
+
+
+# --------------------------------------------------------------------------
+# Paging: type=, hap=, shadow_memory=
+
+def test_a_guest_is_pv_on_direct_paging_with_no_pool_by_default():
+    c = cfg("name='x'\n")
+    assert (c.type, c.hap, c.shadow_memory_mb) == ("pv", None, None)
+    assert c.paging_mode is PagingMode.DIRECT and c.paging_pool_mb == 0
+
+
+@pytest.mark.parametrize("text, kind, mode", [
+    ("type = 'hvm'", "hvm", PagingMode.HAP),
+    ("type = 'pvh'", "pvh", PagingMode.HAP),
+    ("builder = 'hvm'", "hvm", PagingMode.HAP),
+    ("type = 'hvm'\nhap = 1", "hvm", PagingMode.HAP),
+    ("type = 'pvh'\nhap = 0", "pvh", PagingMode.SHADOW),
+    ("type = 'hvm'\nhap = '0'", "hvm", PagingMode.SHADOW),
+    ("type = 'hvm'\nhap = 7", "hvm", PagingMode.HAP),       # xlu_cfg_get_defbool: any non-zero
+])
+def test_hvm_and_pvh_run_on_hap_unless_hap_is_0(text, kind, mode):
+    c = cfg(f"name='x'\n{text}\n")
+    assert c.type == kind and c.paging_mode is mode and c.warnings == ()
+
+
+@pytest.mark.parametrize("text, pool_mb", [
+    # libxl__get_required_paging_memory: 1 MiB per vCPU, a page per MiB of
+    # maxmem for the P2M, another per MiB for shadows; rounded up to a MiB.
+    ("type='hvm'\nmemory=128", 2),                        # 4 * (256 + 128) KiB = 1.5 MiB
+    ("type='hvm'\nhap=0\nmemory=128", 2),                 # 4 * (256 + 256) KiB = 2 MiB
+    ("type='pvh'\nhap=0\nvcpus=2\nmemory=64\nmaxmem=512", 6),   # 4 * (512 + 1024) KiB
+    ("type='hvm'\nvcpus=1\nmaxvcpus=4\nmemory=1024", 8),  # maxvcpus counts: 4 * (1024 + 1024)
+    ("type='hvm'\nshadow_memory=16", 16),
+    ("type='pvh'\nhap=0\nshadow_memory=1", 1),
+])
+def test_the_paging_pool_is_shadow_memory_or_libxls_default(text, pool_mb):
+    assert cfg(f"name='x'\n{text}\n").paging_pool_mb == pool_mb
+
+
+def test_hap_1_on_a_pv_guest_is_refused_saying_what_xen_and_xl_do():
+    err = config_error("name='x'\ntype='pv'\nhap=1\n")
+    assert err.line == 3
+    assert "hap = 1 with type = 'pv'" in err.message
+    assert "Xen refuses HAP for a non-HVM guest" in err.message
+    assert "xl silently ignores hap= for PV" in err.message
+    assert "type = 'pvh' or 'hvm'" in err.message
+    assert config_error("name='x'\nhap=1\n").line == 2        # pv by default
+
+
+def test_hap_0_and_shadow_memory_on_a_pv_guest_are_warned_about_and_dropped():
+    c = cfg("name='x'\nhap=0\nshadow_memory=8\n")
+    assert (c.hap, c.shadow_memory_mb, c.paging_mode, c.paging_pool_mb) == \
+        (None, None, PagingMode.DIRECT, 0)
+    assert [w.split(" does nothing")[0] for w in c.warnings] == \
+        ["t.cfg:2: warning: hap=", "t.cfg:3: warning: shadow_memory="]
+    assert all("direct paging" in w and "hap = 0" in w and w.endswith("ignored")
+               for w in c.warnings)
+    assert "hap" not in c.extra and "shadow_memory" not in c.extra
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ("type='hvm'\nshadow_memory=0", 3, "shadow_memory = 0: a hvm guest's paging pool needs at "
+                                       "least 1 MiB"),
+    ("type='hvm'\nshadow_memory='big'", 3, "'shadow_memory' must be a number"),
+    ("type='hvm'\nhap='yes'", 3, "'hap' must be a number"),
+    ("type='hvm'\nhap=[1]", 3, "'hap' must be a number, not a list"),
+])
+def test_bad_paging_values_are_refused_on_their_line(text, line, words):
+    err = config_error(f"name='x'\n{text}\n")
+    assert err.line == line and words in err.message
+
+
+def test_paging_keys_given_on_the_command_line_win():
+    c = parse_xl_config("name='x'\ntype='hvm'\n", "t.cfg", ["hap=0", "shadow_memory=4"])
+    assert c.paging_mode is PagingMode.SHADOW and c.paging_pool_mb == 4
 
 
 @pytest.mark.parametrize("vif, words", [

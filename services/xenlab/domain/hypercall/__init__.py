@@ -2,7 +2,8 @@
 
 Everything a domain asks of the hypervisor goes through here, by family:
 ``gnttab`` (GNTTABOP_*: grant, end, map to a Page, unmap, copy), ``evtchn``
-(EVTCHNOP_*), ``memory`` (XENMEM_*), ``xenstore`` (xenstore requests, when
+(EVTCHNOP_*), ``memory`` (XENMEM_*, mmu_update, mmuext_op), ``paging``
+(the paging exits of shadow and HAP mode), ``xenstore`` (xenstore requests, when
 there is no store ring) and ``domains`` (SCHEDOP_shutdown, and the
 toolstack's calls a privileged domain makes). Each call takes and returns
 plain values and fails with a XenError (errno; a GrantError carries its
@@ -18,11 +19,13 @@ from xenlab.domain.hypercall.domctl import BackendGone, CreatedDomain, DomainOps
 from xenlab.domain.hypercall.evtchn import ChannelStatus, DoorbellInfo, EventChannelOps
 from xenlab.domain.hypercall.gnttab import GrantTable, Page, pass_on
 from xenlab.domain.hypercall.memory import MemoryMap, MemoryOps, Reservation
+from xenlab.domain.hypercall.paging import PagingInfo, PagingOps
 from xenlab.domain.hypercall.xenstore import GrpcXenStore, XenStoreTransport
 
 __all__ = ["BackendGone", "ChannelStatus", "CreatedDomain", "DomainOps", "DoorbellInfo",
            "EventChannelOps", "GrantTable", "GrpcXenStore", "Hypercalls", "MemoryMap",
-           "MemoryOps", "Page", "Reservation", "VifInfo", "XenStoreTransport", "pass_on"]
+           "MemoryOps", "Page", "PagingInfo", "PagingOps", "Reservation", "VifInfo",
+           "XenStoreTransport", "pass_on"]
 
 
 class Hypercalls:
@@ -37,6 +40,7 @@ class Hypercalls:
         self.gnttab = GrantTable(client.grants, client.domid)
         self.evtchn = EventChannelOps(client.evtchn, client.domid)
         self.memory = MemoryOps(client.memory, client.domid)
+        self.paging = PagingOps(client.paging, client.domid)
         self.xenstore = GrpcXenStore(client.xenstore)
         self.domains = DomainOps(client.domains, client.domid, client.save)
 

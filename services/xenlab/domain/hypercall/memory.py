@@ -1,5 +1,6 @@
-"""XENMEM_* as a domain's kernel makes them, typed: where its memory is,
-and the reservation the balloon moves (a MemoryError_ when refused)."""
+"""XENMEM_*, mmu_update and mmuext_op as a domain's kernel makes them,
+typed: where its memory is, the reservation the balloon moves, and its
+page-table updates (a MemoryError_ when refused)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -62,3 +63,28 @@ class MemoryOps:
         """XENMEM_decrease_reservation of these frames."""
         await call(self._stub.DecreaseReservation(memory_pb2.DecreaseReservationRequest(
             domid=self.domid, gfns=list(gfns))), MemoryError_)
+
+    async def mmu_update(self, updates) -> None:
+        """HYPERVISOR_mmu_update over (ptr, val) pairs: ptr the machine
+        address of the entry | MMU_*, val the new entry. The updates before
+        a refused one stay done, as in Xen; the refusal raises MemoryError_
+        with Xen's errno, ``done`` telling how many were applied."""
+        got = await call(self._stub.MmuUpdate(memory_pb2.MmuUpdateRequest(
+            updates=[memory_pb2.MmuUpdate(ptr=ptr, val=val) for ptr, val in updates])),
+            MemoryError_)
+        _raise_refused("mmu_update", got.done, got.status)
+
+    async def mmuext(self, ops) -> None:
+        """HYPERVISOR_mmuext_op over (cmd, arg) pairs: cmd a MMUEXT_* number
+        (xen/paging.py), arg an mfn or, for the INVLPG ops, a linear address.
+        A refused op raises as ``mmu_update`` does."""
+        got = await call(self._stub.MmuextOp(memory_pb2.MmuextRequest(
+            ops=[memory_pb2.MmuextOp(cmd=cmd, arg=arg) for cmd, arg in ops])), MemoryError_)
+        _raise_refused("mmuext_op", got.done, got.status)
+
+
+def _raise_refused(what: str, done: int, status) -> None:
+    if done < len(status):
+        err = MemoryError_(-status[done], f"{what} item {done} refused")
+        err.done = done
+        raise err
