@@ -11,6 +11,8 @@ import asyncio
 import ctypes
 import os
 import signal
+import socket
+import sys
 import time
 from pathlib import Path
 
@@ -18,8 +20,10 @@ import grpc
 import pytest
 
 from xenlab.client import to_domain_spec
+from xenlab.launchers.forkserver import ForkServer
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
 from xenlab.toolstack.xlcfg import parse_xl_config
+from xenlab.xen.errors import XenError
 
 pytestmark = pytest.mark.integration
 
@@ -322,3 +326,26 @@ async def test_create_destroy_cycles_leak_no_fd_shm_or_memory(lab_factory):
     assert after["fork server children"] == before["fork server children"] == 0
     # The fork server only forks: its own memory does not move.
     assert growth["fork server"] <= 1024, growth
+
+
+async def test_the_fork_server_refuses_malformed_launches_and_reports_each_exit(tmp_path):
+    """The fork server alone, over its control socket: a launch without its
+    four descriptors and a datagram that is not JSON are refused, and it
+    serves on; a child's exit status comes back (2: no start_info)."""
+    server = await ForkServer.start(sys.executable, "INFO")
+    null = os.open(os.devnull, os.O_RDWR)
+    console = os.open(tmp_path / "console", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    empty = os.memfd_create("empty")
+    try:
+        with pytest.raises(XenError, match="hands over memory, doorbell, console, start_info"):
+            await server.launch([null, null], "INFO")
+        socket.send_fds(server.sock, [b"\xff not json"], [])
+        child = await server.launch([null, null, console, empty], "INFO")
+        assert await asyncio.wait_for(child.status, 30) == 2
+        assert "no start_info" in (tmp_path / "console").read_text()
+        assert not server.gone and server.children == {}
+    finally:
+        for fd in (null, console, empty):
+            os.close(fd)
+        await server.close()
+    assert server.proc.returncode == 0          # it exits when the control socket closes
