@@ -21,7 +21,9 @@ def exec_only_forks(environ=os.environ) -> None:
     (grpc/grpc#37259): a hypervisor froze in Popen after some hundred domain
     launches. gRPC's fork_support.md says to turn them off for fork+exec,
     which this does unless the environment already chose. Call it before
-    grpc is imported."""
+    grpc is imported. The fork server (xenlab.boot.zygote) forks without
+    exec, but it only imports grpc and makes no channel or server: it has
+    no gRPC thread or state for the handlers to restart."""
     environ.setdefault(GRPC_FORK_SUPPORT, "false")
 
 

@@ -57,6 +57,12 @@ def main(argv=None) -> int:
     die_with_parent()
     set_comm(COMM)
     hypervisor = os.getppid()
+    threads = len(os.listdir("/proc/self/task"))
+    if threads != 1:
+        # A thread (gRPC's, say) would be missing in every child, holding whatever lock it held.
+        print(f"xenlab fork-server: {threads} threads after the imports; forking a "
+              f"multithreaded process is unsafe", file=sys.stderr)
+        return 1
     ctl = socket.socket(fileno=args.control_fd)
     gc.disable()        # collections would dirty the shared pages; each child enables it
     return ForkServerLoop(ctl, hypervisor).run()
@@ -118,7 +124,7 @@ class ForkServerLoop:
             return self._refuse(0, str(err), fds)
         if msg["op"] != "launch":
             return self._refuse(msg.get("req", 0), f"a {msg['op']} message to the fork server", fds)
-        if sorted(msg["fds"]) != sorted(forkserver.LAUNCH_FDS) or len(fds) != len(msg["fds"]):
+        if msg["fds"] != list(forkserver.LAUNCH_FDS) or len(fds) != len(msg["fds"]):
             return self._refuse(msg["req"], f"a launch hands over {', '.join(forkserver.LAUNCH_FDS)}; "
                                             f"this one {len(fds)} descriptor(s) named {msg['fds']}", fds)
         self._fork(msg, dict(zip(msg["fds"], fds)))

@@ -48,6 +48,7 @@ ENV = "XENLAB_FORK_SERVER"          # "off": spawn every domain (LocalLauncher)
 MAX_MESSAGE = 4096                  # bytes of one control datagram
 MAX_FDS = 8                         # descriptors one datagram may carry
 READY_TIMEOUT = 120.0               # seconds for the fork server's imports (a loaded host)
+LAUNCH_TIMEOUT = 60.0               # seconds for one fork
 # A domain whose fork server reaped it and died before telling: its status is lost.
 STATUS_LOST = 255
 
@@ -174,6 +175,7 @@ class ForkServer:
         self._requests = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Child]] = {}
         self._adopting: asyncio.Task | None = None
+        self._closing = False
         sock.setblocking(False)
         self.loop.add_reader(sock.fileno(), self._readable)
 
@@ -211,7 +213,10 @@ class ForkServer:
         message = encode("launch", req=req, fds=list(LAUNCH_FDS), log_level=log_level)
         try:
             await self._send(message, fds)
-            return await future
+            return await asyncio.wait_for(future, LAUNCH_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise XenError(errno.ETIMEDOUT, f"the fork server ({self.pid}) did not fork "
+                                            f"within {LAUNCH_TIMEOUT:g}s") from None
         finally:
             self._pending.pop(req, None)
 
@@ -252,14 +257,21 @@ class ForkServer:
 
     def _handle(self, msg: dict, fds: list[int]) -> None:
         op = msg["op"]
-        if op == "started" and len(fds) == 1:
-            child = self.children[msg["pid"]] = Child(msg["pid"], fds[0])
-            future = self._pending.get(msg["req"])
-            if future is not None and not future.done():
-                future.set_result(child)
-            else:               # its launch was abandoned (cancelled): no domain runs it
-                child.signal(signal.SIGKILL)
-            return
+        if op == "started":
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                msg = {"op": "failed", "req": msg["req"],
+                       "error": f"process {msg['pid']} started with {len(fds)} pidfds"}
+                op = "failed"
+            else:
+                child = self.children[msg["pid"]] = Child(msg["pid"], fds[0])
+                future = self._pending.get(msg["req"])
+                if future is not None and not future.done():
+                    future.set_result(child)
+                else:           # its launch was abandoned (cancelled): no domain runs it
+                    child.signal(signal.SIGKILL)
+                return
         for fd in fds:
             os.close(fd)
         if op == "ready":
@@ -296,13 +308,15 @@ class ForkServer:
         # children to us (the subreaper), and waitid on a pidfd works.
         status = await self.proc.wait()
         alive = [c for c in self.children.values() if not c.done]
-        log.warning("fork server %d exited with %s (%s); %d domain(s) it forked are the "
-                    "hypervisor's children now", self.pid, status, self.gone, len(alive))
+        if alive or not self._closing:
+            log.warning("fork server %d exited with %s (%s); %d domain(s) it forked are the "
+                        "hypervisor's children now", self.pid, status, self.gone, len(alive))
         for child in alive:
             child.adopt()
 
     async def close(self) -> None:
         """End the fork server (its control socket closes: it exits)."""
+        self._closing = True
         self._lost("closed by the hypervisor")
         try:
             await asyncio.wait_for(self.proc.wait(), 10)
