@@ -221,17 +221,23 @@ class ForkServer:
             self._pending.pop(req, None)
 
     async def _send(self, message: bytes, fds: list[int]) -> None:
+        fileno = self.sock.fileno()
         while True:
+            if self.gone:
+                raise ForkServerGone(self.gone)
             try:
                 socket.send_fds(self.sock, [message], fds)
                 return
             except BlockingIOError:
                 writable = self.loop.create_future()
-                self.loop.add_writer(self.sock.fileno(), writable.set_result, None)
+                self.loop.add_writer(fileno, writable.set_result, None)
                 try:
-                    await writable
+                    await asyncio.wait_for(writable, LAUNCH_TIMEOUT)
+                except asyncio.TimeoutError:
+                    raise XenError(errno.ETIMEDOUT, f"the fork server ({self.pid}) read no "
+                                                    f"launch for {LAUNCH_TIMEOUT:g}s") from None
                 finally:
-                    self.loop.remove_writer(self.sock.fileno())
+                    self.loop.remove_writer(fileno)
             except OSError as err:
                 self._lost(f"control socket: {err.strerror}")
                 raise ForkServerGone(self.gone) from None
