@@ -8,6 +8,8 @@ import signal
 import asyncio
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 
@@ -19,8 +21,19 @@ def exec_only_forks(environ=os.environ) -> None:
     (grpc/grpc#37259): a hypervisor froze in Popen after some hundred domain
     launches. gRPC's fork_support.md says to turn them off for fork+exec,
     which this does unless the environment already chose. Call it before
-    grpc is imported."""
+    grpc is imported. The fork server (xenlab.boot.zygote) forks without
+    exec, but it only imports grpc and makes no channel or server: it has
+    no gRPC thread or state for the handlers to restart."""
     environ.setdefault(GRPC_FORK_SUPPORT, "false")
+
+
+def parent_death_signal(signum: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG): ``signum`` when the parent exits (sent once
+    the kernel has reparented this process). False where it cannot be set."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def die_with_parent() -> None:
@@ -28,12 +41,30 @@ def die_with_parent() -> None:
     service started by `xenlab up` (or a domain started by the hypervisor)
     never outlives what started it."""
     parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
+    if not parent_death_signal(signal.SIGKILL):
         return
     if os.getppid() != parent:     # the parent is already gone
         os._exit(1)
+
+
+def set_comm(name: str) -> None:
+    """The process's name as ps and /proc/PID/comm show it (PR_SET_NAME: 15
+    bytes at most): its command line, which a forked process shares with
+    what forked it, cannot tell them apart."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def become_subreaper() -> bool:
+    """PR_SET_CHILD_SUBREAPER: descendants orphaned below this process (a
+    domain whose fork server died) become its children, not init's, so it
+    can still wait for them. False where the kernel refuses."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
 
 
 def drop_privileges(uid: int, gid: int, groups: tuple[int, ...] = ()) -> None:

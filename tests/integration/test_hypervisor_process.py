@@ -307,4 +307,8 @@ def test_no_leaks_after_50_create_destroy_cycles(hypervisor_process, tmp_path):
     assert hp.cli("xenstore", "ls", "/").stdout.count("\n") == nodes_before
     assert list(list_rows(hp.xl("list").stdout)) == ["Domain-0"]
     children = Path(f"/proc/{hp.proc.pid}/task/{hp.proc.pid}/children").read_text().split()
-    assert children == []
+    # The fork server (xenlab.boot.zygote) stays for the next create; none of its domains does.
+    fork_servers = [c for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "xenlab-forksrv"]
+    assert [c for c in children if c not in fork_servers] == []
+    for pid in fork_servers:
+        assert Path(f"/proc/{pid}/task/{pid}/children").read_text().split() == []

@@ -103,23 +103,31 @@ async def start_console_shell(kernel: DomainKernel) -> None:
     ConsoleShell(kernel.console, net, kernel.name, kernel.booted).start()
 
 
-def run(args) -> int:
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("grpc", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not args.orphan_ok:
-        die_with_parent()
-    text = sys.stdin.readline() if args.start_info == "-" else open(args.start_info).read()
+
+
+def read_start_info(text: str) -> StartInfo | int:
+    """The start_info a launcher wrote; an exit status (2) when there is none."""
     if not text.strip():
         print("xenlab domain: no start_info on standard input (it is started by the hypervisor's launcher)",
               file=sys.stderr)
         return 2
     try:
-        start = StartInfo.from_json(text)
+        return StartInfo.from_json(text)
     except (ValueError, KeyError, TypeError) as err:
         print(f"xenlab domain: malformed start_info: {err}", file=sys.stderr)
         return 2
+
+
+def boot(start: StartInfo, watch_parent=None) -> int:
+    """Take over the memory, become the domain's uid, run the kernel until
+    it stops; its exit status. ``watch_parent`` (none: outlive the parent)
+    arms the parent-death signal again once the ids changed, which cleared
+    it. Also what the fork server's child runs (xenlab.boot.zygote)."""
     try:
         memory, paging, doorbell = _enter_domain(start)
     except NoMemory as err:
@@ -129,9 +137,20 @@ def run(args) -> int:
         print(f"xenlab domain: d{start.domid}: cannot take over its memory or become uid "
               f"{start.uid}: {err}", file=sys.stderr)
         return 2
-    if start.uid >= 0 and not args.orphan_ok:
-        die_with_parent()       # changing ids cleared the parent-death signal
+    if start.uid >= 0 and watch_parent is not None:
+        watch_parent()          # changing ids cleared the parent-death signal
     return eventloop.run(_main(start, memory, doorbell, paging))
+
+
+def run(args) -> int:
+    configure_logging(args.log_level)
+    if not args.orphan_ok:
+        die_with_parent()
+    text = sys.stdin.readline() if args.start_info == "-" else open(args.start_info).read()
+    start = read_start_info(text)
+    if isinstance(start, int):
+        return start
+    return boot(start, None if args.orphan_ok else die_with_parent)
 
 
 def main(argv=None) -> int:

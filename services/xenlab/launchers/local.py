@@ -44,12 +44,13 @@ class HostThreads:
             tasks.set_affinity(tid, cpus)
 
 
-class LocalProcess(HostThreads, DomainProcess):
-    def __init__(self, proc: asyncio.subprocess.Process, agent: str = "",
-                 cleanup=lambda: None, cgroup: DomainCgroup | None = None,
-                 no_cgroup: str = ""):
-        self.proc = proc
-        self.pid = proc.pid
+class HostProcess(HostThreads, DomainProcess):
+    """A domain process the hypervisor started on this host: signalled,
+    seen through /proc, in a CPU cgroup of its own where it has one."""
+
+    def __init__(self, pid: int, agent: str = "", cleanup=lambda: None,
+                 cgroup: DomainCgroup | None = None, no_cgroup: str = ""):
+        self.pid = pid
         self.agent = agent
         self.cgroup = cgroup
         self._no_cgroup = no_cgroup         # why it has no cgroup
@@ -60,28 +61,14 @@ class LocalProcess(HostThreads, DomainProcess):
         if self.cgroup is not None:
             self.cgroup.remove()
 
-    async def wait(self) -> int:
-        status = await self.proc.wait()
-        self._cleanup()
-        return status
-
     def _signal(self, sig: int) -> None:
-        if self.proc.returncode is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+        raise NotImplementedError
 
     def pause(self) -> None:
         self._signal(signal.SIGSTOP)
 
     def unpause(self) -> None:
         self._signal(signal.SIGCONT)
-
-    async def kill(self) -> None:
-        self._signal(signal.SIGKILL)
-        await self.proc.wait()
-        self._cleanup()
 
     def _stat(self) -> list[str]:
         try:
@@ -105,6 +92,31 @@ class LocalProcess(HostThreads, DomainProcess):
         if self.cgroup is None:
             raise CgroupUnavailable(f"its process has no CPU cgroup: {self._no_cgroup}")
         return self.cgroup.apply(cfs)
+
+
+class LocalProcess(HostProcess):
+    def __init__(self, proc: asyncio.subprocess.Process, agent: str = "",
+                 cleanup=lambda: None, cgroup: DomainCgroup | None = None,
+                 no_cgroup: str = ""):
+        super().__init__(proc.pid, agent, cleanup, cgroup, no_cgroup)
+        self.proc = proc
+
+    async def wait(self) -> int:
+        status = await self.proc.wait()
+        self._cleanup()
+        return status
+
+    def _signal(self, sig: int) -> None:
+        if self.proc.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    async def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+        await self.proc.wait()
+        self._cleanup()
 
 
 class ForeignProcess(HostThreads, DomainProcess):
@@ -165,7 +177,10 @@ class LocalLauncher(Launcher):
     async def close(self) -> None:
         self.cgroups.close()
 
-    async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DomainProcess:
+    def _prepare(self, info: StartInfo, handles: DomainHandles | None):
+        """The start_info the domain gets (its descriptors, agent address
+        and ids), the descriptors to hand over, and what removes its
+        directory."""
         pass_fds: list[int] = []
         if handles is not None:
             info = dataclasses.replace(info, memory_fd=handles.memory_fd,
@@ -180,6 +195,21 @@ class LocalLauncher(Launcher):
         if dirs is not None and dirs.isolated:
             uid = dirs.uids.uid(info.domid)
             info = dataclasses.replace(info, uid=uid, gid=uid, groups=[dirs.uids.group])
+        return info, pass_fds, cleanup
+
+    def _join_cgroup(self, domid: int, pid: int) -> tuple[DomainCgroup | None, str]:
+        group, why = self._cgroup(domid)
+        if group is not None:
+            try:
+                group.add(pid)
+            except OSError as err:
+                why = f"cannot join {group.path}: {err.strerror}"
+                group.remove()
+                group = None
+        return group, why
+
+    async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DomainProcess:
+        info, pass_fds, cleanup = self._prepare(info, handles)
         console = open(info.console_log, "ab", buffering=0)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -194,15 +224,7 @@ class LocalLauncher(Launcher):
         proc.stdin.write(info.to_json().encode() + b"\n")
         await proc.stdin.drain()
         proc.stdin.close()
-        group, why = self._cgroup(info.domid)
-        if group is not None:
-            try:
-                group.add(proc.pid)
-            except OSError as err:
-                why = f"cannot join {group.path}: {err.strerror}"
-                group.remove()
-                group = None
+        group, why = self._join_cgroup(info.domid, proc.pid)
         log.info("d%d (%s): started process %d%s", info.domid, info.name, proc.pid,
                  f" as uid {info.uid}" if info.uid >= 0 else "")
         return LocalProcess(proc, info.agent, cleanup, group, why)
-
