@@ -9,7 +9,8 @@ hub, neither of which ever blocks).
   the toolstack's network-list.
 * ``BridgeSource`` (xenlab.bridge.events): FDB and port events, and bridge
   and port counters, with the ``RateMeter`` and ``every`` of this module.
-* ``Dom0Source``: per-vif counters as netback counts them, every interval.
+* ``Dom0Source``: per-vif counters as netback counts them, once an interval
+  while they move (``Pacer``), and nothing while they stand still.
 
 ``DomainTracker``, ``VifTracker`` and ``RateMeter`` are the pure part: fed
 snapshots, they say what changed since the last one.
@@ -150,6 +151,16 @@ class RateMeter:
             grown = value - before.get(name, 0)
             rates[name] = round((value if grown < 0 else grown) / (now - then), 3)
         return rates
+
+    def restart(self, key: str, now: float) -> None:
+        """The counters of ``key`` stood still from its last sample until
+        ``now``: the next rates cover only the time since ``now``."""
+        last = self._last.get(key)
+        if last is not None:
+            self._last[key] = (now, last[1])
+
+    def forget(self, key: str) -> None:
+        self._last.pop(key, None)
 
     def keep(self, keys) -> None:
         """Forget every key not in ``keys`` (a device gone)."""
@@ -305,9 +316,73 @@ class HypervisorSource:
             return ""
 
 
+# -- counters: published while they move ----------------------------------------------------
+class Pacer:
+    """When counters moved, publish them once an interval; while nothing
+    moves, nothing runs: no timer, no look at any device (an idle lab costs
+    no CPU, however many vifs and ports it has).
+
+    ``moved(key)`` (from the data path, once per batch) marks ``key`` and
+    arms the one timer if it is not armed. When it fires, ``publish(keys)``
+    gets the keys that moved during the interval, and those that moved in
+    the interval before but not in this one: their last message, whose rates
+    say they stopped. The timer is armed again only while something moved."""
+
+    def __init__(self, interval: float, publish: Callable[[list], None],
+                 call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle]):
+        self.interval = interval
+        self._publish = publish
+        self._call_later = call_later
+        self._moved: set = set()
+        self._active: set = set()       # moved during the interval last published
+        self._timer: asyncio.TimerHandle | None = None
+        self.ticks = 0
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
+
+    def moving(self, key) -> bool:
+        """Whether ``key`` moved since its last message, or in the interval
+        that message covered (its counters did not stand still since)."""
+        return key in self._moved or key in self._active
+
+    def moved(self, key) -> None:
+        self._moved.add(key)
+        if self._timer is None:
+            self._timer = self._call_later(self.interval, self.tick)
+
+    def forget(self, key) -> None:
+        self._moved.discard(key)
+        self._active.discard(key)
+
+    def tick(self) -> None:
+        """The interval is over (or a caller wants the messages now)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        keys = self._moved | self._active
+        self._active, self._moved = self._moved, set()
+        self.ticks += 1
+        if keys:
+            try:
+                self._publish(sorted(keys))
+            except Exception:
+                log.exception("periodic events")
+        if self._active and self._timer is None:
+            self._timer = self._call_later(self.interval, self.tick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 # -- dom0 (any driver domain) -------------------------------------------------------------
 class Dom0Source:
-    """Every vif netback serves in this domain, every interval."""
+    """Every vif netback serves in this domain: its counters once an
+    interval while they move, once more when they stop (rates at 0), and
+    once when the vif appears; nothing while they stand still."""
 
     def __init__(self, kernel, publisher: EventSink, interval: float,
                  clock: Callable[[], float] = time.time):
@@ -317,51 +392,80 @@ class Dom0Source:
         self.interval = interval
         self.clock = clock
         self.rates = RateMeter()
-        self._task: asyncio.Task | None = None
+        self.pacer: Pacer | None = None
+        self._attached: dict[str, object] = {}      # vif name -> the device we follow
 
     def start(self) -> None:
+        self.pacer = Pacer(self.interval, self._publish,
+                           asyncio.get_running_loop().call_later)
         now = self.clock()
-        for name, vif in list(self.kernel.vifs.items()):     # so that the first message has rates
-            self.rates.sample(self._topic(vif), _counters(vif.stats()), now)
-        self._task = asyncio.create_task(every(self.interval, self.publish_stats),
-                                         name="events-vif-stats")
+        for name, vif in list(self.kernel.vifs.items()):
+            self._attach(name, vif, now)
+        followers = getattr(self.kernel, "on_netif_change", None)
+        if followers is not None:
+            followers.append(self._netif_changed)
 
     def _topic(self, vif) -> str:
         return self.topics.vif(vif.frontend_id, vif.devid, "stats")
 
+    def _attach(self, name: str, vif, now: float) -> None:
+        self._attached[name] = vif
+        self.rates.sample(self._topic(vif), _counters(vif.stats()), now)  # so the first message has rates
+        vif.on_count = self._counted
+        self.pacer.moved(name)              # its first message, at the next tick
+
+    def _detach(self, name: str) -> None:
+        vif = self._attached.pop(name, None)
+        if vif is None:
+            return
+        if vif.on_count == self._counted:
+            vif.on_count = None
+        self.rates.forget(self._topic(vif))
+        self.pacer.forget(name)
+
+    def _netif_changed(self, name: str, device) -> None:
+        if name in self._attached and self._attached[name] is not device:
+            self._detach(name)
+        if device is not None and self.kernel.vifs.get(name) is device and name not in self._attached:
+            self._attach(name, device, self.clock())
+
+    def _counted(self, vif) -> None:
+        """A vif's counters moved (its data path, once per batch)."""
+        name = vif.name
+        if not self.pacer.moving(name):
+            # They stood still since its last message: the rates start now.
+            self.rates.restart(self._topic(vif), self.clock())
+        self.pacer.moved(name)
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        followers = getattr(self.kernel, "on_netif_change", None)
+        if followers is not None and self._netif_changed in followers:
+            followers.remove(self._netif_changed)
+        for name in list(self._attached):
+            self._detach(name)
+        if self.pacer is not None:
+            self.pacer.close()
 
     def publish_stats(self) -> None:
+        """Publish what is due now rather than at the end of the interval."""
+        self.pacer.tick()
+
+    def _publish(self, names: list[str]) -> None:
         now = self.clock()
-        seen = []
-        for name, vif in list(self.kernel.vifs.items()):
+        for name in names:
+            vif = self._attached.get(name)
+            if vif is None:
+                continue
             stats = vif.stats()
             topic = self._topic(vif)
-            seen.append(topic)
             self.publisher.publish(t.vif_stats(self.topics, vif.frontend_id, vif.devid, name,
                                                self.kernel.domid, vif.state, stats, now,
                                                self.rates.sample(topic, _counters(stats), now)))
-        self.rates.keep(seen)
 
 
 def _counters(stats: Mapping[str, int]) -> dict[str, int]:
     """NetDevice.stats() without its drop_REASON keys."""
     return {k: v for k, v in stats.items() if not k.startswith("drop_")}
-
-
-async def every(interval: float, job: Callable[[], None]) -> None:
-    """Run ``job`` every ``interval`` seconds; one that fails is logged and
-    runs again at the next."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            job()
-        except Exception:
-            log.exception("periodic events")
 
 
 # -- a service's events, started and stopped together ---------------------------------------
