@@ -52,7 +52,7 @@ class BridgeSource:
             self.rates.sample(self.topics.bridge_stats(br.name), br.counters, now)
             for port in list(br.ports.values()):
                 self.rates.sample(self.topics.port_stats(br.name, port.name), port.stats(), now)
-            self.pacer.moved(br.name)                   # the first messages, at the next tick
+            self.pacer.announce(br.name)                # the first messages, at the next tick
         self.service.on_traffic.append(self._moved)
         self._sub = self.service.subscribe(link=True)
         self._tasks = [asyncio.create_task(self._fdb_loop(), name="events-fdb")]
@@ -161,7 +161,9 @@ class BridgeSource:
         for name in [n for n in seen if n not in br.ports]:     # a port removed: forget it
             del seen[name]
             self.rates.forget(self.topics.port_stats(br.name, name))
-        self._ports_moving[br.name] = moving
+        # Only frames make a port "moving" (its next message says when they
+        # stop); the bridge's first messages are an announcement.
+        self._ports_moving[br.name] = moving if self.pacer.moving(br.name) else set()
 
 
 def _stp_stats(br) -> dict:

@@ -91,7 +91,10 @@ class Devices:
         parent = nodes.backend_path.rsplit("/", 1)[0]
         backend_id = int(nodes.backend_perms[0][0])
         for path in (parent.rsplit("/", 1)[0], parent):
-            self.xs.set_perms(DOM0, path, [(backend_id, "n")])
+            # Set once: a set_perms fires the watches on the backend's whole
+            # vif directory, which every vif it serves is under.
+            if self.xs.get_perms(DOM0, path) != [(backend_id, "n")]:
+                self.xs.set_perms(DOM0, path, [(backend_id, "n")])
         # libxl's own record of the device (/libxl/DOMID/device/vif/DEVID),
         # readable by Domain-0 only: the frontend directory is the guest's to
         # rewrite, so where the backend is and which MAC the vif has are never
