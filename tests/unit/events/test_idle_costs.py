@@ -285,3 +285,28 @@ async def test_the_events_of_one_create_do_not_grow_with_the_domains_already_the
     first, last = per_create[1], per_create[-1]
     assert last["network_list"] <= first["network_list"], per_create
     assert last["domain_info"] <= first["domain_info"], per_create
+
+
+async def test_a_create_reads_no_other_domain_to_check_its_mac(hypervisor):
+    # plan_vifs read every domain's vif records to find a MAC clash: O(N)
+    # xenstore reads per create. It still refuses a clash.
+    xs = hypervisor.hv.xenstore
+    reads = {"n": 0}
+    read, directory = xs.read, xs.directory
+
+    def counted(fn):
+        def wrapper(*args, **kwargs):
+            reads["n"] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    xs.read, xs.directory = counted(read), counted(directory)
+    per_plan = []
+    for i in range(1, 13):
+        reads["n"] = 0
+        hypervisor.toolstack.devices.plan_vifs(999, [domains_pb2.VifSpec(mac=f"00:16:3e:01:00:{i:02x}")])
+        per_plan.append(reads["n"])
+        await hypervisor.create_domain(f"m{i}", vif=[domains_pb2.VifSpec(mac=f"00:16:3e:01:00:{i:02x}")])
+    assert per_plan[-1] <= per_plan[1], per_plan
+    with pytest.raises(Exception, match="already used"):
+        hypervisor.toolstack.devices.plan_vifs(999, [domains_pb2.VifSpec(mac="00:16:3e:01:00:05")])
