@@ -6,8 +6,9 @@ Sections (``--only``, in this order):
               for (xenlab.bench.throughput), and the same through two network
               namespaces on a Linux bridge (xenlab.bench.kernel)
   latency     ping RTT domU <-> domU, p50/p90/p99, and the kernel's
-  scale       N domUs to all vifs Connected, RSS per domain process, a
-              full ping mesh on the largest N (xenlab.bench.scale)
+  scale       N domUs to all vifs Connected, RSS and PSS per domain process,
+              the idle lab's CPU, a ping mesh sample at each N
+              (xenlab.bench.scale)
   fdb         bridge forwarding cost against FDB size (xenlab.bench.fdb)
   netem       how accurately netem (`xenlab tc`) delays, drops and paces
               frames, against a baseline of the same run (xenlab.bench.netem)
@@ -43,15 +44,16 @@ from xenlab.bench.kernel import BaselineError, KernelBridge
 from xenlab.bench.labs import lab_spec, running_lab
 from xenlab.bench.throughput import DomainPair, run_latency, run_throughput, warm_up
 from xenlab.bench.profile import Profiler, find_py_spy
-from xenlab.bench.scale import boot
+from xenlab.bench.scale import MESH_PER_SOURCE, boot
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 
 SECTIONS = ("throughput", "latency", "scale", "fdb", "netem", "paging")
 FULL = {"count": 50_000, "pings": 2000, "interval": 0.01, "scale": "8,32,64",
         "fdb_frames": 200_000, "fdb_repeats": 5, "paging_pages": paging_bench.DEFAULT_PAGES,
-        "paging_remap": paging_bench.DEFAULT_REMAP}
+        "paging_remap": paging_bench.DEFAULT_REMAP, "idle": 30.0}
 QUICK = {"count": 2000, "pings": 200, "interval": 0.005, "scale": "4",
-         "fdb_frames": 20_000, "fdb_repeats": 3, "paging_pages": 64, "paging_remap": 16}
+         "fdb_frames": 20_000, "fdb_repeats": 3, "paging_pages": 64, "paging_remap": 16,
+         "idle": 2.0}
 LOADED = 0.5            # a 1-minute load average over this at the start is worth a warning
 
 
@@ -65,6 +67,8 @@ class Plan:
     interval: float
     scale: tuple[int, ...]
     mesh: bool
+    idle: float
+    mesh_per_source: int
     fdb_sizes: tuple[int, ...]
     fdb_frames: int
     fdb_repeats: int
@@ -133,7 +137,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pings", type=argtypes.whole(1, PING_MAX_COUNT), help=f"pings for the RTT (default {FULL['pings']})")
     parser.add_argument("--interval", type=argtypes.seconds(PING_MIN_INTERVAL, 60.0), help=f"seconds between pings (default {FULL['interval']})")
     parser.add_argument("--scale", type=_ints, help=f"numbers of domUs to boot (default {FULL['scale']})")
-    parser.add_argument("--no-mesh", action="store_true", help="skip the ping mesh on the largest N")
+    parser.add_argument("--no-mesh", action="store_true", help="skip the ping mesh sample at each N")
+    parser.add_argument("--mesh-per-source", type=argtypes.whole(0, 4096), default=MESH_PER_SOURCE,
+                        metavar="K", help=f"destinations each domU pings in the mesh sample, 0 for "
+                                          f"every other domU (default {MESH_PER_SOURCE})")
+    parser.add_argument("--idle", type=argtypes.seconds(0.0, 3600.0), metavar="SECONDS",
+                        help=f"seconds over which the idle lab's CPU is measured at each N, 0 to skip "
+                             f"(default {FULL['idle']:g}; {QUICK['idle']:g} with --quick)")
     parser.add_argument("--fdb-sizes", type=_ints, default=(10, 10_000, 100_000),
                         help="FDB sizes for the forwarding cost (default 10,10000,100000)")
     parser.add_argument("--paging-pages", type=argtypes.whole(1, paging_bench.MAX_PAGES),
@@ -164,6 +174,8 @@ def make_plan(args) -> Plan:
     return Plan(sections=tuple(s for s in SECTIONS if s in args.only), quick=args.quick,
                 count=args.count or base["count"], sizes=args.sizes, pings=args.pings or base["pings"],
                 interval=args.interval or base["interval"], scale=scale, mesh=not args.no_mesh,
+                idle=base["idle"] if args.idle is None else args.idle,
+                mesh_per_source=args.mesh_per_source,
                 fdb_sizes=args.fdb_sizes, fdb_frames=base["fdb_frames"], fdb_repeats=base["fdb_repeats"],
                 paging_pages=paging_pages, paging_remap=paging_remap,
                 paging_domains=not args.paging_in_process,
@@ -306,16 +318,15 @@ class Bench:
             progress(f"scale: booting {n} domUs")
             try:
                 run = await boot(n, timeout=max(120.0, 5.0 * n), progress=progress,
-                                 mesh=plan.mesh and n == largest, log_level=plan.log_level,
-                                 keep=plan.keep_logs)
+                                 mesh=plan.mesh, log_level=plan.log_level, keep=plan.keep_logs,
+                                 idle=plan.idle, mesh_per_source=plan.mesh_per_source)
             except Exception as err:        # a lab that does not come up ends the section, with why
                 section["error"] = f"N={n}: {type(err).__name__}: {err}"
                 progress(f"scale stopped: {section['error']}")
                 return
-            mesh = run.pop("mesh", None)
             section["boot"].append(run)
-            if mesh is not None:
-                section["mesh"] = mesh
+            if n == largest and run.get("mesh") is not None:
+                section["mesh"] = run["mesh"]
             self.save()
 
     async def paging(self) -> None:

@@ -156,9 +156,20 @@ def table(results: dict) -> str:
                          f"{_n(d.get('rss_mib_mean'), '.1f'):>9} {_n(d.get('rss_mib_max'), '.1f'):>8} "
                          f"{_n(d.get('pss_mib_mean'), '.1f'):>9} {_n(d.get('anon_mib_mean'), '.1f'):>10} "
                          f"{_n(d.get('cpu_seconds_mean'), '.2f'):>11}")
-        mesh = scale.get("mesh")
-        if mesh:
-            lines.append(f"ping mesh of {mesh['n']}: {mesh['replied']}/{mesh['pairs']} replied in "
+        idle = [r for r in scale.get("boot", []) if r.get("idle")]
+        if idle:
+            lines += ["Idle: CPU of the whole lab (every process) with no traffic, % of one core",
+                      f"{'N':>4} {'seconds':>8} {'total %':>8} {'domUs %':>8} {'per domU %':>11} {'load 1m':>8}"]
+            for r in idle:
+                i = r["idle"]
+                lines.append(f"{r['n']:>4} {i['seconds']:>8g} {i['total_percent']:>8.2f} "
+                             f"{i['domus_percent']:>8.2f} {_n(i.get('per_domu_percent_mean'), '.3f'):>11} "
+                             f"{i['loadavg_1m'][0]:>8.2f}")
+        meshes = [r["mesh"] for r in scale.get("boot", []) if r.get("mesh")] \
+            or ([scale["mesh"]] if scale.get("mesh") else [])
+        for mesh in meshes:
+            lines.append(f"ping mesh {'sample ' if mesh.get('sampled') else ''}of {mesh['n']}: "
+                         f"{mesh['replied']}/{mesh['pairs']} replied in "
                          f"{mesh['seconds']:.1f}s, RTT p50 {_n(mesh.get('p50_ms'), '.2f')} ms, "
                          f"p99 {_n(mesh.get('p99_ms'), '.2f')} ms (first ping of each pair: ARP included)")
         if scale.get("error"):

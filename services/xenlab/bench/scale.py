@@ -1,15 +1,21 @@
-"""Scale: N domUs booted to all vifs Connected, their memory, a ping mesh.
+"""Scale: N domUs booted to all vifs Connected, their memory, the CPU the
+idle lab uses, and a ping mesh sample.
 
 The lab's services (MQTT broker, hypervisor, bridge, dom0) start first and
 are not timed; the clock runs from the first ``Domains.Create`` to the
 moment every vif is Connected on both ends and hotplugged (what
 ``xenlab up`` waits for), so the figure is the domUs' own boot: process
 start, Python imports, hypercalls, the xenbus handshake with netback.
+
+Idle CPU is utime+stime (/proc/PID/stat) of every process of the lab (the
+services, the broker, every domU) over ``idle`` seconds with no traffic,
+after ``IDLE_SETTLE`` seconds for the last handshakes' echoes to end.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import time
 
 import grpc
@@ -27,6 +33,8 @@ POLL = 0.25                 # seconds between looks at the vifs while they conne
 MESH_CONCURRENCY = 8        # sources pinging at once
 MESH_TIMEOUT = 5.0          # per ping (the first one of a pair resolves ARP)
 CREATE_TIMEOUT = 60.0       # seconds for one Domains.Create (it starts the process)
+IDLE_SETTLE = 2.0           # seconds after the boot before idle CPU is measured
+MESH_PER_SOURCE = 4         # destinations each domU pings in the mesh sample
 
 
 def _mib(kib: float) -> float:
@@ -34,7 +42,10 @@ def _mib(kib: float) -> float:
 
 
 async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: str = "WARNING",
-               keep=None) -> dict:
+               keep=None, idle: float = 0.0, mesh_per_source: int = MESH_PER_SOURCE) -> dict:
+    """``idle``: seconds over which to measure the idle lab's CPU (0: not
+    measured); ``mesh_per_source``: destinations per domU in the mesh
+    sample (0: every other domU)."""
     spec = lab_spec(n)
     services_only = dataclasses.replace(spec, domains=())
     async with running_lab(services_only, log_level=log_level, timeout=timeout, keep=keep) as lab:
@@ -54,9 +65,40 @@ async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: 
                   "memory": await _memory(lab)}
         progress(f"  {n} domUs: all vifs Connected in {seconds:.1f}s "
                  f"(RSS per domU {result['memory']['domu']['rss_mib_mean']} MiB mean)")
+        if idle > 0:
+            result["idle"] = await idle_cpu(lab, idle, progress)
         if mesh:
-            result["mesh"] = await ping_mesh(lab, progress)
+            result["mesh"] = await ping_mesh(lab, progress, mesh_per_source)
         return result
+
+
+async def idle_cpu(lab, seconds: float, progress) -> dict:
+    """The CPU the whole lab uses with no traffic, as a share of one core."""
+    await asyncio.sleep(IDLE_SETTLE)
+    processes = await lab_processes(lab)
+    load = os.getloadavg()[0]
+    t0 = time.monotonic()
+    before = {p.pid: cpu_seconds(p.pid) for p in processes}
+    await asyncio.sleep(seconds)
+    wall = time.monotonic() - t0
+    # CPU seconds, not CpuMeter's rounded percentages: an idle domU uses a
+    # clock tick (10 ms) or none in 30 s.
+    used = {p.name: cpu_seconds(p.pid) - before[p.pid] for p in processes}
+    domus = [v for name, v in used.items() if name in lab.domids]
+
+    def percent(cpu: float) -> float:
+        return round(100.0 * cpu / wall, 3)
+
+    out = {"seconds": seconds, "total_percent": percent(sum(used.values())),
+           "domus_percent": percent(sum(domus)),
+           "per_domu_percent_mean": percent(sum(domus) / len(domus)) if domus else None,
+           "domus_cpu_seconds": round(sum(domus), 2),
+           "services_percent": {name: percent(v) for name, v in used.items() if name not in lab.domids},
+           "loadavg_1m": [load, os.getloadavg()[0]]}
+    total = out["total_percent"]
+    progress(f"  idle over {seconds:g}s: the lab uses {total:.1f}% of one CPU "
+             f"({out['domus_percent']:.1f}% in the domUs; services {out['services_percent']})")
+    return out
 
 
 async def _wait_connected(lab, n: int, started: float, timeout: float, progress) -> float | None:
@@ -123,11 +165,25 @@ async def _memory(lab) -> dict:
             "services_mib": services}
 
 
-async def ping_mesh(lab, progress) -> dict:
-    """Every domU pings every other one once (N*(N-1) pings), MESH_CONCURRENCY
+def mesh_pairs(n: int, per_source: int) -> list[list[int]]:
+    """For domUs 0..n-1, the ones each pings: every other one when
+    ``per_source`` is 0 or reaches n-1, else ``per_source`` of them spread
+    evenly around the ring (i+1, i+1+n/k, ...), so that every domU is pinged
+    as often as it pings and the sample crosses the whole lab."""
+    if n < 2:
+        return [[] for _ in range(n)]
+    if per_source <= 0 or per_source >= n - 1:
+        return [[j for j in range(n) if j != i] for i in range(n)]
+    offsets = sorted({1 + (k * (n - 1)) // per_source for k in range(per_source)})
+    return [[(i + off) % n for off in offsets] for i in range(n)]
+
+
+async def ping_mesh(lab, progress, per_source: int = 0) -> dict:
+    """Each domU pings its ``mesh_pairs`` destinations once, MESH_CONCURRENCY
     sources at a time, each source through its destinations in turn."""
     names = sorted(lab.domids)
     index = {name: int(name[1:]) for name in names}
+    targets = {name: [names[j] for j in js] for name, js in zip(names, mesh_pairs(len(names), per_source))}
     rtts: list[float] = []
     failures: list[str] = []
     gate = asyncio.Semaphore(MESH_CONCURRENCY)
@@ -136,9 +192,7 @@ async def ping_mesh(lab, progress) -> dict:
         async with gate:
             agent = await agent_for(lab.hv, lab.domids[name])
             try:
-                for other in names:
-                    if other == name:
-                        continue
+                for other in targets[name]:
                     reply = await agent.Ping(agent_pb2.PingRequest(dst=ip(index[other]), count=1,
                                                                    timeout=MESH_TIMEOUT))
                     if reply.received:
@@ -151,8 +205,8 @@ async def ping_mesh(lab, progress) -> dict:
     started = time.monotonic()
     await asyncio.gather(*(source(n) for n in names))
     seconds = time.monotonic() - started
-    pairs = len(names) * (len(names) - 1)
+    pairs = sum(len(v) for v in targets.values())
     progress(f"  ping mesh of {len(names)}: {len(rtts)}/{pairs} replied in {seconds:.1f}s")
-    return {"n": len(names), "pairs": pairs, "replied": len(rtts), "seconds": seconds,
+    return {"n": len(names), "pairs": pairs, "sampled": pairs < len(names) * (len(names) - 1), "replied": len(rtts), "seconds": seconds,
             "failures": failures[:10], **percentiles(rtts)}
 

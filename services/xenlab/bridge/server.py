@@ -29,6 +29,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -65,7 +66,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = bridge_pb2.DESCRIPTOR.services_by_name["Bridge"].full_name
 WATCH_BACKLOG = 4096            # events queued for one watcher before it is cut off
 GONE_PORTS = 1024               # removed ports whose last counters are kept
-MAX_EXPIRY_SLEEP = 1.0          # seconds between ageing passes at most
 
 
 class UnlinkedPort(NetDevice):
@@ -168,6 +168,10 @@ class BridgeService:
         self.veth_address = listen
         self.grpc_address = grpc
         self.links: dict[tuple[str, str], NetDevice] = {}
+        # Told (once per batch, and at each settle) that a bridge's or its
+        # ports' counters may have moved: the counters' publisher
+        # (bridge.events) looks at them only then.
+        self.on_traffic: list[Callable[[Bridge], None]] = []
         self._subscriptions: set[EventSubscription] = set()
         self._listener: VethListener | None = None
         self._server = None
@@ -368,6 +372,9 @@ class BridgeService:
             self.links[(br.name, egress)].egress(batch)
         if br.has_events or br.has_transmit:
             self.settle(br)
+        else:
+            for watcher in self.on_traffic:
+                watcher(br)
 
     # -- veth links ------------------------------------------------------------------
     def _admit(self, hello: dict) -> tuple[str, dict]:
@@ -435,25 +442,28 @@ class BridgeService:
             # A future, not wait_for(event): 3.11's wait_for can swallow a
             # cancellation that races with the event, and stop() waits for us.
             self._wake = wake = loop.create_future()
-            self._sleep_until = self.clock() + delay
-            timer = loop.call_later(delay, _resolve, wake)
+            # Nothing due (no learned entry, no STP): no timer at all; the
+            # change that makes something due wakes the loop (settle).
+            self._sleep_until = math.inf if delay is None else self.clock() + delay
+            timer = None if delay is None else loop.call_later(delay, _resolve, wake)
             try:
                 await wake
             finally:
-                timer.cancel()
+                if timer is not None:
+                    timer.cancel()
                 self._wake = self._sleep_until = None
             for br in self.bridges.values():
                 br.stp_tick()
                 br.expire()
                 self.settle(br)
 
-    def _expiry_delay(self) -> float:
-        now = self.clock()
-        due = [t for br in self.bridges.values()
-               for t in (br.fdb.next_expiry(), br.next_stp_deadline()) if t is not None]
+    def _expiry_delay(self) -> float | None:
+        """Seconds until the next FDB entry ages out or STP timer falls due;
+        None when none will."""
+        due = [t for br in self.bridges.values() if (t := _next_deadline(br)) is not None]
         if not due:
-            return MAX_EXPIRY_SLEEP
-        return min(MAX_EXPIRY_SLEEP, max(0.0, min(due) - now))
+            return None
+        return max(0.0, min(due) - self.clock())
 
     def subscribe(self, bridge: str = "", backlog: int = WATCH_BACKLOG, fdb: bool = True,
                   link: bool = False) -> EventSubscription:
@@ -474,9 +484,11 @@ class BridgeService:
         for port, frames in br.pop_transmit().items():
             self.links[(br.name, port)].egress(frames)
         if self._wake is not None:
-            due = br.next_stp_deadline()
+            due = _next_deadline(br)
             if due is not None and due < self._sleep_until:
                 _resolve(self._wake)    # a timer now falls due before the loop would look
+        for watcher in self.on_traffic:
+            watcher(br)
         self.publish(br)
 
     def publish(self, br: Bridge) -> None:
@@ -527,6 +539,12 @@ class BridgeService:
                 log.warning("could not remove %s from xenstore: %s", bridge_registry_path(name), err)
         await self._hv.close()
         self._hv = None
+
+
+def _next_deadline(br: Bridge) -> float | None:
+    """When the bridge's ageing or STP next has work: O(1) (the FDB's LRU head)."""
+    due = [t for t in (br.fdb.next_expiry(), br.next_stp_deadline()) if t is not None]
+    return min(due) if due else None
 
 
 def _resolve(future: asyncio.Future) -> None:

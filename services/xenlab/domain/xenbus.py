@@ -234,8 +234,8 @@ class XenbusBus:
                     # Removed and made again (a detach and re-attach of the
                     # same devid) before this event of the removal came:
                     # the device there is not the one we know.
-                    await self._reconcile(driver, set(), lambda p: p == device)
-                await self._reconcile(driver, present, lambda p: p == device)
+                    await self._reconcile(driver, set(), device)
+                await self._reconcile(driver, present, device)
                 return
             # A directory between the root and the devices (backend/vif/D).
             prefix = "/".join([root, *rel])
@@ -256,10 +256,16 @@ class XenbusBus:
         return paths
 
     async def _reconcile(self, driver: XenbusDriver, present: set[str],
-                         in_scope: Callable[[str], bool]) -> None:
-        """Bring the driver's devices whose paths are `in_scope` in line with
-        `present`: probe the new ones, remove the gone ones."""
-        known = {p for p, d in self.devices.items() if d is driver and in_scope(p)}
+                         in_scope: Callable[[str], bool] | str) -> None:
+        """Bring the driver's devices whose paths are `in_scope` (or the
+        one device at that path) in line with `present`: probe the new
+        ones, remove the gone ones."""
+        if isinstance(in_scope, str):
+            # One device: a look-up, not a pass over every device (dom0
+            # serves one per domain, and each handshake fires several).
+            known = {in_scope} if self.devices.get(in_scope) is driver else set()
+        else:
+            known = {p for p, d in self.devices.items() if d is driver and in_scope(p)}
         for path in sorted(present - known):
             self.devices[path] = driver
             try:

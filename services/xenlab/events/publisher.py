@@ -18,9 +18,10 @@ breaks may be lost; states come back with the next connection, events and
 counters do not (each carries its time).
 
 The service announces itself retained on ``PREFIX/HOST/service/NAME/status``:
-online at each connection and every ``status_interval``; offline when it
-closes, and as its MQTT will, which the broker publishes if the connection
-dies without a DISCONNECT.
+online at each connection, and again ``status_interval`` after it next
+publishes anything (so at most once an interval, and never while it is
+idle); offline when it closes, and as its MQTT will, which the broker
+publishes if the connection dies without a DISCONNECT.
 """
 from __future__ import annotations
 
@@ -204,20 +205,26 @@ class EventPublisher:
         self._supersede_retained()
         for message in list(self._retained.values()):
             await self._send(client, message)
-        next_status = time.monotonic() + self.status_interval
+        # The status says the publisher's counters: it is refreshed an
+        # interval after the first message since the last one, and never
+        # while nothing is published (an idle service sleeps; the broker's
+        # keepalive and the will say whether it is alive).
+        status_due: float | None = None
         while not self._closing:
             if not self._queue:
                 self._wake.clear()
+                wait = None if status_due is None else max(0.0, status_due - time.monotonic())
                 try:
-                    await asyncio.wait_for(self._wake.wait(),
-                                           max(0.0, next_status - time.monotonic()))
+                    await asyncio.wait_for(self._wake.wait(), wait)
                 except asyncio.TimeoutError:
                     pass
-            if time.monotonic() >= next_status:
-                next_status = time.monotonic() + self.status_interval
+            if status_due is not None and time.monotonic() >= status_due:
+                status_due = None
                 await self._send(client, self.status())
             while self._queue:
                 message = self._queue.popleft()
+                if status_due is None:
+                    status_due = time.monotonic() + self.status_interval
                 try:
                     await self._send(client, message)
                 except aiomqtt.MqttError:

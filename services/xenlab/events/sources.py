@@ -9,7 +9,8 @@ hub, neither of which ever blocks).
   the toolstack's network-list.
 * ``BridgeSource`` (xenlab.bridge.events): FDB and port events, and bridge
   and port counters, with the ``RateMeter`` and ``every`` of this module.
-* ``Dom0Source``: per-vif counters as netback counts them, every interval.
+* ``Dom0Source``: per-vif counters as netback counts them, once an interval
+  while they move (``Pacer``), and nothing while they stand still.
 
 ``DomainTracker``, ``VifTracker`` and ``RateMeter`` are the pure part: fed
 snapshots, they say what changed since the last one.
@@ -60,6 +61,32 @@ class DomainTracker:
             return None         # created; its process is being started
         return state
 
+    def knows(self, domid: int) -> bool:
+        return domid in self._known
+
+    def update_one(self, domid: int, info: dict | None) -> list[tuple[dict, str]]:
+        """As ``update``, for the one domain ``domid`` whose state changed
+        (``info`` None: it is gone): the work does not grow with the others."""
+        out = []
+        last = self._known.get(domid)
+        if last is not None and (info is None or info.get("uuid") != last.get("uuid")):
+            out.append((last, "destroyed"))
+            del self._known[domid]
+            last = None
+        if info is None:
+            return out
+        state = self._state(info)
+        if last is None:
+            if state == "dying":
+                return out          # never seen alive: a create that failed
+            out.append((info, "created"))
+        elif self._state(last) == state:
+            return out
+        if state is not None:
+            out.append((info, state))
+        self._known[domid] = info
+        return out
+
     def update(self, domains: Iterable[dict]) -> list[tuple[dict, str]]:
         current = {info["domid"]: info for info in domains}
         out = []
@@ -93,9 +120,15 @@ class VifTracker:
         self._known: dict[tuple[int, int], dict] = {}
         self._published: dict[int, set[int]] = {}     # devids with a retained state, per domain
         self._linked: dict[int, set[int]] = {}        # and with a retained vif.link
+        self._backends: dict[int, set[int]] = {}      # frontend domid -> its vifs' backend domids
+        self._frontends: dict[int, set[int]] = {}     # and back: backend -> frontends it serves
+        self._devids: dict[int, set[int]] = {}        # domid -> devids in _known
 
     def domids(self) -> set[int]:
-        return {domid for domid, _ in self._known}
+        return {domid for domid, devids in self._devids.items() if devids}
+
+    def _known_keys(self, domid: int) -> list[tuple[int, int]]:
+        return [(domid, devid) for devid in self._devids.get(domid, ())]
 
     def forget(self, domid: int) -> set[int]:
         """The devids of ``domid`` that ever had a state, forgotten now (the
@@ -106,8 +139,28 @@ class VifTracker:
         """As ``forget``, for the vifs whose link was ever published."""
         return self._linked.pop(domid, set())
 
+    def frontends_of(self, backend: int) -> set[int]:
+        """The domains with a vif served by ``backend``, as last seen."""
+        return set(self._frontends.get(backend, ()))
+
+    def _index_backends(self, domid: int, vifs: list[dict]) -> None:
+        now = {vif["backend_id"] for vif in vifs if vif.get("backend_id") is not None}
+        before = self._backends.pop(domid, set())
+        for backend in before - now:
+            served = self._frontends.get(backend)
+            if served is not None:
+                served.discard(domid)
+                if not served:
+                    del self._frontends[backend]
+        for backend in now - before:
+            self._frontends.setdefault(backend, set()).add(domid)
+        if now:
+            self._backends[domid] = now
+
     def update(self, domid: int, vifs: Iterable[dict]) -> list[tuple[str, dict]]:
         out, seen = [], set()
+        vifs = list(vifs)
+        self._index_backends(domid, vifs)
         for vif in vifs:
             key = (domid, vif["devid"])
             seen.add(key)
@@ -125,8 +178,10 @@ class VifTracker:
                 out.append(("link", vif))
                 self._linked.setdefault(domid, set()).add(vif["devid"])
             self._known[key] = vif
-        for key in sorted(k for k in self._known if k[0] == domid and k not in seen):
+            self._devids.setdefault(domid, set()).add(vif["devid"])
+        for key in sorted(k for k in self._known_keys(domid) if k not in seen):
             last = self._known.pop(key)
+            self._devids[domid].discard(key[1])
             out.append(("removed", {**last, "state": 0, "backend_state": 0, "hotplug_status": ""}))
         return out
 
@@ -151,6 +206,16 @@ class RateMeter:
             rates[name] = round((value if grown < 0 else grown) / (now - then), 3)
         return rates
 
+    def restart(self, key: str, now: float) -> None:
+        """The counters of ``key`` stood still from its last sample until
+        ``now``: the next rates cover only the time since ``now``."""
+        last = self._last.get(key)
+        if last is not None:
+            self._last[key] = (now, last[1])
+
+    def forget(self, key: str) -> None:
+        self._last.pop(key, None)
+
     def keep(self, keys) -> None:
         """Forget every key not in ``keys`` (a device gone)."""
         keys = set(keys)
@@ -158,9 +223,12 @@ class RateMeter:
             del self._last[key]
 
 
-def affected_domains(path: str) -> set[int] | None:
+def affected_domains(path: str, served_by: Callable[[int], set[int]] | None = None) -> set[int] | None:
     """The frontend domains whose vifs a change at `path` may concern;
-    None for all of them, the empty set for none."""
+    None for all of them, the empty set for none. ``served_by(B)``: the
+    frontends whose vifs domain B serves (VifTracker.frontends_of), for a
+    change to B's whole directory or backend directory; without it, such a
+    change concerns every domain."""
     parts = path.rstrip("/").split("/")
     if len(parts) < 4:
         return None if "/local/domain".startswith(path.rstrip("/") or "/") else set()
@@ -168,13 +236,15 @@ def affected_domains(path: str) -> set[int] | None:
         return set()
     domid, rest = int(parts[3]), parts[4:]
     if not rest:
-        return None             # a whole domain's directory: it may be a backend too
+        # A whole domain's directory (made at its creation, removed at its
+        # destruction): its own vifs, and those it is the backend of.
+        return None if served_by is None else {domid} | served_by(domid)
     if rest[0] == "device" and (len(rest) == 1 or rest[1] == "vif"):
         return {domid}
     if rest[0] == "backend" and (len(rest) == 1 or rest[1] == "vif"):
         if len(rest) >= 3 and is_decimal(rest[2]):
             return {int(rest[2])}
-        return None
+        return None if served_by is None else served_by(domid)
     return set()
 
 
@@ -222,12 +292,18 @@ class HypervisorSource:
             self.hv.xs_connections.close(self._conn)
             self._conn = None
 
-    def _on_change(self) -> None:
-        """The hypervisor's observer hook: runs inside its state changes, so
-        it only reads the domain table and queues messages."""
+    def _on_change(self, dom=None) -> None:
+        """The hypervisor's observer hook, told which domain changed (None:
+        look at them all): runs inside its state changes, so it only reads
+        the domain table and queues messages."""
         try:
             now = self.clock()
-            for info, state in self.domains.update(self._domain_infos()):
+            if dom is None:
+                changes = self.domains.update(self._domain_infos())
+            else:
+                live = self.hv.domains.find(dom.domid) is dom
+                changes = self.domains.update_one(dom.domid, self._domain_info(dom) if live else None)
+            for info, state in changes:
                 if state == "destroyed":
                     self._destroyed(info, now)
                 else:
@@ -250,7 +326,10 @@ class HypervisorSource:
         self.publisher.publish(t.cleared(self.topics.domain_state(domid)))
 
     def _domain_infos(self) -> list[dict]:
-        return [{**self.hv.domain_info(dom), "run_state": dom.state.value} for dom in self.hv.domains]
+        return [self._domain_info(dom) for dom in self.hv.domains]
+
+    def _domain_info(self, dom) -> dict:
+        return {**self.hv.domain_info(dom), "run_state": dom.state.value}
 
     async def _watch_loop(self) -> None:
         while True:
@@ -262,10 +341,11 @@ class HypervisorSource:
                 self._open_watch()
                 self._rescan(None)
                 continue
-            targets = affected_domains(event.path)
+            served_by = self.vifs.frontends_of
+            targets = affected_domains(event.path, served_by)
             # Everything already queued is one batch: one scan per domain.
             while targets is not None and not self._conn.queue.empty():
-                more = affected_domains(self._conn.queue.get_nowait().path)
+                more = affected_domains(self._conn.queue.get_nowait().path, served_by)
                 targets = None if more is None else targets | more
             if targets is None:
                 while not self._conn.queue.empty():
@@ -282,6 +362,9 @@ class HypervisorSource:
             domids = {dom.domid for dom in self.hv.domains} | self.vifs.domids()
         now = self.clock()
         for domid in sorted(domids):
+            dom = self.hv.domains.find(domid)
+            if dom is not None and not self.domains.knows(domid):
+                self._on_change(dom)        # its created comes before its vifs
             try:
                 vifs = self.toolstack.network_list(domid)
             except XenError:
@@ -305,9 +388,82 @@ class HypervisorSource:
             return ""
 
 
+# -- counters: published while they move ----------------------------------------------------
+class Pacer:
+    """When counters moved, publish them once an interval; while nothing
+    moves, nothing runs: no timer, no look at any device (an idle lab costs
+    no CPU, however many vifs and ports it has).
+
+    ``moved(key)`` (from the data path, once per batch) marks ``key`` and
+    arms the one timer if it is not armed. When it fires, ``publish(keys)``
+    gets the keys that moved during the interval, and those that moved in
+    the interval before but not in this one: their last message, whose rates
+    say they stopped. The timer is armed again only while something moved."""
+
+    def __init__(self, interval: float, publish: Callable[[list], None],
+                 call_later: Callable[[float, Callable[[], None]], asyncio.TimerHandle]):
+        self.interval = interval
+        self._publish = publish
+        self._call_later = call_later
+        self._moved: set = set()
+        self._active: set = set()       # moved during the interval last published
+        self._new: set = set()          # to publish once (a device that appeared)
+        self._timer: asyncio.TimerHandle | None = None
+        self.ticks = 0
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
+
+    def moving(self, key) -> bool:
+        """Whether ``key`` moved since its last message, or in the interval
+        that message covered (its counters did not stand still since)."""
+        return key in self._moved or key in self._active
+
+    def moved(self, key) -> None:
+        self._moved.add(key)
+        if self._timer is None:
+            self._timer = self._call_later(self.interval, self.tick)
+
+    def announce(self, key) -> None:
+        """Publish ``key`` once at the next tick (it appeared), without the
+        message that says it stopped moving."""
+        self._new.add(key)
+        if self._timer is None:
+            self._timer = self._call_later(self.interval, self.tick)
+
+    def forget(self, key) -> None:
+        self._moved.discard(key)
+        self._active.discard(key)
+        self._new.discard(key)
+
+    def tick(self) -> None:
+        """The interval is over (or a caller wants the messages now)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        keys = self._moved | self._active | self._new
+        self._active, self._moved, self._new = self._moved, set(), set()
+        self.ticks += 1
+        if keys:
+            try:
+                self._publish(sorted(keys))
+            except Exception:
+                log.exception("periodic events")
+        if self._active and self._timer is None:
+            self._timer = self._call_later(self.interval, self.tick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 # -- dom0 (any driver domain) -------------------------------------------------------------
 class Dom0Source:
-    """Every vif netback serves in this domain, every interval."""
+    """Every vif netback serves in this domain: its counters once an
+    interval while they move, once more when they stop (rates at 0), and
+    once when the vif appears; nothing while they stand still."""
 
     def __init__(self, kernel, publisher: EventSink, interval: float,
                  clock: Callable[[], float] = time.time):
@@ -317,51 +473,80 @@ class Dom0Source:
         self.interval = interval
         self.clock = clock
         self.rates = RateMeter()
-        self._task: asyncio.Task | None = None
+        self.pacer: Pacer | None = None
+        self._attached: dict[str, object] = {}      # vif name -> the device we follow
 
     def start(self) -> None:
+        self.pacer = Pacer(self.interval, self._publish,
+                           asyncio.get_running_loop().call_later)
         now = self.clock()
-        for name, vif in list(self.kernel.vifs.items()):     # so that the first message has rates
-            self.rates.sample(self._topic(vif), _counters(vif.stats()), now)
-        self._task = asyncio.create_task(every(self.interval, self.publish_stats),
-                                         name="events-vif-stats")
+        for name, vif in list(self.kernel.vifs.items()):
+            self._attach(name, vif, now)
+        followers = getattr(self.kernel, "on_netif_change", None)
+        if followers is not None:
+            followers.append(self._netif_changed)
 
     def _topic(self, vif) -> str:
         return self.topics.vif(vif.frontend_id, vif.devid, "stats")
 
+    def _attach(self, name: str, vif, now: float) -> None:
+        self._attached[name] = vif
+        self.rates.sample(self._topic(vif), _counters(vif.stats()), now)  # so the first message has rates
+        vif.on_count = self._counted
+        self.pacer.announce(name)           # its first message, at the next tick
+
+    def _detach(self, name: str) -> None:
+        vif = self._attached.pop(name, None)
+        if vif is None:
+            return
+        if vif.on_count == self._counted:
+            vif.on_count = None
+        self.rates.forget(self._topic(vif))
+        self.pacer.forget(name)
+
+    def _netif_changed(self, name: str, device) -> None:
+        if name in self._attached and self._attached[name] is not device:
+            self._detach(name)
+        if device is not None and self.kernel.vifs.get(name) is device and name not in self._attached:
+            self._attach(name, device, self.clock())
+
+    def _counted(self, vif) -> None:
+        """A vif's counters moved (its data path, once per batch)."""
+        name = vif.name
+        if not self.pacer.moving(name):
+            # They stood still since its last message: the rates start now.
+            self.rates.restart(self._topic(vif), self.clock())
+        self.pacer.moved(name)
+
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        followers = getattr(self.kernel, "on_netif_change", None)
+        if followers is not None and self._netif_changed in followers:
+            followers.remove(self._netif_changed)
+        for name in list(self._attached):
+            self._detach(name)
+        if self.pacer is not None:
+            self.pacer.close()
 
     def publish_stats(self) -> None:
+        """Publish what is due now rather than at the end of the interval."""
+        self.pacer.tick()
+
+    def _publish(self, names: list[str]) -> None:
         now = self.clock()
-        seen = []
-        for name, vif in list(self.kernel.vifs.items()):
+        for name in names:
+            vif = self._attached.get(name)
+            if vif is None:
+                continue
             stats = vif.stats()
             topic = self._topic(vif)
-            seen.append(topic)
             self.publisher.publish(t.vif_stats(self.topics, vif.frontend_id, vif.devid, name,
                                                self.kernel.domid, vif.state, stats, now,
                                                self.rates.sample(topic, _counters(stats), now)))
-        self.rates.keep(seen)
 
 
 def _counters(stats: Mapping[str, int]) -> dict[str, int]:
     """NetDevice.stats() without its drop_REASON keys."""
     return {k: v for k, v in stats.items() if not k.startswith("drop_")}
-
-
-async def every(interval: float, job: Callable[[], None]) -> None:
-    """Run ``job`` every ``interval`` seconds; one that fails is logged and
-    runs again at the next."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            job()
-        except Exception:
-            log.exception("periodic events")
 
 
 # -- a service's events, started and stopped together ---------------------------------------

@@ -113,7 +113,8 @@ TOPICS: tuple[TopicDoc, ...] = (
     TopicDoc("domain/<domid>/vif/<devid>/stats", "vif.stats", False,
              "A vif's counters as its backend (netback in the driver domain) counts them, as "
              "`ip -s link show vifD.N` in dom0: tx_* went to the guest, rx_* came from it. "
-             "Every interval.", {
+             "Once an interval while they move, once more when they stop (rates at 0), once "
+             "when the vif appears; nothing while it is idle.", {
                  **_VIF_ID,
                  "backend_id": "the driver domain publishing it",
                  "link_state": "connected, down or disabled (netback disabled a misbehaving frontend)",
@@ -156,7 +157,8 @@ TOPICS: tuple[TopicDoc, ...] = (
                  "monitor": "the line `bridge monitor link` prints for it",
              }),
     TopicDoc("bridge/<bridge>/stats", "bridge.stats", False,
-             "A bridge's counters, every interval.", {
+             "A bridge's counters, once an interval while frames cross it, once more when they "
+             "stop (rates at 0); nothing while it is idle.", {
                  "bridge": "the bridge",
                  "counters": "rx, forwarded, flooded, unicast, tx",
                  "rates": _RATES,
@@ -168,7 +170,8 @@ TOPICS: tuple[TopicDoc, ...] = (
                         "topology_changes); else empty",
              }),
     TopicDoc("bridge/<bridge>/port/<port>/stats", "port.stats", False,
-             "One bridge port's counters, every interval: the bridge's view (rx entered the "
+             "One bridge port's counters, with its bridge's, in each interval they moved and the "
+             "one after (rates at 0): the bridge's view (rx entered the "
              "bridge there, tx left it there) and its link's (the veth end or TAP).", {
                  "bridge": "the bridge",
                  "port": "the port's name (the vif's name for a vif)",
@@ -183,7 +186,8 @@ TOPICS: tuple[TopicDoc, ...] = (
              }),
     TopicDoc("service/<service>/status", "service.status", True,
              "A publishing service (hypervisor, bridge, dom0): online with its publisher's "
-             "counters, refreshed every interval; offline when it stops, or as its MQTT "
+             "counters, refreshed an interval after it next publishes (never while it is idle); "
+             "offline when it stops, or as its MQTT "
              "last will when it dies or loses the broker.", {
                  "service": "hypervisor, bridge or dom0",
                  "state": "online or offline",

@@ -32,9 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the emulated host's RAM (default 8192)")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="local",
                         help="how created domains run (default local processes)")
-    parser.add_argument("--max-domains", type=int, default=256, metavar="N",
+    parser.add_argument("--max-domains", type=int, default=HypervisorConfig.max_domains, metavar="N",
                         help="domains the host may run at once, Domain-0 included; `xl create` "
-                             "past it fails with ENOSPC (default 256)")
+                             "past it fails with ENOSPC (default %(default)s)")
     add_domain_uids_argument(parser)
     parser.add_argument("--domains-dir", type=Path, default=None, metavar="DIR",
                         help="with domain uids: the directory domains reach the hypervisor "

@@ -22,7 +22,7 @@ class HypervisorConfig:
     dom0_memory_mb: int = 256
     dom0_vcpus: int = 2
     launcher: str = "local"
-    max_domains: int = 256
+    max_domains: int = 1024              # Domain-0 included; issue 22 runs 512 domUs
     evtchn_max_ports: int = 1024
     grant_frames: int = 64               # max_grant_frames of every domain, as Xen's default
     xenstore_quotas: XenStoreQuotas = field(default_factory=XenStoreQuotas)

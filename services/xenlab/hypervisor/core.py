@@ -102,7 +102,7 @@ class Hypervisor:
         self._state_changed = asyncio.Event()
         # Called (no arguments) after every domain state change: created,
         # paused, unpaused, shut down, dying, destroyed (xenlab.events).
-        self.observers: list = []
+        self.observers: list = []       # called with a domain whose state changed
         self.dom0_secret = ""
         # The host's scheduler over the domains' threads (xl vcpu-*, sched-credit, cpupool-*).
         self.sched = Scheduler(self.sched_process)
@@ -272,7 +272,7 @@ class Hypervisor:
                 proc.pause()
             dom.state = RunState.PAUSED
             dom.pause_count = 1
-        self._changed()
+        self._changed(dom)
 
     async def _start_process(self, launcher: Launcher, dom: Domain, secret: str,
                              token: str, cmdline: str = "",
@@ -379,7 +379,7 @@ class Hypervisor:
         """The first step of destroying a domain: it is dying (its id stays
         taken) and its process is killed and reaped."""
         dom.state = RunState.DYING
-        self._changed()
+        self._changed(dom)
         await self._kill_process(dom)
         self._end_suspend(dom.domid, 0)
 
@@ -409,7 +409,7 @@ class Hypervisor:
         if proc is not None:
             proc.pause()
         log.info("d%d (%s) suspended (record at gfn %d)", domid, dom.name, record_gfn)
-        self._changed()
+        self._changed(dom)
         self.evtchn.raise_virq(0, abi.VIRQ_DOM_EXC)
         self.xenstored.domain_shutdown(domid)
         return await answer
@@ -434,7 +434,7 @@ class Hypervisor:
                 proc.unpause()
         self._end_suspend(dom.domid, 1)
         log.info("d%d (%s) resumed%s", dom.domid, dom.name, " paused" if paused else "")
-        self._changed()
+        self._changed(dom)
 
     def _end_suspend(self, domid: int, cancelled: int) -> None:
         # 0 to a domain being destroyed: its process is gone, no one reads it.
@@ -456,7 +456,7 @@ class Hypervisor:
         self.domains.remove(dom.domid)
         self.sched.forget(dom.domid)
         log.info("destroyed d%d (%s)", dom.domid, dom.name)
-        self._changed()
+        self._changed(dom)
 
     # -- pause / shutdown ------------------------------------------------------------
     def pause(self, domid: int) -> None:
@@ -472,7 +472,7 @@ class Hypervisor:
         if proc is not None:
             proc.pause()
         dom.state = RunState.PAUSED
-        self._changed()
+        self._changed(dom)
 
     def unpause(self, domid: int) -> None:
         """domain_unpause_by_systemcontroller: it runs again once every
@@ -487,7 +487,7 @@ class Hypervisor:
         if proc is not None:
             proc.unpause()
         dom.state = RunState.RUNNING
-        self._changed()
+        self._changed(dom)
 
     def running_domu(self, domid: int, what: str) -> Domain:
         dom = self.domains.get(domid)
@@ -520,7 +520,7 @@ class Hypervisor:
         dom.state = RunState.CRASHED if reason == "crash" else RunState.SHUTDOWN
         await self._kill_process(dom)
         log.info("d%d (%s) shut down: %s", dom.domid, dom.name, reason)
-        self._changed()
+        self._changed(dom)
         self.evtchn.raise_virq(0, abi.VIRQ_DOM_EXC)
         self.xenstored.domain_shutdown(dom.domid)
 
@@ -610,11 +610,13 @@ class Hypervisor:
         self.evtchn.reset(DOM0, dom.domid)
         return len(mappings), ports
 
-    def _changed(self) -> None:
+    def _changed(self, dom: Domain) -> None:
+        """``dom``'s state changed (or it was destroyed): the observers are
+        told which domain, so that none has to look at every domain."""
         self._state_changed.set()
         for observer in list(self.observers):
             try:
-                observer()
+                observer(dom)
             except Exception:       # an observer must never break the lifecycle
                 log.exception("domain state observer failed")
 

@@ -87,7 +87,7 @@ class DomainTable:
     """Domain ids are handed out round-robin from 1, as xl does, and never
     reused while a domain with that id still exists (dying included)."""
 
-    def __init__(self, max_domains: int = 256, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, max_domains: int = 1024, clock: Callable[[], float] = time.monotonic):
         self._domains: dict[int, Domain] = {}
         self._next = 1
         self.max_domains = max_domains

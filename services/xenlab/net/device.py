@@ -58,6 +58,10 @@ class NetDevice:
         self._carrier = True            # netif_carrier_on/off: what the other side says
         self.link_watchers: list[LinkWatcher] = []
         self._link_tasks: set[asyncio.Task] = set()
+        # Told (once per batch) that a counter moved: whoever publishes the
+        # counters (events.sources.Dom0Source) then has something to say,
+        # and never has to look at a device that stands still.
+        self.on_count: Callable[["NetDevice"], None] | None = None
 
     # -- what subclasses implement -------------------------------------------
     def transmit(self, frames: list[bytes]) -> None:
@@ -184,9 +188,13 @@ class NetDevice:
         if self._taps:
             for frame in frames:
                 self._tap(direction, frame)
+        if self.on_count is not None:
+            self.on_count(self)
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] += count
+        if self.on_count is not None:
+            self.on_count(self)
 
     def stats(self) -> dict[str, int]:
         out = {k: self.counters[k] for k in ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes")}

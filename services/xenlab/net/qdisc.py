@@ -105,6 +105,8 @@ class NetemQdisc:
         for name in ("duplicated", "corrupted", "reordered"):
             if counters[name] != seen.get(name, 0):
                 dev.qdisc_counters[name] += counters[name] - seen.get(name, 0)
+                if dev.on_count is not None:
+                    dev.on_count(dev)
         self._seen = dict(counters)
 
     def stats(self) -> dict[str, int]:

@@ -12,7 +12,7 @@ import errno
 import logging
 import time
 
-from xenlab.hypervisor.domains import DomainTable, RunState
+from xenlab.hypervisor.domains import Domain, DomainTable, RunState
 from xenlab.hypervisor.caller import DOM0
 from xenlab.hypervisor.xenstore import XenStore
 from xenlab.toolstack import vif as vifs
@@ -29,21 +29,27 @@ class Devices:
     def __init__(self, xenstore: XenStore, domains: DomainTable):
         self.xs = xenstore
         self.domains = domains
+        # (bridge, mac) -> {(domid, devid): domain} whose vif record said so
+        # when it was written: which vifs to check for a clash, so that a
+        # create reads one record, not every domain's (O(N) per create).
+        # Each holder is checked against its record before it counts.
+        self._mac_users: dict[tuple[str, str], dict[tuple[int, int], Domain]] = {}
 
     # -- planning and writing (libxl__device_nic_add) --------------------------------
     def plan_vifs(self, domid: int, specs: list, first_devid: int = 0) -> list[vifs.VifNodes]:
         """Every vif's nodes, checked before anything is written, so that a
         bad vif leaves nothing half-created."""
-        plans, macs = [], self._macs_by_bridge()
+        plans, macs = [], {}
         for offset, spec in enumerate(specs):
             devid = first_devid + offset
             backend_id = self._backend_domid(spec.backend)
             mac = vifs.pick_mac(spec.mac)
             bridge = vifs.check_bridge(spec.bridge or DEFAULT_BRIDGE)
             self._check_bridge_runs(devid, bridge)
-            if (bridge, mac) in macs:
+            user = macs.get((bridge, mac)) or self._mac_user(bridge, mac)
+            if user is not None:
                 raise DomainError(errno.EEXIST, f"vif {devid}: mac {mac} is already used on "
-                                                f"bridge {bridge} by {macs[(bridge, mac)]}")
+                                                f"bridge {bridge} by {user}")
             macs[(bridge, mac)] = f"d{domid} vif {devid}"
             plans.append(vifs.vif_nodes(domid, devid, backend_id, spec, mac))
         return plans
@@ -68,16 +74,23 @@ class Devices:
             raise DomainError(errno.ENOENT, f"vif {devid}: no bridge {bridge!r} is running "
                                             f"(bridges: {', '.join(sorted(running))})")
 
-    def _macs_by_bridge(self) -> dict[tuple[str, str], str]:
-        found = {}
-        for dom in self.domains:
-            if dom.state in (RunState.SHUTDOWN, RunState.CRASHED):
-                # It will never send again: rename-restart's new domain
-                # takes its MACs while it is kept.
+    def _mac_user(self, bridge: str, mac: str) -> str | None:
+        """The vif that has ``mac`` on ``bridge``, if one does. A domain shut
+        down or crashed will never send again: rename-restart's new domain
+        takes its MACs while it is kept."""
+        holders = self._mac_users.get((bridge, mac))
+        if not holders:
+            return None
+        for (domid, devid), dom in list(holders.items()):
+            record = self._read_dir(record_path(domid, devid)) if self.domains.find(domid) is dom else {}
+            if (record.get("bridge", ""), record.get("mac", "")) != (bridge, mac):
+                del holders[(domid, devid)]     # the vif, or its domain, is gone
                 continue
-            for devid, record in self._vif_records(dom.domid):
-                found[(record.get("bridge", ""), record.get("mac", ""))] = f"d{dom.domid} vif {devid}"
-        return found
+            if dom.state not in (RunState.SHUTDOWN, RunState.CRASHED):
+                return f"d{domid} vif {devid}"
+        if not holders:
+            del self._mac_users[(bridge, mac)]
+        return None
 
     def write_vif(self, nodes: vifs.VifNodes) -> None:
         for path, values, perms in ((nodes.backend_path, nodes.backend, nodes.backend_perms),
@@ -91,7 +104,10 @@ class Devices:
         parent = nodes.backend_path.rsplit("/", 1)[0]
         backend_id = int(nodes.backend_perms[0][0])
         for path in (parent.rsplit("/", 1)[0], parent):
-            self.xs.set_perms(DOM0, path, [(backend_id, "n")])
+            # Set once: a set_perms fires the watches on the backend's whole
+            # vif directory, which every vif it serves is under.
+            if self.xs.get_perms(DOM0, path) != [(backend_id, "n")]:
+                self.xs.set_perms(DOM0, path, [(backend_id, "n")])
         # libxl's own record of the device (/libxl/DOMID/device/vif/DEVID),
         # readable by Domain-0 only: the frontend directory is the guest's to
         # rewrite, so where the backend is and which MAC the vif has are never
@@ -99,6 +115,10 @@ class Devices:
         record = record_path(nodes.domid, nodes.devid)
         for key, value in nodes.record().items():
             self.xs.write(DOM0, f"{record}/{key}", value.encode())
+        dom = self.domains.find(nodes.domid)
+        if dom is not None:
+            key = (nodes.backend["bridge"], nodes.backend["mac"])
+            self._mac_users.setdefault(key, {})[(nodes.domid, nodes.devid)] = dom
 
     # -- reading back ----------------------------------------------------------------
     def _read_dir(self, path: str) -> dict[str, str]:

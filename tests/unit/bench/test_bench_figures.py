@@ -10,6 +10,7 @@ from xenlab.bench import __main__ as bench_main
 from xenlab.bench import report
 from xenlab.bench.fdb import filled_bridge, forwarding_cost, frames_for
 from xenlab.bench.profile import area, summarise
+from xenlab.bench.scale import mesh_pairs
 from xenlab.bench.stats import conservation, delta, percentile, percentiles, rate_fields
 
 
@@ -94,3 +95,35 @@ def test_bench_arguments_in_range_make_the_plan():
     plan = bench_main.make_plan(parser.parse_args(
         ["--count", "7", "--sizes", "18,1514", "--pings", "3", "--interval", "0.5", "--batch", "1024"]))
     assert (plan.count, plan.sizes, plan.pings, plan.interval, plan.batch) == (7, (18, 1514), 3, 0.5, 1024)
+
+
+@pytest.mark.parametrize("n,k", [(2, 4), (5, 4), (16, 4), (64, 4), (256, 4), (7, 0), (9, 3)])
+def test_the_mesh_sample_crosses_the_lab_and_pings_each_domu_as_often_as_it_pings(n, k):
+    pairs = mesh_pairs(n, k)
+    expected = n - 1 if k == 0 or k >= n - 1 else k
+    assert all(len(set(dsts)) == len(dsts) == expected for dsts in pairs)
+    assert all(i not in dsts for i, dsts in enumerate(pairs))
+    pinged = [0] * n
+    for dsts in pairs:
+        for j in dsts:
+            pinged[j] += 1
+    assert pinged == [expected] * n
+    if 0 < k < n - 1:       # a sample reaches across the lab, not only to neighbours
+        assert max(min((j - i) % n, (i - j) % n) for i, dsts in enumerate(pairs) for j in dsts) >= n // 4
+
+
+def test_scale_idle_and_mesh_options_reach_the_plan_and_the_table():
+    parser = argparse.ArgumentParser()
+    bench_main.add_arguments(parser)
+    plan = bench_main.make_plan(parser.parse_args(["--idle", "3", "--mesh-per-source", "0"]))
+    assert (plan.idle, plan.mesh_per_source) == (3.0, 0)
+    assert bench_main.make_plan(parser.parse_args([])).idle == 30.0
+    assert bench_main.make_plan(parser.parse_args(["--quick"])).idle == 2.0
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--idle", "-1"])
+    idle = {"seconds": 30.0, "total_percent": 0.9, "domus_percent": 0.6, "per_domu_percent_mean": 0.04,
+            "services_percent": {}, "loadavg_1m": [3.0, 2.0]}
+    mesh = {"n": 16, "pairs": 64, "sampled": True, "replied": 64, "seconds": 1.0, "p50_ms": 2.0, "p99_ms": 9.0}
+    text = report.table({"scale": {"boot": [{"n": 16, "seconds": 12.0, "memory": {"domu": {}},
+                                             "idle": idle, "mesh": mesh}]}, "targets": []})
+    assert "0.90" in text and "ping mesh sample of 16: 64/64" in text

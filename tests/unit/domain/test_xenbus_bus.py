@@ -157,3 +157,28 @@ async def test_a_live_device_is_not_reprobed_by_an_event_for_its_directory(hyper
     await _write(hypervisor, f"{ROOT}/7/0", "")
     await _settle(xenbus)
     assert driver.log == [("probe", f"{ROOT}/7/0")]
+
+
+class CountingDevices(dict):
+    """The bus's device table, counting the passes over all of it."""
+    passes = 0
+
+    def items(self):
+        CountingDevices.passes += 1
+        return super().items()
+
+
+async def test_an_event_for_one_device_looks_at_no_other_device(hypervisor, watched):
+    # Each event for a device's directory took a pass over every device the
+    # bus knew: O(domains) per event in Domain-0, O(N^2) for a lab.
+    for d in range(1, 41):
+        await _write(hypervisor, f"{ROOT}/{d}/0/state", "1")
+    xenbus, bus, driver = await watched()
+    assert len(bus.devices) == 40
+    bus.devices = CountingDevices(bus.devices)
+    CountingDevices.passes = 0
+    await _rm(hypervisor, f"{ROOT}/7/0")
+    await _write(hypervisor, f"{ROOT}/41/0/state", "1")
+    await _settle(xenbus)
+    assert ("remove", f"{ROOT}/7/0") in driver.log and ("probe", f"{ROOT}/41/0") in driver.log
+    assert CountingDevices.passes == 0

@@ -1,0 +1,73 @@
+"""Issue 22: an idle lab costs nothing. Once its domUs are up and no frame
+flows, the hypervisor, Domain-0 and the bridge publish nothing, and their
+event loops sleep: counted (MQTT messages, the main thread's wake-ups), not
+timed."""
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from xenlab.events.watch import EventCollector
+from xenlab.testing.eventually import eventually
+
+pytestmark = pytest.mark.integration
+
+INTERVAL = 0.2          # the counters' interval: short, so that a periodic publisher shows at once
+WINDOW = 4.0            # seconds watched
+# What may still wake a service's event loop in WINDOW, whatever the number
+# of domains: aiomqtt's once-a-second housekeeping (paho's loop_misc), and
+# MQTT's keepalive PINGREQ/PINGRESP every 10 s, and two for slack.
+ALLOWED_WAKEUPS = int(WINDOW) + 4
+
+LAB = f"""
+[lab]
+name = "idle"
+
+[mqtt]
+interval = {INTERVAL}
+""" + "".join(f"""
+[[domain]]
+name = "i{i}"
+memory = 16
+vif = ["mac=00:16:3e:00:1d:{i:02x},ip=10.29.0.{i}/24"]
+""" for i in range(1, 5))
+
+
+def wakeups(pid: int) -> int:
+    """Times the process's main thread (its event loop) went to sleep and
+    was woken: voluntary context switches."""
+    for line in Path(f"/proc/{pid}/task/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split(":")[1])
+    raise AssertionError(f"no voluntary_ctxt_switches for {pid}")
+
+
+def connected(e) -> bool:
+    return (e.payload["type"] == "vif.state" and e.payload["frontend_state_name"] == "Connected"
+            and e.payload["backend_state_name"] == "Connected")
+
+
+async def test_an_idle_lab_publishes_nothing_and_its_services_sleep(lab_factory):
+    lab = await lab_factory(LAB)
+    config = lab.lab.events
+    services = {s.name: s.proc.pid for s in lab.lab.services if s.name in ("hypervisor", "dom0", "bridge")}
+    assert set(services) == {"hypervisor", "dom0", "bridge"}
+    async with EventCollector(config.broker, [config.topics.all()]) as events:
+        await eventually(lambda: len({e.payload["domid"] for e in events.events if connected(e)}) == 4,
+                         "every vif Connected", timeout=60)
+
+        async def quiet() -> bool:
+            # The boot's last frames (ARP, the guests' announcements) have
+            # their messages, then one more with rates at 0: then silence.
+            mark = len(events.events)
+            await asyncio.sleep(10 * INTERVAL)
+            return len(events.events) == mark
+
+        await eventually(quiet, "the lab going quiet", timeout=60)
+        mark = len(events.events)
+        before = {name: wakeups(pid) for name, pid in services.items()}
+        await asyncio.sleep(WINDOW)
+        woken = {name: wakeups(pid) - before[name] for name, pid in services.items()}
+        published = [(e.topic, e.payload.get("type")) for e in events.events[mark:]]
+    assert published == []
+    assert all(n <= ALLOWED_WAKEUPS for n in woken.values()), woken
