@@ -48,7 +48,8 @@ from xenlab.xen.abi import PAGE_SHIFT, PAGE_SIZE
 from xenlab.xen.paging import (
     ENTRIES, KERNEL_DIRECT_MAP, LEVELS, MAX_MMU_UPDATES, MAX_MMUEXT_OPS,
     MMU_NORMAL_PT_UPDATE, MMUEXT_INVLPG_LOCAL, MMUEXT_NEW_BASEPTR, MMUEXT_PIN_L4_TABLE,
-    MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_UNPIN_TABLE, PFEC_INSN, PFEC_PRESENT, PFEC_USER,
+    MMUEXT_TLB_FLUSH_LOCAL, MMUEXT_UNPIN_TABLE, MMUEXT_PIN_L1_TABLE, MMUEXT_PIN_L2_TABLE,
+    MMUEXT_PIN_L3_TABLE, PFEC_INSN, PFEC_PRESENT, PFEC_USER,
     PFEC_WRITE, PTE_ACCESSED, PTE_ADDR_MASK, PTE_DIRTY, PTE_NX, PTE_PRESENT, PTE_RW,
     PTE_USER, PagingMode, is_canonical, level_shift, pte, va_index,
 )
@@ -279,6 +280,12 @@ class AddressSpace:
     def table_frames(self) -> list[int]:
         """The gfns of this space's own table frames, root first."""
         return [self.root, *self._tables.values()]
+
+
+# A tree of this many tables below its L4 is pinned bottom-up (see _activate):
+# well under the hypervisor's cap on the tables one call validates (256).
+PREPIN_TABLES = 128
+PIN_BY_LEVEL = {1: MMUEXT_PIN_L1_TABLE, 2: MMUEXT_PIN_L2_TABLE, 3: MMUEXT_PIN_L3_TABLE}
 
 
 def _va(vpn: int) -> int:
@@ -612,7 +619,17 @@ class GuestPaging:
                     self._table_gfns.add(gfn)
                     self._set_dm_writable(gfn, False)
                 self._commit()
+                lower = sorted((lvl, gfn) for (lvl, _key), gfn in space._tables.items())
+                if len(lower) >= PREPIN_TABLES:
+                    # The hypervisor validates at most MAX_VALIDATIONS_PER_CALL
+                    # tables in one call (Xen would preempt and continue the
+                    # pin): pin the tree bottom-up, a few tables per call, so
+                    # the L4's pin finds them validated, then drop those pins
+                    # (the tree's own references keep them validated).
+                    self._mmuext([(PIN_BY_LEVEL[lvl], self.p2m(gfn)) for lvl, gfn in lower])
                 self._mmuext([(MMUEXT_PIN_L4_TABLE, root_mfn), (MMUEXT_NEW_BASEPTR, root_mfn)])
+                if len(lower) >= PREPIN_TABLES:
+                    self._mmuext([(MMUEXT_UNPIN_TABLE, self.p2m(gfn)) for _lvl, gfn in lower])
                 space.pinned = True
             else:
                 self._mmuext([(MMUEXT_NEW_BASEPTR, root_mfn)])

@@ -482,3 +482,27 @@ def test_shadow_teardown_with_and_without_pagetable_dying(dying):
     third, _ = process(machine, n=16)
     assert [machine.kernel.read(va(i), 1) for i in range(16)] == [
         bytes([0x41 + i]) for i in range(16)]
+
+
+def test_a_direct_map_of_more_tables_than_one_call_may_validate_is_pinned_bottom_up(monkeypatch):
+    """The hypervisor validates at most MAX_VALIDATIONS_PER_CALL tables in
+    one call (E2BIG past it): a guest of more than about 512 MiB has more
+    L1 tables than that and pinning its L4 alone was refused, so it could
+    not boot. Here the cap is 16 tables (a call carries at most 16 ops) and
+    the guest's direct map needs 17 L1s: the kernel pins the tree bottom-up,
+    then drops the lower pins."""
+    from xenlab.domain import pagetable
+    from xenlab.hypervisor import pagetables as core
+    from xenlab.testing.paging_machine import PagingMachine
+    defaults = list(core.PageTables.__init__.__defaults__)
+    defaults[-1] = 16
+    monkeypatch.setattr(core.PageTables.__init__, "__defaults__", tuple(defaults))
+    monkeypatch.setattr(pagetable, "PREPIN_TABLES", 4)
+    machine = PagingMachine("direct", pages=17 * 512)
+    assert len(machine.pagetables.pinned(1)) == 1          # the L4 alone stays pinned
+    space = machine.space()
+    space.map(0x7F0000000000, machine.alloc_frame())
+    space.activate()
+    machine.kernel.write(0x7F0000000000, b"bottom-up")
+    assert machine.kernel.read(0x7F0000000000, 9) == b"bottom-up"
+    machine.check()
