@@ -32,15 +32,17 @@ def hypervisor_ops(lab) -> dict[str, int]:
     return {op: int(n) for op, n in (item.rsplit("=", 1) for item in by_op)}
 
 
+def moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {op: after[op] - before.get(op, 0) for op in after if after[op] != before.get(op, 0)}
+
+
 def moved_by_ping(lab, count: int) -> dict[str, int]:
     """What the hypervisor handled while ``xenlab ping`` ran ``count`` pings
     (its own lookups of the domains included)."""
     before = hypervisor_ops(lab)
     out = xenlab(lab, "ping", "web", "db", "-c", str(count), "-i", "0.01")
     assert f"{count} received" in out
-    after = hypervisor_ops(lab)
-    return {op: after[op] - before.get(op, 0) for op in after
-            if after[op] != before.get(op, 0) and op not in FIRST_USE}
+    return {op: n for op, n in moved(before, hypervisor_ops(lab)).items() if op not in FIRST_USE}
 
 
 async def test_pings_between_domus_cost_the_hypervisor_no_message(demo_lab):
@@ -56,8 +58,7 @@ def moved_while_idle(lab, seconds: float) -> dict[str, int]:
     ``seconds`` apart (the second call's own lookups included)."""
     before = hypervisor_ops(lab)
     time.sleep(seconds)
-    after = hypervisor_ops(lab)
-    return {op: after[op] - before.get(op, 0) for op in after if after[op] != before.get(op, 0)}
+    return moved(before, hypervisor_ops(lab))
 
 
 async def test_an_idle_lab_costs_the_hypervisor_no_message(demo_lab):

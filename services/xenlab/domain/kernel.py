@@ -37,7 +37,6 @@ from xenlab.xen.start_info import StartInfo
 log = logging.getLogger(__name__)
 
 
-
 class NetifTable(dict):
     """A kernel's interfaces of one kind, by name (netfront's eth0, netback's
     vif1.0): a driver brings one ``up`` or takes it ``down``, and whoever
