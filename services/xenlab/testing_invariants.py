@@ -486,13 +486,13 @@ class GrantAudit:
                     self._after_copy(op, refs, status)
             return statuses
 
-        def map_(mapper, granter, ref, readonly):
+        def map_(mapper, granter, ref, readonly, pte_addr=None):
             if mapper.domid != self.auditee:
-                return real_map(mapper, granter, ref, readonly)
+                return real_map(mapper, granter, ref, readonly, pte_addr)
             allowed = self._granted(mapper.domid, granter, ref, write=not readonly)
             self.named[granter].add(ref)
             try:
-                mapping = real_map(mapper, granter, ref, readonly)
+                mapping = real_map(mapper, granter, ref, readonly, pte_addr)
             except Exception as err:
                 self.statuses[(granter, f"map:{type(err).__name__}")] += 1
                 raise

@@ -601,13 +601,17 @@ class Hypervisor:
 
     def soft_reset(self, dom: Domain) -> tuple[int, int]:
         """What XEN_DOMCTL_soft_reset clears before a new kernel runs: the
-        domain's grant mappings and event channels. How many of each."""
+        domain's grant mappings and event channels, and (as a kexec'd kernel
+        builds its own) the old kernel's pinned page tables and base
+        pointers, which devalidate so that the frames are writable again.
+        How many mappings and ports."""
         holder = Caller(dom.domid, privileged=dom.privileged)
         mappings = self.grants.mappings(dom.domid)
         for mapping in mappings:
             self.grants.unmap(holder, mapping.handle)
         ports = len(self.evtchn.ports(dom.domid))
         self.evtchn.reset(DOM0, dom.domid)
+        self.memory.pagetables.forget_domain(dom.domid)
         return len(mappings), ports
 
     def _changed(self, dom: Domain) -> None:

@@ -66,3 +66,27 @@ async def test_only_the_toolstack_may_say_a_backend_is_gone(hypervisor):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await backend_gone(guest)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_backend_gone_lets_a_new_kernel_pin_its_page_tables_again(hypervisor):
+    """A restarted Domain-0 kernel builds its page tables anew, in the same
+    frames: the dead kernel's pins and base pointer go with it, so that its
+    tables are plain frames again and the same tree pins once more."""
+    from xenlab.domain.hypercall.memory import MemoryOps
+    from xenlab.xen import paging as pg
+    from xenlab.xen.errors import MemoryError_
+    mem = hypervisor.hv.memory
+    rw = pg.PTE_PRESENT | pg.PTE_RW
+    l4, l3, l2, l1 = (mem.gfn_to_mfn(0, gfn) for gfn in range(4))
+    for gfn, entry in ((0, pg.pte(l3, rw)), (1, pg.pte(l2, rw)), (2, pg.pte(l1, rw))):
+        mem.frame(0, gfn)[:8] = entry.to_bytes(8, "little")
+    ops = MemoryOps(hypervisor.dom0.memory, 0)
+    tree = [(pg.MMUEXT_PIN_L4_TABLE, l4), (pg.MMUEXT_NEW_BASEPTR, l4)]
+    await ops.mmuext(tree)
+    with pytest.raises(MemoryError_):            # what a restarted kernel met
+        await ops.mmuext(tree[:1])
+    await backend_gone(hypervisor.dom0)
+    assert mem.pagetables.baseptr(0) is None and not mem.pagetables.pinned(0)
+    assert not any(mem.pagetables.is_table(mfn) for mfn in (l4, l3, l2, l1))
+    await ops.mmuext(tree)
+    assert mem.pagetables.baseptr(0) == l4 and set(mem.pagetables.pinned(0)) == {l4}
