@@ -158,22 +158,25 @@ _NOT_READING = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1638
 
 async def watch_event_flood(address: str, domid: int, secret: str, *, streams: int = 128,
                             token_size: int = 4096, path_size: int = 3072, writes: int = 4000,
-                            nodes: int = 500, in_flight: int = 32) -> collections.Counter:
+                            nodes: int = 500, in_flight: int = 32,
+                            stop: asyncio.Event | None = None) -> collections.Counter:
     """``streams`` WatchStreams that never read, watching the domain's data
     directory with ``token_size``-byte tokens (as many watches as its quota
     allows), then ``writes`` writes to ``nodes`` nodes of ``path_size``-byte
     paths under it: every write queued an event per watch, 128 x 4000 of
     them took the hypervisor from 138 MiB to 3.3 GiB in 27 s. Outcomes:
     each write's status, and how each stream ended once read at last
-    ("open" if it had not)."""
+    ("open" if it had not). A set ``stop`` ends the writes early (the
+    streams are still read and closed)."""
     async with HypervisorClient.connect(address, domid, secret,
                                         [*CHANNEL_OPTIONS, *_NOT_READING]) as client:
         return await _watch_event_flood(client, streams, token_size, path_size, writes, nodes,
-                                        in_flight)
+                                        in_flight, stop)
 
 
 async def _watch_event_flood(client, streams: int, token_size: int, path_size: int, writes: int,
-                             nodes: int, in_flight: int) -> collections.Counter:
+                             nodes: int, in_flight: int,
+                             stop: asyncio.Event | None = None) -> collections.Counter:
     home = f"/local/domain/{client.domid}/data"
     stem = f"{home}/" + "w" * max(1, path_size - len(home) - 8)
     calls = [client.xenstore.WatchStream() for _ in range(streams)]
@@ -186,6 +189,8 @@ async def _watch_event_flood(client, streams: int, token_size: int, path_size: i
             out["watch_write_failed"] += 1
     write = [xenstore_pb2.WriteRequest(path=f"{stem}{n:06d}", value=b"v") for n in range(nodes)]
     for start in range(0, writes, in_flight):
+        if stop is not None and stop.is_set() and start:
+            break
         out.update(f"write {status}" for status in await asyncio.gather(*(
             _outcome(client.xenstore.Write(write[i % nodes]))
             for i in range(start, min(writes, start + in_flight)))))

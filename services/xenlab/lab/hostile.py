@@ -214,7 +214,7 @@ class Flooder:
             "reservation": lambda: testing_floods.decrease_reservation_flood(hv, stop=stop, fill=False),
             "copy": lambda: testing_floods.grant_copy_flood(hv, stop=stop),
             "watches": lambda: self._until(stop, lambda: testing_floods.watch_event_flood(
-                self.address, self.domid, self.secret, writes=500)),
+                self.address, self.domid, self.secret, writes=500, stop=stop)),
             "doorbell": lambda: testing_floods.doorbell_storm(hv, self.secret, self.doorbell_path,
                                                        stop=stop, bound=self.ports),
             "messages": lambda: self._both(
