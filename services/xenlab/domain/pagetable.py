@@ -142,9 +142,40 @@ class AddressSpace:
             self._vpn(va)
             self.kernel._check_gfn(gfn)
             pages.append((va, _Page(gfn, writable, item[3] if len(item) > 3 else True)))
-        for va, page in pages:
-            self._set(va, page)
+        vpns = {va >> PAGE_SHIFT for va, _ in pages}
+        if not self.kernel.paging_on and not self.pinned and len(vpns) == len(pages) \
+                and vpns.isdisjoint(self.pages):
+            self._fill(pages)
+        else:
+            for va, page in pages:
+                self._set(va, page)
         self.kernel._commit()
+
+    def _fill(self, pages: list[tuple[int, _Page]]) -> None:
+        """map_many before paging is on (the boot's direct map): no entry
+        is in force and no TLB holds one, so each leaf is a plain store
+        into its L1 (made once per 512 pages) and nothing is flushed or
+        batched. What _set does, without its per-page checks."""
+        kernel = self.kernel
+        l2_shift = level_shift(2)
+        frame_of = kernel._entry_frame
+        maps_table = kernel._maps_table
+        user_flags = PTE_USER if self.user else PTE_DIRTY
+        base = PTE_PRESENT | PTE_ACCESSED | user_flags
+        kernel_space = self is kernel.kernel_space
+        l1_key = l1_view = None
+        for va, page in pages:
+            key = va >> l2_shift
+            if key != l1_key:
+                l1_key, l1_view = key, kernel._frame(self._table_for(va))
+            self.pages[va >> PAGE_SHIFT] = page
+            rw = page.writable and not page.cow
+            if rw and kernel_space and maps_table(va, page.gfn):
+                rw = False
+            flags = base | (PTE_RW if rw else 0) | (PTE_NX if page.nx else 0)
+            _ENTRY.pack_into(l1_view, va_index(va, 1) * 8, pte(frame_of(page.gfn), flags))
+            kernel._add_ref(self, page.gfn)
+        kernel.counters["pt_writes"] += len(pages)
 
     def unmap(self, va: int) -> None:
         self.unmap_many([va])

@@ -219,17 +219,53 @@ class PageTables:
         vals = _ENTRIES.unpack(bytes(self._view(mfn)))
         entries: dict[int, int] = {}
         try:
-            for index, val in enumerate(vals):
-                if val & pg.PTE_PRESENT:
-                    self._take_entry(domid, mfn, level, index, val, foreign)
-                    entries[index] = val
-                    if level == 1:
-                        self._link(mfn, index, val)
+            if level == 1:
+                self._validate_l1(mfn, domid, foreign, vals, entries)
+            else:
+                for index, val in enumerate(vals):
+                    if val & pg.PTE_PRESENT:
+                        self._take_entry(domid, mfn, level, index, val, foreign)
+                        entries[index] = val
         except XenError as err:
             for index, val in entries.items():
                 self._drop_entry(mfn, level, index, val)
             raise _refuse(err.errno, f"L{level} table {mfn:#x}: {err.message}") from None
         return entries
+
+    def _validate_l1(self, mfn: int, domid: int, foreign: Mapping[int, bool],
+                     vals: tuple[int, ...], entries: dict[int, int]) -> None:
+        """promote_l1_table's loop: the common entry (allowed flags, a RAM
+        frame of the domain's own, read-only or writable and not a table)
+        has its references taken here inline; any other goes through
+        _take_entry, which refuses it or takes what it needs. A whole
+        direct map (65,536 entries for 256 MiB) is validated at boot, so
+        this is the loop that pays for it."""
+        info, sites, owner, ram = self._info, self._sites, self._owner, self._ram
+        present, rw, addr = pg.PTE_PRESENT, pg.PTE_RW, pg.PTE_ADDR_MASK
+        writable = pg.PageType.WRITABLE
+        for index, val in enumerate(vals):
+            if not val & present:
+                continue
+            target = (val & addr) >> PAGE_SHIFT
+            pi = info.get(target)
+            if (val & _L1_DISALLOW or owner(target) != domid or not ram(target)
+                    or (val & rw and pi is not None and pi.count and pi.type is not writable)):
+                self._take_entry(domid, mfn, 1, index, val, foreign)
+            else:
+                if pi is None:
+                    pi = info[target] = PageInfo()
+                if val & rw:
+                    if pi.count:
+                        pi.count += 1
+                    else:
+                        pi.type, pi.count = writable, 1
+                pi.refs += 1
+            entries[index] = val
+            site = sites.get(target)
+            if site is None:
+                sites[target] = {(mfn, index)}
+            else:
+                site.add((mfn, index))
 
     # -- one entry's references (get_page_from_lNe / put_page_from_lNe) ------------
     def _take_entry(self, domid: int, table: int, level: int, index: int, val: int,

@@ -148,6 +148,7 @@ async def serve(config: HypervisorConfig, toolstack: Callable[[Hypervisor], obje
     """Run until SIGINT/SIGTERM, then destroy every domain and stop."""
     server = HypervisorServer(config, toolstack, events=events)
     await server.start()
+    server.hv.launcher.warm_up()
     if ready is not None:
         ready(server)
     try:

@@ -76,6 +76,10 @@ class Launcher(abc.ABC):
     async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DomainProcess | None:
         """Start the domain; None when this launcher gives it no process."""
 
+    def warm_up(self) -> None:
+        """A service hypervisor is up: make ready now, in the background,
+        what the first start() would otherwise wait for."""
+
     async def close(self) -> None:
         pass
 

@@ -363,6 +363,22 @@ class ForkServerLauncher(LocalLauncher):
         self.server: ForkServer | None = None
         self.broken = ""                # why launches fell back to spawning
         self._starting = asyncio.Lock()
+        self._warming: asyncio.Task | None = None
+
+    def warm_up(self) -> None:
+        """Start the fork server while Domain-0 boots, rather than on the
+        first domU's create (its interpreter imports xenlab: about half a
+        second, on the path of every lab's first domain). A failure here is
+        the first start()'s to report, which tries again."""
+        if self._warming is None and not self.broken:
+            self._warming = asyncio.get_running_loop().create_task(self._warm())
+
+    async def _warm(self) -> None:
+        try:
+            await self.fork_server()
+        except (OSError, XenError, asyncio.TimeoutError) as err:
+            log.info("the fork server did not start ahead of the first domain (%s)",
+                     str(err) or type(err).__name__)
 
     async def fork_server(self) -> ForkServer:
         async with self._starting:
@@ -403,6 +419,9 @@ class ForkServerLauncher(LocalLauncher):
         return ForkedProcess(child, info.agent, cleanup, group, why)
 
     async def close(self) -> None:
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         if self.server is not None:
             await self.server.close()
         await super().close()
