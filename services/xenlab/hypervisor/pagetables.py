@@ -240,7 +240,7 @@ class PageTables:
         _take_entry, which refuses it or takes what it needs. A whole
         direct map (65,536 entries for 256 MiB) is validated at boot, so
         this is the loop that pays for it."""
-        info, sites, owner, ram = self._info, self._sites, self._owner, self._ram
+        info, owner, ram = self._info, self._owner, self._ram
         present, rw, addr = pg.PTE_PRESENT, pg.PTE_RW, pg.PTE_ADDR_MASK
         writable = pg.PageType.WRITABLE
         for index, val in enumerate(vals):
@@ -251,6 +251,7 @@ class PageTables:
             if (val & _L1_DISALLOW or owner(target) != domid or not ram(target)
                     or (val & rw and pi is not None and pi.count and pi.type is not writable)):
                 self._take_entry(domid, mfn, 1, index, val, foreign)
+                self._link(mfn, index, val)
             else:
                 if pi is None:
                     pi = info[target] = PageInfo()
@@ -261,11 +262,6 @@ class PageTables:
                         pi.type, pi.count = writable, 1
                 pi.refs += 1
             entries[index] = val
-            site = sites.get(target)
-            if site is None:
-                sites[target] = {(mfn, index)}
-            else:
-                site.add((mfn, index))
 
     # -- one entry's references (get_page_from_lNe / put_page_from_lNe) ------------
     def _take_entry(self, domid: int, table: int, level: int, index: int, val: int,
@@ -312,16 +308,21 @@ class PageTables:
                                    f"{' writable' if writable else ''}: {what}")
 
     def _link(self, table: int, index: int, val: int) -> None:
-        """Index an L1 entry in force by the frame it names (revoke_foreign)."""
-        self._sites.setdefault(pg.pte_frame(val), set()).add((table, index))
+        """Index an L1 entry in force by the foreign frame it names
+        (revoke_foreign). A domain's own frames are not indexed: a frame
+        named by an entry is never freed, so it stays its owner's."""
+        target = pg.pte_frame(val)
+        if self._owner(target) != self._owner(table):
+            self._sites.setdefault(target, set()).add((table, index))
 
     def _drop_entry(self, table: int, level: int, index: int, val: int) -> None:
         target = pg.pte_frame(val)
         if level == 1:
-            sites = self._sites[target]
-            sites.discard((table, index))
-            if not sites:
-                del self._sites[target]
+            sites = self._sites.get(target)
+            if sites is not None:
+                sites.discard((table, index))
+                if not sites:
+                    del self._sites[target]
             if self._grant_ptes.pop((table, index), None) is not None:
                 # A grant PTE never outlives its validation: clear it in the frame.
                 self._clear(table, index)
