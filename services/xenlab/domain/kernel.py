@@ -23,7 +23,7 @@ from xenlab.domain.console import ConsoleFront
 from xenlab.domain.evtchn import GuestEventChannels
 from xenlab.domain.hypercall import GrantTable, Hypercalls
 from xenlab.domain.memory import RESERVED_FRAMES, GuestMemory
-from xenlab.domain.paging import KernelPagingService
+from xenlab.domain.paging import GrantArea, KernelPagingService
 from xenlab.domain.sysrq import SysrqHandler
 from xenlab.domain.vcpus import Vcpus
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
@@ -31,6 +31,7 @@ from xenlab.domain.xenbus_ring import RingXenStore
 from xenlab.xen import abi
 from xenlab.xen.digits import U64_MAX, parse_decimal
 from xenlab.xen.errors import XenError
+from xenlab.xen.paging import PagingMode
 from xenlab.xen.shared_info import SharedInfo
 from xenlab.xen.start_info import StartInfo
 
@@ -138,6 +139,9 @@ class DomainKernel:
         self.paging = await KernelPagingService.start(self.memory, self.hypercall,
                                                       self.paging_pool)
         await self.gnttab.setup(self.memory)
+        if self.paging.mode is PagingMode.DIRECT:
+            # the grants it maps are PTEs in its vmalloc area, reached through its MMU
+            self.gnttab.attach_grant_area(GrantArea(self.paging))
         self.shared_info = SharedInfo(self.memory.mm, mm.shared_info_offset,
                                       self.start_info.vcpus)
         start = self.start_info

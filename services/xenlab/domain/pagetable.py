@@ -308,6 +308,16 @@ class AddressSpace:
             raise KeyError(f"{va:#x} has no L1 table")
         return l1, va_index(va, 1)
 
+    def leaf_table(self, va: int) -> int:
+        """The gfn of the L1 table covering ``va``, made (and in direct
+        mode validated into the tree) if it is missing: where a PTE the
+        hypervisor writes for us goes (GNTMAP_contains_pte)."""
+        self._alive()
+        self._vpn(va)
+        l1 = self._table_for(va)
+        self.kernel._commit()
+        return l1
+
     def table_frames(self) -> list[int]:
         """The gfns of this space's own table frames, root first."""
         return [self.root, *self._tables.values()]

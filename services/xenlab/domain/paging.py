@@ -35,16 +35,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Mapping
 
-from xenlab.domain.mmu import Mmu, NestedFault, PageFault
+from xenlab.domain.mmu import GeneralProtection, MachineCheck, Mmu, NestedFault, PageFault
 from xenlab.domain.paging_workloads import WorkloadResult, run_workloads
 from xenlab.domain.pagetable import AddressSpace, GuestPaging, PagingBackend
-from xenlab.xen.abi import PAGE_SIZE
+from xenlab.xen.abi import PAGE_SHIFT, PAGE_SIZE
 from xenlab.xen.errors import XenError
-from xenlab.xen.paging import KERNEL_DIRECT_MAP, PagingMode
+from xenlab.xen.paging import KERNEL_DIRECT_MAP, KERNEL_VMALLOC, PagingMode, va_index
 
 STORE_BYTES = 8          # the widest store an emulated page-table write takes (a PTE)
 EXIT_TIMEOUT = 30.0      # seconds an exit or a paging hypercall may take before the vCPU gives up
@@ -66,6 +67,7 @@ class DomainFrames:
         self._p2m: dict[int, int] = dict(p2m)
         self._m2p: dict[int, int] = {mfn: gfn for gfn, mfn in self._p2m.items()}
         self._mapped: dict[int, memoryview] = {}
+        self._mapped_refs: dict[int, int] = {}
 
     def __call__(self, mfn: int) -> memoryview:
         gfn = self._m2p.get(mfn)
@@ -101,11 +103,17 @@ class DomainFrames:
                 self._m2p.pop(mfn, None)
 
     def map_machine(self, mfn: int, view: memoryview) -> None:
-        """A machine frame that is not the domain's, mapped into it."""
+        """A machine frame that is not the domain's, mapped into it (once
+        more: a frame granted under two refs is mapped twice)."""
         self._mapped[mfn] = view
+        self._mapped_refs[mfn] = self._mapped_refs.get(mfn, 0) + 1
 
     def unmap_machine(self, mfn: int) -> None:
-        self._mapped.pop(mfn, None)
+        left = self._mapped_refs.pop(mfn, 0) - 1
+        if left > 0:
+            self._mapped_refs[mfn] = left
+        else:
+            self._mapped.pop(mfn, None)
 
 
 class KernelPaging:
@@ -192,6 +200,76 @@ class KernelPaging:
                                  home=self.space.activate, clock=self._clock)
         finally:
             self.space.activate()
+
+
+class GrantArea:
+    """Where a direct-paging kernel maps the grants it maps: a page of its
+    vmalloc area per mapping, whose L1 entry the hypervisor writes
+    (GNTMAP_host_map | GNTMAP_contains_pte) and clears at unmap, so that
+    the kernel reaches a granted frame through its MMU like any other and
+    its PTE never outlives the grant. Slots are reused lowest first; the
+    L1 tables under them are made as the area grows (512 pages each) and
+    kept. Shadow and HAP guests map grants into their P2M in Xen, which
+    this does not do: they have no GrantArea."""
+
+    def __init__(self, service: "KernelPagingService", base: int = KERNEL_VMALLOC):
+        self._service = service
+        self._paging = service.paging
+        self._base = base
+        self._free: list[int] = []          # free slots below _top, a heap
+        self._top = 0
+        self._tables: dict[int, int] = {}   # slot // 512 -> the L1's gfn
+        self._lock = asyncio.Lock()
+
+    def va(self, slot: int) -> int:
+        return self._base + (slot << PAGE_SHIFT)
+
+    async def reserve(self, count: int) -> list[tuple[int, int]]:
+        """``count`` slots, each (slot, machine address of its PTE)."""
+        async with self._lock:
+            slots = [heapq.heappop(self._free) for _ in range(min(count, len(self._free)))]
+            while len(slots) < count:
+                slots.append(self._top)
+                self._top += 1
+            for chunk in sorted({slot // 512 for slot in slots} - set(self._tables)):
+                # a new L1 under the area: made on the vCPU (in direct mode an
+                # mmu_update that waits for the hypervisor), once per 512 slots
+                space = self._paging.space
+                self._tables[chunk] = await self._service.run(space.leaf_table,
+                                                              self.va(chunk * 512))
+            return [(slot, self._pte_maddr(slot)) for slot in slots]
+
+    def _pte_maddr(self, slot: int) -> int:
+        l1 = self._tables[slot // 512]
+        return (self._paging.frames.mfn(l1) << PAGE_SHIFT) + va_index(self.va(slot), 1) * 8
+
+    def release(self, slots) -> None:
+        """Slots reserved and not used, or whose mapping went."""
+        for slot in slots:
+            heapq.heappush(self._free, slot)
+
+    def installed(self, slot: int, mfn: int, view: memoryview, writable: bool) -> memoryview:
+        """The hypervisor wrote the slot's PTE for ``mfn`` (reached through
+        ``view``): the page, as the MMU translates the slot's address."""
+        frames = self._paging.frames
+        frames.map_machine(mfn, view)
+        try:
+            reached = self._paging.mmu.translate(self.va(slot), write=writable)
+        except (PageFault, NestedFault, GeneralProtection, MachineCheck) as fault:
+            frames.unmap_machine(mfn)
+            raise XenError(errno.EFAULT, f"the grant's PTE at {self.va(slot):#x} is not in "
+                                         f"force: {fault}") from None
+        if reached != mfn:
+            frames.unmap_machine(mfn)
+            raise XenError(errno.EFAULT, f"the grant's PTE at {self.va(slot):#x} names mfn "
+                                         f"{reached:#x}, not {mfn:#x}")
+        return frames(mfn)
+
+    def forget(self, slot: int, mfn: int) -> None:
+        """The grant is being unmapped: drop the slot's TLB entry and the
+        frame. The slot is released once the unmap has cleared its PTE."""
+        self._paging.mmu.invlpg(self.va(slot))
+        self._paging.frames.unmap_machine(mfn)
 
 
 class LoopBackend:

@@ -89,6 +89,9 @@ def vpn(va: int) -> int:
 # Linux x86-64's direct map of all physical memory (PAGE_OFFSET without KASLR):
 # a guest kernel reaches its own frame ``gfn`` at KERNEL_DIRECT_MAP + gfn * 4096.
 KERNEL_DIRECT_MAP = 0xFFFF888000000000
+# Linux x86-64's vmalloc area (VMALLOC_START without KASLR): where a kernel
+# maps frames it does not own, foreign grants among them (alloc_vm_area).
+KERNEL_VMALLOC = 0xFFFFC90000000000
 # Where user address spaces put what a workload maps (an ordinary mmap base).
 USER_BASE = 0x00007F0000000000
 

@@ -187,3 +187,41 @@ async def test_the_same_workloads_in_domains_of_each_mode_and_the_balloon_in_eac
             assert bytes(kernel.memory.raw_frame(gfn)[:2]) == b"in"
         again = await kernel.paging.run_workloads(12, 3, seed=9)
         assert [r.visible() for r in again] == [r.visible() for r in runs[kernel.paging.mode.value]]
+
+
+async def test_a_mapped_grant_is_a_pte_the_hypervisor_wrote_and_unmap_takes_it_away(hypervisor):
+    """GNTMAP_host_map | GNTMAP_contains_pte from a direct-paging kernel:
+    the page is reached through the MMU at an address of its vmalloc area,
+    whose L1 entry the hypervisor wrote; unmap clears it, and a read of the
+    address faults from then on."""
+    from xenlab.domain.mmu import PageFault
+    dom0 = await hypervisor.boot_dom0()
+    guest = await hypervisor.boot_domain("web")
+    gfn = guest.memory.alloc_frames(1)[0]
+    guest.memory.frame(gfn)[:6] = b"guest!"
+    ref, readonly_ref = await guest.gnttab.grant_access([(0, gfn, False), (0, gfn, True)])
+    mfn = hypervisor.hv.memory.gfn_to_mfn(guest.domid, gfn)
+    mmu = dom0.paging.paging.mmu
+    pagetables = hypervisor.hv.memory.pagetables
+    refs = pagetables.info(mfn).refs            # the guest's own direct map's entry
+    page = await dom0.gnttab.map(guest.domid, ref)
+    again = await dom0.gnttab.map(guest.domid, readonly_ref, readonly=True)
+    slot, _, reached = dom0.gnttab._slots[page.handle]
+    area = dom0.gnttab._area
+    assert reached and mmu.translate(area.va(slot), write=True) == mfn
+    assert pagetables.info(mfn).refs == refs + 2
+    assert bytes(page.view[:6]) == b"guest!"
+    page.view[:6] = b"dom0!!"
+    assert bytes(guest.memory.frame(gfn)[:6]) == b"dom0!!" == bytes(again.view[:6])
+    ro_slot = dom0.gnttab._slots[again.handle][0]
+    with pytest.raises(PageFault):              # the read-only grant's PTE has no RW
+        mmu.translate(area.va(ro_slot), write=True)
+    await dom0.gnttab.unmap(page)
+    with pytest.raises(PageFault):
+        mmu.translate(area.va(slot))
+    assert bytes(again.view[:6]) == b"dom0!!"   # the other mapping of the frame stays
+    await dom0.gnttab.unmap_batch([again.handle])
+    with pytest.raises(PageFault):
+        mmu.translate(area.va(ro_slot))
+    assert pagetables.info(mfn).refs == refs
+    assert guest.gnttab.end_access([ref, readonly_ref]) == []     # no longer in use

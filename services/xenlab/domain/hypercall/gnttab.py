@@ -91,9 +91,19 @@ class GrantTable:
         self._refs = GrantRefs()
         self.max_frames = 0
         self._growing = asyncio.Lock()
+        # A direct-paging kernel's GrantArea (xenlab.domain.paging): each
+        # mapping's PTE in a slot of it; handle -> (slot, mfn, reached).
+        self._area = None
+        self._slots: dict[int, tuple[int, int, bool]] = {}
 
     def attach_doorbell(self, doorbell) -> None:
         self._doorbell = doorbell
+
+    def attach_grant_area(self, area) -> None:
+        """Map grants with GNTMAP_contains_pte from now on: the hypervisor
+        writes each mapping's PTE into a slot of ``area`` and clears it at
+        unmap, and a Page's view is the frame as the MMU reaches it."""
+        self._area = area
 
     # -- our own grant table ---------------------------------------------------------
     async def setup(self, memory) -> None:
@@ -175,11 +185,17 @@ class GrantTable:
 
     # -- mapping another domain's grants ----------------------------------------------
     async def map(self, domid: int, ref: int, readonly: bool = False) -> Page:
-        reply = await call(self._stub.Map(grants_pb2.MapGrantRequest(domid=domid, ref=ref,
-                                                                     readonly=readonly)))
+        slots = await self._reserve(1)
         try:
-            return _page(reply, domid, ref, readonly)
-        except (OSError, ValueError) as err:
+            reply = await call(self._stub.Map(grants_pb2.MapGrantRequest(
+                domid=domid, ref=ref, readonly=readonly, pte_addr=slots[0][1] if slots else 0)))
+        except BaseException:
+            self._release(slots)
+            raise
+        try:
+            return self._reached(_page(reply, domid, ref, readonly), reply.mfn,
+                                 slots[0][0] if slots else None)
+        except (OSError, ValueError, XenError) as err:
             await self.unmap(reply.handle)
             raise GrantError(abi.GNTST_general_error, f"mapping ref {ref} of d{domid}: {err}") \
                 from None
@@ -187,45 +203,94 @@ class GrantTable:
     async def map_batch(self, ops: Sequence[MapOp]) -> list[Page | GrantError]:
         """GNTTABOP_map_grant_ref of an array: one result per op, in order;
         an op without an answer counts as refused."""
-        reply = await call(self._stub.MapBatch(grants_pb2.MapGrantsRequest(ops=[
-            grants_pb2.MapGrantRequest(domid=domid, ref=ref, readonly=readonly)
-            for domid, ref, readonly in ops])))
+        slots = await self._reserve(len(ops))
+        try:
+            reply = await call(self._stub.MapBatch(grants_pb2.MapGrantsRequest(ops=[
+                grants_pb2.MapGrantRequest(domid=domid, ref=ref, readonly=readonly,
+                                           pte_addr=slots[i][1] if slots else 0)
+                for i, (domid, ref, readonly) in enumerate(ops)])))
+        except BaseException:
+            self._release(slots)
+            raise
         out: list[Page | GrantError] = []
         orphans: list[int] = []         # mapped by the hypervisor, not by us
         fds: dict[str, int] = {}
         try:
-            for (domid, ref, readonly), result in zip(ops, reply.results):
+            for i, ((domid, ref, readonly), result) in enumerate(zip(ops, reply.results)):
+                slot = slots[i][0] if slots else None
                 if result.status != abi.GNTST_okay:
+                    self._release(slots[i:i + 1])
                     out.append(GrantError(result.status, result.error))
                     continue
                 try:
-                    out.append(_page(result.mapping, domid, ref, readonly, fds))
-                except (OSError, ValueError) as err:
+                    out.append(self._reached(_page(result.mapping, domid, ref, readonly, fds),
+                                             result.mapping.mfn, slot))
+                except (OSError, ValueError, XenError) as err:
                     orphans.append(result.mapping.handle)
                     out.append(GrantError(abi.GNTST_general_error, f"mmap of ref {ref}: {err}"))
         finally:
             for fd in fds.values():
                 os.close(fd)
+        self._release(slots[len(out):])
         out += [GrantError(abi.GNTST_general_error, "no answer") for _ in ops[len(out):]]
         if orphans:
             await self.unmap_batch(orphans)
         return out
 
+    async def _reserve(self, count: int) -> list[tuple[int, int]]:
+        return await self._area.reserve(count) if self._area is not None else []
+
+    def _release(self, slots: Sequence[tuple[int, int]]) -> None:
+        if slots:
+            self._area.release(slot for slot, _pte in slots)
+
+    def _reached(self, page: Page, mfn: int, slot: int | None) -> Page:
+        """A mapping made: with a slot, its PTE is in force, and the page
+        is reached through the MMU (when we were given a way into it)."""
+        if slot is None:
+            return page
+        self._slots[page.handle] = (slot, mfn, False)
+        if page.view is not None:
+            page.view = self._area.installed(slot, mfn, page.view, not page.readonly)
+            self._slots[page.handle] = (slot, mfn, True)
+        return page
+
+    def _unreached(self, handle: int) -> int | None:
+        """Before an unmap: the MMU lets go of the page (its TLB entry,
+        the frame). The slot, whose PTE goes with the unmap."""
+        held = self._slots.pop(handle, None)
+        if held is None:
+            return None
+        slot, mfn, reached = held
+        if reached:
+            self._area.forget(slot, mfn)
+        return slot
+
     async def unmap(self, page: Page | int) -> None:
         """GNTTABOP_unmap_grant_ref (a Page's own mapping goes first)."""
+        handle = page.handle if isinstance(page, Page) else page
+        slot = self._unreached(handle)
         if isinstance(page, Page):
             try:
                 page.close()
             except BufferError:
                 log.warning("d%d: a view of ref %d of d%d is still alive: its page stays mapped "
                             "in this process", self.domid, page.ref, page.domid)
-            page = page.handle
-        await call(self._stub.Unmap(grants_pb2.UnmapGrantRequest(handle=page)))
+        try:
+            await call(self._stub.Unmap(grants_pb2.UnmapGrantRequest(handle=handle)))
+        finally:
+            if slot is not None:
+                self._area.release([slot])
 
     async def unmap_batch(self, handles: Sequence[int]) -> list[int]:
         """Unmap by handle; one GNTST_* per handle."""
-        reply = await call(self._stub.UnmapBatch(grants_pb2.UnmapGrantsRequest(
-            handles=list(handles))))
+        slots = [slot for slot in map(self._unreached, handles) if slot is not None]
+        try:
+            reply = await call(self._stub.UnmapBatch(grants_pb2.UnmapGrantsRequest(
+                handles=list(handles))))
+        finally:
+            if slots:
+                self._area.release(slots)
         return list(reply.status)
 
     # -- GNTTABOP_copy ------------------------------------------------------------------
