@@ -56,7 +56,7 @@ from typing import Callable, Iterable, Iterator, Mapping, NamedTuple
 from xenlab.hypervisor.pagetables import PageTables
 from xenlab.xen import abi
 from xenlab.xen.errors import MemoryError_
-from xenlab.xen.paging import MMUEXT_NAMES, PageType
+from xenlab.xen.paging import MAX_MMU_UPDATES, MAX_MMUEXT_OPS, MMUEXT_NAMES, PageType
 
 # Machine frames below this are Xen's own text, heap and tables.
 MFN_HYPERVISOR_LIMIT = 0x100
@@ -65,8 +65,6 @@ MAX_DOMAIN_PAGES = 1 << 22
 # 52-bit physical addresses (x86_64): the number of machine frames there are.
 MFN_LIMIT = 1 << (52 - abi.PAGE_SHIFT)
 MAX_EXTENTS = abi.MAX_EXTENTS
-MAX_MMU_UPDATES = 1024      # entries in one mmu_update call
-MAX_MMUEXT_OPS = 16         # ops in one mmuext_op call: a pin validates 512 PTEs
 # Data extents of a segment examined per reservation call when punching out
 # frames the domain brought back; the walk resumes there on the next call.
 REPUNCH_EXTENTS = 256

@@ -245,15 +245,7 @@ SHARED_INFO_EVTCHN_MASK = SHARED_INFO_EVTCHN_PENDING + BITS_PER_XEN_ULONG * 8  #
 SHARED_INFO_WC_VERSION = SHARED_INFO_EVTCHN_MASK + BITS_PER_XEN_ULONG * 8      # 3072
 SHARED_INFO_WC = struct.Struct("<III")   # wc_version, wc_sec, wc_nsec
 
-# --------------------------------------------------------------------------
-# Page tables (x86 PTE bits) and mmu_update (xen.h)
-# --------------------------------------------------------------------------
-_PAGE_PRESENT = 1 << 0
-_PAGE_RW = 1 << 1
-_PAGE_USER = 1 << 2
-PTE_FLAGS_MASK = PAGE_SIZE - 1
-PTE_MFN_MASK = ((1 << 52) - 1) & ~PTE_FLAGS_MASK
-PTES_PER_PAGE = PAGE_SIZE // 8
+# Page tables, mmu_update and mmuext_op: xenlab.xen.paging.
 # Extents in one XENMEM_increase/decrease_reservation call: Linux's balloon
 # driver hands over one page of frame numbers (frame_list) per hypercall, and
 # the lab's hypervisor takes no more.

@@ -9,7 +9,8 @@ import pytest
 
 from xenlab.hypervisor.admission import DEFAULT_REQUEST_LIMIT, MAX_REQUEST, CallLimits, limit_for
 from xenlab.hypervisor.grants import MAX_COPY_OPS, MAX_MAP_BATCH
-from xenlab.hypervisor.memory import MAX_EXTENTS, MAX_MMU_UPDATES
+from xenlab.hypervisor.memory import MAX_EXTENTS
+from xenlab.xen.paging import MAX_MMU_UPDATES
 from xenlab.hypervisor.xenstore import XENSTORE_PAYLOAD_MAX, XenStoreQuotas
 from xenlab.proto import (common_pb2, domains_pb2, evtchn_pb2, grants_pb2, memory_pb2,
                           xenstore_pb2, xenstore_pb2_grpc)

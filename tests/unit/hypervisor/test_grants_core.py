@@ -17,6 +17,7 @@ from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.memory import MachineMemory
 from xenlab.rpc import grpc_status
 from xenlab.xen import abi
+from xenlab.xen.paging import PTE_PRESENT, PTE_RW
 from xenlab.xen.errors import GrantError, MemoryError_, XenError
 
 from guest_grants import GuestGrants
@@ -438,8 +439,8 @@ def test_the_busy_check_counts_mappings_exactly(gt):
     gt.memory.decrease_reservation(1, [4])
 
 
-RW_PTE = abi._PAGE_PRESENT | abi._PAGE_RW
-RO_PTE = abi._PAGE_PRESENT
+RW_PTE = PTE_PRESENT | PTE_RW
+RO_PTE = PTE_PRESENT
 
 
 def pin_table(gt, domid: int, gfn: int) -> int:

@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from xenlab.hypervisor.memory import MAX_DOMAIN_PAGES, MFN_HYPERVISOR_LIMIT, MachineMemory
 from xenlab.testing_invariants import check_machine_frames
 from xenlab.xen import abi
+from xenlab.xen.paging import PTE_PRESENT, PTE_RW
 from xenlab.xen.errors import MemoryError_, XenError
 
 PAGE = abi.PAGE_SIZE
-RW = abi._PAGE_PRESENT | abi._PAGE_RW
-RO = abi._PAGE_PRESENT
+RW = PTE_PRESENT | PTE_RW
+RO = PTE_PRESENT
 
 
 @pytest.fixture
@@ -501,7 +502,7 @@ def test_lowest_free_gfns_do_not_rescan_the_populated_ones(mem):
 
 
 def test_page_table_calls_are_capped(pt):
-    from xenlab.hypervisor.memory import MAX_MMU_UPDATES, MAX_MMUEXT_OPS
+    from xenlab.xen.paging import MAX_MMU_UPDATES, MAX_MMUEXT_OPS
     mem, table = pt
     with pytest.raises(MemoryError_) as e:
         mem.mmu_update(1, [(pte_ptr(table, 1), 0)] * (MAX_MMU_UPDATES + 1), {})

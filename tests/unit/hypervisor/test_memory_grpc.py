@@ -14,11 +14,11 @@ from xenlab.testing.grants import GuestGrantTable
 from xenlab.hypervisor.caller import DOM0
 from xenlab.proto import common_pb2, grants_pb2, memory_pb2
 from xenlab.xen import abi
-from xenlab.xen.paging import MMUEXT_PIN_L1_TABLE
+from xenlab.xen.paging import MMUEXT_PIN_L1_TABLE, PTE_PRESENT, PTE_RW
 
 PAGE = abi.PAGE_SIZE
-RW = abi._PAGE_PRESENT | abi._PAGE_RW
-RO = abi._PAGE_PRESENT
+RW = PTE_PRESENT | PTE_RW
+RO = PTE_PRESENT
 
 
 async def refused(call, code: grpc.StatusCode, *words: str) -> str:
