@@ -92,7 +92,7 @@ class GuestPagingError(Exception):
     verdict it cannot act on, an address space used after teardown."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Page:
     gfn: int
     writable: bool          # what the mapping allows (the VMA's VM_WRITE)
