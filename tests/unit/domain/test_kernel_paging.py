@@ -225,3 +225,22 @@ async def test_a_mapped_grant_is_a_pte_the_hypervisor_wrote_and_unmap_takes_it_a
         mmu.translate(area.va(ro_slot))
     assert pagetables.info(mfn).refs == refs
     assert guest.gnttab.end_access([ref, readonly_ref]) == []     # no longer in use
+
+
+async def test_grant_slots_are_reused_and_their_l1_made_once(hypervisor):
+    dom0 = await hypervisor.boot_dom0()
+    guest = await hypervisor.boot_domain("web")
+    gfns = guest.memory.alloc_frames(3)
+    refs = await guest.gnttab.grant_access([(0, gfn, False) for gfn in gfns])
+    counters = dom0.paging.paging.paging.counters
+    tables = counters["tables"]
+    pages = await dom0.gnttab.map_batch([(guest.domid, ref, False) for ref in refs])
+    slots = [dom0.gnttab._slots[page.handle][0] for page in pages]
+    # the area's first tables: its L3, L2 and the L1 under its first 512 pages
+    assert slots == [0, 1, 2] and counters["tables"] == tables + 3
+    await dom0.gnttab.unmap(pages[1])
+    again = await dom0.gnttab.map(guest.domid, refs[1])
+    assert dom0.gnttab._slots[again.handle][0] == 1 and counters["tables"] == tables + 3
+    for gfn, page in zip(gfns, (pages[0], again, pages[2])):
+        page.view[:2] = b"ok"
+        assert bytes(guest.memory.frame(gfn)[:2]) == b"ok"

@@ -251,7 +251,11 @@ class GrantTable:
             return page
         self._slots[page.handle] = (slot, mfn, False)
         if page.view is not None:
-            page.view = self._area.installed(slot, mfn, page.view, not page.readonly)
+            try:
+                page.view = self._area.installed(slot, mfn, page.view, not page.readonly)
+            except XenError:
+                page.close()
+                raise
             self._slots[page.handle] = (slot, mfn, True)
         return page
 
