@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -507,10 +508,41 @@ async def _with_bridges(rundir: Path, work):
         return await work(bridges)
 
 
+# Seconds `bridge monitor` gives its streams to close after Ctrl-C before it
+# leaves anyway: a watcher's Ctrl-C must end it, whatever a stream does.
+STOP_GRACE = 2.0
+
+
+async def _until_interrupted(work) -> int:
+    """Run ``work`` until it ends or SIGINT comes; then give it STOP_GRACE
+    to wind down, and leave at once (exit 0) if it has not."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    interrupted = loop.create_future()
+    loop.add_signal_handler(signal.SIGINT, lambda: interrupted.done() or interrupted.set_result(None))
+    try:
+        await asyncio.wait({task, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.wait({task}, timeout=STOP_GRACE)
+        if not task.done():
+            print(f"xenlab bridge: its streams did not close within {STOP_GRACE:g} s of Ctrl-C; "
+                  "leaving anyway", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        return 0
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 def _main(prog: str, argv: Sequence[str], env: Mapping[str, str], work) -> int:
     rundir, argv = _split_rundir(argv, env)
     watching = any(matches(word, "monitor") for word in argv)     # before work() consumes argv
     try:
+        if watching:
+            return asyncio.run(_until_interrupted(work(rundir, argv))) or 0
         return asyncio.run(work(rundir, argv)) or 0
     except Usage as err:
         print(str(err), file=sys.stderr if err.status else sys.stdout)
