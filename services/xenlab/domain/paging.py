@@ -66,17 +66,18 @@ class DomainFrames:
         self._raw = raw_frame
         self._p2m: dict[int, int] = dict(p2m)
         self._m2p: dict[int, int] = {mfn: gfn for gfn, mfn in self._p2m.items()}
-        self._mapped: dict[int, memoryview] = {}
-        self._mapped_refs: dict[int, int] = {}
+        # mfn -> the views it is mapped through, latest last (a frame
+        # granted under two refs is mapped twice, and unmapped one by one)
+        self._mapped: dict[int, list[memoryview]] = {}
 
     def __call__(self, mfn: int) -> memoryview:
         gfn = self._m2p.get(mfn)
         if gfn is not None:
             return self._raw(gfn)
-        view = self._mapped.get(mfn)
-        if view is None:
+        views = self._mapped.get(mfn)
+        if not views:
             raise LookupError(f"machine frame {mfn:#x} is not this domain's nor mapped into it")
-        return view
+        return views[-1]
 
     def mfn(self, gfn: int) -> int:
         try:
@@ -103,17 +104,20 @@ class DomainFrames:
                 self._m2p.pop(mfn, None)
 
     def map_machine(self, mfn: int, view: memoryview) -> None:
-        """A machine frame that is not the domain's, mapped into it (once
-        more: a frame granted under two refs is mapped twice)."""
-        self._mapped[mfn] = view
-        self._mapped_refs[mfn] = self._mapped_refs.get(mfn, 0) + 1
+        """A machine frame that is not the domain's, mapped into it
+        through ``view`` (once more, if it is mapped already)."""
+        self._mapped.setdefault(mfn, []).append(view)
 
-    def unmap_machine(self, mfn: int) -> None:
-        left = self._mapped_refs.pop(mfn, 0) - 1
-        if left > 0:
-            self._mapped_refs[mfn] = left
-        else:
-            self._mapped.pop(mfn, None)
+    def unmap_machine(self, mfn: int, view: memoryview | None = None) -> None:
+        """Let go of ``view`` of the frame (the latest, if None)."""
+        views = self._mapped.get(mfn)
+        if not views:
+            return
+        index = next((i for i in range(len(views) - 1, -1, -1) if views[i] is view),
+                     len(views) - 1)
+        del views[index]
+        if not views:
+            del self._mapped[mfn]
 
 
 class KernelPaging:
@@ -219,6 +223,7 @@ class GrantArea:
         self._free: list[int] = []          # free slots below _top, a heap
         self._top = 0
         self._tables: dict[int, int] = {}   # slot // 512 -> the L1's gfn
+        self._reached: dict[int, tuple[int, memoryview]] = {}   # slot -> (mfn, view)
         self._lock = asyncio.Lock()
 
     def va(self, slot: int) -> int:
@@ -256,20 +261,24 @@ class GrantArea:
         try:
             reached = self._paging.mmu.translate(self.va(slot), write=writable)
         except (PageFault, NestedFault, GeneralProtection, MachineCheck) as fault:
-            frames.unmap_machine(mfn)
+            frames.unmap_machine(mfn, view)
             raise XenError(errno.EFAULT, f"the grant's PTE at {self.va(slot):#x} is not in "
                                          f"force: {fault}") from None
         if reached != mfn:
-            frames.unmap_machine(mfn)
+            frames.unmap_machine(mfn, view)
             raise XenError(errno.EFAULT, f"the grant's PTE at {self.va(slot):#x} names mfn "
                                          f"{reached:#x}, not {mfn:#x}")
+        self._reached[slot] = (mfn, view)
         return frames(mfn)
 
-    def forget(self, slot: int, mfn: int) -> None:
-        """The grant is being unmapped: drop the slot's TLB entry and the
-        frame. The slot is released once the unmap has cleared its PTE."""
+    def forget(self, slot: int) -> None:
+        """The grant is being unmapped: drop the slot's TLB entry and its
+        view of the frame. The slot is released once the unmap has cleared
+        its PTE."""
         self._paging.mmu.invlpg(self.va(slot))
-        self._paging.frames.unmap_machine(mfn)
+        held = self._reached.pop(slot, None)
+        if held is not None:
+            self._paging.frames.unmap_machine(*held)
 
 
 class LoopBackend:

@@ -206,14 +206,14 @@ async def test_a_mapped_grant_is_a_pte_the_hypervisor_wrote_and_unmap_takes_it_a
     refs = pagetables.info(mfn).refs            # the guest's own direct map's entry
     page = await dom0.gnttab.map(guest.domid, ref)
     again = await dom0.gnttab.map(guest.domid, readonly_ref, readonly=True)
-    slot, _, reached = dom0.gnttab._slots[page.handle]
+    slot = dom0.gnttab._slots[page.handle]
     area = dom0.gnttab._area
-    assert reached and mmu.translate(area.va(slot), write=True) == mfn
+    assert mmu.translate(area.va(slot), write=True) == mfn
     assert pagetables.info(mfn).refs == refs + 2
     assert bytes(page.view[:6]) == b"guest!"
     page.view[:6] = b"dom0!!"
     assert bytes(guest.memory.frame(gfn)[:6]) == b"dom0!!" == bytes(again.view[:6])
-    ro_slot = dom0.gnttab._slots[again.handle][0]
+    ro_slot = dom0.gnttab._slots[again.handle]
     with pytest.raises(PageFault):              # the read-only grant's PTE has no RW
         mmu.translate(area.va(ro_slot), write=True)
     await dom0.gnttab.unmap(page)
@@ -235,12 +235,24 @@ async def test_grant_slots_are_reused_and_their_l1_made_once(hypervisor):
     counters = dom0.paging.paging.paging.counters
     tables = counters["tables"]
     pages = await dom0.gnttab.map_batch([(guest.domid, ref, False) for ref in refs])
-    slots = [dom0.gnttab._slots[page.handle][0] for page in pages]
+    slots = [dom0.gnttab._slots[page.handle] for page in pages]
     # the area's first tables: its L3, L2 and the L1 under its first 512 pages
     assert slots == [0, 1, 2] and counters["tables"] == tables + 3
     await dom0.gnttab.unmap(pages[1])
     again = await dom0.gnttab.map(guest.domid, refs[1])
-    assert dom0.gnttab._slots[again.handle][0] == 1 and counters["tables"] == tables + 3
+    assert dom0.gnttab._slots[again.handle] == 1 and counters["tables"] == tables + 3
     for gfn, page in zip(gfns, (pages[0], again, pages[2])):
         page.view[:2] = b"ok"
         assert bytes(guest.memory.frame(gfn)[:2]) == b"ok"
+
+
+def test_a_frame_mapped_twice_is_reached_until_its_last_view_goes():
+    frames = DomainFrames(lambda gfn: memoryview(bytearray(4096)), {0: 100})
+    first, second = memoryview(bytearray(4096)), memoryview(bytearray(4096))
+    frames.map_machine(7, first)
+    frames.map_machine(7, second)
+    frames.unmap_machine(7, first)              # the older mapping goes first
+    assert frames(7) is second
+    frames.unmap_machine(7, second)
+    with pytest.raises(LookupError):
+        frames(7)

@@ -92,9 +92,9 @@ class GrantTable:
         self.max_frames = 0
         self._growing = asyncio.Lock()
         # A direct-paging kernel's GrantArea (xenlab.domain.paging): each
-        # mapping's PTE in a slot of it; handle -> (slot, mfn, reached).
+        # mapping's PTE in a slot of it; handle -> slot.
         self._area = None
-        self._slots: dict[int, tuple[int, int, bool]] = {}
+        self._slots: dict[int, int] = {}
 
     def attach_doorbell(self, doorbell) -> None:
         self._doorbell = doorbell
@@ -249,25 +249,21 @@ class GrantTable:
         is reached through the MMU (when we were given a way into it)."""
         if slot is None:
             return page
-        self._slots[page.handle] = (slot, mfn, False)
+        self._slots[page.handle] = slot
         if page.view is not None:
             try:
                 page.view = self._area.installed(slot, mfn, page.view, not page.readonly)
             except XenError:
                 page.close()
                 raise
-            self._slots[page.handle] = (slot, mfn, True)
         return page
 
     def _unreached(self, handle: int) -> int | None:
         """Before an unmap: the MMU lets go of the page (its TLB entry,
         the frame). The slot, whose PTE goes with the unmap."""
-        held = self._slots.pop(handle, None)
-        if held is None:
-            return None
-        slot, mfn, reached = held
-        if reached:
-            self._area.forget(slot, mfn)
+        slot = self._slots.pop(handle, None)
+        if slot is not None:
+            self._area.forget(slot)
         return slot
 
     async def unmap(self, page: Page | int) -> None:
