@@ -159,24 +159,26 @@ _NOT_READING = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1638
 async def watch_event_flood(address: str, domid: int, secret: str, *, streams: int = 128,
                             token_size: int = 4096, path_size: int = 3072, writes: int = 4000,
                             nodes: int = 500, in_flight: int = 32,
-                            stop: asyncio.Event | None = None) -> collections.Counter:
+                            stop: asyncio.Event | None = None,
+                            quiet: float = 0.5) -> collections.Counter:
     """``streams`` WatchStreams that never read, watching the domain's data
     directory with ``token_size``-byte tokens (as many watches as its quota
     allows), then ``writes`` writes to ``nodes`` nodes of ``path_size``-byte
     paths under it: every write queued an event per watch, 128 x 4000 of
     them took the hypervisor from 138 MiB to 3.3 GiB in 27 s. Outcomes:
     each write's status, and how each stream ended once read at last
-    ("open" if it had not). A set ``stop`` ends the writes early (the
-    streams are still read and closed)."""
+    ("open" if it stayed ``quiet`` seconds without ending). A set ``stop``
+    ends the writes early (the streams are still read and closed)."""
     async with HypervisorClient.connect(address, domid, secret,
                                         [*CHANNEL_OPTIONS, *_NOT_READING]) as client:
         return await _watch_event_flood(client, streams, token_size, path_size, writes, nodes,
-                                        in_flight, stop)
+                                        in_flight, stop, quiet)
 
 
 async def _watch_event_flood(client, streams: int, token_size: int, path_size: int, writes: int,
                              nodes: int, in_flight: int,
-                             stop: asyncio.Event | None = None) -> collections.Counter:
+                             stop: asyncio.Event | None = None,
+                             quiet: float = 0.5) -> collections.Counter:
     home = f"/local/domain/{client.domid}/data"
     stem = f"{home}/" + "w" * max(1, path_size - len(home) - 8)
     calls = [client.xenstore.WatchStream() for _ in range(streams)]
@@ -194,16 +196,13 @@ async def _watch_event_flood(client, streams: int, token_size: int, path_size: i
         out.update(f"write {status}" for status in await asyncio.gather(*(
             _outcome(client.xenstore.Write(write[i % nodes]))
             for i in range(start, min(writes, start + in_flight)))))
-    # Read at last, all at once: a stream the hypervisor has not cut off
-    # yet (a busy host) costs the quiet period once, not once per stream.
-    ends = await asyncio.gather(*(_stream_end(call) for call in calls))
-    for call, end in zip(calls, ends):
-        out[f"stream {end}"] += 1
+    for call in calls:
+        out[f"stream {await _stream_end(call, quiet)}"] += 1
         call.cancel()
     return out
 
 
-async def _stream_end(call, quiet: float = 2.0) -> str:
+async def _stream_end(call, quiet: float = 0.5) -> str:
     """Read what a stream has for us until it ends (its status) or stays
     quiet for ``quiet`` seconds ("open")."""
     while True:
