@@ -158,22 +158,13 @@ class AddressSpace:
         batched. What _set does, without its per-page checks."""
         kernel = self.kernel
         l2_shift = level_shift(2)
-        frame_of = kernel._entry_frame
-        maps_table = kernel._maps_table
-        user_flags = PTE_USER if self.user else PTE_DIRTY
-        base = PTE_PRESENT | PTE_ACCESSED | user_flags
-        kernel_space = self is kernel.kernel_space
         l1_key = l1_view = None
         for va, page in pages:
             key = va >> l2_shift
             if key != l1_key:
                 l1_key, l1_view = key, kernel._frame(self._table_for(va))
             self.pages[va >> PAGE_SHIFT] = page
-            rw = page.writable and not page.cow
-            if rw and kernel_space and maps_table(va, page.gfn):
-                rw = False
-            flags = base | (PTE_RW if rw else 0) | (PTE_NX if page.nx else 0)
-            _ENTRY.pack_into(l1_view, va_index(va, 1) * 8, pte(frame_of(page.gfn), flags))
+            _ENTRY.pack_into(l1_view, va_index(va, 1) * 8, self._leaf_entry(va, page))
             kernel._add_ref(self, page.gfn)
         kernel.counters["pt_writes"] += len(pages)
 
@@ -278,14 +269,18 @@ class AddressSpace:
             self.kernel._drop_ref(self, old.gfn)
 
     def _write_leaf(self, va: int, page: _Page) -> None:
-        kernel = self.kernel
         l1 = self._table_for(va)
+        self.kernel._write_entry(self, l1, va_index(va, 1), self._leaf_entry(va, page))
+
+    def _leaf_entry(self, va: int, page: _Page) -> int:
+        """The L1 entry that maps ``page`` at ``va`` in this space."""
+        kernel = self.kernel
         rw = page.writable and not page.cow
         if rw and self is kernel.kernel_space and kernel._maps_table(va, page.gfn):
             rw = False      # a page-table frame is read-only in the direct map (direct)
         flags = PTE_PRESENT | PTE_ACCESSED | (PTE_RW if rw else 0) | (
             PTE_NX if page.nx else 0) | (PTE_USER if self.user else PTE_DIRTY)
-        kernel._write_entry(self, l1, va_index(va, 1), pte(kernel._entry_frame(page.gfn), flags))
+        return pte(kernel._entry_frame(page.gfn), flags)
 
     def _table_for(self, va: int) -> int:
         """The gfn of the L1 covering ``va``, made (down from the root) if missing."""

@@ -12,6 +12,7 @@ from xenlab.bench.paging import check_same_visible, run_mode, summarize
 from xenlab.domain.evtchn import greet
 from xenlab.domain.kernel import DomainKernel
 from xenlab.domain.memory import map_paging_pool
+from xenlab.domain.mmu import PageFault
 from xenlab.domain.paging import DomainFrames, KernelPaging, direct_map_va
 from xenlab.domain.paging_workloads import WorkloadError
 from xenlab.rundir import DOORBELL
@@ -194,7 +195,6 @@ async def test_a_mapped_grant_is_a_pte_the_hypervisor_wrote_and_unmap_takes_it_a
     the page is reached through the MMU at an address of its vmalloc area,
     whose L1 entry the hypervisor wrote; unmap clears it, and a read of the
     address faults from then on."""
-    from xenlab.domain.mmu import PageFault
     dom0 = await hypervisor.boot_dom0()
     guest = await hypervisor.boot_domain("web")
     gfn = guest.memory.alloc_frames(1)[0]
