@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import mmap
 import os
 import socket as socket_
@@ -126,10 +127,13 @@ async def oversized_message_flood(address: str, *, calls: int = 16, size: int = 
 
 
 async def concurrent_call_flood(client, *, calls: int = 5000, rounds: int = 1,
-                                stop: asyncio.Event | None = None) -> collections.Counter:
+                                stop: asyncio.Event | None = None,
+                                rest: float = 0.0) -> collections.Counter:
     """``calls`` XenStore.Read calls at once from one domain, half of them
     held open as Upcalls streams: grpc-core's queue of calls not yet picked
-    up overflowed and cancelled Domain-0's own reads."""
+    up overflowed and cancelled Domain-0's own reads. With a ``stop``, each
+    round is followed by ``rest`` seconds in which the domain's other calls
+    have its budget of calls in flight."""
     out: collections.Counter = collections.Counter()
     await client.xenstore.Write(xenstore_pb2.WriteRequest(path="data/flood", value=b"x"))
     read = xenstore_pb2.PathRequest(path="data/flood")
@@ -148,6 +152,9 @@ async def concurrent_call_flood(client, *, calls: int = 5000, rounds: int = 1,
         out.update(results)
         for stream in streams:
             stream.cancel()
+        if stop is not None and rest > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), rest)
     return out
 
 

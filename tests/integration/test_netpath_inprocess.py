@@ -365,6 +365,10 @@ async def test_the_hypervisor_handles_no_message_in_steady_traffic_between_domus
     await send_in_hundreds(eth_b, [frame(60, mac_of(b.domid), seed=i) for i in range(warm)])
     await at_b.wait(warm)
     await at_a.wait(warm)
+    # the pages those frames named are mapped in the background: wait for
+    # netback's last MapBatch to come back before counting
+    caches = [vif.datapath.persistent.cache for vif in net.kernels[0].vifs.values()]
+    await eventually(lambda: all(cache.settled for cache in caches), "the buffer pages mapped")
     before = dict(net.hv.ops)
     for i in range(1, 101):             # a burst of pings: one frame each way, in turn
         eth_a.transmit([frame(98, mac_of(a.domid), mac_of(b.domid), seed=i)])

@@ -50,7 +50,7 @@ from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import parse_lab
 from xenlab.osutil import on_stop_signal
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2, xenstore_pb2
-from xenlab.rpc import credentials_metadata
+from xenlab.rpc import CHANNEL_OPTIONS, credentials_metadata
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class Flooder:
                 testing_floods.oversized_message_flood(self.address, calls=8, stop=stop),
                 testing_floods.oversized_message_flood(self.address, calls=8, credentials=signed,
                                                 stop=stop)),
-            "calls": lambda: testing_floods.concurrent_call_flood(hv, stop=stop),
+            "calls": lambda: self.calls(stop),
             "devices": lambda: self.devices(hv, stop),
         }
 
@@ -239,6 +239,18 @@ class Flooder:
             out.update(counts)
         return out
 
+    async def calls(self, stop: asyncio.Event) -> collections.Counter:
+        """5000 calls at once, again and again, on a connection of their
+        own (their streams go unread and fill the connection's flow-control
+        window, which would stall mallory's other floods' calls on a shared
+        one). Each burst holds her whole budget of calls in flight until it
+        ends; a fifth of a second between bursts leaves the budget to her
+        other floods."""
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        async with HypervisorClient.connect(self.address, self.domid, self.secret,
+                                            options=options) as hv:
+            return await testing_floods.concurrent_call_flood(hv, stop=stop, rest=0.2)
+
     async def devices(self, hv: HypervisorClient, stop: asyncio.Event) -> collections.Counter:
         """Whatever vif the toolstack gives us: garbage in its frontend
         (netback must fail that one device, and let it go when detached)."""
@@ -247,24 +259,41 @@ class Flooder:
         seen: set[str] = set()
         while not stop.is_set():
             try:
-                names = (await hv.xenstore.Directory(xenstore_pb2.PathRequest(path=base))).names
+                listing = await self._taken(stop, lambda: hv.xenstore.Directory(
+                    xenstore_pb2.PathRequest(path=base)))
             except grpc.aio.AioRpcError:
-                names = []
-            for devid in set(names) - seen:
-                for key, value in (("tx-ring-ref", b"\xff\xfe"), ("rx-ring-ref", "²".encode()),
-                                   ("event-channel", b"-1"), ("state", b"\xff\xfe\xfd")):
-                    # mallory's other floods keep its own calls at their
-                    # limit: this one retries until its write is taken.
-                    for _ in range(100):
-                        outcome = await testing_floods._outcome(hv.xenstore.Write(
-                            xenstore_pb2.WriteRequest(path=f"{base}/{devid}/{key}", value=value)))
-                        if outcome != "RESOURCE_EXHAUSTED":
-                            break
-                        await asyncio.sleep(0.01)
-                    out[outcome] += 1
-            seen = set(names)
+                listing = None                  # no vif yet: no directory
+            names = set(listing.names) if listing is not None else set()
+            writes = [(f"{base}/{devid}/{key}", value) for devid in names - seen
+                      for key, value in (("tx-ring-ref", b"\xff\xfe"), ("rx-ring-ref", "²".encode()),
+                                         ("event-channel", b"-1"), ("state", b"\xff\xfe\xfd"))]
+
+            async def write(path: str, value: bytes) -> str:
+                try:
+                    written = await self._taken(stop, lambda: hv.xenstore.Write(
+                        xenstore_pb2.WriteRequest(path=path, value=value)))
+                    return "OK" if written is not None else "stopped before written"
+                except grpc.aio.AioRpcError as err:
+                    return err.code().name
+            out.update(await asyncio.gather(*(write(path, value) for path, value in writes)))
+            seen = names
             await asyncio.sleep(0.05)
         return out
+
+    @staticmethod
+    async def _taken(stop: asyncio.Event, call):
+        """``call()`` until the hypervisor takes it: mallory's other floods
+        keep her calls at their limit (RESOURCE_EXHAUSTED), the calls flood
+        rests between its bursts. None if the stop comes first; other
+        errors are raised."""
+        while not stop.is_set():
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+            await asyncio.sleep(0.01)
+        return None
 
     async def setup(self, hv: HypervisorClient, floods) -> None:
         """What floods need before they start, done while mallory is the

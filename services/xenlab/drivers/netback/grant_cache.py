@@ -110,6 +110,11 @@ class GrantCache:
     def wanted(self) -> bool:
         return bool(self._wanted) and not self.full
 
+    @property
+    def settled(self) -> bool:
+        """Nothing waits to be mapped and no map is in flight."""
+        return not self.wanted and not self._mapping
+
     def take_wanted(self, n: int = MAP_BATCH) -> list[Key]:
         """The next refs to map (they count as being mapped until answered)."""
         keys = list(self._wanted)[:n]
