@@ -31,6 +31,8 @@ import grpc
 
 from xenlab.agent_client import AGENT_TOKEN_MD
 from xenlab.domain import paging_workloads, traffic
+from xenlab.domain.agent_activation import (AGENT_IDLE, UNIX_PATH_MAX, CallCount, OnDemandServer,
+                                            fits_beside)
 from xenlab.domain.netstack import PERF_SERVE_TIMEOUT, GoneDevice, GuestNetwork
 from xenlab.net import perf, tc_server
 from xenlab.net.device import NetDevice
@@ -38,7 +40,7 @@ from xenlab.net.ethernet import ETH_ALEN, format_mac, parse_mac
 from xenlab.net.ipv4 import DEFAULT_TTL
 from xenlab.proto import agent_pb2, agent_pb2_grpc
 from xenlab.xen.xenstore_paths import agent_record_path
-from xenlab.rpc import TokenGate, handles_xen_errors, start_server
+from xenlab.rpc import CHANNEL_OPTIONS, TokenGate, handles_xen_errors, start_server
 from xenlab.rundir import Rundir
 from xenlab.xen.errors import ConfigError, XenError
 
@@ -48,7 +50,6 @@ SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["GuestAgent"].full_name
 XENSTORE_KEY = "data/agent"              # relative to /local/domain/<domid>; the guest may write data/
 CAPTURE_DROPPED_MD = "xenlab-capture-dropped"   # trailing metadata of a Capture stream
 INJECT_BATCH = 64                        # frames handed to the device in one transmit()
-UNIX_PATH_MAX = 107                      # sun_path is 108 bytes with its NUL
 
 # PingRequest / SendUdpRequest fields whose 0 means "the default" (agent.proto).
 PING_DEFAULTS = {"count": 4, "size": 56, "interval": 1.0, "timeout": 2.0}
@@ -331,14 +332,18 @@ class GuestAgentServer:
     """The agent's gRPC server (with health and reflection) around a GuestNetwork."""
 
     def __init__(self, net: GuestNetwork, domid: int, address: str, token: str, vcpus=None,
-                 paging=None):
+                 paging=None, on_demand: float | None = None):
+        """``on_demand``: serve a unix-socket address only while used,
+        dormant after that many seconds without a call (agent_activation)."""
         self.net = net
         self.domid = domid
         self.vcpus = vcpus
         self.paging = paging
         self.address = address
         self.token = token
+        self.on_demand = on_demand
         self.server: grpc.aio.Server | None = None
+        self.activation: OnDemandServer | None = None
         # More services on the same server, behind the same token: (register, full name).
         self.services: list[tuple] = []
 
@@ -350,6 +355,21 @@ class GuestAgentServer:
                 raise OSError(errno.ENAMETOOLONG,
                               f"agent socket path {path} is over {UNIX_PATH_MAX} bytes")
             _unlink(path)
+            if self.on_demand is not None and fits_beside(path):
+                self.activation = OnDemandServer(path, self._serve_at, idle=self.on_demand)
+                await self.activation.start()
+                return self.address
+        self.server, port = await self._serve(self.address)
+        # A unix socket is 0600 from the start (start_server).
+        if path is None and self.address.endswith(":0"):
+            self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"
+        return self.address
+
+    async def _serve_at(self, address: str, counter: CallCount, options) -> grpc.aio.Server:
+        server, _ = await self._serve(address, counter, options)
+        return server
+
+    async def _serve(self, address: str, counter: CallCount | None = None, options=()):
         servicer = GuestAgentServicer(self.net, self.domid, self.vcpus, self.paging)
         register = [lambda s: agent_pb2_grpc.add_GuestAgentServicer_to_server(servicer, s),
                     *(register for register, _ in self.services)]
@@ -360,17 +380,19 @@ class GuestAgentServer:
                 tc_server.TrafficControlServicer(
                     self.net.device, lambda: [(d.name, d) for d in self.net.interfaces()])))
             names.append(tc_server.SERVICE_NAME)
-        self.server, port = await start_server(
-            self.address, register, names, interceptors=[TokenGate(AGENT_TOKEN_MD, self.token, names)])
-        # A unix socket is 0600 from the start (start_server).
-        if path is None and self.address.endswith(":0"):
-            self.address = f"{self.address.rsplit(':', 1)[0]}:{port}"
-        return self.address
+        interceptors = [TokenGate(AGENT_TOKEN_MD, self.token, names)]
+        if counter is not None:
+            interceptors.insert(0, counter)
+        return await start_server(address, register, names, interceptors=interceptors,
+                                  options=[*CHANNEL_OPTIONS, *options])
 
     def _unix_path(self) -> str | None:
         return self.address[len("unix:"):] if self.address.startswith("unix:") else None
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self.activation is not None:
+            await self.activation.stop(grace)
+            self.activation = None
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
@@ -418,8 +440,12 @@ async def start_guest_agent(kernel, services=()) -> KernelAgent | None:
                     kernel.domid)
     net = GuestNetwork(cmdline=getattr(kernel.start_info, "cmd_line", ""))
     net.attach(kernel)
+    # A domU's agent runs only while used (agent_activation: an idle gRPC
+    # server wakes its process several times a second); Domain-0's serves
+    # its event stream for good.
     server = GuestAgentServer(net, kernel.domid, agent_address(kernel.start_info), token,
-                              getattr(kernel, "vcpus", None), getattr(kernel, "paging", None))
+                              getattr(kernel, "vcpus", None), getattr(kernel, "paging", None),
+                              on_demand=AGENT_IDLE if kernel.domid != 0 and not services else None)
     server.services = list(services)
     try:
         address = await server.start()
