@@ -1,13 +1,17 @@
 """Issue 22: an idle lab costs nothing. Once its domUs are up and no frame
 flows, the hypervisor, Domain-0 and the bridge publish nothing, and their
-event loops sleep: counted (MQTT messages, the main thread's wake-ups), not
+event loops sleep; an idle domU runs no gRPC (its agent dormant, its
+hypervisor channel closed): counted (MQTT messages, wake-ups, threads), not
 timed."""
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
+from xenlab.bench.labs import lab_processes
 from xenlab.events.watch import EventCollector
+from xenlab.proto import agent_pb2
 from xenlab.testing.eventually import eventually
 
 pytestmark = pytest.mark.integration
@@ -71,3 +75,57 @@ async def test_an_idle_lab_publishes_nothing_and_its_services_sleep(lab_factory)
         published = [(e.topic, e.payload.get("type")) for e in events.events[mark:]]
     assert published == []
     assert all(n <= ALLOWED_WAKEUPS for n in woken.values()), woken
+
+
+TWO = """
+[lab]
+name = "idle2"
+""" + "".join(f"""
+[[domain]]
+name = "s{i}"
+memory = 16
+vif = ["mac=00:16:3e:00:2d:{i:02x},ip=10.30.0.{i}/24"]
+""" for i in (1, 2))
+
+# grpc-core's own threads: they run while a gRPC channel or server lives in
+# the process, and wake it several times a second however idle it is.
+GRPC_POOL = ("event_engine", "lifeguard")
+
+
+def threads(pid: int) -> list[str]:
+    return [Path(f"/proc/{pid}/task/{t}/comm").read_text().strip()
+            for t in os.listdir(f"/proc/{pid}/task")]
+
+
+def all_wakeups(pid: int) -> int:
+    """Context switches of every thread of the process."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        for line in Path(f"/proc/{pid}/task/{t}/status").read_text().splitlines():
+            if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                total += int(line.split(":")[1])
+    return total
+
+
+async def test_an_idle_domu_has_no_grpc_running_and_its_agent_wakes_on_a_call(lab_factory):
+    lab = await lab_factory(TWO)
+    pids = {p.name: p.pid for p in await lab_processes(lab.lab) if p.name in ("s1", "s2")}
+    async with await lab.agent("s1") as s1:
+        reply = await s1.Ping(agent_pb2.PingRequest(dst="10.30.0.2", count=2, interval=0.05,
+                                                    timeout=5))
+        assert reply.received == 2
+        assert any(name.startswith(GRPC_POOL) for name in threads(pids["s1"]))
+        # the agent's idle period and drain, and the hypervisor channel's
+        await eventually(lambda: not any(name.startswith(GRPC_POOL)
+                                         for pid in pids.values() for name in threads(pid)),
+                         lambda: f"the domUs' gRPC threads to end: "
+                                 f"{ {n: threads(p) for n, p in pids.items()} }", timeout=30)
+        before = {name: all_wakeups(pid) for name, pid in pids.items()}
+        await asyncio.sleep(WINDOW)
+        woken = {name: all_wakeups(pid) - before[name] for name, pid in pids.items()}
+        # grpc-core's global timer thread (once a second) is all that is left
+        assert all(n <= int(WINDOW) + 4 for n in woken.values()), woken
+        # the same client channel: its next call wakes the agent
+        reply = await s1.Ping(agent_pb2.PingRequest(dst="10.30.0.2", count=2, interval=0.05,
+                                                    timeout=5))
+        assert reply.received == 2

@@ -9,7 +9,8 @@ start, Python imports, hypercalls, the xenbus handshake with netback.
 
 Idle CPU is utime+stime (/proc/PID/stat) of every process of the lab (the
 services, the broker, every domU) over ``idle`` seconds with no traffic,
-after ``IDLE_SETTLE`` seconds for the last handshakes' echoes to end.
+after ``IDLE_SETTLE`` seconds for the last handshakes' echoes to end and
+the guest agents called during the boot to go dormant.
 """
 from __future__ import annotations
 
@@ -33,7 +34,10 @@ POLL = 0.25                 # seconds between looks at the vifs while they conne
 MESH_CONCURRENCY = 8        # sources pinging at once
 MESH_TIMEOUT = 5.0          # per ping (the first one of a pair resolves ARP)
 CREATE_TIMEOUT = 60.0       # seconds for one Domains.Create (it starts the process)
-IDLE_SETTLE = 2.0           # seconds after the boot before idle CPU is measured
+# Seconds after the boot before idle CPU is measured: the handshakes'
+# echoes end, and a guest agent called during the boot goes dormant
+# (xenlab.domain.agent_activation: 5 s after its last call, then a drain).
+IDLE_SETTLE = 8.0
 MESH_PER_SOURCE = 4         # destinations each domU pings in the mesh sample
 
 
