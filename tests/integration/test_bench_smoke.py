@@ -63,4 +63,4 @@ def test_quick_bench_writes_figures_and_accounts_for_every_frame(tmp_path):
     mesh = results["scale"]["mesh"]
     assert mesh["pairs"] == 2 and mesh["replied"] == 2
 
-    assert {t["key"] for t in results["targets"]} >= {"throughput_64_ratio", "rtt_p50_ms", "rss_domu_mib"}
+    assert {t["key"] for t in results["targets"]} >= {"throughput_64_ratio", "rtt_p50_ms", "pss_domu_mib"}

@@ -7,14 +7,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-MB_IN_MIB = 1e6 / (1 << 20)     # the targets say MB (10^6 bytes); figures are MiB
 
-# (key, what, target, how it compares)
+# (key, what, target, how it compares): the open issues' targets (the data
+# plane off the hypervisor's path; hundreds of domains on one host)
 TARGETS = (
-    ("throughput_64_ratio", "64-byte throughput, xenlab/kernel", 0.25, ">="),
+    ("throughput_64_ratio", "64-byte throughput, xenlab/kernel", 0.5, ">="),
+    ("throughput_1500_ratio", "1500-byte throughput, xenlab/kernel", 0.35, ">="),
     ("rtt_p50_ms", "RTT p50 domU<->domU (ms)", 1.0, "<="),
-    ("boot_64_seconds", "64 domUs to all vifs Connected (s)", 60.0, "<"),
-    ("rss_domu_mib", "RSS per domU process, max (MiB)", 60 * MB_IN_MIB, "<"),
+    ("rtt_p99_ms", "RTT p99 domU<->domU (ms)", 3.0, "<="),
+    ("boot_64_seconds", "64 domUs to all vifs Connected (s)", 5.0, "<"),
+    ("boot_256_seconds", "256 domUs to all vifs Connected (s)", 30.0, "<"),
+    ("pss_domu_mib", "PSS per domU process, mean (MiB)", 8.0, "<="),
+    ("idle_256_percent", "idle lab of 256 domUs, % of one CPU", 5.0, "<"),
     ("fdb_100k_ratio", "forwarding cost, 100k/10 FDB entries", 1.2, "<="),
 )
 
@@ -71,17 +75,20 @@ def figures(results: dict) -> dict[str, float | None]:
     """The figures the targets are about, None where not measured."""
     out: dict[str, float | None] = {k: None for k, *_ in TARGETS}
     tp = results.get("throughput") or {}
-    ratio = (tp.get("ratio") or {}).get("64")
-    out["throughput_64_ratio"] = ratio
+    out["throughput_64_ratio"] = (tp.get("ratio") or {}).get("64")
+    out["throughput_1500_ratio"] = (tp.get("ratio") or {}).get("1500")
     lat = (results.get("latency") or {}).get("xenlab") or {}
     out["rtt_p50_ms"] = lat.get("p50_ms")
+    out["rtt_p99_ms"] = lat.get("p99_ms")
     scale = results.get("scale") or {}
     for run in scale.get("boot", []):
-        if run["n"] == 64:
-            out["boot_64_seconds"] = run["seconds"]
-    rss = [run["memory"]["domu"].get("rss_mib_max") for run in scale.get("boot", [])]
-    rss = [r for r in rss if r is not None]
-    out["rss_domu_mib"] = max(rss) if rss else None
+        if run["n"] in (64, 256):
+            out[f"boot_{run['n']}_seconds"] = run["seconds"]
+        if run["n"] == 256 and run.get("idle"):
+            out["idle_256_percent"] = run["idle"]["total_percent"]
+    pss = [run["memory"]["domu"].get("pss_mib_mean") for run in scale.get("boot", [])]
+    pss = [p for p in pss if p is not None]
+    out["pss_domu_mib"] = max(pss) if pss else None
     out["fdb_100k_ratio"] = (results.get("fdb") or {}).get("ratio_largest_to_smallest")
     return out
 

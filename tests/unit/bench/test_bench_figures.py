@@ -75,14 +75,23 @@ def test_fdb_cost_run_forwards_known_unicast_to_stations_all_over_the_table():
 
 
 def test_targets_say_met_missed_or_not_measured():
-    results = {"throughput": {"ratio": {"64": 0.3}},
-               "latency": {"xenlab": {"p50_ms": 2.5}},
-               "scale": {"boot": [{"n": 64, "seconds": 30.0, "memory": {"domu": {"rss_mib_max": 70.0}}}]}}
+    results = {"throughput": {"ratio": {"64": 0.6, "1500": 0.2}},
+               "latency": {"xenlab": {"p50_ms": 2.5, "p99_ms": 2.9}},
+               "scale": {"boot": [{"n": 64, "seconds": 4.0,
+                                   "memory": {"domu": {"pss_mib_mean": 14.5}}},
+                                  {"n": 256, "seconds": 31.0,
+                                   "idle": {"seconds": 30, "total_percent": 4.2, "domus_percent": 4.0,
+                                            "per_domu_percent_mean": 0.016, "loadavg_1m": [1.0, 1.0]},
+                                   "memory": {"domu": {"pss_mib_mean": 7.5}}}]}}
     rows = {t["key"]: t for t in report.targets(results)}
     assert rows["throughput_64_ratio"]["met"] is True
+    assert rows["throughput_1500_ratio"]["met"] is False
     assert rows["rtt_p50_ms"]["met"] is False
+    assert rows["rtt_p99_ms"]["met"] is True
     assert rows["boot_64_seconds"]["met"] is True
-    assert rows["rss_domu_mib"]["met"] is False                # 70 MiB is over 60 MB
+    assert rows["boot_256_seconds"]["met"] is False
+    assert rows["pss_domu_mib"]["value"] == 14.5 and rows["pss_domu_mib"]["met"] is False
+    assert rows["idle_256_percent"]["met"] is True
     assert rows["fdb_100k_ratio"]["met"] is None
     results["targets"] = list(rows.values())
     text = report.table(results)
