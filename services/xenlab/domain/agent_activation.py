@@ -120,7 +120,10 @@ class OnDemandServer:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._relays: set[asyncio.Task] = set()
         self._closed = False
-        self.wakes = 0                        # times the gRPC server was started
+        # Times the gRPC server was started. Waking and falling asleep are
+        # not logged: a domU's log is its console, and a line there is a
+        # message to xenconsoled that an idle domain must not send.
+        self.wakes = 0
 
     @property
     def live(self) -> bool:
@@ -242,7 +245,6 @@ class OnDemandServer:
                 raise
             self.server = server
             self.wakes += 1
-            log.debug("agent %s: awake", self.path)
             self._calls_changed(self.calls.in_flight)
         finally:
             self._waking = None
@@ -280,7 +282,6 @@ class OnDemandServer:
             server, self.server = self.server, None
             await server.stop(1.0)
             _unlink(self._srv)
-            log.debug("agent %s: dormant", self.path)
         finally:
             self._sleeping = None
             self._calls_changed(self.calls.in_flight)
