@@ -33,9 +33,10 @@ from xenlab.xen.start_info import StartInfo
 # occasional hypercalls (grant maps, event-channel binds, the balloon); an
 # open channel keeps grpc-core's threads waking the process several times a
 # second. 5 s spans a boot's or a burst's back-to-back calls, so that they
-# share one connection, and reconnecting (a unix socket and an HTTP/2
-# handshake, about a millisecond) is rare beside it. Domain-0, whose
-# netback maps grants for every frame burst, keeps its channel open.
+# share one connection, and makes reconnecting (a unix socket and an HTTP/2
+# handshake: under a millisecond more than a call on an open connection)
+# rare. Domain-0 keeps its channel open: it is one process, not one per
+# guest, and its netback maps buffer pages as traffic first uses them.
 HYPERVISOR_IDLE_CLOSE = 5.0
 
 
