@@ -337,7 +337,7 @@ class IdleClosingChannel(grpc.aio.Channel):
     (``channel_ready``, ``wait_for_state_change``) counts as a call. While
     no channel is open the state is IDLE, as a channel's before its first
     call. ``close()`` closes for good: a call after it raises
-    grpc.aio.UsageError.
+    grpc.aio.UsageError. ``opened`` counts the channels it opened.
     """
 
     def __init__(self, factory: Callable[[], grpc.aio.Channel], idle: float):
@@ -348,8 +348,10 @@ class IdleClosingChannel(grpc.aio.Channel):
         self._channel: grpc.aio.Channel | None = None
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None     # its calls' loop
         self._closing: set[asyncio.Task] = set()    # idle channels being closed
         self._closed = False
+        self.opened = 0         # channels opened so far
         # The open channel's multicallables, by ours: gone with it.
         self._callables: dict[_IdleMultiCallable, object] = {}
 
@@ -358,8 +360,12 @@ class IdleClosingChannel(grpc.aio.Channel):
         """A call starts: the open channel (one is opened if none is)."""
         if self._closed:
             raise grpc.aio.UsageError("the channel is closed")
+        self._loop = asyncio.get_running_loop()
         if self._channel is None:
             self._channel = self._factory()
+            self.opened += 1
+            if self.opened > 1:
+                log.debug("a call after %g s idle: opening the channel again", self._idle)
         self._in_flight += 1
         if self._timer is not None:
             self._timer.cancel()
@@ -369,8 +375,9 @@ class IdleClosingChannel(grpc.aio.Channel):
     def _end(self) -> None:
         """A call is done; the last one arms the idle timer."""
         self._in_flight -= 1
-        if self._in_flight == 0 and self._channel is not None and not self._closed:
-            self._timer = asyncio.get_running_loop().call_later(self._idle, self._expire)
+        if self._in_flight == 0 and self._channel is not None and not self._closed \
+                and not self._loop.is_closed():
+            self._timer = self._loop.call_later(self._idle, self._expire)
 
     def _track(self, call) -> None:
         """Count ``call`` as in flight until it is done, once."""
@@ -389,7 +396,8 @@ class IdleClosingChannel(grpc.aio.Channel):
             return
         channel, self._channel = self._channel, None
         self._callables.clear()
-        task = asyncio.get_running_loop().create_task(channel.close())
+        log.debug("no call for %g s: closing the channel", self._idle)
+        task = self._loop.create_task(channel.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

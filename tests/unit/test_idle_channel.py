@@ -195,7 +195,7 @@ async def test_an_idle_channel_is_closed_and_the_next_call_opens_another(idle_ch
     await eventually(lambda: (relay.opened, relay.ended) == (1, 1), "the connection ended")
     assert await stub.Echo(b"2") == b"2"
     assert channels.closed() == [True, False]
-    assert (relay.opened, relay.ended) == (2, 1)
+    assert (relay.opened, relay.ended) == (2, 1) and channel.opened == 2
     await eventually(lambda: channels.closed() == [True, True], "the second channel closed")
     await eventually(lambda: relay.ended == 2, "the second connection ended")
 
