@@ -6,6 +6,10 @@ counts the connections it carries and sees each one end."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import textwrap
+from pathlib import Path
 
 import grpc
 import pytest
@@ -333,3 +337,57 @@ async def test_a_hypervisor_client_with_idle_close_calls_across_reconnects(hyper
         await eventually(lambda: client.channel.get_state() is IDLE_STATE,
                          "the idle connection closed")
         assert await call(client.xenstore.Read(request)) == first
+
+
+# A process whose only gRPC object is an IdleClosingChannel to ``address``:
+# one call, then another for each line on its standard input.
+CLIENT = textwrap.dedent("""
+    import asyncio, sys
+    import grpc
+    from xenlab.rpc import IdleClosingChannel
+
+    async def main():
+        address, idle = sys.argv[1], float(sys.argv[2])
+        channel = IdleClosingChannel(lambda: grpc.aio.insecure_channel(address), idle)
+        echo = channel.unary_unary("/%s/Echo")
+        loop = asyncio.get_running_loop()
+        while True:
+            print((await echo(b"called")).decode(), flush=True)
+            if not await loop.run_in_executor(None, sys.stdin.readline):
+                return
+    asyncio.run(main())
+""" % SERVICE)
+# grpc-core's own threads (its EventEngine's and its timer's), by the names the host shows
+GRPC_THREADS = ("event_engine", "lifeguard", "grpc_global_tim")
+
+
+def grpc_threads(pid: int) -> list[str]:
+    names = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            names.append((task / "comm").read_text().strip())
+        except FileNotFoundError:
+            pass
+    return [name for name in names if name.startswith(GRPC_THREADS)]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc's per-thread comm")
+async def test_a_process_whose_channel_went_idle_keeps_no_grpc_thread(server):
+    """The point of it all: grpc-core's threads, which wake the process
+    several times a second while a channel lives, are gone once it closed."""
+    peer, relay, address = server
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CLIENT, address, "0.2", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, env=dict(os.environ))
+    try:
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"called\n"
+        await eventually(lambda: not grpc_threads(child.pid), "grpc-core's threads gone",
+                         every=0.05)
+        child.stdin.write(b"again\n")
+        assert await asyncio.wait_for(child.stdout.readline(), 30) == b"called\n"
+        assert relay.opened == 2
+        await eventually(lambda: not grpc_threads(child.pid), "grpc-core's threads gone again",
+                         every=0.05)
+    finally:
+        child.kill()
+        await child.wait()
