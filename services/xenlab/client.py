@@ -13,7 +13,7 @@ import grpc
 
 from xenlab.proto import (console_pb2_grpc, domains_pb2, domains_pb2_grpc, evtchn_pb2_grpc, grants_pb2_grpc,
                           memory_pb2_grpc, paging_pb2_grpc, save_pb2_grpc, sched_pb2_grpc, xenstore_pb2_grpc)
-from xenlab.rpc import CHANNEL_OPTIONS, credentials_metadata
+from xenlab.rpc import CHANNEL_OPTIONS, IdleClosingChannel, credentials_metadata
 # Where a running hypervisor leaves its address and Domain-0's secret.
 from xenlab.rundir import Rundir  # noqa: F401
 
@@ -83,9 +83,16 @@ class HypervisorClient:
         self.save = save_pb2_grpc.SaveRestoreStub(channel)
 
     @classmethod
-    def connect(cls, address: str, domid: int, secret: str,
-                options=CHANNEL_OPTIONS) -> "HypervisorClient":
-        return cls(credentialed_channel(address, domid, secret, options), domid)
+    def connect(cls, address: str, domid: int, secret: str, options=CHANNEL_OPTIONS,
+                idle_close: float | None = None) -> "HypervisorClient":
+        """``idle_close``: close the connection after that many seconds with
+        no call in flight, and open one again for the next call
+        (xenlab.rpc.IdleClosingChannel); None keeps it open."""
+        if idle_close is None:
+            return cls(credentialed_channel(address, domid, secret, options), domid)
+        channel = IdleClosingChannel(
+            lambda: credentialed_channel(address, domid, secret, options), idle_close)
+        return cls(channel, domid)
 
     async def close(self) -> None:
         await self.channel.close()

@@ -9,17 +9,20 @@
   a gRPC error;
 * ``start_server`` adds health checking and server reflection to every
   server (as grpc.reflection.v1 and grpc.reflection.v1alpha), and makes its
-  unix socket 0600.
+  unix socket 0600;
+* ``IdleClosingChannel``: a client channel that lets its connection, and
+  grpc-core's threads with it, go while no call is in flight.
 """
 from __future__ import annotations
 
+import asyncio
 import errno as _errno
 import functools
 import hmac
 import inspect
 import logging
 import os
-from typing import Iterable
+from typing import Callable, Iterable
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -313,3 +316,206 @@ async def start_server(address: str, register: Iterable, service_names: Iterable
     for name in names:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, port
+
+
+# -- a channel that costs nothing while idle -----------------------------------------
+class IdleClosingChannel(grpc.aio.Channel):
+    """A grpc.aio channel that closes the channel under it once ``idle``
+    seconds have passed with no call in flight, and opens a new one with
+    ``factory()`` (the same address, options and interceptors) for the
+    next call.
+
+    For as long as any channel lives, grpc-core keeps threads of its own
+    (its EventEngine's workers and lifeguard) that wake the process several
+    times a second; a client whose calls are rare should not pay for them
+    between calls. Stubs are built on this channel once: each multicallable
+    takes the current channel when it is called. A call is in flight from
+    its start until its call object is done (a stream: until its status is
+    in), and is never cut: only a channel with no call in flight is closed,
+    and it is taken away before its close begins, so that a call made
+    meanwhile gets a fresh one. Anything waiting on the connectivity state
+    (``channel_ready``, ``wait_for_state_change``) counts as a call. While
+    no channel is open the state is IDLE, as a channel's before its first
+    call. ``close()`` closes for good: a call after it raises
+    grpc.aio.UsageError. ``opened`` counts the channels it opened.
+    """
+
+    def __init__(self, factory: Callable[[], grpc.aio.Channel], idle: float):
+        if not idle > 0:
+            raise ValueError(f"the idle period must be positive, not {idle!r}")
+        self._factory = factory
+        self._idle = idle
+        self._channel: grpc.aio.Channel | None = None
+        self._in_flight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None     # its calls' loop
+        self._closing: set[asyncio.Task] = set()    # idle channels being closed
+        self._closed = False
+        self.opened = 0         # channels opened so far
+        # The open channel's multicallables, by ours: gone with it.
+        self._callables: dict[_IdleMultiCallable, object] = {}
+
+    # -- the channel under it ---------------------------------------------------------
+    def _begin(self) -> grpc.aio.Channel:
+        """A call starts: the open channel (one is opened if none is)."""
+        if self._closed:
+            raise grpc.aio.UsageError("the channel is closed")
+        self._loop = asyncio.get_running_loop()
+        if self._channel is None:
+            self._channel = self._factory()
+            # Not logged (nor is the close): a domU's log is its console, and
+            # a line there is a message to xenconsoled an idle domU must not
+            # send. ``opened`` counts them.
+            self.opened += 1
+        self._in_flight += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        return self._channel
+
+    def _end(self) -> None:
+        """A call is done; the last one arms the idle timer."""
+        self._in_flight -= 1
+        if self._in_flight == 0 and self._channel is not None and not self._closed \
+                and not self._loop.is_closed():
+            self._timer = self._loop.call_later(self._idle, self._expire)
+
+    def _track(self, call) -> None:
+        """Count ``call`` as in flight until it is done, once."""
+        ended = False
+
+        def done(_call) -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self._end()
+        call.add_done_callback(done)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._in_flight or self._channel is None or self._closed:
+            return
+        channel, self._channel = self._channel, None
+        self._callables.clear()
+        task = self._loop.create_task(channel.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    # -- grpc.aio.Channel -------------------------------------------------------------
+    def unary_unary(self, method, request_serializer=None, response_deserializer=None,
+                    _registered_method=False):
+        return _IdleUnaryUnary(self, "unary_unary", method, request_serializer,
+                               response_deserializer, _registered_method)
+
+    def unary_stream(self, method, request_serializer=None, response_deserializer=None,
+                     _registered_method=False):
+        return _IdleUnaryStream(self, "unary_stream", method, request_serializer,
+                                response_deserializer, _registered_method)
+
+    def stream_unary(self, method, request_serializer=None, response_deserializer=None,
+                     _registered_method=False):
+        return _IdleStreamUnary(self, "stream_unary", method, request_serializer,
+                                response_deserializer, _registered_method)
+
+    def stream_stream(self, method, request_serializer=None, response_deserializer=None,
+                      _registered_method=False):
+        return _IdleStreamStream(self, "stream_stream", method, request_serializer,
+                                 response_deserializer, _registered_method)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        if self._closed:
+            return grpc.ChannelConnectivity.SHUTDOWN
+        if not try_to_connect:
+            # Looking is not using: the idle timer runs on.
+            if self._channel is None:
+                return grpc.ChannelConnectivity.IDLE
+            return self._channel.get_state()
+        channel = self._begin()
+        try:
+            return channel.get_state(True)
+        finally:
+            self._end()         # a connection nobody calls on goes after ``idle`` too
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        if self._channel is None and not self._closed \
+                and last_observed_state is not grpc.ChannelConnectivity.IDLE:
+            return
+        channel = self._begin()
+        try:
+            await channel.wait_for_state_change(last_observed_state)
+        finally:
+            self._end()
+
+    async def channel_ready(self) -> None:
+        channel = self._begin()
+        try:
+            await channel.channel_ready()
+        finally:
+            self._end()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close for good; as grpc.aio's, calls in flight are cancelled
+        (after ``grace`` seconds, if given)."""
+        if not self._closed:
+            self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            channel, self._channel = self._channel, None
+            self._callables.clear()
+            if channel is not None:
+                await channel.close(grace)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def __aenter__(self) -> "IdleClosingChannel":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+class _IdleMultiCallable:
+    """One method on an IdleClosingChannel: the current channel's
+    multicallable, made again when the channel was."""
+
+    def __init__(self, owner: IdleClosingChannel, kind: str, method: str, request_serializer,
+                 response_deserializer, registered: bool):
+        self._owner = owner
+        self._kind = kind
+        self._method = method
+        self._serializer = request_serializer
+        self._deserializer = response_deserializer
+        self._registered = registered
+
+    def __call__(self, request=None, **kwargs):
+        owner = self._owner
+        channel = owner._begin()
+        try:
+            real = owner._callables.get(self)
+            if real is None:
+                real = owner._callables[self] = getattr(channel, self._kind)(
+                    self._method, self._serializer, self._deserializer,
+                    _registered_method=self._registered)
+            call = real(request, **kwargs)
+        except BaseException:
+            owner._end()
+            raise
+        owner._track(call)
+        return call
+
+
+class _IdleUnaryUnary(_IdleMultiCallable, grpc.aio.UnaryUnaryMultiCallable):
+    pass
+
+
+class _IdleUnaryStream(_IdleMultiCallable, grpc.aio.UnaryStreamMultiCallable):
+    pass
+
+
+class _IdleStreamUnary(_IdleMultiCallable, grpc.aio.StreamUnaryMultiCallable):
+    pass
+
+
+class _IdleStreamStream(_IdleMultiCallable, grpc.aio.StreamStreamMultiCallable):
+    pass

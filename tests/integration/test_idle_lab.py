@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from xenlab.bench.labs import lab_processes
+from xenlab.boot.domu import HYPERVISOR_IDLE_CLOSE
 from xenlab.events.watch import EventCollector
 from xenlab.proto import agent_pb2
 from xenlab.testing.eventually import eventually
@@ -68,6 +69,9 @@ async def test_an_idle_lab_publishes_nothing_and_its_services_sleep(lab_factory)
             return len(events.events) == mark
 
         await eventually(quiet, "the lab going quiet", timeout=60)
+        # The domUs' last hypercalls were at boot: their channels to the
+        # hypervisor close once idle, which the hypervisor's loop sees.
+        await asyncio.sleep(HYPERVISOR_IDLE_CLOSE)
         mark = len(events.events)
         before = {name: wakeups(pid) for name, pid in services.items()}
         await asyncio.sleep(WINDOW)

@@ -62,7 +62,7 @@ class DomainKernel:
     def __init__(self, start: StartInfo, drivers: Callable[["DomainKernel"], list] | None = None,
                  memory_map=None, doorbell=None,
                  agent: Callable[["DomainKernel"], Awaitable[object]] | None = None,
-                 paging_pool=None):
+                 paging_pool=None, hypervisor_idle_close: float | None = None):
         """``drivers(kernel)``: the XenbusDrivers to register at boot (none
         if not given); ``agent(kernel)``: started once they are, its result
         stopped (``await result.stop()``) first at close (none if not given
@@ -70,7 +70,10 @@ class DomainKernel:
         mapped from the object its launcher handed over or the doorbell
         brought (else boot opens the segment); ``doorbell``: that doorbell
         connection, greeted; ``paging_pool``: in shadow or HAP mode, the
-        paging pool the doorbell brought, mapped read-only (a PageMap)."""
+        paging pool the doorbell brought, mapped read-only (a PageMap);
+        ``hypervisor_idle_close``: close the gRPC connection to the
+        hypervisor after that many seconds with no hypercall in flight
+        (Hypercalls.connect; None: keep it open)."""
         self.start_info = start
         self._memory_map = memory_map
         self._doorbell = doorbell
@@ -78,7 +81,8 @@ class DomainKernel:
         self.domid = start.domid
         self.name = start.name
         # Every call to the hypervisor, typed (xenlab.domain.hypercall).
-        self.hypercall = Hypercalls.connect(start.hypervisor, start.domid, start.secret)
+        self.hypercall = Hypercalls.connect(start.hypervisor, start.domid, start.secret,
+                                            idle_close=hypervisor_idle_close)
         self.gnttab: GrantTable = self.hypercall.gnttab
         self.memory: GuestMemory | None = None
         self.paging: KernelPagingService | None = None     # its MMU and address spaces

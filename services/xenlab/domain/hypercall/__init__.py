@@ -45,8 +45,11 @@ class Hypercalls:
         self.domains = DomainOps(client.domains, client.domid, client.save)
 
     @classmethod
-    def connect(cls, address: str, domid: int, secret: str) -> "Hypercalls":
-        return cls(HypervisorClient.connect(address, domid, secret), owned=True)
+    def connect(cls, address: str, domid: int, secret: str,
+                idle_close: float | None = None) -> "Hypercalls":
+        """``idle_close``: HypervisorClient.connect's."""
+        return cls(HypervisorClient.connect(address, domid, secret, idle_close=idle_close),
+                   owned=True)
 
     async def close(self) -> None:
         await self.gnttab.close()
