@@ -127,13 +127,15 @@ async def oversized_message_flood(address: str, *, calls: int = 16, size: int = 
 
 
 async def concurrent_call_flood(client, *, calls: int = 5000, rounds: int = 1,
-                                stop: asyncio.Event | None = None,
+                                stop: asyncio.Event | None = None, hold: float | None = None,
                                 rest: float = 0.0) -> collections.Counter:
     """``calls`` XenStore.Read calls at once from one domain, half of them
     held open as Upcalls streams: grpc-core's queue of calls not yet picked
-    up overflowed and cancelled Domain-0's own reads. With a ``stop``, each
-    round is followed by ``rest`` seconds in which the domain's other calls
-    have its budget of calls in flight."""
+    up overflowed and cancelled Domain-0's own reads. A stream the
+    hypervisor admitted is held until its first upcall, or ``hold`` seconds
+    at most ("held"). With a ``stop``, each round is followed by ``rest``
+    seconds in which the domain's other calls have its budget of calls in
+    flight."""
     out: collections.Counter = collections.Counter()
     await client.xenstore.Write(xenstore_pb2.WriteRequest(path="data/flood", value=b"x"))
     read = xenstore_pb2.PathRequest(path="data/flood")
@@ -142,8 +144,10 @@ async def concurrent_call_flood(client, *, calls: int = 5000, rounds: int = 1,
 
         async def first(stream) -> str:
             try:
-                await stream.read()
+                await asyncio.wait_for(stream.read(), hold)
                 return "OK"
+            except asyncio.TimeoutError:
+                return "held"
             except grpc.aio.AioRpcError as err:
                 return err.code().name
         results = await asyncio.gather(*(first(s) for s in streams),

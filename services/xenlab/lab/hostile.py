@@ -243,13 +243,14 @@ class Flooder:
         """5000 calls at once, again and again, on a connection of their
         own (their streams go unread and fill the connection's flow-control
         window, which would stall mallory's other floods' calls on a shared
-        one). Each burst holds her whole budget of calls in flight until it
-        ends; a fifth of a second between bursts leaves the budget to her
-        other floods."""
+        one). The streams of a burst that the hypervisor admits take her
+        whole budget of calls in flight: each is held a second at most (an
+        upcall may never come), and a fifth of a second between bursts
+        leaves the budget to her other floods."""
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         async with HypervisorClient.connect(self.address, self.domid, self.secret,
                                             options=options) as hv:
-            return await testing_floods.concurrent_call_flood(hv, stop=stop, rest=0.2)
+            return await testing_floods.concurrent_call_flood(hv, stop=stop, hold=1.0, rest=0.2)
 
     async def devices(self, hv: HypervisorClient, stop: asyncio.Event) -> collections.Counter:
         """Whatever vif the toolstack gives us: garbage in its frontend
