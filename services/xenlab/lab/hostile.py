@@ -207,6 +207,11 @@ class Flooder:
         self.home = f"/local/domain/{domid}"
         self.stats: dict[str, collections.Counter] = {}
         self.ports: list[int] | None = None
+        # Clear while the devices flood has garbage to write: the calls
+        # flood starts no burst then (mallory's floods share her budget of
+        # calls in flight, and a burst takes all of it).
+        self.devices_turn_over = asyncio.Event()
+        self.devices_turn_over.set()
 
     def _jobs(self, hv: HypervisorClient, stop: asyncio.Event) -> dict:
         signed = credentials_metadata(self.domid, self.secret)
@@ -245,12 +250,17 @@ class Flooder:
         window, which would stall mallory's other floods' calls on a shared
         one). The streams of a burst that the hypervisor admits take her
         whole budget of calls in flight: each is held a second at most (an
-        upcall may never come), and a fifth of a second between bursts
-        leaves the budget to her other floods."""
+        upcall may never come); between bursts it rests a fifth of a second,
+        and waits while the devices flood has writes to make."""
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        out: collections.Counter = collections.Counter()
         async with HypervisorClient.connect(self.address, self.domid, self.secret,
                                             options=options) as hv:
-            return await testing_floods.concurrent_call_flood(hv, stop=stop, hold=1.0, rest=0.2)
+            while not stop.is_set():
+                out.update(await testing_floods.concurrent_call_flood(hv, hold=1.0))
+                await asyncio.sleep(0.2)
+                await _until_set(self.devices_turn_over, stop)
+        return out
 
     async def devices(self, hv: HypervisorClient, stop: asyncio.Event) -> collections.Counter:
         """Whatever vif the toolstack gives us: garbage in its frontend
@@ -269,6 +279,9 @@ class Flooder:
                       for key, value in (("tx-ring-ref", b"\xff\xfe"), ("rx-ring-ref", "²".encode()),
                                          ("event-channel", b"-1"), ("state", b"\xff\xfe\xfd"))]
 
+            if writes:
+                self.devices_turn_over.clear()
+
             async def write(path: str, value: bytes) -> str:
                 try:
                     written = await self._taken(stop, lambda: hv.xenstore.Write(
@@ -276,7 +289,10 @@ class Flooder:
                     return "OK" if written is not None else "stopped before written"
                 except grpc.aio.AioRpcError as err:
                     return err.code().name
-            out.update(await asyncio.gather(*(write(path, value) for path, value in writes)))
+            try:
+                out.update(await asyncio.gather(*(write(path, value) for path, value in writes)))
+            finally:
+                self.devices_turn_over.set()
             seen = names
             await asyncio.sleep(0.05)
         return out
@@ -326,6 +342,18 @@ class Flooder:
                     self.stats[name] = collections.Counter({f"{type(err).__name__}: {err}"[:120]: 1})
                 else:
                     self.stats[name] = task.result()
+
+
+async def _until_set(event: asyncio.Event, stop: asyncio.Event) -> None:
+    """Wait for ``event``, or the stop."""
+    if event.is_set():
+        return
+    waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 def flood_main() -> int:
