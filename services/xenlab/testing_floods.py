@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import mmap
 import os
 import socket as socket_
@@ -127,15 +126,13 @@ async def oversized_message_flood(address: str, *, calls: int = 16, size: int = 
 
 
 async def concurrent_call_flood(client, *, calls: int = 5000, rounds: int = 1,
-                                stop: asyncio.Event | None = None, hold: float | None = None,
-                                rest: float = 0.0) -> collections.Counter:
+                                stop: asyncio.Event | None = None,
+                                hold: float | None = None) -> collections.Counter:
     """``calls`` XenStore.Read calls at once from one domain, half of them
     held open as Upcalls streams: grpc-core's queue of calls not yet picked
     up overflowed and cancelled Domain-0's own reads. A stream the
     hypervisor admitted is held until its first upcall, or ``hold`` seconds
-    at most ("held"). With a ``stop``, each round is followed by ``rest``
-    seconds in which the domain's other calls have its budget of calls in
-    flight."""
+    at most ("held")."""
     out: collections.Counter = collections.Counter()
     await client.xenstore.Write(xenstore_pb2.WriteRequest(path="data/flood", value=b"x"))
     read = xenstore_pb2.PathRequest(path="data/flood")
@@ -156,9 +153,6 @@ async def concurrent_call_flood(client, *, calls: int = 5000, rounds: int = 1,
         out.update(results)
         for stream in streams:
             stream.cancel()
-        if stop is not None and rest > 0:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), rest)
     return out
 
 
