@@ -13,6 +13,7 @@ its agent is up.
 from __future__ import annotations
 
 import ipaddress
+import json
 import math
 
 import grpc
@@ -23,6 +24,20 @@ from xenlab.rpc import CHANNEL_OPTIONS
 from xenlab.xen.xenstore_paths import agent_record_path
 
 AGENT_TOKEN_MD = "xenlab-agent-token"     # the metadata every GuestAgent call carries
+
+# A domU's agent is socket-activated (xenlab.domain.agent_activation): its
+# gRPC server stops after an idle period, and a connection made to it just
+# before, whose call the busy domain did not read before the server stopped,
+# ends UNAVAILABLE with nothing done. gRPC's own retry policy makes the call
+# again (the next attempt wakes the agent); a call the server had begun
+# keeps the agent up, so it is never the one retried.
+AGENT_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "xenlab.proto.GuestAgent"}],
+    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.05s", "maxBackoff": "1s",
+                    "backoffMultiplier": 3, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+AGENT_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.enable_retries", 1),
+                         ("grpc.service_config", AGENT_SERVICE_CONFIG)]
 
 
 class NoAgentError(LookupError):
@@ -52,7 +67,7 @@ def agent_key(domid: int) -> str:
     return f"/local/domain/{domid}/data/agent"
 
 
-def agent_channel(address: str, token: str, options=CHANNEL_OPTIONS) -> grpc.aio.Channel:
+def agent_channel(address: str, token: str, options=AGENT_CHANNEL_OPTIONS) -> grpc.aio.Channel:
     """A channel to a guest agent whose every call presents ``token``."""
     return metadata_channel(address, ((AGENT_TOKEN_MD, token),), options)
 
