@@ -44,7 +44,7 @@ from xenlab.bench.kernel import BaselineError, KernelBridge
 from xenlab.bench.labs import lab_spec, running_lab
 from xenlab.bench.throughput import DomainPair, run_latency, run_throughput, warm_up
 from xenlab.bench.profile import Profiler, find_py_spy
-from xenlab.bench.scale import MESH_PER_SOURCE, boot
+from xenlab.bench.scale import MESH_PER_SOURCE, MESH_SETTLE, boot
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 
 SECTIONS = ("throughput", "latency", "scale", "fdb", "netem", "paging")
@@ -319,7 +319,8 @@ class Bench:
             try:
                 run = await boot(n, timeout=max(120.0, 5.0 * n), progress=progress,
                                  mesh=plan.mesh, log_level=plan.log_level, keep=plan.keep_logs,
-                                 idle=plan.idle, mesh_per_source=plan.mesh_per_source)
+                                 idle=plan.idle, mesh_per_source=plan.mesh_per_source,
+                                 mesh_settle=0.0 if plan.quick else MESH_SETTLE)
             except Exception as err:        # a lab that does not come up ends the section, with why
                 section["error"] = f"N={n}: {type(err).__name__}: {err}"
                 progress(f"scale stopped: {section['error']}")

@@ -19,6 +19,7 @@ TARGETS = (
     ("boot_256_seconds", "256 domUs to all vifs Connected (s)", 30.0, "<"),
     ("pss_domu_mib", "PSS per domU process, mean (MiB)", 8.0, "<="),
     ("idle_256_percent", "idle lab of 256 domUs, % of one CPU", 5.0, "<"),
+    ("mesh_256_ratio", "mesh of 256, warm RTT p50 / two-domain p50", 2.0, "<="),
     ("fdb_100k_ratio", "forwarding cost, 100k/10 FDB entries", 1.2, "<="),
 )
 
@@ -86,6 +87,9 @@ def figures(results: dict) -> dict[str, float | None]:
             out[f"boot_{run['n']}_seconds"] = run["seconds"]
         if run["n"] == 256 and run.get("idle"):
             out["idle_256_percent"] = run["idle"]["total_percent"]
+        warm = (run.get("mesh") or {}).get("warm") or {}
+        if run["n"] == 256 and warm.get("p50_ms") and lat.get("p50_ms"):
+            out["mesh_256_ratio"] = warm["p50_ms"] / lat["p50_ms"]
     pss = [run["memory"]["domu"].get("pss_mib_mean") for run in scale.get("boot", [])]
     pss = [p for p in pss if p is not None]
     out["pss_domu_mib"] = max(pss) if pss else None
@@ -179,6 +183,11 @@ def table(results: dict) -> str:
                          f"{mesh['replied']}/{mesh['pairs']} replied in "
                          f"{mesh['seconds']:.1f}s, RTT p50 {_n(mesh.get('p50_ms'), '.2f')} ms, "
                          f"p99 {_n(mesh.get('p99_ms'), '.2f')} ms (first ping of each pair: ARP included)")
+            warm = mesh.get("warm")
+            if warm:
+                lines.append(f"  the second ping of each pair (ARP resolved): {warm['replied']}/{mesh['pairs']} "
+                             f"replied, RTT p50 {_n(warm.get('p50_ms'), '.2f')} ms, "
+                             f"p99 {_n(warm.get('p99_ms'), '.2f')} ms")
         if scale.get("error"):
             lines.append(f"scale stopped: {scale['error']}")
     fdb = results.get("fdb")

@@ -82,7 +82,10 @@ def test_targets_say_met_missed_or_not_measured():
                                   {"n": 256, "seconds": 31.0,
                                    "idle": {"seconds": 30, "total_percent": 4.2, "domus_percent": 4.0,
                                             "per_domu_percent_mean": 0.016, "loadavg_1m": [1.0, 1.0]},
-                                   "memory": {"domu": {"pss_mib_mean": 7.5}}}]}}
+                                   "memory": {"domu": {"pss_mib_mean": 7.5}},
+                                   "mesh": {"n": 256, "pairs": 1024, "sampled": True, "replied": 1024,
+                                            "seconds": 20.0, "p50_ms": 60.0, "p99_ms": 300.0,
+                                            "warm": {"replied": 1024, "p50_ms": 4.5, "p99_ms": 30.0}}}]}}
     rows = {t["key"]: t for t in report.targets(results)}
     assert rows["throughput_64_ratio"]["met"] is True
     assert rows["throughput_1500_ratio"]["met"] is False
@@ -92,6 +95,7 @@ def test_targets_say_met_missed_or_not_measured():
     assert rows["boot_256_seconds"]["met"] is False
     assert rows["pss_domu_mib"]["value"] == 14.5 and rows["pss_domu_mib"]["met"] is False
     assert rows["idle_256_percent"]["met"] is True
+    assert rows["mesh_256_ratio"]["value"] == 1.8 and rows["mesh_256_ratio"]["met"] is True
     assert rows["fdb_100k_ratio"]["met"] is None
     results["targets"] = list(rows.values())
     text = report.table(results)
@@ -132,7 +136,9 @@ def test_scale_idle_and_mesh_options_reach_the_plan_and_the_table():
         parser.parse_args(["--idle", "-1"])
     idle = {"seconds": 30.0, "total_percent": 0.9, "domus_percent": 0.6, "per_domu_percent_mean": 0.04,
             "services_percent": {}, "loadavg_1m": [3.0, 2.0]}
-    mesh = {"n": 16, "pairs": 64, "sampled": True, "replied": 64, "seconds": 1.0, "p50_ms": 2.0, "p99_ms": 9.0}
+    mesh = {"n": 16, "pairs": 64, "sampled": True, "replied": 64, "seconds": 1.0, "p50_ms": 2.0, "p99_ms": 9.0,
+            "warm": {"replied": 63, "p50_ms": 1.25, "p99_ms": 3.5}}
     text = report.table({"scale": {"boot": [{"n": 16, "seconds": 12.0, "memory": {"domu": {}},
                                              "idle": idle, "mesh": mesh}]}, "targets": []})
     assert "0.90" in text and "ping mesh sample of 16: 64/64" in text
+    assert "second ping of each pair (ARP resolved): 63/64 replied, RTT p50 1.25 ms" in text
