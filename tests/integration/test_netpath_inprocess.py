@@ -13,6 +13,8 @@ requests gets netback's documented answer, and costs only its own vif.
 from __future__ import annotations
 
 import asyncio
+import bisect
+from pathlib import Path
 
 import pytest
 
@@ -378,31 +380,63 @@ async def test_the_hypervisor_handles_no_message_in_steady_traffic_between_domus
     assert ops_moved(before, dict(net.hv.ops)) == {}
 
 
-async def test_the_driver_domain_maps_no_more_buffer_pages_than_its_budget(net):
+def mappings_holding(addresses) -> int:
+    """How many of this process's mappings (/proc/self/maps) hold these addresses."""
+    ranges = sorted(tuple(int(x, 16) for x in line.split()[0].split("-"))
+                    for line in Path("/proc/self/maps").read_text().splitlines())
+    starts = [lo for lo, _ in ranges]
+    held = set()
+    for address in addresses:
+        i = bisect.bisect_right(starts, address) - 1
+        assert i >= 0 and ranges[i][0] <= address < ranges[i][1], f"{address:#x} is not mapped"
+        held.add(i)
+    return len(held)
+
+
+async def test_the_driver_domain_holds_no_more_mappings_than_its_budget(net):
+    """Consecutive buffer pages are mapped as one mapping (a VMA: a process
+    has vm.max_map_count of them); the budget bounds the mappings, and the
+    frames beyond it are copied through the hypervisor."""
     driver = next(d for d in net.kernels[0].drivers if hasattr(d, "page_budget"))
-    driver.page_budget = budget = PageBudget(10)
+    driver.page_budget = budget = PageBudget(3)
     a = await net.boot_domu("a")
     b = await net.boot_domu("b")
     for dom in (a, b):
         await net.add_vif(dom.domid, mtu=9000)
     eth_a, eth_b = await net.connected(a.domid), await net.connected(b.domid)
+    vifs = list(net.kernels[0].vifs.values())
 
-    def kept():
-        return sum(v.persistent_grants for v in net.kernels[0].vifs.values())
-    # the receive buffers mapped at connect already take the whole budget
-    await eventually(lambda: kept() == 10, "the budget's pages mapped")
-    assert budget.left == 0
+    def addresses():
+        return [address for v in vifs for address in v.datapath.persistent.addresses]
+    # the receive buffers mapped at connect take the whole budget, in runs
+    await eventually(lambda: budget.left == 0 and all(v.datapath.persistent.cache.settled
+                                                      for v in vifs), "the budget taken")
+    assert sum(v.persistent_grants for v in vifs) > 3        # more pages than mappings
+    assert mappings_holding(addresses()) <= 3
+    assert sum(v.datapath.persistent.mappings for v in vifs) == 3
     at_b = Capture(eth_b)
     frames = [frame(60 + i % 1000, mac_of(a.domid), seed=i) for i in range(600)]
     await send_in_hundreds(eth_a, frames)
     assert await at_b.wait(600) == frames                # the rest copied by the hypervisor
-    assert kept() == 10 and budget.left == 0
+    assert budget.left == 0 and mappings_holding(addresses()) <= 3
     be = net.backend_path(a.domid)
+    vif_b = net.kernels[0].vifs[f"vif{b.domid}.0"]
     await net.xs_write(f"{be}/online", "0")
     await net.xs_write(f"{be}/state", str(int(S.Closing)))
     await net.wait_state(be, S.Closed)
-    vif_b = net.kernels[0].vifs[f"vif{b.domid}.0"]
-    await eventually(lambda: budget.left == 10 - vif_b.persistent_grants, "a's pages back")
+    await eventually(lambda: budget.left == 3 - vif_b.datapath.persistent.mappings, "a's mappings back")
+
+
+async def test_a_vifs_buffer_pages_take_a_few_mappings_not_one_each(net):
+    a = await net.boot_domu("a")
+    await net.add_vif(a.domid)
+    await net.connected(a.domid)
+    vif = net.kernels[0].vifs[f"vif{a.domid}.0"]
+    await eventually(lambda: vif.datapath.persistent.cache.settled, "the buffer pages mapped")
+    pages = vif.persistent_grants
+    assert pages >= 256                                   # every receive buffer
+    assert mappings_holding(vif.datapath.persistent.addresses) <= 4
+    assert vif.datapath.persistent.mappings <= 4
 
 
 class SlowUpstream:

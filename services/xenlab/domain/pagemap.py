@@ -9,6 +9,13 @@ as soon as the page is mapped, as a kernel's grant mapping holds none.
 The view is a memoryview over the mapped page (read-only if mapped so).
 ``close()`` releases it and unmaps; a caller must not keep slices of the
 view past that (netback's copies take them for one statement at a time).
+
+Each mmap(2) is a mapping of its own (a VMA), and a process has
+vm.max_map_count of them (65,530 by default) for everything. ``map_run``
+maps consecutive pages of a file with one call, so that a backend holding
+a frontend's 512 buffer pages holds a handful of mappings, not 512; each
+page of a run is still unmapped on its own (munmap(2) of part of a mapping
+is allowed: the kernel trims or splits it).
 """
 from __future__ import annotations
 
@@ -28,23 +35,52 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 _MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
+def _mmap(fd: int, offset: int, length: int, writable: bool, populate: bool) -> int:
+    if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY or length <= 0:
+        raise ValueError(f"cannot map {length} bytes at offset {offset}")
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    # MAP_POPULATE: fault the page in now, not on the first frame through
+    # it (not for a whole domain's memory, whose pages tmpfs backs lazily).
+    flags = mmap.MAP_SHARED | (_MAP_POPULATE if populate else 0)
+    addr = _libc.mmap(None, length, prot, flags, fd, offset)
+    if addr is None or addr == _MAP_FAILED:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of {length} bytes at offset {offset}: {os.strerror(err)}")
+    return addr
+
+
+def map_run(fd: int, offset: int, count: int, writable: bool) -> list[PageMap]:
+    """``count`` consecutive pages of ``fd`` from ``offset``, with one
+    mmap(2): one mapping for the run. The first PageMap ``starts`` it."""
+    if count <= 0:
+        raise ValueError(f"cannot map a run of {count} pages")
+    addr = _mmap(fd, offset, count * abi.PAGE_SIZE, writable, populate=True)
+    return [PageMap.at(addr + i * abi.PAGE_SIZE, abi.PAGE_SIZE, writable, starts=i == 0)
+            for i in range(count)]
+
+
 class PageMap:
-    __slots__ = ("addr", "length", "view")
+    """``starts``: this page is the first of its mapping (one mmap(2) call
+    made it); a page of a run after the first shares its mapping."""
+
+    __slots__ = ("addr", "length", "view", "starts")
 
     def __init__(self, fd: int, offset: int, writable: bool, length: int = abi.PAGE_SIZE,
                  populate: bool = True):
-        if offset < 0 or offset % mmap.ALLOCATIONGRANULARITY or length <= 0:
-            raise ValueError(f"cannot map {length} bytes at offset {offset}")
-        prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-        # MAP_POPULATE: fault the page in now, not on the first frame through
-        # it (not for a whole domain's memory, whose pages tmpfs backs lazily).
-        flags = mmap.MAP_SHARED | (_MAP_POPULATE if populate else 0)
-        addr = _libc.mmap(None, length, prot, flags, fd, offset)
-        if addr is None or addr == _MAP_FAILED:
-            err = ctypes.get_errno()
-            raise OSError(err, f"mmap of {length} bytes at offset {offset}: {os.strerror(err)}")
+        self._set(_mmap(fd, offset, length, writable, populate), length, writable, True)
+
+    @classmethod
+    def at(cls, addr: int, length: int, writable: bool, starts: bool) -> PageMap:
+        """A page already mapped at ``addr`` (a part of a run), unmapped by
+        its ``close``."""
+        page = cls.__new__(cls)
+        page._set(addr, length, writable, starts)
+        return page
+
+    def _set(self, addr: int, length: int, writable: bool, starts: bool) -> None:
         self.addr = addr
         self.length = length
+        self.starts = starts
         view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
         self.view = view if writable else view.toreadonly()
 

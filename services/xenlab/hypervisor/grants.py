@@ -44,9 +44,10 @@ if TYPE_CHECKING:       # the memory is handed in; the core maps nothing itself
     from xenlab.hypervisor.memory import MachineMemory
 
 DEFAULT_MAX_MAPTRACK = 1024
-# Domain-0's maptrack: room for 64 vifs' persistent grants and their rings
-# (Xen's own default, max_maptrack_frames=1024, is 512k handles).
-PRIVILEGED_MAX_MAPTRACK = 64 * 1024
+# Domain-0's maptrack: Xen's own default (max_maptrack_frames=1024, 512k
+# handles), room for 1,000 vifs' persistent grants and their rings. Handles
+# are made as they are used, so the limit costs nothing until then.
+PRIVILEGED_MAX_MAPTRACK = 512 * 1024
 # Ops in one MapBatch / UnmapBatch call: netback maps a vif's 512 buffers in
 # a few calls.
 MAX_MAP_BATCH = 1024

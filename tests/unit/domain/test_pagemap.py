@@ -7,7 +7,7 @@ import resource
 
 import pytest
 
-from xenlab.domain.pagemap import PageMap
+from xenlab.domain.pagemap import PageMap, map_run
 from xenlab.xen import abi
 
 
@@ -63,3 +63,34 @@ def test_the_page_is_faulted_in_at_map_time(shm_fd):
 def test_a_bad_offset_is_refused(shm_fd):
     with pytest.raises(ValueError):
         PageMap(shm_fd, 100, writable=True)
+
+
+def _mappings_of(path: str) -> int:
+    with open("/proc/self/maps") as maps:
+        return sum(1 for line in maps if line.rstrip().endswith(path))
+
+
+def test_a_run_of_pages_is_one_mapping_and_each_page_goes_on_its_own(shm_path, shm_fd):
+    before = _mappings_of(shm_path)
+    pages = map_run(shm_fd, abi.PAGE_SIZE, 3, writable=True)
+    assert _mappings_of(shm_path) - before == 1
+    assert [p.starts for p in pages] == [True, False, False]
+    assert [p.addr - pages[0].addr for p in pages] == [0, abi.PAGE_SIZE, 2 * abi.PAGE_SIZE]
+    for i, page in enumerate(pages):
+        page.view[:1] = bytes([i + 1])
+    with open(shm_path, "rb") as f:
+        data = f.read()
+    assert [data[(i + 1) * abi.PAGE_SIZE] for i in range(3)] == [1, 2, 3]
+    pages[1].close()                          # the middle page: the mapping splits in two
+    assert _mappings_of(shm_path) - before == 2
+    assert pages[2].view[0] == 3 and pages[0].view[0] == 1
+    pages[0].close()
+    pages[2].close()
+    assert _mappings_of(shm_path) == before
+
+
+def test_an_empty_run_or_a_bad_offset_is_refused(shm_fd):
+    with pytest.raises(ValueError):
+        map_run(shm_fd, 0, 0, writable=True)
+    with pytest.raises(ValueError):
+        map_run(shm_fd, 100, 2, writable=True)

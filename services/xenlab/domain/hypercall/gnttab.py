@@ -37,7 +37,7 @@ import logging
 import os
 from typing import Any, Callable, Sequence
 
-from xenlab.domain.pagemap import PageMap
+from xenlab.domain.pagemap import PageMap, map_run
 from xenlab.proto import common_pb2, grants_pb2
 from xenlab.rpc import call
 from xenlab.xen import abi
@@ -65,6 +65,11 @@ class Page:
         self.readonly = readonly
         self._map = mapping
         self.view = mapping.view if mapping is not None else None
+
+    @property
+    def address(self) -> int | None:
+        """Where the page is mapped in this process (None: not mapped)."""
+        return self._map.addr if self._map is not None else None
 
     def close(self) -> None:
         """Let go of our mapping of the page (no hypercall: the grant stays
@@ -214,23 +219,23 @@ class GrantTable:
             raise
         out: list[Page | GrantError] = []
         orphans: list[int] = []         # mapped by the hypervisor, not by us
-        fds: dict[str, int] = {}
-        try:
-            for i, ((domid, ref, readonly), result) in enumerate(zip(ops, reply.results)):
-                slot = slots[i][0] if slots else None
-                if result.status != abi.GNTST_okay:
-                    self._release(slots[i:i + 1])
-                    out.append(GrantError(result.status, result.error))
-                    continue
-                try:
-                    out.append(self._reached(_page(result.mapping, domid, ref, readonly, fds),
-                                             result.mapping.mfn, slot))
-                except (OSError, ValueError, XenError) as err:
-                    orphans.append(result.mapping.handle)
-                    out.append(GrantError(abi.GNTST_general_error, f"mmap of ref {ref}: {err}"))
-        finally:
-            for fd in fds.values():
-                os.close(fd)
+        results = list(reply.results)[:len(ops)]
+        maps = _map_runs(ops, results)
+        for i, ((domid, ref, readonly), result) in enumerate(zip(ops, results)):
+            slot = slots[i][0] if slots else None
+            if result.status != abi.GNTST_okay:
+                self._release(slots[i:i + 1])
+                out.append(GrantError(result.status, result.error))
+                continue
+            mapped = maps.get(i)
+            try:
+                if isinstance(mapped, Exception):
+                    raise mapped
+                page = Page(result.mapping.handle, domid, ref, readonly, mapped)
+                out.append(self._reached(page, result.mapping.mfn, slot))
+            except (OSError, ValueError, XenError) as err:
+                orphans.append(result.mapping.handle)
+                out.append(GrantError(abi.GNTST_general_error, f"mmap of ref {ref}: {err}"))
         self._release(slots[len(out):])
         out += [GrantError(abi.GNTST_general_error, "no answer") for _ in ops[len(out):]]
         if orphans:
@@ -340,23 +345,71 @@ class GrantTable:
         self._frames.release()
 
 
-def _page(m, domid: int, ref: int, readonly: bool, fds: dict[str, int] | None = None) -> Page:
-    """The Page of one GrantMapping. ``fds``: the segments a batch opened
-    so far, left open for the caller to close; without it, opened and
-    closed here."""
+def _page(m, domid: int, ref: int, readonly: bool) -> Page:
+    """The Page of one GrantMapping."""
     if not m.shm_path:
         return Page(m.handle, domid, ref, readonly)
-    if fds is None:
-        fd = os.open(m.shm_path, os.O_RDWR)
+    fd = os.open(m.shm_path, os.O_RDWR)
+    try:
+        return Page(m.handle, domid, ref, readonly,
+                    PageMap(fd, m.offset, writable=not readonly, length=m.length))
+    finally:
+        os.close(fd)
+
+
+def _map_runs(ops: Sequence[MapOp], results) -> dict[int, PageMap | Exception]:
+    """The PageMap of each granted page a batch's results let us reach (by
+    their index), or why it could not be mapped. Consecutive pages of one
+    memory file, mapped alike, are mapped with one mmap(2) (pagemap.map_run):
+    a frontend's buffer pages are granted in order, so a backend holds a few
+    mappings for them, not one each."""
+    out: dict[int, PageMap | Exception] = {}
+    fds: dict[str, int] = {}
+    run: list[int] = []
+
+    def fd_of(path: str) -> int:
+        if path not in fds:
+            fds[path] = os.open(path, os.O_RDWR)
+        return fds[path]
+
+    def flush() -> None:
+        if not run:
+            return
+        first = results[run[0]].mapping
         try:
-            return Page(m.handle, domid, ref, readonly,
-                        PageMap(fd, m.offset, writable=not readonly, length=m.length))
-        finally:
+            pages = map_run(fd_of(first.shm_path), first.offset, len(run),
+                            writable=not ops[run[0]][2])
+        except (OSError, ValueError) as err:
+            out.update((i, err) for i in run)
+        else:
+            out.update(zip(run, pages))
+        run.clear()
+
+    try:
+        for i, ((_domid, _ref, readonly), result) in enumerate(zip(ops, results)):
+            m = result.mapping
+            if result.status != abi.GNTST_okay or not m.shm_path:
+                flush()
+                continue
+            if m.length != abi.PAGE_SIZE:
+                flush()
+                try:
+                    out[i] = PageMap(fd_of(m.shm_path), m.offset, writable=not readonly,
+                                     length=m.length)
+                except (OSError, ValueError) as err:
+                    out[i] = err
+                continue
+            if run:
+                last = results[run[-1]].mapping
+                if (m.shm_path != last.shm_path or m.offset != last.offset + abi.PAGE_SIZE
+                        or readonly != ops[run[-1]][2]):
+                    flush()
+            run.append(i)
+        flush()
+    finally:
+        for fd in fds.values():
             os.close(fd)
-    if m.shm_path not in fds:
-        fds[m.shm_path] = os.open(m.shm_path, os.O_RDWR)
-    return Page(m.handle, domid, ref, readonly,
-                PageMap(fds[m.shm_path], m.offset, writable=not readonly, length=m.length))
+    return out
 
 
 def _pb_op(op: GnttabCopy) -> grants_pb2.GrantCopyOp:

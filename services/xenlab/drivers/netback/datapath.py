@@ -43,16 +43,19 @@ PIPELINE_DEPTH = 2      # copy batches in flight per vif and direction
 # minimum-size frames; one batch from the bridge may carry ~900 of them.
 RX_QUEUE_FRAMES = 8192
 MAP_WAIT = 10.0         # seconds a disconnect waits for a map_batch in flight
-MAX_PERSISTENT_PAGES = 32768    # per driver domain: 64 vifs' worth, half of vm.max_map_count
+MAX_PERSISTENT_MAPPINGS = 32768     # per driver domain: half of vm.max_map_count
 
 
 class PageBudget:
-    """How many persistent-grant pages the whole driver domain may map: each
-    is a mapping (a VMA) of its own, and a process has vm.max_map_count of
-    them (65,530 by default) for everything else too."""
+    """How many mappings (VMAs) the whole driver domain may hold for
+    persistent grants: a process has vm.max_map_count of them (65,530 by
+    default) for everything else too. Consecutive buffer pages are mapped
+    as one (gnttab's map_batch), so a vif's 512 pages take a few; a batch
+    takes one per page while it is mapped, the most it could need, and
+    gives back what it did not use."""
 
-    def __init__(self, pages: int = MAX_PERSISTENT_PAGES):
-        self.left = pages
+    def __init__(self, mappings: int = MAX_PERSISTENT_MAPPINGS):
+        self.left = mappings
 
     def take(self, n: int) -> int:
         n = max(0, min(n, self.left))
@@ -69,13 +72,24 @@ class PersistentGrants:
     def __init__(self, gnttab: GrantTable, frontend_id: int, label: str, budget: PageBudget):
         self.cache = GrantCache()
         self._budget = budget
-        self._held = 0                    # of the budget: pages being mapped or mapped
+        self._held = 0                    # of the budget: mappings held, and a batch's reserve
         self._gnttab = gnttab
         self._frontend_id = frontend_id
         self._label = label
         self._pages: list[Page] = []      # every grant we hold mapped
         self._task: asyncio.Task | None = None
         self._closed = False
+
+    @property
+    def mappings(self) -> int:
+        """The mappings (VMAs) of the budget this vif holds, a batch being
+        mapped counting the most it could need."""
+        return self._held
+
+    @property
+    def addresses(self) -> list[int]:
+        """Where each buffer page we hold is mapped in this process."""
+        return [page.address for page in self._pages if page.address is not None]
 
     def prefetch(self, refs, writable: bool) -> None:
         """Map these buffer refs ahead of their first copy, in the background."""
@@ -94,40 +108,41 @@ class PersistentGrants:
             while not self._closed and self.cache.wanted:
                 room = self._budget.take(MAP_BATCH)
                 if not room:
-                    log.info("%s: the driver domain maps %d buffer pages already; copying "
-                             "the rest through the hypervisor", self._label, MAX_PERSISTENT_PAGES)
+                    log.info("%s: the driver domain holds %d mappings of buffer pages "
+                             "already; copying the rest through the hypervisor", self._label,
+                             MAX_PERSISTENT_MAPPINGS)
                     self.cache.give_up()
                     return
                 self._held += room
                 keys = self.cache.take_wanted(room)
-                self._budget.give(room - len(keys))
-                self._held -= room - len(keys)
                 try:
                     results = await self._gnttab.map_batch(
                         [(self._frontend_id, ref, not writable) for ref, writable in keys])
                 except XenError as err:
                     log.warning("%s: mapping %d buffer grants failed (%s); copying through "
                                 "the hypervisor", self._label, len(keys), err.message)
-                    self._release_budget(len(keys))
+                    self._release_budget(room)
                     self.cache.give_up()
                     return
-                self._take(keys, results)
+                self._release_budget(room - _mappings(self._take(keys, results)))
         finally:
             self._task = None
 
-    def _take(self, keys, results: list[Page | GrantError]) -> None:
+    def _take(self, keys, results: list[Page | GrantError]) -> list[Page]:
+        """Into the cache; the pages we reach, in order."""
+        kept = []
         for key, result in zip(keys, results):
             if isinstance(result, GrantError):
                 log.debug("%s: buffer ref %d not mapped: %s", self._label, key[0], result.message)
                 self.cache.refused(key, result.status)
-                self._release_budget(1)
                 continue
             self._pages.append(result)
             if result.view is None:           # the hypervisor gave us no way into it
                 self.cache.refused(key, abi.GNTST_general_error)
-                self._release_budget(1)
             else:
                 self.cache.mapped(key, result.handle, result.view)
+                kept.append(result)
+        return kept
 
     async def close(self) -> None:
         """Stop mapping, wait for a map_batch in flight, unmap everything."""
@@ -166,6 +181,21 @@ class PersistentGrants:
             page.close()
         self._pages = []
         self._release_budget(self._held)
+
+
+def _mappings(pages: list[Page]) -> int:
+    """How many mappings (VMAs) these pages, in the order they were mapped,
+    hold at most: a page right after the one before it shares its mapping."""
+    count = 0
+    end = None
+    for page in pages:
+        address = page.address
+        if address is None:
+            continue
+        if address != end:
+            count += 1
+        end = address + len(page.view)
+    return count
 
 
 class Datapath:
