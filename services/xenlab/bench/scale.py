@@ -191,19 +191,23 @@ def mesh_pairs(n: int, per_source: int) -> list[list[int]]:
 
 
 async def ping_mesh(lab, progress, per_source: int = 0, settle: float = MESH_SETTLE) -> dict:
-    """Two passes over the ``mesh_pairs``, each domU pinging each of its
-    destinations once a pass, in waves of MESH_CONCURRENCY sources, each
-    source through its destinations in turn. The first pass resolves ARP
-    (a broadcast every domU on the bridge receives); the second is warm, as
-    every ping of the two-domain latency run after its first is, and starts
-    ``settle`` seconds after the first (MESH_SETTLE: once the counters'
-    messages the first pass set off are out). The top-level percentiles are
-    the first pass's (ARP included); ``warm`` holds the second's.
+    """Three passes over the ``mesh_pairs``, each domU pinging each of its
+    destinations once a pass, each source through its destinations in turn:
 
-    A wave's guest agents are each called once before its pings, so that a
-    dormant agent starting its gRPC server (xenlab.domain.agent_activation)
-    does not run beside the pings being timed: the agent is the bench's way
-    in, not part of the path a ping takes."""
+    * first, MESH_CONCURRENCY sources at a time: each pair's first ping
+      resolves ARP, a broadcast every domU on the bridge receives (the
+      top-level percentiles);
+    * ``settle`` seconds later (MESH_SETTLE: once the counters' messages
+      the first pass set off are out), warm and one ping at a time, as the
+      two-domain latency run pings: the RTT of a lab of N with nothing
+      else going on, which the target compares with that run (``warm``);
+    * then warm again, MESH_CONCURRENCY sources at a time: the same pings
+      queueing for the one Domain-0 and the one bridge (``warm_concurrent``).
+
+    Sources go in waves; a wave's guest agents are each called once before
+    its pings, so that a dormant agent starting its gRPC server
+    (xenlab.domain.agent_activation) does not run beside the pings being
+    timed: the agent is the bench's way in, not part of a ping's path."""
     names = sorted(lab.domids)
     index = {name: int(name[1:]) for name in names}
     targets = {name: [names[j] for j in js] for name, js in zip(names, mesh_pairs(len(names), per_source))}
@@ -221,26 +225,33 @@ async def ping_mesh(lab, progress, per_source: int = 0, settle: float = MESH_SET
             else:
                 failures.append(f"{name}->{other}: {reply.error or 'no reply'}")
 
-    async def one_pass() -> tuple[list[float], float]:
+    async def one_pass(concurrency: int) -> tuple[list[float], float]:
         rtts: list[float] = []
         timed = 0.0
-        for at in range(0, len(sources), MESH_CONCURRENCY):
-            wave = sources[at:at + MESH_CONCURRENCY]
+        for at in range(0, len(sources), concurrency):
+            wave = sources[at:at + concurrency]
             await asyncio.gather(*(agents[name].InterfaceStats(agent_pb2.StatsRequest()) for name in wave))
             started = time.monotonic()
             await asyncio.gather(*(pings(name, rtts) for name in wave))
             timed += time.monotonic() - started
         return rtts, timed
 
+    def summary(rtts: list[float], seconds: float, concurrency: int) -> dict:
+        return {"replied": len(rtts), "seconds": seconds, "concurrency": concurrency, **percentiles(rtts)}
+
     try:
-        rtts, seconds = await one_pass()
+        rtts, seconds = await one_pass(MESH_CONCURRENCY)
         progress(f"  ping mesh of {len(names)}: {len(rtts)}/{pairs} replied in {seconds:.1f}s (ARP included)")
         await asyncio.sleep(settle)
-        warm, warm_seconds = await one_pass()
-        progress(f"  ping mesh of {len(names)} again, warm: {len(warm)}/{pairs} replied in {warm_seconds:.1f}s")
+        warm = summary(*await one_pass(1), 1)
+        progress(f"  ping mesh of {len(names)} again, warm, one ping at a time: "
+                 f"{warm['replied']}/{pairs} replied in {warm['seconds']:.1f}s")
+        busy = summary(*await one_pass(MESH_CONCURRENCY), MESH_CONCURRENCY)
+        progress(f"  and warm, {MESH_CONCURRENCY} sources at a time: {busy['replied']}/{pairs} replied "
+                 f"in {busy['seconds']:.1f}s")
     finally:
         for agent in agents.values():
             await agent.close()
     return {"n": len(names), "pairs": pairs, "sampled": pairs < len(names) * (len(names) - 1),
-            "replied": len(rtts), "seconds": seconds, "failures": failures[:10], **percentiles(rtts),
-            "warm": {"replied": len(warm), "seconds": warm_seconds, **percentiles(warm)}}
+            "replied": len(rtts), "seconds": seconds, "concurrency": MESH_CONCURRENCY,
+            "failures": failures[:10], **percentiles(rtts), "warm": warm, "warm_concurrent": busy}

@@ -137,8 +137,10 @@ def test_scale_idle_and_mesh_options_reach_the_plan_and_the_table():
     idle = {"seconds": 30.0, "total_percent": 0.9, "domus_percent": 0.6, "per_domu_percent_mean": 0.04,
             "services_percent": {}, "loadavg_1m": [3.0, 2.0]}
     mesh = {"n": 16, "pairs": 64, "sampled": True, "replied": 64, "seconds": 1.0, "p50_ms": 2.0, "p99_ms": 9.0,
-            "warm": {"replied": 63, "p50_ms": 1.25, "p99_ms": 3.5}}
+            "warm": {"replied": 63, "concurrency": 1, "p50_ms": 1.25, "p99_ms": 3.5},
+            "warm_concurrent": {"replied": 64, "concurrency": 8, "p50_ms": 2.5, "p99_ms": 7.0}}
     text = report.table({"scale": {"boot": [{"n": 16, "seconds": 12.0, "memory": {"domu": {}},
                                              "idle": idle, "mesh": mesh}]}, "targets": []})
     assert "0.90" in text and "ping mesh sample of 16: 64/64" in text
-    assert "second ping of each pair (ARP resolved): 63/64 replied, RTT p50 1.25 ms" in text
+    assert "again, ARP resolved, one ping at a time: 63/64 replied, RTT p50 1.25 ms" in text
+    assert "again, ARP resolved, 8 sources at a time: 64/64 replied, RTT p50 2.50 ms" in text
