@@ -139,8 +139,15 @@ async def test_watch_streams_that_never_read_do_not_exhaust_the_hypervisors_memo
                                            writes=2000, quiet=2.0)
         assert memory.grown < 128 * MiB, \
             f"the hypervisor grew by {memory.grown // MiB} MiB: {wide} {deep}"
-        assert wide["stream RESOURCE_EXHAUSTED"] >= 120 and wide["write OK"] == 2000
-        assert deep["stream RESOURCE_EXHAUSTED"] > 0 and deep["write OK"] == 2000
+        # A stream cut ends RESOURCE_EXHAUSTED; when the trailers cannot reach
+        # a client that never reads (128 streams fill its connection's
+        # window), grpc-core resets it and the client sees INTERNAL
+        # ("Internal error from Core"): cut all the same (1 to 4 of 128 in runs
+        # by hand beside two busy loops).
+        cut = wide["stream RESOURCE_EXHAUSTED"] + wide["stream INTERNAL"]
+        assert cut >= 120 and wide["stream RESOURCE_EXHAUSTED"] > 64, (wide, deep)
+        assert wide["write OK"] == 2000, (wide, deep)
+        assert deep["stream RESOURCE_EXHAUSTED"] > 0 and deep["write OK"] == 2000, (wide, deep)
         assert await dom0_reads(dom0) == {"OK": 50}
         await flooder.close()
 
