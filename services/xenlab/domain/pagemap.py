@@ -51,36 +51,31 @@ def _mmap(fd: int, offset: int, length: int, writable: bool, populate: bool) -> 
 
 def map_run(fd: int, offset: int, count: int, writable: bool) -> list[PageMap]:
     """``count`` consecutive pages of ``fd`` from ``offset``, with one
-    mmap(2): one mapping for the run. The first PageMap ``starts`` it."""
+    mmap(2): one mapping for the run."""
     if count <= 0:
         raise ValueError(f"cannot map a run of {count} pages")
     addr = _mmap(fd, offset, count * abi.PAGE_SIZE, writable, populate=True)
-    return [PageMap.at(addr + i * abi.PAGE_SIZE, abi.PAGE_SIZE, writable, starts=i == 0)
-            for i in range(count)]
+    return [PageMap.at(addr + i * abi.PAGE_SIZE, abi.PAGE_SIZE, writable) for i in range(count)]
 
 
 class PageMap:
-    """``starts``: this page is the first of its mapping (one mmap(2) call
-    made it); a page of a run after the first shares its mapping."""
-
-    __slots__ = ("addr", "length", "view", "starts")
+    __slots__ = ("addr", "length", "view")
 
     def __init__(self, fd: int, offset: int, writable: bool, length: int = abi.PAGE_SIZE,
                  populate: bool = True):
-        self._set(_mmap(fd, offset, length, writable, populate), length, writable, True)
+        self._set(_mmap(fd, offset, length, writable, populate), length, writable)
 
     @classmethod
-    def at(cls, addr: int, length: int, writable: bool, starts: bool) -> PageMap:
+    def at(cls, addr: int, length: int, writable: bool) -> PageMap:
         """A page already mapped at ``addr`` (a part of a run), unmapped by
         its ``close``."""
         page = cls.__new__(cls)
-        page._set(addr, length, writable, starts)
+        page._set(addr, length, writable)
         return page
 
-    def _set(self, addr: int, length: int, writable: bool, starts: bool) -> None:
+    def _set(self, addr: int, length: int, writable: bool) -> None:
         self.addr = addr
         self.length = length
-        self.starts = starts
         view = memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
         self.view = view if writable else view.toreadonly()
 
