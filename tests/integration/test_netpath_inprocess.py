@@ -793,7 +793,12 @@ async def test_destroying_a_domain_whose_vif_task_failed_releases_its_mappings(n
     """The report's round: a vif connected, one non-UTF-8 byte in its
     frontend's state, the domain destroyed at once. Every round gives back
     its 258 Domain-0 mappings, the vif and its bridge port."""
-    _, b, _, eth_b = pair
+    a, b, _, eth_b = pair
+    # a's and b's receive buffers are mapped in the background after they
+    # connect: the baseline is taken once they all are
+    for dom in (a, b):
+        await eventually(lambda d=dom.domid: len(mapped_from(net, d)) == 2 + abi.NET_RX_RING_SIZE,
+                         f"d{dom.domid}'s 258 pages mapped")
     baseline = len(net.hv.grants.mappings(0))
     for round_ in range(3):
         c = await net.boot_domu(f"c{round_}")

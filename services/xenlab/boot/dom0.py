@@ -44,9 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def dom0_start_info(rundir: Rundir, vcpus: int = 0) -> StartInfo:
+    """Domain-0's xenbus reaches xenstored on its socket, where one listens
+    (the hypervisor's rundir is Domain-0's own), as Xen's tools in Domain-0 do."""
+    xenstored = rundir.xenstored_socket
     return StartInfo(domid=0, name="Domain-0", secret=rundir.read_dom0_secret(),
                      hypervisor=rundir.read_address(), doorbell=str(rundir.doorbell),
-                     vcpus=vcpus, console_log="")
+                     vcpus=vcpus, console_log="",
+                     xenstored=str(xenstored) if xenstored.exists() else "")
 
 
 def dom0_drivers(kernel: DomainKernel) -> list:
@@ -123,4 +127,4 @@ def run(args) -> int:
     except ConfigError as err:
         print(f"xenlab dom0: {err.message}", file=sys.stderr)
         return 2
-    return eventloop.run(_main(start, events))
+    return eventloop.run(_main(start, events), full_gc_interval=eventloop.FULL_COLLECTION_INTERVAL)

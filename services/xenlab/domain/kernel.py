@@ -27,7 +27,7 @@ from xenlab.domain.paging import GrantArea, KernelPagingService
 from xenlab.domain.sysrq import SysrqHandler
 from xenlab.domain.vcpus import Vcpus
 from xenlab.domain.xenbus import XenbusBus, XenbusClient
-from xenlab.domain.xenbus_ring import RingXenStore
+from xenlab.domain.xenbus_ring import WireXenStore
 from xenlab.xen import abi
 from xenlab.xen.digits import U64_MAX, parse_decimal
 from xenlab.xen.errors import XenError
@@ -89,7 +89,8 @@ class DomainKernel:
         self.shared_info: SharedInfo | None = None
         self.evtchn: GuestEventChannels | None = None
         self.xenbus: XenbusClient | None = None
-        self._store_ring: RingXenStore | None = None     # when start_info names a ring
+        self._store_ring: WireXenStore | None = None     # a store ring, or xenstored's socket
+        self._xenstore_carrier = "gRPC"
         self.console: ConsoleFront | None = None         # when start_info names a console ring
         # Called with the console as soon as it is up (boot.domu routes the log to it).
         self.on_console: list[Callable[[ConsoleFront], None]] = []
@@ -159,7 +160,7 @@ class DomainKernel:
         await self.evtchn.start()
         self.gnttab.attach_doorbell(self.evtchn)
         self._open_console()
-        self.xenbus = XenbusClient(self._xenstore_transport(), self.domid)
+        self.xenbus = XenbusClient(await self._xenstore_transport(), self.domid)
         await self.xenbus.start()
         self.bus = XenbusBus(self.xenbus)
         await self._start_timer()
@@ -174,20 +175,30 @@ class DomainKernel:
         log.info("d%d (%s) booted: %d frames, doorbell %s, xenstore over %s", self.domid,
                  self.name, self.memory.nr_frames,
                  "yes" if self.evtchn.via_doorbell else "no (gRPC fallback)",
-                 "its store ring" if self._store_ring else "gRPC")
+                 self._xenstore_carrier)
         if self._agent_factory is not None:
             self.agent = await self._agent_factory(self)
         for hook in self.on_boot:
             await hook()
 
-    def _xenstore_transport(self):
+    async def _xenstore_transport(self):
         """The store ring start_info names, as a Xen guest's xenbus uses;
-        without one (a kernel started by hand), the hypervisor's XenStore service."""
-        if not self.start_info.store_port:
-            return self.hypercall.xenstore
-        self._store_ring = RingXenStore.open(self.memory, self.evtchn, self.start_info.store_gfn,
-                                             self.start_info.store_port)
-        return self._store_ring
+        for Domain-0, xenstored's socket; without either (a kernel started
+        by hand, or a socket that does not answer), the hypervisor's
+        XenStore service."""
+        start = self.start_info
+        if start.store_port:
+            self._store_ring = WireXenStore.open(self.memory, self.evtchn, start.store_gfn,
+                                                 start.store_port)
+            self._xenstore_carrier = "its store ring"
+        elif start.xenstored:
+            try:
+                self._store_ring = await WireXenStore.connect(start.xenstored)
+                self._xenstore_carrier = "xenstored's socket"
+            except OSError as err:
+                log.warning("d%d: xenstored's socket %s: %s; xenstore over gRPC instead",
+                            self.domid, start.xenstored, err.strerror or err)
+        return self._store_ring or self.hypercall.xenstore
 
     def _open_console(self) -> None:
         """hvc_xen: the console ring start_info names (none for a kernel

@@ -1,5 +1,6 @@
 """The guest kernel's way to xenstored: its store ring (Linux's
-xenbus_comms.c, and the request half of xenbus_xs.c).
+xenbus_comms.c, and the request half of xenbus_xs.c), or, for Domain-0,
+xenstored's unix socket.
 
 start_info names the store page and the store port, which the toolstack
 set up and xenstored bound at creation. Requests go onto the ring as
@@ -7,11 +8,19 @@ xs_wire.h messages, each with a req_id; replies are matched back by it;
 watch events arrive unsolicited. A notification on the store port says
 xenstored moved something; one from us says we did.
 
-``RingXenStore`` is a XenStoreTransport (xenlab.domain.hypercall.xenstore):
-it answers XenbusClient's calls from the ring as the hypervisor's XenStore
-service answers them (the same errno for the same refusal), so that
-XenbusClient and the drivers run on either unchanged. The service stays for
-clients outside the lab.
+Domain-0 has no store ring from the toolstack: xenstored runs beside it
+(here in the hypervisor's process; in a Linux Domain-0, in its user space,
+which its kernel reaches locally, XS_LOCAL, and its tools through the
+socket). Its kernel speaks the same xs_wire.h messages over xenstored's
+socket (start_info's ``xenstored``): the cost of a request there is
+xenstored's own work, where the gRPC service adds a call's worth of
+HTTP/2 and protobuf to each one, in the hypervisor and in Domain-0.
+
+``WireXenStore`` is a XenStoreTransport (xenlab.domain.hypercall.xenstore)
+over either carrier: it answers XenbusClient's calls as the hypervisor's
+XenStore service answers them (the same errno for the same refusal), so
+that XenbusClient and the drivers run on any of the three unchanged. The
+service stays for clients outside the lab.
 """
 from __future__ import annotations
 
@@ -41,16 +50,13 @@ def _lost(reason: str, closing: bool = False) -> XenStoreError:
                          f"xenstore connection lost: {reason}")
 
 
-class StoreRing:
-    """The guest's end of its store ring: requests out, replies matched by
-    req_id, watch events to ``on_event``."""
+class _Requests:
+    """What every carrier shares (xenbus_xs.c): requests out with a req_id
+    each, replies matched back by it, watch events to ``on_event``, and
+    every caller told once the connection is lost. A carrier moves
+    ``_out`` and feeds ``reader`` in ``_pump``."""
 
-    def __init__(self, frame: memoryview, port: int, evtchn) -> None:
-        self._frame = frame
-        self.page = XsRingPage(frame)
-        self.end = XsRingEnd(self.page, server=False)
-        self.port = port
-        self.evtchn = evtchn
+    def __init__(self) -> None:
         self.reader = w.MessageReader()
         self._out = bytearray()
         self._waiting: dict[int, tuple[asyncio.Future, Callable[[XsMessage], None] | None]] = {}
@@ -58,7 +64,6 @@ class StoreRing:
         self.on_event: Callable[[str, str], None] | None = None
         self.on_lost: Callable[[XenError], None] | None = None
         self.lost: XenError | None = None
-        evtchn.bind_handler(port, self._on_notify)
 
     def call(self, type_: int, payload: bytes, tx: int = 0,
              on_reply: Callable[[XsMessage], None] | None = None) -> asyncio.Future:
@@ -74,11 +79,54 @@ class StoreRing:
         self._pump()
         return fut
 
+    def _pump(self) -> None:
+        raise NotImplementedError
+
     def _next_id(self) -> int:
         while True:
             req_id = next(self._ids) & _U32
             if req_id and req_id not in self._waiting:
                 return req_id
+
+    def _dispatch(self, msg: XsMessage) -> None:
+        if msg.type == XsType.WATCH_EVENT:
+            parts = w.strings(msg.payload)
+            if len(parts) >= 2 and self.on_event is not None:
+                self.on_event(parts[0].decode("latin-1"), parts[1].decode("latin-1"))
+            return
+        waiter = self._waiting.pop(msg.req_id, None)
+        if waiter is None:
+            log.warning("xenbus: a reply to request %d, which is not outstanding", msg.req_id)
+            return
+        fut, on_reply = waiter
+        if on_reply is not None:
+            on_reply(msg)
+        if not fut.done():
+            fut.set_result(msg)
+
+    def _lose(self, reason: str, closing: bool = False) -> None:
+        if not closing:
+            log.error("xenbus: %s", reason)
+        self.lost = _lost(reason, closing)
+        waiting, self._waiting = self._waiting, {}
+        for fut, _ in waiting.values():
+            if not fut.done():
+                fut.set_exception(self.lost)
+        if self.on_lost is not None:
+            self.on_lost(self.lost)
+
+
+class StoreRing(_Requests):
+    """The guest's end of its store ring."""
+
+    def __init__(self, frame: memoryview, port: int, evtchn) -> None:
+        super().__init__()
+        self._frame = frame
+        self.page = XsRingPage(frame)
+        self.end = XsRingEnd(self.page, server=False)
+        self.port = port
+        self.evtchn = evtchn
+        evtchn.bind_handler(port, self._on_notify)
 
     def _on_notify(self, port: int) -> None:
         self._pump()
@@ -112,33 +160,6 @@ class StoreRing:
         if moved:
             self.evtchn.notify(self.port)
 
-    def _dispatch(self, msg: XsMessage) -> None:
-        if msg.type == XsType.WATCH_EVENT:
-            parts = w.strings(msg.payload)
-            if len(parts) >= 2 and self.on_event is not None:
-                self.on_event(parts[0].decode("latin-1"), parts[1].decode("latin-1"))
-            return
-        waiter = self._waiting.pop(msg.req_id, None)
-        if waiter is None:
-            log.warning("xenbus: a reply to request %d, which is not outstanding", msg.req_id)
-            return
-        fut, on_reply = waiter
-        if on_reply is not None:
-            on_reply(msg)
-        if not fut.done():
-            fut.set_result(msg)
-
-    def _lose(self, reason: str, closing: bool = False) -> None:
-        if not closing:
-            log.error("xenbus: %s", reason)
-        self.lost = _lost(reason, closing)
-        waiting, self._waiting = self._waiting, {}
-        for fut, _ in waiting.values():
-            if not fut.done():
-                fut.set_exception(self.lost)
-        if self.on_lost is not None:
-            self.on_lost(self.lost)
-
     def close(self) -> None:
         """Every call still waiting fails (CANCELLED), watch callbacks
         blocked on one included."""
@@ -149,10 +170,68 @@ class StoreRing:
         self._frame.release()
 
 
-class RingXenStore:
-    """xenstore requests over the store ring (a XenStoreTransport)."""
+class StoreSocket(_Requests, asyncio.Protocol):
+    """Domain-0's end of xenstored's unix socket: the same messages as on
+    a ring, carried by a stream; asyncio's flow control holds back what
+    xenstored is not reading."""
 
-    def __init__(self, ring: StoreRing) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.transport: asyncio.Transport | None = None
+        self._writable = True
+
+    @classmethod
+    async def connect(cls, path: str) -> "StoreSocket":
+        """Raises OSError if xenstored is not listening at ``path``."""
+        loop = asyncio.get_running_loop()
+        _transport, protocol = await loop.create_unix_connection(cls, path)
+        return protocol
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.lost is not None:
+            return
+        self.reader.feed(data)
+        try:
+            while (msg := self.reader.next()) is not None:
+                self._dispatch(msg)
+        except w.WireError as err:
+            self._lose(f"xenstored sent what is not xs_wire: {err}")
+            self.transport.abort()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if self.lost is None:
+            self._lose(f"xenstored closed its socket{f' ({exc})' if exc else ''}")
+
+    def pause_writing(self) -> None:
+        self._writable = False
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        self._pump()
+
+    def _pump(self) -> None:
+        if self.lost is None and self._writable and self._out:
+            self.transport.write(bytes(self._out))
+            self._out.clear()
+
+    def close(self) -> None:
+        if self.lost is None:
+            self._lose("closed", closing=True)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class WireXenStore:
+    """xenstore requests in xs_wire messages (a XenStoreTransport), over a
+    store ring or xenstored's socket."""
+
+    def __init__(self, ring: StoreRing | StoreSocket) -> None:
         self.ring = ring
         self._on_event: Callable[[str, str], None] | None = None
         self._on_lost: Callable[[XenError], None] | None = None
@@ -160,9 +239,14 @@ class RingXenStore:
         ring.on_lost = self._lost
 
     @classmethod
-    def open(cls, memory, evtchn, gfn: int, port: int) -> "RingXenStore":
+    def open(cls, memory, evtchn, gfn: int, port: int) -> "WireXenStore":
         """The store ring at our frame ``gfn``, notified on ``port``."""
         return cls(StoreRing(memory.frame(gfn), port, evtchn))
+
+    @classmethod
+    async def connect(cls, path: str) -> "WireXenStore":
+        """xenstored's unix socket at ``path`` (Domain-0's); raises OSError."""
+        return cls(await StoreSocket.connect(path))
 
     async def _request(self, type_: int, payload: bytes, tx: int, what: str) -> bytes:
         msg = await self.ring.call(type_, payload, tx)

@@ -84,7 +84,7 @@ def run(args) -> int:
         print(f"xenlab hypervisor: {err.message}", file=sys.stderr)
         return 2
     try:
-        eventloop.run(_serve(config, events))
+        eventloop.run(_serve(config, events), full_gc_interval=eventloop.FULL_COLLECTION_INTERVAL)
     except OSError as err:
         print(f"xenlab hypervisor: {err}", file=sys.stderr)
         return 1

@@ -84,10 +84,12 @@ class InProcessLab:
                         prepare: Callable[[DomainKernel], None] | None = None) -> DomainKernel:
         """Boot Domain-0's kernel here (the hypervisor made the domain at
         start), with ``drivers(kernel)`` as its xenbus drivers: a driver
-        domain's netback, say."""
+        domain's netback, say. Its xenbus speaks to xenstored's socket, as
+        `xenlab dom0`'s does."""
         start = StartInfo(domid=0, name=abi.DOM0_NAME, secret=self.hv.dom0_secret,
                           hypervisor=self.address, doorbell=str(self.rundir / DOORBELL),
-                          vcpus=self.hv.config.dom0_vcpus, console_log="")
+                          vcpus=self.hv.config.dom0_vcpus, console_log="",
+                          xenstored=str(self.hv.xenstored_socket.path))
         return await self.boot(start, drivers=drivers, agent=agent, prepare=prepare)
 
     async def boot_domain(self, name: str, *, memory_mb: int = 16, drivers: Drivers = no_drivers,

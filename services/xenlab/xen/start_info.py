@@ -45,6 +45,9 @@ class StartInfo:
     # (xenlab.xen.paging.PagingMode). Not direct: its paging pool comes
     # read-only with the doorbell's OK (HELLO_PAGING).
     paging_mode: str = "direct"
+    # Domain-0's: xenstored's unix socket, which its xenbus speaks xs_wire.h
+    # over in place of a store ring ("": none; store_port, then gRPC).
+    xenstored: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

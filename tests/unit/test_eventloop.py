@@ -1,0 +1,103 @@
+"""xenlab.eventloop.full_collections: the services' full garbage
+collections run on their loop, at most once an interval, only when there
+is something new in the oldest generation, and CPython starts none."""
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import pytest
+
+from xenlab import eventloop
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Cyclic:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def collections(monkeypatch):
+    """Every gc.collect(generation) the task makes."""
+    made: list[int] = []
+    real = gc.collect
+
+    def collect(generation: int = 2) -> int:
+        made.append(generation)
+        return real(generation)
+    monkeypatch.setattr(gc, "collect", collect)
+    return made
+
+
+async def test_cpython_starts_no_full_collection_while_the_task_runs():
+    before = gc.get_threshold()
+    task = asyncio.create_task(eventloop.full_collections(60))
+    await asyncio.sleep(0)
+    assert gc.get_threshold()[:2] == before[:2]
+    assert gc.get_threshold()[2] >= 1 << 30
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert gc.get_threshold() == before
+
+
+async def test_cyclic_garbage_in_the_oldest_generation_is_collected_within_an_interval(collections):
+    task = asyncio.create_task(eventloop.full_collections(0.05))
+    try:
+        await asyncio.sleep(0)
+        junk = Cyclic()
+        gone = weakref.ref(junk)
+        gc.collect(1)               # it survives the young generations: now it is old
+        del junk
+        gc.collect(1)               # unreachable, but only a full collection looks there
+        assert gone() is not None
+        for _ in range(100):
+            if gone() is None:
+                break
+            await asyncio.sleep(0.02)
+        assert gone() is None
+        assert 2 in collections
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_nothing_new_in_the_oldest_generation_means_no_collection(collections):
+    before = gc.get_threshold()
+    # no young collection (so nothing promoted) while the task looks, ten times
+    gc.set_threshold(1 << 24, before[1], before[2])
+    try:
+        gc.collect()                # the oldest generation's count back to 0
+        collections.clear()
+        task = asyncio.create_task(eventloop.full_collections(0.02))
+        await asyncio.sleep(0.2)
+        assert gc.get_count()[2] == 0
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        gc.set_threshold(*before)
+    assert collections == []
+
+
+@pytest.mark.parametrize("interval", [0, -1.0])
+async def test_an_interval_that_is_not_positive_is_refused(interval):
+    before = gc.get_threshold()
+    with pytest.raises(ValueError, match="must be positive"):
+        await eventloop.full_collections(interval)
+    assert gc.get_threshold() == before
+
+
+def test_run_with_full_collections_returns_mains_result_and_puts_thresholds_back(monkeypatch):
+    monkeypatch.setattr(eventloop, "batch_scheduling", lambda: None)   # not this test process
+    before = gc.get_threshold()
+    seen = []
+
+    async def main() -> str:
+        await asyncio.sleep(0)
+        seen.append(gc.get_threshold()[2])
+        return "done"
+    assert eventloop.run(main(), full_gc_interval=30.0) == "done"
+    assert seen and seen[0] >= 1 << 30
+    assert gc.get_threshold() == before
