@@ -11,11 +11,12 @@ The services that hold a table per frame or per domain (the hypervisor's
 page_info of every frame, Domain-0's of its own) keep hundreds of thousands
 of objects the cyclic garbage collector tracks, and CPython 3.11 scans all
 of them in each full collection it starts on its own (one each time the
-oldest generation grows by a quarter): 50 ms a scan in a lab of 64 domUs,
-ten of them while it boots. Such a service runs its full collections on
-its loop instead (``full_collections``), at most once an interval and only
-when younger collections moved something into the oldest generation since
-the last one; the younger generations collect as always.
+oldest generation has grown by a quarter): 50 ms a scan in a lab of 64
+domUs, ten of them while it boots. Such a service runs its full
+collections on its loop instead (``full_collections``): by the same rule,
+but looked at once an interval, so a lab that grows fast pays one scan an
+interval rather than one per quarter of growth; the younger generations
+collect as always.
 """
 from __future__ import annotations
 
@@ -56,24 +57,38 @@ async def _with_full_collections(main: Coroutine[object, object, T], interval: f
         collector.cancel()
 
 
-async def full_collections(interval: float = FULL_COLLECTION_INTERVAL) -> None:
-    """Take full collections off the allocator's path: generation 2 is
-    collected here, every ``interval`` seconds if a younger collection
-    promoted anything since the last one (nothing to do in an idle
-    service), and never by CPython on its own. Cyclic garbage that reached
-    the oldest generation waits at most ``interval`` for it. The
-    thresholds are put back when the task ends."""
+async def full_collections(interval: float = FULL_COLLECTION_INTERVAL,
+                           growth: float = 0.25) -> None:
+    """Take full collections off the allocator's path. CPython never
+    starts one of its own while this runs; here, every ``interval``
+    seconds, if a younger collection promoted anything since the last look
+    and the oldest generation has grown by ``growth`` since the last full
+    collection (CPython's own rule, long_lived_pending > long_lived_total / 4),
+    it is collected. An idle service looks at a counter and sleeps;
+    cyclic garbage that reached the oldest generation waits at most one
+    interval past the growth that would have collected it. The thresholds
+    are put back when the task ends."""
     if interval <= 0:
         raise ValueError(f"the full-collection interval must be positive, not {interval}")
+    if growth < 0:
+        raise ValueError(f"the growth before a full collection cannot be negative, not {growth}")
     thresholds = gc.get_threshold()
     gc.set_threshold(thresholds[0], thresholds[1], _NEVER)
+    survivors = len(gc.get_objects(2))
+    looked = 0          # promotions (gen-1 collections) counted at the last look
     try:
         while True:
             await asyncio.sleep(interval)
-            if gc.isenabled() and gc.get_count()[2]:
-                started = time.perf_counter()
-                found = gc.collect(2)
-                log.debug("full collection: %d unreachable, %.1f ms", found,
-                          1000 * (time.perf_counter() - started))
+            promotions = gc.get_count()[2]
+            if not gc.isenabled() or promotions in (0, looked):
+                continue
+            looked = promotions
+            if len(gc.get_objects(2)) <= survivors * (1 + growth):
+                continue
+            started = time.perf_counter()
+            found = gc.collect(2)
+            survivors, looked = len(gc.get_objects(2)), 0
+            log.debug("full collection: %d unreachable, %d survivors, %.1f ms", found, survivors,
+                      1000 * (time.perf_counter() - started))
     finally:
         gc.set_threshold(*thresholds)

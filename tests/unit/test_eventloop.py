@@ -1,6 +1,7 @@
 """xenlab.eventloop.full_collections: the services' full garbage
-collections run on their loop, at most once an interval, only when there
-is something new in the oldest generation, and CPython starts none."""
+collections run on their loop, at most once an interval, only when the
+oldest generation has grown enough since the last one (CPython's own rule),
+and CPython starts none."""
 from __future__ import annotations
 
 import asyncio
@@ -43,16 +44,22 @@ async def test_cpython_starts_no_full_collection_while_the_task_runs():
     assert gc.get_threshold() == before
 
 
+async def promoted_garbage() -> weakref.ref:
+    """A cycle in the oldest generation, unreachable: only a full collection frees it."""
+    junk = Cyclic()
+    gone = weakref.ref(junk)
+    gc.collect(1)               # it survives the young generations: now it is old
+    del junk
+    gc.collect(1)
+    assert gone() is not None
+    return gone
+
+
 async def test_cyclic_garbage_in_the_oldest_generation_is_collected_within_an_interval(collections):
-    task = asyncio.create_task(eventloop.full_collections(0.05))
+    task = asyncio.create_task(eventloop.full_collections(0.05, growth=0.0))
     try:
         await asyncio.sleep(0)
-        junk = Cyclic()
-        gone = weakref.ref(junk)
-        gc.collect(1)               # it survives the young generations: now it is old
-        del junk
-        gc.collect(1)               # unreachable, but only a full collection looks there
-        assert gone() is not None
+        gone = await promoted_garbage()
         for _ in range(100):
             if gone() is None:
                 break
@@ -81,12 +88,32 @@ async def test_nothing_new_in_the_oldest_generation_means_no_collection(collecti
     assert collections == []
 
 
+async def test_less_growth_than_the_rule_asks_for_starts_no_collection(collections):
+    task = asyncio.create_task(eventloop.full_collections(0.02, growth=100.0))
+    try:
+        await asyncio.sleep(0)
+        gone = await promoted_garbage()
+        collections.clear()
+        await asyncio.sleep(0.2)    # ten looks
+        assert collections == []
+        assert gone() is not None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        gc.collect()
+
+
 @pytest.mark.parametrize("interval", [0, -1.0])
 async def test_an_interval_that_is_not_positive_is_refused(interval):
     before = gc.get_threshold()
     with pytest.raises(ValueError, match="must be positive"):
         await eventloop.full_collections(interval)
     assert gc.get_threshold() == before
+
+
+async def test_a_negative_growth_is_refused():
+    with pytest.raises(ValueError, match="cannot be negative"):
+        await eventloop.full_collections(1.0, growth=-0.1)
 
 
 def test_run_with_full_collections_returns_mains_result_and_puts_thresholds_back(monkeypatch):

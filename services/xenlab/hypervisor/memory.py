@@ -48,6 +48,7 @@ import errno
 import mmap
 import os
 from collections import deque
+from itertools import repeat
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -380,10 +381,16 @@ class MachineMemory:
         except BaseException:
             self._free.extendleft(reversed(mfns))
             raise
-        for gfn, mfn in zip(gfns, mfns):
-            seg.p2m[gfn] = mfn
-            self._m2p[mfn] = (seg.domid, gfn)
-            seg.present[gfn] = 1
+        # A domain's whole reservation at create: dict.update and slice
+        # stores, not a Python statement per page.
+        seg.p2m.update(zip(gfns, mfns))
+        self._m2p.update(zip(mfns, zip(repeat(seg.domid), gfns)))
+        first = gfns[0] if gfns else 0
+        if gfns == list(range(first, first + len(gfns))):
+            seg.present[first:first + len(gfns)] = b"\1" * len(gfns)
+        else:
+            for gfn in gfns:
+                seg.present[gfn] = 1
 
     def decrease_reservation(self, domid: int, gfns: Iterable[int]) -> list[int]:
         """XENMEM_decrease_reservation. Xen's works extent by extent and
