@@ -31,7 +31,7 @@ from xenlab.osutil import batch_scheduling
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-FULL_COLLECTION_INTERVAL = 20.0     # seconds between full collections, at most
+FULL_COLLECTION_INTERVAL = 5.0      # seconds between looks at the oldest generation
 _NEVER = 1 << 30                    # gc's third threshold: no full collection of its own
 
 
