@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import shutil
 
 import pytest
 
@@ -125,7 +126,8 @@ async def test_no_socket_there_means_grpc_with_a_warning(hypervisor, caplog):
 async def test_a_stream_that_is_not_xs_wire_loses_the_connection():
     """A header announcing more than XENSTORE_PAYLOAD_MAX cannot be
     resynchronised: the connection is lost, the call waiting fails."""
-    path = short_tempdir() / "xs.sock"
+    where = short_tempdir()
+    path = where / "xs.sock"
 
     async def liar(reader, writer):
         await reader.read(16)
@@ -146,20 +148,28 @@ async def test_a_stream_that_is_not_xs_wire_loses_the_connection():
     finally:
         server.close()
         await server.wait_closed()
+        shutil.rmtree(where, ignore_errors=True)
 
 
 async def test_a_socket_that_is_not_there_is_an_oserror():
-    with pytest.raises(OSError):
-        await StoreSocket.connect(str(short_tempdir() / "absent.sock"))
+    where = short_tempdir()
+    try:
+        with pytest.raises(OSError):
+            await StoreSocket.connect(str(where / "absent.sock"))
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def test_dom0s_start_info_names_the_socket_only_where_one_is():
     run = Rundir(short_tempdir())
-    run.create()
-    run.publish_hypervisor("unix:/nowhere", "s3cret")
-    assert dom0_start_info(run).xenstored == ""
-    run.xenstored_socket.parent.mkdir(mode=0o700)
-    run.xenstored_socket.touch()
-    start = dom0_start_info(run)
-    assert start.xenstored == str(run.xenstored_socket)
-    assert (start.domid, start.secret) == (0, "s3cret")
+    try:
+        run.create()
+        run.publish_hypervisor("unix:/nowhere", "s3cret")
+        assert dom0_start_info(run).xenstored == ""
+        run.xenstored_socket.parent.mkdir(mode=0o700)
+        run.xenstored_socket.touch()
+        start = dom0_start_info(run)
+        assert start.xenstored == str(run.xenstored_socket)
+        assert (start.domid, start.secret) == (0, "s3cret")
+    finally:
+        shutil.rmtree(run.path, ignore_errors=True)
