@@ -95,14 +95,18 @@ class InProcessLab:
     async def boot_domain(self, name: str, *, memory_mb: int = 16, drivers: Drivers = no_drivers,
                           agent: Agent = no_agent,
                           prepare: Callable[[DomainKernel], None] | None = None,
-                          **spec) -> DomainKernel:
+                          store_ring: bool = False, **spec) -> DomainKernel:
         """Create a domain through the toolstack (launcher "none", ``spec``:
-        more DomainSpec fields) and boot its kernel here."""
+        more DomainSpec fields) and boot its kernel here; ``store_ring``:
+        on the store ring the toolstack made for it, as a launched domain's
+        kernel boots (otherwise its xenstore goes over gRPC)."""
         reply = await self._create(name, memory_mb, "none", **spec)
+        store = self.hv.xenstored.domains[reply.info.domid] if store_ring else None
         start = StartInfo(domid=reply.info.domid, name=name, secret=reply.secret,
                           hypervisor=self.address, doorbell=str(self.rundir / DOORBELL),
                           vcpus=reply.info.vcpus or 1, console_log="", agent=reply.agent,
-                          agent_token=reply.agent_token)
+                          agent_token=reply.agent_token,
+                          store_gfn=store.gfn if store else 0, store_port=store.port if store else 0)
         return await self.boot(start, drivers=drivers, agent=agent, prepare=prepare)
 
     async def boot(self, start: StartInfo, *, drivers: Drivers = no_drivers,
