@@ -88,6 +88,13 @@ class _Requests:
             if req_id and req_id not in self._waiting:
                 return req_id
 
+    def _received(self, data: bytes) -> None:
+        """Bytes from xenstored: every whole message in them handled, the
+        rest kept for the next; raises WireError on what is not xs_wire."""
+        self.reader.feed(data)
+        while (msg := self.reader.next()) is not None:
+            self._dispatch(msg)
+
     def _dispatch(self, msg: XsMessage) -> None:
         if msg.type == XsType.WATCH_EVENT:
             parts = w.strings(msg.payload)
@@ -144,10 +151,8 @@ class StoreRing(_Requests):
                     progressed |= n > 0
                 data = self.end.read()
                 if data:
-                    self.reader.feed(data)
+                    self._received(data)
                     progressed = True
-                    while (msg := self.reader.next()) is not None:
-                        self._dispatch(msg)
                 moved |= progressed
                 if not progressed:
                     break
@@ -193,10 +198,8 @@ class StoreSocket(_Requests, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lost is not None:
             return
-        self.reader.feed(data)
         try:
-            while (msg := self.reader.next()) is not None:
-                self._dispatch(msg)
+            self._received(data)
         except w.WireError as err:
             self._lose(f"xenstored sent what is not xs_wire: {err}")
             self.transport.abort()
