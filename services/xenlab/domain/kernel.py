@@ -90,7 +90,6 @@ class DomainKernel:
         self.evtchn: GuestEventChannels | None = None
         self.xenbus: XenbusClient | None = None
         self._store_ring: WireXenStore | None = None     # a store ring, or xenstored's socket
-        self._xenstore_carrier = "gRPC"
         self.console: ConsoleFront | None = None         # when start_info names a console ring
         # Called with the console as soon as it is up (boot.domu routes the log to it).
         self.on_console: list[Callable[[ConsoleFront], None]] = []
@@ -190,15 +189,18 @@ class DomainKernel:
         if start.store_port:
             self._store_ring = WireXenStore.open(self.memory, self.evtchn, start.store_gfn,
                                                  start.store_port)
-            self._xenstore_carrier = "its store ring"
         elif start.xenstored:
             try:
                 self._store_ring = await WireXenStore.connect(start.xenstored)
-                self._xenstore_carrier = "xenstored's socket"
             except OSError as err:
                 log.warning("d%d: xenstored's socket %s: %s; xenstore over gRPC instead",
                             self.domid, start.xenstored, err.strerror or err)
         return self._store_ring or self.hypercall.xenstore
+
+    @property
+    def _xenstore_carrier(self) -> str:
+        """How this kernel reaches xenstored (its boot log says it)."""
+        return self._store_ring.ring.carrier if self._store_ring is not None else "gRPC"
 
     def _open_console(self) -> None:
         """hvc_xen: the console ring start_info names (none for a kernel

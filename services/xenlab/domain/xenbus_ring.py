@@ -126,6 +126,8 @@ class _Requests:
 class StoreRing(_Requests):
     """The guest's end of its store ring."""
 
+    carrier = "its store ring"
+
     def __init__(self, frame: memoryview, port: int, evtchn) -> None:
         super().__init__()
         self._frame = frame
@@ -179,6 +181,8 @@ class StoreSocket(_Requests, asyncio.Protocol):
     """Domain-0's end of xenstored's unix socket: the same messages as on
     a ring, carried by a stream; asyncio's flow control holds back what
     xenstored is not reading."""
+
+    carrier = "xenstored's socket"
 
     def __init__(self) -> None:
         super().__init__()
