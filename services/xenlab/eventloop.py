@@ -24,7 +24,7 @@ import asyncio
 import gc
 import logging
 import time
-from typing import Coroutine, TypeVar
+from typing import Awaitable, Coroutine, TypeVar
 
 from xenlab.osutil import batch_scheduling
 
@@ -47,6 +47,19 @@ def run(main: Coroutine[object, object, T], full_gc_interval: float | None = Non
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
+    """``aw``, or TimeoutError after ``timeout`` seconds (None: no limit),
+    as asyncio.wait_for, in the calling task. Use this, not
+    asyncio.wait_for: 3.11's wait_for loses a cancellation of the calling
+    task that comes as ``aw`` finishes (it hands back ``aw``'s result or
+    raises its error instead; python/cpython#86296, fixed in 3.12 by making
+    wait_for this). A task that is being cancelled then goes on, and
+    whoever cancelled it and waits for it waits for ever: a kernel closing
+    its devices while their domain is destroyed did."""
+    async with asyncio.timeout(timeout):
+        return await aw
 
 
 async def _with_full_collections(main: Coroutine[object, object, T], interval: float) -> T:

@@ -16,6 +16,7 @@ import socket as socket_
 
 import grpc
 
+from xenlab import eventloop
 from xenlab.client import HypervisorClient
 from xenlab.domain.hypercall.memory import MemoryOps
 from xenlab.proto import common_pb2, evtchn_pb2, grants_pb2, memory_pb2, xenstore_pb2, xenstore_pb2_grpc
@@ -141,7 +142,7 @@ async def concurrent_call_flood(client, *, calls: int = 5000, rounds: int = 1,
 
         async def first(stream) -> str:
             try:
-                await asyncio.wait_for(stream.read(), hold)
+                await eventloop.wait_for(stream.read(), hold)
                 return "OK"
             except asyncio.TimeoutError:
                 return "held"
@@ -212,7 +213,7 @@ async def _stream_end(call, quiet: float = 0.5) -> str:
     quiet for ``quiet`` seconds ("open")."""
     while True:
         try:
-            event = await asyncio.wait_for(call.read(), quiet)
+            event = await eventloop.wait_for(call.read(), quiet)
         except asyncio.TimeoutError:
             return "open"
         except grpc.aio.AioRpcError as err:
@@ -245,7 +246,7 @@ async def doorbell_storm(client, secret: str, doorbell: str, *, ports: int = 600
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, doorbell)
         sock.send(wire.Hello(client.domid, secret).encode())
-        reply = wire.decode(await asyncio.wait_for(
+        reply = wire.decode(await eventloop.wait_for(
             asyncio.get_running_loop().sock_recv(sock, wire.MAX_DATAGRAM + 1), WAIT))
         if not isinstance(reply, wire.Ok):
             out["hello refused"] += 1

@@ -38,6 +38,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 
+from xenlab import eventloop
 from xenlab.domain.hypercall import DomainOps, Hypercalls, Page, VifInfo
 from xenlab.domain.kernel import DomainKernel
 from xenlab.xen.start_info import StartInfo
@@ -171,7 +172,7 @@ class _Peer:
                                    f"expected {sorted(s.name for s in want)}")
             self.woken.clear()
             try:
-                await asyncio.wait_for(self.woken.wait(), min(left, STATE_POLL * 4))
+                await eventloop.wait_for(self.woken.wait(), min(left, STATE_POLL * 4))
             except asyncio.TimeoutError:
                 pass
         return self.other_state
@@ -416,7 +417,7 @@ class HostileFrontend(_Peer):
                 return "hung"
             self.woken.clear()
             try:
-                await asyncio.wait_for(self.woken.wait(), min(left, STATE_POLL))
+                await eventloop.wait_for(self.woken.wait(), min(left, STATE_POLL))
             except asyncio.TimeoutError:
                 pass
 
@@ -946,7 +947,7 @@ class HostileBackend(_Peer):
                 return waiting
             self.woken.clear()
             try:
-                await asyncio.wait_for(self.woken.wait(), min(left, STATE_POLL))
+                await eventloop.wait_for(self.woken.wait(), min(left, STATE_POLL))
             except asyncio.TimeoutError:
                 pass
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from xenlab import eventloop
 from xenlab.bench.stats import conservation, percentiles, rate, rate_fields
 
 MAC_A = "02:00:00:00:00:0a"
@@ -138,7 +139,7 @@ class KernelBridge:
 
     @staticmethod
     async def _ready(proc: asyncio.subprocess.Process, timeout: float = 20.0) -> None:
-        line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        line = await eventloop.wait_for(proc.stdout.readline(), timeout)
         if line.strip() != b"ready":
             err = await proc.stderr.read()
             raise BaselineError(f"packet helper did not start: {line!r} {err.decode(errors='replace')}")
@@ -146,7 +147,7 @@ class KernelBridge:
     @staticmethod
     async def _result(proc: asyncio.subprocess.Process, timeout: float) -> dict:
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            out, err = await eventloop.wait_for(proc.communicate(), timeout)
         except asyncio.TimeoutError:
             proc.kill()
             await proc.wait()

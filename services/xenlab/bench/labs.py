@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from xenlab import eventloop
 from xenlab.lab.runner import Lab
 from xenlab.lab.spec import LabSpec, parse_lab
 from xenlab.proto import common_pb2
@@ -71,7 +72,7 @@ async def _down(lab: Lab) -> None:
     """``Lab.down``, bounded: a hypervisor that no longer answers must not
     keep the bench waiting; its services (our children) are killed then."""
     try:
-        await asyncio.wait_for(lab.down(), DOWN_TIMEOUT)
+        await eventloop.wait_for(lab.down(), DOWN_TIMEOUT)
     except asyncio.TimeoutError:
         for service in lab.services:
             if service.proc.returncode is None:

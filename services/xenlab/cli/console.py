@@ -29,6 +29,7 @@ import tty
 
 import grpc
 
+from xenlab import eventloop
 from xenlab.proto import common_pb2, console_pb2, domains_pb2
 
 ESCAPE_CHARACTER = 0x1d             # Ctrl-]
@@ -147,7 +148,7 @@ class Attached:
                 raise ConsoleError(f"no prompt came back within {timeout:g}s")
             self.output.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.output.wait(), remaining)
+                await eventloop.wait_for(self.output.wait(), remaining)
         return True
 
 

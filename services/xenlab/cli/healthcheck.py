@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from xenlab import eventloop
+
 CHECK_TIMEOUT = 3.0             # seconds for one check of one target
 RETRY_PERIOD = 0.5              # seconds between rounds with --wait
 
@@ -137,7 +139,7 @@ async def check_all(args) -> list[str]:
     deadline = time.monotonic() + args.wait
     while True:
         try:
-            return [await asyncio.wait_for(check(t, args), args.timeout + 1) for t in args.targets]
+            return [await eventloop.wait_for(check(t, args), args.timeout + 1) for t in args.targets]
         except (Unhealthy, asyncio.TimeoutError) as err:
             if time.monotonic() + RETRY_PERIOD > deadline:
                 raise Unhealthy(str(err) or "timed out") from None

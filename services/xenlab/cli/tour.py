@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from xenlab import eventloop
 from xenlab.cli.output import format_domain_list
 from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.hypervisor.config import HypervisorConfig
@@ -165,7 +166,7 @@ async def evtchn_and_grants(dom0: HypervisorClient, address: str, notifies: int)
         for _ in range(notifies):
             start = time.perf_counter()
             lchan.notify(lport)
-            end = await asyncio.wait_for(got.get(), 5)
+            end = await eventloop.wait_for(got.get(), 5)
             rtts.append((end - start) * 1e6)
         print(f"{notifies} notify round trips: median {statistics.median(rtts):.0f} us, "
               f"p99 {sorted(rtts)[int(len(rtts) * 0.99) - 1]:.0f} us")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 
+from xenlab import eventloop
 from xenlab.agent_client import AGENT_TOKEN_MD
 from xenlab.domain import paging_workloads, traffic
 from xenlab.domain.agent_activation import (AGENT_IDLE, UNIX_PATH_MAX, CallCount, OnDemandServer,
@@ -419,7 +420,7 @@ class KernelAgent:
 
     async def stop(self) -> None:
         try:
-            await asyncio.wait_for(self.kernel.xenbus.rm(XENSTORE_KEY), 2.0)
+            await eventloop.wait_for(self.kernel.xenbus.rm(XENSTORE_KEY), 2.0)
         except Exception as err:    # best effort: xenstore may be gone; the domain's dir goes with it
             log.debug("could not withdraw %s: %s", XENSTORE_KEY, err)
         await self.server.stop()

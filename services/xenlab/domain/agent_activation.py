@@ -39,6 +39,7 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from xenlab import eventloop
 from xenlab.rundir import PRIVATE_FILE, private_umask
 
 log = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class OnDemandServer:
                 log.warning("agent %s: stays up (%s)", self.path, err)
                 return
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._stirred.wait(), self.drain)
+                await eventloop.wait_for(self._stirred.wait(), self.drain)
             if self._stirred.is_set() or self.calls.in_flight:
                 try:
                     self._publish_server()          # used again: stay up

@@ -51,6 +51,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from xenlab import eventloop
 from xenlab.domain.hypercall.evtchn import EventChannelOps
 from xenlab.xen import doorbell as wire
 from xenlab.xen.errors import XenError
@@ -196,7 +197,7 @@ class GuestEventChannels:
             self._upcalls = asyncio.create_task(self._upcall_stream(first), name="evtchn-upcalls")
             # The stream's first upcall proves the subscription is live, so
             # no kick after start() returns can be missed.
-            await asyncio.wait_for(first, self._timeout)
+            await eventloop.wait_for(first, self._timeout)
 
     async def close(self) -> None:
         self._closing = True
@@ -504,10 +505,10 @@ class GuestEventChannels:
         try:
             sock.setblocking(False)
             if not isinstance(doorbell, int):
-                await asyncio.wait_for(loop.sock_connect(sock, doorbell), self._timeout)
+                await eventloop.wait_for(loop.sock_connect(sock, doorbell), self._timeout)
             await loop.sock_sendall(sock, wire.Hello(self.domid, self._secret,
                                                      wire.HELLO_CHANNELS).encode())
-            data = await asyncio.wait_for(loop.sock_recv(sock, wire.MAX_DATAGRAM + 1), self._timeout)
+            data = await eventloop.wait_for(loop.sock_recv(sock, wire.MAX_DATAGRAM + 1), self._timeout)
             welcome(data, self.domid)
         except BaseException:
             sock.close()

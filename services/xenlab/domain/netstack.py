@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import AsyncIterator, Callable, Iterable
 
+from xenlab import eventloop
 from xenlab.domain import traffic
 from xenlab.domain.saved_state import SavedInterface
 from xenlab.net import perf
@@ -865,7 +866,7 @@ class GuestNetwork:
 async def _wait(event: asyncio.Event, seconds: float) -> bool:
     """Wait for ``event`` at most ``seconds``; whether it was set."""
     try:
-        await asyncio.wait_for(event.wait(), seconds)
+        await eventloop.wait_for(event.wait(), seconds)
     except TimeoutError:
         return False
     return True

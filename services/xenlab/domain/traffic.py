@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from xenlab import eventloop
 from xenlab.net.device import NetDevice
 from xenlab.xen.abi import ETH_HLEN
 from xenlab.xen.errors import XenError
@@ -194,7 +195,7 @@ class Sink:
                 return
             self.arrived.clear()
             try:
-                await asyncio.wait_for(self.arrived.wait(), min(left, idle) if self.received else left)
+                await eventloop.wait_for(self.arrived.wait(), min(left, idle) if self.received else left)
             except TimeoutError:
                 if self.received:
                     return

@@ -105,8 +105,8 @@ class XenbusClient:
             tx = await self.store.transaction_start()
             try:
                 await body(tx)
-            except BaseException:
-                await self.store.transaction_end(tx, commit=False)
+            except BaseException as err:
+                await self._abort(tx, err)
                 raise
             try:
                 await self.store.transaction_end(tx, commit=True)
@@ -115,6 +115,16 @@ class XenbusClient:
                 if err.errno != errno.EAGAIN:
                     raise
         raise XenbusError(errno.EAGAIN, f"transaction still conflicting after {attempts} attempts")
+
+    async def _abort(self, tx: int, cause: BaseException) -> None:
+        """End a transaction whose body failed, without committing. The
+        body's failure is what the caller sees: the abort failing too (the
+        connection lost with the domain) must not replace it, above all not
+        a cancellation, which the cancelled task would then never see."""
+        try:
+            await self.store.transaction_end(tx, commit=False)
+        except XenError as err:
+            log.debug("aborting transaction %d after %r: %s", tx, cause, err.message)
 
     # -- watches -----------------------------------------------------------------
     async def start(self) -> None:

@@ -26,6 +26,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from xenlab import eventloop
 from xenlab.drivers.netback.interface import HotplugError
 from xenlab.net.device import NetDevice
 from xenlab.net.qdisc import move_qdisc
@@ -131,7 +132,7 @@ class BridgeHotplug:
                              return_exceptions=True)
         for token in list(self._watches.values()):
             try:
-                await asyncio.wait_for(self.xenbus.unwatch(token), 2.0)
+                await eventloop.wait_for(self.xenbus.unwatch(token), 2.0)
             except Exception as err:      # the xenstore connection may be gone already
                 log.debug("unwatching a bridge registration: %s", err)
         self._watches.clear()
@@ -198,7 +199,7 @@ class BridgeHotplug:
         for delay in backoff_delays(*self.backoff):
             registered.clear()
             try:
-                await asyncio.wait_for(registered.wait(), delay)
+                await eventloop.wait_for(registered.wait(), delay)
             except asyncio.TimeoutError:
                 pass
             try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from xenlab import eventloop
 from xenlab.net.device import NetDevice
 from xenlab.net.link import DOWN, UP
 from xenlab.xen.errors import XenError
@@ -47,7 +48,7 @@ class PeerLink:
         token, self._token = self._token, None
         if token is not None:
             try:
-                await asyncio.wait_for(self.xenbus.unwatch(token), 2.0)
+                await eventloop.wait_for(self.xenbus.unwatch(token), 2.0)
             except Exception as err:        # the store may be gone with the domain
                 log.debug("%s: unwatching %s: %s", self.device.name, self.other, err)
         for task in list(self._reads):

@@ -20,6 +20,7 @@ import asyncio
 import errno
 import logging
 
+from xenlab import eventloop
 from xenlab.domain.xenbus import XenbusClient, XenbusDriver, XenbusValueError
 from xenlab.drivers import xenbus_state as xs
 from xenlab.xen.abi import XenbusState
@@ -176,7 +177,7 @@ class XenbusDevice:
         token, self._watch = self._watch, None
         if token is not None:
             try:
-                await asyncio.wait_for(self.xenbus.unwatch(token), UNWATCH_TIMEOUT)
+                await eventloop.wait_for(self.xenbus.unwatch(token), UNWATCH_TIMEOUT)
             except Exception as err:
                 log.debug("%s: unwatch failed: %s", self.nodename, err)
 

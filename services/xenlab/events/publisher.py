@@ -36,6 +36,7 @@ from typing import Callable
 
 import aiomqtt
 
+from xenlab import eventloop
 from xenlab.events import topics as t
 from xenlab.events.config import BrokerAddress
 
@@ -108,7 +109,7 @@ class EventPublisher:
 
     async def wait_connected(self, timeout: float) -> bool:
         try:
-            await asyncio.wait_for(self._connected_event.wait(), timeout)
+            await eventloop.wait_for(self._connected_event.wait(), timeout)
         except asyncio.TimeoutError:
             return False
         return True
@@ -126,7 +127,7 @@ class EventPublisher:
         self._stopping.set()
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), flush_timeout)
+            await eventloop.wait_for(asyncio.shield(self._task), flush_timeout)
         except (asyncio.TimeoutError, Exception):
             pass
         if not self._task.done():
@@ -164,7 +165,7 @@ class EventPublisher:
             if self._closing:
                 break
             try:
-                await asyncio.wait_for(self._stopping.wait(), delay * random.uniform(0.5, 1.0))
+                await eventloop.wait_for(self._stopping.wait(), delay * random.uniform(0.5, 1.0))
             except asyncio.TimeoutError:
                 pass
             delay = min(delay * 2, self.max_backoff)
@@ -215,7 +216,7 @@ class EventPublisher:
                 self._wake.clear()
                 wait = None if status_due is None else max(0.0, status_due - time.monotonic())
                 try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    await eventloop.wait_for(self._wake.wait(), wait)
                 except asyncio.TimeoutError:
                     pass
             if status_due is not None and time.monotonic() >= status_due:

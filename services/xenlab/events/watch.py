@@ -21,6 +21,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 import aiomqtt
 
+from xenlab import eventloop
 from xenlab.events.config import DEFAULT_PORT, BrokerAddress
 from xenlab.events.topics import DEFAULT_PREFIX, decode
 from xenlab.rundir import Rundir
@@ -80,7 +81,7 @@ class EventCollector:
 
     async def wait_subscribed(self, timeout: float = 10.0) -> None:
         """Until the (re)subscription is in place."""
-        await asyncio.wait_for(self._subscribed.wait(), timeout)
+        await eventloop.wait_for(self._subscribed.wait(), timeout)
 
     def _on_subscribed(self) -> None:
         self.subscriptions += 1
@@ -117,7 +118,7 @@ class EventCollector:
                 seen = max(seen, len(self.events))
                 self._arrived.clear()
                 await self._arrived.wait()
-        return await asyncio.wait_for(find(), timeout)
+        return await eventloop.wait_for(find(), timeout)
 
 
 def lab_broker(rundir: Path | None) -> BrokerAddress | None:

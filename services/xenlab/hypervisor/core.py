@@ -24,6 +24,7 @@ import socket
 import time
 from pathlib import Path
 
+from xenlab import eventloop
 from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.doorbell import UpcallRouter
 from xenlab.hypervisor.domains import MAX_PAUSE_COUNT, Domain, DomainTable, RunState
@@ -535,7 +536,7 @@ class Hypervisor:
                 raise DomainError(errno.EBUSY, f"d{dom.domid} did not shut down within {timeout:g}s")
             self._state_changed.clear()
             try:
-                await asyncio.wait_for(self._state_changed.wait(), remaining)
+                await eventloop.wait_for(self._state_changed.wait(), remaining)
             except asyncio.TimeoutError:
                 pass
 

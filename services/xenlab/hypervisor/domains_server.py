@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from xenlab import eventloop
 from xenlab.proto import common_pb2, domains_pb2, domains_pb2_grpc
 from xenlab.rpc import handles_xen_errors
 
@@ -128,7 +129,7 @@ class DomainsServicer(domains_pb2_grpc.DomainsServicer):
                 await asyncio.sleep(CONSOLE_POLL)
             else:
                 try:
-                    await asyncio.wait_for(console.grew.wait(), CONSOLE_POLL)
+                    await eventloop.wait_for(console.grew.wait(), CONSOLE_POLL)
                 except asyncio.TimeoutError:
                     pass
 

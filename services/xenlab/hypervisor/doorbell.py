@@ -63,6 +63,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from xenlab import eventloop
 from xenlab.hypervisor.caller import Caller
 from xenlab.rundir import bind_private
 from xenlab.xen import abi
@@ -409,7 +410,7 @@ class UpcallRouter:
     async def _hello(self, conn: _Connection) -> Caller | None:
         loop = asyncio.get_running_loop()
         try:
-            data = await asyncio.wait_for(loop.sock_recv(conn.sock, wire.MAX_DATAGRAM + 1),
+            data = await eventloop.wait_for(loop.sock_recv(conn.sock, wire.MAX_DATAGRAM + 1),
                                           self._hello_timeout)
         except (TimeoutError, OSError) as err:
             log.info("doorbell connection closed before HELLO: %s", err or "timeout")

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import grpc
 
-from xenlab import argtypes
+from xenlab import argtypes, eventloop
 from xenlab.agent_client import agent_for
 from xenlab import testing_floods
 from xenlab.client import HypervisorClient
@@ -416,7 +416,7 @@ async def _soak(args, rundir: Path) -> int:
         mallory = reply.info.domid
         _progress(f"flood: mallory (d{mallory}) runs {', '.join(floods)} for {args.seconds:g}s")
         flooder = await _start_flooder(lab, mallory, reply.secret, floods)
-        if (await asyncio.wait_for(flooder.stdout.readline(), 120)).strip() != b"ready":
+        if (await eventloop.wait_for(flooder.stdout.readline(), 120)).strip() != b"ready":
             raise LabError("the flooder did not get ready:\n"
                            + (lab.run.logs / "flooder.log").read_text()[-3000:])
         flood = Phase("flood")
@@ -426,7 +426,7 @@ async def _soak(args, rundir: Path) -> int:
         finally:
             if flooder.returncode is None:
                 flooder.terminate()
-            out, _ = await asyncio.wait_for(flooder.communicate(), 60)
+            out, _ = await eventloop.wait_for(flooder.communicate(), 60)
         if flooder.returncode != 0:
             raise LabError(f"the flooder exited with {flooder.returncode}:\n"
                            + (lab.run.logs / "flooder.log").read_text()[-3000:])

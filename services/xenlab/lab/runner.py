@@ -24,6 +24,7 @@ from pathlib import Path
 
 import grpc
 
+from xenlab import eventloop
 from xenlab.bridge.client import BridgeStub, NoBridgeError, bridge_for
 from xenlab.client import HypervisorClient, to_domain_spec
 from xenlab.events.broker import broker_ready, free_port, pick_engine
@@ -308,7 +309,7 @@ class Lab:
             raise LabError(f"the lab has no service {name!r}")
         if service.proc.returncode is None:
             service.proc.send_signal(sig)
-            await asyncio.wait_for(service.proc.wait(), 30)
+            await eventloop.wait_for(service.proc.wait(), 30)
         if name == "dom0" and self._dom0_watch is not None:
             await self._dom0_watch
         return service.proc.returncode
@@ -577,7 +578,7 @@ async def _stop(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None
         return
     proc.send_signal(signal.SIGTERM)
     try:
-        await asyncio.wait_for(proc.wait(), timeout)
+        await eventloop.wait_for(proc.wait(), timeout)
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import grpc
 
-from xenlab import argtypes
+from xenlab import argtypes, eventloop
 from xenlab.agent_client import NoAgentError, agent_for
 from xenlab.lab import conservation
 from xenlab.lab.runner import Lab, LabError
@@ -181,7 +181,7 @@ class Soak:
                 self.count(f"{what} errors")
                 log.debug("%s: %s", what, err)
             try:
-                await asyncio.wait_for(self.stop.wait(), pause)
+                await eventloop.wait_for(self.stop.wait(), pause)
             except asyncio.TimeoutError:
                 pass
 

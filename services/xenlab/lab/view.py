@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from xenlab import eventloop
 from xenlab.bridge.client import BridgeClient, registered_bridges
 from xenlab.client import HypervisorClient
 from xenlab.lab import shaping
@@ -101,7 +102,7 @@ async def _qdiscs(hv: HypervisorClient) -> dict[str, str]:
     agent not up yet, a service of an older xenlab): they are a detail of
     the view, not a reason to show none of it."""
     try:
-        reply = await asyncio.wait_for(shaping.qdisc(hv, "show"), TIMEOUT)
+        reply = await eventloop.wait_for(shaping.qdisc(hv, "show"), TIMEOUT)
     except (grpc.aio.AioRpcError, LookupError, XenError, asyncio.TimeoutError):
         return {}
     return {q.dev: q.options for q in reply.qdiscs if q.options}

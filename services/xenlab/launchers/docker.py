@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from xenlab import eventloop
 from xenlab.launchers import tasks
 from xenlab.launchers.base import DomainHandles, DomainProcess, Launcher
 from xenlab.launchers.domains_dir import DomainsDir, DomainUids
@@ -369,7 +370,7 @@ class DockerDomain(DomainProcess):
         except APIError as err:
             log.warning("%s: could not remove the container: %s", self.name, err.explanation)
         try:
-            await asyncio.wait_for(asyncio.shield(self._exited), STDIN_TIMEOUT)
+            await eventloop.wait_for(asyncio.shield(self._exited), STDIN_TIMEOUT)
         except asyncio.TimeoutError:
             log.warning("%s: still not gone after removal", self.name)
         self.launcher.agent_port_free(self.agent_port)

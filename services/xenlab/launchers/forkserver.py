@@ -36,6 +36,7 @@ import signal
 import socket
 import sys
 
+from xenlab import eventloop
 from xenlab.launchers.base import DomainHandles, DomainProcess
 from xenlab.launchers.local import HostProcess, LocalLauncher
 from xenlab.osutil import become_subreaper
@@ -194,7 +195,7 @@ class ForkServer:
             theirs.close()
         server = cls(proc, ours)
         try:
-            await asyncio.wait_for(asyncio.shield(server.ready), timeout)
+            await eventloop.wait_for(asyncio.shield(server.ready), timeout)
         except BaseException:
             await server.close()
             raise
@@ -213,7 +214,7 @@ class ForkServer:
         message = encode("launch", req=req, fds=list(LAUNCH_FDS), log_level=log_level)
         try:
             await self._send(message, fds)
-            return await asyncio.wait_for(future, LAUNCH_TIMEOUT)
+            return await eventloop.wait_for(future, LAUNCH_TIMEOUT)
         except asyncio.TimeoutError:
             raise XenError(errno.ETIMEDOUT, f"the fork server ({self.pid}) did not fork "
                                             f"within {LAUNCH_TIMEOUT:g}s") from None
@@ -232,7 +233,7 @@ class ForkServer:
                 writable = self.loop.create_future()
                 self.loop.add_writer(fileno, writable.set_result, None)
                 try:
-                    await asyncio.wait_for(writable, LAUNCH_TIMEOUT)
+                    await eventloop.wait_for(writable, LAUNCH_TIMEOUT)
                 except asyncio.TimeoutError:
                     raise XenError(errno.ETIMEDOUT, f"the fork server ({self.pid}) read no "
                                                     f"launch for {LAUNCH_TIMEOUT:g}s") from None
@@ -325,7 +326,7 @@ class ForkServer:
         self._closing = True
         self._lost("closed by the hypervisor")
         try:
-            await asyncio.wait_for(self.proc.wait(), 10)
+            await eventloop.wait_for(self.proc.wait(), 10)
         except asyncio.TimeoutError:
             self.proc.kill()
             await self.proc.wait()

@@ -27,6 +27,7 @@ import socket
 import struct
 from typing import Awaitable, Callable
 
+from xenlab import eventloop
 from xenlab.net.device import NetDevice
 from xenlab.rundir import bind_private
 from xenlab.xen.digits import is_decimal
@@ -433,7 +434,7 @@ async def _read_hello(sock: socket.socket, link: _Link, timeout: float) -> tuple
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise VethError("no hello in time")
-            await asyncio.wait_for(asyncio.shield(ready), remaining)
+            await eventloop.wait_for(asyncio.shield(ready), remaining)
             datagrams = link.recv()
             if datagrams is None:
                 raise VethError("closed before hello")
@@ -461,7 +462,7 @@ async def connect_veth(address: str, name: str, hello: dict, mac: bytes = b"\0" 
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, where), timeout)
+            await eventloop.wait_for(loop.sock_connect(sock, where), timeout)
         except BaseException:
             sock.close()
             raise
@@ -470,7 +471,7 @@ async def connect_veth(address: str, name: str, hello: dict, mac: bytes = b"\0" 
         sock = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, where), timeout)
+            await eventloop.wait_for(loop.sock_connect(sock, where), timeout)
         except BaseException:
             sock.close()
             raise

@@ -33,6 +33,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from xenlab import eventloop
 from xenlab.bridge.client import BridgeClient
 from xenlab.bridge.client import NoBridgeError, bridge_for
 from xenlab.client import HypervisorClient
@@ -190,7 +191,7 @@ async def api_capture(request: web.Request) -> web.StreamResponse:
 
         await response.write(out.take())
         try:
-            await asyncio.wait_for(copy(), seconds)
+            await eventloop.wait_for(copy(), seconds)
         except asyncio.TimeoutError:
             pass
         except grpc.aio.AioRpcError as err:

@@ -28,6 +28,7 @@ import collections
 import logging
 from typing import Callable
 
+from xenlab import eventloop
 from xenlab.domain.hypercall import GrantTable, Page, pass_on
 from xenlab.drivers.netback.grant_cache import MAP_BATCH, GrantCache
 from xenlab.drivers.netback.rx import NetbackRx
@@ -149,7 +150,7 @@ class PersistentGrants:
         self._closed = True
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), MAP_WAIT)
+                await eventloop.wait_for(asyncio.shield(self._task), MAP_WAIT)
             except asyncio.TimeoutError:
                 log.warning("%s: a map_batch call did not finish; its mappings stay with the "
                             "hypervisor until this domain goes", self._label)
