@@ -161,10 +161,18 @@ class PersistentGrants:
         for i in range(0, len(handles), MAP_BATCH):
             chunk = handles[i:i + MAP_BATCH]
             try:
-                await self._gnttab.unmap_batch(chunk)
+                statuses = await self._gnttab.unmap_batch(chunk)
             except XenError as err:
                 log.warning("%s: unmapping %d buffer grants: %s", self._label, len(chunk),
                             err.message)
+                continue
+            refused = [(handle, status) for handle, status in zip(chunk, statuses)
+                       if status != abi.GNTST_okay]
+            if refused:
+                handle, status = refused[0]
+                log.warning("%s: %d of %d buffer grants not unmapped (handle %d: %s)",
+                            self._label, len(refused), len(chunk), handle,
+                            abi.GNTST_NAMES.get(status, str(status)))
         self.close_local()
 
     def _release_budget(self, n: int) -> None:
