@@ -292,10 +292,10 @@ class OnDemandServer:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         self._stirred.set()
-        for task in (self._waking, self._sleeping):
-            if task is not None:
-                with contextlib.suppress(Exception, asyncio.CancelledError):
-                    await task
+        # Their failures are theirs (gather hands them back); a cancellation
+        # of stop()'s own caller still reaches it.
+        await asyncio.gather(*(task for task in (self._waking, self._sleeping)
+                               if task is not None), return_exceptions=True)
         if self._listener is not None:
             asyncio.get_running_loop().remove_reader(self._listener.fileno())
             self._listener.close()

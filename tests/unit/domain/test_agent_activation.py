@@ -111,3 +111,27 @@ async def test_a_channel_kept_open_across_many_sleeps_never_sees_an_error(agent)
             # idle period and drain: 0.45 s; the calls come 0.24 to 0.56 s apart
             await asyncio.sleep(IDLE * (0.8 + 0.15 * (i % 8)))
     assert agent.wakes > 1
+
+
+async def test_stop_waiting_for_a_slow_wake_can_itself_be_cancelled(tmp_path):
+    """A wake that never finishes (a server that does not start) keeps
+    stop() waiting; cancelling whoever called stop() ends that wait (it
+    is not taken for the wake's own ending)."""
+    started = asyncio.Event()
+
+    async def stuck(address, counter, options):
+        started.set()
+        await asyncio.Event().wait()
+
+    agent = OnDemandServer(str(tmp_path / "agent-d9.sock"), stuck, idle=IDLE)
+    await agent.start()
+    client = asyncio.get_running_loop().create_task(check(agent.path))
+    await asyncio.wait_for(started.wait(), 5)
+    stopping = asyncio.get_running_loop().create_task(agent.stop(0))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()
+    stopping.cancel()
+    await asyncio.wait([stopping], timeout=5)
+    assert stopping.cancelled()
+    client.cancel()
+    await asyncio.gather(client, return_exceptions=True)
