@@ -4,7 +4,8 @@ One veth listener serves every bridge of the process: a vif's veth end names
 its bridge in its hello. Each bridge registers that address in xenstore
 (/tool/xenlab/bridges/NAME/address) unless --no-register. An uplink
 (--uplink xenbr0=tap:xltap0) adds a real TAP device as a port of its bridge;
-creating one needs CAP_NET_ADMIN.
+creating one needs CAP_NET_ADMIN. A VXLAN uplink (--uplink
+xenbr0=vxlan:vni=42,remote=192.0.2.2) joins the bridge to other hosts'.
 """
 from __future__ import annotations
 
@@ -77,10 +78,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a cable between two bridges of this service (a port on each, "
                              "to-OTHER); repeat for several")
     parser.add_argument("--uplink", action="append", type=_uplink, default=[],
-                        metavar="BRIDGE=tap:NAME",
-                        help="add TAP device NAME (created if missing, gone when the service "
-                             "stops) as a port of BRIDGE, so host tools reach the domains; "
-                             "repeat for several bridges; needs CAP_NET_ADMIN")
+                        metavar="BRIDGE=tap:NAME|BRIDGE=vxlan:vni=N,remote=HOST[:PORT]",
+                        help="tap:NAME adds TAP device NAME (created if missing, gone when the "
+                             "service stops) as a port of BRIDGE, so host tools reach the domains "
+                             "(needs CAP_NET_ADMIN); vxlan:vni=N,remote=HOST[:PORT][,remote=...]"
+                             "[,local=ADDR[:PORT]][,mtu=N][,name=IF] adds a VXLAN tunnel port "
+                             "(RFC 7348, UDP 4789 by default) to other hosts' bridges or Linux "
+                             "vxlan devices, flooding to every remote, MTU 1450 by default; "
+                             "repeat for several bridges")
     parser.add_argument("--no-register", action="store_true",
                         help="do not register the bridges in the hypervisor's xenstore")
     parser.add_argument("--log-level", default="INFO",
@@ -126,13 +131,13 @@ def _uplink(text: str) -> tuple[str, str]:
 
 def _uplinks(pairs: list[tuple[str, str]], bridges: list[str]) -> dict[str, str]:
     uplinks: dict[str, str] = {}
-    for bridge, tap in pairs:
+    for bridge, spec in pairs:
         if bridge not in bridges:
-            raise ValueError(f"--uplink {bridge}=tap:{tap}: {bridge} is not served here "
+            raise ValueError(f"--uplink {bridge}={spec}: {bridge} is not served here "
                              f"(bridges: {', '.join(bridges)})")
         if bridge in uplinks:
-            raise ValueError(f"--uplink: {bridge} has two uplinks ({uplinks[bridge]}, {tap})")
-        uplinks[bridge] = tap
+            raise ValueError(f"--uplink: {bridge} has two uplinks ({uplinks[bridge]}, {spec})")
+        uplinks[bridge] = spec
     return uplinks
 
 

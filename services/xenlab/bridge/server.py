@@ -47,7 +47,7 @@ from xenlab.bridge.fdb import (DEFAULT_AGEING, DEFAULT_MAX_LEARNED, PERMANENT, P
                                FdbEntry, FdbEvent, check_ageing, check_max_learned, check_policy)
 from xenlab.bridge import stp
 from xenlab.bridge.patch import PatchPort
-from xenlab.bridge.uplink import TapDevice
+from xenlab.bridge.uplink import TapDevice, VxlanDevice, check_uplink_spec, open_uplink, uplink_port_name
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.net.capture import DeviceCapture, directions
 from xenlab.net.device import NetDevice
@@ -227,7 +227,7 @@ class BridgeService:
             await self._listener.close()
             self._listener = None
         for (bridge, port), dev in list(self.links.items()):
-            if isinstance(dev, (VethEnd, TapDevice, PatchPort)):
+            if isinstance(dev, (VethEnd, TapDevice, VxlanDevice, PatchPort)):
                 dev.close()
             self._detach(bridge, port, dev)
         for task in [self._expiry, *self._tasks]:
@@ -274,7 +274,7 @@ class BridgeService:
         br = self.bridge(bridge)
         br.port(name)
         dev = self.links.get((br.name, name))
-        if isinstance(dev, (VethEnd, TapDevice, PatchPort)):
+        if isinstance(dev, (VethEnd, TapDevice, VxlanDevice, PatchPort)):
             dev.close()
         self._detach(br.name, name, dev)
         if isinstance(dev, PatchPort) and dev.peer is not None:
@@ -352,16 +352,22 @@ class BridgeService:
         return name
 
     def _open_uplinks(self) -> None:
-        for bridge, tap in self.uplinks.items():
-            dev = TapDevice.open(tap)
+        for bridge, spec in self.uplinks.items():
+            dev = open_uplink(spec)
             try:
-                # No address of its own: the TAP's kernel side is a host on the
-                # LAN, learned like any other, not the bridge's address.
+                # No address of its own: the TAP's kernel side (or what is
+                # behind a tunnel) is a host on the LAN, learned like any
+                # other, not the bridge's address.
                 self.add_port(bridge, dev.name, ZERO, dev)
             except BaseException:
                 dev.close()
                 raise
-            log.info("%s: uplink port %s (tap, mtu %d)", bridge, dev.name, dev.mtu)
+            if isinstance(dev, VxlanDevice):
+                log.info("%s: uplink port %s (vxlan VNI %d on UDP %s:%d, flood to %s, mtu %d)",
+                         bridge, dev.name, dev.config.vni, *dev.address,
+                         ", ".join(f"{a}:{p}" for a, p in dev.config.remotes), dev.mtu)
+            else:
+                log.info("%s: uplink port %s (tap, mtu %d)", bridge, dev.name, dev.mtu)
 
     # -- the data path -----------------------------------------------------------
     def _on_frames(self, br: Bridge, port: str, dev: NetDevice, frames: list[bytes]) -> None:
@@ -559,15 +565,21 @@ def _patch_mac(bridge: str, port: str) -> bytes:
 
 
 def _check_uplinks(uplinks: dict[str, str], bridges: list[str]) -> dict[str, str]:
-    for bridge, tap in uplinks.items():
+    """bridge -> uplink spec (``tap:NAME``, a bare TAP name, or ``vxlan:...``),
+    each in its full form."""
+    checked = {}
+    for bridge, spec in uplinks.items():
         if bridge not in bridges:
             raise XenError(errno.ENOENT, f"uplink for {bridge!r}: this service has no such bridge "
                                          f"(it has {', '.join(bridges)})")
-        check_port_name(tap)
-    taps = list(uplinks.values())
-    if len(set(taps)) != len(taps):
-        raise XenError(errno.EINVAL, f"one tap cannot be the uplink of two bridges: {taps}")
-    return dict(uplinks)
+        try:
+            checked[bridge] = check_uplink_spec(spec)
+        except ValueError as err:
+            raise XenError(errno.EINVAL, f"uplink for {bridge!r}: {err}") from None
+    ports = [uplink_port_name(spec) for spec in checked.values()]
+    if len(set(ports)) != len(ports):
+        raise XenError(errno.EINVAL, f"one device cannot be the uplink of two bridges: {ports}")
+    return checked
 
 
 def _bound(address: str, port: int) -> str:
@@ -621,6 +633,7 @@ def _port_info(port: BridgePort, dev: NetDevice | None, veth: bool) -> bridge_pb
         vlans=[bridge_pb2.PortVlan(vid=vid, pvid=vid == port.pvid, untagged=untagged)
                for vid, untagged in sorted(port.vlans.items())],
         link="veth" if veth else "tap" if isinstance(dev, TapDevice) else
+        "vxlan" if isinstance(dev, VxlanDevice) else
         "patch" if isinstance(dev, PatchPort) else "none",
         peer=json.dumps(dev.peer_info, sort_keys=True) if veth else "")
 

@@ -1,4 +1,5 @@
-"""The bridge's uplink port: a real Linux TAP device.
+"""The bridge's uplink ports: a real Linux TAP device (``tap:NAME``), or a
+VXLAN tunnel to other hosts' bridges (``vxlan:vni=N,remote=HOST[:PORT]``).
 
 A TAP is a kernel network interface whose cable is a file descriptor: what
 the host's stack sends out of the interface is read from the fd, and what is
@@ -16,6 +17,16 @@ service; its owner needs no CAP_NET_ADMIN to attach, while creating one does.
 
 The interface is brought up with the SIOCSIFFLAGS ioctl, so the service does
 not depend on iproute2. Its MTU is read once, at open.
+
+A VXLAN uplink (RFC 7348; xenlab.net.vxlan holds the header and the VTEP
+table) is a UDP socket: a frame the bridge sends out of the port goes to the
+VTEP its destination MAC was learned from, or to every remote of the flood
+list; a datagram that comes in is learned against its sender and handed to
+the bridge. Its peers are other xenlab bridges and Linux's own vxlan devices
+alike. The socket sets IP_PMTUDISC_DO, so the host never fragments a
+datagram: a frame over the port's MTU (the underlay's less 50 bytes) is
+dropped and counted (``oversize``), as one the underlay refuses is
+(``underlay_msgsize``).
 """
 from __future__ import annotations
 
@@ -26,8 +37,11 @@ import logging
 import os
 import socket
 import struct
+import time
+from typing import Callable
 
 from xenlab.bridge.core import check_port_name
+from xenlab.net import vxlan
 from xenlab.net.device import NetDevice
 from xenlab.xen.abi import ETH_HLEN
 from xenlab.xen.errors import XenError
@@ -45,6 +59,9 @@ SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 SIOCGIFMTU = 0x8921
 IFF_UP = 0x1
+# linux/in.h: path MTU discovery on, never fragment
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 # struct ifreq: the name, then a 24-byte union (flags: short, mtu: int).
 IFREQ_FLAGS = struct.Struct("16sH22x")
 IFREQ_MTU = struct.Struct("16si20x")
@@ -64,18 +81,57 @@ class UplinkError(OSError):
         return self.message
 
 
+UPLINK_FORMS = "tap:NAME or vxlan:vni=N,remote=HOST[:PORT][,remote=...][,local=ADDR[:PORT]][,mtu=N]"
+
+
 def parse_uplink(text: str) -> tuple[str, str]:
-    """``BRIDGE=tap:NAME`` (the lab runner's form) -> (bridge, tap name)."""
+    """``BRIDGE=tap:NAME`` or ``BRIDGE=vxlan:...`` (the lab runner's form)
+    -> (bridge, uplink spec as ``check_uplink_spec`` gives it back)."""
     bridge, sep, spec = text.partition("=")
-    kind, colon, name = spec.partition(":")
-    if not sep or not bridge or kind != "tap" or not colon or not name:
-        raise ValueError(f"bad uplink {text!r}: expected BRIDGE=tap:NAME, e.g. xenbr0=tap:xltap0")
+    if not sep or not bridge or ":" not in spec:
+        raise ValueError(f"bad uplink {text!r}: expected BRIDGE=tap:NAME or BRIDGE=vxlan:..., "
+                         "e.g. xenbr0=tap:xltap0 or xenbr0=vxlan:vni=42,remote=192.0.2.2")
     try:
         check_bridge_name(bridge)
-        check_port_name(name)
+        return bridge, check_uplink_spec(spec)
     except XenError as err:
         raise ValueError(f"bad uplink {text!r}: {err.message}") from None
-    return bridge, name
+    except ValueError as err:
+        raise ValueError(f"bad uplink {text!r}: {err}") from None
+
+
+def check_uplink_spec(spec: str) -> str:
+    """``tap:NAME`` or ``vxlan:...`` checked; a bare NAME is a TAP's.
+    Returns the spec in its full form (``tap:NAME``, or the vxlan
+    options as parse_config reads them). ValueError or XenError if bad."""
+    kind, colon, rest = spec.partition(":")
+    if not colon:
+        kind, rest = "tap", spec
+    if kind == "tap":
+        if not rest:
+            raise ValueError(f"expected {UPLINK_FORMS}")
+        check_port_name(rest)
+        return f"tap:{rest}"
+    if kind == "vxlan":
+        config = vxlan.parse_config(rest)
+        check_port_name(config.port_name)
+        return config.text()
+    raise ValueError(f"unknown uplink kind {kind!r}: expected {UPLINK_FORMS}")
+
+
+def uplink_port_name(spec: str) -> str:
+    """The bridge port an uplink spec (checked) makes: the TAP's name, or
+    ``vxlanVNI`` (or the vxlan ``name=``)."""
+    kind, _, rest = spec.partition(":")
+    return vxlan.parse_config(rest).port_name if kind == "vxlan" else rest
+
+
+def open_uplink(spec: str) -> NetDevice:
+    """The device of a checked uplink spec. Raises UplinkError."""
+    kind, _, rest = spec.partition(":")
+    if kind == "vxlan":
+        return VxlanDevice.open(vxlan.parse_config(rest))
+    return TapDevice.open(rest)
 
 
 class TapDevice(NetDevice):
@@ -173,6 +229,127 @@ class TapDevice(NetDevice):
         self._closed = True
         self._loop.remove_reader(self.fd)
         os.close(self.fd)
+
+
+class VxlanDevice(NetDevice):
+    """A bridge port whose link is a VXLAN tunnel: a UDP socket to the
+    VTEPs of ``config`` (xenlab.net.vxlan). ``open`` binds the socket; the
+    constructor takes a bound non-blocking UDP socket (tests bind their own)."""
+
+    def __init__(self, config: vxlan.VxlanConfig, sock: socket.socket,
+                 clock: Callable[[], float] = time.monotonic):
+        super().__init__(config.port_name, mtu=config.mtu)
+        self.config = config
+        self.sock = sock
+        self.vtep = vxlan.VtepTable(config.remotes, clock)
+        self._ports = {address: port for address, port in reversed(config.remotes)}
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+
+    @classmethod
+    def open(cls, config: vxlan.VxlanConfig) -> "VxlanDevice":
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            # Never fragment on the underlay: too big is refused (EMSGSIZE), counted.
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+            try:
+                sock.bind(config.local)
+            except OSError as err:
+                hint = {errno.EADDRINUSE: "another process (a Linux vxlan device, or another "
+                                          "bridge) has that UDP port",
+                        errno.EADDRNOTAVAIL: "no interface of this host has that address"}
+                raise UplinkError(err.errno, f"uplink vxlan{config.vni} cannot bind UDP "
+                                             f"{config.local[0]}:{config.local[1]}: "
+                                             f"{hint.get(err.errno, err.strerror)}") from None
+            return cls(config, sock)
+        except BaseException:
+            sock.close()
+            raise
+
+    @property
+    def state(self) -> str:
+        return "down" if self._closed else "up"
+
+    @property
+    def address(self) -> vxlan.Remote:
+        return self.sock.getsockname()
+
+    def transmit(self, frames: list[bytes]) -> None:
+        if self._closed:
+            self.drop("link_down", len(frames))
+            return
+        limit = self.mtu + ETH_HLEN
+        vni = self.config.vni
+        sent = []
+        for frame in frames:
+            if len(frame) > limit:
+                self.drop("oversize")
+                continue
+            datagram = vxlan.encap(vni, frame)
+            delivered = False
+            for remote in self.vtep.destinations(frame[:6]):
+                try:
+                    self.sock.sendto(datagram, remote)
+                    delivered = True
+                except BlockingIOError:
+                    self.drop("tx_queue_full")
+                except OSError as err:
+                    self.drop("underlay_msgsize" if err.errno == errno.EMSGSIZE
+                              else "underlay_unreachable")
+                    log.debug("%s: to %s:%d: %s", self.name, *remote, err)
+            if delivered:
+                sent.append(frame)
+        self.count_tx(sent)
+
+    def _on_readable(self) -> None:
+        frames: list[bytes] = []
+        vni = self.config.vni
+        for _ in range(RX_BATCH):
+            try:
+                datagram, sender = self.sock.recvfrom(READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as err:
+                # An ICMP error for an earlier send (a remote with nothing
+                # listening): the socket carries on.
+                log.debug("%s: %s", self.name, err)
+                self.drop("underlay_unreachable")
+                continue
+            try:
+                got, frame = vxlan.decap(datagram)
+            except vxlan.VxlanError as err:
+                self.drop(err.reason)
+                continue
+            if got != vni:
+                self.drop("vxlan_other_vni")
+                continue
+            self.vtep.learn(frame[6:12], self._vtep_of(sender[0]))
+            frames.append(frame)
+        self.deliver(frames)
+
+    def _vtep_of(self, address: str) -> vxlan.Remote:
+        """Where frames for a MAC learned from ``address`` go. A sender's
+        UDP source port is no VTEP's: Linux picks one per flow (a hash of
+        the inner headers, for ECMP) and listens on its dstport only. So,
+        as Linux's vxlan learns the address alone: the port of the flood
+        list's remote at that address, else the port we listen on."""
+        port = self._ports.get(address)
+        return address, port if port is not None else self.sock.getsockname()[1]
+
+    def stats(self) -> dict[str, int]:
+        out = super().stats()
+        out.update({f"vtep_{name}": n for name, n in self.vtep.counters.items()})
+        out["vtep_entries"] = len(self.vtep.entries)
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._loop.remove_reader(self.sock.fileno())
+        self.sock.close()
 
 
 # -- the syscalls -----------------------------------------------------------------------

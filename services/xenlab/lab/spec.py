@@ -8,7 +8,9 @@
 
     [[bridge]]
     name = "xenbr0"
-    uplink = "tap:xltap0"    # optional: a real Linux TAP port (needs CAP_NET_ADMIN)
+    uplink = "tap:xltap0"    # optional: a real Linux TAP port (needs CAP_NET_ADMIN), or
+                             # "vxlan:vni=42,remote=192.0.2.2:4789": a VXLAN tunnel to
+                             # another host's bridge or a Linux vxlan device
     fdb_max = 1024           # optional: learned FDB entries at most (default 8192)
     fdb_policy = "ovs"       # optional: a full FDB learns nothing more ("linux", the
                              # default, as fdb_max_learned) or evicts from the port with
@@ -57,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from xenlab.bridge.uplink import check_uplink_spec
 from xenlab.events.config import BrokerAddress
 from xenlab.events.topics import check_level, check_prefix
 from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
@@ -64,9 +67,8 @@ from xenlab.net.ipconfig import check_guest_net, missing_ip_params, vif_address
 from xenlab.net.netem import NetemError, parse_netem
 from xenlab.toolstack.xlcfg import XlConfig, did_you_mean, load_xl_config, parse_xl_config
 from xenlab.xen.cmdline import kernel_cmdline
-from xenlab.xen.names import (BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, IFNAMSIZ, is_bridge_name,
-                              is_ifname)
-from xenlab.xen.errors import ConfigError
+from xenlab.xen.names import BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, IFNAMSIZ, is_bridge_name
+from xenlab.xen.errors import ConfigError, XenError
 
 TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link"}
 LAB_KEYS = {"name", "rundir"}
@@ -83,7 +85,7 @@ MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
 @dataclass(frozen=True)
 class BridgeSpec:
     name: str
-    uplink: str | None = None       # "tap:NAME"
+    uplink: str | None = None       # "tap:NAME" or "vxlan:vni=N,remote=HOST[:PORT]..."
     ageing: float = 300.0
     fdb_max: int | None = None
     flood_limit: str | None = None  # storm control, "RATE[/BURST]"; None: the service's default
@@ -342,10 +344,15 @@ def _bridge(entry: dict, index: int, source: str, line) -> BridgeSpec:
     if not isinstance(name, str) or not is_bridge_name(name):
         raise _fail(source, f"bridge #{index + 1}: needs a name of {BRIDGE_NAME_RULE}", line("name"))
     uplink = entry.get("uplink")
-    if uplink is not None and not (isinstance(uplink, str) and uplink.startswith("tap:")
-                                   and is_ifname(uplink[len("tap:"):])):
-        raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME: {IFNAME_RULE})",
-                    line("uplink"))
+    if uplink is not None:
+        if not isinstance(uplink, str) or not uplink.startswith(("tap:", "vxlan:")):
+            raise _fail(source, f"bridge {name}: uplink must be \"tap:NAME\" (NAME: {IFNAME_RULE}) "
+                                f"or \"vxlan:vni=N,remote=HOST[:PORT]\"", line("uplink"))
+        try:
+            uplink = check_uplink_spec(uplink)
+        except (ValueError, XenError) as err:
+            raise _fail(source, f"bridge {name}: uplink {entry['uplink']!r}: "
+                                f"{getattr(err, 'message', None) or err}", line("uplink")) from None
     flood = entry.get("flood_limit")
     if flood is not None:
         if isinstance(flood, bool) or not isinstance(flood, (int, float, str)):

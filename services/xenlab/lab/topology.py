@@ -123,12 +123,14 @@ def build(domains: list[dict], bridges: list[dict], qdiscs: dict[str, str] | Non
                                data={"stp": br.get("stp", False),
                                      "vlan_filtering": br.get("vlan_filtering", False)}))
         for port in br["ports"]:
-            if port.get("link") == "tap":
-                topo.nodes.append(Node(f"tap:{port['name']}", "uplink", port["name"]))
+            if port.get("link") in ("tap", "vxlan"):
+                kind = port["link"]
+                topo.nodes.append(Node(f"{kind}:{port['name']}", "uplink", port["name"]))
                 out = qdiscs.get(f"{br['name']}:{port['name']}")
                 topo.edges.append(_shaped(
                     Edge(f"port:{br['name']}:{port['name']}", "uplink", f"br:{br['name']}",
-                         f"tap:{port['name']}", f"port {port['name']} (TAP)", br["name"], port["name"]),
+                         f"{kind}:{port['name']}", f"port {port['name']} ({kind.upper()})",
+                         br["name"], port["name"]),
                     [f"netem out of {br['name']}: {out}"] if out else []))
             elif port.get("link") == "patch":
                 peer = _patch_peer(port["name"], names_of_bridges)

@@ -76,9 +76,23 @@ def test_each_vif_of_a_list_spanning_lines_is_reported_on_its_own_line():
     ("[lab]\nname = 'x'\n\n[[domains]]\nname = 'web'\n", 4, "top level: unknown table 'domains' (did you mean 'domain'?)"),
     ("[mqtt]\nbroker = 'none'\ninterval = -1\n", 3, "[mqtt] interval must be a positive number"),
     ("[[bridge]]\nname = 'xenbr0'\nuplink = 'eth0'\n", 3, "bridge xenbr0: uplink must be \"tap:NAME\""),
+    ("[[bridge]]\nname = 'xenbr0'\nuplink = 'vxlan:vni=42'\n", 3,
+     "bridge xenbr0: uplink 'vxlan:vni=42': vxlan: at least one remote=HOST[:PORT] is needed"),
+    ("[[bridge]]\nname = 'xenbr0'\nuplink = 'vxlan:vni=99999999,remote=192.0.2.2'\n", 3,
+     "bridge xenbr0: uplink 'vxlan:vni=99999999,remote=192.0.2.2': a VNI is 0..16777215"),
 ])
 def test_every_table_names_the_line_of_its_mistake(text, line, says):
     assert refused(text).startswith(f"lab.toml:{line}: {says}")
+
+
+def test_a_vxlan_uplink_is_taken_in_full_form():
+    spec = lab("""
+        [[bridge]]
+        name = "xenbr0"
+        uplink = "vxlan:vni=42,remote=192.0.2.2,remote=192.0.2.3:14789"
+        """)
+    assert spec.bridges[0].uplink == ("vxlan:vni=42,remote=192.0.2.2:4789,remote=192.0.2.3:14789,"
+                                      "local=0.0.0.0:4789,mtu=1450")
 
 
 def test_xls_own_keys_that_xenlab_does_not_use_are_still_accepted_in_a_domain():

@@ -1,0 +1,292 @@
+"""The bridge's VXLAN uplink against Linux's own vxlan device.
+
+A network namespace plays another host: its underlay address is on a veth
+whose other end (here) holds the bridge's VTEP address; in it a Linux
+``vxlan`` device (VNI 42, UDP 4789) is a port of a Linux bridge, and a
+second namespace behind that bridge is a host on the overlay LAN. Behind
+the xenlab bridge, on a veth port, is the IP stack a domU runs. Every
+address lives on this machine, in namespaces the tests create and delete.
+The datagrams on the underlay are captured with tshark and decoded as
+VXLAN. Needs root and iproute2; tshark for the capture test.
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+
+import pytest
+import pytest_asyncio
+
+from xenlab.bridge.server import BridgeService, port_info
+from xenlab.bridge.uplink import VxlanDevice
+from xenlab.net import vxlan
+from xenlab.net.ethernet import format_mac
+from xenlab.net.stack import EchoReply, IpStack, StackConfig
+from xenlab.net.veth import connect_veth
+from xenlab.testing import eventually, short_tempdir
+from xenlab.testing.eventually import Unmet
+
+VNI = 42
+STACK_MAC = bytes.fromhex("00163e0e0001")
+STACK_IP = "10.215.1.1"                 # the domU's stack, behind the xenlab bridge
+PEER_IP = "10.215.1.254"                # the host behind the Linux bridge
+UNDERLAY_HERE, UNDERLAY_PEER = "10.214.0.1", "10.214.0.2"
+
+
+async def run(*argv: str, timeout: float = 30.0) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode, out.decode(errors="replace")
+
+
+async def must(*argv: str) -> str:
+    status, out = await run(*argv)
+    assert status == 0, f"{' '.join(argv)} failed ({status}): {out}"
+    return out
+
+
+def skip(reason: str):
+    print(f"skipped: {reason}")
+    pytest.skip(reason)
+
+
+class Tunnel:
+    def __init__(self, service, dev, stack, end, vtep_ns, host_ns, underlay):
+        self.service, self.dev, self.stack, self.end = service, dev, stack, end
+        self.vtep_ns, self.host_ns, self.underlay = vtep_ns, host_ns, underlay
+
+    async def ping_from_peer(self, count: int = 3, size: int = 56) -> tuple[int, str]:
+        return await run("ip", "netns", "exec", self.host_ns, "ping", "-c", str(count), "-W", "2",
+                         "-i", "0.2", "-s", str(size), STACK_IP)
+
+    async def ping_from_stack(self, count: int = 3, size: int = 56) -> list[EchoReply]:
+        """The replies to ``count`` pings of the stack, each waited for up
+        to 3 s (a ping of its own ident: earlier replies do not count)."""
+        self._ident += 1
+        ident, replies = self._ident, []
+
+        def reply(seq: int):
+            return next((e for e in self.events if isinstance(e, EchoReply)
+                         and e.ident == ident and e.seq == seq), None)
+
+        for seq in range(1, count + 1):
+            self.end.transmit(self.stack.ping(PEER_IP, ident, seq, bytes(size)))
+            try:
+                replies.append(await eventually(lambda s=seq: reply(s), f"echo reply {seq}",
+                                                timeout=3))
+            except Unmet:
+                pass
+        return replies
+
+    @property
+    def events(self):
+        return self._events
+
+    def bind_events(self, events: list) -> None:
+        self._events = events
+        self._ident = 0x70
+
+
+@pytest_asyncio.fixture
+async def tunnel():
+    if os.geteuid() != 0:
+        skip("needs root (CAP_NET_ADMIN) for network namespaces and a vxlan device")
+    if shutil.which("ip") is None:
+        skip("ip (iproute2) is not installed")
+    if shutil.which("ping") is None:
+        skip("ping is not installed (apt package iputils-ping)")
+    sfx = os.urandom(2).hex()
+    vtep_ns, host_ns = f"xlvx{sfx}", f"xlvh{sfx}"
+    under_here, under_peer = f"xlu{sfx}a", f"xlu{sfx}b"
+    lan_br, lan_host = f"xll{sfx}a", f"xll{sfx}b"
+    status, out = await run("ip", "netns", "add", vtep_ns)
+    if status != 0:
+        skip(f"`ip netns add` fails here: {out.strip()}")
+    await must("ip", "netns", "add", host_ns)
+    tmp = short_tempdir()
+    service = end = poller = None
+    try:
+        # The underlay: a veth between here and the peer host.
+        await must("ip", "link", "add", under_here, "type", "veth", "peer", "name", under_peer)
+        await must("ip", "link", "set", under_peer, "netns", vtep_ns)
+        await must("ip", "addr", "add", f"{UNDERLAY_HERE}/30", "dev", under_here)
+        await must("ip", "link", "set", under_here, "up")
+        await must("ip", "-n", vtep_ns, "addr", "add", f"{UNDERLAY_PEER}/30", "dev", under_peer)
+        await must("ip", "-n", vtep_ns, "link", "set", under_peer, "up")
+        # The peer host: a Linux vxlan device on a Linux bridge, a host behind it.
+        status, out = await run("ip", "-n", vtep_ns, "link", "add", "vx42", "type", "vxlan",
+                                "id", str(VNI), "local", UNDERLAY_PEER, "remote", UNDERLAY_HERE,
+                                "dstport", str(vxlan.VXLAN_PORT), "dev", under_peer)
+        if status != 0:
+            skip(f"this kernel makes no vxlan device: {out.strip()}")
+        await must("ip", "-n", vtep_ns, "link", "add", "br0", "type", "bridge")
+        await must("ip", "-n", vtep_ns, "link", "set", "vx42", "master", "br0")
+        await must("ip", "-n", vtep_ns, "link", "add", lan_br, "type", "veth", "peer", "name", lan_host)
+        await must("ip", "-n", vtep_ns, "link", "set", lan_br, "master", "br0")
+        await must("ip", "-n", vtep_ns, "link", "set", lan_host, "netns", host_ns)
+        for dev in ("vx42", "br0", lan_br):
+            await must("ip", "-n", vtep_ns, "link", "set", dev, "up")
+        await must("ip", "-n", host_ns, "link", "set", lan_host, "mtu", "1450")
+        await must("ip", "-n", host_ns, "addr", "add", f"{PEER_IP}/24", "dev", lan_host)
+        await must("ip", "-n", host_ns, "link", "set", lan_host, "up")
+        await must("ip", "-n", host_ns, "link", "set", "lo", "up")
+        # xenlab's bridge with the VXLAN uplink, and a domU's stack on a veth port.
+        service = BridgeService(
+            ["xenbr0"], listen=f"unix:{tmp}/veth.sock", grpc=f"unix:{tmp}/bridge.sock",
+            uplinks={"xenbr0": f"vxlan:vni={VNI},remote={UNDERLAY_PEER},local={UNDERLAY_HERE}"})
+        await service.start()
+        stack = IpStack(StackConfig(STACK_MAC, ipaddress.IPv4Interface(f"{STACK_IP}/24")),
+                        time.monotonic)
+        end = await connect_veth(service.veth_address, "vif1.0",
+                                 {"bridge": "xenbr0", "mac": format_mac(STACK_MAC)}, mac=STACK_MAC)
+        events: list = []
+
+        def receive(frames):
+            for frame in frames:
+                end.transmit(stack.receive(frame))
+            events.extend(stack.pop_events())
+
+        end.receiver = receive
+        await eventually(lambda: "vif1.0" in service.bridge("xenbr0").ports, "vif1.0 on xenbr0")
+        end.transmit(stack.link_up())
+
+        async def poll():
+            while True:
+                await asyncio.sleep(0.1)
+                end.transmit(stack.poll())
+                events.extend(stack.pop_events())
+
+        poller = asyncio.create_task(poll())
+        dev = service.links[("xenbr0", f"vxlan{VNI}")]
+        t = Tunnel(service, dev, stack, end, vtep_ns, host_ns, under_here)
+        t.bind_events(events)
+        yield t
+    finally:
+        if poller is not None:
+            poller.cancel()
+        if end is not None:
+            end.close()
+        if service is not None:
+            await service.stop(grace=0)
+        await run("ip", "netns", "del", vtep_ns)
+        await run("ip", "netns", "del", host_ns)
+        await run("ip", "link", "del", under_here)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def test_the_uplink_is_a_vxlan_port_of_the_bridge(tunnel):
+    port = tunnel.service.bridge("xenbr0").port(f"vxlan{VNI}")
+    assert isinstance(tunnel.dev, VxlanDevice)
+    assert port_info(port, tunnel.dev).link == "vxlan"
+    assert tunnel.dev.mtu == 1450 and tunnel.dev.address == (UNDERLAY_HERE, vxlan.VXLAN_PORT)
+
+
+async def test_the_linux_host_pings_the_domu_through_linux_vxlan(tunnel):
+    status, out = await tunnel.ping_from_peer(count=3)
+    assert status == 0 and re.search(r"\b3 received\b", out), out
+    rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/", out)
+    if rtt:
+        print(f"ping over VXLAN (Linux vxlan <-> xenlab): rtt min/avg/max {'/'.join(rtt.groups())} ms")
+    stats = tunnel.dev.stats()
+    assert stats["rx_packets"] >= 3 and stats["tx_packets"] >= 3
+
+
+async def test_the_domu_pings_the_linux_host(tunnel):
+    replies = await tunnel.ping_from_stack(count=3)
+    assert [r.seq for r in replies] == [1, 2, 3]
+
+
+async def test_the_peers_mac_is_learned_against_its_vtep(tunnel):
+    await must("ip", "netns", "exec", tunnel.host_ns, "ping", "-c", "1", "-W", "2", STACK_IP)
+    out = await must("ip", "-n", tunnel.host_ns, "-br", "link", "show")
+    peer_mac = bytes.fromhex(re.search(r"xll\w+b@\S+\s+\S+\s+([0-9a-f:]{17})", out).group(1)
+                             .replace(":", ""))
+    fdb = {entry.mac: entry.port for entry in tunnel.service.bridge("xenbr0").fdb}
+    assert fdb.get(peer_mac) == f"vxlan{VNI}" and fdb.get(STACK_MAC) == "vif1.0"
+    assert tunnel.dev.vtep.destinations(peer_mac) == [(UNDERLAY_PEER, vxlan.VXLAN_PORT)]
+    # And Linux learned the stack's MAC against our VTEP, as its vxlan FDB shows.
+    linux_fdb = await must("ip", "netns", "exec", tunnel.vtep_ns, "bridge", "fdb", "show", "dev", "vx42")
+    assert re.search(rf"{format_mac(STACK_MAC).lower()} dst {UNDERLAY_HERE}\b", linux_fdb), linux_fdb
+
+
+async def test_a_frame_over_the_tunnels_mtu_is_refused_and_counted(tunnel):
+    assert (await tunnel.ping_from_peer(count=1))[0] == 0       # ARP resolved both ways
+    before = tunnel.dev.stats()
+    # 1422 bytes of ICMP payload: a 1450-byte IP packet, the port's MTU: it goes.
+    assert len(await tunnel.ping_from_stack(count=1, size=1422)) == 1
+    # One byte more: over the port's MTU, dropped here under its reason.
+    assert await tunnel.ping_from_stack(count=1, size=1423) == []
+    after = tunnel.dev.stats()
+    assert after.get("drop_oversize", 0) == before.get("drop_oversize", 0) + 1
+
+
+def fragments_created() -> int:
+    """Ip FragCreates of this namespace (/proc/net/snmp)."""
+    with open("/proc/net/snmp") as snmp:
+        names, values = [line.split() for line in snmp if line.startswith("Ip:")][:2]
+    return int(values[names.index("FragCreates")])
+
+
+async def test_an_underlay_too_small_for_a_frame_refuses_it_rather_than_fragment(tunnel):
+    """The port's MTU says 1450, the underlay's link only takes 1400: the
+    datagram is refused by the host (IP_PMTUDISC_DO) and counted, never
+    sent in fragments."""
+    assert (await tunnel.ping_from_peer(count=1))[0] == 0
+    await must("ip", "link", "set", tunnel.underlay, "mtu", "1400")
+    before, frags = tunnel.dev.stats(), fragments_created()
+    assert await tunnel.ping_from_stack(count=1, size=1422) == []
+    after = tunnel.dev.stats()
+    assert after.get("drop_underlay_msgsize", 0) >= before.get("drop_underlay_msgsize", 0) + 1
+    assert fragments_created() == frags
+    assert len(await tunnel.ping_from_stack(count=1, size=1300)) == 1     # smaller ones still go
+
+
+async def test_a_datagram_that_is_not_vxlan_is_dropped_with_its_reason(tunnel):
+    before = tunnel.dev.stats()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((UNDERLAY_HERE, 0))
+        sock.sendto(b"\x00" * 30, (UNDERLAY_HERE, vxlan.VXLAN_PORT))      # no I flag
+        sock.sendto(b"\x08\x00", (UNDERLAY_HERE, vxlan.VXLAN_PORT))       # too short
+        other = vxlan.encap(VNI + 1, bytes.fromhex("ffffffffffff00163e0f0001") + b"\x08\x06" + bytes(46))
+        sock.sendto(other, (UNDERLAY_HERE, vxlan.VXLAN_PORT))           # another VNI
+    await eventually(lambda: tunnel.dev.stats().get("drop_vxlan_other_vni", 0)
+                     > before.get("drop_vxlan_other_vni", 0), "the other VNI's frame dropped")
+    stats = tunnel.dev.stats()
+    assert stats["drop_vxlan_no_vni"] == before.get("drop_vxlan_no_vni", 0) + 1
+    assert stats["drop_vxlan_short"] == before.get("drop_vxlan_short", 0) + 1
+    # The other VNI's frame reached neither the bridge nor the VTEP table.
+    stranger = bytes.fromhex("00163e0f0001")
+    assert stranger not in {entry.mac for entry in tunnel.service.bridge("xenbr0").fdb}
+    assert stranger not in tunnel.dev.vtep.entries
+
+
+async def test_tshark_decodes_the_underlay_as_vxlan(tunnel):
+    if shutil.which("tshark") is None:
+        skip("tshark is not installed")
+    pcap = os.path.join(tempfile.mkdtemp(prefix="xlvx"), "underlay.pcap")
+    try:
+        capture = await asyncio.create_subprocess_exec(
+            "tshark", "-q", "-i", tunnel.underlay, "-f", f"udp port {vxlan.VXLAN_PORT}",
+            "-w", pcap, "-a", "duration:8", stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        # tshark says "Capturing on ..." once it listens.
+        await asyncio.wait_for(capture.stderr.readline(), 10)
+        await asyncio.sleep(0.5)
+        status, out = await tunnel.ping_from_peer(count=2)
+        assert status == 0, out
+        await asyncio.wait_for(capture.wait(), 15)
+        out = await must("tshark", "-r", pcap, "-Y", "vxlan && icmp",
+                         "-T", "fields", "-e", "vxlan.vni", "-e", "icmp.type", "-e", "ip.src")
+        rows = [line.split("\t") for line in out.splitlines() if line.strip()]
+        # Each ICMP row's ip.src holds the outer and the inner source.
+        assert any(r[0] == str(VNI) and r[1] == "8" for r in rows), out      # requests, to us
+        assert any(r[0] == str(VNI) and r[1] == "0" and STACK_IP in r[2] for r in rows), out
+    finally:
+        shutil.rmtree(os.path.dirname(pcap), ignore_errors=True)
