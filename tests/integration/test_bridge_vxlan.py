@@ -29,6 +29,7 @@ from xenlab.net import vxlan
 from xenlab.net.ethernet import format_mac
 from xenlab.net.stack import EchoReply, IpStack, StackConfig
 from xenlab.net.veth import connect_veth
+from xenlab.proto import agent_pb2, bridge_pb2
 from xenlab.testing import eventually, short_tempdir
 from xenlab.testing.eventually import Unmet
 
@@ -58,13 +59,12 @@ def skip(reason: str):
 
 
 class Tunnel:
-    def __init__(self, service, dev, stack, end, vtep_ns, host_ns, underlay):
-        self.service, self.dev, self.stack, self.end = service, dev, stack, end
-        self.vtep_ns, self.host_ns, self.underlay = vtep_ns, host_ns, underlay
+    def __init__(self, service, dev, stack, end, peer: "LinuxPeer"):
+        self.service, self.dev, self.stack, self.end, self.peer = service, dev, stack, end, peer
+        self.vtep_ns, self.host_ns, self.underlay = peer.vtep_ns, peer.host_ns, peer.underlay
 
     async def ping_from_peer(self, count: int = 3, size: int = 56) -> tuple[int, str]:
-        return await run("ip", "netns", "exec", self.host_ns, "ping", "-c", str(count), "-W", "2",
-                         "-i", "0.2", "-s", str(size), STACK_IP)
+        return await self.peer.ping(STACK_IP, count, size)
 
     async def ping_from_stack(self, count: int = 3, size: int = 56) -> list[EchoReply]:
         """The replies to ``count`` pings of the stack, each waited for up
@@ -94,53 +94,79 @@ class Tunnel:
         self._ident = 0x70
 
 
+class LinuxPeer:
+    """Another host, in network namespaces: its underlay address on a veth
+    whose other end (here, in this namespace) holds ours; a Linux vxlan
+    device (VNI 42, UDP 4789) on a Linux bridge, and a host on that bridge
+    (its own namespace) with address ``host_ip``."""
+
+    def __init__(self, here: str, peer: str, host_ip: str):
+        sfx = os.urandom(2).hex()
+        self.here, self.peer, self.host_ip = here, peer, host_ip
+        self.vtep_ns, self.host_ns = f"xlvx{sfx}", f"xlvh{sfx}"
+        self.underlay, self._under_peer = f"xlu{sfx}a", f"xlu{sfx}b"
+        self._lan_br, self.lan_host = f"xll{sfx}a", f"xll{sfx}b"
+
+    async def create(self) -> None:
+        if os.geteuid() != 0:
+            skip("needs root (CAP_NET_ADMIN) for network namespaces and a vxlan device")
+        if shutil.which("ip") is None:
+            skip("ip (iproute2) is not installed")
+        if shutil.which("ping") is None:
+            skip("ping is not installed (apt package iputils-ping)")
+        status, out = await run("ip", "netns", "add", self.vtep_ns)
+        if status != 0:
+            skip(f"`ip netns add` fails here: {out.strip()}")
+        await must("ip", "netns", "add", self.host_ns)
+        vx, host = self.vtep_ns, self.host_ns
+        await must("ip", "link", "add", self.underlay, "type", "veth", "peer", "name", self._under_peer)
+        await must("ip", "link", "set", self._under_peer, "netns", vx)
+        await must("ip", "addr", "add", f"{self.here}/30", "dev", self.underlay)
+        await must("ip", "link", "set", self.underlay, "up")
+        await must("ip", "-n", vx, "addr", "add", f"{self.peer}/30", "dev", self._under_peer)
+        await must("ip", "-n", vx, "link", "set", self._under_peer, "up")
+        status, out = await run("ip", "-n", vx, "link", "add", "vx42", "type", "vxlan",
+                                "id", str(VNI), "local", self.peer, "remote", self.here,
+                                "dstport", str(vxlan.VXLAN_PORT), "dev", self._under_peer)
+        if status != 0:
+            skip(f"this kernel makes no vxlan device: {out.strip()}")
+        await must("ip", "-n", vx, "link", "add", "br0", "type", "bridge")
+        await must("ip", "-n", vx, "link", "set", "vx42", "master", "br0")
+        await must("ip", "-n", vx, "link", "add", self._lan_br, "type", "veth", "peer", "name",
+                   self.lan_host)
+        await must("ip", "-n", vx, "link", "set", self._lan_br, "master", "br0")
+        await must("ip", "-n", vx, "link", "set", self.lan_host, "netns", host)
+        for dev in ("vx42", "br0", self._lan_br):
+            await must("ip", "-n", vx, "link", "set", dev, "up")
+        await must("ip", "-n", host, "link", "set", self.lan_host, "mtu", "1450")
+        await must("ip", "-n", host, "addr", "add", f"{self.host_ip}/24", "dev", self.lan_host)
+        await must("ip", "-n", host, "link", "set", self.lan_host, "up")
+        await must("ip", "-n", host, "link", "set", "lo", "up")
+
+    def uplink(self) -> str:
+        return f"vxlan:vni={VNI},remote={self.peer},local={self.here}"
+
+    async def ping(self, dst: str, count: int = 3, size: int = 56) -> tuple[int, str]:
+        return await run("ip", "netns", "exec", self.host_ns, "ping", "-c", str(count), "-W", "2",
+                         "-i", "0.2", "-s", str(size), dst)
+
+    async def delete(self) -> None:
+        await run("ip", "netns", "del", self.vtep_ns)
+        await run("ip", "netns", "del", self.host_ns)
+        await run("ip", "link", "del", self.underlay)
+
+
 @pytest_asyncio.fixture
 async def tunnel():
-    if os.geteuid() != 0:
-        skip("needs root (CAP_NET_ADMIN) for network namespaces and a vxlan device")
-    if shutil.which("ip") is None:
-        skip("ip (iproute2) is not installed")
-    if shutil.which("ping") is None:
-        skip("ping is not installed (apt package iputils-ping)")
-    sfx = os.urandom(2).hex()
-    vtep_ns, host_ns = f"xlvx{sfx}", f"xlvh{sfx}"
-    under_here, under_peer = f"xlu{sfx}a", f"xlu{sfx}b"
-    lan_br, lan_host = f"xll{sfx}a", f"xll{sfx}b"
-    status, out = await run("ip", "netns", "add", vtep_ns)
-    if status != 0:
-        skip(f"`ip netns add` fails here: {out.strip()}")
-    await must("ip", "netns", "add", host_ns)
+    """xenlab's bridge (in this process) with a VXLAN uplink to a LinuxPeer,
+    and a domU's IP stack on a veth port."""
+    peer = LinuxPeer(UNDERLAY_HERE, UNDERLAY_PEER, PEER_IP)
     tmp = short_tempdir()
     service = end = poller = None
     try:
-        # The underlay: a veth between here and the peer host.
-        await must("ip", "link", "add", under_here, "type", "veth", "peer", "name", under_peer)
-        await must("ip", "link", "set", under_peer, "netns", vtep_ns)
-        await must("ip", "addr", "add", f"{UNDERLAY_HERE}/30", "dev", under_here)
-        await must("ip", "link", "set", under_here, "up")
-        await must("ip", "-n", vtep_ns, "addr", "add", f"{UNDERLAY_PEER}/30", "dev", under_peer)
-        await must("ip", "-n", vtep_ns, "link", "set", under_peer, "up")
-        # The peer host: a Linux vxlan device on a Linux bridge, a host behind it.
-        status, out = await run("ip", "-n", vtep_ns, "link", "add", "vx42", "type", "vxlan",
-                                "id", str(VNI), "local", UNDERLAY_PEER, "remote", UNDERLAY_HERE,
-                                "dstport", str(vxlan.VXLAN_PORT), "dev", under_peer)
-        if status != 0:
-            skip(f"this kernel makes no vxlan device: {out.strip()}")
-        await must("ip", "-n", vtep_ns, "link", "add", "br0", "type", "bridge")
-        await must("ip", "-n", vtep_ns, "link", "set", "vx42", "master", "br0")
-        await must("ip", "-n", vtep_ns, "link", "add", lan_br, "type", "veth", "peer", "name", lan_host)
-        await must("ip", "-n", vtep_ns, "link", "set", lan_br, "master", "br0")
-        await must("ip", "-n", vtep_ns, "link", "set", lan_host, "netns", host_ns)
-        for dev in ("vx42", "br0", lan_br):
-            await must("ip", "-n", vtep_ns, "link", "set", dev, "up")
-        await must("ip", "-n", host_ns, "link", "set", lan_host, "mtu", "1450")
-        await must("ip", "-n", host_ns, "addr", "add", f"{PEER_IP}/24", "dev", lan_host)
-        await must("ip", "-n", host_ns, "link", "set", lan_host, "up")
-        await must("ip", "-n", host_ns, "link", "set", "lo", "up")
-        # xenlab's bridge with the VXLAN uplink, and a domU's stack on a veth port.
-        service = BridgeService(
-            ["xenbr0"], listen=f"unix:{tmp}/veth.sock", grpc=f"unix:{tmp}/bridge.sock",
-            uplinks={"xenbr0": f"vxlan:vni={VNI},remote={UNDERLAY_PEER},local={UNDERLAY_HERE}"})
+        await peer.create()
+        service = BridgeService(["xenbr0"], listen=f"unix:{tmp}/veth.sock",
+                                grpc=f"unix:{tmp}/bridge.sock", uplinks={"xenbr0": peer.uplink()})
         await service.start()
         stack = IpStack(StackConfig(STACK_MAC, ipaddress.IPv4Interface(f"{STACK_IP}/24")),
                         time.monotonic)
@@ -165,7 +191,7 @@ async def tunnel():
 
         poller = asyncio.create_task(poll())
         dev = service.links[("xenbr0", f"vxlan{VNI}")]
-        t = Tunnel(service, dev, stack, end, vtep_ns, host_ns, under_here)
+        t = Tunnel(service, dev, stack, end, peer)
         t.bind_events(events)
         yield t
     finally:
@@ -175,9 +201,7 @@ async def tunnel():
             end.close()
         if service is not None:
             await service.stop(grace=0)
-        await run("ip", "netns", "del", vtep_ns)
-        await run("ip", "netns", "del", host_ns)
-        await run("ip", "link", "del", under_here)
+        await peer.delete()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -290,3 +314,49 @@ async def test_tshark_decodes_the_underlay_as_vxlan(tunnel):
         assert any(r[0] == str(VNI) and r[1] == "0" and STACK_IP in r[2] for r in rows), out
     finally:
         shutil.rmtree(os.path.dirname(pcap), ignore_errors=True)
+
+
+# -- a whole lab: `xenlab up` with the uplink in its lab file, a domU behind it --------------
+LAB = """
+[lab]
+name = "vxlan"
+
+[[bridge]]
+name = "xenbr0"
+uplink = "{uplink}"
+
+[[domain]]
+name = "web"
+memory = 32
+vif = ["mac=00:16:3e:0e:00:02,ip=10.215.2.2/24"]
+
+[mqtt]
+broker = "none"
+"""
+
+
+async def test_a_lab_with_a_vxlan_uplink_and_a_linux_host_ping_each_other(lab_factory):
+    """The lab file's uplink, through `xenlab up`'s bridge service, to a
+    Linux vxlan peer: the Linux host pings the domU and the domU pings it."""
+    peer = LinuxPeer("10.214.0.5", "10.214.0.6", "10.215.2.254")
+    try:
+        await peer.create()
+        lab = await lab_factory(LAB.format(uplink=peer.uplink()))
+        status, out = await peer.ping("10.215.2.2", count=3)
+        assert status == 0 and re.search(r"\b3 received\b", out), out
+        web = await lab.agent("web")
+        try:
+            reply = await web.Ping(agent_pb2.PingRequest(dst=peer.host_ip, count=3, interval=0.2,
+                                                         timeout=5))
+        finally:
+            await web.close()
+        assert (reply.transmitted, reply.received) == (3, 3), reply
+        bridge = await lab.bridge("xenbr0")
+        try:
+            shown = await bridge.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge="xenbr0"))
+        finally:
+            await bridge.close()
+        links = {p.name: p.link for p in shown.bridges[0].ports}
+        assert links.get(f"vxlan{VNI}") == "vxlan", links
+    finally:
+        await peer.delete()
