@@ -360,3 +360,60 @@ async def test_a_lab_with_a_vxlan_uplink_and_a_linux_host_ping_each_other(lab_fa
         assert links.get(f"vxlan{VNI}") == "vxlan", links
     finally:
         await peer.delete()
+
+
+# -- two xenlab hosts joined by VXLAN ---------------------------------------------------------
+HOST_LAB = """
+[lab]
+name = "{name}"
+
+[[bridge]]
+name = "xenbr0"
+uplink = "vxlan:vni=42,local={local}:4789,remote={remote}:4789"
+
+[[domain]]
+name = "{domain}"
+memory = 32
+vif = ["mac={mac},ip={ip}/24"]
+
+[mqtt]
+broker = "none"
+"""
+
+
+async def vxlan_link_stats(lab) -> dict[str, int]:
+    bridge = await lab.bridge("xenbr0")
+    try:
+        reply = await bridge.Stats(bridge_pb2.BridgeStatsRequest(bridge="xenbr0"))
+    finally:
+        await bridge.close()
+    return dict(next(p for p in reply.bridges[0].ports if p.name == f"vxlan{VNI}").link)
+
+
+async def test_two_xenlab_hosts_joined_by_vxlan_ping_across_and_count_what_does_not_fit(lab_factory):
+    """Two labs (two hosts: each its own hypervisor, Domain-0 and bridge),
+    their bridges' VXLAN uplinks on two loopback addresses, each the
+    other's remote. A domU on one pings the domU on the other over real
+    UDP; a ping whose frame is over the tunnel's 1450 bytes is dropped at
+    the sending host's uplink and counted there, not fragmented."""
+    a = await lab_factory(HOST_LAB.format(name="host-a", local="127.0.42.1", remote="127.0.42.2",
+                                          domain="web", mac="00:16:3e:0e:01:01", ip="10.216.0.1"))
+    b = await lab_factory(HOST_LAB.format(name="host-b", local="127.0.42.2", remote="127.0.42.1",
+                                          domain="db", mac="00:16:3e:0e:01:02", ip="10.216.0.2"))
+    web, db = await a.agent("web"), await b.agent("db")
+    try:
+        there = await web.Ping(agent_pb2.PingRequest(dst="10.216.0.2", count=3, interval=0.2, timeout=5))
+        back = await db.Ping(agent_pb2.PingRequest(dst="10.216.0.1", count=3, interval=0.2, timeout=5))
+        assert (there.received, back.received) == (3, 3), (there, back)
+        before = await vxlan_link_stats(a)
+        # 1422 bytes of payload: a 1450-byte packet, the tunnel's MTU; 1423: one over.
+        fits = await web.Ping(agent_pb2.PingRequest(dst="10.216.0.2", count=1, size=1422, timeout=3))
+        over = await web.Ping(agent_pb2.PingRequest(dst="10.216.0.2", count=2, size=1423,
+                                                    interval=0.2, timeout=3))
+    finally:
+        await web.close()
+        await db.close()
+    assert fits.received == 1 and over.received == 0, (fits, over)
+    after = await vxlan_link_stats(a)
+    assert after.get("drop_oversize", 0) - before.get("drop_oversize", 0) == 2, after
+    assert after.get("vtep_entries", 0) >= 1
