@@ -26,7 +26,8 @@ import pytest_asyncio
 from xenlab.bridge.server import BridgeService, port_info
 from xenlab.bridge.uplink import VxlanDevice
 from xenlab.net import vxlan
-from xenlab.net.ethernet import format_mac
+from xenlab.net.ethernet import ETH_P_IP, EthernetFrame, format_mac
+from xenlab.net.ipv4 import Ipv4Header
 from xenlab.net.stack import EchoReply, IpStack, StackConfig
 from xenlab.net.veth import connect_veth
 from xenlab.proto import agent_pb2, bridge_pb2
@@ -335,6 +336,19 @@ broker = "none"
 """
 
 
+def requests_to(frames: list[bytes], dst: str) -> list[bytes]:
+    """The ICMP echo requests to ``dst`` among captured frames."""
+    out = []
+    for data in frames:
+        frame = EthernetFrame.parse(data)
+        if frame.ethertype != ETH_P_IP:
+            continue
+        header, payload = Ipv4Header.parse(frame.payload)
+        if str(header.dst) == dst and header.proto == 1 and payload[:1] == b"\x08":
+            out.append(data)
+    return out
+
+
 async def test_a_lab_with_a_vxlan_uplink_and_a_linux_host_ping_each_other(lab_factory):
     """The lab file's uplink, through `xenlab up`'s bridge service, to a
     Linux vxlan peer: the Linux host pings the domU and the domU pings it."""
@@ -344,18 +358,31 @@ async def test_a_lab_with_a_vxlan_uplink_and_a_linux_host_ping_each_other(lab_fa
         lab = await lab_factory(LAB.format(uplink=peer.uplink()))
         status, out = await peer.ping("10.215.2.2", count=3)
         assert status == 0 and re.search(r"\b3 received\b", out), out
+        bridge = await lab.bridge("xenbr0")
         web = await lab.agent("web")
+        # The uplink is a capture point like any port: what the bridge sends into the tunnel.
+        capture = bridge.Capture(bridge_pb2.BridgeCaptureRequest(bridge="xenbr0", port=f"vxlan{VNI}",
+                                                                 direction="tx"))
+        frames: list[bytes] = []
+
+        async def read():
+            async for frame in capture:
+                frames.append(frame.data)
+
         try:
+            await capture.wait_for_connection()
+            reader = asyncio.create_task(read())
             reply = await web.Ping(agent_pb2.PingRequest(dst=peer.host_ip, count=3, interval=0.2,
                                                          timeout=5))
-        finally:
-            await web.close()
-        assert (reply.transmitted, reply.received) == (3, 3), reply
-        bridge = await lab.bridge("xenbr0")
-        try:
+            await eventually(lambda: len(requests_to(frames, peer.host_ip)) >= 3,
+                             "the three requests in the uplink's capture")
+            capture.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             shown = await bridge.ShowBridges(bridge_pb2.ShowBridgesRequest(bridge="xenbr0"))
         finally:
+            await web.close()
             await bridge.close()
+        assert (reply.transmitted, reply.received) == (3, 3), reply
         links = {p.name: p.link for p in shown.bridges[0].ports}
         assert links.get(f"vxlan{VNI}") == "vxlan", links
     finally:
