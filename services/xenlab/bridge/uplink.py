@@ -242,6 +242,7 @@ class VxlanDevice(NetDevice):
         self.config = config
         self.sock = sock
         self.vtep = vxlan.VtepTable(config.remotes, clock)
+        self._remotes = frozenset(config.remotes)
         self._ports = {address: port for address, port in reversed(config.remotes)}
         self._closed = False
         self._loop = asyncio.get_running_loop()
@@ -325,18 +326,22 @@ class VxlanDevice(NetDevice):
             if got != vni:
                 self.drop("vxlan_other_vni")
                 continue
-            self.vtep.learn(frame[6:12], self._vtep_of(sender[0]))
+            self.vtep.learn(frame[6:12], self._vtep_of(sender))
             frames.append(frame)
         self.deliver(frames)
 
-    def _vtep_of(self, address: str) -> vxlan.Remote:
-        """Where frames for a MAC learned from ``address`` go. A sender's
-        UDP source port is no VTEP's: Linux picks one per flow (a hash of
-        the inner headers, for ECMP) and listens on its dstport only. So,
-        as Linux's vxlan learns the address alone: the port of the flood
-        list's remote at that address, else the port we listen on."""
-        port = self._ports.get(address)
-        return address, port if port is not None else self.sock.getsockname()[1]
+    def _vtep_of(self, sender: vxlan.Remote) -> vxlan.Remote:
+        """Where frames for a MAC learned from ``sender`` go. A remote of
+        the flood list that sent from its own port (a xenlab bridge sends
+        from the port it listens on) is that remote. Otherwise the sender's
+        port is no VTEP's: Linux picks a source port per flow (a hash of the
+        inner headers, for ECMP) and listens on its dstport only; so, as
+        Linux's vxlan learns the address alone, the port of the flood list's
+        remote at that address, else the port we listen on."""
+        if sender in self._remotes:
+            return sender
+        port = self._ports.get(sender[0])
+        return sender[0], port if port is not None else self.sock.getsockname()[1]
 
     def stats(self) -> dict[str, int]:
         out = super().stats()
