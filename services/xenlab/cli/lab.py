@@ -17,6 +17,7 @@ import grpc
 
 from xenlab.cli.main import main as xenlab_cli
 from xenlab.lab import view
+from xenlab.lab.pool import Pool
 from xenlab.lab.runner import Lab, LabError, reclaim
 from xenlab.lab.spec import demo_lab, load_lab
 from xenlab.launchers.domains_dir import add_domain_uids_argument
@@ -88,6 +89,8 @@ async def _up(args) -> int:
     spec = load_lab(args.lab) if args.lab else demo_lab()
     if args.ready_fd is None:       # detached, _detach has said them
         _say_warnings(spec)
+    if spec.hosts:
+        return await _up_pool(args, spec)
     progress = _progress_printer()
     detached = args.ready_fd is not None
     lab = Lab(spec, args.rundir, log_level=args.log_level, progress=progress,
@@ -116,6 +119,42 @@ async def _up(args) -> int:
     await stop.wait()
     progress("stopping the lab")
     await lab.down()
+    progress("stopped")
+    return 0
+
+
+async def _up_pool(args, spec) -> int:
+    """A lab file with [[host]] tables: each host a lab in a network
+    namespace of its own (xenlab.lab.pool), up until Ctrl-C, SIGTERM, or
+    `xenlab down` on any host's rundir."""
+    if args.ready_fd is not None:
+        raise LabError("a pool runs in the foreground (no --detach yet)")
+    progress = _progress_printer()
+    run = Rundir(args.rundir)
+    pool = Pool(spec, run.path, log_level=args.log_level, progress=progress,
+                domain_uids=args.domain_uids)
+    stop = asyncio.Event()
+    received = on_stop_signal(stop.set)
+    starting = asyncio.create_task(pool.up(timeout=args.timeout))
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await pool.down()
+        print(f"xenlab up: {signal.Signals(received.signum).name} while starting: the pool is down",
+              file=sys.stderr)
+        return received.exit_status
+    stopped.cancel()
+    starting.result()
+    print(await pool.summary(), flush=True)
+    first = spec.hosts[0].name
+    print(f"\nrundir {run.path}: one per host under hosts/. Reach a host with --rundir "
+          f"{pool.host_rundir(first)} (xenlab xl list, xenlab ping DOMAIN ADDRESS, ...). "
+          f"Stop with Ctrl-C or `xenlab down --rundir {pool.host_rundir(first)}`.", flush=True)
+    await stop.wait()
+    progress("stopping the pool")
+    await pool.down()
     progress("stopped")
     return 0
 

@@ -94,6 +94,9 @@ class Lab:
     # the rundir, if it made it), except the files named in `keep`.
     remove_on_failure: bool = False
     keep: tuple[str, ...] = ()
+    # A host of a pool: its services run in this network namespace
+    # (`ip netns exec`), and so do the domains its hypervisor starts.
+    netns: str | None = None
     _stopping: bool = False
     _dom0_watch: asyncio.Task | None = None
     _claimed: bool = False
@@ -152,8 +155,9 @@ class Lab:
     async def _spawn(self, name: str, *args: str) -> Service:
         fd = self.run.open_log(f"{name}.log")
         try:
+            netns = ("ip", "netns", "exec", self.netns) if self.netns else ()
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "xenlab.cli.main", *args,
+                *netns, sys.executable, "-m", "xenlab.cli.main", *args,
                 stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
         finally:
             os.close(fd)

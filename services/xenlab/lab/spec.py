@@ -70,16 +70,28 @@ from xenlab.xen.cmdline import kernel_cmdline
 from xenlab.xen.names import BRIDGE_NAME_RULE, DEFAULT_BRIDGE, IFNAME_RULE, IFNAMSIZ, is_bridge_name
 from xenlab.xen.errors import ConfigError, XenError
 
-TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link"}
+TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link", "host"}
 LAB_KEYS = {"name", "rundir"}
 HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
 BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit", "vlan_filtering",
                "stp", "priority", "hello_time", "forward_delay", "max_age"}
 LINK_KEYS = {"bridges", "netem"}
+HOST_KEYS = {"name", "address"}
+POOL_UNDERLAY = "10.231.0.0/24"     # the hosts' addresses unless [[host]] gives them
+POOL_VNI_BASE = 100                 # a pool's bridge N (from 0) is joined as VNI 100 + N
+_HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,11}")
 DOMAIN_NETEM_KEYS = {"netem": "rx", "netem_tx": "tx"}     # lab keys, not xl.cfg keys
 STP_TIMERS = {"hello_time": (2.0, 1.0, 10.0), "forward_delay": (15.0, 2.0, 30.0),
               "max_age": (20.0, 6.0, 40.0)}    # Linux's defaults and bounds, seconds
 MQTT_KEYS = {"broker", "engine", "prefix", "host", "interval"}
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """A host of a pool: its own hypervisor, Domain-0 and bridges, in a
+    network namespace of its own with ``address`` on the pool's underlay."""
+    name: str
+    address: str
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,8 @@ class LabSpec:
     mqtt: MqttSpec = MqttSpec()
     links: tuple[tuple[str, str], ...] = ()     # [[link]]: cables between two bridges
     shaping: tuple[Shaping, ...] = ()           # netem set at start (xenlab tc)
+    hosts: tuple[HostSpec, ...] = ()            # [[host]]: a pool of several hosts
+    placement: tuple[tuple[str, str], ...] = () # (domain, host) for each domain of a pool
 
     def domain(self, name: str) -> XlConfig:
         return next(d for d in self.domains if d.name == name)
@@ -270,11 +284,15 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
         _unknown(source, f"bridge #{i + 1}", entry, BRIDGE_KEYS, lines, ("bridge", i))
         bridges.append(_bridge(entry, i, source, _lines_of(lines, ("bridge", i))))
     shaping: list[Shaping] = []
-    domains = []
+    hosts = _hosts(data.get("host", []), source, lines)
+    domains, placement = [], []
     for i, entry in enumerate(data.get("domain", [])):
         netem = {k: entry.pop(k) for k in DOMAIN_NETEM_KEYS if isinstance(entry, dict) and k in entry}
+        host = entry.pop("host", None) if isinstance(entry, dict) else None
         dom = _domain(entry, i, base, source, lines)
         domains.append(dom)
+        placement.append((dom.name, _placed(host, hosts, dom.name, source,
+                                            lines.line(("domain", i), "host"))))
         for key, value in netem.items():
             shaping += _domain_netem(dom, key, value, source, lambda k=key, i=i: lines.line(("domain", i), k))
     domains = tuple(domains)
@@ -298,9 +316,102 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
                    memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
                    launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
                    source=source, mqtt=_mqtt(mqtt, source, _lines_of(lines, ("mqtt",))),
-                   shaping=tuple(shaping))
+                   shaping=tuple(shaping), hosts=hosts,
+                   placement=tuple(placement) if hosts else ())
     validate(spec)
+    if hosts:
+        _validate_pool(spec, lines)
     return spec
+
+
+def _hosts(entries, source: str, lines: TomlLines) -> tuple[HostSpec, ...]:
+    """[[host]] tables: a name each (unique), an IPv4 address each (given,
+    or the next of POOL_UNDERLAY), all on one /24."""
+    if not isinstance(entries, list):
+        raise _fail(source, "host must be an array of tables: [[host]]", lines.line(("host",)))
+    if len(entries) == 1:
+        raise _fail(source, "a pool needs two [[host]] tables or more (one host is a plain lab: "
+                            "leave [[host]] out)", lines.line(("host", 0)))
+    network = ipaddress.IPv4Network(POOL_UNDERLAY)
+    hosts: list[HostSpec] = []
+    for i, entry in enumerate(entries):
+        at = _lines_of(lines, ("host", i))
+        if not isinstance(entry, dict):
+            raise _fail(source, f"host #{i + 1}: must be a table", at("name"))
+        _unknown(source, f"host #{i + 1}", entry, HOST_KEYS, lines, ("host", i))
+        name = entry.get("name")
+        if not isinstance(name, str) or not _HOST_NAME.fullmatch(name):
+            raise _fail(source, f"host #{i + 1}: needs a name of 1-12 lowercase letters, digits "
+                                f"and '-', not starting with '-'", at("name"))
+        address = entry.get("address", str(network.network_address + i + 1))
+        try:
+            ip = ipaddress.IPv4Address(address)
+        except ValueError:
+            raise _fail(source, f"host {name}: address {address!r} is not an IPv4 address",
+                        at("address")) from None
+        if hosts and ipaddress.IPv4Network(f"{hosts[0].address}/24", strict=False) != \
+                ipaddress.IPv4Network(f"{ip}/24", strict=False):
+            raise _fail(source, f"host {name}: address {ip} is not on the /24 of host "
+                                f"{hosts[0].name} ({hosts[0].address}): the hosts share one underlay",
+                        at("address"))
+        if ip.packed[3] in (0, 255):
+            raise _fail(source, f"host {name}: address {ip} is the underlay's network or "
+                                f"broadcast address", at("address"))
+        for other in hosts:
+            if other.name == name:
+                raise _fail(source, f"host #{i + 1}: a second host named {name!r}", at("name"))
+            if other.address == str(ip):
+                raise _fail(source, f"host {name}: address {ip} is host {other.name}'s too",
+                            at("address"))
+        hosts.append(HostSpec(name, str(ip)))
+    return tuple(hosts)
+
+
+def _placed(host, hosts: tuple[HostSpec, ...], domain: str, source: str, line) -> str:
+    """The host a domain starts on: its ``host =``, else the pool's first."""
+    if host is None:
+        return hosts[0].name if hosts else ""
+    if not hosts:
+        raise _fail(source, f"domain {domain}: host = {host!r}, but the lab has no [[host]] "
+                            f"tables (a pool names its hosts)", line)
+    if host not in {h.name for h in hosts}:
+        raise _fail(source, f"domain {domain}: host {host!r} is not a [[host]] of this lab "
+                            f"({', '.join(h.name for h in hosts)})", line)
+    return host
+
+
+def _validate_pool(spec: LabSpec, lines: TomlLines) -> None:
+    """What a pool does not take (yet): an uplink of its own on a bridge
+    (a pool's bridges are joined by VXLAN), cables, netem."""
+    for i, bridge in enumerate(spec.bridges):
+        if bridge.uplink is not None:
+            raise _fail(spec.source, f"bridge {bridge.name}: in a pool, a bridge's uplink is the "
+                                     f"VXLAN that joins it across the hosts; leave uplink out",
+                        lines.line(("bridge", i), "uplink"))
+    if spec.links:
+        raise _fail(spec.source, "[[link]] cables are not supported in a pool yet",
+                    lines.line(("link", 0)))
+    if spec.shaping:
+        raise _fail(spec.source, "netem is not supported in a pool yet")
+
+
+def host_lab(spec: LabSpec, host: str) -> LabSpec:
+    """The lab one host of a pool runs: the pool's bridges, each with a
+    VXLAN uplink (VNI POOL_VNI_BASE + its index) from this host's address
+    to every other host's; the domains placed on this host; no MQTT broker
+    of its own (a pool's hosts are in namespaces the runner's embedded
+    broker cannot serve; an mqtt:// broker they reach is kept)."""
+    me = next(h for h in spec.hosts if h.name == host)
+    others = [h.address for h in spec.hosts if h.name != host]
+    bridges = tuple(dataclasses.replace(b, uplink=check_uplink_spec(
+        f"vxlan:vni={POOL_VNI_BASE + i},local={me.address}," + ",".join(f"remote={a}" for a in others)))
+        for i, b in enumerate(spec.bridges))
+    placed = dict(spec.placement)
+    mqtt = spec.mqtt if spec.mqtt.broker not in ("embedded",) else \
+        dataclasses.replace(spec.mqtt, broker="none")
+    return dataclasses.replace(
+        spec, name=f"{spec.name}-{host}", bridges=bridges, hosts=(), placement=(),
+        domains=tuple(d for d in spec.domains if placed[d.name] == host), mqtt=mqtt)
 
 
 def _netem_args(value, where: str, source: str, line) -> tuple[str, ...]:

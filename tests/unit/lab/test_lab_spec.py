@@ -255,3 +255,63 @@ def test_each_vif_with_an_ip_gets_its_own_ip_param():
     text = TWO_VIFS.format(name="r", more=', "mac=00:16:3e:00:00:03,ip=10.0.3.1/16"', keys="")
     assert parse_lab(text, "two.toml").domain("r").extra["extra"] == \
         "ip=10.0.1.2:::255.255.255.0:r:eth0:off ip=10.0.3.1:::255.255.0.0:r:eth2:off"
+
+
+POOL_HOSTS = "[[host]]\nname = 'a'\n\n[[host]]\nname = 'b'\n"
+
+
+def test_a_pool_places_each_domain_and_gives_its_hosts_addresses():
+    spec = lab(POOL_HOSTS + """
+[[domain]]
+name = "web"
+host = "b"
+memory = 32
+
+[[domain]]
+name = "db"
+memory = 32
+""")
+    assert [(h.name, h.address) for h in spec.hosts] == [("a", "10.231.0.1"), ("b", "10.231.0.2")]
+    assert dict(spec.placement) == {"web": "b", "db": "a"}      # the first host by default
+    assert "host" not in spec.domain("web").extra               # a lab key, not xl.cfg's
+
+
+def test_each_host_runs_its_domains_and_the_bridges_joined_by_vxlan():
+    from xenlab.lab.spec import host_lab
+    spec = lab(POOL_HOSTS + "\n[[host]]\nname = 'c'\naddress = '10.231.0.30'\n" + """
+[[bridge]]
+name = "xenbr0"
+
+[[bridge]]
+name = "xenbr1"
+
+[[domain]]
+name = "web"
+host = "c"
+memory = 32
+""")
+    c = host_lab(spec, "c")
+    assert [d.name for d in c.domains] == ["web"] and host_lab(spec, "a").domains == ()
+    assert [b.uplink for b in c.bridges] == [
+        "vxlan:vni=100,remote=10.231.0.1:4789,remote=10.231.0.2:4789,local=10.231.0.30:4789,mtu=1450",
+        "vxlan:vni=101,remote=10.231.0.1:4789,remote=10.231.0.2:4789,local=10.231.0.30:4789,mtu=1450"]
+    assert c.hosts == () and c.mqtt.broker == "none" and c.name == f"{spec.name}-c"
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[[host]]\nname = 'a'\n", "a pool needs two [[host]] tables or more"),
+    (POOL_HOSTS + "[[host]]\nname = 'a'\n", "host #3: a second host named 'a'"),
+    ("[[host]]\nname = 'A'\n[[host]]\nname = 'b'\n", "host #1: needs a name of 1-12 lowercase"),
+    (POOL_HOSTS.replace("name = 'b'", "name = 'b'\naddress = '10.9.0.1'"),
+     "host b: address 10.9.0.1 is not on the /24 of host a"),
+    (POOL_HOSTS.replace("name = 'b'", "name = 'b'\naddress = '10.231.0.1'"),
+     "host b: address 10.231.0.1 is host a's too"),
+    (POOL_HOSTS.replace("name = 'b'", "name = 'b'\naddress = 'x'"), "host b: address 'x' is not"),
+    (POOL_HOSTS + "[[domain]]\nname = 'web'\nhost = 'z'\n", "domain web: host 'z' is not a [[host]]"),
+    ("[[domain]]\nname = 'web'\nhost = 'a'\n", "domain web: host = 'a', but the lab has no [[host]]"),
+    (POOL_HOSTS + "[[bridge]]\nname = 'xenbr0'\nuplink = 'tap:x0'\n",
+     "bridge xenbr0: in a pool, a bridge's uplink is the VXLAN"),
+    (POOL_HOSTS + "[[host]]\nname = 'c'\nrole = 'x'\n", "host #3: unknown key 'role'"),
+])
+def test_a_bad_pool_is_refused_with_what_is_wrong(text, says):
+    assert says in refused(text)

@@ -1,0 +1,142 @@
+"""A pool: several Xen hosts on one machine, each a lab of its own (its
+hypervisor, Domain-0, bridges and domains) in a network namespace of its
+own, their bridges joined by VXLAN over a shared underlay, so that
+everything between hosts goes over real UDP.
+
+The underlay is a Linux bridge (``lan0``) in a namespace of its own; each
+host's namespace has ``eth0`` on it with the host's address (a veth pair),
+and ``lo``. Bridge N of the lab file runs on every host with a VXLAN
+uplink, VNI 100 + N, from the host's address to every other host's
+(xenlab.lab.spec.host_lab). Each host's rundir is RUNDIR/hosts/NAME: the
+tools reach a host with ``--rundir RUNDIR/hosts/NAME`` (unix sockets are
+not namespaced), as `xenlab up` prints.
+
+Needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN for the namespaces) and
+iproute2.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xenlab.lab.runner import Lab, LabError
+from xenlab.lab.spec import LabSpec, host_lab
+from xenlab.rundir import Rundir, RundirError
+
+UNDERLAY_BRIDGE = "lan0"
+HOST_LINK = "eth0"
+
+
+@dataclass
+class Pool:
+    spec: LabSpec
+    rundir: Path
+    log_level: str = "INFO"
+    progress: object = print
+    domain_uids: str = "auto"
+    labs: dict[str, Lab] = field(default_factory=dict)
+    _namespaces: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rundir = Path(self.rundir)
+        # Namespace names are global: tie them to this rundir, so that two
+        # pools (or a pool left by a killed run) never share one.
+        self._tag = hashlib.sha256(str(self.rundir.resolve()).encode()).hexdigest()[:6]
+
+    def namespace(self, host: str) -> str:
+        return f"xl{self._tag}-{host}"
+
+    @property
+    def underlay_namespace(self) -> str:
+        return f"xl{self._tag}-lan"
+
+    def host_rundir(self, host: str) -> Path:
+        return self.rundir / "hosts" / host
+
+    # -- up ----------------------------------------------------------------------------
+    async def up(self, timeout: float = 120.0) -> None:
+        """Make the underlay and the hosts' namespaces, then start each
+        host's lab; on failure or cancellation, take down what started."""
+        if os.geteuid() != 0:
+            raise LabError("a pool needs root: each host runs in a network namespace of its own")
+        if shutil.which("ip") is None:
+            raise LabError("a pool needs ip (iproute2) to make the hosts' network namespaces")
+        try:
+            for path in (self.rundir, self.rundir / "hosts"):
+                Rundir(path).create()
+        except RundirError as err:
+            raise LabError(str(err)) from None
+        try:
+            await self._underlay()
+            for host in self.spec.hosts:
+                self.progress(f"host {host.name}: {host.address} in namespace {self.namespace(host.name)}")
+                lab = Lab(host_lab(self.spec, host.name), self.host_rundir(host.name),
+                          log_level=self.log_level, progress=self._host_progress(host.name),
+                          domain_uids=self.domain_uids, netns=self.namespace(host.name))
+                self.labs[host.name] = lab
+                await lab.up(timeout=timeout)
+        except BaseException:
+            await self.down()
+            raise
+        self.progress(f"pool {self.spec.name} is up: {len(self.labs)} hosts")
+
+    def _host_progress(self, host: str):
+        return lambda text: self.progress(f"[{host}] {text}")
+
+    async def _underlay(self) -> None:
+        lan = self.underlay_namespace
+        await self._netns(lan)
+        await _ip("-n", lan, "link", "add", UNDERLAY_BRIDGE, "type", "bridge")
+        await _ip("-n", lan, "link", "set", UNDERLAY_BRIDGE, "up")
+        for i, host in enumerate(self.spec.hosts):
+            ns = self.namespace(host.name)
+            await self._netns(ns)
+            port = f"h{i}"
+            await _ip("-n", lan, "link", "add", port, "type", "veth", "peer", "name", HOST_LINK,
+                      "netns", ns)
+            await _ip("-n", lan, "link", "set", port, "master", UNDERLAY_BRIDGE)
+            await _ip("-n", lan, "link", "set", port, "up")
+            await _ip("-n", ns, "addr", "add", f"{host.address}/24", "dev", HOST_LINK)
+            await _ip("-n", ns, "link", "set", HOST_LINK, "up")
+            await _ip("-n", ns, "link", "set", "lo", "up")
+
+    async def _netns(self, name: str) -> None:
+        # One a killed pool left behind goes first: nothing of it runs any more
+        # (its hosts' rundirs are reclaimed the same way by each Lab).
+        await _ip("netns", "del", name, check=False)
+        await _ip("netns", "add", name)
+        self._namespaces.append(name)
+
+    # -- down ---------------------------------------------------------------------------
+    async def down(self) -> None:
+        for name, lab in reversed(list(self.labs.items())):
+            try:
+                await lab.down()
+            except Exception as err:        # the other hosts still go down
+                self.progress(f"host {name}: stopping failed: {err}")
+        self.labs.clear()
+        for ns in reversed(self._namespaces):
+            await _ip("netns", "del", ns, check=False)
+        self._namespaces.clear()
+
+    async def summary(self) -> str:
+        parts = []
+        for name, lab in self.labs.items():
+            host = next(h for h in self.spec.hosts if h.name == name)
+            parts.append(f"host {name} ({host.address}, --rundir {lab.rundir}):\n{await lab.summary()}")
+        return "\n\n".join(parts)
+
+
+async def _ip(*args: str, check: bool = True) -> str:
+    proc = await asyncio.create_subprocess_exec("ip", *args, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace").strip()
+    if check and proc.returncode != 0:
+        raise LabError(f"ip {' '.join(args)}: {text or f'exit {proc.returncode}'}")
+    return text

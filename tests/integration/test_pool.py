@@ -1,0 +1,83 @@
+"""A pool: two Xen hosts on this machine, each a lab of its own in a
+network namespace of its own, their bridges joined by VXLAN over a shared
+underlay. Domains on different hosts ping each other over real UDP; the
+MTU the tunnel leaves (1450) is met and its excess counted. Needs root."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from markdown_examples import ROOT, block_after
+from xenlab.lab.pool import Pool
+from xenlab.lab.spec import parse_lab
+from xenlab.proto import agent_pb2, bridge_pb2
+from xenlab.testing import short_tempdir
+from xenlab.testing.processes import RunningLab
+
+pytestmark = pytest.mark.integration
+
+# README's pool, as written there.
+POOL = block_after(ROOT / "README.md", "### A pool: several hosts").text
+
+
+def netns_list() -> str:
+    return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+async def pool():
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("a pool needs root and iproute2 (network namespaces)")
+    rundir = short_tempdir("xl-pool-")
+    running = Pool(parse_lab(POOL, "<pool>"), rundir, log_level="DEBUG", progress=lambda s: None)
+    try:
+        await running.up(timeout=60)
+        yield running
+    finally:
+        await running.down()
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+async def test_domains_on_two_hosts_ping_each_other_over_the_vxlan_between_them(pool):
+    a, b = RunningLab(pool.labs["a"]), RunningLab(pool.labs["b"])
+    # Each host runs only its own domain.
+    assert set(pool.labs["a"].domids) == {"web"} and set(pool.labs["b"].domids) == {"db"}
+    web, db = await a.agent("web"), await b.agent("db")
+    try:
+        there = await web.Ping(agent_pb2.PingRequest(dst="10.0.9.2", count=3, interval=0.2, timeout=5))
+        back = await db.Ping(agent_pb2.PingRequest(dst="10.0.9.1", count=3, interval=0.2, timeout=5))
+        fits = await web.Ping(agent_pb2.PingRequest(dst="10.0.9.2", count=1, size=1422, timeout=3))
+        over = await web.Ping(agent_pb2.PingRequest(dst="10.0.9.2", count=1, size=1423, timeout=3))
+    finally:
+        await web.close()
+        await db.close()
+    assert (there.received, back.received) == (3, 3), (there, back)
+    assert (fits.received, over.received) == (1, 0), (fits, over)
+    bridge = await a.bridge("xenbr0")
+    try:
+        stats = await bridge.Stats(bridge_pb2.BridgeStatsRequest(bridge="xenbr0"))
+    finally:
+        await bridge.close()
+    link = dict(next(p for p in stats.bridges[0].ports if p.name == "vxlan100").link)
+    assert link.get("drop_oversize") == 1, link
+    assert link["tx_packets"] >= 4 and link["rx_packets"] >= 4, link
+
+
+async def test_each_host_is_in_its_own_namespace_with_its_address_and_down_removes_them(pool):
+    listed = netns_list()
+    for host in pool.spec.hosts:
+        assert pool.namespace(host.name) in listed
+        out = subprocess.run(["ip", "-n", pool.namespace(host.name), "-br", "addr", "show", "eth0"],
+                             capture_output=True, text=True).stdout
+        assert host.address in out, out
+    # The hosts' services run in their namespaces: the hypervisor of host a.
+    hv = pool.labs["a"].service("hypervisor").proc.pid
+    ns_inode = os.stat(f"/proc/{hv}/ns/net").st_ino
+    assert ns_inode != os.stat("/proc/self/ns/net").st_ino
+    names = [pool.namespace(h.name) for h in pool.spec.hosts] + [pool.underlay_namespace]
+    await pool.down()
+    listed = netns_list()
+    assert not any(name in listed for name in names), listed
