@@ -308,6 +308,10 @@ def down(args) -> int:
         print(f"xenlab down: {err}", file=sys.stderr)
         return 1
     if not survey.processes:
+        hosts = _pool_hosts(run)
+        if hosts:
+            # A pool: its runner is recorded in each host's rundir.
+            return max(down(argparse.Namespace(**{**vars(args), "rundir": host})) for host in hosts)
         print(f"no lab is running in {run.path}")
         return 0
     what = survey.describe()
@@ -350,6 +354,12 @@ def down(args) -> int:
         message += f"; cleaned up {run.path}: {cleaned}"
     print(message)
     return 0
+
+
+def _pool_hosts(run: Rundir) -> list[Path]:
+    """The hosts' rundirs of a pool whose rundir this is (RUNDIR/hosts/NAME)."""
+    hosts = run.path / "hosts"
+    return sorted(p for p in hosts.iterdir() if p.is_dir()) if hosts.is_dir() else []
 
 
 def _clean_stale(run: Rundir):

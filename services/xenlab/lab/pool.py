@@ -45,14 +45,14 @@ class Pool:
         self.rundir = Path(self.rundir)
         # Namespace names are global: tie them to this rundir, so that two
         # pools (or a pool left by a killed run) never share one.
-        self._tag = hashlib.sha256(str(self.rundir.resolve()).encode()).hexdigest()[:6]
+        self.tag = hashlib.sha256(str(self.rundir.resolve()).encode()).hexdigest()[:6]
 
     def namespace(self, host: str) -> str:
-        return f"xl{self._tag}-{host}"
+        return f"xl{self.tag}-{host}"
 
     @property
     def underlay_namespace(self) -> str:
-        return f"xl{self._tag}-lan"
+        return f"xl{self.tag}-lan"
 
     def host_rundir(self, host: str) -> Path:
         return self.rundir / "hosts" / host
