@@ -151,7 +151,7 @@ async def _up_pool(args, spec) -> int:
     first = spec.hosts[0].name
     print(f"\nrundir {run.path}: one per host under hosts/. Reach a host with --rundir "
           f"{pool.host_rundir(first)} (xenlab xl list, xenlab ping DOMAIN ADDRESS, ...). "
-          f"Stop with Ctrl-C or `xenlab down --rundir {pool.host_rundir(first)}`.", flush=True)
+          f"Stop with Ctrl-C or `xenlab down --rundir {run.path}`.", flush=True)
     await stop.wait()
     progress("stopping the pool")
     await pool.down()
