@@ -6,26 +6,23 @@ the tests never touch the host's own network. The rest run anywhere: a
 SOCK_SEQPACKET socketpair stands in for the TAP fd (one frame per read and
 write, EAGAIN when full), and the failures are simulated.
 """
-import asyncio
 import errno
-import ipaddress
 import json
 import os
 import re
 import shutil
 import socket
-import time
 
 import pytest
 import pytest_asyncio
 
+from host_commands import must, need_tool, run, skip
+from stack_port import StackPort
 from xenlab.bridge import uplink
 from xenlab.bridge.__main__ import main as bridge_main
 from xenlab.bridge.server import BridgeService, port_info
 from xenlab.bridge.uplink import TapDevice, UplinkError, parse_uplink
 from xenlab.net.ethernet import format_mac
-from xenlab.net.stack import IpStack, StackConfig
-from xenlab.net.veth import connect_veth
 from xenlab.testing import eventually, short_tempdir
 
 STACK_MAC = bytes.fromhex("00163e0d0001")
@@ -203,30 +200,6 @@ def test_the_service_refuses_an_uplink_for_a_bridge_it_does_not_serve(capsys):
 
 
 # -- the real thing: host tools in a namespace reach a stack behind the bridge ------------------
-async def run(*argv: str, timeout: float = 30.0) -> tuple[int, str]:
-    """Run a command without blocking the loop the bridge forwards on."""
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode, out.decode(errors="replace")
-
-
-async def must(*argv: str) -> str:
-    status, out = await run(*argv)
-    assert status == 0, f"{' '.join(argv)} failed ({status}): {out}"
-    return out
-
-
-def skip(reason: str):
-    print(f"skipped: {reason}")
-    pytest.skip(reason)
-
-
-def need_tool(name: str) -> None:
-    if shutil.which(name) is None:
-        skip(f"{name} is not installed (apt package {'iputils-ping' if name == 'ping' else name})")
-
-
 class Uplinked:
     def __init__(self, service, tap, ns, stack, end):
         self.service, self.tap, self.ns, self.stack, self.end = service, tap, ns, stack, end
@@ -257,34 +230,18 @@ async def uplinked():
     tmp = short_tempdir()
     service = BridgeService(["xenbr0"], listen=f"unix:{tmp}/veth.sock",
                             grpc=f"unix:{tmp}/bridge.sock", uplinks={"xenbr0": tap})
-    end = None
-    poller = None
+    port = None
     try:
         await service.start()
         # The open fd keeps working after the move: the device changes namespace, not owner.
         await must("ip", "link", "set", tap, "netns", ns)
         await must("ip", "-n", ns, "link", "set", tap, "up")
         await must("ip", "-n", ns, "addr", "add", f"{HOST_IP}/24", "dev", tap)
-        stack = IpStack(StackConfig(STACK_MAC, ipaddress.IPv4Interface(f"{STACK_IP}/24")),
-                        time.monotonic)
-        end = await connect_veth(service.veth_address, "vif1.0",
-                                 {"bridge": "xenbr0", "mac": format_mac(STACK_MAC)}, mac=STACK_MAC)
-        end.receiver = lambda frames: [end.transmit(stack.receive(f)) for f in frames]
-        await eventually(lambda: "vif1.0" in service.bridge("xenbr0").ports, "vif1.0 on xenbr0")
-        end.transmit(stack.link_up())
-
-        async def poll():
-            while True:
-                await asyncio.sleep(0.1)
-                end.transmit(stack.poll())
-
-        poller = asyncio.create_task(poll())
-        yield Uplinked(service, tap, ns, stack, end)
+        port = await StackPort(STACK_MAC, f"{STACK_IP}/24").attach(service)
+        yield Uplinked(service, tap, ns, port.stack, port.end)
     finally:
-        if poller is not None:
-            poller.cancel()
-        if end is not None:
-            end.close()
+        if port is not None:
+            port.close()
         await service.stop(grace=0)     # closing the fd removes the non-persistent TAP
         await run("ip", "netns", "del", ns)
         await run("ip", "link", "del", tap)

@@ -12,24 +12,22 @@ VXLAN. Needs root and iproute2; tshark for the capture test.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import re
 import shutil
 import socket
 import tempfile
-import time
 
-import pytest
 import pytest_asyncio
 
+from host_commands import must, run, skip
+from stack_port import StackPort
 from xenlab.bridge.server import BridgeService, port_info
 from xenlab.bridge.uplink import VxlanDevice
 from xenlab.net import vxlan
 from xenlab.net.ethernet import ETH_P_IP, EthernetFrame, format_mac
 from xenlab.net.ipv4 import Ipv4Header
-from xenlab.net.stack import EchoReply, IpStack, StackConfig
-from xenlab.net.veth import connect_veth
+from xenlab.net.stack import EchoReply
 from xenlab.proto import agent_pb2, bridge_pb2
 from xenlab.testing import eventually, short_tempdir
 from xenlab.testing.eventually import Unmet
@@ -39,24 +37,6 @@ STACK_MAC = bytes.fromhex("00163e0e0001")
 STACK_IP = "10.215.1.1"                 # the domU's stack, behind the xenlab bridge
 PEER_IP = "10.215.1.254"                # the host behind the Linux bridge
 UNDERLAY_HERE, UNDERLAY_PEER = "10.214.0.1", "10.214.0.2"
-
-
-async def run(*argv: str, timeout: float = 30.0) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
-    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode, out.decode(errors="replace")
-
-
-async def must(*argv: str) -> str:
-    status, out = await run(*argv)
-    assert status == 0, f"{' '.join(argv)} failed ({status}): {out}"
-    return out
-
-
-def skip(reason: str):
-    print(f"skipped: {reason}")
-    pytest.skip(reason)
 
 
 class Tunnel:
@@ -163,43 +143,20 @@ async def tunnel():
     and a domU's IP stack on a veth port."""
     peer = LinuxPeer(UNDERLAY_HERE, UNDERLAY_PEER, PEER_IP)
     tmp = short_tempdir()
-    service = end = poller = None
+    service = port = None
     try:
         await peer.create()
         service = BridgeService(["xenbr0"], listen=f"unix:{tmp}/veth.sock",
                                 grpc=f"unix:{tmp}/bridge.sock", uplinks={"xenbr0": peer.uplink()})
         await service.start()
-        stack = IpStack(StackConfig(STACK_MAC, ipaddress.IPv4Interface(f"{STACK_IP}/24")),
-                        time.monotonic)
-        end = await connect_veth(service.veth_address, "vif1.0",
-                                 {"bridge": "xenbr0", "mac": format_mac(STACK_MAC)}, mac=STACK_MAC)
-        events: list = []
-
-        def receive(frames):
-            for frame in frames:
-                end.transmit(stack.receive(frame))
-            events.extend(stack.pop_events())
-
-        end.receiver = receive
-        await eventually(lambda: "vif1.0" in service.bridge("xenbr0").ports, "vif1.0 on xenbr0")
-        end.transmit(stack.link_up())
-
-        async def poll():
-            while True:
-                await asyncio.sleep(0.1)
-                end.transmit(stack.poll())
-                events.extend(stack.pop_events())
-
-        poller = asyncio.create_task(poll())
+        port = await StackPort(STACK_MAC, f"{STACK_IP}/24").attach(service)
         dev = service.links[("xenbr0", f"vxlan{VNI}")]
-        t = Tunnel(service, dev, stack, end, peer)
-        t.bind_events(events)
+        t = Tunnel(service, dev, port.stack, port.end, peer)
+        t.bind_events(port.events)
         yield t
     finally:
-        if poller is not None:
-            poller.cancel()
-        if end is not None:
-            end.close()
+        if port is not None:
+            port.close()
         if service is not None:
             await service.stop(grace=0)
         await peer.delete()

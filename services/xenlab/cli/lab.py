@@ -98,19 +98,11 @@ async def _up(args) -> int:
               domain_uids=args.domain_uids)
     stop = asyncio.Event()
     received = on_stop_signal(stop.set)
-    starting = asyncio.create_task(lab.up(timeout=args.timeout))
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if stop.is_set():
-        # Before the lab is up, a stop signal stops the start-up itself.
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
+    if not await _started(lab.up(timeout=args.timeout), stop):
         await lab.discard()        # in case it came up in the same instant
         print(f"xenlab up: {signal.Signals(received.signum).name} while starting: the lab is "
               f"down and what it made in {Rundir(args.rundir).path} is removed", file=sys.stderr)
         return received.exit_status
-    stopped.cancel()
-    starting.result()
     print(await lab.summary(), flush=True)
     print(_hints(spec, args), flush=True)
     if detached:
@@ -121,6 +113,22 @@ async def _up(args) -> int:
     await lab.down()
     progress("stopped")
     return 0
+
+
+async def _started(up, stop: asyncio.Event) -> bool:
+    """Await ``up`` (a lab's or a pool's) unless ``stop`` is set first:
+    a stop signal before it is up stops the start-up itself (False; the
+    caller takes down what came up). Its failure is raised."""
+    starting = asyncio.create_task(up)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        return False
+    stopped.cancel()
+    starting.result()
+    return True
 
 
 async def _up_pool(args, spec) -> int:
@@ -135,18 +143,11 @@ async def _up_pool(args, spec) -> int:
                 domain_uids=args.domain_uids)
     stop = asyncio.Event()
     received = on_stop_signal(stop.set)
-    starting = asyncio.create_task(pool.up(timeout=args.timeout))
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if stop.is_set():
-        starting.cancel()
-        await asyncio.gather(starting, return_exceptions=True)
+    if not await _started(pool.up(timeout=args.timeout), stop):
         await pool.down()
         print(f"xenlab up: {signal.Signals(received.signum).name} while starting: the pool is down",
               file=sys.stderr)
         return received.exit_status
-    stopped.cancel()
-    starting.result()
     print(await pool.summary(), flush=True)
     first = spec.hosts[0].name
     print(f"\nrundir {run.path}: one per host under hosts/. Reach a host with --rundir "
