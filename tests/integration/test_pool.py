@@ -118,3 +118,32 @@ def test_xenlab_up_runs_the_pool_and_xenlab_down_on_its_rundir_stops_it(tmp_path
             up.kill()
             up.wait()
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def test_a_killed_pool_is_cleaned_up_by_xenlab_down_namespaces_too(tmp_path):
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("a pool needs root and iproute2 (network namespaces)")
+    lab_file = tmp_path / "pool.toml"
+    lab_file.write_text(POOL)
+    rundir = short_tempdir("xl-pool-")
+    cli = [sys.executable, "-m", "xenlab.cli.main"]
+    up = subprocess.Popen([*cli, "up", str(lab_file), "--rundir", str(rundir)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in up.stdout:
+            if "is up: 2 hosts" in line or up.poll() is not None:
+                break
+        up.kill()                       # kill -9: nothing of the pool cleans up after it
+        up.wait()
+        prefix = "xl" + Pool.tag_of(rundir) + "-"
+        assert prefix in netns_list()
+        down = subprocess.run([*cli, "down", "--rundir", str(rundir)], capture_output=True, text=True,
+                              timeout=60)
+        assert down.returncode == 0, down
+        assert "was not running" in down.stdout and "removed the network namespaces" in down.stdout
+        assert prefix not in netns_list()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        shutil.rmtree(rundir, ignore_errors=True)

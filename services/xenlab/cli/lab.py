@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -312,7 +313,11 @@ def down(args) -> int:
         hosts = _pool_hosts(run)
         if hosts:
             # A pool: its runner is recorded in each host's rundir.
-            return max(down(argparse.Namespace(**{**vars(args), "rundir": host})) for host in hosts)
+            status = max(down(argparse.Namespace(**{**vars(args), "rundir": host})) for host in hosts)
+            left = asyncio.run(Pool.remove_namespaces(run.path)) if shutil.which("ip") else []
+            if left:
+                print(f"removed the network namespaces the pool left: {', '.join(left)}")
+            return status
         print(f"no lab is running in {run.path}")
         return 0
     what = survey.describe()

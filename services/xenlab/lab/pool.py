@@ -45,7 +45,11 @@ class Pool:
         self.rundir = Path(self.rundir)
         # Namespace names are global: tie them to this rundir, so that two
         # pools (or a pool left by a killed run) never share one.
-        self.tag = hashlib.sha256(str(self.rundir.resolve()).encode()).hexdigest()[:6]
+        self.tag = self.tag_of(self.rundir)
+
+    @staticmethod
+    def tag_of(rundir: Path) -> str:
+        return hashlib.sha256(str(Path(rundir).resolve()).encode()).hexdigest()[:6]
 
     def namespace(self, host: str) -> str:
         return f"xl{self.tag}-{host}"
@@ -122,6 +126,18 @@ class Pool:
         for ns in reversed(self._namespaces):
             await _ip("netns", "del", ns, check=False)
         self._namespaces.clear()
+
+    @classmethod
+    async def remove_namespaces(cls, rundir: Path) -> list[str]:
+        """Delete the namespaces a pool of this rundir left (its runner
+        killed before it could); the names deleted."""
+        prefix = f"xl{cls.tag_of(rundir)}-"
+        listed = await _ip("netns", "list", check=False)
+        left = [line.split()[0] for line in listed.splitlines()
+                if line.split() and line.split()[0].startswith(prefix)]
+        for name in left:
+            await _ip("netns", "del", name, check=False)
+        return left
 
     async def summary(self) -> str:
         parts = []
