@@ -84,24 +84,28 @@ async def test_each_host_is_in_its_own_namespace_with_its_address_and_down_remov
     assert not any(name in listed for name in names), listed
 
 
-def test_xenlab_up_runs_the_pool_and_xenlab_down_on_its_rundir_stops_it(tmp_path):
-    """The commands as a user runs them: `xenlab up pool.toml` in the
-    foreground, a tool against one host's rundir, `xenlab down` on the
-    pool's rundir."""
+@pytest.mark.parametrize("detach", [False, True], ids=["foreground", "detached"])
+def test_xenlab_up_runs_the_pool_and_xenlab_down_on_its_rundir_stops_it(tmp_path, detach):
+    """The commands as a user runs them: `xenlab up pool.toml` (in the
+    foreground, or --detach), a tool against one host's rundir, `xenlab
+    down` on the pool's rundir."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("a pool needs root and iproute2 (network namespaces)")
     lab_file = tmp_path / "pool.toml"
     lab_file.write_text(POOL)
     rundir = short_tempdir("xl-pool-")
     cli = [sys.executable, "-m", "xenlab.cli.main"]
-    up = subprocess.Popen([*cli, "up", str(lab_file), "--rundir", str(rundir)], stdout=subprocess.PIPE,
+    up = subprocess.Popen([*cli, "up", str(lab_file), "--rundir", str(rundir),
+                           *(["--detach"] if detach else [])], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
         for line in up.stdout:
             lines.append(line)
-            if "pool pool is up: 2 hosts" in line or up.poll() is not None:
+            if "pool pool is up: 2 hosts" in line and not detach:
                 break
+        if detach:
+            assert up.wait(timeout=60) == 0, "".join(lines)
         assert any("is up: 2 hosts" in line for line in lines), "".join(lines)
         listed = subprocess.run([*cli, "xl", "list", "--rundir", f"{rundir}/hosts/b"],
                                 capture_output=True, text=True, timeout=30)
@@ -109,10 +113,13 @@ def test_xenlab_up_runs_the_pool_and_xenlab_down_on_its_rundir_stops_it(tmp_path
         down = subprocess.run([*cli, "down", "--rundir", str(rundir)], capture_output=True, text=True,
                               timeout=60)
         assert down.returncode == 0, down
-        rest = up.stdout.read()
-        assert up.wait(timeout=30) == 0, rest
+        if detach:
+            rest = (rundir / "up.log").read_text()
+        else:
+            rest = up.stdout.read()
+            assert up.wait(timeout=30) == 0, rest
         assert "stopping the pool" in rest
-        assert "xl" + Pool(parse_lab(POOL, "<pool>"), rundir).tag not in netns_list()
+        assert "xl" + Pool.tag_of(rundir) + "-" not in netns_list()
     finally:
         if up.poll() is None:
             up.kill()

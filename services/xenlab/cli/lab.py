@@ -135,9 +135,8 @@ async def _started(up, stop: asyncio.Event) -> bool:
 async def _up_pool(args, spec) -> int:
     """A lab file with [[host]] tables: each host a lab in a network
     namespace of its own (xenlab.lab.pool), up until Ctrl-C, SIGTERM, or
-    `xenlab down` on any host's rundir."""
-    if args.ready_fd is not None:
-        raise LabError("a pool runs in the foreground (no --detach yet)")
+    `xenlab down` on its rundir (or any host's); with --detach, in the
+    background as a lab is."""
     progress = _progress_printer()
     run = Rundir(args.rundir)
     pool = Pool(spec, run.path, log_level=args.log_level, progress=progress,
@@ -153,7 +152,11 @@ async def _up_pool(args, spec) -> int:
     first = spec.hosts[0].name
     print(f"\nrundir {run.path}: one per host under hosts/. Reach a host with --rundir "
           f"{pool.host_rundir(first)} (xenlab xl list, xenlab ping DOMAIN ADDRESS, ...). "
-          f"Stop with Ctrl-C or `xenlab down --rundir {run.path}`.", flush=True)
+          f"Stop with {'' if args.ready_fd is not None else 'Ctrl-C or '}"
+          f"`xenlab down --rundir {run.path}`.", flush=True)
+    if args.ready_fd is not None:
+        os.write(args.ready_fd, b"up\n")
+        os.close(args.ready_fd)
     await stop.wait()
     progress("stopping the pool")
     await pool.down()
