@@ -4,6 +4,8 @@ underlay. Domains on different hosts ping each other over real UDP; the
 MTU the tunnel leaves (1450) is met and its excess counted. Needs root."""
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -65,6 +67,25 @@ async def test_domains_on_two_hosts_ping_each_other_over_the_vxlan_between_them(
     link = dict(next(p for p in stats.bridges[0].ports if p.name == "vxlan100").link)
     assert link.get("drop_oversize") == 1, link
     assert link["tx_packets"] >= 4 and link["rx_packets"] >= 4, link
+
+
+async def test_one_mqtt_broker_on_the_underlay_carries_every_hosts_events(pool):
+    """The pool's embedded broker listens on this machine's underlay address
+    (.254); each host publishes to it under its own host name."""
+    import aiomqtt
+    assert pool.broker is not None and pool.broker.host == "10.231.0.254"
+    states = {}
+    async with aiomqtt.Client(pool.broker.host, pool.broker.port) as client:
+        await client.subscribe("xenlab/+/domain/+/state")
+
+        async def collect():
+            async for message in client.messages:
+                payload = json.loads(message.payload)
+                states[(payload["host"], payload["name"])] = payload["state"]
+                if len(states) >= 4:        # Domain-0 and one domU on each host
+                    return
+        await asyncio.wait_for(collect(), 15)
+    assert states[("pool-a", "web")] == "running" and states[("pool-b", "db")] == "running", states
 
 
 async def test_each_host_is_in_its_own_namespace_with_its_address_and_down_removes_them(pool):

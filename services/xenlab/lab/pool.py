@@ -5,7 +5,9 @@ everything between hosts goes over real UDP.
 
 The underlay is a Linux bridge (``lan0``) in a namespace of its own; each
 host's namespace has ``eth0`` on it with the host's address (a veth pair),
-and ``lo``. Bridge N of the lab file runs on every host with a VXLAN
+and ``lo``. This machine is on it too, at .254 of the hosts' /24: it
+reaches the hosts' addresses, and the pool's embedded MQTT broker (one for
+every host, each publishing under its own name) listens there. Bridge N of the lab file runs on every host with a VXLAN
 uplink, VNI 100 + N, from the host's address to every other host's
 (xenlab.lab.spec.host_lab). Each host's rundir is RUNDIR/hosts/NAME: the
 tools reach a host with ``--rundir RUNDIR/hosts/NAME`` (unix sockets are
@@ -20,15 +22,21 @@ import asyncio
 import hashlib
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xenlab import eventloop
+from xenlab.events.broker import broker_ready, free_port, pick_engine
+from xenlab.events.config import BrokerAddress
 from xenlab.lab.runner import Lab, LabError
-from xenlab.lab.spec import LabSpec, host_lab
+from xenlab.lab.spec import LabSpec, host_lab, pool_gateway
 from xenlab.rundir import Rundir, RundirError
 
 UNDERLAY_BRIDGE = "lan0"
 HOST_LINK = "eth0"
+GATEWAY_LINK = "gw"                 # the underlay's end of this machine's veth onto it
+BROKER_TIMEOUT = 30.0
 
 
 @dataclass
@@ -39,7 +47,9 @@ class Pool:
     progress: object = print
     domain_uids: str = "auto"
     labs: dict[str, Lab] = field(default_factory=dict)
+    broker: BrokerAddress | None = None     # the pool's embedded MQTT broker, when it has one
     _namespaces: list[str] = field(default_factory=list)
+    _broker_proc: asyncio.subprocess.Process | None = None
 
     def __post_init__(self) -> None:
         self.rundir = Path(self.rundir)
@@ -76,9 +86,10 @@ class Pool:
             raise LabError(str(err)) from None
         try:
             await self._underlay()
+            url = await self._start_broker() if self.spec.mqtt.broker == "embedded" else None
             for host in self.spec.hosts:
                 self.progress(f"host {host.name}: {host.address} in namespace {self.namespace(host.name)}")
-                lab = Lab(host_lab(self.spec, host.name), self.host_rundir(host.name),
+                lab = Lab(host_lab(self.spec, host.name, url), self.host_rundir(host.name),
                           log_level=self.log_level, progress=self._host_progress(host.name),
                           domain_uids=self.domain_uids, netns=self.namespace(host.name))
                 self.labs[host.name] = lab
@@ -96,6 +107,14 @@ class Pool:
         await self._netns(lan)
         await _ip("-n", lan, "link", "add", UNDERLAY_BRIDGE, "type", "bridge")
         await _ip("-n", lan, "link", "set", UNDERLAY_BRIDGE, "up")
+        # This machine on the underlay too (.254): it reaches every host's
+        # address, and the hosts reach the pool's broker.
+        gateway = f"xlg{self.tag}"
+        await _ip("link", "add", gateway, "type", "veth", "peer", "name", GATEWAY_LINK, "netns", lan)
+        await _ip("-n", lan, "link", "set", GATEWAY_LINK, "master", UNDERLAY_BRIDGE)
+        await _ip("-n", lan, "link", "set", GATEWAY_LINK, "up")
+        await _ip("addr", "add", f"{pool_gateway(self.spec)}/24", "dev", gateway)
+        await _ip("link", "set", gateway, "up")
         for i, host in enumerate(self.spec.hosts):
             ns = self.namespace(host.name)
             await self._netns(ns)
@@ -107,6 +126,34 @@ class Pool:
             await _ip("-n", ns, "addr", "add", f"{host.address}/24", "dev", HOST_LINK)
             await _ip("-n", ns, "link", "set", HOST_LINK, "up")
             await _ip("-n", ns, "link", "set", "lo", "up")
+
+    async def _start_broker(self) -> str:
+        """The pool's embedded MQTT broker, in this namespace on the
+        machine's underlay address, which every host reaches: its URL."""
+        gateway = pool_gateway(self.spec)
+        self.broker = BrokerAddress(gateway, free_port(gateway))
+        engine = pick_engine(self.spec.mqtt.engine)
+        self.progress(f"starting the pool's MQTT broker ({engine}) on {self.broker}")
+        run = Rundir(self.rundir)
+        fd = run.open_log("mqtt.log")
+        try:
+            self._broker_proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "xenlab.cli.main", "mqtt-broker", "--listen",
+                f"{self.broker.host}:{self.broker.port}", "--engine", engine,
+                "--log-level", self.log_level, "--die-with-parent",
+                stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
+        finally:
+            os.close(fd)
+        deadline = asyncio.get_running_loop().time() + BROKER_TIMEOUT
+        while not await broker_ready(self.broker):
+            if self._broker_proc.returncode is not None:
+                raise LabError(f"the pool's MQTT broker exited with {self._broker_proc.returncode}; "
+                               f"see {run.logs / 'mqtt.log'}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise LabError(f"the pool's MQTT broker did not listen on {self.broker} "
+                               f"in {BROKER_TIMEOUT:g}s")
+            await asyncio.sleep(0.05)
+        return f"mqtt://{self.broker.host}:{self.broker.port}"
 
     async def _netns(self, name: str) -> None:
         # One a killed pool left behind goes first: nothing of it runs any more
@@ -123,6 +170,16 @@ class Pool:
             except Exception as err:        # the other hosts still go down
                 self.progress(f"host {name}: stopping failed: {err}")
         self.labs.clear()
+        if self._broker_proc is not None:
+            if self._broker_proc.returncode is None:
+                self._broker_proc.terminate()
+                try:
+                    await eventloop.wait_for(self._broker_proc.wait(), 10)
+                except TimeoutError:
+                    self._broker_proc.kill()
+                    await self._broker_proc.wait()
+            self._broker_proc = None
+        # The machine's veth onto the underlay goes with its peer's namespace.
         for ns in reversed(self._namespaces):
             await _ip("netns", "del", ns, check=False)
         self._namespaces.clear()

@@ -79,6 +79,7 @@ LINK_KEYS = {"bridges", "netem"}
 HOST_KEYS = {"name", "address"}
 POOL_UNDERLAY = "10.231.0.0/24"     # the hosts' addresses unless [[host]] gives them
 POOL_VNI_BASE = 100                 # a pool's bridge N (from 0) is joined as VNI 100 + N
+POOL_GATEWAY_HOST = 254             # this machine's address on the underlay: .254 of its /24
 _HOST_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,11}")
 DOMAIN_NETEM_KEYS = {"netem": "rx", "netem_tx": "tx"}     # lab keys, not xl.cfg keys
 STP_TIMERS = {"hello_time": (2.0, 1.0, 10.0), "forward_delay": (15.0, 2.0, 30.0),
@@ -357,6 +358,10 @@ def _hosts(entries, source: str, lines: TomlLines) -> tuple[HostSpec, ...]:
         if ip.packed[3] in (0, 255):
             raise _fail(source, f"host {name}: address {ip} is the underlay's network or "
                                 f"broadcast address", at("address"))
+        if ip.packed[3] == POOL_GATEWAY_HOST:
+            raise _fail(source, f"host {name}: address {ip} is this machine's on the underlay "
+                                f"(.{POOL_GATEWAY_HOST}, where the pool's MQTT broker listens)",
+                        at("address"))
         for other in hosts:
             if other.name == name:
                 raise _fail(source, f"host #{i + 1}: a second host named {name!r}", at("name"))
@@ -395,20 +400,31 @@ def _validate_pool(spec: LabSpec, lines: TomlLines) -> None:
         raise _fail(spec.source, "netem is not supported in a pool yet")
 
 
-def host_lab(spec: LabSpec, host: str) -> LabSpec:
+def pool_gateway(spec: LabSpec) -> str:
+    """This machine's address on a pool's underlay (.254 of the hosts' /24)."""
+    network = ipaddress.IPv4Network(f"{spec.hosts[0].address}/24", strict=False)
+    return str(network.network_address + POOL_GATEWAY_HOST)
+
+
+def host_lab(spec: LabSpec, host: str, broker: str | None = None) -> LabSpec:
     """The lab one host of a pool runs: the pool's bridges, each with a
     VXLAN uplink (VNI POOL_VNI_BASE + its index) from this host's address
-    to every other host's; the domains placed on this host; no MQTT broker
-    of its own (a pool's hosts are in namespaces the runner's embedded
-    broker cannot serve; an mqtt:// broker they reach is kept)."""
+    to every other host's; the domains placed on this host. Its MQTT
+    broker is ``broker`` (the pool's, mqtt://HOST:PORT) when given; else
+    the lab file's, an embedded one of its own being none (the runner
+    starts the pool's: xenlab.lab.pool)."""
     me = next(h for h in spec.hosts if h.name == host)
     others = [h.address for h in spec.hosts if h.name != host]
     bridges = tuple(dataclasses.replace(b, uplink=check_uplink_spec(
         f"vxlan:vni={POOL_VNI_BASE + i},local={me.address}," + ",".join(f"remote={a}" for a in others)))
         for i, b in enumerate(spec.bridges))
     placed = dict(spec.placement)
-    mqtt = spec.mqtt if spec.mqtt.broker not in ("embedded",) else \
-        dataclasses.replace(spec.mqtt, broker="none")
+    if broker is not None:
+        mqtt = dataclasses.replace(spec.mqtt, broker=broker)
+    elif spec.mqtt.broker == "embedded":
+        mqtt = dataclasses.replace(spec.mqtt, broker="none")
+    else:
+        mqtt = spec.mqtt
     return dataclasses.replace(
         spec, name=f"{spec.name}-{host}", bridges=bridges, hosts=(), placement=(),
         domains=tuple(d for d in spec.domains if placed[d.name] == host), mqtt=mqtt)

@@ -296,6 +296,7 @@ memory = 32
         "vxlan:vni=100,remote=10.231.0.1:4789,remote=10.231.0.2:4789,local=10.231.0.30:4789,mtu=1450",
         "vxlan:vni=101,remote=10.231.0.1:4789,remote=10.231.0.2:4789,local=10.231.0.30:4789,mtu=1450"]
     assert c.hosts == () and c.mqtt.broker == "none" and c.name == f"{spec.name}-c"
+    assert host_lab(spec, "a", "mqtt://10.231.0.254:1883").mqtt.broker == "mqtt://10.231.0.254:1883"
 
 
 @pytest.mark.parametrize("text, says", [
@@ -307,6 +308,8 @@ memory = 32
     (POOL_HOSTS.replace("name = 'b'", "name = 'b'\naddress = '10.231.0.1'"),
      "host b: address 10.231.0.1 is host a's too"),
     (POOL_HOSTS.replace("name = 'b'", "name = 'b'\naddress = 'x'"), "host b: address 'x' is not"),
+    (POOL_HOSTS.replace("name = 'b'", "name = 'b'\naddress = '10.231.0.254'"),
+     "host b: address 10.231.0.254 is this machine's on the underlay"),
     (POOL_HOSTS + "[[domain]]\nname = 'web'\nhost = 'z'\n", "domain web: host 'z' is not a [[host]]"),
     ("[[domain]]\nname = 'web'\nhost = 'a'\n", "domain web: host = 'a', but the lab has no [[host]]"),
     (POOL_HOSTS + "[[bridge]]\nname = 'xenbr0'\nuplink = 'tap:x0'\n",
