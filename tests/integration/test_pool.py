@@ -131,6 +131,11 @@ def test_xenlab_up_runs_the_pool_and_xenlab_down_on_its_rundir_stops_it(tmp_path
         listed = subprocess.run([*cli, "xl", "list", "--rundir", f"{rundir}/hosts/b"],
                                 capture_output=True, text=True, timeout=30)
         assert listed.returncode == 0 and "db" in listed.stdout and "web" not in listed.stdout, listed
+        status = subprocess.run([*cli, "status", "--rundir", str(rundir)], capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 0, status
+        assert "== host a" in status.stdout and "== host b" in status.stdout, status.stdout
+        assert "vxlan100" in status.stdout, status.stdout
         down = subprocess.run([*cli, "down", "--rundir", str(rundir)], capture_output=True, text=True,
                               timeout=60)
         assert down.returncode == 0, down

@@ -408,6 +408,15 @@ def status(args) -> int:
         return 1
     state = survey.lab
     if not state:
+        hosts = _pool_hosts(run)
+        if hosts and not args.json:
+            # A pool: each host's status, in turn.
+            codes = []
+            for host in hosts:
+                print(f"== host {host.name} (--rundir {host}) ==")
+                codes.append(status(argparse.Namespace(**{**vars(args), "rundir": host})))
+                print()
+            return max(codes)
         print(f"no lab is running in {run.path}")
         return 3
     alive = "runner" in survey.running
