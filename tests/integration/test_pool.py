@@ -180,3 +180,47 @@ def test_a_killed_pool_is_cleaned_up_by_xenlab_down_namespaces_too(tmp_path):
             up.kill()
             up.wait()
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+def xl(rundir, *argv, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(rundir),
+                           *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def listed(rundir) -> dict[str, str]:
+    """xl list: each domain's state column, by name."""
+    out = xl(rundir, "list").stdout.splitlines()[1:]
+    return {line.split()[0]: line.split()[4] for line in out if line.split()}
+
+
+async def test_xl_migrate_moves_a_domain_to_the_other_host_where_it_answers(pool):
+    a, b = pool.host_rundir("a"), pool.host_rundir("b")
+    moved = xl(a, "migrate", "web", "b")
+    assert moved.returncode == 0, moved
+    for line in ("migration target: Ready to receive domain.",
+                 "migration sender: Giving target permission to start.",
+                 "migration target: Domain started successsfully.", "Migration successful."):
+        assert line in moved.stderr, moved.stderr
+    assert "in 1 round (stop-and-copy" in moved.stdout and "downtime" in moved.stdout, moved.stdout
+    assert "web" not in listed(a) and "web" in listed(b)
+    db = await RunningLab(pool.labs["b"]).agent("db")
+    try:
+        reply = await db.Ping(agent_pb2.PingRequest(dst="10.0.9.1", count=3, interval=0.2, timeout=5))
+    finally:
+        await db.close()
+    assert reply.received == 3, reply
+
+
+async def test_a_migration_to_a_target_that_is_down_leaves_the_domain_running_on_the_source(pool):
+    a = pool.host_rundir("a")
+    await pool.labs["b"].kill_service("hypervisor")
+    failed = xl(a, "migrate", "web", "b")
+    assert failed.returncode == 1 and "migration failed" in failed.stderr, failed
+    state = listed(a).get("web")
+    assert state is not None and "s" not in state and "p" not in state, listed(a)
+    web = await RunningLab(pool.labs["a"]).agent("web")
+    try:
+        stats = await web.InterfaceStats(agent_pb2.StatsRequest())
+    finally:
+        await web.close()
+    assert stats.interfaces[0].ip == "10.0.9.1/24"

@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from xenlab.proto import common_pb2, save_pb2
 
@@ -112,3 +115,96 @@ async def restore_domain(hv, path: str, paused: bool = False,
                 if not data:
                     return
         return await hv.save.Restore(chunks())
+
+
+# -- xl migrate: the image from one toolstack's Save straight into another's Restore ----------
+@dataclass(frozen=True)
+class Migrated:
+    domid: int              # on the source
+    new_domid: int          # on the target
+    pages: int
+    size: int
+    suspended_s: float      # the guest's suspend to the image complete, on the source
+    downtime_s: float       # the guest's suspend to its start on the target
+
+
+class MigrationError(Exception):
+    """One line for the user; the domain still runs on the source."""
+
+
+async def migrate_domain(source, ref: common_pb2.DomainRef, target, say=lambda line: None) -> Migrated:
+    """Move a domain from ``source``'s toolstack to ``target``'s, as xl
+    migrate's sender and receiver do between them: the source suspends it
+    and streams its image (the save stream, no file) into the target's
+    restore, which builds it paused; only then is the source told to go on
+    (it destroys its copy), and the target's is unpaused ("permission to
+    start"). Any failure before that leaves the domain running on the
+    source, and what the target built is destroyed. Stop-and-copy: the
+    whole image is sent while the domain is suspended (no pre-copy rounds).
+    """
+    controls = _Controls(save_pb2.SaveControl(domain=ref))
+    call = source.save.Save(controls)
+    seen: dict = {"size": 0}
+
+    async def image():
+        first = True
+        async for chunk in call:
+            data = chunk.data
+            seen["size"] += len(data)
+            for i in range(0, len(data), READ_CHUNK):
+                yield save_pb2.RestoreChunk(paused=True, data=data[i:i + READ_CHUNK])
+                first = False
+            if chunk.image_done:
+                seen["done"], seen["at"] = chunk, time.monotonic()
+                say("migration target: Transfer complete, requesting permission to start domain.")
+                return
+        if first:
+            yield save_pb2.RestoreChunk(paused=True)
+        raise MigrationError("the source ended the save before the image was complete")
+
+    say("migration target: Ready to receive domain.")
+    try:
+        try:
+            reply = await target.save.Restore(image())
+        except grpc.aio.AioRpcError as err:
+            raise MigrationError(f"the target did not take the domain: {err.details()}") from None
+        if "done" not in seen:
+            raise MigrationError("the target ended the restore before the image was complete")
+    except BaseException:
+        controls.close()            # before the commit: the source resumes the domain
+        call.cancel()
+        raise
+    say("migration sender: Target has acknowledged transfer.")
+    say("migration sender: Giving target permission to start.")
+    controls.send(save_pb2.SaveControl(commit=True))
+    try:
+        finished = False
+        async for chunk in call:
+            if chunk.finished:
+                finished = True
+                break
+    except grpc.aio.AioRpcError as err:
+        finished, why = False, err.details()
+    else:
+        why = "the source ended the save without finishing it"
+    controls.close()
+    if not finished:
+        await _destroy_quietly(target, reply.domid)
+        raise MigrationError(f"the source did not let go of the domain ({why}); its copy on the "
+                             f"target is destroyed")
+    try:
+        await target.domains.Unpause(common_pb2.DomainRef(domid=reply.domid))
+    except grpc.aio.AioRpcError as err:
+        raise MigrationError(f"the domain is on the target (d{reply.domid}) but did not start: "
+                             f"{err.details()}: xl unpause it there") from None
+    say("migration target: Domain started successsfully.")
+    done = seen["done"]
+    return Migrated(done.domid, reply.domid, done.pages, seen["size"], done.suspended_s,
+                    done.suspended_s + time.monotonic() - seen["at"])
+
+
+async def _destroy_quietly(hv, domid: int) -> None:
+    try:
+        await hv.domains.Destroy(common_pb2.DomainRef(domid=domid))
+    except grpc.aio.AioRpcError:
+        pass

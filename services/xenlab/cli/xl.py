@@ -337,6 +337,46 @@ async def cmd_save(args, ts: Toolstack) -> int:
     return 0
 
 
+def _migration_target(rundir: Path, host: str) -> Path:
+    """xl migrate's HOST: another host of the pool this rundir's host is in
+    (RUNDIR/../HOST, where a pool keeps its hosts), or a rundir."""
+    here = Path(rundir).resolve()
+    sibling = here.parent / host
+    if here.parent.name == "hosts" and "/" not in host and sibling.is_dir():
+        target = sibling
+    elif Path(host).is_dir():
+        target = Path(host).resolve()
+    else:
+        raise CliError(f"{host}: neither a host of this pool ({here.parent}/{host}) nor a rundir "
+                       f"(a migration reaches the target's toolstack through its rundir)")
+    if target == here:
+        raise CliError(f"{host} is this host: migrate to another one")
+    return target
+
+
+async def cmd_migrate(args, ts: Toolstack) -> int:
+    """xl migrate DOMAIN HOST: the sender's and the receiver's lines, as xl
+    prints them (on stderr), then what it moved and the downtime."""
+    target = Toolstack(rundir=_migration_target(ts.rundir, args.host))
+    async with ts.connect() as source:
+        info = await source.domains.Info(args.domain, timeout=RPC_TIMEOUT)
+        async with target.connect() as dest:
+            print("Saving to migration stream new xl format (xenlab save image v1)", file=sys.stderr)
+            print(f"xc: info: Saving domain {info.domid}, type x86 PV", file=sys.stderr)
+            try:
+                moved = await savefile.migrate_domain(
+                    source, common_pb2.DomainRef(domid=info.domid), dest,
+                    say=lambda line: print(line, file=sys.stderr))
+            except savefile.MigrationError as err:
+                raise CliError(f"migration failed: {err}") from None
+    print("migration sender: Target reports successful startup.", file=sys.stderr)
+    print("Migration successful.", file=sys.stderr)
+    print(f"{info.name}: d{moved.domid} here -> d{moved.new_domid} on {args.host}: {moved.pages} pages "
+          f"({moved.size} bytes) in 1 round (stop-and-copy: no pre-copy rounds yet); "
+          f"downtime {moved.downtime_s:.3f} s")
+    return 0
+
+
 async def cmd_restore(args, ts: Toolstack) -> int:
     if args.vncviewer:
         raise CliError("-V is not emulated: xenlab domains have no VNC console")
@@ -860,6 +900,12 @@ def _save_args(p: argparse.ArgumentParser) -> None:
                    help="a config to save instead of the domain's (not supported: refused)")
 
 
+def _migrate_args(p: argparse.ArgumentParser) -> None:
+    _dom(p)
+    p.add_argument("host", metavar="HOST",
+                   help="the target: another host of this pool (its name), or a rundir")
+
+
 def _restore_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--paused", action="store_true", help="leave the domain paused")
     p.add_argument("-e", dest="no_monitor", action="store_true",
@@ -912,6 +958,8 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "top": ("monitor the domains: CPU, memory, vCPUs, network (xentop)", _top_args, cmd_top),
     "save": ("save a domain's state to a file (and destroy it)", _save_args, cmd_save),
     "restore": ("restore a domain from a saved state file", _restore_args, cmd_restore),
+    "migrate": ("move a domain to another host (stop-and-copy: suspended while its image moves)",
+                _migrate_args, cmd_migrate),
 }
 
 
