@@ -958,8 +958,7 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "top": ("monitor the domains: CPU, memory, vCPUs, network (xentop)", _top_args, cmd_top),
     "save": ("save a domain's state to a file (and destroy it)", _save_args, cmd_save),
     "restore": ("restore a domain from a saved state file", _restore_args, cmd_restore),
-    "migrate": ("move a domain to another host (stop-and-copy: suspended while its image moves)",
-                _migrate_args, cmd_migrate),
+    "migrate": ("move a domain to another host (stop-and-copy)", _migrate_args, cmd_migrate),
 }
 
 
