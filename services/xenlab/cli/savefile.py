@@ -126,6 +126,7 @@ class Migrated:
     size: int
     suspended_s: float      # the guest's suspend to the image complete, on the source
     downtime_s: float       # the guest's suspend to its start on the target
+    round_pages: tuple[int, ...] = ()   # pages sent in each round (the last while suspended)
 
 
 class MigrationError(Exception):
@@ -134,15 +135,14 @@ class MigrationError(Exception):
 
 async def migrate_domain(source, ref: common_pb2.DomainRef, target, say=lambda line: None) -> Migrated:
     """Move a domain from ``source``'s toolstack to ``target``'s, as xl
-    migrate's sender and receiver do between them: the source suspends it
-    and streams its image (the save stream, no file) into the target's
-    restore, which builds it paused; only then is the source told to go on
-    (it destroys its copy), and the target's is unpaused ("permission to
-    start"). Any failure before that leaves the domain running on the
-    source, and what the target built is destroyed. Stop-and-copy: the
-    whole image is sent while the domain is suspended (no pre-copy rounds).
-    """
-    controls = _Controls(save_pb2.SaveControl(domain=ref))
+    migrate's sender and receiver do between them: the source streams its
+    image live (pre-copy rounds while it runs, then its suspend and the
+    rest: the save stream, no file) into the target's restore, which builds
+    it paused; only then is the source told to go on (it destroys its
+    copy), and the target's is unpaused ("permission to start"). Any
+    failure before that leaves the domain running on the source, and what
+    the target built is destroyed."""
+    controls = _Controls(save_pb2.SaveControl(domain=ref, live=True))
     call = source.save.Save(controls)
     seen: dict = {"size": 0}
 
@@ -200,7 +200,7 @@ async def migrate_domain(source, ref: common_pb2.DomainRef, target, say=lambda l
     say("migration target: Domain started successsfully.")
     done = seen["done"]
     return Migrated(done.domid, reply.domid, done.pages, seen["size"], done.suspended_s,
-                    done.suspended_s + time.monotonic() - seen["at"])
+                    done.suspended_s + time.monotonic() - seen["at"], tuple(done.round_pages))
 
 
 async def _destroy_quietly(hv, domid: int) -> None:

@@ -371,9 +371,10 @@ async def cmd_migrate(args, ts: Toolstack) -> int:
                 raise CliError(f"migration failed: {err}") from None
     print("migration sender: Target reports successful startup.", file=sys.stderr)
     print("Migration successful.", file=sys.stderr)
-    print(f"{info.name}: d{moved.domid} here -> d{moved.new_domid} on {args.host}: {moved.pages} pages "
-          f"({moved.size} bytes) in 1 round (stop-and-copy: no pre-copy rounds yet); "
-          f"downtime {moved.downtime_s:.3f} s")
+    rounds = moved.round_pages
+    print(f"{info.name}: d{moved.domid} here -> d{moved.new_domid} on {args.host}: {moved.pages} pages, "
+          f"{len(rounds)} rounds (pages sent: {', '.join(map(str, rounds))}; the last while "
+          f"suspended), {moved.size} bytes; downtime {moved.downtime_s:.3f} s")
     return 0
 
 
@@ -958,7 +959,8 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "top": ("monitor the domains: CPU, memory, vCPUs, network (xentop)", _top_args, cmd_top),
     "save": ("save a domain's state to a file (and destroy it)", _save_args, cmd_save),
     "restore": ("restore a domain from a saved state file", _restore_args, cmd_restore),
-    "migrate": ("move a domain to another host (stop-and-copy)", _migrate_args, cmd_migrate),
+    "migrate": ("move a running domain to another host (live: pre-copy)", _migrate_args,
+                cmd_migrate),
 }
 
 

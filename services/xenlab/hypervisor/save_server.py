@@ -35,12 +35,13 @@ class SaveRestoreServicer(save_pb2_grpc.SaveRestoreServicer):
         dom = self.hv.domains.lookup(first.domain.domid, first.domain.name)
         dom_saved = None
         try:
-            async for dom_saved, data in self.saver.save(dom.domid):
+            async for dom_saved, data in self.saver.save(dom.domid, live=first.live):
                 yield save_pb2.SaveChunk(data=data)
             pages = len(self.hv.memory.populated(dom.domid))
             suspended = time.monotonic() - self.saver.suspended_at.get(dom.domid, time.monotonic())
             yield save_pb2.SaveChunk(image_done=True, domid=dom.domid, pages=pages,
-                                     suspended_s=suspended)
+                                     suspended_s=suspended,
+                                     round_pages=self.saver.rounds.get(dom.domid, []))
             commit = await anext(requests, None)
             if commit is None or not commit.commit:
                 raise DomainError(errno.EIO, "the image was not committed: the domain is resumed")

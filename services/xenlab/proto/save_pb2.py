@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from xenlab.proto import common_pb2 as xenlab_dot_proto_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xenlab/proto/save.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"j\n\x0bSaveControl\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x12\n\ncheckpoint\x18\x02 \x01(\x08\x12\x0e\n\x06paused\x18\x03 \x01(\x08\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\x08\"r\n\tSaveChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nimage_done\x18\x02 \x01(\x08\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\r\n\x05\x64omid\x18\x04 \x01(\r\x12\r\n\x05pages\x18\x05 \x01(\x04\x12\x13\n\x0bsuspended_s\x18\x06 \x01(\x01\"A\n\x0cRestoreChunk\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x13\n\x0bunmonitored\x18\x02 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\":\n\x0cRestoreReply\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05pages\x18\x03 \x01(\x04\")\n\x13SchedSuspendRequest\x12\x12\n\nrecord_gfn\x18\x01 \x01(\x04\"&\n\x11SchedSuspendReply\x12\x11\n\tcancelled\x18\x01 \x01(\r2\xe6\x01\n\x0bSaveRestore\x12>\n\x04Save\x12\x19.xenlab.proto.SaveControl\x1a\x17.xenlab.proto.SaveChunk(\x01\x30\x01\x12\x43\n\x07Restore\x12\x1a.xenlab.proto.RestoreChunk\x1a\x1a.xenlab.proto.RestoreReply(\x01\x12R\n\x0cSchedSuspend\x12!.xenlab.proto.SchedSuspendRequest\x1a\x1f.xenlab.proto.SchedSuspendReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xenlab/proto/save.proto\x12\x0cxenlab.proto\x1a\x19xenlab/proto/common.proto\"x\n\x0bSaveControl\x12\'\n\x06\x64omain\x18\x01 \x01(\x0b\x32\x17.xenlab.proto.DomainRef\x12\x12\n\ncheckpoint\x18\x02 \x01(\x08\x12\x0e\n\x06paused\x18\x03 \x01(\x08\x12\x0e\n\x06\x63ommit\x18\x04 \x01(\x08\x12\x0c\n\x04live\x18\x05 \x01(\x08\"\x87\x01\n\tSaveChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\nimage_done\x18\x02 \x01(\x08\x12\x10\n\x08\x66inished\x18\x03 \x01(\x08\x12\r\n\x05\x64omid\x18\x04 \x01(\r\x12\r\n\x05pages\x18\x05 \x01(\x04\x12\x13\n\x0bsuspended_s\x18\x06 \x01(\x01\x12\x13\n\x0bround_pages\x18\x07 \x03(\x04\"A\n\x0cRestoreChunk\x12\x0e\n\x06paused\x18\x01 \x01(\x08\x12\x13\n\x0bunmonitored\x18\x02 \x01(\x08\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\":\n\x0cRestoreReply\x12\r\n\x05\x64omid\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05pages\x18\x03 \x01(\x04\")\n\x13SchedSuspendRequest\x12\x12\n\nrecord_gfn\x18\x01 \x01(\x04\"&\n\x11SchedSuspendReply\x12\x11\n\tcancelled\x18\x01 \x01(\r2\xe6\x01\n\x0bSaveRestore\x12>\n\x04Save\x12\x19.xenlab.proto.SaveControl\x1a\x17.xenlab.proto.SaveChunk(\x01\x30\x01\x12\x43\n\x07Restore\x12\x1a.xenlab.proto.RestoreChunk\x1a\x1a.xenlab.proto.RestoreReply(\x01\x12R\n\x0cSchedSuspend\x12!.xenlab.proto.SchedSuspendRequest\x1a\x1f.xenlab.proto.SchedSuspendReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xenlab.proto.save_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SAVECONTROL']._serialized_start=68
-  _globals['_SAVECONTROL']._serialized_end=174
-  _globals['_SAVECHUNK']._serialized_start=176
-  _globals['_SAVECHUNK']._serialized_end=290
-  _globals['_RESTORECHUNK']._serialized_start=292
-  _globals['_RESTORECHUNK']._serialized_end=357
-  _globals['_RESTOREREPLY']._serialized_start=359
-  _globals['_RESTOREREPLY']._serialized_end=417
-  _globals['_SCHEDSUSPENDREQUEST']._serialized_start=419
-  _globals['_SCHEDSUSPENDREQUEST']._serialized_end=460
-  _globals['_SCHEDSUSPENDREPLY']._serialized_start=462
-  _globals['_SCHEDSUSPENDREPLY']._serialized_end=500
-  _globals['_SAVERESTORE']._serialized_start=503
-  _globals['_SAVERESTORE']._serialized_end=733
+  _globals['_SAVECONTROL']._serialized_end=188
+  _globals['_SAVECHUNK']._serialized_start=191
+  _globals['_SAVECHUNK']._serialized_end=326
+  _globals['_RESTORECHUNK']._serialized_start=328
+  _globals['_RESTORECHUNK']._serialized_end=393
+  _globals['_RESTOREREPLY']._serialized_start=395
+  _globals['_RESTOREREPLY']._serialized_end=453
+  _globals['_SCHEDSUSPENDREQUEST']._serialized_start=455
+  _globals['_SCHEDSUSPENDREQUEST']._serialized_end=496
+  _globals['_SCHEDSUSPENDREPLY']._serialized_start=498
+  _globals['_SCHEDSUSPENDREPLY']._serialized_end=536
+  _globals['_SAVERESTORE']._serialized_start=539
+  _globals['_SAVERESTORE']._serialized_end=769
 # @@protoc_insertion_point(module_scope)

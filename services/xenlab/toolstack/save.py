@@ -22,6 +22,7 @@ vifs through the xenbus handshake.
 """
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import time
@@ -43,6 +44,11 @@ log = logging.getLogger(__name__)
 
 SUSPEND_TIMEOUT = 30.0      # libxl waits as long for a PV guest's suspend
 IMAGE_CHUNK = 1 << 20       # bytes per message of an image on its way out
+# A live save's pre-copy (libxc's send_memory_live): rounds while the
+# domain runs, until fewer pages than this changed in the last one, or this
+# many rounds (Xen's defaults); then the suspend, and the last round.
+PRECOPY_DIRTY_THRESHOLD = 50
+PRECOPY_MAX_ROUNDS = 5
 
 # Nodes a restore never writes back from the image: the toolstack writes
 # them anew for the new domain (its devices' directories, which the
@@ -113,6 +119,7 @@ class SaveRestore:
         self.hv = toolstack.hv
         self.xs = toolstack.xs
         self._saving: set[int] = set()      # domids with a save under way
+        self.rounds: dict[int, list[int]] = {}     # pages sent in each round, per save
         self.suspended_at: dict[int, float] = {}   # when each one's guest had suspended
 
     # -- save --------------------------------------------------------------------------
@@ -144,22 +151,67 @@ class SaveRestore:
         except Exception:           # the domain may be gone already
             pass
 
-    def image(self, dom: Domain) -> Iterator[bytes]:
-        """The suspended domain's image, record by record."""
-        enc = stream.StreamEncoder()
-        yield enc.headers()
+    def image(self, dom: Domain, enc: stream.StreamEncoder | None = None,
+              sent: dict[int, bytes] | None = None) -> Iterator[bytes]:
+        """The suspended domain's image, record by record. After pre-copy
+        rounds (``enc`` has written the headers, ``sent`` holds what each
+        page was when sent): only the pages that changed since."""
+        if enc is None:
+            enc = stream.StreamEncoder()
+            yield enc.headers()
         yield enc.emit(stream.json_record(stream.REC_DOMAIN_CONFIG, spec_to_json(dom.spec)))
         yield enc.emit(stream.json_record(stream.REC_DEVICES, self.devices(dom)))
         yield enc.emit(stream.xenstore_data(relative_nodes(self.xs.nodes(), dom.domid)))
         yield enc.emit(stream.json_record(stream.REC_VCPU_CONTEXT, {
             "vcpus": dom.vcpus, "online_vcpus": dom.online_vcpus,
             "suspend_record_gfn": dom.suspend_gfn}))
-        populated = sorted(self.hv.memory.populated(dom.domid))
-        for first in range(0, len(populated), stream.MAX_BATCH):
-            batch = populated[first:first + stream.MAX_BATCH]
-            yield enc.emit(stream.page_data(
-                [(gfn, bytes(self.hv.memory.frame(dom.domid, gfn))) for gfn in batch]))
+        if sent is None:
+            gfns = sorted(self.hv.memory.populated(dom.domid))
+        else:
+            gone = set(sent) - set(self.hv.memory.populated(dom.domid))
+            if gone:
+                # The stream has no record for a page given back: the target
+                # would have it. The save fails; the domain runs on.
+                raise DomainError(errno.EAGAIN, f"d{dom.domid} gave back {len(gone)} page(s) "
+                                                f"during pre-copy (its balloon moved): try again")
+            gfns = self.dirty(dom, sent)
+        self.rounds.setdefault(dom.domid, []).append(len(gfns))
+        yield from self._pages(dom, enc, gfns, None)
         yield enc.end()
+
+    def _pages(self, dom: Domain, enc: stream.StreamEncoder, gfns: list[int],
+               sent: dict[int, bytes] | None) -> Iterator[bytes]:
+        for first in range(0, len(gfns), stream.MAX_BATCH):
+            batch = [(gfn, bytes(self.hv.memory.frame(dom.domid, gfn)))
+                     for gfn in gfns[first:first + stream.MAX_BATCH]]
+            if sent is not None:
+                sent.update(batch)
+            yield enc.emit(stream.page_data(batch))
+
+    def dirty(self, dom: Domain, sent: dict[int, bytes]) -> list[int]:
+        """The pages whose contents differ from what was sent (or that were
+        not sent): every write to the domain's memory since that changed a
+        byte, the guest's own and the backends' grant copies alike, found by
+        comparing each page with its copy (the dirty log of this emulation:
+        no write traps, a compare per page per round)."""
+        memory, domid = self.hv.memory, dom.domid
+        return [gfn for gfn in sorted(memory.populated(domid))
+                if sent.get(gfn) != memory.frame(domid, gfn)]
+
+    async def precopy(self, dom: Domain, enc: stream.StreamEncoder,
+                      sent: dict[int, bytes]) -> AsyncIterator[bytes]:
+        """Pre-copy rounds while the domain runs: all its pages, then those
+        changed since, until few changed or PRECOPY_MAX_ROUNDS rounds."""
+        rounds = self.rounds.setdefault(dom.domid, [])
+        gfns = sorted(self.hv.memory.populated(dom.domid))
+        while True:
+            rounds.append(len(gfns))
+            for piece in self._pages(dom, enc, gfns, sent):
+                yield piece
+                await asyncio.sleep(0)      # the domain (and everything else) runs meanwhile
+            gfns = self.dirty(dom, sent)
+            if len(gfns) < PRECOPY_DIRTY_THRESHOLD or len(rounds) >= PRECOPY_MAX_ROUNDS:
+                return
 
     def devices(self, dom: Domain) -> list[dict]:
         """Each vif as the toolstack set it up, with the MAC it has (a random
@@ -176,21 +228,35 @@ class SaveRestore:
             out.append(entry)
         return out
 
-    async def save(self, domid: int) -> AsyncIterator[tuple[Domain, bytes]]:
+    async def save(self, domid: int, live: bool = False) -> AsyncIterator[tuple[Domain, bytes]]:
         """Suspend the domain and yield its image in chunks; the caller
-        then calls ``finish`` or ``abort``."""
+        then calls ``finish`` or ``abort``. ``live``: pre-copy rounds
+        first, while it runs (``rounds[domid]``: the pages of each round)."""
         if domid in self._saving:
             raise DomainError(errno.EBUSY, f"d{domid} is being saved already")
         self._saving.add(domid)
+        self.rounds[domid] = []
+        buf = bytearray()
+        enc = sent = None
+        dom = None
         try:
+            if live:
+                dom = self.hv.running_domu(domid, "migrate")
+                enc, sent = stream.StreamEncoder(), {}
+                buf += enc.headers()
+                async for piece in self.precopy(dom, enc, sent):
+                    buf += piece
+                    while len(buf) >= IMAGE_CHUNK:
+                        yield dom, bytes(buf[:IMAGE_CHUNK])
+                        del buf[:IMAGE_CHUNK]
             dom = await self.suspend(domid)
         except BaseException:
             self._saving.discard(domid)
+            self.rounds.pop(domid, None)
             raise
         self.suspended_at[domid] = time.monotonic()
         try:
-            buf = bytearray()
-            for piece in self.image(dom):
+            for piece in self.image(dom, enc, sent):
                 buf += piece
                 while len(buf) >= IMAGE_CHUNK:
                     yield dom, bytes(buf[:IMAGE_CHUNK])
@@ -212,12 +278,14 @@ class SaveRestore:
         finally:
             self._saving.discard(dom.domid)
             self.suspended_at.pop(dom.domid, None)
+            self.rounds.pop(dom.domid, None)
 
     def abort(self, dom: Domain) -> None:
         """The save failed: the domain runs on (libxl resumes a domain whose
         save failed)."""
         self._saving.discard(dom.domid)
         self.suspended_at.pop(dom.domid, None)
+        self.rounds.pop(dom.domid, None)
         if self.hv.domains.find(dom.domid) is dom and self.hv.is_suspended(dom):
             log.warning("d%d (%s): save abandoned; resuming it", dom.domid, dom.name)
             self._resume(dom, False)

@@ -210,6 +210,12 @@ class Toolstack:
         """What xl.cfg says to do with a domain that shut down, as xl's
         handle_domain_death does it."""
         reason = dom.shutdown_reason
+        if dom.state not in (RunState.SHUTDOWN, RunState.CRASHED):
+            # It runs again: a suspend resumed (a save abandoned) before this
+            # handler ran. Its shutdown is over; there is nothing to act on
+            # (its reason is gone with it: acting would destroy it).
+            log.info("d%d (%s) runs again (resumed): no action", dom.domid, dom.name)
+            return
         if not dom.monitored:
             log.info("d%d (%s) shut down (%s): not monitored (restored with -e), left as it is",
                      dom.domid, dom.name, reason)

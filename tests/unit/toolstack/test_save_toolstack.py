@@ -46,6 +46,19 @@ async def test_suspend_stops_the_domain_and_a_resume_answers_1(hypervisor):
     assert dom.state is RunState.RUNNING and dom.shutdown_reason == ""
 
 
+async def test_a_suspend_resumed_before_its_handler_runs_is_not_acted_on(hypervisor):
+    """A save abandoned at once (a migration whose image failed just after
+    the suspend) resumes the domain before the monitor's handler for the
+    suspend has run. The handler then finds it running, with no shutdown
+    reason: it must leave it be (it used to take the empty reason for an
+    unknown one and destroy it)."""
+    dom, call, guest = await suspended(hypervisor)
+    hypervisor.toolstack.saver._resume(dom, paused=False)
+    assert (await call).cancelled == 1
+    await hypervisor.toolstack.apply_policy(dom)            # the late handler
+    assert hypervisor.hv.domains.find(dom.domid) is dom and dom.state is RunState.RUNNING
+
+
 async def test_destroying_a_suspended_domain_ends_its_call(hypervisor):
     dom, call, guest = await suspended(hypervisor)
     await hypervisor.toolstack.destroy_domain(dom.domid)
@@ -186,3 +199,50 @@ async def test_an_image_bigger_than_the_host_is_refused_as_it_comes(hypervisor):
 
     with pytest.raises(save_stream.StreamError, match="more pages than the host"):
         await lab.toolstack.saver.restore_stream(chunks())
+
+
+async def test_a_live_image_carries_each_page_as_it_was_last_written(hypervisor):
+    """Pre-copy: every page goes over while the domain runs; a page written
+    after it went (here: during the first round, and after the last) goes
+    again, in the last round; decoded, the image holds each page as it was
+    last, and the last round holds only what changed."""
+    lab = hypervisor
+    domid, _ = await lab.create_domain("web", vif=[domains_pb2.VifSpec(mac=MAC)])
+    dom = lab.hv.domains.get(domid)
+    saver = lab.toolstack.saver
+    populated = sorted(lab.hv.memory.populated(domid))
+    early, late = populated[0], populated[-1]
+
+    def write(gfn: int, data: bytes) -> None:
+        frame = lab.hv.memory.frame(domid, gfn)
+        frame[:len(data)] = data
+        frame.release()
+
+    enc, sent = save_stream.StreamEncoder(), {}
+    out = [enc.headers()]
+    async for piece in saver.precopy(dom, enc, sent):
+        if len(out) == 1:
+            write(early, b"WRITTEN DURING ROUND 1")    # its batch went over already
+        out.append(piece)
+    write(late, b"WRITTEN AFTER PRE-COPY")
+    out.extend(saver.image(dom, enc, sent))
+    rounds = saver.rounds.pop(domid)
+    assert rounds[0] == len(populated) and rounds[-1] == 2, rounds
+    image = save_stream.decode(b"".join(out))
+    assert set(image.pages) == set(populated)
+    assert image.pages[early].startswith(b"WRITTEN DURING ROUND 1")
+    assert image.pages[late].startswith(b"WRITTEN AFTER PRE-COPY")
+
+
+async def test_a_page_given_back_during_pre_copy_fails_the_save_not_the_domain(hypervisor):
+    lab = hypervisor
+    domid, _ = await lab.create_domain("web")
+    dom = lab.hv.domains.get(domid)
+    saver = lab.toolstack.saver
+    enc, sent = save_stream.StreamEncoder(), {}
+    async for _ in saver.precopy(dom, enc, sent):
+        pass
+    sent[1 << 20] = bytes(4096)             # a page it no longer has
+    with pytest.raises(DomainError, match="gave back 1 page"):
+        list(saver.image(dom, enc, sent))
+    saver.rounds.pop(domid, None)
