@@ -127,6 +127,7 @@ class Migrated:
     suspended_s: float      # the guest's suspend to the image complete, on the source
     downtime_s: float       # the guest's suspend to its start on the target
     round_pages: tuple[int, ...] = ()   # pages sent in each round (the last while suspended)
+    started_at: float = 0.0             # time.monotonic() when the target's copy was unpaused
 
 
 class MigrationError(Exception):
@@ -197,10 +198,24 @@ async def migrate_domain(source, ref: common_pb2.DomainRef, target, say=lambda l
     except grpc.aio.AioRpcError as err:
         raise MigrationError(f"the domain is on the target (d{reply.domid}) but did not start: "
                              f"{err.details()}: xl unpause it there") from None
+    started = time.monotonic()
     say("migration target: Domain started successsfully.")
     done = seen["done"]
     return Migrated(done.domid, reply.domid, done.pages, seen["size"], done.suspended_s,
-                    done.suspended_s + time.monotonic() - seen["at"], tuple(done.round_pages))
+                    done.suspended_s + started - seen["at"], tuple(done.round_pages), started)
+
+
+async def vifs_connected(hv, domid: int, timeout: float = 10.0) -> float | None:
+    """When (time.monotonic()) every vif of ``domid`` is Connected on both
+    ends and hotplugged; None if not within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    ref = common_pb2.DomainRef(domid=domid)
+    while time.monotonic() < deadline:
+        vifs = (await hv.domains.NetworkList(ref)).vifs
+        if all(v.state == 4 == v.backend_state and v.hotplug_status == "connected" for v in vifs):
+            return time.monotonic()
+        await asyncio.sleep(0.005)
+    return None
 
 
 async def _destroy_quietly(hv, domid: int) -> None:

@@ -369,12 +369,16 @@ async def cmd_migrate(args, ts: Toolstack) -> int:
                     say=lambda line: print(line, file=sys.stderr))
             except savefile.MigrationError as err:
                 raise CliError(f"migration failed: {err}") from None
-    print("migration sender: Target reports successful startup.", file=sys.stderr)
-    print("Migration successful.", file=sys.stderr)
+            print("migration sender: Target reports successful startup.", file=sys.stderr)
+            print("Migration successful.", file=sys.stderr)
+            connected = await savefile.vifs_connected(dest, moved.new_domid)
     rounds = moved.round_pages
+    network = (f"; its vifs connected {moved.downtime_s + connected - moved.started_at:.3f} s "
+               f"after its suspend" if connected is not None else
+               "; its vifs did not connect within 10 s (xl network-list on the target)")
     print(f"{info.name}: d{moved.domid} here -> d{moved.new_domid} on {args.host}: {moved.pages} pages, "
           f"{len(rounds)} rounds (pages sent: {', '.join(map(str, rounds))}; the last while "
-          f"suspended), {moved.size} bytes; downtime {moved.downtime_s:.3f} s")
+          f"suspended), {moved.size} bytes; downtime {moved.downtime_s:.3f} s{network}")
     return 0
 
 
