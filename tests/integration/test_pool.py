@@ -203,7 +203,7 @@ async def test_xl_migrate_moves_a_domain_to_the_other_host_where_it_answers(pool
         assert line in moved.stderr, moved.stderr
     # Pre-copy: the first round sends every page (8192: 32 MiB) while web runs.
     assert "8192 pages, " in moved.stdout and "rounds (pages sent: 8192, " in moved.stdout, moved.stdout
-    assert "downtime" in moved.stdout, moved.stdout
+    assert "downtime" in moved.stdout and "its vifs connected" in moved.stdout, moved.stdout
     assert "web" not in listed(a) and "web" in listed(b)
     db = await RunningLab(pool.labs["b"]).agent("db")
     try:
