@@ -226,3 +226,32 @@ async def test_a_migration_to_a_target_that_is_down_leaves_the_domain_running_on
     finally:
         await web.close()
     assert stats.interfaces[0].ip == "10.0.9.1/24"
+
+
+async def test_a_target_killed_mid_migration_leaves_the_domain_running_on_the_source(pool):
+    """The target's hypervisor is killed while the image is on its way
+    (pre-copy takes a few hundred ms for 32 MiB): the migration fails and
+    web runs on host a, answering there."""
+    a = pool.host_rundir("a")
+    migrate = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(a), "migrate", "web", "b",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    seen = b""
+    while b"Ready to receive domain." not in seen:        # the stream has begun
+        line = await asyncio.wait_for(migrate.stderr.readline(), 30)
+        assert line, seen
+        seen += line
+    await asyncio.sleep(0.05)
+    await pool.labs["b"].kill_service("hypervisor")
+    out, err = await asyncio.wait_for(migrate.communicate(), 60)
+    err = seen + err
+    assert migrate.returncode == 1 and b"migration failed" in err, (out, err)
+    assert b"Transfer complete" not in err, err                 # it was cut off mid-stream
+    state = listed(a).get("web")
+    assert state is not None and "s" not in state and "p" not in state, listed(a)
+    web = await RunningLab(pool.labs["a"]).agent("web")
+    try:
+        stats = await web.InterfaceStats(agent_pb2.StatsRequest())
+    finally:
+        await web.close()
+    assert stats.interfaces[0].ip == "10.0.9.1/24"
