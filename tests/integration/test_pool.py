@@ -255,3 +255,16 @@ async def test_a_target_killed_mid_migration_leaves_the_domain_running_on_the_so
     finally:
         await web.close()
     assert stats.interfaces[0].ip == "10.0.9.1/24"
+
+
+async def test_a_second_pool_on_the_same_underlay_is_refused_and_leaves_the_first_alone(pool):
+    from xenlab.lab.runner import LabError
+    other_rundir = short_tempdir("xl-pool-")
+    other = Pool(parse_lab(POOL, "<pool>"), other_rundir, progress=lambda s: None)
+    try:
+        with pytest.raises(LabError, match="10.231.0.254 is taken on this machine"):
+            await other.up(timeout=30)
+    finally:
+        shutil.rmtree(other_rundir, ignore_errors=True)
+    assert all(pool.namespace(h.name) in netns_list() for h in pool.spec.hosts)
+    assert "xl" + other.tag + "-" not in netns_list()

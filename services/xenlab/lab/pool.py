@@ -103,6 +103,12 @@ class Pool:
         return lambda text: self.progress(f"[{host}] {text}")
 
     async def _underlay(self) -> None:
+        gateway_ip = pool_gateway(self.spec)
+        taken = await _ip("-o", "addr", "show", "to", f"{gateway_ip}/32", check=False)
+        if taken.strip() and f"xlg{self.tag}" not in taken:
+            raise LabError(f"{gateway_ip} is taken on this machine ({taken.split()[1]}): another "
+                           f"pool on the same underlay? Give this one's [[host]] addresses on "
+                           f"another /24")
         lan = self.underlay_namespace
         await self._netns(lan)
         await _ip("-n", lan, "link", "add", UNDERLAY_BRIDGE, "type", "bridge")
