@@ -268,3 +268,14 @@ async def test_a_second_pool_on_the_same_underlay_is_refused_and_leaves_the_firs
         shutil.rmtree(other_rundir, ignore_errors=True)
     assert all(pool.namespace(h.name) in netns_list() for h in pool.spec.hosts)
     assert "xl" + other.tag + "-" not in netns_list()
+
+
+async def test_migrating_a_paused_domain_is_refused_by_the_source_and_changes_nothing(pool):
+    a, b = pool.host_rundir("a"), pool.host_rundir("b")
+    assert xl(a, "pause", "web").returncode == 0
+    refused = xl(a, "migrate", "web", "b")
+    assert refused.returncode == 1, refused
+    assert "migration failed: the source did not send the domain: d1 is paused" in refused.stderr, \
+        refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert listed(a)["web"] == "--p---" and "web" not in listed(b)

@@ -148,29 +148,39 @@ async def migrate_domain(source, ref: common_pb2.DomainRef, target, say=lambda l
     seen: dict = {"size": 0}
 
     async def image():
+        # The source's failure ends this stream (the target then refuses a
+        # truncated image) and is reported as the source's: an exception
+        # raised here would only cancel the target's call.
         first = True
-        async for chunk in call:
-            data = chunk.data
-            seen["size"] += len(data)
-            for i in range(0, len(data), READ_CHUNK):
-                yield save_pb2.RestoreChunk(paused=True, data=data[i:i + READ_CHUNK])
-                first = False
-            if chunk.image_done:
-                seen["done"], seen["at"] = chunk, time.monotonic()
-                say("migration target: Transfer complete, requesting permission to start domain.")
-                return
+        try:
+            async for chunk in call:
+                data = chunk.data
+                seen["size"] += len(data)
+                for i in range(0, len(data), READ_CHUNK):
+                    yield save_pb2.RestoreChunk(paused=True, data=data[i:i + READ_CHUNK])
+                    first = False
+                if chunk.image_done:
+                    seen["done"], seen["at"] = chunk, time.monotonic()
+                    say("migration target: Transfer complete, requesting permission to start domain.")
+                    return
+            seen["source"] = "it ended the save before the image was complete"
+        except grpc.aio.AioRpcError as err:
+            seen["source"] = err.details()
         if first:
             yield save_pb2.RestoreChunk(paused=True)
-        raise MigrationError("the source ended the save before the image was complete")
 
     say("migration target: Ready to receive domain.")
     try:
         try:
             reply = await target.save.Restore(image())
         except grpc.aio.AioRpcError as err:
+            if "source" in seen:
+                raise MigrationError(f"the source did not send the domain: {seen['source']}") from None
             raise MigrationError(f"the target did not take the domain: {err.details()}") from None
         if "done" not in seen:
-            raise MigrationError("the target ended the restore before the image was complete")
+            await _destroy_quietly(target, reply.domid)
+            raise MigrationError("the target restored an image the source had not finished "
+                                 f"({seen.get('source', 'no reason given')}); destroyed there")
     except BaseException:
         controls.close()            # before the commit: the source resumes the domain
         call.cancel()

@@ -185,7 +185,11 @@ class Pool:
                     self._broker_proc.kill()
                     await self._broker_proc.wait()
             self._broker_proc = None
-        # The machine's veth onto the underlay goes with its peer's namespace.
+        # This machine's veth onto the underlay: deleted here, at once (a
+        # namespace's devices go in the kernel's own time after `netns del`,
+        # and a pool started next must find the address free).
+        if self._namespaces:
+            await _ip("link", "del", f"xlg{self.tag}", check=False)
         for ns in reversed(self._namespaces):
             await _ip("netns", "del", ns, check=False)
         self._namespaces.clear()
@@ -195,6 +199,7 @@ class Pool:
         """Delete the namespaces a pool of this rundir left (its runner
         killed before it could); the names deleted."""
         prefix = f"xl{cls.tag_of(rundir)}-"
+        await _ip("link", "del", f"xlg{cls.tag_of(rundir)}", check=False)
         listed = await _ip("netns", "list", check=False)
         left = [line.split()[0] for line in listed.splitlines()
                 if line.split() and line.split()[0].startswith(prefix)]

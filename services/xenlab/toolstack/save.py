@@ -126,13 +126,7 @@ class SaveRestore:
     async def suspend(self, domid: int, timeout: float = SUSPEND_TIMEOUT) -> Domain:
         """Ask the guest to suspend and wait until it has (libxl's
         domain_suspend_common_guest_suspended)."""
-        dom = self.hv.running_domu(domid, "save")
-        if dom.state is RunState.PAUSED:
-            raise DomainError(errno.EINVAL, f"d{domid} is paused: its guest cannot act on a "
-                                            f"suspend request (unpause it first)")
-        if dom.spec is None or self.hv.process(domid) is None:
-            raise DomainError(errno.EOPNOTSUPP, f"d{domid} has no guest kernel to suspend "
-                                                f"(launcher none)")
+        dom = self._suspendable(domid)
         self.xs.write(DOM0, f"/local/domain/{domid}/control/shutdown", b"suspend")
         try:
             await self.hv.wait_gone_or_stopped(dom, timeout)
@@ -143,6 +137,17 @@ class SaveRestore:
         if not self.hv.is_suspended(dom):
             raise DomainError(errno.ESRCH, f"d{domid} shut down ({dom.shutdown_reason or 'gone'}) "
                                            f"instead of suspending")
+        return dom
+
+    def _suspendable(self, domid: int) -> Domain:
+        """A domain whose guest can be asked to suspend, or why not."""
+        dom = self.hv.running_domu(domid, "save")
+        if dom.state is RunState.PAUSED:
+            raise DomainError(errno.EINVAL, f"d{domid} is paused: its guest cannot act on a "
+                                            f"suspend request (unpause it first)")
+        if dom.spec is None or self.hv.process(domid) is None:
+            raise DomainError(errno.EOPNOTSUPP, f"d{domid} has no guest kernel to suspend "
+                                                f"(launcher none)")
         return dom
 
     def _withdraw_request(self, domid: int) -> None:
@@ -241,7 +246,7 @@ class SaveRestore:
         dom = None
         try:
             if live:
-                dom = self.hv.running_domu(domid, "migrate")
+                dom = self._suspendable(domid)      # before pre-copy, not after it
                 enc, sent = stream.StreamEncoder(), {}
                 buf += enc.headers()
                 async for piece in self.precopy(dom, enc, sent):
