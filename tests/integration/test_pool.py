@@ -16,7 +16,8 @@ import pytest
 from markdown_examples import ROOT, block_after
 from xenlab.lab.pool import Pool
 from xenlab.lab.spec import parse_lab
-from xenlab.proto import agent_pb2, bridge_pb2
+from xenlab.cli import savefile
+from xenlab.proto import agent_pb2, bridge_pb2, common_pb2, save_pb2
 from xenlab.testing import short_tempdir
 from xenlab.testing.processes import RunningLab
 
@@ -279,3 +280,42 @@ async def test_migrating_a_paused_domain_is_refused_by_the_source_and_changes_no
         refused.stderr
     assert "Traceback" not in refused.stderr
     assert listed(a)["web"] == "--p---" and "web" not in listed(b)
+
+
+class CorruptingTarget:
+    """A target toolstack's client, through which the image arrives with one
+    byte flipped in its middle: what a bad link or a bad proxy does."""
+
+    def __init__(self, hv, at: int):
+        self.domains, self._hv, self._at = hv.domains, hv, at
+        self.save = self
+
+    def Restore(self, chunks):
+        async def flipped():
+            seen = 0
+            async for chunk in chunks:
+                data = chunk.data
+                if seen <= self._at < seen + len(data):
+                    i = self._at - seen
+                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+                    chunk = save_pb2.RestoreChunk(paused=chunk.paused, data=data)
+                seen += len(chunk.data)
+                yield chunk
+        return self._hv.save.Restore(flipped())
+
+
+async def test_a_corrupt_stream_leaves_the_domain_running_on_the_source(pool):
+    a, b = pool.labs["a"], pool.labs["b"]
+    web = common_pb2.DomainRef(domid=a.domids["web"])
+    with pytest.raises(savefile.MigrationError, match="the target did not take the domain: "
+                                                      "record PAGE_DATA at byte .*: bad checksum"):
+        await savefile.migrate_domain(a.hv, web, CorruptingTarget(b.hv, at=5_000_000))
+    assert "web" not in listed(pool.host_rundir("b"))
+    state = listed(pool.host_rundir("a")).get("web")
+    assert state is not None and "s" not in state and "p" not in state, state
+    agent = await RunningLab(a).agent("web")
+    try:
+        stats = await agent.InterfaceStats(agent_pb2.StatsRequest())
+    finally:
+        await agent.close()
+    assert stats.interfaces[0].ip == "10.0.9.1/24"
