@@ -106,12 +106,19 @@ async def _up(args) -> int:
         return received.exit_status
     print(await lab.summary(), flush=True)
     print(_hints(spec, args), flush=True)
-    if detached:
+    return await _until_stopped(lab, "lab", args, stop, progress)
+
+
+async def _until_stopped(running, what: str, args, stop: asyncio.Event, progress) -> int:
+    """Up: say so on --ready-fd (a detached start waits for it), run until
+    a stop signal or `xenlab down`, then take ``running`` (a lab or a pool)
+    down."""
+    if args.ready_fd is not None:
         os.write(args.ready_fd, b"up\n")
         os.close(args.ready_fd)
     await stop.wait()
-    progress("stopping the lab")
-    await lab.down()
+    progress(f"stopping the {what}")
+    await running.down()
     progress("stopped")
     return 0
 
@@ -154,14 +161,7 @@ async def _up_pool(args, spec) -> int:
           f"{pool.host_rundir(first)} (xenlab xl list, xenlab ping DOMAIN ADDRESS, ...). "
           f"Stop with {'' if args.ready_fd is not None else 'Ctrl-C or '}"
           f"`xenlab down --rundir {run.path}`.", flush=True)
-    if args.ready_fd is not None:
-        os.write(args.ready_fd, b"up\n")
-        os.close(args.ready_fd)
-    await stop.wait()
-    progress("stopping the pool")
-    await pool.down()
-    progress("stopped")
-    return 0
+    return await _until_stopped(pool, "pool", args, stop, progress)
 
 
 def up(args) -> int:
