@@ -194,6 +194,20 @@ def listed(rundir) -> dict[str, str]:
     return {line.split()[0]: line.split()[4] for line in out if line.split()}
 
 
+async def web_runs_on_host_a(pool) -> None:
+    """After a migration that failed: web is on host a, neither suspended
+    nor paused, and its agent answers there with its address."""
+    a = pool.host_rundir("a")
+    state = listed(a).get("web")
+    assert state is not None and "s" not in state and "p" not in state, listed(a)
+    web = await RunningLab(pool.labs["a"]).agent("web")
+    try:
+        stats = await web.InterfaceStats(agent_pb2.StatsRequest())
+    finally:
+        await web.close()
+    assert stats.interfaces[0].ip == "10.0.9.1/24"
+
+
 async def test_xl_migrate_moves_a_domain_to_the_other_host_where_it_answers(pool):
     a, b = pool.host_rundir("a"), pool.host_rundir("b")
     moved = xl(a, "migrate", "web", "b")
@@ -219,14 +233,7 @@ async def test_a_migration_to_a_target_that_is_down_leaves_the_domain_running_on
     await pool.labs["b"].kill_service("hypervisor")
     failed = xl(a, "migrate", "web", "b")
     assert failed.returncode == 1 and "migration failed" in failed.stderr, failed
-    state = listed(a).get("web")
-    assert state is not None and "s" not in state and "p" not in state, listed(a)
-    web = await RunningLab(pool.labs["a"]).agent("web")
-    try:
-        stats = await web.InterfaceStats(agent_pb2.StatsRequest())
-    finally:
-        await web.close()
-    assert stats.interfaces[0].ip == "10.0.9.1/24"
+    await web_runs_on_host_a(pool)
 
 
 async def test_a_target_killed_mid_migration_leaves_the_domain_running_on_the_source(pool):
@@ -248,14 +255,7 @@ async def test_a_target_killed_mid_migration_leaves_the_domain_running_on_the_so
     err = seen + err
     assert migrate.returncode == 1 and b"migration failed" in err, (out, err)
     assert b"Transfer complete" not in err, err                 # it was cut off mid-stream
-    state = listed(a).get("web")
-    assert state is not None and "s" not in state and "p" not in state, listed(a)
-    web = await RunningLab(pool.labs["a"]).agent("web")
-    try:
-        stats = await web.InterfaceStats(agent_pb2.StatsRequest())
-    finally:
-        await web.close()
-    assert stats.interfaces[0].ip == "10.0.9.1/24"
+    await web_runs_on_host_a(pool)
 
 
 async def test_a_second_pool_on_the_same_underlay_is_refused_and_leaves_the_first_alone(pool):
@@ -311,11 +311,4 @@ async def test_a_corrupt_stream_leaves_the_domain_running_on_the_source(pool):
                                                       "record PAGE_DATA at byte .*: bad checksum"):
         await savefile.migrate_domain(a.hv, web, CorruptingTarget(b.hv, at=5_000_000))
     assert "web" not in listed(pool.host_rundir("b"))
-    state = listed(pool.host_rundir("a")).get("web")
-    assert state is not None and "s" not in state and "p" not in state, state
-    agent = await RunningLab(a).agent("web")
-    try:
-        stats = await agent.InterfaceStats(agent_pb2.StatsRequest())
-    finally:
-        await agent.close()
-    assert stats.interfaces[0].ip == "10.0.9.1/24"
+    await web_runs_on_host_a(pool)
