@@ -16,9 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
+from procfs import fd_targets
 from xenlab.client import to_domain_spec
 from xenlab.launchers.forkserver import ForkServer
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
@@ -70,16 +70,6 @@ def fork_server(hv_pid: int) -> int:
              if Path(f"/proc/{p}/comm").read_text().strip() == "xenlab-forksrv" and alive(p)]
     assert len(found) == 1, [(p, status(p)["State"], status(p)["PPid"]) for p in found]
     return found[0]
-
-
-def fd_targets(pid: int) -> set[str]:
-    out = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            out.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except FileNotFoundError:
-            pass
-    return out
 
 
 _SYS_KCMP = {"x86_64": 312, "aarch64": 272}.get(os.uname().machine)

@@ -66,7 +66,8 @@ async def dom0_reads(dom0, n: int = 50) -> collections.Counter:
             await dom0.xenstore.Read(xenstore_pb2.PathRequest(path="/local/domain/0/name"))
             return "OK"
         except Exception as err:        # noqa: BLE001 - any failure is the finding
-            return getattr(err, "code", lambda: type(err).__name__)().__str__()
+            code = getattr(err, "code", None)
+            return str(code()) if callable(code) else type(err).__name__
     return collections.Counter(await asyncio.gather(*(read() for _ in range(n))))
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 from pathlib import Path
 
@@ -218,7 +217,7 @@ async def test_evtchn_and_grant_copy_between_two_domains_from_xl_cfg(hypervisor_
             await chans.start()
             await calls.gnttab.setup(memory)
             handles[name] = (domid, client, memory, shared, chans, calls.gnttab)
-        (wd, wclient, wmem, _, wchan, wgnttab), (dd, dclient, dmem, _, dchan, _) = \
+        (wd, _, wmem, _, wchan, wgnttab), (dd, dclient, dmem, _, dchan, _) = \
             handles["web"], handles["db"]
         try:
             assert wchan.via_doorbell and dchan.via_doorbell

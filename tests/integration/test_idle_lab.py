@@ -4,14 +4,15 @@ event loops sleep; an idle domU runs no gRPC (its agent dormant, its
 hypervisor channel closed): counted (MQTT messages, wake-ups, threads), not
 timed."""
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
 
+from procfs import thread_files
 from xenlab.bench.labs import lab_processes
 from xenlab.boot.domu import HYPERVISOR_IDLE_CLOSE
 from xenlab.events.watch import EventCollector
+from xenlab.launchers.tasks import read_tasks
 from xenlab.proto import agent_pb2
 from xenlab.testing.eventually import eventually
 
@@ -97,15 +98,14 @@ GRPC_POOL = ("event_engine", "lifeguard")
 
 
 def threads(pid: int) -> list[str]:
-    return [Path(f"/proc/{pid}/task/{t}/comm").read_text().strip()
-            for t in os.listdir(f"/proc/{pid}/task")]
+    return [task.name for task in read_tasks(pid)]
 
 
 def all_wakeups(pid: int) -> int:
     """Context switches of every thread of the process."""
     total = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        for line in Path(f"/proc/{pid}/task/{t}/status").read_text().splitlines():
+    for status in thread_files(pid, "status"):
+        for line in status.splitlines():
             if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
                 total += int(line.split(":")[1])
     return total

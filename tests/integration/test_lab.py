@@ -151,7 +151,7 @@ async def test_killed_domu_is_cleaned_up_by_its_backend(demo_lab):
     import os
     import signal
     import time
-    from xenlab.proto import common_pb2, grants_pb2
+    from xenlab.proto import common_pb2
 
     db_id = demo_lab.domid("db")
     info = await demo_lab.hv.domains.Info(common_pb2.DomainRef(domid=db_id))
