@@ -274,6 +274,19 @@ def _add_reflection(server: grpc.aio.Server, names: list[str]) -> None:
         REFLECTION_V1, {"ServerReflectionInfo": v1}),))
 
 
+def _bind(server: grpc.aio.Server, address: str) -> int:
+    """add_insecure_port, failing as OSError naming the address (grpcio
+    raises a RuntimeError for a TCP address, and for a unix socket returns
+    0 whether or not it bound)."""
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise OSError(f"cannot listen on {address}: {err}") from None
+    if port == 0 and not address.startswith("unix:"):
+        raise OSError(f"cannot listen on {address}")
+    return port
+
+
 async def start_server(address: str, register: Iterable, service_names: Iterable[str],
                        interceptors: Iterable[grpc.aio.ServerInterceptor] = (),
                        also: Iterable[str] = (), *,
@@ -300,17 +313,15 @@ async def start_server(address: str, register: Iterable, service_names: Iterable
         # umask was (SECURITY.md: the rundir's sockets are 0600).
         path = address[len("unix:"):]
         with private_umask():
-            port = server.add_insecure_port(address)
+            port = _bind(server, address)
         if os.path.exists(path):
             os.chmod(path, PRIVATE_FILE)
     else:
-        port = server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
+        port = _bind(server, address)
     for extra in also:
-        # Opened to whom it is for by the caller, after the bind.
+        # A unix socket is opened to whom it is for by the caller, after the bind.
         with private_umask():
-            server.add_insecure_port(extra)
+            _bind(server, extra)
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     for name in names:

@@ -241,7 +241,7 @@ class VxlanDevice(NetDevice):
         super().__init__(config.port_name, mtu=config.mtu)
         self.config = config
         self.sock = sock
-        self.vtep = vxlan.VtepTable(config.remotes, clock)
+        self.vtep = vxlan.VtepTable(config.remotes, clock, learning=config.learning)
         self._remotes = frozenset(config.remotes)
         self._ports = {address: port for address, port in reversed(config.remotes)}
         self._closed = False

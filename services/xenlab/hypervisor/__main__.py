@@ -20,8 +20,11 @@ from xenlab.xen.errors import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="ADDR",
-                        help=f"gRPC address, host:port or unix:PATH (default {DEFAULT_ADDRESS})")
+    parser.add_argument("--listen", action="append", default=None, metavar="ADDR",
+                        help=f"gRPC address, host:port or unix:PATH (default {DEFAULT_ADDRESS}); "
+                             f"repeat to serve several: the first is the one the rundir "
+                             f"publishes to the toolstack and Domain-0 (the swarm stack "
+                             f"gives unix:RUNDIR/hv.sock, then 0.0.0.0:PORT for the node)")
     parser.add_argument("--rundir", type=Path, default=None,
                         help="where the address, Domain-0's secret, the doorbell socket and "
                              "logs go (default $XENLAB_RUNDIR, else $XDG_RUNTIME_DIR/xenlab, "
@@ -51,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args, env=None) -> HypervisorConfig:
-    return HypervisorConfig(address=args.listen, rundir=args.rundir or default_rundir(env),
+    first, *others = args.listen or [DEFAULT_ADDRESS]
+    return HypervisorConfig(address=first, also_listen=tuple(others), rundir=args.rundir or default_rundir(env),
                             shm_dir=args.shm_dir, total_memory_mb=args.memory,
                             launcher=args.launcher, max_domains=args.max_domains,
                             log_level=args.log_level, docker=docker_launcher.config_from_args(args),

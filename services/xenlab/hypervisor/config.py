@@ -15,7 +15,8 @@ DEFAULT_ADDRESS = "127.0.0.1:9770"
 
 @dataclass(frozen=True)
 class HypervisorConfig:
-    address: str = DEFAULT_ADDRESS
+    address: str = DEFAULT_ADDRESS       # the one published in the rundir
+    also_listen: tuple[str, ...] = ()    # addresses served as well (a published TCP port)
     rundir: Path = field(default_factory=default_rundir)
     shm_dir: Path = Path("/dev/shm")
     total_memory_mb: int = 8192          # the emulated host's RAM

@@ -107,7 +107,8 @@ class HypervisorServer:
         try:
             self.server, port = await start_server(self.config.address, register, names,
                                                    interceptors=[self.admission],
-                                                   also=[domains] if domains else [],
+                                                   also=[*self.config.also_listen,
+                                                         *([domains] if domains else [])],
                                                    options=SERVER_OPTIONS)
             hv.domains_dir.open_to_domains()
         except Exception:

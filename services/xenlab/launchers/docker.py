@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -126,6 +127,43 @@ def check_config(config: DockerConfig, uids: DomainUids | None, domains_dir: Pat
                          f"the hypervisor has at {domains_dir}")
 
 
+SELF = "container:self"
+MOUNTINFO = Path("/proc/self/mountinfo")
+_CONTAINER_FILE = re.compile(r"/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf)\b")
+
+
+def own_container_id(mountinfo: str) -> str | None:
+    """The id of the container this process runs in, from its
+    /proc/self/mountinfo: Docker bind-mounts /etc/hostname, /etc/hosts and
+    /etc/resolv.conf from /var/lib/docker/containers/ID/ (whatever the cgroup
+    version, and whatever hostname the container was given: a swarm task's
+    name is not its id). None outside a Docker container."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf"):
+            found = _CONTAINER_FILE.search(fields[3])
+            if found:
+                return found.group(1)
+    return None
+
+
+def resolve_network(network: str, mountinfo: Path | None = None) -> str:
+    """``container:self`` -> ``container:ID`` of the hypervisor's own
+    container (a swarm service has no fixed container name to give);
+    anything else as it is."""
+    if network != SELF:
+        return network
+    try:
+        found = own_container_id((mountinfo or MOUNTINFO).read_text())
+    except OSError:
+        found = None
+    if found is None:
+        raise ValueError("--docker-network container:self: the hypervisor does not run in a "
+                         "Docker container (no /etc/hostname mounted from Docker's containers "
+                         "directory in /proc/self/mountinfo)")
+    return f"container:{found}"
+
+
 def parse_label(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -143,8 +181,9 @@ def add_arguments(parser) -> None:
                        help=f"the Docker daemon (default {DEFAULT_URL})")
     group.add_argument("--docker-network", default="", metavar="MODE",
                        help="the domains' network: container:NAME (share that container's, as "
-                            "the compose lab does), host, none, or a network's name "
-                            "(default: Docker's default bridge)")
+                            "the compose lab does), container:self (the hypervisor's own "
+                            "container's, as the swarm stack does), host, none, or a network's "
+                            "name (default: Docker's default bridge)")
     group.add_argument("--docker-volume", action="append", default=[], metavar="VOLUME:PATH",
                        help="mount VOLUME at PATH in every domain; repeat. The volume holding "
                             "--domains-dir must be mounted at that path; one at the rundir or "
@@ -474,6 +513,10 @@ class DockerLauncher(Launcher):
 
     def _create_and_start(self, info: StartInfo, port: int, uid: int):
         cfg = self.config
+        try:
+            network = resolve_network(cfg.network)
+        except ValueError as err:
+            raise DomainError(errno.EINVAL, f"docker launcher: {err}") from None
         command = ["domain", "--orphan-ok", "--log-level", cfg.log_level]
         kwargs = dict(
             command=command, name=f"{cfg.name_prefix}d{info.domid}-{info.name}",
@@ -488,11 +531,11 @@ class DockerLauncher(Launcher):
             # detach=False with stdin_open: Docker closes the domain's stdin
             # once the launcher has written its start_info and detached.
             stdin_open=True, detach=False)
-        if cfg.network:
-            if cfg.network in ("host", "none", "bridge") or cfg.network.startswith("container:"):
-                kwargs["network_mode"] = cfg.network
+        if network:
+            if network in ("host", "none", "bridge") or network.startswith("container:"):
+                kwargs["network_mode"] = network
             else:
-                kwargs["network"] = cfg.network
+                kwargs["network"] = network
         if port:
             kwargs["healthcheck"] = {
                 "test": ["CMD", "xenlab", "healthcheck", f"127.0.0.1:{port}"],

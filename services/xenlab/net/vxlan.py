@@ -89,12 +89,17 @@ def parse_remote(text: str, default_port: int = VXLAN_PORT) -> Remote:
 
 @dataclasses.dataclass(frozen=True)
 class VxlanConfig:
-    """``vxlan:vni=42,remote=HOST[:PORT][,remote=...][,local=ADDR[:PORT]][,mtu=N][,name=IF]``."""
+    """``vxlan:vni=42,remote=HOST[:PORT][,remote=...][,local=ADDR[:PORT]][,mtu=N][,name=IF]
+    [,learning=off]``. ``learning=off`` is Linux's ``nolearning``: no remote
+    MAC is learned, every frame goes to the flood list (the route where
+    senders' addresses are rewritten on the way, as Docker's userland proxy
+    rewrites them to its gateway's)."""
     vni: int
     remotes: tuple[Remote, ...]
     local: Remote = ("0.0.0.0", VXLAN_PORT)
     mtu: int = 1500 - OVERHEAD_IPV4
     name: str = ""
+    learning: bool = True
 
     @property
     def port_name(self) -> str:
@@ -105,6 +110,8 @@ class VxlanConfig:
                  f"local={self.local[0]}:{self.local[1]}", f"mtu={self.mtu}"]
         if self.name:
             parts.append(f"name={self.name}")
+        if not self.learning:
+            parts.append("learning=off")
         return "vxlan:" + ",".join(parts)
 
 
@@ -115,10 +122,10 @@ def parse_config(spec: str) -> VxlanConfig:
         key, eq, value = item.partition("=")
         if not eq or not value:
             raise ValueError(f"vxlan: {item!r} is not KEY=VALUE")
-        if key not in ("vni", "remote", "local", "mtu", "name"):
-            raise ValueError(f"vxlan: unknown key {key!r} (vni, remote, local, mtu, name)")
+        if key not in ("vni", "remote", "local", "mtu", "name", "learning"):
+            raise ValueError(f"vxlan: unknown key {key!r} (vni, remote, local, mtu, name, learning)")
         fields.setdefault(key, []).append(value)
-    for key in ("vni", "local", "mtu", "name"):
+    for key in ("vni", "local", "mtu", "name", "learning"):
         if len(fields.get(key, ())) > 1:
             raise ValueError(f"vxlan: {key} given twice")
     if "vni" not in fields:
@@ -139,7 +146,10 @@ def parse_config(spec: str) -> VxlanConfig:
         if not text.isdigit() or not 68 <= int(text) <= 65535 - OVERHEAD_IPV4:
             raise ValueError(f"vxlan: mtu {text!r} must be 68..{65535 - OVERHEAD_IPV4}")
         mtu = int(text)
-    return VxlanConfig(vni, remotes, local, mtu, fields.get("name", [""])[0])
+    learning = fields.get("learning", ["on"])[0]
+    if learning not in ("on", "off"):
+        raise ValueError(f"vxlan: learning={learning!r}: expected on or off")
+    return VxlanConfig(vni, remotes, local, mtu, fields.get("name", [""])[0], learning == "on")
 
 
 @dataclasses.dataclass
@@ -152,8 +162,10 @@ class VtepTable:
     """Which VTEP each remote MAC is behind (learned), and the flood list."""
 
     def __init__(self, flood: Iterable[Remote], clock: Callable[[], float],
-                 ageing: float = DEFAULT_AGEING, max_learned: int = DEFAULT_MAX_LEARNED):
+                 ageing: float = DEFAULT_AGEING, max_learned: int = DEFAULT_MAX_LEARNED,
+                 learning: bool = True):
         self.flood = list(flood)
+        self.learning = learning
         self.clock = clock
         self.ageing = ageing
         self.max_learned = max_learned
@@ -162,8 +174,9 @@ class VtepTable:
 
     def learn(self, mac: bytes, remote: Remote) -> None:
         """A frame from ``mac`` came in from ``remote``. A group address
-        (a multicast or broadcast source) is never learned."""
-        if mac[0] & 1:
+        (a multicast or broadcast source) is never learned, nor anything
+        with learning off."""
+        if mac[0] & 1 or not self.learning:
             return
         now = self.clock()
         entry = self.entries.get(mac)

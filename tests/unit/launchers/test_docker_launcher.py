@@ -21,8 +21,10 @@ from xenlab.hypervisor.config import HypervisorConfig
 from xenlab.hypervisor.server import HypervisorServer
 from xenlab.toolstack.toolstack import Toolstack
 from xenlab.launchers import make_launcher
+from xenlab.launchers import docker as docker_launcher
 from xenlab.launchers.docker import (AgentPorts, DockerConfig, DockerLauncher, check_config,
-                                     parse_label, parse_port_range)
+                                     own_container_id, parse_label, parse_port_range,
+                                     resolve_network)
 from xenlab.launchers.domains_dir import DomainsDir, DomainUids
 from xenlab.proto import common_pb2, domains_pb2
 from xenlab.testing import short_tempdir
@@ -509,3 +511,52 @@ async def test_a_containers_threads_out_of_sight_are_refused_plainly(domains):
     with pytest.raises(XenError):
         domain.set_affinity([4242], {0})
     await asyncio.wait_for(domain.kill(), 5)
+
+
+# -- the swarm stack: a service has no fixed container name, so the hypervisor
+# gives its domains its own container's network namespace as container:self --------------
+TASK_ID = "3f" * 32
+SWARM_MOUNTINFO = f"""\
+1183 1165 0:118 / / rw,relatime master:534 - overlay overlay rw,lowerdir=/var/lib/docker/overlay2/l/X
+1207 1183 254:0 /var/lib/docker/containers/{TASK_ID}/resolv.conf /etc/resolv.conf rw,relatime - ext4 /dev/vda rw
+1208 1183 254:0 /var/lib/docker/containers/{TASK_ID}/hostname /etc/hostname rw,relatime - ext4 /dev/vda rw
+1209 1183 254:0 /var/lib/docker/volumes/xenlab-a-rundir/_data /run/xenlab rw,relatime - ext4 /dev/vda rw
+"""
+# /var/lib/docker on a file system of its own: the root field starts there
+SEPARATE_FS = f"77 60 8:17 /containers/{TASK_ID}/hosts /etc/hosts rw - xfs /dev/sdb1 rw\n"
+NOT_A_CONTAINER = "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n" \
+                  "23 22 0:21 / /proc rw shared:12 - proc proc rw\n"
+
+
+@pytest.mark.parametrize("text, expected", [(SWARM_MOUNTINFO, TASK_ID), (SEPARATE_FS, TASK_ID),
+                                            (NOT_A_CONTAINER, None)])
+def test_own_container_id_reads_the_files_docker_mounts_from_its_containers_directory(text, expected):
+    assert own_container_id(text) == expected
+
+
+def test_container_self_names_the_hypervisors_own_container(tmp_path):
+    info = tmp_path / "mountinfo"
+    info.write_text(SWARM_MOUNTINFO)
+    assert resolve_network("container:self", info) == f"container:{TASK_ID}"
+    assert resolve_network("container:lab-hypervisor", info) == "container:lab-hypervisor"
+    info.write_text(NOT_A_CONTAINER)
+    with pytest.raises(ValueError, match="does not run in a Docker container"):
+        resolve_network("container:self", info)
+
+
+async def test_a_domain_shares_the_network_of_the_container_the_hypervisor_runs_in(
+        tmp_path, domains, monkeypatch):
+    info = tmp_path / "mountinfo"
+    info.write_text(SWARM_MOUNTINFO)
+    monkeypatch.setattr(docker_launcher, "MOUNTINFO", info)
+    fake = FakeDocker()
+    launcher = make(fake, domains, network="container:self")
+    domain = await launcher.start(start_info(tmp_path=tmp_path))
+    assert fake.created[0].kwargs["network_mode"] == f"container:{TASK_ID}"
+    await domain.kill()
+    # outside a container: refused, saying why, and the agent port is back
+    info.write_text(NOT_A_CONTAINER)
+    with pytest.raises(DomainError, match="container:self: the hypervisor does not run in a Docker"):
+        await launcher.start(start_info(domid=8, tmp_path=tmp_path))
+    assert len(fake.created) == 1
+    assert launcher._ports.take() == 9800

@@ -65,6 +65,9 @@ def test_options_in_full():
     assert config.port_name == "vxup0"
     assert vxlan.parse_config(config.text()[len("vxlan:"):]) == config
     assert vxlan.parse_config("vni=7,remote=192.0.2.1").port_name == "vxlan7"
+    quiet = vxlan.parse_config("vni=7,remote=192.0.2.1,learning=off")
+    assert not quiet.learning and vxlan.parse_config("vni=7,remote=192.0.2.1").learning
+    assert vxlan.parse_config(quiet.text()[len("vxlan:"):]) == quiet
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -80,6 +83,8 @@ def test_options_in_full():
     ("vni=1,remote=192.0.2.1,mtu=20", "mtu"),
     ("vni=1,remote=192.0.2.1,ttl=3", "unknown key 'ttl'"),
     ("vni=1,remote", "not KEY=VALUE"),
+    ("vni=1,remote=192.0.2.1,learning=no", "expected on or off"),
+    ("vni=1,remote=192.0.2.1,learning=on,learning=off", "learning given twice"),
 ])
 def test_bad_options_say_what_is_wrong(spec, message):
     with pytest.raises(ValueError, match=message):
@@ -113,6 +118,16 @@ def test_a_group_source_is_never_learned():
     table = vxlan.VtepTable([R1], Clock())
     table.learn(bytes.fromhex("01005e000001"), R1)
     assert table.entries == {}
+
+
+def test_with_learning_off_every_frame_goes_to_the_flood_list():
+    """Linux's nolearning: behind Docker's userland proxy a sender's
+    address is the proxy's gateway, which learning would send frames back
+    through to their own VTEP."""
+    table = vxlan.VtepTable([R1, R2], Clock(), learning=False)
+    table.learn(A, R2)
+    assert table.destinations(A) == [R1, R2]
+    assert table.entries == {} and table.counters["learned"] == 0
 
 
 def test_entries_age_out_and_the_destination_floods_again():
