@@ -16,7 +16,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from docker_env import IMAGE, ROOT, free_ports, prepare_docker, run
 from xenlab.agent_client import agent_for
 from xenlab.client import HypervisorClient, Rundir
 from xenlab.launchers.domains_dir import DomainUids
@@ -33,8 +33,6 @@ from xenlab.xen import abi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
-ROOT = Path(__file__).resolve().parents[2]
-IMAGE = "xenlab:latest"
 DOMUS = {"web": "10.0.0.1", "db": "10.0.0.2", "cache": "10.0.0.3"}
 UP_TIMEOUT = 180.0              # seconds for every service to be healthy and the lab created
 CONNECTED = int(abi.XenbusState.Connected)
@@ -47,11 +45,6 @@ extra = "ip=10.0.0.9:::255.255.255.0:extra:eth0:off"
 """
 
 
-def run(*args: str, check: bool = True, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=check,
-                          timeout=timeout, env=env)
-
-
 def compose_command() -> list[str]:
     """docker compose (v2) when the plugin is there, else docker-compose (v1)."""
     if run("docker", "compose", "version", check=False).returncode == 0:
@@ -59,25 +52,6 @@ def compose_command() -> list[str]:
     if shutil.which("docker-compose"):
         return ["docker-compose"]
     pytest.skip("neither `docker compose` nor `docker-compose` is installed")
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` consecutive TCP ports free on the loopback (the agent range
-    must be one block)."""
-    for base in range(21000 + os.getpid() % 4000, 65000 - count, count + 7):
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return list(range(base, base + count))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free block of ports")
 
 
 @dataclass
@@ -115,14 +89,6 @@ class ComposeLab:
 
     def logs(self) -> str:
         return self("logs", "--no-color", "--tail", "40", check=False).stdout
-
-
-def prepare_docker() -> None:
-    """tools/ci-docker.sh: Docker running and the image built from these sources."""
-    prep = run("bash", str(ROOT / "tools" / "ci-docker.sh"), check=False, timeout=900)
-    if prep.returncode != 0:
-        pytest.skip(f"Docker cannot be made to work here (tools/ci-docker.sh):\n{prep.stderr[-2000:]}")
-    print(prep.stderr.strip())
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,9 @@ SKIPPED = {
     "xenlab bridge vlan del vid 10-20 dev vif4.0":
         "the trunk port of docs/BRIDGE.md's VLAN lab, not the demo lab's "
         "(tests/integration/test_bridge_vlan_lab.py runs that lab)",
+    "xenlab xl --rundir hostA list":
+        "host a of docs/SWARM.md's stack, reached from a manager node: tests/e2e/test_swarm.py "
+        "runs `xl list` through the published port the same way",
     "xenlab bridge fdb add 00:16:3e:00:00:09 dev vif2.0 master static":
         "shows the error of adding an entry that exists: it needs the entry the examples "
         "above add and then delete (tests/integration/test_bridge_cli.py covers it)",
