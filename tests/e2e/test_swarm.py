@@ -5,7 +5,9 @@ deploy` starts mosquitto and each host's hypervisor, bridge and Domain-0,
 and each host's lab job creates its domUs as containers beside its
 hypervisor. web (host a) pings cache on its own host and db on host b, over
 the VXLAN between the bridges on the node's address; the toolstack answers
-on the hypervisor's published port; `docker stack rm` leaves no container.
+on the hypervisor's published port; `xl migrate -s "docker exec -i"` moves
+web to host b, as xl reaches another machine over ssh; `docker stack rm`
+leaves no container.
 
 tools/ci-docker.sh prepares Docker, as for the compose tests.
 """
@@ -15,6 +17,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -229,19 +232,53 @@ def test_each_bridge_learns_the_other_hosts_domus_behind_its_vxlan_port(stack):
     assert vxlan and vxlan[0]["mtu"] == 1450 and vxlan[0]["state"] == "forwarding", links
 
 
+def manager_rundir(stack: Stack) -> Path:
+    """What a manager needs to be host a's toolstack: its published address
+    on the node and Domain-0's secret, taken from host a's rundir volume."""
+    if not (stack.rundir / "hypervisor.addr").exists():
+        secret = stack.exec("hypervisor-a", "cat", "/run/xenlab/dom0.secret").stdout
+        assert secret.strip()
+        fd = os.open(stack.rundir / "dom0.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret)
+        (stack.rundir / "hypervisor.addr").write_text(f"{stack.address}:{stack.ports['hv-a']}\n")
+    return stack.rundir
+
+
+def xl(stack: Stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return run(sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(manager_rundir(stack)),
+               *args, check=False, timeout=timeout)
+
+
 def test_the_toolstack_answers_on_the_hypervisors_port_of_the_node(stack):
-    """From the manager, through the published port on the node's address,
-    with Domain-0's secret taken from host a's rundir volume."""
-    secret = stack.exec("hypervisor-a", "cat", "/run/xenlab/dom0.secret").stdout
-    assert secret.strip()
-    fd = os.open(stack.rundir / "dom0.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret)
-    (stack.rundir / "hypervisor.addr").write_text(f"{stack.address}:{stack.ports['hv-a']}\n")
-    listing = run(sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(stack.rundir), "list",
-                  check=False, timeout=60)
+    """From the manager, through the published port on the node's address."""
+    listing = xl(stack, "list")
     assert listing.returncode == 0, listing.stderr
     assert {line.split()[0] for line in listing.stdout.splitlines()[1:]} == {"Domain-0", *DOMUS["a"]}
+
+
+def test_xl_migrate_moves_web_to_host_b_as_xl_reaches_another_machine(stack):
+    """`xl migrate -s "docker exec -i" web CONTAINER` from the manager: the
+    image from host a's toolstack (its published port) into `xenlab xl
+    migrate-receive` in host b's hypervisor container, as ssh reaches
+    another machine's xl. web then runs on host b, as a container beside
+    b's hypervisor, and answers cache (host a, over the VXLAN) and db."""
+    moved = xl(stack, "migrate", "-s", "docker exec -i", "web", stack.container("hypervisor-b"))
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    for line in ("migration target: Ready to receive domain.",
+                 "migration target: Domain started successsfully.",
+                 "migration sender: Target reports successful startup.", "Migration successful."):
+        assert line in moved.stderr, moved.stderr
+    assert "downtime" in moved.stdout, moved.stdout
+    on_b = stack.exec("hypervisor-b", "xenlab", "xl", "list").stdout
+    assert "web" in on_b and "web" not in xl(stack, "list").stdout, on_b
+    web = run("docker", "ps", "-q", "--filter", f"label=xenlab.lab={stack.project}-b",
+              "--filter", "label=xenlab.domain=web").stdout.split()
+    assert len(web) == 1
+    for host, src in (("a", "cache"), ("b", "db")):
+        out = stack.exec(f"hypervisor-{host}", "xenlab", "ping", "-c", "3", "-i", "0.2", "-W", "5",
+                         src, DOMUS["a"]["web"])
+        assert out.returncode == 0 and "3 received" in out.stdout, (src, out.stdout + out.stderr)
 
 
 def test_stack_rm_leaves_no_container_volume_or_network(stack):

@@ -4,6 +4,7 @@ prints timings, tests only check that they were measured."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,3 +66,30 @@ def test_quick_bench_writes_figures_and_accounts_for_every_frame(tmp_path):
     assert mesh["warm"]["replied"] == mesh["warm_concurrent"]["replied"] == 2
 
     assert {t["key"] for t in results["targets"]} >= {"throughput_64_ratio", "rtt_p50_ms", "pss_domu_mib"}
+
+
+def test_the_migrate_section_moves_a_domu_between_two_hosts_in_each_series(tmp_path):
+    """`--only migrate`: a pool of two hosts, one migration per series. Its
+    figures are measured, not judged: every series moved the domU, the live
+    ones in pre-copy rounds and the stop-and-copy ones in one."""
+    if os.geteuid() != 0:
+        pytest.skip("a pool needs root (network namespaces)")
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "xenlab.bench", "--only", "migrate", "--migrations", "1",
+         "--udp-rate", "2M", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Live migration between two hosts of a pool" in proc.stdout
+    series = json.loads(out.read_text())["migrate"]["series"]
+    assert list(series) == ["idle, live", "idle, stop-and-copy", "udp, live", "udp, stop-and-copy"]
+    for name, s in series.items():
+        (run,) = s["runs"]
+        assert run["downtime_s"] > 0 and run["vifs_s"] is not None, (name, run)
+        assert sum(run["round_pages"]) >= run["pages"] > 0, (name, run)
+        if name.endswith("stop-and-copy"):
+            assert len(run["round_pages"]) == 1, (name, run)
+        else:
+            assert len(run["round_pages"]) >= 2, (name, run)
+    # back and forth: a -> b, b -> a, a -> b, b -> a
+    assert [s["runs"][0]["from"] for s in series.values()] == ["a", "b", "a", "b"]

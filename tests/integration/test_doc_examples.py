@@ -56,6 +56,9 @@ SKIPPED = {
     "xenlab xl --rundir hostA list":
         "host a of docs/SWARM.md's stack, reached from a manager node: tests/e2e/test_swarm.py "
         "runs `xl list` through the published port the same way",
+    'xenlab xl --rundir hostA migrate -s "ssh NODE_B docker exec -i" web $HVB':
+        "between two nodes of docs/SWARM.md's stack: tests/e2e/test_swarm.py migrates web the "
+        "same way on one node (-s \"docker exec -i\")",
     "xenlab bridge fdb add 00:16:3e:00:00:09 dev vif2.0 master static":
         "shows the error of adding an entry that exists: it needs the entry the examples "
         "above add and then delete (tests/integration/test_bridge_cli.py covers it)",

@@ -16,7 +16,7 @@ import pytest
 from markdown_examples import ROOT, block_after
 from xenlab.lab.pool import Pool
 from xenlab.lab.spec import parse_lab
-from xenlab.cli import savefile
+from xenlab.toolstack import save_client
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2, save_pb2
 from xenlab.testing import short_tempdir
 from xenlab.testing.processes import RunningLab
@@ -307,8 +307,96 @@ class CorruptingTarget:
 async def test_a_corrupt_stream_leaves_the_domain_running_on_the_source(pool):
     a, b = pool.labs["a"], pool.labs["b"]
     web = common_pb2.DomainRef(domid=a.domids["web"])
-    with pytest.raises(savefile.MigrationError, match="the target did not take the domain: "
+    with pytest.raises(save_client.MigrationError, match="the target did not take the domain: "
                                                       "record PAGE_DATA at byte .*: bad checksum"):
-        await savefile.migrate_domain(a.hv, web, CorruptingTarget(b.hv, at=5_000_000))
+        await save_client.migrate_domain(a.hv, web, CorruptingTarget(b.hv, at=5_000_000))
     assert "web" not in listed(pool.host_rundir("b"))
+    await web_runs_on_host_a(pool)
+
+
+# -- xl migrate -s: through `xl migrate-receive` on a pipe, as xl reaches another machine --
+def receive_command(rundir) -> str:
+    """What -s '' runs as the receiver: migrate-receive on host b (over ssh
+    it would be `ssh HOST xenlab xl migrate-receive`)."""
+    return f"exec {sys.executable} -m xenlab.cli.main xl --rundir {rundir} migrate-receive"
+
+
+async def test_xl_migrate_through_migrate_receive_moves_the_domain_with_xls_handshake(pool):
+    a, b = pool.host_rundir("a"), pool.host_rundir("b")
+    moved = xl(a, "migrate", "-s", "", "web", receive_command(b))
+    assert moved.returncode == 0, moved
+    # the receiver's lines come through its stderr, between the sender's
+    lines = [line for line in moved.stderr.splitlines() if line.startswith("migration ")]
+    assert lines == ["migration target: Ready to receive domain.",
+                     "migration target: Transfer complete, requesting permission to start domain.",
+                     "migration sender: Target has acknowledged transfer.",
+                     "migration sender: Giving target permission to start.",
+                     "migration target: Got permission, starting domain.",
+                     "migration target: Domain started successsfully.",
+                     "migration sender: Target reports successful startup."], moved.stderr
+    assert "rounds (pages sent: 8192, " in moved.stdout and "downtime" in moved.stdout, moved.stdout
+    assert "web" not in listed(a) and "web" in listed(b), (listed(a), listed(b))
+    assert "p" not in listed(b)["web"], listed(b)         # started: no -p
+    db = await RunningLab(pool.labs["b"]).agent("db")
+    try:
+        reply = await db.Ping(agent_pb2.PingRequest(dst="10.0.9.1", count=3, interval=0.2, timeout=5))
+    finally:
+        await db.close()
+    assert reply.received == 3, reply
+
+
+async def test_a_receiver_that_dies_before_it_is_ready_leaves_the_domain_running_on_the_source(pool):
+    """It sends xl's banner, swallows a little of the image and exits."""
+    a = pool.host_rundir("a")
+    fake = "printf 'xl migration receiver ready, send binary domain data.\\n'; head -c 65536 >/dev/null"
+    failed = xl(a, "migrate", "-s", "", "web", fake)
+    assert failed.returncode == 1, failed
+    assert "migration failed:" in failed.stderr and "the domain is resumed here" in failed.stderr, \
+        failed.stderr
+    assert "Traceback" not in failed.stderr
+    await web_runs_on_host_a(pool)
+
+
+async def test_a_receiver_that_is_not_xenlab_is_refused_at_its_banner(pool):
+    a = pool.host_rundir("a")
+    failed = xl(a, "migrate", "-s", "", "web", "echo 'bash: xenlab: command not found' >&2; exit 127")
+    assert failed.returncode == 1, failed
+    assert "ended before the banner" in failed.stderr, failed.stderr
+    assert "the migration transport exited with status 127" in failed.stderr, failed.stderr
+    assert "bash: xenlab: command not found" in failed.stderr
+    await web_runs_on_host_a(pool)
+
+
+QUIET_AFTER_GO = """\
+import asyncio, sys
+from xenlab.toolstack import save_client
+
+async def main():
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 22)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out = sys.stdout.buffer
+    out.write(save_client.BANNER); out.flush()
+    async for _ in save_client.read_image(reader):
+        pass
+    out.write(save_client.READY); out.flush()
+    await save_client.read_fixed(reader, save_client.GO, "GO message")
+    sys.exit(3)                     # told to start, and gone without a word
+
+asyncio.run(main())
+"""
+
+
+async def test_a_receiver_gone_quiet_after_go_leaves_the_domain_paused_on_the_source(pool, tmp_path):
+    """Past "go" the domain may run on the target: as xl, the sender neither
+    resumes nor destroys it, says so, and leaves it (paused) for the user."""
+    a, b = pool.host_rundir("a"), pool.host_rundir("b")
+    script = tmp_path / "quiet.py"
+    script.write_text(QUIET_AFTER_GO)
+    failed = xl(a, "migrate", "-s", "", "web", f"exec {sys.executable} {script}")
+    assert failed.returncode == 1, failed
+    assert "** Migration failed during final handshake **" in failed.stderr, failed.stderr
+    assert "left paused here" in failed.stderr and "unpause at most one" in failed.stderr
+    assert listed(a)["web"] == "--p---" and "web" not in listed(b)
+    assert xl(a, "unpause", "web").returncode == 0
     await web_runs_on_host_a(pool)

@@ -16,6 +16,9 @@ Sections (``--only``, in this order):
               (direct, shadow, hap): hypercalls, VM exits, page-table updates,
               TLB misses and their walks' references, the hypervisor's
               bookkeeping pages, time per operation (xenlab.bench.paging)
+  migrate     live migration between the two hosts of a pool, idle and under
+              a UDP stream, against stop-and-copy in the same run: downtime,
+              rounds, pages per round (xenlab.bench.migrate; needs root)
 
 It prints progress on standard error, the table on standard output, and
 writes every figure as JSON (``--json``, after each section, so a long run
@@ -33,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xenlab import argtypes
+from xenlab.bench import migrate as migrate_bench
 from xenlab.bench import netem as netem_bench
 from xenlab.bench import paging as paging_bench
 from xenlab.osutil import Interrupted, cancelled_by_stop_signal
@@ -47,13 +51,14 @@ from xenlab.bench.profile import Profiler, find_py_spy
 from xenlab.bench.scale import MESH_PER_SOURCE, MESH_SETTLE, boot
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 
-SECTIONS = ("throughput", "latency", "scale", "fdb", "netem", "paging")
+SECTIONS = ("throughput", "latency", "scale", "fdb", "netem", "paging", "migrate")
 FULL = {"count": 50_000, "pings": 2000, "interval": 0.01, "scale": "8,32,64",
         "fdb_frames": 200_000, "fdb_repeats": 5, "paging_pages": paging_bench.DEFAULT_PAGES,
-        "paging_remap": paging_bench.DEFAULT_REMAP, "idle": 30.0}
+        "paging_remap": paging_bench.DEFAULT_REMAP, "idle": 30.0,
+        "migrations": migrate_bench.MIGRATIONS}
 QUICK = {"count": 2000, "pings": 200, "interval": 0.005, "scale": "4",
          "fdb_frames": 20_000, "fdb_repeats": 3, "paging_pages": 64, "paging_remap": 16,
-         "idle": 2.0}
+         "idle": 2.0, "migrations": 2}
 LOADED = 0.5            # a 1-minute load average over this at the start is worth a warning
 
 
@@ -75,6 +80,8 @@ class Plan:
     paging_pages: int
     paging_remap: int
     paging_domains: bool
+    migrations: int
+    udp_rate: float
     kernel: bool
     batch: int
     json: Path
@@ -153,6 +160,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {FULL['paging_remap']})")
     parser.add_argument("--paging-in-process", action="store_true",
                         help="paging: only the in-process run (no lab of three domains)")
+    parser.add_argument("--migrations", type=argtypes.whole(1, 1000), metavar="N",
+                        help=f"migrate: migrations in each series (default {FULL['migrations']}; "
+                             f"{QUICK['migrations']} with --quick)")
+    parser.add_argument("--udp-rate", type=argtypes.bitrate, default=migrate_bench.UDP_RATE,
+                        metavar="RATE",
+                        help=f"migrate: the UDP stream toward the migrating domU, in bits/s as "
+                             f"iperf's -b (10M, 500k; default {migrate_bench.UDP_RATE / 1e6:g}M)")
     parser.add_argument("--no-kernel", action="store_true", help="skip the Linux kernel baseline")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="also run one 64-byte blast under py-spy and summarise where each "
@@ -179,6 +193,7 @@ def make_plan(args) -> Plan:
                 fdb_sizes=args.fdb_sizes, fdb_frames=base["fdb_frames"], fdb_repeats=base["fdb_repeats"],
                 paging_pages=paging_pages, paging_remap=paging_remap,
                 paging_domains=not args.paging_in_process,
+                migrations=args.migrations or base["migrations"], udp_rate=args.udp_rate,
                 kernel=not args.no_kernel, batch=args.batch, json=args.json, profile=args.profile,
                 py_spy=args.py_spy, log_level=args.log_level, keep_logs=args.keep_logs)
 
@@ -220,6 +235,10 @@ class Bench:
             self.save()
         if "paging" in plan.sections:
             await self.paging()
+            self.save()
+        if "migrate" in plan.sections:
+            self.results["migrate"] = await migrate_bench.run(progress, plan.migrations, plan.udp_rate,
+                                                              plan.log_level)
             self.save()
         self.results["finished"] = time.time()
         self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())
@@ -391,6 +410,8 @@ def run(args) -> int:
         print("\n" + netem_bench.table(results["netem"]))
     if "paging" in results:
         print("\n" + paging_bench.tables(results["paging"]))
+    if "migrate" in results:
+        print("\n" + migrate_bench.table(results["migrate"]))
     print(f"\nfigures: {plan.json}")
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -15,8 +16,10 @@ from typing import Awaitable, Callable
 
 import grpc
 
+from xenlab import eventloop
 from xenlab.agent_client import NoAgentError, agent_for
-from xenlab.cli import output, savefile, sched_output
+from xenlab.cli import output, sched_output
+from xenlab.toolstack import save_client
 from xenlab.client import HypervisorClient, Rundir, to_domain_spec
 from xenlab.cli import console as xl_console
 from xenlab.proto import (agent_pb2, common_pb2, console_pb2, domains_pb2, memory_pb2, sched_pb2,
@@ -328,18 +331,20 @@ async def cmd_save(args, ts: Toolstack) -> int:
         print(f"Saving to {args.file} new xl format (xenlab save image v1)", file=sys.stderr)
         print(f"xc: info: Saving domain {info.domid}, type x86 PV", file=sys.stderr)
         try:
-            saved = await savefile.save_domain(hv, common_pb2.DomainRef(domid=info.domid), args.file,
-                                               args.checkpoint, args.paused)
-        except savefile.SaveFileError as err:
+            saved = await save_client.save_domain(hv, common_pb2.DomainRef(domid=info.domid),
+                                                  args.file, args.checkpoint, args.paused)
+        except save_client.SaveFileError as err:
             raise CliError(str(err)) from None
     print(f"xc: info: {saved.pages} pages, {saved.size} bytes, suspended for "
           f"{saved.suspended_s:.3f}s", file=sys.stderr)
     return 0
 
 
-def _migration_target(rundir: Path, host: str) -> Path:
-    """xl migrate's HOST: another host of the pool this rundir's host is in
-    (RUNDIR/../HOST, where a pool keeps its hosts), or a rundir."""
+def _migration_target(rundir: Path, host: str) -> Path | None:
+    """xl migrate's HOST when it is on this machine: another host of the
+    pool this rundir's host is in (RUNDIR/../HOST, where a pool keeps its
+    hosts), or a rundir; None when it is neither (a host to reach with
+    SSHCOMMAND, as xl does)."""
     here = Path(rundir).resolve()
     sibling = here.parent / host
     if here.parent.name == "hosts" and "/" not in host and sibling.is_dir():
@@ -347,38 +352,124 @@ def _migration_target(rundir: Path, host: str) -> Path:
     elif Path(host).is_dir():
         target = Path(host).resolve()
     else:
-        raise CliError(f"{host}: neither a host of this pool ({here.parent}/{host}) nor a rundir "
-                       f"(a migration reaches the target's toolstack through its rundir)")
+        return None
     if target == here:
         raise CliError(f"{host} is this host: migrate to another one")
     return target
 
 
+def migration_rune(ssh_command: str, host: str, paused: bool) -> str:
+    """The command xl migrate runs to reach the receiver (xl's "rune"):
+    ``exec SSHCOMMAND HOST xenlab xl migrate-receive``, or HOST itself as
+    the command when SSHCOMMAND is empty."""
+    if not ssh_command:
+        return host
+    return f"exec {ssh_command} {host} xenlab xl migrate-receive" + (" -p" if paused else "")
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 async def cmd_migrate(args, ts: Toolstack) -> int:
     """xl migrate DOMAIN HOST: the sender's and the receiver's lines, as xl
-    prints them (on stderr), then what it moved and the downtime."""
-    target = Toolstack(rundir=_migration_target(ts.rundir, args.host))
+    prints them (on stderr), then what it moved and the downtime. HOST is a
+    host of this pool or a rundir (the target's toolstack, reached
+    directly), or with -s, or when it is neither, a host whose
+    `xenlab xl migrate-receive` SSHCOMMAND runs (ssh by default)."""
+    target = None if args.ssh_command is not None else _migration_target(ts.rundir, args.host)
     async with ts.connect() as source:
         info = await source.domains.Info(args.domain, timeout=RPC_TIMEOUT)
-        async with target.connect() as dest:
-            print("Saving to migration stream new xl format (xenlab save image v1)", file=sys.stderr)
-            print(f"xc: info: Saving domain {info.domid}, type x86 PV", file=sys.stderr)
+        if target is None:
+            return await _migrate_through(args, source, info)
+        if args.paused:
+            raise CliError("-p is for a receiver reached with -s: a host of this pool starts "
+                           "the domain (xl unpause it there, or xl pause it after)")
+        async with Toolstack(rundir=target).connect() as dest:
+            _say("Saving to migration stream new xl format (xenlab save image v1)")
+            _say(f"xc: info: Saving domain {info.domid}, type x86 PV")
             try:
-                moved = await savefile.migrate_domain(
-                    source, common_pb2.DomainRef(domid=info.domid), dest,
-                    say=lambda line: print(line, file=sys.stderr))
-            except savefile.MigrationError as err:
+                moved = await save_client.migrate_domain(
+                    source, common_pb2.DomainRef(domid=info.domid), dest, say=_say)
+            except save_client.MigrationError as err:
                 raise CliError(f"migration failed: {err}") from None
-            print("migration sender: Target reports successful startup.", file=sys.stderr)
-            print("Migration successful.", file=sys.stderr)
-            connected = await savefile.vifs_connected(dest, moved.new_domid)
-    rounds = moved.round_pages
+            _say("migration sender: Target reports successful startup.")
+            _say("Migration successful.")
+            connected = await save_client.vifs_connected(dest, moved.new_domid)
     network = (f"; its vifs connected {moved.downtime_s + connected - moved.started_at:.3f} s "
                f"after its suspend" if connected is not None else
                "; its vifs did not connect within 10 s (xl network-list on the target)")
-    print(f"{info.name}: d{moved.domid} here -> d{moved.new_domid} on {args.host}: {moved.pages} pages, "
-          f"{len(rounds)} rounds (pages sent: {', '.join(map(str, rounds))}; the last while "
-          f"suspended), {moved.size} bytes; downtime {moved.downtime_s:.3f} s{network}")
+    print(f"{info.name}: d{moved.domid} here -> d{moved.new_domid} on {args.host}: "
+          f"{_moved_text(moved)}; downtime {moved.downtime_s:.3f} s{network}")
+    return 0
+
+
+def _moved_text(moved) -> str:
+    rounds = moved.round_pages
+    return (f"{moved.pages} pages, {len(rounds)} rounds (pages sent: {', '.join(map(str, rounds))}; "
+            f"the last while suspended), {moved.size} bytes")
+
+
+async def _migrate_through(args, source, info) -> int:
+    """The sender's side over a pipe to `xl migrate-receive` (xl's protocol),
+    run by SSHCOMMAND; the receiver's lines come through its stderr."""
+    rune = migration_rune("ssh" if args.ssh_command is None else args.ssh_command,
+                          args.host, args.paused)
+    try:
+        child = await asyncio.create_subprocess_exec(
+            "sh", "-c", rune, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    except OSError as err:
+        raise CliError(f"cannot run the migration transport: {err}") from None
+    _say("Saving to migration stream new xl format (xenlab save image v1)")
+    _say(f"xc: info: Saving domain {info.domid}, type x86 PV")
+    try:
+        moved = await save_client.migrate_through(
+            source, common_pb2.DomainRef(domid=info.domid), child.stdout, child.stdin, say=_say)
+    except save_client.HandshakeLost as err:
+        _say("** Migration failed during final handshake **")
+        raise CliError(f"{err} (command run was: {rune} )") from None
+    except save_client.MigrationError as err:
+        transport = await _child_report(child)
+        raise CliError(f"migration failed: {err} (command run was: {rune} ){transport}") from None
+    finally:
+        if child.stdin is not None and not child.stdin.is_closing():
+            child.stdin.close()
+    await _child_report(child)
+    _say("migration sender: Target reports successful startup.")
+    _say("Migration successful.")
+    print(f"{info.name}: d{moved.domid} here -> {args.host}: {_moved_text(moved)}; downtime "
+          f"{moved.downtime_s:.3f} s (the suspend here to the receiver's report of its start)")
+    return 0
+
+
+async def _child_report(child) -> str:
+    """How the transport ended, as xl's migration_child_report: waited for
+    up to 2 s; its status when it failed."""
+    if child.stdin is not None and not child.stdin.is_closing():
+        child.stdin.close()
+    try:
+        status = await eventloop.wait_for(child.wait(), 2.0)
+    except asyncio.TimeoutError:
+        child.kill()
+        await child.wait()
+        return "; the migration transport did not exit, and was killed"
+    return f"; the migration transport exited with status {status}" if status else ""
+
+
+async def cmd_migrate_receive(args, ts: Toolstack) -> int:
+    """xl migrate-receive: the receiving end of `xl migrate -s`, on standard
+    input and output (xl's messages and the image); its lines on stderr."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 22)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", 0))
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin,
+                                                        os.fdopen(1, "wb", 0))
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    async with ts.connect() as hv:
+        try:
+            await save_client.receive_migration(hv, reader, writer, say=_say, paused=args.paused)
+        except save_client.MigrationError as err:
+            raise CliError(str(err)) from None
     return 0
 
 
@@ -390,8 +481,8 @@ async def cmd_restore(args, ts: Toolstack) -> int:
     print("Parsing config from <saved>", file=sys.stderr)
     async with ts.connect() as hv:
         try:
-            reply = await savefile.restore_domain(hv, args.file, args.paused, args.no_monitor)
-        except savefile.SaveFileError as err:
+            reply = await save_client.restore_domain(hv, args.file, args.paused, args.no_monitor)
+        except save_client.SaveFileError as err:
             raise CliError(str(err)) from None
     print("xc: info: Restore successful", file=sys.stderr)
     log.debug("restored %s as d%d (%d pages)", reply.name, reply.domid, reply.pages)
@@ -906,9 +997,26 @@ def _save_args(p: argparse.ArgumentParser) -> None:
 
 
 def _migrate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-s", dest="ssh_command", metavar="SSHCOMMAND", default=None,
+                   help="run `SSHCOMMAND HOST xenlab xl migrate-receive` and migrate through "
+                        "its standard input and output, as xl does (default for a HOST that is "
+                        "neither a host of this pool nor a rundir: ssh). '' runs HOST itself as "
+                        "the command")
+    p.add_argument("-p", dest="paused", action="store_true",
+                   help="leave the domain paused on the target (with -s)")
+    p.add_argument("--live", action="store_true",
+                   help="ignored, as xl ignores it: a migration is always live")
     _dom(p)
     p.add_argument("host", metavar="HOST",
-                   help="the target: another host of this pool (its name), or a rundir")
+                   help="the target: another host of this pool (its name), a rundir, or a host "
+                        "SSHCOMMAND reaches")
+
+
+def _migrate_receive_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-p", dest="paused", action="store_true",
+                   help="leave the domain paused once received")
+    p.add_argument("-e", dest="foreground", action="store_true",
+                   help="accepted for xl's sake (this receiver never daemonizes)")
 
 
 def _restore_args(p: argparse.ArgumentParser) -> None:
@@ -965,6 +1073,8 @@ COMMANDS: dict[str, tuple[str, Callable | None, Callable]] = {
     "restore": ("restore a domain from a saved state file", _restore_args, cmd_restore),
     "migrate": ("move a running domain to another host (live: pre-copy)", _migrate_args,
                 cmd_migrate),
+    "migrate-receive": ("receive a migrating domain on standard input (what xl migrate -s runs)",
+                        _migrate_receive_args, cmd_migrate_receive),
 }
 
 

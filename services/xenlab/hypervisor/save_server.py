@@ -25,7 +25,7 @@ class SaveRestoreServicer(save_pb2_grpc.SaveRestoreServicer):
     async def Save(self, request_iterator, context):
         """Image chunks, then ``image_done``; the client answers with a
         commit once the image is safe, and only then is the domain destroyed
-        (or resumed: -c, -p). No commit (the client went away, or said
+        (or resumed: -c, -p, or a commit that asks for it paused). No commit (the client went away, or said
         otherwise): the domain is resumed and runs on."""
         self._toolstack(context, "saving a domain")
         requests = request_iterator.__aiter__()
@@ -45,7 +45,9 @@ class SaveRestoreServicer(save_pb2_grpc.SaveRestoreServicer):
             commit = await anext(requests, None)
             if commit is None or not commit.commit:
                 raise DomainError(errno.EIO, "the image was not committed: the domain is resumed")
-            await self.saver.finish(dom_saved, first.checkpoint, first.paused)
+            # A commit may ask for the domain paused rather than destroyed:
+            # xl migrate's sender when the receiver went quiet after "go".
+            await self.saver.finish(dom_saved, first.checkpoint, first.paused or commit.paused)
             dom_saved = None
             yield save_pb2.SaveChunk(finished=True, domid=dom.domid, pages=pages)
         finally:

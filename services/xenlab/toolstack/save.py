@@ -170,25 +170,34 @@ class SaveRestore:
         yield enc.emit(stream.json_record(stream.REC_VCPU_CONTEXT, {
             "vcpus": dom.vcpus, "online_vcpus": dom.online_vcpus,
             "suspend_record_gfn": dom.suspend_gfn}))
+        gone: list[int] = []
         if sent is None:
             gfns = sorted(self.hv.memory.populated(dom.domid))
         else:
-            gone = set(sent) - set(self.hv.memory.populated(dom.domid))
-            if gone:
-                # The stream has no record for a page given back: the target
-                # would have it. The save fails; the domain runs on.
-                raise DomainError(errno.EAGAIN, f"d{dom.domid} gave back {len(gone)} page(s) "
-                                                f"during pre-copy (its balloon moved): try again")
+            # Pages sent in a round and given back since (its balloon
+            # moved): XTAB entries, so that the target gives them back too.
+            gone = sorted(set(sent) - set(self.hv.memory.populated(dom.domid)))
             gfns = self.dirty(dom, sent)
         self.rounds.setdefault(dom.domid, []).append(len(gfns))
         yield from self._pages(dom, enc, gfns, None)
+        for first in range(0, len(gone), stream.MAX_BATCH):
+            yield enc.emit(stream.page_data([(gfn, None) for gfn in gone[first:first + stream.MAX_BATCH]]))
+        if gone:
+            log.info("d%d: %d page(s) given back during pre-copy, sent as XTAB", dom.domid, len(gone))
         yield enc.end()
 
     def _pages(self, dom: Domain, enc: stream.StreamEncoder, gfns: list[int],
                sent: dict[int, bytes] | None) -> Iterator[bytes]:
+        """PAGE_DATA records of ``gfns``; while the domain runs (pre-copy)
+        a page it gave back since the list was made is left out here (the
+        final image sends it as XTAB if it went in an earlier round)."""
+        memory, domid = self.hv.memory, dom.domid
         for first in range(0, len(gfns), stream.MAX_BATCH):
-            batch = [(gfn, bytes(self.hv.memory.frame(dom.domid, gfn)))
-                     for gfn in gfns[first:first + stream.MAX_BATCH]]
+            batch = [(gfn, bytes(memory.frame(domid, gfn)))
+                     for gfn in gfns[first:first + stream.MAX_BATCH]
+                     if memory.is_populated(domid, gfn)]
+            if not batch:
+                continue
             if sent is not None:
                 sent.update(batch)
             yield enc.emit(stream.page_data(batch))

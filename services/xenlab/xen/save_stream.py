@@ -65,6 +65,16 @@ PAGE_SIZE = abi.PAGE_SIZE
 MAX_BATCH = 1024                    # libxc's MAX_BATCH_SIZE
 MAX_BODY = 8 + MAX_BATCH * (8 + PAGE_SIZE)   # the largest record: a full page batch
 MAX_PFN = (1 << 40) - 1             # libxc's PAGE_DATA keeps pfns in 52 bits; ours far fewer
+# A PAGE_DATA entry is libxc's: bits 63-60 the page's type
+# (XEN_DOMCTL_PFINFO_* >> 28), 59-52 reserved (0), 51-0 the pfn. Two types
+# here: NOTAB, a page whose contents follow, and XTAB, a pfn the domain no
+# longer has (given back during pre-copy): no contents; the restore leaves it
+# unpopulated.
+PFINFO_SHIFT = 60
+PFINFO_NOTAB = 0x0
+PFINFO_XTAB = 0xF
+_PFN_MASK = (1 << 52) - 1
+_RESERVED_MASK = ((1 << PFINFO_SHIFT) - 1) & ~_PFN_MASK
 
 # In xenstore records the saved domain's own id is written as DOMID_SELF, so
 # that a restore under another id rewrites every permission that named it.
@@ -83,6 +93,21 @@ def _pad(n: int) -> int:
 
 
 # -- encoding ------------------------------------------------------------------------
+HEADERS_SIZE = IHDR_SIZE + DHDR_SIZE + _pad(DHDR_SIZE)   # the two headers before the first record
+
+
+def record_extent(header: bytes) -> tuple[int, int]:
+    """(type, bytes that follow the header: the body and its padding) of a
+    record, from its RHDR_SIZE-byte header: how a reader of a pipe takes one
+    image and no byte more (xl migrate's stream goes on with messages after
+    it). The record itself is checked by the decoder."""
+    rtype, length, _crc, _reserved = _RHDR.unpack(header)
+    if length > MAX_BODY:
+        name = RECORD_NAMES.get(rtype, f"0x{rtype:08x}")
+        raise StreamError(f"record {name} claims {length} bytes (at most {MAX_BODY})")
+    return rtype, length + _pad(length)
+
+
 def image_header() -> bytes:
     return _IHDR.pack(MARKER, IMAGE_ID, VERSION, 0)
 
@@ -104,15 +129,18 @@ def json_record(rtype: int, value) -> bytes:
     return record(rtype, json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
 
 
-def page_data(batch: list[tuple[int, bytes]]) -> bytes:
-    """One PAGE_DATA record: up to MAX_BATCH (pfn, page) pairs."""
+def page_data(batch: list[tuple[int, bytes | None]]) -> bytes:
+    """One PAGE_DATA record: up to MAX_BATCH (pfn, page) pairs; a page of
+    None is an XTAB entry (the pfn is no longer the domain's), with no
+    contents."""
     if not 0 < len(batch) <= MAX_BATCH:
         raise ValueError(f"a page batch holds 1..{MAX_BATCH} pages, not {len(batch)}")
-    pfns = [pfn for pfn, _ in batch]
-    pages = [bytes(page) for _, page in batch]
+    entries = [pfn if page is not None else pfn | PFINFO_XTAB << PFINFO_SHIFT
+               for pfn, page in batch]
+    pages = [bytes(page) for _, page in batch if page is not None]
     if any(len(p) != PAGE_SIZE for p in pages):
         raise ValueError("every page is PAGE_SIZE bytes")
-    body = struct.pack(f"<II{len(pfns)}Q", len(pfns), 0, *pfns) + b"".join(pages)
+    body = struct.pack(f"<II{len(entries)}Q", len(entries), 0, *entries) + b"".join(pages)
     return record(REC_PAGE_DATA, body)
 
 
@@ -286,19 +314,35 @@ class StreamDecoder:
 
 
 # -- reading record bodies ------------------------------------------------------------
-def parse_page_data(body: bytes) -> Iterator[tuple[int, memoryview]]:
+def parse_page_data(body: bytes) -> Iterator[tuple[int, memoryview | None]]:
+    """(pfn, its contents) of each entry; None for an XTAB entry."""
     if len(body) < 8:
         raise StreamError("PAGE_DATA record too short")
     count, _ = struct.unpack_from("<II", body)
-    if not 0 < count <= MAX_BATCH or len(body) != 8 + count * (8 + PAGE_SIZE):
+    if not 0 < count <= MAX_BATCH or len(body) < 8 + 8 * count:
         raise StreamError(f"PAGE_DATA record of {count} pages has {len(body)} bytes")
-    pfns = struct.unpack_from(f"<{count}Q", body, 8)
+    entries = struct.unpack_from(f"<{count}Q", body, 8)
+    for entry in entries:
+        kind = entry >> PFINFO_SHIFT
+        if entry & _RESERVED_MASK:
+            raise StreamError(f"PAGE_DATA: entry {entry:#x} has reserved bits set")
+        if kind not in (PFINFO_NOTAB, PFINFO_XTAB):
+            raise StreamError(f"PAGE_DATA: page type {kind:#x} is not one this stream uses "
+                              f"(0: a page, 0xf: XTAB, not present)")
+        if entry & _PFN_MASK > MAX_PFN:
+            raise StreamError(f"PAGE_DATA: pfn {entry & _PFN_MASK:#x} is out of range")
+    with_data = sum(1 for entry in entries if entry >> PFINFO_SHIFT == PFINFO_NOTAB)
+    if len(body) != 8 + 8 * count + with_data * PAGE_SIZE:
+        contents = f" ({with_data} with contents)" if with_data != count else ""
+        raise StreamError(f"PAGE_DATA record of {count} pages{contents} has {len(body)} bytes")
     view = memoryview(body)
-    base = 8 + 8 * count
-    for i, pfn in enumerate(pfns):
-        if pfn > MAX_PFN:
-            raise StreamError(f"PAGE_DATA: pfn {pfn:#x} is out of range")
-        yield pfn, view[base + i * PAGE_SIZE:base + (i + 1) * PAGE_SIZE]
+    at = 8 + 8 * count
+    for entry in entries:
+        if entry >> PFINFO_SHIFT == PFINFO_XTAB:
+            yield entry & _PFN_MASK, None
+        else:
+            yield entry, view[at:at + PAGE_SIZE]
+            at += PAGE_SIZE
 
 
 def parse_xenstore_data(body: bytes) -> list[XsNode]:
@@ -356,8 +400,13 @@ def read_image(records: Iterable[Record], decoder: StreamDecoder) -> SaveImage:
             raise StreamError(f"record {rec.name} appears twice")
         seen.add(rec.rtype)
         if rec.rtype == REC_PAGE_DATA:
+            # A later entry for a pfn wins: pre-copy sends a page again
+            # when it changed, and XTAB once the domain gave it back.
             for pfn, page in parse_page_data(rec.body):
-                image.pages[pfn] = bytes(page)
+                if page is None:
+                    image.pages.pop(pfn, None)
+                else:
+                    image.pages[pfn] = bytes(page)
         elif rec.rtype == REC_XENSTORE_DATA:
             image.xenstore = parse_xenstore_data(rec.body)
         elif rec.rtype == REC_VCPU_CONTEXT:

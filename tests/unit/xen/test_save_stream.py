@@ -334,6 +334,30 @@ def test_page_data_bodies_are_checked_before_a_page_is_given():
     assert [pfn for pfn, _ in s.parse_page_data(top)] == [s.MAX_PFN]
     past = struct.pack("<IIQ", 1, 0, s.MAX_PFN + 1) + bytes(4096)
     assert _page_error(past) == "PAGE_DATA: pfn 0x10000000000 is out of range"
+    # libxc's type bits: XTAB (0xf) carries no contents; others are not used here
+    xtab = struct.pack("<IIQQ", 2, 0, 0xF << 60 | 5, 6) + b"q" * 4096
+    assert [(pfn, p if p is None else bytes(p)) for pfn, p in s.parse_page_data(xtab)] == \
+        [(5, None), (6, b"q" * 4096)]
+    assert _page_error(xtab + bytes(4096)) == \
+        "PAGE_DATA record of 2 pages (1 with contents) has 8216 bytes"
+    assert _page_error(struct.pack("<IIQ", 1, 0, 0x1 << 60 | 5) + bytes(4096)) == \
+        "PAGE_DATA: page type 0x1 is not one this stream uses (0: a page, 0xf: XTAB, not present)"
+    assert _page_error(struct.pack("<IIQ", 1, 0, 1 << 55 | 5) + bytes(4096)) == \
+        f"PAGE_DATA: entry {1 << 55 | 5:#x} has reserved bits set"
+
+
+def test_an_xtab_entry_after_a_page_takes_it_out_of_the_image_and_a_page_after_it_back():
+    enc = s.StreamEncoder()
+    data = enc.headers()
+    for rtype, value in ((s.REC_DOMAIN_CONFIG, {}), (s.REC_DEVICES, []),
+                         (s.REC_VCPU_CONTEXT, {"suspend_record_gfn": 1})):
+        data += enc.emit(s.json_record(rtype, value))
+    data += enc.emit(s.xenstore_data([]))
+    data += enc.emit(s.page_data([(1, b"a" * 4096), (2, b"b" * 4096), (3, b"c" * 4096)]))
+    data += enc.emit(s.page_data([(2, None), (3, None)]))       # given back during pre-copy
+    data += enc.emit(s.page_data([(3, b"C" * 4096)]))           # and 3 populated again
+    data += enc.end()
+    assert s.decode(data).pages == {1: b"a" * 4096, 3: b"C" * 4096}
 
 
 def _page_error(body: bytes) -> str:
