@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,11 +15,13 @@ import sys
 import pytest
 
 from markdown_examples import ROOT, block_after
+from xenlab.agent_client import NoAgentError, agent_for
 from xenlab.lab.pool import Pool
 from xenlab.lab.spec import parse_lab
 from xenlab.toolstack import save_client
 from xenlab.proto import agent_pb2, bridge_pb2, common_pb2, save_pb2
 from xenlab.testing import short_tempdir
+from xenlab.testing.eventually import eventually
 from xenlab.testing.processes import RunningLab
 
 pytestmark = pytest.mark.integration
@@ -400,3 +403,70 @@ async def test_a_receiver_gone_quiet_after_go_leaves_the_domain_paused_on_the_so
     assert listed(a)["web"] == "--p---" and "web" not in listed(b)
     assert xl(a, "unpause", "web").returncode == 0
     await web_runs_on_host_a(pool)
+
+
+CACHE_CFG = """\
+name = "cache"
+memory = 32
+vif = ["mac=00:16:3e:0f:00:03,ip=10.0.9.3/24"]
+extra = "ip=10.0.9.3:::255.255.255.0:cache:eth0:off"
+"""
+PINGS, PING_INTERVAL = 400, 0.01
+
+
+def gaps(seqs, count: int) -> list[list[int]]:
+    """The runs of sequence numbers 1..count with no reply."""
+    missing = sorted(set(range(1, count + 1)) - set(seqs))
+    runs: list[list[int]] = []
+    for seq in missing:
+        if runs and seq == runs[-1][-1] + 1:
+            runs[-1].append(seq)
+        else:
+            runs.append([seq])
+    return runs
+
+
+async def test_pings_to_a_migrating_domain_stop_once_for_about_the_outage_xl_migrate_prints(
+        pool, tmp_path):
+    """cache (web's own host, a) and db (the other host, b) ping web every
+    10 ms while it moves from a to b: each loses one run of replies, and
+    that run is no longer than the time to its vifs connected on the target
+    that `xl migrate` prints (the downtime, then the vif's handshake and
+    hotplug again), give or take a few intervals."""
+    a = pool.host_rundir("a")
+    cfg = tmp_path / "cache.cfg"
+    cfg.write_text(CACHE_CFG)
+    created = xl(a, "create", str(cfg))
+    assert created.returncode == 0, created
+    hv_a = pool.labs["a"].hv
+    cache_id = (await hv_a.domains.Info(common_pb2.DomainRef(name="cache"))).domid
+    assert await save_client.vifs_connected(hv_a, cache_id, timeout=30) is not None
+
+    async def agent_up() -> bool:
+        try:
+            await (await agent_for(hv_a, cache_id)).close()
+        except NoAgentError:
+            return False
+        return True
+    await eventually(agent_up, "cache's guest agent", timeout=30)
+    async with await agent_for(hv_a, cache_id) as cache, \
+            await RunningLab(pool.labs["b"]).agent("db") as db:
+        for agent in (cache, db):      # ARP resolved before the clock starts
+            warm = await agent.Ping(agent_pb2.PingRequest(dst="10.0.9.1", count=1, timeout=5))
+            assert warm.received == 1, warm
+        request = agent_pb2.PingRequest(dst="10.0.9.1", count=PINGS, interval=PING_INTERVAL, timeout=3)
+        pings = [asyncio.ensure_future(agent.Ping(request)) for agent in (cache, db)]
+        await asyncio.sleep(0.8)
+        migrate = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(a), "migrate", "web", "b",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(migrate.communicate(), 60)
+        replies = await asyncio.gather(*pings)
+    assert migrate.returncode == 0, (out, err)
+    outage = float(re.search(rb"its vifs connected ([0-9.]+) s after its suspend", out).group(1))
+    for name, reply in zip(("cache", "db"), replies):
+        runs = gaps(reply.seq, PINGS)
+        assert len(runs) == 1, (name, [(r[0], r[-1]) for r in runs])
+        lost = len(runs[0]) * PING_INTERVAL
+        print(f"{name}: lost {len(runs[0])} replies ({lost:.2f} s), xl migrate: vifs connected {outage:.3f} s")
+        assert lost <= outage + 10 * PING_INTERVAL, (name, lost, outage)
