@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -470,3 +471,22 @@ async def test_pings_to_a_migrating_domain_stop_once_for_about_the_outage_xl_mig
         lost = len(runs[0]) * PING_INTERVAL
         print(f"{name}: lost {len(runs[0])} replies ({lost:.2f} s), xl migrate: vifs connected {outage:.3f} s")
         assert lost <= outage + 10 * PING_INTERVAL, (name, lost, outage)
+
+
+@pytest.mark.parametrize("sent, says", [
+    (b"", "the migration stream ended inside the image (0 of 40 bytes"),
+    (b"\x7f" * 4000, "not an image: record 0x7f7f7f7f claims 2139062143 bytes"),
+    # framed as an image (an END record after 40 bytes), but not one
+    (bytes(40) + struct.pack("<IIII", 0, 32, 0, 0) + bytes(32), "not a xenlab save image (bad magic)"),
+])
+async def test_migrate_receive_fed_no_image_says_why_and_leaves_no_domain(pool, sent, says):
+    """A hostile or broken sender: one line, exit status 1, nothing built."""
+    b = pool.host_rundir("b")
+    before = listed(b)
+    proc = subprocess.run([sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(b),
+                           "migrate-receive"], input=sent, capture_output=True, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and says in err, err
+    assert "Traceback" not in err
+    assert proc.stdout == b"xl migration receiver ready, send binary domain data.\n"
+    assert listed(b) == before

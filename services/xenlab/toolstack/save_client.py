@@ -254,7 +254,7 @@ BANNER = b"xl migration receiver ready, send binary domain data.\n"
 READY = b"domain received, ready to unpause\0"
 GO = b"domain is yours, you are cleared to unpause\0"
 REPORT = b"my copy unpause results are as follows\0"
-HANDSHAKE_TIMEOUT = 60.0      # seconds for one message of the receiver once the image is sent
+HANDSHAKE_TIMEOUT = 60.0      # seconds for each message of the receiver (the banner, ready, report)
 
 
 class HandshakeLost(MigrationError):
@@ -286,7 +286,10 @@ async def read_image(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
     yield await exactly(stream.HEADERS_SIZE)
     while True:
         head = await exactly(stream.RHDR_SIZE)
-        rtype, rest = stream.record_extent(head)
+        try:
+            rtype, rest = stream.record_extent(head)
+        except stream.StreamError as err:
+            raise MigrationError(f"the migration stream is not an image: {err.message}") from None
         body = await exactly(rest)
         yield head
         for i in range(0, len(body), READ_CHUNK):
@@ -305,16 +308,30 @@ async def receive_migration(hv, reader: asyncio.StreamReader, writer: asyncio.St
     writer.write(BANNER)
     await writer.drain()
 
+    broken: list[str] = []
+
     async def chunks():
+        # What is wrong with the stream ends it (the hypervisor then refuses
+        # a truncated image) and is reported as the stream's: an exception
+        # raised here would only cancel the call.
         first = True
-        async for piece in read_image(reader):
-            yield save_pb2.RestoreChunk(paused=True, data=piece) if first else \
-                save_pb2.RestoreChunk(data=piece)
-            first = False
+        try:
+            async for piece in read_image(reader):
+                yield save_pb2.RestoreChunk(paused=True, data=piece) if first else \
+                    save_pb2.RestoreChunk(data=piece)
+                first = False
+        except MigrationError as err:
+            broken.append(str(err))
+        if first:
+            yield save_pb2.RestoreChunk(paused=True)
     try:
         reply = await hv.save.Restore(chunks())
     except grpc.aio.AioRpcError as err:
-        raise MigrationError(f"migration target: Domain creation failed: {err.details()}") from None
+        why = broken[0] if broken else err.details()
+        raise MigrationError(f"migration target: Domain creation failed: {why}") from None
+    if broken:               # cannot be: a restore takes only a whole image
+        await _destroy_quietly(hv, reply.domid)
+        raise MigrationError(f"migration target: {broken[0]}")
     say("migration target: Transfer complete, requesting permission to start domain.")
     writer.write(READY)
     await writer.drain()
@@ -353,7 +370,10 @@ async def migrate_through(source, ref: common_pb2.DomainRef, reader: asyncio.Str
     """xl migrate's sender over a pipe to `xl migrate-receive`: the image
     (live), then the handshake. Until the receiver's report of a start the
     domain is the source's: any failure before resumes it here."""
-    await read_fixed(reader, BANNER, "banner")
+    try:
+        await eventloop.wait_for(read_fixed(reader, BANNER, "banner"), HANDSHAKE_TIMEOUT)
+    except asyncio.TimeoutError:
+        raise MigrationError(f"no banner from the receiver within {HANDSHAKE_TIMEOUT:g} s") from None
     controls = _Controls(save_pb2.SaveControl(domain=ref, live=live))
     call = source.save.Save(controls)
     size, done = 0, None
