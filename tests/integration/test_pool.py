@@ -212,6 +212,16 @@ async def web_runs_on_host_a(pool) -> None:
     assert stats.interfaces[0].ip == "10.0.9.1/24"
 
 
+async def db_reaches_web(pool) -> None:
+    """After web moved to host b: db, there too, gets 3 replies from it."""
+    db = await RunningLab(pool.labs["b"]).agent("db")
+    try:
+        reply = await db.Ping(agent_pb2.PingRequest(dst="10.0.9.1", count=3, interval=0.2, timeout=5))
+    finally:
+        await db.close()
+    assert reply.received == 3, reply
+
+
 async def test_xl_migrate_moves_a_domain_to_the_other_host_where_it_answers(pool):
     a, b = pool.host_rundir("a"), pool.host_rundir("b")
     moved = xl(a, "migrate", "web", "b")
@@ -224,12 +234,7 @@ async def test_xl_migrate_moves_a_domain_to_the_other_host_where_it_answers(pool
     assert "8192 pages, " in moved.stdout and "rounds (pages sent: 8192, " in moved.stdout, moved.stdout
     assert "downtime" in moved.stdout and "its vifs connected" in moved.stdout, moved.stdout
     assert "web" not in listed(a) and "web" in listed(b)
-    db = await RunningLab(pool.labs["b"]).agent("db")
-    try:
-        reply = await db.Ping(agent_pb2.PingRequest(dst="10.0.9.1", count=3, interval=0.2, timeout=5))
-    finally:
-        await db.close()
-    assert reply.received == 3, reply
+    await db_reaches_web(pool)
 
 
 async def test_a_migration_to_a_target_that_is_down_leaves_the_domain_running_on_the_source(pool):
@@ -341,12 +346,7 @@ async def test_xl_migrate_through_migrate_receive_moves_the_domain_with_xls_hand
     assert "rounds (pages sent: 8192, " in moved.stdout and "downtime" in moved.stdout, moved.stdout
     assert "web" not in listed(a) and "web" in listed(b), (listed(a), listed(b))
     assert "p" not in listed(b)["web"], listed(b)         # started: no -p
-    db = await RunningLab(pool.labs["b"]).agent("db")
-    try:
-        reply = await db.Ping(agent_pb2.PingRequest(dst="10.0.9.1", count=3, interval=0.2, timeout=5))
-    finally:
-        await db.close()
-    assert reply.received == 3, reply
+    await db_reaches_web(pool)
 
 
 async def test_a_receiver_that_dies_before_it_is_ready_leaves_the_domain_running_on_the_source(pool):
@@ -490,3 +490,19 @@ async def test_migrate_receive_fed_no_image_says_why_and_leaves_no_domain(pool, 
     assert "Traceback" not in err
     assert proc.stdout == b"xl migration receiver ready, send binary domain data.\n"
     assert listed(b) == before
+
+
+async def test_a_host_that_is_not_in_the_pool_goes_to_ssh_as_xl_and_the_failure_names_the_pool(pool):
+    a = pool.host_rundir("a")
+    env = dict(os.environ, PATH=f"{pool.rundir}/nossh:{os.environ['PATH']}")
+    shim = pool.rundir / "nossh"
+    shim.mkdir(exist_ok=True)
+    (shim / "ssh").write_text("#!/bin/sh\necho \"ssh: Could not resolve hostname $1\" >&2\nexit 255\n")
+    (shim / "ssh").chmod(0o755)
+    failed = subprocess.run([sys.executable, "-m", "xenlab.cli.main", "xl", "--rundir", str(a),
+                             "migrate", "web", "c"], capture_output=True, text=True, timeout=60, env=env)
+    assert failed.returncode == 1, failed
+    assert "ssh: Could not resolve hostname c" in failed.stderr
+    assert "(command run was: exec ssh c xenlab xl migrate-receive )" in failed.stderr
+    assert "(c is not a host of this pool: b)" in failed.stderr, failed.stderr
+    await web_runs_on_host_a(pool)

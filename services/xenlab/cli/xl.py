@@ -381,7 +381,7 @@ async def cmd_migrate(args, ts: Toolstack) -> int:
     async with ts.connect() as source:
         info = await source.domains.Info(args.domain, timeout=RPC_TIMEOUT)
         if target is None:
-            return await _migrate_through(args, source, info)
+            return await _migrate_through(args, source, info, _pool_hint(ts.rundir, args))
         if args.paused:
             raise CliError("-p is for a receiver reached with -s: a host of this pool starts "
                            "the domain (xl unpause it there, or xl pause it after)")
@@ -410,7 +410,17 @@ def _moved_text(moved) -> str:
             f"the last while suspended), {moved.size} bytes")
 
 
-async def _migrate_through(args, source, info) -> int:
+def _pool_hint(rundir: Path, args) -> str:
+    """For a HOST that went to ssh from a host of a pool (no -s): the
+    pool's hosts, in case a name was mistyped."""
+    here = Path(rundir).resolve()
+    if args.ssh_command is not None or here.parent.name != "hosts":
+        return ""
+    others = sorted(p.name for p in here.parent.iterdir() if p.is_dir() and p != here)
+    return f" ({args.host} is not a host of this pool: {', '.join(others) or 'it has no other'})"
+
+
+async def _migrate_through(args, source, info, hint: str = "") -> int:
     """The sender's side over a pipe to `xl migrate-receive` (xl's protocol),
     run by SSHCOMMAND; the receiver's lines come through its stderr."""
     rune = migration_rune("ssh" if args.ssh_command is None else args.ssh_command,
@@ -430,7 +440,7 @@ async def _migrate_through(args, source, info) -> int:
         raise CliError(f"{err} (command run was: {rune} )") from None
     except save_client.MigrationError as err:
         transport = await _child_report(child)
-        raise CliError(f"migration failed: {err} (command run was: {rune} ){transport}") from None
+        raise CliError(f"migration failed: {err} (command run was: {rune} ){transport}{hint}") from None
     finally:
         if child.stdin is not None and not child.stdin.is_closing():
             child.stdin.close()
