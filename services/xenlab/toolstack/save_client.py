@@ -1,8 +1,9 @@
 """The client's side of xl save, xl restore and xl migrate (as bridge/ holds
 the bridge service's client, this holds the SaveRestore service's): the
 image between a file and the SaveRestore service, or from one toolstack's
-Save straight into another's Restore. The file is written to a temporary name next
-to FILE, flushed to disk and renamed before the toolstack is told to go on
+Save straight into another's Restore, or through a pipe to `xl
+migrate-receive`. The file is written to a temporary name next to FILE,
+flushed to disk and renamed before the toolstack is told to go on
 (destroying the domain): a save that fails leaves no partial FILE and the
 domain running."""
 from __future__ import annotations
@@ -13,7 +14,6 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import AsyncIterator
 
 import grpc
