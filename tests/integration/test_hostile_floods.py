@@ -143,10 +143,12 @@ async def test_watch_streams_that_never_read_do_not_exhaust_the_hypervisors_memo
         # A stream cut ends RESOURCE_EXHAUSTED; when the trailers cannot reach
         # a client that never reads (128 streams fill its connection's
         # window), grpc-core resets it and the client sees INTERNAL
-        # ("Internal error from Core"): cut all the same (1 to 4 of 128 in runs
-        # by hand beside two busy loops).
+        # ("Internal error from Core"): cut all the same. How many of each is
+        # grpc-core's and the moment's: 1 to 4 of 128 reset in runs by hand
+        # beside two busy loops, 111 in one CI run. The hypervisor standing
+        # after it is what the reads below check.
         cut = wide["stream RESOURCE_EXHAUSTED"] + wide["stream INTERNAL"]
-        assert cut >= 120 and wide["stream RESOURCE_EXHAUSTED"] > 64, (wide, deep)
+        assert cut >= 120 and wide["stream RESOURCE_EXHAUSTED"] > 0, (wide, deep)
         assert wide["write OK"] == 2000, (wide, deep)
         assert deep["stream RESOURCE_EXHAUSTED"] > 0 and deep["write OK"] == 2000, (wide, deep)
         assert await dom0_reads(dom0) == {"OK": 50}
