@@ -237,8 +237,12 @@ class Bench:
             await self.paging()
             self.save()
         if "migrate" in plan.sections:
-            self.results["migrate"] = await migrate_bench.run(progress, plan.migrations, plan.udp_rate,
-                                                              plan.log_level)
+            try:
+                self.results["migrate"] = await migrate_bench.run(progress, plan.migrations,
+                                                                  plan.udp_rate, plan.log_level)
+            except Exception as err:     # a pool that does not come up ends the section, with why
+                self.results["migrate"] = {"error": f"{type(err).__name__}: {err}"}
+                progress(f"migrate stopped: {self.results['migrate']['error']}")
             self.save()
         self.results["finished"] = time.time()
         self.results["machine"]["loadavg_at_end"] = list(os.getloadavg())

@@ -189,6 +189,8 @@ async def run(progress, migrations: int = MIGRATIONS, udp_rate: float = UDP_RATE
 def table(result: dict) -> str:
     if "skipped" in result:
         return f"Live migration: skipped ({result['skipped']})"
+    if "error" in result:
+        return f"Live migration: stopped ({result['error']})"
     ms = lambda s: f"{s * 1e3:.0f}"       # noqa: E731
     rows = [("series", "n", "downtime p50", "p99", "min-max (ms)", "vifs p50", "rounds",
              "pages per round (median)")]

@@ -55,8 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args, env=None) -> HypervisorConfig:
     first, *others = args.listen or [DEFAULT_ADDRESS]
-    return HypervisorConfig(address=first, also_listen=tuple(others), rundir=args.rundir or default_rundir(env),
-                            shm_dir=args.shm_dir, total_memory_mb=args.memory,
+    return HypervisorConfig(address=first, also_listen=tuple(others),
+                            rundir=args.rundir or default_rundir(env), shm_dir=args.shm_dir,
+                            total_memory_mb=args.memory,
                             launcher=args.launcher, max_domains=args.max_domains,
                             log_level=args.log_level, docker=docker_launcher.config_from_args(args),
                             domain_uids=parse_domain_uids(args.domain_uids),

@@ -40,3 +40,8 @@ def test_the_table_has_a_row_per_series_and_says_when_skipped():
     assert lines[3].startswith("idle, stop-and-copy") and "900-950" in lines[3]
     assert migrate.table({"skipped": "a pool needs root"}) == \
         "Live migration: skipped (a pool needs root)"
+
+
+def test_a_pool_that_did_not_come_up_is_a_line_in_the_table():
+    assert migrate.table({"error": "LabError: 10.231.0.254 is taken on this machine"}) == \
+        "Live migration: stopped (LabError: 10.231.0.254 is taken on this machine)"
