@@ -4,11 +4,12 @@ prints timings, tests only check that they were measured."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+
+from xenlab.lab.pool import Pool
 
 pytestmark = pytest.mark.integration
 
@@ -72,8 +73,9 @@ def test_the_migrate_section_moves_a_domu_between_two_hosts_in_each_series(tmp_p
     """`--only migrate`: a pool of two hosts, one migration per series. Its
     figures are measured, not judged: every series moved the domU, the live
     ones in pre-copy rounds and the stop-and-copy ones in one."""
-    if os.geteuid() != 0:
-        pytest.skip("a pool needs root (network namespaces)")
+    reason = Pool.unavailable()
+    if reason:
+        pytest.skip(reason)
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, "-m", "xenlab.bench", "--only", "migrate", "--migrations", "1",

@@ -31,14 +31,19 @@ pytestmark = pytest.mark.integration
 POOL = block_after(ROOT / "README.md", "### A pool: several hosts").text
 
 
+def skip_without_pools() -> None:
+    reason = Pool.unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
 def netns_list() -> str:
     return subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
 
 
 @pytest.fixture
 async def pool():
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("a pool needs root and iproute2 (network namespaces)")
+    skip_without_pools()
     rundir = short_tempdir("xl-pool-")
     running = Pool(parse_lab(POOL, "<pool>"), rundir, log_level="DEBUG", progress=lambda s: None)
     try:
@@ -115,8 +120,7 @@ def test_xenlab_up_runs_the_pool_and_xenlab_down_on_its_rundir_stops_it(tmp_path
     """The commands as a user runs them: `xenlab up pool.toml` (in the
     foreground, or --detach), a tool against one host's rundir, `xenlab
     down` on the pool's rundir."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("a pool needs root and iproute2 (network namespaces)")
+    skip_without_pools()
     lab_file = tmp_path / "pool.toml"
     lab_file.write_text(POOL)
     rundir = short_tempdir("xl-pool-")
@@ -159,8 +163,7 @@ def test_xenlab_up_runs_the_pool_and_xenlab_down_on_its_rundir_stops_it(tmp_path
 
 
 def test_a_killed_pool_is_cleaned_up_by_xenlab_down_namespaces_too(tmp_path):
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("a pool needs root and iproute2 (network namespaces)")
+    skip_without_pools()
     lab_file = tmp_path / "pool.toml"
     lab_file.write_text(POOL)
     rundir = short_tempdir("xl-pool-")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import statistics
 import tempfile
@@ -27,11 +26,9 @@ from pathlib import Path
 
 from xenlab.agent_client import agent_for
 from xenlab.bench.stats import percentile
-from xenlab.client import HypervisorClient
 from xenlab.lab.pool import Pool
 from xenlab.lab.spec import parse_lab
 from xenlab.proto import agent_pb2, common_pb2
-from xenlab.rundir import Rundir
 from xenlab.toolstack.save_client import migrate_domain, vifs_connected
 
 MIGRATIONS = 20
@@ -64,15 +61,6 @@ vif = ["mac=00:16:3e:0e:00:02,ip={SENDER_IP}/24"]
 SERIES = (("idle", True), ("idle", False), ("udp", True), ("udp", False))
 
 
-def unavailable() -> str | None:
-    """Why a pool cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "a pool needs root (a network namespace per host)"
-    if shutil.which("ip") is None:
-        return "a pool needs iproute2 (ip netns)"
-    return None
-
-
 def summary(runs: list[dict]) -> dict:
     """p50/p99 (nearest rank), min and max of the downtime and of the vifs'
     reconnection, and the pages sent in each round, of one series."""
@@ -92,30 +80,16 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
-class _Hosts:
-    """Domain-0's client of each host of the pool."""
-
-    def __init__(self, pool: Pool):
-        self.hv = {}
-        for host in ("a", "b"):
-            run = Rundir(pool.host_rundir(host))
-            self.hv[host] = HypervisorClient.connect(run.read_address(), 0, run.read_dom0_secret())
-
-    async def close(self) -> None:
-        for hv in self.hv.values():
-            await hv.close()
-
-
-async def _series(hosts: _Hosts, where: list[str], n: int, live: bool, progress) -> list[dict]:
+async def _series(hosts: dict, where: list[str], n: int, live: bool, progress) -> list[dict]:
     """``n`` migrations of mover, each to the other host; ``where[0]`` is
     the host it runs on, kept up to date."""
     runs = []
     for i in range(n):
         src, dst = where[0], "b" if where[0] == "a" else "a"
-        moved = await migrate_domain(hosts.hv[src], common_pb2.DomainRef(name="mover"), hosts.hv[dst],
+        moved = await migrate_domain(hosts[src], common_pb2.DomainRef(name="mover"), hosts[dst],
                                      live=live)
         where[0] = dst
-        connected = await vifs_connected(hosts.hv[dst], moved.new_domid)
+        connected = await vifs_connected(hosts[dst], moved.new_domid)
         runs.append({"from": src, "to": dst, "downtime_s": moved.downtime_s,
                      "vifs_s": (moved.downtime_s + connected - moved.started_at
                                 if connected is not None else None),
@@ -129,10 +103,10 @@ async def _series(hosts: _Hosts, where: list[str], n: int, live: bool, progress)
 
 
 @contextlib.asynccontextmanager
-async def _udp_stream(hosts: _Hosts, rate: float, seconds: float):
+async def _udp_stream(hosts: dict, rate: float, seconds: float):
     """sender (host a) streams UDP to mover for the body."""
-    info = await hosts.hv["a"].domains.Info(common_pb2.DomainRef(name="sender"))
-    async with await agent_for(hosts.hv["a"], info.domid) as agent:
+    info = await hosts["a"].domains.Info(common_pb2.DomainRef(name="sender"))
+    async with await agent_for(hosts["a"], info.domid) as agent:
         call = agent.PerfSend(agent_pb2.PerfSendRequest(dst=MOVER_IP, dport=9, rate=rate,
                                                         length=UDP_LENGTH, duration=seconds,
                                                         interval=5))
@@ -151,7 +125,7 @@ async def _udp_stream(hosts: _Hosts, rate: float, seconds: float):
 
 async def run(progress, migrations: int = MIGRATIONS, udp_rate: float = UDP_RATE,
               log_level: str = "WARNING") -> dict:
-    reason = unavailable()
+    reason = Pool.unavailable()
     if reason:
         progress(f"migrate skipped: {reason}")
         return {"skipped": reason}
@@ -162,24 +136,21 @@ async def run(progress, migrations: int = MIGRATIONS, udp_rate: float = UDP_RATE
     try:
         progress("migrate: a pool of two hosts (a, b), mover and sender on a")
         await pool.up(timeout=120)
-        hosts = _Hosts(pool)
+        hosts = {name: lab.hv for name, lab in pool.labs.items()}     # each host's Domain-0
         where = ["a"]
-        try:
-            for load, live in SERIES:
-                name = f"{load}, {'live' if live else 'stop-and-copy'}"
-                progress(f"migrate: {migrations} migrations, {name}"
-                         + (f", {udp_rate / 1e6:g} Mbit/s of UDP toward it" if load == "udp" else ""))
-                started = time.monotonic()
-                if load == "udp":
-                    async with _udp_stream(hosts, udp_rate, 3600.0):
-                        await asyncio.sleep(1.0)        # the stream under way
-                        runs = await _series(hosts, where, migrations, live, progress)
-                else:
+        for load, live in SERIES:
+            name = f"{load}, {'live' if live else 'stop-and-copy'}"
+            progress(f"migrate: {migrations} migrations, {name}"
+                     + (f", {udp_rate / 1e6:g} Mbit/s of UDP toward it" if load == "udp" else ""))
+            started = time.monotonic()
+            if load == "udp":
+                async with _udp_stream(hosts, udp_rate, 3600.0):
+                    await asyncio.sleep(1.0)        # the stream under way
                     runs = await _series(hosts, where, migrations, live, progress)
-                out["series"][name] = {"runs": runs, **summary(runs),
-                                       "seconds": time.monotonic() - started}
-        finally:
-            await hosts.close()
+            else:
+                runs = await _series(hosts, where, migrations, live, progress)
+            out["series"][name] = {"runs": runs, **summary(runs),
+                                   "seconds": time.monotonic() - started}
     finally:
         await pool.down()
         shutil.rmtree(rundir, ignore_errors=True)

@@ -71,14 +71,22 @@ class Pool:
     def host_rundir(self, host: str) -> Path:
         return self.rundir / "hosts" / host
 
+    @staticmethod
+    def unavailable() -> str | None:
+        """Why a pool cannot run on this machine, or None."""
+        if os.geteuid() != 0:
+            return "a pool needs root: each host runs in a network namespace of its own"
+        if shutil.which("ip") is None:
+            return "a pool needs ip (iproute2) to make the hosts' network namespaces"
+        return None
+
     # -- up ----------------------------------------------------------------------------
     async def up(self, timeout: float = 120.0) -> None:
         """Make the underlay and the hosts' namespaces, then start each
         host's lab; on failure or cancellation, take down what started."""
-        if os.geteuid() != 0:
-            raise LabError("a pool needs root: each host runs in a network namespace of its own")
-        if shutil.which("ip") is None:
-            raise LabError("a pool needs ip (iproute2) to make the hosts' network namespaces")
+        reason = self.unavailable()
+        if reason:
+            raise LabError(reason)
         try:
             for path in (self.rundir, self.rundir / "hosts"):
                 Rundir(path).create()
