@@ -262,9 +262,15 @@ class HandshakeLost(MigrationError):
     may run there. It is left paused here, for the user to decide."""
 
 
-async def read_fixed(reader: asyncio.StreamReader, message: bytes, what: str) -> None:
+async def read_fixed(reader: asyncio.StreamReader, message: bytes, what: str,
+                     timeout: float | None = None) -> None:
+    """One of xl's fixed messages, whole; MigrationError if the stream ends,
+    says something else, or (with ``timeout``) says nothing for that long."""
     try:
-        got = await reader.readexactly(len(message))
+        async with asyncio.timeout(timeout):
+            got = await reader.readexactly(len(message))
+    except TimeoutError:
+        raise MigrationError(f"no {what} from the receiver within {timeout:g} s") from None
     except asyncio.IncompleteReadError as err:
         raise MigrationError(f"the migration stream ended before the {what} "
                              f"({len(err.partial)} of {len(message)} bytes)") from None
@@ -370,10 +376,7 @@ async def migrate_through(source, ref: common_pb2.DomainRef, reader: asyncio.Str
     """xl migrate's sender over a pipe to `xl migrate-receive`: the image
     (live), then the handshake. Until the receiver's report of a start the
     domain is the source's: any failure before resumes it here."""
-    try:
-        await eventloop.wait_for(read_fixed(reader, BANNER, "banner"), HANDSHAKE_TIMEOUT)
-    except asyncio.TimeoutError:
-        raise MigrationError(f"no banner from the receiver within {HANDSHAKE_TIMEOUT:g} s") from None
+    await read_fixed(reader, BANNER, "banner", HANDSHAKE_TIMEOUT)
     controls = _Controls(save_pb2.SaveControl(domain=ref, live=live))
     call = source.save.Save(controls)
     size, done = 0, None
@@ -388,30 +391,23 @@ async def migrate_through(source, ref: common_pb2.DomainRef, reader: asyncio.Str
                 break
         if done is None:
             raise MigrationError("the source ended the save before the image was complete")
-        await eventloop.wait_for(read_fixed(reader, READY, "ready message"), HANDSHAKE_TIMEOUT)
-    except grpc.aio.AioRpcError as err:
-        controls.close()
-        call.cancel()
-        raise MigrationError(f"the source did not send the domain: {err.details()}") from None
-    except (MigrationError, ConnectionError, OSError, asyncio.TimeoutError) as err:
+        await read_fixed(reader, READY, "ready message", HANDSHAKE_TIMEOUT)
+    except BaseException as err:
         controls.close()            # no commit: the source resumes the domain
         call.cancel()
-        raise MigrationError(f"{err or 'the receiver did not answer'}; "
-                             f"the domain is resumed here") from None
-    except BaseException:
-        controls.close()
-        call.cancel()
+        if isinstance(err, grpc.aio.AioRpcError):
+            raise MigrationError(f"the source did not send the domain: {err.details()}") from None
+        if isinstance(err, (MigrationError, OSError)):      # the pipe broke, or the receiver
+            raise MigrationError(f"{err}; the domain is resumed here") from None
         raise
     say("migration sender: Target has acknowledged transfer.")
     say("migration sender: Giving target permission to start.")
     try:
         writer.write(GO)
         await writer.drain()
-        await eventloop.wait_for(read_fixed(reader, REPORT, "success/failure report message"),
-                                 HANDSHAKE_TIMEOUT)
+        await read_fixed(reader, REPORT, "success/failure report message", HANDSHAKE_TIMEOUT)
         status = (await eventloop.wait_for(reader.readexactly(1), HANDSHAKE_TIMEOUT))[0]
-    except (MigrationError, ConnectionError, OSError, asyncio.TimeoutError,
-            asyncio.IncompleteReadError) as err:
+    except (MigrationError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError) as err:
         # Past "go": it may run there. Neither resume nor destroy it here.
         controls.send(save_pb2.SaveControl(commit=True, paused=True))
         await _finished(call)
@@ -423,10 +419,9 @@ async def migrate_through(source, ref: common_pb2.DomainRef, reader: asyncio.Str
     if status:
         say(f"migration sender: Target reports startup failure (status code {status}).")
         try:
-            await eventloop.wait_for(read_fixed(reader, GO, "permission for sender to resume"),
-                                     HANDSHAKE_TIMEOUT)
-        except (MigrationError, asyncio.TimeoutError) as err:
-            say(f"migration sender: {err or 'no permission to resume came'}; resuming anyway "
+            await read_fixed(reader, GO, "permission for sender to resume", HANDSHAKE_TIMEOUT)
+        except MigrationError as err:
+            say(f"migration sender: {err}; resuming anyway "
                 f"(the target destroys its copy before it grants it)")
         say("migration sender: Trying to resume at our end.")
         controls.close()            # no commit: the source resumes the domain
