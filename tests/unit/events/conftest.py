@@ -13,6 +13,25 @@ from xenlab.events.broker import EmbeddedBroker, broker_ready, free_port, mosqui
 from xenlab.events.config import BrokerAddress
 
 
+@pytest.fixture
+def closed_port() -> int:
+    """A TCP port nothing listens on, below the kernel's ephemeral range: a
+    connect to a port inside it can be given that same port as its source
+    and connect to itself (TCP simultaneous open), and the client then reads
+    its own MQTT CONNECT back ("Unrecognised command 16", seen in CI)."""
+    import socket
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
+    for port in range(low - 1, 1024, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
+
+
 class MosquittoBroker:
     def __init__(self, port: int):
         self.address = BrokerAddress("127.0.0.1", port)

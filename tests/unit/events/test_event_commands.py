@@ -44,9 +44,8 @@ async def test_events_exits_1_when_fewer_than_n_came():
     assert (rc, out) == (1, "")
 
 
-async def test_events_without_a_broker_says_so():
-    from xenlab.events.broker import free_port
-    port = free_port()
+async def test_events_without_a_broker_says_so(closed_port):
+    port = closed_port
     rc, _, err = await xenlab("events", "--broker", f"mqtt://127.0.0.1:{port}", "--timeout", "5")
     assert (rc, err) == (1, f"xenlab events: cannot reach the MQTT broker at mqtt://127.0.0.1:{port}: "
                             f"connection refused\n")

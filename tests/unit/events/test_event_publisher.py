@@ -55,8 +55,8 @@ async def test_closing_says_offline(broker):
     assert offline.payload["service"] == "test" and offline.payload["pid"] > 0
 
 
-async def test_without_a_broker_publishing_never_blocks_and_drops_the_oldest():
-    address = BrokerAddress("127.0.0.1", free_port())       # nobody listens there
+async def test_without_a_broker_publishing_never_blocks_and_drops_the_oldest(closed_port):
+    address = BrokerAddress("127.0.0.1", closed_port)       # nobody listens there
     pub = publisher(address, queue_size=8)
     pub.start()
     try:
