@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import resource
+import socket
 import signal
 import asyncio
 
@@ -178,3 +180,42 @@ async def wait_for_stop_signal() -> None:
     stop = asyncio.Event()
     on_stop_signal(stop.set)
     await stop.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody is bound to now, for a service to listen on.
+
+    Taken at random below the kernel's ephemeral range, never inside it: a
+    port from there may be handed to any connect() as its source port before
+    the service binds it, and a readiness probe can itself be that connect:
+    a connect to a port in the range, with nothing listening, can be given
+    that same port as its source and connect to itself (TCP simultaneous
+    open), then hold the port so that the service cannot bind it (seen in
+    CI: a lab's probe read its own MQTT CONNECT, and its broker then found
+    the address in use)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    low = _ephemeral_low()
+    below = range(_FIXED_PORTS_FROM, max(low, _FIXED_PORTS_FROM))
+    for port in random.sample(below, min(256, len(below))):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:   # a range set oddly low
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# Below 10000 live the well-known and registered ports services are
+# configured on by hand; above it up to the ephemeral range, few.
+_FIXED_PORTS_FROM = 10000
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768   # Linux's default

@@ -26,10 +26,9 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import sys
 
-from xenlab.osutil import wait_for_stop_signal
+from xenlab.osutil import free_port, wait_for_stop_signal
 from xenlab.events.config import BrokerAddress
 from xenlab.osutil import die_with_parent
 from xenlab.xen.digits import is_decimal
@@ -47,14 +46,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not is_decimal(port) or len(port) > 5 or not 0 <= int(port) <= 65535:
         raise ValueError(f"--listen {text!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on now (the kernel's pick)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def mosquitto_binary() -> str | None:

@@ -15,21 +15,10 @@ from xenlab.events.config import BrokerAddress
 
 @pytest.fixture
 def closed_port() -> int:
-    """A TCP port nothing listens on, below the kernel's ephemeral range: a
-    connect to a port inside it can be given that same port as its source
-    and connect to itself (TCP simultaneous open), and the client then reads
-    its own MQTT CONNECT back ("Unrecognised command 16", seen in CI)."""
-    import socket
-    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-        low = int(f.read().split()[0])
-    for port in range(low - 1, 1024, -1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
+    """A TCP port nothing listens on (free_port takes it below the kernel's
+    ephemeral range, where a connect cannot be given it as its own source
+    port and connect to itself)."""
+    return free_port()
 
 
 class MosquittoBroker:

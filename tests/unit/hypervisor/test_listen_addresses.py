@@ -16,6 +16,7 @@ from xenlab.hypervisor.__main__ import add_arguments, config_from_args
 from xenlab.hypervisor.config import DEFAULT_ADDRESS
 from xenlab.hypervisor.server import HypervisorServer
 from xenlab.proto import common_pb2
+from xenlab.osutil import free_port
 from xenlab.rundir import Rundir
 from xenlab.testing import short_tempdir
 from xenlab.toolstack.toolstack import Toolstack
@@ -32,12 +33,6 @@ def test_the_first_listen_address_is_published_and_the_others_served_too():
     assert config.address == "unix:/run/xenlab/hv.sock"
     assert config.also_listen == ("0.0.0.0:9770",)
     assert parse().address == DEFAULT_ADDRESS and parse().also_listen == ()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
