@@ -1,13 +1,16 @@
-"""The pool on Docker Swarm (docker-stack.yml), as a user on a manager
-node runs it: a single-node swarm (made here when the daemon is in none,
-and left again afterwards) labelled to hold both hosts; `docker stack
-deploy` starts mosquitto and each host's hypervisor, bridge and Domain-0,
-and each host's lab job creates its domUs as containers beside its
-hypervisor. web (host a) pings cache on its own host and db on host b, over
-the VXLAN between the bridges on the node's address; the toolstack answers
-on the hypervisor's published port; `xl migrate -s "docker exec -i"` moves
-web to host b, as xl reaches another machine over ssh; `docker stack rm`
-leaves no container.
+"""A pool on Docker Swarm, as a user on a manager node runs it: `xenlab
+swarm-stack` writes the stack file of three hosts (docker-stack.yml is the
+same command's for two: tests/unit/lab/test_swarm_stack.py), on a
+single-node swarm (made here when the daemon is in none, and left again
+afterwards) labelled to hold all three; `docker stack deploy` starts
+mosquitto and each host's hypervisor, bridge and Domain-0, and the lab jobs
+of hosts a and b create their domUs as containers beside their hypervisors
+(host c starts empty). web (host a) pings cache on its own host and db on
+host b, over the VXLAN between the bridges on the node's address; the
+toolstack answers on the hypervisor's published port; `xl migrate -s
+"docker exec -i"` moves web to host c, as xl reaches another machine over
+ssh, where cache (a) and db (b) reach it; `docker stack rm` leaves no
+container.
 
 tools/ci-docker.sh prepares Docker, as for the compose tests.
 """
@@ -25,13 +28,14 @@ from pathlib import Path
 
 import pytest
 
-from docker_env import IMAGE, ROOT, free_ports, prepare_docker, run
+from docker_env import IMAGE, free_ports, prepare_docker, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 UP_TIMEOUT = 240.0          # seconds for both lab jobs to finish
-DOMUS = {"a": {"web": "10.0.0.1", "cache": "10.0.0.3"}, "b": {"db": "10.0.0.2"}}
-LABELS = ("xenlab-a", "xenlab-b")
+HOSTS = ("a", "b", "c")
+DOMUS = {"a": {"web": "10.0.0.1", "cache": "10.0.0.3"}, "b": {"db": "10.0.0.2"}, "c": {}}
+LABS = {"a": "/etc/xenlab/lab/web.cfg /etc/xenlab/lab/cache.cfg", "b": "/etc/xenlab/lab/db.cfg"}
 
 
 def node_address() -> str:
@@ -98,8 +102,12 @@ class Stack:
     ports: dict[str, int]
     rundir: Path                # on the host: the toolstack's view of host a
 
-    def deploy(self) -> None:
-        out = run("docker", "stack", "deploy", "-c", str(ROOT / "docker-stack.yml"), self.project,
+    def deploy(self, stack_file: Path) -> None:
+        written = run(sys.executable, "-m", "xenlab.cli.main", "swarm-stack",
+                      *(f"--lab={host}={files}" for host, files in LABS.items()), *HOSTS,
+                      "-o", str(stack_file), check=False)
+        assert written.returncode == 0, written.stderr
+        out = run("docker", "stack", "deploy", "-c", str(stack_file), self.project,
                   env=self.env, check=False)
         assert out.returncode == 0, f"docker stack deploy failed:\n{out.stdout}\n{out.stderr}"
 
@@ -132,8 +140,8 @@ class Stack:
         found = {}
         for kind, cmd, selectors in (
                 ("containers", ["ps", "-a"], [f"label=com.docker.stack.namespace={self.project}",
-                                              f"label=xenlab.lab={self.project}-a",
-                                              f"label=xenlab.lab={self.project}-b"]),
+                                              *(f"label=xenlab.lab={self.project}-{host}"
+                                                for host in HOSTS)]),
                 ("volumes", ["volume", "ls"], [f"name={self.project}-"]),
                 ("networks", ["network", "ls"], [f"name={self.project}-net"])):
             names: set[str] = set()
@@ -162,7 +170,7 @@ def wait_lab_jobs(stack: Stack) -> None:
     Connected (it retries while its hypervisor, bridge and Domain-0 start)."""
     deadline = time.monotonic() + UP_TIMEOUT
     while True:
-        states = {job: stack.tasks(job) for job in ("lab-a", "lab-b")}
+        states = {f"lab-{host}": stack.tasks(f"lab-{host}") for host in LABS}
         if all(any(s.startswith("Complete") for s in tasks) for tasks in states.values()):
             return
         if time.monotonic() > deadline:
@@ -176,19 +184,18 @@ def stack(request, tmp_path_factory):
     address = node_address()
     swarm = Swarm.join(address)
     project = f"xlsw{os.getpid()}"
-    hv_a, hv_b = free_ports(2, host="0.0.0.0")
-    vx_a, vx_b = free_ports(2, socket.SOCK_DGRAM, host="0.0.0.0")
-    env = dict(os.environ, XENLAB_PROJECT=project, XENLAB_IMAGE=IMAGE,
-               XENLAB_A_ADDR=address, XENLAB_B_ADDR=address,
-               XENLAB_A_PORT=str(hv_a), XENLAB_B_PORT=str(hv_b),
-               XENLAB_A_VXLAN=str(vx_a), XENLAB_B_VXLAN=str(vx_b), XENLAB_SHM_SIZE="512m")
-    stack = Stack(project, env, address, {"hv-a": hv_a, "hv-b": hv_b, "vxlan-a": vx_a},
-                  tmp_path_factory.mktemp("swarm-rundir"))
+    hv = dict(zip(HOSTS, free_ports(len(HOSTS), host="0.0.0.0")))
+    vx = dict(zip(HOSTS, free_ports(len(HOSTS), socket.SOCK_DGRAM, host="0.0.0.0")))
+    env = dict(os.environ, XENLAB_PROJECT=project, XENLAB_IMAGE=IMAGE, XENLAB_SHM_SIZE="512m")
+    for host in HOSTS:
+        env.update({f"XENLAB_{host.upper()}_ADDR": address, f"XENLAB_{host.upper()}_PORT": str(hv[host]),
+                    f"XENLAB_{host.upper()}_VXLAN": str(vx[host])})
+    stack = Stack(project, env, address, {"hv-a": hv["a"]}, tmp_path_factory.mktemp("swarm-rundir"))
     failed_before = request.session.testsfailed
     started = time.monotonic()
     try:
-        swarm.label(*LABELS)
-        stack.deploy()
+        swarm.label(*(f"xenlab-{host}" for host in HOSTS))
+        stack.deploy(tmp_path_factory.mktemp("swarm-stack") / "stack.yml")
         wait_lab_jobs(stack)
         print(f"swarm stack {project} up in {time.monotonic() - started:.1f}s")
         yield stack
@@ -200,7 +207,7 @@ def stack(request, tmp_path_factory):
 
 
 def test_each_hosts_services_run_and_its_domus_share_its_hypervisors_network(stack):
-    for host in ("a", "b"):
+    for host in HOSTS:
         for service in (f"hypervisor-{host}", f"bridge-{host}", f"dom0-{host}"):
             state = json.loads(run("docker", "inspect", stack.container(service)).stdout)[0]["State"]
             assert state["Running"] and state["Health"]["Status"] == "healthy", (service, state["Health"])
@@ -257,22 +264,23 @@ def test_the_toolstack_answers_on_the_hypervisors_port_of_the_node(stack):
     assert {line.split()[0] for line in listing.stdout.splitlines()[1:]} == {"Domain-0", *DOMUS["a"]}
 
 
-def test_xl_migrate_moves_web_to_host_b_as_xl_reaches_another_machine(stack):
+def test_xl_migrate_moves_web_to_host_c_as_xl_reaches_another_machine(stack):
     """`xl migrate -s "docker exec -i" web CONTAINER` from the manager: the
     image from host a's toolstack (its published port) into `xenlab xl
-    migrate-receive` in host b's hypervisor container, as ssh reaches
-    another machine's xl. web then runs on host b, as a container beside
-    b's hypervisor, and answers cache (host a, over the VXLAN) and db."""
-    moved = xl(stack, "migrate", "-s", "docker exec -i", "web", stack.container("hypervisor-b"))
+    migrate-receive` in host c's hypervisor container, as ssh reaches
+    another machine's xl. web then runs on host c, as a container beside
+    c's hypervisor, and answers cache (host a) and db (host b), each over
+    the VXLAN from its own host's bridge to c's."""
+    moved = xl(stack, "migrate", "-s", "docker exec -i", "web", stack.container("hypervisor-c"))
     assert moved.returncode == 0, moved.stdout + moved.stderr
     for line in ("migration target: Ready to receive domain.",
                  "migration target: Domain started successsfully.",
                  "migration sender: Target reports successful startup.", "Migration successful."):
         assert line in moved.stderr, moved.stderr
     assert "downtime" in moved.stdout, moved.stdout
-    on_b = stack.exec("hypervisor-b", "xenlab", "xl", "list").stdout
-    assert "web" in on_b and "web" not in xl(stack, "list").stdout, on_b
-    web = run("docker", "ps", "-q", "--filter", f"label=xenlab.lab={stack.project}-b",
+    on_c = stack.exec("hypervisor-c", "xenlab", "xl", "list").stdout
+    assert "web" in on_c and "web" not in xl(stack, "list").stdout, on_c
+    web = run("docker", "ps", "-q", "--filter", f"label=xenlab.lab={stack.project}-c",
               "--filter", "label=xenlab.domain=web").stdout.split()
     assert len(web) == 1
     for host, src in (("a", "cache"), ("b", "db")):

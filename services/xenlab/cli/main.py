@@ -34,6 +34,7 @@ DELEGATES = {
     "up": ("xenlab.cli.lab:up", "start a lab (the demo lab when no file is given) and keep it up"),
     "down": ("xenlab.cli.lab:down", "stop the lab that `xenlab up` runs"),
     "status": ("xenlab.cli.lab:status", "show what a lab runs"),
+    "swarm-stack": ("xenlab.lab.swarm", "write the Docker Swarm stack file of a pool of hosts (docs/SWARM.md)"),
     "soak": ("xenlab.lab.soak", "run a lab under traffic and faults, then check every frame is accounted for"),
     "hostile-soak": ("xenlab.lab.hostile", "one domU runs every known flood while two others ping: RTT, failures, memory"),
     "bench": ("xenlab.bench.__main__", "measure throughput, latency and scale, side by side with the Linux kernel bridge"),
