@@ -213,10 +213,13 @@ def table(results: dict) -> str:
     elif prof.get("skipped"):
         lines += ["", f"profile skipped: {prof['skipped']}"]
     rows = results.get("targets") or []
-    if rows:
+    measured = [t for t in rows if t["met"] is not None]
+    if measured:
         lines += ["", "Targets", f"  {'':<42} {'target':>9} {'value':>9}"]
-        for t in rows:
-            value = "-" if t["value"] is None else f"{t['value']:.3g}"
-            verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
-            lines.append(f"  {t['what']:<42} {t['target']:>9} {value:>9}  {verdict}")
+        for t in measured:
+            lines.append(f"  {t['what']:<42} {t['target']:>9} {t['value']:>9.3g}  "
+                         f"{'met' if t['met'] else 'MISSED'}")
+    if len(measured) < len(rows):
+        lines += ["", f"{len(rows) - len(measured)} of the {len(rows)} targets not measured in this run: "
+                      + ", ".join(t["what"] for t in rows if t["met"] is None)]
     return "\n".join(lines)
