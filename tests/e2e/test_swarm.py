@@ -23,6 +23,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 UP_TIMEOUT = 240.0          # seconds for both lab jobs to finish
 HOSTS = ("a", "b", "c")
 DOMUS = {"a": {"web": "10.0.0.1", "cache": "10.0.0.3"}, "b": {"db": "10.0.0.2"}, "c": {}}
+WEB_TOKEN = "swarm-e2e-token"
 LABS = {"a": "/etc/xenlab/lab/web.cfg /etc/xenlab/lab/cache.cfg", "b": "/etc/xenlab/lab/db.cfg"}
 
 
@@ -184,13 +187,16 @@ def stack(request, tmp_path_factory):
     address = node_address()
     swarm = Swarm.join(address)
     project = f"xlsw{os.getpid()}"
-    hv = dict(zip(HOSTS, free_ports(len(HOSTS), host="0.0.0.0")))
+    tcp = free_ports(2 * len(HOSTS), host="0.0.0.0")     # one block: two calls would find the same
+    hv, webs = dict(zip(HOSTS, tcp)), dict(zip(HOSTS, tcp[len(HOSTS):]))
     vx = dict(zip(HOSTS, free_ports(len(HOSTS), socket.SOCK_DGRAM, host="0.0.0.0")))
-    env = dict(os.environ, XENLAB_PROJECT=project, XENLAB_IMAGE=IMAGE, XENLAB_SHM_SIZE="512m")
+    env = dict(os.environ, XENLAB_PROJECT=project, XENLAB_IMAGE=IMAGE, XENLAB_SHM_SIZE="512m",
+               XENLAB_WEB_TOKEN=WEB_TOKEN)
     for host in HOSTS:
         env.update({f"XENLAB_{host.upper()}_ADDR": address, f"XENLAB_{host.upper()}_PORT": str(hv[host]),
-                    f"XENLAB_{host.upper()}_VXLAN": str(vx[host])})
-    stack = Stack(project, env, address, {"hv-a": hv["a"]}, tmp_path_factory.mktemp("swarm-rundir"))
+                    f"XENLAB_{host.upper()}_VXLAN": str(vx[host]), f"XENLAB_{host.upper()}_WEB": str(webs[host])})
+    stack = Stack(project, env, address, {"hv-a": hv["a"], **{f"web-{h}": p for h, p in webs.items()}},
+                  tmp_path_factory.mktemp("swarm-rundir"))
     failed_before = request.session.testsfailed
     started = time.monotonic()
     try:
@@ -237,6 +243,26 @@ def test_each_bridge_learns_the_other_hosts_domus_behind_its_vxlan_port(stack):
     links = json.loads(stack.exec("hypervisor-b", "xenlab", "bridge", "-j", "link", "show").stdout)
     vxlan = [link for link in links if link["ifname"] == "vxlan42"]
     assert vxlan and vxlan[0]["mtu"] == 1450 and vxlan[0]["state"] == "forwarding", links
+
+
+def test_each_hosts_web_view_answers_on_its_port_of_the_node(stack):
+    """The web view of each host (its own service, reading the host's rundir
+    volume) shows that host's domains, on the node's address."""
+    for host in HOSTS:
+        url = f"http://{stack.address}:{stack.ports[f'web-{host}']}/api/topology?token={WEB_TOKEN}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=10) as reply:
+                    topology = json.load(reply)
+                break
+            except OSError as err:      # the service may be restarting until its host is up
+                assert time.monotonic() < deadline, f"{url}: {err}\n{stack.logs()}"
+                time.sleep(1)
+        assert {d["name"] for d in topology["domains"]} - {"Domain-0"} == set(DOMUS[host]), (host, topology)
+        assert any(p["name"] == "vxlan42" for p in topology["ports"]), (host, topology["ports"])
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(url.replace(WEB_TOKEN, "wrong"), timeout=10)
 
 
 def manager_rundir(stack: Stack) -> Path:

@@ -1,8 +1,8 @@
 """`xenlab swarm-stack`: the Docker Swarm stack file of a pool of hosts.
 
 A pool on Swarm (docs/SWARM.md) is, per host, what docker-compose.yml runs
-on one machine: a hypervisor, the bridge service (xenbr0), Domain-0, and a
-one-shot lab job that creates the host's domUs, all placed on the node
+on one machine: a hypervisor, the bridge service (xenbr0), Domain-0, the
+web view, and a one-shot lab job that creates the host's domUs, all placed on the node
 labelled ``xenlab-HOST``; and one mosquitto for all. Every host's xenbr0 has
 a VXLAN uplink to every other host's, on the nodes' addresses. The stack
 file has no loop, so it is written out here for any list of hosts; the
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 HOST_NAME = re.compile(r"[a-z][a-z0-9]{0,15}\Z")
 HYPERVISOR_PORT = 9770          # each host's gRPC port on its node: 9770, 9771, ...
 VXLAN_PORT = 14789              # each bridge's VXLAN port on its node: 14789, 14790, ...
+WEB_PORT = 8090                 # each host's web view on its node: 8090, 8091, ...
 VNI = 42
 MAX_HOSTS = 64
 
@@ -54,6 +55,10 @@ class SwarmHost:
     @property
     def vxlan(self) -> str:
         return _env(f"{self.var}_VXLAN", VXLAN_PORT + self.index)
+
+    @property
+    def web(self) -> str:
+        return _env(f"{self.var}_WEB", WEB_PORT + self.index)
 
 
 def _env(name: str, default) -> str:
@@ -136,8 +141,8 @@ def _header(hosts: list[SwarmHost], file: str) -> str:
 #   docker stack rm xenlab
 #
 # Each host is what docker-compose.yml runs on one machine: a hypervisor,
-# the bridge service (xenbr0), Domain-0, and domUs the docker launcher starts
-# as containers beside its hypervisor on the same node. A host's services
+# the bridge service (xenbr0), Domain-0, the web view, and domUs the docker
+# launcher starts as containers beside its hypervisor on the same node. A host's services
 # are placed by node label (xenlab-HOST; one node may carry several): its
 # volumes are local to that node, and its containers meet in them. Swarm has
 # no shared network namespace between services (compose's network_mode:
@@ -160,6 +165,7 @@ def _header(hosts: list[SwarmHost], file: str) -> str:
 #   XENLAB_<HOST>_PORT   its hypervisor's gRPC port on its node (9770 for the first host, ...)
 #   XENLAB_<HOST>_VXLAN  its bridge's VXLAN port on its node (14789 for the first host, ...)
 #   XENLAB_<HOST>_LAB    the configs its lab job creates (files or directories in the image)
+#   XENLAB_<HOST>_WEB    its web view's port on its node (8090 for the first host, ...)
 # and for all:
 #   XENLAB_PROJECT       names the hosts' volumes, containers and MQTT host names (xenlab)
 #   XENLAB_IMAGE         the image every service and domU runs (xenlab:latest); Swarm does
@@ -169,6 +175,8 @@ def _header(hosts: list[SwarmHost], file: str) -> str:
 #                        every host has a node of its own)
 #   XENLAB_MQTT          the broker (mqtt://mosquitto:1883, the stack's own; "none": off)
 #   XENLAB_SHM_SIZE      each host's tmpfs for domain memory (1g)
+#   XENLAB_WEB_TOKEN     the token the web views' URLs carry (default: a random one each,
+#                        in `docker service logs` of web-HOST)
 """
 
 
@@ -290,6 +298,21 @@ def _host_services(host: SwarmHost, others: list[SwarmHost]) -> str:
     deploy:
       restart_policy: *retry
 {placement}"""
+    text += f"""
+  # The live web view of host {n} (README, "The web view"); `docker service
+  # logs` prints its URL with the token, which XENLAB_WEB_TOKEN sets.
+  web-{n}:
+    <<: *image
+    command: >-
+      web --listen 0.0.0.0:{WEB_PORT} --rundir /run/xenlab --token "{_env("XENLAB_WEB_TOKEN", "")}"
+    networks: [xenlab]
+    volumes:
+      - {n}-rundir:/run/xenlab
+    ports:
+      - {{target: {WEB_PORT}, published: "{host.web}", protocol: tcp, mode: host}}
+    deploy:
+      restart_policy: *retry
+{placement}"""
     if host.lab:
         text += f"""
   # One-shot: xl create for host {n}'s domUs, then wait until their vifs are
@@ -311,7 +334,7 @@ def _host_services(host: SwarmHost, others: list[SwarmHost]) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Write the Docker Swarm stack file of a pool of HOSTs (docs/SWARM.md): per host a "
-        "hypervisor, bridge, Domain-0 and lab job placed on the node labelled xenlab-HOST, "
+        "hypervisor, bridge, Domain-0, web view and lab job placed on the node labelled xenlab-HOST, "
         "every bridge joined to every other by VXLAN, one mosquitto. Deploy it with "
         "XENLAB_<HOST>_ADDR set for each host: docker stack deploy -c FILE xenlab.")
     parser.add_argument("hosts", nargs="+", metavar="HOST",

@@ -38,7 +38,7 @@ def test_three_hosts_each_get_their_services_volumes_ports_and_a_vxlan_to_both_o
     env = {f"XENLAB_{h}_ADDR": f"192.0.2.{i}" for i, h in enumerate("ABC", 10)}
     stack = yaml.safe_load(substitute(render(make_hosts(["a", "b", "c"], {"a": ["/x.cfg"]})), env))
     services = stack["services"]
-    assert set(services) == {"mosquitto", "lab-a", *(f"{kind}-{h}" for kind in ("hypervisor", "bridge", "dom0")
+    assert set(services) == {"mosquitto", "lab-a", *(f"{kind}-{h}" for kind in ("hypervisor", "bridge", "dom0", "web")
                                                      for h in "abc")}
     assert set(stack["volumes"]) == {f"{h}-{kind}" for h in "abc" for kind in ("rundir", "domains", "shm")}
     published = {}
@@ -52,10 +52,11 @@ def test_three_hosts_each_get_their_services_volumes_ports_and_a_vxlan_to_both_o
         assert remotes == others, bridge["command"]
         assert "learning=off" in bridge["command"]          # XENLAB_VXLAN_LEARNING unset
         published[h] = (services[f"hypervisor-{h}"]["ports"][0]["published"],
-                        bridge["ports"][0]["published"])
+                        bridge["ports"][0]["published"], services[f"web-{h}"]["ports"][0]["published"])
         assert f"--docker-volume xenlab-{h}-domains:/run/xenlab-domains" in services[f"hypervisor-{h}"]["command"]
         assert f"--host-name xenlab-{h}" in services[f"dom0-{h}"]["command"]
-    assert published == {"a": ("9770", "14789"), "b": ("9771", "14790"), "c": ("9772", "14791")}
+    assert published == {"a": ("9770", "14789", "8090"), "b": ("9771", "14790", "8091"),
+                         "c": ("9772", "14791", "8092")}
     assert services["lab-a"]["command"] == "/x.cfg"
 
 
