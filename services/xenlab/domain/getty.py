@@ -117,7 +117,8 @@ class ConsoleShell:
             stack = self.net.stack(device.name)
             if stack is None:
                 continue
-            out.extend(sh.NeighbourView(ip, device.name, mac)
+            states = stack.arp_states()
+            out.extend(sh.NeighbourView(ip, device.name, mac, states.get(ip, "STALE"))
                        for ip, (mac, _) in stack.arp_cache().items())
             out.extend(sh.NeighbourView(ip, device.name, None) for ip in stack.arp_pending())
         return out

@@ -249,6 +249,7 @@ class NeighbourView:
     ip: IPv4Address
     device: str
     mac: bytes | None                   # None: resolution under way (INCOMPLETE)
+    state: str = "REACHABLE"            # or STALE, DELAY, PROBE (Linux's NUD states)
 
 
 def render_ip_neigh(entries: list[NeighbourView], device: str = "",
@@ -264,7 +265,7 @@ def render_ip_neigh(entries: list[NeighbourView], device: str = "",
         if e.mac is None:
             lines.append(f"{e.ip} {dev}INCOMPLETE")
         else:
-            lines.append(f"{e.ip} {dev}lladdr {_mac(e.mac)} REACHABLE")
+            lines.append(f"{e.ip} {dev}lladdr {_mac(e.mac)} {e.state}")
     return "".join(line + "\n" for line in lines)
 
 

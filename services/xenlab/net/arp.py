@@ -82,56 +82,89 @@ class Timers:
     """What ``ArpTable.poll`` decided: addresses to ask again, and addresses
     given up on with how many packets each dropped; ``dropped`` holds those
     packets, oldest first (a router owes their senders an ICMP host
-    unreachable, as Linux's arp_error_report sends)."""
+    unreachable, as Linux's arp_error_report sends); ``probe``: entries in
+    use past their reachable time, to ask again by unicast to the address
+    they hold (Linux's NUD_PROBE), as (ip, mac)."""
     retry: list[IPv4Address]
     failed: list[tuple[IPv4Address, int]]
     dropped: list[bytes] = field(default_factory=list)
+    probe: list[tuple[IPv4Address, bytes]] = field(default_factory=list)
+
+
+DELAY_FIRST_PROBE = 5.0          # Linux's delay_first_probe_time
+
+
+@dataclass
+class _Entry:
+    mac: bytes
+    expires: float               # confirmed + timeout: gone then, unless being probed
+    probe_at: float | None = None  # set while in use past reachable (DELAY, then PROBE)
+    probes: int = 0
 
 
 class ArpTable:
     """Resolved entries with an expiry, and pending resolutions with a bounded queue.
 
     ``retries`` is the total number of requests sent before giving up (Linux's
-    mcast_solicit); ``queue_limit`` bounds the packets held per address (unres_qlen).
+    mcast_solicit, and its ucast_probes for a stale entry); ``queue_limit``
+    bounds the packets held per address (unres_qlen).
+
+    As Linux's neighbour states: an entry is REACHABLE for half of ``timeout``
+    after it was confirmed (an ARP packet from that address), then STALE: still
+    used, but its first use sets off a check (DELAY for DELAY_FIRST_PROBE s,
+    then up to ``retries`` unicast requests to the address it holds, PROBE);
+    an answer confirms it again, no answer removes it, and the next packet
+    resolves by broadcast. An entry nobody uses goes at ``timeout``. So a
+    conversation that lasts never stops for a broadcast, and a lab of N
+    domains is not asked by every domain every ``timeout`` seconds.
     """
 
     def __init__(self, timeout: float, retry: float, retries: int, queue_limit: int):
         self.timeout = timeout
+        self.reachable = timeout / 2
         self.retry = retry
         self.retries = retries
         self.queue_limit = queue_limit
-        self._entries: dict[IPv4Address, tuple[bytes, float]] = {}
+        self._entries: dict[IPv4Address, _Entry] = {}
         self._pending: dict[IPv4Address, _Pending] = {}
 
     def lookup(self, ip: IPv4Address, now: float) -> bytes | None:
+        """The address to send to (a use: a stale entry starts its check)."""
         entry = self._entries.get(ip)
         if entry is None:
             return None
-        if now >= entry[1]:
-            del self._entries[ip]
-            return None
-        return entry[0]
+        if entry.probe_at is None and now >= entry.expires - self.reachable:
+            if now >= entry.expires:
+                del self._entries[ip]
+                return None
+            entry.probe_at = now + min(DELAY_FIRST_PROBE, self.reachable)
+        return entry.mac
 
     def knows(self, ip: IPv4Address, now: float) -> bool:
         """An entry exists, resolved or still pending (RFC 826's 'already in my table')."""
-        return self.lookup(ip, now) is not None or ip in self._pending
+        return self._live(ip, now) or ip in self._pending
+
+    def _live(self, ip: IPv4Address, now: float) -> bool:
+        entry = self._entries.get(ip)
+        return entry is not None and (entry.probe_at is not None or now < entry.expires)
 
     def learn(self, ip: IPv4Address, mac: bytes, now: float) -> Learned:
-        old = self.lookup(ip, now)
-        if old is None and len(self._entries) >= TABLE_MAX:
-            self._make_room(now)
-        self._entries[ip] = (mac, now + self.timeout)
+        old = self._entries[ip].mac if self._live(ip, now) else None
+        if old is None:
+            self._entries.pop(ip, None)
+            if len(self._entries) >= TABLE_MAX:
+                self._make_room(now)
+        self._entries[ip] = _Entry(mac, now + self.timeout)
         pending = self._pending.pop(ip, None)
         flushed = list(pending.queue) if pending else []
         return Learned(changed=old != mac, flushed=flushed)
 
     def _make_room(self, now: float) -> None:
         """Forget expired entries, or failing that the one closest to expiry."""
-        for ip, (_, expires) in list(self._entries.items()):
-            if now >= expires:
-                del self._entries[ip]
+        for ip in [ip for ip in self._entries if not self._live(ip, now)]:
+            del self._entries[ip]
         if len(self._entries) >= TABLE_MAX:
-            del self._entries[min(self._entries, key=lambda ip: self._entries[ip][1])]
+            del self._entries[min(self._entries, key=lambda ip: self._entries[ip].expires)]
 
     def enqueue(self, ip: IPv4Address, packet: bytes, now: float) -> tuple[bool, int]:
         """Hold ``packet`` until ``ip`` resolves. Returns (send a request now, packets dropped)."""
@@ -150,7 +183,7 @@ class ArpTable:
         return first, dropped
 
     def poll(self, now: float) -> Timers:
-        retry, failed, dropped = [], [], []
+        retry, failed, dropped, probe = [], [], [], []
         for ip, pending in list(self._pending.items()):
             if now < pending.next_retry:
                 continue
@@ -162,24 +195,45 @@ class ArpTable:
                 del self._pending[ip]
                 failed.append((ip, len(pending.queue)))
                 dropped += pending.queue
-        for ip, (_, expires) in list(self._entries.items()):
-            if now >= expires:
-                del self._entries[ip]
-        return Timers(retry, failed, dropped)
+        for ip, entry in list(self._entries.items()):
+            if entry.probe_at is None:
+                if now >= entry.expires:
+                    del self._entries[ip]
+            elif now >= entry.probe_at:
+                if entry.probes < self.retries:
+                    entry.probes += 1
+                    entry.probe_at = now + self.retry
+                    probe.append((ip, entry.mac))
+                else:
+                    del self._entries[ip]        # no answer to the probes: NUD_FAILED
+        return Timers(retry, failed, dropped, probe)
 
     def next_deadline(self) -> float | None:
         times = [p.next_retry for p in self._pending.values()]
-        times += [expires for _, expires in self._entries.values()]
+        times += [e.expires if e.probe_at is None else e.probe_at for e in self._entries.values()]
         return min(times, default=None)
 
     def restore(self, ip: IPv4Address, mac: bytes, expires: float) -> None:
         """An entry a resumed kernel brings back from its suspend record,
         with the lifetime it had left."""
         if ip in self._entries or len(self._entries) < TABLE_MAX:
-            self._entries[ip] = (mac, expires)
+            self._entries[ip] = _Entry(mac, expires)
 
     def entries(self, now: float) -> dict[IPv4Address, tuple[bytes, float]]:
-        return {ip: e for ip, e in self._entries.items() if now < e[1]}
+        """The entries in use or unexpired: (mac, expiry)."""
+        return {ip: (e.mac, e.expires) for ip, e in self._entries.items() if self._live(ip, now)}
+
+    def states(self, now: float) -> dict[IPv4Address, str]:
+        """Each entry's state as `ip neigh` names it: REACHABLE, STALE, DELAY or PROBE."""
+        out = {}
+        for ip, e in self._entries.items():
+            if not self._live(ip, now):
+                continue
+            if e.probe_at is not None:
+                out[ip] = "PROBE" if e.probes else "DELAY"
+            else:
+                out[ip] = "REACHABLE" if now < e.expires - self.reachable else "STALE"
+        return out
 
     def pending(self) -> dict[IPv4Address, int]:
         """Addresses being resolved, with how many packets wait on each."""

@@ -354,10 +354,14 @@ class IpStack:
 
     def poll(self) -> list[bytes]:
         """Run the timers that are due: ARP retries, giving up on unresolved
-        addresses (their queued packets count as arp_unresolved), cache expiry."""
+        addresses (their queued packets count as arp_unresolved), probes of
+        stale entries in use, cache expiry."""
         timers = self._arp.poll(self.clock())
         for ip in timers.retry:
             self._emit_arp_request(ip)
+        for ip, mac in timers.probe:
+            # Linux's unicast probe of a stale entry: to the address it holds.
+            self._emit(mac, ETH_P_ARP, ArpPacket.request(self.mac, self.ip, ip).build())
         for ip, dropped in timers.failed:
             self.counters["arp_unresolved"] += dropped
             self._event(ArpFailed(ip, dropped))
@@ -412,6 +416,10 @@ class IpStack:
 
     def arp_cache(self) -> dict[IPv4Address, tuple[bytes, float]]:
         return self._arp.entries(self.clock())
+
+    def arp_states(self) -> dict[IPv4Address, str]:
+        """Each entry's neighbour state (REACHABLE, STALE, DELAY, PROBE)."""
+        return self._arp.states(self.clock())
 
     def arp_pending(self) -> dict[IPv4Address, int]:
         """Addresses being resolved, with how many packets wait on each."""

@@ -1,5 +1,6 @@
 """The ARP neighbour table on its own: expiry and retry deadlines on both
-sides of the boundary, the bounded table and queue, and what ``learn`` says."""
+sides of the boundary, the neighbour states (a stale entry in use is probed
+by unicast), the bounded table and queue, and what ``learn`` says."""
 from __future__ import annotations
 
 from ipaddress import IPv4Address
@@ -49,14 +50,50 @@ def test_learn_flushes_what_waited_in_order_and_ends_the_resolution():
 
 # expiry: an entry is gone at exactly its deadline ------------------------------
 
-def test_an_entry_lives_until_just_before_its_deadline():
+def test_an_unused_entry_lives_until_just_before_its_deadline():
     arp = table()
     arp.learn(IP, MAC, 0.0)
     just_before = TIMEOUT - 2 ** -10
-    assert arp.lookup(IP, just_before) == MAC
     assert arp.knows(IP, just_before)
     assert arp.entries(just_before) == {IP: (MAC, TIMEOUT)}
     assert arp.next_deadline() == TIMEOUT
+    assert arp.poll(just_before) == Timers(retry=[], failed=[])
+    assert arp.lookup(IP, just_before) == MAC     # a use: it is stale, so its check begins
+
+
+# neighbour states: a stale entry in use is checked by unicast, not dropped ------
+
+def test_an_entry_is_reachable_for_half_its_timeout_then_stale():
+    arp = table()
+    arp.learn(IP, MAC, 0.0)
+    assert arp.states(TIMEOUT / 2 - 0.001) == {IP: "REACHABLE"}
+    assert arp.states(TIMEOUT / 2) == {IP: "STALE"}
+    assert arp.lookup(IP, 10.0) == MAC and arp.next_deadline() == TIMEOUT   # reachable: no check
+
+
+def test_using_a_stale_entry_delays_then_probes_by_unicast_and_an_answer_confirms_it():
+    arp = table()
+    arp.learn(IP, MAC, 0.0)
+    assert arp.lookup(IP, 40.0) == MAC                  # stale, used: DELAY
+    assert arp.states(40.0) == {IP: "DELAY"} and arp.next_deadline() == 45.0
+    assert arp.poll(44.9).probe == []
+    assert arp.poll(45.0).probe == [(IP, MAC)]          # the first unicast probe
+    assert arp.states(45.0) == {IP: "PROBE"} and arp.next_deadline() == 46.0
+    assert arp.lookup(IP, 45.5) == MAC                  # still used meanwhile
+    assert arp.learn(IP, MAC, 45.5) == Learned(changed=False, flushed=[])   # the answer
+    assert arp.states(45.5) == {IP: "REACHABLE"} and arp.next_deadline() == 45.5 + TIMEOUT
+
+
+def test_a_stale_entry_in_use_outlives_its_deadline_while_probed_and_goes_unanswered():
+    arp = table(retries=3)
+    arp.learn(IP, MAC, 0.0)
+    assert arp.lookup(IP, 59.0) == MAC                  # DELAY until 64, past the deadline
+    assert arp.poll(TIMEOUT).probe == [] and arp.knows(IP, TIMEOUT)
+    assert arp.lookup(IP, 62.0) == MAC
+    assert [arp.poll(t).probe for t in (64.0, 65.0, 66.0)] == [[(IP, MAC)]] * 3
+    assert arp.poll(67.0) == Timers(retry=[], failed=[])   # no answer to 3 probes: gone
+    assert arp.lookup(IP, 67.0) is None and not arp.knows(IP, 67.0)
+    assert arp.next_deadline() is None
 
 
 def test_at_its_deadline_an_entry_is_gone_from_lookup():

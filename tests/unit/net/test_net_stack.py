@@ -197,6 +197,39 @@ def test_arp_entries_expire(pair, clock):
     assert arp_of(out[0]).tpa == B        # must resolve again
 
 
+def test_a_conversation_past_the_reachable_time_is_checked_by_unicast_never_broadcast(pair, clock):
+    a, b, wire = pair
+    wire.carry(a, a.ping(B, 1, 1, b""))
+    clock.advance(40.0)                       # stale now (reachable 30 s of the 60)
+    out = a.ping(B, 1, 2, b"")
+    assert len(out) == 1 and ip_of(out[0])[0].dst == MAC_B   # sent at once, to the entry's MAC
+    wire.carry(a, out)
+    clock.now = a.next_deadline()             # DELAY over: Linux's delay_first_probe_time, 5 s
+    probe = a.poll()
+    assert len(probe) == 1
+    eth = EthernetFrame.parse(probe[0])
+    assert (eth.dst, eth.ethertype) == (MAC_B, ETH_P_ARP)   # unicast, to the MAC it holds
+    assert arp_of(probe[0]).op == ARPOP_REQUEST and arp_of(probe[0]).tpa == B
+    wire.carry(a, probe)                      # b answers: confirmed again
+    assert a.arp_states() == {B: "REACHABLE"}
+    assert a.next_deadline() == clock.now + 60.0
+
+
+def test_a_stale_neighbour_that_never_answers_its_probes_is_resolved_by_broadcast_again(pair, clock):
+    a, b, wire = pair
+    wire.carry(a, a.ping(B, 1, 1, b""))
+    clock.advance(40.0)
+    wire.cut = True
+    assert ip_of(a.ping(B, 1, 2, b"")[0])[0].dst == MAC_B
+    probes = []
+    while a.arp_cache():
+        clock.now = a.next_deadline()
+        probes += a.poll()
+    assert [EthernetFrame.parse(f).dst for f in probes] == [MAC_B] * 3
+    out = a.ping(B, 1, 3, b"")
+    assert EthernetFrame.parse(out[0]).dst == BROADCAST and arp_of(out[0]).tpa == B
+
+
 def test_arp_retries_then_gives_up_and_counts(pair, clock):
     a, _, wire = pair
     wire.cut = True

@@ -1,6 +1,5 @@
 """veth pairs: the wire format and both transports, with real sockets."""
 import asyncio
-import socket
 
 import pytest
 from hypothesis import given, strategies as st
