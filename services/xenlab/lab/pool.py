@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xenlab import eventloop
-from xenlab.events.broker import broker_ready, free_port, pick_engine
+from xenlab.events.broker import broker_ready, pick_engine
 from xenlab.events.config import BrokerAddress
 from xenlab.lab.runner import Lab, LabError
 from xenlab.lab.spec import LabSpec, host_lab, pool_gateway
+from xenlab.osutil import free_port
 from xenlab.rundir import Rundir, RundirError
 
 UNDERLAY_BRIDGE = "lan0"

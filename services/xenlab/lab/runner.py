@@ -27,13 +27,14 @@ import grpc
 from xenlab import eventloop
 from xenlab.bridge.client import BridgeStub, NoBridgeError, bridge_for
 from xenlab.client import HypervisorClient, to_domain_spec
-from xenlab.events.broker import broker_ready, free_port, pick_engine
+from xenlab.events.broker import broker_ready, pick_engine
 from xenlab.events.config import BrokerAddress, EventsConfig
 from xenlab.events.topics import Topics
 from xenlab.agent_client import agent_key
 from xenlab.lab import shaping
 from xenlab.lab.spec import LabSpec, shaping_devices
 from xenlab.launchers.domains_dir import parse_domain_uids
+from xenlab.osutil import free_port
 from xenlab.proto import bridge_pb2, common_pb2, domains_pb2, xenstore_pb2
 from xenlab.rundir import LAB, ProcessRecord, Rundir, RundirError
 from xenlab.xen import abi

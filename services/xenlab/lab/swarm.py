@@ -363,8 +363,8 @@ def parse_labs(items: list[str]) -> dict[str, list[str]]:
 
 def run(args) -> int:
     try:
-        text = render(make_hosts(args.hosts, parse_labs(args.lab)),
-                      "STACK_FILE" if args.output == "-" else os.path.basename(args.output))
+        hosts = make_hosts(args.hosts, parse_labs(args.lab))
+        text = render(hosts, "STACK_FILE" if args.output == "-" else os.path.basename(args.output))
     except StackError as err:
         print(f"xenlab swarm-stack: {err}", file=sys.stderr)
         return 2
@@ -377,7 +377,7 @@ def run(args) -> int:
     except OSError as err:
         print(f"xenlab swarm-stack: cannot write {args.output}: {err.strerror}", file=sys.stderr)
         return 1
-    print(f"xenlab swarm-stack: wrote {args.output} ({len(args.hosts)} hosts); deploy with "
-          + " ".join(f"XENLAB_{h.upper()}_ADDR=..." for h in args.hosts)
+    print(f"xenlab swarm-stack: wrote {args.output} ({len(hosts)} hosts); deploy with "
+          + " ".join(f"{h.var}_ADDR=..." for h in hosts)
           + f" docker stack deploy -c {args.output} xenlab", file=sys.stderr)
     return 0

@@ -9,8 +9,9 @@ import time
 import pytest
 import pytest_asyncio
 
-from xenlab.events.broker import EmbeddedBroker, broker_ready, free_port, mosquitto_binary
+from xenlab.events.broker import EmbeddedBroker, broker_ready, mosquitto_binary
 from xenlab.events.config import BrokerAddress
+from xenlab.osutil import free_port
 
 
 @pytest.fixture

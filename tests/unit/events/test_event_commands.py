@@ -104,7 +104,8 @@ def test_broker_listen_and_mosquitto_configuration():
 
 def test_the_broker_does_not_outlive_its_parent(tmp_path):
     import subprocess
-    from xenlab.events.broker import free_port, mosquitto_binary
+    from xenlab.events.broker import mosquitto_binary
+    from xenlab.osutil import free_port
     if mosquitto_binary() is None:
         pytest.skip("mosquitto is not installed (Debian package mosquitto)")
     port = free_port()
@@ -148,7 +149,8 @@ async def test_a_service_that_dies_is_announced_offline_by_its_will(tmp_path, en
         await broker.start()
         address = broker.address
     else:
-        from xenlab.events.broker import broker_ready, free_port
+        from xenlab.events.broker import broker_ready
+        from xenlab.osutil import free_port
         from xenlab.events.config import BrokerAddress
         address = BrokerAddress("127.0.0.1", free_port())
         broker_proc = await asyncio.create_subprocess_exec(

@@ -4,7 +4,7 @@ broker that restarts on the same port."""
 import inspect
 
 from xenlab.events import topics as t
-from xenlab.events.broker import free_port
+from xenlab.osutil import free_port
 from xenlab.events.config import BrokerAddress
 from xenlab.events.publisher import EventPublisher
 from xenlab.events.watch import EventCollector
