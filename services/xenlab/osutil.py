@@ -13,6 +13,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_MEMORY_MERGE = 67
+PR_GET_MEMORY_MERGE = 68
 GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 
 
@@ -65,6 +67,26 @@ def become_subreaper() -> bool:
     can still wait for them. False where the kernel refuses."""
     try:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def set_memory_merge(on: bool = True) -> bool:
+    """prctl(PR_SET_MEMORY_MERGE): offer every anonymous page of this
+    process, and of every process it forks from now on, to the kernel's
+    samepage merging (KSM; Linux 6.4+), which shares identical pages
+    copy-on-write once ksmd runs. False where the kernel refuses (older
+    kernels, or no KSM: EINVAL)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MEMORY_MERGE, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def memory_merge() -> bool:
+    """Whether this process's memory is offered to KSM (PR_GET_MEMORY_MERGE)."""
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 1
     except (OSError, AttributeError):
         return False
 

@@ -355,3 +355,59 @@ async def test_the_fork_server_refuses_malformed_launches_and_reports_each_exit(
             os.close(fd)
         await server.close()
     assert server.proc.returncode == 0          # it exits when the control socket closes
+
+
+# -- page sharing (xenlab.hypervisor.page_sharing) ---------------------------------------------
+KSM = Path("/sys/kernel/mm/ksm")
+
+
+def mergeable_heap(pid: int) -> bool:
+    """Whether the process's [heap] is offered to KSM: smaps' VmFlags say
+    `mg` (VM_MERGEABLE) for a mapping the kernel's samepage merging scans."""
+    heap = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line.endswith("[heap]"):
+            heap = True
+        elif heap and line.startswith("VmFlags:"):
+            return "mg" in line.split()[1:]
+    raise AssertionError(f"process {pid} has no [heap]")
+
+
+def merging_pages(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/ksm_merging_pages").read_text())
+
+
+@pytest.mark.parametrize("mode, offered", [("auto", True), ("off", False)])
+async def test_forked_domains_memory_is_offered_to_ksm_unless_page_sharing_is_off(lab_factory, mode,
+                                                                                   offered):
+    lab = await lab_factory(LAB + f'[hypervisor]\npage_sharing = "{mode}"\n')
+    _, _, pid = await create(lab, "fa", 1)
+    zygote = fork_server(hv_pid(lab))
+    assert mergeable_heap(pid) is offered and mergeable_heap(zygote) is offered
+    # The hypervisor, Domain-0 and the bridge are not domains forked from it: never offered.
+    assert not mergeable_heap(hv_pid(lab))
+    info = await lab.hv.domains.GetHostInfo(common_pb2.Empty())
+    assert info.page_sharing.startswith(f"{mode}") and (mode != "auto" or "ksmd" in info.page_sharing)
+
+
+@pytest.mark.skipif(not (KSM / "run").exists() or os.geteuid() != 0,
+                    reason="starting ksmd needs KSM in the kernel and root")
+async def test_page_sharing_on_starts_ksmd_merges_the_domains_and_puts_the_host_back(lab_factory):
+    """`page_sharing = "on"`: ksmd started (if it was stopped), the two
+    domains' identical pages merged (each process's ksm_merging_pages, and
+    xl info's sharing_freed_memory), the host's settings back once the lab
+    is down."""
+    before = {name: (KSM / name).read_text() for name in ("run", "pages_to_scan", "sleep_millisecs")}
+    lab = await lab_factory(LAB + '[hypervisor]\npage_sharing = "on"\n')
+    _, _, pid_a = await create(lab, "fa", 1)
+    _, _, pid_b = await create(lab, "fb", 2)
+    assert (KSM / "run").read_text() == "1\n"
+    await eventually(lambda: merging_pages(pid_a) > 100 and merging_pages(pid_b) > 100, timeout=120,
+                     what="ksmd merging the domains' pages")
+    info = await lab.hv.domains.GetHostInfo(common_pb2.Empty())
+    assert info.sharing_freed_kb > 400 and info.sharing_used_kb > 0
+    if before["run"] == "0\n":
+        assert info.page_sharing.startswith("on: ksmd started by the hypervisor")
+    assert await ping(lab, "fa", "10.9.0.2") == 2     # merged pages written again: copied, not broken
+    await lab.lab.down()
+    assert {name: (KSM / name).read_text() for name in before} == before

@@ -49,6 +49,7 @@ from xenlab.bench.labs import lab_spec, running_lab
 from xenlab.bench.throughput import DomainPair, run_latency, run_throughput, warm_up
 from xenlab.bench.profile import Profiler, find_py_spy
 from xenlab.bench.scale import MESH_PER_SOURCE, MESH_SETTLE, boot
+from xenlab.hypervisor.page_sharing import MODES as PAGE_SHARING_MODES
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 
 SECTIONS = ("throughput", "latency", "scale", "fdb", "netem", "paging", "migrate")
@@ -89,6 +90,7 @@ class Plan:
     py_spy: str | None
     log_level: str
     keep_logs: Path | None
+    page_sharing: str = "auto"
 
 
 # What the path can carry: the agent's Blast frame (header and a sequence
@@ -145,6 +147,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interval", type=argtypes.seconds(PING_MIN_INTERVAL, 60.0), help=f"seconds between pings (default {FULL['interval']})")
     parser.add_argument("--scale", type=_ints, help=f"numbers of domUs to boot (default {FULL['scale']})")
     parser.add_argument("--no-mesh", action="store_true", help="skip the ping mesh sample at each N")
+    parser.add_argument("--page-sharing", choices=PAGE_SHARING_MODES, default=None,
+                        help="scale: the hypervisor's --page-sharing (default on as root: ksmd "
+                             "started and the memory measured again once it has merged; auto "
+                             "otherwise)")
     parser.add_argument("--mesh-per-source", type=argtypes.whole(0, 4096), default=MESH_PER_SOURCE,
                         metavar="K", help=f"destinations each domU pings in the mesh sample, 0 for "
                                           f"every other domU (default {MESH_PER_SOURCE})")
@@ -195,7 +201,8 @@ def make_plan(args) -> Plan:
                 paging_domains=not args.paging_in_process,
                 migrations=args.migrations or base["migrations"], udp_rate=args.udp_rate,
                 kernel=not args.no_kernel, batch=args.batch, json=args.json, profile=args.profile,
-                py_spy=args.py_spy, log_level=args.log_level, keep_logs=args.keep_logs)
+                py_spy=args.py_spy, log_level=args.log_level, keep_logs=args.keep_logs,
+                page_sharing=args.page_sharing or ("on" if os.geteuid() == 0 else "auto"))
 
 
 def progress(message: str) -> None:
@@ -343,7 +350,8 @@ class Bench:
                 run = await boot(n, timeout=max(120.0, 5.0 * n), progress=progress,
                                  mesh=plan.mesh, log_level=plan.log_level, keep=plan.keep_logs,
                                  idle=plan.idle, mesh_per_source=plan.mesh_per_source,
-                                 mesh_settle=0.0 if plan.quick else MESH_SETTLE)
+                                 mesh_settle=0.0 if plan.quick else MESH_SETTLE,
+                                 page_sharing=plan.page_sharing)
             except Exception as err:        # a lab that does not come up ends the section, with why
                 section["error"] = f"N={n}: {type(err).__name__}: {err}"
                 progress(f"scale stopped: {section['error']}")

@@ -18,6 +18,7 @@ import asyncio
 import dataclasses
 import os
 import time
+from pathlib import Path
 
 import grpc
 
@@ -27,6 +28,7 @@ from xenlab.bench.stats import percentiles
 from xenlab.lab.runner import LabError, vif_ready
 from xenlab.client import to_domain_spec
 from xenlab.events.config import DEFAULT_INTERVAL
+from xenlab.hypervisor.page_sharing import BOOST_SCANS, KSM_SYSFS
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
 
 POLL = 0.25                 # seconds between looks at the vifs while they connect: each look
@@ -39,6 +41,7 @@ CREATE_TIMEOUT = 60.0       # seconds for one Domains.Create (it starts the proc
 # echoes end, and a guest agent called during the boot goes dormant
 # (xenlab.domain.agent_activation: 5 s after its last call, then a drain).
 IDLE_SETTLE = 8.0
+SHARING_TIMEOUT = 600.0     # seconds to wait for ksmd to merge the domUs' pages
 MESH_PER_SOURCE = 4         # destinations each domU pings in the mesh sample
 # Between the mesh's two passes: Domain-0 publishes the counters of every vif
 # that moved (the first pass's ARP broadcasts reach them all) at the end of
@@ -53,12 +56,15 @@ def _mib(kib: float) -> float:
 
 async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: str = "WARNING",
                keep=None, idle: float = 0.0, mesh_per_source: int = MESH_PER_SOURCE,
-               mesh_settle: float = MESH_SETTLE) -> dict:
+               mesh_settle: float = MESH_SETTLE, page_sharing: str = "auto",
+               sharing_timeout: float = SHARING_TIMEOUT) -> dict:
     """``idle``: seconds over which to measure the idle lab's CPU (0: not
     measured); ``mesh_per_source``: destinations per domU in the mesh
     sample (0: every other domU); ``mesh_settle``: seconds between the
-    mesh's two passes."""
-    spec = lab_spec(n)
+    mesh's two passes; ``page_sharing``: the hypervisor's --page-sharing
+    (with ksmd running, memory is measured again once it has merged, at
+    most ``sharing_timeout`` seconds after the boot)."""
+    spec = dataclasses.replace(lab_spec(n), page_sharing=page_sharing)
     services_only = dataclasses.replace(spec, domains=())
     async with running_lab(services_only, log_level=log_level, timeout=timeout, keep=keep) as lab:
         started = time.monotonic()
@@ -76,7 +82,10 @@ async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: 
         result = {"n": n, "seconds": seconds, "create_seconds": created, "half_connected_seconds": half,
                   "memory": await _memory(lab)}
         progress(f"  {n} domUs: all vifs Connected in {seconds:.1f}s "
-                 f"(RSS per domU {result['memory']['domu']['rss_mib_mean']} MiB mean)")
+                 f"(RSS per domU {result['memory']['domu']['rss_mib_mean']} MiB mean, "
+                 f"PSS {result['memory']['domu'].get('pss_mib_mean')})")
+        if page_sharing != "off":
+            result["shared"] = await shared_memory(lab, progress, sharing_timeout)
         if idle > 0:
             result["idle"] = await idle_cpu(lab, idle, progress)
         if mesh:
@@ -84,13 +93,58 @@ async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: 
         return result
 
 
+def _ksm(name: str) -> int | None:
+    try:
+        return int((KSM_SYSFS / name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def ksmd_pid() -> int | None:
+    """The kernel's samepage-merging thread, whose CPU the lab's sharing costs."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "ksmd":
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
+async def shared_memory(lab, progress, timeout: float) -> dict:
+    """Memory again once ksmd has merged the domUs' pages: after
+    ``BOOST_SCANS`` full scans from now (a hypervisor with
+    ``--page-sharing on`` scans fast until then), or ``timeout``."""
+    if _ksm("run") != 1:
+        why = "no KSM in this kernel" if _ksm("run") is None else \
+            "ksmd is not running (--page-sharing on starts it as root)"
+        progress(f"  page sharing not measured: {why}")
+        return {"skipped": why}
+    start, t0 = _ksm("full_scans"), time.monotonic()
+    progress(f"  waiting for ksmd: {BOOST_SCANS} full scans (at most {timeout:g}s)")
+    while (_ksm("full_scans") or 0) < start + BOOST_SCANS and time.monotonic() - t0 < timeout:
+        await asyncio.sleep(1.0)
+    out = {"seconds": round(time.monotonic() - t0, 1), "full_scans": (_ksm("full_scans") or 0) - start,
+           "pages_sharing": _ksm("pages_sharing"), "pages_shared": _ksm("pages_shared"),
+           "pages_to_scan": _ksm("pages_to_scan"), "memory": await _memory(lab)}
+    progress(f"  merged after {out['seconds']:.0f}s ({out['full_scans']} full scans): PSS per domU "
+             f"{out['memory']['domu'].get('pss_mib_mean')} MiB mean; the host shares "
+             f"{(out['pages_sharing'] or 0) * 4 // 1024} MiB in {(out['pages_shared'] or 0) * 4 // 1024} MiB")
+    return out
+
+
 async def idle_cpu(lab, seconds: float, progress) -> dict:
-    """The CPU the whole lab uses with no traffic, as a share of one core."""
+    """The CPU the whole lab uses with no traffic, as a share of one core;
+    ksmd's apart (a kernel thread, working for the lab when its pages are
+    offered, but for any other process that offers its own too)."""
     await asyncio.sleep(IDLE_SETTLE)
     processes = await lab_processes(lab)
     load = os.getloadavg()[0]
+    ksmd = ksmd_pid() if _ksm("run") == 1 else None
     t0 = time.monotonic()
     before = {p.pid: cpu_seconds(p.pid) for p in processes}
+    ksmd_before = cpu_seconds(ksmd) if ksmd else 0.0
     await asyncio.sleep(seconds)
     wall = time.monotonic() - t0
     # CPU seconds, not CpuMeter's rounded percentages: an idle domU uses a
@@ -107,9 +161,13 @@ async def idle_cpu(lab, seconds: float, progress) -> dict:
            "domus_cpu_seconds": round(sum(domus), 2),
            "services_percent": {name: percent(v) for name, v in used.items() if name not in lab.domids},
            "loadavg_1m": [load, os.getloadavg()[0]]}
+    if ksmd:
+        out["ksmd_percent"] = percent(cpu_seconds(ksmd) - ksmd_before)
+        out["ksmd_pages_to_scan"] = _ksm("pages_to_scan")
     total = out["total_percent"]
     progress(f"  idle over {seconds:g}s: the lab uses {total:.1f}% of one CPU "
-             f"({out['domus_percent']:.1f}% in the domUs; services {out['services_percent']})")
+             f"({out['domus_percent']:.1f}% in the domUs; services {out['services_percent']})"
+             + (f"; ksmd {out['ksmd_percent']:.1f}%" if ksmd else ""))
     return out
 
 

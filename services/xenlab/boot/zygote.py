@@ -36,7 +36,7 @@ import grpc  # noqa: F401
 import grpc.aio  # noqa: F401
 from xenlab.boot import domu
 from xenlab.launchers import forkserver
-from xenlab.osutil import die_with_parent, parent_death_signal, set_comm
+from xenlab.osutil import die_with_parent, parent_death_signal, set_comm, set_memory_merge
 
 try:
     import uvloop  # noqa: F401 -- optional: xenlab.eventloop uses it when installed
@@ -53,6 +53,10 @@ def main(argv=None) -> int:
     parser.add_argument("--control-fd", type=int, required=True,
                         help="the control socket (SOCK_SEQPACKET) the hypervisor handed over")
     parser.add_argument("--log-level", default="INFO", help="the domains' log level (default INFO)")
+    parser.add_argument("--page-sharing", action="store_true",
+                        help="offer the fork server's memory and every domain's to the kernel's "
+                             "samepage merging (KSM): pages the domains copied and that are "
+                             "alike again are shared once ksmd runs")
     args = parser.parse_args(argv)
     die_with_parent()
     set_comm(COMM)
@@ -65,12 +69,17 @@ def main(argv=None) -> int:
         return 1
     ctl = socket.socket(fileno=args.control_fd)
     gc.disable()        # collections would dirty the shared pages; each child enables it
-    return ForkServerLoop(ctl, hypervisor).run()
+    # Inherited by every child (MMF_VM_MERGE_ANY is copied at fork): the
+    # zygote's pages a domain wrote and that are alike again in every domain
+    # (reference counts gone up and back, the same objects made) are merged.
+    mergeable = set_memory_merge(True) if args.page_sharing else False
+    return ForkServerLoop(ctl, hypervisor, mergeable).run()
 
 
 class ForkServerLoop:
-    def __init__(self, ctl: socket.socket, hypervisor: int):
+    def __init__(self, ctl: socket.socket, hypervisor: int, mergeable: bool = False):
         self.ctl = ctl
+        self.mergeable = mergeable
         self.hypervisor = hypervisor
         self.pid = os.getpid()
         self.selector = selectors.DefaultSelector()
@@ -82,7 +91,7 @@ class ForkServerLoop:
         signal.signal(signal.SIGCHLD, lambda *_: None)    # wakes the selector
         self.selector.register(self.ctl, selectors.EVENT_READ)
         self.selector.register(self.wake_r, selectors.EVENT_READ)
-        self._send(forkserver.encode("ready", pid=os.getpid()))
+        self._send(forkserver.encode("ready", pid=os.getpid(), mergeable=self.mergeable))
         while True:
             for key, _ in self.selector.select():
                 if key.fd == self.wake_r:

@@ -90,8 +90,10 @@ def format_host_info(info: domains_pb2.HostInfo, phys=None) -> str:
     rows += [("total_memory", info.total_memory_kb // 1024),
              ("free_memory", info.free_memory_kb // 1024)]
     if phys is not None:
-        # No page sharing and no claims in the lab: these are its real zeros.
-        rows += [("sharing_freed_memory", 0), ("sharing_used_memory", 0),
+        # Page sharing is the kernel's (KSM), host-wide as Xen's; no claims
+        # in the lab: that zero is real.
+        rows += [("sharing_freed_memory", info.sharing_freed_kb // 1024),
+                 ("sharing_used_memory", info.sharing_used_kb // 1024),
                  ("outstanding_claims", 0), ("free_cpus", phys.free_cpus)]
     rows += _version_parts(info.xen_version)
     rows += [("xen_version", info.xen_version), ("xen_caps", info.xen_caps)]
@@ -102,7 +104,10 @@ def format_host_info(info: domains_pb2.HostInfo, phys=None) -> str:
         rows += [("xen_commandline", phys.commandline), ("cc_compiler", phys.cc_compiler),
                  ("cc_compile_date", phys.cc_compile_date)]
     rows += [("nr_domains", info.nr_domains),
-             ("launcher", info.launcher), ("rundir", info.rundir),
+             ("launcher", info.launcher)]
+    if info.page_sharing:
+        rows.append(("page_sharing", info.page_sharing))
+    rows += [("rundir", info.rundir),
              ("doorbell", info.doorbell)]
     if info.rundir:
         rows.append(("xenstored_path", Rundir(Path(info.rundir)).xenstored_socket))

@@ -9,6 +9,7 @@ from pathlib import Path
 from xenlab import eventloop
 from xenlab.events import config as events_config
 from xenlab.events.sources import HypervisorSource, service_events
+from xenlab.hypervisor import page_sharing
 from xenlab.hypervisor.config import DEFAULT_ADDRESS, HypervisorConfig
 from xenlab.hypervisor.server import serve
 from xenlab.launchers import NAMES as LAUNCHERS, docker as docker_launcher
@@ -44,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "through (its sockets for domains, a directory per domain), "
                              "made if missing (default: a fresh one in TMPDIR). The docker "
                              "launcher needs one, mounted into every domain (--docker-volume)")
+    parser.add_argument("--page-sharing", choices=page_sharing.MODES, default="auto",
+                        help="identical pages of the local domains shared by the kernel's "
+                             "samepage merging (KSM): auto offers them and leaves ksmd as the "
+                             "host has it; on also starts ksmd if it is stopped (root) and "
+                             "stops it again at exit; off offers nothing (default auto)")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="how much the hypervisor logs (default INFO)")
@@ -61,7 +67,7 @@ def config_from_args(args, env=None) -> HypervisorConfig:
                             launcher=args.launcher, max_domains=args.max_domains,
                             log_level=args.log_level, docker=docker_launcher.config_from_args(args),
                             domain_uids=parse_domain_uids(args.domain_uids),
-                            domains_dir=args.domains_dir)
+                            domains_dir=args.domains_dir, page_sharing=args.page_sharing)
 
 
 def run(args) -> int:

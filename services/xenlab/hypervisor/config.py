@@ -36,3 +36,6 @@ class HypervisorConfig:
     # Where domains' endpoints live with domain uids (None: a fresh directory
     # in TMPDIR); the docker launcher mounts it into every domain.
     domains_dir: Path | None = None
+    # Forked domains' memory offered to the kernel's samepage merging:
+    # auto, on (and start ksmd) or off (xenlab.hypervisor.page_sharing).
+    page_sharing: str = "auto"

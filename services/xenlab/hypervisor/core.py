@@ -34,6 +34,7 @@ from xenlab.hypervisor.caller import DOM0, Caller
 from xenlab.hypervisor.conring import ConsoleRing
 from xenlab.hypervisor.identity import Identity
 from xenlab.hypervisor.memory import MachineMemory
+from xenlab.hypervisor.page_sharing import PageSharing
 from xenlab.hypervisor.paging import Paging
 from xenlab.hypervisor.scheduler import Scheduler
 from xenlab.hypervisor.watchdog import Watchdogs
@@ -91,6 +92,7 @@ class Hypervisor:
         self.store_rings = StoreRings(self.xenstored, self.memory, self.evtchn, self.is_privileged)
         self.consoles = Consoles(self.xenstore, self.memory, self.evtchn, self._open_console_log)
         self.domains_dir = DomainsDir(self.rundir.path, config.domain_uids, config.domains_dir)
+        self.page_sharing = PageSharing(config.page_sharing)
         self.launcher = launcher or self._make_launcher(config.launcher)
         self.launchers: dict[str, Launcher] = {self.launcher.name: self.launcher}
         self._procs: dict[int, DomainProcess] = {}
@@ -113,6 +115,7 @@ class Hypervisor:
 
     # -- start and stop ------------------------------------------------------
     async def start(self) -> None:
+        self.page_sharing.start()
         self._reap_stale_segments()
         self.rundir.create()
         # Before the first segment: what a SIGKILL leaves can then be found.
@@ -160,6 +163,7 @@ class Hypervisor:
         for launcher in self.launchers.values():
             await launcher.close()
         self.domains_dir.close()
+        await self.page_sharing.close()
         self.rundir.withdraw_hypervisor()
         self.conring.detach()
 
@@ -239,7 +243,8 @@ class Hypervisor:
 
     def _make_launcher(self, name: str) -> Launcher:
         return make_launcher(name, self.config.log_level, self.config.docker, self.domains_dir,
-                             private=(self.rundir.path, Path(self.config.shm_dir)))
+                             private=(self.rundir.path, Path(self.config.shm_dir)),
+                             page_sharing=self.page_sharing.offered)
 
     def populate(self, dom: Domain, initial_pages: int) -> str:
         """A domain allocated in the table gets its memory (``initial_pages``
@@ -282,6 +287,7 @@ class Hypervisor:
         doorbell connection already made for it where the launcher can pass
         descriptors: it is told no path into the rundir or /dev/shm."""
         info = self._start_info(dom, secret, token, launcher, cmdline, resume_gfn)
+        self.page_sharing.domain_started()
         if not launcher.takes_handles:
             # It asks for its memory in its doorbell HELLO (_doorbell_memory).
             return await launcher.start(info)
@@ -652,6 +658,7 @@ class Hypervisor:
 
     def host_info(self) -> dict:
         uname = platform.uname()
+        freed, used = self.page_sharing.figures()
         return dict(host=uname.node, release=uname.release, xen_version=XEN_VERSION,
                     nr_cpus=os.cpu_count() or 1,
                     total_memory_kb=self.memory.total_pages * 4,
@@ -659,5 +666,6 @@ class Hypervisor:
                     nr_domains=len(self.domains), xen_caps="xen-3.0-x86_64 (emulated by xenlab)",
                     rundir=str(self.rundir.path), doorbell=str(self.rundir.doorbell),
                     launcher=self.launcher.name, uptime=time.monotonic() - self.started,
-                    ops=dict(self.ops))
+                    ops=dict(self.ops), sharing_freed_kb=freed, sharing_used_kb=used,
+                    page_sharing=self.page_sharing.describe())
 

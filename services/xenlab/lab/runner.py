@@ -197,6 +197,7 @@ class Lab:
         self.progress(f"starting the hypervisor on {listen}")
         hv = await self._spawn("hypervisor", "hypervisor", "--listen", listen, "--rundir", str(self.rundir),
                                "--memory", str(self.spec.memory_mb), "--launcher", self.spec.launcher,
+                               "--page-sharing", self.spec.page_sharing,
                                "--domain-uids", self.domain_uids,
                                "--log-level", self.log_level, "--die-with-parent", *self._events_args())
 

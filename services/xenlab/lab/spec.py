@@ -62,6 +62,7 @@ from types import MappingProxyType
 from xenlab.bridge.uplink import check_uplink_spec
 from xenlab.events.config import BrokerAddress
 from xenlab.events.topics import check_level, check_prefix
+from xenlab.hypervisor.page_sharing import MODES as PAGE_SHARING_MODES
 from xenlab.lab.tomllines import KeyPosition, TomlLines, key_lines
 from xenlab.net.ipconfig import check_guest_net, missing_ip_params, vif_address
 from xenlab.net.netem import NetemError, parse_netem
@@ -72,7 +73,7 @@ from xenlab.xen.errors import ConfigError, XenError
 
 TABLES = {"lab", "hypervisor", "bridge", "domain", "mqtt", "link", "host"}
 LAB_KEYS = {"name", "rundir"}
-HYPERVISOR_KEYS = {"memory", "listen", "launcher"}
+HYPERVISOR_KEYS = {"memory", "listen", "launcher", "page_sharing"}
 BRIDGE_KEYS = {"name", "uplink", "ageing", "fdb_max", "fdb_policy", "flood_limit", "vlan_filtering",
                "stp", "priority", "hello_time", "forward_delay", "max_age"}
 LINK_KEYS = {"bridges", "netem"}
@@ -146,6 +147,7 @@ class LabSpec:
     memory_mb: int = 4096
     listen: str | None = None
     launcher: str = "local"
+    page_sharing: str = "auto"        # the hypervisor's --page-sharing
     rundir: str | None = None
     source: str = "<built-in>"
     mqtt: MqttSpec = MqttSpec()
@@ -312,10 +314,16 @@ def parse_lab(text: str, source: str = "<lab>", base: Path | None = None) -> Lab
             line = lines.line(("link", i), "netem")
             shaping.append(Shaping(_netem_args(entry["netem"], f"link #{i + 1}", source, line),
                                    link=i))
+    page_sharing = hv.get("page_sharing", "auto")
+    if page_sharing not in PAGE_SHARING_MODES:
+        raise _fail(source, f"[hypervisor] page_sharing = {page_sharing!r}: expected one of "
+                            f"{', '.join(map(repr, PAGE_SHARING_MODES))}",
+                    lines.line(("hypervisor",), "page_sharing"))
     spec = LabSpec(name=str(lab.get("name", Path(source).stem)), domains=domains, links=tuple(links),
                    bridges=tuple(bridges) or (BridgeSpec(DEFAULT_BRIDGE),),
                    memory_mb=int(hv.get("memory", 4096)), listen=hv.get("listen"),
-                   launcher=str(hv.get("launcher", "local")), rundir=lab.get("rundir"),
+                   launcher=str(hv.get("launcher", "local")), page_sharing=page_sharing,
+                   rundir=lab.get("rundir"),
                    source=source, mqtt=_mqtt(mqtt, source, _lines_of(lines, ("mqtt",))),
                    shaping=tuple(shaping), hosts=hosts,
                    placement=tuple(placement) if hosts else ())

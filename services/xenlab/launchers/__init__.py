@@ -32,14 +32,17 @@ NAMES = ("local", "docker", "none")
 
 def make_launcher(name: str, log_level: str = "INFO", docker: DockerConfig | None = None,
                   domains_dir: DomainsDir | None = None, private: tuple[Path, ...] = (),
-                  environ=os.environ) -> Launcher:
+                  environ=os.environ, page_sharing: bool = False) -> Launcher:
     """`docker`: the DockerConfig for the docker launcher (defaults if None);
     `domains_dir`: where domains get their own directory; `private`: the
-    directories no domain may be given (the rundir, the shm dir). A local
-    domain is forked from the fork server unless XENLAB_FORK_SERVER=off."""
+    directories no domain may be given (the rundir, the shm dir);
+    `page_sharing`: forked domains' memory is offered to the kernel's
+    samepage merging. A local domain is forked from the fork server unless
+    XENLAB_FORK_SERVER=off."""
     if name == "local":
         if forkserver.enabled(environ):
-            return ForkServerLauncher(log_level=log_level, domains_dir=domains_dir)
+            return ForkServerLauncher(log_level=log_level, domains_dir=domains_dir,
+                                      page_sharing=page_sharing)
         return LocalLauncher(log_level=log_level, domains_dir=domains_dir)
     if name == "none":
         return NoLauncher()

@@ -67,12 +67,13 @@ class ProtocolError(ValueError):
 
 # -- the control protocol: one JSON object per datagram ------------------------------------
 # hypervisor -> fork server: {"op": "launch", "req": N, "fds": [names], "log_level": L}
-# fork server -> hypervisor: {"op": "ready", "pid": P}
+# fork server -> hypervisor: {"op": "ready", "pid": P, "mergeable": B}   (B: its memory and
+#                                                       its children's are offered to KSM)
 #                            {"op": "started", "req": N, "pid": P}   + the child's pidfd
 #                            {"op": "failed", "req": N, "error": TEXT}
 #                            {"op": "exit", "pid": P, "status": S}   (S: exit code, or -signal)
 _FIELDS = {"launch": {"req": int, "fds": list, "log_level": str},
-           "ready": {"pid": int},
+           "ready": {"pid": int, "mergeable": bool},
            "started": {"req": int, "pid": int},
            "failed": {"req": int, "error": str},
            "exit": {"pid": int, "status": int}}
@@ -94,7 +95,8 @@ def decode(data: bytes) -> dict:
     if not isinstance(msg, dict) or msg.get("op") not in _FIELDS:
         raise ProtocolError(f"no known op in {data[:80]!r}")
     for name, kind in _FIELDS[msg["op"]].items():
-        if not isinstance(msg.get(name), kind) or isinstance(msg.get(name), bool):
+        value = msg.get(name)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
             raise ProtocolError(f"{msg['op']}: {name} must be {kind.__name__}")
     return msg
 
@@ -172,6 +174,7 @@ class ForkServer:
         self.loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[int] = self.loop.create_future()
         self.gone = ""                      # why it is gone, once it is
+        self.mergeable = False              # its domains' memory is offered to KSM
         self.children: dict[int, Child] = {}
         self._requests = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Child]] = {}
@@ -181,12 +184,16 @@ class ForkServer:
         self.loop.add_reader(sock.fileno(), self._readable)
 
     @classmethod
-    async def start(cls, python: str, log_level: str, timeout: float = READY_TIMEOUT) -> "ForkServer":
+    async def start(cls, python: str, log_level: str, timeout: float = READY_TIMEOUT,
+                    page_sharing: bool = False) -> "ForkServer":
+        """``page_sharing``: the fork server offers its memory and its
+        domains' to the kernel's samepage merging (xenlab.hypervisor.page_sharing)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        args = ["--page-sharing"] if page_sharing else []
         try:
             proc = await asyncio.create_subprocess_exec(
                 python, "-m", "xenlab.boot.zygote", "--control-fd", str(theirs.fileno()),
-                "--log-level", log_level, stdin=asyncio.subprocess.DEVNULL,
+                "--log-level", log_level, *args, stdin=asyncio.subprocess.DEVNULL,
                 pass_fds=[theirs.fileno()], start_new_session=True)
         except BaseException:
             ours.close()
@@ -199,7 +206,11 @@ class ForkServer:
         except BaseException:
             await server.close()
             raise
-        log.info("fork server %d is ready", proc.pid)
+        if page_sharing and not server.mergeable:
+            log.warning("fork server %d: the kernel refused PR_SET_MEMORY_MERGE (Linux 6.4 or "
+                        "later with KSM shares a domain's pages): no page sharing", proc.pid)
+        log.info("fork server %d is ready%s", proc.pid,
+                 "; its domains' memory is mergeable (KSM)" if server.mergeable else "")
         return server
 
     @property
@@ -283,6 +294,7 @@ class ForkServer:
             os.close(fd)
         if op == "ready":
             if not self.ready.done():
+                self.mergeable = msg["mergeable"]
                 self.ready.set_result(msg["pid"])
         elif op == "failed":
             future = self._pending.get(msg["req"])
@@ -359,8 +371,10 @@ class ForkServerLauncher(LocalLauncher):
     started as a fresh interpreter: the same uids, directories, cgroups,
     console logs and signals."""
 
-    def __init__(self, python: str = sys.executable, log_level: str = "INFO", **kwargs):
+    def __init__(self, python: str = sys.executable, log_level: str = "INFO",
+                 page_sharing: bool = False, **kwargs):
         super().__init__(python=python, log_level=log_level, **kwargs)
+        self.page_sharing = page_sharing    # domains' memory offered to KSM
         self.server: ForkServer | None = None
         self.broken = ""                # why launches fell back to spawning
         self._starting = asyncio.Lock()
@@ -387,7 +401,8 @@ class ForkServerLauncher(LocalLauncher):
                 if not become_subreaper():
                     raise XenError(errno.EPERM, "cannot become a child subreaper "
                                                 "(PR_SET_CHILD_SUBREAPER)")
-                self.server = await ForkServer.start(self.python, self.log_level)
+                self.server = await ForkServer.start(self.python, self.log_level,
+                                                     page_sharing=self.page_sharing)
             return self.server
 
     async def start(self, info: StartInfo, handles: DomainHandles | None = None) -> DomainProcess:

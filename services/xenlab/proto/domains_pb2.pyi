@@ -181,7 +181,7 @@ class VcpuSetRequest(_message.Message):
     def __init__(self, domain: _Optional[_Union[_common_pb2.DomainRef, _Mapping]] = ..., vcpus: _Optional[int] = ...) -> None: ...
 
 class HostInfo(_message.Message):
-    __slots__ = ("host", "release", "xen_version", "nr_cpus", "total_memory_kb", "free_memory_kb", "nr_domains", "xen_caps", "rundir", "doorbell", "launcher", "uptime", "ops")
+    __slots__ = ("host", "release", "xen_version", "nr_cpus", "total_memory_kb", "free_memory_kb", "nr_domains", "xen_caps", "rundir", "doorbell", "launcher", "uptime", "ops", "sharing_freed_kb", "sharing_used_kb", "page_sharing")
     class OpsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +202,9 @@ class HostInfo(_message.Message):
     LAUNCHER_FIELD_NUMBER: _ClassVar[int]
     UPTIME_FIELD_NUMBER: _ClassVar[int]
     OPS_FIELD_NUMBER: _ClassVar[int]
+    SHARING_FREED_KB_FIELD_NUMBER: _ClassVar[int]
+    SHARING_USED_KB_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SHARING_FIELD_NUMBER: _ClassVar[int]
     host: str
     release: str
     xen_version: str
@@ -215,7 +218,10 @@ class HostInfo(_message.Message):
     launcher: str
     uptime: float
     ops: _containers.ScalarMap[str, int]
-    def __init__(self, host: _Optional[str] = ..., release: _Optional[str] = ..., xen_version: _Optional[str] = ..., nr_cpus: _Optional[int] = ..., total_memory_kb: _Optional[int] = ..., free_memory_kb: _Optional[int] = ..., nr_domains: _Optional[int] = ..., xen_caps: _Optional[str] = ..., rundir: _Optional[str] = ..., doorbell: _Optional[str] = ..., launcher: _Optional[str] = ..., uptime: _Optional[float] = ..., ops: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    sharing_freed_kb: int
+    sharing_used_kb: int
+    page_sharing: str
+    def __init__(self, host: _Optional[str] = ..., release: _Optional[str] = ..., xen_version: _Optional[str] = ..., nr_cpus: _Optional[int] = ..., total_memory_kb: _Optional[int] = ..., free_memory_kb: _Optional[int] = ..., nr_domains: _Optional[int] = ..., xen_caps: _Optional[str] = ..., rundir: _Optional[str] = ..., doorbell: _Optional[str] = ..., launcher: _Optional[str] = ..., uptime: _Optional[float] = ..., ops: _Optional[_Mapping[str, int]] = ..., sharing_freed_kb: _Optional[int] = ..., sharing_used_kb: _Optional[int] = ..., page_sharing: _Optional[str] = ...) -> None: ...
 
 class ConsoleRequest(_message.Message):
     __slots__ = ("domain", "follow")

@@ -101,6 +101,7 @@ def test_host_info_lines():
 def test_host_info_without_a_dotted_version_has_no_major_minor():
     text = output.format_host_info(domains_pb2.HostInfo(xen_version="dev"))
     assert "xen_major" not in text and "xen_version            : dev" in text
+    assert "page_sharing" not in text       # a hypervisor that does not say
 
 
 # --------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def test_xl_info_with_physinfo_has_xls_fields_in_xls_order():
     from xenlab.proto import domains_pb2
     text = output.format_host_info(
         domains_pb2.HostInfo(host="lab", release="6.1", nr_cpus=4, xen_version="4.19-xenlab",
-                             total_memory_kb=2 << 20, free_memory_kb=1 << 20),
+                             total_memory_kb=2 << 20, free_memory_kb=1 << 20,
+                             sharing_freed_kb=300 * 1024 + 5, sharing_used_kb=20 * 1024,
+                             page_sharing="on: ksmd started by the hypervisor"),
         sched_pb2.PhysInfo(version="#1 SMP", machine="x86_64", max_cpu_id=3, nr_nodes=1,
                            cores_per_socket=2, threads_per_core=2, cpu_khz=2300125,
                            hw_caps=[0x1f8bfbff, 0xf7fa3203, 0, 0, 0, 0, 0, 0],
@@ -141,3 +143,5 @@ def test_xl_info_with_physinfo_has_xls_fields_in_xls_order():
     assert values["hw_caps"] == "1f8bfbff:f7fa3203:00000000:00000000:00000000:00000000:00000000:00000000"
     assert values["virt_caps"] == "pv gnttab-v1" and values["free_cpus"] == "1"
     assert values["xen_scheduler"] == "credit" and values["total_memory"] == "2048"
+    assert (values["sharing_freed_memory"], values["sharing_used_memory"]) == ("300", "20")
+    assert values["page_sharing"] == "on: ksmd started by the hypervisor"

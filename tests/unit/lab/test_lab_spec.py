@@ -73,6 +73,8 @@ def test_each_vif_of_a_list_spanning_lines_is_reported_on_its_own_line():
     ("[[bridge]]\nname = 'xenbr0'\n\n[[bridge]]\nname = 'xenbr1'\nfdbmax = 4\n", 6,
      "bridge #2: unknown key 'fdbmax' (did you mean 'fdb_max'?)"),
     ("[mqtt]\nbrokr = 'none'\n", 2, "[mqtt]: unknown key 'brokr' (did you mean 'broker'?)"),
+    ("[hypervisor]\nmemory = 64\npage_sharing = 'yes'\n", 3,
+     "[hypervisor] page_sharing = 'yes': expected one of 'auto', 'on', 'off'"),
     ("[lab]\nname = 'x'\n\n[[domains]]\nname = 'web'\n", 4, "top level: unknown table 'domains' (did you mean 'domain'?)"),
     ("[mqtt]\nbroker = 'none'\ninterval = -1\n", 3, "[mqtt] interval must be a positive number"),
     ("[[bridge]]\nname = 'xenbr0'\nuplink = 'eth0'\n", 3, "bridge xenbr0: uplink must be \"tap:NAME\""),
@@ -83,6 +85,11 @@ def test_each_vif_of_a_list_spanning_lines_is_reported_on_its_own_line():
 ])
 def test_every_table_names_the_line_of_its_mistake(text, line, says):
     assert refused(text).startswith(f"lab.toml:{line}: {says}")
+
+
+def test_page_sharing_reaches_the_spec_and_is_auto_by_default():
+    assert lab("[hypervisor]\npage_sharing = 'off'\n").page_sharing == "off"
+    assert lab("[hypervisor]\nmemory = 64\n").page_sharing == "auto"
 
 
 def test_a_vxlan_uplink_is_taken_in_full_form():

@@ -12,7 +12,7 @@ from xenlab.xen.start_info import StartInfo
 
 def test_each_message_round_trips():
     for op, fields in (("launch", {"req": 1, "fds": list(forkserver.LAUNCH_FDS), "log_level": "INFO"}),
-                       ("ready", {"pid": 7}), ("started", {"req": 1, "pid": 8}),
+                       ("ready", {"pid": 7, "mergeable": True}), ("started", {"req": 1, "pid": 8}),
                        ("failed", {"req": 1, "error": "EAGAIN"}), ("exit", {"pid": 8, "status": -9})):
         assert decode(encode(op, **fields)) == {"op": op, **fields}
 
@@ -20,6 +20,8 @@ def test_each_message_round_trips():
 @pytest.mark.parametrize("data", [b"", b"\xff", b"[]", b'{"op": "fork"}', b'{"op": "exit", "pid": 1}',
                                   b'{"op": "exit", "pid": "1", "status": 0}',
                                   b'{"op": "exit", "pid": true, "status": 0}',
+                                  b'{"op": "ready", "pid": 7}',
+                                  b'{"op": "ready", "pid": 7, "mergeable": 1}',
                                   b'{"op": "launch", "req": 1, "fds": "memory", "log_level": "INFO"}'])
 def test_a_malformed_message_is_a_protocol_error(data):
     with pytest.raises(ProtocolError):
@@ -49,7 +51,7 @@ async def test_a_fork_server_that_does_not_start_leaves_domains_spawned(monkeypa
     new fork server is tried for every create."""
     tries = []
 
-    async def not_ready(cls, python, log_level, timeout=0):
+    async def not_ready(cls, python, log_level, timeout=0, page_sharing=False):
         tries.append(python)
         raise forkserver.ForkServerGone("it exited with 1 before it was ready")
 

@@ -1,0 +1,223 @@
+"""Page sharing: identical pages of the domains shared again, by the
+kernel's samepage merging (KSM), as Xen's memory sharing shares identical
+frames of its guests (`xl info`'s sharing_freed_memory and
+sharing_used_memory).
+
+What is shared. Every forked domain starts as a copy-on-write copy of the
+fork server (xenlab.boot.zygote), and copies the pages it writes: mostly
+reference counts of the interpreter's objects, which every domain running
+the same code changes alike, and pages written and put back as they were.
+The fork server offers its memory and its children's to KSM
+(PR_SET_MEMORY_MERGE, inherited at fork); ksmd then merges the pages that
+are alike in several domains, or alike again with the fork server's, into
+one read-only page, copied again on the next write. A domain's guest frames
+(its memory object, tmpfs) are not anonymous memory, and never merged.
+
+Who runs ksmd. It is the host's: one switch (/sys/kernel/mm/ksm/run) and
+one scan rate for every process that offers memory. ``--page-sharing``:
+
+* ``auto`` (the default): domains are offered, ksmd is left as the host
+  has it (QEMU's ``mem-merge=on`` is the same choice);
+* ``on``: as auto, and if ksmd is stopped the hypervisor starts it (root),
+  scans fast while domains start and slowly once they have been merged
+  (``ScanTuner``, as ksmtuned tunes it), and puts back the host's settings
+  when it stops;
+* ``off``: nothing is offered.
+
+Merging across domains is a side channel (a write to a merged page takes
+longer): SECURITY.md says when to turn it off.
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MODES = ("auto", "on", "off")
+KSM_SYSFS = Path("/sys/kernel/mm/ksm")
+PAGE_KB = 4
+SLEEP_MS = 20               # ksmd's sleep between batches (the kernel's default)
+BOOST_PAGES = 1000          # pages per batch while domains start: 50,000 pages/s
+# Once merged: 1,000 pages/s. At the kernel's default (100: 5,000 pages/s)
+# ksmd alone used 2.6-3.4 % of a CPU with 64 and 256 idle domUs, ten times
+# the lab itself (BENCHMARKS.md).
+IDLE_PAGES = 20
+# Full scans after the last domain started before the rate drops: merging a
+# page takes two sightings (the unstable tree, then a match), and the scan
+# under way when the domain started may have passed it already.
+BOOST_SCANS = 3
+CHECK_INTERVAL = 2.0        # seconds between looks at full_scans, only while boosting
+SAVED = ("sleep_millisecs", "pages_to_scan", "run")    # put back in this order (run last)
+
+
+@dataclass
+class ScanTuner:
+    """ksmd's scan rate: ``boost_pages`` per batch from a domain's start
+    until ``boost_scans`` full scans have passed since the last one, then
+    ``idle_pages``. No I/O: the caller reads full_scans and writes the
+    rate it is given."""
+    boost_pages: int = BOOST_PAGES
+    idle_pages: int = IDLE_PAGES
+    boost_scans: int = BOOST_SCANS
+    until: int | None = None    # the full_scans count that ends the boost
+
+    @property
+    def boosting(self) -> bool:
+        return self.until is not None
+
+    def rate(self) -> int:
+        return self.boost_pages if self.boosting else self.idle_pages
+
+    def started(self, full_scans: int) -> int | None:
+        """A domain started; the rate to set, or None if it is set already."""
+        was = self.boosting
+        self.until = full_scans + self.boost_scans
+        return None if was else self.boost_pages
+
+    def scanned(self, full_scans: int) -> int | None:
+        """ksmd has done ``full_scans``; the rate to set, or None."""
+        if self.until is None or full_scans < self.until:
+            return None
+        self.until = None
+        return self.idle_pages
+
+
+class PageSharing:
+    """The hypervisor's end of page sharing (see the module's text):
+    ``start`` at the hypervisor's start, ``domain_started`` after each
+    domain's process starts, ``close`` at its end."""
+
+    def __init__(self, mode: str = "auto", sysfs: Path = KSM_SYSFS,
+                 tuner: ScanTuner | None = None, check_interval: float = CHECK_INTERVAL):
+        if mode not in MODES:
+            raise ValueError(f"page sharing {mode!r}: expected one of {', '.join(MODES)}")
+        self.mode = mode
+        self.sysfs = Path(sysfs)
+        self.tuner = tuner or ScanTuner()
+        self.check_interval = check_interval
+        self.saved: dict[str, str] | None = None   # the host's settings, while ksmd is ours
+        self._watch: asyncio.Task | None = None
+
+    @property
+    def available(self) -> bool:
+        return (self.sysfs / "run").exists()
+
+    @property
+    def offered(self) -> bool:
+        """Whether domains' memory is offered to KSM."""
+        return self.mode != "off"
+
+    @property
+    def owned(self) -> bool:
+        return self.saved is not None
+
+    def _read(self, name: str) -> int:
+        return int((self.sysfs / name).read_text().split()[0])
+
+    def _write(self, name: str, value) -> None:
+        (self.sysfs / name).write_text(f"{value}\n")
+
+    def start(self) -> None:
+        """With ``on``, start ksmd if it is stopped. OSError (EPERM, ENOENT)
+        with the reason if it is stopped and cannot be started."""
+        if self.mode != "on":
+            return
+        if not self.available:
+            raise OSError(errno.ENOENT, f"--page-sharing on: this kernel has no KSM "
+                                        f"({self.sysfs / 'run'} is missing)")
+        if self._read("run") != 0:
+            log.info("page sharing: ksmd is running already; its settings are the host's")
+            return
+        saved = {name: (self.sysfs / name).read_text().strip() for name in SAVED}
+        written: dict[str, str] = {}
+        try:
+            for name, value in (("sleep_millisecs", SLEEP_MS), ("pages_to_scan", self.tuner.rate()),
+                                ("run", 1)):
+                self._write(name, value)
+                written[name] = saved[name]
+        except OSError as err:
+            self._restore(written)
+            raise OSError(err.errno, f"--page-sharing on: cannot start ksmd "
+                                     f"({self.sysfs / 'run'}: {err.strerror}); it needs root, "
+                                     f"or --page-sharing auto leaves ksmd to the host") from None
+        self.saved = saved
+        log.info("page sharing: started ksmd (%d pages every %d ms while domains start, "
+                 "then %d)", self.tuner.boost_pages, SLEEP_MS, self.tuner.idle_pages)
+
+    def domain_started(self) -> None:
+        """A domain's process started: scan fast until it has been merged."""
+        if not self.owned:
+            return
+        try:
+            rate = self.tuner.started(self._read("full_scans"))
+            if rate is not None:
+                self._write("pages_to_scan", rate)
+        except OSError as err:
+            log.warning("page sharing: %s", err)
+            return
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.get_running_loop().create_task(self._watch_scans())
+
+    async def _watch_scans(self) -> None:
+        while self.tuner.boosting:
+            await asyncio.sleep(self.check_interval)
+            try:
+                rate = self.tuner.scanned(self._read("full_scans"))
+                if rate is not None:
+                    self._write("pages_to_scan", rate)
+                    log.info("page sharing: domains merged; ksmd back to %d pages every %d ms",
+                             rate, SLEEP_MS)
+            except OSError as err:
+                log.warning("page sharing: %s", err)
+                return
+
+    def figures(self) -> tuple[int, int]:
+        """(freed, used) in KiB, host-wide as Xen's: the pages that merging
+        saved (pages_sharing) and the shared pages that hold them
+        (pages_shared). Zeros without KSM."""
+        try:
+            return self._read("pages_sharing") * PAGE_KB, self._read("pages_shared") * PAGE_KB
+        except (OSError, ValueError, IndexError):
+            return 0, 0
+
+    def describe(self) -> str:
+        """One line for `xl info`."""
+        if self.mode == "off":
+            return "off"
+        if not self.available:
+            return f"{self.mode}: no KSM in this kernel"
+        try:
+            running = self._read("run") == 1
+        except (OSError, ValueError, IndexError):
+            running = False
+        if self.owned:
+            return f"{self.mode}: ksmd started by the hypervisor" + (
+                ", scanning fast while domains start" if self.tuner.boosting else "")
+        return f"{self.mode}: ksmd " + ("running (the host's settings)" if running else "stopped")
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            try:
+                await self._watch
+            except asyncio.CancelledError:
+                pass
+        if self.saved is not None:
+            self._restore(self.saved)
+            self.saved = None
+
+    def _restore(self, saved: dict[str, str]) -> None:
+        """The host's settings back; merged pages stay merged (run=0 stops
+        scanning, it does not split them)."""
+        for name in SAVED:
+            if name not in saved:
+                continue
+            try:
+                self._write(name, saved[name])
+            except OSError as err:
+                log.warning("page sharing: could not put back %s=%s: %s", name, saved[name],
+                            err.strerror)
