@@ -28,7 +28,7 @@ from xenlab.bench.stats import percentiles
 from xenlab.lab.runner import LabError, vif_ready
 from xenlab.client import to_domain_spec
 from xenlab.events.config import DEFAULT_INTERVAL
-from xenlab.hypervisor.page_sharing import BOOST_SCANS, KSM_SYSFS
+from xenlab.hypervisor.page_sharing import BOOST_SCANS, BOOSTING, KSM_SYSFS, STARTED
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
 
 POLL = 0.25                 # seconds between looks at the vifs while they connect: each look
@@ -113,22 +113,30 @@ def ksmd_pid() -> int | None:
 
 
 async def shared_memory(lab, progress, timeout: float) -> dict:
-    """Memory again once ksmd has merged the domUs' pages: after
-    ``BOOST_SCANS`` full scans from now (a hypervisor with
-    ``--page-sharing on`` scans fast until then), or ``timeout``."""
+    """Memory again once ksmd has merged the domUs' pages: when the
+    hypervisor runs ksmd (--page-sharing on), once it stops scanning fast
+    (BOOST_SCANS full scans after the last domain started); when ksmd is
+    the host's, after BOOST_SCANS full scans from now; at most ``timeout``."""
     if _ksm("run") != 1:
         why = "no KSM in this kernel" if _ksm("run") is None else \
             "ksmd is not running (--page-sharing on starts it as root)"
         progress(f"  page sharing not measured: {why}")
         return {"skipped": why}
-    start, t0 = _ksm("full_scans"), time.monotonic()
-    progress(f"  waiting for ksmd: {BOOST_SCANS} full scans (at most {timeout:g}s)")
-    while (_ksm("full_scans") or 0) < start + BOOST_SCANS and time.monotonic() - t0 < timeout:
+    start, t0 = _ksm("full_scans") or 0, time.monotonic()
+
+    async def merged() -> bool:
+        state = (await lab.hv.domains.GetHostInfo(common_pb2.Empty())).page_sharing
+        if STARTED in state:
+            return BOOSTING not in state
+        return (_ksm("full_scans") or 0) >= start + BOOST_SCANS
+    progress(f"  waiting for ksmd to merge the domUs' pages (at most {timeout:g}s)")
+    while not await merged() and time.monotonic() - t0 < timeout:
         await asyncio.sleep(1.0)
     out = {"seconds": round(time.monotonic() - t0, 1), "full_scans": (_ksm("full_scans") or 0) - start,
            "pages_sharing": _ksm("pages_sharing"), "pages_shared": _ksm("pages_shared"),
-           "pages_to_scan": _ksm("pages_to_scan"), "memory": await _memory(lab)}
-    progress(f"  merged after {out['seconds']:.0f}s ({out['full_scans']} full scans): PSS per domU "
+           "timed_out": not await merged(), "memory": await _memory(lab)}
+    progress(f"  merged after {out['seconds']:.0f}s ({out['full_scans']} full scans"
+             f"{', timed out' if out['timed_out'] else ''}): PSS per domU "
              f"{out['memory']['domu'].get('pss_mib_mean')} MiB mean; the host shares "
              f"{(out['pages_sharing'] or 0) * 4 // 1024} MiB in {(out['pages_shared'] or 0) * 4 // 1024} MiB")
     return out
