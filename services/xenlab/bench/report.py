@@ -175,6 +175,14 @@ def table(results: dict) -> str:
                          f"{_n(d.get('pss_mib_mean'), '.1f'):>9} {_n(d.get('anon_mib_mean'), '.1f'):>10} "
                          f"{_n(d.get('cpu_seconds_mean'), '.2f'):>11} {_n(merged.get('pss_mib_mean'), '.1f'):>11} "
                          f"{_n(shared.get('seconds'), '.0f'):>8}")
+        for r in scale.get("boot", []):
+            after = ((r.get("shared") or {}).get("after_mesh") or {}).get("domu") or {}
+            remerged = (r.get("shared") or {}).get("remerged") or {}
+            again = ((remerged.get("memory") or {}).get("domu") or {}).get("pss_mib_mean")
+            if after.get("pss_mib_mean") is not None:
+                lines.append(f"{r['n']:>4}: PSS per domU after the ping mesh sample "
+                             f"{after['pss_mib_mean']:.1f} MiB mean (merged pages its traffic wrote are copies again)"
+                             + (f"; merged again {again:.1f} after {remerged['seconds']:.0f}s" if again is not None else ""))
         skipped = {(r.get("shared") or {}).get("skipped") for r in scale.get("boot", [])} - {None}
         lines.append("PSS merged: once ksmd had merged the domUs' pages (--page-sharing; "
                      "`after s`: seconds after Connected)"

@@ -28,7 +28,7 @@ from xenlab.bench.stats import percentiles
 from xenlab.lab.runner import LabError, vif_ready
 from xenlab.client import to_domain_spec
 from xenlab.events.config import DEFAULT_INTERVAL
-from xenlab.hypervisor.page_sharing import BOOST_SCANS, BOOSTING, KSM_SYSFS, STARTED
+from xenlab.hypervisor.page_sharing import BOOST_SCANS, BOOSTING, KSM_SYSFS, SETTLED_INTERVAL, STARTED
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
 
 POLL = 0.25                 # seconds between looks at the vifs while they connect: each look
@@ -90,6 +90,16 @@ async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: 
             result["idle"] = await idle_cpu(lab, idle, progress)
         if mesh:
             result["mesh"] = await ping_mesh(lab, progress, mesh_per_source, mesh_settle)
+            if (result.get("shared") or {}).get("memory"):
+                # Traffic writes merged pages again (each write copies one):
+                # what sharing still saves after the mesh's pings.
+                result["shared"]["after_mesh"] = await _memory(lab)
+                progress(f"  after the mesh: PSS per domU "
+                         f"{result['shared']['after_mesh']['domu'].get('pss_mib_mean')} MiB mean")
+                # The hypervisor sees the merged pages go (a look a minute)
+                # and scans fast again.
+                result["shared"]["remerged"] = await shared_memory(
+                    lab, progress, sharing_timeout, boost_within=SETTLED_INTERVAL + 10.0)
         return result
 
 
@@ -112,11 +122,13 @@ def ksmd_pid() -> int | None:
     return None
 
 
-async def shared_memory(lab, progress, timeout: float) -> dict:
+async def shared_memory(lab, progress, timeout: float, boost_within: float = 0.0) -> dict:
     """Memory again once ksmd has merged the domUs' pages: when the
     hypervisor runs ksmd (--page-sharing on), once it stops scanning fast
     (BOOST_SCANS full scans after the last domain started); when ksmd is
-    the host's, after BOOST_SCANS full scans from now; at most ``timeout``."""
+    the host's, after BOOST_SCANS full scans from now; at most ``timeout``.
+    ``boost_within``: first wait that long for the hypervisor to scan fast
+    again (it looks once a minute whether merged pages were written)."""
     if _ksm("run") != 1:
         why = "no KSM in this kernel" if _ksm("run") is None else \
             "ksmd is not running (--page-sharing on starts it as root)"
@@ -124,11 +136,17 @@ async def shared_memory(lab, progress, timeout: float) -> dict:
         return {"skipped": why}
     start, t0 = _ksm("full_scans") or 0, time.monotonic()
 
+    async def state() -> str:
+        return (await lab.hv.domains.GetHostInfo(common_pb2.Empty())).page_sharing
+
     async def merged() -> bool:
-        state = (await lab.hv.domains.GetHostInfo(common_pb2.Empty())).page_sharing
-        if STARTED in state:
-            return BOOSTING not in state
+        now = await state()
+        if STARTED in now:
+            return BOOSTING not in now
         return (_ksm("full_scans") or 0) >= start + BOOST_SCANS
+    if boost_within > 0 and STARTED in await state():
+        while BOOSTING not in await state() and time.monotonic() - t0 < boost_within:
+            await asyncio.sleep(1.0)
     progress(f"  waiting for ksmd to merge the domUs' pages (at most {timeout:g}s)")
     while not await merged() and time.monotonic() - t0 < timeout:
         await asyncio.sleep(1.0)

@@ -19,9 +19,10 @@ one scan rate for every process that offers memory. ``--page-sharing``:
 * ``auto`` (the default): domains are offered, ksmd is left as the host
   has it (QEMU's ``mem-merge=on`` is the same choice);
 * ``on``: as auto, and if ksmd is stopped the hypervisor starts it (root),
-  scans fast while domains start and slowly once they have been merged
-  (``ScanTuner``, as ksmtuned tunes it), and puts back the host's settings
-  when it stops;
+  scans fast while domains start and slowly once they have been merged,
+  fast again when running domains have written enough merged pages (a
+  look a minute, as ksmtuned looks; ``ScanTuner``), and puts back the
+  host's settings when it stops;
 * ``off``: nothing is offered.
 
 Merging across domains is a side channel (a write to a merged page takes
@@ -50,7 +51,15 @@ IDLE_PAGES = 20
 # page takes two sightings (the unstable tree, then a match), and the scan
 # under way when the domain started may have passed it already.
 BOOST_SCANS = 3
-CHECK_INTERVAL = 2.0        # seconds between looks at full_scans, only while boosting
+CHECK_INTERVAL = 2.0        # seconds between looks at full_scans while boosting
+# Once merged, a look every minute (ksmtuned's period) at how many pages are
+# still merged: a domain that runs writes merged pages and gets copies
+# again (a domU's first pings after a quiet spell: 1-4 MiB), which the slow
+# rate would take hours to merge back at 256 domUs. Losing RESHARE_FRACTION
+# of the merged pages (and at least RESHARE_MIN_PAGES) boosts again.
+SETTLED_INTERVAL = 60.0
+RESHARE_FRACTION = 0.02
+RESHARE_MIN_PAGES = 2560    # 10 MiB
 SAVED = ("sleep_millisecs", "pages_to_scan", "run")    # put back in this order (run last)
 # What `xl info`'s page_sharing line says while the hypervisor runs ksmd,
 # and while it scans fast (the bench waits for the second to go).
@@ -58,16 +67,28 @@ STARTED = "ksmd started by the hypervisor"
 BOOSTING = "scanning fast while domains start"
 
 
+class PageSharingError(OSError):
+    """Page sharing cannot be had as asked; str() is the message alone."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 @dataclass
 class ScanTuner:
     """ksmd's scan rate: ``boost_pages`` per batch from a domain's start
     until ``boost_scans`` full scans have passed since the last one, then
-    ``idle_pages``. No I/O: the caller reads full_scans and writes the
-    rate it is given."""
+    ``idle_pages``; and fast again when the merged pages (pages_sharing)
+    fall below their high-water mark since the boost ended by a fraction
+    ``reshare_fraction`` (at least ``reshare_min`` pages). No I/O: the
+    caller reads ksmd's counters and writes the rate it is given."""
     boost_pages: int = BOOST_PAGES
     idle_pages: int = IDLE_PAGES
     boost_scans: int = BOOST_SCANS
+    reshare_fraction: float = RESHARE_FRACTION
+    reshare_min: int = RESHARE_MIN_PAGES
     until: int | None = None    # the full_scans count that ends the boost
+    settled: int | None = None  # pages_sharing's high-water mark since the boost ended
 
     @property
     def boosting(self) -> bool:
@@ -78,16 +99,28 @@ class ScanTuner:
 
     def started(self, full_scans: int) -> int | None:
         """A domain started; the rate to set, or None if it is set already."""
+        return self._boost(full_scans)
+
+    def _boost(self, full_scans: int) -> int | None:
         was = self.boosting
         self.until = full_scans + self.boost_scans
+        self.settled = None
         return None if was else self.boost_pages
 
-    def scanned(self, full_scans: int) -> int | None:
-        """ksmd has done ``full_scans``; the rate to set, or None."""
-        if self.until is None or full_scans < self.until:
+    def checked(self, full_scans: int, pages_sharing: int) -> int | None:
+        """ksmd's counters now; the rate to set, or None."""
+        if self.until is not None:
+            if full_scans < self.until:
+                return None
+            self.until = None
+            self.settled = pages_sharing
+            return self.idle_pages
+        if self.settled is None or pages_sharing > self.settled:
+            self.settled = pages_sharing
             return None
-        self.until = None
-        return self.idle_pages
+        if self.settled - pages_sharing >= max(self.reshare_min, self.settled * self.reshare_fraction):
+            return self._boost(full_scans)
+        return None
 
 
 class PageSharing:
@@ -96,15 +129,18 @@ class PageSharing:
     domain's process starts, ``close`` at its end."""
 
     def __init__(self, mode: str = "auto", sysfs: Path = KSM_SYSFS,
-                 tuner: ScanTuner | None = None, check_interval: float = CHECK_INTERVAL):
+                 tuner: ScanTuner | None = None, check_interval: float = CHECK_INTERVAL,
+                 settled_interval: float = SETTLED_INTERVAL):
         if mode not in MODES:
             raise ValueError(f"page sharing {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
         self.sysfs = Path(sysfs)
         self.tuner = tuner or ScanTuner()
         self.check_interval = check_interval
+        self.settled_interval = settled_interval
         self.saved: dict[str, str] | None = None   # the host's settings, while ksmd is ours
         self._watch: asyncio.Task | None = None
+        self._kick = asyncio.Event()
 
     @property
     def available(self) -> bool:
@@ -126,13 +162,13 @@ class PageSharing:
         (self.sysfs / name).write_text(f"{value}\n")
 
     def start(self) -> None:
-        """With ``on``, start ksmd if it is stopped. OSError (EPERM, ENOENT)
-        with the reason if it is stopped and cannot be started."""
+        """With ``on``, start ksmd if it is stopped. PageSharingError (an
+        OSError: EACCES, ENOENT) with the reason if it cannot be started."""
         if self.mode != "on":
             return
         if not self.available:
-            raise OSError(errno.ENOENT, f"--page-sharing on: this kernel has no KSM "
-                                        f"({self.sysfs / 'run'} is missing)")
+            raise PageSharingError(errno.ENOENT, f"--page-sharing on: this kernel has no KSM "
+                                                 f"({self.sysfs / 'run'} is missing)")
         if self._read("run") != 0:
             log.info("page sharing: ksmd is running already; its settings are the host's")
             return
@@ -145,10 +181,12 @@ class PageSharing:
                 written[name] = saved[name]
         except OSError as err:
             self._restore(written)
-            raise OSError(err.errno, f"--page-sharing on: cannot start ksmd "
-                                     f"({self.sysfs / 'run'}: {err.strerror}); it needs root, "
-                                     f"or --page-sharing auto leaves ksmd to the host") from None
+            raise PageSharingError(err.errno, f"--page-sharing on: cannot start ksmd "
+                                              f"({self.sysfs / 'run'}: {err.strerror}); it needs "
+                                              f"root, or --page-sharing auto leaves ksmd to the "
+                                              f"host") from None
         self.saved = saved
+        self._watch = asyncio.get_running_loop().create_task(self._tune())
         log.info("page sharing: started ksmd (%d pages every %d ms while domains start, "
                  "then %d)", self.tuner.boost_pages, SLEEP_MS, self.tuner.idle_pages)
 
@@ -163,21 +201,30 @@ class PageSharing:
         except OSError as err:
             log.warning("page sharing: %s", err)
             return
-        if self._watch is None or self._watch.done():
-            self._watch = asyncio.get_running_loop().create_task(self._watch_scans())
+        self._kick.set()
 
-    async def _watch_scans(self) -> None:
-        while self.tuner.boosting:
-            await asyncio.sleep(self.check_interval)
+    async def _tune(self) -> None:
+        """While ksmd is ours: a look every CHECK_INTERVAL while boosting,
+        every SETTLED_INTERVAL after (a domain's start looks at once)."""
+        while True:
+            interval = self.check_interval if self.tuner.boosting else self.settled_interval
             try:
-                rate = self.tuner.scanned(self._read("full_scans"))
+                await asyncio.wait_for(self._kick.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            self._kick.clear()
+            try:
+                was = self.tuner.boosting
+                rate = self.tuner.checked(self._read("full_scans"), self._read("pages_sharing"))
                 if rate is not None:
                     self._write("pages_to_scan", rate)
-                    log.info("page sharing: domains merged; ksmd back to %d pages every %d ms",
-                             rate, SLEEP_MS)
-            except OSError as err:
+                    if was:
+                        log.info("page sharing: domains merged; ksmd back to %d pages every %d ms",
+                                 rate, SLEEP_MS)
+                    else:
+                        log.info("page sharing: merged pages were written again; ksmd scans fast")
+            except (OSError, ValueError, IndexError) as err:
                 log.warning("page sharing: %s", err)
-                return
 
     def figures(self) -> tuple[int, int]:
         """(freed, used) in KiB, host-wide as Xen's: the pages that merging

@@ -207,8 +207,8 @@ class ForkServer:
             await server.close()
             raise
         if page_sharing and not server.mergeable:
-            log.warning("fork server %d: the kernel refused PR_SET_MEMORY_MERGE (Linux 6.4 or "
-                        "later with KSM shares a domain's pages): no page sharing", proc.pid)
+            log.info("fork server %d: the kernel refused PR_SET_MEMORY_MERGE (Linux 6.4 or "
+                     "later with KSM shares a domain's pages): no page sharing", proc.pid)
         log.info("fork server %d is ready%s", proc.pid,
                  "; its domains' memory is mergeable (KSM)" if server.mergeable else "")
         return server

@@ -158,7 +158,8 @@ def test_page_sharing_figures_reach_the_targets_and_the_table():
     idle = {"seconds": 30.0, "total_percent": 0.4, "domus_percent": 0.2, "per_domu_percent_mean": 0.001,
             "services_percent": {}, "loadavg_1m": [1.0, 1.0], "ksmd_percent": 4.75}
     merged = {"seconds": 95.0, "full_scans": 3, "pages_sharing": 1000, "pages_shared": 10,
-              "memory": {"domu": {"pss_mib_mean": 4.9}}}
+              "memory": {"domu": {"pss_mib_mean": 4.9}}, "after_mesh": {"domu": {"pss_mib_mean": 5.6}},
+              "remerged": {"seconds": 150.2, "memory": {"domu": {"pss_mib_mean": 4.4}}}}
     results = {"scale": {"boot": [
         {"n": 64, "seconds": 3.5, "memory": {"domu": {"pss_mib_mean": 14.0}},
          "shared": {"skipped": "ksmd is not running"}},
@@ -173,6 +174,8 @@ def test_page_sharing_figures_reach_the_targets_and_the_table():
     text = report.table(dict(results, targets=list(rows.values())))
     line = next(x for x in text.splitlines() if x.startswith(" 256 ") and "13.9" in x)
     assert line.split()[-2:] == ["4.9", "95"]
+    assert " 256: PSS per domU after the ping mesh sample 5.6 MiB mean" in text
+    assert "; merged again 4.4 after 150s" in text
     assert next(x for x in text.splitlines() if x.startswith(" 256 ") and "30 " in x).split()[-1] == "4.75"
     plan = bench_main.make_plan(_parser().parse_args(["--page-sharing", "off"]))
     assert plan.page_sharing == "off"

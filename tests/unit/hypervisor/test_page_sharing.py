@@ -17,18 +17,38 @@ def test_a_start_boosts_until_the_scans_after_the_last_start_are_done():
     tuner = ScanTuner(boost_pages=1000, idle_pages=100, boost_scans=3)
     assert tuner.rate() == 100 and not tuner.boosting
     assert tuner.started(full_scans=10) == 1000
-    assert tuner.scanned(12) is None and tuner.boosting
+    assert tuner.checked(12, 0) is None and tuner.boosting
     assert tuner.started(full_scans=12) is None        # boosting already: nothing to write
-    assert tuner.scanned(14) is None                   # three scans after 12, not after 10
-    assert tuner.scanned(15) == 100 and not tuner.boosting
-    assert tuner.scanned(16) is None                   # idle: nothing more to write
+    assert tuner.checked(14, 500) is None               # three scans after 12, not after 10
+    assert tuner.checked(15, 900) == 100 and not tuner.boosting
+    assert tuner.checked(16, 900) is None               # idle: nothing more to write
 
 
 def test_a_start_after_the_boost_ended_boosts_again():
     tuner = ScanTuner(boost_pages=500, idle_pages=50, boost_scans=1)
     tuner.started(0)
-    assert tuner.scanned(1) == 50
+    assert tuner.checked(1, 0) == 50
     assert tuner.started(1) == 500 and tuner.rate() == 500
+
+
+def test_merged_pages_written_again_boost_again_past_a_threshold():
+    """Running domains copy merged pages back (pages_sharing falls): a small
+    loss waits for the slow scan, a loss of 2% of the high-water mark (and
+    at least reshare_min pages) scans fast again."""
+    tuner = ScanTuner(boost_pages=1000, idle_pages=20, boost_scans=3, reshare_fraction=0.02,
+                      reshare_min=2560)
+    tuner.started(0)
+    assert tuner.checked(3, 500_000) == 20
+    assert tuner.checked(3, 510_000) is None            # more merged: a new high-water mark
+    assert tuner.checked(3, 500_000) is None            # 10,000 lost: under 2% of 510,000
+    assert tuner.checked(4, 499_800) == 1000            # 10,200 lost: 2%
+    assert tuner.boosting and tuner.checked(5, 490_000) is None
+    assert tuner.checked(7, 505_000) == 20              # merged again; the mark starts over
+    small = ScanTuner(reshare_fraction=0.02, reshare_min=2560)
+    small.started(0)
+    small.checked(3, 10_000)
+    assert small.checked(3, 8_000) is None              # 20% of a small lab, but under 10 MiB
+    assert small.checked(3, 7_440) == small.boost_pages
 
 
 # -- the host's switches -------------------------------------------------------------
@@ -53,8 +73,9 @@ def test_an_unknown_mode_is_refused():
 
 async def test_on_starts_a_stopped_ksmd_boosts_per_domain_and_puts_back_the_hosts_settings(ksm):
     (ksm / "sleep_millisecs").write_text("200\n")
-    sharing = PageSharing("on", ksm, ScanTuner(boost_pages=900, idle_pages=90, boost_scans=2),
-                          check_interval=0.01)
+    sharing = PageSharing("on", ksm, ScanTuner(boost_pages=900, idle_pages=90, boost_scans=2,
+                                               reshare_min=100),
+                          check_interval=0.01, settled_interval=0.01)
     sharing.start()
     assert (read(ksm, "run"), read(ksm, "pages_to_scan"), read(ksm, "sleep_millisecs")) == \
         ("1", "90", str(page_sharing.SLEEP_MS))
@@ -68,6 +89,12 @@ async def test_on_starts_a_stopped_ksmd_boosts_per_domain_and_puts_back_the_host
             break
         await asyncio.sleep(0.01)
     assert read(ksm, "pages_to_scan") == "90" and not sharing.tuner.boosting
+    (ksm / "pages_sharing").write_text("20000\n")       # domains wrote merged pages: copies again
+    for _ in range(200):
+        if read(ksm, "pages_to_scan") == "900":
+            break
+        await asyncio.sleep(0.01)
+    assert read(ksm, "pages_to_scan") == "900" and sharing.tuner.boosting
     await sharing.close()
     assert (read(ksm, "run"), read(ksm, "pages_to_scan"), read(ksm, "sleep_millisecs")) == \
         ("0", "100", "200")
@@ -110,7 +137,7 @@ def test_figures_are_the_hosts_in_kib(ksm):
 def test_on_without_ksm_in_the_kernel_is_a_clear_error(tmp_path):
     with pytest.raises(OSError, match="this kernel has no KSM") as err:
         PageSharing("on", tmp_path / "nothing").start()
-    assert err.value.errno == errno.ENOENT
+    assert err.value.errno == errno.ENOENT and str(err.value).startswith("--page-sharing on: ")
     assert PageSharing("auto", tmp_path / "nothing").describe() == "auto: no KSM in this kernel"
 
 
