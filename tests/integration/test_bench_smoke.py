@@ -62,6 +62,13 @@ def test_quick_bench_writes_figures_and_accounts_for_every_frame(tmp_path):
     boot = results["scale"]["boot"][0]
     assert boot["n"] == 2 and boot["seconds"] > 0
     assert boot["memory"]["domu"]["count"] == 2 and boot["memory"]["domu"]["rss_mib_max"] > 0
+    shared = boot["shared"]
+    if "skipped" in shared:
+        assert shared["skipped"]                # a reason: no KSM, or ksmd not running (not root)
+    else:
+        # Page sharing on (root): once ksmd has merged, the domUs' PSS is down.
+        assert shared["memory"]["domu"]["pss_mib_mean"] < boot["memory"]["domu"]["pss_mib_mean"]
+        assert shared["pages_sharing"] > 0 and "after_mesh" in shared and "remerged" not in shared
     mesh = results["scale"]["mesh"]
     assert mesh["pairs"] == 2 and mesh["replied"] == 2
     assert mesh["warm"]["replied"] == mesh["warm_concurrent"]["replied"] == 2

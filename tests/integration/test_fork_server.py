@@ -20,6 +20,7 @@ import pytest
 
 from procfs import fd_targets
 from xenlab.client import to_domain_spec
+from xenlab.hypervisor import page_sharing
 from xenlab.launchers.forkserver import ForkServer
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
 from xenlab.toolstack.xlcfg import parse_xl_config
@@ -411,3 +412,4 @@ async def test_page_sharing_on_starts_ksmd_merges_the_domains_and_puts_the_host_
     assert await ping(lab, "fa", "10.9.0.2") == 2     # merged pages written again: copied, not broken
     await lab.lab.down()
     assert {name: (KSM / name).read_text() for name in before} == before
+    assert not page_sharing.OWNER_RECORD.exists()       # its record of starting ksmd is gone

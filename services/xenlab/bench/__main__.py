@@ -351,7 +351,7 @@ class Bench:
                                  mesh=plan.mesh, log_level=plan.log_level, keep=plan.keep_logs,
                                  idle=plan.idle, mesh_per_source=plan.mesh_per_source,
                                  mesh_settle=0.0 if plan.quick else MESH_SETTLE,
-                                 page_sharing=plan.page_sharing)
+                                 page_sharing=plan.page_sharing, remerge=not plan.quick)
             except Exception as err:        # a lab that does not come up ends the section, with why
                 section["error"] = f"N={n}: {type(err).__name__}: {err}"
                 progress(f"scale stopped: {section['error']}")

@@ -57,13 +57,15 @@ def _mib(kib: float) -> float:
 async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: str = "WARNING",
                keep=None, idle: float = 0.0, mesh_per_source: int = MESH_PER_SOURCE,
                mesh_settle: float = MESH_SETTLE, page_sharing: str = "auto",
-               sharing_timeout: float = SHARING_TIMEOUT) -> dict:
+               sharing_timeout: float = SHARING_TIMEOUT, remerge: bool = True) -> dict:
     """``idle``: seconds over which to measure the idle lab's CPU (0: not
     measured); ``mesh_per_source``: destinations per domU in the mesh
     sample (0: every other domU); ``mesh_settle``: seconds between the
     mesh's two passes; ``page_sharing``: the hypervisor's --page-sharing
     (with ksmd running, memory is measured again once it has merged, at
-    most ``sharing_timeout`` seconds after the boot)."""
+    most ``sharing_timeout`` seconds after the boot; after the mesh, and with
+    ``remerge`` once merged again: up to a minute for the hypervisor to see
+    the copies)."""
     spec = dataclasses.replace(lab_spec(n), page_sharing=page_sharing)
     services_only = dataclasses.replace(spec, domains=())
     async with running_lab(services_only, log_level=log_level, timeout=timeout, keep=keep) as lab:
@@ -96,6 +98,7 @@ async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: 
                 result["shared"]["after_mesh"] = await _memory(lab)
                 progress(f"  after the mesh: PSS per domU "
                          f"{result['shared']['after_mesh']['domu'].get('pss_mib_mean')} MiB mean")
+            if (result.get("shared") or {}).get("memory") and remerge:
                 # The hypervisor sees the merged pages go (a look a minute)
                 # and scans fast again.
                 result["shared"]["remerged"] = await shared_memory(

@@ -22,7 +22,9 @@ one scan rate for every process that offers memory. ``--page-sharing``:
   scans fast while domains start and slowly once they have been merged,
   fast again when running domains have written enough merged pages (a
   look a minute, as ksmtuned looks; ``ScanTuner``), and puts back the
-  host's settings when it stops;
+  host's settings when it stops (``OWNER_RECORD`` says which hypervisor
+  started ksmd and what the settings were, so that the next one with
+  ``on`` puts them back if that one was killed first);
 * ``off``: nothing is offered.
 
 Merging across domains is a side channel (a write to a merged page takes
@@ -32,14 +34,21 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from xenlab import eventloop
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
 KSM_SYSFS = Path("/sys/kernel/mm/ksm")
+# Which hypervisor started ksmd, and the host's settings it saved (root only:
+# only root may start ksmd).
+OWNER_RECORD = Path("/run/xenlab/ksm-owner.json")
 PAGE_KB = 4
 SLEEP_MS = 20               # ksmd's sleep between batches (the kernel's default)
 BOOST_PAGES = 1000          # pages per batch while domains start: 50,000 pages/s
@@ -130,7 +139,7 @@ class PageSharing:
 
     def __init__(self, mode: str = "auto", sysfs: Path = KSM_SYSFS,
                  tuner: ScanTuner | None = None, check_interval: float = CHECK_INTERVAL,
-                 settled_interval: float = SETTLED_INTERVAL):
+                 settled_interval: float = SETTLED_INTERVAL, owner_record: Path | None = None):
         if mode not in MODES:
             raise ValueError(f"page sharing {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
@@ -138,6 +147,7 @@ class PageSharing:
         self.tuner = tuner or ScanTuner()
         self.check_interval = check_interval
         self.settled_interval = settled_interval
+        self.owner_record = Path(owner_record) if owner_record else OWNER_RECORD
         self.saved: dict[str, str] | None = None   # the host's settings, while ksmd is ours
         self._watch: asyncio.Task | None = None
         self._kick = asyncio.Event()
@@ -162,17 +172,22 @@ class PageSharing:
         (self.sysfs / name).write_text(f"{value}\n")
 
     def start(self) -> None:
-        """With ``on``, start ksmd if it is stopped. PageSharingError (an
-        OSError: EACCES, ENOENT) with the reason if it cannot be started."""
+        """With ``on``, start ksmd if it is stopped (or take it over from a
+        hypervisor that started it and died without putting the host's
+        settings back). PageSharingError (an OSError: EACCES, ENOENT) with
+        the reason if it cannot be started."""
         if self.mode != "on":
             return
         if not self.available:
             raise PageSharingError(errno.ENOENT, f"--page-sharing on: this kernel has no KSM "
                                                  f"({self.sysfs / 'run'} is missing)")
         if self._read("run") != 0:
-            log.info("page sharing: ksmd is running already; its settings are the host's")
-            return
-        saved = {name: (self.sysfs / name).read_text().strip() for name in SAVED}
+            saved = self._orphaned()
+            if saved is None:
+                log.info("page sharing: ksmd is running already; its settings are the host's")
+                return
+        else:
+            saved = {name: (self.sysfs / name).read_text().strip() for name in SAVED}
         written: dict[str, str] = {}
         try:
             for name, value in (("sleep_millisecs", SLEEP_MS), ("pages_to_scan", self.tuner.rate()),
@@ -186,9 +201,51 @@ class PageSharing:
                                               f"root, or --page-sharing auto leaves ksmd to the "
                                               f"host") from None
         self.saved = saved
+        self._record(saved)
         self._watch = asyncio.get_running_loop().create_task(self._tune())
         log.info("page sharing: started ksmd (%d pages every %d ms while domains start, "
                  "then %d)", self.tuner.boost_pages, SLEEP_MS, self.tuner.idle_pages)
+
+    # -- who started ksmd: a record outside any lab, so that a hypervisor
+    # killed before it could put the host's settings back (SIGKILL) leaves
+    # them to the next one with `on`, not to ksmd scanning fast for ever.
+    def _record(self, saved: dict[str, str]) -> None:
+        try:
+            self.owner_record.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.owner_record.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"pid": os.getpid(), "saved": saved}) + "\n")
+            tmp.replace(self.owner_record)
+        except OSError as err:
+            log.warning("page sharing: could not record that this hypervisor started ksmd "
+                        "(%s): if it is killed, the host's settings stay as it left them", err)
+
+    def _orphaned(self) -> dict[str, str] | None:
+        """The host's settings saved by a hypervisor that started ksmd and is
+        gone; None if there is no such record (ksmd is the host's, or a
+        living hypervisor's)."""
+        try:
+            record = json.loads(self.owner_record.read_text())
+            pid, saved = int(record["pid"]), record["saved"]
+            if not (isinstance(saved, dict) and set(saved) == set(SAVED)
+                    and all(isinstance(v, str) for v in saved.values())):
+                raise ValueError("not a record of the three settings")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            log.warning("page sharing: ignoring %s: %s", self.owner_record, err)
+            return None
+        if pid == os.getpid() or Path(f"/proc/{pid}").exists():
+            return None
+        log.warning("page sharing: hypervisor %d started ksmd and is gone without putting the "
+                    "host's settings back; this one takes ksmd over and will", pid)
+        return saved
+
+    def _drop_record(self) -> None:
+        try:
+            if json.loads(self.owner_record.read_text()).get("pid") == os.getpid():
+                self.owner_record.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def domain_started(self) -> None:
         """A domain's process started: scan fast until it has been merged."""
@@ -209,8 +266,8 @@ class PageSharing:
         while True:
             interval = self.check_interval if self.tuner.boosting else self.settled_interval
             try:
-                await asyncio.wait_for(self._kick.wait(), interval)
-            except asyncio.TimeoutError:
+                await eventloop.wait_for(self._kick.wait(), interval)
+            except TimeoutError:
                 pass
             self._kick.clear()
             try:
@@ -259,6 +316,7 @@ class PageSharing:
         if self.saved is not None:
             self._restore(self.saved)
             self.saved = None
+            self._drop_record()
 
     def _restore(self, saved: dict[str, str]) -> None:
         """The host's settings back; merged pages stay merged (run=0 stops

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
+import os
 
 import pytest
 
@@ -52,6 +54,14 @@ def test_merged_pages_written_again_boost_again_past_a_threshold():
 
 
 # -- the host's switches -------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def owner_record(tmp_path, monkeypatch):
+    """Where the hypervisor that started ksmd says so: never the host's here."""
+    path = tmp_path / "run" / "ksm-owner.json"
+    monkeypatch.setattr(page_sharing, "OWNER_RECORD", path)
+    return path
+
+
 @pytest.fixture
 def ksm(tmp_path):
     d = tmp_path / "ksm"
@@ -71,7 +81,8 @@ def test_an_unknown_mode_is_refused():
         PageSharing("yes")
 
 
-async def test_on_starts_a_stopped_ksmd_boosts_per_domain_and_puts_back_the_hosts_settings(ksm):
+async def test_on_starts_a_stopped_ksmd_boosts_per_domain_and_puts_back_the_hosts_settings(
+        ksm, owner_record):
     (ksm / "sleep_millisecs").write_text("200\n")
     sharing = PageSharing("on", ksm, ScanTuner(boost_pages=900, idle_pages=90, boost_scans=2,
                                                reshare_min=100),
@@ -80,6 +91,8 @@ async def test_on_starts_a_stopped_ksmd_boosts_per_domain_and_puts_back_the_host
     assert (read(ksm, "run"), read(ksm, "pages_to_scan"), read(ksm, "sleep_millisecs")) == \
         ("1", "90", str(page_sharing.SLEEP_MS))
     assert sharing.owned and sharing.describe() == "on: ksmd started by the hypervisor"
+    assert json.loads(owner_record.read_text()) == {
+        "pid": os.getpid(), "saved": {"sleep_millisecs": "200", "pages_to_scan": "100", "run": "0"}}
     sharing.domain_started()
     assert read(ksm, "pages_to_scan") == "900"
     assert sharing.describe() == "on: ksmd started by the hypervisor, scanning fast while domains start"
@@ -98,7 +111,7 @@ async def test_on_starts_a_stopped_ksmd_boosts_per_domain_and_puts_back_the_host
     await sharing.close()
     assert (read(ksm, "run"), read(ksm, "pages_to_scan"), read(ksm, "sleep_millisecs")) == \
         ("0", "100", "200")
-    assert not sharing.owned
+    assert not sharing.owned and not owner_record.exists()
 
 
 async def test_on_leaves_a_running_ksmd_alone(ksm):
@@ -164,3 +177,45 @@ def test_on_that_fails_half_way_puts_back_what_it_wrote(ksm, monkeypatch):
     monkeypatch.setattr(PageSharing, "_write", real)
     assert not sharing.owned
     assert read(ksm, "sleep_millisecs") == "20" and read(ksm, "pages_to_scan") == "100"
+
+
+def dead_pid() -> int:
+    """A pid no process has: one past the kernel's limit."""
+    return int(open("/proc/sys/kernel/pid_max").read()) + 1
+
+
+async def test_on_takes_over_ksmd_from_a_hypervisor_that_died_without_putting_it_back(
+        ksm, owner_record):
+    """SIGKILLed while scanning fast: the next hypervisor with `on` finds
+    its record, takes ksmd over at its own rates, and puts back the host's
+    settings the dead one saved."""
+    for name, value in (("run", 1), ("pages_to_scan", 1000), ("sleep_millisecs", 20)):
+        (ksm / name).write_text(f"{value}\n")
+    owner_record.parent.mkdir(parents=True)
+    owner_record.write_text(json.dumps({"pid": dead_pid(), "saved": {
+        "sleep_millisecs": "200", "pages_to_scan": "100", "run": "0"}}))
+    sharing = PageSharing("on", ksm, ScanTuner(idle_pages=20))
+    sharing.start()
+    assert sharing.owned and read(ksm, "pages_to_scan") == "20"
+    assert json.loads(owner_record.read_text())["pid"] == os.getpid()
+    await sharing.close()
+    assert (read(ksm, "run"), read(ksm, "pages_to_scan"), read(ksm, "sleep_millisecs")) == \
+        ("0", "100", "200")
+    assert not owner_record.exists()
+
+
+@pytest.mark.parametrize("record", [
+    {"pid": os.getppid(), "saved": {"sleep_millisecs": "200", "pages_to_scan": "100", "run": "0"}},
+    {"pid": 1, "saved": {"run": "0"}},
+    "not json",
+])
+async def test_ksmd_of_a_living_hypervisor_or_a_bad_record_is_left_alone(ksm, owner_record, record):
+    (ksm / "run").write_text("1\n")
+    (ksm / "pages_to_scan").write_text("1000\n")
+    owner_record.parent.mkdir(parents=True)
+    owner_record.write_text(record if isinstance(record, str) else json.dumps(record))
+    sharing = PageSharing("on", ksm)
+    sharing.start()
+    await sharing.close()
+    assert not sharing.owned and read(ksm, "run") == "1" and read(ksm, "pages_to_scan") == "1000"
+    assert owner_record.exists()
