@@ -151,6 +151,12 @@ class Hypervisor:
         self.rundir.publish_hypervisor(address, self.dom0_secret)
 
     async def close(self) -> None:
+        try:
+            await self._close()
+        finally:
+            await self.page_sharing.close()     # the host's ksmd settings back, whatever failed
+
+    async def _close(self) -> None:
         # What the toolstack has not destroyed (it destroys every domain it
         # made when it closes) goes with the hypervisor.
         for dom in list(self.domains):
@@ -163,7 +169,6 @@ class Hypervisor:
         for launcher in self.launchers.values():
             await launcher.close()
         self.domains_dir.close()
-        await self.page_sharing.close()
         self.rundir.withdraw_hypervisor()
         self.conring.detach()
 

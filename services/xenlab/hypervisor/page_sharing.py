@@ -24,7 +24,9 @@ one scan rate for every process that offers memory. ``--page-sharing``:
   look a minute, as ksmtuned looks; ``ScanTuner``), and puts back the
   host's settings when it stops (``OWNER_RECORD`` says which hypervisor
   started ksmd and what the settings were, so that the next one with
-  ``on`` puts them back if that one was killed first);
+  ``on`` puts them back if that one was killed first). ksmd is one per
+  host: a second hypervisor with ``on`` finds it running and leaves it to
+  the first, whose exit stops it for both;
 * ``off``: nothing is offered.
 
 Merging across domains is a side channel (a write to a merged page takes
@@ -73,7 +75,7 @@ SAVED = ("sleep_millisecs", "pages_to_scan", "run")    # put back in this order 
 # What `xl info`'s page_sharing line says while the hypervisor runs ksmd,
 # and while it scans fast (the bench waits for the second to go).
 STARTED = "ksmd started by the hypervisor"
-BOOSTING = "scanning fast while domains start"
+BOOSTING = "scanning fast until the domains' pages are merged"
 
 
 class PageSharingError(OSError):

@@ -95,7 +95,7 @@ async def test_on_starts_a_stopped_ksmd_boosts_per_domain_and_puts_back_the_host
         "pid": os.getpid(), "saved": {"sleep_millisecs": "200", "pages_to_scan": "100", "run": "0"}}
     sharing.domain_started()
     assert read(ksm, "pages_to_scan") == "900"
-    assert sharing.describe() == "on: ksmd started by the hypervisor, scanning fast while domains start"
+    assert sharing.describe() == "on: ksmd started by the hypervisor, scanning fast until the domains' pages are merged"
     (ksm / "full_scans").write_text("9\n")               # two full scans after the start
     for _ in range(200):
         if read(ksm, "pages_to_scan") == "90":
