@@ -14,7 +14,6 @@ PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_MEMORY_MERGE = 67
-PR_GET_MEMORY_MERGE = 68
 GRPC_FORK_SUPPORT = "GRPC_ENABLE_FORK_SUPPORT"
 
 
@@ -79,14 +78,6 @@ def set_memory_merge(on: bool = True) -> bool:
     kernels, or no KSM: EINVAL)."""
     try:
         return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_MEMORY_MERGE, int(on), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def memory_merge() -> bool:
-    """Whether this process's memory is offered to KSM (PR_GET_MEMORY_MERGE)."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0) == 1
     except (OSError, AttributeError):
         return False
 

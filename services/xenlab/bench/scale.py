@@ -28,7 +28,7 @@ from xenlab.bench.stats import percentiles
 from xenlab.lab.runner import LabError, vif_ready
 from xenlab.client import to_domain_spec
 from xenlab.events.config import DEFAULT_INTERVAL
-from xenlab.hypervisor.page_sharing import BOOST_SCANS, BOOSTING, KSM_SYSFS, SETTLED_INTERVAL, STARTED
+from xenlab.hypervisor.page_sharing import BOOST_SCANS, BOOSTING, SETTLED_INTERVAL, STARTED, ksm_counter
 from xenlab.proto import agent_pb2, common_pb2, domains_pb2
 
 POLL = 0.25                 # seconds between looks at the vifs while they connect: each look
@@ -92,25 +92,19 @@ async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: 
             result["idle"] = await idle_cpu(lab, idle, progress)
         if mesh:
             result["mesh"] = await ping_mesh(lab, progress, mesh_per_source, mesh_settle)
-            if (result.get("shared") or {}).get("memory"):
+            shared = result.get("shared") or {}
+            if shared.get("memory"):
                 # Traffic writes merged pages again (each write copies one):
                 # what sharing still saves after the mesh's pings.
-                result["shared"]["after_mesh"] = await _memory(lab)
+                shared["after_mesh"] = await _memory(lab)
                 progress(f"  after the mesh: PSS per domU "
-                         f"{result['shared']['after_mesh']['domu'].get('pss_mib_mean')} MiB mean")
-            if (result.get("shared") or {}).get("memory") and remerge:
-                # The hypervisor sees the merged pages go (a look a minute)
-                # and scans fast again.
-                result["shared"]["remerged"] = await shared_memory(
-                    lab, progress, sharing_timeout, boost_within=SETTLED_INTERVAL + 10.0)
+                         f"{shared['after_mesh']['domu'].get('pss_mib_mean')} MiB mean")
+                if remerge:
+                    # The hypervisor sees the merged pages go (a look a
+                    # minute) and scans fast again.
+                    shared["remerged"] = await shared_memory(
+                        lab, progress, sharing_timeout, boost_within=SETTLED_INTERVAL + 10.0)
         return result
-
-
-def _ksm(name: str) -> int | None:
-    try:
-        return int((KSM_SYSFS / name).read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def ksmd_pid() -> int | None:
@@ -132,12 +126,12 @@ async def shared_memory(lab, progress, timeout: float, boost_within: float = 0.0
     the host's, after BOOST_SCANS full scans from now; at most ``timeout``.
     ``boost_within``: first wait that long for the hypervisor to scan fast
     again (it looks once a minute whether merged pages were written)."""
-    if _ksm("run") != 1:
-        why = "no KSM in this kernel" if _ksm("run") is None else \
+    if ksm_counter("run") != 1:
+        why = "no KSM in this kernel" if ksm_counter("run") is None else \
             "ksmd is not running (--page-sharing on starts it as root)"
         progress(f"  page sharing not measured: {why}")
         return {"skipped": why}
-    start, t0 = _ksm("full_scans") or 0, time.monotonic()
+    start, t0 = ksm_counter("full_scans") or 0, time.monotonic()
 
     async def state() -> str:
         return (await lab.hv.domains.GetHostInfo(common_pb2.Empty())).page_sharing
@@ -146,15 +140,15 @@ async def shared_memory(lab, progress, timeout: float, boost_within: float = 0.0
         now = await state()
         if STARTED in now:
             return BOOSTING not in now
-        return (_ksm("full_scans") or 0) >= start + BOOST_SCANS
+        return (ksm_counter("full_scans") or 0) >= start + BOOST_SCANS
     if boost_within > 0 and STARTED in await state():
         while BOOSTING not in await state() and time.monotonic() - t0 < boost_within:
             await asyncio.sleep(1.0)
     progress(f"  waiting for ksmd to merge the domUs' pages (at most {timeout:g}s)")
     while not await merged() and time.monotonic() - t0 < timeout:
         await asyncio.sleep(1.0)
-    out = {"seconds": round(time.monotonic() - t0, 1), "full_scans": (_ksm("full_scans") or 0) - start,
-           "pages_sharing": _ksm("pages_sharing"), "pages_shared": _ksm("pages_shared"),
+    out = {"seconds": round(time.monotonic() - t0, 1), "full_scans": (ksm_counter("full_scans") or 0) - start,
+           "pages_sharing": ksm_counter("pages_sharing"), "pages_shared": ksm_counter("pages_shared"),
            "timed_out": not await merged(), "memory": await _memory(lab)}
     progress(f"  merged after {out['seconds']:.0f}s ({out['full_scans']} full scans"
              f"{', timed out' if out['timed_out'] else ''}): PSS per domU "
@@ -170,7 +164,7 @@ async def idle_cpu(lab, seconds: float, progress) -> dict:
     await asyncio.sleep(IDLE_SETTLE)
     processes = await lab_processes(lab)
     load = os.getloadavg()[0]
-    ksmd = ksmd_pid() if _ksm("run") == 1 else None
+    ksmd = ksmd_pid() if ksm_counter("run") == 1 else None
     t0 = time.monotonic()
     before = {p.pid: cpu_seconds(p.pid) for p in processes}
     ksmd_before = cpu_seconds(ksmd) if ksmd else 0.0
@@ -192,7 +186,7 @@ async def idle_cpu(lab, seconds: float, progress) -> dict:
            "loadavg_1m": [load, os.getloadavg()[0]]}
     if ksmd:
         out["ksmd_percent"] = percent(cpu_seconds(ksmd) - ksmd_before)
-        out["ksmd_pages_to_scan"] = _ksm("pages_to_scan")
+        out["ksmd_pages_to_scan"] = ksm_counter("pages_to_scan")
     total = out["total_percent"]
     progress(f"  idle over {seconds:g}s: the lab uses {total:.1f}% of one CPU "
              f"({out['domus_percent']:.1f}% in the domUs; services {out['services_percent']})"

@@ -78,6 +78,15 @@ STARTED = "ksmd started by the hypervisor"
 BOOSTING = "scanning fast until the domains' pages are merged"
 
 
+def ksm_counter(name: str, sysfs: Path = KSM_SYSFS) -> int | None:
+    """One of ksmd's numbers (run, full_scans, pages_sharing...); None
+    where the kernel has no KSM or the file says no number."""
+    try:
+        return int((Path(sysfs) / name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class PageSharingError(OSError):
     """Page sharing cannot be had as asked; str() is the message alone."""
 
@@ -109,10 +118,8 @@ class ScanTuner:
         return self.boost_pages if self.boosting else self.idle_pages
 
     def started(self, full_scans: int) -> int | None:
-        """A domain started; the rate to set, or None if it is set already."""
-        return self._boost(full_scans)
-
-    def _boost(self, full_scans: int) -> int | None:
+        """A domain started (or merged pages were copied back): the rate to
+        set, or None if it is set already."""
         was = self.boosting
         self.until = full_scans + self.boost_scans
         self.settled = None
@@ -130,7 +137,7 @@ class ScanTuner:
             self.settled = pages_sharing
             return None
         if self.settled - pages_sharing >= max(self.reshare_min, self.settled * self.reshare_fraction):
-            return self._boost(full_scans)
+            return self.started(full_scans)
         return None
 
 
@@ -289,10 +296,8 @@ class PageSharing:
         """(freed, used) in KiB, host-wide as Xen's: the pages that merging
         saved (pages_sharing) and the shared pages that hold them
         (pages_shared). Zeros without KSM."""
-        try:
-            return self._read("pages_sharing") * PAGE_KB, self._read("pages_shared") * PAGE_KB
-        except (OSError, ValueError, IndexError):
-            return 0, 0
+        return ((ksm_counter("pages_sharing", self.sysfs) or 0) * PAGE_KB,
+                (ksm_counter("pages_shared", self.sysfs) or 0) * PAGE_KB)
 
     def describe(self) -> str:
         """One line for `xl info`."""
@@ -300,10 +305,7 @@ class PageSharing:
             return "off"
         if not self.available:
             return f"{self.mode}: no KSM in this kernel"
-        try:
-            running = self._read("run") == 1
-        except (OSError, ValueError, IndexError):
-            running = False
+        running = ksm_counter("run", self.sysfs) == 1
         if self.owned:
             return f"{self.mode}: {STARTED}" + (f", {BOOSTING}" if self.tuner.boosting else "")
         return f"{self.mode}: ksmd " + ("running (the host's settings)" if running else "stopped")
