@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenlab import eventloop
+from xenlab.bench.stats import time_per_unit
 from xenlab.lab.runner import Lab
 from xenlab.lab.spec import LabSpec, parse_lab
 from xenlab.proto import common_pb2
@@ -125,6 +126,38 @@ def memory_kib(pid: int) -> dict[str, int]:
     except (OSError, ValueError, IndexError):
         pass
     return out
+
+
+def schedstat(pid: int) -> dict[int, tuple[int, int]]:
+    """Each thread's nanoseconds on a CPU and runnable waiting for one
+    (/proc/PID/task/TID/schedstat), by thread id; {} for a process gone."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            run, wait, _slices = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+            out[int(tid)] = (int(run), int(wait))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+class SchedMeter:
+    """Each process's CPU time, and its time waiting for a CPU, per unit
+    of work between start() and stop(units) (stats.time_per_unit)."""
+
+    def __init__(self, processes: list[ProcessInfo]):
+        self.processes = processes
+        self._start: dict[str, dict[int, tuple[int, int]]] = {}
+
+    def start(self) -> None:
+        self._start = {p.name: schedstat(p.pid) for p in self.processes}
+
+    def stop(self, units: int) -> dict[str, dict[str, float]]:
+        return time_per_unit(self._start, {p.name: schedstat(p.pid) for p in self.processes}, units)
 
 
 class CpuMeter:

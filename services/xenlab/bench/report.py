@@ -122,6 +122,18 @@ def _n(value, fmt: str = ",.0f") -> str:
     return format(value, fmt)
 
 
+def _costs(per_unit: dict, fmt: str) -> str:
+    """'dom0 7.5 (1.6)  d01 2.8 (2.9) ...', dearest first, without the
+    processes that did (next to) nothing."""
+    rows = sorted(per_unit.items(), key=lambda kv: -kv[1]["cpu_us"])
+    return "  ".join(f"{name} {format(c['cpu_us'], fmt)} ({format(c['wait_us'], fmt)})"
+                     for name, c in rows if c["cpu_us"] >= 0.05)
+
+
+def _cost_sum(per_unit: dict) -> float:
+    return sum(c["cpu_us"] for c in per_unit.values())
+
+
 def table(results: dict) -> str:
     lines = []
     m = results.get("machine", {})
@@ -146,6 +158,14 @@ def table(results: dict) -> str:
                          f"{_n(ratio, '.3f'):>6}")
         if tp.get("kernel_skipped"):
             lines.append(f"kernel baseline skipped: {tp['kernel_skipped']}")
+        costs = [r for r in tp.get("xenlab") or [] if r.get("per_frame_us")]
+        if costs:
+            lines.append(f"Where the time goes: CPU us per delivered frame by process (waiting for a CPU); "
+                         f"the sum bounds fps on {m.get('cpus_usable', '?')} CPUs")
+            for r in costs:
+                bound = r.get("cpu_bound_fps")
+                lines.append(f"{r['size']:>6} {_costs(r['per_frame_us'], '.1f')} | sum "
+                             f"{_n(_cost_sum(r['per_frame_us']), '.1f')}: at most {_n(bound)} fps")
     lat = results.get("latency")
     if lat:
         x, k = lat.get("xenlab") or {}, lat.get("kernel") or {}
@@ -157,6 +177,9 @@ def table(results: dict) -> str:
                 lines.append(f"{name:>8} {_n(r.get('p50_ms'), '.3f'):>8} {_n(r.get('p90_ms'), '.3f'):>8} "
                              f"{_n(r.get('p99_ms'), '.3f'):>8} {_n(r.get('min_ms'), '.3f'):>8} "
                              f"{_n(r.get('max_ms'), '.3f'):>8} {r.get('transmitted', 0) - r.get('received', 0):>5}")
+        if x.get("per_ping_us"):
+            lines.append(f"CPU us per ping by process (waiting for a CPU): {_costs(x['per_ping_us'], '.0f')} | "
+                         f"sum {_n(_cost_sum(x['per_ping_us']), ',.0f')}")
         if lat.get("ratio_p50") is not None:
             lines.append(f"{'ratio':>8} {lat['ratio_p50']:>8.1f}  (xenlab p50 / kernel p50)")
         if lat.get("kernel_skipped"):

@@ -51,3 +51,34 @@ def delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]
         if d:
             out[key] = d
     return out
+
+
+Schedstat = Mapping[int, tuple[int, int]]     # thread id -> (ns on a CPU, ns runnable and waiting for one)
+
+
+def time_per_unit(before: Mapping[str, Schedstat], after: Mapping[str, Schedstat],
+                  units: int) -> dict[str, dict[str, float]]:
+    """Each process's CPU time and its time waiting for a CPU (runnable,
+    not running) per unit of work, in microseconds, from its threads'
+    /proc schedstat before and after. A thread that started in between
+    counts from zero; one that ended is left out (what it used is gone
+    with it)."""
+    out = {}
+    for name, threads in after.items():
+        old = before.get(name, {})
+        run = wait = 0
+        for tid, (r, w) in threads.items():
+            r0, w0 = old.get(tid, (0, 0))
+            run += max(0, r - r0)
+            wait += max(0, w - w0)
+        out[name] = {"cpu_us": run / units / 1000 if units else 0.0,
+                     "wait_us": wait / units / 1000 if units else 0.0}
+    return out
+
+
+def cpu_bound(per_unit: Mapping[str, Mapping[str, float]], cpus: int) -> float | None:
+    """The most units a second that ``cpus`` CPUs allow when every unit
+    costs the processes' summed CPU time (``time_per_unit``), however well
+    they overlap: a bound that only less CPU per unit raises."""
+    total = sum(p["cpu_us"] for p in per_unit.values())
+    return cpus * 1e6 / total if total > 0 else None

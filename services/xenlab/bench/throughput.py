@@ -12,12 +12,13 @@ is none while it runs: ARP is resolved beforehand) would show up too.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 
 from xenlab.agent_client import agent_for
-from xenlab.bench.labs import CpuMeter, ip, lab_processes, mac
-from xenlab.bench.stats import conservation, delta, percentiles, rate, rate_fields
+from xenlab.bench.labs import CpuMeter, SchedMeter, ip, lab_processes, mac
+from xenlab.bench.stats import conservation, cpu_bound, delta, percentiles, rate, rate_fields
 from xenlab.domain.traffic import BENCH_ETHERTYPE
 from xenlab.proto import agent_pb2, bridge_pb2
 
@@ -124,6 +125,7 @@ async def run_throughput(pair: DomainPair, rx_index: int, size: int, count: int,
                          batch: int = 64, timeout: float = 300.0, profiler=None) -> dict:
     processes = await lab_processes(pair.lab)
     meter = CpuMeter(processes, time.monotonic)
+    sched = SchedMeter(processes)
     before = await pair.settled()
     sink = pair.rx.Sink(agent_pb2.SinkRequest(ethertype=BENCH_ETHERTYPE, count=count, idle=2.0,
                                               timeout=timeout))
@@ -133,6 +135,7 @@ async def run_throughput(pair: DomainPair, rx_index: int, size: int, count: int,
         profiler.start({p.name: p.pid for p in processes})
         await asyncio.sleep(profiler.warmup)     # attached before the first frame
     meter.start()
+    sched.start()
     try:
         sent = await pair.tx.Blast(agent_pb2.BlastRequest(
             dst_mac=mac(rx_index), count=count, size=size, ethertype=BENCH_ETHERTYPE, batch=batch,
@@ -145,19 +148,30 @@ async def run_throughput(pair: DomainPair, rx_index: int, size: int, count: int,
     # The sink's idle wait (frames were dropped) is no work: the busy time
     # ends with the last arrival.
     cpu = meter.stop(got.last - sent.started if got.received else None)
+    per_frame = sched.stop(got.received)
     after = await pair.settled()
     hops, drops = path_delta(after, before)
     seconds = got.last - sent.started if got.received else 0.0
     result = {"size": size, "count": count, "sent": sent.sent, "delivered": got.received,
               "seconds": seconds, "sender_fps": rate(sent.sent, sent.finished - sent.started),
-              "sink_bytes": got.bytes, "cpu_percent": cpu, "path": hops}
+              "sink_bytes": got.bytes, "cpu_percent": cpu, "path": hops,
+              "per_frame_us": per_frame, "cpu_bound_fps": cpu_bound(per_frame, usable_cpus())}
     result.update(rate_fields(got.received, size, seconds))
     result.update(conservation(sent.sent, got.received, drops))
     return result
 
 
 async def run_latency(pair: DomainPair, rx_index: int, count: int, interval: float) -> dict:
+    sched = SchedMeter(await lab_processes(pair.lab))
+    sched.start()
     reply = await pair.tx.Ping(agent_pb2.PingRequest(dst=ip(rx_index), count=count, interval=interval,
                                                      timeout=2.0))
+    # Between pings the lab is idle: what each process used is the pings'.
+    per_ping = sched.stop(reply.received)
     return {"count": count, "interval": interval, "size": 98, "transmitted": reply.transmitted,
-            "received": reply.received, "error": reply.error, **percentiles(list(reply.rtt))}
+            "received": reply.received, "error": reply.error, **percentiles(list(reply.rtt)),
+            "per_ping_us": per_ping}
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0))

@@ -11,7 +11,8 @@ from xenlab.bench import report
 from xenlab.bench.fdb import filled_bridge, forwarding_cost, frames_for
 from xenlab.bench.profile import area, summarise
 from xenlab.bench.scale import mesh_pairs
-from xenlab.bench.stats import conservation, delta, percentile, percentiles, rate_fields
+from xenlab.bench.stats import (conservation, cpu_bound, delta, percentile, percentiles, rate_fields,
+                                time_per_unit)
 
 
 def test_percentiles_are_nearest_rank():
@@ -35,6 +36,42 @@ def test_conservation_balances_sent_against_delivered_and_named_drops():
     assert delta({"a": 5, "b": 2, "c": 1}, {"a": 5, "b": 1}) == {"b": 1, "c": 1}
     assert rate_fields(1000, 64, 0.5) == {"fps": 2000.0, "mbps": 2000 * 64 * 8 / 1e6}
     assert rate_fields(10, 64, 0.0)["fps"] == 0.0
+
+
+def test_time_per_unit_diffs_each_thread_and_bounds_the_rate_on_the_cpus():
+    before = {"dom0": {10: (1_000_000, 500_000), 11: (2_000_000, 0), 12: (9_000_000, 9_000_000)},
+              "d01": {20: (0, 0)}}
+    # dom0's thread 12 ended (left out, never negative); thread 13 started (from zero).
+    after = {"dom0": {10: (5_000_000, 1_500_000), 11: (2_000_000, 0), 13: (2_000_000, 1_000_000)},
+             "d01": {20: (4_000_000, 3_000_000)}, "bridge": {30: (1_000_000, 0)}}
+    per = time_per_unit(before, after, 1000)
+    assert per["dom0"] == {"cpu_us": 6.0, "wait_us": 2.0}
+    assert per["d01"] == {"cpu_us": 4.0, "wait_us": 3.0}
+    assert per["bridge"] == {"cpu_us": 1.0, "wait_us": 0.0}
+    # 11 us of CPU a frame in all: two CPUs can do at most 2e6 / 11 frames a second.
+    assert cpu_bound(per, 2) == pytest.approx(2e6 / 11)
+    assert cpu_bound({"dom0": {"cpu_us": 0.0, "wait_us": 0.0}}, 2) is None
+    assert time_per_unit(before, after, 0)["dom0"] == {"cpu_us": 0.0, "wait_us": 0.0}
+
+
+def test_the_table_says_where_each_frame_and_pings_time_goes():
+    per_frame = {"dom0": {"cpu_us": 7.5, "wait_us": 1.3}, "d01": {"cpu_us": 2.8, "wait_us": 3.5},
+                 "mqtt": {"cpu_us": 0.01, "wait_us": 0.0}}
+    results = {"machine": {"cpus_usable": 2},
+               "throughput": {"count": 1000, "xenlab": [
+                   {"size": 64, "fps": 90000.0, "mbps": 46.0, "dropped": 0, "unaccounted": 0,
+                    "per_frame_us": per_frame, "cpu_bound_fps": cpu_bound(per_frame, 2)}]},
+               "latency": {"xenlab": {"count": 10, "interval": 0.01, "p50_ms": 1.3, "transmitted": 10,
+                                      "received": 10,
+                                      "per_ping_us": {"dom0": {"cpu_us": 540.0, "wait_us": 130.0},
+                                                      "bridge": {"cpu_us": 180.0, "wait_us": 45.0}}}}}
+    text = report.table(results)
+    row = next(line for line in text.splitlines() if line.strip().startswith("64 dom0"))
+    # Dearest first, the idle broker left out, the sum and the bound it sets on 2 CPUs.
+    assert row.index("dom0 7.5 (1.3)") < row.index("d01 2.8 (3.5)") and "mqtt" not in row
+    assert "sum 10.3: at most 193,986 fps" in row     # 2e6 / 10.31: the broker counts in the sum
+    assert "bounds fps on 2 CPUs" in text
+    assert "CPU us per ping by process (waiting for a CPU): dom0 540 (130)  bridge 180 (45) | sum 720" in text
 
 
 def test_profile_summary_by_self_area_and_inclusive_xenlab_function():

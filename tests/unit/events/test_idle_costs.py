@@ -3,7 +3,6 @@ however many domains there are. Every assertion counts work (messages,
 timers, calls), never time."""
 import asyncio
 import json
-import math
 import shutil
 import types
 
