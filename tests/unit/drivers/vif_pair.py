@@ -90,7 +90,7 @@ class Vif:
         self.drops.update(self.back_rx.enqueue(frames))
         for _ in range(64):
             batch = self.back_rx.build()
-            if batch.frames:
+            if not batch.empty:
                 result = self.back_rx.complete(batch, self.grants.copy(batch.copies, self.rx_mem))
                 self.drops.update(result.drops)
             if not self.back_rx.more_to_do():

@@ -422,7 +422,7 @@ class Datapath:
         except asyncio.CancelledError:
             # Disconnected with copies in flight: their responses will never
             # be written, so those frames never reach the guest.
-            vif.drop("not_connected", sum(len(batch.frames) for batch, _ in in_flight))
+            vif.drop("not_connected", sum(batch.frame_count for batch, _ in in_flight))
             raise
 
     # -- the copies ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ I/O.
 from __future__ import annotations
 
 import collections
+import itertools
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -55,10 +56,18 @@ class RxBatch:
     scratch: Scratch | None = None
     copies: list[GrantCopy] = field(default_factory=list)
     frames: list[tuple[bytes, list[_RxSlot]]] = field(default_factory=list)
+    # The run of one-slot frames written into mapped pages that opened the
+    # batch (NetbackRx._direct_run), as (request id, frame): taken before
+    # ``frames``, answered before them.
+    direct: list[tuple[int, bytes]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not self.frames
+        return not self.frames and not self.direct
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.direct) + len(self.frames)
 
 
 @dataclass
@@ -86,6 +95,9 @@ class NetbackRx:
         # grants): a one-slot frame for a mapped page is written there at once.
         self.direct: Mapping[int, memoryview] | None = None
         self.direct_frames = 0
+        # Requests _direct_run took (each read once) and did not use: the
+        # first ones _plan uses, in ring order.
+        self._taken: collections.deque[tuple[int, int, int]] = collections.deque()
 
     def enqueue(self, frames: Sequence[bytes]) -> collections.Counter:
         """Frames for the guest; the drops (never blocks)."""
@@ -119,14 +131,15 @@ class NetbackRx:
         batch = RxBatch(scratch or self.scratch)
         scratch = batch.scratch
         addr = 0
-        avail = 0       # requests known to be posted, so not counted again per frame
+        avail = self._direct_run(batch) if self.direct else 0
+        # avail: requests known to be posted, so not counted again per frame
         while self.queue:
             frame = self.queue[0]
             need = rx_slots_needed(len(frame))
             if addr + len(frame) > scratch.capacity:
                 break
             if avail < need:
-                avail = self.ring.unconsumed_requests()
+                avail = self._posted()
                 if avail < need:
                     break
             avail -= need
@@ -139,14 +152,54 @@ class NetbackRx:
             batch.frames.append((frame, slots))
         return batch
 
+    def _posted(self) -> int:
+        """Rx requests posted and not used yet: taken ones first."""
+        return len(self._taken) + self.ring.unconsumed_requests()
+
+    def _direct_run(self, batch: RxBatch) -> int:
+        """The common case with persistent grants, without a slot object
+        per frame: the run of queued one-page frames whose rx request names
+        a mapped page, each written into it at once. Requests are taken (read
+        once) all together, one for each one-page frame at the head of the
+        queue that a posted request is there for; those the
+        run does not use (from the first for a page that is not mapped) are
+        _plan's, in order. The requests known to be posted after the run."""
+        queue, taken, direct, out = self.queue, self._taken, self.direct, batch.direct
+        if taken or not queue:
+            return self._posted()
+        n = 0
+        for frame in itertools.islice(queue, self.ring.unconsumed_requests()):
+            if len(frame) > PAGE:
+                break
+            n += 1
+        if not n:
+            return self._posted()
+        unpack = unpack_rx_request
+        reqs = self.ring.get_requests(n)
+        for k, raw in enumerate(reqs):
+            frame = queue[0]
+            size = len(frame)
+            req = unpack(raw)
+            page = direct.get(req[2])
+            if page is None:
+                taken.extend(unpack(r) for r in reqs[k:])
+                break
+            queue.popleft()
+            self.queued_bytes -= size
+            page[:size] = frame
+            out.append((req[0], frame))
+        self.direct_frames += len(out)
+        return self._posted()
+
     def _plan(self, batch: RxBatch, frame: bytes, addr: int, need: int) -> list[_RxSlot]:
         slots = []
         copies = batch.copies
         segments = batch.scratch.segments
         get_request = self.ring.get_request
         direct = self.direct
+        taken = self._taken
         for k in range(need):
-            id_, _pad, gref = unpack_rx_request(get_request())
+            id_, _pad, gref = taken.popleft() if taken else unpack_rx_request(get_request())
             size = min(PAGE, len(frame) - k * PAGE)
             if direct and need == 1:
                 page = direct.get(gref)
@@ -171,6 +224,9 @@ class NetbackRx:
         put = responses.append
         n = len(statuses)
         okay = abi.GNTST_okay
+        for id_, frame in batch.direct:
+            put(pack(id_, 0, 0, len(frame)))
+            sent.append(frame)
         for frame, slots in batch.frames:
             ok = True
             for slot in slots:
@@ -187,7 +243,7 @@ class NetbackRx:
                 drops["grant_copy_error"] += 1
         if responses:
             self.ring.put_responses(responses)
-        notify = self.ring.push_responses_and_check_notify() if batch.frames else False
+        notify = self.ring.push_responses_and_check_notify() if responses else False
         return RxResult(sent, drops, notify, batch.scratch)
 
     def more_to_do(self) -> bool:
@@ -199,7 +255,7 @@ class NetbackRx:
         need = rx_slots_needed(len(self.queue[0]))
         sring = self.ring.sring
         while True:
-            if self.ring.unconsumed_requests() >= need:
+            if self._posted() >= need:
                 return True
             prod = sring.req_prod
             sring.req_event = prod + 1
@@ -210,6 +266,7 @@ class NetbackRx:
     def release(self) -> int:
         """Forget the queue (the vif is going away); how many frames that drops."""
         n = len(self.queue)
+        self._taken.clear()
         self.queue.clear()
         self.queued_bytes = 0
         return n

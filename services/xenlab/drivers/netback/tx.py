@@ -51,6 +51,7 @@ from xenlab.xen.netif import ExtraInfo, GsoInfo, pack_tx_response, unpack_tx_req
 from xenlab.xen.ring import BackRing
 
 _U32 = 0xFFFFFFFF
+_MORE_OR_EXTRA = abi.NETTXF_extra_info | abi.NETTXF_more_data
 
 
 class TxFatal(Exception):
@@ -91,15 +92,19 @@ class TxBatch:
     frames: list[_TxFrame] = field(default_factory=list)
     fatal: str | None = None
     wait_until: float | None = None    # rate limited: call NetbackTx.replenish() then
+    # The run of one-slot frames read from mapped pages that opened the
+    # batch (NetbackTx._direct_run), as (id, bytes): consumed before
+    # ``frames``, answered and handed out before them.
+    direct: list[tuple[int, bytes]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
         """Nothing consumed: nothing to copy and nothing to answer."""
-        return not self.frames and self.fatal is None
+        return not self.frames and not self.direct and self.fatal is None
 
     @property
     def slots(self) -> int:
-        return sum(len(f.slots) for f in self.frames)
+        return len(self.direct) + sum(len(f.slots) for f in self.frames)
 
 
 @dataclass
@@ -131,6 +136,9 @@ class NetbackTx:
         # grants): a one-slot frame in a mapped page is read from it at once.
         self.direct: Mapping[int, memoryview] | None = None
         self.direct_frames = 0
+        # A request _direct_run read (once) that is not a one-slot frame
+        # in a mapped page: the first one _parse takes.
+        self._read_ahead: tuple[int, int, int, int, int] | None = None
 
     # -- building a batch --------------------------------------------------------
     def build(self, scratch: Scratch | None = None) -> TxBatch:
@@ -143,11 +151,13 @@ class NetbackTx:
         ring = self.ring
         addr = 0
         avail = 0       # requests known to be waiting, so not counted again per frame
+        if self._held is None and self.limiter is None and self.direct:
+            avail = self._direct_run(batch)
         while True:
             frame = self._held
             self._held = None
             if frame is None:
-                if avail <= 0:
+                if avail <= 0 and self._read_ahead is None:
                     avail = self._waiting(batch)
                     if not avail:
                         break
@@ -172,6 +182,32 @@ class NetbackTx:
                     break
             addr += self._plan_copies(batch, frame, addr)
         return batch
+
+    def _direct_run(self, batch: TxBatch) -> int:
+        """The common case with persistent grants, without a frame object
+        per frame: the run of one-slot frames in mapped pages that opens the
+        batch, each request read once and checked as _parse and
+        _take_request check it, its bytes read from the page at once (no
+        copy to plan; nothing to wait for, so no credit or scratch either).
+        The first request that is anything else is left in _read_ahead for
+        _parse, which gives it what it deserves. The requests known to be
+        waiting after the run."""
+        avail = self._waiting(batch)
+        direct, in_flight, out = self.direct, self._in_flight, batch.direct
+        get_request, unpack = self.ring.get_request, unpack_tx_request
+        while avail > 0:
+            req = unpack(get_request())
+            avail -= 1
+            gref, offset, flags, id_, size = req
+            page = direct.get(gref)
+            if (page is None or flags & _MORE_OR_EXTRA or id_ >= abi.NET_TX_RING_SIZE
+                    or id_ in in_flight or size < abi.ETH_HLEN or offset + size > PAGE):
+                self._read_ahead = req
+                break
+            in_flight.add(id_)
+            out.append((id_, page[offset:offset + size].tobytes()))
+        self.direct_frames += len(out)
+        return avail
 
     @property
     def held(self) -> bool:
@@ -206,7 +242,11 @@ class NetbackTx:
 
     def _take_request(self, frame: _TxFrame) -> tuple[int, int, int, int, int]:
         """(gref, offset, flags, id, size) of the next request, copied once."""
-        req = unpack_tx_request(self.ring.get_request())
+        req = self._read_ahead
+        if req is None:
+            req = unpack_tx_request(self.ring.get_request())
+        else:
+            self._read_ahead = None
         id_ = req[3]
         frame.slots.append(_Slot(id_))
         if id_ >= abi.NET_TX_RING_SIZE:
@@ -326,13 +366,24 @@ class NetbackTx:
         drops: collections.Counter = collections.Counter()
         frames: list[bytes] = []
         scratch = batch.scratch
+        pack = pack_tx_response
+        in_flight = self._in_flight
+        responses = []
+        if batch.direct:
+            okay = abi.NETIF_RSP_OKAY
+            check = self.antispoof.check if self.antispoof else None
+            for id_, data in batch.direct:
+                in_flight.discard(id_)
+                responses.append(pack(id_, okay))
+                reason = check(data) if check is not None else None
+                if reason:
+                    drops[reason] += 1
+                else:
+                    frames.append(data)
         for frame in batch.frames:
             out = self._finish_frame(scratch, frame, statuses, drops)
             if out is not None:
                 frames.append(out)
-        pack = pack_tx_response
-        in_flight = self._in_flight
-        responses = []
         for frame in batch.frames:
             for slot in frame.slots:
                 if slot.null:
@@ -386,6 +437,7 @@ class NetbackTx:
 
     def release(self) -> None:
         self._held = None
+        self._read_ahead = None
         self._in_flight.clear()
 
 

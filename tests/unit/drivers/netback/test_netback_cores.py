@@ -247,6 +247,29 @@ def test_any_request_sequence_is_answered_slot_for_slot(slots):
         assert ring.req_cons == len(slots)             # and all of them consumed
 
 
+def _tx_outcome(slots, mapped_refs):
+    """What netback makes of raw tx slots: the responses, the frames out,
+    whether the vif was disabled; the frontend's pages in ``mapped_refs``
+    mapped (persistent grants), the rest copied."""
+    vif = make_vif()
+    vif.back_tx.direct = {ref: memoryview(page).toreadonly()
+                          for ref, (page, ro) in vif.grants.pages.items() if ro and ref in mapped_refs}
+    for i, buf in enumerate(vif.front_tx.buffers):
+        buf.page[:64] = bytes((i + k) & 0xFF for k in range(64))
+    put_raw(vif, slots)
+    frames = vif.run_tx()
+    return [(r.id, r.status) for r in answers(vif)], frames, vif.back_tx.disabled is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(tx_slots, min_size=1, max_size=120), st.sets(st.integers(8, 263)))
+def test_mapped_pages_change_nothing_netback_answers_or_sends(slots, mapped_refs):
+    """The run of one-slot frames read from mapped pages (NetbackTx's
+    direct run) is a shortcut, not a second set of rules: whatever the
+    frontend writes, the same responses, frames and verdict as copying."""
+    assert _tx_outcome(slots, mapped_refs) == _tx_outcome(slots, set())
+
+
 # -- guest receive --------------------------------------------------------------------------
 def test_frames_for_the_guest_arrive_byte_identical():
     vif = make_vif(mtu=9000)
@@ -321,6 +344,40 @@ def test_frames_for_the_guest_are_written_into_mapped_pages():
     result = vif.back_rx.complete(batch, vif.grants.copy(batch.copies, vif.rx_mem))
     assert result.sent == frames
     assert vif.front_rx.poll().frames == frames
+
+
+def _rx_outcome(sizes, posted, mapped_refs, scratch_pages):
+    """What the frontend gets of frames of ``sizes`` with ``posted`` rx
+    requests, the pages in ``mapped_refs`` mapped: its responses, in
+    order, and the frames it polled."""
+    from vif_pair import make_scratch
+    vif = make_vif(mtu=9000)
+    vif.back_rx.scratch, vif.rx_mem = make_scratch(scratch_pages, first=0x300)
+    vif.back_rx.direct = {ref: memoryview(page) for ref, (page, ro) in vif.grants.pages.items()
+                          if not ro and ref in mapped_refs}
+    ring = vif.front_rx.ring
+    from xenlab.xen.netif import RxRequest
+    bufs = vif.front_rx.buffers
+    for i in range(posted):
+        ring.put_request(RxRequest(i, bufs[i].gref).pack())
+    ring.push_requests()
+    vif.run_rx([eth_frame(n, seed=i) for i, n in enumerate(sizes)])
+    got = [RxResponse.unpack(ring.get_response()) for _ in range(ring.unconsumed_responses())]
+    data = [bytes(bufs[r.id].page[:r.status]) for r in got if r.status > 0]
+    return [(r.id, r.status, r.flags) for r in got], data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(14, 9014), min_size=1, max_size=40), st.integers(0, 64),
+       st.sets(st.integers(0, 600)), st.integers(1, 4))
+def test_mapped_rx_pages_change_nothing_the_guest_gets(sizes, posted, mapped_refs, scratch_pages):
+    """Frames written straight into mapped pages (NetbackRx's direct run)
+    take the same requests, in the same order, with the same answers and
+    bytes as copied ones, however the mapped pages, the frame sizes, the
+    posted requests and a small scratch area (frames left for the next
+    batch) fall."""
+    assert _rx_outcome(sizes, posted, mapped_refs, scratch_pages) == \
+        _rx_outcome(sizes, posted, set(), scratch_pages)
 
 
 def test_a_frame_too_big_for_the_guest_is_dropped(vif):
