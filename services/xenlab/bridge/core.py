@@ -550,19 +550,58 @@ class Bridge:
                     data = inner if target.vlans[vid] else inner[:12] + TPID_8021Q + tci + inner[12:]
                     out.setdefault(target.name, []).append(data)
         else:
+            # A run of frames with the same addresses (a stream) takes the
+            # first one's known-unicast decision, when deciding again could
+            # change nothing (_repeatable); each still counts as forwarded.
+            head = same = None
+            repeats = 0
             for frame in frames:
-                for target in route(port, frame, now):
+                if head is not None and frame[:12] == head and ETH_HLEN <= len(frame) <= MAX_FRAME:
+                    same.append(frame)
+                    repeats += 1
+                    continue
+                targets = route(port, frame, now)
+                for target in targets:
                     batch = out.get(target.name)
                     if batch is None:
-                        out[target.name] = [frame]
+                        out[target.name] = batch = [frame]
                     else:
                         batch.append(frame)
+                head = self._repeatable(port, frame, targets, now)
+                same = batch if head is not None else None
+            if repeats:
+                counters = self.counters
+                counters["unicast"] += repeats
+                counters["forwarded"] += repeats
+                counters["tx"] += repeats
         ports = self.ports
         for name, batch in out.items():
             tc = ports[name].counters
             tc["tx_packets"] += len(batch)
             tc["tx_bytes"] += sum(map(len, batch))
         return out
+
+    def _repeatable(self, port: BridgePort, frame: bytes, targets: list[BridgePort],
+                    now: float) -> bytes | None:
+        """The frame's addresses when _route just forwarded it as known
+        unicast, and a frame with the same addresses from the same port at
+        the same instant would be decided the same, with no other effect
+        than the counts. Known unicast: forwarded to one port with its
+        unicast destination in the FDB (_route looks the destination up
+        after learning the source; an entry found live is forwarded to or
+        dropped, an expired one is removed, so one still there was found).
+        The same again: its source already learned on this port at ``now``,
+        where learning it again changes nothing. None otherwise (flooded,
+        dropped, a source that moved, a sticky or local conflict)."""
+        if len(targets) != 1 or frame[0] & 1:
+            return None
+        fdb = self.fdb
+        if fdb.get(frame[0:6]) is None:
+            return None
+        src = fdb.get(frame[6:12])
+        if port.learning and (src is None or src.updated != now or src.port != port.name):
+            return None
+        return frame[:12]
 
     def _route(self, port: BridgePort, frame: bytes, now: float,
                vid: int | None = None) -> list[BridgePort]:

@@ -171,6 +171,32 @@ def test_forward_batch_groups_outputs_per_port(br):
     assert out == {"vif2.0": batch, "vif3.0": batch[:1]}
 
 
+def test_a_stream_in_one_batch_counts_each_frame_and_each_conflict(br, clock):
+    """forward_batch decides a stream (the same addresses again) once,
+    where deciding again would change nothing; each frame still counts,
+    and a source that conflicts is decided, and counted, every time."""
+    br.forward("vif2.0", frame(BCAST, mac(2)))
+    stream = [frame(mac(2), mac(1), 60 + i) for i in range(3)]
+    assert br.forward_batch("vif1.0", stream) == {"vif2.0": stream}
+    assert (br.counters["unicast"], br.ports["vif1.0"].counters["rx_packets"],
+            br.ports["vif2.0"].counters["tx_packets"]) == (3, 3, 3)
+    # a runt in the stream is still dropped as one
+    assert br.forward_batch("vif1.0", [stream[0], stream[0][:13], stream[0]]) == \
+        {"vif2.0": [stream[0], stream[0]]}
+    assert br.drops == {"runt": 1}
+    # mac(4) is sticky on vif3.0: every frame from it on vif1.0 is a conflict
+    br.fdb.add(mac(4), "vif3.0", state="dynamic", sticky=True)
+    br.forward_batch("vif1.0", [frame(mac(2), mac(4))] * 3)
+    assert br.fdb.counters["sticky_conflict"] == 3
+    # mac(5) and mac(6) are the bridge's own (permanent, one of them on the
+    # ingress port): so is every frame from them
+    br.fdb.add(mac(5), "vif3.0", state="permanent")
+    br.fdb.add(mac(6), "vif1.0", state="permanent")
+    clock.now += 1
+    br.forward_batch("vif1.0", [frame(mac(2), mac(5))] * 3 + [frame(mac(2), mac(6))] * 3)
+    assert br.fdb.counters["local_conflict"] == 6
+
+
 def test_ports_add_and_delete(br):
     with pytest.raises(XenError) as err:
         br.add_port("vif1.0")

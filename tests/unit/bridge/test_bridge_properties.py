@@ -124,3 +124,87 @@ def _vlan_of(port, frame: bytes) -> int:
     if frame[12:14] == b"\x81\x00" and int.from_bytes(frame[14:16], "big") & 0xFFF:
         return int.from_bytes(frame[14:16], "big") & 0xFFF
     return port.pvid
+
+
+# A burst: a station answers from another port (so that it is known, or
+# moved), then a batch of frames from one port, mostly a stream to it
+# (the previous frame's addresses again), with sizes around the limits.
+# Few stations, so that they collide with sticky entries and the bridge's
+# own address (the last of them).
+stations = st.integers(0, 3).map(lambda n: bytes.fromhex("00163e0000") + bytes([n]))
+OWN = bytes.fromhex("00163e000003")
+bursts = st.tuples(st.sampled_from(PORTS), stations, st.lists(
+    st.tuples(st.one_of(stations, macs), st.one_of(stations, macs), st.sampled_from([0, 1, 1, 1, 1, 1]),
+              st.sampled_from([-15, -1, 0, 50, 1500, 9000, 20000])),
+    min_size=1, max_size=30))
+
+
+def _burst(br, port, burst) -> dict:
+    """``burst``: (the station's port, the station, frames); ``same`` 1
+    keeps the previous frame's addresses, the first is to the station."""
+    other, station, spec = burst
+    br.forward_batch(other, [b"\xff" * 6 + station + b"\x08\x06" + bytes(46)])
+    frames, head = [], None
+    for dst, src, same, size in spec:
+        if head is None:
+            head = station + src
+        elif not same:
+            head = dst + src
+        frames.append((head + b"\x08\x00" + bytes(max(0, size)))[:max(0, 14 + size)])
+    return br.forward_batch(port, frames)
+
+
+def _bridge_state(br) -> tuple:
+    return (dict(br.counters), dict(br.drops),
+            {n: (dict(p.counters), dict(p.drops)) for n, p in br.ports.items()},
+            dict(br.fdb.counters),
+            sorted((e.mac, e.vid, e.port, e.updated, e.used, e.static, e.sticky) for e in br.fdb))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(steps, st.tuples(st.just("burst"), st.sampled_from(PORTS), bursts),
+                          st.tuples(st.just("sticky"), st.sampled_from(PORTS), stations)),
+                max_size=60),
+       st.integers(1, 6), st.booleans(), st.sampled_from([2, 4]))
+def test_a_stream_decided_once_per_batch_is_decided_as_frame_by_frame(script, limit, ageing, nports):
+    """forward_batch reuses a known-unicast decision for frames with the
+    same addresses (Bridge._repeatable): the outputs, every counter and the
+    FDB must be what deciding each frame anew gives."""
+    bridges = []
+    for reuse in (True, False):
+        clock = ManualClock(0.0)
+        br = Bridge("br0", ageing=300 if ageing else 0, max_learned=limit, clock=clock, mac=OWN)
+        for name in PORTS[:nports]:     # with 2, a flood has one port to go to
+            br.add_port(name)
+        if not reuse:
+            br._repeatable = lambda *args: None
+        bridges.append((br, clock))
+    outs = [[], []]
+    for k, (br, clock) in enumerate(bridges):
+        for op, port, arg in script:
+            port = PORTS[PORTS.index(port) % nports] if port else port
+            if op == "burst":
+                other, station, spec = arg
+                outs[k].append(_burst(br, port, (PORTS[PORTS.index(other) % nports], station, spec)))
+            elif op == "frame":
+                outs[k].append(br.forward_batch(port, [arg]))
+            elif op == "flags":
+                if not br.ports[port].carrier:
+                    arg = {**arg, "state": "disabled"}
+                br.set_port_flags(port, **arg)
+            elif op == "carrier":
+                br.set_carrier(port, arg)
+            elif op == "time":
+                clock.now += arg
+            elif op == "static":
+                try:
+                    br.add_static(arg, port)
+                except Exception:
+                    pass
+            elif op == "flush":
+                br.flush(port, include_static=arg)
+            elif op == "sticky":
+                br.fdb.add(arg, port, state="dynamic", sticky=True, replace=True)
+    (with_reuse, _), (frame_by_frame, _) = bridges
+    assert outs[0] == outs[1]
+    assert _bridge_state(with_reuse) == _bridge_state(frame_by_frame)
