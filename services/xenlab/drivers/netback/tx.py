@@ -50,7 +50,6 @@ from xenlab.xen import abi
 from xenlab.xen.netif import ExtraInfo, GsoInfo, pack_tx_response, unpack_tx_request
 from xenlab.xen.ring import BackRing
 
-_U32 = 0xFFFFFFFF
 _MORE_OR_EXTRA = abi.NETTXF_extra_info | abi.NETTXF_more_data
 
 
@@ -136,9 +135,10 @@ class NetbackTx:
         # grants): a one-slot frame in a mapped page is read from it at once.
         self.direct: Mapping[int, memoryview] | None = None
         self.direct_frames = 0
-        # A request _direct_run read (once) that is not a one-slot frame
-        # in a mapped page: the first one _parse takes.
-        self._read_ahead: tuple[int, int, int, int, int] | None = None
+        # Requests _direct_run took off the ring (each read once) and did not
+        # use, from the first that is not a one-slot frame in a mapped
+        # page: the next ones _parse takes, in ring order.
+        self._taken: collections.deque[bytes] = collections.deque()
 
     # -- building a batch --------------------------------------------------------
     def build(self, scratch: Scratch | None = None) -> TxBatch:
@@ -148,24 +148,22 @@ class NetbackTx:
         if self.disabled:
             return batch
         scratch = batch.scratch
-        ring = self.ring
         addr = 0
         avail = 0       # requests known to be waiting, so not counted again per frame
-        if self._held is None and self.limiter is None and self.direct:
+        if self._held is None and not self._taken and self.limiter is None and self.direct:
             avail = self._direct_run(batch)
         while True:
             frame = self._held
             self._held = None
             if frame is None:
-                if avail <= 0 and self._read_ahead is None:
+                if avail <= 0:
                     avail = self._waiting(batch)
                     if not avail:
                         break
-                start = ring.req_cons
                 frame = self._next_frame(batch)
                 if frame is None:
                     break
-                avail -= (ring.req_cons - start) & _U32
+                avail -= len(frame.slots)
             batch.frames.append(frame)
             if frame.reason or frame.control:
                 continue
@@ -189,38 +187,48 @@ class NetbackTx:
         batch, each request read once and checked as _parse and
         _take_request check it, its bytes read from the page at once (no
         copy to plan; nothing to wait for, so no credit or scratch either).
-        The first request that is anything else is left in _read_ahead for
-        _parse, which gives it what it deserves. The requests known to be
-        waiting after the run."""
-        avail = self._waiting(batch)
+        The requests waiting are taken together; from the first that is
+        anything else they are left in _taken for _parse, which gives each
+        what it deserves. The requests known to be waiting after the run."""
+        n = self._waiting(batch)
+        if not n:
+            return 0
+        raws = self.ring.get_requests(n)
         direct, in_flight, out = self.direct, self._in_flight, batch.direct
-        get_request, unpack = self.ring.get_request, unpack_tx_request
-        while avail > 0:
-            req = unpack(get_request())
-            avail -= 1
-            gref, offset, flags, id_, size = req
+        unpack = unpack_tx_request
+        for k, raw in enumerate(raws):
+            gref, offset, flags, id_, size = unpack(raw)
             page = direct.get(gref)
             if (page is None or flags & _MORE_OR_EXTRA or id_ >= abi.NET_TX_RING_SIZE
                     or id_ in in_flight or size < abi.ETH_HLEN or offset + size > PAGE):
-                self._read_ahead = req
+                self._taken.extend(raws[k:])
                 break
             in_flight.add(id_)
             out.append((id_, page[offset:offset + size].tobytes()))
         self.direct_frames += len(out)
-        return avail
+        return len(self._taken)
 
     @property
     def held(self) -> bool:
-        """A consumed frame waits for credit or scratch room."""
-        return self._held is not None
+        """A consumed frame waits for credit or scratch room, or consumed
+        requests wait for the next batch."""
+        return self._held is not None or bool(self._taken)
 
     def _waiting(self, batch: TxBatch) -> int:
-        """Unconsumed requests; a req_prod more than a ring ahead is fatal."""
+        """Requests not used yet (taken ones first); a req_prod more than a
+        ring ahead is fatal."""
         if self.ring.request_overflow():
             self._fatal(batch, f"impossible number of requests: req_prod {self.ring.sring.req_prod}, "
                                f"answered up to {self.ring.rsp_prod_pvt}, ring size {self.ring.size}")
             return 0
-        return self.ring.unconsumed_requests()
+        return self._left()
+
+    def _left(self) -> int:
+        return len(self._taken) + self.ring.unconsumed_requests()
+
+    def _next_request(self) -> bytes:
+        """RING_COPY_REQUEST: the next request, taken ones first."""
+        return self._taken.popleft() if self._taken else self.ring.get_request()
 
     def _next_frame(self, batch: TxBatch) -> _TxFrame | None:
         """The frame starting at the next request, which the caller knows is there."""
@@ -242,11 +250,7 @@ class NetbackTx:
 
     def _take_request(self, frame: _TxFrame) -> tuple[int, int, int, int, int]:
         """(gref, offset, flags, id, size) of the next request, copied once."""
-        req = self._read_ahead
-        if req is None:
-            req = unpack_tx_request(self.ring.get_request())
-        else:
-            self._read_ahead = None
+        req = unpack_tx_request(self._next_request())
         id_ = req[3]
         frame.slots.append(_Slot(id_))
         if id_ >= abi.NET_TX_RING_SIZE:
@@ -293,9 +297,9 @@ class NetbackTx:
         """xenvif_get_extras: extra-info slots after the first request."""
         extras: dict[int, ExtraInfo] = {}
         while True:
-            if not self.ring.unconsumed_requests():
+            if not self._left():
                 raise TxFatal("missing extra info")
-            extra = ExtraInfo.unpack(self.ring.get_request())
+            extra = ExtraInfo.unpack(self._next_request())
             frame.slots.append(_Slot(0, null=True))
             if not 0 < extra.type < abi.XEN_NETIF_EXTRA_TYPE_MAX:
                 raise TxFatal(f"invalid extra type: {extra.type}")
@@ -309,7 +313,7 @@ class NetbackTx:
         remaining = size
         more = flags & abi.NETTXF_more_data
         while more:
-            if not self.ring.unconsumed_requests():
+            if not self._left():
                 raise TxFatal(f"asked for {len(frags) + 1} more slots than the frontend produced")
             if len(frags) >= self.fatal_slots:
                 raise TxFatal(f"malicious frontend using more than {self.fatal_slots} slots")
@@ -433,11 +437,13 @@ class NetbackTx:
             return False
         if self._held is not None:
             return self.limiter is None or self.limiter.timer_at is None
+        if self._taken:
+            return True
         return self.ring.final_check_for_requests()
 
     def release(self) -> None:
         self._held = None
-        self._read_ahead = None
+        self._taken.clear()
         self._in_flight.clear()
 
 
