@@ -99,6 +99,8 @@ class NetfrontTx:
         requests: list[bytes] = []
         room = self.ring.free_requests()
         n = 0 if self.broken or self.backlog else self._put_plain(frames, requests, room, out.sent)
+        if not self.broken:
+            n += self._queue_plain(frames, n, room - len(requests), out.drops)
         for frame in itertools.islice(frames, n, None):
             reason = self._refuse(frame)
             if reason:
@@ -138,6 +140,29 @@ class NetfrontTx:
             requests.append(pack(buffer.gref, 0, 0, id_, size))
             in_flight.add(id_)
             sent.append(frame)
+            n += 1
+        return n
+
+    def _queue_plain(self, frames: Sequence[bytes], start: int, room: int,
+                     drops: collections.Counter) -> int:
+        """After _put_plain, without a call per frame: the frames from
+        ``start`` that fit one page and the MTU, while they must wait (a
+        backlog ahead of them, or no buffer or ring slot), into the backlog,
+        or past its bound dropped as ``tx_ring_full``, as send's loop would.
+        How many it took."""
+        backlog = self.backlog
+        if not backlog and self._free and room > 0:
+            return 0                # nothing to wait for: send's loop puts the next one
+        longest = min(self.mtu + abi.ETH_HLEN, PAGE)
+        least, most = abi.ETH_HLEN, self.backlog_max
+        n = 0
+        for frame in itertools.islice(frames, start, None):
+            if not least <= len(frame) <= longest:
+                break
+            if len(backlog) >= most:
+                drops["tx_ring_full"] += 1
+            else:
+                backlog.append(bytes(frame))
             n += 1
         return n
 
