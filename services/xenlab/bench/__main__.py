@@ -10,6 +10,8 @@ Sections (``--only``, in this order):
               the idle lab's CPU, a ping mesh sample at each N
               (xenlab.bench.scale)
   fdb         bridge forwarding cost against FDB size (xenlab.bench.fdb)
+  cores       each data-path core's cost per frame, warm, in this process:
+              netfront, netback, the bridge (xenlab.bench.cores)
   netem       how accurately netem (`xenlab tc`) delays, drops and paces
               frames, against a baseline of the same run (xenlab.bench.netem)
   paging      the same guest paging workloads in the three paging modes
@@ -51,14 +53,15 @@ from xenlab.bench.profile import Profiler, find_py_spy
 from xenlab.bench.scale import MESH_PER_SOURCE, MESH_SETTLE, boot
 from xenlab.hypervisor.page_sharing import MODES as PAGE_SHARING_MODES
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
+from xenlab.bench.cores import core_costs
 
-SECTIONS = ("throughput", "latency", "scale", "fdb", "netem", "paging", "migrate")
+SECTIONS = ("throughput", "latency", "scale", "fdb", "cores", "netem", "paging", "migrate")
 FULL = {"count": 50_000, "pings": 2000, "interval": 0.01, "scale": "8,32,64",
-        "fdb_frames": 200_000, "fdb_repeats": 5, "paging_pages": paging_bench.DEFAULT_PAGES,
+        "fdb_frames": 200_000, "fdb_repeats": 5, "cores_frames": 200_000, "paging_pages": paging_bench.DEFAULT_PAGES,
         "paging_remap": paging_bench.DEFAULT_REMAP, "idle": 30.0,
         "migrations": migrate_bench.MIGRATIONS}
 QUICK = {"count": 2000, "pings": 200, "interval": 0.005, "scale": "4",
-         "fdb_frames": 20_000, "fdb_repeats": 3, "paging_pages": 64, "paging_remap": 16,
+         "fdb_frames": 20_000, "fdb_repeats": 3, "cores_frames": 20_000, "paging_pages": 64, "paging_remap": 16,
          "idle": 2.0, "migrations": 2}
 LOADED = 0.5            # a 1-minute load average over this at the start is worth a warning
 
@@ -91,6 +94,7 @@ class Plan:
     log_level: str
     keep_logs: Path | None
     page_sharing: str = "auto"
+    cores_frames: int = FULL["cores_frames"]
 
 
 # What the path can carry: the agent's Blast frame (header and a sequence
@@ -202,7 +206,8 @@ def make_plan(args) -> Plan:
                 migrations=args.migrations or base["migrations"], udp_rate=args.udp_rate,
                 kernel=not args.no_kernel, batch=args.batch, json=args.json, profile=args.profile,
                 py_spy=args.py_spy, log_level=args.log_level, keep_logs=args.keep_logs,
-                page_sharing=args.page_sharing or ("on" if os.geteuid() == 0 else "auto"))
+                page_sharing=args.page_sharing or ("on" if os.geteuid() == 0 else "auto"),
+                cores_frames=base["cores_frames"])
 
 
 def progress(message: str) -> None:
@@ -237,6 +242,8 @@ class Bench:
             self.save()
         if "fdb" in plan.sections:
             self.fdb()
+        if "cores" in plan.sections:
+            self.cores()
         if "netem" in plan.sections:
             self.results["netem"] = await netem_bench.run(progress, plan.log_level)
             self.save()
@@ -380,6 +387,12 @@ class Bench:
             progress(f"paging in domains stopped: {section['domains_error']}")
             return
         section["domains"] = paging_bench.figures(runs, plan.paging_pages, plan.paging_remap)
+
+    def cores(self) -> None:
+        plan = self.plan
+        progress(f"cores: {plan.cores_frames:,} frames of 64 bytes through each data-path core, in this process")
+        self.results["cores"] = core_costs(plan.cores_frames, repeats=plan.fdb_repeats)
+        self.save()
 
     def fdb(self) -> None:
         plan = self.plan

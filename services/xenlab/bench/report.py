@@ -235,6 +235,13 @@ def table(results: dict) -> str:
                                  f"{_n(warm.get('p50_ms'), '.2f')} ms, p99 {_n(warm.get('p99_ms'), '.2f')} ms")
         if scale.get("error"):
             lines.append(f"scale stopped: {scale['error']}")
+    cores = results.get("cores")
+    if cores:
+        lines += ["", f"Data-path cores, warm, in this process: ns per {cores['size']}-byte frame in batches of "
+                      f"{cores['batch']} (median of {cores['repeats']} runs, min-max)"]
+        for name, c in cores["cores"].items():
+            lines.append(f"  {name:<12} {c['ns_per_frame']:>7,.0f}  ({c['min']:,.0f}-{c['max']:,.0f})")
+        lines.append(f"  {'sum':<12} {cores['sum_ns_per_frame']:>7,.0f}")
     fdb = results.get("fdb")
     if fdb:
         lines += ["", "Bridge forwarding cost (core, per frame) against FDB size"]

@@ -74,6 +74,25 @@ def test_the_table_says_where_each_frame_and_pings_time_goes():
     assert "CPU us per ping by process (waiting for a CPU): dom0 540 (130)  bridge 180 (45) | sum 720" in text
 
 
+def test_the_cores_section_times_every_core_on_frames_that_arrive_whole():
+    from xenlab.bench.cores import CORES, CoreError, _Path, _frames, core_costs
+    costs = core_costs(frames=640, repeats=2)
+    assert list(costs["cores"]) == list(CORES) and costs["frames"] == 640
+    for c in costs["cores"].values():
+        assert 0 < c["min"] <= c["ns_per_frame"] <= c["max"]
+    assert costs["sum_ns_per_frame"] == pytest.approx(sum(c["ns_per_frame"] for c in costs["cores"].values()))
+    text = report.table({"cores": costs})
+    assert "Data-path cores, warm, in this process: ns per 64-byte frame in batches of 64" in text
+    assert all(f"  {name:<12}" in text for name in CORES)
+    with pytest.raises(ValueError, match="15..4096"):
+        core_costs(frames=64, size=14)
+    # A round checks what came out: a frame lost on the way is an error, not a figure.
+    path = _Path()
+    path.bridge.set_port_flags("vif2.0", state="disabled")
+    with pytest.raises(CoreError, match="64 frames in, 64 sent, 0 out"):
+        path.round(_frames(64, 64), [0.0] * len(CORES))
+
+
 def test_profile_summary_by_self_area_and_inclusive_xenlab_function():
     folded = "\n".join([
         "run (asyncio/runners.py:118);Netback._tx_action (xenlab/drivers/netback.py:348);"
