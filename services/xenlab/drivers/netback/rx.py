@@ -39,6 +39,11 @@ def rx_slots_needed(length: int) -> int:
     return -(-length // PAGE)
 
 
+# The longest frame a guest can take: XEN_NETIF_MAX_TX_SIZE, and no more
+# pages than XEN_NETIF_NR_SLOTS_MIN.
+_LONGEST = min(abi.XEN_NETIF_MAX_TX_SIZE, abi.XEN_NETIF_NR_SLOTS_MIN * PAGE)
+
+
 class _RxSlot:
     __slots__ = ("id", "size", "more", "ops")
 
@@ -102,18 +107,18 @@ class NetbackRx:
     def enqueue(self, frames: Sequence[bytes]) -> collections.Counter:
         """Frames for the guest; the drops (never blocks)."""
         drops: collections.Counter = collections.Counter()
+        queue, max_queue, max_bytes = self.queue, self.max_queue, self.max_bytes
         for frame in frames:
-            if not frame:
+            size = len(frame)
+            if not size:
                 drops["empty"] += 1
-            elif (len(frame) > abi.XEN_NETIF_MAX_TX_SIZE
-                  or rx_slots_needed(len(frame)) > abi.XEN_NETIF_NR_SLOTS_MIN):
+            elif size > _LONGEST:
                 drops["too_big"] += 1
-            elif len(self.queue) >= self.max_queue or (
-                    self.max_bytes is not None and self.queued_bytes >= self.max_bytes):
+            elif len(queue) >= max_queue or (max_bytes is not None and self.queued_bytes >= max_bytes):
                 drops["rx_ring_full"] += 1
             else:
-                self.queue.append(bytes(frame))
-                self.queued_bytes += len(frame)
+                queue.append(frame if type(frame) is bytes else bytes(frame))
+                self.queued_bytes += size
         return drops
 
     def posted_grefs(self) -> list[int]:
