@@ -60,27 +60,8 @@ def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit, policy, v
             if out:
                 forwarded_from[port] += 1
             _check_outputs(br, port, arg, out)
-        elif op == "flags":
-            if not br.ports[port].carrier:
-                arg = {**arg, "state": "disabled"}
-            br.set_port_flags(port, **arg)
-        elif op == "carrier":
-            br.set_carrier(port, arg)
-        elif op == "vlan":
-            vid, add, pvid, untagged = arg
-            if add:
-                br.vlan_add(port, vid, pvid=pvid, untagged=untagged)
-            elif vid in br.ports[port].vlans:
-                br.vlan_delete(port, vid)
-        elif op == "time":
-            clock.now += arg
-        elif op == "static":
-            try:
-                br.add_static(arg, port)
-            except Exception as err:       # not unicast, or full of static entries
-                assert getattr(err, "errno", None) is not None
         else:
-            br.flush(port, include_static=arg)
+            _administer(br, clock, op, port, arg)
         assert br.fdb.n_learned == sum(1 for e in br.fdb if e.learned) <= limit
         assert len(br.fdb._lru) == sum(1 for e in br.fdb if not e.static)
         assert sum(map(len, br.fdb._port_lru.values())) == br.fdb.n_learned
@@ -88,6 +69,36 @@ def test_frames_are_conserved_and_the_fdb_stays_bounded(script, limit, policy, v
     for name, p in br.ports.items():
         assert p.counters["rx_packets"] == forwarded_from[name] + sum(p.drops.values())
     assert sum(p.counters["tx_packets"] for p in br.ports.values()) == br.counters["tx"]
+
+
+def _administer(br, clock, op, port, arg) -> None:
+    """A step of a script other than frames: port flags, carrier, VLANs,
+    time, static, sticky and flushed FDB entries."""
+    if op == "flags":
+        if not br.ports[port].carrier:
+            arg = {**arg, "state": "disabled"}
+        br.set_port_flags(port, **arg)
+    elif op == "carrier":
+        br.set_carrier(port, arg)
+    elif op == "vlan":
+        vid, add, pvid, untagged = arg
+        if add:
+            br.vlan_add(port, vid, pvid=pvid, untagged=untagged)
+        elif vid in br.ports[port].vlans:
+            br.vlan_delete(port, vid)
+    elif op == "time":
+        clock.now += arg
+    elif op == "static":
+        try:
+            br.add_static(arg, port)
+        except Exception as err:       # not unicast, or full of static entries
+            assert getattr(err, "errno", None) is not None
+    elif op == "sticky":
+        br.fdb.add(arg, port, state="dynamic", sticky=True, replace=True)
+    elif op == "flush":
+        br.flush(port, include_static=arg)
+    else:
+        raise ValueError(f"unknown step {op!r}")
 
 
 def _check_outputs(br, ingress, frame, out):
@@ -188,23 +199,8 @@ def test_a_stream_decided_once_per_batch_is_decided_as_frame_by_frame(script, li
                 outs[k].append(_burst(br, port, (PORTS[PORTS.index(other) % nports], station, spec)))
             elif op == "frame":
                 outs[k].append(br.forward_batch(port, [arg]))
-            elif op == "flags":
-                if not br.ports[port].carrier:
-                    arg = {**arg, "state": "disabled"}
-                br.set_port_flags(port, **arg)
-            elif op == "carrier":
-                br.set_carrier(port, arg)
-            elif op == "time":
-                clock.now += arg
-            elif op == "static":
-                try:
-                    br.add_static(arg, port)
-                except Exception:
-                    pass
-            elif op == "flush":
-                br.flush(port, include_static=arg)
-            elif op == "sticky":
-                br.fdb.add(arg, port, state="dynamic", sticky=True, replace=True)
+            else:
+                _administer(br, clock, op, port, arg)
     (with_reuse, _), (frame_by_frame, _) = bridges
     assert outs[0] == outs[1]
     assert _bridge_state(with_reuse) == _bridge_state(frame_by_frame)
