@@ -37,6 +37,29 @@ def test_truncated_and_trailing_bytes_are_refused():
         veth.decode(good + b"x")
 
 
+def test_a_frames_datagram_has_its_lengths_up_front():
+    (datagram,) = veth.encode_frames([b"ab", b"", b"cde"])
+    assert datagram == (veth.HEADER.pack(veth.MAGIC, 2, veth.OP_FRAMES, 3, 0)
+                        + bytes([2, 0, 0, 0, 3, 0]) + b"abcde")
+    assert veth.decode(datagram) == (veth.OP_FRAMES, [b"ab", b"", b"cde"])
+
+
+@pytest.mark.parametrize("body, why", [
+    (bytes([2, 0, 9]), "frame lengths past the end"),             # count 2, one length and a half
+    (bytes([2, 0, 4, 0]) + b"abcde", "frame past the end"),       # 2 + 4 > 5 bytes
+    (bytes([2, 0, 2, 0]) + b"abcdX", "trailing bytes"),
+])
+def test_lengths_that_do_not_match_the_bytes_are_refused(body, why):
+    with pytest.raises(veth.VethError, match=why):
+        veth.decode(veth.HEADER.pack(veth.MAGIC, veth.VERSION, veth.OP_FRAMES, 2, 0) + body)
+
+
+def test_a_peer_of_the_first_version_is_told_which_versions_met():
+    old = veth.HEADER.pack(veth.MAGIC, 1, veth.OP_HELLO, 0, 0) + b"{}"
+    with pytest.raises(veth.VethError, match="version 1; this end speaks 2"):
+        veth.decode(old)
+
+
 async def _pair(address):
     ports = []
     listener = veth.VethListener(address, admit=lambda hello: (f"port-{hello['name']}", {"bridge": "br0"}),

@@ -128,3 +128,19 @@ async def test_tx_room_shrinks_while_the_peer_does_not_read_and_wait_room_return
     a.transmit([b"\x02" * 60])
     assert a.drops["link_down"] == 1
     await listener.close()
+
+
+async def test_a_frame_too_long_for_the_wire_is_counted_and_the_rest_cross(sock_dir):
+    listener, a, b = await pair(sock_dir)
+    got = []
+    b.receiver = got.extend
+    frames = [b"\x01" * 60, b"\x02" * (veth.MAX_FRAME + 1), b"\x03" * veth.MAX_FRAME]
+    a.transmit(frames)
+    for _ in range(200):
+        if len(got) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert got == [frames[0], frames[2]]
+    assert a.drops["oversize"] == 1 and sent(a) == 2 == handled(b)
+    a.close()
+    await listener.close()
