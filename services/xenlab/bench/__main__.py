@@ -11,7 +11,8 @@ Sections (``--only``, in this order):
               (xenlab.bench.scale)
   fdb         bridge forwarding cost against FDB size (xenlab.bench.fdb)
   cores       each data-path core's cost per frame, warm, in this process:
-              netfront, netback, the bridge (xenlab.bench.cores)
+              netfront, netback, the veth framing, the bridge
+              (xenlab.bench.cores)
   netem       how accurately netem (`xenlab tc`) delays, drops and paces
               frames, against a baseline of the same run (xenlab.bench.netem)
   paging      the same guest paging workloads in the three paging modes

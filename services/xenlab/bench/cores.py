@@ -8,6 +8,8 @@ core after another, as the lab's processes run them:
 
 * ``netfront tx`` (d01): ``NetfrontTx.send``, and ``poll`` for the answers;
 * ``netback tx`` (Domain-0): ``NetbackTx.build`` and ``complete``;
+* ``veth``: the batch into a veth datagram and out of it again, on both
+  hops (Domain-0 packs and the bridge unpacks, then the other way round);
 * ``bridge``: ``Bridge.forward_batch``;
 * ``netback rx`` (Domain-0): ``NetbackRx.enqueue``, ``build``, ``complete``;
 * ``netfront rx`` (d02): ``NetfrontRx.poll``.
@@ -30,11 +32,12 @@ from xenlab.drivers.netback.rx import NetbackRx
 from xenlab.drivers.netback.scratch import Scratch
 from xenlab.drivers.netback.tx import NetbackTx
 from xenlab.drivers.netfront_core import Buffer, NetfrontRx, NetfrontTx
+from xenlab.net import veth
 from xenlab.xen import abi
 from xenlab.xen.netif import make_rx_ring, make_tx_ring
 from xenlab.xen.ring import BackRing, FrontRing
 
-CORES = ("netfront tx", "netback tx", "bridge", "netback rx", "netfront rx")
+CORES = ("netfront tx", "netback tx", "veth", "bridge", "netback rx", "netfront rx")
 BATCH = 64
 SCRATCH_PAGES = 32
 _SRC, _DST = bytes.fromhex("00163e000001"), bytes.fromhex("00163e000002")
@@ -82,21 +85,35 @@ class _Path:
         batch = self.back_tx.build()
         out = self.back_tx.complete(batch, []).frames
         t2 = clock()
-        forwarded = self.bridge.forward_batch("vif1.0", out).get("vif2.0", [])
+        out = _over_veth(out)
         t3 = clock()
+        forwarded = self.bridge.forward_batch("vif1.0", out).get("vif2.0", [])
+        t4 = clock()
+        forwarded = _over_veth(forwarded)
+        t5 = clock()
         self.back_rx.enqueue(forwarded)
         batch = self.back_rx.build()
         self.back_rx.complete(batch, [])
-        t4 = clock()
-        got = self.front_rx.poll().frames
-        t5 = clock()
-        completed = self.front_tx.poll().completed
         t6 = clock()
-        for i, seconds in enumerate((t1 - t0 + t6 - t5, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+        got = self.front_rx.poll().frames
+        t7 = clock()
+        completed = self.front_tx.poll().completed
+        t8 = clock()
+        for i, seconds in enumerate((t1 - t0 + t8 - t7, t2 - t1, t3 - t2 + t5 - t4, t4 - t3,
+                                     t6 - t5, t7 - t6)):
             spent[i] += seconds
         if got != frames or len(sent) != len(frames) or completed != len(frames):
             raise CoreError(f"{len(frames)} frames in, {len(sent)} sent, {len(got)} out, "
                             f"{completed} answered")
+
+
+def _over_veth(frames: list[bytes]) -> list[bytes]:
+    """One veth hop: the frames packed as the sending end packs them, and
+    unpacked as the receiving end does."""
+    out = []
+    for datagram in veth.encode_frames(frames):
+        out.extend(veth.decode(datagram)[1])
+    return out
 
 
 def _scratch() -> Scratch:
