@@ -328,14 +328,18 @@ class Datapath:
             if not in_flight and _short_of_room(vif, 1):
                 await vif.upstream.wait_room(abi.NET_TX_RING_SIZE)
                 continue          # the vif may have been re-plugged meanwhile
+            # (With nothing in flight, the room for one batch was just checked.)
             while (free and wait_until is None and not tx.disabled
-                   and not _short_of_room(vif, len(in_flight) + 1)):
+                   and not (in_flight and _short_of_room(vif, len(in_flight) + 1))):
                 batch = tx.build(free[-1])
                 wait_until = batch.wait_until
                 if batch.empty:
                     break
                 free.pop()
-                in_flight.append((batch, self._copy(batch.copies)))
+                answer = self._copy(batch.copies)
+                in_flight.append((batch, answer))
+                if answer.done():
+                    break         # copied here and now: answer it before building more
             if not in_flight:
                 if wait_until is not None:
                     vif.counters["rate_limited"] += 1
@@ -404,7 +408,10 @@ class Datapath:
                     if batch.empty:
                         break
                     free.pop()
-                    in_flight.append((batch, self._copy(batch.copies)))
+                    answer = self._copy(batch.copies)
+                    in_flight.append((batch, answer))
+                    if answer.done():
+                        break     # copied here and now: answer it before building more
                 if not in_flight:
                     if not rx.more_to_do():
                         return

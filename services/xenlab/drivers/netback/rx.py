@@ -170,7 +170,9 @@ class NetbackRx:
         run does not use (from the first for a page that is not mapped) are
         _plan's, in order. The requests known to be posted after the run."""
         queue, taken, direct, out = self.queue, self._taken, self.direct, batch.direct
-        if taken or not queue:
+        if not queue:
+            return 0            # nothing for build to place: no need to count requests
+        if taken:
             return self._posted()
         n = 0
         for frame in itertools.islice(queue, self.ring.unconsumed_requests()):
@@ -194,7 +196,7 @@ class NetbackRx:
             page[:size] = frame
             out.append((req[0], frame))
         self.direct_frames += len(out)
-        return self._posted()
+        return self._posted() if queue else 0
 
     def _plan(self, batch: RxBatch, frame: bytes, addr: int, need: int) -> list[_RxSlot]:
         slots = []

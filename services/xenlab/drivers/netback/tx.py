@@ -152,6 +152,10 @@ class NetbackTx:
         avail = 0       # requests known to be waiting, so not counted again per frame
         if self._held is None and not self._taken and self.limiter is None and self.direct:
             avail = self._direct_run(batch)
+            if not avail:
+                # It took every request that was waiting (or there was
+                # none): the next build looks at the ring again.
+                return batch
         while True:
             frame = self._held
             self._held = None
