@@ -30,9 +30,13 @@ def internet_checksum(data: bytes, initial: int = 0) -> int:
     ``initial`` carries a partial sum in, such as a pseudo-header's."""
     if len(data) % 2:
         data = bytes(data) + b"\x00"
-    total = initial + sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
+    # The words' end-around-carry sum, without a step per word: 2**16 is 1
+    # modulo 0xFFFF, so the data read as one big-endian integer is congruent
+    # to the sum of its 16-bit words, and folding the carries keeps that
+    # residue while landing in 1..0xFFFF (0 only for a sum of 0).
+    total = initial + int.from_bytes(data, "big")
+    if total:
+        total = (total - 1) % 0xFFFF + 1
     return ~total & 0xFFFF
 
 

@@ -233,6 +233,9 @@ class IpStack:
         self.mac = config.mac
         self.ip = config.address.ip
         self.network = config.address.network
+        # /31 (RFC 3021) and /32 have no broadcast address.
+        self._subnet_broadcast = (self.network.broadcast_address if self.network.prefixlen < 31
+                                  else None)
         self.counters: collections.Counter[str] = collections.Counter(
             {name: 0 for name in ("rx_frames", "rx_bytes", "tx_frames", "tx_bytes",
                                   "rx_delivered", "rx_forwarded", "rx_loopback", "event_overflow")
@@ -315,7 +318,8 @@ class IpStack:
     # -- what the Router uses -------------------------------------------------------
 
     def is_local(self, ip: IPv4Address) -> bool:
-        return ip == self.ip or ip in self.local_addresses
+        # (Hashing an address is a call of its own: skip it with no other addresses.)
+        return ip == self.ip or (bool(self.local_addresses) and ip in self.local_addresses)
 
     def is_broadcast(self, ip: IPv4Address) -> bool:
         return self._is_broadcast(ip)
@@ -497,7 +501,8 @@ class IpStack:
             return "ttl"                    # RFC 791: a datagram whose TTL reached 0 is destroyed
         if not looped and self._martian(header.src):
             return "martian_source"
-        ip_broadcast = self._is_broadcast(header.dst) or header.dst in self.local_broadcasts
+        ip_broadcast = self._is_broadcast(header.dst) or (bool(self.local_broadcasts)
+                                                          and header.dst in self.local_broadcasts)
         raw = bytes(data[:header.total_length])
         if not self.is_local(header.dst) and not ip_broadcast:
             if self._forwardable(header, link_broadcast, looped):
@@ -522,10 +527,13 @@ class IpStack:
                          or dst == LIMITED_BROADCAST))
 
     def _martian(self, src: IPv4Address) -> bool:
-        """Sources no station can have; Linux's ip_route_input drops them as martians."""
-        return (src.is_unspecified or src.is_loopback or src.is_multicast
-                or src == LIMITED_BROADCAST or self.is_local(src)
-                or self._is_subnet_broadcast(src))
+        """Sources no station can have; Linux's ip_route_input drops them as martians:
+        0.0.0.0, loopback (127/8), multicast (224/4), the limited broadcast, ours,
+        and our subnet's broadcast. (On the address as an integer: each of
+        ipaddress's properties is a call or two, and this runs for every packet.)"""
+        n = int(src)
+        return (n == 0 or n >> 24 == 127 or n >> 28 == 0xE or n == 0xFFFFFFFF
+                or self.is_local(src) or self._is_subnet_broadcast(src))
 
     def _input_icmp(self, inbound: _Inbound, data: bytes) -> str:
         try:
@@ -657,7 +665,7 @@ class IpStack:
         multicast. No route is ENETUNREACH, as Linux's."""
         if self._is_broadcast(dst):
             return BROADCAST
-        if dst.is_multicast:
+        if int(dst) >> 28 == 0xE:            # dst.is_multicast (224/4), without its calls
             return multicast_mac(dst)
         if self.is_local(dst):
             return dst
@@ -721,11 +729,12 @@ class IpStack:
         return ip in self.network
 
     def _is_subnet_broadcast(self, ip: IPv4Address) -> bool:
-        # /31 (RFC 3021) and /32 have no broadcast address.
-        return self.network.prefixlen < 31 and ip == self.network.broadcast_address
+        broadcast = self._subnet_broadcast
+        return broadcast is not None and ip == broadcast
 
     def _is_broadcast(self, ip: IPv4Address) -> bool:
-        return ip == LIMITED_BROADCAST or self._is_subnet_broadcast(ip)
+        broadcast = self._subnet_broadcast
+        return ip == LIMITED_BROADCAST or (broadcast is not None and ip == broadcast)
 
     def _ephemeral_port(self) -> int:
         span = len(EPHEMERAL_PORTS)
@@ -745,6 +754,8 @@ class IpStack:
 
 
 def _address(dst: IPv4Address | str) -> IPv4Address:
+    if type(dst) is IPv4Address:
+        return dst              # (IPv4Address(an address) would print it and parse it again)
     try:
         return IPv4Address(dst)
     except (ipaddress.AddressValueError, ValueError) as err:

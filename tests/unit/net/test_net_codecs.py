@@ -6,6 +6,7 @@ import struct
 from ipaddress import IPv4Address
 
 import pytest
+from hypothesis import given, strategies as st
 
 from xenlab.net.arp import ARPOP_REPLY, ARPOP_REQUEST, ArpPacket
 from xenlab.net.errors import PacketError
@@ -120,6 +121,23 @@ def test_internet_checksum_rfc1071_example():
     # RFC 1071 section 3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
     assert internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == ~0xDDF2 & 0xFFFF
     assert internet_checksum(b"\x01") == ~0x0100 & 0xFFFF      # odd length pads a zero
+
+
+@given(st.binary(max_size=1600), st.integers(0, 1 << 24))
+def test_internet_checksum_is_the_word_by_word_sum(data, initial):
+    # RFC 1071's definition, one 16-bit word at a time with the carries
+    # folded back, against the one-integer residue the stack computes.
+    padded = data + b"\x00" * (len(data) % 2)
+    total = initial + sum(struct.unpack(f"!{len(padded) // 2}H", padded))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert internet_checksum(data, initial) == ~total & 0xFFFF
+
+
+def test_internet_checksum_of_zeros_and_of_all_ones():
+    assert internet_checksum(bytes(20)) == 0xFFFF          # a sum of 0 stays 0
+    assert internet_checksum(b"\xff" * 20) == 0            # ones' complement zero (0xFFFF)
+    assert internet_checksum(b"") == 0xFFFF
 
 
 def test_ipv4_round_trip_trims_padding():
