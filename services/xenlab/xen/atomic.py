@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 _SEQ_CST = 5
 
@@ -63,6 +64,7 @@ def _load():
 
 _F = _load()
 _MASK64 = (1 << 64) - 1
+_LOAD, _FETCH_OR, _FETCH_AND = _F["load"], _F["fetch_or"], _F["fetch_and"]
 
 
 class AtomicWords:
@@ -84,14 +86,27 @@ class AtomicWords:
             raise IndexError(index)
         return self._base + index * 8
 
+    # load, fetch_or and fetch_and check the index themselves, not through
+    # _addr: they run on every event-channel signal and ring push.
     def load(self, index: int) -> int:
-        return _F["load"](self._addr(index), _SEQ_CST)
+        if not 0 <= index < self.nwords:
+            raise IndexError(index)
+        return _LOAD(self._base + index * 8, _SEQ_CST)
 
     def fetch_or(self, index: int, bits: int) -> int:
-        return _F["fetch_or"](self._addr(index), bits & _MASK64, _SEQ_CST)
+        if not 0 <= index < self.nwords:
+            raise IndexError(index)
+        return _FETCH_OR(self._base + index * 8, bits & _MASK64, _SEQ_CST)
 
     def fetch_and(self, index: int, bits: int) -> int:
-        return _F["fetch_and"](self._addr(index), bits & _MASK64, _SEQ_CST)
+        if not 0 <= index < self.nwords:
+            raise IndexError(index)
+        return _FETCH_AND(self._base + index * 8, bits & _MASK64, _SEQ_CST)
+
+    def bound_fetch_or(self, index: int, bits: int):
+        """``fetch_or(index, bits)`` as a callable of no arguments, bound
+        once (a memory barrier's fixed or): the words must outlive it."""
+        return functools.partial(_FETCH_OR, self._addr(index), bits & _MASK64, _SEQ_CST)
 
     def exchange(self, index: int, value: int) -> int:
         return _F["exchange"](self._addr(index), value & _MASK64, _SEQ_CST)

@@ -43,11 +43,9 @@ if sys.byteorder != "little":  # pragma: no cover - the ring ABI is little endia
     raise ImportError("xenlab.xen.ring assumes a little-endian (x86) host")
 
 _FENCE = AtomicWords(ctypes.c_uint64(), 0, 1)
-
-
-def _full_barrier() -> None:
-    """xen_mb(): a locked RMW orders the store before it against the load after it."""
-    _FENCE.fetch_or(0, 0)
+# xen_mb(): a locked RMW orders the store before it against the load after it
+# (the or of 0 into a word of our own, bound once: this runs at every push).
+_full_barrier = _FENCE.bound_fetch_or(0, 0)
 
 
 class RingError(XenError):
@@ -174,11 +172,6 @@ def _check_aligned(page: memoryview) -> None:
         raise ValueError("a shared ring page must be 4-byte aligned")
 
 
-def _crossed(old: int, new: int, event: int) -> bool:
-    """The notify test of RING_PUSH_*_AND_CHECK_NOTIFY: did old..new pass event?"""
-    return ((new - event) & _U32) < ((new - old) & _U32)
-
-
 class _RingView:
     """One end of a ring: produces on one index pair and consumes on the other.
 
@@ -218,17 +211,21 @@ class _RingView:
 
     def _push_and_check_notify(self) -> bool:
         # old is read back from the page, as the macro does: a peer that rewrites it
-        # only changes whether it gets kicked.
-        old = self.sring._load(self._OUT_PROD)
+        # only changes whether it gets kicked. (The indexes are read and written
+        # here without SharedRing's one-line accessors: this runs at every push.)
+        idx = self.sring._idx
+        old = idx[self._OUT_PROD]
         new = self._prod_pvt
-        self._push()
+        idx[self._OUT_PROD] = new            # _push: xen_wmb is free on TSO
         _full_barrier()
-        return _crossed(old, new, self.sring._load(self._OUT_EVENT))
+        # The notify test of RING_PUSH_*_AND_CHECK_NOTIFY: did old..new pass the event?
+        return ((new - idx[self._OUT_EVENT]) & _U32) < ((new - old) & _U32)
 
     def _unconsumed(self) -> int:
-        prod = self.sring._load(self._IN_PROD)
         # xen_rmb: on TSO the slot loads that follow cannot pass this load.
-        known = min((prod - self._cons) & _U32, self._in_bound())
+        waiting = (self.sring._idx[self._IN_PROD] - self._cons) & _U32
+        bound = self._in_bound()
+        known = waiting if waiting < bound else bound
         self._known = known
         return known
 
