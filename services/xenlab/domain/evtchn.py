@@ -377,7 +377,7 @@ class GuestEventChannels:
             self.stats["handler_error"] += 1
             log.exception("d%d: event-channel handler for port %d failed", self.domid, port)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):    # (most return None)
             self._spawn(result, f"handler for port {port}")
 
     # -- the direct path of interdomain channels ----------------------------------------

@@ -32,6 +32,8 @@ Tap = Callable[[str, bytes, float], None]     # (direction "tx"|"rx", frame, uni
 # Told when a device's link state changed; may return an awaitable (a
 # xenstore write) that ``link_settled`` waits for.
 LinkWatcher = Callable[["NetDevice"], Awaitable[None] | None]
+# A direction's two counters, named once (_count runs for every batch at every device).
+_COUNTER_KEYS = {"rx": ("rx_packets", "rx_bytes"), "tx": ("tx_packets", "tx_bytes")}
 
 
 class NetDevice:
@@ -183,8 +185,9 @@ class NetDevice:
         """A batch at once (this runs for every frame at every device); the
         taps, if any, frame by frame."""
         counters = self.counters
-        counters[f"{direction}_packets"] += len(frames)
-        counters[f"{direction}_bytes"] += sum(map(len, frames))
+        packets, octets = _COUNTER_KEYS[direction]
+        counters[packets] += len(frames)
+        counters[octets] += sum(map(len, frames))
         if self._taps:
             for frame in frames:
                 self._tap(direction, frame)
