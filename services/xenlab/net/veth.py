@@ -51,6 +51,7 @@ OP_BYE = 3
 OP_CARRIER = 4
 HEADER = struct.Struct("<HBBHH")
 FRAME_LEN = struct.Struct("<H")        # one frame's length; FRAMES carries count of them
+_ONE_FRAME = struct.Struct("<HBBHHH")  # the header and the length of a lone frame
 STREAM_LEN = struct.Struct("<I")
 MAX_FRAME = 0xFFFF
 BATCH_BYTES = 60 * 1024             # one datagram, well under the default socket buffers
@@ -83,6 +84,8 @@ def encode_frames(frames: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
 
 def batch_frames(frames: list[bytes], limit: int = BATCH_BYTES) -> list[list[bytes]]:
     """The frames of each datagram `encode_frames` makes."""
+    if len(frames) == 1 and len(frames[0]) <= MAX_FRAME:
+        return [frames]               # a lone frame (a ping) goes alone, however long
     if frames:
         lengths = list(map(len, frames))
         if (max(lengths) <= MAX_FRAME
@@ -105,6 +108,9 @@ def batch_frames(frames: list[bytes], limit: int = BATCH_BYTES) -> list[list[byt
 
 def _frames_datagram(frames: list[bytes]) -> bytes:
     count = len(frames)
+    if count == 1:                    # the same layout, without the batch's calls
+        frame = frames[0]
+        return _ONE_FRAME.pack(MAGIC, VERSION, OP_FRAMES, 1, 0, len(frame)) + frame
     return b"".join([HEADER.pack(MAGIC, VERSION, OP_FRAMES, count, 0),
                      struct.pack(f"<{count}H", *map(len, frames)), *frames])
 
@@ -139,6 +145,10 @@ def decode(datagram: bytes) -> tuple[int, object]:
 
 
 def _decode_frames(datagram: bytes, count: int) -> list[bytes]:
+    if count == 1 and len(datagram) >= _ONE_FRAME.size:
+        if _ONE_FRAME.unpack_from(datagram)[5] != len(datagram) - _ONE_FRAME.size:
+            raise VethError("the frame's length does not match the datagram's")
+        return [datagram[_ONE_FRAME.size:]]
     start = HEADER.size + FRAME_LEN.size * count
     if start > len(datagram):
         raise VethError("frame lengths past the end of the datagram")

@@ -54,6 +54,14 @@ def test_lengths_that_do_not_match_the_bytes_are_refused(body, why):
         veth.decode(veth.HEADER.pack(veth.MAGIC, veth.VERSION, veth.OP_FRAMES, 2, 0) + body)
 
 
+def test_a_lone_frame_whose_length_does_not_match_is_refused():
+    (good,) = veth.encode_frames([b"abcd"])
+    assert veth.decode(good) == (veth.OP_FRAMES, [b"abcd"])
+    for bad in (good[:-1], good + b"x", good[:veth.HEADER.size + 1]):
+        with pytest.raises(veth.VethError):
+            veth.decode(bad)
+
+
 def test_a_peer_of_the_first_version_is_told_which_versions_met():
     old = veth.HEADER.pack(veth.MAGIC, 1, veth.OP_HELLO, 0, 0) + b"{}"
     with pytest.raises(veth.VethError, match="version 1; this end speaks 2"):
