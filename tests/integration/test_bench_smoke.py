@@ -102,3 +102,24 @@ def test_the_migrate_section_moves_a_domu_between_two_hosts_in_each_series(tmp_p
             assert len(run["round_pages"]) >= 2, (name, run)
     # back and forth: a -> b, b -> a, a -> b, b -> a
     assert [s["runs"][0]["from"] for s in series.values()] == ["a", "b", "a", "b"]
+
+
+async def test_the_calls_section_counts_each_process_of_the_ping_path():
+    """`--only calls`: every service and domain of the lab writes its
+    counts on the signal, and the difference is each one's calls per ping."""
+    from xenlab.bench.calls import calls_per_ping
+    from xenlab.eventloop import CALL_STATS_ENV
+    import os
+    out = await calls_per_ping(20, 0.01)
+    assert CALL_STATS_ENV not in os.environ                  # put back as it was
+    assert out["pings"] == 20 and out["received"] == 20
+    procs = out["processes"]
+    assert set(procs) == {"hypervisor", "bridge", "dom0", "d01", "d02"}
+    # Each process on the ping's path made calls for it; the domains run
+    # netfront, Domain-0 netback, and the bridge forwards.
+    for name in ("bridge", "dom0", "d01", "d02"):
+        assert procs[name]["calls_per_ping"] > 10, (name, procs[name])
+    # The hypervisor is off the per-frame path (direct doorbells, grant
+    # frames): it makes fewer calls a ping than the process that is on it.
+    assert procs["hypervisor"]["calls_per_ping"] < procs["dom0"]["calls_per_ping"] / 4
+    assert out["sum_per_ping"] == sum(p["calls_per_ping"] for p in procs.values())

@@ -128,3 +128,36 @@ def test_run_with_full_collections_returns_mains_result_and_puts_thresholds_back
     assert eventloop.run(main(), full_gc_interval=30.0) == "done"
     assert seen and seen[0] >= 1 << 30
     assert gc.get_threshold() == before
+
+
+def test_call_stats_snapshot_on_the_signal_and_let_it_go_at_the_end(tmp_path):
+    """XENLAB_CALL_STATS: the loop's counts so far on each SIGUSR1, numbered;
+    SIGUSR1 has its default back once the loop ends."""
+    import os
+    import pstats
+    import signal
+
+    def counted() -> int:
+        return 7
+
+    async def work() -> int:
+        for _ in range(3):
+            counted()
+        os.kill(os.getpid(), eventloop.CALL_STATS_SIGNAL)
+        first = tmp_path / f"{os.getpid()}-0.prof"
+        while not first.exists():
+            await asyncio.sleep(0.01)
+        counted()
+        os.kill(os.getpid(), eventloop.CALL_STATS_SIGNAL)
+        while not (tmp_path / f"{os.getpid()}-1.prof").exists():
+            await asyncio.sleep(0.01)
+        return 1
+
+    assert asyncio.run(eventloop._with_call_stats(work(), str(tmp_path))) == 1
+    calls = []
+    for n in (0, 1):
+        stats = pstats.Stats(str(tmp_path / f"{os.getpid()}-{n}.prof")).stats
+        calls.append({name: counts[1] for (_file, _line, name), counts in stats.items()})
+    assert calls[0]["counted"] == 3 and calls[1]["counted"] == 4
+    assert not list(tmp_path.glob("*.part"))
+    assert signal.getsignal(eventloop.CALL_STATS_SIGNAL) in (signal.SIG_DFL, None)

@@ -13,6 +13,9 @@ Sections (``--only``, in this order):
   cores       each data-path core's cost per frame, warm, in this process:
               netfront, netback, the veth framing, the bridge
               (xenlab.bench.cores)
+  calls       Python calls per ping by process, counted by cProfile in a lab
+              of its own: the figure that does not move with the host's
+              speed (xenlab.bench.calls)
   netem       how accurately netem (`xenlab tc`) delays, drops and paces
               frames, against a baseline of the same run (xenlab.bench.netem)
   paging      the same guest paging workloads in the three paging modes
@@ -55,14 +58,15 @@ from xenlab.bench.scale import MESH_PER_SOURCE, MESH_SETTLE, boot
 from xenlab.hypervisor.page_sharing import MODES as PAGE_SHARING_MODES
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 from xenlab.bench.cores import core_costs
+from xenlab.bench.calls import calls_per_ping
 
-SECTIONS = ("throughput", "latency", "scale", "fdb", "cores", "netem", "paging", "migrate")
+SECTIONS = ("throughput", "latency", "scale", "fdb", "cores", "calls", "netem", "paging", "migrate")
 FULL = {"count": 50_000, "pings": 2000, "interval": 0.01, "scale": "8,32,64",
-        "fdb_frames": 200_000, "fdb_repeats": 5, "cores_frames": 200_000, "paging_pages": paging_bench.DEFAULT_PAGES,
+        "fdb_frames": 200_000, "fdb_repeats": 5, "cores_frames": 200_000, "calls_pings": 1000, "paging_pages": paging_bench.DEFAULT_PAGES,
         "paging_remap": paging_bench.DEFAULT_REMAP, "idle": 30.0,
         "migrations": migrate_bench.MIGRATIONS}
 QUICK = {"count": 2000, "pings": 200, "interval": 0.005, "scale": "4",
-         "fdb_frames": 20_000, "fdb_repeats": 3, "cores_frames": 20_000, "paging_pages": 64, "paging_remap": 16,
+         "fdb_frames": 20_000, "fdb_repeats": 3, "cores_frames": 20_000, "calls_pings": 100, "paging_pages": 64, "paging_remap": 16,
          "idle": 2.0, "migrations": 2}
 LOADED = 0.5            # a 1-minute load average over this at the start is worth a warning
 
@@ -96,6 +100,7 @@ class Plan:
     keep_logs: Path | None
     page_sharing: str = "auto"
     cores_frames: int = FULL["cores_frames"]
+    calls_pings: int = FULL["calls_pings"]
 
 
 # What the path can carry: the agent's Blast frame (header and a sequence
@@ -208,7 +213,7 @@ def make_plan(args) -> Plan:
                 kernel=not args.no_kernel, batch=args.batch, json=args.json, profile=args.profile,
                 py_spy=args.py_spy, log_level=args.log_level, keep_logs=args.keep_logs,
                 page_sharing=args.page_sharing or ("on" if os.geteuid() == 0 else "auto"),
-                cores_frames=base["cores_frames"])
+                cores_frames=base["cores_frames"], calls_pings=args.pings or base["calls_pings"])
 
 
 def progress(message: str) -> None:
@@ -245,6 +250,9 @@ class Bench:
             self.fdb()
         if "cores" in plan.sections:
             self.cores()
+        if "calls" in plan.sections:
+            await self.calls()
+            self.save()
         if "netem" in plan.sections:
             self.results["netem"] = await netem_bench.run(progress, plan.log_level)
             self.save()
@@ -394,6 +402,15 @@ class Bench:
         progress(f"cores: {plan.cores_frames:,} frames of 64 bytes through each data-path core, in this process")
         self.results["cores"] = core_costs(plan.cores_frames, repeats=plan.fdb_repeats)
         self.save()
+
+    async def calls(self) -> None:
+        plan = self.plan
+        try:
+            self.results["calls"] = await calls_per_ping(plan.calls_pings, plan.interval,
+                                                         plan.log_level, plan.keep_logs, progress)
+        except Exception as err:     # a lab that does not come up (or a CallCountError) ends the section
+            self.results["calls"] = {"error": f"{type(err).__name__}: {err}"}
+            progress(f"calls stopped: {self.results['calls']['error']}")
 
     def fdb(self) -> None:
         plan = self.plan

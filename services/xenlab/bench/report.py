@@ -242,6 +242,22 @@ def table(results: dict) -> str:
         for name, c in cores["cores"].items():
             lines.append(f"  {name:<12} {c['ns_per_frame']:>7,.0f}  ({c['min']:,.0f}-{c['max']:,.0f})")
         lines.append(f"  {'sum':<12} {cores['sum_ns_per_frame']:>7,.0f}")
+    calls = results.get("calls")
+    if calls:
+        lines += ["", "Calls per ping by process: of Python functions (of all functions, C's "
+                      "included); cProfile in each, a lab of its own: counts, not times"]
+        if calls.get("error"):
+            lines.append(f"  calls stopped: {calls['error']}")
+        else:
+            lines.append("  " + "  ".join(f"{name} {p['python_calls_per_ping']:,.0f} "
+                                          f"({p['calls_per_ping']:,.0f})"
+                                          for name, p in calls["processes"].items())
+                         + f" | sum {calls['python_sum_per_ping']:,.0f} ({calls['sum_per_ping']:,.0f})"
+                           f"  [{calls['pings']:,} pings, {calls['received']:,} answered]")
+            for name, p in calls["processes"].items():
+                top = ", ".join(f"{t['function']} {t['per_ping']:.0f}" for t in p["top"][:4])
+                if top:
+                    lines.append(f"  {name:<10} {top}")
     fdb = results.get("fdb")
     if fdb:
         lines += ["", "Bridge forwarding cost (core, per frame) against FDB size"]

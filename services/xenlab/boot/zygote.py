@@ -42,6 +42,8 @@ try:
     import uvloop  # noqa: F401 -- optional: xenlab.eventloop uses it when installed
 except ImportError:
     pass
+if os.environ.get("XENLAB_CALL_STATS"):     # xenlab.eventloop.CALL_STATS_ENV: each domain counts calls
+    import cProfile  # noqa: F401
 
 PARENT_GONE = signal.SIGUSR2
 COMM = "xenlab-forksrv"     # ps's name of the fork server; a domain it forks is xenlab-dDOMID

@@ -241,3 +241,37 @@ def _parser():
     parser = argparse.ArgumentParser()
     bench_main.add_arguments(parser)
     return parser
+
+
+def test_calls_per_ping_is_the_difference_of_two_snapshots_by_process():
+    from xenlab.bench.calls import per_ping
+    before = {"dom0": {"kick (datapath.py:264)": 10, "<built-in method builtins.len>": 100},
+              "d01": {"send (netfront_core.py:96)": 5}}
+    after = {"dom0": {"kick (datapath.py:264)": 30, "<built-in method builtins.len>": 160,
+                      "build (tx.py:144)": 4},
+             "d01": {"send (netfront_core.py:96)": 25, "idle (x.py:1)": 0}}
+    out = per_ping(before, after, pings=20, top=2)
+    assert list(out["processes"]) == ["dom0", "d01"]       # the most Python calls first
+    dom0 = out["processes"]["dom0"]
+    assert dom0["calls_per_ping"] == pytest.approx((20 + 60 + 4) / 20)
+    assert dom0["python_calls_per_ping"] == pytest.approx((20 + 4) / 20)
+    # The commonest Python functions; C functions (len) are counted, not listed.
+    assert dom0["top"] == [{"function": "kick (datapath.py:264)", "per_ping": 1.0},
+                           {"function": "build (tx.py:144)", "per_ping": 0.2}]
+    assert out["processes"]["d01"]["calls_per_ping"] == 1.0
+    assert out["sum_per_ping"] == pytest.approx(4.2 + 1.0)
+    assert out["python_sum_per_ping"] == pytest.approx(1.2 + 1.0)
+    out["received"] = 20
+    text = report.table({"calls": out})
+    assert "Calls per ping by process" in text and "dom0 1 (4)  d01 1 (1) | sum 2 (5)" in text
+    assert "kick (datapath.py:264) 1, build (tx.py:144) 0" in text
+    assert "calls stopped: RuntimeError: boom" in report.table({"calls": {"error": "RuntimeError: boom"}})
+
+
+def test_the_calls_section_is_planned_with_its_own_ping_count():
+    parser = argparse.ArgumentParser()
+    bench_main.add_arguments(parser)
+    plan = bench_main.make_plan(parser.parse_args(["--only", "calls"]))
+    assert plan.sections == ("calls",) and plan.calls_pings == 1000
+    assert bench_main.make_plan(parser.parse_args(["--only", "calls", "--quick"])).calls_pings == 100
+    assert bench_main.make_plan(parser.parse_args(["--only", "calls", "--pings", "50"])).calls_pings == 50
