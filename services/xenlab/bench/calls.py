@@ -3,15 +3,16 @@ host's speed.
 
 The CPU a ping costs ("Where the time goes") moves 2x from one minute to the
 next on a shared VM, which drowns a change of a few per cent; the number of
-Python calls the same work makes does not. This section starts its own lab
-of two domUs with ``XENLAB_CALL_STATS`` set (xenlab.eventloop: each service
-and domain runs its loop under cProfile and writes its counts on SIGUSR1),
-takes a snapshot of every process before and after ``pings`` pings d01 ->
-d02, and reports each process's calls per ping (cProfile's count of every
-call, C functions included, and of the Python functions alone) and its
-commonest Python functions. cProfile makes
-the lab several times slower, so this lab's times mean nothing: only its
-counts are reported.
+calls the same work makes does not move with the host (two runs differ by
+a few per cent: the lab's timers and an ARP refresh fall in one run's window
+and not the other's). This section starts its own lab of two domUs with
+``XENLAB_CALL_STATS`` set (xenlab.eventloop: each service and domain runs
+its loop under cProfile and writes its counts on SIGUSR1), takes a
+snapshot of every process before and after ``pings`` pings d01 -> d02, and
+reports each process's calls per ping (cProfile's count of every call, C
+functions included, and of the Python functions alone) and its commonest
+Python functions. cProfile makes the lab several times slower, so this
+lab's times mean nothing: only its counts are reported.
 """
 from __future__ import annotations
 
