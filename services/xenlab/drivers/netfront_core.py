@@ -127,7 +127,7 @@ class NetfrontTx:
         the first that is anything else, are for send's general loop."""
         free, buffers, in_flight = self._free, self.buffers, self._in_flight
         limit = min(len(free), room - len(requests))
-        longest = min(self.mtu + abi.ETH_HLEN, PAGE)
+        longest = self._plain_longest
         pack = pack_tx_request
         n = 0
         for frame in frames:
@@ -153,7 +153,7 @@ class NetfrontTx:
         backlog = self.backlog
         if not backlog and self._free and room > 0:
             return 0                # nothing to wait for: send's loop puts the next one
-        longest = min(self.mtu + abi.ETH_HLEN, PAGE)
+        longest = self._plain_longest
         least, most = abi.ETH_HLEN, self.backlog_max
         n = 0
         for frame in itertools.islice(frames, start, None):
@@ -165,6 +165,12 @@ class NetfrontTx:
                 backlog.append(bytes(frame))
             n += 1
         return n
+
+    @property
+    def _plain_longest(self) -> int:
+        """The longest frame _put_plain and _queue_plain take: one that fits
+        a page and the MTU (one buffer, one slot, nothing for _refuse)."""
+        return min(self.mtu + abi.ETH_HLEN, PAGE)
 
     def _refuse(self, frame: bytes) -> str | None:
         if self.broken:

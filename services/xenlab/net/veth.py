@@ -146,7 +146,8 @@ def decode(datagram: bytes) -> tuple[int, object]:
 
 def _decode_frames(datagram: bytes, count: int) -> list[bytes]:
     if count == 1 and len(datagram) >= _ONE_FRAME.size:
-        if _ONE_FRAME.unpack_from(datagram)[5] != len(datagram) - _ONE_FRAME.size:
+        (length,) = FRAME_LEN.unpack_from(datagram, HEADER.size)     # decode read the header
+        if length != len(datagram) - _ONE_FRAME.size:
             raise VethError("the frame's length does not match the datagram's")
         return [datagram[_ONE_FRAME.size:]]
     start = HEADER.size + FRAME_LEN.size * count
