@@ -147,6 +147,7 @@ async def test_a_bug_in_one_step_fails_the_device_with_eio_and_the_task_goes_on(
     await bus.write(f"{OTHER}/state", "6")          # the frontend closes: the task still reacts
     await settle()
     assert bus.nodes[f"{NODE}/state"] == b"6"
+    assert dev.log.count("connect") == 1 and not dev.finished.is_set()
 
 
 async def test_a_device_that_cannot_even_fail_is_still_torn_down_by_its_removal(bus):

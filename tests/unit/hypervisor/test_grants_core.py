@@ -12,6 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from xenlab.drivers.netback.datapath import gnttab_ops
+from xenlab.drivers.netback.scratch import GrantCopy
 from xenlab.hypervisor.grants import CopyOp, CopyPtr, GrantEntry, GrantTables
 from xenlab.hypervisor.caller import Caller
 from xenlab.hypervisor.memory import MachineMemory
@@ -596,6 +598,25 @@ def test_a_copy_with_dest_gref_writes_through_the_grant(gt):
     op = (rw, 1, 10, 1, abi.DOMID_SELF, 0, 5, abi.GNTCOPY_source_gref)
     assert gt.copy_gnttab(D2, [op]) == [abi.GNTST_okay]
     assert read(gt, 2, 1, 0, 5) == b"to d1"
+
+
+def test_netbacks_copy_plan_for_a_frontend_without_persistent_grants_moves_both_ways(gt):
+    """What netback sends when the frontend keeps no grants (every copy goes
+    to the hypervisor as GNTTABOP_copy): rx writes its frame into the
+    frontend's posted buffer, tx reads the frontend's request into netback's
+    own frame, and a tx grant (read-only) cannot be written through."""
+    rx = grant(gt, 1, 2, 3, False)          # d1's netfront posts an rx buffer for d2's netback
+    tx = grant(gt, 1, 2, 4, True)           # and grants a tx request read-only
+    fill(gt, 2, 1, b"to the guest", 10)
+    fill(gt, 1, 4, b"from the guest", 100)
+    plan = [GrantCopy(gref=rx, gref_offset=20, gfn=1, gfn_offset=10, length=12, to_frontend=True),
+            GrantCopy(gref=tx, gref_offset=100, gfn=2, gfn_offset=0, length=14, to_frontend=False),
+            GrantCopy(gref=tx, gref_offset=0, gfn=1, gfn_offset=10, length=12, to_frontend=True)]
+    assert gt.copy_gnttab(D2, gnttab_ops(plan, frontend_id=1)) == [
+        abi.GNTST_okay, abi.GNTST_okay, abi.GNTST_general_error]
+    assert read(gt, 1, 3, 20, 12) == b"to the guest"
+    assert read(gt, 2, 2, 0, 14) == b"from the guest"
+    assert read(gt, 1, 4, 0, 12) == bytes(12)
 
 
 def test_a_copy_through_a_grant_of_a_domain_gone_from_memory_is_bad_page(gt):
