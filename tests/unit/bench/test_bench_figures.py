@@ -134,7 +134,10 @@ def test_targets_say_met_missed_or_not_measured():
     results = {"throughput": {"ratio": {"64": 0.6, "1500": 0.2}},
                "latency": {"xenlab": {"p50_ms": 2.5, "p99_ms": 2.9}},
                "scale": {"boot": [{"n": 64, "seconds": 4.0,
-                                   "memory": {"domu": {"pss_mib_mean": 14.5}}},
+                                   "memory": {"domu": {"pss_mib_mean": 14.5}},
+                                   "mesh": {"n": 64, "pairs": 4032, "sampled": False, "replied": 4032,
+                                            "seconds": 9.0, "p50_ms": 12.5, "p99_ms": 50.0,
+                                            "warm": {"replied": 4032, "p50_ms": 0.8, "p99_ms": 1.2}}},
                                   {"n": 256, "seconds": 31.0,
                                    "idle": {"seconds": 30, "total_percent": 4.2, "domus_percent": 4.0,
                                             "per_domu_percent_mean": 0.016, "loadavg_1m": [1.0, 1.0]},
@@ -152,7 +155,10 @@ def test_targets_say_met_missed_or_not_measured():
     assert rows["pss_domu_mib"]["value"] == 14.5 and rows["pss_domu_mib"]["met"] is False
     assert rows["idle_256_percent"]["met"] is True
     assert rows["mesh_256_ratio"]["value"] == 1.8 and rows["mesh_256_ratio"]["met"] is True
+    assert rows["mesh_64_p50_ms"]["value"] == 12.5 and rows["mesh_64_p50_ms"]["met"] is False
     assert rows["fdb_100k_ratio"]["met"] is None
+    sampled = {**results["scale"]["boot"][0], "mesh": {**results["scale"]["boot"][0]["mesh"], "sampled": True}}
+    assert report.figures({"scale": {"boot": [sampled]}})["mesh_64_p50_ms"] is None
     results["targets"] = list(rows.values())
     text = report.table(results)
     assert "MISSED" in text
