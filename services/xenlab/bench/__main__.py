@@ -47,6 +47,7 @@ from xenlab.bench import netem as netem_bench
 from xenlab.bench import paging as paging_bench
 from xenlab.osutil import Interrupted, cancelled_by_stop_signal
 from xenlab.domain.netstack import PING_MAX_COUNT, PING_MIN_INTERVAL
+from xenlab.domain.paging_workloads import MAX_PAGES
 from xenlab.domain.traffic import MAX_BATCH, MIN_SIZE
 from xenlab.xen.abi import ETH_DATA_LEN, ETH_HLEN
 from xenlab.bench import report
@@ -169,9 +170,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {FULL['idle']:g}; {QUICK['idle']:g} with --quick)")
     parser.add_argument("--fdb-sizes", type=_ints, default=(10, 10_000, 100_000),
                         help="FDB sizes for the forwarding cost (default 10,10000,100000)")
-    parser.add_argument("--paging-pages", type=argtypes.whole(1, paging_bench.MAX_PAGES),
+    parser.add_argument("--paging-pages", type=argtypes.whole(1, MAX_PAGES),
                         help=f"pages each paging workload maps (default {FULL['paging_pages']})")
-    parser.add_argument("--paging-remap", type=argtypes.whole(0, paging_bench.MAX_PAGES),
+    parser.add_argument("--paging-remap", type=argtypes.whole(0, MAX_PAGES),
                         help=f"pages the remap workload moves, at most --paging-pages "
                              f"(default {FULL['paging_remap']})")
     parser.add_argument("--paging-in-process", action="store_true",

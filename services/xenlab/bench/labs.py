@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenlab import eventloop
-from xenlab.bench.stats import time_per_unit
+from xenlab.bench.stats import cpu_percent, time_per_unit, time_used
 from xenlab.lab.runner import Lab
 from xenlab.lab.spec import LabSpec, parse_lab
 from xenlab.proto import common_pb2
@@ -146,40 +146,26 @@ def schedstat(pid: int) -> dict[int, tuple[int, int]]:
 
 
 class SchedMeter:
-    """Each process's CPU time, and its time waiting for a CPU, per unit
-    of work between start() and stop(units) (stats.time_per_unit)."""
+    """Each process's CPU time, and its time waiting for a CPU, between
+    start() and stop() (/proc schedstat: nanoseconds, where /proc/PID/stat
+    counts clock ticks)."""
 
     def __init__(self, processes: list[ProcessInfo]):
         self.processes = processes
         self._start: dict[str, dict[int, tuple[int, int]]] = {}
+        self.used: dict[str, tuple[int, int]] = {}
 
     def start(self) -> None:
         self._start = {p.name: schedstat(p.pid) for p in self.processes}
 
     def stop(self, units: int) -> dict[str, dict[str, float]]:
-        return time_per_unit(self._start, {p.name: schedstat(p.pid) for p in self.processes}, units)
+        """Per unit of work (stats.time_per_unit); ``percent`` then gives
+        the same time as a share of one core."""
+        after = {p.name: schedstat(p.pid) for p in self.processes}
+        self.used = time_used(self._start, after)
+        return time_per_unit(self._start, after, units)
 
-
-class CpuMeter:
-    """CPU used by each process between start() and stop(), as a share of
-    one core over the wall time."""
-
-    def __init__(self, processes: list[ProcessInfo], clock):
-        self.processes = processes
-        self.clock = clock
-        self._start: dict[int, float] = {}
-        self._t0 = 0.0
-
-    def start(self) -> None:
-        self._t0 = self.clock()
-        self._start = {p.pid: cpu_seconds(p.pid) for p in self.processes}
-
-    def stop(self, wall: float | None = None) -> dict[str, float]:
-        """``wall``: the seconds to divide by, when the busy part of the
-        interval is known to be shorter than the whole (an idle tail)."""
-        wall = self.clock() - self._t0 if wall is None else wall
-        out = {}
-        for p in self.processes:
-            used = cpu_seconds(p.pid) - self._start.get(p.pid, 0.0)
-            out[p.name] = round(100.0 * used / wall, 1) if wall > 0 else 0.0
-        return out
+    def percent(self, seconds: float) -> dict[str, float]:
+        """What stop() measured, as % of one core over ``seconds`` (the
+        busy part of the interval, when an idle tail is known)."""
+        return cpu_percent(self.used, seconds)

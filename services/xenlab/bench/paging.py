@@ -25,8 +25,8 @@ from xenlab.bench.labs import running_lab
 from xenlab.lab.spec import LabSpec, parse_lab
 from xenlab.proto import agent_pb2
 
-from xenlab.domain.paging_workloads import (DEFAULT_PAGES, DEFAULT_REMAP, MAX_PAGES, WORKLOADS,
-                                             WorkloadResult, run_workloads)
+from xenlab.domain.paging_workloads import (DEFAULT_PAGES, DEFAULT_REMAP, WORKLOADS, WorkloadResult,
+                                             run_workloads)
 from xenlab.testing.paging_machine import PagingMachine
 from xenlab.xen.paging import PagingMode
 

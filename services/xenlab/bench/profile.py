@@ -9,7 +9,7 @@ Each process's samples are summed by function ("self": the innermost
 frame), by area (the innermost frame's module: a xenlab module, or grpc,
 protobuf, asyncio), and by xenlab function on the stack ("inclusive");
 samples in the event loop itself are counted apart (see ``summarise``).
-The CPU share of each process comes from /proc (``labs.CpuMeter``), which
+The CPU share of each process comes from /proc schedstat (``labs.SchedMeter``), which
 py-spy's samples do not give reliably under uvloop.
 """
 from __future__ import annotations

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from xenlab.bench.stats import cpu_sum
+
 
 # (key, what, target, how it compares): the open issues' targets (the data
 # plane off the hypervisor's path; hundreds of domains on one host)
@@ -136,10 +138,6 @@ def _costs(per_unit: dict, fmt: str) -> str:
                      for name, c in rows if c["cpu_us"] >= 0.05)
 
 
-def _cost_sum(per_unit: dict) -> float:
-    return sum(c["cpu_us"] for c in per_unit.values())
-
-
 def table(results: dict) -> str:
     lines = []
     m = results.get("machine", {})
@@ -171,7 +169,7 @@ def table(results: dict) -> str:
             for r in costs:
                 bound = r.get("cpu_bound_fps")
                 lines.append(f"{r['size']:>6} {_costs(r['per_frame_us'], '.1f')} | sum "
-                             f"{_n(_cost_sum(r['per_frame_us']), '.1f')}: at most {_n(bound)} fps")
+                             f"{_n(cpu_sum(r['per_frame_us']), '.1f')}: at most {_n(bound)} fps")
     lat = results.get("latency")
     if lat:
         x, k = lat.get("xenlab") or {}, lat.get("kernel") or {}
@@ -185,7 +183,7 @@ def table(results: dict) -> str:
                              f"{_n(r.get('max_ms'), '.3f'):>8} {r.get('transmitted', 0) - r.get('received', 0):>5}")
         if x.get("per_ping_us"):
             lines.append(f"CPU us per ping by process (waiting for a CPU): {_costs(x['per_ping_us'], '.0f')} | "
-                         f"sum {_n(_cost_sum(x['per_ping_us']), ',.0f')}")
+                         f"sum {_n(cpu_sum(x['per_ping_us']), ',.0f')}")
         if lat.get("ratio_p50") is not None:
             lines.append(f"{'ratio':>8} {lat['ratio_p50']:>8.1f}  (xenlab p50 / kernel p50)")
         if lat.get("kernel_skipped"):

@@ -170,7 +170,7 @@ async def idle_cpu(lab, seconds: float, progress) -> dict:
     ksmd_before = cpu_seconds(ksmd) if ksmd else 0.0
     await asyncio.sleep(seconds)
     wall = time.monotonic() - t0
-    # CPU seconds, not CpuMeter's rounded percentages: an idle domU uses a
+    # CPU seconds, not rounded percentages: an idle domU uses a
     # clock tick (10 ms) or none in 30 s.
     used = {p.name: cpu_seconds(p.pid) - before[p.pid] for p in processes}
     domus = [v for name, v in used.items() if name in lab.domids]

@@ -56,13 +56,11 @@ def delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]
 Schedstat = Mapping[int, tuple[int, int]]     # thread id -> (ns on a CPU, ns runnable and waiting for one)
 
 
-def time_per_unit(before: Mapping[str, Schedstat], after: Mapping[str, Schedstat],
-                  units: int) -> dict[str, dict[str, float]]:
-    """Each process's CPU time and its time waiting for a CPU (runnable,
-    not running) per unit of work, in microseconds, from its threads'
-    /proc schedstat before and after. A thread that started in between
-    counts from zero; one that ended is left out (what it used is gone
-    with it)."""
+def time_used(before: Mapping[str, Schedstat], after: Mapping[str, Schedstat]) -> dict[str, tuple[int, int]]:
+    """Each process's nanoseconds on a CPU and runnable waiting for one,
+    from its threads' /proc schedstat before and after. A thread that
+    started in between counts from zero; one that ended is left out (what
+    it used is gone with it)."""
     out = {}
     for name, threads in after.items():
         old = before.get(name, {})
@@ -71,14 +69,33 @@ def time_per_unit(before: Mapping[str, Schedstat], after: Mapping[str, Schedstat
             r0, w0 = old.get(tid, (0, 0))
             run += max(0, r - r0)
             wait += max(0, w - w0)
-        out[name] = {"cpu_us": run / units / 1000 if units else 0.0,
-                     "wait_us": wait / units / 1000 if units else 0.0}
+        out[name] = (run, wait)
     return out
+
+
+def time_per_unit(before: Mapping[str, Schedstat], after: Mapping[str, Schedstat],
+                  units: int) -> dict[str, dict[str, float]]:
+    """Each process's CPU time and its time waiting for a CPU per unit of
+    work, in microseconds (``time_used`` divided out)."""
+    return {name: {"cpu_us": run / units / 1000 if units else 0.0,
+                   "wait_us": wait / units / 1000 if units else 0.0}
+            for name, (run, wait) in time_used(before, after).items()}
+
+
+def cpu_percent(used: Mapping[str, tuple[int, int]], seconds: float) -> dict[str, float]:
+    """Each process's CPU (``time_used``) as a share of one core over ``seconds``."""
+    return {name: round(100.0 * run / 1e9 / seconds, 1) if seconds > 0 else 0.0
+            for name, (run, _wait) in used.items()}
+
+
+def cpu_sum(per_unit: Mapping[str, Mapping[str, float]]) -> float:
+    """The processes' CPU time per unit, summed (``time_per_unit``)."""
+    return sum(p["cpu_us"] for p in per_unit.values())
 
 
 def cpu_bound(per_unit: Mapping[str, Mapping[str, float]], cpus: int) -> float | None:
     """The most units a second that ``cpus`` CPUs allow when every unit
     costs the processes' summed CPU time (``time_per_unit``), however well
     they overlap: a bound that only less CPU per unit raises."""
-    total = sum(p["cpu_us"] for p in per_unit.values())
+    total = cpu_sum(per_unit)
     return cpus * 1e6 / total if total > 0 else None

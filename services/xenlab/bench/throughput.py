@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from xenlab.agent_client import agent_for
-from xenlab.bench.labs import CpuMeter, SchedMeter, ip, lab_processes, mac
+from xenlab.bench.labs import SchedMeter, ip, lab_processes, mac
 from xenlab.bench.stats import conservation, cpu_bound, delta, percentiles, rate, rate_fields
 from xenlab.domain.traffic import BENCH_ETHERTYPE
 from xenlab.proto import agent_pb2, bridge_pb2
@@ -124,7 +124,6 @@ async def warm_up(pair: DomainPair, rx_index: int) -> None:
 async def run_throughput(pair: DomainPair, rx_index: int, size: int, count: int,
                          batch: int = 64, timeout: float = 300.0, profiler=None) -> dict:
     processes = await lab_processes(pair.lab)
-    meter = CpuMeter(processes, time.monotonic)
     sched = SchedMeter(processes)
     before = await pair.settled()
     sink = pair.rx.Sink(agent_pb2.SinkRequest(ethertype=BENCH_ETHERTYPE, count=count, idle=2.0,
@@ -134,7 +133,7 @@ async def run_throughput(pair: DomainPair, rx_index: int, size: int, count: int,
     if profiler is not None:
         profiler.start({p.name: p.pid for p in processes})
         await asyncio.sleep(profiler.warmup)     # attached before the first frame
-    meter.start()
+    started = time.monotonic()
     sched.start()
     try:
         sent = await pair.tx.Blast(agent_pb2.BlastRequest(
@@ -147,8 +146,8 @@ async def run_throughput(pair: DomainPair, rx_index: int, size: int, count: int,
             profiler.stop()
     # The sink's idle wait (frames were dropped) is no work: the busy time
     # ends with the last arrival.
-    cpu = meter.stop(got.last - sent.started if got.received else None)
     per_frame = sched.stop(got.received)
+    cpu = sched.percent(got.last - sent.started if got.received else time.monotonic() - started)
     after = await pair.settled()
     hops, drops = path_delta(after, before)
     seconds = got.last - sent.started if got.received else 0.0

@@ -11,8 +11,8 @@ from xenlab.bench import report
 from xenlab.bench.fdb import filled_bridge, forwarding_cost, frames_for
 from xenlab.bench.profile import area, summarise
 from xenlab.bench.scale import mesh_pairs
-from xenlab.bench.stats import (conservation, cpu_bound, delta, percentile, percentiles, rate_fields,
-                                time_per_unit)
+from xenlab.bench.stats import (conservation, cpu_bound, cpu_percent, delta, percentile, percentiles,
+                                rate_fields, time_per_unit, time_used)
 
 
 def test_percentiles_are_nearest_rank():
@@ -52,6 +52,9 @@ def test_time_per_unit_diffs_each_thread_and_bounds_the_rate_on_the_cpus():
     assert cpu_bound(per, 2) == pytest.approx(2e6 / 11)
     assert cpu_bound({"dom0": {"cpu_us": 0.0, "wait_us": 0.0}}, 2) is None
     assert time_per_unit(before, after, 0)["dom0"] == {"cpu_us": 0.0, "wait_us": 0.0}
+    # The same time as a share of one core: dom0's 6 ms of CPU over 20 ms is 30 %.
+    assert cpu_percent(time_used(before, after), 0.02) == {"dom0": 30.0, "d01": 20.0, "bridge": 5.0}
+    assert cpu_percent(time_used(before, after), 0.0) == {"dom0": 0.0, "d01": 0.0, "bridge": 0.0}
 
 
 def test_the_table_says_where_each_frame_and_pings_time_goes():
