@@ -55,7 +55,7 @@ from xenlab.bench.kernel import BaselineError, KernelBridge
 from xenlab.bench.labs import lab_spec, running_lab
 from xenlab.bench.throughput import DomainPair, run_latency, run_throughput, warm_up
 from xenlab.bench.profile import Profiler, find_py_spy
-from xenlab.bench.scale import MESH_PER_SOURCE, MESH_SETTLE, boot
+from xenlab.bench.scale import FULL_MESH_UP_TO, MESH_PER_SOURCE, MESH_SETTLE, boot
 from xenlab.hypervisor.page_sharing import MODES as PAGE_SHARING_MODES
 from xenlab.bench.fdb import fdb_scaling, profile_forwarding
 from xenlab.bench.cores import core_costs
@@ -83,7 +83,7 @@ class Plan:
     scale: tuple[int, ...]
     mesh: bool
     idle: float
-    mesh_per_source: int
+    mesh_per_source: int | None
     fdb_sizes: tuple[int, ...]
     fdb_frames: int
     fdb_repeats: int
@@ -162,9 +162,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scale: the hypervisor's --page-sharing (default on as root: ksmd "
                              "started and the memory measured again once it has merged; auto "
                              "otherwise)")
-    parser.add_argument("--mesh-per-source", type=argtypes.whole(0, 4096), default=MESH_PER_SOURCE,
-                        metavar="K", help=f"destinations each domU pings in the mesh sample, 0 for "
-                                          f"every other domU (default {MESH_PER_SOURCE})")
+    parser.add_argument("--mesh-per-source", type=argtypes.whole(0, 4096), default=None,
+                        metavar="K", help=f"destinations each domU pings in the mesh, 0 for every other "
+                                          f"domU (default: every other up to {FULL_MESH_UP_TO} domUs, "
+                                          f"{MESH_PER_SOURCE} above)")
     parser.add_argument("--idle", type=argtypes.seconds(0.0, 3600.0), metavar="SECONDS",
                         help=f"seconds over which the idle lab's CPU is measured at each N, 0 to skip "
                              f"(default {FULL['idle']:g}; {QUICK['idle']:g} with --quick)")

@@ -42,7 +42,8 @@ CREATE_TIMEOUT = 60.0       # seconds for one Domains.Create (it starts the proc
 # (xenlab.domain.agent_activation: 5 s after its last call, then a drain).
 IDLE_SETTLE = 8.0
 SHARING_TIMEOUT = 600.0     # seconds to wait for ksmd to merge the domUs' pages
-MESH_PER_SOURCE = 4         # destinations each domU pings in the mesh sample
+MESH_PER_SOURCE = 4         # destinations each domU pings in a mesh of more than FULL_MESH_UP_TO
+FULL_MESH_UP_TO = 64        # domUs up to which every domU pings every other (issue 15's mesh of 64)
 # Between the mesh's two passes: Domain-0 publishes the counters of every vif
 # that moved (the first pass's ARP broadcasts reach them all) at the end of
 # an interval and once more when they stopped, so the warm pass waits for
@@ -50,17 +51,27 @@ MESH_PER_SOURCE = 4         # destinations each domU pings in the mesh sample
 MESH_SETTLE = 2 * DEFAULT_INTERVAL + 1.0
 
 
+def mesh_per_source_for(n: int, per_source: int | None) -> int:
+    """The destinations each of ``n`` domUs pings: ``per_source`` when
+    given (0: every other domU), else every other domU up to
+    FULL_MESH_UP_TO domUs and a sample of MESH_PER_SOURCE above (a full
+    mesh of 256 would be 65,280 pings)."""
+    if per_source is not None:
+        return per_source
+    return 0 if n <= FULL_MESH_UP_TO else MESH_PER_SOURCE
+
+
 def _mib(kib: float) -> float:
     return round(kib / 1024.0, 1)
 
 
 async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: str = "WARNING",
-               keep=None, idle: float = 0.0, mesh_per_source: int = MESH_PER_SOURCE,
+               keep=None, idle: float = 0.0, mesh_per_source: int | None = None,
                mesh_settle: float = MESH_SETTLE, page_sharing: str = "auto",
                sharing_timeout: float = SHARING_TIMEOUT, remerge: bool = True) -> dict:
     """``idle``: seconds over which to measure the idle lab's CPU (0: not
     measured); ``mesh_per_source``: destinations per domU in the mesh
-    sample (0: every other domU); ``mesh_settle``: seconds between the
+    (``mesh_per_source_for``); ``mesh_settle``: seconds between the
     mesh's two passes; ``page_sharing``: the hypervisor's --page-sharing
     (with ksmd running, memory is measured again once it has merged, at
     most ``sharing_timeout`` seconds after the boot; after the mesh, and with
@@ -91,7 +102,8 @@ async def boot(n: int, timeout: float, progress, mesh: bool = False, log_level: 
         if idle > 0:
             result["idle"] = await idle_cpu(lab, idle, progress)
         if mesh:
-            result["mesh"] = await ping_mesh(lab, progress, mesh_per_source, mesh_settle)
+            result["mesh"] = await ping_mesh(lab, progress, mesh_per_source_for(n, mesh_per_source),
+                                             mesh_settle)
             shared = result.get("shared") or {}
             if shared.get("memory"):
                 # Traffic writes merged pages again (each write copies one):

@@ -10,7 +10,7 @@ from xenlab.bench import __main__ as bench_main
 from xenlab.bench import report
 from xenlab.bench.fdb import filled_bridge, forwarding_cost, frames_for
 from xenlab.bench.profile import area, summarise
-from xenlab.bench.scale import mesh_pairs
+from xenlab.bench.scale import mesh_pairs, mesh_per_source_for
 from xenlab.bench.stats import (conservation, cpu_bound, cpu_percent, delta, percentile, percentiles,
                                 rate_fields, time_per_unit, time_used)
 
@@ -201,6 +201,10 @@ def test_scale_idle_and_mesh_options_reach_the_plan_and_the_table():
     bench_main.add_arguments(parser)
     plan = bench_main.make_plan(parser.parse_args(["--idle", "3", "--mesh-per-source", "0"]))
     assert (plan.idle, plan.mesh_per_source) == (3.0, 0)
+    # By default the mesh is full up to 64 domUs (issue 15's mesh of 64), a sample of 4 a domU above.
+    default = bench_main.make_plan(parser.parse_args([])).mesh_per_source
+    assert [len(mesh_pairs(n, mesh_per_source_for(n, default))[0]) for n in (4, 64, 65, 256)] == [3, 63, 4, 4]
+    assert mesh_per_source_for(64, 4) == 4 and mesh_per_source_for(256, 0) == 0
     assert bench_main.make_plan(parser.parse_args([])).idle == 30.0
     assert bench_main.make_plan(parser.parse_args(["--quick"])).idle == 2.0
     with pytest.raises(SystemExit):
