@@ -57,23 +57,34 @@ async def test_pings_between_domus_cost_the_hypervisor_no_message(demo_lab):
 def moved_by_blast(lab, count: int) -> tuple[dict[str, int], int]:
     """What the hypervisor handled while ``xenlab inject`` sent ``count``
     1500-byte frames from web to db's MAC, back to back (its own lookups of
-    the domain included), less netback's first use of a buffer page; and
-    how many frames web's netfront took (a full ring drops the rest)."""
+    the domain included), and how many frames web's netfront took (a full
+    ring drops the rest, and the command says so)."""
     before = hypervisor_ops(lab)
     out = xenlab(lab, "inject", "web:eth0", "--count", str(count), "--size", "1500",
                  "--dst", "00:16:3e:00:00:02")
     accepted = re.search(rf"^{count} frames: (\d+) accepted", out, re.MULTILINE)
     assert accepted, out
-    return {op: n for op, n in moved(before, hypervisor_ops(lab)).items() if op not in FIRST_USE}, \
-        int(accepted.group(1))
+    return moved(before, hypervisor_ops(lab)), int(accepted.group(1))
 
 
 async def test_blasts_between_domus_cost_the_hypervisor_no_message(demo_lab):
-    moved_by_blast(demo_lab, 600)         # every transmit buffer page used once (netback maps it)
-    (few, _), (many, carried) = moved_by_blast(demo_lab, 10), moved_by_blast(demo_lab, 3000)
+    """A burst that reaches a ring depth not reached before makes netback map
+    those buffer pages (MapBatch, copies through the hypervisor meanwhile,
+    and a page-table update when Domain-0's grant-mapping area grows): first
+    use, once. Once the path is warm, a burst of 3,000 frames costs the
+    hypervisor exactly what one of 10 does: the command's own lookups."""
+    moved_by_blast(demo_lab, 600)
+    few, _ = moved_by_blast(demo_lab, 10)
+    few = {op: n for op, n in few.items() if op not in (*FIRST_USE, "Memory/MmuUpdate")}
+    bursts = []
+    for _ in range(5):
+        many, carried = moved_by_blast(demo_lab, 3000)
+        bursts.append(many)
+        if many == few:
+            break
+    assert many == few, f"no burst of 3,000 frames in {len(bursts)} cost only the lookups {few}: {bursts}"
     assert carried >= 1000                # a burst, whatever a busy host's full ring dropped
-    assert many == few, (few, many)
-    assert not [op for op in many if op in NOTIFICATIONS]
+    assert not [op for burst in bursts for op in burst if op in NOTIFICATIONS]
 
 
 def moved_while_idle(lab, seconds: float) -> dict[str, int]:
