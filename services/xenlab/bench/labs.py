@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xenlab import eventloop
-from xenlab.bench.stats import cpu_percent, time_per_unit, time_used
+from xenlab.bench.stats import cpu_percent, per_unit, time_used
 from xenlab.lab.runner import Lab
 from xenlab.lab.spec import LabSpec, parse_lab
 from xenlab.proto import common_pb2
@@ -159,11 +159,10 @@ class SchedMeter:
         self._start = {p.name: schedstat(p.pid) for p in self.processes}
 
     def stop(self, units: int) -> dict[str, dict[str, float]]:
-        """Per unit of work (stats.time_per_unit); ``percent`` then gives
+        """Per unit of work (stats.per_unit); ``percent`` then gives
         the same time as a share of one core."""
-        after = {p.name: schedstat(p.pid) for p in self.processes}
-        self.used = time_used(self._start, after)
-        return time_per_unit(self._start, after, units)
+        self.used = time_used(self._start, {p.name: schedstat(p.pid) for p in self.processes})
+        return per_unit(self.used, units)
 
     def percent(self, seconds: float) -> dict[str, float]:
         """What stop() measured, as % of one core over ``seconds`` (the

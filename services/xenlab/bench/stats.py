@@ -73,13 +73,12 @@ def time_used(before: Mapping[str, Schedstat], after: Mapping[str, Schedstat]) -
     return out
 
 
-def time_per_unit(before: Mapping[str, Schedstat], after: Mapping[str, Schedstat],
-                  units: int) -> dict[str, dict[str, float]]:
-    """Each process's CPU time and its time waiting for a CPU per unit of
-    work, in microseconds (``time_used`` divided out)."""
+def per_unit(used: Mapping[str, tuple[int, int]], units: int) -> dict[str, dict[str, float]]:
+    """Each process's CPU time and its time waiting for a CPU (``time_used``)
+    per unit of work, in microseconds."""
     return {name: {"cpu_us": run / units / 1000 if units else 0.0,
                    "wait_us": wait / units / 1000 if units else 0.0}
-            for name, (run, wait) in time_used(before, after).items()}
+            for name, (run, wait) in used.items()}
 
 
 def cpu_percent(used: Mapping[str, tuple[int, int]], seconds: float) -> dict[str, float]:
@@ -89,13 +88,13 @@ def cpu_percent(used: Mapping[str, tuple[int, int]], seconds: float) -> dict[str
 
 
 def cpu_sum(per_unit: Mapping[str, Mapping[str, float]]) -> float:
-    """The processes' CPU time per unit, summed (``time_per_unit``)."""
+    """The processes' CPU time per unit, summed (``per_unit``)."""
     return sum(p["cpu_us"] for p in per_unit.values())
 
 
 def cpu_bound(per_unit: Mapping[str, Mapping[str, float]], cpus: int) -> float | None:
     """The most units a second that ``cpus`` CPUs allow when every unit
-    costs the processes' summed CPU time (``time_per_unit``), however well
+    costs the processes' summed CPU time (``per_unit``), however well
     they overlap: a bound that only less CPU per unit raises."""
     total = cpu_sum(per_unit)
     return cpus * 1e6 / total if total > 0 else None

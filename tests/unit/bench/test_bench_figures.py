@@ -12,7 +12,7 @@ from xenlab.bench.fdb import filled_bridge, forwarding_cost, frames_for
 from xenlab.bench.profile import area, summarise
 from xenlab.bench.scale import mesh_pairs, mesh_per_source_for
 from xenlab.bench.stats import (conservation, cpu_bound, cpu_percent, delta, percentile, percentiles,
-                                rate_fields, time_per_unit, time_used)
+                                per_unit, rate_fields, time_used)
 
 
 def test_percentiles_are_nearest_rank():
@@ -38,20 +38,20 @@ def test_conservation_balances_sent_against_delivered_and_named_drops():
     assert rate_fields(10, 64, 0.0)["fps"] == 0.0
 
 
-def test_time_per_unit_diffs_each_thread_and_bounds_the_rate_on_the_cpus():
+def test_time_used_diffs_each_thread_and_per_unit_bounds_the_rate_on_the_cpus():
     before = {"dom0": {10: (1_000_000, 500_000), 11: (2_000_000, 0), 12: (9_000_000, 9_000_000)},
               "d01": {20: (0, 0)}}
     # dom0's thread 12 ended (left out, never negative); thread 13 started (from zero).
     after = {"dom0": {10: (5_000_000, 1_500_000), 11: (2_000_000, 0), 13: (2_000_000, 1_000_000)},
              "d01": {20: (4_000_000, 3_000_000)}, "bridge": {30: (1_000_000, 0)}}
-    per = time_per_unit(before, after, 1000)
+    per = per_unit(time_used(before, after), 1000)
     assert per["dom0"] == {"cpu_us": 6.0, "wait_us": 2.0}
     assert per["d01"] == {"cpu_us": 4.0, "wait_us": 3.0}
     assert per["bridge"] == {"cpu_us": 1.0, "wait_us": 0.0}
     # 11 us of CPU a frame in all: two CPUs can do at most 2e6 / 11 frames a second.
     assert cpu_bound(per, 2) == pytest.approx(2e6 / 11)
     assert cpu_bound({"dom0": {"cpu_us": 0.0, "wait_us": 0.0}}, 2) is None
-    assert time_per_unit(before, after, 0)["dom0"] == {"cpu_us": 0.0, "wait_us": 0.0}
+    assert per_unit(time_used(before, after), 0)["dom0"] == {"cpu_us": 0.0, "wait_us": 0.0}
     # The same time as a share of one core: dom0's 6 ms of CPU over 20 ms is 30 %.
     assert cpu_percent(time_used(before, after), 0.02) == {"dom0": 30.0, "d01": 20.0, "bridge": 5.0}
     assert cpu_percent(time_used(before, after), 0.0) == {"dom0": 0.0, "d01": 0.0, "bridge": 0.0}
